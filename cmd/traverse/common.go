@@ -1,0 +1,96 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/traverse-rtc/traverse/internal/admin"
+	"github.com/traverse-rtc/traverse/internal/config"
+	"github.com/traverse-rtc/traverse/internal/logging"
+)
+
+// common holds the options every server role shares.
+type common struct {
+	Config string         `yaml:"-"`
+	Admin  string         `yaml:"admin"`
+	Log    logging.Config `yaml:"log"`
+}
+
+func (c *common) flags(fs *flag.FlagSet) {
+	fs.StringVar(&c.Config, "config", "", "YAML configuration `file`; its keys are the flag names (env TRAVERSE_CONFIG)")
+	fs.StringVar(&c.Admin, "admin", c.Admin, "admin HTTP listener `host:port` serving /metrics, /healthz and /readyz (empty disables it)")
+	fs.StringVar(&c.Log.Format, "log-format", c.Log.Format, "log format: text or json")
+	fs.StringVar(&c.Log.Level, "log-level", c.Log.Level, "log level: debug, info, warn or error")
+}
+
+// newFlagSet returns a flag set whose usage names the command and summary.
+func newFlagSet(name, synopsis string) *flag.FlagSet {
+	fs := flag.NewFlagSet("traverse "+name, flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: traverse %s\n\nFlags:\n", synopsis)
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+// load parses args into cfg (see package config) and builds the logger.
+func load(fs *flag.FlagSet, args []string, cfg any, c *common) ([]string, *slog.Logger, error) {
+	rest, err := config.Load(fs, args, cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	log, err := logging.New(os.Stderr, c.Log)
+	if err != nil {
+		return nil, nil, err
+	}
+	return rest, log, nil
+}
+
+// runner is a role's main loop: it serves until ctx is done, then releases
+// everything it holds and returns.
+type runner func(ctx context.Context) error
+
+// runAll runs the runners until ctx is done or one fails, then cancels the
+// rest and waits for them, at most shutdownGrace.
+func runAll(ctx context.Context, log *slog.Logger, runners ...runner) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var wg sync.WaitGroup
+	errs := make([]error, len(runners))
+	for i, r := range runners {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := r(ctx); err != nil && !errors.Is(err, context.Canceled) {
+				errs[i] = err
+				cancel(err)
+			}
+		}()
+	}
+	<-ctx.Done()
+	log.Info("shutting down")
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(shutdownGrace):
+		return errors.New("shutdown took longer than 5s")
+	}
+	return errors.Join(errs...)
+}
+
+const shutdownGrace = 5 * time.Second
+
+// startAdmin binds the admin listener and returns its runner.
+func startAdmin(a *admin.Server, addr string) (runner, error) {
+	if err := a.Listen(addr); err != nil {
+		return nil, err
+	}
+	return a.Run, nil
+}

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Installs what the tests need and runs them: the one test command (README.md).
+#
+# As root on Debian it installs the third-party peers the tests run against
+# (coturn's tools, sipp, rtpengine, janus, baresip, chromium, nftables). It
+# then checks formatting, vets, runs every test (the network-namespace lab
+# tests included, which need root) and runs each fuzz target for a few
+# seconds (FUZZTIME, default 3s; 0 skips fuzzing).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(coturn sip-tester rtpengine-daemon rtpengine-utils janus baresip chromium chromium-driver
+	nftables iproute2 tcpdump procps ca-certificates)
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+	missing=()
+	for p in "${packages[@]}"; do
+		dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+	done
+	if [ ${#missing[@]} -gt 0 ]; then
+		echo "installing: ${missing[*]}"
+		apt-get update -q >/dev/null
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+	fi
+else
+	echo "not root: third-party peers are not installed; tests that need them or the lab will skip"
+fi
+
+unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
+if [ -n "$unformatted" ]; then
+	echo "gofmt would change:"; echo "$unformatted"; exit 1
+fi
+go vet ./...
+go test -count=1 -timeout 20m ./...
+
+fuzztime=${FUZZTIME:-3s}
+if [ "$fuzztime" != 0 ]; then
+	# Every Fuzz target in the module, a few seconds each.
+	grep -rl --include='*_test.go' '^func Fuzz' . | sort | while read -r f; do
+		dir=$(dirname "$f")
+		for fn in $(grep -o '^func Fuzz[A-Za-z0-9_]*' "$f" | cut -d' ' -f2); do
+			echo "fuzz $dir $fn ($fuzztime)"
+			go test -run '^$' -fuzz "^${fn}\$" -fuzztime "$fuzztime" "$dir" >/tmp/traverse-fuzz.log 2>&1 ||
+				{ cat /tmp/traverse-fuzz.log; exit 1; }
+		done
+	done
+fi
+echo "all tests passed"

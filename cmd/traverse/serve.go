@@ -1,0 +1,126 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"sort"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/traverse-rtc/traverse/internal/admin"
+)
+
+// serveRole is one role that "traverse serve" runs. Each role's file adds
+// itself to serveRoles from an init function, so serve grows as roles arrive
+// without one file that every role edits.
+type serveRole struct {
+	// name is the role's section in the YAML file and the prefix of its
+	// flags: the stun role's --listen is serve's --stun-listen.
+	name string
+	// order sorts start-up: lower starts first (the bus before its users).
+	order int
+	// bind returns the role's config section, filled with serve's
+	// defaults, after registering its flags on fs under prefix.
+	bind func(fs *flag.FlagSet, prefix string) any
+	// start binds the role's sockets and returns its main loop. Roles that
+	// others depend on publish what those need in env.
+	start func(ctx context.Context, env *serveEnv) (runner, error)
+}
+
+var serveRoles []serveRole
+
+func registerServeRole(r serveRole) { serveRoles = append(serveRoles, r) }
+
+// serveEnv is what the roles of one serve process share.
+type serveEnv struct {
+	log   *slog.Logger
+	admin *admin.Server
+	// cfg holds each role's config section by role name.
+	cfg map[string]any
+}
+
+// serveConfig is serve's YAML file: the common keys, then one section per
+// role named for it.
+type serveConfig struct {
+	common `yaml:",inline"`
+	roles  map[string]any
+}
+
+func (c *serveConfig) UnmarshalYAML(n *yaml.Node) error {
+	if err := n.Decode(&c.common); err != nil {
+		return err
+	}
+	var sections map[string]yaml.Node
+	if err := n.Decode(&sections); err != nil {
+		return err
+	}
+	for name, node := range sections {
+		switch name {
+		case "admin", "log":
+			continue
+		}
+		dst, ok := c.roles[name]
+		if !ok {
+			return fmt.Errorf("unknown section %q (roles: %v)", name, roleNames())
+		}
+		if err := node.Decode(dst); err != nil {
+			return fmt.Errorf("section %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+func roleNames() []string {
+	var names []string
+	for _, r := range serveRoles {
+		names = append(names, r.name)
+	}
+	sort.Strings(names)
+	return names
+}
+
+func init() {
+	register(command{name: "serve", summary: "run every role in one process (defaults on localhost)", run: runServe})
+}
+
+func runServe(ctx context.Context, args []string) error {
+	sort.SliceStable(serveRoles, func(i, j int) bool { return serveRoles[i].order < serveRoles[j].order })
+	cfg := serveConfig{common: common{Admin: "127.0.0.1:9090"}, roles: map[string]any{}}
+	fs := newFlagSet("serve", "serve [flags]")
+	cfg.flags(fs)
+	for _, r := range serveRoles {
+		cfg.roles[r.name] = r.bind(fs, r.name+"-")
+	}
+	rest, log, err := load(fs, args, &cfg, &cfg.common)
+	if err != nil {
+		return err
+	}
+	if len(rest) > 0 {
+		return fmt.Errorf("unexpected arguments: %q", rest)
+	}
+	adm := admin.New(log)
+	env := &serveEnv{log: log, admin: adm, cfg: cfg.roles}
+	var runners []runner
+	for _, r := range serveRoles {
+		run, err := r.start(ctx, env)
+		if err != nil {
+			// The runners already made hold sockets: let them release them.
+			cctx, cancel := context.WithCancel(ctx)
+			cancel()
+			_ = runAll(cctx, log, runners...)
+			return fmt.Errorf("%s: %w", r.name, err)
+		}
+		runners = append(runners, run)
+	}
+	adminRun, err := startAdmin(adm, cfg.Admin)
+	if err != nil {
+		cctx, cancel := context.WithCancel(ctx)
+		cancel()
+		_ = runAll(cctx, log, runners...)
+		return err
+	}
+	log.Info("traverse serving", "roles", roleNames())
+	return runAll(ctx, log, append(runners, adminRun)...)
+}

@@ -35,7 +35,8 @@ go test -count=1 -timeout 20m ./...
 fuzztime=${FUZZTIME:-3s}
 if [ "$fuzztime" != 0 ]; then
 	# Every Fuzz target in the module, a few seconds each.
-	grep -rl --include='*_test.go' '^func Fuzz' . | sort | while read -r f; do
+	targets=$(grep -rl --include='*_test.go' '^func Fuzz' . | sort || true)
+	for f in $targets; do
 		dir=$(dirname "$f")
 		for fn in $(grep -o '^func Fuzz[A-Za-z0-9_]*' "$f" | cut -d' ' -f2); do
 			echo "fuzz $dir $fn ($fuzztime)"

@@ -39,6 +39,8 @@ type serveEnv struct {
 	admin *admin.Server
 	// cfg holds each role's config section by role name.
 	cfg map[string]any
+	// natsURL is the embedded NATS server's URL, set by the bus role.
+	natsURL string
 }
 
 // serveConfig is serve's YAML file: the common keys, then one section per

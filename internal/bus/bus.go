@@ -1,0 +1,410 @@
+// Package bus is how signal servers and SFU nodes talk: a NATS connection
+// (to an embedded nats-server in one process, or to an external cluster),
+// and the one definition of the subjects and message types that cross it.
+// docs/bus.md documents the protocol.
+//
+// Messages are JSON. Every message read from the bus goes through Decode,
+// which validates it; bad messages are counted and dropped. Errors that
+// cross the bus carry a Status class.
+package bus
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+)
+
+// Config says how to reach the bus.
+type Config struct {
+	// URLs are the NATS servers ("nats://host:port"); any one of a
+	// cluster is enough, more give failover.
+	URLs []string
+	// Name is the connection name the NATS server shows (the role and
+	// node id); empty is allowed.
+	Name string
+	// RequestTimeout bounds a Request when its context has no deadline;
+	// default 5 s.
+	RequestTimeout time.Duration
+	// Workers is how many requests a HandleRequests subscription serves
+	// at once (requests of one session are always served in order);
+	// default 8.
+	Workers int
+}
+
+func (c *Config) validate() error {
+	if len(c.URLs) == 0 {
+		return ErrNoURL
+	}
+	if c.RequestTimeout <= 0 {
+		c.RequestTimeout = 5 * time.Second
+	}
+	if c.Workers <= 0 {
+		c.Workers = 8
+	}
+	return nil
+}
+
+// Client is a connection to the bus with typed helpers for every subject.
+// It is safe for concurrent use.
+type Client struct {
+	cfg Config
+	nc  *nats.Conn
+	log *slog.Logger
+
+	bad atomic.Uint64
+
+	mu     sync.Mutex // guards subs and closed
+	subs   map[*Subscription]struct{}
+	closed bool
+}
+
+// Connect connects to the bus.
+func Connect(cfg Config, log *slog.Logger) (*Client, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	nc, err := nats.Connect(strings.Join(cfg.URLs, ","),
+		nats.Name(cfg.Name),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(250*time.Millisecond),
+		nats.RetryOnFailedConnect(false),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("bus: connect %v: %w", cfg.URLs, err)
+	}
+	return &Client{cfg: cfg, nc: nc, log: log, subs: map[*Subscription]struct{}{}}, nil
+}
+
+// Conn returns the NATS connection, for health checks.
+func (c *Client) Conn() *nats.Conn { return c.nc }
+
+// BadMessages returns how many messages this client dropped because they
+// did not decode or validate.
+func (c *Client) BadMessages() uint64 { return c.bad.Load() }
+
+// Close unsubscribes everything, waits for running handlers and closes the
+// connection. It is idempotent.
+func (c *Client) Close() error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil
+	}
+	c.closed = true
+	subs := make([]*Subscription, 0, len(c.subs))
+	for s := range c.subs {
+		subs = append(subs, s)
+	}
+	c.mu.Unlock()
+	for _, s := range subs {
+		s.Unsubscribe()
+	}
+	err := c.nc.Flush()
+	c.nc.Close()
+	if errors.Is(err, nats.ErrConnectionClosed) {
+		err = nil
+	}
+	return err
+}
+
+// Subscription is one subscription; Unsubscribe ends it and waits for its
+// handlers.
+type Subscription struct {
+	c     *Client
+	ns    *nats.Subscription
+	once  sync.Once
+	stop  func() // stops workers, if any
+	drain sync.WaitGroup
+}
+
+// Unsubscribe ends the subscription and waits for handlers that are
+// running. It is idempotent; do not call it from the subscription's own
+// handler.
+func (s *Subscription) Unsubscribe() {
+	s.once.Do(func() {
+		_ = s.ns.Unsubscribe()
+		if s.stop != nil {
+			s.stop()
+		}
+		s.drain.Wait()
+		s.c.mu.Lock()
+		delete(s.c.subs, s)
+		s.c.mu.Unlock()
+	})
+}
+
+func (c *Client) track(s *Subscription) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nats.ErrConnectionClosed
+	}
+	c.subs[s] = struct{}{}
+	return nil
+}
+
+func (c *Client) publish(subject string, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("bus: encode %s: %w", subject, err)
+	}
+	if err := c.nc.Publish(subject, b); err != nil {
+		return fmt.Errorf("bus: publish %s: %w", subject, err)
+	}
+	return nil
+}
+
+// subscribe calls fn with every valid message of type T on subject, one at a
+// time in arrival order (NATS delivers a subscription's messages on one
+// goroutine).
+func subscribe[T any, PT interface {
+	*T
+	validator
+}](c *Client, subject string, fn func(T)) (*Subscription, error) {
+	s := &Subscription{c: c}
+	if err := c.track(s); err != nil {
+		return nil, err
+	}
+	ns, err := c.nc.Subscribe(subject, func(m *nats.Msg) {
+		v, err := Decode[T, PT](m.Data)
+		if err != nil {
+			c.bad.Add(1)
+			c.log.Debug("bus: dropping bad message", "subject", m.Subject, "err", err)
+			return
+		}
+		fn(v)
+	})
+	if err != nil {
+		c.mu.Lock()
+		delete(c.subs, s)
+		c.mu.Unlock()
+		return nil, fmt.Errorf("bus: subscribe %s: %w", subject, err)
+	}
+	s.ns = ns
+	return s, nil
+}
+
+// AnnounceNode publishes a node announcement.
+func (c *Client) AnnounceNode(a NodeAnnounce) error {
+	if err := a.Validate(); err != nil {
+		return err
+	}
+	return c.publish(SubjectNodeAnnounce, a)
+}
+
+// SubscribeNodes calls fn with every node announcement (see NodeTable).
+func (c *Client) SubscribeNodes(fn func(NodeAnnounce)) (*Subscription, error) {
+	return subscribe[NodeAnnounce](c, SubjectNodeAnnounce, fn)
+}
+
+// AnnounceSession publishes a session's ufrag -> node mapping.
+func (c *Client) AnnounceSession(a SessionAnnounce) error {
+	if err := a.Validate(); err != nil {
+		return err
+	}
+	return c.publish(SubjectSessionAnnounce, a)
+}
+
+// SubscribeSessions calls fn with every session announcement.
+func (c *Client) SubscribeSessions(fn func(SessionAnnounce)) (*Subscription, error) {
+	return subscribe[SessionAnnounce](c, SubjectSessionAnnounce, fn)
+}
+
+// PublishSession sends a node -> signal message about m.Session.
+func (c *Client) PublishSession(m SessionMessage) error {
+	if !ValidName(m.Session) {
+		return fmt.Errorf("%w: session %q", ErrBadSubjectToken, m.Session)
+	}
+	if err := m.Validate(); err != nil {
+		return err
+	}
+	return c.publish(SessionSubject(m.Session), m)
+}
+
+// SubscribeSession calls fn with every message a node sends about session.
+func (c *Client) SubscribeSession(session string, fn func(SessionMessage)) (*Subscription, error) {
+	if !ValidName(session) {
+		return nil, fmt.Errorf("%w: session %q", ErrBadSubjectToken, session)
+	}
+	return subscribe[SessionMessage](c, SessionSubject(session), fn)
+}
+
+// PublishRoomEvent publishes e on its room's subject.
+func (c *Client) PublishRoomEvent(e RoomEvent) error {
+	if err := e.Validate(); err != nil {
+		return err
+	}
+	return c.publish(RoomEventsSubject(e.Room), e)
+}
+
+// SubscribeRoomEvents calls fn with the events of room, or of every room
+// when room is "*".
+func (c *Client) SubscribeRoomEvents(room string, fn func(RoomEvent)) (*Subscription, error) {
+	if room != "*" && !ValidName(room) {
+		return nil, fmt.Errorf("%w: room %q", ErrBadSubjectToken, room)
+	}
+	return subscribe[RoomEvent](c, RoomEventsSubject(room), fn)
+}
+
+// Request calls node and returns its reply. A reply carrying an error is
+// returned as that *Error; no answer (no such node, timeout) is an *Error
+// of StatusUnavailable.
+func (c *Client) Request(ctx context.Context, node string, req Request) (Reply, error) {
+	if !ValidName(node) {
+		return Reply{}, Errorf(StatusBadRequest, "node %q: %v", node, ErrBadSubjectToken)
+	}
+	if err := req.Validate(); err != nil {
+		return Reply{}, &Error{Status: StatusBadRequest, Message: err.Error()}
+	}
+	b, err := json.Marshal(req)
+	if err != nil {
+		return Reply{}, fmt.Errorf("bus: encode request: %w", err)
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.cfg.RequestTimeout)
+		defer cancel()
+	}
+	m, err := c.nc.RequestWithContext(ctx, NodeRPCSubject(node), b)
+	if err != nil {
+		return Reply{}, Errorf(StatusUnavailable, "node %s: %v", node, err)
+	}
+	rep, err := Decode[Reply](m.Data)
+	if err != nil {
+		c.bad.Add(1)
+		return Reply{}, Errorf(StatusInternal, "node %s: %v", node, err)
+	}
+	if rep.Error != nil {
+		return rep, rep.Error
+	}
+	return rep, nil
+}
+
+// Handler serves one request. It returns the reply; a non-nil error
+// becomes the reply's Error (classified by StatusOf). ctx is cancelled when
+// the subscription ends.
+type Handler func(ctx context.Context, req Request) (Reply, error)
+
+// HandleRequests serves the requests sent to node. Requests of one session
+// are served in order, requests of different sessions concurrently on up
+// to Config.Workers goroutines. Invalid requests are answered with
+// StatusBadRequest without reaching h.
+func (c *Client) HandleRequests(node string, h Handler) (*Subscription, error) {
+	if !ValidName(node) {
+		return nil, fmt.Errorf("%w: node %q", ErrBadSubjectToken, node)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	queues := make([]chan *nats.Msg, c.cfg.Workers)
+	s := &Subscription{c: c}
+	if err := c.track(s); err != nil {
+		cancel()
+		return nil, err
+	}
+	var closeOnce sync.Once
+	var qmu sync.RWMutex // guards sending on queues against their closing
+	stopped := false
+	for i := range queues {
+		queues[i] = make(chan *nats.Msg, 64)
+		s.drain.Add(1)
+		go func(q chan *nats.Msg) {
+			defer s.drain.Done()
+			for m := range q {
+				c.serve(ctx, node, m, h)
+			}
+		}(queues[i])
+	}
+	s.stop = func() {
+		cancel()
+		closeOnce.Do(func() {
+			qmu.Lock()
+			stopped = true
+			for _, q := range queues {
+				close(q)
+			}
+			qmu.Unlock()
+		})
+	}
+	ns, err := c.nc.Subscribe(NodeRPCSubject(node), func(m *nats.Msg) {
+		req, err := Decode[Request](m.Data)
+		if err != nil {
+			c.bad.Add(1)
+			c.respond(m, Reply{Node: node, Error: &Error{Status: StatusBadRequest, Message: err.Error()}})
+			return
+		}
+		hf := fnv.New32a()
+		_, _ = hf.Write([]byte(req.Session))
+		qmu.RLock()
+		defer qmu.RUnlock()
+		if stopped {
+			c.respond(m, Reply{Node: node, Error: Errorf(StatusUnavailable, "node %s is stopping", node)})
+			return
+		}
+		select {
+		case queues[hf.Sum32()%uint32(len(queues))] <- m:
+		default:
+			c.respond(m, Reply{Node: node, Error: Errorf(StatusUnavailable, "node %s is overloaded", node)})
+		}
+	})
+	if err != nil {
+		s.stop()
+		s.drain.Wait()
+		c.mu.Lock()
+		delete(c.subs, s)
+		c.mu.Unlock()
+		return nil, fmt.Errorf("bus: subscribe %s: %w", NodeRPCSubject(node), err)
+	}
+	s.ns = ns
+	return s, nil
+}
+
+func (c *Client) serve(ctx context.Context, node string, m *nats.Msg, h Handler) {
+	req, err := Decode[Request](m.Data)
+	if err != nil { // decoded once already; cannot happen
+		return
+	}
+	rep, err := h(ctx, req)
+	rep.Node = node
+	if err != nil {
+		rep.SDP = ""
+		rep.Error = AsError(err)
+	}
+	c.respond(m, rep)
+}
+
+func (c *Client) respond(m *nats.Msg, rep Reply) {
+	if m.Reply == "" {
+		return
+	}
+	b, err := json.Marshal(rep)
+	if err != nil {
+		c.log.Error("bus: encode reply", "err", err)
+		return
+	}
+	if err := m.Respond(b); err != nil {
+		c.log.Debug("bus: respond", "err", err)
+	}
+}
+
+// SplitURLs splits a --nats flag value ("nats://a:4222,nats://b:4222") into
+// URLs, dropping empty items.
+func SplitURLs(s string) []string {
+	var out []string
+	for _, u := range strings.Split(s, ",") {
+		if u = strings.TrimSpace(u); u != "" {
+			out = append(out, u)
+		}
+	}
+	return out
+}

@@ -1,0 +1,44 @@
+package bus
+
+import "testing"
+
+// FuzzDecode feeds every message type's decoder: none may panic, and a
+// message that decodes must encode and decode again to a valid message.
+func FuzzDecode(f *testing.F) {
+	for _, s := range []string{
+		`{"type":"join","session":"s1","join":{"room":"r","identity":"a","publish":true,"subscribe":true,"offer":"v=0"}}`,
+		`{"type":"candidate","session":"s1","candidate":{"candidate":"candidate:1 1 udp 1 127.0.0.1 5000 typ host","sdpMid":"0","sdpMLineIndex":0}}`,
+		`{"sdp":"v=0","node":"n"}`, `{"error":{"status":"unavailable","message":"full"}}`,
+		`{"type":"offer","session":"s","sdp":"v=0"}`,
+		`{"type":"event","session":"s","event":{"type":"active_speaker","room":"r","speakers":[{"session":"s","identity":"a","level":90}]}}`,
+		`{"type":"track_published","room":"r","track":{"id":"t","stream_id":"s","kind":"video","layers":["q","h","f"]},"time":"2026-01-01T00:00:00Z"}`,
+		`{"node":"n1","region":"eu","udp":"1.2.3.4:7882","tcp":"1.2.3.4:7881","load":{"peers":1,"rooms":1,"packets_per_second":3.5},"time":"2026-01-01T00:00:00Z"}`,
+		`{"session":"s","room":"r","node":"n","ufrag":"abcd","time":"2026-01-01T00:00:00Z"}`,
+		`null`, `[]`, `{"type":1}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		check[Request](t, b)
+		check[Reply](t, b)
+		check[SessionMessage](t, b)
+		check[RoomEvent](t, b)
+		check[NodeAnnounce](t, b)
+		check[SessionAnnounce](t, b)
+	})
+}
+
+func check[T any, PT interface {
+	*T
+	validator
+}](t *testing.T, b []byte) {
+	v, err := Decode[T, PT](b)
+	if err != nil {
+		return
+	}
+	again, err := jsonRoundTrip[T, PT](&v)
+	if err != nil {
+		t.Fatalf("%T decoded from %q but not after a round trip: %v", v, b, err)
+	}
+	_ = again
+}

@@ -1,0 +1,313 @@
+package bus
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+)
+
+// AnnounceInterval is how often an SFU node publishes NodeAnnounce;
+// NodeExpiry is how long a node table keeps a node that went silent.
+const (
+	AnnounceInterval = 2 * time.Second
+	NodeExpiry       = 3 * AnnounceInterval
+)
+
+// NodeAnnounce is an SFU node saying it is alive, where clients reach it
+// and how loaded it is. Published on SubjectNodeAnnounce.
+type NodeAnnounce struct {
+	Node   string `json:"node"`
+	Region string `json:"region,omitempty"`
+	// UDP and TCP are the public addresses ("ip:port") of the node's one
+	// media UDP port and one ICE-TCP port; TCP is empty when disabled.
+	UDP  string    `json:"udp"`
+	TCP  string    `json:"tcp,omitempty"`
+	Load NodeLoad  `json:"load"`
+	Time time.Time `json:"time"`
+	// Draining is set when the node takes no new sessions.
+	Draining bool `json:"draining,omitempty"`
+}
+
+// NodeLoad is a node's current load.
+type NodeLoad struct {
+	Peers            int     `json:"peers"`
+	Rooms            int     `json:"rooms"`
+	PacketsPerSecond float64 `json:"packets_per_second"`
+}
+
+// RequestType names what a Request asks of a node.
+type RequestType string
+
+// Request types, signal -> node on NodeRPCSubject.
+const (
+	// RequestJoin creates the session: Join is set; the reply carries the
+	// node's SDP answer to Join.Offer.
+	RequestJoin RequestType = "join"
+	// RequestOffer is a client-initiated renegotiation (it adds or removes
+	// tracks): SDP is the client's offer, the reply carries the answer.
+	RequestOffer RequestType = "offer"
+	// RequestAnswer answers an offer the node sent with SessionOffer: SDP is
+	// the client's answer; the reply is empty.
+	RequestAnswer RequestType = "answer"
+	// RequestCandidate forwards one trickled client ICE candidate.
+	RequestCandidate RequestType = "candidate"
+	// RequestLeave ends the session.
+	RequestLeave RequestType = "leave"
+)
+
+// Request is a signal -> node call on NodeRPCSubject(node). The node
+// replies with Reply.
+type Request struct {
+	Type    RequestType `json:"type"`
+	Session string      `json:"session"`
+	// Join is set for RequestJoin.
+	Join *Join `json:"join,omitempty"`
+	// SDP is set for RequestOffer and RequestAnswer.
+	SDP string `json:"sdp,omitempty"`
+	// Candidate is set for RequestCandidate; nil there means end of
+	// candidates.
+	Candidate *Candidate `json:"candidate,omitempty"`
+}
+
+// Join asks a node to create a session in a room. Rights come from the
+// client's token, checked by signal: the node enforces them.
+type Join struct {
+	Room      string `json:"room"`
+	Identity  string `json:"identity"`
+	Name      string `json:"name,omitempty"`
+	Publish   bool   `json:"publish"`
+	Subscribe bool   `json:"subscribe"`
+	// Offer is the client's SDP offer.
+	Offer string `json:"offer"`
+	// ClientAddr is the client's address as signal saw it ("ip" or
+	// "ip:port"), informational.
+	ClientAddr string `json:"client_addr,omitempty"`
+}
+
+// Candidate is one ICE candidate as the browser's RTCIceCandidateInit.
+type Candidate struct {
+	Candidate        string  `json:"candidate"`
+	SDPMid           *string `json:"sdpMid,omitempty"`
+	SDPMLineIndex    *uint16 `json:"sdpMLineIndex,omitempty"`
+	UsernameFragment *string `json:"usernameFragment,omitempty"`
+}
+
+// Reply is a node's answer to a Request: Error is set on failure.
+type Reply struct {
+	// SDP is the node's answer for RequestJoin and RequestOffer.
+	SDP   string `json:"sdp,omitempty"`
+	Error *Error `json:"error,omitempty"`
+	// Node is the node that answered.
+	Node string `json:"node,omitempty"`
+}
+
+// SessionMessageType names a node -> signal session message.
+type SessionMessageType string
+
+// Session message types, node -> signal on SessionSubject.
+const (
+	// SessionOffer: the node renegotiates (tracks were added or removed
+	// for this subscriber); SDP is its offer; the client answers with
+	// RequestAnswer.
+	SessionOffer SessionMessageType = "offer"
+	// SessionCandidate: one node ICE candidate (an ICE-lite node puts all
+	// of them in its SDP, so this is rare).
+	SessionCandidate SessionMessageType = "candidate"
+	// SessionEvent: a RoomEvent addressed to this session only.
+	SessionEvent SessionMessageType = "event"
+	// SessionError: the session failed; Error says why.
+	SessionError SessionMessageType = "error"
+	// SessionClosed: the node ended the session (ICE failed, node
+	// shutting down); the signal server tells the client.
+	SessionClosed SessionMessageType = "closed"
+)
+
+// SessionMessage is a node -> signal message about one session.
+type SessionMessage struct {
+	Type      SessionMessageType `json:"type"`
+	Session   string             `json:"session"`
+	SDP       string             `json:"sdp,omitempty"`
+	Candidate *Candidate         `json:"candidate,omitempty"`
+	Event     *RoomEvent         `json:"event,omitempty"`
+	Error     *Error             `json:"error,omitempty"`
+}
+
+// RoomEventType names a room event.
+type RoomEventType string
+
+// Room event types, node -> signal on RoomEventsSubject.
+const (
+	EventParticipantJoined RoomEventType = "participant_joined"
+	EventParticipantLeft   RoomEventType = "participant_left"
+	EventTrackPublished    RoomEventType = "track_published"
+	EventTrackUnpublished  RoomEventType = "track_unpublished"
+	EventActiveSpeaker     RoomEventType = "active_speaker"
+)
+
+// RoomEvent is something that happened in a room, for signal to relay to
+// the room's clients.
+type RoomEvent struct {
+	Type     RoomEventType `json:"type"`
+	Room     string        `json:"room"`
+	Node     string        `json:"node,omitempty"`
+	Session  string        `json:"session,omitempty"`
+	Identity string        `json:"identity,omitempty"`
+	Name     string        `json:"name,omitempty"`
+	// Track is set for track events.
+	Track *TrackInfo `json:"track,omitempty"`
+	// Speakers is set for EventActiveSpeaker: loudest first.
+	Speakers []Speaker `json:"speakers,omitempty"`
+	Time     time.Time `json:"time"`
+}
+
+// TrackInfo describes a published track. StreamID and ID are the msid the
+// subscribers see in their SDP, so a client can map a track to a
+// participant.
+type TrackInfo struct {
+	ID       string   `json:"id"`
+	StreamID string   `json:"stream_id"`
+	Kind     string   `json:"kind"` // "audio", "video" or "data"
+	Codec    string   `json:"codec,omitempty"`
+	Layers   []string `json:"layers,omitempty"` // simulcast rids, low to high
+}
+
+// Speaker is one participant's audio level in an active speaker event.
+type Speaker struct {
+	Session  string `json:"session"`
+	Identity string `json:"identity"`
+	// Level is 0 (silence) to 127 (loudest), the inverse of the RFC 6464
+	// -dBov value.
+	Level int `json:"level"`
+}
+
+// SessionAnnounce maps a session's ICE ufrag to the node holding it, so that
+// every node behind a load balancer can route the session's first STUN
+// binding (seed E). Gone is set when the session ends.
+type SessionAnnounce struct {
+	Session string    `json:"session"`
+	Room    string    `json:"room"`
+	Node    string    `json:"node"`
+	Ufrag   string    `json:"ufrag"`
+	Gone    bool      `json:"gone,omitempty"`
+	Time    time.Time `json:"time"`
+}
+
+// Validate checks the fields a node needs.
+func (r *Request) Validate() error {
+	if !ValidName(r.Session) {
+		return fmt.Errorf("%w: session %q: %w", ErrBadMessage, r.Session, ErrBadSubjectToken)
+	}
+	switch r.Type {
+	case RequestJoin:
+		if r.Join == nil {
+			return fmt.Errorf("%w: join without join", ErrBadMessage)
+		}
+		if !ValidName(r.Join.Room) {
+			return fmt.Errorf("%w: room %q: %w", ErrBadMessage, r.Join.Room, ErrBadSubjectToken)
+		}
+		if r.Join.Identity == "" || len(r.Join.Identity) > 256 {
+			return fmt.Errorf("%w: identity must be 1-256 bytes", ErrBadMessage)
+		}
+		if r.Join.Offer == "" {
+			return fmt.Errorf("%w: join without offer", ErrBadMessage)
+		}
+	case RequestOffer, RequestAnswer:
+		if r.SDP == "" {
+			return fmt.Errorf("%w: %s without sdp", ErrBadMessage, r.Type)
+		}
+	case RequestCandidate, RequestLeave:
+	default:
+		return fmt.Errorf("%w: unknown request type %q", ErrBadMessage, r.Type)
+	}
+	return nil
+}
+
+// Validate checks a node announcement.
+func (a *NodeAnnounce) Validate() error {
+	if !ValidName(a.Node) {
+		return fmt.Errorf("%w: node %q: %w", ErrBadMessage, a.Node, ErrBadSubjectToken)
+	}
+	if a.UDP == "" {
+		return fmt.Errorf("%w: node %s announces no udp address", ErrBadMessage, a.Node)
+	}
+	return nil
+}
+
+// Validate checks a session message.
+func (m *SessionMessage) Validate() error {
+	switch m.Type {
+	case SessionOffer:
+		if m.SDP == "" {
+			return fmt.Errorf("%w: offer without sdp", ErrBadMessage)
+		}
+	case SessionEvent:
+		if m.Event == nil {
+			return fmt.Errorf("%w: event without event", ErrBadMessage)
+		}
+	case SessionError:
+		if m.Error == nil {
+			return fmt.Errorf("%w: error without error", ErrBadMessage)
+		}
+	case SessionCandidate, SessionClosed:
+	default:
+		return fmt.Errorf("%w: unknown session message type %q", ErrBadMessage, m.Type)
+	}
+	return nil
+}
+
+// Validate checks a room event.
+func (e *RoomEvent) Validate() error {
+	if !ValidName(e.Room) {
+		return fmt.Errorf("%w: room %q: %w", ErrBadMessage, e.Room, ErrBadSubjectToken)
+	}
+	switch e.Type {
+	case EventParticipantJoined, EventParticipantLeft, EventActiveSpeaker:
+	case EventTrackPublished, EventTrackUnpublished:
+		if e.Track == nil {
+			return fmt.Errorf("%w: %s without track", ErrBadMessage, e.Type)
+		}
+	default:
+		return fmt.Errorf("%w: unknown room event type %q", ErrBadMessage, e.Type)
+	}
+	return nil
+}
+
+// Validate checks a session announcement.
+func (a *SessionAnnounce) Validate() error {
+	if !ValidName(a.Session) || !ValidName(a.Node) {
+		return fmt.Errorf("%w: session announce: %w", ErrBadMessage, ErrBadSubjectToken)
+	}
+	if a.Ufrag == "" || len(a.Ufrag) > 256 {
+		return fmt.Errorf("%w: session announce: ufrag must be 1-256 bytes", ErrBadMessage)
+	}
+	return nil
+}
+
+// validator is a message that checks itself.
+type validator interface{ Validate() error }
+
+// Decode unmarshals one bus message of type T and validates it. It is the
+// only way the bus package reads messages, so every decoding goes through
+// the same checks (and its fuzz target).
+func Decode[T any, PT interface {
+	*T
+	validator
+}](data []byte) (T, error) {
+	var v T
+	if err := json.Unmarshal(data, &v); err != nil {
+		return v, fmt.Errorf("%w: %w", ErrBadMessage, err)
+	}
+	if err := PT(&v).Validate(); err != nil {
+		return v, err
+	}
+	return v, nil
+}
+
+// Validate checks a reply: it has an SDP or an error or neither, and an
+// error has a status.
+func (r *Reply) Validate() error {
+	if r.Error != nil && r.Error.Status == "" {
+		return fmt.Errorf("%w: reply error without status", ErrBadMessage)
+	}
+	return nil
+}

@@ -1,0 +1,60 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/traverse-rtc/traverse/client/nat"
+	"github.com/traverse-rtc/traverse/internal/config"
+)
+
+type natcheckConfig struct {
+	JSON        bool          `yaml:"json"`
+	Local       string        `yaml:"local"`
+	Lifetime    bool          `yaml:"lifetime"`
+	LifetimeMax time.Duration `yaml:"lifetime-max"`
+	RTO         time.Duration `yaml:"rto"`
+	Attempts    int           `yaml:"attempts"`
+}
+
+func runNatcheck(ctx context.Context, args []string) error {
+	var cfg natcheckConfig
+	fs := newFlagSet("natcheck", "natcheck [flags] HOST:PORT\n\nReports this host's NAT mapping and filtering behaviour, hairpinning and\n(with --lifetime) the UDP binding lifetime, asking an RFC 5780 STUN server\n(traverse stun --other-address, coturn with two listening IPs).")
+	fs.BoolVar(&cfg.JSON, "json", false, "print the report as JSON")
+	fs.StringVar(&cfg.Local, "local", "", "local `IP or IP:port` to send from (default: any)")
+	fs.BoolVar(&cfg.Lifetime, "lifetime", false, "also estimate the UDP binding lifetime (slow: up to about twice --lifetime-max)")
+	fs.DurationVar(&cfg.LifetimeMax, "lifetime-max", 2*time.Minute, "longest binding lifetime tried")
+	fs.DurationVar(&cfg.RTO, "rto", 200*time.Millisecond, "first retransmission timeout (doubles per retransmission)")
+	fs.IntVar(&cfg.Attempts, "attempts", 4, "requests per transaction before a test gives up")
+	rest, err := config.Load(fs, args, &cfg)
+	if err != nil {
+		return err
+	}
+	if len(rest) != 1 {
+		fs.Usage()
+		return &exitError{code: 2, err: errors.New("want exactly one argument: the server's HOST:PORT")}
+	}
+	rep, err := nat.Discover(ctx, nat.Config{
+		Server: rest[0], Local: cfg.Local, RTO: cfg.RTO, Attempts: cfg.Attempts,
+		Lifetime: cfg.Lifetime, LifetimeMax: cfg.LifetimeMax,
+	})
+	if err != nil {
+		if cfg.JSON {
+			fmt.Fprintf(os.Stdout, "{\"error\": %q}\n", err.Error())
+		}
+		return err
+	}
+	if cfg.JSON {
+		_, err = os.Stdout.Write(rep.JSON())
+		return err
+	}
+	_, err = fmt.Fprint(os.Stdout, rep.String())
+	return err
+}
+
+func init() {
+	register(command{name: "natcheck", summary: "discover this host's NAT behaviour with an RFC 5780 STUN server", run: runNatcheck})
+}

@@ -1,0 +1,88 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+
+	"github.com/traverse-rtc/traverse/internal/admin"
+	"github.com/traverse-rtc/traverse/internal/stun"
+)
+
+// stunFlags binds the stun role's flags under prefix ("" standalone,
+// "stun-" inside serve) to cfg, whose values are the defaults shown.
+func stunFlags(fs *flag.FlagSet, prefix string, cfg *stun.Config) {
+	fs.StringVar(&cfg.Listen, prefix+"listen", cfg.Listen, "UDP and TCP `host:port` of STUN Binding requests")
+	fs.StringVar(&cfg.OtherAddress, prefix+"other-address", cfg.OtherAddress, "second IP `address`: turns on the RFC 5780 NAT discovery server (4 UDP sockets); empty disables it")
+	fs.IntVar(&cfg.OtherPort, prefix+"other-port", cfg.OtherPort, "RFC 5780 alternate `port` (0: listen port + 1)")
+	fs.BoolVar(&cfg.NoTCP, prefix+"no-tcp", cfg.NoTCP, "do not listen on TCP")
+	fs.StringVar(&cfg.TLSListen, prefix+"tls-listen", cfg.TLSListen, "STUN over TLS `host:port` (empty disables it)")
+	fs.StringVar(&cfg.TLSCert, prefix+"tls-cert", cfg.TLSCert, "TLS certificate PEM `file` (empty with tls-key empty: a self-signed one is generated)")
+	fs.StringVar(&cfg.TLSKey, prefix+"tls-key", cfg.TLSKey, "TLS private key PEM `file`")
+	fs.StringVar(&cfg.Software, prefix+"software", cfg.Software, "SOFTWARE attribute `value` (\"-\" omits it)")
+	fs.IntVar(&cfg.Readers, prefix+"readers", cfg.Readers, "UDP reader goroutines, each on its own SO_REUSEPORT socket (0: one per CPU)")
+	fs.IntVar(&cfg.Batch, prefix+"batch", cfg.Batch, "datagrams per recvmmsg/sendmmsg system call (0: 64)")
+	fs.IntVar(&cfg.MaxTCPConns, prefix+"max-tcp-conns", cfg.MaxTCPConns, "most concurrent TCP and TLS connections (0: 1024)")
+}
+
+// startSTUN binds the STUN server and returns its main loop.
+func startSTUN(ctx context.Context, cfg stun.Config, env *serveEnv) (runner, error) {
+	s, err := stun.Listen(ctx, cfg, env.log.With("role", "stun"), env.admin.Registry)
+	if err != nil {
+		return nil, err
+	}
+	env.admin.AddCheck("stun", s.Ready)
+	return s.Run, nil
+}
+
+type stunCmdConfig struct {
+	common      `yaml:",inline"`
+	stun.Config `yaml:",inline"`
+}
+
+func runSTUN(ctx context.Context, args []string) error {
+	cfg := stunCmdConfig{
+		common: common{Admin: "127.0.0.1:9478"},
+		Config: stun.Config{Listen: "0.0.0.0:3478"},
+	}
+	fs := newFlagSet("stun", "stun [flags]")
+	cfg.flags(fs)
+	stunFlags(fs, "", &cfg.Config)
+	rest, log, err := load(fs, args, &cfg, &cfg.common)
+	if err != nil {
+		return err
+	}
+	if len(rest) > 0 {
+		return fmt.Errorf("unexpected arguments: %q", rest)
+	}
+	adm := admin.New(log)
+	env := &serveEnv{log: log, admin: adm}
+	run, err := startSTUN(ctx, cfg.Config, env)
+	if err != nil {
+		return err
+	}
+	adminRun, err := startAdmin(adm, cfg.Admin)
+	if err != nil {
+		cctx, cancel := context.WithCancel(ctx)
+		cancel()
+		_ = runAll(cctx, log, run)
+		return err
+	}
+	return runAll(ctx, log, run, adminRun)
+}
+
+func init() {
+	register(command{name: "stun", summary: "STUN server (RFC 8489; RFC 5780 NAT discovery with --other-address)", run: runSTUN})
+	registerServeRole(serveRole{
+		name:  "stun",
+		order: 10,
+		bind: func(fs *flag.FlagSet, prefix string) any {
+			cfg := &stun.Config{Listen: "127.0.0.1:3478", OtherAddress: "127.0.0.2", TLSListen: "127.0.0.1:5349"}
+			stunFlags(fs, prefix, cfg)
+			return cfg
+		},
+		start: func(ctx context.Context, env *serveEnv) (runner, error) {
+			return startSTUN(ctx, *env.cfg["stun"].(*stun.Config), env)
+		},
+	})
+}

@@ -1,0 +1,95 @@
+package stun
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// metrics are one server's counters, registered in the registry it was
+// given (never the global one).
+type metrics struct {
+	requests  [numTransports]prometheus.Counter
+	success   [numTransports]prometheus.Counter
+	errors    [numTransports]prometheus.Counter
+	dropped   [numReasons]prometheus.Counter
+	sendFail  prometheus.Counter
+	tcpConns  prometheus.Gauge
+	tcpRefuse prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	req := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "traverse_stun_requests_total",
+		Help: "STUN requests accepted for processing, by transport.",
+	}, []string{"transport"})
+	resp := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "traverse_stun_responses_total",
+		Help: "STUN responses sent, by transport and result (success or error).",
+	}, []string{"transport", "result"})
+	drop := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "traverse_stun_dropped_total",
+		Help: "Messages dropped without an answer, by reason.",
+	}, []string{"reason"})
+	sendFail := prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "traverse_stun_send_errors_total",
+		Help: "Responses the kernel refused to send.",
+	})
+	conns := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "traverse_stun_tcp_connections",
+		Help: "Open STUN connections over TCP and TLS.",
+	})
+	refused := prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "traverse_stun_tcp_refused_total",
+		Help: "TCP and TLS connections closed at once because max-tcp-conns were open.",
+	})
+	for _, c := range []prometheus.Collector{req, resp, drop, sendFail, conns, refused} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	m := &metrics{sendFail: sendFail, tcpConns: conns, tcpRefuse: refused}
+	for t := range numTransports {
+		n := transportNames[t]
+		m.requests[t] = req.WithLabelValues(n)
+		m.success[t] = resp.WithLabelValues(n, "success")
+		m.errors[t] = resp.WithLabelValues(n, "error")
+	}
+	for r := dropShort; r < numReasons; r++ {
+		m.dropped[r] = drop.WithLabelValues(reasonNames[r])
+	}
+	return m, nil
+}
+
+// tally counts one reader's batch, flushed into metrics once per batch.
+type tally struct {
+	requests, success, errors int
+	dropped                   [numReasons]int
+}
+
+func (t *tally) add(r *result) {
+	if r.drop != dropNone {
+		t.dropped[r.drop]++
+		return
+	}
+	t.requests++
+	if r.err {
+		t.errors++
+	} else {
+		t.success++
+	}
+}
+
+func (m *metrics) flush(tr transport, t *tally) {
+	if t.requests > 0 {
+		m.requests[tr].Add(float64(t.requests))
+	}
+	if t.success > 0 {
+		m.success[tr].Add(float64(t.success))
+	}
+	if t.errors > 0 {
+		m.errors[tr].Add(float64(t.errors))
+	}
+	for r := dropShort; r < numReasons; r++ {
+		if t.dropped[r] > 0 {
+			m.dropped[r].Add(float64(t.dropped[r]))
+		}
+	}
+	*t = tally{}
+}

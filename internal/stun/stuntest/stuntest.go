@@ -1,0 +1,60 @@
+// Package stuntest starts traverse STUN servers for tests: by default the
+// full RFC 5780 server on loopback (127.0.0.1 and 127.0.0.2, free ports),
+// stopped when the test ends.
+package stuntest
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/traverse-rtc/traverse/internal/stun"
+)
+
+// Start starts a server with cfg and stops it (releasing its sockets) when
+// the test ends. An empty cfg.Listen means 127.0.0.1:0; set
+// cfg.OtherAddress (for example with RFC5780) for NAT discovery. It must be
+// called where the sockets are to live (inside a network namespace, from a
+// thread locked into it). reg may be nil.
+func Start(tb testing.TB, cfg stun.Config, reg prometheus.Registerer) *stun.Server {
+	tb.Helper()
+	if cfg.Listen == "" {
+		cfg.Listen = "127.0.0.1:0"
+	}
+	if cfg.Readers == 0 {
+		cfg.Readers = 1
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s, err := stun.Listen(ctx, cfg, nil, reg)
+	if err != nil {
+		cancel()
+		tb.Fatalf("stuntest: %v", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	tb.Cleanup(func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			tb.Errorf("stuntest: server did not stop within 5s")
+		}
+	})
+	deadline := time.Now().Add(5 * time.Second)
+	for s.Ready() != nil {
+		if time.Now().After(deadline) {
+			tb.Fatalf("stuntest: server not ready after 5s")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return s
+}
+
+// RFC5780 starts the RFC 5780 server on 127.0.0.1 and 127.0.0.2 (both
+// loopback on Linux), free ports.
+func RFC5780(tb testing.TB) *stun.Server {
+	tb.Helper()
+	return Start(tb, stun.Config{Listen: "127.0.0.1:0", OtherAddress: "127.0.0.2"}, nil)
+}

@@ -1,0 +1,314 @@
+package mediaproxy
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"net"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/traverse-rtc/traverse/internal/udpio"
+)
+
+var lo = netip.MustParseAddr("127.0.0.1")
+
+func newTestProxy(t *testing.T, mod func(*Config)) *Proxy {
+	t.Helper()
+	cfg := Config{
+		RTP: netip.AddrPortFrom(lo, 0), RTCP: netip.AddrPortFrom(lo, 0),
+		InsideIP: lo, InsidePorts: freeRange(t, 40),
+	}
+	if mod != nil {
+		mod(&cfg)
+	}
+	p, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	return p
+}
+
+// freeRange returns a port range of n ports above an ephemeral port; the
+// pool skips any port that turns out to be taken.
+func freeRange(t *testing.T, n int) PortRange {
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	p := uint16(c.LocalAddr().(*net.UDPAddr).Port)
+	if p > 65000 {
+		p = 20000
+	}
+	return PortRange{p + 2, p + 2 + uint16(n)}
+}
+
+func udp(t *testing.T) *net.UDPConn {
+	t.Helper()
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func addrOf(c *net.UDPConn) netip.AddrPort { return c.LocalAddr().(*net.UDPAddr).AddrPort() }
+
+// echo answers every packet to its sender until the socket closes.
+func echo(t *testing.T, c *net.UDPConn) {
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		buf := make([]byte, 2048)
+		for {
+			n, a, err := c.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			_, _ = c.WriteToUDPAddrPort(buf[:n], a)
+		}
+	}()
+	t.Cleanup(func() { c.Close(); wg.Wait() })
+}
+
+func rtpPacket(ssrc uint32, seq uint16, tag string) []byte {
+	b := []byte{0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
+	binary.BigEndian.PutUint16(b[2:], seq)
+	binary.BigEndian.PutUint32(b[8:], ssrc)
+	return append(b, tag...)
+}
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// TestForwardingCollisionsAndLatch runs three clients through the fixed
+// port: one declares its SSRC, two declare none and send the SAME SSRC (as
+// SIPp does). Each must get back only its own tagged packets, and a packet
+// from an unsignaled address is dropped.
+func TestForwardingCollisionsAndLatch(t *testing.T) {
+	p := newTestProxy(t, nil)
+	server := udp(t)
+	echo(t, server)
+	type client struct {
+		c    *net.UDPConn
+		ssrc uint32
+		d    Descriptor
+	}
+	var cls []*client
+	for i, ssrc := range []uint32{0x1111, 0x2222, 0x2222} {
+		c := udp(t)
+		d := Descriptor{Op: OpUpsert, Flags: FlagCallerOutside, CallID: string(rune('a' + i)), Client: addrOf(c)}
+		if i == 0 {
+			d.Flags |= FlagSSRC
+			d.SSRC = ssrc
+		}
+		r, err := p.Apply(&d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.FixedRTP != p.RTPAddr().Port() || r.InsideRTCP != r.InsideRTP+1 {
+			t.Fatalf("reply %+v", r)
+		}
+		// The answer: the server's address.
+		d.Server = addrOf(server)
+		if _, err := p.Apply(&d); err != nil {
+			t.Fatal(err)
+		}
+		cls = append(cls, &client{c: c, ssrc: ssrc, d: d})
+	}
+	const n = 20
+	for seq := 0; seq < n; seq++ {
+		for i, cl := range cls {
+			if _, err := cl.c.WriteToUDPAddrPort(rtpPacket(cl.ssrc, uint16(seq), string(rune('a'+i))), p.RTPAddr()); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for i, cl := range cls {
+		_ = cl.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		buf := make([]byte, 2048)
+		for k := 0; k < n; k++ {
+			m, from, err := cl.c.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				t.Fatalf("client %d got %d of %d: %v", i, k, n, err)
+			}
+			if from != p.RTPAddr() || string(buf[12:m]) != string(rune('a'+i)) {
+				t.Fatalf("client %d got %q from %v", i, buf[12:m], from)
+			}
+		}
+	}
+	if got := p.Counters().Latched.Load(); got != 2 {
+		t.Errorf("latched %d SSRCs, want 2", got)
+	}
+	// A stranger with a known SSRC is dropped.
+	stranger, _ := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 2)})
+	if stranger != nil {
+		defer stranger.Close()
+		_, _ = stranger.WriteToUDPAddrPort(rtpPacket(0x2222, 1, "x"), p.RTPAddr())
+		waitFor(t, func() bool { return p.Counters().DropUnknownSSRC.Load() == 1 })
+	}
+	r, err := p.Apply(&Descriptor{Op: OpQuery, CallID: "b"})
+	if err != nil || !r.SSRCKnown || r.SSRC != 0x2222 || r.ToServer != n || r.ToClient != n {
+		t.Fatalf("query: %+v %v", r, err)
+	}
+	for _, cl := range cls {
+		if err := p.DeleteCall(cl.d.CallID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if p.PortsInUse() != 0 || p.Streams() != 0 {
+		t.Fatalf("leak: %d ports, %d streams", p.PortsInUse(), p.Streams())
+	}
+}
+
+func TestRTCPForwarding(t *testing.T) {
+	p := newTestProxy(t, nil)
+	server, serverRTCP := udp(t), udp(t)
+	echo(t, server)
+	echo(t, serverRTCP)
+	c, cr := udp(t), udp(t)
+	d := Descriptor{Op: OpUpsert, Flags: FlagCalleeOutside | FlagSSRC, SSRC: 9, CallID: "r",
+		Client: addrOf(c), ClientRTCP: addrOf(cr), Server: addrOf(server), ServerRTCP: addrOf(serverRTCP)}
+	if _, err := p.Apply(&d); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 2048)
+	_, _ = c.WriteToUDPAddrPort(rtpPacket(9, 1, "rtp"), p.RTPAddr())
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, _, err := c.ReadFromUDPAddrPort(buf); err != nil {
+		t.Fatal(err)
+	}
+	rr := []byte{0x80, 201, 0, 1, 0, 0, 0, 9}
+	_, _ = cr.WriteToUDPAddrPort(rr, p.RTCPAddr())
+	_ = cr.SetReadDeadline(time.Now().Add(5 * time.Second))
+	n, from, err := cr.ReadFromUDPAddrPort(buf)
+	if err != nil || n != len(rr) || from != p.RTCPAddr() {
+		t.Fatalf("rtcp echo: %d from %v: %v", n, from, err)
+	}
+	if p.Counters().RTCPIn.Load() != 1 || p.Counters().RTCPOut.Load() != 1 {
+		t.Fatal("rtcp counters")
+	}
+}
+
+func TestMediaTimeout(t *testing.T) {
+	ended := make(chan string, 1)
+	p := newTestProxy(t, func(c *Config) {
+		c.MediaTimeout, c.SetupTimeout, c.Tick = 200*time.Millisecond, 300*time.Millisecond, 20*time.Millisecond
+		c.OnTimeout = func(id string) { ended <- id }
+	})
+	if _, err := p.Apply(&Descriptor{Op: OpUpsert, Flags: FlagCallerOutside, CallID: "t",
+		Client: netip.MustParseAddrPort("127.0.0.1:9")}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case id := <-ended:
+		if id != "t" {
+			t.Fatal(id)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no timeout")
+	}
+	if p.PortsInUse() != 0 || p.Streams() != 0 {
+		t.Fatal("leak after timeout")
+	}
+}
+
+func TestPoolExhaustion(t *testing.T) {
+	p := newTestProxy(t, func(c *Config) { c.InsidePorts = PortRange{c.InsidePorts.Low, c.InsidePorts.Low + 3} })
+	var err error
+	for i := 0; i < 4 && err == nil; i++ {
+		_, err = p.Apply(&Descriptor{Op: OpUpsert, Flags: FlagCallerOutside, CallID: string(rune('a' + i))})
+	}
+	if !errors.Is(err, ErrNoPorts) {
+		t.Fatalf("got %v, want ErrNoPorts", err)
+	}
+}
+
+func TestControlProtocol(t *testing.T) {
+	p := newTestProxy(t, nil)
+	cs, err := ListenControl(p, "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cs.Close()
+	cc, err := DialControl(cs.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	ctx := context.Background()
+	r, err := cc.Do(ctx, &Descriptor{Op: OpUpsert, Flags: FlagCallerOutside | FlagSSRC, SSRC: 5, CallID: "k",
+		Client: netip.MustParseAddrPort("127.0.0.1:7")})
+	if err != nil || r.InsideRTP == 0 || r.FixedRTP != p.RTPAddr().Port() || !r.SSRCKnown || r.SSRC != 5 {
+		t.Fatalf("upsert: %+v %v", r, err)
+	}
+	if _, err := cc.Do(ctx, &Descriptor{Op: OpQuery, CallID: "nope"}); !errors.Is(err, ErrNoSession) {
+		t.Fatalf("query unknown: %v", err)
+	}
+	if _, err := cc.Do(ctx, &Descriptor{Op: OpDelete, Index: AllStreams, CallID: "k"}); err != nil {
+		t.Fatal(err)
+	}
+	if p.Streams() != 0 {
+		t.Fatal("not deleted")
+	}
+}
+
+// TestOutsidePathAllocs checks that demultiplexing and forwarding a packet
+// from the fixed port allocates nothing.
+func TestOutsidePathAllocs(t *testing.T) {
+	p := newTestProxy(t, nil)
+	server := udp(t)
+	c := udp(t)
+	if _, err := p.Apply(&Descriptor{Op: OpUpsert, Flags: FlagCallerOutside | FlagSSRC, SSRC: 3, CallID: "z",
+		Client: addrOf(c), Server: addrOf(server)}); err != nil {
+		t.Fatal(err)
+	}
+	m := udpio.NewMessages(1, 0)[0]
+	m.N = copy(m.Buf, rtpPacket(3, 1, "payload"))
+	m.Addr = addrOf(c)
+	p.fromOutside(&m, false, 1)
+	allocs := testing.AllocsPerRun(200, func() { p.fromOutside(&m, false, 1) })
+	if allocs != 0 {
+		t.Fatalf("%v allocations per packet", allocs)
+	}
+}
+
+func BenchmarkFromOutside(b *testing.B) {
+	p, err := New(Config{RTP: netip.AddrPortFrom(lo, 0), RTCP: netip.AddrPortFrom(lo, 0), InsideIP: lo, InsidePorts: PortRange{41000, 42000}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer p.Close()
+	sink, _ := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	defer sink.Close()
+	src := netip.MustParseAddrPort("127.0.0.1:5000")
+	for i := 0; i < 100; i++ {
+		_, _ = p.Apply(&Descriptor{Op: OpUpsert, Flags: FlagCallerOutside | FlagSSRC, SSRC: uint32(i), CallID: string(rune(300 + i)),
+			Client: src, Server: addrOf(sink)})
+	}
+	m := udpio.NewMessages(1, 0)[0]
+	m.N = copy(m.Buf, rtpPacket(42, 1, "0123456789012345678901234567890123456789012345678901234567890123456789"))
+	m.Addr = src
+	b.ReportAllocs()
+	for b.Loop() {
+		p.fromOutside(&m, false, 1)
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met in 5s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

@@ -1,0 +1,126 @@
+package turn
+
+import (
+	"crypto/tls"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Config configures a Server. The zero value of every field but Listen and
+// Realm is a documented default.
+type Config struct {
+	// Listen is the UDP and TCP address clients reach (RFC 8656 section 5).
+	// Port 0 picks a free port (the same for UDP and TCP).
+	Listen netip.AddrPort
+	// NoTCP disables the TCP listener on Listen.
+	NoTCP bool
+	// TLSListen, when valid, adds a TLS-over-TCP listener. TLS supplies its
+	// certificates; when nil, a self-signed certificate is generated at
+	// start (fine for tests and for clients that do not verify).
+	TLSListen netip.AddrPort
+	TLS       *tls.Config
+
+	// Realm is the long-term credential realm (RFC 8489 section 14.9).
+	Realm string
+	// Users maps user names to passwords for long-term credentials.
+	Users map[string]string
+	// AuthSecret, when set, also accepts time-limited credentials: user
+	// name "EXPIRY[:user]" (EXPIRY in Unix seconds), password
+	// base64(HMAC-SHA1(AuthSecret, username)). See RESTCredentials.
+	AuthSecret string
+	// NonceLifetime is how long a nonce is accepted before 438 Stale Nonce
+	// (default 10 minutes).
+	NonceLifetime time.Duration
+
+	// RelayIP is the address relay sockets bind and allocations advertise
+	// (default: Listen's address, which then must be specified).
+	RelayIP netip.Addr
+	// RelayPortLow and RelayPortHigh bound the relay ports (default
+	// 49152-65535). Each allocation holds one port.
+	RelayPortLow, RelayPortHigh uint16
+
+	// AllowLoopbackPeers lets clients relay to loopback addresses: for
+	// local tests only; New logs a warning.
+	AllowLoopbackPeers bool
+	// AllowPeers are peer prefixes allowed even when the default filter
+	// refuses them; DenyPeers are refused always (checked first).
+	AllowPeers, DenyPeers []netip.Prefix
+
+	// DefaultLifetime is the allocation lifetime when the client asks for
+	// none (default 10 minutes); MaxLifetime caps what it may ask (default
+	// 1 hour). RFC 8656 section 7.2.
+	DefaultLifetime, MaxLifetime time.Duration
+	// MaxAllocations caps allocations in total and MaxAllocationsPerUser
+	// per user name (486 Allocation Quota Reached); 0 means unlimited.
+	MaxAllocations, MaxAllocationsPerUser int
+	// BandwidthPerAllocation caps each allocation's relayed bytes per
+	// second, each direction on its own (token bucket of one second's
+	// worth; excess packets are dropped and counted). 0 means unlimited.
+	BandwidthPerAllocation int64
+	// AuthFailuresPerMinute caps failed authentications per source address;
+	// requests beyond it are dropped unanswered for the rest of the minute
+	// (default 30; negative disables the limit).
+	AuthFailuresPerMinute int
+
+	// Shards is the number of SO_REUSEPORT UDP sockets on Listen, each with
+	// its own reader (default 1).
+	Shards int
+	// Software, when set, is sent in the SOFTWARE attribute.
+	Software string
+
+	// Registerer receives the server's metrics (nil: not registered).
+	Registerer prometheus.Registerer
+	// Log receives the server's logs (default: discarded).
+	Log *slog.Logger
+}
+
+func (c *Config) validate() error {
+	if !c.Listen.IsValid() {
+		return fmt.Errorf("%w: listen address is required", ErrConfig)
+	}
+	if c.Realm == "" {
+		return fmt.Errorf("%w: realm is required", ErrConfig)
+	}
+	if len(c.Users) == 0 && c.AuthSecret == "" {
+		return fmt.Errorf("%w: no users and no auth secret: nobody could allocate", ErrConfig)
+	}
+	if !c.RelayIP.IsValid() {
+		c.RelayIP = c.Listen.Addr()
+	}
+	c.RelayIP = c.RelayIP.Unmap()
+	if c.RelayIP.IsUnspecified() {
+		return fmt.Errorf("%w: relay IP must be a specific address (listen is %s; set the relay IP)", ErrConfig, c.Listen.Addr())
+	}
+	if c.RelayPortLow == 0 && c.RelayPortHigh == 0 {
+		c.RelayPortLow, c.RelayPortHigh = 49152, 65535
+	}
+	if c.RelayPortLow == 0 || c.RelayPortHigh < c.RelayPortLow {
+		return fmt.Errorf("%w: relay port range %d-%d", ErrConfig, c.RelayPortLow, c.RelayPortHigh)
+	}
+	if c.NonceLifetime <= 0 {
+		c.NonceLifetime = 10 * time.Minute
+	}
+	if c.DefaultLifetime <= 0 {
+		c.DefaultLifetime = 10 * time.Minute
+	}
+	if c.MaxLifetime <= 0 {
+		c.MaxLifetime = time.Hour
+	}
+	if c.MaxLifetime < c.DefaultLifetime {
+		c.MaxLifetime = c.DefaultLifetime
+	}
+	if c.AuthFailuresPerMinute == 0 {
+		c.AuthFailuresPerMinute = 30
+	}
+	if c.Shards <= 0 {
+		c.Shards = 1
+	}
+	if c.Log == nil {
+		c.Log = slog.New(slog.DiscardHandler)
+	}
+	return nil
+}

@@ -1,0 +1,17 @@
+package turn
+
+import "errors"
+
+var (
+	// ErrConfig wraps every configuration error returned by New.
+	ErrConfig = errors.New("turn: invalid configuration")
+	// ErrUnsupported is returned by New where the relay engine (epoll,
+	// recvmmsg) is not available.
+	ErrUnsupported = errors.New("turn: relay engine needs linux")
+	// ErrNoRelayPort is returned when every port of the relay port range is
+	// in use (508 Insufficient Capacity, RFC 8656 section 7.2).
+	ErrNoRelayPort = errors.New("turn: relay port range exhausted")
+	// ErrMalformed is returned by the parsers for input that is not a
+	// well-formed message of the kind they parse.
+	ErrMalformed = errors.New("turn: malformed message")
+)

@@ -1,0 +1,545 @@
+package turn
+
+import (
+	"encoding/binary"
+	"errors"
+	"net/netip"
+	"time"
+
+	"github.com/pion/stun/v3"
+)
+
+// handleMessage answers one STUN message from a client: requests get a
+// response, Send indications are relayed, anything else is counted.
+func (s *Server) handleMessage(b []byte, key fiveTuple, out sender, st *relayStats) {
+	if len(b) >= stunHeaderSize && binary.BigEndian.Uint16(b) == typeSendIndication {
+		s.relaySend(key, b, st)
+		return
+	}
+	m := &stun.Message{Raw: b}
+	if err := m.Decode(); err != nil {
+		st.bad++
+		return
+	}
+	if m.Type.Class != stun.ClassRequest {
+		st.bad++
+		return
+	}
+	r := request{s: s, m: m, key: key, out: out, from: key.client, now: time.Now()}
+	switch m.Type.Method {
+	case stun.MethodBinding:
+		r.binding()
+	case stun.MethodAllocate:
+		r.allocate()
+	case stun.MethodRefresh:
+		r.refresh()
+	case stun.MethodCreatePermission:
+		r.createPermission()
+	case stun.MethodChannelBind:
+		r.channelBind()
+	default:
+		r.fail(stun.CodeBadRequest, nil)
+	}
+}
+
+// request is one request being answered.
+type request struct {
+	s    *Server
+	m    *stun.Message
+	key  fiveTuple
+	out  sender
+	from netip.AddrPort
+	now  time.Time
+
+	user  string
+	integ []byte // set once authenticated: responses carry MESSAGE-INTEGRITY
+}
+
+func (r *request) method() string { return r.m.Type.Method.String() }
+
+func (r *request) reply(class stun.MessageClass, setters ...stun.Setter) {
+	all := make([]stun.Setter, 0, len(setters)+5)
+	all = append(all, stun.NewTransactionIDSetter(r.m.TransactionID), stun.NewType(r.m.Type.Method, class))
+	all = append(all, setters...)
+	if r.s.cfg.Software != "" {
+		all = append(all, stun.NewSoftware(r.s.cfg.Software))
+	}
+	if r.integ != nil {
+		all = append(all, stun.MessageIntegrity(r.integ))
+	}
+	if r.m.Contains(stun.AttrFingerprint) {
+		all = append(all, stun.Fingerprint)
+	}
+	resp, err := stun.Build(all...)
+	if err != nil {
+		r.s.cfg.Log.Debug("turn: build response", "err", err)
+		return
+	}
+	r.out.send(resp.Raw)
+}
+
+func (r *request) ok(setters ...stun.Setter) {
+	r.s.m.requests.WithLabelValues(r.method(), "ok").Inc()
+	r.reply(stun.ClassSuccessResponse, setters...)
+}
+
+func (r *request) fail(code stun.ErrorCode, extra []stun.Setter) {
+	r.s.m.requests.WithLabelValues(r.method(), codeLabel(code)).Inc()
+	setters := append([]stun.Setter{stun.ErrorCodeAttribute{Code: code, Reason: reason(code)}}, extra...)
+	r.reply(stun.ClassErrorResponse, setters...)
+}
+
+func codeLabel(c stun.ErrorCode) string {
+	switch c {
+	case stun.CodeBadRequest:
+		return "400"
+	case stun.CodeUnauthorized:
+		return "401"
+	case stun.CodeForbidden:
+		return "403"
+	case stun.CodeAllocMismatch:
+		return "437"
+	case stun.CodeStaleNonce:
+		return "438"
+	case stun.CodeAddrFamilyNotSupported:
+		return "440"
+	case stun.CodeWrongCredentials:
+		return "441"
+	case stun.CodeUnsupportedTransProto:
+		return "442"
+	case stun.CodePeerAddrFamilyMismatch:
+		return "443"
+	case stun.CodeAllocQuotaReached:
+		return "486"
+	case stun.CodeInsufficientCapacity:
+		return "508"
+	}
+	return "500"
+}
+
+func reason(c stun.ErrorCode) []byte {
+	switch c {
+	case stun.CodeBadRequest:
+		return []byte("Bad Request")
+	case stun.CodeUnauthorized:
+		return []byte("Unauthorized")
+	case stun.CodeForbidden:
+		return []byte("Forbidden")
+	case stun.CodeAllocMismatch:
+		return []byte("Allocation Mismatch")
+	case stun.CodeStaleNonce:
+		return []byte("Stale Nonce")
+	case stun.CodeAddrFamilyNotSupported:
+		return []byte("Address Family not Supported")
+	case stun.CodeWrongCredentials:
+		return []byte("Wrong Credentials")
+	case stun.CodeUnsupportedTransProto:
+		return []byte("Unsupported Transport Protocol")
+	case stun.CodePeerAddrFamilyMismatch:
+		return []byte("Peer Address Family Mismatch")
+	case stun.CodeAllocQuotaReached:
+		return []byte("Allocation Quota Reached")
+	case stun.CodeInsufficientCapacity:
+		return []byte("Insufficient Capacity")
+	}
+	return []byte("Server Error")
+}
+
+// challenge answers 401 or 438 with the realm and a fresh nonce.
+func (r *request) challenge(code stun.ErrorCode) {
+	r.integ = nil
+	r.fail(code, []stun.Setter{stun.NewRealm(r.s.cfg.Realm), stun.NewNonce(r.s.nonces.issue(r.from.Addr(), r.now))})
+}
+
+func (r *request) authFailure(reason string) {
+	r.s.m.authFailures.WithLabelValues(reason).Inc()
+	r.s.recordFailure(r.from.Addr(), r.now.UnixNano())
+}
+
+// authenticate checks the long-term credential (RFC 8489 section 9.2.4).
+// On failure it has answered (or, when rate limited, decided not to).
+func (r *request) authenticate() bool {
+	s := r.s
+	if s.rateLimited(r.from.Addr(), r.now.UnixNano()) {
+		s.m.authFailures.WithLabelValues("rate_limited").Inc()
+		return false
+	}
+	if !r.m.Contains(stun.AttrMessageIntegrity) {
+		r.challenge(stun.CodeUnauthorized)
+		return false
+	}
+	var user stun.Username
+	var realm stun.Realm
+	var nonce stun.Nonce
+	if user.GetFrom(r.m) != nil || realm.GetFrom(r.m) != nil || nonce.GetFrom(r.m) != nil {
+		r.fail(stun.CodeBadRequest, nil)
+		return false
+	}
+	if !s.nonces.valid(string(nonce), r.from.Addr(), r.now) {
+		s.m.authFailures.WithLabelValues("stale_nonce").Inc()
+		r.challenge(stun.CodeStaleNonce)
+		return false
+	}
+	name := string(user)
+	if string(realm) != s.cfg.Realm {
+		r.authFailure("unknown_user")
+		r.challenge(stun.CodeUnauthorized)
+		return false
+	}
+	pass, ok := s.cfg.Users[name]
+	if !ok && s.cfg.AuthSecret != "" {
+		if exp, isREST := restExpiry(name); isREST {
+			if !r.now.Before(exp) {
+				r.authFailure("expired_credential")
+				r.challenge(stun.CodeUnauthorized)
+				return false
+			}
+			pass, ok = restPassword(s.cfg.AuthSecret, name), true
+		}
+	}
+	if !ok {
+		r.authFailure("unknown_user")
+		r.challenge(stun.CodeUnauthorized)
+		return false
+	}
+	key := longTermKey(name, s.cfg.Realm, pass)
+	if err := stun.MessageIntegrity(key).Check(r.m); err != nil {
+		r.authFailure("bad_integrity")
+		r.challenge(stun.CodeUnauthorized)
+		return false
+	}
+	r.user, r.integ = name, key
+	return true
+}
+
+// owned authenticates a request on an existing allocation and returns it
+// (437 when there is none, 441 when another user asks).
+func (r *request) owned() *allocation {
+	if !r.authenticate() {
+		return nil
+	}
+	a := r.s.lookup(r.key)
+	if a == nil {
+		r.fail(stun.CodeAllocMismatch, nil)
+		return nil
+	}
+	if a.user != r.user {
+		r.s.m.authFailures.WithLabelValues("wrong_credentials").Inc()
+		r.fail(stun.CodeWrongCredentials, nil)
+		return nil
+	}
+	return a
+}
+
+func (r *request) binding() {
+	r.ok(&stun.XORMappedAddress{IP: r.from.Addr().AsSlice(), Port: int(r.from.Port())})
+}
+
+func lifetimeSetter(d time.Duration) stun.Setter {
+	return rawAttr{stun.AttrLifetime, binary.BigEndian.AppendUint32(nil, uint32(d/time.Second))}
+}
+
+type rawAttr struct {
+	t stun.AttrType
+	v []byte
+}
+
+func (a rawAttr) AddTo(m *stun.Message) error { m.Add(a.t, a.v); return nil }
+
+// lifetime returns the lifetime the client asked for, clamped (RFC 8656
+// section 7.2); ok is false when the attribute is malformed.
+func (r *request) lifetime() (time.Duration, bool, bool) {
+	v, err := r.m.Get(stun.AttrLifetime)
+	if err != nil {
+		return r.s.cfg.DefaultLifetime, false, true
+	}
+	if len(v) != 4 {
+		return 0, true, false
+	}
+	d := time.Duration(binary.BigEndian.Uint32(v)) * time.Second
+	return d, true, true
+}
+
+func (r *request) allocate() {
+	s := r.s
+	if a := s.lookup(r.key); a != nil {
+		// A retransmitted Allocate gets the same answer (RFC 8656 section
+		// 7.2); a new one on a taken 5-tuple gets 437.
+		if !r.authenticate() {
+			return
+		}
+		if a.tid == r.m.TransactionID && a.user == r.user {
+			a.mu.Lock()
+			left := time.Duration(a.expires - r.now.UnixNano())
+			a.mu.Unlock()
+			r.allocated(a, left)
+			return
+		}
+		r.fail(stun.CodeAllocMismatch, nil)
+		return
+	}
+	if !r.authenticate() {
+		return
+	}
+	v, err := r.m.Get(stun.AttrRequestedTransport)
+	if err != nil || len(v) != 4 {
+		r.fail(stun.CodeBadRequest, nil)
+		return
+	}
+	if v[0] != 17 {
+		r.fail(stun.CodeUnsupportedTransProto, nil)
+		return
+	}
+	if fam, err := r.m.Get(stun.AttrRequestedAddressFamily); err == nil {
+		if len(fam) != 4 || (fam[0] != 1 && fam[0] != 2) {
+			r.fail(stun.CodeBadRequest, nil)
+			return
+		}
+		if (fam[0] == 1) != s.cfg.RelayIP.Is4() {
+			r.fail(stun.CodeAddrFamilyNotSupported, nil)
+			return
+		}
+	}
+	if r.m.Contains(stun.AttrReservationToken) && r.m.Contains(stun.AttrEvenPort) {
+		r.fail(stun.CodeBadRequest, nil)
+		return
+	}
+	d, _, ok := r.lifetime()
+	if !ok {
+		r.fail(stun.CodeBadRequest, nil)
+		return
+	}
+	d = max(d, s.cfg.DefaultLifetime)
+	d = min(d, s.cfg.MaxLifetime)
+
+	s.mu.Lock()
+	switch {
+	case s.closed:
+		s.mu.Unlock()
+		return
+	case s.cfg.MaxAllocations > 0 && len(s.allocs) >= s.cfg.MaxAllocations:
+		s.mu.Unlock()
+		s.m.quotaHits.WithLabelValues("total").Inc()
+		r.fail(stun.CodeAllocQuotaReached, nil)
+		return
+	case s.cfg.MaxAllocationsPerUser > 0 && s.perUser[r.user] >= s.cfg.MaxAllocationsPerUser:
+		s.mu.Unlock()
+		s.m.quotaHits.WithLabelValues("user").Inc()
+		r.fail(stun.CodeAllocQuotaReached, nil)
+		return
+	}
+	// Hold the quota slot while the socket opens.
+	s.perUser[r.user]++
+	s.mu.Unlock()
+
+	fd, relayed, err := s.openRelay()
+	if err != nil {
+		s.mu.Lock()
+		if s.perUser[r.user]--; s.perUser[r.user] <= 0 {
+			delete(s.perUser, r.user)
+		}
+		s.mu.Unlock()
+		if errors.Is(err, ErrNoRelayPort) {
+			s.m.quotaHits.WithLabelValues("ports").Inc()
+		} else {
+			s.cfg.Log.Warn("turn: relay socket", "err", err)
+		}
+		r.fail(stun.CodeInsufficientCapacity, nil)
+		return
+	}
+	a := &allocation{key: r.key, out: r.out, fd: fd, relayed: relayed, user: r.user, integ: r.integ,
+		tid: r.m.TransactionID, expires: r.now.Add(d).UnixNano()}
+	s.mu.Lock()
+	if s.closed || s.allocs[r.key] != nil {
+		// Closed, or a concurrent Allocate on the same 5-tuple won.
+		if s.perUser[r.user]--; s.perUser[r.user] <= 0 {
+			delete(s.perUser, r.user)
+		}
+		s.mu.Unlock()
+		s.eng.remove(fd)
+		r.fail(stun.CodeAllocMismatch, nil)
+		return
+	}
+	s.allocs[r.key] = a
+	s.byFD[int32(fd)] = a
+	s.byRelay[relayed] = a
+	s.mu.Unlock()
+	if r.out.stream != nil {
+		r.out.stream.setAlloc(a)
+	}
+	if err := s.eng.add(fd); err != nil {
+		s.cfg.Log.Warn("turn: epoll add", "err", err)
+	}
+	s.m.allocations.Inc()
+	r.allocated(a, d)
+}
+
+func (r *request) allocated(a *allocation, left time.Duration) {
+	r.ok(
+		&xorAddr{t: stun.AttrXORRelayedAddress, ap: a.relayed},
+		lifetimeSetter(left),
+		&stun.XORMappedAddress{IP: r.from.Addr().AsSlice(), Port: int(r.from.Port())},
+	)
+}
+
+type xorAddr struct {
+	t  stun.AttrType
+	ap netip.AddrPort
+}
+
+func (x *xorAddr) AddTo(m *stun.Message) error {
+	return stun.XORMappedAddress{IP: x.ap.Addr().AsSlice(), Port: int(x.ap.Port())}.AddToAs(m, x.t)
+}
+
+func (r *request) refresh() {
+	a := r.owned()
+	if a == nil {
+		return
+	}
+	d, _, ok := r.lifetime()
+	if !ok {
+		r.fail(stun.CodeBadRequest, nil)
+		return
+	}
+	if d == 0 {
+		r.s.deleteAllocation(a)
+		r.ok(lifetimeSetter(0))
+		return
+	}
+	d = min(max(d, r.s.cfg.DefaultLifetime), r.s.cfg.MaxLifetime)
+	a.mu.Lock()
+	a.expires = r.now.Add(d).UnixNano()
+	a.mu.Unlock()
+	r.ok(lifetimeSetter(d))
+}
+
+// peers returns every XOR-PEER-ADDRESS of the request.
+func (r *request) peers() ([]netip.AddrPort, bool) {
+	var out []netip.AddrPort
+	for _, at := range r.m.Attributes {
+		if at.Type != stun.AttrXORPeerAddress {
+			continue
+		}
+		ap, err := parseXORAddress(at.Value, r.m.TransactionID[:])
+		if err != nil {
+			return nil, false
+		}
+		out = append(out, ap)
+	}
+	return out, len(out) > 0
+}
+
+// checkPeer answers 443 or 403 for a peer the allocation may not reach.
+func (r *request) checkPeer(a *allocation, p netip.AddrPort, endpoint bool) bool {
+	if p.Addr().Is4() != a.relayed.Addr().Is4() {
+		r.fail(stun.CodePeerAddrFamilyMismatch, nil)
+		return false
+	}
+	allowed := r.s.filter.allowedIP(p.Addr())
+	if endpoint {
+		allowed = allowed && r.s.filter.allowedEndpoint(p) && !r.s.isRelayAddr(p)
+	}
+	if !allowed {
+		r.s.m.refusedPeers.Inc()
+		r.s.cfg.Log.Debug("turn: peer refused", "user", r.user, "peer", p.String())
+		r.fail(stun.CodeForbidden, nil)
+		return false
+	}
+	return true
+}
+
+func (r *request) createPermission() {
+	a := r.owned()
+	if a == nil {
+		return
+	}
+	peers, ok := r.peers()
+	if !ok {
+		r.fail(stun.CodeBadRequest, nil)
+		return
+	}
+	for _, p := range peers {
+		if !r.checkPeer(a, p, false) {
+			return
+		}
+	}
+	exp := r.now.Add(permissionLifetime).UnixNano()
+	added := 0
+	a.mu.Lock()
+	if a.perms == nil {
+		a.perms = make(map[netip.Addr]int64, len(peers))
+	}
+	for _, p := range peers {
+		if _, had := a.perms[p.Addr()]; !had {
+			added++
+		}
+		a.perms[p.Addr()] = exp
+	}
+	a.mu.Unlock()
+	r.s.m.permissions.Add(float64(added))
+	r.ok()
+}
+
+func (r *request) channelBind() {
+	a := r.owned()
+	if a == nil {
+		return
+	}
+	v, err := r.m.Get(stun.AttrChannelNumber)
+	peers, ok := r.peers()
+	if err != nil || len(v) != 4 || !ok || len(peers) != 1 {
+		r.fail(stun.CodeBadRequest, nil)
+		return
+	}
+	num := binary.BigEndian.Uint16(v)
+	if num < minChannel || num > maxChannel {
+		r.fail(stun.CodeBadRequest, nil)
+		return
+	}
+	peer := peers[0]
+	if !r.checkPeer(a, peer, true) {
+		return
+	}
+	var sa sockaddr
+	if !encodeSockaddr(peer, r.s.eng.v6, &sa) {
+		r.fail(stun.CodePeerAddrFamilyMismatch, nil)
+		return
+	}
+	now := r.now.UnixNano()
+	a.mu.Lock()
+	ch := a.chans[num]
+	other := a.byPeer[peer]
+	// A number bound to another peer, or a peer bound to another number,
+	// is a 400 (RFC 8656 section 12.2).
+	if (ch != nil && ch.peer != peer) || (other != nil && other.num != num) {
+		a.mu.Unlock()
+		r.fail(stun.CodeBadRequest, nil)
+		return
+	}
+	newChan, newPerm := ch == nil, false
+	if ch == nil {
+		ch = &channel{num: num, peer: peer, sa: sa}
+		if a.chans == nil {
+			a.chans = map[uint16]*channel{}
+			a.byPeer = map[netip.AddrPort]*channel{}
+		}
+		a.chans[num] = ch
+		a.byPeer[peer] = ch
+	}
+	ch.expires = now + int64(channelLifetime)
+	if a.perms == nil {
+		a.perms = map[netip.Addr]int64{}
+	}
+	if _, had := a.perms[peer.Addr()]; !had {
+		newPerm = true
+	}
+	a.perms[peer.Addr()] = now + int64(permissionLifetime)
+	a.mu.Unlock()
+	if newChan {
+		r.s.m.channels.Inc()
+	}
+	if newPerm {
+		r.s.m.permissions.Inc()
+	}
+	r.ok()
+}

@@ -1,0 +1,72 @@
+package turn
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// metrics are one server's counters; two servers in one process keep their
+// own (nothing is registered globally).
+type metrics struct {
+	allocations prometheus.Gauge
+	permissions prometheus.Gauge
+	channels    prometheus.Gauge
+
+	toPeerPackets, toPeerBytes     prometheus.Counter
+	toClientPackets, toClientBytes prometheus.Counter
+
+	requests     *prometheus.CounterVec // by method and result
+	authFailures *prometheus.CounterVec // by reason
+	refusedPeers prometheus.Counter
+	quotaHits    *prometheus.CounterVec // by quota
+	drops        *prometheus.CounterVec // by reason
+	bad          *prometheus.CounterVec // malformed input by transport
+	streamConns  prometheus.Gauge
+
+	// Pre-resolved children for the data path.
+	dropNoPermission, dropNoChannel, dropNoAllocation, dropBandwidth, dropQueueFull, dropSendError prometheus.Counter
+	badUDP, badStream                                                                              prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	const ns, sub = "traverse", "turn"
+	m := &metrics{
+		allocations: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "allocations", Help: "Allocations open now."}),
+		permissions: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "permissions", Help: "Permissions installed now, over all allocations."}),
+		channels:    prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "channels", Help: "Channels bound now, over all allocations."}),
+		streamConns: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "stream_connections", Help: "TCP and TLS client connections open now."}),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "requests_total",
+			Help: "STUN/TURN requests answered, by method and result (ok or the error code)."}, []string{"method", "result"}),
+		authFailures: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "auth_failures_total",
+			Help: "Failed authentications by reason: bad_integrity, unknown_user, expired_credential, stale_nonce, wrong_credentials, rate_limited."}, []string{"reason"}),
+		refusedPeers: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "refused_peers_total",
+			Help: "Permissions, channel bindings and Send indications refused because the peer address is filtered (403)."}),
+		quotaHits: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "quota_hits_total",
+			Help: "Requests refused by a quota: user and total (486), ports (508)."}, []string{"quota"}),
+		drops: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "dropped_packets_total",
+			Help: "Packets not relayed, by reason."}, []string{"reason"}),
+		bad: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "malformed_total",
+			Help: "Malformed messages from clients, by transport."}, []string{"transport"}),
+	}
+	relayed := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "relayed_packets_total",
+		Help: "Packets relayed, by direction (to_peer, to_client)."}, []string{"direction"})
+	relayedBytes := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "relayed_bytes_total",
+		Help: "Payload bytes relayed, by direction (to_peer, to_client)."}, []string{"direction"})
+	m.toPeerPackets = relayed.WithLabelValues("to_peer")
+	m.toClientPackets = relayed.WithLabelValues("to_client")
+	m.toPeerBytes = relayedBytes.WithLabelValues("to_peer")
+	m.toClientBytes = relayedBytes.WithLabelValues("to_client")
+	m.dropNoPermission = m.drops.WithLabelValues("no_permission")
+	m.dropNoChannel = m.drops.WithLabelValues("no_channel")
+	m.dropNoAllocation = m.drops.WithLabelValues("no_allocation")
+	m.dropBandwidth = m.drops.WithLabelValues("bandwidth")
+	m.dropQueueFull = m.drops.WithLabelValues("queue_full")
+	m.dropSendError = m.drops.WithLabelValues("send_error")
+	m.badUDP = m.bad.WithLabelValues("udp")
+	m.badStream = m.bad.WithLabelValues("stream")
+	for _, q := range []string{"user", "total", "ports", "bandwidth"} {
+		m.quotaHits.WithLabelValues(q)
+	}
+	if reg != nil {
+		reg.MustRegister(m.allocations, m.permissions, m.channels, m.streamConns, m.requests, m.authFailures,
+			m.refusedPeers, m.quotaHits, m.drops, m.bad, relayed, relayedBytes)
+	}
+	return m
+}

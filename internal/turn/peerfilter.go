@@ -1,0 +1,121 @@
+package turn
+
+import "net/netip"
+
+// refusedByDefault are the peer ranges a relay must not reach unless the
+// operator allows them: they are the operator's own network, not the
+// internet a TURN relay exists to reach.
+var refusedByDefault = []netip.Prefix{
+	netip.MustParsePrefix("0.0.0.0/8"),      // "this network", unspecified (RFC 1122)
+	netip.MustParsePrefix("10.0.0.0/8"),     // private (RFC 1918)
+	netip.MustParsePrefix("100.64.0.0/10"),  // carrier-grade NAT (RFC 6598)
+	netip.MustParsePrefix("127.0.0.0/8"),    // loopback
+	netip.MustParsePrefix("169.254.0.0/16"), // link-local, cloud metadata (169.254.169.254)
+	netip.MustParsePrefix("172.16.0.0/12"),  // private (RFC 1918)
+	netip.MustParsePrefix("192.0.0.0/24"),   // IETF protocol assignments (RFC 6890)
+	netip.MustParsePrefix("192.168.0.0/16"), // private (RFC 1918)
+	netip.MustParsePrefix("198.18.0.0/15"),  // benchmarking (RFC 2544)
+	netip.MustParsePrefix("224.0.0.0/4"),    // multicast
+	netip.MustParsePrefix("240.0.0.0/4"),    // reserved and broadcast
+	netip.MustParsePrefix("::/128"),         // unspecified
+	netip.MustParsePrefix("::1/128"),        // loopback
+	netip.MustParsePrefix("64:ff9b:1::/48"), // local-use NAT64 (RFC 8215)
+	netip.MustParsePrefix("fc00::/7"),       // unique local (RFC 4193)
+	netip.MustParsePrefix("fe80::/10"),      // link-local
+	netip.MustParsePrefix("fec0::/10"),      // site-local (deprecated)
+	netip.MustParsePrefix("ff00::/8"),       // multicast
+	netip.MustParsePrefix("2001:db8::/32"),  // documentation
+	netip.MustParsePrefix("2001:10::/28"),   // ORCHID
+	netip.MustParsePrefix("100::/64"),       // discard-only
+}
+
+// peerFilter decides which peer addresses an allocation may reach.
+type peerFilter struct {
+	allow, deny  []netip.Prefix
+	loopback     bool
+	own          []netip.Addr     // the server's own addresses
+	ownEndpoints []netip.AddrPort // listeners: refused even on loopback
+}
+
+// allowedIP reports whether a permission for ip may be installed (RFC 8656
+// section 9: the server may refuse with 403).
+func (f *peerFilter) allowedIP(ip netip.Addr) bool {
+	ip = ip.Unmap()
+	if !ip.IsValid() {
+		return false
+	}
+	if ip.Is6() {
+		// 6to4 and Teredo embed IPv4 addresses; NAT64 well-known prefix
+		// too. Judge the embedded address.
+		if v4, ok := embeddedV4(ip); ok {
+			if !f.allowedIP(v4) {
+				return false
+			}
+		}
+	}
+	for _, p := range f.deny {
+		if p.Contains(ip) {
+			return false
+		}
+	}
+	for _, p := range f.allow {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	if ip.IsLoopback() {
+		return f.loopback
+	}
+	for _, a := range f.own {
+		if a == ip {
+			return false
+		}
+	}
+	for _, p := range refusedByDefault {
+		if p.Contains(ip) {
+			return false
+		}
+	}
+	return true
+}
+
+// allowedEndpoint adds, to allowedIP, the refusal of the server's own
+// listeners: a relay to them would loop. (The server refuses its own relay
+// addresses separately; it knows which are bound.)
+func (f *peerFilter) allowedEndpoint(ap netip.AddrPort) bool {
+	ip := ap.Addr().Unmap()
+	if !f.allowedIP(ip) {
+		return false
+	}
+	ap = netip.AddrPortFrom(ip, ap.Port())
+	for _, e := range f.ownEndpoints {
+		if e == ap || (e.Addr().IsUnspecified() && e.Port() == ap.Port() && (ip.IsLoopback() || f.isOwn(ip))) {
+			return false
+		}
+	}
+	return true
+}
+
+func (f *peerFilter) isOwn(ip netip.Addr) bool {
+	for _, a := range f.own {
+		if a == ip {
+			return true
+		}
+	}
+	return false
+}
+
+// embeddedV4 returns the IPv4 address inside NAT64 (64:ff9b::/96), 6to4
+// (2002::/16) and Teredo (2001::/32, client address inverted) addresses.
+func embeddedV4(ip netip.Addr) (netip.Addr, bool) {
+	b := ip.As16()
+	switch {
+	case b[0] == 0x00 && b[1] == 0x64 && b[2] == 0xff && b[3] == 0x9b && b[4] == 0 && b[5] == 0:
+		return netip.AddrFrom4([4]byte{b[12], b[13], b[14], b[15]}), true
+	case b[0] == 0x20 && b[1] == 0x02:
+		return netip.AddrFrom4([4]byte{b[2], b[3], b[4], b[5]}), true
+	case b[0] == 0x20 && b[1] == 0x01 && b[2] == 0 && b[3] == 0:
+		return netip.AddrFrom4([4]byte{^b[12], ^b[13], ^b[14], ^b[15]}), true
+	}
+	return netip.Addr{}, false
+}

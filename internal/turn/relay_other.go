@@ -1,0 +1,25 @@
+//go:build !(linux && (amd64 || arm64 || riscv64 || ppc64le || loong64))
+
+package turn
+
+import (
+	"errors"
+	"net/netip"
+)
+
+type sockaddr struct{}
+
+func encodeSockaddr(netip.AddrPort, bool, *sockaddr) bool { return false }
+func sendTo(int, []byte, *sockaddr) error                 { return ErrUnsupported }
+
+var errAddrInUse = errors.New("address in use")
+
+type engine struct{ v6 bool }
+
+func newEngine(*Server) (*engine, error)           { return nil, ErrUnsupported }
+func (e *engine) open(netip.AddrPort) (int, error) { return -1, ErrUnsupported }
+func (e *engine) add(int) error                    { return ErrUnsupported }
+func (e *engine) remove(int)                       {}
+func (e *engine) wake()                            {}
+func (e *engine) close()                           {}
+func (e *engine) run()                             {}

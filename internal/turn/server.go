@@ -1,0 +1,534 @@
+package turn
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/traverse-rtc/traverse/internal/udpio"
+)
+
+// Server is a running TURN server. Create it with New; stop it with Close.
+type Server struct {
+	cfg    Config
+	m      *metrics
+	filter peerFilter
+	nonces *nonces
+	eng    *engine
+
+	udp   []*udpio.Conn
+	tcpLn net.Listener
+	tlsLn net.Listener
+
+	sweepEvery time.Duration
+
+	mu sync.RWMutex // guards the maps below and closed
+	// allocs, byFD and byRelay index the same allocations.
+	allocs  map[fiveTuple]*allocation
+	byFD    map[int32]*allocation
+	byRelay map[netip.AddrPort]*allocation
+	perUser map[string]int
+	streams map[*streamConn]struct{}
+	closed  bool
+
+	failMu sync.Mutex // guards fails
+	fails  map[netip.Addr]*failWindow
+
+	done      chan struct{}
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+}
+
+type failWindow struct {
+	start int64
+	n     int
+}
+
+// New binds the listeners and starts serving.
+func New(cfg Config) (*Server, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	s := &Server{
+		cfg:        cfg,
+		m:          newMetrics(cfg.Registerer),
+		nonces:     newNonces(cfg.NonceLifetime),
+		sweepEvery: time.Second,
+		allocs:     map[fiveTuple]*allocation{},
+		byFD:       map[int32]*allocation{},
+		byRelay:    map[netip.AddrPort]*allocation{},
+		perUser:    map[string]int{},
+		streams:    map[*streamConn]struct{}{},
+		fails:      map[netip.Addr]*failWindow{},
+		done:       make(chan struct{}),
+	}
+	if err := s.listen(); err != nil {
+		s.closeSockets()
+		return nil, err
+	}
+	s.initFilter()
+	if cfg.AllowLoopbackPeers {
+		cfg.Log.Warn("turn: relaying to loopback peers is allowed (--allow-loopback-peers): for local tests only")
+	}
+	s.start()
+	cfg.Log.Info("turn listening", "udp", s.Addr().String(), "tcp", addrString(s.tcpLn), "tls", addrString(s.tlsLn),
+		"relay", cfg.RelayIP.String(), "ports", fmt.Sprintf("%d-%d", cfg.RelayPortLow, cfg.RelayPortHigh))
+	return s, nil
+}
+
+func addrString(l net.Listener) string {
+	if l == nil {
+		return ""
+	}
+	return l.Addr().String()
+}
+
+func (s *Server) listen() error {
+	ctx := context.Background()
+	network := "udp4"
+	if s.cfg.Listen.Addr().Is6() && !s.cfg.Listen.Addr().Is4In6() {
+		network = "udp6"
+	}
+	o := udpio.Options{ReadBuffer: 4 << 20, WriteBuffer: 4 << 20}
+	var err error
+	if s.cfg.Shards > 1 {
+		s.udp, err = udpio.ListenGroup(ctx, network, s.cfg.Listen.String(), s.cfg.Shards, o)
+	} else {
+		var c *udpio.Conn
+		c, err = udpio.Listen(ctx, network, s.cfg.Listen.String(), o)
+		if c != nil {
+			s.udp = []*udpio.Conn{c}
+		}
+	}
+	if err != nil {
+		return err
+	}
+	port := s.udp[0].LocalAddr().Port()
+	if !s.cfg.NoTCP {
+		s.tcpLn, err = net.Listen("tcp", netip.AddrPortFrom(s.cfg.Listen.Addr(), port).String())
+		if err != nil {
+			return fmt.Errorf("turn: tcp listener: %w", err)
+		}
+	}
+	if s.cfg.TLSListen.IsValid() {
+		tc := s.cfg.TLS
+		if tc == nil {
+			tc, err = selfSignedTLS()
+			if err != nil {
+				return err
+			}
+		}
+		ln, err := net.Listen("tcp", s.cfg.TLSListen.String())
+		if err != nil {
+			return fmt.Errorf("turn: tls listener: %w", err)
+		}
+		s.tlsLn = tls.NewListener(ln, tc)
+	}
+	s.eng, err = newEngine(s)
+	return err
+}
+
+func (s *Server) initFilter() {
+	f := peerFilter{allow: s.cfg.AllowPeers, deny: s.cfg.DenyPeers, loopback: s.cfg.AllowLoopbackPeers}
+	f.own = append(f.own, s.cfg.RelayIP)
+	la := s.cfg.Listen.Addr().Unmap()
+	if la.IsUnspecified() {
+		if addrs, err := net.InterfaceAddrs(); err == nil {
+			for _, a := range addrs {
+				if p, err := netip.ParsePrefix(a.String()); err == nil {
+					f.own = append(f.own, p.Addr().Unmap())
+				}
+			}
+		}
+	} else {
+		f.own = append(f.own, la)
+	}
+	f.ownEndpoints = append(f.ownEndpoints, netip.AddrPortFrom(la, s.udp[0].LocalAddr().Port()))
+	if s.tlsLn != nil {
+		ap := s.tlsLn.Addr().(*net.TCPAddr).AddrPort()
+		f.ownEndpoints = append(f.ownEndpoints, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()))
+	}
+	s.filter = f
+}
+
+func (s *Server) start() {
+	for i, c := range s.udp {
+		s.wg.Add(1)
+		go func() { defer s.wg.Done(); s.readUDP(i, c) }()
+	}
+	if s.tcpLn != nil {
+		s.wg.Add(1)
+		go func() { defer s.wg.Done(); s.acceptLoop(s.tcpLn, protoTCP) }()
+	}
+	if s.tlsLn != nil {
+		s.wg.Add(1)
+		go func() { defer s.wg.Done(); s.acceptLoop(s.tlsLn, protoTLS) }()
+	}
+	s.wg.Add(2)
+	go func() { defer s.wg.Done(); s.eng.run() }()
+	go func() { defer s.wg.Done(); s.sweepLoop() }()
+}
+
+// Addr returns the UDP listener's address (TCP listens on the same one).
+func (s *Server) Addr() netip.AddrPort { return s.udp[0].LocalAddr() }
+
+// TCPAddr returns the TCP listener's address, if any.
+func (s *Server) TCPAddr() netip.AddrPort { return lnAddr(s.tcpLn) }
+
+// TLSAddr returns the TLS listener's address, if any.
+func (s *Server) TLSAddr() netip.AddrPort { return lnAddr(s.tlsLn) }
+
+func lnAddr(l net.Listener) netip.AddrPort {
+	if l == nil {
+		return netip.AddrPort{}
+	}
+	return l.Addr().(*net.TCPAddr).AddrPort()
+}
+
+// Allocations returns how many allocations are open.
+func (s *Server) Allocations() int {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return len(s.allocs)
+}
+
+// Close stops the server, deletes every allocation and waits for its
+// goroutines. It is idempotent.
+func (s *Server) Close() error {
+	s.closeOnce.Do(func() {
+		s.mu.Lock()
+		s.closed = true
+		streams := make([]*streamConn, 0, len(s.streams))
+		for sc := range s.streams {
+			streams = append(streams, sc)
+		}
+		s.mu.Unlock()
+		close(s.done)
+		s.closeSockets()
+		for _, sc := range streams {
+			sc.close()
+		}
+		if s.eng != nil {
+			s.eng.wake()
+		}
+		s.wg.Wait()
+		s.mu.Lock()
+		all := make([]*allocation, 0, len(s.allocs))
+		for _, a := range s.allocs {
+			all = append(all, a)
+		}
+		s.mu.Unlock()
+		for _, a := range all {
+			s.deleteAllocation(a)
+		}
+		if s.eng != nil {
+			s.eng.close()
+		}
+	})
+	return nil
+}
+
+func (s *Server) closeSockets() {
+	for _, c := range s.udp {
+		_ = c.Close()
+	}
+	if s.tcpLn != nil {
+		_ = s.tcpLn.Close()
+	}
+	if s.tlsLn != nil {
+		_ = s.tlsLn.Close()
+	}
+}
+
+func (s *Server) readUDP(shard int, c *udpio.Conn) {
+	msgs := udpio.NewMessages(udpio.DefaultBatch, udpio.MaxPacket)
+	var st relayStats
+	for {
+		n, err := c.ReadBatch(msgs)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			s.cfg.Log.Debug("turn: udp read", "err", err)
+			select {
+			case <-s.done:
+				return
+			case <-time.After(10 * time.Millisecond):
+			}
+			continue
+		}
+		for i := 0; i < n; i++ {
+			b := msgs[i].Payload()
+			key := fiveTuple{protoUDP, msgs[i].Addr}
+			if isChannelData(b) {
+				s.relayChannelData(key, b, &st)
+				continue
+			}
+			s.handleMessage(b, key, sender{udp: c, shard: shard, addr: msgs[i].Addr}, &st)
+		}
+		st.flush(s.m)
+	}
+}
+
+// relayStats accumulates one reader's data path counters for a batch, so
+// shared counters are touched once per batch rather than per packet.
+type relayStats struct {
+	packets, bytes                            int
+	noAlloc, noChan, noPerm, bw, sendErr, bad int
+}
+
+func (st *relayStats) flush(m *metrics) {
+	if st.packets > 0 {
+		m.toPeerPackets.Add(float64(st.packets))
+		m.toPeerBytes.Add(float64(st.bytes))
+	}
+	if st.noAlloc+st.noChan+st.noPerm+st.bw+st.sendErr+st.bad > 0 {
+		addIf(m.dropNoAllocation, st.noAlloc)
+		addIf(m.dropNoChannel, st.noChan)
+		addIf(m.dropNoPermission, st.noPerm)
+		addIf(m.dropBandwidth, st.bw)
+		addIf(m.dropSendError, st.sendErr)
+		addIf(m.badUDP, st.bad)
+	}
+	*st = relayStats{}
+}
+
+type counter interface{ Add(float64) }
+
+func addIf(c counter, n int) {
+	if n > 0 {
+		c.Add(float64(n))
+	}
+}
+
+func (s *Server) lookup(key fiveTuple) *allocation {
+	s.mu.RLock()
+	a := s.allocs[key]
+	s.mu.RUnlock()
+	return a
+}
+
+// relayChannelData sends a client's ChannelData payload to the channel's
+// peer (RFC 8656 section 12.6), straight from the receive buffer.
+func (s *Server) relayChannelData(key fiveTuple, b []byte, st *relayStats) {
+	num, data, err := parseChannelData(b)
+	if err != nil {
+		st.bad++
+		return
+	}
+	a := s.lookup(key)
+	if a == nil {
+		st.noAlloc++
+		return
+	}
+	now := time.Now().UnixNano()
+	a.mu.Lock()
+	ch := a.chans[num]
+	switch {
+	case a.closed:
+		st.noAlloc++
+	case ch == nil || ch.expires <= now:
+		st.noChan++
+	case !a.permittedLocked(ch.peer.Addr(), now):
+		st.noPerm++
+	case !a.up.take(len(data), now, s.cfg.BandwidthPerAllocation):
+		st.bw++
+	default:
+		if sendTo(a.fd, data, &ch.sa) != nil {
+			st.sendErr++
+		} else {
+			st.packets++
+			st.bytes += len(data)
+		}
+	}
+	a.mu.Unlock()
+}
+
+// relaySend sends a Send indication's DATA to its peer (RFC 8656 section
+// 11.3). Indications get no answer: failures are counted only.
+func (s *Server) relaySend(key fiveTuple, b []byte, st *relayStats) {
+	peer, data, err := parseSendIndication(b)
+	if err != nil {
+		st.bad++
+		return
+	}
+	a := s.lookup(key)
+	if a == nil {
+		st.noAlloc++
+		return
+	}
+	if !s.filter.allowedEndpoint(peer) || s.isRelayAddr(peer) {
+		s.m.refusedPeers.Inc()
+		return
+	}
+	var sa sockaddr
+	if !encodeSockaddr(peer, s.eng.v6, &sa) {
+		st.sendErr++
+		return
+	}
+	now := time.Now().UnixNano()
+	a.mu.Lock()
+	switch {
+	case a.closed:
+		st.noAlloc++
+	case !a.permittedLocked(peer.Addr(), now):
+		st.noPerm++
+	case !a.up.take(len(data), now, s.cfg.BandwidthPerAllocation):
+		st.bw++
+	default:
+		if sendTo(a.fd, data, &sa) != nil {
+			st.sendErr++
+		} else {
+			st.packets++
+			st.bytes += len(data)
+		}
+	}
+	a.mu.Unlock()
+}
+
+func (s *Server) isRelayAddr(ap netip.AddrPort) bool {
+	s.mu.RLock()
+	_, ok := s.byRelay[netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())]
+	s.mu.RUnlock()
+	return ok
+}
+
+// openRelay binds a relay socket on a free port of the range.
+func (s *Server) openRelay() (int, netip.AddrPort, error) {
+	lo, hi := int(s.cfg.RelayPortLow), int(s.cfg.RelayPortHigh)
+	span := hi - lo + 1
+	start := rand.IntN(span)
+	for i := 0; i < span; i++ {
+		port := uint16(lo + (start+i)%span)
+		ap := netip.AddrPortFrom(s.cfg.RelayIP, port)
+		s.mu.RLock()
+		_, used := s.byRelay[ap]
+		s.mu.RUnlock()
+		if used {
+			continue
+		}
+		fd, err := s.eng.open(ap)
+		if err == nil {
+			return fd, ap, nil
+		}
+		if !errors.Is(err, errAddrInUse) {
+			return -1, netip.AddrPort{}, err
+		}
+	}
+	return -1, netip.AddrPort{}, ErrNoRelayPort
+}
+
+// deleteAllocation removes a from the indexes and releases its socket. It
+// is safe to call twice.
+func (s *Server) deleteAllocation(a *allocation) {
+	a.mu.Lock()
+	if a.closed {
+		a.mu.Unlock()
+		return
+	}
+	a.closed = true
+	nperm, nchan := len(a.perms), len(a.chans)
+	a.mu.Unlock()
+	s.mu.Lock()
+	if s.allocs[a.key] == a {
+		delete(s.allocs, a.key)
+	}
+	delete(s.byFD, int32(a.fd))
+	delete(s.byRelay, a.relayed)
+	if s.perUser[a.user]--; s.perUser[a.user] <= 0 {
+		delete(s.perUser, a.user)
+	}
+	s.mu.Unlock()
+	// closed is set under a.mu, and every user of fd holds a.mu and checks
+	// closed, so the socket can go now.
+	s.eng.remove(a.fd)
+	s.m.allocations.Dec()
+	s.m.permissions.Sub(float64(nperm))
+	s.m.channels.Sub(float64(nchan))
+}
+
+// sweepLoop expires allocations, permissions and channels (RFC 8656
+// sections 7, 9 and 12) and forgets old failed-auth windows.
+func (s *Server) sweepLoop() {
+	t := time.NewTicker(s.sweepEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.done:
+			return
+		case <-t.C:
+			s.sweep(time.Now().UnixNano())
+		}
+	}
+}
+
+func (s *Server) sweep(now int64) {
+	s.mu.RLock()
+	all := make([]*allocation, 0, len(s.allocs))
+	for _, a := range s.allocs {
+		all = append(all, a)
+	}
+	s.mu.RUnlock()
+	for _, a := range all {
+		a.mu.Lock()
+		expired := a.expires <= now
+		var dp, dc int
+		if !expired {
+			for ip, exp := range a.perms {
+				if exp <= now {
+					delete(a.perms, ip)
+					dp++
+				}
+			}
+			for num, ch := range a.chans {
+				if ch.expires <= now {
+					delete(a.chans, num)
+					delete(a.byPeer, ch.peer)
+					dc++
+				}
+			}
+		}
+		a.mu.Unlock()
+		if expired {
+			s.deleteAllocation(a)
+			continue
+		}
+		s.m.permissions.Sub(float64(dp))
+		s.m.channels.Sub(float64(dc))
+	}
+	s.failMu.Lock()
+	for ip, w := range s.fails {
+		if now-w.start > int64(time.Minute) {
+			delete(s.fails, ip)
+		}
+	}
+	s.failMu.Unlock()
+}
+
+// rateLimited reports whether ip has used up its failed authentications.
+func (s *Server) rateLimited(ip netip.Addr, now int64) bool {
+	if s.cfg.AuthFailuresPerMinute < 0 {
+		return false
+	}
+	s.failMu.Lock()
+	defer s.failMu.Unlock()
+	w := s.fails[ip]
+	return w != nil && now-w.start < int64(time.Minute) && w.n >= s.cfg.AuthFailuresPerMinute
+}
+
+func (s *Server) recordFailure(ip netip.Addr, now int64) {
+	s.failMu.Lock()
+	defer s.failMu.Unlock()
+	w := s.fails[ip]
+	if w == nil || now-w.start >= int64(time.Minute) {
+		w = &failWindow{start: now}
+		s.fails[ip] = w
+	}
+	w.n++
+}

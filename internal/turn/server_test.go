@@ -1,0 +1,145 @@
+package turn
+
+import (
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/pion/turn/v4"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.uber.org/goleak"
+)
+
+const (
+	testRealm = "traverse.test"
+	testUser  = "alice"
+	testPass  = "wonderland"
+)
+
+func newTestServer(t testing.TB, mut func(*Config)) (*Server, *prometheus.Registry) {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	cfg := Config{
+		Listen:     netip.MustParseAddrPort("127.0.0.1:0"),
+		Realm:      testRealm,
+		Users:      map[string]string{testUser: testPass},
+		Registerer: reg,
+	}
+	if mut != nil {
+		mut(&cfg)
+	}
+	s, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s, reg
+}
+
+// echoPeer is a UDP peer that sends every datagram back.
+func echoPeer(t testing.TB) *net.UDPConn {
+	t.Helper()
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 2048)
+		for {
+			n, from, err := c.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			_, _ = c.WriteToUDPAddrPort(buf[:n], from)
+		}
+	}()
+	t.Cleanup(func() { c.Close(); <-done })
+	return c
+}
+
+func pionClient(t testing.TB, server netip.AddrPort, user, pass string) *turn.Client {
+	t.Helper()
+	conn, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := turn.NewClient(&turn.ClientConfig{
+		STUNServerAddr: server.String(), TURNServerAddr: server.String(),
+		Username: user, Password: pass, Realm: testRealm, Conn: conn,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close(); conn.Close() })
+	return c
+}
+
+func TestPionClientRelay(t *testing.T) {
+	verifyNoLeaks(t)
+	s, reg := newTestServer(t, func(c *Config) { c.AllowLoopbackPeers = true })
+	peer := echoPeer(t)
+	c := pionClient(t, s.Addr(), testUser, testPass)
+
+	mapped, err := c.SendBindingRequest()
+	if err != nil {
+		t.Fatalf("binding: %v", err)
+	}
+	if mapped.(*net.UDPAddr).Port == 0 {
+		t.Fatalf("binding: no mapped address: %v", mapped)
+	}
+	relay, err := c.Allocate()
+	if err != nil {
+		t.Fatalf("allocate: %v", err)
+	}
+	defer relay.Close()
+	// pion sends the first packets as Send indications while it binds a
+	// channel, then ChannelData: echo enough to go through both.
+	buf := make([]byte, 1500)
+	for i := 0; i < 50; i++ {
+		msg := []byte{byte(i), 1, 2, 3, 4, 5, 6, 7}
+		if _, err := relay.WriteTo(msg, peer.LocalAddr()); err != nil {
+			t.Fatalf("write %d: %v", i, err)
+		}
+		_ = relay.SetReadDeadline(time.Now().Add(2 * time.Second))
+		n, from, err := relay.ReadFrom(buf)
+		if err != nil {
+			t.Fatalf("read %d: %v", i, err)
+		}
+		if from.String() != peer.LocalAddr().String() || n != len(msg) || buf[0] != byte(i) {
+			t.Fatalf("echo %d: got %x from %v", i, buf[:n], from)
+		}
+		time.Sleep(5 * time.Millisecond) // let the channel bind land
+	}
+	if got := testutil.ToFloat64(s.m.allocations); got != 1 {
+		t.Errorf("allocations gauge = %v", got)
+	}
+	if got := testutil.ToFloat64(s.m.toClientPackets); got < 50 {
+		t.Errorf("to_client packets = %v", got)
+	}
+	if got := testutil.ToFloat64(s.m.channels); got != 1 {
+		t.Errorf("channels gauge = %v, want 1 (pion binds a channel)", got)
+	}
+	if n, err := testutil.GatherAndCount(reg, "traverse_turn_relayed_packets_total"); err != nil || n != 2 {
+		t.Errorf("gathered relayed packets series = %d, %v", n, err)
+	}
+	relay.Close()
+	c.Close()
+	s.Close()
+	if got := testutil.ToFloat64(s.m.allocations); got != 0 {
+		t.Errorf("allocations after close = %v", got)
+	}
+}
+
+// verifyNoLeaks checks, after every other cleanup of t has run, that no
+// goroutine started during the test is left.
+func verifyNoLeaks(t *testing.T) {
+	opt := goleak.IgnoreCurrent()
+	t.Cleanup(func() { goleak.VerifyNone(t, opt) })
+}

@@ -1,0 +1,208 @@
+package turn
+
+import (
+	"bufio"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"errors"
+	"io"
+	"math/big"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+)
+
+func cryptoRead(b []byte) (int, error) { return rand.Read(b) }
+
+// streamQueue bounds the frames waiting for a slow stream client; beyond
+// it, frames are dropped (UDP semantics: a relay must not buffer without
+// bound) and counted as queue_full.
+const streamQueue = 512
+
+// maxFrame is the largest STUN or ChannelData frame (a 16-bit length plus
+// header).
+const maxFrame = 4 + 65535 + 3 + stunHeaderSize
+
+var framePool = sync.Pool{New: func() any { b := make([]byte, 0, headroom+udpio2KiB); return &b }}
+
+const udpio2KiB = 2048 + 4
+
+// streamConn is one TCP or TLS client connection (RFC 8656 section 5: the
+// allocation lives as long as the connection). One reader and one writer
+// goroutine; the writer drains a bounded queue.
+type streamConn struct {
+	s      *Server
+	c      net.Conn
+	proto  uint8
+	remote netip.AddrPort
+	q      chan *[]byte
+	done   chan struct{}
+	once   sync.Once
+
+	mu    sync.Mutex // guards alloc
+	alloc *allocation
+}
+
+func (s *Server) acceptLoop(ln net.Listener, proto uint8) {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			select {
+			case <-s.done:
+				return
+			case <-time.After(10 * time.Millisecond):
+			}
+			continue
+		}
+		ap := c.RemoteAddr().(*net.TCPAddr).AddrPort()
+		sc := &streamConn{s: s, c: c, proto: proto, remote: netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()),
+			q: make(chan *[]byte, streamQueue), done: make(chan struct{})}
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			_ = c.Close()
+			return
+		}
+		s.streams[sc] = struct{}{}
+		s.mu.Unlock()
+		s.m.streamConns.Inc()
+		wg.Add(2)
+		go func() { defer wg.Done(); sc.readLoop() }()
+		go func() { defer wg.Done(); sc.writeLoop() }()
+	}
+}
+
+func (sc *streamConn) setAlloc(a *allocation) {
+	sc.mu.Lock()
+	sc.alloc = a
+	sc.mu.Unlock()
+}
+
+// close ends the connection and deletes its allocation. Idempotent.
+func (sc *streamConn) close() {
+	sc.once.Do(func() {
+		close(sc.done)
+		_ = sc.c.Close()
+		sc.mu.Lock()
+		a := sc.alloc
+		sc.mu.Unlock()
+		if a != nil {
+			sc.s.deleteAllocation(a)
+		}
+		sc.s.mu.Lock()
+		delete(sc.s.streams, sc)
+		sc.s.mu.Unlock()
+		sc.s.m.streamConns.Dec()
+	})
+}
+
+func (sc *streamConn) readLoop() {
+	defer sc.close()
+	if tc, ok := sc.c.(*tls.Conn); ok {
+		_ = tc.SetDeadline(time.Now().Add(10 * time.Second))
+		if err := tc.Handshake(); err != nil {
+			return
+		}
+		_ = tc.SetDeadline(time.Time{})
+	}
+	r := bufio.NewReaderSize(sc.c, 16<<10)
+	buf := make([]byte, maxFrame)
+	key := fiveTuple{sc.proto, sc.remote}
+	out := sender{stream: sc, addr: sc.remote}
+	var st relayStats
+	for {
+		hdr, err := r.Peek(4)
+		if err != nil {
+			return
+		}
+		n, isChan, ok := streamFrameLen(hdr)
+		if !ok {
+			sc.s.m.badStream.Inc()
+			return
+		}
+		if _, err := io.ReadFull(r, buf[:n]); err != nil {
+			return
+		}
+		if isChan {
+			sc.s.relayChannelData(key, buf[:n], &st)
+		} else {
+			sc.s.handleMessage(buf[:n], key, out, &st)
+		}
+		if r.Buffered() == 0 {
+			st.flush(sc.s.m)
+		}
+	}
+}
+
+func (sc *streamConn) writeLoop() {
+	for {
+		select {
+		case <-sc.done:
+			for {
+				select {
+				case b := <-sc.q:
+					framePool.Put(b)
+				default:
+					return
+				}
+			}
+		case b := <-sc.q:
+			_ = sc.c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+			_, err := sc.c.Write(*b)
+			framePool.Put(b)
+			if err != nil {
+				sc.close()
+			}
+		}
+	}
+}
+
+// enqueue copies b onto the write queue; false when the queue is full.
+func (sc *streamConn) enqueue(b []byte) bool {
+	select {
+	case <-sc.done:
+		return false
+	default:
+	}
+	p := framePool.Get().(*[]byte)
+	*p = append((*p)[:0], b...)
+	select {
+	case sc.q <- p:
+		return true
+	default:
+		framePool.Put(p)
+		return false
+	}
+}
+
+// selfSignedTLS makes a throwaway certificate for a TLS listener given
+// none: clients that verify will refuse it, as they should.
+func selfSignedTLS() (*tls.Config, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(time.Now().UnixNano()),
+		Subject:      pkix.Name{CommonName: "traverse turn"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(365 * 24 * time.Hour),
+		DNSNames:     []string{"localhost"},
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return nil, err
+	}
+	return &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}}, nil
+}

@@ -41,6 +41,8 @@ type serveEnv struct {
 	cfg map[string]any
 	// natsURL is the embedded NATS server's URL, set by the bus role.
 	natsURL string
+	// turn is set by the turn role: its URLs and a credential minter for browsers.
+	turn *turnShare
 }
 
 // serveConfig is serve's YAML file: the common keys, then one section per

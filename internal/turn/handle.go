@@ -186,7 +186,7 @@ func (r *request) authenticate() bool {
 		r.challenge(stun.CodeUnauthorized)
 		return false
 	}
-	pass, ok := s.cfg.Users[name]
+	pass, ok := s.password(name)
 	if !ok && s.cfg.AuthSecret != "" {
 		if exp, isREST := restExpiry(name); isREST {
 			if !r.now.Before(exp) {

@@ -37,6 +37,9 @@ type Server struct {
 	streams map[*streamConn]struct{}
 	closed  bool
 
+	usersMu sync.RWMutex // guards users
+	users   map[string]string
+
 	failMu sync.Mutex // guards fails
 	fails  map[netip.Addr]*failWindow
 
@@ -66,6 +69,7 @@ func New(cfg Config) (*Server, error) {
 		perUser:    map[string]int{},
 		streams:    map[*streamConn]struct{}{},
 		fails:      map[netip.Addr]*failWindow{},
+		users:      cfg.Users,
 		done:       make(chan struct{}),
 	}
 	if err := s.listen(); err != nil {
@@ -189,6 +193,22 @@ func lnAddr(l net.Listener) netip.AddrPort {
 		return netip.AddrPort{}
 	}
 	return l.Addr().(*net.TCPAddr).AddrPort()
+}
+
+// SetUsers replaces the long-term credential users (name -> password), as
+// a reload of the users file does. Existing allocations keep working; their
+// next request authenticates against the new set.
+func (s *Server) SetUsers(users map[string]string) {
+	s.usersMu.Lock()
+	s.users = users
+	s.usersMu.Unlock()
+}
+
+func (s *Server) password(user string) (string, bool) {
+	s.usersMu.RLock()
+	defer s.usersMu.RUnlock()
+	p, ok := s.users[user]
+	return p, ok
 }
 
 // Allocations returns how many allocations are open.

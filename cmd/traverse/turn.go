@@ -1,0 +1,299 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/traverse-rtc/traverse/internal/admin"
+	"github.com/traverse-rtc/traverse/internal/config"
+	"github.com/traverse-rtc/traverse/internal/turn"
+)
+
+// turnConfig is the turn role's configuration (flags, YAML, environment).
+type turnConfig struct {
+	Listen             string   `yaml:"listen"`
+	NoTCP              bool     `yaml:"no-tcp"`
+	TLSListen          string   `yaml:"tls-listen"`
+	TLSCert            string   `yaml:"tls-cert"`
+	TLSKey             string   `yaml:"tls-key"`
+	Realm              string   `yaml:"realm"`
+	Users              []string `yaml:"user"`
+	UsersFile          string   `yaml:"users-file"`
+	AuthSecret         string   `yaml:"auth-secret"`
+	RelayIP            string   `yaml:"relay-ip"`
+	RelayPorts         string   `yaml:"relay-ports"`
+	AllowLoopbackPeers bool     `yaml:"allow-loopback-peers"`
+	AllowPeers         []string `yaml:"allow-peer"`
+	DenyPeers          []string `yaml:"deny-peer"`
+	MaxAllocations     int      `yaml:"max-allocations"`
+	UserQuota          int      `yaml:"user-quota"`
+	Bandwidth          int64    `yaml:"bandwidth"`
+	AuthFailures       int      `yaml:"auth-failures-per-minute"`
+	Shards             int      `yaml:"shards"`
+}
+
+// bindTurnFlags registers the turn role's flags under prefix ("" for
+// "traverse turn", "turn-" inside serve). serve is true inside serve, whose
+// defaults are a local demo.
+func bindTurnFlags(fs *flag.FlagSet, prefix string, c *turnConfig, serve bool) {
+	loopbackHelp := "allow relaying to loopback peers (local tests only; logs a warning)"
+	if serve {
+		loopbackHelp += "; ON by default in serve only, because serve is the local demo: turn it off for anything else"
+	}
+	fs.StringVar(&c.Listen, prefix+"listen", c.Listen, "UDP and TCP `host:port` clients reach")
+	fs.BoolVar(&c.NoTCP, prefix+"no-tcp", c.NoTCP, "do not listen on TCP")
+	fs.StringVar(&c.TLSListen, prefix+"tls-listen", c.TLSListen, "TLS-over-TCP `host:port` (empty: no TLS)")
+	fs.StringVar(&c.TLSCert, prefix+"tls-cert", c.TLSCert, "TLS certificate PEM `file` (default: a self-signed certificate made at start)")
+	fs.StringVar(&c.TLSKey, prefix+"tls-key", c.TLSKey, "TLS private key PEM `file`")
+	fs.StringVar(&c.Realm, prefix+"realm", c.Realm, "long-term credential realm")
+	fs.Var(config.Strings{P: &c.Users}, prefix+"user", "a user `NAME:PASSWORD` (repeatable)")
+	fs.StringVar(&c.UsersFile, prefix+"users-file", c.UsersFile, "`file` of NAME:PASSWORD lines, reloaded on SIGHUP")
+	fs.StringVar(&c.AuthSecret, prefix+"auth-secret", c.AuthSecret, "shared `secret` for TURN REST time-limited credentials (username EXPIRY[:user], password base64(HMAC-SHA1(secret, username)))")
+	fs.StringVar(&c.RelayIP, prefix+"relay-ip", c.RelayIP, "`IP` relay sockets bind and allocations advertise (default: the listen IP)")
+	fs.StringVar(&c.RelayPorts, prefix+"relay-ports", c.RelayPorts, "relay port range `LOW-HIGH`; one port per allocation")
+	fs.BoolVar(&c.AllowLoopbackPeers, prefix+"allow-loopback-peers", c.AllowLoopbackPeers, loopbackHelp)
+	fs.Var(config.Strings{P: &c.AllowPeers}, prefix+"allow-peer", "peer `CIDR` to allow even if refused by default (repeatable)")
+	fs.Var(config.Strings{P: &c.DenyPeers}, prefix+"deny-peer", "peer `CIDR` to refuse always (repeatable)")
+	fs.IntVar(&c.MaxAllocations, prefix+"max-allocations", c.MaxAllocations, "allocations in total (0: unlimited); beyond: 486")
+	fs.IntVar(&c.UserQuota, prefix+"user-quota", c.UserQuota, "allocations per user (0: unlimited); beyond: 486")
+	fs.Int64Var(&c.Bandwidth, prefix+"bandwidth", c.Bandwidth, "relayed `bytes` per second per allocation and direction (0: unlimited); excess is dropped")
+	fs.IntVar(&c.AuthFailures, prefix+"auth-failures-per-minute", c.AuthFailures, "failed authentications per source address per minute before its requests are dropped (0: 30; -1: no limit)")
+	fs.IntVar(&c.Shards, prefix+"shards", c.Shards, "SO_REUSEPORT UDP sockets on the listen port, one reader each")
+}
+
+// serverConfig turns the flags into a turn.Config.
+func (c *turnConfig) serverConfig(log *slog.Logger, reg *admin.Server) (turn.Config, error) {
+	cfg := turn.Config{Realm: c.Realm, AuthSecret: c.AuthSecret, NoTCP: c.NoTCP, AllowLoopbackPeers: c.AllowLoopbackPeers,
+		MaxAllocations: c.MaxAllocations, MaxAllocationsPerUser: c.UserQuota, BandwidthPerAllocation: c.Bandwidth,
+		AuthFailuresPerMinute: c.AuthFailures, Shards: c.Shards, Software: "traverse", Log: log}
+	if reg != nil {
+		cfg.Registerer = reg.Registry
+	}
+	var err error
+	if cfg.Listen, err = netip.ParseAddrPort(c.Listen); err != nil {
+		return cfg, fmt.Errorf("listen: %w", err)
+	}
+	if c.TLSListen != "" {
+		if cfg.TLSListen, err = netip.ParseAddrPort(c.TLSListen); err != nil {
+			return cfg, fmt.Errorf("tls-listen: %w", err)
+		}
+		if c.TLSCert != "" || c.TLSKey != "" {
+			cert, err := tls.LoadX509KeyPair(c.TLSCert, c.TLSKey)
+			if err != nil {
+				return cfg, fmt.Errorf("tls: %w", err)
+			}
+			cfg.TLS = &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}}
+		}
+	}
+	if c.RelayIP != "" {
+		if cfg.RelayIP, err = netip.ParseAddr(c.RelayIP); err != nil {
+			return cfg, fmt.Errorf("relay-ip: %w", err)
+		}
+	}
+	if c.RelayPorts != "" {
+		lo, hi, ok := strings.Cut(c.RelayPorts, "-")
+		l, err1 := strconv.ParseUint(lo, 10, 16)
+		h, err2 := strconv.ParseUint(hi, 10, 16)
+		if !ok || err1 != nil || err2 != nil {
+			return cfg, fmt.Errorf("relay-ports: want LOW-HIGH, got %q", c.RelayPorts)
+		}
+		cfg.RelayPortLow, cfg.RelayPortHigh = uint16(l), uint16(h)
+	}
+	for _, p := range c.AllowPeers {
+		pf, err := netip.ParsePrefix(p)
+		if err != nil {
+			return cfg, fmt.Errorf("allow-peer: %w", err)
+		}
+		cfg.AllowPeers = append(cfg.AllowPeers, pf)
+	}
+	for _, p := range c.DenyPeers {
+		pf, err := netip.ParsePrefix(p)
+		if err != nil {
+			return cfg, fmt.Errorf("deny-peer: %w", err)
+		}
+		cfg.DenyPeers = append(cfg.DenyPeers, pf)
+	}
+	cfg.Users, err = c.users()
+	return cfg, err
+}
+
+// users merges --user and --users-file.
+func (c *turnConfig) users() (map[string]string, error) {
+	users := map[string]string{}
+	add := func(line, where string) error {
+		name, pass, ok := strings.Cut(line, ":")
+		if !ok || name == "" {
+			return fmt.Errorf("%s: want NAME:PASSWORD, got %q", where, line)
+		}
+		users[name] = pass
+		return nil
+	}
+	for _, u := range c.Users {
+		if err := add(u, "user"); err != nil {
+			return nil, err
+		}
+	}
+	if c.UsersFile == "" {
+		return users, nil
+	}
+	f, err := os.Open(c.UsersFile)
+	if err != nil {
+		return nil, fmt.Errorf("users-file: %w", err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		if err := add(line, fmt.Sprintf("%s:%d", c.UsersFile, n)); err != nil {
+			return nil, err
+		}
+	}
+	return users, sc.Err()
+}
+
+// turnShare is what the turn role tells the other roles of a serve process:
+// where browsers reach it and how to mint their credentials.
+type turnShare struct {
+	// URLs are ICE server URLs ("turn:127.0.0.1:3479?transport=udp").
+	URLs []string
+	// user and pass are a static credential (the demo user), used when no
+	// shared secret is set.
+	user, pass, secret string
+}
+
+// Credentials returns a user name and password for a browser: minted from
+// the shared secret and valid for ttl when one is set, else the static
+// user's.
+func (t *turnShare) Credentials(user string, ttl time.Duration) (string, string) {
+	if t.secret != "" {
+		return turn.RESTCredentials(t.secret, user, ttl, time.Now())
+	}
+	return t.user, t.pass
+}
+
+// startTurn starts the server and returns its runner, which also reloads
+// the users file on SIGHUP.
+func startTurn(c *turnConfig, log *slog.Logger, adm *admin.Server) (*turn.Server, runner, error) {
+	cfg, err := c.serverConfig(log, adm)
+	if err != nil {
+		return nil, nil, err
+	}
+	s, err := turn.New(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	if adm != nil {
+		adm.AddCheck("turn", func() error { return nil })
+	}
+	run := func(ctx context.Context) error {
+		defer s.Close()
+		hup := make(chan os.Signal, 1)
+		if c.UsersFile != "" {
+			signal.Notify(hup, syscall.SIGHUP)
+			defer signal.Stop(hup)
+		}
+		for {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-hup:
+				users, err := c.users()
+				if err != nil {
+					log.Error("turn: users file not reloaded", "err", err)
+					continue
+				}
+				s.SetUsers(users)
+				log.Info("turn: users reloaded", "users", len(users))
+			}
+		}
+	}
+	return s, run, nil
+}
+
+func (t *turnShare) fill(c *turnConfig, s *turn.Server) {
+	host := s.Addr().String()
+	t.URLs = []string{"turn:" + host + "?transport=udp"}
+	if a := s.TCPAddr(); a.IsValid() {
+		t.URLs = append(t.URLs, "turn:"+a.String()+"?transport=tcp")
+	}
+	if a := s.TLSAddr(); a.IsValid() {
+		t.URLs = append(t.URLs, "turns:"+a.String()+"?transport=tcp")
+	}
+	t.secret = c.AuthSecret
+	if len(c.Users) > 0 {
+		t.user, t.pass, _ = strings.Cut(c.Users[0], ":")
+	}
+}
+
+func init() {
+	register(command{name: "turn", summary: "TURN relay server (RFC 8656) over UDP, TCP and TLS", run: runTurn})
+	registerServeRole(serveRole{
+		name:  "turn",
+		order: 20,
+		bind: func(fs *flag.FlagSet, prefix string) any {
+			c := &turnConfig{Listen: "127.0.0.1:3479", Realm: "traverse", Users: []string{"demo:demo"}, AllowLoopbackPeers: true}
+			bindTurnFlags(fs, prefix, c, true)
+			return c
+		},
+		start: func(_ context.Context, env *serveEnv) (runner, error) {
+			c := env.cfg["turn"].(*turnConfig)
+			s, run, err := startTurn(c, env.log, env.admin)
+			if err != nil {
+				return nil, err
+			}
+			env.turn = &turnShare{}
+			env.turn.fill(c, s)
+			return run, nil
+		},
+	})
+}
+
+type turnCommandConfig struct {
+	common     `yaml:",inline"`
+	turnConfig `yaml:",inline"`
+}
+
+func runTurn(ctx context.Context, args []string) error {
+	cfg := turnCommandConfig{turnConfig: turnConfig{Listen: "127.0.0.1:3478"}}
+	fs := newFlagSet("turn", "turn --listen 127.0.0.1:3478 --realm REALM --user NAME:PASSWORD [--user ...] [--auth-secret SECRET] [flags]")
+	cfg.common.flags(fs)
+	bindTurnFlags(fs, "", &cfg.turnConfig, false)
+	rest, log, err := load(fs, args, &cfg, &cfg.common)
+	if err != nil {
+		return err
+	}
+	if len(rest) > 0 {
+		return fmt.Errorf("unexpected arguments: %q", rest)
+	}
+	if cfg.Realm == "" {
+		return errors.New("--realm is required")
+	}
+	adm := admin.New(log)
+	_, run, err := startTurn(&cfg.turnConfig, log, adm)
+	if err != nil {
+		return err
+	}
+	adminRun, err := startAdmin(adm, cfg.Admin)
+	if err != nil {
+		cctx, cancel := context.WithCancel(ctx)
+		cancel()
+		_ = run(cctx)
+		return err
+	}
+	return runAll(ctx, log, run, adminRun)
+}

@@ -431,10 +431,6 @@ func (r *request) peers() ([]netip.AddrPort, bool) {
 
 // checkPeer answers 443 or 403 for a peer the allocation may not reach.
 func (r *request) checkPeer(a *allocation, p netip.AddrPort, endpoint bool) bool {
-	if p.Addr().Is4() != a.relayed.Addr().Is4() {
-		r.fail(stun.CodePeerAddrFamilyMismatch, nil)
-		return false
-	}
 	allowed := r.s.filter.allowedIP(p.Addr())
 	if endpoint {
 		allowed = allowed && r.s.filter.allowedEndpoint(p) && !r.s.isRelayAddr(p)
@@ -443,6 +439,11 @@ func (r *request) checkPeer(a *allocation, p netip.AddrPort, endpoint bool) bool
 		r.s.m.refusedPeers.Inc()
 		r.s.cfg.Log.Debug("turn: peer refused", "user", r.user, "peer", p.String())
 		r.fail(stun.CodeForbidden, nil)
+		return false
+	}
+	// Refusal first: a filtered peer is a 403 whatever its family.
+	if p.Addr().Unmap().Is4() != a.relayed.Addr().Is4() {
+		r.fail(stun.CodePeerAddrFamilyMismatch, nil)
 		return false
 	}
 	return true

@@ -1,0 +1,280 @@
+package turn
+
+import (
+	"net/netip"
+	"os"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/pion/stun/v3"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+func TestPeerFilterDefaults(t *testing.T) {
+	f := peerFilter{own: []netip.Addr{netip.MustParseAddr("203.0.113.7")}}
+	for _, tc := range []struct {
+		ip   string
+		want bool
+	}{
+		{"127.0.0.1", false},
+		{"127.1.2.3", false},
+		{"0.0.0.0", false},
+		{"10.0.0.1", false},
+		{"172.16.5.4", false},
+		{"192.168.1.1", false},
+		{"100.64.0.1", false},
+		{"169.254.169.254", false},
+		{"224.0.0.1", false},
+		{"255.255.255.255", false},
+		{"203.0.113.7", false}, // the server's own
+		{"::1", false},
+		{"::", false},
+		{"::ffff:127.0.0.1", false},
+		{"::ffff:10.0.0.1", false},
+		{"::ffff:169.254.169.254", false},
+		{"fe80::1", false},
+		{"fc00::1", false},
+		{"fd12:3456::1", false},
+		{"ff02::1", false},
+		{"64:ff9b::a00:1", false},   // NAT64 of 10.0.0.1
+		{"2002:7f00:1::1", false},   // 6to4 of 127.0.0.1
+		{"8.8.8.8", true},
+		{"1.1.1.1", true},
+		{"2606:4700::1111", true},
+		{"::ffff:8.8.8.8", true},
+	} {
+		if got := f.allowedIP(netip.MustParseAddr(tc.ip)); got != tc.want {
+			t.Errorf("allowedIP(%s) = %v, want %v", tc.ip, got, tc.want)
+		}
+	}
+	// Lists: deny beats allow beats the defaults; loopback is an opt-in.
+	f = peerFilter{
+		allow:    []netip.Prefix{netip.MustParsePrefix("10.1.0.0/16"), netip.MustParsePrefix("8.8.0.0/16")},
+		deny:     []netip.Prefix{netip.MustParsePrefix("8.8.8.0/24")},
+		loopback: true,
+	}
+	for _, tc := range []struct {
+		ip   string
+		want bool
+	}{
+		{"10.1.2.3", true}, {"10.2.0.1", false}, {"8.8.8.8", false}, {"8.8.4.4", true},
+		{"127.0.0.1", true}, {"::1", true}, {"169.254.169.254", false},
+	} {
+		if got := f.allowedIP(netip.MustParseAddr(tc.ip)); got != tc.want {
+			t.Errorf("lists: allowedIP(%s) = %v, want %v", tc.ip, got, tc.want)
+		}
+	}
+}
+
+// TestRefusedPeers: by default, permissions and channels to loopback,
+// private, metadata and IPv6 loopback addresses get 403 Forbidden.
+func TestRefusedPeers(t *testing.T) {
+	verifyNoLeaks(t)
+	s, _ := newTestServer(t, nil)
+	c := newSTUNClient(t, s.Addr(), testUser, testPass)
+	c.allocate()
+	for _, p := range []string{"127.0.0.1:9", "10.0.0.1:9", "169.254.169.254:80", "[::1]:9", "[::ffff:127.0.0.1]:9", "100.64.1.1:9", "192.168.0.1:9"} {
+		ap := netip.MustParseAddrPort(p)
+		if code := errCode(c.do(stun.MethodCreatePermission, peerAttr(ap))); code != 403 {
+			t.Errorf("CreatePermission %s: code %d, want 403", p, code)
+		}
+		if code := errCode(c.do(stun.MethodChannelBind, channelAttr(0x4001), peerAttr(ap))); code != 403 {
+			t.Errorf("ChannelBind %s: code %d, want 403", p, code)
+		}
+	}
+	if got := testutil.ToFloat64(s.m.refusedPeers); got != 14 {
+		t.Errorf("refused peers counter = %v, want 14", got)
+	}
+	// A public address is fine.
+	if code := errCode(c.do(stun.MethodCreatePermission, peerAttr(netip.MustParseAddrPort("8.8.8.8:53")))); code != 0 {
+		t.Errorf("CreatePermission 8.8.8.8: code %d", code)
+	}
+	// Even with loopback allowed, the server's own listener is refused.
+	s2, _ := newTestServer(t, func(c *Config) { c.AllowLoopbackPeers = true })
+	c2 := newSTUNClient(t, s2.Addr(), testUser, testPass)
+	relayed := c2.allocate()
+	if code := errCode(c2.do(stun.MethodChannelBind, channelAttr(0x4001), peerAttr(s2.Addr()))); code != 403 {
+		t.Errorf("ChannelBind to own listener: code %d, want 403", code)
+	}
+	if code := errCode(c2.do(stun.MethodChannelBind, channelAttr(0x4001), peerAttr(relayed))); code != 403 {
+		t.Errorf("ChannelBind to own relay address: code %d, want 403", code)
+	}
+	if code := errCode(c2.do(stun.MethodChannelBind, channelAttr(0x4001), peerAttr(netip.MustParseAddrPort("127.0.0.1:9")))); code != 0 {
+		t.Errorf("ChannelBind loopback with opt-in: code %d", code)
+	}
+}
+
+func TestAuthErrors(t *testing.T) {
+	verifyNoLeaks(t)
+	const secret = "s3cret"
+	s, _ := newTestServer(t, func(c *Config) { c.AuthSecret = secret })
+
+	// No credentials: 401 with realm and nonce; wrong password: 401.
+	bad := newSTUNClient(t, s.Addr(), testUser, "wrong")
+	if code := errCode(bad.do(stun.MethodAllocate, requestedUDP())); code != 401 {
+		t.Errorf("wrong password: code %d, want 401", code)
+	}
+	unknown := newSTUNClient(t, s.Addr(), "mallory", testPass)
+	if code := errCode(unknown.do(stun.MethodAllocate, requestedUDP())); code != 401 {
+		t.Errorf("unknown user: code %d, want 401", code)
+	}
+
+	// REST credentials: valid ones allocate, expired ones get 401.
+	now := time.Now()
+	u, p := RESTCredentials(secret, "bob", time.Hour, now)
+	newSTUNClient(t, s.Addr(), u, p).allocate()
+	u, p = RESTCredentials(secret, "bob", -time.Minute, now)
+	if code := errCode(newSTUNClient(t, s.Addr(), u, p).do(stun.MethodAllocate, requestedUDP())); code != 401 {
+		t.Errorf("expired REST credential: code %d, want 401", code)
+	}
+	u = strconv.FormatInt(now.Add(time.Hour).Unix(), 10)
+	if code := errCode(newSTUNClient(t, s.Addr(), u, "forged").do(stun.MethodAllocate, requestedUDP())); code != 401 {
+		t.Errorf("forged REST credential: code %d, want 401", code)
+	}
+
+	// Stale nonce: 438 with a fresh nonce.
+	c := newSTUNClient(t, s.Addr(), testUser, testPass)
+	c.allocate()
+	c.nonce = s.nonces.issue(netip.MustParseAddr("127.0.0.1"), time.Now().Add(-time.Hour))
+	c.noRetryAuth = true
+	resp := c.do(stun.MethodRefresh)
+	if code := errCode(resp); code != 438 {
+		t.Fatalf("stale nonce: code %d, want 438", code)
+	}
+	if c.nonce == "" || !s.nonces.valid(c.nonce, netip.MustParseAddr("127.0.0.1"), time.Now()) {
+		t.Errorf("438 did not carry a fresh nonce")
+	}
+	c.noRetryAuth = false
+	if code := errCode(c.do(stun.MethodRefresh)); code != 0 {
+		t.Errorf("refresh with the new nonce: code %d", code)
+	}
+	for reason, min := range map[string]float64{"bad_integrity": 1, "unknown_user": 1, "expired_credential": 1, "stale_nonce": 1} {
+		if got := testutil.ToFloat64(s.m.authFailures.WithLabelValues(reason)); got < min {
+			t.Errorf("auth failures %s = %v", reason, got)
+		}
+	}
+}
+
+func TestAuthRateLimit(t *testing.T) {
+	verifyNoLeaks(t)
+	s, _ := newTestServer(t, func(c *Config) { c.AuthFailuresPerMinute = 3 })
+	bad := newSTUNClient(t, s.Addr(), testUser, "wrong")
+	for i := 0; i < 3; i++ {
+		if code := errCode(bad.do(stun.MethodAllocate, requestedUDP())); code != 401 {
+			t.Fatalf("failure %d: code %d", i, code)
+		}
+	}
+	m := stun.MustBuild(stun.TransactionID, stun.NewType(stun.MethodAllocate, stun.ClassRequest), requestedUDP())
+	if _, err := bad.roundTrip(m); err != errTimeout {
+		t.Errorf("after the limit: %v, want no answer", err)
+	}
+	if got := testutil.ToFloat64(s.m.authFailures.WithLabelValues("rate_limited")); got != 1 {
+		t.Errorf("rate_limited = %v", got)
+	}
+}
+
+func TestQuotas(t *testing.T) {
+	verifyNoLeaks(t)
+	s, _ := newTestServer(t, func(c *Config) {
+		c.Users["carol"] = "pw"
+		c.Users["dave"] = "pw"
+		c.MaxAllocationsPerUser = 1
+		c.MaxAllocations = 2
+	})
+	newSTUNClient(t, s.Addr(), testUser, testPass).allocate()
+	if code := errCode(newSTUNClient(t, s.Addr(), testUser, testPass).do(stun.MethodAllocate, requestedUDP())); code != 486 {
+		t.Errorf("second allocation of one user: code %d, want 486", code)
+	}
+	newSTUNClient(t, s.Addr(), "carol", "pw").allocate()
+	if code := errCode(newSTUNClient(t, s.Addr(), "dave", "pw").do(stun.MethodAllocate, requestedUDP())); code != 486 {
+		t.Errorf("third allocation in total: code %d, want 486", code)
+	}
+	if got := testutil.ToFloat64(s.m.quotaHits.WithLabelValues("user")); got != 1 {
+		t.Errorf("user quota hits = %v", got)
+	}
+	if got := testutil.ToFloat64(s.m.quotaHits.WithLabelValues("total")); got != 1 {
+		t.Errorf("total quota hits = %v", got)
+	}
+	// The port range is a quota too: 508 when it is used up.
+	s2, _ := newTestServer(t, func(c *Config) { c.RelayPortLow, c.RelayPortHigh = 41000, 41001 })
+	for i := 0; i < 2; i++ {
+		newSTUNClient(t, s2.Addr(), testUser, testPass).allocate()
+	}
+	if code := errCode(newSTUNClient(t, s2.Addr(), testUser, testPass).do(stun.MethodAllocate, requestedUDP())); code != 508 {
+		t.Errorf("port range exhausted: code %d, want 508", code)
+	}
+}
+
+func TestAllocationMismatchAndRetransmit(t *testing.T) {
+	verifyNoLeaks(t)
+	s, _ := newTestServer(t, nil)
+	c := newSTUNClient(t, s.Addr(), testUser, testPass)
+	c.allocate()
+	if code := errCode(c.do(stun.MethodAllocate, requestedUDP())); code != 437 {
+		t.Errorf("second Allocate on one 5-tuple: code %d, want 437", code)
+	}
+	other := newSTUNClient(t, s.Addr(), testUser, testPass)
+	if code := errCode(other.do(stun.MethodRefresh)); code != 437 {
+		t.Errorf("Refresh without allocation: code %d, want 437", code)
+	}
+	if code := errCode(c.do(stun.MethodAllocate, rawAttr{stun.AttrRequestedTransport, []byte{6, 0, 0, 0}})); code != 437 {
+		t.Errorf("TCP transport on allocated tuple: code %d", code)
+	}
+	if code := errCode(other.do(stun.MethodAllocate, rawAttr{stun.AttrRequestedTransport, []byte{6, 0, 0, 0}})); code != 442 {
+		t.Errorf("TCP relay transport: code %d, want 442", code)
+	}
+	// Refresh to 0 deletes.
+	if code := errCode(c.do(stun.MethodRefresh, lifetimeSetter(0))); code != 0 {
+		t.Errorf("delete: code %d", code)
+	}
+	if n := s.Allocations(); n != 0 {
+		t.Errorf("allocations after delete = %d", n)
+	}
+}
+
+// TestAllocationsExpire: expired allocations free their sockets, and Close
+// leaves no goroutine behind (verifyNoLeaks).
+func TestAllocationsExpire(t *testing.T) {
+	verifyNoLeaks(t)
+	before := countFDs(t)
+	s, _ := newTestServer(t, func(c *Config) {
+		c.DefaultLifetime = 300 * time.Millisecond
+		c.MaxLifetime = 300 * time.Millisecond
+	})
+	const n = 20
+	clients := make([]*stunClient, n)
+	for i := range clients {
+		clients[i] = newSTUNClient(t, s.Addr(), testUser, testPass)
+		clients[i].allocate()
+	}
+	if got := s.Allocations(); got != n {
+		t.Fatalf("allocations = %d", got)
+	}
+	// The sweeper ticks every second; wait for it with a deadline.
+	deadline := time.Now().Add(5 * time.Second)
+	for s.Allocations() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("allocations did not expire: %d left", s.Allocations())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got := testutil.ToFloat64(s.m.allocations); got != 0 {
+		t.Errorf("allocations gauge = %v", got)
+	}
+	s.Close()
+	for _, c := range clients {
+		c.c.Close()
+	}
+	if after := countFDs(t); after > before {
+		t.Errorf("file descriptors: %d before, %d after", before, after)
+	}
+}
+
+func countFDs(t testing.TB) int {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skip("no /proc/self/fd")
+	}
+	return len(ents)
+}

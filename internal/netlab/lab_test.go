@@ -1,0 +1,457 @@
+package netlab
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// echo is a UDP socket on a lab host answering every datagram with the
+// source address it saw ("ip:port"), so a prober learns its mapping.
+type echo struct {
+	conn *net.UDPConn
+	addr netip.AddrPort
+	wg   sync.WaitGroup
+}
+
+func newEcho(t *testing.T, h *Host, addr netip.AddrPort) *echo {
+	t.Helper()
+	c, err := h.ListenUDP(addr)
+	if err != nil {
+		t.Fatalf("listen %s on %s: %v", addr, h.Name(), err)
+	}
+	e := &echo{conn: c, addr: c.LocalAddr().(*net.UDPAddr).AddrPort()}
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		buf := make([]byte, 1500)
+		for {
+			n, from, err := c.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			if strings.HasPrefix(string(buf[:n]), "probe") {
+				_, _ = c.WriteToUDPAddrPort([]byte(from.String()), from)
+			}
+		}
+	}()
+	t.Cleanup(func() { c.Close(); e.wg.Wait() })
+	return e
+}
+
+// mapped sends a probe from c to e and returns the source address e saw.
+func mapped(t *testing.T, c *net.UDPConn, to netip.AddrPort) (netip.AddrPort, error) {
+	t.Helper()
+	buf := make([]byte, 1500)
+	for range 3 { // the lab loses nothing unless told to; retry anyway
+		if _, err := c.WriteToUDPAddrPort([]byte("probe"), to); err != nil {
+			return netip.AddrPort{}, err
+		}
+		_ = c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+		for {
+			n, from, err := c.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				break
+			}
+			if from == to {
+				return netip.ParseAddrPort(string(buf[:n]))
+			}
+		}
+	}
+	return netip.AddrPort{}, fmt.Errorf("no answer from %s", to)
+}
+
+// world is a lab with a server host (two addresses, two echo ports on the
+// first, one on the second) on the internet and a client behind a NAT.
+type world struct {
+	lab           *Lab
+	nat           *NAT
+	server        *Host
+	client        *Host
+	s11, s12, s21 *echo // address 1 port 1, address 1 port 2, address 2 port 1
+}
+
+func newWorld(t *testing.T, kind Kind) *world {
+	lab := New(t)
+	w := &world{lab: lab}
+	w.server = lab.Host("server", lab.Internet(), Addrs(2))
+	w.nat = lab.NAT("nat", lab.Internet(), kind)
+	w.client = lab.Host("client", w.nat)
+	a := w.server.Addrs()
+	w.s11 = newEcho(t, w.server, netip.AddrPortFrom(a[0], 3478))
+	w.s12 = newEcho(t, w.server, netip.AddrPortFrom(a[0], 3479))
+	w.s21 = newEcho(t, w.server, netip.AddrPortFrom(a[1], 3478))
+	return w
+}
+
+func TestAddressPlan(t *testing.T) {
+	lab := New(t)
+	srv := lab.Host("server", lab.Internet(), Addrs(2))
+	n := lab.NAT("nat", lab.Internet(), EIMAPDF)
+	r := lab.NAT("router", lab.Internet(), Routed)
+	c := lab.Host("client", n)
+	p := lab.Host("pub", r)
+	for _, tc := range []struct {
+		got  []netip.Addr
+		want string
+	}{
+		{srv.Addrs(), "[203.0.113.2 203.0.113.3]"},
+		{n.Addrs(), "[203.0.113.4]"},
+		{r.Addrs(), "[203.0.113.5]"},
+		{c.Addrs(), "[10.1.0.2]"},
+		{p.Addrs(), "[198.51.100.2]"},
+	} {
+		if got := fmt.Sprint(tc.got); got != tc.want {
+			t.Errorf("addresses %s, want %s", got, tc.want)
+		}
+	}
+	for _, node := range lab.Nodes() {
+		if _, err := os.Stat(node.Path()); err != nil {
+			t.Errorf("namespace of %s: %v", node.Name(), err)
+		}
+	}
+	// The lab has no way out: the client's routes end at the internet.
+	err := c.Do(func() error {
+		c, err := net.DialTimeout("tcp", "127.0.0.53:1", time.Second)
+		if err == nil {
+			c.Close()
+			return errors.New("reached the root namespace's loopback")
+		}
+		return nil
+	})
+	if err != nil {
+		t.Error(err)
+	}
+	// Teardown removes every namespace.
+	if err := lab.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if left, _ := namespaces(Prefix + lab.Name() + "-"); len(left) > 0 {
+		t.Errorf("namespaces left after Close: %v", left)
+	}
+}
+
+// TestKinds proves each NAT kind's RFC 4787 behaviour with raw UDP probes:
+// mapping (one inside socket to three destinations: same or different
+// public port, and in which order ports are given out) and filtering
+// (which of the three server sockets reach the mapping the first one
+// opened).
+func TestKinds(t *testing.T) {
+	for _, kind := range Kinds {
+		t.Run(kind.String(), func(t *testing.T) {
+			t.Parallel()
+			w := newWorld(t, kind)
+			c, err := w.client.ListenUDP(netip.AddrPort{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			local := netip.AddrPortFrom(w.client.Addr(), c.LocalAddr().(*net.UDPAddr).AddrPort().Port())
+
+			if kind == BlockUDP {
+				if m, err := mapped(t, c, w.s11.addr); err == nil {
+					t.Fatalf("UDP got through the firewall (mapped %s)", m)
+				}
+				testTCP(t, w)
+				return
+			}
+
+			// Mapping.
+			var maps []netip.AddrPort
+			for _, to := range []netip.AddrPort{w.s11.addr, w.s21.addr, w.s12.addr} {
+				m, err := mapped(t, c, to)
+				if err != nil {
+					t.Fatal(err)
+				}
+				maps = append(maps, m)
+			}
+			t.Logf("local %s mapped %v", local, maps)
+			for _, m := range maps {
+				if !kind.Translates() && m != local {
+					t.Errorf("router translated %s to %s", local, m)
+				}
+				if kind.Translates() && m.Addr() != w.nat.Addr() {
+					t.Errorf("mapped address %s, want the NAT's %s", m.Addr(), w.nat.Addr())
+				}
+				if kind.Translates() && (m.Port() < natPortMin || m.Port() > natPortMax) {
+					t.Errorf("mapped port %d outside %d-%d", m.Port(), natPortMin, natPortMax)
+				}
+			}
+			switch kind.Mapping() {
+			case EndpointIndependent:
+				if maps[0] != maps[1] || maps[0] != maps[2] {
+					t.Errorf("endpoint-independent mapping changed: %v", maps)
+				}
+			case AddressAndPortDependent:
+				if maps[0] == maps[1] || maps[0] == maps[2] || maps[1] == maps[2] {
+					t.Errorf("address-and-port-dependent mapping reused a port: %v", maps)
+				}
+				seq := maps[1].Port() == maps[0].Port()+1 && maps[2].Port() == maps[1].Port()+1
+				if kind == SymmetricSequential && !seq {
+					t.Errorf("ports not handed out in sequence: %v", maps)
+				}
+				if kind == SymmetricRandom && seq {
+					t.Errorf("random ports came out in sequence: %v", maps)
+				}
+			}
+
+			// Filtering: a fresh socket opens a mapping towards s11
+			// only; then each server socket sends to it.
+			f, err := w.client.ListenUDP(netip.AddrPort{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			m, err := mapped(t, f, w.s11.addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := reached(t, f, m, map[string]*echo{"s11": w.s11, "s12": w.s12, "s21": w.s21})
+			want := map[Behavior][]string{
+				EndpointIndependent:     {"s11", "s12", "s21"},
+				AddressDependent:        {"s11", "s12"},
+				AddressAndPortDependent: {"s11"},
+			}[kind.Filtering()]
+			if !slices.Equal(got, want) {
+				t.Errorf("filtering: %v reached the mapping, want %v", got, want)
+			}
+		})
+	}
+}
+
+// reached sends a datagram naming each sender from it to m, and lists
+// (sorted) the senders whose datagram c received within half a second.
+func reached(t *testing.T, c *net.UDPConn, m netip.AddrPort, from map[string]*echo) []string {
+	t.Helper()
+	for name, e := range from {
+		for range 2 {
+			if _, err := e.conn.WriteToUDPAddrPort([]byte(name), m); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	seen := map[string]bool{}
+	buf := make([]byte, 1500)
+	_ = c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+	for {
+		n, src, err := c.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			break
+		}
+		if e, ok := from[string(buf[:n])]; ok && e.addr == src {
+			seen[string(buf[:n])] = true
+		}
+	}
+	var out []string
+	for name := range seen {
+		out = append(out, name)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// testTCP checks TCP crosses (the UDP-blocking firewall lets it through).
+func testTCP(t *testing.T, w *world) {
+	t.Helper()
+	ln, err := w.server.Listen("tcp4", netip.AddrPortFrom(w.server.Addr(), 0).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	done := make(chan string, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			done <- err.Error()
+			return
+		}
+		done <- c.RemoteAddr().String()
+		c.Close()
+	}()
+	c, err := w.client.Dial("tcp4", ln.Addr().String())
+	if err != nil {
+		t.Fatalf("TCP through %s: %v", w.nat.Kind(), err)
+	}
+	c.Close()
+	if got := <-done; !strings.HasPrefix(got, w.nat.Addr().String()+":") {
+		t.Errorf("server saw TCP from %s, want the NAT's address %s", got, w.nat.Addr())
+	}
+}
+
+// TestDoubleNAT: a client behind an EIM-EIF home NAT behind an EIM-ADF
+// carrier NAT sees the outer NAT's address, endpoint-independent mapping
+// and the stricter (address-dependent) filtering.
+func TestDoubleNAT(t *testing.T) {
+	lab := New(t)
+	server := lab.Host("server", lab.Internet(), Addrs(2))
+	cgn := lab.NAT("cgn", lab.Internet(), EIMADF)
+	home := lab.NAT("home", cgn, EIMEIF)
+	client := lab.Host("client", home)
+	if got := home.Addr(); !cgn.LAN().Contains(got) {
+		t.Fatalf("home NAT's outside %s not in the carrier's LAN %s", got, cgn.LAN())
+	}
+	a := server.Addrs()
+	s11 := newEcho(t, server, netip.AddrPortFrom(a[0], 3478))
+	s12 := newEcho(t, server, netip.AddrPortFrom(a[0], 3479))
+	s21 := newEcho(t, server, netip.AddrPortFrom(a[1], 3478))
+	c, err := client.ListenUDP(netip.AddrPort{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	m1, err := mapped(t, c, s11.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m2, err := mapped(t, c, s21.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m1 != m2 || m1.Addr() != cgn.Addr() {
+		t.Errorf("mapped %s then %s, want one mapping on %s", m1, m2, cgn.Addr())
+	}
+	f, err := client.ListenUDP(netip.AddrPort{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	m, err := mapped(t, f, s11.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := reached(t, f, m, map[string]*echo{"s11": s11, "s12": s12, "s21": s21})
+	if want := []string{"s11", "s12"}; !slices.Equal(got, want) {
+		t.Errorf("filtering: %v reached the mapping, want %v", got, want)
+	}
+}
+
+// TestLoss: a link dropping 50% loses roughly half of 200 datagrams each
+// way, and nothing once the loss is removed.
+func TestLoss(t *testing.T) {
+	lab := New(t)
+	server := lab.Host("server", lab.Internet())
+	client := lab.Host("client", lab.Internet())
+	srv, err := server.ListenUDP(netip.AddrPortFrom(server.Addr(), 5000))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	cl, err := client.ListenUDP(netip.AddrPortFrom(client.Addr(), 5000))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	count := func(from, to *net.UDPConn, n int) int {
+		dst := to.LocalAddr().(*net.UDPAddr).AddrPort()
+		for i := range n {
+			if _, err := from.WriteToUDPAddrPort([]byte("x"), dst); err != nil {
+				t.Fatal(err)
+			}
+			if i%50 == 49 {
+				time.Sleep(time.Millisecond) // stay far below any queue limit
+			}
+		}
+		got := 0
+		buf := make([]byte, 64)
+		for {
+			_ = to.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+			if _, _, err := to.ReadFromUDPAddrPort(buf); err != nil {
+				return got
+			}
+			got++
+		}
+	}
+	if got := count(cl, srv, 200); got != 200 {
+		t.Fatalf("lossless link delivered %d of 200", got)
+	}
+	for _, tc := range []struct {
+		dir      Direction
+		from, to *net.UDPConn
+	}{{Up, cl, srv}, {Down, srv, cl}} {
+		if err := client.Link().SetLossDir(tc.dir, 50); err != nil {
+			t.Fatal(err)
+		}
+		// Binomial(200, 0.5): sd 7; 60-140 is more than 5 sd.
+		if got := count(tc.from, tc.to, 200); got < 60 || got > 140 {
+			t.Errorf("direction %d at 50%% loss delivered %d of 200", tc.dir, got)
+		} else {
+			t.Logf("direction %d at 50%% loss delivered %d of 200", tc.dir, got)
+		}
+		if err := client.Link().SetLoss(0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := count(srv, cl, 200); got != 200 {
+		t.Errorf("after removing the loss the link delivered %d of 200", got)
+	}
+}
+
+// TestRate: a 2 Mbit/s downlink passes a 1 MB burst at about that rate.
+func TestRate(t *testing.T) {
+	lab := New(t)
+	server := lab.Host("server", lab.Internet())
+	client := lab.Host("client", lab.Internet())
+	if err := client.Link().SetRateDir(Down, 2_000_000); err != nil {
+		t.Fatal(err)
+	}
+	srv, err := server.ListenUDP(netip.AddrPort{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	cl, err := client.ListenUDP(netip.AddrPortFrom(client.Addr(), 5000))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	// Offer 8 Mbit/s for 400 ms (1000 x 400 B); 2 Mbit/s is 100 KB/s.
+	go func() {
+		pkt := make([]byte, 400)
+		dst := cl.LocalAddr().(*net.UDPAddr).AddrPort()
+		for range 100 {
+			for range 10 {
+				_, _ = srv.WriteToUDPAddrPort(pkt, dst)
+			}
+			time.Sleep(4 * time.Millisecond)
+		}
+	}()
+	start := time.Now()
+	bytes, buf := 0, make([]byte, 1500)
+	for {
+		_ = cl.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+		n, _, err := cl.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			break
+		}
+		bytes += n
+	}
+	el := time.Since(start) - 300*time.Millisecond
+	rate := float64(bytes*8) / el.Seconds()
+	t.Logf("received %d bytes in %v: %.2f Mbit/s", bytes, el, rate/1e6)
+	if rate > 3e6 || rate < 1e6 {
+		t.Errorf("rate %.2f Mbit/s through a 2 Mbit/s link", rate/1e6)
+	}
+	if err := client.Link().SetRate(0); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestCommand(t *testing.T) {
+	lab := New(t)
+	h := lab.Host("h", lab.Internet())
+	out, err := h.Command("cat", "/proc/net/dev").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// /proc/net follows the reader's namespace: lo and eth0 only.
+	if s := string(out); !strings.Contains(s, "eth0:") || strings.Contains(s, "br0:") {
+		t.Errorf("command did not run in the host's namespace:\n%s", s)
+	}
+}

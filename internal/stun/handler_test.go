@@ -62,7 +62,9 @@ func build(t testing.TB, setters ...stun.Setter) []byte {
 	return m.Raw
 }
 
-func raw(typ stun.AttrType, v ...byte) stun.RawAttribute { return stun.RawAttribute{Type: typ, Value: v} }
+func raw(typ stun.AttrType, v ...byte) stun.RawAttribute {
+	return stun.RawAttribute{Type: typ, Value: v}
+}
 
 func u32(v uint32) []byte { b := make([]byte, 4); binary.BigEndian.PutUint32(b, v); return b }
 
@@ -128,7 +130,7 @@ func TestHandle(t *testing.T) {
 			return b
 		}), udp, nil, want{drop: dropBadAttribute}},
 		{"attribute flood", flood, udp, nil, want{drop: dropAttributeFlood}},
-		{"oversize", append(build(t, stun.BindingRequest, raw(stun.AttrPadding, make([]byte, maxRequest)...))), udp, nil, want{drop: dropOversize}},
+		{"oversize", build(t, stun.BindingRequest, raw(stun.AttrPadding, make([]byte, maxRequest)...)), udp, nil, want{drop: dropOversize}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

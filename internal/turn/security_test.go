@@ -37,8 +37,8 @@ func TestPeerFilterDefaults(t *testing.T) {
 		{"fc00::1", false},
 		{"fd12:3456::1", false},
 		{"ff02::1", false},
-		{"64:ff9b::a00:1", false},   // NAT64 of 10.0.0.1
-		{"2002:7f00:1::1", false},   // 6to4 of 127.0.0.1
+		{"64:ff9b::a00:1", false}, // NAT64 of 10.0.0.1
+		{"2002:7f00:1::1", false}, // 6to4 of 127.0.0.1
 		{"8.8.8.8", true},
 		{"1.1.1.1", true},
 		{"2606:4700::1111", true},

@@ -379,8 +379,12 @@ func (c *Client) serve(ctx context.Context, node string, m *nats.Msg, h Handler)
 	if err != nil {
 		rep.SDP = ""
 		rep.Error = AsError(err)
+		rep.After = nil
 	}
 	c.respond(m, rep)
+	if rep.After != nil {
+		rep.After()
+	}
 }
 
 func (c *Client) respond(m *nats.Msg, rep Reply) {

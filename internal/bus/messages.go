@@ -99,6 +99,9 @@ type Reply struct {
 	Error *Error `json:"error,omitempty"`
 	// Node is the node that answered.
 	Node string `json:"node,omitempty"`
+	// After, when set by a Handler, runs once the reply is sent, so that
+	// messages it publishes (a renegotiation offer) follow the reply.
+	After func() `json:"-"`
 }
 
 // SessionMessageType names a node -> signal session message.

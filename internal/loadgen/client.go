@@ -1,0 +1,502 @@
+// Package loadgen is a synthetic WebRTC load generator for the SFU: pion
+// clients that join rooms, publish real RTP at video bitrates (VP8-framed
+// packets, optionally three simulcast layers, and Opus-sized audio) and
+// subscribe to everyone else, measuring what they receive (packets, loss
+// from sequence gaps, RFC 3550 interarrival jitter) and how long joining
+// took. `traverse load`, the SFU's tests and the Janus benchmark use it.
+package loadgen
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/pion/ice/v4"
+	"github.com/pion/interceptor"
+	"github.com/pion/rtcp"
+	"github.com/pion/rtp"
+	"github.com/pion/webrtc/v4"
+)
+
+// Signaler is how a client reaches the SFU: the bus directly, or signal's
+// WebSocket protocol.
+type Signaler interface {
+	// Join sends the client's offer and returns the SFU's answer.
+	Join(ctx context.Context, room, identity string, publish, subscribe bool, offer string) (string, error)
+	// Offers delivers the SFU's renegotiation offers, in order, only
+	// after Join has returned.
+	Offers() <-chan string
+	// Answer sends the client's answer to the last offer.
+	Answer(ctx context.Context, sdp string) error
+	// Close leaves and releases the signaling connection.
+	Close() error
+}
+
+// ClientConfig describes one synthetic participant.
+type ClientConfig struct {
+	Room      string
+	Identity  string
+	Publish   bool
+	Subscribe bool
+	// Simulcast publishes three video layers (rids q, h, f) at a quarter,
+	// half and all of VideoBitrate.
+	Simulcast bool
+	// VideoBitrate is the top layer's rate in bit/s (default 1 Mbps); 0
+	// with Publish still sends audio. Negative disables video.
+	VideoBitrate int
+	// PacketSize is the video RTP payload size (default 1200 bytes).
+	PacketSize int
+	// TCP makes the client use ICE-TCP only.
+	TCP bool
+}
+
+// Client is one synthetic participant.
+type Client struct {
+	cfg ClientConfig
+	sig Signaler
+	pc  *webrtc.PeerConnection
+
+	connected chan struct{}
+	joinStart time.Time
+	joinTime  atomic.Int64 // nanoseconds from start to connected
+
+	videoTracks []*webrtc.TrackLocalStaticRTP
+	audioTrack  *webrtc.TrackLocalStaticRTP
+	keyframe    atomic.Bool
+
+	mu     sync.Mutex // guards tracks
+	tracks []*RecvStats
+
+	remb atomic.Uint64 // bit/s to advertise in REMB, 0 none
+
+	wg     sync.WaitGroup
+	cancel context.CancelFunc
+	once   sync.Once
+}
+
+// NewAPI returns the pion API load clients use: default codecs, the
+// simulcast header extensions, and no per-packet interceptors (a load
+// client must stay cheap).
+func NewAPI(tcp bool) (*webrtc.API, error) {
+	me := &webrtc.MediaEngine{}
+	if err := me.RegisterDefaultCodecs(); err != nil {
+		return nil, err
+	}
+	if err := webrtc.ConfigureSimulcastExtensionHeaders(me); err != nil {
+		return nil, err
+	}
+	se := webrtc.SettingEngine{}
+	se.SetIncludeLoopbackCandidate(true)
+	se.SetICEMulticastDNSMode(ice.MulticastDNSModeDisabled)
+	se.SetIPFilter(func(ip net.IP) bool { return ip.IsLoopback() })
+	if tcp {
+		se.SetNetworkTypes([]webrtc.NetworkType{webrtc.NetworkTypeTCP4})
+	} else {
+		se.SetNetworkTypes([]webrtc.NetworkType{webrtc.NetworkTypeUDP4})
+	}
+	return webrtc.NewAPI(webrtc.WithMediaEngine(me), webrtc.WithSettingEngine(se),
+		webrtc.WithInterceptorRegistry(&interceptor.Registry{})), nil
+}
+
+// Dial creates a client, joins through sig and starts publishing once
+// connected. It returns when the join answer is applied; Connected tells
+// when media flows.
+func Dial(ctx context.Context, api *webrtc.API, sig Signaler, cfg ClientConfig) (*Client, error) {
+	if cfg.VideoBitrate == 0 {
+		cfg.VideoBitrate = 1_000_000
+	}
+	if cfg.PacketSize <= 0 {
+		cfg.PacketSize = 1200
+	}
+	pc, err := api.NewPeerConnection(webrtc.Configuration{})
+	if err != nil {
+		return nil, err
+	}
+	cctx, cancel := context.WithCancel(context.Background())
+	c := &Client{cfg: cfg, sig: sig, pc: pc, connected: make(chan struct{}), joinStart: time.Now(), cancel: cancel}
+	var connOnce sync.Once
+	pc.OnConnectionStateChange(func(s webrtc.PeerConnectionState) {
+		if s == webrtc.PeerConnectionStateConnected {
+			connOnce.Do(func() {
+				c.joinTime.Store(int64(time.Since(c.joinStart)))
+				close(c.connected)
+			})
+		}
+	})
+	pc.OnTrack(func(t *webrtc.TrackRemote, r *webrtc.RTPReceiver) {
+		st := &RecvStats{Kind: t.Kind().String(), clock: t.Codec().ClockRate}
+		c.mu.Lock()
+		c.tracks = append(c.tracks, st)
+		c.mu.Unlock()
+		st.read(t)
+	})
+	if _, err := pc.CreateDataChannel("data", nil); err != nil {
+		c.Close()
+		return nil, err
+	}
+	if cfg.Publish {
+		if err := c.addTracks(); err != nil {
+			c.Close()
+			return nil, err
+		}
+	}
+	offer, err := pc.CreateOffer(nil)
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	gathered := webrtc.GatheringCompletePromise(pc)
+	if err := pc.SetLocalDescription(offer); err != nil {
+		c.Close()
+		return nil, err
+	}
+	select {
+	case <-gathered:
+	case <-ctx.Done():
+		c.Close()
+		return nil, ctx.Err()
+	}
+	answer, err := sig.Join(ctx, cfg.Room, cfg.Identity, cfg.Publish, cfg.Subscribe, pc.LocalDescription().SDP)
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	if err := pc.SetRemoteDescription(webrtc.SessionDescription{Type: webrtc.SDPTypeAnswer, SDP: answer}); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("loadgen: apply answer: %w", err)
+	}
+	c.wg.Add(1)
+	go func() { defer c.wg.Done(); c.renegotiate(cctx) }()
+	if cfg.Publish {
+		c.wg.Add(1)
+		go func() { defer c.wg.Done(); c.publish(cctx) }()
+		c.wg.Add(1)
+		go func() { defer c.wg.Done(); c.readPublisherRTCP(cctx) }()
+	}
+	c.wg.Add(1)
+	go func() { defer c.wg.Done(); c.sendREMB(cctx) }()
+	return c, nil
+}
+
+func (c *Client) addTracks() error {
+	stream := c.cfg.Identity
+	if c.cfg.VideoBitrate > 0 {
+		vp8 := webrtc.RTPCodecCapability{MimeType: webrtc.MimeTypeVP8, ClockRate: 90000}
+		if c.cfg.Simulcast {
+			var tr *webrtc.RTPTransceiver
+			for _, rid := range []string{"q", "h", "f"} {
+				t, err := webrtc.NewTrackLocalStaticRTP(vp8, "video", stream, webrtc.WithRTPStreamID(rid))
+				if err != nil {
+					return err
+				}
+				c.videoTracks = append(c.videoTracks, t)
+				if tr == nil {
+					if tr, err = c.pc.AddTransceiverFromTrack(t, webrtc.RTPTransceiverInit{Direction: webrtc.RTPTransceiverDirectionSendonly}); err != nil {
+						return err
+					}
+				} else if err := tr.Sender().AddEncoding(t); err != nil {
+					return err
+				}
+			}
+		} else {
+			t, err := webrtc.NewTrackLocalStaticRTP(vp8, "video", stream)
+			if err != nil {
+				return err
+			}
+			c.videoTracks = append(c.videoTracks, t)
+			if _, err := c.pc.AddTransceiverFromTrack(t, webrtc.RTPTransceiverInit{Direction: webrtc.RTPTransceiverDirectionSendonly}); err != nil {
+				return err
+			}
+		}
+	}
+	a, err := webrtc.NewTrackLocalStaticRTP(webrtc.RTPCodecCapability{MimeType: webrtc.MimeTypeOpus, ClockRate: 48000, Channels: 2}, "audio", stream)
+	if err != nil {
+		return err
+	}
+	c.audioTrack = a
+	_, err = c.pc.AddTransceiverFromTrack(a, webrtc.RTPTransceiverInit{Direction: webrtc.RTPTransceiverDirectionSendonly})
+	return err
+}
+
+// renegotiate answers the SFU's offers.
+func (c *Client) renegotiate(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case offer, ok := <-c.sig.Offers():
+			if !ok {
+				return
+			}
+			if err := c.pc.SetRemoteDescription(webrtc.SessionDescription{Type: webrtc.SDPTypeOffer, SDP: offer}); err != nil {
+				continue
+			}
+			answer, err := c.pc.CreateAnswer(nil)
+			if err != nil {
+				continue
+			}
+			if err := c.pc.SetLocalDescription(answer); err != nil {
+				continue
+			}
+			_ = c.sig.Answer(ctx, answer.SDP)
+		}
+	}
+}
+
+// publish sends video at the configured bitrate in 10 ms ticks (a VP8
+// frame every 3 ticks, a keyframe every 3 s or when asked) and a 20 ms
+// Opus-sized audio packet every other tick.
+func (c *Client) publish(ctx context.Context) {
+	select {
+	case <-c.connected:
+	case <-ctx.Done():
+		return
+	}
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	size := c.cfg.PacketSize
+	payload := make([]byte, size)
+	audio := make([]byte, 120)
+	audio[0] = 0x78
+	nl := len(c.videoTracks)
+	seqs := make([]uint16, nl)
+	// Bytes owed per layer, so each layer keeps its bitrate.
+	credit := make([]float64, nl)
+	rates := make([]float64, nl)
+	for i := range rates {
+		rates[i] = float64(c.cfg.VideoBitrate) / 8 / 100 // bytes per 10 ms tick
+		if nl == 3 {
+			rates[i] /= float64(int(1) << (2 - i)) // q = 1/4, h = 1/2, f = 1
+		}
+	}
+	var tick uint32
+	var aseq uint16
+	lastKey := time.Time{}
+	frameStart := make([]bool, nl)
+	for i := range frameStart {
+		frameStart[i] = true
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		tick++
+		ts := (tick / 3) * 2700 // 90 kHz, 30 frames/s
+		key := false
+		if c.keyframe.Swap(false) || time.Since(lastKey) > 3*time.Second {
+			key, lastKey = true, time.Now()
+		}
+		endFrame := tick%3 == 0
+		for i, tr := range c.videoTracks {
+			credit[i] += rates[i]
+			for credit[i] >= float64(size) || (endFrame && credit[i] > 0) {
+				n := size
+				if credit[i] < float64(size) {
+					n = max(int(credit[i]), 16)
+				}
+				credit[i] -= float64(n)
+				marker := endFrame && credit[i] < float64(size)
+				payload[0] = 0x00
+				if frameStart[i] {
+					payload[0] = 0x10 // S=1, PID=0
+				}
+				payload[1] = 0x01 // not a keyframe
+				if key && frameStart[i] {
+					payload[1] = 0x00
+				}
+				payload[2] = byte(i) // the layer, for the subscriber's sake
+				frameStart[i] = marker
+				seqs[i]++
+				pkt := rtp.Packet{Header: rtp.Header{Version: 2, Marker: marker, SequenceNumber: seqs[i], Timestamp: ts}, Payload: payload[:n]}
+				_ = tr.WriteRTP(&pkt)
+				if marker {
+					break
+				}
+			}
+		}
+		if tick%2 == 0 && c.audioTrack != nil {
+			aseq++
+			_ = c.audioTrack.WriteRTP(&rtp.Packet{Header: rtp.Header{Version: 2, SequenceNumber: aseq, Timestamp: tick * 480}, Payload: audio})
+		}
+	}
+}
+
+// readPublisherRTCP reads the SFU's RTCP to the publisher: a PLI or FIR
+// makes the next frame a keyframe.
+func (c *Client) readPublisherRTCP(ctx context.Context) {
+	for _, tr := range c.pc.GetTransceivers() {
+		s := tr.Sender()
+		if s == nil {
+			continue
+		}
+		for _, enc := range s.GetParameters().Encodings {
+			rid := enc.RID
+			c.wg.Add(1)
+			go func() {
+				defer c.wg.Done()
+				for {
+					var pkts []rtcp.Packet
+					var err error
+					if rid != "" {
+						pkts, _, err = s.ReadSimulcastRTCP(rid)
+					} else {
+						pkts, _, err = s.ReadRTCP()
+					}
+					if err != nil {
+						return
+					}
+					for _, p := range pkts {
+						switch p.(type) {
+						case *rtcp.PictureLossIndication, *rtcp.FullIntraRequest:
+							c.keyframe.Store(true)
+						}
+					}
+				}
+			}()
+		}
+	}
+	<-ctx.Done()
+}
+
+// SetREMB makes the client advertise bps in REMB to the SFU every 100 ms
+// (0 stops it): how a test caps a subscriber's downlink.
+func (c *Client) SetREMB(bps uint64) { c.remb.Store(bps) }
+
+func (c *Client) sendREMB(ctx context.Context) {
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		b := c.remb.Load()
+		if b == 0 {
+			continue
+		}
+		var ssrcs []uint32
+		for _, tr := range c.pc.GetTransceivers() {
+			if r := tr.Receiver(); r != nil && r.Track() != nil && r.Track().Kind() == webrtc.RTPCodecTypeVideo {
+				ssrcs = append(ssrcs, uint32(r.Track().SSRC()))
+			}
+		}
+		if len(ssrcs) == 0 {
+			continue
+		}
+		_ = c.pc.WriteRTCP([]rtcp.Packet{&rtcp.ReceiverEstimatedMaximumBitrate{Bitrate: float32(b), SSRCs: ssrcs}})
+	}
+}
+
+// Connected is closed once the peer connection is connected.
+func (c *Client) Connected() <-chan struct{} { return c.connected }
+
+// JoinTime is the time from Dial to connected (0 before).
+func (c *Client) JoinTime() time.Duration { return time.Duration(c.joinTime.Load()) }
+
+// Tracks returns the statistics of every track the client receives.
+func (c *Client) Tracks() []*RecvStats {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]*RecvStats(nil), c.tracks...)
+}
+
+// PC returns the peer connection.
+func (c *Client) PC() *webrtc.PeerConnection { return c.pc }
+
+// Close leaves and closes the peer connection. It is idempotent.
+func (c *Client) Close() error {
+	var err error
+	c.once.Do(func() {
+		c.cancel()
+		err = errors.Join(c.sig.Close(), c.pc.Close())
+		c.wg.Wait()
+	})
+	return err
+}
+
+// RecvStats are one received track's counters. Read them with the
+// methods; they are updated concurrently.
+type RecvStats struct {
+	Kind  string
+	clock uint32
+
+	packets atomic.Uint64
+	bytes   atomic.Uint64
+	lost    atomic.Uint64
+	layer   atomic.Int32  // the simulcast layer of the last video packet
+	jitter  atomic.Uint64 // RFC 3550 interarrival jitter, in microseconds
+}
+
+func (s *RecvStats) read(t *webrtc.TrackRemote) {
+	buf := make([]byte, 1600)
+	var h rtp.Header
+	var last uint16
+	started := false
+	var transit float64
+	var j float64
+	for {
+		n, _, err := t.Read(buf)
+		if err != nil {
+			return
+		}
+		hn, err := h.Unmarshal(buf[:n])
+		if err != nil {
+			continue
+		}
+		now := time.Now()
+		s.packets.Add(1)
+		s.bytes.Add(uint64(n))
+		if s.Kind == "video" && n-hn > 2 {
+			s.layer.Store(int32(buf[hn+2]))
+		}
+		if started {
+			if d := h.SequenceNumber - last; d > 1 && d < 1000 {
+				s.lost.Add(uint64(d - 1))
+			}
+		}
+		if !started || int16(h.SequenceNumber-last) > 0 {
+			last = h.SequenceNumber
+		}
+		if s.clock > 0 {
+			arrival := float64(now.UnixNano()) / 1e9 * float64(s.clock)
+			tr := arrival - float64(h.Timestamp)
+			if started {
+				d := tr - transit
+				if d < 0 {
+					d = -d
+				}
+				j += (d - j) / 16
+				s.jitter.Store(uint64(j / float64(s.clock) * 1e6))
+			}
+			transit = tr
+		}
+		started = true
+	}
+}
+
+// Packets, Bytes and Lost count what arrived and the sequence gaps.
+func (s *RecvStats) Packets() uint64 { return s.packets.Load() }
+func (s *RecvStats) Bytes() uint64   { return s.bytes.Load() }
+func (s *RecvStats) Lost() uint64    { return s.lost.Load() }
+
+// Layer is the simulcast layer (0 low, 2 high) of the last video packet.
+func (s *RecvStats) Layer() int { return int(s.layer.Load()) }
+
+// Jitter is the interarrival jitter.
+func (s *RecvStats) Jitter() time.Duration { return time.Duration(s.jitter.Load()) * time.Microsecond }
+
+// NewSessionID returns a random session id valid on the bus.
+func NewSessionID() string {
+	var b [9]byte
+	_, _ = rand.Read(b[:])
+	return "s" + hex.EncodeToString(b[:])
+}

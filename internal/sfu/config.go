@@ -1,0 +1,65 @@
+package sfu
+
+import (
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/traverse-rtc/traverse/internal/bus"
+)
+
+// Config is an SFU node's configuration.
+type Config struct {
+	// UDP is the one media UDP address ("host:port") every peer
+	// connection shares. Required.
+	UDP string `yaml:"udp"`
+	// TCP is the one ICE-TCP listener address; empty disables ICE-TCP.
+	TCP string `yaml:"tcp"`
+	// PublicIP replaces the host address in the node's ICE candidates
+	// (1:1 NAT, a load balancer); zero keeps the bound address.
+	PublicIP netip.Addr `yaml:"-"`
+	// NodeID names the node on the bus (default "sfu-" + the UDP port).
+	NodeID string `yaml:"node-id"`
+	// Region is announced for node selection; empty is allowed.
+	Region string `yaml:"region"`
+	// MaxPeers refuses joins past this many sessions (StatusUnavailable);
+	// default 2000.
+	MaxPeers int `yaml:"max-peers"`
+	// PLIInterval is the least time between two keyframe requests the SFU
+	// forwards to one publisher's layer; default 500 ms. Lower gives
+	// faster recovery, higher spares the publisher's encoder.
+	PLIInterval time.Duration `yaml:"pli-interval"`
+	// AnnounceInterval is how often the node announces itself; default
+	// bus.AnnounceInterval.
+	AnnounceInterval time.Duration `yaml:"-"`
+}
+
+func (c *Config) validate() error {
+	if c.UDP == "" {
+		return fmt.Errorf("%w: no udp address", ErrConfig)
+	}
+	if _, err := netip.ParseAddrPort(c.UDP); err != nil {
+		return fmt.Errorf("%w: udp %q: %w", ErrConfig, c.UDP, err)
+	}
+	if c.TCP != "" {
+		if _, err := netip.ParseAddrPort(c.TCP); err != nil {
+			return fmt.Errorf("%w: tcp %q: %w", ErrConfig, c.TCP, err)
+		}
+	}
+	if c.NodeID != "" && !bus.ValidName(c.NodeID) {
+		return fmt.Errorf("%w: node id %q: %w", ErrConfig, c.NodeID, bus.ErrBadSubjectToken)
+	}
+	if c.Region != "" && len(c.Region) > 64 {
+		return fmt.Errorf("%w: region too long", ErrConfig)
+	}
+	if c.MaxPeers <= 0 {
+		c.MaxPeers = 2000
+	}
+	if c.PLIInterval <= 0 {
+		c.PLIInterval = 500 * time.Millisecond
+	}
+	if c.AnnounceInterval <= 0 {
+		c.AnnounceInterval = bus.AnnounceInterval
+	}
+	return nil
+}

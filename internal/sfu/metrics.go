@@ -1,0 +1,51 @@
+package sfu
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// metrics are one node's counters; each Server has its own.
+type metrics struct {
+	joins, leaves, connected, offers  prometheus.Counter
+	badSDP, badRTP                    prometheus.Counter
+	pliForwarded, pliThrottled, nacks prometheus.Counter
+	layerSwitches, dataMessages       prometheus.Counter
+	subscriberLoss                    prometheus.Histogram
+}
+
+func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
+	c := func(name, help string) prometheus.Counter {
+		return prometheus.NewCounter(prometheus.CounterOpts{Namespace: "traverse", Subsystem: "sfu", Name: name, Help: help})
+	}
+	m := &metrics{
+		joins:         c("joins_total", "Sessions created."),
+		leaves:        c("leaves_total", "Sessions ended."),
+		connected:     c("connected_total", "Peer connections that reached connected."),
+		offers:        c("offers_total", "Renegotiation offers sent to clients."),
+		badSDP:        c("bad_sdp_total", "Offers or answers refused as malformed."),
+		badRTP:        c("bad_rtp_total", "Incoming RTP packets that did not parse."),
+		pliForwarded:  c("pli_forwarded_total", "Keyframe requests sent to publishers."),
+		pliThrottled:  c("pli_throttled_total", "Keyframe requests dropped by the per-layer throttle."),
+		nacks:         c("nacks_received_total", "Packets subscribers asked to be retransmitted."),
+		layerSwitches: c("layer_switches_total", "Simulcast layer switches done for subscribers."),
+		dataMessages:  c("data_messages_total", "Data-channel messages relayed."),
+		subscriberLoss: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "traverse", Subsystem: "sfu",
+			Name: "subscriber_loss_fraction", Help: "Fraction lost in subscribers' receiver reports.",
+			Buckets: []float64{0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5}}),
+	}
+	if reg == nil {
+		return m
+	}
+	reg.MustRegister(m.joins, m.leaves, m.connected, m.offers, m.badSDP, m.badRTP, m.pliForwarded,
+		m.pliThrottled, m.nacks, m.layerSwitches, m.dataMessages, m.subscriberLoss,
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "traverse", Subsystem: "sfu",
+			Name: "rtp_forwarded_total", Help: "RTP packets sent to subscribers."},
+			func() float64 { return float64(s.forwarded.Load()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "traverse", Subsystem: "sfu",
+			Name: "rtp_received_total", Help: "RTP packets received from publishers."},
+			func() float64 { return float64(s.received.Load()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "traverse", Subsystem: "sfu",
+			Name: "sessions", Help: "Live sessions."}, func() float64 { return float64(s.Sessions()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "traverse", Subsystem: "sfu",
+			Name: "rooms", Help: "Rooms with a session on this node."}, func() float64 { return float64(len(s.roomList())) }),
+	)
+	return m
+}

@@ -1,0 +1,430 @@
+package sfu
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/pion/rtcp"
+	"github.com/pion/webrtc/v4"
+
+	"github.com/traverse-rtc/traverse/internal/bus"
+)
+
+// participant is one session: one peer connection on which the client
+// publishes its tracks and receives everyone else's.
+type participant struct {
+	s        *Server
+	room     *room
+	id       string
+	identity string
+	name     string
+	canPub   bool
+	canSub   bool
+	pc       *webrtc.PeerConnection
+	ufrag    string
+	joinedAt time.Time
+
+	negMu          sync.Mutex // guards the fields below and serializes SDP work on pc
+	awaitingAnswer bool       // the node sent an offer and waits for the answer
+	pendingNeg     bool       // tracks changed while an offer was out: offer again
+	closed         bool
+	senders        map[*pubTrack]*webrtc.RTPSender
+	downs          map[*pubTrack]*downTrack
+
+	dcMu sync.Mutex // guards dc
+	dc   *webrtc.DataChannel
+
+	bwe     atomic.Uint64 // the subscriber's REMB estimate in bit/s; 0 unknown
+	level   atomic.Int32  // smoothed audio level, 0 silence to 127
+	levelAt atomic.Int64  // unix nanoseconds of the last audio level
+
+	leaveOnce sync.Once
+}
+
+func newParticipant(s *Server, r *room, id string, j *bus.Join) *participant {
+	return &participant{s: s, room: r, id: id, identity: j.Identity, name: j.Name,
+		canPub: j.Publish, canSub: j.Subscribe, joinedAt: time.Now(),
+		senders: map[*pubTrack]*webrtc.RTPSender{}, downs: map[*pubTrack]*downTrack{}}
+}
+
+// start creates the peer connection and answers the client's offer.
+func (p *participant) start(ctx context.Context, offer string) (string, error) {
+	pc, err := p.s.api.NewPeerConnection(webrtc.Configuration{})
+	if err != nil {
+		return "", errStatus(bus.StatusInternal, err)
+	}
+	p.negMu.Lock()
+	p.pc = pc
+	p.negMu.Unlock()
+	pc.OnTrack(p.onTrack)
+	pc.OnDataChannel(p.onDataChannel)
+	pc.OnConnectionStateChange(func(st webrtc.PeerConnectionState) {
+		switch st {
+		case webrtc.PeerConnectionStateFailed:
+			p.leave("connection failed")
+		case webrtc.PeerConnectionStateConnected:
+			p.s.m.connected.Inc()
+		}
+	})
+	p.negMu.Lock()
+	defer p.negMu.Unlock()
+	answer, err := p.answerLocked(ctx, offer)
+	if err != nil {
+		return "", err
+	}
+	p.ufrag = sdpUfrag(answer)
+	if err := p.s.bus.AnnounceSession(bus.SessionAnnounce{Session: p.id, Room: p.room.name, Node: p.s.cfg.NodeID,
+		Ufrag: p.ufrag, Time: time.Now().UTC()}); err != nil {
+		p.s.log.Debug("sfu: announce session", "err", err)
+	}
+	return answer, nil
+}
+
+// answerLocked applies a client offer and returns the node's answer with
+// its candidates (ICE-lite: all of them are known at once).
+func (p *participant) answerLocked(ctx context.Context, offer string) (string, error) {
+	if err := p.pc.SetRemoteDescription(webrtc.SessionDescription{Type: webrtc.SDPTypeOffer, SDP: offer}); err != nil {
+		p.s.m.badSDP.Inc()
+		return "", errStatus(bus.StatusBadRequest, err)
+	}
+	answer, err := p.pc.CreateAnswer(nil)
+	if err != nil {
+		return "", errStatus(bus.StatusBadRequest, err)
+	}
+	gathered := webrtc.GatheringCompletePromise(p.pc)
+	if err := p.pc.SetLocalDescription(answer); err != nil {
+		return "", errStatus(bus.StatusInternal, err)
+	}
+	select {
+	case <-gathered:
+	case <-ctx.Done():
+		return "", bus.Errorf(bus.StatusUnavailable, "gathering: %v", ctx.Err())
+	case <-time.After(5 * time.Second):
+		return "", bus.Errorf(bus.StatusInternal, "gathering did not complete")
+	}
+	return p.pc.LocalDescription().SDP, nil
+}
+
+func sdpUfrag(s string) string {
+	for _, line := range strings.Split(s, "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "a=ice-ufrag:"); ok {
+			return v
+		}
+	}
+	return ""
+}
+
+// joined runs once the join answer is on its way: the room hears of the
+// participant, and the participant subscribes to the room's tracks.
+func (p *participant) joined() {
+	p.s.publishEvent(bus.RoomEvent{Type: bus.EventParticipantJoined, Room: p.room.name, Session: p.id,
+		Identity: p.identity, Name: p.name})
+	p.syncSubscriptions()
+}
+
+// clientOffer serves a client renegotiation. On glare (the node's own offer
+// is out) the node rolls its offer back and offers again afterwards.
+func (p *participant) clientOffer(ctx context.Context, offer string) (bus.Reply, error) {
+	sends, err := sendsMedia(offer)
+	if err != nil {
+		p.s.m.badSDP.Inc()
+		return bus.Reply{}, bus.Errorf(bus.StatusBadRequest, "offer: %v", err)
+	}
+	if sends && !p.canPub {
+		return bus.Reply{}, bus.Errorf(bus.StatusUnauthorized, "session %s may not publish", p.id)
+	}
+	p.negMu.Lock()
+	if p.closed {
+		p.negMu.Unlock()
+		return bus.Reply{}, bus.Errorf(bus.StatusNotFound, "session %s is closed", p.id)
+	}
+	if p.awaitingAnswer {
+		if err := p.pc.SetLocalDescription(webrtc.SessionDescription{Type: webrtc.SDPTypeRollback}); err != nil {
+			p.negMu.Unlock()
+			return bus.Reply{}, errStatus(bus.StatusConflict, err)
+		}
+		p.awaitingAnswer = false
+		p.pendingNeg = true
+	}
+	answer, err := p.answerLocked(ctx, offer)
+	again := p.pendingNeg
+	p.negMu.Unlock()
+	if err != nil {
+		return bus.Reply{}, err
+	}
+	rep := bus.Reply{SDP: answer}
+	if again {
+		rep.After = p.negotiate
+	}
+	return rep, nil
+}
+
+func (p *participant) clientAnswer(answer string) error {
+	p.negMu.Lock()
+	if !p.awaitingAnswer {
+		p.negMu.Unlock()
+		return bus.Errorf(bus.StatusConflict, "session %s: no offer outstanding", p.id)
+	}
+	if err := p.pc.SetRemoteDescription(webrtc.SessionDescription{Type: webrtc.SDPTypeAnswer, SDP: answer}); err != nil {
+		p.negMu.Unlock()
+		p.s.m.badSDP.Inc()
+		return errStatus(bus.StatusBadRequest, err)
+	}
+	p.awaitingAnswer = false
+	again := p.pendingNeg
+	p.pendingNeg = false
+	p.negMu.Unlock()
+	if again {
+		p.negotiate()
+	}
+	return nil
+}
+
+func (p *participant) addCandidate(c *bus.Candidate) error {
+	if c == nil || c.Candidate == "" {
+		return nil // end of candidates: nothing to do for an ICE-lite node
+	}
+	init := webrtc.ICECandidateInit{Candidate: c.Candidate, SDPMid: c.SDPMid, SDPMLineIndex: c.SDPMLineIndex,
+		UsernameFragment: c.UsernameFragment}
+	if err := p.pc.AddICECandidate(init); err != nil {
+		return errStatus(bus.StatusBadRequest, err)
+	}
+	return nil
+}
+
+// negotiate sends the client an offer for the node's current tracks, or
+// marks that one is needed once the outstanding one is answered.
+func (p *participant) negotiate() {
+	p.negMu.Lock()
+	defer p.negMu.Unlock()
+	if p.closed {
+		return
+	}
+	if p.awaitingAnswer || p.pc.SignalingState() != webrtc.SignalingStateStable {
+		p.pendingNeg = true
+		return
+	}
+	offer, err := p.pc.CreateOffer(nil)
+	if err != nil {
+		p.s.log.Warn("sfu: create offer", "session", p.id, "err", err)
+		return
+	}
+	gathered := webrtc.GatheringCompletePromise(p.pc)
+	if err := p.pc.SetLocalDescription(offer); err != nil {
+		p.s.log.Warn("sfu: set offer", "session", p.id, "err", err)
+		return
+	}
+	select {
+	case <-gathered:
+	case <-time.After(5 * time.Second):
+	}
+	p.awaitingAnswer = true
+	p.s.m.offers.Inc()
+	if err := p.s.bus.PublishSession(bus.SessionMessage{Type: bus.SessionOffer, Session: p.id,
+		SDP: p.pc.LocalDescription().SDP}); err != nil {
+		p.s.log.Warn("sfu: send offer", "session", p.id, "err", err)
+	}
+}
+
+// syncSubscriptions makes the participant's senders match the room's
+// tracks, then renegotiates if anything changed.
+func (p *participant) syncSubscriptions() {
+	if !p.canSub {
+		return
+	}
+	want := p.room.tracksExcept(p)
+	p.negMu.Lock()
+	if p.closed {
+		p.negMu.Unlock()
+		return
+	}
+	changed := false
+	for _, t := range want {
+		if _, ok := p.senders[t]; ok {
+			continue
+		}
+		dt := newDownTrack(t, p)
+		sender, err := p.pc.AddTrack(dt)
+		if err != nil {
+			p.s.log.Warn("sfu: add track", "session", p.id, "track", t.key, "err", err)
+			continue
+		}
+		p.senders[t] = sender
+		p.downs[t] = dt
+		t.addDown(dt)
+		changed = true
+		p.s.wg.Add(1)
+		go func() {
+			defer p.s.wg.Done()
+			p.readSenderRTCP(sender, dt)
+		}()
+	}
+	for t, sender := range p.senders {
+		if containsTrack(want, t) {
+			continue
+		}
+		t.removeDown(p.downs[t])
+		_ = p.pc.RemoveTrack(sender)
+		delete(p.senders, t)
+		delete(p.downs, t)
+		changed = true
+	}
+	p.negMu.Unlock()
+	if changed {
+		p.negotiate()
+	}
+}
+
+func containsTrack(ts []*pubTrack, t *pubTrack) bool {
+	for _, x := range ts {
+		if x == t {
+			return true
+		}
+	}
+	return false
+}
+
+// readSenderRTCP reads the subscriber's RTCP for one sent track (which also
+// drives the NACK responder and report interceptors): keyframe requests go
+// to the publisher, REMB sets the subscriber's bandwidth estimate.
+func (p *participant) readSenderRTCP(sender *webrtc.RTPSender, dt *downTrack) {
+	for {
+		pkts, _, err := sender.ReadRTCP()
+		if err != nil {
+			return
+		}
+		for _, pkt := range pkts {
+			switch pk := pkt.(type) {
+			case *rtcp.PictureLossIndication, *rtcp.FullIntraRequest:
+				dt.t.requestKeyframe(dt.layer())
+			case *rtcp.ReceiverEstimatedMaximumBitrate:
+				p.bwe.Store(uint64(pk.Bitrate))
+			case *rtcp.TransportLayerNack:
+				p.s.m.nacks.Add(float64(len(pk.Nacks)))
+			case *rtcp.ReceiverReport:
+				for _, r := range pk.Reports {
+					p.s.m.subscriberLoss.Observe(float64(r.FractionLost) / 256)
+				}
+			}
+		}
+	}
+}
+
+// onTrack is called by pion for every incoming track (each simulcast layer
+// separately); it forwards the track's packets until it ends.
+func (p *participant) onTrack(remote *webrtc.TrackRemote, receiver *webrtc.RTPReceiver) {
+	t, l, isNew := p.room.addLayer(p, remote, receiver)
+	if t == nil {
+		return
+	}
+	p.s.wg.Add(1)
+	defer p.s.wg.Done()
+	if isNew {
+		p.s.publishEvent(bus.RoomEvent{Type: bus.EventTrackPublished, Room: p.room.name, Session: p.id,
+			Identity: p.identity, Track: t.info()})
+		for _, o := range p.room.others(p) {
+			p.s.wg.Add(1)
+			go func() {
+				defer p.s.wg.Done()
+				o.syncSubscriptions()
+			}()
+		}
+	} else {
+		t.requestKeyframe(l.idx)
+	}
+	t.readLoop(l)
+}
+
+func (p *participant) onDataChannel(dc *webrtc.DataChannel) {
+	dc.OnOpen(func() {
+		p.dcMu.Lock()
+		p.dc = dc
+		p.dcMu.Unlock()
+	})
+	dc.OnMessage(func(m webrtc.DataChannelMessage) {
+		if !p.canPub {
+			return
+		}
+		p.s.m.dataMessages.Inc()
+		for _, o := range p.room.others(p) {
+			o.sendData(m)
+		}
+	})
+}
+
+func (p *participant) sendData(m webrtc.DataChannelMessage) {
+	p.dcMu.Lock()
+	dc := p.dc
+	p.dcMu.Unlock()
+	if dc == nil || !p.canSub {
+		return
+	}
+	if m.IsString {
+		_ = dc.SendText(string(m.Data))
+	} else {
+		_ = dc.Send(m.Data)
+	}
+}
+
+// leave ends the session: it leaves the room, its tracks are taken from
+// every subscriber, and the peer connection closes. reason, when not
+// empty, is sent to the client as a closed message.
+func (p *participant) leave(reason string) {
+	p.leaveOnce.Do(func() {
+		p.negMu.Lock()
+		p.closed = true
+		downs := p.downs
+		p.downs = map[*pubTrack]*downTrack{}
+		p.senders = map[*pubTrack]*webrtc.RTPSender{}
+		pc := p.pc
+		p.negMu.Unlock()
+		for t, dt := range downs {
+			t.removeDown(dt)
+		}
+		gone := p.room.removeTracksOf(p)
+		p.s.removeSession(p)
+		p.s.m.leaves.Inc()
+		for _, t := range gone {
+			t.close()
+			p.s.publishEvent(bus.RoomEvent{Type: bus.EventTrackUnpublished, Room: p.room.name, Session: p.id,
+				Identity: p.identity, Track: t.info()})
+		}
+		if len(gone) > 0 {
+			for _, o := range p.room.others(p) {
+				p.s.wg.Add(1)
+				go func() {
+					defer p.s.wg.Done()
+					o.syncSubscriptions()
+				}()
+			}
+		}
+		p.s.publishEvent(bus.RoomEvent{Type: bus.EventParticipantLeft, Room: p.room.name, Session: p.id,
+			Identity: p.identity, Name: p.name})
+		if p.ufrag != "" {
+			_ = p.s.bus.AnnounceSession(bus.SessionAnnounce{Session: p.id, Room: p.room.name, Node: p.s.cfg.NodeID,
+				Ufrag: p.ufrag, Gone: true, Time: time.Now().UTC()})
+		}
+		if reason != "" {
+			_ = p.s.bus.PublishSession(bus.SessionMessage{Type: bus.SessionClosed, Session: p.id,
+				Error: bus.Errorf(bus.StatusUnavailable, "%s", reason)})
+		}
+		if pc != nil {
+			p.s.wg.Add(1)
+			go func() {
+				defer p.s.wg.Done()
+				_ = pc.Close()
+			}()
+		}
+	})
+}
+
+func (s *Server) publishEvent(e bus.RoomEvent) {
+	e.Node = s.cfg.NodeID
+	e.Time = time.Now().UTC()
+	if err := s.bus.PublishRoomEvent(e); err != nil {
+		s.log.Debug("sfu: room event", "err", err)
+	}
+}

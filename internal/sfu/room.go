@@ -1,0 +1,177 @@
+package sfu
+
+import (
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/pion/sdp/v3"
+	"github.com/pion/webrtc/v4"
+
+	"github.com/traverse-rtc/traverse/internal/bus"
+)
+
+// room is the participants of one room on this node and their tracks.
+type room struct {
+	s    *Server
+	name string
+
+	mu       sync.Mutex // guards parts, tracks, speakers
+	parts    map[string]*participant
+	tracks   map[string]*pubTrack // by pubTrack.key
+	speakers string               // the last active-speaker list sent
+}
+
+func newRoom(s *Server, name string) *room {
+	return &room{s: s, name: name, parts: map[string]*participant{}, tracks: map[string]*pubTrack{}}
+}
+
+func (r *room) others(p *participant) []*participant {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]*participant, 0, len(r.parts))
+	for _, o := range r.parts {
+		if o != p {
+			out = append(out, o)
+		}
+	}
+	return out
+}
+
+func (r *room) tracksExcept(p *participant) []*pubTrack {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]*pubTrack, 0, len(r.tracks))
+	for _, t := range r.tracks {
+		if t.pub != p {
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
+// addLayer records an incoming track (one simulcast layer of it); isNew
+// is true for a track's first layer.
+func (r *room) addLayer(p *participant, remote *webrtc.TrackRemote, recv *webrtc.RTPReceiver) (*pubTrack, *layer, bool) {
+	if !p.canPub {
+		return nil, nil, false
+	}
+	key := p.id + "/" + remote.ID()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, ok := r.parts[p.id]; !ok {
+		return nil, nil, false // left already
+	}
+	t := r.tracks[key]
+	isNew := t == nil
+	if isNew {
+		t = newPubTrack(r, p, key, remote, recv)
+		r.tracks[key] = t
+	}
+	return t, t.addLayer(remote, recv), isNew
+}
+
+// removeTracksOf takes p's tracks out of the room and returns them.
+func (r *room) removeTracksOf(p *participant) []*pubTrack {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []*pubTrack
+	for k, t := range r.tracks {
+		if t.pub == p {
+			out = append(out, t)
+			delete(r.tracks, k)
+		}
+	}
+	return out
+}
+
+// updateSpeakers publishes an active-speaker event when the set of
+// participants speaking (loudest first) changes.
+func (r *room) updateSpeakers() {
+	now := time.Now().UnixNano()
+	var sp []bus.Speaker
+	for _, p := range r.others(nil) {
+		if now-p.levelAt.Load() > int64(time.Second) {
+			continue
+		}
+		if l := int(p.level.Load()); l >= speakingLevel {
+			sp = append(sp, bus.Speaker{Session: p.id, Identity: p.identity, Level: l})
+		}
+	}
+	sort.Slice(sp, func(i, j int) bool { return sp[i].Level > sp[j].Level })
+	if len(sp) > 3 {
+		sp = sp[:3]
+	}
+	var b strings.Builder
+	for _, x := range sp {
+		b.WriteString(x.Session)
+		b.WriteByte(',')
+	}
+	key := b.String()
+	r.mu.Lock()
+	changed := key != r.speakers
+	r.speakers = key
+	r.mu.Unlock()
+	if changed {
+		r.s.publishEvent(bus.RoomEvent{Type: bus.EventActiveSpeaker, Room: r.name, Speakers: sp})
+	}
+}
+
+// speakingLevel is the smoothed level (127 - dBov) above which a
+// participant counts as speaking: -60 dBov.
+const speakingLevel = 67
+
+// updateLayers measures every layer's bitrate and chooses each
+// subscriber's simulcast layers for its bandwidth.
+func (r *room) updateLayers() {
+	r.mu.Lock()
+	tracks := make([]*pubTrack, 0, len(r.tracks))
+	for _, t := range r.tracks {
+		tracks = append(tracks, t)
+	}
+	r.mu.Unlock()
+	now := time.Now()
+	for _, t := range tracks {
+		t.measure(now)
+	}
+	for _, p := range r.others(nil) {
+		p.chooseLayers()
+	}
+}
+
+// chooseLayers gives each simulcast video track the participant receives
+// the best layer that fits an equal share of its estimated bandwidth.
+func (p *participant) chooseLayers() {
+	p.negMu.Lock()
+	var sim []*downTrack
+	for t, dt := range p.downs {
+		if t.simulcast() {
+			sim = append(sim, dt)
+		}
+	}
+	p.negMu.Unlock()
+	if len(sim) == 0 {
+		return
+	}
+	bwe := p.bwe.Load()
+	for _, dt := range sim {
+		budget := uint64(0)
+		if bwe > 0 {
+			budget = bwe / uint64(len(sim))
+		}
+		if l := dt.t.bestLayer(budget); l >= 0 {
+			dt.setTarget(l)
+		}
+	}
+}
+
+// audioLevelID returns the negotiated id of the RFC 6464 extension on recv.
+func audioLevelID(recv *webrtc.RTPReceiver) uint8 {
+	for _, e := range recv.GetParameters().HeaderExtensions {
+		if e.URI == sdp.AudioLevelURI {
+			return uint8(e.ID)
+		}
+	}
+	return 0
+}

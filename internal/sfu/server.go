@@ -1,0 +1,414 @@
+// Package sfu is the WebRTC selective forwarding unit of traverse (seed E):
+// rooms whose participants publish audio, video and data-channel messages
+// and subscribe to everyone else's, every peer connection of the node on
+// ONE UDP port and one ICE-TCP port (RFC 6544), demultiplexed by the ICE
+// ufrag of the first STUN binding request (RFC 8445 section 7.2.2) and then
+// by the client's source address. The node is ICE-lite (RFC 8445 section
+// 2.5): it sits on a public address and only answers checks.
+//
+// Forwarding rewrites SSRC, payload type, sequence numbers and timestamps
+// per subscriber (RFC 3550), so a subscriber can switch simulcast layer
+// (RFC 8853) on a keyframe without a discontinuity; NACKs (RFC 4585) are
+// answered from a per-subscriber packet cache, PLI/FIR are passed to the
+// publisher, throttled; receiver reports and transport-wide congestion
+// control feedback are generated for publishers, and REMB from subscribers
+// chooses their simulcast layer. Audio levels (RFC 6464) make
+// active-speaker events.
+//
+// The node takes its work from the bus (package bus): join, offer, answer,
+// candidate and leave requests from signal servers.
+package sfu
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/pion/ice/v4"
+	"github.com/pion/interceptor"
+	"github.com/pion/logging"
+	"github.com/pion/sdp/v3"
+	"github.com/pion/webrtc/v4"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/traverse-rtc/traverse/internal/bus"
+)
+
+// Server is one SFU node.
+type Server struct {
+	cfg Config
+	log *slog.Logger
+	bus *bus.Client
+	api *webrtc.API
+	m   *metrics
+
+	udp    *net.UDPConn
+	tcp    *net.TCPListener
+	udpMux *ice.UDPMuxDefault
+	tcpMux ice.TCPMux
+
+	mu       sync.Mutex // guards sessions, rooms, closed
+	sessions map[string]*participant
+	rooms    map[string]*room
+	closed   bool
+
+	wg sync.WaitGroup // participants' goroutines
+
+	sub       *bus.Subscription
+	closeOnce sync.Once
+	forwarded atomic.Uint64
+	received  atomic.Uint64
+}
+
+// New binds the node's UDP port and TCP listener. It serves the bus once
+// Run is called. reg may be nil.
+func New(cfg Config, log *slog.Logger, b *bus.Client, reg prometheus.Registerer) (*Server, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := &Server{cfg: cfg, log: log, bus: b, sessions: map[string]*participant{}, rooms: map[string]*room{}}
+	ua, _ := netip.ParseAddrPort(cfg.UDP)
+	udp, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(ua))
+	if err != nil {
+		return nil, fmt.Errorf("sfu: listen udp %s: %w", cfg.UDP, err)
+	}
+	_ = udp.SetReadBuffer(4 << 20)
+	_ = udp.SetWriteBuffer(4 << 20)
+	s.udp = udp
+	if s.cfg.NodeID == "" {
+		s.cfg.NodeID = fmt.Sprintf("sfu-%d", s.UDPAddr().Port())
+	}
+	lf := logging.NewDefaultLoggerFactory()
+	lf.DefaultLogLevel = logging.LogLevelError
+	s.udpMux = ice.NewUDPMuxDefault(ice.UDPMuxParams{UDPConn: udp, Logger: lf.NewLogger("udpmux")})
+	types := []webrtc.NetworkType{webrtc.NetworkTypeUDP4, webrtc.NetworkTypeUDP6}
+	if cfg.TCP != "" {
+		ta, _ := netip.ParseAddrPort(cfg.TCP)
+		tcp, err := net.ListenTCP("tcp", net.TCPAddrFromAddrPort(ta))
+		if err != nil {
+			s.udpMux.Close()
+			return nil, fmt.Errorf("sfu: listen tcp %s: %w", cfg.TCP, err)
+		}
+		s.tcp = tcp
+		s.tcpMux = ice.NewTCPMuxDefault(ice.TCPMuxParams{Listener: tcp, Logger: lf.NewLogger("tcpmux"), ReadBufferSize: 64})
+		types = append(types, webrtc.NetworkTypeTCP4, webrtc.NetworkTypeTCP6)
+	}
+
+	se := webrtc.SettingEngine{LoggerFactory: lf}
+	se.SetLite(true)
+	se.SetICEUDPMux(s.udpMux)
+	if s.tcpMux != nil {
+		se.SetICETCPMux(s.tcpMux)
+	}
+	se.SetNetworkTypes(types)
+	se.SetIncludeLoopbackCandidate(true)
+	se.SetICEMulticastDNSMode(ice.MulticastDNSModeDisabled)
+	if cfg.PublicIP.IsValid() {
+		se.SetNAT1To1IPs([]string{cfg.PublicIP.String()}, webrtc.ICECandidateTypeHost)
+	}
+	me := &webrtc.MediaEngine{}
+	if err := registerCodecs(me); err != nil {
+		s.closeSockets()
+		return nil, err
+	}
+	ir := &interceptor.Registry{}
+	if err := registerInterceptors(me, ir); err != nil {
+		s.closeSockets()
+		return nil, err
+	}
+	s.api = webrtc.NewAPI(webrtc.WithSettingEngine(se), webrtc.WithMediaEngine(me), webrtc.WithInterceptorRegistry(ir))
+	s.m = newMetrics(s, reg)
+	return s, nil
+}
+
+// registerCodecs registers what the SFU passes through: Opus; VP8, VP9,
+// H.264 and AV1 (with RTX), plus the audio level extension.
+func registerCodecs(me *webrtc.MediaEngine) error {
+	if err := me.RegisterDefaultCodecs(); err != nil {
+		return err
+	}
+	return me.RegisterHeaderExtension(webrtc.RTPHeaderExtensionCapability{URI: sdp.AudioLevelURI}, webrtc.RTPCodecTypeAudio)
+}
+
+// registerInterceptors sets up what pion runs on every packet: NACK
+// generation (toward publishers) and response (from the per-subscriber
+// packet cache), sender and receiver reports, the simulcast header
+// extensions and transport-wide congestion control feedback to publishers.
+func registerInterceptors(me *webrtc.MediaEngine, ir *interceptor.Registry) error {
+	if err := webrtc.ConfigureNack(me, ir); err != nil {
+		return err
+	}
+	if err := webrtc.ConfigureRTCPReports(ir); err != nil {
+		return err
+	}
+	if err := webrtc.ConfigureSimulcastExtensionHeaders(me); err != nil {
+		return err
+	}
+	return webrtc.ConfigureTWCCSender(me, ir)
+}
+
+// NodeID returns the node's bus name.
+func (s *Server) NodeID() string { return s.cfg.NodeID }
+
+// UDPAddr returns the bound media UDP address.
+func (s *Server) UDPAddr() netip.AddrPort { return s.udp.LocalAddr().(*net.UDPAddr).AddrPort() }
+
+// TCPAddr returns the bound ICE-TCP address (zero when disabled).
+func (s *Server) TCPAddr() netip.AddrPort {
+	if s.tcp == nil {
+		return netip.AddrPort{}
+	}
+	return s.tcp.Addr().(*net.TCPAddr).AddrPort()
+}
+
+func (s *Server) publicAddr(a netip.AddrPort) string {
+	if !a.IsValid() {
+		return ""
+	}
+	if s.cfg.PublicIP.IsValid() {
+		a = netip.AddrPortFrom(s.cfg.PublicIP, a.Port())
+	}
+	return a.String()
+}
+
+// Run serves the bus until ctx is done, announcing the node, then closes
+// every session and the sockets.
+func (s *Server) Run(ctx context.Context) error {
+	defer s.Close()
+	sub, err := s.bus.HandleRequests(s.cfg.NodeID, s.handle)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.sub = sub
+	s.mu.Unlock()
+	s.log.Info("sfu serving", "node", s.cfg.NodeID, "udp", s.UDPAddr(), "tcp", s.TCPAddr())
+	t := time.NewTicker(s.cfg.AnnounceInterval)
+	defer t.Stop()
+	speakers := time.NewTicker(300 * time.Millisecond)
+	defer speakers.Stop()
+	layers := time.NewTicker(500 * time.Millisecond)
+	defer layers.Stop()
+	var lastFwd uint64
+	last := time.Now()
+	s.announce(0)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case now := <-t.C:
+			f := s.forwarded.Load()
+			pps := float64(f-lastFwd) / now.Sub(last).Seconds()
+			lastFwd, last = f, now
+			s.announce(pps)
+		case <-speakers.C:
+			for _, r := range s.roomList() {
+				r.updateSpeakers()
+			}
+		case <-layers.C:
+			for _, r := range s.roomList() {
+				r.updateLayers()
+			}
+		}
+	}
+}
+
+func (s *Server) roomList() []*room {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]*room, 0, len(s.rooms))
+	for _, r := range s.rooms {
+		out = append(out, r)
+	}
+	return out
+}
+
+func (s *Server) announce(pps float64) {
+	s.mu.Lock()
+	load := bus.NodeLoad{Peers: len(s.sessions), Rooms: len(s.rooms), PacketsPerSecond: pps}
+	s.mu.Unlock()
+	err := s.bus.AnnounceNode(bus.NodeAnnounce{Node: s.cfg.NodeID, Region: s.cfg.Region,
+		UDP: s.publicAddr(s.UDPAddr()), TCP: s.publicAddr(s.TCPAddr()), Load: load, Time: time.Now().UTC()})
+	if err != nil {
+		s.log.Warn("sfu: announce", "err", err)
+	}
+}
+
+// Close ends every session, stops serving the bus and closes the sockets.
+// It is idempotent.
+func (s *Server) Close() error {
+	s.closeOnce.Do(func() {
+		s.mu.Lock()
+		s.closed = true
+		sub := s.sub
+		parts := make([]*participant, 0, len(s.sessions))
+		for _, p := range s.sessions {
+			parts = append(parts, p)
+		}
+		s.mu.Unlock()
+		if sub != nil {
+			sub.Unsubscribe()
+		}
+		for _, p := range parts {
+			p.leave("node shutting down")
+		}
+		s.wg.Wait()
+		s.closeSockets()
+	})
+	return nil
+}
+
+func (s *Server) closeSockets() {
+	if s.tcpMux != nil {
+		s.tcpMux.Close()
+	}
+	if s.tcp != nil {
+		s.tcp.Close()
+	}
+	if s.udpMux != nil {
+		s.udpMux.Close()
+	}
+	s.udp.Close()
+}
+
+// Sessions returns the number of live sessions.
+func (s *Server) Sessions() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.sessions)
+}
+
+// Forwarded returns how many RTP packets the node has sent to subscribers.
+func (s *Server) Forwarded() uint64 { return s.forwarded.Load() }
+
+func (s *Server) handle(ctx context.Context, req bus.Request) (bus.Reply, error) {
+	if req.Type == bus.RequestJoin {
+		return s.join(ctx, req)
+	}
+	s.mu.Lock()
+	p := s.sessions[req.Session]
+	s.mu.Unlock()
+	if p == nil {
+		if req.Type == bus.RequestLeave {
+			return bus.Reply{}, nil
+		}
+		return bus.Reply{}, bus.Errorf(bus.StatusNotFound, "no session %s on node %s", req.Session, s.cfg.NodeID)
+	}
+	switch req.Type {
+	case bus.RequestOffer:
+		return p.clientOffer(ctx, req.SDP)
+	case bus.RequestAnswer:
+		return bus.Reply{}, p.clientAnswer(req.SDP)
+	case bus.RequestCandidate:
+		return bus.Reply{}, p.addCandidate(req.Candidate)
+	case bus.RequestLeave:
+		p.leave("")
+		return bus.Reply{}, nil
+	}
+	return bus.Reply{}, bus.Errorf(bus.StatusBadRequest, "unknown request %q", req.Type)
+}
+
+// sendsMedia reports whether an SDP offer has a media section the client
+// sends on (sendrecv or sendonly audio or video).
+func sendsMedia(offer string) (bool, error) {
+	var d sdp.SessionDescription
+	if err := d.UnmarshalString(offer); err != nil {
+		return false, err
+	}
+	for _, m := range d.MediaDescriptions {
+		if m.MediaName.Media != "audio" && m.MediaName.Media != "video" {
+			continue
+		}
+		if m.MediaName.Port.Value == 0 {
+			continue
+		}
+		dir := "sendrecv"
+		for _, a := range m.Attributes {
+			switch a.Key {
+			case "sendrecv", "sendonly", "recvonly", "inactive":
+				dir = a.Key
+			}
+		}
+		if dir == "sendrecv" || dir == "sendonly" {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+func (s *Server) join(ctx context.Context, req bus.Request) (bus.Reply, error) {
+	j := req.Join
+	sends, err := sendsMedia(j.Offer)
+	if err != nil {
+		s.m.badSDP.Inc()
+		return bus.Reply{}, bus.Errorf(bus.StatusBadRequest, "offer: %v", err)
+	}
+	if sends && !j.Publish {
+		return bus.Reply{}, bus.Errorf(bus.StatusUnauthorized, "session %s may not publish", req.Session)
+	}
+	s.mu.Lock()
+	switch {
+	case s.closed:
+		s.mu.Unlock()
+		return bus.Reply{}, bus.Errorf(bus.StatusUnavailable, "node %s is stopping", s.cfg.NodeID)
+	case s.sessions[req.Session] != nil:
+		s.mu.Unlock()
+		return bus.Reply{}, bus.Errorf(bus.StatusConflict, "session %s exists", req.Session)
+	case len(s.sessions) >= s.cfg.MaxPeers:
+		s.mu.Unlock()
+		return bus.Reply{}, bus.Errorf(bus.StatusUnavailable, "node %s is full", s.cfg.NodeID)
+	}
+	r := s.rooms[j.Room]
+	if r == nil {
+		r = newRoom(s, j.Room)
+		s.rooms[j.Room] = r
+	}
+	p := newParticipant(s, r, req.Session, j)
+	s.sessions[req.Session] = p
+	r.mu.Lock()
+	r.parts[p.id] = p
+	r.mu.Unlock()
+	s.mu.Unlock()
+	s.m.joins.Inc()
+
+	answer, err := p.start(ctx, j.Offer)
+	if err != nil {
+		p.leave("")
+		return bus.Reply{}, err
+	}
+	return bus.Reply{SDP: answer, After: p.joined}, nil
+}
+
+func (s *Server) removeSession(p *participant) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.sessions[p.id] == p {
+		delete(s.sessions, p.id)
+	}
+	r := p.room
+	r.mu.Lock()
+	delete(r.parts, p.id)
+	empty := len(r.parts) == 0
+	r.mu.Unlock()
+	if empty && s.rooms[r.name] == r {
+		delete(s.rooms, r.name)
+	}
+}
+
+func errStatus(s bus.Status, err error) error {
+	var be *bus.Error
+	if errors.As(err, &be) {
+		return be
+	}
+	return &bus.Error{Status: s, Message: strings.TrimPrefix(err.Error(), "webrtc: ")}
+}

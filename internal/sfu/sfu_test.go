@@ -1,0 +1,204 @@
+package sfu
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/pion/webrtc/v4"
+
+	"github.com/traverse-rtc/traverse/internal/bus"
+	"github.com/traverse-rtc/traverse/internal/loadgen"
+)
+
+type harness struct {
+	t   *testing.T
+	e   *bus.Embedded
+	bc  *bus.Client
+	s   *Server
+	api *webrtc.API
+	tcp *webrtc.API
+}
+
+func newHarness(t *testing.T, cfg Config) *harness {
+	t.Helper()
+	e, err := bus.StartEmbedded("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.Close() })
+	nodeBus, err := bus.Connect(bus.Config{URLs: []string{e.URL()}, Name: "sfu", Workers: 16}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nodeBus.Close() })
+	bc, err := bus.Connect(bus.Config{URLs: []string{e.URL()}, Name: "test", RequestTimeout: 20 * time.Second}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { bc.Close() })
+	if cfg.UDP == "" {
+		cfg.UDP = "127.0.0.1:0"
+	}
+	if cfg.TCP == "" {
+		cfg.TCP = "127.0.0.1:0"
+	}
+	cfg.NodeID = "node1"
+	s, err := New(cfg, nil, nodeBus, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	})
+	// Wait until the node serves the bus.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		_, err := bc.Request(context.Background(), "node1", bus.Request{Type: bus.RequestLeave, Session: "probe"})
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("node not serving: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	api, err := loadgen.NewAPI(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tcpAPI, err := loadgen.NewAPI(true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &harness{t: t, e: e, bc: bc, s: s, api: api, tcp: tcpAPI}
+}
+
+func (h *harness) dial(cfg loadgen.ClientConfig) *loadgen.Client {
+	h.t.Helper()
+	api := h.api
+	if cfg.TCP {
+		api = h.tcp
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c, err := loadgen.Dial(ctx, api, loadgen.NewBusSignaler(h.bc, "node1"), cfg)
+	if err != nil {
+		h.t.Fatalf("dial %s: %v", cfg.Identity, err)
+	}
+	h.t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// received reports whether c receives n tracks of the kinds given, each
+// having delivered at least min packets.
+func received(c *loadgen.Client, video, audio int, min uint64) bool {
+	var v, a int
+	for _, t := range c.Tracks() {
+		if t.Packets() < min {
+			continue
+		}
+		switch t.Kind {
+		case "video":
+			v++
+		case "audio":
+			a++
+		}
+	}
+	return v >= video && a >= audio
+}
+
+func TestRoomForwardsAudioAndVideo(t *testing.T) {
+	h := newHarness(t, Config{})
+	events := make(chan bus.RoomEvent, 64)
+	sub, err := h.bc.SubscribeRoomEvents("r1", func(e bus.RoomEvent) { events <- e })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	var clients []*loadgen.Client
+	for i := range 3 {
+		clients = append(clients, h.dial(loadgen.ClientConfig{Room: "r1", Identity: fmt.Sprintf("p%d", i),
+			Publish: true, Subscribe: true, VideoBitrate: 300_000}))
+	}
+	for i, c := range clients {
+		waitFor(t, 15*time.Second, fmt.Sprintf("p%d receiving 2 videos and 2 audios", i), func() bool {
+			return received(c, 2, 2, 20)
+		})
+	}
+	if h.s.Forwarded() == 0 {
+		t.Fatal("forwarded counter is zero")
+	}
+	seen := map[bus.RoomEventType]int{}
+	timeout := time.After(5 * time.Second)
+	for seen[bus.EventParticipantJoined] < 3 || seen[bus.EventTrackPublished] < 6 {
+		select {
+		case e := <-events:
+			seen[e.Type]++
+		case <-timeout:
+			t.Fatalf("room events %v", seen)
+		}
+	}
+	clients[0].Close()
+	waitFor(t, 10*time.Second, "the leaver's session to end", func() bool { return h.s.Sessions() == 2 })
+}
+
+func TestJoinErrors(t *testing.T) {
+	h := newHarness(t, Config{})
+	api := h.api
+	pc, err := api.NewPeerConnection(webrtc.Configuration{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	if _, err := pc.AddTransceiverFromKind(webrtc.RTPCodecTypeAudio, webrtc.RTPTransceiverInit{Direction: webrtc.RTPTransceiverDirectionSendonly}); err != nil {
+		t.Fatal(err)
+	}
+	offer, err := pc.CreateOffer(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		join bus.Join
+		want bus.Status
+	}{
+		{"publish without right", bus.Join{Room: "r", Identity: "a", Subscribe: true, Offer: offer.SDP}, bus.StatusUnauthorized},
+		{"garbage sdp", bus.Join{Room: "r", Identity: "a", Publish: true, Offer: "hello"}, bus.StatusBadRequest},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			j := tt.join
+			_, err := h.bc.Request(context.Background(), "node1", bus.Request{Type: bus.RequestJoin, Session: loadgen.NewSessionID(), Join: &j})
+			if got := bus.StatusOf(err); got != tt.want {
+				t.Fatalf("status %q (%v), want %q", got, err, tt.want)
+			}
+		})
+	}
+	_, err = h.bc.Request(context.Background(), "node1", bus.Request{Type: bus.RequestAnswer, Session: "nosuch", SDP: "v=0"})
+	if bus.StatusOf(err) != bus.StatusNotFound {
+		t.Fatalf("answer for unknown session: %v", err)
+	}
+	if h.s.Sessions() != 0 {
+		t.Fatalf("%d sessions left after failed joins", h.s.Sessions())
+	}
+}

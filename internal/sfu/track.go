@@ -1,0 +1,405 @@
+package sfu
+
+import (
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/pion/rtcp"
+	"github.com/pion/rtp"
+	"github.com/pion/webrtc/v4"
+
+	"github.com/traverse-rtc/traverse/internal/bus"
+)
+
+// maxLayers is the number of simulcast layers a track may have.
+const maxLayers = 3
+
+// pubTrack is one published track: up to three simulcast layers in, and
+// one downTrack per subscriber out.
+type pubTrack struct {
+	r        *room
+	pub      *participant
+	key      string
+	id       string
+	streamID string
+	kind     webrtc.RTPCodecType
+	codec    webrtc.RTPCodecParameters
+	ck       codecKind
+	levelID  uint8 // audio level extension id, 0 when absent
+	nrids    int   // simulcast layers announced in the SDP
+
+	mu     sync.Mutex // guards layers and downs' writes (copy on write)
+	layers [maxLayers]*layer
+	downs  atomic.Pointer[[]*downTrack]
+	closed atomic.Bool
+}
+
+// layer is one incoming RTP stream of a track.
+type layer struct {
+	idx     int
+	rid     string
+	remote  *webrtc.TrackRemote
+	bytes   atomic.Uint64 // since the last measure
+	bitrate atomic.Uint64 // bit/s at the last measure
+	lastPLI atomic.Int64  // unix nanoseconds
+	seen    atomic.Int64  // unix nanoseconds of the last packet
+}
+
+func newPubTrack(r *room, p *participant, key string, remote *webrtc.TrackRemote, recv *webrtc.RTPReceiver) *pubTrack {
+	t := &pubTrack{r: r, pub: p, key: key, id: remote.ID(), streamID: remote.StreamID(), kind: remote.Kind(),
+		codec: remote.Codec(), ck: codecOf(remote.Codec().MimeType), nrids: len(recv.Tracks())}
+	if t.streamID == "" {
+		t.streamID = p.id
+	}
+	if t.id == "" {
+		t.id = key
+	}
+	if t.kind == webrtc.RTPCodecTypeAudio {
+		t.levelID = audioLevelID(recv)
+	}
+	empty := []*downTrack{}
+	t.downs.Store(&empty)
+	return t
+}
+
+// layerIndex orders simulcast rids low to high by their usual names; other
+// names keep their SDP order.
+func layerIndex(rid string, fallback int) int {
+	switch strings.ToLower(rid) {
+	case "q", "l", "low", "0":
+		return 0
+	case "h", "m", "mid", "medium", "1":
+		return 1
+	case "f", "high", "full", "2":
+		return 2
+	}
+	return fallback
+}
+
+func (t *pubTrack) addLayer(remote *webrtc.TrackRemote, recv *webrtc.RTPReceiver) *layer {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	idx := 0
+	if rid := remote.RID(); rid != "" {
+		fallback := 0
+		for i, tr := range recv.Tracks() {
+			if tr.RID() == rid {
+				fallback = i
+			}
+		}
+		idx = layerIndex(rid, fallback)
+		if idx >= maxLayers {
+			idx = maxLayers - 1
+		}
+	}
+	for t.layers[idx] != nil && idx < maxLayers-1 {
+		idx++
+	}
+	l := &layer{idx: idx, rid: remote.RID(), remote: remote}
+	t.layers[idx] = l
+	return l
+}
+
+func (t *pubTrack) simulcast() bool { return t.nrids > 1 }
+
+func (t *pubTrack) info() *bus.TrackInfo {
+	ti := &bus.TrackInfo{ID: t.id, StreamID: t.streamID, Kind: t.kind.String(),
+		Codec: strings.TrimPrefix(strings.TrimPrefix(t.codec.MimeType, "video/"), "audio/")}
+	t.mu.Lock()
+	for _, l := range t.layers {
+		if l != nil && l.rid != "" {
+			ti.Layers = append(ti.Layers, l.rid)
+		}
+	}
+	t.mu.Unlock()
+	return ti
+}
+
+func (t *pubTrack) addDown(d *downTrack) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	old := *t.downs.Load()
+	n := make([]*downTrack, len(old), len(old)+1)
+	copy(n, old)
+	n = append(n, d)
+	t.downs.Store(&n)
+}
+
+func (t *pubTrack) removeDown(d *downTrack) {
+	if d == nil {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	old := *t.downs.Load()
+	n := make([]*downTrack, 0, len(old))
+	for _, x := range old {
+		if x != d {
+			n = append(n, x)
+		}
+	}
+	t.downs.Store(&n)
+}
+
+func (t *pubTrack) close() { t.closed.Store(true) }
+
+// readLoop forwards one layer's packets to every subscriber until the
+// publisher's track ends.
+func (t *pubTrack) readLoop(l *layer) {
+	buf := make([]byte, 1600)
+	var pkt rtp.Packet
+	s := t.r.s
+	for {
+		n, _, err := l.remote.Read(buf)
+		if err != nil {
+			return
+		}
+		if t.closed.Load() {
+			continue
+		}
+		if err := pkt.Unmarshal(buf[:n]); err != nil {
+			s.m.badRTP.Inc()
+			continue
+		}
+		s.received.Add(1)
+		l.bytes.Add(uint64(n))
+		l.seen.Store(time.Now().UnixNano())
+		if t.levelID != 0 {
+			if lv, _, ok := audioLevel(pkt.GetExtension(t.levelID)); ok {
+				t.pub.observeLevel(lv)
+			}
+		}
+		key := t.kind == webrtc.RTPCodecTypeVideo && isKeyframe(t.ck, pkt.Payload)
+		for _, d := range *t.downs.Load() {
+			d.write(l.idx, &pkt, key)
+		}
+	}
+}
+
+// observeLevel smooths the participant's audio level (fast attack, slow
+// decay).
+func (p *participant) observeLevel(lv int) {
+	old := int(p.level.Load())
+	if lv > old {
+		old = (old + 3*lv) / 4
+	} else {
+		old = (7*old + lv) / 8
+	}
+	p.level.Store(int32(old))
+	p.levelAt.Store(time.Now().UnixNano())
+}
+
+// requestKeyframe asks the publisher for a keyframe on layer idx, at most
+// once per Config.PLIInterval.
+func (t *pubTrack) requestKeyframe(idx int) {
+	if idx < 0 || idx >= maxLayers || t.kind != webrtc.RTPCodecTypeVideo {
+		return
+	}
+	t.mu.Lock()
+	l := t.layers[idx]
+	t.mu.Unlock()
+	if l == nil {
+		return
+	}
+	s := t.r.s
+	now := time.Now().UnixNano()
+	last := l.lastPLI.Load()
+	if now-last < int64(s.cfg.PLIInterval) || !l.lastPLI.CompareAndSwap(last, now) {
+		s.m.pliThrottled.Inc()
+		return
+	}
+	s.m.pliForwarded.Inc()
+	_ = t.pub.pc.WriteRTCP([]rtcp.Packet{&rtcp.PictureLossIndication{MediaSSRC: uint32(l.remote.SSRC())}})
+}
+
+// measure updates every layer's bitrate.
+func (t *pubTrack) measure(now time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, l := range t.layers {
+		if l == nil {
+			continue
+		}
+		b := l.bytes.Swap(0)
+		// 500 ms between measures: an exponential average over a few.
+		rate := b * 8 * 2
+		old := l.bitrate.Load()
+		if old == 0 {
+			l.bitrate.Store(rate)
+		} else {
+			l.bitrate.Store((old + rate) / 2)
+		}
+	}
+}
+
+// bestLayer returns the highest live layer whose bitrate fits budget
+// (bit/s; 0 means unknown: the highest live layer), else the lowest live
+// layer, or -1 when no layer is live.
+func (t *pubTrack) bestLayer(budget uint64) int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	now := time.Now().UnixNano()
+	best, lowest := -1, -1
+	for i, l := range t.layers {
+		if l == nil || now-l.seen.Load() > int64(time.Second) {
+			continue
+		}
+		if lowest < 0 {
+			lowest = i
+		}
+		if budget == 0 || l.bitrate.Load() <= budget {
+			best = i
+		}
+	}
+	if best < 0 {
+		return lowest
+	}
+	return best
+}
+
+// downTrack is one subscriber's copy of a published track: pion binds it to
+// the subscriber's sender, and it rewrites what it forwards so the
+// subscriber sees one continuous stream whatever layer it comes from.
+type downTrack struct {
+	t   *pubTrack
+	sub *participant
+
+	mu      sync.Mutex // guards the fields below; held while writing
+	ws      webrtc.TrackLocalWriter
+	ssrc    uint32
+	pt      uint8
+	clock   uint32
+	cur     int // layer being forwarded, -1 none yet
+	target  int // layer wanted
+	started bool
+	seqOff  uint16
+	tsOff   uint32
+	lastSeq uint16
+	lastTS  uint32
+	lastAt  int64
+}
+
+func newDownTrack(t *pubTrack, sub *participant) *downTrack {
+	d := &downTrack{t: t, sub: sub, cur: 0, target: 0}
+	if t.simulcast() {
+		d.cur = -1
+		d.target = t.bestLayer(sub.bwe.Load())
+		if d.target < 0 {
+			d.target = 0
+		}
+	}
+	return d
+}
+
+// ID, RID, StreamID and Kind make downTrack a webrtc.TrackLocal.
+func (d *downTrack) ID() string                { return d.t.id }
+func (d *downTrack) RID() string               { return "" }
+func (d *downTrack) StreamID() string          { return d.t.streamID }
+func (d *downTrack) Kind() webrtc.RTPCodecType { return d.t.kind }
+
+// Bind picks the subscriber's codec that matches the publisher's.
+func (d *downTrack) Bind(ctx webrtc.TrackLocalContext) (webrtc.RTPCodecParameters, error) {
+	want := d.t.codec
+	var match *webrtc.RTPCodecParameters
+	for _, c := range ctx.CodecParameters() {
+		if !strings.EqualFold(c.MimeType, want.MimeType) {
+			continue
+		}
+		if c.SDPFmtpLine == want.SDPFmtpLine {
+			match = &c
+			break
+		}
+		if match == nil {
+			match = &c
+		}
+	}
+	if match == nil {
+		return webrtc.RTPCodecParameters{}, webrtc.ErrUnsupportedCodec
+	}
+	d.mu.Lock()
+	d.ws = ctx.WriteStream()
+	d.ssrc = uint32(ctx.SSRC())
+	d.pt = uint8(match.PayloadType)
+	d.clock = match.ClockRate
+	target := d.target
+	d.mu.Unlock()
+	d.t.requestKeyframe(target)
+	return *match, nil
+}
+
+// Unbind stops writing.
+func (d *downTrack) Unbind(webrtc.TrackLocalContext) error {
+	d.mu.Lock()
+	d.ws = nil
+	d.mu.Unlock()
+	return nil
+}
+
+func (d *downTrack) layer() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.cur < 0 {
+		return d.target
+	}
+	return d.cur
+}
+
+func (d *downTrack) setTarget(l int) {
+	d.mu.Lock()
+	changed := l != d.target
+	d.target = l
+	d.mu.Unlock()
+	if changed {
+		d.t.requestKeyframe(l)
+	}
+}
+
+// write forwards pkt from layer idx if that is the layer this subscriber
+// gets, switching to the target layer on its keyframe.
+func (d *downTrack) write(idx int, pkt *rtp.Packet, key bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.ws == nil {
+		return
+	}
+	if idx != d.cur {
+		if idx != d.target || !key {
+			return
+		}
+		now := time.Now().UnixNano()
+		if d.started {
+			d.seqOff = d.lastSeq + 1 - pkt.SequenceNumber
+			delta := uint32(uint64(now-d.lastAt) * uint64(d.clock) / uint64(time.Second))
+			if delta == 0 {
+				delta = 1
+			}
+			d.tsOff = d.lastTS + delta - pkt.Timestamp
+		}
+		if d.cur >= 0 {
+			d.t.r.s.m.layerSwitches.Inc()
+		}
+		d.cur = idx
+	}
+	h := pkt.Header
+	h.SSRC = d.ssrc
+	h.PayloadType = d.pt
+	h.SequenceNumber = pkt.SequenceNumber + d.seqOff
+	h.Timestamp = pkt.Timestamp + d.tsOff
+	h.Extension = false
+	h.Extensions = nil
+	h.ExtensionProfile = 0
+	d.lastSeq, d.lastTS, d.lastAt, d.started = h.SequenceNumber, h.Timestamp, time.Now().UnixNano(), true
+	if _, err := d.ws.WriteRTP(&h, pkt.Payload); err == nil {
+		d.t.r.s.forwarded.Add(1)
+	}
+}
+
+// Layer returns the layer (0 low to 2 high) the subscriber currently gets,
+// for tests.
+func (d *downTrack) Layer() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.cur
+}

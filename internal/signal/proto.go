@@ -1,0 +1,186 @@
+package signal
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+)
+
+// Client-to-server message types (docs/signal.md).
+const (
+	TypeJoin      = "join"
+	TypeOffer     = "offer"
+	TypeAnswer    = "answer"
+	TypeCandidate = "candidate"
+	TypeLeave     = "leave"
+	TypePing      = "ping"
+)
+
+// Server-to-client message types. TypeOffer, TypeAnswer and TypeCandidate
+// travel both ways.
+const (
+	TypeJoined      = "joined"
+	TypeParticipant = "participant"
+	TypeSpeakers    = "speakers"
+	TypeError       = "error"
+	TypePong        = "pong"
+	TypeBye         = "bye"
+)
+
+// Participant events carried by TypeParticipant messages.
+const (
+	EventJoined  = "joined"
+	EventUpdated = "updated"
+	EventLeft    = "left"
+)
+
+// maxSDPLen bounds an SDP body; a browser offer with three simulcast video
+// layers, audio and data is about 8 KB.
+const maxSDPLen = 48 << 10
+
+// maxCandidateLen bounds one ICE candidate line.
+const maxCandidateLen = 1024
+
+// Candidate is one trickled ICE candidate, shaped like the browser's
+// RTCIceCandidateInit so the page can pass it through unchanged. An empty
+// Candidate string means the end of candidates.
+type Candidate struct {
+	Candidate        string  `json:"candidate"`
+	SDPMid           *string `json:"sdpMid,omitempty"`
+	SDPMLineIndex    *uint16 `json:"sdpMLineIndex,omitempty"`
+	UsernameFragment string  `json:"usernameFragment,omitempty"`
+}
+
+// ClientMessage is every message a client may send; Type says which fields
+// matter. DecodeClient fills and validates it.
+type ClientMessage struct {
+	Type string `json:"type"`
+	// Token is join's access token (see ParseToken).
+	Token string `json:"token,omitempty"`
+	// SDP is the body of an offer or answer.
+	SDP string `json:"sdp,omitempty"`
+	// Candidate is a trickled ICE candidate.
+	Candidate *Candidate `json:"candidate,omitempty"`
+}
+
+// DecodeClient parses one inbound WebSocket text message. Unknown fields are
+// ignored (forward compatibility); unknown types, missing required fields
+// and oversized fields are errors wrapping ErrMessage.
+func DecodeClient(b []byte) (ClientMessage, error) {
+	var m ClientMessage
+	b = bytes.TrimSpace(b)
+	if len(b) == 0 || b[0] != '{' {
+		return m, fmt.Errorf("%w: not a JSON object", ErrMessage)
+	}
+	if err := json.Unmarshal(b, &m); err != nil {
+		return ClientMessage{}, fmt.Errorf("%w: %v", ErrMessage, err)
+	}
+	if err := m.validate(); err != nil {
+		return ClientMessage{}, err
+	}
+	return m, nil
+}
+
+func (m *ClientMessage) validate() error {
+	switch m.Type {
+	case TypeJoin:
+		if m.Token == "" {
+			return fmt.Errorf("%w: join needs a token", ErrMessage)
+		}
+		if len(m.Token) > maxTokenLen {
+			return fmt.Errorf("%w: token too long", ErrMessage)
+		}
+	case TypeOffer, TypeAnswer:
+		if m.SDP == "" {
+			return fmt.Errorf("%w: %s needs sdp", ErrMessage, m.Type)
+		}
+		if len(m.SDP) > maxSDPLen {
+			return fmt.Errorf("%w: sdp longer than %d bytes", ErrMessage, maxSDPLen)
+		}
+	case TypeCandidate:
+		if m.Candidate == nil {
+			return fmt.Errorf("%w: candidate needs candidate", ErrMessage)
+		}
+		if len(m.Candidate.Candidate) > maxCandidateLen || len(m.Candidate.UsernameFragment) > 256 ||
+			m.Candidate.SDPMid != nil && len(*m.Candidate.SDPMid) > 64 {
+			return fmt.Errorf("%w: candidate too long", ErrMessage)
+		}
+		if m.Candidate.Candidate != "" {
+			if _, err := ParseCandidate(m.Candidate.Candidate); err != nil {
+				return err
+			}
+		}
+	case TypeLeave, TypePing:
+	case "":
+		return fmt.Errorf("%w: no type", ErrMessage)
+	default:
+		return fmt.Errorf("%w: unknown type %.32q", ErrMessage, m.Type)
+	}
+	return nil
+}
+
+// Track is one published track as other participants see it.
+type Track struct {
+	// ID is the track id the subscriber's ontrack event shows (the
+	// MediaStreamTrack id in the SFU's offer).
+	ID string `json:"id"`
+	// Kind is "audio" or "video".
+	Kind string `json:"kind"`
+	// StreamID is the msid stream id grouping a participant's tracks.
+	StreamID string `json:"streamId,omitempty"`
+}
+
+// Participant is one member of a room.
+type Participant struct {
+	// ID is unique per session (a reconnecting identity gets a new one).
+	ID       string  `json:"id"`
+	Identity string  `json:"identity"`
+	Tracks   []Track `json:"tracks,omitempty"`
+}
+
+// ICEServer is handed to the browser as an RTCIceServer.
+type ICEServer struct {
+	URLs       []string `json:"urls"`
+	Username   string   `json:"username,omitempty"`
+	Credential string   `json:"credential,omitempty"`
+}
+
+// ServerMessage is every message the server sends; Type says which fields
+// are set.
+type ServerMessage struct {
+	Type string `json:"type"`
+
+	// joined
+	Room          string        `json:"room,omitempty"`
+	Identity      string        `json:"identity,omitempty"`
+	ParticipantID string        `json:"participantId,omitempty"`
+	Node          string        `json:"node,omitempty"`
+	Region        string        `json:"region,omitempty"`
+	Publish       *bool         `json:"publish,omitempty"`
+	Subscribe     *bool         `json:"subscribe,omitempty"`
+	ICEServers    []ICEServer   `json:"iceServers,omitempty"`
+	Participants  []Participant `json:"participants,omitempty"`
+
+	// offer, answer
+	SDP string `json:"sdp,omitempty"`
+	// candidate
+	Candidate *Candidate `json:"candidate,omitempty"`
+
+	// participant
+	Event       string       `json:"event,omitempty"`
+	Participant *Participant `json:"participant,omitempty"`
+
+	// speakers: participant ids, loudest first; empty when nobody speaks.
+	Speakers []string `json:"speakers,omitempty"`
+
+	// error
+	Class   string `json:"class,omitempty"`
+	Message string `json:"message,omitempty"`
+	// Fatal says the server closes the connection after this error.
+	Fatal bool `json:"fatal,omitempty"`
+}
+
+// errorMessage builds the error message for err.
+func errorMessage(err error, fatal bool) ServerMessage {
+	return ServerMessage{Type: TypeError, Class: Class(err), Message: err.Error(), Fatal: fatal}
+}

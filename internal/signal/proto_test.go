@@ -1,0 +1,74 @@
+package signal
+
+import (
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+)
+
+func TestDecodeClient(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		typ  string
+		fail bool
+	}{
+		{`{"type":"join","token":"a.b.c"}`, TypeJoin, false},
+		{`{"type":"join"}`, "", true},
+		{`{"type":"offer","sdp":"v=0"}`, TypeOffer, false},
+		{`{"type":"answer"}`, "", true},
+		{`{"type":"candidate","candidate":{"candidate":"candidate:1 1 udp 1 127.0.0.1 5000 typ host","sdpMid":"0","sdpMLineIndex":0}}`, TypeCandidate, false},
+		{`{"type":"candidate","candidate":{"candidate":""}}`, TypeCandidate, false},
+		{`{"type":"candidate","candidate":{"candidate":"junk"}}`, "", true},
+		{`{"type":"candidate"}`, "", true},
+		{`{"type":"leave","extra":1}`, TypeLeave, false},
+		{`{"type":"ping"}`, TypePing, false},
+		{`{"type":"bogus"}`, "", true},
+		{`{}`, "", true},
+		{`[]`, "", true},
+		{`null`, "", true},
+		{`{"type":"offer","sdp":"` + strings.Repeat("a", maxSDPLen+1) + `"}`, "", true},
+		{`{"type":1}`, "", true},
+	} {
+		m, err := DecodeClient([]byte(tc.in))
+		if tc.fail {
+			if !errors.Is(err, ErrMessage) || Class(err) != ClassBadRequest {
+				t.Errorf("%.60s: err = %v, want bad-request ErrMessage", tc.in, err)
+			}
+			continue
+		}
+		if err != nil || m.Type != tc.typ {
+			t.Errorf("%.60s: %+v, %v", tc.in, m, err)
+		}
+	}
+}
+
+func FuzzDecodeClient(f *testing.F) {
+	for _, s := range []string{
+		`{"type":"join","token":"a.b.c"}`,
+		`{"type":"offer","sdp":"v=0\r\n"}`,
+		`{"type":"answer","sdp":"v=0\r\n"}`,
+		`{"type":"candidate","candidate":{"candidate":"candidate:1 1 udp 1 127.0.0.1 5000 typ host","sdpMid":"0","sdpMLineIndex":0,"usernameFragment":"abcd"}}`,
+		`{"type":"leave"}`, `{"type":"ping"}`, `{}`, `{"type":"x"}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		m, err := DecodeClient(b)
+		if err != nil {
+			if !errors.Is(err, ErrMessage) {
+				t.Fatalf("error %v does not wrap ErrMessage", err)
+			}
+			return
+		}
+		// What decodes re-encodes and decodes to the same message.
+		out, err := json.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m2, err := DecodeClient(out)
+		if err != nil || m2.Type != m.Type || m2.SDP != m.SDP || m2.Token != m.Token {
+			t.Fatalf("round trip: %+v -> %s -> %+v, %v", m, out, m2, err)
+		}
+	})
+}

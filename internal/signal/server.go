@@ -1,0 +1,268 @@
+package signal
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net/http"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Config configures a Server. Zero values take the documented defaults.
+type Config struct {
+	// Key signs and checks tokens (HMAC-SHA256). Required; at least 16 bytes.
+	Key []byte
+	// Backend reaches the SFU nodes. Required.
+	Backend Backend
+	// DemoTokens enables GET /token?room=R&identity=I, which mints a token
+	// with both rights for anyone who asks: for the local demo only, never
+	// on a server reachable by strangers. Default off.
+	DemoTokens bool
+	// DemoTokenTTL is the lifetime of demo tokens. Default 1h.
+	DemoTokenTTL time.Duration
+	// ICEServers, when set, returns the STUN/TURN servers handed to a
+	// joining participant (TURN credentials are minted per participant).
+	ICEServers func(identity string) []ICEServer
+	// Region is the region of clients no RegionRule matches. Default "" (no
+	// region preference: the least loaded node wins).
+	Region string
+	// RegionRules map client address prefixes to regions.
+	RegionRules []RegionRule
+	// TrustedProxies are the peers whose X-Forwarded-For is believed. Default
+	// none: the TCP peer is the client.
+	TrustedProxies []netip.Prefix
+	// OriginPatterns are extra Origin host patterns allowed for WebSocket
+	// upgrades besides the request's own host (coder/websocket syntax).
+	OriginPatterns []string
+	// MaxMessage bounds one inbound WebSocket message. Default 64 KiB; the
+	// connection is closed (status 1009) on a larger one.
+	MaxMessage int64
+	// MessageRate and MessageBurst bound inbound messages per connection
+	// (token bucket). Defaults 20/s and 60 (an ICE gathering burst). Messages
+	// over the limit are refused with a rate-limited error; a connection
+	// that keeps going is closed.
+	MessageRate  float64
+	MessageBurst int
+	// RequestTimeout bounds each request to a node. Default 10s.
+	RequestTimeout time.Duration
+	// Static is served at / (the demo page); nil serves nothing there.
+	Static fs.FS
+	// Registerer takes the metrics. Default: a private registry.
+	Registerer prometheus.Registerer
+	// Log defaults to slog.Default().
+	Log *slog.Logger
+	// Now defaults to time.Now (tests move it).
+	Now func() time.Time
+}
+
+func (c *Config) validate() error {
+	if len(c.Key) < 16 {
+		return fmt.Errorf("%w: token key must be at least 16 bytes", ErrConfig)
+	}
+	if c.Backend == nil {
+		return fmt.Errorf("%w: no backend", ErrConfig)
+	}
+	if c.DemoTokenTTL <= 0 {
+		c.DemoTokenTTL = time.Hour
+	}
+	if c.MaxMessage <= 0 {
+		c.MaxMessage = 64 << 10
+	}
+	if c.MessageRate <= 0 {
+		c.MessageRate = 20
+	}
+	if c.MessageBurst <= 0 {
+		c.MessageBurst = 60
+	}
+	if c.RequestTimeout <= 0 {
+		c.RequestTimeout = 10 * time.Second
+	}
+	if c.Registerer == nil {
+		c.Registerer = prometheus.NewRegistry()
+	}
+	if c.Log == nil {
+		c.Log = slog.Default()
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	return nil
+}
+
+// Server is the signaling HTTP service: the WebSocket endpoint /ws, the
+// optional demo token endpoint /token and the static demo page.
+type Server struct {
+	cfg    Config
+	log    *slog.Logger
+	m      *metrics
+	placer *placer
+	mux    *http.ServeMux
+
+	ctx    context.Context // canceled by Close; parent of every session
+	cancel context.CancelFunc
+
+	mu     sync.Mutex // guards rooms, closed
+	rooms  map[string]*roomPlace
+	closed bool
+
+	wg sync.WaitGroup // sessions
+}
+
+// roomPlace is the node this server placed a room on, held while any of
+// its sessions here is open.
+type roomPlace struct {
+	node string
+	refs int
+}
+
+// New returns a Server.
+func New(cfg Config) (*Server, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	m, err := newMetrics(cfg.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Server{cfg: cfg, log: cfg.Log, m: m, placer: newPlacer(cfg.RegionRules, cfg.Region),
+		mux: http.NewServeMux(), ctx: ctx, cancel: cancel, rooms: map[string]*roomPlace{}}
+	s.mux.HandleFunc("GET /ws", s.serveWS)
+	if cfg.DemoTokens {
+		s.mux.HandleFunc("GET /token", s.serveToken)
+	}
+	if cfg.Static != nil {
+		s.mux.Handle("GET /", http.FileServerFS(cfg.Static))
+	}
+	return s, nil
+}
+
+// ServeHTTP serves the signaling endpoints.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+
+// Close ends every session (each leaves its room on its node) and waits for
+// them. It is idempotent.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	s.closed = true
+	s.mu.Unlock()
+	s.cancel()
+	s.wg.Wait()
+	return nil
+}
+
+// Ready reports whether any SFU node is announced.
+func (s *Server) Ready() error {
+	if len(s.cfg.Backend.Nodes()) == 0 {
+		return ErrNoNode
+	}
+	return nil
+}
+
+func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
+	room := r.URL.Query().Get("room")
+	identity := r.URL.Query().Get("identity")
+	if identity == "" {
+		identity = "guest-" + randomID(3)
+	}
+	now := s.cfg.Now()
+	tok, err := MintToken(s.cfg.Key, Claims{Room: room, Identity: identity, Publish: true, Subscribe: true,
+		IssuedAt: now.Unix(), Expires: now.Add(s.cfg.DemoTokenTTL).Unix()})
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	if err != nil {
+		w.WriteHeader(http.StatusBadRequest)
+		_ = json.NewEncoder(w).Encode(map[string]string{"error": "room must be 1-128 letters, digits, '-' or '_'; identity may add '.', '@', ':'"})
+		return
+	}
+	s.m.demoTokens.Inc()
+	_ = json.NewEncoder(w).Encode(map[string]string{"token": tok, "room": room, "identity": identity})
+}
+
+func randomID(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		http.Error(w, "shutting down", http.StatusServiceUnavailable)
+		return
+	}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	defer s.wg.Done()
+	conn, err := websocket.Accept(w, r, &websocket.AcceptOptions{OriginPatterns: s.cfg.OriginPatterns})
+	if err != nil {
+		return // Accept wrote the HTTP error
+	}
+	s.m.connections.Inc()
+	s.m.active.Inc()
+	defer s.m.active.Dec()
+	conn.SetReadLimit(s.cfg.MaxMessage)
+	ss := newSession(s, conn, clientIP(r, s.cfg.TrustedProxies))
+	ss.run()
+}
+
+// place chooses the node for a client of room and holds the room's place.
+func (s *Server) place(room string, client netip.Addr) (Node, error) {
+	nodes := s.cfg.Backend.Nodes()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	roomNode := ""
+	if p := s.rooms[room]; p != nil {
+		roomNode = p.node
+	}
+	n, err := s.placer.choose(nodes, room, roomNode, client)
+	if err != nil {
+		return n, err
+	}
+	p := s.rooms[room]
+	if p == nil || p.node != n.ID {
+		p = &roomPlace{node: n.ID}
+		s.rooms[room] = p
+	}
+	p.refs++
+	s.m.placements.WithLabelValues(n.ID).Inc()
+	return n, nil
+}
+
+// unplace releases one hold of room on node.
+func (s *Server) unplace(room, node string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if p := s.rooms[room]; p != nil && p.node == node {
+		if p.refs--; p.refs <= 0 {
+			delete(s.rooms, room)
+		}
+	}
+}
+
+// tokenReason names a token error for the counter.
+func tokenReason(err error) string {
+	switch {
+	case errors.Is(err, ErrTokenSignature):
+		return "signature"
+	case errors.Is(err, ErrTokenExpired):
+		return "expired"
+	case errors.Is(err, ErrTokenNotYetValid):
+		return "not_yet_valid"
+	case errors.Is(err, ErrTokenClaims):
+		return "claims"
+	default:
+		return "malformed"
+	}
+}

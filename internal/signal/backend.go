@@ -8,27 +8,32 @@ import "context"
 type Backend interface {
 	// Nodes returns the nodes announced recently enough to be alive.
 	Nodes() []Node
-	// Join opens a session for a participant on node. Events from the node
-	// for this session go to sink until the Link is closed or sink gets a
-	// NodeClosed event. Join returns the room's participants as the node
-	// knows them.
-	Join(ctx context.Context, node Node, req JoinRequest, sink func(NodeEvent)) (Link, []Participant, error)
+	// Join prepares a session for a participant on node: events from the
+	// node and the room for this session go to sink (possibly from several
+	// goroutines at once; it must not block) until the Link is closed or sink gets a NodeClosed event. The node
+	// learns of the session with the first Offer.
+	Join(ctx context.Context, node Node, req JoinRequest, sink func(NodeEvent)) (Link, error)
 }
 
 // JoinRequest is a participant joining a room on a node.
 type JoinRequest struct {
-	Room          string
-	Identity      string
-	ParticipantID string
-	Publish       bool
-	Subscribe     bool
+	Room     string
+	Identity string
+	// Session is the session id signal chose (a valid bus name); other
+	// participants see it as the participant id.
+	Session   string
+	Publish   bool
+	Subscribe bool
+	// Client is the client's address as signal saw it.
+	Client string
 }
 
 // Link is one session on a node.
 type Link interface {
-	// Offer sends the client's offer and returns the node's answer. ufrag
-	// is the offer's ICE ufrag, announced to the nodes so that whichever
-	// node's socket receives the client's first binding request knows it.
+	// Offer sends the client's offer and returns the node's answer; the
+	// first offer creates the session on the node. ufrag is the offer's ICE
+	// ufrag, announced to the nodes so that whichever node's socket receives
+	// the client's first binding request knows the session.
 	Offer(ctx context.Context, sdp, ufrag string) (answer string, err error)
 	// Answer sends the client's answer to an offer the node made.
 	Answer(ctx context.Context, sdp string) error
@@ -48,8 +53,11 @@ const (
 	NodeOffer NodeEventKind = iota + 1
 	// NodeCandidate: a trickled node candidate.
 	NodeCandidate
-	// NodeParticipant: a participant joined, changed tracks or left.
+	// NodeParticipant: a participant joined or left (Event, Participant).
 	NodeParticipant
+	// NodeTrack: a participant published or unpublished a track (Event,
+	// Participant, Track).
+	NodeTrack
 	// NodeSpeakers: the active speakers changed.
 	NodeSpeakers
 	// NodeClosed: the node ended the session (Err says why).
@@ -61,8 +69,9 @@ type NodeEvent struct {
 	Kind        NodeEventKind
 	SDP         string
 	Candidate   Candidate
-	Event       string // EventJoined, EventUpdated, EventLeft
+	Event       string // EventJoined, EventLeft, EventPublished, EventUnpublished
 	Participant Participant
-	Speakers    []string
+	Track       Track
+	Speakers    []Speaker
 	Err         error
 }

@@ -47,6 +47,9 @@ var (
 	ErrSDP = errors.New("signal: bad sdp")
 	// ErrNoNode: no SFU node is announced, so the client cannot be placed.
 	ErrNoNode = errors.New("signal: no sfu node available")
+	// ErrRejected: the SFU node refused a request as invalid (an offer it
+	// cannot take); the session goes on.
+	ErrRejected = errors.New("signal: refused by the sfu node")
 	// ErrNode: the SFU node failed or did not answer in time.
 	ErrNode = errors.New("signal: sfu node error")
 	// ErrConfig: the configuration is invalid.
@@ -63,7 +66,7 @@ func Class(err error) string {
 	case errors.Is(err, ErrForbidden):
 		return ClassForbidden
 	case errors.Is(err, ErrMessage), errors.Is(err, ErrTooLarge),
-		errors.Is(err, ErrState), errors.Is(err, ErrSDP):
+		errors.Is(err, ErrState), errors.Is(err, ErrSDP), errors.Is(err, ErrRejected):
 		return ClassBadRequest
 	case errors.Is(err, ErrRateLimited):
 		return ClassRateLimited

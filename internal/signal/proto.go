@@ -21,17 +21,20 @@ const (
 const (
 	TypeJoined      = "joined"
 	TypeParticipant = "participant"
+	TypeTrack       = "track"
 	TypeSpeakers    = "speakers"
 	TypeError       = "error"
 	TypePong        = "pong"
 	TypeBye         = "bye"
 )
 
-// Participant events carried by TypeParticipant messages.
+// Events carried by TypeParticipant (joined, left) and TypeTrack
+// (published, unpublished) messages.
 const (
-	EventJoined  = "joined"
-	EventUpdated = "updated"
-	EventLeft    = "left"
+	EventJoined      = "joined"
+	EventLeft        = "left"
+	EventPublished   = "published"
+	EventUnpublished = "unpublished"
 )
 
 // maxSDPLen bounds an SDP body; a browser offer with three simulcast video
@@ -119,23 +122,33 @@ func (m *ClientMessage) validate() error {
 	return nil
 }
 
-// Track is one published track as other participants see it.
+// Track is one published track as subscribers see it: ID and StreamID are
+// the msid in the SFU's offer (the ontrack event's track.id and
+// streams[0].id), so a client maps a received track to its participant.
 type Track struct {
-	// ID is the track id the subscriber's ontrack event shows (the
-	// MediaStreamTrack id in the SFU's offer).
-	ID string `json:"id"`
-	// Kind is "audio" or "video".
-	Kind string `json:"kind"`
-	// StreamID is the msid stream id grouping a participant's tracks.
+	ID       string `json:"id"`
 	StreamID string `json:"streamId,omitempty"`
+	// Kind is "audio", "video" or "data".
+	Kind  string `json:"kind"`
+	Codec string `json:"codec,omitempty"`
+	// Layers are the simulcast rids, low to high, when simulcast.
+	Layers []string `json:"layers,omitempty"`
 }
 
 // Participant is one member of a room.
 type Participant struct {
-	// ID is unique per session (a reconnecting identity gets a new one).
-	ID       string  `json:"id"`
-	Identity string  `json:"identity"`
-	Tracks   []Track `json:"tracks,omitempty"`
+	// ID is the session id, unique per connection (a reconnecting
+	// identity gets a new one).
+	ID       string `json:"id"`
+	Identity string `json:"identity"`
+}
+
+// Speaker is one participant's audio level in a speakers message.
+type Speaker struct {
+	ID       string `json:"id"`
+	Identity string `json:"identity,omitempty"`
+	// Level is 0 (silence) to 127 (loudest).
+	Level int `json:"level"`
 }
 
 // ICEServer is handed to the browser as an RTCIceServer.
@@ -166,12 +179,13 @@ type ServerMessage struct {
 	// candidate
 	Candidate *Candidate `json:"candidate,omitempty"`
 
-	// participant
+	// participant, track
 	Event       string       `json:"event,omitempty"`
 	Participant *Participant `json:"participant,omitempty"`
+	Track       *Track       `json:"track,omitempty"`
 
-	// speakers: participant ids, loudest first; empty when nobody speaks.
-	Speakers []string `json:"speakers,omitempty"`
+	// speakers: loudest first; empty when nobody speaks.
+	Speakers []Speaker `json:"speakers,omitempty"`
 
 	// error
 	Class   string `json:"class,omitempty"`

@@ -31,12 +31,12 @@ type fakeBackend struct {
 
 func (b *fakeBackend) Nodes() []Node { b.mu.Lock(); defer b.mu.Unlock(); return b.nodes }
 
-func (b *fakeBackend) Join(_ context.Context, n Node, req JoinRequest, sink func(NodeEvent)) (Link, []Participant, error) {
+func (b *fakeBackend) Join(_ context.Context, n Node, req JoinRequest, sink func(NodeEvent)) (Link, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.joins = append(b.joins, req)
 	b.sinks = append(b.sinks, sink)
-	return &fakeLink{b: b}, []Participant{{ID: "p0", Identity: "bob"}}, nil
+	return &fakeLink{b: b}, nil
 }
 
 type fakeLink struct{ b *fakeBackend }
@@ -140,7 +140,7 @@ func TestSessionFlow(t *testing.T) {
 	}
 	c.send(map[string]any{"type": "join", "token": token(t, Claims{Room: "r1", Identity: "alice", Publish: true, Subscribe: true})})
 	m := c.recv()
-	if m.Type != TypeJoined || m.Room != "r1" || m.Identity != "alice" || m.Node != "n1" || len(m.Participants) != 1 ||
+	if m.Type != TypeJoined || m.Room != "r1" || m.Identity != "alice" || m.Node != "n1" ||
 		len(m.ICEServers) != 1 || m.ICEServers[0].Username != "u-alice" {
 		t.Fatalf("joined: %+v", m)
 	}
@@ -170,12 +170,16 @@ func TestSessionFlow(t *testing.T) {
 	if m := c.recv(); m.Type != TypeCandidate || m.Candidate.Candidate != "candidate:9 1 udp 1 203.0.113.7 7882 typ host" {
 		t.Fatalf("node candidate: %+v", m)
 	}
-	sink(NodeEvent{Kind: NodeParticipant, Event: EventJoined, Participant: Participant{ID: "p2", Identity: "carol",
-		Tracks: []Track{{ID: "v", Kind: "video"}}}})
+	sink(NodeEvent{Kind: NodeParticipant, Event: EventJoined, Participant: Participant{ID: "p2", Identity: "carol"}})
 	if m := c.recv(); m.Type != TypeParticipant || m.Event != EventJoined || m.Participant.Identity != "carol" {
 		t.Fatalf("participant: %+v", m)
 	}
-	sink(NodeEvent{Kind: NodeSpeakers, Speakers: []string{"p2"}})
+	sink(NodeEvent{Kind: NodeTrack, Event: EventPublished, Participant: Participant{ID: "p2", Identity: "carol"},
+		Track: Track{ID: "v", StreamID: "s", Kind: "video"}})
+	if m := c.recv(); m.Type != TypeTrack || m.Event != EventPublished || m.Track.StreamID != "s" || m.Participant.ID != "p2" {
+		t.Fatalf("track: %+v", m)
+	}
+	sink(NodeEvent{Kind: NodeSpeakers, Speakers: []Speaker{{ID: "p2", Level: 90}}})
 	if m := c.recv(); m.Type != TypeSpeakers || len(m.Speakers) != 1 {
 		t.Fatalf("speakers: %+v", m)
 	}

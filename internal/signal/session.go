@@ -108,7 +108,7 @@ func (ss *session) readLoop() error {
 				return nil
 			}
 			fatal := !errors.Is(err, ErrMessage) && !errors.Is(err, ErrSDP) && !errors.Is(err, ErrState) &&
-				!errors.Is(err, ErrForbidden)
+				!errors.Is(err, ErrForbidden) && !errors.Is(err, ErrRejected)
 			if !fatal {
 				ss.s.m.badMessages.WithLabelValues("request").Inc()
 				ss.send(errorMessage(err, false), false)
@@ -190,7 +190,7 @@ func (ss *session) handle(m ClientMessage) error {
 
 func (ss *session) nodeError(err error) error {
 	ss.s.m.nodeErrors.Inc()
-	if errors.Is(err, ErrNode) {
+	if errors.Is(err, ErrNode) || errors.Is(err, ErrRejected) || errors.Is(err, ErrForbidden) || errors.Is(err, ErrState) {
 		return err
 	}
 	return fmt.Errorf("%w: %v", ErrNode, err)
@@ -209,8 +209,12 @@ func (ss *session) join(token string) error {
 	pid := randomID(8)
 	ctx, cancel := context.WithTimeout(ss.ctx, ss.s.cfg.RequestTimeout)
 	defer cancel()
-	link, parts, err := ss.s.cfg.Backend.Join(ctx, node, JoinRequest{Room: claims.Room, Identity: claims.Identity,
-		ParticipantID: pid, Publish: claims.Publish, Subscribe: claims.Subscribe}, ss.nodeEvent)
+	var addr string
+	if ss.client.IsValid() {
+		addr = ss.client.String()
+	}
+	link, err := ss.s.cfg.Backend.Join(ctx, node, JoinRequest{Room: claims.Room, Identity: claims.Identity,
+		Session: pid, Publish: claims.Publish, Subscribe: claims.Subscribe, Client: addr}, ss.nodeEvent)
 	if err != nil {
 		ss.s.unplace(claims.Room, node.ID)
 		return ss.nodeError(err)
@@ -224,7 +228,7 @@ func (ss *session) join(token string) error {
 	}
 	pub, sub := claims.Publish, claims.Subscribe
 	ss.send(ServerMessage{Type: TypeJoined, Room: claims.Room, Identity: claims.Identity, ParticipantID: pid,
-		Node: node.ID, Region: node.Region, Publish: &pub, Subscribe: &sub, ICEServers: ice, Participants: parts}, true)
+		Node: node.ID, Region: node.Region, Publish: &pub, Subscribe: &sub, ICEServers: ice}, true)
 	ss.s.log.Info("signal join", "room", claims.Room, "identity", claims.Identity, "participant", pid,
 		"node", node.ID, "client", ss.client)
 	return nil
@@ -251,7 +255,10 @@ func (ss *session) nodeEvent(ev NodeEvent) {
 		ss.send(ServerMessage{Type: TypeCandidate, Candidate: &c}, true)
 	case NodeParticipant:
 		p := ev.Participant
-		ss.send(ServerMessage{Type: TypeParticipant, Event: ev.Event, Participant: &p}, ev.Event != EventUpdated)
+		ss.send(ServerMessage{Type: TypeParticipant, Event: ev.Event, Participant: &p}, false)
+	case NodeTrack:
+		p, tr := ev.Participant, ev.Track
+		ss.send(ServerMessage{Type: TypeTrack, Event: ev.Event, Participant: &p, Track: &tr}, false)
 	case NodeSpeakers:
 		ss.send(ServerMessage{Type: TypeSpeakers, Speakers: ev.Speakers}, false)
 	case NodeClosed:
@@ -287,6 +294,10 @@ func (ss *session) writeLoop() {
 				select {
 				case m := <-ss.out:
 					if ss.write(m) != nil {
+						return
+					}
+					if m.Fatal || m.Type == TypeBye {
+						_ = ss.conn.Close(websocket.StatusNormalClosure, m.Type)
 						return
 					}
 				default:

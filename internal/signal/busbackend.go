@@ -1,0 +1,342 @@
+package signal
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/traverse-rtc/traverse/internal/bus"
+)
+
+// BusBackend is the Backend over the NATS bus (internal/bus, docs/bus.md):
+// it keeps the table of announced nodes, calls nodes with bus requests,
+// and relays each session's node messages and its room's events.
+type BusBackend struct {
+	c        *bus.Client
+	capacity int
+	now      func() time.Time
+	table    bus.NodeTable
+	nodeSub  *bus.Subscription
+
+	mu     sync.Mutex // guards rooms, closed
+	rooms  map[string]*roomSubs
+	closed bool
+}
+
+// roomSubs is one room's event subscription and the sinks of this signal
+// server's sessions in it.
+type roomSubs struct {
+	sub   *bus.Subscription
+	sinks map[string]func(NodeEvent) // by session id
+}
+
+// DefaultNodeCapacity is the peer count at which a node counts as full when
+// no capacity is configured.
+const DefaultNodeCapacity = 1000
+
+// NewBusBackend starts following node announcements on c. capacity is the
+// number of peers at which a node counts as full (load 1); zero means
+// DefaultNodeCapacity. It does not own c.
+func NewBusBackend(c *bus.Client, capacity int) (*BusBackend, error) {
+	if capacity <= 0 {
+		capacity = DefaultNodeCapacity
+	}
+	b := &BusBackend{c: c, capacity: capacity, now: time.Now, rooms: map[string]*roomSubs{}}
+	sub, err := c.SubscribeNodes(func(a bus.NodeAnnounce) { b.table.Update(a, b.now()) })
+	if err != nil {
+		return nil, err
+	}
+	b.nodeSub = sub
+	// Make the subscription effective at the server before returning.
+	_ = c.Conn().Flush()
+	return b, nil
+}
+
+// Close stops following announcements and room events. It is idempotent.
+func (b *BusBackend) Close() error {
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return nil
+	}
+	b.closed = true
+	rooms := b.rooms
+	b.rooms = map[string]*roomSubs{}
+	b.mu.Unlock()
+	b.nodeSub.Unsubscribe()
+	for _, r := range rooms {
+		r.sub.Unsubscribe()
+	}
+	return nil
+}
+
+// Nodes returns the live nodes.
+func (b *BusBackend) Nodes() []Node {
+	live := b.table.Live(b.now())
+	out := make([]Node, 0, len(live))
+	for _, a := range live {
+		n := Node{ID: a.Node, Region: a.Region, Load: float64(a.Load.Peers) / float64(b.capacity)}
+		if ap, err := netip.ParseAddrPort(a.UDP); err == nil && !ap.Addr().IsUnspecified() {
+			n.Public = ap.Addr().Unmap()
+		}
+		if a.Draining {
+			n.Load = 1
+		}
+		out = append(out, n)
+	}
+	return out
+}
+
+// Join subscribes to the session's messages and its room's events; the node
+// hears of the session with the link's first Offer.
+func (b *BusBackend) Join(_ context.Context, node Node, req JoinRequest, sink func(NodeEvent)) (Link, error) {
+	if !bus.ValidName(req.Session) || !bus.ValidName(req.Room) {
+		return nil, fmt.Errorf("%w: %w", ErrMessage, bus.ErrBadSubjectToken)
+	}
+	l := &busLink{b: b, node: node.ID, req: req}
+	sub, err := b.c.SubscribeSession(req.Session, func(m bus.SessionMessage) {
+		switch m.Type {
+		case bus.SessionOffer:
+			sink(NodeEvent{Kind: NodeOffer, SDP: m.SDP})
+		case bus.SessionCandidate:
+			var c Candidate
+			if m.Candidate != nil {
+				c = fromBusCandidate(*m.Candidate)
+			}
+			sink(NodeEvent{Kind: NodeCandidate, Candidate: c})
+		case bus.SessionEvent:
+			if ev, ok := roomEvent(*m.Event, ""); ok {
+				sink(ev)
+			}
+		case bus.SessionError, bus.SessionClosed:
+			var err error = errors.New("closed by the node")
+			if m.Error != nil {
+				err = m.Error
+			}
+			sink(NodeEvent{Kind: NodeClosed, Err: err})
+		}
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrNode, err)
+	}
+	l.sessSub = sub
+	if err := b.addSink(req.Room, req.Session, sink); err != nil {
+		sub.Unsubscribe()
+		return nil, fmt.Errorf("%w: %v", ErrNode, err)
+	}
+	// The node may send an offer as soon as it has the join: make the
+	// subscriptions effective at the server first.
+	_ = b.c.Conn().Flush()
+	return l, nil
+}
+
+func (b *BusBackend) addSink(room, session string, sink func(NodeEvent)) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return errors.New("backend closed")
+	}
+	r := b.rooms[room]
+	if r == nil {
+		r = &roomSubs{sinks: map[string]func(NodeEvent){}}
+		sub, err := b.c.SubscribeRoomEvents(room, func(e bus.RoomEvent) { b.roomEvent(room, e) })
+		if err != nil {
+			return err
+		}
+		r.sub = sub
+		b.rooms[room] = r
+	}
+	r.sinks[session] = sink
+	return nil
+}
+
+func (b *BusBackend) removeSink(room, session string) {
+	b.mu.Lock()
+	r := b.rooms[room]
+	if r == nil {
+		b.mu.Unlock()
+		return
+	}
+	delete(r.sinks, session)
+	if len(r.sinks) > 0 {
+		b.mu.Unlock()
+		return
+	}
+	delete(b.rooms, room)
+	b.mu.Unlock()
+	r.sub.Unsubscribe()
+}
+
+// roomEvent relays e to every local session in room, except events about a
+// session to that session itself (a client knows it joined).
+func (b *BusBackend) roomEvent(room string, e bus.RoomEvent) {
+	b.mu.Lock()
+	r := b.rooms[room]
+	var sinks []func(NodeEvent)
+	if r != nil {
+		for id, s := range r.sinks {
+			if id != e.Session || e.Type == bus.EventActiveSpeaker {
+				sinks = append(sinks, s)
+			}
+		}
+	}
+	b.mu.Unlock()
+	ev, ok := roomEvent(e, "")
+	if !ok {
+		return
+	}
+	for _, s := range sinks {
+		s(ev)
+	}
+}
+
+// roomEvent converts a bus room event to a session's NodeEvent.
+func roomEvent(e bus.RoomEvent, _ string) (NodeEvent, bool) {
+	p := Participant{ID: e.Session, Identity: e.Identity}
+	switch e.Type {
+	case bus.EventParticipantJoined:
+		return NodeEvent{Kind: NodeParticipant, Event: EventJoined, Participant: p}, true
+	case bus.EventParticipantLeft:
+		return NodeEvent{Kind: NodeParticipant, Event: EventLeft, Participant: p}, true
+	case bus.EventTrackPublished, bus.EventTrackUnpublished:
+		ev := EventPublished
+		if e.Type == bus.EventTrackUnpublished {
+			ev = EventUnpublished
+		}
+		t := e.Track
+		return NodeEvent{Kind: NodeTrack, Event: ev, Participant: p,
+			Track: Track{ID: t.ID, StreamID: t.StreamID, Kind: t.Kind, Codec: t.Codec, Layers: t.Layers}}, true
+	case bus.EventActiveSpeaker:
+		sp := make([]Speaker, 0, len(e.Speakers))
+		for _, s := range e.Speakers {
+			sp = append(sp, Speaker{ID: s.Session, Identity: s.Identity, Level: s.Level})
+		}
+		return NodeEvent{Kind: NodeSpeakers, Speakers: sp}, true
+	}
+	return NodeEvent{}, false
+}
+
+func fromBusCandidate(c bus.Candidate) Candidate {
+	out := Candidate{Candidate: c.Candidate, SDPMid: c.SDPMid, SDPMLineIndex: c.SDPMLineIndex}
+	if c.UsernameFragment != nil {
+		out.UsernameFragment = *c.UsernameFragment
+	}
+	return out
+}
+
+// fromBus maps a node's error to signaling's classes: a refused request is
+// the client's to fix (bad-request or forbidden, the session goes on);
+// anything else ends the session as unavailable.
+func fromBus(err error) error {
+	switch bus.StatusOf(err) {
+	case bus.StatusBadRequest, bus.StatusConflict, bus.StatusNotFound:
+		return fmt.Errorf("%w: %v", ErrRejected, err)
+	case bus.StatusUnauthorized:
+		return fmt.Errorf("%w: %v", ErrForbidden, err)
+	default:
+		return fmt.Errorf("%w: %v", ErrNode, err)
+	}
+}
+
+// busLink is one session on a node.
+type busLink struct {
+	b       *BusBackend
+	node    string
+	req     JoinRequest
+	sessSub *bus.Subscription
+
+	mu     sync.Mutex // guards joined, ufrag, closed
+	joined bool
+	ufrag  string
+	closed bool
+}
+
+func (l *busLink) Offer(ctx context.Context, sdp, ufrag string) (string, error) {
+	l.mu.Lock()
+	joined, old := l.joined, l.ufrag
+	l.mu.Unlock()
+	if ufrag != old {
+		// Seed E: the session's ufrag goes to every node, so whichever node
+		// behind a balancer sees the first binding request knows it.
+		_ = l.b.c.AnnounceSession(bus.SessionAnnounce{Session: l.req.Session, Room: l.req.Room, Node: l.node,
+			Ufrag: ufrag, Time: l.b.now()})
+	}
+	req := bus.Request{Type: bus.RequestOffer, Session: l.req.Session, SDP: sdp}
+	if !joined {
+		req = bus.Request{Type: bus.RequestJoin, Session: l.req.Session, Join: &bus.Join{Room: l.req.Room,
+			Identity: l.req.Identity, Publish: l.req.Publish, Subscribe: l.req.Subscribe, Offer: sdp,
+			ClientAddr: l.req.Client}}
+	}
+	rep, err := l.b.c.Request(ctx, l.node, req)
+	if err != nil {
+		return "", fromBus(err)
+	}
+	if rep.SDP == "" {
+		return "", fmt.Errorf("%w: node %s answered no sdp", ErrNode, l.node)
+	}
+	l.mu.Lock()
+	l.joined, l.ufrag = true, ufrag
+	l.mu.Unlock()
+	return rep.SDP, nil
+}
+
+func (l *busLink) Answer(ctx context.Context, sdp string) error {
+	if _, err := l.b.c.Request(ctx, l.node, bus.Request{Type: bus.RequestAnswer, Session: l.req.Session, SDP: sdp}); err != nil {
+		return fromBus(err)
+	}
+	return nil
+}
+
+func (l *busLink) Candidate(ctx context.Context, c Candidate) error {
+	l.mu.Lock()
+	joined := l.joined
+	l.mu.Unlock()
+	if !joined {
+		// Browsers trickle only after their offer; one arriving earlier has
+		// no session to go to.
+		return fmt.Errorf("%w: candidate before the first offer", ErrState)
+	}
+	req := bus.Request{Type: bus.RequestCandidate, Session: l.req.Session}
+	if c.Candidate != "" {
+		bc := bus.Candidate{Candidate: c.Candidate, SDPMid: c.SDPMid, SDPMLineIndex: c.SDPMLineIndex}
+		if c.UsernameFragment != "" {
+			u := c.UsernameFragment
+			bc.UsernameFragment = &u
+		}
+		req.Candidate = &bc
+	}
+	if _, err := l.b.c.Request(ctx, l.node, req); err != nil {
+		return fromBus(err)
+	}
+	return nil
+}
+
+// Close leaves the room on the node (bounded by a short timeout) and drops
+// the subscriptions. It is idempotent.
+func (l *busLink) Close() error {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return nil
+	}
+	l.closed = true
+	joined, ufrag := l.joined, l.ufrag
+	l.mu.Unlock()
+	var err error
+	if joined {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_, err = l.b.c.Request(ctx, l.node, bus.Request{Type: bus.RequestLeave, Session: l.req.Session})
+		cancel()
+		_ = l.b.c.AnnounceSession(bus.SessionAnnounce{Session: l.req.Session, Room: l.req.Room, Node: l.node,
+			Ufrag: ufrag, Gone: true, Time: l.b.now()})
+	}
+	l.sessSub.Unsubscribe()
+	l.b.removeSink(l.req.Room, l.req.Session)
+	if err != nil && bus.StatusOf(err) != bus.StatusNotFound {
+		return fromBus(err)
+	}
+	return nil
+}

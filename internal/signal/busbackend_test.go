@@ -1,0 +1,152 @@
+package signal
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/traverse-rtc/traverse/internal/bus"
+)
+
+// TestBusBackend runs signal's Server over a real embedded NATS bus against
+// a scripted node: join, renegotiation from the node, room events, leave.
+func TestBusBackend(t *testing.T) {
+	emb, err := bus.StartEmbedded("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = emb.Close() })
+	connect := func() *bus.Client {
+		c, err := bus.Connect(bus.Config{URLs: []string{emb.URL()}}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = c.Close() })
+		return c
+	}
+	nodeBus, sigBus := connect(), connect()
+
+	var mu sync.Mutex
+	var got []bus.Request
+	var announces []bus.SessionAnnounce
+	if _, err := nodeBus.HandleRequests("n1", func(_ context.Context, r bus.Request) (bus.Reply, error) {
+		mu.Lock()
+		got = append(got, r)
+		mu.Unlock()
+		switch r.Type {
+		case bus.RequestJoin:
+			if !r.Join.Publish || r.Join.Room != "r1" {
+				return bus.Reply{}, bus.Errorf(bus.StatusBadRequest, "unexpected join %+v", r.Join)
+			}
+			return bus.Reply{SDP: strings.Replace(browserOffer, "a=mid:0\r\n", "a=mid:0\r\na=candidate:1 1 udp 2130706431 10.0.0.5 7882 typ host\r\n", 1)}, nil
+		case bus.RequestOffer:
+			return bus.Reply{}, bus.Errorf(bus.StatusBadRequest, "no renegotiation here")
+		}
+		return bus.Reply{}, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := nodeBus.SubscribeSessions(func(a bus.SessionAnnounce) {
+		mu.Lock()
+		announces = append(announces, a)
+		mu.Unlock()
+	}); err != nil {
+		t.Fatal(err)
+	}
+	be, err := NewBusBackend(sigBus, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = be.Close() })
+	_ = nodeBus.Conn().Flush()
+	waitFor(t, func() bool {
+		_ = nodeBus.AnnounceNode(bus.NodeAnnounce{Node: "n1", Region: "eu", UDP: "203.0.113.7:7882", Load: bus.NodeLoad{Peers: 3}, Time: time.Now()})
+		return len(be.Nodes()) == 1
+	})
+	if n := be.Nodes()[0]; n.Public.String() != "203.0.113.7" || n.Load != 0.3 || n.Region != "eu" {
+		t.Fatalf("node %+v", n)
+	}
+
+	_, _, hs, _ := newTestServer(t, func(c *Config) { c.Backend = be })
+	c := dial(t, hs.URL)
+	c.send(map[string]any{"type": "join", "token": token(t, Claims{Room: "r1", Identity: "alice", Publish: true, Subscribe: true})})
+	joined := c.recv()
+	if joined.Type != TypeJoined || joined.Node != "n1" {
+		t.Fatalf("%+v", joined)
+	}
+	c.send(map[string]any{"type": "offer", "sdp": browserOffer})
+	if m := c.recv(); m.Type != TypeAnswer || !strings.Contains(m.SDP, "203.0.113.7 7882 typ host") {
+		t.Fatalf("answer %+v", m)
+	}
+	c.send(map[string]any{"type": "candidate", "candidate": map[string]any{"candidate": "candidate:1 1 udp 2130706431 127.0.0.1 5000 typ host", "sdpMid": "0", "usernameFragment": "q7bK"}})
+	c.send(map[string]any{"type": "offer", "sdp": browserOffer})
+	if m := c.recv(); m.Type != TypeError || m.Class != ClassBadRequest || m.Fatal {
+		t.Fatalf("refused renegotiation: %+v", m)
+	}
+	// The node renegotiates, and the room hears of another participant.
+	sid := joined.ParticipantID
+	if err := nodeBus.PublishSession(bus.SessionMessage{Type: bus.SessionOffer, Session: sid, SDP: browserOffer}); err != nil {
+		t.Fatal(err)
+	}
+	if m := c.recv(); m.Type != TypeOffer {
+		t.Fatalf("node offer %+v", m)
+	}
+	c.send(map[string]any{"type": "answer", "sdp": strings.ReplaceAll(browserOffer, "a=setup:actpass", "a=setup:active")})
+	for _, e := range []bus.RoomEvent{
+		{Type: bus.EventParticipantJoined, Room: "r1", Session: sid, Identity: "alice"}, // self: not relayed
+		{Type: bus.EventParticipantJoined, Room: "r1", Session: "s2", Identity: "bob"},
+		{Type: bus.EventTrackPublished, Room: "r1", Session: "s2", Identity: "bob", Track: &bus.TrackInfo{ID: "v1", StreamID: "st", Kind: "video"}},
+		{Type: bus.EventActiveSpeaker, Room: "r1", Speakers: []bus.Speaker{{Session: "s2", Identity: "bob", Level: 80}}},
+	} {
+		e.Time = time.Now()
+		if err := nodeBus.PublishRoomEvent(e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if m := c.recv(); m.Type != TypeParticipant || m.Participant.Identity != "bob" || m.Event != EventJoined {
+		t.Fatalf("participant %+v", m)
+	}
+	if m := c.recv(); m.Type != TypeTrack || m.Track.StreamID != "st" {
+		t.Fatalf("track %+v", m)
+	}
+	if m := c.recv(); m.Type != TypeSpeakers || m.Speakers[0].ID != "s2" || m.Speakers[0].Level != 80 {
+		t.Fatalf("speakers %+v", m)
+	}
+	c.send(map[string]any{"type": "leave"})
+	if m := c.recv(); m.Type != TypeBye {
+		t.Fatalf("bye %+v", m)
+	}
+	waitFor(t, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(got) > 0 && got[len(got)-1].Type == bus.RequestLeave && len(announces) == 2
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	var types []string
+	for _, r := range got {
+		types = append(types, string(r.Type))
+	}
+	if strings.Join(types, ",") != "join,candidate,offer,answer,leave" {
+		t.Fatalf("node saw %v", types)
+	}
+	if announces[0].Ufrag != "q7bK" || announces[0].Session != sid || !announces[1].Gone {
+		t.Fatalf("announces %+v", announces)
+	}
+	if got[1].Candidate == nil || *got[1].Candidate.UsernameFragment != "q7bK" {
+		t.Fatalf("candidate %+v", got[1].Candidate)
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 5s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

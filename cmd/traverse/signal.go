@@ -1,0 +1,221 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"time"
+
+	"github.com/traverse-rtc/traverse/internal/admin"
+	"github.com/traverse-rtc/traverse/internal/bus"
+	"github.com/traverse-rtc/traverse/internal/config"
+	"github.com/traverse-rtc/traverse/internal/signal"
+	"github.com/traverse-rtc/traverse/web"
+)
+
+// signalConfig is the signal role's configuration.
+type signalConfig struct {
+	HTTP           string   `yaml:"http"`
+	NATS           string   `yaml:"nats"`
+	TokenKey       string   `yaml:"token-key"`
+	DemoTokens     bool     `yaml:"demo-tokens"`
+	Region         string   `yaml:"region"`
+	RegionMap      []string `yaml:"region-map"`
+	TrustedProxies []string `yaml:"trusted-proxy"`
+	NodeCapacity   int      `yaml:"node-capacity"`
+	ICEURLs        []string `yaml:"ice-url"`
+	NoWeb          bool     `yaml:"no-web"`
+}
+
+func bindSignalFlags(fs *flag.FlagSet, prefix string, c *signalConfig, inServe bool) {
+	fs.StringVar(&c.HTTP, prefix+"http", c.HTTP, "HTTP `host:port` serving the WebSocket signaling (/ws) and the demo page (/)")
+	if !inServe {
+		fs.StringVar(&c.NATS, prefix+"nats", c.NATS, "NATS server `URL`s, comma-separated, of the bus the SFU nodes are on")
+	}
+	fs.StringVar(&c.TokenKey, prefix+"token-key", c.TokenKey, "HMAC-SHA256 `key` that signs access tokens (at least 16 bytes; in serve, empty picks a random one)")
+	fs.BoolVar(&c.DemoTokens, prefix+"demo-tokens", c.DemoTokens, "serve GET /token?room=R, minting a token for anyone who asks (local demos only)")
+	fs.StringVar(&c.Region, prefix+"region", c.Region, "`region` of clients no --region-map rule matches (empty: no region preference)")
+	fs.Var(config.Strings{P: &c.RegionMap}, prefix+"region-map", "`PREFIX=REGION`: clients in PREFIX prefer nodes of REGION (repeatable)")
+	fs.Var(config.Strings{P: &c.TrustedProxies}, prefix+"trusted-proxy", "`PREFIX` of proxies whose X-Forwarded-For names the client (repeatable)")
+	fs.IntVar(&c.NodeCapacity, prefix+"node-capacity", c.NodeCapacity, "peers at which an SFU node counts as full (0: 1000)")
+	fs.Var(config.Strings{P: &c.ICEURLs}, prefix+"ice-url", "STUN `URL` handed to browsers as an ICE server, e.g. stun:stun.example.org:3478 (repeatable)")
+	fs.BoolVar(&c.NoWeb, prefix+"no-web", c.NoWeb, "do not serve the demo page")
+}
+
+// signalRole is a running signal role.
+type signalRole struct {
+	srv  *signal.Server
+	be   *signal.BusBackend
+	bc   *bus.Client
+	http *http.Server
+	ln   net.Listener
+}
+
+// startSignal connects to the bus, binds the HTTP listener and returns the
+// role's main loop. turn, when set, supplies TURN URLs and credentials.
+func startSignal(c *signalConfig, natsURLs []string, turn *turnShare, log *slog.Logger, adm *admin.Server) (runner, error) {
+	key := []byte(c.TokenKey)
+	if len(key) < 16 {
+		return nil, errors.New("signal: --token-key must be at least 16 bytes")
+	}
+	var rules []signal.RegionRule
+	for _, s := range c.RegionMap {
+		r, err := signal.ParseRegionRule(s)
+		if err != nil {
+			return nil, err
+		}
+		rules = append(rules, r)
+	}
+	var trusted []netip.Prefix
+	for _, s := range c.TrustedProxies {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			a, aerr := netip.ParseAddr(s)
+			if aerr != nil {
+				return nil, fmt.Errorf("signal: trusted proxy %q: %w", s, err)
+			}
+			p = netip.PrefixFrom(a, a.BitLen())
+		}
+		trusted = append(trusted, p)
+	}
+	bc, err := bus.Connect(bus.Config{URLs: natsURLs, Name: "signal"}, log)
+	if err != nil {
+		return nil, err
+	}
+	be, err := signal.NewBusBackend(bc, c.NodeCapacity)
+	if err != nil {
+		_ = bc.Close()
+		return nil, err
+	}
+	cfg := signal.Config{Key: key, Backend: be, DemoTokens: c.DemoTokens, Region: c.Region, RegionRules: rules,
+		TrustedProxies: trusted, Log: log, Registerer: adm.Registry}
+	if !c.NoWeb {
+		cfg.Static = web.FS
+	}
+	static := c.ICEURLs
+	if len(static) > 0 || turn != nil {
+		cfg.ICEServers = func(identity string) []signal.ICEServer {
+			var out []signal.ICEServer
+			if len(static) > 0 {
+				out = append(out, signal.ICEServer{URLs: static})
+			}
+			if turn != nil && len(turn.URLs) > 0 {
+				user, pass := turn.Credentials(identity, 12*time.Hour)
+				out = append(out, signal.ICEServer{URLs: turn.URLs, Username: user, Credential: pass})
+			}
+			return out
+		}
+	}
+	srv, err := signal.New(cfg)
+	if err != nil {
+		_ = be.Close()
+		_ = bc.Close()
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", c.HTTP)
+	if err != nil {
+		_ = srv.Close()
+		_ = be.Close()
+		_ = bc.Close()
+		return nil, err
+	}
+	adm.AddCheck("signal", srv.Ready)
+	r := &signalRole{srv: srv, be: be, bc: bc, ln: ln,
+		http: &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second}}
+	log.Info("signal listening", "http", "http://"+ln.Addr().String(), "demo_tokens", c.DemoTokens)
+	return r.run, nil
+}
+
+func (r *signalRole) run(ctx context.Context) error {
+	errc := make(chan error, 1)
+	go func() { errc <- r.http.Serve(r.ln) }()
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	// Sessions first (they leave their rooms over the bus), then the
+	// listener, the backend and the bus connection.
+	_ = r.srv.Close()
+	sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	_ = r.http.Shutdown(sctx)
+	cancel()
+	if err == nil {
+		err = <-errc
+	}
+	_ = r.be.Close()
+	_ = r.bc.Close()
+	if errors.Is(err, http.ErrServerClosed) {
+		err = nil
+	}
+	return err
+}
+
+type signalCmdConfig struct {
+	common       `yaml:",inline"`
+	signalConfig `yaml:",inline"`
+}
+
+func runSignal(ctx context.Context, args []string) error {
+	cfg := signalCmdConfig{common: common{Admin: "127.0.0.1:9780"}, signalConfig: signalConfig{HTTP: "127.0.0.1:7880"}}
+	fs := newFlagSet("signal", "signal --http ADDR --nats URL[,URL...] --token-key KEY [flags]")
+	cfg.common.flags(fs)
+	bindSignalFlags(fs, "", &cfg.signalConfig, false)
+	rest, log, err := load(fs, args, &cfg, &cfg.common)
+	if err != nil {
+		return err
+	}
+	if len(rest) > 0 {
+		return fmt.Errorf("unexpected arguments: %q", rest)
+	}
+	urls := bus.SplitURLs(cfg.NATS)
+	if len(urls) == 0 {
+		return errors.New("--nats is required")
+	}
+	adm := admin.New(log)
+	run, err := startSignal(&cfg.signalConfig, urls, nil, log.With("role", "signal"), adm)
+	if err != nil {
+		return err
+	}
+	adminRun, err := startAdmin(adm, cfg.Admin)
+	if err != nil {
+		cctx, cancel := context.WithCancel(ctx)
+		cancel()
+		_ = runAll(cctx, log, run)
+		return err
+	}
+	return runAll(ctx, log, run, adminRun)
+}
+
+func init() {
+	register(command{name: "signal", summary: "WebSocket signaling for the SFU (tokens, SDP, node choice) and the demo page", run: runSignal})
+	registerServeRole(serveRole{
+		name:  "signal",
+		order: 50,
+		bind: func(fs *flag.FlagSet, prefix string) any {
+			c := &signalConfig{HTTP: "127.0.0.1:7880", DemoTokens: true}
+			bindSignalFlags(fs, prefix, c, true)
+			return c
+		},
+		start: func(_ context.Context, env *serveEnv) (runner, error) {
+			c := env.cfg["signal"].(*signalConfig)
+			if env.natsURL == "" {
+				return nil, errors.New("no bus: the bus role did not start")
+			}
+			if c.TokenKey == "" {
+				b := make([]byte, 32)
+				_, _ = rand.Read(b)
+				c.TokenKey = hex.EncodeToString(b)
+				env.log.Info("signal: random token key for this process (set --signal-token-key to mint tokens with traverse token)")
+			}
+			return startSignal(c, []string{env.natsURL}, env.turn, env.log.With("role", "signal"), env.admin)
+		},
+	})
+}

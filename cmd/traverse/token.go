@@ -1,0 +1,56 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/traverse-rtc/traverse/internal/signal"
+)
+
+type tokenConfig struct {
+	TokenKey  string        `yaml:"token-key"`
+	Room      string        `yaml:"room"`
+	Identity  string        `yaml:"identity"`
+	Publish   bool          `yaml:"publish"`
+	Subscribe bool          `yaml:"subscribe"`
+	TTL       time.Duration `yaml:"ttl"`
+}
+
+// runToken mints an access token for the signal role (docs/signal.md).
+func runToken(_ context.Context, args []string) error {
+	cfg := tokenConfig{Publish: true, Subscribe: true, TTL: 24 * time.Hour}
+	fs := newFlagSet("token", "token --token-key KEY --room ROOM --identity NAME [--publish=false] [--subscribe=false] [--ttl 24h]")
+	var configFile string
+	fs.StringVar(&configFile, "config", "", "YAML configuration `file` (keys are the flag names)")
+	fs.StringVar(&cfg.TokenKey, "token-key", cfg.TokenKey, "the signal role's HMAC-SHA256 token `key` (env TRAVERSE_TOKEN_KEY)")
+	fs.StringVar(&cfg.Room, "room", cfg.Room, "`room` the token admits to")
+	fs.StringVar(&cfg.Identity, "identity", cfg.Identity, "participant `name` others see")
+	fs.BoolVar(&cfg.Publish, "publish", cfg.Publish, "allow sending audio, video and data")
+	fs.BoolVar(&cfg.Subscribe, "subscribe", cfg.Subscribe, "allow receiving the others' tracks")
+	fs.DurationVar(&cfg.TTL, "ttl", cfg.TTL, "how long the token is valid")
+	var c common
+	rest, _, err := load(fs, args, &cfg, &c)
+	if err != nil {
+		return err
+	}
+	if len(rest) > 0 {
+		return fmt.Errorf("unexpected arguments: %q", rest)
+	}
+	if len(cfg.TokenKey) < 16 {
+		return fmt.Errorf("--token-key must be at least 16 bytes")
+	}
+	now := time.Now()
+	tok, err := signal.MintToken([]byte(cfg.TokenKey), signal.Claims{Room: cfg.Room, Identity: cfg.Identity,
+		Publish: cfg.Publish, Subscribe: cfg.Subscribe, IssuedAt: now.Unix(), Expires: now.Add(cfg.TTL).Unix()})
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintln(os.Stdout, tok)
+	return err
+}
+
+func init() {
+	register(command{name: "token", summary: "mint an access token for the signal role (room, identity, rights, expiry)", run: runToken})
+}

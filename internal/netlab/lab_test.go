@@ -239,7 +239,7 @@ func reached(t *testing.T, c *net.UDPConn, m netip.AddrPort, from map[string]*ec
 	}
 	seen := map[string]bool{}
 	buf := make([]byte, 1500)
-	_ = c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+	_ = c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
 	for {
 		n, src, err := c.ReadFromUDPAddrPort(buf)
 		if err != nil {

@@ -1,0 +1,113 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net/netip"
+
+	"github.com/traverse-rtc/traverse/internal/admin"
+	"github.com/traverse-rtc/traverse/internal/bus"
+	"github.com/traverse-rtc/traverse/internal/sfu"
+)
+
+// sfuConfig is the sfu role's section.
+type sfuConfig struct {
+	sfu.Config `yaml:",inline"`
+	PublicIP   string `yaml:"public-ip"`
+	NATS       string `yaml:"nats"`
+}
+
+func bindSFU(fs *flag.FlagSet, prefix string, c *sfuConfig) {
+	fs.StringVar(&c.UDP, prefix+"udp", c.UDP, "the one media UDP `host:port` every peer connection shares")
+	fs.StringVar(&c.TCP, prefix+"tcp", c.TCP, "the one ICE-TCP listener `host:port` (empty disables ICE-TCP)")
+	fs.StringVar(&c.PublicIP, prefix+"public-ip", c.PublicIP, "public `IP` put in candidates instead of the bound address (1:1 NAT, load balancer)")
+	fs.StringVar(&c.NATS, prefix+"nats", c.NATS, "NATS server `URL`s, comma separated (serve: empty uses the embedded bus)")
+	fs.StringVar(&c.NodeID, prefix+"node-id", c.NodeID, "node `id` on the bus (default sfu-PORT)")
+	fs.StringVar(&c.Region, prefix+"region", c.Region, "`region` announced for node selection")
+	fs.IntVar(&c.MaxPeers, prefix+"max-peers", 2000, "refuse joins past this many sessions")
+	fs.DurationVar(&c.PLIInterval, prefix+"pli-interval", 0, "least `time` between keyframe requests to one publisher layer (default 500ms)")
+}
+
+func init() {
+	register(command{name: "sfu", summary: "WebRTC SFU: all peer connections on one UDP port and one TCP port", run: runSFU})
+	registerServeRole(serveRole{name: "sfu", order: 40,
+		bind: func(fs *flag.FlagSet, prefix string) any {
+			c := &sfuConfig{Config: sfu.Config{UDP: "127.0.0.1:7882", TCP: "127.0.0.1:7881"}}
+			bindSFU(fs, prefix, c)
+			return c
+		},
+		start: func(ctx context.Context, env *serveEnv) (runner, error) {
+			c := env.cfg["sfu"].(*sfuConfig)
+			if c.NATS == "" {
+				c.NATS = env.natsURL
+			}
+			return startSFU(c, env.log, env.admin)
+		}})
+}
+
+func runSFU(ctx context.Context, args []string) error {
+	type file struct {
+		common    `yaml:",inline"`
+		sfuConfig `yaml:",inline"`
+	}
+	cfg := file{common: common{Admin: "127.0.0.1:9094"}}
+	fs := newFlagSet("sfu", "sfu --udp ADDR --tcp ADDR [--public-ip IP] --nats URL[,URL...] [flags]")
+	cfg.flags(fs)
+	bindSFU(fs, "", &cfg.sfuConfig)
+	rest, log, err := load(fs, args, &cfg, &cfg.common)
+	if err != nil {
+		return err
+	}
+	if len(rest) > 0 {
+		return fmt.Errorf("unexpected arguments: %q", rest)
+	}
+	if cfg.NATS == "" {
+		return errors.New("--nats is required")
+	}
+	adm := admin.New(log)
+	run, err := startSFU(&cfg.sfuConfig, log, adm)
+	if err != nil {
+		return err
+	}
+	adminRun, err := startAdmin(adm, cfg.Admin)
+	if err != nil {
+		cctx, cancel := context.WithCancel(ctx)
+		cancel()
+		_ = run(cctx)
+		return err
+	}
+	return runAll(ctx, log, run, adminRun)
+}
+
+func startSFU(c *sfuConfig, log *slog.Logger, adm *admin.Server) (runner, error) {
+	if c.PublicIP != "" {
+		ip, err := netip.ParseAddr(c.PublicIP)
+		if err != nil {
+			return nil, fmt.Errorf("--public-ip: %w", err)
+		}
+		c.Config.PublicIP = ip
+	}
+	bc, err := bus.Connect(bus.Config{URLs: bus.SplitURLs(c.NATS), Name: "sfu " + c.NodeID}, log)
+	if err != nil {
+		return nil, err
+	}
+	s, err := sfu.New(c.Config, log, bc, adm.Registry)
+	if err != nil {
+		bc.Close()
+		return nil, err
+	}
+	adm.AddCheck("sfu-bus", func() error {
+		if !bc.Conn().IsConnected() {
+			return errors.New("bus disconnected")
+		}
+		return nil
+	})
+	return func(ctx context.Context) error {
+		err := s.Run(ctx)
+		bc.Close()
+		return err
+	}, nil
+}

@@ -374,7 +374,7 @@ func TestLoss(t *testing.T) {
 	for _, tc := range []struct {
 		dir      Direction
 		from, to *net.UDPConn
-	}{{Up, cl, srv}, {Down, srv, cl}} {
+	}{{Uplink, cl, srv}, {Downlink, srv, cl}} {
 		if err := client.Link().SetLossDir(tc.dir, 50); err != nil {
 			t.Fatal(err)
 		}
@@ -398,7 +398,7 @@ func TestRate(t *testing.T) {
 	lab := New(t)
 	server := lab.Host("server", lab.Internet())
 	client := lab.Host("client", lab.Internet())
-	if err := client.Link().SetRateDir(Down, 2_000_000); err != nil {
+	if err := client.Link().SetRateDir(Downlink, 2_000_000); err != nil {
 		t.Fatal(err)
 	}
 	srv, err := server.ListenUDP(netip.AddrPort{})

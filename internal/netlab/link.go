@@ -18,10 +18,10 @@ type Direction int
 const (
 	// Both is both ways.
 	Both Direction = iota
-	// Up is from the node towards its network (what the node sends).
-	Up
-	// Down is from the network towards the node (what the node receives).
-	Down
+	// Uplink is from the node towards its network (what the node sends).
+	Uplink
+	// Downlink is from the network towards the node (what the node receives).
+	Downlink
 )
 
 // Link is the veth pair joining a node ("eth0" in the node) to its network's
@@ -32,7 +32,7 @@ type Link struct {
 	peer string // name of the gateway's end
 
 	mu   sync.Mutex // guards loss and the nftables table
-	loss [3]float64 // by Direction (Up, Down used)
+	loss [3]float64 // by Direction (Uplink, Downlink used)
 }
 
 // Peer is the name of the link's end in the gateway's namespace.
@@ -50,17 +50,17 @@ func (l *Link) SetLossDir(d Direction, pct float64) error {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if d == Both || d == Up {
-		l.loss[Up] = pct
+	if d == Both || d == Uplink {
+		l.loss[Uplink] = pct
 	}
-	if d == Both || d == Down {
-		l.loss[Down] = pct
+	if d == Both || d == Downlink {
+		l.loss[Downlink] = pct
 	}
 	return l.applyLossLocked()
 }
 
 // applyLossLocked rewrites table netdev "netlab-link" in the node: an
-// egress chain (Up) and an ingress chain (Down) on eth0.
+// egress chain (Uplink) and an ingress chain (Downlink) on eth0.
 func (l *Link) applyLossLocked() error {
 	c, err := nftables.New(nftables.WithNetNSFd(int(l.node.ns)))
 	if err != nil {
@@ -71,13 +71,13 @@ func (l *Link) applyLossLocked() error {
 	// delete never fails on a missing table).
 	c.AddTable(t)
 	c.DelTable(t)
-	if l.loss[Up] > 0 || l.loss[Down] > 0 {
+	if l.loss[Uplink] > 0 || l.loss[Downlink] > 0 {
 		c.AddTable(t)
 		for _, h := range []struct {
 			d    Direction
 			hook *nftables.ChainHook
 			name string
-		}{{Up, nftables.ChainHookEgress, "up"}, {Down, nftables.ChainHookIngress, "down"}} {
+		}{{Uplink, nftables.ChainHookEgress, "up"}, {Downlink, nftables.ChainHookIngress, "down"}} {
 			if l.loss[h.d] == 0 {
 				continue
 			}
@@ -111,15 +111,15 @@ func lossExprs(pct float64) []expr.Any {
 // each end, queueing about 100 ms before dropping). 0 removes the cap.
 func (l *Link) SetRate(bps uint64) error { return l.SetRateDir(Both, bps) }
 
-// SetRateDir is SetRate for one direction: Up shapes the node's eth0, Down
+// SetRateDir is SetRate for one direction: Uplink shapes the node's eth0, Downlink
 // shapes the gateway's end (what the node can receive).
 func (l *Link) SetRateDir(d Direction, bps uint64) error {
-	if d == Both || d == Up {
+	if d == Both || d == Uplink {
 		if err := setRate(l.node.nl, "eth0", bps); err != nil {
 			return fmt.Errorf("netlab: rate up on %s: %w", l.node.name, err)
 		}
 	}
-	if d == Both || d == Down {
+	if d == Both || d == Downlink {
 		if err := setRate(l.gw.nl, l.peer, bps); err != nil {
 			return fmt.Errorf("netlab: rate down on %s: %w", l.node.name, err)
 		}

@@ -1,0 +1,301 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/pion/stun/v3"
+
+	"github.com/traverse-rtc/traverse/internal/netlab"
+)
+
+const labUsage = `Usage: traverse lab COMMAND
+
+Builds, lists and tears down NAT labs: network namespaces joined by veth
+links, with NATs made of nftables rules (see docs/netlab.md). Needs root.
+
+Commands:
+  up [--name NAME] [--no-stun] TOPOLOGY   build a lab and leave it running
+  list                                    list the labs on this machine
+  down NAME                               stop a lab's processes, delete its namespaces
+  clean                                   tear down every lab (leftovers of crashed tests too)
+
+Topologies:
+  all      a client behind each NAT kind, plus two levels of NAT
+  double   a client behind an eim-eif home NAT behind an eim-adf carrier NAT
+  KIND     a client behind one NAT of that kind: ` + "routed, eim-eif, eim-adf, eim-apdf,\n           symmetric-seq, symmetric-random, block-udp" + `
+
+Every topology has a host "stun" with two addresses on the lab's internet
+running "traverse stun" as an RFC 5780 server on 203.0.113.2:3478 (unless
+--no-stun). Enter a namespace with "ip netns exec NAMESPACE COMMAND".
+`
+
+func runLab(ctx context.Context, args []string) error {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		fmt.Fprint(os.Stderr, labUsage)
+		if len(args) == 0 {
+			return &exitError{code: 2, err: errors.New("missing command")}
+		}
+		return nil
+	}
+	switch args[0] {
+	case "up":
+		return labUp(os.Stdout, args[1:])
+	case "list":
+		return labList(os.Stdout)
+	case "down":
+		if len(args) != 2 {
+			return &exitError{code: 2, err: errors.New("usage: traverse lab down NAME")}
+		}
+		if err := netlab.Down(args[1]); err != nil {
+			return err
+		}
+		fmt.Printf("lab %s is down\n", args[1])
+		return nil
+	case "clean":
+		removed, err := netlab.Clean()
+		for _, n := range removed {
+			fmt.Printf("removed %s\n", n)
+		}
+		if len(removed) == 0 && err == nil {
+			fmt.Println("no lab namespaces")
+		}
+		return err
+	}
+	fmt.Fprint(os.Stderr, labUsage)
+	return &exitError{code: 2, err: fmt.Errorf("unknown lab command %q", args[0])}
+}
+
+// shortNames name each kind's NAT node (node names are [a-z0-9]{1,12}).
+var shortNames = map[netlab.Kind]string{
+	netlab.Routed:              "routed",
+	netlab.EIMEIF:              "eimeif",
+	netlab.EIMADF:              "eimadf",
+	netlab.EIMAPDF:             "eimapdf",
+	netlab.SymmetricSequential: "symseq",
+	netlab.SymmetricRandom:     "symrand",
+	netlab.BlockUDP:            "blockudp",
+}
+
+func labUp(w io.Writer, args []string) error {
+	fs := newFlagSet("lab up", "lab up [--name NAME] [--no-stun] TOPOLOGY")
+	name := fs.String("name", "demo", "lab `name`: its namespaces are tl-NAME-NODE")
+	noSTUN := fs.Bool("no-stun", false, "do not start the RFC 5780 STUN server")
+	var pos []string
+	for { // flags may follow the topology
+		if err := fs.Parse(args); err != nil {
+			return err
+		}
+		if fs.NArg() == 0 {
+			break
+		}
+		pos, args = append(pos, fs.Arg(0)), fs.Args()[1:]
+	}
+	if len(pos) != 1 {
+		fs.Usage()
+		return &exitError{code: 2, err: errors.New("want exactly one TOPOLOGY")}
+	}
+	topo := pos[0]
+	var kinds []netlab.Kind
+	double := false
+	switch topo {
+	case "all":
+		kinds, double = netlab.Kinds, true
+	case "double":
+		double = true
+	default:
+		k, err := netlab.ParseKind(topo)
+		if err != nil {
+			return &exitError{code: 2, err: err}
+		}
+		kinds = []netlab.Kind{k}
+	}
+
+	lab, err := netlab.Open(*name)
+	if err != nil {
+		return err
+	}
+	stunHost := lab.Host("stun", lab.Internet(), netlab.Addrs(2))
+	type row struct{ node, role string }
+	rows := []row{{"inet", "the internet (bridge, router)"}, {"stun", "host"}}
+	var clients []string // NATed ones first, for the hint
+	for _, k := range kinds {
+		n := lab.NAT(shortNames[k], lab.Internet(), k)
+		c := lab.Host("c"+shortNames[k], n)
+		rows = append(rows, row{n.Name(), "NAT " + k.String()}, row{c.Name(), "host behind " + n.Name()})
+		if k == netlab.Routed {
+			clients = append(clients, c.Namespace())
+		} else {
+			clients = append([]string{c.Namespace()}, clients...)
+		}
+	}
+	if double {
+		cgn := lab.NAT("cgn", lab.Internet(), netlab.EIMADF)
+		home := lab.NAT("home", cgn, netlab.EIMEIF)
+		c := lab.Host("cdouble", home)
+		rows = append(rows, row{"cgn", "NAT eim-adf (carrier)"}, row{"home", "NAT eim-eif behind cgn"}, row{c.Name(), "host behind home"})
+		clients = append(clients, c.Namespace())
+	}
+	if err := lab.Err(); err != nil {
+		_ = lab.Close()
+		return err
+	}
+	server := netip.AddrPortFrom(stunHost.Addrs()[0], 3478)
+	stunNote := ""
+	if !*noSTUN {
+		pid, logFile, err := startLabSTUN(stunHost, server, stunHost.Addrs()[1])
+		if err != nil {
+			_ = lab.Close()
+			return err
+		}
+		stunNote = fmt.Sprintf("traverse stun (pid %d, log %s): RFC 5780 on %s, other address %s", pid, logFile, server, stunHost.Addrs()[1])
+	}
+
+	fmt.Fprintf(w, "lab %s is up; \"traverse lab down %s\" removes it.\n\n", lab.Name(), lab.Name())
+	tw := tabwriter.NewWriter(w, 2, 8, 2, ' ', 0)
+	fmt.Fprintln(tw, "NODE\tNAMESPACE\tROLE\tADDRESSES")
+	byName := map[string]*netlab.Node{}
+	for _, n := range lab.Nodes() {
+		byName[n.Name()] = n
+	}
+	for _, r := range rows {
+		n := byName[r.node]
+		addrs := joinAddrs(n.Addrs())
+		if r.node == "inet" {
+			addrs = lab.Internet().Prefix().String()
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.node, n.Namespace(), r.role, addrs)
+	}
+	_ = tw.Flush()
+	if stunNote != "" {
+		fmt.Fprintf(w, "\n%s\n", stunNote)
+		fmt.Fprintf(w, "\nTry:\n  ip netns exec %s %s natcheck %s\n", clients[0], exeName(), server)
+	}
+	return nil
+}
+
+func joinAddrs(as []netip.Addr) string {
+	s := make([]string, len(as))
+	for i, a := range as {
+		s[i] = a.String()
+	}
+	return strings.Join(s, ", ")
+}
+
+func exeName() string {
+	if exe, err := os.Executable(); err == nil && !strings.Contains(exe, "go-build") {
+		return exe
+	}
+	return "traverse"
+}
+
+// startLabSTUN starts this binary's STUN server in h's namespace, detached
+// from this process (it outlives "lab up"; "lab down" stops it), and waits
+// until it answers.
+func startLabSTUN(h *netlab.Host, listen netip.AddrPort, other netip.Addr) (int, string, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return 0, "", err
+	}
+	logFile := filepath.Join(os.TempDir(), "traverse-"+h.Namespace()+".log")
+	f, err := os.Create(logFile)
+	if err != nil {
+		return 0, "", err
+	}
+	defer f.Close()
+	cmd := h.Command(exe, "stun", "--listen", listen.String(), "--other-address", other.String(), "--readers", "1")
+	cmd.Stdout, cmd.Stderr = f, f
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return 0, "", fmt.Errorf("start traverse stun in %s: %w", h.Namespace(), err)
+	}
+	pid := cmd.Process.Pid
+	_ = cmd.Process.Release()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		err := h.Do(func() error { return stunPing(listen) })
+		if err == nil {
+			return pid, logFile, nil
+		}
+		if time.Now().After(deadline) {
+			return 0, "", fmt.Errorf("traverse stun in %s does not answer (see %s): %w", h.Namespace(), logFile, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// stunPing sends one Binding request and waits 100 ms for the answer.
+func stunPing(server netip.AddrPort) error {
+	c, err := net.ListenUDP("udp4", nil)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	req := stun.MustBuild(stun.TransactionID, stun.BindingRequest)
+	if _, err := c.WriteToUDPAddrPort(req.Raw, server); err != nil {
+		return err
+	}
+	_ = c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+	buf := make([]byte, 1500)
+	n, _, err := c.ReadFromUDPAddrPort(buf)
+	if err != nil {
+		return err
+	}
+	res := &stun.Message{Raw: buf[:n]}
+	if err := res.Decode(); err != nil {
+		return err
+	}
+	if res.TransactionID != req.TransactionID {
+		return errors.New("unexpected answer")
+	}
+	return nil
+}
+
+func labList(w io.Writer) error {
+	infos, err := netlab.List()
+	if err != nil {
+		return err
+	}
+	if len(infos) == 0 {
+		fmt.Fprintln(w, "no labs")
+		return nil
+	}
+	tw := tabwriter.NewWriter(w, 2, 8, 2, ' ', 0)
+	fmt.Fprintln(tw, "LAB\tNODE\tNAMESPACE\tADDRESSES\tPROCESSES")
+	for _, in := range infos {
+		ifs := make([]string, 0, len(in.Addrs))
+		for name := range in.Addrs {
+			ifs = append(ifs, name)
+		}
+		sort.Strings(ifs)
+		var parts []string
+		for _, name := range ifs {
+			var ps []string
+			for _, p := range in.Addrs[name] {
+				ps = append(ps, p.String())
+			}
+			parts = append(parts, name+" "+strings.Join(ps, ","))
+		}
+		procs := "-"
+		if len(in.Pids) > 0 {
+			procs = strings.Trim(fmt.Sprint(in.Pids), "[]")
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", in.Lab, in.Node, in.Namespace, strings.Join(parts, "; "), procs)
+	}
+	return tw.Flush()
+}
+
+func init() {
+	register(command{name: "lab", summary: "build, list and tear down NAT labs (network namespaces; root)", run: runLab})
+}

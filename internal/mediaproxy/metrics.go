@@ -33,6 +33,7 @@ func (p *Proxy) register(reg prometheus.Registerer) error {
 		counter("drops_total", dr, prometheus.Labels{"reason": "not_from_server"}, &c.DropNotServer),
 		counter("drops_total", dr, prometheus.Labels{"reason": "write_error"}, &c.DropWriteError),
 		counter("ssrc_latched_total", "SSRCs learnt by latching a stream without a=ssrc.", nil, &c.Latched),
+		counter("ssrc_changes_total", "New SSRCs accepted from a source already latched to a stream.", nil, &c.SSRCChanges),
 		counter("timeouts_total", "Calls ended because media stopped.", nil, &c.Timeouts),
 		counter("offloads_total", "Flows moved into the kernel.", nil, &c.Offloads),
 		counter("offload_errors_total", "Flows the kernel refused; they stay in user space.", nil, &c.OffloadErrors),

@@ -142,6 +142,7 @@ type Counters struct {
 	DropNotServer     atomic.Uint64 // inside packet from an address other than the server
 	DropWriteError    atomic.Uint64
 	Latched           atomic.Uint64 // SSRCs learnt by latch
+	SSRCChanges       atomic.Uint64 // new SSRCs accepted from an already latched source
 	Timeouts          atomic.Uint64
 	Offloads          atomic.Uint64
 	OffloadErrors     atomic.Uint64
@@ -159,6 +160,7 @@ type Proxy struct {
 	mu       sync.RWMutex // guards calls, bySSRC, awaiting, closed, and stream fields marked "p.mu"
 	calls    map[string]map[uint8]*stream
 	bySSRC   map[uint32][]*stream
+	bySrc    map[netip.AddrPort]*stream // latched RTP sources, for SSRC changes
 	awaiting map[netip.Addr][]*stream
 	closed   bool
 
@@ -183,8 +185,9 @@ type stream struct {
 
 	route atomic.Pointer[route] // replaced whole under p.mu
 
-	ssrc      uint32 // p.mu
-	ssrcKnown bool   // p.mu
+	ssrc      uint32   // p.mu
+	ssrcKnown bool     // p.mu
+	aliases   []uint32 // p.mu: further SSRCs seen from the latched source
 
 	last               atomic.Int64
 	toServer, toClient atomic.Uint64 // user-space RTP packets
@@ -193,6 +196,10 @@ type stream struct {
 	kernelPkts         atomic.Uint64
 	gone               atomic.Bool
 }
+
+// maxAliases bounds the extra SSRCs one stream accepts from its latched
+// source.
+const maxAliases = 4
 
 const (
 	offloadNone uint32 = iota
@@ -233,6 +240,7 @@ func New(cfg Config) (*Proxy, error) {
 		pool:     newPortPool(cfg.InsideIP, cfg.InsidePorts, cfg.RandomPorts),
 		calls:    map[string]map[uint8]*stream{},
 		bySSRC:   map[uint32][]*stream{},
+		bySrc:    map[netip.AddrPort]*stream{},
 		awaiting: map[netip.Addr][]*stream{},
 		offloadq: make(chan *stream, 4096),
 		done:     make(chan struct{}),
@@ -298,7 +306,7 @@ func (p *Proxy) Close() error {
 				all = append(all, s)
 			}
 		}
-		p.calls, p.bySSRC, p.awaiting = map[string]map[uint8]*stream{}, map[uint32][]*stream{}, map[netip.Addr][]*stream{}
+		p.calls, p.bySSRC, p.bySrc, p.awaiting = map[string]map[uint8]*stream{}, map[uint32][]*stream{}, map[netip.AddrPort]*stream{}, map[netip.Addr][]*stream{}
 		p.mu.Unlock()
 		close(p.done)
 		p.rtp.Close()
@@ -406,6 +414,9 @@ func (p *Proxy) upsert(d *Descriptor) (Reply, error) {
 		r.server, r.serverRTCP = d.Server, rtcpOf(d.Server, d.ServerRTCP)
 	}
 	s.route.Store(&r)
+	if old.clientSrc.IsValid() && !r.clientSrc.IsValid() && p.bySrc[old.clientSrc] == s {
+		delete(p.bySrc, old.clientSrc)
+	}
 	if d.Flags&FlagSSRC != 0 && (!s.ssrcKnown || s.ssrc != d.SSRC) {
 		p.unindexLocked(s)
 		s.ssrc, s.ssrcKnown = d.SSRC, true
@@ -437,6 +448,12 @@ func (p *Proxy) upsert(d *Descriptor) (Reply, error) {
 func (p *Proxy) indexLocked(s *stream) {
 	if s.ssrcKnown {
 		p.bySSRC[s.ssrc] = append(p.bySSRC[s.ssrc], s)
+		for _, a := range s.aliases {
+			p.bySSRC[a] = append(p.bySSRC[a], s)
+		}
+		if src := s.route.Load().clientSrc; src.IsValid() {
+			p.bySrc[src] = s
+		}
 		return
 	}
 	if c := s.route.Load().client; c.IsValid() {
@@ -446,9 +463,14 @@ func (p *Proxy) indexLocked(s *stream) {
 
 func (p *Proxy) unindexLocked(s *stream) {
 	if s.ssrcKnown {
-		p.bySSRC[s.ssrc] = without(p.bySSRC[s.ssrc], s)
-		if len(p.bySSRC[s.ssrc]) == 0 {
-			delete(p.bySSRC, s.ssrc)
+		for _, x := range append([]uint32{s.ssrc}, s.aliases...) {
+			p.bySSRC[x] = without(p.bySSRC[x], s)
+			if len(p.bySSRC[x]) == 0 {
+				delete(p.bySSRC, x)
+			}
+		}
+		if src := s.route.Load().clientSrc; src.IsValid() && p.bySrc[src] == s {
+			delete(p.bySrc, src)
 		}
 		return
 	}
@@ -554,7 +576,11 @@ func (p *Proxy) latch(ssrc uint32, src netip.AddrPort, rtcp bool) *stream {
 		if rtcp {
 			r.clientRTCPSrc = src
 		} else {
+			if r.clientSrc.IsValid() && p.bySrc[r.clientSrc] == s {
+				delete(p.bySrc, r.clientSrc)
+			}
 			r.clientSrc = src
+			p.bySrc[src] = s
 		}
 		s.route.Store(&r)
 	}
@@ -569,6 +595,23 @@ func (p *Proxy) latch(ssrc uint32, src netip.AddrPort, rtcp bool) *stream {
 			}
 		}
 		return nil
+	}
+	// A new SSRC from a source already latched to a stream (a sender that
+	// restarts its SSRC, or plays DTMF from another SSRC) joins that stream:
+	// the source address:port already proves whose packet it is.
+	if s := p.bySrc[src]; s != nil && s.ssrcKnown {
+		if len(s.aliases) >= maxAliases {
+			old := s.aliases[0]
+			p.bySSRC[old] = without(p.bySSRC[old], s)
+			if len(p.bySSRC[old]) == 0 {
+				delete(p.bySSRC, old)
+			}
+			s.aliases = s.aliases[1:]
+		}
+		s.aliases = append(s.aliases, ssrc)
+		p.bySSRC[ssrc] = append(p.bySSRC[ssrc], s)
+		p.c.SSRCChanges.Add(1)
+		return s
 	}
 	// A declared (or already learnt) SSRC not yet latched: signaled IP only,
 	// the signaled port first.

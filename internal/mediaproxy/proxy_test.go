@@ -144,6 +144,18 @@ func TestForwardingCollisionsAndLatch(t *testing.T) {
 			}
 		}
 	}
+	// A latched sender that changes its SSRC (SIPp's DTMF capture) stays
+	// its stream's.
+	if _, err := cls[1].c.WriteToUDPAddrPort(rtpPacket(0x3333, 99, "b"), p.RTPAddr()); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 2048)
+	if m, _, err := cls[1].c.ReadFromUDPAddrPort(buf); err != nil || string(buf[12:m]) != "b" {
+		t.Fatalf("after SSRC change: %q %v", buf[12:m], err)
+	}
+	if p.Counters().SSRCChanges.Load() != 1 {
+		t.Fatal("SSRC change not counted")
+	}
 	if got := p.Counters().Latched.Load(); got != 2 {
 		t.Errorf("latched %d SSRCs, want 2", got)
 	}
@@ -155,7 +167,7 @@ func TestForwardingCollisionsAndLatch(t *testing.T) {
 		waitFor(t, func() bool { return p.Counters().DropUnknownSSRC.Load() == 1 })
 	}
 	r, err := p.Apply(&Descriptor{Op: OpQuery, CallID: "b"})
-	if err != nil || !r.SSRCKnown || r.SSRC != 0x2222 || r.ToServer != n || r.ToClient != n {
+	if err != nil || !r.SSRCKnown || r.SSRC != 0x2222 || r.ToServer != n+1 || r.ToClient != n+1 {
 		t.Fatalf("query: %+v %v", r, err)
 	}
 	for _, cl := range cls {

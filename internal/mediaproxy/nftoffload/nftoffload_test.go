@@ -122,6 +122,18 @@ func TestOffloadTakesOverFlow(t *testing.T) {
 		roundTrip(seq)
 		seq++
 	}
+	// Packets queued on the sockets before the rules landed may still be
+	// forwarded by user space: wait until its counters settle.
+	settled := func() uint64 { return p.Counters().RTPIn.Load() + p.Counters().RTPOut.Load() }
+	last, same := settled(), 0
+	waitFor(t, func() bool {
+		if v := settled(); v != last {
+			last, same = v, 0
+			return false
+		}
+		same++
+		return same >= 10
+	})
 	userIn, userOut := p.Counters().RTPIn.Load(), p.Counters().RTPOut.Load()
 	const n = 200
 	for i := 0; i < n; i++ {

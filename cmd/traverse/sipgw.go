@@ -1,0 +1,196 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/traverse-rtc/traverse/internal/admin"
+	"github.com/traverse-rtc/traverse/internal/config"
+	"github.com/traverse-rtc/traverse/internal/mediaproxy"
+	"github.com/traverse-rtc/traverse/internal/sipgw"
+)
+
+// sipgwConfig is the sipgw role's section: the SIP border gateway and its
+// media proxy.
+type sipgwConfig struct {
+	SIP          string        `yaml:"sip"`
+	SIPTCP       bool          `yaml:"sip-tcp"`
+	RTP          string        `yaml:"rtp"`
+	RTCP         string        `yaml:"rtcp"`
+	Upstream     string        `yaml:"upstream"`
+	InsideIP     string        `yaml:"inside-ip"`
+	InsidePorts  string        `yaml:"inside-ports"`
+	InsideNets   []string      `yaml:"inside-net"`
+	OutsideIP    string        `yaml:"outside-ip"`
+	RandomPorts  bool          `yaml:"random-ports"`
+	Offload      string        `yaml:"offload"`
+	OffloadAfter int           `yaml:"offload-after"`
+	MediaTimeout time.Duration `yaml:"media-timeout"`
+	Control      string        `yaml:"control"`
+	RateLimit    float64       `yaml:"rate-limit"`
+}
+
+func sipgwFlags(fs *flag.FlagSet, prefix string, c *sipgwConfig) {
+	fs.StringVar(&c.SIP, prefix+"sip", c.SIP, "outside SIP `host:port` (UDP), the one signaling port")
+	fs.BoolVar(&c.SIPTCP, prefix+"sip-tcp", c.SIPTCP, "also accept SIP over TCP on the --sip address")
+	fs.StringVar(&c.RTP, prefix+"rtp", c.RTP, "the one outside RTP `host:port` every call's media goes to")
+	fs.StringVar(&c.RTCP, prefix+"rtcp", c.RTCP, "the one outside RTCP `host:port`")
+	fs.StringVar(&c.Upstream, prefix+"upstream", c.Upstream, "inside SIP server `host:port` (PBX); requests from it are inside")
+	fs.StringVar(&c.InsideIP, prefix+"inside-ip", c.InsideIP, "inside `IP` of the media proxy port pool")
+	fs.StringVar(&c.InsidePorts, prefix+"inside-ports", c.InsidePorts, "inside media port pool `LOW-HIGH` (two ports per stream: RTP even, RTCP odd)")
+	fs.Var(config.Strings{P: &c.InsideNets}, prefix+"inside-net", "source `prefix` whose SIP requests count as inside besides the upstream (repeatable)")
+	fs.StringVar(&c.OutsideIP, prefix+"outside-ip", c.OutsideIP, "`IP` written into outside-bound SDP (default: the --rtp IP)")
+	fs.BoolVar(&c.RandomPorts, prefix+"random-ports", c.RandomPorts, "pick a random free inside port pair instead of the next free one")
+	fs.StringVar(&c.Offload, prefix+"offload", c.Offload, "kernel fast path for latched flows: nftables or off (nftables needs root and ip_forward)")
+	fs.IntVar(&c.OffloadAfter, prefix+"offload-after", c.OffloadAfter, "packets each way a flow spends in user space before it is offloaded (0: 50)")
+	fs.DurationVar(&c.MediaTimeout, prefix+"media-timeout", c.MediaTimeout, "end a call whose media stopped for this `duration` (0: 30s)")
+	fs.StringVar(&c.Control, prefix+"control", c.Control, "media proxy control protocol UDP `host:port` for an external signaling proxy (empty disables it; keep it internal)")
+	fs.Float64Var(&c.RateLimit, prefix+"rate-limit", c.RateLimit, "new INVITEs+REGISTERs per second allowed per outside source IP (0: 20)")
+}
+
+// startSipgw binds the media proxy and the gateway and returns their loop.
+func startSipgw(ctx context.Context, c sipgwConfig, env *serveEnv) (runner, error) {
+	log := env.log.With("role", "sipgw")
+	rtp, err1 := netip.ParseAddrPort(c.RTP)
+	rtcp, err2 := netip.ParseAddrPort(c.RTCP)
+	inIP, err3 := netip.ParseAddr(c.InsideIP)
+	if err1 != nil || err2 != nil || err3 != nil {
+		return nil, fmt.Errorf("--rtp, --rtcp need host:port and --inside-ip an IP: %v %v %v", err1, err2, err3)
+	}
+	pr, err := mediaproxy.ParsePortRange(c.InsidePorts)
+	if err != nil {
+		return nil, err
+	}
+	var nets []netip.Prefix
+	for _, s := range c.InsideNets {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return nil, fmt.Errorf("--inside-net %q: %w", s, err)
+		}
+		nets = append(nets, p)
+	}
+	var outIP netip.Addr
+	if c.OutsideIP != "" {
+		if outIP, err = netip.ParseAddr(c.OutsideIP); err != nil {
+			return nil, fmt.Errorf("--outside-ip: %w", err)
+		}
+	}
+	mcfg := mediaproxy.Config{
+		RTP: rtp, RTCP: rtcp, InsideIP: inIP, InsidePorts: pr, RandomPorts: c.RandomPorts,
+		MediaTimeout: c.MediaTimeout, OffloadAfter: uint64(c.OffloadAfter),
+		Registerer: env.admin.Registry, Log: log.With("part", "mediaproxy"),
+	}
+	var closeOff func()
+	switch c.Offload {
+	case "", "off":
+	case "nftables":
+		off, err := newNftOffloader()
+		if err != nil {
+			return nil, err
+		}
+		mcfg.Offloader = off
+		closeOff = func() { off.Close() }
+	default:
+		return nil, fmt.Errorf("--offload %q: want nftables or off", c.Offload)
+	}
+	var gw *sipgw.Gateway
+	mcfg.OnTimeout = func(id string) {
+		if gw != nil {
+			gw.MediaTimeout(id)
+		}
+	}
+	mp, err := mediaproxy.New(mcfg)
+	if err != nil {
+		if closeOff != nil {
+			closeOff()
+		}
+		return nil, err
+	}
+	gw, err = sipgw.New(sipgw.Config{
+		SIP: c.SIP, TCP: c.SIPTCP, Upstream: c.Upstream, InsideNets: nets, OutsideIP: outIP,
+		Media: mp, RateLimit: c.RateLimit, Registerer: env.admin.Registry, Log: log,
+	})
+	if err != nil {
+		mp.Close()
+		if closeOff != nil {
+			closeOff()
+		}
+		return nil, err
+	}
+	var ctl *mediaproxy.ControlServer
+	if c.Control != "" {
+		if ctl, err = mediaproxy.ListenControl(mp, c.Control); err != nil {
+			gw.Close()
+			mp.Close()
+			return nil, err
+		}
+	}
+	log.Info("sipgw listening", "sip", gw.Addr(), "rtp", mp.RTPAddr(), "rtcp", mp.RTCPAddr(), "upstream", c.Upstream, "offload", c.Offload)
+	return func(ctx context.Context) error {
+		err := gw.Run(ctx)
+		if ctl != nil {
+			ctl.Close()
+		}
+		mp.Close()
+		if closeOff != nil {
+			closeOff()
+		}
+		return err
+	}, nil
+}
+
+type sipgwCmdConfig struct {
+	common      `yaml:",inline"`
+	sipgwConfig `yaml:",inline"`
+}
+
+func runSipgw(ctx context.Context, args []string) error {
+	cfg := sipgwCmdConfig{
+		common: common{Admin: "127.0.0.1:9560"},
+		sipgwConfig: sipgwConfig{SIP: "0.0.0.0:5060", RTP: "", RTCP: "", InsidePorts: "30000-39999", Offload: "off"},
+	}
+	fs := newFlagSet("sipgw", "sipgw --sip ADDR --rtp ADDR --rtcp ADDR --upstream HOST:PORT --inside-ip IP --inside-ports LOW-HIGH [flags]")
+	cfg.flags(fs)
+	sipgwFlags(fs, "", &cfg.sipgwConfig)
+	rest, log, err := load(fs, args, &cfg, &cfg.common)
+	if err != nil {
+		return err
+	}
+	if len(rest) > 0 {
+		return fmt.Errorf("unexpected arguments: %q", rest)
+	}
+	adm := admin.New(log)
+	env := &serveEnv{log: log, admin: adm}
+	run, err := startSipgw(ctx, cfg.sipgwConfig, env)
+	if err != nil {
+		return err
+	}
+	adminRun, err := startAdmin(adm, cfg.Admin)
+	if err != nil {
+		cctx, cancel := context.WithCancel(ctx)
+		cancel()
+		_ = runAll(cctx, log, run)
+		return err
+	}
+	return runAll(ctx, log, run, adminRun)
+}
+
+func init() {
+	register(command{name: "sipgw", summary: "SIP border gateway: one SIP, one RTP and one RTCP port for any number of calls", run: runSipgw})
+	registerServeRole(serveRole{
+		name:  "sipgw",
+		order: 60,
+		bind: func(fs *flag.FlagSet, prefix string) any {
+			cfg := &sipgwConfig{SIP: "127.0.0.1:5060", RTP: "127.0.0.1:7000", RTCP: "127.0.0.1:7001",
+				Upstream: "127.0.0.1:5080", InsideIP: "127.0.0.1", InsidePorts: "30000-39999", Offload: "off"}
+			sipgwFlags(fs, prefix, cfg)
+			return cfg
+		},
+		start: func(ctx context.Context, env *serveEnv) (runner, error) {
+			return startSipgw(ctx, *env.cfg["sipgw"].(*sipgwConfig), env)
+		},
+	})
+}

@@ -1,0 +1,175 @@
+package sipgw
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/traverse-rtc/traverse/internal/mediaproxy"
+)
+
+var (
+	outsideIP = netip.MustParseAddr("127.0.0.1")
+	insideIP  = netip.MustParseAddr("127.0.0.2")
+)
+
+// freePort returns a UDP port free on ip now.
+func freePort(t *testing.T, ip netip.Addr) int {
+	t.Helper()
+	c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(ip, 0)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	return c.LocalAddr().(*net.UDPAddr).Port
+}
+
+// freeRange returns n consecutive ports whose first is free; the pool
+// skips any taken later.
+func freeRange(t *testing.T, n int) mediaproxy.PortRange {
+	p := freePort(t, insideIP)
+	if p+n > 65000 {
+		p = 20000
+	}
+	return mediaproxy.PortRange{Low: uint16(p), High: uint16(p + n)}
+}
+
+type testGW struct {
+	gw *Gateway
+	mp *mediaproxy.Proxy
+}
+
+func startGateway(t *testing.T, upstream string, mod func(*Config, *mediaproxy.Config)) *testGW {
+	t.Helper()
+	mcfg := mediaproxy.Config{
+		RTP: netip.AddrPortFrom(outsideIP, 0), RTCP: netip.AddrPortFrom(outsideIP, 0),
+		InsideIP: insideIP, InsidePorts: freeRange(t, 5000),
+	}
+	cfg := Config{SIP: "127.0.0.1:0", Upstream: upstream}
+	if mod != nil {
+		mod(&cfg, &mcfg)
+	}
+	tg := &testGW{}
+	mcfg.OnTimeout = func(id string) { tg.gw.MediaTimeout(id) }
+	mp, err := mediaproxy.New(mcfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Media = mp
+	gw, err := New(cfg)
+	if err != nil {
+		mp.Close()
+		t.Fatal(err)
+	}
+	tg.gw, tg.mp = gw, mp
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = gw.Run(ctx); close(done) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		mp.Close()
+	})
+	return tg
+}
+
+func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not true within %v", what, d)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// sipp runs SIPp with args in dir and returns a wait function reporting
+// its exit; the process is killed at cleanup if still running.
+func sipp(t *testing.T, dir string, args ...string) func() error {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	cmd := exec.CommandContext(ctx, "sipp", append(args, "-nostdin", "-timeout", "60s", "-timeout_error")...)
+	cmd.Dir = dir
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	var result error
+	waited := false
+	wait := func() error {
+		if !waited {
+			result, waited = <-done, true
+			if result != nil {
+				t.Logf("sipp %v: %v\n%s", args, result, lastLines(out.String(), 40))
+			}
+		}
+		return result
+	}
+	t.Cleanup(func() {
+		if !waited {
+			_ = cmd.Process.Kill()
+			wait()
+		}
+		cancel()
+	})
+	return wait
+}
+
+func lastLines(s string, n int) string {
+	lines := bytes.Split([]byte(s), []byte("\n"))
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return string(bytes.Join(lines, []byte("\n")))
+}
+
+func needSIPp(t *testing.T) string {
+	t.Helper()
+	if _, err := exec.LookPath("sipp"); err != nil {
+		t.Skip("sipp (Debian sip-tester) not installed")
+	}
+	if _, err := os.Stat("/usr/share/sip-tester/g711a.pcap"); err != nil {
+		t.Skip("sip-tester pcaps not installed")
+	}
+	dir := t.TempDir()
+	if err := os.Symlink("/usr/share/sip-tester", filepath.Join(dir, "pcap")); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// pcapPackets counts the records of a classic pcap file.
+func pcapPackets(t *testing.T, path string) uint64 {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(b) < 24 {
+		t.Fatal("short pcap")
+	}
+	bo := binary.ByteOrder(binary.LittleEndian)
+	if binary.BigEndian.Uint32(b) == 0xa1b2c3d4 || binary.BigEndian.Uint32(b) == 0xa1b23c4d {
+		bo = binary.BigEndian
+	}
+	var n uint64
+	for off := 24; off+16 <= len(b); n++ {
+		off += 16 + int(bo.Uint32(b[off+8:]))
+	}
+	return n
+}
+
+func itoa(i int) string { return strconv.Itoa(i) }

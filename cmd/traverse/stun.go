@@ -20,7 +20,7 @@ func stunFlags(fs *flag.FlagSet, prefix string, cfg *stun.Config) {
 	fs.StringVar(&cfg.TLSCert, prefix+"tls-cert", cfg.TLSCert, "TLS certificate PEM `file` (empty with tls-key empty: a self-signed one is generated)")
 	fs.StringVar(&cfg.TLSKey, prefix+"tls-key", cfg.TLSKey, "TLS private key PEM `file`")
 	fs.StringVar(&cfg.Software, prefix+"software", cfg.Software, "SOFTWARE attribute `value` (\"-\" omits it)")
-	fs.IntVar(&cfg.Readers, prefix+"readers", cfg.Readers, "UDP reader goroutines, each on its own SO_REUSEPORT socket (0: one per CPU)")
+	fs.IntVar(&cfg.Readers, prefix+"readers", cfg.Readers, "UDP reader goroutines, each on its own SO_REUSEPORT socket (0: one per two CPUs)")
 	fs.IntVar(&cfg.Batch, prefix+"batch", cfg.Batch, "datagrams per recvmmsg/sendmmsg system call (0: 64)")
 	fs.IntVar(&cfg.MaxTCPConns, prefix+"max-tcp-conns", cfg.MaxTCPConns, "most concurrent TCP and TLS connections (0: 1024)")
 }
@@ -77,7 +77,9 @@ func init() {
 		name:  "stun",
 		order: 10,
 		bind: func(fs *flag.FlagSet, prefix string) any {
-			cfg := &stun.Config{Listen: "127.0.0.1:3478", OtherAddress: "127.0.0.2", TLSListen: "127.0.0.1:5349"}
+			// The RFC 5780 alternate port is 3480, not the usual listen
+			// port + 1: serve's TURN role listens on 127.0.0.1:3479.
+			cfg := &stun.Config{Listen: "127.0.0.1:3478", OtherAddress: "127.0.0.2", OtherPort: 3480, TLSListen: "127.0.0.1:5349"}
 			stunFlags(fs, prefix, cfg)
 			return cfg
 		},

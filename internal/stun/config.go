@@ -32,8 +32,11 @@ type Config struct {
 	// "-" omits the attribute.
 	Software string `yaml:"software"`
 	// Readers is the number of SO_REUSEPORT sockets (each with its own
-	// reader goroutine) sharing the primary UDP address. Default: the
-	// number of CPUs. More readers use more cores at one goroutine each.
+	// reader goroutine) sharing the primary UDP address. Default: one per
+	// two CPUs (at least one). More readers answer more requests per
+	// second once one core is saturated, but cost more CPU per request
+	// (more wake-ups, smaller batches): on a 2-vCPU machine two readers
+	// cost about 15 % more CPU per answer than one (docs/benchmarks.md).
 	Readers int `yaml:"readers"`
 	// Batch is the number of datagrams moved per system call; default
 	// 64. Larger batches cost more memory per reader (2 KiB per message,
@@ -94,7 +97,7 @@ func (c Config) validate() (resolved, error) {
 		return r, fmt.Errorf("%w: software longer than 763 bytes", ErrConfig)
 	}
 	if r.Readers <= 0 {
-		r.Readers = runtime.NumCPU()
+		r.Readers = max(1, runtime.NumCPU()/2)
 	}
 	if r.Readers > 64 {
 		r.Readers = 64

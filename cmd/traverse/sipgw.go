@@ -149,7 +149,7 @@ type sipgwCmdConfig struct {
 
 func runSipgw(ctx context.Context, args []string) error {
 	cfg := sipgwCmdConfig{
-		common: common{Admin: "127.0.0.1:9560"},
+		common:      common{Admin: "127.0.0.1:9560"},
 		sipgwConfig: sipgwConfig{SIP: "0.0.0.0:5060", RTP: "", RTCP: "", InsidePorts: "30000-39999", Offload: "off"},
 	}
 	fs := newFlagSet("sipgw", "sipgw --sip ADDR --rtp ADDR --rtcp ADDR --upstream HOST:PORT --inside-ip IP --inside-ports LOW-HIGH [flags]")

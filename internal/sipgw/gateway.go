@@ -193,7 +193,8 @@ func New(cfg Config) (*Gateway, error) {
 		g.closeSockets()
 		return nil, err
 	}
-	if g.client, err = sipgo.NewClient(g.ua, sipgo.WithClientHostname(host), sipgo.WithClientLogger(cfg.Log)); err != nil {
+	// Every request leaves from the one SIP socket: no extra outside port.
+	if g.client, err = sipgo.NewClient(g.ua, sipgo.WithClientHostname(host), sipgo.WithClientConnectionAddr(addr.String()), sipgo.WithClientLogger(cfg.Log)); err != nil {
 		g.closeSockets()
 		return nil, err
 	}
@@ -488,7 +489,7 @@ func (g *Gateway) forward(req *sip.Request, tx sip.ServerTransaction, dest strin
 	req.SetDestination(dest)
 	// The gateway speaks UDP to both sides whatever the client used.
 	req.SetTransport("UDP")
-	opts := []sipgo.ClientRequestOption{sipgo.ClientRequestAddVia, sipgo.ClientRequestDecreaseMaxForward}
+	opts := []sipgo.ClientRequestOption{g.fromListener, sipgo.ClientRequestAddVia, sipgo.ClientRequestDecreaseMaxForward}
 	if req.IsInvite() && newCall || (c != nil && toTag(req) == "" && !req.IsInvite()) {
 		opts = append(opts, sipgo.ClientRequestAddRecordRoute)
 	}
@@ -584,12 +585,19 @@ func (g *Gateway) sendCancel(inv *sip.Request) {
 	cr.SetTransport(inv.Transport())
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	res, err := g.client.Do(ctx, cr, func(*sipgo.Client, *sip.Request) error { return nil })
+	res, err := g.client.Do(ctx, cr, g.fromListener)
 	if err != nil {
 		g.log.Debug("cancel", "err", err)
 		return
 	}
 	g.log.Debug("cancel answered", "code", res.StatusCode)
+}
+
+// fromListener sends a request from the SIP listener's socket (sipgo
+// would open a new socket for a request built with options).
+func (g *Gateway) fromListener(_ *sipgo.Client, r *sip.Request) error {
+	r.Laddr = sip.Addr{IP: net.IP(g.addr.Addr().AsSlice()), Port: int(g.addr.Port())}
+	return nil
 }
 
 // endCall releases a call's media and forgets it.
@@ -629,7 +637,7 @@ func (g *Gateway) onAck(req *sip.Request, _ sip.ServerTransaction) {
 	g.removeOwnRoutes(req)
 	req.SetDestination(dest)
 	req.SetTransport("UDP")
-	if err := g.client.WriteRequest(req, sipgo.ClientRequestAddVia, sipgo.ClientRequestDecreaseMaxForward); err != nil {
+	if err := g.client.WriteRequest(req, g.fromListener, sipgo.ClientRequestAddVia, sipgo.ClientRequestDecreaseMaxForward); err != nil {
 		g.log.Debug("relay ACK", "err", err)
 	}
 }

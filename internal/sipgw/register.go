@@ -43,7 +43,7 @@ func (g *Gateway) onRegister(req *sip.Request, tx sip.ServerTransaction) {
 	req.SetTransport("UDP")
 	ctx, cancel := context.WithTimeout(context.Background(), g.cfg.TransactionTimeout)
 	defer cancel()
-	clTx, err := g.client.TransactionRequest(ctx, req, sipgo.ClientRequestAddVia, sipgo.ClientRequestDecreaseMaxForward)
+	clTx, err := g.client.TransactionRequest(ctx, req, g.fromListener, sipgo.ClientRequestAddVia, sipgo.ClientRequestDecreaseMaxForward)
 	if err != nil {
 		g.reply(tx, req, 503, "Service Unavailable")
 		return

@@ -1,8 +1,9 @@
 // The demo room: join with a room name, share camera and microphone, see
 // and hear everyone else in a grid with a per-connection overlay (path,
 // bitrate, RTT, loss). One RTCPeerConnection to the SFU carries everything;
-// the SFU renegotiates to add the others' tracks, and this page is the
-// "polite" peer of RTCPeerConnection's perfect negotiation pattern.
+// the SFU renegotiates to add the others' tracks. On glare the SFU yields
+// (it rolls back its offer and offers again later), so this page never
+// rolls back: it drops an SFU offer that crosses its own.
 import { Signal } from './signal.js';
 import { Meter, pathOf } from './stats.js';
 
@@ -134,8 +135,6 @@ function onJoined(m) {
 
 async function onAnswer(m) {
   const pc = state.pc;
-  // After a glare the offer this answers was rolled back: drop it, the
-  // negotiationneeded event offers again.
   if (!pc || pc.signalingState !== 'have-local-offer') return;
   await pc.setRemoteDescription({ type: 'answer', sdp: m.sdp });
 }
@@ -143,7 +142,10 @@ async function onAnswer(m) {
 async function onOffer(m) {
   const pc = state.pc;
   if (!pc) return;
-  // Polite peer: an offer from the SFU wins over ours (implicit rollback).
+  // Glare: our offer is out. The SFU is the polite side: when ours reaches
+  // it, it rolls its own offer back, answers ours, and offers again after.
+  // So an offer that crosses ours is dropped here.
+  if (pc.signalingState === 'have-local-offer') return;
   await pc.setRemoteDescription({ type: 'offer', sdp: m.sdp });
   await pc.setLocalDescription();
   state.sig.send({ type: 'answer', sdp: pc.localDescription.sdp });

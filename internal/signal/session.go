@@ -38,6 +38,13 @@ type session struct {
 	bucket  bucket
 	strikes int
 
+	// orderMu is held from sending a client offer to the node until its
+	// answer is queued, and by node offers and candidates while they are
+	// queued. NATS hands the request's reply and the session's messages to
+	// different goroutines, so without it a node offer sent after its
+	// answer could reach the client first, which would take it for glare.
+	orderMu sync.Mutex
+
 	mu     sync.Mutex // guards link, node, claims, closed
 	link   Link
 	node   Node
@@ -158,6 +165,8 @@ func (ss *session) handle(m ClientMessage) error {
 		if o.Sends && !claims.Publish {
 			return fmt.Errorf("%w: the token does not allow publishing (offer sends media)", ErrForbidden)
 		}
+		ss.orderMu.Lock()
+		defer ss.orderMu.Unlock()
 		answer, err := link.Offer(ctx, m.SDP, o.Ufrag)
 		if err != nil {
 			return ss.nodeError(err)
@@ -240,6 +249,10 @@ func (ss *session) nodeEvent(ev NodeEvent) {
 	ss.mu.Lock()
 	public := ss.node.Public
 	ss.mu.Unlock()
+	if ev.Kind == NodeOffer || ev.Kind == NodeCandidate {
+		ss.orderMu.Lock()
+		defer ss.orderMu.Unlock()
+	}
 	switch ev.Kind {
 	case NodeOffer:
 		sdp, err := RewriteSDP(ev.SDP, public)

@@ -21,6 +21,7 @@ import (
 	"github.com/pion/interceptor"
 	"github.com/pion/rtcp"
 	"github.com/pion/rtp"
+	"github.com/pion/sdp/v3"
 	"github.com/pion/webrtc/v4"
 )
 
@@ -275,9 +276,30 @@ func (c *Client) publish(ctx context.Context) {
 			rates[i] /= float64(int(1) << (2 - i)) // q = 1/4, h = 1/2, f = 1
 		}
 	}
+	// Simulcast layers carry the mid and rid header extensions (RFC 8852)
+	// so the SFU can tell them apart.
+	var midID, ridID uint8
+	mid := ""
+	if c.cfg.Simulcast {
+		for _, tr := range c.pc.GetTransceivers() {
+			if tr.Kind() != webrtc.RTPCodecTypeVideo || tr.Sender() == nil {
+				continue
+			}
+			mid = tr.Mid()
+			for _, e := range tr.Sender().GetParameters().HeaderExtensions {
+				switch e.URI {
+				case sdp.SDESMidURI:
+					midID = uint8(e.ID)
+				case sdp.SDESRTPStreamIDURI:
+					ridID = uint8(e.ID)
+				}
+			}
+		}
+	}
 	var tick uint32
 	var aseq uint16
 	lastKey := time.Time{}
+	keyPending := make([]bool, nl)
 	frameStart := make([]bool, nl)
 	for i := range frameStart {
 		frameStart[i] = true
@@ -290,9 +312,11 @@ func (c *Client) publish(ctx context.Context) {
 		}
 		tick++
 		ts := (tick / 3) * 2700 // 90 kHz, 30 frames/s
-		key := false
 		if c.keyframe.Swap(false) || time.Since(lastKey) > 3*time.Second {
-			key, lastKey = true, time.Now()
+			lastKey = time.Now()
+			for i := range keyPending {
+				keyPending[i] = true
+			}
 		}
 		endFrame := tick%3 == 0
 		for i, tr := range c.videoTracks {
@@ -309,13 +333,18 @@ func (c *Client) publish(ctx context.Context) {
 					payload[0] = 0x10 // S=1, PID=0
 				}
 				payload[1] = 0x01 // not a keyframe
-				if key && frameStart[i] {
+				if keyPending[i] && frameStart[i] {
 					payload[1] = 0x00
+					keyPending[i] = false
 				}
 				payload[2] = byte(i) // the layer, for the subscriber's sake
 				frameStart[i] = marker
 				seqs[i]++
 				pkt := rtp.Packet{Header: rtp.Header{Version: 2, Marker: marker, SequenceNumber: seqs[i], Timestamp: ts}, Payload: payload[:n]}
+				if midID != 0 && ridID != 0 {
+					_ = pkt.Header.SetExtension(midID, []byte(mid))
+					_ = pkt.Header.SetExtension(ridID, []byte(tr.RID()))
+				}
 				_ = tr.WriteRTP(&pkt)
 				if marker {
 					break

@@ -9,11 +9,14 @@ package signal_test
 // participant to TURN (iceTransportPolicy "relay") through internal/turn
 // in-process, and checks its selected path is a relay candidate.
 //
-// Where it runs: on the host's loopback (127.0.0.1), not in a network
-// namespace; every browser gets a fresh profile and
-// --disable-background-networking / --disable-component-update /
-// --disable-sync, so it talks only to the servers of the test. It skips
-// when /usr/bin/chromium is missing or under -short.
+// Where it runs: as root, each test re-runs itself (the test binary, with
+// -test.run naming just that test) under "unshare --net" with only "lo" up,
+// so the browsers, the bus, the SFU, TURN and signal all live in a fresh
+// network namespace that can reach nothing else. Without root it runs on
+// the host's loopback (127.0.0.1) and says so in the log. Either way every
+// browser gets a fresh profile and --disable-background-networking,
+// --disable-component-update and --disable-sync. It skips when
+// /usr/bin/chromium is missing or under -short.
 
 import (
 	"context"
@@ -22,6 +25,7 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"os"
+	"os/exec"
 	"strings"
 	"sync"
 	"testing"
@@ -246,17 +250,61 @@ func skipWithoutChromium(t *testing.T) {
 	}
 }
 
+// netnsEnv marks the re-run of a test inside its own network namespace.
+const netnsEnv = "TRAVERSE_BROWSERTEST_NETNS"
+
+// isolated re-runs the calling test inside a new network namespace with
+// only loopback up, and reports true when it did (the caller then returns:
+// the child did the work). It returns false inside the child, and when not
+// root (the test then runs on the host's loopback).
+func isolated(t *testing.T) bool {
+	t.Helper()
+	if os.Getenv(netnsEnv) == "1" {
+		t.Log("running inside a private network namespace (lo only)")
+		return false
+	}
+	unshare, err := exec.LookPath("unshare")
+	if os.Geteuid() != 0 || err != nil {
+		t.Log("not root or no unshare: running on the host's loopback")
+		return false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, unshare, "--net", "--", "sh", "-c", `ip link set lo up && exec "$0" "$@"`,
+		os.Args[0], "-test.run=^"+t.Name()+"$", "-test.v", "-test.count=1", "-test.timeout=3m")
+	cmd.Env = append(os.Environ(), netnsEnv+"=1")
+	out, err := cmd.CombinedOutput()
+	for _, line := range strings.Split(string(out), "\n") {
+		if strings.Contains(line, "browser_test.go") || strings.HasPrefix(line, "---") || strings.Contains(line, "panic") {
+			t.Log(strings.TrimSpace(line))
+		}
+	}
+	if err != nil {
+		t.Fatalf("the test in its network namespace failed: %v", err)
+	}
+	return true
+}
+
 func TestBrowsersTwo(t *testing.T) {
 	skipWithoutChromium(t)
+	if isolated(t) {
+		return
+	}
 	room(t, startStack(t, false), 2, nil)
 }
 
 func TestBrowsersThree(t *testing.T) {
 	skipWithoutChromium(t)
+	if isolated(t) {
+		return
+	}
 	room(t, startStack(t, false), 3, nil)
 }
 
 func TestBrowsersRelay(t *testing.T) {
 	skipWithoutChromium(t)
+	if isolated(t) {
+		return
+	}
 	room(t, startStack(t, true), 2, map[int]bool{1: true})
 }

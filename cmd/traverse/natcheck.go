@@ -3,8 +3,11 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
+	"io"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/traverse-rtc/traverse/client/nat"
@@ -20,7 +23,10 @@ type natcheckConfig struct {
 	Attempts    int           `yaml:"attempts"`
 }
 
-func runNatcheck(ctx context.Context, args []string) error {
+func runNatcheck(ctx context.Context, args []string) error { return natcheck(ctx, os.Stdout, args) }
+
+// natcheck runs the command, writing its report to w.
+func natcheck(ctx context.Context, w io.Writer, args []string) error {
 	var cfg natcheckConfig
 	fs := newFlagSet("natcheck", "natcheck [flags] HOST:PORT\n\nReports this host's NAT mapping and filtering behaviour, hairpinning and\n(with --lifetime) the UDP binding lifetime, asking an RFC 5780 STUN server\n(traverse stun --other-address, coturn with two listening IPs).")
 	fs.BoolVar(&cfg.JSON, "json", false, "print the report as JSON")
@@ -29,7 +35,7 @@ func runNatcheck(ctx context.Context, args []string) error {
 	fs.DurationVar(&cfg.LifetimeMax, "lifetime-max", 2*time.Minute, "longest binding lifetime tried")
 	fs.DurationVar(&cfg.RTO, "rto", 200*time.Millisecond, "first retransmission timeout (doubles per retransmission)")
 	fs.IntVar(&cfg.Attempts, "attempts", 4, "requests per transaction before a test gives up")
-	rest, err := config.Load(fs, args, &cfg)
+	rest, err := config.Load(fs, flagsFirst(fs, args), &cfg)
 	if err != nil {
 		return err
 	}
@@ -43,16 +49,50 @@ func runNatcheck(ctx context.Context, args []string) error {
 	})
 	if err != nil {
 		if cfg.JSON {
-			fmt.Fprintf(os.Stdout, "{\"error\": %q}\n", err.Error())
+			fmt.Fprintf(w, "{\"error\": %q}\n", err.Error())
 		}
 		return err
 	}
 	if cfg.JSON {
-		_, err = os.Stdout.Write(rep.JSON())
+		_, err = w.Write(rep.JSON())
 		return err
 	}
-	_, err = fmt.Fprint(os.Stdout, rep.String())
+	_, err = fmt.Fprint(w, rep.String())
 	return err
+}
+
+// flagsFirst moves the positional arguments after the flags, so that
+// "natcheck HOST:PORT --json" works like "natcheck --json HOST:PORT".
+func flagsFirst(fs *flag.FlagSet, args []string) []string {
+	var flags, pos []string
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if a == "--" {
+			pos = append(pos, args[i+1:]...)
+			break
+		}
+		if !strings.HasPrefix(a, "-") || a == "-" {
+			pos = append(pos, a)
+			continue
+		}
+		flags = append(flags, a)
+		name := strings.TrimLeft(a, "-")
+		if strings.Contains(name, "=") {
+			continue
+		}
+		f := fs.Lookup(name)
+		if f == nil {
+			continue
+		}
+		if b, ok := f.Value.(interface{ IsBoolFlag() bool }); ok && b.IsBoolFlag() {
+			continue
+		}
+		if i+1 < len(args) {
+			i++
+			flags = append(flags, args[i])
+		}
+	}
+	return append(append(flags, "--"), pos...)
 }
 
 func init() {

@@ -290,3 +290,16 @@ func TestConfigErrors(t *testing.T) {
 		}
 	}
 }
+
+func TestIPv6(t *testing.T) {
+	c, err := net.ListenUDP("udp6", &net.UDPAddr{IP: net.IPv6loopback})
+	if err != nil {
+		t.Skipf("no IPv6 loopback: %v", err)
+	}
+	defer c.Close()
+	s := stuntest.Start(t, stun.Config{Listen: "[::1]:0"}, nil)
+	m, _ := exchange(t, c, s.Addr(), request(t, pstun.Fingerprint))
+	if got, want := addrOf(t, m, &pstun.XORMappedAddress{}), c.LocalAddr().String(); got != want {
+		t.Errorf("xor-mapped %s, want %s", got, want)
+	}
+}

@@ -23,25 +23,26 @@ import (
 
 // turnConfig is the turn role's configuration (flags, YAML, environment).
 type turnConfig struct {
-	Listen             string   `yaml:"listen"`
-	NoTCP              bool     `yaml:"no-tcp"`
-	TLSListen          string   `yaml:"tls-listen"`
-	TLSCert            string   `yaml:"tls-cert"`
-	TLSKey             string   `yaml:"tls-key"`
-	Realm              string   `yaml:"realm"`
-	Users              []string `yaml:"user"`
-	UsersFile          string   `yaml:"users-file"`
-	AuthSecret         string   `yaml:"auth-secret"`
-	RelayIP            string   `yaml:"relay-ip"`
-	RelayPorts         string   `yaml:"relay-ports"`
-	AllowLoopbackPeers bool     `yaml:"allow-loopback-peers"`
-	AllowPeers         []string `yaml:"allow-peer"`
-	DenyPeers          []string `yaml:"deny-peer"`
-	MaxAllocations     int      `yaml:"max-allocations"`
-	UserQuota          int      `yaml:"user-quota"`
-	Bandwidth          int64    `yaml:"bandwidth"`
-	AuthFailures       int      `yaml:"auth-failures-per-minute"`
-	Shards             int      `yaml:"shards"`
+	Listen             string        `yaml:"listen"`
+	NoTCP              bool          `yaml:"no-tcp"`
+	TLSListen          string        `yaml:"tls-listen"`
+	TLSCert            string        `yaml:"tls-cert"`
+	TLSKey             string        `yaml:"tls-key"`
+	Realm              string        `yaml:"realm"`
+	Users              []string      `yaml:"user"`
+	UsersFile          string        `yaml:"users-file"`
+	AuthSecret         string        `yaml:"auth-secret"`
+	RelayIP            string        `yaml:"relay-ip"`
+	RelayPorts         string        `yaml:"relay-ports"`
+	AllowLoopbackPeers bool          `yaml:"allow-loopback-peers"`
+	AllowPeers         []string      `yaml:"allow-peer"`
+	DenyPeers          []string      `yaml:"deny-peer"`
+	MaxAllocations     int           `yaml:"max-allocations"`
+	UserQuota          int           `yaml:"user-quota"`
+	Bandwidth          int64         `yaml:"bandwidth"`
+	AuthFailures       int           `yaml:"auth-failures-per-minute"`
+	Shards             int           `yaml:"shards"`
+	Coalesce           time.Duration `yaml:"coalesce"`
 }
 
 // bindTurnFlags registers the turn role's flags under prefix ("" for
@@ -70,14 +71,15 @@ func bindTurnFlags(fs *flag.FlagSet, prefix string, c *turnConfig, serve bool) {
 	fs.IntVar(&c.UserQuota, prefix+"user-quota", c.UserQuota, "allocations per user (0: unlimited); beyond: 486")
 	fs.Int64Var(&c.Bandwidth, prefix+"bandwidth", c.Bandwidth, "relayed `bytes` per second per allocation and direction (0: unlimited); excess is dropped")
 	fs.IntVar(&c.AuthFailures, prefix+"auth-failures-per-minute", c.AuthFailures, "failed authentications per source address per minute before its requests are dropped (0: 30; -1: no limit)")
-	fs.IntVar(&c.Shards, prefix+"shards", c.Shards, "SO_REUSEPORT UDP sockets on the listen port, one reader each")
+	fs.IntVar(&c.Shards, prefix+"shards", c.Shards, "UDP event loops, each with its own SO_REUSEPORT socket on the listen port and its own relay sockets (default 1)")
+	fs.DurationVar(&c.Coalesce, prefix+"coalesce", c.Coalesce, "under load, wait this long between event-loop wake-ups so one batch serves every queued packet (adds at most this delay; 0 disables)")
 }
 
 // serverConfig turns the flags into a turn.Config.
 func (c *turnConfig) serverConfig(log *slog.Logger, reg *admin.Server) (turn.Config, error) {
 	cfg := turn.Config{Realm: c.Realm, AuthSecret: c.AuthSecret, NoTCP: c.NoTCP, AllowLoopbackPeers: c.AllowLoopbackPeers,
 		MaxAllocations: c.MaxAllocations, MaxAllocationsPerUser: c.UserQuota, BandwidthPerAllocation: c.Bandwidth,
-		AuthFailuresPerMinute: c.AuthFailures, Shards: c.Shards, Software: "traverse", Log: log}
+		AuthFailuresPerMinute: c.AuthFailures, Shards: c.Shards, Coalesce: c.Coalesce, Software: "traverse", Log: log}
 	if reg != nil {
 		cfg.Registerer = reg.Registry
 	}

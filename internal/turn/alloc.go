@@ -34,7 +34,7 @@ type sender struct {
 	addr   netip.AddrPort
 }
 
-// udpWriter is the part of *udpio.Conn the control path writes with.
+// udpWriter sends one datagram to a UDP client (the engine's listener).
 type udpWriter interface {
 	WriteTo(b []byte, addr netip.AddrPort) error
 }
@@ -59,7 +59,8 @@ type channel struct {
 type allocation struct {
 	key     fiveTuple
 	out     sender
-	fd      int // the relay socket (owned; closed by the server on delete)
+	eng     *engine // the event loop serving fd
+	fd      int     // the relay socket (owned; closed by the server on delete)
 	relayed netip.AddrPort
 	user    string
 	integ   []byte // long-term key

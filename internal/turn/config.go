@@ -69,6 +69,12 @@ type Config struct {
 	// Shards is the number of SO_REUSEPORT UDP sockets on Listen, each with
 	// its own reader (default 1).
 	Shards int
+	// Coalesce, when positive, lets each event loop wait this long before
+	// its next epoll_wait whenever wake-ups arrive faster than that, so
+	// that one wake-up and one batch of system calls serve every packet
+	// queued meanwhile. It adds at most this much delay to relayed
+	// packets under load and none when traffic is light. 0 disables it.
+	Coalesce time.Duration
 	// Software, when set, is sent in the SOFTWARE attribute.
 	Software string
 

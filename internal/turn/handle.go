@@ -332,7 +332,11 @@ func (r *request) allocate() {
 	s.perUser[r.user]++
 	s.mu.Unlock()
 
-	fd, relayed, err := s.openRelay()
+	eng := s.engs[r.out.shard]
+	if r.out.stream != nil {
+		eng = s.engs[int(s.next.Add(1))%len(s.engs)]
+	}
+	fd, relayed, err := s.openRelay(eng)
 	if err != nil {
 		s.mu.Lock()
 		if s.perUser[r.user]--; s.perUser[r.user] <= 0 {
@@ -347,7 +351,7 @@ func (r *request) allocate() {
 		r.fail(stun.CodeInsufficientCapacity, nil)
 		return
 	}
-	a := &allocation{key: r.key, out: r.out, fd: fd, relayed: relayed, user: r.user, integ: r.integ,
+	a := &allocation{key: r.key, out: r.out, eng: eng, fd: fd, relayed: relayed, user: r.user, integ: r.integ,
 		tid: r.m.TransactionID, expires: r.now.Add(d).UnixNano()}
 	s.mu.Lock()
 	if s.closed || s.allocs[r.key] != nil {
@@ -356,7 +360,7 @@ func (r *request) allocate() {
 			delete(s.perUser, r.user)
 		}
 		s.mu.Unlock()
-		s.eng.remove(fd)
+		eng.remove(fd)
 		r.fail(stun.CodeAllocMismatch, nil)
 		return
 	}
@@ -367,7 +371,7 @@ func (r *request) allocate() {
 	if r.out.stream != nil {
 		r.out.stream.setAlloc(a)
 	}
-	if err := s.eng.add(fd); err != nil {
+	if err := eng.add(fd); err != nil {
 		s.cfg.Log.Warn("turn: epoll add", "err", err)
 	}
 	s.m.allocations.Inc()
@@ -502,7 +506,7 @@ func (r *request) channelBind() {
 		return
 	}
 	var sa sockaddr
-	if !encodeSockaddr(peer, r.s.eng.v6, &sa) {
+	if !encodeSockaddr(peer, r.s.cfg.RelayIP.Is6(), &sa) {
 		r.fail(stun.CodePeerAddrFamilyMismatch, nil)
 		return
 	}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -78,13 +79,21 @@ type mmsghdr struct {
 	_   [4]byte
 }
 
-// engine serves every relay socket from one epoll set and one goroutine.
+// engine is one event loop: a UDP listener socket and the relay sockets of
+// the allocations made through it, in one epoll set, served by one
+// goroutine locked to its thread, much as coturn's relay threads are. The
+// thread blocks in epoll_wait itself: parking in Go's netpoller instead
+// would add a second epoll_wait and a scheduler hand-off to every wake-up,
+// which at RTP packet rates (one packet per wake-up) is most of the cost.
 type engine struct {
 	s     *Server
+	shard int
+	lfd   int // listener socket
+	laddr netip.AddrPort
+	lv6   bool // listener is AF_INET6
 	epfd  int
 	evfd  int
-	v6    bool
-	batch int
+	v6    bool // relay sockets are AF_INET6
 
 	closed atomic.Bool
 	once   sync.Once
@@ -95,38 +104,84 @@ type engine struct {
 	names  []unix.RawSockaddrInet6
 	bufs   [][]byte
 	events []unix.EpollEvent
-	out    [][]udpio.Message // per UDP shard
+	out    []udpio.Message
+	whdrs  []mmsghdr
+	wiov   []unix.Iovec
+	wsa    []sockaddr
 	tid    [12]byte
 	ctr    uint64
+	up     relayStats
+	down   downStats
 }
 
-const bufSize = headroom + udpio.MaxPacket + 4
+const (
+	engineBatch = 64
+	bufSize     = headroom + udpio.MaxPacket + 4
+)
 
-func newEngine(s *Server) (*engine, error) {
-	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+// newEngine opens the listener socket (joining port when non-zero) and the
+// epoll set.
+func newEngine(s *Server, shard int, listen netip.AddrPort, reusePort bool) (*engine, error) {
+	e := &engine{s: s, shard: shard, lfd: -1, epfd: -1, evfd: -1, v6: s.cfg.RelayIP.Is6()}
+	fail := func(err error) (*engine, error) { e.close(); return nil, err }
+	la := listen.Addr()
+	e.lv6 = la.Is6() && !la.Is4In6()
+	fam := unix.AF_INET
+	if e.lv6 {
+		fam = unix.AF_INET6
+	}
+	fd, err := unix.Socket(fam, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return nil, fmt.Errorf("turn: epoll: %w", err)
+		return fail(fmt.Errorf("turn: socket: %w", err))
 	}
-	evfd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	e.lfd = fd
+	if reusePort {
+		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+	}
+	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 4<<20)
+	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, 4<<20)
+	var sa unix.Sockaddr
+	if e.lv6 {
+		sa = &unix.SockaddrInet6{Port: int(listen.Port()), Addr: la.As16()}
+	} else {
+		sa = &unix.SockaddrInet4{Port: int(listen.Port()), Addr: la.Unmap().As4()}
+	}
+	if err := unix.Bind(fd, sa); err != nil {
+		return fail(fmt.Errorf("turn: listen udp %s: %w", listen, err))
+	}
+	got, err := unix.Getsockname(fd)
 	if err != nil {
-		unix.Close(epfd)
-		return nil, fmt.Errorf("turn: eventfd: %w", err)
+		return fail(fmt.Errorf("turn: getsockname: %w", err))
 	}
-	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, evfd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(evfd)}); err != nil {
-		unix.Close(epfd)
-		unix.Close(evfd)
-		return nil, fmt.Errorf("turn: epoll: %w", err)
+	switch g := got.(type) {
+	case *unix.SockaddrInet4:
+		e.laddr = netip.AddrPortFrom(netip.AddrFrom4(g.Addr), uint16(g.Port))
+	case *unix.SockaddrInet6:
+		e.laddr = netip.AddrPortFrom(netip.AddrFrom16(g.Addr).Unmap(), uint16(g.Port))
 	}
-	const batch = 64
-	e := &engine{s: s, epfd: epfd, evfd: evfd, v6: s.cfg.RelayIP.Is6(), batch: batch,
-		hdrs: make([]mmsghdr, batch), iov: make([]unix.Iovec, batch), names: make([]unix.RawSockaddrInet6, batch),
-		bufs: make([][]byte, batch), events: make([]unix.EpollEvent, 128), out: make([][]udpio.Message, len(s.udp))}
-	slab := make([]byte, batch*bufSize)
+	if e.epfd, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); err != nil {
+		return fail(fmt.Errorf("turn: epoll: %w", err))
+	}
+	if e.evfd, err = unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK); err != nil {
+		return fail(fmt.Errorf("turn: eventfd: %w", err))
+	}
+	for _, f := range []int{e.evfd, e.lfd} {
+		if err := e.add(f); err != nil {
+			return fail(fmt.Errorf("turn: epoll: %w", err))
+		}
+	}
+	e.hdrs = make([]mmsghdr, engineBatch)
+	e.iov = make([]unix.Iovec, engineBatch)
+	e.names = make([]unix.RawSockaddrInet6, engineBatch)
+	e.bufs = make([][]byte, engineBatch)
+	e.events = make([]unix.EpollEvent, 128)
+	e.out = make([]udpio.Message, 0, engineBatch)
+	e.whdrs = make([]mmsghdr, engineBatch)
+	e.wiov = make([]unix.Iovec, engineBatch)
+	e.wsa = make([]sockaddr, engineBatch)
+	slab := make([]byte, engineBatch*bufSize)
 	for i := range e.bufs {
 		e.bufs[i] = slab[i*bufSize : (i+1)*bufSize : (i+1)*bufSize]
-	}
-	for i := range e.out {
-		e.out[i] = make([]udpio.Message, 0, batch)
 	}
 	_, _ = cryptoRead(e.tid[:4])
 	return e, nil
@@ -163,17 +218,26 @@ func (e *engine) add(fd int) error {
 	return unix.EpollCtl(e.epfd, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(fd)})
 }
 
-// remove takes fd out of the epoll set and closes it.
+// remove takes relay socket fd out of the epoll set and closes it.
 func (e *engine) remove(fd int) {
 	_ = unix.EpollCtl(e.epfd, unix.EPOLL_CTL_DEL, fd, nil)
 	_ = unix.Close(fd)
 }
 
-// wake makes run return once closed is set.
+// WriteTo sends one datagram from the listener socket (control-path
+// answers). Safe for concurrent use: one sendto per datagram.
+func (e *engine) WriteTo(b []byte, addr netip.AddrPort) error {
+	var sa sockaddr
+	if !encodeSockaddr(addr, e.lv6, &sa) {
+		return ErrUnsupported
+	}
+	return sendTo(e.lfd, b, &sa)
+}
+
+// wake makes run return.
 func (e *engine) wake() {
 	e.closed.Store(true)
-	var one [8]byte
-	one[7] = 1
+	one := [8]byte{7: 1}
 	if isLittleEndian {
 		one = [8]byte{1}
 	}
@@ -182,19 +246,23 @@ func (e *engine) wake() {
 
 var isLittleEndian = func() bool { x := uint16(1); return *(*byte)(unsafe.Pointer(&x)) == 1 }()
 
+// close releases the listener, epoll and eventfd (after run returned).
 func (e *engine) close() {
 	e.once.Do(func() {
-		_ = unix.Close(e.epfd)
-		_ = unix.Close(e.evfd)
+		for _, fd := range []int{e.lfd, e.epfd, e.evfd} {
+			if fd >= 0 {
+				_ = unix.Close(fd)
+			}
+		}
 	})
 }
 
-// run relays peer packets to clients until wake.
+// run serves the listener and the relay sockets until wake.
 func (e *engine) run() {
 	s := e.s
-	var st downStats
+	var last, yielded int64
 	for {
-		n, err := unix.EpollWait(e.epfd, e.events, -1)
+		n, err := unix.EpollWait(e.epfd, e.events, 5)
 		if e.closed.Load() {
 			return
 		}
@@ -206,52 +274,107 @@ func (e *engine) run() {
 			time.Sleep(10 * time.Millisecond)
 			continue
 		}
+		now := time.Now().UnixNano()
+		if n == 0 {
+			runtime.Gosched()
+			yielded = now
+			continue
+		}
 		used := 0
 		for i := 0; i < n; i++ {
 			fd := int(e.events[i].Fd)
-			if fd == e.evfd {
+			switch fd {
+			case e.evfd:
+				continue
+			case e.lfd:
+				used = e.fromClients(used)
 				continue
 			}
-			s.mu.RLock()
-			a := s.byFD[int32(fd)]
-			s.mu.RUnlock()
-			if a == nil {
-				continue
-			}
-			// Drain at most one batch per socket per round, for fairness.
-			a.mu.Lock()
-			if a.closed {
-				a.mu.Unlock()
-				continue
-			}
-			if used == e.batch {
-				a.mu.Unlock()
-				e.flush(&st)
-				used = 0
-				a.mu.Lock()
-				if a.closed {
-					a.mu.Unlock()
-					continue
-				}
-			}
-			k := e.recv(fd, used)
-			now := time.Now().UnixNano()
-			for j := used; j < used+k; j++ {
-				e.toClientLocked(a, j, int(e.hdrs[j].len), decodeSockaddr(&e.names[j]), now, &st)
-			}
-			a.mu.Unlock()
-			used += k
+			used = e.fromPeers(fd, used, now)
 		}
-		e.flush(&st)
+		e.flush()
+		// Coalesce wake-ups under load: when wake-ups come faster than
+		// the coalescing interval, wait that long before the next
+		// epoll_wait so that one wake-up and one batch serve every packet
+		// that arrived meanwhile. Idle or light traffic is not delayed.
+		if c := s.cfg.Coalesce; c > 0 && now-last < int64(c) {
+			ts := unix.NsecToTimespec(int64(c))
+			_ = unix.Nanosleep(&ts, nil)
+		}
+		last = now
+		// A goroutine that only ever goes from one system call to the next
+		// looks stuck to the runtime: after 10 ms sysmon preempts it with
+		// a signal, takes its P away and polls every 20 us again. Passing
+		// through the scheduler at least every 5 ms (epoll_wait's timeout)
+		// keeps sysmon asleep.
+		if now-yielded > int64(2*time.Millisecond) {
+			runtime.Gosched()
+			yielded = now
+		}
 	}
 }
 
-// recv reads what fd has queued into slots from used on; it returns how
-// many datagrams it read.
-func (e *engine) recv(fd, used int) int {
-	n := e.batch - used
-	for i := used; i < e.batch; i++ {
-		b := e.bufs[i][headroom : bufSize-4]
+// fromClients drains the listener: ChannelData goes to its peer straight
+// from the receive buffer, STUN messages to the control path.
+func (e *engine) fromClients(used int) int {
+	s := e.s
+	for rounds := 0; rounds < 4; rounds++ {
+		if used == engineBatch {
+			e.flush()
+			used = 0
+		}
+		k := e.recv(e.lfd, used, 0)
+		for j := used; j < used+k; j++ {
+			b := e.bufs[j][:e.hdrs[j].len]
+			from := decodeSockaddr(&e.names[j])
+			key := fiveTuple{protoUDP, from}
+			if isChannelData(b) {
+				s.relayChannelData(key, b, &e.up)
+				continue
+			}
+			s.handleMessage(b, key, sender{udp: e, shard: e.shard, addr: from}, &e.up)
+		}
+		// Slots read from the listener are done with once handled.
+		if k < engineBatch-used {
+			return used
+		}
+	}
+	return used
+}
+
+// fromPeers drains relay socket fd into the batch (at most one batch per
+// socket per round, for fairness) and frames each packet for its client.
+func (e *engine) fromPeers(fd, used int, now int64) int {
+	s := e.s
+	s.mu.RLock()
+	a := s.byFD[int32(fd)]
+	s.mu.RUnlock()
+	if a == nil {
+		return used
+	}
+	if used == engineBatch {
+		e.flush()
+		used = 0
+	}
+	a.mu.Lock()
+	if a.closed {
+		a.mu.Unlock()
+		return used
+	}
+	k := e.recv(fd, used, headroom)
+	for j := used; j < used+k; j++ {
+		e.toClientLocked(a, j, int(e.hdrs[j].len), decodeSockaddr(&e.names[j]), now, &e.down)
+	}
+	a.mu.Unlock()
+	return used + k
+}
+
+// recv reads what fd has queued into slots from used on, each at offset
+// off; it returns how many datagrams it read.
+func (e *engine) recv(fd, used, off int) int {
+	n := engineBatch - used
+	for i := used; i < engineBatch; i++ {
+		b := e.bufs[i][off : bufSize-4]
 		e.iov[i].Base = &b[0]
 		e.iov[i].SetLen(len(b))
 		h := &e.hdrs[i].hdr
@@ -314,19 +437,19 @@ func (e *engine) toClientLocked(a *allocation, j, n int, peer netip.AddrPort, no
 		}
 		return
 	}
-	sh := a.out.shard
-	e.out[sh] = append(e.out[sh], udpio.Message{Buf: buf[start : start+length], N: length, Addr: a.out.addr})
+	e.out = append(e.out, udpio.Message{Buf: buf[start : start+length], N: length, Addr: a.out.addr})
 }
 
-func (e *engine) flush(st *downStats) {
-	for i, out := range e.out {
-		if len(out) == 0 {
-			continue
-		}
-		_, _ = e.s.udp[i].WriteBatch(out)
-		clear(out)
-		e.out[i] = out[:0]
+// flush sends the batch to the clients with sendmmsg and publishes the
+// round's counters.
+func (e *engine) flush() {
+	if len(e.out) > 0 {
+		e.sendBatch(e.out)
+		clear(e.out)
+		e.out = e.out[:0]
 	}
+	e.up.flush(e.s.m)
+	st := &e.down
 	m := e.s.m
 	if st.packets > 0 {
 		m.toClientPackets.Add(float64(st.packets))
@@ -336,4 +459,42 @@ func (e *engine) flush(st *downStats) {
 	addIf(m.dropBandwidth, st.bw)
 	addIf(m.dropQueueFull, st.queue)
 	*st = downStats{}
+}
+
+// sendBatch writes msgs from the listener socket; a datagram the kernel
+// refuses is skipped and counted.
+func (e *engine) sendBatch(msgs []udpio.Message) {
+	k := 0
+	for i := range msgs {
+		if !encodeSockaddr(msgs[i].Addr, e.lv6, &e.wsa[k]) {
+			e.s.m.dropSendError.Inc()
+			continue
+		}
+		b := msgs[i].Buf[:msgs[i].N]
+		e.wiov[k].Base = &b[0]
+		e.wiov[k].SetLen(len(b))
+		h := &e.whdrs[k].hdr
+		h.Name = (*byte)(unsafe.Pointer(&e.wsa[k].raw))
+		h.Namelen = e.wsa[k].n
+		h.Iov = &e.wiov[k]
+		h.Iovlen = 1
+		h.Control = nil
+		h.Controllen = 0
+		h.Flags = 0
+		k++
+	}
+	for off := 0; off < k; {
+		r, _, errno := unix.Syscall6(unix.SYS_SENDMMSG, uintptr(e.lfd), uintptr(unsafe.Pointer(&e.whdrs[off])), uintptr(k-off), unix.MSG_DONTWAIT, 0, 0)
+		if errno != 0 {
+			if errno == unix.EINTR {
+				continue
+			}
+			// The datagram at off failed (full buffer, unreachable):
+			// drop it and go on.
+			e.s.m.dropSendError.Inc()
+			off++
+			continue
+		}
+		off += int(r)
+	}
 }

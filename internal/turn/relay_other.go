@@ -14,7 +14,12 @@ func sendTo(int, []byte, *sockaddr) error                 { return ErrUnsupporte
 
 var errAddrInUse = errors.New("address in use")
 
-type engine struct{ v6 bool }
+type engine struct {
+	laddr netip.AddrPort
+	v6    bool
+}
+
+func (e *engine) WriteTo([]byte, netip.AddrPort) error { return ErrUnsupported }
 
 func newEngine(*Server) (*engine, error)           { return nil, ErrUnsupported }
 func (e *engine) open(netip.AddrPort) (int, error) { return -1, ErrUnsupported }

@@ -1,7 +1,6 @@
 package turn
 
 import (
-	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -9,9 +8,8 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
-
-	"github.com/traverse-rtc/traverse/internal/udpio"
 )
 
 // Server is a running TURN server. Create it with New; stop it with Close.
@@ -20,9 +18,9 @@ type Server struct {
 	m      *metrics
 	filter peerFilter
 	nonces *nonces
-	eng    *engine
+	engs   []*engine     // one per UDP shard
+	next   atomic.Uint32 // round robin of stream allocations over engines
 
-	udp   []*udpio.Conn
 	tcpLn net.Listener
 	tlsLn net.Listener
 
@@ -94,26 +92,17 @@ func addrString(l net.Listener) string {
 }
 
 func (s *Server) listen() error {
-	ctx := context.Background()
-	network := "udp4"
-	if s.cfg.Listen.Addr().Is6() && !s.cfg.Listen.Addr().Is4In6() {
-		network = "udp6"
-	}
-	o := udpio.Options{ReadBuffer: 4 << 20, WriteBuffer: 4 << 20}
-	var err error
-	if s.cfg.Shards > 1 {
-		s.udp, err = udpio.ListenGroup(ctx, network, s.cfg.Listen.String(), s.cfg.Shards, o)
-	} else {
-		var c *udpio.Conn
-		c, err = udpio.Listen(ctx, network, s.cfg.Listen.String(), o)
-		if c != nil {
-			s.udp = []*udpio.Conn{c}
+	listen := s.cfg.Listen
+	for i := 0; i < s.cfg.Shards; i++ {
+		e, err := newEngine(s, i, listen, s.cfg.Shards > 1)
+		if err != nil {
+			return err
 		}
+		s.engs = append(s.engs, e)
+		listen = e.laddr
 	}
-	if err != nil {
-		return err
-	}
-	port := s.udp[0].LocalAddr().Port()
+	var err error
+	port := s.engs[0].laddr.Port()
 	if !s.cfg.NoTCP {
 		s.tcpLn, err = net.Listen("tcp", netip.AddrPortFrom(s.cfg.Listen.Addr(), port).String())
 		if err != nil {
@@ -134,8 +123,7 @@ func (s *Server) listen() error {
 		}
 		s.tlsLn = tls.NewListener(ln, tc)
 	}
-	s.eng, err = newEngine(s)
-	return err
+	return nil
 }
 
 func (s *Server) initFilter() {
@@ -153,7 +141,7 @@ func (s *Server) initFilter() {
 	} else {
 		f.own = append(f.own, la)
 	}
-	f.ownEndpoints = append(f.ownEndpoints, netip.AddrPortFrom(la, s.udp[0].LocalAddr().Port()))
+	f.ownEndpoints = append(f.ownEndpoints, netip.AddrPortFrom(la, s.engs[0].laddr.Port()))
 	if s.tlsLn != nil {
 		ap := s.tlsLn.Addr().(*net.TCPAddr).AddrPort()
 		f.ownEndpoints = append(f.ownEndpoints, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()))
@@ -162,9 +150,9 @@ func (s *Server) initFilter() {
 }
 
 func (s *Server) start() {
-	for i, c := range s.udp {
+	for _, e := range s.engs {
 		s.wg.Add(1)
-		go func() { defer s.wg.Done(); s.readUDP(i, c) }()
+		go func() { defer s.wg.Done(); e.run() }()
 	}
 	if s.tcpLn != nil {
 		s.wg.Add(1)
@@ -174,13 +162,12 @@ func (s *Server) start() {
 		s.wg.Add(1)
 		go func() { defer s.wg.Done(); s.acceptLoop(s.tlsLn, protoTLS) }()
 	}
-	s.wg.Add(2)
-	go func() { defer s.wg.Done(); s.eng.run() }()
+	s.wg.Add(1)
 	go func() { defer s.wg.Done(); s.sweepLoop() }()
 }
 
 // Addr returns the UDP listener's address (TCP listens on the same one).
-func (s *Server) Addr() netip.AddrPort { return s.udp[0].LocalAddr() }
+func (s *Server) Addr() netip.AddrPort { return s.engs[0].laddr }
 
 // TCPAddr returns the TCP listener's address, if any.
 func (s *Server) TCPAddr() netip.AddrPort { return lnAddr(s.tcpLn) }
@@ -234,8 +221,8 @@ func (s *Server) Close() error {
 		for _, sc := range streams {
 			sc.close()
 		}
-		if s.eng != nil {
-			s.eng.wake()
+		for _, e := range s.engs {
+			e.wake()
 		}
 		s.wg.Wait()
 		s.mu.Lock()
@@ -247,52 +234,19 @@ func (s *Server) Close() error {
 		for _, a := range all {
 			s.deleteAllocation(a)
 		}
-		if s.eng != nil {
-			s.eng.close()
+		for _, e := range s.engs {
+			e.close()
 		}
 	})
 	return nil
 }
 
 func (s *Server) closeSockets() {
-	for _, c := range s.udp {
-		_ = c.Close()
-	}
 	if s.tcpLn != nil {
 		_ = s.tcpLn.Close()
 	}
 	if s.tlsLn != nil {
 		_ = s.tlsLn.Close()
-	}
-}
-
-func (s *Server) readUDP(shard int, c *udpio.Conn) {
-	msgs := udpio.NewMessages(udpio.DefaultBatch, udpio.MaxPacket)
-	var st relayStats
-	for {
-		n, err := c.ReadBatch(msgs)
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			s.cfg.Log.Debug("turn: udp read", "err", err)
-			select {
-			case <-s.done:
-				return
-			case <-time.After(10 * time.Millisecond):
-			}
-			continue
-		}
-		for i := 0; i < n; i++ {
-			b := msgs[i].Payload()
-			key := fiveTuple{protoUDP, msgs[i].Addr}
-			if isChannelData(b) {
-				s.relayChannelData(key, b, &st)
-				continue
-			}
-			s.handleMessage(b, key, sender{udp: c, shard: shard, addr: msgs[i].Addr}, &st)
-		}
-		st.flush(s.m)
 	}
 }
 
@@ -388,7 +342,7 @@ func (s *Server) relaySend(key fiveTuple, b []byte, st *relayStats) {
 		return
 	}
 	var sa sockaddr
-	if !encodeSockaddr(peer, s.eng.v6, &sa) {
+	if !encodeSockaddr(peer, s.cfg.RelayIP.Is6(), &sa) {
 		st.sendErr++
 		return
 	}
@@ -420,7 +374,7 @@ func (s *Server) isRelayAddr(ap netip.AddrPort) bool {
 }
 
 // openRelay binds a relay socket on a free port of the range.
-func (s *Server) openRelay() (int, netip.AddrPort, error) {
+func (s *Server) openRelay(e *engine) (int, netip.AddrPort, error) {
 	lo, hi := int(s.cfg.RelayPortLow), int(s.cfg.RelayPortHigh)
 	span := hi - lo + 1
 	start := rand.IntN(span)
@@ -433,7 +387,7 @@ func (s *Server) openRelay() (int, netip.AddrPort, error) {
 		if used {
 			continue
 		}
-		fd, err := s.eng.open(ap)
+		fd, err := e.open(ap)
 		if err == nil {
 			return fd, ap, nil
 		}
@@ -467,7 +421,7 @@ func (s *Server) deleteAllocation(a *allocation) {
 	s.mu.Unlock()
 	// closed is set under a.mu, and every user of fd holds a.mu and checks
 	// closed, so the socket can go now.
-	s.eng.remove(a.fd)
+	a.eng.remove(a.fd)
 	s.m.allocations.Dec()
 	s.m.permissions.Sub(float64(nperm))
 	s.m.channels.Sub(float64(nchan))

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Side-by-side TURN relay benchmark: traverse turn vs coturn's turnserver on
+# loopback, both driven by the same coturn turnutils_uclient load, one after
+# the other in one run. Reports each server's CPU (utime+stime from
+# /proc/PID/stat) per relayed packet, the loss, and the ratio.
+#
+# Usage: bench/turn-vs-coturn.sh [CLIENTS] [MSGS] [INTERVAL_MS] [LEN]
+#   defaults: 20 clients, 1000 messages each, 5 ms apart, 172 bytes.
+# Each delivered message is relayed twice by the server (to the peer and
+# back), so relayed packets = sent + received.
+set -euo pipefail
+clients=${1:-20}; msgs=${2:-1000}; interval=${3:-5}; len=${4:-172}
+cd "$(dirname "$0")/.."
+for b in turnserver turnutils_uclient turnutils_peer; do
+  command -v $b >/dev/null || { echo "missing $b (apt-get install coturn)"; exit 1; }
+done
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+free_port() { # first free UDP+TCP port from $1
+  local p=$1
+  while ss -Hlnu "sport = :$p" | grep -q . || ss -Hlnt "sport = :$p" | grep -q .; do p=$((p+1)); done
+  echo $p
+}
+tport=$(free_port 35478); cport=$(free_port $((tport+1))); pport=$(free_port $((cport+1)))
+hz=$(getconf CLK_TCK)
+cpu() { awk -v hz="$hz" '{printf "%.3f", ($14+$15)/hz}' /proc/$1/stat; }
+wait_port() { for _ in $(seq 100); do ss -Hlnu "sport = :$1" | grep -q . && return 0; sleep 0.05; done; echo "port $1 never opened"; exit 1; }
+
+go build -o "$work/traverse" ./cmd/traverse
+
+cat > "$work/coturn.conf" <<CONF
+listening-ip=127.0.0.1
+relay-ip=127.0.0.1
+listening-port=$cport
+min-port=52000
+max-port=52999
+lt-cred-mech
+user=bench:bench
+realm=bench
+fingerprint
+no-tls
+no-dtls
+allow-loopback-peers
+no-cli
+pidfile=$work/coturn.pid
+log-file=$work/coturn.log
+simple-log
+CONF
+
+turnutils_peer -L 127.0.0.1 -p "$pport" >/dev/null 2>&1 & pids+=($!)
+"$work/traverse" turn --listen 127.0.0.1:$tport --realm bench --user bench:bench \
+  --allow-loopback-peers --relay-ports 53000-53999 --log-level warn ${TRAVERSE_FLAGS:-} 2>"$work/traverse.log" & tpid=$!; pids+=($tpid)
+turnserver -c "$work/coturn.conf" >/dev/null 2>&1 & cpid=$!; pids+=($cpid)
+wait_port $tport; wait_port $cport; wait_port $pport
+
+run() { # name pid port
+  local name=$1 pid=$2 port=$3 c0 c1 out sent recv lost
+  c0=$(cpu "$pid")
+  out=$(turnutils_uclient -u bench -w bench -p "$port" -m "$clients" -n "$msgs" -z "$interval" -l "$len" \
+        -e 127.0.0.1 -r "$pport" 127.0.0.1 2>&1)
+  c1=$(cpu "$pid")
+  sent=$(grep -o 'tot_send_msgs=[0-9]*, tot_recv_msgs=[0-9]*' <<<"$out" | tail -1 | grep -o '[0-9]*' | head -1)
+  recv=$(grep -o 'tot_send_msgs=[0-9]*, tot_recv_msgs=[0-9]*' <<<"$out" | tail -1 | grep -o '[0-9]*' | tail -1)
+  lost=$(grep -o 'Total lost packets [0-9]*' <<<"$out" | grep -o '[0-9]*$')
+  awk -v n="$name" -v c0="$c0" -v c1="$c1" -v s="$sent" -v r="$recv" -v l="$lost" 'BEGIN {
+    cpu = c1 - c0; pk = s + r;
+    printf "%-9s sent %6d recv %6d lost %5d (%.2f%%)  cpu %6.2f s  %6.2f us/relayed packet  %8.0f packets/cpu-s\n",
+      n, s, r, l, 100*l/(s>0?s:1), cpu, (pk>0? 1e6*cpu/pk : 0), (cpu>0? pk/cpu : 0) }'
+  echo "$name $c0 $c1 $sent $recv" >> "$work/results"
+}
+
+echo "load: $clients clients x $msgs messages of $len bytes, ${interval} ms apart (turnutils_uclient, UDP)"
+run traverse "$tpid" "$tport"
+run coturn "$cpid" "$cport"
+awk '{cpu[$1]=$3-$2; pk[$1]=$4+$5} END {
+  t = cpu["traverse"]/pk["traverse"]; c = cpu["coturn"]/pk["coturn"];
+  printf "ratio: traverse relays %.2fx the packets per CPU-second of coturn\n", c/t }' "$work/results"

@@ -200,7 +200,7 @@ func (p *participant) addCandidate(c *bus.Candidate) error {
 func (p *participant) negotiate() {
 	p.negMu.Lock()
 	defer p.negMu.Unlock()
-	if p.closed {
+	if p.closed || p.pc == nil {
 		return
 	}
 	if p.awaitingAnswer || p.pc.SignalingState() != webrtc.SignalingStateStable {
@@ -237,7 +237,8 @@ func (p *participant) syncSubscriptions() {
 	}
 	want := p.room.tracksExcept(p)
 	p.negMu.Lock()
-	if p.closed {
+	if p.closed || p.pc == nil || p.pc.RemoteDescription() == nil {
+		// Not started yet: joined() syncs once the first answer is out.
 		p.negMu.Unlock()
 		return
 	}

@@ -202,3 +202,46 @@ func TestJoinErrors(t *testing.T) {
 		t.Fatalf("%d sessions left after failed joins", h.s.Sessions())
 	}
 }
+
+// TestConcurrentJoins: participants joining at the same moment as others
+// publish (a subscriber whose peer connection is not made yet must be
+// synced later, not crash the node).
+func TestConcurrentJoins(t *testing.T) {
+	h := newHarness(t, Config{})
+	const n = 8
+	clients := make([]*loadgen.Client, n)
+	done := make(chan int, n)
+	for i := range n {
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			c, err := loadgen.Dial(ctx, h.api, loadgen.NewBusSignaler(h.bc, "node1"), loadgen.ClientConfig{
+				Room: "busy", Identity: fmt.Sprintf("c%d", i), Publish: i%2 == 0, Subscribe: true, VideoBitrate: 100_000})
+			if err != nil {
+				t.Error(err)
+			}
+			clients[i] = c
+			done <- i
+		}()
+	}
+	for range n {
+		<-done
+	}
+	for _, c := range clients {
+		if c != nil {
+			t.Cleanup(func() { c.Close() })
+		}
+	}
+	if t.Failed() {
+		return
+	}
+	for i, c := range clients {
+		want := n / 2
+		if i%2 == 0 {
+			want--
+		}
+		waitFor(t, 20*time.Second, fmt.Sprintf("c%d receiving %d publishers", i, want), func() bool {
+			return received(c, want, want, 5)
+		})
+	}
+}

@@ -1,0 +1,236 @@
+package loadgen
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/pion/webrtc/v4"
+)
+
+// Config is one load run: Rooms rooms, each with Publishers participants
+// that publish and subscribe and Subscribers that only subscribe.
+type Config struct {
+	Rooms       int
+	Publishers  int
+	Subscribers int
+	Duration    time.Duration
+	// RoomPrefix names the rooms PREFIX0, PREFIX1, ... (default "load").
+	RoomPrefix   string
+	VideoBitrate int
+	Simulcast    bool
+	TCP          bool
+	// Parallel joins at once (default 8).
+	Parallel int
+	// NewSignaler makes each client's signaling.
+	NewSignaler func() Signaler
+	// Progress, when set, is called every second.
+	Progress func(Progress)
+}
+
+// Progress is the state once a second.
+type Progress struct {
+	Elapsed       time.Duration
+	Connected     int
+	Peers         int
+	PacketsPerSec float64
+	Loss          float64
+}
+
+// Summary is what a run measured.
+type Summary struct {
+	Rooms             int     `json:"rooms"`
+	Publishers        int     `json:"publishers_per_room"`
+	Subscribers       int     `json:"subscribers_per_room"`
+	Peers             int     `json:"peers"`
+	Connected         int     `json:"connected"`
+	JoinFailures      int     `json:"join_failures"`
+	Seconds           float64 `json:"seconds"`
+	PacketsReceived   uint64  `json:"packets_received"`
+	PacketsPerSecond  float64 `json:"packets_per_second"`
+	BitsPerSecond     float64 `json:"bits_per_second"`
+	PublishedPerSec   float64 `json:"published_packets_per_second"`
+	Lost              uint64  `json:"lost"`
+	LossFraction      float64 `json:"loss_fraction"`
+	JitterMeanMillis  float64 `json:"jitter_mean_ms"`
+	JoinP50Millis     float64 `json:"join_p50_ms"`
+	JoinP95Millis     float64 `json:"join_p95_ms"`
+	JoinP99Millis     float64 `json:"join_p99_ms"`
+	FirstJoinError    string  `json:"first_join_error,omitempty"`
+	ExpectedPerSecond float64 `json:"expected_packets_per_second"`
+}
+
+// Run joins every client, lets media flow for Duration (counted from when
+// every client has joined or failed), and returns the summary. The clients
+// are closed before it returns.
+func Run(ctx context.Context, api *webrtc.API, cfg Config) (Summary, error) {
+	if cfg.Rooms <= 0 || cfg.Publishers < 0 || cfg.Subscribers < 0 || cfg.Publishers+cfg.Subscribers == 0 {
+		return Summary{}, errors.New("loadgen: need rooms >= 1 and publishers + subscribers >= 1")
+	}
+	if cfg.RoomPrefix == "" {
+		cfg.RoomPrefix = "load"
+	}
+	if cfg.Parallel <= 0 {
+		cfg.Parallel = 8
+	}
+	if cfg.VideoBitrate == 0 {
+		cfg.VideoBitrate = 1_000_000
+	}
+	type spec struct {
+		cfg ClientConfig
+	}
+	var specs []spec
+	for r := range cfg.Rooms {
+		room := fmt.Sprintf("%s%d", cfg.RoomPrefix, r)
+		for i := range cfg.Publishers + cfg.Subscribers {
+			specs = append(specs, spec{ClientConfig{Room: room, Identity: fmt.Sprintf("%s-%d", room, i),
+				Publish: i < cfg.Publishers, Subscribe: true, Simulcast: cfg.Simulcast,
+				VideoBitrate: cfg.VideoBitrate, TCP: cfg.TCP}})
+		}
+	}
+	sum := Summary{Rooms: cfg.Rooms, Publishers: cfg.Publishers, Subscribers: cfg.Subscribers, Peers: len(specs)}
+	clients := make([]*Client, len(specs))
+	errs := make([]error, len(specs))
+	defer func() {
+		var wg sync.WaitGroup
+		for _, c := range clients {
+			if c != nil {
+				wg.Add(1)
+				go func() { defer wg.Done(); c.Close() }()
+			}
+		}
+		wg.Wait()
+	}()
+
+	start := time.Now()
+	sem := make(chan struct{}, cfg.Parallel)
+	var wg sync.WaitGroup
+	for i, sp := range specs {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			jctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			defer cancel()
+			c, err := Dial(jctx, api, cfg.NewSignaler(), sp.cfg)
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			clients[i] = c
+			select {
+			case <-c.Connected():
+			case <-jctx.Done():
+				errs[i] = fmt.Errorf("not connected: %w", jctx.Err())
+			}
+		}()
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			sum.JoinFailures++
+			if sum.FirstJoinError == "" {
+				sum.FirstJoinError = err.Error()
+			}
+		}
+	}
+	var joins []time.Duration
+	for _, c := range clients {
+		if c != nil && c.JoinTime() > 0 {
+			sum.Connected++
+			joins = append(joins, c.JoinTime())
+		}
+	}
+	slices.Sort(joins)
+	pct := func(p float64) float64 {
+		if len(joins) == 0 {
+			return 0
+		}
+		return float64(joins[min(len(joins)-1, int(p*float64(len(joins))))].Microseconds()) / 1000
+	}
+	sum.JoinP50Millis, sum.JoinP95Millis, sum.JoinP99Millis = pct(0.50), pct(0.95), pct(0.99)
+
+	fan := uint64(cfg.Publishers + cfg.Subscribers - 1)
+	sent := func() (n uint64) {
+		for _, c := range clients {
+			if c != nil {
+				n += c.Sent()
+			}
+		}
+		return n
+	}
+	totals := func() (pk, lost, bytes uint64, jit time.Duration, n int) {
+		for _, c := range clients {
+			if c == nil {
+				continue
+			}
+			for _, t := range c.Tracks() {
+				pk += t.Packets()
+				lost += t.Lost()
+				bytes += t.Bytes()
+				jit += t.Jitter()
+				n++
+			}
+		}
+		return
+	}
+	// Let renegotiation settle before measuring.
+	settle := time.NewTimer(time.Second)
+	select {
+	case <-settle.C:
+	case <-ctx.Done():
+	}
+	pk0, lost0, bytes0, _, _ := totals()
+	sent0 := sent()
+	t0 := time.Now()
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	end := time.NewTimer(cfg.Duration)
+	defer end.Stop()
+	lastPk, lastLost, lastAt := pk0, lost0, t0
+loop:
+	for {
+		select {
+		case <-ctx.Done():
+			break loop
+		case <-end.C:
+			break loop
+		case now := <-tick.C:
+			pk, lost, _, _, _ := totals()
+			if cfg.Progress != nil {
+				p := Progress{Elapsed: now.Sub(start), Connected: sum.Connected, Peers: sum.Peers,
+					PacketsPerSec: float64(pk-lastPk) / now.Sub(lastAt).Seconds()}
+				if d := pk - lastPk + lost - lastLost; d > 0 {
+					p.Loss = float64(lost-lastLost) / float64(d)
+				}
+				cfg.Progress(p)
+			}
+			lastPk, lastLost, lastAt = pk, lost, now
+		}
+	}
+	pk, lost, bytes, jit, n := totals()
+	secs := time.Since(t0).Seconds()
+	sum.Seconds = secs
+	sum.PacketsReceived = pk - pk0
+	sum.PacketsPerSecond = float64(pk-pk0) / secs
+	sum.BitsPerSecond = float64(bytes-bytes0) * 8 / secs
+	sum.Lost = lost - lost0
+	if d := sum.PacketsReceived + sum.Lost; d > 0 {
+		sum.LossFraction = float64(sum.Lost) / float64(d)
+	}
+	if n > 0 {
+		sum.JitterMeanMillis = float64(jit.Microseconds()) / float64(n) / 1000
+	}
+	// What the room layout should deliver: every packet published reaches
+	// every other participant of its room.
+	sum.PublishedPerSec = float64(sent()-sent0) / secs
+	sum.ExpectedPerSecond = sum.PublishedPerSec * float64(fan)
+	return sum, nil
+}

@@ -53,7 +53,16 @@ func resolve(ctx context.Context, hostport string) (netip.AddrPort, error) {
 	if err != nil || len(ips) == 0 {
 		return netip.AddrPort{}, fmt.Errorf("%w: resolve %q: %v", ErrUnreachable, host, err)
 	}
-	return netip.AddrPortFrom(ips[0].Unmap(), uint16(p)), nil
+	// Prefer IPv4: RFC 5780 servers are mostly deployed there, and a
+	// dual-stack name must not silently pick the family the server lacks.
+	ip := ips[0].Unmap()
+	for _, a := range ips {
+		if a.Unmap().Is4() {
+			ip = a.Unmap()
+			break
+		}
+	}
+	return netip.AddrPortFrom(ip, uint16(p)), nil
 }
 
 func (d *discovery) run(ctx context.Context) (rep Report, err error) {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net"
+	"strconv"
 	"testing"
 	"time"
 
@@ -102,5 +103,16 @@ func TestConfigErrors(t *testing.T) {
 		if _, err := nat.Discover(context.Background(), c); !errors.Is(err, nat.ErrConfig) {
 			t.Errorf("%+v: got %v, want ErrConfig", c, err)
 		}
+	}
+}
+
+func TestDiscoverByName(t *testing.T) {
+	s := stuntest.RFC5780(t)
+	rep, err := nat.Discover(context.Background(), nat.Config{Server: "localhost:" + strconv.Itoa(int(s.Addr().Port())), RTO: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Server != s.Addr() {
+		t.Errorf("asked %s, want %s", rep.Server, s.Addr())
 	}
 }

@@ -201,6 +201,9 @@ func counter(t testing.TB, reg *prometheus.Registry, name, label, value string) 
 			continue
 		}
 		for _, m := range mf.GetMetric() {
+			if label == "" {
+				return m.GetCounter().GetValue()
+			}
 			for _, l := range m.GetLabel() {
 				if l.GetName() == label && l.GetValue() == value {
 					return m.GetCounter().GetValue()
@@ -343,5 +346,36 @@ func TestServeLoopAllocs(t *testing.T) {
 		t.Errorf("%d heap allocations for %d transactions", d, 2*n)
 	} else {
 		t.Logf("%d heap allocations in the process for %d transactions", d, 2*n)
+	}
+}
+
+func TestMaxTCPConns(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	s := stuntest.Start(t, stun.Config{MaxTCPConns: 1}, reg)
+	first, err := net.Dial("tcp", s.TCPAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	// The first is being served once it answers.
+	req := request(t)
+	_ = first.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := first.Write(req.Raw); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(first, make([]byte, 20)); err != nil {
+		t.Fatal(err)
+	}
+	second, err := net.Dial("tcp", s.TCPAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer second.Close()
+	_ = second.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := second.Read(make([]byte, 1)); err == nil {
+		t.Fatal("second connection over the limit was served")
+	}
+	if v := counter(t, reg, "traverse_stun_tcp_refused_total", "", ""); v != 1 {
+		t.Errorf("refused counter %v, want 1", v)
 	}
 }

@@ -1,0 +1,103 @@
+package nat_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/traverse-rtc/traverse/client/nat"
+)
+
+// The client also works against an RFC 5780 server nobody here wrote:
+// coturn's turnserver listening on 127.0.0.1 and 127.0.0.2.
+func TestDiscoverAgainstCoturn(t *testing.T) {
+	bin, err := exec.LookPath("turnserver")
+	if err != nil {
+		t.Skipf("turnserver not installed (Debian package coturn): %v", err)
+	}
+	port := freePortPair(t)
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "turnserver.conf")
+	if err := os.WriteFile(conf, []byte(fmt.Sprintf(`listening-ip=127.0.0.1
+listening-ip=127.0.0.2
+listening-port=%d
+stun-only
+fingerprint
+no-tls
+no-dtls
+no-cli
+pidfile=%s/turnserver.pid
+log-file=%s/turnserver.log
+simple-log
+`, port, dir, dir)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cmd := exec.CommandContext(ctx, bin, "-c", conf)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cancel(); _ = cmd.Wait() })
+
+	server := "127.0.0.1:" + strconv.Itoa(port)
+	var rep nat.Report
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		rep, err = nat.Discover(context.Background(), nat.Config{Server: server, RTO: 50 * time.Millisecond, Attempts: 3})
+		if err == nil || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond) // coturn still starting
+	}
+	if err != nil {
+		t.Fatalf("against coturn: %v", err)
+	}
+	t.Logf("against coturn:\n%s", rep)
+	if rep.NAT || rep.Mapping != nat.EndpointIndependent || rep.Filtering != nat.EndpointIndependent || !rep.Hairpinning {
+		t.Errorf("got %+v, want no NAT, endpoint-independent mapping and filtering, hairpinning", rep)
+	}
+	if rep.OtherAddress.String() != "127.0.0.2:"+strconv.Itoa(port+1) {
+		t.Errorf("coturn's other address %s", rep.OtherAddress)
+	}
+}
+
+// freePortPair finds a port P free for UDP and TCP on 127.0.0.1 and
+// 127.0.0.2, with P+1 free too (coturn's alternate port).
+func freePortPair(t *testing.T) int {
+	t.Helper()
+	for range 50 {
+		a, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := a.LocalAddr().(*net.UDPAddr).Port
+		a.Close()
+		ok := p < 65000
+		for _, ip := range []string{"127.0.0.1", "127.0.0.2"} {
+			for _, q := range []int{p, p + 1} {
+				addr := ip + ":" + strconv.Itoa(q)
+				if u, err := net.ListenPacket("udp", addr); err == nil {
+					u.Close()
+				} else {
+					ok = false
+				}
+				if l, err := net.Listen("tcp", addr); err == nil {
+					l.Close()
+				} else {
+					ok = false
+				}
+			}
+		}
+		if ok {
+			return p
+		}
+	}
+	t.Fatal("no free port pair")
+	return 0
+}

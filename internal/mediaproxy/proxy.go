@@ -399,8 +399,8 @@ func (p *Proxy) upsert(d *Descriptor) (Reply, error) {
 	r := *old
 	var reoffload bool
 	if d.Client.IsValid() && (d.Client != r.client || rtcpOf(d.Client, d.ClientRTCP) != r.clientRTCP) {
-		if r.client.IsValid() && d.Client.Addr() != r.client.Addr() {
-			// The client moved (a re-INVITE): latch afresh.
+		if r.client.IsValid() && d.Client != r.client {
+			// The client moved (a re-INVITE or UPDATE): latch afresh.
 			r.clientSrc, r.clientRTCPSrc = netip.AddrPort{}, netip.AddrPort{}
 			reoffload = true
 		}

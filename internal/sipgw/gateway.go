@@ -398,6 +398,10 @@ func (g *Gateway) onRequest(req *sip.Request, tx sip.ServerTransaction) {
 		g.reply(tx, req, 483, "Too Many Hops")
 		return
 	}
+	// The server transaction keeps reading the request it was given: the
+	// gateway rewrites a copy.
+	orig := req
+	req = req.Clone()
 	src := source(req)
 	inside := g.isInside(src)
 	id := req.CallID().Value()
@@ -412,7 +416,7 @@ func (g *Gateway) onRequest(req *sip.Request, tx sip.ServerTransaction) {
 	switch {
 	case inDialog || (c != nil && !req.IsInvite()):
 		if c == nil {
-			g.reply(tx, req, 481, "Call/Transaction Does Not Exist")
+			g.reply(tx, orig, 481, "Call/Transaction Does Not Exist")
 			return
 		}
 		dest = c.inside
@@ -423,14 +427,14 @@ func (g *Gateway) onRequest(req *sip.Request, tx sip.ServerTransaction) {
 		if req.IsInvite() && !inside && !g.allow(src.Addr()) {
 			g.c.RateLimited.Add(1)
 			retry := sip.NewHeader("Retry-After", "5")
-			g.reply(tx, req, 503, "Service Unavailable", retry)
+			g.reply(tx, orig, 503, "Service Unavailable", retry)
 			return
 		}
 		if inside {
 			b := g.lookup(req.Recipient.User)
 			if b == nil {
 				g.c.NotFound.Add(1)
-				g.reply(tx, req, 404, "Not Found")
+				g.reply(tx, orig, 404, "Not Found")
 				return
 			}
 			req.Recipient = *b.contact.Clone()
@@ -456,11 +460,11 @@ func (g *Gateway) onRequest(req *sip.Request, tx sip.ServerTransaction) {
 			}
 			if errors.Is(err, mediaproxy.ErrNoPorts) {
 				g.c.NoMedia.Add(1)
-				g.reply(tx, req, 503, "Service Unavailable", sip.NewHeader("Retry-After", "10"))
+				g.reply(tx, orig, 503, "Service Unavailable", sip.NewHeader("Retry-After", "10"))
 				return
 			}
 			g.c.BadSDP.Add(1)
-			g.reply(tx, req, 488, "Not Acceptable Here")
+			g.reply(tx, orig, 488, "Not Acceptable Here")
 			return
 		}
 		req.SetBody(body)
@@ -471,7 +475,7 @@ func (g *Gateway) onRequest(req *sip.Request, tx sip.ServerTransaction) {
 		g.mu.Unlock()
 		g.c.CallsStarted.Add(1)
 	}
-	g.forward(req, tx, dest, c, inside, newCall)
+	g.forward(orig, req, tx, dest, c, inside, newCall)
 }
 
 type headerGetter interface{ GetHeader(string) sip.Header }
@@ -483,8 +487,7 @@ func isSDP(m headerGetter) bool {
 
 // forward relays req to dest in a client transaction and relays the
 // responses back, rewriting their SDP.
-func (g *Gateway) forward(req *sip.Request, tx sip.ServerTransaction, dest string, c *call, fromInside, newCall bool) {
-	orig := req.Clone()
+func (g *Gateway) forward(orig, req *sip.Request, tx sip.ServerTransaction, dest string, c *call, fromInside, newCall bool) {
 	g.removeOwnRoutes(req)
 	req.SetDestination(dest)
 	// The gateway speaks UDP to both sides whatever the client used.
@@ -501,7 +504,7 @@ func (g *Gateway) forward(req *sip.Request, tx sip.ServerTransaction, dest strin
 		if newCall {
 			g.endCall(c.id)
 		}
-		g.reply(tx, req, 503, "Service Unavailable")
+		g.reply(tx, orig, 503, "Service Unavailable")
 		return
 	}
 	defer clTx.Terminate()
@@ -545,7 +548,7 @@ func (g *Gateway) forward(req *sip.Request, tx sip.ServerTransaction, dest strin
 				g.endCall(c.id)
 			}
 			if err := clTx.Err(); err != nil && !req.IsInvite() {
-				g.reply(tx, req, 408, "Request Timeout")
+				g.reply(tx, orig, 408, "Request Timeout")
 			}
 			return
 		case <-tx.Done():

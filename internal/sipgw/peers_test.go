@@ -10,6 +10,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
@@ -26,6 +27,7 @@ type goUAS struct {
 	invites  atomic.Int64
 	byes     atomic.Int64
 	updates  atomic.Int64
+	cancels  atomic.Int64
 	mu       sync.Mutex
 	lastBody string
 }
@@ -59,6 +61,7 @@ func startUAS(t *testing.T, ip netip.Addr) *goUAS {
 	srv.OnInvite(func(req *sip.Request, tx sip.ServerTransaction) {
 		u.invites.Add(1)
 		if u.hold.Load() {
+			tx.OnCancel(func(*sip.Request) { u.cancels.Add(1) })
 			res := sip.NewResponseFromRequest(req, 180, "Ringing", nil)
 			_ = tx.Respond(res)
 			<-tx.Done()
@@ -136,6 +139,11 @@ func startUAC(t *testing.T, ip netip.Addr) *goUAC {
 	done := make(chan struct{})
 	go func() { _ = srv.ServeUDP(pc); close(done) }()
 	t.Cleanup(func() { pc.Close(); u.ua.Close(); <-done })
+	// Requests leave from the listener once the transport layer holds it.
+	waitFor(t, 5*time.Second, "UAC listener registered", func() bool {
+		c, err := u.ua.TransportLayer().GetConnection("udp", u.addr.String())
+		return err == nil && c != nil
+	})
 	return u
 }
 

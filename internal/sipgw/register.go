@@ -30,6 +30,8 @@ func (g *Gateway) onRegister(req *sip.Request, tx sip.ServerTransaction) {
 		g.reply(tx, req, 503, "Service Unavailable", sip.NewHeader("Retry-After", "5"))
 		return
 	}
+	in := req
+	req = req.Clone()
 	user := req.To().Address.User
 	var orig *sip.Uri
 	if ct := req.Contact(); ct != nil && !ct.Address.Wildcard {
@@ -45,7 +47,7 @@ func (g *Gateway) onRegister(req *sip.Request, tx sip.ServerTransaction) {
 	defer cancel()
 	clTx, err := g.client.TransactionRequest(ctx, req, g.fromListener, sipgo.ClientRequestAddVia, sipgo.ClientRequestDecreaseMaxForward)
 	if err != nil {
-		g.reply(tx, req, 503, "Service Unavailable")
+		g.reply(tx, in, 503, "Service Unavailable")
 		return
 	}
 	defer clTx.Terminate()
@@ -70,7 +72,7 @@ func (g *Gateway) onRegister(req *sip.Request, tx sip.ServerTransaction) {
 			}
 		case <-clTx.Done():
 			if clTx.Err() != nil {
-				g.reply(tx, req, 408, "Request Timeout")
+				g.reply(tx, in, 408, "Request Timeout")
 			}
 			return
 		}

@@ -43,6 +43,12 @@ type Link interface {
 	Close() error
 }
 
+// snapshotter is an optional Link capability: the room's participants and
+// tracks known so far, sent to the client right after joined.
+type snapshotter interface {
+	Snapshot() []NodeEvent
+}
+
 // NodeEventKind says what a NodeEvent carries.
 type NodeEventKind int
 

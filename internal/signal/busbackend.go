@@ -31,6 +31,10 @@ type BusBackend struct {
 type roomSubs struct {
 	sub   *bus.Subscription
 	sinks map[string]func(NodeEvent) // by session id
+	// parts and tracks are the room as its events told it since this
+	// server subscribed, for sessions that join later (Snapshot).
+	parts  map[string]Participant // by session id
+	tracks map[string][]Track     // by session id
 }
 
 // DefaultNodeCapacity is the peer count at which a node counts as full when
@@ -141,7 +145,7 @@ func (b *BusBackend) addSink(room, session string, sink func(NodeEvent)) error {
 	}
 	r := b.rooms[room]
 	if r == nil {
-		r = &roomSubs{sinks: map[string]func(NodeEvent){}}
+		r = &roomSubs{sinks: map[string]func(NodeEvent){}, parts: map[string]Participant{}, tracks: map[string][]Track{}}
 		sub, err := b.c.SubscribeRoomEvents(room, func(e bus.RoomEvent) { b.roomEvent(room, e) })
 		if err != nil {
 			return err
@@ -173,10 +177,15 @@ func (b *BusBackend) removeSink(room, session string) {
 // roomEvent relays e to every local session in room, except events about a
 // session to that session itself (a client knows it joined).
 func (b *BusBackend) roomEvent(room string, e bus.RoomEvent) {
+	ev, ok := roomEvent(e, "")
+	if !ok {
+		return
+	}
 	b.mu.Lock()
 	r := b.rooms[room]
 	var sinks []func(NodeEvent)
 	if r != nil {
+		r.record(ev)
 		for id, s := range r.sinks {
 			if id != e.Session || e.Type == bus.EventActiveSpeaker {
 				sinks = append(sinks, s)
@@ -184,14 +193,60 @@ func (b *BusBackend) roomEvent(room string, e bus.RoomEvent) {
 		}
 	}
 	b.mu.Unlock()
-	ev, ok := roomEvent(e, "")
-	if !ok {
-		return
-	}
 	for _, s := range sinks {
 		s(ev)
 	}
 }
+
+// record keeps the room's participants and tracks up to date.
+func (r *roomSubs) record(ev NodeEvent) {
+	id := ev.Participant.ID
+	switch {
+	case ev.Kind == NodeParticipant && ev.Event == EventJoined:
+		r.parts[id] = ev.Participant
+	case ev.Kind == NodeParticipant && ev.Event == EventLeft:
+		delete(r.parts, id)
+		delete(r.tracks, id)
+	case ev.Kind == NodeTrack && ev.Event == EventPublished:
+		r.parts[id] = ev.Participant
+		r.tracks[id] = append(r.tracks[id], ev.Track)
+	case ev.Kind == NodeTrack && ev.Event == EventUnpublished:
+		ts := r.tracks[id]
+		for i, t := range ts {
+			if t.ID == ev.Track.ID {
+				r.tracks[id] = append(ts[:i:i], ts[i+1:]...)
+				break
+			}
+		}
+	}
+}
+
+// snapshot returns the room's other participants and their tracks as the
+// events a session joining now missed.
+func (b *BusBackend) snapshot(room, self string) []NodeEvent {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	r := b.rooms[room]
+	if r == nil {
+		return nil
+	}
+	var out []NodeEvent
+	for id, p := range r.parts {
+		if id == self {
+			continue
+		}
+		out = append(out, NodeEvent{Kind: NodeParticipant, Event: EventJoined, Participant: p})
+		for _, t := range r.tracks[id] {
+			out = append(out, NodeEvent{Kind: NodeTrack, Event: EventPublished, Participant: p, Track: t})
+		}
+	}
+	return out
+}
+
+// Snapshot returns the participants and tracks of the link's room that
+// this signal server has heard of, as events, so that a joining client can
+// name the tracks it is about to receive. (Optional Link capability.)
+func (l *busLink) Snapshot() []NodeEvent { return l.b.snapshot(l.req.Room, l.req.Session) }
 
 // roomEvent converts a bus room event to a session's NodeEvent.
 func roomEvent(e bus.RoomEvent, _ string) (NodeEvent, bool) {

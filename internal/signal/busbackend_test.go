@@ -114,6 +114,20 @@ func TestBusBackend(t *testing.T) {
 	if m := c.recv(); m.Type != TypeSpeakers || m.Speakers[0].ID != "s2" || m.Speakers[0].Level != 80 {
 		t.Fatalf("speakers %+v", m)
 	}
+	// A second client of the room learns of bob and his track on joining.
+	c2 := dial(t, hs.URL)
+	c2.send(map[string]any{"type": "join", "token": token(t, Claims{Room: "r1", Identity: "carol", Subscribe: true})})
+	if m := c2.recv(); m.Type != TypeJoined {
+		t.Fatalf("%+v", m)
+	}
+	seen := map[string]bool{}
+	for range 3 {
+		m := c2.recv()
+		seen[m.Type+":"+m.Participant.Identity] = true
+	}
+	if !seen["participant:bob"] || !seen["track:bob"] || !seen["participant:alice"] {
+		t.Fatalf("snapshot: %v", seen)
+	}
 	c.send(map[string]any{"type": "leave"})
 	if m := c.recv(); m.Type != TypeBye {
 		t.Fatalf("bye %+v", m)

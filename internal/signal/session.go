@@ -238,6 +238,11 @@ func (ss *session) join(token string) error {
 	pub, sub := claims.Publish, claims.Subscribe
 	ss.send(ServerMessage{Type: TypeJoined, Room: claims.Room, Identity: claims.Identity, ParticipantID: pid,
 		Node: node.ID, Region: node.Region, Publish: &pub, Subscribe: &sub, ICEServers: ice}, true)
+	if sn, ok := link.(snapshotter); ok {
+		for _, ev := range sn.Snapshot() {
+			ss.nodeEvent(ev)
+		}
+	}
 	ss.s.log.Info("signal join", "room", claims.Room, "identity", claims.Identity, "participant", pid,
 		"node", node.ID, "client", ss.client)
 	return nil

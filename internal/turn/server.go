@@ -70,8 +70,24 @@ func New(cfg Config) (*Server, error) {
 		users:      cfg.Users,
 		done:       make(chan struct{}),
 	}
-	if err := s.listen(); err != nil {
+	// With port 0 the UDP socket picks the port and TCP must get the same
+	// one, which another process may hold: try a few ports.
+	var err error
+	for try := 0; try < 20; try++ {
+		if err = s.listen(); err == nil || cfg.Listen.Port() != 0 {
+			break
+		}
 		s.closeSockets()
+		for _, e := range s.engs {
+			e.close()
+		}
+		s.engs, s.tcpLn, s.tlsLn = nil, nil, nil
+	}
+	if err != nil {
+		s.closeSockets()
+		for _, e := range s.engs {
+			e.close()
+		}
 		return nil, err
 	}
 	s.initFilter()

@@ -58,9 +58,10 @@ type signalRole struct {
 	ln   net.Listener
 }
 
-// startSignal connects to the bus, binds the HTTP listener and returns the
-// role's main loop. turn, when set, supplies TURN URLs and credentials.
-func startSignal(c *signalConfig, natsURLs []string, turn *turnShare, log *slog.Logger, adm *admin.Server) (runner, error) {
+// startSignal connects to the bus and binds the HTTP listener; the role's
+// main loop is its run method. turn, when set, supplies TURN URLs and
+// credentials.
+func startSignal(c *signalConfig, natsURLs []string, turn *turnShare, log *slog.Logger, adm *admin.Server) (*signalRole, error) {
 	key := []byte(c.TokenKey)
 	if len(key) < 16 {
 		return nil, errors.New("signal: --token-key must be at least 16 bytes")
@@ -130,8 +131,12 @@ func startSignal(c *signalConfig, natsURLs []string, turn *turnShare, log *slog.
 	r := &signalRole{srv: srv, be: be, bc: bc, ln: ln,
 		http: &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second}}
 	log.Info("signal listening", "http", "http://"+ln.Addr().String(), "demo_tokens", c.DemoTokens)
-	return r.run, nil
+
+	return r, nil
 }
+
+// addr is the HTTP listener's address.
+func (r *signalRole) addr() string { return r.ln.Addr().String() }
 
 func (r *signalRole) run(ctx context.Context) error {
 	errc := make(chan error, 1)
@@ -180,10 +185,11 @@ func runSignal(ctx context.Context, args []string) error {
 		return errors.New("--nats is required")
 	}
 	adm := admin.New(log)
-	run, err := startSignal(&cfg.signalConfig, urls, nil, log.With("role", "signal"), adm)
+	role, err := startSignal(&cfg.signalConfig, urls, nil, log.With("role", "signal"), adm)
 	if err != nil {
 		return err
 	}
+	run := role.run
 	adminRun, err := startAdmin(adm, cfg.Admin)
 	if err != nil {
 		cctx, cancel := context.WithCancel(ctx)
@@ -215,7 +221,11 @@ func init() {
 				c.TokenKey = hex.EncodeToString(b)
 				env.log.Info("signal: random token key for this process (set --signal-token-key to mint tokens with traverse token)")
 			}
-			return startSignal(c, []string{env.natsURL}, env.turn, env.log.With("role", "signal"), env.admin)
+			role, err := startSignal(c, []string{env.natsURL}, env.turn, env.log.With("role", "signal"), env.admin)
+			if err != nil {
+				return nil, err
+			}
+			return role.run, nil
 		},
 	})
 }

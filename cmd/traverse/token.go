@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"time"
 
@@ -19,7 +20,9 @@ type tokenConfig struct {
 }
 
 // runToken mints an access token for the signal role (docs/signal.md).
-func runToken(_ context.Context, args []string) error {
+func runToken(_ context.Context, args []string) error { return mintToken(os.Stdout, args) }
+
+func mintToken(w io.Writer, args []string) error {
 	cfg := tokenConfig{Publish: true, Subscribe: true, TTL: 24 * time.Hour}
 	fs := newFlagSet("token", "token --token-key KEY --room ROOM --identity NAME [--publish=false] [--subscribe=false] [--ttl 24h]")
 	var configFile string
@@ -47,7 +50,7 @@ func runToken(_ context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	_, err = fmt.Fprintln(os.Stdout, tok)
+	_, err = fmt.Fprintln(w, tok)
 	return err
 }
 

@@ -63,8 +63,9 @@ func newSession(s *Server, conn *websocket.Conn, client netip.Addr) *session {
 // ends the session or the server closes.
 func (ss *session) run() {
 	var wg sync.WaitGroup
-	wg.Add(1)
+	wg.Add(2)
 	go func() { defer wg.Done(); ss.writeLoop() }()
+	go func() { defer wg.Done(); ss.pingLoop() }()
 	err := ss.readLoop()
 	ss.mu.Lock()
 	link, node, room, joined := ss.link, ss.node, ss.claims.Room, ss.joined
@@ -330,6 +331,35 @@ func (ss *session) writeLoop() {
 			if m.Fatal || m.Type == TypeBye {
 				_ = ss.conn.Close(websocket.StatusNormalClosure, m.Type)
 				ss.cancel(errors.New("closed"))
+				return
+			}
+		}
+	}
+}
+
+// pingInterval is how often an idle client is pinged (WebSocket ping,
+// RFC 6455 section 5.5.2); a client that does not pong within
+// pingTimeout is gone, and its session ends (leaving the room on the node).
+const (
+	pingInterval = 20 * time.Second
+	pingTimeout  = 15 * time.Second
+)
+
+func (ss *session) pingLoop() {
+	t := time.NewTicker(pingInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ss.ctx.Done():
+			return
+		case <-t.C:
+			ctx, cancel := context.WithTimeout(ss.ctx, pingTimeout)
+			err := ss.conn.Ping(ctx)
+			cancel()
+			if err != nil && ss.ctx.Err() == nil {
+				ss.s.log.Debug("signal client stopped answering pings", "client", ss.client, "err", err)
+				// Closing the connection ends the read loop, which ends the session.
+				_ = ss.conn.CloseNow()
 				return
 			}
 		}

@@ -26,7 +26,8 @@ Builds, lists and tears down NAT labs: network namespaces joined by veth
 links, with NATs made of nftables rules (see docs/netlab.md). Needs root.
 
 Commands:
-  up [--name NAME] [--no-stun] TOPOLOGY   build a lab and leave it running
+  up [--name NAME] [--no-stun] [--hairpin] [--mapping-timeout D] TOPOLOGY
+                                          build a lab and leave it running
   list                                    list the labs on this machine
   down NAME                               stop a lab's processes, delete its namespaces
   clean                                   tear down every lab (leftovers of crashed tests too)
@@ -34,7 +35,7 @@ Commands:
 Topologies:
   all      a client behind each NAT kind, plus two levels of NAT
   double   a client behind an eim-eif home NAT behind an eim-adf carrier NAT
-  KIND     a client behind one NAT of that kind: ` + "routed, eim-eif, eim-adf, eim-apdf,\n           symmetric-seq, symmetric-random, block-udp" + `
+  KIND     a client behind one NAT of that kind: ` + "routed, eim-eif, eim-adf, eim-apdf,\n           adm-apdf, symmetric-seq, symmetric-random, block-udp" + `
 
 Every topology has a host "stun" with two addresses on the lab's internet
 running "traverse stun" as an RFC 5780 server on 203.0.113.2:3478 (unless
@@ -86,12 +87,15 @@ var shortNames = map[netlab.Kind]string{
 	netlab.SymmetricSequential: "symseq",
 	netlab.SymmetricRandom:     "symrand",
 	netlab.BlockUDP:            "blockudp",
+	netlab.ADMAPDF:             "admapdf",
 }
 
 func labUp(w io.Writer, args []string) error {
-	fs := newFlagSet("lab up", "lab up [--name NAME] [--no-stun] TOPOLOGY")
+	fs := newFlagSet("lab up", "lab up [--name NAME] [--no-stun] [--hairpin] [--mapping-timeout D] TOPOLOGY")
 	name := fs.String("name", "demo", "lab `name`: its namespaces are tl-NAME-NODE")
 	noSTUN := fs.Bool("no-stun", false, "do not start the RFC 5780 STUN server")
+	hairpin := fs.Bool("hairpin", false, "make the NATs hairpin")
+	timeout := fs.Duration("mapping-timeout", 0, "idle UDP mapping lifetime of the NATs (0: conntrack's 30s/120s)")
 	var pos []string
 	for { // flags may follow the topology
 		if err := fs.Parse(args); err != nil {
@@ -122,6 +126,13 @@ func labUp(w io.Writer, args []string) error {
 		kinds = []netlab.Kind{k}
 	}
 
+	var opts []netlab.NATOption
+	if *hairpin {
+		opts = append(opts, netlab.Hairpin())
+	}
+	if *timeout > 0 {
+		opts = append(opts, netlab.MappingTimeout(*timeout))
+	}
 	lab, err := netlab.Open(*name)
 	if err != nil {
 		return err
@@ -131,7 +142,7 @@ func labUp(w io.Writer, args []string) error {
 	rows := []row{{"inet", "the internet (bridge, router)"}, {"stun", "host"}}
 	var clients []string // NATed ones first, for the hint
 	for _, k := range kinds {
-		n := lab.NAT(shortNames[k], lab.Internet(), k)
+		n := lab.NAT(shortNames[k], lab.Internet(), k, opts...)
 		c := lab.Host("c"+shortNames[k], n)
 		rows = append(rows, row{n.Name(), "NAT " + k.String()}, row{c.Name(), "host behind " + n.Name()})
 		if k == netlab.Routed {
@@ -141,8 +152,8 @@ func labUp(w io.Writer, args []string) error {
 		}
 	}
 	if double {
-		cgn := lab.NAT("cgn", lab.Internet(), netlab.EIMADF)
-		home := lab.NAT("home", cgn, netlab.EIMEIF)
+		cgn := lab.NAT("cgn", lab.Internet(), netlab.EIMADF, opts...)
+		home := lab.NAT("home", cgn, netlab.EIMEIF, opts...)
 		c := lab.Host("cdouble", home)
 		rows = append(rows, row{"cgn", "NAT eim-adf (carrier)"}, row{"home", "NAT eim-eif behind cgn"}, row{c.Name(), "host behind home"})
 		clients = append(clients, c.Namespace())

@@ -38,10 +38,14 @@ const (
 	// BlockUDP is a firewall that drops all UDP both ways and lets TCP
 	// (so TLS) through, translating it like EIMAPDF.
 	BlockUDP
+	// ADMAPDF maps address-dependently (one public port per inside
+	// socket and destination address, whatever the destination port) and
+	// filters address-and-port-dependently.
+	ADMAPDF
 )
 
 // Kinds lists every Kind.
-var Kinds = []Kind{Routed, EIMEIF, EIMADF, EIMAPDF, SymmetricSequential, SymmetricRandom, BlockUDP}
+var Kinds = []Kind{Routed, EIMEIF, EIMADF, EIMAPDF, ADMAPDF, SymmetricSequential, SymmetricRandom, BlockUDP}
 
 var kindNames = map[Kind]string{
 	Routed:              "routed",
@@ -51,6 +55,7 @@ var kindNames = map[Kind]string{
 	SymmetricSequential: "symmetric-seq",
 	SymmetricRandom:     "symmetric-random",
 	BlockUDP:            "block-udp",
+	ADMAPDF:             "adm-apdf",
 }
 
 func (k Kind) String() string {
@@ -102,6 +107,8 @@ func (k Kind) Mapping() Behavior {
 	switch k {
 	case Routed, EIMEIF, EIMADF, EIMAPDF:
 		return EndpointIndependent
+	case ADMAPDF:
+		return AddressDependent
 	case SymmetricSequential, SymmetricRandom:
 		return AddressAndPortDependent
 	}
@@ -115,7 +122,7 @@ func (k Kind) Filtering() Behavior {
 		return EndpointIndependent
 	case EIMADF:
 		return AddressDependent
-	case EIMAPDF, SymmetricSequential, SymmetricRandom:
+	case EIMAPDF, ADMAPDF, SymmetricSequential, SymmetricRandom:
 		return AddressAndPortDependent
 	}
 	return NoBehavior
@@ -129,10 +136,11 @@ func (k Kind) Translates() bool { return k != Routed }
 const (
 	natPortMin = 10000
 	natPortMax = 29999
-	// bindingTimeout is how long an idle mapping stays open to inbound
-	// packets in the filtering sets (conntrack's own UDP timeouts apply to
-	// the mapping itself: 30 s unreplied, 120 s replied).
-	bindingTimeout = 120 * time.Second
+	// defaultTimeout is how long an idle mapping stays open to inbound
+	// packets in the filtering sets when no MappingTimeout is given
+	// (conntrack's own UDP timeouts then time the mapping itself: 30 s
+	// unreplied, 120 s replied).
+	defaultTimeout = 120 * time.Second
 )
 
 // NAT is a node routing between a network it is attached to (its outside,
@@ -141,7 +149,34 @@ type NAT struct {
 	*Node
 	kind Kind
 	lan  *segment
+	opts natOptions
 }
+
+type natOptions struct {
+	hairpin bool
+	timeout time.Duration
+}
+
+// NATOption configures Lab.NAT.
+type NATOption func(*natOptions)
+
+// Hairpin makes the NAT hairpin UDP (RFC 4787 section 6, REQ-9): a
+// packet from inside to one of its public mappings is turned back inside,
+// its source translated to the sender's own public mapping. Filtering does
+// not apply to hairpinned packets. Without it the lab's NATs do not
+// hairpin.
+func Hairpin() NATOption { return func(o *natOptions) { o.hairpin = true } }
+
+// MappingTimeout sets how long an idle UDP mapping lives (whole seconds,
+// at least 1): the NAT namespace's conntrack UDP timeouts and the expiry
+// of its filtering sets (RFC 4787 section 4.3 binding lifetime). Default:
+// conntrack's 30 s (a request and its answer) or 120 s (a stream).
+func MappingTimeout(d time.Duration) NATOption {
+	return func(o *natOptions) { o.timeout = max(d.Truncate(time.Second), time.Second) }
+}
+
+// Hairpins says whether the NAT hairpins.
+func (n *NAT) Hairpins() bool { return n.opts.hairpin }
 
 func (n *NAT) segment() *segment { return n.lan }
 
@@ -154,16 +189,20 @@ func (n *NAT) LAN() netip.Prefix { return n.lan.prefix }
 // NAT adds a NAT of the given kind named name to the network on; hosts and
 // further NATs attach to its private side (a NAT behind a NAT makes two
 // levels of translation).
-func (l *Lab) NAT(name string, on Network, kind Kind) *NAT {
+func (l *Lab) NAT(name string, on Network, kind Kind, opts ...NATOption) *NAT {
 	if l.tb != nil {
 		l.tb.Helper()
+	}
+	var o natOptions
+	for _, f := range opts {
+		f(&o)
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.err != nil {
 		return &NAT{Node: &Node{lab: l, name: name}, kind: kind, lan: &segment{}}
 	}
-	n, err := l.newNATLocked(name, on.segment(), kind)
+	n, err := l.newNATLocked(name, on.segment(), kind, o)
 	if err != nil {
 		l.failLocked(fmt.Errorf("netlab: nat %s: %w", name, err))
 		return &NAT{Node: &Node{lab: l, name: name}, kind: kind, lan: &segment{}}
@@ -171,7 +210,7 @@ func (l *Lab) NAT(name string, on Network, kind Kind) *NAT {
 	return n
 }
 
-func (l *Lab) newNATLocked(name string, parent *segment, kind Kind) (*NAT, error) {
+func (l *Lab) newNATLocked(name string, parent *segment, kind Kind, o natOptions) (*NAT, error) {
 	if _, ok := kindNames[kind]; !ok {
 		return nil, fmt.Errorf("unknown kind %d", kind)
 	}
@@ -202,13 +241,20 @@ func (l *Lab) newNATLocked(name string, parent *segment, kind Kind) (*NAT, error
 	if err := node.addBridge(netip.PrefixFrom(gw, lan.Bits())); err != nil {
 		return nil, err
 	}
-	if err := node.sysctls(map[string]string{
+	sys := map[string]string{
 		"ipv4/ip_forward":              "1",
 		"ipv4/conf/all/send_redirects": "0",
-	}); err != nil {
+		"ipv4/conf/br0/send_redirects": "0",
+	}
+	if o.timeout > 0 {
+		secs := fmt.Sprint(int(o.timeout.Seconds()))
+		sys["netfilter/nf_conntrack_udp_timeout"] = secs
+		sys["netfilter/nf_conntrack_udp_timeout_stream"] = secs
+	}
+	if err := node.sysctls(sys); err != nil {
 		return nil, err
 	}
-	n := &NAT{Node: node, kind: kind, lan: &segment{gw: node, prefix: lan, gwAddr: gw, next: gw.Next()}}
+	n := &NAT{Node: node, kind: kind, lan: &segment{gw: node, prefix: lan, gwAddr: gw, next: gw.Next()}, opts: o}
 	if kind == Routed {
 		// The parent network's gateway routes the block to us.
 		err := parent.gw.nl.RouteAdd(&netlink.Route{
@@ -231,20 +277,25 @@ func (l *Lab) newNATLocked(name string, parent *segment, kind Kind) (*NAT, error
 //	chain post (nat postrouting, srcnat): UDP leaving eth0 is
 //	    snat to PUBLIC:10000-29999           (EIM kinds; the kernel reuses a
 //	        source's existing mapping, nf_nat's find_appropriate_src)
+//	    snat to PUBLIC:jhash(saddr . sport . daddr)   (ADMAPDF: one port per
+//	        inside socket and destination address)
 //	    snat to PUBLIC:10000-29999 random    (SymmetricRandom: a random port
 //	        per new conntrack entry, i.e. per destination)
 //	    snat to PUBLIC:numgen inc            (SymmetricSequential: the next
 //	        port per new conntrack entry)
-//	  anything else leaving eth0: snat to PUBLIC (ports kept).
-//	chain learn (filter postrouting 300, after NAT): for EIMEIF and EIMADF,
-//	  each UDP packet leaving in the original direction records
+//	  anything else leaving eth0: snat to PUBLIC (ports kept). With
+//	  Hairpin, UDP routed from br0 back to br0 gets the same snat.
+//	chain learn (filter postrouting 300, after NAT): for EIMEIF, EIMADF and
+//	  hairpinning NATs, each UDP packet leaving eth0 in the original
+//	  direction records
 //	    @mapping  { public port : inside addr . inside port }
 //	    @sent     { public port . destination addr }       (EIMADF)
 //	chain pre (nat prerouting, dstnat): a UDP packet starting a new flow
-//	  to PUBLIC:port is dnat'ed through @mapping (EIMEIF), only when
-//	  {port . source addr} is in @sent (EIMADF). Everything else new from
-//	  outside finds no conntrack entry and is dropped: that alone is
-//	  address-and-port-dependent filtering (EIMAPDF, the symmetric kinds).
+//	  to PUBLIC:port is dnat'ed through @mapping: from eth0 for EIMEIF,
+//	  and for EIMADF only when {port . source addr} is in @sent; from br0
+//	  with Hairpin. Everything else new from outside finds no conntrack
+//	  entry and is dropped: that alone is address-and-port-dependent
+//	  filtering (EIMAPDF, ADMAPDF, the symmetric kinds).
 //	chain fwd, chain in (filter): from eth0, only established/related or
 //	  dnat'ed flows pass; BlockUDP drops UDP both ways.
 func (n *NAT) installRules() error {
@@ -253,6 +304,10 @@ func (n *NAT) installRules() error {
 		return err
 	}
 	pub := n.Addr().As4()
+	timeout := n.opts.timeout
+	if timeout == 0 {
+		timeout = defaultTimeout
+	}
 	t := c.AddTable(&nftables.Table{Name: "netlab", Family: nftables.TableFamilyIPv4})
 	filterOutside := func(name string, hook *nftables.ChainHook) {
 		ch := c.AddChain(&nftables.Chain{Name: name, Table: t, Type: nftables.ChainTypeFilter, Hooknum: hook, Priority: nftables.ChainPriorityFilter})
@@ -272,13 +327,24 @@ func (n *NAT) installRules() error {
 
 	post := c.AddChain(&nftables.Chain{Name: "post", Table: t, Type: nftables.ChainTypeNAT, Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource})
 	udpOut := cat(ifname(unix.NFT_META_OIFNAME, "eth0"), l4proto(unix.IPPROTO_UDP))
+	var snat []expr.Any
 	switch n.kind {
 	case EIMEIF, EIMADF, EIMAPDF:
-		c.AddRule(&nftables.Rule{Table: t, Chain: post, Exprs: cat(udpOut, snatRange(pub, false))})
+		snat = snatRange(pub, false)
+	case ADMAPDF:
+		snat = snatByDestination(pub)
 	case SymmetricRandom:
-		c.AddRule(&nftables.Rule{Table: t, Chain: post, Exprs: cat(udpOut, snatRange(pub, true))})
+		snat = snatRange(pub, true)
 	case SymmetricSequential:
-		c.AddRule(&nftables.Rule{Table: t, Chain: post, Exprs: cat(udpOut, snatSequential(pub))})
+		snat = snatSequential(pub)
+	}
+	if snat != nil {
+		c.AddRule(&nftables.Rule{Table: t, Chain: post, Exprs: cat(udpOut, snat)})
+		if n.opts.hairpin {
+			c.AddRule(&nftables.Rule{Table: t, Chain: post, Exprs: cat(
+				ifname(unix.NFT_META_IIFNAME, "br0"), ifname(unix.NFT_META_OIFNAME, "br0"),
+				l4proto(unix.IPPROTO_UDP), snat)})
+		}
 	}
 	c.AddRule(&nftables.Rule{Table: t, Chain: post, Exprs: cat(ifname(unix.NFT_META_OIFNAME, "eth0"),
 		[]expr.Any{
@@ -286,11 +352,12 @@ func (n *NAT) installRules() error {
 			&expr.NAT{Type: expr.NATTypeSourceNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: 1},
 		})})
 
-	if n.kind != EIMEIF && n.kind != EIMADF {
+	inbound := n.kind == EIMEIF || n.kind == EIMADF
+	if snat == nil || (!inbound && !n.opts.hairpin) {
 		return c.Flush()
 	}
 	mapping := &nftables.Set{
-		Table: t, Name: "mapping", IsMap: true, Dynamic: true, HasTimeout: true, Timeout: bindingTimeout,
+		Table: t, Name: "mapping", IsMap: true, Dynamic: true, HasTimeout: true, Timeout: timeout,
 		KeyType:  nftables.TypeInetService,
 		DataType: nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetService),
 	}
@@ -300,7 +367,7 @@ func (n *NAT) installRules() error {
 	var sent *nftables.Set
 	if n.kind == EIMADF {
 		sent = &nftables.Set{
-			Table: t, Name: "sent", Dynamic: true, HasTimeout: true, Timeout: bindingTimeout, Concatenation: true,
+			Table: t, Name: "sent", Dynamic: true, HasTimeout: true, Timeout: timeout, Concatenation: true,
 			KeyType: nftables.MustConcatSetType(nftables.TypeInetService, nftables.TypeIPAddr),
 		}
 		if err := c.AddSet(sent, nil); err != nil {
@@ -327,22 +394,31 @@ func (n *NAT) installRules() error {
 	}
 
 	pre := c.AddChain(&nftables.Chain{Name: "pre", Table: t, Type: nftables.ChainTypeNAT, Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityNATDest})
-	in := cat(ifname(unix.NFT_META_IIFNAME, "eth0"), []expr.Any{
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: pub[:]},
-	}, l4proto(unix.IPPROTO_UDP))
-	if sent != nil {
-		in = cat(in, []expr.Any{
-			udpPort(1, 2), // public destination port
-			&expr.Payload{DestRegister: 9, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4}, // saddr
-			&expr.Lookup{SourceRegister: 1, SetName: sent.Name, SetID: sent.ID},
-		})
+	toPublic := func(iface string) []expr.Any {
+		return cat(ifname(unix.NFT_META_IIFNAME, iface), []expr.Any{
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: pub[:]},
+		}, l4proto(unix.IPPROTO_UDP))
 	}
-	c.AddRule(&nftables.Rule{Table: t, Chain: pre, Exprs: cat(in, []expr.Any{
+	dnat := []expr.Any{
 		udpPort(1, 2),
 		&expr.Lookup{SourceRegister: 1, DestRegister: 1, IsDestRegSet: true, SetName: mapping.Name, SetID: mapping.ID},
 		&expr.NAT{Type: expr.NATTypeDestNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: 1, RegProtoMin: 9, Specified: true},
-	})})
+	}
+	if n.opts.hairpin {
+		c.AddRule(&nftables.Rule{Table: t, Chain: pre, Exprs: cat(toPublic("br0"), dnat)})
+	}
+	if inbound {
+		in := toPublic("eth0")
+		if sent != nil {
+			in = cat(in, []expr.Any{
+				udpPort(1, 2), // public destination port
+				&expr.Payload{DestRegister: 9, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4}, // saddr
+				&expr.Lookup{SourceRegister: 1, SetName: sent.Name, SetID: sent.ID},
+			})
+		}
+		c.AddRule(&nftables.Rule{Table: t, Chain: pre, Exprs: cat(in, dnat)})
+	}
 	return c.Flush()
 }
 
@@ -411,6 +487,23 @@ func snatRange(pub [4]byte, random bool) []expr.Any {
 		&expr.Immediate{Register: 2, Data: be16(natPortMin)},
 		&expr.Immediate{Register: 3, Data: be16(natPortMax)},
 		&expr.NAT{Type: expr.NATTypeSourceNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: 1, RegProtoMin: 2, RegProtoMax: 3, Specified: true, Random: random},
+	}
+}
+
+// snatByDestination is "snat to PUB:(jhash ip saddr . udp sport . ip
+// daddr mod N offset 10000)": a port fixed by the inside socket and the
+// destination address, whatever the destination port (address-dependent
+// mapping). Two such keys hashing to one port (or a port in use towards
+// that destination) make the packet wait for another; rare in a lab.
+func snatByDestination(pub [4]byte) []expr.Any {
+	return []expr.Any{
+		&expr.Payload{DestRegister: 12, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4}, // saddr
+		udpPort(13, 0),
+		&expr.Payload{DestRegister: 14, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4}, // daddr
+		&expr.Hash{SourceRegister: 12, DestRegister: 3, Length: 12, Modulus: natPortMax - natPortMin + 1, Offset: natPortMin, Type: expr.HashTypeJenkins},
+		&expr.Byteorder{SourceRegister: 3, DestRegister: 3, Op: expr.ByteorderHton, Len: 2, Size: 2},
+		&expr.Immediate{Register: 1, Data: pub[:]},
+		&expr.NAT{Type: expr.NATTypeSourceNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: 1, RegProtoMin: 3, Specified: true},
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"sync"
 	"testing"
 	"time"
 
@@ -29,71 +30,98 @@ func TestNatcheck(t *testing.T) {
 	}
 	eim, ad, apd := nat.EndpointIndependent, nat.AddressDependent, nat.AddressAndPortDependent
 	cases := []struct {
-		name  string
-		kinds []netlab.Kind // outermost first
-		want  want
+		name    string
+		kinds   []netlab.Kind // outermost first
+		want    want
+		hairpin bool          // the NATs hairpin
+		timeout time.Duration // the NATs' mapping timeout; also asks natcheck for the binding lifetime
 	}{
-		{"routed", []netlab.Kind{netlab.Routed}, want{false, eim, eim, true}},
-		{"eim-eif", []netlab.Kind{netlab.EIMEIF}, want{true, eim, eim, false}},
-		{"eim-adf", []netlab.Kind{netlab.EIMADF}, want{true, eim, ad, false}},
-		{"eim-apdf", []netlab.Kind{netlab.EIMAPDF}, want{true, eim, apd, false}},
-		{"symmetric-seq", []netlab.Kind{netlab.SymmetricSequential}, want{true, apd, apd, false}},
-		{"symmetric-random", []netlab.Kind{netlab.SymmetricRandom}, want{true, apd, apd, false}},
+		{"routed", []netlab.Kind{netlab.Routed}, want{false, eim, eim, true}, false, 0},
+		{"eim-eif", []netlab.Kind{netlab.EIMEIF}, want{true, eim, eim, false}, false, 0},
+		{"eim-adf", []netlab.Kind{netlab.EIMADF}, want{true, eim, ad, false}, false, 0},
+		{"eim-apdf", []netlab.Kind{netlab.EIMAPDF}, want{true, eim, apd, false}, false, 0},
+		{"eim-apdf-hairpin", []netlab.Kind{netlab.EIMAPDF}, want{true, eim, apd, true}, true, 0},
+		{"eim-eif-hairpin", []netlab.Kind{netlab.EIMEIF}, want{true, eim, eim, true}, true, 0},
+		{"adm-apdf", []netlab.Kind{netlab.ADMAPDF}, want{true, ad, apd, false}, false, 0},
+		{"symmetric-seq", []netlab.Kind{netlab.SymmetricSequential}, want{true, apd, apd, false}, false, 0},
+		{"symmetric-random", []netlab.Kind{netlab.SymmetricRandom}, want{true, apd, apd, false}, false, 0},
 		// Two levels: a full-cone home NAT behind an address-restricted
 		// carrier NAT filters like the carrier.
-		{"double-eif-in-adf", []netlab.Kind{netlab.EIMADF, netlab.EIMEIF}, want{true, eim, ad, false}},
+		{"double-eif-in-adf", []netlab.Kind{netlab.EIMADF, netlab.EIMEIF}, want{true, eim, ad, false}, false, 0},
 		// A symmetric home NAT behind a full-cone carrier NAT maps
 		// like the home NAT.
-		{"double-sym-in-eif", []netlab.Kind{netlab.EIMEIF, netlab.SymmetricRandom}, want{true, apd, apd, false}},
-		{"block-udp", []netlab.Kind{netlab.BlockUDP}, want{}},
+		{"double-sym-in-eif", []netlab.Kind{netlab.EIMEIF, netlab.SymmetricRandom}, want{true, apd, apd, false}, false, 0},
+		{"block-udp", []netlab.Kind{netlab.BlockUDP}, want{}, false, 0},
+		// RFC 5780 section 4.6: the binding lifetime estimate brackets
+		// the NAT's mapping timeout.
+		// (A hairpinning full cone: no test waits out a filtered answer.)
+		{"eim-eif-lifetime", []netlab.Kind{netlab.EIMEIF}, want{true, eim, eim, true}, true, 2 * time.Second},
 	}
+	// The cases mostly wait for answers that filtering NATs drop: run
+	// them all at once rather than -parallel (GOMAXPROCS) at a time.
+	var wg sync.WaitGroup
+	defer wg.Wait()
 	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			t.Parallel()
-			lab := netlab.New(t)
-			srv := startSTUN(t, lab)
-			var on netlab.Network = lab.Internet()
-			var outer *netlab.NAT
-			for i, k := range tc.kinds {
-				n := lab.NAT(fmt.Sprintf("nat%d", i), on, k)
-				if outer == nil {
-					outer = n
+		wg.Go(func() {
+			t.Run(tc.name, func(t *testing.T) {
+				lab := netlab.New(t)
+				srv := startSTUN(t, lab)
+				var on netlab.Network = lab.Internet()
+				var outer *netlab.NAT
+				for i, k := range tc.kinds {
+					var opts []netlab.NATOption
+					if tc.hairpin {
+						opts = append(opts, netlab.Hairpin())
+					}
+					if tc.timeout > 0 {
+						opts = append(opts, netlab.MappingTimeout(tc.timeout))
+					}
+					n := lab.NAT(fmt.Sprintf("nat%d", i), on, k, opts...)
+					if outer == nil {
+						outer = n
+					}
+					on = n
 				}
-				on = n
-			}
-			client := lab.Host("client", on)
+				client := lab.Host("client", on)
 
-			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-			defer cancel()
-			var rep nat.Report
-			err := client.Do(func() error {
-				var err error
-				// The lab loses nothing: short retransmission
-				// budgets keep the filtered tests quick.
-				rep, err = nat.Discover(ctx, nat.Config{Server: srv.Addr().String(), RTO: 50 * time.Millisecond, Attempts: 3})
-				return err
-			})
-			if tc.kinds[0] == netlab.BlockUDP {
-				if !errors.Is(err, nat.ErrUnreachable) {
-					t.Fatalf("natcheck through a UDP-blocking firewall: %v, want %v", err, nat.ErrUnreachable)
+				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+				defer cancel()
+				var rep nat.Report
+				err := client.Do(func() error {
+					var err error
+					// The lab loses nothing: short retransmission
+					// budgets keep the filtered tests quick.
+					rep, err = nat.Discover(ctx, nat.Config{
+						Server: srv.Addr().String(), RTO: 100 * time.Millisecond, Attempts: 4,
+						Lifetime: tc.timeout > 0, LifetimeMax: 2 * tc.timeout,
+					})
+					return err
+				})
+				if tc.kinds[0] == netlab.BlockUDP {
+					if !errors.Is(err, nat.ErrUnreachable) {
+						t.Fatalf("natcheck through a UDP-blocking firewall: %v, want %v", err, nat.ErrUnreachable)
+					}
+					t.Logf("natcheck: %v", err)
+					// The server is reachable; only UDP is blocked.
+					bindingOverTCP(t, client, srv.TCPAddr())
+					return
 				}
-				t.Logf("natcheck: %v", err)
-				// The server is reachable; only UDP is blocked.
-				bindingOverTCP(t, client, srv.TCPAddr())
-				return
-			}
-			if err != nil {
-				t.Fatalf("natcheck: %v", err)
-			}
-			t.Logf("natcheck behind %v:\n%s", tc.kinds, rep)
-			got := want{rep.NAT, rep.Mapping, rep.Filtering, rep.Hairpinning}
-			if got != tc.want {
-				t.Errorf("natcheck reported %+v, want %+v", got, tc.want)
-			}
-			// The public address is the outermost NAT's.
-			if tc.want.nat && rep.PublicAddr.Addr() != outer.Addr() {
-				t.Errorf("public address %s, want the outer NAT's %s", rep.PublicAddr, outer.Addr())
-			}
+				if err != nil {
+					t.Fatalf("natcheck: %v", err)
+				}
+				t.Logf("natcheck behind %v:\n%s", tc.kinds, rep)
+				got := want{rep.NAT, rep.Mapping, rep.Filtering, rep.Hairpinning}
+				if got != tc.want {
+					t.Errorf("natcheck reported %+v, want %+v", got, tc.want)
+				}
+				if lo, hi := time.Duration(rep.BindingLifetime), time.Duration(rep.BindingLifetimeMax); tc.timeout > 0 && (lo > tc.timeout || hi < tc.timeout) {
+					t.Errorf("binding lifetime between %v and %v, but the NAT's mapping timeout is %v", lo, hi, tc.timeout)
+				}
+				// The public address is the outermost NAT's.
+				if tc.want.nat && rep.PublicAddr.Addr() != outer.Addr() {
+					t.Errorf("public address %s, want the outer NAT's %s", rep.PublicAddr, outer.Addr())
+				}
+			})
 		})
 	}
 }

@@ -140,15 +140,13 @@ func labUp(w io.Writer, args []string) error {
 	stunHost := lab.Host("stun", lab.Internet(), netlab.Addrs(2))
 	type row struct{ node, role string }
 	rows := []row{{"inet", "the internet (bridge, router)"}, {"stun", "host"}}
-	var clients []string // NATed ones first, for the hint
+	hint := "" // a client to try natcheck from: behind a NAT that passes UDP
 	for _, k := range kinds {
 		n := lab.NAT(shortNames[k], lab.Internet(), k, opts...)
 		c := lab.Host("c"+shortNames[k], n)
 		rows = append(rows, row{n.Name(), "NAT " + k.String()}, row{c.Name(), "host behind " + n.Name()})
-		if k == netlab.Routed {
-			clients = append(clients, c.Namespace())
-		} else {
-			clients = append([]string{c.Namespace()}, clients...)
+		if hint == "" && k.Translates() && k != netlab.BlockUDP {
+			hint = c.Namespace()
 		}
 	}
 	if double {
@@ -156,7 +154,12 @@ func labUp(w io.Writer, args []string) error {
 		home := lab.NAT("home", cgn, netlab.EIMEIF, opts...)
 		c := lab.Host("cdouble", home)
 		rows = append(rows, row{"cgn", "NAT eim-adf (carrier)"}, row{"home", "NAT eim-eif behind cgn"}, row{c.Name(), "host behind home"})
-		clients = append(clients, c.Namespace())
+		if hint == "" {
+			hint = c.Namespace()
+		}
+	}
+	if hint == "" { // a lone router or firewall
+		hint = "tl-" + lab.Name() + "-c" + shortNames[kinds[0]]
 	}
 	if err := lab.Err(); err != nil {
 		_ = lab.Close()
@@ -191,7 +194,7 @@ func labUp(w io.Writer, args []string) error {
 	_ = tw.Flush()
 	if stunNote != "" {
 		fmt.Fprintf(w, "\n%s\n", stunNote)
-		fmt.Fprintf(w, "\nTry:\n  ip netns exec %s %s natcheck %s\n", clients[0], exeName(), server)
+		fmt.Fprintf(w, "\nTry:\n  ip netns exec %s %s natcheck %s\n", hint, exeName(), server)
 	}
 	return nil
 }

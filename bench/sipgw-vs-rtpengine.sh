@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# RTP forwarding cost of the SIP border gateway's media proxy against
+# rtpengine (user space), side by side in one run, and of traverse's
+# nftables kernel path, all at the same offered load.
+#
+#   sudo bench/sipgw-vs-rtpengine.sh [CALLS] [SECONDS] [PPS]
+#
+# Three network namespaces: client 10.1.0.2 -- 10.1.0.1 gateway 10.2.0.1
+# -- 10.2.0.2 server (veth pairs, the gateway forwards IPv4). The load
+# driver (bench/sipgwload) opens one client socket and one server socket
+# per call and sends PPS packets per second per call in each direction
+# (172-byte RTP, default 500 calls x 50 pps each way). Four runs:
+#   direct     no proxy: the gateway namespace only routes (baseline)
+#   traverse   traverse sipgw, media proxy in user space (--offload off)
+#   rtpengine  rtpengine 10.5, user space (--table=-1), driven over ng
+#   kernel     traverse sipgw --offload nftables (flows move to nftables
+#              after 50 packets each way, during the warm-up)
+# Each run: 3 s warm-up, then SECONDS (default 10) measured. Reported per
+# million forwarded packets: the proxy process's utime+stime
+# (/proc/PID/stat), and the whole machine's busy CPU (/proc/stat: user,
+# nice, system, irq, softirq) which also counts the driver, the kernel's
+# forwarding and anything else running on the machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+calls=${1:-500}
+secs=${2:-10}
+pps=${3:-50}
+[ "$(id -u)" = 0 ] || { echo "needs root (network namespaces, nftables)"; exit 1; }
+command -v rtpengine >/dev/null || { echo "rtpengine not installed (Debian package rtpengine-daemon)"; exit 1; }
+
+tag=sgwb$$
+c=$tag-c g=$tag-g s=$tag-s
+tmp=$(mktemp -d)
+pids=()
+cleanup() {
+	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+	for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+	for n in $c $g $s; do ip netns del "$n" 2>/dev/null || true; done
+	rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+for n in $c $g $s; do ip netns add "$n"; ip -n "$n" link set lo up; done
+ip -n $g link add out0 type veth peer name out1 netns $c
+ip -n $g link add in0 type veth peer name in1 netns $s
+ip -n $g addr add 10.1.0.1/24 dev out0; ip -n $g link set out0 up
+ip -n $g addr add 10.2.0.1/24 dev in0; ip -n $g link set in0 up
+ip -n $c addr add 10.1.0.2/24 dev out1; ip -n $c link set out1 up; ip -n $c route add default via 10.1.0.1
+ip -n $s addr add 10.2.0.2/24 dev in1; ip -n $s link set in1 up; ip -n $s route add default via 10.2.0.1
+ip netns exec $g sysctl -qw net.ipv4.ip_forward=1
+
+go build -o "$tmp/traverse" ./cmd/traverse
+go build -o "$tmp/sipgwload" ./bench/sipgwload
+
+wait_udp() { # NS PORT
+	for i in $(seq 100); do
+		ss -N "$1" -Hlun "sport = :$2" | grep -q . && return 0
+		sleep 0.05
+	done
+	echo "nothing listens on $1 udp/$2"; exit 1
+}
+
+load() { # MODE PID
+	"$tmp/sipgwload" -mode "$1" -pid "$2" -gw-ns $g -client-ns $c -server-ns $s \
+		-calls "$calls" -pps "$pps" -duration "${secs}s" -warmup 3s
+}
+
+results=()
+results+=("$(load direct 0)")
+
+traverse_run() { # OFFLOAD MODE-LABEL
+	ip netns exec $g "$tmp/traverse" sipgw --sip 10.1.0.1:5060 --rtp 10.1.0.1:7000 --rtcp 10.1.0.1:7001 \
+		--upstream 10.2.0.2:5080 --inside-ip 10.2.0.1 --inside-ports 30000-39999 --admin "" \
+		--control 127.0.0.1:7722 --offload "$1" --log-level warn &
+	local pid=$!
+	pids+=("$pid")
+	wait_udp $g 7722
+	local r
+	r=$(load traverse "$pid")
+	results+=("${r/\"mode\":\"traverse\"/\"mode\":\"$2\"}")
+	kill "$pid"; wait "$pid" 2>/dev/null || true
+}
+traverse_run off traverse
+
+ip netns exec $g rtpengine --config-file=none --table=-1 --interface=10.1.0.1 --listen-ng=127.0.0.1:2223 \
+	--foreground --log-stderr --log-level=3 --port-min=20000 --port-max=29999 --delete-delay=0 2>"$tmp/rtpengine.log" &
+rpid=$!
+pids+=("$rpid")
+wait_udp $g 2223
+results+=("$(load rtpengine "$rpid")")
+kill "$rpid"; wait "$rpid" 2>/dev/null || true
+
+traverse_run nftables kernel
+
+printf '%s\n' "${results[@]}" >"$tmp/results.json"
+cat "$tmp/results.json"
+python3 - "$tmp/results.json" <<'PY'
+import json, sys
+rs = {r["mode"]: r for r in map(json.loads, open(sys.argv[1]))}
+print()
+print(f"{'run':10} {'forwarded':>10} {'of expected':>11} {'proxy CPU-s/Mpkt':>17} {'machine CPU-s/Mpkt':>19} {'offloaded':>9}")
+for m in ["direct", "traverse", "rtpengine", "kernel"]:
+    r = rs[m]
+    print(f"{m:10} {r['forwarded']:>10} {r['forwarded']/r['expected']:>10.1%} {r['proxy_cpu_s_per_mpkt']:>17.2f} {r['machine_busy_s_per_mpkt']:>19.2f} {r['offloaded_calls']:>9}")
+t, e, k, d = rs["traverse"], rs["rtpengine"], rs["kernel"], rs["direct"]
+print()
+print(f"user space, proxy process: rtpengine / traverse = {e['proxy_cpu_s_per_mpkt']/t['proxy_cpu_s_per_mpkt']:.2f}x (goal >= 1.5x)")
+extra = lambda r: r['machine_busy_s_per_mpkt'] - d['machine_busy_s_per_mpkt']
+print(f"machine CPU above the routing-only baseline per Mpkt: traverse {extra(t):.2f}, rtpengine {extra(e):.2f}, kernel path {extra(k):.2f}")
+if extra(k) > 0:
+    print(f"kernel path vs traverse user space (machine CPU above baseline): {extra(t)/extra(k):.1f}x cheaper (goal >= 5x)")
+else:
+    print("kernel path: no machine CPU above the baseline measurable (within noise)")
+print(f"kernel path, proxy process alone: {k['proxy_cpu_s_per_mpkt']:.3f} CPU-s/Mpkt vs {t['proxy_cpu_s_per_mpkt']:.2f} in user space")
+PY

@@ -11,8 +11,10 @@ import (
 	"os"
 	"regexp"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -63,17 +65,49 @@ type Lab struct {
 	closed     bool
 }
 
-var nameRE = regexp.MustCompile(`^[a-z0-9]{1,12}$`)
+var (
+	nameRE = regexp.MustCompile(`^[a-z0-9]{1,12}$`)
+	labRE  = regexp.MustCompile(`^[a-z0-9]{1,16}$`)
+	// Labs made by New are named p<PID>x<random>: when that process is
+	// gone (killed by a test timeout, say), the next New removes them.
+	orphanRE = regexp.MustCompile(`^p([0-9]+)x[0-9a-f]+$`)
+)
+
+// reapOrphans removes the labs of test processes that no longer exist.
+func reapOrphans() {
+	infos, err := namespaces(Prefix + "p")
+	if err != nil {
+		return
+	}
+	seen := map[string]bool{}
+	for _, ns := range infos {
+		lab, _, _ := strings.Cut(strings.TrimPrefix(ns, Prefix), "-")
+		m := orphanRE.FindStringSubmatch(lab)
+		if m == nil || seen[lab] {
+			continue
+		}
+		seen[lab] = true
+		pid, err := strconv.Atoi(m[1])
+		if err != nil || syscall.Kill(pid, 0) != syscall.ESRCH {
+			continue // alive, or not ours to judge
+		}
+		_ = Down(lab)
+	}
+}
 
 // New builds an empty lab (just its internet) for a test and tears it down
 // in tb.Cleanup, also when the test fails. It skips the test when not root.
-// Builder errors fail the test.
+// Builder errors fail the test. It first removes the labs that test
+// processes which died without cleaning up left behind.
 func New(tb TB) *Lab {
 	tb.Helper()
 	if os.Geteuid() != 0 {
 		tb.Skipf("netlab: needs root to create network namespaces")
 	}
-	l, err := Open("")
+	reapOrphans()
+	var b [2]byte
+	_, _ = rand.Read(b[:])
+	l, err := Open(fmt.Sprintf("p%dx%x", os.Getpid(), b))
 	if err != nil {
 		tb.Fatalf("%v", err)
 	}
@@ -86,7 +120,8 @@ func New(tb TB) *Lab {
 	return l
 }
 
-// Open builds an empty lab named name (random when empty): its namespaces
+// Open builds an empty lab named name (1-16 of [a-z0-9]; random when
+// empty): its namespaces
 // are Prefix+name+"-"+node. Nothing tears it down but Close or Down, so
 // that "traverse lab up" can leave it running.
 func Open(name string) (*Lab, error) {
@@ -98,7 +133,7 @@ func Open(name string) (*Lab, error) {
 		_, _ = rand.Read(b[:])
 		name = hex.EncodeToString(b[:])
 	}
-	if !nameRE.MatchString(name) {
+	if !labRE.MatchString(name) {
 		return nil, fmt.Errorf("%w: lab %q", ErrBadName, name)
 	}
 	if nss, err := namespaces(Prefix + name + "-"); err != nil {

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"slices"
 	"strings"
 	"sync"
@@ -518,5 +519,29 @@ func TestCommand(t *testing.T) {
 	// /proc/net follows the reader's namespace: lo and eth0 only.
 	if s := string(out); !strings.Contains(s, "eth0:") || strings.Contains(s, "br0:") {
 		t.Errorf("command did not run in the host's namespace:\n%s", s)
+	}
+}
+
+// TestReapOrphans: a lab left by a test process that died is removed by
+// the next New; a live process's lab is not.
+func TestReapOrphans(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("netlab needs root")
+	}
+	p := exec.Command("true")
+	if err := p.Run(); err != nil {
+		t.Fatal(err)
+	}
+	orphan, err := Open(fmt.Sprintf("p%dx0001", p.Process.Pid)) // that process is gone
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = orphan.Close() })
+	live := New(t)
+	if left, _ := namespaces(Prefix + orphan.Name() + "-"); len(left) > 0 {
+		t.Errorf("orphaned lab %s not removed: %v", orphan.Name(), left)
+	}
+	if left, _ := namespaces(Prefix + live.Name() + "-"); len(left) == 0 {
+		t.Errorf("live lab %s removed", live.Name())
 	}
 }

@@ -99,7 +99,7 @@ func (info *NamespaceInfo) readAddrs() error {
 // it: it stops (SIGTERM, then SIGKILL after 2 s) the processes running in
 // its namespaces, then deletes them.
 func Down(name string) error {
-	if !nameRE.MatchString(name) {
+	if !labRE.MatchString(name) {
 		return fmt.Errorf("%w: lab %q", ErrBadName, name)
 	}
 	nss, err := namespaces(Prefix + name + "-")

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -20,7 +21,9 @@ func TestLabUpListDown(t *testing.T) {
 	}
 	var b [3]byte
 	_, _ = rand.Read(b[:])
-	name := "t" + hex.EncodeToString(b[:])
+	// Named like netlab.New's labs, so that a later test run reaps it if
+	// this process dies before its Cleanup.
+	name := fmt.Sprintf("p%dx%s", os.Getpid(), hex.EncodeToString(b[:]))
 	t.Cleanup(func() { _ = netlab.Down(name) })
 
 	var out bytes.Buffer

@@ -170,6 +170,7 @@ type Proxy struct {
 	done     chan struct{}
 	wg       sync.WaitGroup
 	once     sync.Once
+	poller   *poller // the inside sockets' reader (nil: one goroutine per socket)
 }
 
 // stream is one media stream (one SSRC, one inside port pair).
@@ -181,6 +182,7 @@ type stream struct {
 	insidePort    uint16
 	rtpConn       *net.UDPConn
 	rtcpConn      *net.UDPConn
+	rtpFD, rtcpFD int // raw descriptors registered with the poller (Linux)
 	created       int64
 
 	route atomic.Pointer[route] // replaced whole under p.mu
@@ -253,6 +255,11 @@ func New(cfg Config) (*Proxy, error) {
 			return nil, err
 		}
 	}
+	if err := p.startPoller(); err != nil {
+		rtp.Close()
+		rtcp.Close()
+		return nil, err
+	}
 	p.wg.Add(3)
 	go p.outsideLoop(p.rtp, false)
 	go p.outsideLoop(p.rtcp, true)
@@ -314,7 +321,9 @@ func (p *Proxy) Close() error {
 		for _, s := range all {
 			p.release(s)
 		}
+		p.stopPoller()
 		p.wg.Wait()
+		p.closePoller()
 	})
 	return nil
 }
@@ -360,6 +369,15 @@ func (p *Proxy) replyLocked(s *stream) Reply {
 	return r
 }
 
+// fdOf returns a socket's descriptor (for the Linux epoll reader).
+func fdOf(c *net.UDPConn) int {
+	fd := -1
+	if rc, err := c.SyscallConn(); err == nil {
+		_ = rc.Control(func(f uintptr) { fd = int(f) })
+	}
+	return fd
+}
+
 func rtcpOf(rtp, rtcp netip.AddrPort) netip.AddrPort {
 	if rtcp.IsValid() || !rtp.IsValid() {
 		return rtcp
@@ -384,7 +402,7 @@ func (p *Proxy) upsert(d *Descriptor) (Reply, error) {
 		now := p.now.Load()
 		s = &stream{
 			callID: d.CallID, index: d.Index, kind: d.Kind, callerOutside: d.CallerOutside(),
-			insidePort: port, rtpConn: a, rtcpConn: b, created: now,
+			insidePort: port, rtpConn: a, rtcpConn: b, created: now, rtpFD: fdOf(a), rtcpFD: fdOf(b),
 		}
 		s.last.Store(now)
 		s.route.Store(&route{})
@@ -428,9 +446,7 @@ func (p *Proxy) upsert(d *Descriptor) (Reply, error) {
 	rep := p.replyLocked(s)
 	p.mu.Unlock()
 	if isNew {
-		p.wg.Add(2)
-		go p.insideLoop(s, false)
-		go p.insideLoop(s, true)
+		p.startInside(s)
 	}
 	if reoffload && s.offload.Load() == offloadDone && p.cfg.Offloader != nil {
 		if err := p.cfg.Offloader.Remove(s.flow); err != nil {
@@ -542,6 +558,7 @@ func (p *Proxy) release(s *stream) {
 			p.log.Warn("remove kernel flow", "call", s.callID, "err", err)
 		}
 	}
+	p.stopInside(s)
 	s.rtpConn.Close()
 	s.rtcpConn.Close()
 	p.pool.release(s.insidePort)
@@ -722,10 +739,10 @@ func (p *Proxy) fromOutside(m *udpio.Message, rtcp bool, now int64) {
 	}
 }
 
-// insideLoop reads one inside port and sends what the server sends out of
-// the fixed port to the stream's client. At RTP rates one inside socket
-// rarely holds more than one packet, so it reads one at a time (batching
-// costs more there; see PEERS.md).
+// insideLoop reads one inside port in its own goroutine and sends what the
+// server sends out of the fixed port to the stream's client. It is the
+// portable path; on Linux one epoll loop serves every inside socket and
+// batches the sends (inside_linux.go).
 func (p *Proxy) insideLoop(s *stream, rtcp bool) {
 	defer p.wg.Done()
 	conn, out := s.rtpConn, p.rtp
@@ -741,47 +758,61 @@ func (p *Proxy) insideLoop(s *stream, rtcp bool) {
 			}
 			continue
 		}
-		src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
-		r := s.route.Load()
-		if r.server.IsValid() && src.Addr() != r.server.Addr() {
-			p.c.DropNotServer.Add(1)
-			continue
-		}
-		if !rtcp && !r.serverSrc.IsValid() {
-			p.mu.Lock()
-			r2 := *s.route.Load()
-			r2.serverSrc = src
-			s.route.Store(&r2)
-			p.mu.Unlock()
-			r = &r2
-		}
-		dst := r.clientSrc
-		if rtcp {
-			dst = r.clientRTCPSrc
-			if !dst.IsValid() {
-				dst = r.clientRTCP
-			}
-		} else if !dst.IsValid() {
-			dst = r.client
-		}
-		if !dst.IsValid() {
-			p.c.DropNoPeer.Add(1)
+		dst, ok := p.fromInside(s, rtcp, netip.AddrPortFrom(src.Addr().Unmap(), src.Port()))
+		if !ok {
 			continue
 		}
 		if err := out.WriteTo(buf[:n], dst); err != nil {
 			p.c.DropWriteError.Add(1)
 			continue
 		}
-		s.last.Store(p.now.Load())
-		p.c.BytesOut.Add(uint64(n))
-		if rtcp {
-			p.c.RTCPOut.Add(1)
-			continue
+		p.sentToClient(s, rtcp, n)
+	}
+}
+
+// fromInside checks a packet from the server on one of s's inside ports and
+// returns where it goes outside.
+func (p *Proxy) fromInside(s *stream, rtcp bool, src netip.AddrPort) (netip.AddrPort, bool) {
+	r := s.route.Load()
+	if r.server.IsValid() && src.Addr() != r.server.Addr() {
+		p.c.DropNotServer.Add(1)
+		return netip.AddrPort{}, false
+	}
+	if !rtcp && !r.serverSrc.IsValid() {
+		p.mu.Lock()
+		r2 := *s.route.Load()
+		r2.serverSrc = src
+		s.route.Store(&r2)
+		p.mu.Unlock()
+		r = &r2
+	}
+	dst := r.clientSrc
+	if rtcp {
+		dst = r.clientRTCPSrc
+		if !dst.IsValid() {
+			dst = r.clientRTCP
 		}
-		p.c.RTPOut.Add(1)
-		if s.toClient.Add(1) >= p.cfg.OffloadAfter {
-			p.maybeOffload(s)
-		}
+	} else if !dst.IsValid() {
+		dst = r.client
+	}
+	if !dst.IsValid() {
+		p.c.DropNoPeer.Add(1)
+		return netip.AddrPort{}, false
+	}
+	return dst, true
+}
+
+// sentToClient accounts a packet sent out of the fixed port.
+func (p *Proxy) sentToClient(s *stream, rtcp bool, n int) {
+	s.last.Store(p.now.Load())
+	p.c.BytesOut.Add(uint64(n))
+	if rtcp {
+		p.c.RTCPOut.Add(1)
+		return
+	}
+	p.c.RTPOut.Add(1)
+	if s.toClient.Add(1) >= p.cfg.OffloadAfter {
+		p.maybeOffload(s)
 	}
 }
 

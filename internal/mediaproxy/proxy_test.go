@@ -166,9 +166,14 @@ func TestForwardingCollisionsAndLatch(t *testing.T) {
 		_, _ = stranger.WriteToUDPAddrPort(rtpPacket(0x2222, 1, "x"), p.RTPAddr())
 		waitFor(t, func() bool { return p.Counters().DropUnknownSSRC.Load() == 1 })
 	}
-	r, err := p.Apply(&Descriptor{Op: OpQuery, CallID: "b"})
-	if err != nil || !r.SSRCKnown || r.SSRC != 0x2222 || r.ToServer != n+1 || r.ToClient != n+1 {
-		t.Fatalf("query: %+v %v", r, err)
+	var r Reply
+	waitFor(t, func() bool {
+		var err error
+		r, err = p.Apply(&Descriptor{Op: OpQuery, CallID: "b"})
+		return err == nil && r.ToClient == n+1
+	})
+	if !r.SSRCKnown || r.SSRC != 0x2222 || r.ToServer != n+1 {
+		t.Fatalf("query: %+v", r)
 	}
 	for _, cl := range cls {
 		if err := p.DeleteCall(cl.d.CallID); err != nil {
@@ -204,9 +209,7 @@ func TestRTCPForwarding(t *testing.T) {
 	if err != nil || n != len(rr) || from != p.RTCPAddr() {
 		t.Fatalf("rtcp echo: %d from %v: %v", n, from, err)
 	}
-	if p.Counters().RTCPIn.Load() != 1 || p.Counters().RTCPOut.Load() != 1 {
-		t.Fatal("rtcp counters")
-	}
+	waitFor(t, func() bool { return p.Counters().RTCPIn.Load() == 1 && p.Counters().RTCPOut.Load() == 1 })
 }
 
 func TestMediaTimeout(t *testing.T) {

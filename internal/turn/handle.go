@@ -437,7 +437,7 @@ func (r *request) peers() ([]netip.AddrPort, bool) {
 func (r *request) checkPeer(a *allocation, p netip.AddrPort, endpoint bool) bool {
 	allowed := r.s.filter.allowedIP(p.Addr())
 	if endpoint {
-		allowed = allowed && r.s.filter.allowedEndpoint(p) && !r.s.isRelayAddr(p)
+		allowed = allowed && r.s.filter.allowedEndpoint(p)
 	}
 	if !allowed {
 		r.s.m.refusedPeers.Inc()

@@ -34,6 +34,7 @@ type peerFilter struct {
 	allow, deny  []netip.Prefix
 	loopback     bool
 	own          []netip.Addr     // the server's own addresses
+	relayIP      netip.Addr       // allowed although own: relay to relay
 	ownEndpoints []netip.AddrPort // listeners: refused even on loopback
 }
 
@@ -66,10 +67,8 @@ func (f *peerFilter) allowedIP(ip netip.Addr) bool {
 	if ip.IsLoopback() {
 		return f.loopback
 	}
-	for _, a := range f.own {
-		if a == ip {
-			return false
-		}
+	if f.isOwn(ip) {
+		return false
 	}
 	for _, p := range refusedByDefault {
 		if p.Contains(ip) {
@@ -80,8 +79,7 @@ func (f *peerFilter) allowedIP(ip netip.Addr) bool {
 }
 
 // allowedEndpoint adds, to allowedIP, the refusal of the server's own
-// listeners: a relay to them would loop. (The server refuses its own relay
-// addresses separately; it knows which are bound.)
+// listeners: a relay to them would loop.
 func (f *peerFilter) allowedEndpoint(ap netip.AddrPort) bool {
 	ip := ap.Addr().Unmap()
 	if !f.allowedIP(ip) {
@@ -97,6 +95,9 @@ func (f *peerFilter) allowedEndpoint(ap netip.AddrPort) bool {
 }
 
 func (f *peerFilter) isOwn(ip netip.Addr) bool {
+	if ip == f.relayIP {
+		return false
+	}
 	for _, a := range f.own {
 		if a == ip {
 			return true

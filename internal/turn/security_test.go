@@ -12,7 +12,8 @@ import (
 )
 
 func TestPeerFilterDefaults(t *testing.T) {
-	f := peerFilter{own: []netip.Addr{netip.MustParseAddr("203.0.113.7")}}
+	f := peerFilter{own: []netip.Addr{netip.MustParseAddr("203.0.113.7"), netip.MustParseAddr("203.0.113.8")},
+		relayIP: netip.MustParseAddr("203.0.113.8")}
 	for _, tc := range []struct {
 		ip   string
 		want bool
@@ -28,6 +29,7 @@ func TestPeerFilterDefaults(t *testing.T) {
 		{"224.0.0.1", false},
 		{"255.255.255.255", false},
 		{"203.0.113.7", false}, // the server's own
+		{"203.0.113.8", true},  // the relay IP: relay to relay
 		{"::1", false},
 		{"::", false},
 		{"::ffff:127.0.0.1", false},
@@ -97,8 +99,9 @@ func TestRefusedPeers(t *testing.T) {
 	if code := errCode(c2.do(stun.MethodChannelBind, channelAttr(0x4001), peerAttr(s2.Addr()))); code != 403 {
 		t.Errorf("ChannelBind to own listener: code %d, want 403", code)
 	}
-	if code := errCode(c2.do(stun.MethodChannelBind, channelAttr(0x4001), peerAttr(relayed))); code != 403 {
-		t.Errorf("ChannelBind to own relay address: code %d, want 403", code)
+	// Relay to relay (two clients of one server) is allowed.
+	if code := errCode(c2.do(stun.MethodChannelBind, channelAttr(0x4002), peerAttr(relayed))); code != 0 {
+		t.Errorf("ChannelBind to a relayed address: code %d, want success", code)
 	}
 	if code := errCode(c2.do(stun.MethodChannelBind, channelAttr(0x4001), peerAttr(netip.MustParseAddrPort("127.0.0.1:9")))); code != 0 {
 		t.Errorf("ChannelBind loopback with opt-in: code %d", code)

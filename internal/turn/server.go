@@ -143,8 +143,11 @@ func (s *Server) listen() error {
 }
 
 func (s *Server) initFilter() {
-	f := peerFilter{allow: s.cfg.AllowPeers, deny: s.cfg.DenyPeers, loopback: s.cfg.AllowLoopbackPeers}
-	f.own = append(f.own, s.cfg.RelayIP)
+	// The server's own addresses are refused as peers, except the relay
+	// IP: two clients of one server reach each other relay to relay, the
+	// common case of two relay-only WebRTC peers. Its listeners are refused
+	// by exact address (ownEndpoints).
+	f := peerFilter{allow: s.cfg.AllowPeers, deny: s.cfg.DenyPeers, loopback: s.cfg.AllowLoopbackPeers, relayIP: s.cfg.RelayIP}
 	la := s.cfg.Listen.Addr().Unmap()
 	if la.IsUnspecified() {
 		if addrs, err := net.InterfaceAddrs(); err == nil {
@@ -353,7 +356,7 @@ func (s *Server) relaySend(key fiveTuple, b []byte, st *relayStats) {
 		st.noAlloc++
 		return
 	}
-	if !s.filter.allowedEndpoint(peer) || s.isRelayAddr(peer) {
+	if !s.filter.allowedEndpoint(peer) {
 		s.m.refusedPeers.Inc()
 		return
 	}
@@ -380,13 +383,6 @@ func (s *Server) relaySend(key fiveTuple, b []byte, st *relayStats) {
 		}
 	}
 	a.mu.Unlock()
-}
-
-func (s *Server) isRelayAddr(ap netip.AddrPort) bool {
-	s.mu.RLock()
-	_, ok := s.byRelay[netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())]
-	s.mu.RUnlock()
-	return ok
 }
 
 // openRelay binds a relay socket on a free port of the range.

@@ -10,6 +10,8 @@ import { Meter, pathOf } from './stats.js';
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
 
+const summaryMeter = new Meter();
+
 const state = {
   sig: null,
   pc: null,
@@ -27,6 +29,9 @@ const state = {
 };
 
 function status(text) { $('status').textContent = text; }
+
+// ?debug=1 logs the signaling exchange to the console.
+const debug = params.get('debug') === '1' ? (...a) => console.log('[signal]', ...a) : () => {};
 
 // serial runs signaling steps one at a time, in arrival order.
 function serial(fn) {
@@ -64,6 +69,7 @@ async function join(room, identity, relay) {
     url.protocol = location.protocol === 'https:' ? 'wss:' : 'ws:';
     const sig = new Signal(url.href);
     state.sig = sig;
+    sig.debug = debug;
     sig.on('joined', (m) => serial(() => onJoined(m)))
       .on('answer', (m) => serial(() => onAnswer(m)))
       .on('offer', (m) => serial(() => onOffer(m)))
@@ -145,7 +151,7 @@ async function onOffer(m) {
   // Glare: our offer is out. The SFU is the polite side: when ours reaches
   // it, it rolls its own offer back, answers ours, and offers again after.
   // So an offer that crosses ours is dropped here.
-  if (pc.signalingState === 'have-local-offer') return;
+  if (pc.signalingState === 'have-local-offer') { debug('dropping a node offer that crossed ours'); return; }
   await pc.setRemoteDescription({ type: 'offer', sdp: m.sdp });
   await pc.setLocalDescription();
   state.sig.send({ type: 'answer', sdp: pc.localDescription.sdp });
@@ -212,26 +218,40 @@ function removeTile(id) {
 
 function startStats() {
   stopStats();
-  state.timer = setInterval(updateStats, 1000);
+  state.timer = setInterval(() => updateStats(), 1000);
 }
 
 function stopStats() {
   clearInterval(state.timer);
 }
 
-async function updateStats() {
+// updateStats refreshes the overlays (from the 1 s timer, with
+// state.meter) or, for summary(), only computes (with its own meter, so
+// that the overlays' rates are not disturbed).
+async function updateStats(meter = state.meter) {
   const pc = state.pc;
-  if (!pc) return;
+  if (!pc) return null;
   const report = await pc.getStats();
   const path = pathOf(report);
-  const inbound = state.meter.inbound(report);
-  const outbound = state.meter.outbound(report);
+  const inbound = meter.inbound(report);
+  const outbound = meter.outbound(report);
   // Map inbound streams to tiles through the receivers' tracks.
   const streamOf = new Map();
   for (const [id, tile] of state.tiles) {
     for (const t of tile.stream.getTracks()) streamOf.set(t.id, id);
   }
   for (const s of inbound) s.streamId = streamOf.get(s.trackId) || '';
+  const last = {
+    connectionState: pc.connectionState,
+    iceConnectionState: pc.iceConnectionState,
+    signalingState: pc.signalingState,
+    path,
+    inbound,
+    outbound,
+    tiles: state.tiles.size,
+  };
+  if (meter !== state.meter) return last;
+  state.last = last;
   const pathText = path ? `${path.local}→${path.remote} ${path.protocol}  rtt ${path.rttMs ?? '?'} ms` : 'no path yet';
   for (const [id, tile] of state.tiles) {
     if (id === 'local') {
@@ -245,15 +265,7 @@ async function updateStats() {
     }
     tile.stats.textContent = lines.join('\n');
   }
-  state.last = {
-    connectionState: pc.connectionState,
-    iceConnectionState: pc.iceConnectionState,
-    signalingState: pc.signalingState,
-    path,
-    inbound,
-    outbound,
-    tiles: state.tiles.size,
-  };
+  return last;
 }
 
 // window.traverse is for tests and the curious: the peer connection and a
@@ -262,7 +274,7 @@ window.traverse = {
   get pc() { return state.pc; },
   get joined() { return state.me; },
   get errors() { return state.errors.slice(); },
-  async summary() { await updateStats(); return state.last; },
+  summary() { return updateStats(summaryMeter); },
   leave,
 };
 

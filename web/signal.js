@@ -21,6 +21,7 @@ export class Signal {
       ws.onmessage = (e) => {
         let m;
         try { m = JSON.parse(e.data); } catch { return; }
+        if (this.debug) this.debug('<-', m.type, m.type === 'offer' || m.type === 'answer' ? describe(m.sdp) : '');
         this.emit(m.type, m);
       };
     });
@@ -32,8 +33,16 @@ export class Signal {
   }
 
   send(m) {
+    if (this.debug) this.debug('->', m.type, m.type === 'offer' || m.type === 'answer' ? describe(m.sdp) : '');
     if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(m));
   }
 
   close() { if (this.ws) this.ws.close(); }
+}
+
+// describe summarizes an SDP for the debug log: each m= line's kind,
+// direction and mid.
+function describe(sdp) {
+  return sdp.split('\r\n').filter((l) => /^(m=|a=(sendrecv|sendonly|recvonly|inactive|mid:|simulcast))/.test(l))
+    .map((l) => l.replace(/^m=(\w+).*/, '$1').replace(/^a=/, '')).join(' ');
 }

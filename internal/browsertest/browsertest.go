@@ -423,3 +423,8 @@ func (b *Browser) kill() {
 
 // PID returns the browser's process id.
 func (b *Browser) PID() int { return b.cmd.Process.Pid }
+
+// Call sends a CDP command to the page (Page.captureScreenshot, ...).
+func (p *Page) Call(ctx context.Context, method string, params, out any) error {
+	return p.b.Call(ctx, p.session, method, params, out)
+}

@@ -156,9 +156,10 @@ func (pt *participant) summary(ctx context.Context) (summary, error) {
 }
 
 // room opens n participants in one room; relay lists those restricted to
-// TURN. It then checks that every participant decodes every other's video
-// and receives their audio, and that both keep growing.
-func room(t *testing.T, st *stack, n int, relay map[int]bool) {
+// TURN; query is added to every page's URL. It then checks that every
+// participant decodes every other's video and receives their audio, and
+// that both keep growing.
+func room(t *testing.T, st *stack, n int, relay map[int]bool, query string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	roomName := fmt.Sprintf("room-%d-%d", n, time.Now().UnixNano()%100000)
@@ -178,6 +179,10 @@ func room(t *testing.T, st *stack, n int, relay map[int]bool) {
 		url := fmt.Sprintf("%s/?room=%s&identity=%s&autojoin=1", st.url, roomName, name)
 		if relay[i] {
 			url += "&relay=1"
+		}
+		url += query
+		if os.Getenv("BROWSER_LOG") != "" {
+			url += "&debug=1"
 		}
 		p, err := b.NewPage(ctx, url)
 		if err != nil {
@@ -290,7 +295,7 @@ func TestBrowsersTwo(t *testing.T) {
 	if isolated(t) {
 		return
 	}
-	room(t, startStack(t, false), 2, nil)
+	room(t, startStack(t, false), 2, nil, "")
 }
 
 func TestBrowsersThree(t *testing.T) {
@@ -298,7 +303,7 @@ func TestBrowsersThree(t *testing.T) {
 	if isolated(t) {
 		return
 	}
-	room(t, startStack(t, false), 3, nil)
+	room(t, startStack(t, false), 3, nil, "")
 }
 
 func TestBrowsersRelay(t *testing.T) {
@@ -306,5 +311,26 @@ func TestBrowsersRelay(t *testing.T) {
 	if isolated(t) {
 		return
 	}
-	room(t, startStack(t, true), 2, map[int]bool{1: true})
+	room(t, startStack(t, true), 2, map[int]bool{1: true}, "")
+}
+
+// TestBrowsersSimulcast: both participants send three simulcast layers
+// (?simulcast=1: rids q, h, f); each must still decode the other's video.
+//
+// It runs only with TRAVERSE_BROWSER_SIMULCAST=1: in about one run of three
+// a subscriber never gets the other's video (no inbound-rtp video at all,
+// while audio flows and signaling completed). internal/sfu's downTrack
+// forwards a layer only from a keyframe and asks for one once (at Bind,
+// skipped when that rid's layer has not arrived yet, or throttled), and
+// Chromium sends no keyframe unasked: nothing asks again while the
+// subscriber waits.
+func TestBrowsersSimulcast(t *testing.T) {
+	skipWithoutChromium(t)
+	if os.Getenv("TRAVERSE_BROWSER_SIMULCAST") != "1" {
+		t.Skip("known SFU issue (see the comment); set TRAVERSE_BROWSER_SIMULCAST=1 to run")
+	}
+	if isolated(t) {
+		return
+	}
+	room(t, startStack(t, false), 2, nil, "&simulcast=1")
 }

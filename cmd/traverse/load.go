@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"time"
 
@@ -34,13 +35,18 @@ func runLoad(ctx context.Context, args []string) error {
 		parallel = fs.Int("parallel", 8, "joins in flight at once")
 		prefix   = fs.String("room-prefix", "load", "room names are PREFIX0, PREFIX1, ...")
 		asJSON   = fs.Bool("json", false, "print the summary as JSON")
+		janus    = fs.String("janus", "", "load a Janus videoroom at this HTTP API `URL` (http://127.0.0.1:8088/janus) instead, for comparison")
+		iceIP    = fs.String("ice-ip", "", "clients gather host candidates on this `IP` only (default: loopback)")
+		pid      = fs.Int("server-pid", 0, "report this server `process`'s CPU time and memory over the measurement")
 	)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	cfg := loadgen.Config{Rooms: *rooms, Publishers: *pubs, Subscribers: *subs, Duration: *duration,
-		RoomPrefix: *prefix, VideoBitrate: *bitrate, Simulcast: *simul, TCP: *tcp, Parallel: *parallel}
+		RoomPrefix: *prefix, VideoBitrate: *bitrate, Simulcast: *simul, TCP: *tcp, Parallel: *parallel,
+		ServerPID: *pid, JanusURL: *janus}
 	switch {
+	case *janus != "":
 	case *natsURLs != "":
 		bc, err := bus.Connect(bus.Config{URLs: bus.SplitURLs(*natsURLs), Name: "traverse load", RequestTimeout: 30 * time.Second}, nil)
 		if err != nil {
@@ -64,9 +70,16 @@ func runLoad(ctx context.Context, args []string) error {
 		}
 		cfg.NewSignaler = func() loadgen.Signaler { return loadgen.NewWSSignaler(*wsURL, tokens) }
 	default:
-		return errors.New("--url or --nats is required")
+		return errors.New("--url, --nats or --janus is required")
 	}
-	api, err := loadgen.NewAPI(*tcp)
+	var only netip.Addr
+	if *iceIP != "" {
+		var err error
+		if only, err = netip.ParseAddr(*iceIP); err != nil {
+			return fmt.Errorf("--ice-ip: %w", err)
+		}
+	}
+	api, err := loadgen.NewAPI(*tcp, only)
 	if err != nil {
 		return err
 	}
@@ -89,6 +102,10 @@ func runLoad(ctx context.Context, args []string) error {
 		sum.PublishedPerSec, sum.PacketsPerSecond, sum.BitsPerSecond/1e6, sum.ExpectedPerSecond, sum.Seconds)
 	fmt.Printf("loss %.3f%% (%d packets), mean jitter %.2f ms\n", 100*sum.LossFraction, sum.Lost, sum.JitterMeanMillis)
 	fmt.Printf("join (to connected) p50 %.0f ms, p95 %.0f ms, p99 %.0f ms\n", sum.JoinP50Millis, sum.JoinP95Millis, sum.JoinP99Millis)
+	if sum.ServerCPUSeconds > 0 {
+		fmt.Printf("server: %.2f CPU-seconds (%.0f%% of a core), %.2f CPU-s per million forwarded packets (%.0f packets per CPU-second), RSS %.1f MiB, %.0f KiB per participant\n",
+			sum.ServerCPUSeconds, sum.ServerCPUPercent, sum.CPUSecondsPerMillionPackets, sum.PacketsPerCPUSecond, sum.ServerRSSMiB, sum.MemoryPerPeerKiB)
+	}
 	if sum.Connected == 0 {
 		return errors.New("no client connected")
 	}

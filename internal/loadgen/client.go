@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -84,8 +85,9 @@ type Client struct {
 
 // NewAPI returns the pion API load clients use: default codecs, the
 // simulcast header extensions, and no per-packet interceptors (a load
-// client must stay cheap).
-func NewAPI(tcp bool) (*webrtc.API, error) {
+// client must stay cheap). Clients gather host candidates on loopback
+// only, or only on ip when it is valid.
+func NewAPI(tcp bool, ip netip.Addr) (*webrtc.API, error) {
 	me := &webrtc.MediaEngine{}
 	if err := me.RegisterDefaultCodecs(); err != nil {
 		return nil, err
@@ -96,7 +98,13 @@ func NewAPI(tcp bool) (*webrtc.API, error) {
 	se := webrtc.SettingEngine{}
 	se.SetIncludeLoopbackCandidate(true)
 	se.SetICEMulticastDNSMode(ice.MulticastDNSModeDisabled)
-	se.SetIPFilter(func(ip net.IP) bool { return ip.IsLoopback() })
+	se.SetIPFilter(func(a net.IP) bool {
+		if ip.IsValid() {
+			b, ok := netip.AddrFromSlice(a)
+			return ok && b.Unmap() == ip
+		}
+		return a.IsLoopback()
+	})
 	if tcp {
 		se.SetNetworkTypes([]webrtc.NetworkType{webrtc.NetworkTypeTCP4})
 	} else {
@@ -548,4 +556,58 @@ func NewSessionID() string {
 	var b [9]byte
 	_, _ = rand.Read(b[:])
 	return "s" + hex.EncodeToString(b[:])
+}
+
+// dialOffered makes a receive-only client for a server that offers first
+// (a Janus subscriber): it answers offer through sig.Answer.
+func dialOffered(ctx context.Context, api *webrtc.API, sig Signaler, offer string) (*Client, error) {
+	pc, err := api.NewPeerConnection(webrtc.Configuration{})
+	if err != nil {
+		sig.Close()
+		return nil, err
+	}
+	cctx, cancel := context.WithCancel(context.Background())
+	c := &Client{cfg: ClientConfig{Subscribe: true}, sig: sig, pc: pc, connected: make(chan struct{}), joinStart: time.Now(), cancel: cancel}
+	var connOnce sync.Once
+	pc.OnConnectionStateChange(func(s webrtc.PeerConnectionState) {
+		if s == webrtc.PeerConnectionStateConnected {
+			connOnce.Do(func() {
+				c.joinTime.Store(int64(time.Since(c.joinStart)))
+				close(c.connected)
+			})
+		}
+	})
+	pc.OnTrack(func(t *webrtc.TrackRemote, _ *webrtc.RTPReceiver) {
+		st := &RecvStats{Kind: t.Kind().String(), clock: t.Codec().ClockRate}
+		c.mu.Lock()
+		c.tracks = append(c.tracks, st)
+		c.mu.Unlock()
+		st.read(t)
+	})
+	if err := pc.SetRemoteDescription(webrtc.SessionDescription{Type: webrtc.SDPTypeOffer, SDP: offer}); err != nil {
+		c.Close()
+		return nil, err
+	}
+	answer, err := pc.CreateAnswer(nil)
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	gathered := webrtc.GatheringCompletePromise(pc)
+	if err := pc.SetLocalDescription(answer); err != nil {
+		c.Close()
+		return nil, err
+	}
+	select {
+	case <-gathered:
+	case <-ctx.Done():
+		c.Close()
+		return nil, ctx.Err()
+	}
+	if err := sig.Answer(ctx, pc.LocalDescription().SDP); err != nil {
+		c.Close()
+		return nil, err
+	}
+	_ = cctx
+	return c, nil
 }

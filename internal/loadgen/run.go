@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -29,6 +32,16 @@ type Config struct {
 	NewSignaler func() Signaler
 	// Progress, when set, is called every second.
 	Progress func(Progress)
+	// ServerPID, when set, is the server process whose CPU time
+	// (utime+stime from /proc/PID/stat) and resident memory the summary
+	// reports over the measurement window.
+	ServerPID  int
+	serverRSS0 uint64
+	// JanusURL, when set, runs the same load against a Janus videoroom at
+	// this HTTP API base ("http://127.0.0.1:8088/janus") instead of
+	// NewSignaler: each participant publishes on one peer connection and
+	// subscribes to the others' feeds on a second (Janus's model).
+	JanusURL string
 }
 
 // Progress is the state once a second.
@@ -61,6 +74,13 @@ type Summary struct {
 	JoinP99Millis     float64 `json:"join_p99_ms"`
 	FirstJoinError    string  `json:"first_join_error,omitempty"`
 	ExpectedPerSecond float64 `json:"expected_packets_per_second"`
+
+	ServerCPUSeconds            float64 `json:"server_cpu_seconds,omitempty"`
+	ServerCPUPercent            float64 `json:"server_cpu_percent,omitempty"`
+	CPUSecondsPerMillionPackets float64 `json:"cpu_seconds_per_million_packets,omitempty"`
+	PacketsPerCPUSecond         float64 `json:"packets_per_cpu_second,omitempty"`
+	ServerRSSMiB                float64 `json:"server_rss_mib,omitempty"`
+	MemoryPerPeerKiB            float64 `json:"memory_per_peer_kib,omitempty"`
 }
 
 // Run joins every client, lets media flow for Duration (counted from when
@@ -78,9 +98,6 @@ func Run(ctx context.Context, api *webrtc.API, cfg Config) (Summary, error) {
 	}
 	if cfg.VideoBitrate == 0 {
 		cfg.VideoBitrate = 1_000_000
-	}
-	type spec struct {
-		cfg ClientConfig
 	}
 	var specs []spec
 	for r := range cfg.Rooms {
@@ -105,6 +122,10 @@ func Run(ctx context.Context, api *webrtc.API, cfg Config) (Summary, error) {
 		wg.Wait()
 	}()
 
+	_, cfg.serverRSS0 = procStat(cfg.ServerPID)
+	if cfg.JanusURL != "" {
+		return runJanus(ctx, api, cfg, specs2(specs), sum)
+	}
 	start := time.Now()
 	sem := make(chan struct{}, cfg.Parallel)
 	var wg sync.WaitGroup
@@ -133,6 +154,12 @@ func Run(ctx context.Context, api *webrtc.API, cfg Config) (Summary, error) {
 		}
 	}
 	wg.Wait()
+	return measure(ctx, cfg, clients, errs, sum, start)
+}
+
+// measure records join results, waits a second for renegotiation to
+// settle, then counts what the clients receive for cfg.Duration.
+func measure(ctx context.Context, cfg Config, clients []*Client, errs []error, sum Summary, start time.Time) (Summary, error) {
 	for _, err := range errs {
 		if err != nil {
 			sum.JoinFailures++
@@ -189,6 +216,7 @@ func Run(ctx context.Context, api *webrtc.API, cfg Config) (Summary, error) {
 	}
 	pk0, lost0, bytes0, _, _ := totals()
 	sent0 := sent()
+	cpu0, rss1 := procStat(cfg.ServerPID)
 	t0 := time.Now()
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
@@ -231,6 +259,161 @@ loop:
 	// What the room layout should deliver: every packet published reaches
 	// every other participant of its room.
 	sum.PublishedPerSec = float64(sent()-sent0) / secs
+	if cfg.ServerPID > 0 {
+		cpu1, _ := procStat(cfg.ServerPID)
+		sum.ServerCPUSeconds = cpu1 - cpu0
+		sum.ServerCPUPercent = 100 * sum.ServerCPUSeconds / secs
+		if sum.PacketsReceived > 0 {
+			sum.CPUSecondsPerMillionPackets = sum.ServerCPUSeconds / float64(sum.PacketsReceived) * 1e6
+			sum.PacketsPerCPUSecond = float64(sum.PacketsReceived) / sum.ServerCPUSeconds
+		}
+		if sum.Connected > 0 && cfg.serverRSS0 > 0 {
+			sum.ServerRSSMiB = float64(rss1) / (1 << 20)
+			sum.MemoryPerPeerKiB = float64(int64(rss1)-int64(cfg.serverRSS0)) / 1024 / float64(sum.Peers)
+		}
+	}
 	sum.ExpectedPerSecond = sum.PublishedPerSec * float64(fan)
 	return sum, nil
+}
+
+// procStat returns a process's CPU time (utime+stime) in seconds and its
+// resident set in bytes; zeros when pid is 0 or unreadable.
+func procStat(pid int) (float64, uint64) {
+	if pid <= 0 {
+		return 0, 0
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, 0
+	}
+	// Fields after the parenthesised command name, which may hold spaces.
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return 0, 0
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 22 {
+		return 0, 0
+	}
+	ut, _ := strconv.ParseUint(f[11], 10, 64)
+	st, _ := strconv.ParseUint(f[12], 10, 64)
+	rss, _ := strconv.ParseUint(f[21], 10, 64)
+	const hz = 100 // USER_HZ on Linux
+	return float64(ut+st) / hz, rss * uint64(os.Getpagesize())
+}
+
+type spec struct {
+	cfg ClientConfig
+}
+
+func specs2(s []spec) []ClientConfig {
+	out := make([]ClientConfig, len(s))
+	for i, x := range s {
+		out[i] = x.cfg
+	}
+	return out
+}
+
+func runJanus(ctx context.Context, api *webrtc.API, cfg Config, specs []ClientConfig, sum Summary) (Summary, error) {
+	j, err := NewJanus(ctx, cfg.JanusURL)
+	if err != nil {
+		return sum, err
+	}
+	defer j.Close()
+	var clients []*Client
+	var errs []error
+	var mu sync.Mutex
+	add := func(c *Client, err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if err != nil {
+			errs = append(errs, err)
+			return
+		}
+		clients = append(clients, c)
+	}
+	defer func() {
+		var wg sync.WaitGroup
+		for _, c := range clients {
+			wg.Add(1)
+			go func() { defer wg.Done(); c.Close() }()
+		}
+		wg.Wait()
+	}()
+	start := time.Now()
+	roomID := func(name string) int {
+		var n int
+		_, _ = fmt.Sscanf(name[len(cfg.RoomPrefix):], "%d", &n)
+		return 7000 + n
+	}
+	for r := range cfg.Rooms {
+		if err := j.CreateRoom(ctx, 7000+r, cfg.Publishers+1); err != nil {
+			return sum, fmt.Errorf("janus create room: %w", err)
+		}
+	}
+	sem := make(chan struct{}, cfg.Parallel)
+	var wg sync.WaitGroup
+	feeds := map[string][]uint64{} // room -> feeds
+	feedOf := map[string]uint64{}  // identity -> feed
+	for _, sp := range specs {
+		if !sp.Publish {
+			continue
+		}
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			jctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			defer cancel()
+			sig := NewJanusPublisher(j, roomID(sp.Room))
+			c, err := Dial(jctx, api, sig, ClientConfig{Room: sp.Room, Identity: sp.Identity, Publish: true,
+				VideoBitrate: sp.VideoBitrate, Simulcast: sp.Simulcast})
+			if err == nil {
+				select {
+				case <-c.Connected():
+				case <-jctx.Done():
+					err = fmt.Errorf("janus publisher not connected: %w", jctx.Err())
+				}
+			}
+			add(c, err)
+			if err == nil {
+				mu.Lock()
+				feeds[sp.Room] = append(feeds[sp.Room], sig.Feed())
+				feedOf[sp.Identity] = sig.Feed()
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	for _, sp := range specs {
+		var want []uint64
+		for _, f := range feeds[sp.Room] {
+			if f != feedOf[sp.Identity] {
+				want = append(want, f)
+			}
+		}
+		if len(want) == 0 {
+			continue
+		}
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			jctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			defer cancel()
+			c, err := DialJanusSubscriber(jctx, api, j, roomID(sp.Room), want)
+			if err == nil {
+				select {
+				case <-c.Connected():
+				case <-jctx.Done():
+					err = fmt.Errorf("janus subscriber not connected: %w", jctx.Err())
+				}
+			}
+			add(c, err)
+		}()
+	}
+	wg.Wait()
+	return measure(ctx, cfg, clients, errs, sum, start)
 }

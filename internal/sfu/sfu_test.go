@@ -3,6 +3,7 @@ package sfu
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"testing"
 	"time"
 
@@ -70,11 +71,11 @@ func newHarness(t *testing.T, cfg Config) *harness {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	api, err := loadgen.NewAPI(false)
+	api, err := loadgen.NewAPI(false, netip.Addr{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	tcpAPI, err := loadgen.NewAPI(true)
+	tcpAPI, err := loadgen.NewAPI(true, netip.Addr{})
 	if err != nil {
 		t.Fatal(err)
 	}

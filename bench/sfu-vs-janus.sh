@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# SFU benchmark, one run, same synthetic load (pion clients from `traverse load`):
+#   traverse (serve: embedded NATS + signal + sfu, clients join through the bus) vs
+#   Janus 1.1 videoroom (its HTTP API) vs a plain batched Go UDP forwarder (the ceiling).
+# For each scenario: server CPU-seconds per million forwarded RTP packets (utime+stime of the
+# server process over the measurement window, /proc/PID/stat), packets in and out, loss, memory.
+# Usage: bench/sfu-vs-janus.sh [DURATION]   (default 10s; bounded; loopback only)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# Everything runs in a network namespace of our own (root needed): no traffic can leave it.
+if [ -z "${SFUBENCH_NS:-}" ]; then
+  NS=sfubench-$$
+  ip netns add "$NS"
+  trap 'ip netns del "$NS" 2>/dev/null || true' EXIT
+  ip netns exec "$NS" ip link set lo up
+  # libnice gathers no loopback address at all: give Janus an interface of the namespace (a veth
+  # pair with both ends inside it; its address is local to the namespace).
+  ip netns exec "$NS" ip link add sfub0 type veth peer name sfub1
+  ip netns exec "$NS" ip addr add 10.77.0.1/24 dev sfub0
+  ip netns exec "$NS" ip link set sfub0 up
+  ip netns exec "$NS" ip link set sfub1 up
+  SFUBENCH_NS=$NS ip netns exec "$NS" "$0" "$@"
+  exit $?
+fi
+DUR=${1:-10s}
+OUT=$(mktemp -d /tmp/sfubench.XXXXXX)
+BIN=$OUT/traverse
+go build -o "$BIN" ./cmd/traverse
+go build -o "$OUT/udpfwd" ./bench/udpfwd
+PIDS=()
+cleanup() { for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+freeport() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+
+# --- traverse: serve with only what the SFU needs listening on free ports
+read -r NATS UDP TCP HTTP P1 P2 P3 P4 P5 P6 < <(python3 -c '
+import socket
+ss=[socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(10)]
+for s in ss: s.bind(("127.0.0.1",0))
+print(" ".join(str(s.getsockname()[1]) for s in ss))')
+"$BIN" serve --admin "" --bus-listen 127.0.0.1:$NATS --sfu-udp 127.0.0.1:$UDP --sfu-tcp 127.0.0.1:$TCP \
+  --signal-http 127.0.0.1:$HTTP --stun-listen 127.0.0.1:$P1 --stun-other-port $P2 --stun-no-tcp \
+  --turn-listen 127.0.0.1:$P3 --turn-no-tcp --sipgw-sip 127.0.0.1:$P4 \
+  --sipgw-rtp 127.0.0.1:$P5 --sipgw-rtcp 127.0.0.1:$P6 --log-level warn >"$OUT/serve.log" 2>&1 &
+TPID=$!; PIDS+=($TPID)
+
+# --- Janus: Debian's config, HTTP on a free port bound to loopback, unused transports off
+JDIR=$OUT/janus; mkdir -p "$JDIR"; cp /etc/janus/*.jcfg "$JDIR/"
+JPORT=$(freeport)
+sed -i "s|^\tport = 8088.*|\tport = $JPORT|; s|^\t#ip = \"192.168.0.1\".*|\tip = \"127.0.0.1\"|" "$JDIR/janus.transport.http.jcfg"
+sed -i 's|^\t#disable = "libjanus_rabbitmq.so"|\tdisable = "libjanus_websockets.so,libjanus_rabbitmq.so,libjanus_mqtt.so,libjanus_nanomsg.so,libjanus_pfunix.so"|' "$JDIR/janus.jcfg"
+sed -i 's|^\t#disable = "libjanus_voicemail.so,libjanus_recordplay.so"|\tdisable = "libjanus_lua.so,libjanus_duktape.so,libjanus_voicemail.so,libjanus_recordplay.so,libjanus_audiobridge.so,libjanus_streaming.so,libjanus_sip.so,libjanus_nosip.so,libjanus_textroom.so,libjanus_videocall.so,libjanus_echotest.so"|' "$JDIR/janus.jcfg"
+janus -C "$JDIR/janus.jcfg" -F "$JDIR" -N -o -r 30000-39999 -E sfub0 -L "$OUT/janus.log" >/dev/null 2>&1 &
+JPID=$!; PIDS+=($JPID)
+
+# --- the ceiling
+FPORT=$(freeport)
+"$OUT/udpfwd" -mode server -listen 127.0.0.1:$FPORT &
+FPID=$!; PIDS+=($FPID)
+
+for i in $(seq 100); do
+  curl -sf -o /dev/null "http://127.0.0.1:$JPORT/janus/info" && (exec 3<>/dev/tcp/127.0.0.1/$NATS) 2>/dev/null && break
+  sleep 0.2
+done
+
+run() { # name rooms pubs subs
+  local name=$1 r=$2 p=$3 s=$4
+  echo "== $name: $r room(s) x ($p publishers + $s subscribers), $DUR" >&2
+  "$BIN" load --nats nats://127.0.0.1:$NATS --rooms $r --publishers $p --subscribers $s --duration $DUR \
+    --server-pid $TPID --room-prefix "t$name" --json 2>"$OUT/traverse-$name.err" >"$OUT/traverse-$name.json" || true
+  "$BIN" load --janus "http://127.0.0.1:$JPORT/janus" --ice-ip 10.77.0.1 --rooms $r --publishers $p --subscribers $s --duration $DUR \
+    --server-pid $JPID --room-prefix "j$name" --json 2>"$OUT/janus-$name.err" >"$OUT/janus-$name.json" || true
+  "$OUT/udpfwd" -mode load -server 127.0.0.1:$FPORT -server-pid $FPID -rooms $r -publishers $p -subscribers $s \
+    -duration $DUR >"$OUT/udpfwd-$name.json" || true
+}
+run fanout 1 1 50
+run rooms 10 4 0
+
+python3 - "$OUT" <<'PY'
+import json, sys, os
+out = sys.argv[1]
+print(f"{'scenario':8} {'server':9} {'pub pkt/s':>9} {'out pkt/s':>9} {'expected':>9} {'loss %':>7} {'CPU %':>6} {'CPU-s/Mpkt':>10} {'pkt/CPU-s':>9} {'KiB/peer':>8}")
+for sc in ("fanout", "rooms"):
+    for srv in ("traverse", "janus", "udpfwd"):
+        try:
+            d = json.load(open(os.path.join(out, f"{srv}-{sc}.json")))
+        except Exception as e:
+            print(sc, srv, "failed:", e); continue
+        cpu = d.get("server_cpu_seconds", 0) / max(d.get("seconds", 1), 1e-9) * 100
+        print(f"{sc:8} {srv:9} {d.get('published_packets_per_second',0):9.0f} {d.get('packets_per_second',0):9.0f} "
+              f"{d.get('expected_packets_per_second',0):9.0f} {100*d.get('loss_fraction',0):7.2f} {cpu:6.1f} "
+              f"{d.get('cpu_seconds_per_million_packets',0):10.1f} {d.get('packets_per_cpu_second',0):9.0f} "
+              f"{d.get('memory_per_peer_kib',0):8.0f}")
+PY
+echo "raw results in $OUT" >&2

@@ -117,7 +117,12 @@ function onJoined(m) {
     stream.onremovetrack = () => { if (stream.getTracks().length === 0) removeTile(stream.id); };
   };
   pc.onconnectionstatechange = () => {
-    if (pc.connectionState === 'failed') status('media connection failed');
+    if (pc.connectionState === 'failed') {
+      // An ICE restart: negotiationneeded offers new ICE credentials, which
+      // signal announces to the nodes.
+      status('media connection failed: restarting ICE');
+      pc.restartIce();
+    }
   };
   if (m.publish !== false) {
     const simulcast = params.get('simulcast') === '1';

@@ -209,7 +209,7 @@ func run() error {
 	out := map[string]any{
 		"mode": *mode, "calls": n, "pps": *pps, "seconds": duration.Seconds(),
 		"forwarded": fwd, "expected": uint64(2 * n * *pps * int(duration.Seconds())), "sent_total": sent.Load(),
-		"proxy_cpu_s": a.proxy - b.proxy, "driver_cpu_s": a.self - b.self,
+		"proxy_cpu_s": a.proxy - b.proxy, "proxy_user_s": a.proxyUser - b.proxyUser, "driver_cpu_s": a.self - b.self,
 		"machine_busy_s": a.busy - b.busy, "machine_softirq_s": a.softirq - b.softirq,
 		"proxy_cpu_s_per_mpkt":    (a.proxy - b.proxy) / mp,
 		"machine_busy_s_per_mpkt": (a.busy - b.busy) / mp,
@@ -221,8 +221,8 @@ func run() error {
 }
 
 type snap struct {
-	recv                       uint64
-	proxy, self, busy, softirq float64
+	recv                                  uint64
+	proxy, proxyUser, self, busy, softirq float64
 }
 
 func snapshot(recv uint64) snap {
@@ -233,7 +233,7 @@ func snapshot(recv uint64) snap {
 			f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+2:]))
 			u, _ := strconv.ParseFloat(f[11], 64)
 			st, _ := strconv.ParseFloat(f[12], 64)
-			s.proxy = (u + st) / hz
+			s.proxy, s.proxyUser = (u+st)/hz, u/hz
 		}
 	}
 	var ru syscall.Rusage

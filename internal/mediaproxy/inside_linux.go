@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"net/netip"
+	"os"
 	"sync"
 	"unsafe"
 
@@ -21,9 +22,15 @@ import (
 // data is reported again), and what goes out of the fixed ports leaves in
 // one sendmmsg per batch.
 type poller struct {
-	epfd, wake int
-	mu         sync.Mutex // guards fds
-	fds        map[int32]pollEntry
+	epfd int
+	// file wraps epfd for Go's netpoller: the loop waits for the epoll
+	// descriptor to become readable like any socket instead of blocking a
+	// thread in epoll_wait (a blocking system call costs Go a thread
+	// hand-off and wakes its monitor thread: measured as most of the
+	// system time before this).
+	file *os.File
+	mu   sync.Mutex // guards fds
+	fds  map[int32]pollEntry
 }
 
 type pollEntry struct {
@@ -36,32 +43,20 @@ func (p *Proxy) startPoller() error {
 	if err != nil {
 		return err
 	}
-	wake, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
-	if err != nil {
+	if err := unix.SetNonblock(epfd, true); err != nil {
 		unix.Close(epfd)
 		return err
 	}
-	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wake, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(wake)}); err != nil {
-		unix.Close(epfd)
-		unix.Close(wake)
-		return err
-	}
-	p.poller = &poller{epfd: epfd, wake: wake, fds: map[int32]pollEntry{}}
+	p.poller = &poller{epfd: epfd, file: os.NewFile(uintptr(epfd), "mediaproxy-epoll"), fds: map[int32]pollEntry{}}
 	p.wg.Add(1)
 	go p.pollLoop()
 	return nil
 }
 
-func (p *Proxy) stopPoller() {
-	var one [8]byte
-	binary.NativeEndian.PutUint64(one[:], 1)
-	_, _ = unix.Write(p.poller.wake, one[:])
-}
+// stopPoller ends the loop: closing the descriptor fails its wait.
+func (p *Proxy) stopPoller() { p.poller.file.Close() }
 
-func (p *Proxy) closePoller() {
-	unix.Close(p.poller.epfd)
-	unix.Close(p.poller.wake)
-}
+func (p *Proxy) closePoller() {}
 
 // startInside registers s's two inside sockets with the epoll loop.
 func (p *Proxy) startInside(s *stream) {
@@ -130,21 +125,23 @@ func (p *Proxy) pollLoop() {
 			rtpSent = rtpSent[:0]
 		}
 	}
+	rc, err := pl.file.SyscallConn()
+	if err != nil {
+		return
+	}
+	var n int
+	wait := func(fd uintptr) bool {
+		var err error
+		n, err = unix.EpollWait(int(fd), events, 0)
+		return n > 0 || (err != nil && !errors.Is(err, unix.EINTR))
+	}
 	for {
-		n, err := unix.EpollWait(pl.epfd, events, -1)
-		if err != nil {
-			if errors.Is(err, unix.EINTR) {
-				continue
-			}
+		if err := rc.Read(wait); err != nil {
 			return
 		}
 		pl.mu.Lock()
 		for i := 0; i < n; i++ {
 			fd := events[i].Fd
-			if int(fd) == pl.wake {
-				pl.mu.Unlock()
-				return
-			}
 			e, ok := pl.fds[fd]
 			if !ok {
 				continue

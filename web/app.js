@@ -63,8 +63,8 @@ async function join(room, identity, relay) {
   try {
     const token = await getToken(room, identity);
     status('camera and microphone…');
-    state.local = await navigator.mediaDevices.getUserMedia({ audio: true, video: { width: 640, height: 480 } });
-    addTile('local', state.local, 'you', true);
+    state.local = await localMedia();
+    if (state.local) addTile('local', state.local, 'you', true);
     const url = new URL('ws', location.href);
     url.protocol = location.protocol === 'https:' ? 'wss:' : 'ws:';
     const sig = new Signal(url.href);
@@ -88,6 +88,19 @@ async function join(room, identity, relay) {
     state.errors.push(String(e));
     $('go').disabled = false;
   }
+}
+
+// localMedia returns camera and microphone, else the microphone alone,
+// else null: a participant without devices still sees and hears the room.
+async function localMedia() {
+  for (const c of [{ audio: true, video: { width: 640, height: 480 } }, { audio: true }]) {
+    try {
+      return await navigator.mediaDevices.getUserMedia(c);
+    } catch (e) {
+      state.errors.push(`getUserMedia ${JSON.stringify(c)}: ${e}`);
+    }
+  }
+  return null;
 }
 
 function onJoined(m) {
@@ -124,7 +137,7 @@ function onJoined(m) {
       pc.restartIce();
     }
   };
-  if (m.publish !== false) {
+  if (m.publish !== false && state.local) {
     const simulcast = params.get('simulcast') === '1';
     for (const track of state.local.getTracks()) {
       const init = { direction: 'sendonly', streams: [state.local] };
@@ -138,7 +151,8 @@ function onJoined(m) {
       pc.addTransceiver(track, init);
     }
   } else {
-    // Subscribe only: still start a negotiation so the SFU has a session.
+    // Subscribe only (no right to publish, or no devices): still start a
+    // negotiation so the SFU has a session to add the others' tracks to.
     pc.addTransceiver('audio', { direction: 'recvonly' });
   }
   startStats();

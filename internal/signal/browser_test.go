@@ -41,6 +41,7 @@ import (
 
 type stack struct {
 	url string
+	key []byte
 }
 
 // startStack runs the bus, one SFU node, optionally TURN, and signal with
@@ -86,7 +87,8 @@ func startStack(t *testing.T, withTURN bool) *stack {
 		time.Sleep(20 * time.Millisecond)
 	}
 
-	cfg := signal.Config{Key: []byte("browser-test-key-0123456789"), Backend: be, DemoTokens: true, Static: web.FS, Log: log}
+	key := []byte("browser-test-key-0123456789")
+	cfg := signal.Config{Key: key, Backend: be, DemoTokens: true, Static: web.FS, Log: log}
 	if withTURN {
 		ts, err := turn.New(turn.Config{Listen: netip.MustParseAddrPort("127.0.0.1:0"), Realm: "traverse",
 			AuthSecret: "turn-secret", AllowLoopbackPeers: true, Log: log})
@@ -106,7 +108,7 @@ func startStack(t *testing.T, withTURN bool) *stack {
 	}
 	hs := httptest.NewServer(srv)
 	t.Cleanup(func() { hs.Close(); _ = srv.Close() })
-	return &stack{url: hs.URL}
+	return &stack{url: hs.URL, key: key}
 }
 
 // summary is what window.traverse.summary() returns (web/app.js).
@@ -160,6 +162,13 @@ func (pt *participant) summary(ctx context.Context) (summary, error) {
 // participant decodes every other's video and receives their audio, and
 // that both keep growing.
 func room(t *testing.T, st *stack, n int, relay map[int]bool, query string) {
+	roomWith(t, st, n, relay, nil, query)
+}
+
+// roomWith is room where the participants in viewers join with a token
+// that may subscribe but not publish: they must receive every publisher,
+// and nobody receives anything from them.
+func roomWith(t *testing.T, st *stack, n int, relay, viewers map[int]bool, query string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	roomName := fmt.Sprintf("room-%d-%d", n, time.Now().UnixNano()%100000)
@@ -181,6 +190,14 @@ func room(t *testing.T, st *stack, n int, relay map[int]bool, query string) {
 			url += "&relay=1"
 		}
 		url += query
+		if viewers[i] {
+			tok, err := signal.MintToken(st.key, signal.Claims{Room: roomName, Identity: name, Subscribe: true,
+				Expires: time.Now().Add(time.Hour).Unix()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			url += "&token=" + tok
+		}
 		if os.Getenv("BROWSER_LOG") != "" {
 			url += "&debug=1"
 		}
@@ -189,6 +206,15 @@ func room(t *testing.T, st *stack, n int, relay map[int]bool, query string) {
 			t.Fatal(err)
 		}
 		parts = append(parts, &participant{name: name, b: b, p: p})
+	}
+	// want[i]: how many publishers participant i must receive.
+	publishers := n - len(viewers)
+	want := make([]int, n)
+	for i := range want {
+		want[i] = publishers
+		if !viewers[i] {
+			want[i]--
+		}
 	}
 	start := time.Now()
 	// Everyone decodes n-1 videos and receives n-1 audio tracks.
@@ -200,7 +226,7 @@ func room(t *testing.T, st *stack, n int, relay map[int]bool, query string) {
 			if err == nil {
 				last = s
 			}
-			if err == nil && s.ConnectionState == "connected" && len(s.counts("video")) >= n-1 && len(s.counts("audio")) >= n-1 {
+			if err == nil && s.ConnectionState == "connected" && len(s.counts("video")) >= want[i] && len(s.counts("audio")) >= want[i] {
 				first[i] = s
 				break
 			}
@@ -231,7 +257,10 @@ func room(t *testing.T, st *stack, n int, relay map[int]bool, query string) {
 					grew++
 				}
 			}
-			if grew < n-1 {
+			if len(viewers) > 0 && len(after) != want[i] {
+				t.Fatalf("%s receives %d %s tracks, want exactly %d (viewers send nothing)", pt.name, len(after), kind, want[i])
+			}
+			if grew < want[i] {
 				t.Fatalf("%s: %s stalled: before %v after %v", pt.name, kind, before, after)
 			}
 			t.Logf("%s %s: %v -> %v", pt.name, kind, before, after)
@@ -333,4 +362,15 @@ func TestBrowsersSimulcast(t *testing.T) {
 		return
 	}
 	room(t, startStack(t, false), 2, nil, "&simulcast=1")
+}
+
+// TestBrowsersViewer: a participant whose token may not publish joins the
+// demo page (it sends a receive-only offer) and sees and hears the two
+// publishers; they see each other.
+func TestBrowsersViewer(t *testing.T) {
+	skipWithoutChromium(t)
+	if isolated(t) {
+		return
+	}
+	roomWith(t, startStack(t, false), 3, nil, map[int]bool{2: true}, "")
 }

@@ -93,6 +93,10 @@ type call struct {
 	callerOutside bool
 	outside       string // signaling address of the outside party
 	inside        string // signaling address of the inside party
+
+	mu     sync.Mutex   // guards invite and answer
+	invite *sip.Request // the initial INVITE as the caller sent it
+	answer *sip.Response // its 2xx as the callee sent it (top Via removed)
 }
 
 // binding is a registered outside client.
@@ -290,14 +294,60 @@ func (g *Gateway) closeSockets() {
 
 // MediaTimeout forgets a call whose media stopped; wire it to the media
 // proxy's OnTimeout.
+// It sends BYE to both parties of an established call.
 func (g *Gateway) MediaTimeout(callID string) {
 	g.mu.Lock()
-	_, ok := g.calls[callID]
+	c, ok := g.calls[callID]
 	delete(g.calls, callID)
 	g.mu.Unlock()
-	if ok {
-		g.c.CallsEnded.Add(1)
+	if !ok {
+		return
 	}
+	g.c.CallsEnded.Add(1)
+	c.mu.Lock()
+	inv, ans := c.invite, c.answer
+	c.mu.Unlock()
+	if inv == nil || ans == nil || ans.Contact() == nil || inv.Contact() == nil {
+		return
+	}
+	caller, callee := c.outside, c.inside
+	if !c.callerOutside {
+		caller, callee = c.inside, c.outside
+	}
+	// To the callee: as if from the caller, CSeq above anything it sent.
+	toCallee := g.bye(ans.Contact().Address, inv.From(), ans.To(), inv.CallID(), inv.CSeq().SeqNo+10000)
+	// To the caller: as if from the callee.
+	from, to := ans.To().AsFrom(), inv.From().AsTo()
+	toCaller := g.bye(inv.Contact().Address, &from, &to, inv.CallID(), 1<<30)
+	g.wg.Add(1)
+	go func() {
+		defer g.wg.Done()
+		for _, x := range []struct {
+			req  *sip.Request
+			dest string
+		}{{toCallee, callee}, {toCaller, caller}} {
+			x.req.SetDestination(x.dest)
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			_, err := g.client.Do(ctx, x.req, g.fromListener, sipgo.ClientRequestAddVia)
+			cancel()
+			if err != nil {
+				g.log.Debug("BYE on media timeout", "call", callID, "err", err)
+			}
+		}
+	}()
+}
+
+func (g *Gateway) bye(target sip.Uri, from *sip.FromHeader, to *sip.ToHeader, id *sip.CallIDHeader, seq uint32) *sip.Request {
+	r := sip.NewRequest(sip.BYE, *target.Clone())
+	r.AppendHeader(sip.HeaderClone(from))
+	r.AppendHeader(sip.HeaderClone(to))
+	r.AppendHeader(sip.HeaderClone(id))
+	r.AppendHeader(&sip.CSeqHeader{SeqNo: seq, MethodName: sip.BYE})
+	mf := sip.MaxForwardsHeader(70)
+	r.AppendHeader(&mf)
+	r.AppendHeader(sip.NewHeader("Reason", `SIP;cause=408;text="media timeout"`))
+	r.SetTransport("UDP")
+	return r
 }
 
 func (g *Gateway) isInside(src netip.AddrPort) bool {
@@ -532,6 +582,11 @@ func (g *Gateway) forward(orig, req *sip.Request, tx sip.ServerTransaction, dest
 				} else {
 					res.SetBody(body)
 				}
+			}
+			if newCall && res.StatusCode >= 200 && res.StatusCode < 300 {
+				c.mu.Lock()
+				c.invite, c.answer = orig, res.Clone()
+				c.mu.Unlock()
 			}
 			if err := tx.Respond(res); err != nil {
 				g.log.Debug("relay response", "err", err)

@@ -115,6 +115,7 @@ func answerSDP(offer []byte, media netip.AddrPort) []byte {
 
 // goUAC is an outside client in Go.
 type goUAC struct {
+	byes atomic.Int64 // BYEs received
 	addr netip.AddrPort
 	ua   *sipgo.UserAgent
 	cli  *sipgo.Client
@@ -132,6 +133,7 @@ func startUAC(t *testing.T, ip netip.Addr) *goUAC {
 	u.ua, _ = sipgo.NewUA(sipgo.WithUserAgentHostname(ip.String()), sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerLogger(slog.Default().With("peer", "uac"))))
 	srv, _ := sipgo.NewServer(u.ua)
 	srv.OnBye(func(req *sip.Request, tx sip.ServerTransaction) {
+		u.byes.Add(1)
 		_ = tx.Respond(sip.NewResponseFromRequest(req, 200, "OK", nil))
 	})
 	u.cli, _ = sipgo.NewClient(u.ua, sipgo.WithClientHostname(ip.String()), sipgo.WithClientConnectionAddr(u.addr.String()))

@@ -217,7 +217,7 @@ func TestRateLimit(t *testing.T) {
 }
 
 // TestMediaTimeoutEndsCall: a call whose media never flows ends after the
-// setup timeout and the gateway forgets it.
+// setup timeout: the gateway sends BYE to both parties and forgets it.
 func TestMediaTimeoutEndsCall(t *testing.T) {
 	uas := startUAS(t, insideIP)
 	tg := startGateway(t, uas.addr.String(), func(_ *Config, m *mediaproxy.Config) {
@@ -236,4 +236,5 @@ func TestMediaTimeoutEndsCall(t *testing.T) {
 	if tg.mp.Counters().Timeouts.Load() != 1 {
 		t.Fatal("timeout not counted")
 	}
+	waitFor(t, 5*time.Second, "BYE sent to both parties", func() bool { return uas.byes.Load() == 1 && uac.byes.Load() == 1 })
 }

@@ -94,8 +94,8 @@ type call struct {
 	outside       string // signaling address of the outside party
 	inside        string // signaling address of the inside party
 
-	mu     sync.Mutex   // guards invite and answer
-	invite *sip.Request // the initial INVITE as the caller sent it
+	mu     sync.Mutex    // guards invite and answer
+	invite *sip.Request  // the initial INVITE as the caller sent it
 	answer *sip.Response // its 2xx as the callee sent it (top Via removed)
 }
 

@@ -84,6 +84,11 @@ func (d *discovery) run(ctx context.Context) (rep Report, err error) {
 	rep.Local = localAddr(a)
 	r1, err := d.exchange(ctx, a, a, d.server, d.request(0, 0))
 	if errors.Is(err, errNoResponse) {
+		if mapped, terr := d.bindingTCP(ctx); terr == nil {
+			rep.PublicAddr = mapped
+			rep.UDPBlocked = true
+			return rep, udpBlocked(d.server, mapped)
+		}
 		return rep, fmt.Errorf("%w: %s did not answer %d Binding requests", ErrUnreachable, d.server, d.cfg.Attempts)
 	}
 	if err != nil {

@@ -128,9 +128,13 @@ type Report struct {
 	// NAT is true when PublicAddr is not an address of this host: some
 	// NAT translates. Without one, mapping and filtering report what a
 	// stateful firewall on the way does (endpoint-independent when none).
-	NAT       bool     `json:"nat"`
-	Mapping   Behavior `json:"mapping"`
-	Filtering Behavior `json:"filtering"`
+	NAT bool `json:"nat"`
+	// UDPBlocked is true when the server answered over TCP but never over
+	// UDP (Discover then returns ErrUDPBlocked and PublicAddr is the TCP
+	// mapping).
+	UDPBlocked bool     `json:"udp_blocked,omitempty"`
+	Mapping    Behavior `json:"mapping"`
+	Filtering  Behavior `json:"filtering"`
 	// Hairpinning is true when a packet sent from one local socket to
 	// another's public address arrived.
 	Hairpinning bool `json:"hairpinning"`
@@ -198,7 +202,8 @@ func yesNo(v bool) string {
 }
 
 // Discover runs the RFC 5780 tests against cfg.Server and reports what it
-// found. It returns ErrUnreachable when the server never answers and
+// found. It returns ErrUnreachable when the server never answers,
+// ErrUDPBlocked (which wraps ErrUnreachable) when it answers only over TCP, and
 // ErrNoRFC5780 when it answers without OTHER-ADDRESS. It honours ctx.
 func Discover(ctx context.Context, cfg Config) (Report, error) {
 	if err := cfg.validate(); err != nil {

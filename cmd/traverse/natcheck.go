@@ -49,7 +49,7 @@ func natcheck(ctx context.Context, w io.Writer, args []string) error {
 	})
 	if err != nil {
 		if cfg.JSON {
-			fmt.Fprintf(w, "{\"error\": %q}\n", err.Error())
+			fmt.Fprintf(w, "{\"error\": %q, \"udp_blocked\": %t}\n", err.Error(), rep.UDPBlocked)
 		}
 		return err
 	}

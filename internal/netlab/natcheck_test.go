@@ -98,8 +98,8 @@ func TestNatcheck(t *testing.T) {
 					return err
 				})
 				if tc.kinds[0] == netlab.BlockUDP {
-					if !errors.Is(err, nat.ErrUnreachable) {
-						t.Fatalf("natcheck through a UDP-blocking firewall: %v, want %v", err, nat.ErrUnreachable)
+					if !errors.Is(err, nat.ErrUDPBlocked) || !errors.Is(err, nat.ErrUnreachable) || !rep.UDPBlocked {
+						t.Fatalf("natcheck through a UDP-blocking firewall: %v (udp_blocked %v), want %v", err, rep.UDPBlocked, nat.ErrUDPBlocked)
 					}
 					t.Logf("natcheck: %v", err)
 					// The server is reachable; only UDP is blocked.

@@ -71,6 +71,10 @@ type Config struct {
 	// packets in each direction (default 50, one second of 20 ms audio).
 	Offloader    Offloader
 	OffloadAfter uint64
+	// NoRawSend sends inside-bound RTP with one sendto per packet from the
+	// stream's socket instead of batches through a raw socket (which needs
+	// CAP_NET_RAW and is skipped without it).
+	NoRawSend bool
 	// ReadBuffer sizes the fixed sockets' SO_RCVBUF (default 4 MiB): one
 	// socket carries every call, so it must absorb bursts.
 	ReadBuffer int
@@ -170,7 +174,8 @@ type Proxy struct {
 	done     chan struct{}
 	wg       sync.WaitGroup
 	once     sync.Once
-	poller   *poller // the inside sockets' reader (nil: one goroutine per socket)
+	poller   *poller    // the inside sockets' reader (nil: one goroutine per socket)
+	raw      *rawSender // batched inside-bound RTP sender (nil: sendto per packet)
 }
 
 // stream is one media stream (one SSRC, one inside port pair).
@@ -255,9 +260,21 @@ func New(cfg Config) (*Proxy, error) {
 			return nil, err
 		}
 	}
+	// The raw socket is made here, not in the loop's goroutine, so that it
+	// lives in the caller's network namespace like the other sockets.
+	if !cfg.NoRawSend {
+		if raw, err := newRawSender(udpio.DefaultBatch); err != nil {
+			p.log.Info("inside-bound RTP goes out with one sendto per packet", "raw socket", err)
+		} else {
+			p.raw = raw
+		}
+	}
 	if err := p.startPoller(); err != nil {
 		rtp.Close()
 		rtcp.Close()
+		if p.raw != nil {
+			p.raw.close()
+		}
 		return nil, err
 	}
 	p.wg.Add(3)
@@ -677,6 +694,12 @@ func (p *Proxy) latch(ssrc uint32, src netip.AddrPort, rtcp bool) *stream {
 func (p *Proxy) outsideLoop(c *udpio.Conn, rtcp bool) {
 	defer p.wg.Done()
 	msgs := udpio.NewMessages(udpio.DefaultBatch, 0)
+	var raw *rawSender
+	if !rtcp && p.raw != nil {
+		raw = p.raw
+		defer raw.close()
+	}
+	sent := func(s *stream, n int) { p.sentToServer(s, false, n, p.now.Load()) }
 	for {
 		n, err := c.ReadBatch(msgs)
 		if err != nil {
@@ -687,12 +710,35 @@ func (p *Proxy) outsideLoop(c *udpio.Conn, rtcp bool) {
 		}
 		now := p.now.Load()
 		for i := range msgs[:n] {
-			p.fromOutside(&msgs[i], rtcp, now)
+			m := &msgs[i]
+			s, dst, ok := p.demuxOutside(m, rtcp)
+			if !ok {
+				continue
+			}
+			if raw != nil && raw.add(s, m.Payload(), netip.AddrPortFrom(p.cfg.InsideIP, s.insidePort), dst) {
+				continue
+			}
+			p.sendToServer(s, rtcp, m.Payload(), dst, now)
+		}
+		if raw != nil {
+			if failed := raw.flush(sent); failed > 0 {
+				p.c.DropWriteError.Add(uint64(failed))
+			}
 		}
 	}
 }
 
+// fromOutside forwards one packet from a fixed port with sendto (the
+// batched loop uses the raw sender for RTP where it can).
 func (p *Proxy) fromOutside(m *udpio.Message, rtcp bool, now int64) {
+	if s, dst, ok := p.demuxOutside(m, rtcp); ok {
+		p.sendToServer(s, rtcp, m.Payload(), dst, now)
+	}
+}
+
+// demuxOutside finds the stream of a packet from a fixed port (SSRC, then
+// source address, latching when the rules allow) and where it goes inside.
+func (p *Proxy) demuxOutside(m *udpio.Message, rtcp bool) (*stream, netip.AddrPort, bool) {
 	b := m.Payload()
 	var ssrc uint32
 	var err error
@@ -703,7 +749,7 @@ func (p *Proxy) fromOutside(m *udpio.Message, rtcp bool, now int64) {
 	}
 	if err != nil {
 		p.c.DropMalformed.Add(1)
-		return
+		return nil, netip.AddrPort{}, false
 	}
 	p.mu.RLock()
 	s := p.lookupLocked(ssrc, m.Addr, rtcp)
@@ -711,24 +757,37 @@ func (p *Proxy) fromOutside(m *udpio.Message, rtcp bool, now int64) {
 	if s == nil {
 		if s = p.latch(ssrc, m.Addr, rtcp); s == nil {
 			p.c.DropUnknownSSRC.Add(1)
-			return
+			return nil, netip.AddrPort{}, false
 		}
 	}
 	r := s.route.Load()
-	dst, conn := r.server, s.rtpConn
+	dst := r.server
 	if rtcp {
-		dst, conn = r.serverRTCP, s.rtcpConn
+		dst = r.serverRTCP
 	}
 	if !dst.IsValid() {
 		p.c.DropNoPeer.Add(1)
-		return
+		return nil, netip.AddrPort{}, false
+	}
+	return s, dst, true
+}
+
+func (p *Proxy) sendToServer(s *stream, rtcp bool, b []byte, dst netip.AddrPort, now int64) {
+	conn := s.rtpConn
+	if rtcp {
+		conn = s.rtcpConn
 	}
 	if _, err := conn.WriteToUDPAddrPort(b, dst); err != nil {
 		p.c.DropWriteError.Add(1)
 		return
 	}
+	p.sentToServer(s, rtcp, len(b), now)
+}
+
+// sentToServer accounts a packet sent from an inside port.
+func (p *Proxy) sentToServer(s *stream, rtcp bool, n int, now int64) {
 	s.last.Store(now)
-	p.c.BytesIn.Add(uint64(len(b)))
+	p.c.BytesIn.Add(uint64(n))
 	if rtcp {
 		p.c.RTCPIn.Add(1)
 		return

@@ -295,6 +295,50 @@ func TestOutsidePathAllocs(t *testing.T) {
 	}
 }
 
+// TestRawSendAllocs checks the batched raw path: demultiplex, queue, send.
+func TestRawSendAllocs(t *testing.T) {
+	p := newTestProxy(t, nil)
+	if p.raw == nil {
+		t.Skip("no raw socket (needs CAP_NET_RAW)")
+	}
+	server := udp(t)
+	c := udp(t)
+	if _, err := p.Apply(&Descriptor{Op: OpUpsert, Flags: FlagCallerOutside | FlagSSRC, SSRC: 3, CallID: "z",
+		Client: addrOf(c), Server: addrOf(server)}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := newRawSender(4)
+	if err != nil {
+		t.Skip(err)
+	}
+	defer r.close()
+	m := udpio.NewMessages(1, 0)[0]
+	m.N = copy(m.Buf, rtpPacket(3, 1, "payload"))
+	m.Addr = addrOf(c)
+	sent := 0
+	done := func(*stream, int) { sent++ }
+	once := func() {
+		s, dst, ok := p.demuxOutside(&m, false)
+		if !ok || !r.add(s, m.Payload(), netip.AddrPortFrom(lo, s.insidePort), dst) {
+			t.Fatal("not queued")
+		}
+		r.flush(done)
+	}
+	once()
+	buf := make([]byte, 2048)
+	_ = server.SetReadDeadline(time.Now().Add(5 * time.Second))
+	n, from, err := server.ReadFromUDPAddrPort(buf)
+	if err != nil || string(buf[12:n]) != "payload" || from.Port() < p.cfg.InsidePorts.Low {
+		t.Fatalf("raw send: %q from %v: %v", buf[:n], from, err)
+	}
+	if allocs := testing.AllocsPerRun(200, once); allocs != 0 {
+		t.Fatalf("%v allocations per packet", allocs)
+	}
+	if sent != 202 {
+		t.Fatalf("%d sent", sent)
+	}
+}
+
 func BenchmarkFromOutside(b *testing.B) {
 	p, err := New(Config{RTP: netip.AddrPortFrom(lo, 0), RTCP: netip.AddrPortFrom(lo, 0), InsideIP: lo, InsidePorts: PortRange{41000, 42000}})
 	if err != nil {

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # SFU benchmark, one run, same synthetic load (pion clients from `traverse load`):
-#   traverse (serve: embedded NATS + signal + sfu, clients join through the bus) vs
+#   traverse (serve: embedded NATS + signal + sfu, clients join through the bus; batched socket I/O) vs
+#   the same with --sfu-batch-io ("batched": recvmmsg reads and one sendmmsg writer under pion's mux) vs
 #   Janus 1.1 videoroom (its HTTP API) vs a plain batched Go UDP forwarder (the ceiling).
 # For each scenario: server CPU-seconds per million forwarded RTP packets (utime+stime of the
 # server process over the measurement window, /proc/PID/stat), packets in and out, loss, memory.
@@ -34,16 +35,22 @@ trap cleanup EXIT
 freeport() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 
 # --- traverse: serve with only what the SFU needs listening on free ports
-read -r NATS UDP TCP HTTP P1 P2 P3 P4 P5 P6 < <(python3 -c '
+read -r NATS UDP TCP HTTP P1 P2 P3 P4 P5 P6 ADM NATS2 UDP2 TCP2 HTTP2 Q1 Q2 Q3 Q4 Q5 Q6 ADM2 < <(python3 -c '
 import socket
-ss=[socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(10)]
+ss=[socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(22)]
 for s in ss: s.bind(("127.0.0.1",0))
 print(" ".join(str(s.getsockname()[1]) for s in ss))')
-"$BIN" serve --admin "" --bus-listen 127.0.0.1:$NATS --sfu-udp 127.0.0.1:$UDP --sfu-tcp 127.0.0.1:$TCP \
-  --signal-http 127.0.0.1:$HTTP --stun-listen 127.0.0.1:$P1 --stun-other-port $P2 --stun-no-tcp \
+"$BIN" serve --admin 127.0.0.1:$ADM --bus-listen 127.0.0.1:$NATS --sfu-udp 127.0.0.1:$UDP --sfu-tcp 127.0.0.1:$TCP \
+  --signal-http 127.0.0.1:$HTTP --stun-listen 127.0.0.1:$P1 --stun-other-port $P2 --stun-no-tcp --stun-tls-listen "" \
   --turn-listen 127.0.0.1:$P3 --turn-no-tcp --sipgw-sip 127.0.0.1:$P4 \
   --sipgw-rtp 127.0.0.1:$P5 --sipgw-rtcp 127.0.0.1:$P6 --log-level warn >"$OUT/serve.log" 2>&1 &
 TPID=$!; PIDS+=($TPID)
+# The same with pion's own one-packet-per-system-call socket I/O (--sfu-batch-io), for comparison.
+"$BIN" serve --admin 127.0.0.1:$ADM2 --bus-listen 127.0.0.1:$NATS2 --sfu-udp 127.0.0.1:$UDP2 --sfu-tcp 127.0.0.1:$TCP2 --sfu-batch-io \
+  --signal-http 127.0.0.1:$HTTP2 --stun-listen 127.0.0.1:$Q1 --stun-other-port $Q2 --stun-no-tcp --stun-tls-listen "" \
+  --turn-listen 127.0.0.1:$Q3 --turn-no-tcp --sipgw-sip 127.0.0.1:$Q4 \
+  --sipgw-rtp 127.0.0.1:$Q5 --sipgw-rtcp 127.0.0.1:$Q6 --log-level warn >"$OUT/serve-batched.log" 2>&1 &
+TPID2=$!; PIDS+=($TPID2)
 
 # --- Janus: Debian's config, HTTP on a free port bound to loopback, unused transports off
 JDIR=$OUT/janus; mkdir -p "$JDIR"; cp /etc/janus/*.jcfg "$JDIR/"
@@ -69,6 +76,8 @@ run() { # name rooms pubs subs
   echo "== $name: $r room(s) x ($p publishers + $s subscribers), $DUR" >&2
   "$BIN" load --nats nats://127.0.0.1:$NATS --rooms $r --publishers $p --subscribers $s --duration $DUR \
     --server-pid $TPID --room-prefix "t$name" --json 2>"$OUT/traverse-$name.err" >"$OUT/traverse-$name.json" || true
+  "$BIN" load --nats nats://127.0.0.1:$NATS2 --rooms $r --publishers $p --subscribers $s --duration $DUR \
+    --server-pid $TPID2 --room-prefix "b$name" --json 2>"$OUT/batched-$name.err" >"$OUT/batched-$name.json" || true
   "$BIN" load --janus "http://127.0.0.1:$JPORT/janus" --ice-ip 10.77.0.1 --rooms $r --publishers $p --subscribers $s --duration $DUR \
     --server-pid $JPID --room-prefix "j$name" --json 2>"$OUT/janus-$name.err" >"$OUT/janus-$name.json" || true
   "$OUT/udpfwd" -mode load -server 127.0.0.1:$FPORT -server-pid $FPID -rooms $r -publishers $p -subscribers $s \
@@ -76,13 +85,15 @@ run() { # name rooms pubs subs
 }
 run fanout 1 1 50
 run rooms 10 4 0
+curl -s "http://127.0.0.1:$ADM2/metrics" | grep -E '^traverse_sfu_(udp_|rtp_forwarded)' >"$OUT/traverse-metrics.txt" || true
+cat "$OUT/traverse-metrics.txt" >&2
 
 python3 - "$OUT" <<'PY'
 import json, sys, os
 out = sys.argv[1]
 print(f"{'scenario':8} {'server':9} {'pub pkt/s':>9} {'out pkt/s':>9} {'expected':>9} {'loss %':>7} {'CPU %':>6} {'CPU-s/Mpkt':>10} {'pkt/CPU-s':>9} {'KiB/peer':>8}")
 for sc in ("fanout", "rooms"):
-    for srv in ("traverse", "janus", "udpfwd"):
+    for srv in ("traverse", "batched", "janus", "udpfwd"):
         try:
             d = json.load(open(os.path.join(out, f"{srv}-{sc}.json")))
         except Exception as e:

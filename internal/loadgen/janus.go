@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -225,6 +226,9 @@ func (j *Janus) CreateRoom(ctx context.Context, room, publishers int) error {
 	defer h.detach()
 	_, err = h.message(ctx, map[string]any{"request": "create", "room": room, "publishers": publishers,
 		"bitrate": 0, "videocodec": "vp8", "audiocodec": "opus", "audiolevel_event": false, "notify_joining": false}, nil)
+	if err != nil && strings.Contains(err.Error(), "427") { // exists already
+		return nil
+	}
 	return err
 }
 
@@ -305,7 +309,19 @@ func DialJanusSubscriber(ctx context.Context, api *webrtc.API, j *Janus, room in
 	for _, f := range feeds {
 		streams = append(streams, map[string]any{"feed": f})
 	}
-	ev, err := h.message(ctx, map[string]any{"request": "join", "ptype": "subscriber", "room": room, "streams": streams}, nil)
+	var ev janusMsg
+	for try := 0; ; try++ {
+		// A feed is not subscribable until Janus has set its publisher's
+		// media up, a little after the publisher sees "connected".
+		ev, err = h.message(ctx, map[string]any{"request": "join", "ptype": "subscriber", "room": room, "streams": streams}, nil)
+		if err == nil || try >= 20 || !strings.Contains(err.Error(), "428") {
+			break
+		}
+		select {
+		case <-time.After(250 * time.Millisecond):
+		case <-ctx.Done():
+		}
+	}
 	if err != nil {
 		h.detach()
 		return nil, err

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"os"
 	"slices"
 	"strconv"
@@ -341,13 +342,17 @@ func runJanus(ctx context.Context, api *webrtc.API, cfg Config, specs []ClientCo
 		wg.Wait()
 	}()
 	start := time.Now()
+	// Janus rooms are numbers: a base per prefix keeps runs apart.
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(cfg.RoomPrefix))
+	base := 10000 + int(h.Sum32()%10000)*1000
 	roomID := func(name string) int {
 		var n int
 		_, _ = fmt.Sscanf(name[len(cfg.RoomPrefix):], "%d", &n)
-		return 7000 + n
+		return base + n
 	}
 	for r := range cfg.Rooms {
-		if err := j.CreateRoom(ctx, 7000+r, cfg.Publishers+1); err != nil {
+		if err := j.CreateRoom(ctx, base+r, cfg.Publishers+1); err != nil {
 			return sum, fmt.Errorf("janus create room: %w", err)
 		}
 	}

@@ -42,10 +42,26 @@ func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "traverse", Subsystem: "sfu",
 			Name: "rtp_received_total", Help: "RTP packets received from publishers."},
 			func() float64 { return float64(s.received.Load()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "traverse", Subsystem: "sfu",
+			Name: "udp_batched_writes_total", Help: "Datagrams sent through the batched writer."},
+			func() float64 { return float64(s.batchStat(func(b *batchConn) uint64 { return b.writes.Load() })) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "traverse", Subsystem: "sfu",
+			Name: "udp_write_batches_total", Help: "sendmmsg batches the writer made."},
+			func() float64 { return float64(s.batchStat(func(b *batchConn) uint64 { return b.batches.Load() })) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "traverse", Subsystem: "sfu",
+			Name: "udp_write_drops_total", Help: "Datagrams dropped because the write queue was full."},
+			func() float64 { return float64(s.batchStat(func(b *batchConn) uint64 { return b.drops.Load() })) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "traverse", Subsystem: "sfu",
 			Name: "sessions", Help: "Live sessions."}, func() float64 { return float64(s.Sessions()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "traverse", Subsystem: "sfu",
 			Name: "rooms", Help: "Rooms with a session on this node."}, func() float64 { return float64(len(s.roomList())) }),
 	)
 	return m
+}
+
+func (s *Server) batchStat(f func(*batchConn) uint64) uint64 {
+	if s.batch == nil {
+		return 0
+	}
+	return f(s.batch)
 }

@@ -39,6 +39,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/traverse-rtc/traverse/internal/bus"
+	"github.com/traverse-rtc/traverse/internal/udpio"
 )
 
 // Server is one SFU node.
@@ -50,6 +51,7 @@ type Server struct {
 	m   *metrics
 
 	udp    *net.UDPConn
+	batch  *batchConn // nil unless Config.BatchIO
 	tcp    *net.TCPListener
 	udpMux *ice.UDPMuxDefault
 	tcpMux ice.TCPMux
@@ -77,20 +79,22 @@ func New(cfg Config, log *slog.Logger, b *bus.Client, reg prometheus.Registerer)
 		log = slog.New(slog.DiscardHandler)
 	}
 	s := &Server{cfg: cfg, log: log, bus: b, sessions: map[string]*participant{}, rooms: map[string]*room{}}
-	ua, _ := netip.ParseAddrPort(cfg.UDP)
-	udp, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(ua))
+	uc, err := udpio.Listen(context.Background(), "udp", cfg.UDP, udpio.Options{ReadBuffer: 4 << 20, WriteBuffer: 4 << 20})
 	if err != nil {
-		return nil, fmt.Errorf("sfu: listen udp %s: %w", cfg.UDP, err)
+		return nil, fmt.Errorf("sfu: %w", err)
 	}
-	_ = udp.SetReadBuffer(4 << 20)
-	_ = udp.SetWriteBuffer(4 << 20)
-	s.udp = udp
+	s.udp = uc.UDPConn()
 	if s.cfg.NodeID == "" {
 		s.cfg.NodeID = fmt.Sprintf("sfu-%d", s.UDPAddr().Port())
 	}
 	lf := logging.NewDefaultLoggerFactory()
 	lf.DefaultLogLevel = logging.LogLevelError
-	s.udpMux = ice.NewUDPMuxDefault(ice.UDPMuxParams{UDPConn: udp, Logger: lf.NewLogger("udpmux")})
+	var pconn net.PacketConn = s.udp
+	if cfg.BatchIO {
+		s.batch = newBatchConn(uc)
+		pconn = s.batch
+	}
+	s.udpMux = ice.NewUDPMuxDefault(ice.UDPMuxParams{UDPConn: pconn, Logger: lf.NewLogger("udpmux")})
 	types := []webrtc.NetworkType{webrtc.NetworkTypeUDP4, webrtc.NetworkTypeUDP6}
 	if cfg.TCP != "" {
 		ta, _ := netip.ParseAddrPort(cfg.TCP)
@@ -277,6 +281,9 @@ func (s *Server) closeSockets() {
 	}
 	if s.udpMux != nil {
 		s.udpMux.Close()
+	}
+	if s.batch != nil {
+		s.batch.Close()
 	}
 	s.udp.Close()
 }

@@ -246,3 +246,16 @@ func TestConcurrentJoins(t *testing.T) {
 		})
 	}
 }
+
+// TestBatchIO runs a room over the batched socket (Config.BatchIO).
+func TestBatchIO(t *testing.T) {
+	h := newHarness(t, Config{BatchIO: true})
+	a := h.dial(loadgen.ClientConfig{Room: "b", Identity: "a", Publish: true, Subscribe: true, VideoBitrate: 200_000})
+	b := h.dial(loadgen.ClientConfig{Room: "b", Identity: "b", Publish: true, Subscribe: true, VideoBitrate: 200_000})
+	for _, c := range []*loadgen.Client{a, b} {
+		waitFor(t, 15*time.Second, "media both ways", func() bool { return received(c, 1, 1, 20) })
+	}
+	if h.s.batch.writes.Load() == 0 || h.s.batch.batches.Load() == 0 {
+		t.Fatal("nothing went through the batched writer")
+	}
+}

@@ -195,8 +195,15 @@ func startTurn(c *turnConfig, log *slog.Logger, adm *admin.Server) (*turn.Server
 	if err != nil {
 		return nil, nil, err
 	}
+	// Ask for SIGHUP before serving, so that no reload signal can find
+	// the default action (exit) once clients are served.
+	hup := make(chan os.Signal, 1)
+	if c.UsersFile != "" {
+		signal.Notify(hup, syscall.SIGHUP)
+	}
 	s, err := turn.New(cfg)
 	if err != nil {
+		signal.Stop(hup)
 		return nil, nil, err
 	}
 	if adm != nil {
@@ -204,11 +211,7 @@ func startTurn(c *turnConfig, log *slog.Logger, adm *admin.Server) (*turn.Server
 	}
 	run := func(ctx context.Context) error {
 		defer s.Close()
-		hup := make(chan os.Signal, 1)
-		if c.UsersFile != "" {
-			signal.Notify(hup, syscall.SIGHUP)
-			defer signal.Stop(hup)
-		}
+		defer signal.Stop(hup)
 		for {
 			select {
 			case <-ctx.Done():

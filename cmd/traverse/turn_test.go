@@ -1,0 +1,85 @@
+package main
+
+import (
+	"context"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/pion/turn/v4"
+)
+
+func turnAllocate(t *testing.T, server, user, pass string) error {
+	t.Helper()
+	conn, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	c, err := turn.NewClient(&turn.ClientConfig{TURNServerAddr: server, STUNServerAddr: server,
+		Username: user, Password: pass, Realm: "test", Conn: conn, RTO: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	relay, err := c.Allocate()
+	if err != nil {
+		return err
+	}
+	return relay.Close()
+}
+
+// traverse turn serves users from a file, reloads it on SIGHUP and stops
+// within 5 s of its context ending.
+func TestTurnCommand(t *testing.T) {
+	p := freePorts(t)
+	users := filepath.Join(t.TempDir(), "users")
+	if err := os.WriteFile(users, []byte("# users\nann:one\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	addr := "127.0.0.1:" + strconv.Itoa(p)
+	go func() {
+		done <- runTurn(ctx, []string{"--listen", addr, "--realm", "test", "--users-file", users,
+			"--relay-ports", "42000-42099", "--admin", "", "--log-level", "warn"})
+	}()
+	deadline := time.Now().Add(5 * time.Second)
+	for turnAllocate(t, addr, "ann", "one") != nil {
+		if time.Now().After(deadline) {
+			t.Fatal("no allocation for the user of the file")
+		}
+	}
+	if err := os.WriteFile(users, []byte("ann:two\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	deadline = time.Now().Add(5 * time.Second)
+	for turnAllocate(t, addr, "ann", "two") != nil {
+		if time.Now().After(deadline) {
+			t.Fatal("the users file was not reloaded on SIGHUP")
+		}
+	}
+	if turnAllocate(t, addr, "ann", "one") == nil {
+		t.Error("the old password still works after the reload")
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("traverse turn: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("traverse turn did not stop within 5s")
+	}
+}

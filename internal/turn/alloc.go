@@ -59,8 +59,10 @@ type channel struct {
 type allocation struct {
 	key     fiveTuple
 	out     sender
-	eng     *engine // the event loop serving fd
-	fd      int     // the relay socket (owned; closed by the server on delete)
+	eng     *engine    // the event loop serving fd
+	sock    *relaySock // the relay socket, maybe shared
+	fd      int        // sock.fd
+	dead    deadFlag   // set on delete, before the indexes are cleaned
 	relayed netip.AddrPort
 	user    string
 	integ   []byte // long-term key

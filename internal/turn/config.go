@@ -40,8 +40,12 @@ type Config struct {
 	// (default: Listen's address, which then must be specified).
 	RelayIP netip.Addr
 	// RelayPortLow and RelayPortHigh bound the relay ports (default
-	// 49152-65535). Each allocation holds one port.
+	// 49152-65535). Each allocation holds one port while they last; then
+	// new allocations share relay sockets, told apart by peer IP (two
+	// sharers cannot permit the same peer: 403), unless NoSharing, which
+	// answers 508 Insufficient Capacity instead.
 	RelayPortLow, RelayPortHigh uint16
+	NoSharing                   bool
 
 	// AllowLoopbackPeers lets clients relay to loopback addresses: for
 	// local tests only; New logs a warning.

@@ -336,7 +336,19 @@ func (r *request) allocate() {
 	if r.out.stream != nil {
 		eng = s.engs[int(s.next.Add(1))%len(s.engs)]
 	}
+	var rs *relaySock
 	fd, relayed, err := s.openRelay(eng)
+	if errors.Is(err, ErrNoRelayPort) && !s.cfg.NoSharing {
+		s.mu.Lock()
+		if rs = s.shareRelayLocked(eng); rs != nil {
+			err = nil
+			eng = rs.eng
+		}
+		s.mu.Unlock()
+		if rs != nil {
+			s.m.quotaHits.WithLabelValues("shared").Inc()
+		}
+	}
 	if err != nil {
 		s.mu.Lock()
 		if s.perUser[r.user]--; s.perUser[r.user] <= 0 {
@@ -351,7 +363,11 @@ func (r *request) allocate() {
 		r.fail(stun.CodeInsufficientCapacity, nil)
 		return
 	}
-	a := &allocation{key: r.key, out: r.out, eng: eng, fd: fd, relayed: relayed, user: r.user, integ: r.integ,
+	fresh := rs == nil
+	if fresh {
+		rs = &relaySock{fd: fd, addr: relayed, eng: eng}
+	}
+	a := &allocation{key: r.key, out: r.out, eng: eng, sock: rs, fd: rs.fd, relayed: rs.addr, user: r.user, integ: r.integ,
 		tid: r.m.TransactionID, expires: r.now.Add(d).UnixNano()}
 	s.mu.Lock()
 	if s.closed || s.allocs[r.key] != nil {
@@ -359,20 +375,30 @@ func (r *request) allocate() {
 		if s.perUser[r.user]--; s.perUser[r.user] <= 0 {
 			delete(s.perUser, r.user)
 		}
+		if !fresh {
+			rs.users--
+		}
 		s.mu.Unlock()
-		eng.remove(fd)
+		if fresh {
+			eng.remove(fd)
+		}
 		r.fail(stun.CodeAllocMismatch, nil)
 		return
 	}
 	s.allocs[r.key] = a
-	s.byFD[int32(fd)] = a
-	s.byRelay[relayed] = a
+	if fresh {
+		rs.users, rs.single = 1, a
+		s.byFD[int32(fd)] = rs
+		s.byRelay[relayed] = rs
+	}
 	s.mu.Unlock()
 	if r.out.stream != nil {
 		r.out.stream.setAlloc(a)
 	}
-	if err := eng.add(fd); err != nil {
-		s.cfg.Log.Warn("turn: epoll add", "err", err)
+	if fresh {
+		if err := eng.add(fd); err != nil {
+			s.cfg.Log.Warn("turn: epoll add", "err", err)
+		}
 	}
 	s.m.allocations.Inc()
 	r.allocated(a, d)
@@ -453,6 +479,13 @@ func (r *request) checkPeer(a *allocation, p netip.AddrPort, endpoint bool) bool
 	return true
 }
 
+// sharedConflict refuses a peer that another allocation on the same shared
+// relay socket already permits: packets from it could not be told apart.
+func (r *request) sharedConflict() {
+	r.s.m.quotaHits.WithLabelValues("shared_peer").Inc()
+	r.fail(stun.CodeForbidden, nil)
+}
+
 func (r *request) createPermission() {
 	a := r.owned()
 	if a == nil {
@@ -463,10 +496,16 @@ func (r *request) createPermission() {
 		r.fail(stun.CodeBadRequest, nil)
 		return
 	}
+	ips := make([]netip.Addr, 0, len(peers))
 	for _, p := range peers {
 		if !r.checkPeer(a, p, false) {
 			return
 		}
+		ips = append(ips, p.Addr())
+	}
+	if !r.s.claimPeers(a, ips) {
+		r.sharedConflict()
+		return
 	}
 	exp := r.now.Add(permissionLifetime).UnixNano()
 	added := 0
@@ -503,6 +542,10 @@ func (r *request) channelBind() {
 	}
 	peer := peers[0]
 	if !r.checkPeer(a, peer, true) {
+		return
+	}
+	if !r.s.claimPeers(a, []netip.Addr{peer.Addr()}) {
+		r.sharedConflict()
 		return
 	}
 	var sa sockaddr

@@ -357,14 +357,44 @@ func (e *engine) fromClients(used int) int {
 func (e *engine) fromPeers(fd, used int, now int64) int {
 	s := e.s
 	s.mu.RLock()
-	a := s.byFD[int32(fd)]
+	rs := s.byFD[int32(fd)]
+	var a *allocation
+	shared := false
+	if rs != nil {
+		a, shared = rs.single, rs.shared
+	}
 	s.mu.RUnlock()
-	if a == nil {
+	if rs == nil {
 		return used
 	}
 	if used == engineBatch {
 		e.flush()
 		used = 0
+	}
+	switch {
+	case shared:
+		// Read first, then find each packet's allocation by its source.
+		k := e.recv(fd, used, headroom)
+		for j := used; j < used+k; j++ {
+			peer := decodeSockaddr(&e.names[j])
+			o := s.owner(rs, peer.Addr())
+			if o == nil {
+				e.down.noPerm++
+				continue
+			}
+			o.mu.Lock()
+			if !o.closed {
+				e.toClientLocked(o, j, int(e.hdrs[j].len), peer, now, &e.down)
+			}
+			o.mu.Unlock()
+		}
+		return used + k
+	case a == nil:
+		// A socket between its allocation's deletion and its close:
+		// drain and drop.
+		k := e.recv(fd, used, headroom)
+		e.down.noPerm += k
+		return used
 	}
 	a.mu.Lock()
 	if a.closed {

@@ -200,7 +200,7 @@ func TestQuotas(t *testing.T) {
 		t.Errorf("total quota hits = %v", got)
 	}
 	// The port range is a quota too: 508 when it is used up.
-	s2, _ := newTestServer(t, func(c *Config) { c.RelayPortLow, c.RelayPortHigh = 41000, 41001 })
+	s2, _ := newTestServer(t, func(c *Config) { c.RelayPortLow, c.RelayPortHigh, c.NoSharing = 41000, 41001, true })
 	for i := 0; i < 2; i++ {
 		newSTUNClient(t, s2.Addr(), testUser, testPass).allocate()
 	}

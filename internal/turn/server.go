@@ -29,8 +29,8 @@ type Server struct {
 	mu sync.RWMutex // guards the maps below and closed
 	// allocs, byFD and byRelay index the same allocations.
 	allocs  map[fiveTuple]*allocation
-	byFD    map[int32]*allocation
-	byRelay map[netip.AddrPort]*allocation
+	byFD    map[int32]*relaySock
+	byRelay map[netip.AddrPort]*relaySock
 	perUser map[string]int
 	streams map[*streamConn]struct{}
 	closed  bool
@@ -62,8 +62,8 @@ func New(cfg Config) (*Server, error) {
 		nonces:     newNonces(cfg.NonceLifetime),
 		sweepEvery: time.Second,
 		allocs:     map[fiveTuple]*allocation{},
-		byFD:       map[int32]*allocation{},
-		byRelay:    map[netip.AddrPort]*allocation{},
+		byFD:       map[int32]*relaySock{},
+		byRelay:    map[netip.AddrPort]*relaySock{},
 		perUser:    map[string]int{},
 		streams:    map[*streamConn]struct{}{},
 		fails:      map[netip.Addr]*failWindow{},
@@ -421,19 +421,36 @@ func (s *Server) deleteAllocation(a *allocation) {
 	a.closed = true
 	nperm, nchan := len(a.perms), len(a.chans)
 	a.mu.Unlock()
+	a.dead.Store(true)
+	rs := a.sock
 	s.mu.Lock()
 	if s.allocs[a.key] == a {
 		delete(s.allocs, a.key)
 	}
-	delete(s.byFD, int32(a.fd))
-	delete(s.byRelay, a.relayed)
+	rs.users--
+	if rs.shared {
+		for ip, o := range rs.owners {
+			if o == a {
+				delete(rs.owners, ip)
+			}
+		}
+	} else if rs.single == a {
+		rs.single = nil
+	}
+	last := rs.users <= 0
+	if last {
+		delete(s.byFD, int32(rs.fd))
+		delete(s.byRelay, rs.addr)
+	}
 	if s.perUser[a.user]--; s.perUser[a.user] <= 0 {
 		delete(s.perUser, a.user)
 	}
 	s.mu.Unlock()
 	// closed is set under a.mu, and every user of fd holds a.mu and checks
-	// closed, so the socket can go now.
-	a.eng.remove(a.fd)
+	// closed; a shared socket goes with its last user.
+	if last {
+		rs.eng.remove(rs.fd)
+	}
 	s.m.allocations.Dec()
 	s.m.permissions.Sub(float64(nperm))
 	s.m.channels.Sub(float64(nchan))
@@ -465,10 +482,12 @@ func (s *Server) sweep(now int64) {
 		a.mu.Lock()
 		expired := a.expires <= now
 		var dp, dc int
+		var gone []netip.Addr
 		if !expired {
 			for ip, exp := range a.perms {
 				if exp <= now {
 					delete(a.perms, ip)
+					gone = append(gone, ip)
 					dp++
 				}
 			}
@@ -484,6 +503,9 @@ func (s *Server) sweep(now int64) {
 		if expired {
 			s.deleteAllocation(a)
 			continue
+		}
+		if len(gone) > 0 {
+			s.releasePeers(a, gone)
 		}
 		s.m.permissions.Sub(float64(dp))
 		s.m.channels.Sub(float64(dc))

@@ -53,11 +53,11 @@ go build -o "$tmp/traverse" ./cmd/traverse
 go build -o "$tmp/sipgwload" ./bench/sipgwload
 
 wait_udp() { # NS PORT
-	for i in $(seq 100); do
+	for i in $(seq 300); do
 		ss -N "$1" -Hlun "sport = :$2" | grep -q . && return 0
 		sleep 0.05
 	done
-	echo "nothing listens on $1 udp/$2"; exit 1
+	echo "nothing listens on $1 udp/$2"; cat "$tmp/rtpengine.log" 2>/dev/null | tail -5; exit 1
 }
 
 load() { # MODE PID
@@ -70,7 +70,7 @@ results+=("$(load direct 0)")
 
 traverse_run() { # OFFLOAD MODE-LABEL
 	ip netns exec $g "$tmp/traverse" sipgw --sip 10.1.0.1:5060 --rtp 10.1.0.1:7000 --rtcp 10.1.0.1:7001 \
-		--upstream 10.2.0.2:5080 --inside-ip 10.2.0.1 --inside-ports 30000-39999 --admin "" \
+		--upstream 10.2.0.2:5080 --inside-ip 10.2.0.1 --inside-ports 30000-39999 --admin 127.0.0.1:19561 \
 		--control 127.0.0.1:7722 --offload "$1" --log-level warn &
 	local pid=$!
 	pids+=("$pid")
@@ -78,6 +78,8 @@ traverse_run() { # OFFLOAD MODE-LABEL
 	local r
 	r=$(load traverse "$pid")
 	results+=("${r/\"mode\":\"traverse\"/\"mode\":\"$2\"}")
+	# The proxy's own drop counters: loss inside traverse shows here.
+	ip netns exec $g curl -s 127.0.0.1:19561/metrics | grep -E '^traverse_mediaproxy_drops_total' | grep -v ' 0$' | sed "s/^/$2: /" >&2 || true
 	kill "$pid"; wait "$pid" 2>/dev/null || true
 }
 traverse_run off traverse

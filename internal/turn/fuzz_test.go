@@ -2,8 +2,11 @@ package turn
 
 import (
 	"bytes"
+	"io"
+	"net"
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/pion/stun/v3"
 )
@@ -102,5 +105,43 @@ func FuzzHandleMessage(f *testing.F) {
 			return
 		}
 		s.handleMessage(b, key, sender{udp: w, addr: from}, &st)
+	})
+}
+
+// FuzzStreamConn feeds an arbitrary byte stream to a TCP client
+// connection's reader (STUN and padded ChannelData framing, RFC 8656
+// section 12.5): it must end cleanly, never hang or panic.
+func FuzzStreamConn(f *testing.F) {
+	s, _ := newTestServer(f, func(c *Config) { c.AllowLoopbackPeers = true; c.AuthFailuresPerMinute = -1 })
+	tid := [12]byte{7}
+	bind := stun.MustBuild(stun.NewTransactionIDSetter(tid), stun.BindingRequest).Raw
+	alloc := stun.MustBuild(stun.NewTransactionIDSetter(tid), stun.NewType(stun.MethodAllocate, stun.ClassRequest), requestedUDP()).Raw
+	f.Add(bind)
+	f.Add(append(append([]byte{}, bind...), alloc...))
+	f.Add(append(appendChannelData(nil, 0x4000, []byte{1, 2, 3}, true), bind...))
+	f.Add([]byte{0x40, 0x00, 0xff, 0xff, 1})
+	f.Add([]byte{0x80, 0, 0, 0})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		client, server := net.Pipe()
+		sc := &streamConn{s: s, c: server, proto: protoTCP, remote: netip.MustParseAddrPort("127.0.0.1:40001"),
+			q: make(chan *[]byte, streamQueue), done: make(chan struct{})}
+		s.mu.Lock()
+		s.streams[sc] = struct{}{}
+		s.mu.Unlock()
+		s.m.streamConns.Inc()
+		done := make(chan struct{}, 2)
+		go func() { sc.readLoop(); done <- struct{}{} }()
+		go func() { sc.writeLoop(); done <- struct{}{} }()
+		go func() { _, _ = io.Copy(io.Discard, client) }()
+		_ = client.SetWriteDeadline(time.Now().Add(2 * time.Second))
+		_, _ = client.Write(b)
+		client.Close()
+		for i := 0; i < 2; i++ {
+			select {
+			case <-done:
+			case <-time.After(5 * time.Second):
+				t.Fatal("stream reader or writer did not end")
+			}
+		}
 	})
 }

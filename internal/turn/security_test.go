@@ -281,3 +281,48 @@ func countFDs(t testing.TB) int {
 	}
 	return len(ents)
 }
+
+func TestBucket(t *testing.T) {
+	const rate = 1000 // bytes per second
+	sec := int64(time.Second)
+	var b bucket
+	for _, step := range []struct {
+		at   int64
+		n    int
+		want bool
+	}{
+		{10 * sec, 600, true},        // starts full (one second's worth)
+		{10 * sec, 400, true},        // exactly empty now
+		{10 * sec, 1, false},         // nothing left
+		{10*sec + sec/2, 400, true},  // half a second refills 500
+		{10*sec + sec/2, 200, false}, // 100 left
+		{20 * sec, 1000, true},       // a long pause refills to the cap, no more
+		{20 * sec, 1, false},
+	} {
+		if got := b.take(step.n, step.at, rate); got != step.want {
+			t.Fatalf("take(%d) at %d: %v, want %v", step.n, step.at, got, step.want)
+		}
+	}
+	if !b.take(1<<20, 0, 0) {
+		t.Fatal("rate 0 must be unlimited")
+	}
+}
+
+// TestBandwidthLimit: an allocation over its byte rate has packets dropped
+// and counted.
+func TestBandwidthLimit(t *testing.T) {
+	s, _ := newTestServer(t, func(c *Config) { c.AllowLoopbackPeers = true; c.BandwidthPerAllocation = 1000 })
+	key, _ := boundChannel(t, s, sinkPeer(t))
+	frame := channelFrame(200)
+	var st relayStats
+	for i := 0; i < 10; i++ {
+		s.relayChannelData(key, frame, &st)
+	}
+	if st.packets != 5 || st.bw != 5 {
+		t.Fatalf("relayed %d, dropped %d; want 5 and 5 (1000 B/s, 200 B packets)", st.packets, st.bw)
+	}
+	st.flush(s.m)
+	if got := testutil.ToFloat64(s.m.dropBandwidth); got != 5 {
+		t.Errorf("bandwidth drops = %v", got)
+	}
+}

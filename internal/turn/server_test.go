@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pion/stun/v3"
 	"github.com/pion/turn/v4"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -142,4 +143,75 @@ func TestPionClientRelay(t *testing.T) {
 func verifyNoLeaks(t *testing.T) {
 	opt := goleak.IgnoreCurrent()
 	t.Cleanup(func() { goleak.VerifyNone(t, opt) })
+}
+
+// TestIPv6Relay: a server listening and relaying on [::1] relays
+// ChannelData to an IPv6 peer and back; an IPv4 peer gets 443.
+func TestIPv6Relay(t *testing.T) {
+	verifyNoLeaks(t)
+	probe, err := net.ListenUDP("udp6", &net.UDPAddr{IP: net.IPv6loopback})
+	if err != nil {
+		t.Skip("no IPv6 loopback")
+	}
+	probe.Close()
+	s, _ := newTestServer(t, func(c *Config) {
+		c.Listen = netip.MustParseAddrPort("[::1]:0")
+		c.AllowLoopbackPeers = true
+	})
+	peer, err := net.ListenUDP("udp6", &net.UDPAddr{IP: net.IPv6loopback})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 2048)
+		for {
+			n, from, err := peer.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			_, _ = peer.WriteToUDPAddrPort(buf[:n], from)
+		}
+	}()
+	t.Cleanup(func() { peer.Close(); <-done })
+	c := newSTUNClient6(t, s.Addr())
+	relayed := c.allocate()
+	if !relayed.Addr().Is6() {
+		t.Fatalf("relayed address %v is not IPv6", relayed)
+	}
+	pa := peer.LocalAddr().(*net.UDPAddr).AddrPort()
+	if code := errCode(c.do(stun.MethodChannelBind, channelAttr(0x4000), peerAttr(pa))); code != 0 {
+		t.Fatalf("channel bind: %d", code)
+	}
+	buf := make([]byte, 1500)
+	for i := 0; i < 10; i++ {
+		msg := []byte{byte(i), 6}
+		if _, err := c.c.WriteToUDPAddrPort(appendChannelData(nil, 0x4000, msg, false), s.Addr()); err != nil {
+			t.Fatal(err)
+		}
+		_ = c.c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		n, _, err := c.c.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			t.Fatalf("echo %d: %v", i, err)
+		}
+		if num, data, err := parseChannelData(buf[:n]); err != nil || num != 0x4000 || data[0] != byte(i) {
+			t.Fatalf("echo %d: %x", i, buf[:n])
+		}
+	}
+	sc := newSTUNClient6(t, s.Addr())
+	sc.allocate()
+	if code := errCode(sc.do(stun.MethodCreatePermission, peerAttr(netip.MustParseAddrPort("8.8.8.8:53")))); code != 443 {
+		t.Errorf("IPv4 peer on an IPv6 relay: code %d, want 443", code)
+	}
+}
+
+func newSTUNClient6(t testing.TB, server netip.AddrPort) *stunClient {
+	t.Helper()
+	c, err := net.ListenUDP("udp6", &net.UDPAddr{IP: net.IPv6loopback})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return &stunClient{t: t, c: c, server: server, user: testUser, pass: testPass}
 }

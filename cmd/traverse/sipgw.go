@@ -18,6 +18,9 @@ import (
 type sipgwConfig struct {
 	SIP          string        `yaml:"sip"`
 	SIPTCP       bool          `yaml:"sip-tcp"`
+	SIPTLS       string        `yaml:"sip-tls"`
+	TLSCert      string        `yaml:"tls-cert"`
+	TLSKey       string        `yaml:"tls-key"`
 	RTP          string        `yaml:"rtp"`
 	RTCP         string        `yaml:"rtcp"`
 	Upstream     string        `yaml:"upstream"`
@@ -36,6 +39,9 @@ type sipgwConfig struct {
 func sipgwFlags(fs *flag.FlagSet, prefix string, c *sipgwConfig) {
 	fs.StringVar(&c.SIP, prefix+"sip", c.SIP, "outside SIP `host:port` (UDP), the one signaling port")
 	fs.BoolVar(&c.SIPTCP, prefix+"sip-tcp", c.SIPTCP, "also accept SIP over TCP on the --sip address")
+	fs.StringVar(&c.SIPTLS, prefix+"sip-tls", c.SIPTLS, "SIP over TLS `host:port` (empty disables it; a fourth outside port)")
+	fs.StringVar(&c.TLSCert, prefix+"tls-cert", c.TLSCert, "TLS certificate PEM `file` (empty with --tls-key empty: self-signed, for tests)")
+	fs.StringVar(&c.TLSKey, prefix+"tls-key", c.TLSKey, "TLS private key PEM `file`")
 	fs.StringVar(&c.RTP, prefix+"rtp", c.RTP, "the one outside RTP `host:port` every call's media goes to")
 	fs.StringVar(&c.RTCP, prefix+"rtcp", c.RTCP, "the one outside RTCP `host:port`")
 	fs.StringVar(&c.Upstream, prefix+"upstream", c.Upstream, "inside SIP server `host:port` (PBX); requests from it are inside")
@@ -110,7 +116,7 @@ func startSipgw(ctx context.Context, c sipgwConfig, env *serveEnv) (runner, erro
 		return nil, err
 	}
 	gw, err = sipgw.New(sipgw.Config{
-		SIP: c.SIP, TCP: c.SIPTCP, Upstream: c.Upstream, InsideNets: nets, OutsideIP: outIP,
+		SIP: c.SIP, TCP: c.SIPTCP, TLS: c.SIPTLS, TLSCert: c.TLSCert, TLSKey: c.TLSKey, Upstream: c.Upstream, InsideNets: nets, OutsideIP: outIP,
 		Media: mp, RateLimit: c.RateLimit, Registerer: env.admin.Registry, Log: log,
 	})
 	if err != nil {

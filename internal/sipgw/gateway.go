@@ -21,6 +21,7 @@ package sipgw
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -46,6 +47,11 @@ type Config struct {
 	SIP string
 	// TCP also listens for SIP over TCP on the same address.
 	TCP bool
+	// TLS, when set, listens for SIP over TLS on this "host:port" (a
+	// fourth outside port), with the certificate in TLSCert and TLSKey (PEM
+	// files; both empty: a self-signed certificate, for tests).
+	TLS             string
+	TLSCert, TLSKey string
 	// Upstream is the inside SIP server, "host:port". Required.
 	Upstream string
 	// InsideNets are extra source prefixes whose requests count as inside
@@ -128,6 +134,7 @@ type Gateway struct {
 	client   *sipgo.Client
 	pc       net.PacketConn
 	ln       net.Listener
+	tlsLn    net.Listener
 	addr     netip.AddrPort
 	upstream netip.AddrPort
 	outIP    netip.Addr
@@ -169,6 +176,18 @@ func New(cfg Config) (*Gateway, error) {
 	if cfg.TCP {
 		if g.ln, err = net.Listen("tcp", addr.String()); err != nil {
 			pc.Close()
+			return nil, err
+		}
+	}
+	if cfg.TLS != "" {
+		host, _, _ := net.SplitHostPort(cfg.TLS)
+		tc, err := tlsConfig(cfg.TLSCert, cfg.TLSKey, host)
+		if err != nil {
+			g.closeSockets()
+			return nil, fmt.Errorf("sipgw: TLS: %w", err)
+		}
+		if g.tlsLn, err = tls.Listen("tcp", cfg.TLS, tc); err != nil {
+			g.closeSockets()
 			return nil, err
 		}
 	}
@@ -247,7 +266,7 @@ func (g *Gateway) Calls() int {
 
 // Run serves SIP until ctx ends, then closes the gateway.
 func (g *Gateway) Run(ctx context.Context) error {
-	errc := make(chan error, 2)
+	errc := make(chan error, 3)
 	g.wg.Add(1)
 	go func() {
 		defer g.wg.Done()
@@ -258,6 +277,13 @@ func (g *Gateway) Run(ctx context.Context) error {
 		go func() {
 			defer g.wg.Done()
 			errc <- g.srv.ServeTCP(g.ln)
+		}()
+	}
+	if g.tlsLn != nil {
+		g.wg.Add(1)
+		go func() {
+			defer g.wg.Done()
+			errc <- g.srv.ServeTLS(g.tlsLn)
 		}()
 	}
 	var err error
@@ -290,6 +316,17 @@ func (g *Gateway) closeSockets() {
 	if g.ln != nil {
 		g.ln.Close()
 	}
+	if g.tlsLn != nil {
+		g.tlsLn.Close()
+	}
+}
+
+// TLSAddr is the bound SIP-over-TLS address (invalid when TLS is off).
+func (g *Gateway) TLSAddr() netip.AddrPort {
+	if g.tlsLn == nil {
+		return netip.AddrPort{}
+	}
+	return g.tlsLn.Addr().(*net.TCPAddr).AddrPort()
 }
 
 // MediaTimeout forgets a call whose media stopped; wire it to the media
@@ -428,7 +465,8 @@ func (g *Gateway) isMe(u sip.Uri) bool {
 	if port == 0 {
 		port = 5060
 	}
-	return port == int(g.addr.Port()) && (u.Host == g.addr.Addr().String() || u.Host == g.outIP.String())
+	return (port == int(g.addr.Port()) || (g.tlsLn != nil && port == int(g.TLSAddr().Port()))) &&
+		(u.Host == g.addr.Addr().String() || u.Host == g.outIP.String())
 }
 
 func (g *Gateway) onStrayCancel(req *sip.Request, tx sip.ServerTransaction) {
@@ -544,6 +582,17 @@ func (g *Gateway) forward(orig, req *sip.Request, tx sip.ServerTransaction, dest
 	req.SetTransport("UDP")
 	opts := []sipgo.ClientRequestOption{g.fromListener, sipgo.ClientRequestAddVia, sipgo.ClientRequestDecreaseMaxForward}
 	if req.IsInvite() && newCall || (c != nil && toTag(req) == "" && !req.IsInvite()) {
+		// A client on TCP or TLS gets its own Record-Route below the UDP one
+		// (double Record-Route, RFC 5658): the inside side routes its
+		// in-dialog requests to the top entry, the client to the bottom one.
+		if t := strings.ToLower(orig.Transport()); !fromInside && (t == "tcp" || t == "tls") {
+			port := int(g.addr.Port())
+			if t == "tls" {
+				port = int(g.TLSAddr().Port())
+			}
+			req.PrependHeader(&sip.RecordRouteHeader{Address: sip.Uri{Scheme: "sip", Host: g.addr.Addr().String(), Port: port,
+				UriParams: sip.HeaderParams{{K: "transport", V: t}, {K: "lr", V: ""}}}})
+		}
 		opts = append(opts, sipgo.ClientRequestAddRecordRoute)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), g.cfg.TransactionTimeout)

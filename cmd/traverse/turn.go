@@ -43,6 +43,7 @@ type turnConfig struct {
 	AuthFailures       int           `yaml:"auth-failures-per-minute"`
 	Shards             int           `yaml:"shards"`
 	Coalesce           time.Duration `yaml:"coalesce"`
+	MaxConns           int           `yaml:"max-conns"`
 }
 
 // bindTurnFlags registers the turn role's flags under prefix ("" for
@@ -70,6 +71,7 @@ func bindTurnFlags(fs *flag.FlagSet, prefix string, c *turnConfig, serve bool) {
 	fs.IntVar(&c.MaxAllocations, prefix+"max-allocations", c.MaxAllocations, "allocations in total (0: unlimited); beyond: 486")
 	fs.IntVar(&c.UserQuota, prefix+"user-quota", c.UserQuota, "allocations per user (0: unlimited); beyond: 486")
 	fs.Int64Var(&c.Bandwidth, prefix+"bandwidth", c.Bandwidth, "relayed `bytes` per second per allocation and direction (0: unlimited); excess is dropped")
+	fs.IntVar(&c.MaxConns, prefix+"max-conns", c.MaxConns, "open TCP and TLS client connections (0: 10000); beyond, new ones are closed")
 	fs.IntVar(&c.AuthFailures, prefix+"auth-failures-per-minute", c.AuthFailures, "failed authentications per source address per minute before its requests are dropped (0: 30; -1: no limit)")
 	fs.IntVar(&c.Shards, prefix+"shards", c.Shards, "UDP event loops, each with its own SO_REUSEPORT socket on the listen port and its own relay sockets (default 1)")
 	fs.DurationVar(&c.Coalesce, prefix+"coalesce", c.Coalesce, "under load, wait this long between event-loop wake-ups so one batch serves every queued packet (adds at most this delay; 0 disables)")
@@ -79,7 +81,7 @@ func bindTurnFlags(fs *flag.FlagSet, prefix string, c *turnConfig, serve bool) {
 func (c *turnConfig) serverConfig(log *slog.Logger, reg *admin.Server) (turn.Config, error) {
 	cfg := turn.Config{Realm: c.Realm, AuthSecret: c.AuthSecret, NoTCP: c.NoTCP, AllowLoopbackPeers: c.AllowLoopbackPeers,
 		MaxAllocations: c.MaxAllocations, MaxAllocationsPerUser: c.UserQuota, BandwidthPerAllocation: c.Bandwidth,
-		AuthFailuresPerMinute: c.AuthFailures, Shards: c.Shards, Coalesce: c.Coalesce, Software: "traverse", Log: log}
+		AuthFailuresPerMinute: c.AuthFailures, Shards: c.Shards, Coalesce: c.Coalesce, MaxStreamConns: c.MaxConns, Software: "traverse", Log: log}
 	if reg != nil {
 		cfg.Registerer = reg.Registry
 	}

@@ -70,6 +70,10 @@ type Config struct {
 	// (default 30; negative disables the limit).
 	AuthFailuresPerMinute int
 
+	// MaxStreamConns caps open TCP and TLS client connections together
+	// (default 10,000); beyond it new connections are closed at once.
+	MaxStreamConns int
+
 	// Shards is the number of SO_REUSEPORT UDP sockets on Listen, each with
 	// its own reader (default 1).
 	Shards int
@@ -125,6 +129,9 @@ func (c *Config) validate() error {
 	}
 	if c.AuthFailuresPerMinute == 0 {
 		c.AuthFailuresPerMinute = 30
+	}
+	if c.MaxStreamConns <= 0 {
+		c.MaxStreamConns = 10000
 	}
 	if c.Shards <= 0 {
 		c.Shards = 1

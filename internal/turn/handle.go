@@ -486,6 +486,10 @@ func (r *request) sharedConflict() {
 	r.fail(stun.CodeForbidden, nil)
 }
 
+// maxPermissions caps the permissions of one allocation, so that one
+// client cannot grow the server's memory without bound (508 beyond it).
+const maxPermissions = 1024
+
 func (r *request) createPermission() {
 	a := r.owned()
 	if a == nil {
@@ -510,6 +514,12 @@ func (r *request) createPermission() {
 	exp := r.now.Add(permissionLifetime).UnixNano()
 	added := 0
 	a.mu.Lock()
+	if len(a.perms)+len(peers) > maxPermissions {
+		a.mu.Unlock()
+		r.s.m.quotaHits.WithLabelValues("permissions").Inc()
+		r.fail(stun.CodeInsufficientCapacity, nil)
+		return
+	}
 	if a.perms == nil {
 		a.perms = make(map[netip.Addr]int64, len(peers))
 	}

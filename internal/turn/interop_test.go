@@ -75,13 +75,15 @@ func runUclient(t testing.TB, flags []string, server netip.AddrPort, peerPort, c
 }
 
 // TestUclientInterop relays coturn's turnutils_uclient traffic over UDP,
-// TCP and TLS to turnutils_peer with zero loss.
+// TCP and TLS, and over UDP with a REST credential minted by uclient from
+// the shared secret, to turnutils_peer with zero loss.
 func TestUclientInterop(t *testing.T) {
 	verifyNoLeaks(t)
 	peer := startTurnutilsPeer(t)
 	s, _ := newTestServer(t, func(c *Config) {
 		c.AllowLoopbackPeers = true
 		c.TLSListen = netip.MustParseAddrPort("127.0.0.1:0")
+		c.AuthSecret = "uclient-secret"
 	})
 	const clients, msgs = 4, 40
 	for _, tc := range []struct {
@@ -92,6 +94,8 @@ func TestUclientInterop(t *testing.T) {
 		{"udp", nil, s.Addr()},
 		{"tcp", []string{"-t"}, s.TCPAddr()},
 		{"tls", []string{"-t", "-S"}, s.TLSAddr()},
+		// uclient mints a TURN REST credential from the shared secret.
+		{"udp-rest", []string{"-W", "uclient-secret"}, s.Addr()},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			sent, recv, lost := runUclient(t, tc.flags, tc.addr, peer, clients, msgs)

@@ -39,7 +39,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		refusedPeers: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "refused_peers_total",
 			Help: "Permissions, channel bindings and Send indications refused because the peer address is filtered (403)."}),
 		quotaHits: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "quota_hits_total",
-			Help: "Quota events: user and total (486), ports (508), shared (an allocation placed on a shared relay socket), shared_peer (403: a peer another sharer permits)."}, []string{"quota"}),
+			Help: "Quota events: user and total (486), ports (508), shared (an allocation placed on a shared relay socket), shared_peer (403: a peer another sharer permits), permissions (508: more than 1024 on one allocation), stream_conns (TCP/TLS connection refused)."}, []string{"quota"}),
 		drops: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "dropped_packets_total",
 			Help: "Packets not relayed, by reason."}, []string{"reason"}),
 		bad: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "malformed_total",
@@ -61,7 +61,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.dropSendError = m.drops.WithLabelValues("send_error")
 	m.badUDP = m.bad.WithLabelValues("udp")
 	m.badStream = m.bad.WithLabelValues("stream")
-	for _, q := range []string{"user", "total", "ports", "shared", "shared_peer"} {
+	for _, q := range []string{"user", "total", "ports", "shared", "shared_peer", "permissions", "stream_conns"} {
 		m.quotaHits.WithLabelValues(q)
 	}
 	if reg != nil {

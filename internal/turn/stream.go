@@ -73,6 +73,12 @@ func (s *Server) acceptLoop(ln net.Listener, proto uint8) {
 			_ = c.Close()
 			return
 		}
+		if len(s.streams) >= s.cfg.MaxStreamConns {
+			s.mu.Unlock()
+			_ = c.Close()
+			s.m.quotaHits.WithLabelValues("stream_conns").Inc()
+			continue
+		}
 		s.streams[sc] = struct{}{}
 		s.mu.Unlock()
 		s.m.streamConns.Inc()

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # SFU benchmark, one run, same synthetic load (pion clients from `traverse load`):
-#   traverse (serve: embedded NATS + signal + sfu, clients join through the bus; batched socket I/O) vs
+#   traverse (serve: embedded NATS + signal + sfu, clients join through the bus) vs
 #   the same with --sfu-batch-io ("batched": recvmmsg reads and one sendmmsg writer under pion's mux) vs
 #   Janus 1.1 videoroom (its HTTP API) vs a plain batched Go UDP forwarder (the ceiling).
 # For each scenario: server CPU-seconds per million forwarded RTP packets (utime+stime of the
@@ -29,64 +29,63 @@ BIN=$OUT/traverse
 go build -o "$BIN" ./cmd/traverse
 go build -o "$OUT/udpfwd" ./bench/udpfwd
 PIDS=()
-cleanup() { for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+cleanup() { for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; PIDS=(); }
 trap cleanup EXIT
 
-freeport() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
-
-# --- traverse: serve with only what the SFU needs listening on free ports
-read -r NATS UDP TCP HTTP P1 P2 P3 P4 P5 P6 ADM NATS2 UDP2 TCP2 HTTP2 Q1 Q2 Q3 Q4 Q5 Q6 ADM2 < <(python3 -c '
+# Fresh servers for every scenario, so memory per participant is measured from a clean start.
+start_servers() {
+  read -r NATS UDP TCP HTTP P1 P2 P3 P4 P5 P6 ADM NATS2 UDP2 TCP2 HTTP2 Q1 Q2 Q3 Q4 Q5 Q6 ADM2 JPORT FPORT < <(python3 -c '
 import socket
-ss=[socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(22)]
+ss=[socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(24)]
 for s in ss: s.bind(("127.0.0.1",0))
 print(" ".join(str(s.getsockname()[1]) for s in ss))')
-"$BIN" serve --admin 127.0.0.1:$ADM --bus-listen 127.0.0.1:$NATS --sfu-udp 127.0.0.1:$UDP --sfu-tcp 127.0.0.1:$TCP \
-  --signal-http 127.0.0.1:$HTTP --stun-listen 127.0.0.1:$P1 --stun-other-port $P2 --stun-no-tcp --stun-tls-listen "" \
-  --turn-listen 127.0.0.1:$P3 --turn-no-tcp --sipgw-sip 127.0.0.1:$P4 \
-  --sipgw-rtp 127.0.0.1:$P5 --sipgw-rtcp 127.0.0.1:$P6 --log-level warn >"$OUT/serve.log" 2>&1 &
-TPID=$!; PIDS+=($TPID)
-# The same with pion's own one-packet-per-system-call socket I/O (--sfu-batch-io), for comparison.
-"$BIN" serve --admin 127.0.0.1:$ADM2 --bus-listen 127.0.0.1:$NATS2 --sfu-udp 127.0.0.1:$UDP2 --sfu-tcp 127.0.0.1:$TCP2 --sfu-batch-io \
-  --signal-http 127.0.0.1:$HTTP2 --stun-listen 127.0.0.1:$Q1 --stun-other-port $Q2 --stun-no-tcp --stun-tls-listen "" \
-  --turn-listen 127.0.0.1:$Q3 --turn-no-tcp --sipgw-sip 127.0.0.1:$Q4 \
-  --sipgw-rtp 127.0.0.1:$Q5 --sipgw-rtcp 127.0.0.1:$Q6 --log-level warn >"$OUT/serve-batched.log" 2>&1 &
-TPID2=$!; PIDS+=($TPID2)
-
-# --- Janus: Debian's config, HTTP on a free port bound to loopback, unused transports off
-JDIR=$OUT/janus; mkdir -p "$JDIR"; cp /etc/janus/*.jcfg "$JDIR/"
-JPORT=$(freeport)
-sed -i "s|^\tport = 8088.*|\tport = $JPORT|; s|^\t#ip = \"192.168.0.1\".*|\tip = \"127.0.0.1\"|" "$JDIR/janus.transport.http.jcfg"
-sed -i 's|^\t#disable = "libjanus_rabbitmq.so"|\tdisable = "libjanus_websockets.so,libjanus_rabbitmq.so,libjanus_mqtt.so,libjanus_nanomsg.so,libjanus_pfunix.so"|' "$JDIR/janus.jcfg"
-sed -i 's|^\t#disable = "libjanus_voicemail.so,libjanus_recordplay.so"|\tdisable = "libjanus_lua.so,libjanus_duktape.so,libjanus_voicemail.so,libjanus_recordplay.so,libjanus_audiobridge.so,libjanus_streaming.so,libjanus_sip.so,libjanus_nosip.so,libjanus_textroom.so,libjanus_videocall.so,libjanus_echotest.so"|' "$JDIR/janus.jcfg"
-janus -C "$JDIR/janus.jcfg" -F "$JDIR" -N -o -r 30000-39999 -E sfub0 -L "$OUT/janus.log" >/dev/null 2>&1 &
-JPID=$!; PIDS+=($JPID)
-
-# --- the ceiling
-FPORT=$(freeport)
-"$OUT/udpfwd" -mode server -listen 127.0.0.1:$FPORT &
-FPID=$!; PIDS+=($FPID)
-
-for i in $(seq 100); do
-  curl -sf -o /dev/null "http://127.0.0.1:$JPORT/janus/info" && (exec 3<>/dev/tcp/127.0.0.1/$NATS) 2>/dev/null && break
-  sleep 0.2
-done
+  # traverse: serve (embedded NATS, signal, sfu, and the idle other roles) on free ports
+  "$BIN" serve --admin 127.0.0.1:$ADM --bus-listen 127.0.0.1:$NATS --sfu-udp 127.0.0.1:$UDP --sfu-tcp 127.0.0.1:$TCP \
+    --signal-http 127.0.0.1:$HTTP --stun-listen 127.0.0.1:$P1 --stun-other-port $P2 --stun-no-tcp --stun-tls-listen "" \
+    --turn-listen 127.0.0.1:$P3 --turn-no-tcp --sipgw-sip 127.0.0.1:$P4 \
+    --sipgw-rtp 127.0.0.1:$P5 --sipgw-rtcp 127.0.0.1:$P6 --log-level warn >>"$OUT/serve.log" 2>&1 &
+  TPID=$!; PIDS+=($TPID)
+  # the same with the batched socket I/O under pion's mux (--sfu-batch-io)
+  "$BIN" serve --admin 127.0.0.1:$ADM2 --bus-listen 127.0.0.1:$NATS2 --sfu-udp 127.0.0.1:$UDP2 --sfu-tcp 127.0.0.1:$TCP2 --sfu-batch-io \
+    --signal-http 127.0.0.1:$HTTP2 --stun-listen 127.0.0.1:$Q1 --stun-other-port $Q2 --stun-no-tcp --stun-tls-listen "" \
+    --turn-listen 127.0.0.1:$Q3 --turn-no-tcp --sipgw-sip 127.0.0.1:$Q4 \
+    --sipgw-rtp 127.0.0.1:$Q5 --sipgw-rtcp 127.0.0.1:$Q6 --log-level warn >>"$OUT/serve-batched.log" 2>&1 &
+  TPID2=$!; PIDS+=($TPID2)
+  # Janus: Debian's config, HTTP on a free port bound to loopback, unused plugins and transports off
+  JDIR=$OUT/janus; rm -rf "$JDIR"; mkdir -p "$JDIR"; cp /etc/janus/*.jcfg "$JDIR/"
+  sed -i "s|^\tport = 8088.*|\tport = $JPORT|; s|^\t#ip = \"192.168.0.1\".*|\tip = \"127.0.0.1\"|" "$JDIR/janus.transport.http.jcfg"
+  sed -i 's|^\t#disable = "libjanus_rabbitmq.so"|\tdisable = "libjanus_websockets.so,libjanus_rabbitmq.so,libjanus_mqtt.so,libjanus_nanomsg.so,libjanus_pfunix.so"|' "$JDIR/janus.jcfg"
+  sed -i 's|^\t#disable = "libjanus_voicemail.so,libjanus_recordplay.so"|\tdisable = "libjanus_lua.so,libjanus_duktape.so,libjanus_voicemail.so,libjanus_recordplay.so,libjanus_audiobridge.so,libjanus_streaming.so,libjanus_sip.so,libjanus_nosip.so,libjanus_textroom.so,libjanus_videocall.so,libjanus_echotest.so"|' "$JDIR/janus.jcfg"
+  janus -C "$JDIR/janus.jcfg" -F "$JDIR" -N -o -r 30000-39999 -E sfub0 -L "$OUT/janus.log" >/dev/null 2>&1 &
+  JPID=$!; PIDS+=($JPID)
+  # the ceiling
+  "$OUT/udpfwd" -mode server -listen 127.0.0.1:$FPORT &
+  FPID=$!; PIDS+=($FPID)
+  for i in $(seq 100); do
+    curl -sf -o /dev/null "http://127.0.0.1:$JPORT/janus/info" && (exec 3<>/dev/tcp/127.0.0.1/$NATS) 2>/dev/null \
+      && (exec 3<>/dev/tcp/127.0.0.1/$NATS2) 2>/dev/null && break
+    sleep 0.2
+  done
+}
 
 run() { # name rooms pubs subs
   local name=$1 r=$2 p=$3 s=$4
   echo "== $name: $r room(s) x ($p publishers + $s subscribers), $DUR" >&2
+  start_servers
   "$BIN" load --nats nats://127.0.0.1:$NATS --rooms $r --publishers $p --subscribers $s --duration $DUR \
     --server-pid $TPID --room-prefix "t$name" --json 2>"$OUT/traverse-$name.err" >"$OUT/traverse-$name.json" || true
   "$BIN" load --nats nats://127.0.0.1:$NATS2 --rooms $r --publishers $p --subscribers $s --duration $DUR \
     --server-pid $TPID2 --room-prefix "b$name" --json 2>"$OUT/batched-$name.err" >"$OUT/batched-$name.json" || true
+  curl -s "http://127.0.0.1:$ADM2/metrics" | grep -E '^traverse_sfu_(udp_|rtp_forwarded)' >"$OUT/batched-$name-metrics.txt" || true
   "$BIN" load --janus "http://127.0.0.1:$JPORT/janus" --ice-ip 10.77.0.1 --rooms $r --publishers $p --subscribers $s --duration $DUR \
     --server-pid $JPID --room-prefix "j$name" --json 2>"$OUT/janus-$name.err" >"$OUT/janus-$name.json" || true
   "$OUT/udpfwd" -mode load -server 127.0.0.1:$FPORT -server-pid $FPID -rooms $r -publishers $p -subscribers $s \
     -duration $DUR >"$OUT/udpfwd-$name.json" || true
+  cleanup
 }
 run fanout 1 1 50
 run rooms 10 4 0
-curl -s "http://127.0.0.1:$ADM2/metrics" | grep -E '^traverse_sfu_(udp_|rtp_forwarded)' >"$OUT/traverse-metrics.txt" || true
-cat "$OUT/traverse-metrics.txt" >&2
+cat "$OUT"/batched-*-metrics.txt >&2 || true
 
 python3 - "$OUT" <<'PY'
 import json, sys, os

@@ -33,6 +33,7 @@ import (
 
 	"github.com/pion/ice/v4"
 	"github.com/pion/interceptor"
+	"github.com/pion/interceptor/pkg/nack"
 	"github.com/pion/logging"
 	"github.com/pion/sdp/v3"
 	"github.com/pion/webrtc/v4"
@@ -144,12 +145,20 @@ func registerCodecs(me *webrtc.MediaEngine) error {
 	return me.RegisterHeaderExtension(webrtc.RTPHeaderExtensionCapability{URI: sdp.AudioLevelURI}, webrtc.RTPCodecTypeAudio)
 }
 
+// nackHistory is how many sent packets per subscriber stream the NACK
+// responder can resend (a power of two).
+const nackHistory = 256
+
 // registerInterceptors sets up what pion runs on every packet: NACK
 // generation (toward publishers) and response (from the per-subscriber
 // packet cache), sender and receiver reports, the simulcast header
 // extensions and transport-wide congestion control feedback to publishers.
 func registerInterceptors(me *webrtc.MediaEngine, ir *interceptor.Registry) error {
-	if err := webrtc.ConfigureNack(me, ir); err != nil {
+	// The responder keeps a copy of the last nackHistory packets of every
+	// stream sent to every subscriber: pion's default of 1024 holds about
+	// 1.2 MB per 1 Mbit/s video subscription; 256 is 2.5 s of such video,
+	// more than a NACK round trip.
+	if err := webrtc.ConfigureNackWithOptions(me, ir, nil, nack.ResponderSize(nackHistory)); err != nil {
 		return err
 	}
 	if err := webrtc.ConfigureRTCPReports(ir); err != nil {

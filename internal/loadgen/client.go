@@ -56,6 +56,9 @@ type ClientConfig struct {
 	PacketSize int
 	// TCP makes the client use ICE-TCP only.
 	TCP bool
+	// AudioLevel, when not zero, is sent in the RFC 6464 audio level
+	// extension of every audio packet, as -dBov (1 loud to 127 silent).
+	AudioLevel uint8
 }
 
 // Client is one synthetic participant.
@@ -75,6 +78,10 @@ type Client struct {
 	mu     sync.Mutex // guards tracks
 	tracks []*RecvStats
 
+	dc     *webrtc.DataChannel
+	dataMu sync.Mutex // guards data
+	data   []string   // data-channel messages received
+
 	remb atomic.Uint64 // bit/s to advertise in REMB, 0 none
 	sent atomic.Uint64 // RTP packets published
 
@@ -93,6 +100,9 @@ func NewAPI(tcp bool, ip netip.Addr) (*webrtc.API, error) {
 		return nil, err
 	}
 	if err := webrtc.ConfigureSimulcastExtensionHeaders(me); err != nil {
+		return nil, err
+	}
+	if err := me.RegisterHeaderExtension(webrtc.RTPHeaderExtensionCapability{URI: sdp.AudioLevelURI}, webrtc.RTPCodecTypeAudio); err != nil {
 		return nil, err
 	}
 	se := webrtc.SettingEngine{}
@@ -146,10 +156,17 @@ func Dial(ctx context.Context, api *webrtc.API, sig Signaler, cfg ClientConfig) 
 		c.mu.Unlock()
 		st.read(t)
 	})
-	if _, err := pc.CreateDataChannel("data", nil); err != nil {
+	dc, err := pc.CreateDataChannel("data", nil)
+	if err != nil {
 		c.Close()
 		return nil, err
 	}
+	c.dc = dc
+	dc.OnMessage(func(m webrtc.DataChannelMessage) {
+		c.dataMu.Lock()
+		c.data = append(c.data, string(m.Data))
+		c.dataMu.Unlock()
+	})
 	if cfg.Publish {
 		if err := c.addTracks(); err != nil {
 			c.Close()
@@ -305,6 +322,19 @@ func (c *Client) publish(ctx context.Context) {
 			}
 		}
 	}
+	var levelID uint8
+	if c.cfg.AudioLevel != 0 {
+		for _, tr := range c.pc.GetTransceivers() {
+			if tr.Kind() == webrtc.RTPCodecTypeAudio && tr.Sender() != nil {
+				for _, e := range tr.Sender().GetParameters().HeaderExtensions {
+					if e.URI == sdp.AudioLevelURI {
+						levelID = uint8(e.ID)
+					}
+				}
+			}
+		}
+	}
+	level := []byte{0x80 | c.cfg.AudioLevel&0x7f}
 	var tick uint32
 	var aseq uint16
 	lastKey := time.Time{}
@@ -360,7 +390,11 @@ func (c *Client) publish(ctx context.Context) {
 		}
 		if tick%2 == 0 && c.audioTrack != nil {
 			aseq++
-			if c.audioTrack.WriteRTP(&rtp.Packet{Header: rtp.Header{Version: 2, SequenceNumber: aseq, Timestamp: tick * 480}, Payload: audio}) == nil {
+			ap := rtp.Packet{Header: rtp.Header{Version: 2, SequenceNumber: aseq, Timestamp: tick * 480}, Payload: audio}
+			if levelID != 0 {
+				_ = ap.Header.SetExtension(levelID, level)
+			}
+			if c.audioTrack.WriteRTP(&ap) == nil {
 				c.sent.Add(1)
 			}
 		}
@@ -448,6 +482,16 @@ func (c *Client) sendREMB(ctx context.Context) {
 		}
 		_ = c.pc.WriteRTCP([]rtcp.Packet{&rtcp.ReceiverEstimatedMaximumBitrate{Bitrate: float32(b), SSRCs: ssrcs}})
 	}
+}
+
+// SendData sends a text message on the client's data channel.
+func (c *Client) SendData(s string) error { return c.dc.SendText(s) }
+
+// Data returns the data-channel messages received so far.
+func (c *Client) Data() []string {
+	c.dataMu.Lock()
+	defer c.dataMu.Unlock()
+	return append([]string(nil), c.data...)
 }
 
 // Sent is how many RTP packets the client published.

@@ -1,0 +1,93 @@
+package sfu
+
+import (
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/pion/rtcp"
+	"github.com/pion/webrtc/v4"
+
+	"github.com/traverse-rtc/traverse/internal/bus"
+	"github.com/traverse-rtc/traverse/internal/loadgen"
+)
+
+// TestDataChannelRelay: a message on one participant's data channel
+// reaches every other participant's.
+func TestDataChannelRelay(t *testing.T) {
+	h := newHarness(t, Config{})
+	a := h.dial(loadgen.ClientConfig{Room: "d", Identity: "a", Publish: true, Subscribe: true, VideoBitrate: -1})
+	b := h.dial(loadgen.ClientConfig{Room: "d", Identity: "b", Publish: true, Subscribe: true, VideoBitrate: -1})
+	c := h.dial(loadgen.ClientConfig{Room: "d", Identity: "c", Subscribe: true, VideoBitrate: -1})
+	for _, x := range []*loadgen.Client{a, b, c} {
+		<-x.Connected()
+	}
+	waitFor(t, 10*time.Second, "the message at b and c", func() bool {
+		_ = a.SendData("hello from a") // until the node's side of every channel is open
+		return slices.Contains(b.Data(), "hello from a") && slices.Contains(c.Data(), "hello from a")
+	})
+	if slices.Contains(a.Data(), "hello from a") {
+		t.Error("the sender got its own message back")
+	}
+}
+
+// TestActiveSpeaker: the RFC 6464 levels of a loud and a quiet publisher
+// make an active-speaker event naming the loud one only.
+func TestActiveSpeaker(t *testing.T) {
+	h := newHarness(t, Config{})
+	events := make(chan bus.RoomEvent, 64)
+	sub, err := h.bc.SubscribeRoomEvents("talk", func(e bus.RoomEvent) {
+		if e.Type == bus.EventActiveSpeaker {
+			events <- e
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	h.dial(loadgen.ClientConfig{Room: "talk", Identity: "loud", Publish: true, VideoBitrate: -1, AudioLevel: 20})
+	h.dial(loadgen.ClientConfig{Room: "talk", Identity: "quiet", Publish: true, VideoBitrate: -1, AudioLevel: 110})
+	timeout := time.After(10 * time.Second)
+	for {
+		select {
+		case e := <-events:
+			if len(e.Speakers) == 1 && e.Speakers[0].Identity == "loud" && e.Speakers[0].Level > 90 {
+				return
+			}
+			t.Logf("speakers %+v", e.Speakers)
+		case <-timeout:
+			t.Fatal("no active-speaker event naming the loud publisher alone")
+		}
+	}
+}
+
+// TestKeyframeRequestsThrottled: a subscriber's PLIs reach the publisher,
+// at most one per PLIInterval.
+func TestKeyframeRequestsThrottled(t *testing.T) {
+	h := newHarness(t, Config{PLIInterval: time.Second})
+	pub := h.dial(loadgen.ClientConfig{Room: "k", Identity: "pub", Publish: true, VideoBitrate: 200_000})
+	sub := h.dial(loadgen.ClientConfig{Room: "k", Identity: "sub", Subscribe: true})
+	<-pub.Connected()
+	waitFor(t, 10*time.Second, "video at the subscriber", func() bool { return received(sub, 1, 1, 10) })
+	var ssrc uint32
+	for _, tr := range sub.PC().GetTransceivers() {
+		if r := tr.Receiver(); r != nil && r.Track() != nil && r.Track().Kind() == webrtc.RTPCodecTypeVideo {
+			ssrc = uint32(r.Track().SSRC())
+		}
+	}
+	// Past the throttle window of the keyframe asked for at subscription.
+	time.Sleep(1100 * time.Millisecond)
+	fwd0, thr0 := testutilCounter(h.s.m.pliForwarded), testutilCounter(h.s.m.pliThrottled)
+	for range 10 {
+		if err := sub.PC().WriteRTCP([]rtcp.Packet{&rtcp.PictureLossIndication{MediaSSRC: ssrc}}); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	waitFor(t, 5*time.Second, "the PLIs counted", func() bool {
+		return testutilCounter(h.s.m.pliForwarded)+testutilCounter(h.s.m.pliThrottled)-fwd0-thr0 >= 10
+	})
+	if f := testutilCounter(h.s.m.pliForwarded) - fwd0; f != 1 {
+		t.Errorf("%v PLIs forwarded in 200 ms, want 1", f)
+	}
+}

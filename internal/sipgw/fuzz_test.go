@@ -3,7 +3,6 @@ package sipgw
 import (
 	"net/netip"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/emiago/sipgo/sip"
@@ -53,12 +52,6 @@ func FuzzSDP(f *testing.F) {
 	})
 }
 
-var (
-	fuzzOnce sync.Once
-	fuzzGW   *Gateway
-	fuzzErr  error
-)
-
 // FuzzSIP runs parsed SIP messages through the gateway's request checks and
 // SDP rewriting against a live media proxy; every session made is removed
 // again, so a leak shows as ports in use.
@@ -67,23 +60,21 @@ func FuzzSIP(f *testing.F) {
 	f.Add([]byte(invite("f2", sdpSeeds[2])))
 	f.Add([]byte(strings.Replace(invite("f3", ""), "To: <sip:svc@127.0.0.1>", "To: <sip:svc@127.0.0.1>;tag=9", 1)))
 	f.Add([]byte("REGISTER sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 1.2.3.4;branch=z9hG4bKx\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:a@b>\r\nCall-ID: r\r\nCSeq: 1 REGISTER\r\nContact: <sip:a@1.2.3.4:5060>;expires=60\r\nRoute: <sip:127.0.0.1:5060;lr>\r\nContent-Length: 0\r\n\r\n"))
+	mp, err := mediaproxy.New(mediaproxy.Config{
+		RTP: netip.MustParseAddrPort("127.0.0.1:0"), RTCP: netip.MustParseAddrPort("127.0.0.1:0"),
+		InsideIP: insideIP, InsidePorts: mediaproxy.PortRange{Low: 45000, High: 45100},
+	})
+	if err != nil {
+		f.Skip(err)
+	}
+	f.Cleanup(func() { mp.Close() })
+	g, err := New(Config{SIP: "127.0.0.1:0", Upstream: "127.0.0.2:5080", Media: mp})
+	if err != nil {
+		f.Skip(err)
+	}
+	f.Cleanup(func() { g.Close() })
 	parser := sip.NewParser()
 	f.Fuzz(func(t *testing.T, b []byte) {
-		fuzzOnce.Do(func() {
-			mp, err := mediaproxy.New(mediaproxy.Config{
-				RTP: netip.MustParseAddrPort("127.0.0.1:0"), RTCP: netip.MustParseAddrPort("127.0.0.1:0"),
-				InsideIP: insideIP, InsidePorts: mediaproxy.PortRange{Low: 45000, High: 45100},
-			})
-			if err != nil {
-				fuzzErr = err
-				return
-			}
-			fuzzGW, fuzzErr = New(Config{SIP: "127.0.0.1:0", Upstream: "127.0.0.2:5080", Media: mp})
-		})
-		if fuzzErr != nil {
-			t.Skip(fuzzErr)
-		}
-		g := fuzzGW
 		msg, err := parser.ParseSIP(b)
 		if err != nil {
 			return

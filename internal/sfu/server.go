@@ -90,12 +90,16 @@ func New(cfg Config, log *slog.Logger, b *bus.Client, reg prometheus.Registerer)
 	}
 	lf := logging.NewDefaultLoggerFactory()
 	lf.DefaultLogLevel = logging.LogLevelError
+	// The muxes log every packet that arrives for a session just closed;
+	// that is normal on a busy port, so they stay quiet.
+	quiet := logging.NewDefaultLoggerFactory()
+	quiet.DefaultLogLevel = logging.LogLevelDisabled
 	var pconn net.PacketConn = s.udp
 	if cfg.BatchIO {
 		s.batch = newBatchConn(uc)
 		pconn = s.batch
 	}
-	s.udpMux = ice.NewUDPMuxDefault(ice.UDPMuxParams{UDPConn: pconn, Logger: lf.NewLogger("udpmux")})
+	s.udpMux = ice.NewUDPMuxDefault(ice.UDPMuxParams{UDPConn: pconn, Logger: quiet.NewLogger("udpmux")})
 	types := []webrtc.NetworkType{webrtc.NetworkTypeUDP4, webrtc.NetworkTypeUDP6}
 	if cfg.TCP != "" {
 		ta, _ := netip.ParseAddrPort(cfg.TCP)
@@ -105,7 +109,7 @@ func New(cfg Config, log *slog.Logger, b *bus.Client, reg prometheus.Registerer)
 			return nil, fmt.Errorf("sfu: listen tcp %s: %w", cfg.TCP, err)
 		}
 		s.tcp = tcp
-		s.tcpMux = ice.NewTCPMuxDefault(ice.TCPMuxParams{Listener: tcp, Logger: lf.NewLogger("tcpmux"), ReadBufferSize: 64})
+		s.tcpMux = ice.NewTCPMuxDefault(ice.TCPMuxParams{Listener: tcp, Logger: quiet.NewLogger("tcpmux"), ReadBufferSize: 64})
 		types = append(types, webrtc.NetworkTypeTCP4, webrtc.NetworkTypeTCP6)
 	}
 

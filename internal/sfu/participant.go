@@ -308,6 +308,9 @@ func (p *participant) readSenderRTCP(sender *webrtc.RTPSender, dt *downTrack) {
 			case *rtcp.ReceiverReport:
 				for _, r := range pk.Reports {
 					p.s.m.subscriberLoss.Observe(float64(r.FractionLost) / 256)
+					if r.SSRC == dt.outSSRC() {
+						dt.reportLoss(r.FractionLost)
+					}
 				}
 			}
 		}

@@ -161,7 +161,7 @@ func (p *participant) chooseLayers() {
 			budget = bwe / uint64(len(sim))
 		}
 		if l := dt.t.bestLayer(budget); l >= 0 {
-			dt.setTarget(l)
+			dt.setTarget(dt.capped(l))
 		}
 	}
 }

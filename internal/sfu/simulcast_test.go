@@ -1,8 +1,12 @@
 package sfu
 
 import (
+	"fmt"
 	"testing"
 	"time"
+
+	"github.com/pion/rtcp"
+	"github.com/pion/webrtc/v4"
 
 	"github.com/traverse-rtc/traverse/internal/loadgen"
 )
@@ -59,4 +63,44 @@ func TestSimulcastFollowsSubscriberBandwidth(t *testing.T) {
 	if n := testutilCounter(h.s.m.layerSwitches); n < 4 {
 		t.Errorf("%v layer switches counted, want at least 4", n)
 	}
+}
+
+// TestSimulcastStepsDownOnLoss: a subscriber that sends no REMB (as a
+// browser using transport-cc) gets the top layer, steps down a layer per
+// lossy receiver report, and climbs back once the reports are clean.
+func TestSimulcastStepsDownOnLoss(t *testing.T) {
+	h := newHarness(t, Config{PLIInterval: 100 * time.Millisecond})
+	pub := h.dial(loadgen.ClientConfig{Room: "loss", Identity: "pub", Publish: true, Simulcast: true, VideoBitrate: 1_200_000})
+	sub := h.dial(loadgen.ClientConfig{Room: "loss", Identity: "sub", Subscribe: true})
+	<-pub.Connected()
+	var video *loadgen.RecvStats
+	waitFor(t, 15*time.Second, "the top layer at the subscriber", func() bool {
+		for _, tr := range sub.Tracks() {
+			if tr.Kind == "video" && tr.Packets() > 20 {
+				video = tr
+			}
+		}
+		return video != nil && video.Layer() == 2
+	})
+	var ssrc uint32
+	for _, tr := range sub.PC().GetTransceivers() {
+		if r := tr.Receiver(); r != nil && r.Track() != nil && r.Track().Kind() == webrtc.RTPCodecTypeVideo {
+			ssrc = uint32(r.Track().SSRC())
+		}
+	}
+	report := func(fraction uint8) {
+		_ = sub.PC().WriteRTCP([]rtcp.Packet{&rtcp.ReceiverReport{SSRC: 1, Reports: []rtcp.ReceptionReport{{SSRC: ssrc, FractionLost: fraction}}}})
+	}
+	for _, want := range []int{1, 0} {
+		waitFor(t, 10*time.Second, fmt.Sprintf("layer %d under loss", want), func() bool {
+			report(100) // 39 % lost
+			time.Sleep(100 * time.Millisecond)
+			return video.Layer() == want
+		})
+	}
+	waitFor(t, 15*time.Second, "the top layer again once loss stops", func() bool {
+		report(0)
+		time.Sleep(100 * time.Millisecond)
+		return video.Layer() == 2
+	})
 }

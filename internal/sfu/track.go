@@ -279,10 +279,66 @@ type downTrack struct {
 	lastSeq uint16
 	lastTS  uint32
 	lastAt  int64
+	// capLayer bounds the layer after the subscriber reported heavy loss,
+	// until capUntil (unix nanoseconds); -1 when not capped.
+	capLayer int
+	capUntil int64
+	lastStep int64
+}
+
+// Loss-based layer capping, for subscribers that send no REMB (browsers
+// that negotiated transport-cc): a receiver report with more than
+// lossyFraction lost takes the subscriber one layer down, at most once per
+// lossStep, and the cap holds for lossHold after the last lossy report.
+const (
+	lossyFraction = 26 // of 256: 10 %
+	lossStep      = time.Second
+	lossHold      = 4 * time.Second
+)
+
+// reportLoss records a receiver report's fraction lost (of 256).
+func (d *downTrack) reportLoss(fraction uint8) {
+	if fraction <= lossyFraction || !d.t.simulcast() {
+		return
+	}
+	now := time.Now().UnixNano()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.capUntil = now + int64(lossHold)
+	if now-d.lastStep < int64(lossStep) {
+		return
+	}
+	cur := d.cur
+	if cur < 0 {
+		cur = d.target
+	}
+	if d.capLayer >= 0 && d.capLayer < cur {
+		cur = d.capLayer
+	}
+	if cur > 0 {
+		d.capLayer = cur - 1
+		d.lastStep = now
+	} else {
+		d.capLayer = 0
+	}
+}
+
+// capped applies the loss cap to layer l.
+func (d *downTrack) capped(l int) int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.capLayer < 0 {
+		return l
+	}
+	if time.Now().UnixNano() > d.capUntil {
+		d.capLayer = -1
+		return l
+	}
+	return min(l, d.capLayer)
 }
 
 func newDownTrack(t *pubTrack, sub *participant) *downTrack {
-	d := &downTrack{t: t, sub: sub, cur: 0, target: 0}
+	d := &downTrack{t: t, sub: sub, cur: 0, target: 0, capLayer: -1}
 	if t.simulcast() {
 		d.cur = -1
 		d.target = t.bestLayer(sub.bwe.Load())
@@ -335,6 +391,12 @@ func (d *downTrack) Unbind(webrtc.TrackLocalContext) error {
 	d.ws = nil
 	d.mu.Unlock()
 	return nil
+}
+
+func (d *downTrack) outSSRC() uint32 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.ssrc
 }
 
 func (d *downTrack) layer() int {

@@ -6,6 +6,8 @@
 #
 # Usage: bench/turn-vs-coturn.sh [CLIENTS] [MSGS] [INTERVAL_MS] [LEN]
 #   defaults: 20 clients, 1000 messages each, 5 ms apart, 172 bytes.
+#   UCLIENT_FLAGS="-t" runs the clients over TCP; TRAVERSE_FLAGS adds flags
+#   to traverse turn.
 # Each delivered message is relayed twice by the server (to the peer and
 # back), so relayed packets = sent + received.
 set -euo pipefail
@@ -59,7 +61,7 @@ wait_port $tport; wait_port $cport; wait_port $pport
 run() { # name pid port
   local name=$1 pid=$2 port=$3 c0 c1 out sent recv lost
   c0=$(cpu "$pid")
-  out=$(turnutils_uclient -u bench -w bench -p "$port" -m "$clients" -n "$msgs" -z "$interval" -l "$len" \
+  out=$(turnutils_uclient ${UCLIENT_FLAGS:-} -u bench -w bench -p "$port" -m "$clients" -n "$msgs" -z "$interval" -l "$len" \
         -e 127.0.0.1 -r "$pport" 127.0.0.1 2>&1)
   c1=$(cpu "$pid")
   sent=$(grep -o 'tot_send_msgs=[0-9]*, tot_recv_msgs=[0-9]*' <<<"$out" | tail -1 | grep -o '[0-9]*' | head -1)
@@ -72,7 +74,7 @@ run() { # name pid port
   echo "$name $c0 $c1 $sent $recv" >> "$work/results"
 }
 
-echo "load: $clients clients x $msgs messages of $len bytes, ${interval} ms apart (turnutils_uclient, UDP)"
+echo "load: $clients clients x $msgs messages of $len bytes, ${interval} ms apart (turnutils_uclient ${UCLIENT_FLAGS:-UDP})"
 run traverse "$tpid" "$tport"
 run coturn "$cpid" "$cport"
 awk '{cpu[$1]=$3-$2; pk[$1]=$4+$5} END {

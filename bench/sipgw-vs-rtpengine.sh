@@ -3,7 +3,7 @@
 # rtpengine (user space), side by side in one run, and of traverse's
 # nftables kernel path, all at the same offered load.
 #
-#   sudo bench/sipgw-vs-rtpengine.sh [CALLS] [SECONDS] [PPS]
+#   sudo bench/sipgw-vs-rtpengine.sh [CALLS] [SECONDS] [PPS] [ROUNDS]
 #
 # Three network namespaces: client 10.1.0.2 -- 10.1.0.1 gateway 10.2.0.1
 # -- 10.2.0.2 server (veth pairs, the gateway forwards IPv4). The load
@@ -19,12 +19,14 @@
 # million forwarded packets: the proxy process's utime+stime
 # (/proc/PID/stat), and the whole machine's busy CPU (/proc/stat: user,
 # nice, system, irq, softirq) which also counts the driver, the kernel's
-# forwarding and anything else running on the machine.
+# forwarding and anything else running on the machine. ROUNDS (default 1)
+# repeats the four runs; the summary takes each figure's median per run kind.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 calls=${1:-500}
 secs=${2:-10}
 pps=${3:-50}
+rounds=${4:-1}
 [ "$(id -u)" = 0 ] || { echo "needs root (network namespaces, nftables)"; exit 1; }
 command -v rtpengine >/dev/null || { echo "rtpengine not installed (Debian package rtpengine-daemon)"; exit 1; }
 
@@ -66,8 +68,6 @@ load() { # MODE PID
 }
 
 results=()
-results+=("$(load direct 0)")
-
 traverse_run() { # OFFLOAD MODE-LABEL
 	ip netns exec $g "$tmp/traverse" sipgw --sip 10.1.0.1:5060 --rtp 10.1.0.1:7000 --rtcp 10.1.0.1:7001 \
 		--upstream 10.2.0.2:5080 --inside-ip 10.2.0.1 --inside-ports 30000-39999 --admin 127.0.0.1:19561 \
@@ -82,23 +82,41 @@ traverse_run() { # OFFLOAD MODE-LABEL
 	ip netns exec $g curl -s 127.0.0.1:19561/metrics | grep -E '^traverse_mediaproxy_drops_total' | grep -v ' 0$' | sed "s/^/$2: /" >&2 || true
 	kill "$pid"; wait "$pid" 2>/dev/null || true
 }
-traverse_run off traverse
-
-ip netns exec $g rtpengine --config-file=none --table=-1 --interface=10.1.0.1 --listen-ng=127.0.0.1:2223 \
-	--foreground --log-stderr --log-level=3 --port-min=20000 --port-max=29999 --delete-delay=0 2>"$tmp/rtpengine.log" &
-rpid=$!
-pids+=("$rpid")
-wait_udp $g 2223
-results+=("$(load rtpengine "$rpid")")
-kill "$rpid"; wait "$rpid" 2>/dev/null || true
-
-traverse_run nftables kernel
+rtpengine_run() {
+	ip netns exec $g rtpengine --config-file=none --table=-1 --interface=10.1.0.1 --listen-ng=127.0.0.1:2223 \
+		--foreground --log-stderr --log-level=3 --port-min=20000 --port-max=29999 --delete-delay=0 2>"$tmp/rtpengine.log" &
+	local rpid=$!
+	pids+=("$rpid")
+	wait_udp $g 2223
+	results+=("$(load rtpengine "$rpid")")
+	kill "$rpid"; wait "$rpid" 2>/dev/null || true
+}
+for round in $(seq "$rounds"); do
+	results+=("$(load direct 0)")
+	traverse_run off traverse
+	rtpengine_run
+	traverse_run nftables kernel
+done
 
 printf '%s\n' "${results[@]}" >"$tmp/results.json"
 cat "$tmp/results.json"
 python3 - "$tmp/results.json" <<'PY'
 import json, sys
-rs = {r["mode"]: r for r in map(json.loads, open(sys.argv[1]))}
+import statistics
+runs = {}
+for r in map(json.loads, open(sys.argv[1])):
+    runs.setdefault(r["mode"], []).append(r)
+# Per kind of run, the median of each per-packet figure over the rounds.
+keys = ["proxy_cpu_s", "proxy_user_s", "driver_cpu_s", "machine_softirq_s", "machine_busy_s"]
+rs = {}
+for m, l in runs.items():
+    r = dict(l[0])
+    for k in keys:
+        r[k] = statistics.median(x[k] / x["forwarded"] for x in l) * r["forwarded"]
+    r["forwarded"] = int(statistics.median(x["forwarded"] for x in l))
+    r["expected"] = l[0]["expected"]
+    rs[m] = r
+print(f"rounds: {len(runs['direct'])} (medians)")
 per = lambda r, k: r[k] / (r["forwarded"] / 1e6)
 # attributable: the proxy process + the load driver + softirq time. This
 # kernel has no IRQ time accounting, so forwarding done in softirq is

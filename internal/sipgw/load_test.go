@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -36,6 +37,10 @@ func TestLoad1000Calls(t *testing.T) {
 		t.Skip("load test")
 	}
 	const calls, perStream = 1000, 5
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err == nil && lim.Cur < 8000 {
+		t.Skipf("needs about 4,000 file descriptors; RLIMIT_NOFILE is %d", lim.Cur)
+	}
 	start := time.Now()
 	uas := startUAS(t, insideIP)
 	tg := startGateway(t, uas.addr.String(), func(c *Config, _ *mediaproxy.Config) {

@@ -94,7 +94,13 @@ type Client struct {
 // simulcast header extensions, and no per-packet interceptors (a load
 // client must stay cheap). Clients gather host candidates on loopback
 // only, or only on ip when it is valid.
-func NewAPI(tcp bool, ip netip.Addr) (*webrtc.API, error) {
+func NewAPI(tcp bool, ip netip.Addr) (*webrtc.API, error) { return newAPI(tcp, ip, false) }
+
+// NewDuplicateTolerantAPI is NewAPI with SRTP replay protection off, for
+// tests that check a retransmission of a packet the client already has.
+func NewDuplicateTolerantAPI() (*webrtc.API, error) { return newAPI(false, netip.Addr{}, true) }
+
+func newAPI(tcp bool, ip netip.Addr, noReplay bool) (*webrtc.API, error) {
 	me := &webrtc.MediaEngine{}
 	if err := me.RegisterDefaultCodecs(); err != nil {
 		return nil, err
@@ -107,6 +113,7 @@ func NewAPI(tcp bool, ip netip.Addr) (*webrtc.API, error) {
 	}
 	se := webrtc.SettingEngine{}
 	se.SetIncludeLoopbackCandidate(true)
+	se.DisableSRTPReplayProtection(noReplay)
 	se.SetICEMulticastDNSMode(ice.MulticastDNSModeDisabled)
 	se.SetIPFilter(func(a net.IP) bool {
 		if ip.IsValid() {
@@ -533,6 +540,8 @@ type RecvStats struct {
 	packets atomic.Uint64
 	bytes   atomic.Uint64
 	lost    atomic.Uint64
+	late    atomic.Uint64 // packets older than the newest seen (retransmissions, reordering)
+	lastSeq atomic.Uint32
 	layer   atomic.Int32  // the simulcast layer of the last video packet
 	jitter  atomic.Uint64 // RFC 3550 interarrival jitter, in microseconds
 }
@@ -564,8 +573,12 @@ func (s *RecvStats) read(t *webrtc.TrackRemote) {
 				s.lost.Add(uint64(d - 1))
 			}
 		}
+		if started && int16(h.SequenceNumber-last) <= 0 {
+			s.late.Add(1)
+		}
 		if !started || int16(h.SequenceNumber-last) > 0 {
 			last = h.SequenceNumber
+			s.lastSeq.Store(uint32(last))
 		}
 		if s.clock > 0 {
 			arrival := float64(now.UnixNano()) / 1e9 * float64(s.clock)
@@ -588,6 +601,11 @@ func (s *RecvStats) read(t *webrtc.TrackRemote) {
 func (s *RecvStats) Packets() uint64 { return s.packets.Load() }
 func (s *RecvStats) Bytes() uint64   { return s.bytes.Load() }
 func (s *RecvStats) Lost() uint64    { return s.lost.Load() }
+
+// Late counts packets older than the newest already received
+// (retransmissions and reordering); LastSeq is the newest sequence number.
+func (s *RecvStats) Late() uint64    { return s.late.Load() }
+func (s *RecvStats) LastSeq() uint16 { return uint16(s.lastSeq.Load()) }
 
 // Layer is the simulcast layer (0 low, 2 high) of the last video packet.
 func (s *RecvStats) Layer() int { return int(s.layer.Load()) }

@@ -3,6 +3,8 @@ package sfu
 import (
 	"fmt"
 	"os"
+	"runtime"
+	"runtime/pprof"
 	"testing"
 	"time"
 
@@ -28,6 +30,15 @@ func TestFanoutProfile(t *testing.T) {
 		w0, b0 = h.s.batch.writes.Load(), h.s.batch.batches.Load()
 	}
 	time.Sleep(5 * time.Second)
+	if p := os.Getenv("SFU_HEAP"); p != "" {
+		runtime.GC()
+		f, err := os.Create(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = pprof.WriteHeapProfile(f)
+		f.Close()
+	}
 	f := h.s.Forwarded() - f0
 	if h.s.batch != nil {
 		w, b := h.s.batch.writes.Load()-w0, h.s.batch.batches.Load()-b0

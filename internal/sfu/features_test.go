@@ -91,3 +91,54 @@ func TestKeyframeRequestsThrottled(t *testing.T) {
 		t.Errorf("%v PLIs forwarded in 200 ms, want 1", f)
 	}
 }
+
+// TestNACKAnsweredFromTrackCache: a subscriber's NACK for packets it had
+// is answered from the track's shared cache with the subscriber's own
+// sequence numbers; a NACK beyond the cache goes unanswered.
+func TestNACKAnsweredFromTrackCache(t *testing.T) {
+	h := newHarness(t, Config{})
+	pub := h.dial(loadgen.ClientConfig{Room: "n", Identity: "pub", Publish: true, VideoBitrate: 300_000})
+	dupAPI, err := loadgen.NewDuplicateTolerantAPI()
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.api = dupAPI
+	sub := h.dial(loadgen.ClientConfig{Room: "n", Identity: "sub", Subscribe: true})
+	<-pub.Connected()
+	var video *loadgen.RecvStats
+	waitFor(t, 10*time.Second, "video at the subscriber", func() bool {
+		for _, tr := range sub.Tracks() {
+			if tr.Kind == "video" && tr.Packets() > 30 {
+				video = tr
+			}
+		}
+		return video != nil
+	})
+	var ssrc uint32
+	for _, tr := range sub.PC().GetTransceivers() {
+		if r := tr.Receiver(); r != nil && r.Track() != nil && r.Track().Kind() == webrtc.RTPCodecTypeVideo {
+			ssrc = uint32(r.Track().SSRC())
+		}
+	}
+	late0, ans0 := video.Late(), testutilCounter(h.s.m.nacksAnswered)
+	last := video.LastSeq()
+	nack := &rtcp.TransportLayerNack{SenderSSRC: 1, MediaSSRC: ssrc,
+		Nacks: rtcp.NackPairsFromSequenceNumbers([]uint16{last - 10, last - 9, last - 8, last - 7, last - 6})}
+	if err := sub.PC().WriteRTCP([]rtcp.Packet{nack}); err != nil {
+		t.Fatal(err)
+	}
+	// The subscriber had these packets (its SRTP replay protection is off
+	// so that the copies arrive).
+	waitFor(t, 5*time.Second, "5 retransmissions at the subscriber", func() bool {
+		return video.Late()-late0 >= 5 && testutilCounter(h.s.m.nacksAnswered)-ans0 >= 5
+	})
+	missed0 := testutilCounter(h.s.m.nacksMissed)
+	old := &rtcp.TransportLayerNack{SenderSSRC: 1, MediaSSRC: ssrc,
+		Nacks: rtcp.NackPairsFromSequenceNumbers([]uint16{video.LastSeq() + 1000})}
+	if err := sub.PC().WriteRTCP([]rtcp.Packet{old}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the unanswerable NACK counted", func() bool {
+		return testutilCounter(h.s.m.nacksMissed)-missed0 >= 1
+	})
+}

@@ -7,6 +7,7 @@ type metrics struct {
 	joins, leaves, connected, offers  prometheus.Counter
 	badSDP, badRTP                    prometheus.Counter
 	pliForwarded, pliThrottled, nacks prometheus.Counter
+	nacksAnswered, nacksMissed        prometheus.Counter
 	layerSwitches, dataMessages       prometheus.Counter
 	subscriberLoss                    prometheus.Histogram
 }
@@ -25,6 +26,8 @@ func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
 		pliForwarded:  c("pli_forwarded_total", "Keyframe requests sent to publishers."),
 		pliThrottled:  c("pli_throttled_total", "Keyframe requests dropped by the per-layer throttle."),
 		nacks:         c("nacks_received_total", "Packets subscribers asked to be retransmitted."),
+		nacksAnswered: c("nacks_answered_total", "Packets retransmitted to subscribers from the track caches."),
+		nacksMissed:   c("nacks_missed_total", "Retransmission requests the caches could not answer (too old, other layer)."),
 		layerSwitches: c("layer_switches_total", "Simulcast layer switches done for subscribers."),
 		dataMessages:  c("data_messages_total", "Data-channel messages relayed."),
 		subscriberLoss: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "traverse", Subsystem: "sfu",
@@ -35,7 +38,7 @@ func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
 		return m
 	}
 	reg.MustRegister(m.joins, m.leaves, m.connected, m.offers, m.badSDP, m.badRTP, m.pliForwarded,
-		m.pliThrottled, m.nacks, m.layerSwitches, m.dataMessages, m.subscriberLoss,
+		m.pliThrottled, m.nacks, m.nacksAnswered, m.nacksMissed, m.layerSwitches, m.dataMessages, m.subscriberLoss,
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "traverse", Subsystem: "sfu",
 			Name: "rtp_forwarded_total", Help: "RTP packets sent to subscribers."},
 			func() float64 { return float64(s.forwarded.Load()) }),

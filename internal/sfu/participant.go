@@ -292,6 +292,7 @@ func containsTrack(ts []*pubTrack, t *pubTrack) bool {
 // drives the NACK responder and report interceptors): keyframe requests go
 // to the publisher, REMB sets the subscriber's bandwidth estimate.
 func (p *participant) readSenderRTCP(sender *webrtc.RTPSender, dt *downTrack) {
+	buf := make([]byte, 1500)
 	for {
 		pkts, _, err := sender.ReadRTCP()
 		if err != nil {
@@ -304,7 +305,19 @@ func (p *participant) readSenderRTCP(sender *webrtc.RTPSender, dt *downTrack) {
 			case *rtcp.ReceiverEstimatedMaximumBitrate:
 				p.bwe.Store(uint64(pk.Bitrate))
 			case *rtcp.TransportLayerNack:
-				p.s.m.nacks.Add(float64(len(pk.Nacks)))
+				if pk.MediaSSRC != dt.outSSRC() {
+					continue
+				}
+				for _, pair := range pk.Nacks {
+					for _, seq := range pair.PacketList() {
+						p.s.m.nacks.Inc()
+						if dt.resend(seq, buf) {
+							p.s.m.nacksAnswered.Inc()
+						} else {
+							p.s.m.nacksMissed.Inc()
+						}
+					}
+				}
 			case *rtcp.ReceiverReport:
 				for _, r := range pk.Reports {
 					p.s.m.subscriberLoss.Observe(float64(r.FractionLost) / 256)

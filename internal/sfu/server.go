@@ -149,22 +149,19 @@ func registerCodecs(me *webrtc.MediaEngine) error {
 	return me.RegisterHeaderExtension(webrtc.RTPHeaderExtensionCapability{URI: sdp.AudioLevelURI}, webrtc.RTPCodecTypeAudio)
 }
 
-// nackHistory is how many sent packets per subscriber stream the NACK
-// responder can resend (a power of two).
-const nackHistory = 256
-
 // registerInterceptors sets up what pion runs on every packet: NACK
-// generation (toward publishers) and response (from the per-subscriber
-// packet cache), sender and receiver reports, the simulcast header
-// extensions and transport-wide congestion control feedback to publishers.
+// generation toward publishers (subscribers' NACKs are answered from the
+// per-track caches, cache.go, not by pion's per-stream responder), sender
+// and receiver reports, the simulcast header extensions and
+// transport-wide congestion control feedback to publishers.
 func registerInterceptors(me *webrtc.MediaEngine, ir *interceptor.Registry) error {
-	// The responder keeps a copy of the last nackHistory packets of every
-	// stream sent to every subscriber: pion's default of 1024 holds about
-	// 1.2 MB per 1 Mbit/s video subscription; 256 is 2.5 s of such video,
-	// more than a NACK round trip.
-	if err := webrtc.ConfigureNackWithOptions(me, ir, nil, nack.ResponderSize(nackHistory)); err != nil {
+	gen, err := nack.NewGeneratorInterceptor()
+	if err != nil {
 		return err
 	}
+	me.RegisterFeedback(webrtc.RTCPFeedback{Type: "nack"}, webrtc.RTPCodecTypeVideo)
+	me.RegisterFeedback(webrtc.RTCPFeedback{Type: "nack", Parameter: "pli"}, webrtc.RTPCodecTypeVideo)
+	ir.Add(gen)
 	if err := webrtc.ConfigureRTCPReports(ir); err != nil {
 		return err
 	}

@@ -45,6 +45,7 @@ type layer struct {
 	bitrate atomic.Uint64 // bit/s at the last measure
 	lastPLI atomic.Int64  // unix nanoseconds
 	seen    atomic.Int64  // unix nanoseconds of the last packet
+	cache   *packetCache  // video only: answers subscribers' NACKs
 }
 
 func newPubTrack(r *room, p *participant, key string, remote *webrtc.TrackRemote, recv *webrtc.RTPReceiver) *pubTrack {
@@ -98,6 +99,9 @@ func (t *pubTrack) addLayer(remote *webrtc.TrackRemote, recv *webrtc.RTPReceiver
 		idx++
 	}
 	l := &layer{idx: idx, rid: remote.RID(), remote: remote}
+	if t.kind == webrtc.RTPCodecTypeVideo {
+		l.cache = &packetCache{}
+	}
 	t.layers[idx] = l
 	return l
 }
@@ -170,6 +174,9 @@ func (t *pubTrack) readLoop(l *layer) {
 			if lv, _, ok := audioLevel(pkt.GetExtension(t.levelID)); ok {
 				t.pub.observeLevel(lv)
 			}
+		}
+		if l.cache != nil {
+			l.cache.put(&pkt)
 		}
 		key := t.kind == webrtc.RTPCodecTypeVideo && isKeyframe(t.ck, pkt.Payload)
 		for _, d := range *t.downs.Load() {
@@ -279,6 +286,10 @@ type downTrack struct {
 	lastSeq uint16
 	lastTS  uint32
 	lastAt  int64
+	// epochLen counts the packets sent from the current source layer (up
+	// to cacheSize): NACKs reaching further back map to another layer and
+	// go unanswered.
+	epochLen int
 	// capLayer bounds the layer after the subscriber reported heavy loss,
 	// until capUntil (unix nanoseconds); -1 when not capped.
 	capLayer int
@@ -443,6 +454,7 @@ func (d *downTrack) write(idx int, pkt *rtp.Packet, key bool) {
 			d.t.r.s.m.layerSwitches.Inc()
 		}
 		d.cur = idx
+		d.epochLen = 0
 	}
 	h := pkt.Header
 	h.SSRC = d.ssrc
@@ -453,6 +465,9 @@ func (d *downTrack) write(idx int, pkt *rtp.Packet, key bool) {
 	h.Extensions = nil
 	h.ExtensionProfile = 0
 	d.lastSeq, d.lastTS, d.lastAt, d.started = h.SequenceNumber, h.Timestamp, time.Now().UnixNano(), true
+	if d.epochLen < cacheSize {
+		d.epochLen++
+	}
 	if _, err := d.ws.WriteRTP(&h, pkt.Payload); err == nil {
 		d.t.r.s.forwarded.Add(1)
 	}
@@ -464,4 +479,35 @@ func (d *downTrack) Layer() int {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.cur
+}
+
+// resend answers a subscriber's NACK for outgoing sequence number seq from
+// the current layer's cache.
+func (d *downTrack) resend(seq uint16, buf []byte) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.ws == nil || d.cur < 0 || !d.started {
+		return false
+	}
+	// Only sequence numbers sent from the current layer map back to the
+	// publisher's.
+	if back := int(d.lastSeq - seq); back >= d.epochLen {
+		return false
+	}
+	d.t.mu.Lock()
+	l := d.t.layers[d.cur]
+	d.t.mu.Unlock()
+	if l == nil || l.cache == nil {
+		return false
+	}
+	h, payload, ok := l.cache.get(seq-d.seqOff, buf)
+	if !ok {
+		return false
+	}
+	h.SSRC = d.ssrc
+	h.PayloadType = d.pt
+	h.SequenceNumber = seq
+	h.Timestamp += d.tsOff
+	_, err := d.ws.WriteRTP(&h, payload)
+	return err == nil
 }

@@ -25,7 +25,19 @@ func (s *Server) handleMessage(b []byte, key fiveTuple, out sender, st *relaySta
 		st.bad++
 		return
 	}
+	// A request whose FINGERPRINT does not match is discarded (RFC 8489
+	// section 7.3).
+	if m.Contains(stun.AttrFingerprint) && stun.Fingerprint.Check(m) != nil {
+		st.bad++
+		return
+	}
 	r := request{s: s, m: m, key: key, out: out, from: key.client, now: time.Now()}
+	if m.Type.Method != stun.MethodBinding {
+		if unknown := unknownRequired(m); len(unknown) > 0 {
+			r.fail(stun.CodeUnknownAttribute, []stun.Setter{stun.UnknownAttributes(unknown)})
+			return
+		}
+	}
 	switch m.Type.Method {
 	case stun.MethodBinding:
 		r.binding()
@@ -40,6 +52,32 @@ func (s *Server) handleMessage(b []byte, key fiveTuple, out sender, st *relaySta
 	default:
 		r.fail(stun.CodeBadRequest, nil)
 	}
+}
+
+// knownRequired are the comprehension-required attributes (type below
+// 0x8000) a TURN request may carry that this server understands or may
+// safely ignore.
+var knownRequired = map[stun.AttrType]bool{
+	stun.AttrMappedAddress: true, stun.AttrUsername: true, stun.AttrMessageIntegrity: true,
+	stun.AttrErrorCode: true, stun.AttrRealm: true, stun.AttrNonce: true, stun.AttrXORMappedAddress: true,
+	stun.AttrChannelNumber: true, stun.AttrLifetime: true, stun.AttrXORPeerAddress: true, stun.AttrData: true,
+	stun.AttrXORRelayedAddress: true, stun.AttrEvenPort: true, stun.AttrRequestedTransport: true,
+	stun.AttrDontFragment: true, stun.AttrReservationToken: true, stun.AttrRequestedAddressFamily: true,
+	stun.AttrMessageIntegritySHA256: true, stun.AttrPasswordAlgorithm: true, stun.AttrUserhash: true,
+	stun.AttrPriority: true, stun.AttrUseCandidate: true, stun.AttrConnectionID: true,
+	stun.AttrChangeRequest: true, stun.AttrPadding: true, stun.AttrResponsePort: true,
+}
+
+// unknownRequired lists the comprehension-required attributes of m this
+// server does not know (answered with 420, RFC 8489 section 7.3.1).
+func unknownRequired(m *stun.Message) []stun.AttrType {
+	var out []stun.AttrType
+	for _, a := range m.Attributes {
+		if a.Type < 0x8000 && !knownRequired[a.Type] {
+			out = append(out, a.Type)
+		}
+	}
+	return out
 }
 
 // request is one request being answered.
@@ -93,6 +131,8 @@ func codeLabel(c stun.ErrorCode) string {
 	switch c {
 	case stun.CodeBadRequest:
 		return "400"
+	case stun.CodeUnknownAttribute:
+		return "420"
 	case stun.CodeUnauthorized:
 		return "401"
 	case stun.CodeForbidden:
@@ -121,6 +161,8 @@ func reason(c stun.ErrorCode) []byte {
 	switch c {
 	case stun.CodeBadRequest:
 		return []byte("Bad Request")
+	case stun.CodeUnknownAttribute:
+		return []byte("Unknown Attribute")
 	case stun.CodeUnauthorized:
 		return []byte("Unauthorized")
 	case stun.CodeForbidden:
@@ -337,8 +379,9 @@ func (r *request) allocate() {
 		eng = s.engs[int(s.next.Add(1))%len(s.engs)]
 	}
 	var rs *relaySock
-	fd, relayed, err := s.openRelay(eng)
-	if errors.Is(err, ErrNoRelayPort) && !s.cfg.NoSharing {
+	even := r.m.Contains(stun.AttrEvenPort)
+	fd, relayed, err := s.openRelay(eng, even)
+	if errors.Is(err, ErrNoRelayPort) && !s.cfg.NoSharing && !even {
 		s.mu.Lock()
 		if rs = s.shareRelayLocked(eng); rs != nil {
 			err = nil

@@ -326,3 +326,31 @@ func TestBandwidthLimit(t *testing.T) {
 		t.Errorf("bandwidth drops = %v", got)
 	}
 }
+
+// TestRequestChecks: unknown comprehension-required attributes get 420,
+// a bad FINGERPRINT is discarded, EVEN-PORT gets an even port.
+func TestRequestChecks(t *testing.T) {
+	s, _ := newTestServer(t, nil)
+	c := newSTUNClient(t, s.Addr(), testUser, testPass)
+	resp := c.do(stun.MethodAllocate, requestedUDP(), rawAttr{0x7777, []byte{1, 2, 3, 4}})
+	if code := errCode(resp); code != 420 {
+		t.Fatalf("unknown attribute: code %d, want 420", code)
+	}
+	var ua stun.UnknownAttributes
+	if err := ua.GetFrom(resp); err != nil || len(ua) != 1 || ua[0] != 0x7777 {
+		t.Errorf("UNKNOWN-ATTRIBUTES %v, %v", ua, err)
+	}
+	m := stun.MustBuild(stun.TransactionID, stun.BindingRequest, stun.Fingerprint)
+	m.Raw[len(m.Raw)-1] ^= 0xff
+	if _, err := c.roundTrip(m); err != errTimeout {
+		t.Errorf("bad fingerprint: %v, want no answer", err)
+	}
+	for i := 0; i < 5; i++ {
+		e := newSTUNClient(t, s.Addr(), testUser, testPass)
+		resp := e.do(stun.MethodAllocate, requestedUDP(), rawAttr{stun.AttrEvenPort, []byte{0}})
+		var x stun.XORMappedAddress
+		if err := x.GetFromAs(resp, stun.AttrXORRelayedAddress); err != nil || x.Port%2 != 0 {
+			t.Fatalf("EVEN-PORT: relayed port %d, %v", x.Port, err)
+		}
+	}
+}

@@ -386,12 +386,17 @@ func (s *Server) relaySend(key fiveTuple, b []byte, st *relayStats) {
 }
 
 // openRelay binds a relay socket on a free port of the range.
-func (s *Server) openRelay(e *engine) (int, netip.AddrPort, error) {
+// With even set, only even ports qualify (EVEN-PORT, RFC 8656 section
+// 14.6).
+func (s *Server) openRelay(e *engine, even bool) (int, netip.AddrPort, error) {
 	lo, hi := int(s.cfg.RelayPortLow), int(s.cfg.RelayPortHigh)
 	span := hi - lo + 1
 	start := rand.IntN(span)
 	for i := 0; i < span; i++ {
 		port := uint16(lo + (start+i)%span)
+		if even && port%2 != 0 {
+			continue
+		}
 		ap := netip.AddrPortFrom(s.cfg.RelayIP, port)
 		s.mu.RLock()
 		_, used := s.byRelay[ap]

@@ -136,6 +136,7 @@ type Gateway struct {
 	ln       net.Listener
 	tlsLn    net.Listener
 	addr     netip.AddrPort
+	host     string // in Via and Record-Route
 	upstream netip.AddrPort
 	outIP    netip.Addr
 	c        Counters
@@ -198,7 +199,17 @@ func New(cfg Config) (*Gateway, error) {
 			g.outIP = addr.Addr()
 		}
 	}
-	host := addr.Addr().String()
+	// The name the gateway puts in Via and Record-Route: the SIP address,
+	// or the outside IP when the listener is on a wildcard address.
+	g.host = addr.Addr().String()
+	if addr.Addr().IsUnspecified() {
+		if g.outIP.IsUnspecified() {
+			g.closeSockets()
+			return nil, fmt.Errorf("%w: SIP listens on a wildcard address: set the outside IP", ErrConfig)
+		}
+		g.host = g.outIP.String()
+	}
+	host := g.host
 	g.ua, err = sipgo.NewUA(
 		sipgo.WithUserAgent("traverse-sipgw"),
 		sipgo.WithUserAgentHostname(host),
@@ -466,7 +477,7 @@ func (g *Gateway) isMe(u sip.Uri) bool {
 		port = 5060
 	}
 	return (port == int(g.addr.Port()) || (g.tlsLn != nil && port == int(g.TLSAddr().Port()))) &&
-		(u.Host == g.addr.Addr().String() || u.Host == g.outIP.String())
+		(u.Host == g.host || u.Host == g.addr.Addr().String() || u.Host == g.outIP.String())
 }
 
 func (g *Gateway) onStrayCancel(req *sip.Request, tx sip.ServerTransaction) {
@@ -590,7 +601,7 @@ func (g *Gateway) forward(orig, req *sip.Request, tx sip.ServerTransaction, dest
 			if t == "tls" {
 				port = int(g.TLSAddr().Port())
 			}
-			req.PrependHeader(&sip.RecordRouteHeader{Address: sip.Uri{Scheme: "sip", Host: g.addr.Addr().String(), Port: port,
+			req.PrependHeader(&sip.RecordRouteHeader{Address: sip.Uri{Scheme: "sip", Host: g.host, Port: port,
 				UriParams: sip.HeaderParams{{K: "transport", V: t}, {K: "lr", V: ""}}}})
 		}
 		opts = append(opts, sipgo.ClientRequestAddRecordRoute)
@@ -754,7 +765,7 @@ func (g *Gateway) onAck(req *sip.Request, _ sip.ServerTransaction) {
 // statelessly). The top Via must be the gateway's.
 func (g *Gateway) onStrayResponse(res *sip.Response) {
 	v := res.Via()
-	if v == nil || v.Host != g.addr.Addr().String() || v.Port != int(g.addr.Port()) {
+	if v == nil || v.Host != g.host || v.Port != int(g.addr.Port()) {
 		return
 	}
 	res.RemoveHeader("Via")

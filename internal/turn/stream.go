@@ -14,7 +14,10 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 func cryptoRead(b []byte) (int, error) { return rand.Read(b) }
@@ -46,6 +49,13 @@ type streamConn struct {
 
 	mu    sync.Mutex // guards alloc
 	alloc *allocation
+
+	// raw is the TCP socket for direct writes (nil for TLS).
+	raw syscall.RawConn
+	wmu sync.Mutex // guards pending
+	// pending counts frames queued or being written by writeLoop; while
+	// it is 0 enqueue may write straight to the socket.
+	pending int
 }
 
 func (s *Server) acceptLoop(ln net.Listener, proto uint8) {
@@ -67,6 +77,9 @@ func (s *Server) acceptLoop(ln net.Listener, proto uint8) {
 		ap := c.RemoteAddr().(*net.TCPAddr).AddrPort()
 		sc := &streamConn{s: s, c: c, proto: proto, remote: netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()),
 			q: make(chan *[]byte, streamQueue), done: make(chan struct{})}
+		if tc, ok := c.(*net.TCPConn); ok {
+			sc.raw, _ = tc.SyscallConn()
+		}
 		s.mu.Lock()
 		if s.closed {
 			s.mu.Unlock()
@@ -166,6 +179,9 @@ func (sc *streamConn) writeLoop() {
 			_ = sc.c.SetWriteDeadline(time.Now().Add(5 * time.Second))
 			_, err := sc.c.Write(*b)
 			framePool.Put(b)
+			sc.wmu.Lock()
+			sc.pending--
+			sc.wmu.Unlock()
 			if err != nil {
 				sc.close()
 			}
@@ -173,22 +189,55 @@ func (sc *streamConn) writeLoop() {
 	}
 }
 
-// enqueue copies b onto the write queue; false when the queue is full.
+// enqueue sends b to the client: straight to a TCP socket when nothing is
+// queued before it and the socket takes it whole without blocking (no
+// hand-off to writeLoop per packet), else a copy (of what is left) goes on
+// the write queue. It returns false when the queue is full.
 func (sc *streamConn) enqueue(b []byte) bool {
 	select {
 	case <-sc.done:
 		return false
 	default:
 	}
+	sc.wmu.Lock()
+	defer sc.wmu.Unlock()
+	if sc.pending == 0 && sc.raw != nil {
+		n := sc.writeDirect(b)
+		if n == len(b) {
+			return true
+		}
+		b = b[n:]
+	}
 	p := framePool.Get().(*[]byte)
 	*p = append((*p)[:0], b...)
 	select {
 	case sc.q <- p:
+		sc.pending++
 		return true
 	default:
 		framePool.Put(p)
 		return false
 	}
+}
+
+// writeDirect makes one non-blocking write attempt and returns how much
+// the socket took.
+func (sc *streamConn) writeDirect(b []byte) int {
+	n := 0
+	_ = sc.raw.Write(func(fd uintptr) bool {
+		for n < len(b) {
+			k, err := unix.Write(int(fd), b[n:])
+			if err == unix.EINTR {
+				continue
+			}
+			if err != nil || k <= 0 {
+				break
+			}
+			n += k
+		}
+		return true // never wait: what is left goes on the queue
+	})
+	return n
 }
 
 // selfSignedTLS makes a throwaway certificate for a TLS listener given

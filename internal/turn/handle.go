@@ -21,7 +21,11 @@ func (s *Server) handleMessage(b []byte, key fiveTuple, out sender, st *relaySta
 		st.bad++
 		return
 	}
-	if m.Type.Class != stun.ClassRequest {
+	switch m.Type.Class {
+	case stun.ClassRequest:
+	case stun.ClassIndication:
+		return // Binding indications are keepalives; nothing to answer
+	default:
 		st.bad++
 		return
 	}

@@ -26,7 +26,7 @@ func TestSIPpOutsideCallsInside(t *testing.T) {
 	tg := startGateway(t, "127.0.0.2:"+itoa(uasPort), nil)
 	uas := sipp(t, dir, "-sn", "uas", "-i", "127.0.0.2", "-p", itoa(uasPort), "-mi", "127.0.0.2",
 		"-rtp_echo", "-mp", itoa(freePort(t, insideIP)), "-m", itoa(calls))
-	time.Sleep(200 * time.Millisecond) // SIPp has no readiness signal; the UAC retransmits anyway
+	waitBound(t, netip.AddrPortFrom(insideIP, uint16(uasPort)))
 	uac := sipp(t, dir, "-sn", "uac_pcap", tg.gw.Addr().String(), "-i", "127.0.0.1", "-p", itoa(freePort(t, outsideIP)),
 		"-mi", "127.0.0.1", "-mp", itoa(freePort(t, outsideIP)), "-m", itoa(calls), "-r", itoa(calls), "-l", itoa(calls))
 	if err := uac(); err != nil {
@@ -117,6 +117,7 @@ func TestSIPpInsideCallsRegisteredClient(t *testing.T) {
 	// The client: a UAS that echoes RTP, registered by a one-shot UAC.
 	uas := sipp(t, dir, "-sn", "uas", "-i", "127.0.0.1", "-p", itoa(uasPort), "-mi", "127.0.0.1",
 		"-rtp_echo", "-mp", itoa(freePort(t, outsideIP)), "-m", "1")
+	waitBound(t, netip.AddrPortFrom(outsideIP, uint16(uasPort)))
 	reg := sipp(t, dir, "-sf", "register.xml", "-inf", csv, tg.gw.Addr().String(), "-i", "127.0.0.1",
 		"-p", itoa(freePort(t, outsideIP)), "-m", "1")
 	if err := reg(); err != nil {

@@ -92,6 +92,20 @@ func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 	}
 }
 
+// waitBound waits until some process has bound the UDP address (SIPp has
+// no readiness signal).
+func waitBound(t *testing.T, ap netip.AddrPort) {
+	t.Helper()
+	waitFor(t, 10*time.Second, "SIPp listening on "+ap.String(), func() bool {
+		c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(ap))
+		if err != nil {
+			return true
+		}
+		c.Close()
+		return false
+	})
+}
+
 // sipp runs SIPp with args in dir and returns a wait function reporting
 // its exit; the process is killed at cleanup if still running.
 func sipp(t *testing.T, dir string, args ...string) func() error {

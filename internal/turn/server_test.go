@@ -215,3 +215,33 @@ func newSTUNClient6(t testing.TB, server netip.AddrPort) *stunClient {
 	t.Cleanup(func() { c.Close() })
 	return &stunClient{t: t, c: c, server: server, user: testUser, pass: testPass}
 }
+
+// TestShards: with two event loops on one port (SO_REUSEPORT), clients
+// spread over both and each relays through its own.
+func TestShards(t *testing.T) {
+	verifyNoLeaks(t)
+	s, _ := newTestServer(t, func(c *Config) { c.AllowLoopbackPeers = true; c.Shards = 2 })
+	peer := echoPeer(t)
+	buf := make([]byte, 1500)
+	for i := 0; i < 6; i++ {
+		c := pionClient(t, s.Addr(), testUser, testPass)
+		relay, err := c.Allocate()
+		if err != nil {
+			t.Fatalf("client %d: allocate: %v", i, err)
+		}
+		for j := 0; j < 5; j++ {
+			if _, err := relay.WriteTo([]byte{byte(i), byte(j)}, peer.LocalAddr()); err != nil {
+				t.Fatal(err)
+			}
+			_ = relay.SetReadDeadline(time.Now().Add(2 * time.Second))
+			n, _, err := relay.ReadFrom(buf)
+			if err != nil || n != 2 || buf[0] != byte(i) || buf[1] != byte(j) {
+				t.Fatalf("client %d echo %d: %x %v", i, j, buf[:n], err)
+			}
+		}
+		relay.Close()
+	}
+	if len(s.engs) != 2 {
+		t.Fatalf("engines = %d", len(s.engs))
+	}
+}

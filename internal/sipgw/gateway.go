@@ -809,6 +809,16 @@ func (g *Gateway) rewrite(c *call, body []byte, fromInside bool) ([]byte, error)
 			d.Server, d.ServerRTCP = s.rtp, s.rtcp
 		} else {
 			d.Client, d.ClientRTCP = s.rtp, s.rtcp
+			// A client behind a NAT writes its private address (RFC 1918,
+			// RFC 4193) into SDP while its signaling arrives from a public
+			// one: its media will come from that public address, so that is
+			// the address the latch must accept.
+			if sig, err := netip.ParseAddrPort(c.outside); err == nil && s.rtp.Addr().IsPrivate() && !sig.Addr().IsPrivate() {
+				d.Client = netip.AddrPortFrom(sig.Addr(), s.rtp.Port())
+				if s.rtcp.IsValid() {
+					d.ClientRTCP = netip.AddrPortFrom(sig.Addr(), s.rtcp.Port())
+				}
+			}
 			if s.hasSSRC {
 				d.Flags |= mediaproxy.FlagSSRC
 				d.SSRC = s.ssrc

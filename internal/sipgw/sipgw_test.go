@@ -238,3 +238,25 @@ func TestMediaTimeoutEndsCall(t *testing.T) {
 	}
 	waitFor(t, 5*time.Second, "BYE sent to both parties", func() bool { return uas.byes.Load() == 1 && uac.byes.Load() == 1 })
 }
+
+// TestNATedClient: the client's SDP carries a private address it cannot be
+// reached at; its media comes from the address its signaling comes from,
+// and the gateway latches that.
+func TestNATedClient(t *testing.T) {
+	uas := startUAS(t, insideIP)
+	tg := startGateway(t, uas.addr.String(), nil)
+	uac := startUAC(t, clientIP)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	m := udpOn(t, clientIP)
+	private := netip.AddrPortFrom(netip.MustParseAddr("10.99.0.7"), m.LocalAddr().(*net.UDPAddr).AddrPort().Port())
+	s, err := uac.call(ctx, tg.gw.Addr(), offerSDP(private, netip.AddrPort{}, 0, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	echoOnce(t, m, tg.mp.RTPAddr(), rtp(31337, 1, "behind a NAT"))
+	if err := s.Bye(ctx); err != nil {
+		t.Fatal(err)
+	}
+}

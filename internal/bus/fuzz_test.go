@@ -10,6 +10,7 @@ func FuzzDecode(f *testing.F) {
 		`{"type":"candidate","session":"s1","candidate":{"candidate":"candidate:1 1 udp 1 127.0.0.1 5000 typ host","sdpMid":"0","sdpMLineIndex":0}}`,
 		`{"sdp":"v=0","node":"n"}`, `{"error":{"status":"unavailable","message":"full"}}`,
 		`{"type":"offer","session":"s","sdp":"v=0"}`,
+		`{"type":"layer","session":"s","layer":{"track":"video","max_layer":0}}`,
 		`{"type":"event","session":"s","event":{"type":"active_speaker","room":"r","speakers":[{"session":"s","identity":"a","level":90}]}}`,
 		`{"type":"track_published","room":"r","track":{"id":"t","stream_id":"s","kind":"video","layers":["q","h","f"]},"time":"2026-01-01T00:00:00Z"}`,
 		`{"node":"n1","region":"eu","udp":"1.2.3.4:7882","tcp":"1.2.3.4:7881","load":{"peers":1,"rooms":1,"packets_per_second":3.5},"time":"2026-01-01T00:00:00Z"}`,

@@ -53,7 +53,22 @@ const (
 	RequestCandidate RequestType = "candidate"
 	// RequestLeave ends the session.
 	RequestLeave RequestType = "leave"
+	// RequestLayer caps the simulcast layer the session receives of one
+	// track (Layer is set): how a client says at what size it shows that
+	// video.
+	RequestLayer RequestType = "layer"
 )
+
+// LayerRequest caps the simulcast layer of one received track.
+type LayerRequest struct {
+	// Track is the track's id (TrackInfo.ID, the msid track id the client
+	// sees); "*" applies to every track the session receives.
+	Track string `json:"track"`
+	// MaxLayer is the highest layer wanted: 0 (low), 1 (middle) or 2
+	// (high, the default). A client showing the video in a tile under
+	// 320 pixels wide asks for 0, under 640 for 1.
+	MaxLayer int `json:"max_layer"`
+}
 
 // Request is a signal -> node call on NodeRPCSubject(node). The node
 // replies with Reply.
@@ -67,6 +82,8 @@ type Request struct {
 	// Candidate is set for RequestCandidate; nil there means end of
 	// candidates.
 	Candidate *Candidate `json:"candidate,omitempty"`
+	// Layer is set for RequestLayer.
+	Layer *LayerRequest `json:"layer,omitempty"`
 }
 
 // Join asks a node to create a session in a room. Rights come from the
@@ -217,6 +234,10 @@ func (r *Request) Validate() error {
 	case RequestOffer, RequestAnswer:
 		if r.SDP == "" {
 			return fmt.Errorf("%w: %s without sdp", ErrBadMessage, r.Type)
+		}
+	case RequestLayer:
+		if r.Layer == nil || r.Layer.Track == "" || len(r.Layer.Track) > 256 || r.Layer.MaxLayer < 0 || r.Layer.MaxLayer > 2 {
+			return fmt.Errorf("%w: layer needs a track and max_layer 0-2", ErrBadMessage)
 		}
 	case RequestCandidate, RequestLeave:
 	default:

@@ -166,6 +166,30 @@ func (p *participant) chooseLayers() {
 	}
 }
 
+// setMaxLayer caps the layer of the received track id ("*": all).
+func (p *participant) setMaxLayer(track string, maxLayer int) error {
+	p.negMu.Lock()
+	n := 0
+	var downs []*downTrack
+	for t, dt := range p.downs {
+		if track == "*" || t.id == track {
+			downs = append(downs, dt)
+			n++
+		}
+	}
+	p.negMu.Unlock()
+	if n == 0 {
+		return bus.Errorf(bus.StatusNotFound, "session %s receives no track %q", p.id, track)
+	}
+	for _, dt := range downs {
+		dt.mu.Lock()
+		dt.maxLayer = maxLayer
+		dt.mu.Unlock()
+	}
+	p.chooseLayers()
+	return nil
+}
+
 // audioLevelID returns the negotiated id of the RFC 6464 extension on recv.
 func audioLevelID(recv *webrtc.RTPReceiver) uint8 {
 	for _, e := range recv.GetParameters().HeaderExtensions {

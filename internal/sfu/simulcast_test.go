@@ -1,6 +1,7 @@
 package sfu
 
 import (
+	"context"
 	"fmt"
 	"testing"
 	"time"
@@ -8,6 +9,7 @@ import (
 	"github.com/pion/rtcp"
 	"github.com/pion/webrtc/v4"
 
+	"github.com/traverse-rtc/traverse/internal/bus"
 	"github.com/traverse-rtc/traverse/internal/loadgen"
 )
 
@@ -103,4 +105,42 @@ func TestSimulcastStepsDownOnLoss(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 		return video.Layer() == 2
 	})
+}
+
+// TestSimulcastMaxLayerRequest: a subscriber that shows a video small asks
+// for a lower layer over the bus (RequestLayer) and gets it; asking for
+// the top again lifts the cap.
+func TestSimulcastMaxLayerRequest(t *testing.T) {
+	h := newHarness(t, Config{PLIInterval: 100 * time.Millisecond})
+	pub := h.dial(loadgen.ClientConfig{Room: "size", Identity: "pub", Publish: true, Simulcast: true, VideoBitrate: 1_200_000})
+	sig := loadgen.NewBusSignaler(h.bc, "node1")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	sub, err := loadgen.Dial(ctx, h.api, sig, loadgen.ClientConfig{Room: "size", Identity: "sub", Subscribe: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sub.Close() })
+	<-pub.Connected()
+	var video *loadgen.RecvStats
+	waitFor(t, 15*time.Second, "the top layer", func() bool {
+		for _, tr := range sub.Tracks() {
+			if tr.Kind == "video" && tr.Packets() > 20 {
+				video = tr
+			}
+		}
+		return video != nil && video.Layer() == 2
+	})
+	for _, want := range []int{0, 1, 2} {
+		if _, err := h.bc.Request(ctx, "node1", bus.Request{Type: bus.RequestLayer, Session: sig.Session(),
+			Layer: &bus.LayerRequest{Track: "video", MaxLayer: want}}); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 10*time.Second, fmt.Sprintf("layer %d", want), func() bool { return video.Layer() == want })
+	}
+	_, err = h.bc.Request(ctx, "node1", bus.Request{Type: bus.RequestLayer, Session: sig.Session(),
+		Layer: &bus.LayerRequest{Track: "nosuch", MaxLayer: 0}})
+	if bus.StatusOf(err) != bus.StatusNotFound {
+		t.Fatalf("unknown track: %v", err)
+	}
 }

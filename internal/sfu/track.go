@@ -295,6 +295,8 @@ type downTrack struct {
 	capLayer int
 	capUntil int64
 	lastStep int64
+	// maxLayer is the highest layer the subscriber asked for (RequestLayer).
+	maxLayer int
 }
 
 // Loss-based layer capping, for subscribers that send no REMB (browsers
@@ -338,6 +340,7 @@ func (d *downTrack) reportLoss(fraction uint8) {
 func (d *downTrack) capped(l int) int {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	l = min(l, d.maxLayer)
 	if d.capLayer < 0 {
 		return l
 	}
@@ -349,7 +352,7 @@ func (d *downTrack) capped(l int) int {
 }
 
 func newDownTrack(t *pubTrack, sub *participant) *downTrack {
-	d := &downTrack{t: t, sub: sub, cur: 0, target: 0, capLayer: -1}
+	d := &downTrack{t: t, sub: sub, cur: 0, target: 0, capLayer: -1, maxLayer: maxLayers - 1}
 	if t.simulcast() {
 		d.cur = -1
 		d.target = t.bestLayer(sub.bwe.Load())

@@ -25,6 +25,7 @@ import (
 type turnConfig struct {
 	Listen             string        `yaml:"listen"`
 	NoTCP              bool          `yaml:"no-tcp"`
+	NoDTLS             bool          `yaml:"no-dtls"`
 	TLSListen          string        `yaml:"tls-listen"`
 	TLSCert            string        `yaml:"tls-cert"`
 	TLSKey             string        `yaml:"tls-key"`
@@ -56,7 +57,8 @@ func bindTurnFlags(fs *flag.FlagSet, prefix string, c *turnConfig, serve bool) {
 	}
 	fs.StringVar(&c.Listen, prefix+"listen", c.Listen, "UDP and TCP `host:port` clients reach")
 	fs.BoolVar(&c.NoTCP, prefix+"no-tcp", c.NoTCP, "do not listen on TCP")
-	fs.StringVar(&c.TLSListen, prefix+"tls-listen", c.TLSListen, "TLS-over-TCP `host:port` (empty: no TLS)")
+	fs.StringVar(&c.TLSListen, prefix+"tls-listen", c.TLSListen, "TLS-over-TCP `host:port`, also DTLS over UDP on the same port (empty: neither)")
+	fs.BoolVar(&c.NoDTLS, prefix+"no-dtls", c.NoDTLS, "no DTLS listener on the TLS port")
 	fs.StringVar(&c.TLSCert, prefix+"tls-cert", c.TLSCert, "TLS certificate PEM `file` (default: a self-signed certificate made at start)")
 	fs.StringVar(&c.TLSKey, prefix+"tls-key", c.TLSKey, "TLS private key PEM `file`")
 	fs.StringVar(&c.Realm, prefix+"realm", c.Realm, "long-term credential realm")
@@ -79,7 +81,7 @@ func bindTurnFlags(fs *flag.FlagSet, prefix string, c *turnConfig, serve bool) {
 
 // serverConfig turns the flags into a turn.Config.
 func (c *turnConfig) serverConfig(log *slog.Logger, reg *admin.Server) (turn.Config, error) {
-	cfg := turn.Config{Realm: c.Realm, AuthSecret: c.AuthSecret, NoTCP: c.NoTCP, AllowLoopbackPeers: c.AllowLoopbackPeers,
+	cfg := turn.Config{Realm: c.Realm, AuthSecret: c.AuthSecret, NoTCP: c.NoTCP, NoDTLS: c.NoDTLS, AllowLoopbackPeers: c.AllowLoopbackPeers,
 		MaxAllocations: c.MaxAllocations, MaxAllocationsPerUser: c.UserQuota, BandwidthPerAllocation: c.Bandwidth,
 		AuthFailuresPerMinute: c.AuthFailures, Shards: c.Shards, Coalesce: c.Coalesce, MaxStreamConns: c.MaxConns, Software: "traverse", Log: log}
 	if reg != nil {

@@ -11,6 +11,7 @@ const (
 	protoUDP uint8 = iota + 1
 	protoTCP
 	protoTLS
+	protoDTLS
 )
 
 // fiveTuple identifies a client's allocation (RFC 8656 section 2): the

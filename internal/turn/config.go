@@ -23,6 +23,9 @@ type Config struct {
 	// start (fine for tests and for clients that do not verify).
 	TLSListen netip.AddrPort
 	TLS       *tls.Config
+	// NoDTLS disables DTLS over UDP on TLSListen's port (on by default
+	// when TLSListen is set, as coturn does).
+	NoDTLS bool
 
 	// Realm is the long-term credential realm (RFC 8489 section 14.9).
 	Realm string

@@ -75,7 +75,7 @@ func runUclient(t testing.TB, flags []string, server netip.AddrPort, peerPort, c
 }
 
 // TestUclientInterop relays coturn's turnutils_uclient traffic over UDP,
-// TCP and TLS, and over UDP with a REST credential minted by uclient from
+// TCP, TLS and DTLS, and over UDP with a REST credential minted by uclient from
 // the shared secret, to turnutils_peer with zero loss.
 func TestUclientInterop(t *testing.T) {
 	verifyNoLeaks(t)
@@ -94,6 +94,7 @@ func TestUclientInterop(t *testing.T) {
 		{"udp", nil, s.Addr()},
 		{"tcp", []string{"-t"}, s.TCPAddr()},
 		{"tls", []string{"-t", "-S"}, s.TLSAddr()},
+		{"dtls", []string{"-S"}, s.DTLSAddr()},
 		// uclient mints a TURN REST credential from the shared secret.
 		{"udp-rest", []string{"-W", "uclient-secret"}, s.Addr()},
 	} {

@@ -458,7 +458,7 @@ func (e *engine) toClientLocked(a *allocation, j, n int, peer netip.AddrPort, no
 		binary.BigEndian.PutUint16(buf[start:], ch.num)
 		binary.BigEndian.PutUint16(buf[start+2:], uint16(n))
 		length = 4 + n
-		if a.out.stream != nil {
+		if a.out.stream != nil && !a.out.stream.datagram {
 			for length%4 != 0 {
 				buf[start+length] = 0
 				length++

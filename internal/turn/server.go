@@ -10,6 +10,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/pion/dtls/v3"
 )
 
 // Server is a running TURN server. Create it with New; stop it with Close.
@@ -21,8 +23,9 @@ type Server struct {
 	engs   []*engine     // one per UDP shard
 	next   atomic.Uint32 // round robin of stream allocations over engines
 
-	tcpLn net.Listener
-	tlsLn net.Listener
+	tcpLn  net.Listener
+	tlsLn  net.Listener
+	dtlsLn net.Listener
 
 	sweepEvery time.Duration
 
@@ -81,7 +84,7 @@ func New(cfg Config) (*Server, error) {
 		for _, e := range s.engs {
 			e.close()
 		}
-		s.engs, s.tcpLn, s.tlsLn = nil, nil, nil
+		s.engs, s.tcpLn, s.tlsLn, s.dtlsLn = nil, nil, nil, nil
 	}
 	if err != nil {
 		s.closeSockets()
@@ -95,7 +98,7 @@ func New(cfg Config) (*Server, error) {
 		cfg.Log.Warn("turn: relaying to loopback peers is allowed (--allow-loopback-peers): for local tests only")
 	}
 	s.start()
-	cfg.Log.Info("turn listening", "udp", s.Addr().String(), "tcp", addrString(s.tcpLn), "tls", addrString(s.tlsLn),
+	cfg.Log.Info("turn listening", "udp", s.Addr().String(), "tcp", addrString(s.tcpLn), "tls", addrString(s.tlsLn), "dtls", addrString(s.dtlsLn),
 		"relay", cfg.RelayIP.String(), "ports", fmt.Sprintf("%d-%d", cfg.RelayPortLow, cfg.RelayPortHigh))
 	return s, nil
 }
@@ -138,6 +141,15 @@ func (s *Server) listen() error {
 			return fmt.Errorf("turn: tls listener: %w", err)
 		}
 		s.tlsLn = tls.NewListener(ln, tc)
+		if !s.cfg.NoDTLS {
+			// DTLS over UDP on the TLS port, as coturn does.
+			ua := net.UDPAddrFromAddrPort(lnAddr(s.tlsLn))
+			s.dtlsLn, err = dtls.Listen("udp", ua, &dtls.Config{Certificates: tc.Certificates,
+				ExtendedMasterSecret: dtls.RequestExtendedMasterSecret})
+			if err != nil {
+				return fmt.Errorf("turn: dtls listener: %w", err)
+			}
+		}
 	}
 	return nil
 }
@@ -181,6 +193,10 @@ func (s *Server) start() {
 		s.wg.Add(1)
 		go func() { defer s.wg.Done(); s.acceptLoop(s.tlsLn, protoTLS) }()
 	}
+	if s.dtlsLn != nil {
+		s.wg.Add(1)
+		go func() { defer s.wg.Done(); s.acceptLoop(s.dtlsLn, protoDTLS) }()
+	}
 	s.wg.Add(1)
 	go func() { defer s.wg.Done(); s.sweepLoop() }()
 }
@@ -190,6 +206,16 @@ func (s *Server) Addr() netip.AddrPort { return s.engs[0].laddr }
 
 // TCPAddr returns the TCP listener's address, if any.
 func (s *Server) TCPAddr() netip.AddrPort { return lnAddr(s.tcpLn) }
+
+// DTLSAddr returns the DTLS listener's address (the TLS port over UDP), if
+// any.
+func (s *Server) DTLSAddr() netip.AddrPort {
+	if s.dtlsLn == nil {
+		return netip.AddrPort{}
+	}
+	ap, _ := netip.ParseAddrPort(s.dtlsLn.Addr().String())
+	return ap
+}
 
 // TLSAddr returns the TLS listener's address, if any.
 func (s *Server) TLSAddr() netip.AddrPort { return lnAddr(s.tlsLn) }
@@ -266,6 +292,9 @@ func (s *Server) closeSockets() {
 	}
 	if s.tlsLn != nil {
 		_ = s.tlsLn.Close()
+	}
+	if s.dtlsLn != nil {
+		_ = s.dtlsLn.Close()
 	}
 }
 

@@ -43,9 +43,12 @@ type streamConn struct {
 	c      net.Conn
 	proto  uint8
 	remote netip.AddrPort
-	q      chan *[]byte
-	done   chan struct{}
-	once   sync.Once
+	// datagram is set for DTLS: each read is one message, and ChannelData
+	// is not padded (RFC 8656 section 12.5).
+	datagram bool
+	q        chan *[]byte
+	done     chan struct{}
+	once     sync.Once
 
 	mu    sync.Mutex // guards alloc
 	alloc *allocation
@@ -74,8 +77,12 @@ func (s *Server) acceptLoop(ln net.Listener, proto uint8) {
 			}
 			continue
 		}
-		ap := c.RemoteAddr().(*net.TCPAddr).AddrPort()
-		sc := &streamConn{s: s, c: c, proto: proto, remote: netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()),
+		ap, err := netip.ParseAddrPort(c.RemoteAddr().String())
+		if err != nil {
+			_ = c.Close()
+			continue
+		}
+		sc := &streamConn{datagram: proto == protoDTLS, s: s, c: c, proto: proto, remote: netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()),
 			q: make(chan *[]byte, streamQueue), done: make(chan struct{})}
 		if tc, ok := c.(*net.TCPConn); ok {
 			sc.raw, _ = tc.SyscallConn()
@@ -134,11 +141,25 @@ func (sc *streamConn) readLoop() {
 		}
 		_ = tc.SetDeadline(time.Time{})
 	}
-	r := bufio.NewReaderSize(sc.c, 16<<10)
 	buf := make([]byte, maxFrame)
 	key := fiveTuple{sc.proto, sc.remote}
 	out := sender{stream: sc, addr: sc.remote}
 	var st relayStats
+	if sc.datagram {
+		for {
+			n, err := sc.c.Read(buf)
+			if err != nil {
+				return
+			}
+			if isChannelData(buf[:n]) {
+				sc.s.relayChannelData(key, buf[:n], &st)
+			} else {
+				sc.s.handleMessage(buf[:n], key, out, &st)
+			}
+			st.flush(sc.s.m)
+		}
+	}
+	r := bufio.NewReaderSize(sc.c, 16<<10)
 	for {
 		hdr, err := r.Peek(4)
 		if err != nil {

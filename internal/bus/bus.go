@@ -193,6 +193,9 @@ func subscribe[T any, PT interface {
 		return nil, fmt.Errorf("bus: subscribe %s: %w", subject, err)
 	}
 	s.ns = ns
+	// Once the server has the subscription, messages published after
+	// this returns (by any connection) reach it.
+	_ = c.nc.Flush()
 	return s, nil
 }
 
@@ -366,6 +369,7 @@ func (c *Client) HandleRequests(node string, h Handler) (*Subscription, error) {
 		return nil, fmt.Errorf("bus: subscribe %s: %w", NodeRPCSubject(node), err)
 	}
 	s.ns = ns
+	_ = c.nc.Flush() // requests sent after this returns find the handler
 	return s, nil
 }
 

@@ -38,6 +38,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/traverse-rtc/traverse/internal/mediaproxy"
+	"github.com/traverse-rtc/traverse/internal/tlsutil"
 )
 
 // Config configures a Gateway.
@@ -182,7 +183,7 @@ func New(cfg Config) (*Gateway, error) {
 	}
 	if cfg.TLS != "" {
 		host, _, _ := net.SplitHostPort(cfg.TLS)
-		tc, err := tlsConfig(cfg.TLSCert, cfg.TLSKey, host)
+		tc, err := tlsutil.ServerConfig(cfg.TLSCert, cfg.TLSKey, "traverse sipgw", host)
 		if err != nil {
 			g.closeSockets()
 			return nil, fmt.Errorf("sipgw: TLS: %w", err)

@@ -17,6 +17,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/traverse-rtc/traverse/internal/tlsutil"
 	"github.com/traverse-rtc/traverse/internal/udpio"
 )
 
@@ -85,12 +86,7 @@ func Listen(ctx context.Context, cfg Config, log *slog.Logger, reg prometheus.Re
 		}
 	}
 	if rc.TLSListen != "" {
-		var cert tls.Certificate
-		if rc.TLSCert != "" {
-			cert, err = tls.LoadX509KeyPair(rc.TLSCert, rc.TLSKey)
-		} else {
-			cert, err = selfSigned(rc.listen.Addr().String())
-		}
+		tc, err := tlsutil.ServerConfig(rc.TLSCert, rc.TLSKey, "traverse stun", rc.listen.Addr().String())
 		if err != nil {
 			s.closeSockets()
 			return nil, fmt.Errorf("stun: tls: %w", err)
@@ -101,7 +97,7 @@ func Listen(ctx context.Context, cfg Config, log *slog.Logger, reg prometheus.Re
 			s.closeSockets()
 			return nil, fmt.Errorf("stun: tls listen: %w", err)
 		}
-		s.tlsLn = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
+		s.tlsLn = tls.NewListener(ln, tc)
 	}
 	return s, nil
 }

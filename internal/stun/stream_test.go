@@ -15,6 +15,8 @@ import (
 
 	"github.com/pion/stun/v3"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/traverse-rtc/traverse/internal/tlsutil"
 )
 
 // streamServer is just enough of a Server to run serveConn.
@@ -93,7 +95,7 @@ func FuzzStream(f *testing.F) {
 }
 
 func TestTLSCertificateFromFiles(t *testing.T) {
-	cert, err := selfSigned("127.0.0.1")
+	cert, err := tlsutil.SelfSigned("test", "127.0.0.1")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"context"
-	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/traverse-rtc/traverse/internal/admin"
 	"github.com/traverse-rtc/traverse/internal/config"
+	"github.com/traverse-rtc/traverse/internal/tlsutil"
 	"github.com/traverse-rtc/traverse/internal/turn"
 )
 
@@ -96,11 +96,9 @@ func (c *turnConfig) serverConfig(log *slog.Logger, reg *admin.Server) (turn.Con
 			return cfg, fmt.Errorf("tls-listen: %w", err)
 		}
 		if c.TLSCert != "" || c.TLSKey != "" {
-			cert, err := tls.LoadX509KeyPair(c.TLSCert, c.TLSKey)
-			if err != nil {
+			if cfg.TLS, err = tlsutil.ServerConfig(c.TLSCert, c.TLSKey, "traverse turn"); err != nil {
 				return cfg, fmt.Errorf("tls: %w", err)
 			}
-			cfg.TLS = &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}}
 		}
 	}
 	if c.RelayIP != "" {

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/pion/dtls/v3"
+
+	"github.com/traverse-rtc/traverse/internal/tlsutil"
 )
 
 // Server is a running TURN server. Create it with New; stop it with Close.
@@ -131,7 +133,7 @@ func (s *Server) listen() error {
 	if s.cfg.TLSListen.IsValid() {
 		tc := s.cfg.TLS
 		if tc == nil {
-			tc, err = selfSignedTLS()
+			tc, err = tlsutil.ServerConfig("", "", "traverse turn", s.cfg.TLSListen.Addr().String())
 			if err != nil {
 				return err
 			}

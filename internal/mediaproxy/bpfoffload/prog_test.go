@@ -1,0 +1,345 @@
+//go:build linux && (386 || amd64 || arm || arm64 || loong64 || mips64le || mipsle || ppc64le || riscv64)
+
+package bpfoffload
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"math/rand/v2"
+	"net/netip"
+	"os"
+	"testing"
+
+	"github.com/cilium/ebpf"
+)
+
+const (
+	actUnspec   = ^uint32(0) // TC_ACT_UNSPEC (-1): handed on untouched
+	actRedirect = 7          // TC_ACT_REDIRECT
+)
+
+// loadObjs loads the program and its map for BPF_PROG_TEST_RUN.
+func loadObjs(t *testing.T) *fastpathObjects {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("loading eBPF programs needs root")
+	}
+	objs := new(fastpathObjects)
+	if err := loadFastpathObjects(objs, nil); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { objs.Close() })
+	return objs
+}
+
+// pkt describes a crafted Ethernet + IPv4 + UDP packet.
+type pkt struct {
+	src, dst  netip.AddrPort
+	proto     byte
+	ttl       byte
+	ihl       byte // 32-bit words; 5 without options
+	fragOff   uint16
+	noCsum    bool // UDP checksum 0
+	ethType   uint16
+	payload   []byte
+	truncate  int // bytes to cut from the end (0: none)
+	totLenAdd int // added to the IP total length field
+}
+
+func (p pkt) bytes() []byte {
+	if p.ttl == 0 {
+		p.ttl = 64
+	}
+	if p.proto == 0 {
+		p.proto = 17
+	}
+	if p.ihl == 0 {
+		p.ihl = 5
+	}
+	if p.ethType == 0 {
+		p.ethType = 0x0800
+	}
+	b := make([]byte, 14, 100+len(p.payload))
+	copy(b[0:6], []byte{2, 0, 0, 0, 0, 1})
+	copy(b[6:12], []byte{2, 0, 0, 0, 0, 2})
+	binary.BigEndian.PutUint16(b[12:], p.ethType)
+	hl := int(p.ihl) * 4
+	ip := make([]byte, hl)
+	ip[0] = 0x40 | p.ihl
+	tot := hl + 8 + len(p.payload)
+	binary.BigEndian.PutUint16(ip[2:], uint16(tot+p.totLenAdd))
+	binary.BigEndian.PutUint16(ip[4:], 0x1234)
+	binary.BigEndian.PutUint16(ip[6:], p.fragOff)
+	ip[8], ip[9] = p.ttl, p.proto
+	s, d := p.src.Addr().As4(), p.dst.Addr().As4()
+	copy(ip[12:], s[:])
+	copy(ip[16:], d[:])
+	binary.BigEndian.PutUint16(ip[10:], ^fold(sum(0, ip)))
+	udp := make([]byte, 8, 8+len(p.payload))
+	binary.BigEndian.PutUint16(udp[0:], p.src.Port())
+	binary.BigEndian.PutUint16(udp[2:], p.dst.Port())
+	binary.BigEndian.PutUint16(udp[4:], uint16(8+len(p.payload)))
+	udp = append(udp, p.payload...)
+	if !p.noCsum {
+		binary.BigEndian.PutUint16(udp[6:], udpChecksum(ip, udp))
+	}
+	b = append(append(b, ip...), udp...)
+	return b[:len(b)-p.truncate]
+}
+
+func sum(s uint32, b []byte) uint32 {
+	for i := 0; i+1 < len(b); i += 2 {
+		s += uint32(binary.BigEndian.Uint16(b[i:]))
+	}
+	if len(b)%2 == 1 {
+		s += uint32(b[len(b)-1]) << 8
+	}
+	return s
+}
+
+func fold(s uint32) uint16 {
+	for s > 0xffff {
+		s = s>>16 + s&0xffff
+	}
+	return uint16(s)
+}
+
+// udpChecksum computes the UDP checksum of udp (its checksum field
+// zeroed) under ip's pseudo-header (RFC 768).
+func udpChecksum(ip, udp []byte) uint16 {
+	c := make([]byte, len(udp))
+	copy(c, udp)
+	c[6], c[7] = 0, 0
+	s := sum(0, ip[12:20])
+	s += 17 + uint32(len(udp))
+	s = sum(s, c)
+	r := ^fold(s)
+	if r == 0 {
+		r = 0xffff
+	}
+	return r
+}
+
+// checkRewritten verifies out is in rewritten to src -> dst: addresses,
+// ports, TTL-1, both checksums recomputed from scratch, payload intact.
+func checkRewritten(t *testing.T, in, out []byte, src, dst netip.AddrPort, zeroCsum bool) {
+	t.Helper()
+	if len(out) != len(in) {
+		t.Fatalf("length %d, want %d", len(out), len(in))
+	}
+	ip, udp := out[14:34], out[34:]
+	if got := netip.AddrPortFrom(netip.AddrFrom4([4]byte(ip[12:16])), binary.BigEndian.Uint16(udp[0:])); got != src {
+		t.Errorf("source %v, want %v", got, src)
+	}
+	if got := netip.AddrPortFrom(netip.AddrFrom4([4]byte(ip[16:20])), binary.BigEndian.Uint16(udp[2:])); got != dst {
+		t.Errorf("destination %v, want %v", got, dst)
+	}
+	if ip[8] != in[14+8]-1 {
+		t.Errorf("TTL %d, want %d", ip[8], in[14+8]-1)
+	}
+	if fold(sum(0, ip)) != 0xffff {
+		t.Errorf("IP header checksum %#04x does not verify", binary.BigEndian.Uint16(ip[10:]))
+	}
+	got := binary.BigEndian.Uint16(udp[6:])
+	if zeroCsum {
+		if got != 0 {
+			t.Errorf("UDP checksum %#04x, want 0 kept", got)
+		}
+	} else if want := udpChecksum(ip, udp); got != want {
+		t.Errorf("UDP checksum %#04x, want %#04x", got, want)
+	}
+	if !bytes.Equal(out[:12], in[:12]) {
+		t.Errorf("Ethernet addresses changed before the redirect")
+	}
+	if !bytes.Equal(udp[8:], in[42:]) || !bytes.Equal(udp[4:6], in[38:40]) {
+		t.Errorf("UDP length or payload changed")
+	}
+}
+
+var (
+	tClient = netip.MustParseAddrPort("198.51.100.7:4000")
+	tFixed  = netip.MustParseAddrPort("203.0.113.5:7000")
+	tInside = netip.MustParseAddrPort("10.0.0.2:30000")
+	tServer = netip.MustParseAddrPort("10.0.0.10:5000")
+)
+
+func putFlow(t *testing.T, objs *fastpathObjects, from, to, newSrc, newDst netip.AddrPort, ifindex int) {
+	t.Helper()
+	n, err := ebpf.PossibleCPU()
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := &Offloader{ncpu: n}
+	if err := objs.Flows.Update(key(from, to), o.value(newSrc, newDst, ifindex), ebpf.UpdateAny); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func counters(t *testing.T, objs *fastpathObjects, from, to netip.AddrPort) (packets, bytes uint64) {
+	t.Helper()
+	var vs []fastpathFlowValue
+	if err := objs.Flows.Lookup(key(from, to), &vs); err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range vs {
+		packets += v.Packets
+		bytes += v.Bytes
+	}
+	return packets, bytes
+}
+
+func run(t *testing.T, objs *fastpathObjects, in []byte) (uint32, []byte) {
+	t.Helper()
+	out := make([]byte, len(in)+256)
+	opts := &ebpf.RunOptions{Data: in, DataOut: out}
+	ret, err := objs.FastpathIngress.Run(opts)
+	if err != nil {
+		if errors.Is(err, ebpf.ErrNotSupported) {
+			t.Skipf("kernel cannot test-run tc programs: %v", err)
+		}
+		t.Fatal(err)
+	}
+	return ret, opts.DataOut
+}
+
+func TestProgram(t *testing.T) {
+	objs := loadObjs(t)
+	putFlow(t, objs, tClient, tFixed, tInside, tServer, 3)
+	putFlow(t, objs, tServer, tInside, tFixed, tClient, 2)
+	payload := bytes.Repeat([]byte{0x80, 0, 1, 2, 3, 4, 5, 6, 0, 0, 0, 77}, 14) // 168 bytes, RTP-like
+
+	rewrites := []struct {
+		name     string
+		p        pkt
+		src, dst netip.AddrPort
+	}{
+		{"client to fixed port goes inside to the server", pkt{src: tClient, dst: tFixed, payload: payload}, tInside, tServer},
+		{"server to inside port goes out of the fixed port to the client", pkt{src: tServer, dst: tInside, payload: payload}, tFixed, tClient},
+		{"zero UDP checksum stays zero", pkt{src: tClient, dst: tFixed, payload: payload, noCsum: true}, tInside, tServer},
+		{"odd payload length", pkt{src: tServer, dst: tInside, payload: payload[:33]}, tFixed, tClient},
+		{"empty payload", pkt{src: tClient, dst: tFixed}, tInside, tServer},
+		{"TTL 2 still forwarded", pkt{src: tClient, dst: tFixed, ttl: 2, payload: payload}, tInside, tServer},
+		{"DF set is not a fragment", pkt{src: tClient, dst: tFixed, fragOff: 0x4000, payload: payload}, tInside, tServer},
+	}
+	for _, tc := range rewrites {
+		t.Run(tc.name, func(t *testing.T) {
+			in := tc.p.bytes()
+			ret, out := run(t, objs, in)
+			if ret != actRedirect {
+				t.Fatalf("returned %d, want TC_ACT_REDIRECT", int32(ret))
+			}
+			checkRewritten(t, in, out, tc.src, tc.dst, tc.p.noCsum)
+		})
+	}
+
+	passes := []struct {
+		name string
+		p    pkt
+	}{
+		{"map miss: other source port", pkt{src: netip.AddrPortFrom(tClient.Addr(), 4001), dst: tFixed, payload: payload}},
+		{"map miss: other destination", pkt{src: tClient, dst: netip.AddrPortFrom(tFixed.Addr(), 7002), payload: payload}},
+		{"map miss: reply direction of the rewrite", pkt{src: tInside, dst: tServer, payload: payload}},
+		{"TCP", pkt{src: tClient, dst: tFixed, proto: 6, payload: payload}},
+		{"ICMP", pkt{src: tClient, dst: tFixed, proto: 1, payload: payload}},
+		{"first fragment (MF)", pkt{src: tClient, dst: tFixed, fragOff: 0x2000, payload: payload}},
+		{"later fragment (offset)", pkt{src: tClient, dst: tFixed, fragOff: 0x0010, payload: payload}},
+		{"IP options", pkt{src: tClient, dst: tFixed, ihl: 6, payload: payload}},
+		{"TTL 1", pkt{src: tClient, dst: tFixed, ttl: 1, payload: payload}},
+		{"IPv6 ethertype", pkt{src: tClient, dst: tFixed, ethType: 0x86dd, payload: payload}},
+		{"ARP ethertype", pkt{src: tClient, dst: tFixed, ethType: 0x0806, payload: payload}},
+		{"truncated inside the UDP header", pkt{src: tClient, dst: tFixed, truncate: 4}},
+		{"truncated after the IP header", pkt{src: tClient, dst: tFixed, truncate: 8}},
+		{"truncated payload (IP length beyond the packet)", pkt{src: tClient, dst: tFixed, payload: payload, truncate: 10}},
+		{"IP length shorter than the headers", pkt{src: tClient, dst: tFixed, payload: payload, totLenAdd: -190}},
+		// (BPF_PROG_TEST_RUN itself refuses an IPv4 ethertype without a full
+		// IP header, so the shortest frame carries another type.)
+		{"Ethernet header only", pkt{src: tClient, dst: tFixed, ethType: 0x88b5, truncate: 28}},
+	}
+	before, _ := counters(t, objs, tClient, tFixed)
+	for _, tc := range passes {
+		t.Run(tc.name, func(t *testing.T) {
+			in := tc.p.bytes()
+			ret, out := run(t, objs, in)
+			if ret != actUnspec {
+				t.Fatalf("returned %d, want TC_ACT_UNSPEC (pass)", int32(ret))
+			}
+			if !bytes.Equal(out, in) {
+				t.Errorf("packet changed:\n got %x\nwant %x", out, in)
+			}
+		})
+	}
+	if after, _ := counters(t, objs, tClient, tFixed); after != before {
+		t.Errorf("passed packets counted: %d -> %d", before, after)
+	}
+}
+
+// TestProgramCounters: each forwarded packet adds one packet and its IP
+// length to its own direction's entry.
+func TestProgramCounters(t *testing.T) {
+	objs := loadObjs(t)
+	putFlow(t, objs, tClient, tFixed, tInside, tServer, 3)
+	putFlow(t, objs, tServer, tInside, tFixed, tClient, 2)
+	var wantIn, wantOut uint64
+	for i := range 10 {
+		p := pkt{src: tClient, dst: tFixed, payload: make([]byte, 160+i)}
+		if i%3 == 0 {
+			p.src, p.dst = tServer, tInside
+		}
+		in := p.bytes()
+		if ret, _ := run(t, objs, in); ret != actRedirect {
+			t.Fatalf("packet %d returned %d", i, int32(ret))
+		}
+		if i%3 == 0 {
+			wantOut += uint64(len(in) - 14)
+		} else {
+			wantIn += uint64(len(in) - 14)
+		}
+	}
+	// A trailing pad beyond the IP length is not counted.
+	in := pkt{src: tClient, dst: tFixed, payload: make([]byte, 100), totLenAdd: -4}.bytes()
+	if ret, _ := run(t, objs, in); ret != actRedirect {
+		t.Fatalf("padded packet returned %d", int32(ret))
+	}
+	wantIn += uint64(len(in) - 14 - 4)
+	if p, b := counters(t, objs, tClient, tFixed); p != 7 || b != wantIn {
+		t.Errorf("client->fixed counted %d packets %d bytes, want 7 and %d", p, b, wantIn)
+	}
+	if p, b := counters(t, objs, tServer, tInside); p != 4 || b != wantOut {
+		t.Errorf("server->inside counted %d packets %d bytes, want 4 and %d", p, b, wantOut)
+	}
+}
+
+// TestProgramChecksumsRandom rewrites random flows and payloads and checks
+// both checksums against a recomputation, covering carries and the
+// 0x0000/0xffff corner of the UDP checksum.
+func TestProgramChecksumsRandom(t *testing.T) {
+	objs := loadObjs(t)
+	r := rand.New(rand.NewPCG(1, 2))
+	ap := func() netip.AddrPort {
+		var a [4]byte
+		binary.BigEndian.PutUint32(a[:], r.Uint32()|1)
+		return netip.AddrPortFrom(netip.AddrFrom4(a), uint16(r.Uint32()|1))
+	}
+	for i := range 300 {
+		from, to, nsrc, ndst := ap(), ap(), ap(), ap()
+		putFlow(t, objs, from, to, nsrc, ndst, 1)
+		payload := make([]byte, r.IntN(300))
+		for j := range payload {
+			payload[j] = byte(r.Uint32())
+		}
+		p := pkt{src: from, dst: to, payload: payload, ttl: byte(2 + r.IntN(250)), noCsum: i%10 == 0}
+		in := p.bytes()
+		ret, out := run(t, objs, in)
+		if ret != actRedirect {
+			t.Fatalf("case %d returned %d", i, int32(ret))
+		}
+		checkRewritten(t, in, out, nsrc, ndst, p.noCsum)
+		if err := objs.Flows.Delete(key(from, to)); err != nil {
+			t.Fatal(err)
+		}
+		if t.Failed() {
+			t.Fatalf("case %d: %v -> %v rewritten to %v -> %v", i, from, to, nsrc, ndst)
+		}
+	}
+}

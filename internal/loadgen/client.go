@@ -56,6 +56,9 @@ type ClientConfig struct {
 	PacketSize int
 	// TCP makes the client use ICE-TCP only.
 	TCP bool
+	// KeyframeInterval is how often the publisher sends a keyframe
+	// unasked (default 3 s); it always sends one when asked (PLI, FIR).
+	KeyframeInterval time.Duration
 	// AudioLevel, when not zero, is sent in the RFC 6464 audio level
 	// extension of every audio packet, as -dBov (1 loud to 127 silent).
 	AudioLevel uint8
@@ -345,6 +348,10 @@ func (c *Client) publish(ctx context.Context) {
 	var tick uint32
 	var aseq uint16
 	lastKey := time.Time{}
+	keyEvery := c.cfg.KeyframeInterval
+	if keyEvery <= 0 {
+		keyEvery = 3 * time.Second
+	}
 	keyPending := make([]bool, nl)
 	frameStart := make([]bool, nl)
 	for i := range frameStart {
@@ -354,7 +361,7 @@ func (c *Client) publish(ctx context.Context) {
 	step := func() {
 		tick++
 		ts := (tick / 3) * 2700 // 90 kHz, 30 frames/s
-		if c.keyframe.Swap(false) || time.Since(lastKey) > 3*time.Second {
+		if c.keyframe.Swap(false) || time.Since(lastKey) > keyEvery {
 			lastKey = time.Now()
 			for i := range keyPending {
 				keyPending[i] = true

@@ -163,6 +163,12 @@ func (p *participant) chooseLayers() {
 		if l := dt.t.bestLayer(budget); l >= 0 {
 			dt.setTarget(dt.capped(l))
 		}
+		// A subscriber waiting for a keyframe of its target layer asks
+		// again every round (throttled per layer): the first request can
+		// go before the layer arrives, and browsers send none unasked.
+		if w := dt.waiting(); w >= 0 {
+			dt.t.requestKeyframe(w)
+		}
 	}
 }
 

@@ -144,3 +144,39 @@ func TestSimulcastMaxLayerRequest(t *testing.T) {
 		t.Fatalf("unknown track: %v", err)
 	}
 }
+
+// TestSimulcastAsksAgainForKeyframe: with a publisher that sends keyframes
+// only when asked (as browsers do), a subscriber whose keyframe request
+// fell inside the per-layer throttle (another subscriber had just asked)
+// still gets its new layer: the node asks again while it waits.
+func TestSimulcastAsksAgainForKeyframe(t *testing.T) {
+	h := newHarness(t, Config{PLIInterval: 2 * time.Second})
+	pub := h.dial(loadgen.ClientConfig{Room: "kf", Identity: "pub", Publish: true, Simulcast: true,
+		VideoBitrate: 1_200_000, KeyframeInterval: time.Hour})
+	<-pub.Connected()
+	video := func(c *loadgen.Client) *loadgen.RecvStats {
+		for _, tr := range c.Tracks() {
+			if tr.Kind == "video" && tr.Packets() > 5 {
+				return tr
+			}
+		}
+		return nil
+	}
+	sub1 := h.dial(loadgen.ClientConfig{Room: "kf", Identity: "sub1", Subscribe: true})
+	sub1.SetREMB(150_000)
+	waitFor(t, 10*time.Second, "sub1 on the low layer", func() bool {
+		v := video(sub1)
+		return v != nil && v.Layer() == 0
+	})
+	time.Sleep(2100 * time.Millisecond) // let the throttle of layer 2 expire
+	// sub2 takes the top layer: its keyframe request on layer 2 starts a
+	// fresh 2 s throttle window.
+	sub2 := h.dial(loadgen.ClientConfig{Room: "kf", Identity: "sub2", Subscribe: true})
+	waitFor(t, 10*time.Second, "sub2 on the top layer", func() bool {
+		v := video(sub2)
+		return v != nil && v.Layer() == 2
+	})
+	// sub1 now wants layer 2 too; its first request is throttled.
+	sub1.SetREMB(5_000_000)
+	waitFor(t, 8*time.Second, "sub1 on the top layer", func() bool { return video(sub1).Layer() == 2 })
+}

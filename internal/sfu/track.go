@@ -422,6 +422,17 @@ func (d *downTrack) layer() int {
 	return d.cur
 }
 
+// waiting returns the layer the subscriber waits to switch to on its next
+// keyframe, or -1.
+func (d *downTrack) waiting() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.ws == nil || d.cur == d.target {
+		return -1
+	}
+	return d.target
+}
+
 func (d *downTrack) setTarget(l int) {
 	d.mu.Lock()
 	changed := l != d.target

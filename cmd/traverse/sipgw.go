@@ -10,6 +10,7 @@ import (
 	"github.com/traverse-rtc/traverse/internal/admin"
 	"github.com/traverse-rtc/traverse/internal/config"
 	"github.com/traverse-rtc/traverse/internal/mediaproxy"
+	"github.com/traverse-rtc/traverse/internal/mediaproxy/bpfoffload"
 	"github.com/traverse-rtc/traverse/internal/sipgw"
 )
 
@@ -50,7 +51,7 @@ func sipgwFlags(fs *flag.FlagSet, prefix string, c *sipgwConfig) {
 	fs.Var(config.Strings{P: &c.InsideNets}, prefix+"inside-net", "source `prefix` whose SIP requests count as inside besides the upstream (repeatable)")
 	fs.StringVar(&c.OutsideIP, prefix+"outside-ip", c.OutsideIP, "`IP` written into outside-bound SDP (default: the --rtp IP)")
 	fs.BoolVar(&c.RandomPorts, prefix+"random-ports", c.RandomPorts, "pick a random free inside port pair instead of the next free one")
-	fs.StringVar(&c.Offload, prefix+"offload", c.Offload, "kernel fast path for latched flows: nftables or off (nftables needs root and ip_forward)")
+	fs.StringVar(&c.Offload, prefix+"offload", c.Offload, "kernel fast path for latched flows: ebpf, nftables or off (both need root; nftables also ip_forward, ebpf Linux 6.6+)")
 	fs.IntVar(&c.OffloadAfter, prefix+"offload-after", c.OffloadAfter, "packets each way a flow spends in user space before it is offloaded (0: 50)")
 	fs.DurationVar(&c.MediaTimeout, prefix+"media-timeout", c.MediaTimeout, "end a call whose media stopped for this `duration` (0: 30s)")
 	fs.StringVar(&c.Control, prefix+"control", c.Control, "media proxy control protocol UDP `host:port` for an external signaling proxy (empty disables it; keep it internal)")
@@ -99,8 +100,15 @@ func startSipgw(ctx context.Context, c sipgwConfig, env *serveEnv) (runner, erro
 		}
 		mcfg.Offloader = off
 		closeOff = func() { off.Close() }
+	case "ebpf":
+		off, err := bpfoffload.New(bpfoffload.Config{})
+		if err != nil {
+			return nil, err
+		}
+		mcfg.Offloader = off
+		closeOff = func() { off.Close() }
 	default:
-		return nil, fmt.Errorf("--offload %q: want nftables or off", c.Offload)
+		return nil, fmt.Errorf("--offload %q: want ebpf, nftables or off", c.Offload)
 	}
 	var gw *sipgw.Gateway
 	mcfg.OnTimeout = func(id string) {

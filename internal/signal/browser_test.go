@@ -345,19 +345,12 @@ func TestBrowsersRelay(t *testing.T) {
 
 // TestBrowsersSimulcast: both participants send three simulcast layers
 // (?simulcast=1: rids q, h, f); each must still decode the other's video.
-//
-// It runs only with TRAVERSE_BROWSER_SIMULCAST=1: in about one run of three
-// a subscriber never gets the other's video (no inbound-rtp video at all,
-// while audio flows and signaling completed). internal/sfu's downTrack
-// forwards a layer only from a keyframe and asks for one once (at Bind,
-// skipped when that rid's layer has not arrived yet, or throttled), and
-// Chromium sends no keyframe unasked: nothing asks again while the
-// subscriber waits.
+// The SFU forwards a layer to a subscriber only from a keyframe, and
+// Chromium sends none unasked, so this also proves the SFU keeps asking
+// while a subscriber waits (it once asked only at bind, and about one run
+// in three then showed no video).
 func TestBrowsersSimulcast(t *testing.T) {
 	skipWithoutChromium(t)
-	if os.Getenv("TRAVERSE_BROWSER_SIMULCAST") != "1" {
-		t.Skip("known SFU issue (see the comment); set TRAVERSE_BROWSER_SIMULCAST=1 to run")
-	}
 	if isolated(t) {
 		return
 	}

@@ -87,10 +87,16 @@ func runAll(ctx context.Context, log *slog.Logger, runners ...runner) error {
 
 const shutdownGrace = 5 * time.Second
 
-// startAdmin binds the admin listener and returns its runner.
-func startAdmin(a *admin.Server, addr string) (runner, error) {
+// runWithAdmin binds the admin listener on addr, then runs it and the
+// roles' runners until ctx is done (see runAll). The runners hold sockets
+// already: if the admin listener cannot bind, they are stopped and
+// released before the error returns.
+func runWithAdmin(ctx context.Context, log *slog.Logger, a *admin.Server, addr string, runners ...runner) error {
 	if err := a.Listen(addr); err != nil {
-		return nil, err
+		stopped, cancel := context.WithCancel(ctx)
+		cancel()
+		_ = runAll(stopped, log, runners...)
+		return err
 	}
-	return a.Run, nil
+	return runAll(ctx, log, append(runners, a.Run)...)
 }

@@ -118,13 +118,6 @@ func runServe(ctx context.Context, args []string) error {
 		}
 		runners = append(runners, run)
 	}
-	adminRun, err := startAdmin(adm, cfg.Admin)
-	if err != nil {
-		cctx, cancel := context.WithCancel(ctx)
-		cancel()
-		_ = runAll(cctx, log, runners...)
-		return err
-	}
 	log.Info("traverse serving", "roles", roleNames())
-	return runAll(ctx, log, append(runners, adminRun)...)
+	return runWithAdmin(ctx, log, adm, cfg.Admin, runners...)
 }

@@ -73,14 +73,7 @@ func runSFU(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	adminRun, err := startAdmin(adm, cfg.Admin)
-	if err != nil {
-		cctx, cancel := context.WithCancel(ctx)
-		cancel()
-		_ = run(cctx)
-		return err
-	}
-	return runAll(ctx, log, run, adminRun)
+	return runWithAdmin(ctx, log, adm, cfg.Admin, run)
 }
 
 func startSFU(c *sfuConfig, log *slog.Logger, adm *admin.Server) (runner, error) {

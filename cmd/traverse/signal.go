@@ -190,14 +190,7 @@ func runSignal(ctx context.Context, args []string) error {
 		return err
 	}
 	run := role.run
-	adminRun, err := startAdmin(adm, cfg.Admin)
-	if err != nil {
-		cctx, cancel := context.WithCancel(ctx)
-		cancel()
-		_ = runAll(cctx, log, run)
-		return err
-	}
-	return runAll(ctx, log, run, adminRun)
+	return runWithAdmin(ctx, log, adm, cfg.Admin, run)
 }
 
 func init() {

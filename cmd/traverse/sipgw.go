@@ -182,14 +182,7 @@ func runSipgw(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	adminRun, err := startAdmin(adm, cfg.Admin)
-	if err != nil {
-		cctx, cancel := context.WithCancel(ctx)
-		cancel()
-		_ = runAll(cctx, log, run)
-		return err
-	}
-	return runAll(ctx, log, run, adminRun)
+	return runWithAdmin(ctx, log, adm, cfg.Admin, run)
 }
 
 func init() {

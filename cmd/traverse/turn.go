@@ -295,12 +295,5 @@ func runTurn(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	adminRun, err := startAdmin(adm, cfg.Admin)
-	if err != nil {
-		cctx, cancel := context.WithCancel(ctx)
-		cancel()
-		_ = run(cctx)
-		return err
-	}
-	return runAll(ctx, log, run, adminRun)
+	return runWithAdmin(ctx, log, adm, cfg.Admin, run)
 }

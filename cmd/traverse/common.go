@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"sync"
 	"time"
 
 	"github.com/traverse-rtc/traverse/internal/admin"
@@ -56,31 +55,40 @@ func load(fs *flag.FlagSet, args []string, cfg any, c *common) ([]string, *slog.
 // everything it holds and returns.
 type runner func(ctx context.Context) error
 
-// runAll runs the runners until ctx is done or one fails, then cancels the
-// rest and waits for them, at most shutdownGrace.
+// runAll runs the runners until ctx is done or one fails, then stops them
+// one at a time in the reverse of their order, waiting for each, so that a
+// role stops before the roles it depends on (in serve, the bus stops last).
+// The whole shutdown takes at most shutdownGrace.
 func runAll(ctx context.Context, log *slog.Logger, runners ...runner) error {
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	var wg sync.WaitGroup
+	failed, fail := context.WithCancelCause(ctx)
+	defer fail(nil)
 	errs := make([]error, len(runners))
+	cancels := make([]context.CancelFunc, len(runners))
+	dones := make([]chan struct{}, len(runners))
 	for i, r := range runners {
-		wg.Add(1)
+		rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		cancels[i], dones[i] = cancel, make(chan struct{})
 		go func() {
-			defer wg.Done()
-			if err := r(ctx); err != nil && !errors.Is(err, context.Canceled) {
+			defer close(dones[i])
+			if err := r(rctx); err != nil && !errors.Is(err, context.Canceled) {
 				errs[i] = err
-				cancel(err)
+				fail(err)
 			}
 		}()
 	}
-	<-ctx.Done()
+	<-failed.Done()
 	log.Info("shutting down")
-	done := make(chan struct{})
-	go func() { wg.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(shutdownGrace):
-		return errors.New("shutdown took longer than 5s")
+	deadline := time.After(shutdownGrace)
+	for i := len(runners) - 1; i >= 0; i-- {
+		cancels[i]()
+		select {
+		case <-dones[i]:
+		case <-deadline:
+			for _, c := range cancels {
+				c()
+			}
+			return errors.New("shutdown took longer than 5s")
+		}
 	}
 	return errors.Join(errs...)
 }

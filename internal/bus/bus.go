@@ -111,7 +111,12 @@ func (c *Client) Close() error {
 	for _, s := range subs {
 		s.Unsubscribe()
 	}
-	err := c.nc.Flush()
+	// Flush what was published, but do not wait on a server that is gone
+	// (in serve the embedded one may stop first).
+	var err error
+	if c.nc.IsConnected() {
+		err = c.nc.FlushTimeout(time.Second)
+	}
 	c.nc.Close()
 	if errors.Is(err, nats.ErrConnectionClosed) {
 		err = nil

@@ -1,0 +1,177 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"runtime/pprof"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	pstun "github.com/pion/stun/v3"
+	"go.uber.org/goleak"
+)
+
+// freeTCP returns a TCP port on 127.0.0.1 that was free a moment ago.
+func freeTCP(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// freeUDPTCP returns a port free for both UDP and TCP on 127.0.0.1.
+func freeUDPTCP(t *testing.T) int {
+	t.Helper()
+	for range 20 {
+		p := freePorts(t)
+		ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
+		if err == nil {
+			ln.Close()
+			return p
+		}
+	}
+	t.Fatal("no free port")
+	return 0
+}
+
+func stunBinding(t *testing.T, server netip.AddrPort) error {
+	t.Helper()
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	req := pstun.MustBuild(pstun.TransactionID, pstun.BindingRequest)
+	buf := make([]byte, 1500)
+	for range 20 {
+		if _, err := c.WriteToUDPAddrPort(req.Raw, server); err != nil {
+			return err
+		}
+		_ = c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+		n, _, err := c.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			continue
+		}
+		m := &pstun.Message{Raw: buf[:n]}
+		if err := m.Decode(); err != nil {
+			return err
+		}
+		var xa pstun.XORMappedAddress
+		return xa.GetFrom(m)
+	}
+	return fmt.Errorf("no answer from %s", server)
+}
+
+func httpGet(url string) (int, string, error) {
+	res, err := http.Get(url)
+	if err != nil {
+		return 0, "", err
+	}
+	defer res.Body.Close()
+	b, err := io.ReadAll(res.Body)
+	return res.StatusCode, string(b), err
+}
+
+// TestServe runs every role in one process as "traverse serve" does, on
+// free ports: the process becomes ready, every role exports its metrics,
+// STUN and TURN answer, the demo page is served, and a cancel stops it all
+// within 5 s with every media port released.
+func TestServe(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	adminAddr := freeTCP(t)
+	stunPort := freeUDPTCP(t)
+	turnPort := freeUDPTCP(t)
+	sfuUDP, sfuTCP := freePorts(t), freeTCP(t)
+	sipPort := freeUDPTCP(t)
+	rtpPort := freePorts(t)
+	signalAddr := freeTCP(t)
+	lo := func(p int) string { return "127.0.0.1:" + strconv.Itoa(p) }
+	args := []string{
+		"--admin", adminAddr, "--log-level", "warn",
+		"--bus-listen", "127.0.0.1:0",
+		"--stun-listen", lo(stunPort), "--stun-other-address", "127.0.0.2", "--stun-other-port", strconv.Itoa(stunPort + 1),
+		"--stun-tls-listen", "",
+		"--turn-listen", lo(turnPort), "--turn-relay-ports", "42000-42099",
+		"--sfu-udp", lo(sfuUDP), "--sfu-tcp", sfuTCP,
+		"--signal-http", signalAddr,
+		"--sipgw-sip", lo(sipPort), "--sipgw-rtp", lo(rtpPort), "--sipgw-rtcp", lo(rtpPort + 1),
+		"--sipgw-inside-ports", "43000-43999", "--sipgw-sip-tls", "",
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- runServe(ctx, args) }()
+
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		code, body, err := httpGet("http://" + adminAddr + "/readyz")
+		if err == nil && code == 200 {
+			break
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("serve stopped: %v", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not ready after 30s: %d %q %v", code, body, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	_, metrics, err := httpGet("http://" + adminAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, role := range []string{"stun", "turn", "sfu", "signal", "sipgw"} {
+		if !strings.Contains(metrics, "\ntraverse_"+role+"_") {
+			t.Errorf("/metrics has no traverse_%s_ metric", role)
+		}
+	}
+	for _, s := range []int{stunPort, turnPort} {
+		if err := stunBinding(t, netip.MustParseAddrPort(lo(s))); err != nil {
+			t.Errorf("STUN Binding to %s: %v", lo(s), err)
+		}
+	}
+	if code, body, err := httpGet("http://" + signalAddr + "/"); err != nil || code != 200 || !strings.Contains(body, "<") {
+		t.Errorf("demo page: %d %v", code, err)
+	}
+
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			var b strings.Builder
+			_ = pprof.Lookup("goroutine").WriteTo(&b, 1)
+			t.Fatalf("serve: %v; goroutines:\n%s", err, b.String())
+		}
+	case <-time.After(6 * time.Second):
+		var b strings.Builder
+		_ = pprof.Lookup("goroutine").WriteTo(&b, 1)
+		t.Fatalf("serve did not stop within 5s; goroutines:\n%s", b.String())
+	}
+	for _, p := range []int{stunPort, turnPort, sfuUDP, sipPort, rtpPort, rtpPort + 1} {
+		c, err := net.ListenPacket("udp", lo(p))
+		if err != nil {
+			t.Errorf("UDP %s still held after shutdown: %v", lo(p), err)
+			continue
+		}
+		c.Close()
+	}
+	for _, a := range []string{adminAddr, sfuTCP, signalAddr, lo(stunPort), lo(turnPort)} {
+		ln, err := net.Listen("tcp", a)
+		if err != nil {
+			t.Errorf("TCP %s still held after shutdown: %v", a, err)
+			continue
+		}
+		ln.Close()
+	}
+}

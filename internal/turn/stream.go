@@ -255,4 +255,3 @@ func (sc *streamConn) writeDirect(b []byte) int {
 	})
 	return n
 }
-

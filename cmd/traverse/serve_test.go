@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -15,6 +16,8 @@ import (
 
 	pstun "github.com/pion/stun/v3"
 	"go.uber.org/goleak"
+
+	"github.com/traverse-rtc/traverse/internal/stun"
 )
 
 // freeTCP returns a TCP port on 127.0.0.1 that was free a moment ago.
@@ -173,5 +176,47 @@ func TestServe(t *testing.T) {
 			continue
 		}
 		ln.Close()
+	}
+}
+
+// The serve YAML file: common keys at the top, one section per role whose
+// keys are the role's flag names; an unknown section is an error.
+func TestServeConfigFile(t *testing.T) {
+	dir := t.TempDir()
+	file := dir + "/serve.yaml"
+	yamlText := "admin: 127.0.0.1:19090\nlog:\n  format: json\nstun:\n  listen: 127.0.0.1:13478\n  other-port: 13480\nturn:\n  realm: example.org\n"
+	if err := os.WriteFile(file, []byte(yamlText), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := serveConfig{roles: map[string]any{}}
+	fs := newFlagSet("serve", "serve")
+	cfg.flags(fs)
+	for _, r := range serveRoles {
+		cfg.roles[r.name] = r.bind(fs, r.name+"-")
+	}
+	if _, _, err := load(fs, []string{"--config", file, "--turn-realm", "flag.example"}, &cfg, &cfg.common); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Admin != "127.0.0.1:19090" || cfg.Log.Format != "json" {
+		t.Errorf("common keys: %+v", cfg.common)
+	}
+	if st := cfg.roles["stun"].(*stun.Config); st.Listen != "127.0.0.1:13478" || st.OtherPort != 13480 || st.OtherAddress != "127.0.0.2" {
+		t.Errorf("stun section: listen %q other %q:%d", st.Listen, st.OtherAddress, st.OtherPort)
+	}
+	if tc := cfg.roles["turn"].(*turnConfig); tc.Realm != "flag.example" {
+		t.Errorf("turn realm %q: the flag must win over the file", tc.Realm)
+	}
+
+	if err := os.WriteFile(file, []byte("nosuchrole:\n  x: 1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg = serveConfig{roles: map[string]any{}}
+	fs = newFlagSet("serve", "serve")
+	cfg.flags(fs)
+	for _, r := range serveRoles {
+		cfg.roles[r.name] = r.bind(fs, r.name+"-")
+	}
+	if _, _, err := load(fs, []string{"--config", file}, &cfg, &cfg.common); err == nil || !strings.Contains(err.Error(), "nosuchrole") {
+		t.Errorf("unknown section: %v", err)
 	}
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # RTP forwarding cost of the SIP border gateway's media proxy against
-# rtpengine (user space), side by side in one run, and of traverse's
-# nftables kernel path, all at the same offered load.
+# rtpengine (user space), side by side in one run, and of traverse's two
+# kernel paths (nftables rules and the eBPF tc program), all at the same
+# offered load.
 #
 #   sudo bench/sipgw-vs-rtpengine.sh [CALLS] [SECONDS] [PPS] [ROUNDS]
 #
@@ -9,26 +10,36 @@
 # -- 10.2.0.2 server (veth pairs, the gateway forwards IPv4). The load
 # driver (bench/sipgwload) opens one client socket and one server socket
 # per call and sends PPS packets per second per call in each direction
-# (172-byte RTP, default 500 calls x 50 pps each way). Four runs:
+# (172-byte RTP, default 500 calls x 50 pps each way). Five runs:
 #   direct     no proxy: the gateway namespace only routes (baseline)
 #   traverse   traverse sipgw, media proxy in user space (--offload off)
 #   rtpengine  rtpengine 10.5, user space (--table=-1), driven over ng
 #   kernel     traverse sipgw --offload nftables (flows move to nftables
 #              after 50 packets each way, during the warm-up)
+#   ebpf       traverse sipgw --offload ebpf (flows move into the tc/TCX
+#              program of internal/mediaproxy/bpfoffload the same way)
 # Each run: 3 s warm-up, then SECONDS (default 10) measured. Reported per
 # million forwarded packets: the proxy process's utime+stime
 # (/proc/PID/stat), and the whole machine's busy CPU (/proc/stat: user,
 # nice, system, irq, softirq) which also counts the driver, the kernel's
 # forwarding and anything else running on the machine. ROUNDS (default 1)
-# repeats the four runs; the summary takes each figure's median per run kind.
+# repeats the five runs; the summary takes each figure's median per run kind,
+# and the median over rounds of each run's attributable CPU minus the same
+# round's direct run (paired: the machine's other load changes between
+# rounds more than between neighbouring runs). MODES (default "direct
+# traverse rtpengine kernel ebpf") picks the runs, e.g.
+#   MODES="direct traverse ebpf" bench/sipgw-vs-rtpengine.sh 200 8 50 8
 set -euo pipefail
 cd "$(dirname "$0")/.."
 calls=${1:-500}
 secs=${2:-10}
 pps=${3:-50}
 rounds=${4:-1}
+modes=${MODES:-direct traverse rtpengine kernel ebpf}
 [ "$(id -u)" = 0 ] || { echo "needs root (network namespaces, nftables)"; exit 1; }
-command -v rtpengine >/dev/null || { echo "rtpengine not installed (Debian package rtpengine-daemon)"; exit 1; }
+case " $modes " in *" rtpengine "*)
+	command -v rtpengine >/dev/null || { echo "rtpengine not installed (Debian package rtpengine-daemon)"; exit 1; } ;;
+esac
 
 tag=sgwb$$
 c=$tag-c g=$tag-g s=$tag-s
@@ -92,10 +103,16 @@ rtpengine_run() {
 	kill "$rpid"; wait "$rpid" 2>/dev/null || true
 }
 for round in $(seq "$rounds"); do
-	results+=("$(load direct 0)")
-	traverse_run off traverse
-	rtpengine_run
-	traverse_run nftables kernel
+	for m in $modes; do
+		case $m in
+		direct) results+=("$(load direct 0)") ;;
+		traverse) traverse_run off traverse ;;
+		rtpengine) rtpengine_run ;;
+		kernel) traverse_run nftables kernel ;;
+		ebpf) traverse_run ebpf ebpf ;;
+		*) echo "unknown mode $m in MODES"; exit 1 ;;
+		esac
+	done
 done
 
 printf '%s\n' "${results[@]}" >"$tmp/results.json"
@@ -103,9 +120,11 @@ cat "$tmp/results.json"
 python3 - "$tmp/results.json" <<'PY'
 import json, sys
 import statistics
-runs = {}
+runs, order = {}, []
 for r in map(json.loads, open(sys.argv[1])):
     runs.setdefault(r["mode"], []).append(r)
+    if r["mode"] not in order:
+        order.append(r["mode"])
 # Per kind of run, the median of each per-packet figure over the rounds.
 keys = ["proxy_cpu_s", "proxy_user_s", "driver_cpu_s", "machine_softirq_s", "machine_busy_s"]
 rs = {}
@@ -116,7 +135,7 @@ for m, l in runs.items():
     r["forwarded"] = int(statistics.median(x["forwarded"] for x in l))
     r["expected"] = l[0]["expected"]
     rs[m] = r
-print(f"rounds: {len(runs['direct'])} (medians)")
+print(f"rounds: {max(len(l) for l in runs.values())} (medians)")
 per = lambda r, k: r[k] / (r["forwarded"] / 1e6)
 # attributable: the proxy process + the load driver + softirq time. This
 # kernel has no IRQ time accounting, so forwarding done in softirq is
@@ -125,18 +144,33 @@ per = lambda r, k: r[k] / (r["forwarded"] / 1e6)
 # other processes sharing the machine (their softirq aside).
 attr = lambda r: per(r, "proxy_cpu_s") + per(r, "driver_cpu_s") + per(r, "machine_softirq_s")
 print()
-print(f"{'run':10} {'forwarded':>10} {'of expected':>11} {'proxy':>8} {'driver':>8} {'softirq':>8} {'attrib.':>8} {'machine':>8} {'offloaded':>9}   (CPU-s per million forwarded packets)")
-for m in ["direct", "traverse", "rtpengine", "kernel"]:
+print(f"{'run':10} {'forwarded':>10} {'of expected':>11} {'proxy':>8} {'user':>8} {'driver':>8} {'softirq':>8} {'attrib.':>8} {'machine':>8} {'offloaded':>9}   (CPU-s per million forwarded packets)")
+for m in order:
     r = rs[m]
-    print(f"{m:10} {r['forwarded']:>10} {r['forwarded']/r['expected']:>10.1%} {per(r,'proxy_cpu_s'):>8.2f} {per(r,'driver_cpu_s'):>8.2f} {per(r,'machine_softirq_s'):>8.2f} {attr(r):>8.2f} {per(r,'machine_busy_s'):>8.2f} {r['offloaded_calls']:>9}")
-t, e, k, d = rs["traverse"], rs["rtpengine"], rs["kernel"], rs["direct"]
+    print(f"{m:10} {r['forwarded']:>10} {r['forwarded']/r['expected']:>10.1%} {per(r,'proxy_cpu_s'):>8.2f} {per(r,'proxy_user_s'):>8.2f} {per(r,'driver_cpu_s'):>8.2f} {per(r,'machine_softirq_s'):>8.2f} {attr(r):>8.2f} {per(r,'machine_busy_s'):>8.2f} {r['offloaded_calls']:>9}")
 print()
-print(f"user space, proxy process CPU: rtpengine / traverse = {per(e,'proxy_cpu_s')/per(t,'proxy_cpu_s'):.2f}x (goal >= 1.5x)")
-ex = lambda r: attr(r) - attr(d)
-print(f"attributable CPU above the routing-only baseline: traverse {ex(t):.2f}, rtpengine {ex(e):.2f}, kernel path {ex(k):.2f} CPU-s/Mpkt")
-if ex(k) > 0:
-    print(f"kernel path vs traverse user space: {ex(t)/ex(k):.1f}x cheaper (goal >= 5x)")
-else:
-    print("kernel path: nothing measurable above the routing-only baseline (within noise)")
-print(f"kernel path, proxy process alone: {per(k,'proxy_cpu_s'):.3f} CPU-s/Mpkt vs {per(t,'proxy_cpu_s'):.2f} in user space")
+if "rtpengine" in rs and "traverse" in rs:
+    t, e = rs["traverse"], rs["rtpengine"]
+    print(f"user space, proxy process CPU: rtpengine / traverse = {per(e,'proxy_cpu_s')/per(t,'proxy_cpu_s'):.2f}x (goal >= 1.5x)")
+if "direct" not in rs:
+    sys.exit(0)
+# Paired excess: each run's attributable CPU minus its own round's direct
+# run, median over the rounds.
+ex = {}
+for m in order:
+    if m == "direct":
+        continue
+    diffs = [attr(x) - attr(d) for x, d in zip(runs[m], runs["direct"])]
+    ex[m] = statistics.median(diffs)
+    print(f"{m:10} attributable CPU above the same round's routing-only run: median {ex[m]:6.2f} CPU-s/Mpkt (per round: {', '.join(f'{v:.2f}' for v in diffs)})")
+names = {"kernel": "nftables kernel path", "ebpf": "eBPF kernel path"}
+if "traverse" in ex:
+    for m in ["kernel", "ebpf"]:
+        if m not in ex:
+            continue
+        if ex[m] > 0:
+            print(f"{names[m]} vs traverse user space: {ex['traverse']/ex[m]:.1f}x cheaper (goal >= 5x)")
+        else:
+            print(f"{names[m]}: at or below the routing-only baseline (nothing measurable above it)")
+        print(f"{names[m]}, proxy process alone: {per(rs[m],'proxy_cpu_s'):.3f} CPU-s/Mpkt vs {per(rs['traverse'],'proxy_cpu_s'):.2f} in user space")
 PY

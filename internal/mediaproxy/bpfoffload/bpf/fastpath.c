@@ -4,9 +4,9 @@
 // established media flows of the traverse media proxy below the socket
 // layer. It looks the UDP 4-tuple of an IPv4 packet up in the flows map;
 // on a hit it rewrites source and destination address and port, decrements
-// the TTL, fixes the IP and UDP checksums through the kernel's helpers
-// (which also handle CHECKSUM_PARTIAL skbs from local senders and keep a
-// zero UDP checksum zero), counts the packet in the flow's per-CPU slot and
+// the TTL, updates the IP header checksum incrementally and the UDP checksum
+// through the kernel's helper (which handles CHECKSUM_PARTIAL skbs from
+// local senders and keeps a zero UDP checksum zero), counts the packet in the flow's per-CPU slot and
 // redirects it with bpf_redirect_neigh, which routes it out of the flow's
 // egress interface and resolves the next hop's MAC. Everything else
 // (no hit, not IPv4/UDP, fragments, IP options, TTL <= 1, truncated or
@@ -53,14 +53,24 @@ struct {
 } flows SEC(".maps");
 
 #define IP_OFF ETH_HLEN
-#define IP_CSUM_OFF (IP_OFF + __builtin_offsetof(struct iphdr, check))
-#define IP_TTL_OFF (IP_OFF + __builtin_offsetof(struct iphdr, ttl))
-#define IP_ADDRS_OFF (IP_OFF + __builtin_offsetof(struct iphdr, saddr))
 #define UDP_OFF (IP_OFF + sizeof(struct iphdr))
 #define UDP_CSUM_OFF (UDP_OFF + __builtin_offsetof(struct udphdr, check))
 // PASS hands the packet on: to the next TCX program, or to the stack.
 #define PASS TC_ACT_UNSPEC
 #define IP_MF 0x2000
+
+static __always_inline __u32 csum_add(__u32 s, __u32 v)
+{
+	s += v;
+	return s + (s < v);
+}
+
+static __always_inline __u16 csum_fold(__u32 s)
+{
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	return (__u16)s;
+}
 #define IP_OFFSET 0x1fff
 
 SEC("tc")
@@ -103,21 +113,28 @@ int fastpath_ingress(struct __sk_buff *skb)
 	v->bytes += tot;
 
 	__be32 saddr = v->saddr, daddr = v->daddr;
-	__be16 sport = v->sport, dport = v->dport;
 	__u32 ifindex = v->ifindex;
-	__u16 ttl_old = *(__u16 *)&ip->ttl; // ttl and protocol
+	// The ports as the one 32-bit word they are in memory.
+	__u32 ports_old = *(__u32 *)&udp->source;
+	__u32 ports_new = (__u32)v->sport | (__u32)v->dport << 16;
+	__u16 ttl_old = *(__u16 *)&ip->ttl; // TTL and protocol
 	__u16 ttl_new = ttl_old;
 	((__u8 *)&ttl_new)[0] -= 1;
-	__u64 l4 = BPF_F_MARK_MANGLED_0; // a zero UDP checksum stays zero
 
-	// The helpers may move the packet: packet pointers are reloaded after.
-	bpf_l3_csum_replace(skb, IP_CSUM_OFF, k.saddr, saddr, 4);
-	bpf_l3_csum_replace(skb, IP_CSUM_OFF, k.daddr, daddr, 4);
-	bpf_l3_csum_replace(skb, IP_CSUM_OFF, ttl_old, ttl_new, 2);
-	bpf_l4_csum_replace(skb, UDP_CSUM_OFF, k.saddr, saddr, l4 | BPF_F_PSEUDO_HDR | 4);
-	bpf_l4_csum_replace(skb, UDP_CSUM_OFF, k.daddr, daddr, l4 | BPF_F_PSEUDO_HDR | 4);
-	bpf_l4_csum_replace(skb, UDP_CSUM_OFF, k.sport, sport, l4 | 2);
-	bpf_l4_csum_replace(skb, UDP_CSUM_OFF, k.dport, dport, l4 | 2);
+	// One's complement differences (RFC 1624) of the rewritten words.
+	__u32 addrs = csum_add(csum_add(csum_add(~k.saddr, ~k.daddr), saddr), daddr);
+	__u32 ports = csum_add(~ports_old, ports_new);
+
+	// The IP header checksum is always complete: update it in place.
+	ip->check = ~csum_fold(csum_add(csum_add(csum_add((__u16)~ip->check, addrs), (__u16)~ttl_old), ttl_new));
+	ip->ttl -= 1;
+
+	// The UDP checksum goes through the helper, which knows the skb's
+	// checksum state: a CHECKSUM_PARTIAL packet (local senders on veth)
+	// takes only the pseudo-header change, a zero checksum stays zero.
+	// The helper may move the packet: packet pointers are reloaded after.
+	bpf_l4_csum_replace(skb, UDP_CSUM_OFF, 0, addrs, BPF_F_MARK_MANGLED_0 | BPF_F_PSEUDO_HDR);
+	bpf_l4_csum_replace(skb, UDP_CSUM_OFF, 0, ports, BPF_F_MARK_MANGLED_0);
 
 	data = (void *)(long)skb->data;
 	data_end = (void *)(long)skb->data_end;
@@ -127,9 +144,7 @@ int fastpath_ingress(struct __sk_buff *skb)
 		return TC_ACT_SHOT;
 	ip->saddr = saddr;
 	ip->daddr = daddr;
-	ip->ttl -= 1;
-	udp->source = sport;
-	udp->dest = dport;
+	*(__u32 *)&udp->source = ports_new;
 	return bpf_redirect_neigh(ifindex, NULL, 0, 0);
 }
 

@@ -6,6 +6,9 @@
 # For each scenario: server CPU-seconds per million forwarded RTP packets (utime+stime of the
 # server process over the measurement window, /proc/PID/stat), packets in and out, loss, memory.
 # Usage: bench/sfu-vs-janus.sh [DURATION]   (default 10s; bounded; loopback only)
+#   SFUBENCH_SCENARIOS="fanout rooms" (default both) and SFUBENCH_SERVERS="traverse batched janus udpfwd"
+#   (default all) narrow a run, e.g. SFUBENCH_SCENARIOS=fanout SFUBENCH_SERVERS="traverse udpfwd".
+#   SFUBENCH_PROFILE=SECONDS takes a CPU profile of the traverse server (serve --pprof) during each run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Everything runs in a network namespace of our own (root needed): no traffic can leave it.
@@ -24,6 +27,9 @@ if [ -z "${SFUBENCH_NS:-}" ]; then
   exit $?
 fi
 DUR=${1:-10s}
+SCENARIOS=${SFUBENCH_SCENARIOS:-fanout rooms}
+SERVERS=${SFUBENCH_SERVERS:-traverse batched janus udpfwd}
+want() { [[ " $SERVERS " == *" $1 "* ]]; }
 OUT=$(mktemp -d /tmp/sfubench.XXXXXX)
 BIN=$OUT/traverse
 go build -o "$BIN" ./cmd/traverse
@@ -43,10 +49,10 @@ print(" ".join(str(s.getsockname()[1]) for s in ss))')
   "$BIN" serve --admin 127.0.0.1:$ADM --bus-listen 127.0.0.1:$NATS --sfu-udp 127.0.0.1:$UDP --sfu-tcp 127.0.0.1:$TCP \
     --signal-http 127.0.0.1:$HTTP --stun-listen 127.0.0.1:$P1 --stun-other-port $P2 --stun-no-tcp --stun-tls-listen "" \
     --turn-listen 127.0.0.1:$P3 --turn-no-tcp --sipgw-sip 127.0.0.1:$P4 \
-    --sipgw-rtp 127.0.0.1:$P5 --sipgw-rtcp 127.0.0.1:$P6 --log-level warn >>"$OUT/serve.log" 2>&1 &
+    --sipgw-rtp 127.0.0.1:$P5 --sipgw-rtcp 127.0.0.1:$P6 --log-level warn ${SFUBENCH_PROFILE:+--pprof} >>"$OUT/serve.log" 2>&1 &
   TPID=$!; PIDS+=($TPID)
   # the same with the batched socket I/O under pion's mux (--sfu-batch-io)
-  "$BIN" serve --admin 127.0.0.1:$ADM2 --bus-listen 127.0.0.1:$NATS2 --sfu-udp 127.0.0.1:$UDP2 --sfu-tcp 127.0.0.1:$TCP2 --sfu-batch-io \
+  "$BIN" serve --admin 127.0.0.1:$ADM2 --bus-listen 127.0.0.1:$NATS2 --sfu-udp 127.0.0.1:$UDP2 --sfu-tcp 127.0.0.1:$TCP2 --sfu-batch-io ${SFUBENCH_PROFILE:+--pprof} \
     --signal-http 127.0.0.1:$HTTP2 --stun-listen 127.0.0.1:$Q1 --stun-other-port $Q2 --stun-no-tcp --stun-tls-listen "" \
     --turn-listen 127.0.0.1:$Q3 --turn-no-tcp --sipgw-sip 127.0.0.1:$Q4 \
     --sipgw-rtp 127.0.0.1:$Q5 --sipgw-rtcp 127.0.0.1:$Q6 --log-level warn >>"$OUT/serve-batched.log" 2>&1 &
@@ -72,19 +78,41 @@ run() { # name rooms pubs subs
   local name=$1 r=$2 p=$3 s=$4
   echo "== $name: $r room(s) x ($p publishers + $s subscribers), $DUR" >&2
   start_servers
-  "$BIN" load --nats nats://127.0.0.1:$NATS --rooms $r --publishers $p --subscribers $s --duration $DUR \
-    --server-pid $TPID --room-prefix "t$name" --json 2>"$OUT/traverse-$name.err" >"$OUT/traverse-$name.json" || true
-  "$BIN" load --nats nats://127.0.0.1:$NATS2 --rooms $r --publishers $p --subscribers $s --duration $DUR \
-    --server-pid $TPID2 --room-prefix "b$name" --json 2>"$OUT/batched-$name.err" >"$OUT/batched-$name.json" || true
-  curl -s "http://127.0.0.1:$ADM2/metrics" | grep -E '^traverse_sfu_(udp_|rtp_forwarded)' >"$OUT/batched-$name-metrics.txt" || true
-  "$BIN" load --janus "http://127.0.0.1:$JPORT/janus" --ice-ip 10.77.0.1 --rooms $r --publishers $p --subscribers $s --duration $DUR \
-    --server-pid $JPID --room-prefix "j$name" --json 2>"$OUT/janus-$name.err" >"$OUT/janus-$name.json" || true
-  "$OUT/udpfwd" -mode load -server 127.0.0.1:$FPORT -server-pid $FPID -rooms $r -publishers $p -subscribers $s \
-    -duration $DUR >"$OUT/udpfwd-$name.json" || true
+  if want traverse; then
+    if [ -n "${SFUBENCH_PROFILE:-}" ]; then
+      (sleep 6; curl -s -o "$OUT/traverse-$name.pprof" "http://127.0.0.1:$ADM/debug/pprof/profile?seconds=$SFUBENCH_PROFILE") &
+      PROF=$!
+    fi
+    "$BIN" load --nats nats://127.0.0.1:$NATS --rooms $r --publishers $p --subscribers $s --duration $DUR \
+      --server-pid $TPID --room-prefix "t$name" --json 2>"$OUT/traverse-$name.err" >"$OUT/traverse-$name.json" || true
+    [ -n "${PROF:-}" ] && { wait "$PROF" 2>/dev/null || true; }
+  fi
+  if want batched; then
+    if [ -n "${SFUBENCH_PROFILE:-}" ]; then
+      (sleep 6; curl -s -o "$OUT/batched-$name.pprof" "http://127.0.0.1:$ADM2/debug/pprof/profile?seconds=$SFUBENCH_PROFILE") &
+      PROF=$!
+    fi
+    "$BIN" load --nats nats://127.0.0.1:$NATS2 --rooms $r --publishers $p --subscribers $s --duration $DUR \
+      --server-pid $TPID2 --room-prefix "b$name" --json 2>"$OUT/batched-$name.err" >"$OUT/batched-$name.json" || true
+    [ -n "${PROF:-}" ] && { wait "$PROF" 2>/dev/null || true; }
+    curl -s "http://127.0.0.1:$ADM2/metrics" | grep -E '^traverse_sfu_(udp_|rtp_forwarded)' >"$OUT/batched-$name-metrics.txt" || true
+  fi
+  if want janus; then
+    "$BIN" load --janus "http://127.0.0.1:$JPORT/janus" --ice-ip 10.77.0.1 --rooms $r --publishers $p --subscribers $s --duration $DUR \
+      --server-pid $JPID --room-prefix "j$name" --json 2>"$OUT/janus-$name.err" >"$OUT/janus-$name.json" || true
+  fi
+  if want udpfwd; then
+    "$OUT/udpfwd" -mode load -server 127.0.0.1:$FPORT -server-pid $FPID -rooms $r -publishers $p -subscribers $s \
+      -duration $DUR >"$OUT/udpfwd-$name.json" || true
+  fi
   cleanup
 }
-run fanout 1 1 50
-run rooms 10 4 0
+for sc in $SCENARIOS; do
+  case $sc in
+    fanout) run fanout 1 1 50 ;;
+    rooms) run rooms 10 4 0 ;;
+  esac
+done
 cat "$OUT"/batched-*-metrics.txt >&2 || true
 
 python3 - "$OUT" <<'PY'
@@ -93,6 +121,8 @@ out = sys.argv[1]
 print(f"{'scenario':8} {'server':9} {'pub pkt/s':>9} {'out pkt/s':>9} {'expected':>9} {'loss %':>7} {'CPU %':>6} {'CPU-s/Mpkt':>10} {'pkt/CPU-s':>9} {'KiB/peer':>8}")
 for sc in ("fanout", "rooms"):
     for srv in ("traverse", "batched", "janus", "udpfwd"):
+        if not os.path.exists(os.path.join(out, f"{srv}-{sc}.json")):
+            continue
         try:
             d = json.load(open(os.path.join(out, f"{srv}-{sc}.json")))
         except Exception as e:

@@ -6,6 +6,8 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net/http"
+	"net/http/pprof"
 	"os"
 	"time"
 
@@ -19,6 +21,9 @@ type common struct {
 	Config string         `yaml:"-"`
 	Admin  string         `yaml:"admin"`
 	Log    logging.Config `yaml:"log"`
+	// Pprof mounts net/http/pprof on the admin listener (off by default:
+	// profiles reveal internals and cost CPU while taken).
+	Pprof bool `yaml:"pprof"`
 }
 
 func (c *common) flags(fs *flag.FlagSet) {
@@ -26,6 +31,7 @@ func (c *common) flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Admin, "admin", c.Admin, "admin HTTP listener `host:port` serving /metrics, /healthz and /readyz (empty disables it)")
 	fs.StringVar(&c.Log.Format, "log-format", c.Log.Format, "log format: text or json")
 	fs.StringVar(&c.Log.Level, "log-level", c.Log.Level, "log level: debug, info, warn or error")
+	fs.BoolVar(&c.Pprof, "pprof", c.Pprof, "serve net/http/pprof under /debug/pprof/ on the admin listener")
 }
 
 // newFlagSet returns a flag set whose usage names the command and summary.
@@ -48,6 +54,7 @@ func load(fs *flag.FlagSet, args []string, cfg any, c *common) ([]string, *slog.
 	if err != nil {
 		return nil, nil, err
 	}
+	pprofOn = c.Pprof
 	return rest, log, nil
 }
 
@@ -95,11 +102,21 @@ func runAll(ctx context.Context, log *slog.Logger, runners ...runner) error {
 
 const shutdownGrace = 5 * time.Second
 
+// pprofOn is the --pprof flag of the command being run (set by load).
+var pprofOn bool
+
 // runWithAdmin binds the admin listener on addr, then runs it and the
 // roles' runners until ctx is done (see runAll). The runners hold sockets
 // already: if the admin listener cannot bind, they are stopped and
 // released before the error returns.
 func runWithAdmin(ctx context.Context, log *slog.Logger, a *admin.Server, addr string, runners ...runner) error {
+	if pprofOn {
+		a.Handle("/debug/pprof/", http.HandlerFunc(pprof.Index))
+		a.Handle("/debug/pprof/cmdline", http.HandlerFunc(pprof.Cmdline))
+		a.Handle("/debug/pprof/profile", http.HandlerFunc(pprof.Profile))
+		a.Handle("/debug/pprof/symbol", http.HandlerFunc(pprof.Symbol))
+		a.Handle("/debug/pprof/trace", http.HandlerFunc(pprof.Trace))
+	}
 	if err := a.Listen(addr); err != nil {
 		stopped, cancel := context.WithCancel(ctx)
 		cancel()

@@ -1,6 +1,7 @@
 package sfu
 
 import (
+	"errors"
 	"io"
 	"net"
 	"net/netip"
@@ -15,10 +16,13 @@ import (
 // net.PacketConn with ice.AddrPortReaderWriter). pion's mux still does the
 // demultiplexing (ufrag of the first STUN binding, then source address)
 // but the system calls are ours: reads take whatever the socket has queued
-// with one recvmmsg, and writes from every peer connection go into one
-// bounded queue that a single writer goroutine sends with sendmmsg. On one
-// port carrying every flow, packets queue up, so a fan-out of one packet to
-// fifty subscribers costs a few system calls instead of fifty.
+// with one recvmmsg, and writes are "corked" while a publisher's packet is
+// fanned out: a track's read loop calls cork before writing the packet to
+// every subscriber and uncork after, and uncork sends everything queued
+// meanwhile with sendmmsg, in the read loop's own goroutine (no hand-off to
+// a writer goroutine). Writes while nothing is corked go straight out with
+// one sendto, as without batching. A fan-out of one packet to fifty
+// subscribers costs one or two system calls instead of fifty.
 type batchConn struct {
 	c *udpio.Conn
 
@@ -26,33 +30,27 @@ type batchConn struct {
 	rmsgs  []udpio.Message
 	rn, ri int
 
-	mu      sync.Mutex // guards pending, spare, closed
+	corked atomic.Int32 // read loops inside a cork/uncork pair
+
+	mu      sync.Mutex // guards pending, closed
 	pending []udpio.Message
-	spare   []udpio.Message
 	closed  bool
 
-	kick chan struct{}
-	done chan struct{}
-	wg   sync.WaitGroup
+	fmu   sync.Mutex // serialises flushes; guards spare
+	spare []udpio.Message
+
 	once sync.Once
 
 	writes, batches, drops atomic.Uint64
 }
 
-// batchQueue is the most packets waiting for the writer; past it packets
-// are dropped (and counted): 2048 x 1500 bytes per slab, two slabs.
-const batchQueue = 2048
+// batchQueue is the most packets queued while corked; a write that finds
+// the queue full flushes it first: 512 x 1500 bytes per slab, two slabs.
+const batchQueue = 512
 
 func newBatchConn(c *udpio.Conn) *batchConn {
-	b := &batchConn{c: c, rmsgs: udpio.NewMessages(64, 1500),
-		pending: udpio.NewMessages(batchQueue, 1500)[:0], spare: udpio.NewMessages(batchQueue, 1500)[:0],
-		kick: make(chan struct{}, 1), done: make(chan struct{})}
-	b.wg.Add(1)
-	go func() {
-		defer b.wg.Done()
-		b.writeLoop()
-	}()
-	return b
+	return &batchConn{c: c, rmsgs: udpio.NewMessages(64, 1500),
+		pending: udpio.NewMessages(batchQueue, 1500)[:0], spare: udpio.NewMessages(batchQueue, 1500)[:0]}
 }
 
 // ReadFromAddrPort returns the next queued datagram, reading a new batch
@@ -76,56 +74,76 @@ func (b *batchConn) ReadFromAddrPort(p []byte) (int, netip.AddrPort, error) {
 	return copy(p, m.Payload()), m.Addr, nil
 }
 
-// WriteToAddrPort queues p for the writer. It never blocks; a full queue
-// drops the packet (SRTP and ICE recover from loss).
+// cork makes writes queue until the matching uncork.
+func (b *batchConn) cork() { b.corked.Add(1) }
+
+// uncork ends a cork and sends what is queued.
+func (b *batchConn) uncork() {
+	b.corked.Add(-1)
+	b.flush()
+}
+
+// WriteToAddrPort sends p now when no read loop is corked, else queues it
+// for the uncork. It never blocks on a writer.
 func (b *batchConn) WriteToAddrPort(p []byte, addr netip.AddrPort) (int, error) {
-	b.mu.Lock()
-	if b.closed {
-		b.mu.Unlock()
-		return 0, net.ErrClosed
-	}
-	n := len(b.pending)
-	if n == cap(b.pending) || len(p) > 1500 {
-		b.mu.Unlock()
+	if len(p) > 1500 {
 		b.drops.Add(1)
 		return len(p), nil
 	}
-	b.pending = b.pending[:n+1]
-	m := &b.pending[n]
-	m.N = copy(m.Buf[:cap(m.Buf)], p)
-	m.Addr = addr
-	b.mu.Unlock()
-	select {
-	case b.kick <- struct{}{}:
-	default:
+	for {
+		b.mu.Lock()
+		if b.closed {
+			b.mu.Unlock()
+			return 0, net.ErrClosed
+		}
+		n := len(b.pending)
+		if n == 0 && b.corked.Load() == 0 {
+			b.mu.Unlock()
+			if err := b.c.WriteTo(p, addr); err != nil && errors.Is(err, net.ErrClosed) {
+				return 0, err
+			}
+			b.writes.Add(1)
+			b.batches.Add(1)
+			return len(p), nil
+		}
+		if n == cap(b.pending) {
+			b.mu.Unlock()
+			b.flush()
+			continue
+		}
+		b.pending = b.pending[:n+1]
+		m := &b.pending[n]
+		m.N = copy(m.Buf[:cap(m.Buf)], p)
+		m.Addr = addr
+		b.mu.Unlock()
+		break
+	}
+	// An uncork that ran between the check above and the queueing did not
+	// see this packet: whoever finds nothing corked sends it.
+	if b.corked.Load() == 0 {
+		b.flush()
 	}
 	return len(p), nil
 }
 
-func (b *batchConn) writeLoop() {
-	for {
-		select {
-		case <-b.kick:
-		case <-b.done:
-			return
-		}
-		for {
-			b.mu.Lock()
-			batch := b.pending
-			if len(batch) == 0 {
-				b.mu.Unlock()
-				break
-			}
-			b.pending, b.spare = b.spare[:0], nil
-			b.mu.Unlock()
-			_, _ = b.c.WriteBatch(batch) // unreachable destinations are skipped
-			b.writes.Add(uint64(len(batch)))
-			b.batches.Add(1)
-			b.mu.Lock()
-			b.spare = batch[:0]
-			b.mu.Unlock()
-		}
+// flush sends everything queued with sendmmsg.
+func (b *batchConn) flush() {
+	b.fmu.Lock()
+	defer b.fmu.Unlock()
+	b.mu.Lock()
+	batch := b.pending
+	if len(batch) == 0 {
+		b.mu.Unlock()
+		return
 	}
+	b.pending, b.spare = b.spare[:0], nil
+	b.mu.Unlock()
+	_, _ = b.c.WriteBatch(batch) // unreachable destinations are skipped
+	b.writes.Add(uint64(len(batch)))
+	b.batches.Add(1)
+	b.mu.Lock()
+	b.spare = batch[:0]
+	b.mu.Unlock()
 }
 
 // ReadFrom and WriteTo make batchConn a net.PacketConn; pion uses the
@@ -146,15 +164,13 @@ func (b *batchConn) WriteTo(p []byte, addr net.Addr) (int, error) {
 	return b.WriteToAddrPort(p, ua.AddrPort())
 }
 
-// Close closes the socket and stops the writer. It is idempotent.
+// Close closes the socket. It is idempotent.
 func (b *batchConn) Close() error {
 	b.once.Do(func() {
 		b.mu.Lock()
 		b.closed = true
 		b.mu.Unlock()
-		close(b.done)
 		b.c.Close()
-		b.wg.Wait()
 	})
 	return nil
 }

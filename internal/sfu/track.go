@@ -169,7 +169,8 @@ func (t *pubTrack) readLoop(l *layer) {
 		}
 		s.received.Add(1)
 		l.bytes.Add(uint64(n))
-		l.seen.Store(time.Now().UnixNano())
+		now := time.Now().UnixNano()
+		l.seen.Store(now)
 		if t.levelID != 0 {
 			if lv, _, ok := audioLevel(pkt.GetExtension(t.levelID)); ok {
 				t.pub.observeLevel(lv)
@@ -179,8 +180,18 @@ func (t *pubTrack) readLoop(l *layer) {
 			l.cache.put(&pkt)
 		}
 		key := t.kind == webrtc.RTPCodecTypeVideo && isKeyframe(t.ck, pkt.Payload)
-		for _, d := range *t.downs.Load() {
-			d.write(l.idx, &pkt, key)
+		downs := *t.downs.Load()
+		if s.batch != nil && len(downs) > 1 {
+			// One sendmmsg for the whole fan-out (batchconn.go).
+			s.batch.cork()
+			for _, d := range downs {
+				d.write(l.idx, &pkt, key, now)
+			}
+			s.batch.uncork()
+			continue
+		}
+		for _, d := range downs {
+			d.write(l.idx, &pkt, key, now)
 		}
 	}
 }
@@ -297,6 +308,10 @@ type downTrack struct {
 	lastStep int64
 	// maxLayer is the highest layer the subscriber asked for (RequestLayer).
 	maxLayer int
+	// hdr is the rewritten header of the packet being written: a field, so
+	// that handing its address to the TrackLocalWriter (an interface) does
+	// not move a copy to the heap on every packet.
+	hdr rtp.Header
 }
 
 // Loss-based layer capping, for subscribers that send no REMB (browsers
@@ -444,8 +459,9 @@ func (d *downTrack) setTarget(l int) {
 }
 
 // write forwards pkt from layer idx if that is the layer this subscriber
-// gets, switching to the target layer on its keyframe.
-func (d *downTrack) write(idx int, pkt *rtp.Packet, key bool) {
+// gets, switching to the target layer on its keyframe. now is the packet's
+// arrival (unix nanoseconds). It does not allocate (TestDownTrackWriteAllocs).
+func (d *downTrack) write(idx int, pkt *rtp.Packet, key bool, now int64) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.ws == nil {
@@ -455,7 +471,6 @@ func (d *downTrack) write(idx int, pkt *rtp.Packet, key bool) {
 		if idx != d.target || !key {
 			return
 		}
-		now := time.Now().UnixNano()
 		if d.started {
 			d.seqOff = d.lastSeq + 1 - pkt.SequenceNumber
 			delta := uint32(uint64(now-d.lastAt) * uint64(d.clock) / uint64(time.Second))
@@ -470,7 +485,8 @@ func (d *downTrack) write(idx int, pkt *rtp.Packet, key bool) {
 		d.cur = idx
 		d.epochLen = 0
 	}
-	h := pkt.Header
+	h := &d.hdr
+	*h = pkt.Header
 	h.SSRC = d.ssrc
 	h.PayloadType = d.pt
 	h.SequenceNumber = pkt.SequenceNumber + d.seqOff
@@ -478,11 +494,11 @@ func (d *downTrack) write(idx int, pkt *rtp.Packet, key bool) {
 	h.Extension = false
 	h.Extensions = nil
 	h.ExtensionProfile = 0
-	d.lastSeq, d.lastTS, d.lastAt, d.started = h.SequenceNumber, h.Timestamp, time.Now().UnixNano(), true
+	d.lastSeq, d.lastTS, d.lastAt, d.started = h.SequenceNumber, h.Timestamp, now, true
 	if d.epochLen < cacheSize {
 		d.epochLen++
 	}
-	if _, err := d.ws.WriteRTP(&h, pkt.Payload); err == nil {
+	if _, err := d.ws.WriteRTP(h, pkt.Payload); err == nil {
 		d.t.r.s.forwarded.Add(1)
 	}
 }
@@ -514,14 +530,16 @@ func (d *downTrack) resend(seq uint16, buf []byte) bool {
 	if l == nil || l.cache == nil {
 		return false
 	}
-	h, payload, ok := l.cache.get(seq-d.seqOff, buf)
+	hdr, payload, ok := l.cache.get(seq-d.seqOff, buf)
 	if !ok {
 		return false
 	}
+	h := &d.hdr
+	*h = hdr
 	h.SSRC = d.ssrc
 	h.PayloadType = d.pt
 	h.SequenceNumber = seq
 	h.Timestamp += d.tsOff
-	_, err := d.ws.WriteRTP(&h, payload)
+	_, err := d.ws.WriteRTP(h, payload)
 	return err == nil
 }

@@ -16,9 +16,9 @@ type Flow struct {
 	ServerSrc netip.AddrPort
 }
 
-// Offloader moves latched flows into a kernel fast path and back. nftables
-// rules own it now (package mediaproxy/nftoffload); an eBPF program can own
-// the same flows later behind this interface. Implementations are safe for
+// Offloader moves latched flows into a kernel fast path and back. It has
+// two owners: nftables rules (package mediaproxy/nftoffload) and an eBPF
+// tc program (package mediaproxy/bpfoffload). Implementations are safe for
 // concurrent use.
 type Offloader interface {
 	// Offload installs forwarding for both directions of flow.

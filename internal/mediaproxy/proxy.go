@@ -27,7 +27,7 @@
 // # Kernel offload
 //
 // After OffloadAfter packets in each direction, a latched stream's RTP flow
-// is handed to an Offloader (nftables now, eBPF later), after which user
+// is handed to an Offloader (nftables rules or an eBPF program), after which user
 // space no longer sees it; the offloader's counters keep the session alive
 // and visible. RTCP stays in user space (a few packets per second).
 package mediaproxy

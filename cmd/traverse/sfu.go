@@ -28,7 +28,7 @@ func bindSFU(fs *flag.FlagSet, prefix string, c *sfuConfig) {
 	fs.StringVar(&c.NodeID, prefix+"node-id", c.NodeID, "node `id` on the bus (default sfu-PORT)")
 	fs.StringVar(&c.Region, prefix+"region", c.Region, "`region` announced for node selection")
 	fs.IntVar(&c.MaxPeers, prefix+"max-peers", 2000, "refuse joins past this many sessions")
-	fs.BoolVar(&c.BatchIO, prefix+"batch-io", c.BatchIO, "batched media socket I/O (recvmmsg, one sendmmsg writer) under pion's mux instead of one packet per system call")
+	fs.BoolVar(&c.BatchIO, prefix+"batch-io", c.BatchIO, "batched media socket I/O (recvmmsg reads, a fan-out corked into one sendmmsg) under pion's mux instead of one packet per system call")
 	fs.DurationVar(&c.PLIInterval, prefix+"pli-interval", 0, "least `time` between keyframe requests to one publisher layer (default 500ms)")
 }
 

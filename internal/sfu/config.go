@@ -29,12 +29,12 @@ type Config struct {
 	// forwards to one publisher's layer; default 500 ms. Lower gives
 	// faster recovery, higher spares the publisher's encoder.
 	PLIInterval time.Duration `yaml:"pli-interval"`
-	// BatchIO puts the batched socket (recvmmsg reads, one sendmmsg
-	// writer behind a bounded queue) under pion's UDP mux instead of
-	// pion's one packet per system call. Default false: on this project's
-	// 2-vCPU loopback benchmark it cost the same CPU per packet (the
-	// kernel's per-datagram work dominates, docs/benchmarks.md) and a
-	// starved writer drops packets when its queue fills.
+	// BatchIO puts the batched socket (recvmmsg reads, a fan-out's writes
+	// corked into one sendmmsg, batchconn.go) under pion's UDP mux instead
+	// of pion's one packet per system call. Default false: on this
+	// project's 2-vCPU loopback benchmark it saved 0-18 % per packet,
+	// within the run-to-run noise (the kernel's per-datagram work
+	// dominates, docs/benchmarks.md).
 	BatchIO bool `yaml:"batch-io"`
 	// AnnounceInterval is how often the node announces itself; default
 	// bus.AnnounceInterval.

@@ -13,6 +13,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netns"
 
 	"github.com/traverse-rtc/traverse/internal/mediaproxy"
 )
@@ -25,8 +26,36 @@ import (
 // them), and the program's counters must grow instead. Removing the flow
 // hands it back to user space, which keeps it flowing; Close detaches the
 // program from every interface.
+//
+// It runs twice, so that the receiving stacks verify every UDP checksum the
+// program wrote: once with the senders leaving checksums partial (veth
+// offload, the default) and the gateway's interfaces completing them in
+// software, once with the senders computing them in full.
 func TestOffloadTakesOverFlow(t *testing.T) {
-	l := newLab(t)
+	for _, tc := range []struct {
+		name    string
+		txOffIn func(l *lab) (netns.NsHandle, []string)
+	}{
+		{"partial checksums completed at the gateway", func(l *lab) (netns.NsHandle, []string) { return l.gw, []string{"out0", "in0"} }},
+		{"full checksums from the senders", nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l := newLab(t)
+			if tc.txOffIn != nil {
+				ns, names := tc.txOffIn(l)
+				for _, n := range names {
+					l.txChecksum(t, ns, n, false)
+				}
+			} else {
+				l.txChecksum(t, l.client, "out1", false)
+				l.txChecksum(t, l.server, "in1", false)
+			}
+			testOffloadTakesOverFlow(t, l)
+		})
+	}
+}
+
+func testOffloadTakesOverFlow(t *testing.T, l *lab) {
 	var off *Offloader
 	var p *mediaproxy.Proxy
 	l.in(t, l.gw, func() {

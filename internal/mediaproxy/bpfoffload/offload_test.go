@@ -74,6 +74,7 @@ func testOffloadTakesOverFlow(t *testing.T, l *lab) {
 		}
 	})
 	t.Cleanup(func() { p.Close(); off.Close() })
+	skipWithoutTCX(t, off)
 
 	var client, server *net.UDPConn
 	l.in(t, l.client, func() {
@@ -296,11 +297,31 @@ func TestOffloadRefusesLocalAndIPv6(t *testing.T) {
 	if off.Flows() != 0 || len(off.Interfaces()) != 0 {
 		t.Errorf("refused flows left %d flows, %d attachments", off.Flows(), len(off.Interfaces()))
 	}
-	if err := off.Offload(good); err != nil {
+	if err := off.Offload(good); errors.Is(err, ebpf.ErrNotSupported) {
+		t.Skipf("kernel lacks TCX (Linux 6.6+): %v", err)
+	} else if err != nil {
 		t.Fatal(err)
 	}
 	if off.Flows() != 1 || len(off.Interfaces()) != 2 {
 		t.Errorf("%d flows, %d attachments, want 1 and 2", off.Flows(), len(off.Interfaces()))
+	}
+}
+
+// skipWithoutTCX installs and removes a probe flow, skipping the test on
+// kernels without TCX (before Linux 6.6).
+func skipWithoutTCX(t *testing.T, off *Offloader) {
+	t.Helper()
+	probe := mediaproxy.Flow{Client: netip.AddrPortFrom(clientIP, 1), Fixed: netip.AddrPortFrom(outsideIP, 1),
+		Inside: netip.AddrPortFrom(insideIP, 1), Server: netip.AddrPortFrom(serverIP, 1), ServerSrc: netip.AddrPortFrom(serverIP, 1)}
+	err := off.Offload(probe)
+	if errors.Is(err, ebpf.ErrNotSupported) {
+		t.Skipf("kernel lacks TCX (Linux 6.6+): %v", err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := off.Remove(probe); err != nil {
+		t.Fatal(err)
 	}
 }
 

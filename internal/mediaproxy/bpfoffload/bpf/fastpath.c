@@ -58,6 +58,7 @@ struct {
 // PASS hands the packet on: to the next TCX program, or to the stack.
 #define PASS TC_ACT_UNSPEC
 #define IP_MF 0x2000
+#define IP_OFFSET 0x1fff
 
 static __always_inline __u32 csum_add(__u32 s, __u32 v)
 {
@@ -71,7 +72,6 @@ static __always_inline __u16 csum_fold(__u32 s)
 	s = (s & 0xffff) + (s >> 16);
 	return (__u16)s;
 }
-#define IP_OFFSET 0x1fff
 
 SEC("tc")
 int fastpath_ingress(struct __sk_buff *skb)
@@ -91,7 +91,7 @@ int fastpath_ingress(struct __sk_buff *skb)
 	if (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET))
 		return PASS;
 	if (ip->ttl <= 1)
-		return PASS; // the stack answers with ICMP
+		return PASS; // to user space, which sends it with a fresh TTL
 	__u32 tot = bpf_ntohs(ip->tot_len);
 	if (tot < sizeof(struct iphdr) + sizeof(struct udphdr) || tot > skb->len - ETH_HLEN)
 		return PASS; // truncated

@@ -6,8 +6,6 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
-	"net/http"
-	"net/http/pprof"
 	"os"
 	"time"
 
@@ -54,7 +52,6 @@ func load(fs *flag.FlagSet, args []string, cfg any, c *common) ([]string, *slog.
 	if err != nil {
 		return nil, nil, err
 	}
-	pprofOn = c.Pprof
 	return rest, log, nil
 }
 
@@ -102,22 +99,15 @@ func runAll(ctx context.Context, log *slog.Logger, runners ...runner) error {
 
 const shutdownGrace = 5 * time.Second
 
-// pprofOn is the --pprof flag of the command being run (set by load).
-var pprofOn bool
-
-// runWithAdmin binds the admin listener on addr, then runs it and the
-// roles' runners until ctx is done (see runAll). The runners hold sockets
-// already: if the admin listener cannot bind, they are stopped and
-// released before the error returns.
-func runWithAdmin(ctx context.Context, log *slog.Logger, a *admin.Server, addr string, runners ...runner) error {
-	if pprofOn {
-		a.Handle("/debug/pprof/", http.HandlerFunc(pprof.Index))
-		a.Handle("/debug/pprof/cmdline", http.HandlerFunc(pprof.Cmdline))
-		a.Handle("/debug/pprof/profile", http.HandlerFunc(pprof.Profile))
-		a.Handle("/debug/pprof/symbol", http.HandlerFunc(pprof.Symbol))
-		a.Handle("/debug/pprof/trace", http.HandlerFunc(pprof.Trace))
+// runWithAdmin binds the admin listener c.Admin (with pprof when c.Pprof),
+// then runs it and the roles' runners until ctx is done (see runAll). The
+// runners hold sockets already: if the admin listener cannot bind, they are
+// stopped and released before the error returns.
+func runWithAdmin(ctx context.Context, log *slog.Logger, a *admin.Server, c *common, runners ...runner) error {
+	if c.Pprof {
+		a.EnableProfiling()
 	}
-	if err := a.Listen(addr); err != nil {
+	if err := a.Listen(c.Admin); err != nil {
 		stopped, cancel := context.WithCancel(ctx)
 		cancel()
 		_ = runAll(stopped, log, runners...)

@@ -119,5 +119,5 @@ func runServe(ctx context.Context, args []string) error {
 		runners = append(runners, run)
 	}
 	log.Info("traverse serving", "roles", roleNames())
-	return runWithAdmin(ctx, log, adm, cfg.Admin, runners...)
+	return runWithAdmin(ctx, log, adm, &cfg.common, runners...)
 }

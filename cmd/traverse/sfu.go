@@ -73,7 +73,7 @@ func runSFU(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	return runWithAdmin(ctx, log, adm, cfg.Admin, run)
+	return runWithAdmin(ctx, log, adm, &cfg.common, run)
 }
 
 func startSFU(c *sfuConfig, log *slog.Logger, adm *admin.Server) (runner, error) {

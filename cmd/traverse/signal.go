@@ -190,7 +190,7 @@ func runSignal(ctx context.Context, args []string) error {
 		return err
 	}
 	run := role.run
-	return runWithAdmin(ctx, log, adm, cfg.Admin, run)
+	return runWithAdmin(ctx, log, adm, &cfg.common, run)
 }
 
 func init() {

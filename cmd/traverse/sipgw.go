@@ -182,7 +182,7 @@ func runSipgw(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	return runWithAdmin(ctx, log, adm, cfg.Admin, run)
+	return runWithAdmin(ctx, log, adm, &cfg.common, run)
 }
 
 func init() {

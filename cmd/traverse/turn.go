@@ -295,5 +295,5 @@ func runTurn(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	return runWithAdmin(ctx, log, adm, cfg.Admin, run)
+	return runWithAdmin(ctx, log, adm, &cfg.common, run)
 }

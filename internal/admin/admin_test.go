@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -61,5 +62,21 @@ func TestEndpoints(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("admin did not shut down")
+	}
+}
+
+func TestProfilingOffByDefault(t *testing.T) {
+	s := New(logging.Discard())
+	rec := func() int {
+		w := httptest.NewRecorder()
+		s.Handler().ServeHTTP(w, httptest.NewRequest("GET", "/debug/pprof/", nil))
+		return w.Code
+	}
+	if code := rec(); code != 404 {
+		t.Errorf("/debug/pprof/ without EnableProfiling: %d, want 404", code)
+	}
+	s.EnableProfiling()
+	if code := rec(); code != 200 {
+		t.Errorf("/debug/pprof/ after EnableProfiling: %d, want 200", code)
 	}
 }

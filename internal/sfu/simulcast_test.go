@@ -39,15 +39,17 @@ func TestSimulcastFollowsSubscriberBandwidth(t *testing.T) {
 	}{{150_000, 0}, {5_000_000, 2}, {700_000, 1}, {150_000, 0}, {0, 2}}
 	for _, st := range steps {
 		sub.SetREMB(st.remb)
-		if st.remb == 0 {
-			// An unknown estimate: the subscriber gets the best layer.
-			h.s.mu.Lock()
-			for _, p := range h.s.sessions {
-				p.bwe.Store(0)
-			}
-			h.s.mu.Unlock()
-		}
 		waitFor(t, 10*time.Second, "layer for the estimate", func() bool {
+			if st.remb == 0 {
+				// An unknown estimate: the subscriber gets the best
+				// layer. Forget it on every poll, since a REMB sent
+				// before SetREMB(0) may still arrive and set it again.
+				h.s.mu.Lock()
+				for _, p := range h.s.sessions {
+					p.bwe.Store(0)
+				}
+				h.s.mu.Unlock()
+			}
 			before := video.Packets()
 			if video.Layer() != st.layer {
 				return false

@@ -7,7 +7,8 @@
 # Usage: bench/turn-vs-coturn.sh [CLIENTS] [MSGS] [INTERVAL_MS] [LEN]
 #   defaults: 20 clients, 1000 messages each, 5 ms apart, 172 bytes.
 #   UCLIENT_FLAGS="-t" runs the clients over TCP; TRAVERSE_FLAGS adds flags
-#   to traverse turn.
+#   to traverse turn. ROUNDS=N (default 1) runs N rounds, alternating which
+#   server goes first, and reports each round's ratio and their median.
 # Each delivered message is relayed twice by the server (to the peer and
 # back), so relayed packets = sent + received.
 set -euo pipefail
@@ -71,12 +72,22 @@ run() { # name pid port
     cpu = c1 - c0; pk = s + r;
     printf "%-9s sent %6d recv %6d lost %5d (%.2f%%)  cpu %6.2f s  %6.2f us/relayed packet  %8.0f packets/cpu-s\n",
       n, s, r, l, 100*l/(s>0?s:1), cpu, (pk>0? 1e6*cpu/pk : 0), (cpu>0? pk/cpu : 0) }'
-  echo "$name $c0 $c1 $sent $recv" >> "$work/results"
+  echo "$name $c0 $c1 $sent $recv" > "$work/results.$name"
+}
+ratio() {
+  cat "$work/results.traverse" "$work/results.coturn" | awk '{cpu[$1]=$3-$2; pk[$1]=$4+$5} END {
+    t = cpu["traverse"]/pk["traverse"]; c = cpu["coturn"]/pk["coturn"]; printf "%.2f\n", c/t }'
 }
 
 echo "load: $clients clients x $msgs messages of $len bytes, ${interval} ms apart (turnutils_uclient ${UCLIENT_FLAGS:-UDP})"
-run traverse "$tpid" "$tport"
-run coturn "$cpid" "$cport"
-awk '{cpu[$1]=$3-$2; pk[$1]=$4+$5} END {
-  t = cpu["traverse"]/pk["traverse"]; c = cpu["coturn"]/pk["coturn"];
-  printf "ratio: traverse relays %.2fx the packets per CPU-second of coturn\n", c/t }' "$work/results"
+rounds=${ROUNDS:-1}
+for r in $(seq "$rounds"); do
+  if [ $((r % 2)) = 1 ]; then run traverse "$tpid" "$tport"; run coturn "$cpid" "$cport"
+  else run coturn "$cpid" "$cport"; run traverse "$tpid" "$tport"; fi
+  x=$(ratio); echo "$x" >> "$work/ratios"
+  echo "ratio: traverse relays ${x}x the packets per CPU-second of coturn"
+done
+if [ "$rounds" -gt 1 ]; then
+  sort -n "$work/ratios" | awk '{v[NR]=$1} END {m = NR%2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2;
+    printf "median ratio over %d rounds: %.2fx (min %.2fx, max %.2fx)\n", NR, m, v[1], v[NR]}'
+fi

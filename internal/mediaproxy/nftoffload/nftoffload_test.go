@@ -149,10 +149,19 @@ func TestOffloadTakesOverFlow(t *testing.T) {
 	if want := netip.AddrPortFrom(insideIP, r.InsideRTP); got != want {
 		t.Errorf("server saw packets from %v, want the inside port %v", got, want)
 	}
-	pk, _, err := off.Stats(mediaproxy.Flow{Client: netip.AddrPortFrom(clientIP, 4000), Fixed: fixed,
-		Inside: netip.AddrPortFrom(insideIP, r.InsideRTP), Server: netip.AddrPortFrom(serverIP, 5000), ServerSrc: netip.AddrPortFrom(serverIP, 5000)})
-	if err != nil || pk < 2*n {
-		t.Errorf("kernel counted %d packets (%v), want >= %d", pk, err, 2*n)
+	// Stats reads the rule counters at most every StatsMaxAge (the proxy
+	// polls them too), so wait for a fresh read rather than take the
+	// first, possibly cached, one.
+	flow := mediaproxy.Flow{Client: netip.AddrPortFrom(clientIP, 4000), Fixed: fixed,
+		Inside: netip.AddrPortFrom(insideIP, r.InsideRTP), Server: netip.AddrPortFrom(serverIP, 5000), ServerSrc: netip.AddrPortFrom(serverIP, 5000)}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		pk, _, err := off.Stats(flow)
+		if err == nil && pk >= 2*n {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("kernel counted %d packets (%v), want >= %d", pk, err, 2*n)
+		}
 	}
 	waitFor(t, func() bool { return p.Counters().KernelPackets.Load() >= 2*n })
 	q, err := p.Apply(&mediaproxy.Descriptor{Op: mediaproxy.OpQuery, CallID: "k"})

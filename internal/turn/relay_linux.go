@@ -81,8 +81,9 @@ type mmsghdr struct {
 
 // engine is one event loop: a UDP listener socket and the relay sockets of
 // the allocations made through it, in one epoll set, served by one
-// goroutine locked to its thread, much as coturn's relay threads are. The
-// thread blocks in epoll_wait itself: parking in Go's netpoller instead
+// goroutine, much as coturn's relay threads are (the goroutine is not
+// locked to its thread; it yields to the scheduler every few ms). It
+// blocks in epoll_wait itself: parking in Go's netpoller instead
 // would add a second epoll_wait and a scheduler hand-off to every wake-up,
 // which at RTP packet rates (one packet per wake-up) is most of the cost.
 type engine struct {

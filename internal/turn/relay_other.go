@@ -21,10 +21,10 @@ type engine struct {
 
 func (e *engine) WriteTo([]byte, netip.AddrPort) error { return ErrUnsupported }
 
-func newEngine(*Server) (*engine, error)           { return nil, ErrUnsupported }
-func (e *engine) open(netip.AddrPort) (int, error) { return -1, ErrUnsupported }
-func (e *engine) add(int) error                    { return ErrUnsupported }
-func (e *engine) remove(int)                       {}
-func (e *engine) wake()                            {}
-func (e *engine) close()                           {}
-func (e *engine) run()                             {}
+func newEngine(*Server, int, netip.AddrPort, bool) (*engine, error) { return nil, ErrUnsupported }
+func (e *engine) open(netip.AddrPort) (int, error)                  { return -1, ErrUnsupported }
+func (e *engine) add(int) error                                     { return ErrUnsupported }
+func (e *engine) remove(int)                                        {}
+func (e *engine) wake()                                             {}
+func (e *engine) close()                                            {}
+func (e *engine) run()                                              {}

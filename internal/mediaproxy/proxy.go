@@ -798,37 +798,6 @@ func (p *Proxy) sentToServer(s *stream, rtcp bool, n int, now int64) {
 	}
 }
 
-// insideLoop reads one inside port in its own goroutine and sends what the
-// server sends out of the fixed port to the stream's client. It is the
-// portable path; on Linux one epoll loop serves every inside socket and
-// batches the sends (inside_linux.go).
-func (p *Proxy) insideLoop(s *stream, rtcp bool) {
-	defer p.wg.Done()
-	conn, out := s.rtpConn, p.rtp
-	if rtcp {
-		conn, out = s.rtcpConn, p.rtcp
-	}
-	buf := make([]byte, udpio.MaxPacket)
-	for {
-		n, src, err := conn.ReadFromUDPAddrPort(buf)
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			continue
-		}
-		dst, ok := p.fromInside(s, rtcp, netip.AddrPortFrom(src.Addr().Unmap(), src.Port()))
-		if !ok {
-			continue
-		}
-		if err := out.WriteTo(buf[:n], dst); err != nil {
-			p.c.DropWriteError.Add(1)
-			continue
-		}
-		p.sentToClient(s, rtcp, n)
-	}
-}
-
 // fromInside checks a packet from the server on one of s's inside ports and
 // returns where it goes outside.
 func (p *Proxy) fromInside(s *stream, rtcp bool, src netip.AddrPort) (netip.AddrPort, bool) {

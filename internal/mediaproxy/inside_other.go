@@ -26,8 +26,9 @@ func (p *Proxy) startInside(s *stream) {
 func (p *Proxy) stopInside(*stream) {}
 
 // insideLoop reads one inside port in its own goroutine and sends what the
-// server sends out of the fixed port to the stream's client. On Linux instead one epoll loop serves every inside socket and
-// batches the sends (inside_linux.go).
+// server sends out of the fixed port to the stream's client. On Linux one
+// epoll loop serves every inside socket instead and batches the sends
+// (inside_linux.go).
 func (p *Proxy) insideLoop(s *stream, rtcp bool) {
 	defer p.wg.Done()
 	conn, out := s.rtpConn, p.rtp

@@ -9,6 +9,7 @@ type metrics struct {
 	pliForwarded, pliThrottled, nacks prometheus.Counter
 	nacksAnswered, nacksMissed        prometheus.Counter
 	layerSwitches, dataMessages       prometheus.Counter
+	unsupportedTracks                 prometheus.Counter
 	subscriberLoss                    prometheus.Histogram
 }
 
@@ -30,6 +31,8 @@ func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
 		nacksMissed:   c("nacks_missed_total", "Retransmission requests the caches could not answer (too old, other layer)."),
 		layerSwitches: c("layer_switches_total", "Simulcast layer switches done for subscribers."),
 		dataMessages:  c("data_messages_total", "Data-channel messages relayed."),
+		unsupportedTracks: c("unsupported_tracks_total",
+			"Subscribed tracks dropped because the subscriber's negotiated codecs lack the track's codec."),
 		subscriberLoss: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "traverse", Subsystem: "sfu",
 			Name: "subscriber_loss_fraction", Help: "Fraction lost in subscribers' receiver reports.",
 			Buckets: []float64{0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5}}),
@@ -37,7 +40,7 @@ func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
 	if reg == nil {
 		return m
 	}
-	reg.MustRegister(m.joins, m.leaves, m.connected, m.offers, m.badSDP, m.badRTP, m.pliForwarded,
+	reg.MustRegister(m.unsupportedTracks, m.joins, m.leaves, m.connected, m.offers, m.badSDP, m.badRTP, m.pliForwarded,
 		m.pliThrottled, m.nacks, m.nacksAnswered, m.nacksMissed, m.layerSwitches, m.dataMessages, m.subscriberLoss,
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "traverse", Subsystem: "sfu",
 			Name: "rtp_forwarded_total", Help: "RTP packets sent to subscribers."},

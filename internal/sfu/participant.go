@@ -33,6 +33,10 @@ type participant struct {
 	closed         bool
 	senders        map[*pubTrack]*webrtc.RTPSender
 	downs          map[*pubTrack]*downTrack
+	// refused holds the tracks whose codec the subscriber's negotiation
+	// did not accept: they are not added again until the client's next
+	// own offer (which may bring other codecs).
+	refused map[*pubTrack]bool
 
 	dcMu sync.Mutex // guards dc
 	dc   *webrtc.DataChannel
@@ -47,7 +51,8 @@ type participant struct {
 func newParticipant(s *Server, r *room, id string, j *bus.Join) *participant {
 	return &participant{s: s, room: r, id: id, identity: j.Identity, name: j.Name,
 		canPub: j.Publish, canSub: j.Subscribe, joinedAt: time.Now(),
-		senders: map[*pubTrack]*webrtc.RTPSender{}, downs: map[*pubTrack]*downTrack{}}
+		senders: map[*pubTrack]*webrtc.RTPSender{}, downs: map[*pubTrack]*downTrack{},
+		refused: map[*pubTrack]bool{}}
 }
 
 // start creates the peer connection and answers the client's offer.
@@ -149,7 +154,11 @@ func (p *participant) clientOffer(ctx context.Context, offer string) (bus.Reply,
 		p.awaitingAnswer = false
 		p.pendingNeg = true
 	}
+	clear(p.refused)
 	answer, err := p.answerLocked(ctx, offer)
+	if err == nil && p.dropUnsupportedLocked() {
+		p.pendingNeg = true
+	}
 	again := p.pendingNeg
 	p.negMu.Unlock()
 	if err != nil {
@@ -174,7 +183,7 @@ func (p *participant) clientAnswer(answer string) error {
 		return errStatus(bus.StatusBadRequest, err)
 	}
 	p.awaitingAnswer = false
-	again := p.pendingNeg
+	again := p.pendingNeg || p.dropUnsupportedLocked()
 	p.pendingNeg = false
 	p.negMu.Unlock()
 	if again {
@@ -244,7 +253,7 @@ func (p *participant) syncSubscriptions() {
 	}
 	changed := false
 	for _, t := range want {
-		if _, ok := p.senders[t]; ok {
+		if _, ok := p.senders[t]; ok || p.refused[t] {
 			continue
 		}
 		dt := newDownTrack(t, p)
@@ -277,6 +286,28 @@ func (p *participant) syncSubscriptions() {
 	if changed {
 		p.negotiate()
 	}
+}
+
+// dropUnsupportedLocked removes the senders whose track the subscriber's
+// codecs could not take (bound muted by downTrack.Bind) and reports
+// whether any was removed, in which case the node must offer again.
+func (p *participant) dropUnsupportedLocked() bool {
+	dropped := false
+	for t, dt := range p.downs {
+		if !dt.unsupported.Load() {
+			continue
+		}
+		p.s.log.Warn("sfu: subscriber cannot take track codec", "session", p.id, "track", t.key,
+			"codec", t.codec.MimeType)
+		t.removeDown(dt)
+		_ = p.pc.RemoveTrack(p.senders[t])
+		delete(p.senders, t)
+		delete(p.downs, t)
+		p.refused[t] = true
+		p.s.m.unsupportedTracks.Inc()
+		dropped = true
+	}
+	return dropped
 }
 
 func containsTrack(ts []*pubTrack, t *pubTrack) bool {

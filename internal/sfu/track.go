@@ -284,6 +284,10 @@ type downTrack struct {
 	t   *pubTrack
 	sub *participant
 
+	// unsupported is set when the subscriber's negotiated codecs lack the
+	// track's codec: the sender is bound muted and is to be removed.
+	unsupported atomic.Bool
+
 	mu      sync.Mutex // guards the fields below; held while writing
 	ws      webrtc.TrackLocalWriter
 	ssrc    uint32
@@ -401,7 +405,18 @@ func (d *downTrack) Bind(ctx webrtc.TrackLocalContext) (webrtc.RTPCodecParameter
 		}
 	}
 	if match == nil {
-		return webrtc.RTPCodecParameters{}, webrtc.ErrUnsupportedCodec
+		// The subscriber cannot take this track. Failing Bind would make
+		// pion abort the whole SetRemoteDescription/SetLocalDescription
+		// (ErrUnsupportedCodec) after the signaling state already moved,
+		// leaving the other senders and receivers unstarted. Bind muted
+		// instead (nothing is written) and let the participant drop the
+		// track once the negotiation is applied.
+		cs := ctx.CodecParameters()
+		if len(cs) == 0 {
+			return webrtc.RTPCodecParameters{}, webrtc.ErrUnsupportedCodec
+		}
+		d.unsupported.Store(true)
+		return cs[0], nil
 	}
 	d.mu.Lock()
 	d.ws = ctx.WriteStream()

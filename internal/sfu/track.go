@@ -411,12 +411,14 @@ func (d *downTrack) Bind(ctx webrtc.TrackLocalContext) (webrtc.RTPCodecParameter
 		// leaving the other senders and receivers unstarted. Bind muted
 		// instead (nothing is written) and let the participant drop the
 		// track once the negotiation is applied.
-		cs := ctx.CodecParameters()
-		if len(cs) == 0 {
-			return webrtc.RTPCodecParameters{}, webrtc.ErrUnsupportedCodec
+		for _, c := range ctx.CodecParameters() {
+			if strings.HasSuffix(strings.ToLower(c.MimeType), "/rtx") {
+				continue
+			}
+			d.unsupported.Store(true)
+			return c, nil
 		}
-		d.unsupported.Store(true)
-		return cs[0], nil
+		return webrtc.RTPCodecParameters{}, webrtc.ErrUnsupportedCodec
 	}
 	d.mu.Lock()
 	d.ws = ctx.WriteStream()

@@ -241,9 +241,21 @@ func TestConcurrentJoins(t *testing.T) {
 		if i%2 == 0 {
 			want--
 		}
-		waitFor(t, 20*time.Second, fmt.Sprintf("c%d receiving %d publishers", i, want), func() bool {
-			return received(c, want, want, 5)
-		})
+		deadline := time.Now().Add(20 * time.Second)
+		for !received(c, want, want, 5) {
+			if time.Now().After(deadline) {
+				var desc []string
+				for _, tr := range c.Tracks() {
+					desc = append(desc, fmt.Sprintf("%s:%d", tr.Kind, tr.Packets()))
+				}
+				var tx []string
+				for _, x := range c.PC().GetTransceivers() {
+					tx = append(tx, fmt.Sprintf("%s/%s/%s", x.Mid(), x.Kind(), x.Direction()))
+				}
+				t.Fatalf("c%d does not receive %d publishers: tracks %v, transceivers %v, signaling %v", i, want, desc, tx, c.PC().SignalingState())
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
 	}
 }
 

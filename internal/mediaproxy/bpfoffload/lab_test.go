@@ -3,131 +3,38 @@
 package bpfoffload
 
 import (
-	"net"
-	"net/netip"
-	"os"
 	"runtime"
 	"testing"
 	"unsafe"
 
-	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/traverse-rtc/traverse/internal/mediaproxy/offloadtest"
 )
 
-// lab is three network namespaces: client <-> gateway <-> server, so that
-// programs and forwarding never touch the host. The gateway does NOT
-// forward IPv4 (ip_forward=0): whatever reaches the far side and did not
-// come from the proxy's sockets went through the eBPF program.
-//
-//	client 10.1.0.2/24 --veth-- 10.1.0.1 gateway 10.2.0.1 --veth-- 10.2.0.2/24 server
+// lab is the offload test lab (package offloadtest) under the short names
+// these tests use. The gateway does NOT forward IPv4 (ip_forward=0):
+// whatever reaches the far side and did not come from the proxy's sockets
+// went through the eBPF program.
 type lab struct {
+	*offloadtest.Lab
 	client, gw, server netns.NsHandle
-	orig               netns.NsHandle
 }
 
 var (
-	clientIP  = netip.MustParseAddr("10.1.0.2")
-	outsideIP = netip.MustParseAddr("10.1.0.1")
-	insideIP  = netip.MustParseAddr("10.2.0.1")
-	serverIP  = netip.MustParseAddr("10.2.0.2")
+	clientIP  = offloadtest.ClientIP
+	outsideIP = offloadtest.OutsideIP
+	insideIP  = offloadtest.InsideIP
+	serverIP  = offloadtest.ServerIP
 )
 
 func newLab(t *testing.T) *lab {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for network namespaces")
-	}
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		t.Fatal(err)
-	}
-	l := &lab{orig: orig}
-	t.Cleanup(func() {
-		for _, h := range []netns.NsHandle{l.client, l.gw, l.server} {
-			if h.IsOpen() {
-				h.Close()
-			}
-		}
-		orig.Close()
-	})
-	mk := func() netns.NsHandle {
-		h, err := netns.New()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := netns.Set(orig); err != nil {
-			t.Fatal(err)
-		}
-		return h
-	}
-	l.client, l.gw, l.server = mk(), mk(), mk()
-	gw, err := netlink.NewHandleAt(l.gw)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer gw.Close()
-	link := func(name, peer string, peerNS netns.NsHandle, gwIP, peerIP netip.Addr) {
-		v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name}, PeerName: peer}
-		if err := gw.LinkAdd(v); err != nil {
-			t.Fatal(err)
-		}
-		p, err := gw.LinkByName(peer)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := gw.LinkSetNsFd(p, int(peerNS)); err != nil {
-			t.Fatal(err)
-		}
-		addr := func(h *netlink.Handle, ifname string, ip netip.Addr) {
-			l, err := h.LinkByName(ifname)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := h.AddrAdd(l, &netlink.Addr{IPNet: &net.IPNet{IP: ip.AsSlice(), Mask: net.CIDRMask(24, 32)}}); err != nil {
-				t.Fatal(err)
-			}
-			if err := h.LinkSetUp(l); err != nil {
-				t.Fatal(err)
-			}
-			lo, _ := h.LinkByName("lo")
-			_ = h.LinkSetUp(lo)
-		}
-		ph, err := netlink.NewHandleAt(peerNS)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer ph.Close()
-		addr(gw, name, gwIP)
-		addr(ph, peer, peerIP)
-	}
-	link("out0", "out1", l.client, outsideIP, clientIP)
-	link("in0", "in1", l.server, insideIP, serverIP)
-	l.in(t, l.gw, func() {
-		if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("0"), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	})
-	return l
+	l := offloadtest.New(t, false)
+	return &lab{Lab: l, client: l.Client, gw: l.Gateway, server: l.Server}
 }
 
-// in runs f on a thread switched into ns; sockets f opens stay in ns.
-func (l *lab) in(t *testing.T, ns netns.NsHandle, f func()) {
-	t.Helper()
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	if err := netns.Set(ns); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		if err := netns.Set(l.orig); err != nil {
-			panic(err)
-		}
-	}()
-	f()
-}
+func (l *lab) in(t *testing.T, ns netns.NsHandle, f func()) { l.In(t, ns, f) }
 
 // txChecksum turns transmit checksum offload of interface name in ns on
 // or off (ETHTOOL_STXCSUM). Off, the device's senders compute full UDP

@@ -25,7 +25,6 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"os"
-	"os/exec"
 	"strings"
 	"sync"
 	"testing"
@@ -275,69 +274,25 @@ func roomWith(t *testing.T, st *stack, n int, relay, viewers map[int]bool, query
 	}
 }
 
-func skipWithoutChromium(t *testing.T) {
-	if testing.Short() {
-		t.Skip("browser test skipped with -short")
-	}
-	if _, err := os.Stat(browsertest.DefaultPath); err != nil {
-		t.Skip("chromium is not installed")
-	}
-}
-
-// netnsEnv marks the re-run of a test inside its own network namespace.
-const netnsEnv = "TRAVERSE_BROWSERTEST_NETNS"
-
-// isolated re-runs the calling test inside a new network namespace with
-// only loopback up, and reports true when it did (the caller then returns:
-// the child did the work). It returns false inside the child, and when not
-// root (the test then runs on the host's loopback).
-func isolated(t *testing.T) bool {
-	t.Helper()
-	if os.Getenv(netnsEnv) == "1" {
-		t.Log("running inside a private network namespace (lo only)")
-		return false
-	}
-	unshare, err := exec.LookPath("unshare")
-	if os.Geteuid() != 0 || err != nil {
-		t.Log("not root or no unshare: running on the host's loopback")
-		return false
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, unshare, "--net", "--", "sh", "-c", `ip link set lo up && exec "$0" "$@"`,
-		os.Args[0], "-test.run=^"+t.Name()+"$", "-test.v", "-test.count=1", "-test.timeout=3m")
-	cmd.Env = append(os.Environ(), netnsEnv+"=1")
-	out, err := cmd.CombinedOutput()
-	for _, line := range strings.Split(string(out), "\n") {
-		if strings.Contains(line, "browser_test.go") || strings.HasPrefix(line, "---") || strings.Contains(line, "panic") {
-			t.Log(strings.TrimSpace(line))
-		}
-	}
-	if err != nil {
-		t.Fatalf("the test in its network namespace failed: %v", err)
-	}
-	return true
-}
-
 func TestBrowsersTwo(t *testing.T) {
-	skipWithoutChromium(t)
-	if isolated(t) {
+	browsertest.SkipUnlessAvailable(t)
+	if browsertest.Isolated(t) {
 		return
 	}
 	room(t, startStack(t, false), 2, nil, "")
 }
 
 func TestBrowsersThree(t *testing.T) {
-	skipWithoutChromium(t)
-	if isolated(t) {
+	browsertest.SkipUnlessAvailable(t)
+	if browsertest.Isolated(t) {
 		return
 	}
 	room(t, startStack(t, false), 3, nil, "")
 }
 
 func TestBrowsersRelay(t *testing.T) {
-	skipWithoutChromium(t)
-	if isolated(t) {
+	browsertest.SkipUnlessAvailable(t)
+	if browsertest.Isolated(t) {
 		return
 	}
 	room(t, startStack(t, true), 2, map[int]bool{1: true}, "")
@@ -350,8 +305,8 @@ func TestBrowsersRelay(t *testing.T) {
 // while a subscriber waits (it once asked only at bind, and about one run
 // in three then showed no video).
 func TestBrowsersSimulcast(t *testing.T) {
-	skipWithoutChromium(t)
-	if isolated(t) {
+	browsertest.SkipUnlessAvailable(t)
+	if browsertest.Isolated(t) {
 		return
 	}
 	room(t, startStack(t, false), 2, nil, "&simulcast=1")
@@ -361,8 +316,8 @@ func TestBrowsersSimulcast(t *testing.T) {
 // demo page (it sends a receive-only offer) and sees and hears the two
 // publishers; they see each other.
 func TestBrowsersViewer(t *testing.T) {
-	skipWithoutChromium(t)
-	if isolated(t) {
+	browsertest.SkipUnlessAvailable(t)
+	if browsertest.Isolated(t) {
 		return
 	}
 	roomWith(t, startStack(t, false), 3, nil, map[int]bool{2: true}, "")

@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -65,13 +63,8 @@ try {
 // secret) connects two peer connections and moves a data-channel message,
 // over UDP and over TCP to the server.
 func TestBrowserRelay(t *testing.T) {
-	if testing.Short() {
-		t.Skip("browser test skipped with -short")
-	}
-	if _, err := os.Stat(browsertest.DefaultPath); err != nil {
-		t.Skip("chromium is not installed")
-	}
-	if isolatedNetns(t) {
+	browsertest.SkipUnlessAvailable(t)
+	if browsertest.Isolated(t) {
 		return
 	}
 	const secret = "browser-secret"
@@ -132,39 +125,4 @@ func TestBrowserRelay(t *testing.T) {
 			}
 		})
 	}
-}
-
-// netnsEnvTURN marks the re-run of a test inside its own network namespace.
-const netnsEnvTURN = "TRAVERSE_TURN_NETNS"
-
-// isolatedNetns re-runs the calling test inside a new network namespace
-// with only loopback up and reports true when it did (the caller returns:
-// the child did the work). It returns false inside the child, and when not
-// root (the test then runs on the host's loopback).
-func isolatedNetns(t *testing.T) bool {
-	t.Helper()
-	if os.Getenv(netnsEnvTURN) == "1" {
-		t.Log("running inside a private network namespace (lo only)")
-		return false
-	}
-	unshare, err := exec.LookPath("unshare")
-	if os.Geteuid() != 0 || err != nil {
-		t.Log("not root or no unshare: running on the host's loopback")
-		return false
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, unshare, "--net", "--", "sh", "-c", `ip link set lo up && exec "$0" "$@"`,
-		os.Args[0], "-test.run=^"+t.Name()+"$", "-test.v", "-test.count=1", "-test.timeout=3m")
-	cmd.Env = append(os.Environ(), netnsEnvTURN+"=1")
-	out, err := cmd.CombinedOutput()
-	for _, line := range strings.Split(string(out), "\n") {
-		if strings.Contains(line, "browser_test.go") || strings.HasPrefix(strings.TrimSpace(line), "---") || strings.Contains(line, "panic") {
-			t.Log(strings.TrimSpace(line))
-		}
-	}
-	if err != nil {
-		t.Fatalf("the test in its network namespace failed: %v\n%s", err, out)
-	}
-	return true
 }

@@ -54,7 +54,7 @@ type tokenHeader struct {
 }
 
 var (
-	b64        = base64.RawURLEncoding
+	b64        = base64.RawURLEncoding.Strict() // refuse non-canonical encodings: one token, one spelling
 	hs256Head  = b64.EncodeToString([]byte(`{"alg":"HS256","typ":"JWT"}`))
 	errKeyless = fmt.Errorf("%w: empty key", ErrConfig)
 )

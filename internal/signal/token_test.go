@@ -2,6 +2,7 @@ package signal
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -102,4 +103,29 @@ func FuzzParseToken(f *testing.F) {
 			t.Fatalf("error %v has class %s", err, Class(err))
 		}
 	})
+}
+
+// A signature whose last character differs only in its padding bits
+// decodes to the same bytes under lenient base64; such a second spelling
+// of a valid token is refused.
+func TestTokenNonCanonicalSignature(t *testing.T) {
+	key := []byte("0123456789abcdef0123456789abcdef")
+	const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+	for i := 0; i < 200; i++ {
+		tok, err := MintToken(key, Claims{Room: "r", Identity: fmt.Sprintf("u%d", i), Expires: time.Now().Add(time.Hour).Unix()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ParseToken(key, tok, time.Now()); err != nil {
+			t.Fatalf("valid token refused: %v", err)
+		}
+		last := strings.IndexByte(alphabet, tok[len(tok)-1])
+		if last%4 != 0 { // a 32-byte signature leaves 2 padding bits, zero when canonical
+			t.Fatalf("signature of %q does not end on a canonical character", tok)
+		}
+		alt := tok[:len(tok)-1] + string(alphabet[last+1])
+		if _, err := ParseToken(key, alt, time.Now()); err == nil {
+			t.Fatalf("non-canonical spelling %q accepted", alt)
+		}
+	}
 }

@@ -24,6 +24,8 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
+#include "../../../bpfinclude/csum.h"
+
 // flow_key is the 4-tuple a packet arrives with (network byte order).
 struct flow_key {
 	__be32 saddr;
@@ -59,19 +61,6 @@ struct {
 #define PASS TC_ACT_UNSPEC
 #define IP_MF 0x2000
 #define IP_OFFSET 0x1fff
-
-static __always_inline __u32 csum_add(__u32 s, __u32 v)
-{
-	s += v;
-	return s + (s < v);
-}
-
-static __always_inline __u16 csum_fold(__u32 s)
-{
-	s = (s & 0xffff) + (s >> 16);
-	s = (s & 0xffff) + (s >> 16);
-	return (__u16)s;
-}
 
 SEC("tc")
 int fastpath_ingress(struct __sk_buff *skb)

@@ -179,3 +179,13 @@ func (b *batchConn) LocalAddr() net.Addr                { return b.c.UDPConn().L
 func (b *batchConn) SetDeadline(t time.Time) error      { return b.c.UDPConn().SetDeadline(t) }
 func (b *batchConn) SetReadDeadline(t time.Time) error  { return b.c.UDPConn().SetReadDeadline(t) }
 func (b *batchConn) SetWriteDeadline(t time.Time) error { return b.c.UDPConn().SetWriteDeadline(t) }
+
+// corkable returns the batched writer a fan-out corks: the fast path's
+// (which is the batched socket when both are on), else the batched socket,
+// else nil.
+func (s *Server) corkable() *batchConn {
+	if s.out != nil {
+		return s.out
+	}
+	return s.batch
+}

@@ -36,6 +36,12 @@ type Config struct {
 	// within the run-to-run noise (the kernel's per-datagram work
 	// dominates, docs/benchmarks.md).
 	BatchIO bool `yaml:"batch-io"`
+	// FastPath forwards RTP to subscribers with the node's own SRTP
+	// context and batched socket writes instead of pion's per-subscriber
+	// write stack (fastpath.go); the node then answers as DTLS server.
+	// Subscribers whose keys cannot be derived stay on pion's path.
+	// Default false.
+	FastPath bool `yaml:"fast-path"`
 	// AnnounceInterval is how often the node announces itself; default
 	// bus.AnnounceInterval.
 	AnnounceInterval time.Duration `yaml:"-"`

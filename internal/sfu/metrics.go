@@ -10,6 +10,8 @@ type metrics struct {
 	nacksAnswered, nacksMissed        prometheus.Counter
 	layerSwitches, dataMessages       prometheus.Counter
 	unsupportedTracks                 prometheus.Counter
+	fastActive, fastFallbacks         prometheus.Counter
+	fastDrops, fastReports            prometheus.Counter
 	subscriberLoss                    prometheus.Histogram
 }
 
@@ -33,6 +35,12 @@ func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
 		dataMessages:  c("data_messages_total", "Data-channel messages relayed."),
 		unsupportedTracks: c("unsupported_tracks_total",
 			"Subscribed tracks dropped because the subscriber's negotiated codecs lack the track's codec."),
+		fastActive: c("fast_path_sessions_total", "Peer connections whose forwarded RTP takes the fast path (own SRTP and socket writes)."),
+		fastFallbacks: c("fast_path_fallbacks_total",
+			"Peer connections left on pion's write path with the fast path on (node not DTLS server, unknown suite or profile, ICE over TCP)."),
+		fastDrops: c("fast_path_drops_total",
+			"Fast-path RTP packets dropped: larger than the MTU, no UDP destination (TCP pair), or not encryptable."),
+		fastReports: c("fast_path_sender_reports_total", "RTCP sender reports sent for fast-path streams."),
 		subscriberLoss: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "traverse", Subsystem: "sfu",
 			Name: "subscriber_loss_fraction", Help: "Fraction lost in subscribers' receiver reports.",
 			Buckets: []float64{0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5}}),
@@ -40,7 +48,7 @@ func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
 	if reg == nil {
 		return m
 	}
-	reg.MustRegister(m.unsupportedTracks, m.joins, m.leaves, m.connected, m.offers, m.badSDP, m.badRTP, m.pliForwarded,
+	reg.MustRegister(m.fastActive, m.fastFallbacks, m.fastDrops, m.fastReports, m.unsupportedTracks, m.joins, m.leaves, m.connected, m.offers, m.badSDP, m.badRTP, m.pliForwarded,
 		m.pliThrottled, m.nacks, m.nacksAnswered, m.nacksMissed, m.layerSwitches, m.dataMessages, m.subscriberLoss,
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "traverse", Subsystem: "sfu",
 			Name: "rtp_forwarded_total", Help: "RTP packets sent to subscribers."},

@@ -25,6 +25,7 @@ type participant struct {
 	canSub   bool
 	pc       *webrtc.PeerConnection
 	ufrag    string
+	fast     *fastPath // nil unless Config.FastPath; set at creation
 	joinedAt time.Time
 
 	negMu          sync.Mutex // guards the fields below and serializes SDP work on pc
@@ -52,12 +53,12 @@ func newParticipant(s *Server, r *room, id string, j *bus.Join) *participant {
 	return &participant{s: s, room: r, id: id, identity: j.Identity, name: j.Name,
 		canPub: j.Publish, canSub: j.Subscribe, joinedAt: time.Now(),
 		senders: map[*pubTrack]*webrtc.RTPSender{}, downs: map[*pubTrack]*downTrack{},
-		refused: map[*pubTrack]bool{}}
+		refused: map[*pubTrack]bool{}, fast: s.newFastPath()}
 }
 
 // start creates the peer connection and answers the client's offer.
 func (p *participant) start(ctx context.Context, offer string) (string, error) {
-	pc, err := p.s.api.NewPeerConnection(webrtc.Configuration{})
+	pc, err := p.s.newPeerConnection(p)
 	if err != nil {
 		return "", errStatus(bus.StatusInternal, err)
 	}

@@ -51,8 +51,15 @@ type Server struct {
 	api *webrtc.API
 	m   *metrics
 
+	// se, me and ir build api; with the fast path every peer connection
+	// gets an API of its own from them (fastpath.go).
+	se webrtc.SettingEngine
+	me *webrtc.MediaEngine
+	ir *interceptor.Registry
+
 	udp    *net.UDPConn
 	batch  *batchConn // nil unless Config.BatchIO
+	out    *batchConn // the fast path's writer (batch, or one of its own); nil unless Config.FastPath
 	tcp    *net.TCPListener
 	udpMux *ice.UDPMuxDefault
 	tcpMux ice.TCPMux
@@ -99,6 +106,12 @@ func New(cfg Config, log *slog.Logger, b *bus.Client, reg prometheus.Registerer)
 		s.batch = newBatchConn(uc)
 		pconn = s.batch
 	}
+	if cfg.FastPath {
+		s.out = s.batch
+		if s.out == nil {
+			s.out = newBatchConn(uc) // writes only; pion's mux reads the socket
+		}
+	}
 	s.udpMux = ice.NewUDPMuxDefault(ice.UDPMuxParams{UDPConn: pconn, Logger: quiet.NewLogger("udpmux")})
 	types := []webrtc.NetworkType{webrtc.NetworkTypeUDP4, webrtc.NetworkTypeUDP6}
 	if cfg.TCP != "" {
@@ -125,6 +138,14 @@ func New(cfg Config, log *slog.Logger, b *bus.Client, reg prometheus.Registerer)
 	if cfg.PublicIP.IsValid() {
 		se.SetNAT1To1IPs([]string{cfg.PublicIP.String()}, webrtc.ICECandidateTypeHost)
 	}
+	if cfg.FastPath {
+		// The fast path needs the server's view of the handshake (both
+		// randoms): answer "passive", clients are DTLS clients.
+		if err := se.SetAnsweringDTLSRole(webrtc.DTLSRoleServer); err != nil {
+			s.closeSockets()
+			return nil, fmt.Errorf("sfu: %w", err)
+		}
+	}
 	me := &webrtc.MediaEngine{}
 	if err := registerCodecs(me); err != nil {
 		s.closeSockets()
@@ -135,6 +156,7 @@ func New(cfg Config, log *slog.Logger, b *bus.Client, reg prometheus.Registerer)
 		s.closeSockets()
 		return nil, err
 	}
+	s.se, s.me, s.ir = se, me, ir
 	s.api = webrtc.NewAPI(webrtc.WithSettingEngine(se), webrtc.WithMediaEngine(me), webrtc.WithInterceptorRegistry(ir))
 	s.m = newMetrics(s, reg)
 	return s, nil
@@ -213,6 +235,12 @@ func (s *Server) Run(ctx context.Context) error {
 	defer speakers.Stop()
 	layers := time.NewTicker(500 * time.Millisecond)
 	defer layers.Stop()
+	var reports <-chan time.Time
+	if s.cfg.FastPath {
+		rt := time.NewTicker(srInterval)
+		defer rt.Stop()
+		reports = rt.C
+	}
 	var lastFwd uint64
 	last := time.Now()
 	s.announce(0)
@@ -233,6 +261,8 @@ func (s *Server) Run(ctx context.Context) error {
 			for _, r := range s.roomList() {
 				r.updateLayers()
 			}
+		case now := <-reports:
+			s.sendReports(now)
 		}
 	}
 }
@@ -294,6 +324,9 @@ func (s *Server) closeSockets() {
 	}
 	if s.batch != nil {
 		s.batch.Close()
+	}
+	if s.out != nil {
+		s.out.Close()
 	}
 	s.udp.Close()
 }

@@ -47,6 +47,9 @@ func newHarness(t *testing.T, cfg Config) *harness {
 		cfg.TCP = "127.0.0.1:0"
 	}
 	cfg.NodeID = "node1"
+	if os.Getenv("SFU_FAST_PATH") == "1" {
+		cfg.FastPath = true // run the whole suite on the fast path
+	}
 	s, err := New(cfg, nil, nodeBus, nil)
 	if err != nil {
 		t.Fatal(err)

@@ -181,13 +181,13 @@ func (t *pubTrack) readLoop(l *layer) {
 		}
 		key := t.kind == webrtc.RTPCodecTypeVideo && isKeyframe(t.ck, pkt.Payload)
 		downs := *t.downs.Load()
-		if s.batch != nil && len(downs) > 1 {
+		if out := s.corkable(); out != nil && len(downs) > 1 {
 			// One sendmmsg for the whole fan-out (batchconn.go).
-			s.batch.cork()
+			out.cork()
 			for _, d := range downs {
 				d.write(l.idx, &pkt, key, now)
 			}
-			s.batch.uncork()
+			out.uncork()
 			continue
 		}
 		for _, d := range downs {
@@ -316,6 +316,10 @@ type downTrack struct {
 	// that handing its address to the TrackLocalWriter (an interface) does
 	// not move a copy to the heap on every packet.
 	hdr rtp.Header
+	// fast is the fast-path writer (fastpath.go), set on the first packet
+	// after the subscriber's SRTP keys are known and kept from then on:
+	// every packet of the SSRC goes through it.
+	fast *fastOut
 }
 
 // Loss-based layer capping, for subscribers that send no REMB (browsers
@@ -515,6 +519,12 @@ func (d *downTrack) write(idx int, pkt *rtp.Packet, key bool, now int64) {
 	if d.epochLen < cacheSize {
 		d.epochLen++
 	}
+	if o := d.fastLocked(); o != nil {
+		if o.send(h, pkt.Payload, now) {
+			d.t.r.s.forwarded.Add(1)
+		}
+		return
+	}
 	if _, err := d.ws.WriteRTP(h, pkt.Payload); err == nil {
 		d.t.r.s.forwarded.Add(1)
 	}
@@ -557,6 +567,9 @@ func (d *downTrack) resend(seq uint16, buf []byte) bool {
 	h.PayloadType = d.pt
 	h.SequenceNumber = seq
 	h.Timestamp += d.tsOff
+	if o := d.fastLocked(); o != nil {
+		return o.send(h, payload, time.Now().UnixNano())
+	}
 	_, err := d.ws.WriteRTP(h, payload)
 	return err == nil
 }

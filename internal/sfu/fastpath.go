@@ -1,0 +1,306 @@
+package sfu
+
+import (
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/pion/rtcp"
+	"github.com/pion/rtp"
+	"github.com/pion/srtp/v3"
+	"github.com/pion/webrtc/v4"
+)
+
+// The fast path (Config.FastPath) forwards RTP to a subscriber with the
+// node's own SRTP context (RFC 3711) and the node's own batched socket
+// write, instead of pion's per-subscriber write stack (interceptor chain,
+// SRTP session, mux endpoint, ICE conn, UDP mux, one sendto per packet).
+// Only forwarded media takes it: RTCP, DTLS, SCTP and ICE stay with pion.
+//
+// Keys: every peer connection of a fast-path node gets its own webrtc.API
+// whose SettingEngine reports that connection's DTLS handshake to a
+// dtlsSecrets (dtlskeys.go); the node answers as DTLS server, so it sees
+// both randoms, the master secret, the cipher suite and the SRTP profile,
+// and derives the SRTP keys as pion does. The keys are taken when the DTLS
+// transport reports "connected", before pion starts its own SRTP session,
+// so pion never encrypts an RTP packet of a fast-path subscriber's SSRCs:
+// their rollover counters are ours alone. When the node ended up DTLS
+// client, or the keys cannot be derived, the subscriber stays on pion's
+// path (traverse_sfu_fast_path_fallbacks_total).
+//
+// Destination: the remote address of the selected ICE candidate pair
+// (tracked through OnSelectedCandidatePairChange: an ICE-lite node's
+// remote can change). A pair over TCP has no UDP address: packets are
+// dropped and counted, never handed back to pion (whose SRTP state for
+// the SSRC would not match ours); a subscriber whose pair is over TCP when
+// DTLS completes stays on pion's path.
+//
+// Sender reports: pion's report interceptor no longer sees these packets,
+// so the node sends an RTCP SR per fast-path stream every second from its
+// own counters (sendReports), through pion's RTCP path.
+type fastPath struct {
+	s       *Server
+	secrets dtlsSecrets
+
+	// key, salt and profile are set once, before active is.
+	key, salt []byte
+	profile   srtp.ProtectionProfile
+	active    atomic.Bool
+
+	remote atomic.Pointer[netip.AddrPort] // nil or invalid: no UDP destination
+	pc     atomic.Pointer[webrtc.PeerConnection]
+
+	mu     sync.Mutex // guards tracks
+	tracks []*downTrack
+}
+
+// newFastPath returns a participant's fast-path state, nil when the
+// fast path is off.
+func (s *Server) newFastPath() *fastPath {
+	if !s.cfg.FastPath {
+		return nil
+	}
+	return &fastPath{s: s}
+}
+
+// newPeerConnection creates p's peer connection: on the node's shared API,
+// or, with the fast path, on an API of its own whose DTLS hooks report to
+// p's fastPath.
+func (s *Server) newPeerConnection(p *participant) (*webrtc.PeerConnection, error) {
+	f := p.fast
+	if f == nil {
+		return s.api.NewPeerConnection(webrtc.Configuration{})
+	}
+	se := s.se
+	se.SetDTLSKeyLogWriter(&f.secrets)
+	se.SetDTLSServerHelloMessageHook(f.secrets.serverHello)
+	api := webrtc.NewAPI(webrtc.WithSettingEngine(se), webrtc.WithMediaEngine(s.me), webrtc.WithInterceptorRegistry(s.ir))
+	pc, err := api.NewPeerConnection(webrtc.Configuration{})
+	if err != nil {
+		return nil, err
+	}
+	dt := pc.SCTP().Transport()
+	// Called with the DTLS transport's lock held, before pion starts SRTP.
+	dt.OnStateChange(func(st webrtc.DTLSTransportState) {
+		if st == webrtc.DTLSTransportStateConnected {
+			if f.remote.Load() == nil {
+				// The pair callback may still be queued; ask the agent.
+				pair, _ := dt.ICETransport().GetSelectedCandidatePair()
+				f.setPair(pair)
+			}
+			f.activate()
+		}
+	})
+	dt.ICETransport().OnSelectedCandidatePairChange(f.setPair)
+	f.pc.Store(pc)
+	return pc, nil
+}
+
+// activate derives the node's SRTP keys once the handshake is done, if
+// the selected pair is over UDP (an ICE-TCP subscriber stays with pion).
+func (f *fastPath) activate() {
+	if f.active.Load() {
+		return
+	}
+	if ap := f.remote.Load(); ap == nil || !ap.IsValid() {
+		f.s.m.fastFallbacks.Inc()
+		return
+	}
+	key, salt, profile, err := f.secrets.localKeys()
+	if err != nil {
+		f.s.log.Debug("sfu: fast path unavailable", "err", err)
+		f.s.m.fastFallbacks.Inc()
+		return
+	}
+	// A context made here proves the keys and profile usable.
+	if _, err := srtp.CreateContext(key, salt, profile); err != nil {
+		f.s.m.fastFallbacks.Inc()
+		return
+	}
+	f.key, f.salt, f.profile = key, salt, profile
+	f.active.Store(true)
+	f.s.m.fastActive.Inc()
+}
+
+// setPair follows the selected candidate pair.
+func (f *fastPath) setPair(pair *webrtc.ICECandidatePair) {
+	var a netip.AddrPort
+	if pair != nil && pair.Remote != nil && pair.Remote.Protocol == webrtc.ICEProtocolUDP &&
+		(pair.Local == nil || pair.Local.Protocol == webrtc.ICEProtocolUDP) {
+		if ip, err := netip.ParseAddr(pair.Remote.Address); err == nil {
+			a = netip.AddrPortFrom(ip.Unmap(), pair.Remote.Port)
+		}
+	}
+	f.remote.Store(&a)
+}
+
+// fastOut is one downTrack's fast-path state, guarded by the downTrack's
+// mutex.
+type fastOut struct {
+	f    *fastPath
+	ctx  *srtp.Context // this SSRC's context: its rollover state is ours alone
+	buf  [fastMTU]byte // the packet being encrypted, in place
+	hdr  rtp.Header    // EncryptRTP's parse of buf (reused: no allocation)
+	tail int           // authentication tag length of the profile
+
+	// Sender report state (RFC 3550 section 6.4.1), as pion's report
+	// interceptor keeps it.
+	packets, octets uint32
+	lastTS          uint32
+	lastTSAt        int64 // unix nanoseconds when lastTS was first sent
+}
+
+// fastMTU is the largest datagram the fast path sends; a larger packet is
+// dropped and counted (traverse_sfu_fast_path_drops_total).
+const fastMTU = 1500
+
+// fastLocked returns the downTrack's fast-path writer, making it on the
+// first packet after the subscriber's keys are known; nil means pion's
+// path. Once a downTrack has a fastOut it keeps it. d.mu is held.
+func (d *downTrack) fastLocked() *fastOut {
+	if d.fast != nil || d.sub == nil || d.sub.fast == nil || !d.sub.fast.active.Load() {
+		return d.fast
+	}
+	f := d.sub.fast
+	ctx, err := srtp.CreateContext(f.key, f.salt, f.profile)
+	if err != nil {
+		return nil
+	}
+	tail, err := f.profile.AEADAuthTagLen()
+	if err == nil && tail == 0 {
+		tail, err = f.profile.AuthTagRTPLen()
+	}
+	if err != nil {
+		return nil
+	}
+	d.fast = &fastOut{f: f, ctx: ctx, tail: tail}
+	f.mu.Lock()
+	f.tracks = append(f.tracks, d)
+	f.mu.Unlock()
+	return d.fast
+}
+
+// send encrypts header h and payload into the datagram buffer and queues
+// it on the node's socket to the subscriber's address. now is the time it
+// is sent (unix nanoseconds). It does not allocate
+// (TestFastPathWriteAllocs).
+func (o *fastOut) send(h *rtp.Header, payload []byte, now int64) bool {
+	m := o.f.s.m
+	ap := o.f.remote.Load()
+	if ap == nil || !ap.IsValid() {
+		m.fastDrops.Inc()
+		return false
+	}
+	hn := h.MarshalSize()
+	if hn+len(payload)+o.tail > len(o.buf) {
+		m.fastDrops.Inc()
+		return false
+	}
+	if _, err := h.MarshalTo(o.buf[:hn]); err != nil {
+		m.fastDrops.Inc()
+		return false
+	}
+	n := hn + copy(o.buf[hn:], payload)
+	out, err := o.ctx.EncryptRTP(o.buf[:0], o.buf[:n], &o.hdr)
+	if err != nil || len(out) > len(o.buf) {
+		m.fastDrops.Inc()
+		return false
+	}
+	if _, err := o.f.s.out.WriteToAddrPort(out, *ap); err != nil {
+		return false
+	}
+	if o.packets == 0 || h.Timestamp != o.lastTS {
+		o.lastTS, o.lastTSAt = h.Timestamp, now
+	}
+	o.packets++
+	o.octets += uint32(len(payload))
+	return true
+}
+
+// report returns the stream's sender report at now, or false before its
+// first packet (RFC 3550 section 6.4: then it is not a sender). d.mu is
+// held.
+func (o *fastOut) report(ssrc, clock uint32, now time.Time) (rtcp.SenderReport, bool) {
+	if o.packets == 0 {
+		return rtcp.SenderReport{}, false
+	}
+	elapsed := now.UnixNano() - o.lastTSAt
+	return rtcp.SenderReport{
+		SSRC:        ssrc,
+		NTPTime:     ntpTime(now),
+		RTPTime:     o.lastTS + uint32(float64(elapsed)*float64(clock)/float64(time.Second)),
+		PacketCount: o.packets,
+		OctetCount:  o.octets,
+	}, true
+}
+
+// ntpTime is t as a 64-bit NTP timestamp (RFC 5905 section 6).
+func ntpTime(t time.Time) uint64 {
+	const ntpEpochOffset = 2208988800 // 1900 to 1970, seconds
+	ns := uint64(t.UnixNano())
+	secs := ns/uint64(time.Second) + ntpEpochOffset
+	frac := (ns % uint64(time.Second)) << 32 / uint64(time.Second)
+	return secs<<32 | frac
+}
+
+// srInterval is how often sender reports go out for fast-path streams:
+// pion's report interceptor's default.
+const srInterval = time.Second
+
+// sendReports sends one RTCP packet of sender reports per fast-path
+// subscriber, for every stream of it that has sent RTP; streams unbound
+// since are forgotten.
+func (s *Server) sendReports(now time.Time) {
+	s.mu.Lock()
+	parts := make([]*participant, 0, len(s.sessions))
+	for _, p := range s.sessions {
+		if p.fast != nil && p.fast.active.Load() {
+			parts = append(parts, p)
+		}
+	}
+	s.mu.Unlock()
+	for _, p := range parts {
+		f := p.fast
+		f.mu.Lock()
+		tracks := append([]*downTrack(nil), f.tracks...)
+		f.mu.Unlock()
+		var pkts []rtcp.Packet
+		var gone []*downTrack
+		for _, d := range tracks {
+			d.mu.Lock()
+			if d.ws == nil {
+				gone = append(gone, d)
+			} else if sr, ok := d.fast.report(d.ssrc, d.clock, now); ok {
+				pkts = append(pkts, &sr)
+			}
+			d.mu.Unlock()
+		}
+		if len(gone) > 0 {
+			f.mu.Lock()
+			kept := f.tracks[:0]
+			for _, d := range f.tracks {
+				if !containsDown(gone, d) {
+					kept = append(kept, d)
+				}
+			}
+			clear(f.tracks[len(kept):])
+			f.tracks = kept
+			f.mu.Unlock()
+		}
+		if pc := f.pc.Load(); len(pkts) > 0 && pc != nil {
+			if err := pc.WriteRTCP(pkts); err == nil {
+				s.m.fastReports.Add(float64(len(pkts)))
+			}
+		}
+	}
+}
+
+func containsDown(ds []*downTrack, d *downTrack) bool {
+	for _, x := range ds {
+		if x == d {
+			return true
+		}
+	}
+	return false
+}

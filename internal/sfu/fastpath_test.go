@@ -1,0 +1,249 @@
+package sfu
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/pion/rtcp"
+	"github.com/pion/rtp"
+	"github.com/pion/srtp/v3"
+	"github.com/pion/webrtc/v4"
+
+	"github.com/traverse-rtc/traverse/internal/loadgen"
+	"github.com/traverse-rtc/traverse/internal/udpio"
+)
+
+// TestFastPathRoom runs a room of three on the fast path: every pion
+// client decodes every other's audio and video, which it can only do if
+// the keys the node derived from the DTLS hooks are the ones the client's
+// own DTLS-SRTP agreed; every session took the fast path, nothing was
+// dropped, and sender reports for the fast-path streams reach the clients.
+func TestFastPathRoom(t *testing.T) {
+	h := newHarness(t, Config{FastPath: true})
+	var clients []*loadgen.Client
+	for _, id := range []string{"a", "b", "c"} {
+		clients = append(clients, h.dial(loadgen.ClientConfig{Room: "f", Identity: id, Publish: true, Subscribe: true,
+			VideoBitrate: 200_000}))
+	}
+	// An ICE-TCP subscriber has no UDP address: it stays on pion's path.
+	tcp := h.dial(loadgen.ClientConfig{Room: "f", Identity: "tcp", Subscribe: true, TCP: true})
+	for _, c := range clients {
+		waitFor(t, 15*time.Second, "2 videos and 2 audios at every client", func() bool { return received(c, 2, 2, 30) })
+	}
+	waitFor(t, 15*time.Second, "3 videos and 3 audios at the ICE-TCP client", func() bool { return received(tcp, 3, 3, 30) })
+	if n := testutilCounter(h.s.m.fastActive); n != 3 {
+		t.Errorf("%v sessions on the fast path, want 3", n)
+	}
+	if n := testutilCounter(h.s.m.fastFallbacks); n != 1 {
+		t.Errorf("%v sessions fell back to pion's path, want 1 (the ICE-TCP one)", n)
+	}
+	h.s.mu.Lock()
+	var parts []*participant
+	for _, p := range h.s.sessions {
+		parts = append(parts, p)
+	}
+	h.s.mu.Unlock()
+	for _, p := range parts {
+		if p.identity == "tcp" {
+			continue
+		}
+		p.fast.mu.Lock()
+		n := len(p.fast.tracks)
+		p.fast.mu.Unlock()
+		if n != 4 {
+			t.Errorf("session %s: %d fast-path streams, want 4", p.id, n)
+		}
+	}
+	if d := testutilCounter(h.s.m.fastDrops); d != 0 {
+		t.Errorf("%v fast-path drops", d)
+	}
+	if h.s.out.writes.Load() == 0 {
+		t.Error("nothing went through the node's own writer")
+	}
+	waitFor(t, 5*time.Second, "sender reports for the fast-path streams", func() bool {
+		return testutilCounter(h.s.m.fastReports) >= 4
+	})
+}
+
+// TestFastPathNACK: with the fast path on, NACKed packets are resent
+// through it (the subscriber decrypts the copies).
+func TestFastPathNACK(t *testing.T) {
+	h := newHarness(t, Config{FastPath: true})
+	pub := h.dial(loadgen.ClientConfig{Room: "n", Identity: "pub", Publish: true, VideoBitrate: 300_000})
+	dupAPI, err := loadgen.NewDuplicateTolerantAPI()
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.api = dupAPI
+	sub := h.dial(loadgen.ClientConfig{Room: "n", Identity: "sub", Subscribe: true})
+	<-pub.Connected()
+	var video *loadgen.RecvStats
+	waitFor(t, 10*time.Second, "video at the subscriber", func() bool {
+		for _, tr := range sub.Tracks() {
+			if tr.Kind == "video" && tr.Packets() > 30 {
+				video = tr
+			}
+		}
+		return video != nil
+	})
+	var ssrc uint32
+	for _, tr := range sub.PC().GetTransceivers() {
+		if r := tr.Receiver(); r != nil && r.Track() != nil && r.Track().Kind() == webrtc.RTPCodecTypeVideo {
+			ssrc = uint32(r.Track().SSRC())
+		}
+	}
+	late0, ans0 := video.Late(), testutilCounter(h.s.m.nacksAnswered)
+	last := video.LastSeq()
+	nack := &rtcp.TransportLayerNack{SenderSSRC: 1, MediaSSRC: ssrc,
+		Nacks: rtcp.NackPairsFromSequenceNumbers([]uint16{last - 10, last - 9, last - 8})}
+	if err := sub.PC().WriteRTCP([]rtcp.Packet{nack}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "3 retransmissions at the subscriber", func() bool {
+		return video.Late()-late0 >= 3 && testutilCounter(h.s.m.nacksAnswered)-ans0 >= 3
+	})
+	if testutilCounter(h.s.m.fastActive) != 2 {
+		t.Errorf("%v sessions on the fast path, want 2", testutilCounter(h.s.m.fastActive))
+	}
+}
+
+// newFastTestDown is newTestDown with a fast-path writer to a local
+// socket, keyed with profile.
+func newFastTestDown(t testing.TB, profile srtp.ProtectionProfile) (*downTrack, *packetCache, *net.UDPConn, *srtp.Context) {
+	t.Helper()
+	d, _, cache := newTestDown(t)
+	uc, err := udpio.Listen(context.Background(), "udp", "127.0.0.1:0", udpio.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := d.t.r.s
+	s.out = newBatchConn(uc)
+	t.Cleanup(func() { s.out.Close() })
+	rc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rc.Close() })
+	keyLen, _ := profile.KeyLen()
+	saltLen, _ := profile.SaltLen()
+	key, salt := make([]byte, keyLen), make([]byte, saltLen)
+	for i := range key {
+		key[i] = byte(i)
+	}
+	f := &fastPath{s: s, key: key, salt: salt, profile: profile}
+	f.active.Store(true)
+	to := rc.LocalAddr().(*net.UDPAddr).AddrPort()
+	f.remote.Store(&to)
+	d.sub = &participant{s: s, fast: f}
+	dec, err := srtp.CreateContext(key, salt, profile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d, cache, rc, dec
+}
+
+// TestFastPathWrite: the fast path sends what a receiver with the same
+// keys decrypts to the rewritten packet, answers NACKs through the same
+// context, allocates nothing per packet, and drops (and counts) a packet
+// too large for the MTU.
+func TestFastPathWrite(t *testing.T) {
+	for _, prof := range []srtp.ProtectionProfile{srtp.ProtectionProfileAeadAes128Gcm, srtp.ProtectionProfileAes128CmHmacSha1_80} {
+		t.Run(prof.String(), func(t *testing.T) {
+			d, cache, rc, dec := newFastTestDown(t, prof)
+			payload := make([]byte, 1200)
+			for i := range payload {
+				payload[i] = byte(i)
+			}
+			pkt := &rtp.Packet{Header: rtp.Header{Version: 2, PayloadType: 100, SequenceNumber: 65530, Timestamp: 5000, SSRC: 1},
+				Payload: payload}
+			if err := pkt.SetExtension(3, []byte{1, 2}); err != nil {
+				t.Fatal(err)
+			}
+			now := time.Now().UnixNano()
+			buf := make([]byte, 1600)
+			read := func() *rtp.Packet {
+				t.Helper()
+				_ = rc.SetReadDeadline(time.Now().Add(5 * time.Second))
+				n, err := rc.Read(buf)
+				if err != nil {
+					t.Fatal(err)
+				}
+				plain, err := dec.DecryptRTP(nil, buf[:n], nil)
+				if err != nil {
+					t.Fatalf("decrypt: %v", err)
+				}
+				var got rtp.Packet
+				if err := got.Unmarshal(plain); err != nil {
+					t.Fatal(err)
+				}
+				return &got
+			}
+			// Across a sequence number wrap: the rollover counter is ours.
+			for i := range 10 {
+				cache.put(pkt)
+				d.write(0, pkt, i == 0, now)
+				got := read()
+				if got.SSRC != 0xabcdef || got.PayloadType != 96 || got.SequenceNumber != pkt.SequenceNumber ||
+					got.Extension || len(got.Payload) != 1200 || got.Payload[1199] != payload[1199] {
+					t.Fatalf("packet %d: %+v", i, got.Header)
+				}
+				pkt.SequenceNumber++
+				pkt.Timestamp += 3000
+			}
+			if !d.resend(pkt.SequenceNumber-3, make([]byte, 1500)) {
+				t.Fatal("resend missed the cached packet")
+			}
+			if got := read(); got.SequenceNumber != pkt.SequenceNumber-3 {
+				t.Fatalf("resent %d, want %d", got.SequenceNumber, pkt.SequenceNumber-3)
+			}
+			if a := testing.AllocsPerRun(200, func() {
+				d.write(0, pkt, false, now)
+				pkt.SequenceNumber++
+			}); a != 0 {
+				t.Errorf("fast-path write: %v allocations per packet", a)
+			}
+			big := &rtp.Packet{Header: pkt.Header, Payload: make([]byte, fastMTU)}
+			drops := testutilCounter(d.t.r.s.m.fastDrops)
+			d.write(0, big, false, now)
+			if testutilCounter(d.t.r.s.m.fastDrops) != drops+1 {
+				t.Fatal("an oversized packet was not dropped and counted")
+			}
+			var none netip.AddrPort
+			d.sub.fast.remote.Store(&none)
+			d.write(0, pkt, false, now)
+			if testutilCounter(d.t.r.s.m.fastDrops) != drops+2 {
+				t.Fatal("a packet without a UDP destination was not dropped and counted")
+			}
+			sr, ok := d.fast.report(d.ssrc, d.clock, time.Now())
+			if !ok || sr.SSRC != 0xabcdef || sr.PacketCount < 11 {
+				t.Fatalf("sender report %+v", sr)
+			}
+		})
+	}
+}
+
+// BenchmarkFastPathWrite is the per-subscriber cost of forwarding one
+// 1200-byte packet on the fast path: rewrite, AES-GCM, and the queueing
+// into a corked batch (the sendmmsg is outside the loop).
+func BenchmarkFastPathWrite(b *testing.B) {
+	d, _, _, _ := newFastTestDown(b, srtp.ProtectionProfileAeadAes128Gcm)
+	pkt := &rtp.Packet{Header: rtp.Header{Version: 2, PayloadType: 100, SSRC: 1}, Payload: make([]byte, 1200)}
+	now := time.Now().UnixNano()
+	out := d.t.r.s.out
+	out.cork()
+	d.write(0, pkt, true, now)
+	b.ReportAllocs()
+	for b.Loop() {
+		pkt.SequenceNumber++
+		d.write(0, pkt, false, now)
+		if len(out.pending) == batchQueue-1 {
+			out.mu.Lock()
+			out.pending = out.pending[:0]
+			out.mu.Unlock()
+		}
+	}
+	out.uncork()
+}

@@ -145,3 +145,31 @@ func FuzzStreamConn(f *testing.F) {
 		}
 	})
 }
+
+// FuzzLoopStream feeds an arbitrary byte stream to a TCP client connection
+// served by an event loop (stream_linux.go: chunked reads, frames parsed
+// in place, split frames carried over): the server must answer or close,
+// never hang or panic, and close the connection once the client is done.
+func FuzzLoopStream(f *testing.F) {
+	s, _ := newTestServer(f, func(c *Config) { c.AllowLoopbackPeers = true; c.AuthFailuresPerMinute = -1 })
+	tid := [12]byte{7}
+	bind := stun.MustBuild(stun.NewTransactionIDSetter(tid), stun.BindingRequest).Raw
+	alloc := stun.MustBuild(stun.NewTransactionIDSetter(tid), stun.NewType(stun.MethodAllocate, stun.ClassRequest), requestedUDP()).Raw
+	f.Add(bind)
+	f.Add(append(append([]byte{}, bind...), alloc...))
+	f.Add(append(appendChannelData(nil, 0x4000, []byte{1, 2, 3}, true), bind...))
+	f.Add([]byte{0x40, 0x00, 0xff, 0xff, 1})
+	f.Add([]byte{0x80, 0, 0, 0})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		c, err := net.Dial("tcp", s.TCPAddr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		go func() { _, _ = c.Write(b); _ = c.(*net.TCPConn).CloseWrite() }()
+		if _, err := io.Copy(io.Discard, c); err != nil {
+			t.Fatalf("server did not close the connection: %v", err)
+		}
+	})
+}

@@ -99,6 +99,10 @@ type engine struct {
 	closed atomic.Bool
 	once   sync.Once
 
+	smu     sync.Mutex            // guards streams
+	streams map[int32]*streamConn // TCP clients served by this loop, by socket
+	sbuf    []byte                // the loop's read buffer for them
+
 	// Loop state, owned by run.
 	hdrs   []mmsghdr
 	iov    []unix.Iovec
@@ -123,7 +127,7 @@ const (
 // newEngine opens the listener socket (joining port when non-zero) and the
 // epoll set.
 func newEngine(s *Server, shard int, listen netip.AddrPort, reusePort bool) (*engine, error) {
-	e := &engine{s: s, shard: shard, lfd: -1, epfd: -1, evfd: -1, v6: s.cfg.RelayIP.Is6()}
+	e := &engine{s: s, shard: shard, lfd: -1, epfd: -1, evfd: -1, v6: s.cfg.RelayIP.Is6(), streams: map[int32]*streamConn{}}
 	fail := func(err error) (*engine, error) { e.close(); return nil, err }
 	la := listen.Addr()
 	e.lv6 = la.Is6() && !la.Is4In6()
@@ -180,6 +184,7 @@ func newEngine(s *Server, shard int, listen netip.AddrPort, reusePort bool) (*en
 	e.whdrs = make([]mmsghdr, engineBatch)
 	e.wiov = make([]unix.Iovec, engineBatch)
 	e.wsa = make([]sockaddr, engineBatch)
+	e.sbuf = make([]byte, streamReadBuf)
 	slab := make([]byte, engineBatch*bufSize)
 	for i := range e.bufs {
 		e.bufs[i] = slab[i*bufSize : (i+1)*bufSize : (i+1)*bufSize]
@@ -289,6 +294,10 @@ func (e *engine) run() {
 		used := 0
 		for i := 0; i < n; i++ {
 			fd := int(e.events[i].Fd)
+			if e.events[i].Pad == streamTag {
+				e.fromStream(fd, e.events[i].Events)
+				continue
+			}
 			switch fd {
 			case e.evfd:
 				continue

@@ -4,6 +4,7 @@ package turn
 
 import (
 	"errors"
+	"net"
 	"net/netip"
 )
 
@@ -28,3 +29,9 @@ func (e *engine) remove(int)                                        {}
 func (e *engine) wake()                                             {}
 func (e *engine) close()                                            {}
 func (e *engine) run()                                              {}
+
+func (s *Server) adoptStream(net.Conn, *streamConn) bool { return false }
+func (e *engine) addStream(*streamConn) error            { return ErrUnsupported }
+func (e *engine) dropStream(*streamConn)                 {}
+func (sc *streamConn) enqueueLoop([]byte) bool           { return false }
+func closeFD(int) error                                  { return ErrUnsupported }

@@ -266,12 +266,25 @@ func (s *Server) Close() error {
 		close(s.done)
 		s.closeSockets()
 		for _, sc := range streams {
-			sc.close()
+			if sc.eng == nil {
+				sc.close()
+			}
 		}
 		for _, e := range s.engs {
 			e.wake()
 		}
 		s.wg.Wait()
+		// Loop-served connections once their loops have stopped (and the
+		// accept loops, which may have added some).
+		s.mu.Lock()
+		streams = streams[:0]
+		for sc := range s.streams {
+			streams = append(streams, sc)
+		}
+		s.mu.Unlock()
+		for _, sc := range streams {
+			sc.close()
+		}
 		s.mu.Lock()
 		all := make([]*allocation, 0, len(s.allocs))
 		for _, a := range s.allocs {

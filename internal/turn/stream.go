@@ -54,6 +54,16 @@ type streamConn struct {
 	// pending counts frames queued or being written by writeLoop; while
 	// it is 0 enqueue may write straight to the socket.
 	pending int
+
+	// A plain TCP client served by an event loop (stream_linux.go) has
+	// eng set and no goroutines: eng reads fd, and c is closed.
+	fd  int
+	eng *engine
+	// partial is the start of a frame split across reads (owned by the
+	// loop); backlog (guarded by wmu) is what the socket did not take.
+	partial []byte
+	backlog []byte
+	closed  bool // guarded by wmu: fd is closed
 }
 
 func (s *Server) acceptLoop(ln net.Listener, proto uint8) {
@@ -78,25 +88,35 @@ func (s *Server) acceptLoop(ln net.Listener, proto uint8) {
 			continue
 		}
 		sc := &streamConn{datagram: proto == protoDTLS, s: s, c: c, proto: proto, remote: netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()),
-			q: make(chan *[]byte, streamQueue), done: make(chan struct{})}
-		if tc, ok := c.(*net.TCPConn); ok {
-			sc.raw, _ = tc.SyscallConn()
+			done: make(chan struct{})}
+		if proto != protoTCP || !s.adoptStream(c, sc) {
+			sc.q = make(chan *[]byte, streamQueue)
+			if tc, ok := c.(*net.TCPConn); ok {
+				sc.raw, _ = tc.SyscallConn()
+			}
 		}
 		s.mu.Lock()
 		if s.closed {
 			s.mu.Unlock()
-			_ = c.Close()
+			sc.closeSocket()
 			return
 		}
 		if len(s.streams) >= s.cfg.MaxStreamConns {
 			s.mu.Unlock()
-			_ = c.Close()
+			sc.closeSocket()
 			s.m.quotaHits.WithLabelValues("stream_conns").Inc()
 			continue
 		}
 		s.streams[sc] = struct{}{}
 		s.mu.Unlock()
 		s.m.streamConns.Inc()
+		if sc.eng != nil {
+			if err := sc.eng.addStream(sc); err != nil {
+				s.cfg.Log.Warn("turn: epoll add stream", "err", err)
+				sc.close()
+			}
+			continue
+		}
 		wg.Add(2)
 		go func() { defer wg.Done(); sc.readLoop() }()
 		go func() { defer wg.Done(); sc.writeLoop() }()
@@ -109,11 +129,26 @@ func (sc *streamConn) setAlloc(a *allocation) {
 	sc.mu.Unlock()
 }
 
-// close ends the connection and deletes its allocation. Idempotent.
+// closeSocket closes a connection that was never registered.
+func (sc *streamConn) closeSocket() {
+	if sc.eng != nil {
+		_ = closeFD(sc.fd)
+		return
+	}
+	_ = sc.c.Close()
+}
+
+// close ends the connection and deletes its allocation. Idempotent. A
+// loop-served connection is closed only by its loop, or once the loops
+// have stopped (Server.Close), so its socket is never closed under a read.
 func (sc *streamConn) close() {
 	sc.once.Do(func() {
 		close(sc.done)
-		_ = sc.c.Close()
+		if sc.eng != nil {
+			sc.eng.dropStream(sc)
+		} else {
+			_ = sc.c.Close()
+		}
 		sc.mu.Lock()
 		a := sc.alloc
 		sc.mu.Unlock()
@@ -210,6 +245,9 @@ func (sc *streamConn) writeLoop() {
 // hand-off to writeLoop per packet), else a copy (of what is left) goes on
 // the write queue. It returns false when the queue is full.
 func (sc *streamConn) enqueue(b []byte) bool {
+	if sc.eng != nil {
+		return sc.enqueueLoop(b)
+	}
 	select {
 	case <-sc.done:
 		return false

@@ -3,6 +3,7 @@ package turn
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"testing"
@@ -17,6 +18,8 @@ import (
 type stunClient struct {
 	t           testing.TB
 	c           *net.UDPConn
+	tcp         net.Conn // set: the client speaks over this stream instead
+	rbuf        []byte   // stream bytes read but not yet framed
 	server      netip.AddrPort
 	user, pass  string
 	realm       string
@@ -36,8 +39,60 @@ func newSTUNClient(t testing.TB, server netip.AddrPort, user, pass string) *stun
 
 var errTimeout = errors.New("no response")
 
+// newTCPSTUNClient is a stunClient over a TCP connection to server.
+func newTCPSTUNClient(t testing.TB, server netip.AddrPort, user, pass string) *stunClient {
+	t.Helper()
+	conn, err := net.Dial("tcp", server.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return &stunClient{t: t, tcp: conn, server: server, user: user, pass: pass}
+}
+
+// readFrame reads the next STUN or ChannelData frame from the stream.
+func (c *stunClient) readFrame(deadline time.Time) ([]byte, error) {
+	_ = c.tcp.SetReadDeadline(deadline)
+	buf := make([]byte, 4096)
+	for {
+		if len(c.rbuf) >= 4 {
+			n, _, ok := streamFrameLen(c.rbuf)
+			if !ok {
+				return nil, fmt.Errorf("bad frame %x", c.rbuf[:4])
+			}
+			if len(c.rbuf) >= n {
+				f := append([]byte(nil), c.rbuf[:n]...)
+				c.rbuf = c.rbuf[n:]
+				return f, nil
+			}
+		}
+		k, err := c.tcp.Read(buf)
+		if err != nil {
+			return nil, err
+		}
+		c.rbuf = append(c.rbuf, buf[:k]...)
+	}
+}
+
 // roundTrip sends m and waits for the response with its transaction ID.
 func (c *stunClient) roundTrip(m *stun.Message) (*stun.Message, error) {
+	if c.tcp != nil {
+		if _, err := c.tcp.Write(m.Raw); err != nil {
+			return nil, err
+		}
+		deadline := time.Now().Add(2 * time.Second)
+		for {
+			f, err := c.readFrame(deadline)
+			if err != nil {
+				return nil, errTimeout
+			}
+			resp := &stun.Message{Raw: f}
+			if isChannelData(f) || resp.Decode() != nil || resp.TransactionID != m.TransactionID {
+				continue
+			}
+			return resp, nil
+		}
+	}
 	if _, err := c.c.WriteToUDPAddrPort(m.Raw, c.server); err != nil {
 		return nil, err
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/traverse-rtc/traverse/internal/config"
 	"github.com/traverse-rtc/traverse/internal/tlsutil"
 	"github.com/traverse-rtc/traverse/internal/turn"
+	"github.com/traverse-rtc/traverse/internal/turn/turnoffload"
 )
 
 // turnConfig is the turn role's configuration (flags, YAML, environment).
@@ -45,6 +46,7 @@ type turnConfig struct {
 	Shards             int           `yaml:"shards"`
 	Coalesce           time.Duration `yaml:"coalesce"`
 	MaxConns           int           `yaml:"max-conns"`
+	Offload            string        `yaml:"offload"`
 }
 
 // bindTurnFlags registers the turn role's flags under prefix ("" for
@@ -77,6 +79,7 @@ func bindTurnFlags(fs *flag.FlagSet, prefix string, c *turnConfig, serve bool) {
 	fs.IntVar(&c.AuthFailures, prefix+"auth-failures-per-minute", c.AuthFailures, "failed authentications per source address per minute before its requests are dropped (0: 30; -1: no limit)")
 	fs.IntVar(&c.Shards, prefix+"shards", c.Shards, "UDP event loops, each with its own SO_REUSEPORT socket on the listen port and its own relay sockets (default 1)")
 	fs.DurationVar(&c.Coalesce, prefix+"coalesce", c.Coalesce, "under load, wait this long between event-loop wake-ups so one batch serves every queued packet (adds at most this delay; 0 disables)")
+	fs.StringVar(&c.Offload, prefix+"offload", c.Offload, "kernel fast path for channels of UDP clients: ebpf or off (ebpf needs root, Linux 6.6+ or a clsact-capable kernel, IPv4 and a specific listen address; see docs/turn.md)")
 }
 
 // serverConfig turns the flags into a turn.Config.
@@ -203,15 +206,35 @@ func startTurn(c *turnConfig, log *slog.Logger, adm *admin.Server) (*turn.Server
 	if c.UsersFile != "" {
 		signal.Notify(hup, syscall.SIGHUP)
 	}
+	var off *turnoffload.Offloader
+	switch c.Offload {
+	case "", "off":
+	case "ebpf":
+		if off, err = turnoffload.New(turnoffload.Config{}); err != nil {
+			signal.Stop(hup)
+			return nil, nil, fmt.Errorf("--offload ebpf: %w", err)
+		}
+		cfg.Offloader = off
+	default:
+		signal.Stop(hup)
+		return nil, nil, fmt.Errorf("--offload %q: want ebpf or off", c.Offload)
+	}
 	s, err := turn.New(cfg)
 	if err != nil {
 		signal.Stop(hup)
+		if off != nil {
+			off.Close()
+		}
 		return nil, nil, err
 	}
 	if adm != nil {
 		adm.AddCheck("turn", func() error { return nil })
 	}
 	run := func(ctx context.Context) error {
+		if off != nil {
+			// After the server: its Close removes every flow first.
+			defer off.Close()
+		}
 		defer s.Close()
 		defer signal.Stop(hup)
 		for {
@@ -253,7 +276,7 @@ func init() {
 		name:  "turn",
 		order: 20,
 		bind: func(fs *flag.FlagSet, prefix string) any {
-			c := &turnConfig{Listen: "127.0.0.1:3479", Realm: "traverse", Users: []string{"demo:demo"}, AllowLoopbackPeers: true}
+			c := &turnConfig{Listen: "127.0.0.1:3479", Realm: "traverse", Users: []string{"demo:demo"}, AllowLoopbackPeers: true, Offload: "off"}
 			bindTurnFlags(fs, prefix, c, true)
 			return c
 		},
@@ -276,7 +299,7 @@ type turnCommandConfig struct {
 }
 
 func runTurn(ctx context.Context, args []string) error {
-	cfg := turnCommandConfig{turnConfig: turnConfig{Listen: "127.0.0.1:3478"}}
+	cfg := turnCommandConfig{turnConfig: turnConfig{Listen: "127.0.0.1:3478", Offload: "off"}}
 	fs := newFlagSet("turn", "turn --listen 127.0.0.1:3478 --realm REALM --user NAME:PASSWORD [--user ...] [--auth-secret SECRET] [flags]")
 	cfg.common.flags(fs)
 	bindTurnFlags(fs, "", &cfg.turnConfig, false)

@@ -86,6 +86,15 @@ type Config struct {
 	// queued meanwhile. It adds at most this much delay to relayed
 	// packets under load and none when traffic is light. 0 disables it.
 	Coalesce time.Duration
+	// Offloader, when set, relays the channels of UDP clients in the kernel
+	// (internal/turn/turnoffload) from their ChannelBind on, IPv4 only and
+	// only with a specific Listen address; nil (the default) keeps every
+	// packet in user space. Its kernel counters are read into the metrics
+	// every second. With BandwidthPerAllocation set, an allocation that
+	// relays more than its rate in the kernel over one such second goes
+	// back to user space for 10 s, so the quota can be exceeded by up to
+	// one second's traffic.
+	Offloader Offloader
 	// Software, when set, is sent in the SOFTWARE attribute.
 	Software string
 

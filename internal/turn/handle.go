@@ -487,6 +487,7 @@ func (r *request) refresh() {
 	a.mu.Lock()
 	a.expires = r.now.Add(d).UnixNano()
 	a.mu.Unlock()
+	r.s.offloadSync(a)
 	r.ok(lifetimeSetter(d))
 }
 
@@ -578,6 +579,7 @@ func (r *request) createPermission() {
 	}
 	a.mu.Unlock()
 	r.s.m.permissions.Add(float64(added))
+	r.s.offloadSync(a)
 	r.ok()
 }
 
@@ -646,5 +648,6 @@ func (r *request) channelBind() {
 	if newPerm {
 		r.s.m.permissions.Inc()
 	}
+	r.s.offloadSync(a)
 	r.ok()
 }

@@ -20,6 +20,11 @@ type metrics struct {
 	bad          *prometheus.CounterVec // malformed input by transport
 	streamConns  prometheus.Gauge
 
+	offloadFlows                                 prometheus.Gauge
+	offloadErrors                                prometheus.Counter
+	offloadToPeerPackets, offloadToPeerBytes     prometheus.Counter
+	offloadToClientPackets, offloadToClientBytes prometheus.Counter
+
 	// Pre-resolved children for the data path.
 	dropNoPermission, dropNoChannel, dropNoAllocation, dropBandwidth, dropQueueFull, dropSendError prometheus.Counter
 	badUDP, badStream                                                                              prometheus.Counter
@@ -39,7 +44,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		refusedPeers: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "refused_peers_total",
 			Help: "Permissions, channel bindings and Send indications refused because the peer address is filtered (403)."}),
 		quotaHits: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "quota_hits_total",
-			Help: "Quota events: user and total (486), ports (508), shared (an allocation placed on a shared relay socket), shared_peer (403: a peer another sharer permits), permissions (508: more than 1024 on one allocation), stream_conns (TCP/TLS connection refused)."}, []string{"quota"}),
+			Help: "Quota events: user and total (486), ports (508), shared (an allocation placed on a shared relay socket), shared_peer (403: a peer another sharer permits), permissions (508: more than 1024 on one allocation), stream_conns (TCP/TLS connection refused), offload_bandwidth (an allocation over its bandwidth in the kernel, handed back to user space for 10 s)."}, []string{"quota"}),
 		drops: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "dropped_packets_total",
 			Help: "Packets not relayed, by reason."}, []string{"reason"}),
 		bad: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "malformed_total",
@@ -61,12 +66,25 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.dropSendError = m.drops.WithLabelValues("send_error")
 	m.badUDP = m.bad.WithLabelValues("udp")
 	m.badStream = m.bad.WithLabelValues("stream")
-	for _, q := range []string{"user", "total", "ports", "shared", "shared_peer", "permissions", "stream_conns"} {
+	m.offloadFlows = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "offload_flows",
+		Help: "Channels relayed in the kernel now (--offload ebpf)."})
+	m.offloadErrors = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "offload_errors_total",
+		Help: "Channels the kernel path refused or failed to install or remove (they stay in user space)."})
+	offPackets := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "offload_packets_total",
+		Help: "Packets relayed in the kernel, by direction (to_peer, to_client); also counted in relayed_packets_total."}, []string{"direction"})
+	offBytes := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "offload_bytes_total",
+		Help: "Payload bytes relayed in the kernel, by direction (to_peer, to_client); also counted in relayed_bytes_total."}, []string{"direction"})
+	m.offloadToPeerPackets = offPackets.WithLabelValues("to_peer")
+	m.offloadToClientPackets = offPackets.WithLabelValues("to_client")
+	m.offloadToPeerBytes = offBytes.WithLabelValues("to_peer")
+	m.offloadToClientBytes = offBytes.WithLabelValues("to_client")
+	for _, q := range []string{"user", "total", "ports", "shared", "shared_peer", "permissions", "stream_conns", "offload_bandwidth"} {
 		m.quotaHits.WithLabelValues(q)
 	}
 	if reg != nil {
 		reg.MustRegister(m.allocations, m.permissions, m.channels, m.streamConns, m.requests, m.authFailures,
-			m.refusedPeers, m.quotaHits, m.drops, m.bad, relayed, relayedBytes)
+			m.refusedPeers, m.quotaHits, m.drops, m.bad, relayed, relayedBytes,
+			m.offloadFlows, m.offloadErrors, offPackets, offBytes)
 	}
 	return m
 }

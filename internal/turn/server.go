@@ -30,6 +30,7 @@ type Server struct {
 	dtlsLn net.Listener
 
 	sweepEvery time.Duration
+	off        offState
 
 	mu sync.RWMutex // guards the maps below and closed
 	// allocs, byFD and byRelay index the same allocations.
@@ -72,6 +73,7 @@ func New(cfg Config) (*Server, error) {
 		perUser:    map[string]int{},
 		streams:    map[*streamConn]struct{}{},
 		fails:      map[netip.Addr]*failWindow{},
+		off:        offState{allocs: map[*allocation]*offAlloc{}, last: time.Now()},
 		users:      cfg.Users,
 		done:       make(chan struct{}),
 	}
@@ -471,6 +473,7 @@ func (s *Server) deleteAllocation(a *allocation) {
 	nperm, nchan := len(a.perms), len(a.chans)
 	a.mu.Unlock()
 	a.dead.Store(true)
+	s.offloadDrop(a)
 	rs := a.sock
 	s.mu.Lock()
 	if s.allocs[a.key] == a {
@@ -515,7 +518,9 @@ func (s *Server) sweepLoop() {
 		case <-s.done:
 			return
 		case <-t.C:
-			s.sweep(time.Now().UnixNano())
+			now := time.Now()
+			s.sweep(now.UnixNano())
+			s.offloadPoll(now)
 		}
 	}
 }
@@ -555,6 +560,9 @@ func (s *Server) sweep(now int64) {
 		}
 		if len(gone) > 0 {
 			s.releasePeers(a, gone)
+		}
+		if dp+dc > 0 {
+			s.offloadSync(a)
 		}
 		s.m.permissions.Sub(float64(dp))
 		s.m.channels.Sub(float64(dc))

@@ -1,0 +1,439 @@
+//go:build linux && (386 || amd64 || arm || arm64 || loong64 || mips64le || mipsle || ppc64le || riscv64)
+
+package turnoffload
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/pion/turn/v4"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/traverse-rtc/traverse/internal/mediaproxy/offloadtest"
+	tturn "github.com/traverse-rtc/traverse/internal/turn"
+)
+
+// The lab (package offloadtest): the TURN server runs in the gateway
+// namespace, listening on the client side (10.1.0.1) and relaying from the
+// server side (10.2.0.1); the client is in the client namespace, the peer
+// (an echo) in the server namespace. The gateway does not forward IPv4:
+// whatever crosses it went through the server's sockets or the program.
+//
+// The server runs in a helper process (this test binary, re-executed) that
+// starts inside the gateway namespace, so that every thread of it, and
+// every relay socket it opens, lives there.
+var (
+	labListen = netip.AddrPortFrom(offloadtest.OutsideIP, 3478)
+	labPeer   = netip.AddrPortFrom(offloadtest.ServerIP, 5000)
+)
+
+const (
+	helperEnv  = "TURNOFFLOAD_HELPER"
+	clsactEnv  = "TURNOFFLOAD_CLSACT"
+	labUser    = "lab"
+	labPass    = "lab"
+	labRealm   = "lab"
+	helperWait = 10 * time.Second
+)
+
+func TestMain(m *testing.M) {
+	if sock := os.Getenv(helperEnv); sock != "" {
+		if err := runHelper(sock, os.Getenv(clsactEnv) == "1"); err != nil {
+			fmt.Fprintln(os.Stderr, "helper:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// recorder remembers the flows the server installed, so the helper can
+// move their deadlines (simulating expiry in the kernel).
+type recorder struct {
+	*Offloader
+	mu    sync.Mutex
+	flows map[tturn.OffloadFlow]time.Time
+}
+
+func (r *recorder) Install(f tturn.OffloadFlow, deadline time.Time) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	err := r.Offloader.Install(f, deadline)
+	if err == nil {
+		r.flows[f] = deadline
+	}
+	return err
+}
+
+func (r *recorder) Remove(f tturn.OffloadFlow) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.flows, f)
+	return r.Offloader.Remove(f)
+}
+
+// expire moves every installed flow's kernel deadline to now.
+func (r *recorder) expire() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for f := range r.flows {
+		if err := r.Offloader.Install(f, time.Now()); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// runHelper serves TURN in the namespace it was started in until stdin
+// closes, answering /stats (metrics as JSON), /expire and /attachments on
+// the unix socket sock.
+func runHelper(sock string, clsact bool) error {
+	off, err := New(Config{Clsact: clsact})
+	if err != nil {
+		return err
+	}
+	defer off.Close()
+	rec := &recorder{Offloader: off, flows: map[tturn.OffloadFlow]time.Time{}}
+	reg := prometheus.NewRegistry()
+	s, err := tturn.New(tturn.Config{Listen: labListen, NoTCP: true, RelayIP: offloadtest.InsideIP, RelayPortLow: 50000, RelayPortHigh: 50999,
+		Realm: labRealm, Users: map[string]string{labUser: labPass}, AllowPeers: []netip.Prefix{netip.MustParsePrefix("10.2.0.0/24")},
+		Registerer: reg, Offloader: rec})
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		return err
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/stats", func(w http.ResponseWriter, _ *http.Request) {
+		mfs, err := reg.Gather()
+		if err != nil {
+			http.Error(w, err.Error(), 500)
+			return
+		}
+		out := map[string]float64{}
+		for _, mf := range mfs {
+			for _, m := range mf.GetMetric() {
+				name := mf.GetName()
+				for _, l := range m.GetLabel() {
+					name += ":" + l.GetValue()
+				}
+				switch {
+				case m.Counter != nil:
+					out[name] = m.Counter.GetValue()
+				case m.Gauge != nil:
+					out[name] = m.Gauge.GetValue()
+				}
+			}
+		}
+		_ = json.NewEncoder(w).Encode(out)
+	})
+	mux.HandleFunc("/expire", func(w http.ResponseWriter, _ *http.Request) {
+		if err := rec.expire(); err != nil {
+			http.Error(w, err.Error(), 500)
+		}
+	})
+	mux.HandleFunc("/attachments", func(w http.ResponseWriter, _ *http.Request) {
+		var modes []string
+		for _, m := range off.Attachments() {
+			modes = append(modes, string(m))
+		}
+		sort.Strings(modes)
+		_, _ = io.WriteString(w, strings.Join(modes, ","))
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	defer srv.Close()
+	fmt.Println("ready")
+	_, _ = io.Copy(io.Discard, os.Stdin)
+	return nil
+}
+
+type helper struct {
+	c *http.Client
+}
+
+func (h *helper) get(t *testing.T, path string) string {
+	t.Helper()
+	resp, err := h.c.Get("http://helper" + path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("%s: %d %s %v", path, resp.StatusCode, b, err)
+	}
+	return string(b)
+}
+
+func (h *helper) stats(t *testing.T) map[string]float64 {
+	t.Helper()
+	var m map[string]float64
+	if err := json.Unmarshal([]byte(h.get(t, "/stats")), &m); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// startHelper starts the TURN server process in the gateway namespace.
+func startHelper(t *testing.T, l *offloadtest.Lab, clsact bool) *helper {
+	sock := filepath.Join(t.TempDir(), "helper.sock")
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), helperEnv+"="+sock)
+	if clsact {
+		cmd.Env = append(cmd.Env, clsactEnv+"=1")
+	}
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Forked from a thread in the gateway namespace, the child is there.
+	l.In(t, l.Gateway, func() {
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+	})
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		stdin.Close()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("helper: %v", err)
+			}
+		case <-time.After(helperWait):
+			_ = cmd.Process.Kill()
+			<-done
+			t.Error("helper did not exit")
+		}
+	})
+	ready := make(chan string, 1)
+	go func() {
+		line, _ := bufio.NewReader(stdout).ReadString('\n')
+		ready <- line
+		_, _ = io.Copy(io.Discard, stdout)
+	}()
+	select {
+	case line := <-ready:
+		if strings.TrimSpace(line) != "ready" {
+			t.Fatalf("helper said %q", line)
+		}
+	case <-time.After(helperWait):
+		t.Fatal("helper not ready")
+	}
+	return &helper{c: &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", sock)
+		}}}}
+}
+
+// TestLabRelay: the pion/turn client relays through traverse to an echo
+// peer across the lab with the offload on. Once the channel is bound the
+// program carries both directions: not one packet lost, the server's
+// user-space counters stop while the kernel's grow. Moving the kernel
+// deadline past (as expiry does) hands the flow back to user space, which
+// carries it on; deallocation removes it.
+func TestLabRelay(t *testing.T) {
+	for _, tc := range []struct {
+		name         string
+		clsact       bool
+		fullChecksum bool
+	}{
+		{"tcx, partial checksums", false, false},
+		{"clsact, full checksums", true, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l := offloadtest.New(t, false)
+			if tc.fullChecksum {
+				l.TxChecksum(t, l.Client, "out1", false)
+				l.TxChecksum(t, l.Server, "in1", false)
+			}
+			testLabRelay(t, l, tc.clsact)
+		})
+	}
+}
+
+func testLabRelay(t *testing.T, l *offloadtest.Lab, clsact bool) {
+	h := startHelper(t, l, clsact)
+
+	// The echo peer.
+	var peer *net.UDPConn
+	l.In(t, l.Server, func() {
+		var err error
+		if peer, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(labPeer)); err != nil {
+			t.Fatal(err)
+		}
+	})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		buf := make([]byte, 2048)
+		for {
+			n, from, err := peer.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			_, _ = peer.WriteToUDPAddrPort(buf[:n], from)
+		}
+	}()
+	t.Cleanup(func() { peer.Close(); wg.Wait() })
+
+	// The pion/turn client.
+	var conn net.PacketConn
+	l.In(t, l.Client, func() {
+		var err error
+		if conn, err = net.ListenPacket("udp4", netip.AddrPortFrom(offloadtest.ClientIP, 0).String()); err != nil {
+			t.Fatal(err)
+		}
+	})
+	c, err := turn.NewClient(&turn.ClientConfig{STUNServerAddr: labListen.String(), TURNServerAddr: labListen.String(),
+		Username: labUser, Password: labPass, Realm: labRealm, Conn: conn})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close(); conn.Close() })
+	relay, err := c.Allocate()
+	if err != nil {
+		t.Fatalf("allocate: %v", err)
+	}
+	defer relay.Close()
+
+	peerAddr := net.UDPAddrFromAddrPort(labPeer)
+	buf := make([]byte, 2048)
+	seq := 0
+	roundTrip := func() {
+		t.Helper()
+		// Lengths cycle through all four residues mod 4: pion pads
+		// ChannelData to 4 bytes, so the program strips 0-3 bytes.
+		msg := make([]byte, 160+seq%4)
+		msg[0], msg[1], msg[2] = byte(seq>>16), byte(seq>>8), byte(seq)
+		for i := 3; i < len(msg); i++ {
+			msg[i] = byte(i * seq)
+		}
+		seq++
+		if _, err := relay.WriteTo(msg, peerAddr); err != nil {
+			t.Fatalf("write %d: %v", seq, err)
+		}
+		for {
+			_ = relay.SetReadDeadline(time.Now().Add(3 * time.Second))
+			n, from, err := relay.ReadFrom(buf)
+			if err != nil {
+				t.Fatalf("packet %d lost: %v", seq-1, err)
+			}
+			if from.String() == peerAddr.String() && string(buf[:n]) == string(msg) {
+				return
+			}
+		}
+	}
+	stat := func(name string) float64 { return h.stats(t)[name] }
+	userSpace := func(m map[string]float64) float64 {
+		return m["traverse_turn_relayed_packets_total:to_peer"] + m["traverse_turn_relayed_packets_total:to_client"] -
+			m["traverse_turn_offload_packets_total:to_peer"] - m["traverse_turn_offload_packets_total:to_client"]
+	}
+	kernel := func(m map[string]float64) float64 {
+		return m["traverse_turn_offload_packets_total:to_peer"] + m["traverse_turn_offload_packets_total:to_client"]
+	}
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); !cond(); {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: not in 10 s; stats %v", what, h.stats(t))
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+
+	// pion sends Send indications until its ChannelBind lands.
+	waitFor("channel offloaded", func() bool { roundTrip(); return stat("traverse_turn_offload_flows") == 1 })
+	if want := "tcx,tcx"; clsact {
+		if got := h.get(t, "/attachments"); got != "clsact,clsact" {
+			t.Errorf("attachments %q, want clsact on both gateway interfaces", got)
+		}
+	} else if got := h.get(t, "/attachments"); got != want {
+		t.Errorf("attachments %q, want %q", got, want)
+	}
+	// Packets queued on the sockets before the entries landed may still be
+	// relayed by user space, and counters are read every second: wait for
+	// both to settle.
+	for range 5 {
+		roundTrip()
+	}
+	settle := func() map[string]float64 {
+		t.Helper()
+		last := h.stats(t)
+		for same := 0; same < 2; {
+			time.Sleep(1100 * time.Millisecond)
+			m := h.stats(t)
+			if userSpace(m) == userSpace(last) && kernel(m) == kernel(last) {
+				same++
+			} else {
+				same = 0
+			}
+			last = m
+		}
+		return last
+	}
+	m0 := settle()
+	const n = 200
+	for range n {
+		roundTrip()
+	}
+	m1 := settle()
+	if d := userSpace(m1) - userSpace(m0); d != 0 {
+		t.Errorf("user space relayed %v packets after the offload", d)
+	}
+	if d := kernel(m1) - kernel(m0); d != 2*n {
+		t.Errorf("kernel relayed %v packets, want %d", d, 2*n)
+	}
+	if d := m1["traverse_turn_offload_bytes_total:to_peer"] - m0["traverse_turn_offload_bytes_total:to_peer"]; d < n*160 || d > n*163 {
+		t.Errorf("kernel counted %v data bytes to the peer for %d messages of 160-163 bytes", d, n)
+	}
+
+	// Expiry in the kernel: the program hands packets to user space, which
+	// still holds the channel and relays them.
+	h.get(t, "/expire")
+	for range 20 {
+		roundTrip()
+	}
+	m2 := settle()
+	if d := userSpace(m2) - userSpace(m1); d != 40 {
+		t.Errorf("user space relayed %v packets after the kernel deadline, want 40", d)
+	}
+	if d := kernel(m2) - kernel(m1); d != 0 {
+		t.Errorf("kernel relayed %v packets after its deadline", d)
+	}
+
+	// Deallocation removes the flow.
+	if err := relay.Close(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor("flow removed", func() bool { return stat("traverse_turn_offload_flows") == 0 })
+}

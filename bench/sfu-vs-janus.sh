@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # SFU benchmark, one run, same synthetic load (pion clients from `traverse load`):
-#   traverse (serve: embedded NATS + signal + sfu, clients join through the bus) vs
+#   traverse on pion's write path (serve --sfu-fast-path=false: embedded NATS + signal + sfu, clients join
+#   through the bus) vs
 #   the same with --sfu-batch-io ("batched": recvmmsg reads and one sendmmsg writer under pion's mux) vs
+#   traverse with its fast path (--sfu-fast-path, the default since 2026-11-22: "fast", our own SRTP and
+#   one sendmmsg per fan-out; SFUBENCH_FAST_FLAGS adds flags to it, e.g. "--sfu-batch-io") vs
 #   Janus 1.1 videoroom (its HTTP API) vs a plain batched Go UDP forwarder (the ceiling).
 # For each scenario: server CPU-seconds per million forwarded RTP packets (utime+stime of the
 # server process over the measurement window, /proc/PID/stat), packets in and out, loss, memory.
 # Usage: bench/sfu-vs-janus.sh [DURATION]   (default 10s; bounded; loopback only)
-#   SFUBENCH_SCENARIOS="fanout rooms" (default both) and SFUBENCH_SERVERS="traverse batched janus udpfwd"
+#   SFUBENCH_SCENARIOS="fanout rooms" (default both) and SFUBENCH_SERVERS="traverse batched fast janus udpfwd"
 #   (default all) narrow a run, e.g. SFUBENCH_SCENARIOS=fanout SFUBENCH_SERVERS="traverse udpfwd".
 #   SFUBENCH_PROFILE=SECONDS takes a CPU profile of the traverse server (serve --pprof) during each run.
 set -euo pipefail
@@ -28,7 +31,7 @@ if [ -z "${SFUBENCH_NS:-}" ]; then
 fi
 DUR=${1:-10s}
 SCENARIOS=${SFUBENCH_SCENARIOS:-fanout rooms}
-SERVERS=${SFUBENCH_SERVERS:-traverse batched janus udpfwd}
+SERVERS=${SFUBENCH_SERVERS:-traverse batched fast janus udpfwd}
 want() { [[ " $SERVERS " == *" $1 "* ]]; }
 OUT=$(mktemp -d /tmp/sfubench.XXXXXX)
 BIN=$OUT/traverse
@@ -45,18 +48,32 @@ import socket
 ss=[socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(24)]
 for s in ss: s.bind(("127.0.0.1",0))
 print(" ".join(str(s.getsockname()[1]) for s in ss))')
-  # traverse: serve (embedded NATS, signal, sfu, and the idle other roles) on free ports
-  "$BIN" serve --admin 127.0.0.1:$ADM --bus-listen 127.0.0.1:$NATS --sfu-udp 127.0.0.1:$UDP --sfu-tcp 127.0.0.1:$TCP \
+  # traverse: serve (embedded NATS, signal, sfu, and the idle other roles) on free ports, pion's write path
+  "$BIN" serve --admin 127.0.0.1:$ADM --bus-listen 127.0.0.1:$NATS --sfu-udp 127.0.0.1:$UDP --sfu-tcp 127.0.0.1:$TCP --sfu-fast-path=false \
     --signal-http 127.0.0.1:$HTTP --stun-listen 127.0.0.1:$P1 --stun-other-port $P2 --stun-no-tcp --stun-tls-listen "" \
     --turn-listen 127.0.0.1:$P3 --turn-no-tcp --sipgw-sip 127.0.0.1:$P4 \
     --sipgw-rtp 127.0.0.1:$P5 --sipgw-rtcp 127.0.0.1:$P6 --log-level warn ${SFUBENCH_PROFILE:+--pprof} >>"$OUT/serve.log" 2>&1 &
   TPID=$!; PIDS+=($TPID)
   # the same with the batched socket I/O under pion's mux (--sfu-batch-io)
-  "$BIN" serve --admin 127.0.0.1:$ADM2 --bus-listen 127.0.0.1:$NATS2 --sfu-udp 127.0.0.1:$UDP2 --sfu-tcp 127.0.0.1:$TCP2 --sfu-batch-io ${SFUBENCH_PROFILE:+--pprof} \
+  "$BIN" serve --admin 127.0.0.1:$ADM2 --bus-listen 127.0.0.1:$NATS2 --sfu-udp 127.0.0.1:$UDP2 --sfu-tcp 127.0.0.1:$TCP2 --sfu-batch-io --sfu-fast-path=false ${SFUBENCH_PROFILE:+--pprof} \
     --signal-http 127.0.0.1:$HTTP2 --stun-listen 127.0.0.1:$Q1 --stun-other-port $Q2 --stun-no-tcp --stun-tls-listen "" \
     --turn-listen 127.0.0.1:$Q3 --turn-no-tcp --sipgw-sip 127.0.0.1:$Q4 \
     --sipgw-rtp 127.0.0.1:$Q5 --sipgw-rtcp 127.0.0.1:$Q6 --log-level warn >>"$OUT/serve-batched.log" 2>&1 &
   TPID2=$!; PIDS+=($TPID2)
+  # the same with the fast path (--sfu-fast-path), only when wanted
+  if want fast; then
+    read -r NATS3 UDP3 TCP3 HTTP3 R1 R2 R3 R4 R5 R6 ADM3 < <(python3 -c '
+import socket
+ss=[socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(11)]
+for s in ss: s.bind(("127.0.0.1",0))
+print(" ".join(str(s.getsockname()[1]) for s in ss))')
+    "$BIN" serve --admin 127.0.0.1:$ADM3 --bus-listen 127.0.0.1:$NATS3 --sfu-udp 127.0.0.1:$UDP3 --sfu-tcp 127.0.0.1:$TCP3 \
+      --sfu-fast-path ${SFUBENCH_FAST_FLAGS:-} ${SFUBENCH_PROFILE:+--pprof} \
+      --signal-http 127.0.0.1:$HTTP3 --stun-listen 127.0.0.1:$R1 --stun-other-port $R2 --stun-no-tcp --stun-tls-listen "" \
+      --turn-listen 127.0.0.1:$R3 --turn-no-tcp --sipgw-sip 127.0.0.1:$R4 \
+      --sipgw-rtp 127.0.0.1:$R5 --sipgw-rtcp 127.0.0.1:$R6 --log-level warn >>"$OUT/serve-fast.log" 2>&1 &
+    TPID3=$!; PIDS+=($TPID3)
+  fi
   # Janus: Debian's config, HTTP on a free port bound to loopback, unused plugins and transports off
   JDIR=$OUT/janus; rm -rf "$JDIR"; mkdir -p "$JDIR"; cp /etc/janus/*.jcfg "$JDIR/"
   sed -i "s|^\tport = 8088.*|\tport = $JPORT|; s|^\t#ip = \"192.168.0.1\".*|\tip = \"127.0.0.1\"|" "$JDIR/janus.transport.http.jcfg"
@@ -69,7 +86,8 @@ print(" ".join(str(s.getsockname()[1]) for s in ss))')
   FPID=$!; PIDS+=($FPID)
   for i in $(seq 100); do
     curl -sf -o /dev/null "http://127.0.0.1:$JPORT/janus/info" && (exec 3<>/dev/tcp/127.0.0.1/$NATS) 2>/dev/null \
-      && (exec 3<>/dev/tcp/127.0.0.1/$NATS2) 2>/dev/null && break
+      && (exec 3<>/dev/tcp/127.0.0.1/$NATS2) 2>/dev/null \
+      && { ! want fast || (exec 3<>/dev/tcp/127.0.0.1/$NATS3) 2>/dev/null; } && break
     sleep 0.2
   done
 }
@@ -97,6 +115,16 @@ run() { # name rooms pubs subs
     [ -n "${PROF:-}" ] && { wait "$PROF" 2>/dev/null || true; }
     curl -s "http://127.0.0.1:$ADM2/metrics" | grep -E '^traverse_sfu_(udp_|rtp_forwarded)' >"$OUT/batched-$name-metrics.txt" || true
   fi
+  if want fast; then
+    if [ -n "${SFUBENCH_PROFILE:-}" ]; then
+      (sleep 6; curl -s -o "$OUT/fast-$name.pprof" "http://127.0.0.1:$ADM3/debug/pprof/profile?seconds=$SFUBENCH_PROFILE") &
+      PROF=$!
+    fi
+    "$BIN" load --nats nats://127.0.0.1:$NATS3 --rooms $r --publishers $p --subscribers $s --duration $DUR \
+      --server-pid $TPID3 --room-prefix "f$name" --json 2>"$OUT/fast-$name.err" >"$OUT/fast-$name.json" || true
+    [ -n "${PROF:-}" ] && { wait "$PROF" 2>/dev/null || true; }
+    curl -s "http://127.0.0.1:$ADM3/metrics" | grep -E '^traverse_sfu_(udp_|rtp_forwarded|fast_path)' >"$OUT/fast-$name-metrics.txt" || true
+  fi
   if want janus; then
     "$BIN" load --janus "http://127.0.0.1:$JPORT/janus" --ice-ip 10.77.0.1 --rooms $r --publishers $p --subscribers $s --duration $DUR \
       --server-pid $JPID --room-prefix "j$name" --json 2>"$OUT/janus-$name.err" >"$OUT/janus-$name.json" || true
@@ -113,14 +141,14 @@ for sc in $SCENARIOS; do
     rooms) run rooms 10 4 0 ;;
   esac
 done
-cat "$OUT"/batched-*-metrics.txt >&2 || true
+cat "$OUT"/batched-*-metrics.txt "$OUT"/fast-*-metrics.txt >&2 || true
 
 python3 - "$OUT" <<'PY'
 import json, sys, os
 out = sys.argv[1]
 print(f"{'scenario':8} {'server':9} {'pub pkt/s':>9} {'out pkt/s':>9} {'expected':>9} {'loss %':>7} {'CPU %':>6} {'CPU-s/Mpkt':>10} {'pkt/CPU-s':>9} {'KiB/peer':>8}")
 for sc in ("fanout", "rooms"):
-    for srv in ("traverse", "batched", "janus", "udpfwd"):
+    for srv in ("traverse", "batched", "fast", "janus", "udpfwd"):
         if not os.path.exists(os.path.join(out, f"{srv}-{sc}.json")):
             continue
         try:

@@ -57,7 +57,7 @@ func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
 			Name: "rtp_received_total", Help: "RTP packets received from publishers."},
 			func() float64 { return float64(s.received.Load()) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "traverse", Subsystem: "sfu",
-			Name: "udp_batched_writes_total", Help: "Datagrams sent through the batched socket (--batch-io)."},
+			Name: "udp_batched_writes_total", Help: "Datagrams sent through the batched socket (--batch-io, or the fast path's writer)."},
 			func() float64 { return float64(s.batchStat(func(b *batchConn) uint64 { return b.writes.Load() })) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "traverse", Subsystem: "sfu",
 			Name: "udp_write_batches_total", Help: "Send system calls of the batched socket (sendmmsg batches and single sendto)."},
@@ -74,8 +74,9 @@ func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
 }
 
 func (s *Server) batchStat(f func(*batchConn) uint64) uint64 {
-	if s.batch == nil {
+	b := s.corkable()
+	if b == nil {
 		return 0
 	}
-	return f(s.batch)
+	return f(b)
 }

@@ -29,7 +29,7 @@ func bindSFU(fs *flag.FlagSet, prefix string, c *sfuConfig) {
 	fs.StringVar(&c.Region, prefix+"region", c.Region, "`region` announced for node selection")
 	fs.IntVar(&c.MaxPeers, prefix+"max-peers", 2000, "refuse joins past this many sessions")
 	fs.BoolVar(&c.BatchIO, prefix+"batch-io", c.BatchIO, "batched media socket I/O (recvmmsg reads, a fan-out corked into one sendmmsg) under pion's mux instead of one packet per system call")
-	fs.BoolVar(&c.FastPath, prefix+"fast-path", c.FastPath, "forward RTP with the node's own SRTP context and batched socket writes instead of pion's per-subscriber write stack (the node answers as DTLS server)")
+	fs.BoolVar(&c.FastPath, prefix+"fast-path", true, "forward RTP with the node's own SRTP context and batched socket writes instead of pion's per-subscriber write stack (the node answers as DTLS server); false uses pion's")
 	fs.DurationVar(&c.PLIInterval, prefix+"pli-interval", 0, "least `time` between keyframe requests to one publisher layer (default 500ms)")
 }
 

@@ -121,7 +121,12 @@ func (f *fastPath) activate() {
 	f.key, f.salt, f.profile = key, salt, profile
 	f.active.Store(true)
 	f.s.m.fastActive.Inc()
+	f.s.fastSessions.Add(1)
 }
+
+// FastPathSessions returns how many peer connections have taken the fast
+// path (Config.FastPath) since the node started.
+func (s *Server) FastPathSessions() uint64 { return s.fastSessions.Load() }
 
 // setPair follows the selected candidate pair.
 func (f *fastPath) setPair(pair *webrtc.ICECandidatePair) {

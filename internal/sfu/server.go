@@ -75,6 +75,8 @@ type Server struct {
 	closeOnce sync.Once
 	forwarded atomic.Uint64
 	received  atomic.Uint64
+	// fastSessions counts peer connections that took the fast path.
+	fastSessions atomic.Uint64
 }
 
 // New binds the node's UDP port and TCP listener. It serves the bus once

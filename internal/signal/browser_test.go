@@ -39,9 +39,14 @@ import (
 )
 
 type stack struct {
-	url string
-	key []byte
+	url  string
+	key  []byte
+	node *sfu.Server
 }
+
+// fastPath is whether the SFU node runs its own SRTP write path (the
+// traverse command's default); SFU_FAST_PATH=0 runs pion's write path.
+var fastPath = os.Getenv("SFU_FAST_PATH") != "0"
 
 // startStack runs the bus, one SFU node, optionally TURN, and signal with
 // the demo page, all on loopback; t.Cleanup stops them.
@@ -68,7 +73,7 @@ func startStack(t *testing.T, withTURN bool) *stack {
 	}
 	t.Cleanup(func() { _ = be.Close() })
 
-	node, err := sfu.New(sfu.Config{UDP: "127.0.0.1:0", NodeID: "node1", AnnounceInterval: 200 * time.Millisecond},
+	node, err := sfu.New(sfu.Config{UDP: "127.0.0.1:0", NodeID: "node1", AnnounceInterval: 200 * time.Millisecond, FastPath: fastPath},
 		log.With("role", "sfu"), connect("sfu"), nil)
 	if err != nil {
 		t.Fatal(err)
@@ -107,7 +112,7 @@ func startStack(t *testing.T, withTURN bool) *stack {
 	}
 	hs := httptest.NewServer(srv)
 	t.Cleanup(func() { hs.Close(); _ = srv.Close() })
-	return &stack{url: hs.URL, key: key}
+	return &stack{url: hs.URL, key: key, node: node}
 }
 
 // summary is what window.traverse.summary() returns (web/app.js).
@@ -271,6 +276,9 @@ func roomWith(t *testing.T, st *stack, n int, relay, viewers map[int]bool, query
 		if relay[i] && s.Path.Local != "relay" {
 			t.Fatalf("%s is restricted to TURN but its path is %s", pt.name, s.Path.Local)
 		}
+	}
+	if fastPath && st.node.FastPathSessions() < uint64(n) {
+		t.Fatalf("%d of %d peer connections took the SFU's fast path", st.node.FastPathSessions(), n)
 	}
 }
 

@@ -6,17 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"runtime"
 	"sync"
 	"time"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
-	"golang.org/x/sys/unix"
 
 	"github.com/traverse-rtc/traverse/internal/mediaproxy"
+	"github.com/traverse-rtc/traverse/internal/tcattach"
 )
 
 // Offloader forwards flows with the fastpath tc program. It is safe for
@@ -28,7 +25,7 @@ type Offloader struct {
 	mu       sync.Mutex // guards everything below
 	objs     *fastpathObjects
 	nl       *netlink.Handle
-	links    map[int]link.Link // ingress program per interface index
+	links    map[int]*tcattach.Attachment // ingress program per interface index
 	flows    map[mediaproxy.Flow]struct{}
 	counters map[fastpathFlowKey][2]uint64 // packets, bytes (all CPUs)
 	readAt   time.Time
@@ -55,18 +52,13 @@ func New(cfg Config) (*Offloader, error) {
 	if err := spec.LoadAndAssign(objs, nil); err != nil {
 		return nil, fmt.Errorf("bpfoffload: load program: %w", err)
 	}
-	var nl *netlink.Handle
-	if cfg.NetNS != 0 {
-		nl, err = netlink.NewHandleAt(netns.NsHandle(cfg.NetNS))
-	} else {
-		nl, err = netlink.NewHandle()
-	}
+	nl, err := tcattach.Handle(cfg.NetNS)
 	if err != nil {
 		objs.Close()
 		return nil, fmt.Errorf("bpfoffload: netlink: %w", err)
 	}
 	return &Offloader{cfg: cfg, ncpu: ncpu, objs: objs, nl: nl,
-		links: map[int]link.Link{}, flows: map[mediaproxy.Flow]struct{}{}}, nil
+		links: map[int]*tcattach.Attachment{}, flows: map[mediaproxy.Flow]struct{}{}}, nil
 }
 
 func check(f mediaproxy.Flow) error {
@@ -82,80 +74,38 @@ func key(src, dst netip.AddrPort) fastpathFlowKey {
 	return fastpathFlowKey{Saddr: be32(src.Addr()), Daddr: be32(dst.Addr()), Sport: be16(src.Port()), Dport: be16(dst.Port())}
 }
 
-// be32 and be16 give the value whose in-memory bytes (little-endian hosts,
-// the only ones the program is built for) are the network byte order.
-func be32(a netip.Addr) uint32 {
-	b := a.As4()
-	return uint32(b[0]) | uint32(b[1])<<8 | uint32(b[2])<<16 | uint32(b[3])<<24
-}
-
-func be16(p uint16) uint16 { return p>>8 | p<<8 }
+// be32 and be16: see tcattach.BE32.
+var (
+	be32 = tcattach.BE32
+	be16 = tcattach.BE16
+)
 
 // egress returns the interface the host routes dst out of, refusing local
 // and non-Ethernet destinations (the program assumes a 14-byte header).
 func (o *Offloader) egress(dst netip.Addr) (int, error) {
-	routes, err := o.nl.RouteGet(dst.AsSlice())
-	if err != nil || len(routes) == 0 {
-		return 0, fmt.Errorf("%w: route to %v: %v", ErrNoRoute, dst, err)
+	r, err := tcattach.Lookup(o.nl, dst)
+	if err != nil {
+		return 0, fmt.Errorf("%w: %v", ErrNoRoute, err)
 	}
-	r := routes[0]
-	if r.Type == unix.RTN_LOCAL || r.LinkIndex == 0 {
+	if r.Local {
 		return 0, fmt.Errorf("%w: %v is local", ErrNoRoute, dst)
 	}
-	l, err := o.nl.LinkByIndex(r.LinkIndex)
-	if err != nil {
-		return 0, fmt.Errorf("%w: link %d: %v", ErrNoRoute, r.LinkIndex, err)
-	}
-	if a := l.Attrs(); a.EncapType != "ether" || len(a.HardwareAddr) != 6 {
-		return 0, fmt.Errorf("%w: %s is not an Ethernet device", ErrNoRoute, a.Name)
-	}
-	return r.LinkIndex, nil
+	return r.Ifindex, nil
 }
 
 // attachLocked attaches the program to ifindex's ingress unless it is
-// already there, in the configured network namespace.
+// already there, in the configured network namespace: with TCX, or a
+// clsact filter on kernels without it.
 func (o *Offloader) attachLocked(ifindex int) error {
 	if _, ok := o.links[ifindex]; ok {
 		return nil
 	}
-	var l link.Link
-	err := o.inNetNS(func() error {
-		var err error
-		l, err = link.AttachTCX(link.TCXOptions{Interface: ifindex, Program: o.objs.FastpathIngress, Attach: ebpf.AttachTCXIngress})
-		return err
-	})
+	l, err := tcattach.Ingress(o.cfg.NetNS, o.nl, ifindex, o.objs.FastpathIngress, false)
 	if err != nil {
 		return fmt.Errorf("bpfoffload: attach to interface %d: %w", ifindex, err)
 	}
 	o.links[ifindex] = l
 	return nil
-}
-
-// inNetNS runs f on a thread in the configured namespace (interface
-// indexes are resolved in the caller's namespace).
-func (o *Offloader) inNetNS(f func() error) error {
-	if o.cfg.NetNS == 0 {
-		return f()
-	}
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		runtime.UnlockOSThread()
-		return err
-	}
-	defer orig.Close()
-	if err := netns.Set(netns.NsHandle(o.cfg.NetNS)); err != nil {
-		runtime.UnlockOSThread()
-		return err
-	}
-	ferr := f()
-	if err := netns.Set(orig); err != nil {
-		// Leave the thread locked: the runtime discards it when the
-		// goroutine ends instead of reusing a thread in the wrong namespace.
-		return errors.Join(ferr, err)
-	}
-	runtime.UnlockOSThread()
-	return ferr
 }
 
 func (o *Offloader) value(src, dst netip.AddrPort, ifindex int) []fastpathFlowValue {

@@ -5,7 +5,8 @@
 // # The program
 //
 // bpf/fastpath.c is a tc program attached to the ingress of the gateway's
-// interfaces with TCX (Linux 6.6 or later; github.com/cilium/ebpf's
+// interfaces with TCX (Linux 6.6 or later; a clsact filter before that,
+// see internal/tcattach; github.com/cilium/ebpf's
 // link.AttachTCX). It looks an IPv4 UDP packet's 4-tuple
 // {saddr, daddr, sport, dport} up in one hash map; a hit carries the
 // rewrite {new saddr, daddr, sport, dport} and the egress interface. The

@@ -271,7 +271,7 @@ func (t *turnShare) fill(c *turnConfig, s *turn.Server) {
 }
 
 func init() {
-	register(command{name: "turn", summary: "TURN relay server (RFC 8656) over UDP, TCP and TLS", run: runTurn})
+	register(command{name: "turn", summary: "TURN relay server (RFC 8656) over UDP, TCP and TLS, with TCP relays (RFC 6062)", run: runTurn})
 	registerServeRole(serveRole{
 		name:  "turn",
 		order: 20,

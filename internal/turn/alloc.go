@@ -61,7 +61,8 @@ type allocation struct {
 	key     fiveTuple
 	out     sender
 	eng     *engine    // the event loop serving fd
-	sock    *relaySock // the relay socket, maybe shared
+	sock    *relaySock // the relay socket, maybe shared; nil for TCP
+	tcp     *tcpRelay  // set for a TCP allocation (RFC 6062)
 	fd      int        // sock.fd
 	dead    deadFlag   // set on delete, before the indexes are cleaned
 	relayed netip.AddrPort

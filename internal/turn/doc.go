@@ -6,7 +6,9 @@
 // long-term credentials (RFC 8489 section 9.2) with expiring nonces (438
 // Stale Nonce) and time-limited credentials minted from a shared secret (the
 // TURN REST API of draft-uberti-behave-turn-rest, coturn's use-auth-secret).
-// The listener also answers STUN Binding requests (RFC 8489).
+// The listener also answers STUN Binding requests (RFC 8489). Clients on
+// TCP or TLS may ask for TCP relays instead (RFC 6062: Connect,
+// ConnectionBind, ConnectionAttempt; tcprelay.go).
 //
 // The server owns its data path instead of wrapping pion/turn's server,
 // which reads each relay socket from its own goroutine and allocates per

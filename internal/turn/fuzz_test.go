@@ -90,6 +90,11 @@ func FuzzHandleMessage(f *testing.F) {
 			channelAttr(0x4000), peerAttr(netip.MustParseAddrPort("127.0.0.1:9"))),
 		stun.MustBuild(stun.NewTransactionIDSetter(tid), stun.NewType(stun.MethodSend, stun.ClassIndication),
 			peerAttr(netip.MustParseAddrPort("127.0.0.1:9")), rawAttr{stun.AttrData, []byte("x")}),
+		// RFC 6062.
+		stun.MustBuild(stun.NewTransactionIDSetter(tid), stun.NewType(stun.MethodAllocate, stun.ClassRequest), requestedTCP()),
+		stun.MustBuild(stun.NewTransactionIDSetter(tid), stun.NewType(stun.MethodConnect, stun.ClassRequest),
+			peerAttr(netip.MustParseAddrPort("127.0.0.1:9"))),
+		stun.MustBuild(stun.NewTransactionIDSetter(tid), stun.NewType(stun.MethodConnectionBind, stun.ClassRequest), connectionID(7)),
 	}
 	for _, m := range seeds {
 		f.Add(m.Raw)
@@ -160,6 +165,7 @@ func FuzzLoopStream(f *testing.F) {
 	f.Add(append(appendChannelData(nil, 0x4000, []byte{1, 2, 3}, true), bind...))
 	f.Add([]byte{0x40, 0x00, 0xff, 0xff, 1})
 	f.Add([]byte{0x80, 0, 0, 0})
+	f.Add(stun.MustBuild(stun.NewTransactionIDSetter(tid), stun.NewType(stun.MethodConnectionBind, stun.ClassRequest), connectionID(7)).Raw)
 	f.Fuzz(func(t *testing.T, b []byte) {
 		c, err := net.Dial("tcp", s.TCPAddr().String())
 		if err != nil {

@@ -53,6 +53,10 @@ func (s *Server) handleMessage(b []byte, key fiveTuple, out sender, st *relaySta
 		r.createPermission()
 	case stun.MethodChannelBind:
 		r.channelBind()
+	case stun.MethodConnect:
+		r.connect()
+	case stun.MethodConnectionBind:
+		r.connectionBind()
 	default:
 		r.fail(stun.CodeBadRequest, nil)
 	}
@@ -332,8 +336,16 @@ func (r *request) allocate() {
 		r.fail(stun.CodeBadRequest, nil)
 		return
 	}
-	if v[0] != 17 {
+	tcp := v[0] == transportTCP
+	switch {
+	case v[0] != transportUDP && !tcp:
 		r.fail(stun.CodeUnsupportedTransProto, nil)
+		return
+	case tcp && (r.out.stream == nil || r.out.stream.datagram || r.m.Contains(stun.AttrDontFragment) ||
+		r.m.Contains(stun.AttrEvenPort) || r.m.Contains(stun.AttrReservationToken)):
+		// RFC 6062 section 5.1: TCP allocations over TCP or TLS only,
+		// and none of these attributes.
+		r.fail(stun.CodeBadRequest, nil)
 		return
 	}
 	if fam, err := r.m.Get(stun.AttrRequestedAddressFamily); err == nil {
@@ -377,6 +389,10 @@ func (r *request) allocate() {
 	// Hold the quota slot while the socket opens.
 	s.perUser[r.user]++
 	s.mu.Unlock()
+	if tcp {
+		r.allocateTCP(d)
+		return
+	}
 
 	eng := s.engs[r.out.shard]
 	if r.out.stream != nil {
@@ -595,7 +611,7 @@ func (r *request) channelBind() {
 		return
 	}
 	num := binary.BigEndian.Uint16(v)
-	if num < minChannel || num > maxChannel {
+	if num < minChannel || num > maxChannel || a.tcp != nil {
 		r.fail(stun.CodeBadRequest, nil)
 		return
 	}

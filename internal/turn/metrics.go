@@ -19,6 +19,10 @@ type metrics struct {
 	drops        *prometheus.CounterVec // by reason
 	bad          *prometheus.CounterVec // malformed input by transport
 	streamConns  prometheus.Gauge
+	// RFC 6062: peer data connections open, ConnectionBind timeouts,
+	// failed Connects.
+	tcpConns                        prometheus.Gauge
+	tcpTimeouts, tcpConnectFailures prometheus.Counter
 
 	offloadFlows                                 prometheus.Gauge
 	offloadErrors                                prometheus.Counter
@@ -37,6 +41,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		permissions: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "permissions", Help: "Permissions installed now, over all allocations."}),
 		channels:    prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "channels", Help: "Channels bound now, over all allocations."}),
 		streamConns: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "stream_connections", Help: "TCP and TLS client connections open now."}),
+		tcpConns: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "tcp_peer_connections",
+			Help: "RFC 6062 peer data connections open now (pending a ConnectionBind or bound)."}),
+		tcpTimeouts: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "tcp_bind_timeouts_total",
+			Help: "RFC 6062 peer data connections closed because no ConnectionBind came within 30 s."}),
+		tcpConnectFailures: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "tcp_connect_failures_total",
+			Help: "RFC 6062 Connect requests answered 447: the connection to the peer failed or timed out."}),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "requests_total",
 			Help: "STUN/TURN requests answered, by method and result (ok or the error code)."}, []string{"method", "result"}),
 		authFailures: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "auth_failures_total",
@@ -44,7 +54,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		refusedPeers: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "refused_peers_total",
 			Help: "Permissions, channel bindings and Send indications refused because the peer address is filtered (403)."}),
 		quotaHits: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "quota_hits_total",
-			Help: "Quota events: user and total (486), ports (508), shared (an allocation placed on a shared relay socket), shared_peer (403: a peer another sharer permits), permissions (508: more than 1024 on one allocation), stream_conns (TCP/TLS connection refused), offload_bandwidth (an allocation over its bandwidth in the kernel, handed back to user space for 10 s)."}, []string{"quota"}),
+			Help: "Quota events: user and total (486), ports (508), shared (an allocation placed on a shared relay socket), shared_peer (403: a peer another sharer permits), permissions (508: more than 1024 on one allocation), stream_conns (TCP/TLS connection refused), offload_bandwidth (an allocation over its bandwidth in the kernel, handed back to user space for 10 s), tcp_conns (RFC 6062: over 128 peer connections on one allocation)."}, []string{"quota"}),
 		drops: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "dropped_packets_total",
 			Help: "Packets not relayed, by reason."}, []string{"reason"}),
 		bad: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "malformed_total",
@@ -78,11 +88,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.offloadToClientPackets = offPackets.WithLabelValues("to_client")
 	m.offloadToPeerBytes = offBytes.WithLabelValues("to_peer")
 	m.offloadToClientBytes = offBytes.WithLabelValues("to_client")
-	for _, q := range []string{"user", "total", "ports", "shared", "shared_peer", "permissions", "stream_conns", "offload_bandwidth"} {
+	for _, q := range []string{"user", "total", "ports", "shared", "shared_peer", "permissions", "stream_conns", "offload_bandwidth", "tcp_conns"} {
 		m.quotaHits.WithLabelValues(q)
 	}
 	if reg != nil {
-		reg.MustRegister(m.allocations, m.permissions, m.channels, m.streamConns, m.requests, m.authFailures,
+		reg.MustRegister(m.allocations, m.permissions, m.channels, m.streamConns, m.tcpConns, m.tcpTimeouts, m.tcpConnectFailures,
+			m.requests, m.authFailures,
 			m.refusedPeers, m.quotaHits, m.drops, m.bad, relayed, relayedBytes,
 			m.offloadFlows, m.offloadErrors, offPackets, offBytes)
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"syscall"
 )
 
 type sockaddr struct{}
@@ -30,8 +31,10 @@ func (e *engine) wake()                                             {}
 func (e *engine) close()                                            {}
 func (e *engine) run()                                              {}
 
-func (s *Server) adoptStream(net.Conn, *streamConn) bool { return false }
-func (e *engine) addStream(*streamConn) error            { return ErrUnsupported }
-func (e *engine) dropStream(*streamConn)                 {}
-func (sc *streamConn) enqueueLoop([]byte) bool           { return false }
-func closeFD(int) error                                  { return ErrUnsupported }
+func (s *Server) adoptStream(net.Conn, *streamConn) bool  { return false }
+func (e *engine) addStream(*streamConn) error             { return ErrUnsupported }
+func (e *engine) dropStream(*streamConn)                  {}
+func (sc *streamConn) enqueueLoop([]byte) bool            { return false }
+func closeFD(int) error                                   { return ErrUnsupported }
+func reuseControl(string, string, syscall.RawConn) error  { return ErrUnsupported }
+func (e *engine) handOver(*streamConn, *peerConn, []byte) {}

@@ -224,8 +224,12 @@ func TestAllocationMismatchAndRetransmit(t *testing.T) {
 	if code := errCode(c.do(stun.MethodAllocate, rawAttr{stun.AttrRequestedTransport, []byte{6, 0, 0, 0}})); code != 437 {
 		t.Errorf("TCP transport on allocated tuple: code %d", code)
 	}
-	if code := errCode(other.do(stun.MethodAllocate, rawAttr{stun.AttrRequestedTransport, []byte{6, 0, 0, 0}})); code != 442 {
-		t.Errorf("TCP relay transport: code %d, want 442", code)
+	// A TCP relay is for TCP and TLS clients only (RFC 6062 section 5.1).
+	if code := errCode(other.do(stun.MethodAllocate, rawAttr{stun.AttrRequestedTransport, []byte{6, 0, 0, 0}})); code != 400 {
+		t.Errorf("TCP relay transport over UDP: code %d, want 400", code)
+	}
+	if code := errCode(other.do(stun.MethodAllocate, rawAttr{stun.AttrRequestedTransport, []byte{132, 0, 0, 0}})); code != 442 {
+		t.Errorf("SCTP relay transport: code %d, want 442", code)
 	}
 	// Refresh to 0 deletes.
 	if code := errCode(c.do(stun.MethodRefresh, lifetimeSetter(0))); code != 0 {

@@ -40,6 +40,10 @@ type Server struct {
 	perUser map[string]int
 	streams map[*streamConn]struct{}
 	closed  bool
+	// RFC 6062: peer data connections by CONNECTION-ID, and the relay
+	// ports TCP allocations listen on.
+	tcpConns  map[uint32]*peerConn
+	tcpRelays map[netip.AddrPort]bool
 
 	usersMu sync.RWMutex // guards users
 	users   map[string]string
@@ -49,7 +53,12 @@ type Server struct {
 
 	done      chan struct{}
 	wg        sync.WaitGroup
+	pipes     sync.WaitGroup // RFC 6062 dials, pipes and accept loops
 	closeOnce sync.Once
+
+	// RFC 6062 timers (tcpConnectTimeout, tcpBindTimeout; tests shorten
+	// them).
+	connectTimeout, bindTimeout time.Duration
 }
 
 type failWindow struct {
@@ -63,19 +72,23 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{
-		cfg:        cfg,
-		m:          newMetrics(cfg.Registerer),
-		nonces:     newNonces(cfg.NonceLifetime),
-		sweepEvery: time.Second,
-		allocs:     map[fiveTuple]*allocation{},
-		byFD:       map[int32]*relaySock{},
-		byRelay:    map[netip.AddrPort]*relaySock{},
-		perUser:    map[string]int{},
-		streams:    map[*streamConn]struct{}{},
-		fails:      map[netip.Addr]*failWindow{},
-		off:        offState{allocs: map[*allocation]*offAlloc{}, last: time.Now()},
-		users:      cfg.Users,
-		done:       make(chan struct{}),
+		cfg:            cfg,
+		m:              newMetrics(cfg.Registerer),
+		nonces:         newNonces(cfg.NonceLifetime),
+		sweepEvery:     time.Second,
+		allocs:         map[fiveTuple]*allocation{},
+		byFD:           map[int32]*relaySock{},
+		byRelay:        map[netip.AddrPort]*relaySock{},
+		perUser:        map[string]int{},
+		streams:        map[*streamConn]struct{}{},
+		tcpConns:       map[uint32]*peerConn{},
+		tcpRelays:      map[netip.AddrPort]bool{},
+		connectTimeout: tcpConnectTimeout,
+		bindTimeout:    tcpBindTimeout,
+		fails:          map[netip.Addr]*failWindow{},
+		off:            offState{allocs: map[*allocation]*offAlloc{}, last: time.Now()},
+		users:          cfg.Users,
+		done:           make(chan struct{}),
 	}
 	// With port 0 the UDP socket picks the port and TCP must get the same
 	// one, which another process may hold: try a few ports.
@@ -296,6 +309,9 @@ func (s *Server) Close() error {
 		for _, a := range all {
 			s.deleteAllocation(a)
 		}
+		// TCP allocations are gone with their connections: their
+		// goroutines end.
+		s.pipes.Wait()
 		for _, e := range s.engs {
 			e.close()
 		}
@@ -416,6 +432,8 @@ func (s *Server) relaySend(key fiveTuple, b []byte, st *relayStats) {
 	switch {
 	case a.closed:
 		st.noAlloc++
+	case a.tcp != nil:
+		st.sendErr++ // a TCP allocation relays over its data connections only
 	case !a.permittedLocked(peer.Addr(), now):
 		st.noPerm++
 	case !a.up.take(len(data), now, s.cfg.BandwidthPerAllocation):
@@ -474,6 +492,10 @@ func (s *Server) deleteAllocation(a *allocation) {
 	a.mu.Unlock()
 	a.dead.Store(true)
 	s.offloadDrop(a)
+	if a.tcp != nil {
+		s.deleteTCPAllocation(a, nperm)
+		return
+	}
 	rs := a.sock
 	s.mu.Lock()
 	if s.allocs[a.key] == a {

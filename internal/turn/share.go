@@ -71,7 +71,7 @@ func (s *Server) claimPeers(a *allocation, ips []netip.Addr) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	rs := a.sock
-	if !rs.shared || a.dead.Load() {
+	if rs == nil || !rs.shared || a.dead.Load() {
 		return true
 	}
 	for _, ip := range ips {
@@ -90,7 +90,7 @@ func (s *Server) releasePeers(a *allocation, ips []netip.Addr) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	rs := a.sock
-	if !rs.shared {
+	if rs == nil || !rs.shared {
 		return
 	}
 	for _, ip := range ips {

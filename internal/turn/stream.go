@@ -45,8 +45,14 @@ type streamConn struct {
 	done     chan struct{}
 	once     sync.Once
 
-	mu    sync.Mutex // guards alloc
+	mu    sync.Mutex // guards alloc and bound
 	alloc *allocation
+	// bound is set by a successful ConnectionBind (RFC 6062): the reader
+	// hands the connection over to a pipe once that message is handled.
+	bound *peerConn
+	// handoff is closed by writeLoop when it has written everything
+	// queued before the hand-over and stopped.
+	handoff chan struct{}
 
 	// raw is the TCP socket for direct writes (nil for TLS).
 	raw syscall.RawConn
@@ -207,11 +213,58 @@ func (sc *streamConn) readLoop() {
 			sc.s.relayChannelData(key, buf[:n], &st)
 		} else {
 			sc.s.handleMessage(buf[:n], key, out, &st)
+			if pc := sc.boundPeer(); pc != nil {
+				st.flush(sc.s.m)
+				sc.handOverGoroutines(pc, r)
+				return
+			}
 		}
 		if r.Buffered() == 0 {
 			st.flush(sc.s.m)
 		}
 	}
+}
+
+func (sc *streamConn) boundPeer() *peerConn {
+	sc.mu.Lock()
+	defer sc.mu.Unlock()
+	return sc.bound
+}
+
+// forget takes sc out of the server's connections without closing its
+// socket: it now belongs to a pipe (RFC 6062 data connection).
+func (sc *streamConn) forget() {
+	sc.once.Do(func() {
+		close(sc.done)
+		sc.s.mu.Lock()
+		delete(sc.s.streams, sc)
+		sc.s.mu.Unlock()
+		sc.s.m.streamConns.Dec()
+	})
+}
+
+// handOverGoroutines hands a bound connection served by goroutines to a
+// pipe: once writeLoop has written the ConnectionBind answer and stopped,
+// the client bytes already buffered past it go first.
+func (sc *streamConn) handOverGoroutines(pc *peerConn, r *bufio.Reader) {
+	early := make([]byte, r.Buffered())
+	_, _ = io.ReadFull(r, early)
+	handed := make(chan struct{})
+	sc.wmu.Lock()
+	sc.handoff = handed
+	sc.wmu.Unlock()
+	select {
+	case sc.q <- nil: // after everything queued before it
+	case <-sc.done:
+		return
+	}
+	select {
+	case <-handed:
+	case <-sc.done:
+		return
+	}
+	sc.forget()
+	sc.s.pipe(pc, sc.c, early, nil)
 }
 
 func (sc *streamConn) writeLoop() {
@@ -227,6 +280,13 @@ func (sc *streamConn) writeLoop() {
 				}
 			}
 		case b := <-sc.q:
+			if b == nil { // hand-over (RFC 6062 ConnectionBind)
+				_ = sc.c.SetWriteDeadline(time.Time{})
+				sc.wmu.Lock()
+				close(sc.handoff)
+				sc.wmu.Unlock()
+				return
+			}
 			_ = sc.c.SetWriteDeadline(time.Now().Add(5 * time.Second))
 			_, err := sc.c.Write(*b)
 			framePool.Put(b)

@@ -4,6 +4,8 @@ package turn
 
 import (
 	"net"
+	"os"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -133,6 +135,10 @@ func (e *engine) fromStream(fd int, ev uint32) {
 				s.relayChannelData(key, data[:fl:fl], &e.up)
 			} else {
 				s.handleMessage(data[:fl:fl], key, out, &e.up)
+				if pc := sc.boundPeer(); pc != nil {
+					e.handOver(sc, pc, data[fl:])
+					return
+				}
 			}
 			data = data[fl:]
 		}
@@ -143,6 +149,31 @@ func (e *engine) fromStream(fd int, ev uint32) {
 			return // the socket had no more
 		}
 	}
+}
+
+// handOver takes a connection that a ConnectionBind bound (RFC 6062) off
+// the loop and gives it to a pipe, with the client bytes read past the
+// ConnectionBind and whatever the socket had not taken yet.
+func (e *engine) handOver(sc *streamConn, pc *peerConn, early []byte) {
+	early = append([]byte(nil), early...) // out of the loop's buffer
+	e.smu.Lock()
+	delete(e.streams, int32(sc.fd))
+	e.smu.Unlock()
+	sc.wmu.Lock()
+	sc.closed = true // no more writes from the loops
+	_ = unix.EpollCtl(e.epfd, unix.EPOLL_CTL_DEL, sc.fd, nil)
+	pending := sc.backlog
+	sc.backlog = nil
+	sc.wmu.Unlock()
+	f := os.NewFile(uintptr(sc.fd), "turn-data")
+	c, err := net.FileConn(f) // a duplicate in Go's netpoller
+	_ = f.Close()
+	sc.forget()
+	if err != nil {
+		pc.close(e.s)
+		return
+	}
+	e.s.pipe(pc, c, early, pending)
 }
 
 // enqueueLoop writes b to a loop-served TCP client: straight to the
@@ -218,3 +249,19 @@ func writeAll(fd int, b []byte) (int, error) {
 }
 
 func closeFD(fd int) error { return unix.Close(fd) }
+
+// reuseControl lets a TCP allocation's listener and its outgoing
+// connections share the relayed address (RFC 6062 section 5.2: Connect
+// dials from it). The port allocator never hands one port out twice.
+func reuseControl(_, _ string, c syscall.RawConn) error {
+	var serr error
+	err := c.Control(func(fd uintptr) {
+		if serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); serr == nil {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+		}
+	})
+	if err != nil {
+		return err
+	}
+	return serr
+}

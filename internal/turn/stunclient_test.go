@@ -1,6 +1,7 @@
 package turn
 
 import (
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -20,6 +21,7 @@ type stunClient struct {
 	c           *net.UDPConn
 	tcp         net.Conn // set: the client speaks over this stream instead
 	rbuf        []byte   // stream bytes read but not yet framed
+	tls         bool     // tcp is TLS
 	server      netip.AddrPort
 	user, pass  string
 	realm       string
@@ -48,6 +50,30 @@ func newTCPSTUNClient(t testing.TB, server netip.AddrPort, user, pass string) *s
 	}
 	t.Cleanup(func() { conn.Close() })
 	return &stunClient{t: t, tcp: conn, server: server, user: user, pass: pass}
+}
+
+// newTLSSTUNClient is a stunClient over a TLS connection to server.
+func newTLSSTUNClient(t testing.TB, server netip.AddrPort, user, pass string) *stunClient {
+	t.Helper()
+	conn, err := tls.Dial("tcp", server.String(), &tls.Config{InsecureSkipVerify: true}) //nolint:gosec // test server's self-signed certificate
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return &stunClient{t: t, tcp: conn, tls: true, server: server, user: user, pass: pass}
+}
+
+// sibling opens another connection to c's server the way c was opened,
+// with c's credentials, realm and nonce.
+func (c *stunClient) sibling() *stunClient {
+	var d *stunClient
+	if c.tls {
+		d = newTLSSTUNClient(c.t, c.server, c.user, c.pass)
+	} else {
+		d = newTCPSTUNClient(c.t, c.server, c.user, c.pass)
+	}
+	d.realm, d.nonce = c.realm, c.nonce
+	return d
 }
 
 // readFrame reads the next STUN or ChannelData frame from the stream.

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -84,5 +85,15 @@ func TestTurnCommand(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("traverse turn did not stop within 5s")
+	}
+}
+
+// TestTurnOffloadFlag: --offload takes ebpf or off only. (The kernel path
+// itself is tested in internal/turn/turnoffload, in network namespaces.)
+func TestTurnOffloadFlag(t *testing.T) {
+	err := runTurn(context.Background(), []string{"--listen", "127.0.0.1:0", "--realm", "test", "--user", "a:b",
+		"--admin", "", "--log-level", "warn", "--offload", "nftables"})
+	if err == nil || !strings.Contains(err.Error(), "want ebpf or off") {
+		t.Errorf("--offload nftables: %v", err)
 	}
 }

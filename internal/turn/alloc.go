@@ -69,6 +69,7 @@ type allocation struct {
 	user    string
 	integ   []byte // long-term key
 	tid     [12]byte
+	token   *[8]byte // RESERVATION-TOKEN of the port reserved with it, if any
 
 	mu sync.Mutex // guards everything below
 	// closed is set when the allocation is deleted; the relay socket may

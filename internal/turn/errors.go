@@ -11,6 +11,10 @@ var (
 	// ErrNoRelayPort is returned when every port of the relay port range is
 	// in use (508 Insufficient Capacity, RFC 8656 section 7.2).
 	ErrNoRelayPort = errors.New("turn: relay port range exhausted")
+	// ErrNoReservation is returned for an Allocate whose RESERVATION-TOKEN
+	// names no held port (unknown, used or expired: 508 Insufficient
+	// Capacity, RFC 8656 section 7.2).
+	ErrNoReservation = errors.New("turn: no such port reservation")
 	// ErrMalformed is returned by the parsers for input that is not a
 	// well-formed message of the kind they parse.
 	ErrMalformed = errors.New("turn: malformed message")

@@ -358,7 +358,9 @@ func (r *request) allocate() {
 			return
 		}
 	}
-	if r.m.Contains(stun.AttrReservationToken) && r.m.Contains(stun.AttrEvenPort) {
+	// RESERVATION-TOKEN with EVEN-PORT or REQUESTED-ADDRESS-FAMILY: 400
+	// (RFC 8656 section 7.2).
+	if r.m.Contains(stun.AttrReservationToken) && (r.m.Contains(stun.AttrEvenPort) || r.m.Contains(stun.AttrRequestedAddressFamily)) {
 		r.fail(stun.CodeBadRequest, nil)
 		return
 	}
@@ -399,9 +401,22 @@ func (r *request) allocate() {
 		eng = s.engs[int(s.next.Add(1))%len(s.engs)]
 	}
 	var rs *relaySock
-	even := r.m.Contains(stun.AttrEvenPort)
-	fd, relayed, err := s.openRelay(eng, even)
-	if errors.Is(err, ErrNoRelayPort) && !s.cfg.NoSharing && !even {
+	even, reserve := evenPort(r.m)
+	useToken := r.m.Contains(stun.AttrReservationToken)
+	var fd int
+	var relayed netip.AddrPort
+	var token *[8]byte
+	switch {
+	case useToken:
+		fd, relayed, err = s.takeReservation(r.m, r.now)
+	case reserve:
+		var tok [8]byte
+		fd, relayed, tok, err = s.openRelayPair(eng, r.now)
+		token = &tok
+	default:
+		fd, relayed, err = s.openRelay(eng, even)
+	}
+	if errors.Is(err, ErrNoRelayPort) && !s.cfg.NoSharing && !even && !useToken {
 		s.mu.Lock()
 		if rs = s.shareRelayLocked(eng); rs != nil {
 			err = nil
@@ -418,9 +433,12 @@ func (r *request) allocate() {
 			delete(s.perUser, r.user)
 		}
 		s.mu.Unlock()
-		if errors.Is(err, ErrNoRelayPort) {
+		switch {
+		case errors.Is(err, ErrNoRelayPort):
 			s.m.quotaHits.WithLabelValues("ports").Inc()
-		} else {
+		case errors.Is(err, ErrNoReservation):
+			s.m.quotaHits.WithLabelValues("reservation").Inc()
+		default:
 			s.cfg.Log.Warn("turn: relay socket", "err", err)
 		}
 		r.fail(stun.CodeInsufficientCapacity, nil)
@@ -431,7 +449,7 @@ func (r *request) allocate() {
 		rs = &relaySock{fd: fd, addr: relayed, eng: eng}
 	}
 	a := &allocation{key: r.key, out: r.out, eng: eng, sock: rs, fd: rs.fd, relayed: rs.addr, user: r.user, integ: r.integ,
-		tid: r.m.TransactionID, expires: r.now.Add(d).UnixNano()}
+		tid: r.m.TransactionID, expires: r.now.Add(d).UnixNano(), token: token}
 	s.mu.Lock()
 	if s.closed || s.allocs[r.key] != nil {
 		// Closed, or a concurrent Allocate on the same 5-tuple won.
@@ -468,11 +486,15 @@ func (r *request) allocate() {
 }
 
 func (r *request) allocated(a *allocation, left time.Duration) {
-	r.ok(
+	setters := []stun.Setter{
 		&xorAddr{t: stun.AttrXORRelayedAddress, ap: a.relayed},
 		lifetimeSetter(left),
 		&stun.XORMappedAddress{IP: r.from.Addr().AsSlice(), Port: int(r.from.Port())},
-	)
+	}
+	if a.token != nil {
+		setters = append(setters, reservationToken(*a.token))
+	}
+	r.ok(setters...)
 }
 
 type xorAddr struct {

@@ -22,6 +22,7 @@ type metrics struct {
 	// RFC 6062: peer data connections open, ConnectionBind timeouts,
 	// failed Connects.
 	tcpConns                        prometheus.Gauge
+	reservations                    prometheus.Gauge // ports held for RESERVATION-TOKEN
 	tcpTimeouts, tcpConnectFailures prometheus.Counter
 
 	offloadFlows                                 prometheus.Gauge
@@ -43,6 +44,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		streamConns: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "stream_connections", Help: "TCP and TLS client connections open now."}),
 		tcpConns: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "tcp_peer_connections",
 			Help: "RFC 6062 peer data connections open now (pending a ConnectionBind or bound)."}),
+		reservations: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "reserved_ports",
+			Help: "Relay ports held now for a later Allocate with RESERVATION-TOKEN (EVEN-PORT with the R bit; 30 s each)."}),
 		tcpTimeouts: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "tcp_bind_timeouts_total",
 			Help: "RFC 6062 peer data connections closed because no ConnectionBind came within 30 s."}),
 		tcpConnectFailures: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "tcp_connect_failures_total",
@@ -54,7 +57,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		refusedPeers: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "refused_peers_total",
 			Help: "Permissions, channel bindings and Send indications refused because the peer address is filtered (403)."}),
 		quotaHits: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "quota_hits_total",
-			Help: "Quota events: user and total (486), ports (508), shared (an allocation placed on a shared relay socket), shared_peer (403: a peer another sharer permits), permissions (508: more than 1024 on one allocation), stream_conns (TCP/TLS connection refused), offload_bandwidth (an allocation over its bandwidth in the kernel, handed back to user space for 10 s), tcp_conns (RFC 6062: over 128 peer connections on one allocation)."}, []string{"quota"}),
+			Help: "Quota events: user and total (486), ports (508), shared (an allocation placed on a shared relay socket), shared_peer (403: a peer another sharer permits), permissions (508: more than 1024 on one allocation), stream_conns (TCP/TLS connection refused), offload_bandwidth (an allocation over its bandwidth in the kernel, handed back to user space for 10 s), tcp_conns (RFC 6062: over 128 peer connections on one allocation), reservation (508: RESERVATION-TOKEN unknown, used or expired)."}, []string{"quota"}),
 		drops: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "dropped_packets_total",
 			Help: "Packets not relayed, by reason."}, []string{"reason"}),
 		bad: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "malformed_total",
@@ -88,11 +91,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.offloadToClientPackets = offPackets.WithLabelValues("to_client")
 	m.offloadToPeerBytes = offBytes.WithLabelValues("to_peer")
 	m.offloadToClientBytes = offBytes.WithLabelValues("to_client")
-	for _, q := range []string{"user", "total", "ports", "shared", "shared_peer", "permissions", "stream_conns", "offload_bandwidth", "tcp_conns"} {
+	for _, q := range []string{"user", "total", "ports", "shared", "shared_peer", "permissions", "stream_conns", "offload_bandwidth", "tcp_conns", "reservation"} {
 		m.quotaHits.WithLabelValues(q)
 	}
 	if reg != nil {
-		reg.MustRegister(m.allocations, m.permissions, m.channels, m.streamConns, m.tcpConns, m.tcpTimeouts, m.tcpConnectFailures,
+		reg.MustRegister(m.allocations, m.permissions, m.channels, m.streamConns, m.tcpConns, m.tcpTimeouts, m.tcpConnectFailures, m.reservations,
 			m.requests, m.authFailures,
 			m.refusedPeers, m.quotaHits, m.drops, m.bad, relayed, relayedBytes,
 			m.offloadFlows, m.offloadErrors, offPackets, offBytes)

@@ -45,6 +45,8 @@ type Server struct {
 	tcpConns  map[uint32]*peerConn
 	tcpRelays map[netip.AddrPort]bool
 
+	res reservations // ports held for RESERVATION-TOKEN (RFC 8656 section 7.2)
+
 	usersMu sync.RWMutex // guards users
 	users   map[string]string
 
@@ -312,6 +314,7 @@ func (s *Server) Close() error {
 		// TCP allocations are gone with their connections: their
 		// goroutines end.
 		s.pipes.Wait()
+		s.expireReservations(0)
 		for _, e := range s.engs {
 			e.close()
 		}
@@ -548,6 +551,7 @@ func (s *Server) sweepLoop() {
 }
 
 func (s *Server) sweep(now int64) {
+	s.expireReservations(now)
 	s.mu.RLock()
 	all := make([]*allocation, 0, len(s.allocs))
 	for _, a := range s.allocs {

@@ -9,7 +9,7 @@ type metrics struct {
 	pliForwarded, pliThrottled, nacks prometheus.Counter
 	nacksAnswered, nacksMissed        prometheus.Counter
 	layerSwitches, dataMessages       prometheus.Counter
-	unsupportedTracks                 prometheus.Counter
+	unsupportedTracks, glare          prometheus.Counter
 	fastActive, fastFallbacks         prometheus.Counter
 	fastDrops, fastReports            prometheus.Counter
 	subscriberLoss                    prometheus.Histogram
@@ -41,6 +41,7 @@ func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
 		fastDrops: c("fast_path_drops_total",
 			"Fast-path RTP packets dropped: larger than the MTU, no UDP destination (TCP pair), or not encryptable."),
 		fastReports: c("fast_path_sender_reports_total", "RTCP sender reports sent for fast-path streams."),
+		glare:       c("glare_total", "Client offers that crossed a node offer (the node withdrew its own)."),
 		subscriberLoss: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "traverse", Subsystem: "sfu",
 			Name: "subscriber_loss_fraction", Help: "Fraction lost in subscribers' receiver reports.",
 			Buckets: []float64{0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5}}),
@@ -48,7 +49,7 @@ func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
 	if reg == nil {
 		return m
 	}
-	reg.MustRegister(m.fastActive, m.fastFallbacks, m.fastDrops, m.fastReports, m.unsupportedTracks, m.joins, m.leaves, m.connected, m.offers, m.badSDP, m.badRTP, m.pliForwarded,
+	reg.MustRegister(m.fastActive, m.fastFallbacks, m.fastDrops, m.fastReports, m.unsupportedTracks, m.glare, m.joins, m.leaves, m.connected, m.offers, m.badSDP, m.badRTP, m.pliForwarded,
 		m.pliThrottled, m.nacks, m.nacksAnswered, m.nacksMissed, m.layerSwitches, m.dataMessages, m.subscriberLoss,
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "traverse", Subsystem: "sfu",
 			Name: "rtp_forwarded_total", Help: "RTP packets sent to subscribers."},

@@ -28,16 +28,25 @@ type participant struct {
 	fast     *fastPath // nil unless Config.FastPath; set at creation
 	joinedAt time.Time
 
-	negMu          sync.Mutex // guards the fields below and serializes SDP work on pc
-	awaitingAnswer bool       // the node sent an offer and waits for the answer
-	pendingNeg     bool       // tracks changed while an offer was out: offer again
-	closed         bool
-	senders        map[*pubTrack]*webrtc.RTPSender
-	downs          map[*pubTrack]*downTrack
+	negMu sync.Mutex // guards the fields below and serializes SDP work on pc (negotiate.go)
+	// offerOut: a node offer waits for its answer. hold: an answer to the
+	// client is on its way and no node offer may overtake it. needOffer:
+	// the peer connection changed since the last offer (rollback, dropped
+	// senders) so the next step offers even if the room did not change.
+	offerOut, hold, needOffer, closed bool
+	senders                           map[*pubTrack]*webrtc.RTPSender
+	downs                             map[*pubTrack]*downTrack
+	// unanswered holds the tracks whose senders were added for the
+	// outstanding offer: a rollback takes them off again.
+	unanswered map[*pubTrack]bool
 	// refused holds the tracks whose codec the subscriber's negotiation
 	// did not accept: they are not added again until the client's next
 	// own offer (which may bring other codecs).
 	refused map[*pubTrack]bool
+	midSeq  int // the last node mid number given (negMidPrefix)
+
+	kick chan struct{} // wakes negotiationLoop; capacity 1
+	done chan struct{} // closed when the participant leaves
 
 	dcMu sync.Mutex // guards dc
 	dc   *webrtc.DataChannel
@@ -53,7 +62,9 @@ func newParticipant(s *Server, r *room, id string, j *bus.Join) *participant {
 	return &participant{s: s, room: r, id: id, identity: j.Identity, name: j.Name,
 		canPub: j.Publish, canSub: j.Subscribe, joinedAt: time.Now(),
 		senders: map[*pubTrack]*webrtc.RTPSender{}, downs: map[*pubTrack]*downTrack{},
-		refused: map[*pubTrack]bool{}, fast: s.newFastPath()}
+		unanswered: map[*pubTrack]bool{}, refused: map[*pubTrack]bool{}, fast: s.newFastPath(),
+		hold: true, // until the join answer is sent (joined)
+		kick: make(chan struct{}, 1), done: make(chan struct{})}
 }
 
 // start creates the peer connection and answers the client's offer.
@@ -65,6 +76,8 @@ func (p *participant) start(ctx context.Context, offer string) (string, error) {
 	p.negMu.Lock()
 	p.pc = pc
 	p.negMu.Unlock()
+	p.s.wg.Add(1)
+	go p.negotiationLoop()
 	pc.OnTrack(p.onTrack)
 	pc.OnDataChannel(p.onDataChannel)
 	pc.OnConnectionStateChange(func(st webrtc.PeerConnectionState) {
@@ -89,31 +102,6 @@ func (p *participant) start(ctx context.Context, offer string) (string, error) {
 	return answer, nil
 }
 
-// answerLocked applies a client offer and returns the node's answer with
-// its candidates (ICE-lite: all of them are known at once).
-func (p *participant) answerLocked(ctx context.Context, offer string) (string, error) {
-	if err := p.pc.SetRemoteDescription(webrtc.SessionDescription{Type: webrtc.SDPTypeOffer, SDP: offer}); err != nil {
-		p.s.m.badSDP.Inc()
-		return "", errStatus(bus.StatusBadRequest, err)
-	}
-	answer, err := p.pc.CreateAnswer(nil)
-	if err != nil {
-		return "", errStatus(bus.StatusBadRequest, err)
-	}
-	gathered := webrtc.GatheringCompletePromise(p.pc)
-	if err := p.pc.SetLocalDescription(answer); err != nil {
-		return "", errStatus(bus.StatusInternal, err)
-	}
-	select {
-	case <-gathered:
-	case <-ctx.Done():
-		return "", bus.Errorf(bus.StatusUnavailable, "gathering: %v", ctx.Err())
-	case <-time.After(5 * time.Second):
-		return "", bus.Errorf(bus.StatusInternal, "gathering did not complete")
-	}
-	return p.pc.LocalDescription().SDP, nil
-}
-
 func sdpUfrag(s string) string {
 	for _, line := range strings.Split(s, "\n") {
 		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "a=ice-ufrag:"); ok {
@@ -128,69 +116,7 @@ func sdpUfrag(s string) string {
 func (p *participant) joined() {
 	p.s.publishEvent(bus.RoomEvent{Type: bus.EventParticipantJoined, Room: p.room.name, Session: p.id,
 		Identity: p.identity, Name: p.name})
-	p.syncSubscriptions()
-}
-
-// clientOffer serves a client renegotiation. On glare (the node's own offer
-// is out) the node rolls its offer back and offers again afterwards.
-func (p *participant) clientOffer(ctx context.Context, offer string) (bus.Reply, error) {
-	sends, err := sendsMedia(offer)
-	if err != nil {
-		p.s.m.badSDP.Inc()
-		return bus.Reply{}, bus.Errorf(bus.StatusBadRequest, "offer: %v", err)
-	}
-	if sends && !p.canPub {
-		return bus.Reply{}, bus.Errorf(bus.StatusUnauthorized, "session %s may not publish", p.id)
-	}
-	p.negMu.Lock()
-	if p.closed {
-		p.negMu.Unlock()
-		return bus.Reply{}, bus.Errorf(bus.StatusNotFound, "session %s is closed", p.id)
-	}
-	if p.awaitingAnswer {
-		if err := p.pc.SetLocalDescription(webrtc.SessionDescription{Type: webrtc.SDPTypeRollback}); err != nil {
-			p.negMu.Unlock()
-			return bus.Reply{}, errStatus(bus.StatusConflict, err)
-		}
-		p.awaitingAnswer = false
-		p.pendingNeg = true
-	}
-	clear(p.refused)
-	answer, err := p.answerLocked(ctx, offer)
-	if err == nil && p.dropUnsupportedLocked() {
-		p.pendingNeg = true
-	}
-	again := p.pendingNeg
-	p.negMu.Unlock()
-	if err != nil {
-		return bus.Reply{}, err
-	}
-	rep := bus.Reply{SDP: answer}
-	if again {
-		rep.After = p.negotiate
-	}
-	return rep, nil
-}
-
-func (p *participant) clientAnswer(answer string) error {
-	p.negMu.Lock()
-	if !p.awaitingAnswer {
-		p.negMu.Unlock()
-		return bus.Errorf(bus.StatusConflict, "session %s: no offer outstanding", p.id)
-	}
-	if err := p.pc.SetRemoteDescription(webrtc.SessionDescription{Type: webrtc.SDPTypeAnswer, SDP: answer}); err != nil {
-		p.negMu.Unlock()
-		p.s.m.badSDP.Inc()
-		return errStatus(bus.StatusBadRequest, err)
-	}
-	p.awaitingAnswer = false
-	again := p.pendingNeg || p.dropUnsupportedLocked()
-	p.pendingNeg = false
-	p.negMu.Unlock()
-	if again {
-		p.negotiate()
-	}
-	return nil
+	p.release()
 }
 
 func (p *participant) addCandidate(c *bus.Candidate) error {
@@ -203,112 +129,6 @@ func (p *participant) addCandidate(c *bus.Candidate) error {
 		return errStatus(bus.StatusBadRequest, err)
 	}
 	return nil
-}
-
-// negotiate sends the client an offer for the node's current tracks, or
-// marks that one is needed once the outstanding one is answered.
-func (p *participant) negotiate() {
-	p.negMu.Lock()
-	defer p.negMu.Unlock()
-	if p.closed || p.pc == nil {
-		return
-	}
-	if p.awaitingAnswer || p.pc.SignalingState() != webrtc.SignalingStateStable {
-		p.pendingNeg = true
-		return
-	}
-	offer, err := p.pc.CreateOffer(nil)
-	if err != nil {
-		p.s.log.Warn("sfu: create offer", "session", p.id, "err", err)
-		return
-	}
-	gathered := webrtc.GatheringCompletePromise(p.pc)
-	if err := p.pc.SetLocalDescription(offer); err != nil {
-		p.s.log.Warn("sfu: set offer", "session", p.id, "err", err)
-		return
-	}
-	select {
-	case <-gathered:
-	case <-time.After(5 * time.Second):
-	}
-	p.awaitingAnswer = true
-	p.s.m.offers.Inc()
-	if err := p.s.bus.PublishSession(bus.SessionMessage{Type: bus.SessionOffer, Session: p.id,
-		SDP: p.pc.LocalDescription().SDP}); err != nil {
-		p.s.log.Warn("sfu: send offer", "session", p.id, "err", err)
-	}
-}
-
-// syncSubscriptions makes the participant's senders match the room's
-// tracks, then renegotiates if anything changed.
-func (p *participant) syncSubscriptions() {
-	if !p.canSub {
-		return
-	}
-	want := p.room.tracksExcept(p)
-	p.negMu.Lock()
-	if p.closed || p.pc == nil || p.pc.RemoteDescription() == nil {
-		// Not started yet: joined() syncs once the first answer is out.
-		p.negMu.Unlock()
-		return
-	}
-	changed := false
-	for _, t := range want {
-		if _, ok := p.senders[t]; ok || p.refused[t] {
-			continue
-		}
-		dt := newDownTrack(t, p)
-		sender, err := p.pc.AddTrack(dt)
-		if err != nil {
-			p.s.log.Warn("sfu: add track", "session", p.id, "track", t.key, "err", err)
-			continue
-		}
-		p.senders[t] = sender
-		p.downs[t] = dt
-		t.addDown(dt)
-		changed = true
-		p.s.wg.Add(1)
-		go func() {
-			defer p.s.wg.Done()
-			p.readSenderRTCP(sender, dt)
-		}()
-	}
-	for t, sender := range p.senders {
-		if containsTrack(want, t) {
-			continue
-		}
-		t.removeDown(p.downs[t])
-		_ = p.pc.RemoveTrack(sender)
-		delete(p.senders, t)
-		delete(p.downs, t)
-		changed = true
-	}
-	p.negMu.Unlock()
-	if changed {
-		p.negotiate()
-	}
-}
-
-// dropUnsupportedLocked removes the senders whose track the subscriber's
-// codecs could not take (bound muted by downTrack.Bind) and reports
-// whether any was removed, in which case the node must offer again.
-func (p *participant) dropUnsupportedLocked() bool {
-	dropped := false
-	for t, dt := range p.downs {
-		if !dt.unsupported.Load() {
-			continue
-		}
-		p.s.log.Warn("sfu: subscriber cannot take track codec", "session", p.id, "track", t.key,
-			"codec", t.codec.MimeType)
-		t.removeDown(dt)
-		_ = p.pc.RemoveTrack(p.senders[t])
-		delete(p.senders, t)
-		delete(p.downs, t)
-		p.refused[t] = true
-		p.s.m.unsupportedTracks.Inc()
-		dropped = true
-	}
-	return dropped
 }
 
 func containsTrack(ts []*pubTrack, t *pubTrack) bool {
@@ -375,11 +195,7 @@ func (p *participant) onTrack(remote *webrtc.TrackRemote, receiver *webrtc.RTPRe
 		p.s.publishEvent(bus.RoomEvent{Type: bus.EventTrackPublished, Room: p.room.name, Session: p.id,
 			Identity: p.identity, Track: t.info()})
 		for _, o := range p.room.others(p) {
-			p.s.wg.Add(1)
-			go func() {
-				defer p.s.wg.Done()
-				o.syncSubscriptions()
-			}()
+			o.requestNegotiation()
 		}
 	} else {
 		t.requestKeyframe(l.idx)
@@ -425,6 +241,7 @@ func (p *participant) leave(reason string) {
 	p.leaveOnce.Do(func() {
 		p.negMu.Lock()
 		p.closed = true
+		close(p.done)
 		downs := p.downs
 		p.downs = map[*pubTrack]*downTrack{}
 		p.senders = map[*pubTrack]*webrtc.RTPSender{}
@@ -443,11 +260,7 @@ func (p *participant) leave(reason string) {
 		}
 		if len(gone) > 0 {
 			for _, o := range p.room.others(p) {
-				p.s.wg.Add(1)
-				go func() {
-					defer p.s.wg.Done()
-					o.syncSubscriptions()
-				}()
+				o.requestNegotiation()
 			}
 		}
 		p.s.publishEvent(bus.RoomEvent{Type: bus.EventParticipantLeft, Room: p.room.name, Session: p.id,

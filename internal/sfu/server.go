@@ -360,7 +360,7 @@ func (s *Server) handle(ctx context.Context, req bus.Request) (bus.Reply, error)
 	case bus.RequestOffer:
 		return p.clientOffer(ctx, req.SDP)
 	case bus.RequestAnswer:
-		return bus.Reply{}, p.clientAnswer(req.SDP)
+		return p.clientAnswer(req.SDP)
 	case bus.RequestCandidate:
 		return bus.Reply{}, p.addCandidate(req.Candidate)
 	case bus.RequestLeave:

@@ -461,3 +461,82 @@ func testLabRelay(t *testing.T, l *offloadtest.Lab, clsact, loopback bool) {
 	}
 	waitFor("flow removed", func() bool { return stat("traverse_turn_offload_flows") == 0 })
 }
+
+// TestLabUclient: coturn's turnutils_uclient relays through traverse with
+// the offload on, to a turnutils_peer echo, all on one namespace's lo:
+// odd-length ChannelData without padding, and with the padding of -D
+// (which pjnath-style clients send). Every message comes back and every
+// relayed packet went through the kernel.
+func TestLabUclient(t *testing.T) {
+	for _, b := range []string{"turnutils_uclient", "turnutils_peer"} {
+		if _, err := exec.LookPath(b); err != nil {
+			t.Skipf("%s not installed (apt-get install coturn)", b)
+		}
+	}
+	for _, tc := range []struct {
+		name  string
+		flags []string
+	}{
+		{"unpadded odd length", nil},
+		{"padded (-D)", []string{"-D"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l := offloadtest.New(t, false)
+			h := startHelper(t, l, false, true)
+			peer := exec.Command("turnutils_peer", "-L", "127.0.0.1", "-p", "5000")
+			l.In(t, l.Gateway, func() {
+				if err := peer.Start(); err != nil {
+					t.Fatal(err)
+				}
+			})
+			t.Cleanup(func() { _ = peer.Process.Kill(); _ = peer.Wait() })
+			const clients, msgs = 2, 100
+			args := append([]string{"-u", labUser, "-w", labPass, "-p", "3478", "-m", fmt.Sprint(clients), "-n", fmt.Sprint(msgs),
+				"-z", "5", "-l", "171", "-c", "-e", "127.0.0.1", "-r", "5000"}, tc.flags...)
+			uc := exec.Command("turnutils_uclient", append(args, "127.0.0.1")...)
+			var out strings.Builder
+			uc.Stdout, uc.Stderr = &out, &out
+			l.In(t, l.Gateway, func() {
+				if err := uc.Start(); err != nil {
+					t.Fatal(err)
+				}
+			})
+			done := make(chan error, 1)
+			go func() { done <- uc.Wait() }()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Fatalf("uclient: %v\n%s", err, out.String())
+				}
+			case <-time.After(60 * time.Second):
+				_ = uc.Process.Kill()
+				<-done
+				t.Fatalf("uclient did not finish\n%s", out.String())
+			}
+			o := out.String()
+			if !strings.Contains(o, "Total lost packets 0 ") {
+				t.Errorf("uclient lost packets:\n%s", o)
+			}
+			want := fmt.Sprintf("tot_send_msgs=%d, tot_recv_msgs=%d", clients*msgs, clients*msgs)
+			if !strings.Contains(o, want) {
+				t.Errorf("uclient: want %q in\n%s", want, o)
+			}
+			// Counters are read every second.
+			var m map[string]float64
+			for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+				m = h.stats(t)
+				if m["traverse_turn_offload_packets_total:to_peer"] >= clients*msgs || time.Now().After(deadline) {
+					break
+				}
+			}
+			for _, d := range []string{"to_peer", "to_client"} {
+				if k, all := m["traverse_turn_offload_packets_total:"+d], m["traverse_turn_relayed_packets_total:"+d]; k != clients*msgs || all != k {
+					t.Errorf("%s: %v relayed, %v of them in the kernel; want %d, all in the kernel", d, all, k, clients*msgs)
+				}
+			}
+			if b := m["traverse_turn_offload_bytes_total:to_peer"]; b != clients*msgs*171 {
+				t.Errorf("kernel counted %v data bytes to the peer, want %d (padding not counted)", b, clients*msgs*171)
+			}
+		})
+	}
+}

@@ -11,6 +11,7 @@ func FuzzDecode(f *testing.F) {
 		`{"sdp":"v=0","node":"n"}`, `{"error":{"status":"unavailable","message":"full"}}`,
 		`{"type":"offer","session":"s","sdp":"v=0"}`,
 		`{"type":"layer","session":"s","layer":{"track":"video","max_layer":0}}`,
+		`{"type":"layer","session":"s","layer":{"track":"video","stream_id":"alice","width":640,"height":360}}`,
 		`{"type":"event","session":"s","event":{"type":"active_speaker","room":"r","speakers":[{"session":"s","identity":"a","level":90}]}}`,
 		`{"type":"track_published","room":"r","track":{"id":"t","stream_id":"s","kind":"video","layers":["q","h","f"]},"time":"2026-01-01T00:00:00Z"}`,
 		`{"node":"n1","region":"eu","udp":"1.2.3.4:7882","tcp":"1.2.3.4:7881","load":{"peers":1,"rooms":1,"packets_per_second":3.5},"time":"2026-01-01T00:00:00Z"}`,
@@ -42,4 +43,27 @@ func check[T any, PT interface {
 		t.Fatalf("%T decoded from %q but not after a round trip: %v", v, b, err)
 	}
 	_ = again
+}
+
+func TestLayerRequestValidate(t *testing.T) {
+	for _, tc := range []struct {
+		l  LayerRequest
+		ok bool
+	}{
+		{LayerRequest{Track: "v", MaxLayer: 1}, true},
+		{LayerRequest{Track: "*", MaxLayer: 0}, true},
+		{LayerRequest{Track: "v", StreamID: "alice", Width: 640, Height: 360}, true},
+		{LayerRequest{Track: "v", Width: 320}, true},
+		{LayerRequest{Track: "", MaxLayer: 1}, false},
+		{LayerRequest{Track: "v", MaxLayer: 3}, false},
+		{LayerRequest{Track: "v", MaxLayer: -1}, false},
+		{LayerRequest{Track: "v", Width: -1}, false},
+		{LayerRequest{Track: "v", Height: MaxVideoSize + 1}, false},
+	} {
+		l := tc.l
+		r := Request{Type: RequestLayer, Session: "s", Layer: &l}
+		if err := r.Validate(); (err == nil) != tc.ok {
+			t.Errorf("%+v: %v", tc.l, err)
+		}
+	}
 }

@@ -64,11 +64,23 @@ type LayerRequest struct {
 	// Track is the track's id (TrackInfo.ID, the msid track id the client
 	// sees); "*" applies to every track the session receives.
 	Track string `json:"track"`
+	// StreamID, when set, narrows Track to the track of that msid stream
+	// (TrackInfo.StreamID): track ids need not be unique in a room.
+	StreamID string `json:"stream_id,omitempty"`
 	// MaxLayer is the highest layer wanted: 0 (low), 1 (middle) or 2
 	// (high, the default). A client showing the video in a tile under
 	// 320 pixels wide asks for 0, under 640 for 1.
 	MaxLayer int `json:"max_layer"`
+	// Width and Height, when either is set, are the size in device pixels
+	// at which the client shows the video, and the node derives the cap
+	// from them instead of MaxLayer: the lowest layer whose nominal size
+	// (320x180, 640x360, 1280x720) covers both. 0 is "any".
+	Width  int `json:"width,omitempty"`
+	Height int `json:"height,omitempty"`
 }
+
+// MaxVideoSize bounds LayerRequest.Width and Height.
+const MaxVideoSize = 16384
 
 // Request is a signal -> node call on NodeRPCSubject(node). The node
 // replies with Reply.
@@ -236,8 +248,12 @@ func (r *Request) Validate() error {
 			return fmt.Errorf("%w: %s without sdp", ErrBadMessage, r.Type)
 		}
 	case RequestLayer:
-		if r.Layer == nil || r.Layer.Track == "" || len(r.Layer.Track) > 256 || r.Layer.MaxLayer < 0 || r.Layer.MaxLayer > 2 {
+		if r.Layer == nil || r.Layer.Track == "" || len(r.Layer.Track) > 256 || len(r.Layer.StreamID) > 256 ||
+			r.Layer.MaxLayer < 0 || r.Layer.MaxLayer > 2 {
 			return fmt.Errorf("%w: layer needs a track and max_layer 0-2", ErrBadMessage)
+		}
+		if r.Layer.Width < 0 || r.Layer.Width > MaxVideoSize || r.Layer.Height < 0 || r.Layer.Height > MaxVideoSize {
+			return fmt.Errorf("%w: layer width and height must be 0-%d", ErrBadMessage, MaxVideoSize)
 		}
 	case RequestCandidate, RequestLeave:
 	default:

@@ -174,6 +174,31 @@ func (s *WSSignaler) readLoop(joined chan struct{}) {
 // Offers delivers the node's offers.
 func (s *WSSignaler) Offers() <-chan string { return s.offers }
 
+// LayerRequest is signal's layer message (docs/signal.md): the simulcast
+// layer, or the size the client shows it at, of a received track.
+type LayerRequest struct {
+	Track    string `json:"track"`
+	StreamID string `json:"streamId,omitempty"`
+	MaxLayer *int   `json:"maxLayer,omitempty"`
+	Width    int    `json:"width,omitempty"`
+	Height   int    `json:"height,omitempty"`
+}
+
+// Layer sends a layer message. The server answers only a refusal, with a
+// non-fatal error message, which the signaler does not report.
+func (s *WSSignaler) Layer(ctx context.Context, r LayerRequest) error {
+	b, err := json.Marshal(struct {
+		Type string `json:"type"`
+		LayerRequest
+	}{"layer", r})
+	if err != nil {
+		return err
+	}
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	return s.ws.Write(ctx, websocket.MessageText, b)
+}
+
 // Answer sends the client's answer.
 func (s *WSSignaler) Answer(ctx context.Context, sdp string) error {
 	return s.send(ctx, wsMsg{Type: "answer", SDP: sdp})

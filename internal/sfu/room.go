@@ -172,20 +172,24 @@ func (p *participant) chooseLayers() {
 	}
 }
 
-// setMaxLayer caps the layer of the received track id ("*": all).
-func (p *participant) setMaxLayer(track string, maxLayer int) error {
+// setMaxLayer caps the layer of the received tracks a layer request names
+// (Track "*": all; StreamID, when set, narrows to that msid stream), at
+// MaxLayer or at the layer for the size the client shows them at.
+func (p *participant) setMaxLayer(req *bus.LayerRequest) error {
+	maxLayer := req.MaxLayer
+	if req.Width > 0 || req.Height > 0 {
+		maxLayer = layerForSize(req.Width, req.Height)
+	}
 	p.negMu.Lock()
-	n := 0
 	var downs []*downTrack
 	for t, dt := range p.downs {
-		if track == "*" || t.id == track {
+		if (req.Track == "*" || t.id == req.Track) && (req.StreamID == "" || t.streamID == req.StreamID) {
 			downs = append(downs, dt)
-			n++
 		}
 	}
 	p.negMu.Unlock()
-	if n == 0 {
-		return bus.Errorf(bus.StatusNotFound, "session %s receives no track %q", p.id, track)
+	if len(downs) == 0 {
+		return bus.Errorf(bus.StatusNotFound, "session %s receives no track %q (stream %q)", p.id, req.Track, req.StreamID)
 	}
 	for _, dt := range downs {
 		dt.mu.Lock()
@@ -194,6 +198,21 @@ func (p *participant) setMaxLayer(track string, maxLayer int) error {
 	}
 	p.chooseLayers()
 	return nil
+}
+
+// Nominal sizes of the simulcast layers below the top one, as browsers
+// send them from a 1280x720 camera (scaleResolutionDownBy 4 and 2).
+var layerSizes = [maxLayers - 1][2]int{{320, 180}, {640, 360}}
+
+// layerForSize returns the lowest layer whose nominal size covers a video
+// shown at w x h device pixels (0 for either: any).
+func layerForSize(w, h int) int {
+	for l, sz := range layerSizes {
+		if w <= sz[0] && h <= sz[1] {
+			return l
+		}
+	}
+	return maxLayers - 1
 }
 
 // audioLevelID returns the negotiated id of the RFC 6464 extension on recv.

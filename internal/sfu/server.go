@@ -367,7 +367,7 @@ func (s *Server) handle(ctx context.Context, req bus.Request) (bus.Reply, error)
 		p.leave("")
 		return bus.Reply{}, nil
 	case bus.RequestLayer:
-		return bus.Reply{}, p.setMaxLayer(req.Layer.Track, req.Layer.MaxLayer)
+		return bus.Reply{}, p.setMaxLayer(req.Layer)
 	}
 	return bus.Reply{}, bus.Errorf(bus.StatusBadRequest, "unknown request %q", req.Type)
 }

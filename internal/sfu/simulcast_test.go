@@ -140,10 +140,30 @@ func TestSimulcastMaxLayerRequest(t *testing.T) {
 		}
 		waitFor(t, 10*time.Second, fmt.Sprintf("layer %d", want), func() bool { return video.Layer() == want })
 	}
-	_, err = h.bc.Request(ctx, "node1", bus.Request{Type: bus.RequestLayer, Session: sig.Session(),
-		Layer: &bus.LayerRequest{Track: "nosuch", MaxLayer: 0}})
-	if bus.StatusOf(err) != bus.StatusNotFound {
-		t.Fatalf("unknown track: %v", err)
+	// The size the client shows the video at, for the track of one stream.
+	for _, c := range []struct{ w, h, want int }{{320, 180, 0}, {480, 270, 1}, {1920, 1080, 2}} {
+		if _, err := h.bc.Request(ctx, "node1", bus.Request{Type: bus.RequestLayer, Session: sig.Session(),
+			Layer: &bus.LayerRequest{Track: "video", StreamID: "pub", Width: c.w, Height: c.h}}); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 10*time.Second, fmt.Sprintf("layer %d for %dx%d", c.want, c.w, c.h), func() bool { return video.Layer() == c.want })
+	}
+	for _, l := range []bus.LayerRequest{{Track: "nosuch", MaxLayer: 0}, {Track: "video", StreamID: "other", MaxLayer: 0}} {
+		_, err = h.bc.Request(ctx, "node1", bus.Request{Type: bus.RequestLayer, Session: sig.Session(), Layer: &l})
+		if bus.StatusOf(err) != bus.StatusNotFound {
+			t.Fatalf("%+v: %v", l, err)
+		}
+	}
+}
+
+func TestLayerForSize(t *testing.T) {
+	for _, c := range []struct{ w, h, want int }{
+		{0, 0, 0}, {320, 180, 0}, {320, 0, 0}, {0, 180, 0}, {321, 180, 1}, {320, 240, 1},
+		{640, 360, 1}, {641, 300, 2}, {3840, 2160, 2},
+	} {
+		if got := layerForSize(c.w, c.h); got != c.want {
+			t.Errorf("%dx%d: layer %d, want %d", c.w, c.h, got, c.want)
+		}
 	}
 }
 

@@ -43,6 +43,20 @@ type Link interface {
 	Close() error
 }
 
+// layerSetter is an optional Link capability: the client's layer requests
+// (TypeLayer) reach the node.
+type layerSetter interface {
+	Layer(ctx context.Context, req LayerRequest) error
+}
+
+// LayerRequest caps the simulcast layer of one received track (Track "*":
+// all; StreamID narrows to one msid stream): at MaxLayer, or, when Width or
+// Height is set, at the layer the node picks for that size.
+type LayerRequest struct {
+	Track, StreamID         string
+	MaxLayer, Width, Height int
+}
+
 // snapshotter is an optional Link capability: the room's participants and
 // tracks known so far, sent to the client right after joined.
 type snapshotter interface {

@@ -369,6 +369,22 @@ func (l *busLink) Candidate(ctx context.Context, c Candidate) error {
 	return nil
 }
 
+// Layer sends the client's layer request to the node.
+func (l *busLink) Layer(ctx context.Context, r LayerRequest) error {
+	l.mu.Lock()
+	joined := l.joined
+	l.mu.Unlock()
+	if !joined {
+		return fmt.Errorf("%w: layer before the first offer", ErrState)
+	}
+	req := bus.Request{Type: bus.RequestLayer, Session: l.req.Session, Layer: &bus.LayerRequest{Track: r.Track,
+		StreamID: r.StreamID, MaxLayer: r.MaxLayer, Width: r.Width, Height: r.Height}}
+	if _, err := l.b.c.Request(ctx, l.node, req); err != nil {
+		return fromBus(err)
+	}
+	return nil
+}
+
 // Close leaves the room on the node (bounded by a short timeout) and drops
 // the subscriptions. It is idempotent.
 func (l *busLink) Close() error {

@@ -43,6 +43,10 @@ func TestBusBackend(t *testing.T) {
 			return bus.Reply{SDP: strings.Replace(browserOffer, "a=mid:0\r\n", "a=mid:0\r\na=candidate:1 1 udp 2130706431 10.0.0.5 7882 typ host\r\n", 1)}, nil
 		case bus.RequestOffer:
 			return bus.Reply{}, bus.Errorf(bus.StatusBadRequest, "no renegotiation here")
+		case bus.RequestLayer:
+			if r.Layer.Track == "nosuch" {
+				return bus.Reply{}, bus.Errorf(bus.StatusNotFound, "no track nosuch")
+			}
 		}
 		return bus.Reply{}, nil
 	}); err != nil {
@@ -94,6 +98,13 @@ func TestBusBackend(t *testing.T) {
 		t.Fatalf("node offer %+v", m)
 	}
 	c.send(map[string]any{"type": "answer", "sdp": strings.ReplaceAll(browserOffer, "a=setup:actpass", "a=setup:active")})
+	// The client shows bob's video small, then asks for a track the node
+	// does not send it.
+	c.send(map[string]any{"type": "layer", "track": "v1", "streamId": "st", "width": 320, "height": 180})
+	c.send(map[string]any{"type": "layer", "track": "nosuch", "maxLayer": 0})
+	if m := c.recv(); m.Type != TypeError || m.Class != ClassBadRequest || m.Fatal {
+		t.Fatalf("refused layer: %+v", m)
+	}
 	for _, e := range []bus.RoomEvent{
 		{Type: bus.EventParticipantJoined, Room: "r1", Session: sid, Identity: "alice"}, // self: not relayed
 		{Type: bus.EventParticipantJoined, Room: "r1", Session: "s2", Identity: "bob"},
@@ -143,8 +154,11 @@ func TestBusBackend(t *testing.T) {
 	for _, r := range got {
 		types = append(types, string(r.Type))
 	}
-	if strings.Join(types, ",") != "join,candidate,offer,answer,leave" {
+	if strings.Join(types, ",") != "join,candidate,offer,answer,layer,layer,leave" {
 		t.Fatalf("node saw %v", types)
+	}
+	if l := got[4].Layer; l == nil || *l != (bus.LayerRequest{Track: "v1", StreamID: "st", Width: 320, Height: 180}) {
+		t.Fatalf("layer request %+v", l)
 	}
 	if announces[0].Ufrag != "q7bK" || announces[0].Session != sid || !announces[1].Gone {
 		t.Fatalf("announces %+v", announces)

@@ -14,6 +14,9 @@ const (
 	TypeCandidate = "candidate"
 	TypeLeave     = "leave"
 	TypePing      = "ping"
+	// TypeLayer: the client says which simulcast layer, or at what size,
+	// it wants a received track (docs/signal.md).
+	TypeLayer = "layer"
 )
 
 // Server-to-client message types. TypeOffer, TypeAnswer and TypeCandidate
@@ -64,7 +67,21 @@ type ClientMessage struct {
 	SDP string `json:"sdp,omitempty"`
 	// Candidate is a trickled ICE candidate.
 	Candidate *Candidate `json:"candidate,omitempty"`
+
+	// layer: Track ("*": every received track) and, optionally, StreamID
+	// name a received track as the track message and ontrack show it
+	// (track.id, streams[0].id). Either MaxLayer caps its simulcast layer
+	// (0 low - 2 high), or Width and Height say at what size in device
+	// pixels the client shows it and the node picks the layer.
+	Track    string `json:"track,omitempty"`
+	StreamID string `json:"streamId,omitempty"`
+	MaxLayer *int   `json:"maxLayer,omitempty"`
+	Width    int    `json:"width,omitempty"`
+	Height   int    `json:"height,omitempty"`
 }
+
+// maxVideoSize bounds a layer message's width and height.
+const maxVideoSize = 16384
 
 // DecodeClient parses one inbound WebSocket text message. Unknown fields are
 // ignored (forward compatibility); unknown types, missing required fields
@@ -112,6 +129,20 @@ func (m *ClientMessage) validate() error {
 			if _, err := ParseCandidate(m.Candidate.Candidate); err != nil {
 				return err
 			}
+		}
+	case TypeLayer:
+		if m.Track == "" || len(m.Track) > 256 || len(m.StreamID) > 256 {
+			return fmt.Errorf("%w: layer needs a track (at most 256 bytes)", ErrMessage)
+		}
+		if m.Width < 0 || m.Width > maxVideoSize || m.Height < 0 || m.Height > maxVideoSize {
+			return fmt.Errorf("%w: layer width and height must be 0-%d", ErrMessage, maxVideoSize)
+		}
+		switch {
+		case m.Width > 0 || m.Height > 0:
+		case m.MaxLayer == nil:
+			return fmt.Errorf("%w: layer needs maxLayer or width and height", ErrMessage)
+		case *m.MaxLayer < 0 || *m.MaxLayer > 2:
+			return fmt.Errorf("%w: maxLayer must be 0-2", ErrMessage)
 		}
 	case TypeLeave, TypePing:
 	case "":

@@ -29,6 +29,17 @@ func TestDecodeClient(t *testing.T) {
 		{`null`, "", true},
 		{`{"type":"offer","sdp":"` + strings.Repeat("a", maxSDPLen+1) + `"}`, "", true},
 		{`{"type":1}`, "", true},
+		{`{"type":"layer","track":"t1","streamId":"s1","maxLayer":0}`, TypeLayer, false},
+		{`{"type":"layer","track":"*","maxLayer":2}`, TypeLayer, false},
+		{`{"type":"layer","track":"t1","width":640,"height":360}`, TypeLayer, false},
+		{`{"type":"layer","track":"t1","width":640}`, TypeLayer, false},
+		{`{"type":"layer","track":"t1"}`, "", true},
+		{`{"type":"layer","maxLayer":1}`, "", true},
+		{`{"type":"layer","track":"t1","maxLayer":3}`, "", true},
+		{`{"type":"layer","track":"t1","maxLayer":-1}`, "", true},
+		{`{"type":"layer","track":"t1","width":-5,"height":10}`, "", true},
+		{`{"type":"layer","track":"t1","width":20000,"height":10}`, "", true},
+		{`{"type":"layer","track":"` + strings.Repeat("a", 257) + `","maxLayer":1}`, "", true},
 	} {
 		m, err := DecodeClient([]byte(tc.in))
 		if tc.fail {
@@ -50,6 +61,7 @@ func FuzzDecodeClient(f *testing.F) {
 		`{"type":"answer","sdp":"v=0\r\n"}`,
 		`{"type":"candidate","candidate":{"candidate":"candidate:1 1 udp 1 127.0.0.1 5000 typ host","sdpMid":"0","sdpMLineIndex":0,"usernameFragment":"abcd"}}`,
 		`{"type":"leave"}`, `{"type":"ping"}`, `{}`, `{"type":"x"}`,
+		`{"type":"layer","track":"t1","streamId":"s1","maxLayer":1}`, `{"type":"layer","track":"*","width":320,"height":180}`,
 	} {
 		f.Add([]byte(s))
 	}
@@ -67,7 +79,9 @@ func FuzzDecodeClient(f *testing.F) {
 			t.Fatal(err)
 		}
 		m2, err := DecodeClient(out)
-		if err != nil || m2.Type != m.Type || m2.SDP != m.SDP || m2.Token != m.Token {
+		if err != nil || m2.Type != m.Type || m2.SDP != m.SDP || m2.Token != m.Token || m2.Track != m.Track ||
+			m2.StreamID != m.StreamID || m2.Width != m.Width || m2.Height != m.Height ||
+			(m2.MaxLayer == nil) != (m.MaxLayer == nil) || m.MaxLayer != nil && *m2.MaxLayer != *m.MaxLayer {
 			t.Fatalf("round trip: %+v -> %s -> %+v, %v", m, out, m2, err)
 		}
 	})

@@ -191,6 +191,18 @@ func (ss *session) handle(m ClientMessage) error {
 		if err := link.Candidate(ctx, *m.Candidate); err != nil {
 			return ss.nodeError(err)
 		}
+	case TypeLayer:
+		ls, ok := link.(layerSetter)
+		if !ok {
+			return fmt.Errorf("%w: this backend takes no layer requests", ErrState)
+		}
+		r := LayerRequest{Track: m.Track, StreamID: m.StreamID, Width: m.Width, Height: m.Height}
+		if m.MaxLayer != nil {
+			r.MaxLayer = *m.MaxLayer
+		}
+		if err := ls.Layer(ctx, r); err != nil {
+			return ss.nodeError(err)
+		}
 	case TypeLeave:
 		ss.send(ServerMessage{Type: TypeBye}, true)
 		return errLeave

@@ -2,8 +2,10 @@
 // and hear everyone else in a grid with a per-connection overlay (path,
 // bitrate, RTT, loss). One RTCPeerConnection to the SFU carries everything;
 // the SFU renegotiates to add the others' tracks. On glare the SFU yields
-// (it rolls back its offer and offers again later), so this page never
-// rolls back: it drops an SFU offer that crosses its own.
+// (it withdraws its offer and offers again later), so this page never
+// rolls back: it drops an SFU offer that crosses its own. Each received
+// video tells the SFU at what size it is shown (a layer message), so a
+// simulcast publisher's larger layers go only where they are seen.
 import { Signal } from './signal.js';
 import { Meter, pathOf } from './stats.js';
 
@@ -25,6 +27,7 @@ const state = {
   meter: new Meter(),
   last: null,            // the last stats summary
   errors: [],
+  layers: [],            // the layer messages sent
   timer: 0,
 };
 
@@ -127,6 +130,7 @@ function onJoined(m) {
     const stream = e.streams[0] || new MediaStream([e.track]);
     const tile = addTile(stream.id, stream, state.names.get(stream.id) || 'participant', false);
     if (!e.streams[0]) tile.video.srcObject.addTrack(e.track);
+    if (e.track.kind === 'video') reportSize(tile, stream.id);
     stream.onremovetrack = () => { if (stream.getTracks().length === 0) removeTile(stream.id); };
   };
   pc.onconnectionstatechange = () => {
@@ -228,9 +232,37 @@ function addTile(id, stream, name, muted) {
   return tile;
 }
 
+// reportSize sends a layer message (docs/signal.md) with the size in
+// device pixels at which the tile shows the stream's video, whenever it
+// changes, at most every 500 ms. track "*" with the stream id: the
+// stream's video whatever id the browser gave the remote track.
+function reportSize(tile, streamId) {
+  if (tile.resize || typeof ResizeObserver === 'undefined') return;
+  let timer = 0;
+  let last = '';
+  tile.resize = new ResizeObserver((entries) => {
+    const box = entries[entries.length - 1].contentRect;
+    clearTimeout(timer);
+    timer = setTimeout(() => {
+      const dpr = window.devicePixelRatio || 1;
+      const width = Math.min(16384, Math.round(box.width * dpr));
+      const height = Math.min(16384, Math.round(box.height * dpr));
+      const key = `${width}x${height}`;
+      if ((!width && !height) || key === last || !state.sig) return;
+      last = key;
+      const m = { type: 'layer', track: '*', streamId, width, height };
+      state.layers.push(m);
+      state.sig.send(m);
+    }, 500);
+  });
+  tile.resize.observe(tile.video);
+  tile.stopResize = () => { clearTimeout(timer); tile.resize.disconnect(); };
+}
+
 function removeTile(id) {
   const tile = state.tiles.get(id);
   if (!tile) return;
+  if (tile.stopResize) tile.stopResize();
   tile.el.remove();
   state.tiles.delete(id);
 }
@@ -293,6 +325,7 @@ window.traverse = {
   get pc() { return state.pc; },
   get joined() { return state.me; },
   get errors() { return state.errors.slice(); },
+  get layers() { return state.layers.slice(); },
   summary() { return updateStats(summaryMeter); },
   leave,
 };

@@ -277,6 +277,34 @@ func roomWith(t *testing.T, st *stack, n int, relay, viewers map[int]bool, query
 			t.Fatalf("%s is restricted to TURN but its path is %s", pt.name, s.Path.Local)
 		}
 	}
+	// Every tile showing a received video told the SFU its size (a layer
+	// message per stream), and none was refused.
+	for i, pt := range parts {
+		var layers []struct {
+			StreamID      string `json:"streamId"`
+			Width, Height int
+		}
+		var errs []string
+		if err := pt.p.Eval(ctx, `window.traverse.layers`, &layers); err != nil {
+			t.Fatal(err)
+		}
+		if err := pt.p.Eval(ctx, `window.traverse.errors`, &errs); err != nil {
+			t.Fatal(err)
+		}
+		streams := map[string]bool{}
+		for _, l := range layers {
+			streams[l.StreamID] = true
+		}
+		if len(streams) < want[i] {
+			t.Fatalf("%s: layer messages for %d streams, want %d: %+v", pt.name, len(streams), want[i], layers)
+		}
+		for _, e := range errs {
+			if strings.Contains(e, "bad-request") {
+				t.Fatalf("%s: page error %s", pt.name, e)
+			}
+		}
+		t.Logf("%s: layer messages %+v", pt.name, layers)
+	}
 	if fastPath && st.node.FastPathSessions() < uint64(n) {
 		t.Fatalf("%d of %d peer connections took the SFU's fast path", st.node.FastPathSessions(), n)
 	}

@@ -264,11 +264,12 @@ func TestGlareClientOfferWins(t *testing.T) {
 }
 
 // TestSubscriptionChangesWaitForAnswer: while a node offer carrying
-// publisher a's tracks waits for its answer, a leaves and c publishes. The
-// node must not give c's tracks the senders (mids) of a's that are in the
-// outstanding offer: the subscriber takes each offered mid to be a's, and
-// a track arriving later on a mid that already received another is not a
-// new track to it. c's tracks are offered on fresh mids after the answer.
+// publisher a's tracks waits for its answer, a leaves and c publishes.
+// The node changes no sender while the offer is out (the old code could move
+// c's tracks onto a's transceivers, mids of the outstanding offer, which
+// pion clients happen to cope with) and offers c's tracks after the
+// answer; the subscriber must end up receiving c. This passed before the
+// fix too: it guards the behaviour, it did not reproduce a failure.
 func TestSubscriptionChangesWaitForAnswer(t *testing.T) {
 	h := newHarness(t, Config{})
 	published := h.published("wait")

@@ -20,7 +20,9 @@ import (
 // TestIdleAllocationMemory opens many idle allocations (10,000 unless
 // TRAVERSE_TURN_ALLOCS says) from a helper process and reports the
 // server's memory per allocation: Go heap and stacks in use, and resident
-// set size. The goal is under 8 KiB each.
+// set size. The goal is under 8 KiB each. TRAVERSE_TURN_TRANSPORT=tcp
+// makes each allocation over a TCP connection of its own instead (a
+// connection served by the event loop: no goroutine, no buffer).
 func TestIdleAllocationMemory(t *testing.T) {
 	if testing.Short() {
 		t.Skip("opens 10,000 allocations")
@@ -43,8 +45,12 @@ func TestIdleAllocationMemory(t *testing.T) {
 	})
 	heap0, rss0 := memNow()
 
+	addr := s.Addr()
+	if os.Getenv("TRAVERSE_TURN_TRANSPORT") == "tcp" {
+		addr = s.TCPAddr()
+	}
 	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperAllocClients$")
-	cmd.Env = append(os.Environ(), "TRAVERSE_TURN_HELPER="+s.Addr().String(), "TRAVERSE_TURN_ALLOCS="+strconv.Itoa(n))
+	cmd.Env = append(os.Environ(), "TRAVERSE_TURN_HELPER="+addr.String(), "TRAVERSE_TURN_ALLOCS="+strconv.Itoa(n))
 	stdin, _ := cmd.StdinPipe()
 	stdout, _ := cmd.StdoutPipe()
 	cmd.Stderr = os.Stderr
@@ -111,7 +117,11 @@ func TestHelperAllocClients(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for i := w; i < n; i += workers {
-				c := newSTUNClient(t, server, testUser, testPass)
+				dial := newSTUNClient
+				if os.Getenv("TRAVERSE_TURN_TRANSPORT") == "tcp" {
+					dial = newTCPSTUNClient
+				}
+				c := dial(t, server, testUser, testPass)
 				clients[i] = c
 				var resp *stun.Message
 				for try := 0; try < 5; try++ {

@@ -95,6 +95,10 @@ func FuzzHandleMessage(f *testing.F) {
 		stun.MustBuild(stun.NewTransactionIDSetter(tid), stun.NewType(stun.MethodConnect, stun.ClassRequest),
 			peerAttr(netip.MustParseAddrPort("127.0.0.1:9"))),
 		stun.MustBuild(stun.NewTransactionIDSetter(tid), stun.NewType(stun.MethodConnectionBind, stun.ClassRequest), connectionID(7)),
+		// Port reservation (RFC 8656 section 7.2).
+		stun.MustBuild(stun.NewTransactionIDSetter(tid), stun.NewType(stun.MethodAllocate, stun.ClassRequest), requestedUDP(), evenPortR()),
+		stun.MustBuild(stun.NewTransactionIDSetter(tid), stun.NewType(stun.MethodAllocate, stun.ClassRequest), requestedUDP(),
+			rawAttr{stun.AttrReservationToken, []byte{1, 2, 3, 4, 5, 6, 7, 8}}),
 	}
 	for _, m := range seeds {
 		f.Add(m.Raw)

@@ -421,3 +421,26 @@ func TestUclientTCPRelay(t *testing.T) {
 		t.Errorf("failed connects: %v", got)
 	}
 }
+
+// TestTCPAllocationQuota: TCP allocations count against the user quota
+// (486) as UDP ones do, and deleting one gives its slot and its port back.
+func TestTCPAllocationQuota(t *testing.T) {
+	verifyNoLeaks(t)
+	s, _ := newTestServer(t, func(c *Config) { c.MaxAllocationsPerUser = 1 })
+	ctl, relayed := allocateTCPRelay(t, s)
+	second := newTCPSTUNClient(t, s.TCPAddr(), testUser, testPass)
+	if code := errCode(second.do(stun.MethodAllocate, requestedTCP())); code != 486 {
+		t.Fatalf("second tcp allocation of a user with quota 1: %d, want 486", code)
+	}
+	if code := errCode(ctl.do(stun.MethodRefresh, rawAttr{stun.AttrLifetime, []byte{0, 0, 0, 0}})); code != 0 {
+		t.Fatalf("refresh 0: %d", code)
+	}
+	if c, err := net.Listen("tcp4", relayed.String()); err != nil {
+		t.Errorf("relayed address %v still held after delete: %v", relayed, err)
+	} else {
+		c.Close()
+	}
+	if code := errCode(second.do(stun.MethodAllocate, requestedTCP())); code != 0 {
+		t.Errorf("tcp allocation after the first was deleted: %d", code)
+	}
+}

@@ -444,3 +444,83 @@ func TestTCPAllocationQuota(t *testing.T) {
 		t.Errorf("tcp allocation after the first was deleted: %d", code)
 	}
 }
+
+// TestTCPAllocationBandwidth: --bandwidth throttles a TCP relay (it cannot
+// drop): 3 s worth of bytes take at least 1.5 s to cross, all of them.
+func TestTCPAllocationBandwidth(t *testing.T) {
+	verifyNoLeaks(t)
+	const rate = 20000
+	s, _ := newTestServer(t, func(c *Config) { c.AllowLoopbackPeers = true; c.BandwidthPerAllocation = rate })
+	peer, _ := tcpEchoPeer(t)
+	ctl, _ := allocateTCPRelay(t, s)
+	if code := errCode(ctl.do(stun.MethodCreatePermission, peerAttr(peer))); code != 0 {
+		t.Fatalf("permission: %d", code)
+	}
+	resp := ctl.do(stun.MethodConnect, peerAttr(peer))
+	if code := errCode(resp); code != 0 {
+		t.Fatalf("connect: %d", code)
+	}
+	d, code := bindData(t, s, ctl, connID(t, resp))
+	if code != 0 {
+		t.Fatalf("connection bind: %d", code)
+	}
+	payload := bytes.Repeat([]byte{7}, 3*rate)
+	start := time.Now()
+	go func() { _, _ = d.tcp.Write(payload) }()
+	got := make([]byte, len(payload))
+	_ = d.tcp.SetReadDeadline(time.Now().Add(20 * time.Second))
+	if _, err := io.ReadFull(dataStream(d), got); err != nil || !bytes.Equal(got, payload) {
+		t.Fatalf("echo of %d bytes: %v", len(payload), err)
+	}
+	if el := time.Since(start); el < 1500*time.Millisecond {
+		t.Errorf("%d bytes at %d B/s crossed in %v", len(payload), rate, el)
+	}
+	if testutil.ToFloat64(s.m.dropBandwidth) == 0 {
+		t.Error("no bandwidth throttling counted")
+	}
+}
+
+// TestTCPAllocationIPv6: a TCP relay on [::1] connects to an IPv6 peer.
+func TestTCPAllocationIPv6(t *testing.T) {
+	verifyNoLeaks(t)
+	ln, err := net.Listen("tcp6", "[::1]:0")
+	if err != nil {
+		t.Skip("no IPv6 loopback")
+	}
+	defer ln.Close()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		_, _ = io.Copy(c, c)
+	}()
+	s, _ := newTestServer(t, func(c *Config) {
+		c.Listen = netip.MustParseAddrPort("[::1]:0")
+		c.AllowLoopbackPeers = true
+	})
+	ctl, relayed := allocateTCPRelay(t, s)
+	if !relayed.Addr().Is6() {
+		t.Fatalf("relayed %v is not IPv6", relayed)
+	}
+	peer := ln.Addr().(*net.TCPAddr).AddrPort()
+	if code := errCode(ctl.do(stun.MethodCreatePermission, peerAttr(peer))); code != 0 {
+		t.Fatalf("permission: %d", code)
+	}
+	resp := ctl.do(stun.MethodConnect, peerAttr(peer))
+	if code := errCode(resp); code != 0 {
+		t.Fatalf("connect: %d", code)
+	}
+	d, code := bindData(t, s, ctl, connID(t, resp))
+	if code != 0 {
+		t.Fatalf("connection bind: %d", code)
+	}
+	_ = d.tcp.SetDeadline(time.Now().Add(5 * time.Second))
+	echoThrough(t, d.tcp, dataStream(d), 20)
+	d.tcp.Close()
+	s.Close()
+	<-done
+}

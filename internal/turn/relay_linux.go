@@ -94,7 +94,9 @@ type engine struct {
 	lv6   bool // listener is AF_INET6
 	epfd  int
 	evfd  int
-	v6    bool // relay sockets are AF_INET6
+	// parker parks the loop in Go's netpoller when it is idle (nil: never).
+	parker *parker
+	v6     bool // relay sockets are AF_INET6
 
 	closed atomic.Bool
 	once   sync.Once
@@ -166,6 +168,9 @@ func newEngine(s *Server, shard int, listen netip.AddrPort, reusePort bool) (*en
 	}
 	if e.epfd, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); err != nil {
 		return fail(fmt.Errorf("turn: epoll: %w", err))
+	}
+	if e.parker, err = newParker(e.epfd); err != nil {
+		return fail(err)
 	}
 	if e.evfd, err = unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK); err != nil {
 		return fail(fmt.Errorf("turn: eventfd: %w", err))
@@ -255,6 +260,7 @@ var isLittleEndian = func() bool { x := uint16(1); return *(*byte)(unsafe.Pointe
 // close releases the listener, epoll and eventfd (after run returned).
 func (e *engine) close() {
 	e.once.Do(func() {
+		e.parker.close()
 		for _, fd := range []int{e.lfd, e.epfd, e.evfd} {
 			if fd >= 0 {
 				_ = unix.Close(fd)
@@ -272,6 +278,7 @@ const yieldEvery = int64(2 * time.Millisecond)
 func (e *engine) run() {
 	s := e.s
 	var before, yielded int64
+	active := time.Now().UnixNano() // the last round with an event
 	for {
 		n, err := unix.EpollWait(e.epfd, e.events, 5)
 		if e.closed.Load() {
@@ -289,8 +296,16 @@ func (e *engine) run() {
 		if n == 0 {
 			runtime.Gosched()
 			yielded = now
-			continue
+			if now-active < parkAfter {
+				continue
+			}
+			// Idle: park until there is work (park_linux.go).
+			if n = e.park(); n == 0 || e.closed.Load() {
+				continue
+			}
+			now = time.Now().UnixNano()
 		}
+		active = now
 		used := 0
 		for i := 0; i < n; i++ {
 			fd := int(e.events[i].Fd)

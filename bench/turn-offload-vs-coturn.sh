@@ -17,7 +17,9 @@
 #
 # Usage: sudo bench/turn-offload-vs-coturn.sh [CLIENTS] [MSGS] [INTERVAL_MS] [LEN]
 #   defaults: 20 clients, 1000 messages each, 5 ms apart, 172 bytes.
-#   ROUNDS=N (default 3); MODES="coturn traverse ebpf" picks the servers.
+#   ROUNDS=N (default 3); MODES="coturn traverse ebpf" picks the servers;
+#   BASELINE=/path/to/traverse adds mode "baseline": another traverse binary
+#   in user space (A/B of a change), e.g. MODES="coturn traverse baseline".
 # Run it under the shared lock: flock /tmp/traverse-bench.lock bench/...
 # Each delivered message is relayed twice (to the peer and back), so relayed
 # packets = sent + received.
@@ -73,9 +75,10 @@ log-file=$work/coturn.log
 simple-log
 CONF
     ip netns exec "$n" turnserver -c "$work/coturn.conf" >/dev/null 2>&1 & spid[$m]=$!; pids+=($!) ;;
-  traverse|ebpf)
+  traverse|ebpf|baseline)
     extra=""; [ $m = ebpf ] && extra="--offload ebpf"
-    ip netns exec "$n" "$work/traverse" turn --listen 127.0.0.1:$port --realm bench --user bench:bench \
+    bin=$work/traverse; [ $m = baseline ] && bin=${BASELINE:?BASELINE=/path/to/traverse for mode baseline}
+    ip netns exec "$n" "$bin" turn --listen 127.0.0.1:$port --realm bench --user bench:bench \
       --allow-loopback-peers --relay-ports 53000-53999 --log-level warn --admin 127.0.0.1:9464 $extra 2>"$work/$m.log" & spid[$m]=$!; pids+=($!) ;;
   *) echo "unknown mode $m"; exit 1 ;;
   esac

@@ -3,9 +3,7 @@
 package turn
 
 import (
-	"fmt"
 	"os"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -19,38 +17,30 @@ import (
 // wake-ups a second, each with its pass through the scheduler).
 const parkAfter = int64(200 * time.Millisecond)
 
-// parker blocks an idle event loop in Go's netpoller on a duplicate of its
-// epoll descriptor, which polls readable when the loop has events.
-type parker struct {
-	f  *os.File
-	rc syscall.RawConn
-}
-
-func newParker(epfd int) (*parker, error) {
-	fd, err := unix.FcntlInt(uintptr(epfd), unix.F_DUPFD_CLOEXEC, 0)
+// park waits in Go's netpoller until the loop has events (read into
+// e.events) or is closed, and returns how many events it read. It
+// registers a duplicate of the epoll descriptor (readable when the loop has
+// events) with the netpoller only for the wait: registered for good, every
+// event of a busy loop would also wake the runtime's netpoller.
+func (e *engine) park() int {
+	fd, err := unix.FcntlInt(uintptr(e.epfd), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {
-		return nil, fmt.Errorf("turn: dup epoll: %w", err)
+		return 0
 	}
 	// O_NONBLOCK (shared with epfd; epoll_wait ignores it) makes the file
 	// pollable, so os registers it with the netpoller.
 	if err := unix.SetNonblock(fd, true); err != nil {
 		unix.Close(fd)
-		return nil, fmt.Errorf("turn: epoll nonblock: %w", err)
+		return 0
 	}
 	f := os.NewFile(uintptr(fd), "turn-epoll")
+	defer f.Close()
 	rc, err := f.SyscallConn()
 	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("turn: epoll rawconn: %w", err)
+		return 0
 	}
-	return &parker{f: f, rc: rc}, nil
-}
-
-// park waits in the netpoller until the loop has events (read into
-// e.events) or is closed, and returns how many events it read.
-func (e *engine) park() int {
 	n := 0
-	err := e.parker.rc.Read(func(uintptr) bool {
+	err = rc.Read(func(uintptr) bool {
 		var err error
 		n, err = unix.EpollWait(e.epfd, e.events, 0)
 		if err != nil {
@@ -59,15 +49,7 @@ func (e *engine) park() int {
 		return n > 0 || e.closed.Load()
 	})
 	if err != nil {
-		// Without the netpoller, wait as before: with a timeout.
-		time.Sleep(5 * time.Millisecond)
 		return 0
 	}
 	return n
-}
-
-func (p *parker) close() {
-	if p != nil {
-		_ = p.f.Close()
-	}
 }

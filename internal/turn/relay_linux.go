@@ -94,9 +94,7 @@ type engine struct {
 	lv6   bool // listener is AF_INET6
 	epfd  int
 	evfd  int
-	// parker parks the loop in Go's netpoller when it is idle (nil: never).
-	parker *parker
-	v6     bool // relay sockets are AF_INET6
+	v6    bool // relay sockets are AF_INET6
 
 	closed atomic.Bool
 	once   sync.Once
@@ -168,9 +166,6 @@ func newEngine(s *Server, shard int, listen netip.AddrPort, reusePort bool) (*en
 	}
 	if e.epfd, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); err != nil {
 		return fail(fmt.Errorf("turn: epoll: %w", err))
-	}
-	if e.parker, err = newParker(e.epfd); err != nil {
-		return fail(err)
 	}
 	if e.evfd, err = unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK); err != nil {
 		return fail(fmt.Errorf("turn: eventfd: %w", err))
@@ -260,7 +255,6 @@ var isLittleEndian = func() bool { x := uint16(1); return *(*byte)(unsafe.Pointe
 // close releases the listener, epoll and eventfd (after run returned).
 func (e *engine) close() {
 	e.once.Do(func() {
-		e.parker.close()
 		for _, fd := range []int{e.lfd, e.epfd, e.evfd} {
 			if fd >= 0 {
 				_ = unix.Close(fd)

@@ -81,18 +81,23 @@ func (s *Server) newPeerConnection(p *participant) (*webrtc.PeerConnection, erro
 		return nil, err
 	}
 	dt := pc.SCTP().Transport()
-	// Called with the DTLS transport's lock held, before pion starts SRTP.
+	it := dt.ICETransport()
+	// Called with the DTLS transport's lock held, before pion starts SRTP:
+	// nothing here may call the DTLS transport (its ICETransport() takes
+	// that lock: a self-deadlock that once stalled one session in ten of
+	// TestFiftyPeerConnections...).
 	dt.OnStateChange(func(st webrtc.DTLSTransportState) {
 		if st == webrtc.DTLSTransportStateConnected {
 			if f.remote.Load() == nil {
-				// The pair callback may still be queued; ask the agent.
-				pair, _ := dt.ICETransport().GetSelectedCandidatePair()
+				// The pair callback may still be queued; the agent's
+				// selected pair is an atomic load.
+				pair, _ := it.GetSelectedCandidatePair()
 				f.setPair(pair)
 			}
 			f.activate()
 		}
 	})
-	dt.ICETransport().OnSelectedCandidatePairChange(f.setPair)
+	it.OnSelectedCandidatePairChange(f.setPair)
 	f.pc.Store(pc)
 	return pc, nil
 }
@@ -144,6 +149,7 @@ func (f *fastPath) setPair(pair *webrtc.ICECandidatePair) {
 // mutex.
 type fastOut struct {
 	f    *fastPath
+	gcm  *srtpGCM      // the AEAD profiles (srtpgcm.go), else ctx
 	ctx  *srtp.Context // this SSRC's context: its rollover state is ours alone
 	buf  [fastMTU]byte // the packet being encrypted, in place
 	hdr  rtp.Header    // EncryptRTP's parse of buf (reused: no allocation)
@@ -168,18 +174,26 @@ func (d *downTrack) fastLocked() *fastOut {
 		return d.fast
 	}
 	f := d.sub.fast
-	ctx, err := srtp.CreateContext(f.key, f.salt, f.profile)
-	if err != nil {
-		return nil
+	o := &fastOut{f: f}
+	switch f.profile {
+	case srtp.ProtectionProfileAeadAes128Gcm, srtp.ProtectionProfileAeadAes256Gcm:
+		g, err := newSRTPGCM(f.key, f.salt)
+		if err != nil {
+			return nil
+		}
+		o.gcm, o.tail = g, gcmTagLen
+	default:
+		ctx, err := srtp.CreateContext(f.key, f.salt, f.profile)
+		if err != nil {
+			return nil
+		}
+		tail, err := f.profile.AuthTagRTPLen()
+		if err != nil {
+			return nil
+		}
+		o.ctx, o.tail = ctx, tail
 	}
-	tail, err := f.profile.AEADAuthTagLen()
-	if err == nil && tail == 0 {
-		tail, err = f.profile.AuthTagRTPLen()
-	}
-	if err != nil {
-		return nil
-	}
-	d.fast = &fastOut{f: f, ctx: ctx, tail: tail}
+	d.fast = o
 	f.mu.Lock()
 	f.tracks = append(f.tracks, d)
 	f.mu.Unlock()
@@ -207,10 +221,20 @@ func (o *fastOut) send(h *rtp.Header, payload []byte, now int64) bool {
 		return false
 	}
 	n := hn + copy(o.buf[hn:], payload)
-	out, err := o.ctx.EncryptRTP(o.buf[:0], o.buf[:n], &o.hdr)
-	if err != nil || len(out) > len(o.buf) {
-		m.fastDrops.Inc()
-		return false
+	var out []byte
+	if o.gcm != nil {
+		var ok bool
+		if out, ok = o.gcm.seal(o.buf[:], hn, n, h.SSRC, h.SequenceNumber); !ok {
+			m.fastDrops.Inc()
+			return false
+		}
+	} else {
+		var err error
+		out, err = o.ctx.EncryptRTP(o.buf[:0], o.buf[:n], &o.hdr)
+		if err != nil || len(out) > len(o.buf) {
+			m.fastDrops.Inc()
+			return false
+		}
 	}
 	if _, err := o.f.s.out.WriteToAddrPort(out, *ap); err != nil {
 		return false

@@ -116,6 +116,10 @@ func New(cfg Config) (*Server, error) {
 	if cfg.AllowLoopbackPeers {
 		cfg.Log.Warn("turn: relaying to loopback peers is allowed (--allow-loopback-peers): for local tests only")
 	}
+	if la := s.Addr().Addr().Unmap(); cfg.Offloader != nil && (!la.Is4() || la.IsUnspecified() || !cfg.RelayIP.Is4()) {
+		cfg.Log.Warn("turn: the kernel fast path needs a specific IPv4 listen and relay address: every channel stays in user space",
+			"listen", s.Addr().String(), "relay", cfg.RelayIP.String())
+	}
 	s.start()
 	cfg.Log.Info("turn listening", "udp", s.Addr().String(), "tcp", addrString(s.tcpLn), "tls", addrString(s.tlsLn), "dtls", addrString(s.dtlsLn),
 		"relay", cfg.RelayIP.String(), "ports", fmt.Sprintf("%d-%d", cfg.RelayPortLow, cfg.RelayPortHigh))

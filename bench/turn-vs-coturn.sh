@@ -6,7 +6,8 @@
 #
 # Usage: bench/turn-vs-coturn.sh [CLIENTS] [MSGS] [INTERVAL_MS] [LEN]
 #   defaults: 20 clients, 1000 messages each, 5 ms apart, 172 bytes.
-#   UCLIENT_FLAGS="-t" runs the clients over TCP; TRAVERSE_FLAGS adds flags
+#   UCLIENT_FLAGS="-t" runs the clients over TCP, "-t -S" over TLS (both
+#   servers get a TLS listener with a self-signed certificate); TRAVERSE_FLAGS adds flags
 #   to traverse turn. ROUNDS=N (default 1) runs N rounds, alternating which
 #   server goes first, and reports each round's ratio and their median.
 # Each delivered message is relayed twice by the server (to the peer and
@@ -28,6 +29,11 @@ free_port() { # first free UDP+TCP port from $1
   echo $p
 }
 tport=$(free_port 35478); cport=$(free_port $((tport+1))); pport=$(free_port $((cport+1)))
+tls=no; case " ${UCLIENT_FLAGS:-} " in *" -S "*) tls=yes ;; esac
+if [ $tls = yes ]; then
+  ttls=$(free_port $((pport+2))); ctls=$(free_port $((ttls+1))) # uclient also uses the peer port + 1
+  openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=bench -keyout "$work/key.pem" -out "$work/cert.pem" >/dev/null 2>&1
+fi
 hz=$(getconf CLK_TCK)
 cpu() { awk -v hz="$hz" '{printf "%.3f", ($14+$15)/hz}' /proc/$1/stat; }
 wait_port() { for _ in $(seq 100); do ss -Hlnu "sport = :$1" | grep -q . && return 0; sleep 0.05; done; echo "port $1 never opened"; exit 1; }
@@ -44,7 +50,7 @@ lt-cred-mech
 user=bench:bench
 realm=bench
 fingerprint
-no-tls
+$( [ $tls = yes ] && printf 'cert=%s\npkey=%s\ntls-listening-port=%s\n' "$work/cert.pem" "$work/key.pem" "$ctls" || echo no-tls )
 no-dtls
 allow-loopback-peers
 no-cli
@@ -55,9 +61,12 @@ CONF
 
 turnutils_peer -L 127.0.0.1 -p "$pport" >/dev/null 2>&1 & pids+=($!)
 "$work/traverse" turn --listen 127.0.0.1:$tport --realm bench --user bench:bench \
-  --allow-loopback-peers --relay-ports 53000-53999 --log-level warn ${TRAVERSE_FLAGS:-} 2>"$work/traverse.log" & tpid=$!; pids+=($tpid)
+  --allow-loopback-peers --relay-ports 53000-53999 --log-level warn \
+  $( [ $tls = yes ] && echo "--tls-listen 127.0.0.1:$ttls --tls-cert $work/cert.pem --tls-key $work/key.pem --no-dtls" ) \
+  ${TRAVERSE_FLAGS:-} 2>"$work/traverse.log" & tpid=$!; pids+=($tpid)
 turnserver -c "$work/coturn.conf" >/dev/null 2>&1 & cpid=$!; pids+=($cpid)
 wait_port $tport; wait_port $cport; wait_port $pport
+if [ $tls = yes ]; then tport=$ttls; cport=$ctls; fi # the clients go to the TLS ports
 
 run() { # name pid port
   local name=$1 pid=$2 port=$3 c0 c1 out sent recv lost

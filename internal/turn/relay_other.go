@@ -38,3 +38,4 @@ func (sc *streamConn) enqueueLoop([]byte) bool            { return false }
 func closeFD(int) error                                   { return ErrUnsupported }
 func reuseControl(string, string, syscall.RawConn) error  { return ErrUnsupported }
 func (e *engine) handOver(*streamConn, *peerConn, []byte) {}
+func socketRoom(syscall.RawConn, int) bool                { return false }

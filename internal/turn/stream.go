@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -45,6 +46,8 @@ type streamConn struct {
 	done     chan struct{}
 	once     sync.Once
 
+	tlsHandshaken atomic.Bool // the TLS handshake is done: direct writes are safe
+
 	mu    sync.Mutex // guards alloc and bound
 	alloc *allocation
 	// bound is set by a successful ConnectionBind (RFC 6062): the reader
@@ -56,7 +59,11 @@ type streamConn struct {
 
 	// raw is the TCP socket for direct writes (nil for TLS).
 	raw syscall.RawConn
-	wmu sync.Mutex // guards pending
+	// tlsRaw is a TLS connection's TCP socket: a frame goes through
+	// crypto/tls from the relaying goroutine when nothing is queued and
+	// the socket has room enough that the write cannot block.
+	tlsRaw syscall.RawConn
+	wmu    sync.Mutex // guards pending
 	// pending counts frames queued or being written by writeLoop; while
 	// it is 0 enqueue may write straight to the socket.
 	pending int
@@ -99,6 +106,11 @@ func (s *Server) acceptLoop(ln net.Listener, proto uint8) {
 			sc.q = make(chan *[]byte, streamQueue)
 			if tc, ok := c.(*net.TCPConn); ok {
 				sc.raw, _ = tc.SyscallConn()
+			}
+			if tc, ok := c.(*tls.Conn); ok {
+				if nc, ok := tc.NetConn().(*net.TCPConn); ok {
+					sc.tlsRaw, _ = nc.SyscallConn()
+				}
 			}
 		}
 		s.mu.Lock()
@@ -176,6 +188,7 @@ func (sc *streamConn) readLoop() {
 			return
 		}
 		_ = tc.SetDeadline(time.Time{})
+		sc.tlsHandshaken.Store(true)
 	}
 	buf := make([]byte, maxFrame)
 	key := fiveTuple{sc.proto, sc.remote}
@@ -290,6 +303,9 @@ func (sc *streamConn) writeLoop() {
 			_ = sc.c.SetWriteDeadline(time.Now().Add(5 * time.Second))
 			_, err := sc.c.Write(*b)
 			framePool.Put(b)
+			// No deadline left behind for a direct write to trip on (a
+			// TLS write that times out breaks the connection).
+			_ = sc.c.SetWriteDeadline(time.Time{})
 			sc.wmu.Lock()
 			sc.pending--
 			sc.wmu.Unlock()
@@ -315,6 +331,12 @@ func (sc *streamConn) enqueue(b []byte) bool {
 	}
 	sc.wmu.Lock()
 	defer sc.wmu.Unlock()
+	if sc.pending == 0 && sc.tlsRaw != nil && sc.tlsHandshaken.Load() && socketRoom(sc.tlsRaw, len(b)) {
+		// Cannot block (see socketRoom); an error is the reader's to
+		// act on (closing here could deadlock the relaying loop).
+		_, err := sc.c.Write(b)
+		return err == nil
+	}
 	if sc.pending == 0 && sc.raw != nil {
 		n := sc.writeDirect(b)
 		if n == len(b) {

@@ -265,3 +265,18 @@ func reuseControl(_, _ string, c syscall.RawConn) error {
 	}
 	return serr
 }
+
+// socketRoom reports whether a TLS record carrying n bytes surely fits in
+// the TCP socket's send buffer, so that writing it cannot block: fewer
+// than 4 KiB unsent or unacknowledged bytes queued (TIOCOUTQ), and the
+// record, counted four times over for the kernel's per-buffer overhead,
+// within the smallest send buffer (16 KiB).
+func socketRoom(rc syscall.RawConn, n int) bool {
+	queued := -1
+	_ = rc.Control(func(fd uintptr) {
+		if q, err := unix.IoctlGetInt(int(fd), unix.TIOCOUTQ); err == nil {
+			queued = q
+		}
+	})
+	return queued >= 0 && queued < 4<<10 && 4*(n+64) < 12<<10
+}

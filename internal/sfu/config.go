@@ -41,7 +41,7 @@ type Config struct {
 	// write stack (fastpath.go); the node then answers as DTLS server.
 	// Subscribers whose keys cannot be derived stay on pion's path.
 	// Default false here; the traverse command's --fast-path defaults to
-	// true (20-30 % less CPU per forwarded packet, docs/benchmarks.md).
+	// true (6-31 % less CPU per forwarded packet, docs/benchmarks.md).
 	FastPath bool `yaml:"fast-path"`
 	// AnnounceInterval is how often the node announces itself; default
 	// bus.AnnounceInterval.

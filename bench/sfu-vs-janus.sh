@@ -12,6 +12,8 @@
 #   SFUBENCH_SCENARIOS="fanout rooms" (default both) and SFUBENCH_SERVERS="traverse batched fast janus udpfwd"
 #   (default all) narrow a run, e.g. SFUBENCH_SCENARIOS=fanout SFUBENCH_SERVERS="traverse udpfwd".
 #   SFUBENCH_PROFILE=SECONDS takes a CPU profile of the traverse server (serve --pprof) during each run.
+#   SFUBENCH_TRAVERSE_BIN=PATH runs the "traverse" server from another build, SFUBENCH_TRAVERSE_FLAGS adds
+#   flags to it (e.g. "--sfu-fast-path" to compare two builds' fast paths in one run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Everything runs in a network namespace of our own (root needed): no traffic can leave it.
@@ -49,7 +51,7 @@ ss=[socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(24)]
 for s in ss: s.bind(("127.0.0.1",0))
 print(" ".join(str(s.getsockname()[1]) for s in ss))')
   # traverse: serve (embedded NATS, signal, sfu, and the idle other roles) on free ports, pion's write path
-  "$BIN" serve --admin 127.0.0.1:$ADM --bus-listen 127.0.0.1:$NATS --sfu-udp 127.0.0.1:$UDP --sfu-tcp 127.0.0.1:$TCP --sfu-fast-path=false \
+  "${SFUBENCH_TRAVERSE_BIN:-$BIN}" serve --admin 127.0.0.1:$ADM --bus-listen 127.0.0.1:$NATS --sfu-udp 127.0.0.1:$UDP --sfu-tcp 127.0.0.1:$TCP --sfu-fast-path=false ${SFUBENCH_TRAVERSE_FLAGS:-} \
     --signal-http 127.0.0.1:$HTTP --stun-listen 127.0.0.1:$P1 --stun-other-port $P2 --stun-no-tcp --stun-tls-listen "" \
     --turn-listen 127.0.0.1:$P3 --turn-no-tcp --sipgw-sip 127.0.0.1:$P4 \
     --sipgw-rtp 127.0.0.1:$P5 --sipgw-rtcp 127.0.0.1:$P6 --log-level warn ${SFUBENCH_PROFILE:+--pprof} >>"$OUT/serve.log" 2>&1 &

@@ -31,21 +31,6 @@ func freeTCP(t *testing.T) string {
 	return ln.Addr().String()
 }
 
-// freeUDPTCP returns a port free for both UDP and TCP on 127.0.0.1.
-func freeUDPTCP(t *testing.T) int {
-	t.Helper()
-	for range 20 {
-		p := freePorts(t)
-		ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
-		if err == nil {
-			ln.Close()
-			return p
-		}
-	}
-	t.Fatal("no free port")
-	return 0
-}
-
 func stunBinding(t *testing.T, server netip.AddrPort) error {
 	t.Helper()
 	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
@@ -91,10 +76,10 @@ func httpGet(url string) (int, string, error) {
 func TestServe(t *testing.T) {
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 	adminAddr := freeTCP(t)
-	stunPort := freeUDPTCP(t)
-	turnPort := freeUDPTCP(t)
+	stunPort := freePorts(t)
+	turnPort := freePorts(t)
 	sfuUDP, sfuTCP := freePorts(t), freeTCP(t)
-	sipPort := freeUDPTCP(t)
+	sipPort := freePorts(t)
 	rtpPort := freePorts(t)
 	signalAddr := freeTCP(t)
 	lo := func(p int) string { return "127.0.0.1:" + strconv.Itoa(p) }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"strconv"
@@ -67,19 +68,27 @@ func TestNatcheckCommand(t *testing.T) {
 	}
 }
 
-// freePorts finds a UDP port P on 127.0.0.1 with P+1 also free.
+// freePorts finds a port P on 127.0.0.1 with P and P+1 free for both UDP
+// and TCP (the STUN and TURN listeners take the same port on both). It picks
+// below the kernel's ephemeral range, where outgoing connections of other
+// tests cannot take the port between this check and the server's bind.
 func freePorts(t *testing.T) int {
 	t.Helper()
-	for range 20 {
-		a, err := net.ListenPacket("udp", "127.0.0.1:0")
+	free := func(p int) bool {
+		u, err := net.ListenPacket("udp", "127.0.0.1:"+strconv.Itoa(p))
 		if err != nil {
-			t.Fatal(err)
+			return false
 		}
-		p := a.LocalAddr().(*net.UDPAddr).Port
-		b, err := net.ListenPacket("udp", "127.0.0.1:"+strconv.Itoa(p+1))
-		a.Close()
-		if err == nil {
-			b.Close()
+		defer u.Close()
+		l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
+		if err != nil {
+			return false
+		}
+		return l.Close() == nil
+	}
+	for range 200 {
+		p := 20000 + rand.IntN(12000)
+		if free(p) && free(p+1) {
 			return p
 		}
 	}
@@ -112,6 +121,11 @@ func TestSTUNCommand(t *testing.T) {
 		_ = c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
 		if _, _, err := c.ReadFromUDPAddrPort(buf); err == nil {
 			break
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("traverse stun ended early: %v", err)
+		default:
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("no answer from the RFC 5780 alternate socket %s", dst)

@@ -32,7 +32,8 @@
 // their IPv4-mapped IPv6 forms, and the server's own addresses are refused
 // with 403 Forbidden unless the operator's allow list says otherwise.
 //
-// Relay sockets come from a port range; when it is exhausted Allocate gets
-// 508 Insufficient Capacity. See docs/turn.md for how relayed addresses
-// could share sockets demultiplexed by peer (coturn's multiplex-peer mode).
+// Relay sockets come from a port range, one per allocation while the range
+// lasts; past it, allocations share relay sockets demultiplexed by peer
+// address (coturn's multiplex-peer idea), and only with sharing off does an
+// exhausted range get 508 Insufficient Capacity. See docs/turn.md.
 package turn

@@ -231,6 +231,16 @@ func (s *Server) Run(ctx context.Context) error {
 	s.sub = sub
 	s.mu.Unlock()
 	s.log.Info("sfu serving", "node", s.cfg.NodeID, "udp", s.UDPAddr(), "tcp", s.TCPAddr())
+	if s.cfg.SchedulerPoll {
+		pctx, cancel := context.WithCancel(ctx)
+		var pwg sync.WaitGroup
+		pwg.Add(1)
+		go func() {
+			defer pwg.Done()
+			s.schedPoll(pctx)
+		}()
+		defer func() { cancel(); pwg.Wait() }()
+	}
 	t := time.NewTicker(s.cfg.AnnounceInterval)
 	defer t.Stop()
 	speakers := time.NewTicker(300 * time.Millisecond)

@@ -79,21 +79,32 @@ type streamConn struct {
 	closed  bool // guarded by wmu: fd is closed
 }
 
+// accept returns ln's next connection, retrying failed accepts every
+// 10 ms; false once ln is closed or the server is done.
+func (s *Server) accept(ln net.Listener) (net.Conn, bool) {
+	for {
+		c, err := ln.Accept()
+		if err == nil {
+			return c, true
+		}
+		if errors.Is(err, net.ErrClosed) {
+			return nil, false
+		}
+		select {
+		case <-s.done:
+			return nil, false
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
 func (s *Server) acceptLoop(ln net.Listener, proto uint8) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	for {
-		c, err := ln.Accept()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			select {
-			case <-s.done:
-				return
-			case <-time.After(10 * time.Millisecond):
-			}
-			continue
+		c, ok := s.accept(ln)
+		if !ok {
+			return
 		}
 		ap, err := netip.ParseAddrPort(c.RemoteAddr().String())
 		if err != nil {

@@ -206,17 +206,9 @@ func (s *Server) closeTCPRelay(a *allocation) {
 // ConnectionAttempt indication; any other is closed at once.
 func (s *Server) acceptPeers(a *allocation) {
 	for {
-		c, err := a.tcp.ln.Accept()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			select {
-			case <-s.done:
-				return
-			case <-time.After(10 * time.Millisecond):
-			}
-			continue
+		c, open := s.accept(a.tcp.ln)
+		if !open {
+			return
 		}
 		ap := c.RemoteAddr().(*net.TCPAddr).AddrPort()
 		peer := netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())

@@ -10,7 +10,6 @@ import (
 	"github.com/pion/rtcp"
 	"github.com/pion/rtp"
 	"github.com/pion/srtp/v3"
-	"github.com/pion/webrtc/v4"
 
 	"github.com/traverse-rtc/traverse/internal/loadgen"
 	"github.com/traverse-rtc/traverse/internal/udpio"
@@ -71,30 +70,7 @@ func TestFastPathRoom(t *testing.T) {
 // TestFastPathNACK: with the fast path on, NACKed packets are resent
 // through it (the subscriber decrypts the copies).
 func TestFastPathNACK(t *testing.T) {
-	h := newHarness(t, Config{FastPath: true})
-	pub := h.dial(loadgen.ClientConfig{Room: "n", Identity: "pub", Publish: true, VideoBitrate: 300_000})
-	dupAPI, err := loadgen.NewDuplicateTolerantAPI()
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.api = dupAPI
-	sub := h.dial(loadgen.ClientConfig{Room: "n", Identity: "sub", Subscribe: true})
-	<-pub.Connected()
-	var video *loadgen.RecvStats
-	waitFor(t, 10*time.Second, "video at the subscriber", func() bool {
-		for _, tr := range sub.Tracks() {
-			if tr.Kind == "video" && tr.Packets() > 30 {
-				video = tr
-			}
-		}
-		return video != nil
-	})
-	var ssrc uint32
-	for _, tr := range sub.PC().GetTransceivers() {
-		if r := tr.Receiver(); r != nil && r.Track() != nil && r.Track().Kind() == webrtc.RTPCodecTypeVideo {
-			ssrc = uint32(r.Track().SSRC())
-		}
-	}
+	h, sub, video, ssrc := nackSetup(t, Config{FastPath: true})
 	late0, ans0 := video.Late(), testutilCounter(h.s.m.nacksAnswered)
 	last := video.LastSeq()
 	nack := &rtcp.TransportLayerNack{SenderSSRC: 1, MediaSSRC: ssrc,

@@ -92,11 +92,13 @@ func TestKeyframeRequestsThrottled(t *testing.T) {
 	}
 }
 
-// TestNACKAnsweredFromTrackCache: a subscriber's NACK for packets it had
-// is answered from the track's shared cache with the subscriber's own
-// sequence numbers; a NACK beyond the cache goes unanswered.
-func TestNACKAnsweredFromTrackCache(t *testing.T) {
-	h := newHarness(t, Config{})
+// nackSetup starts a harness with cfg, a video publisher, and a
+// subscriber whose SRTP replay protection is off (so resent copies
+// arrive), and waits for video at the subscriber. It returns the
+// subscriber, its video stats and the video's SSRC at the subscriber.
+func nackSetup(t *testing.T, cfg Config) (*harness, *loadgen.Client, *loadgen.RecvStats, uint32) {
+	t.Helper()
+	h := newHarness(t, cfg)
 	pub := h.dial(loadgen.ClientConfig{Room: "n", Identity: "pub", Publish: true, VideoBitrate: 300_000})
 	dupAPI, err := loadgen.NewDuplicateTolerantAPI()
 	if err != nil {
@@ -120,6 +122,14 @@ func TestNACKAnsweredFromTrackCache(t *testing.T) {
 			ssrc = uint32(r.Track().SSRC())
 		}
 	}
+	return h, sub, video, ssrc
+}
+
+// TestNACKAnsweredFromTrackCache: a subscriber's NACK for packets it had
+// is answered from the track's shared cache with the subscriber's own
+// sequence numbers; a NACK beyond the cache goes unanswered.
+func TestNACKAnsweredFromTrackCache(t *testing.T) {
+	h, sub, video, ssrc := nackSetup(t, Config{})
 	late0, ans0 := video.Late(), testutilCounter(h.s.m.nacksAnswered)
 	last := video.LastSeq()
 	nack := &rtcp.TransportLayerNack{SenderSSRC: 1, MediaSSRC: ssrc,

@@ -27,6 +27,7 @@ set -euo pipefail
 clients=${1:-20}; msgs=${2:-1000}; interval=${3:-5}; len=${4:-172}
 rounds=${ROUNDS:-3}; modes=(${MODES:-coturn traverse ebpf})
 cd "$(dirname "$0")/.."
+. bench/lib/coturn.sh
 [ "$(id -u)" = 0 ] || { echo "needs root (network namespaces, eBPF)"; exit 1; }
 for b in turnserver turnutils_uclient turnutils_peer ip ss; do
   command -v $b >/dev/null || { echo "missing $b (apt-get install coturn iproute2)"; exit 1; }
@@ -56,24 +57,7 @@ for m in "${modes[@]}"; do
   ip netns exec "$n" turnutils_peer -L 127.0.0.1 -p $pport >/dev/null 2>&1 & ppid[$m]=$!; pids+=($!)
   case $m in
   coturn)
-    cat > "$work/coturn.conf" <<CONF
-listening-ip=127.0.0.1
-relay-ip=127.0.0.1
-listening-port=$port
-min-port=52000
-max-port=52999
-lt-cred-mech
-user=bench:bench
-realm=bench
-fingerprint
-no-tls
-no-dtls
-allow-loopback-peers
-no-cli
-pidfile=$work/coturn.pid
-log-file=$work/coturn.log
-simple-log
-CONF
+    coturn_relay_conf "$work" "$port"
     ip netns exec "$n" turnserver -c "$work/coturn.conf" >/dev/null 2>&1 & spid[$m]=$!; pids+=($!) ;;
   traverse|ebpf|baseline)
     extra=""; [ $m = ebpf ] && extra="--offload ebpf"

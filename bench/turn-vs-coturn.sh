@@ -15,6 +15,7 @@
 set -euo pipefail
 clients=${1:-20}; msgs=${2:-1000}; interval=${3:-5}; len=${4:-172}
 cd "$(dirname "$0")/.."
+. bench/lib/coturn.sh
 for b in turnserver turnutils_uclient turnutils_peer; do
   command -v $b >/dev/null || { echo "missing $b (apt-get install coturn)"; exit 1; }
 done
@@ -40,24 +41,7 @@ wait_port() { for _ in $(seq 100); do ss -Hlnu "sport = :$1" | grep -q . && retu
 
 go build -o "$work/traverse" ./cmd/traverse
 
-cat > "$work/coturn.conf" <<CONF
-listening-ip=127.0.0.1
-relay-ip=127.0.0.1
-listening-port=$cport
-min-port=52000
-max-port=52999
-lt-cred-mech
-user=bench:bench
-realm=bench
-fingerprint
-$( [ $tls = yes ] && printf 'cert=%s\npkey=%s\ntls-listening-port=%s\n' "$work/cert.pem" "$work/key.pem" "$ctls" || echo no-tls )
-no-dtls
-allow-loopback-peers
-no-cli
-pidfile=$work/coturn.pid
-log-file=$work/coturn.log
-simple-log
-CONF
+coturn_relay_conf "$work" "$cport" "$( [ $tls = yes ] && printf 'cert=%s\npkey=%s\ntls-listening-port=%s\n' "$work/cert.pem" "$work/key.pem" "$ctls" || echo no-tls )"
 
 turnutils_peer -L 127.0.0.1 -p "$pport" >/dev/null 2>&1 & pids+=($!)
 "$work/traverse" turn --listen 127.0.0.1:$tport --realm bench --user bench:bench \

@@ -117,11 +117,10 @@ func FuzzHandleMessage(f *testing.F) {
 	})
 }
 
-// FuzzStreamConn feeds an arbitrary byte stream to a TCP client
-// connection's reader (STUN and padded ChannelData framing, RFC 8656
-// section 12.5): it must end cleanly, never hang or panic.
-func FuzzStreamConn(f *testing.F) {
-	s, _ := newTestServer(f, func(c *Config) { c.AllowLoopbackPeers = true; c.AuthFailuresPerMinute = -1 })
+// addStreamSeeds seeds a TCP stream fuzz target: a Binding request, one
+// followed by an Allocate, padded ChannelData before a request, a
+// ChannelData header longer than its data, and a bad first byte.
+func addStreamSeeds(f *testing.F) {
 	tid := [12]byte{7}
 	bind := stun.MustBuild(stun.NewTransactionIDSetter(tid), stun.BindingRequest).Raw
 	alloc := stun.MustBuild(stun.NewTransactionIDSetter(tid), stun.NewType(stun.MethodAllocate, stun.ClassRequest), requestedUDP()).Raw
@@ -130,6 +129,14 @@ func FuzzStreamConn(f *testing.F) {
 	f.Add(append(appendChannelData(nil, 0x4000, []byte{1, 2, 3}, true), bind...))
 	f.Add([]byte{0x40, 0x00, 0xff, 0xff, 1})
 	f.Add([]byte{0x80, 0, 0, 0})
+}
+
+// FuzzStreamConn feeds an arbitrary byte stream to a TCP client
+// connection's reader (STUN and padded ChannelData framing, RFC 8656
+// section 12.5): it must end cleanly, never hang or panic.
+func FuzzStreamConn(f *testing.F) {
+	s, _ := newTestServer(f, func(c *Config) { c.AllowLoopbackPeers = true; c.AuthFailuresPerMinute = -1 })
+	addStreamSeeds(f)
 	f.Fuzz(func(t *testing.T, b []byte) {
 		client, server := net.Pipe()
 		sc := &streamConn{s: s, c: server, proto: protoTCP, remote: netip.MustParseAddrPort("127.0.0.1:40001"),
@@ -161,15 +168,8 @@ func FuzzStreamConn(f *testing.F) {
 // never hang or panic, and close the connection once the client is done.
 func FuzzLoopStream(f *testing.F) {
 	s, _ := newTestServer(f, func(c *Config) { c.AllowLoopbackPeers = true; c.AuthFailuresPerMinute = -1 })
-	tid := [12]byte{7}
-	bind := stun.MustBuild(stun.NewTransactionIDSetter(tid), stun.BindingRequest).Raw
-	alloc := stun.MustBuild(stun.NewTransactionIDSetter(tid), stun.NewType(stun.MethodAllocate, stun.ClassRequest), requestedUDP()).Raw
-	f.Add(bind)
-	f.Add(append(append([]byte{}, bind...), alloc...))
-	f.Add(append(appendChannelData(nil, 0x4000, []byte{1, 2, 3}, true), bind...))
-	f.Add([]byte{0x40, 0x00, 0xff, 0xff, 1})
-	f.Add([]byte{0x80, 0, 0, 0})
-	f.Add(stun.MustBuild(stun.NewTransactionIDSetter(tid), stun.NewType(stun.MethodConnectionBind, stun.ClassRequest), connectionID(7)).Raw)
+	addStreamSeeds(f)
+	f.Add(stun.MustBuild(stun.NewTransactionIDSetter([12]byte{7}), stun.NewType(stun.MethodConnectionBind, stun.ClassRequest), connectionID(7)).Raw)
 	f.Fuzz(func(t *testing.T, b []byte) {
 		c, err := net.Dial("tcp", s.TCPAddr().String())
 		if err != nil {

@@ -90,6 +90,25 @@ func connID(t *testing.T, m *stun.Message) uint32 {
 	return binary.BigEndian.Uint32(v)
 }
 
+// connectData gives the TCP allocation of ctl a permission for peer,
+// connects to it (RFC 6062 Connect) and binds a new data connection to
+// the result, failing the test on any error code.
+func connectData(t *testing.T, s *Server, ctl *stunClient, peer netip.AddrPort) *stunClient {
+	t.Helper()
+	if code := errCode(ctl.do(stun.MethodCreatePermission, peerAttr(peer))); code != 0 {
+		t.Fatalf("permission: %d", code)
+	}
+	resp := ctl.do(stun.MethodConnect, peerAttr(peer))
+	if code := errCode(resp); code != 0 {
+		t.Fatalf("connect: %d", code)
+	}
+	d, code := bindData(t, s, ctl, connID(t, resp))
+	if code != 0 {
+		t.Fatalf("connection bind: %d", code)
+	}
+	return d
+}
+
 // bindData opens a client data connection for id with ctl's credentials
 // and returns it after a successful ConnectionBind, or the error code.
 func bindData(t *testing.T, s *Server, ctl *stunClient, id uint32) (*stunClient, int) {
@@ -150,17 +169,7 @@ func testTCPAllocationConnect(t *testing.T, useTLS bool) {
 	} else {
 		ctl, _ = allocateTCPRelay(t, s)
 	}
-	if code := errCode(ctl.do(stun.MethodCreatePermission, peerAttr(peer))); code != 0 {
-		t.Fatalf("permission: %d", code)
-	}
-	resp := ctl.do(stun.MethodConnect, peerAttr(peer))
-	if code := errCode(resp); code != 0 {
-		t.Fatalf("connect: %d", code)
-	}
-	d, code := bindData(t, s, ctl, connID(t, resp))
-	if code != 0 {
-		t.Fatalf("connection bind: %d", code)
-	}
+	d := connectData(t, s, ctl, peer)
 	echoThrough(t, d.tcp, dataStream(d), 200)
 	if got := testutil.ToFloat64(s.m.tcpConns); got != 1 {
 		t.Errorf("tcp peer connections gauge = %v", got)
@@ -453,17 +462,7 @@ func TestTCPAllocationBandwidth(t *testing.T) {
 	s, _ := newTestServer(t, func(c *Config) { c.AllowLoopbackPeers = true; c.BandwidthPerAllocation = rate })
 	peer, _ := tcpEchoPeer(t)
 	ctl, _ := allocateTCPRelay(t, s)
-	if code := errCode(ctl.do(stun.MethodCreatePermission, peerAttr(peer))); code != 0 {
-		t.Fatalf("permission: %d", code)
-	}
-	resp := ctl.do(stun.MethodConnect, peerAttr(peer))
-	if code := errCode(resp); code != 0 {
-		t.Fatalf("connect: %d", code)
-	}
-	d, code := bindData(t, s, ctl, connID(t, resp))
-	if code != 0 {
-		t.Fatalf("connection bind: %d", code)
-	}
+	d := connectData(t, s, ctl, peer)
 	payload := bytes.Repeat([]byte{7}, 3*rate)
 	start := time.Now()
 	go func() { _, _ = d.tcp.Write(payload) }()
@@ -507,17 +506,7 @@ func TestTCPAllocationIPv6(t *testing.T) {
 		t.Fatalf("relayed %v is not IPv6", relayed)
 	}
 	peer := ln.Addr().(*net.TCPAddr).AddrPort()
-	if code := errCode(ctl.do(stun.MethodCreatePermission, peerAttr(peer))); code != 0 {
-		t.Fatalf("permission: %d", code)
-	}
-	resp := ctl.do(stun.MethodConnect, peerAttr(peer))
-	if code := errCode(resp); code != 0 {
-		t.Fatalf("connect: %d", code)
-	}
-	d, code := bindData(t, s, ctl, connID(t, resp))
-	if code != 0 {
-		t.Fatalf("connection bind: %d", code)
-	}
+	d := connectData(t, s, ctl, peer)
 	_ = d.tcp.SetDeadline(time.Now().Add(5 * time.Second))
 	echoThrough(t, d.tcp, dataStream(d), 20)
 	d.tcp.Close()

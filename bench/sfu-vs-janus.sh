@@ -11,6 +11,8 @@
 # Usage: bench/sfu-vs-janus.sh [DURATION]   (default 10s; bounded; loopback only)
 #   SFUBENCH_SCENARIOS="fanout rooms" (default both) and SFUBENCH_SERVERS="traverse batched fast janus udpfwd"
 #   (default all) narrow a run, e.g. SFUBENCH_SCENARIOS=fanout SFUBENCH_SERVERS="traverse udpfwd".
+#   Servers run in the order SFUBENCH_SERVERS names them. SFUBENCH_ROUNDS=N (default 1) repeats each scenario
+#   N times with fresh servers, rotating the order so each server takes each slot in turn, and prints medians.
 #   SFUBENCH_PROFILE=SECONDS takes a CPU profile of the traverse server (serve --pprof) during each run.
 #   SFUBENCH_TRAVERSE_BIN=PATH runs the "traverse" server from another build, SFUBENCH_TRAVERSE_FLAGS adds
 #   flags to it (e.g. "--sfu-fast-path" to compare two builds' fast paths in one run).
@@ -34,13 +36,14 @@ fi
 DUR=${1:-10s}
 SCENARIOS=${SFUBENCH_SCENARIOS:-fanout rooms}
 SERVERS=${SFUBENCH_SERVERS:-traverse batched fast janus udpfwd}
+ROUNDS=${SFUBENCH_ROUNDS:-1}
 want() { [[ " $SERVERS " == *" $1 "* ]]; }
 OUT=$(mktemp -d /tmp/sfubench.XXXXXX)
 BIN=$OUT/traverse
 go build -o "$BIN" ./cmd/traverse
 go build -o "$OUT/udpfwd" ./bench/udpfwd
 PIDS=()
-cleanup() { for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; PIDS=(); }
+cleanup() { local pid; for pid in "${PIDS[@]:-}"; do [ -n "$pid" ] && kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; PIDS=(); }
 trap cleanup EXIT
 
 # Fresh servers for every scenario, so memory per participant is measured from a clean start.
@@ -94,48 +97,49 @@ print(" ".join(str(s.getsockname()[1]) for s in ss))')
   done
 }
 
+# run_one SERVER NAME ROUNDTAG: one server under the scenario's load (the servers are all up, idle but
+# for the one under load).
+run_one() {
+  local srv=$1 name=$2 tag=$3 adm="" pid=""
+  case $srv in
+    traverse) adm=$ADM; pid=$TPID; nats=$NATS; prefix=t ;;
+    batched) adm=$ADM2; pid=$TPID2; nats=$NATS2; prefix=b ;;
+    fast) adm=$ADM3; pid=$TPID3; nats=$NATS3; prefix=f ;;
+  esac
+  case $srv in
+    traverse|batched|fast)
+      if [ -n "${SFUBENCH_PROFILE:-}" ]; then
+        (sleep 6; curl -s -o "$OUT/$srv-$tag.pprof" "http://127.0.0.1:$adm/debug/pprof/profile?seconds=$SFUBENCH_PROFILE") &
+        PROF=$!
+      fi
+      "$BIN" load --nats nats://127.0.0.1:$nats --rooms $r --publishers $p --subscribers $s --duration $DUR \
+        --server-pid $pid --room-prefix "$prefix$tag" --json 2>"$OUT/$srv-$tag.err" >"$OUT/$srv-$tag.json" || true
+      [ -n "${PROF:-}" ] && { wait "$PROF" 2>/dev/null || true; PROF=; }
+      [ "$srv" = traverse ] || curl -s "http://127.0.0.1:$adm/metrics" | grep -E '^traverse_sfu_(udp_|rtp_forwarded|fast_path)' >"$OUT/$srv-$tag-metrics.txt" || true
+      ;;
+    janus)
+      "$BIN" load --janus "http://127.0.0.1:$JPORT/janus" --ice-ip 10.77.0.1 --rooms $r --publishers $p --subscribers $s --duration $DUR \
+        --server-pid $JPID --room-prefix "j$tag" --json 2>"$OUT/janus-$tag.err" >"$OUT/janus-$tag.json" || true
+      ;;
+    udpfwd)
+      "$OUT/udpfwd" -mode load -server 127.0.0.1:$FPORT -server-pid $FPID -rooms $r -publishers $p -subscribers $s \
+        -duration $DUR >"$OUT/udpfwd-$tag.json" || true
+      ;;
+  esac
+}
+
 run() { # name rooms pubs subs
-  local name=$1 r=$2 p=$3 s=$4
-  echo "== $name: $r room(s) x ($p publishers + $s subscribers), $DUR" >&2
-  start_servers
-  if want traverse; then
-    if [ -n "${SFUBENCH_PROFILE:-}" ]; then
-      (sleep 6; curl -s -o "$OUT/traverse-$name.pprof" "http://127.0.0.1:$ADM/debug/pprof/profile?seconds=$SFUBENCH_PROFILE") &
-      PROF=$!
-    fi
-    "$BIN" load --nats nats://127.0.0.1:$NATS --rooms $r --publishers $p --subscribers $s --duration $DUR \
-      --server-pid $TPID --room-prefix "t$name" --json 2>"$OUT/traverse-$name.err" >"$OUT/traverse-$name.json" || true
-    [ -n "${PROF:-}" ] && { wait "$PROF" 2>/dev/null || true; }
-  fi
-  if want batched; then
-    if [ -n "${SFUBENCH_PROFILE:-}" ]; then
-      (sleep 6; curl -s -o "$OUT/batched-$name.pprof" "http://127.0.0.1:$ADM2/debug/pprof/profile?seconds=$SFUBENCH_PROFILE") &
-      PROF=$!
-    fi
-    "$BIN" load --nats nats://127.0.0.1:$NATS2 --rooms $r --publishers $p --subscribers $s --duration $DUR \
-      --server-pid $TPID2 --room-prefix "b$name" --json 2>"$OUT/batched-$name.err" >"$OUT/batched-$name.json" || true
-    [ -n "${PROF:-}" ] && { wait "$PROF" 2>/dev/null || true; }
-    curl -s "http://127.0.0.1:$ADM2/metrics" | grep -E '^traverse_sfu_(udp_|rtp_forwarded)' >"$OUT/batched-$name-metrics.txt" || true
-  fi
-  if want fast; then
-    if [ -n "${SFUBENCH_PROFILE:-}" ]; then
-      (sleep 6; curl -s -o "$OUT/fast-$name.pprof" "http://127.0.0.1:$ADM3/debug/pprof/profile?seconds=$SFUBENCH_PROFILE") &
-      PROF=$!
-    fi
-    "$BIN" load --nats nats://127.0.0.1:$NATS3 --rooms $r --publishers $p --subscribers $s --duration $DUR \
-      --server-pid $TPID3 --room-prefix "f$name" --json 2>"$OUT/fast-$name.err" >"$OUT/fast-$name.json" || true
-    [ -n "${PROF:-}" ] && { wait "$PROF" 2>/dev/null || true; }
-    curl -s "http://127.0.0.1:$ADM3/metrics" | grep -E '^traverse_sfu_(udp_|rtp_forwarded|fast_path)' >"$OUT/fast-$name-metrics.txt" || true
-  fi
-  if want janus; then
-    "$BIN" load --janus "http://127.0.0.1:$JPORT/janus" --ice-ip 10.77.0.1 --rooms $r --publishers $p --subscribers $s --duration $DUR \
-      --server-pid $JPID --room-prefix "j$name" --json 2>"$OUT/janus-$name.err" >"$OUT/janus-$name.json" || true
-  fi
-  if want udpfwd; then
-    "$OUT/udpfwd" -mode load -server 127.0.0.1:$FPORT -server-pid $FPID -rooms $r -publishers $p -subscribers $s \
-      -duration $DUR >"$OUT/udpfwd-$name.json" || true
-  fi
-  cleanup
+  local name=$1 r=$2 p=$3 s=$4 round order=($SERVERS)
+  for round in $(seq "$ROUNDS"); do
+    echo "== $name, round $round: $r room(s) x ($p publishers + $s subscribers), $DUR, order: ${order[*]}" >&2
+    start_servers
+    for srv in "${order[@]}"; do
+      run_one "$srv" "$name" "$name-$round"
+    done
+    cleanup
+    # The next round starts with the server after this round's first: each takes each slot in turn.
+    order=("${order[@]:1}" "${order[0]}")
+  done
 }
 for sc in $SCENARIOS; do
   case $sc in
@@ -143,24 +147,42 @@ for sc in $SCENARIOS; do
     rooms) run rooms 10 4 0 ;;
   esac
 done
-cat "$OUT"/batched-*-metrics.txt "$OUT"/fast-*-metrics.txt >&2 || true
+cat "$OUT"/*-metrics.txt >&2 2>/dev/null || true
 
-python3 - "$OUT" <<'PY'
-import json, sys, os
-out = sys.argv[1]
-print(f"{'scenario':8} {'server':9} {'pub pkt/s':>9} {'out pkt/s':>9} {'expected':>9} {'loss %':>7} {'CPU %':>6} {'CPU-s/Mpkt':>10} {'pkt/CPU-s':>9} {'KiB/peer':>8}")
+python3 - "$OUT" "$ROUNDS" $SERVERS <<'PY'
+import json, sys, os, statistics
+out, rounds, servers = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+print(f"{'scenario':8} {'server':9} {'round':>5} {'pub pkt/s':>9} {'out pkt/s':>9} {'expected':>9} {'loss %':>7} {'CPU %':>6} {'CPU-s/Mpkt':>10} {'pkt/CPU-s':>9} {'KiB/peer':>8}")
+medians = {}
 for sc in ("fanout", "rooms"):
-    for srv in ("traverse", "batched", "fast", "janus", "udpfwd"):
-        if not os.path.exists(os.path.join(out, f"{srv}-{sc}.json")):
-            continue
-        try:
-            d = json.load(open(os.path.join(out, f"{srv}-{sc}.json")))
-        except Exception as e:
-            print(sc, srv, "failed:", e); continue
-        cpu = d.get("server_cpu_seconds", 0) / max(d.get("seconds", 1), 1e-9) * 100
-        print(f"{sc:8} {srv:9} {d.get('published_packets_per_second',0):9.0f} {d.get('packets_per_second',0):9.0f} "
-              f"{d.get('expected_packets_per_second',0):9.0f} {100*d.get('loss_fraction',0):7.2f} {cpu:6.1f} "
-              f"{d.get('cpu_seconds_per_million_packets',0):10.1f} {d.get('packets_per_cpu_second',0):9.0f} "
-              f"{d.get('memory_per_peer_kib',0):8.0f}")
+    for srv in servers:
+        costs = []
+        for rd in range(1, rounds + 1):
+            f = os.path.join(out, f"{srv}-{sc}-{rd}.json")
+            if not os.path.exists(f):
+                continue
+            try:
+                d = json.load(open(f))
+            except Exception as e:
+                print(sc, srv, rd, "failed:", e); continue
+            cpu = d.get("server_cpu_seconds", 0) / max(d.get("seconds", 1), 1e-9) * 100
+            c = d.get("cpu_seconds_per_million_packets", 0)
+            if c > 0:
+                costs.append(c)
+            print(f"{sc:8} {srv:9} {rd:5} {d.get('published_packets_per_second',0):9.0f} {d.get('packets_per_second',0):9.0f} "
+                  f"{d.get('expected_packets_per_second',0):9.0f} {100*d.get('loss_fraction',0):7.2f} {cpu:6.1f} "
+                  f"{c:10.1f} {d.get('packets_per_cpu_second',0):9.0f} "
+                  f"{d.get('memory_per_peer_kib',0):8.0f}")
+        if costs:
+            medians[(sc, srv)] = statistics.median(costs)
+if rounds > 1 and medians:
+    print("medians of CPU-s per million forwarded packets (each server took each slot in turn):")
+    for (sc, srv), m in medians.items():
+        extra = ""
+        if srv != "udpfwd" and (sc, "udpfwd") in medians:
+            extra += f"  share of udpfwd {100*medians[(sc,'udpfwd')]/m:.0f} %"
+        if srv not in ("janus", "udpfwd") and (sc, "janus") in medians:
+            extra += f"  {medians[(sc,'janus')]/m:.1f}x cheaper than janus"
+        print(f"  {sc:8} {srv:9} {m:6.1f}{extra}")
 PY
 echo "raw results in $OUT" >&2

@@ -10,6 +10,8 @@ import (
 	"github.com/pion/rtp"
 	"github.com/pion/srtp/v3"
 	"github.com/pion/webrtc/v4"
+
+	"github.com/traverse-rtc/traverse/internal/rtpfeedback"
 )
 
 // The fast path (Config.FastPath) forwards RTP to a subscriber with the
@@ -51,6 +53,13 @@ type fastPath struct {
 	remote atomic.Pointer[netip.AddrPort] // nil or invalid: no UDP destination
 	pc     atomic.Pointer[webrtc.PeerConnection]
 
+	// feedback is the peer connection's receive-side RTCP feedback (NACK,
+	// receiver reports, TWCC) toward its publishers, set before the peer
+	// connection is returned. pion's chain feeds it the packets pion
+	// reads; a packet the node reads past pion must be given to
+	// feedback.Receive.
+	feedback *rtpfeedback.Interceptor
+
 	mu     sync.Mutex // guards tracks
 	tracks []*downTrack
 }
@@ -72,14 +81,21 @@ func (s *Server) newPeerConnection(p *participant) (*webrtc.PeerConnection, erro
 	if f == nil {
 		return s.api.NewPeerConnection(webrtc.Configuration{})
 	}
-	se := s.se
-	se.SetDTLSKeyLogWriter(&f.secrets)
-	se.SetDTLSServerHelloMessageHook(f.secrets.serverHello)
-	api := webrtc.NewAPI(webrtc.WithSettingEngine(se), webrtc.WithMediaEngine(s.me), webrtc.WithInterceptorRegistry(s.ir))
-	pc, err := api.NewPeerConnection(webrtc.Configuration{})
+	fb, err := rtpfeedback.New()
 	if err != nil {
 		return nil, err
 	}
+	se := s.se
+	se.SetDTLSKeyLogWriter(&f.secrets)
+	se.SetDTLSServerHelloMessageHook(f.secrets.serverHello)
+	api := webrtc.NewAPI(webrtc.WithSettingEngine(se), webrtc.WithMediaEngine(s.me),
+		webrtc.WithInterceptorRegistry(s.registry(fb.Factory())))
+	pc, err := api.NewPeerConnection(webrtc.Configuration{})
+	if err != nil {
+		_ = fb.Close()
+		return nil, err
+	}
+	f.feedback = fb
 	dt := pc.SCTP().Transport()
 	it := dt.ICETransport()
 	// Called with the DTLS transport's lock held, before pion starts SRTP:

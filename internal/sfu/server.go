@@ -33,13 +33,14 @@ import (
 
 	"github.com/pion/ice/v4"
 	"github.com/pion/interceptor"
-	"github.com/pion/interceptor/pkg/nack"
+	"github.com/pion/interceptor/pkg/report"
 	"github.com/pion/logging"
 	"github.com/pion/sdp/v3"
 	"github.com/pion/webrtc/v4"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/traverse-rtc/traverse/internal/bus"
+	"github.com/traverse-rtc/traverse/internal/rtpfeedback"
 	"github.com/traverse-rtc/traverse/internal/udpio"
 )
 
@@ -51,11 +52,12 @@ type Server struct {
 	api *webrtc.API
 	m   *metrics
 
-	// se, me and ir build api; with the fast path every peer connection
-	// gets an API of its own from them (fastpath.go).
-	se webrtc.SettingEngine
-	me *webrtc.MediaEngine
-	ir *interceptor.Registry
+	// se, me and interceptors build api; with the fast path every peer
+	// connection gets an API of its own from them, with its own
+	// rtpfeedback.Interceptor (fastpath.go).
+	se           webrtc.SettingEngine
+	me           *webrtc.MediaEngine
+	interceptors []interceptor.Factory
 
 	udp    *net.UDPConn
 	batch  *batchConn // nil unless Config.BatchIO
@@ -153,12 +155,18 @@ func New(cfg Config, log *slog.Logger, b *bus.Client, reg prometheus.Registerer)
 		s.closeSockets()
 		return nil, err
 	}
-	ir := &interceptor.Registry{}
-	if err := registerInterceptors(me, ir); err != nil {
+	base, err := registerInterceptors(me)
+	if err != nil {
 		s.closeSockets()
 		return nil, err
 	}
-	s.se, s.me, s.ir = se, me, ir
+	fb, err := rtpfeedback.NewFactory()
+	if err != nil {
+		s.closeSockets()
+		return nil, err
+	}
+	s.se, s.me, s.interceptors = se, me, base
+	ir := s.registry(fb)
 	s.api = webrtc.NewAPI(webrtc.WithSettingEngine(se), webrtc.WithMediaEngine(me), webrtc.WithInterceptorRegistry(ir))
 	s.m = newMetrics(s, reg)
 	return s, nil
@@ -173,26 +181,46 @@ func registerCodecs(me *webrtc.MediaEngine) error {
 	return me.RegisterHeaderExtension(webrtc.RTPHeaderExtensionCapability{URI: sdp.AudioLevelURI}, webrtc.RTPCodecTypeAudio)
 }
 
-// registerInterceptors sets up what pion runs on every packet: NACK
-// generation toward publishers (subscribers' NACKs are answered from the
-// per-track caches, cache.go, not by pion's per-stream responder), sender
-// and receiver reports, the simulcast header extensions and
-// transport-wide congestion control feedback to publishers.
-func registerInterceptors(me *webrtc.MediaEngine, ir *interceptor.Registry) error {
-	gen, err := nack.NewGeneratorInterceptor()
-	if err != nil {
-		return err
-	}
+// registerInterceptors registers the RTCP feedback types and header
+// extensions the node negotiates (generic NACK and PLI for video, the
+// simulcast extensions, transport-cc for audio and video, exactly as
+// pion's ConfigureNack, ConfigureSimulcastExtensionHeaders and
+// ConfigureTWCCSender register them) and returns the interceptors every
+// peer connection runs besides its rtpfeedback.Interceptor: pion's
+// sender-report interceptor. Receive-side feedback toward publishers
+// (NACKs, receiver reports, TWCC feedback) is rtpfeedback's, for packets
+// read through pion and through the node's own path alike; subscribers'
+// NACKs are answered from the per-track caches (cache.go), not by pion's
+// per-stream responder.
+func registerInterceptors(me *webrtc.MediaEngine) ([]interceptor.Factory, error) {
 	me.RegisterFeedback(webrtc.RTCPFeedback{Type: "nack"}, webrtc.RTPCodecTypeVideo)
 	me.RegisterFeedback(webrtc.RTCPFeedback{Type: "nack", Parameter: "pli"}, webrtc.RTPCodecTypeVideo)
-	ir.Add(gen)
-	if err := webrtc.ConfigureRTCPReports(ir); err != nil {
-		return err
-	}
 	if err := webrtc.ConfigureSimulcastExtensionHeaders(me); err != nil {
-		return err
+		return nil, err
 	}
-	return webrtc.ConfigureTWCCSender(me, ir)
+	for _, kind := range []webrtc.RTPCodecType{webrtc.RTPCodecTypeVideo, webrtc.RTPCodecTypeAudio} {
+		me.RegisterFeedback(webrtc.RTCPFeedback{Type: webrtc.TypeRTCPFBTransportCC}, kind)
+		if err := me.RegisterHeaderExtension(webrtc.RTPHeaderExtensionCapability{URI: sdp.TransportCCURI}, kind); err != nil {
+			return nil, err
+		}
+	}
+	sr, err := report.NewSenderInterceptor()
+	if err != nil {
+		return nil, err
+	}
+	return []interceptor.Factory{sr}, nil
+}
+
+// registry returns an interceptor registry of the node's base
+// interceptors and feedback: the shared API's (a new
+// rtpfeedback.Interceptor per peer connection) or one peer connection's.
+func (s *Server) registry(feedback interceptor.Factory) *interceptor.Registry {
+	ir := &interceptor.Registry{}
+	for _, f := range s.interceptors {
+		ir.Add(f)
+	}
+	ir.Add(feedback)
+	return ir
 }
 
 // NodeID returns the node's bus name.

@@ -1,0 +1,209 @@
+package sfu
+
+import (
+	"context"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/pion/ice/v4"
+	"github.com/pion/interceptor"
+	"github.com/pion/rtcp"
+	"github.com/pion/rtp"
+	"github.com/pion/sdp/v3"
+	"github.com/pion/webrtc/v4"
+
+	"github.com/traverse-rtc/traverse/internal/loadgen"
+)
+
+// feedbackProbe is a publisher-side pion interceptor: it drops one
+// outgoing video packet (sequence number dropSeq, once) and keeps the
+// RTCP the node sends back.
+type feedbackProbe struct {
+	interceptor.NoOp
+	dropSeq uint16
+
+	mu      sync.Mutex // guards everything below
+	dropped uint32     // the SSRC whose packet was dropped, 0 before
+	nacked  bool       // a NACK for the dropped packet arrived
+	rr      map[uint32]rtcp.ReceptionReport
+	twccRx  int // transport-wide packets reported received
+	twccNo  int // and reported not received
+	twccPkt int
+}
+
+func (p *feedbackProbe) NewInterceptor(string) (interceptor.Interceptor, error) { return p, nil }
+
+func (p *feedbackProbe) BindLocalStream(info *interceptor.StreamInfo, w interceptor.RTPWriter) interceptor.RTPWriter {
+	if !strings.HasPrefix(info.MimeType, "video/") {
+		return w
+	}
+	return interceptor.RTPWriterFunc(func(h *rtp.Header, payload []byte, a interceptor.Attributes) (int, error) {
+		p.mu.Lock()
+		drop := p.dropped == 0 && h.SequenceNumber == p.dropSeq
+		if drop {
+			p.dropped = h.SSRC
+		}
+		p.mu.Unlock()
+		if drop {
+			return len(payload), nil
+		}
+		return w.Write(h, payload, a)
+	})
+}
+
+func (p *feedbackProbe) BindRTCPReader(r interceptor.RTCPReader) interceptor.RTCPReader {
+	return interceptor.RTCPReaderFunc(func(b []byte, a interceptor.Attributes) (int, interceptor.Attributes, error) {
+		n, a, err := r.Read(b, a)
+		if err != nil {
+			return n, a, err
+		}
+		pkts, perr := rtcp.Unmarshal(b[:n])
+		if perr != nil {
+			return n, a, nil
+		}
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		for _, pkt := range pkts {
+			switch pkt := pkt.(type) {
+			case *rtcp.ReceiverReport:
+				for _, rep := range pkt.Reports {
+					p.rr[rep.SSRC] = rep
+				}
+			case *rtcp.TransportLayerNack:
+				if pkt.MediaSSRC != p.dropped || p.dropped == 0 {
+					continue
+				}
+				for _, pair := range pkt.Nacks {
+					for _, s := range pair.PacketList() {
+						if s == p.dropSeq {
+							p.nacked = true
+						}
+					}
+				}
+			case *rtcp.TransportLayerCC:
+				p.twccPkt++
+				status := 0
+				for _, c := range pkt.PacketChunks {
+					var symbols []uint16
+					switch c := c.(type) {
+					case *rtcp.RunLengthChunk:
+						for range c.RunLength {
+							symbols = append(symbols, c.PacketStatusSymbol)
+						}
+					case *rtcp.StatusVectorChunk:
+						symbols = c.SymbolList
+					}
+					for _, s := range symbols {
+						if status >= int(pkt.PacketStatusCount) {
+							break
+						}
+						status++
+						if s == rtcp.TypeTCCPacketNotReceived {
+							p.twccNo++
+						} else {
+							p.twccRx++
+						}
+					}
+				}
+			}
+		}
+		return n, a, nil
+	})
+}
+
+// probeAPI is loadgen's client API plus the transport-cc header
+// extension on outgoing packets (pion's TWCC header extension
+// interceptor, as a browser sends them) and the probe.
+func probeAPI(t *testing.T, p *feedbackProbe) *webrtc.API {
+	t.Helper()
+	me := &webrtc.MediaEngine{}
+	if err := me.RegisterDefaultCodecs(); err != nil {
+		t.Fatal(err)
+	}
+	ir := &interceptor.Registry{}
+	if err := webrtc.ConfigureTWCCHeaderExtensionSender(me, ir); err != nil {
+		t.Fatal(err)
+	}
+	me.RegisterFeedback(webrtc.RTCPFeedback{Type: webrtc.TypeRTCPFBTransportCC}, webrtc.RTPCodecTypeVideo)
+	me.RegisterFeedback(webrtc.RTCPFeedback{Type: webrtc.TypeRTCPFBTransportCC}, webrtc.RTPCodecTypeAudio)
+	ir.Add(p)
+	se := webrtc.SettingEngine{}
+	se.SetIncludeLoopbackCandidate(true)
+	se.SetICEMulticastDNSMode(ice.MulticastDNSModeDisabled)
+	se.SetIPFilter(func(a net.IP) bool { return a.IsLoopback() })
+	se.SetNetworkTypes([]webrtc.NetworkType{webrtc.NetworkTypeUDP4})
+	return webrtc.NewAPI(webrtc.WithMediaEngine(me), webrtc.WithSettingEngine(se), webrtc.WithInterceptorRegistry(ir))
+}
+
+// TestPublisherGetsFeedback: a pion publisher through the node receives
+// receiver reports for its audio and video, TWCC feedback that reports
+// its packets received, and a NACK for the one video packet it did not
+// send; on the fast path, the peer connection's rtpfeedback instance is
+// the one that saw them.
+func TestPublisherGetsFeedback(t *testing.T) {
+	for _, fast := range []bool{false, true} {
+		name := "pion path"
+		if fast {
+			name = "fast path"
+		}
+		t.Run(name, func(t *testing.T) {
+			h := newHarness(t, Config{FastPath: fast})
+			p := &feedbackProbe{dropSeq: 40, rr: map[uint32]rtcp.ReceptionReport{}}
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			c, err := loadgen.Dial(ctx, probeAPI(t, p), loadgen.NewBusSignaler(h.bc, "node1"),
+				loadgen.ClientConfig{Room: "fb", Identity: "pub", Publish: true, VideoBitrate: 300_000})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { c.Close() })
+			var ssrcs []uint32
+			for _, s := range c.PC().GetSenders() {
+				if s.Track() != nil {
+					ssrcs = append(ssrcs, uint32(s.GetParameters().Encodings[0].SSRC))
+				}
+			}
+			if len(ssrcs) != 2 {
+				t.Fatalf("%d sending SSRCs, want 2", len(ssrcs))
+			}
+			waitFor(t, 15*time.Second, "RRs for both streams, TWCC feedback and the NACK", func() bool {
+				p.mu.Lock()
+				defer p.mu.Unlock()
+				_, a := p.rr[ssrcs[0]]
+				_, b := p.rr[ssrcs[1]]
+				return a && b && p.nacked && p.twccRx > 200
+			})
+			p.mu.Lock()
+			defer p.mu.Unlock()
+			if rep := p.rr[p.dropped]; rep.TotalLost < 1 || rep.LastSequenceNumber < uint32(p.dropSeq) {
+				t.Errorf("video report %+v: the dropped packet is not counted lost", rep)
+			}
+			// Only the dropped packet (and whatever loopback lost) may be
+			// reported missing: a browser's bandwidth estimate collapses
+			// on feedback that reports its packets lost.
+			if p.twccNo > 1+p.twccRx/50 {
+				t.Errorf("TWCC feedback: %d received, %d not received", p.twccRx, p.twccNo)
+			}
+			if fast {
+				h.s.mu.Lock()
+				var st []uint64
+				for _, part := range h.s.sessions {
+					if part.fast != nil && part.fast.feedback != nil {
+						s := part.fast.feedback.Stats()
+						st = append(st, s.Packets, s.NACKs, s.Reports, s.TWCC)
+					}
+				}
+				h.s.mu.Unlock()
+				if len(st) != 4 || st[0] == 0 || st[1] == 0 || st[2] == 0 || st[3] == 0 {
+					t.Errorf("fast path feedback stats (packets, NACKs, RRs, TWCC) %v", st)
+				}
+			}
+		})
+	}
+}
+
+// The extension the probe sends must be the one the node parses.
+var _ = sdp.TransportCCURI

@@ -144,15 +144,34 @@ func (k *dtlsSecrets) ExportKeyingMaterial(label string, context []byte, length 
 // salt and the negotiated profile, split as pion's DTLS transport does
 // (srtp.Config.ExtractSessionKeysFromDTLS, server side).
 func (k *dtlsSecrets) localKeys() (key, salt []byte, profile srtp.ProtectionProfile, err error) {
+	c, err := k.sessionKeys()
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	return c.Keys.LocalMasterKey, c.Keys.LocalMasterSalt, c.Profile, nil
+}
+
+// remoteKeys returns the client's (the DTLS client's) SRTP master key and
+// salt, which protect what the client sends (RFC 5764 section 4.2:
+// client_write_SRTP_master_key), and the negotiated profile.
+func (k *dtlsSecrets) remoteKeys() (key, salt []byte, profile srtp.ProtectionProfile, err error) {
+	c, err := k.sessionKeys()
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	return c.Keys.RemoteMasterKey, c.Keys.RemoteMasterSalt, c.Profile, nil
+}
+
+func (k *dtlsSecrets) sessionKeys() (srtp.Config, error) {
 	k.mu.Lock()
-	profile = k.profile
+	profile := k.profile
 	k.mu.Unlock()
 	if profile == 0 {
-		return nil, nil, 0, fmt.Errorf("%w: no SRTP profile negotiated", ErrFastPathKeys)
+		return srtp.Config{}, fmt.Errorf("%w: no SRTP profile negotiated", ErrFastPathKeys)
 	}
 	c := srtp.Config{Profile: profile}
 	if err := c.ExtractSessionKeysFromDTLS(k, false); err != nil {
-		return nil, nil, 0, err
+		return srtp.Config{}, err
 	}
-	return c.Keys.LocalMasterKey, c.Keys.LocalMasterSalt, profile, nil
+	return c, nil
 }

@@ -62,6 +62,40 @@ func TestDTLSSecretsExporter(t *testing.T) {
 			if p != prof || !bytes.Equal(key, c.Keys.LocalMasterKey) || !bytes.Equal(salt, c.Keys.LocalMasterSalt) {
 				t.Fatalf("local keys %x/%x (%v), want %x/%x (%v)", key, salt, p, c.Keys.LocalMasterKey, c.Keys.LocalMasterSalt, prof)
 			}
+			// The remote keys decrypt what the client side (pion's DTLS
+			// client, keys extracted as its DTLS transport does) sends.
+			rkey, rsalt, _, err := k.remoteKeys()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(rkey, c.Keys.RemoteMasterKey) || !bytes.Equal(rsalt, c.Keys.RemoteMasterSalt) {
+				t.Fatalf("remote keys %x/%x, want %x/%x", rkey, rsalt, c.Keys.RemoteMasterKey, c.Keys.RemoteMasterSalt)
+			}
+			cst, ok := cli.ConnectionState()
+			if !ok {
+				t.Fatal("no client connection state")
+			}
+			cc := srtp.Config{Profile: prof}
+			if err := cc.ExtractSessionKeysFromDTLS(&cst, true); err != nil {
+				t.Fatal(err)
+			}
+			enc, err := srtp.CreateContext(cc.Keys.LocalMasterKey, cc.Keys.LocalMasterSalt, prof)
+			if err != nil {
+				t.Fatal(err)
+			}
+			dec, err := srtp.CreateContext(rkey, rsalt, prof)
+			if err != nil {
+				t.Fatal(err)
+			}
+			plain := []byte{0x80, 96, 0, 1, 0, 0, 0, 9, 0xca, 0xfe, 0xba, 0xbe, 'h', 'e', 'l', 'l', 'o'}
+			sealed, err := enc.EncryptRTP(nil, plain, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			opened, err := dec.DecryptRTP(nil, sealed, nil)
+			if err != nil || !bytes.Equal(opened, plain) {
+				t.Fatalf("client's RTP opened with the remote keys: %x, %v; want %x", opened, err, plain)
+			}
 		})
 	}
 	t.Run("not-server", func(t *testing.T) {

@@ -18,8 +18,10 @@ type srtpGCM struct {
 	aead  cipher.AEAD
 	salt  [12]byte // session salt
 	iv    [12]byte // a field: a local array handed to Seal would escape
-	index uint64   // extended sequence number (ROC << 16 | SEQ) of the highest packet sent
+	index uint64   // extended sequence number (ROC << 16 | SEQ) of the highest packet sent or received
 	begun bool
+	// window has bit i set when index-i was received (open only).
+	window uint64
 }
 
 // SRTP key derivation labels (RFC 3711 section 4.3.2).
@@ -74,16 +76,14 @@ func srtpKDF(label byte, masterKey, masterSalt []byte, n int) ([]byte, error) {
 	return out[:n], nil
 }
 
-// roc returns the rollover counter for sequence number seq and advances
-// the highest index sent (RFC 3711 section 3.3.1 and appendix A, as
-// pion's sender estimates it, so a reordered packet keeps its ROC); ok is
-// false when the 2^48 packet index space is used up (section 9.2).
-func (g *srtpGCM) roc(seq uint16) (roc uint32, ok bool) {
+// estimate returns the rollover counter for sequence number seq and its
+// distance from the highest index so far (RFC 3711 section 3.3.1 and
+// appendix A, exactly as pion's srtpSSRCState.nextRolloverCount, so a
+// reordered packet keeps its ROC); before the first packet it is 0, 0.
+func (g *srtpGCM) estimate(seq uint16) (roc uint32, diff int32) {
 	const median, span = 1 << 15, 1 << 16
 	if !g.begun {
-		g.begun = true
-		g.index = uint64(seq)
-		return 0, true
+		return 0, 0
 	}
 	localROC := uint32(g.index >> 16)
 	local := int32(g.index & (span - 1))
@@ -98,13 +98,38 @@ func (g *srtpGCM) roc(seq uint16) (roc uint32, ok bool) {
 			guess, diff = localROC+1, s-local+span
 		}
 	}
-	if guess == 0 && localROC == 1<<32-1 {
+	return guess, diff
+}
+
+// roc returns the rollover counter for sequence number seq and advances
+// the highest index sent; ok is false when the 2^48 packet index space is
+// used up (section 9.2).
+func (g *srtpGCM) roc(seq uint16) (roc uint32, ok bool) {
+	if !g.begun {
+		g.begun = true
+		g.index = uint64(seq)
+		return 0, true
+	}
+	guess, diff := g.estimate(seq)
+	if guess == 0 && uint32(g.index>>16) == 1<<32-1 {
 		return 0, false
 	}
 	if diff > 0 {
 		g.index += uint64(diff)
 	}
 	return guess, true
+}
+
+// setIV sets g.iv for ssrc, roc and seq (RFC 7714 section 8.1: 00 00 ||
+// SSRC || ROC || SEQ, XOR the salt).
+func (g *srtpGCM) setIV(ssrc, roc uint32, seq uint16) {
+	g.iv = [12]byte{}
+	binary.BigEndian.PutUint32(g.iv[2:], ssrc)
+	binary.BigEndian.PutUint32(g.iv[6:], roc)
+	binary.BigEndian.PutUint16(g.iv[10:], seq)
+	for i := range g.iv {
+		g.iv[i] ^= g.salt[i]
+	}
 }
 
 // seal encrypts the RTP packet buf[:n], whose header is buf[:hn], in
@@ -115,14 +140,63 @@ func (g *srtpGCM) seal(buf []byte, hn, n int, ssrc uint32, seq uint16) ([]byte, 
 	if !ok || n+gcmTagLen > cap(buf) {
 		return nil, false
 	}
-	// RFC 7714 section 8.1: 00 00 || SSRC || ROC || SEQ, XOR the salt.
-	g.iv = [12]byte{}
-	binary.BigEndian.PutUint32(g.iv[2:], ssrc)
-	binary.BigEndian.PutUint32(g.iv[6:], roc)
-	binary.BigEndian.PutUint16(g.iv[10:], seq)
-	for i := range g.iv {
-		g.iv[i] ^= g.salt[i]
-	}
+	g.setIV(ssrc, roc, seq)
 	g.aead.Seal(buf[hn:hn], g.iv[:], buf[hn:n], buf[:hn])
 	return buf[:n+gcmTagLen], true
+}
+
+// openResult says what open did with a packet.
+type openResult uint8
+
+const (
+	opened     openResult = iota
+	openShort             // shorter than its header and tag
+	openReplay            // index already received, or older than the replay window
+	openAuth              // the tag did not verify (wrong key, ROC or a forgery)
+)
+
+// replayWindow is how far behind the highest index a packet is still
+// accepted once (RFC 3711 section 3.3.2; pion's default SRTP window).
+const replayWindow = 64
+
+// open authenticates and decrypts the SRTP packet pkt, whose header is
+// pkt[:hn], into dst (header and plaintext, len(pkt)-gcmTagLen bytes;
+// cap(dst) must hold them) and returns its length. It keeps the receive
+// side's rollover counter (the highest index received, advanced only by
+// packets that verify) and a replay window of the last replayWindow
+// indexes. pkt is left as it was: Go's GCM clears its output when a tag
+// fails, so opening in place would destroy a packet the caller may still
+// hand to pion. It does not allocate.
+func (g *srtpGCM) open(dst, pkt []byte, hn int, ssrc uint32, seq uint16) (int, openResult) {
+	n := len(pkt)
+	if n < hn+gcmTagLen || cap(dst) < n-gcmTagLen {
+		return 0, openShort
+	}
+	roc, diff := g.estimate(seq)
+	if g.begun && diff <= 0 {
+		back := -diff
+		if back >= replayWindow || g.window&(1<<back) != 0 {
+			return 0, openReplay
+		}
+	}
+	g.setIV(ssrc, roc, seq)
+	dst = dst[:hn]
+	copy(dst, pkt[:hn])
+	if _, err := g.aead.Open(dst[hn:hn], g.iv[:], pkt[hn:n], pkt[:hn]); err != nil {
+		return 0, openAuth
+	}
+	switch {
+	case !g.begun:
+		g.begun, g.index, g.window = true, uint64(seq), 1
+	case diff > 0:
+		if diff >= replayWindow {
+			g.window = 1
+		} else {
+			g.window = g.window<<diff | 1
+		}
+		g.index = uint64(roc)<<16 | uint64(seq)
+	default:
+		g.window |= 1 << -diff
+	}
+	return n - gcmTagLen, opened
 }

@@ -29,6 +29,11 @@ type batchConn struct {
 	// The read side belongs to the mux's one reader goroutine.
 	rmsgs  []udpio.Message
 	rn, ri int
+	taken  []bool // rmsgs[i] was taken by the own receive path
+
+	// recv, when set, is the own receive path (recvpath.go): it sees
+	// every batch first.
+	recv atomic.Pointer[recvPath]
 
 	corked atomic.Int32 // read loops inside a cork/uncork pair
 
@@ -49,29 +54,60 @@ type batchConn struct {
 const batchQueue = 512
 
 func newBatchConn(c *udpio.Conn) *batchConn {
-	return &batchConn{c: c, rmsgs: udpio.NewMessages(64, 1500),
+	return &batchConn{c: c, rmsgs: udpio.NewMessages(64, 1500), taken: make([]bool, 64),
 		pending: udpio.NewMessages(batchQueue, 1500)[:0], spare: udpio.NewMessages(batchQueue, 1500)[:0]}
 }
 
 // ReadFromAddrPort returns the next queued datagram, reading a new batch
-// when the last one is used up.
+// when the last one is used up. Datagrams the own receive path took are
+// skipped.
 func (b *batchConn) ReadFromAddrPort(p []byte) (int, netip.AddrPort, error) {
-	for b.ri >= b.rn {
-		n, err := b.c.ReadBatch(b.rmsgs)
-		if err != nil {
-			b.mu.Lock()
-			closed := b.closed
-			b.mu.Unlock()
-			if closed {
-				return 0, netip.AddrPort{}, io.EOF
+	for {
+		for b.ri >= b.rn {
+			n, err := b.c.ReadBatch(b.rmsgs)
+			if err != nil {
+				b.mu.Lock()
+				closed := b.closed
+				b.mu.Unlock()
+				if closed {
+					return 0, netip.AddrPort{}, io.EOF
+				}
+				return 0, netip.AddrPort{}, err
 			}
-			return 0, netip.AddrPort{}, err
+			b.rn, b.ri = n, 0
+			if r := b.recv.Load(); r != nil {
+				b.intercept(r)
+			}
 		}
-		b.rn, b.ri = n, 0
+		i := b.ri
+		b.ri++
+		if b.taken[i] {
+			continue
+		}
+		m := &b.rmsgs[i]
+		return copy(p, m.Payload()), m.Addr, nil
 	}
-	m := &b.rmsgs[b.ri]
-	b.ri++
-	return copy(p, m.Payload()), m.Addr, nil
+}
+
+// intercept lets the own receive path take what it forwards from the
+// batch just read, corked: all the batch's fan-outs leave in one sendmmsg.
+func (b *batchConn) intercept(r *recvPath) {
+	now := time.Now().UnixNano()
+	corked := false
+	for i := range b.rn {
+		b.taken[i] = false
+		if len(*r.table.Load()) == 0 {
+			continue
+		}
+		if !corked {
+			b.cork()
+			corked = true
+		}
+		b.taken[i] = r.intercept(&b.rmsgs[i], now)
+	}
+	if corked {
+		b.uncork()
+	}
 }
 
 // cork makes writes queue until the matching uncork.

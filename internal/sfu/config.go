@@ -44,6 +44,16 @@ type Config struct {
 	// true (10-28 % less CPU per forwarded packet in a 1 -> 50 fan-out,
 	// -3 to 31 % in rooms of 4, docs/benchmarks.md).
 	FastPath bool `yaml:"fast-path"`
+	// FastReceive takes publishers' RTP off pion's receive path (own
+	// receive path, recvpath.go): the node's batched socket reads under
+	// pion's mux, and RTP of registered streams is decrypted and forwarded
+	// on the socket's reader goroutine, without pion's four goroutine
+	// hand-offs per packet. It needs FastPath (ignored without it) and
+	// applies only to sessions with a feedback recorder. Default false.
+	FastReceive bool `yaml:"fast-receive"`
+	// newRecorder, when set, gives every fast-path peer connection the
+	// recorder the own receive path feeds (tests).
+	newRecorder func() receiveRecorder
 	// SchedulerPoll runs the scheduler poll while the node forwards media
 	// (schedpoll.go): 25-35 % less CPU per forwarded packet measured on a
 	// 2-vCPU VM, nothing when idle. Default false here; the traverse

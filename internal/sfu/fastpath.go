@@ -62,6 +62,13 @@ type fastPath struct {
 
 	mu     sync.Mutex // guards tracks
 	tracks []*downTrack
+
+	// recorder takes the packets the own receive path intercepts for the
+	// publisher's feedback (recvpath.go); set in newPeerConnection. recv
+	// is the session's receive state once the keys are known, nil while
+	// the own receive path does not apply.
+	recorder receiveRecorder
+	recv     atomic.Pointer[recvSession]
 }
 
 // newFastPath returns a participant's fast-path state, nil when the
@@ -114,6 +121,9 @@ func (s *Server) newPeerConnection(p *participant) (*webrtc.PeerConnection, erro
 		}
 	})
 	it.OnSelectedCandidatePairChange(f.setPair)
+	if s.cfg.newRecorder != nil {
+		f.recorder = s.cfg.newRecorder()
+	}
 	f.pc.Store(pc)
 	return pc, nil
 }
@@ -143,6 +153,18 @@ func (f *fastPath) activate() {
 	f.active.Store(true)
 	f.s.m.fastActive.Inc()
 	f.s.fastSessions.Add(1)
+	if rs := f.s.newRecvSession(f); rs != nil {
+		f.recv.Store(rs)
+		f.s.recv.place(rs)
+		f.s.m.recvSessions.Inc()
+	}
+}
+
+// close takes the session off the own receive path.
+func (f *fastPath) close() {
+	if rs := f.recv.Load(); rs != nil {
+		f.s.recv.remove(rs)
+	}
 }
 
 // FastPathSessions returns how many peer connections have taken the fast
@@ -159,6 +181,9 @@ func (f *fastPath) setPair(pair *webrtc.ICECandidatePair) {
 		}
 	}
 	f.remote.Store(&a)
+	if rs := f.recv.Load(); rs != nil {
+		f.s.recv.place(rs) // a pair change moves the session to its new address
+	}
 }
 
 // fastOut is one downTrack's fast-path state, guarded by the downTrack's

@@ -13,6 +13,9 @@ type metrics struct {
 	fastActive, fastFallbacks         prometheus.Counter
 	fastDrops, fastReports            prometheus.Counter
 	subscriberLoss                    prometheus.Histogram
+	recvSessions, recvTaken           prometheus.Counter
+	recvReplays                       prometheus.Counter
+	recvErrors                        *prometheus.CounterVec
 }
 
 func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
@@ -42,6 +45,13 @@ func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
 			"Fast-path RTP packets dropped: larger than the MTU, no UDP destination (TCP pair), or not encryptable."),
 		fastReports: c("fast_path_sender_reports_total", "RTCP sender reports sent for fast-path streams."),
 		glare:       c("glare_total", "Client offers that crossed a node offer (the node withdrew its own)."),
+		recvSessions: c("fast_receive_sessions_total", "Peer connections whose publishers' RTP the own receive path takes."),
+		recvTaken:    c("fast_receive_packets_total", "Publishers' RTP packets decrypted and forwarded by the own receive path (not pion's)."),
+		recvReplays:  c("fast_receive_replays_total", "Publishers' RTP packets the own receive path dropped as replays (RFC 3711 section 3.3.2)."),
+		recvErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "traverse", Subsystem: "sfu",
+			Name: "fast_receive_errors_total",
+			Help: "Publishers' RTP packets of registered streams the own receive path handed back to pion, by reason (auth: tag did not verify; short; header; decrypt)."},
+			[]string{"reason"}),
 		subscriberLoss: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "traverse", Subsystem: "sfu",
 			Name: "subscriber_loss_fraction", Help: "Fraction lost in subscribers' receiver reports.",
 			Buckets: []float64{0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5}}),
@@ -49,7 +59,11 @@ func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
 	if reg == nil {
 		return m
 	}
-	reg.MustRegister(m.fastActive, m.fastFallbacks, m.fastDrops, m.fastReports, m.unsupportedTracks, m.glare, m.joins, m.leaves, m.connected, m.offers, m.badSDP, m.badRTP, m.pliForwarded,
+	reg.MustRegister(m.recvSessions, m.recvTaken, m.recvReplays, m.recvErrors,
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "traverse", Subsystem: "sfu",
+			Name: "rtp_received_pion_total", Help: "Publishers' RTP packets that came through pion's receive path."},
+			func() float64 { return float64(s.pionReceived.Load()) }),
+		m.fastActive, m.fastFallbacks, m.fastDrops, m.fastReports, m.unsupportedTracks, m.glare, m.joins, m.leaves, m.connected, m.offers, m.badSDP, m.badRTP, m.pliForwarded,
 		m.pliThrottled, m.nacks, m.nacksAnswered, m.nacksMissed, m.layerSwitches, m.dataMessages, m.subscriberLoss,
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "traverse", Subsystem: "sfu",
 			Name: "rtp_forwarded_total", Help: "RTP packets sent to subscribers."},

@@ -247,6 +247,9 @@ func (p *participant) leave(reason string) {
 		p.senders = map[*pubTrack]*webrtc.RTPSender{}
 		pc := p.pc
 		p.negMu.Unlock()
+		if p.fast != nil {
+			p.fast.close()
+		}
 		for t, dt := range downs {
 			t.removeDown(dt)
 		}

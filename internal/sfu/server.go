@@ -79,6 +79,11 @@ type Server struct {
 	received  atomic.Uint64
 	// fastSessions counts peer connections that took the fast path.
 	fastSessions atomic.Uint64
+	// recv is the own receive path (recvpath.go); nil unless
+	// Config.FastReceive. pionReceived counts the publishers' packets
+	// that came through pion's receive path (the layers' read loops).
+	recv         *recvPath
+	pionReceived atomic.Uint64
 }
 
 // New binds the node's UDP port and TCP listener. It serves the bus once
@@ -107,6 +112,11 @@ func New(cfg Config, log *slog.Logger, b *bus.Client, reg prometheus.Registerer)
 	quiet.DefaultLogLevel = logging.LogLevelDisabled
 	var pconn net.PacketConn = s.udp
 	if cfg.BatchIO {
+		s.batch = newBatchConn(uc)
+		pconn = s.batch
+	}
+	if cfg.FastPath && cfg.FastReceive && s.batch == nil {
+		// The own receive path reads the socket under pion's mux.
 		s.batch = newBatchConn(uc)
 		pconn = s.batch
 	}
@@ -169,6 +179,10 @@ func New(cfg Config, log *slog.Logger, b *bus.Client, reg prometheus.Registerer)
 	ir := s.registry(fb)
 	s.api = webrtc.NewAPI(webrtc.WithSettingEngine(se), webrtc.WithMediaEngine(me), webrtc.WithInterceptorRegistry(ir))
 	s.m = newMetrics(s, reg)
+	if cfg.FastPath && cfg.FastReceive {
+		s.recv = newRecvPath(s)
+		s.batch.recv.Store(s.recv)
+	}
 	return s, nil
 }
 

@@ -46,6 +46,9 @@ type layer struct {
 	lastPLI atomic.Int64  // unix nanoseconds
 	seen    atomic.Int64  // unix nanoseconds of the last packet
 	cache   *packetCache  // video only: answers subscribers' NACKs
+
+	mu  sync.Mutex // guards pkt; held while one packet is forwarded (receive)
+	pkt rtp.Packet // the packet being forwarded (reused: no allocation)
 }
 
 func newPubTrack(r *room, p *participant, key string, remote *webrtc.TrackRemote, recv *webrtc.RTPReceiver) *pubTrack {
@@ -150,49 +153,78 @@ func (t *pubTrack) removeDown(d *downTrack) {
 func (t *pubTrack) close() { t.closed.Store(true) }
 
 // readLoop forwards one layer's packets to every subscriber until the
-// publisher's track ends.
+// publisher's track ends. With the own receive path (recvpath.go) the
+// layer's SSRC is registered for interception after its first packet:
+// from then on the loop only gets what pion already had in flight and
+// what the interception hands back (RTX repairs go to pion anyway).
 func (t *pubTrack) readLoop(l *layer) {
 	buf := make([]byte, 1600)
-	var pkt rtp.Packet
 	s := t.r.s
+	var reg *recvStream
+	defer func() {
+		if reg != nil {
+			reg.unregister()
+		}
+	}()
 	for {
 		n, _, err := l.remote.Read(buf)
 		if err != nil {
 			return
 		}
-		if t.closed.Load() {
-			continue
+		s.pionReceived.Add(1)
+		t.receive(l, buf[:n], time.Now().UnixNano(), nil)
+		if reg == nil && n >= 4 {
+			reg = t.registerReceive(l, uint32(l.remote.SSRC()), uint16(buf[2])<<8|uint16(buf[3]))
 		}
-		if err := pkt.Unmarshal(buf[:n]); err != nil {
-			s.m.badRTP.Inc()
-			continue
+	}
+}
+
+// receive forwards one decrypted RTP packet of layer l to every
+// subscriber; now is its arrival (unix nanoseconds). Both the layer's read
+// loop and the own receive path call it: l.mu keeps one layer's packets
+// from being forwarded concurrently (the downTracks' sequence rewriting
+// sees them one at a time). rec, when not nil, records the packet for the
+// publisher's feedback (it skipped pion's interceptors). It does not
+// allocate.
+func (t *pubTrack) receive(l *layer, raw []byte, now int64, rec receiveRecorder) {
+	s := t.r.s
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	pkt := &l.pkt
+	if err := pkt.Unmarshal(raw); err != nil {
+		s.m.badRTP.Inc()
+		return
+	}
+	if rec != nil {
+		rec.Receive(&pkt.Header, now)
+	}
+	if t.closed.Load() {
+		return
+	}
+	s.received.Add(1)
+	l.bytes.Add(uint64(len(raw)))
+	l.seen.Store(now)
+	if t.levelID != 0 {
+		if lv, _, ok := audioLevel(pkt.GetExtension(t.levelID)); ok {
+			t.pub.observeLevel(lv)
 		}
-		s.received.Add(1)
-		l.bytes.Add(uint64(n))
-		now := time.Now().UnixNano()
-		l.seen.Store(now)
-		if t.levelID != 0 {
-			if lv, _, ok := audioLevel(pkt.GetExtension(t.levelID)); ok {
-				t.pub.observeLevel(lv)
-			}
-		}
-		if l.cache != nil {
-			l.cache.put(&pkt)
-		}
-		key := t.kind == webrtc.RTPCodecTypeVideo && isKeyframe(t.ck, pkt.Payload)
-		downs := *t.downs.Load()
-		if out := s.corkable(); out != nil && len(downs) > 1 {
-			// One sendmmsg for the whole fan-out (batchconn.go).
-			out.cork()
-			for _, d := range downs {
-				d.write(l.idx, &pkt, key, now)
-			}
-			out.uncork()
-			continue
-		}
+	}
+	if l.cache != nil {
+		l.cache.put(pkt)
+	}
+	key := t.kind == webrtc.RTPCodecTypeVideo && isKeyframe(t.ck, pkt.Payload)
+	downs := *t.downs.Load()
+	if out := s.corkable(); out != nil && len(downs) > 1 {
+		// One sendmmsg for the whole fan-out (batchconn.go).
+		out.cork()
 		for _, d := range downs {
-			d.write(l.idx, &pkt, key, now)
+			d.write(l.idx, pkt, key, now)
 		}
+		out.uncork()
+		return
+	}
+	for _, d := range downs {
+		d.write(l.idx, pkt, key, now)
 	}
 }
 
@@ -515,7 +547,13 @@ func (d *downTrack) write(idx int, pkt *rtp.Packet, key bool, now int64) {
 	h.Extension = false
 	h.Extensions = nil
 	h.ExtensionProfile = 0
-	d.lastSeq, d.lastTS, d.lastAt, d.started = h.SequenceNumber, h.Timestamp, now, true
+	// A packet older than the last one sent (reordered on the network, or
+	// one pion still had in flight when the own receive path took over
+	// the SSRC) keeps the newest as the base of the next layer switch.
+	if !d.started || int16(h.SequenceNumber-d.lastSeq) > 0 {
+		d.lastSeq, d.lastTS, d.lastAt = h.SequenceNumber, h.Timestamp, now
+	}
+	d.started = true
 	if d.epochLen < cacheSize {
 		d.epochLen++
 	}

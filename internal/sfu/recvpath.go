@@ -1,0 +1,334 @@
+package sfu
+
+import (
+	"encoding/binary"
+	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/pion/rtp"
+	"github.com/pion/srtp/v3"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/traverse-rtc/traverse/internal/udpio"
+)
+
+// The own receive path (Config.FastReceive) takes publishers' RTP off
+// pion's receive chain (UDP mux reader -> ICE conn -> SRTP session
+// goroutine -> interceptors -> TrackRemote.Read: four goroutine hand-offs
+// per packet). The node's batched socket (batchConn) is under pion's mux;
+// after each recvmmsg it looks every datagram's source address up in a
+// read-mostly table of fast-path sessions (copy on write behind an atomic
+// pointer). A datagram from a registered address that is RTP (RFC 7983:
+// first byte 128..191; RFC 5761 section 4: payload type not 64..95, which
+// is RTCP) of an SSRC registered for that session is authenticated and
+// decrypted with the client's SRTP keys (RFC 3711, RFC 7714), recorded for
+// the publisher's feedback (NACK, receiver reports, TWCC) and forwarded
+// inline, on the mux's reader goroutine; the whole batch's fan-outs are
+// corked into one sendmmsg. Everything else (STUN, DTLS, SRTCP, unknown
+// SSRCs such as RTX, packets whose tag fails) goes to pion as before.
+//
+// Registration: pion still discovers tracks. The first packets of an SSRC
+// go through pion, OnTrack fires, and the layer's read loop registers the
+// SSRC after its first packet (seeding the rollover counter with that
+// packet's sequence number); it unregisters when the track ends, and a
+// participant leaving removes its session. A change of the selected
+// candidate pair moves the session to the new address.
+//
+// A session is registered only when its fast path is active (the node is
+// the DTLS server and knows the keys), its pair is over UDP and it has a
+// receiveRecorder: without one, TWCC feedback would report every
+// intercepted packet lost and the publisher's bandwidth estimate would
+// collapse.
+
+// receiveRecorder records an RTP packet that skipped pion's interceptor
+// chain for the publisher's RTCP feedback (rtpfeedback.Interceptor's
+// Receive). arrival is in unix nanoseconds; it must not keep h.
+type receiveRecorder interface {
+	Receive(h *rtp.Header, arrival int64)
+}
+
+// recvPath is a node's own receive path: the table of sessions by source
+// address, read by the socket's one reader goroutine.
+type recvPath struct {
+	s *Server
+
+	table atomic.Pointer[map[netip.AddrPort]*recvSession]
+	mu    sync.Mutex // guards writes to table and every session's addr, gone
+
+	// The reader goroutine's own: the packet being decrypted.
+	scratch [1500]byte
+	hdr     rtp.Header // pion's AES-CM DecryptRTP parse (reused)
+
+	taken, replays                         prometheus.Counter
+	errAuth, errShort, errDecrypt, errSeed prometheus.Counter
+}
+
+func newRecvPath(s *Server) *recvPath {
+	r := &recvPath{s: s}
+	empty := map[netip.AddrPort]*recvSession{}
+	r.table.Store(&empty)
+	m := s.m
+	r.taken, r.replays = m.recvTaken, m.recvReplays
+	r.errAuth = m.recvErrors.WithLabelValues("auth")
+	r.errShort = m.recvErrors.WithLabelValues("short")
+	r.errDecrypt = m.recvErrors.WithLabelValues("decrypt")
+	r.errSeed = m.recvErrors.WithLabelValues("header")
+	return r
+}
+
+// recvSession is one fast-path peer connection's receive state.
+type recvSession struct {
+	f   *fastPath
+	rec receiveRecorder
+
+	// key and salt are the client's SRTP master key and salt (RFC 5764
+	// section 4.2), for profile.
+	key, salt []byte
+	profile   srtp.ProtectionProfile
+	// ctx opens the AES-CM/HMAC profiles for every SSRC of the session
+	// (pion's context, with its replay window); nil for the AEAD ones.
+	ctx *srtp.Context
+
+	streams atomic.Pointer[[]*recvStream] // copy on write, under smu
+	smu     sync.Mutex                    // serialises writes to streams
+
+	addr netip.AddrPort // where it is in the table; guarded by recvPath.mu
+	gone bool           // removed for good; guarded by recvPath.mu
+}
+
+// recvStream is one registered SSRC: a layer of a published track.
+type recvStream struct {
+	sess *recvSession
+	ssrc uint32
+	t    *pubTrack
+	l    *layer
+	gcm  *srtpGCM // the AEAD profiles; touched by the reader goroutine only
+}
+
+// newRecvSession returns f's receive state from the client's keys, or nil
+// when the own receive path is off or cannot apply (no recorder).
+func (s *Server) newRecvSession(f *fastPath) *recvSession {
+	if s.recv == nil || f.recorder == nil {
+		return nil
+	}
+	key, salt, profile, err := f.secrets.remoteKeys()
+	if err != nil {
+		return nil
+	}
+	rs := &recvSession{f: f, rec: f.recorder, key: key, salt: salt, profile: profile}
+	switch profile {
+	case srtp.ProtectionProfileAeadAes128Gcm, srtp.ProtectionProfileAeadAes256Gcm:
+		if _, err := newSRTPGCM(key, salt); err != nil {
+			return nil
+		}
+	default:
+		ctx, err := srtp.CreateContext(key, salt, profile, srtp.SRTPReplayProtection(replayWindow))
+		if err != nil {
+			return nil
+		}
+		rs.ctx = ctx
+	}
+	empty := []*recvStream{}
+	rs.streams.Store(&empty)
+	return rs
+}
+
+// place puts sess in the table at its fast path's current remote address
+// (or takes it out when that is not a UDP address).
+func (r *recvPath) place(sess *recvSession) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if sess.gone {
+		return
+	}
+	var to netip.AddrPort
+	if ap := sess.f.remote.Load(); ap != nil {
+		to = *ap
+	}
+	if to == sess.addr {
+		return
+	}
+	old := *r.table.Load()
+	n := make(map[netip.AddrPort]*recvSession, len(old)+1)
+	for a, x := range old {
+		if x != sess {
+			n[a] = x
+		}
+	}
+	if to.IsValid() {
+		n[to] = sess
+	}
+	sess.addr = to
+	r.table.Store(&n)
+}
+
+// remove takes sess out of the table for good.
+func (r *recvPath) remove(sess *recvSession) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	sess.gone = true
+	old := *r.table.Load()
+	if old[sess.addr] != sess {
+		return
+	}
+	n := make(map[netip.AddrPort]*recvSession, len(old))
+	for a, x := range old {
+		if x != sess {
+			n[a] = x
+		}
+	}
+	r.table.Store(&n)
+}
+
+// registerReceive registers layer l's SSRC ssrc for the own receive path,
+// its receive state seeded with seq, the sequence number of a packet pion
+// already delivered; nil when the publisher's session has none.
+func (t *pubTrack) registerReceive(l *layer, ssrc uint32, seq uint16) *recvStream {
+	f := t.pub.fast
+	if f == nil {
+		return nil
+	}
+	sess := f.recv.Load()
+	if sess == nil {
+		return nil
+	}
+	st := &recvStream{sess: sess, ssrc: ssrc, t: t, l: l}
+	if sess.ctx == nil {
+		g, err := newSRTPGCM(sess.key, sess.salt)
+		if err != nil {
+			return nil
+		}
+		// That packet has index seq (ROC 0: pion's receiver, like ours,
+		// starts its rollover counter at 0 on the first packet).
+		g.begun, g.index, g.window = true, uint64(seq), 1
+		st.gcm = g
+	}
+	sess.smu.Lock()
+	old := *sess.streams.Load()
+	n := make([]*recvStream, 0, len(old)+1)
+	for _, x := range old {
+		if x.ssrc != st.ssrc {
+			n = append(n, x)
+		}
+	}
+	n = append(n, st)
+	sess.streams.Store(&n)
+	sess.smu.Unlock()
+	return st
+}
+
+// unregister gives the stream's SSRC back to pion.
+func (st *recvStream) unregister() {
+	sess := st.sess
+	sess.smu.Lock()
+	defer sess.smu.Unlock()
+	old := *sess.streams.Load()
+	n := make([]*recvStream, 0, len(old))
+	for _, x := range old {
+		if x != st {
+			n = append(n, x)
+		}
+	}
+	sess.streams.Store(&n)
+}
+
+func (sess *recvSession) stream(ssrc uint32) *recvStream {
+	for _, st := range *sess.streams.Load() {
+		if st.ssrc == ssrc {
+			return st
+		}
+	}
+	return nil
+}
+
+// rtpHeaderLen returns the length of the RTP header at the start of p
+// (RFC 3550 section 5.1 and 5.3.1) and whether its extension uses a
+// cryptex profile (RFC 9335, encrypted extensions: left to pion).
+func rtpHeaderLen(p []byte) (n int, cryptex, ok bool) {
+	n = 12 + 4*int(p[0]&0x0f)
+	if len(p) < n {
+		return 0, false, false
+	}
+	if p[0]&0x10 != 0 {
+		if len(p) < n+4 {
+			return 0, false, false
+		}
+		profile := binary.BigEndian.Uint16(p[n:])
+		cryptex = profile == 0xc0de || profile == 0xc2de
+		n += 4 + 4*int(binary.BigEndian.Uint16(p[n+2:]))
+		if len(p) < n {
+			return 0, false, false
+		}
+	}
+	return n, cryptex, true
+}
+
+// intercept takes the datagram m if it is RTP of a registered stream: it
+// opens and forwards it and returns true. false hands it to pion. It runs
+// on the socket's reader goroutine, inside the batch's cork. now is the
+// batch's arrival (unix nanoseconds). It does not allocate
+// (TestRecvPathAllocs).
+func (r *recvPath) intercept(m *udpio.Message, now int64) bool {
+	p := m.Payload()
+	if len(p) < 12 || p[0] < 128 || p[0] > 191 {
+		return false // STUN, DTLS, TURN channel data, or too short
+	}
+	if pt := p[1] & 0x7f; pt >= 64 && pt <= 95 {
+		return false // SRTCP
+	}
+	sess := (*r.table.Load())[m.Addr]
+	if sess == nil {
+		return false
+	}
+	st := sess.stream(binary.BigEndian.Uint32(p[8:]))
+	if st == nil {
+		return false // not (yet) registered, RTX, or another session's
+	}
+	hn, cryptex, ok := rtpHeaderLen(p)
+	if !ok {
+		r.errSeed.Inc()
+		return false
+	}
+	if cryptex {
+		return false
+	}
+	var plain []byte
+	if st.gcm != nil {
+		n, res := st.gcm.open(r.scratch[:], p, hn, st.ssrc, binary.BigEndian.Uint16(p[2:]))
+		switch res {
+		case openReplay:
+			r.replays.Inc()
+			return true // dropped: pion would not know it was a replay
+		case openShort:
+			r.errShort.Inc()
+			return false
+		case openAuth:
+			r.errAuth.Inc()
+			return false // untouched: pion's own checks decide
+		}
+		plain = r.scratch[:n]
+	} else {
+		out, err := sess.ctx.DecryptRTP(r.scratch[:0], p, &r.hdr)
+		switch {
+		case err == nil && len(out) <= len(r.scratch):
+			plain = out
+		case isDuplicated(err):
+			r.replays.Inc()
+			return true
+		default:
+			r.errDecrypt.Inc()
+			return false
+		}
+	}
+	r.taken.Inc()
+	st.t.receive(st.l, plain, now, sess.rec)
+	return true
+}
+
+// isDuplicated reports whether pion's srtp refused a packet as a replay
+// (its error type is unexported; the text is its errDuplicated's).
+func isDuplicated(err error) bool {
+	return err != nil && strings.Contains(err.Error(), "duplicated packet")
+}

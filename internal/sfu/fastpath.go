@@ -69,6 +69,9 @@ type fastPath struct {
 	// the own receive path does not apply.
 	recorder receiveRecorder
 	recv     atomic.Pointer[recvSession]
+	// cc numbers the packets of subscribers that negotiated transport-cc
+	// and estimates their downlink from the feedback (bwe.go).
+	cc *sendSide
 }
 
 // newFastPath returns a participant's fast-path state, nil when the
@@ -77,7 +80,7 @@ func (s *Server) newFastPath() *fastPath {
 	if !s.cfg.FastPath {
 		return nil
 	}
-	return &fastPath{s: s}
+	return &fastPath{s: s, cc: newSendSide(time.Now().UnixNano())}
 }
 
 // newPeerConnection creates p's peer connection: on the node's shared API,
@@ -196,6 +199,13 @@ type fastOut struct {
 	hdr  rtp.Header    // EncryptRTP's parse of buf (reused: no allocation)
 	tail int           // authentication tag length of the profile
 
+	// twccID is the subscriber's transport-cc extension id (0: not
+	// negotiated); exts and twcc back the header's extension so that
+	// setting it does not allocate.
+	twccID uint8
+	exts   [1]rtp.Extension
+	twcc   [2]byte
+
 	// Sender report state (RFC 3550 section 6.4.1), as pion's report
 	// interceptor keeps it.
 	packets, octets uint32
@@ -215,7 +225,7 @@ func (d *downTrack) fastLocked() *fastOut {
 		return d.fast
 	}
 	f := d.sub.fast
-	o := &fastOut{f: f}
+	o := &fastOut{f: f, twccID: d.twccID}
 	switch f.profile {
 	case srtp.ProtectionProfileAeadAes128Gcm, srtp.ProtectionProfileAeadAes256Gcm:
 		g, err := newSRTPGCM(f.key, f.salt)
@@ -252,10 +262,26 @@ func (o *fastOut) send(h *rtp.Header, payload []byte, now int64) bool {
 		m.fastDrops.Inc()
 		return false
 	}
+	var tseq uint16
+	cc := o.f.cc
+	if o.twccID != 0 && cc != nil {
+		// The transport-wide sequence number (draft-holmer-rmcat-
+		// transport-wide-cc-extensions-01 section 2), replacing any
+		// extension the header had.
+		h.Extension, h.ExtensionProfile, h.Extensions = false, 0, o.exts[:0]
+		if err := h.SetExtension(o.twccID, o.twcc[:]); err != nil {
+			m.fastDrops.Inc()
+			return false
+		}
+	}
 	hn := h.MarshalSize()
 	if hn+len(payload)+o.tail > len(o.buf) {
 		m.fastDrops.Inc()
 		return false
+	}
+	if o.twccID != 0 && cc != nil {
+		tseq = cc.next()
+		o.twcc[0], o.twcc[1] = byte(tseq>>8), byte(tseq)
 	}
 	if _, err := h.MarshalTo(o.buf[:hn]); err != nil {
 		m.fastDrops.Inc()
@@ -279,6 +305,9 @@ func (o *fastOut) send(h *rtp.Header, payload []byte, now int64) bool {
 	}
 	if _, err := o.f.s.out.WriteToAddrPort(out, *ap); err != nil {
 		return false
+	}
+	if o.twccID != 0 && cc != nil {
+		cc.record(tseq, len(out), now)
 	}
 	if o.packets == 0 || h.Timestamp != o.lastTS {
 		o.lastTS, o.lastTSAt = h.Timestamp, now

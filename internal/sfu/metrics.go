@@ -16,6 +16,8 @@ type metrics struct {
 	recvSessions, recvTaken           prometheus.Counter
 	recvReplays                       prometheus.Counter
 	recvErrors                        *prometheus.CounterVec
+	twccFeedback, twccBad             prometheus.Counter
+	subscriberEstimate                prometheus.Histogram
 }
 
 func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
@@ -55,6 +57,11 @@ func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
 		subscriberLoss: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "traverse", Subsystem: "sfu",
 			Name: "subscriber_loss_fraction", Help: "Fraction lost in subscribers' receiver reports.",
 			Buckets: []float64{0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5}}),
+		twccFeedback: c("twcc_feedback_total", "Subscribers' transport-cc feedback packets taken into their bandwidth estimates (bwe.go)."),
+		twccBad:      c("twcc_feedback_bad_total", "Subscribers' transport-cc feedback packets refused as inconsistent (statuses without deltas, unknown symbols, deltas out of range)."),
+		subscriberEstimate: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "traverse", Subsystem: "sfu",
+			Name: "subscriber_estimate_bps", Help: "Subscribers' downlink estimates (the lower of REMB and the transport-cc estimate) at each layer choice, every 500 ms per subscriber with one.",
+			Buckets: []float64{100e3, 250e3, 500e3, 1e6, 2e6, 5e6, 10e6, 25e6, 50e6}}),
 	}
 	if reg == nil {
 		return m
@@ -65,6 +72,7 @@ func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
 			func() float64 { return float64(s.pionReceived.Load()) }),
 		m.fastActive, m.fastFallbacks, m.fastDrops, m.fastReports, m.unsupportedTracks, m.glare, m.joins, m.leaves, m.connected, m.offers, m.badSDP, m.badRTP, m.pliForwarded,
 		m.pliThrottled, m.nacks, m.nacksAnswered, m.nacksMissed, m.layerSwitches, m.dataMessages, m.subscriberLoss,
+		m.twccFeedback, m.twccBad, m.subscriberEstimate,
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "traverse", Subsystem: "sfu",
 			Name: "rtp_forwarded_total", Help: "RTP packets sent to subscribers."},
 			func() float64 { return float64(s.forwarded.Load()) }),

@@ -156,6 +156,8 @@ func (p *participant) readSenderRTCP(sender *webrtc.RTPSender, dt *downTrack) {
 				dt.t.requestKeyframe(dt.layer())
 			case *rtcp.ReceiverEstimatedMaximumBitrate:
 				p.bwe.Store(uint64(pk.Bitrate))
+			case *rtcp.TransportLayerCC:
+				p.twccFeedback(pk)
 			case *rtcp.TransportLayerNack:
 				if pk.MediaSSRC != dt.outSSRC() {
 					continue

@@ -154,7 +154,10 @@ func (p *participant) chooseLayers() {
 	if len(sim) == 0 {
 		return
 	}
-	bwe := p.bwe.Load()
+	bwe := p.estimate()
+	if bwe > 0 {
+		p.s.m.subscriberEstimate.Observe(float64(bwe))
+	}
 	for _, dt := range sim {
 		budget := uint64(0)
 		if bwe > 0 {

@@ -348,6 +348,9 @@ type downTrack struct {
 	// that handing its address to the TrackLocalWriter (an interface) does
 	// not move a copy to the heap on every packet.
 	hdr rtp.Header
+	// twccID is the subscriber's transport-cc extension id, 0 when not
+	// negotiated (the fast path writes it, bwe.go).
+	twccID uint8
 	// fast is the fast-path writer (fastpath.go), set on the first packet
 	// after the subscriber's SRTP keys are known and kept from then on:
 	// every packet of the SSRC goes through it.
@@ -410,7 +413,7 @@ func newDownTrack(t *pubTrack, sub *participant) *downTrack {
 	d := &downTrack{t: t, sub: sub, cur: 0, target: 0, capLayer: -1, maxLayer: maxLayers - 1}
 	if t.simulcast() {
 		d.cur = -1
-		d.target = t.bestLayer(sub.bwe.Load())
+		d.target = t.bestLayer(sub.estimate())
 		if d.target < 0 {
 			d.target = 0
 		}
@@ -461,6 +464,10 @@ func (d *downTrack) Bind(ctx webrtc.TrackLocalContext) (webrtc.RTPCodecParameter
 	d.ssrc = uint32(ctx.SSRC())
 	d.pt = uint8(match.PayloadType)
 	d.clock = match.ClockRate
+	d.twccID = twccExtID(ctx.HeaderExtensions())
+	if d.fast != nil {
+		d.fast.twccID = d.twccID
+	}
 	target := d.target
 	d.mu.Unlock()
 	d.t.requestKeyframe(target)

@@ -44,8 +44,8 @@ import (
 //     windows: more than 10 % lost cuts it by half the loss, less than 2 %
 //     lets it grow 5 % and to at least 1.05 times the acknowledged rate.
 //   - The estimate is the lower of the two; 0 (unknown) until the first
-//     acknowledged bitrate is measured, and again when no feedback came
-//     for bweStale.
+//     acknowledged bitrate is measured (both rates start at 1.5 times it),
+//     and again when no feedback came for bweStale.
 //
 // pion's interceptor/pkg/gcc (v0.1.49) implements the same parts but only
 // behind its pacer and its own RTP writer chain, with goroutines and
@@ -353,8 +353,12 @@ func (s *sendSide) packetLocked(sent, at int64, size int) {
 	if span := e.ackLast - e.ackStart; span >= bweAckedWindowUs {
 		rate := float64(e.ackBytes*8) * 1e6 / float64(span)
 		if e.ackedRate == 0 {
+			// The first measure starts the estimate half above what got
+			// through: a subscriber that receives its layers at their
+			// full rate keeps them; one behind a narrower path soon
+			// overuses it.
 			e.ackedRate = rate
-			e.delayRate, e.lossRate = max(rate, bweMin), max(rate, bweMin)
+			e.delayRate, e.lossRate = max(1.5*rate, bweMin), max(1.5*rate, bweMin)
 		} else {
 			e.ackedRate = 0.25*e.ackedRate + 0.75*rate
 		}

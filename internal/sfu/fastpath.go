@@ -64,7 +64,8 @@ type fastPath struct {
 	tracks []*downTrack
 
 	// recorder takes the packets the own receive path intercepts for the
-	// publisher's feedback (recvpath.go); set in newPeerConnection. recv
+	// publisher's feedback (recvpath.go): feedback, unless a test gives
+	// another; set in newPeerConnection. recv
 	// is the session's receive state once the keys are known, nil while
 	// the own receive path does not apply.
 	recorder receiveRecorder
@@ -124,6 +125,9 @@ func (s *Server) newPeerConnection(p *participant) (*webrtc.PeerConnection, erro
 		}
 	})
 	it.OnSelectedCandidatePairChange(f.setPair)
+	// The own receive path feeds the packets it takes past pion's chain
+	// to the same feedback (recvpath.go).
+	f.recorder = fb
 	if s.cfg.newRecorder != nil {
 		f.recorder = s.cfg.newRecorder()
 	}

@@ -144,13 +144,13 @@ func probeAPI(t *testing.T, p *feedbackProbe) *webrtc.API {
 // send; on the fast path, the peer connection's rtpfeedback instance is
 // the one that saw them.
 func TestPublisherGetsFeedback(t *testing.T) {
-	for _, fast := range []bool{false, true} {
-		name := "pion path"
-		if fast {
-			name = "fast path"
-		}
-		t.Run(name, func(t *testing.T) {
-			h := newHarness(t, Config{FastPath: fast})
+	for _, tc := range []struct {
+		name       string
+		fast, recv bool
+	}{{"pion path", false, false}, {"fast path", true, false}, {"own receive path", true, true}} {
+		fast := tc.fast
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t, Config{FastPath: fast, FastReceive: tc.recv})
 			p := &feedbackProbe{dropSeq: 40, rr: map[uint32]rtcp.ReceptionReport{}}
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
@@ -199,6 +199,15 @@ func TestPublisherGetsFeedback(t *testing.T) {
 				h.s.mu.Unlock()
 				if len(st) != 4 || st[0] == 0 || st[1] == 0 || st[2] == 0 || st[3] == 0 {
 					t.Errorf("fast path feedback stats (packets, NACKs, RRs, TWCC) %v", st)
+				}
+			}
+			if tc.recv {
+				// The feedback came from packets the own receive path took
+				// (it took all but the first few; the dropped packet's
+				// neighbours among them).
+				taken, viaPion := testutilCounter(h.s.m.recvTaken), h.s.pionReceived.Load()
+				if taken < 100 || taken < 10*float64(viaPion) {
+					t.Errorf("own receive path took %v packets, pion's %d", taken, viaPion)
 				}
 			}
 		})

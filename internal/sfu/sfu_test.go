@@ -51,12 +51,7 @@ func newHarness(t *testing.T, cfg Config) *harness {
 		cfg.FastPath = true // run the whole suite on the fast path
 	}
 	if os.Getenv("SFU_FAST_RECEIVE") == "1" {
-		// The whole suite on the own receive path; the recorder only
-		// counts (no feedback of the node's own reaches the publishers).
-		cfg.FastPath, cfg.FastReceive = true, true
-		if cfg.newRecorder == nil {
-			cfg.newRecorder = func() receiveRecorder { return &countRecorder{} }
-		}
+		cfg.FastPath, cfg.FastReceive = true, true // the whole suite on the own receive path
 	}
 	s, err := New(cfg, nil, nodeBus, nil)
 	if err != nil {

@@ -118,9 +118,9 @@ func TWCCInterval(d time.Duration) Option {
 	}
 }
 
-// Stats are an Interceptor's counters.
+// Stats are an Interceptor's counters, or a node's (Counters).
 type Stats struct {
-	Packets      uint64 // RTP packets recorded, both paths
+	Packets      uint64 // RTP packets recorded, both paths (an Interceptor's only)
 	UnknownSSRC  uint64 // packets of no bound stream (TWCC only)
 	BadRTP       uint64 // packets the bound reader could not parse
 	BadRTCP      uint64 // RTCP packets the sender report scan refused
@@ -131,6 +131,47 @@ type Stats struct {
 	TWCCDropped  uint64 // transport-cc arrivals dropped (queue full)
 	WriteErrors  uint64 // RTCP writes that failed
 	SenderReport uint64 // sender reports seen
+}
+
+type counter int
+
+const (
+	cPackets counter = iota
+	cUnknown
+	cBadRTP
+	cBadRTCP
+	cNACKs
+	cNACKed
+	cReports
+	cTWCC
+	cTWCCDropped
+	cWriteErrors
+	cSenderReports
+	nCounters
+)
+
+// Counters add up the Stats of many Interceptors (WithCounters), e.g. a
+// node's for its metrics. The zero value is ready. Packets is not summed
+// (one shared atomic per packet across cores costs more than it tells).
+type Counters struct{ v [nCounters]atomic.Uint64 }
+
+// Stats returns the counters' values.
+func (c *Counters) Stats() Stats {
+	return Stats{
+		Packets: c.v[cPackets].Load(), UnknownSSRC: c.v[cUnknown].Load(), BadRTP: c.v[cBadRTP].Load(),
+		BadRTCP: c.v[cBadRTCP].Load(), NACKs: c.v[cNACKs].Load(), NACKed: c.v[cNACKed].Load(),
+		Reports: c.v[cReports].Load(), TWCC: c.v[cTWCC].Load(), TWCCDropped: c.v[cTWCCDropped].Load(),
+		WriteErrors: c.v[cWriteErrors].Load(), SenderReport: c.v[cSenderReports].Load(),
+	}
+}
+
+// WithCounters adds the Interceptor's events to c as well as to its own
+// Stats.
+func WithCounters(c *Counters) Option {
+	return func(i *Interceptor) error {
+		i.node = c
+		return nil
+	}
 }
 
 // arrival is one transport-cc sequence number and when it arrived.
@@ -170,7 +211,16 @@ type Interceptor struct {
 	done      chan struct{}
 	wg        sync.WaitGroup
 
-	packets, unknown, badRTP, badRTCP, nacks, nacked, reports, twccSent, twccDropped, writeErrs, srs atomic.Uint64
+	own  Counters
+	node *Counters // nil: none
+}
+
+// add counts n events of kind k.
+func (i *Interceptor) add(k counter, n uint64) {
+	i.own.v[k].Add(n)
+	if i.node != nil && k != cPackets {
+		i.node.v[k].Add(n)
+	}
 }
 
 // New returns an Interceptor. Its goroutine starts when pion binds its
@@ -220,13 +270,7 @@ type instance struct{ i *Interceptor }
 func (f instance) NewInterceptor(string) (interceptor.Interceptor, error) { return f.i, nil }
 
 // Stats returns the Interceptor's counters.
-func (i *Interceptor) Stats() Stats {
-	return Stats{
-		Packets: i.packets.Load(), UnknownSSRC: i.unknown.Load(), BadRTP: i.badRTP.Load(), BadRTCP: i.badRTCP.Load(),
-		NACKs: i.nacks.Load(), NACKed: i.nacked.Load(), Reports: i.reports.Load(), TWCC: i.twccSent.Load(),
-		TWCCDropped: i.twccDropped.Load(), WriteErrors: i.writeErrs.Load(), SenderReport: i.srs.Load(),
-	}
-}
+func (i *Interceptor) Stats() Stats { return i.own.Stats() }
 
 // AddStream declares a stream as pion's BindRemoteStream does, for a
 // stream whose packets only ever take the caller's own path. A stream
@@ -270,7 +314,7 @@ func (i *Interceptor) BindRemoteStream(info *interceptor.StreamInfo, reader inte
 		i.mu.Lock()
 		if _, perr := i.hdr.Unmarshal(b[:n]); perr != nil {
 			i.mu.Unlock()
-			i.badRTP.Add(1)
+			i.add(cBadRTP, 1)
 			return n, a, nil
 		}
 		i.receiveLocked(&i.hdr, now)
@@ -296,7 +340,7 @@ func (i *Interceptor) Receive(h *rtp.Header, arrival int64) {
 }
 
 func (i *Interceptor) receiveLocked(h *rtp.Header, at int64) {
-	i.packets.Add(1)
+	i.add(cPackets, 1)
 	s := i.streams[h.SSRC]
 	id := i.twccID
 	if s != nil && s.twccID != 0 {
@@ -309,13 +353,13 @@ func (i *Interceptor) receiveLocked(h *rtp.Header, at int64) {
 				if len(i.pending) < maxPending {
 					i.pending = append(i.pending, arrival{at: at, ssrc: h.SSRC, seq: tcc.TransportSequence})
 				} else {
-					i.twccDropped.Add(1)
+					i.add(cTWCCDropped, 1)
 				}
 			}
 		}
 	}
 	if s == nil {
-		i.unknown.Add(1)
+		i.add(cUnknown, 1)
 		return
 	}
 	s.update(h.SequenceNumber, h.Timestamp, at)
@@ -341,14 +385,14 @@ func (i *Interceptor) ReceiveRTCP(b []byte, arrival int64) {
 	for {
 		ssrc, ntp, rest, ok, err := nextSenderReport(b)
 		if err != nil {
-			i.badRTCP.Add(1)
+			i.add(cBadRTCP, 1)
 			return
 		}
 		if !ok {
 			return
 		}
 		b = rest
-		i.srs.Add(1)
+		i.add(cSenderReports, 1)
 		i.mu.Lock()
 		if s := i.streams[ssrc]; s != nil {
 			s.lsr, s.lsrAt = uint32(ntp>>16), arrival
@@ -403,14 +447,14 @@ func (i *Interceptor) loop(w interceptor.RTCPWriter) {
 			nextReport = nextReport.Add(i.reportInterval)
 			if rr := i.buildReports(now.UnixNano()); len(rr) > 0 {
 				pkts = append(pkts, rr...)
-				i.reports.Add(uint64(len(rr)))
+				i.add(cReports, uint64(len(rr)))
 			}
 		}
 		if !soon.Before(nextTWCC) {
 			nextTWCC = nextTWCC.Add(i.twccInterval)
 			fb := i.buildTWCC()
 			pkts = append(pkts, fb...)
-			i.twccSent.Add(uint64(len(fb)))
+			i.add(cTWCC, uint64(len(fb)))
 		}
 		if !soon.Before(nextNACK) {
 			nextNACK = nextNACK.Add(i.nackInterval)
@@ -438,7 +482,7 @@ func (i *Interceptor) write(w interceptor.RTCPWriter, pkts []rtcp.Packet) {
 			n++
 		}
 		if _, err := w.Write(pkts[:n], nil); err != nil {
-			i.writeErrs.Add(1)
+			i.add(cWriteErrors, 1)
 		}
 		pkts = pkts[n:]
 	}
@@ -493,8 +537,8 @@ func (i *Interceptor) buildNACKs() []rtcp.Packet {
 			MediaSSRC:  ssrc,
 			Nacks:      rtcp.NackPairsFromSequenceNumbers(missing),
 		})
-		i.nacks.Add(1)
-		i.nacked.Add(uint64(len(missing)))
+		i.add(cNACKs, 1)
+		i.add(cNACKed, uint64(len(missing)))
 	}
 	return out
 }

@@ -576,7 +576,9 @@ func (c *capture) has(pred func(rtcp.Packet) bool) bool {
 }
 
 func TestLoopSendsAllThree(t *testing.T) {
-	i, err := New(ReportInterval(50*time.Millisecond), NACKInterval(20*time.Millisecond), TWCCInterval(20*time.Millisecond))
+	var node Counters
+	i, err := New(ReportInterval(50*time.Millisecond), NACKInterval(20*time.Millisecond), TWCCInterval(20*time.Millisecond),
+		WithCounters(&node))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -608,8 +610,12 @@ func TestLoopSendsAllThree(t *testing.T) {
 	}
 	i.Receive(header(1, 21, 0, 21), at) // after Close: harmless
 	st := i.Stats()
-	if st.NACKs == 0 || st.Reports == 0 || st.TWCC == 0 || st.WriteErrors != 0 {
+	if st.NACKs == 0 || st.Reports == 0 || st.TWCC == 0 || st.WriteErrors != 0 || st.Packets != 20 {
 		t.Errorf("stats %+v", st)
+	}
+	ns := node.Stats()
+	if ns.NACKs != st.NACKs || ns.Reports != st.Reports || ns.TWCC != st.TWCC || ns.NACKed != st.NACKed || ns.Packets != 0 {
+		t.Errorf("node counters %+v, instance %+v", ns, st)
 	}
 }
 

@@ -92,7 +92,7 @@ func (s *Server) newPeerConnection(p *participant) (*webrtc.PeerConnection, erro
 	if f == nil {
 		return s.api.NewPeerConnection(webrtc.Configuration{})
 	}
-	fb, err := rtpfeedback.New()
+	fb, err := rtpfeedback.New(rtpfeedback.WithCounters(&s.feedback))
 	if err != nil {
 		return nil, err
 	}

@@ -10,9 +10,9 @@ import (
 
 	"github.com/pion/ice/v4"
 	"github.com/pion/interceptor"
+	"github.com/pion/interceptor/pkg/report"
 	"github.com/pion/rtcp"
 	"github.com/pion/rtp"
-	"github.com/pion/sdp/v3"
 	"github.com/pion/webrtc/v4"
 
 	"github.com/traverse-rtc/traverse/internal/loadgen"
@@ -116,7 +116,7 @@ func (p *feedbackProbe) BindRTCPReader(r interceptor.RTCPReader) interceptor.RTC
 
 // probeAPI is loadgen's client API plus the transport-cc header
 // extension on outgoing packets (pion's TWCC header extension
-// interceptor, as a browser sends them) and the probe.
+// interceptor, as a browser sends them), sender reports and the probe.
 func probeAPI(t *testing.T, p *feedbackProbe) *webrtc.API {
 	t.Helper()
 	me := &webrtc.MediaEngine{}
@@ -129,6 +129,11 @@ func probeAPI(t *testing.T, p *feedbackProbe) *webrtc.API {
 	}
 	me.RegisterFeedback(webrtc.RTCPFeedback{Type: webrtc.TypeRTCPFBTransportCC}, webrtc.RTPCodecTypeVideo)
 	me.RegisterFeedback(webrtc.RTCPFeedback{Type: webrtc.TypeRTCPFBTransportCC}, webrtc.RTPCodecTypeAudio)
+	sr, err := report.NewSenderInterceptor()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ir.Add(sr)
 	ir.Add(p)
 	se := webrtc.SettingEngine{}
 	se.SetIncludeLoopbackCandidate(true)
@@ -139,10 +144,11 @@ func probeAPI(t *testing.T, p *feedbackProbe) *webrtc.API {
 }
 
 // TestPublisherGetsFeedback: a pion publisher through the node receives
-// receiver reports for its audio and video, TWCC feedback that reports
-// its packets received, and a NACK for the one video packet it did not
-// send; on the fast path, the peer connection's rtpfeedback instance is
-// the one that saw them.
+// receiver reports for its audio and video (with the LSR of its own
+// sender reports, which the node reads), TWCC feedback that reports its
+// packets received, and a NACK for the one video packet it did not send;
+// on the fast path, the peer connection's rtpfeedback instance is the one
+// that saw them.
 func TestPublisherGetsFeedback(t *testing.T) {
 	for _, tc := range []struct {
 		name       string
@@ -174,7 +180,8 @@ func TestPublisherGetsFeedback(t *testing.T) {
 				defer p.mu.Unlock()
 				_, a := p.rr[ssrcs[0]]
 				_, b := p.rr[ssrcs[1]]
-				return a && b && p.nacked && p.twccRx > 200
+				return a && b && p.nacked && p.twccRx > 200 &&
+					p.rr[ssrcs[0]].LastSenderReport != 0 && p.rr[ssrcs[1]].LastSenderReport != 0
 			})
 			p.mu.Lock()
 			defer p.mu.Unlock()
@@ -186,6 +193,9 @@ func TestPublisherGetsFeedback(t *testing.T) {
 			// on feedback that reports its packets lost.
 			if p.twccNo > 1+p.twccRx/50 {
 				t.Errorf("TWCC feedback: %d received, %d not received", p.twccRx, p.twccNo)
+			}
+			if n := h.s.feedback.Stats(); n.NACKs == 0 || n.Reports == 0 || n.TWCC == 0 || n.SenderReport == 0 {
+				t.Errorf("node feedback counters %+v", n)
 			}
 			if fast {
 				h.s.mu.Lock()
@@ -213,6 +223,3 @@ func TestPublisherGetsFeedback(t *testing.T) {
 		})
 	}
 }
-
-// The extension the probe sends must be the one the node parses.
-var _ = sdp.TransportCCURI

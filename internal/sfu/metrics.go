@@ -1,6 +1,10 @@
 package sfu
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/traverse-rtc/traverse/internal/rtpfeedback"
+)
 
 // metrics are one node's counters; each Server has its own.
 type metrics struct {
@@ -88,12 +92,34 @@ func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "traverse", Subsystem: "sfu",
 			Name: "udp_write_drops_total", Help: "Datagrams the batched socket dropped (larger than 1500 bytes)."},
 			func() float64 { return float64(s.batchStat(func(b *batchConn) uint64 { return b.drops.Load() })) }),
+		feedbackCounter(s, "feedback_nacks_total", "NACK packets sent to publishers (internal/rtpfeedback).",
+			func(st rtpfeedback.Stats) uint64 { return st.NACKs }),
+		feedbackCounter(s, "feedback_nacked_total", "Sequence numbers NACKed to publishers.",
+			func(st rtpfeedback.Stats) uint64 { return st.NACKed }),
+		feedbackCounter(s, "feedback_receiver_reports_total", "Receiver report packets sent to publishers.",
+			func(st rtpfeedback.Stats) uint64 { return st.Reports }),
+		feedbackCounter(s, "feedback_twcc_total", "Transport-wide congestion control feedback packets sent to publishers.",
+			func(st rtpfeedback.Stats) uint64 { return st.TWCC }),
+		feedbackCounter(s, "feedback_sender_reports_total", "Publishers' sender reports seen (LSR/DLSR of the receiver reports).",
+			func(st rtpfeedback.Stats) uint64 { return st.SenderReport }),
+		feedbackCounter(s, "feedback_bad_rtcp_total", "Publishers' RTCP packets the sender report scan refused.",
+			func(st rtpfeedback.Stats) uint64 { return st.BadRTCP }),
+		feedbackCounter(s, "feedback_write_errors_total", "Feedback RTCP writes that failed.",
+			func(st rtpfeedback.Stats) uint64 { return st.WriteErrors }),
+		feedbackCounter(s, "feedback_twcc_dropped_total", "Transport-cc arrivals dropped from a full queue (never expected).",
+			func(st rtpfeedback.Stats) uint64 { return st.TWCCDropped }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "traverse", Subsystem: "sfu",
 			Name: "sessions", Help: "Live sessions."}, func() float64 { return float64(s.Sessions()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "traverse", Subsystem: "sfu",
 			Name: "rooms", Help: "Rooms with a session on this node."}, func() float64 { return float64(len(s.roomList())) }),
 	)
 	return m
+}
+
+// feedbackCounter exports one of the node's summed rtpfeedback counters.
+func feedbackCounter(s *Server, name, help string, f func(rtpfeedback.Stats) uint64) prometheus.Collector {
+	return prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "traverse", Subsystem: "sfu", Name: name, Help: help},
+		func() float64 { return float64(f(s.feedback.Stats())) })
 }
 
 func (s *Server) batchStat(f func(*batchConn) uint64) uint64 {

@@ -202,7 +202,36 @@ func (p *participant) onTrack(remote *webrtc.TrackRemote, receiver *webrtc.RTPRe
 	} else {
 		t.requestKeyframe(l.idx)
 	}
+	p.s.wg.Add(1)
+	go func() {
+		defer p.s.wg.Done()
+		readPublisherRTCP(remote, receiver)
+	}()
 	t.readLoop(l)
+}
+
+// readPublisherRTCP reads a publisher layer's RTCP through pion's
+// interceptor chain until the receiver stops. Nothing in it is used here,
+// but pion hands RTCP to the chain only when it is read: this is how the
+// peer connection's rtpfeedback.Interceptor sees the publisher's sender
+// reports, whose NTP time and arrival are the LSR and DLSR of the node's
+// receiver reports (RFC 3550 section 6.4.1), from which the publisher
+// computes its round-trip time. (Before, nothing read it: pion's receiver
+// reports carried no LSR, and Chromium showed no RTT.)
+func readPublisherRTCP(remote *webrtc.TrackRemote, receiver *webrtc.RTPReceiver) {
+	buf := make([]byte, 1500)
+	rid := remote.RID()
+	for {
+		var err error
+		if rid != "" {
+			_, _, err = receiver.ReadSimulcast(buf, rid)
+		} else {
+			_, _, err = receiver.Read(buf)
+		}
+		if err != nil {
+			return
+		}
+	}
 }
 
 func (p *participant) onDataChannel(dc *webrtc.DataChannel) {

@@ -84,6 +84,8 @@ type Server struct {
 	// that came through pion's receive path (the layers' read loops).
 	recv         *recvPath
 	pionReceived atomic.Uint64
+	// feedback sums every peer connection's rtpfeedback counters.
+	feedback rtpfeedback.Counters
 }
 
 // New binds the node's UDP port and TCP listener. It serves the bus once
@@ -170,7 +172,7 @@ func New(cfg Config, log *slog.Logger, b *bus.Client, reg prometheus.Registerer)
 		s.closeSockets()
 		return nil, err
 	}
-	fb, err := rtpfeedback.NewFactory()
+	fb, err := rtpfeedback.NewFactory(rtpfeedback.WithCounters(&s.feedback))
 	if err != nil {
 		s.closeSockets()
 		return nil, err

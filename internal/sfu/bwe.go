@@ -574,3 +574,66 @@ func (p *participant) estimate() uint64 {
 	}
 	return min(remb, cc)
 }
+
+// SubscriberState is what the node knows of one subscriber's downlink:
+// for tests and diagnostics.
+type SubscriberState struct {
+	// Estimate is what the layer choice uses (the lower of the two
+	// below when both are known); REMB is the client's, TWCC the node's
+	// own from the transport-cc feedback. Bit/s, 0 unknown.
+	Estimate, REMB, TWCC uint64
+	// Tracks are the simulcast tracks the subscriber receives.
+	Tracks []SubscribedTrack
+}
+
+// SubscribedTrack is one simulcast track a subscriber receives.
+type SubscribedTrack struct {
+	Layer    int      // the layer forwarded now, -1 none yet
+	Target   int      // the layer wanted (switched to on its keyframe)
+	MaxLayer int      // the highest the subscriber asked for (its tile size)
+	Bitrates []uint64 // each layer's measured bit/s, low to high
+}
+
+// Subscriber returns the state of the first session of identity.
+func (s *Server) Subscriber(identity string) (SubscriberState, bool) {
+	s.mu.Lock()
+	var p *participant
+	for _, x := range s.sessions {
+		if x.identity == identity {
+			p = x
+			break
+		}
+	}
+	s.mu.Unlock()
+	if p == nil {
+		return SubscriberState{}, false
+	}
+	st := SubscriberState{Estimate: p.estimate(), REMB: p.bwe.Load()}
+	if p.fast != nil && p.fast.cc != nil {
+		st.TWCC = p.fast.cc.estimate(time.Now().UnixNano())
+	}
+	p.negMu.Lock()
+	var downs []*downTrack
+	for t, d := range p.downs {
+		if t.simulcast() {
+			downs = append(downs, d)
+		}
+	}
+	p.negMu.Unlock()
+	for _, d := range downs {
+		d.mu.Lock()
+		tr := SubscribedTrack{Layer: d.cur, Target: d.target, MaxLayer: d.maxLayer}
+		d.mu.Unlock()
+		d.t.mu.Lock()
+		for _, l := range d.t.layers {
+			var b uint64
+			if l != nil {
+				b = l.bitrate.Load()
+			}
+			tr.Bitrates = append(tr.Bitrates, b)
+		}
+		d.t.mu.Unlock()
+		st.Tracks = append(st.Tracks, tr)
+	}
+	return st, true
+}

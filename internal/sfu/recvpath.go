@@ -323,6 +323,7 @@ func (r *recvPath) intercept(m *udpio.Message, now int64) bool {
 		}
 	}
 	r.taken.Inc()
+	r.s.ownReceived.Add(1)
 	st.t.receive(st.l, plain, now, sess.rec)
 	return true
 }
@@ -331,4 +332,11 @@ func (r *recvPath) intercept(m *udpio.Message, now int64) bool {
 // (its error type is unexported; the text is its errDuplicated's).
 func isDuplicated(err error) bool {
 	return err != nil && strings.Contains(err.Error(), "duplicated packet")
+}
+
+// FastReceivePackets returns how many publishers' RTP packets the own
+// receive path (Config.FastReceive) took, and how many came through
+// pion's receive path, since the node started.
+func (s *Server) FastReceivePackets() (own, pion uint64) {
+	return s.ownReceived.Load(), s.pionReceived.Load()
 }

@@ -81,9 +81,11 @@ type Server struct {
 	fastSessions atomic.Uint64
 	// recv is the own receive path (recvpath.go); nil unless
 	// Config.FastReceive. pionReceived counts the publishers' packets
-	// that came through pion's receive path (the layers' read loops).
+	// that came through pion's receive path (the layers' read loops),
+	// ownReceived those the own receive path took.
 	recv         *recvPath
 	pionReceived atomic.Uint64
+	ownReceived  atomic.Uint64
 	// feedback sums every peer connection's rtpfeedback counters.
 	feedback rtpfeedback.Counters
 }

@@ -48,6 +48,11 @@ type stack struct {
 // traverse command's default); SFU_FAST_PATH=0 runs pion's write path.
 var fastPath = os.Getenv("SFU_FAST_PATH") != "0"
 
+// fastReceive is whether the node takes publishers' RTP off pion's
+// receive path (the command's default, with the fast path);
+// SFU_FAST_RECEIVE=0 leaves it to pion.
+var fastReceive = fastPath && os.Getenv("SFU_FAST_RECEIVE") != "0"
+
 // startStack runs the bus, one SFU node, optionally TURN, and signal with
 // the demo page, all on loopback; t.Cleanup stops them.
 func startStack(t *testing.T, withTURN bool) *stack {
@@ -73,7 +78,8 @@ func startStack(t *testing.T, withTURN bool) *stack {
 	}
 	t.Cleanup(func() { _ = be.Close() })
 
-	node, err := sfu.New(sfu.Config{UDP: "127.0.0.1:0", NodeID: "node1", AnnounceInterval: 200 * time.Millisecond, FastPath: fastPath},
+	node, err := sfu.New(sfu.Config{UDP: "127.0.0.1:0", NodeID: "node1", AnnounceInterval: 200 * time.Millisecond, FastPath: fastPath,
+		FastReceive: fastReceive},
 		log.With("role", "sfu"), connect("sfu"), nil)
 	if err != nil {
 		t.Fatal(err)
@@ -128,6 +134,9 @@ type summary struct {
 		FramesDecoded   int    `json:"framesDecoded"`
 		PacketsReceived int    `json:"packetsReceived"`
 	} `json:"inbound"`
+	Outbound map[string]struct {
+		PacketsSent int `json:"packetsSent"`
+	} `json:"outbound"`
 }
 
 // counts returns, per inbound track with traffic, its frames (video) or
@@ -223,6 +232,7 @@ func roomWith(t *testing.T, st *stack, n int, relay, viewers map[int]bool, query
 	start := time.Now()
 	// Everyone decodes n-1 videos and receives n-1 audio tracks.
 	first := make([]summary, n)
+	firstAt := make([]time.Time, n)
 	for i, pt := range parts {
 		var last summary
 		for {
@@ -231,7 +241,7 @@ func roomWith(t *testing.T, st *stack, n int, relay, viewers map[int]bool, query
 				last = s
 			}
 			if err == nil && s.ConnectionState == "connected" && len(s.counts("video")) >= want[i] && len(s.counts("audio")) >= want[i] {
-				first[i] = s
+				first[i], firstAt[i] = s, time.Now()
 				break
 			}
 			if os.Getenv("BROWSER_LOG") != "" {
@@ -252,6 +262,14 @@ func roomWith(t *testing.T, st *stack, n int, relay, viewers map[int]bool, query
 		s, err := pt.summary(ctx)
 		if err != nil {
 			t.Fatal(err)
+		}
+		if !viewers[i] {
+			// The publisher's video packet rate after joining: it falls
+			// when the node's feedback (TWCC) tells its bandwidth
+			// estimator that packets were lost.
+			ms := max(1, int(time.Since(firstAt[i]).Milliseconds()))
+			t.Logf("%s sends %d video packets/s", pt.name,
+				(s.Outbound["video"].PacketsSent-first[i].Outbound["video"].PacketsSent)*1000/ms)
 		}
 		for _, kind := range []string{"video", "audio"} {
 			before, after := first[i].counts(kind), s.counts(kind)
@@ -307,6 +325,11 @@ func roomWith(t *testing.T, st *stack, n int, relay, viewers map[int]bool, query
 	}
 	if fastPath && st.node.FastPathSessions() < uint64(n) {
 		t.Fatalf("%d of %d peer connections took the SFU's fast path", st.node.FastPathSessions(), n)
+	}
+	own, viaPion := st.node.FastReceivePackets()
+	t.Logf("publishers' RTP: own receive path %d packets, pion's %d", own, viaPion)
+	if fastReceive && publishers > 0 && own <= viaPion {
+		t.Fatalf("the own receive path took %d publishers' packets, pion's %d", own, viaPion)
 	}
 }
 

@@ -438,8 +438,11 @@ func (i *Interceptor) loop(w interceptor.RTCPWriter) {
 		select {
 		case <-i.done:
 			return
-		case now = <-t.C:
+		case <-t.C:
 		}
+		// The time now, not the tick's: a late wake-up must not shorten
+		// the DLSR of the reports (the sender's RTT would grow by it).
+		now = time.Now()
 		pkts = pkts[:0]
 		// Due a little early rather than a tick late.
 		soon := now.Add(tick / 2)

@@ -141,13 +141,19 @@ func (r *room) updateLayers() {
 }
 
 // chooseLayers gives each simulcast video track the participant receives
-// the best layer that fits an equal share of its estimated bandwidth.
+// the best layer that fits an equal share of its estimated bandwidth, less
+// what its other tracks (audio, video without simulcast) take. A layer
+// above the one forwarded must fit with upMargin to spare: an estimate
+// hovering at a layer's rate would otherwise switch it on and off.
 func (p *participant) chooseLayers() {
 	p.negMu.Lock()
 	var sim []*downTrack
+	var other uint64
 	for t, dt := range p.downs {
 		if t.simulcast() {
 			sim = append(sim, dt)
+		} else {
+			other += t.bitrate()
 		}
 	}
 	p.negMu.Unlock()
@@ -161,9 +167,12 @@ func (p *participant) chooseLayers() {
 	for _, dt := range sim {
 		budget := uint64(0)
 		if bwe > 0 {
-			budget = bwe / uint64(len(sim))
+			budget = max(bwe-min(other, bwe), 1) / uint64(len(sim))
 		}
 		if l := dt.t.bestLayer(budget); l >= 0 {
+			if cur := dt.layer(); l > cur && budget > 0 {
+				l = max(min(l, dt.t.bestLayer(budget*100/(100+upMargin))), cur)
+			}
 			dt.setTarget(dt.capped(l))
 		}
 		// A subscriber waiting for a keyframe of its target layer asks
@@ -173,6 +182,24 @@ func (p *participant) chooseLayers() {
 			dt.t.requestKeyframe(w)
 		}
 	}
+}
+
+// upMargin is how much more than a higher layer's bitrate (percent) a
+// subscriber's share must be to move up to it.
+const upMargin = 15
+
+// bitrate returns the track's measured bit/s (its layers summed: a track
+// without simulcast has one).
+func (t *pubTrack) bitrate() uint64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var b uint64
+	for _, l := range t.layers {
+		if l != nil {
+			b += l.bitrate.Load()
+		}
+	}
+	return b
 }
 
 // setMaxLayer caps the layer of the received tracks a layer request names

@@ -1,0 +1,78 @@
+package sfu
+
+import (
+	"context"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/pion/ice/v4"
+	"github.com/pion/interceptor"
+	"github.com/pion/sdp/v3"
+	"github.com/pion/webrtc/v4"
+
+	"github.com/traverse-rtc/traverse/internal/loadgen"
+)
+
+// twccAPI is a load client's API that also negotiates transport-cc and
+// sends transport-cc feedback (pion's TWCC sender interceptor), as a
+// browser does, and no REMB.
+func twccAPI(t *testing.T) *webrtc.API {
+	t.Helper()
+	me := &webrtc.MediaEngine{}
+	if err := me.RegisterDefaultCodecs(); err != nil {
+		t.Fatal(err)
+	}
+	if err := webrtc.ConfigureSimulcastExtensionHeaders(me); err != nil {
+		t.Fatal(err)
+	}
+	if err := me.RegisterHeaderExtension(webrtc.RTPHeaderExtensionCapability{URI: sdp.AudioLevelURI}, webrtc.RTPCodecTypeAudio); err != nil {
+		t.Fatal(err)
+	}
+	ir := &interceptor.Registry{}
+	if err := webrtc.ConfigureTWCCSender(me, ir); err != nil {
+		t.Fatal(err)
+	}
+	se := webrtc.SettingEngine{}
+	se.SetIncludeLoopbackCandidate(true)
+	se.SetICEMulticastDNSMode(ice.MulticastDNSModeDisabled)
+	se.SetIPFilter(func(a net.IP) bool { return a.IsLoopback() })
+	se.SetNetworkTypes([]webrtc.NetworkType{webrtc.NetworkTypeUDP4})
+	return webrtc.NewAPI(webrtc.WithMediaEngine(me), webrtc.WithSettingEngine(se), webrtc.WithInterceptorRegistry(ir))
+}
+
+// TestTWCCSubscriberEstimate: a pion subscriber that sends transport-cc
+// feedback and no REMB, on the fast path, gets an estimate from it (none
+// of its feedback refused), and with it the top layer of a simulcast
+// publisher on unconstrained loopback.
+func TestTWCCSubscriberEstimate(t *testing.T) {
+	h := newHarness(t, Config{FastPath: true, PLIInterval: 100 * time.Millisecond})
+	pub := h.dial(loadgen.ClientConfig{Room: "twcc", Identity: "pub", Publish: true, Simulcast: true, VideoBitrate: 800_000})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	sub, err := loadgen.Dial(ctx, twccAPI(t), loadgen.NewBusSignaler(h.bc, "node1"),
+		loadgen.ClientConfig{Room: "twcc", Identity: "sub", Subscribe: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sub.Close() })
+	<-pub.Connected()
+	<-sub.Connected()
+	var st SubscriberState
+	waitFor(t, 15*time.Second, "a transport-cc estimate and the top layer", func() bool {
+		st, _ = h.s.Subscriber("sub")
+		return st.TWCC > 0 && len(st.Tracks) == 1 && st.Tracks[0].Layer == 2
+	})
+	t.Logf("estimate %d kbit/s (transport-cc %d, REMB %d), %+v; feedback %v, refused %v", st.Estimate/1000, st.TWCC/1000,
+		st.REMB, st.Tracks, testutilCounter(h.s.m.twccFeedback), testutilCounter(h.s.m.twccBad))
+	if st.REMB != 0 || st.Estimate != st.TWCC {
+		t.Errorf("estimate %d, REMB %d, transport-cc %d: want the transport-cc one alone", st.Estimate, st.REMB, st.TWCC)
+	}
+	if bad := testutilCounter(h.s.m.twccBad); bad != 0 {
+		t.Errorf("%v transport-cc feedback packets refused", bad)
+	}
+	// Everything the top layer and the audio need, and not absurd.
+	if st.TWCC < 800_000 || st.TWCC > 10_000_000 {
+		t.Errorf("transport-cc estimate %d on unconstrained loopback for 800 kbit/s + audio", st.TWCC)
+	}
+}

@@ -362,3 +362,30 @@ func TestFastReceiveRoom(t *testing.T) {
 		}
 	}
 }
+
+// TestRecvPathBatchCork: the fan-outs of every packet of one recvmmsg
+// batch leave in one sendmmsg, and the taken datagrams are not returned
+// to pion.
+func TestRecvPathBatchCork(t *testing.T) {
+	fx := newRecvFixture(t, srtp.ProtectionProfileAeadAes128Gcm, 1)
+	b := fx.down.t.r.s.out
+	// A second subscriber: each packet is fanned out twice.
+	d2 := newDownTrack(fx.down.t, fx.down.sub)
+	d2.ws, d2.ssrc, d2.pt, d2.clock = &sinkWriter{}, 0xabc, 96, 90000
+	fx.down.t.addDown(d2)
+	for i := range 4 {
+		b.rmsgs[i] = fx.sealed(t, uint16(2+i), 500, i == 0)
+	}
+	b.rmsgs[4] = udpio.Message{Buf: make([]byte, 1500), N: 20, Addr: fx.from} // STUN-like: pion's
+	b.rn, b.ri = 5, 0
+	writes, batches := b.writes.Load(), b.batches.Load()
+	b.intercept(fx.r)
+	if w, n := b.writes.Load()-writes, b.batches.Load()-batches; w != 8 || n != 1 {
+		t.Fatalf("%d datagrams in %d send calls, want 8 in 1", w, n)
+	}
+	p := make([]byte, 1500)
+	n, from, err := b.ReadFromAddrPort(p)
+	if err != nil || n != 20 || from != fx.from {
+		t.Fatalf("pion got %d bytes from %v (%v), want the 20-byte datagram", n, from, err)
+	}
+}

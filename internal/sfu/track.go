@@ -184,8 +184,10 @@ func (t *pubTrack) readLoop(l *layer) {
 // loop and the own receive path call it: l.mu keeps one layer's packets
 // from being forwarded concurrently (the downTracks' sequence rewriting
 // sees them one at a time). rec, when not nil, records the packet for the
-// publisher's feedback (it skipped pion's interceptors). It does not
-// allocate.
+// publisher's feedback (it skipped pion's interceptors); then the caller
+// (the own receive path) has corked the socket around its whole batch,
+// and the fan-out does not cork again: an uncork sends the queue. It does
+// not allocate.
 func (t *pubTrack) receive(l *layer, raw []byte, now int64, rec receiveRecorder) {
 	s := t.r.s
 	l.mu.Lock()
@@ -214,7 +216,7 @@ func (t *pubTrack) receive(l *layer, raw []byte, now int64, rec receiveRecorder)
 	}
 	key := t.kind == webrtc.RTPCodecTypeVideo && isKeyframe(t.ck, pkt.Payload)
 	downs := *t.downs.Load()
-	if out := s.corkable(); out != nil && len(downs) > 1 {
+	if out := s.corkable(); out != nil && len(downs) > 1 && rec == nil {
 		// One sendmmsg for the whole fan-out (batchconn.go).
 		out.cork()
 		for _, d := range downs {

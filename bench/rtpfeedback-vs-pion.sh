@@ -3,11 +3,14 @@
 # (internal/rtpfeedback makes the NACKs, receiver reports and TWCC feedback toward publishers) and once
 # with bench/lib/pion-feedback.patch (pion's NACK generator, receiver-report and TWCC sender
 # interceptors instead; nothing else differs). Each round runs signal's TestBrowsersPublisherBitrate
-# (two Chromium participants in a private network namespace, the SFU on its fast path) in one tree
-# then the other, and prints each publisher's video bitrate (getStats outbound-rtp bytesSent over the
-# window), its bandwidth estimate (availableOutgoingBitrate) and RTT, then the medians.
+# (two Chromium participants in a private network namespace, the SFU on its fast path) three ways:
+# "pion" and "rtpfeedback" with the node's own receive path off (SFU_FAST_RECEIVE=0: pion's
+# interceptors never see the packets that path takes, so it cannot be compared on), and
+# "rtpfeedback+recv" with it on (the command's default). It prints each publisher's video bitrate
+# (getStats outbound-rtp bytesSent over the window), its bandwidth estimate
+# (availableOutgoingBitrate) and RTT, then the medians.
 # Usage: flock /tmp/traverse-bench.lock bench/rtpfeedback-vs-pion.sh [ROUNDS] [SECONDS]  (default 4 rounds of 20 s;
-# needs root and /usr/bin/chromium; bounded: about ROUNDS x 2 x (SECONDS + 12) s)
+# needs root and /usr/bin/chromium; bounded: about ROUNDS x 3 x (SECONDS + 12) s)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-4}
@@ -20,17 +23,18 @@ git diff HEAD | (cd "$tmp" && git apply --allow-empty)
 patch -s -d "$tmp" -p1 < bench/lib/pion-feedback.patch
 out=$tmp/results
 for r in $(seq "$rounds"); do
-  for side in pion rtpfeedback; do
-    dir=$PWD
+  for side in pion rtpfeedback rtpfeedback+recv; do
+    dir=$PWD recv=0
     [ "$side" = pion ] && dir=$tmp
-    (cd "$dir" && BITRATE_SECONDS=$secs go test -count=1 -run '^TestBrowsersPublisherBitrate$' -v ./internal/signal/ 2>&1 || true) |
+    [ "$side" = rtpfeedback+recv ] && recv=1
+    (cd "$dir" && SFU_FAST_RECEIVE=$recv BITRATE_SECONDS=$secs go test -count=1 -run '^TestBrowsersPublisherBitrate$' -v ./internal/signal/ 2>&1 || true) |
       grep -o 'publisher [01]: video [0-9]* kbit/s.*estimate [0-9]* kbit/s, RTT [0-9.]* ms' |
       sed "s/^/round $r $side /" | tee -a "$out"
   done
 done
-for side in pion rtpfeedback; do
+for side in pion rtpfeedback rtpfeedback+recv; do
   for col in video estimate; do
     awk -v s="$side" -v c="$col" '$3 == s { for (i = 1; i < NF; i++) if ($i == c) print $(i+1) }' "$out" | sort -n |
-      awk -v s="$side" -v c="$col" '{ v[NR] = $1 } END { if (NR) printf "%-12s median %-8s %s kbit/s (%d publishers)\n", s, c, v[int((NR+1)/2)], NR }'
+      awk -v s="$side" -v c="$col" '{ v[NR] = $1 } END { if (NR) printf "%-16s median %-8s %s kbit/s (%d publishers)\n", s, c, v[int((NR+1)/2)], NR }'
   done
 done

@@ -78,6 +78,7 @@ func TestKeyframeRequestsThrottled(t *testing.T) {
 	// Past the throttle window of the keyframe asked for at subscription.
 	time.Sleep(1100 * time.Millisecond)
 	fwd0, thr0 := testutilCounter(h.s.m.pliForwarded), testutilCounter(h.s.m.pliThrottled)
+	start := time.Now()
 	for range 10 {
 		if err := sub.PC().WriteRTCP([]rtcp.Packet{&rtcp.PictureLossIndication{MediaSSRC: ssrc}}); err != nil {
 			t.Fatal(err)
@@ -87,8 +88,13 @@ func TestKeyframeRequestsThrottled(t *testing.T) {
 	waitFor(t, 5*time.Second, "the PLIs counted", func() bool {
 		return testutilCounter(h.s.m.pliForwarded)+testutilCounter(h.s.m.pliThrottled)-fwd0-thr0 >= 10
 	})
-	if f := testutilCounter(h.s.m.pliForwarded) - fwd0; f != 1 {
-		t.Errorf("%v PLIs forwarded in 200 ms, want 1", f)
+	// The ten PLIs take about 200 ms; on a loaded machine they (and their
+	// handling) can spread over more than one interval, and each interval
+	// they span may forward one.
+	spread := time.Since(start)
+	want := 1 + float64(spread/time.Second)
+	if f := testutilCounter(h.s.m.pliForwarded) - fwd0; f < 1 || f > want {
+		t.Errorf("%v PLIs forwarded in %v, want 1 (at most %v over that time)", f, spread.Round(time.Millisecond), want)
 	}
 }
 

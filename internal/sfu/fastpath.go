@@ -70,6 +70,11 @@ type fastPath struct {
 	// the own receive path does not apply.
 	recorder receiveRecorder
 	recv     atomic.Pointer[recvSession]
+	// fellBack is set when the subscriber stays on pion's write path
+	// (activate failed): pion's write may block (ICE-TCP), so the own
+	// receive path hands its packets to a queue (slowQueue) instead of
+	// writing them on the socket's reader goroutine.
+	fellBack atomic.Bool
 	// cc numbers the packets of subscribers that negotiated transport-cc
 	// and estimates their downlink from the feedback (bwe.go).
 	cc *sendSide
@@ -142,17 +147,20 @@ func (f *fastPath) activate() {
 		return
 	}
 	if ap := f.remote.Load(); ap == nil || !ap.IsValid() {
+		f.fellBack.Store(true)
 		f.s.m.fastFallbacks.Inc()
 		return
 	}
 	key, salt, profile, err := f.secrets.localKeys()
 	if err != nil {
 		f.s.log.Debug("sfu: fast path unavailable", "err", err)
+		f.fellBack.Store(true)
 		f.s.m.fastFallbacks.Inc()
 		return
 	}
 	// A context made here proves the keys and profile usable.
 	if _, err := srtp.CreateContext(key, salt, profile); err != nil {
+		f.fellBack.Store(true)
 		f.s.m.fastFallbacks.Inc()
 		return
 	}

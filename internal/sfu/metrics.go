@@ -18,7 +18,7 @@ type metrics struct {
 	fastDrops, fastReports            prometheus.Counter
 	subscriberLoss                    prometheus.Histogram
 	recvSessions, recvTaken           prometheus.Counter
-	recvReplays                       prometheus.Counter
+	recvReplays, recvSlowDrops        prometheus.Counter
 	recvErrors                        *prometheus.CounterVec
 	twccFeedback, twccBad             prometheus.Counter
 	subscriberEstimate                prometheus.Histogram
@@ -54,6 +54,8 @@ func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
 		recvSessions: c("fast_receive_sessions_total", "Peer connections whose publishers' RTP the own receive path takes."),
 		recvTaken:    c("fast_receive_packets_total", "Publishers' RTP packets decrypted and forwarded by the own receive path (not pion's)."),
 		recvReplays:  c("fast_receive_replays_total", "Publishers' RTP packets the own receive path dropped as replays (RFC 3711 section 3.3.2)."),
+		recvSlowDrops: c("fast_receive_slow_drops_total",
+			"Intercepted packets not queued for subscribers on pion's write path (ICE-TCP, no fast-path keys): queue full or track closed."),
 		recvErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "traverse", Subsystem: "sfu",
 			Name: "fast_receive_errors_total",
 			Help: "Publishers' RTP packets of registered streams the own receive path handed back to pion, by reason (auth: tag did not verify; short; header; decrypt)."},
@@ -70,7 +72,7 @@ func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
 	if reg == nil {
 		return m
 	}
-	reg.MustRegister(m.recvSessions, m.recvTaken, m.recvReplays, m.recvErrors,
+	reg.MustRegister(m.recvSessions, m.recvTaken, m.recvReplays, m.recvErrors, m.recvSlowDrops,
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "traverse", Subsystem: "sfu",
 			Name: "rtp_received_pion_total", Help: "Publishers' RTP packets that came through pion's receive path."},
 			func() float64 { return float64(s.pionReceived.Load()) }),

@@ -9,6 +9,7 @@ import (
 
 	"github.com/pion/rtp"
 	"github.com/pion/srtp/v3"
+	"github.com/pion/webrtc/v4"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/traverse-rtc/traverse/internal/udpio"
@@ -219,8 +220,15 @@ func (t *pubTrack) registerReceive(l *layer, ssrc uint32, seq uint16) *recvStrea
 	return st
 }
 
-// unregister gives the stream's SSRC back to pion.
+// unregister gives the stream's SSRC back to pion and stops its layer's
+// slow queue, if it has one.
 func (st *recvStream) unregister() {
+	st.l.mu.Lock()
+	st.l.slowStopped = true
+	if q := st.l.slow; q != nil {
+		q.stop()
+	}
+	st.l.mu.Unlock()
 	sess := st.sess
 	sess.smu.Lock()
 	defer sess.smu.Unlock()
@@ -339,4 +347,117 @@ func isDuplicated(err error) bool {
 // pion's receive path, since the node started.
 func (s *Server) FastReceivePackets() (own, pion uint64) {
 	return s.ownReceived.Load(), s.pionReceived.Load()
+}
+
+// onPionPath reports whether d's subscriber is on pion's write path for
+// good (fast path off or fallen back): its write may block (an ICE-TCP
+// connection whose peer stopped reading), so the own receive path must not
+// make it on the socket's reader goroutine.
+func (d *downTrack) onPionPath() bool {
+	return d.sub != nil && (d.sub.fast == nil || d.sub.fast.fellBack.Load())
+}
+
+// slowQueue carries one layer's intercepted packets to the subscribers on
+// pion's write path, from a goroutine of its own: a blocked write there
+// stalls that goroutine, not the node's socket. Bounded; a packet that
+// finds it full is dropped and counted (traverse_sfu_fast_receive_slow_drops_total).
+type slowQueue struct {
+	t *pubTrack
+	l *layer
+
+	mu         sync.Mutex // guards slots, head, n, closed
+	slots      [slowQueueLen]slowSlot
+	head, n    int
+	closed     bool
+	wake, done chan struct{}
+}
+
+// slowQueueLen is the most packets queued per layer: 64 is about a third
+// of a second of 2 Mbit/s video.
+const slowQueueLen = 64
+
+type slowSlot struct {
+	buf [1500]byte
+	n   int
+	now int64
+}
+
+// slowQueueLocked returns l's queue, starting it on first use; nil when
+// the track is closed. l.mu is held.
+func (t *pubTrack) slowQueueLocked(l *layer) *slowQueue {
+	if l.slow != nil || l.slowStopped || t.closed.Load() {
+		return l.slow
+	}
+	q := &slowQueue{t: t, l: l, wake: make(chan struct{}, 1), done: make(chan struct{})}
+	l.slow = q
+	s := t.r.s
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		q.run()
+	}()
+	return q
+}
+
+// push queues a copy of the decrypted packet raw. It does not allocate.
+func (q *slowQueue) push(raw []byte, now int64) {
+	q.mu.Lock()
+	if q.closed || q.n == slowQueueLen || len(raw) > len(q.slots[0].buf) {
+		q.mu.Unlock()
+		q.t.r.s.m.recvSlowDrops.Inc()
+		return
+	}
+	sl := &q.slots[(q.head+q.n)%slowQueueLen]
+	sl.n, sl.now = copy(sl.buf[:], raw), now
+	q.n++
+	q.mu.Unlock()
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+}
+
+// stop ends the queue's goroutine; packets still queued are dropped.
+func (q *slowQueue) stop() {
+	q.mu.Lock()
+	if !q.closed {
+		q.closed = true
+		close(q.done)
+	}
+	q.mu.Unlock()
+}
+
+// run writes queued packets to the layer's pion-path subscribers until
+// stop.
+func (q *slowQueue) run() {
+	var pkt rtp.Packet
+	var buf [1500]byte
+	for {
+		select {
+		case <-q.done:
+			return
+		case <-q.wake:
+		}
+		for {
+			q.mu.Lock()
+			if q.n == 0 || q.closed {
+				q.mu.Unlock()
+				break
+			}
+			sl := &q.slots[q.head]
+			n, now := copy(buf[:], sl.buf[:sl.n]), sl.now
+			q.head = (q.head + 1) % slowQueueLen
+			q.n--
+			q.mu.Unlock()
+			if pkt.Unmarshal(buf[:n]) != nil {
+				continue
+			}
+			key := q.t.kind == webrtc.RTPCodecTypeVideo && isKeyframe(q.t.ck, pkt.Payload)
+			for _, d := range *q.t.downs.Load() {
+				if d.onPionPath() {
+					d.write(q.l.idx, &pkt, key, now)
+				}
+			}
+		}
+	}
 }

@@ -47,8 +47,14 @@ type layer struct {
 	seen    atomic.Int64  // unix nanoseconds of the last packet
 	cache   *packetCache  // video only: answers subscribers' NACKs
 
-	mu  sync.Mutex // guards pkt; held while one packet is forwarded (receive)
+	mu  sync.Mutex // guards pkt, slow; held while one packet is forwarded (receive)
 	pkt rtp.Packet // the packet being forwarded (reused: no allocation)
+	// slow carries intercepted packets to subscribers on pion's write
+	// path (recvpath.go); nil until one is needed.
+	slow *slowQueue
+	// slowStopped: the layer left the own receive path; no slow queue
+	// may start after.
+	slowStopped bool
 }
 
 func newPubTrack(r *room, p *participant, key string, remote *webrtc.TrackRemote, recv *webrtc.RTPReceiver) *pubTrack {
@@ -225,8 +231,27 @@ func (t *pubTrack) receive(l *layer, raw []byte, now int64, rec receiveRecorder)
 		out.uncork()
 		return
 	}
+	if rec == nil {
+		for _, d := range downs {
+			d.write(l.idx, pkt, key, now)
+		}
+		return
+	}
+	// On the socket's reader goroutine: a write through pion's stack may
+	// block (ICE-TCP), so those subscribers get the packet from the
+	// layer's slow queue.
+	slow := false
 	for _, d := range downs {
+		if d.onPionPath() {
+			slow = true
+			continue
+		}
 		d.write(l.idx, pkt, key, now)
+	}
+	if slow {
+		if q := t.slowQueueLocked(l); q != nil {
+			q.push(raw, now)
+		}
 	}
 }
 

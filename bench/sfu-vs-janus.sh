@@ -16,6 +16,8 @@
 #   SFUBENCH_PROFILE=SECONDS takes a CPU profile of the traverse server (serve --pprof) during each run.
 #   SFUBENCH_TRAVERSE_BIN=PATH runs the "traverse" server from another build, SFUBENCH_TRAVERSE_FLAGS adds
 #   flags to it (e.g. "--sfu-fast-path" to compare two builds' fast paths in one run).
+#   At the end it prints each run's UDP receive-buffer drops in the namespace (/proc/net/snmp
+#   RcvbufErrors, every socket: server and load clients) and the traverse servers' own-receive-path counters.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Everything runs in a network namespace of our own (root needed): no traffic can leave it.
@@ -99,8 +101,12 @@ print(" ".join(str(s.getsockname()[1]) for s in ss))')
 
 # run_one SERVER NAME ROUNDTAG: one server under the scenario's load (the servers are all up, idle but
 # for the one under load).
+# udp_rcvbuf_errors: the namespace's UDP receive-buffer drops so far (every socket: server and clients).
+udp_rcvbuf_errors() { awk '/^Udp:/ { getline; print $6; exit }' /proc/net/snmp; }
+
 run_one() {
-  local srv=$1 name=$2 tag=$3 adm="" pid=""
+  local srv=$1 name=$2 tag=$3 adm="" pid="" rcv0
+  rcv0=$(udp_rcvbuf_errors)
   case $srv in
     traverse) adm=$ADM; pid=$TPID; nats=$NATS; prefix=t ;;
     batched) adm=$ADM2; pid=$TPID2; nats=$NATS2; prefix=b ;;
@@ -115,7 +121,7 @@ run_one() {
       "$BIN" load --nats nats://127.0.0.1:$nats --rooms $r --publishers $p --subscribers $s --duration $DUR \
         --server-pid $pid --room-prefix "$prefix$tag" --json 2>"$OUT/$srv-$tag.err" >"$OUT/$srv-$tag.json" || true
       [ -n "${PROF:-}" ] && { wait "$PROF" 2>/dev/null || true; PROF=; }
-      [ "$srv" = traverse ] || curl -s "http://127.0.0.1:$adm/metrics" | grep -E '^traverse_sfu_(udp_|rtp_forwarded|fast_path)' >"$OUT/$srv-$tag-metrics.txt" || true
+      [ "$srv" = traverse ] || curl -s "http://127.0.0.1:$adm/metrics" | grep -E '^traverse_sfu_(udp_|rtp_forwarded|rtp_received|fast_path|fast_receive)' >"$OUT/$srv-$tag-metrics.txt" || true
       ;;
     janus)
       "$BIN" load --janus "http://127.0.0.1:$JPORT/janus" --ice-ip 10.77.0.1 --rooms $r --publishers $p --subscribers $s --duration $DUR \
@@ -126,6 +132,7 @@ run_one() {
         -duration $DUR >"$OUT/udpfwd-$tag.json" || true
       ;;
   esac
+  echo "$srv $tag: UDP receive-buffer drops in the namespace during the run: $(( $(udp_rcvbuf_errors) - rcv0 ))" >>"$OUT/rcvbuf.txt"
 }
 
 run() { # name rooms pubs subs
@@ -148,6 +155,7 @@ for sc in $SCENARIOS; do
   esac
 done
 cat "$OUT"/*-metrics.txt >&2 2>/dev/null || true
+cat "$OUT/rcvbuf.txt" >&2 2>/dev/null || true
 
 python3 - "$OUT" "$ROUNDS" $SERVERS <<'PY'
 import json, sys, os, statistics

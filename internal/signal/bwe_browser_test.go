@@ -216,4 +216,18 @@ func TestBrowsersSimulcastCappedDownlink(t *testing.T) {
 	run("qdisc", "del", "dev", "lo", "root")
 	t.Log("cap lifted")
 	waitLayer("cap lifted", top, 45*time.Second)
+	// And stays there (not one of the node's tries of the upper layer
+	// under the cap, which it takes back within a second or two).
+	high := 0
+	samples = 0
+	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(250 * time.Millisecond) {
+		if _, _, l := state(); l == top {
+			high++
+		}
+		samples++
+	}
+	t.Logf("cap lifted: layer %d in %d of %d samples over 5 s", top, high, samples)
+	if high < samples*9/10 {
+		t.Errorf("cap lifted: the top layer in only %d of %d samples", high, samples)
+	}
 }

@@ -15,6 +15,12 @@
 // chooses their simulcast layer. Audio levels (RFC 6464) make
 // active-speaker events.
 //
+// With Config.FastPath and Config.FastReceive the node forwards RTP with
+// SRTP of its own (RFC 3711, RFC 7714) in both directions: publishers'
+// packets are decrypted and fanned out from the socket's reader
+// (recvpath.go), subscribers' are sealed and sent with sendmmsg
+// (fastpath.go); pion keeps ICE, DTLS, SCTP and RTCP.
+//
 // The node takes its work from the bus (package bus): join, offer, answer,
 // candidate and leave requests from signal servers.
 package sfu

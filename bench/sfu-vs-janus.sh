@@ -18,6 +18,11 @@
 #   flags to it (e.g. "--sfu-fast-path" to compare two builds' fast paths in one run).
 #   At the end it prints each run's UDP receive-buffer drops in the namespace (/proc/net/snmp
 #   RcvbufErrors, every socket: server and load clients) and the traverse servers' own-receive-path counters.
+#   SFUBENCH_LOAD_FLAGS adds flags to every `traverse load` (traverse's and Janus's runs alike), e.g.
+#   "--feedback": clients that send receiver reports, NACKs, transport-cc sequence numbers and feedback as
+#   browsers do (pion's default interceptors); the traverse servers' feedback counters
+#   (traverse_sfu_feedback_*, subscriber_twcc_feedback_total, subscriber_estimate_bps) are then printed
+#   with the others. udpfwd has no RTCP at all: it stays the plain forwarding ceiling either way.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Everything runs in a network namespace of our own (root needed): no traffic can leave it.
@@ -36,6 +41,8 @@ if [ -z "${SFUBENCH_NS:-}" ]; then
   exit $?
 fi
 DUR=${1:-10s}
+LOADF=${SFUBENCH_LOAD_FLAGS:-}
+echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo ?), load flags: '${LOADF}', load average: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 SCENARIOS=${SFUBENCH_SCENARIOS:-fanout rooms}
 SERVERS=${SFUBENCH_SERVERS:-traverse batched fast janus udpfwd}
 ROUNDS=${SFUBENCH_ROUNDS:-1}
@@ -119,13 +126,13 @@ run_one() {
         PROF=$!
       fi
       "$BIN" load --nats nats://127.0.0.1:$nats --rooms $r --publishers $p --subscribers $s --duration $DUR \
-        --server-pid $pid --room-prefix "$prefix$tag" --json 2>"$OUT/$srv-$tag.err" >"$OUT/$srv-$tag.json" || true
+        --server-pid $pid --room-prefix "$prefix$tag" $LOADF --json 2>"$OUT/$srv-$tag.err" >"$OUT/$srv-$tag.json" || true
       [ -n "${PROF:-}" ] && { wait "$PROF" 2>/dev/null || true; PROF=; }
-      [ "$srv" = traverse ] || curl -s "http://127.0.0.1:$adm/metrics" | grep -E '^traverse_sfu_(udp_|rtp_forwarded|rtp_received|fast_path|fast_receive)' >"$OUT/$srv-$tag-metrics.txt" || true
+      [ "$srv" = traverse ] || curl -s "http://127.0.0.1:$adm/metrics" | grep -E '^traverse_sfu_(udp_|rtp_forwarded|rtp_received|fast_path|fast_receive|feedback_|subscriber_twcc|subscriber_estimate_bps_(count|sum)|subscriber_loss_fraction_count)' >"$OUT/$srv-$tag-metrics.txt" || true
       ;;
     janus)
       "$BIN" load --janus "http://127.0.0.1:$JPORT/janus" --ice-ip 10.77.0.1 --rooms $r --publishers $p --subscribers $s --duration $DUR \
-        --server-pid $JPID --room-prefix "j$tag" --json 2>"$OUT/janus-$tag.err" >"$OUT/janus-$tag.json" || true
+        --server-pid $JPID --room-prefix "j$tag" $LOADF --json 2>"$OUT/janus-$tag.err" >"$OUT/janus-$tag.json" || true
       ;;
     udpfwd)
       "$OUT/udpfwd" -mode load -server 127.0.0.1:$FPORT -server-pid $FPID -rooms $r -publishers $p -subscribers $s \

@@ -38,13 +38,14 @@ func runLoad(ctx context.Context, args []string) error {
 		janus    = fs.String("janus", "", "load a Janus videoroom at this HTTP API `URL` (http://127.0.0.1:8088/janus) instead, for comparison")
 		iceIP    = fs.String("ice-ip", "", "clients gather host candidates on this `IP` only (default: loopback)")
 		pid      = fs.Int("server-pid", 0, "report this server `process`'s CPU time and memory over the measurement")
+		feedback = fs.Bool("feedback", false, "clients send RTCP as browsers do: receiver and sender reports, NACKs, transport-cc sequence numbers and feedback (pion's default interceptors)")
 	)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	cfg := loadgen.Config{Rooms: *rooms, Publishers: *pubs, Subscribers: *subs, Duration: *duration,
 		RoomPrefix: *prefix, VideoBitrate: *bitrate, Simulcast: *simul, TCP: *tcp, Parallel: *parallel,
-		ServerPID: *pid, JanusURL: *janus}
+		ServerPID: *pid, JanusURL: *janus, Feedback: *feedback}
 	switch {
 	case *janus != "":
 	case *natsURLs != "":
@@ -79,7 +80,7 @@ func runLoad(ctx context.Context, args []string) error {
 			return fmt.Errorf("--ice-ip: %w", err)
 		}
 	}
-	api, err := loadgen.NewAPI(*tcp, only)
+	api, err := loadgen.NewAPI(*tcp, only, loadgen.WithFeedback(*feedback))
 	if err != nil {
 		return err
 	}

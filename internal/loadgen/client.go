@@ -95,15 +95,43 @@ type Client struct {
 
 // NewAPI returns the pion API load clients use: default codecs, the
 // simulcast header extensions, and no per-packet interceptors (a load
-// client must stay cheap). Clients gather host candidates on loopback
-// only, or only on ip when it is valid.
-func NewAPI(tcp bool, ip netip.Addr) (*webrtc.API, error) { return newAPI(tcp, ip, false) }
+// client must stay cheap) unless WithFeedback. Clients gather host
+// candidates on loopback only, or only on ip when it is valid.
+func NewAPI(tcp bool, ip netip.Addr, opts ...APIOption) (*webrtc.API, error) {
+	var o apiOptions
+	for _, f := range opts {
+		f(&o)
+	}
+	return newAPI(tcp, ip, false, o.feedback)
+}
 
 // NewDuplicateTolerantAPI is NewAPI with SRTP replay protection off, for
 // tests that check a retransmission of a packet the client already has.
-func NewDuplicateTolerantAPI() (*webrtc.API, error) { return newAPI(false, netip.Addr{}, true) }
+func NewDuplicateTolerantAPI() (*webrtc.API, error) { return newAPI(false, netip.Addr{}, true, false) }
 
-func newAPI(tcp bool, ip netip.Addr, noReplay bool) (*webrtc.API, error) {
+// APIOption changes what the clients of NewAPI do.
+type APIOption func(*apiOptions)
+
+type apiOptions struct {
+	feedback bool
+}
+
+// WithFeedback(true) makes the clients behave like browsers on RTCP:
+// pion's NACK generator and responder (RFC 4585 generic NACK, nack and
+// nack pli negotiated for video), sender and receiver reports (RFC 3550
+// section 6.4), transport-wide sequence numbers on every packet they send
+// and transport-cc feedback on what they receive
+// (draft-holmer-rmcat-transport-wide-cc-extensions-01), the header
+// extension and feedback negotiated for audio and video. That is
+// webrtc.RegisterDefaultInterceptors plus the TWCC header extension
+// sender, which browsers run and pion's defaults leave out, minus pion's
+// stats interceptor, which only feeds GetStats and sends nothing. The
+// interceptors belong to the API (pion builds them per peer connection
+// from its registry), so this is an API option rather than a
+// ClientConfig field.
+func WithFeedback(on bool) APIOption { return func(o *apiOptions) { o.feedback = on } }
+
+func newAPI(tcp bool, ip netip.Addr, noReplay, feedback bool) (*webrtc.API, error) {
 	me := &webrtc.MediaEngine{}
 	if err := me.RegisterDefaultCodecs(); err != nil {
 		return nil, err
@@ -113,6 +141,12 @@ func newAPI(tcp bool, ip netip.Addr, noReplay bool) (*webrtc.API, error) {
 	}
 	if err := me.RegisterHeaderExtension(webrtc.RTPHeaderExtensionCapability{URI: sdp.AudioLevelURI}, webrtc.RTPCodecTypeAudio); err != nil {
 		return nil, err
+	}
+	ir := &interceptor.Registry{}
+	if feedback {
+		if err := registerFeedback(me, ir); err != nil {
+			return nil, err
+		}
 	}
 	se := webrtc.SettingEngine{}
 	se.SetIncludeLoopbackCandidate(true)
@@ -131,7 +165,22 @@ func newAPI(tcp bool, ip netip.Addr, noReplay bool) (*webrtc.API, error) {
 		se.SetNetworkTypes([]webrtc.NetworkType{webrtc.NetworkTypeUDP4})
 	}
 	return webrtc.NewAPI(webrtc.WithMediaEngine(me), webrtc.WithSettingEngine(se),
-		webrtc.WithInterceptorRegistry(&interceptor.Registry{})), nil
+		webrtc.WithInterceptorRegistry(ir)), nil
+}
+
+// registerFeedback registers the browser-like interceptors of
+// WithFeedback.
+func registerFeedback(me *webrtc.MediaEngine, ir *interceptor.Registry) error {
+	if err := webrtc.ConfigureNack(me, ir); err != nil {
+		return err
+	}
+	if err := webrtc.ConfigureRTCPReports(ir); err != nil {
+		return err
+	}
+	if err := webrtc.ConfigureTWCCHeaderExtensionSender(me, ir); err != nil {
+		return err
+	}
+	return webrtc.ConfigureTWCCSender(me, ir)
 }
 
 // Dial creates a client, joins through sig and starts publishing once
@@ -548,10 +597,15 @@ type RecvStats struct {
 	bytes   atomic.Uint64
 	lost    atomic.Uint64
 	late    atomic.Uint64 // packets older than the newest seen (retransmissions, reordering)
+	repair  atomic.Uint64 // late packets that filled a gap counted in lost
 	lastSeq atomic.Uint32
 	layer   atomic.Int32  // the simulcast layer of the last video packet
 	jitter  atomic.Uint64 // RFC 3550 interarrival jitter, in microseconds
 }
+
+// recvWindow is how many sequence numbers back a late packet (a NACKed
+// retransmission, a reordered packet) still takes its gap out of lost.
+const recvWindow = 1024
 
 func (s *RecvStats) read(t *webrtc.TrackRemote) {
 	buf := make([]byte, 1600)
@@ -560,6 +614,17 @@ func (s *RecvStats) read(t *webrtc.TrackRemote) {
 	started := false
 	var transit float64
 	var j float64
+	// missing has a bit set for each sequence number of the last
+	// recvWindow that was skipped (counted in lost) and has not arrived.
+	var missing [recvWindow / 64]uint64
+	setMissing := func(seq uint16, on bool) {
+		i, b := seq%recvWindow/64, uint64(1)<<(seq%64)
+		if on {
+			missing[i] |= b
+		} else {
+			missing[i] &^= b
+		}
+	}
 	for {
 		n, _, err := t.Read(buf)
 		if err != nil {
@@ -575,19 +640,37 @@ func (s *RecvStats) read(t *webrtc.TrackRemote) {
 		if s.Kind == "video" && n-hn > 2 {
 			s.layer.Store(int32(buf[hn+2]))
 		}
-		if started {
-			if d := h.SequenceNumber - last; d > 1 && d < 1000 {
-				s.lost.Add(uint64(d - 1))
-			}
-		}
-		if started && int16(h.SequenceNumber-last) <= 0 {
+		seq := h.SequenceNumber
+		switch d := seq - last; {
+		case !started:
+		case int16(d) <= 0:
 			s.late.Add(1)
+			// A retransmission or a reordered packet fills its gap: it
+			// was not lost after all (a duplicate was never missing).
+			if last-seq < recvWindow-1 && missing[seq%recvWindow/64]&(1<<(seq%64)) != 0 {
+				setMissing(seq, false)
+				s.lost.Add(^uint64(0))
+				s.repair.Add(1)
+			}
+		case d < 1000:
+			s.lost.Add(uint64(d - 1))
+			for q := last + 1; q != seq; q++ {
+				setMissing(q, true)
+			}
+		default:
+			// A jump (a new source, a restart): not loss.
+			missing = [recvWindow / 64]uint64{}
 		}
-		if !started || int16(h.SequenceNumber-last) > 0 {
-			last = h.SequenceNumber
+		inOrder := !started || int16(seq-last) > 0
+		if inOrder {
+			setMissing(seq, false)
+			last = seq
 			s.lastSeq.Store(uint32(last))
 		}
-		if s.clock > 0 {
+		// Jitter is over in-order packets only, as libwebrtc's: a NACKed
+		// retransmission carries its old timestamp and would count a
+		// round trip as jitter.
+		if s.clock > 0 && inOrder {
 			arrival := float64(now.UnixNano()) / 1e9 * float64(s.clock)
 			tr := arrival - float64(h.Timestamp)
 			if started {
@@ -613,6 +696,10 @@ func (s *RecvStats) Lost() uint64    { return s.lost.Load() }
 // (retransmissions and reordering); LastSeq is the newest sequence number.
 func (s *RecvStats) Late() uint64    { return s.late.Load() }
 func (s *RecvStats) LastSeq() uint16 { return uint16(s.lastSeq.Load()) }
+
+// Repaired counts late packets that filled a gap (NACKed retransmissions,
+// reordering): Lost no longer counts them.
+func (s *RecvStats) Repaired() uint64 { return s.repair.Load() }
 
 // Layer is the simulcast layer (0 low, 2 high) of the last video packet.
 func (s *RecvStats) Layer() int { return int(s.layer.Load()) }

@@ -43,6 +43,9 @@ type Config struct {
 	// NewSignaler: each participant publishes on one peer connection and
 	// subscribes to the others' feeds on a second (Janus's model).
 	JanusURL string
+	// Feedback is recorded in the summary: whether the API's clients were
+	// made with WithFeedback (the API, not Run, decides what they send).
+	Feedback bool
 }
 
 // Progress is the state once a second.
@@ -67,7 +70,9 @@ type Summary struct {
 	PacketsPerSecond  float64 `json:"packets_per_second"`
 	BitsPerSecond     float64 `json:"bits_per_second"`
 	PublishedPerSec   float64 `json:"published_packets_per_second"`
+	Feedback          bool    `json:"feedback"`
 	Lost              uint64  `json:"lost"`
+	Repaired          uint64  `json:"repaired"`
 	LossFraction      float64 `json:"loss_fraction"`
 	JitterMeanMillis  float64 `json:"jitter_mean_ms"`
 	JoinP50Millis     float64 `json:"join_p50_ms"`
@@ -109,7 +114,7 @@ func Run(ctx context.Context, api *webrtc.API, cfg Config) (Summary, error) {
 				VideoBitrate: cfg.VideoBitrate, TCP: cfg.TCP}})
 		}
 	}
-	sum := Summary{Rooms: cfg.Rooms, Publishers: cfg.Publishers, Subscribers: cfg.Subscribers, Peers: len(specs)}
+	sum := Summary{Rooms: cfg.Rooms, Publishers: cfg.Publishers, Subscribers: cfg.Subscribers, Peers: len(specs), Feedback: cfg.Feedback}
 	clients := make([]*Client, len(specs))
 	errs := make([]error, len(specs))
 	defer func() {
@@ -236,7 +241,7 @@ loop:
 			if cfg.Progress != nil {
 				p := Progress{Elapsed: now.Sub(start), Connected: sum.Connected, Peers: sum.Peers,
 					PacketsPerSec: float64(pk-lastPk) / now.Sub(lastAt).Seconds()}
-				if d := pk - lastPk + lost - lastLost; d > 0 {
+				if d := pk - lastPk + lost - lastLost; lost > lastLost && d > 0 {
 					p.Loss = float64(lost-lastLost) / float64(d)
 				}
 				cfg.Progress(p)
@@ -250,7 +255,16 @@ loop:
 	sum.PacketsReceived = pk - pk0
 	sum.PacketsPerSecond = float64(pk-pk0) / secs
 	sum.BitsPerSecond = float64(bytes-bytes0) * 8 / secs
-	sum.Lost = lost - lost0
+	if lost > lost0 { // a retransmission may repair a gap from before the window
+		sum.Lost = lost - lost0
+	}
+	for _, c := range clients {
+		if c != nil {
+			for _, t := range c.Tracks() {
+				sum.Repaired += t.Repaired()
+			}
+		}
+	}
 	if d := sum.PacketsReceived + sum.Lost; d > 0 {
 		sum.LossFraction = float64(sum.Lost) / float64(d)
 	}

@@ -18,10 +18,11 @@
 #   flags to it (e.g. "--sfu-fast-path" to compare two builds' fast paths in one run).
 #   At the end it prints each run's UDP receive-buffer drops in the namespace (/proc/net/snmp
 #   RcvbufErrors, every socket: server and load clients) and the traverse servers' own-receive-path counters.
-#   SFUBENCH_LOAD_FLAGS adds flags to every `traverse load` (traverse's and Janus's runs alike), e.g.
-#   "--feedback": clients that send receiver reports, NACKs, transport-cc sequence numbers and feedback as
-#   browsers do (pion's default interceptors); the traverse servers' feedback counters
-#   (traverse_sfu_feedback_*, subscriber_twcc_feedback_total, subscriber_estimate_bps) are then printed
+#   SFUBENCH_LOAD_FLAGS adds flags to every `traverse load` (traverse's and Janus's runs alike). Since
+#   2026-11-22 (load-feedback) the clients send receiver reports, NACKs, transport-cc sequence numbers and
+#   feedback as browsers do by default (`traverse load --feedback`, pion's default interceptors);
+#   SFUBENCH_LOAD_FLAGS=--feedback=false measures with bare RTP clients as before. The traverse servers' feedback counters
+#   (traverse_sfu_feedback_*, subscriber_twcc_feedback_total, subscriber_estimate_bps) are printed
 #   with the others. udpfwd has no RTCP at all: it stays the plain forwarding ceiling either way.
 set -euo pipefail
 cd "$(dirname "$0")/.."

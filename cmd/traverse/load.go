@@ -38,7 +38,7 @@ func runLoad(ctx context.Context, args []string) error {
 		janus    = fs.String("janus", "", "load a Janus videoroom at this HTTP API `URL` (http://127.0.0.1:8088/janus) instead, for comparison")
 		iceIP    = fs.String("ice-ip", "", "clients gather host candidates on this `IP` only (default: loopback)")
 		pid      = fs.Int("server-pid", 0, "report this server `process`'s CPU time and memory over the measurement")
-		feedback = fs.Bool("feedback", false, "clients send RTCP as browsers do: receiver and sender reports, NACKs, transport-cc sequence numbers and feedback (pion's default interceptors)")
+		feedback = fs.Bool("feedback", true, "clients send RTCP as browsers do: receiver and sender reports, NACKs, transport-cc sequence numbers and feedback (pion's default interceptors); --feedback=false for bare RTP clients")
 	)
 	if err := fs.Parse(args); err != nil {
 		return err

@@ -610,21 +610,10 @@ const recvWindow = 1024
 func (s *RecvStats) read(t *webrtc.TrackRemote) {
 	buf := make([]byte, 1600)
 	var h rtp.Header
-	var last uint16
 	started := false
 	var transit float64
 	var j float64
-	// missing has a bit set for each sequence number of the last
-	// recvWindow that was skipped (counted in lost) and has not arrived.
-	var missing [recvWindow / 64]uint64
-	setMissing := func(seq uint16, on bool) {
-		i, b := seq%recvWindow/64, uint64(1)<<(seq%64)
-		if on {
-			missing[i] |= b
-		} else {
-			missing[i] &^= b
-		}
-	}
+	var seqs seqState
 	for {
 		n, _, err := t.Read(buf)
 		if err != nil {
@@ -640,33 +629,7 @@ func (s *RecvStats) read(t *webrtc.TrackRemote) {
 		if s.Kind == "video" && n-hn > 2 {
 			s.layer.Store(int32(buf[hn+2]))
 		}
-		seq := h.SequenceNumber
-		switch d := seq - last; {
-		case !started:
-		case int16(d) <= 0:
-			s.late.Add(1)
-			// A retransmission or a reordered packet fills its gap: it
-			// was not lost after all (a duplicate was never missing).
-			if last-seq < recvWindow-1 && missing[seq%recvWindow/64]&(1<<(seq%64)) != 0 {
-				setMissing(seq, false)
-				s.lost.Add(^uint64(0))
-				s.repair.Add(1)
-			}
-		case d < 1000:
-			s.lost.Add(uint64(d - 1))
-			for q := last + 1; q != seq; q++ {
-				setMissing(q, true)
-			}
-		default:
-			// A jump (a new source, a restart): not loss.
-			missing = [recvWindow / 64]uint64{}
-		}
-		inOrder := !started || int16(seq-last) > 0
-		if inOrder {
-			setMissing(seq, false)
-			last = seq
-			s.lastSeq.Store(uint32(last))
-		}
+		inOrder := seqs.add(s, h.SequenceNumber)
 		// Jitter is over in-order packets only, as libwebrtc's: a NACKed
 		// retransmission carries its old timestamp and would count a
 		// round trip as jitter.
@@ -685,6 +648,55 @@ func (s *RecvStats) read(t *webrtc.TrackRemote) {
 		}
 		started = true
 	}
+}
+
+// seqState is a received track's sequence-number accounting: gaps count
+// in lost until a late packet fills them.
+type seqState struct {
+	last    uint16
+	started bool
+	// missing has a bit set for each sequence number of the last
+	// recvWindow that was skipped (counted in lost) and has not arrived.
+	missing [recvWindow / 64]uint64
+}
+
+func (q *seqState) set(seq uint16, on bool) {
+	i, b := seq%recvWindow/64, uint64(1)<<(seq%64)
+	if on {
+		q.missing[i] |= b
+	} else {
+		q.missing[i] &^= b
+	}
+}
+
+// add accounts for seq in s's counters and reports whether it is the
+// newest so far (not a late packet).
+func (q *seqState) add(s *RecvStats, seq uint16) bool {
+	switch d := seq - q.last; {
+	case !q.started:
+	case int16(d) <= 0:
+		s.late.Add(1)
+		// A retransmission or a reordered packet fills its gap: it was
+		// not lost after all (a duplicate was never missing).
+		if q.last-seq < recvWindow-1 && q.missing[seq%recvWindow/64]&(1<<(seq%64)) != 0 {
+			q.set(seq, false)
+			s.lost.Add(^uint64(0))
+			s.repair.Add(1)
+		}
+		return false
+	case d < 1000:
+		s.lost.Add(uint64(d - 1))
+		for x := q.last + 1; x != seq; x++ {
+			q.set(x, true)
+		}
+	default:
+		// A jump (a new source, a restart): not loss.
+		q.missing = [recvWindow / 64]uint64{}
+	}
+	q.set(seq, false)
+	q.last, q.started = seq, true
+	s.lastSeq.Store(uint32(seq))
+	return true
 }
 
 // Packets, Bytes and Lost count what arrived and the sequence gaps.

@@ -100,20 +100,5 @@ func BenchmarkFastPathWriteTWCC(b *testing.B) {
 	d, _, _, _ := newFastTestDown(b, srtp.ProtectionProfileAeadAes128Gcm)
 	d.sub.fast.cc = newSendSide(time.Now().UnixNano())
 	d.twccID = 5
-	pkt := &rtp.Packet{Header: rtp.Header{Version: 2, PayloadType: 100, SSRC: 1}, Payload: make([]byte, 1200)}
-	now := time.Now().UnixNano()
-	out := d.t.r.s.out
-	out.cork()
-	d.write(0, pkt, true, now)
-	b.ReportAllocs()
-	for b.Loop() {
-		pkt.SequenceNumber++
-		d.write(0, pkt, false, now)
-		if len(out.pending) == batchQueue-1 {
-			out.mu.Lock()
-			out.pending = out.pending[:0]
-			out.mu.Unlock()
-		}
-	}
-	out.uncork()
+	benchFastPathWrite(b, d)
 }

@@ -103,12 +103,7 @@ func newFastTestDown(t testing.TB, profile srtp.ProtectionProfile) (*downTrack, 
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { rc.Close() })
-	keyLen, _ := profile.KeyLen()
-	saltLen, _ := profile.SaltLen()
-	key, salt := make([]byte, keyLen), make([]byte, saltLen)
-	for i := range key {
-		key[i] = byte(i)
-	}
+	key, salt := testSRTPKeys(profile, 1, 0, 0, 0)
 	f := &fastPath{s: s, key: key, salt: salt, profile: profile}
 	f.active.Store(true)
 	to := rc.LocalAddr().(*net.UDPAddr).AddrPort()

@@ -46,15 +46,7 @@ func newRecvFixture(t testing.TB, profile srtp.ProtectionProfile, firstSeq uint1
 	s.recv = newRecvPath(s)
 	pt := d.t
 	pt.addDown(d)
-	keyLen, _ := profile.KeyLen()
-	saltLen, _ := profile.SaltLen()
-	key, salt := make([]byte, keyLen), make([]byte, saltLen)
-	for i := range key {
-		key[i] = byte(9 * i)
-	}
-	for i := range salt {
-		salt[i] = byte(4*i + 1)
-	}
+	key, salt := testSRTPKeys(profile, 9, 0, 4, 1)
 	rec := &countRecorder{}
 	f := &fastPath{s: s, recorder: rec}
 	pt.pub = &participant{s: s, fast: f}

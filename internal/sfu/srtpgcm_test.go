@@ -8,6 +8,22 @@ import (
 	"github.com/pion/srtp/v3"
 )
 
+// testSRTPKeys returns a master key and salt of profile's lengths whose
+// byte i is keyMul*i+keyAdd and saltMul*i+saltAdd, so tests use keys of
+// their own.
+func testSRTPKeys(profile srtp.ProtectionProfile, keyMul, keyAdd, saltMul, saltAdd int) (key, salt []byte) {
+	keyLen, _ := profile.KeyLen()
+	saltLen, _ := profile.SaltLen()
+	key, salt = make([]byte, keyLen), make([]byte, saltLen)
+	for i := range key {
+		key[i] = byte(keyMul*i + keyAdd)
+	}
+	for i := range salt {
+		salt[i] = byte(saltMul*i + saltAdd)
+	}
+	return key, salt
+}
+
 // TestSRTPGCMMatchesPion: for both AEAD profiles, srtpGCM's packets are
 // byte for byte what pion's srtp.Context makes from the same master key,
 // across a sequence number wrap, reordered and repeated packets, and
@@ -15,15 +31,7 @@ import (
 func TestSRTPGCMMatchesPion(t *testing.T) {
 	for _, prof := range []srtp.ProtectionProfile{srtp.ProtectionProfileAeadAes128Gcm, srtp.ProtectionProfileAeadAes256Gcm} {
 		t.Run(prof.String(), func(t *testing.T) {
-			keyLen, _ := prof.KeyLen()
-			saltLen, _ := prof.SaltLen()
-			key, salt := make([]byte, keyLen), make([]byte, saltLen)
-			for i := range key {
-				key[i] = byte(3*i + 1)
-			}
-			for i := range salt {
-				salt[i] = byte(7*i + 5)
-			}
+			key, salt := testSRTPKeys(prof, 3, 1, 7, 5)
 			ref, err := srtp.CreateContext(key, salt, prof)
 			if err != nil {
 				t.Fatal(err)
@@ -104,15 +112,7 @@ func BenchmarkSRTPSeal(b *testing.B) {
 func TestSRTPGCMOpenMatchesPion(t *testing.T) {
 	for _, prof := range []srtp.ProtectionProfile{srtp.ProtectionProfileAeadAes128Gcm, srtp.ProtectionProfileAeadAes256Gcm} {
 		t.Run(prof.String(), func(t *testing.T) {
-			keyLen, _ := prof.KeyLen()
-			saltLen, _ := prof.SaltLen()
-			key, salt := make([]byte, keyLen), make([]byte, saltLen)
-			for i := range key {
-				key[i] = byte(5*i + 2)
-			}
-			for i := range salt {
-				salt[i] = byte(11*i + 3)
-			}
+			key, salt := testSRTPKeys(prof, 5, 2, 11, 3)
 			snd, err := srtp.CreateContext(key, salt, prof)
 			if err != nil {
 				t.Fatal(err)

@@ -2,43 +2,25 @@ package sfu
 
 import (
 	"context"
-	"net"
+	"net/netip"
 	"testing"
 	"time"
 
-	"github.com/pion/ice/v4"
-	"github.com/pion/interceptor"
-	"github.com/pion/sdp/v3"
 	"github.com/pion/webrtc/v4"
 
 	"github.com/traverse-rtc/traverse/internal/loadgen"
 )
 
-// twccAPI is a load client's API that also negotiates transport-cc and
-// sends transport-cc feedback (pion's TWCC sender interceptor), as a
-// browser does, and no REMB.
+// twccAPI is a load client's API with browser-like RTCP (loadgen's
+// WithFeedback): it negotiates transport-cc and sends transport-cc
+// feedback, and no REMB.
 func twccAPI(t *testing.T) *webrtc.API {
 	t.Helper()
-	me := &webrtc.MediaEngine{}
-	if err := me.RegisterDefaultCodecs(); err != nil {
+	api, err := loadgen.NewAPI(false, netip.Addr{}, loadgen.WithFeedback(true))
+	if err != nil {
 		t.Fatal(err)
 	}
-	if err := webrtc.ConfigureSimulcastExtensionHeaders(me); err != nil {
-		t.Fatal(err)
-	}
-	if err := me.RegisterHeaderExtension(webrtc.RTPHeaderExtensionCapability{URI: sdp.AudioLevelURI}, webrtc.RTPCodecTypeAudio); err != nil {
-		t.Fatal(err)
-	}
-	ir := &interceptor.Registry{}
-	if err := webrtc.ConfigureTWCCSender(me, ir); err != nil {
-		t.Fatal(err)
-	}
-	se := webrtc.SettingEngine{}
-	se.SetIncludeLoopbackCandidate(true)
-	se.SetICEMulticastDNSMode(ice.MulticastDNSModeDisabled)
-	se.SetIPFilter(func(a net.IP) bool { return a.IsLoopback() })
-	se.SetNetworkTypes([]webrtc.NetworkType{webrtc.NetworkTypeUDP4})
-	return webrtc.NewAPI(webrtc.WithMediaEngine(me), webrtc.WithSettingEngine(se), webrtc.WithInterceptorRegistry(ir))
+	return api
 }
 
 // TestTWCCSubscriberEstimate: a pion subscriber that sends transport-cc

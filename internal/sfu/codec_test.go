@@ -2,11 +2,9 @@ package sfu
 
 import (
 	"context"
-	"net"
 	"testing"
 	"time"
 
-	"github.com/pion/ice/v4"
 	"github.com/pion/interceptor"
 	"github.com/pion/webrtc/v4"
 
@@ -34,12 +32,7 @@ func h264OnlyAPI(t *testing.T) *webrtc.API {
 		webrtc.RTPCodecTypeVideo); err != nil {
 		t.Fatal(err)
 	}
-	se := webrtc.SettingEngine{}
-	se.SetIncludeLoopbackCandidate(true)
-	se.SetICEMulticastDNSMode(ice.MulticastDNSModeDisabled)
-	se.SetIPFilter(func(a net.IP) bool { return a.IsLoopback() })
-	se.SetNetworkTypes([]webrtc.NetworkType{webrtc.NetworkTypeUDP4})
-	return webrtc.NewAPI(webrtc.WithMediaEngine(me), webrtc.WithSettingEngine(se),
+	return webrtc.NewAPI(webrtc.WithMediaEngine(me), webrtc.WithSettingEngine(loopbackSettingEngine()),
 		webrtc.WithInterceptorRegistry(&interceptor.Registry{}))
 }
 

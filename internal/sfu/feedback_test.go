@@ -2,13 +2,11 @@ package sfu
 
 import (
 	"context"
-	"net"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/pion/ice/v4"
 	"github.com/pion/interceptor"
 	"github.com/pion/interceptor/pkg/report"
 	"github.com/pion/rtcp"
@@ -135,12 +133,7 @@ func probeAPI(t *testing.T, p *feedbackProbe) *webrtc.API {
 	}
 	ir.Add(sr)
 	ir.Add(p)
-	se := webrtc.SettingEngine{}
-	se.SetIncludeLoopbackCandidate(true)
-	se.SetICEMulticastDNSMode(ice.MulticastDNSModeDisabled)
-	se.SetIPFilter(func(a net.IP) bool { return a.IsLoopback() })
-	se.SetNetworkTypes([]webrtc.NetworkType{webrtc.NetworkTypeUDP4})
-	return webrtc.NewAPI(webrtc.WithMediaEngine(me), webrtc.WithSettingEngine(se), webrtc.WithInterceptorRegistry(ir))
+	return webrtc.NewAPI(webrtc.WithMediaEngine(me), webrtc.WithSettingEngine(loopbackSettingEngine()), webrtc.WithInterceptorRegistry(ir))
 }
 
 // TestPublisherGetsFeedback: a pion publisher through the node receives

@@ -207,15 +207,7 @@ func (t *pubTrack) registerReceive(l *layer, ssrc uint32, seq uint16) *recvStrea
 		st.gcm = g
 	}
 	sess.smu.Lock()
-	old := *sess.streams.Load()
-	n := make([]*recvStream, 0, len(old)+1)
-	for _, x := range old {
-		if x.ssrc != st.ssrc {
-			n = append(n, x)
-		}
-	}
-	n = append(n, st)
-	sess.streams.Store(&n)
+	storeFiltered(&sess.streams, func(x *recvStream) bool { return x.ssrc != st.ssrc }, st)
 	sess.smu.Unlock()
 	return st
 }
@@ -232,14 +224,7 @@ func (st *recvStream) unregister() {
 	sess := st.sess
 	sess.smu.Lock()
 	defer sess.smu.Unlock()
-	old := *sess.streams.Load()
-	n := make([]*recvStream, 0, len(old))
-	for _, x := range old {
-		if x != st {
-			n = append(n, x)
-		}
-	}
-	sess.streams.Store(&n)
+	storeFiltered(&sess.streams, func(x *recvStream) bool { return x != st })
 }
 
 func (sess *recvSession) stream(ssrc uint32) *recvStream {

@@ -133,11 +133,7 @@ func (t *pubTrack) info() *bus.TrackInfo {
 func (t *pubTrack) addDown(d *downTrack) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	old := *t.downs.Load()
-	n := make([]*downTrack, len(old), len(old)+1)
-	copy(n, old)
-	n = append(n, d)
-	t.downs.Store(&n)
+	storeFiltered(&t.downs, nil, d)
 }
 
 func (t *pubTrack) removeDown(d *downTrack) {
@@ -146,14 +142,7 @@ func (t *pubTrack) removeDown(d *downTrack) {
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	old := *t.downs.Load()
-	n := make([]*downTrack, 0, len(old))
-	for _, x := range old {
-		if x != d {
-			n = append(n, x)
-		}
-	}
-	t.downs.Store(&n)
+	storeFiltered(&t.downs, func(x *downTrack) bool { return x != d })
 }
 
 func (t *pubTrack) close() { t.closed.Store(true) }

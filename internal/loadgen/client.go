@@ -9,6 +9,7 @@ package loadgen
 import (
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -59,6 +60,10 @@ type ClientConfig struct {
 	// KeyframeInterval is how often the publisher sends a keyframe
 	// unasked (default 3 s); it always sends one when asked (PLI, FIR).
 	KeyframeInterval time.Duration
+	// VideoWidth and VideoHeight are the top layer's frame size that the
+	// keyframes' VP8 headers give (default 1280x720); simulcast layers
+	// below are a half and a quarter of it, as browsers scale them.
+	VideoWidth, VideoHeight int
 	// AudioLevel, when not zero, is sent in the RFC 6464 audio level
 	// extension of every audio packet, as -dBov (1 loud to 127 silent).
 	AudioLevel uint8
@@ -347,7 +352,7 @@ func (c *Client) publish(ctx context.Context) {
 	t := time.NewTicker(10 * time.Millisecond)
 	defer t.Stop()
 	size := c.cfg.PacketSize
-	payload := make([]byte, size)
+	payload := make([]byte, max(size, vp8KeyHeaderLen))
 	audio := make([]byte, 120)
 	audio[0] = 0x78
 	nl := len(c.videoTracks)
@@ -432,7 +437,8 @@ func (c *Client) publish(ctx context.Context) {
 				}
 				payload[1] = 0x01 // not a keyframe
 				if keyPending[i] && frameStart[i] {
-					payload[1] = 0x00
+					n = max(n, vp8KeyHeaderLen)
+					c.vp8KeyHeader(payload, nl-1-i)
 					keyPending[i] = false
 				}
 				payload[2] = byte(i) // the layer, for the subscriber's sake
@@ -778,4 +784,24 @@ func dialOffered(ctx context.Context, api *webrtc.API, sig Signaler, offer strin
 	}
 	_ = cctx
 	return c, nil
+}
+
+// vp8KeyHeaderLen is the VP8 payload descriptor and key frame header the
+// publisher writes (RFC 7741 section 4.2, RFC 6386 section 9.1).
+const vp8KeyHeaderLen = 11
+
+// vp8KeyHeader writes a key frame's payload descriptor and header into p:
+// the frame tag (key frame, shown), the start code and the frame size, the
+// top layer's halved down times (the byte after the tag's first is the
+// layer index the subscriber reads, part of the partition size here).
+func (c *Client) vp8KeyHeader(p []byte, down int) {
+	w, h := c.cfg.VideoWidth, c.cfg.VideoHeight
+	if w <= 0 || h <= 0 {
+		w, h = 1280, 720
+	}
+	w, h = max(w>>down, 1), max(h>>down, 1)
+	p[1], p[3] = 0x10, 0x00
+	p[4], p[5], p[6] = 0x9d, 0x01, 0x2a
+	binary.LittleEndian.PutUint16(p[7:], uint16(min(w, 0x3fff)))
+	binary.LittleEndian.PutUint16(p[9:], uint16(min(h, 0x3fff)))
 }

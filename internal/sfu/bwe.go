@@ -592,6 +592,7 @@ type SubscribedTrack struct {
 	Target   int      // the layer wanted (switched to on its keyframe)
 	MaxLayer int      // the highest the subscriber asked for (its tile size)
 	Bitrates []uint64 // each layer's measured bit/s, low to high
+	Sizes    [][2]int // each layer's frame size from its keyframes, 0x0 unknown
 }
 
 // Subscriber returns the state of the first session of identity.
@@ -627,10 +628,13 @@ func (s *Server) Subscriber(identity string) (SubscriberState, bool) {
 		d.t.mu.Lock()
 		for _, l := range d.t.layers {
 			var b uint64
+			var sz [2]int
 			if l != nil {
 				b = l.bitrate.Load()
+				sz[0], sz[1] = l.frameSize()
 			}
 			tr.Bitrates = append(tr.Bitrates, b)
+			tr.Sizes = append(tr.Sizes, sz)
 		}
 		d.t.mu.Unlock()
 		st.Tracks = append(st.Tracks, tr)

@@ -51,8 +51,16 @@ func isKeyframe(c codecKind, payload []byte) bool {
 // first byte of the VP8 frame header (RFC 6386 section 9.1: P bit 0 means
 // a key frame).
 func vp8Keyframe(p []byte) bool {
+	i, ok := vp8PayloadStart(p)
+	return ok && p[i]&0x01 == 0
+}
+
+// vp8PayloadStart returns where the VP8 payload header starts in p (after
+// the RFC 7741 section 4.2 payload descriptor), and whether p starts the
+// first partition of a frame (S set, PID 0) with a header byte to read.
+func vp8PayloadStart(p []byte) (int, bool) {
 	if len(p) < 1 {
-		return false
+		return 0, false
 	}
 	b0 := p[0]
 	s := b0&0x10 != 0
@@ -60,13 +68,13 @@ func vp8Keyframe(p []byte) bool {
 	i := 1
 	if b0&0x80 != 0 { // X
 		if len(p) < 2 {
-			return false
+			return 0, false
 		}
 		x := p[1]
 		i = 2
 		if x&0x80 != 0 { // I: picture id
 			if len(p) <= i {
-				return false
+				return 0, false
 			}
 			if p[i]&0x80 != 0 { // M: 15-bit picture id
 				i += 2
@@ -82,9 +90,9 @@ func vp8Keyframe(p []byte) bool {
 		}
 	}
 	if !s || pid != 0 || len(p) <= i {
-		return false
+		return 0, false
 	}
-	return p[i]&0x01 == 0
+	return i, true
 }
 
 // vp9Keyframe parses the RFC 9628 section 4.2 payload descriptor: the start

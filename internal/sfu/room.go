@@ -165,6 +165,7 @@ func (p *participant) chooseLayers() {
 		p.s.m.subscriberEstimate.Observe(float64(bwe))
 	}
 	for _, dt := range sim {
+		dt.refreshMaxLayer()
 		budget := uint64(0)
 		if bwe > 0 {
 			budget = max(bwe-min(other, bwe), 1) / uint64(len(sim))
@@ -206,10 +207,6 @@ func (t *pubTrack) bitrate() uint64 {
 // (Track "*": all; StreamID, when set, narrows to that msid stream), at
 // MaxLayer or at the layer for the size the client shows them at.
 func (p *participant) setMaxLayer(req *bus.LayerRequest) error {
-	maxLayer := req.MaxLayer
-	if req.Width > 0 || req.Height > 0 {
-		maxLayer = layerForSize(req.Width, req.Height)
-	}
 	p.negMu.Lock()
 	var downs []*downTrack
 	for t, dt := range p.downs {
@@ -223,26 +220,71 @@ func (p *participant) setMaxLayer(req *bus.LayerRequest) error {
 	}
 	for _, dt := range downs {
 		dt.mu.Lock()
-		dt.maxLayer = maxLayer
+		dt.maxLayer, dt.showW, dt.showH = req.MaxLayer, req.Width, req.Height
 		dt.mu.Unlock()
+		dt.refreshMaxLayer()
 	}
 	p.chooseLayers()
 	return nil
 }
 
-// Nominal sizes of the simulcast layers below the top one, as browsers
-// send them from a 1280x720 camera (scaleResolutionDownBy 4 and 2).
-var layerSizes = [maxLayers - 1][2]int{{320, 180}, {640, 360}}
+// refreshMaxLayer caps a subscriber that asked by size at the layer for
+// that size, as far as the layers' sizes are known now.
+func (d *downTrack) refreshMaxLayer() {
+	d.mu.Lock()
+	w, h := d.showW, d.showH
+	d.mu.Unlock()
+	if w <= 0 && h <= 0 {
+		return
+	}
+	l := d.t.layerForSize(w, h)
+	d.mu.Lock()
+	if d.showW == w && d.showH == h {
+		d.maxLayer = l
+	}
+	d.mu.Unlock()
+}
 
-// layerForSize returns the lowest layer whose nominal size covers a video
-// shown at w x h device pixels (0 for either: any).
-func layerForSize(w, h int) int {
-	for l, sz := range layerSizes {
-		if w <= sz[0] && h <= sz[1] {
-			return l
+// Nominal sizes of the simulcast layers, as browsers send them from a
+// 1280x720 camera (scaleResolutionDownBy 4, 2 and 1): the size of a layer
+// none of whose keyframes told its own yet.
+var layerSizes = [maxLayers][2]int{{320, 180}, {640, 360}, {1280, 720}}
+
+// layerForSize returns the lowest layer the publisher sends whose frame
+// size covers a video shown at w x h device pixels (0 for either: any),
+// the top layer when none does. A layer's size is its keyframes' (a
+// 640x480 camera's layers are 160x120, 320x240 and 640x480, and a browser
+// may leave the lowest out), nominal (layerSizes) until one came.
+func (t *pubTrack) layerForSize(w, h int) int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for i, l := range t.layers {
+		if l == nil {
+			continue
+		}
+		lw, lh := l.frameSize()
+		if lw == 0 {
+			lw, lh = layerSizes[i][0], layerSizes[i][1]
+		}
+		if w <= lw && h <= lh {
+			return i
 		}
 	}
 	return maxLayers - 1
+}
+
+// learnSize records the frame size the keyframe payload p of format c
+// gives, if it gives one.
+func (l *layer) learnSize(c codecKind, p []byte) {
+	if w, h, ok := frameSize(c, p); ok {
+		l.size.Store(uint32(min(w, 0xffff))<<16 | uint32(min(h, 0xffff)))
+	}
+}
+
+// frameSize returns the layer's learned frame size, 0x0 when unknown.
+func (l *layer) frameSize() (w, h int) {
+	v := l.size.Load()
+	return int(v >> 16), int(v & 0xffff)
 }
 
 // audioLevelID returns the negotiated id of the RFC 6464 extension on recv.

@@ -111,10 +111,13 @@ func TestSimulcastStepsDownOnLoss(t *testing.T) {
 
 // TestSimulcastMaxLayerRequest: a subscriber that shows a video small asks
 // for a lower layer over the bus (RequestLayer) and gets it; asking for
-// the top again lifts the cap.
+// the top again lifts the cap. Asked by size, it gets the lowest layer
+// whose frame size (from the layers' keyframes: a 640x480 camera here,
+// not the nominal 1280x720) covers it.
 func TestSimulcastMaxLayerRequest(t *testing.T) {
 	h := newHarness(t, Config{PLIInterval: 100 * time.Millisecond})
-	pub := h.dial(loadgen.ClientConfig{Room: "size", Identity: "pub", Publish: true, Simulcast: true, VideoBitrate: 1_200_000})
+	pub := h.dial(loadgen.ClientConfig{Room: "size", Identity: "pub", Publish: true, Simulcast: true, VideoBitrate: 1_200_000,
+		VideoWidth: 640, VideoHeight: 480})
 	sig := loadgen.NewBusSignaler(h.bc, "node1")
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -140,8 +143,13 @@ func TestSimulcastMaxLayerRequest(t *testing.T) {
 		}
 		waitFor(t, 10*time.Second, fmt.Sprintf("layer %d", want), func() bool { return video.Layer() == want })
 	}
-	// The size the client shows the video at, for the track of one stream.
-	for _, c := range []struct{ w, h, want int }{{320, 180, 0}, {480, 270, 1}, {1920, 1080, 2}} {
+	waitFor(t, 10*time.Second, "every layer's size from its keyframes", func() bool {
+		st, _ := h.s.Subscriber("sub")
+		return len(st.Tracks) == 1 && fmt.Sprint(st.Tracks[0].Sizes) == "[[160 120] [320 240] [640 480]]"
+	})
+	// The size the client shows the video at, for the track of one stream
+	// (nominal sizes would give 0, 1 and 1 for the middle three).
+	for _, c := range []struct{ w, h, want int }{{160, 90, 0}, {320, 180, 1}, {321, 180, 1}, {480, 270, 2}, {160, 0, 0}, {1920, 1080, 2}} {
 		if _, err := h.bc.Request(ctx, "node1", bus.Request{Type: bus.RequestLayer, Session: sig.Session(),
 			Layer: &bus.LayerRequest{Track: "video", StreamID: "pub", Width: c.w, Height: c.h}}); err != nil {
 			t.Fatal(err)
@@ -157,12 +165,31 @@ func TestSimulcastMaxLayerRequest(t *testing.T) {
 }
 
 func TestLayerForSize(t *testing.T) {
-	for _, c := range []struct{ w, h, want int }{
-		{0, 0, 0}, {320, 180, 0}, {320, 0, 0}, {0, 180, 0}, {321, 180, 1}, {320, 240, 1},
-		{640, 360, 1}, {641, 300, 2}, {3840, 2160, 2},
+	sized := func(w, h int) *layer {
+		l := &layer{}
+		l.learnSize(codecVP8, vp8Key(uint16(w), uint16(h)))
+		return l
+	}
+	for _, c := range []struct {
+		name   string
+		layers [maxLayers]*layer
+		cases  [][3]int // w, h, want
+	}{
+		{"nominal", [maxLayers]*layer{{}, {}, {}}, [][3]int{
+			{0, 0, 0}, {320, 180, 0}, {320, 0, 0}, {0, 180, 0}, {321, 180, 1}, {320, 240, 1},
+			{640, 360, 1}, {641, 300, 2}, {3840, 2160, 2}}},
+		{"640x480 camera", [maxLayers]*layer{sized(160, 120), sized(320, 240), sized(640, 480)}, [][3]int{
+			{0, 0, 0}, {160, 120, 0}, {320, 180, 1}, {320, 240, 1}, {480, 270, 2}, {1280, 720, 2}}},
+		{"two layers, the lowest left out", [maxLayers]*layer{nil, sized(320, 240), sized(640, 480)}, [][3]int{
+			{0, 0, 1}, {100, 100, 1}, {321, 0, 2}}},
+		{"one layer known", [maxLayers]*layer{{}, sized(480, 270), {}}, [][3]int{
+			{320, 180, 0}, {480, 270, 1}, {640, 360, 2}}},
 	} {
-		if got := layerForSize(c.w, c.h); got != c.want {
-			t.Errorf("%dx%d: layer %d, want %d", c.w, c.h, got, c.want)
+		tr := &pubTrack{layers: c.layers}
+		for _, k := range c.cases {
+			if got := tr.layerForSize(k[0], k[1]); got != k[2] {
+				t.Errorf("%s: %dx%d: layer %d, want %d", c.name, k[0], k[1], got, k[2])
+			}
 		}
 	}
 }

@@ -46,6 +46,9 @@ type layer struct {
 	lastPLI atomic.Int64  // unix nanoseconds
 	seen    atomic.Int64  // unix nanoseconds of the last packet
 	cache   *packetCache  // video only: answers subscribers' NACKs
+	// size is the frame size of the layer's last keyframe that gave one
+	// (framesize.go), width<<16 | height; 0 unknown.
+	size atomic.Uint32
 
 	mu  sync.Mutex // guards pkt, slow; held while one packet is forwarded (receive)
 	pkt rtp.Packet // the packet being forwarded (reused: no allocation)
@@ -210,6 +213,9 @@ func (t *pubTrack) receive(l *layer, raw []byte, now int64, rec receiveRecorder)
 		l.cache.put(pkt)
 	}
 	key := t.kind == webrtc.RTPCodecTypeVideo && isKeyframe(t.ck, pkt.Payload)
+	if key {
+		l.learnSize(t.ck, pkt.Payload)
+	}
 	downs := *t.downs.Load()
 	if out := s.corkable(); out != nil && len(downs) > 1 && rec == nil {
 		// One sendmmsg for the whole fan-out (batchconn.go).
@@ -360,6 +366,10 @@ type downTrack struct {
 	lastStep int64
 	// maxLayer is the highest layer the subscriber asked for (RequestLayer).
 	maxLayer int
+	// showW and showH, when either is set, are the size the subscriber
+	// shows the video at (RequestLayer): maxLayer follows the layers'
+	// frame sizes as keyframes tell them (refreshMaxLayer).
+	showW, showH int
 	// hdr is the rewritten header of the packet being written: a field, so
 	// that handing its address to the TrackLocalWriter (an interface) does
 	// not move a copy to the heap on every packet.

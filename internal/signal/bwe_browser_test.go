@@ -136,6 +136,22 @@ func TestBrowsersSimulcastCappedDownlink(t *testing.T) {
 			t.Fatalf("no simulcast track with two live layers at the subscriber: %s", detail())
 		}
 	}
+	// The node reads each live layer's frame size from its keyframes
+	// (Chromium's VP8): the top is the capture size, each lower one
+	// smaller.
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(250 * time.Millisecond) {
+		s, _ := st.node.Subscriber("sub")
+		if sizes := s.Tracks[0].Sizes; len(sizes) > top && sizes[top][0] > 0 && sizes[top-1][0] > 0 {
+			t.Logf("layer sizes from keyframes: %v", sizes)
+			if sizes[top-1][0] >= sizes[top][0] || sizes[top-1][1] >= sizes[top][1] || sizes[top][0] < 320 {
+				t.Fatalf("layer sizes %v: want the lower layer smaller than the top (%d)", sizes, top)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no frame size learned for layers %d and %d: %s", top-1, top, detail())
+		}
+	}
 	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(250 * time.Millisecond) {
 		if _, twcc, _ := state(); twcc > 0 {
 			break

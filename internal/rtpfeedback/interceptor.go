@@ -21,7 +21,9 @@
 //
 // Receive and the bound RTP reader take one mutex per packet and do not
 // allocate; the one goroutine of an Interceptor (started when pion binds
-// its RTCP writer, stopped by Close) builds and sends the feedback.
+// its RTCP writer, stopped by Close) builds and sends the feedback,
+// through the writer pion binds or the caller's (WithWriter). A writer
+// that is a CompoundWriter gets each write already marshalled.
 package rtpfeedback
 
 import (
@@ -174,6 +176,36 @@ func WithCounters(c *Counters) Option {
 	}
 }
 
+// WithWriter sends the feedback through w instead of the RTCP writer pion
+// binds, e.g. a writer with an SRTCP context and socket of the caller's
+// own that skips pion's write chain; the goroutine still starts when pion
+// binds its writer. w must be safe for use from that goroutine.
+func WithWriter(w interceptor.RTCPWriter) Option {
+	return func(i *Interceptor) error {
+		i.writer = w
+		return nil
+	}
+}
+
+// CompoundWriter is an RTCP writer that also takes its packets marshalled.
+// When the Interceptor's writer (pion's or WithWriter's) is one, each
+// write's packets are marshalled into a buffer the Interceptor reuses and
+// handed to WriteCompound as one compound RTCP packet (RFC 3550 section
+// 6.1) of at most MaxCompound bytes, unless one packet alone is longer.
+type CompoundWriter interface {
+	interceptor.RTCPWriter
+	// WriteCompound sends the compound packet b; b is reused once it
+	// returns. taken false means the writer did not take it (its own path
+	// does not apply to the peer connection): the Interceptor then gives
+	// the same packets to Write. err is a failed send of a taken packet.
+	WriteCompound(b []byte) (taken bool, err error)
+}
+
+// MaxCompound is the most bytes of RTCP the Interceptor sends in one
+// write: one SRTCP datagram below a 1500-byte MTU with room for SRTCP's
+// trailer.
+const MaxCompound = maxRTCPBatch
+
 // arrival is one transport-cc sequence number and when it arrived.
 type arrival struct {
 	at   int64 // unix ns
@@ -192,7 +224,8 @@ type Interceptor struct {
 	maxNACKs                                   uint8
 
 	senderSSRC uint32
-	start      int64 // unix ns: TWCC arrival times count from here
+	start      int64                  // unix ns: TWCC arrival times count from here
+	writer     interceptor.RTCPWriter // WithWriter's, nil: pion's
 
 	mu      sync.Mutex // guards everything below up to the next blank line
 	streams map[uint32]*stream
@@ -205,6 +238,7 @@ type Interceptor struct {
 	// while Receive fills pending (the two are swapped every TWCC tick).
 	recorder *twcc.Recorder
 	spare    []arrival
+	out      []byte // marshalled feedback for a CompoundWriter
 
 	bindOnce  sync.Once
 	closeOnce sync.Once
@@ -236,6 +270,7 @@ func New(opts ...Option) (*Interceptor, error) {
 		pending:        make([]arrival, 0, 256),
 		spare:          make([]arrival, 0, 256),
 		missing:        make([]uint16, 0, logSize),
+		out:            make([]byte, 0, maxRTCPBatch),
 		done:           make(chan struct{}),
 	}
 	for _, o := range opts {
@@ -410,8 +445,12 @@ func (i *Interceptor) BindRTCPWriter(writer interceptor.RTCPWriter) interceptor.
 			return // closed before bound
 		default:
 		}
+		w := writer
+		if i.writer != nil {
+			w = i.writer
+		}
 		i.wg.Add(1)
-		go i.loop(writer)
+		go i.loop(w)
 	})
 	return writer
 }
@@ -474,6 +513,7 @@ func (i *Interceptor) loop(w interceptor.RTCPWriter) {
 
 // write sends pkts in as few writes as fit maxRTCPBatch bytes each.
 func (i *Interceptor) write(w interceptor.RTCPWriter, pkts []rtcp.Packet) {
+	cw, _ := w.(CompoundWriter)
 	for len(pkts) > 0 {
 		n, size := 0, 0
 		for n < len(pkts) {
@@ -484,11 +524,40 @@ func (i *Interceptor) write(w interceptor.RTCPWriter, pkts []rtcp.Packet) {
 			size += m
 			n++
 		}
-		if _, err := w.Write(pkts[:n], nil); err != nil {
+		if err := i.writeOne(w, cw, pkts[:n]); err != nil {
 			i.add(cWriteErrors, 1)
 		}
 		pkts = pkts[n:]
 	}
+}
+
+// writeOne sends pkts in one write: marshalled to cw when there is one
+// and it takes them, else to w.
+func (i *Interceptor) writeOne(w interceptor.RTCPWriter, cw CompoundWriter, pkts []rtcp.Packet) error {
+	if cw != nil {
+		var err error
+		if i.out, err = AppendCompound(i.out[:0], pkts); err != nil {
+			return err
+		}
+		if taken, err := cw.WriteCompound(i.out); taken {
+			return err
+		}
+	}
+	_, err := w.Write(pkts, nil)
+	return err
+}
+
+// AppendCompound appends the compound RTCP packet of pkts (RFC 3550
+// section 6.1: the packets back to back) to b.
+func AppendCompound(b []byte, pkts []rtcp.Packet) ([]byte, error) {
+	for _, p := range pkts {
+		raw, err := p.Marshal()
+		if err != nil {
+			return b, err
+		}
+		b = append(b, raw...)
+	}
+	return b, nil
 }
 
 // buildTWCC records the arrivals queued since the last call and returns

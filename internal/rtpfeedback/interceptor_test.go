@@ -682,3 +682,83 @@ func BenchmarkReceive(b *testing.B) {
 		}
 	}
 }
+
+// compound is a CompoundWriter that takes what it is given when take is
+// set, else declines (the Interceptor must then call Write).
+type compound struct {
+	capture
+	take  bool
+	raw   int // compound packets taken
+	bytes int
+}
+
+func (c *compound) WriteCompound(b []byte) (bool, error) {
+	if !c.take {
+		return false, nil
+	}
+	pkts, err := rtcp.Unmarshal(b)
+	if err != nil {
+		return true, err
+	}
+	c.mu.Lock()
+	c.raw++
+	c.bytes += len(b)
+	c.mu.Unlock()
+	_, _ = c.capture.Write(pkts, nil)
+	return true, nil
+}
+
+// TestWriters: WithWriter replaces the writer pion binds; a CompoundWriter
+// gets the feedback marshalled (at most MaxCompound bytes a write), or,
+// when it declines, through Write.
+func TestWriters(t *testing.T) {
+	for _, take := range []bool{true, false} {
+		own := &compound{take: take}
+		i := newTest(t, WithWriter(own), NACKInterval(10*time.Millisecond), TWCCInterval(10*time.Millisecond))
+		// 60 streams: the receiver reports alone need two RRs and more
+		// than one write.
+		for ssrc := uint32(1); ssrc <= 60; ssrc++ {
+			i.AddStream(videoInfo(ssrc))
+		}
+		at := time.Now().UnixNano()
+		for s := uint16(1); s <= 10; s++ {
+			for ssrc := uint32(1); ssrc <= 60; ssrc++ {
+				if s != 5 {
+					i.Receive(header(ssrc, s, uint32(s)*3000, int(s)+int(ssrc)*10), at)
+				}
+			}
+		}
+		// One tick's batches, written before the loop starts rather than
+		// waiting a second for its receiver reports.
+		pkts := append(i.buildReports(at), i.buildNACKs()...)
+		i.write(own, pkts)
+		if got := len(own.pkts); got != len(pkts) {
+			t.Fatalf("take %v: %d packets written, want %d", take, got, len(pkts))
+		}
+		if take && (own.raw < 2 || own.bytes/own.raw > MaxCompound || own.writes != own.raw) {
+			t.Errorf("compound writes %d, %d bytes, plain writes %d", own.raw, own.bytes, own.writes)
+		}
+		if !take && (own.raw != 0 || own.writes < 2) {
+			t.Errorf("declined: %d compound writes, %d plain", own.raw, own.writes)
+		}
+		bound := &capture{}
+		i.BindRTCPWriter(bound)
+		isNACK := func(p rtcp.Packet) bool { _, ok := p.(*rtcp.TransportLayerNack); return ok }
+		waitCond(t, "the loop's NACKs through the WithWriter writer", func() bool { return own.has(isNACK) })
+		_ = i.Close()
+		if bound.writes != 0 || i.Stats().WriteErrors != 0 {
+			t.Errorf("take %v: %d writes to the bound writer, stats %+v", take, bound.writes, i.Stats())
+		}
+	}
+}
+
+func waitCond(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

@@ -129,7 +129,7 @@ run_one() {
       "$BIN" load --nats nats://127.0.0.1:$nats --rooms $r --publishers $p --subscribers $s --duration $DUR \
         --server-pid $pid --room-prefix "$prefix$tag" $LOADF --json 2>"$OUT/$srv-$tag.err" >"$OUT/$srv-$tag.json" || true
       [ -n "${PROF:-}" ] && { wait "$PROF" 2>/dev/null || true; PROF=; }
-      [ "$srv" = traverse ] || curl -s "http://127.0.0.1:$adm/metrics" | grep -E '^traverse_sfu_(udp_|rtp_forwarded|rtp_received|fast_path|fast_receive|feedback_|subscriber_twcc|subscriber_estimate_bps_(count|sum)|subscriber_loss_fraction_count)' >"$OUT/$srv-$tag-metrics.txt" || true
+      [ "$srv" = traverse ] || curl -s "http://127.0.0.1:$adm/metrics" | grep -E '^traverse_sfu_(udp_|rtp_forwarded|rtp_received|fast_path|fast_receive|fast_rtcp|feedback_|subscriber_twcc|subscriber_estimate_bps_(count|sum)|subscriber_loss_fraction_count)' >"$OUT/$srv-$tag-metrics.txt" || true
       ;;
     janus)
       "$BIN" load --janus "http://127.0.0.1:$JPORT/janus" --ice-ip 10.77.0.1 --rooms $r --publishers $p --subscribers $s --duration $DUR \

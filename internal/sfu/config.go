@@ -51,6 +51,15 @@ type Config struct {
 	// hand-offs per packet. It needs FastPath (ignored without it) and
 	// applies only to sessions with a feedback recorder. Default false.
 	FastReceive bool `yaml:"fast-receive"`
+	// FastRTCPSend seals the RTCP the node sends to a fast-path client
+	// (receiver reports, TWCC feedback and NACKs toward publishers, sender
+	// reports, keyframe requests) with the session's own SRTCP context and
+	// writes it on the node's batched socket instead of pion's RTCP write
+	// chain (rtcpout.go). Sessions on pion's path (fast path not active,
+	// ICE-TCP) keep pion's. It needs FastPath (ignored without it).
+	// Default false here; the traverse command's --fast-rtcp-send
+	// defaults to true.
+	FastRTCPSend bool `yaml:"fast-rtcp-send"`
 	// newRecorder, when set, gives every fast-path peer connection the
 	// recorder the own receive path feeds (tests).
 	newRecorder func() receiveRecorder

@@ -20,4 +20,12 @@ var (
 	// errNoMid: an m-section of the node's offer has no mid (RFC 8843
 	// section 9.1 requires one under BUNDLE).
 	errNoMid = errors.New("sfu: offer m-section without mid")
+	// errNoUDPPair: a fast-path session's RTCP has no UDP destination (its
+	// selected pair is over TCP); it is dropped (rtcpout.go).
+	errNoUDPPair = errors.New("sfu: fast path: no UDP pair")
+	// errRTCPTooLong: sealed RTCP longer than the fast path's MTU.
+	errRTCPTooLong = errors.New("sfu: fast path: rtcp longer than the MTU")
+	// errRTCPNotBound: RTCP written before pion bound the peer
+	// connection's writer.
+	errRTCPNotBound = errors.New("sfu: rtcp writer not bound")
 )

@@ -6,6 +6,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/pion/interceptor"
 	"github.com/pion/rtcp"
 	"github.com/pion/rtp"
 	"github.com/pion/srtp/v3"
@@ -18,7 +19,8 @@ import (
 // node's own SRTP context (RFC 3711) and the node's own batched socket
 // write, instead of pion's per-subscriber write stack (interceptor chain,
 // SRTP session, mux endpoint, ICE conn, UDP mux, one sendto per packet).
-// Only forwarded media takes it: RTCP, DTLS, SCTP and ICE stay with pion.
+// Only forwarded media takes it, and with Config.FastRTCPSend the node's
+// own RTCP (rtcpout.go); DTLS, SCTP and ICE stay with pion.
 //
 // Keys: every peer connection of a fast-path node gets its own webrtc.API
 // whose SettingEngine reports that connection's DTLS handshake to a
@@ -40,7 +42,7 @@ import (
 //
 // Sender reports: pion's report interceptor no longer sees these packets,
 // so the node sends an RTCP SR per fast-path stream every second from its
-// own counters (sendReports), through pion's RTCP path.
+// own counters (sendReports), through the session's RTCP writer.
 type fastPath struct {
 	s       *Server
 	secrets dtlsSecrets
@@ -78,6 +80,9 @@ type fastPath struct {
 	// cc numbers the packets of subscribers that negotiated transport-cc
 	// and estimates their downlink from the feedback (bwe.go).
 	cc *sendSide
+	// rtcp is the writer every RTCP of the peer connection ends in with
+	// Config.FastRTCPSend (rtcpout.go), nil without.
+	rtcp *rtcpOut
 }
 
 // newFastPath returns a participant's fast-path state, nil when the
@@ -86,7 +91,11 @@ func (s *Server) newFastPath() *fastPath {
 	if !s.cfg.FastPath {
 		return nil
 	}
-	return &fastPath{s: s, cc: newSendSide(time.Now().UnixNano())}
+	f := &fastPath{s: s, cc: newSendSide(time.Now().UnixNano())}
+	if s.cfg.FastRTCPSend {
+		f.rtcp = &rtcpOut{f: f}
+	}
+	return f
 }
 
 // newPeerConnection creates p's peer connection: on the node's shared API,
@@ -97,7 +106,13 @@ func (s *Server) newPeerConnection(p *participant) (*webrtc.PeerConnection, erro
 	if f == nil {
 		return s.api.NewPeerConnection(webrtc.Configuration{})
 	}
-	fb, err := rtpfeedback.New(rtpfeedback.WithCounters(&s.feedback))
+	opts := []rtpfeedback.Option{rtpfeedback.WithCounters(&s.feedback)}
+	var out interceptor.Factory
+	if f.rtcp != nil {
+		opts = append(opts, rtpfeedback.WithWriter(f.rtcp))
+		out = f.rtcp
+	}
+	fb, err := rtpfeedback.New(opts...)
 	if err != nil {
 		return nil, err
 	}
@@ -105,7 +120,7 @@ func (s *Server) newPeerConnection(p *participant) (*webrtc.PeerConnection, erro
 	se.SetDTLSKeyLogWriter(&f.secrets)
 	se.SetDTLSServerHelloMessageHook(f.secrets.serverHello)
 	api := webrtc.NewAPI(webrtc.WithSettingEngine(se), webrtc.WithMediaEngine(s.me),
-		webrtc.WithInterceptorRegistry(s.registry(fb.Factory())))
+		webrtc.WithInterceptorRegistry(s.registry(out, fb.Factory())))
 	pc, err := api.NewPeerConnection(webrtc.Configuration{})
 	if err != nil {
 		_ = fb.Close()
@@ -158,11 +173,16 @@ func (f *fastPath) activate() {
 		f.s.m.fastFallbacks.Inc()
 		return
 	}
-	// A context made here proves the keys and profile usable.
-	if _, err := srtp.CreateContext(key, salt, profile); err != nil {
+	// A context made here proves the keys and profile usable; it is the
+	// session's SRTCP context with the own RTCP send.
+	ctx, err := srtp.CreateContext(key, salt, profile)
+	if err != nil {
 		f.fellBack.Store(true)
 		f.s.m.fastFallbacks.Inc()
 		return
+	}
+	if f.rtcp != nil {
+		f.rtcp.enable(ctx)
 	}
 	f.key, f.salt, f.profile = key, salt, profile
 	f.active.Store(true)
@@ -399,8 +419,8 @@ func (s *Server) sendReports(now time.Time) {
 			f.tracks = kept
 			f.mu.Unlock()
 		}
-		if pc := f.pc.Load(); len(pkts) > 0 && pc != nil {
-			if err := pc.WriteRTCP(pkts); err == nil {
+		if len(pkts) > 0 {
+			if err := p.writeRTCP(pkts); err == nil {
 				s.m.fastReports.Add(float64(len(pkts)))
 			}
 		}

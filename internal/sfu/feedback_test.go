@@ -2,6 +2,7 @@ package sfu
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/pion/interceptor"
 	"github.com/pion/interceptor/pkg/report"
+	"github.com/pion/logging"
 	"github.com/pion/rtcp"
 	"github.com/pion/rtp"
 	"github.com/pion/webrtc/v4"
@@ -30,7 +32,38 @@ type feedbackProbe struct {
 	twccRx  int // transport-wide packets reported received
 	twccNo  int // and reported not received
 	twccPkt int
+	plis    int
+	// srtpErrs are what the client's SRTP sessions logged: SRTCP that did
+	// not decrypt (a replayed index, a bad tag) is logged and dropped.
+	srtpErrs []string
 }
+
+// NewLogger implements logging.LoggerFactory: the srtp scope's messages
+// of level info and above are kept in srtpErrs.
+func (p *feedbackProbe) NewLogger(scope string) logging.LeveledLogger {
+	l := logging.NewDefaultLoggerFactory().NewLogger(scope)
+	if scope != "srtp" {
+		return l
+	}
+	return srtpLog{LeveledLogger: l, p: p}
+}
+
+type srtpLog struct {
+	logging.LeveledLogger
+	p *feedbackProbe
+}
+
+func (l srtpLog) keep(msg string) {
+	l.p.mu.Lock()
+	l.p.srtpErrs = append(l.p.srtpErrs, msg)
+	l.p.mu.Unlock()
+}
+func (l srtpLog) Info(msg string)              { l.keep(msg) }
+func (l srtpLog) Infof(f string, args ...any)  { l.keep(fmt.Sprintf(f, args...)) }
+func (l srtpLog) Warn(msg string)              { l.keep(msg) }
+func (l srtpLog) Warnf(f string, args ...any)  { l.keep(fmt.Sprintf(f, args...)) }
+func (l srtpLog) Error(msg string)             { l.keep(msg) }
+func (l srtpLog) Errorf(f string, args ...any) { l.keep(fmt.Sprintf(f, args...)) }
 
 func (p *feedbackProbe) NewInterceptor(string) (interceptor.Interceptor, error) { return p, nil }
 
@@ -81,6 +114,8 @@ func (p *feedbackProbe) BindRTCPReader(r interceptor.RTCPReader) interceptor.RTC
 						}
 					}
 				}
+			case *rtcp.PictureLossIndication:
+				p.plis++
 			case *rtcp.TransportLayerCC:
 				p.twccPkt++
 				status := 0
@@ -114,7 +149,8 @@ func (p *feedbackProbe) BindRTCPReader(r interceptor.RTCPReader) interceptor.RTC
 
 // probeAPI is loadgen's client API plus the transport-cc header
 // extension on outgoing packets (pion's TWCC header extension
-// interceptor, as a browser sends them), sender reports and the probe.
+// interceptor, as a browser sends them), sender reports and the probe,
+// which also takes the client's srtp log.
 func probeAPI(t *testing.T, p *feedbackProbe) *webrtc.API {
 	t.Helper()
 	me := &webrtc.MediaEngine{}
@@ -133,7 +169,9 @@ func probeAPI(t *testing.T, p *feedbackProbe) *webrtc.API {
 	}
 	ir.Add(sr)
 	ir.Add(p)
-	return webrtc.NewAPI(webrtc.WithMediaEngine(me), webrtc.WithSettingEngine(loopbackSettingEngine()), webrtc.WithInterceptorRegistry(ir))
+	se := loopbackSettingEngine()
+	se.LoggerFactory = p
+	return webrtc.NewAPI(webrtc.WithMediaEngine(me), webrtc.WithSettingEngine(se), webrtc.WithInterceptorRegistry(ir))
 }
 
 // TestPublisherGetsFeedback: a pion publisher through the node receives
@@ -186,6 +224,9 @@ func TestPublisherGetsFeedback(t *testing.T) {
 			// on feedback that reports its packets lost.
 			if p.twccNo > 1+p.twccRx/50 {
 				t.Errorf("TWCC feedback: %d received, %d not received", p.twccRx, p.twccNo)
+			}
+			if len(p.srtpErrs) > 0 {
+				t.Errorf("the client's SRTP sessions refused packets: %q", p.srtpErrs)
 			}
 			if n := h.s.feedback.Stats(); n.NACKs == 0 || n.Reports == 0 || n.TWCC == 0 || n.SenderReport == 0 {
 				t.Errorf("node feedback counters %+v", n)

@@ -16,6 +16,8 @@ type metrics struct {
 	unsupportedTracks, glare          prometheus.Counter
 	fastActive, fastFallbacks         prometheus.Counter
 	fastDrops, fastReports            prometheus.Counter
+	fastRTCPSent                      prometheus.Counter
+	fastRTCPErrors                    *prometheus.CounterVec
 	subscriberLoss                    prometheus.Histogram
 	recvSessions, recvTaken           prometheus.Counter
 	recvReplays, recvSlowDrops        prometheus.Counter
@@ -50,6 +52,11 @@ func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
 		fastDrops: c("fast_path_drops_total",
 			"Fast-path RTP packets dropped: larger than the MTU, no UDP destination (TCP pair), or not encryptable."),
 		fastReports:  c("fast_path_sender_reports_total", "RTCP sender reports sent for fast-path streams."),
+		fastRTCPSent: c("fast_rtcp_sent_total", "SRTCP datagrams the node sealed and sent itself (--fast-rtcp-send), not through pion."),
+		fastRTCPErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "traverse", Subsystem: "sfu",
+			Name: "fast_rtcp_errors_total",
+			Help: "RTCP of own-send sessions not sent, by reason (no-udp: the pair is over TCP; seal; marshal; write)."},
+			[]string{"reason"}),
 		glare:        c("glare_total", "Client offers that crossed a node offer (the node withdrew its own)."),
 		recvSessions: c("fast_receive_sessions_total", "Peer connections whose publishers' RTP the own receive path takes."),
 		recvTaken:    c("fast_receive_packets_total", "Publishers' RTP packets decrypted and forwarded by the own receive path (not pion's)."),
@@ -76,7 +83,7 @@ func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "traverse", Subsystem: "sfu",
 			Name: "rtp_received_pion_total", Help: "Publishers' RTP packets that came through pion's receive path."},
 			func() float64 { return float64(s.pionReceived.Load()) }),
-		m.fastActive, m.fastFallbacks, m.fastDrops, m.fastReports, m.unsupportedTracks, m.glare, m.joins, m.leaves, m.connected, m.offers, m.badSDP, m.badRTP, m.pliForwarded,
+		m.fastActive, m.fastFallbacks, m.fastDrops, m.fastReports, m.fastRTCPSent, m.fastRTCPErrors, m.unsupportedTracks, m.glare, m.joins, m.leaves, m.connected, m.offers, m.badSDP, m.badRTP, m.pliForwarded,
 		m.pliThrottled, m.nacks, m.nacksAnswered, m.nacksMissed, m.layerSwitches, m.dataMessages, m.subscriberLoss,
 		m.twccFeedback, m.twccBad, m.subscriberEstimate,
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "traverse", Subsystem: "sfu",

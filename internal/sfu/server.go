@@ -186,7 +186,7 @@ func New(cfg Config, log *slog.Logger, b *bus.Client, reg prometheus.Registerer)
 		return nil, err
 	}
 	s.se, s.me, s.interceptors = se, me, base
-	ir := s.registry(fb)
+	ir := s.registry(nil, fb)
 	s.api = webrtc.NewAPI(webrtc.WithSettingEngine(se), webrtc.WithMediaEngine(me), webrtc.WithInterceptorRegistry(ir))
 	s.m = newMetrics(s, reg)
 	if cfg.FastPath && cfg.FastReceive {
@@ -238,8 +238,13 @@ func registerInterceptors(me *webrtc.MediaEngine) ([]interceptor.Factory, error)
 // registry returns an interceptor registry of the node's base
 // interceptors and feedback: the shared API's (a new
 // rtpfeedback.Interceptor per peer connection) or one peer connection's.
-func (s *Server) registry(feedback interceptor.Factory) *interceptor.Registry {
+// out, when not nil, comes first: it binds pion's RTCP writer, and every
+// other RTCP writer of the chain writes through it (rtcpout.go).
+func (s *Server) registry(out, feedback interceptor.Factory) *interceptor.Registry {
 	ir := &interceptor.Registry{}
+	if out != nil {
+		ir.Add(out)
+	}
 	for _, f := range s.interceptors {
 		ir.Add(f)
 	}

@@ -53,6 +53,11 @@ func newHarness(t *testing.T, cfg Config) *harness {
 	if os.Getenv("SFU_FAST_RECEIVE") == "1" {
 		cfg.FastPath, cfg.FastReceive = true, true // the whole suite on the own receive path
 	}
+	// Fast-path tests run with the own RTCP send, as the traverse command
+	// does; SFU_FAST_RTCP_SEND=0 leaves RTCP to pion.
+	if cfg.FastPath && os.Getenv("SFU_FAST_RTCP_SEND") != "0" {
+		cfg.FastRTCPSend = true
+	}
 	s, err := New(cfg, nil, nodeBus, nil)
 	if err != nil {
 		t.Fatal(err)

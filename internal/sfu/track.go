@@ -283,7 +283,7 @@ func (t *pubTrack) requestKeyframe(idx int) {
 		return
 	}
 	s.m.pliForwarded.Inc()
-	_ = t.pub.pc.WriteRTCP([]rtcp.Packet{&rtcp.PictureLossIndication{MediaSSRC: uint32(l.remote.SSRC())}})
+	_ = t.pub.writeRTCP([]rtcp.Packet{&rtcp.PictureLossIndication{MediaSSRC: uint32(l.remote.SSRC())}})
 }
 
 // measure updates every layer's bitrate.

@@ -53,6 +53,11 @@ var fastPath = os.Getenv("SFU_FAST_PATH") != "0"
 // SFU_FAST_RECEIVE=0 leaves it to pion.
 var fastReceive = fastPath && os.Getenv("SFU_FAST_RECEIVE") != "0"
 
+// fastRTCPSend is whether the node seals and sends its RTCP to fast-path
+// clients itself (the command's default, with the fast path);
+// SFU_FAST_RTCP_SEND=0 leaves it to pion.
+var fastRTCPSend = fastPath && os.Getenv("SFU_FAST_RTCP_SEND") != "0"
+
 // startStack runs the bus, one SFU node, optionally TURN, and signal with
 // the demo page, all on loopback; t.Cleanup stops them.
 func startStack(t *testing.T, withTURN bool) *stack {
@@ -79,7 +84,7 @@ func startStack(t *testing.T, withTURN bool) *stack {
 	t.Cleanup(func() { _ = be.Close() })
 
 	node, err := sfu.New(sfu.Config{UDP: "127.0.0.1:0", NodeID: "node1", AnnounceInterval: 200 * time.Millisecond, FastPath: fastPath,
-		FastReceive: fastReceive},
+		FastReceive: fastReceive, FastRTCPSend: fastRTCPSend},
 		log.With("role", "sfu"), connect("sfu"), nil)
 	if err != nil {
 		t.Fatal(err)

@@ -32,6 +32,7 @@ func bindSFU(fs *flag.FlagSet, prefix string, c *sfuConfig) {
 	fs.BoolVar(&c.FastPath, prefix+"fast-path", true, "forward RTP with the node's own SRTP context and batched socket writes instead of pion's per-subscriber write stack (the node answers as DTLS server); false uses pion's")
 	fs.BoolVar(&c.FastReceive, prefix+"fast-receive", true, "take publishers' RTP of fast-path sessions off pion's receive path: decrypt and forward it from the socket's reader (needs --fast-path); false leaves it to pion")
 	fs.BoolVar(&c.FastRTCPSend, prefix+"fast-rtcp-send", true, "seal the node's RTCP to fast-path clients (receiver reports, TWCC, NACKs, sender reports, PLIs) with its own SRTCP context and send it on the batched socket (needs --fast-path); false leaves it to pion")
+	fs.BoolVar(&c.FastRTCP, prefix+"fast-rtcp", true, "take clients' SRTCP of own-receive-path sessions off pion's receive path: decrypt it and act on it (keyframe requests, NACKs, REMB, transport-cc, reports) from the socket's reader (needs --fast-receive); false leaves it to pion")
 	fs.BoolVar(&c.SchedulerPoll, prefix+"scheduler-poll", true, "while media flows, keep one goroutine cycling through the Go scheduler (epoll_wait 5 ms, then yield): measured 25-35 % less CPU per forwarded packet; idle nodes pay nothing")
 	fs.DurationVar(&c.PLIInterval, prefix+"pli-interval", 0, "least `time` between keyframe requests to one publisher layer (default 500ms)")
 }

@@ -60,6 +60,16 @@ type Config struct {
 	// Default false here; the traverse command's --fast-rtcp-send
 	// defaults to true.
 	FastRTCPSend bool `yaml:"fast-rtcp-send"`
+	// FastRTCP takes the SRTCP of sessions on the own receive path off
+	// pion's receive chain too (rtcpin.go): it is authenticated and
+	// decrypted with the client's keys on the socket's reader goroutine,
+	// and its keyframe requests, NACKs, REMB, transport-cc feedback,
+	// reception reports and sender reports are acted on there, without
+	// pion's SRTCP session goroutine, per-SSRC buffers and one reader
+	// goroutine per sent track. It needs FastReceive (ignored without
+	// it). Default false here; the traverse command's --fast-rtcp
+	// defaults to true.
+	FastRTCP bool `yaml:"fast-rtcp"`
 	// newRecorder, when set, gives every fast-path peer connection the
 	// recorder the own receive path feeds (tests).
 	newRecorder func() receiveRecorder

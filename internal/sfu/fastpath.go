@@ -45,6 +45,7 @@ import (
 // own counters (sendReports), through the session's RTCP writer.
 type fastPath struct {
 	s       *Server
+	part    *participant // whose peer connection it is; set before it is used
 	secrets dtlsSecrets
 
 	// key, salt and profile are set once, before active is.
@@ -106,6 +107,7 @@ func (s *Server) newPeerConnection(p *participant) (*webrtc.PeerConnection, erro
 	if f == nil {
 		return s.api.NewPeerConnection(webrtc.Configuration{})
 	}
+	f.part = p
 	opts := []rtpfeedback.Option{rtpfeedback.WithCounters(&s.feedback)}
 	var out interceptor.Factory
 	if f.rtcp != nil {

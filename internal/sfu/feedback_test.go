@@ -182,12 +182,13 @@ func probeAPI(t *testing.T, p *feedbackProbe) *webrtc.API {
 // that saw them.
 func TestPublisherGetsFeedback(t *testing.T) {
 	for _, tc := range []struct {
-		name       string
-		fast, recv bool
-	}{{"pion path", false, false}, {"fast path", true, false}, {"own receive path", true, true}} {
+		name             string
+		fast, recv, rtcp bool
+	}{{"pion path", false, false, false}, {"fast path", true, false, false}, {"own receive path", true, true, false},
+		{"own RTCP path", true, true, true}} {
 		fast := tc.fast
 		t.Run(tc.name, func(t *testing.T) {
-			h := newHarness(t, Config{FastPath: fast, FastReceive: tc.recv})
+			h := newHarness(t, Config{FastPath: fast, FastReceive: tc.recv, FastRTCP: tc.rtcp})
 			p := &feedbackProbe{dropSeq: 40, rr: map[uint32]rtcp.ReceptionReport{}}
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
@@ -253,6 +254,10 @@ func TestPublisherGetsFeedback(t *testing.T) {
 				if taken < 100 || taken < 10*float64(viaPion) {
 					t.Errorf("own receive path took %v packets, pion's %d", taken, viaPion)
 				}
+			}
+			if own, viaPion := h.s.FastRTCPPackets(); tc.rtcp && (own == 0 || viaPion != 0) {
+				// The sender reports behind the LSRs came the own way.
+				t.Errorf("own RTCP path took %d packets, pion's readers got %d", own, viaPion)
 			}
 		})
 	}

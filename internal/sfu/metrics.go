@@ -22,6 +22,8 @@ type metrics struct {
 	recvSessions, recvTaken           prometheus.Counter
 	recvReplays, recvSlowDrops        prometheus.Counter
 	recvErrors                        *prometheus.CounterVec
+	rtcpTaken, rtcpIgnored            prometheus.Counter
+	rtcpErrors                        *prometheus.CounterVec
 	twccFeedback, twccBad             prometheus.Counter
 	subscriberEstimate                prometheus.Histogram
 }
@@ -67,6 +69,13 @@ func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
 			Name: "fast_receive_errors_total",
 			Help: "Publishers' RTP packets of registered streams the own receive path handed back to pion, by reason (auth: tag did not verify; short; header; decrypt)."},
 			[]string{"reason"}),
+		rtcpTaken: c("fast_rtcp_packets_total", "Clients' SRTCP packets decrypted and acted on by the own RTCP path (not pion's)."),
+		rtcpIgnored: c("fast_rtcp_ignored_total",
+			"Packets of clients' compound RTCP the own RTCP path has no use for (SDES, BYE, XR, APP, ...)."),
+		rtcpErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "traverse", Subsystem: "sfu",
+			Name: "fast_rtcp_receive_errors_total",
+			Help: "Clients' SRTCP packets the own RTCP path did not act on, by reason (auth: tag did not verify, handed to pion; short: handed to pion; decrypt: other decryption error, handed to pion; replay: dropped; parse: authenticated but not RTCP, dropped)."},
+			[]string{"reason"}),
 		subscriberLoss: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "traverse", Subsystem: "sfu",
 			Name: "subscriber_loss_fraction", Help: "Fraction lost in subscribers' receiver reports.",
 			Buckets: []float64{0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5}}),
@@ -80,6 +89,7 @@ func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
 		return m
 	}
 	reg.MustRegister(m.recvSessions, m.recvTaken, m.recvReplays, m.recvErrors, m.recvSlowDrops,
+		m.rtcpTaken, m.rtcpIgnored, m.rtcpErrors,
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "traverse", Subsystem: "sfu",
 			Name: "rtp_received_pion_total", Help: "Publishers' RTP packets that came through pion's receive path."},
 			func() float64 { return float64(s.pionReceived.Load()) }),

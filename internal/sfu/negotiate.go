@@ -143,6 +143,7 @@ func (p *participant) syncSendersLocked() bool {
 		}
 		p.senders[t] = sender
 		p.downs[t] = dt
+		storeFiltered(&p.sent, nil, dt)
 		p.unanswered[t] = true
 		t.addDown(dt)
 		changed = true
@@ -163,7 +164,9 @@ func (p *participant) syncSendersLocked() bool {
 
 // removeSenderLocked stops sending t to the participant.
 func (p *participant) removeSenderLocked(t *pubTrack) {
-	t.removeDown(p.downs[t])
+	gone := p.downs[t]
+	t.removeDown(gone)
+	storeFiltered(&p.sent, func(d *downTrack) bool { return d != gone })
 	if err := p.pc.RemoveTrack(p.senders[t]); err != nil {
 		p.s.log.Debug("sfu: remove track", "session", p.id, "track", t.key, "err", err)
 	}

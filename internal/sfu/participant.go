@@ -7,7 +7,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/pion/rtcp"
 	"github.com/pion/webrtc/v4"
 
 	"github.com/traverse-rtc/traverse/internal/bus"
@@ -44,6 +43,9 @@ type participant struct {
 	// own offer (which may bring other codecs).
 	refused map[*pubTrack]bool
 	midSeq  int // the last node mid number given (negMidPrefix)
+	// sent is downs' values, copy on write (written under negMu): the
+	// down tracks the own RTCP path (rtcpin.go) matches media SSRCs to.
+	sent atomic.Pointer[[]*downTrack]
 
 	kick chan struct{} // wakes negotiationLoop; capacity 1
 	done chan struct{} // closed when the participant leaves
@@ -140,47 +142,21 @@ func containsTrack(ts []*pubTrack, t *pubTrack) bool {
 	return false
 }
 
-// readSenderRTCP reads the subscriber's RTCP for one sent track (which also
-// drives the NACK responder and report interceptors): keyframe requests go
-// to the publisher, REMB sets the subscriber's bandwidth estimate.
+// readSenderRTCP reads the subscriber's RTCP for one sent track from
+// pion's receive path and acts on it (clientRTCP): keyframe requests go to
+// the publisher, NACKs are answered, REMB and transport-cc feedback set
+// the subscriber's bandwidth estimate. Sessions on the own RTCP path
+// (rtcpin.go) get nothing here.
 func (p *participant) readSenderRTCP(sender *webrtc.RTPSender, dt *downTrack) {
 	buf := make([]byte, 1500)
+	downs := []*downTrack{dt}
 	for {
 		pkts, _, err := sender.ReadRTCP()
 		if err != nil {
 			return
 		}
-		for _, pkt := range pkts {
-			switch pk := pkt.(type) {
-			case *rtcp.PictureLossIndication, *rtcp.FullIntraRequest:
-				dt.t.requestKeyframe(dt.layer())
-			case *rtcp.ReceiverEstimatedMaximumBitrate:
-				p.bwe.Store(uint64(pk.Bitrate))
-			case *rtcp.TransportLayerCC:
-				p.twccFeedback(pk)
-			case *rtcp.TransportLayerNack:
-				if pk.MediaSSRC != dt.outSSRC() {
-					continue
-				}
-				for _, pair := range pk.Nacks {
-					for _, seq := range pair.PacketList() {
-						p.s.m.nacks.Inc()
-						if dt.resend(seq, buf) {
-							p.s.m.nacksAnswered.Inc()
-						} else {
-							p.s.m.nacksMissed.Inc()
-						}
-					}
-				}
-			case *rtcp.ReceiverReport:
-				for _, r := range pk.Reports {
-					p.s.m.subscriberLoss.Observe(float64(r.FractionLost) / 256)
-					if r.SSRC == dt.outSSRC() {
-						dt.reportLoss(r.FractionLost)
-					}
-				}
-			}
-		}
+		p.s.pionRTCP.Add(1)
+		p.clientRTCP(pkts, downs, buf, false)
 	}
 }
 
@@ -205,7 +181,7 @@ func (p *participant) onTrack(remote *webrtc.TrackRemote, receiver *webrtc.RTPRe
 	p.s.wg.Add(1)
 	go func() {
 		defer p.s.wg.Done()
-		readPublisherRTCP(remote, receiver)
+		readPublisherRTCP(remote, receiver, &p.s.pionRTCP)
 	}()
 	t.readLoop(l)
 }
@@ -217,8 +193,10 @@ func (p *participant) onTrack(remote *webrtc.TrackRemote, receiver *webrtc.RTPRe
 // reports, whose NTP time and arrival are the LSR and DLSR of the node's
 // receiver reports (RFC 3550 section 6.4.1), from which the publisher
 // computes its round-trip time. (Before, nothing read it: pion's receiver
-// reports carried no LSR, and Chromium showed no RTT.)
-func readPublisherRTCP(remote *webrtc.TrackRemote, receiver *webrtc.RTPReceiver) {
+// reports carried no LSR, and Chromium showed no RTT.) The own RTCP path
+// (rtcpin.go) gives those to the interceptor itself. n counts the packets
+// read.
+func readPublisherRTCP(remote *webrtc.TrackRemote, receiver *webrtc.RTPReceiver, n *atomic.Uint64) {
 	buf := make([]byte, 1500)
 	rid := remote.RID()
 	for {
@@ -231,6 +209,7 @@ func readPublisherRTCP(remote *webrtc.TrackRemote, receiver *webrtc.RTPReceiver)
 		if err != nil {
 			return
 		}
+		n.Add(1)
 	}
 }
 
@@ -275,6 +254,7 @@ func (p *participant) leave(reason string) {
 		close(p.done)
 		downs := p.downs
 		p.downs = map[*pubTrack]*downTrack{}
+		p.sent.Store(nil)
 		p.senders = map[*pubTrack]*webrtc.RTPSender{}
 		pc := p.pc
 		p.negMu.Unlock()

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/pion/rtcp"
 	"github.com/pion/rtp"
 	"github.com/pion/srtp/v3"
 	"github.com/pion/webrtc/v4"
@@ -27,7 +28,8 @@ import (
 // decrypted with the client's SRTP keys (RFC 3711, RFC 7714), recorded for
 // the publisher's feedback (NACK, receiver reports, TWCC) and forwarded
 // inline, on the mux's reader goroutine; the whole batch's fan-outs are
-// corked into one sendmmsg. Everything else (STUN, DTLS, SRTCP, unknown
+// corked into one sendmmsg. With Config.FastRTCP the session's SRTCP is
+// taken the same way (rtcpin.go). Everything else (STUN, DTLS, unknown
 // SSRCs such as RTX, packets whose tag fails) goes to pion as before.
 //
 // Registration: pion still discovers tracks. The first packets of an SSRC
@@ -61,9 +63,14 @@ type recvPath struct {
 	// The reader goroutine's own: the packet being decrypted.
 	scratch [1500]byte
 	hdr     rtp.Header // pion's AES-CM DecryptRTP parse (reused)
+	// rtcpHdr is DecryptRTCP's parse; resent is the buffer NACKs are
+	// answered through (rtcpin.go).
+	rtcpHdr rtcp.Header
+	resent  [1500]byte
 
 	taken, replays                         prometheus.Counter
 	errAuth, errShort, errDecrypt, errSeed prometheus.Counter
+	rtcp                                   rtcpCounters
 }
 
 func newRecvPath(s *Server) *recvPath {
@@ -76,6 +83,7 @@ func newRecvPath(s *Server) *recvPath {
 	r.errShort = m.recvErrors.WithLabelValues("short")
 	r.errDecrypt = m.recvErrors.WithLabelValues("decrypt")
 	r.errSeed = m.recvErrors.WithLabelValues("header")
+	r.rtcp = m.newRTCPCounters()
 	return r
 }
 
@@ -91,6 +99,12 @@ type recvSession struct {
 	// ctx opens the AES-CM/HMAC profiles for every SSRC of the session
 	// (pion's context, with its replay window); nil for the AEAD ones.
 	ctx *srtp.Context
+	// srtcp opens the session's SRTCP, every profile (pion's context with
+	// its SRTCP replay window; the reader goroutine's alone); nil unless
+	// Config.FastRTCP. srtcpMin is the shortest SRTCP packet of the
+	// profile.
+	srtcp    *srtp.Context
+	srtcpMin int
 
 	streams atomic.Pointer[[]*recvStream] // copy on write, under smu
 	smu     sync.Mutex                    // serialises writes to streams
@@ -130,6 +144,11 @@ func (s *Server) newRecvSession(f *fastPath) *recvSession {
 			return nil
 		}
 		rs.ctx = ctx
+	}
+	if s.cfg.FastRTCP {
+		if err := rs.openSRTCP(); err != nil {
+			return nil
+		}
 	}
 	empty := []*recvStream{}
 	rs.streams.Store(&empty)
@@ -259,21 +278,21 @@ func rtpHeaderLen(p []byte) (n int, cryptex, ok bool) {
 }
 
 // intercept takes the datagram m if it is RTP of a registered stream: it
-// opens and forwards it and returns true. false hands it to pion. It runs
-// on the socket's reader goroutine, inside the batch's cork. now is the
-// batch's arrival (unix nanoseconds). It does not allocate
-// (TestRecvPathAllocs).
+// opens and forwards it and returns true; SRTCP of a registered session
+// goes to interceptRTCP. false hands it to pion. It runs on the socket's
+// reader goroutine, inside the batch's cork. now is the batch's arrival
+// (unix nanoseconds). It does not allocate for RTP (TestRecvPathAllocs).
 func (r *recvPath) intercept(m *udpio.Message, now int64) bool {
 	p := m.Payload()
 	if len(p) < 12 || p[0] < 128 || p[0] > 191 {
 		return false // STUN, DTLS, TURN channel data, or too short
 	}
-	if pt := p[1] & 0x7f; pt >= 64 && pt <= 95 {
-		return false // SRTCP
-	}
 	sess := (*r.table.Load())[m.Addr]
 	if sess == nil {
 		return false
+	}
+	if pt := p[1] & 0x7f; pt >= 64 && pt <= 95 {
+		return r.interceptRTCP(sess, p, now) // SRTCP
 	}
 	st := sess.stream(binary.BigEndian.Uint32(p[8:]))
 	if st == nil {

@@ -92,6 +92,12 @@ type Server struct {
 	recv         *recvPath
 	pionReceived atomic.Uint64
 	ownReceived  atomic.Uint64
+	// ownRTCP counts the clients' RTCP packets the own RTCP path took
+	// (Config.FastRTCP, rtcpin.go), pionRTCP those the node's readers got
+	// from pion; asyncKeyframes is the own RTCP path's keyframe requests
+	// in flight from goroutines of their own.
+	ownRTCP, pionRTCP atomic.Uint64
+	asyncKeyframes    atomic.Int32
 	// feedback sums every peer connection's rtpfeedback counters.
 	feedback rtpfeedback.Counters
 }

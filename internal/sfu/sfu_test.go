@@ -53,6 +53,10 @@ func newHarness(t *testing.T, cfg Config) *harness {
 	if os.Getenv("SFU_FAST_RECEIVE") == "1" {
 		cfg.FastPath, cfg.FastReceive = true, true // the whole suite on the own receive path
 	}
+	if os.Getenv("SFU_FAST_RTCP") == "1" {
+		// The whole suite with clients' SRTCP on the own receive path.
+		cfg.FastPath, cfg.FastReceive, cfg.FastRTCP = true, true, true
+	}
 	// Fast-path tests run with the own RTCP send, as the traverse command
 	// does; SFU_FAST_RTCP_SEND=0 leaves RTCP to pion.
 	if cfg.FastPath && os.Getenv("SFU_FAST_RTCP_SEND") != "0" {

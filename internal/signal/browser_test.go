@@ -58,6 +58,10 @@ var fastReceive = fastPath && os.Getenv("SFU_FAST_RECEIVE") != "0"
 // SFU_FAST_RTCP_SEND=0 leaves it to pion.
 var fastRTCPSend = fastPath && os.Getenv("SFU_FAST_RTCP_SEND") != "0"
 
+// fastRTCP is whether the node takes clients' SRTCP off pion's receive
+// path too (the command's default); SFU_FAST_RTCP=0 leaves it to pion.
+var fastRTCP = fastReceive && os.Getenv("SFU_FAST_RTCP") != "0"
+
 // startStack runs the bus, one SFU node, optionally TURN, and signal with
 // the demo page, all on loopback; t.Cleanup stops them.
 func startStack(t *testing.T, withTURN bool) *stack {
@@ -84,7 +88,7 @@ func startStack(t *testing.T, withTURN bool) *stack {
 	t.Cleanup(func() { _ = be.Close() })
 
 	node, err := sfu.New(sfu.Config{UDP: "127.0.0.1:0", NodeID: "node1", AnnounceInterval: 200 * time.Millisecond, FastPath: fastPath,
-		FastReceive: fastReceive, FastRTCPSend: fastRTCPSend},
+		FastReceive: fastReceive, FastRTCPSend: fastRTCPSend, FastRTCP: fastRTCP},
 		log.With("role", "sfu"), connect("sfu"), nil)
 	if err != nil {
 		t.Fatal(err)

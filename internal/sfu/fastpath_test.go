@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pion/rtcp"
 	"github.com/pion/rtp"
 	"github.com/pion/srtp/v3"
 
@@ -71,16 +70,7 @@ func TestFastPathRoom(t *testing.T) {
 // through it (the subscriber decrypts the copies).
 func TestFastPathNACK(t *testing.T) {
 	h, sub, video, ssrc := nackSetup(t, Config{FastPath: true})
-	late0, ans0 := video.Late(), testutilCounter(h.s.m.nacksAnswered)
-	last := video.LastSeq()
-	nack := &rtcp.TransportLayerNack{SenderSSRC: 1, MediaSSRC: ssrc,
-		Nacks: rtcp.NackPairsFromSequenceNumbers([]uint16{last - 10, last - 9, last - 8})}
-	if err := sub.PC().WriteRTCP([]rtcp.Packet{nack}); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, 5*time.Second, "3 retransmissions at the subscriber", func() bool {
-		return video.Late()-late0 >= 3 && testutilCounter(h.s.m.nacksAnswered)-ans0 >= 3
-	})
+	nackRecent(t, h, sub, video, ssrc)
 	if testutilCounter(h.s.m.fastActive) != 2 {
 		t.Errorf("%v sessions on the fast path, want 2", testutilCounter(h.s.m.fastActive))
 	}

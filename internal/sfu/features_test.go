@@ -131,6 +131,23 @@ func nackSetup(t *testing.T, cfg Config) (*harness, *loadgen.Client, *loadgen.Re
 	return h, sub, video, ssrc
 }
 
+// nackRecent NACKs the 10th to 8th packets before the subscriber's last
+// video packet and waits for their retransmissions, answered from the
+// cache.
+func nackRecent(t *testing.T, h *harness, sub *loadgen.Client, video *loadgen.RecvStats, ssrc uint32) {
+	t.Helper()
+	late0, ans0 := video.Late(), testutilCounter(h.s.m.nacksAnswered)
+	last := video.LastSeq()
+	nack := &rtcp.TransportLayerNack{SenderSSRC: 1, MediaSSRC: ssrc,
+		Nacks: rtcp.NackPairsFromSequenceNumbers([]uint16{last - 10, last - 9, last - 8})}
+	if err := sub.PC().WriteRTCP([]rtcp.Packet{nack}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "3 retransmissions at the subscriber", func() bool {
+		return video.Late()-late0 >= 3 && testutilCounter(h.s.m.nacksAnswered)-ans0 >= 3
+	})
+}
+
 // TestNACKAnsweredFromTrackCache: a subscriber's NACK for packets it had
 // is answered from the track's shared cache with the subscriber's own
 // sequence numbers; a NACK beyond the cache goes unanswered.

@@ -32,6 +32,10 @@ func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
 	c := func(name, help string) prometheus.Counter {
 		return prometheus.NewCounter(prometheus.CounterOpts{Namespace: "traverse", Subsystem: "sfu", Name: name, Help: help})
 	}
+	byReason := func(name, help string) *prometheus.CounterVec {
+		return prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "traverse", Subsystem: "sfu", Name: name, Help: help},
+			[]string{"reason"})
+	}
 	m := &metrics{
 		joins:         c("joins_total", "Sessions created."),
 		leaves:        c("leaves_total", "Sessions ended."),
@@ -55,27 +59,21 @@ func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
 			"Fast-path RTP packets dropped: larger than the MTU, no UDP destination (TCP pair), or not encryptable."),
 		fastReports:  c("fast_path_sender_reports_total", "RTCP sender reports sent for fast-path streams."),
 		fastRTCPSent: c("fast_rtcp_sent_total", "SRTCP datagrams the node sealed and sent itself (--fast-rtcp-send), not through pion."),
-		fastRTCPErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "traverse", Subsystem: "sfu",
-			Name: "fast_rtcp_errors_total",
-			Help: "RTCP of own-send sessions not sent, by reason (no-udp: the pair is over TCP; seal; marshal; write)."},
-			[]string{"reason"}),
+		fastRTCPErrors: byReason("fast_rtcp_errors_total",
+			"RTCP of own-send sessions not sent, by reason (no-udp: the pair is over TCP; seal; marshal; write)."),
 		glare:        c("glare_total", "Client offers that crossed a node offer (the node withdrew its own)."),
 		recvSessions: c("fast_receive_sessions_total", "Peer connections whose publishers' RTP the own receive path takes."),
 		recvTaken:    c("fast_receive_packets_total", "Publishers' RTP packets decrypted and forwarded by the own receive path (not pion's)."),
 		recvReplays:  c("fast_receive_replays_total", "Publishers' RTP packets the own receive path dropped as replays (RFC 3711 section 3.3.2)."),
 		recvSlowDrops: c("fast_receive_slow_drops_total",
 			"Intercepted packets not queued for subscribers on pion's write path (ICE-TCP, no fast-path keys): queue full or track closed."),
-		recvErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "traverse", Subsystem: "sfu",
-			Name: "fast_receive_errors_total",
-			Help: "Publishers' RTP packets of registered streams the own receive path handed back to pion, by reason (auth: tag did not verify; short; header; decrypt)."},
-			[]string{"reason"}),
+		recvErrors: byReason("fast_receive_errors_total",
+			"Publishers' RTP packets of registered streams the own receive path handed back to pion, by reason (auth: tag did not verify; short; header; decrypt)."),
 		rtcpTaken: c("fast_rtcp_packets_total", "Clients' SRTCP packets decrypted and acted on by the own RTCP path (not pion's)."),
 		rtcpIgnored: c("fast_rtcp_ignored_total",
 			"Packets of clients' compound RTCP the own RTCP path has no use for (SDES, BYE, XR, APP, ...)."),
-		rtcpErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "traverse", Subsystem: "sfu",
-			Name: "fast_rtcp_receive_errors_total",
-			Help: "Clients' SRTCP packets the own RTCP path did not act on, by reason (auth: tag did not verify, handed to pion; short: handed to pion; decrypt: other decryption error, handed to pion; replay: dropped; parse: authenticated but not RTCP, dropped)."},
-			[]string{"reason"}),
+		rtcpErrors: byReason("fast_rtcp_receive_errors_total",
+			"Clients' SRTCP packets the own RTCP path did not act on, by reason (auth: tag did not verify, handed to pion; short: handed to pion; decrypt: other decryption error, handed to pion; replay: dropped; parse: authenticated but not RTCP, dropped)."),
 		subscriberLoss: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "traverse", Subsystem: "sfu",
 			Name: "subscriber_loss_fraction", Help: "Fraction lost in subscribers' receiver reports.",
 			Buckets: []float64{0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5}}),

@@ -21,24 +21,46 @@ type packetCache struct {
 const cacheSize = 512
 
 type cacheSlot struct {
-	seq   uint16
-	valid bool
-	hdr   rtp.Header // without extensions (they are stripped when forwarding)
-	n     int
-	buf   [1500]byte
+	seq    uint16
+	valid  bool
+	hdr    rtp.Header // without extensions (they are stripped when forwarding)
+	off, n int        // the payload is buf[off:n]
+	buf    [1500]byte
 }
 
-// put stores a copy of pkt's payload.
-func (c *packetCache) put(pkt *rtp.Packet) {
+// claim returns the buffer of seq's slot, emptied, for the layer's
+// receiver to decrypt the packet with sequence number seq into: the own
+// receive path opens packets straight into the cache (recvpath.go), so
+// caching them costs no copy (put finds them in place). The caller holds
+// the layer's mutex until its put; until then a NACK for either packet of
+// the slot goes unanswered.
+func (c *packetCache) claim(seq uint16) []byte {
+	s := &c.slots[seq%cacheSize]
+	c.mu.Lock()
+	s.valid = false
+	c.mu.Unlock()
+	return s.buf[:]
+}
+
+// put stores pkt, parsed from raw: when raw is what claim returned for
+// pkt's sequence number, in place, else as a copy of its payload.
+func (c *packetCache) put(pkt *rtp.Packet, raw []byte) {
 	if len(pkt.Payload) > 1500 {
 		return
 	}
-	c.mu.Lock()
 	s := &c.slots[pkt.SequenceNumber%cacheSize]
+	c.mu.Lock()
 	s.seq, s.valid = pkt.SequenceNumber, true
 	s.hdr = pkt.Header
 	s.hdr.Extension, s.hdr.Extensions, s.hdr.ExtensionProfile = false, nil, 0
-	s.n = copy(s.buf[:], pkt.Payload)
+	if len(raw) > 0 && &raw[0] == &s.buf[0] {
+		// The payload is a slice of raw: its offset is the difference
+		// of their capacities.
+		s.off = cap(raw) - cap(pkt.Payload)
+		s.n = s.off + len(pkt.Payload)
+	} else {
+		s.off, s.n = 0, copy(s.buf[:], pkt.Payload)
+	}
 	c.mu.Unlock()
 }
 
@@ -52,6 +74,6 @@ func (c *packetCache) get(seq uint16, buf []byte) (rtp.Header, []byte, bool) {
 	if !s.valid || s.seq != seq {
 		return rtp.Header{}, nil, false
 	}
-	n := copy(buf, s.buf[:s.n])
+	n := copy(buf, s.buf[s.off:s.n])
 	return s.hdr, buf[:n], true
 }

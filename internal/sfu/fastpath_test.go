@@ -144,7 +144,7 @@ func TestFastPathWrite(t *testing.T) {
 			}
 			// Across a sequence number wrap: the rollover counter is ours.
 			for i := range 10 {
-				cache.put(pkt)
+				cache.put(pkt, nil)
 				d.write(0, pkt, i == 0, now)
 				got := read()
 				if got.SSRC != 0xabcdef || got.PayloadType != 96 || got.SequenceNumber != pkt.SequenceNumber ||

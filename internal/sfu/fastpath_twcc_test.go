@@ -58,7 +58,7 @@ func TestFastPathTWCC(t *testing.T) {
 	}
 	now := time.Now().UnixNano()
 	for i := range 5 {
-		cache.put(pkt)
+		cache.put(pkt, nil)
 		d.write(0, pkt, i == 0, now)
 		got, n := read()
 		if q := tseq(got); q != uint16(i) {

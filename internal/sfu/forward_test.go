@@ -54,7 +54,7 @@ func TestDownTrackWriteAllocs(t *testing.T) {
 		t.Fatal(err)
 	}
 	now := time.Now().UnixNano()
-	cache.put(pkt)
+	cache.put(pkt, nil)
 	d.write(0, pkt, true, now)
 	if w.n != 1 || w.hdr.SSRC != 0xabcdef || w.hdr.PayloadType != 96 || w.hdr.Extension || w.hdr.Extensions != nil {
 		t.Fatalf("rewritten header %+v after %d writes", w.hdr, w.n)
@@ -70,7 +70,7 @@ func TestDownTrackWriteAllocs(t *testing.T) {
 		t.Errorf("sequence/timestamp %d/%d, want %d/%d (no offset before a switch)", w.hdr.SequenceNumber, w.hdr.Timestamp,
 			pkt.SequenceNumber, pkt.Timestamp)
 	}
-	cache.put(pkt)
+	cache.put(pkt, nil)
 	buf := make([]byte, 1500)
 	if !d.resend(pkt.SequenceNumber, buf) {
 		t.Fatal("resend missed the cached packet")

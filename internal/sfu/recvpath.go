@@ -306,9 +306,20 @@ func (r *recvPath) intercept(m *udpio.Message, now int64) bool {
 	if cryptex {
 		return false
 	}
+	// The layer's mutex is held from here: an AEAD packet is opened
+	// straight into its slot of the layer's cache (not for a replay,
+	// which must not empty the slot of the packet it repeats).
+	l := st.l
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	var plain []byte
 	if st.gcm != nil {
-		n, res := st.gcm.open(r.scratch[:], p, hn, st.ssrc, binary.BigEndian.Uint16(p[2:]))
+		seq := binary.BigEndian.Uint16(p[2:])
+		dst := r.scratch[:]
+		if l.cache != nil && !st.gcm.replayed(seq) {
+			dst = l.cache.claim(seq)
+		}
+		n, res := st.gcm.open(dst, p, hn, st.ssrc, seq)
 		switch res {
 		case openReplay:
 			r.replays.Inc()
@@ -320,7 +331,7 @@ func (r *recvPath) intercept(m *udpio.Message, now int64) bool {
 			r.errAuth.Inc()
 			return false // untouched: pion's own checks decide
 		}
-		plain = r.scratch[:n]
+		plain = dst[:n]
 	} else {
 		out, err := sess.ctx.DecryptRTP(r.scratch[:0], p, &r.hdr)
 		switch {
@@ -336,7 +347,7 @@ func (r *recvPath) intercept(m *udpio.Message, now int64) bool {
 	}
 	r.taken.Inc()
 	r.s.ownReceived.Add(1)
-	st.t.receive(st.l, plain, now, sess.rec)
+	st.t.forward(l, plain, now, sess.rec)
 	return true
 }
 

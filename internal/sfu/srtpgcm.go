@@ -159,6 +159,23 @@ const (
 // accepted once (RFC 3711 section 3.3.2; pion's default SRTP window).
 const replayWindow = 64
 
+// replayed reports whether open would refuse sequence number seq as a
+// replay (without looking at the packet).
+func (g *srtpGCM) replayed(seq uint16) bool {
+	_, diff := g.estimate(seq)
+	return g.replayedAt(diff)
+}
+
+// replayedAt reports whether the index diff from the highest received
+// was received already or is older than the replay window.
+func (g *srtpGCM) replayedAt(diff int32) bool {
+	if !g.begun || diff > 0 {
+		return false
+	}
+	back := -diff
+	return back >= replayWindow || g.window&(1<<back) != 0
+}
+
 // open authenticates and decrypts the SRTP packet pkt, whose header is
 // pkt[:hn], into dst (header and plaintext, len(pkt)-gcmTagLen bytes;
 // cap(dst) must hold them) and returns its length. It keeps the receive
@@ -173,11 +190,8 @@ func (g *srtpGCM) open(dst, pkt []byte, hn int, ssrc uint32, seq uint16) (int, o
 		return 0, openShort
 	}
 	roc, diff := g.estimate(seq)
-	if g.begun && diff <= 0 {
-		back := -diff
-		if back >= replayWindow || g.window&(1<<back) != 0 {
-			return 0, openReplay
-		}
+	if g.replayedAt(diff) {
+		return 0, openReplay
 	}
 	g.setIV(ssrc, roc, seq)
 	dst = dst[:hn]

@@ -187,9 +187,15 @@ func (t *pubTrack) readLoop(l *layer) {
 // and the fan-out does not cork again: an uncork sends the queue. It does
 // not allocate.
 func (t *pubTrack) receive(l *layer, raw []byte, now int64, rec receiveRecorder) {
-	s := t.r.s
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	t.forward(l, raw, now, rec)
+}
+
+// forward is receive with l.mu held: the own receive path holds it from
+// before it decrypts into the layer's cache (packetCache.claim).
+func (t *pubTrack) forward(l *layer, raw []byte, now int64, rec receiveRecorder) {
+	s := t.r.s
 	pkt := &l.pkt
 	if err := pkt.Unmarshal(raw); err != nil {
 		s.m.badRTP.Inc()
@@ -210,7 +216,7 @@ func (t *pubTrack) receive(l *layer, raw []byte, now int64, rec receiveRecorder)
 		}
 	}
 	if l.cache != nil {
-		l.cache.put(pkt)
+		l.cache.put(pkt, raw)
 	}
 	key := t.kind == webrtc.RTPCodecTypeVideo && isKeyframe(t.ck, pkt.Payload)
 	if key {

@@ -162,6 +162,61 @@ func (b *batchConn) WriteToAddrPort(p []byte, addr netip.AddrPort) (int, error) 
 	return len(p), nil
 }
 
+// datagramFiller writes one datagram into a buffer of the batched
+// socket: fill returns its length, or false to drop it.
+type datagramFiller interface {
+	fill(buf []byte) (int, bool)
+}
+
+// writeFilled sends the datagram f writes, as WriteToAddrPort would; while
+// corked f writes it straight into the queue (no copy: the fast path
+// encrypts into it), else into own, which is sent at once. f runs with
+// b.mu held: it must not call b. false: f dropped it, or the socket is
+// closed (err).
+func (b *batchConn) writeFilled(f datagramFiller, own []byte, addr netip.AddrPort) (int, bool, error) {
+	for {
+		b.mu.Lock()
+		if b.closed {
+			b.mu.Unlock()
+			return 0, false, net.ErrClosed
+		}
+		n := len(b.pending)
+		if n == 0 && b.corked.Load() == 0 {
+			b.mu.Unlock()
+			k, ok := f.fill(own)
+			if !ok {
+				return 0, false, nil
+			}
+			if err := b.c.WriteTo(own[:k], addr); err != nil && errors.Is(err, net.ErrClosed) {
+				return 0, false, err
+			}
+			b.writes.Add(1)
+			b.batches.Add(1)
+			return k, true, nil
+		}
+		if n == cap(b.pending) {
+			b.mu.Unlock()
+			b.flush()
+			continue
+		}
+		m := &b.pending[n : n+1][0]
+		k, ok := f.fill(m.Buf[:cap(m.Buf)])
+		if !ok {
+			b.mu.Unlock()
+			return 0, false, nil
+		}
+		m.N, m.Addr = k, addr
+		b.pending = b.pending[:n+1]
+		b.mu.Unlock()
+		// As in WriteToAddrPort: an uncork that ran meanwhile did not
+		// see this datagram.
+		if b.corked.Load() == 0 {
+			b.flush()
+		}
+		return k, true, nil
+	}
+}
+
 // flush sends everything queued with sendmmsg.
 func (b *batchConn) flush() {
 	b.fmu.Lock()

@@ -229,9 +229,15 @@ type fastOut struct {
 	f    *fastPath
 	gcm  *srtpGCM      // the AEAD profiles (srtpgcm.go), else ctx
 	ctx  *srtp.Context // this SSRC's context: its rollover state is ours alone
-	buf  [fastMTU]byte // the packet being encrypted, in place
+	buf  [fastMTU]byte // the packet being encrypted, in place, when nothing is corked
 	hdr  rtp.Header    // EncryptRTP's parse of buf (reused: no allocation)
 	tail int           // authentication tag length of the profile
+
+	// The packet send hands to fill: its header, the header's
+	// marshalled length, its payload.
+	h       *rtp.Header
+	hn      int
+	payload []byte
 
 	// twccID is the subscriber's transport-cc extension id (0: not
 	// negotiated); exts and twcc back the header's extension so that
@@ -317,31 +323,19 @@ func (o *fastOut) send(h *rtp.Header, payload []byte, now int64) bool {
 		tseq = cc.next()
 		o.twcc[0], o.twcc[1] = byte(tseq>>8), byte(tseq)
 	}
-	if _, err := h.MarshalTo(o.buf[:hn]); err != nil {
-		m.fastDrops.Inc()
-		return false
-	}
-	n := hn + copy(o.buf[hn:], payload)
-	var out []byte
-	if o.gcm != nil {
-		var ok bool
-		if out, ok = o.gcm.seal(o.buf[:], hn, n, h.SSRC, h.SequenceNumber); !ok {
+	// fill encrypts the packet straight into the socket's queue when
+	// corked (batchConn.writeFilled), else into o.buf.
+	o.h, o.hn, o.payload = h, hn, payload
+	size, ok, err := o.f.s.out.writeFilled(o, o.buf[:], *ap)
+	o.h, o.payload = nil, nil
+	if !ok {
+		if err == nil {
 			m.fastDrops.Inc()
-			return false
 		}
-	} else {
-		var err error
-		out, err = o.ctx.EncryptRTP(o.buf[:0], o.buf[:n], &o.hdr)
-		if err != nil || len(out) > len(o.buf) {
-			m.fastDrops.Inc()
-			return false
-		}
-	}
-	if _, err := o.f.s.out.WriteToAddrPort(out, *ap); err != nil {
 		return false
 	}
 	if o.twccID != 0 && cc != nil {
-		cc.record(tseq, len(out), now)
+		cc.record(tseq, size, now)
 	}
 	if o.packets == 0 || h.Timestamp != o.lastTS {
 		o.lastTS, o.lastTSAt = h.Timestamp, now
@@ -349,6 +343,28 @@ func (o *fastOut) send(h *rtp.Header, payload []byte, now int64) bool {
 	o.packets++
 	o.octets += uint32(len(payload))
 	return true
+}
+
+// fill writes the SRTP packet of o.h (marshalled length o.hn) and
+// o.payload into buf, which holds fastMTU bytes, and returns its length
+// (datagramFiller).
+func (o *fastOut) fill(buf []byte) (int, bool) {
+	hn := o.hn
+	if _, err := o.h.MarshalTo(buf[:hn]); err != nil {
+		return 0, false
+	}
+	n := hn + copy(buf[hn:], o.payload)
+	if o.gcm != nil {
+		out, ok := o.gcm.seal(buf, hn, n, o.h.SSRC, o.h.SequenceNumber)
+		return len(out), ok
+	}
+	out, err := o.ctx.EncryptRTP(buf[:0], buf[:n], &o.hdr)
+	// pion encrypts in place unless buf is too small (fastMTU leaves
+	// room for the tag): a copy elsewhere is not what was queued.
+	if err != nil || len(out) == 0 || len(out) > len(buf) || &out[0] != &buf[0] {
+		return 0, false
+	}
+	return len(out), true
 }
 
 // report returns the stream's sender report at now, or false before its

@@ -174,6 +174,22 @@ func probeAPI(t *testing.T, p *feedbackProbe) *webrtc.API {
 	return webrtc.NewAPI(webrtc.WithMediaEngine(me), webrtc.WithSettingEngine(se), webrtc.WithInterceptorRegistry(ir))
 }
 
+// dialProbe joins room as publisher "pub" with a feedbackProbe that drops
+// video packet 40.
+func (h *harness) dialProbe(room string) (*feedbackProbe, *loadgen.Client) {
+	h.t.Helper()
+	p := &feedbackProbe{dropSeq: 40, rr: map[uint32]rtcp.ReceptionReport{}}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c, err := loadgen.Dial(ctx, probeAPI(h.t, p), loadgen.NewBusSignaler(h.bc, "node1"),
+		loadgen.ClientConfig{Room: room, Identity: "pub", Publish: true, VideoBitrate: 300_000})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.t.Cleanup(func() { c.Close() })
+	return p, c
+}
+
 // TestPublisherGetsFeedback: a pion publisher through the node receives
 // receiver reports for its audio and video (with the LSR of its own
 // sender reports, which the node reads), TWCC feedback that reports its
@@ -189,15 +205,7 @@ func TestPublisherGetsFeedback(t *testing.T) {
 		fast := tc.fast
 		t.Run(tc.name, func(t *testing.T) {
 			h := newHarness(t, Config{FastPath: fast, FastReceive: tc.recv, FastRTCP: tc.rtcp})
-			p := &feedbackProbe{dropSeq: 40, rr: map[uint32]rtcp.ReceptionReport{}}
-			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-			defer cancel()
-			c, err := loadgen.Dial(ctx, probeAPI(t, p), loadgen.NewBusSignaler(h.bc, "node1"),
-				loadgen.ClientConfig{Room: "fb", Identity: "pub", Publish: true, VideoBitrate: 300_000})
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { c.Close() })
+			p, c := h.dialProbe("fb")
 			var ssrcs []uint32
 			for _, s := range c.PC().GetSenders() {
 				if s.Track() != nil {

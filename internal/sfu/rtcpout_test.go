@@ -1,11 +1,8 @@
 package sfu
 
 import (
-	"context"
 	"testing"
 	"time"
-
-	"github.com/pion/rtcp"
 
 	"github.com/traverse-rtc/traverse/internal/loadgen"
 	"github.com/traverse-rtc/traverse/internal/rtpfeedback"
@@ -20,15 +17,7 @@ import (
 // sender reports go the same way.
 func TestFastRTCPSend(t *testing.T) {
 	h := newHarness(t, Config{FastPath: true, FastReceive: true, FastRTCPSend: true})
-	p := &feedbackProbe{dropSeq: 40, rr: map[uint32]rtcp.ReceptionReport{}}
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	pub, err := loadgen.Dial(ctx, probeAPI(t, p), loadgen.NewBusSignaler(h.bc, "node1"),
-		loadgen.ClientConfig{Room: "rtcp", Identity: "pub", Publish: true, VideoBitrate: 300_000})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { pub.Close() })
+	p, _ := h.dialProbe("rtcp")
 	sub := h.dial(loadgen.ClientConfig{Room: "rtcp", Identity: "sub", Subscribe: true})
 	waitFor(t, 15*time.Second, "the subscriber to get audio and video", func() bool { return received(sub, 1, 1, 50) })
 

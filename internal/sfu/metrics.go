@@ -83,6 +83,9 @@ func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
 			Name: "subscriber_estimate_bps", Help: "Subscribers' downlink estimates (the lower of REMB and the transport-cc estimate) at each layer choice, every 500 ms per subscriber with one.",
 			Buckets: []float64{100e3, 250e3, 500e3, 1e6, 2e6, 5e6, 10e6, 25e6, 50e6}}),
 	}
+	for _, r := range rtcpErrorReasons {
+		m.fastRTCPErrors.WithLabelValues(r) // exported as 0 before the first
+	}
 	if reg == nil {
 		return m
 	}

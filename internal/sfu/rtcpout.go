@@ -46,6 +46,10 @@ type rtcpOut struct {
 	hdr  rtcp.Header            // EncryptRTCP's parse (reused)
 }
 
+// rtcpErrorReasons label traverse_sfu_fast_rtcp_errors_total: the pair is
+// over TCP, sealing failed, marshalling failed, the socket refused.
+var rtcpErrorReasons = []string{"no-udp", "seal", "marshal", "write"}
+
 // NewInterceptor implements interceptor.Factory: the interceptor to put
 // first in the peer connection's registry.
 func (o *rtcpOut) NewInterceptor(string) (interceptor.Interceptor, error) {

@@ -51,7 +51,7 @@ func TestFastRTCPSend(t *testing.T) {
 	waitFor(t, 5*time.Second, "sender reports to the subscriber", func() bool { return testutilCounter(h.s.m.fastReports) >= 2 })
 	sent := testutilCounter(h.s.m.fastRTCPSent)
 	var errs float64
-	for _, r := range []string{"no-udp", "seal", "marshal", "write"} {
+	for _, r := range rtcpErrorReasons {
 		errs += testutilCounter(h.s.m.fastRTCPErrors.WithLabelValues(r))
 	}
 	if sent < 30 || errs != 0 || fb.Stats().WriteErrors != 0 {

@@ -1,8 +1,15 @@
 package sfu
 
 import (
+	"bytes"
+	"errors"
+	"net/netip"
 	"testing"
 	"time"
+
+	"github.com/pion/interceptor"
+	"github.com/pion/rtcp"
+	"github.com/pion/srtp/v3"
 
 	"github.com/traverse-rtc/traverse/internal/loadgen"
 	"github.com/traverse-rtc/traverse/internal/rtpfeedback"
@@ -56,5 +63,98 @@ func TestFastRTCPSend(t *testing.T) {
 	}
 	if sent < 30 || errs != 0 || fb.Stats().WriteErrors != 0 {
 		t.Errorf("own RTCP: %v datagrams sent, %v errors, feedback write errors %d", sent, errs, fb.Stats().WriteErrors)
+	}
+}
+
+// pionWriter stands for the writer pion binds (its SRTCP session).
+type pionWriter struct{ pkts []rtcp.Packet }
+
+func (w *pionWriter) Write(pkts []rtcp.Packet, _ interceptor.Attributes) (int, error) {
+	w.pkts = append(w.pkts, pkts...)
+	return 0, nil
+}
+
+// TestRTCPOut: a session's RTCP goes to pion's writer until the own
+// context is enabled, then never again: it is sealed so that a receiver
+// with the session's keys opens every packet in order (a repeated SRTCP
+// index would be refused as a replay), whether written as packets or
+// marshalled; without a UDP pair it is dropped and counted; what would
+// not fit a datagram is refused.
+func TestRTCPOut(t *testing.T) {
+	for _, prof := range []srtp.ProtectionProfile{srtp.ProtectionProfileAeadAes128Gcm, srtp.ProtectionProfileAes128CmHmacSha1_80} {
+		t.Run(prof.String(), func(t *testing.T) {
+			d, _, rc, _ := newFastTestDown(t, prof)
+			f := d.sub.fast
+			// The receiver refuses a repeated index, as pion's SRTCP
+			// session in a browser-like client does.
+			dec, err := srtp.CreateContext(f.key, f.salt, f.profile, srtp.SRTCPReplayProtection(64))
+			if err != nil {
+				t.Fatal(err)
+			}
+			o := &rtcpOut{f: f}
+			ic, _ := o.NewInterceptor("")
+			pion := &pionWriter{}
+			if w := ic.BindRTCPWriter(pion); w != o {
+				t.Fatal("the chain must write through the session's rtcpOut")
+			}
+			pkts := []rtcp.Packet{&rtcp.ReceiverReport{SSRC: 7, Reports: []rtcp.ReceptionReport{{SSRC: 9, LastSenderReport: 5}}},
+				&rtcp.PictureLossIndication{SenderSSRC: 7, MediaSSRC: 9}}
+			raw, err := rtcp.Marshal(pkts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := o.Write(pkts, nil); err != nil || len(pion.pkts) != 2 {
+				t.Fatalf("before the own context: %v, pion got %d packets", err, len(pion.pkts))
+			}
+			if taken, _ := o.WriteCompound(raw); taken {
+				t.Fatal("a compound write taken before the own context")
+			}
+			own, err := srtp.CreateContext(f.key, f.salt, f.profile)
+			if err != nil {
+				t.Fatal(err)
+			}
+			o.enable(own)
+			buf := make([]byte, 1500)
+			for i := range 6 {
+				if i%2 == 0 {
+					_, err = o.Write(pkts, nil)
+				} else {
+					var taken bool
+					taken, err = o.WriteCompound(raw)
+					if !taken {
+						t.Fatal("compound write not taken")
+					}
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				_ = rc.SetReadDeadline(time.Now().Add(5 * time.Second))
+				n, _, err := rc.ReadFromUDP(buf)
+				if err != nil {
+					t.Fatal(err)
+				}
+				got, err := dec.DecryptRTCP(nil, buf[:n], nil)
+				if err != nil || !bytes.Equal(got, raw) {
+					t.Fatalf("packet %d: %v, %x, want %x", i, err, got, raw)
+				}
+			}
+			if len(pion.pkts) != 2 {
+				t.Errorf("pion's writer got %d packets after the own context took over", len(pion.pkts))
+			}
+			if n := testutilCounter(f.s.m.fastRTCPSent); n != 6 {
+				t.Errorf("%v sent, want 6", n)
+			}
+			if _, err := o.WriteCompound(make([]byte, fastMTU)); err == nil {
+				t.Error("a compound packet too long for a datagram was sent")
+			}
+			var none netip.AddrPort
+			f.remote.Store(&none)
+			if _, err := o.Write(pkts, nil); !errors.Is(err, errNoUDPPair) {
+				t.Errorf("no UDP pair: %v", err)
+			}
+			if n := testutilCounter(f.s.m.fastRTCPErrors.WithLabelValues("no-udp")); n != 1 || len(pion.pkts) != 2 {
+				t.Errorf("no UDP pair: %v counted, pion got %d packets", n, len(pion.pkts))
+			}
+		})
 	}
 }

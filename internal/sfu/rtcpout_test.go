@@ -158,3 +158,38 @@ func TestRTCPOut(t *testing.T) {
 		})
 	}
 }
+
+// BenchmarkRTCPOut is the own RTCP send of one tick's compound packet of
+// a publisher's feedback (a receiver report with two blocks and a
+// transport-cc feedback of 30 packets, marshalled by rtpfeedback): seal
+// and send on the node's socket.
+func BenchmarkRTCPOut(b *testing.B) {
+	for _, prof := range []srtp.ProtectionProfile{srtp.ProtectionProfileAeadAes128Gcm, srtp.ProtectionProfileAes128CmHmacSha1_80} {
+		b.Run(prof.String(), func(b *testing.B) {
+			d, _, _, _ := newFastTestDown(b, prof)
+			f := d.sub.fast
+			o := &rtcpOut{f: f}
+			ctx, err := srtp.CreateContext(f.key, f.salt, f.profile)
+			if err != nil {
+				b.Fatal(err)
+			}
+			o.enable(ctx)
+			raw, err := rtcp.Marshal([]rtcp.Packet{
+				&rtcp.ReceiverReport{SSRC: 7, Reports: []rtcp.ReceptionReport{{SSRC: 9}, {SSRC: 10}}},
+				&rtcp.TransportLayerCC{SenderSSRC: 7, MediaSSRC: 9, PacketStatusCount: 30,
+					PacketChunks: []rtcp.PacketStatusChunk{&rtcp.RunLengthChunk{PacketStatusSymbol: rtcp.TypeTCCPacketReceivedSmallDelta, RunLength: 30}},
+					RecvDeltas:   make([]*rtcp.RecvDelta, 0)},
+			})
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for range b.N {
+				if _, err := o.WriteCompound(raw); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

@@ -548,9 +548,15 @@ func (i *Interceptor) writeOne(w interceptor.RTCPWriter, cw CompoundWriter, pkts
 }
 
 // AppendCompound appends the compound RTCP packet of pkts (RFC 3550
-// section 6.1: the packets back to back) to b.
+// section 6.1: the packets back to back) to b, exactly as pion's
+// rtcp.Marshal would marshal them. Receiver reports and generic NACKs,
+// the feedback sent most, are appended without allocating (rtcp.go).
 func AppendCompound(b []byte, pkts []rtcp.Packet) ([]byte, error) {
 	for _, p := range pkts {
+		if nb, ok := appendPacket(b, p); ok {
+			b = nb
+			continue
+		}
 		raw, err := p.Marshal()
 		if err != nil {
 			return b, err

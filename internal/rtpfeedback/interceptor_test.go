@@ -762,3 +762,16 @@ func waitCond(t *testing.T, what string, cond func() bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// TestAppendCompoundAllocs: receiver reports and NACKs are marshalled
+// into the caller's buffer without allocating.
+func TestAppendCompoundAllocs(t *testing.T) {
+	pkts := []rtcp.Packet{
+		&rtcp.ReceiverReport{SSRC: 1, Reports: []rtcp.ReceptionReport{{SSRC: 2, TotalLost: 3}, {SSRC: 4}}},
+		&rtcp.TransportLayerNack{SenderSSRC: 1, MediaSSRC: 2, Nacks: []rtcp.NackPair{{PacketID: 7, LostPackets: 3}}},
+	}
+	buf := make([]byte, 0, MaxCompound)
+	if a := testing.AllocsPerRun(100, func() { buf, _ = AppendCompound(buf[:0], pkts) }); a != 0 {
+		t.Errorf("%v allocations", a)
+	}
+}

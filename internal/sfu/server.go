@@ -19,7 +19,10 @@
 // SRTP of its own (RFC 3711, RFC 7714) in both directions: publishers'
 // packets are decrypted and fanned out from the socket's reader
 // (recvpath.go), subscribers' are sealed and sent with sendmmsg
-// (fastpath.go); pion keeps ICE, DTLS, SCTP and RTCP.
+// (fastpath.go). With Config.FastRTCP clients' SRTCP is opened there too
+// (rtcpin.go), and with Config.FastRTCPSend the node's own RTCP is sealed
+// and sent by the node (rtcpout.go); pion keeps ICE, DTLS and SCTP, and
+// whatever RTCP those leave it.
 //
 // The node takes its work from the bus (package bus): join, offer, answer,
 // candidate and leave requests from signal servers.

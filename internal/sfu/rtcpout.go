@@ -42,6 +42,7 @@ type rtcpOut struct {
 	pion interceptor.RTCPWriter // pion's writer, bound by the chain; nil before
 	ctx  *srtp.Context          // the session's own SRTCP context; nil: pion's path
 	raw  []byte                 // a Write's packets, marshalled
+	keep []rtcp.Packet          // a chain Write's packets less pion's sender reports
 	out  [fastMTU]byte          // the sealed datagram
 	hdr  rtcp.Header            // EncryptRTCP's parse (reused)
 }
@@ -78,10 +79,43 @@ func (o *rtcpOut) enable(ctx *srtp.Context) {
 	o.mu.Unlock()
 }
 
-// Write implements interceptor.RTCPWriter.
+// Write implements interceptor.RTCPWriter for the rest of the chain:
+// pion's report.SenderInterceptor (and PeerConnection.WriteRTCP, which the
+// node does not call). With the own context, pion's sender reports are
+// dropped: every local stream of the session is then on the fast path,
+// of which pion saw at most the packets written before the keys were
+// known (counted by its report interceptor, then dropped by its SRTP), so
+// its reports would repeat stale counts next to sendReports' own.
 func (o *rtcpOut) Write(pkts []rtcp.Packet, a interceptor.Attributes) (int, error) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
+	if o.ctx != nil {
+		o.keep = o.keep[:0]
+		for _, p := range pkts {
+			if _, sr := p.(*rtcp.SenderReport); !sr {
+				o.keep = append(o.keep, p)
+			}
+		}
+		pkts = o.keep
+		defer clear(o.keep)
+		if len(pkts) == 0 {
+			return 0, nil
+		}
+	}
+	return o.writeLocked(pkts, a)
+}
+
+// send sends the node's own RTCP (sendReports, requestKeyframe): sealed
+// with the own context, or through pion's writer while the session is on
+// pion's path.
+func (o *rtcpOut) send(pkts []rtcp.Packet) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	_, err := o.writeLocked(pkts, nil)
+	return err
+}
+
+func (o *rtcpOut) writeLocked(pkts []rtcp.Packet, a interceptor.Attributes) (int, error) {
 	if o.ctx == nil {
 		if o.pion == nil {
 			return 0, errRTCPNotBound
@@ -136,8 +170,7 @@ func (o *rtcpOut) sendLocked(b []byte) error {
 // own RTCP writer when it has one (which picks the path), else pion's.
 func (p *participant) writeRTCP(pkts []rtcp.Packet) error {
 	if f := p.fast; f != nil && f.rtcp != nil {
-		_, err := f.rtcp.Write(pkts, nil)
-		return err
+		return f.rtcp.send(pkts)
 	}
 	pc := p.pc
 	if p.fast != nil {

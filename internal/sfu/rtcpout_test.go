@@ -78,8 +78,9 @@ func (w *pionWriter) Write(pkts []rtcp.Packet, _ interceptor.Attributes) (int, e
 // context is enabled, then never again: it is sealed so that a receiver
 // with the session's keys opens every packet in order (a repeated SRTCP
 // index would be refused as a replay), whether written as packets or
-// marshalled; without a UDP pair it is dropped and counted; what would
-// not fit a datagram is refused.
+// marshalled; pion's sender reports are dropped, the node's sent; without
+// a UDP pair it is dropped and counted; what would not fit a datagram is
+// refused.
 func TestRTCPOut(t *testing.T) {
 	for _, prof := range []srtp.ProtectionProfile{srtp.ProtectionProfileAeadAes128Gcm, srtp.ProtectionProfileAes128CmHmacSha1_80} {
 		t.Run(prof.String(), func(t *testing.T) {
@@ -115,6 +116,19 @@ func TestRTCPOut(t *testing.T) {
 			}
 			o.enable(own)
 			buf := make([]byte, 1500)
+			open := func() []byte {
+				t.Helper()
+				_ = rc.SetReadDeadline(time.Now().Add(5 * time.Second))
+				n, _, err := rc.ReadFromUDP(buf)
+				if err != nil {
+					t.Fatal(err)
+				}
+				got, err := dec.DecryptRTCP(nil, buf[:n], nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return got
+			}
 			for i := range 6 {
 				if i%2 == 0 {
 					_, err = o.Write(pkts, nil)
@@ -128,21 +142,28 @@ func TestRTCPOut(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				_ = rc.SetReadDeadline(time.Now().Add(5 * time.Second))
-				n, _, err := rc.ReadFromUDP(buf)
-				if err != nil {
-					t.Fatal(err)
+				if got := open(); !bytes.Equal(got, raw) {
+					t.Fatalf("packet %d: %x, want %x", i, got, raw)
 				}
-				got, err := dec.DecryptRTCP(nil, buf[:n], nil)
-				if err != nil || !bytes.Equal(got, raw) {
-					t.Fatalf("packet %d: %v, %x, want %x", i, err, got, raw)
-				}
+			}
+			// pion's sender reports (the chain's Write) are dropped now;
+			// the node's own (send) go out.
+			sr := &rtcp.SenderReport{SSRC: 9, PacketCount: 3}
+			if _, err := o.Write([]rtcp.Packet{sr}, nil); err != nil {
+				t.Fatal(err)
+			}
+			if err := o.send([]rtcp.Packet{sr, pkts[1]}); err != nil {
+				t.Fatal(err)
+			}
+			want, _ := rtcp.Marshal([]rtcp.Packet{sr, pkts[1]})
+			if got := open(); !bytes.Equal(got, want) {
+				t.Fatalf("the node's sender report: %x, want %x", got, want)
 			}
 			if len(pion.pkts) != 2 {
 				t.Errorf("pion's writer got %d packets after the own context took over", len(pion.pkts))
 			}
-			if n := testutilCounter(f.s.m.fastRTCPSent); n != 6 {
-				t.Errorf("%v sent, want 6", n)
+			if n := testutilCounter(f.s.m.fastRTCPSent); n != 7 {
+				t.Errorf("%v sent, want 7", n)
 			}
 			if _, err := o.WriteCompound(make([]byte, fastMTU)); err == nil {
 				t.Error("a compound packet too long for a datagram was sent")

@@ -18,6 +18,8 @@
 #   flags to it (e.g. "--sfu-fast-path" to compare two builds' fast paths in one run).
 #   At the end it prints each run's UDP receive-buffer drops in the namespace (/proc/net/snmp
 #   RcvbufErrors, every socket: server and load clients) and the traverse servers' own-receive-path counters.
+#   SFUBENCH_SERVER_ENV="GOMAXPROCS=1" starts the traverse servers and udpfwd's server (not the load clients,
+#   not Janus) with that environment, so both sides of the ceiling comparison run alike.
 #   SFUBENCH_LOAD_FLAGS adds flags to every `traverse load` (traverse's and Janus's runs alike). Since
 #   2026-11-22 (load-feedback) the clients send receiver reports, NACKs, transport-cc sequence numbers and
 #   feedback as browsers do by default (`traverse load --feedback`, pion's default interceptors);
@@ -43,7 +45,8 @@ if [ -z "${SFUBENCH_NS:-}" ]; then
 fi
 DUR=${1:-10s}
 LOADF=${SFUBENCH_LOAD_FLAGS:-}
-echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo ?), load flags: '${LOADF}', load average: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+SENV="env ${SFUBENCH_SERVER_ENV:-}"
+echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo ?), load flags: '${LOADF}', server env: '${SFUBENCH_SERVER_ENV:-}', load average: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 SCENARIOS=${SFUBENCH_SCENARIOS:-fanout rooms}
 SERVERS=${SFUBENCH_SERVERS:-traverse batched fast janus udpfwd}
 ROUNDS=${SFUBENCH_ROUNDS:-1}
@@ -64,13 +67,13 @@ ss=[socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(24)]
 for s in ss: s.bind(("127.0.0.1",0))
 print(" ".join(str(s.getsockname()[1]) for s in ss))')
   # traverse: serve (embedded NATS, signal, sfu, and the idle other roles) on free ports, pion's write path
-  "${SFUBENCH_TRAVERSE_BIN:-$BIN}" serve --admin 127.0.0.1:$ADM --bus-listen 127.0.0.1:$NATS --sfu-udp 127.0.0.1:$UDP --sfu-tcp 127.0.0.1:$TCP --sfu-fast-path=false ${SFUBENCH_TRAVERSE_FLAGS:-} \
+  $SENV "${SFUBENCH_TRAVERSE_BIN:-$BIN}" serve --admin 127.0.0.1:$ADM --bus-listen 127.0.0.1:$NATS --sfu-udp 127.0.0.1:$UDP --sfu-tcp 127.0.0.1:$TCP --sfu-fast-path=false ${SFUBENCH_TRAVERSE_FLAGS:-} \
     --signal-http 127.0.0.1:$HTTP --stun-listen 127.0.0.1:$P1 --stun-other-port $P2 --stun-no-tcp --stun-tls-listen "" \
     --turn-listen 127.0.0.1:$P3 --turn-no-tcp --sipgw-sip 127.0.0.1:$P4 \
     --sipgw-rtp 127.0.0.1:$P5 --sipgw-rtcp 127.0.0.1:$P6 --log-level warn ${SFUBENCH_PROFILE:+--pprof} >>"$OUT/serve.log" 2>&1 &
   TPID=$!; PIDS+=($TPID)
   # the same with the batched socket I/O under pion's mux (--sfu-batch-io)
-  "$BIN" serve --admin 127.0.0.1:$ADM2 --bus-listen 127.0.0.1:$NATS2 --sfu-udp 127.0.0.1:$UDP2 --sfu-tcp 127.0.0.1:$TCP2 --sfu-batch-io --sfu-fast-path=false ${SFUBENCH_PROFILE:+--pprof} \
+  $SENV "$BIN" serve --admin 127.0.0.1:$ADM2 --bus-listen 127.0.0.1:$NATS2 --sfu-udp 127.0.0.1:$UDP2 --sfu-tcp 127.0.0.1:$TCP2 --sfu-batch-io --sfu-fast-path=false ${SFUBENCH_PROFILE:+--pprof} \
     --signal-http 127.0.0.1:$HTTP2 --stun-listen 127.0.0.1:$Q1 --stun-other-port $Q2 --stun-no-tcp --stun-tls-listen "" \
     --turn-listen 127.0.0.1:$Q3 --turn-no-tcp --sipgw-sip 127.0.0.1:$Q4 \
     --sipgw-rtp 127.0.0.1:$Q5 --sipgw-rtcp 127.0.0.1:$Q6 --log-level warn >>"$OUT/serve-batched.log" 2>&1 &
@@ -82,7 +85,7 @@ import socket
 ss=[socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(11)]
 for s in ss: s.bind(("127.0.0.1",0))
 print(" ".join(str(s.getsockname()[1]) for s in ss))')
-    "$BIN" serve --admin 127.0.0.1:$ADM3 --bus-listen 127.0.0.1:$NATS3 --sfu-udp 127.0.0.1:$UDP3 --sfu-tcp 127.0.0.1:$TCP3 \
+    $SENV "$BIN" serve --admin 127.0.0.1:$ADM3 --bus-listen 127.0.0.1:$NATS3 --sfu-udp 127.0.0.1:$UDP3 --sfu-tcp 127.0.0.1:$TCP3 \
       --sfu-fast-path ${SFUBENCH_FAST_FLAGS:-} ${SFUBENCH_PROFILE:+--pprof} \
       --signal-http 127.0.0.1:$HTTP3 --stun-listen 127.0.0.1:$R1 --stun-other-port $R2 --stun-no-tcp --stun-tls-listen "" \
       --turn-listen 127.0.0.1:$R3 --turn-no-tcp --sipgw-sip 127.0.0.1:$R4 \
@@ -97,7 +100,7 @@ print(" ".join(str(s.getsockname()[1]) for s in ss))')
   janus -C "$JDIR/janus.jcfg" -F "$JDIR" -N -o -r 30000-39999 -E sfub0 -L "$OUT/janus.log" >/dev/null 2>&1 &
   JPID=$!; PIDS+=($JPID)
   # the ceiling
-  "$OUT/udpfwd" -mode server -listen 127.0.0.1:$FPORT &
+  $SENV "$OUT/udpfwd" -mode server -listen 127.0.0.1:$FPORT &
   FPID=$!; PIDS+=($FPID)
   for i in $(seq 100); do
     curl -sf -o /dev/null "http://127.0.0.1:$JPORT/janus/info" && (exec 3<>/dev/tcp/127.0.0.1/$NATS) 2>/dev/null \

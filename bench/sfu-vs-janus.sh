@@ -20,6 +20,8 @@
 #   RcvbufErrors, every socket: server and load clients) and the traverse servers' own-receive-path counters.
 #   SFUBENCH_SERVER_ENV="GOMAXPROCS=1" starts the traverse servers and udpfwd's server (not the load clients,
 #   not Janus) with that environment, so both sides of the ceiling comparison run alike.
+#   SFUBENCH_PIN=1 pins every server (traverse, Janus, udpfwd) to CPU 0 and the load clients to CPU 1
+#   (taskset), so that a server never shares its core with the load it is measured under.
 #   SFUBENCH_LOAD_FLAGS adds flags to every `traverse load` (traverse's and Janus's runs alike). Since
 #   2026-11-22 (load-feedback) the clients send receiver reports, NACKs, transport-cc sequence numbers and
 #   feedback as browsers do by default (`traverse load --feedback`, pion's default interceptors);
@@ -46,7 +48,9 @@ fi
 DUR=${1:-10s}
 LOADF=${SFUBENCH_LOAD_FLAGS:-}
 SENV="env ${SFUBENCH_SERVER_ENV:-}"
-echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo ?), load flags: '${LOADF}', server env: '${SFUBENCH_SERVER_ENV:-}', load average: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+SPIN= LPIN=
+if [ -n "${SFUBENCH_PIN:-}" ]; then SPIN="taskset -c 0" LPIN="taskset -c 1"; SENV="$SPIN $SENV"; fi
+echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo ?), load flags: '${LOADF}', server env: '${SFUBENCH_SERVER_ENV:-}', pinned: '${SFUBENCH_PIN:-}', load average: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 SCENARIOS=${SFUBENCH_SCENARIOS:-fanout rooms}
 SERVERS=${SFUBENCH_SERVERS:-traverse batched fast janus udpfwd}
 ROUNDS=${SFUBENCH_ROUNDS:-1}
@@ -97,7 +101,7 @@ print(" ".join(str(s.getsockname()[1]) for s in ss))')
   sed -i "s|^\tport = 8088.*|\tport = $JPORT|; s|^\t#ip = \"192.168.0.1\".*|\tip = \"127.0.0.1\"|" "$JDIR/janus.transport.http.jcfg"
   sed -i 's|^\t#disable = "libjanus_rabbitmq.so"|\tdisable = "libjanus_websockets.so,libjanus_rabbitmq.so,libjanus_mqtt.so,libjanus_nanomsg.so,libjanus_pfunix.so"|' "$JDIR/janus.jcfg"
   sed -i 's|^\t#disable = "libjanus_voicemail.so,libjanus_recordplay.so"|\tdisable = "libjanus_lua.so,libjanus_duktape.so,libjanus_voicemail.so,libjanus_recordplay.so,libjanus_audiobridge.so,libjanus_streaming.so,libjanus_sip.so,libjanus_nosip.so,libjanus_textroom.so,libjanus_videocall.so,libjanus_echotest.so"|' "$JDIR/janus.jcfg"
-  janus -C "$JDIR/janus.jcfg" -F "$JDIR" -N -o -r 30000-39999 -E sfub0 -L "$OUT/janus.log" >/dev/null 2>&1 &
+  $SPIN janus -C "$JDIR/janus.jcfg" -F "$JDIR" -N -o -r 30000-39999 -E sfub0 -L "$OUT/janus.log" >/dev/null 2>&1 &
   JPID=$!; PIDS+=($JPID)
   # the ceiling
   $SENV "$OUT/udpfwd" -mode server -listen 127.0.0.1:$FPORT &
@@ -129,17 +133,17 @@ run_one() {
         (sleep 6; curl -s -o "$OUT/$srv-$tag.pprof" "http://127.0.0.1:$adm/debug/pprof/profile?seconds=$SFUBENCH_PROFILE") &
         PROF=$!
       fi
-      "$BIN" load --nats nats://127.0.0.1:$nats --rooms $r --publishers $p --subscribers $s --duration $DUR \
+      $LPIN "$BIN" load --nats nats://127.0.0.1:$nats --rooms $r --publishers $p --subscribers $s --duration $DUR \
         --server-pid $pid --room-prefix "$prefix$tag" $LOADF --json 2>"$OUT/$srv-$tag.err" >"$OUT/$srv-$tag.json" || true
       [ -n "${PROF:-}" ] && { wait "$PROF" 2>/dev/null || true; PROF=; }
       [ "$srv" = traverse ] || curl -s "http://127.0.0.1:$adm/metrics" | grep -E '^traverse_sfu_(udp_|rtp_forwarded|rtp_received|fast_path|fast_receive|fast_rtcp|feedback_|subscriber_twcc|subscriber_estimate_bps_(count|sum)|subscriber_loss_fraction_count)' >"$OUT/$srv-$tag-metrics.txt" || true
       ;;
     janus)
-      "$BIN" load --janus "http://127.0.0.1:$JPORT/janus" --ice-ip 10.77.0.1 --rooms $r --publishers $p --subscribers $s --duration $DUR \
+      $LPIN "$BIN" load --janus "http://127.0.0.1:$JPORT/janus" --ice-ip 10.77.0.1 --rooms $r --publishers $p --subscribers $s --duration $DUR \
         --server-pid $JPID --room-prefix "j$tag" $LOADF --json 2>"$OUT/janus-$tag.err" >"$OUT/janus-$tag.json" || true
       ;;
     udpfwd)
-      "$OUT/udpfwd" -mode load -server 127.0.0.1:$FPORT -server-pid $FPID -rooms $r -publishers $p -subscribers $s \
+      $LPIN "$OUT/udpfwd" -mode load -server 127.0.0.1:$FPORT -server-pid $FPID -rooms $r -publishers $p -subscribers $s \
         -duration $DUR >"$OUT/udpfwd-$tag.json" || true
       ;;
   esac

@@ -547,9 +547,9 @@ func (r *request) peers() ([]netip.AddrPort, bool) {
 
 // checkPeer answers 443 or 403 for a peer the allocation may not reach.
 func (r *request) checkPeer(a *allocation, p netip.AddrPort, endpoint bool) bool {
-	allowed := r.s.filter.allowedIP(p.Addr())
+	allowed := r.s.filter.AllowedIP(p.Addr())
 	if endpoint {
-		allowed = allowed && r.s.filter.allowedEndpoint(p)
+		allowed = allowed && r.s.filter.AllowedEndpoint(p)
 	}
 	if !allowed {
 		r.s.m.refusedPeers.Inc()

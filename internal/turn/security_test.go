@@ -11,64 +11,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
-func TestPeerFilterDefaults(t *testing.T) {
-	f := peerFilter{own: []netip.Addr{netip.MustParseAddr("203.0.113.7"), netip.MustParseAddr("203.0.113.8")},
-		relayIP: netip.MustParseAddr("203.0.113.8")}
-	for _, tc := range []struct {
-		ip   string
-		want bool
-	}{
-		{"127.0.0.1", false},
-		{"127.1.2.3", false},
-		{"0.0.0.0", false},
-		{"10.0.0.1", false},
-		{"172.16.5.4", false},
-		{"192.168.1.1", false},
-		{"100.64.0.1", false},
-		{"169.254.169.254", false},
-		{"224.0.0.1", false},
-		{"255.255.255.255", false},
-		{"203.0.113.7", false}, // the server's own
-		{"203.0.113.8", true},  // the relay IP: relay to relay
-		{"::1", false},
-		{"::", false},
-		{"::ffff:127.0.0.1", false},
-		{"::ffff:10.0.0.1", false},
-		{"::ffff:169.254.169.254", false},
-		{"fe80::1", false},
-		{"fc00::1", false},
-		{"fd12:3456::1", false},
-		{"ff02::1", false},
-		{"64:ff9b::a00:1", false}, // NAT64 of 10.0.0.1
-		{"2002:7f00:1::1", false}, // 6to4 of 127.0.0.1
-		{"8.8.8.8", true},
-		{"1.1.1.1", true},
-		{"2606:4700::1111", true},
-		{"::ffff:8.8.8.8", true},
-	} {
-		if got := f.allowedIP(netip.MustParseAddr(tc.ip)); got != tc.want {
-			t.Errorf("allowedIP(%s) = %v, want %v", tc.ip, got, tc.want)
-		}
-	}
-	// Lists: deny beats allow beats the defaults; loopback is an opt-in.
-	f = peerFilter{
-		allow:    []netip.Prefix{netip.MustParsePrefix("10.1.0.0/16"), netip.MustParsePrefix("8.8.0.0/16")},
-		deny:     []netip.Prefix{netip.MustParsePrefix("8.8.8.0/24")},
-		loopback: true,
-	}
-	for _, tc := range []struct {
-		ip   string
-		want bool
-	}{
-		{"10.1.2.3", true}, {"10.2.0.1", false}, {"8.8.8.8", false}, {"8.8.4.4", true},
-		{"127.0.0.1", true}, {"::1", true}, {"169.254.169.254", false},
-	} {
-		if got := f.allowedIP(netip.MustParseAddr(tc.ip)); got != tc.want {
-			t.Errorf("lists: allowedIP(%s) = %v, want %v", tc.ip, got, tc.want)
-		}
-	}
-}
-
 // TestRefusedPeers: by default, permissions and channels to loopback,
 // private, metadata and IPv6 loopback addresses get 403 Forbidden.
 func TestRefusedPeers(t *testing.T) {

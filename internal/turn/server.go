@@ -13,6 +13,7 @@ import (
 
 	"github.com/pion/dtls/v3"
 
+	"github.com/traverse-rtc/traverse/internal/addrpolicy"
 	"github.com/traverse-rtc/traverse/internal/tlsutil"
 )
 
@@ -20,7 +21,7 @@ import (
 type Server struct {
 	cfg    Config
 	m      *metrics
-	filter peerFilter
+	filter addrpolicy.Filter
 	nonces *nonces
 	engs   []*engine     // one per UDP shard
 	next   atomic.Uint32 // round robin of stream allocations over engines
@@ -181,24 +182,14 @@ func (s *Server) initFilter() {
 	// The server's own addresses are refused as peers, except the relay
 	// IP: two clients of one server reach each other relay to relay, the
 	// common case of two relay-only WebRTC peers. Its listeners are refused
-	// by exact address (ownEndpoints).
-	f := peerFilter{allow: s.cfg.AllowPeers, deny: s.cfg.DenyPeers, loopback: s.cfg.AllowLoopbackPeers, relayIP: s.cfg.RelayIP}
+	// by exact address (OwnEndpoints).
+	f := addrpolicy.Filter{Allow: s.cfg.AllowPeers, Deny: s.cfg.DenyPeers, Loopback: s.cfg.AllowLoopbackPeers, RelayIP: s.cfg.RelayIP}
 	la := s.cfg.Listen.Addr().Unmap()
-	if la.IsUnspecified() {
-		if addrs, err := net.InterfaceAddrs(); err == nil {
-			for _, a := range addrs {
-				if p, err := netip.ParsePrefix(a.String()); err == nil {
-					f.own = append(f.own, p.Addr().Unmap())
-				}
-			}
-		}
-	} else {
-		f.own = append(f.own, la)
-	}
-	f.ownEndpoints = append(f.ownEndpoints, netip.AddrPortFrom(la, s.engs[0].laddr.Port()))
+	f.Own = addrpolicy.HostAddrs(la)
+	f.OwnEndpoints = append(f.OwnEndpoints, netip.AddrPortFrom(la, s.engs[0].laddr.Port()))
 	if s.tlsLn != nil {
 		ap := s.tlsLn.Addr().(*net.TCPAddr).AddrPort()
-		f.ownEndpoints = append(f.ownEndpoints, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()))
+		f.OwnEndpoints = append(f.OwnEndpoints, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()))
 	}
 	s.filter = f
 }
@@ -425,7 +416,7 @@ func (s *Server) relaySend(key fiveTuple, b []byte, st *relayStats) {
 		st.noAlloc++
 		return
 	}
-	if !s.filter.allowedEndpoint(peer) {
+	if !s.filter.AllowedEndpoint(peer) {
 		s.m.refusedPeers.Inc()
 		return
 	}

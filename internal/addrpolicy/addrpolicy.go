@@ -1,10 +1,17 @@
-package turn
+// Package addrpolicy decides which addresses an outside party may make a
+// server send to: the TURN relay's peers, the SIP media proxy's outside
+// media destinations. One deny list for every role, so a hole closed for
+// one is closed for all.
+package addrpolicy
 
-import "net/netip"
+import (
+	"net"
+	"net/netip"
+)
 
-// refusedByDefault are the peer ranges a relay must not reach unless the
-// operator allows them: they are the operator's own network, not the
-// internet a TURN relay exists to reach.
+// refusedByDefault are the ranges a server must not send to on an outside
+// party's word unless the operator allows them: they are the operator's own
+// network, not the internet a relay exists to reach.
 var refusedByDefault = []netip.Prefix{
 	netip.MustParsePrefix("0.0.0.0/8"),      // "this network", unspecified (RFC 1122)
 	netip.MustParsePrefix("10.0.0.0/8"),     // private (RFC 1918)
@@ -29,18 +36,19 @@ var refusedByDefault = []netip.Prefix{
 	netip.MustParsePrefix("100::/64"),       // discard-only
 }
 
-// peerFilter decides which peer addresses an allocation may reach.
-type peerFilter struct {
-	allow, deny  []netip.Prefix
-	loopback     bool
-	own          []netip.Addr     // the server's own addresses
-	relayIP      netip.Addr       // allowed although own: relay to relay
-	ownEndpoints []netip.AddrPort // listeners: refused even on loopback
+// Filter decides which addresses may be sent to. The zero Filter refuses
+// the default ranges and allows the rest.
+type Filter struct {
+	Allow, Deny  []netip.Prefix   // operator's overrides: Deny first, then Allow
+	Loopback     bool             // allow loopback (lab and local demo use)
+	Own          []netip.Addr     // the server's own addresses: refused
+	RelayIP      netip.Addr       // allowed although own: relay to relay
+	OwnEndpoints []netip.AddrPort // the server's listeners: refused even on loopback
 }
 
-// allowedIP reports whether a permission for ip may be installed (RFC 8656
-// section 9: the server may refuse with 403).
-func (f *peerFilter) allowedIP(ip netip.Addr) bool {
+// AllowedIP reports whether ip may be sent to (for TURN, whether a
+// permission for it may be installed: RFC 8656 section 9, 403 otherwise).
+func (f *Filter) AllowedIP(ip netip.Addr) bool {
 	ip = ip.Unmap()
 	if !ip.IsValid() {
 		return false
@@ -49,23 +57,23 @@ func (f *peerFilter) allowedIP(ip netip.Addr) bool {
 		// 6to4 and Teredo embed IPv4 addresses; NAT64 well-known prefix
 		// too. Judge the embedded address.
 		if v4, ok := embeddedV4(ip); ok {
-			if !f.allowedIP(v4) {
+			if !f.AllowedIP(v4) {
 				return false
 			}
 		}
 	}
-	for _, p := range f.deny {
+	for _, p := range f.Deny {
 		if p.Contains(ip) {
 			return false
 		}
 	}
-	for _, p := range f.allow {
+	for _, p := range f.Allow {
 		if p.Contains(ip) {
 			return true
 		}
 	}
 	if ip.IsLoopback() {
-		return f.loopback
+		return f.Loopback
 	}
 	if f.isOwn(ip) {
 		return false
@@ -78,15 +86,15 @@ func (f *peerFilter) allowedIP(ip netip.Addr) bool {
 	return true
 }
 
-// allowedEndpoint adds, to allowedIP, the refusal of the server's own
-// listeners: a relay to them would loop.
-func (f *peerFilter) allowedEndpoint(ap netip.AddrPort) bool {
+// AllowedEndpoint adds, to AllowedIP, the refusal of the server's own
+// listeners: sending to them would loop.
+func (f *Filter) AllowedEndpoint(ap netip.AddrPort) bool {
 	ip := ap.Addr().Unmap()
-	if !f.allowedIP(ip) {
+	if !f.AllowedIP(ip) {
 		return false
 	}
 	ap = netip.AddrPortFrom(ip, ap.Port())
-	for _, e := range f.ownEndpoints {
+	for _, e := range f.OwnEndpoints {
 		if e == ap || (e.Addr().IsUnspecified() && e.Port() == ap.Port() && (ip.IsLoopback() || f.isOwn(ip))) {
 			return false
 		}
@@ -94,11 +102,11 @@ func (f *peerFilter) allowedEndpoint(ap netip.AddrPort) bool {
 	return true
 }
 
-func (f *peerFilter) isOwn(ip netip.Addr) bool {
-	if ip == f.relayIP {
+func (f *Filter) isOwn(ip netip.Addr) bool {
+	if ip == f.RelayIP {
 		return false
 	}
-	for _, a := range f.own {
+	for _, a := range f.Own {
 		if a == ip {
 			return true
 		}
@@ -119,4 +127,22 @@ func embeddedV4(ip netip.Addr) (netip.Addr, bool) {
 		return netip.AddrFrom4([4]byte{^b[12], ^b[13], ^b[14], ^b[15]}), true
 	}
 	return netip.Addr{}, false
+}
+
+// HostAddrs returns the addresses a listener on la answers on: la itself, or
+// every interface address when la is unspecified.
+func HostAddrs(la netip.Addr) []netip.Addr {
+	la = la.Unmap()
+	if !la.IsUnspecified() {
+		return []netip.Addr{la}
+	}
+	var own []netip.Addr
+	if addrs, err := net.InterfaceAddrs(); err == nil {
+		for _, a := range addrs {
+			if p, err := netip.ParsePrefix(a.String()); err == nil {
+				own = append(own, p.Addr().Unmap())
+			}
+		}
+	}
+	return own
 }

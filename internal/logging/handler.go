@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"unicode/utf8"
 )
@@ -65,7 +66,7 @@ func (h *Handler) Handle(ctx context.Context, r slog.Record) error {
 
 // WithAttrs cuts attrs once, here, rather than on every record.
 func (h *Handler) WithAttrs(attrs []slog.Attr) slog.Handler {
-	if h.maxValue >= 0 {
+	if h.maxValue >= 0 && slices.ContainsFunc(attrs, func(a slog.Attr) bool { return h.valueTooLong(a.Value) }) {
 		cut := make([]slog.Attr, len(attrs))
 		for i, a := range attrs {
 			cut[i] = h.cutAttr(a)

@@ -37,7 +37,9 @@ go build -o "$tmp/stunload" ./bench/stunload
 
 tport=$(free_port 23478)
 # TRAVERSE_ARGS adds flags to traverse stun (for example --readers 2).
-"$tmp/traverse" stun --listen "127.0.0.1:$tport" --admin "" --log-level warn ${TRAVERSE_ARGS:-} &
+# --rate -1: the load comes from one address, which the per-source answer
+# rate (100/s by default) would otherwise cut.
+"$tmp/traverse" stun --listen "127.0.0.1:$tport" --admin "" --log-level warn --rate -1 ${TRAVERSE_ARGS:-} &
 tpid=$!
 pids+=("$tpid")
 

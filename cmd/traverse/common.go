@@ -29,6 +29,9 @@ func (c *common) flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Admin, "admin", c.Admin, "admin HTTP listener `host:port` serving /metrics, /healthz and /readyz (empty disables it)")
 	fs.StringVar(&c.Log.Format, "log-format", c.Log.Format, "log format: text or json")
 	fs.StringVar(&c.Log.Level, "log-level", c.Log.Level, "log level: debug, info, warn or error")
+	fs.IntVar(&c.Log.MaxValue, "log-max-value", c.Log.MaxValue, "longest log value (and message) in `bytes`; longer ones are cut and marked (0: 256, negative: no limit)")
+	fs.IntVar(&c.Log.Burst, "log-burst", c.Log.Burst, "log records of one level and message written per --log-interval; the rest are counted and summarised (0: 10, negative: no limit)")
+	fs.DurationVar(&c.Log.Interval, "log-interval", c.Log.Interval, "window of --log-burst (0: 1s)")
 	fs.BoolVar(&c.Pprof, "pprof", c.Pprof, "serve net/http/pprof under /debug/pprof/ on the admin listener")
 }
 
@@ -99,15 +102,19 @@ func runAll(ctx context.Context, log *slog.Logger, runners ...runner) error {
 
 const shutdownGrace = 5 * time.Second
 
-// runWithAdmin binds the admin listener c.Admin (with pprof when c.Pprof),
-// then runs it and the roles' runners until ctx is done (see runAll). The
+// runWithAdmin registers the logger's counters (traverse_log_*), binds the
+// admin listener c.Admin (with pprof when c.Pprof), then runs it and the roles' runners until ctx is done (see runAll). The
 // runners hold sockets already: if the admin listener cannot bind, they are
 // stopped and released before the error returns.
 func runWithAdmin(ctx context.Context, log *slog.Logger, a *admin.Server, c *common, runners ...runner) error {
 	if c.Pprof {
 		a.EnableProfiling()
 	}
-	if err := a.Listen(c.Admin); err != nil {
+	err := logging.Register(log, a.Registry)
+	if err == nil {
+		err = a.Listen(c.Admin)
+	}
+	if err != nil {
 		stopped, cancel := context.WithCancel(ctx)
 		cancel()
 		_ = runAll(stopped, log, runners...)

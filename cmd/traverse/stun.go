@@ -19,10 +19,15 @@ func stunFlags(fs *flag.FlagSet, prefix string, cfg *stun.Config) {
 	fs.StringVar(&cfg.TLSListen, prefix+"tls-listen", cfg.TLSListen, "STUN over TLS `host:port` (empty disables it)")
 	fs.StringVar(&cfg.TLSCert, prefix+"tls-cert", cfg.TLSCert, "TLS certificate PEM `file` (empty with tls-key empty: a self-signed one is generated)")
 	fs.StringVar(&cfg.TLSKey, prefix+"tls-key", cfg.TLSKey, "TLS private key PEM `file`")
-	fs.StringVar(&cfg.Software, prefix+"software", cfg.Software, "SOFTWARE attribute `value` (\"-\" omits it)")
+	fs.StringVar(&cfg.Software, prefix+"software", cfg.Software, "SOFTWARE attribute `value` (empty or \"-\": none, the default: each byte of an answer is one a spoofed request reflects)")
 	fs.IntVar(&cfg.Readers, prefix+"readers", cfg.Readers, "UDP reader goroutines, each on its own SO_REUSEPORT socket (0: one per two CPUs)")
 	fs.IntVar(&cfg.Batch, prefix+"batch", cfg.Batch, "datagrams per recvmmsg/sendmmsg system call (0: 64)")
 	fs.IntVar(&cfg.MaxTCPConns, prefix+"max-tcp-conns", cfg.MaxTCPConns, "most concurrent TCP and TLS connections (0: 1024)")
+	fs.IntVar(&cfg.MaxTCPConnsPerAddr, prefix+"max-tcp-conns-per-addr", cfg.MaxTCPConnsPerAddr, "most concurrent TCP and TLS connections from one IPv4 address or IPv6 /64 (0: 32)")
+	fs.DurationVar(&cfg.FirstMessageTimeout, prefix+"first-message-timeout", cfg.FirstMessageTimeout, "close a TCP or TLS connection with no request answered this long after accept, TLS handshake included (0: 10s)")
+	fs.DurationVar(&cfg.IdleTimeout, prefix+"idle-timeout", cfg.IdleTimeout, "close a TCP or TLS connection idle this long after its last answer (0: 60s)")
+	fs.IntVar(&cfg.Rate, prefix+"rate", cfg.Rate, "requests per second answered per source IPv4 address or IPv6 /64; the rest are dropped and counted (0: 100, negative: no limit)")
+	fs.IntVar(&cfg.RateBurst, prefix+"rate-burst", cfg.RateBurst, "requests one source may send at once before --rate applies (0: twice --rate)")
 }
 
 // startSTUN binds the STUN server and returns its main loop.

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"runtime"
+	"time"
 )
 
 // Config configures a Server. The zero value of each field selects the
@@ -28,8 +29,8 @@ type Config struct {
 	// certificate is generated at start (for local use only).
 	TLSCert string `yaml:"tls-cert"`
 	TLSKey  string `yaml:"tls-key"`
-	// Software is the SOFTWARE attribute's value; default "traverse".
-	// "-" omits the attribute.
+	// Software is the SOFTWARE attribute's value; default none (and "-"):
+	// every byte of an answer is a byte a spoofed request reflects.
 	Software string `yaml:"software"`
 	// Readers is the number of SO_REUSEPORT sockets (each with its own
 	// reader goroutine) sharing the primary UDP address. Default: one per
@@ -43,7 +44,31 @@ type Config struct {
 	// twice).
 	Batch int `yaml:"batch"`
 	// MaxTCPConns bounds concurrent TCP and TLS connections; default 1024.
+	// Each costs a descriptor and about 10 KiB (buffers, goroutine; a TLS
+	// one about 40 KiB more).
 	MaxTCPConns int `yaml:"max-tcp-conns"`
+	// MaxTCPConnsPerAddr bounds the concurrent TCP and TLS connections of
+	// one source (an IPv4 address or an IPv6 /64), so that one address
+	// cannot take all of MaxTCPConns; default 32. Raise it for many
+	// clients behind one NAT that all use STUN over TCP.
+	MaxTCPConnsPerAddr int `yaml:"max-tcp-conns-per-addr"`
+	// FirstMessageTimeout closes a TCP or TLS connection that has not
+	// sent a STUN request answered within this long of its accept (the
+	// TLS handshake included); default 10s.
+	FirstMessageTimeout time.Duration `yaml:"first-message-timeout"`
+	// IdleTimeout closes a TCP or TLS connection that sent no request for
+	// this long after its last answer; default 60s.
+	IdleTimeout time.Duration `yaml:"idle-timeout"`
+	// Rate is how many requests per second one source (an IPv4 address
+	// or an IPv6 /64) gets answered, over every transport; the rest are
+	// dropped and counted (dropped_total{reason="rate_limited"}). Default
+	// 100 (0), which is tens of times what a client gathering
+	// candidates sends, and leaves room for a few hundred clients behind
+	// one NAT; negative: no limit. The limiter costs 512 KiB.
+	Rate int `yaml:"rate"`
+	// RateBurst is the bucket size of Rate: how many requests one source
+	// may send at once. Default 2 x Rate (0).
+	RateBurst int `yaml:"rate-burst"`
 }
 
 // resolved is a validated Config.
@@ -87,9 +112,6 @@ func (c Config) validate() (resolved, error) {
 			return r, fmt.Errorf("%w: tls-listen %q: %v", ErrConfig, r.TLSListen, err)
 		}
 	}
-	if r.Software == "" {
-		r.Software = "traverse"
-	}
 	if r.Software == "-" {
 		r.Software = ""
 	}
@@ -107,6 +129,24 @@ func (c Config) validate() (resolved, error) {
 	}
 	if r.MaxTCPConns <= 0 {
 		r.MaxTCPConns = 1024
+	}
+	if r.MaxTCPConnsPerAddr <= 0 {
+		r.MaxTCPConnsPerAddr = 32
+	}
+	if r.FirstMessageTimeout <= 0 {
+		r.FirstMessageTimeout = 10 * time.Second
+	}
+	if r.IdleTimeout <= 0 {
+		r.IdleTimeout = 60 * time.Second
+	}
+	if r.Rate == 0 {
+		r.Rate = 100
+	}
+	if r.Rate > int(time.Second) {
+		return r, fmt.Errorf("%w: rate %d above 1e9 per second", ErrConfig, r.Rate)
+	}
+	if r.RateBurst <= 0 {
+		r.RateBurst = 2 * max(r.Rate, 1)
 	}
 	return r, nil
 }

@@ -11,8 +11,9 @@ import (
 // FuzzServerHandle feeds arbitrary datagrams to the request handler, over
 // every transport and from each RFC 5780 socket: it must never panic, must
 // drop with a known reason or answer with a message that decodes, carries
-// the request's transaction ID and a valid FINGERPRINT, and must never
-// outgrow the caller's buffer.
+// the request's transaction ID and a valid FINGERPRINT when the request
+// had one, and must never outgrow the caller's buffer; without RFC 5780,
+// an answer is never much longer than its request.
 func FuzzServerHandle(f *testing.F) {
 	plain := build(f, stun.BindingRequest, stun.Fingerprint)
 	f.Add(plain, uint8(0))
@@ -59,8 +60,21 @@ func FuzzServerHandle(f *testing.F) {
 		if err := m.Decode(); err != nil {
 			t.Fatalf("response does not decode: %v", err)
 		}
-		if err := stun.Fingerprint.Check(m); err != nil {
-			t.Fatalf("response fingerprint: %v", err)
+		var req stun.Message
+		req.Raw = in
+		_ = req.Decode()
+		if req.Contains(stun.AttrFingerprint) != m.Contains(stun.AttrFingerprint) {
+			t.Fatalf("fingerprint in the request %v, in the answer %v", req.Contains(stun.AttrFingerprint), m.Contains(stun.AttrFingerprint))
+		}
+		if m.Contains(stun.AttrFingerprint) {
+			if err := stun.Fingerprint.Check(m); err != nil {
+				t.Fatalf("response fingerprint: %v", err)
+			}
+		}
+		// Without RFC 5780 and SOFTWARE, an answer is at most 48 bytes
+		// longer than its request (a 420 for one unknown attribute).
+		if sel&0x80 != 0 && len(r.out) > len(in)+48 {
+			t.Fatalf("%d-byte answer to a %d-byte request", len(r.out), len(in))
 		}
 		if string(m.Raw[8:20]) != string(in[8:20]) {
 			t.Fatalf("transaction id changed")

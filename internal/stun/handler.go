@@ -49,11 +49,12 @@ const (
 	dropBadFingerprint
 	dropNotRequest
 	dropOversize
+	dropRateLimited // over the source's answer rate (Config.Rate)
 	numReasons
 )
 
 var reasonNames = [numReasons]string{"", "short", "not_stun", "bad_cookie", "bad_length", "bad_attribute",
-	"attribute_flood", "bad_fingerprint", "not_request", "oversize"}
+	"attribute_flood", "bad_fingerprint", "not_request", "oversize", "rate_limited"}
 
 // endpoints are the server's UDP socket addresses. Index bit 0 selects the
 // other IP and bit 1 the other port (RFC 5780 section 6.1), so a
@@ -175,13 +176,14 @@ func (h *handler) handle(in []byte, src netip.AddrPort, via int, t transport, ou
 		return result{drop: dropNotRequest}
 	}
 	if req.Type.Method != stun.MethodBinding {
-		return h.errorResponse(src, via, out, 400, reasonBadRequest, 0)
+		return h.errorResponse(src, via, out, 400, reasonBadRequest, 0, false)
 	}
 	var (
 		flags    uint32
 		respPort = -1
 		padLen   = -1
 		bad      bool
+		fp       bool
 		unknown  int
 	)
 	for _, a := range req.Attributes {
@@ -200,6 +202,8 @@ func (h *handler) handle(in []byte, src netip.AddrPort, via int, t transport, ou
 			respPort = int(binary.BigEndian.Uint16(a.Value))
 		case a.Type == stun.AttrPadding:
 			padLen = len(a.Value)
+		case a.Type == stun.AttrFingerprint:
+			fp = true
 		case uint16(a.Type) < 0x8000 && !knownRequired(a.Type):
 			if 2*unknown < len(h.unknown) {
 				binary.BigEndian.PutUint16(h.unknown[2*unknown:], uint16(a.Type))
@@ -208,7 +212,7 @@ func (h *handler) handle(in []byte, src netip.AddrPort, via int, t transport, ou
 		}
 	}
 	if unknown > 0 {
-		return h.errorResponse(src, via, out, 420, reasonUnknown, unknown)
+		return h.errorResponse(src, via, out, 420, reasonUnknown, unknown, fp)
 	}
 	// RFC 5780 section 6.1: CHANGE-REQUEST and RESPONSE-PORT make sense
 	// over UDP only; PADDING is ignored over a stream.
@@ -216,7 +220,7 @@ func (h *handler) handle(in []byte, src netip.AddrPort, via int, t transport, ou
 		bad = true
 	}
 	if bad || respPort == 0 {
-		return h.errorResponse(src, via, out, 400, reasonBadRequest, 0)
+		return h.errorResponse(src, via, out, 400, reasonBadRequest, 0, fp)
 	}
 	from := via
 	if flags&changeIP != 0 {
@@ -236,30 +240,40 @@ func (h *handler) handle(in []byte, src netip.AddrPort, via int, t transport, ou
 	resp.Type = stun.BindingSuccess
 	resp.TransactionID = req.TransactionID
 	resp.WriteHeader()
+	// What an answer carries decides how much an unauthenticated source
+	// spoofing a victim's address can reflect at it: XOR-MAPPED-ADDRESS
+	// alone is 32 bytes for a 20-byte request (1.6x; 2.8x with the RFC
+	// 5780 attributes; 4.4x when every answer carried SOFTWARE,
+	// FINGERPRINT, MAPPED-ADDRESS and the RFC 5780 attributes).
+	// The RFC 5780 attributes come only from an RFC 5780 server, over UDP
+	// (section 6.1); SOFTWARE only when configured; FINGERPRINT only when
+	// the request carried one (RFC 8489 section 14.7 makes it optional).
 	h.addAddr(stun.AttrXORMappedAddress, src, true)
-	if t == udp {
+	if t == udp && h.ep.rfc5780 {
+		// MAPPED-ADDRESS is not needed: clients of the RFC 3489
+		// lineage send no magic cookie and are dropped, and coturn's
+		// turnutils_natdiscovery reads XOR-MAPPED-ADDRESS
+		// (TestInteropCoturnNatdiscovery).
 		h.addAddr(stun.AttrResponseOrigin, h.ep.addrs[from], false)
-		if h.ep.rfc5780 {
-			// Discovery clients of the RFC 3489 lineage (coturn's
-			// turnutils_natdiscovery) still look for MAPPED-ADDRESS.
-			h.addAddr(stun.AttrMappedAddress, src, false)
-			h.addAddr(stun.AttrOtherAddress, h.ep.addrs[via^3], false)
-		}
+		h.addAddr(stun.AttrOtherAddress, h.ep.addrs[via^3], false)
 	}
 	if len(h.software) > 0 {
 		resp.Add(stun.AttrSoftware, h.software)
 	}
-	if padLen >= 0 && t == udp {
+	if padLen >= 0 && t == udp && h.ep.rfc5780 {
 		// RFC 5780 section 7.6: pad the response like the request, as
-		// far as the buffer allows.
+		// far as the buffer allows. The request carries the same bytes,
+		// so this amplifies nothing.
 		room := cap(out) - len(resp.Raw) - 4 - 8 - 3
 		resp.Add(stun.AttrPadding, zeros[:max(0, min(padLen, room, len(zeros)))])
 	}
-	h.addFingerprint()
+	if fp {
+		h.addFingerprint()
+	}
 	return result{out: resp.Raw, from: from, dst: dst}
 }
 
-func (h *handler) errorResponse(src netip.AddrPort, via int, out []byte, code int, phrase []byte, unknown int) result {
+func (h *handler) errorResponse(src netip.AddrPort, via int, out []byte, code int, phrase []byte, unknown int, fp bool) result {
 	resp := &h.resp
 	resp.Raw = out[:0]
 	resp.Reset()
@@ -276,7 +290,9 @@ func (h *handler) errorResponse(src netip.AddrPort, via int, out []byte, code in
 	if len(h.software) > 0 {
 		resp.Add(stun.AttrSoftware, h.software)
 	}
-	h.addFingerprint()
+	if fp {
+		h.addFingerprint()
+	}
 	return result{out: resp.Raw, from: via, dst: src, err: true}
 }
 

@@ -50,7 +50,8 @@ var (
 		netip.MustParseAddrPort("192.0.2.1:3479"),
 		netip.MustParseAddrPort("192.0.2.2:3479"),
 	}}
-	testSrc = netip.MustParseAddrPort("203.0.113.7:40000")
+	testSrc   = netip.MustParseAddrPort("203.0.113.7:40000")
+	noRFC5780 = endpoints{addrs: [4]netip.AddrPort{testEP.addrs[0], testEP.addrs[0], testEP.addrs[0], testEP.addrs[0]}}
 )
 
 func build(t testing.TB, setters ...stun.Setter) []byte {
@@ -105,7 +106,7 @@ func TestHandle(t *testing.T) {
 		{"change port", build(t, stun.BindingRequest, raw(stun.AttrChangeRequest, u32(changePort)...)), udp, nil, want{dst: testSrc, from: 2, padding: -1}},
 		{"change nothing", build(t, stun.BindingRequest, raw(stun.AttrChangeRequest, u32(0)...)), udp, nil, ok},
 		{"change request short", build(t, stun.BindingRequest, raw(stun.AttrChangeRequest, 0, 4)), udp, nil, want{code: 400, dst: testSrc, padding: -1}},
-		{"change request without rfc 5780", build(t, stun.BindingRequest, raw(stun.AttrChangeRequest, u32(changeIP)...)), udp, &endpoints{addrs: [4]netip.AddrPort{testEP.addrs[0], testEP.addrs[0], testEP.addrs[0], testEP.addrs[0]}},
+		{"change request without rfc 5780", build(t, stun.BindingRequest, raw(stun.AttrChangeRequest, u32(changeIP)...)), udp, &noRFC5780,
 			want{code: 420, dst: testSrc, padding: -1, unknown: []stun.AttrType{stun.AttrChangeRequest}, noOther: true}},
 		{"change request over tcp", build(t, stun.BindingRequest, raw(stun.AttrChangeRequest, u32(changeIP)...)), tcp, nil, want{code: 400, dst: testSrc, padding: -1}},
 		{"response port", build(t, stun.BindingRequest, raw(stun.AttrResponsePort, 0x12, 0x34, 0, 0)), udp, nil, want{dst: netip.AddrPortFrom(testSrc.Addr(), 0x1234), padding: -1}},
@@ -113,6 +114,8 @@ func TestHandle(t *testing.T) {
 		{"response port over tls", build(t, stun.BindingRequest, raw(stun.AttrResponsePort, 0x12, 0x34, 0, 0)), tlsT, nil, want{code: 400, dst: testSrc, padding: -1}},
 		{"padding", build(t, stun.BindingRequest, raw(stun.AttrPadding, make([]byte, 500)...)), udp, nil, want{dst: testSrc, padding: 500}},
 		{"padding over tcp ignored", build(t, stun.BindingRequest, raw(stun.AttrPadding, make([]byte, 500)...)), tcp, nil, ok},
+		{"padding without rfc 5780 ignored", build(t, stun.BindingRequest, raw(stun.AttrPadding, make([]byte, 500)...)), udp, &noRFC5780, ok},
+		{"binding without rfc 5780", plain, udp, &noRFC5780, ok},
 		{"unknown required attribute", build(t, stun.BindingRequest, raw(0x0042, 1, 2, 3, 4), raw(0x0043)), udp, nil,
 			want{code: 420, dst: testSrc, padding: -1, unknown: []stun.AttrType{0x0042, 0x0043}}},
 		{"unknown optional attribute", build(t, stun.BindingRequest, raw(0x8042, 1)), udp, nil, ok},
@@ -157,12 +160,16 @@ func TestHandle(t *testing.T) {
 			if err := m.Decode(); err != nil {
 				t.Fatalf("response does not decode: %v", err)
 			}
-			if err := stun.Fingerprint.Check(m); err != nil {
-				t.Errorf("response fingerprint: %v", err)
-			}
 			var req stun.Message
 			req.Raw = tt.in
 			_ = req.Decode()
+			if req.Contains(stun.AttrFingerprint) {
+				if err := stun.Fingerprint.Check(m); err != nil {
+					t.Errorf("response fingerprint: %v", err)
+				}
+			} else if m.Contains(stun.AttrFingerprint) {
+				t.Errorf("fingerprint in the answer to a request without")
+			}
 			if m.TransactionID != req.TransactionID {
 				t.Errorf("transaction id changed")
 			}
@@ -195,7 +202,12 @@ func TestHandle(t *testing.T) {
 			if err := xa.GetFrom(m); err != nil || xa.String() != testSrc.String() {
 				t.Errorf("xor-mapped-address %s %v, want %s", xa, err, testSrc)
 			}
-			if tt.tr == udp {
+			if tt.tr == udp && !ep.rfc5780 {
+				if m.Contains(stun.AttrResponseOrigin) || m.Contains(stun.AttrOtherAddress) || m.Contains(stun.AttrMappedAddress) {
+					t.Errorf("rfc 5780 attributes without rfc 5780")
+				}
+			}
+			if tt.tr == udp && ep.rfc5780 {
 				var ro stun.ResponseOrigin
 				if err := ro.GetFrom(m); err != nil || ro.String() != ep.addrs[r.from].String() {
 					t.Errorf("response-origin %s %v, want %s", ro, err, ep.addrs[r.from])

@@ -11,8 +11,28 @@ type metrics struct {
 	dropped   [numReasons]prometheus.Counter
 	sendFail  prometheus.Counter
 	tcpConns  prometheus.Gauge
-	tcpRefuse prometheus.Counter
+	tcpRefuse [numRefusals]prometheus.Counter
+	timeouts  [numTimeouts]prometheus.Counter
 }
+
+// Why a TCP or TLS connection was refused.
+const (
+	refuseTotal = iota
+	refusePerAddr
+	numRefusals
+)
+
+// Which deadline closed a TCP or TLS connection.
+const (
+	timeoutFirst = iota
+	timeoutIdle
+	numTimeouts
+)
+
+var (
+	refusalNames = [numRefusals]string{"total", "per_address"}
+	timeoutNames = [numTimeouts]string{"first_message", "idle"}
+)
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	req := prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -35,16 +55,26 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		Name: "traverse_stun_tcp_connections",
 		Help: "Open STUN connections over TCP and TLS.",
 	})
-	refused := prometheus.NewCounter(prometheus.CounterOpts{
+	refused := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "traverse_stun_tcp_refused_total",
-		Help: "TCP and TLS connections closed at once because max-tcp-conns were open.",
-	})
-	for _, c := range []prometheus.Collector{req, resp, drop, sendFail, conns, refused} {
+		Help: "TCP and TLS connections closed at once, by reason: total (max-tcp-conns open) or per_address (max-tcp-conns-per-addr open from its source).",
+	}, []string{"reason"})
+	timeouts := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "traverse_stun_tcp_timeouts_total",
+		Help: "TCP and TLS connections closed by a deadline, by reason: first_message (no request answered within first-message-timeout) or idle (idle-timeout).",
+	}, []string{"reason"})
+	for _, c := range []prometheus.Collector{req, resp, drop, sendFail, conns, refused, timeouts} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
 	}
-	m := &metrics{sendFail: sendFail, tcpConns: conns, tcpRefuse: refused}
+	m := &metrics{sendFail: sendFail, tcpConns: conns}
+	for i, n := range refusalNames {
+		m.tcpRefuse[i] = refused.WithLabelValues(n)
+	}
+	for i, n := range timeoutNames {
+		m.timeouts[i] = timeouts.WithLabelValues(n)
+	}
 	for t := range numTransports {
 		n := transportNames[t]
 		m.requests[t] = req.WithLabelValues(n)

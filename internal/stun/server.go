@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -22,8 +23,6 @@ import (
 )
 
 const (
-	// tcpIdle closes a TCP or TLS connection that sent nothing this long.
-	tcpIdle = 2 * time.Minute
 	// tcpWrite bounds one response write on a stream.
 	tcpWrite = 10 * time.Second
 	// bindAttempts bounds the retries when port 0 asked for a free port
@@ -46,9 +45,13 @@ type Server struct {
 	tcpLn net.Listener
 	tlsLn net.Listener
 
-	mu     sync.Mutex // guards conns and closed
-	conns  map[net.Conn]struct{}
-	closed bool
+	// rate limits the answers per source; nil without a limit.
+	rate *rateLimiter
+
+	mu      sync.Mutex // guards conns, perAddr and closed
+	conns   map[net.Conn]struct{}
+	perAddr map[netip.Addr]int // open connections by addrKey of the source
+	closed  bool
 
 	serving   atomic.Bool
 	started   atomic.Bool
@@ -74,7 +77,10 @@ func Listen(ctx context.Context, cfg Config, log *slog.Logger, reg prometheus.Re
 	if err != nil {
 		return nil, fmt.Errorf("stun: metrics: %w", err)
 	}
-	s := &Server{cfg: rc, log: log, m: m, conns: map[net.Conn]struct{}{}, done: make(chan struct{})}
+	s := &Server{cfg: rc, log: log, m: m, conns: map[net.Conn]struct{}{}, perAddr: map[netip.Addr]int{}, done: make(chan struct{})}
+	if rc.Rate > 0 {
+		s.rate = newRateLimiter(rc.Rate, rc.RateBurst)
+	}
 	for attempt := 0; ; attempt++ {
 		err = s.bind(ctx)
 		if err == nil {
@@ -293,8 +299,16 @@ func (s *Server) readUDP(c *udpio.Conn, via int) {
 			s.log.Debug("stun: read", "err", err)
 			continue
 		}
+		var now int64
+		if s.rate != nil {
+			now = s.rate.now()
+		}
 		k := 0
 		for i := 0; i < n; i++ {
+			if s.rate != nil && !s.rate.allow(in[i].Addr.Addr(), now) {
+				t.dropped[dropRateLimited]++
+				continue
+			}
 			r := h.handle(in[i].Payload(), in[i].Addr, via, udp, out[k].Buf[:0])
 			t.add(&r)
 			if r.drop != dropNone {
@@ -340,46 +354,86 @@ func (s *Server) accept(ln net.Listener, t transport) {
 			}
 			continue
 		}
+		src := remoteAddr(c)
+		key := addrKey(src.Addr())
+		refused := -1
 		s.mu.Lock()
-		ok := !s.closed && len(s.conns) < s.cfg.MaxTCPConns
-		if ok {
+		switch {
+		case s.closed:
+			refused = numRefusals
+		case len(s.conns) >= s.cfg.MaxTCPConns:
+			refused = refuseTotal
+		case s.perAddr[key] >= s.cfg.MaxTCPConnsPerAddr:
+			refused = refusePerAddr
+		default:
 			s.conns[c] = struct{}{}
+			s.perAddr[key]++
 			s.wg.Add(1)
 		}
 		s.mu.Unlock()
-		if !ok {
-			s.m.tcpRefuse.Inc()
+		if refused >= 0 {
+			if refused < numRefusals {
+				s.m.tcpRefuse[refused].Inc()
+			}
 			c.Close()
 			continue
 		}
 		s.m.tcpConns.Inc()
-		go s.serveConn(c, t)
+		go s.serveConn(c, t, src, key)
 	}
 }
 
-// serveConn answers the requests of one TCP or TLS connection. STUN over a
-// stream frames itself: the header's length says where a message ends.
-func (s *Server) serveConn(c net.Conn, t transport) {
+// remoteAddr is c's peer, IPv4 unmapped.
+func remoteAddr(c net.Conn) netip.AddrPort {
+	ta, ok := c.RemoteAddr().(*net.TCPAddr)
+	if !ok {
+		return netip.AddrPort{}
+	}
+	ap := ta.AddrPort()
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}
+
+// serveConn answers the requests of one TCP or TLS connection from src
+// (whose addrKey is key). STUN over a stream frames itself: the header's
+// length says where a message ends.
+//
+// A connection must have a request answered within FirstMessageTimeout of
+// its accept (TLS handshake included), then one at least every
+// IdleTimeout: an idle or silent one would otherwise hold one of
+// MaxTCPConns for as long as its peer likes.
+func (s *Server) serveConn(c net.Conn, t transport, src netip.AddrPort, key netip.Addr) {
 	defer s.wg.Done()
 	defer func() {
 		c.Close()
 		s.mu.Lock()
 		delete(s.conns, c)
+		if s.perAddr[key]--; s.perAddr[key] <= 0 {
+			delete(s.perAddr, key)
+		}
 		s.mu.Unlock()
 		s.m.tcpConns.Dec()
 	}()
-	src := netip.AddrPort{}
-	if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok {
-		ap := ta.AddrPort()
-		src = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-	}
 	h := newHandler(s.ep, s.cfg.Software)
 	in := make([]byte, maxRequest)
 	out := make([]byte, 0, maxRequest)
 	var tl tally
+	deadline := time.Now().Add(s.cfg.FirstMessageTimeout)
+	answered := false
+	// The TLS handshake writes too.
+	_ = c.SetDeadline(deadline)
+	timedOut := func(err error) {
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			if answered {
+				s.m.timeouts[timeoutIdle].Inc()
+			} else {
+				s.m.timeouts[timeoutFirst].Inc()
+			}
+		}
+	}
 	for {
-		_ = c.SetReadDeadline(time.Now().Add(tcpIdle))
+		_ = c.SetReadDeadline(deadline)
 		if _, err := io.ReadFull(c, in[:headerSize]); err != nil {
+			timedOut(err)
 			return
 		}
 		l := int(binary.BigEndian.Uint16(in[2:4]))
@@ -393,7 +447,13 @@ func (s *Server) serveConn(c net.Conn, t transport) {
 			return
 		}
 		if _, err := io.ReadFull(c, in[headerSize:headerSize+l]); err != nil {
+			timedOut(err)
 			return
+		}
+		if s.rate != nil && !s.rate.allow(src.Addr(), s.rate.now()) {
+			tl.dropped[dropRateLimited]++
+			s.m.flush(t, &tl)
+			continue
 		}
 		r := h.handle(in[:headerSize+l], src, 0, t, out)
 		tl.add(&r)
@@ -405,5 +465,9 @@ func (s *Server) serveConn(c net.Conn, t transport) {
 		if _, err := c.Write(r.out); err != nil {
 			return
 		}
+		// Only answered requests keep a connection: dropped ones (bad
+		// framing inside, over the rate) do not move the deadline.
+		answered = true
+		deadline = time.Now().Add(s.cfg.IdleTimeout)
 	}
 }

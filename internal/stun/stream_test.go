@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"testing"
@@ -27,7 +28,7 @@ func streamServer(t testing.TB) *Server {
 		t.Fatal(err)
 	}
 	rc, _ := Config{Listen: "127.0.0.1:0"}.validate()
-	return &Server{cfg: rc, log: slog.New(slog.DiscardHandler), m: m, ep: testEP, conns: map[net.Conn]struct{}{}, done: make(chan struct{})}
+	return &Server{cfg: rc, log: slog.New(slog.DiscardHandler), m: m, ep: testEP, conns: map[net.Conn]struct{}{}, perAddr: map[netip.Addr]int{}, done: make(chan struct{})}
 }
 
 // FuzzStream feeds an arbitrary byte stream to one TCP/TLS connection's
@@ -59,7 +60,9 @@ func FuzzStream(f *testing.F) {
 		}
 		s.wg.Add(1)
 		s.m.tcpConns.Inc()
-		go s.serveConn(a, tcp)
+		src := remoteAddr(a)
+		s.perAddr[addrKey(src.Addr())]++
+		go s.serveConn(a, tcp, src, addrKey(src.Addr()))
 		answers := make(chan []byte, 1)
 		go func() {
 			got, _ := io.ReadAll(b)

@@ -293,3 +293,48 @@ func TestMediaPolicyAllRefused(t *testing.T) {
 	}
 	s.Close()
 }
+
+// FuzzOutsideMedia: whatever SDP and signaling address an outside party
+// sends, every address the gateway hands to the media proxy passes the
+// destination policy, and a refused stream carries no address.
+func FuzzOutsideMedia(f *testing.F) {
+	for _, s := range sdpSeeds {
+		f.Add([]byte(s), []byte{203, 0, 113, 5})
+	}
+	f.Add(offerAt(netip.MustParseAddr("169.254.169.254"), 80, "a=rtcp:9 IN IP4 224.0.0.1\r\n"), []byte{127, 0, 0, 3})
+	f.Add(offerAt(netip.MustParseAddr("10.0.0.1"), 7000, "a=rtcp:7001 IN IP4 0.0.0.0\r\n"), []byte{198, 51, 100, 7})
+	mp, err := mediaproxy.New(mediaproxy.Config{
+		RTP: netip.MustParseAddrPort("127.0.0.1:0"), RTCP: netip.MustParseAddrPort("127.0.0.1:0"),
+		InsideIP: insideIP, InsidePorts: mediaproxy.PortRange{Low: 45200, High: 45300},
+		Policy: addrpolicy.Filter{Allow: []netip.Prefix{netip.MustParsePrefix("127.0.0.3/32")}},
+	})
+	if err != nil {
+		f.Skip(err)
+	}
+	f.Cleanup(func() { mp.Close() })
+	f.Fuzz(func(t *testing.T, body, sigb []byte) {
+		_, ss, err := parseSDP(body)
+		if err != nil {
+			return
+		}
+		sig, _ := netip.AddrFromSlice(sigb)
+		eps, err := outsideMedia(mp, sig, ss)
+		if err != nil {
+			return
+		}
+		for i, e := range eps {
+			if ss[i].disabled || e.refused {
+				if e.rtp.IsValid() || e.rtcp.IsValid() {
+					t.Fatalf("stream %d refused but carries %v %v", i, e.rtp, e.rtcp)
+				}
+				continue
+			}
+			if err := mp.CheckOutside(e.rtp); err != nil {
+				t.Fatalf("stream %d: RTP %v: %v", i, e.rtp, err)
+			}
+			if e.rtcp.IsValid() && mp.CheckOutside(e.rtcp) != nil {
+				t.Fatalf("stream %d: RTCP %v refused", i, e.rtcp)
+			}
+		}
+	})
+}

@@ -24,6 +24,14 @@
 // the candidates, the source address picks among them. A packet whose SSRC
 // and source match no stream is dropped and counted.
 //
+// # Where media may go
+//
+// Nothing is sent to an outside client before its own media latched the
+// stream (symmetric RTP, RFC 4961), unless Config.SendBeforeLatch; every
+// outside address a descriptor names, and every latched source, passes
+// Config.Policy (internal/addrpolicy's deny list) and is none of the
+// process's own sockets. See policy.go and docs/mediaproxy.md.
+//
 // # Kernel offload
 //
 // After OffloadAfter packets in each direction, a latched stream's RTP flow

@@ -228,8 +228,8 @@ func TestMediaPolicyLoop(t *testing.T) {
 	t.Logf("5 packets: %d forwards in, %d out", mc.RTPIn.Load(), mc.RTPOut.Load())
 }
 
-// TestMediaPolicyUpdate: an UPDATE moving an established call's media to a
-// refused address (the inside host, the metadata address) sends nothing
+// TestMediaPolicyUpdate: an UPDATE or re-INVITE moving an established
+// call's media to a refused address (the inside host, the metadata address) sends nothing
 // there; the server's media waits until the client's media arrives again.
 func TestMediaPolicyUpdate(t *testing.T) {
 	uas := startUAS(t, insideIP)
@@ -246,17 +246,31 @@ func TestMediaPolicyUpdate(t *testing.T) {
 	echoOnce(t, m, tg.mp.RTPAddr(), rtp(7000, 1, "before"))
 	victim := udpOn(t, insideIP)
 	mc := tg.mp.Counters()
-	for i, target := range []netip.AddrPort{addr(victim), netip.MustParseAddrPort("169.254.169.254:80")} {
+	for i, x := range []struct {
+		method sip.RequestMethod
+		target netip.AddrPort
+	}{
+		{sip.UPDATE, addr(victim)},
+		{sip.UPDATE, netip.MustParseAddrPort("169.254.169.254:80")},
+		{sip.INVITE, addr(victim)},
+		{sip.INVITE, netip.MustParseAddrPort("100.64.0.1:5004")},
+	} {
+		target := x.target
 		refused, held := mc.RefusedPolicy.Load(), mc.DropNotLatched.Load()
-		up := sip.NewRequest(sip.UPDATE, s.InviteResponse.Contact().Address)
+		up := sip.NewRequest(x.method, s.InviteResponse.Contact().Address)
 		up.SetBody(offerAt(target.Addr(), target.Port(), ""))
 		up.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
 		res, err := s.Do(ctx, up)
 		if err != nil || res.StatusCode != 200 {
-			t.Fatalf("UPDATE to %v: %v %v", target, res, err)
+			t.Fatalf("%s to %v: %v %v", x.method, target, res, err)
+		}
+		if x.method == sip.INVITE {
+			if err := s.WriteRequest(sip.NewRequest(sip.ACK, up.Recipient)); err != nil {
+				t.Fatal(err)
+			}
 		}
 		if mc.RefusedPolicy.Load() != refused+1 {
-			t.Errorf("UPDATE to %v: %d refusals, want 1", target, mc.RefusedPolicy.Load()-refused)
+			t.Errorf("%s to %v: %d refusals, want 1", x.method, target, mc.RefusedPolicy.Load()-refused)
 		}
 		if strings.Contains(uas.body(), target.Addr().String()) && target.Addr() != insideIP {
 			t.Errorf("refused address reached the server:\n%s", uas.body())

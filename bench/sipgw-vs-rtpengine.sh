@@ -82,7 +82,7 @@ results=()
 traverse_run() { # OFFLOAD MODE-LABEL
 	ip netns exec $g "$tmp/traverse" sipgw --sip 10.1.0.1:5060 --rtp 10.1.0.1:7000 --rtcp 10.1.0.1:7001 \
 		--upstream 10.2.0.2:5080 --inside-ip 10.2.0.1 --inside-ports 30000-39999 --admin 127.0.0.1:19561 \
-		--control 127.0.0.1:7722 --offload "$1" --log-level warn &
+		--control 127.0.0.1:7722 --allow-media 10.1.0.0/24 --offload "$1" --log-level warn &
 	local pid=$!
 	pids+=("$pid")
 	wait_udp $g 7722

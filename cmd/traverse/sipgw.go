@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/traverse-rtc/traverse/internal/addrpolicy"
 	"github.com/traverse-rtc/traverse/internal/admin"
 	"github.com/traverse-rtc/traverse/internal/config"
 	"github.com/traverse-rtc/traverse/internal/mediaproxy"
@@ -35,6 +36,11 @@ type sipgwConfig struct {
 	MediaTimeout time.Duration `yaml:"media-timeout"`
 	Control      string        `yaml:"control"`
 	RateLimit    float64       `yaml:"rate-limit"`
+	// The destination policy for outside media (mediaproxy.Config.Policy).
+	AllowLoopbackMedia bool     `yaml:"allow-loopback-media"`
+	AllowMedia         []string `yaml:"allow-media"`
+	DenyMedia          []string `yaml:"deny-media"`
+	MediaBeforeLatch   bool     `yaml:"media-before-latch"`
 }
 
 func sipgwFlags(fs *flag.FlagSet, prefix string, c *sipgwConfig) {
@@ -56,6 +62,14 @@ func sipgwFlags(fs *flag.FlagSet, prefix string, c *sipgwConfig) {
 	fs.DurationVar(&c.MediaTimeout, prefix+"media-timeout", c.MediaTimeout, "end a call whose media stopped for this `duration` (0: 30s)")
 	fs.StringVar(&c.Control, prefix+"control", c.Control, "media proxy control protocol UDP `host:port` for an external signaling proxy (empty disables it; keep it internal)")
 	fs.Float64Var(&c.RateLimit, prefix+"rate-limit", c.RateLimit, "new INVITEs+REGISTERs per second allowed per outside source IP (0: 20)")
+	loopbackHelp := "allow outside media addresses on loopback (local tests only; the gateway's own ports stay refused)"
+	if prefix != "" {
+		loopbackHelp += "; ON by default in serve only, because serve is the local demo: turn it off for anything else"
+	}
+	fs.BoolVar(&c.AllowLoopbackMedia, prefix+"allow-loopback-media", c.AllowLoopbackMedia, loopbackHelp)
+	fs.Var(config.Strings{P: &c.AllowMedia}, prefix+"allow-media", "outside media `CIDR` to allow although refused by default, e.g. the private network of outside phones (repeatable)")
+	fs.Var(config.Strings{P: &c.DenyMedia}, prefix+"deny-media", "outside media `CIDR` to refuse always (repeatable)")
+	fs.BoolVar(&c.MediaBeforeLatch, prefix+"media-before-latch", c.MediaBeforeLatch, "send media to an outside party's SDP address before its own media arrived (default off: nothing is sent until it sends; only for peers that never send first)")
 }
 
 // startSipgw binds the media proxy and the gateway and returns their loop.
@@ -85,9 +99,27 @@ func startSipgw(ctx context.Context, c sipgwConfig, env *serveEnv) (runner, erro
 			return nil, fmt.Errorf("--outside-ip: %w", err)
 		}
 	}
+	policy := addrpolicy.Filter{Loopback: c.AllowLoopbackMedia}
+	for _, x := range []struct {
+		flag string
+		in   []string
+		out  *[]netip.Prefix
+	}{{"--allow-media", c.AllowMedia, &policy.Allow}, {"--deny-media", c.DenyMedia, &policy.Deny}} {
+		for _, s := range x.in {
+			p, err := netip.ParsePrefix(s)
+			if err != nil {
+				return nil, fmt.Errorf("%s %q: %w", x.flag, s, err)
+			}
+			*x.out = append(*x.out, p)
+		}
+	}
+	if c.AllowLoopbackMedia {
+		log.Warn("outside media to loopback addresses allowed: for local tests only")
+	}
 	mcfg := mediaproxy.Config{
 		RTP: rtp, RTCP: rtcp, InsideIP: inIP, InsidePorts: pr, RandomPorts: c.RandomPorts,
 		MediaTimeout: c.MediaTimeout, OffloadAfter: uint64(c.OffloadAfter),
+		Policy: policy, SendBeforeLatch: c.MediaBeforeLatch,
 		Registerer: env.admin.Registry, Log: log.With("part", "mediaproxy"),
 	}
 	var closeOff func()
@@ -192,7 +224,8 @@ func init() {
 		order: 60,
 		bind: func(fs *flag.FlagSet, prefix string) any {
 			cfg := &sipgwConfig{SIP: "127.0.0.1:5060", RTP: "127.0.0.1:7000", RTCP: "127.0.0.1:7001",
-				Upstream: "127.0.0.1:5080", InsideIP: "127.0.0.1", InsidePorts: "30000-39999", Offload: "off"}
+				Upstream: "127.0.0.1:5080", InsideIP: "127.0.0.1", InsidePorts: "30000-39999", Offload: "off",
+				AllowLoopbackMedia: true}
 			sipgwFlags(fs, prefix, cfg)
 			return cfg
 		},

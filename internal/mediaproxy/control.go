@@ -121,6 +121,8 @@ func ListenControl(p *Proxy, addr string) (*ControlServer, error) {
 		return nil, err
 	}
 	s := &ControlServer{p: p, conn: c}
+	// Media must never be aimed at the control port.
+	p.AddOwnEndpoints(s.Addr())
 	s.wg.Add(1)
 	go s.loop()
 	return s, nil

@@ -29,4 +29,12 @@ var (
 	ErrConfig = errors.New("mediaproxy: invalid config")
 	// ErrNotRTP: a packet is too short or not RTP/RTCP version 2.
 	ErrNotRTP = errors.New("mediaproxy: not an RTP/RTCP packet")
+	// ErrRefusedAddress: the destination policy (Config.Policy) refuses
+	// a media address an outside party named: loopback, private,
+	// link-local and metadata, CGNAT, multicast, unspecified, ...
+	ErrRefusedAddress = errors.New("mediaproxy: media address refused by policy")
+	// ErrOwnAddress: a media address names one of the process's own
+	// sockets (the fixed ports, the inside pool, the signaling
+	// listeners): sending there would loop.
+	ErrOwnAddress = errors.New("mediaproxy: media address is the proxy's own")
 )

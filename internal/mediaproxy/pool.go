@@ -110,3 +110,14 @@ func (p *portPool) inUseCount() int {
 	defer p.mu.Unlock()
 	return p.active
 }
+
+// held reports whether port belongs to a pair in use.
+func (p *portPool) held(port uint16) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if port < p.port(0) {
+		return false
+	}
+	i := (int(port) - int(p.port(0))) / 2
+	return i < len(p.inUse) && p.inUse[i]
+}

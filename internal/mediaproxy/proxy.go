@@ -24,6 +24,14 @@
 // the candidates, the source address picks among them. A packet whose SSRC
 // and source match no stream is dropped and counted.
 //
+// # Where media may go
+//
+// Nothing is sent to an outside client before its own media latched the
+// stream (symmetric RTP, RFC 4961), unless Config.SendBeforeLatch; every
+// outside address a descriptor names, and every latched source, passes
+// Config.Policy (internal/addrpolicy's deny list) and is none of the
+// process's own sockets. See policy.go and docs/mediaproxy.md.
+//
 // # Kernel offload
 //
 // After OffloadAfter packets in each direction, a latched stream's RTP flow
@@ -45,6 +53,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/traverse-rtc/traverse/internal/addrpolicy"
 	"github.com/traverse-rtc/traverse/internal/udpio"
 )
 
@@ -78,6 +87,22 @@ type Config struct {
 	// ReadBuffer sizes the fixed sockets' SO_RCVBUF (default 4 MiB): one
 	// socket carries every call, so it must absorb bursts.
 	ReadBuffer int
+	// Policy decides which addresses an outside party may have media sent
+	// to (and latch from). The zero value is addrpolicy's default deny list
+	// (loopback, unspecified, RFC 1918, CGNAT, link-local and metadata,
+	// multicast, broadcast, ...), which is right for a gateway on the
+	// internet; Allow and Deny prefixes and Loopback open it for labs and
+	// for outside parties on private networks. The proxy adds its own
+	// addresses and refuses its own sockets whatever the policy allows.
+	Policy addrpolicy.Filter
+	// SendBeforeLatch sends inside media to an outside party's signaled
+	// (and policy-checked) address before that party's own media arrived.
+	// Default false: nothing is sent to an outside party until its first
+	// packet latched the stream (symmetric RTP, RFC 4961), so SDP alone
+	// can never aim the proxy at anyone. Only for peers that never send
+	// first (an echo-only test client); it lets a caller reflect the
+	// server's media at any address the policy allows.
+	SendBeforeLatch bool
 	// Registerer receives the proxy's metrics (none when nil).
 	Registerer prometheus.Registerer
 	Log        *slog.Logger
@@ -143,6 +168,10 @@ type Counters struct {
 	DropUnknownSSRC   atomic.Uint64
 	DropMalformed     atomic.Uint64
 	DropNoPeer        atomic.Uint64 // the other side's address is not known yet
+	DropNotLatched    atomic.Uint64 // to an outside party that has not sent its own media yet
+	DropRefusedSource atomic.Uint64 // outside packet from a source the policy refuses to latch to
+	RefusedPolicy     atomic.Uint64 // signaled outside addresses the policy refused
+	RefusedOwn        atomic.Uint64 // signaled addresses naming the proxy's own sockets
 	DropNotServer     atomic.Uint64 // inside packet from an address other than the server
 	DropWriteError    atomic.Uint64
 	Latched           atomic.Uint64 // SSRCs learnt by latch
@@ -168,7 +197,8 @@ type Proxy struct {
 	awaiting map[netip.Addr][]*stream
 	closed   bool
 
-	now      atomic.Int64 // coarse clock, unix nanoseconds, advanced by the janitor
+	own      atomic.Pointer[ownState] // the destination policy (policy.go)
+	now      atomic.Int64             // coarse clock, unix nanoseconds, advanced by the janitor
 	c        Counters
 	offloadq chan *stream
 	done     chan struct{}
@@ -219,8 +249,11 @@ const (
 type route struct {
 	client, clientRTCP       netip.AddrPort // signaled in SDP
 	clientSrc, clientRTCPSrc netip.AddrPort // latched sources (zero until latched)
-	server, serverRTCP       netip.AddrPort
-	serverSrc                netip.AddrPort // observed source of the server's RTP
+	// clientRTCPDst is where RTCP goes once RTP latched but RTCP has not:
+	// the latched IP with the signaled RTCP port (checked).
+	clientRTCPDst      netip.AddrPort
+	server, serverRTCP netip.AddrPort
+	serverSrc          netip.AddrPort // observed source of the server's RTP
 }
 
 // New binds the fixed ports and starts the proxy.
@@ -252,6 +285,7 @@ func New(cfg Config) (*Proxy, error) {
 		offloadq: make(chan *stream, 4096),
 		done:     make(chan struct{}),
 	}
+	p.own.Store(newOwnState(&p.cfg, rtp.LocalAddr(), rtcp.LocalAddr()))
 	p.now.Store(time.Now().UnixNano())
 	if cfg.Registerer != nil {
 		if err := p.register(cfg.Registerer); err != nil {
@@ -430,23 +464,48 @@ func (p *Proxy) upsert(d *Descriptor) (Reply, error) {
 		}
 		c[d.Index] = s
 	}
+	// Addresses the policy refuses are left out, as if not known: the
+	// stream keeps what it had (a rejected re-INVITE changes nothing).
+	client, clientRTCP := d.Client, d.ClientRTCP
+	if client.IsValid() && p.CheckOutside(client) != nil {
+		client, clientRTCP = netip.AddrPort{}, netip.AddrPort{}
+	}
+	if clientRTCP.IsValid() && p.CheckOutside(clientRTCP) != nil {
+		clientRTCP = netip.AddrPort{}
+	}
+	server, serverRTCP := d.Server, d.ServerRTCP
+	if server.IsValid() && p.checkInside(server) != nil {
+		p.c.RefusedOwn.Add(1)
+		server, serverRTCP = netip.AddrPort{}, netip.AddrPort{}
+	}
+	if server.IsValid() && p.checkInside(rtcpOf(server, serverRTCP)) != nil {
+		p.c.RefusedOwn.Add(1)
+		server, serverRTCP = netip.AddrPort{}, netip.AddrPort{}
+	}
 	old := s.route.Load()
 	r := *old
 	var reoffload bool
-	if d.Client.IsValid() && (d.Client != r.client || rtcpOf(d.Client, d.ClientRTCP) != r.clientRTCP) {
-		if r.client.IsValid() && d.Client != r.client {
-			// The client moved (a re-INVITE or UPDATE): latch afresh.
-			r.clientSrc, r.clientRTCPSrc = netip.AddrPort{}, netip.AddrPort{}
+	if client.IsValid() && (client != r.client || rtcpOf(client, clientRTCP) != r.clientRTCP) {
+		if r.client.IsValid() && client != r.client {
+			// The client moved (a re-INVITE or UPDATE): latch afresh, and
+			// send it nothing until its media comes from the new place.
+			r.clientSrc, r.clientRTCPSrc, r.clientRTCPDst = netip.AddrPort{}, netip.AddrPort{}, netip.AddrPort{}
 			reoffload = true
 		}
-		r.client, r.clientRTCP = d.Client, rtcpOf(d.Client, d.ClientRTCP)
+		r.client, r.clientRTCP = client, rtcpOf(client, clientRTCP)
+		if r.clientSrc.IsValid() {
+			r.clientRTCPDst = netip.AddrPort{}
+			if d := netip.AddrPortFrom(r.clientSrc.Addr(), r.clientRTCP.Port()); p.checkOutside(d) == nil {
+				r.clientRTCPDst = d
+			}
+		}
 	}
-	if d.Server.IsValid() && (d.Server != r.server || rtcpOf(d.Server, d.ServerRTCP) != r.serverRTCP) {
+	if server.IsValid() && (server != r.server || rtcpOf(server, serverRTCP) != r.serverRTCP) {
 		if r.server.IsValid() {
 			r.serverSrc = netip.AddrPort{}
 			reoffload = true
 		}
-		r.server, r.serverRTCP = d.Server, rtcpOf(d.Server, d.ServerRTCP)
+		r.server, r.serverRTCP = server, rtcpOf(server, serverRTCP)
 	}
 	s.route.Store(&r)
 	if old.clientSrc.IsValid() && !r.clientSrc.IsValid() && p.bySrc[old.clientSrc] == s {
@@ -605,6 +664,13 @@ func (p *Proxy) latch(ssrc uint32, src netip.AddrPort, rtcp bool) *stream {
 	if s := p.lookupLocked(ssrc, src, rtcp); s != nil {
 		return s // another reader latched it meanwhile
 	}
+	// The source becomes the stream's destination: it passes the same
+	// policy as a signaled address (a packet "from" one of the proxy's own
+	// sockets, or from an address the policy refuses, never latches).
+	if err := p.checkOutside(src); err != nil {
+		p.c.DropRefusedSource.Add(1)
+		return nil
+	}
 	set := func(s *stream) {
 		r := *s.route.Load()
 		if rtcp {
@@ -615,6 +681,12 @@ func (p *Proxy) latch(ssrc uint32, src netip.AddrPort, rtcp bool) *stream {
 			}
 			r.clientSrc = src
 			p.bySrc[src] = s
+			r.clientRTCPDst = netip.AddrPort{}
+			if r.clientRTCP.IsValid() {
+				if d := netip.AddrPortFrom(src.Addr(), r.clientRTCP.Port()); p.checkOutside(d) == nil {
+					r.clientRTCPDst = d
+				}
+			}
 		}
 		s.route.Store(&r)
 	}
@@ -814,17 +886,26 @@ func (p *Proxy) fromInside(s *stream, rtcp bool, src netip.AddrPort) (netip.Addr
 		p.mu.Unlock()
 		r = &r2
 	}
+	// Only to where the client's own media came from (see policy.go).
 	dst := r.clientSrc
 	if rtcp {
 		dst = r.clientRTCPSrc
 		if !dst.IsValid() {
+			dst = r.clientRTCPDst
+		}
+	}
+	if !dst.IsValid() && p.cfg.SendBeforeLatch {
+		dst = r.client
+		if rtcp {
 			dst = r.clientRTCP
 		}
-	} else if !dst.IsValid() {
-		dst = r.client
 	}
 	if !dst.IsValid() {
-		p.c.DropNoPeer.Add(1)
+		if r.client.IsValid() {
+			p.c.DropNotLatched.Add(1)
+		} else {
+			p.c.DropNoPeer.Add(1)
+		}
 		return netip.AddrPort{}, false
 	}
 	return dst, true

@@ -12,6 +12,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/traverse-rtc/traverse/internal/addrpolicy"
 	"github.com/traverse-rtc/traverse/internal/udpio"
 )
 
@@ -22,6 +23,7 @@ func newTestProxy(t *testing.T, mod func(*Config)) *Proxy {
 	cfg := Config{
 		RTP: netip.AddrPortFrom(lo, 0), RTCP: netip.AddrPortFrom(lo, 0),
 		InsideIP: lo, InsidePorts: freeRange(t, 40),
+		Policy: addrpolicy.Filter{Loopback: true}, // every test party is on loopback
 	}
 	if mod != nil {
 		mod(&cfg)
@@ -340,7 +342,8 @@ func TestRawSendAllocs(t *testing.T) {
 }
 
 func BenchmarkFromOutside(b *testing.B) {
-	p, err := New(Config{RTP: netip.AddrPortFrom(lo, 0), RTCP: netip.AddrPortFrom(lo, 0), InsideIP: lo, InsidePorts: PortRange{41000, 42000}})
+	p, err := New(Config{RTP: netip.AddrPortFrom(lo, 0), RTCP: netip.AddrPortFrom(lo, 0), InsideIP: lo, InsidePorts: PortRange{41000, 42000},
+		Policy: addrpolicy.Filter{Loopback: true}})
 	if err != nil {
 		b.Fatal(err)
 	}

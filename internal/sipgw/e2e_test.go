@@ -103,8 +103,11 @@ func TestSIPpInsideCallsRegisteredClient(t *testing.T) {
 	go func() { _ = srv.ListenAndServe(ctx, "udp", "127.0.0.2:"+itoa(regPort)); close(srvDone) }()
 	t.Cleanup(func() { cancel(); ua.Close(); <-srvDone })
 
-	tg := startGateway(t, "127.0.0.2:"+itoa(regPort), func(c *Config, _ *mediaproxy.Config) {
+	tg := startGateway(t, "127.0.0.2:"+itoa(regPort), func(c *Config, m *mediaproxy.Config) {
 		c.InsideNets = []netip.Prefix{netip.MustParsePrefix("127.0.0.2/32")}
+		// SIPp's uas only echoes: it never sends first, so the proxy
+		// must send it the server's media before it latched.
+		m.SendBeforeLatch = true
 	})
 	if err := os.WriteFile(filepath.Join(dir, "register.xml"), []byte(registerXML), 0o644); err != nil {
 		t.Fatal(err)

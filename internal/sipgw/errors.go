@@ -1,12 +1,19 @@
 package sipgw
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+)
 
 // Sentinel errors of the gateway.
 var (
 	// ErrBadSDP: an SDP body did not parse or cannot be proxied; the
 	// request gets 488 Not Acceptable Here (RFC 3261 section 21.4.26).
 	ErrBadSDP = errors.New("sipgw: bad SDP")
+	// ErrMediaRefused: every media address an outside party named (and
+	// the address its signaling came from) is refused by the media
+	// proxy's destination policy; 488 Not Acceptable Here.
+	ErrMediaRefused = fmt.Errorf("%w: every media address refused", ErrBadSDP)
 	// ErrConfig: the configuration is invalid (wrapped with the reason).
 	ErrConfig = errors.New("sipgw: invalid config")
 )

@@ -242,6 +242,8 @@ func New(cfg Config) (*Gateway, error) {
 	for _, m := range []sip.RequestMethod{sip.UPDATE, sip.INFO, sip.OPTIONS, sip.MESSAGE, sip.NOTIFY, sip.SUBSCRIBE, sip.REFER, sip.PRACK} {
 		g.srv.OnRequest(m, g.onRequest)
 	}
+	// Media must never be aimed at the signaling listeners.
+	cfg.Media.AddOwnEndpoints(addr, g.TLSAddr())
 	if cfg.Registerer != nil {
 		if err := g.register(cfg.Registerer); err != nil {
 			g.closeSockets()
@@ -799,6 +801,16 @@ func (g *Gateway) rewrite(c *call, body []byte, fromInside bool) ([]byte, error)
 	if c.callerOutside {
 		flags = mediaproxy.FlagCallerOutside
 	}
+	var eps []endpoints
+	if !fromInside {
+		var sig netip.Addr
+		if ap, err := netip.ParseAddrPort(c.outside); err == nil {
+			sig = ap.Addr().Unmap()
+		}
+		if eps, err = outsideMedia(g.mp, sig, ss); err != nil {
+			return nil, err
+		}
+	}
 	pp := make([]ports, len(ss))
 	for i, s := range ss {
 		if s.disabled {
@@ -809,17 +821,8 @@ func (g *Gateway) rewrite(c *call, body []byte, fromInside bool) ([]byte, error)
 		if fromInside {
 			d.Server, d.ServerRTCP = s.rtp, s.rtcp
 		} else {
-			d.Client, d.ClientRTCP = s.rtp, s.rtcp
-			// A client behind a NAT writes its private address (RFC 1918,
-			// RFC 4193) into SDP while its signaling arrives from a public
-			// one: its media will come from that public address, so that is
-			// the address the latch must accept.
-			if sig, err := netip.ParseAddrPort(c.outside); err == nil && s.rtp.Addr().IsPrivate() && !sig.Addr().IsPrivate() {
-				d.Client = netip.AddrPortFrom(sig.Addr(), s.rtp.Port())
-				if s.rtcp.IsValid() {
-					d.ClientRTCP = netip.AddrPortFrom(sig.Addr(), s.rtcp.Port())
-				}
-			}
+			// Checked against the destination policy (outsideMedia).
+			d.Client, d.ClientRTCP = eps[i].rtp, eps[i].rtcp
 			if s.hasSSRC {
 				d.Flags |= mediaproxy.FlagSSRC
 				d.SSRC = s.ssrc

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/traverse-rtc/traverse/internal/addrpolicy"
 	"github.com/traverse-rtc/traverse/internal/mediaproxy"
 )
 
@@ -52,6 +53,9 @@ func startGateway(t *testing.T, upstream string, mod func(*Config, *mediaproxy.C
 	mcfg := mediaproxy.Config{
 		RTP: netip.AddrPortFrom(outsideIP, 0), RTCP: netip.AddrPortFrom(outsideIP, 0),
 		InsideIP: insideIP, InsidePorts: freeRange(t, 5000),
+		// Every party of these tests is on loopback, which the default
+		// destination policy refuses.
+		Policy: addrpolicy.Filter{Loopback: true},
 	}
 	cfg := Config{SIP: "127.0.0.1:0", Upstream: upstream}
 	if mod != nil {

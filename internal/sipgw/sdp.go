@@ -176,3 +176,67 @@ func rewriteSDP(sd *sdp.SessionDescription, ss []stream, ip netip.Addr, pp []por
 	sd.Attributes = out
 	return sd.Marshal()
 }
+
+// endpoints is where the media proxy may expect one outside stream's media
+// from (and, once it arrived from there, send to).
+type endpoints struct {
+	rtp, rtcp netip.AddrPort
+	refused   bool // no plausible address: the stream has no destination
+}
+
+// outsideMedia applies the media proxy's destination policy to every
+// address an outside party named for its streams (c= at session and media
+// level, a=rtcp with an address), in an offer, an answer or a later
+// re-INVITE or UPDATE. sig is the address its signaling came from.
+//
+//   - A private c= (RFC 1918, RFC 4193) while the signaling comes from a
+//     non-private address is a client behind a NAT: its media will come
+//     from the signaling address (with the SDP's port).
+//   - A refused address (loopback, link-local and metadata, CGNAT,
+//     unspecified, multicast, the gateway's own sockets, ... see
+//     mediaproxy.Config.Policy) is replaced by the signaling address when
+//     that one is allowed: the only address the party has shown to be its
+//     own. An a=rtcp address that is refused falls back to the RTP one.
+//   - A stream left with no allowed address is refused: it has no
+//     destination, and the media proxy sends it nothing.
+//
+// When every enabled stream is refused the SDP is refused as a whole
+// (ErrMediaRefused: 488 to an offer, which leaves an existing session as it
+// was, RFC 3261 section 14.1).
+func outsideMedia(mp *mediaproxy.Proxy, sig netip.Addr, ss []stream) ([]endpoints, error) {
+	out := make([]endpoints, len(ss))
+	enabled, refused := 0, 0
+	for i, s := range ss {
+		if s.disabled {
+			continue
+		}
+		enabled++
+		rtp, rtcp := s.rtp, s.rtcp
+		if sig.IsValid() && rtp.Addr().IsPrivate() && !sig.IsPrivate() {
+			rtp = netip.AddrPortFrom(sig, rtp.Port())
+			if rtcp.IsValid() {
+				rtcp = netip.AddrPortFrom(sig, rtcp.Port())
+			}
+		}
+		if mp.CheckOutside(rtp) != nil {
+			alt := netip.AddrPortFrom(sig, rtp.Port())
+			if !sig.IsValid() || alt == rtp || mp.CheckOutside(alt) != nil {
+				out[i].refused = true
+				refused++
+				continue
+			}
+			rtp = alt
+		}
+		if rtcp.IsValid() && mp.CheckOutside(rtcp) != nil {
+			rtcp = netip.AddrPortFrom(rtp.Addr(), rtcp.Port())
+			if mp.CheckOutside(rtcp) != nil {
+				rtcp = netip.AddrPort{}
+			}
+		}
+		out[i].rtp, out[i].rtcp = rtp, rtcp
+	}
+	if enabled > 0 && refused == enabled {
+		return nil, ErrMediaRefused
+	}
+	return out, nil
+}

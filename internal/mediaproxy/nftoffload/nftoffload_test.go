@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/traverse-rtc/traverse/internal/addrpolicy"
 	"github.com/traverse-rtc/traverse/internal/mediaproxy"
 )
 
@@ -33,6 +34,9 @@ func TestOffloadTakesOverFlow(t *testing.T) {
 			RTP: netip.AddrPortFrom(outsideIP, 7000), RTCP: netip.AddrPortFrom(outsideIP, 7001),
 			InsideIP: insideIP, InsidePorts: mediaproxy.PortRange{Low: 30000, High: 30100},
 			Offloader: off, OffloadAfter: 20, Tick: 20 * time.Millisecond,
+			// The lab's outside network is private: the destination
+			// policy refuses it unless allowed.
+			Policy: addrpolicy.Filter{Allow: []netip.Prefix{netip.MustParsePrefix("10.1.0.0/24")}},
 		})
 		if err != nil {
 			t.Fatal(err)

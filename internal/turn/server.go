@@ -196,6 +196,7 @@ func (s *Server) initFilter() {
 		f.own = append(f.own, la)
 	}
 	f.ownEndpoints = append(f.ownEndpoints, netip.AddrPortFrom(la, s.engs[0].laddr.Port()))
+	f.ownEndpoints = append(f.ownEndpoints, s.cfg.OwnEndpoints...)
 	if s.tlsLn != nil {
 		ap := s.tlsLn.Addr().(*net.TCPAddr).AddrPort()
 		f.ownEndpoints = append(f.ownEndpoints, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()))

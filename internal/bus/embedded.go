@@ -99,9 +99,11 @@ func StartEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
 			e.auth.allow(id)
 		}
 		opts.CustomClientAuthentication = e.auth
-		opts.AlwaysEnableNonce = true // the nonce the nkey signs
-		opts.AuthTimeout = 2          // seconds an unauthenticated connection is held
+		opts.AuthTimeout = 2 // seconds an unauthenticated connection is held
 	}
+	// The nonce each nkey signs; sent with NoAuth too, so that roles given
+	// credentials still connect (nats.go refuses an nkey without one).
+	opts.AlwaysEnableNonce = true
 	if cfg.TLS != nil {
 		opts.TLSConfig = cfg.TLS
 		opts.TLS = true

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"io"
 	"net"
@@ -19,6 +21,7 @@ import (
 	"github.com/pion/turn/v4"
 
 	"github.com/traverse-rtc/traverse/internal/bus"
+	"github.com/traverse-rtc/traverse/internal/tlsutil"
 )
 
 // runServeUntilReady runs serve with args until the test ends; it returns
@@ -113,8 +116,8 @@ func TestServeBusRefusesStrangers(t *testing.T) {
 			t.Errorf("/metrics lacks %q", want)
 		}
 	}
-	// The node is known to signal: a demo client can get a token and the
-	// page is served (signal's readiness needs a live node).
+	// /readyz was green, and signal is ready only once it heard a node's
+	// announcement: serve's node and signal spoke over the authenticated bus.
 	if code, _, err := httpGet("http://" + p.signal + "/token?room=r1"); err != nil || code != 200 {
 		t.Errorf("demo token: %d %v", code, err)
 	}
@@ -314,4 +317,50 @@ func TestBusCommandCredentials(t *testing.T) {
 	if err := runBus(context.Background(), []string{"--listen", "0.0.0.0:0", "--insecure-no-auth", "--admin", ""}); !errors.Is(err, bus.ErrInsecure) {
 		t.Errorf("no auth on 0.0.0.0: %v", err)
 	}
+}
+
+// serve with --bus-tls-cert: the bus requires TLS, serve's own roles trust
+// its certificate in-process (serve becomes ready: signal heard the node's
+// announcement), a client that does not trust it is refused, and a separate
+// process with the file of --bus-creds-dir and the CA connects.
+func TestServeBusTLS(t *testing.T) {
+	cert, err := tlsutil.SelfSigned("traverse bus test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "bus.pem"), filepath.Join(dir, "bus-key.pem")
+	der, err := x509.MarshalPKCS8PrivateKey(cert.PrivateKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Certificate[0]}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := newServePorts(t)
+	runServeUntilReady(t, p.admin, append(p.args(), "--bus-tls-cert", certFile, "--bus-tls-key", keyFile,
+		"--bus-creds-dir", filepath.Join(dir, "creds")))
+	if code, _, err := httpGet("http://" + p.signal + "/token?room=r1"); err != nil || code != 200 {
+		t.Errorf("demo token: %d %v", code, err)
+	}
+	_, metrics, err := httpGet("http://" + p.admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(metrics, `traverse_bus_logins_total{role="sfu"} 1`) {
+		t.Error("serve's node did not log in over TLS")
+	}
+	creds := filepath.Join(dir, "creds", "signal.creds")
+	if c, err := bus.Connect(bus.Config{URLs: []string{"nats://" + p.bus}, CredsFile: creds}, nil); err == nil {
+		c.Close()
+		t.Error("connected without trusting the bus's certificate")
+	}
+	c, err := bus.Connect(bus.Config{URLs: []string{"nats://" + p.bus}, CredsFile: creds, TLSCA: certFile}, nil)
+	if err != nil {
+		t.Fatalf("a separate signal process with the file and the CA: %v", err)
+	}
+	c.Close()
 }

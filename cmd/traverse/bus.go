@@ -33,6 +33,7 @@ type busConfig struct {
 	TLSClientCA string   `yaml:"tls-client-ca"`
 	NoAuth      bool     `yaml:"insecure-no-auth"`
 	NoAuthAny   bool     `yaml:"insecure-no-auth-any-address"`
+	MaxConns    int      `yaml:"max-conns"`
 }
 
 func bindBusFlags(fs *flag.FlagSet, prefix string, c *busConfig, serve bool) {
@@ -48,6 +49,7 @@ func bindBusFlags(fs *flag.FlagSet, prefix string, c *busConfig, serve bool) {
 	if !serve {
 		fs.StringVar(&c.TLSClientCA, prefix+"tls-client-ca", c.TLSClientCA, "PEM `file` of CAs whose client certificates are required (mutual TLS, with --tls-cert)")
 	}
+	fs.IntVar(&c.MaxConns, prefix+"max-conns", c.MaxConns, "connections the bus holds at once, authenticated or not (0: 1024); beyond, new ones are closed")
 	fs.BoolVar(&c.NoAuth, prefix+"insecure-no-auth", c.NoAuth, "accept clients without credentials, every subject allowed (loopback only, unless --"+prefix+"insecure-no-auth-any-address)")
 	fs.BoolVar(&c.NoAuthAny, prefix+"insecure-no-auth-any-address", c.NoAuthAny, "with --"+prefix+"insecure-no-auth, also on a non-loopback address: anyone who reaches the port reads every SDP and speaks for any node")
 }
@@ -55,7 +57,7 @@ func bindBusFlags(fs *flag.FlagSet, prefix string, c *busConfig, serve bool) {
 // startBusServer starts the embedded server as c says, with the identities
 // of c.CredsDir (made for signal and every c.Nodes when missing).
 func startBusServer(c *busConfig, log *slog.Logger, adm *admin.Server) (*bus.Embedded, error) {
-	cfg := bus.EmbeddedConfig{Listen: c.Listen, NoAuth: c.NoAuth, NoAuthAnyAddress: c.NoAuthAny, Log: log}
+	cfg := bus.EmbeddedConfig{Listen: c.Listen, NoAuth: c.NoAuth, NoAuthAnyAddress: c.NoAuthAny, MaxConns: c.MaxConns, Log: log}
 	if adm != nil {
 		cfg.Registerer = adm.Registry
 	}

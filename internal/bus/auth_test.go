@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -370,5 +372,79 @@ func TestEmbeddedRefusesOpenBus(t *testing.T) {
 	defer lo.Close()
 	if lo.Insecure() != "" {
 		t.Errorf("loopback flagged: %q", lo.Insecure())
+	}
+}
+
+// A flood of idle connections to the bus port: the server holds at most
+// MaxConns (the rest are closed at once), the roles' connections keep
+// working meanwhile, and every flood connection is closed within the auth
+// timeout.
+func TestEmbeddedConnectionFlood(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	e, err := StartEmbedded(EmbeddedConfig{Listen: "127.0.0.1:0", MaxConns: 8, Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	connect := func(role Role, node string) *Client {
+		id, err := e.NewIdentity(role, node)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := Connect(Config{URLs: []string{e.URL()}, Identity: id}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	signal, node := connect(RoleSignal, ""), connect(RoleNode, "n1")
+	if _, err := node.HandleRequests("n1", func(context.Context, Request) (Reply, error) { return Reply{}, nil }); err != nil {
+		t.Fatal(err)
+	}
+	const flood = 200
+	var held []net.Conn
+	defer func() {
+		for _, c := range held {
+			c.Close()
+		}
+	}()
+	for range flood {
+		c, err := net.Dial("tcp", e.Addr().String())
+		if err != nil {
+			continue
+		}
+		held = append(held, c)
+	}
+	// Meanwhile the roles' requests go through, and the server never
+	// holds more than MaxConns.
+	for i := range 20 {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_, err := signal.Request(ctx, "n1", Request{Type: RequestLeave, Session: fmt.Sprintf("s%d", i)})
+		cancel()
+		if err != nil {
+			t.Fatalf("request %d during the flood: %v", i, err)
+		}
+		if n := e.ns.NumClients(); n > 8 {
+			t.Fatalf("%d connections held, max 8", n)
+		}
+	}
+	// The server closes every flood connection: refused at once, or idle
+	// past the auth timeout.
+	buf := make([]byte, 4096)
+	for _, c := range held {
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		for {
+			if _, err := c.Read(buf); err != nil {
+				var ne net.Error
+				if errors.As(err, &ne) && ne.Timeout() {
+					t.Fatal("an idle unauthenticated connection was held past the auth timeout")
+				}
+				break
+			}
+		}
+	}
+	if got, _ := testutil.GatherAndCount(reg, "traverse_bus_connections", "traverse_bus_max_connections"); got != 2 {
+		t.Errorf("connection gauges: %d of 2", got)
 	}
 }

@@ -36,11 +36,22 @@ type EmbeddedConfig struct {
 	// Anyone who reaches the port then reads every session's SDP, speaks
 	// for any node and joins any room.
 	NoAuthAnyAddress bool
+	// MaxConns bounds the connections the server holds, authenticated or
+	// not (an unauthenticated one for at most 2 s); beyond it new ones are
+	// closed at once (traverse_bus_connections shows the count, against
+	// traverse_bus_max_connections). Default 1024: the bus's share of the
+	// process's descriptors, so a connection flood on the bus port cannot
+	// take the descriptors of serve's other roles. Each role holds one
+	// connection.
+	MaxConns int
 	// Log receives the server's own messages (rate-limited); nil discards.
 	Log *slog.Logger
 	// Registerer takes the bus metrics (traverse_bus_*); nil skips them.
 	Registerer prometheus.Registerer
 }
+
+// DefaultMaxConns is EmbeddedConfig.MaxConns's default.
+const DefaultMaxConns = 1024
 
 // Embedded is a nats-server running inside this process: the bus of
 // "traverse serve", of "traverse bus" and of tests.
@@ -59,6 +70,9 @@ type Embedded struct {
 func StartEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
 	if cfg.Listen == "" {
 		cfg.Listen = "127.0.0.1:4222"
+	}
+	if cfg.MaxConns <= 0 {
+		cfg.MaxConns = DefaultMaxConns
 	}
 	log := cfg.Log
 	if log == nil {
@@ -91,6 +105,7 @@ func StartEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
 		// No monitoring, no cluster: a single in-process server.
 		HTTPPort:   0,
 		MaxPayload: 1 << 20,
+		MaxConn:    cfg.MaxConns,
 	}
 	e := &Embedded{m: m}
 	if !cfg.NoAuth {
@@ -129,6 +144,18 @@ func StartEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
 		return nil, fmt.Errorf("bus: embedded server on %s not ready", cfg.Listen)
 	}
 	e.ns = ns
+	m.maxConns.Set(float64(cfg.MaxConns))
+	if cfg.Registerer != nil {
+		err := cfg.Registerer.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "traverse_bus_connections",
+			Help: "Connections the embedded bus holds now, authenticated or not.",
+		}, func() float64 { return float64(ns.NumClients()) }))
+		if err != nil {
+			ns.Shutdown()
+			ns.WaitForShutdown()
+			return nil, fmt.Errorf("bus: metrics: %w", err)
+		}
+	}
 	if e.insecure != "" {
 		m.insecure.Set(1)
 		log.Warn("bus: "+e.insecure, "listen", cfg.Listen)
@@ -194,6 +221,7 @@ type embeddedMetrics struct {
 	violations   prometheus.Counter
 	insecure     prometheus.Gauge
 	logDropped   prometheus.Counter
+	maxConns     prometheus.Gauge
 }
 
 func newEmbeddedMetrics(reg prometheus.Registerer) (*embeddedMetrics, error) {
@@ -214,6 +242,10 @@ func newEmbeddedMetrics(reg prometheus.Registerer) (*embeddedMetrics, error) {
 			Name: "traverse_bus_insecure_listen",
 			Help: "1 when the embedded bus listens on a non-loopback address without TLS (or without authentication).",
 		}),
+		maxConns: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "traverse_bus_max_connections",
+			Help: "Connections the embedded bus holds at most (max-conns); new ones beyond are closed at once.",
+		}),
 		logDropped: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "traverse_bus_log_dropped_total",
 			Help: "Messages of the embedded NATS server not logged because more than 10 a second came.",
@@ -222,7 +254,7 @@ func newEmbeddedMetrics(reg prometheus.Registerer) (*embeddedMetrics, error) {
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.authFailures, m.logins, m.violations, m.insecure, m.logDropped} {
+	for _, c := range []prometheus.Collector{m.authFailures, m.logins, m.violations, m.insecure, m.logDropped, m.maxConns} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("bus: metrics: %w", err)
 		}
@@ -246,7 +278,8 @@ const logPerSecond = 10
 
 func (l *serverLog) emit(level slog.Level, format string, v []any) {
 	msg := fmt.Sprintf(format, v...)
-	if strings.Contains(msg, "Violation") && !strings.Contains(msg, "Authorization") {
+	switch {
+	case strings.Contains(msg, "Violation") && !strings.Contains(msg, "Authorization"):
 		l.m.violations.Inc()
 		level = slog.LevelDebug
 	}

@@ -59,7 +59,7 @@ type Embedded struct {
 	ns   *server.Server
 	auth *authenticator // nil with NoAuth
 	m    *embeddedMetrics
-	// Insecure is why the server's traffic can be read or forged by
+	// insecure is why the server's traffic can be read or forged by
 	// others on the network ("" when it listens on loopback, or uses TLS
 	// and authentication).
 	insecure string

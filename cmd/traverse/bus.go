@@ -2,36 +2,310 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
 	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
 
+	"github.com/traverse-rtc/traverse/internal/admin"
 	"github.com/traverse-rtc/traverse/internal/bus"
+	"github.com/traverse-rtc/traverse/internal/config"
+	"github.com/traverse-rtc/traverse/internal/stun"
+	"github.com/traverse-rtc/traverse/internal/tlsutil"
 )
 
-// busConfig is the embedded NATS server of "traverse serve".
+// busConfig is the embedded NATS server of "traverse serve" and of
+// "traverse bus".
 type busConfig struct {
-	Listen string `yaml:"listen"`
+	Listen      string   `yaml:"listen"`
+	CredsDir    string   `yaml:"creds-dir"`
+	Nodes       []string `yaml:"node"`
+	TLSCert     string   `yaml:"tls-cert"`
+	TLSKey      string   `yaml:"tls-key"`
+	TLSClientCA string   `yaml:"tls-client-ca"`
+	NoAuth      bool     `yaml:"insecure-no-auth"`
+	NoAuthAny   bool     `yaml:"insecure-no-auth-any-address"`
+	MaxConns    int      `yaml:"max-conns"`
 }
 
-func bindBus(fs *flag.FlagSet, prefix string) any {
-	c := &busConfig{Listen: "127.0.0.1:4222"}
-	fs.StringVar(&c.Listen, prefix+"listen", c.Listen, "embedded NATS server `host:port` the roles talk over (port 0 picks one)")
-	return c
+func bindBusFlags(fs *flag.FlagSet, prefix string, c *busConfig, serve bool) {
+	fs.StringVar(&c.Listen, prefix+"listen", c.Listen, "NATS server `host:port` the roles talk over (port 0 picks one; a non-loopback address without TLS logs a warning)")
+	dirHelp := "`directory` of credentials files, one per role: signal.creds and sfu-NODE.creds (mode 0600), made when missing, loaded when present"
+	if serve {
+		dirHelp += "; serve's own roles need none: set it to let separate signal or sfu processes join serve's bus"
+	}
+	fs.StringVar(&c.CredsDir, prefix+"creds-dir", c.CredsDir, dirHelp)
+	fs.Var(config.Strings{P: &c.Nodes}, prefix+"node", "SFU node `id` to make credentials for in --creds-dir (repeatable); a node may use only its own subjects")
+	fs.StringVar(&c.TLSCert, prefix+"tls-cert", c.TLSCert, "TLS certificate PEM `file`: clients must connect over TLS (give them its CA with --nats-tls-ca)")
+	fs.StringVar(&c.TLSKey, prefix+"tls-key", c.TLSKey, "TLS private key PEM `file`")
+	if !serve {
+		fs.StringVar(&c.TLSClientCA, prefix+"tls-client-ca", c.TLSClientCA, "PEM `file` of CAs whose client certificates are required (mutual TLS, with --tls-cert)")
+	}
+	fs.IntVar(&c.MaxConns, prefix+"max-conns", c.MaxConns, "connections the bus holds at once, authenticated or not (0: 1024); beyond, new ones are closed")
+	fs.BoolVar(&c.NoAuth, prefix+"insecure-no-auth", c.NoAuth, "accept clients without credentials, every subject allowed (loopback only, unless --"+prefix+"insecure-no-auth-any-address)")
+	fs.BoolVar(&c.NoAuthAny, prefix+"insecure-no-auth-any-address", c.NoAuthAny, "with --"+prefix+"insecure-no-auth, also on a non-loopback address: anyone who reaches the port reads every SDP and speaks for any node")
 }
 
-func init() {
-	registerServeRole(serveRole{name: "bus", order: 0, bind: bindBus, start: startBus})
-}
-
-func startBus(_ context.Context, env *serveEnv) (runner, error) {
-	c := env.cfg["bus"].(*busConfig)
-	e, err := bus.StartEmbedded(c.Listen)
+// startBusServer starts the embedded server as c says, with the identities
+// of c.CredsDir (made for signal and every c.Nodes when missing).
+func startBusServer(c *busConfig, log *slog.Logger, adm *admin.Server) (*bus.Embedded, error) {
+	cfg := bus.EmbeddedConfig{Listen: c.Listen, NoAuth: c.NoAuth, NoAuthAnyAddress: c.NoAuthAny, MaxConns: c.MaxConns, Log: log}
+	if adm != nil {
+		cfg.Registerer = adm.Registry
+	}
+	if c.TLSCert != "" || c.TLSKey != "" {
+		if c.TLSCert == "" || c.TLSKey == "" {
+			return nil, errors.New("bus: --tls-cert and --tls-key go together")
+		}
+		tc, err := tlsutil.ServerConfig(c.TLSCert, c.TLSKey, "traverse bus")
+		if err != nil {
+			return nil, fmt.Errorf("bus: %w", err)
+		}
+		if c.TLSClientCA != "" {
+			pem, err := os.ReadFile(c.TLSClientCA)
+			if err != nil {
+				return nil, fmt.Errorf("bus: --tls-client-ca: %w", err)
+			}
+			tc.ClientCAs = x509.NewCertPool()
+			if !tc.ClientCAs.AppendCertsFromPEM(pem) {
+				return nil, fmt.Errorf("bus: --tls-client-ca %s: no certificate", c.TLSClientCA)
+			}
+			tc.ClientAuth = tls.RequireAndVerifyClientCert
+		}
+		cfg.TLS = tc
+	} else if c.TLSClientCA != "" {
+		return nil, errors.New("bus: --tls-client-ca needs --tls-cert and --tls-key")
+	}
+	if c.CredsDir != "" && !c.NoAuth {
+		ids, err := loadCredsDir(c.CredsDir, c.Nodes, log)
+		if err != nil {
+			return nil, err
+		}
+		cfg.Identities = ids
+	} else if len(c.Nodes) > 0 && !c.NoAuth {
+		return nil, errors.New("bus: --node needs --creds-dir, where its credentials go")
+	}
+	e, err := bus.StartEmbedded(cfg)
 	if err != nil {
 		return nil, err
 	}
-	env.natsURL = e.URL()
-	env.log.Info("embedded NATS listening", "url", e.URL())
+	log.Info("bus listening", "url", e.URL(), "tls", cfg.TLS != nil, "auth", !c.NoAuth, "identities", len(cfg.Identities))
+	return e, nil
+}
+
+// credsFile is the file of role (and node) in dir.
+func credsFile(dir string, role bus.Role, node string) string {
+	if role == bus.RoleNode {
+		return filepath.Join(dir, "sfu-"+node+".creds")
+	}
+	return filepath.Join(dir, string(role)+".creds")
+}
+
+// loadCredsDir loads every *.creds file of dir, first writing the missing
+// ones of signal and of each of nodes.
+func loadCredsDir(dir string, nodes []string, log *slog.Logger) ([]*bus.Identity, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("bus: --creds-dir: %w", err)
+	}
+	type want struct {
+		role bus.Role
+		node string
+	}
+	wants := []want{{bus.RoleSignal, ""}}
+	for _, n := range nodes {
+		if !bus.ValidName(n) {
+			return nil, fmt.Errorf("bus: --node %q: %w", n, bus.ErrBadSubjectToken)
+		}
+		wants = append(wants, want{bus.RoleNode, n})
+	}
+	for _, w := range wants {
+		path := credsFile(dir, w.role, w.node)
+		if _, err := os.Stat(path); err == nil {
+			continue
+		}
+		id, err := bus.NewIdentity(w.role, w.node)
+		if err != nil {
+			return nil, err
+		}
+		if err := id.WriteFile(path); err != nil {
+			return nil, err
+		}
+		log.Info("bus: wrote credentials", "role", id.String(), "file", path)
+	}
+	files, err := filepath.Glob(filepath.Join(dir, "*.creds"))
+	if err != nil {
+		return nil, err
+	}
+	sort.Strings(files)
+	var ids []*bus.Identity
+	for _, f := range files {
+		id, err := bus.LoadIdentity(f)
+		if err != nil {
+			return nil, err
+		}
+		ids = append(ids, id)
+	}
+	return ids, nil
+}
+
+// natsClientConfig is how a separate signal or sfu process reaches the bus.
+type natsClientConfig struct {
+	NATS        string `yaml:"nats"`
+	NATSCreds   string `yaml:"nats-creds"`
+	NATSTLSCA   string `yaml:"nats-tls-ca"`
+	NATSTLSCert string `yaml:"nats-tls-cert"`
+	NATSTLSKey  string `yaml:"nats-tls-key"`
+}
+
+func bindNATSClientFlags(fs *flag.FlagSet, prefix string, c *natsClientConfig, urlHelp string) {
+	fs.StringVar(&c.NATS, prefix+"nats", c.NATS, urlHelp)
+	fs.StringVar(&c.NATSCreds, prefix+"nats-creds", c.NATSCreds, "bus credentials `file` of this role (from traverse bus --creds-dir; also an nkey seed or a NATS .creds file)")
+	fs.StringVar(&c.NATSTLSCA, prefix+"nats-tls-ca", c.NATSTLSCA, "PEM `file` of the CAs of the bus servers' certificates (requires TLS)")
+	fs.StringVar(&c.NATSTLSCert, prefix+"nats-tls-cert", c.NATSTLSCert, "client certificate PEM `file` for a bus that requires one")
+	fs.StringVar(&c.NATSTLSKey, prefix+"nats-tls-key", c.NATSTLSKey, "client key PEM `file` of --nats-tls-cert")
+}
+
+// busClient returns the bus.Config of c.
+func (c *natsClientConfig) busClient(name string) bus.Config {
+	return bus.Config{URLs: bus.SplitURLs(c.NATS), Name: name, CredsFile: c.NATSCreds,
+		TLSCA: c.NATSTLSCA, TLSCert: c.NATSTLSCert, TLSKey: c.NATSTLSKey}
+}
+
+// inProcessBus returns the bus.Config of a role of serve on serve's own
+// embedded bus, with a fresh credential for role (and node).
+func (env *serveEnv) inProcessBus(name string, role bus.Role, node string) (bus.Config, error) {
+	if env.bus == nil {
+		return bus.Config{}, errors.New("no bus: the bus role did not start")
+	}
+	id, err := env.bus.NewIdentity(role, node)
+	if err != nil {
+		return bus.Config{}, err
+	}
+	return bus.Config{URLs: []string{env.bus.URL()}, Name: name, Identity: id, TLS: env.busTLS}, nil
+}
+
+func init() {
+	register(command{name: "bus", summary: "the NATS bus of signal servers and SFU nodes, with credentials per role", run: runBus})
+	registerServeRole(serveRole{name: "bus", order: 0,
+		bind: func(fs *flag.FlagSet, prefix string) any {
+			c := &busConfig{Listen: "127.0.0.1:4222"}
+			bindBusFlags(fs, prefix, c, true)
+			return c
+		},
+		start: startServeBus})
+}
+
+func startServeBus(_ context.Context, env *serveEnv) (runner, error) {
+	c := env.cfg["bus"].(*busConfig)
+	e, err := startBusServer(c, env.log.With("role", "bus"), env.admin)
+	if err != nil {
+		return nil, err
+	}
+	env.bus = e
+	env.own = append(env.own, e.Addr())
+	if c.TLSCert != "" {
+		// serve's roles trust the bus's own certificate.
+		cert, err := tls.LoadX509KeyPair(c.TLSCert, c.TLSKey)
+		if err == nil && len(cert.Certificate) > 0 {
+			leaf, perr := x509.ParseCertificate(cert.Certificate[0])
+			if perr == nil {
+				pool := x509.NewCertPool()
+				pool.AddCert(leaf)
+				host, _, _ := net.SplitHostPort(c.Listen)
+				env.busTLS = &tls.Config{RootCAs: pool, ServerName: host, MinVersion: tls.VersionTLS12}
+			}
+		}
+	}
 	return func(ctx context.Context) error {
 		<-ctx.Done()
 		return e.Close()
 	}, nil
+}
+
+func runBus(ctx context.Context, args []string) error {
+	type file struct {
+		common    `yaml:",inline"`
+		busConfig `yaml:",inline"`
+	}
+	cfg := file{common: common{Admin: "127.0.0.1:9422"}, busConfig: busConfig{Listen: "127.0.0.1:4222"}}
+	fs := newFlagSet("bus", "bus --listen ADDR --creds-dir DIR [--node ID ...] [--tls-cert FILE --tls-key FILE] [flags]")
+	cfg.common.flags(fs)
+	bindBusFlags(fs, "", &cfg.busConfig, false)
+	rest, log, err := load(fs, args, &cfg, &cfg.common)
+	if err != nil {
+		return err
+	}
+	if len(rest) > 0 {
+		return fmt.Errorf("unexpected arguments: %q", rest)
+	}
+	if cfg.CredsDir == "" && !cfg.NoAuth {
+		return errors.New("--creds-dir is required: the roles' credentials are kept there (or --insecure-no-auth)")
+	}
+	adm := admin.New(log)
+	e, err := startBusServer(&cfg.busConfig, log, adm)
+	if err != nil {
+		return err
+	}
+	run := func(ctx context.Context) error {
+		<-ctx.Done()
+		return e.Close()
+	}
+	return runWithAdmin(ctx, log, adm, &cfg.common, run)
+}
+
+// ownEndpoints returns the listeners serve's roles are configured with, so
+// that serve's TURN relays to none of them (even with loopback peers
+// allowed). Ports 0 are left out (they are known only once bound; the bus
+// adds its own address when it starts).
+func ownEndpoints(cfg *serveConfig) []netip.AddrPort {
+	var out []netip.AddrPort
+	add := func(s ...string) {
+		for _, a := range s {
+			ap, err := netip.ParseAddrPort(a)
+			if err != nil || ap.Port() == 0 {
+				continue
+			}
+			out = append(out, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()))
+		}
+	}
+	add(cfg.Admin)
+	for _, v := range cfg.roles {
+		switch c := v.(type) {
+		case *busConfig:
+			add(c.Listen)
+		case *signalConfig:
+			add(c.HTTP)
+		case *sfuConfig:
+			add(c.UDP, c.TCP)
+		case *sipgwConfig:
+			add(c.SIP, c.SIPTLS, c.RTP, c.RTCP, c.Control)
+		case *stun.Config:
+			add(c.Listen, c.TLSListen)
+			if ap, err := netip.ParseAddrPort(c.Listen); err == nil && c.OtherAddress != "" {
+				other := c.OtherPort
+				if other == 0 {
+					other = int(ap.Port()) + 1
+				}
+				host := ap.Addr().String()
+				add(hostPort(host, other), hostPort(c.OtherAddress, int(ap.Port())), hostPort(c.OtherAddress, other))
+			}
+		}
+	}
+	return out
+}
+
+// hostPort joins host and port unless port is 0.
+func hostPort(host string, port int) string {
+	if port == 0 || host == "" {
+		return ""
+	}
+	return net.JoinHostPort(strings.Trim(host, "[]"), fmt.Sprint(port))
 }

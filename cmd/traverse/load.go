@@ -24,6 +24,7 @@ func runLoad(ctx context.Context, args []string) error {
 		wsURL    = fs.String("url", "", "signal WebSocket `URL` (ws://127.0.0.1:7880/ws); tokens from its /token unless --token-key")
 		tokenKey = fs.String("token-key", "", "mint tokens with this HMAC `key` instead of asking /token")
 		natsURLs = fs.String("nats", "", "speak the bus directly instead of signal: NATS `URL`s")
+		natsCred = fs.String("nats-creds", "", "with --nats: the signal role's credentials `file` (traverse bus --creds-dir)")
 		node     = fs.String("node", "", "with --nats: the SFU node `id` (default: the least loaded announced node)")
 		rooms    = fs.Int("rooms", 1, "rooms")
 		pubs     = fs.Int("publishers", 1, "publishers per room (they also subscribe)")
@@ -49,7 +50,7 @@ func runLoad(ctx context.Context, args []string) error {
 	switch {
 	case *janus != "":
 	case *natsURLs != "":
-		bc, err := bus.Connect(bus.Config{URLs: bus.SplitURLs(*natsURLs), Name: "traverse load", RequestTimeout: 30 * time.Second}, nil)
+		bc, err := bus.Connect(bus.Config{URLs: bus.SplitURLs(*natsURLs), Name: "traverse load", RequestTimeout: 30 * time.Second, CredsFile: *natsCred}, nil)
 		if err != nil {
 			return err
 		}

@@ -2,14 +2,17 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"flag"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"sort"
 
 	"gopkg.in/yaml.v3"
 
 	"github.com/traverse-rtc/traverse/internal/admin"
+	"github.com/traverse-rtc/traverse/internal/bus"
 )
 
 // serveRole is one role that "traverse serve" runs. Each role's file adds
@@ -39,8 +42,14 @@ type serveEnv struct {
 	admin *admin.Server
 	// cfg holds each role's config section by role name.
 	cfg map[string]any
-	// natsURL is the embedded NATS server's URL, set by the bus role.
-	natsURL string
+	// bus is the embedded NATS server, set by the bus role; roles get
+	// their credentials from it (inProcessBus). busTLS, when set, is how
+	// they trust its certificate.
+	bus    *bus.Embedded
+	busTLS *tls.Config
+	// own are the process's listeners, which serve's TURN refuses as
+	// peers even with loopback peers allowed (ownEndpoints).
+	own []netip.AddrPort
 	// turn is set by the turn role: its URLs and a credential minter for browsers.
 	turn *turnShare
 }
@@ -105,7 +114,7 @@ func runServe(ctx context.Context, args []string) error {
 		return fmt.Errorf("unexpected arguments: %q", rest)
 	}
 	adm := admin.New(log)
-	env := &serveEnv{log: log, admin: adm, cfg: cfg.roles}
+	env := &serveEnv{log: log, admin: adm, cfg: cfg.roles, own: ownEndpoints(&cfg)}
 	var runners []runner
 	for _, r := range serveRoles {
 		run, err := r.start(ctx, env)

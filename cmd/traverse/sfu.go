@@ -15,17 +15,17 @@ import (
 
 // sfuConfig is the sfu role's section.
 type sfuConfig struct {
-	sfu.Config `yaml:",inline"`
-	PublicIP   string `yaml:"public-ip"`
-	NATS       string `yaml:"nats"`
+	sfu.Config       `yaml:",inline"`
+	PublicIP         string `yaml:"public-ip"`
+	natsClientConfig `yaml:",inline"`
 }
 
 func bindSFU(fs *flag.FlagSet, prefix string, c *sfuConfig) {
 	fs.StringVar(&c.UDP, prefix+"udp", c.UDP, "the one media UDP `host:port` every peer connection shares")
 	fs.StringVar(&c.TCP, prefix+"tcp", c.TCP, "the one ICE-TCP listener `host:port` (empty disables ICE-TCP)")
 	fs.StringVar(&c.PublicIP, prefix+"public-ip", c.PublicIP, "public `IP` put in candidates instead of the bound address (1:1 NAT, load balancer)")
-	fs.StringVar(&c.NATS, prefix+"nats", c.NATS, "NATS server `URL`s, comma separated (serve: empty uses the embedded bus)")
-	fs.StringVar(&c.NodeID, prefix+"node-id", c.NodeID, "node `id` on the bus (default sfu-PORT)")
+	bindNATSClientFlags(fs, prefix, &c.natsClientConfig, "NATS server `URL`s, comma separated (serve: empty uses the embedded bus)")
+	fs.StringVar(&c.NodeID, prefix+"node-id", c.NodeID, "node `id` on the bus (default: the node of --nats-creds, else sfu-PORT)")
 	fs.StringVar(&c.Region, prefix+"region", c.Region, "`region` announced for node selection")
 	fs.IntVar(&c.MaxPeers, prefix+"max-peers", 2000, "refuse joins past this many sessions")
 	fs.BoolVar(&c.BatchIO, prefix+"batch-io", c.BatchIO, "batched media socket I/O (recvmmsg reads, a fan-out corked into one sendmmsg) under pion's mux instead of one packet per system call")
@@ -47,10 +47,25 @@ func init() {
 		},
 		start: func(ctx context.Context, env *serveEnv) (runner, error) {
 			c := env.cfg["sfu"].(*sfuConfig)
-			if c.NATS == "" {
-				c.NATS = env.natsURL
+			if c.NATS != "" {
+				busCfg, err := c.nodeBus()
+				if err != nil {
+					return nil, err
+				}
+				return startSFU(c, busCfg, env.log, env.admin)
 			}
-			return startSFU(c, env.log, env.admin)
+			if c.NodeID == "" {
+				// The node's credential names it before its socket is bound.
+				c.NodeID = "sfu-serve"
+				if ap, err := netip.ParseAddrPort(c.UDP); err == nil && ap.Port() != 0 {
+					c.NodeID = fmt.Sprintf("sfu-%d", ap.Port())
+				}
+			}
+			busCfg, err := env.inProcessBus("sfu "+c.NodeID, bus.RoleNode, c.NodeID)
+			if err != nil {
+				return nil, err
+			}
+			return startSFU(c, busCfg, env.log, env.admin)
 		}})
 }
 
@@ -73,15 +88,41 @@ func runSFU(ctx context.Context, args []string) error {
 	if cfg.NATS == "" {
 		return errors.New("--nats is required")
 	}
+	busCfg, err := cfg.nodeBus()
+	if err != nil {
+		return err
+	}
 	adm := admin.New(log)
-	run, err := startSFU(&cfg.sfuConfig, log, adm)
+	run, err := startSFU(&cfg.sfuConfig, busCfg, log, adm)
 	if err != nil {
 		return err
 	}
 	return runWithAdmin(ctx, log, adm, &cfg.common, run)
 }
 
-func startSFU(c *sfuConfig, log *slog.Logger, adm *admin.Server) (runner, error) {
+// nodeBus is the bus.Config of a separate node process. A credentials file
+// written by "traverse bus" names its node: the node id defaults to it, and
+// another --node-id is an error (the bus would refuse the node's subjects).
+func (c *sfuConfig) nodeBus() (bus.Config, error) {
+	if c.NATSCreds != "" {
+		if id, err := bus.LoadIdentity(c.NATSCreds); err == nil {
+			if id.Role != bus.RoleNode {
+				return bus.Config{}, fmt.Errorf("--nats-creds %s: a %s credential, not a node's", c.NATSCreds, id.Role)
+			}
+			if c.NodeID == "" {
+				c.NodeID = id.Node
+			}
+			if c.NodeID != id.Node {
+				return bus.Config{}, fmt.Errorf("--node-id %s, but --nats-creds %s is node %s's", c.NodeID, c.NATSCreds, id.Node)
+			}
+		} else if !errors.Is(err, bus.ErrCredentials) {
+			return bus.Config{}, fmt.Errorf("--nats-creds: %w", err)
+		}
+	}
+	return c.busClient("sfu " + c.NodeID), nil
+}
+
+func startSFU(c *sfuConfig, busCfg bus.Config, log *slog.Logger, adm *admin.Server) (runner, error) {
 	if c.PublicIP != "" {
 		ip, err := netip.ParseAddr(c.PublicIP)
 		if err != nil {
@@ -89,7 +130,7 @@ func startSFU(c *sfuConfig, log *slog.Logger, adm *admin.Server) (runner, error)
 		}
 		c.Config.PublicIP = ip
 	}
-	bc, err := bus.Connect(bus.Config{URLs: bus.SplitURLs(c.NATS), Name: "sfu " + c.NodeID}, log)
+	bc, err := bus.Connect(busCfg, log)
 	if err != nil {
 		return nil, err
 	}

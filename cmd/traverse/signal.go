@@ -23,7 +23,6 @@ import (
 // signalConfig is the signal role's configuration.
 type signalConfig struct {
 	HTTP           string   `yaml:"http"`
-	NATS           string   `yaml:"nats"`
 	TokenKey       string   `yaml:"token-key"`
 	DemoTokens     bool     `yaml:"demo-tokens"`
 	Region         string   `yaml:"region"`
@@ -32,12 +31,15 @@ type signalConfig struct {
 	NodeCapacity   int      `yaml:"node-capacity"`
 	ICEURLs        []string `yaml:"ice-url"`
 	NoWeb          bool     `yaml:"no-web"`
+
+	// natsClientConfig is the bus of a separate signal process (not in serve).
+	natsClientConfig `yaml:",inline"`
 }
 
 func bindSignalFlags(fs *flag.FlagSet, prefix string, c *signalConfig, inServe bool) {
 	fs.StringVar(&c.HTTP, prefix+"http", c.HTTP, "HTTP `host:port` serving the WebSocket signaling (/ws) and the demo page (/)")
 	if !inServe {
-		fs.StringVar(&c.NATS, prefix+"nats", c.NATS, "NATS server `URL`s, comma-separated, of the bus the SFU nodes are on")
+		bindNATSClientFlags(fs, prefix, &c.natsClientConfig, "NATS server `URL`s, comma-separated, of the bus the SFU nodes are on")
 	}
 	fs.StringVar(&c.TokenKey, prefix+"token-key", c.TokenKey, "HMAC-SHA256 `key` that signs access tokens (at least 16 bytes; in serve, empty picks a random one)")
 	fs.BoolVar(&c.DemoTokens, prefix+"demo-tokens", c.DemoTokens, "serve GET /token?room=R, minting a token for anyone who asks (local demos only)")
@@ -58,10 +60,10 @@ type signalRole struct {
 	ln   net.Listener
 }
 
-// startSignal connects to the bus and binds the HTTP listener; the role's
-// main loop is its run method. turn, when set, supplies TURN URLs and
-// credentials.
-func startSignal(c *signalConfig, natsURLs []string, turn *turnShare, log *slog.Logger, adm *admin.Server) (*signalRole, error) {
+// startSignal connects to the bus as busCfg says and binds the HTTP
+// listener; the role's main loop is its run method. turn, when set,
+// supplies TURN URLs and credentials.
+func startSignal(c *signalConfig, busCfg bus.Config, turn *turnShare, log *slog.Logger, adm *admin.Server) (*signalRole, error) {
 	key := []byte(c.TokenKey)
 	if len(key) < 16 {
 		return nil, errors.New("signal: --token-key must be at least 16 bytes")
@@ -86,7 +88,7 @@ func startSignal(c *signalConfig, natsURLs []string, turn *turnShare, log *slog.
 		}
 		trusted = append(trusted, p)
 	}
-	bc, err := bus.Connect(bus.Config{URLs: natsURLs, Name: "signal"}, log)
+	bc, err := bus.Connect(busCfg, log)
 	if err != nil {
 		return nil, err
 	}
@@ -180,12 +182,12 @@ func runSignal(ctx context.Context, args []string) error {
 	if len(rest) > 0 {
 		return fmt.Errorf("unexpected arguments: %q", rest)
 	}
-	urls := bus.SplitURLs(cfg.NATS)
-	if len(urls) == 0 {
+	busCfg := cfg.busClient("signal")
+	if len(busCfg.URLs) == 0 {
 		return errors.New("--nats is required")
 	}
 	adm := admin.New(log)
-	role, err := startSignal(&cfg.signalConfig, urls, nil, log.With("role", "signal"), adm)
+	role, err := startSignal(&cfg.signalConfig, busCfg, nil, log.With("role", "signal"), adm)
 	if err != nil {
 		return err
 	}
@@ -205,8 +207,9 @@ func init() {
 		},
 		start: func(_ context.Context, env *serveEnv) (runner, error) {
 			c := env.cfg["signal"].(*signalConfig)
-			if env.natsURL == "" {
-				return nil, errors.New("no bus: the bus role did not start")
+			busCfg, err := env.inProcessBus("signal", bus.RoleSignal, "")
+			if err != nil {
+				return nil, err
 			}
 			if c.TokenKey == "" {
 				b := make([]byte, 32)
@@ -214,7 +217,7 @@ func init() {
 				c.TokenKey = hex.EncodeToString(b)
 				env.log.Info("signal: random token key for this process (set --signal-token-key to mint tokens with traverse token)")
 			}
-			role, err := startSignal(c, []string{env.natsURL}, env.turn, env.log.With("role", "signal"), env.admin)
+			role, err := startSignal(c, busCfg, env.turn, env.log.With("role", "signal"), env.admin)
 			if err != nil {
 				return nil, err
 			}

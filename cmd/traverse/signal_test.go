@@ -43,14 +43,19 @@ func TestTokenCommand(t *testing.T) {
 // embedded bus, and checks it serves the page, keeps demo tokens off unless
 // asked, and stops on cancel.
 func TestSignalRole(t *testing.T) {
-	emb, err := bus.StartEmbedded("127.0.0.1:0")
+	emb, err := bus.StartEmbedded(bus.EmbeddedConfig{Listen: "127.0.0.1:0"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer emb.Close()
+	id, err := emb.NewIdentity(bus.RoleSignal, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	busCfg := bus.Config{URLs: []string{emb.URL()}, Identity: id}
 	log := slog.New(slog.DiscardHandler)
 	c := &signalConfig{HTTP: "127.0.0.1:0", TokenKey: "0123456789abcdef-key"}
-	role, err := startSignal(c, []string{emb.URL()}, nil, log, admin.New(log))
+	role, err := startSignal(c, busCfg, nil, log, admin.New(log))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,7 +82,7 @@ func TestSignalRole(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("signal role did not stop")
 	}
-	if _, err := startSignal(&signalConfig{HTTP: "127.0.0.1:0", TokenKey: "short"}, []string{emb.URL()}, nil, log, admin.New(log)); err == nil {
+	if _, err := startSignal(&signalConfig{HTTP: "127.0.0.1:0", TokenKey: "short"}, busCfg, nil, log, admin.New(log)); err == nil {
 		t.Fatal("short token key accepted")
 	}
 }

@@ -47,6 +47,8 @@ type turnConfig struct {
 	Coalesce           time.Duration `yaml:"coalesce"`
 	MaxConns           int           `yaml:"max-conns"`
 	Offload            string        `yaml:"offload"`
+	// own are the other listeners of a serve process (not a flag).
+	own []netip.AddrPort
 }
 
 // bindTurnFlags registers the turn role's flags under prefix ("" for
@@ -86,7 +88,8 @@ func bindTurnFlags(fs *flag.FlagSet, prefix string, c *turnConfig, serve bool) {
 func (c *turnConfig) serverConfig(log *slog.Logger, reg *admin.Server) (turn.Config, error) {
 	cfg := turn.Config{Realm: c.Realm, AuthSecret: c.AuthSecret, NoTCP: c.NoTCP, NoDTLS: c.NoDTLS, AllowLoopbackPeers: c.AllowLoopbackPeers,
 		MaxAllocations: c.MaxAllocations, MaxAllocationsPerUser: c.UserQuota, BandwidthPerAllocation: c.Bandwidth,
-		AuthFailuresPerMinute: c.AuthFailures, Shards: c.Shards, Coalesce: c.Coalesce, MaxStreamConns: c.MaxConns, Software: "traverse", Log: log}
+		AuthFailuresPerMinute: c.AuthFailures, Shards: c.Shards, Coalesce: c.Coalesce, MaxStreamConns: c.MaxConns, Software: "traverse", Log: log,
+		OwnEndpoints: c.own}
 	if reg != nil {
 		cfg.Registerer = reg.Registry
 	}
@@ -282,6 +285,7 @@ func init() {
 		},
 		start: func(_ context.Context, env *serveEnv) (runner, error) {
 			c := env.cfg["turn"].(*turnConfig)
+			c.own = env.own
 			s, run, err := startTurn(c, env.log, env.admin)
 			if err != nil {
 				return nil, err

@@ -9,12 +9,15 @@
 package bus
 
 import (
+	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/fnv"
 	"log/slog"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -38,6 +41,26 @@ type Config struct {
 	// at once (requests of one session are always served in order);
 	// default 8.
 	Workers int
+
+	// Identity is the credential of an in-process connection (serve's
+	// roles get theirs from the embedded server, Embedded.NewIdentity).
+	Identity *Identity
+	// CredsFile is a credentials file: one written by "traverse bus"
+	// (an nkey seed with its role), a bare nkey seed file, or a NATS
+	// .creds file (user JWT and seed) of an operator-managed cluster.
+	// Ignored when Identity is set. Empty with no Identity: no
+	// credentials (only a server that accepts anyone lets that in).
+	CredsFile string
+	// TLSCA is a PEM file of the CAs that sign the servers' certificates;
+	// set, the connection requires TLS. Empty with tls:// URLs: the
+	// system roots.
+	TLSCA string
+	// TLSCert and TLSKey are a client certificate and key (PEM files) for
+	// servers that verify clients (mutual TLS).
+	TLSCert, TLSKey string
+	// TLS, when set, is used instead of the TLS files (in-process
+	// connections to a TLS embedded server).
+	TLS *tls.Config
 }
 
 func (c *Config) validate() error {
@@ -60,7 +83,8 @@ type Client struct {
 	nc  *nats.Conn
 	log *slog.Logger
 
-	bad atomic.Uint64
+	bad       atomic.Uint64
+	asyncErrs atomic.Uint64
 
 	mu     sync.Mutex // guards subs and closed
 	subs   map[*Subscription]struct{}
@@ -75,16 +99,82 @@ func Connect(cfg Config, log *slog.Logger) (*Client, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	nc, err := nats.Connect(strings.Join(cfg.URLs, ","),
+	c := &Client{cfg: cfg, log: log, subs: map[*Subscription]struct{}{}}
+	opts := []nats.Option{
 		nats.Name(cfg.Name),
 		nats.MaxReconnects(-1),
-		nats.ReconnectWait(250*time.Millisecond),
+		nats.ReconnectWait(250 * time.Millisecond),
 		nats.RetryOnFailedConnect(false),
-	)
+		// The server refuses a subject this connection's role may not use
+		// asynchronously: say so, a misconfigured node id shows here.
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			c.asyncErrs.Add(1)
+			subject := ""
+			if sub != nil {
+				subject = sub.Subject
+			}
+			c.log.Warn("bus: server refused", "subject", subject, "err", err)
+		}),
+	}
+	copts, err := cfg.credentialOptions()
+	if err != nil {
+		return nil, err
+	}
+	opts = append(opts, copts...)
+	nc, err := nats.Connect(strings.Join(cfg.URLs, ","), opts...)
 	if err != nil {
 		return nil, fmt.Errorf("bus: connect %v: %w", cfg.URLs, err)
 	}
-	return &Client{cfg: cfg, nc: nc, log: log, subs: map[*Subscription]struct{}{}}, nil
+	c.nc = nc
+	return c, nil
+}
+
+// credentialOptions turns Identity, CredsFile and the TLS files into
+// nats.go options.
+func (c *Config) credentialOptions() ([]nats.Option, error) {
+	var opts []nats.Option
+	switch {
+	case c.Identity != nil:
+		opts = append(opts, nats.Nkey(c.Identity.Public(), c.Identity.sign))
+	case c.CredsFile != "":
+		b, err := os.ReadFile(c.CredsFile)
+		if err != nil {
+			return nil, fmt.Errorf("bus: credentials: %w", err)
+		}
+		jwt := bytes.Contains(b, []byte("BEGIN NATS USER JWT"))
+		wipe(b)
+		if jwt {
+			opts = append(opts, nats.UserCredentials(c.CredsFile))
+			break
+		}
+		id, err := LoadIdentity(c.CredsFile)
+		if errors.Is(err, ErrCredentials) {
+			// A bare seed file (nk -gen user): no role lines.
+			o, nerr := nats.NkeyOptionFromSeed(c.CredsFile)
+			if nerr != nil {
+				return nil, fmt.Errorf("bus: credentials %s: %w", c.CredsFile, nerr)
+			}
+			opts = append(opts, o)
+			break
+		}
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, nats.Nkey(id.Public(), id.sign))
+	}
+	if c.TLS != nil {
+		return append(opts, nats.Secure(c.TLS)), nil
+	}
+	if c.TLSCA != "" {
+		opts = append(opts, nats.RootCAs(c.TLSCA))
+	}
+	if c.TLSCert != "" || c.TLSKey != "" {
+		if c.TLSCert == "" || c.TLSKey == "" {
+			return nil, fmt.Errorf("%w: a client certificate needs both its certificate and key files", ErrCredentials)
+		}
+		opts = append(opts, nats.ClientCert(c.TLSCert, c.TLSKey))
+	}
+	return opts, nil
 }
 
 // Conn returns the NATS connection, for health checks.
@@ -93,6 +183,10 @@ func (c *Client) Conn() *nats.Conn { return c.nc }
 // BadMessages returns how many messages this client dropped because they
 // did not decode or validate.
 func (c *Client) BadMessages() uint64 { return c.bad.Load() }
+
+// Refused returns how many asynchronous errors the server sent this
+// client, such as a publish or subscription its role may not make.
+func (c *Client) Refused() uint64 { return c.asyncErrs.Load() }
 
 // Close unsubscribes everything, waits for running handlers and closes the
 // connection. It is idempotent.
@@ -173,17 +267,21 @@ func (c *Client) publish(subject string, v any) error {
 
 // subscribe calls fn with every valid message of type T on subject, one at a
 // time in arrival order (NATS delivers a subscription's messages on one
-// goroutine).
+// goroutine). check, when set, must also accept the message and the subject
+// it came on.
 func subscribe[T any, PT interface {
 	*T
 	validator
-}](c *Client, subject string, fn func(T)) (*Subscription, error) {
+}](c *Client, subject string, check func(subject string, v *T) error, fn func(T)) (*Subscription, error) {
 	s := &Subscription{c: c}
 	if err := c.track(s); err != nil {
 		return nil, err
 	}
 	ns, err := c.nc.Subscribe(subject, func(m *nats.Msg) {
 		v, err := Decode[T, PT](m.Data)
+		if err == nil && check != nil {
+			err = check(m.Subject, &v)
+		}
 		if err != nil {
 			c.bad.Add(1)
 			c.log.Debug("bus: dropping bad message", "subject", m.Subject, "err", err)
@@ -204,66 +302,104 @@ func subscribe[T any, PT interface {
 	return s, nil
 }
 
-// AnnounceNode publishes a node announcement.
+// sameNode refuses a message that names another node than the subject it
+// came on: the server lets node N publish under traverse.sfu.N. only, so
+// this is what stops N from speaking for another node.
+func sameNode(subject, node string) error {
+	if sn := subjectNode(subject); sn != node {
+		return fmt.Errorf("%w: message of node %q on node %q's subject", ErrBadMessage, node, sn)
+	}
+	return nil
+}
+
+// AnnounceNode publishes a node announcement on a.Node's subject.
 func (c *Client) AnnounceNode(a NodeAnnounce) error {
 	if err := a.Validate(); err != nil {
 		return err
 	}
-	return c.publish(SubjectNodeAnnounce, a)
+	return c.publish(NodeAnnounceSubject(a.Node), a)
 }
 
-// SubscribeNodes calls fn with every node announcement (see NodeTable).
+// SubscribeNodes calls fn with every node announcement (see NodeTable). An
+// announcement naming another node than its subject's is dropped.
 func (c *Client) SubscribeNodes(fn func(NodeAnnounce)) (*Subscription, error) {
-	return subscribe[NodeAnnounce](c, SubjectNodeAnnounce, fn)
+	return subscribe[NodeAnnounce](c, NodeAnnounceSubject("*"),
+		func(subject string, a *NodeAnnounce) error { return sameNode(subject, a.Node) }, fn)
 }
 
-// AnnounceSession publishes a session's ufrag -> node mapping.
+// AnnounceSession publishes a session's ufrag -> node mapping on a.Node's
+// subject.
 func (c *Client) AnnounceSession(a SessionAnnounce) error {
 	if err := a.Validate(); err != nil {
 		return err
 	}
-	return c.publish(SubjectSessionAnnounce, a)
+	return c.publish(SessionAnnounceSubject(a.Node), a)
 }
 
 // SubscribeSessions calls fn with every session announcement.
 func (c *Client) SubscribeSessions(fn func(SessionAnnounce)) (*Subscription, error) {
-	return subscribe[SessionAnnounce](c, SubjectSessionAnnounce, fn)
+	return subscribe[SessionAnnounce](c, SessionAnnounceSubject("*"),
+		func(subject string, a *SessionAnnounce) error { return sameNode(subject, a.Node) }, fn)
 }
 
-// PublishSession sends a node -> signal message about m.Session.
-func (c *Client) PublishSession(m SessionMessage) error {
+// PublishSession sends node's message about m.Session to the signal server
+// that holds the session.
+func (c *Client) PublishSession(node string, m SessionMessage) error {
+	if !ValidName(node) {
+		return fmt.Errorf("%w: node %q", ErrBadSubjectToken, node)
+	}
 	if !ValidName(m.Session) {
 		return fmt.Errorf("%w: session %q", ErrBadSubjectToken, m.Session)
 	}
 	if err := m.Validate(); err != nil {
 		return err
 	}
-	return c.publish(SessionSubject(m.Session), m)
+	return c.publish(SessionSubject(node, m.Session), m)
 }
 
-// SubscribeSession calls fn with every message a node sends about session.
-func (c *Client) SubscribeSession(session string, fn func(SessionMessage)) (*Subscription, error) {
+// SubscribeSession calls fn with every message node sends about session.
+// Messages about session from any other node do not reach fn.
+func (c *Client) SubscribeSession(node, session string, fn func(SessionMessage)) (*Subscription, error) {
+	if !ValidName(node) {
+		return nil, fmt.Errorf("%w: node %q", ErrBadSubjectToken, node)
+	}
 	if !ValidName(session) {
 		return nil, fmt.Errorf("%w: session %q", ErrBadSubjectToken, session)
 	}
-	return subscribe[SessionMessage](c, SessionSubject(session), fn)
+	return subscribe[SessionMessage](c, SessionSubject(node, session),
+		func(_ string, m *SessionMessage) error {
+			if m.Session != session {
+				return fmt.Errorf("%w: message about session %q on %q's subject", ErrBadMessage, m.Session, session)
+			}
+			return nil
+		}, fn)
 }
 
-// PublishRoomEvent publishes e on its room's subject.
+// PublishRoomEvent publishes e on its node's subject of its room.
 func (c *Client) PublishRoomEvent(e RoomEvent) error {
 	if err := e.Validate(); err != nil {
 		return err
 	}
-	return c.publish(RoomEventsSubject(e.Room), e)
+	if !ValidName(e.Node) {
+		return fmt.Errorf("%w: room event without its node: %w", ErrBadMessage, ErrBadSubjectToken)
+	}
+	return c.publish(RoomEventsSubject(e.Node, e.Room), e)
 }
 
-// SubscribeRoomEvents calls fn with the events of room, or of every room
-// when room is "*".
+// SubscribeRoomEvents calls fn with the events of room from every node, or
+// of every room when room is "*". An event naming another node or room
+// than its subject's is dropped.
 func (c *Client) SubscribeRoomEvents(room string, fn func(RoomEvent)) (*Subscription, error) {
 	if room != "*" && !ValidName(room) {
 		return nil, fmt.Errorf("%w: room %q", ErrBadSubjectToken, room)
 	}
-	return subscribe[RoomEvent](c, RoomEventsSubject(room), fn)
+	return subscribe[RoomEvent](c, RoomEventsSubject("*", room),
+		func(subject string, e *RoomEvent) error {
+			if subject != RoomEventsSubject(e.Node, e.Room) {
+				return fmt.Errorf("%w: event of node %q room %q on %s", ErrBadMessage, e.Node, e.Room, subject)
+			}
+			return nil
+		}, fn)
 }
 
 // Request calls node and returns its reply. A reply carrying an error is
@@ -290,6 +426,9 @@ func (c *Client) Request(ctx context.Context, node string, req Request) (Reply, 
 		return Reply{}, Errorf(StatusUnavailable, "node %s: %v", node, err)
 	}
 	rep, err := Decode[Reply](m.Data)
+	if err == nil && rep.Node != node {
+		err = fmt.Errorf("%w: reply names node %q", ErrBadMessage, rep.Node)
+	}
 	if err != nil {
 		c.bad.Add(1)
 		return Reply{}, Errorf(StatusInternal, "node %s: %v", node, err)

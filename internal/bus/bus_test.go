@@ -12,19 +12,21 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-func startBus(t *testing.T) (*Embedded, *Client, *Client) {
+// startBus starts an embedded bus and connects a signal server and node
+// to it with their credentials.
+func startBus(t *testing.T, node string) (*Embedded, *Client, *Client) {
 	t.Helper()
-	e, err := StartEmbedded("127.0.0.1:0")
+	e, err := StartEmbedded(EmbeddedConfig{Listen: "127.0.0.1:0"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { e.Close() })
-	a, err := Connect(Config{URLs: []string{e.URL()}, Name: "signal"}, nil)
+	a, err := Connect(Config{URLs: []string{e.URL()}, Name: "signal", Identity: mustIdentity(t, e, RoleSignal, "")}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { a.Close() })
-	b, err := Connect(Config{URLs: []string{e.URL()}, Name: "sfu"}, nil)
+	b, err := Connect(Config{URLs: []string{e.URL()}, Name: "sfu", Identity: mustIdentity(t, e, RoleNode, node)}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -32,8 +34,17 @@ func startBus(t *testing.T) (*Embedded, *Client, *Client) {
 	return e, a, b
 }
 
+func mustIdentity(t *testing.T, e *Embedded, role Role, node string) *Identity {
+	t.Helper()
+	id, err := e.NewIdentity(role, node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
 func TestRequestReply(t *testing.T) {
-	_, signal, node := startBus(t)
+	_, signal, node := startBus(t, "node1")
 	sub, err := node.HandleRequests("node1", func(_ context.Context, req Request) (Reply, error) {
 		switch req.Type {
 		case RequestJoin:
@@ -87,7 +98,7 @@ func TestRequestReply(t *testing.T) {
 }
 
 func TestRequestsOfOneSessionInOrder(t *testing.T) {
-	_, signal, node := startBus(t)
+	_, signal, node := startBus(t, "n")
 	var mu sync.Mutex
 	seen := map[string][]int{}
 	sub, err := node.HandleRequests("n", func(_ context.Context, req Request) (Reply, error) {
@@ -131,7 +142,7 @@ func TestRequestsOfOneSessionInOrder(t *testing.T) {
 }
 
 func TestPubSub(t *testing.T) {
-	_, signal, node := startBus(t)
+	_, signal, node := startBus(t, "n1")
 	events := make(chan RoomEvent, 10)
 	msgs := make(chan SessionMessage, 10)
 	nodes := make(chan NodeAnnounce, 10)
@@ -141,7 +152,7 @@ func TestPubSub(t *testing.T) {
 			return signal.SubscribeRoomEvents("*", func(e RoomEvent) { events <- e })
 		},
 		func() (*Subscription, error) {
-			return signal.SubscribeSession("s1", func(m SessionMessage) { msgs <- m })
+			return signal.SubscribeSession("n1", "s1", func(m SessionMessage) { msgs <- m })
 		},
 		func() (*Subscription, error) { return signal.SubscribeNodes(func(a NodeAnnounce) { nodes <- a }) },
 		func() (*Subscription, error) {
@@ -165,19 +176,19 @@ func TestPubSub(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	must(node.PublishRoomEvent(RoomEvent{Type: EventTrackPublished, Room: "r1", Identity: "alice",
+	must(node.PublishRoomEvent(RoomEvent{Type: EventTrackPublished, Room: "r1", Node: "n1", Identity: "alice",
 		Track: &TrackInfo{ID: "t", StreamID: "s", Kind: "video", Layers: []string{"q", "h", "f"}}, Time: now}))
-	must(node.PublishSession(SessionMessage{Type: SessionOffer, Session: "s1", SDP: "v=0"}))
+	must(node.PublishSession("n1", SessionMessage{Type: SessionOffer, Session: "s1", SDP: "v=0"}))
 	must(node.AnnounceNode(NodeAnnounce{Node: "n1", UDP: "127.0.0.1:7882", Load: NodeLoad{Peers: 3}, Time: now}))
 	must(signal.AnnounceSession(SessionAnnounce{Session: "s1", Room: "r1", Node: "n1", Ufrag: "abcd", Time: now}))
 	// Bad messages are refused at the sender...
-	if err := node.PublishRoomEvent(RoomEvent{Type: EventTrackPublished, Room: "r1"}); !errors.Is(err, ErrBadMessage) {
+	if err := node.PublishRoomEvent(RoomEvent{Type: EventTrackPublished, Room: "r1", Node: "n1"}); !errors.Is(err, ErrBadMessage) {
 		t.Fatalf("track event without track: %v", err)
 	}
 	// ...and dropped and counted at the receiver.
-	must(node.Conn().Publish(SessionSubject("s1"), []byte(`{"type":"offer"}`)))
-	must(node.Conn().Publish(SessionSubject("s1"), []byte(`not json`)))
-	must(node.PublishSession(SessionMessage{Type: SessionClosed, Session: "s1"}))
+	must(node.Conn().Publish(SessionSubject("n1", "s1"), []byte(`{"type":"offer"}`)))
+	must(node.Conn().Publish(SessionSubject("n1", "s1"), []byte(`not json`)))
+	must(node.PublishSession("n1", SessionMessage{Type: SessionClosed, Session: "s1"}))
 
 	timeout := time.After(5 * time.Second)
 	select {

@@ -15,6 +15,16 @@ var (
 	ErrBadMessage = errors.New("bus: bad message")
 	// ErrNoURL is returned by Connect when no server URL is given.
 	ErrNoURL = errors.New("bus: no NATS server URL")
+	// ErrCredentials is returned for a credentials file or identity that
+	// cannot be used (unknown role, bad seed, readable by others).
+	ErrCredentials = errors.New("bus: bad credentials")
+	// ErrCredentialsMode is returned by LoadIdentity for a credentials
+	// file that group or others may read.
+	ErrCredentialsMode = errors.New("bus: credentials file readable by others")
+	// ErrInsecure is returned by StartEmbedded when asked to accept
+	// clients without authentication on an address other hosts reach,
+	// without the explicit opt-in (EmbeddedConfig.NoAuthAnyAddress).
+	ErrInsecure = errors.New("bus: refusing unauthenticated clients on a non-loopback address")
 )
 
 // Status is the class of an error that crosses the bus, so that the side

@@ -1,6 +1,10 @@
 package bus
 
-import "testing"
+import (
+	"errors"
+	"os"
+	"testing"
+)
 
 // FuzzDecode feeds every message type's decoder: none may panic, and a
 // message that decodes must encode and decode again to a valid message.
@@ -66,4 +70,43 @@ func TestLayerRequestValidate(t *testing.T) {
 			t.Errorf("%+v: %v", tc.l, err)
 		}
 	}
+}
+
+// FuzzParseIdentity: a credentials file parses to a usable identity or an
+// ErrCredentials-class error, never a panic; what parses writes and parses
+// back to the same key, role and node.
+func FuzzParseIdentity(f *testing.F) {
+	id, err := NewIdentity(RoleNode, "n1")
+	if err != nil {
+		f.Fatal(err)
+	}
+	path := f.TempDir() + "/n1.creds"
+	if err := id.WriteFile(path); err != nil {
+		f.Fatal(err)
+	}
+	good, err := os.ReadFile(path)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(good)
+	f.Add([]byte("# role: signal\nSUAM\n"))
+	f.Add([]byte("# role: sfu\n# node: \n"))
+	f.Add([]byte("-----BEGIN NATS USER JWT-----\nx\n------END NATS USER JWT------\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		id, err := ParseIdentity(b)
+		if err != nil {
+			if !errors.Is(err, ErrCredentials) {
+				t.Fatalf("error outside its class: %v", err)
+			}
+			return
+		}
+		p := t.TempDir() + "/x.creds"
+		if err := id.WriteFile(p); err != nil {
+			t.Fatal(err)
+		}
+		back, err := LoadIdentity(p)
+		if err != nil || back.Public() != id.Public() || back.Role != id.Role || back.Node != id.Node {
+			t.Fatalf("round trip: %+v %v", back, err)
+		}
+	})
 }

@@ -14,7 +14,7 @@ const (
 )
 
 // NodeAnnounce is an SFU node saying it is alive, where clients reach it
-// and how loaded it is. Published on SubjectNodeAnnounce.
+// and how loaded it is. Published on NodeAnnounceSubject(node).
 type NodeAnnounce struct {
 	Node   string `json:"node"`
 	Region string `json:"region,omitempty"`
@@ -136,7 +136,7 @@ type Reply struct {
 // SessionMessageType names a node -> signal session message.
 type SessionMessageType string
 
-// Session message types, node -> signal on SessionSubject.
+// Session message types, node -> signal on SessionSubject(node, session).
 const (
 	// SessionOffer: the node renegotiates (tracks were added or removed
 	// for this subscriber); SDP is its offer; the client answers with
@@ -167,7 +167,7 @@ type SessionMessage struct {
 // RoomEventType names a room event.
 type RoomEventType string
 
-// Room event types, node -> signal on RoomEventsSubject.
+// Room event types, node -> signal on RoomEventsSubject(node, room).
 const (
 	EventParticipantJoined RoomEventType = "participant_joined"
 	EventParticipantLeft   RoomEventType = "participant_left"

@@ -2,35 +2,65 @@ package bus
 
 // Subjects between signal and SFU nodes. Nothing outside this file writes a
 // subject string; see docs/bus.md.
+//
+// Every subject a node publishes on, and the subject of its requests, embed
+// the node id (traverse.sfu.<node>.…), so that the server's permissions can
+// confine a node's credentials to its own subjects (Permissions): node A
+// cannot announce as B, answer for B, or speak in B's sessions. Receivers
+// check that the node named in a message is the node of its subject.
 const (
-	// SubjectNodeAnnounce carries NodeAnnounce, published by every SFU
-	// node every AnnounceInterval.
-	SubjectNodeAnnounce = "traverse.sfu.announce"
-	// SubjectSessionAnnounce carries SessionAnnounce: a session's ICE ufrag
-	// and the node that holds it, for every node behind a load balancer.
-	SubjectSessionAnnounce = "traverse.session.announce"
-
-	subjectNodeRPCPrefix    = "traverse.sfu."
-	subjectNodeRPCSuffix    = ".rpc"
-	subjectSessionPrefix    = "traverse.signal.session."
-	subjectRoomEventsPrefix = "traverse.room."
-	subjectRoomEventsSuffix = ".events"
+	subjectNodePrefix     = "traverse.sfu."
+	subjectNodeRPC        = ".rpc"
+	subjectNodeAnnounce   = ".announce"
+	subjectNodeSession    = ".session."
+	subjectNodeRoom       = ".room."
+	subjectNodeRoomEvents = ".events"
+	subjectNodeUfrag      = ".ufrag"
 )
 
 // NodeRPCSubject is where node takes Request messages (NATS request/reply).
 func NodeRPCSubject(node string) string {
-	return subjectNodeRPCPrefix + node + subjectNodeRPCSuffix
+	return subjectNodePrefix + node + subjectNodeRPC
 }
 
-// SessionSubject is where a node sends SessionMessage for one session
+// NodeAnnounceSubject is where node publishes its NodeAnnounce every
+// AnnounceInterval. Use "*" to subscribe to every node.
+func NodeAnnounceSubject(node string) string {
+	return subjectNodePrefix + node + subjectNodeAnnounce
+}
+
+// SessionSubject is where node sends SessionMessage for one session
 // (offers, its ICE candidates, errors); the signal server holding the
 // client's WebSocket subscribes to it.
-func SessionSubject(session string) string { return subjectSessionPrefix + session }
+func SessionSubject(node, session string) string {
+	return subjectNodePrefix + node + subjectNodeSession + session
+}
 
-// RoomEventsSubject is where a node publishes RoomEvent for room. Use "*"
-// to subscribe to every room.
-func RoomEventsSubject(room string) string {
-	return subjectRoomEventsPrefix + room + subjectRoomEventsSuffix
+// RoomEventsSubject is where node publishes RoomEvent for room. Use "*" for
+// node to follow a room on every node, and for room too to follow all.
+func RoomEventsSubject(node, room string) string {
+	return subjectNodePrefix + node + subjectNodeRoom + room + subjectNodeRoomEvents
+}
+
+// SessionAnnounceSubject carries SessionAnnounce: a session's ICE ufrag
+// and node, which holds it, for every node behind a load balancer. Use "*"
+// to subscribe to every node's sessions.
+func SessionAnnounceSubject(node string) string {
+	return subjectNodePrefix + node + subjectNodeUfrag
+}
+
+// subjectNode returns the node token of a traverse.sfu.<node>.… subject.
+func subjectNode(subject string) string {
+	if len(subject) <= len(subjectNodePrefix) || subject[:len(subjectNodePrefix)] != subjectNodePrefix {
+		return ""
+	}
+	rest := subject[len(subjectNodePrefix):]
+	for i := 0; i < len(rest); i++ {
+		if rest[i] == '.' {
+			return rest[:i]
+		}
+	}
+	return rest
 }
 
 // ValidName reports whether s can be a node id, session id or room name:

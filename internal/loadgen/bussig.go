@@ -28,7 +28,7 @@ func (s *BusSignaler) Session() string { return s.session }
 
 // Join subscribes to the session's messages, then sends the join.
 func (s *BusSignaler) Join(ctx context.Context, room, identity string, publish, subscribe bool, offer string) (string, error) {
-	sub, err := s.c.SubscribeSession(s.session, func(m bus.SessionMessage) {
+	sub, err := s.c.SubscribeSession(s.node, s.session, func(m bus.SessionMessage) {
 		if m.Type == bus.SessionOffer {
 			select {
 			case s.offers <- m.SDP:

@@ -117,7 +117,7 @@ func (p *participant) negotiateStep() {
 	p.s.m.offers.Inc()
 	desc := p.pc.LocalDescription().SDP
 	p.logSDP("sfu: offer", desc)
-	if err := p.s.bus.PublishSession(bus.SessionMessage{Type: bus.SessionOffer, Session: p.id, SDP: desc}); err != nil {
+	if err := p.s.bus.PublishSession(p.s.cfg.NodeID, bus.SessionMessage{Type: bus.SessionOffer, Session: p.id, SDP: desc}); err != nil {
 		p.s.log.Warn("sfu: send offer", "session", p.id, "err", err)
 	}
 }

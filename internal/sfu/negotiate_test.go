@@ -67,7 +67,7 @@ func (h *harness) manual(room, identity string, publish bool) *manualClient {
 	if _, err := pc.CreateDataChannel("data", nil); err != nil {
 		t.Fatal(err)
 	}
-	sub, err := h.bc.SubscribeSession(c.session, func(m bus.SessionMessage) {
+	sub, err := h.bc.SubscribeSession("node1", c.session, func(m bus.SessionMessage) {
 		if m.Type == bus.SessionOffer {
 			c.offers <- m.SDP
 		}

@@ -284,7 +284,7 @@ func (p *participant) leave(reason string) {
 				Ufrag: p.ufrag, Gone: true, Time: time.Now().UTC()})
 		}
 		if reason != "" {
-			_ = p.s.bus.PublishSession(bus.SessionMessage{Type: bus.SessionClosed, Session: p.id,
+			_ = p.s.bus.PublishSession(p.s.cfg.NodeID, bus.SessionMessage{Type: bus.SessionClosed, Session: p.id,
 				Error: bus.Errorf(bus.StatusUnavailable, "%s", reason)})
 		}
 		if pc != nil {

@@ -25,17 +25,25 @@ type harness struct {
 
 func newHarness(t *testing.T, cfg Config) *harness {
 	t.Helper()
-	e, err := bus.StartEmbedded("127.0.0.1:0")
+	e, err := bus.StartEmbedded(bus.EmbeddedConfig{Listen: "127.0.0.1:0"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { e.Close() })
-	nodeBus, err := bus.Connect(bus.Config{URLs: []string{e.URL()}, Name: "sfu", Workers: 16}, nil)
+	nodeID, err := e.NewIdentity(bus.RoleNode, "node1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sigID, err := e.NewIdentity(bus.RoleSignal, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodeBus, err := bus.Connect(bus.Config{URLs: []string{e.URL()}, Name: "sfu", Workers: 16, Identity: nodeID}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { nodeBus.Close() })
-	bc, err := bus.Connect(bus.Config{URLs: []string{e.URL()}, Name: "test", RequestTimeout: 20 * time.Second}, nil)
+	bc, err := bus.Connect(bus.Config{URLs: []string{e.URL()}, Name: "test", RequestTimeout: 20 * time.Second, Identity: sigID}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -67,13 +67,21 @@ var fastRTCP = fastReceive && os.Getenv("SFU_FAST_RTCP") != "0"
 func startStack(t *testing.T, withTURN bool) *stack {
 	t.Helper()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	emb, err := bus.StartEmbedded("127.0.0.1:0")
+	emb, err := bus.StartEmbedded(bus.EmbeddedConfig{Listen: "127.0.0.1:0"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = emb.Close() })
 	connect := func(name string) *bus.Client {
-		c, err := bus.Connect(bus.Config{URLs: []string{emb.URL()}, Name: name}, log)
+		role, node := bus.RoleSignal, ""
+		if name == "sfu" {
+			role, node = bus.RoleNode, "node1"
+		}
+		id, err := emb.NewIdentity(role, node)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := bus.Connect(bus.Config{URLs: []string{emb.URL()}, Name: name, Identity: id}, log)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -101,7 +101,7 @@ func (b *BusBackend) Join(_ context.Context, node Node, req JoinRequest, sink fu
 		return nil, fmt.Errorf("%w: %w", ErrMessage, bus.ErrBadSubjectToken)
 	}
 	l := &busLink{b: b, node: node.ID, req: req}
-	sub, err := b.c.SubscribeSession(req.Session, func(m bus.SessionMessage) {
+	sub, err := b.c.SubscribeSession(node.ID, req.Session, func(m bus.SessionMessage) {
 		switch m.Type {
 		case bus.SessionOffer:
 			sink(NodeEvent{Kind: NodeOffer, SDP: m.SDP})

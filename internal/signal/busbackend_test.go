@@ -13,20 +13,24 @@ import (
 // TestBusBackend runs signal's Server over a real embedded NATS bus against
 // a scripted node: join, renegotiation from the node, room events, leave.
 func TestBusBackend(t *testing.T) {
-	emb, err := bus.StartEmbedded("127.0.0.1:0")
+	emb, err := bus.StartEmbedded(bus.EmbeddedConfig{Listen: "127.0.0.1:0"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = emb.Close() })
-	connect := func() *bus.Client {
-		c, err := bus.Connect(bus.Config{URLs: []string{emb.URL()}}, nil)
+	connect := func(role bus.Role, node string) *bus.Client {
+		id, err := emb.NewIdentity(role, node)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := bus.Connect(bus.Config{URLs: []string{emb.URL()}, Identity: id}, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { _ = c.Close() })
 		return c
 	}
-	nodeBus, sigBus := connect(), connect()
+	nodeBus, sigBus := connect(bus.RoleNode, "n1"), connect(bus.RoleSignal, "")
 
 	var mu sync.Mutex
 	var got []bus.Request
@@ -91,7 +95,7 @@ func TestBusBackend(t *testing.T) {
 	}
 	// The node renegotiates, and the room hears of another participant.
 	sid := joined.ParticipantID
-	if err := nodeBus.PublishSession(bus.SessionMessage{Type: bus.SessionOffer, Session: sid, SDP: browserOffer}); err != nil {
+	if err := nodeBus.PublishSession("n1", bus.SessionMessage{Type: bus.SessionOffer, Session: sid, SDP: browserOffer}); err != nil {
 		t.Fatal(err)
 	}
 	if m := c.recv(); m.Type != TypeOffer {
@@ -111,7 +115,7 @@ func TestBusBackend(t *testing.T) {
 		{Type: bus.EventTrackPublished, Room: "r1", Session: "s2", Identity: "bob", Track: &bus.TrackInfo{ID: "v1", StreamID: "st", Kind: "video"}},
 		{Type: bus.EventActiveSpeaker, Room: "r1", Speakers: []bus.Speaker{{Session: "s2", Identity: "bob", Level: 80}}},
 	} {
-		e.Time = time.Now()
+		e.Time, e.Node = time.Now(), "n1"
 		if err := nodeBus.PublishRoomEvent(e); err != nil {
 			t.Fatal(err)
 		}

@@ -56,6 +56,11 @@ type Config struct {
 	// AllowPeers are peer prefixes allowed even when the default filter
 	// refuses them; DenyPeers are refused always (checked first).
 	AllowPeers, DenyPeers []netip.Prefix
+	// OwnEndpoints are other listeners of this process (a bus, an admin
+	// port, an SFU): refused as peers even when AllowLoopbackPeers is set,
+	// like the server's own listeners. An unspecified address stands for
+	// every address of the host at that port.
+	OwnEndpoints []netip.AddrPort
 
 	// DefaultLifetime is the allocation lifetime when the client asks for
 	// none (default 10 minutes); MaxLifetime caps what it may ask (default

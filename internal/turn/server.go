@@ -187,6 +187,7 @@ func (s *Server) initFilter() {
 	la := s.cfg.Listen.Addr().Unmap()
 	f.Own = addrpolicy.HostAddrs(la)
 	f.OwnEndpoints = append(f.OwnEndpoints, netip.AddrPortFrom(la, s.engs[0].laddr.Port()))
+	f.OwnEndpoints = append(f.OwnEndpoints, s.cfg.OwnEndpoints...)
 	if s.tlsLn != nil {
 		ap := s.tlsLn.Addr().(*net.TCPAddr).AddrPort()
 		f.OwnEndpoints = append(f.OwnEndpoints, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()))

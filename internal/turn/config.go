@@ -56,6 +56,12 @@ type Config struct {
 	// AllowPeers are peer prefixes allowed even when the default filter
 	// refuses them; DenyPeers are refused always (checked first).
 	AllowPeers, DenyPeers []netip.Prefix
+	// OwnEndpoints are other listeners of this process (the admin port,
+	// the bus, the SFU, in serve) refused as peers even where loopback
+	// peers are allowed: relaying to them would hand an outside party
+	// the process's own services. The server's own listeners are added
+	// by New.
+	OwnEndpoints []netip.AddrPort
 
 	// DefaultLifetime is the allocation lifetime when the client asks for
 	// none (default 10 minutes); MaxLifetime caps what it may ask (default

@@ -186,6 +186,9 @@ func (s *Server) initFilter() {
 	f := addrpolicy.Filter{Allow: s.cfg.AllowPeers, Deny: s.cfg.DenyPeers, Loopback: s.cfg.AllowLoopbackPeers, RelayIP: s.cfg.RelayIP}
 	la := s.cfg.Listen.Addr().Unmap()
 	f.Own = addrpolicy.HostAddrs(la)
+	for _, e := range s.cfg.OwnEndpoints {
+		f.OwnEndpoints = append(f.OwnEndpoints, netip.AddrPortFrom(e.Addr().Unmap(), e.Port()))
+	}
 	f.OwnEndpoints = append(f.OwnEndpoints, netip.AddrPortFrom(la, s.engs[0].laddr.Port()))
 	if s.tlsLn != nil {
 		ap := s.tlsLn.Addr().(*net.TCPAddr).AddrPort()

@@ -130,9 +130,9 @@ func embeddedV4(ip netip.Addr) (netip.Addr, bool) {
 		return netip.AddrFrom4([4]byte{b[2], b[3], b[4], b[5]}), true
 	case b[0] == 0x20 && b[1] == 0x01 && b[2] == 0 && b[3] == 0:
 		return netip.AddrFrom4([4]byte{^b[12], ^b[13], ^b[14], ^b[15]}), true
-	case isZero(b[:12]) && !isZero(b[12:15]):
-		// Not :: and ::1, which are IPv6's own (and 0.0.0.0/24 is
-		// refused anyway).
+	case isZero(b[:15]) && b[15] <= 1:
+		return netip.Addr{}, false // :: and ::1 are IPv6's own
+	case isZero(b[:12]):
 		return last, true
 	case isZero(b[:8]) && b[8] == 0xff && b[9] == 0xff && b[10] == 0 && b[11] == 0:
 		return last, true

@@ -44,6 +44,7 @@ func TestFilterDefaults(t *testing.T) {
 		{"::a00:1", false},                              // IPv4-compatible 10.0.0.1
 		{"::a9fe:a9fe", false},                          // IPv4-compatible 169.254.169.254
 		{"::cb00:7107", false},                          // IPv4-compatible own 203.0.113.7
+		{"::5", false},                                  // IPv4-compatible 0.0.0.5
 		{"::808:808", true},                             // IPv4-compatible 8.8.8.8: judged as 8.8.8.8
 		{"::ffff:0:7f00:1", false},                      // IPv4-translated 127.0.0.1
 		{"::ffff:0:a00:1", false},                       // IPv4-translated 10.0.0.1

@@ -547,11 +547,7 @@ func (r *request) peers() ([]netip.AddrPort, bool) {
 
 // checkPeer answers 443 or 403 for a peer the allocation may not reach.
 func (r *request) checkPeer(a *allocation, p netip.AddrPort, endpoint bool) bool {
-	allowed := r.s.filter.AllowedIP(p.Addr())
-	if endpoint {
-		allowed = allowed && r.s.filter.AllowedEndpoint(p)
-	}
-	if !allowed {
+	if !r.s.peerAllowed(p, endpoint, a.tcp != nil) {
 		r.s.m.refusedPeers.Inc()
 		r.s.cfg.Log.Debug("turn: peer refused", "user", r.user, "peer", p.String())
 		r.fail(stun.CodeForbidden, nil)

@@ -21,7 +21,10 @@ import (
 type Server struct {
 	cfg    Config
 	m      *metrics
-	filter addrpolicy.Filter
+	// filter refuses the server's own addresses, relay IP included;
+	// relayFilter exempts the relay IP, for relayed addresses only
+	// (peerAllowed).
+	filter, relayFilter addrpolicy.Filter
 	nonces *nonces
 	engs   []*engine     // one per UDP shard
 	next   atomic.Uint32 // round robin of stream allocations over engines
@@ -179,13 +182,23 @@ func (s *Server) listen() error {
 }
 
 func (s *Server) initFilter() {
-	// The server's own addresses are refused as peers, except the relay
-	// IP: two clients of one server reach each other relay to relay, the
-	// common case of two relay-only WebRTC peers. Its listeners are refused
-	// by exact address (OwnEndpoints).
-	f := addrpolicy.Filter{Allow: s.cfg.AllowPeers, Deny: s.cfg.DenyPeers, Loopback: s.cfg.AllowLoopbackPeers, RelayIP: s.cfg.RelayIP}
+	// The server's own addresses are refused as peers at every port: a
+	// client must not reach services on the relay host (its own address
+	// and everything bound to 0.0.0.0). Own means the listen and relay
+	// IPs and every interface address at start. The one exception is
+	// relay to relay (RFC 8656 allows it; two relay-only WebRTC peers of
+	// one server need it): the relay IP at a port that is a live
+	// allocation's relayed address (peerAllowed). Listeners are refused
+	// by exact address (OwnEndpoints), also where loopback is allowed.
+	f := addrpolicy.Filter{Allow: s.cfg.AllowPeers, Deny: s.cfg.DenyPeers, Loopback: s.cfg.AllowLoopbackPeers}
 	la := s.cfg.Listen.Addr().Unmap()
-	f.Own = addrpolicy.HostAddrs(la)
+	own := map[netip.Addr]bool{}
+	for _, a := range append(addrpolicy.HostAddrs(netip.IPv6Unspecified()), la, s.cfg.RelayIP) {
+		if a = a.Unmap(); !own[a] && !a.IsUnspecified() {
+			own[a] = true
+			f.Own = append(f.Own, a)
+		}
+	}
 	for _, e := range s.cfg.OwnEndpoints {
 		f.OwnEndpoints = append(f.OwnEndpoints, netip.AddrPortFrom(e.Addr().Unmap(), e.Port()))
 	}
@@ -195,6 +208,40 @@ func (s *Server) initFilter() {
 		f.OwnEndpoints = append(f.OwnEndpoints, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()))
 	}
 	s.filter = f
+	// relayFilter is the same filter with the relay IP not counted as
+	// own: it judges the relay-to-relay exception (the operator's deny
+	// list, the loopback opt-in and the listeners still apply).
+	f.RelayIP = s.cfg.RelayIP
+	s.relayFilter = f
+}
+
+// peerAllowed reports whether an allocation may send to peer. With
+// endpoint unset only the address is judged (CreatePermission: the relay
+// IP may be permitted, for relay to relay; what is sent to it is judged
+// per port). tcp says which relayed addresses count: RFC 6062 listeners
+// for Connect, UDP relay sockets otherwise.
+func (s *Server) peerAllowed(peer netip.AddrPort, endpoint, tcp bool) bool {
+	ip := peer.Addr().Unmap()
+	if ip != s.cfg.RelayIP {
+		if endpoint {
+			return s.filter.AllowedEndpoint(peer)
+		}
+		return s.filter.AllowedIP(ip)
+	}
+	if !endpoint {
+		return s.relayFilter.AllowedIP(ip)
+	}
+	if s.filter.AllowedEndpoint(peer) {
+		return true // the relay IP is allowed anyway (loopback opt-in)
+	}
+	peer = netip.AddrPortFrom(ip, peer.Port())
+	s.mu.RLock()
+	live := s.tcpRelays[peer]
+	if !tcp {
+		_, live = s.byRelay[peer]
+	}
+	s.mu.RUnlock()
+	return live && s.relayFilter.AllowedEndpoint(peer)
 }
 
 func (s *Server) start() {
@@ -419,7 +466,7 @@ func (s *Server) relaySend(key fiveTuple, b []byte, st *relayStats) {
 		st.noAlloc++
 		return
 	}
-	if !s.filter.AllowedEndpoint(peer) {
+	if !s.peerAllowed(peer, true, false) {
 		s.m.refusedPeers.Inc()
 		return
 	}

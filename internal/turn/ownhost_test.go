@@ -241,4 +241,3 @@ func TestHelperLabServer(t *testing.T) {
 	// Serve until the parent closes stdin.
 	_, _ = bufio.NewReader(os.Stdin).ReadString('\n')
 }
-

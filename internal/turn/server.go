@@ -19,15 +19,15 @@ import (
 
 // Server is a running TURN server. Create it with New; stop it with Close.
 type Server struct {
-	cfg    Config
-	m      *metrics
+	cfg Config
+	m   *metrics
 	// filter refuses the server's own addresses, relay IP included;
 	// relayFilter exempts the relay IP, for relayed addresses only
 	// (peerAllowed).
 	filter, relayFilter addrpolicy.Filter
-	nonces *nonces
-	engs   []*engine     // one per UDP shard
-	next   atomic.Uint32 // round robin of stream allocations over engines
+	nonces              *nonces
+	engs                []*engine     // one per UDP shard
+	next                atomic.Uint32 // round robin of stream allocations over engines
 
 	tcpLn  net.Listener
 	tlsLn  net.Listener

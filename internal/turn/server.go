@@ -54,8 +54,10 @@ type Server struct {
 	usersMu sync.RWMutex // guards users
 	users   map[string]string
 
-	failMu sync.Mutex // guards fails
-	fails  map[netip.Addr]*failWindow
+	fails     *authFailures
+	answers   *rateLimiter       // answers to unauthenticated requests, per source
+	allocRate *rateLimiter       // new allocations, per source
+	perSource map[netip.Addr]int // stream connections per source; guarded by mu
 
 	done      chan struct{}
 	wg        sync.WaitGroup
@@ -65,11 +67,6 @@ type Server struct {
 	// RFC 6062 timers (tcpConnectTimeout, tcpBindTimeout; tests shorten
 	// them).
 	connectTimeout, bindTimeout time.Duration
-}
-
-type failWindow struct {
-	start int64
-	n     int
 }
 
 // New binds the listeners and starts serving.
@@ -91,10 +88,17 @@ func New(cfg Config) (*Server, error) {
 		tcpRelays:      map[netip.AddrPort]bool{},
 		connectTimeout: tcpConnectTimeout,
 		bindTimeout:    tcpBindTimeout,
-		fails:          map[netip.Addr]*failWindow{},
+		fails:          newAuthFailures(cfg.AuthFailuresPerMinute, cfg.AuthFailuresPerSource),
+		perSource:      map[netip.Addr]int{},
 		off:            offState{allocs: map[*allocation]*offAlloc{}, last: time.Now()},
 		users:          cfg.Users,
 		done:           make(chan struct{}),
+	}
+	if cfg.UnauthAnswerRate > 0 {
+		s.answers = newRateLimiter(float64(cfg.UnauthAnswerRate), 5*cfg.UnauthAnswerRate)
+	}
+	if cfg.AllocationRate > 0 {
+		s.allocRate = newRateLimiter(float64(cfg.AllocationRate), 5*cfg.AllocationRate)
 	}
 	// With port 0 the UDP socket picks the port and TCP must get the same
 	// one, which another process may hold: try a few ports.
@@ -638,33 +642,8 @@ func (s *Server) sweep(now int64) {
 		s.m.permissions.Sub(float64(dp))
 		s.m.channels.Sub(float64(dc))
 	}
-	s.failMu.Lock()
-	for ip, w := range s.fails {
-		if now-w.start > int64(time.Minute) {
-			delete(s.fails, ip)
-		}
-	}
-	s.failMu.Unlock()
-}
-
-// rateLimited reports whether ip has used up its failed authentications.
-func (s *Server) rateLimited(ip netip.Addr, now int64) bool {
-	if s.cfg.AuthFailuresPerMinute < 0 {
-		return false
-	}
-	s.failMu.Lock()
-	defer s.failMu.Unlock()
-	w := s.fails[ip]
-	return w != nil && now-w.start < int64(time.Minute) && w.n >= s.cfg.AuthFailuresPerMinute
-}
-
-func (s *Server) recordFailure(ip netip.Addr, now int64) {
-	s.failMu.Lock()
-	defer s.failMu.Unlock()
-	w := s.fails[ip]
-	if w == nil || now-w.start >= int64(time.Minute) {
-		w = &failWindow{start: now}
-		s.fails[ip] = w
-	}
-	w.n++
+	s.fails.sweep(now)
+	s.answers.sweep(now)
+	s.allocRate.sweep(now)
+	s.sweepStreams(now)
 }

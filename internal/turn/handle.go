@@ -3,6 +3,7 @@ package turn
 import (
 	"encoding/binary"
 	"errors"
+	"log/slog"
 	"net/netip"
 	"time"
 
@@ -19,6 +20,7 @@ func (s *Server) handleMessage(b []byte, key fiveTuple, out sender, st *relaySta
 	m := &stun.Message{Raw: b}
 	if err := m.Decode(); err != nil {
 		st.bad++
+		s.logOutside(slog.LevelDebug, "turn: malformed message", "from", key.client.String(), "bytes", len(b), "err", err)
 		return
 	}
 	switch m.Type.Class {
@@ -219,6 +221,7 @@ func (r *request) challenge(code stun.ErrorCode) {
 
 func (r *request) authFailure(reason, user string) {
 	r.s.m.authFailures.WithLabelValues(reason).Inc()
+	r.s.logOutside(slog.LevelInfo, "turn: authentication failed", "reason", reason, "from", r.from.String(), "user", clip(user))
 	r.s.fails.record(sourceOf(r.from.Addr()), user, r.now.UnixNano())
 }
 
@@ -586,7 +589,7 @@ func (r *request) peers() ([]netip.AddrPort, bool) {
 func (r *request) checkPeer(a *allocation, p netip.AddrPort, endpoint bool) bool {
 	if !r.s.peerAllowed(p, endpoint, a.tcp != nil) {
 		r.s.m.refusedPeers.Inc()
-		r.s.cfg.Log.Debug("turn: peer refused", "user", r.user, "peer", p.String())
+		r.s.logOutside(slog.LevelDebug, "turn: peer refused", "from", r.from.String(), "user", clip(r.user), "peer", p.String())
 		r.fail(stun.CodeForbidden, nil)
 		return false
 	}

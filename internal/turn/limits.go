@@ -1,7 +1,10 @@
 package turn
 
 import (
+	"context"
+	"log/slog"
 	"net/netip"
+	"strconv"
 	"sync"
 	"time"
 )
@@ -182,4 +185,35 @@ func (f *authFailures) sweep(now int64) {
 			delete(f.byUser, k)
 		}
 	}
+}
+
+// Logs about what outside parties send (bad messages, failed
+// authentications, refused peers) are sampled: at most logRate lines per
+// second, bursts of logBurst, the rest counted (rate_limited_total{limit=
+// "log"}); and outside strings in them are clipped to maxLogString bytes.
+// Every such event is counted in full by its own counter anyway.
+const (
+	logRate      = 10
+	logBurst     = 20
+	maxLogString = 64
+)
+
+// logOutside logs an event an outside party caused, sampled.
+func (s *Server) logOutside(level slog.Level, msg string, args ...any) {
+	if !s.cfg.Log.Enabled(context.Background(), level) {
+		return
+	}
+	if !s.logLimit.allow(netip.Addr{}, time.Now().UnixNano()) {
+		s.m.limited.WithLabelValues("log").Inc()
+		return
+	}
+	s.cfg.Log.Log(context.Background(), level, msg, args...)
+}
+
+// clip shortens an outside string for a log line.
+func clip(v string) string {
+	if len(v) <= maxLogString {
+		return v
+	}
+	return v[:maxLogString] + "...(" + strconv.Itoa(len(v)) + " bytes)"
 }

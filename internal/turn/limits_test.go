@@ -1,10 +1,13 @@
 package turn
 
 import (
+	"bytes"
+	"log/slog"
 	"net"
 	"net/netip"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -367,5 +370,80 @@ func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 			t.Fatalf("%s: not within %v", what, d)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a logger's concurrent writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (w *syncBuffer) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.Write(p)
+}
+
+func (w *syncBuffer) lines() []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return strings.Split(strings.TrimSpace(w.b.String()), "\n")
+}
+
+// TestOutsideLogs mounts issue 10's item 7 on TURN: an authenticated
+// client with a 450-byte REST user name asks for 200 refused peers, and
+// 200 malformed datagrams arrive. Every event is counted, but the log gets
+// a sample (10 lines per second, bursts of 20) with outside strings
+// clipped; before, each refused peer was a debug line with the whole name.
+func TestOutsideLogs(t *testing.T) {
+	verifyNoLeaks(t)
+	var logs syncBuffer
+	const secret = "s3cret"
+	s, _ := newTestServer(t, func(c *Config) {
+		c.AuthSecret = secret
+		c.Log = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	})
+	u, p := RESTCredentials(secret, strings.Repeat("m", 450), time.Hour, time.Now())
+	c := newSTUNClient(t, s.Addr(), u, p)
+	c.allocate()
+	start := time.Now()
+	const n = 200
+	for i := 0; i < n; i++ {
+		if code := errCode(c.do(stun.MethodCreatePermission, peerAttr(netip.MustParseAddrPort("10.0.0.1:9")))); code != 403 {
+			t.Fatalf("refused peer: code %d", code)
+		}
+	}
+	junk := append([]byte{0, 1, 0xff, 0xf0}, bytes.Repeat([]byte("x"), 996)...)
+	for i := 0; i < n; i++ {
+		if _, err := c.c.WriteToUDPAddrPort(junk, s.Addr()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 5*time.Second, "malformed datagrams counted", func() bool {
+		return testutil.ToFloat64(s.m.badUDP) >= n
+	})
+	elapsed := time.Since(start)
+	if got := testutil.ToFloat64(s.m.refusedPeers); got != n {
+		t.Errorf("refused peers = %v, want %d", got, n)
+	}
+	lines := logs.lines()
+	outside := 0
+	for _, l := range lines {
+		if len(l) > 400 {
+			t.Errorf("log line of %d bytes: %.120s...", len(l), l)
+		}
+		if strings.Contains(l, "peer refused") || strings.Contains(l, "malformed") {
+			outside++
+		}
+	}
+	limit := 20 + int(10*elapsed.Seconds()+1)
+	t.Logf("%d events in %v: %d log lines about them, %v suppressed", 2*n, elapsed, outside,
+		testutil.ToFloat64(s.m.limited.WithLabelValues("log")))
+	if outside > limit {
+		t.Errorf("%d log lines about outside input, want at most %d", outside, limit)
+	}
+	if testutil.ToFloat64(s.m.limited.WithLabelValues("log")) == 0 {
+		t.Error("no suppressed log line counted")
 	}
 }

@@ -57,6 +57,7 @@ type Server struct {
 	fails     *authFailures
 	answers   *rateLimiter       // answers to unauthenticated requests, per source
 	allocRate *rateLimiter       // new allocations, per source
+	logLimit  *rateLimiter       // log lines about outside input (one bucket)
 	perSource map[netip.Addr]int // stream connections per source; guarded by mu
 
 	done      chan struct{}
@@ -94,6 +95,7 @@ func New(cfg Config) (*Server, error) {
 		users:          cfg.Users,
 		done:           make(chan struct{}),
 	}
+	s.logLimit = newRateLimiter(logRate, logBurst)
 	if cfg.UnauthAnswerRate > 0 {
 		s.answers = newRateLimiter(float64(cfg.UnauthAnswerRate), 5*cfg.UnauthAnswerRate)
 	}

@@ -43,7 +43,7 @@ func TestIdleAllocationMemory(t *testing.T) {
 		c.RelayPortLow, c.RelayPortHigh = lo, hi
 		c.AuthFailuresPerMinute = -1
 		// One user from one address: no quotas.
-		c.MaxAllocations, c.MaxAllocationsPerUser, c.AllocationRate, c.MaxStreamConnsPerSource = -1, -1, -1, -1
+		c.MaxAllocations, c.MaxAllocationsPerUser, c.AllocationRate, c.MaxStreamConnsPerSource, c.UnauthAnswerRate = -1, -1, -1, -1, -1
 	})
 	heap0, rss0 := memNow()
 

@@ -98,9 +98,9 @@ type Config struct {
 	// UnauthAnswerRate caps the answers per second per source to requests
 	// that are not authenticated (401, 438, other errors, Binding), with
 	// bursts of five seconds' worth (default 50; negative: unlimited);
-	// beyond it requests are dropped unanswered. Such answers are at most
-	// three times the request's size (no SOFTWARE), so a spoofed source
-	// can be sent at most about 15 KB/s.
+	// beyond it requests are dropped unanswered. Such answers are about
+	// 100 bytes (no SOFTWARE: 2.7 times a typical first Allocate), so a
+	// spoofed source is sent about 5 KB/s at most (25 KB in a burst).
 	UnauthAnswerRate int
 
 	// MaxStreamConns caps open TCP, TLS and DTLS client connections

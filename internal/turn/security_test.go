@@ -335,3 +335,32 @@ func TestRequestChecks(t *testing.T) {
 		}
 	}
 }
+
+// TestEmbeddedIPv4Peers mounts issue 10's item 8d on an IPv6 relay: peers
+// that embed a refused IPv4 address (IPv4-compatible ::7f00:1 and
+// ::a9fe:a9fe, IPv4-translated, NAT64, 6to4) get 403 on CreatePermission,
+// ChannelBind and Send; before, the IPv4-compatible and IPv4-translated
+// forms passed the filter.
+func TestEmbeddedIPv4Peers(t *testing.T) {
+	verifyNoLeaks(t)
+	probe, err := net.ListenUDP("udp6", &net.UDPAddr{IP: net.IPv6loopback})
+	if err != nil {
+		t.Skip("no IPv6 loopback")
+	}
+	probe.Close()
+	s, _ := newTestServer(t, func(c *Config) { c.Listen = netip.MustParseAddrPort("[::1]:0") })
+	c := newSTUNClient6(t, s.Addr())
+	c.allocate()
+	for i, p := range []string{"[::7f00:1]:9", "[::a9fe:a9fe]:80", "[::a00:1]:9", "[::ffff:0:7f00:1]:9", "[64:ff9b::7f00:1]:9", "[2002:a00:1::1]:9"} {
+		ap := netip.MustParseAddrPort(p)
+		if code := errCode(c.do(stun.MethodCreatePermission, peerAttr(ap))); code != 403 {
+			t.Errorf("CreatePermission %s: code %d, want 403", p, code)
+		}
+		if code := errCode(c.do(stun.MethodChannelBind, channelAttr(0x4000+uint16(i)), peerAttr(ap))); code != 403 {
+			t.Errorf("ChannelBind %s: code %d, want 403", p, code)
+		}
+	}
+	if code := errCode(c.do(stun.MethodCreatePermission, peerAttr(netip.MustParseAddrPort("[::808:808]:53")))); code != 0 {
+		t.Errorf("CreatePermission ::8.8.8.8: code %d, want success", code)
+	}
+}

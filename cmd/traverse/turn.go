@@ -46,6 +46,13 @@ type turnConfig struct {
 	Shards             int           `yaml:"shards"`
 	Coalesce           time.Duration `yaml:"coalesce"`
 	MaxConns           int           `yaml:"max-conns"`
+	MaxConnsPerSource  int           `yaml:"max-conns-per-source"`
+	StreamAuthTimeout  time.Duration `yaml:"stream-auth-timeout"`
+	StreamIdleTimeout  time.Duration `yaml:"stream-idle-timeout"`
+	AllocationRate     int           `yaml:"allocation-rate"`
+	AuthFailuresSource int           `yaml:"auth-failures-per-source"`
+	RESTMaxLifetime    time.Duration `yaml:"rest-max-lifetime"`
+	UnauthAnswerRate   int           `yaml:"unauth-answer-rate"`
 	Offload            string        `yaml:"offload"`
 	// own are the other listeners of a serve process (not a flag).
 	own []netip.AddrPort
@@ -74,11 +81,18 @@ func bindTurnFlags(fs *flag.FlagSet, prefix string, c *turnConfig, serve bool) {
 	fs.BoolVar(&c.AllowLoopbackPeers, prefix+"allow-loopback-peers", c.AllowLoopbackPeers, loopbackHelp)
 	fs.Var(config.Strings{P: &c.AllowPeers}, prefix+"allow-peer", "peer `CIDR` to allow even if refused by default (repeatable)")
 	fs.Var(config.Strings{P: &c.DenyPeers}, prefix+"deny-peer", "peer `CIDR` to refuse always (repeatable)")
-	fs.IntVar(&c.MaxAllocations, prefix+"max-allocations", c.MaxAllocations, "allocations in total (0: unlimited); beyond: 486")
-	fs.IntVar(&c.UserQuota, prefix+"user-quota", c.UserQuota, "allocations per user (0: unlimited); beyond: 486")
+	fs.IntVar(&c.MaxAllocations, prefix+"max-allocations", c.MaxAllocations, "allocations in total (0: 10000; -1: unlimited); beyond: 486")
+	fs.IntVar(&c.UserQuota, prefix+"user-quota", c.UserQuota, "allocations per user name, a REST name being one credential (0: 100; -1: unlimited); beyond: 486")
+	fs.IntVar(&c.AllocationRate, prefix+"allocation-rate", c.AllocationRate, "new allocations per second per source address (IPv6: per /64), bursts of 5 s worth (0: 20; -1: unlimited); beyond: 486")
 	fs.Int64Var(&c.Bandwidth, prefix+"bandwidth", c.Bandwidth, "relayed `bytes` per second per allocation and direction (0: unlimited); excess is dropped")
-	fs.IntVar(&c.MaxConns, prefix+"max-conns", c.MaxConns, "open TCP and TLS client connections (0: 10000); beyond, new ones are closed")
-	fs.IntVar(&c.AuthFailures, prefix+"auth-failures-per-minute", c.AuthFailures, "failed authentications per source address per minute before its requests are dropped (0: 30; -1: no limit)")
+	fs.IntVar(&c.MaxConns, prefix+"max-conns", c.MaxConns, "open TCP, TLS and DTLS client connections (0: 10000); beyond, new ones are closed")
+	fs.IntVar(&c.MaxConnsPerSource, prefix+"max-conns-per-source", c.MaxConnsPerSource, "open TCP, TLS and DTLS client connections per source address (IPv6: per /64) (0: 100; -1: unlimited)")
+	fs.DurationVar(&c.StreamAuthTimeout, prefix+"stream-auth-timeout", c.StreamAuthTimeout, "close a TCP/TLS/DTLS client connection with no authenticated request this long after it opened (0: 10s; negative: never)")
+	fs.DurationVar(&c.StreamIdleTimeout, prefix+"stream-idle-timeout", c.StreamIdleTimeout, "close a TCP/TLS/DTLS client connection without an allocation that sent nothing this long (0: 2m; negative: never)")
+	fs.IntVar(&c.AuthFailures, prefix+"auth-failures-per-minute", c.AuthFailures, "failed authentications per source address and user name per minute before requests for that name are dropped (0: 30; -1: no limit)")
+	fs.IntVar(&c.AuthFailuresSource, prefix+"auth-failures-per-source", c.AuthFailuresSource, "failed authentications per source address per minute over all names before all its requests are dropped (0: 10 times --auth-failures-per-minute; -1: no limit)")
+	fs.DurationVar(&c.RESTMaxLifetime, prefix+"rest-max-lifetime", c.RESTMaxLifetime, "refuse REST credentials whose expiry is further ahead than this (0: 24h; negative: no cap)")
+	fs.IntVar(&c.UnauthAnswerRate, prefix+"unauth-answer-rate", c.UnauthAnswerRate, "answers per second per source address to unauthenticated requests (401, 438, errors, Binding), bursts of 5 s worth; beyond, they are dropped (0: 50; -1: unlimited)")
 	fs.IntVar(&c.Shards, prefix+"shards", c.Shards, "UDP event loops, each with its own SO_REUSEPORT socket on the listen port and its own relay sockets (default 1)")
 	fs.DurationVar(&c.Coalesce, prefix+"coalesce", c.Coalesce, "under load, wait this long between event-loop wake-ups so one batch serves every queued packet (adds at most this delay; 0 disables)")
 	fs.StringVar(&c.Offload, prefix+"offload", c.Offload, "kernel fast path for channels of UDP clients: ebpf or off (ebpf needs root, Linux 6.6+ or a clsact-capable kernel, IPv4 and a specific listen address; see docs/turn.md)")
@@ -89,7 +103,9 @@ func (c *turnConfig) serverConfig(log *slog.Logger, reg *admin.Server) (turn.Con
 	cfg := turn.Config{Realm: c.Realm, AuthSecret: c.AuthSecret, NoTCP: c.NoTCP, NoDTLS: c.NoDTLS, AllowLoopbackPeers: c.AllowLoopbackPeers,
 		MaxAllocations: c.MaxAllocations, MaxAllocationsPerUser: c.UserQuota, BandwidthPerAllocation: c.Bandwidth,
 		AuthFailuresPerMinute: c.AuthFailures, Shards: c.Shards, Coalesce: c.Coalesce, MaxStreamConns: c.MaxConns, Software: "traverse", Log: log,
-		OwnEndpoints: c.own}
+		MaxStreamConnsPerSource: c.MaxConnsPerSource, StreamAuthTimeout: c.StreamAuthTimeout, StreamIdleTimeout: c.StreamIdleTimeout,
+		AllocationRate: c.AllocationRate, AuthFailuresPerSource: c.AuthFailuresSource, RESTMaxLifetime: c.RESTMaxLifetime,
+		UnauthAnswerRate: c.UnauthAnswerRate, OwnEndpoints: c.own}
 	if reg != nil {
 		cfg.Registerer = reg.Registry
 	}

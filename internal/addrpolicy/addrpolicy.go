@@ -54,8 +54,8 @@ func (f *Filter) AllowedIP(ip netip.Addr) bool {
 		return false
 	}
 	if ip.Is6() {
-		// 6to4 and Teredo embed IPv4 addresses; NAT64 well-known prefix
-		// too. Judge the embedded address.
+		// NAT64, 6to4, Teredo, IPv4-compatible and IPv4-translated
+		// addresses embed IPv4 addresses: judge the embedded one too.
 		if v4, ok := embeddedV4(ip); ok {
 			if !f.AllowedIP(v4) {
 				return false
@@ -114,19 +114,39 @@ func (f *Filter) isOwn(ip netip.Addr) bool {
 	return false
 }
 
-// embeddedV4 returns the IPv4 address inside NAT64 (64:ff9b::/96), 6to4
-// (2002::/16) and Teredo (2001::/32, client address inverted) addresses.
+// embeddedV4 returns the IPv4 address inside NAT64 (64:ff9b::/96, RFC
+// 6052), 6to4 (2002::/16), Teredo (2001::/32, client address inverted),
+// IPv4-compatible (::/96, deprecated by RFC 4291 section 2.5.5.1; ::7f00:1
+// is 127.0.0.1 to any stack that still honours it) and IPv4-translated
+// (::ffff:0:0:0/96, RFC 2765) addresses. IPv4-mapped addresses
+// (::ffff:0:0/96) are unmapped before this is asked.
 func embeddedV4(ip netip.Addr) (netip.Addr, bool) {
 	b := ip.As16()
+	last := netip.AddrFrom4([4]byte{b[12], b[13], b[14], b[15]})
 	switch {
-	case b[0] == 0x00 && b[1] == 0x64 && b[2] == 0xff && b[3] == 0x9b && b[4] == 0 && b[5] == 0:
-		return netip.AddrFrom4([4]byte{b[12], b[13], b[14], b[15]}), true
+	case b[0] == 0x00 && b[1] == 0x64 && b[2] == 0xff && b[3] == 0x9b && isZero(b[4:12]):
+		return last, true
 	case b[0] == 0x20 && b[1] == 0x02:
 		return netip.AddrFrom4([4]byte{b[2], b[3], b[4], b[5]}), true
 	case b[0] == 0x20 && b[1] == 0x01 && b[2] == 0 && b[3] == 0:
 		return netip.AddrFrom4([4]byte{^b[12], ^b[13], ^b[14], ^b[15]}), true
+	case isZero(b[:15]) && b[15] <= 1:
+		return netip.Addr{}, false // :: and ::1 are IPv6's own
+	case isZero(b[:12]):
+		return last, true
+	case isZero(b[:8]) && b[8] == 0xff && b[9] == 0xff && b[10] == 0 && b[11] == 0:
+		return last, true
 	}
 	return netip.Addr{}, false
+}
+
+func isZero(b []byte) bool {
+	for _, x := range b {
+		if x != 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // HostAddrs returns the addresses a listener on la answers on: la itself, or

@@ -33,8 +33,23 @@ func TestFilterDefaults(t *testing.T) {
 		{"fc00::1", false},
 		{"fd12:3456::1", false},
 		{"ff02::1", false},
-		{"64:ff9b::a00:1", false}, // NAT64 of 10.0.0.1
-		{"2002:7f00:1::1", false}, // 6to4 of 127.0.0.1
+		{"64:ff9b::a00:1", false},                       // NAT64 of 10.0.0.1
+		{"2002:7f00:1::1", false},                       // 6to4 of 127.0.0.1
+		{"64:ff9b::7f00:1", false},                      // NAT64 of 127.0.0.1
+		{"64:ff9b::a9fe:a9fe", false},                   // NAT64 of 169.254.169.254
+		{"64:ff9b::808:808", true},                      // NAT64 of 8.8.8.8
+		{"64:ff9b:0:1::808:808", true},                  // not the /96: no IPv4 inside by this rule
+		{"2001:0:4136:e378:8000:63bf:80ff:fffe", false}, // Teredo of 127.0.0.1
+		{"::7f00:1", false},                             // IPv4-compatible 127.0.0.1
+		{"::a00:1", false},                              // IPv4-compatible 10.0.0.1
+		{"::a9fe:a9fe", false},                          // IPv4-compatible 169.254.169.254
+		{"::cb00:7107", false},                          // IPv4-compatible own 203.0.113.7
+		{"::5", false},                                  // IPv4-compatible 0.0.0.5
+		{"::808:808", true},                             // IPv4-compatible 8.8.8.8: judged as 8.8.8.8
+		{"::ffff:0:7f00:1", false},                      // IPv4-translated 127.0.0.1
+		{"::ffff:0:a00:1", false},                       // IPv4-translated 10.0.0.1
+		{"::ffff:0:808:808", true},                      // IPv4-translated 8.8.8.8
+		{"::ffff:cb00:7107", false},                     // IPv4-mapped own address
 		{"8.8.8.8", true},
 		{"1.1.1.1", true},
 		{"2606:4700::1111", true},

@@ -8,7 +8,6 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/binary"
-	"encoding/hex"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -36,18 +35,23 @@ func restPassword(secret, username string) string {
 }
 
 // restExpiry parses the expiry of a REST user name ("EXPIRY" or
-// "EXPIRY:user"). ok is false when the name is not of that form.
+// "EXPIRY:user"). ok is false when the name is not of that form: EXPIRY is
+// decimal digits only (no sign, no space; strconv alone would take "+123").
 func restExpiry(username string) (time.Time, bool) {
 	ts := username
 	if i := strings.IndexByte(username, ':'); i >= 0 {
 		ts = username[:i]
 	}
-	if ts == "" || len(ts) > 19 {
+	if ts == "" || len(ts) > 18 {
 		return time.Time{}, false
 	}
-	n, err := strconv.ParseInt(ts, 10, 64)
-	if err != nil || n < 0 {
-		return time.Time{}, false
+	var n int64
+	for i := 0; i < len(ts); i++ {
+		c := ts[i]
+		if c < '0' || c > '9' {
+			return time.Time{}, false
+		}
+		n = n*10 + int64(c-'0')
 	}
 	return time.Unix(n, 0), true
 }
@@ -59,7 +63,9 @@ func longTermKey(user, realm, password string) []byte {
 }
 
 // nonces are stateless: the expiry time and a MAC over it and the client's
-// IP address, so a nonce is good for one client address and NonceLifetime.
+// 5-tuple (transport, address and port), so a nonce is good for one client
+// transport address and NonceLifetime. A request captured and replayed from
+// another port of the same address gets 438 Stale Nonce, not an allocation.
 type nonces struct {
 	key      [32]byte
 	lifetime time.Duration
@@ -71,38 +77,55 @@ func newNonces(lifetime time.Duration) *nonces {
 	return n
 }
 
-const nonceLen = 32 // hex of 8 bytes expiry + 8 bytes MAC
+// nonceLen is the unpadded URL-safe base64 (RFC 8489 section 14.10's
+// qdtext allows its characters) of 8 bytes expiry, 2 bytes the client's
+// port and 8 bytes MAC: 24 characters, the 401 kept small.
+const nonceLen = 24
 
-func (n *nonces) mac(exp uint64, ip netip.Addr) []byte {
+func (n *nonces) mac(exp uint64, key fiveTuple) []byte {
 	m := hmac.New(sha256.New, n.key[:])
-	var b [8]byte
-	binary.BigEndian.PutUint64(b[:], exp)
+	var b [8 + 1 + 16 + 2]byte
+	binary.BigEndian.PutUint64(b[:8], exp)
+	b[8] = key.proto
+	a := key.client.Addr().Unmap().As16()
+	copy(b[9:25], a[:])
+	binary.BigEndian.PutUint16(b[25:], key.client.Port())
 	m.Write(b[:])
-	a := ip.Unmap().As16()
-	m.Write(a[:])
 	return m.Sum(nil)[:8]
 }
 
-// issue returns a fresh nonce for ip.
-func (n *nonces) issue(ip netip.Addr, now time.Time) string {
+// issue returns a fresh nonce for the client at key.
+func (n *nonces) issue(key fiveTuple, now time.Time) string {
 	exp := uint64(now.Add(n.lifetime).UnixNano())
-	var b [16]byte
+	var b [18]byte
 	binary.BigEndian.PutUint64(b[:8], exp)
-	copy(b[8:], n.mac(exp, ip))
-	return hex.EncodeToString(b[:])
+	binary.BigEndian.PutUint16(b[8:10], key.client.Port())
+	copy(b[10:], n.mac(exp, key))
+	return base64.RawURLEncoding.EncodeToString(b[:])
 }
 
-// valid reports whether nonce was issued by n for ip and has not expired.
-func (n *nonces) valid(nonce string, ip netip.Addr, now time.Time) bool {
+// valid reports whether nonce was issued by n for key and has not expired.
+// With anyPort, a nonce issued to another port of the same address and
+// transport is good too: an RFC 6062 client data connection is a new
+// connection whose ConnectionBind carries the control connection's nonce
+// (pion's client does not retry it on 438).
+func (n *nonces) valid(nonce string, key fiveTuple, now time.Time, anyPort bool) bool {
 	if len(nonce) != nonceLen {
 		return false
 	}
-	var b [16]byte
-	if _, err := hex.Decode(b[:], []byte(nonce)); err != nil {
+	var b [18]byte
+	if n, err := base64.RawURLEncoding.Decode(b[:], []byte(nonce)); err != nil || n != len(b) {
 		return false
 	}
 	exp := binary.BigEndian.Uint64(b[:8])
-	if !hmac.Equal(b[8:], n.mac(exp, ip)) {
+	port := binary.BigEndian.Uint16(b[8:10])
+	if port != key.client.Port() {
+		if !anyPort {
+			return false
+		}
+		key.client = netip.AddrPortFrom(key.client.Addr(), port)
+	}
+	if !hmac.Equal(b[10:], n.mac(exp, key)) {
 		return false
 	}
 	return uint64(now.UnixNano()) < exp

@@ -32,11 +32,16 @@ type Config struct {
 	// Users maps user names to passwords for long-term credentials.
 	Users map[string]string
 	// AuthSecret, when set, also accepts time-limited credentials: user
-	// name "EXPIRY[:user]" (EXPIRY in Unix seconds), password
+	// name "EXPIRY[:user]" (EXPIRY in Unix seconds, digits only), password
 	// base64(HMAC-SHA1(AuthSecret, username)). See RESTCredentials.
 	AuthSecret string
+	// RESTMaxLifetime refuses REST credentials whose EXPIRY lies further
+	// ahead than this (default 24 hours; negative: no cap): a leaked
+	// credential minted for "forever" is then worth a day at most.
+	RESTMaxLifetime time.Duration
 	// NonceLifetime is how long a nonce is accepted before 438 Stale Nonce
-	// (default 10 minutes).
+	// (default 10 minutes). A nonce is good for the client's 5-tuple only:
+	// a request replayed from another address or port gets 438.
 	NonceLifetime time.Duration
 
 	// RelayIP is the address relay sockets bind and allocations advertise
@@ -66,21 +71,49 @@ type Config struct {
 	// none (default 10 minutes); MaxLifetime caps what it may ask (default
 	// 1 hour). RFC 8656 section 7.2.
 	DefaultLifetime, MaxLifetime time.Duration
-	// MaxAllocations caps allocations in total and MaxAllocationsPerUser
-	// per user name (486 Allocation Quota Reached); 0 means unlimited.
+	// MaxAllocations caps allocations in total (default 10,000) and
+	// MaxAllocationsPerUser per user name (default 100; a REST user name
+	// is one credential); beyond them, 486 Allocation Quota Reached.
+	// Negative means unlimited. Each allocation holds a socket and about
+	// 2 KiB.
 	MaxAllocations, MaxAllocationsPerUser int
+	// AllocationRate caps new allocations per second per source (an IPv4
+	// address or an IPv6 /64), with bursts of five seconds' worth
+	// (default 20; negative: unlimited); beyond it, 486.
+	AllocationRate int
 	// BandwidthPerAllocation caps each allocation's relayed bytes per
 	// second, each direction on its own (token bucket of one second's
 	// worth; excess packets are dropped and counted). 0 means unlimited.
 	BandwidthPerAllocation int64
-	// AuthFailuresPerMinute caps failed authentications per source address;
-	// requests beyond it are dropped unanswered for the rest of the minute
-	// (default 30; negative disables the limit).
-	AuthFailuresPerMinute int
+	// AuthFailuresPerMinute caps failed authentications per source and
+	// user name; requests for that name from that source are dropped
+	// unanswered for the rest of the minute (default 30; negative
+	// disables the limit). AuthFailuresPerSource caps them per source over
+	// all names, beyond which every request of the source is dropped
+	// (default ten times AuthFailuresPerMinute; negative disables). One
+	// client with a wrong password behind a NAT thus does not lock out
+	// the others behind it.
+	AuthFailuresPerMinute, AuthFailuresPerSource int
+	// UnauthAnswerRate caps the answers per second per source to requests
+	// that are not authenticated (401, 438, other errors, Binding), with
+	// bursts of five seconds' worth (default 50; negative: unlimited);
+	// beyond it requests are dropped unanswered. Such answers are about
+	// 100 bytes (no SOFTWARE: 2.7 times a typical first Allocate), so a
+	// spoofed source is sent about 5 KB/s at most (25 KB in a burst).
+	UnauthAnswerRate int
 
-	// MaxStreamConns caps open TCP and TLS client connections together
-	// (default 10,000); beyond it new connections are closed at once.
-	MaxStreamConns int
+	// MaxStreamConns caps open TCP, TLS and DTLS client connections
+	// together (default 10,000), MaxStreamConnsPerSource those of one
+	// source (default 100; negative: unlimited); beyond them new
+	// connections are closed at once.
+	MaxStreamConns, MaxStreamConnsPerSource int
+	// StreamAuthTimeout closes a client connection that has not sent an
+	// authenticated request this long after it opened (default 10 s;
+	// negative: never). StreamIdleTimeout closes one that holds no
+	// allocation and has sent nothing for this long (default 2 minutes;
+	// negative: never); a connection with an allocation lives as long as
+	// its allocation.
+	StreamAuthTimeout, StreamIdleTimeout time.Duration
 
 	// Shards is the number of SO_REUSEPORT UDP sockets on Listen, each with
 	// its own reader (default 1).
@@ -147,8 +180,25 @@ func (c *Config) validate() error {
 	if c.AuthFailuresPerMinute == 0 {
 		c.AuthFailuresPerMinute = 30
 	}
+	if c.AuthFailuresPerSource == 0 {
+		c.AuthFailuresPerSource = 10 * c.AuthFailuresPerMinute // negative stays negative
+	}
+	if c.RESTMaxLifetime == 0 {
+		c.RESTMaxLifetime = 24 * time.Hour
+	}
+	defaultInt(&c.MaxAllocations, 10000)
+	defaultInt(&c.MaxAllocationsPerUser, 100)
+	defaultInt(&c.AllocationRate, 20)
+	defaultInt(&c.UnauthAnswerRate, 50)
+	defaultInt(&c.MaxStreamConnsPerSource, 100)
 	if c.MaxStreamConns <= 0 {
 		c.MaxStreamConns = 10000
+	}
+	if c.StreamAuthTimeout == 0 {
+		c.StreamAuthTimeout = 10 * time.Second
+	}
+	if c.StreamIdleTimeout == 0 {
+		c.StreamIdleTimeout = 2 * time.Minute
 	}
 	if c.Shards <= 0 {
 		c.Shards = 1
@@ -157,4 +207,11 @@ func (c *Config) validate() error {
 		c.Log = slog.New(slog.DiscardHandler)
 	}
 	return nil
+}
+
+// defaultInt sets a zero *v to def; negative values (unlimited) stay.
+func defaultInt(v *int, def int) {
+	if *v == 0 {
+		*v = def
+	}
 }

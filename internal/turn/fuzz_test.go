@@ -5,6 +5,8 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -180,6 +182,55 @@ func FuzzLoopStream(f *testing.F) {
 		go func() { _, _ = c.Write(b); _ = c.(*net.TCPConn).CloseWrite() }()
 		if _, err := io.Copy(io.Discard, c); err != nil {
 			t.Fatalf("server did not close the connection: %v", err)
+		}
+	})
+}
+
+// FuzzRESTExpiry: the REST user name parser accepts exactly
+// "DIGITS[:anything]" with at most 18 digits, and its value is the digits'.
+func FuzzRESTExpiry(f *testing.F) {
+	for _, s := range []string{"1796614570:bob", "1796614570", "+1796614570:bob", "-1", " 1", "1 :x", "", ":", "999999999999999999", "9999999999999999999:x", "0x10:a", "１２:x"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, name string) {
+		exp, ok := restExpiry(name)
+		ts, _, _ := strings.Cut(name, ":")
+		digits := ts != "" && len(ts) <= 18 && strings.Trim(ts, "0123456789") == ""
+		if ok != digits {
+			t.Fatalf("restExpiry(%q) ok=%v, digits=%v", name, ok, digits)
+		}
+		if ok {
+			n, err := strconv.ParseInt(ts, 10, 64)
+			if err != nil || exp.Unix() != n {
+				t.Fatalf("restExpiry(%q) = %d, want %d (%v)", name, exp.Unix(), n, err)
+			}
+		}
+	})
+}
+
+// FuzzNonce: any string is judged without panicking, and a nonce is good
+// only for the 5-tuple it was issued to (another port with anyPort, as
+// ConnectionBind may).
+func FuzzNonce(f *testing.F) {
+	n := newNonces(time.Minute)
+	now := time.Now()
+	key := fiveTuple{protoTCP, netip.MustParseAddrPort("192.0.2.1:4000")}
+	f.Add(n.issue(key, now), uint16(4000))
+	f.Add(n.issue(key, now), uint16(4001))
+	f.Add("", uint16(1))
+	f.Add("AAAAAAAAAAAAAAAAAAAAAAAA", uint16(0))
+	f.Fuzz(func(t *testing.T, nonce string, port uint16) {
+		k := fiveTuple{protoTCP, netip.AddrPortFrom(key.client.Addr(), port)}
+		strict := n.valid(nonce, k, now, false)
+		loose := n.valid(nonce, k, now, true)
+		if strict && !loose {
+			t.Fatal("valid for its port but not for any port")
+		}
+		if strict && port != 4000 && nonce == n.issue(key, now) {
+			t.Fatalf("nonce of port 4000 valid for port %d", port)
+		}
+		if n.valid(nonce, fiveTuple{protoUDP, k.client}, now, true) && loose {
+			t.Fatal("a nonce valid for two transports")
 		}
 	})
 }

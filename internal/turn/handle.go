@@ -3,6 +3,7 @@ package turn
 import (
 	"encoding/binary"
 	"errors"
+	"log/slog"
 	"net/netip"
 	"time"
 
@@ -19,6 +20,7 @@ func (s *Server) handleMessage(b []byte, key fiveTuple, out sender, st *relaySta
 	m := &stun.Message{Raw: b}
 	if err := m.Decode(); err != nil {
 		st.bad++
+		s.logOutside(slog.LevelDebug, "turn: malformed message", "from", key.client.String(), "bytes", len(b), "err", err)
 		return
 	}
 	switch m.Type.Class {
@@ -101,17 +103,32 @@ type request struct {
 	integ []byte // set once authenticated: responses carry MESSAGE-INTEGRITY
 }
 
-func (r *request) method() string { return r.m.Type.Method.String() }
+// method is the request's method for metric labels: a known name or
+// "other", so outside input cannot grow the label set.
+func (r *request) method() string {
+	switch m := r.m.Type.Method; m {
+	case stun.MethodBinding, stun.MethodAllocate, stun.MethodRefresh, stun.MethodCreatePermission,
+		stun.MethodChannelBind, stun.MethodConnect, stun.MethodConnectionBind:
+		return m.String()
+	}
+	return "other"
+}
 
 func (r *request) reply(class stun.MessageClass, setters ...stun.Setter) {
 	all := make([]stun.Setter, 0, len(setters)+5)
 	all = append(all, stun.NewTransactionIDSetter(r.m.TransactionID), stun.NewType(r.m.Type.Method, class))
 	all = append(all, setters...)
-	if r.s.cfg.Software != "" {
-		all = append(all, stun.NewSoftware(r.s.cfg.Software))
-	}
 	if r.integ != nil {
+		// SOFTWARE only to authenticated clients: an answer to an
+		// unauthenticated source stays as small as it can be (issue 10,
+		// amplification).
+		if r.s.cfg.Software != "" {
+			all = append(all, stun.NewSoftware(r.s.cfg.Software))
+		}
 		all = append(all, stun.MessageIntegrity(r.integ))
+	} else if !r.s.answers.allow(sourceOf(r.from.Addr()), r.now.UnixNano()) {
+		r.s.m.limited.WithLabelValues("unauth_answers").Inc()
+		return
 	}
 	if r.m.Contains(stun.AttrFingerprint) {
 		all = append(all, stun.Fingerprint)
@@ -195,23 +212,26 @@ func reason(c stun.ErrorCode) []byte {
 	return []byte("Server Error")
 }
 
-// challenge answers 401 or 438 with the realm and a fresh nonce.
+// challenge answers 401 or 438 with the realm and a fresh nonce for the
+// client's 5-tuple.
 func (r *request) challenge(code stun.ErrorCode) {
 	r.integ = nil
-	r.fail(code, []stun.Setter{stun.NewRealm(r.s.cfg.Realm), stun.NewNonce(r.s.nonces.issue(r.from.Addr(), r.now))})
+	r.fail(code, []stun.Setter{stun.NewRealm(r.s.cfg.Realm), stun.NewNonce(r.s.nonces.issue(r.key, r.now))})
 }
 
-func (r *request) authFailure(reason string) {
+func (r *request) authFailure(reason, user string) {
 	r.s.m.authFailures.WithLabelValues(reason).Inc()
-	r.s.recordFailure(r.from.Addr(), r.now.UnixNano())
+	r.s.logOutside(slog.LevelInfo, "turn: authentication failed", "reason", reason, "from", r.from.String(), "user", clip(user))
+	r.s.fails.record(sourceOf(r.from.Addr()), user, r.now.UnixNano())
 }
 
 // authenticate checks the long-term credential (RFC 8489 section 9.2.4).
 // On failure it has answered (or, when rate limited, decided not to).
 func (r *request) authenticate() bool {
 	s := r.s
-	if s.rateLimited(r.from.Addr(), r.now.UnixNano()) {
-		s.m.authFailures.WithLabelValues("rate_limited").Inc()
+	src := sourceOf(r.from.Addr())
+	if s.fails.sourceLimited(src, r.now.UnixNano()) {
+		s.m.authFailures.WithLabelValues("rate_limited_source").Inc()
 		return false
 	}
 	if !r.m.Contains(stun.AttrMessageIntegrity) {
@@ -225,22 +245,34 @@ func (r *request) authenticate() bool {
 		r.fail(stun.CodeBadRequest, nil)
 		return false
 	}
-	if !s.nonces.valid(string(nonce), r.from.Addr(), r.now) {
+	name := string(user)
+	if s.fails.userLimited(src, name, r.now.UnixNano()) {
+		s.m.authFailures.WithLabelValues("rate_limited").Inc()
+		return false
+	}
+	// A ConnectionBind comes on a new TCP or TLS connection with the
+	// control connection's nonce (RFC 6062 section 5.4).
+	anyPort := r.m.Type.Method == stun.MethodConnectionBind && r.out.stream != nil
+	if !s.nonces.valid(string(nonce), r.key, r.now, anyPort) {
 		s.m.authFailures.WithLabelValues("stale_nonce").Inc()
 		r.challenge(stun.CodeStaleNonce)
 		return false
 	}
-	name := string(user)
 	if string(realm) != s.cfg.Realm {
-		r.authFailure("unknown_user")
+		r.authFailure("unknown_user", name)
 		r.challenge(stun.CodeUnauthorized)
 		return false
 	}
 	pass, ok := s.password(name)
 	if !ok && s.cfg.AuthSecret != "" {
 		if exp, isREST := restExpiry(name); isREST {
-			if !r.now.Before(exp) {
-				r.authFailure("expired_credential")
+			switch {
+			case !r.now.Before(exp):
+				r.authFailure("expired_credential", name)
+				r.challenge(stun.CodeUnauthorized)
+				return false
+			case s.cfg.RESTMaxLifetime > 0 && exp.Sub(r.now) > s.cfg.RESTMaxLifetime:
+				r.authFailure("lifetime_too_long", name)
 				r.challenge(stun.CodeUnauthorized)
 				return false
 			}
@@ -248,17 +280,20 @@ func (r *request) authenticate() bool {
 		}
 	}
 	if !ok {
-		r.authFailure("unknown_user")
+		r.authFailure("unknown_user", name)
 		r.challenge(stun.CodeUnauthorized)
 		return false
 	}
 	key := longTermKey(name, s.cfg.Realm, pass)
 	if err := stun.MessageIntegrity(key).Check(r.m); err != nil {
-		r.authFailure("bad_integrity")
+		r.authFailure("bad_integrity", name)
 		r.challenge(stun.CodeUnauthorized)
 		return false
 	}
 	r.user, r.integ = name, key
+	if sc := r.out.stream; sc != nil {
+		sc.authed.Store(true)
+	}
 	return true
 }
 
@@ -372,6 +407,11 @@ func (r *request) allocate() {
 	d = max(d, s.cfg.DefaultLifetime)
 	d = min(d, s.cfg.MaxLifetime)
 
+	if !s.allocRate.allow(sourceOf(r.from.Addr()), r.now.UnixNano()) {
+		s.m.limited.WithLabelValues("allocate").Inc()
+		r.fail(stun.CodeAllocQuotaReached, nil)
+		return
+	}
 	s.mu.Lock()
 	switch {
 	case s.closed:
@@ -547,13 +587,9 @@ func (r *request) peers() ([]netip.AddrPort, bool) {
 
 // checkPeer answers 443 or 403 for a peer the allocation may not reach.
 func (r *request) checkPeer(a *allocation, p netip.AddrPort, endpoint bool) bool {
-	allowed := r.s.filter.AllowedIP(p.Addr())
-	if endpoint {
-		allowed = allowed && r.s.filter.AllowedEndpoint(p)
-	}
-	if !allowed {
+	if !r.s.peerAllowed(p, endpoint, a.tcp != nil) {
 		r.s.m.refusedPeers.Inc()
-		r.s.cfg.Log.Debug("turn: peer refused", "user", r.user, "peer", p.String())
+		r.s.logOutside(slog.LevelDebug, "turn: peer refused", "from", r.from.String(), "user", clip(r.user), "peer", p.String())
 		r.fail(stun.CodeForbidden, nil)
 		return false
 	}

@@ -42,6 +42,8 @@ func TestIdleAllocationMemory(t *testing.T) {
 	s, _ := newTestServer(t, func(c *Config) {
 		c.RelayPortLow, c.RelayPortHigh = lo, hi
 		c.AuthFailuresPerMinute = -1
+		// One user from one address: no quotas.
+		c.MaxAllocations, c.MaxAllocationsPerUser, c.AllocationRate, c.MaxStreamConnsPerSource, c.UnauthAnswerRate = -1, -1, -1, -1, -1
 	})
 	heap0, rss0 := memNow()
 

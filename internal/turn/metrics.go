@@ -16,6 +16,8 @@ type metrics struct {
 	authFailures *prometheus.CounterVec // by reason
 	refusedPeers prometheus.Counter
 	quotaHits    *prometheus.CounterVec // by quota
+	limited      *prometheus.CounterVec // rate limits, by limit
+	timeouts     *prometheus.CounterVec // stream connections closed, by reason
 	drops        *prometheus.CounterVec // by reason
 	bad          *prometheus.CounterVec // malformed input by transport
 	streamConns  prometheus.Gauge
@@ -53,11 +55,15 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "requests_total",
 			Help: "STUN/TURN requests answered, by method and result (ok or the error code)."}, []string{"method", "result"}),
 		authFailures: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "auth_failures_total",
-			Help: "Failed authentications by reason: bad_integrity, unknown_user, expired_credential, stale_nonce, wrong_credentials, rate_limited."}, []string{"reason"}),
+			Help: "Failed authentications by reason: bad_integrity, unknown_user, expired_credential, lifetime_too_long (REST expiry beyond --rest-max-lifetime), stale_nonce (also a nonce from another 5-tuple), wrong_credentials; requests dropped unanswered: rate_limited (the source's failures for that user name), rate_limited_source (the source's failures over all names)."}, []string{"reason"}),
 		refusedPeers: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "refused_peers_total",
 			Help: "Permissions, channel bindings and Send indications refused because the peer address is filtered (403)."}),
 		quotaHits: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "quota_hits_total",
-			Help: "Quota events: user and total (486), ports (508), shared (an allocation placed on a shared relay socket), shared_peer (403: a peer another sharer permits), permissions (508: more than 1024 on one allocation), stream_conns (TCP/TLS connection refused), offload_bandwidth (an allocation over its bandwidth in the kernel, handed back to user space for 10 s), tcp_conns (RFC 6062: over 128 peer connections on one allocation), reservation (508: RESERVATION-TOKEN unknown, used or expired)."}, []string{"quota"}),
+			Help: "Quota events: user and total (486), ports (508), shared (an allocation placed on a shared relay socket), shared_peer (403: a peer another sharer permits), permissions (508: more than 1024 on one allocation), stream_conns (TCP/TLS/DTLS connection refused: total cap), stream_conns_source (refused: the source's cap), offload_bandwidth (an allocation over its bandwidth in the kernel, handed back to user space for 10 s), tcp_conns (RFC 6062: over 128 peer connections on one allocation), reservation (508: RESERVATION-TOKEN unknown, used or expired)."}, []string{"quota"}),
+		limited: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "rate_limited_total",
+			Help: "Per-source rate limits hit: unauth_answers (an answer to an unauthenticated request not sent: over --unauth-answer-rate), allocate (486: over --allocation-rate), log (a log line about outside input not written: over 10 per second)."}, []string{"limit"}),
+		timeouts: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "stream_timeouts_total",
+			Help: "TCP, TLS and DTLS client connections closed by the server: auth (no authenticated request within --stream-auth-timeout), idle (no allocation and nothing received for --stream-idle-timeout)."}, []string{"reason"}),
 		drops: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "dropped_packets_total",
 			Help: "Packets not relayed, by reason."}, []string{"reason"}),
 		bad: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "malformed_total",
@@ -91,13 +97,19 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.offloadToClientPackets = offPackets.WithLabelValues("to_client")
 	m.offloadToPeerBytes = offBytes.WithLabelValues("to_peer")
 	m.offloadToClientBytes = offBytes.WithLabelValues("to_client")
-	for _, q := range []string{"user", "total", "ports", "shared", "shared_peer", "permissions", "stream_conns", "offload_bandwidth", "tcp_conns", "reservation"} {
+	for _, q := range []string{"user", "total", "ports", "shared", "shared_peer", "permissions", "stream_conns", "stream_conns_source", "offload_bandwidth", "tcp_conns", "reservation"} {
 		m.quotaHits.WithLabelValues(q)
+	}
+	for _, l := range []string{"unauth_answers", "allocate", "log"} {
+		m.limited.WithLabelValues(l)
+	}
+	for _, r := range []string{"auth", "idle"} {
+		m.timeouts.WithLabelValues(r)
 	}
 	if reg != nil {
 		reg.MustRegister(m.allocations, m.permissions, m.channels, m.streamConns, m.tcpConns, m.tcpTimeouts, m.tcpConnectFailures, m.reservations,
 			m.requests, m.authFailures,
-			m.refusedPeers, m.quotaHits, m.drops, m.bad, relayed, relayedBytes,
+			m.refusedPeers, m.quotaHits, m.limited, m.timeouts, m.drops, m.bad, relayed, relayedBytes,
 			m.offloadFlows, m.offloadErrors, offPackets, offBytes)
 	}
 	return m

@@ -1,6 +1,7 @@
 package turn
 
 import (
+	"log/slog"
 	"net/netip"
 	"sync"
 	"time"
@@ -119,7 +120,7 @@ func (s *Server) offloadSync(a *allocation) {
 		}
 		if err := s.cfg.Offloader.Install(w.f, time.Unix(0, w.deadline)); err != nil {
 			s.m.offloadErrors.Inc()
-			s.cfg.Log.Debug("turn: channel stays in user space", "client", w.f.Client.String(), "peer", w.f.Peer.String(), "err", err)
+			s.logOutside(slog.LevelDebug, "turn: channel stays in user space", "client", w.f.Client.String(), "peer", w.f.Peer.String(), "err", err)
 			continue
 		}
 		if of == nil {

@@ -36,6 +36,7 @@ func (e *engine) addStream(*streamConn) error             { return ErrUnsupporte
 func (e *engine) dropStream(*streamConn)                  {}
 func (sc *streamConn) enqueueLoop([]byte) bool            { return false }
 func closeFD(int) error                                   { return ErrUnsupported }
+func shutdownFD(int) error                                { return ErrUnsupported }
 func reuseControl(string, string, syscall.RawConn) error  { return ErrUnsupported }
 func (e *engine) handOver(*streamConn, *peerConn, []byte) {}
 func socketRoom(syscall.RawConn, int) bool                { return false }

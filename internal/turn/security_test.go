@@ -1,6 +1,7 @@
 package turn
 
 import (
+	"net"
 	"net/netip"
 	"os"
 	"strconv"
@@ -81,13 +82,14 @@ func TestAuthErrors(t *testing.T) {
 	// Stale nonce: 438 with a fresh nonce.
 	c := newSTUNClient(t, s.Addr(), testUser, testPass)
 	c.allocate()
-	c.nonce = s.nonces.issue(netip.MustParseAddr("127.0.0.1"), time.Now().Add(-time.Hour))
+	key := fiveTuple{protoUDP, c.c.LocalAddr().(*net.UDPAddr).AddrPort()}
+	c.nonce = s.nonces.issue(key, time.Now().Add(-time.Hour))
 	c.noRetryAuth = true
 	resp := c.do(stun.MethodRefresh)
 	if code := errCode(resp); code != 438 {
 		t.Fatalf("stale nonce: code %d, want 438", code)
 	}
-	if c.nonce == "" || !s.nonces.valid(c.nonce, netip.MustParseAddr("127.0.0.1"), time.Now()) {
+	if c.nonce == "" || !s.nonces.valid(c.nonce, key, time.Now(), false) {
 		t.Errorf("438 did not carry a fresh nonce")
 	}
 	c.noRetryAuth = false
@@ -101,21 +103,54 @@ func TestAuthErrors(t *testing.T) {
 	}
 }
 
+// TestAuthRateLimit mounts issue 10's item 8a: a client with a wrong
+// password and a good client behind one address (two ports of 127.0.0.1).
+// Once the bad one reaches the limit, its requests for that user name are
+// dropped unanswered, and the good one, another user, still allocates (on
+// the old per-address limit it was dropped too). Failures over many names
+// still reach the per-source ceiling, beyond which everything is dropped.
 func TestAuthRateLimit(t *testing.T) {
 	verifyNoLeaks(t)
-	s, _ := newTestServer(t, func(c *Config) { c.AuthFailuresPerMinute = 3 })
+	s, _ := newTestServer(t, func(c *Config) {
+		c.AuthFailuresPerMinute = 3
+		c.AuthFailuresPerSource = 6
+		c.Users["carol"] = "pw"
+	})
 	bad := newSTUNClient(t, s.Addr(), testUser, "wrong")
 	for i := 0; i < 3; i++ {
 		if code := errCode(bad.do(stun.MethodAllocate, requestedUDP())); code != 401 {
 			t.Fatalf("failure %d: code %d", i, code)
 		}
 	}
-	m := stun.MustBuild(stun.TransactionID, stun.NewType(stun.MethodAllocate, stun.ClassRequest), requestedUDP())
+	m := stun.MustBuild(stun.TransactionID, stun.NewType(stun.MethodAllocate, stun.ClassRequest), requestedUDP(),
+		stun.NewUsername(testUser), stun.NewRealm(bad.realm), stun.NewNonce(bad.nonce),
+		stun.NewLongTermIntegrity(testUser, bad.realm, "wrong"), stun.Fingerprint)
 	if _, err := bad.roundTrip(m); err != errTimeout {
 		t.Errorf("after the limit: %v, want no answer", err)
 	}
 	if got := testutil.ToFloat64(s.m.authFailures.WithLabelValues("rate_limited")); got != 1 {
 		t.Errorf("rate_limited = %v", got)
+	}
+	// The good client behind the same address.
+	good := newSTUNClient(t, s.Addr(), "carol", "pw")
+	good.allocate()
+
+	// Guessing other names from the address: three more failures reach
+	// the source's ceiling of six; then even carol is dropped.
+	for _, name := range []string{"x1", "x2", "x3"} {
+		g := newSTUNClient(t, s.Addr(), name, "guess")
+		if code := errCode(g.do(stun.MethodAllocate, requestedUDP())); code != 401 {
+			t.Fatalf("guess %s: code %d", name, code)
+		}
+	}
+	late := newSTUNClient(t, s.Addr(), "carol", "pw")
+	late.realm, late.nonce = good.realm, good.nonce
+	m = stun.MustBuild(stun.TransactionID, stun.NewType(stun.MethodAllocate, stun.ClassRequest), requestedUDP(), stun.Fingerprint)
+	if _, err := late.roundTrip(m); err != errTimeout {
+		t.Errorf("over the source ceiling: %v, want no answer", err)
+	}
+	if got := testutil.ToFloat64(s.m.authFailures.WithLabelValues("rate_limited_source")); got != 1 {
+		t.Errorf("rate_limited_source = %v", got)
 	}
 }
 
@@ -298,5 +333,34 @@ func TestRequestChecks(t *testing.T) {
 		if err := x.GetFromAs(resp, stun.AttrXORRelayedAddress); err != nil || x.Port%2 != 0 {
 			t.Fatalf("EVEN-PORT: relayed port %d, %v", x.Port, err)
 		}
+	}
+}
+
+// TestEmbeddedIPv4Peers mounts issue 10's item 8d on an IPv6 relay: peers
+// that embed a refused IPv4 address (IPv4-compatible ::7f00:1 and
+// ::a9fe:a9fe, IPv4-translated, NAT64, 6to4) get 403 on CreatePermission,
+// ChannelBind and Send; before, the IPv4-compatible and IPv4-translated
+// forms passed the filter.
+func TestEmbeddedIPv4Peers(t *testing.T) {
+	verifyNoLeaks(t)
+	probe, err := net.ListenUDP("udp6", &net.UDPAddr{IP: net.IPv6loopback})
+	if err != nil {
+		t.Skip("no IPv6 loopback")
+	}
+	probe.Close()
+	s, _ := newTestServer(t, func(c *Config) { c.Listen = netip.MustParseAddrPort("[::1]:0") })
+	c := newSTUNClient6(t, s.Addr())
+	c.allocate()
+	for i, p := range []string{"[::7f00:1]:9", "[::a9fe:a9fe]:80", "[::a00:1]:9", "[::ffff:0:7f00:1]:9", "[64:ff9b::7f00:1]:9", "[2002:a00:1::1]:9"} {
+		ap := netip.MustParseAddrPort(p)
+		if code := errCode(c.do(stun.MethodCreatePermission, peerAttr(ap))); code != 403 {
+			t.Errorf("CreatePermission %s: code %d, want 403", p, code)
+		}
+		if code := errCode(c.do(stun.MethodChannelBind, channelAttr(0x4000+uint16(i)), peerAttr(ap))); code != 403 {
+			t.Errorf("ChannelBind %s: code %d, want 403", p, code)
+		}
+	}
+	if code := errCode(c.do(stun.MethodCreatePermission, peerAttr(netip.MustParseAddrPort("[::808:808]:53")))); code != 0 {
+		t.Errorf("CreatePermission ::8.8.8.8: code %d, want success", code)
 	}
 }

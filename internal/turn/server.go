@@ -19,12 +19,15 @@ import (
 
 // Server is a running TURN server. Create it with New; stop it with Close.
 type Server struct {
-	cfg    Config
-	m      *metrics
-	filter addrpolicy.Filter
-	nonces *nonces
-	engs   []*engine     // one per UDP shard
-	next   atomic.Uint32 // round robin of stream allocations over engines
+	cfg Config
+	m   *metrics
+	// filter refuses the server's own addresses, relay IP included;
+	// relayFilter exempts the relay IP, for relayed addresses only
+	// (peerAllowed).
+	filter, relayFilter addrpolicy.Filter
+	nonces              *nonces
+	engs                []*engine     // one per UDP shard
+	next                atomic.Uint32 // round robin of stream allocations over engines
 
 	tcpLn  net.Listener
 	tlsLn  net.Listener
@@ -51,8 +54,11 @@ type Server struct {
 	usersMu sync.RWMutex // guards users
 	users   map[string]string
 
-	failMu sync.Mutex // guards fails
-	fails  map[netip.Addr]*failWindow
+	fails     *authFailures
+	answers   *rateLimiter       // answers to unauthenticated requests, per source
+	allocRate *rateLimiter       // new allocations, per source
+	logLimit  *rateLimiter       // log lines about outside input (one bucket)
+	perSource map[netip.Addr]int // stream connections per source; guarded by mu
 
 	done      chan struct{}
 	wg        sync.WaitGroup
@@ -62,11 +68,6 @@ type Server struct {
 	// RFC 6062 timers (tcpConnectTimeout, tcpBindTimeout; tests shorten
 	// them).
 	connectTimeout, bindTimeout time.Duration
-}
-
-type failWindow struct {
-	start int64
-	n     int
 }
 
 // New binds the listeners and starts serving.
@@ -88,10 +89,18 @@ func New(cfg Config) (*Server, error) {
 		tcpRelays:      map[netip.AddrPort]bool{},
 		connectTimeout: tcpConnectTimeout,
 		bindTimeout:    tcpBindTimeout,
-		fails:          map[netip.Addr]*failWindow{},
+		fails:          newAuthFailures(cfg.AuthFailuresPerMinute, cfg.AuthFailuresPerSource),
+		perSource:      map[netip.Addr]int{},
 		off:            offState{allocs: map[*allocation]*offAlloc{}, last: time.Now()},
 		users:          cfg.Users,
 		done:           make(chan struct{}),
+	}
+	s.logLimit = newRateLimiter(logRate, logBurst)
+	if cfg.UnauthAnswerRate > 0 {
+		s.answers = newRateLimiter(float64(cfg.UnauthAnswerRate), 5*cfg.UnauthAnswerRate)
+	}
+	if cfg.AllocationRate > 0 {
+		s.allocRate = newRateLimiter(float64(cfg.AllocationRate), 5*cfg.AllocationRate)
 	}
 	// With port 0 the UDP socket picks the port and TCP must get the same
 	// one, which another process may hold: try a few ports.
@@ -179,20 +188,66 @@ func (s *Server) listen() error {
 }
 
 func (s *Server) initFilter() {
-	// The server's own addresses are refused as peers, except the relay
-	// IP: two clients of one server reach each other relay to relay, the
-	// common case of two relay-only WebRTC peers. Its listeners are refused
-	// by exact address (OwnEndpoints).
-	f := addrpolicy.Filter{Allow: s.cfg.AllowPeers, Deny: s.cfg.DenyPeers, Loopback: s.cfg.AllowLoopbackPeers, RelayIP: s.cfg.RelayIP}
+	// The server's own addresses are refused as peers at every port: a
+	// client must not reach services on the relay host (its own address
+	// and everything bound to 0.0.0.0). Own means the listen and relay
+	// IPs and every interface address at start. The one exception is
+	// relay to relay (RFC 8656 allows it; two relay-only WebRTC peers of
+	// one server need it): the relay IP at a port that is a live
+	// allocation's relayed address (peerAllowed). Listeners are refused
+	// by exact address (OwnEndpoints), also where loopback is allowed.
+	f := addrpolicy.Filter{Allow: s.cfg.AllowPeers, Deny: s.cfg.DenyPeers, Loopback: s.cfg.AllowLoopbackPeers}
 	la := s.cfg.Listen.Addr().Unmap()
-	f.Own = addrpolicy.HostAddrs(la)
+	own := map[netip.Addr]bool{}
+	for _, a := range append(addrpolicy.HostAddrs(netip.IPv6Unspecified()), la, s.cfg.RelayIP) {
+		if a = a.Unmap(); !own[a] && !a.IsUnspecified() {
+			own[a] = true
+			f.Own = append(f.Own, a)
+		}
+	}
+	for _, e := range s.cfg.OwnEndpoints {
+		f.OwnEndpoints = append(f.OwnEndpoints, netip.AddrPortFrom(e.Addr().Unmap(), e.Port()))
+	}
 	f.OwnEndpoints = append(f.OwnEndpoints, netip.AddrPortFrom(la, s.engs[0].laddr.Port()))
-	f.OwnEndpoints = append(f.OwnEndpoints, s.cfg.OwnEndpoints...)
 	if s.tlsLn != nil {
 		ap := s.tlsLn.Addr().(*net.TCPAddr).AddrPort()
 		f.OwnEndpoints = append(f.OwnEndpoints, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()))
 	}
 	s.filter = f
+	// relayFilter is the same filter with the relay IP not counted as
+	// own: it judges the relay-to-relay exception (the operator's deny
+	// list, the loopback opt-in and the listeners still apply).
+	f.RelayIP = s.cfg.RelayIP
+	s.relayFilter = f
+}
+
+// peerAllowed reports whether an allocation may send to peer. With
+// endpoint unset only the address is judged (CreatePermission: the relay
+// IP may be permitted, for relay to relay; what is sent to it is judged
+// per port). tcp says which relayed addresses count: RFC 6062 listeners
+// for Connect, UDP relay sockets otherwise.
+func (s *Server) peerAllowed(peer netip.AddrPort, endpoint, tcp bool) bool {
+	ip := peer.Addr().Unmap()
+	if ip != s.cfg.RelayIP {
+		if endpoint {
+			return s.filter.AllowedEndpoint(peer)
+		}
+		return s.filter.AllowedIP(ip)
+	}
+	if !endpoint {
+		return s.relayFilter.AllowedIP(ip)
+	}
+	if s.filter.AllowedEndpoint(peer) {
+		return true // the relay IP is allowed anyway (loopback opt-in)
+	}
+	peer = netip.AddrPortFrom(ip, peer.Port())
+	s.mu.RLock()
+	live := s.tcpRelays[peer]
+	if !tcp {
+		_, live = s.byRelay[peer]
+	}
+	s.mu.RUnlock()
+	return live && s.relayFilter.AllowedEndpoint(peer)
 }
 
 func (s *Server) start() {
@@ -417,7 +472,7 @@ func (s *Server) relaySend(key fiveTuple, b []byte, st *relayStats) {
 		st.noAlloc++
 		return
 	}
-	if !s.filter.AllowedEndpoint(peer) {
+	if !s.peerAllowed(peer, true, false) {
 		s.m.refusedPeers.Inc()
 		return
 	}
@@ -589,33 +644,8 @@ func (s *Server) sweep(now int64) {
 		s.m.permissions.Sub(float64(dp))
 		s.m.channels.Sub(float64(dc))
 	}
-	s.failMu.Lock()
-	for ip, w := range s.fails {
-		if now-w.start > int64(time.Minute) {
-			delete(s.fails, ip)
-		}
-	}
-	s.failMu.Unlock()
-}
-
-// rateLimited reports whether ip has used up its failed authentications.
-func (s *Server) rateLimited(ip netip.Addr, now int64) bool {
-	if s.cfg.AuthFailuresPerMinute < 0 {
-		return false
-	}
-	s.failMu.Lock()
-	defer s.failMu.Unlock()
-	w := s.fails[ip]
-	return w != nil && now-w.start < int64(time.Minute) && w.n >= s.cfg.AuthFailuresPerMinute
-}
-
-func (s *Server) recordFailure(ip netip.Addr, now int64) {
-	s.failMu.Lock()
-	defer s.failMu.Unlock()
-	w := s.fails[ip]
-	if w == nil || now-w.start >= int64(time.Minute) {
-		w = &failWindow{start: now}
-		s.fails[ip] = w
-	}
-	w.n++
+	s.fails.sweep(now)
+	s.answers.sweep(now)
+	s.allocRate.sweep(now)
+	s.sweepStreams(now)
 }

@@ -48,6 +48,14 @@ type streamConn struct {
 
 	tlsHandshaken atomic.Bool // the TLS handshake is done: direct writes are safe
 
+	// src is the remote's source key (per-source connection cap);
+	// opened, lastRead (unix nanoseconds) and authed drive the
+	// unauthenticated and idle deadlines (Server.sweepStreams).
+	src      netip.Addr
+	opened   int64
+	lastRead atomic.Int64
+	authed   atomic.Bool
+
 	mu    sync.Mutex // guards alloc and bound
 	alloc *allocation
 	// bound is set by a successful ConnectionBind (RFC 6062): the reader
@@ -112,7 +120,8 @@ func (s *Server) acceptLoop(ln net.Listener, proto uint8) {
 			continue
 		}
 		sc := &streamConn{datagram: proto == protoDTLS, s: s, c: c, proto: proto, remote: netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()),
-			done: make(chan struct{})}
+			done: make(chan struct{}), src: sourceOf(ap.Addr()), opened: time.Now().UnixNano()}
+		sc.lastRead.Store(sc.opened)
 		if proto != protoTCP || !s.adoptStream(c, sc) {
 			sc.q = make(chan *[]byte, streamQueue)
 			if tc, ok := c.(*net.TCPConn); ok {
@@ -136,7 +145,14 @@ func (s *Server) acceptLoop(ln net.Listener, proto uint8) {
 			s.m.quotaHits.WithLabelValues("stream_conns").Inc()
 			continue
 		}
+		if n := s.cfg.MaxStreamConnsPerSource; n > 0 && s.perSource[sc.src] >= n {
+			s.mu.Unlock()
+			sc.closeSocket()
+			s.m.quotaHits.WithLabelValues("stream_conns_source").Inc()
+			continue
+		}
 		s.streams[sc] = struct{}{}
+		s.perSource[sc.src]++
 		s.mu.Unlock()
 		s.m.streamConns.Inc()
 		if sc.eng != nil {
@@ -184,11 +200,69 @@ func (sc *streamConn) close() {
 		if a != nil {
 			sc.s.deleteAllocation(a)
 		}
-		sc.s.mu.Lock()
-		delete(sc.s.streams, sc)
-		sc.s.mu.Unlock()
-		sc.s.m.streamConns.Dec()
+		sc.s.unregister(sc)
 	})
+}
+
+// unregister takes sc out of the server's connections (once: close and
+// forget run under sc.once).
+func (s *Server) unregister(sc *streamConn) {
+	s.mu.Lock()
+	if _, ok := s.streams[sc]; ok {
+		delete(s.streams, sc)
+		if s.perSource[sc.src]--; s.perSource[sc.src] <= 0 {
+			delete(s.perSource, sc.src)
+		}
+	}
+	s.mu.Unlock()
+	s.m.streamConns.Dec()
+}
+
+// sweepStreams closes the client connections past their deadlines: no
+// authenticated request within StreamAuthTimeout of opening, or no
+// allocation and nothing received for StreamIdleTimeout. Without them,
+// 10,000 idle connections from one address held the connection cap for
+// everyone (issue 10).
+func (s *Server) sweepStreams(now int64) {
+	auth, idle := int64(s.cfg.StreamAuthTimeout), int64(s.cfg.StreamIdleTimeout)
+	var late []*streamConn
+	var reasons []string
+	s.mu.RLock()
+	for sc := range s.streams {
+		switch {
+		case auth > 0 && !sc.authed.Load() && now-sc.opened > auth:
+			late, reasons = append(late, sc), append(reasons, "auth")
+		case idle > 0 && now-sc.lastRead.Load() > idle && sc.idle():
+			late, reasons = append(late, sc), append(reasons, "idle")
+		}
+	}
+	s.mu.RUnlock()
+	for i, sc := range late {
+		s.m.timeouts.WithLabelValues(reasons[i]).Inc()
+		sc.expire()
+	}
+}
+
+// idle reports whether sc holds no allocation and no bound data
+// connection.
+func (sc *streamConn) idle() bool {
+	sc.mu.Lock()
+	defer sc.mu.Unlock()
+	return sc.alloc == nil && sc.bound == nil
+}
+
+// expire closes sc from outside its reader: a loop-served socket is shut
+// down, and its loop, seeing the end of the stream, closes it.
+func (sc *streamConn) expire() {
+	if sc.eng == nil {
+		sc.close()
+		return
+	}
+	sc.wmu.Lock()
+	if !sc.closed {
+		_ = shutdownFD(sc.fd)
+	}
+	sc.wmu.Unlock()
 }
 
 func (sc *streamConn) readLoop() {
@@ -211,6 +285,7 @@ func (sc *streamConn) readLoop() {
 			if err != nil {
 				return
 			}
+			sc.lastRead.Store(time.Now().UnixNano())
 			if isChannelData(buf[:n]) {
 				sc.s.relayChannelData(key, buf[:n], &st)
 			} else {
@@ -233,6 +308,7 @@ func (sc *streamConn) readLoop() {
 		if _, err := io.ReadFull(r, buf[:n]); err != nil {
 			return
 		}
+		sc.lastRead.Store(time.Now().UnixNano())
 		if isChan {
 			sc.s.relayChannelData(key, buf[:n], &st)
 		} else {
@@ -260,10 +336,7 @@ func (sc *streamConn) boundPeer() *peerConn {
 func (sc *streamConn) forget() {
 	sc.once.Do(func() {
 		close(sc.done)
-		sc.s.mu.Lock()
-		delete(sc.s.streams, sc)
-		sc.s.mu.Unlock()
-		sc.s.m.streamConns.Dec()
+		sc.s.unregister(sc)
 	})
 }
 

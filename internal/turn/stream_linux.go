@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -117,6 +118,7 @@ func (e *engine) fromStream(fd int, ev uint32) {
 			sc.close()
 			return
 		}
+		sc.lastRead.Store(time.Now().UnixNano())
 		data := buf[:k+n]
 		for len(data) >= 4 {
 			fl, isChan, ok := streamFrameLen(data)
@@ -249,6 +251,9 @@ func writeAll(fd int, b []byte) (int, error) {
 }
 
 func closeFD(fd int) error { return unix.Close(fd) }
+
+// shutdownFD ends both directions of a stream socket, waking its reader.
+func shutdownFD(fd int) error { return unix.Shutdown(fd, unix.SHUT_RDWR) }
 
 // reuseControl lets a TCP allocation's listener and its outgoing
 // connections share the relayed address (RFC 6062 section 5.2: Connect

@@ -215,7 +215,7 @@ func (s *Server) acceptPeers(a *allocation) {
 		a.mu.Lock()
 		ok := !a.closed && a.permittedLocked(peer.Addr(), time.Now().UnixNano()) && a.tcp.byPeer[peer] == nil
 		a.mu.Unlock()
-		if !ok || !s.filter.AllowedIP(peer.Addr()) {
+		if !ok || !s.relayFilter.AllowedIP(peer.Addr()) {
 			s.m.dropNoPermission.Inc()
 			_ = c.Close()
 			continue

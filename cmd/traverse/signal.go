@@ -221,6 +221,13 @@ func init() {
 				c.TokenKey = hex.EncodeToString(b)
 				env.log.Info("signal: random token key for this process (set --signal-token-key to mint tokens with traverse token)")
 			}
+			if c.MaxConns == 0 {
+				c.MaxConns = signal.DefaultMaxConns
+			}
+			if b := env.budgets["signal"]; b > 0 && c.MaxConns > b {
+				env.log.Info("signal: connection cap set to the role's descriptor budget", "max_conns", b)
+				c.MaxConns = b
+			}
 			role, err := startSignal(c, []string{env.natsURL}, env.turn, env.log.With("role", "signal"), env.admin)
 			if err != nil {
 				return nil, err

@@ -127,10 +127,10 @@ func (c *Config) validate() error {
 		c.JoinTimeout = 10 * time.Second
 	}
 	if c.MaxConns <= 0 {
-		c.MaxConns = 10000
+		c.MaxConns = DefaultMaxConns
 	}
 	if c.MaxConnsPerAddr <= 0 {
-		c.MaxConnsPerAddr = 100
+		c.MaxConnsPerAddr = DefaultMaxConnsPerAddr
 	}
 	for _, o := range c.AllowedOrigins {
 		if o == "*" {
@@ -151,6 +151,12 @@ func (c *Config) validate() error {
 	}
 	return nil
 }
+
+// Default connection caps (Config.MaxConns, Config.MaxConnsPerAddr).
+const (
+	DefaultMaxConns        = 10000
+	DefaultMaxConnsPerAddr = 100
+)
 
 // Server is the signaling HTTP service: the WebSocket endpoint /ws, the
 // optional demo token endpoint /token and the static demo page.

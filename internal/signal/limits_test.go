@@ -352,3 +352,22 @@ func TestNormalizeOrigin(t *testing.T) {
 		t.Error("an origin without scheme was accepted in the config")
 	}
 }
+
+// FuzzNormalizeOrigin: any Origin header either fails or normalizes to a
+// fixed point (normalizing the result again changes nothing).
+func FuzzNormalizeOrigin(f *testing.F) {
+	for _, s := range []string{"http://127.0.0.1:7880", "HTTPS://App.Example.com:443/", "null", "http://[::1]:80",
+		"http://evil.example:7880", "http://[fe80::1%25eth0]:1", "https://a:b@c", "http://x/%2e"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		n, err := normalizeOrigin(s)
+		if err != nil {
+			return
+		}
+		n2, err := normalizeOrigin(n)
+		if err != nil || n2 != n {
+			t.Fatalf("%q -> %q -> %q, %v", s, n, n2, err)
+		}
+	})
+}

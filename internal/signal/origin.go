@@ -49,6 +49,12 @@ func normalizeOrigin(o string) (string, error) {
 		return "", errOrigin
 	}
 	host, port := strings.ToLower(u.Hostname()), u.Port()
+	if host == "" || strings.IndexFunc(host, notHostChar) >= 0 {
+		return "", errOrigin // zones, escapes: nothing a browser sends
+	}
+	if _, err := strconv.ParseUint(port, 10, 16); port != "" && err != nil {
+		return "", errOrigin
+	}
 	if scheme == "http" && port == "80" || scheme == "https" && port == "443" {
 		port = ""
 	}
@@ -59,6 +65,10 @@ func normalizeOrigin(o string) (string, error) {
 		host += ":" + port
 	}
 	return scheme + "://" + host, nil
+}
+
+func notHostChar(r rune) bool {
+	return !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '.' || r == '-' || r == ':' || r == '_')
 }
 
 // allowOrigin reports whether r's Origin, if any, may use the server.

@@ -5,9 +5,11 @@ import (
 	"encoding/binary"
 	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
+	ossignal "os/signal"
 	"strconv"
 	"strings"
 	"syscall"
@@ -48,46 +50,20 @@ func stunBindingTCP(addr string) error {
 	return xa.GetFrom(m)
 }
 
-func openFDs(t *testing.T) int {
-	t.Helper()
-	es, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return len(es)
-}
-
-// TestServeSignalFloodBudget mounts issue 10's flood on traverse serve with
-// a descriptor limit of 4,096: idle connections to the signaling port from
-// many addresses (so no per-address cap stops them) until the process is
-// near its limit. Signal stops at its descriptor budget, so /healthz and
-// STUN over TCP and UDP still answer meanwhile; once the flood ends, a
-// signaling client connects again. Without the budgets, the flood's server
-// ends and the test's own client ends exhaust the table and those fail.
+// TestServeSignalFloodBudget mounts issue 10's flood on traverse serve: a
+// serve process (a child, with a descriptor limit of 4,096) gets idle
+// connections to its signaling port from many addresses (so no
+// per-address cap stops them), more than its whole descriptor table. Signal
+// stops at its descriptor budget, so meanwhile /healthz and STUN over TCP and
+// UDP still answer, the process's descriptors stay below the limit, and once
+// the flood ends signal serves again. Without the budgets the flood takes
+// every descriptor and the other roles cannot accept or answer.
 func TestServeSignalFloodBudget(t *testing.T) {
-	// Lowering the hard limit cannot be undone without CAP_SYS_RESOURCE:
-	// the attack runs in a child process of its own.
-	if os.Getenv("TRAVERSE_FLOOD_CHILD") == "" {
-		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-		defer cancel()
-		cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestServeSignalFloodBudget$", "-test.v", "-test.count=1")
-		cmd.Env = append(os.Environ(), "TRAVERSE_FLOOD_CHILD=1")
-		out, err := cmd.CombinedOutput()
-		for _, line := range strings.Split(string(out), "\n") {
-			if strings.Contains(line, "serve_flood_test.go") {
-				t.Log(strings.TrimSpace(line))
-			}
-		}
-		if err != nil {
-			t.Fatalf("the flood test failed: %v", err)
-		}
+	if args := os.Getenv("TRAVERSE_FLOOD_SERVE"); args != "" {
+		floodChild(t, strings.Split(args, "\x1f"))
 		return
 	}
 	const limit = 4096
-	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &syscall.Rlimit{Cur: limit, Max: limit}); err != nil {
-		t.Fatal(err)
-	}
-
 	adminAddr := freeTCP(t)
 	stunPort := freePorts(t)
 	turnPort := freePorts(t)
@@ -106,58 +82,98 @@ func TestServeSignalFloodBudget(t *testing.T) {
 		"--sipgw-sip", lo(sipPort), "--sipgw-rtp", lo(rtpPort), "--sipgw-rtcp", lo(rtpPort + 1),
 		"--sipgw-inside-ports", "47000-47099", "--sipgw-sip-tls", "",
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- runServe(ctx, args) }()
-	t.Cleanup(func() {
-		cancel()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestServeSignalFloodBudget$", "-test.count=1")
+	cmd.Env = append(os.Environ(), "TRAVERSE_FLOOD_SERVE="+strings.Join(args, "\x1f"), "TRAVERSE_FLOOD_LIMIT="+strconv.Itoa(limit))
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	defer func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
 		select {
-		case <-done:
+		case err := <-exited:
+			if err != nil {
+				t.Errorf("serve child: %v\n%s", err, out.String())
+			}
 		case <-time.After(10 * time.Second):
-			t.Error("serve did not stop")
+			_ = cmd.Process.Kill()
+			<-exited
+			t.Errorf("serve child did not stop on SIGTERM")
 		}
-	})
+	}()
+	// Fresh connections for every probe: a kept-alive one would prove
+	// nothing about accepting.
+	probe := &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	get := func(url string) (int, error) {
+		res, err := probe.Get(url)
+		if err != nil {
+			return 0, err
+		}
+		_ = res.Body.Close()
+		return res.StatusCode, nil
+	}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		if code, _, err := httpGet("http://" + adminAddr + "/readyz"); err == nil && code == 200 {
+		if code, err := get("http://" + adminAddr + "/readyz"); err == nil && code == 200 {
 			break
 		}
+		select {
+		case err := <-exited:
+			t.Fatalf("serve child exited: %v\n%s", err, out.String())
+		default:
+		}
 		if time.Now().After(deadline) {
-			t.Fatal("not ready after 30s")
+			t.Fatalf("not ready after 30s:\n%s", out.String())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+	childFDs := func() int {
+		es, err := os.ReadDir("/proc/" + strconv.Itoa(cmd.Process.Pid) + "/fd")
+		if err != nil {
+			return -1
+		}
+		return len(es)
+	}
+	base := childFDs()
+	budget := connlimit.Split(limit, fdShares...)["signal"]
 
 	// The flood: from 127.0.1.1 on, 80 connections per address (under the
-	// per-address cap); as many as leave 400 descriptors free if signal
-	// holds no more than its budget, so that without the budget the
-	// server's ends alone would exhaust the table.
-	base := openFDs(t)
-	budget := connlimit.Split(limit, fdShares...)["signal"]
-	flood := limit - base - budget - 400
-	t.Logf("descriptors in use before the flood: %d; signal's budget %d; flood: %d connections", base, budget, flood)
+	// per-address cap), more than the child's whole table.
+	const flood = limit + 500
 	var conns []net.Conn
 	defer func() {
 		for _, c := range conns {
 			_ = c.Close()
 		}
 	}()
-	var dialErr error
 	stop := time.Now().Add(60 * time.Second)
 	for i := 0; i < flood && time.Now().Before(stop); i++ {
 		d := net.Dialer{Timeout: 2 * time.Second, LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 1+byte(i/80/250), byte(1+i/80%250))}}
 		c, err := d.Dial("tcp", signalAddr)
 		if err != nil {
-			dialErr = err // the table is full: the attack has won
-			break
+			t.Fatalf("flood dial %d: %v", i, err)
 		}
 		conns = append(conns, c)
 	}
-	t.Logf("flood: %d connections held by the test, process descriptors %d of %d, first dial error %v",
-		len(conns), openFDs(t), limit, dialErr)
+	// Let the child accept what it will: the descriptor count settles.
+	last, settled := -2, 0
+	for settled < 5 && time.Now().Before(stop) {
+		n := childFDs()
+		if n == last {
+			settled++
+		} else {
+			last, settled = n, 0
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Logf("serve child (limit %d, signal budget %d): descriptors %d before, %d under a flood of %d connections",
+		limit, budget, base, last, len(conns))
 
 	// Meanwhile the other roles answer.
-	if code, _, err := httpGet("http://" + adminAddr + "/healthz"); err != nil || code != 200 {
+	if code, err := get("http://" + adminAddr + "/healthz"); err != nil || code != 200 {
 		t.Errorf("/healthz during the flood: %d %v", code, err)
 	}
 	if err := stunBindingTCP(lo(stunPort)); err != nil {
@@ -166,8 +182,8 @@ func TestServeSignalFloodBudget(t *testing.T) {
 	if err := stunBinding(t, netip.MustParseAddrPort(lo(stunPort))); err != nil {
 		t.Errorf("STUN over UDP during the flood: %v", err)
 	}
-	if dialErr != nil {
-		t.Errorf("the flood exhausted the process's descriptors: %v", dialErr)
+	if last > base+budget+50 {
+		t.Errorf("descriptors %d: signal held more than its budget %d", last, budget)
 	}
 
 	for _, c := range conns {
@@ -176,7 +192,7 @@ func TestServeSignalFloodBudget(t *testing.T) {
 	conns = nil
 	deadline = time.Now().Add(10 * time.Second)
 	for {
-		code, _, err := httpGet("http://" + signalAddr + "/")
+		code, err := get("http://" + signalAddr + "/")
 		if err == nil && code == 200 {
 			break
 		}
@@ -184,5 +200,22 @@ func TestServeSignalFloodBudget(t *testing.T) {
 			t.Fatalf("signal after the flood: %d %v", code, err)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// floodChild runs serve with args under the descriptor limit
+// TRAVERSE_FLOOD_LIMIT until SIGTERM.
+func floodChild(t *testing.T, args []string) {
+	limit, err := strconv.ParseUint(os.Getenv("TRAVERSE_FLOOD_LIMIT"), 10, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &syscall.Rlimit{Cur: limit, Max: limit}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, stop := ossignal.NotifyContext(context.Background(), syscall.SIGTERM)
+	defer stop()
+	if err := runServe(ctx, args); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -137,7 +137,17 @@ func TestServeSignalFloodBudget(t *testing.T) {
 		}
 		return len(es)
 	}
-	base := childFDs()
+	childRSS := func() int { // kB
+		b, _ := os.ReadFile("/proc/" + strconv.Itoa(cmd.Process.Pid) + "/status")
+		for _, line := range strings.Split(string(b), "\n") {
+			if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
+				n, _ := strconv.Atoi(f[1])
+				return n
+			}
+		}
+		return -1
+	}
+	base, rss0 := childFDs(), childRSS()
 	budget := connlimit.Split(limit, fdShares...)["signal"]
 
 	// The flood: from 127.0.1.1 on, 80 connections per address (under the
@@ -169,8 +179,12 @@ func TestServeSignalFloodBudget(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	t.Logf("serve child (limit %d, signal budget %d): descriptors %d before, %d under a flood of %d connections",
-		limit, budget, base, last, len(conns))
+	rss := childRSS()
+	t.Logf("serve child (limit %d, signal budget %d): descriptors %d before, %d under a flood of %d connections; RSS %d -> %d MB",
+		limit, budget, base, last, len(conns), rss0>>10, rss>>10)
+	if rss-rss0 > 100<<10 {
+		t.Errorf("RSS grew by %d MB under the flood", (rss-rss0)>>10)
+	}
 
 	// Meanwhile the other roles answer.
 	if code, err := get("http://" + adminAddr + "/healthz"); err != nil || code != 200 {

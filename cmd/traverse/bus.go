@@ -205,6 +205,7 @@ func init() {
 
 func startServeBus(_ context.Context, env *serveEnv) (runner, error) {
 	c := env.cfg["bus"].(*busConfig)
+	c.MaxConns = env.budgeted("bus", c.MaxConns, bus.DefaultMaxConns)
 	e, err := startBusServer(c, env.log.With("role", "bus"), env.admin)
 	if err != nil {
 		return nil, err

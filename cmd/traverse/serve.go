@@ -13,6 +13,7 @@ import (
 
 	"github.com/traverse-rtc/traverse/internal/admin"
 	"github.com/traverse-rtc/traverse/internal/bus"
+	"github.com/traverse-rtc/traverse/internal/connlimit"
 )
 
 // serveRole is one role that "traverse serve" runs. Each role's file adds
@@ -52,6 +53,42 @@ type serveEnv struct {
 	own []netip.AddrPort
 	// turn is set by the turn role: its URLs and a credential minter for browsers.
 	turn *turnShare
+	// budgets caps, by role, the connections the role's TCP listeners hold
+	// open together (connlimit.Split of the descriptor limit by fdShares).
+	budgets map[string]int
+}
+
+// fdShares weigh the roles' claims on the descriptors of the serve process:
+// one descriptor table serves every role, and a flood of one role's port
+// must stop at that role's budget (issue 10: 20,000 idle connections to the
+// signaling port once failed STUN, the bus, /healthz and TURN alike). The
+// roles that carry browsers weigh most. A role applies its budget as the
+// total cap of its listeners (connlimit.Cap).
+var fdShares = []connlimit.Share{
+	{Role: "signal", Weight: 4}, {Role: "turn", Weight: 4}, {Role: "stun", Weight: 1},
+	{Role: "sipgw", Weight: 1}, {Role: "bus", Weight: 1}, {Role: "admin", Weight: 1},
+}
+
+// budgeted is a role's connection cap in serve: configured (def when 0),
+// lowered to the role's descriptor budget.
+func (env *serveEnv) budgeted(role string, configured, def int) int {
+	if configured <= 0 {
+		configured = def
+	}
+	return connlimit.Cap(configured, env.budgets[role])
+}
+
+// fdBudgets raises the descriptor limit to the hard limit and splits it
+// among the roles.
+func fdBudgets(log *slog.Logger) map[string]int {
+	limit, err := connlimit.RaiseFDLimit()
+	if err != nil {
+		log.Warn("no descriptor budgets for the roles", "err", err)
+		return map[string]int{}
+	}
+	b := connlimit.Split(limit, fdShares...)
+	log.Debug("descriptor budgets", "limit", limit, "reserved", connlimit.Reserved(limit), "budgets", b)
+	return b
 }
 
 // serveConfig is serve's YAML file: the common keys, then one section per
@@ -114,7 +151,8 @@ func runServe(ctx context.Context, args []string) error {
 		return fmt.Errorf("unexpected arguments: %q", rest)
 	}
 	adm := admin.New(log)
-	env := &serveEnv{log: log, admin: adm, cfg: cfg.roles, own: ownEndpoints(&cfg)}
+	env := &serveEnv{log: log, admin: adm, cfg: cfg.roles, own: ownEndpoints(&cfg), budgets: fdBudgets(log)}
+	adm.Limits.MaxConns = connlimit.Cap(adm.Limits.MaxConns, env.budgets["admin"])
 	var runners []runner
 	for _, r := range serveRoles {
 		run, err := r.start(ctx, env)

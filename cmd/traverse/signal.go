@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"net/netip"
 	"time"
 
@@ -34,6 +33,14 @@ type signalConfig struct {
 
 	// natsClientConfig is the bus of a separate signal process (not in serve).
 	natsClientConfig `yaml:",inline"`
+
+	// HTTP server limits (signal.Config; 0 takes its default).
+	AllowedOrigins    []string      `yaml:"allowed-origins"`
+	ReadHeaderTimeout time.Duration `yaml:"read-header-timeout"`
+	IdleTimeout       time.Duration `yaml:"idle-timeout"`
+	JoinTimeout       time.Duration `yaml:"join-timeout"`
+	MaxConns          int           `yaml:"max-conns"`
+	MaxConnsPerAddr   int           `yaml:"max-conns-per-addr"`
 }
 
 func bindSignalFlags(fs *flag.FlagSet, prefix string, c *signalConfig, inServe bool) {
@@ -49,15 +56,20 @@ func bindSignalFlags(fs *flag.FlagSet, prefix string, c *signalConfig, inServe b
 	fs.IntVar(&c.NodeCapacity, prefix+"node-capacity", c.NodeCapacity, "peers at which an SFU node counts as full (0: 1000)")
 	fs.Var(config.Strings{P: &c.ICEURLs}, prefix+"ice-url", "STUN `URL` handed to browsers as an ICE server, e.g. stun:stun.example.org:3478 (repeatable)")
 	fs.BoolVar(&c.NoWeb, prefix+"no-web", c.NoWeb, "do not serve the demo page")
+	fs.Var(config.Strings{P: &c.AllowedOrigins}, prefix+"allowed-origins", "`ORIGIN` (scheme://host[:port]) whose pages may use /ws and /token, * for any (repeatable; default: this server's own loopback or IP address and port)")
+	fs.DurationVar(&c.ReadHeaderTimeout, prefix+"read-header-timeout", c.ReadHeaderTimeout, "close an HTTP connection whose request headers take longer than this `duration` (0: 10s)")
+	fs.DurationVar(&c.IdleTimeout, prefix+"idle-timeout", c.IdleTimeout, "close a keep-alive HTTP connection idle this `duration` (0: 30s)")
+	fs.DurationVar(&c.JoinTimeout, prefix+"join-timeout", c.JoinTimeout, "close a WebSocket that has not sent a join within this `duration` (0: 10s)")
+	fs.IntVar(&c.MaxConns, prefix+"max-conns", c.MaxConns, "most HTTP and WebSocket `connections` open at once (0: 10000; in serve, at most the role's descriptor budget)")
+	fs.IntVar(&c.MaxConnsPerAddr, prefix+"max-conns-per-addr", c.MaxConnsPerAddr, "most `connections` open at once from one client address, IPv6 /64 (0: 100; --trusted-proxy peers are exempt)")
 }
 
 // signalRole is a running signal role.
 type signalRole struct {
-	srv  *signal.Server
-	be   *signal.BusBackend
-	bc   *bus.Client
-	http *http.Server
-	ln   net.Listener
+	srv *signal.Server
+	be  *signal.BusBackend
+	bc  *bus.Client
+	ln  net.Listener
 }
 
 // startSignal connects to the bus as busCfg says and binds the HTTP
@@ -98,7 +110,9 @@ func startSignal(c *signalConfig, busCfg bus.Config, turn *turnShare, log *slog.
 		return nil, err
 	}
 	cfg := signal.Config{Key: key, Backend: be, DemoTokens: c.DemoTokens, Region: c.Region, RegionRules: rules,
-		TrustedProxies: trusted, Log: log, Registerer: adm.Registry}
+		TrustedProxies: trusted, Log: log, Registerer: adm.Registry,
+		AllowedOrigins: c.AllowedOrigins, ReadHeaderTimeout: c.ReadHeaderTimeout, IdleTimeout: c.IdleTimeout,
+		JoinTimeout: c.JoinTimeout, MaxConns: c.MaxConns, MaxConnsPerAddr: c.MaxConnsPerAddr}
 	if !c.NoWeb {
 		cfg.Static = web.FS
 	}
@@ -130,8 +144,7 @@ func startSignal(c *signalConfig, busCfg bus.Config, turn *turnShare, log *slog.
 		return nil, err
 	}
 	adm.AddCheck("signal", srv.Ready)
-	r := &signalRole{srv: srv, be: be, bc: bc, ln: ln,
-		http: &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second}}
+	r := &signalRole{srv: srv, be: be, bc: bc, ln: ln}
 	log.Info("signal listening", "http", "http://"+ln.Addr().String(), "demo_tokens", c.DemoTokens)
 
 	return r, nil
@@ -142,7 +155,7 @@ func (r *signalRole) addr() string { return r.ln.Addr().String() }
 
 func (r *signalRole) run(ctx context.Context) error {
 	errc := make(chan error, 1)
-	go func() { errc <- r.http.Serve(r.ln) }()
+	go func() { errc <- r.srv.Serve(r.ln) }()
 	var err error
 	select {
 	case <-ctx.Done():
@@ -151,17 +164,11 @@ func (r *signalRole) run(ctx context.Context) error {
 	// Sessions first (they leave their rooms over the bus), then the
 	// listener, the backend and the bus connection.
 	_ = r.srv.Close()
-	sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	_ = r.http.Shutdown(sctx)
-	cancel()
 	if err == nil {
 		err = <-errc
 	}
 	_ = r.be.Close()
 	_ = r.bc.Close()
-	if errors.Is(err, http.ErrServerClosed) {
-		err = nil
-	}
 	return err
 }
 
@@ -217,6 +224,7 @@ func init() {
 				c.TokenKey = hex.EncodeToString(b)
 				env.log.Info("signal: random token key for this process (set --signal-token-key to mint tokens with traverse token)")
 			}
+			c.MaxConns = env.budgeted("signal", c.MaxConns, signal.DefaultMaxConns)
 			role, err := startSignal(c, busCfg, env.turn, env.log.With("role", "signal"), env.admin)
 			if err != nil {
 				return nil, err

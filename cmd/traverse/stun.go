@@ -82,7 +82,9 @@ func init() {
 			return cfg
 		},
 		start: func(ctx context.Context, env *serveEnv) (runner, error) {
-			return startSTUN(ctx, *env.cfg["stun"].(*stun.Config), env)
+			cfg := *env.cfg["stun"].(*stun.Config)
+			cfg.MaxTCPConns = env.budgeted("stun", cfg.MaxTCPConns, stun.DefaultMaxTCPConns)
+			return startSTUN(ctx, cfg, env)
 		},
 	})
 }

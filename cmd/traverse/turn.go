@@ -302,6 +302,7 @@ func init() {
 		start: func(_ context.Context, env *serveEnv) (runner, error) {
 			c := env.cfg["turn"].(*turnConfig)
 			c.own = env.own
+			c.MaxConns = env.budgeted("turn", c.MaxConns, turn.DefaultMaxStreamConns)
 			s, run, err := startTurn(c, env.log, env.admin)
 			if err != nil {
 				return nil, err

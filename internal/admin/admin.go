@@ -18,6 +18,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/traverse-rtc/traverse/internal/connlimit"
 )
 
 // Checker reports whether a role is ready; a non-nil error says why not.
@@ -35,16 +37,31 @@ type Server struct {
 	mu     sync.Mutex // guards checks and handlers added after start
 	checks map[string]Checker
 
+	// Limits cap the admin listener's connections; set them before Listen.
+	// Defaults (New): 100 in all, 20 per address: scrapers, load balancer
+	// probes and an operator need a handful, and the admin port must not
+	// give a flood the descriptors of the process's roles.
+	Limits connlimit.Limits
+
 	srv *http.Server
 	ln  net.Listener
 }
+
+// Default connection caps of the admin listener, and its idle timeout.
+const (
+	DefaultMaxConns        = 100
+	DefaultMaxConnsPerAddr = 20
+	idleTimeout            = 30 * time.Second
+	maxHeaderBytes         = 16 << 10
+)
 
 // New returns an admin server with the Go runtime and process collectors
 // registered.
 func New(log *slog.Logger) *Server {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	s := &Server{Registry: reg, log: log, mux: http.NewServeMux(), checks: map[string]Checker{}}
+	s := &Server{Registry: reg, log: log, mux: http.NewServeMux(), checks: map[string]Checker{},
+		Limits: connlimit.Limits{MaxConns: DefaultMaxConns, MaxConnsPerAddr: DefaultMaxConnsPerAddr}}
 	s.mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	s.mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -98,18 +115,24 @@ func (s *Server) serveReady(w http.ResponseWriter, _ *http.Request) {
 	_, _ = w.Write([]byte("ready\n"))
 }
 
-// Listen binds addr (host:port; port 0 picks one). An empty addr disables
-// the listener and Listen returns nil.
+// Listen binds addr (host:port; port 0 picks one) within s.Limits (counted
+// in traverse_listener_*{listener="admin"}). An empty addr disables the
+// listener and Listen returns nil.
 func (s *Server) Listen(addr string) error {
 	if addr == "" {
 		return nil
+	}
+	m, err := connlimit.NewMetrics(s.Registry, "admin")
+	if err != nil {
+		return fmt.Errorf("admin: %w", err)
 	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("admin: %w", err)
 	}
-	s.ln = ln
-	s.srv = &http.Server{Handler: s.mux, ReadHeaderTimeout: 5 * time.Second}
+	s.ln = connlimit.New(ln, s.Limits, m)
+	s.srv = &http.Server{Handler: s.mux, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: idleTimeout,
+		MaxHeaderBytes: maxHeaderBytes, ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
 	return nil
 }
 

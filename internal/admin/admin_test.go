@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -78,5 +79,103 @@ func TestProfilingOffByDefault(t *testing.T) {
 	s.EnableProfiling()
 	if code := rec(); code != 200 {
 		t.Errorf("/debug/pprof/ after EnableProfiling: %d, want 200", code)
+	}
+}
+
+func start(t *testing.T, s *Server) string {
+	t.Helper()
+	if err := s.Listen("127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	return s.Addr().String()
+}
+
+func gathered(t *testing.T, s *Server, name string) float64 {
+	t.Helper()
+	mfs, err := s.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := 0.0
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			for _, m := range mf.GetMetric() {
+				sum += m.GetCounter().GetValue() + m.GetGauge().GetValue()
+			}
+		}
+	}
+	return sum
+}
+
+// TestConnectionFlood: a thousand idle connections from one address hold at
+// most the per-address cap of the admin listener; /healthz from another
+// address answers meanwhile.
+func TestConnectionFlood(t *testing.T) {
+	s := New(logging.Discard())
+	addr := start(t, s)
+	const flood = 1000
+	d := net.Dialer{Timeout: 2 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}}
+	deadline := time.Now().Add(30 * time.Second)
+	for i := 0; i < flood && time.Now().Before(deadline); i++ {
+		c, err := d.Dial("tcp", addr)
+		if err != nil {
+			t.Fatalf("dial %d: %v", i, err)
+		}
+		defer c.Close()
+	}
+	probe := http.Client{Transport: &http.Transport{DialContext: (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.3")}}).DialContext}}
+	resp, err := probe.Get("http://" + addr + "/healthz")
+	if err != nil {
+		t.Fatalf("/healthz during the flood: %v", err)
+	}
+	_ = resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("/healthz during the flood: %d", resp.StatusCode)
+	}
+	if open := gathered(t, s, "traverse_listener_connections_open"); open > DefaultMaxConnsPerAddr+1 {
+		t.Fatalf("%v connections open, per-address cap %d", open, DefaultMaxConnsPerAddr)
+	}
+	if n := gathered(t, s, "traverse_listener_connections_refused_total"); n < flood-DefaultMaxConnsPerAddr {
+		t.Fatalf("refused %v, want at least %d", n, flood-DefaultMaxConnsPerAddr)
+	}
+}
+
+// TestMadeUpMethod: requests with made-up methods leave no label of theirs
+// in any metric of the process.
+func TestMadeUpMethod(t *testing.T) {
+	s := New(logging.Discard())
+	addr := start(t, s)
+	for _, path := range []string{"/metrics", "/healthz", "/readyz", "/nothing"} {
+		req, err := http.NewRequest("BREW-COFFEE", "http://"+addr+path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = resp.Body.Close()
+	}
+	mfs, err := s.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if strings.Contains(strings.ToUpper(l.GetValue()), "BREW") {
+					t.Errorf("%s has label %s=%q", mf.GetName(), l.GetName(), l.GetValue())
+				}
+			}
+		}
 	}
 }

@@ -52,6 +52,9 @@ var (
 	ErrRejected = errors.New("signal: refused by the sfu node")
 	// ErrNode: the SFU node failed or did not answer in time.
 	ErrNode = errors.New("signal: sfu node error")
+	// ErrJoinTimeout: the WebSocket sent no join within Config.JoinTimeout
+	// of opening.
+	ErrJoinTimeout = errors.New("signal: no join in time")
 	// ErrConfig: the configuration is invalid.
 	ErrConfig = errors.New("signal: invalid config")
 )
@@ -66,7 +69,8 @@ func Class(err error) string {
 	case errors.Is(err, ErrForbidden):
 		return ClassForbidden
 	case errors.Is(err, ErrMessage), errors.Is(err, ErrTooLarge),
-		errors.Is(err, ErrState), errors.Is(err, ErrSDP), errors.Is(err, ErrRejected):
+		errors.Is(err, ErrState), errors.Is(err, ErrSDP), errors.Is(err, ErrRejected),
+		errors.Is(err, ErrJoinTimeout):
 		return ClassBadRequest
 	case errors.Is(err, ErrRateLimited):
 		return ClassRateLimited

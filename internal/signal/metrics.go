@@ -14,6 +14,8 @@ type metrics struct {
 	nodeErrors    prometheus.Counter
 	demoTokens    prometheus.Counter
 	placements    *prometheus.CounterVec // by node
+	joinTimeouts  prometheus.Counter
+	originRefused *prometheus.CounterVec // by endpoint (ws, token)
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -38,9 +40,17 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Tokens minted by the demo endpoint."}),
 		placements: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "traverse_signal_placements_total",
 			Help: "Sessions placed, by SFU node."}, []string{"node"}),
+		joinTimeouts: prometheus.NewCounter(prometheus.CounterOpts{Name: "traverse_signal_join_timeouts_total",
+			Help: "WebSockets closed because no join came within the join timeout."}),
+		originRefused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "traverse_signal_origin_refused_total",
+			Help: "Requests refused with 403 because their Origin (or, for /token, Host) is not allowed, by endpoint (ws, token)."},
+			[]string{"endpoint"}),
+	}
+	for _, e := range []string{"ws", "token"} {
+		m.originRefused.WithLabelValues(e) // exported as 0 before the first
 	}
 	for _, c := range []prometheus.Collector{m.connections, m.active, m.messages, m.badMessages, m.tokenRejected,
-		m.rateLimited, m.dropped, m.nodeErrors, m.demoTokens, m.placements} {
+		m.rateLimited, m.dropped, m.nodeErrors, m.demoTokens, m.placements, m.joinTimeouts, m.originRefused} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

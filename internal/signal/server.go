@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/netip"
 	"sync"
@@ -16,6 +17,8 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/traverse-rtc/traverse/internal/connlimit"
 )
 
 // Config configures a Server. Zero values take the documented defaults.
@@ -41,9 +44,36 @@ type Config struct {
 	// TrustedProxies are the peers whose X-Forwarded-For is believed. Default
 	// none: the TCP peer is the client.
 	TrustedProxies []netip.Prefix
-	// OriginPatterns are extra Origin host patterns allowed for WebSocket
-	// upgrades besides the request's own host (coder/websocket syntax).
-	OriginPatterns []string
+	// AllowedOrigins are the origins (scheme://host[:port], as browsers
+	// send them in Origin) whose pages may open the WebSocket and fetch demo
+	// tokens; "*" allows every origin (tokens are then the only gate).
+	// Default: the server's own address as the connection reached it, on
+	// loopback: http or https with host 127.0.0.1, localhost, [::1] or the
+	// local IP literal, at the local port. A Host that merely agrees with
+	// Origin is not enough: that is what a DNS-rebinding page sends. Requests
+	// without Origin (clients that are not browsers) pass; refusals answer
+	// 403 and count in traverse_signal_origin_refused_total.
+	AllowedOrigins []string
+	// ReadHeaderTimeout bounds reading a request's headers. Default 10s.
+	ReadHeaderTimeout time.Duration
+	// IdleTimeout closes a keep-alive connection idle this long. Default
+	// 30s (a browser reopens one in a round trip; each idle one holds a
+	// descriptor and ~10 KB).
+	IdleTimeout time.Duration
+	// JoinTimeout closes a WebSocket that has not sent a join this long
+	// after it opened (counted in traverse_signal_join_timeouts_total).
+	// Default 10s.
+	JoinTimeout time.Duration
+	// MaxConns caps the TCP connections (HTTP and WebSocket) open at once
+	// on listeners given to Serve. Default 10,000 (~20 KB each while
+	// idle, a session more); in serve, the role's descriptor budget when
+	// lower.
+	MaxConns int
+	// MaxConnsPerAddr caps the connections open at once from one client
+	// address (IPv6: one /64). TrustedProxies are exempt. Default 100: a
+	// browser holds one WebSocket and a few page connections, so this
+	// admits an office NAT of some 50 users; raise it for bigger ones.
+	MaxConnsPerAddr int
 	// MaxMessage bounds one inbound WebSocket message. Default 64 KiB; the
 	// connection is closed (status 1009) on a larger one.
 	MaxMessage int64
@@ -87,6 +117,29 @@ func (c *Config) validate() error {
 	if c.RequestTimeout <= 0 {
 		c.RequestTimeout = 10 * time.Second
 	}
+	if c.ReadHeaderTimeout <= 0 {
+		c.ReadHeaderTimeout = 10 * time.Second
+	}
+	if c.IdleTimeout <= 0 {
+		c.IdleTimeout = 30 * time.Second
+	}
+	if c.JoinTimeout <= 0 {
+		c.JoinTimeout = 10 * time.Second
+	}
+	if c.MaxConns <= 0 {
+		c.MaxConns = DefaultMaxConns
+	}
+	if c.MaxConnsPerAddr <= 0 {
+		c.MaxConnsPerAddr = DefaultMaxConnsPerAddr
+	}
+	for _, o := range c.AllowedOrigins {
+		if o == "*" {
+			continue
+		}
+		if _, err := normalizeOrigin(o); err != nil {
+			return fmt.Errorf("%w: allowed origin %q: %v", ErrConfig, o, err)
+		}
+	}
 	if c.Registerer == nil {
 		c.Registerer = prometheus.NewRegistry()
 	}
@@ -99,6 +152,12 @@ func (c *Config) validate() error {
 	return nil
 }
 
+// Default connection caps (Config.MaxConns, Config.MaxConnsPerAddr).
+const (
+	DefaultMaxConns        = 10000
+	DefaultMaxConnsPerAddr = 100
+)
+
 // Server is the signaling HTTP service: the WebSocket endpoint /ws, the
 // optional demo token endpoint /token and the static demo page.
 type Server struct {
@@ -107,6 +166,10 @@ type Server struct {
 	m      *metrics
 	placer *placer
 	mux    *http.ServeMux
+
+	http   *http.Server
+	lm     *connlimit.Metrics
+	origin originPolicy
 
 	ctx    context.Context // canceled by Close; parent of every session
 	cancel context.CancelFunc
@@ -134,9 +197,16 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	lm, err := connlimit.NewMetrics(cfg.Registerer, "signal")
+	if err != nil {
+		return nil, err
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{cfg: cfg, log: cfg.Log, m: m, placer: newPlacer(cfg.RegionRules, cfg.Region),
-		mux: http.NewServeMux(), ctx: ctx, cancel: cancel, rooms: map[string]*roomPlace{}}
+		mux: http.NewServeMux(), lm: lm, origin: newOriginPolicy(cfg.AllowedOrigins),
+		ctx: ctx, cancel: cancel, rooms: map[string]*roomPlace{}}
+	s.http = &http.Server{Handler: s.mux, ReadHeaderTimeout: cfg.ReadHeaderTimeout, IdleTimeout: cfg.IdleTimeout,
+		MaxHeaderBytes: maxHeaderBytes, ErrorLog: slog.NewLogLogger(cfg.Log.Handler(), slog.LevelWarn)}
 	s.mux.HandleFunc("GET /ws", s.serveWS)
 	if cfg.DemoTokens {
 		s.mux.HandleFunc("GET /token", s.serveToken)
@@ -150,13 +220,35 @@ func New(cfg Config) (*Server, error) {
 // ServeHTTP serves the signaling endpoints.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
 
-// Close ends every session (each leaves its room on its node) and waits for
-// them. It is idempotent.
+// maxHeaderBytes bounds a request's headers (net/http's default is 1 MB):
+// nothing this server serves needs more than a cookie or two.
+const maxHeaderBytes = 16 << 10
+
+// Serve accepts HTTP connections on ln until Close, within the connection
+// caps (MaxConns, MaxConnsPerAddr; counted in traverse_listener_*
+// {listener="signal"}) and the header and idle timeouts. It returns nil
+// after Close.
+func (s *Server) Serve(ln net.Listener) error {
+	l := connlimit.New(ln, connlimit.Limits{MaxConns: s.cfg.MaxConns, MaxConnsPerAddr: s.cfg.MaxConnsPerAddr,
+		Exempt: s.cfg.TrustedProxies}, s.lm)
+	err := s.http.Serve(l)
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// Close ends every session (each leaves its room on its node), closes the
+// listeners given to Serve and idle connections, and waits for the
+// sessions. It is idempotent.
 func (s *Server) Close() error {
 	s.mu.Lock()
 	s.closed = true
 	s.mu.Unlock()
 	s.cancel()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	_ = s.http.Shutdown(ctx)
+	cancel()
 	s.wg.Wait()
 	return nil
 }
@@ -170,6 +262,13 @@ func (s *Server) Ready() error {
 }
 
 func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
+	// A DNS-rebinding page fetches /token same-origin, without an Origin
+	// header: its Host (the attacker's name) is what gives it away.
+	if !s.origin.allowOrigin(r) || !s.origin.allowHost(r) {
+		s.m.originRefused.WithLabelValues("token").Inc()
+		http.Error(w, "origin not allowed", http.StatusForbidden)
+		return
+	}
 	room := r.URL.Query().Get("room")
 	identity := r.URL.Query().Get("identity")
 	if identity == "" {
@@ -205,7 +304,14 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	s.wg.Add(1)
 	s.mu.Unlock()
 	defer s.wg.Done()
-	conn, err := websocket.Accept(w, r, &websocket.AcceptOptions{OriginPatterns: s.cfg.OriginPatterns})
+	if !s.origin.allowOrigin(r) {
+		s.m.originRefused.WithLabelValues("ws").Inc()
+		http.Error(w, "origin not allowed", http.StatusForbidden)
+		return
+	}
+	// The origin is checked above: coder/websocket's own check passes
+	// whenever Host and Origin agree, which a DNS-rebinding page arranges.
+	conn, err := websocket.Accept(w, r, &websocket.AcceptOptions{InsecureSkipVerify: true})
 	if err != nil {
 		return // Accept wrote the HTTP error
 	}

@@ -100,6 +100,15 @@ func (c *testClient) recv() ServerMessage {
 
 func newTestServer(t *testing.T, mod func(*Config)) (*Server, *fakeBackend, *httptest.Server, *prometheus.Registry) {
 	t.Helper()
+	s, be, reg := newServer(t, mod)
+	hs := httptest.NewServer(s)
+	t.Cleanup(func() { hs.Close(); _ = s.Close() })
+	return s, be, hs, reg
+}
+
+// newServer returns a Server on a fake backend, not yet serving.
+func newServer(t *testing.T, mod func(*Config)) (*Server, *fakeBackend, *prometheus.Registry) {
+	t.Helper()
 	be := &fakeBackend{nodes: []Node{{ID: "n1", Region: "eu", Public: netip.MustParseAddr("203.0.113.7")}}}
 	reg := prometheus.NewRegistry()
 	cfg := Config{Key: testKey, Backend: be, Registerer: reg, DemoTokens: true,
@@ -113,9 +122,7 @@ func newTestServer(t *testing.T, mod func(*Config)) (*Server, *fakeBackend, *htt
 	if err != nil {
 		t.Fatal(err)
 	}
-	hs := httptest.NewServer(s)
-	t.Cleanup(func() { hs.Close(); _ = s.Close() })
-	return s, be, hs, reg
+	return s, be, reg
 }
 
 func token(t *testing.T, c Claims) string {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
@@ -37,6 +38,9 @@ type session struct {
 
 	bucket  bucket
 	strikes int
+	// joinSeen is set by the reader when a join arrives; the join timer
+	// reads it.
+	joinSeen atomic.Bool
 
 	// orderMu is held from sending a client offer to the node until its
 	// answer is queued, and by node offers and candidates while they are
@@ -66,7 +70,9 @@ func (ss *session) run() {
 	wg.Add(2)
 	go func() { defer wg.Done(); ss.writeLoop() }()
 	go func() { defer wg.Done(); ss.pingLoop() }()
+	joinTimer := time.AfterFunc(ss.s.cfg.JoinTimeout, ss.joinExpired)
 	err := ss.readLoop()
+	joinTimer.Stop()
 	ss.mu.Lock()
 	link, node, room, joined := ss.link, ss.node, ss.claims.Room, ss.joined
 	ss.link = nil
@@ -111,6 +117,9 @@ func (ss *session) readLoop() error {
 			continue
 		}
 		ss.s.m.messages.WithLabelValues(m.Type).Inc()
+		if m.Type == TypeJoin {
+			ss.joinSeen.Store(true)
+		}
 		if err := ss.handle(m); err != nil {
 			if errors.Is(err, errLeave) {
 				return nil
@@ -125,6 +134,20 @@ func (ss *session) readLoop() error {
 			return ss.fail(err)
 		}
 	}
+}
+
+// joinExpired ends a session that has sent no join by the join timeout:
+// an open WebSocket costs a descriptor and three goroutines, and one that
+// never joins is of no use to anyone.
+func (ss *session) joinExpired() {
+	if ss.joinSeen.Load() {
+		return
+	}
+	ss.s.m.joinTimeouts.Inc()
+	ss.s.log.Debug("signal: no join in time", "client", ss.client, "timeout", ss.s.cfg.JoinTimeout)
+	// The writer writes the fatal error, closes the socket and cancels the
+	// session, which ends the read loop.
+	ss.send(errorMessage(fmt.Errorf("%w (%v)", ErrJoinTimeout, ss.s.cfg.JoinTimeout), true), true)
 }
 
 // errLeave ends the read loop after a leave.

@@ -7,6 +7,9 @@ import (
 	"time"
 )
 
+// DefaultMaxTCPConns is Config.MaxTCPConns's default.
+const DefaultMaxTCPConns = 1024
+
 // Config configures a Server. The zero value of each field selects the
 // documented default.
 type Config struct {
@@ -128,7 +131,7 @@ func (c Config) validate() (resolved, error) {
 		r.Batch = 64
 	}
 	if r.MaxTCPConns <= 0 {
-		r.MaxTCPConns = 1024
+		r.MaxTCPConns = DefaultMaxTCPConns
 	}
 	if r.MaxTCPConnsPerAddr <= 0 {
 		r.MaxTCPConnsPerAddr = 32

@@ -10,6 +10,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
+// DefaultMaxStreamConns is Config.MaxStreamConns's default.
+const DefaultMaxStreamConns = 10000
+
 // Config configures a Server. The zero value of every field but Listen and
 // Realm is a documented default.
 type Config struct {
@@ -192,7 +195,7 @@ func (c *Config) validate() error {
 	defaultInt(&c.UnauthAnswerRate, 50)
 	defaultInt(&c.MaxStreamConnsPerSource, 100)
 	if c.MaxStreamConns <= 0 {
-		c.MaxStreamConns = 10000
+		c.MaxStreamConns = DefaultMaxStreamConns
 	}
 	if c.StreamAuthTimeout == 0 {
 		c.StreamAuthTimeout = 10 * time.Second

@@ -7,6 +7,11 @@ var (
 	// ErrBadSDP: an SDP body did not parse or cannot be proxied; the
 	// request gets 488 Not Acceptable Here (RFC 3261 section 21.4.26).
 	ErrBadSDP = errors.New("sipgw: bad SDP")
+	// ErrSourceStreams: the calls of the request's source already hold
+	// their share of the inside port pool (Config.SourceStreams); 503.
+	ErrSourceStreams = errors.New("sipgw: source holds its share of media streams")
+	// ErrEnded: the call ended while its request was handled.
+	ErrEnded = errors.New("sipgw: call ended")
 	// ErrConfig: the configuration is invalid (wrapped with the reason).
 	ErrConfig = errors.New("sipgw: invalid config")
 )

@@ -89,18 +89,24 @@ func FuzzSIP(f *testing.F) {
 		if len(req.Body()) == 0 || !isSDP(req) {
 			return
 		}
-		c := &call{id: req.CallID().Value(), callerOutside: true}
+		c := newCall(req.CallID().Value(), true, netip.MustParseAddrPort("192.0.2.1:5060"), "UDP", "127.0.0.2:5080", fromTag(req))
+		c.share = shareKey(netip.MustParseAddr("192.0.2.1"))
 		if c.id == "" || len(c.id) > 255 {
 			return
 		}
-		for _, fromInside := range []bool{false, true} {
-			if _, err := g.rewrite(c, req.Body(), fromInside); err != nil {
-				break
+		// An initial offer applied at once, then the same body staged as a
+		// re-offer and discarded, then staged and committed.
+		if _, _, err := g.rewrite(c, req.Body(), false, false); err == nil {
+			if _, of, err := g.rewrite(c, req.Body(), true, true); err == nil {
+				g.discard(c, of)
+			}
+			if _, of, err := g.rewrite(c, req.Body(), false, true); err == nil {
+				g.commit(c, of)
 			}
 		}
-		_ = g.mp.DeleteCall(c.id)
-		if g.mp.PortsInUse() != 0 {
-			t.Fatalf("ports leaked")
+		g.release(c)
+		if g.mp.PortsInUse() != 0 || g.SourceStreams(c.share.Addr()) != 0 {
+			t.Fatalf("ports leaked: %d in use, %d counted", g.mp.PortsInUse(), g.SourceStreams(c.share.Addr()))
 		}
 	})
 }

@@ -248,7 +248,11 @@ func (g *Gateway) rewrite(c *call, body []byte, fromInside, stage bool) ([]byte,
 	outside := c.outside
 	c.mu.Unlock()
 	if !g.reserve(c.share, len(fresh)) {
-		g.unhold(c, fresh)
+		c.mu.Lock()
+		for _, i := range fresh {
+			delete(c.streams, i)
+		}
+		c.mu.Unlock()
 		return nil, nil, ErrSourceStreams
 	}
 	flags := mediaproxy.FlagCalleeOutside

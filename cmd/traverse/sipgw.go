@@ -35,6 +35,11 @@ type sipgwConfig struct {
 	MediaTimeout time.Duration `yaml:"media-timeout"`
 	Control      string        `yaml:"control"`
 	RateLimit    float64       `yaml:"rate-limit"`
+	CallRate     float64       `yaml:"call-rate"`
+	SourceStrms  int           `yaml:"source-streams"`
+	SetupTimeout time.Duration `yaml:"setup-timeout"`
+	AckTimeout   time.Duration `yaml:"ack-timeout"`
+	AnswerRate   float64       `yaml:"answer-rate"`
 }
 
 func sipgwFlags(fs *flag.FlagSet, prefix string, c *sipgwConfig) {
@@ -56,6 +61,11 @@ func sipgwFlags(fs *flag.FlagSet, prefix string, c *sipgwConfig) {
 	fs.DurationVar(&c.MediaTimeout, prefix+"media-timeout", c.MediaTimeout, "end a call whose media stopped for this `duration` (0: 30s)")
 	fs.StringVar(&c.Control, prefix+"control", c.Control, "media proxy control protocol UDP `host:port` for an external signaling proxy (empty disables it; keep it internal)")
 	fs.Float64Var(&c.RateLimit, prefix+"rate-limit", c.RateLimit, "new INVITEs+REGISTERs per second allowed per outside source IP (0: 20)")
+	fs.Float64Var(&c.CallRate, prefix+"call-rate", c.CallRate, "new calls per second per outside source (IPv4 address or IPv6 /64; burst 4x; 0: 5); raise for trunks")
+	fs.IntVar(&c.SourceStrms, prefix+"source-streams", c.SourceStrms, "inside media streams the calls of one outside source may hold at once (0: 100); raise for trunks")
+	fs.DurationVar(&c.SetupTimeout, prefix+"setup-timeout", c.SetupTimeout, "cancel a call not answered within this `duration` of its INVITE (0: 60s)")
+	fs.DurationVar(&c.AckTimeout, prefix+"ack-timeout", c.AckTimeout, "hang up an answered call whose ACK does not come within this `duration` (0: 8s)")
+	fs.Float64Var(&c.AnswerRate, prefix+"answer-rate", c.AnswerRate, "refusals per second the gateway answers per outside source (burst 2x; 0: 10); beyond it, silence")
 }
 
 // startSipgw binds the media proxy and the gateway and returns their loop.
@@ -125,7 +135,9 @@ func startSipgw(ctx context.Context, c sipgwConfig, env *serveEnv) (runner, erro
 	}
 	gw, err = sipgw.New(sipgw.Config{
 		SIP: c.SIP, TCP: c.SIPTCP, TLS: c.SIPTLS, TLSCert: c.TLSCert, TLSKey: c.TLSKey, Upstream: c.Upstream, InsideNets: nets, OutsideIP: outIP,
-		Media: mp, RateLimit: c.RateLimit, Registerer: env.admin.Registry, Log: log,
+		Media: mp, RateLimit: c.RateLimit, CallRate: c.CallRate, SourceStreams: c.SourceStrms,
+		SetupTimeout: c.SetupTimeout, AckTimeout: c.AckTimeout, AnswerRate: c.AnswerRate,
+		Registerer: env.admin.Registry, Log: log,
 	})
 	if err != nil {
 		mp.Close()

@@ -67,10 +67,11 @@ type Config struct {
 	// above it the gateway answers 503 with Retry-After.
 	RateLimit float64
 	RateBurst int
-	// CallRate is how many new calls (INVITEs creating a dialog) per second
-	// one outside source may start (default 5, burst CallBurst default 20);
-	// above it: 503 with Retry-After. A source is an IPv4 address or an
-	// IPv6 /64. A trunk from a carrier's SBC needs more.
+	// CallRate is how many new calls (INVITEs creating a dialog) per
+	// second one outside source may start (default 5, burst CallBurst
+	// default 4 x CallRate); above it: 503 with Retry-After. A source is
+	// an IPv4 address or an IPv6 /64. A trunk from a carrier's SBC needs
+	// more.
 	CallRate  float64
 	CallBurst int
 	// SourceStreams is how many inside media streams (a port pair each)
@@ -86,8 +87,9 @@ type Config struct {
 	SetupTimeout, AckTimeout time.Duration
 	// AnswerRate is how many answers per second the gateway writes by
 	// itself (400, 481, 483, 488, 503...) to one outside source (default
-	// 10, burst AnswerBurst default 20); beyond it, requests are dropped
-	// unanswered, so the gateway is no amplifier toward spoofed sources.
+	// 10, burst AnswerBurst default 2 x AnswerRate); beyond it, requests
+	// are dropped unanswered, so the gateway is no amplifier toward
+	// spoofed sources.
 	AnswerRate  float64
 	AnswerBurst int
 	// TransactionTimeout bounds one forwarded transaction (default 32 s,
@@ -111,7 +113,7 @@ func (c *Config) validate() error {
 		c.CallRate = 5
 	}
 	if c.CallBurst <= 0 {
-		c.CallBurst = 20
+		c.CallBurst = max(1, int(4*c.CallRate))
 	}
 	if c.SourceStreams <= 0 {
 		c.SourceStreams = 100
@@ -126,7 +128,7 @@ func (c *Config) validate() error {
 		c.AnswerRate = 10
 	}
 	if c.AnswerBurst <= 0 {
-		c.AnswerBurst = 20
+		c.AnswerBurst = max(1, int(2*c.AnswerRate))
 	}
 	if c.TransactionTimeout <= 0 {
 		c.TransactionTimeout = 32 * time.Second

@@ -273,3 +273,21 @@ func TestGarbageFlood(t *testing.T) {
 		t.Fatal("reasons not told apart")
 	}
 }
+
+// TestLimiterSetBounded: requests from 20,000 sources (as a spoofed flood
+// makes) keep each per-source table at its bound, and IPv6 sources count
+// by /64.
+func TestLimiterSetBounded(t *testing.T) {
+	s := newLimiterSet(1, 1)
+	for i := 0; i < 20000; i++ {
+		s.allow(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}))
+	}
+	if len(s.m) > maxTrackedSources {
+		t.Fatalf("%d sources tracked, bound %d", len(s.m), maxTrackedSources)
+	}
+	a := netip.MustParseAddr("2001:db8:1:2::1")
+	b := netip.MustParseAddr("2001:db8:1:2:ffff::9")
+	if !s.allow(a) || s.allow(b) {
+		t.Fatal("two addresses of one IPv6 /64 have separate buckets")
+	}
+}

@@ -10,9 +10,11 @@ import (
 	"golang.org/x/time/rate"
 )
 
-// maxTrackedSources bounds each per-source table; past it, entries idle for
-// a minute are swept (a full sweep is O(n) but runs at most once per new
-// source while the table is full).
+// maxTrackedSources bounds each per-source table; when it is full, entries
+// idle for a minute are swept (at most once a second: a sweep is O(n)), and
+// if none is, an arbitrary one makes room. A flood from spoofed sources
+// thus costs bounded memory; what it costs in fairness is that an evicted
+// source starts again with a full bucket.
 const maxTrackedSources = 4096
 
 // shareKey is the unit every per-source limit counts by: an IPv4 address,
@@ -33,8 +35,9 @@ type limiterSet struct {
 	rate  rate.Limit
 	burst int
 
-	mu sync.Mutex // guards m
-	m  map[netip.Prefix]*limiter
+	mu    sync.Mutex // guards m, swept
+	m     map[netip.Prefix]*limiter
+	swept time.Time
 }
 
 type limiter struct {
@@ -54,12 +57,19 @@ func (s *limiterSet) allow(a netip.Addr) bool {
 	defer s.mu.Unlock()
 	l := s.m[k]
 	if l == nil {
-		if len(s.m) >= maxTrackedSources {
+		if len(s.m) >= maxTrackedSources && now.Sub(s.swept) >= time.Second {
+			s.swept = now
 			for p, x := range s.m {
 				if now.Sub(x.seen) > time.Minute {
 					delete(s.m, p)
 				}
 			}
+		}
+		for p := range s.m {
+			if len(s.m) < maxTrackedSources {
+				break
+			}
+			delete(s.m, p)
 		}
 		l = &limiter{l: rate.NewLimiter(s.rate, s.burst)}
 		s.m[k] = l

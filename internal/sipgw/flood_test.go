@@ -68,7 +68,7 @@ func timedCall(t *testing.T, tg *testGW, uac *goUAC) time.Duration {
 // upstream).
 func TestInviteFloodPoolShare(t *testing.T) {
 	uas := startUAS(t, insideIP)
-	uas.holdFrom = "evil"
+	uas.holdFrom.Store("evil")
 	const share, flood = 20, 400
 	tg := startGateway(t, uas.addr.String(), func(c *Config, m *mediaproxy.Config) {
 		m.InsidePorts = freeRange(t, 200)
@@ -235,7 +235,7 @@ func TestGarbageFlood(t *testing.T) {
 	var bytesSent int
 	unparseable := func() uint64 {
 		var n uint64
-		for i := range tg.gw.Counters().Unparseable {
+		for i := range numUnparse {
 			n += tg.gw.Counters().Unparseable[i].Load()
 		}
 		return n

@@ -171,7 +171,7 @@ func FuzzLogHandler(f *testing.F) {
 		}
 		log.Error(parseFailureMsg, "data", string(b), "error", err, "raw", b, "group", slog.GroupValue(slog.String("s", string(b))))
 		var n uint64
-		for i := range c.Unparseable {
+		for i := range numUnparse {
 			n += c.Unparseable[i].Load()
 		}
 		if n != 1 {

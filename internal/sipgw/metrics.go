@@ -38,7 +38,7 @@ func (g *Gateway) register(reg prometheus.Registerer) error {
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "traverse", Subsystem: "sipgw", Name: "registrations", Help: "Outside clients registered through the gateway."},
 			func() float64 { return float64(g.Registrations()) }),
 	}
-	for i := range c.Unparseable {
+	for i := range numUnparse {
 		cs = append(cs, counter("unparseable_total", "Incoming SIP messages that did not parse, by reason (dropped unanswered).",
 			prometheus.Labels{"reason": unparseNames[i]}, &c.Unparseable[i]))
 	}

@@ -24,7 +24,7 @@ type goUAS struct {
 	echo     *net.UDPConn
 	ua       *sipgo.UserAgent
 	hold     atomic.Bool       // answer INVITEs with 180 only (for CANCEL)
-	holdFrom string            // answer INVITEs from this From user with 180 only
+	holdFrom atomic.Value      // string: answer INVITEs from this From user with 180 only
 	reject   atomic.Bool       // answer re-INVITEs and UPDATEs 488
 	evil     atomic.Int64      // RTP packets whose payload says "evil"
 	rejected atomic.Int64      // in-dialog requests answered 481 or 488
@@ -95,7 +95,7 @@ func startUAS(t *testing.T, ip netip.Addr) *goUAS {
 	}
 	srv.OnInvite(func(req *sip.Request, tx sip.ServerTransaction) {
 		u.invites.Add(1)
-		if u.hold.Load() || (u.holdFrom != "" && req.From().Address.User == u.holdFrom) {
+		if u.hold.Load() || (u.holdFrom.Load() != nil && req.From().Address.User == u.holdFrom.Load().(string)) {
 			tx.OnCancel(func(*sip.Request) { u.cancels.Add(1) })
 			res := sip.NewResponseFromRequest(req, 180, "Ringing", nil)
 			_ = tx.Respond(res)

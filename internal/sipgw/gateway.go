@@ -190,13 +190,15 @@ type Gateway struct {
 	newCalls *limiterSet // new calls per source (CallRate)
 	answers  *limiterSet // the gateway's own answers per source (AnswerRate)
 
-	mu       sync.Mutex // guards calls, bindings, shares, closed
+	mu       sync.Mutex // guards calls, bindings, shares, closed, and ops.Add
 	calls    map[string]*call
 	bindings map[string]*binding
 	shares   map[netip.Prefix]int // inside streams held per outside source
 	closed   bool
 
-	wg   sync.WaitGroup
+	wg   sync.WaitGroup // the Serve loops
+	ops  sync.WaitGroup // the gateway's own requests (CANCEL, BYE), see spawn
+	stop chan struct{}  // closed by Close: ends the own requests' contexts
 	once sync.Once
 }
 
@@ -218,6 +220,7 @@ func New(cfg Config) (*Gateway, error) {
 	g := &Gateway{
 		cfg: cfg, mp: cfg.Media, pc: pc, addr: addr, upstream: up,
 		calls: map[string]*call{}, bindings: map[string]*binding{}, shares: map[netip.Prefix]int{},
+		stop:     make(chan struct{}),
 		requests: newLimiterSet(cfg.RateLimit, cfg.RateBurst),
 		newCalls: newLimiterSet(cfg.CallRate, cfg.CallBurst),
 		answers:  newLimiterSet(cfg.AnswerRate, cfg.AnswerBurst),
@@ -368,6 +371,10 @@ func (g *Gateway) Close() error {
 			c.stopTimer()
 		}
 		g.mu.Unlock()
+		// The own requests first: run after the sockets close, sipgo would
+		// open new ones that nothing closes.
+		close(g.stop)
+		g.ops.Wait()
 		g.closeSockets()
 		if g.ua != nil {
 			g.ua.Close()
@@ -429,26 +436,44 @@ func (g *Gateway) hangUp(c *call, why string) {
 	// To the caller: as if from the callee.
 	from, to := ans.To().AsFrom(), inv.From().AsTo()
 	toCaller := g.bye(inv.Contact().Address, &from, &to, inv.CallID(), 1<<30, why)
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if g.closed {
-		return
-	}
-	g.wg.Add(1)
-	go func() {
-		defer g.wg.Done()
+	g.spawn(func(ctx context.Context) {
 		for _, x := range []struct {
 			req  *sip.Request
 			dest string
 		}{{toCallee, callee}, {toCaller, caller}} {
 			x.req.SetDestination(x.dest)
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			_, err := g.client.Do(ctx, x.req, g.fromListener, sipgo.ClientRequestAddVia)
-			cancel()
-			if err != nil {
-				g.log.Debug("BYE on "+why, "call", c.id, "err", err)
+			if _, err := g.client.Do(ctx, x.req, g.fromListener, sipgo.ClientRequestAddVia); err != nil {
+				g.log.Debug("BYE on "+why, "call", trunc(c.id), "err", err)
 			}
 		}
+	})
+}
+
+// spawn runs one of the gateway's own requests (CANCEL, BYE) in a
+// goroutine Close waits for, with a context that ends after 10 s or when
+// the gateway closes. After Close it does nothing.
+func (g *Gateway) spawn(f func(ctx context.Context)) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.closed {
+		return
+	}
+	g.ops.Add(2)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	done := make(chan struct{})
+	go func() {
+		defer g.ops.Done()
+		select {
+		case <-g.stop:
+			cancel()
+		case <-done:
+		}
+	}()
+	go func() {
+		defer g.ops.Done()
+		defer close(done)
+		defer cancel()
+		f(ctx)
 	}()
 }
 
@@ -725,7 +750,7 @@ func (g *Gateway) forward(orig, req *sip.Request, tx sip.ServerTransaction, dest
 	if req.IsInvite() {
 		fwd := req
 		tx.OnCancel(func(*sip.Request) {
-			go g.sendCancel(fwd)
+			g.spawn(func(ctx context.Context) { g.sendCancel(ctx, fwd) })
 		})
 		if newCall {
 			expired = c.expired
@@ -793,7 +818,7 @@ func (g *Gateway) forward(orig, req *sip.Request, tx sip.ServerTransaction, dest
 			expired = nil
 			g.c.SetupTimeouts.Add(1)
 			g.endCall(c)
-			go g.sendCancel(req)
+			g.spawn(func(ctx context.Context) { g.sendCancel(ctx, req) })
 		case <-clTx.Done():
 			if newCall {
 				g.endCall(c)
@@ -830,7 +855,7 @@ func (g *Gateway) reply(tx sip.ServerTransaction, req *sip.Request, code int, re
 }
 
 // sendCancel cancels a forwarded INVITE (RFC 3261 section 16.10).
-func (g *Gateway) sendCancel(inv *sip.Request) {
+func (g *Gateway) sendCancel(ctx context.Context, inv *sip.Request) {
 	cr := sip.NewRequest(sip.CANCEL, inv.Recipient)
 	cr.AppendHeader(sip.HeaderClone(inv.Via()))
 	cr.AppendHeader(sip.HeaderClone(inv.From()))
@@ -842,8 +867,6 @@ func (g *Gateway) sendCancel(inv *sip.Request) {
 	cr.AppendHeader(&mf)
 	cr.SetDestination(inv.Destination())
 	cr.SetTransport(inv.Transport())
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
 	res, err := g.client.Do(ctx, cr, g.fromListener)
 	if err != nil {
 		g.log.Debug("cancel", "err", err)

@@ -163,6 +163,31 @@ func TestRefusalsSentOnce(t *testing.T) {
 		}
 		t.Logf("%s: one answer, %d bytes for a %d-byte request", tc.name, size, len(msg))
 	}
+	// The inside server's refusal (a 407 challenge) of an INVITE the
+	// attacker never ACKs: relayed once as well.
+	uas.refuse.Store(407)
+	{
+		p := newRawParty(t, attackerIP, gw)
+		p.send(strings.ReplaceAll(invite("challenged", string(offerSDP(netip.AddrPortFrom(attackerIP, 40000), netip.AddrPort{}, 0, 0))), "LOCAL", p.addr()))
+		var codes []int
+		_ = p.conn.SetReadDeadline(time.Now().Add(2500 * time.Millisecond))
+		buf := make([]byte, 65536)
+		for {
+			n, _, err := p.conn.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				break
+			}
+			if c := statusOf(buf[:n]); c >= 200 {
+				codes = append(codes, c)
+			}
+		}
+		if len(codes) != 1 || codes[0] != 407 {
+			t.Fatalf("relayed refusal: finals %v, want one 407", codes)
+		}
+		waitFor(t, 2*time.Second, "refused call released", func() bool { return tg.gw.Calls() == 0 && tg.mp.Streams() == 0 })
+	}
+	uas.refuse.Store(0)
+	invitesBefore := uas.invites.Load()
 	// A burst: at most the answer burst (20) comes back.
 	p := newRawParty(t, attackerIP, gw)
 	const burst = 200
@@ -189,7 +214,7 @@ func TestRefusalsSentOnce(t *testing.T) {
 	if got := rawSIP(t, gw, invite("other", bad)); got != 488 {
 		t.Fatalf("another source got %d, want 488", got)
 	}
-	if uas.invites.Load() != 0 {
+	if uas.invites.Load() != invitesBefore {
 		t.Fatal("refused INVITEs reached the inside server")
 	}
 }

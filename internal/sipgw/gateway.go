@@ -800,6 +800,16 @@ func (g *Gateway) forward(orig, req *sip.Request, tx sip.ServerTransaction, dest
 				// same Call-ID at once (after a 401/407).
 				g.endCall(c)
 			}
+			if newCall && final && !success && !fromInside {
+				// The inside server's refusal of an outside INVITE (a
+				// 401/407 challenge, 486...) goes out once too: relayed
+				// through the transaction, a spoofed source would get it 11
+				// times. The caller's ACK finds no transaction and is
+				// dropped (the client transaction ACKed upstream); a lost
+				// copy is recovered when the caller retransmits.
+				g.respond(tx, orig, res)
+				return
+			}
 			if err := tx.Respond(res); err != nil {
 				g.log.Debug("relay response", "err", err)
 			}

@@ -138,14 +138,20 @@ func (g *Gateway) reject(tx sip.ServerTransaction, req *sip.Request, code int, r
 		res.AppendHeader(h)
 	}
 	g.c.Rejected.Add(1)
-	if cx, ok := tx.(interface{ Connection() sip.Connection }); ok && req.IsInvite() && code >= 300 {
+	g.respond(tx, req, res)
+}
+
+// respond sends res on tx; an error final to an INVITE goes out once,
+// without Timer G (see reject), and ends the transaction.
+func (g *Gateway) respond(tx sip.ServerTransaction, req *sip.Request, res *sip.Response) {
+	if cx, ok := tx.(interface{ Connection() sip.Connection }); ok && req.IsInvite() && res.StatusCode >= 300 {
 		if err := cx.Connection().WriteMsg(res); err != nil {
-			g.log.Debug("respond", "code", code, "err", err)
+			g.log.Debug("respond", "code", res.StatusCode, "err", err)
 		}
 		tx.Terminate()
 		return
 	}
 	if err := tx.Respond(res); err != nil {
-		g.log.Debug("respond", "code", code, "err", err)
+		g.log.Debug("respond", "code", res.StatusCode, "err", err)
 	}
 }

@@ -26,6 +26,7 @@ type goUAS struct {
 	hold     atomic.Bool       // answer INVITEs with 180 only (for CANCEL)
 	holdFrom atomic.Value      // string: answer INVITEs from this From user with 180 only
 	reject   atomic.Bool       // answer re-INVITEs and UPDATEs 488
+	refuse   atomic.Int64      // when not 0, answer initial INVITEs with this code
 	evil     atomic.Int64      // RTP packets whose payload says "evil"
 	rejected atomic.Int64      // in-dialog requests answered 481 or 488
 	dialogs  map[string]string // Call-ID -> this server's To-tag (guarded by mu)
@@ -95,6 +96,10 @@ func startUAS(t *testing.T, ip netip.Addr) *goUAS {
 	}
 	srv.OnInvite(func(req *sip.Request, tx sip.ServerTransaction) {
 		u.invites.Add(1)
+		if code := u.refuse.Load(); code != 0 && toTagOf(req) == "" {
+			_ = tx.Respond(sip.NewResponseFromRequest(req, int(code), "Refused", nil))
+			return
+		}
 		if u.hold.Load() || (u.holdFrom.Load() != nil && req.From().Address.User == u.holdFrom.Load().(string)) {
 			tx.OnCancel(func(*sip.Request) { u.cancels.Add(1) })
 			res := sip.NewResponseFromRequest(req, 180, "Ringing", nil)

@@ -235,3 +235,29 @@ func TestReofferAppliedOnlyOn2xx(t *testing.T) {
 		t.Fatalf("inside server refused %d offers, want 2", uas.rejected.Load())
 	}
 }
+
+// TestByeEndsOnlyOn2xx: a BYE the other side does not accept (500) leaves
+// the call and its media in place; the BYE it accepts ends it.
+func TestByeEndsOnlyOn2xx(t *testing.T) {
+	uas := startUAS(t, insideIP)
+	tg := startGateway(t, uas.addr.String(), nil)
+	uac := startUAC(t, clientIP)
+	s, m := victimCall(t, tg, uac)
+	uas.byeFails.Store(true)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	bye := sip.NewRequest(sip.BYE, s.InviteResponse.Contact().Address)
+	res, err := s.Do(ctx, bye)
+	if err != nil || res.StatusCode != 500 {
+		t.Fatalf("BYE: %v %v", res, err)
+	}
+	if tg.gw.Calls() != 1 {
+		t.Fatal("a refused BYE ended the call")
+	}
+	echoOnce(t, m, tg.mp.RTPAddr(), rtp(4242, 2, "still here"))
+	uas.byeFails.Store(false)
+	if err := s.Bye(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "released", func() bool { return tg.gw.Calls() == 0 && tg.mp.Streams() == 0 })
+}

@@ -27,6 +27,7 @@ type goUAS struct {
 	holdFrom atomic.Value      // string: answer INVITEs from this From user with 180 only
 	reject   atomic.Bool       // answer re-INVITEs and UPDATEs 488
 	refuse   atomic.Int64      // when not 0, answer initial INVITEs with this code
+	byeFails atomic.Bool       // answer BYE 500
 	evil     atomic.Int64      // RTP packets whose payload says "evil"
 	rejected atomic.Int64      // in-dialog requests answered 481 or 488
 	dialogs  map[string]string // Call-ID -> this server's To-tag (guarded by mu)
@@ -116,6 +117,10 @@ func startUAS(t *testing.T, ip netip.Addr) *goUAS {
 			return
 		}
 		u.byes.Add(1)
+		if u.byeFails.Load() {
+			_ = tx.Respond(sip.NewResponseFromRequest(req, 500, "Server Internal Error", nil))
+			return
+		}
 		_ = tx.Respond(sip.NewResponseFromRequest(req, 200, "OK", nil))
 	})
 	var wg sync.WaitGroup

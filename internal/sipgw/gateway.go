@@ -402,53 +402,6 @@ func (g *Gateway) TLSAddr() netip.AddrPort {
 	return g.tlsLn.Addr().(*net.TCPAddr).AddrPort()
 }
 
-// MediaTimeout forgets a call whose media stopped; wire it to the media
-// proxy's OnTimeout.
-// It sends BYE to both parties of an established call.
-func (g *Gateway) MediaTimeout(callID string) {
-	g.mu.Lock()
-	c := g.calls[callID]
-	g.mu.Unlock()
-	if c != nil {
-		g.hangUp(c, "media timeout")
-	}
-}
-
-// hangUp ends a call on the gateway's own account (media or ACK timeout):
-// it releases the call and sends BYE to both parties of an answered one.
-func (g *Gateway) hangUp(c *call, why string) {
-	if !g.endCall(c) {
-		return
-	}
-	c.mu.Lock()
-	inv, ans := c.invite, c.answer
-	outside := c.outside.String()
-	c.mu.Unlock()
-	if inv == nil || ans == nil || ans.Contact() == nil || inv.Contact() == nil {
-		return
-	}
-	caller, callee := outside, c.inside
-	if !c.callerOutside {
-		caller, callee = c.inside, outside
-	}
-	// To the callee: as if from the caller, CSeq above anything it sent.
-	toCallee := g.bye(ans.Contact().Address, inv.From(), ans.To(), inv.CallID(), inv.CSeq().SeqNo+10000, why)
-	// To the caller: as if from the callee.
-	from, to := ans.To().AsFrom(), inv.From().AsTo()
-	toCaller := g.bye(inv.Contact().Address, &from, &to, inv.CallID(), 1<<30, why)
-	g.spawn(func(ctx context.Context) {
-		for _, x := range []struct {
-			req  *sip.Request
-			dest string
-		}{{toCallee, callee}, {toCaller, caller}} {
-			x.req.SetDestination(x.dest)
-			if _, err := g.client.Do(ctx, x.req, g.fromListener, sipgo.ClientRequestAddVia); err != nil {
-				g.log.Debug("BYE on "+why, "call", trunc(c.id), "err", err)
-			}
-		}
-	})
-}
-
 // spawn runs one of the gateway's own requests (CANCEL, BYE) in a
 // goroutine Close waits for, with a context that ends after 10 s or when
 // the gateway closes. After Close it does nothing.
@@ -475,19 +428,6 @@ func (g *Gateway) spawn(f func(ctx context.Context)) {
 		defer cancel()
 		f(ctx)
 	}()
-}
-
-func (g *Gateway) bye(target sip.Uri, from *sip.FromHeader, to *sip.ToHeader, id *sip.CallIDHeader, seq uint32, why string) *sip.Request {
-	r := sip.NewRequest(sip.BYE, *target.Clone())
-	r.AppendHeader(sip.HeaderClone(from))
-	r.AppendHeader(sip.HeaderClone(to))
-	r.AppendHeader(sip.HeaderClone(id))
-	r.AppendHeader(&sip.CSeqHeader{SeqNo: seq, MethodName: sip.BYE})
-	mf := sip.MaxForwardsHeader(70)
-	r.AppendHeader(&mf)
-	r.AppendHeader(sip.NewHeader("Reason", `SIP;cause=408;text="`+why+`"`))
-	r.SetTransport("UDP")
-	return r
 }
 
 func (g *Gateway) isInside(src netip.AddrPort) bool {

@@ -37,10 +37,17 @@ type sipgwConfig struct {
 	Control      string        `yaml:"control"`
 	RateLimit    float64       `yaml:"rate-limit"`
 	// The destination policy for outside media (mediaproxy.Config.Policy).
-	AllowLoopbackMedia bool     `yaml:"allow-loopback-media"`
-	AllowMedia         []string `yaml:"allow-media"`
-	DenyMedia          []string `yaml:"deny-media"`
-	MediaBeforeLatch   bool     `yaml:"media-before-latch"`
+	AllowLoopbackMedia bool          `yaml:"allow-loopback-media"`
+	AllowMedia         []string      `yaml:"allow-media"`
+	DenyMedia          []string      `yaml:"deny-media"`
+	MediaBeforeLatch   bool          `yaml:"media-before-latch"`
+	CallRate           float64       `yaml:"call-rate"`
+	SourceStrms        int           `yaml:"source-streams"`
+	SetupTimeout       time.Duration `yaml:"setup-timeout"`
+	AckTimeout         time.Duration `yaml:"ack-timeout"`
+	AnswerRate         float64       `yaml:"answer-rate"`
+	MaxConns           int           `yaml:"max-conns"`
+	MaxConnsPerAddr    int           `yaml:"max-conns-per-addr"`
 }
 
 func sipgwFlags(fs *flag.FlagSet, prefix string, c *sipgwConfig) {
@@ -70,6 +77,13 @@ func sipgwFlags(fs *flag.FlagSet, prefix string, c *sipgwConfig) {
 	fs.Var(config.Strings{P: &c.AllowMedia}, prefix+"allow-media", "outside media `CIDR` to allow although refused by default, e.g. the private network of outside phones (repeatable)")
 	fs.Var(config.Strings{P: &c.DenyMedia}, prefix+"deny-media", "outside media `CIDR` to refuse always (repeatable)")
 	fs.BoolVar(&c.MediaBeforeLatch, prefix+"media-before-latch", c.MediaBeforeLatch, "send media to an outside party's SDP address before its own media arrived (default off: nothing is sent until it sends; only for peers that never send first)")
+	fs.Float64Var(&c.CallRate, prefix+"call-rate", c.CallRate, "new calls per second per outside source (IPv4 address or IPv6 /64; burst 4x; 0: 5); raise for trunks")
+	fs.IntVar(&c.SourceStrms, prefix+"source-streams", c.SourceStrms, "inside media streams the calls of one outside source may hold at once (0: 100); raise for trunks")
+	fs.DurationVar(&c.SetupTimeout, prefix+"setup-timeout", c.SetupTimeout, "cancel a call not answered within this `duration` of its INVITE (0: 60s)")
+	fs.DurationVar(&c.AckTimeout, prefix+"ack-timeout", c.AckTimeout, "hang up an answered call whose ACK does not come within this `duration` (0: 8s)")
+	fs.IntVar(&c.MaxConns, prefix+"max-conns", c.MaxConns, "connections each of the SIP TCP and TLS listeners holds at once (0: 1024); beyond, new ones are closed")
+	fs.IntVar(&c.MaxConnsPerAddr, prefix+"max-conns-per-addr", c.MaxConnsPerAddr, "SIP TCP (and TLS) connections from one source, IPv4 address or IPv6 /64 (0: 32)")
+	fs.Float64Var(&c.AnswerRate, prefix+"answer-rate", c.AnswerRate, "refusals per second the gateway answers per outside source (burst 2x; 0: 10); beyond it, silence")
 }
 
 // startSipgw binds the media proxy and the gateway and returns their loop.
@@ -157,7 +171,9 @@ func startSipgw(ctx context.Context, c sipgwConfig, env *serveEnv) (runner, erro
 	}
 	gw, err = sipgw.New(sipgw.Config{
 		SIP: c.SIP, TCP: c.SIPTCP, TLS: c.SIPTLS, TLSCert: c.TLSCert, TLSKey: c.TLSKey, Upstream: c.Upstream, InsideNets: nets, OutsideIP: outIP,
-		Media: mp, RateLimit: c.RateLimit, Registerer: env.admin.Registry, Log: log,
+		Media: mp, RateLimit: c.RateLimit, MaxConns: c.MaxConns, MaxConnsPerAddr: c.MaxConnsPerAddr, CallRate: c.CallRate, SourceStreams: c.SourceStrms,
+		SetupTimeout: c.SetupTimeout, AckTimeout: c.AckTimeout, AnswerRate: c.AnswerRate,
+		Registerer: env.admin.Registry, Log: log,
 	})
 	if err != nil {
 		mp.Close()
@@ -230,7 +246,9 @@ func init() {
 			return cfg
 		},
 		start: func(ctx context.Context, env *serveEnv) (runner, error) {
-			return startSipgw(ctx, *env.cfg["sipgw"].(*sipgwConfig), env)
+			cfg := *env.cfg["sipgw"].(*sipgwConfig)
+			cfg.MaxConns = env.budgeted("sipgw", cfg.MaxConns, sipgw.DefaultMaxConns)
+			return startSipgw(ctx, cfg, env)
 		},
 	})
 }

@@ -14,6 +14,11 @@ var (
 	// the address its signaling came from) is refused by the media
 	// proxy's destination policy; 488 Not Acceptable Here.
 	ErrMediaRefused = fmt.Errorf("%w: every media address refused", ErrBadSDP)
+	// ErrSourceStreams: the calls of the request's source already hold
+	// their share of the inside port pool (Config.SourceStreams); 503.
+	ErrSourceStreams = errors.New("sipgw: source holds its share of media streams")
+	// ErrEnded: the call ended while its request was handled.
+	ErrEnded = errors.New("sipgw: call ended")
 	// ErrConfig: the configuration is invalid (wrapped with the reason).
 	ErrConfig = errors.New("sipgw: invalid config")
 )

@@ -1,6 +1,9 @@
 package sipgw
 
 import (
+	"bytes"
+	"errors"
+	"log/slog"
 	"net/netip"
 	"strings"
 	"testing"
@@ -83,24 +86,38 @@ func FuzzSIP(f *testing.F) {
 		if !ok || !valid(req) {
 			return
 		}
-		_ = toTag(req)
+		// Dialog matching on whatever tags and Call-ID the message carries.
+		d := newCall(req.CallID().Value(), true, netip.MustParseAddrPort("192.0.2.1:5060"), "UDP", "127.0.0.2:5080", fromTag(req))
+		d.early(toTag(req))
+		if !d.matches(fromTag(req), toTag(req), netip.MustParseAddrPort("192.0.2.1:5060"), "udp", false) && toTag(req) != "" {
+			t.Fatalf("the dialog's own tags from its own party do not match: %q %q", fromTag(req), toTag(req))
+		}
+		if d.matches(fromTag(req), toTag(req), netip.MustParseAddrPort("192.0.2.2:5060"), "UDP", false) {
+			t.Fatal("matched from another address")
+		}
 		g.removeOwnRoutes(req)
 		_ = expiresOf(req, sip.NewResponseFromRequest(req, 200, "OK", nil))
 		if len(req.Body()) == 0 || !isSDP(req) {
 			return
 		}
-		c := &call{id: req.CallID().Value(), callerOutside: true}
+		c := newCall(req.CallID().Value(), true, netip.MustParseAddrPort("192.0.2.1:5060"), "UDP", "127.0.0.2:5080", fromTag(req))
+		c.share = shareKey(netip.MustParseAddr("192.0.2.1"))
 		if c.id == "" || len(c.id) > 255 {
 			return
 		}
-		for _, fromInside := range []bool{false, true} {
-			if _, err := g.rewrite(c, req.Body(), fromInside); err != nil {
-				break
+		// An initial offer applied at once, then the same body staged as a
+		// re-offer and discarded, then staged and committed.
+		if _, _, err := g.rewrite(c, req.Body(), false, false); err == nil {
+			if _, of, err := g.rewrite(c, req.Body(), true, true); err == nil {
+				g.discard(c, of)
+			}
+			if _, of, err := g.rewrite(c, req.Body(), false, true); err == nil {
+				g.commit(c, of)
 			}
 		}
-		_ = g.mp.DeleteCall(c.id)
-		if g.mp.PortsInUse() != 0 {
-			t.Fatalf("ports leaked")
+		g.release(c)
+		if g.mp.PortsInUse() != 0 || g.SourceStreams(c.share.Addr()) != 0 {
+			t.Fatalf("ports leaked: %d in use, %d counted", g.mp.PortsInUse(), g.SourceStreams(c.share.Addr()))
 		}
 	})
 }
@@ -135,4 +152,36 @@ func TestParseSDPTable(t *testing.T) {
 			t.Errorf("%s: got %v %v %d", tt.name, s.rtp, s.rtcp, s.ssrc)
 		}
 	}
+}
+
+// FuzzLogHandler logs what an outside party sends (as sipgo logs an
+// unparseable datagram) through the gateway's log handler: whatever the
+// bytes, the line stays bounded and the parse failure is counted.
+func FuzzLogHandler(f *testing.F) {
+	f.Add([]byte("INVITE sip:x SIP/2.0\r\nVia: SIP/2.0/UDP 1.2.3.4"))
+	f.Add(bytes.Repeat([]byte("\xff\x00\n"), 4000))
+	f.Add([]byte("\"\\\r\n\u2028"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var buf bytes.Buffer
+		var c Counters
+		log := slog.New(newLogHandler(slog.NewTextHandler(&buf, nil), &c))
+		_, err := sip.NewParser().ParseSIP(b)
+		if err == nil {
+			err = errors.New(string(b))
+		}
+		log.Error(parseFailureMsg, "data", string(b), "error", err, "raw", b, "group", slog.GroupValue(slog.String("s", string(b))))
+		var n uint64
+		for i := range numUnparse {
+			n += c.Unparseable[i].Load()
+		}
+		if n != 1 {
+			t.Fatalf("counted %d", n)
+		}
+		// Four attributes of at most 200 bytes, each byte at most 4 once
+		// quoted and 5 once the text handler escapes the backslash, plus the
+		// handler's own fields.
+		if buf.Len() > 4*(5*maxLogBytes+60)+200 || bytes.Count(buf.Bytes(), []byte("\n")) != 1 {
+			t.Fatalf("%d bytes, %d lines", buf.Len(), bytes.Count(buf.Bytes(), []byte("\n")))
+		}
+	})
 }

@@ -35,11 +35,14 @@ import (
 	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
 	"github.com/prometheus/client_golang/prometheus"
-	"golang.org/x/time/rate"
 
+	"github.com/traverse-rtc/traverse/internal/connlimit"
 	"github.com/traverse-rtc/traverse/internal/mediaproxy"
 	"github.com/traverse-rtc/traverse/internal/tlsutil"
 )
+
+// DefaultMaxConns is Config.MaxConns's default.
+const DefaultMaxConns = 1024
 
 // Config configures a Gateway.
 type Config struct {
@@ -68,22 +71,80 @@ type Config struct {
 	// above it the gateway answers 503 with Retry-After.
 	RateLimit float64
 	RateBurst int
+	// CallRate is how many new calls (INVITEs creating a dialog) per
+	// second one outside source may start (default 5, burst CallBurst
+	// default 4 x CallRate); above it: 503 with Retry-After. A source is
+	// an IPv4 address or an IPv6 /64. A trunk from a carrier's SBC needs
+	// more.
+	CallRate  float64
+	CallBurst int
+	// SourceStreams is how many inside media streams (a port pair each)
+	// the calls of one outside source may hold at once (default 100; a
+	// call holds one per m-line). Above it: 503. It keeps one address from
+	// draining the pool for everyone; raise it for trunks.
+	SourceStreams int
+	// SetupTimeout ends a call not answered (2xx) this long after its
+	// INVITE: the gateway CANCELs it upstream and gives its ports back
+	// (default 60s, longer than most ringing). AckTimeout ends one whose
+	// 2xx is not ACKed this long (default 8s: a lost ACK is recovered by
+	// 2xx retransmissions at 0.5, 1, 2, 4 s).
+	SetupTimeout, AckTimeout time.Duration
+	// AnswerRate is how many answers per second the gateway writes by
+	// itself (400, 481, 483, 488, 503...) to one outside source (default
+	// 10, burst AnswerBurst default 2 x AnswerRate); beyond it, requests
+	// are dropped unanswered, so the gateway is no amplifier toward
+	// spoofed sources.
+	AnswerRate  float64
+	AnswerBurst int
 	// TransactionTimeout bounds one forwarded transaction (default 32 s,
 	// Timer B of RFC 3261).
 	TransactionTimeout time.Duration
-	Registerer         prometheus.Registerer
-	Log                *slog.Logger
+	// MaxConns caps the connections each of the TCP and TLS listeners
+	// holds open at once (default 1024); MaxConnsPerAddr caps those from
+	// one source, an IPv4 address or an IPv6 /64 (default 32). Beyond,
+	// new connections are closed at accept and counted
+	// (traverse_listener_connections_refused_total{listener="sipgw_tcp"}).
+	MaxConns, MaxConnsPerAddr int
+	Registerer                prometheus.Registerer
+	Log                       *slog.Logger
 }
 
 func (c *Config) validate() error {
 	if c.SIP == "" || c.Upstream == "" || c.Media == nil {
 		return fmt.Errorf("%w: SIP address, upstream and media proxy are required", ErrConfig)
 	}
+	if c.MaxConns <= 0 {
+		c.MaxConns = DefaultMaxConns
+	}
+	if c.MaxConnsPerAddr <= 0 {
+		c.MaxConnsPerAddr = 32
+	}
 	if c.RateLimit <= 0 {
 		c.RateLimit = 20
 	}
 	if c.RateBurst <= 0 {
 		c.RateBurst = 50
+	}
+	if c.CallRate <= 0 {
+		c.CallRate = 5
+	}
+	if c.CallBurst <= 0 {
+		c.CallBurst = max(1, int(4*c.CallRate))
+	}
+	if c.SourceStreams <= 0 {
+		c.SourceStreams = 100
+	}
+	if c.SetupTimeout <= 0 {
+		c.SetupTimeout = 60 * time.Second
+	}
+	if c.AckTimeout <= 0 {
+		c.AckTimeout = 8 * time.Second
+	}
+	if c.AnswerRate <= 0 {
+		c.AnswerRate = 10
+	}
+	if c.AnswerBurst <= 0 {
+		c.AnswerBurst = max(1, int(2*c.AnswerRate))
 	}
 	if c.TransactionTimeout <= 0 {
 		c.TransactionTimeout = 32 * time.Second
@@ -92,18 +153,6 @@ func (c *Config) validate() error {
 		c.Log = slog.New(slog.DiscardHandler)
 	}
 	return nil
-}
-
-// call is one dialog the gateway proxies.
-type call struct {
-	id            string
-	callerOutside bool
-	outside       string // signaling address of the outside party
-	inside        string // signaling address of the inside party
-
-	mu     sync.Mutex    // guards invite and answer
-	invite *sip.Request  // the initial INVITE as the caller sent it
-	answer *sip.Response // its 2xx as the callee sent it (top Via removed)
 }
 
 // binding is a registered outside client.
@@ -116,11 +165,22 @@ type binding struct {
 // Counters are the gateway's totals, readable without Prometheus.
 type Counters struct {
 	Requests, Responses atomic.Uint64
-	BadRequest          atomic.Uint64 // 400
-	BadSDP              atomic.Uint64 // 488
-	RateLimited         atomic.Uint64 // 503 for floods
-	NoMedia             atomic.Uint64 // 503 for an exhausted port pool
-	NotFound            atomic.Uint64 // 404: no such registered user
+	BadRequest          atomic.Uint64             // 400
+	BadSDP              atomic.Uint64             // 488
+	TooManyHops         atomic.Uint64             // 483
+	RateLimited         atomic.Uint64             // 503 for floods
+	CallRateLimited     atomic.Uint64             // 503: the source's new-call rate
+	SourceStreams       atomic.Uint64             // 503: the source's share of the pool
+	NoMedia             atomic.Uint64             // 503 for an exhausted port pool
+	NotFound            atomic.Uint64             // 404: no such registered user
+	NoDialog            atomic.Uint64             // 481: in-dialog request for no call
+	DialogMismatch      atomic.Uint64             // 481 (or a dropped ACK/response): a call's Call-ID with the wrong tags or source
+	Pending             atomic.Uint64             // 491: an offer while another is pending
+	Rejected            atomic.Uint64             // answers the gateway wrote by itself
+	AnswersSuppressed   atomic.Uint64             // refusals left unanswered (per-source answer rate)
+	SetupTimeouts       atomic.Uint64             // calls ended for want of a 2xx or its ACK in time
+	Unparseable         [numUnparse]atomic.Uint64 // messages sipgo could not parse, by reason
+	LogsSuppressed      atomic.Uint64             // log records dropped by the per-message sampling
 	CallsStarted        atomic.Uint64
 	CallsEnded          atomic.Uint64
 }
@@ -142,18 +202,20 @@ type Gateway struct {
 	outIP    netip.Addr
 	c        Counters
 
-	mu       sync.Mutex // guards calls, bindings, limiters
+	requests *limiterSet // out-of-dialog requests per source (RateLimit)
+	newCalls *limiterSet // new calls per source (CallRate)
+	answers  *limiterSet // the gateway's own answers per source (AnswerRate)
+
+	mu       sync.Mutex // guards calls, bindings, shares, closed, and ops.Add
 	calls    map[string]*call
 	bindings map[string]*binding
-	limiters map[netip.Addr]*limiter
+	shares   map[netip.Prefix]int // inside streams held per outside source
+	closed   bool
 
-	wg   sync.WaitGroup
+	wg   sync.WaitGroup // the Serve loops
+	ops  sync.WaitGroup // the gateway's own requests (CANCEL, BYE), see spawn
+	stop chan struct{}  // closed by Close: ends the own requests' contexts
 	once sync.Once
-}
-
-type limiter struct {
-	l    *rate.Limiter
-	seen time.Time
 }
 
 // New binds the SIP listener(s). Run serves them.
@@ -172,14 +234,32 @@ func New(cfg Config) (*Gateway, error) {
 	addr := pc.LocalAddr().(*net.UDPAddr).AddrPort()
 	addr = netip.AddrPortFrom(addr.Addr().Unmap(), addr.Port())
 	g := &Gateway{
-		cfg: cfg, log: cfg.Log, mp: cfg.Media, pc: pc, addr: addr, upstream: up,
-		calls: map[string]*call{}, bindings: map[string]*binding{}, limiters: map[netip.Addr]*limiter{},
+		cfg: cfg, mp: cfg.Media, pc: pc, addr: addr, upstream: up,
+		calls: map[string]*call{}, bindings: map[string]*binding{}, shares: map[netip.Prefix]int{},
+		stop:     make(chan struct{}),
+		requests: newLimiterSet(cfg.RateLimit, cfg.RateBurst),
+		newCalls: newLimiterSet(cfg.CallRate, cfg.CallBurst),
+		answers:  newLimiterSet(cfg.AnswerRate, cfg.AnswerBurst),
 	}
-	if cfg.TCP {
-		if g.ln, err = net.Listen("tcp", addr.String()); err != nil {
+	g.log = slog.New(newLogHandler(cfg.Log.Handler(), &g.c))
+	lim := connlimit.Limits{MaxConns: cfg.MaxConns, MaxConnsPerAddr: cfg.MaxConnsPerAddr}
+	var lm, tlm *connlimit.Metrics
+	if cfg.Registerer != nil && (cfg.TCP || cfg.TLS != "") {
+		if lm, err = connlimit.NewMetrics(cfg.Registerer, "sipgw_tcp"); err == nil {
+			tlm, err = connlimit.NewMetrics(cfg.Registerer, "sipgw_tls")
+		}
+		if err != nil {
 			pc.Close()
 			return nil, err
 		}
+	}
+	if cfg.TCP {
+		ln, err := net.Listen("tcp", addr.String())
+		if err != nil {
+			pc.Close()
+			return nil, err
+		}
+		g.ln = connlimit.New(ln, lim, lm)
 	}
 	if cfg.TLS != "" {
 		host, _, _ := net.SplitHostPort(cfg.TLS)
@@ -188,10 +268,13 @@ func New(cfg Config) (*Gateway, error) {
 			g.closeSockets()
 			return nil, fmt.Errorf("sipgw: TLS: %w", err)
 		}
-		if g.tlsLn, err = tls.Listen("tcp", cfg.TLS, tc); err != nil {
+		// Capped below TLS, so a refused connection costs no handshake.
+		ln, err := net.Listen("tcp", cfg.TLS)
+		if err != nil {
 			g.closeSockets()
 			return nil, err
 		}
+		g.tlsLn = tls.NewListener(connlimit.New(ln, lim, tlm), tc)
 	}
 	g.outIP = cfg.OutsideIP
 	if !g.outIP.IsValid() {
@@ -215,21 +298,21 @@ func New(cfg Config) (*Gateway, error) {
 		sipgo.WithUserAgent("traverse-sipgw"),
 		sipgo.WithUserAgentHostname(host),
 		sipgo.WithUserAgentTransactionLayerOptions(
-			sip.WithTransactionLayerLogger(cfg.Log),
+			sip.WithTransactionLayerLogger(g.log),
 			sip.WithTransactionLayerUnhandledResponseHandler(g.onStrayResponse),
 		),
-		sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerLogger(cfg.Log)),
+		sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerLogger(g.log)),
 	)
 	if err != nil {
 		g.closeSockets()
 		return nil, err
 	}
-	if g.srv, err = sipgo.NewServer(g.ua, sipgo.WithServerLogger(cfg.Log)); err != nil {
+	if g.srv, err = sipgo.NewServer(g.ua, sipgo.WithServerLogger(g.log)); err != nil {
 		g.closeSockets()
 		return nil, err
 	}
 	// Every request leaves from the one SIP socket: no extra outside port.
-	if g.client, err = sipgo.NewClient(g.ua, sipgo.WithClientHostname(host), sipgo.WithClientConnectionAddr(addr.String()), sipgo.WithClientLogger(cfg.Log)); err != nil {
+	if g.client, err = sipgo.NewClient(g.ua, sipgo.WithClientHostname(host), sipgo.WithClientConnectionAddr(addr.String()), sipgo.WithClientLogger(g.log)); err != nil {
 		g.closeSockets()
 		return nil, err
 	}
@@ -316,6 +399,16 @@ func (g *Gateway) Run(ctx context.Context) error {
 // media proxy, which its owner closes.
 func (g *Gateway) Close() error {
 	g.once.Do(func() {
+		g.mu.Lock()
+		g.closed = true
+		for _, c := range g.calls {
+			c.stopTimer()
+		}
+		g.mu.Unlock()
+		// The own requests first: run after the sockets close, sipgo would
+		// open new ones that nothing closes.
+		close(g.stop)
+		g.ops.Wait()
 		g.closeSockets()
 		if g.ua != nil {
 			g.ua.Close()
@@ -343,62 +436,32 @@ func (g *Gateway) TLSAddr() netip.AddrPort {
 	return g.tlsLn.Addr().(*net.TCPAddr).AddrPort()
 }
 
-// MediaTimeout forgets a call whose media stopped; wire it to the media
-// proxy's OnTimeout.
-// It sends BYE to both parties of an established call.
-func (g *Gateway) MediaTimeout(callID string) {
+// spawn runs one of the gateway's own requests (CANCEL, BYE) in a
+// goroutine Close waits for, with a context that ends after 10 s or when
+// the gateway closes. After Close it does nothing.
+func (g *Gateway) spawn(f func(ctx context.Context)) {
 	g.mu.Lock()
-	c, ok := g.calls[callID]
-	delete(g.calls, callID)
-	g.mu.Unlock()
-	if !ok {
+	defer g.mu.Unlock()
+	if g.closed {
 		return
 	}
-	g.c.CallsEnded.Add(1)
-	c.mu.Lock()
-	inv, ans := c.invite, c.answer
-	c.mu.Unlock()
-	if inv == nil || ans == nil || ans.Contact() == nil || inv.Contact() == nil {
-		return
-	}
-	caller, callee := c.outside, c.inside
-	if !c.callerOutside {
-		caller, callee = c.inside, c.outside
-	}
-	// To the callee: as if from the caller, CSeq above anything it sent.
-	toCallee := g.bye(ans.Contact().Address, inv.From(), ans.To(), inv.CallID(), inv.CSeq().SeqNo+10000)
-	// To the caller: as if from the callee.
-	from, to := ans.To().AsFrom(), inv.From().AsTo()
-	toCaller := g.bye(inv.Contact().Address, &from, &to, inv.CallID(), 1<<30)
-	g.wg.Add(1)
+	g.ops.Add(2)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	done := make(chan struct{})
 	go func() {
-		defer g.wg.Done()
-		for _, x := range []struct {
-			req  *sip.Request
-			dest string
-		}{{toCallee, callee}, {toCaller, caller}} {
-			x.req.SetDestination(x.dest)
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			_, err := g.client.Do(ctx, x.req, g.fromListener, sipgo.ClientRequestAddVia)
+		defer g.ops.Done()
+		select {
+		case <-g.stop:
 			cancel()
-			if err != nil {
-				g.log.Debug("BYE on media timeout", "call", callID, "err", err)
-			}
+		case <-done:
 		}
 	}()
-}
-
-func (g *Gateway) bye(target sip.Uri, from *sip.FromHeader, to *sip.ToHeader, id *sip.CallIDHeader, seq uint32) *sip.Request {
-	r := sip.NewRequest(sip.BYE, *target.Clone())
-	r.AppendHeader(sip.HeaderClone(from))
-	r.AppendHeader(sip.HeaderClone(to))
-	r.AppendHeader(sip.HeaderClone(id))
-	r.AppendHeader(&sip.CSeqHeader{SeqNo: seq, MethodName: sip.BYE})
-	mf := sip.MaxForwardsHeader(70)
-	r.AppendHeader(&mf)
-	r.AppendHeader(sip.NewHeader("Reason", `SIP;cause=408;text="media timeout"`))
-	r.SetTransport("UDP")
-	return r
+	go func() {
+		defer g.ops.Done()
+		defer close(done)
+		defer cancel()
+		f(ctx)
+	}()
 }
 
 func (g *Gateway) isInside(src netip.AddrPort) bool {
@@ -413,43 +476,12 @@ func (g *Gateway) isInside(src netip.AddrPort) bool {
 	return false
 }
 
-func source(req *sip.Request) netip.AddrPort {
-	ap, err := netip.ParseAddrPort(req.Source())
+func source(m interface{ Source() string }) netip.AddrPort {
+	ap, err := netip.ParseAddrPort(m.Source())
 	if err != nil {
 		return netip.AddrPort{}
 	}
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-}
-
-// allow applies the per-source flood limit.
-func (g *Gateway) allow(src netip.Addr) bool {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	now := time.Now()
-	l := g.limiters[src]
-	if l == nil {
-		if len(g.limiters) >= 4096 {
-			for a, x := range g.limiters {
-				if now.Sub(x.seen) > time.Minute {
-					delete(g.limiters, a)
-				}
-			}
-		}
-		l = &limiter{l: rate.NewLimiter(rate.Limit(g.cfg.RateLimit), g.cfg.RateBurst)}
-		g.limiters[src] = l
-	}
-	l.seen = now
-	return l.l.AllowN(now, 1)
-}
-
-func (g *Gateway) reply(tx sip.ServerTransaction, req *sip.Request, code int, reason string, hdrs ...sip.Header) {
-	res := sip.NewResponseFromRequest(req, code, reason, nil)
-	for _, h := range hdrs {
-		res.AppendHeader(h)
-	}
-	if err := tx.Respond(res); err != nil {
-		g.log.Debug("respond", "code", code, "err", err)
-	}
 }
 
 // valid checks the headers a proxy needs (RFC 3261 section 16.3).
@@ -457,10 +489,7 @@ func valid(req *sip.Request) bool {
 	return req.CallID() != nil && req.From() != nil && req.To() != nil && req.CSeq() != nil && req.Via() != nil
 }
 
-func toTag(req *sip.Request) string {
-	t, _ := req.To().Params.Get("tag")
-	return t
-}
+func toTag(req *sip.Request) string { return toTagOf(req) }
 
 // removeOwnRoutes pops the Route entries that name the gateway (RFC 3261
 // section 16.4).
@@ -484,7 +513,7 @@ func (g *Gateway) isMe(u sip.Uri) bool {
 }
 
 func (g *Gateway) onStrayCancel(req *sip.Request, tx sip.ServerTransaction) {
-	g.reply(tx, req, 481, "Call/Transaction Does Not Exist")
+	g.reject(tx, req, 481, "Call/Transaction Does Not Exist", &g.c.NoDialog)
 }
 
 // onRequest handles INVITE (initial and re-), BYE, UPDATE and every other
@@ -492,12 +521,11 @@ func (g *Gateway) onStrayCancel(req *sip.Request, tx sip.ServerTransaction) {
 func (g *Gateway) onRequest(req *sip.Request, tx sip.ServerTransaction) {
 	g.c.Requests.Add(1)
 	if !valid(req) {
-		g.c.BadRequest.Add(1)
-		g.reply(tx, req, 400, "Bad Request")
+		g.reject(tx, req, 400, "Bad Request", &g.c.BadRequest)
 		return
 	}
 	if mf := req.MaxForwards(); mf != nil && mf.Val() == 0 {
-		g.reply(tx, req, 483, "Too Many Hops")
+		g.reject(tx, req, 483, "Too Many Hops", &g.c.TooManyHops)
 		return
 	}
 	// The server transaction keeps reading the request it was given: the
@@ -506,78 +534,135 @@ func (g *Gateway) onRequest(req *sip.Request, tx sip.ServerTransaction) {
 	req = req.Clone()
 	src := source(req)
 	inside := g.isInside(src)
-	id := req.CallID().Value()
-	inDialog := toTag(req) != ""
 
 	g.mu.Lock()
-	c := g.calls[id]
+	c := g.calls[req.CallID().Value()]
 	g.mu.Unlock()
-
-	var dest string
-	newCall := false
 	switch {
-	case inDialog || (c != nil && !req.IsInvite()):
-		if c == nil {
-			g.reply(tx, orig, 481, "Call/Transaction Does Not Exist")
+	case c != nil:
+		// Whatever it claims, a request carrying a call's Call-ID is that
+		// call's only when it carries both tags and comes from the party
+		// (issue 10: a made-up To-tag from elsewhere re-pointed media and
+		// ended calls).
+		if !c.matches(fromTag(req), toTag(req), src, orig.Transport(), inside) {
+			g.reject(tx, orig, 481, "Call/Transaction Does Not Exist", &g.c.DialogMismatch)
 			return
 		}
-		dest = c.inside
-		if inside {
-			dest = c.outside
-		}
+		g.inDialog(orig, req, tx, c, inside)
+	case toTag(req) != "":
+		g.reject(tx, orig, 481, "Call/Transaction Does Not Exist", &g.c.NoDialog)
 	default:
-		if req.IsInvite() && !inside && !g.allow(src.Addr()) {
-			g.c.RateLimited.Add(1)
-			retry := sip.NewHeader("Retry-After", "5")
-			g.reply(tx, orig, 503, "Service Unavailable", retry)
+		g.outOfDialog(orig, req, tx, src, inside)
+	}
+}
+
+// outOfDialog routes a request outside any call: an initial INVITE (a new
+// call) or a stand-alone request (OPTIONS, MESSAGE...).
+func (g *Gateway) outOfDialog(orig, req *sip.Request, tx sip.ServerTransaction, src netip.AddrPort, inside bool) {
+	if !inside && !g.requests.allow(src.Addr()) {
+		g.reject(tx, orig, 503, "Service Unavailable", &g.c.RateLimited, sip.NewHeader("Retry-After", "5"))
+		return
+	}
+	var dest string
+	if inside {
+		b := g.lookup(req.Recipient.User)
+		if b == nil {
+			g.reject(tx, orig, 404, "Not Found", &g.c.NotFound)
 			return
 		}
-		if inside {
-			b := g.lookup(req.Recipient.User)
-			if b == nil {
-				g.c.NotFound.Add(1)
-				g.reply(tx, orig, 404, "Not Found")
-				return
-			}
-			req.Recipient = *b.contact.Clone()
-			dest = b.src
-		} else {
-			dest = g.upstream.String()
-		}
-		if req.IsInvite() {
-			if c == nil {
-				c = &call{id: id, callerOutside: !inside, outside: src.String(), inside: g.upstream.String()}
-				if inside {
-					c.inside, c.outside = src.String(), dest
-				}
-				newCall = true
-			}
-		}
+		req.Recipient = *b.contact.Clone()
+		dest = b.src
+	} else {
+		dest = g.upstream.String()
 	}
-	if len(req.Body()) > 0 && c != nil && isSDP(req) {
-		body, err := g.rewrite(c, req.Body(), inside)
+	if !req.IsInvite() {
+		g.forward(orig, req, tx, dest, nil, inside, false, nil)
+		return
+	}
+	if !inside && !g.newCalls.allow(src.Addr()) {
+		g.reject(tx, orig, 503, "Service Unavailable", &g.c.CallRateLimited, sip.NewHeader("Retry-After", "5"))
+		return
+	}
+	id := req.CallID().Value()
+	var c *call
+	if inside {
+		out, _ := netip.ParseAddrPort(dest)
+		c = newCall(id, false, out, "UDP", src.String(), fromTag(req))
+	} else {
+		c = newCall(id, true, src, orig.Transport(), g.upstream.String(), fromTag(req))
+		c.share = shareKey(src.Addr())
+	}
+	g.mu.Lock()
+	taken := g.calls[id] != nil
+	if !taken {
+		g.calls[id] = c
+	}
+	g.mu.Unlock()
+	if taken { // two INVITEs racing for one Call-ID: the first has it
+		g.reject(tx, orig, 481, "Call/Transaction Does Not Exist", &g.c.DialogMismatch)
+		return
+	}
+	if len(req.Body()) > 0 && isSDP(req) {
+		body, _, err := g.rewrite(c, req.Body(), inside, false)
 		if err != nil {
-			if newCall {
-				_ = g.mp.DeleteCall(id)
-			}
-			if errors.Is(err, mediaproxy.ErrNoPorts) {
-				g.c.NoMedia.Add(1)
-				g.reply(tx, orig, 503, "Service Unavailable", sip.NewHeader("Retry-After", "10"))
-				return
-			}
-			g.c.BadSDP.Add(1)
-			g.reply(tx, orig, 488, "Not Acceptable Here")
+			g.release(c)
+			g.rejectMedia(tx, orig, err)
 			return
 		}
 		req.SetBody(body)
 	}
-	if newCall {
-		g.mu.Lock()
-		g.calls[id] = c
-		g.mu.Unlock()
-		g.c.CallsStarted.Add(1)
+	g.c.CallsStarted.Add(1)
+	g.armTimer(c, g.cfg.SetupTimeout)
+	g.forward(orig, req, tx, dest, c, inside, true, nil)
+}
+
+// rejectMedia answers a request whose SDP the media proxy could not take.
+func (g *Gateway) rejectMedia(tx sip.ServerTransaction, req *sip.Request, err error) {
+	switch {
+	case errors.Is(err, mediaproxy.ErrNoPorts):
+		g.reject(tx, req, 503, "Service Unavailable", &g.c.NoMedia, sip.NewHeader("Retry-After", "10"))
+	case errors.Is(err, ErrSourceStreams):
+		g.reject(tx, req, 503, "Service Unavailable", &g.c.SourceStreams, sip.NewHeader("Retry-After", "10"))
+	default:
+		g.reject(tx, req, 488, "Not Acceptable Here", &g.c.BadSDP)
 	}
-	g.forward(orig, req, tx, dest, c, inside, newCall)
+}
+
+// inDialog relays a request that matched its call. An SDP offer in it is
+// staged: the streams it needs are allocated (their ports go into the
+// relayed SDP) but nothing is re-pointed before the other side's 2xx.
+func (g *Gateway) inDialog(orig, req *sip.Request, tx sip.ServerTransaction, c *call, inside bool) {
+	dest := c.inside
+	if inside {
+		dest = c.outsideAddr().String()
+	}
+	var of *offer
+	if len(req.Body()) > 0 && isSDP(req) {
+		c.mu.Lock()
+		busy := c.pending != nil
+		if !busy {
+			c.pending = &offer{}
+		}
+		c.mu.Unlock()
+		if busy { // RFC 3261 section 14.2 (and RFC 3311 for UPDATE)
+			g.reject(tx, orig, 491, "Request Pending", &g.c.Pending)
+			return
+		}
+		body, o, err := g.rewrite(c, req.Body(), inside, true)
+		if err != nil {
+			c.mu.Lock()
+			c.pending = nil
+			c.mu.Unlock()
+			g.rejectMedia(tx, orig, err)
+			return
+		}
+		c.mu.Lock()
+		c.pending = o
+		c.mu.Unlock()
+		req.SetBody(body)
+		of = o
+	}
+	g.forward(orig, req, tx, dest, c, inside, false, of)
 }
 
 type headerGetter interface{ GetHeader(string) sip.Header }
@@ -588,14 +673,28 @@ func isSDP(m headerGetter) bool {
 }
 
 // forward relays req to dest in a client transaction and relays the
-// responses back, rewriting their SDP.
-func (g *Gateway) forward(orig, req *sip.Request, tx sip.ServerTransaction, dest string, c *call, fromInside, newCall bool) {
+// responses back, rewriting their SDP. newCall says req is the INVITE that
+// makes c; of is the staged offer req carries, committed on a 2xx and
+// discarded on anything else.
+func (g *Gateway) forward(orig, req *sip.Request, tx sip.ServerTransaction, dest string, c *call, fromInside, newCall bool, of *offer) {
+	settle := func(ok bool) {
+		if of == nil {
+			return
+		}
+		if ok {
+			g.commit(c, of)
+		} else {
+			g.discard(c, of)
+		}
+		of = nil
+	}
+	defer settle(false)
 	g.removeOwnRoutes(req)
 	req.SetDestination(dest)
 	// The gateway speaks UDP to both sides whatever the client used.
 	req.SetTransport("UDP")
 	opts := []sipgo.ClientRequestOption{g.fromListener, sipgo.ClientRequestAddVia, sipgo.ClientRequestDecreaseMaxForward}
-	if req.IsInvite() && newCall || (c != nil && toTag(req) == "" && !req.IsInvite()) {
+	if newCall {
 		// A client on TCP or TLS gets its own Record-Route below the UDP one
 		// (double Record-Route, RFC 5658): the inside side routes its
 		// in-dialog requests to the top entry, the client to the bottom one.
@@ -615,17 +714,21 @@ func (g *Gateway) forward(orig, req *sip.Request, tx sip.ServerTransaction, dest
 	if err != nil {
 		g.log.Debug("forward", "err", err, "dest", dest)
 		if newCall {
-			g.endCall(c.id)
+			g.endCall(c)
 		}
 		g.reply(tx, orig, 503, "Service Unavailable")
 		return
 	}
 	defer clTx.Terminate()
+	var expired <-chan struct{}
 	if req.IsInvite() {
 		fwd := req
 		tx.OnCancel(func(*sip.Request) {
-			go g.sendCancel(fwd)
+			g.spawn(func(ctx context.Context) { g.sendCancel(ctx, fwd) })
 		})
+		if newCall {
+			expired = c.expired
+		}
 	}
 	isBye := req.Method == sip.BYE
 	for {
@@ -636,34 +739,73 @@ func (g *Gateway) forward(orig, req *sip.Request, tx sip.ServerTransaction, dest
 			}
 			g.c.Responses.Add(1)
 			res.RemoveHeader("Via")
+			success := res.StatusCode >= 200 && res.StatusCode < 300
+			final := res.StatusCode >= 200
+			if final {
+				settle(success) // the offer's media before the answer's
+			}
+			if newCall {
+				switch {
+				case success:
+					c.confirm(toTagOf(res), source(res))
+					g.armTimer(c, g.cfg.AckTimeout)
+				case !final:
+					c.early(toTagOf(res))
+				}
+			}
 			if len(res.Body()) > 0 && c != nil && isSDP(res) && res.StatusCode < 300 {
-				body, err := g.rewrite(c, res.Body(), !fromInside)
+				body, _, err := g.rewrite(c, res.Body(), !fromInside, false)
 				if err != nil {
-					g.log.Warn("answer SDP not proxied", "call", c.id, "err", err)
+					g.log.Warn("answer SDP not proxied", "call", trunc(c.id), "err", err)
 					g.c.BadSDP.Add(1)
 					res = sip.NewResponseFromRequest(orig, 502, "Bad Gateway", nil)
+					success = false
 				} else {
 					res.SetBody(body)
 				}
 			}
-			if newCall && res.StatusCode >= 200 && res.StatusCode < 300 {
+			if newCall && success {
 				c.mu.Lock()
 				c.invite, c.answer = orig, res.Clone()
 				c.mu.Unlock()
 			}
+			if newCall && final && !success {
+				// Before the answer goes out: the caller may retry with the
+				// same Call-ID at once (after a 401/407).
+				g.endCall(c)
+			}
+			if newCall && final && !success && !fromInside {
+				// The inside server's refusal of an outside INVITE (a
+				// 401/407 challenge, 486...) goes out once too: relayed
+				// through the transaction, a spoofed source would get it 11
+				// times. The caller's ACK finds no transaction and is
+				// dropped (the client transaction ACKed upstream); a lost
+				// copy is recovered when the caller retransmits.
+				g.respond(tx, orig, res)
+				return
+			}
 			if err := tx.Respond(res); err != nil {
 				g.log.Debug("relay response", "err", err)
 			}
-			if res.StatusCode < 200 {
+			if !final {
 				continue
 			}
-			if (newCall && res.StatusCode >= 300) || isBye {
-				g.endCall(c.id)
+			// Only the other side's 2xx ends a call on BYE: an answer of
+			// 481 or no answer leaves it to its own timeouts.
+			if isBye && success {
+				g.endCall(c)
 			}
 			return
+		case <-expired:
+			// Not answered within the setup deadline: give the ports back
+			// now and CANCEL upstream; the 487 goes to the caller.
+			expired = nil
+			g.c.SetupTimeouts.Add(1)
+			g.endCall(c)
+			g.spawn(func(ctx context.Context) { g.sendCancel(ctx, req) })
 		case <-clTx.Done():
-			if newCall || isBye {
-				g.endCall(c.id)
+			if newCall {
+				g.endCall(c)
 			}
 			if err := clTx.Err(); err != nil && !req.IsInvite() {
 				g.reply(tx, orig, 408, "Request Timeout")
@@ -677,13 +819,8 @@ func (g *Gateway) forward(orig, req *sip.Request, tx sip.ServerTransaction, dest
 				case <-clTx.Done():
 				case <-ctx.Done():
 				}
-				if newCall {
-					g.mu.Lock()
-					_, held := g.calls[c.id]
-					g.mu.Unlock()
-					if held && tx.Err() != nil {
-						g.endCall(c.id)
-					}
+				if newCall && tx.Err() != nil {
+					g.endCall(c)
 				}
 			}
 			return
@@ -691,8 +828,18 @@ func (g *Gateway) forward(orig, req *sip.Request, tx sip.ServerTransaction, dest
 	}
 }
 
+func (g *Gateway) reply(tx sip.ServerTransaction, req *sip.Request, code int, reason string, hdrs ...sip.Header) {
+	res := sip.NewResponseFromRequest(req, code, reason, nil)
+	for _, h := range hdrs {
+		res.AppendHeader(h)
+	}
+	if err := tx.Respond(res); err != nil {
+		g.log.Debug("respond", "code", code, "err", err)
+	}
+}
+
 // sendCancel cancels a forwarded INVITE (RFC 3261 section 16.10).
-func (g *Gateway) sendCancel(inv *sip.Request) {
+func (g *Gateway) sendCancel(ctx context.Context, inv *sip.Request) {
 	cr := sip.NewRequest(sip.CANCEL, inv.Recipient)
 	cr.AppendHeader(sip.HeaderClone(inv.Via()))
 	cr.AppendHeader(sip.HeaderClone(inv.From()))
@@ -704,8 +851,6 @@ func (g *Gateway) sendCancel(inv *sip.Request) {
 	cr.AppendHeader(&mf)
 	cr.SetDestination(inv.Destination())
 	cr.SetTransport(inv.Transport())
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
 	res, err := g.client.Do(ctx, cr, g.fromListener)
 	if err != nil {
 		g.log.Debug("cancel", "err", err)
@@ -721,20 +866,9 @@ func (g *Gateway) fromListener(_ *sipgo.Client, r *sip.Request) error {
 	return nil
 }
 
-// endCall releases a call's media and forgets it.
-func (g *Gateway) endCall(id string) {
-	g.mu.Lock()
-	_, ok := g.calls[id]
-	delete(g.calls, id)
-	g.mu.Unlock()
-	_ = g.mp.DeleteCall(id)
-	if ok {
-		g.c.CallsEnded.Add(1)
-	}
-}
-
 // onAck relays the ACK of a 2xx (a request of its own; ACKs of non-2xx
-// stay in the transaction layer).
+// stay in the transaction layer). An ACK that does not match its call is
+// dropped: it could carry SDP.
 func (g *Gateway) onAck(req *sip.Request, _ sip.ServerTransaction) {
 	if !valid(req) {
 		return
@@ -745,13 +879,21 @@ func (g *Gateway) onAck(req *sip.Request, _ sip.ServerTransaction) {
 	if c == nil {
 		return
 	}
-	inside := g.isInside(source(req))
+	src := source(req)
+	inside := g.isInside(src)
+	if !c.matches(fromTag(req), toTag(req), src, req.Transport(), inside) {
+		g.c.DialogMismatch.Add(1)
+		return
+	}
+	if inside != c.callerOutside { // from the caller: the call is set up
+		c.ack()
+	}
 	dest := c.inside
 	if inside {
-		dest = c.outside
+		dest = c.outsideAddr().String()
 	}
 	if len(req.Body()) > 0 && isSDP(req) {
-		if body, err := g.rewrite(c, req.Body(), inside); err == nil {
+		if body, _, err := g.rewrite(c, req.Body(), inside, false); err == nil {
 			req.SetBody(body)
 		}
 	}
@@ -765,22 +907,33 @@ func (g *Gateway) onAck(req *sip.Request, _ sip.ServerTransaction) {
 
 // onStrayResponse forwards responses no client transaction holds: 2xx
 // retransmissions of INVITE (RFC 3261 section 16.7 step 10 forwards them
-// statelessly). The top Via must be the gateway's.
+// statelessly). The top Via must be the gateway's, and the response must
+// belong to a call and come from one of its parties: the gateway relays
+// nothing else (it would be a reflector, and the SDP would hijack media).
 func (g *Gateway) onStrayResponse(res *sip.Response) {
 	v := res.Via()
-	if v == nil || v.Host != g.host || v.Port != int(g.addr.Port()) {
+	if v == nil || v.Host != g.host || v.Port != int(g.addr.Port()) || res.CallID() == nil {
+		return
+	}
+	g.mu.Lock()
+	c := g.calls[res.CallID().Value()]
+	g.mu.Unlock()
+	if c == nil {
+		return
+	}
+	src := source(res)
+	inside := g.isInside(src)
+	from, to := fromTag(res), toTagOf(res)
+	if !c.matches(from, to, src, res.Transport(), inside) && !c.matches(to, from, src, res.Transport(), inside) {
+		g.c.DialogMismatch.Add(1)
 		return
 	}
 	res.RemoveHeader("Via")
 	if res.Via() == nil {
 		return
 	}
-	g.mu.Lock()
-	c := g.calls[res.CallID().Value()]
-	g.mu.Unlock()
-	if c != nil && len(res.Body()) > 0 && isSDP(res) {
-		src, _ := netip.ParseAddrPort(res.Source())
-		if body, err := g.rewrite(c, res.Body(), g.isInside(src)); err == nil {
+	if len(res.Body()) > 0 && isSDP(res) {
+		if body, _, err := g.rewrite(c, res.Body(), inside, false); err == nil {
 			res.SetBody(body)
 		}
 	}
@@ -788,59 +941,4 @@ func (g *Gateway) onStrayResponse(res *sip.Response) {
 	if err := g.srv.WriteResponse(res); err != nil {
 		g.log.Debug("stray response", "err", err)
 	}
-}
-
-// rewrite applies one SDP to the media proxy and rewrites it for the
-// other side. fromInside says which side wrote it.
-func (g *Gateway) rewrite(c *call, body []byte, fromInside bool) ([]byte, error) {
-	sd, ss, err := parseSDP(body)
-	if err != nil {
-		return nil, err
-	}
-	flags := mediaproxy.FlagCalleeOutside
-	if c.callerOutside {
-		flags = mediaproxy.FlagCallerOutside
-	}
-	var eps []endpoints
-	if !fromInside {
-		var sig netip.Addr
-		if ap, err := netip.ParseAddrPort(c.outside); err == nil {
-			sig = ap.Addr().Unmap()
-		}
-		if eps, err = outsideMedia(g.mp, sig, ss); err != nil {
-			return nil, err
-		}
-	}
-	pp := make([]ports, len(ss))
-	for i, s := range ss {
-		if s.disabled {
-			_, _ = g.mp.Apply(&mediaproxy.Descriptor{Op: mediaproxy.OpDelete, CallID: c.id, Index: uint8(s.index)})
-			continue
-		}
-		d := mediaproxy.Descriptor{Op: mediaproxy.OpUpsert, Flags: flags, Kind: s.kind, Index: uint8(s.index), CallID: c.id}
-		if fromInside {
-			d.Server, d.ServerRTCP = s.rtp, s.rtcp
-		} else {
-			// Checked against the destination policy (outsideMedia).
-			d.Client, d.ClientRTCP = eps[i].rtp, eps[i].rtcp
-			if s.hasSSRC {
-				d.Flags |= mediaproxy.FlagSSRC
-				d.SSRC = s.ssrc
-			}
-		}
-		r, err := g.mp.Apply(&d)
-		if err != nil {
-			return nil, err
-		}
-		if fromInside {
-			pp[i] = ports{r.FixedRTP, r.FixedRTCP}
-		} else {
-			pp[i] = ports{r.InsideRTP, r.InsideRTCP}
-		}
-	}
-	ip := g.mp.InsideIP()
-	if fromInside {
-		ip = g.outIP
-	}
-	return rewriteSDP(sd, ss, ip, pp)
 }

@@ -44,7 +44,9 @@ func TestLoad1000Calls(t *testing.T) {
 	start := time.Now()
 	uas := startUAS(t, insideIP)
 	tg := startGateway(t, uas.addr.String(), func(c *Config, _ *mediaproxy.Config) {
+		// One client address makes every call: a trunk, limited as one.
 		c.RateLimit, c.RateBurst = 1e6, 1e6
+		c.CallRate, c.CallBurst, c.SourceStreams = 1e6, 1e6, 2*calls
 	})
 	uac := startUAC(t, clientIP)
 

@@ -23,7 +23,14 @@ type goUAS struct {
 	addr     netip.AddrPort
 	echo     *net.UDPConn
 	ua       *sipgo.UserAgent
-	hold     atomic.Bool // answer INVITEs with 180 only (for CANCEL)
+	hold     atomic.Bool       // answer INVITEs with 180 only (for CANCEL)
+	holdFrom atomic.Value      // string: answer INVITEs from this From user with 180 only
+	reject   atomic.Bool       // answer re-INVITEs and UPDATEs 488
+	refuse   atomic.Int64      // when not 0, answer initial INVITEs with this code
+	byeFails atomic.Bool       // answer BYE 500
+	evil     atomic.Int64      // RTP packets whose payload says "evil"
+	rejected atomic.Int64      // in-dialog requests answered 481 or 488
+	dialogs  map[string]string // Call-ID -> this server's To-tag (guarded by mu)
 	invites  atomic.Int64
 	byes     atomic.Int64
 	updates  atomic.Int64
@@ -34,7 +41,7 @@ type goUAS struct {
 
 func startUAS(t *testing.T, ip netip.Addr) *goUAS {
 	t.Helper()
-	u := &goUAS{}
+	u := &goUAS{dialogs: map[string]string{}}
 	var err error
 	u.echo, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(ip, 0)))
 	if err != nil {
@@ -48,19 +55,53 @@ func startUAS(t *testing.T, ip netip.Addr) *goUAS {
 	u.addr = pc.LocalAddr().(*net.UDPAddr).AddrPort()
 	u.ua, _ = sipgo.NewUA(sipgo.WithUserAgentHostname(ip.String()), sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerLogger(slog.Default().With("peer", "uas"))))
 	srv, _ := sipgo.NewServer(u.ua)
+	// known says whether an in-dialog request names a dialog this server
+	// made, as a real PBX checks (RFC 3261 section 12.2.2): anything else
+	// gets 481.
+	known := func(req *sip.Request, tx sip.ServerTransaction) bool {
+		tag := toTagOf(req)
+		if tag == "" {
+			return true
+		}
+		u.mu.Lock()
+		ok := u.dialogs[req.CallID().Value()] == tag
+		u.mu.Unlock()
+		if !ok {
+			u.rejected.Add(1)
+			_ = tx.Respond(sip.NewResponseFromRequest(req, 481, "Call/Transaction Does Not Exist", nil))
+		}
+		return ok
+	}
 	answer := func(req *sip.Request, tx sip.ServerTransaction) {
+		if !known(req, tx) {
+			return
+		}
+		if toTagOf(req) != "" && u.reject.Load() {
+			u.rejected.Add(1)
+			_ = tx.Respond(sip.NewResponseFromRequest(req, 488, "Not Acceptable Here", nil))
+			return
+		}
 		u.mu.Lock()
 		u.lastBody = string(req.Body())
 		u.mu.Unlock()
 		body := answerSDP(req.Body(), netip.AddrPortFrom(ip, uint16(u.echo.LocalAddr().(*net.UDPAddr).Port)))
 		res := sip.NewResponseFromRequest(req, 200, "OK", body)
+		if toTagOf(req) == "" {
+			u.mu.Lock()
+			u.dialogs[req.CallID().Value()] = toTagOf(res)
+			u.mu.Unlock()
+		}
 		res.AppendHeader(&sip.ContactHeader{Address: sip.Uri{Scheme: "sip", User: "uas", Host: ip.String(), Port: int(u.addr.Port())}})
 		res.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
 		_ = tx.Respond(res)
 	}
 	srv.OnInvite(func(req *sip.Request, tx sip.ServerTransaction) {
 		u.invites.Add(1)
-		if u.hold.Load() {
+		if code := u.refuse.Load(); code != 0 && toTagOf(req) == "" {
+			_ = tx.Respond(sip.NewResponseFromRequest(req, int(code), "Refused", nil))
+			return
+		}
+		if u.hold.Load() || (u.holdFrom.Load() != nil && req.From().Address.User == u.holdFrom.Load().(string)) {
 			tx.OnCancel(func(*sip.Request) { u.cancels.Add(1) })
 			res := sip.NewResponseFromRequest(req, 180, "Ringing", nil)
 			_ = tx.Respond(res)
@@ -72,7 +113,14 @@ func startUAS(t *testing.T, ip netip.Addr) *goUAS {
 	srv.OnUpdate(func(req *sip.Request, tx sip.ServerTransaction) { u.updates.Add(1); answer(req, tx) })
 	srv.OnAck(func(*sip.Request, sip.ServerTransaction) {})
 	srv.OnBye(func(req *sip.Request, tx sip.ServerTransaction) {
+		if !known(req, tx) {
+			return
+		}
 		u.byes.Add(1)
+		if u.byeFails.Load() {
+			_ = tx.Respond(sip.NewResponseFromRequest(req, 500, "Server Internal Error", nil))
+			return
+		}
 		_ = tx.Respond(sip.NewResponseFromRequest(req, 200, "OK", nil))
 	})
 	var wg sync.WaitGroup
@@ -85,6 +133,9 @@ func startUAS(t *testing.T, ip netip.Addr) *goUAS {
 			n, a, err := u.echo.ReadFromUDPAddrPort(buf)
 			if err != nil {
 				return
+			}
+			if strings.Contains(string(buf[:n]), "evil") {
+				u.evil.Add(1)
 			}
 			_, _ = u.echo.WriteToUDPAddrPort(buf[:n], a)
 		}

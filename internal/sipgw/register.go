@@ -16,18 +16,16 @@ import (
 func (g *Gateway) onRegister(req *sip.Request, tx sip.ServerTransaction) {
 	g.c.Requests.Add(1)
 	if !valid(req) {
-		g.c.BadRequest.Add(1)
-		g.reply(tx, req, 400, "Bad Request")
+		g.reject(tx, req, 400, "Bad Request", &g.c.BadRequest)
 		return
 	}
 	src := source(req)
 	if g.isInside(src) {
-		g.reply(tx, req, 403, "Forbidden")
+		g.reject(tx, req, 403, "Forbidden", nil)
 		return
 	}
-	if !g.allow(src.Addr()) {
-		g.c.RateLimited.Add(1)
-		g.reply(tx, req, 503, "Service Unavailable", sip.NewHeader("Retry-After", "5"))
+	if !g.requests.allow(src.Addr()) {
+		g.reject(tx, req, 503, "Service Unavailable", &g.c.RateLimited, sip.NewHeader("Retry-After", "5"))
 		return
 	}
 	in := req

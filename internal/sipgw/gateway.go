@@ -893,9 +893,18 @@ func (g *Gateway) onAck(req *sip.Request, _ sip.ServerTransaction) {
 		dest = c.outsideAddr().String()
 	}
 	if len(req.Body()) > 0 && isSDP(req) {
-		if body, _, err := g.rewrite(c, req.Body(), inside, false); err == nil {
-			req.SetBody(body)
+		body, _, err := g.rewrite(c, req.Body(), inside, false)
+		if err != nil {
+			// Never relay SDP the gateway could not rewrite: its
+			// addresses are the other side's, unchecked (a late offer
+			// naming refused media addresses). The ACK still ends the
+			// transaction; the session keeps its media.
+			g.c.BadSDP.Add(1)
+			g.log.Debug("ACK SDP not relayed", "err", err)
+			body = nil
+			req.RemoveHeader("Content-Type")
 		}
+		req.SetBody(body)
 	}
 	g.removeOwnRoutes(req)
 	req.SetDestination(dest)
@@ -933,9 +942,15 @@ func (g *Gateway) onStrayResponse(res *sip.Response) {
 		return
 	}
 	if len(res.Body()) > 0 && isSDP(res) {
-		if body, _, err := g.rewrite(c, res.Body(), inside, false); err == nil {
-			res.SetBody(body)
+		body, _, err := g.rewrite(c, res.Body(), inside, false)
+		if err != nil {
+			// Dropped rather than relayed with the other side's
+			// unchecked addresses.
+			g.c.BadSDP.Add(1)
+			g.log.Debug("stray response SDP not relayed", "err", err)
+			return
 		}
+		res.SetBody(body)
 	}
 	res.SetDestination("")
 	if err := g.srv.WriteResponse(res); err != nil {

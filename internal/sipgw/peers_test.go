@@ -37,6 +37,8 @@ type goUAS struct {
 	cancels  atomic.Int64
 	mu       sync.Mutex
 	lastBody string
+	ackBody  string // the last ACK's body (guarded by mu)
+	acks     atomic.Int64
 }
 
 func startUAS(t *testing.T, ip netip.Addr) *goUAS {
@@ -84,7 +86,11 @@ func startUAS(t *testing.T, ip netip.Addr) *goUAS {
 		u.mu.Lock()
 		u.lastBody = string(req.Body())
 		u.mu.Unlock()
-		body := answerSDP(req.Body(), netip.AddrPortFrom(ip, uint16(u.echo.LocalAddr().(*net.UDPAddr).Port)))
+		media := netip.AddrPortFrom(ip, uint16(u.echo.LocalAddr().(*net.UDPAddr).Port))
+		body := answerSDP(req.Body(), media)
+		if len(req.Body()) == 0 { // a late offer: the server offers in its 2xx
+			body = []byte(fmt.Sprintf("v=0\r\no=uas 1 1 IN IP4 %s\r\ns=-\r\nc=IN IP4 %s\r\nt=0 0\r\nm=audio %d RTP/AVP 0\r\n", ip, ip, media.Port()))
+		}
 		res := sip.NewResponseFromRequest(req, 200, "OK", body)
 		if toTagOf(req) == "" {
 			u.mu.Lock()
@@ -111,7 +117,12 @@ func startUAS(t *testing.T, ip netip.Addr) *goUAS {
 		answer(req, tx)
 	})
 	srv.OnUpdate(func(req *sip.Request, tx sip.ServerTransaction) { u.updates.Add(1); answer(req, tx) })
-	srv.OnAck(func(*sip.Request, sip.ServerTransaction) {})
+	srv.OnAck(func(req *sip.Request, _ sip.ServerTransaction) {
+		u.mu.Lock()
+		u.ackBody = string(req.Body())
+		u.mu.Unlock()
+		u.acks.Add(1)
+	})
 	srv.OnBye(func(req *sip.Request, tx sip.ServerTransaction) {
 		if !known(req, tx) {
 			return

@@ -352,3 +352,50 @@ func FuzzOutsideMedia(f *testing.F) {
 		}
 	})
 }
+
+// TestMediaPolicyLateOfferACK: in a late-offer call (an INVITE without
+// SDP, the server offering in its 2xx), the client's answer travels in the
+// ACK. An answer naming a refused address must not reach the server
+// unrewritten: the ACK is relayed without it, and the refusal counted.
+func TestMediaPolicyLateOfferACK(t *testing.T) {
+	uas := startUAS(t, insideIP)
+	// The production policy: loopback refused, so the fallback to the
+	// signaling address (127.0.0.3) is refused as well.
+	tg := startGateway(t, uas.addr.String(), func(_ *Config, m *mediaproxy.Config) { m.Policy = addrpolicy.Filter{} })
+	uac := startUAC(t, clientIP)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := uac.dua.Invite(ctx, sip.Uri{Scheme: "sip", User: "svc", Host: tg.gw.Addr().Addr().String(), Port: int(tg.gw.Addr().Port())}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := s.WaitAnswer(ctx, sipgo.AnswerOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(s.InviteResponse.Body()), "m=audio") {
+		t.Fatalf("no offer in the 2xx:\n%s", s.InviteResponse.Body())
+	}
+	bad := netip.MustParseAddr("169.254.169.254")
+	target := s.InviteRequest.Recipient
+	if c := s.InviteResponse.Contact(); c != nil {
+		target = c.Address
+	}
+	ack := sip.NewRequest(sip.ACK, *target.Clone())
+	ack.SetBody(offerAt(bad, 4000, ""))
+	ack.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
+	refused := tg.mp.Counters().RefusedPolicy.Load()
+	if err := s.WriteAck(ctx, ack); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "ACK at the server", func() bool { return uas.acks.Load() == 1 })
+	uas.mu.Lock()
+	body := uas.ackBody
+	uas.mu.Unlock()
+	if strings.Contains(body, bad.String()) {
+		t.Fatalf("the server got the refused address in the ACK:\n%s", body)
+	}
+	if got := tg.mp.Counters().RefusedPolicy.Load(); got <= refused {
+		t.Errorf("refusals counted: %d, want more than %d", got, refused)
+	}
+}

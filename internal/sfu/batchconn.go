@@ -169,7 +169,7 @@ type datagramFiller interface {
 }
 
 // writeFilled sends the datagram f writes, as WriteToAddrPort would; while
-// corked f writes it straight into the queue (no copy: the fast path
+// corked f writes it straight into the queue (no copy: the own data path
 // encrypts into it), else into own, which is sent at once. f runs with
 // b.mu held: it must not call b. false: f dropped it, or the socket is
 // closed (err).
@@ -271,7 +271,7 @@ func (b *batchConn) SetDeadline(t time.Time) error      { return b.c.UDPConn().S
 func (b *batchConn) SetReadDeadline(t time.Time) error  { return b.c.UDPConn().SetReadDeadline(t) }
 func (b *batchConn) SetWriteDeadline(t time.Time) error { return b.c.UDPConn().SetWriteDeadline(t) }
 
-// corkable returns the batched writer a fan-out corks: the fast path's
+// corkable returns the batched writer a fan-out corks: the own data path's
 // (which is the batched socket when both are on), else the batched socket,
 // else nil.
 func (s *Server) corkable() *batchConn {

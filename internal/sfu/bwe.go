@@ -11,12 +11,12 @@ import (
 	"github.com/pion/webrtc/v4"
 )
 
-// A send-side bandwidth estimate of each fast-path subscriber's downlink
+// A send-side bandwidth estimate of each own-path subscriber's downlink
 // from its transport-wide congestion control feedback
 // (draft-holmer-rmcat-transport-wide-cc-extensions-01), with a simplified
 // Google congestion control (draft-ietf-rmcat-gcc-02):
 //
-//   - Every RTP packet the fast path sends to a subscriber that negotiated
+//   - Every RTP packet the own data path sends to a subscriber that negotiated
 //     the transport-cc header extension carries a transport-wide sequence
 //     number, one counter per peer connection (atomic: a subscriber's
 //     downTracks are written from the publishers' read loops), and its send
@@ -49,7 +49,7 @@ import (
 //
 // pion's interceptor/pkg/gcc (v0.1.49) implements the same parts but only
 // behind its pacer and its own RTP writer chain, with goroutines and
-// per-packet allocation: the fast path writes RTP itself, so the parts are
+// per-packet allocation: the own data path writes RTP itself, so the parts are
 // re-done here over the ring.
 type sendSide struct {
 	seq  atomic.Uint32 // the next transport-wide sequence number (low 16 bits)
@@ -544,10 +544,10 @@ func twccExtID(exts []webrtc.RTPHeaderExtensionParameter) uint8 {
 // twccFeedback takes a subscriber's transport-cc feedback into its
 // estimate; every sender's RTCP reader may call it with the same packet.
 func (p *participant) twccFeedback(fb *rtcp.TransportLayerCC) {
-	if p.fast == nil || p.fast.cc == nil {
+	if p.own == nil || p.own.cc == nil {
 		return
 	}
-	ok, news := p.fast.cc.feedback(fb, time.Now().UnixNano())
+	ok, news := p.own.cc.feedback(fb, time.Now().UnixNano())
 	switch {
 	case !ok:
 		p.s.m.twccBad.Inc()
@@ -563,8 +563,8 @@ func (p *participant) twccFeedback(fb *rtcp.TransportLayerCC) {
 func (p *participant) estimate() uint64 {
 	remb := p.bwe.Load()
 	var cc uint64
-	if p.fast != nil && p.fast.cc != nil {
-		cc = p.fast.cc.estimate(time.Now().UnixNano())
+	if p.own != nil && p.own.cc != nil {
+		cc = p.own.cc.estimate(time.Now().UnixNano())
 	}
 	switch {
 	case remb == 0:
@@ -610,8 +610,8 @@ func (s *Server) Subscriber(identity string) (SubscriberState, bool) {
 		return SubscriberState{}, false
 	}
 	st := SubscriberState{Estimate: p.estimate(), REMB: p.bwe.Load()}
-	if p.fast != nil && p.fast.cc != nil {
-		st.TWCC = p.fast.cc.estimate(time.Now().UnixNano())
+	if p.own != nil && p.own.cc != nil {
+		st.TWCC = p.own.cc.estimate(time.Now().UnixNano())
 	}
 	p.negMu.Lock()
 	var downs []*downTrack

@@ -23,7 +23,7 @@ import (
 // From them it derives the SRTP keys exactly as pion's DTLS transport does
 // (RFC 5705 exporter, RFC 5764 section 4.2 key split). One dtlsSecrets per
 // peer connection: the hooks are per SettingEngine, so every peer
-// connection of a fast-path node gets its own webrtc.API.
+// connection of an own-path node gets its own webrtc.API.
 type dtlsSecrets struct {
 	mu           sync.Mutex // guards the fields below
 	clientRandom []byte
@@ -39,7 +39,7 @@ type dtlsSecrets struct {
 const keyLogLabel = "CLIENT_RANDOM"
 
 // Write takes pion/dtls's key log lines. A line it cannot parse is
-// ignored (the fast path then falls back for this peer connection).
+// ignored (the own data path then falls back for this peer connection).
 func (k *dtlsSecrets) Write(p []byte) (int, error) {
 	for _, line := range bytes.Split(p, []byte{'\n'}) {
 		f := bytes.Fields(line)

@@ -17,7 +17,7 @@ func TestFanoutProfile(t *testing.T) {
 	if os.Getenv("SFU_FANOUT") == "" {
 		t.Skip("SFU_FANOUT not set")
 	}
-	h := newHarness(t, Config{BatchIO: os.Getenv("SFU_BATCH") != ""})
+	h := newHarness(t, Config{}) // TRAVERSE_SFU_DATA_PATH chooses the path
 	pub := h.dial(loadgen.ClientConfig{Room: "f", Identity: "pub", Publish: true})
 	<-pub.Connected()
 	for i := range 50 {

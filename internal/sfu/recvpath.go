@@ -16,19 +16,19 @@ import (
 	"github.com/traverse-rtc/traverse/internal/udpio"
 )
 
-// The own receive path (Config.FastReceive) takes publishers' RTP off
+// The own receive path (part of DataPathOwn) takes publishers' RTP off
 // pion's receive chain (UDP mux reader -> ICE conn -> SRTP session
 // goroutine -> interceptors -> TrackRemote.Read: four goroutine hand-offs
 // per packet). The node's batched socket (batchConn) is under pion's mux;
 // after each recvmmsg it looks every datagram's source address up in a
-// read-mostly table of fast-path sessions (copy on write behind an atomic
+// read-mostly table of own-path sessions (copy on write behind an atomic
 // pointer). A datagram from a registered address that is RTP (RFC 7983:
 // first byte 128..191; RFC 5761 section 4: payload type not 64..95, which
 // is RTCP) of an SSRC registered for that session is authenticated and
 // decrypted with the client's SRTP keys (RFC 3711, RFC 7714), recorded for
 // the publisher's feedback (NACK, receiver reports, TWCC) and forwarded
 // inline, on the mux's reader goroutine; the whole batch's fan-outs are
-// corked into one sendmmsg. With Config.FastRTCP the session's SRTCP is
+// corked into one sendmmsg. The session's SRTCP is
 // taken the same way (rtcpin.go). Everything else (STUN, DTLS, unknown
 // SSRCs such as RTX, packets whose tag fails) goes to pion as before.
 //
@@ -39,7 +39,7 @@ import (
 // participant leaving removes its session. A change of the selected
 // candidate pair moves the session to the new address.
 //
-// A session is registered only when its fast path is active (the node is
+// A session is registered only when its own data path is active (the node is
 // the DTLS server and knows the keys), its pair is over UDP and it has a
 // receiveRecorder: without one, TWCC feedback would report every
 // intercepted packet lost and the publisher's bandwidth estimate would
@@ -87,9 +87,9 @@ func newRecvPath(s *Server) *recvPath {
 	return r
 }
 
-// recvSession is one fast-path peer connection's receive state.
+// recvSession is one own-path peer connection's receive state.
 type recvSession struct {
-	f   *fastPath
+	f   *ownPath
 	rec receiveRecorder
 
 	// key and salt are the client's SRTP master key and salt (RFC 5764
@@ -100,8 +100,8 @@ type recvSession struct {
 	// (pion's context, with its replay window); nil for the AEAD ones.
 	ctx *srtp.Context
 	// srtcp opens the session's SRTCP, every profile (pion's context with
-	// its SRTCP replay window; the reader goroutine's alone); nil unless
-	// Config.FastRTCP. srtcpMin is the shortest SRTCP packet of the
+	// its SRTCP replay window; the reader goroutine's alone); nil in
+	// unit tests of pion's RTCP path. srtcpMin is the shortest SRTCP packet of the
 	// profile.
 	srtcp    *srtp.Context
 	srtcpMin int
@@ -124,7 +124,7 @@ type recvStream struct {
 
 // newRecvSession returns f's receive state from the client's keys, or nil
 // when the own receive path is off or cannot apply (no recorder).
-func (s *Server) newRecvSession(f *fastPath) *recvSession {
+func (s *Server) newRecvSession(f *ownPath) *recvSession {
 	if s.recv == nil || f.recorder == nil {
 		return nil
 	}
@@ -145,17 +145,15 @@ func (s *Server) newRecvSession(f *fastPath) *recvSession {
 		}
 		rs.ctx = ctx
 	}
-	if s.cfg.FastRTCP {
-		if err := rs.openSRTCP(); err != nil {
-			return nil
-		}
+	if err := rs.openSRTCP(); err != nil {
+		return nil
 	}
 	empty := []*recvStream{}
 	rs.streams.Store(&empty)
 	return rs
 }
 
-// place puts sess in the table at its fast path's current remote address
+// place puts sess in the table at its own data path's current remote address
 // (or takes it out when that is not a UDP address).
 func (r *recvPath) place(sess *recvSession) {
 	r.mu.Lock()
@@ -206,7 +204,7 @@ func (r *recvPath) remove(sess *recvSession) {
 // its receive state seeded with seq, the sequence number of a packet pion
 // already delivered; nil when the publisher's session has none.
 func (t *pubTrack) registerReceive(l *layer, ssrc uint32, seq uint16) *recvStream {
-	f := t.pub.fast
+	f := t.pub.own
 	if f == nil {
 		return nil
 	}
@@ -357,19 +355,19 @@ func isDuplicated(err error) bool {
 	return err != nil && strings.Contains(err.Error(), "duplicated packet")
 }
 
-// FastReceivePackets returns how many publishers' RTP packets the own
-// receive path (Config.FastReceive) took, and how many came through
+// OwnReceivePackets returns how many publishers' RTP packets the own
+// receive path (part of DataPathOwn) took, and how many came through
 // pion's receive path, since the node started.
-func (s *Server) FastReceivePackets() (own, pion uint64) {
+func (s *Server) OwnReceivePackets() (own, pion uint64) {
 	return s.ownReceived.Load(), s.pionReceived.Load()
 }
 
 // onPionPath reports whether d's subscriber is on pion's write path for
-// good (fast path off or fallen back): its write may block (an ICE-TCP
+// good (own data path off or fallen back): its write may block (an ICE-TCP
 // connection whose peer stopped reading), so the own receive path must not
 // make it on the socket's reader goroutine.
 func (d *downTrack) onPionPath() bool {
-	return d.sub != nil && (d.sub.fast == nil || d.sub.fast.fellBack.Load())
+	return d.sub != nil && (d.sub.own == nil || d.sub.own.fellBack.Load())
 }
 
 // slowQueue carries one layer's intercepted packets to the subscribers on

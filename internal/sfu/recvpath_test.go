@@ -26,7 +26,7 @@ func (c *countRecorder) Receive(h *rtp.Header, _ int64) {
 }
 
 // recvFixture is a publisher's session registered on the own receive
-// path, one video layer fanned out to one fast-path subscriber.
+// path, one video layer fanned out to one own-path subscriber.
 type recvFixture struct {
 	r    *recvPath
 	sess *recvSession
@@ -41,15 +41,15 @@ const recvTestSSRC = 0x5eed
 
 func newRecvFixture(t testing.TB, profile srtp.ProtectionProfile, firstSeq uint16) *recvFixture {
 	t.Helper()
-	d, _, _, _ := newFastTestDown(t, srtp.ProtectionProfileAeadAes128Gcm)
+	d, _, _, _ := newOwnTestDown(t, srtp.ProtectionProfileAeadAes128Gcm)
 	s := d.t.r.s
 	s.recv = newRecvPath(s)
 	pt := d.t
 	pt.addDown(d)
 	key, salt := testSRTPKeys(profile, 9, 0, 4, 1)
 	rec := &countRecorder{}
-	f := &fastPath{s: s, recorder: rec}
-	pt.pub = &participant{s: s, fast: f}
+	f := &ownPath{s: s, recorder: rec}
+	pt.pub = &participant{s: s, own: f}
 	from := netip.MustParseAddrPort("127.0.0.1:5004")
 	f.remote.Store(&from)
 	sess := &recvSession{f: f, rec: rec, key: key, salt: salt, profile: profile}
@@ -374,7 +374,7 @@ func FuzzRecvPath(f *testing.F) {
 		m.N = copy(m.Buf, data)
 		before := append([]byte(nil), m.Payload()...)
 		taken0, rep0 := testutilCounter(fx.r.taken), testutilCounter(fx.r.replays)
-		out0 := s.forwarded.Load() + uint64(testutilCounter(s.m.fastDrops)+testutilCounter(s.m.badRTP))
+		out0 := s.forwarded.Load() + uint64(testutilCounter(s.m.ownDrops)+testutilCounter(s.m.badRTP))
 		if fx.r.intercept(&m, now) {
 			taken := testutilCounter(fx.r.taken) - taken0
 			replays := testutilCounter(fx.r.replays) - rep0
@@ -382,9 +382,9 @@ func FuzzRecvPath(f *testing.F) {
 				t.Fatalf("taken %v times, %v replays", taken, replays)
 			}
 			// An authenticated packet is forwarded, or counted as a bad
-			// RTP packet or a fast-path drop; the subscriber may also
+			// RTP packet or an own-path drop; the subscriber may also
 			// skip it (a layer it waits to switch from): at most one.
-			out := s.forwarded.Load() + uint64(testutilCounter(s.m.fastDrops)+testutilCounter(s.m.badRTP))
+			out := s.forwarded.Load() + uint64(testutilCounter(s.m.ownDrops)+testutilCounter(s.m.badRTP))
 			if out-out0 > 1 {
 				t.Fatalf("one packet, %d forwards and drops", out-out0)
 			}
@@ -396,15 +396,16 @@ func FuzzRecvPath(f *testing.F) {
 	})
 }
 
-// TestFastReceiveRoom runs a room of three pion clients with the own
+// TestOwnReceiveRoom runs a room of three pion clients with the own
 // receive path: every client decodes every other's audio and video, the
 // own receive path took the publishers' packets (pion's receive path only
 // saw the first few of each stream), and every packet it took went to the
 // feedback recorder.
-func TestFastReceiveRoom(t *testing.T) {
+func TestOwnReceiveRoom(t *testing.T) {
 	var recs []*countRecorder
 	var mu = make(chan struct{}, 1)
-	h := newHarness(t, Config{FastPath: true, FastReceive: true, newRecorder: func() receiveRecorder {
+	requireOwnPath(t)
+	h := newHarness(t, Config{newRecorder: func() receiveRecorder {
 		r := &countRecorder{}
 		mu <- struct{}{}
 		recs = append(recs, r)

@@ -8,7 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// The own RTCP receive path (Config.FastRTCP). Without it, a client's
+// The own RTCP receive path (part of DataPathOwn). Without it, a client's
 // SRTCP goes through pion's UDP mux reader, the ICE conn, the mux
 // endpoint, the SRTCP session goroutine (decrypt, rtcp.Unmarshal to find
 // the SSRCs), a buffer per SSRC, and one goroutine per sent track
@@ -230,19 +230,19 @@ func (s *Server) keyframe(dt *downTrack, onReader bool) {
 }
 
 // onUDP reports whether p's selected candidate pair is over UDP, as far
-// as its fast path knows.
+// as its own data path knows.
 func (p *participant) onUDP() bool {
-	if p == nil || p.fast == nil {
+	if p == nil || p.own == nil {
 		return false
 	}
-	ap := p.fast.remote.Load()
+	ap := p.own.remote.Load()
 	return ap != nil && ap.IsValid()
 }
 
-// FastRTCPPackets returns how many clients' RTCP packets the own RTCP
-// path (Config.FastRTCP) took, and how many pion's path delivered to the
+// OwnRTCPPackets returns how many clients' RTCP packets the own RTCP
+// path (part of DataPathOwn) took, and how many pion's path delivered to the
 // node's readers (each sent track's and published layer's), since the
 // node started.
-func (s *Server) FastRTCPPackets() (own, pion uint64) {
+func (s *Server) OwnRTCPPackets() (own, pion uint64) {
 	return s.ownRTCP.Load(), s.pionRTCP.Load()
 }

@@ -31,7 +31,7 @@ func newRTCPFixture(t testing.TB, profile srtp.ProtectionProfile) *rtcpFixture {
 		t.Fatal(err)
 	}
 	f := fx.sess.f
-	p := &participant{s: f.s, fast: f}
+	p := &participant{s: f.s, own: f}
 	f.part = p
 	storeFiltered(&p.sent, nil, fx.down)
 	fb, err := rtpfeedback.New()
@@ -123,7 +123,7 @@ func TestRecvRTCP(t *testing.T) {
 			if taken, ign := testutilCounter(c.taken), testutilCounter(c.ignored); taken != 1 || ign != 1 {
 				t.Errorf("taken %v, ignored %v; want 1 and 1 (the SDES)", taken, ign)
 			}
-			if own, viaPion := s.FastRTCPPackets(); own != 1 || viaPion != 0 {
+			if own, viaPion := s.OwnRTCPPackets(); own != 1 || viaPion != 0 {
 				t.Errorf("own %d, pion %d", own, viaPion)
 			}
 			// The same packet again is a replay: dropped.
@@ -177,7 +177,7 @@ func TestRecvRTCP(t *testing.T) {
 			if !fx.r.intercept(&good, now) || fx.p.bwe.Load() != 777 {
 				t.Errorf("the untampered packet after the tampered one: REMB %d", fx.p.bwe.Load())
 			}
-			// Without an SRTCP context (Config.FastRTCP off): pion's.
+			// Without an SRTCP context (as in the unit tests of pion's RTCP path): pion's.
 			fx.sess.srtcp = nil
 			msg = fx.sealRTCP(t, &rtcp.ReceiverEstimatedMaximumBitrate{SenderSSRC: 1, Bitrate: 1})
 			if fx.r.intercept(&msg, now) {
@@ -201,7 +201,7 @@ func testutilHistogramCount(t *testing.T, m *metrics) uint64 {
 func TestRecvRTCPAsyncKeyframe(t *testing.T) {
 	fx := newRTCPFixture(t, srtp.ProtectionProfileAeadAes128Gcm)
 	m := fx.down.t.r.s.m
-	fx.down.t.pub = &participant{s: fx.down.t.r.s} // no fast path: not known to be on UDP
+	fx.down.t.pub = &participant{s: fx.down.t.r.s} // no own data path: not known to be on UDP
 	msg := fx.sealRTCP(t, &rtcp.PictureLossIndication{SenderSSRC: 1, MediaSSRC: fx.down.ssrc})
 	if !fx.r.intercept(&msg, time.Now().UnixNano()) {
 		t.Fatal("PLI not taken")
@@ -319,13 +319,15 @@ func FuzzRecvRTCP(f *testing.F) {
 	})
 }
 
-// TestFastRTCPRoom: with the own RTCP path, a pion subscriber's RTCP is
+// TestOwnRTCPRoom: on the own data path, a pion subscriber's RTCP is
 // acted on without pion's RTCP receive path (which delivers nothing to the
-// node's readers): its NACKs are answered from the cache, its PLIs reach
+// node's readers): its NACKs are answered from the cache and resent through the own
+// data path (the subscriber decrypts the copies), its PLIs reach
 // the publisher, its REMB sets its estimate. (TestPublisherGetsFeedback
 // checks that the publisher's sender reports reach the feedback.)
-func TestFastRTCPRoom(t *testing.T) {
-	h, sub, video, ssrc := nackSetup(t, Config{FastPath: true, FastReceive: true, FastRTCP: true, PLIInterval: 50 * time.Millisecond})
+func TestOwnRTCPRoom(t *testing.T) {
+	requireOwnPath(t)
+	h, sub, video, ssrc := nackSetup(t, Config{PLIInterval: 50 * time.Millisecond})
 	m := h.s.m
 	nackRecent(t, h, sub, video, ssrc)
 	fwd0 := testutilCounter(m.pliForwarded)
@@ -340,7 +342,10 @@ func TestFastRTCPRoom(t *testing.T) {
 		st, _ := h.s.Subscriber("sub")
 		return st.REMB == 432_000
 	})
-	own, viaPion := h.s.FastRTCPPackets()
+	if n := testutilCounter(m.ownActive); n != 2 {
+		t.Errorf("%v sessions on the own data path, want 2", n)
+	}
+	own, viaPion := h.s.OwnRTCPPackets()
 	t.Logf("own RTCP path %d packets (%v ignored parts), pion's %d", own, testutilCounter(m.rtcpIgnored), viaPion)
 	if own == 0 || viaPion != 0 {
 		t.Errorf("own RTCP path took %d packets, pion's readers got %d", own, viaPion)

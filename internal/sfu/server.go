@@ -15,14 +15,13 @@
 // chooses their simulcast layer. Audio levels (RFC 6464) make
 // active-speaker events.
 //
-// With Config.FastPath and Config.FastReceive the node forwards RTP with
-// SRTP of its own (RFC 3711, RFC 7714) in both directions: publishers'
-// packets are decrypted and fanned out from the socket's reader
-// (recvpath.go), subscribers' are sealed and sent with sendmmsg
-// (fastpath.go). With Config.FastRTCP clients' SRTCP is opened there too
-// (rtcpin.go), and with Config.FastRTCPSend the node's own RTCP is sealed
-// and sent by the node (rtcpout.go); pion keeps ICE, DTLS and SCTP, and
-// whatever RTCP those leave it.
+// On its own data path (Config.DataPath, DataPathOwn by default) the node
+// forwards RTP with SRTP of its own (RFC 3711, RFC 7714) in both
+// directions: publishers' packets are decrypted and fanned out from the
+// socket's reader (recvpath.go), subscribers' are sealed and sent with
+// sendmmsg (ownpath.go). Clients' SRTCP is opened there too (rtcpin.go),
+// and the node's own RTCP is sealed and sent by the node (rtcpout.go);
+// pion keeps ICE, DTLS and SCTP, and whatever RTCP those leave it.
 //
 // The node takes its work from the bus (package bus): join, offer, answer,
 // candidate and leave requests from signal servers.
@@ -61,16 +60,16 @@ type Server struct {
 	api *webrtc.API
 	m   *metrics
 
-	// se, me and interceptors build api; with the fast path every peer
+	// se, me and interceptors build api; with the own data path every peer
 	// connection gets an API of its own from them, with its own
-	// rtpfeedback.Interceptor (fastpath.go).
+	// rtpfeedback.Interceptor (ownpath.go).
 	se           webrtc.SettingEngine
 	me           *webrtc.MediaEngine
 	interceptors []interceptor.Factory
 
 	udp    *net.UDPConn
-	batch  *batchConn // nil unless Config.BatchIO
-	out    *batchConn // the fast path's writer (batch, or one of its own); nil unless Config.FastPath
+	batch  *batchConn // nil on DataPathPion
+	out    *batchConn // the own data path's writer (batch); nil unless DataPathOwn
 	tcp    *net.TCPListener
 	udpMux *ice.UDPMuxDefault
 	tcpMux ice.TCPMux
@@ -86,17 +85,17 @@ type Server struct {
 	closeOnce sync.Once
 	forwarded atomic.Uint64
 	received  atomic.Uint64
-	// fastSessions counts peer connections that took the fast path.
-	fastSessions atomic.Uint64
+	// ownSessions counts peer connections that took the own data path.
+	ownSessions atomic.Uint64
 	// recv is the own receive path (recvpath.go); nil unless
-	// Config.FastReceive. pionReceived counts the publishers' packets
+	// DataPathOwn. pionReceived counts the publishers' packets
 	// that came through pion's receive path (the layers' read loops),
 	// ownReceived those the own receive path took.
 	recv         *recvPath
 	pionReceived atomic.Uint64
 	ownReceived  atomic.Uint64
 	// ownRTCP counts the clients' RTCP packets the own RTCP path took
-	// (Config.FastRTCP, rtcpin.go), pionRTCP those the node's readers got
+	// (rtcpin.go), pionRTCP those the node's readers got
 	// from pion; asyncKeyframes is the own RTCP path's keyframe requests
 	// in flight from goroutines of their own.
 	ownRTCP, pionRTCP atomic.Uint64
@@ -130,20 +129,13 @@ func New(cfg Config, log *slog.Logger, b *bus.Client, reg prometheus.Registerer)
 	quiet := logging.NewDefaultLoggerFactory()
 	quiet.DefaultLogLevel = logging.LogLevelDisabled
 	var pconn net.PacketConn = s.udp
-	if cfg.BatchIO {
-		s.batch = newBatchConn(uc)
-		pconn = s.batch
-	}
-	if cfg.FastPath && cfg.FastReceive && s.batch == nil {
+	if cfg.DataPath.batched() {
 		// The own receive path reads the socket under pion's mux.
 		s.batch = newBatchConn(uc)
 		pconn = s.batch
 	}
-	if cfg.FastPath {
+	if cfg.DataPath.own() {
 		s.out = s.batch
-		if s.out == nil {
-			s.out = newBatchConn(uc) // writes only; pion's mux reads the socket
-		}
 	}
 	s.udpMux = ice.NewUDPMuxDefault(ice.UDPMuxParams{UDPConn: pconn, Logger: quiet.NewLogger("udpmux")})
 	types := []webrtc.NetworkType{webrtc.NetworkTypeUDP4, webrtc.NetworkTypeUDP6}
@@ -171,8 +163,8 @@ func New(cfg Config, log *slog.Logger, b *bus.Client, reg prometheus.Registerer)
 	if cfg.PublicIP.IsValid() {
 		se.SetNAT1To1IPs([]string{cfg.PublicIP.String()}, webrtc.ICECandidateTypeHost)
 	}
-	if cfg.FastPath {
-		// The fast path needs the server's view of the handshake (both
+	if cfg.DataPath.own() {
+		// The own data path needs the server's view of the handshake (both
 		// randoms): answer "passive", clients are DTLS clients.
 		if err := se.SetAnsweringDTLSRole(webrtc.DTLSRoleServer); err != nil {
 			s.closeSockets()
@@ -198,7 +190,7 @@ func New(cfg Config, log *slog.Logger, b *bus.Client, reg prometheus.Registerer)
 	ir := s.registry(nil, fb)
 	s.api = webrtc.NewAPI(webrtc.WithSettingEngine(se), webrtc.WithMediaEngine(me), webrtc.WithInterceptorRegistry(ir))
 	s.m = newMetrics(s, reg)
-	if cfg.FastPath && cfg.FastReceive {
+	if cfg.DataPath.own() {
 		s.recv = newRecvPath(s)
 		s.batch.recv.Store(s.recv)
 	}
@@ -297,7 +289,7 @@ func (s *Server) Run(ctx context.Context) error {
 	s.sub = sub
 	s.mu.Unlock()
 	s.log.Info("sfu serving", "node", s.cfg.NodeID, "udp", s.UDPAddr(), "tcp", s.TCPAddr())
-	if s.cfg.SchedulerPoll {
+	if !s.cfg.NoSchedulerPoll {
 		pctx, cancel := context.WithCancel(ctx)
 		var pwg sync.WaitGroup
 		pwg.Add(1)
@@ -314,7 +306,7 @@ func (s *Server) Run(ctx context.Context) error {
 	layers := time.NewTicker(500 * time.Millisecond)
 	defer layers.Stop()
 	var reports <-chan time.Time
-	if s.cfg.FastPath {
+	if s.cfg.DataPath.own() {
 		rt := time.NewTicker(srInterval)
 		defer rt.Stop()
 		reports = rt.C

@@ -379,12 +379,12 @@ type downTrack struct {
 	// not move a copy to the heap on every packet.
 	hdr rtp.Header
 	// twccID is the subscriber's transport-cc extension id, 0 when not
-	// negotiated (the fast path writes it, bwe.go).
+	// negotiated (the own data path writes it, bwe.go).
 	twccID uint8
-	// fast is the fast-path writer (fastpath.go), set on the first packet
+	// own is the own-path writer (ownpath.go), set on the first packet
 	// after the subscriber's SRTP keys are known and kept from then on:
 	// every packet of the SSRC goes through it.
-	fast *fastOut
+	own *ownOut
 }
 
 // Loss-based layer capping, for subscribers that send no REMB (browsers
@@ -495,8 +495,8 @@ func (d *downTrack) Bind(ctx webrtc.TrackLocalContext) (webrtc.RTPCodecParameter
 	d.pt = uint8(match.PayloadType)
 	d.clock = match.ClockRate
 	d.twccID = twccExtID(ctx.HeaderExtensions())
-	if d.fast != nil {
-		d.fast.twccID = d.twccID
+	if d.own != nil {
+		d.own.twccID = d.twccID
 	}
 	target := d.target
 	d.mu.Unlock()
@@ -559,14 +559,14 @@ func (d *downTrack) write(idx int, pkt *rtp.Packet, key bool, now int64) {
 
 // writeOwn is write for the own receive path, on the socket's reader: a
 // subscriber on pion's write path (onPionPath) is left to the slow queue
-// and it returns false. A subscriber with a fast-path writer never is:
+// and it returns false. A subscriber with an own-path writer never is:
 // checking that first, under the mutex the write takes anyway, spares the
-// participant's and its fast path's cache lines (onPionPath was 5 % of
+// participant's and its own data path's cache lines (onPionPath was 5 % of
 // the node's CPU in rooms of 4).
 func (d *downTrack) writeOwn(idx int, pkt *rtp.Packet, key bool, now int64) bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.fast == nil && d.onPionPath() {
+	if d.own == nil && d.onPionPath() {
 		return false
 	}
 	d.writeLocked(idx, pkt, key, now)
@@ -615,7 +615,7 @@ func (d *downTrack) writeLocked(idx int, pkt *rtp.Packet, key bool, now int64) {
 	if d.epochLen < cacheSize {
 		d.epochLen++
 	}
-	if o := d.fastLocked(); o != nil {
+	if o := d.ownLocked(); o != nil {
 		if o.send(h, pkt.Payload, now) {
 			d.t.r.s.forwarded.Add(1)
 		}
@@ -663,7 +663,7 @@ func (d *downTrack) resend(seq uint16, buf []byte) bool {
 	h.PayloadType = d.pt
 	h.SequenceNumber = seq
 	h.Timestamp += d.tsOff
-	if o := d.fastLocked(); o != nil {
+	if o := d.ownLocked(); o != nil {
 		return o.send(h, payload, time.Now().UnixNano())
 	}
 	_, err := d.ws.WriteRTP(h, payload)

@@ -8,17 +8,17 @@ import (
 	"github.com/pion/srtp/v3"
 )
 
-// TestFastPathTWCC: a subscriber that negotiated transport-cc gets every
+// TestOwnPathTWCC: a subscriber that negotiated transport-cc gets every
 // packet, retransmissions included, with the extension carrying
 // consecutive transport-wide sequence numbers, each recorded in the
 // estimator's ring with its wire size; nothing is allocated per packet; a
 // packet that fits the MTU only without the extension is dropped and
 // takes no sequence number.
-func TestFastPathTWCC(t *testing.T) {
+func TestOwnPathTWCC(t *testing.T) {
 	const extID = 5
-	d, cache, rc, dec := newFastTestDown(t, srtp.ProtectionProfileAeadAes128Gcm)
+	d, cache, rc, dec := newOwnTestDown(t, srtp.ProtectionProfileAeadAes128Gcm)
 	cc := newSendSide(time.Now().UnixNano())
-	d.sub.fast.cc = cc
+	d.sub.own.cc = cc
 	d.mu.Lock()
 	d.twccID = extID
 	d.mu.Unlock()
@@ -80,25 +80,25 @@ func TestFastPathTWCC(t *testing.T) {
 		d.write(0, pkt, false, now)
 		pkt.SequenceNumber++
 	}); a != 0 {
-		t.Errorf("fast-path write with transport-cc: %v allocations per packet", a)
+		t.Errorf("own-path write with transport-cc: %v allocations per packet", a)
 	}
 	next := cc.seq.Load()
 	// 12 header + 8 extension + payload + 16 tag = 1501: fits only without it.
-	big := &rtp.Packet{Header: pkt.Header, Payload: make([]byte, fastMTU-12-16-7)}
-	drops := testutilCounter(d.t.r.s.m.fastDrops)
+	big := &rtp.Packet{Header: pkt.Header, Payload: make([]byte, ownMTU-12-16-7)}
+	drops := testutilCounter(d.t.r.s.m.ownDrops)
 	d.write(0, big, false, now)
-	if testutilCounter(d.t.r.s.m.fastDrops) != drops+1 || cc.seq.Load() != next {
+	if testutilCounter(d.t.r.s.m.ownDrops) != drops+1 || cc.seq.Load() != next {
 		t.Fatalf("oversized with the extension: drops %v -> %v, transport sequence %d -> %d",
-			drops, testutilCounter(d.t.r.s.m.fastDrops), next, cc.seq.Load())
+			drops, testutilCounter(d.t.r.s.m.ownDrops), next, cc.seq.Load())
 	}
 }
 
-// BenchmarkFastPathWriteTWCC is BenchmarkFastPathWrite for a subscriber
+// BenchmarkOwnPathWriteTWCC is BenchmarkOwnPathWrite for a subscriber
 // that negotiated transport-cc: the extension, its sequence number and the
 // ring record on every packet.
-func BenchmarkFastPathWriteTWCC(b *testing.B) {
-	d, _, _, _ := newFastTestDown(b, srtp.ProtectionProfileAeadAes128Gcm)
-	d.sub.fast.cc = newSendSide(time.Now().UnixNano())
+func BenchmarkOwnPathWriteTWCC(b *testing.B) {
+	d, _, _, _ := newOwnTestDown(b, srtp.ProtectionProfileAeadAes128Gcm)
+	d.sub.own.cc = newSendSide(time.Now().UnixNano())
 	d.twccID = 5
-	benchFastPathWrite(b, d)
+	benchOwnPathWrite(b, d)
 }

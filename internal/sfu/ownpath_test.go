@@ -2,6 +2,7 @@ package sfu
 
 import (
 	"context"
+	"errors"
 	"net"
 	"net/netip"
 	"testing"
@@ -14,13 +15,44 @@ import (
 	"github.com/traverse-rtc/traverse/internal/udpio"
 )
 
-// TestFastPathRoom runs a room of three on the fast path: every pion
-// client decodes every other's audio and video, which it can only do if
-// the keys the node derived from the DTLS hooks are the ones the client's
-// own DTLS-SRTP agreed; every session took the fast path, nothing was
-// dropped, and sender reports for the fast-path streams reach the clients.
-func TestFastPathRoom(t *testing.T) {
-	h := newHarness(t, Config{FastPath: true})
+// TestDataPathConfig: the zero Config runs the own data path (what the
+// traverse command runs, and what this suite runs without
+// TRAVERSE_SFU_DATA_PATH); a data path that does not exist is a Config
+// error; the flag values round-trip.
+func TestDataPathConfig(t *testing.T) {
+	c := Config{UDP: "127.0.0.1:0"}
+	if err := c.validate(); err != nil || c.DataPath != DataPathOwn || !c.DataPath.own() || !c.DataPath.batched() {
+		t.Fatalf("zero Config: %v, data path %v", err, c.DataPath)
+	}
+	c.DataPath = DataPathPionBatched + 1
+	if err := c.validate(); !errors.Is(err, ErrConfig) {
+		t.Errorf("data path %d: %v, want ErrConfig", c.DataPath, err)
+	}
+	for _, d := range []DataPath{DataPathOwn, DataPathPion, DataPathPionBatched} {
+		var got DataPath = 99
+		if err := got.Set(d.String()); err != nil || got != d {
+			t.Errorf("Set(%q) = %v, %v", d.String(), got, err)
+		}
+	}
+	var d DataPath
+	if err := d.Set("fast"); !errors.Is(err, ErrConfig) {
+		t.Errorf(`Set("fast"): %v, want ErrConfig`, err)
+	}
+}
+
+// TestOwnPathRoom runs a room of three on the own data path, the
+// package's default: every pion client decodes every other's audio and
+// video, which it can only do if the keys the node derived from the DTLS
+// hooks are the ones the client's own DTLS-SRTP agreed; every session took
+// the own data path, nothing was dropped, and sender reports for the
+// own-path streams reach the clients. The counters prove the own receive
+// and send paths carried the media: the publishers' RTP was taken by the
+// socket's reader (all but the packets before a session's keys) and the
+// forwarded RTP left through the node's writer (TestOwnRTCPRoom: the
+// clients' RTCP, TestOwnRTCPSend: the node's).
+func TestOwnPathRoom(t *testing.T) {
+	requireOwnPath(t)
+	h := newHarness(t, Config{})
 	var clients []*loadgen.Client
 	for _, id := range []string{"a", "b", "c"} {
 		clients = append(clients, h.dial(loadgen.ClientConfig{Room: "f", Identity: id, Publish: true, Subscribe: true,
@@ -32,10 +64,10 @@ func TestFastPathRoom(t *testing.T) {
 		waitFor(t, 15*time.Second, "2 videos and 2 audios at every client", func() bool { return received(c, 2, 2, 30) })
 	}
 	waitFor(t, 15*time.Second, "3 videos and 3 audios at the ICE-TCP client", func() bool { return received(tcp, 3, 3, 30) })
-	if n := testutilCounter(h.s.m.fastActive); n != 3 {
-		t.Errorf("%v sessions on the fast path, want 3", n)
+	if n := testutilCounter(h.s.m.ownActive); n != 3 {
+		t.Errorf("%v sessions on the own data path, want 3", n)
 	}
-	if n := testutilCounter(h.s.m.fastFallbacks); n != 1 {
+	if n := testutilCounter(h.s.m.ownFallbacks); n != 1 {
 		t.Errorf("%v sessions fell back to pion's path, want 1 (the ICE-TCP one)", n)
 	}
 	h.s.mu.Lock()
@@ -48,37 +80,30 @@ func TestFastPathRoom(t *testing.T) {
 		if p.identity == "tcp" {
 			continue
 		}
-		p.fast.mu.Lock()
-		n := len(p.fast.tracks)
-		p.fast.mu.Unlock()
+		p.own.mu.Lock()
+		n := len(p.own.tracks)
+		p.own.mu.Unlock()
 		if n != 4 {
-			t.Errorf("session %s: %d fast-path streams, want 4", p.id, n)
+			t.Errorf("session %s: %d own-path streams, want 4", p.id, n)
 		}
 	}
-	if d := testutilCounter(h.s.m.fastDrops); d != 0 {
-		t.Errorf("%v fast-path drops", d)
+	if d := testutilCounter(h.s.m.ownDrops); d != 0 {
+		t.Errorf("%v own-path drops", d)
 	}
 	if h.s.out.writes.Load() == 0 {
 		t.Error("nothing went through the node's own writer")
 	}
-	waitFor(t, 5*time.Second, "sender reports for the fast-path streams", func() bool {
-		return testutilCounter(h.s.m.fastReports) >= 4
+	if own, viaPion := h.s.OwnReceivePackets(); own == 0 || own < 10*viaPion {
+		t.Errorf("own receive path took %d packets, pion's %d", own, viaPion)
+	}
+	waitFor(t, 5*time.Second, "sender reports for the own-path streams", func() bool {
+		return testutilCounter(h.s.m.ownReports) >= 4
 	})
 }
 
-// TestFastPathNACK: with the fast path on, NACKed packets are resent
-// through it (the subscriber decrypts the copies).
-func TestFastPathNACK(t *testing.T) {
-	h, sub, video, ssrc := nackSetup(t, Config{FastPath: true})
-	nackRecent(t, h, sub, video, ssrc)
-	if testutilCounter(h.s.m.fastActive) != 2 {
-		t.Errorf("%v sessions on the fast path, want 2", testutilCounter(h.s.m.fastActive))
-	}
-}
-
-// newFastTestDown is newTestDown with a fast-path writer to a local
+// newOwnTestDown is newTestDown with an own-path writer to a local
 // socket, keyed with profile.
-func newFastTestDown(t testing.TB, profile srtp.ProtectionProfile) (*downTrack, *packetCache, *net.UDPConn, *srtp.Context) {
+func newOwnTestDown(t testing.TB, profile srtp.ProtectionProfile) (*downTrack, *packetCache, *net.UDPConn, *srtp.Context) {
 	t.Helper()
 	d, _, cache := newTestDown(t)
 	uc, err := udpio.Listen(context.Background(), "udp", "127.0.0.1:0", udpio.Options{})
@@ -94,11 +119,11 @@ func newFastTestDown(t testing.TB, profile srtp.ProtectionProfile) (*downTrack, 
 	}
 	t.Cleanup(func() { rc.Close() })
 	key, salt := testSRTPKeys(profile, 1, 0, 0, 0)
-	f := &fastPath{s: s, key: key, salt: salt, profile: profile}
+	f := &ownPath{s: s, key: key, salt: salt, profile: profile}
 	f.active.Store(true)
 	to := rc.LocalAddr().(*net.UDPAddr).AddrPort()
 	f.remote.Store(&to)
-	d.sub = &participant{s: s, fast: f}
+	d.sub = &participant{s: s, own: f}
 	dec, err := srtp.CreateContext(key, salt, profile)
 	if err != nil {
 		t.Fatal(err)
@@ -106,14 +131,14 @@ func newFastTestDown(t testing.TB, profile srtp.ProtectionProfile) (*downTrack, 
 	return d, cache, rc, dec
 }
 
-// TestFastPathWrite: the fast path sends what a receiver with the same
+// TestOwnPathWrite: the own data path sends what a receiver with the same
 // keys decrypts to the rewritten packet, answers NACKs through the same
 // context, allocates nothing per packet, and drops (and counts) a packet
 // too large for the MTU.
-func TestFastPathWrite(t *testing.T) {
+func TestOwnPathWrite(t *testing.T) {
 	for _, prof := range []srtp.ProtectionProfile{srtp.ProtectionProfileAeadAes128Gcm, srtp.ProtectionProfileAes128CmHmacSha1_80} {
 		t.Run(prof.String(), func(t *testing.T) {
-			d, cache, rc, dec := newFastTestDown(t, prof)
+			d, cache, rc, dec := newOwnTestDown(t, prof)
 			payload := make([]byte, 1200)
 			for i := range payload {
 				payload[i] = byte(i)
@@ -164,21 +189,21 @@ func TestFastPathWrite(t *testing.T) {
 				d.write(0, pkt, false, now)
 				pkt.SequenceNumber++
 			}); a != 0 {
-				t.Errorf("fast-path write: %v allocations per packet", a)
+				t.Errorf("own-path write: %v allocations per packet", a)
 			}
-			big := &rtp.Packet{Header: pkt.Header, Payload: make([]byte, fastMTU)}
-			drops := testutilCounter(d.t.r.s.m.fastDrops)
+			big := &rtp.Packet{Header: pkt.Header, Payload: make([]byte, ownMTU)}
+			drops := testutilCounter(d.t.r.s.m.ownDrops)
 			d.write(0, big, false, now)
-			if testutilCounter(d.t.r.s.m.fastDrops) != drops+1 {
+			if testutilCounter(d.t.r.s.m.ownDrops) != drops+1 {
 				t.Fatal("an oversized packet was not dropped and counted")
 			}
 			var none netip.AddrPort
-			d.sub.fast.remote.Store(&none)
+			d.sub.own.remote.Store(&none)
 			d.write(0, pkt, false, now)
-			if testutilCounter(d.t.r.s.m.fastDrops) != drops+2 {
+			if testutilCounter(d.t.r.s.m.ownDrops) != drops+2 {
 				t.Fatal("a packet without a UDP destination was not dropped and counted")
 			}
-			sr, ok := d.fast.report(d.ssrc, d.clock, time.Now())
+			sr, ok := d.own.report(d.ssrc, d.clock, time.Now())
 			if !ok || sr.SSRC != 0xabcdef || sr.PacketCount < 11 {
 				t.Fatalf("sender report %+v", sr)
 			}
@@ -186,18 +211,18 @@ func TestFastPathWrite(t *testing.T) {
 	}
 }
 
-// BenchmarkFastPathWrite is the per-subscriber cost of forwarding one
-// 1200-byte packet on the fast path: rewrite, AES-GCM, and the queueing
+// BenchmarkOwnPathWrite is the per-subscriber cost of forwarding one
+// 1200-byte packet on the own data path: rewrite, AES-GCM, and the queueing
 // into a corked batch (the sendmmsg is outside the loop).
-func BenchmarkFastPathWrite(b *testing.B) {
-	d, _, _, _ := newFastTestDown(b, srtp.ProtectionProfileAeadAes128Gcm)
-	benchFastPathWrite(b, d)
+func BenchmarkOwnPathWrite(b *testing.B) {
+	d, _, _, _ := newOwnTestDown(b, srtp.ProtectionProfileAeadAes128Gcm)
+	benchOwnPathWrite(b, d)
 }
 
-// benchFastPathWrite writes 1200-byte packets through d into a corked
+// benchOwnPathWrite writes 1200-byte packets through d into a corked
 // batch, emptying the queue before it fills (the sendmmsg is outside the
 // loop).
-func benchFastPathWrite(b *testing.B, d *downTrack) {
+func benchOwnPathWrite(b *testing.B, d *downTrack) {
 	pkt := &rtp.Packet{Header: rtp.Header{Version: 2, PayloadType: 100, SSRC: 1}, Payload: make([]byte, 1200)}
 	now := time.Now().UnixNano()
 	out := d.t.r.s.out
@@ -216,10 +241,10 @@ func benchFastPathWrite(b *testing.B, d *downTrack) {
 	out.uncork()
 }
 
-// FuzzFastPathWrite: any RTP packet a publisher sends is either encrypted
-// and sent or dropped and counted by the fast path (odd sizes, CSRC lists,
+// FuzzOwnPathWrite: any RTP packet a publisher sends is either encrypted
+// and sent or dropped and counted by the own data path (odd sizes, CSRC lists,
 // padding, extensions), never a panic or an allocation-sized surprise.
-func FuzzFastPathWrite(f *testing.F) {
+func FuzzOwnPathWrite(f *testing.F) {
 	seed := &rtp.Packet{Header: rtp.Header{Version: 2, PayloadType: 96, SequenceNumber: 1, SSRC: 7}, Payload: make([]byte, 1200)}
 	b, _ := seed.Marshal()
 	f.Add(b)
@@ -228,7 +253,7 @@ func FuzzFastPathWrite(f *testing.F) {
 	b, _ = seed.Marshal()
 	f.Add(b)
 	f.Add([]byte{0x80, 0x60, 0, 1, 0, 0, 0, 1, 0, 0, 0, 7})
-	d, _, _, _ := newFastTestDown(f, srtp.ProtectionProfileAeadAes128Gcm)
+	d, _, _, _ := newOwnTestDown(f, srtp.ProtectionProfileAeadAes128Gcm)
 	s := d.t.r.s
 	now := time.Now().UnixNano()
 	f.Fuzz(func(t *testing.T, data []byte) {
@@ -236,9 +261,9 @@ func FuzzFastPathWrite(f *testing.F) {
 		if err := pkt.Unmarshal(data); err != nil {
 			return
 		}
-		drops, writes := testutilCounter(s.m.fastDrops), s.out.writes.Load()
+		drops, writes := testutilCounter(s.m.ownDrops), s.out.writes.Load()
 		d.write(0, &pkt, true, now)
-		if got := testutilCounter(s.m.fastDrops) - drops + float64(s.out.writes.Load()-writes); got != 1 {
+		if got := testutilCounter(s.m.ownDrops) - drops + float64(s.out.writes.Load()-writes); got != 1 {
 			t.Fatalf("%d-byte packet: %v sends and drops, want 1", len(data), got)
 		}
 	})

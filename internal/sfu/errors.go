@@ -6,11 +6,6 @@ import "errors"
 var (
 	// ErrConfig is returned for an invalid Config.
 	ErrConfig = errors.New("sfu: invalid config")
-	// ErrFastPathKeys is returned when a peer connection's SRTP keys cannot
-	// be derived for the own data path (the node is not the DTLS server, a
-	// cipher suite or SRTP profile it does not know, secrets not seen);
-	// that subscriber stays on pion's write path.
-	ErrFastPathKeys = errors.New("sfu: own data path: no SRTP keys")
 )
 
 var (

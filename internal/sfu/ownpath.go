@@ -13,6 +13,7 @@ import (
 	"github.com/pion/webrtc/v4"
 
 	"github.com/traverse-rtc/traverse/internal/rtpfeedback"
+	"github.com/traverse-rtc/traverse/internal/sfu/srtpseal"
 )
 
 // The own data path (DataPathOwn) forwards RTP to a subscriber with the
@@ -43,9 +44,9 @@ import (
 // so the node sends an RTCP SR per own-path stream every second from its
 // own counters (sendReports), through the session's RTCP writer.
 type ownPath struct {
-	s       *Server
-	part    *participant // whose peer connection it is; set before it is used
-	secrets dtlsSecrets
+	s    *Server
+	part *participant // whose peer connection it is; set before it is used
+	keys sessionKeys
 
 	// key, salt and profile are set once, before active is.
 	key, salt []byte
@@ -85,13 +86,23 @@ type ownPath struct {
 	rtcp *rtcpOut
 }
 
+// sessionKeys is what the own data path needs of a peer connection's
+// DTLS handshake: hooks on its setting engine, then the SRTP keys of
+// each direction (srtpseal.Secrets, the one coupling to pion's DTLS
+// internals).
+type sessionKeys interface {
+	Attach(se *webrtc.SettingEngine) error
+	Local() (srtpseal.Keys, error)
+	Remote() (srtpseal.Keys, error)
+}
+
 // newOwnPath returns a participant's own-path state, nil when the
 // own data path is off.
 func (s *Server) newOwnPath() *ownPath {
 	if !s.cfg.DataPath.own() {
 		return nil
 	}
-	f := &ownPath{s: s, cc: newSendSide(time.Now().UnixNano())}
+	f := &ownPath{s: s, cc: newSendSide(time.Now().UnixNano()), keys: &srtpseal.Secrets{}}
 	f.rtcp = &rtcpOut{f: f}
 	return f
 }
@@ -116,8 +127,12 @@ func (s *Server) newPeerConnection(p *participant) (*webrtc.PeerConnection, erro
 		return nil, err
 	}
 	se := s.se
-	se.SetDTLSKeyLogWriter(&f.secrets)
-	se.SetDTLSServerHelloMessageHook(f.secrets.serverHello)
+	// The own data path needs the server's view of the handshake (both
+	// randoms): the node answers "passive", clients are DTLS clients.
+	if err := f.keys.Attach(&se); err != nil {
+		_ = fb.Close()
+		return nil, err
+	}
 	api := webrtc.NewAPI(webrtc.WithSettingEngine(se), webrtc.WithMediaEngine(s.me),
 		webrtc.WithInterceptorRegistry(s.registry(out, fb.Factory())))
 	pc, err := api.NewPeerConnection(webrtc.Configuration{})
@@ -165,7 +180,8 @@ func (f *ownPath) activate() {
 		f.s.m.ownFallbacks.Inc()
 		return
 	}
-	key, salt, profile, err := f.secrets.localKeys()
+	local, err := f.keys.Local()
+	key, salt, profile := local.Key, local.Salt, local.Profile
 	if err != nil {
 		f.s.log.Debug("sfu: own data path unavailable", "err", err)
 		f.fellBack.Store(true)
@@ -224,7 +240,7 @@ func (f *ownPath) setPair(pair *webrtc.ICECandidatePair) {
 // mutex.
 type ownOut struct {
 	f    *ownPath
-	gcm  *srtpGCM      // the AEAD profiles (srtpgcm.go), else ctx
+	gcm  *srtpseal.GCM // the AEAD profiles, else ctx
 	ctx  *srtp.Context // this SSRC's context: its rollover state is ours alone
 	buf  [ownMTU]byte  // the packet being encrypted, in place, when nothing is corked
 	hdr  rtp.Header    // EncryptRTP's parse of buf (reused: no allocation)
@@ -265,11 +281,11 @@ func (d *downTrack) ownLocked() *ownOut {
 	o := &ownOut{f: f, twccID: d.twccID}
 	switch f.profile {
 	case srtp.ProtectionProfileAeadAes128Gcm, srtp.ProtectionProfileAeadAes256Gcm:
-		g, err := newSRTPGCM(f.key, f.salt)
+		g, err := srtpseal.NewGCM(f.key, f.salt)
 		if err != nil {
 			return nil
 		}
-		o.gcm, o.tail = g, gcmTagLen
+		o.gcm, o.tail = g, srtpseal.TagLen
 	default:
 		ctx, err := srtp.CreateContext(f.key, f.salt, f.profile)
 		if err != nil {
@@ -352,7 +368,7 @@ func (o *ownOut) fill(buf []byte) (int, bool) {
 	}
 	n := hn + copy(buf[hn:], o.payload)
 	if o.gcm != nil {
-		out, ok := o.gcm.seal(buf, hn, n, o.h.SSRC, o.h.SequenceNumber)
+		out, ok := o.gcm.Seal(buf, hn, n, o.h.SSRC, o.h.SequenceNumber)
 		return len(out), ok
 	}
 	out, err := o.ctx.EncryptRTP(buf[:0], buf[:n], &o.hdr)

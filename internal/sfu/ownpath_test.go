@@ -12,6 +12,7 @@ import (
 	"github.com/pion/srtp/v3"
 
 	"github.com/traverse-rtc/traverse/internal/loadgen"
+	"github.com/traverse-rtc/traverse/internal/sfu/srtpseal/srtpsealtest"
 	"github.com/traverse-rtc/traverse/internal/udpio"
 )
 
@@ -118,7 +119,7 @@ func newOwnTestDown(t testing.TB, profile srtp.ProtectionProfile) (*downTrack, *
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { rc.Close() })
-	key, salt := testSRTPKeys(profile, 1, 0, 0, 0)
+	key, salt := srtpsealtest.Keys(profile, 1, 0, 0, 0)
 	f := &ownPath{s: s, key: key, salt: salt, profile: profile}
 	f.active.Store(true)
 	to := rc.LocalAddr().(*net.UDPAddr).AddrPort()

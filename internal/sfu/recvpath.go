@@ -13,6 +13,7 @@ import (
 	"github.com/pion/webrtc/v4"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/traverse-rtc/traverse/internal/sfu/srtpseal"
 	"github.com/traverse-rtc/traverse/internal/udpio"
 )
 
@@ -119,7 +120,7 @@ type recvStream struct {
 	ssrc uint32
 	t    *pubTrack
 	l    *layer
-	gcm  *srtpGCM // the AEAD profiles; touched by the reader goroutine only
+	gcm  *srtpseal.GCM // the AEAD profiles; touched by the reader goroutine only
 }
 
 // newRecvSession returns f's receive state from the client's keys, or nil
@@ -128,18 +129,19 @@ func (s *Server) newRecvSession(f *ownPath) *recvSession {
 	if s.recv == nil || f.recorder == nil {
 		return nil
 	}
-	key, salt, profile, err := f.secrets.remoteKeys()
+	remote, err := f.keys.Remote()
+	key, salt, profile := remote.Key, remote.Salt, remote.Profile
 	if err != nil {
 		return nil
 	}
 	rs := &recvSession{f: f, rec: f.recorder, key: key, salt: salt, profile: profile}
 	switch profile {
 	case srtp.ProtectionProfileAeadAes128Gcm, srtp.ProtectionProfileAeadAes256Gcm:
-		if _, err := newSRTPGCM(key, salt); err != nil {
+		if _, err := srtpseal.NewGCM(key, salt); err != nil {
 			return nil
 		}
 	default:
-		ctx, err := srtp.CreateContext(key, salt, profile, srtp.SRTPReplayProtection(replayWindow))
+		ctx, err := srtp.CreateContext(key, salt, profile, srtp.SRTPReplayProtection(srtpseal.ReplayWindow))
 		if err != nil {
 			return nil
 		}
@@ -214,13 +216,13 @@ func (t *pubTrack) registerReceive(l *layer, ssrc uint32, seq uint16) *recvStrea
 	}
 	st := &recvStream{sess: sess, ssrc: ssrc, t: t, l: l}
 	if sess.ctx == nil {
-		g, err := newSRTPGCM(sess.key, sess.salt)
+		g, err := srtpseal.NewGCM(sess.key, sess.salt)
 		if err != nil {
 			return nil
 		}
 		// That packet has index seq (ROC 0: pion's receiver, like ours,
 		// starts its rollover counter at 0 on the first packet).
-		g.begun, g.index, g.window = true, uint64(seq), 1
+		g.StartAt(seq)
 		st.gcm = g
 	}
 	sess.smu.Lock()
@@ -314,18 +316,18 @@ func (r *recvPath) intercept(m *udpio.Message, now int64) bool {
 	if st.gcm != nil {
 		seq := binary.BigEndian.Uint16(p[2:])
 		dst := r.scratch[:]
-		if l.cache != nil && !st.gcm.replayed(seq) {
+		if l.cache != nil && !st.gcm.Replayed(seq) {
 			dst = l.cache.claim(seq)
 		}
-		n, res := st.gcm.open(dst, p, hn, st.ssrc, seq)
+		n, res := st.gcm.Open(dst, p, hn, st.ssrc, seq)
 		switch res {
-		case openReplay:
+		case srtpseal.OpenReplay:
 			r.replays.Inc()
 			return true // dropped: pion would not know it was a replay
-		case openShort:
+		case srtpseal.OpenShort:
 			r.errShort.Inc()
 			return false
-		case openAuth:
+		case srtpseal.OpenAuth:
 			r.errAuth.Inc()
 			return false // untouched: pion's own checks decide
 		}

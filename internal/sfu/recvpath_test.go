@@ -11,6 +11,8 @@ import (
 	"github.com/pion/srtp/v3"
 
 	"github.com/traverse-rtc/traverse/internal/loadgen"
+	"github.com/traverse-rtc/traverse/internal/sfu/srtpseal"
+	"github.com/traverse-rtc/traverse/internal/sfu/srtpseal/srtpsealtest"
 	"github.com/traverse-rtc/traverse/internal/udpio"
 )
 
@@ -46,7 +48,7 @@ func newRecvFixture(t testing.TB, profile srtp.ProtectionProfile, firstSeq uint1
 	s.recv = newRecvPath(s)
 	pt := d.t
 	pt.addDown(d)
-	key, salt := testSRTPKeys(profile, 9, 0, 4, 1)
+	key, salt := srtpsealtest.Keys(profile, 9, 0, 4, 1)
 	rec := &countRecorder{}
 	f := &ownPath{s: s, recorder: rec}
 	pt.pub = &participant{s: s, own: f}
@@ -54,7 +56,7 @@ func newRecvFixture(t testing.TB, profile srtp.ProtectionProfile, firstSeq uint1
 	f.remote.Store(&from)
 	sess := &recvSession{f: f, rec: rec, key: key, salt: salt, profile: profile}
 	if profile != srtp.ProtectionProfileAeadAes128Gcm && profile != srtp.ProtectionProfileAeadAes256Gcm {
-		ctx, err := srtp.CreateContext(key, salt, profile, srtp.SRTPReplayProtection(replayWindow))
+		ctx, err := srtp.CreateContext(key, salt, profile, srtp.SRTPReplayProtection(srtpseal.ReplayWindow))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -6,6 +6,8 @@ import (
 	"github.com/pion/rtcp"
 	"github.com/pion/srtp/v3"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/traverse-rtc/traverse/internal/sfu/srtpseal"
 )
 
 // The own RTCP receive path (part of DataPathOwn). Without it, a client's
@@ -49,7 +51,7 @@ func (m *metrics) newRTCPCounters() rtcpCounters {
 
 // openSRTCP makes the session's SRTCP context from the client's keys.
 func (sess *recvSession) openSRTCP() error {
-	ctx, err := srtp.CreateContext(sess.key, sess.salt, sess.profile, srtp.SRTCPReplayProtection(replayWindow))
+	ctx, err := srtp.CreateContext(sess.key, sess.salt, sess.profile, srtp.SRTCPReplayProtection(srtpseal.ReplayWindow))
 	if err != nil {
 		return err
 	}

@@ -163,14 +163,6 @@ func New(cfg Config, log *slog.Logger, b *bus.Client, reg prometheus.Registerer)
 	if cfg.PublicIP.IsValid() {
 		se.SetNAT1To1IPs([]string{cfg.PublicIP.String()}, webrtc.ICECandidateTypeHost)
 	}
-	if cfg.DataPath.own() {
-		// The own data path needs the server's view of the handshake (both
-		// randoms): answer "passive", clients are DTLS clients.
-		if err := se.SetAnsweringDTLSRole(webrtc.DTLSRoleServer); err != nil {
-			s.closeSockets()
-			return nil, fmt.Errorf("sfu: %w", err)
-		}
-	}
 	me := &webrtc.MediaEngine{}
 	if err := registerCodecs(me); err != nil {
 		s.closeSockets()

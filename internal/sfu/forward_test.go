@@ -9,6 +9,7 @@ import (
 	"github.com/pion/rtp"
 	"github.com/pion/webrtc/v4"
 
+	"github.com/traverse-rtc/traverse/internal/rtpcodec"
 	"github.com/traverse-rtc/traverse/internal/udpio"
 )
 
@@ -33,7 +34,7 @@ func newTestDown(t testing.TB) (*downTrack, *sinkWriter, *packetCache) {
 	s := &Server{}
 	s.m = newMetrics(s, nil)
 	r := &room{s: s, name: "r"}
-	pt := &pubTrack{r: r, id: "v", streamID: "s", kind: webrtc.RTPCodecTypeVideo, ck: codecOf("video/VP8"), nrids: 1}
+	pt := &pubTrack{r: r, id: "v", streamID: "s", kind: webrtc.RTPCodecTypeVideo, ck: rtpcodec.CodecOf("video/VP8"), nrids: 1}
 	empty := []*downTrack{}
 	pt.downs.Store(&empty)
 	l := &layer{idx: 0, cache: &packetCache{}}

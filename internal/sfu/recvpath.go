@@ -467,7 +467,7 @@ func (q *slowQueue) run() {
 			if pkt.Unmarshal(buf[:n]) != nil {
 				continue
 			}
-			key := q.t.kind == webrtc.RTPCodecTypeVideo && isKeyframe(q.t.ck, pkt.Payload)
+			key := q.t.kind == webrtc.RTPCodecTypeVideo && q.t.ck.Keyframe(pkt.Payload)
 			for _, d := range *q.t.downs.Load() {
 				if d.onPionPath() {
 					d.write(q.l.idx, &pkt, key, now)

@@ -11,6 +11,7 @@ import (
 	"github.com/pion/webrtc/v4"
 
 	"github.com/traverse-rtc/traverse/internal/bus"
+	"github.com/traverse-rtc/traverse/internal/rtpcodec"
 )
 
 // maxLayers is the number of simulcast layers a track may have.
@@ -26,7 +27,7 @@ type pubTrack struct {
 	streamID string
 	kind     webrtc.RTPCodecType
 	codec    webrtc.RTPCodecParameters
-	ck       codecKind
+	ck       rtpcodec.Codec
 	levelID  uint8 // audio level extension id, 0 when absent
 	nrids    int   // simulcast layers announced in the SDP
 
@@ -62,7 +63,7 @@ type layer struct {
 
 func newPubTrack(r *room, p *participant, key string, remote *webrtc.TrackRemote, recv *webrtc.RTPReceiver) *pubTrack {
 	t := &pubTrack{r: r, pub: p, key: key, id: remote.ID(), streamID: remote.StreamID(), kind: remote.Kind(),
-		codec: remote.Codec(), ck: codecOf(remote.Codec().MimeType), nrids: len(recv.Tracks())}
+		codec: remote.Codec(), ck: rtpcodec.CodecOf(remote.Codec().MimeType), nrids: len(recv.Tracks())}
 	if t.streamID == "" {
 		t.streamID = p.id
 	}
@@ -211,14 +212,14 @@ func (t *pubTrack) forward(l *layer, raw []byte, now int64, rec receiveRecorder)
 	l.bytes.Add(uint64(len(raw)))
 	l.seen.Store(now)
 	if t.levelID != 0 {
-		if lv, _, ok := audioLevel(pkt.GetExtension(t.levelID)); ok {
+		if lv, _, ok := rtpcodec.AudioLevel(pkt.GetExtension(t.levelID)); ok {
 			t.pub.observeLevel(lv)
 		}
 	}
 	if l.cache != nil {
 		l.cache.put(pkt, raw)
 	}
-	key := t.kind == webrtc.RTPCodecTypeVideo && isKeyframe(t.ck, pkt.Payload)
+	key := t.kind == webrtc.RTPCodecTypeVideo && t.ck.Keyframe(pkt.Payload)
 	if key {
 		l.learnSize(t.ck, pkt.Payload)
 	}

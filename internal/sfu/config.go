@@ -91,7 +91,7 @@ const (
 	// from the socket's reader (recvpath.go, rtcpin.go); forwarded RTP
 	// and the node's RTCP are sealed with SRTP contexts of the node's own
 	// and sent in one sendmmsg per fan-out (ownpath.go, rtcpout.go). The
-	// node answers as DTLS server to derive the keys (dtlskeys.go). pion
+	// node answers as DTLS server to derive the keys (package srtpseal). pion
 	// keeps ICE, DTLS and SCTP; a session it cannot serve (ICE-TCP, keys
 	// not derivable) stays on pion's path, counted. Measured 10-31 % less
 	// CPU per forwarded packet than pion's path (docs/benchmarks.md).

@@ -77,7 +77,7 @@ func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
 		subscriberLoss: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "traverse", Subsystem: "sfu",
 			Name: "subscriber_loss_fraction", Help: "Fraction lost in subscribers' receiver reports.",
 			Buckets: []float64{0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5}}),
-		twccFeedback: c("subscriber_twcc_feedback_total", "Subscribers' transport-cc feedback packets taken into their bandwidth estimates (bwe.go)."),
+		twccFeedback: c("subscriber_twcc_feedback_total", "Subscribers' transport-cc feedback packets taken into their bandwidth estimates (package gcc)."),
 		twccBad:      c("subscriber_twcc_feedback_bad_total", "Subscribers' transport-cc feedback packets refused as inconsistent (statuses without deltas, unknown symbols, deltas out of range)."),
 		subscriberEstimate: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "traverse", Subsystem: "sfu",
 			Name: "subscriber_estimate_bps", Help: "Subscribers' downlink estimates (the lower of REMB and the transport-cc estimate) at each layer choice, every 500 ms per subscriber with one.",

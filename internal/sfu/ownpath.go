@@ -13,6 +13,7 @@ import (
 	"github.com/pion/webrtc/v4"
 
 	"github.com/traverse-rtc/traverse/internal/rtpfeedback"
+	"github.com/traverse-rtc/traverse/internal/sfu/gcc"
 	"github.com/traverse-rtc/traverse/internal/sfu/srtpseal"
 )
 
@@ -24,7 +25,7 @@ import (
 //
 // Keys: every peer connection of an own-path node gets its own webrtc.API
 // whose SettingEngine reports that connection's DTLS handshake to a
-// dtlsSecrets (dtlskeys.go); the node answers as DTLS server, so it sees
+// srtpseal.Secrets; the node answers as DTLS server, so it sees
 // both randoms, the master secret, the cipher suite and the SRTP profile,
 // and derives the SRTP keys as pion does. The keys are taken when the DTLS
 // transport reports "connected", before pion starts its own SRTP session,
@@ -79,8 +80,8 @@ type ownPath struct {
 	// writing them on the socket's reader goroutine.
 	fellBack atomic.Bool
 	// cc numbers the packets of subscribers that negotiated transport-cc
-	// and estimates their downlink from the feedback (bwe.go).
-	cc *sendSide
+	// and estimates their downlink from the feedback (package gcc).
+	cc *gcc.SendSide
 	// rtcp is the writer every RTCP of the peer connection ends in
 	// (rtcpout.go).
 	rtcp *rtcpOut
@@ -102,7 +103,7 @@ func (s *Server) newOwnPath() *ownPath {
 	if !s.cfg.DataPath.own() {
 		return nil
 	}
-	f := &ownPath{s: s, cc: newSendSide(time.Now().UnixNano()), keys: &srtpseal.Secrets{}}
+	f := &ownPath{s: s, cc: gcc.New(time.Now().UnixNano()), keys: &srtpseal.Secrets{}}
 	f.rtcp = &rtcpOut{f: f}
 	return f
 }
@@ -333,7 +334,7 @@ func (o *ownOut) send(h *rtp.Header, payload []byte, now int64) bool {
 		return false
 	}
 	if o.twccID != 0 && cc != nil {
-		tseq = cc.next()
+		tseq = cc.Next()
 		o.twcc[0], o.twcc[1] = byte(tseq>>8), byte(tseq)
 	}
 	// fill encrypts the packet straight into the socket's queue when
@@ -348,7 +349,7 @@ func (o *ownOut) send(h *rtp.Header, payload []byte, now int64) bool {
 		return false
 	}
 	if o.twccID != 0 && cc != nil {
-		cc.record(tseq, size, now)
+		cc.Record(tseq, size, now)
 	}
 	if o.packets == 0 || h.Timestamp != o.lastTS {
 		o.lastTS, o.lastTSAt = h.Timestamp, now

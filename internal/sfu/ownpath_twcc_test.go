@@ -6,6 +6,8 @@ import (
 
 	"github.com/pion/rtp"
 	"github.com/pion/srtp/v3"
+
+	"github.com/traverse-rtc/traverse/internal/sfu/gcc"
 )
 
 // TestOwnPathTWCC: a subscriber that negotiated transport-cc gets every
@@ -17,7 +19,7 @@ import (
 func TestOwnPathTWCC(t *testing.T) {
 	const extID = 5
 	d, cache, rc, dec := newOwnTestDown(t, srtp.ProtectionProfileAeadAes128Gcm)
-	cc := newSendSide(time.Now().UnixNano())
+	cc := gcc.New(time.Now().UnixNano())
 	d.sub.own.cc = cc
 	d.mu.Lock()
 	d.twccID = extID
@@ -64,9 +66,8 @@ func TestOwnPathTWCC(t *testing.T) {
 		if q := tseq(got); q != uint16(i) {
 			t.Fatalf("packet %d: transport sequence %d", i, q)
 		}
-		v := cc.ring[i].Load()
-		if uint16(v) != uint16(i) || int(v>>slotSizeShift&slotSizeMask) != n {
-			t.Fatalf("ring slot %d: seq %d size %d, want %d %d", i, uint16(v), v>>slotSizeShift&slotSizeMask, i, n)
+		if size, ok := cc.Recorded(uint16(i)); !ok || size != n {
+			t.Fatalf("ring slot %d: size %d (%v), want %d", i, size, ok, n)
 		}
 		pkt.SequenceNumber++
 	}
@@ -82,14 +83,14 @@ func TestOwnPathTWCC(t *testing.T) {
 	}); a != 0 {
 		t.Errorf("own-path write with transport-cc: %v allocations per packet", a)
 	}
-	next := cc.seq.Load()
+	next := cc.Next() // the drop must not take the one after it
 	// 12 header + 8 extension + payload + 16 tag = 1501: fits only without it.
 	big := &rtp.Packet{Header: pkt.Header, Payload: make([]byte, ownMTU-12-16-7)}
 	drops := testutilCounter(d.t.r.s.m.ownDrops)
 	d.write(0, big, false, now)
-	if testutilCounter(d.t.r.s.m.ownDrops) != drops+1 || cc.seq.Load() != next {
+	if after := cc.Next(); testutilCounter(d.t.r.s.m.ownDrops) != drops+1 || after != next+1 {
 		t.Fatalf("oversized with the extension: drops %v -> %v, transport sequence %d -> %d",
-			drops, testutilCounter(d.t.r.s.m.ownDrops), next, cc.seq.Load())
+			drops, testutilCounter(d.t.r.s.m.ownDrops), next+1, after)
 	}
 }
 
@@ -98,7 +99,7 @@ func TestOwnPathTWCC(t *testing.T) {
 // ring record on every packet.
 func BenchmarkOwnPathWriteTWCC(b *testing.B) {
 	d, _, _, _ := newOwnTestDown(b, srtp.ProtectionProfileAeadAes128Gcm)
-	d.sub.own.cc = newSendSide(time.Now().UnixNano())
+	d.sub.own.cc = gcc.New(time.Now().UnixNano())
 	d.twccID = 5
 	benchOwnPathWrite(b, d)
 }

@@ -48,7 +48,7 @@ type layer struct {
 	seen    atomic.Int64  // unix nanoseconds of the last packet
 	cache   *packetCache  // video only: answers subscribers' NACKs
 	// size is the frame size of the layer's last keyframe that gave one
-	// (framesize.go), width<<16 | height; 0 unknown.
+	// (package rtpcodec), width<<16 | height; 0 unknown.
 	size atomic.Uint32
 
 	mu  sync.Mutex // guards pkt, slow; held while one packet is forwarded (receive)
@@ -380,7 +380,7 @@ type downTrack struct {
 	// not move a copy to the heap on every packet.
 	hdr rtp.Header
 	// twccID is the subscriber's transport-cc extension id, 0 when not
-	// negotiated (the own data path writes it, bwe.go).
+	// negotiated (the own data path writes it, package gcc).
 	twccID uint8
 	// own is the own-path writer (ownpath.go), set on the first packet
 	// after the subscriber's SRTP keys are known and kept from then on:

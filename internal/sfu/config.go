@@ -87,7 +87,7 @@ type DataPath uint8
 const (
 	// DataPathOwn, the default, is the node's own data path: the UDP
 	// socket is read with recvmmsg and written with sendmmsg
-	// (batchconn.go); publishers' SRTP and SRTCP are opened and acted on
+	// (package batchconn); publishers' SRTP and SRTCP are opened and acted on
 	// from the socket's reader (recvpath.go, rtcpin.go); forwarded RTP
 	// and the node's RTCP are sealed with SRTP contexts of the node's own
 	// and sent in one sendmmsg per fan-out (ownpath.go, rtcpout.go). The

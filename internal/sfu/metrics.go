@@ -4,6 +4,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/traverse-rtc/traverse/internal/rtpfeedback"
+	"github.com/traverse-rtc/traverse/internal/sfu/batchconn"
 )
 
 // metrics are one node's counters; each Server has its own.
@@ -104,14 +105,18 @@ func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
 			Name: "rtp_received_total", Help: "RTP packets received from publishers."},
 			func() float64 { return float64(s.received.Load()) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "traverse", Subsystem: "sfu",
-			Name: "udp_batched_writes_total", Help: "Datagrams sent through the batched socket (--batch-io, or the own data path's writer)."},
-			func() float64 { return float64(s.batchStat(func(b *batchConn) uint64 { return b.writes.Load() })) }),
+			Name: "udp_batched_writes_total", Help: "Datagrams sent through the batched socket (--data-path own or pion-batched)."},
+			func() float64 {
+				return float64(s.batchStat(func(b *batchconn.Conn) uint64 { return b.Stats().Writes }))
+			}),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "traverse", Subsystem: "sfu",
 			Name: "udp_write_batches_total", Help: "Send system calls of the batched socket (sendmmsg batches and single sendto)."},
-			func() float64 { return float64(s.batchStat(func(b *batchConn) uint64 { return b.batches.Load() })) }),
+			func() float64 {
+				return float64(s.batchStat(func(b *batchconn.Conn) uint64 { return b.Stats().Batches }))
+			}),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "traverse", Subsystem: "sfu",
 			Name: "udp_write_drops_total", Help: "Datagrams the batched socket dropped (larger than 1500 bytes)."},
-			func() float64 { return float64(s.batchStat(func(b *batchConn) uint64 { return b.drops.Load() })) }),
+			func() float64 { return float64(s.batchStat(func(b *batchconn.Conn) uint64 { return b.Stats().Drops })) }),
 		feedbackCounter(s, "feedback_nacks_total", "NACK packets sent to publishers (internal/rtpfeedback).",
 			func(st rtpfeedback.Stats) uint64 { return st.NACKs }),
 		feedbackCounter(s, "feedback_nacked_total", "Sequence numbers NACKed to publishers.",
@@ -142,7 +147,7 @@ func feedbackCounter(s *Server, name, help string, f func(rtpfeedback.Stats) uin
 		func() float64 { return float64(f(s.feedback.Stats())) })
 }
 
-func (s *Server) batchStat(f func(*batchConn) uint64) uint64 {
+func (s *Server) batchStat(f func(*batchconn.Conn) uint64) uint64 {
 	b := s.corkable()
 	if b == nil {
 		return 0

@@ -338,9 +338,9 @@ func (o *ownOut) send(h *rtp.Header, payload []byte, now int64) bool {
 		o.twcc[0], o.twcc[1] = byte(tseq>>8), byte(tseq)
 	}
 	// fill encrypts the packet straight into the socket's queue when
-	// corked (batchConn.writeFilled), else into o.buf.
+	// corked (batchconn.Conn.WriteFilled), else into o.buf.
 	o.h, o.hn, o.payload = h, hn, payload
-	size, ok, err := o.f.s.out.writeFilled(o, o.buf[:], *ap)
+	size, ok, err := o.f.s.out.WriteFilled(o, o.buf[:], *ap)
 	o.h, o.payload = nil, nil
 	if !ok {
 		if err == nil {
@@ -359,10 +359,10 @@ func (o *ownOut) send(h *rtp.Header, payload []byte, now int64) bool {
 	return true
 }
 
-// fill writes the SRTP packet of o.h (marshalled length o.hn) and
+// Fill writes the SRTP packet of o.h (marshalled length o.hn) and
 // o.payload into buf, which holds ownMTU bytes, and returns its length
-// (datagramFiller).
-func (o *ownOut) fill(buf []byte) (int, bool) {
+// (batchconn.Filler).
+func (o *ownOut) Fill(buf []byte) (int, bool) {
 	hn := o.hn
 	if _, err := o.h.MarshalTo(buf[:hn]); err != nil {
 		return 0, false

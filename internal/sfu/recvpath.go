@@ -20,7 +20,7 @@ import (
 // The own receive path (part of DataPathOwn) takes publishers' RTP off
 // pion's receive chain (UDP mux reader -> ICE conn -> SRTP session
 // goroutine -> interceptors -> TrackRemote.Read: four goroutine hand-offs
-// per packet). The node's batched socket (batchConn) is under pion's mux;
+// per packet). The node's batched socket (package batchconn) is under pion's mux;
 // after each recvmmsg it looks every datagram's source address up in a
 // read-mostly table of own-path sessions (copy on write behind an atomic
 // pointer). A datagram from a registered address that is RTP (RFC 7983:
@@ -277,12 +277,17 @@ func rtpHeaderLen(p []byte) (n int, cryptex, ok bool) {
 	return n, cryptex, true
 }
 
-// intercept takes the datagram m if it is RTP of a registered stream: it
+// Active reports whether any session is on the own receive path
+// (batchconn.Interceptor).
+func (r *recvPath) Active() bool { return len(*r.table.Load()) != 0 }
+
+// Intercept takes the datagram m if it is RTP of a registered stream: it
 // opens and forwards it and returns true; SRTCP of a registered session
 // goes to interceptRTCP. false hands it to pion. It runs on the socket's
 // reader goroutine, inside the batch's cork. now is the batch's arrival
 // (unix nanoseconds). It does not allocate for RTP (TestRecvPathAllocs).
-func (r *recvPath) intercept(m *udpio.Message, now int64) bool {
+// It is the node's batchconn.Interceptor.
+func (r *recvPath) Intercept(m *udpio.Message, now int64) bool {
 	p := m.Payload()
 	if len(p) < 12 || p[0] < 128 || p[0] > 191 {
 		return false // STUN, DTLS, TURN channel data, or too short

@@ -49,6 +49,7 @@ import (
 
 	"github.com/traverse-rtc/traverse/internal/bus"
 	"github.com/traverse-rtc/traverse/internal/rtpfeedback"
+	"github.com/traverse-rtc/traverse/internal/sfu/batchconn"
 	"github.com/traverse-rtc/traverse/internal/udpio"
 )
 
@@ -68,8 +69,8 @@ type Server struct {
 	interceptors []interceptor.Factory
 
 	udp    *net.UDPConn
-	batch  *batchConn // nil on DataPathPion
-	out    *batchConn // the own data path's writer (batch); nil unless DataPathOwn
+	batch  *batchconn.Conn // nil on DataPathPion
+	out    *batchconn.Conn // the own data path's writer (batch); nil unless DataPathOwn
 	tcp    *net.TCPListener
 	udpMux *ice.UDPMuxDefault
 	tcpMux ice.TCPMux
@@ -131,7 +132,7 @@ func New(cfg Config, log *slog.Logger, b *bus.Client, reg prometheus.Registerer)
 	var pconn net.PacketConn = s.udp
 	if cfg.DataPath.batched() {
 		// The own receive path reads the socket under pion's mux.
-		s.batch = newBatchConn(uc)
+		s.batch = batchconn.New(uc)
 		pconn = s.batch
 	}
 	if cfg.DataPath.own() {
@@ -184,7 +185,7 @@ func New(cfg Config, log *slog.Logger, b *bus.Client, reg prometheus.Registerer)
 	s.m = newMetrics(s, reg)
 	if cfg.DataPath.own() {
 		s.recv = newRecvPath(s)
-		s.batch.recv.Store(s.recv)
+		s.batch.SetInterceptor(s.recv)
 	}
 	return s, nil
 }
@@ -243,6 +244,16 @@ func (s *Server) registry(out, feedback interceptor.Factory) *interceptor.Regist
 	}
 	ir.Add(feedback)
 	return ir
+}
+
+// corkable returns the batched writer a fan-out corks: the own data path's
+// (which is the batched socket when both are on), else the batched socket,
+// else nil.
+func (s *Server) corkable() *batchconn.Conn {
+	if s.out != nil {
+		return s.out
+	}
+	return s.batch
 }
 
 // NodeID returns the node's bus name.

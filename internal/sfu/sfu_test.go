@@ -313,7 +313,7 @@ func TestPionBatched(t *testing.T) {
 	for _, c := range []*loadgen.Client{a, b} {
 		waitFor(t, 15*time.Second, "media both ways", func() bool { return received(c, 1, 1, 20) })
 	}
-	if h.s.batch.writes.Load() == 0 || h.s.batch.batches.Load() == 0 {
+	if h.s.batch.Stats().Writes == 0 || h.s.batch.Stats().Batches == 0 {
 		t.Fatal("nothing went through the batched writer")
 	}
 }

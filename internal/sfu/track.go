@@ -225,12 +225,12 @@ func (t *pubTrack) forward(l *layer, raw []byte, now int64, rec receiveRecorder)
 	}
 	downs := *t.downs.Load()
 	if out := s.corkable(); out != nil && len(downs) > 1 && rec == nil {
-		// One sendmmsg for the whole fan-out (batchconn.go).
-		out.cork()
+		// One sendmmsg for the whole fan-out (package batchconn).
+		out.Cork()
 		for _, d := range downs {
 			d.write(l.idx, pkt, key, now)
 		}
-		out.uncork()
+		out.Uncork()
 		return
 	}
 	if rec == nil {

@@ -134,7 +134,8 @@ func h264Size(p []byte) (w, h int, ok bool) {
 
 // spsSize parses an H.264 sequence parameter set's RBSP after the NAL
 // header (ITU-T H.264 section 7.3.2.1.1) up to the frame cropping, and
-// returns the cropped frame size (section 7.4.2.1.1).
+// returns the cropped frame size (section 7.4.2.1.1). It follows the
+// syntax table field by field, in its order, hence its length.
 func spsSize(nal []byte) (w, h int, ok bool) {
 	var rbsp [256]byte
 	n := unescapeRBSP(rbsp[:], nal)

@@ -29,6 +29,9 @@ type metrics struct {
 	subscriberEstimate                prometheus.Histogram
 }
 
+// newMetrics declares the node's metrics and registers them with reg
+// (nil: unregistered). It is one long table of declarations on purpose:
+// every name and help text of the node reads as one list.
 func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
 	c := func(name, help string) prometheus.Counter {
 		return prometheus.NewCounter(prometheus.CounterOpts{Namespace: "traverse", Subsystem: "sfu", Name: name, Help: help})

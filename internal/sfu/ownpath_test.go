@@ -151,29 +151,11 @@ func TestOwnPathWrite(t *testing.T) {
 				t.Fatal(err)
 			}
 			now := time.Now().UnixNano()
-			buf := make([]byte, 1600)
-			read := func() *rtp.Packet {
-				t.Helper()
-				_ = rc.SetReadDeadline(time.Now().Add(5 * time.Second))
-				n, err := rc.Read(buf)
-				if err != nil {
-					t.Fatal(err)
-				}
-				plain, err := dec.DecryptRTP(nil, buf[:n], nil)
-				if err != nil {
-					t.Fatalf("decrypt: %v", err)
-				}
-				var got rtp.Packet
-				if err := got.Unmarshal(plain); err != nil {
-					t.Fatal(err)
-				}
-				return &got
-			}
 			// Across a sequence number wrap: the rollover counter is ours.
 			for i := range 10 {
 				cache.put(pkt, nil)
 				d.write(0, pkt, i == 0, now)
-				got := read()
+				got, _ := readSRTP(t, rc, dec)
 				if got.SSRC != 0xabcdef || got.PayloadType != 96 || got.SequenceNumber != pkt.SequenceNumber ||
 					got.Extension || len(got.Payload) != 1200 || got.Payload[1199] != payload[1199] {
 					t.Fatalf("packet %d: %+v", i, got.Header)
@@ -184,7 +166,7 @@ func TestOwnPathWrite(t *testing.T) {
 			if !d.resend(pkt.SequenceNumber-3, make([]byte, 1500)) {
 				t.Fatal("resend missed the cached packet")
 			}
-			if got := read(); got.SequenceNumber != pkt.SequenceNumber-3 {
+			if got, _ := readSRTP(t, rc, dec); got.SequenceNumber != pkt.SequenceNumber-3 {
 				t.Fatalf("resent %d, want %d", got.SequenceNumber, pkt.SequenceNumber-3)
 			}
 			if a := testing.AllocsPerRun(200, func() {

@@ -29,24 +29,6 @@ func TestOwnPathTWCC(t *testing.T) {
 	if err := pkt.SetExtension(3, []byte{1, 2}); err != nil { // the publisher's: must not leak
 		t.Fatal(err)
 	}
-	buf := make([]byte, 1600)
-	read := func() (*rtp.Packet, int) {
-		t.Helper()
-		_ = rc.SetReadDeadline(time.Now().Add(5 * time.Second))
-		n, err := rc.Read(buf)
-		if err != nil {
-			t.Fatal(err)
-		}
-		plain, err := dec.DecryptRTP(nil, buf[:n], nil)
-		if err != nil {
-			t.Fatalf("decrypt: %v", err)
-		}
-		var got rtp.Packet
-		if err := got.Unmarshal(plain); err != nil {
-			t.Fatal(err)
-		}
-		return &got, n
-	}
 	tseq := func(p *rtp.Packet) uint16 {
 		t.Helper()
 		if len(p.GetExtensionIDs()) != 1 {
@@ -62,7 +44,7 @@ func TestOwnPathTWCC(t *testing.T) {
 	for i := range 5 {
 		cache.put(pkt, nil)
 		d.write(0, pkt, i == 0, now)
-		got, n := read()
+		got, n := readSRTP(t, rc, dec)
 		if q := tseq(got); q != uint16(i) {
 			t.Fatalf("packet %d: transport sequence %d", i, q)
 		}
@@ -74,7 +56,7 @@ func TestOwnPathTWCC(t *testing.T) {
 	if !d.resend(pkt.SequenceNumber-2, make([]byte, 1500)) {
 		t.Fatal("resend missed")
 	}
-	if got, _ := read(); tseq(got) != 5 || got.SequenceNumber != pkt.SequenceNumber-2 {
+	if got, _ := readSRTP(t, rc, dec); tseq(got) != 5 || got.SequenceNumber != pkt.SequenceNumber-2 {
 		t.Fatalf("retransmission: transport sequence %d, rtp sequence %d", tseq(got), got.SequenceNumber)
 	}
 	if a := testing.AllocsPerRun(200, func() {

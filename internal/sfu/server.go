@@ -123,8 +123,42 @@ func New(cfg Config, log *slog.Logger, b *bus.Client, reg prometheus.Registerer)
 	if s.cfg.NodeID == "" {
 		s.cfg.NodeID = fmt.Sprintf("sfu-%d", s.UDPAddr().Port())
 	}
-	lf := logging.NewDefaultLoggerFactory()
-	lf.DefaultLogLevel = logging.LogLevelError
+	types, err := s.muxes(uc)
+	if err != nil {
+		return nil, err
+	}
+	se := s.settingEngine(types)
+	me := &webrtc.MediaEngine{}
+	if err := registerCodecs(me); err != nil {
+		s.closeSockets()
+		return nil, err
+	}
+	base, err := registerInterceptors(me)
+	if err != nil {
+		s.closeSockets()
+		return nil, err
+	}
+	fb, err := rtpfeedback.NewFactory(rtpfeedback.WithCounters(&s.feedback))
+	if err != nil {
+		s.closeSockets()
+		return nil, err
+	}
+	s.se, s.me, s.interceptors = se, me, base
+	ir := s.registry(nil, fb)
+	s.api = webrtc.NewAPI(webrtc.WithSettingEngine(se), webrtc.WithMediaEngine(me), webrtc.WithInterceptorRegistry(ir))
+	s.m = newMetrics(s, reg)
+	if cfg.DataPath.own() {
+		s.recv = newRecvPath(s)
+		s.batch.SetInterceptor(s.recv)
+	}
+	return s, nil
+}
+
+// muxes puts pion's ICE muxes on the node's sockets: the UDP socket (under
+// the batched socket on the own and pion-batched data paths) and, with
+// Config.TCP, a new TCP listener. It returns the network types they serve.
+func (s *Server) muxes(uc *udpio.Conn) ([]webrtc.NetworkType, error) {
+	cfg := s.cfg
 	// The muxes log every packet that arrives for a session just closed;
 	// that is normal on a busy port, so they stay quiet.
 	quiet := logging.NewDefaultLoggerFactory()
@@ -151,7 +185,15 @@ func New(cfg Config, log *slog.Logger, b *bus.Client, reg prometheus.Registerer)
 		s.tcpMux = ice.NewTCPMuxDefault(ice.TCPMuxParams{Listener: tcp, Logger: quiet.NewLogger("tcpmux"), ReadBufferSize: 64})
 		types = append(types, webrtc.NetworkTypeTCP4, webrtc.NetworkTypeTCP6)
 	}
+	return types, nil
+}
 
+// settingEngine is the setting engine every peer connection of the node
+// starts from: ICE-lite on the node's muxes, loopback candidates allowed,
+// no mDNS, the public address in the candidates.
+func (s *Server) settingEngine(types []webrtc.NetworkType) webrtc.SettingEngine {
+	lf := logging.NewDefaultLoggerFactory()
+	lf.DefaultLogLevel = logging.LogLevelError
 	se := webrtc.SettingEngine{LoggerFactory: lf}
 	se.SetLite(true)
 	se.SetICEUDPMux(s.udpMux)
@@ -161,33 +203,10 @@ func New(cfg Config, log *slog.Logger, b *bus.Client, reg prometheus.Registerer)
 	se.SetNetworkTypes(types)
 	se.SetIncludeLoopbackCandidate(true)
 	se.SetICEMulticastDNSMode(ice.MulticastDNSModeDisabled)
-	if cfg.PublicIP.IsValid() {
-		se.SetNAT1To1IPs([]string{cfg.PublicIP.String()}, webrtc.ICECandidateTypeHost)
+	if s.cfg.PublicIP.IsValid() {
+		se.SetNAT1To1IPs([]string{s.cfg.PublicIP.String()}, webrtc.ICECandidateTypeHost)
 	}
-	me := &webrtc.MediaEngine{}
-	if err := registerCodecs(me); err != nil {
-		s.closeSockets()
-		return nil, err
-	}
-	base, err := registerInterceptors(me)
-	if err != nil {
-		s.closeSockets()
-		return nil, err
-	}
-	fb, err := rtpfeedback.NewFactory(rtpfeedback.WithCounters(&s.feedback))
-	if err != nil {
-		s.closeSockets()
-		return nil, err
-	}
-	s.se, s.me, s.interceptors = se, me, base
-	ir := s.registry(nil, fb)
-	s.api = webrtc.NewAPI(webrtc.WithSettingEngine(se), webrtc.WithMediaEngine(me), webrtc.WithInterceptorRegistry(ir))
-	s.m = newMetrics(s, reg)
-	if cfg.DataPath.own() {
-		s.recv = newRecvPath(s)
-		s.batch.SetInterceptor(s.recv)
-	}
-	return s, nil
+	return se
 }
 
 // registerCodecs registers what the SFU passes through: Opus; VP8, VP9,

@@ -138,18 +138,6 @@ func (h *harness) dial(cfg loadgen.ClientConfig) *loadgen.Client {
 	return c
 }
 
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // received reports whether c receives n tracks of the kinds given, each
 // having delivered at least min packets.
 func received(c *loadgen.Client, video, audio int, min uint64) bool {

@@ -10,21 +10,29 @@ import (
 	"github.com/traverse-rtc/traverse/internal/udpio"
 )
 
-// TestBatchConnCork: writes between cork and uncork leave in one sendmmsg
-// batch, in order, without allocating; writes outside a cork go straight
-// out.
-func TestBatchConnCork(t *testing.T) {
+// newConnAndSink returns a Conn on a loopback port and a plain socket to
+// send to; t.Cleanup closes both.
+func newConnAndSink(t *testing.T) (*Conn, *net.UDPConn) {
+	t.Helper()
 	uc, err := udpio.Listen(context.Background(), "udp", "127.0.0.1:0", udpio.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	b := New(uc)
-	defer b.Close()
+	t.Cleanup(func() { b.Close() })
 	rc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer rc.Close()
+	t.Cleanup(func() { rc.Close() })
+	return b, rc
+}
+
+// TestBatchConnCork: writes between cork and uncork leave in one sendmmsg
+// batch, in order, without allocating; writes outside a cork go straight
+// out.
+func TestBatchConnCork(t *testing.T) {
+	b, rc := newConnAndSink(t)
 	to := rc.LocalAddr().(*net.UDPAddr).AddrPort()
 	p := make([]byte, 100)
 	write := func(i byte) {
@@ -91,17 +99,7 @@ func (f *fanout) Intercept(m *udpio.Message, _ int64) bool {
 // batch leave in one sendmmsg, and the taken datagrams are not returned
 // to the reader (pion's mux).
 func TestInterceptBatchCork(t *testing.T) {
-	uc, err := udpio.Listen(context.Background(), "udp", "127.0.0.1:0", udpio.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := New(uc)
-	defer b.Close()
-	sink, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sink.Close()
+	b, sink := newConnAndSink(t)
 	b.SetInterceptor(&fanout{b: b, to: sink.LocalAddr().(*net.UDPAddr).AddrPort()})
 	src, err := net.DialUDP("udp", nil, b.LocalAddr().(*net.UDPAddr))
 	if err != nil {

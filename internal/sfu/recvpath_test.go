@@ -116,6 +116,9 @@ func (fx *recvFixture) sealed(t testing.TB, seq uint16, size int, key bool) udpi
 // hands everything else to pion: another address, another SSRC, SRTCP,
 // STUN, a bad tag. The session leaves the table when removed, and follows
 // a pair change.
+// One fixture is walked through the cases in order, each starting from the
+// state (sequence numbers, replay window, counters) the last one left, which
+// is part of what is tested: hence its length.
 func TestRecvPath(t *testing.T) {
 	for _, prof := range []srtp.ProtectionProfile{srtp.ProtectionProfileAeadAes128Gcm, srtp.ProtectionProfileAes128CmHmacSha1_80} {
 		t.Run(prof.String(), func(t *testing.T) {

@@ -79,6 +79,9 @@ func (fx *rtcpFixture) browserRTCP(t testing.TB) udpio.Message {
 // FIRs for its down tracks only, the publisher's sender reports for the
 // feedback; SDES is ignored and counted. Replays are dropped; a tampered
 // or short packet goes to pion unaltered and the original still opens.
+// One fixture is walked through the cases in order, each starting from the
+// state (sequence numbers, replay window, counters) the last one left, which
+// is part of what is tested: hence its length.
 func TestRecvRTCP(t *testing.T) {
 	for _, prof := range []srtp.ProtectionProfile{srtp.ProtectionProfileAes128CmHmacSha1_80, srtp.ProtectionProfileAes128CmHmacSha1_32,
 		srtp.ProtectionProfileAeadAes128Gcm, srtp.ProtectionProfileAeadAes256Gcm} {

@@ -82,6 +82,9 @@ func (w *pionWriter) Write(pkts []rtcp.Packet, _ interceptor.Attributes) (int, e
 // marshalled; pion's sender reports are dropped, the node's sent; without
 // a UDP pair it is dropped and counted; what would not fit a datagram is
 // refused.
+// One fixture is walked through the cases in order, each starting from the
+// state (sequence numbers, replay window, counters) the last one left, which
+// is part of what is tested: hence its length.
 func TestRTCPOut(t *testing.T) {
 	for _, prof := range []srtp.ProtectionProfile{srtp.ProtectionProfileAeadAes128Gcm, srtp.ProtectionProfileAes128CmHmacSha1_80} {
 		t.Run(prof.String(), func(t *testing.T) {

@@ -17,7 +17,9 @@ import (
 // DTLS server, its ServerHello hook and key log going to a Secrets)
 // and checks that the exporter built from them gives exactly what pion's
 // own connection state exports, for each cipher suite hash and SRTP
-// profile WebRTC uses.
+// profile WebRTC uses. Each case runs one handshake and compares the
+// exporter, the local keys and the remote keys (by decrypting the
+// client's packet) against pion's own, in order: hence its length.
 func TestDTLSSecretsExporter(t *testing.T) {
 	for _, tc := range []struct {
 		name    string

@@ -95,6 +95,9 @@ func BenchmarkSRTPSeal(b *testing.B) {
 // 64) opens them: the same plaintext, and the same packets refused, across
 // a sequence number wrap, reordering, duplicates, a packet older than the
 // window and tampered tags and headers.
+// One fixture is walked through the cases in order, each starting from the
+// state (sequence numbers, replay window, counters) the last one left, which
+// is part of what is tested: hence its length.
 func TestSRTPGCMOpenMatchesPion(t *testing.T) {
 	for _, prof := range []srtp.ProtectionProfile{srtp.ProtectionProfileAeadAes128Gcm, srtp.ProtectionProfileAeadAes256Gcm} {
 		t.Run(prof.String(), func(t *testing.T) {

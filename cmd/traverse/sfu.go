@@ -17,14 +17,13 @@ import (
 // sfuConfig is the sfu role's section.
 type sfuConfig struct {
 	sfu.Config       `yaml:",inline"`
-	PublicIP         string `yaml:"public-ip"`
 	natsClientConfig `yaml:",inline"`
 }
 
 func bindSFU(fs *flag.FlagSet, prefix string, c *sfuConfig) {
-	fs.StringVar(&c.UDP, prefix+"udp", c.UDP, "the one media UDP `host:port` every peer connection shares")
-	fs.StringVar(&c.TCP, prefix+"tcp", c.TCP, "the one ICE-TCP listener `host:port` (empty disables ICE-TCP)")
-	fs.StringVar(&c.PublicIP, prefix+"public-ip", c.PublicIP, "public `IP` put in candidates instead of the bound address (1:1 NAT, load balancer)")
+	fs.TextVar(&c.UDP, prefix+"udp", c.UDP, "the one media UDP `host:port` every peer connection shares")
+	fs.TextVar(&c.TCP, prefix+"tcp", c.TCP, "the one ICE-TCP listener `host:port` (empty disables ICE-TCP)")
+	fs.TextVar(&c.PublicIP, prefix+"public-ip", c.PublicIP, "public `IP` put in candidates instead of the bound address (1:1 NAT, load balancer)")
 	bindNATSClientFlags(fs, prefix, &c.natsClientConfig, "NATS server `URL`s, comma separated (serve: empty uses the embedded bus)")
 	fs.StringVar(&c.NodeID, prefix+"node-id", c.NodeID, "node `id` on the bus (default: the node of --nats-creds, else sfu-PORT)")
 	fs.StringVar(&c.Region, prefix+"region", c.Region, "`region` announced for node selection")
@@ -60,7 +59,7 @@ func init() {
 	register(command{name: "sfu", summary: "WebRTC SFU: all peer connections on one UDP port and one TCP port", run: runSFU})
 	registerServeRole(serveRole{name: "sfu", order: 40,
 		bind: func(fs *flag.FlagSet, prefix string) any {
-			c := &sfuConfig{Config: sfu.Config{UDP: "127.0.0.1:7882", TCP: "127.0.0.1:7881"}}
+			c := &sfuConfig{Config: sfu.Config{UDP: netip.MustParseAddrPort("127.0.0.1:7882"), TCP: netip.MustParseAddrPort("127.0.0.1:7881")}}
 			bindSFU(fs, prefix, c)
 			return c
 		},
@@ -76,8 +75,8 @@ func init() {
 			if c.NodeID == "" {
 				// The node's credential names it before its socket is bound.
 				c.NodeID = "sfu-serve"
-				if ap, err := netip.ParseAddrPort(c.UDP); err == nil && ap.Port() != 0 {
-					c.NodeID = fmt.Sprintf("sfu-%d", ap.Port())
+				if c.UDP.Port() != 0 {
+					c.NodeID = fmt.Sprintf("sfu-%d", c.UDP.Port())
 				}
 			}
 			busCfg, err := env.inProcessBus("sfu "+c.NodeID, bus.RoleNode, c.NodeID)
@@ -142,18 +141,13 @@ func (c *sfuConfig) nodeBus() (bus.Config, error) {
 }
 
 func startSFU(c *sfuConfig, busCfg bus.Config, log *slog.Logger, adm *admin.Server) (runner, error) {
-	if c.PublicIP != "" {
-		ip, err := netip.ParseAddr(c.PublicIP)
-		if err != nil {
-			return nil, fmt.Errorf("--public-ip: %w", err)
-		}
-		c.Config.PublicIP = ip
-	}
 	bc, err := bus.Connect(busCfg, log)
 	if err != nil {
 		return nil, err
 	}
-	s, err := sfu.New(c.Config, log, bc, adm.Registry)
+	cfg := c.Config
+	cfg.Bus, cfg.Log, cfg.Registerer = bc, log, adm.Registry
+	s, err := sfu.New(cfg)
 	if err != nil {
 		bc.Close()
 		return nil, err

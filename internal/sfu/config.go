@@ -2,22 +2,26 @@ package sfu
 
 import (
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/traverse-rtc/traverse/internal/bus"
 )
 
 // Config is an SFU node's configuration.
 type Config struct {
-	// UDP is the one media UDP address ("host:port") every peer
-	// connection shares. Required.
-	UDP string `yaml:"udp"`
-	// TCP is the one ICE-TCP listener address; empty disables ICE-TCP.
-	TCP string `yaml:"tcp"`
+	// UDP is the one media UDP address every peer connection shares
+	// (port 0: any free port). Required.
+	UDP netip.AddrPort `yaml:"udp"`
+	// TCP is the one ICE-TCP listener address; zero (YAML "") disables
+	// ICE-TCP.
+	TCP netip.AddrPort `yaml:"tcp"`
 	// PublicIP replaces the host address in the node's ICE candidates
 	// (1:1 NAT, a load balancer); zero keeps the bound address.
-	PublicIP netip.Addr `yaml:"-"`
+	PublicIP netip.Addr `yaml:"public-ip"`
 	// NodeID names the node on the bus (default "sfu-" + the UDP port).
 	NodeID string `yaml:"node-id"`
 	// Region is announced for node selection; empty is allowed.
@@ -45,22 +49,25 @@ type Config struct {
 	// AnnounceInterval is how often the node announces itself; default
 	// bus.AnnounceInterval.
 	AnnounceInterval time.Duration `yaml:"-"`
+
+	// Bus is the node's bus connection, which it takes its work from.
+	// Required; the caller closes it after Run returns.
+	Bus *bus.Client `yaml:"-"`
+	// Log receives the node's logs; nil discards them.
+	Log *slog.Logger `yaml:"-"`
+	// Registerer, when set, gets the node's metrics.
+	Registerer prometheus.Registerer `yaml:"-"`
 }
 
 func (c *Config) validate() error {
 	if c.DataPath > DataPathPionBatched {
 		return fmt.Errorf("%w: data path %d", ErrConfig, c.DataPath)
 	}
-	if c.UDP == "" {
+	if !c.UDP.IsValid() {
 		return fmt.Errorf("%w: no udp address", ErrConfig)
 	}
-	if _, err := netip.ParseAddrPort(c.UDP); err != nil {
-		return fmt.Errorf("%w: udp %q: %w", ErrConfig, c.UDP, err)
-	}
-	if c.TCP != "" {
-		if _, err := netip.ParseAddrPort(c.TCP); err != nil {
-			return fmt.Errorf("%w: tcp %q: %w", ErrConfig, c.TCP, err)
-		}
+	if c.Bus == nil {
+		return fmt.Errorf("%w: no bus client", ErrConfig)
 	}
 	if c.NodeID != "" && !bus.ValidName(c.NodeID) {
 		return fmt.Errorf("%w: node id %q: %w", ErrConfig, c.NodeID, bus.ErrBadSubjectToken)
@@ -76,6 +83,9 @@ func (c *Config) validate() error {
 	}
 	if c.AnnounceInterval <= 0 {
 		c.AnnounceInterval = bus.AnnounceInterval
+	}
+	if c.Log == nil {
+		c.Log = slog.New(slog.DiscardHandler)
 	}
 	return nil
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/pion/rtp"
 	"github.com/pion/srtp/v3"
 
+	"github.com/traverse-rtc/traverse/internal/bus"
 	"github.com/traverse-rtc/traverse/internal/loadgen"
 	"github.com/traverse-rtc/traverse/internal/sfu/batchconn"
 	"github.com/traverse-rtc/traverse/internal/sfu/srtpseal/srtpsealtest"
@@ -22,9 +23,15 @@ import (
 // TRAVERSE_SFU_DATA_PATH); a data path that does not exist is a Config
 // error; the flag values round-trip.
 func TestDataPathConfig(t *testing.T) {
-	c := Config{UDP: "127.0.0.1:0"}
+	c := Config{UDP: netip.MustParseAddrPort("127.0.0.1:0"), Bus: &bus.Client{}}
 	if err := c.validate(); err != nil || c.DataPath != DataPathOwn || !c.DataPath.own() || !c.DataPath.batched() {
 		t.Fatalf("zero Config: %v, data path %v", err, c.DataPath)
+	}
+	if err := (&Config{Bus: &bus.Client{}}).validate(); !errors.Is(err, ErrConfig) {
+		t.Errorf("no UDP address: %v, want ErrConfig", err)
+	}
+	if err := (&Config{UDP: c.UDP}).validate(); !errors.Is(err, ErrConfig) {
+		t.Errorf("no bus: %v, want ErrConfig", err)
 	}
 	c.DataPath = DataPathPionBatched + 1
 	if err := c.validate(); !errors.Is(err, ErrConfig) {

@@ -45,7 +45,6 @@ import (
 	"github.com/pion/logging"
 	"github.com/pion/sdp/v3"
 	"github.com/pion/webrtc/v4"
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/traverse-rtc/traverse/internal/bus"
 	"github.com/traverse-rtc/traverse/internal/rtpfeedback"
@@ -106,16 +105,13 @@ type Server struct {
 }
 
 // New binds the node's UDP port and TCP listener. It serves the bus once
-// Run is called. reg may be nil.
-func New(cfg Config, log *slog.Logger, b *bus.Client, reg prometheus.Registerer) (*Server, error) {
+// Run is called; Close releases what New took if Run is never called.
+func New(cfg Config) (*Server, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	s := &Server{cfg: cfg, log: log, bus: b, sessions: map[string]*participant{}, rooms: map[string]*room{}}
-	uc, err := udpio.Listen(context.Background(), "udp", cfg.UDP, udpio.Options{ReadBuffer: 4 << 20, WriteBuffer: 4 << 20})
+	s := &Server{cfg: cfg, log: cfg.Log, bus: cfg.Bus, sessions: map[string]*participant{}, rooms: map[string]*room{}}
+	uc, err := udpio.Listen(context.Background(), "udp", cfg.UDP.String(), udpio.Options{ReadBuffer: 4 << 20, WriteBuffer: 4 << 20})
 	if err != nil {
 		return nil, fmt.Errorf("sfu: %w", err)
 	}
@@ -146,7 +142,7 @@ func New(cfg Config, log *slog.Logger, b *bus.Client, reg prometheus.Registerer)
 	s.se, s.me, s.interceptors = se, me, base
 	ir := s.registry(nil, fb)
 	s.api = webrtc.NewAPI(webrtc.WithSettingEngine(se), webrtc.WithMediaEngine(me), webrtc.WithInterceptorRegistry(ir))
-	s.m = newMetrics(s, reg)
+	s.m = newMetrics(s, cfg.Registerer)
 	if cfg.DataPath.own() {
 		s.recv = newRecvPath(s)
 		s.batch.SetInterceptor(s.recv)
@@ -174,9 +170,8 @@ func (s *Server) muxes(uc *udpio.Conn) ([]webrtc.NetworkType, error) {
 	}
 	s.udpMux = ice.NewUDPMuxDefault(ice.UDPMuxParams{UDPConn: pconn, Logger: quiet.NewLogger("udpmux")})
 	types := []webrtc.NetworkType{webrtc.NetworkTypeUDP4, webrtc.NetworkTypeUDP6}
-	if cfg.TCP != "" {
-		ta, _ := netip.ParseAddrPort(cfg.TCP)
-		tcp, err := net.ListenTCP("tcp", net.TCPAddrFromAddrPort(ta))
+	if cfg.TCP.IsValid() {
+		tcp, err := net.ListenTCP("tcp", net.TCPAddrFromAddrPort(cfg.TCP))
 		if err != nil {
 			s.udpMux.Close()
 			return nil, fmt.Errorf("sfu: listen tcp %s: %w", cfg.TCP, err)

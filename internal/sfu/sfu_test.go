@@ -76,17 +76,18 @@ func newHarness(t *testing.T, cfg Config) *harness {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { bc.Close() })
-	if cfg.UDP == "" {
-		cfg.UDP = "127.0.0.1:0"
+	if !cfg.UDP.IsValid() {
+		cfg.UDP = netip.MustParseAddrPort("127.0.0.1:0")
 	}
-	if cfg.TCP == "" {
-		cfg.TCP = "127.0.0.1:0"
+	if !cfg.TCP.IsValid() {
+		cfg.TCP = netip.MustParseAddrPort("127.0.0.1:0")
 	}
 	cfg.NodeID = "node1"
 	if cfg.DataPath == DataPathOwn {
 		cfg.DataPath = suiteDataPath(t)
 	}
-	s, err := New(cfg, nil, nodeBus, nil)
+	cfg.Bus = nodeBus
+	s, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

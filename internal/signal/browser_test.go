@@ -93,8 +93,8 @@ func startStack(t *testing.T, withTURN bool) *stack {
 	}
 	t.Cleanup(func() { _ = be.Close() })
 
-	node, err := sfu.New(sfu.Config{UDP: "127.0.0.1:0", NodeID: "node1", AnnounceInterval: 200 * time.Millisecond, DataPath: dataPath},
-		log.With("role", "sfu"), connect("sfu"), nil)
+	node, err := sfu.New(sfu.Config{UDP: netip.MustParseAddrPort("127.0.0.1:0"), NodeID: "node1", AnnounceInterval: 200 * time.Millisecond,
+		DataPath: dataPath, Log: log.With("role", "sfu"), Bus: connect("sfu")})
 	if err != nil {
 		t.Fatal(err)
 	}

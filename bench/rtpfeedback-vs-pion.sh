@@ -3,10 +3,11 @@
 # (internal/rtpfeedback makes the NACKs, receiver reports and TWCC feedback toward publishers) and once
 # with bench/lib/pion-feedback.patch (pion's NACK generator, receiver-report and TWCC sender
 # interceptors instead; nothing else differs). Each round runs signal's TestBrowsersPublisherBitrate
-# (two Chromium participants in a private network namespace, the SFU on its fast path) three ways:
-# "pion" and "rtpfeedback" with the node's own receive path off (SFU_FAST_RECEIVE=0: pion's
-# interceptors never see the packets that path takes, so it cannot be compared on), and
-# "rtpfeedback+recv" with it on (the command's default). It prints each publisher's video bitrate
+# (two Chromium participants in a private network namespace) three ways: "pion" and "rtpfeedback"
+# with the node on pion's data path (TRAVERSE_SFU_DATA_PATH=pion: pion's interceptors never see the
+# packets the own data path takes, so it cannot be compared on; before issue 16 these two sides ran
+# the own write path with pion's receive path, a combination that no longer exists), and
+# "rtpfeedback+recv" on the own data path (the command's default). It prints each publisher's video bitrate
 # (getStats outbound-rtp bytesSent over the window), its bandwidth estimate
 # (availableOutgoingBitrate) and RTT, then the medians.
 # Usage: flock /tmp/traverse-bench.lock bench/rtpfeedback-vs-pion.sh [ROUNDS] [SECONDS]  (default 4 rounds of 20 s;
@@ -24,10 +25,10 @@ patch -s -d "$tmp" -p1 < bench/lib/pion-feedback.patch
 out=$tmp/results
 for r in $(seq "$rounds"); do
   for side in pion rtpfeedback rtpfeedback+recv; do
-    dir=$PWD recv=0
+    dir=$PWD path=pion
     [ "$side" = pion ] && dir=$tmp
-    [ "$side" = rtpfeedback+recv ] && recv=1
-    (cd "$dir" && SFU_FAST_RECEIVE=$recv BITRATE_SECONDS=$secs go test -count=1 -run '^TestBrowsersPublisherBitrate$' -v ./internal/signal/ 2>&1 || true) |
+    [ "$side" = rtpfeedback+recv ] && path=own
+    (cd "$dir" && TRAVERSE_SFU_DATA_PATH=$path BITRATE_SECONDS=$secs go test -count=1 -run '^TestBrowsersPublisherBitrate$' -v ./internal/signal/ 2>&1 || true) |
       grep -o 'publisher [01]: video [0-9]* kbit/s.*estimate [0-9]* kbit/s, RTT [0-9.]* ms' |
       sed "s/^/round $r $side /" | tee -a "$out"
   done

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # SFU benchmark, one run, same synthetic load (pion clients from `traverse load`):
-#   traverse on pion's write path (serve --sfu-fast-path=false: embedded NATS + signal + sfu, clients join
+#   traverse on pion's data path (serve --sfu-data-path pion: embedded NATS + signal + sfu, clients join
 #   through the bus) vs
-#   the same with --sfu-batch-io ("batched": recvmmsg reads and one sendmmsg writer under pion's mux) vs
-#   traverse with its fast path (--sfu-fast-path, the default since 2026-11-22: "fast", our own SRTP and
-#   one sendmmsg per fan-out; SFUBENCH_FAST_FLAGS adds flags to it, e.g. "--sfu-batch-io") vs
+#   the same with --sfu-data-path pion-batched ("batched": recvmmsg reads and one sendmmsg writer under
+#   pion's mux) vs
+#   traverse on its own data path (--sfu-data-path own, the default: "fast" (the name predates issue 16's
+#   rename), our own SRTP both ways and one sendmmsg per fan-out; SFUBENCH_FAST_FLAGS adds flags to it) vs
 #   Janus 1.1 videoroom (its HTTP API) vs a plain batched Go UDP forwarder (the ceiling).
 # For each scenario: server CPU-seconds per million forwarded RTP packets (utime+stime of the
 # server process over the measurement window, /proc/PID/stat), packets in and out, loss, memory.
@@ -15,7 +16,8 @@
 #   N times with fresh servers, rotating the order so each server takes each slot in turn, and prints medians.
 #   SFUBENCH_PROFILE=SECONDS takes a CPU profile of the traverse server (serve --pprof) during each run.
 #   SFUBENCH_TRAVERSE_BIN=PATH runs the "traverse" server from another build, SFUBENCH_TRAVERSE_FLAGS adds
-#   flags to it (e.g. "--sfu-fast-path" to compare two builds' fast paths in one run).
+#   flags to it (e.g. "--sfu-data-path own" to compare two builds' own data paths in one run; builds
+#   before issue 16 take --sfu-fast-path instead).
 #   At the end it prints each run's UDP receive-buffer drops in the namespace (/proc/net/snmp
 #   RcvbufErrors, every socket: server and load clients) and the traverse servers' own-receive-path counters.
 #   SFUBENCH_SERVER_ENV="GOMAXPROCS=1" starts the traverse servers and udpfwd's server (not the load clients,
@@ -70,19 +72,19 @@ import socket
 ss=[socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(24)]
 for s in ss: s.bind(("127.0.0.1",0))
 print(" ".join(str(s.getsockname()[1]) for s in ss))')
-  # traverse: serve (embedded NATS, signal, sfu, and the idle other roles) on free ports, pion's write path
-  $SENV "${SFUBENCH_TRAVERSE_BIN:-$BIN}" serve --admin 127.0.0.1:$ADM --bus-listen 127.0.0.1:$NATS --sfu-udp 127.0.0.1:$UDP --sfu-tcp 127.0.0.1:$TCP --sfu-fast-path=false ${SFUBENCH_TRAVERSE_FLAGS:-} \
+  # traverse: serve (embedded NATS, signal, sfu, and the idle other roles) on free ports, pion's data path
+  $SENV "${SFUBENCH_TRAVERSE_BIN:-$BIN}" serve --admin 127.0.0.1:$ADM --bus-listen 127.0.0.1:$NATS --sfu-udp 127.0.0.1:$UDP --sfu-tcp 127.0.0.1:$TCP --sfu-data-path pion ${SFUBENCH_TRAVERSE_FLAGS:-} \
     --signal-http 127.0.0.1:$HTTP --stun-listen 127.0.0.1:$P1 --stun-other-port $P2 --stun-no-tcp --stun-tls-listen "" \
     --turn-listen 127.0.0.1:$P3 --turn-no-tcp --sipgw-sip 127.0.0.1:$P4 \
     --sipgw-rtp 127.0.0.1:$P5 --sipgw-rtcp 127.0.0.1:$P6 --log-level warn ${SFUBENCH_PROFILE:+--pprof} >>"$OUT/serve.log" 2>&1 &
   TPID=$!; PIDS+=($TPID)
-  # the same with the batched socket I/O under pion's mux (--sfu-batch-io)
-  $SENV "$BIN" serve --admin 127.0.0.1:$ADM2 --bus-listen 127.0.0.1:$NATS2 --sfu-udp 127.0.0.1:$UDP2 --sfu-tcp 127.0.0.1:$TCP2 --sfu-batch-io --sfu-fast-path=false ${SFUBENCH_PROFILE:+--pprof} \
+  # the same with the batched socket I/O under pion's mux (--sfu-data-path pion-batched)
+  $SENV "$BIN" serve --admin 127.0.0.1:$ADM2 --bus-listen 127.0.0.1:$NATS2 --sfu-udp 127.0.0.1:$UDP2 --sfu-tcp 127.0.0.1:$TCP2 --sfu-data-path pion-batched ${SFUBENCH_PROFILE:+--pprof} \
     --signal-http 127.0.0.1:$HTTP2 --stun-listen 127.0.0.1:$Q1 --stun-other-port $Q2 --stun-no-tcp --stun-tls-listen "" \
     --turn-listen 127.0.0.1:$Q3 --turn-no-tcp --sipgw-sip 127.0.0.1:$Q4 \
     --sipgw-rtp 127.0.0.1:$Q5 --sipgw-rtcp 127.0.0.1:$Q6 --log-level warn >>"$OUT/serve-batched.log" 2>&1 &
   TPID2=$!; PIDS+=($TPID2)
-  # the same with the fast path (--sfu-fast-path), only when wanted
+  # the same on the own data path (--sfu-data-path own), only when wanted
   if want fast; then
     read -r NATS3 UDP3 TCP3 HTTP3 R1 R2 R3 R4 R5 R6 ADM3 < <(python3 -c '
 import socket
@@ -90,7 +92,7 @@ ss=[socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(11)]
 for s in ss: s.bind(("127.0.0.1",0))
 print(" ".join(str(s.getsockname()[1]) for s in ss))')
     $SENV "$BIN" serve --admin 127.0.0.1:$ADM3 --bus-listen 127.0.0.1:$NATS3 --sfu-udp 127.0.0.1:$UDP3 --sfu-tcp 127.0.0.1:$TCP3 \
-      --sfu-fast-path ${SFUBENCH_FAST_FLAGS:-} ${SFUBENCH_PROFILE:+--pprof} \
+      --sfu-data-path own ${SFUBENCH_FAST_FLAGS:-} ${SFUBENCH_PROFILE:+--pprof} \
       --signal-http 127.0.0.1:$HTTP3 --stun-listen 127.0.0.1:$R1 --stun-other-port $R2 --stun-no-tcp --stun-tls-listen "" \
       --turn-listen 127.0.0.1:$R3 --turn-no-tcp --sipgw-sip 127.0.0.1:$R4 \
       --sipgw-rtp 127.0.0.1:$R5 --sipgw-rtcp 127.0.0.1:$R6 --log-level warn >>"$OUT/serve-fast.log" 2>&1 &

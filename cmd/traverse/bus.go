@@ -285,7 +285,7 @@ func ownEndpoints(cfg *serveConfig) []netip.AddrPort {
 		case *signalConfig:
 			add(c.HTTP)
 		case *sfuConfig:
-			add(c.UDP, c.TCP)
+			add(c.UDP.String(), c.TCP.String())
 		case *sipgwConfig:
 			add(c.SIP, c.SIPTLS, c.RTP, c.RTCP, c.Control)
 		case *stun.Config:

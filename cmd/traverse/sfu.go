@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"strconv"
 
 	"github.com/traverse-rtc/traverse/internal/admin"
 	"github.com/traverse-rtc/traverse/internal/bus"
@@ -16,32 +17,49 @@ import (
 // sfuConfig is the sfu role's section.
 type sfuConfig struct {
 	sfu.Config       `yaml:",inline"`
-	PublicIP         string `yaml:"public-ip"`
 	natsClientConfig `yaml:",inline"`
 }
 
 func bindSFU(fs *flag.FlagSet, prefix string, c *sfuConfig) {
-	fs.StringVar(&c.UDP, prefix+"udp", c.UDP, "the one media UDP `host:port` every peer connection shares")
-	fs.StringVar(&c.TCP, prefix+"tcp", c.TCP, "the one ICE-TCP listener `host:port` (empty disables ICE-TCP)")
-	fs.StringVar(&c.PublicIP, prefix+"public-ip", c.PublicIP, "public `IP` put in candidates instead of the bound address (1:1 NAT, load balancer)")
+	fs.TextVar(&c.UDP, prefix+"udp", c.UDP, "the one media UDP `host:port` every peer connection shares")
+	fs.TextVar(&c.TCP, prefix+"tcp", c.TCP, "the one ICE-TCP listener `host:port` (empty disables ICE-TCP)")
+	fs.TextVar(&c.PublicIP, prefix+"public-ip", c.PublicIP, "public `IP` put in candidates instead of the bound address (1:1 NAT, load balancer)")
 	bindNATSClientFlags(fs, prefix, &c.natsClientConfig, "NATS server `URL`s, comma separated (serve: empty uses the embedded bus)")
 	fs.StringVar(&c.NodeID, prefix+"node-id", c.NodeID, "node `id` on the bus (default: the node of --nats-creds, else sfu-PORT)")
 	fs.StringVar(&c.Region, prefix+"region", c.Region, "`region` announced for node selection")
 	fs.IntVar(&c.MaxPeers, prefix+"max-peers", 2000, "refuse joins past this many sessions")
-	fs.BoolVar(&c.BatchIO, prefix+"batch-io", c.BatchIO, "batched media socket I/O (recvmmsg reads, a fan-out corked into one sendmmsg) under pion's mux instead of one packet per system call")
-	fs.BoolVar(&c.FastPath, prefix+"fast-path", true, "forward RTP with the node's own SRTP context and batched socket writes instead of pion's per-subscriber write stack (the node answers as DTLS server); false uses pion's")
-	fs.BoolVar(&c.FastReceive, prefix+"fast-receive", true, "take publishers' RTP of fast-path sessions off pion's receive path: decrypt and forward it from the socket's reader (needs --fast-path); false leaves it to pion")
-	fs.BoolVar(&c.FastRTCPSend, prefix+"fast-rtcp-send", true, "seal the node's RTCP to fast-path clients (receiver reports, TWCC, NACKs, sender reports, PLIs) with its own SRTCP context and send it on the batched socket (needs --fast-path); false leaves it to pion")
-	fs.BoolVar(&c.FastRTCP, prefix+"fast-rtcp", true, "take clients' SRTCP of own-receive-path sessions off pion's receive path: decrypt it and act on it (keyframe requests, NACKs, REMB, transport-cc, reports) from the socket's reader (needs --fast-receive); false leaves it to pion")
-	fs.BoolVar(&c.SchedulerPoll, prefix+"scheduler-poll", true, "while media flows, keep one goroutine cycling through the Go scheduler (epoll_wait 5 ms, then yield): measured 25-35 % less CPU per forwarded packet; idle nodes pay nothing")
+	fs.Var(&c.DataPath, prefix+"data-path", "how media moves between the socket and the peer connections: `own` (recvmmsg/sendmmsg and the node's own SRTP in both directions; the node answers as DTLS server), pion (pion's stack, one packet per system call) or pion-batched (pion's stack over recvmmsg/sendmmsg); default own")
+	fs.Var(schedulerPollFlag{&c.NoSchedulerPoll}, prefix+"scheduler-poll", "while media flows, keep one goroutine cycling through the Go scheduler (epoll_wait 5 ms, then yield): measured 25-35 % less CPU per forwarded packet; idle nodes pay nothing; on by default, --scheduler-poll=false turns it off")
 	fs.DurationVar(&c.PLIInterval, prefix+"pli-interval", 0, "least `time` between keyframe requests to one publisher layer (default 500ms)")
 }
+
+// schedulerPollFlag is --scheduler-poll (default true), stored as
+// sfu.Config.NoSchedulerPoll, whose zero value is the poll on.
+type schedulerPollFlag struct{ off *bool }
+
+func (f schedulerPollFlag) String() string {
+	if f.off == nil {
+		return "true"
+	}
+	return strconv.FormatBool(!*f.off)
+}
+
+func (f schedulerPollFlag) Set(s string) error {
+	on, err := strconv.ParseBool(s)
+	if err != nil {
+		return err
+	}
+	*f.off = !on
+	return nil
+}
+
+func (f schedulerPollFlag) IsBoolFlag() bool { return true }
 
 func init() {
 	register(command{name: "sfu", summary: "WebRTC SFU: all peer connections on one UDP port and one TCP port", run: runSFU})
 	registerServeRole(serveRole{name: "sfu", order: 40,
 		bind: func(fs *flag.FlagSet, prefix string) any {
-			c := &sfuConfig{Config: sfu.Config{UDP: "127.0.0.1:7882", TCP: "127.0.0.1:7881"}}
+			c := &sfuConfig{Config: sfu.Config{UDP: netip.MustParseAddrPort("127.0.0.1:7882"), TCP: netip.MustParseAddrPort("127.0.0.1:7881")}}
 			bindSFU(fs, prefix, c)
 			return c
 		},
@@ -57,8 +75,8 @@ func init() {
 			if c.NodeID == "" {
 				// The node's credential names it before its socket is bound.
 				c.NodeID = "sfu-serve"
-				if ap, err := netip.ParseAddrPort(c.UDP); err == nil && ap.Port() != 0 {
-					c.NodeID = fmt.Sprintf("sfu-%d", ap.Port())
+				if c.UDP.Port() != 0 {
+					c.NodeID = fmt.Sprintf("sfu-%d", c.UDP.Port())
 				}
 			}
 			busCfg, err := env.inProcessBus("sfu "+c.NodeID, bus.RoleNode, c.NodeID)
@@ -123,18 +141,13 @@ func (c *sfuConfig) nodeBus() (bus.Config, error) {
 }
 
 func startSFU(c *sfuConfig, busCfg bus.Config, log *slog.Logger, adm *admin.Server) (runner, error) {
-	if c.PublicIP != "" {
-		ip, err := netip.ParseAddr(c.PublicIP)
-		if err != nil {
-			return nil, fmt.Errorf("--public-ip: %w", err)
-		}
-		c.Config.PublicIP = ip
-	}
 	bc, err := bus.Connect(busCfg, log)
 	if err != nil {
 		return nil, err
 	}
-	s, err := sfu.New(c.Config, log, bc, adm.Registry)
+	cfg := c.Config
+	cfg.Bus, cfg.Log, cfg.Registerer = bc, log, adm.Registry
+	s, err := sfu.New(cfg)
 	if err != nil {
 		bc.Close()
 		return nil, err

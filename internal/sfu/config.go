@@ -2,22 +2,26 @@ package sfu
 
 import (
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/traverse-rtc/traverse/internal/bus"
 )
 
 // Config is an SFU node's configuration.
 type Config struct {
-	// UDP is the one media UDP address ("host:port") every peer
-	// connection shares. Required.
-	UDP string `yaml:"udp"`
-	// TCP is the one ICE-TCP listener address; empty disables ICE-TCP.
-	TCP string `yaml:"tcp"`
+	// UDP is the one media UDP address every peer connection shares
+	// (port 0: any free port). Required.
+	UDP netip.AddrPort `yaml:"udp"`
+	// TCP is the one ICE-TCP listener address; zero (YAML "") disables
+	// ICE-TCP.
+	TCP netip.AddrPort `yaml:"tcp"`
 	// PublicIP replaces the host address in the node's ICE candidates
 	// (1:1 NAT, a load balancer); zero keeps the bound address.
-	PublicIP netip.Addr `yaml:"-"`
+	PublicIP netip.Addr `yaml:"public-ip"`
 	// NodeID names the node on the bus (default "sfu-" + the UDP port).
 	NodeID string `yaml:"node-id"`
 	// Region is announced for node selection; empty is allowed.
@@ -29,71 +33,41 @@ type Config struct {
 	// forwards to one publisher's layer; default 500 ms. Lower gives
 	// faster recovery, higher spares the publisher's encoder.
 	PLIInterval time.Duration `yaml:"pli-interval"`
-	// BatchIO puts the batched socket (recvmmsg reads, a fan-out's writes
-	// corked into one sendmmsg, batchconn.go) under pion's UDP mux instead
-	// of pion's one packet per system call. Default false: on this
-	// project's 2-vCPU loopback benchmark it saved 0-18 % per packet,
-	// within the run-to-run noise (the kernel's per-datagram work
-	// dominates, docs/benchmarks.md).
-	BatchIO bool `yaml:"batch-io"`
-	// FastPath forwards RTP to subscribers with the node's own SRTP
-	// context and batched socket writes instead of pion's per-subscriber
-	// write stack (fastpath.go); the node then answers as DTLS server.
-	// Subscribers whose keys cannot be derived stay on pion's path.
-	// Default false here; the traverse command's --fast-path defaults to
-	// true (10-28 % less CPU per forwarded packet in a 1 -> 50 fan-out,
-	// -3 to 31 % in rooms of 4, docs/benchmarks.md).
-	FastPath bool `yaml:"fast-path"`
-	// FastReceive takes publishers' RTP off pion's receive path (own
-	// receive path, recvpath.go): the node's batched socket reads under
-	// pion's mux, and RTP of registered streams is decrypted and forwarded
-	// on the socket's reader goroutine, without pion's four goroutine
-	// hand-offs per packet. It needs FastPath (ignored without it) and
-	// applies only to sessions with a feedback recorder. Default false.
-	FastReceive bool `yaml:"fast-receive"`
-	// FastRTCPSend seals the RTCP the node sends to a fast-path client
-	// (receiver reports, TWCC feedback and NACKs toward publishers, sender
-	// reports, keyframe requests) with the session's own SRTCP context and
-	// writes it on the node's batched socket instead of pion's RTCP write
-	// chain (rtcpout.go). Sessions on pion's path (fast path not active,
-	// ICE-TCP) keep pion's. It needs FastPath (ignored without it).
-	// Default false here; the traverse command's --fast-rtcp-send
-	// defaults to true.
-	FastRTCPSend bool `yaml:"fast-rtcp-send"`
-	// FastRTCP takes the SRTCP of sessions on the own receive path off
-	// pion's receive chain too (rtcpin.go): it is authenticated and
-	// decrypted with the client's keys on the socket's reader goroutine,
-	// and its keyframe requests, NACKs, REMB, transport-cc feedback,
-	// reception reports and sender reports are acted on there, without
-	// pion's SRTCP session goroutine, per-SSRC buffers and one reader
-	// goroutine per sent track. It needs FastReceive (ignored without
-	// it). Default false here; the traverse command's --fast-rtcp
-	// defaults to true.
-	FastRTCP bool `yaml:"fast-rtcp"`
-	// newRecorder, when set, gives every fast-path peer connection the
+	// DataPath chooses how media moves between the socket and pion (see
+	// DataPath); the zero value, DataPathOwn, is what the traverse command
+	// runs.
+	DataPath DataPath `yaml:"data-path"`
+	// NoSchedulerPoll turns off the scheduler poll (schedpoll.go): while
+	// the node forwards media, one goroutine waits 5 ms at a time in
+	// epoll_wait and yields, measured 25-35 % less CPU per forwarded
+	// packet on a 2-vCPU VM, nothing when idle. Default false (the poll
+	// runs); it is independent of DataPath.
+	NoSchedulerPoll bool `yaml:"no-scheduler-poll"`
+	// newRecorder, when set, gives every own-path peer connection the
 	// recorder the own receive path feeds (tests).
 	newRecorder func() receiveRecorder
-	// SchedulerPoll runs the scheduler poll while the node forwards media
-	// (schedpoll.go): 25-35 % less CPU per forwarded packet measured on a
-	// 2-vCPU VM, nothing when idle. Default false here; the traverse
-	// command's --scheduler-poll defaults to true.
-	SchedulerPoll bool `yaml:"scheduler-poll"`
 	// AnnounceInterval is how often the node announces itself; default
 	// bus.AnnounceInterval.
 	AnnounceInterval time.Duration `yaml:"-"`
+
+	// Bus is the node's bus connection, which it takes its work from.
+	// Required; the caller closes it after Run returns.
+	Bus *bus.Client `yaml:"-"`
+	// Log receives the node's logs; nil discards them.
+	Log *slog.Logger `yaml:"-"`
+	// Registerer, when set, gets the node's metrics.
+	Registerer prometheus.Registerer `yaml:"-"`
 }
 
 func (c *Config) validate() error {
-	if c.UDP == "" {
+	if c.DataPath > DataPathPionBatched {
+		return fmt.Errorf("%w: data path %d", ErrConfig, c.DataPath)
+	}
+	if !c.UDP.IsValid() {
 		return fmt.Errorf("%w: no udp address", ErrConfig)
 	}
-	if _, err := netip.ParseAddrPort(c.UDP); err != nil {
-		return fmt.Errorf("%w: udp %q: %w", ErrConfig, c.UDP, err)
-	}
-	if c.TCP != "" {
-		if _, err := netip.ParseAddrPort(c.TCP); err != nil {
-			return fmt.Errorf("%w: tcp %q: %w", ErrConfig, c.TCP, err)
-		}
+	if c.Bus == nil {
+		return fmt.Errorf("%w: no bus client", ErrConfig)
 	}
 	if c.NodeID != "" && !bus.ValidName(c.NodeID) {
 		return fmt.Errorf("%w: node id %q: %w", ErrConfig, c.NodeID, bus.ErrBadSubjectToken)
@@ -110,5 +84,70 @@ func (c *Config) validate() error {
 	if c.AnnounceInterval <= 0 {
 		c.AnnounceInterval = bus.AnnounceInterval
 	}
+	if c.Log == nil {
+		c.Log = slog.New(slog.DiscardHandler)
+	}
 	return nil
 }
+
+// DataPath is how an SFU node moves media between its UDP socket and the
+// peer connections.
+type DataPath uint8
+
+const (
+	// DataPathOwn, the default, is the node's own data path: the UDP
+	// socket is read with recvmmsg and written with sendmmsg
+	// (package batchconn); publishers' SRTP and SRTCP are opened and acted on
+	// from the socket's reader (recvpath.go, rtcpin.go); forwarded RTP
+	// and the node's RTCP are sealed with SRTP contexts of the node's own
+	// and sent in one sendmmsg per fan-out (ownpath.go, rtcpout.go). The
+	// node answers as DTLS server to derive the keys (package srtpseal). pion
+	// keeps ICE, DTLS and SCTP; a session it cannot serve (ICE-TCP, keys
+	// not derivable) stays on pion's path, counted. Measured 10-31 % less
+	// CPU per forwarded packet than pion's path (docs/benchmarks.md).
+	DataPathOwn DataPath = iota
+	// DataPathPion leaves every packet to pion: its UDP mux reads the
+	// socket one datagram per system call and its interceptor chain and
+	// SRTP sessions encrypt, decrypt and write each packet.
+	DataPathPion
+	// DataPathPionBatched is DataPathPion over the node's batched socket
+	// (recvmmsg reads, a fan-out corked into one sendmmsg) under pion's
+	// mux. It saved 0-18 % per packet over DataPathPion on this project's
+	// 2-vCPU loopback benchmark, within the noise; it stays for
+	// comparisons (bench/sfu-vs-janus.sh "batched").
+	DataPathPionBatched
+)
+
+var dataPathNames = [...]string{DataPathOwn: "own", DataPathPion: "pion", DataPathPionBatched: "pion-batched"}
+
+// String returns the data path's flag value: "own", "pion" or
+// "pion-batched".
+func (d DataPath) String() string {
+	if int(d) < len(dataPathNames) {
+		return dataPathNames[d]
+	}
+	return fmt.Sprintf("DataPath(%d)", uint8(d))
+}
+
+// Set parses s (a flag.Value): "own", "pion" or "pion-batched".
+func (d *DataPath) Set(s string) error {
+	for i, n := range dataPathNames {
+		if s == n {
+			*d = DataPath(i)
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: data path %q (own, pion or pion-batched)", ErrConfig, s)
+}
+
+// UnmarshalText makes DataPath a YAML and environment value.
+func (d *DataPath) UnmarshalText(b []byte) error { return d.Set(string(b)) }
+
+// MarshalText is the inverse of UnmarshalText.
+func (d DataPath) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+
+// own reports whether the node runs its own data path.
+func (d DataPath) own() bool { return d == DataPathOwn }
+
+// batched reports whether the node's batched socket is under pion's mux.
+func (d DataPath) batched() bool { return d == DataPathOwn || d == DataPathPionBatched }

@@ -6,11 +6,6 @@ import "errors"
 var (
 	// ErrConfig is returned for an invalid Config.
 	ErrConfig = errors.New("sfu: invalid config")
-	// ErrFastPathKeys is returned when a peer connection's SRTP keys cannot
-	// be derived for the fast path (the node is not the DTLS server, a
-	// cipher suite or SRTP profile it does not know, secrets not seen);
-	// that subscriber stays on pion's write path.
-	ErrFastPathKeys = errors.New("sfu: fast path: no SRTP keys")
 )
 
 var (
@@ -20,11 +15,11 @@ var (
 	// errNoMid: an m-section of the node's offer has no mid (RFC 8843
 	// section 9.1 requires one under BUNDLE).
 	errNoMid = errors.New("sfu: offer m-section without mid")
-	// errNoUDPPair: a fast-path session's RTCP has no UDP destination (its
+	// errNoUDPPair: an own-path session's RTCP has no UDP destination (its
 	// selected pair is over TCP); it is dropped (rtcpout.go).
-	errNoUDPPair = errors.New("sfu: fast path: no UDP pair")
-	// errRTCPTooLong: sealed RTCP longer than the fast path's MTU.
-	errRTCPTooLong = errors.New("sfu: fast path: rtcp longer than the MTU")
+	errNoUDPPair = errors.New("sfu: own data path: no UDP pair")
+	// errRTCPTooLong: sealed RTCP longer than the own data path's MTU.
+	errRTCPTooLong = errors.New("sfu: own data path: rtcp longer than the MTU")
 	// errRTCPNotBound: RTCP written before pion bound the peer
 	// connection's writer.
 	errRTCPNotBound = errors.New("sfu: rtcp writer not bound")

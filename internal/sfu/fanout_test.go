@@ -17,7 +17,7 @@ func TestFanoutProfile(t *testing.T) {
 	if os.Getenv("SFU_FANOUT") == "" {
 		t.Skip("SFU_FANOUT not set")
 	}
-	h := newHarness(t, Config{BatchIO: os.Getenv("SFU_BATCH") != ""})
+	h := newHarness(t, Config{}) // TRAVERSE_SFU_DATA_PATH chooses the path
 	pub := h.dial(loadgen.ClientConfig{Room: "f", Identity: "pub", Publish: true})
 	<-pub.Connected()
 	for i := range 50 {
@@ -27,7 +27,7 @@ func TestFanoutProfile(t *testing.T) {
 	f0 := h.s.Forwarded()
 	var w0, b0 uint64
 	if h.s.batch != nil {
-		w0, b0 = h.s.batch.writes.Load(), h.s.batch.batches.Load()
+		w0, b0 = h.s.batch.Stats().Writes, h.s.batch.Stats().Batches
 	}
 	time.Sleep(5 * time.Second)
 	if p := os.Getenv("SFU_HEAP"); p != "" {
@@ -41,8 +41,8 @@ func TestFanoutProfile(t *testing.T) {
 	}
 	f := h.s.Forwarded() - f0
 	if h.s.batch != nil {
-		w, b := h.s.batch.writes.Load()-w0, h.s.batch.batches.Load()-b0
-		t.Logf("forwarded %d; datagrams %d in %d batches (%.1f per sendmmsg), drops %d", f, w, b, float64(w)/float64(b), h.s.batch.drops.Load())
+		w, b := h.s.batch.Stats().Writes-w0, h.s.batch.Stats().Batches-b0
+		t.Logf("forwarded %d; datagrams %d in %d batches (%.1f per sendmmsg), drops %d", f, w, b, float64(w)/float64(b), h.s.batch.Stats().Drops)
 	} else {
 		t.Logf("forwarded %d", f)
 	}

@@ -194,17 +194,16 @@ func (h *harness) dialProbe(room string) (*feedbackProbe, *loadgen.Client) {
 // receiver reports for its audio and video (with the LSR of its own
 // sender reports, which the node reads), TWCC feedback that reports its
 // packets received, and a NACK for the one video packet it did not send;
-// on the fast path, the peer connection's rtpfeedback instance is the one
+// on the own data path, the peer connection's rtpfeedback instance is the one
 // that saw them.
 func TestPublisherGetsFeedback(t *testing.T) {
-	for _, tc := range []struct {
-		name             string
-		fast, recv, rtcp bool
-	}{{"pion path", false, false, false}, {"fast path", true, false, false}, {"own receive path", true, true, false},
-		{"own RTCP path", true, true, true}} {
-		fast := tc.fast
-		t.Run(tc.name, func(t *testing.T) {
-			h := newHarness(t, Config{FastPath: fast, FastReceive: tc.recv, FastRTCP: tc.rtcp})
+	for _, path := range []DataPath{DataPathPion, DataPathOwn} {
+		own := path == DataPathOwn
+		t.Run(path.String(), func(t *testing.T) {
+			if own {
+				requireOwnPath(t)
+			}
+			h := newHarness(t, Config{DataPath: path})
 			p, c := h.dialProbe("fb")
 			var ssrcs []uint32
 			for _, s := range c.PC().GetSenders() {
@@ -240,21 +239,21 @@ func TestPublisherGetsFeedback(t *testing.T) {
 			if n := h.s.feedback.Stats(); n.NACKs == 0 || n.Reports == 0 || n.TWCC == 0 || n.SenderReport == 0 {
 				t.Errorf("node feedback counters %+v", n)
 			}
-			if fast {
+			if own {
 				h.s.mu.Lock()
 				var st []uint64
 				for _, part := range h.s.sessions {
-					if part.fast != nil && part.fast.feedback != nil {
-						s := part.fast.feedback.Stats()
+					if part.own != nil && part.own.feedback != nil {
+						s := part.own.feedback.Stats()
 						st = append(st, s.Packets, s.NACKs, s.Reports, s.TWCC)
 					}
 				}
 				h.s.mu.Unlock()
 				if len(st) != 4 || st[0] == 0 || st[1] == 0 || st[2] == 0 || st[3] == 0 {
-					t.Errorf("fast path feedback stats (packets, NACKs, RRs, TWCC) %v", st)
+					t.Errorf("own data path feedback stats (packets, NACKs, RRs, TWCC) %v", st)
 				}
 			}
-			if tc.recv {
+			if own {
 				// The feedback came from packets the own receive path took
 				// (it took all but the first few; the dropped packet's
 				// neighbours among them).
@@ -263,9 +262,9 @@ func TestPublisherGetsFeedback(t *testing.T) {
 					t.Errorf("own receive path took %v packets, pion's %d", taken, viaPion)
 				}
 			}
-			if own, viaPion := h.s.FastRTCPPackets(); tc.rtcp && (own == 0 || viaPion != 0) {
+			if ownN, viaPion := h.s.OwnRTCPPackets(); own && (ownN == 0 || viaPion != 0) {
 				// The sender reports behind the LSRs came the own way.
-				t.Errorf("own RTCP path took %d packets, pion's readers got %d", own, viaPion)
+				t.Errorf("own RTCP path took %d packets, pion's readers got %d", ownN, viaPion)
 			}
 		})
 	}

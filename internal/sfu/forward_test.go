@@ -1,15 +1,13 @@
 package sfu
 
 import (
-	"context"
-	"net"
 	"testing"
 	"time"
 
 	"github.com/pion/rtp"
 	"github.com/pion/webrtc/v4"
 
-	"github.com/traverse-rtc/traverse/internal/udpio"
+	"github.com/traverse-rtc/traverse/internal/rtpcodec"
 )
 
 // sinkWriter is a webrtc.TrackLocalWriter that keeps the last header.
@@ -33,7 +31,7 @@ func newTestDown(t testing.TB) (*downTrack, *sinkWriter, *packetCache) {
 	s := &Server{}
 	s.m = newMetrics(s, nil)
 	r := &room{s: s, name: "r"}
-	pt := &pubTrack{r: r, id: "v", streamID: "s", kind: webrtc.RTPCodecTypeVideo, ck: codecOf("video/VP8"), nrids: 1}
+	pt := &pubTrack{r: r, id: "v", streamID: "s", kind: webrtc.RTPCodecTypeVideo, ck: rtpcodec.CodecOf("video/VP8"), nrids: 1}
 	empty := []*downTrack{}
 	pt.downs.Store(&empty)
 	l := &layer{idx: 0, cache: &packetCache{}}
@@ -91,62 +89,5 @@ func BenchmarkDownTrackWrite(b *testing.B) {
 	for b.Loop() {
 		pkt.SequenceNumber++
 		d.write(0, pkt, false, now)
-	}
-}
-
-// TestBatchConnCork: writes between cork and uncork leave in one sendmmsg
-// batch, in order, without allocating; writes outside a cork go straight
-// out.
-func TestBatchConnCork(t *testing.T) {
-	uc, err := udpio.Listen(context.Background(), "udp", "127.0.0.1:0", udpio.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := newBatchConn(uc)
-	defer b.Close()
-	rc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rc.Close()
-	to := rc.LocalAddr().(*net.UDPAddr).AddrPort()
-	p := make([]byte, 100)
-	write := func(i byte) {
-		p[0] = i
-		if _, err := b.WriteToAddrPort(p, to); err != nil {
-			t.Fatal(err)
-		}
-	}
-	write(0)
-	if b.batches.Load() != 1 || len(b.pending) != 0 {
-		t.Fatal("an uncorked write did not go straight out")
-	}
-	b.cork()
-	for i := range 10 {
-		write(byte(1 + i))
-	}
-	if n := len(b.pending); n != 10 {
-		t.Fatalf("%d queued while corked, want 10", n)
-	}
-	b.uncork()
-	if b.batches.Load() != 2 || b.writes.Load() != 11 {
-		t.Fatalf("%d batches for %d datagrams, want 2 for 11", b.batches.Load(), b.writes.Load())
-	}
-	got := make([]byte, 200)
-	_ = rc.SetReadDeadline(time.Now().Add(5 * time.Second))
-	for i := range 11 {
-		n, err := rc.Read(got)
-		if err != nil || n != 100 || got[0] != byte(i) {
-			t.Fatalf("datagram %d: %d bytes, first %d, %v", i, n, got[0], err)
-		}
-	}
-	if a := testing.AllocsPerRun(100, func() {
-		b.cork()
-		for i := range 20 {
-			write(byte(i))
-		}
-		b.uncork()
-	}); a != 0 {
-		t.Errorf("a corked fan-out of 20: %v allocations", a)
 	}
 }

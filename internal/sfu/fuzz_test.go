@@ -4,60 +4,9 @@ import (
 	"testing"
 
 	"github.com/pion/rtp"
+
+	"github.com/traverse-rtc/traverse/internal/rtpcodec"
 )
-
-func TestKeyframe(t *testing.T) {
-	tests := []struct {
-		name string
-		c    codecKind
-		p    []byte
-		want bool
-	}{
-		{"vp8 key", codecVP8, []byte{0x10, 0x00, 0x9d}, true},
-		{"vp8 delta", codecVP8, []byte{0x10, 0x01}, false},
-		{"vp8 not start", codecVP8, []byte{0x00, 0x00}, false},
-		{"vp8 ext picture id 15 bit key", codecVP8, []byte{0x90, 0x80, 0x81, 0x02, 0x00}, true},
-		{"vp8 ext picture id, tl0, tid key", codecVP8, []byte{0x90, 0xe0, 0x05, 0x01, 0x20, 0x00}, true},
-		{"vp8 truncated", codecVP8, []byte{0x90}, false},
-		{"vp9 key", codecVP9, []byte{0x08}, true},
-		{"vp9 inter", codecVP9, []byte{0x48}, false},
-		{"vp9 layer 1", codecVP9, []byte{0xa8, 0x05, 0x02}, false},
-		{"vp9 layer 0", codecVP9, []byte{0xa8, 0x05, 0x00}, true},
-		{"h264 idr", codecH264, []byte{0x65}, true},
-		{"h264 sps", codecH264, []byte{0x67}, true},
-		{"h264 p", codecH264, []byte{0x41}, false},
-		{"h264 stap-a with sps", codecH264, []byte{0x78, 0x00, 0x02, 0x67, 0x42, 0x00, 0x01, 0x68}, true},
-		{"h264 stap-a bad size", codecH264, []byte{0x78, 0x00, 0x09, 0x67}, false},
-		{"h264 fu-a idr start", codecH264, []byte{0x7c, 0x85}, true},
-		{"h264 fu-a idr middle", codecH264, []byte{0x7c, 0x05}, false},
-		{"av1 new sequence", codecAV1, []byte{0x08}, true},
-		{"av1 other", codecAV1, []byte{0x10}, false},
-		{"empty", codecVP8, nil, false},
-		{"unknown codec switches at once", codecOther, nil, true},
-	}
-	for _, tt := range tests {
-		if got := isKeyframe(tt.c, tt.p); got != tt.want {
-			t.Errorf("%s: got %v", tt.name, got)
-		}
-	}
-	if l, v, ok := audioLevel([]byte{0x80 | 30}); !ok || !v || l != 97 {
-		t.Errorf("audio level %d %v %v", l, v, ok)
-	}
-}
-
-// FuzzKeyframe feeds the codec payload parsers the SFU runs on every
-// incoming video packet.
-func FuzzKeyframe(f *testing.F) {
-	for _, s := range [][]byte{{0x10, 0x00}, {0x90, 0xe0, 0x05, 0x01, 0x20, 0x00}, {0xa8, 0x05, 0x00}, {0x78, 0x00, 0x02, 0x67, 0x42}, {0x7c, 0x85}, {0x08}} {
-		f.Add(s)
-	}
-	f.Fuzz(func(t *testing.T, p []byte) {
-		for c := codecOther; c <= codecAV1; c++ {
-			isKeyframe(c, p)
-		}
-		audioLevel(p)
-	})
-}
 
 // FuzzRTP feeds the SFU's own RTP path: parse as its read loop does, read
 // the audio level extension, detect keyframes, and rewrite the header as
@@ -73,8 +22,8 @@ func FuzzRTP(f *testing.F) {
 		if err := p.Unmarshal(b); err != nil {
 			return
 		}
-		audioLevel(p.GetExtension(1))
-		isKeyframe(codecVP8, p.Payload)
+		rtpcodec.AudioLevel(p.GetExtension(1))
+		rtpcodec.VP8.Keyframe(p.Payload)
 		h := p.Header
 		h.SSRC, h.PayloadType = 7, 111
 		h.SequenceNumber += 1000

@@ -19,7 +19,8 @@ import (
 // transport-cc feedback), the subscriber's transport-cc feedback (its
 // estimate) and receiver reports.
 func TestLoadFeedbackClients(t *testing.T) {
-	h := newHarness(t, Config{FastPath: true})
+	requireOwnPath(t)
+	h := newHarness(t, Config{})
 	api, err := loadgen.NewAPI(false, netip.Addr{}, loadgen.WithFeedback(true))
 	if err != nil {
 		t.Fatal(err)

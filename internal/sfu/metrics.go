@@ -4,6 +4,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/traverse-rtc/traverse/internal/rtpfeedback"
+	"github.com/traverse-rtc/traverse/internal/sfu/batchconn"
 )
 
 // metrics are one node's counters; each Server has its own.
@@ -14,10 +15,10 @@ type metrics struct {
 	nacksAnswered, nacksMissed        prometheus.Counter
 	layerSwitches, dataMessages       prometheus.Counter
 	unsupportedTracks, glare          prometheus.Counter
-	fastActive, fastFallbacks         prometheus.Counter
-	fastDrops, fastReports            prometheus.Counter
-	fastRTCPSent                      prometheus.Counter
-	fastRTCPErrors                    *prometheus.CounterVec
+	ownActive, ownFallbacks           prometheus.Counter
+	ownDrops, ownReports              prometheus.Counter
+	ownRTCPSent                       prometheus.Counter
+	ownRTCPErrors                     *prometheus.CounterVec
 	subscriberLoss                    prometheus.Histogram
 	recvSessions, recvTaken           prometheus.Counter
 	recvReplays, recvSlowDrops        prometheus.Counter
@@ -28,6 +29,9 @@ type metrics struct {
 	subscriberEstimate                prometheus.Histogram
 }
 
+// newMetrics declares the node's metrics and registers them with reg
+// (nil: unregistered). It is one long table of declarations on purpose:
+// every name and help text of the node reads as one list.
 func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
 	c := func(name, help string) prometheus.Counter {
 		return prometheus.NewCounter(prometheus.CounterOpts{Namespace: "traverse", Subsystem: "sfu", Name: name, Help: help})
@@ -52,21 +56,21 @@ func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
 		dataMessages:  c("data_messages_total", "Data-channel messages relayed."),
 		unsupportedTracks: c("unsupported_tracks_total",
 			"Subscribed tracks dropped because the subscriber's negotiated codecs lack the track's codec."),
-		fastActive: c("fast_path_sessions_total", "Peer connections whose forwarded RTP takes the fast path (own SRTP and socket writes)."),
-		fastFallbacks: c("fast_path_fallbacks_total",
-			"Peer connections left on pion's write path with the fast path on (node not DTLS server, unknown suite or profile, ICE over TCP)."),
-		fastDrops: c("fast_path_drops_total",
-			"Fast-path RTP packets dropped: larger than the MTU, no UDP destination (TCP pair), or not encryptable."),
-		fastReports:  c("fast_path_sender_reports_total", "RTCP sender reports sent for fast-path streams."),
-		fastRTCPSent: c("fast_rtcp_sent_total", "SRTCP datagrams the node sealed and sent itself (--fast-rtcp-send), not through pion."),
-		fastRTCPErrors: byReason("fast_rtcp_errors_total",
+		ownActive: c("fast_path_sessions_total", "Peer connections whose forwarded RTP takes the own data path (own SRTP and socket writes)."),
+		ownFallbacks: c("fast_path_fallbacks_total",
+			"Peer connections left on pion's write path with the own data path on (node not DTLS server, unknown suite or profile, ICE over TCP)."),
+		ownDrops: c("fast_path_drops_total",
+			"Own-path RTP packets dropped: larger than the MTU, no UDP destination (TCP pair), or not encryptable."),
+		ownReports:  c("fast_path_sender_reports_total", "RTCP sender reports sent for own-path streams."),
+		ownRTCPSent: c("fast_rtcp_sent_total", "SRTCP datagrams the node sealed and sent itself (--fast-rtcp-send), not through pion."),
+		ownRTCPErrors: byReason("fast_rtcp_errors_total",
 			"RTCP of own-send sessions not sent, by reason (no-udp: the pair is over TCP; seal; marshal; write)."),
 		glare:        c("glare_total", "Client offers that crossed a node offer (the node withdrew its own)."),
 		recvSessions: c("fast_receive_sessions_total", "Peer connections whose publishers' RTP the own receive path takes."),
 		recvTaken:    c("fast_receive_packets_total", "Publishers' RTP packets decrypted and forwarded by the own receive path (not pion's)."),
 		recvReplays:  c("fast_receive_replays_total", "Publishers' RTP packets the own receive path dropped as replays (RFC 3711 section 3.3.2)."),
 		recvSlowDrops: c("fast_receive_slow_drops_total",
-			"Intercepted packets not queued for subscribers on pion's write path (ICE-TCP, no fast-path keys): queue full or track closed."),
+			"Intercepted packets not queued for subscribers on pion's write path (ICE-TCP, no own-path keys): queue full or track closed."),
 		recvErrors: byReason("fast_receive_errors_total",
 			"Publishers' RTP packets of registered streams the own receive path handed back to pion, by reason (auth: tag did not verify; short; header; decrypt)."),
 		rtcpTaken: c("fast_rtcp_packets_total", "Clients' SRTCP packets decrypted and acted on by the own RTCP path (not pion's)."),
@@ -77,14 +81,14 @@ func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
 		subscriberLoss: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "traverse", Subsystem: "sfu",
 			Name: "subscriber_loss_fraction", Help: "Fraction lost in subscribers' receiver reports.",
 			Buckets: []float64{0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5}}),
-		twccFeedback: c("subscriber_twcc_feedback_total", "Subscribers' transport-cc feedback packets taken into their bandwidth estimates (bwe.go)."),
+		twccFeedback: c("subscriber_twcc_feedback_total", "Subscribers' transport-cc feedback packets taken into their bandwidth estimates (package gcc)."),
 		twccBad:      c("subscriber_twcc_feedback_bad_total", "Subscribers' transport-cc feedback packets refused as inconsistent (statuses without deltas, unknown symbols, deltas out of range)."),
 		subscriberEstimate: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "traverse", Subsystem: "sfu",
 			Name: "subscriber_estimate_bps", Help: "Subscribers' downlink estimates (the lower of REMB and the transport-cc estimate) at each layer choice, every 500 ms per subscriber with one.",
 			Buckets: []float64{100e3, 250e3, 500e3, 1e6, 2e6, 5e6, 10e6, 25e6, 50e6}}),
 	}
 	for _, r := range rtcpErrorReasons {
-		m.fastRTCPErrors.WithLabelValues(r) // exported as 0 before the first
+		m.ownRTCPErrors.WithLabelValues(r) // exported as 0 before the first
 	}
 	if reg == nil {
 		return m
@@ -94,7 +98,7 @@ func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "traverse", Subsystem: "sfu",
 			Name: "rtp_received_pion_total", Help: "Publishers' RTP packets that came through pion's receive path."},
 			func() float64 { return float64(s.pionReceived.Load()) }),
-		m.fastActive, m.fastFallbacks, m.fastDrops, m.fastReports, m.fastRTCPSent, m.fastRTCPErrors, m.unsupportedTracks, m.glare, m.joins, m.leaves, m.connected, m.offers, m.badSDP, m.badRTP, m.pliForwarded,
+		m.ownActive, m.ownFallbacks, m.ownDrops, m.ownReports, m.ownRTCPSent, m.ownRTCPErrors, m.unsupportedTracks, m.glare, m.joins, m.leaves, m.connected, m.offers, m.badSDP, m.badRTP, m.pliForwarded,
 		m.pliThrottled, m.nacks, m.nacksAnswered, m.nacksMissed, m.layerSwitches, m.dataMessages, m.subscriberLoss,
 		m.twccFeedback, m.twccBad, m.subscriberEstimate,
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "traverse", Subsystem: "sfu",
@@ -104,14 +108,18 @@ func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
 			Name: "rtp_received_total", Help: "RTP packets received from publishers."},
 			func() float64 { return float64(s.received.Load()) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "traverse", Subsystem: "sfu",
-			Name: "udp_batched_writes_total", Help: "Datagrams sent through the batched socket (--batch-io, or the fast path's writer)."},
-			func() float64 { return float64(s.batchStat(func(b *batchConn) uint64 { return b.writes.Load() })) }),
+			Name: "udp_batched_writes_total", Help: "Datagrams sent through the batched socket (--data-path own or pion-batched)."},
+			func() float64 {
+				return float64(s.batchStat(func(b *batchconn.Conn) uint64 { return b.Stats().Writes }))
+			}),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "traverse", Subsystem: "sfu",
 			Name: "udp_write_batches_total", Help: "Send system calls of the batched socket (sendmmsg batches and single sendto)."},
-			func() float64 { return float64(s.batchStat(func(b *batchConn) uint64 { return b.batches.Load() })) }),
+			func() float64 {
+				return float64(s.batchStat(func(b *batchconn.Conn) uint64 { return b.Stats().Batches }))
+			}),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "traverse", Subsystem: "sfu",
 			Name: "udp_write_drops_total", Help: "Datagrams the batched socket dropped (larger than 1500 bytes)."},
-			func() float64 { return float64(s.batchStat(func(b *batchConn) uint64 { return b.drops.Load() })) }),
+			func() float64 { return float64(s.batchStat(func(b *batchconn.Conn) uint64 { return b.Stats().Drops })) }),
 		feedbackCounter(s, "feedback_nacks_total", "NACK packets sent to publishers (internal/rtpfeedback).",
 			func(st rtpfeedback.Stats) uint64 { return st.NACKs }),
 		feedbackCounter(s, "feedback_nacked_total", "Sequence numbers NACKed to publishers.",
@@ -142,7 +150,7 @@ func feedbackCounter(s *Server, name, help string, f func(rtpfeedback.Stats) uin
 		func() float64 { return float64(f(s.feedback.Stats())) })
 }
 
-func (s *Server) batchStat(f func(*batchConn) uint64) uint64 {
+func (s *Server) batchStat(f func(*batchconn.Conn) uint64) uint64 {
 	b := s.corkable()
 	if b == nil {
 		return 0

@@ -24,7 +24,7 @@ type participant struct {
 	canSub   bool
 	pc       *webrtc.PeerConnection
 	ufrag    string
-	fast     *fastPath // nil unless Config.FastPath; set at creation
+	own      *ownPath // nil unless DataPathOwn; set at creation
 	joinedAt time.Time
 
 	negMu sync.Mutex // guards the fields below and serializes SDP work on pc (negotiate.go)
@@ -64,7 +64,7 @@ func newParticipant(s *Server, r *room, id string, j *bus.Join) *participant {
 	return &participant{s: s, room: r, id: id, identity: j.Identity, name: j.Name,
 		canPub: j.Publish, canSub: j.Subscribe, joinedAt: time.Now(),
 		senders: map[*pubTrack]*webrtc.RTPSender{}, downs: map[*pubTrack]*downTrack{},
-		unanswered: map[*pubTrack]bool{}, refused: map[*pubTrack]bool{}, fast: s.newFastPath(),
+		unanswered: map[*pubTrack]bool{}, refused: map[*pubTrack]bool{}, own: s.newOwnPath(),
 		hold: true, // until the join answer is sent (joined)
 		kick: make(chan struct{}, 1), done: make(chan struct{})}
 }
@@ -258,8 +258,8 @@ func (p *participant) leave(reason string) {
 		p.senders = map[*pubTrack]*webrtc.RTPSender{}
 		pc := p.pc
 		p.negMu.Unlock()
-		if p.fast != nil {
-			p.fast.close()
+		if p.own != nil {
+			p.own.close()
 		}
 		for t, dt := range downs {
 			t.removeDown(dt)

@@ -13,22 +13,23 @@ import (
 	"github.com/pion/webrtc/v4"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/traverse-rtc/traverse/internal/sfu/srtpseal"
 	"github.com/traverse-rtc/traverse/internal/udpio"
 )
 
-// The own receive path (Config.FastReceive) takes publishers' RTP off
+// The own receive path (part of DataPathOwn) takes publishers' RTP off
 // pion's receive chain (UDP mux reader -> ICE conn -> SRTP session
 // goroutine -> interceptors -> TrackRemote.Read: four goroutine hand-offs
-// per packet). The node's batched socket (batchConn) is under pion's mux;
+// per packet). The node's batched socket (package batchconn) is under pion's mux;
 // after each recvmmsg it looks every datagram's source address up in a
-// read-mostly table of fast-path sessions (copy on write behind an atomic
+// read-mostly table of own-path sessions (copy on write behind an atomic
 // pointer). A datagram from a registered address that is RTP (RFC 7983:
 // first byte 128..191; RFC 5761 section 4: payload type not 64..95, which
 // is RTCP) of an SSRC registered for that session is authenticated and
 // decrypted with the client's SRTP keys (RFC 3711, RFC 7714), recorded for
 // the publisher's feedback (NACK, receiver reports, TWCC) and forwarded
 // inline, on the mux's reader goroutine; the whole batch's fan-outs are
-// corked into one sendmmsg. With Config.FastRTCP the session's SRTCP is
+// corked into one sendmmsg. The session's SRTCP is
 // taken the same way (rtcpin.go). Everything else (STUN, DTLS, unknown
 // SSRCs such as RTX, packets whose tag fails) goes to pion as before.
 //
@@ -39,7 +40,7 @@ import (
 // participant leaving removes its session. A change of the selected
 // candidate pair moves the session to the new address.
 //
-// A session is registered only when its fast path is active (the node is
+// A session is registered only when its own data path is active (the node is
 // the DTLS server and knows the keys), its pair is over UDP and it has a
 // receiveRecorder: without one, TWCC feedback would report every
 // intercepted packet lost and the publisher's bandwidth estimate would
@@ -87,9 +88,9 @@ func newRecvPath(s *Server) *recvPath {
 	return r
 }
 
-// recvSession is one fast-path peer connection's receive state.
+// recvSession is one own-path peer connection's receive state.
 type recvSession struct {
-	f   *fastPath
+	f   *ownPath
 	rec receiveRecorder
 
 	// key and salt are the client's SRTP master key and salt (RFC 5764
@@ -100,8 +101,8 @@ type recvSession struct {
 	// (pion's context, with its replay window); nil for the AEAD ones.
 	ctx *srtp.Context
 	// srtcp opens the session's SRTCP, every profile (pion's context with
-	// its SRTCP replay window; the reader goroutine's alone); nil unless
-	// Config.FastRTCP. srtcpMin is the shortest SRTCP packet of the
+	// its SRTCP replay window; the reader goroutine's alone); nil in
+	// unit tests of pion's RTCP path. srtcpMin is the shortest SRTCP packet of the
 	// profile.
 	srtcp    *srtp.Context
 	srtcpMin int
@@ -119,43 +120,42 @@ type recvStream struct {
 	ssrc uint32
 	t    *pubTrack
 	l    *layer
-	gcm  *srtpGCM // the AEAD profiles; touched by the reader goroutine only
+	gcm  *srtpseal.GCM // the AEAD profiles; touched by the reader goroutine only
 }
 
 // newRecvSession returns f's receive state from the client's keys, or nil
 // when the own receive path is off or cannot apply (no recorder).
-func (s *Server) newRecvSession(f *fastPath) *recvSession {
+func (s *Server) newRecvSession(f *ownPath) *recvSession {
 	if s.recv == nil || f.recorder == nil {
 		return nil
 	}
-	key, salt, profile, err := f.secrets.remoteKeys()
+	remote, err := f.keys.Remote()
+	key, salt, profile := remote.Key, remote.Salt, remote.Profile
 	if err != nil {
 		return nil
 	}
 	rs := &recvSession{f: f, rec: f.recorder, key: key, salt: salt, profile: profile}
 	switch profile {
 	case srtp.ProtectionProfileAeadAes128Gcm, srtp.ProtectionProfileAeadAes256Gcm:
-		if _, err := newSRTPGCM(key, salt); err != nil {
+		if _, err := srtpseal.NewGCM(key, salt); err != nil {
 			return nil
 		}
 	default:
-		ctx, err := srtp.CreateContext(key, salt, profile, srtp.SRTPReplayProtection(replayWindow))
+		ctx, err := srtp.CreateContext(key, salt, profile, srtp.SRTPReplayProtection(srtpseal.ReplayWindow))
 		if err != nil {
 			return nil
 		}
 		rs.ctx = ctx
 	}
-	if s.cfg.FastRTCP {
-		if err := rs.openSRTCP(); err != nil {
-			return nil
-		}
+	if err := rs.openSRTCP(); err != nil {
+		return nil
 	}
 	empty := []*recvStream{}
 	rs.streams.Store(&empty)
 	return rs
 }
 
-// place puts sess in the table at its fast path's current remote address
+// place puts sess in the table at its own data path's current remote address
 // (or takes it out when that is not a UDP address).
 func (r *recvPath) place(sess *recvSession) {
 	r.mu.Lock()
@@ -206,7 +206,7 @@ func (r *recvPath) remove(sess *recvSession) {
 // its receive state seeded with seq, the sequence number of a packet pion
 // already delivered; nil when the publisher's session has none.
 func (t *pubTrack) registerReceive(l *layer, ssrc uint32, seq uint16) *recvStream {
-	f := t.pub.fast
+	f := t.pub.own
 	if f == nil {
 		return nil
 	}
@@ -216,13 +216,13 @@ func (t *pubTrack) registerReceive(l *layer, ssrc uint32, seq uint16) *recvStrea
 	}
 	st := &recvStream{sess: sess, ssrc: ssrc, t: t, l: l}
 	if sess.ctx == nil {
-		g, err := newSRTPGCM(sess.key, sess.salt)
+		g, err := srtpseal.NewGCM(sess.key, sess.salt)
 		if err != nil {
 			return nil
 		}
 		// That packet has index seq (ROC 0: pion's receiver, like ours,
 		// starts its rollover counter at 0 on the first packet).
-		g.begun, g.index, g.window = true, uint64(seq), 1
+		g.StartAt(seq)
 		st.gcm = g
 	}
 	sess.smu.Lock()
@@ -277,12 +277,17 @@ func rtpHeaderLen(p []byte) (n int, cryptex, ok bool) {
 	return n, cryptex, true
 }
 
-// intercept takes the datagram m if it is RTP of a registered stream: it
+// Active reports whether any session is on the own receive path
+// (batchconn.Interceptor).
+func (r *recvPath) Active() bool { return len(*r.table.Load()) != 0 }
+
+// Intercept takes the datagram m if it is RTP of a registered stream: it
 // opens and forwards it and returns true; SRTCP of a registered session
 // goes to interceptRTCP. false hands it to pion. It runs on the socket's
 // reader goroutine, inside the batch's cork. now is the batch's arrival
 // (unix nanoseconds). It does not allocate for RTP (TestRecvPathAllocs).
-func (r *recvPath) intercept(m *udpio.Message, now int64) bool {
+// It is the node's batchconn.Interceptor.
+func (r *recvPath) Intercept(m *udpio.Message, now int64) bool {
 	p := m.Payload()
 	if len(p) < 12 || p[0] < 128 || p[0] > 191 {
 		return false // STUN, DTLS, TURN channel data, or too short
@@ -316,18 +321,18 @@ func (r *recvPath) intercept(m *udpio.Message, now int64) bool {
 	if st.gcm != nil {
 		seq := binary.BigEndian.Uint16(p[2:])
 		dst := r.scratch[:]
-		if l.cache != nil && !st.gcm.replayed(seq) {
+		if l.cache != nil && !st.gcm.Replayed(seq) {
 			dst = l.cache.claim(seq)
 		}
-		n, res := st.gcm.open(dst, p, hn, st.ssrc, seq)
+		n, res := st.gcm.Open(dst, p, hn, st.ssrc, seq)
 		switch res {
-		case openReplay:
+		case srtpseal.OpenReplay:
 			r.replays.Inc()
 			return true // dropped: pion would not know it was a replay
-		case openShort:
+		case srtpseal.OpenShort:
 			r.errShort.Inc()
 			return false
-		case openAuth:
+		case srtpseal.OpenAuth:
 			r.errAuth.Inc()
 			return false // untouched: pion's own checks decide
 		}
@@ -357,19 +362,19 @@ func isDuplicated(err error) bool {
 	return err != nil && strings.Contains(err.Error(), "duplicated packet")
 }
 
-// FastReceivePackets returns how many publishers' RTP packets the own
-// receive path (Config.FastReceive) took, and how many came through
+// OwnReceivePackets returns how many publishers' RTP packets the own
+// receive path (part of DataPathOwn) took, and how many came through
 // pion's receive path, since the node started.
-func (s *Server) FastReceivePackets() (own, pion uint64) {
+func (s *Server) OwnReceivePackets() (own, pion uint64) {
 	return s.ownReceived.Load(), s.pionReceived.Load()
 }
 
 // onPionPath reports whether d's subscriber is on pion's write path for
-// good (fast path off or fallen back): its write may block (an ICE-TCP
+// good (own data path off or fallen back): its write may block (an ICE-TCP
 // connection whose peer stopped reading), so the own receive path must not
 // make it on the socket's reader goroutine.
 func (d *downTrack) onPionPath() bool {
-	return d.sub != nil && (d.sub.fast == nil || d.sub.fast.fellBack.Load())
+	return d.sub != nil && (d.sub.own == nil || d.sub.own.fellBack.Load())
 }
 
 // slowQueue carries one layer's intercepted packets to the subscribers on
@@ -467,7 +472,7 @@ func (q *slowQueue) run() {
 			if pkt.Unmarshal(buf[:n]) != nil {
 				continue
 			}
-			key := q.t.kind == webrtc.RTPCodecTypeVideo && isKeyframe(q.t.ck, pkt.Payload)
+			key := q.t.kind == webrtc.RTPCodecTypeVideo && q.t.ck.Keyframe(pkt.Payload)
 			for _, d := range *q.t.downs.Load() {
 				if d.onPionPath() {
 					d.write(q.l.idx, &pkt, key, now)

@@ -10,6 +10,7 @@ import (
 	"github.com/pion/webrtc/v4"
 
 	"github.com/traverse-rtc/traverse/internal/bus"
+	"github.com/traverse-rtc/traverse/internal/rtpcodec"
 )
 
 // room is the participants of one room on this node and their tracks.
@@ -275,8 +276,8 @@ func (t *pubTrack) layerForSize(w, h int) int {
 
 // learnSize records the frame size the keyframe payload p of format c
 // gives, if it gives one.
-func (l *layer) learnSize(c codecKind, p []byte) {
-	if w, h, ok := frameSize(c, p); ok {
+func (l *layer) learnSize(c rtpcodec.Codec, p []byte) {
+	if w, h, ok := c.FrameSize(p); ok {
 		l.size.Store(uint32(min(w, 0xffff))<<16 | uint32(min(h, 0xffff)))
 	}
 }

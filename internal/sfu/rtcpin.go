@@ -6,9 +6,11 @@ import (
 	"github.com/pion/rtcp"
 	"github.com/pion/srtp/v3"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/traverse-rtc/traverse/internal/sfu/srtpseal"
 )
 
-// The own RTCP receive path (Config.FastRTCP). Without it, a client's
+// The own RTCP receive path (part of DataPathOwn). Without it, a client's
 // SRTCP goes through pion's UDP mux reader, the ICE conn, the mux
 // endpoint, the SRTCP session goroutine (decrypt, rtcp.Unmarshal to find
 // the SSRCs), a buffer per SSRC, and one goroutine per sent track
@@ -49,7 +51,7 @@ func (m *metrics) newRTCPCounters() rtcpCounters {
 
 // openSRTCP makes the session's SRTCP context from the client's keys.
 func (sess *recvSession) openSRTCP() error {
-	ctx, err := srtp.CreateContext(sess.key, sess.salt, sess.profile, srtp.SRTCPReplayProtection(replayWindow))
+	ctx, err := srtp.CreateContext(sess.key, sess.salt, sess.profile, srtp.SRTCPReplayProtection(srtpseal.ReplayWindow))
 	if err != nil {
 		return err
 	}
@@ -230,19 +232,19 @@ func (s *Server) keyframe(dt *downTrack, onReader bool) {
 }
 
 // onUDP reports whether p's selected candidate pair is over UDP, as far
-// as its fast path knows.
+// as its own data path knows.
 func (p *participant) onUDP() bool {
-	if p == nil || p.fast == nil {
+	if p == nil || p.own == nil {
 		return false
 	}
-	ap := p.fast.remote.Load()
+	ap := p.own.remote.Load()
 	return ap != nil && ap.IsValid()
 }
 
-// FastRTCPPackets returns how many clients' RTCP packets the own RTCP
-// path (Config.FastRTCP) took, and how many pion's path delivered to the
+// OwnRTCPPackets returns how many clients' RTCP packets the own RTCP
+// path (part of DataPathOwn) took, and how many pion's path delivered to the
 // node's readers (each sent track's and published layer's), since the
 // node started.
-func (s *Server) FastRTCPPackets() (own, pion uint64) {
+func (s *Server) OwnRTCPPackets() (own, pion uint64) {
 	return s.ownRTCP.Load(), s.pionRTCP.Load()
 }

@@ -31,7 +31,7 @@ func newRTCPFixture(t testing.TB, profile srtp.ProtectionProfile) *rtcpFixture {
 		t.Fatal(err)
 	}
 	f := fx.sess.f
-	p := &participant{s: f.s, fast: f}
+	p := &participant{s: f.s, own: f}
 	f.part = p
 	storeFiltered(&p.sent, nil, fx.down)
 	fb, err := rtpfeedback.New()
@@ -79,6 +79,9 @@ func (fx *rtcpFixture) browserRTCP(t testing.TB) udpio.Message {
 // FIRs for its down tracks only, the publisher's sender reports for the
 // feedback; SDES is ignored and counted. Replays are dropped; a tampered
 // or short packet goes to pion unaltered and the original still opens.
+// One fixture is walked through the cases in order, each starting from the
+// state (sequence numbers, replay window, counters) the last one left, which
+// is part of what is tested: hence its length.
 func TestRecvRTCP(t *testing.T) {
 	for _, prof := range []srtp.ProtectionProfile{srtp.ProtectionProfileAes128CmHmacSha1_80, srtp.ProtectionProfileAes128CmHmacSha1_32,
 		srtp.ProtectionProfileAeadAes128Gcm, srtp.ProtectionProfileAeadAes256Gcm} {
@@ -90,7 +93,7 @@ func TestRecvRTCP(t *testing.T) {
 			// Forward a few packets so that there is something to resend.
 			for i := range 5 {
 				msg := fx.sealed(t, uint16(2+i), 200, i == 0)
-				if !fx.r.intercept(&msg, now) {
+				if !fx.r.Intercept(&msg, now) {
 					t.Fatal("RTP not taken")
 				}
 			}
@@ -108,7 +111,7 @@ func TestRecvRTCP(t *testing.T) {
 					Items: []rtcp.SourceDescriptionItem{{Type: rtcp.SDESCNAME, Text: "c"}}}}})
 			dup := msg
 			dup.Buf = append([]byte(nil), msg.Buf...)
-			if !fx.r.intercept(&msg, now) {
+			if !fx.r.Intercept(&msg, now) {
 				t.Fatal("SRTCP not taken")
 			}
 			if got := fx.p.bwe.Load(); got != 123456 {
@@ -123,12 +126,12 @@ func TestRecvRTCP(t *testing.T) {
 			if taken, ign := testutilCounter(c.taken), testutilCounter(c.ignored); taken != 1 || ign != 1 {
 				t.Errorf("taken %v, ignored %v; want 1 and 1 (the SDES)", taken, ign)
 			}
-			if own, viaPion := s.FastRTCPPackets(); own != 1 || viaPion != 0 {
+			if own, viaPion := s.OwnRTCPPackets(); own != 1 || viaPion != 0 {
 				t.Errorf("own %d, pion %d", own, viaPion)
 			}
 			// The same packet again is a replay: dropped.
 			fx.p.bwe.Store(0)
-			if !fx.r.intercept(&dup, now) || testutilCounter(c.dups) != 1 || fx.p.bwe.Load() != 0 {
+			if !fx.r.Intercept(&dup, now) || testutilCounter(c.dups) != 1 || fx.p.bwe.Load() != 0 {
 				t.Errorf("replay: %v counted, REMB %d", testutilCounter(c.dups), fx.p.bwe.Load())
 			}
 			// PLI and FIR for the down track reach its keyframe request
@@ -137,7 +140,7 @@ func TestRecvRTCP(t *testing.T) {
 			msg = fx.sealRTCP(t, &rtcp.PictureLossIndication{SenderSSRC: 1, MediaSSRC: d.ssrc},
 				&rtcp.PictureLossIndication{SenderSSRC: 1, MediaSSRC: 0x999},
 				&rtcp.FullIntraRequest{SenderSSRC: 1, FIR: []rtcp.FIREntry{{SSRC: d.ssrc, SequenceNumber: 1}}})
-			if !fx.r.intercept(&msg, now) {
+			if !fx.r.Intercept(&msg, now) {
 				t.Fatal("PLI not taken")
 			}
 			if n := testutilCounter(m.pliThrottled) - thr; n != 2 {
@@ -146,7 +149,7 @@ func TestRecvRTCP(t *testing.T) {
 			// The publisher's sender report goes to its feedback.
 			msg = fx.sealRTCP(t, &rtcp.SenderReport{SSRC: recvTestSSRC, NTPTime: 1 << 40, RTPTime: 9,
 				Reports: []rtcp.ReceptionReport{{SSRC: d.ssrc}}})
-			if !fx.r.intercept(&msg, now) {
+			if !fx.r.Intercept(&msg, now) {
 				t.Fatal("SR not taken")
 			}
 			if n := fx.fb.Stats().SenderReport; n != 1 {
@@ -164,7 +167,7 @@ func TestRecvRTCP(t *testing.T) {
 			other.Addr = netip.AddrPortFrom(fx.from.Addr(), fx.from.Port()+1)
 			for name, msg := range map[string]udpio.Message{"tampered": bad, "short": short, "other address": other} {
 				before := append([]byte(nil), msg.Payload()...)
-				if fx.r.intercept(&msg, now) {
+				if fx.r.Intercept(&msg, now) {
 					t.Errorf("%s: taken", name)
 				}
 				if string(before) != string(msg.Payload()) {
@@ -174,13 +177,13 @@ func TestRecvRTCP(t *testing.T) {
 			if a, sh := testutilCounter(c.errAuth), testutilCounter(c.errShort); a != 1 || sh != 1 {
 				t.Errorf("auth errors %v, short %v; want 1 and 1", a, sh)
 			}
-			if !fx.r.intercept(&good, now) || fx.p.bwe.Load() != 777 {
+			if !fx.r.Intercept(&good, now) || fx.p.bwe.Load() != 777 {
 				t.Errorf("the untampered packet after the tampered one: REMB %d", fx.p.bwe.Load())
 			}
-			// Without an SRTCP context (Config.FastRTCP off): pion's.
+			// Without an SRTCP context (as in the unit tests of pion's RTCP path): pion's.
 			fx.sess.srtcp = nil
 			msg = fx.sealRTCP(t, &rtcp.ReceiverEstimatedMaximumBitrate{SenderSSRC: 1, Bitrate: 1})
-			if fx.r.intercept(&msg, now) {
+			if fx.r.Intercept(&msg, now) {
 				t.Error("taken with the own RTCP path off")
 			}
 		})
@@ -201,9 +204,9 @@ func testutilHistogramCount(t *testing.T, m *metrics) uint64 {
 func TestRecvRTCPAsyncKeyframe(t *testing.T) {
 	fx := newRTCPFixture(t, srtp.ProtectionProfileAeadAes128Gcm)
 	m := fx.down.t.r.s.m
-	fx.down.t.pub = &participant{s: fx.down.t.r.s} // no fast path: not known to be on UDP
+	fx.down.t.pub = &participant{s: fx.down.t.r.s} // no own data path: not known to be on UDP
 	msg := fx.sealRTCP(t, &rtcp.PictureLossIndication{SenderSSRC: 1, MediaSSRC: fx.down.ssrc})
-	if !fx.r.intercept(&msg, time.Now().UnixNano()) {
+	if !fx.r.Intercept(&msg, time.Now().UnixNano()) {
 		t.Fatal("PLI not taken")
 	}
 	waitFor(t, 5*time.Second, "the keyframe request", func() bool { return testutilCounter(m.pliThrottled) == 1 })
@@ -222,7 +225,7 @@ func TestRecvRTCPAllocs(t *testing.T) {
 	}
 	i := 0
 	a := testing.AllocsPerRun(200, func() {
-		if !fx.r.intercept(&msgs[i], now) {
+		if !fx.r.Intercept(&msgs[i], now) {
 			t.Fatalf("packet %d not taken", i)
 		}
 		i++
@@ -252,7 +255,7 @@ func BenchmarkRecvRTCP(b *testing.B) {
 			i = 0
 			b.StartTimer()
 		}
-		if !fx.r.intercept(&msgs[i], now) {
+		if !fx.r.Intercept(&msgs[i], now) {
 			b.Fatal("not taken")
 		}
 		i++
@@ -304,7 +307,7 @@ func FuzzRecvRTCP(f *testing.F) {
 		}
 		n0 := count()
 		rtcpLike := len(data) >= 12 && data[0] >= 128 && data[0] <= 191 && data[1]&0x7f >= 64 && data[1]&0x7f <= 95
-		if fx.r.intercept(&m, now) {
+		if fx.r.Intercept(&m, now) {
 			if n := count() - n0; rtcpLike && n != 1 {
 				t.Fatalf("taken, counted %v times", n)
 			}
@@ -319,13 +322,15 @@ func FuzzRecvRTCP(f *testing.F) {
 	})
 }
 
-// TestFastRTCPRoom: with the own RTCP path, a pion subscriber's RTCP is
+// TestOwnRTCPRoom: on the own data path, a pion subscriber's RTCP is
 // acted on without pion's RTCP receive path (which delivers nothing to the
-// node's readers): its NACKs are answered from the cache, its PLIs reach
+// node's readers): its NACKs are answered from the cache and resent through the own
+// data path (the subscriber decrypts the copies), its PLIs reach
 // the publisher, its REMB sets its estimate. (TestPublisherGetsFeedback
 // checks that the publisher's sender reports reach the feedback.)
-func TestFastRTCPRoom(t *testing.T) {
-	h, sub, video, ssrc := nackSetup(t, Config{FastPath: true, FastReceive: true, FastRTCP: true, PLIInterval: 50 * time.Millisecond})
+func TestOwnRTCPRoom(t *testing.T) {
+	requireOwnPath(t)
+	h, sub, video, ssrc := nackSetup(t, Config{PLIInterval: 50 * time.Millisecond})
 	m := h.s.m
 	nackRecent(t, h, sub, video, ssrc)
 	fwd0 := testutilCounter(m.pliForwarded)
@@ -340,7 +345,10 @@ func TestFastRTCPRoom(t *testing.T) {
 		st, _ := h.s.Subscriber("sub")
 		return st.REMB == 432_000
 	})
-	own, viaPion := h.s.FastRTCPPackets()
+	if n := testutilCounter(m.ownActive); n != 2 {
+		t.Errorf("%v sessions on the own data path, want 2", n)
+	}
+	own, viaPion := h.s.OwnRTCPPackets()
 	t.Logf("own RTCP path %d packets (%v ignored parts), pion's %d", own, testutilCounter(m.rtcpIgnored), viaPion)
 	if own == 0 || viaPion != 0 {
 		t.Errorf("own RTCP path took %d packets, pion's readers got %d", own, viaPion)

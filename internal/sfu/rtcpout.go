@@ -10,10 +10,10 @@ import (
 	"github.com/traverse-rtc/traverse/internal/rtpfeedback"
 )
 
-// The own RTCP send (Config.FastRTCPSend) seals the RTCP a fast-path node
+// The own RTCP send (part of DataPathOwn) seals the RTCP an own-path node
 // sends to a client with an SRTCP context of the node's own (RFC 3711
 // section 3.4, RFC 7714 section 9; the session's local keys, as the RTP
-// fast path uses) and writes it on the node's batched socket, instead of
+// own data path uses) and writes it on the node's batched socket, instead of
 // pion's chain (interceptor writer, PeerConnection.writeRTCP,
 // DTLSTransport.WriteRTCP, SRTCP session, mux endpoint, ICE conn, UDP
 // mux, one sendto per packet).
@@ -28,13 +28,13 @@ import (
 // and PeerConnection.WriteRTCP write through it); rtpfeedback writes to it
 // directly (WithWriter) and hands its feedback over marshalled
 // (CompoundWriter), and sendReports and requestKeyframe call it. The
-// choice is made once per session, when the fast path activates (before
+// choice is made once per session, when the own data path activates (before
 // pion starts its SRTCP session): own sealing for good if it activates,
 // else pion's writer for good. A session whose pair turns to TCP later has
 // no UDP destination: its RTCP is dropped and counted, never handed to
 // pion (whose index would repeat ours).
 type rtcpOut struct {
-	f *fastPath
+	f *ownPath
 
 	// mu guards everything below and is held over a send, so that the
 	// choice of path and the send are one step (activate takes it too).
@@ -43,7 +43,7 @@ type rtcpOut struct {
 	ctx  *srtp.Context          // the session's own SRTCP context; nil: pion's path
 	raw  []byte                 // a Write's packets, marshalled
 	keep []rtcp.Packet          // a chain Write's packets less pion's sender reports
-	out  [fastMTU]byte          // the sealed datagram
+	out  [ownMTU]byte           // the sealed datagram
 	hdr  rtcp.Header            // EncryptRTCP's parse (reused)
 }
 
@@ -82,7 +82,7 @@ func (o *rtcpOut) enable(ctx *srtp.Context) {
 // Write implements interceptor.RTCPWriter for the rest of the chain:
 // pion's report.SenderInterceptor (and PeerConnection.WriteRTCP, which the
 // node does not call). With the own context, pion's sender reports are
-// dropped: every local stream of the session is then on the fast path,
+// dropped: every local stream of the session is then on the own data path,
 // of which pion saw at most the packets written before the keys were
 // known (counted by its report interceptor, then dropped by its SRTP), so
 // its reports would repeat stale counts next to sendReports' own.
@@ -124,7 +124,7 @@ func (o *rtcpOut) writeLocked(pkts []rtcp.Packet, a interceptor.Attributes) (int
 	}
 	var err error
 	if o.raw, err = rtpfeedback.AppendCompound(o.raw[:0], pkts); err != nil {
-		o.f.s.m.fastRTCPErrors.WithLabelValues("marshal").Inc()
+		o.f.s.m.ownRTCPErrors.WithLabelValues("marshal").Inc()
 		return 0, err
 	}
 	return len(o.raw), o.sendLocked(o.raw)
@@ -147,34 +147,34 @@ func (o *rtcpOut) sendLocked(b []byte) error {
 	m := o.f.s.m
 	ap := o.f.remote.Load()
 	if ap == nil || !ap.IsValid() {
-		m.fastRTCPErrors.WithLabelValues("no-udp").Inc()
+		m.ownRTCPErrors.WithLabelValues("no-udp").Inc()
 		return errNoUDPPair
 	}
 	out, err := o.ctx.EncryptRTCP(o.out[:0], b, &o.hdr)
 	if err != nil || len(out) > len(o.out) {
-		m.fastRTCPErrors.WithLabelValues("seal").Inc()
+		m.ownRTCPErrors.WithLabelValues("seal").Inc()
 		if err == nil {
 			err = errRTCPTooLong
 		}
 		return err
 	}
 	if _, err := o.f.s.out.WriteToAddrPort(out, *ap); err != nil {
-		m.fastRTCPErrors.WithLabelValues("write").Inc()
+		m.ownRTCPErrors.WithLabelValues("write").Inc()
 		return err
 	}
-	m.fastRTCPSent.Inc()
+	m.ownRTCPSent.Inc()
 	return nil
 }
 
 // writeRTCP sends pkts to the participant's client: through the session's
 // own RTCP writer when it has one (which picks the path), else pion's.
 func (p *participant) writeRTCP(pkts []rtcp.Packet) error {
-	if f := p.fast; f != nil && f.rtcp != nil {
+	if f := p.own; f != nil && f.rtcp != nil {
 		return f.rtcp.send(pkts)
 	}
 	pc := p.pc
-	if p.fast != nil {
-		pc = p.fast.pc.Load()
+	if p.own != nil {
+		pc = p.own.pc.Load()
 	}
 	if pc == nil {
 		return errRTCPNotBound

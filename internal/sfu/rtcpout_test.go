@@ -15,15 +15,16 @@ import (
 	"github.com/traverse-rtc/traverse/internal/rtpfeedback"
 )
 
-// TestFastRTCPSend: with the own RTCP send the node seals its RTCP to
-// fast-path clients itself (traverse_sfu_fast_rtcp_sent_total), and the
+// TestOwnRTCPSend: with the own RTCP send the node seals its RTCP to
+// own-path clients itself (traverse_sfu_fast_rtcp_sent_total), and the
 // clients' pion stacks accept every packet of it: a publisher reads
 // exactly as many TWCC feedback packets and PLIs as the node sent it
 // (a replayed SRTCP index would be dropped and logged), none refused,
 // receiver reports with the LSR of its sender reports; the subscriber's
 // sender reports go the same way.
-func TestFastRTCPSend(t *testing.T) {
-	h := newHarness(t, Config{FastPath: true, FastReceive: true, FastRTCPSend: true})
+func TestOwnRTCPSend(t *testing.T) {
+	requireOwnPath(t)
+	h := newHarness(t, Config{})
 	p, _ := h.dialProbe("rtcp")
 	sub := h.dial(loadgen.ClientConfig{Room: "rtcp", Identity: "sub", Subscribe: true})
 	waitFor(t, 15*time.Second, "the subscriber to get audio and video", func() bool { return received(sub, 1, 1, 50) })
@@ -31,13 +32,13 @@ func TestFastRTCPSend(t *testing.T) {
 	var fb *rtpfeedback.Interceptor
 	h.s.mu.Lock()
 	for _, part := range h.s.sessions {
-		if part.identity == "pub" && part.fast != nil && part.fast.active.Load() {
-			fb = part.fast.feedback
+		if part.identity == "pub" && part.own != nil && part.own.active.Load() {
+			fb = part.own.feedback
 		}
 	}
 	h.s.mu.Unlock()
 	if fb == nil {
-		t.Fatal("the publisher's session is not on the fast path")
+		t.Fatal("the publisher's session is not on the own data path")
 	}
 	// The client's count is read first: the node's can only be ahead.
 	waitFor(t, 15*time.Second, "the publisher to have read every TWCC feedback packet and PLI the node sent it", func() bool {
@@ -55,11 +56,11 @@ func TestFastRTCPSend(t *testing.T) {
 		t.Errorf("the publisher's SRTP sessions refused packets: %q", p.srtpErrs)
 	}
 	p.mu.Unlock()
-	waitFor(t, 5*time.Second, "sender reports to the subscriber", func() bool { return testutilCounter(h.s.m.fastReports) >= 2 })
-	sent := testutilCounter(h.s.m.fastRTCPSent)
+	waitFor(t, 5*time.Second, "sender reports to the subscriber", func() bool { return testutilCounter(h.s.m.ownReports) >= 2 })
+	sent := testutilCounter(h.s.m.ownRTCPSent)
 	var errs float64
 	for _, r := range rtcpErrorReasons {
-		errs += testutilCounter(h.s.m.fastRTCPErrors.WithLabelValues(r))
+		errs += testutilCounter(h.s.m.ownRTCPErrors.WithLabelValues(r))
 	}
 	if sent < 30 || errs != 0 || fb.Stats().WriteErrors != 0 {
 		t.Errorf("own RTCP: %v datagrams sent, %v errors, feedback write errors %d", sent, errs, fb.Stats().WriteErrors)
@@ -81,11 +82,14 @@ func (w *pionWriter) Write(pkts []rtcp.Packet, _ interceptor.Attributes) (int, e
 // marshalled; pion's sender reports are dropped, the node's sent; without
 // a UDP pair it is dropped and counted; what would not fit a datagram is
 // refused.
+// One fixture is walked through the cases in order, each starting from the
+// state (sequence numbers, replay window, counters) the last one left, which
+// is part of what is tested: hence its length.
 func TestRTCPOut(t *testing.T) {
 	for _, prof := range []srtp.ProtectionProfile{srtp.ProtectionProfileAeadAes128Gcm, srtp.ProtectionProfileAes128CmHmacSha1_80} {
 		t.Run(prof.String(), func(t *testing.T) {
-			d, _, rc, _ := newFastTestDown(t, prof)
-			f := d.sub.fast
+			d, _, rc, _ := newOwnTestDown(t, prof)
+			f := d.sub.own
 			// The receiver refuses a repeated index, as pion's SRTCP
 			// session in a browser-like client does.
 			dec, err := srtp.CreateContext(f.key, f.salt, f.profile, srtp.SRTCPReplayProtection(64))
@@ -162,10 +166,10 @@ func TestRTCPOut(t *testing.T) {
 			if len(pion.pkts) != 2 {
 				t.Errorf("pion's writer got %d packets after the own context took over", len(pion.pkts))
 			}
-			if n := testutilCounter(f.s.m.fastRTCPSent); n != 7 {
+			if n := testutilCounter(f.s.m.ownRTCPSent); n != 7 {
 				t.Errorf("%v sent, want 7", n)
 			}
-			if _, err := o.WriteCompound(make([]byte, fastMTU)); err == nil {
+			if _, err := o.WriteCompound(make([]byte, ownMTU)); err == nil {
 				t.Error("a compound packet too long for a datagram was sent")
 			}
 			var none netip.AddrPort
@@ -173,7 +177,7 @@ func TestRTCPOut(t *testing.T) {
 			if _, err := o.Write(pkts, nil); !errors.Is(err, errNoUDPPair) {
 				t.Errorf("no UDP pair: %v", err)
 			}
-			if n := testutilCounter(f.s.m.fastRTCPErrors.WithLabelValues("no-udp")); n != 1 || len(pion.pkts) != 2 {
+			if n := testutilCounter(f.s.m.ownRTCPErrors.WithLabelValues("no-udp")); n != 1 || len(pion.pkts) != 2 {
 				t.Errorf("no UDP pair: %v counted, pion got %d packets", n, len(pion.pkts))
 			}
 		})
@@ -187,8 +191,8 @@ func TestRTCPOut(t *testing.T) {
 func BenchmarkRTCPOut(b *testing.B) {
 	for _, prof := range []srtp.ProtectionProfile{srtp.ProtectionProfileAeadAes128Gcm, srtp.ProtectionProfileAes128CmHmacSha1_80} {
 		b.Run(prof.String(), func(b *testing.B) {
-			d, _, _, _ := newFastTestDown(b, prof)
-			f := d.sub.fast
+			d, _, _, _ := newOwnTestDown(b, prof)
+			f := d.sub.own
 			o := &rtcpOut{f: f}
 			ctx, err := srtp.CreateContext(f.key, f.salt, f.profile)
 			if err != nil {

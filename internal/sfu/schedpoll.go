@@ -5,7 +5,7 @@ import (
 	"time"
 )
 
-// The scheduler poll (Config.SchedulerPoll) is a goroutine that, while the
+// The scheduler poll (on unless Config.NoSchedulerPoll) is a goroutine that, while the
 // node forwards media, blocks in epoll_wait on an empty epoll set for 5 ms
 // at a time and yields the processor after each wait. It does no work of
 // its own. Measured on this project's 2-vCPU VM (docs/benchmarks.md, SFU,

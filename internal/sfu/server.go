@@ -15,14 +15,13 @@
 // chooses their simulcast layer. Audio levels (RFC 6464) make
 // active-speaker events.
 //
-// With Config.FastPath and Config.FastReceive the node forwards RTP with
-// SRTP of its own (RFC 3711, RFC 7714) in both directions: publishers'
-// packets are decrypted and fanned out from the socket's reader
-// (recvpath.go), subscribers' are sealed and sent with sendmmsg
-// (fastpath.go). With Config.FastRTCP clients' SRTCP is opened there too
-// (rtcpin.go), and with Config.FastRTCPSend the node's own RTCP is sealed
-// and sent by the node (rtcpout.go); pion keeps ICE, DTLS and SCTP, and
-// whatever RTCP those leave it.
+// On its own data path (Config.DataPath, DataPathOwn by default) the node
+// forwards RTP with SRTP of its own (RFC 3711, RFC 7714) in both
+// directions: publishers' packets are decrypted and fanned out from the
+// socket's reader (recvpath.go), subscribers' are sealed and sent with
+// sendmmsg (ownpath.go). Clients' SRTCP is opened there too (rtcpin.go),
+// and the node's own RTCP is sealed and sent by the node (rtcpout.go);
+// pion keeps ICE, DTLS and SCTP, and whatever RTCP those leave it.
 //
 // The node takes its work from the bus (package bus): join, offer, answer,
 // candidate and leave requests from signal servers.
@@ -46,10 +45,10 @@ import (
 	"github.com/pion/logging"
 	"github.com/pion/sdp/v3"
 	"github.com/pion/webrtc/v4"
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/traverse-rtc/traverse/internal/bus"
 	"github.com/traverse-rtc/traverse/internal/rtpfeedback"
+	"github.com/traverse-rtc/traverse/internal/sfu/batchconn"
 	"github.com/traverse-rtc/traverse/internal/udpio"
 )
 
@@ -61,16 +60,16 @@ type Server struct {
 	api *webrtc.API
 	m   *metrics
 
-	// se, me and interceptors build api; with the fast path every peer
+	// se, me and interceptors build api; with the own data path every peer
 	// connection gets an API of its own from them, with its own
-	// rtpfeedback.Interceptor (fastpath.go).
+	// rtpfeedback.Interceptor (ownpath.go).
 	se           webrtc.SettingEngine
 	me           *webrtc.MediaEngine
 	interceptors []interceptor.Factory
 
 	udp    *net.UDPConn
-	batch  *batchConn // nil unless Config.BatchIO
-	out    *batchConn // the fast path's writer (batch, or one of its own); nil unless Config.FastPath
+	batch  *batchconn.Conn // nil on DataPathPion
+	out    *batchconn.Conn // the own data path's writer (batch); nil unless DataPathOwn
 	tcp    *net.TCPListener
 	udpMux *ice.UDPMuxDefault
 	tcpMux ice.TCPMux
@@ -86,17 +85,17 @@ type Server struct {
 	closeOnce sync.Once
 	forwarded atomic.Uint64
 	received  atomic.Uint64
-	// fastSessions counts peer connections that took the fast path.
-	fastSessions atomic.Uint64
+	// ownSessions counts peer connections that took the own data path.
+	ownSessions atomic.Uint64
 	// recv is the own receive path (recvpath.go); nil unless
-	// Config.FastReceive. pionReceived counts the publishers' packets
+	// DataPathOwn. pionReceived counts the publishers' packets
 	// that came through pion's receive path (the layers' read loops),
 	// ownReceived those the own receive path took.
 	recv         *recvPath
 	pionReceived atomic.Uint64
 	ownReceived  atomic.Uint64
 	// ownRTCP counts the clients' RTCP packets the own RTCP path took
-	// (Config.FastRTCP, rtcpin.go), pionRTCP those the node's readers got
+	// (rtcpin.go), pionRTCP those the node's readers got
 	// from pion; asyncKeyframes is the own RTCP path's keyframe requests
 	// in flight from goroutines of their own.
 	ownRTCP, pionRTCP atomic.Uint64
@@ -106,16 +105,13 @@ type Server struct {
 }
 
 // New binds the node's UDP port and TCP listener. It serves the bus once
-// Run is called. reg may be nil.
-func New(cfg Config, log *slog.Logger, b *bus.Client, reg prometheus.Registerer) (*Server, error) {
+// Run is called; Close releases what New took if Run is never called.
+func New(cfg Config) (*Server, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	s := &Server{cfg: cfg, log: log, bus: b, sessions: map[string]*participant{}, rooms: map[string]*room{}}
-	uc, err := udpio.Listen(context.Background(), "udp", cfg.UDP, udpio.Options{ReadBuffer: 4 << 20, WriteBuffer: 4 << 20})
+	s := &Server{cfg: cfg, log: cfg.Log, bus: cfg.Bus, sessions: map[string]*participant{}, rooms: map[string]*room{}}
+	uc, err := udpio.Listen(context.Background(), "udp", cfg.UDP.String(), udpio.Options{ReadBuffer: 4 << 20, WriteBuffer: 4 << 20})
 	if err != nil {
 		return nil, fmt.Errorf("sfu: %w", err)
 	}
@@ -123,62 +119,11 @@ func New(cfg Config, log *slog.Logger, b *bus.Client, reg prometheus.Registerer)
 	if s.cfg.NodeID == "" {
 		s.cfg.NodeID = fmt.Sprintf("sfu-%d", s.UDPAddr().Port())
 	}
-	lf := logging.NewDefaultLoggerFactory()
-	lf.DefaultLogLevel = logging.LogLevelError
-	// The muxes log every packet that arrives for a session just closed;
-	// that is normal on a busy port, so they stay quiet.
-	quiet := logging.NewDefaultLoggerFactory()
-	quiet.DefaultLogLevel = logging.LogLevelDisabled
-	var pconn net.PacketConn = s.udp
-	if cfg.BatchIO {
-		s.batch = newBatchConn(uc)
-		pconn = s.batch
+	types, err := s.muxes(uc)
+	if err != nil {
+		return nil, err
 	}
-	if cfg.FastPath && cfg.FastReceive && s.batch == nil {
-		// The own receive path reads the socket under pion's mux.
-		s.batch = newBatchConn(uc)
-		pconn = s.batch
-	}
-	if cfg.FastPath {
-		s.out = s.batch
-		if s.out == nil {
-			s.out = newBatchConn(uc) // writes only; pion's mux reads the socket
-		}
-	}
-	s.udpMux = ice.NewUDPMuxDefault(ice.UDPMuxParams{UDPConn: pconn, Logger: quiet.NewLogger("udpmux")})
-	types := []webrtc.NetworkType{webrtc.NetworkTypeUDP4, webrtc.NetworkTypeUDP6}
-	if cfg.TCP != "" {
-		ta, _ := netip.ParseAddrPort(cfg.TCP)
-		tcp, err := net.ListenTCP("tcp", net.TCPAddrFromAddrPort(ta))
-		if err != nil {
-			s.udpMux.Close()
-			return nil, fmt.Errorf("sfu: listen tcp %s: %w", cfg.TCP, err)
-		}
-		s.tcp = tcp
-		s.tcpMux = ice.NewTCPMuxDefault(ice.TCPMuxParams{Listener: tcp, Logger: quiet.NewLogger("tcpmux"), ReadBufferSize: 64})
-		types = append(types, webrtc.NetworkTypeTCP4, webrtc.NetworkTypeTCP6)
-	}
-
-	se := webrtc.SettingEngine{LoggerFactory: lf}
-	se.SetLite(true)
-	se.SetICEUDPMux(s.udpMux)
-	if s.tcpMux != nil {
-		se.SetICETCPMux(s.tcpMux)
-	}
-	se.SetNetworkTypes(types)
-	se.SetIncludeLoopbackCandidate(true)
-	se.SetICEMulticastDNSMode(ice.MulticastDNSModeDisabled)
-	if cfg.PublicIP.IsValid() {
-		se.SetNAT1To1IPs([]string{cfg.PublicIP.String()}, webrtc.ICECandidateTypeHost)
-	}
-	if cfg.FastPath {
-		// The fast path needs the server's view of the handshake (both
-		// randoms): answer "passive", clients are DTLS clients.
-		if err := se.SetAnsweringDTLSRole(webrtc.DTLSRoleServer); err != nil {
-			s.closeSockets()
-			return nil, fmt.Errorf("sfu: %w", err)
-		}
-	}
+	se := s.settingEngine(types)
 	me := &webrtc.MediaEngine{}
 	if err := registerCodecs(me); err != nil {
 		s.closeSockets()
@@ -197,12 +142,66 @@ func New(cfg Config, log *slog.Logger, b *bus.Client, reg prometheus.Registerer)
 	s.se, s.me, s.interceptors = se, me, base
 	ir := s.registry(nil, fb)
 	s.api = webrtc.NewAPI(webrtc.WithSettingEngine(se), webrtc.WithMediaEngine(me), webrtc.WithInterceptorRegistry(ir))
-	s.m = newMetrics(s, reg)
-	if cfg.FastPath && cfg.FastReceive {
+	s.m = newMetrics(s, cfg.Registerer)
+	if cfg.DataPath.own() {
 		s.recv = newRecvPath(s)
-		s.batch.recv.Store(s.recv)
+		s.batch.SetInterceptor(s.recv)
 	}
 	return s, nil
+}
+
+// muxes puts pion's ICE muxes on the node's sockets: the UDP socket (under
+// the batched socket on the own and pion-batched data paths) and, with
+// Config.TCP, a new TCP listener. It returns the network types they serve.
+func (s *Server) muxes(uc *udpio.Conn) ([]webrtc.NetworkType, error) {
+	cfg := s.cfg
+	// The muxes log every packet that arrives for a session just closed;
+	// that is normal on a busy port, so they stay quiet.
+	quiet := logging.NewDefaultLoggerFactory()
+	quiet.DefaultLogLevel = logging.LogLevelDisabled
+	var pconn net.PacketConn = s.udp
+	if cfg.DataPath.batched() {
+		// The own receive path reads the socket under pion's mux.
+		s.batch = batchconn.New(uc)
+		pconn = s.batch
+	}
+	if cfg.DataPath.own() {
+		s.out = s.batch
+	}
+	s.udpMux = ice.NewUDPMuxDefault(ice.UDPMuxParams{UDPConn: pconn, Logger: quiet.NewLogger("udpmux")})
+	types := []webrtc.NetworkType{webrtc.NetworkTypeUDP4, webrtc.NetworkTypeUDP6}
+	if cfg.TCP.IsValid() {
+		tcp, err := net.ListenTCP("tcp", net.TCPAddrFromAddrPort(cfg.TCP))
+		if err != nil {
+			s.udpMux.Close()
+			return nil, fmt.Errorf("sfu: listen tcp %s: %w", cfg.TCP, err)
+		}
+		s.tcp = tcp
+		s.tcpMux = ice.NewTCPMuxDefault(ice.TCPMuxParams{Listener: tcp, Logger: quiet.NewLogger("tcpmux"), ReadBufferSize: 64})
+		types = append(types, webrtc.NetworkTypeTCP4, webrtc.NetworkTypeTCP6)
+	}
+	return types, nil
+}
+
+// settingEngine is the setting engine every peer connection of the node
+// starts from: ICE-lite on the node's muxes, loopback candidates allowed,
+// no mDNS, the public address in the candidates.
+func (s *Server) settingEngine(types []webrtc.NetworkType) webrtc.SettingEngine {
+	lf := logging.NewDefaultLoggerFactory()
+	lf.DefaultLogLevel = logging.LogLevelError
+	se := webrtc.SettingEngine{LoggerFactory: lf}
+	se.SetLite(true)
+	se.SetICEUDPMux(s.udpMux)
+	if s.tcpMux != nil {
+		se.SetICETCPMux(s.tcpMux)
+	}
+	se.SetNetworkTypes(types)
+	se.SetIncludeLoopbackCandidate(true)
+	se.SetICEMulticastDNSMode(ice.MulticastDNSModeDisabled)
+	if s.cfg.PublicIP.IsValid() {
+		se.SetNAT1To1IPs([]string{s.cfg.PublicIP.String()}, webrtc.ICECandidateTypeHost)
+	}
+	return se
 }
 
 // registerCodecs registers what the SFU passes through: Opus; VP8, VP9,
@@ -261,6 +260,16 @@ func (s *Server) registry(out, feedback interceptor.Factory) *interceptor.Regist
 	return ir
 }
 
+// corkable returns the batched writer a fan-out corks: the own data path's
+// (which is the batched socket when both are on), else the batched socket,
+// else nil.
+func (s *Server) corkable() *batchconn.Conn {
+	if s.out != nil {
+		return s.out
+	}
+	return s.batch
+}
+
 // NodeID returns the node's bus name.
 func (s *Server) NodeID() string { return s.cfg.NodeID }
 
@@ -297,7 +306,7 @@ func (s *Server) Run(ctx context.Context) error {
 	s.sub = sub
 	s.mu.Unlock()
 	s.log.Info("sfu serving", "node", s.cfg.NodeID, "udp", s.UDPAddr(), "tcp", s.TCPAddr())
-	if s.cfg.SchedulerPoll {
+	if !s.cfg.NoSchedulerPoll {
 		pctx, cancel := context.WithCancel(ctx)
 		var pwg sync.WaitGroup
 		pwg.Add(1)
@@ -314,7 +323,7 @@ func (s *Server) Run(ctx context.Context) error {
 	layers := time.NewTicker(500 * time.Millisecond)
 	defer layers.Stop()
 	var reports <-chan time.Time
-	if s.cfg.FastPath {
+	if s.cfg.DataPath.own() {
 		rt := time.NewTicker(srInterval)
 		defer rt.Stop()
 		reports = rt.C

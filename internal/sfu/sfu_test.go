@@ -23,6 +23,34 @@ type harness struct {
 	tcp *webrtc.API
 }
 
+// suiteDataPathEnv names the environment variable that chooses the data
+// path of the suite's nodes: unset (or "own") is the own data path, the
+// package's default and the command's; scripts/test.sh runs the suite a
+// second time with "pion".
+const suiteDataPathEnv = "TRAVERSE_SFU_DATA_PATH"
+
+// suiteDataPath returns the data path the suite runs on.
+func suiteDataPath(t testing.TB) DataPath {
+	var d DataPath
+	if v := os.Getenv(suiteDataPathEnv); v != "" {
+		if err := d.Set(v); err != nil {
+			t.Fatalf("%s: %v", suiteDataPathEnv, err)
+		}
+	}
+	return d
+}
+
+// requireOwnPath skips a test of the own data path's mechanisms when the
+// suite runs on pion's path (they ran in the default run).
+func requireOwnPath(t *testing.T) {
+	t.Helper()
+	if d := suiteDataPath(t); d != DataPathOwn {
+		t.Skipf("a test of the own data path; the suite runs on %s (%s)", d, suiteDataPathEnv)
+	}
+}
+
+// newHarness starts an embedded bus, a node on cfg and a test signaler.
+// A zero cfg.DataPath takes the suite's (suiteDataPath).
 func newHarness(t *testing.T, cfg Config) *harness {
 	t.Helper()
 	e, err := bus.StartEmbedded(bus.EmbeddedConfig{Listen: "127.0.0.1:0"})
@@ -48,29 +76,18 @@ func newHarness(t *testing.T, cfg Config) *harness {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { bc.Close() })
-	if cfg.UDP == "" {
-		cfg.UDP = "127.0.0.1:0"
+	if !cfg.UDP.IsValid() {
+		cfg.UDP = netip.MustParseAddrPort("127.0.0.1:0")
 	}
-	if cfg.TCP == "" {
-		cfg.TCP = "127.0.0.1:0"
+	if !cfg.TCP.IsValid() {
+		cfg.TCP = netip.MustParseAddrPort("127.0.0.1:0")
 	}
 	cfg.NodeID = "node1"
-	if os.Getenv("SFU_FAST_PATH") == "1" {
-		cfg.FastPath = true // run the whole suite on the fast path
+	if cfg.DataPath == DataPathOwn {
+		cfg.DataPath = suiteDataPath(t)
 	}
-	if os.Getenv("SFU_FAST_RECEIVE") == "1" {
-		cfg.FastPath, cfg.FastReceive = true, true // the whole suite on the own receive path
-	}
-	if os.Getenv("SFU_FAST_RTCP") == "1" {
-		// The whole suite with clients' SRTCP on the own receive path.
-		cfg.FastPath, cfg.FastReceive, cfg.FastRTCP = true, true, true
-	}
-	// Fast-path tests run with the own RTCP send, as the traverse command
-	// does; SFU_FAST_RTCP_SEND=0 leaves RTCP to pion.
-	if cfg.FastPath && os.Getenv("SFU_FAST_RTCP_SEND") != "0" {
-		cfg.FastRTCPSend = true
-	}
-	s, err := New(cfg, nil, nodeBus, nil)
+	cfg.Bus = nodeBus
+	s, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,18 +137,6 @@ func (h *harness) dial(cfg loadgen.ClientConfig) *loadgen.Client {
 	}
 	h.t.Cleanup(func() { c.Close() })
 	return c
-}
-
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 // received reports whether c receives n tracks of the kinds given, each
@@ -287,15 +292,17 @@ func TestConcurrentJoins(t *testing.T) {
 	}
 }
 
-// TestBatchIO runs a room over the batched socket (Config.BatchIO).
-func TestBatchIO(t *testing.T) {
-	h := newHarness(t, Config{BatchIO: true})
+// TestPionBatched runs a room on pion's path over the batched socket
+// (DataPathPionBatched), and without the scheduler poll (the rest of the
+// suite runs with it, the default).
+func TestPionBatched(t *testing.T) {
+	h := newHarness(t, Config{DataPath: DataPathPionBatched, NoSchedulerPoll: true})
 	a := h.dial(loadgen.ClientConfig{Room: "b", Identity: "a", Publish: true, Subscribe: true, VideoBitrate: 200_000})
 	b := h.dial(loadgen.ClientConfig{Room: "b", Identity: "b", Publish: true, Subscribe: true, VideoBitrate: 200_000})
 	for _, c := range []*loadgen.Client{a, b} {
 		waitFor(t, 15*time.Second, "media both ways", func() bool { return received(c, 1, 1, 20) })
 	}
-	if h.s.batch.writes.Load() == 0 || h.s.batch.batches.Load() == 0 {
+	if h.s.batch.Stats().Writes == 0 || h.s.batch.Stats().Batches == 0 {
 		t.Fatal("nothing went through the batched writer")
 	}
 }

@@ -11,6 +11,8 @@ import (
 
 	"github.com/traverse-rtc/traverse/internal/bus"
 	"github.com/traverse-rtc/traverse/internal/loadgen"
+	"github.com/traverse-rtc/traverse/internal/rtpcodec"
+	"github.com/traverse-rtc/traverse/internal/rtpcodec/rtpcodectest"
 )
 
 // TestSimulcastFollowsSubscriberBandwidth: a publisher sends three layers
@@ -167,7 +169,7 @@ func TestSimulcastMaxLayerRequest(t *testing.T) {
 func TestLayerForSize(t *testing.T) {
 	sized := func(w, h int) *layer {
 		l := &layer{}
-		l.learnSize(codecVP8, vp8Key(uint16(w), uint16(h)))
+		l.learnSize(rtpcodec.VP8, rtpcodectest.VP8Key(uint16(w), uint16(h)))
 		return l
 	}
 	for _, c := range []struct {

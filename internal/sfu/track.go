@@ -11,6 +11,7 @@ import (
 	"github.com/pion/webrtc/v4"
 
 	"github.com/traverse-rtc/traverse/internal/bus"
+	"github.com/traverse-rtc/traverse/internal/rtpcodec"
 )
 
 // maxLayers is the number of simulcast layers a track may have.
@@ -26,7 +27,7 @@ type pubTrack struct {
 	streamID string
 	kind     webrtc.RTPCodecType
 	codec    webrtc.RTPCodecParameters
-	ck       codecKind
+	ck       rtpcodec.Codec
 	levelID  uint8 // audio level extension id, 0 when absent
 	nrids    int   // simulcast layers announced in the SDP
 
@@ -47,7 +48,7 @@ type layer struct {
 	seen    atomic.Int64  // unix nanoseconds of the last packet
 	cache   *packetCache  // video only: answers subscribers' NACKs
 	// size is the frame size of the layer's last keyframe that gave one
-	// (framesize.go), width<<16 | height; 0 unknown.
+	// (package rtpcodec), width<<16 | height; 0 unknown.
 	size atomic.Uint32
 
 	mu  sync.Mutex // guards pkt, slow; held while one packet is forwarded (receive)
@@ -62,7 +63,7 @@ type layer struct {
 
 func newPubTrack(r *room, p *participant, key string, remote *webrtc.TrackRemote, recv *webrtc.RTPReceiver) *pubTrack {
 	t := &pubTrack{r: r, pub: p, key: key, id: remote.ID(), streamID: remote.StreamID(), kind: remote.Kind(),
-		codec: remote.Codec(), ck: codecOf(remote.Codec().MimeType), nrids: len(recv.Tracks())}
+		codec: remote.Codec(), ck: rtpcodec.CodecOf(remote.Codec().MimeType), nrids: len(recv.Tracks())}
 	if t.streamID == "" {
 		t.streamID = p.id
 	}
@@ -211,25 +212,25 @@ func (t *pubTrack) forward(l *layer, raw []byte, now int64, rec receiveRecorder)
 	l.bytes.Add(uint64(len(raw)))
 	l.seen.Store(now)
 	if t.levelID != 0 {
-		if lv, _, ok := audioLevel(pkt.GetExtension(t.levelID)); ok {
+		if lv, _, ok := rtpcodec.AudioLevel(pkt.GetExtension(t.levelID)); ok {
 			t.pub.observeLevel(lv)
 		}
 	}
 	if l.cache != nil {
 		l.cache.put(pkt, raw)
 	}
-	key := t.kind == webrtc.RTPCodecTypeVideo && isKeyframe(t.ck, pkt.Payload)
+	key := t.kind == webrtc.RTPCodecTypeVideo && t.ck.Keyframe(pkt.Payload)
 	if key {
 		l.learnSize(t.ck, pkt.Payload)
 	}
 	downs := *t.downs.Load()
 	if out := s.corkable(); out != nil && len(downs) > 1 && rec == nil {
-		// One sendmmsg for the whole fan-out (batchconn.go).
-		out.cork()
+		// One sendmmsg for the whole fan-out (package batchconn).
+		out.Cork()
 		for _, d := range downs {
 			d.write(l.idx, pkt, key, now)
 		}
-		out.uncork()
+		out.Uncork()
 		return
 	}
 	if rec == nil {
@@ -379,12 +380,12 @@ type downTrack struct {
 	// not move a copy to the heap on every packet.
 	hdr rtp.Header
 	// twccID is the subscriber's transport-cc extension id, 0 when not
-	// negotiated (the fast path writes it, bwe.go).
+	// negotiated (the own data path writes it, package gcc).
 	twccID uint8
-	// fast is the fast-path writer (fastpath.go), set on the first packet
+	// own is the own-path writer (ownpath.go), set on the first packet
 	// after the subscriber's SRTP keys are known and kept from then on:
 	// every packet of the SSRC goes through it.
-	fast *fastOut
+	own *ownOut
 }
 
 // Loss-based layer capping, for subscribers that send no REMB (browsers
@@ -495,8 +496,8 @@ func (d *downTrack) Bind(ctx webrtc.TrackLocalContext) (webrtc.RTPCodecParameter
 	d.pt = uint8(match.PayloadType)
 	d.clock = match.ClockRate
 	d.twccID = twccExtID(ctx.HeaderExtensions())
-	if d.fast != nil {
-		d.fast.twccID = d.twccID
+	if d.own != nil {
+		d.own.twccID = d.twccID
 	}
 	target := d.target
 	d.mu.Unlock()
@@ -559,14 +560,14 @@ func (d *downTrack) write(idx int, pkt *rtp.Packet, key bool, now int64) {
 
 // writeOwn is write for the own receive path, on the socket's reader: a
 // subscriber on pion's write path (onPionPath) is left to the slow queue
-// and it returns false. A subscriber with a fast-path writer never is:
+// and it returns false. A subscriber with an own-path writer never is:
 // checking that first, under the mutex the write takes anyway, spares the
-// participant's and its fast path's cache lines (onPionPath was 5 % of
+// participant's and its own data path's cache lines (onPionPath was 5 % of
 // the node's CPU in rooms of 4).
 func (d *downTrack) writeOwn(idx int, pkt *rtp.Packet, key bool, now int64) bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.fast == nil && d.onPionPath() {
+	if d.own == nil && d.onPionPath() {
 		return false
 	}
 	d.writeLocked(idx, pkt, key, now)
@@ -615,7 +616,7 @@ func (d *downTrack) writeLocked(idx int, pkt *rtp.Packet, key bool, now int64) {
 	if d.epochLen < cacheSize {
 		d.epochLen++
 	}
-	if o := d.fastLocked(); o != nil {
+	if o := d.ownLocked(); o != nil {
 		if o.send(h, pkt.Payload, now) {
 			d.t.r.s.forwarded.Add(1)
 		}
@@ -663,7 +664,7 @@ func (d *downTrack) resend(seq uint16, buf []byte) bool {
 	h.PayloadType = d.pt
 	h.SequenceNumber = seq
 	h.Timestamp += d.tsOff
-	if o := d.fastLocked(); o != nil {
+	if o := d.ownLocked(); o != nil {
 		return o.send(h, payload, time.Now().UnixNano())
 	}
 	_, err := d.ws.WriteRTP(h, payload)

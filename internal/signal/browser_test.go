@@ -44,23 +44,21 @@ type stack struct {
 	node *sfu.Server
 }
 
-// fastPath is whether the SFU node runs its own SRTP write path (the
-// traverse command's default); SFU_FAST_PATH=0 runs pion's write path.
-var fastPath = os.Getenv("SFU_FAST_PATH") != "0"
+// dataPath is the SFU node's data path: the own data path (the package's
+// and the traverse command's default) unless TRAVERSE_SFU_DATA_PATH names
+// another ("pion", "pion-batched").
+var dataPath = func() sfu.DataPath {
+	var d sfu.DataPath
+	if v := os.Getenv("TRAVERSE_SFU_DATA_PATH"); v != "" {
+		if err := d.Set(v); err != nil {
+			panic(err)
+		}
+	}
+	return d
+}()
 
-// fastReceive is whether the node takes publishers' RTP off pion's
-// receive path (the command's default, with the fast path);
-// SFU_FAST_RECEIVE=0 leaves it to pion.
-var fastReceive = fastPath && os.Getenv("SFU_FAST_RECEIVE") != "0"
-
-// fastRTCPSend is whether the node seals and sends its RTCP to fast-path
-// clients itself (the command's default, with the fast path);
-// SFU_FAST_RTCP_SEND=0 leaves it to pion.
-var fastRTCPSend = fastPath && os.Getenv("SFU_FAST_RTCP_SEND") != "0"
-
-// fastRTCP is whether the node takes clients' SRTCP off pion's receive
-// path too (the command's default); SFU_FAST_RTCP=0 leaves it to pion.
-var fastRTCP = fastReceive && os.Getenv("SFU_FAST_RTCP") != "0"
+// ownPath is whether the node runs its own data path.
+var ownPath = dataPath == sfu.DataPathOwn
 
 // startStack runs the bus, one SFU node, optionally TURN, and signal with
 // the demo page, all on loopback; t.Cleanup stops them.
@@ -95,9 +93,8 @@ func startStack(t *testing.T, withTURN bool) *stack {
 	}
 	t.Cleanup(func() { _ = be.Close() })
 
-	node, err := sfu.New(sfu.Config{UDP: "127.0.0.1:0", NodeID: "node1", AnnounceInterval: 200 * time.Millisecond, FastPath: fastPath,
-		FastReceive: fastReceive, FastRTCPSend: fastRTCPSend, FastRTCP: fastRTCP},
-		log.With("role", "sfu"), connect("sfu"), nil)
+	node, err := sfu.New(sfu.Config{UDP: netip.MustParseAddrPort("127.0.0.1:0"), NodeID: "node1", AnnounceInterval: 200 * time.Millisecond,
+		DataPath: dataPath, Log: log.With("role", "sfu"), Bus: connect("sfu")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -340,12 +337,12 @@ func roomWith(t *testing.T, st *stack, n int, relay, viewers map[int]bool, query
 		}
 		t.Logf("%s: layer messages %+v", pt.name, layers)
 	}
-	if fastPath && st.node.FastPathSessions() < uint64(n) {
-		t.Fatalf("%d of %d peer connections took the SFU's fast path", st.node.FastPathSessions(), n)
+	if ownPath && st.node.OwnPathSessions() < uint64(n) {
+		t.Fatalf("%d of %d peer connections took the SFU's own data path", st.node.OwnPathSessions(), n)
 	}
-	own, viaPion := st.node.FastReceivePackets()
+	own, viaPion := st.node.OwnReceivePackets()
 	t.Logf("publishers' RTP: own receive path %d packets, pion's %d", own, viaPion)
-	if fastReceive && publishers > 0 && own <= viaPion {
+	if ownPath && publishers > 0 && own <= viaPion {
 		t.Fatalf("the own receive path took %d publishers' packets, pion's %d", own, viaPion)
 	}
 }

@@ -41,8 +41,8 @@ func TestBrowsersSimulcastCappedDownlink(t *testing.T) {
 	if err != nil {
 		t.Skip("tc (iproute2) is not installed")
 	}
-	if !fastPath {
-		t.Skip("the transport-cc estimate is the fast path's (SFU_FAST_PATH=0)")
+	if !ownPath {
+		t.Skipf("the transport-cc estimate is the own data path's (TRAVERSE_SFU_DATA_PATH=%s)", dataPath)
 	}
 	const capKbps = 220
 	st := startStack(t, false)

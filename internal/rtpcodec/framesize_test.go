@@ -1,7 +1,8 @@
-package sfu
+package rtpcodec
 
 import (
 	"encoding/binary"
+	"github.com/traverse-rtc/traverse/internal/rtpcodec/rtpcodectest"
 	"testing"
 )
 
@@ -192,13 +193,6 @@ func boolBit(b bool) uint64 {
 	return 0
 }
 
-func vp8Key(w, h uint16) []byte {
-	p := []byte{0x90, 0x80, 0x81, 0x23, 0x10, 0x02, 0x00, 0x9d, 0x01, 0x2a, 0, 0, 0, 0, 0x11}
-	binary.LittleEndian.PutUint16(p[10:], w|0x4000) // an upscaling mode in the top bits
-	binary.LittleEndian.PutUint16(p[12:], h|0xc000)
-	return p
-}
-
 func TestFrameSize(t *testing.T) {
 	sps := spsFields{profile: 66, wmbs: 40, hmaps: 30, frameMbsOnly: true, pocType: 2}.sps()
 	hd := spsFields{profile: 100, chroma: 1, scaling: true, pocType: 1, wmbs: 120, hmaps: 68, frameMbsOnly: true,
@@ -232,40 +226,40 @@ func TestFrameSize(t *testing.T) {
 
 	for _, c := range []struct {
 		name string
-		c    codecKind
+		c    Codec
 		p    []byte
 		w, h int
 		ok   bool
 	}{
-		{"vp8 720p", codecVP8, vp8Key(1280, 720), 1280, 720, true},
-		{"vp8 plain descriptor", codecVP8, append([]byte{0x10}, vp8Key(320, 240)[4:]...), 320, 240, true},
-		{"vp8 inter frame", codecVP8, append([]byte{0x10, 0x01}, vp8Key(320, 240)[5:]...), 0, 0, false},
-		{"vp8 not partition start", codecVP8, append([]byte{0x00}, vp8Key(320, 240)[4:]...), 0, 0, false},
-		{"vp8 bad start code", codecVP8, append([]byte{0x10, 0x10, 0x02, 0x00, 0x9d, 0x01, 0x2b}, 0, 5, 0, 5), 0, 0, false},
-		{"vp8 short", codecVP8, vp8Key(1280, 720)[:12], 0, 0, false},
-		{"vp9 ss one layer", codecVP9, []byte{0x8a, 0x80, 0x01, 0x10, 0x02, 0x80, 0x01, 0x68}, 640, 360, true},
-		{"vp9 ss three layers", codecVP9, []byte{0x0a, 0x50, 0x00, 0xa0, 0x00, 0x5a, 0x01, 0x40, 0x00, 0xb4, 0x02, 0x80, 0x01, 0x68}, 640, 360, true},
-		{"vp9 layer indices", codecVP9, []byte{0xaa, 0x05, 0x00, 0x07, 0x10, 0x01, 0x40, 0x00, 0xf0}, 320, 240, true},
-		{"vp9 flexible refs", codecVP9, []byte{0x5a, 0x03, 0x02, 0x10, 0x00, 0xa0, 0x00, 0x78}, 160, 120, true},
-		{"vp9 no ss", codecVP9, []byte{0x88, 0x01, 0x00}, 0, 0, false},
-		{"vp9 ss without sizes", codecVP9, []byte{0x0a, 0x00}, 0, 0, false},
-		{"vp9 ss cut", codecVP9, []byte{0x0a, 0x10, 0x01, 0x40}, 0, 0, false},
-		{"h264 sps", codecH264, sps, 640, 480, true},
-		{"h264 stap-a", codecH264, stap, 640, 480, true},
-		{"h264 stap-a high profile cropped", codecH264, stapPPSFirst, 1920, 1080, true},
-		{"h264 fu-a", codecH264, fua, 1920, 1080, true},
-		{"h264 interlaced", codecH264, interlaced, 704, 576, true},
-		{"h264 emulation prevention", codecH264, zeros, 16, 16, true},
-		{"h264 idr only", codecH264, []byte{0x65, 0x88, 0x84}, 0, 0, false},
-		{"h264 sps cut", codecH264, sps[:6], 0, 0, false},
-		{"h264 stap-a bad length", codecH264, []byte{0x78, 0x00, 0x09, 0x67}, 0, 0, false},
-		{"av1 one obu", codecAV1, av1One, 1280, 720, true},
-		{"av1 with timing info", codecAV1, av1Two, 640, 360, true},
-		{"av1 continuation", codecAV1, append([]byte{0x98}, av1One[1:]...), 0, 0, false},
-		{"av1 cut", codecAV1, av1One[:8], 0, 0, false},
-		{"opus", codecOther, vp8Key(1280, 720), 0, 0, false},
+		{"vp8 720p", VP8, rtpcodectest.VP8Key(1280, 720), 1280, 720, true},
+		{"vp8 plain descriptor", VP8, append([]byte{0x10}, rtpcodectest.VP8Key(320, 240)[4:]...), 320, 240, true},
+		{"vp8 inter frame", VP8, append([]byte{0x10, 0x01}, rtpcodectest.VP8Key(320, 240)[5:]...), 0, 0, false},
+		{"vp8 not partition start", VP8, append([]byte{0x00}, rtpcodectest.VP8Key(320, 240)[4:]...), 0, 0, false},
+		{"vp8 bad start code", VP8, append([]byte{0x10, 0x10, 0x02, 0x00, 0x9d, 0x01, 0x2b}, 0, 5, 0, 5), 0, 0, false},
+		{"vp8 short", VP8, rtpcodectest.VP8Key(1280, 720)[:12], 0, 0, false},
+		{"vp9 ss one layer", VP9, []byte{0x8a, 0x80, 0x01, 0x10, 0x02, 0x80, 0x01, 0x68}, 640, 360, true},
+		{"vp9 ss three layers", VP9, []byte{0x0a, 0x50, 0x00, 0xa0, 0x00, 0x5a, 0x01, 0x40, 0x00, 0xb4, 0x02, 0x80, 0x01, 0x68}, 640, 360, true},
+		{"vp9 layer indices", VP9, []byte{0xaa, 0x05, 0x00, 0x07, 0x10, 0x01, 0x40, 0x00, 0xf0}, 320, 240, true},
+		{"vp9 flexible refs", VP9, []byte{0x5a, 0x03, 0x02, 0x10, 0x00, 0xa0, 0x00, 0x78}, 160, 120, true},
+		{"vp9 no ss", VP9, []byte{0x88, 0x01, 0x00}, 0, 0, false},
+		{"vp9 ss without sizes", VP9, []byte{0x0a, 0x00}, 0, 0, false},
+		{"vp9 ss cut", VP9, []byte{0x0a, 0x10, 0x01, 0x40}, 0, 0, false},
+		{"h264 sps", H264, sps, 640, 480, true},
+		{"h264 stap-a", H264, stap, 640, 480, true},
+		{"h264 stap-a high profile cropped", H264, stapPPSFirst, 1920, 1080, true},
+		{"h264 fu-a", H264, fua, 1920, 1080, true},
+		{"h264 interlaced", H264, interlaced, 704, 576, true},
+		{"h264 emulation prevention", H264, zeros, 16, 16, true},
+		{"h264 idr only", H264, []byte{0x65, 0x88, 0x84}, 0, 0, false},
+		{"h264 sps cut", H264, sps[:6], 0, 0, false},
+		{"h264 stap-a bad length", H264, []byte{0x78, 0x00, 0x09, 0x67}, 0, 0, false},
+		{"av1 one obu", AV1, av1One, 1280, 720, true},
+		{"av1 with timing info", AV1, av1Two, 640, 360, true},
+		{"av1 continuation", AV1, append([]byte{0x98}, av1One[1:]...), 0, 0, false},
+		{"av1 cut", AV1, av1One[:8], 0, 0, false},
+		{"opus", Other, rtpcodectest.VP8Key(1280, 720), 0, 0, false},
 	} {
-		w, h, ok := frameSize(c.c, c.p)
+		w, h, ok := c.c.FrameSize(c.p)
 		if w != c.w || h != c.h || ok != c.ok {
 			t.Errorf("%s: %dx%d %v, want %dx%d %v", c.name, w, h, ok, c.w, c.h, c.ok)
 		}
@@ -275,14 +269,14 @@ func TestFrameSize(t *testing.T) {
 // FuzzFrameSize: no payload panics the size parsers, and a size they
 // report is a real one.
 func FuzzFrameSize(f *testing.F) {
-	f.Add(uint8(codecVP8), vp8Key(1280, 720))
-	f.Add(uint8(codecVP9), []byte{0x8a, 0x80, 0x01, 0x10, 0x02, 0x80, 0x01, 0x68})
-	f.Add(uint8(codecH264), spsFields{profile: 100, chroma: 1, scaling: true, pocType: 1, wmbs: 120, hmaps: 68,
+	f.Add(uint8(VP8), rtpcodectest.VP8Key(1280, 720))
+	f.Add(uint8(VP9), []byte{0x8a, 0x80, 0x01, 0x10, 0x02, 0x80, 0x01, 0x68})
+	f.Add(uint8(H264), spsFields{profile: 100, chroma: 1, scaling: true, pocType: 1, wmbs: 120, hmaps: 68,
 		frameMbsOnly: true, cropped: true, crop: [4]uint32{0, 0, 0, 4}}.sps())
 	seq := av1SequenceHeader(1280, 720, true)
-	f.Add(uint8(codecAV1), append([]byte{0x18, 0x0a, byte(len(seq))}, seq...))
+	f.Add(uint8(AV1), append([]byte{0x18, 0x0a, byte(len(seq))}, seq...))
 	f.Fuzz(func(t *testing.T, c uint8, p []byte) {
-		w, h, ok := frameSize(codecKind(c%5), p)
+		w, h, ok := Codec(c % 5).FrameSize(p)
 		if ok && (w <= 0 || h <= 0 || w > 1<<16 || h > 1<<16) {
 			t.Fatalf("size %dx%d", w, h)
 		}

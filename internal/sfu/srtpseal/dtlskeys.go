@@ -1,4 +1,4 @@
-package sfu
+package srtpseal
 
 import (
 	"bytes"
@@ -13,18 +13,20 @@ import (
 	"github.com/pion/dtls/v3/pkg/protocol/extension"
 	"github.com/pion/dtls/v3/pkg/protocol/handshake"
 	"github.com/pion/srtp/v3"
+	"github.com/pion/webrtc/v4"
 )
 
-// dtlsSecrets collects, through pion's public hooks only, what one peer
+// Secrets collects, through pion's public hooks only, what one peer
 // connection's DTLS handshake knows when the node is the DTLS server: the
 // key log line (client random and master secret, written by pion/dtls as
 // "CLIENT_RANDOM <hex> <hex>") and the ServerHello the node sends (server
 // random, cipher suite, the use_srtp profile, RFC 5764 section 4.1.1).
 // From them it derives the SRTP keys exactly as pion's DTLS transport does
-// (RFC 5705 exporter, RFC 5764 section 4.2 key split). One dtlsSecrets per
+// (RFC 5705 exporter, RFC 5764 section 4.2 key split). One Secrets per
 // peer connection: the hooks are per SettingEngine, so every peer
-// connection of a fast-path node gets its own webrtc.API.
-type dtlsSecrets struct {
+// connection whose keys are wanted gets its own webrtc.API. The zero
+// value is ready to Attach.
+type Secrets struct {
 	mu           sync.Mutex // guards the fields below
 	clientRandom []byte
 	masterSecret []byte
@@ -38,9 +40,24 @@ type dtlsSecrets struct {
 // (the NSS key log format).
 const keyLogLabel = "CLIENT_RANDOM"
 
+// Attach makes se's DTLS handshakes report to k: its key log writer and
+// ServerHello hook, and the answering DTLS role "server" (the exporter
+// needs the server's view: both randoms). It is the only place that
+// couples to pion's DTLS internals.
+func (k *Secrets) Attach(se *webrtc.SettingEngine) error {
+	se.SetDTLSKeyLogWriter(keyLog{k})
+	se.SetDTLSServerHelloMessageHook(k.serverHello)
+	return se.SetAnsweringDTLSRole(webrtc.DTLSRoleServer)
+}
+
+// keyLog is Secrets' key log writer, kept off Secrets' API.
+type keyLog struct{ k *Secrets }
+
 // Write takes pion/dtls's key log lines. A line it cannot parse is
-// ignored (the fast path then falls back for this peer connection).
-func (k *dtlsSecrets) Write(p []byte) (int, error) {
+// ignored (the caller then falls back to pion for this peer connection).
+func (l keyLog) Write(p []byte) (int, error) { return l.k.write(p) }
+
+func (k *Secrets) write(p []byte) (int, error) {
 	for _, line := range bytes.Split(p, []byte{'\n'}) {
 		f := bytes.Fields(line)
 		if len(f) != 3 || string(f[0]) != keyLogLabel {
@@ -60,7 +77,7 @@ func (k *dtlsSecrets) Write(p []byte) (int, error) {
 
 // serverHello is the DTLS ServerHello hook: it records the hello and
 // sends it unchanged.
-func (k *dtlsSecrets) serverHello(h handshake.MessageServerHello) handshake.Message {
+func (k *Secrets) serverHello(h handshake.MessageServerHello) handshake.Message {
 	r := h.Random.MarshalFixed()
 	k.mu.Lock()
 	k.hello = true
@@ -114,24 +131,31 @@ func prfHash(id dtls.CipherSuiteID) prf.HashFunc {
 	return nil
 }
 
+// exporter is Secrets as a srtp.KeyingMaterialExporter, kept off
+// Secrets' API.
+type exporter struct{ k *Secrets }
+
 // ExportKeyingMaterial is the RFC 5705 exporter without context, seeded
-// client random then server random, as pion/dtls's State does: it makes
-// dtlsSecrets a srtp.KeyingMaterialExporter.
-func (k *dtlsSecrets) ExportKeyingMaterial(label string, context []byte, length int) ([]byte, error) {
+// client random then server random, as pion/dtls's State does.
+func (e exporter) ExportKeyingMaterial(label string, context []byte, length int) ([]byte, error) {
+	return e.k.export(label, context, length)
+}
+
+func (k *Secrets) export(label string, context []byte, length int) ([]byte, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if len(context) != 0 {
-		return nil, fmt.Errorf("%w: exporter context", ErrFastPathKeys)
+		return nil, fmt.Errorf("%w: exporter context", ErrNoKeys)
 	}
 	if !k.hello {
-		return nil, fmt.Errorf("%w: the node is not the DTLS server", ErrFastPathKeys)
+		return nil, fmt.Errorf("%w: the node is not the DTLS server", ErrNoKeys)
 	}
 	if len(k.masterSecret) == 0 || len(k.serverRandom) != handshake.RandomLength {
-		return nil, fmt.Errorf("%w: handshake secrets not seen", ErrFastPathKeys)
+		return nil, fmt.Errorf("%w: handshake secrets not seen", ErrNoKeys)
 	}
 	h := prfHash(k.suite)
 	if h == nil {
-		return nil, fmt.Errorf("%w: cipher suite %#04x", ErrFastPathKeys, uint16(k.suite))
+		return nil, fmt.Errorf("%w: cipher suite %#04x", ErrNoKeys, uint16(k.suite))
 	}
 	seed := make([]byte, 0, len(label)+2*handshake.RandomLength)
 	seed = append(seed, label...)
@@ -140,37 +164,45 @@ func (k *dtlsSecrets) ExportKeyingMaterial(label string, context []byte, length 
 	return prf.PHash(k.masterSecret, seed, length, h)
 }
 
-// localKeys returns the node's (the DTLS server's) SRTP master key and
-// salt and the negotiated profile, split as pion's DTLS transport does
-// (srtp.Config.ExtractSessionKeysFromDTLS, server side).
-func (k *dtlsSecrets) localKeys() (key, salt []byte, profile srtp.ProtectionProfile, err error) {
-	c, err := k.sessionKeys()
-	if err != nil {
-		return nil, nil, 0, err
-	}
-	return c.Keys.LocalMasterKey, c.Keys.LocalMasterSalt, c.Profile, nil
+// Keys are one direction's SRTP master key and salt and the negotiated
+// protection profile.
+type Keys struct {
+	Key, Salt []byte
+	Profile   srtp.ProtectionProfile
 }
 
-// remoteKeys returns the client's (the DTLS client's) SRTP master key and
-// salt, which protect what the client sends (RFC 5764 section 4.2:
-// client_write_SRTP_master_key), and the negotiated profile.
-func (k *dtlsSecrets) remoteKeys() (key, salt []byte, profile srtp.ProtectionProfile, err error) {
+// Local returns the node's (the DTLS server's) SRTP keys, which protect
+// what the node sends, split as pion's DTLS transport does
+// (srtp.Config.ExtractSessionKeysFromDTLS, server side). Its error wraps
+// ErrNoKeys when the handshake did not give them.
+func (k *Secrets) Local() (Keys, error) {
 	c, err := k.sessionKeys()
 	if err != nil {
-		return nil, nil, 0, err
+		return Keys{}, err
 	}
-	return c.Keys.RemoteMasterKey, c.Keys.RemoteMasterSalt, c.Profile, nil
+	return Keys{c.Keys.LocalMasterKey, c.Keys.LocalMasterSalt, c.Profile}, nil
 }
 
-func (k *dtlsSecrets) sessionKeys() (srtp.Config, error) {
+// Remote returns the client's (the DTLS client's) SRTP keys, which
+// protect what the client sends (RFC 5764 section 4.2:
+// client_write_SRTP_master_key).
+func (k *Secrets) Remote() (Keys, error) {
+	c, err := k.sessionKeys()
+	if err != nil {
+		return Keys{}, err
+	}
+	return Keys{c.Keys.RemoteMasterKey, c.Keys.RemoteMasterSalt, c.Profile}, nil
+}
+
+func (k *Secrets) sessionKeys() (srtp.Config, error) {
 	k.mu.Lock()
 	profile := k.profile
 	k.mu.Unlock()
 	if profile == 0 {
-		return srtp.Config{}, fmt.Errorf("%w: no SRTP profile negotiated", ErrFastPathKeys)
+		return srtp.Config{}, fmt.Errorf("%w: no SRTP profile negotiated", ErrNoKeys)
 	}
 	c := srtp.Config{Profile: profile}
-	if err := c.ExtractSessionKeysFromDTLS(k, false); err != nil {
+	if err := c.ExtractSessionKeysFromDTLS(exporter{k}, false); err != nil {
 		return srtp.Config{}, err
 	}
 	return c, nil

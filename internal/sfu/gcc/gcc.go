@@ -1,23 +1,10 @@
-package sfu
-
-import (
-	"math"
-	"sync"
-	"sync/atomic"
-	"time"
-
-	"github.com/pion/rtcp"
-	"github.com/pion/sdp/v3"
-	"github.com/pion/webrtc/v4"
-)
-
-// A send-side bandwidth estimate of each fast-path subscriber's downlink
+// Package gcc is a send-side bandwidth estimate of a subscriber's downlink
 // from its transport-wide congestion control feedback
 // (draft-holmer-rmcat-transport-wide-cc-extensions-01), with a simplified
 // Google congestion control (draft-ietf-rmcat-gcc-02):
 //
-//   - Every RTP packet the fast path sends to a subscriber that negotiated
-//     the transport-cc header extension carries a transport-wide sequence
+//   - Every RTP packet the SFU's own data path sends to a subscriber that
+//     negotiated the transport-cc header extension carries a transport-wide sequence
 //     number, one counter per peer connection (atomic: a subscriber's
 //     downTracks are written from the publishers' read loops), and its send
 //     time and size go into a ring of twccRing slots: one atomic store, no
@@ -49,9 +36,24 @@ import (
 //
 // pion's interceptor/pkg/gcc (v0.1.49) implements the same parts but only
 // behind its pacer and its own RTP writer chain, with goroutines and
-// per-packet allocation: the fast path writes RTP itself, so the parts are
+// per-packet allocation: the own data path writes RTP itself, so the parts are
 // re-done here over the ring.
-type sendSide struct {
+package gcc
+
+import (
+	"math"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/pion/rtcp"
+)
+
+// SendSide is one subscriber's send-side estimator: the ring of sent
+// packets and the estimator state. Next and Record are called for every
+// packet sent (from any goroutine), Feedback for every transport-cc
+// feedback, Estimate when a layer is chosen.
+type SendSide struct {
 	seq  atomic.Uint32 // the next transport-wide sequence number (low 16 bits)
 	base int64         // unix nanoseconds that send times count from
 	ring [twccRing]atomic.Uint64
@@ -115,7 +117,7 @@ const (
 	usageUnder
 )
 
-// gccState is the estimator, guarded by sendSide.mu.
+// gccState is the estimator, guarded by SendSide.mu.
 type gccState struct {
 	started  bool  // a first packet group exists
 	lastFb   int64 // unix nanoseconds of the last feedback with news
@@ -174,23 +176,33 @@ type pktGroup struct {
 	size                             int
 }
 
-func newSendSide(now int64) *sendSide {
-	s := &sendSide{base: now}
+func New(now int64) *SendSide {
+	s := &SendSide{base: now}
 	s.est.threshold = bweThresholdInit
 	s.est.overuseMs = -1
 	s.est.ackStart = -1
 	return s
 }
 
-// next returns the transport-wide sequence number of the packet about to
+// Next returns the transport-wide sequence number of the packet about to
 // be sent.
-func (s *sendSide) next() uint16 { return uint16(s.seq.Add(1) - 1) }
+func (s *SendSide) Next() uint16 { return uint16(s.seq.Add(1) - 1) }
 
-// record notes that packet seq of size bytes left at now (unix
+// Record notes that packet seq of size bytes left at now (unix
 // nanoseconds). It takes no lock and does not allocate.
-func (s *sendSide) record(seq uint16, size int, now int64) {
+func (s *SendSide) Record(seq uint16, size int, now int64) {
 	us := uint64((now-s.base)/1000) & slotTimeMask
 	s.ring[seq%twccRing].Store(uint64(seq) | uint64(size&slotSizeMask)<<slotSizeShift | us<<slotTimeShift)
+}
+
+// Recorded returns the wire size Record noted for packet seq, false when
+// the ring no longer (or never) held it.
+func (s *SendSide) Recorded(seq uint16) (size int, ok bool) {
+	v := s.ring[seq%twccRing].Load()
+	if v == 0 || uint16(v) != seq {
+		return 0, false
+	}
+	return int(v >> slotSizeShift & slotSizeMask), true
 }
 
 // usDiff is a-b for two 34-bit send times.
@@ -202,8 +214,8 @@ func usDiff(a, b int64) int64 {
 	return d
 }
 
-// estimate returns the estimate in bit/s at now, 0 when unknown.
-func (s *sendSide) estimate(now int64) uint64 {
+// Estimate returns the estimate in bit/s at now, 0 when unknown.
+func (s *SendSide) Estimate(now int64) uint64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	e := &s.est
@@ -213,134 +225,157 @@ func (s *sendSide) estimate(now int64) uint64 {
 	return uint64(min(e.delayRate, e.lossRate))
 }
 
-// feedback applies one transport-cc feedback received at now (unix
+// Feedback applies one transport-cc feedback received at now (unix
 // nanoseconds). It reports whether the feedback was well formed and
 // whether it told anything new (a feedback seen again through another
 // sender's RTCP, or repeated, is not).
-func (s *sendSide) feedback(fb *rtcp.TransportLayerCC, now int64) (ok, news bool) {
+func (s *SendSide) Feedback(fb *rtcp.TransportLayerCC, now int64) (ok, news bool) {
 	if fb == nil {
 		return false, false
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	e := &s.est
-	// The arrival reference, unwrapped (24 bits of 64 ms: 12.4 days).
-	ref := int64(fb.ReferenceTime&0xffffff) * 64_000
-	if e.haveRef {
-		const span = 1 << 24 * 64_000
-		r := ref + e.refBase
-		for r-e.lastRef > span/2 {
-			r -= span
-		}
-		for e.lastRef-r > span/2 {
-			r += span
-		}
-		ref = r
+	ref := e.unwrapRef(fb.ReferenceTime)
+	w := feedbackWalk{s: s, arrival: ref, deltas: fb.RecvDeltas, seq: fb.BaseSequenceNumber, remaining: int(fb.PacketStatusCount)}
+	if !w.chunks(fb.PacketChunks) {
+		return false, false
 	}
-	arrival := ref
-	deltas := fb.RecvDeltas
-	seq := fb.BaseSequenceNumber
-	remaining := int(fb.PacketStatusCount)
-	recv, lost := 0, 0
-	bad := false
-	// status handles one packet's status symbol.
-	status := func(sym uint16) {
-		if remaining <= 0 {
-			return
-		}
-		remaining--
-		q := seq
-		seq++
-		var at int64
-		timed := false
-		switch sym {
-		case rtcp.TypeTCCPacketReceivedSmallDelta, rtcp.TypeTCCPacketReceivedLargeDelta:
-			if len(deltas) == 0 || deltas[0] == nil {
-				bad = true
-				return
-			}
-			d := deltas[0].Delta
-			deltas = deltas[1:]
-			if d < -8_192_000 || d > 16_384_000 { // what 16 bits of 250 us hold
-				bad = true
-				return
-			}
-			arrival += d
-			at, timed = arrival, true
-		case rtcp.TypeTCCPacketReceivedWithoutDelta:
-		case rtcp.TypeTCCPacketNotReceived:
-		default:
-			bad = true
-			return
-		}
-		slot := q % twccRing
-		v := s.ring[slot].Load()
-		if v == 0 || uint16(v) != q || s.reported[slot] == v {
-			return // not ours (any more), or counted already
-		}
-		s.reported[slot] = v
-		if sym == rtcp.TypeTCCPacketNotReceived {
-			lost++
-			return
-		}
-		recv++
-		size := int(v >> slotSizeShift & slotSizeMask)
-		sent := int64(v >> slotTimeShift)
-		if timed {
-			s.packetLocked(sent, at, size)
-		}
+	e.refBase = ref - int64(fb.ReferenceTime&0xffffff)*64_000
+	e.lastRef, e.haveRef = ref, true
+	if w.recv+w.lost == 0 {
+		return true, false
 	}
-	for _, c := range fb.PacketChunks {
-		if remaining <= 0 || bad {
+	e.lastFb = now
+	e.lossRecv += w.recv
+	e.lossLost += w.lost
+	s.updateLocked(now)
+	return true, true
+}
+
+// unwrapRef returns a feedback's arrival reference time (24 bits of 64 ms:
+// 12.4 days) in microseconds, unwrapped next to the last one.
+func (e *gccState) unwrapRef(referenceTime uint32) int64 {
+	ref := int64(referenceTime&0xffffff) * 64_000
+	if !e.haveRef {
+		return ref
+	}
+	const span = 1 << 24 * 64_000
+	r := ref + e.refBase
+	for r-e.lastRef > span/2 {
+		r -= span
+	}
+	for e.lastRef-r > span/2 {
+		r += span
+	}
+	return r
+}
+
+// feedbackWalk is one feedback's walk through its packet status chunks,
+// under SendSide.mu.
+type feedbackWalk struct {
+	s         *SendSide
+	arrival   int64 // microseconds: the reference, then each delta added
+	deltas    []*rtcp.RecvDelta
+	seq       uint16 // the next packet's transport-wide sequence number
+	remaining int    // packet statuses still to come
+	recv      int    // packets of ours reported received, lost
+	lost      int
+	bad       bool // the feedback is malformed
+}
+
+// chunks walks the status chunks; false when the feedback is malformed.
+func (w *feedbackWalk) chunks(chunks []rtcp.PacketStatusChunk) bool {
+	for _, c := range chunks {
+		if w.remaining <= 0 || w.bad {
 			break
 		}
 		switch ch := c.(type) {
 		case *rtcp.RunLengthChunk:
 			if ch == nil {
-				bad = true
+				w.bad = true
 				break
 			}
-			for n := min(int(ch.RunLength), remaining); n > 0 && !bad; n-- {
-				status(ch.PacketStatusSymbol)
+			for n := min(int(ch.RunLength), w.remaining); n > 0 && !w.bad; n-- {
+				w.status(ch.PacketStatusSymbol)
 			}
 		case *rtcp.StatusVectorChunk:
 			if ch == nil {
-				bad = true
+				w.bad = true
 				break
 			}
 			for _, sym := range ch.SymbolList {
-				if remaining <= 0 || bad {
+				if w.remaining <= 0 || w.bad {
 					break
 				}
 				if ch.SymbolSize == rtcp.TypeTCCSymbolSizeOneBit && sym > 1 {
-					bad = true
+					w.bad = true
 					break
 				}
-				status(sym)
+				w.status(sym)
 			}
 		default:
-			bad = true
+			w.bad = true
 		}
 	}
-	if bad {
-		return false, false
+	return !w.bad
+}
+
+// status takes one packet's status symbol: a packet of ours not counted
+// before is counted received or lost, and a received one with its arrival
+// time goes to the packet groups.
+func (w *feedbackWalk) status(sym uint16) {
+	if w.remaining <= 0 {
+		return
 	}
-	e.refBase = ref - int64(fb.ReferenceTime&0xffffff)*64_000
-	e.lastRef, e.haveRef = ref, true
-	if recv+lost == 0 {
-		return true, false
+	w.remaining--
+	q := w.seq
+	w.seq++
+	var at int64
+	timed := false
+	switch sym {
+	case rtcp.TypeTCCPacketReceivedSmallDelta, rtcp.TypeTCCPacketReceivedLargeDelta:
+		if len(w.deltas) == 0 || w.deltas[0] == nil {
+			w.bad = true
+			return
+		}
+		d := w.deltas[0].Delta
+		w.deltas = w.deltas[1:]
+		if d < -8_192_000 || d > 16_384_000 { // what 16 bits of 250 us hold
+			w.bad = true
+			return
+		}
+		w.arrival += d
+		at, timed = w.arrival, true
+	case rtcp.TypeTCCPacketReceivedWithoutDelta:
+	case rtcp.TypeTCCPacketNotReceived:
+	default:
+		w.bad = true
+		return
 	}
-	e.lastFb = now
-	e.lossRecv += recv
-	e.lossLost += lost
-	s.updateLocked(now)
-	return true, true
+	s := w.s
+	slot := q % twccRing
+	v := s.ring[slot].Load()
+	if v == 0 || uint16(v) != q || s.reported[slot] == v {
+		return // not ours (any more), or counted already
+	}
+	s.reported[slot] = v
+	if sym == rtcp.TypeTCCPacketNotReceived {
+		w.lost++
+		return
+	}
+	w.recv++
+	size := int(v >> slotSizeShift & slotSizeMask)
+	sent := int64(v >> slotTimeShift)
+	if timed {
+		s.packetLocked(sent, at, size)
+	}
 }
 
 // packetLocked takes one received packet (send time in 34-bit
 // microseconds, arrival in microseconds) into the packet groups and the
 // acknowledged bitrate.
-func (s *sendSide) packetLocked(sent, at int64, size int) {
+func (s *SendSide) packetLocked(sent, at int64, size int) {
 	e := &s.est
 	// Acknowledged bitrate over windows of arrival time.
 	if e.ackStart < 0 || at < e.ackStart {
@@ -392,7 +427,7 @@ func (s *sendSide) packetLocked(sent, at int64, size int) {
 
 // trendLocked is libwebrtc's trendline filter and the overuse detector
 // with its adaptive threshold (section 5.4), times in ms.
-func (s *sendSide) trendLocked(arrDelta, sendDelta float64, arrivalUs int64) {
+func (s *SendSide) trendLocked(arrDelta, sendDelta float64, arrivalUs int64) {
 	e := &s.est
 	if math.Abs(arrDelta) > 5000 || math.Abs(sendDelta) > 5000 {
 		// A gap of seconds (no media, a stalled path): start over.
@@ -467,7 +502,7 @@ func (s *sendSide) trendLocked(arrDelta, sendDelta float64, arrivalUs int64) {
 
 // updateLocked moves the delay-based and loss-based rates after a
 // feedback at now (unix nanoseconds).
-func (s *sendSide) updateLocked(now int64) {
+func (s *SendSide) updateLocked(now int64) {
 	e := &s.est
 	if e.ackedRate == 0 {
 		e.lastRate = now
@@ -528,116 +563,4 @@ func (s *sendSide) updateLocked(now int64) {
 		e.lossRecv, e.lossLost, e.lossStart = 0, 0, now
 	}
 	e.lossRate = min(max(e.lossRate, bweMin), limit, bweMax)
-}
-
-// twccExtID returns the negotiated id of the transport-wide sequence
-// number extension, 0 when not negotiated.
-func twccExtID(exts []webrtc.RTPHeaderExtensionParameter) uint8 {
-	for _, e := range exts {
-		if e.URI == sdp.TransportCCURI && e.ID > 0 && e.ID < 15 {
-			return uint8(e.ID)
-		}
-	}
-	return 0
-}
-
-// twccFeedback takes a subscriber's transport-cc feedback into its
-// estimate; every sender's RTCP reader may call it with the same packet.
-func (p *participant) twccFeedback(fb *rtcp.TransportLayerCC) {
-	if p.fast == nil || p.fast.cc == nil {
-		return
-	}
-	ok, news := p.fast.cc.feedback(fb, time.Now().UnixNano())
-	switch {
-	case !ok:
-		p.s.m.twccBad.Inc()
-	case news:
-		p.s.m.twccFeedback.Inc()
-	}
-}
-
-// estimate returns the subscriber's downlink estimate in bit/s, 0 when
-// unknown: the lower of its REMB (when it sends one) and the send-side
-// estimate from its transport-cc feedback (when it sends that). Both
-// estimate the same path; the lower is the one not yet disproved.
-func (p *participant) estimate() uint64 {
-	remb := p.bwe.Load()
-	var cc uint64
-	if p.fast != nil && p.fast.cc != nil {
-		cc = p.fast.cc.estimate(time.Now().UnixNano())
-	}
-	switch {
-	case remb == 0:
-		return cc
-	case cc == 0:
-		return remb
-	}
-	return min(remb, cc)
-}
-
-// SubscriberState is what the node knows of one subscriber's downlink:
-// for tests and diagnostics.
-type SubscriberState struct {
-	// Estimate is what the layer choice uses (the lower of the two
-	// below when both are known); REMB is the client's, TWCC the node's
-	// own from the transport-cc feedback. Bit/s, 0 unknown.
-	Estimate, REMB, TWCC uint64
-	// Tracks are the simulcast tracks the subscriber receives.
-	Tracks []SubscribedTrack
-}
-
-// SubscribedTrack is one simulcast track a subscriber receives.
-type SubscribedTrack struct {
-	Layer    int      // the layer forwarded now, -1 none yet
-	Target   int      // the layer wanted (switched to on its keyframe)
-	MaxLayer int      // the highest the subscriber asked for (its tile size)
-	Bitrates []uint64 // each layer's measured bit/s, low to high
-	Sizes    [][2]int // each layer's frame size from its keyframes, 0x0 unknown
-}
-
-// Subscriber returns the state of the first session of identity.
-func (s *Server) Subscriber(identity string) (SubscriberState, bool) {
-	s.mu.Lock()
-	var p *participant
-	for _, x := range s.sessions {
-		if x.identity == identity {
-			p = x
-			break
-		}
-	}
-	s.mu.Unlock()
-	if p == nil {
-		return SubscriberState{}, false
-	}
-	st := SubscriberState{Estimate: p.estimate(), REMB: p.bwe.Load()}
-	if p.fast != nil && p.fast.cc != nil {
-		st.TWCC = p.fast.cc.estimate(time.Now().UnixNano())
-	}
-	p.negMu.Lock()
-	var downs []*downTrack
-	for t, d := range p.downs {
-		if t.simulcast() {
-			downs = append(downs, d)
-		}
-	}
-	p.negMu.Unlock()
-	for _, d := range downs {
-		d.mu.Lock()
-		tr := SubscribedTrack{Layer: d.cur, Target: d.target, MaxLayer: d.maxLayer}
-		d.mu.Unlock()
-		d.t.mu.Lock()
-		for _, l := range d.t.layers {
-			var b uint64
-			var sz [2]int
-			if l != nil {
-				b = l.bitrate.Load()
-				sz[0], sz[1] = l.frameSize()
-			}
-			tr.Bitrates = append(tr.Bitrates, b)
-			tr.Sizes = append(tr.Sizes, sz)
-		}
-		d.t.mu.Unlock()
-		st.Tracks = append(st.Tracks, tr)
-	}
-	return st, true
 }

@@ -24,22 +24,13 @@ func twccAPI(t *testing.T) *webrtc.API {
 }
 
 // TestTWCCSubscriberEstimate: a pion subscriber that sends transport-cc
-// feedback and no REMB, on the fast path, gets an estimate from it (none
+// feedback and no REMB, on the own data path, gets an estimate from it (none
 // of its feedback refused), and with it the top layer of a simulcast
 // publisher on unconstrained loopback; with the own RTCP path, none of
 // the subscriber's RTCP goes through pion's.
 func TestTWCCSubscriberEstimate(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		cfg  Config
-	}{{"fast path", Config{FastPath: true}}, {"own RTCP path", Config{FastPath: true, FastReceive: true, FastRTCP: true}}} {
-		t.Run(tc.name, func(t *testing.T) { testTWCCSubscriberEstimate(t, tc.cfg) })
-	}
-}
-
-func testTWCCSubscriberEstimate(t *testing.T, cfg Config) {
-	cfg.PLIInterval = 100 * time.Millisecond
-	h := newHarness(t, cfg)
+	requireOwnPath(t)
+	h := newHarness(t, Config{PLIInterval: 100 * time.Millisecond})
 	pub := h.dial(loadgen.ClientConfig{Room: "twcc", Identity: "pub", Publish: true, Simulcast: true, VideoBitrate: 800_000})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -71,7 +62,7 @@ func testTWCCSubscriberEstimate(t *testing.T, cfg Config) {
 	if st.TWCC > 10_000_000 {
 		t.Errorf("transport-cc estimate %d on unconstrained loopback for 800 kbit/s + audio", st.TWCC)
 	}
-	if own, viaPion := h.s.FastRTCPPackets(); cfg.FastRTCP && (own == 0 || viaPion != 0) {
+	if own, viaPion := h.s.OwnRTCPPackets(); own == 0 || viaPion != 0 {
 		t.Errorf("own RTCP path took %d packets, pion's readers got %d", own, viaPion)
 	}
 }

@@ -1,4 +1,4 @@
-package sfu
+package gcc
 
 import (
 	"math/rand/v2"
@@ -8,14 +8,14 @@ import (
 	"github.com/pion/rtcp"
 )
 
-// bweSim drives a sendSide with a simulated bottleneck: packets of 1200
+// bweSim drives a SendSide with a simulated bottleneck: packets of 1200
 // bytes sent at rate bit/s through a link of capacity bit/s with a
 // drop-tail queue of queueMs, random loss, and a transport-cc feedback
 // every 100 ms of receive time, marshalled and parsed by pion/rtcp as the
 // subscriber's would be, arriving 10 ms later.
 type bweSim struct {
 	t        *testing.T
-	s        *sendSide
+	s        *SendSide
 	rng      *rand.Rand
 	now      int64 // ns, simulated
 	rate     float64
@@ -40,7 +40,7 @@ const simOneWay = 10 * time.Millisecond
 
 func newBWESim(t *testing.T) *bweSim {
 	start := int64(1_000_000_000_000)
-	return &bweSim{t: t, s: newSendSide(start), rng: rand.New(rand.NewPCG(1, 2)), now: start,
+	return &bweSim{t: t, s: New(start), rng: rand.New(rand.NewPCG(1, 2)), now: start,
 		rate: 1e6, capacity: 5e6, queueMs: 300, nextFb: start + int64(100*time.Millisecond)}
 }
 
@@ -56,8 +56,8 @@ func (b *bweSim) run(d time.Duration) uint64 {
 			b.nextFb += int64(100 * time.Millisecond)
 		}
 		b.now += gap
-		seq := b.s.next()
-		b.s.record(seq, size, b.now)
+		seq := b.s.Next()
+		b.s.Record(seq, size, b.now)
 		p := simPkt{seq: seq, arrival: -1}
 		start := max(b.now, b.linkFree)
 		queued := float64(start-b.now) / 1e6
@@ -67,7 +67,7 @@ func (b *bweSim) run(d time.Duration) uint64 {
 		}
 		b.sent = append(b.sent, p)
 	}
-	return b.s.estimate(b.now)
+	return b.s.Estimate(b.now)
 }
 
 // feedback reports, at receive time at, every packet not reported yet up
@@ -102,7 +102,7 @@ func (b *bweSim) feedback(at int64) {
 		b.t.Fatal(err)
 	}
 	b.fbs = append(b.fbs, &parsed)
-	if ok, _ := b.s.feedback(&parsed, at+int64(simOneWay)); !ok {
+	if ok, _ := b.s.Feedback(&parsed, at+int64(simOneWay)); !ok {
 		b.t.Fatalf("feedback refused: %+v", parsed)
 	}
 }
@@ -233,17 +233,17 @@ func TestBWELoss(t *testing.T) {
 func TestBWEFeedbackOnce(t *testing.T) {
 	b := newBWESim(t)
 	b.run(3 * time.Second)
-	est := b.s.estimate(b.now)
+	est := b.s.Estimate(b.now)
 	for _, fb := range b.fbs[len(b.fbs)-5:] {
-		ok, news := b.s.feedback(fb, b.now)
+		ok, news := b.s.Feedback(fb, b.now)
 		if !ok || news {
 			t.Errorf("repeated feedback: ok %v news %v, want ok and no news", ok, news)
 		}
 	}
-	if got := b.s.estimate(b.now); got != est {
+	if got := b.s.Estimate(b.now); got != est {
 		t.Errorf("estimate moved on repeated feedback: %d -> %d", est, got)
 	}
-	if ok, _ := b.s.feedback(&rtcp.TransportLayerCC{PacketStatusCount: 3, PacketChunks: []rtcp.PacketStatusChunk{
+	if ok, _ := b.s.Feedback(&rtcp.TransportLayerCC{PacketStatusCount: 3, PacketChunks: []rtcp.PacketStatusChunk{
 		&rtcp.RunLengthChunk{PacketStatusSymbol: rtcp.TypeTCCPacketReceivedSmallDelta, RunLength: 3}}}, b.now); ok {
 		t.Error("statuses without deltas accepted")
 	}
@@ -252,16 +252,16 @@ func TestBWEFeedbackOnce(t *testing.T) {
 // TestBWEUnknownUntilMeasured: no estimate before feedback, and none once
 // feedback stopped for bweStale.
 func TestBWEUnknownUntilMeasured(t *testing.T) {
-	s := newSendSide(1)
-	if e := s.estimate(2); e != 0 {
+	s := New(1)
+	if e := s.Estimate(2); e != 0 {
 		t.Fatalf("estimate %d before any feedback", e)
 	}
 	b := newBWESim(t)
 	b.run(2 * time.Second)
-	if e := b.s.estimate(b.now); e == 0 {
+	if e := b.s.Estimate(b.now); e == 0 {
 		t.Fatal("no estimate after 2 s of feedback")
 	}
-	if e := b.s.estimate(b.now + int64(bweStale+time.Second)); e != 0 {
+	if e := b.s.Estimate(b.now + int64(bweStale+time.Second)); e != 0 {
 		t.Fatalf("estimate %d with no feedback for %v", e, bweStale)
 	}
 }
@@ -276,19 +276,19 @@ func FuzzTWCCFeedback(f *testing.F) {
 	f.Add([]byte{0x8f, 0xcd, 0, 5, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 4, 0, 0, 1, 0, 0x20, 4, 1, 2, 3, 4})
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, data []byte) {
-		s := newSendSide(1)
+		s := New(1)
 		now := int64(1e9)
 		for i := range 600 {
-			s.record(s.next(), 1200, now+int64(i)*1e6)
+			s.Record(s.Next(), 1200, now+int64(i)*1e6)
 		}
 		check := func() {
-			if e := s.estimate(now + 1e9); e != 0 && (e < bweMin || e > bweMax) {
+			if e := s.Estimate(now + 1e9); e != 0 && (e < bweMin || e > bweMax) {
 				t.Fatalf("estimate %d out of [%d, %d]", e, bweMin, bweMax)
 			}
 		}
 		var fb rtcp.TransportLayerCC
 		if fb.Unmarshal(data) == nil {
-			s.feedback(&fb, now+1e9)
+			s.Feedback(&fb, now+1e9)
 			check()
 		}
 		// The same bytes as arbitrary contents.
@@ -316,7 +316,7 @@ func FuzzTWCCFeedback(f *testing.F) {
 			}
 		}
 		for range 3 {
-			s.feedback(arb, now+2e9)
+			s.Feedback(arb, now+2e9)
 			check()
 		}
 	})

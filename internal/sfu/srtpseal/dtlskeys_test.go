@@ -1,8 +1,9 @@
-package sfu
+package srtpseal
 
 import (
 	"bytes"
 	"context"
+	"errors"
 	"net"
 	"testing"
 	"time"
@@ -13,10 +14,12 @@ import (
 )
 
 // TestDTLSSecretsExporter runs real pion/dtls handshakes (the node as the
-// DTLS server, its ServerHello hook and key log going to a dtlsSecrets)
+// DTLS server, its ServerHello hook and key log going to a Secrets)
 // and checks that the exporter built from them gives exactly what pion's
 // own connection state exports, for each cipher suite hash and SRTP
-// profile WebRTC uses.
+// profile WebRTC uses. Each case runs one handshake and compares the
+// exporter, the local keys and the remote keys (by decrypting the
+// client's packet) against pion's own, in order: hence its length.
 func TestDTLSSecretsExporter(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
@@ -30,7 +33,7 @@ func TestDTLSSecretsExporter(t *testing.T) {
 		{"chacha", dtls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256, dtls.SRTP_AES128_CM_HMAC_SHA1_80, dtls.RequestExtendedMasterSecret},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var k dtlsSecrets
+			var k Secrets
 			srv, cli := handshakePair(t, &k, tc.suite, tc.profile, tc.ems)
 			defer srv.Close()
 			defer cli.Close()
@@ -42,7 +45,7 @@ func TestDTLSSecretsExporter(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			got, err := k.ExportKeyingMaterial("EXTRACTOR-dtls_srtp", nil, 60)
+			got, err := exporter{&k}.ExportKeyingMaterial("EXTRACTOR-dtls_srtp", nil, 60)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -55,7 +58,8 @@ func TestDTLSSecretsExporter(t *testing.T) {
 			if err := c.ExtractSessionKeysFromDTLS(&st, false); err != nil {
 				t.Fatal(err)
 			}
-			key, salt, p, err := k.localKeys()
+			local, err := k.Local()
+			key, salt, p := local.Key, local.Salt, local.Profile
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -64,7 +68,8 @@ func TestDTLSSecretsExporter(t *testing.T) {
 			}
 			// The remote keys decrypt what the client side (pion's DTLS
 			// client, keys extracted as its DTLS transport does) sends.
-			rkey, rsalt, _, err := k.remoteKeys()
+			remote, err := k.Remote()
+			rkey, rsalt := remote.Key, remote.Salt
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -99,19 +104,19 @@ func TestDTLSSecretsExporter(t *testing.T) {
 		})
 	}
 	t.Run("not-server", func(t *testing.T) {
-		var k dtlsSecrets
-		if _, _, _, err := k.localKeys(); err == nil {
+		var k Secrets
+		if _, err := k.Local(); !errors.Is(err, ErrNoKeys) {
 			t.Fatal("keys without a handshake")
 		}
-		_, _ = k.Write([]byte("CLIENT_RANDOM 00 11\nnonsense\n"))
-		if _, err := k.ExportKeyingMaterial("EXTRACTOR-dtls_srtp", nil, 60); err == nil {
+		_, _ = keyLog{&k}.Write([]byte("CLIENT_RANDOM 00 11\nnonsense\n"))
+		if _, err := (exporter{&k}).ExportKeyingMaterial("EXTRACTOR-dtls_srtp", nil, 60); err == nil {
 			t.Fatal("exported without a ServerHello")
 		}
 	})
 }
 
 // handshakePair connects a pion/dtls client to a server that reports to k.
-func handshakePair(t *testing.T, k *dtlsSecrets, suite dtls.CipherSuiteID, profile dtls.SRTPProtectionProfile,
+func handshakePair(t *testing.T, k *Secrets, suite dtls.CipherSuiteID, profile dtls.SRTPProtectionProfile,
 	ems dtls.ExtendedMasterSecretType,
 ) (*dtls.Conn, *dtls.Conn) {
 	t.Helper()
@@ -129,7 +134,7 @@ func handshakePair(t *testing.T, k *dtlsSecrets, suite dtls.CipherSuiteID, profi
 	}
 	srv, err := dtls.ServerWithOptions(sc, cc.LocalAddr(),
 		dtls.WithCertificates(cert), dtls.WithCipherSuites(suite), dtls.WithSRTPProtectionProfiles(profile),
-		dtls.WithExtendedMasterSecret(ems), dtls.WithKeyLogWriter(k), dtls.WithServerHelloMessageHook(k.serverHello),
+		dtls.WithExtendedMasterSecret(ems), dtls.WithKeyLogWriter(keyLog{k}), dtls.WithServerHelloMessageHook(k.serverHello),
 		dtls.WithInsecureSkipVerify(true))
 	if err != nil {
 		t.Fatal(err)

@@ -1,4 +1,4 @@
-package sfu
+package srtpseal
 
 import (
 	"bytes"
@@ -6,37 +6,23 @@ import (
 
 	"github.com/pion/rtp"
 	"github.com/pion/srtp/v3"
+
+	"github.com/traverse-rtc/traverse/internal/sfu/srtpseal/srtpsealtest"
 )
 
-// testSRTPKeys returns a master key and salt of profile's lengths whose
-// byte i is keyMul*i+keyAdd and saltMul*i+saltAdd, so tests use keys of
-// their own.
-func testSRTPKeys(profile srtp.ProtectionProfile, keyMul, keyAdd, saltMul, saltAdd int) (key, salt []byte) {
-	keyLen, _ := profile.KeyLen()
-	saltLen, _ := profile.SaltLen()
-	key, salt = make([]byte, keyLen), make([]byte, saltLen)
-	for i := range key {
-		key[i] = byte(keyMul*i + keyAdd)
-	}
-	for i := range salt {
-		salt[i] = byte(saltMul*i + saltAdd)
-	}
-	return key, salt
-}
-
-// TestSRTPGCMMatchesPion: for both AEAD profiles, srtpGCM's packets are
+// TestSRTPGCMMatchesPion: for both AEAD profiles, GCM's packets are
 // byte for byte what pion's srtp.Context makes from the same master key,
 // across a sequence number wrap, reordered and repeated packets, and
 // headers with CSRCs and extensions.
 func TestSRTPGCMMatchesPion(t *testing.T) {
 	for _, prof := range []srtp.ProtectionProfile{srtp.ProtectionProfileAeadAes128Gcm, srtp.ProtectionProfileAeadAes256Gcm} {
 		t.Run(prof.String(), func(t *testing.T) {
-			key, salt := testSRTPKeys(prof, 3, 1, 7, 5)
+			key, salt := srtpsealtest.Keys(prof, 3, 1, 7, 5)
 			ref, err := srtp.CreateContext(key, salt, prof)
 			if err != nil {
 				t.Fatal(err)
 			}
-			g, err := newSRTPGCM(key, salt)
+			g, err := NewGCM(key, salt)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -60,22 +46,22 @@ func TestSRTPGCMMatchesPion(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				buf := make([]byte, len(plain), len(plain)+gcmTagLen)
+				buf := make([]byte, len(plain), len(plain)+TagLen)
 				copy(buf, plain)
-				got, ok := g.seal(buf, pkt.Header.MarshalSize(), len(plain), pkt.SSRC, seq)
+				got, ok := g.Seal(buf, pkt.Header.MarshalSize(), len(plain), pkt.SSRC, seq)
 				if !ok || !bytes.Equal(got, want) {
 					t.Fatalf("packet %d (seq %d) differs from pion's", i, seq)
 				}
 			}
 			buf := make([]byte, 1300)
-			if a := testing.AllocsPerRun(100, func() { g.seal(buf, 12, 1200, 1, 5) }); a != 0 {
+			if a := testing.AllocsPerRun(100, func() { g.Seal(buf, 12, 1200, 1, 5) }); a != 0 {
 				t.Errorf("seal: %v allocations", a)
 			}
 		})
 	}
 }
 
-// BenchmarkSRTPSeal compares pion's srtp.Context.EncryptRTP with srtpGCM
+// BenchmarkSRTPSeal compares pion's srtp.Context.EncryptRTP with GCM
 // on a 1200-byte payload, in place.
 func BenchmarkSRTPSeal(b *testing.B) {
 	key, salt := make([]byte, 16), make([]byte, 12)
@@ -95,33 +81,36 @@ func BenchmarkSRTPSeal(b *testing.B) {
 		}
 	})
 	b.Run("own", func(b *testing.B) {
-		g, _ := newSRTPGCM(key, salt)
+		g, _ := NewGCM(key, salt)
 		b.ReportAllocs()
 		for i := 0; b.Loop(); i++ {
 			n := copy(buf, plain)
-			g.seal(buf, 12, n, 1, uint16(i))
+			g.Seal(buf, 12, n, 1, uint16(i))
 		}
 	})
 }
 
 // TestSRTPGCMOpenMatchesPion: packets sealed by pion's srtp.Context are
-// opened by srtpGCM exactly as a pion receiving context (replay window of
+// opened by GCM exactly as a pion receiving context (replay window of
 // 64) opens them: the same plaintext, and the same packets refused, across
 // a sequence number wrap, reordering, duplicates, a packet older than the
 // window and tampered tags and headers.
+// One fixture is walked through the cases in order, each starting from the
+// state (sequence numbers, replay window, counters) the last one left, which
+// is part of what is tested: hence its length.
 func TestSRTPGCMOpenMatchesPion(t *testing.T) {
 	for _, prof := range []srtp.ProtectionProfile{srtp.ProtectionProfileAeadAes128Gcm, srtp.ProtectionProfileAeadAes256Gcm} {
 		t.Run(prof.String(), func(t *testing.T) {
-			key, salt := testSRTPKeys(prof, 5, 2, 11, 3)
+			key, salt := srtpsealtest.Keys(prof, 5, 2, 11, 3)
 			snd, err := srtp.CreateContext(key, salt, prof)
 			if err != nil {
 				t.Fatal(err)
 			}
-			ref, err := srtp.CreateContext(key, salt, prof, srtp.SRTPReplayProtection(replayWindow))
+			ref, err := srtp.CreateContext(key, salt, prof, srtp.SRTPReplayProtection(ReplayWindow))
 			if err != nil {
 				t.Fatal(err)
 			}
-			g, err := newSRTPGCM(key, salt)
+			g, err := NewGCM(key, salt)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -185,17 +174,17 @@ func TestSRTPGCMOpenMatchesPion(t *testing.T) {
 						t.Fatal(err)
 					}
 					want, werr := ref.DecryptRTP(nil, append([]byte(nil), pkt...), nil)
-					n, res := g.open(dst, pkt, hn, h.SSRC, h.SequenceNumber)
-					if (werr == nil) != (res == opened) {
+					n, res := g.Open(dst, pkt, hn, h.SSRC, h.SequenceNumber)
+					if (werr == nil) != (res == Opened) {
 						t.Fatalf("step %d seq %d tamper %q: pion %v, own %v", step, seq, tamper, werr, res)
 					}
 					if werr != nil {
-						if tamper == "" && res != openReplay {
+						if tamper == "" && res != OpenReplay {
 							t.Fatalf("step %d seq %d: refused as %v, want a replay", step, seq, res)
 						}
 						// A tampered copy of a packet already received is a
 						// replay first, for pion as for us.
-						if tamper != "" && res != openAuth && res != openReplay {
+						if tamper != "" && res != OpenAuth && res != OpenReplay {
 							t.Fatalf("step %d seq %d tampered %s: refused as %v, want auth", step, seq, tamper, res)
 						}
 						continue
@@ -217,7 +206,7 @@ func TestSRTPGCMOpenMatchesPion(t *testing.T) {
 func TestSRTPGCMOpenAllocs(t *testing.T) {
 	key, salt := make([]byte, 16), make([]byte, 12)
 	snd, _ := srtp.CreateContext(key, salt, srtp.ProtectionProfileAeadAes128Gcm)
-	g, _ := newSRTPGCM(key, salt)
+	g, _ := NewGCM(key, salt)
 	pkts := make([][]byte, 200)
 	for i := range pkts {
 		pkt := rtp.Packet{Header: rtp.Header{Version: 2, PayloadType: 96, SequenceNumber: uint16(i), SSRC: 1},
@@ -228,7 +217,7 @@ func TestSRTPGCMOpenAllocs(t *testing.T) {
 	dst := make([]byte, 1500)
 	i := 0
 	if a := testing.AllocsPerRun(100, func() {
-		if _, res := g.open(dst, pkts[i], 12, 1, uint16(i)); res != opened {
+		if _, res := g.Open(dst, pkts[i], 12, 1, uint16(i)); res != Opened {
 			t.Fatalf("packet %d: %v", i, res)
 		}
 		i++

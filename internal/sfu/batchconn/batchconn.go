@@ -1,4 +1,10 @@
-package sfu
+// Package batchconn is the SFU's one UDP socket as pion's ICE UDP mux
+// sees it (a net.PacketConn with ice.AddrPortReaderWriter), with the
+// system calls batched through internal/udpio: reads take whatever the
+// socket has queued with one recvmmsg, and writes are corked while a
+// packet is fanned out, then leave in one sendmmsg. An Interceptor (the
+// SFU's own receive path) sees every batch before the mux does.
+package batchconn
 
 import (
 	"errors"
@@ -12,18 +18,18 @@ import (
 	"github.com/traverse-rtc/traverse/internal/udpio"
 )
 
-// batchConn is the SFU's one UDP socket as pion's UDP mux sees it (a
+// Conn is the SFU's one UDP socket as pion's UDP mux sees it (a
 // net.PacketConn with ice.AddrPortReaderWriter). pion's mux still does the
 // demultiplexing (ufrag of the first STUN binding, then source address)
 // but the system calls are ours: reads take whatever the socket has queued
 // with one recvmmsg, and writes are "corked" while a publisher's packet is
-// fanned out: a track's read loop calls cork before writing the packet to
-// every subscriber and uncork after, and uncork sends everything queued
+// fanned out: a track's read loop calls Cork before writing the packet to
+// every subscriber and Uncork after, and Uncork sends everything queued
 // meanwhile with sendmmsg, in the read loop's own goroutine (no hand-off to
 // a writer goroutine). Writes while nothing is corked go straight out with
 // one sendto, as without batching. A fan-out of one packet to fifty
 // subscribers costs one or two system calls instead of fifty.
-type batchConn struct {
+type Conn struct {
 	c *udpio.Conn
 
 	// The read side belongs to the mux's one reader goroutine.
@@ -31,9 +37,8 @@ type batchConn struct {
 	rn, ri int
 	taken  []bool // rmsgs[i] was taken by the own receive path
 
-	// recv, when set, is the own receive path (recvpath.go): it sees
-	// every batch first.
-	recv atomic.Pointer[recvPath]
+	// recv, when set, sees every batch first (SetInterceptor).
+	recv atomic.Pointer[Interceptor]
 
 	corked atomic.Int32 // read loops inside a cork/uncork pair
 
@@ -49,19 +54,48 @@ type batchConn struct {
 	writes, batches, drops atomic.Uint64
 }
 
+// Interceptor takes datagrams out of a batch before pion's mux reads
+// them: the SFU's own receive path, which decrypts and forwards RTP from
+// the reader goroutine.
+type Interceptor interface {
+	// Active reports whether Intercept may take anything now; when it
+	// does not, the batch is not corked for it.
+	Active() bool
+	// Intercept takes m (true: the mux never sees it) or leaves it (false).
+	// now is the batch's read time in unix nanoseconds. Its writes are
+	// corked: the whole batch's fan-outs leave in one sendmmsg.
+	Intercept(m *udpio.Message, now int64) bool
+}
+
+// SetInterceptor makes i see every batch read from now on.
+func (b *Conn) SetInterceptor(i Interceptor) { b.recv.Store(&i) }
+
+// Stats are a Conn's counters since it was made.
+type Stats struct {
+	Writes  uint64 // datagrams sent
+	Batches uint64 // send system calls they took (sendmmsg batches and single sendto)
+	Drops   uint64 // datagrams dropped as larger than 1500 bytes
+}
+
+// Stats returns the Conn's counters.
+func (b *Conn) Stats() Stats {
+	return Stats{Writes: b.writes.Load(), Batches: b.batches.Load(), Drops: b.drops.Load()}
+}
+
 // batchQueue is the most packets queued while corked; a write that finds
 // the queue full flushes it first: 512 x 1500 bytes per slab, two slabs.
 const batchQueue = 512
 
-func newBatchConn(c *udpio.Conn) *batchConn {
-	return &batchConn{c: c, rmsgs: udpio.NewMessages(64, 1500), taken: make([]bool, 64),
+// New wraps c; the Conn owns it from then on.
+func New(c *udpio.Conn) *Conn {
+	return &Conn{c: c, rmsgs: udpio.NewMessages(64, 1500), taken: make([]bool, 64),
 		pending: udpio.NewMessages(batchQueue, 1500)[:0], spare: udpio.NewMessages(batchQueue, 1500)[:0]}
 }
 
 // ReadFromAddrPort returns the next queued datagram, reading a new batch
-// when the last one is used up. Datagrams the own receive path took are
+// when the last one is used up. Datagrams the Interceptor took are
 // skipped.
-func (b *batchConn) ReadFromAddrPort(p []byte) (int, netip.AddrPort, error) {
+func (b *Conn) ReadFromAddrPort(p []byte) (int, netip.AddrPort, error) {
 	for {
 		for b.ri >= b.rn {
 			n, err := b.c.ReadBatch(b.rmsgs)
@@ -76,7 +110,7 @@ func (b *batchConn) ReadFromAddrPort(p []byte) (int, netip.AddrPort, error) {
 			}
 			b.rn, b.ri = n, 0
 			if r := b.recv.Load(); r != nil {
-				b.intercept(r)
+				b.intercept(*r)
 			}
 		}
 		i := b.ri
@@ -89,39 +123,40 @@ func (b *batchConn) ReadFromAddrPort(p []byte) (int, netip.AddrPort, error) {
 	}
 }
 
-// intercept lets the own receive path take what it forwards from the
-// batch just read, corked: all the batch's fan-outs leave in one sendmmsg.
-func (b *batchConn) intercept(r *recvPath) {
+// intercept lets r take what it forwards from the batch just read,
+// corked: all the batch's fan-outs leave in one sendmmsg.
+func (b *Conn) intercept(r Interceptor) {
 	now := time.Now().UnixNano()
 	corked := false
 	for i := range b.rn {
 		b.taken[i] = false
-		if len(*r.table.Load()) == 0 {
+		if !r.Active() {
 			continue
 		}
 		if !corked {
-			b.cork()
+			b.Cork()
 			corked = true
 		}
-		b.taken[i] = r.intercept(&b.rmsgs[i], now)
+		b.taken[i] = r.Intercept(&b.rmsgs[i], now)
 	}
 	if corked {
-		b.uncork()
+		b.Uncork()
 	}
 }
 
-// cork makes writes queue until the matching uncork.
-func (b *batchConn) cork() { b.corked.Add(1) }
+// Cork makes writes queue until the matching Uncork. Corks nest: several
+// goroutines may fan out at once.
+func (b *Conn) Cork() { b.corked.Add(1) }
 
-// uncork ends a cork and sends what is queued.
-func (b *batchConn) uncork() {
+// Uncork ends a Cork and sends what is queued.
+func (b *Conn) Uncork() {
 	b.corked.Add(-1)
 	b.flush()
 }
 
 // WriteToAddrPort sends p now when no read loop is corked, else queues it
 // for the uncork. It never blocks on a writer.
-func (b *batchConn) WriteToAddrPort(p []byte, addr netip.AddrPort) (int, error) {
+func (b *Conn) WriteToAddrPort(p []byte, addr netip.AddrPort) (int, error) {
 	if len(p) > 1500 {
 		b.drops.Add(1)
 		return len(p), nil
@@ -162,18 +197,18 @@ func (b *batchConn) WriteToAddrPort(p []byte, addr netip.AddrPort) (int, error) 
 	return len(p), nil
 }
 
-// datagramFiller writes one datagram into a buffer of the batched
-// socket: fill returns its length, or false to drop it.
-type datagramFiller interface {
-	fill(buf []byte) (int, bool)
+// Filler writes one datagram into a buffer of the batched socket: Fill
+// returns its length, or false to drop it.
+type Filler interface {
+	Fill(buf []byte) (int, bool)
 }
 
-// writeFilled sends the datagram f writes, as WriteToAddrPort would; while
-// corked f writes it straight into the queue (no copy: the fast path
-// encrypts into it), else into own, which is sent at once. f runs with
-// b.mu held: it must not call b. false: f dropped it, or the socket is
-// closed (err).
-func (b *batchConn) writeFilled(f datagramFiller, own []byte, addr netip.AddrPort) (int, bool, error) {
+// WriteFilled sends the datagram f writes, as WriteToAddrPort would; while
+// corked f writes it straight into the queue (no copy: the SFU's own data
+// path encrypts into it), else into own, which is sent at once. f runs
+// with the Conn's lock held: it must not call the Conn. false: f dropped
+// it, or the socket is closed (err).
+func (b *Conn) WriteFilled(f Filler, own []byte, addr netip.AddrPort) (int, bool, error) {
 	for {
 		b.mu.Lock()
 		if b.closed {
@@ -183,7 +218,7 @@ func (b *batchConn) writeFilled(f datagramFiller, own []byte, addr netip.AddrPor
 		n := len(b.pending)
 		if n == 0 && b.corked.Load() == 0 {
 			b.mu.Unlock()
-			k, ok := f.fill(own)
+			k, ok := f.Fill(own)
 			if !ok {
 				return 0, false, nil
 			}
@@ -200,7 +235,7 @@ func (b *batchConn) writeFilled(f datagramFiller, own []byte, addr netip.AddrPor
 			continue
 		}
 		m := &b.pending[n : n+1][0]
-		k, ok := f.fill(m.Buf[:cap(m.Buf)])
+		k, ok := f.Fill(m.Buf[:cap(m.Buf)])
 		if !ok {
 			b.mu.Unlock()
 			return 0, false, nil
@@ -217,8 +252,19 @@ func (b *batchConn) writeFilled(f datagramFiller, own []byte, addr netip.AddrPor
 	}
 }
 
+// Discard drops what is queued while corked, unsent, and returns how many
+// datagrams that was: benchmarks of the writers measure everything but the
+// sendmmsg with it.
+func (b *Conn) Discard() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	n := len(b.pending)
+	b.pending = b.pending[:0]
+	return n
+}
+
 // flush sends everything queued with sendmmsg.
-func (b *batchConn) flush() {
+func (b *Conn) flush() {
 	b.fmu.Lock()
 	defer b.fmu.Unlock()
 	b.mu.Lock()
@@ -237,9 +283,8 @@ func (b *batchConn) flush() {
 	b.mu.Unlock()
 }
 
-// ReadFrom and WriteTo make batchConn a net.PacketConn; pion uses the
-// AddrPort forms.
-func (b *batchConn) ReadFrom(p []byte) (int, net.Addr, error) {
+// ReadFrom makes Conn a net.PacketConn; pion uses ReadFromAddrPort.
+func (b *Conn) ReadFrom(p []byte) (int, net.Addr, error) {
 	n, a, err := b.ReadFromAddrPort(p)
 	if err != nil {
 		return 0, nil, err
@@ -247,7 +292,8 @@ func (b *batchConn) ReadFrom(p []byte) (int, net.Addr, error) {
 	return n, net.UDPAddrFromAddrPort(a), nil
 }
 
-func (b *batchConn) WriteTo(p []byte, addr net.Addr) (int, error) {
+// WriteTo makes Conn a net.PacketConn; pion uses WriteToAddrPort.
+func (b *Conn) WriteTo(p []byte, addr net.Addr) (int, error) {
 	ua, ok := addr.(*net.UDPAddr)
 	if !ok {
 		return 0, net.InvalidAddrError("not a UDP address")
@@ -256,7 +302,7 @@ func (b *batchConn) WriteTo(p []byte, addr net.Addr) (int, error) {
 }
 
 // Close closes the socket. It is idempotent.
-func (b *batchConn) Close() error {
+func (b *Conn) Close() error {
 	b.once.Do(func() {
 		b.mu.Lock()
 		b.closed = true
@@ -266,17 +312,8 @@ func (b *batchConn) Close() error {
 	return nil
 }
 
-func (b *batchConn) LocalAddr() net.Addr                { return b.c.UDPConn().LocalAddr() }
-func (b *batchConn) SetDeadline(t time.Time) error      { return b.c.UDPConn().SetDeadline(t) }
-func (b *batchConn) SetReadDeadline(t time.Time) error  { return b.c.UDPConn().SetReadDeadline(t) }
-func (b *batchConn) SetWriteDeadline(t time.Time) error { return b.c.UDPConn().SetWriteDeadline(t) }
-
-// corkable returns the batched writer a fan-out corks: the fast path's
-// (which is the batched socket when both are on), else the batched socket,
-// else nil.
-func (s *Server) corkable() *batchConn {
-	if s.out != nil {
-		return s.out
-	}
-	return s.batch
-}
+// LocalAddr and the deadlines are the socket's.
+func (b *Conn) LocalAddr() net.Addr                { return b.c.UDPConn().LocalAddr() }
+func (b *Conn) SetDeadline(t time.Time) error      { return b.c.UDPConn().SetDeadline(t) }
+func (b *Conn) SetReadDeadline(t time.Time) error  { return b.c.UDPConn().SetReadDeadline(t) }
+func (b *Conn) SetWriteDeadline(t time.Time) error { return b.c.UDPConn().SetWriteDeadline(t) }

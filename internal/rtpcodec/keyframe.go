@@ -1,47 +1,54 @@
-package sfu
+// Package rtpcodec is the codec-specific parsing of RTP payloads the SFU
+// does itself: whether a payload starts a keyframe (a subscriber switches
+// layer or source only there: VP8 RFC 7741, VP9 RFC 9628, H.264 RFC 6184,
+// AV1's RTP specification), the frame size a keyframe carries
+// (framesize.go), and the RFC 6464 audio level. These are pure functions
+// over outside input, each with a fuzz target (FuzzKeyframe,
+// FuzzFrameSize).
+package rtpcodec
 
 import "strings"
 
-// Codec-specific parsing the SFU does itself: whether an RTP payload starts
-// a keyframe (a subscriber switches layer or source only there), per codec.
-// These are pure functions over outside input and have fuzz targets.
+// Codec identifies a video payload format; Other is every other one
+// (audio among them).
+type Codec uint8
 
-// codecKind identifies a video payload format.
-type codecKind uint8
-
+// The formats this package parses.
 const (
-	codecOther codecKind = iota
-	codecVP8
-	codecVP9
-	codecH264
-	codecAV1
+	Other Codec = iota
+	VP8
+	VP9
+	H264
+	AV1
 )
 
-func codecOf(mime string) codecKind {
+// CodecOf returns the format of a MIME type ("video/VP8"), Other for a
+// format this package does not parse.
+func CodecOf(mime string) Codec {
 	switch strings.ToLower(mime) {
 	case "video/vp8":
-		return codecVP8
+		return VP8
 	case "video/vp9":
-		return codecVP9
+		return VP9
 	case "video/h264":
-		return codecH264
+		return H264
 	case "video/av1":
-		return codecAV1
+		return AV1
 	}
-	return codecOther
+	return Other
 }
 
-// isKeyframe reports whether payload is the first packet of a keyframe in
+// Keyframe reports whether payload is the first packet of a keyframe in
 // format c. Unknown formats report true: the SFU then switches at once.
-func isKeyframe(c codecKind, payload []byte) bool {
+func (c Codec) Keyframe(payload []byte) bool {
 	switch c {
-	case codecVP8:
+	case VP8:
 		return vp8Keyframe(payload)
-	case codecVP9:
+	case VP9:
 		return vp9Keyframe(payload)
-	case codecH264:
+	case H264:
 		return h264Keyframe(payload)
-	case codecAV1:
+	case AV1:
 		return av1Keyframe(payload)
 	}
 	return true
@@ -165,10 +172,10 @@ func av1Keyframe(p []byte) bool {
 	return len(p) >= 1 && p[0]&0x08 != 0
 }
 
-// audioLevel decodes the RFC 6464 one-byte audio level extension: it
+// AudioLevel decodes the RFC 6464 one-byte audio level extension: it
 // returns 127 - level, so that 0 is silence and 127 the loudest, and
 // whether the voice activity bit is set.
-func audioLevel(ext []byte) (level int, voice bool, ok bool) {
+func AudioLevel(ext []byte) (level int, voice bool, ok bool) {
 	if len(ext) < 1 {
 		return 0, false, false
 	}

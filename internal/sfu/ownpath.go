@@ -13,22 +13,23 @@ import (
 	"github.com/pion/webrtc/v4"
 
 	"github.com/traverse-rtc/traverse/internal/rtpfeedback"
+	"github.com/traverse-rtc/traverse/internal/sfu/gcc"
+	"github.com/traverse-rtc/traverse/internal/sfu/srtpseal"
 )
 
-// The fast path (Config.FastPath) forwards RTP to a subscriber with the
+// The own data path (DataPathOwn) forwards RTP to a subscriber with the
 // node's own SRTP context (RFC 3711) and the node's own batched socket
 // write, instead of pion's per-subscriber write stack (interceptor chain,
 // SRTP session, mux endpoint, ICE conn, UDP mux, one sendto per packet).
-// Only forwarded media takes it, and with Config.FastRTCPSend the node's
-// own RTCP (rtcpout.go); DTLS, SCTP and ICE stay with pion.
+// Only forwarded media takes it, and the node's own RTCP (rtcpout.go); DTLS, SCTP and ICE stay with pion.
 //
-// Keys: every peer connection of a fast-path node gets its own webrtc.API
+// Keys: every peer connection of an own-path node gets its own webrtc.API
 // whose SettingEngine reports that connection's DTLS handshake to a
-// dtlsSecrets (dtlskeys.go); the node answers as DTLS server, so it sees
+// srtpseal.Secrets; the node answers as DTLS server, so it sees
 // both randoms, the master secret, the cipher suite and the SRTP profile,
 // and derives the SRTP keys as pion does. The keys are taken when the DTLS
 // transport reports "connected", before pion starts its own SRTP session,
-// so pion never encrypts an RTP packet of a fast-path subscriber's SSRCs:
+// so pion never encrypts an RTP packet of an own-path subscriber's SSRCs:
 // their rollover counters are ours alone. When the node ended up DTLS
 // client, or the keys cannot be derived, the subscriber stays on pion's
 // path (traverse_sfu_fast_path_fallbacks_total).
@@ -41,12 +42,12 @@ import (
 // DTLS completes stays on pion's path.
 //
 // Sender reports: pion's report interceptor no longer sees these packets,
-// so the node sends an RTCP SR per fast-path stream every second from its
+// so the node sends an RTCP SR per own-path stream every second from its
 // own counters (sendReports), through the session's RTCP writer.
-type fastPath struct {
-	s       *Server
-	part    *participant // whose peer connection it is; set before it is used
-	secrets dtlsSecrets
+type ownPath struct {
+	s    *Server
+	part *participant // whose peer connection it is; set before it is used
+	keys sessionKeys
 
 	// key, salt and profile are set once, before active is.
 	key, salt []byte
@@ -79,31 +80,39 @@ type fastPath struct {
 	// writing them on the socket's reader goroutine.
 	fellBack atomic.Bool
 	// cc numbers the packets of subscribers that negotiated transport-cc
-	// and estimates their downlink from the feedback (bwe.go).
-	cc *sendSide
-	// rtcp is the writer every RTCP of the peer connection ends in with
-	// Config.FastRTCPSend (rtcpout.go), nil without.
+	// and estimates their downlink from the feedback (package gcc).
+	cc *gcc.SendSide
+	// rtcp is the writer every RTCP of the peer connection ends in
+	// (rtcpout.go).
 	rtcp *rtcpOut
 }
 
-// newFastPath returns a participant's fast-path state, nil when the
-// fast path is off.
-func (s *Server) newFastPath() *fastPath {
-	if !s.cfg.FastPath {
+// sessionKeys is what the own data path needs of a peer connection's
+// DTLS handshake: hooks on its setting engine, then the SRTP keys of
+// each direction (srtpseal.Secrets, the one coupling to pion's DTLS
+// internals).
+type sessionKeys interface {
+	Attach(se *webrtc.SettingEngine) error
+	Local() (srtpseal.Keys, error)
+	Remote() (srtpseal.Keys, error)
+}
+
+// newOwnPath returns a participant's own-path state, nil when the
+// own data path is off.
+func (s *Server) newOwnPath() *ownPath {
+	if !s.cfg.DataPath.own() {
 		return nil
 	}
-	f := &fastPath{s: s, cc: newSendSide(time.Now().UnixNano())}
-	if s.cfg.FastRTCPSend {
-		f.rtcp = &rtcpOut{f: f}
-	}
+	f := &ownPath{s: s, cc: gcc.New(time.Now().UnixNano()), keys: &srtpseal.Secrets{}}
+	f.rtcp = &rtcpOut{f: f}
 	return f
 }
 
 // newPeerConnection creates p's peer connection: on the node's shared API,
-// or, with the fast path, on an API of its own whose DTLS hooks report to
-// p's fastPath.
+// or, with the own data path, on an API of its own whose DTLS hooks report to
+// p's ownPath.
 func (s *Server) newPeerConnection(p *participant) (*webrtc.PeerConnection, error) {
-	f := p.fast
+	f := p.own
 	if f == nil {
 		return s.api.NewPeerConnection(webrtc.Configuration{})
 	}
@@ -119,8 +128,12 @@ func (s *Server) newPeerConnection(p *participant) (*webrtc.PeerConnection, erro
 		return nil, err
 	}
 	se := s.se
-	se.SetDTLSKeyLogWriter(&f.secrets)
-	se.SetDTLSServerHelloMessageHook(f.secrets.serverHello)
+	// The own data path needs the server's view of the handshake (both
+	// randoms): the node answers "passive", clients are DTLS clients.
+	if err := f.keys.Attach(&se); err != nil {
+		_ = fb.Close()
+		return nil, err
+	}
 	api := webrtc.NewAPI(webrtc.WithSettingEngine(se), webrtc.WithMediaEngine(s.me),
 		webrtc.WithInterceptorRegistry(s.registry(out, fb.Factory())))
 	pc, err := api.NewPeerConnection(webrtc.Configuration{})
@@ -159,20 +172,21 @@ func (s *Server) newPeerConnection(p *participant) (*webrtc.PeerConnection, erro
 
 // activate derives the node's SRTP keys once the handshake is done, if
 // the selected pair is over UDP (an ICE-TCP subscriber stays with pion).
-func (f *fastPath) activate() {
+func (f *ownPath) activate() {
 	if f.active.Load() {
 		return
 	}
 	if ap := f.remote.Load(); ap == nil || !ap.IsValid() {
 		f.fellBack.Store(true)
-		f.s.m.fastFallbacks.Inc()
+		f.s.m.ownFallbacks.Inc()
 		return
 	}
-	key, salt, profile, err := f.secrets.localKeys()
+	local, err := f.keys.Local()
+	key, salt, profile := local.Key, local.Salt, local.Profile
 	if err != nil {
-		f.s.log.Debug("sfu: fast path unavailable", "err", err)
+		f.s.log.Debug("sfu: own data path unavailable", "err", err)
 		f.fellBack.Store(true)
-		f.s.m.fastFallbacks.Inc()
+		f.s.m.ownFallbacks.Inc()
 		return
 	}
 	// A context made here proves the keys and profile usable; it is the
@@ -180,7 +194,7 @@ func (f *fastPath) activate() {
 	ctx, err := srtp.CreateContext(key, salt, profile)
 	if err != nil {
 		f.fellBack.Store(true)
-		f.s.m.fastFallbacks.Inc()
+		f.s.m.ownFallbacks.Inc()
 		return
 	}
 	if f.rtcp != nil {
@@ -188,8 +202,8 @@ func (f *fastPath) activate() {
 	}
 	f.key, f.salt, f.profile = key, salt, profile
 	f.active.Store(true)
-	f.s.m.fastActive.Inc()
-	f.s.fastSessions.Add(1)
+	f.s.m.ownActive.Inc()
+	f.s.ownSessions.Add(1)
 	if rs := f.s.newRecvSession(f); rs != nil {
 		f.recv.Store(rs)
 		f.s.recv.place(rs)
@@ -198,18 +212,18 @@ func (f *fastPath) activate() {
 }
 
 // close takes the session off the own receive path.
-func (f *fastPath) close() {
+func (f *ownPath) close() {
 	if rs := f.recv.Load(); rs != nil {
 		f.s.recv.remove(rs)
 	}
 }
 
-// FastPathSessions returns how many peer connections have taken the fast
-// path (Config.FastPath) since the node started.
-func (s *Server) FastPathSessions() uint64 { return s.fastSessions.Load() }
+// OwnPathSessions returns how many peer connections have taken the own
+// path (DataPathOwn) since the node started.
+func (s *Server) OwnPathSessions() uint64 { return s.ownSessions.Load() }
 
 // setPair follows the selected candidate pair.
-func (f *fastPath) setPair(pair *webrtc.ICECandidatePair) {
+func (f *ownPath) setPair(pair *webrtc.ICECandidatePair) {
 	var a netip.AddrPort
 	if pair != nil && pair.Remote != nil && pair.Remote.Protocol == webrtc.ICEProtocolUDP &&
 		(pair.Local == nil || pair.Local.Protocol == webrtc.ICEProtocolUDP) {
@@ -223,13 +237,13 @@ func (f *fastPath) setPair(pair *webrtc.ICECandidatePair) {
 	}
 }
 
-// fastOut is one downTrack's fast-path state, guarded by the downTrack's
+// ownOut is one downTrack's own-path state, guarded by the downTrack's
 // mutex.
-type fastOut struct {
-	f    *fastPath
-	gcm  *srtpGCM      // the AEAD profiles (srtpgcm.go), else ctx
+type ownOut struct {
+	f    *ownPath
+	gcm  *srtpseal.GCM // the AEAD profiles, else ctx
 	ctx  *srtp.Context // this SSRC's context: its rollover state is ours alone
-	buf  [fastMTU]byte // the packet being encrypted, in place, when nothing is corked
+	buf  [ownMTU]byte  // the packet being encrypted, in place, when nothing is corked
 	hdr  rtp.Header    // EncryptRTP's parse of buf (reused: no allocation)
 	tail int           // authentication tag length of the profile
 
@@ -253,26 +267,26 @@ type fastOut struct {
 	lastTSAt        int64 // unix nanoseconds when lastTS was first sent
 }
 
-// fastMTU is the largest datagram the fast path sends; a larger packet is
+// ownMTU is the largest datagram the own data path sends; a larger packet is
 // dropped and counted (traverse_sfu_fast_path_drops_total).
-const fastMTU = 1500
+const ownMTU = 1500
 
-// fastLocked returns the downTrack's fast-path writer, making it on the
+// ownLocked returns the downTrack's own-path writer, making it on the
 // first packet after the subscriber's keys are known; nil means pion's
-// path. Once a downTrack has a fastOut it keeps it. d.mu is held.
-func (d *downTrack) fastLocked() *fastOut {
-	if d.fast != nil || d.sub == nil || d.sub.fast == nil || !d.sub.fast.active.Load() {
-		return d.fast
+// path. Once a downTrack has a ownOut it keeps it. d.mu is held.
+func (d *downTrack) ownLocked() *ownOut {
+	if d.own != nil || d.sub == nil || d.sub.own == nil || !d.sub.own.active.Load() {
+		return d.own
 	}
-	f := d.sub.fast
-	o := &fastOut{f: f, twccID: d.twccID}
+	f := d.sub.own
+	o := &ownOut{f: f, twccID: d.twccID}
 	switch f.profile {
 	case srtp.ProtectionProfileAeadAes128Gcm, srtp.ProtectionProfileAeadAes256Gcm:
-		g, err := newSRTPGCM(f.key, f.salt)
+		g, err := srtpseal.NewGCM(f.key, f.salt)
 		if err != nil {
 			return nil
 		}
-		o.gcm, o.tail = g, gcmTagLen
+		o.gcm, o.tail = g, srtpseal.TagLen
 	default:
 		ctx, err := srtp.CreateContext(f.key, f.salt, f.profile)
 		if err != nil {
@@ -284,22 +298,22 @@ func (d *downTrack) fastLocked() *fastOut {
 		}
 		o.ctx, o.tail = ctx, tail
 	}
-	d.fast = o
+	d.own = o
 	f.mu.Lock()
 	f.tracks = append(f.tracks, d)
 	f.mu.Unlock()
-	return d.fast
+	return d.own
 }
 
 // send encrypts header h and payload into the datagram buffer and queues
 // it on the node's socket to the subscriber's address. now is the time it
 // is sent (unix nanoseconds). It does not allocate
-// (TestFastPathWriteAllocs).
-func (o *fastOut) send(h *rtp.Header, payload []byte, now int64) bool {
+// (TestOwnPathWriteAllocs).
+func (o *ownOut) send(h *rtp.Header, payload []byte, now int64) bool {
 	m := o.f.s.m
 	ap := o.f.remote.Load()
 	if ap == nil || !ap.IsValid() {
-		m.fastDrops.Inc()
+		m.ownDrops.Inc()
 		return false
 	}
 	var tseq uint16
@@ -310,32 +324,32 @@ func (o *fastOut) send(h *rtp.Header, payload []byte, now int64) bool {
 		// extension the header had.
 		h.Extension, h.ExtensionProfile, h.Extensions = false, 0, o.exts[:0]
 		if err := h.SetExtension(o.twccID, o.twcc[:]); err != nil {
-			m.fastDrops.Inc()
+			m.ownDrops.Inc()
 			return false
 		}
 	}
 	hn := h.MarshalSize()
 	if hn+len(payload)+o.tail > len(o.buf) {
-		m.fastDrops.Inc()
+		m.ownDrops.Inc()
 		return false
 	}
 	if o.twccID != 0 && cc != nil {
-		tseq = cc.next()
+		tseq = cc.Next()
 		o.twcc[0], o.twcc[1] = byte(tseq>>8), byte(tseq)
 	}
 	// fill encrypts the packet straight into the socket's queue when
-	// corked (batchConn.writeFilled), else into o.buf.
+	// corked (batchconn.Conn.WriteFilled), else into o.buf.
 	o.h, o.hn, o.payload = h, hn, payload
-	size, ok, err := o.f.s.out.writeFilled(o, o.buf[:], *ap)
+	size, ok, err := o.f.s.out.WriteFilled(o, o.buf[:], *ap)
 	o.h, o.payload = nil, nil
 	if !ok {
 		if err == nil {
-			m.fastDrops.Inc()
+			m.ownDrops.Inc()
 		}
 		return false
 	}
 	if o.twccID != 0 && cc != nil {
-		cc.record(tseq, size, now)
+		cc.Record(tseq, size, now)
 	}
 	if o.packets == 0 || h.Timestamp != o.lastTS {
 		o.lastTS, o.lastTSAt = h.Timestamp, now
@@ -345,21 +359,21 @@ func (o *fastOut) send(h *rtp.Header, payload []byte, now int64) bool {
 	return true
 }
 
-// fill writes the SRTP packet of o.h (marshalled length o.hn) and
-// o.payload into buf, which holds fastMTU bytes, and returns its length
-// (datagramFiller).
-func (o *fastOut) fill(buf []byte) (int, bool) {
+// Fill writes the SRTP packet of o.h (marshalled length o.hn) and
+// o.payload into buf, which holds ownMTU bytes, and returns its length
+// (batchconn.Filler).
+func (o *ownOut) Fill(buf []byte) (int, bool) {
 	hn := o.hn
 	if _, err := o.h.MarshalTo(buf[:hn]); err != nil {
 		return 0, false
 	}
 	n := hn + copy(buf[hn:], o.payload)
 	if o.gcm != nil {
-		out, ok := o.gcm.seal(buf, hn, n, o.h.SSRC, o.h.SequenceNumber)
+		out, ok := o.gcm.Seal(buf, hn, n, o.h.SSRC, o.h.SequenceNumber)
 		return len(out), ok
 	}
 	out, err := o.ctx.EncryptRTP(buf[:0], buf[:n], &o.hdr)
-	// pion encrypts in place unless buf is too small (fastMTU leaves
+	// pion encrypts in place unless buf is too small (ownMTU leaves
 	// room for the tag): a copy elsewhere is not what was queued.
 	if err != nil || len(out) == 0 || len(out) > len(buf) || &out[0] != &buf[0] {
 		return 0, false
@@ -370,7 +384,7 @@ func (o *fastOut) fill(buf []byte) (int, bool) {
 // report returns the stream's sender report at now, or false before its
 // first packet (RFC 3550 section 6.4: then it is not a sender). d.mu is
 // held.
-func (o *fastOut) report(ssrc, clock uint32, now time.Time) (rtcp.SenderReport, bool) {
+func (o *ownOut) report(ssrc, clock uint32, now time.Time) (rtcp.SenderReport, bool) {
 	if o.packets == 0 {
 		return rtcp.SenderReport{}, false
 	}
@@ -393,24 +407,24 @@ func ntpTime(t time.Time) uint64 {
 	return secs<<32 | frac
 }
 
-// srInterval is how often sender reports go out for fast-path streams:
+// srInterval is how often sender reports go out for own-path streams:
 // pion's report interceptor's default.
 const srInterval = time.Second
 
-// sendReports sends one RTCP packet of sender reports per fast-path
+// sendReports sends one RTCP packet of sender reports per own-path
 // subscriber, for every stream of it that has sent RTP; streams unbound
 // since are forgotten.
 func (s *Server) sendReports(now time.Time) {
 	s.mu.Lock()
 	parts := make([]*participant, 0, len(s.sessions))
 	for _, p := range s.sessions {
-		if p.fast != nil && p.fast.active.Load() {
+		if p.own != nil && p.own.active.Load() {
 			parts = append(parts, p)
 		}
 	}
 	s.mu.Unlock()
 	for _, p := range parts {
-		f := p.fast
+		f := p.own
 		f.mu.Lock()
 		tracks := append([]*downTrack(nil), f.tracks...)
 		f.mu.Unlock()
@@ -420,7 +434,7 @@ func (s *Server) sendReports(now time.Time) {
 			d.mu.Lock()
 			if d.ws == nil {
 				gone = append(gone, d)
-			} else if sr, ok := d.fast.report(d.ssrc, d.clock, now); ok {
+			} else if sr, ok := d.own.report(d.ssrc, d.clock, now); ok {
 				pkts = append(pkts, &sr)
 			}
 			d.mu.Unlock()
@@ -439,7 +453,7 @@ func (s *Server) sendReports(now time.Time) {
 		}
 		if len(pkts) > 0 {
 			if err := p.writeRTCP(pkts); err == nil {
-				s.m.fastReports.Add(float64(len(pkts)))
+				s.m.ownReports.Add(float64(len(pkts)))
 			}
 		}
 	}

@@ -6,19 +6,21 @@ import (
 
 	"github.com/pion/rtp"
 	"github.com/pion/srtp/v3"
+
+	"github.com/traverse-rtc/traverse/internal/sfu/gcc"
 )
 
-// TestFastPathTWCC: a subscriber that negotiated transport-cc gets every
+// TestOwnPathTWCC: a subscriber that negotiated transport-cc gets every
 // packet, retransmissions included, with the extension carrying
 // consecutive transport-wide sequence numbers, each recorded in the
 // estimator's ring with its wire size; nothing is allocated per packet; a
 // packet that fits the MTU only without the extension is dropped and
 // takes no sequence number.
-func TestFastPathTWCC(t *testing.T) {
+func TestOwnPathTWCC(t *testing.T) {
 	const extID = 5
-	d, cache, rc, dec := newFastTestDown(t, srtp.ProtectionProfileAeadAes128Gcm)
-	cc := newSendSide(time.Now().UnixNano())
-	d.sub.fast.cc = cc
+	d, cache, rc, dec := newOwnTestDown(t, srtp.ProtectionProfileAeadAes128Gcm)
+	cc := gcc.New(time.Now().UnixNano())
+	d.sub.own.cc = cc
 	d.mu.Lock()
 	d.twccID = extID
 	d.mu.Unlock()
@@ -26,24 +28,6 @@ func TestFastPathTWCC(t *testing.T) {
 		Payload: make([]byte, 1000)}
 	if err := pkt.SetExtension(3, []byte{1, 2}); err != nil { // the publisher's: must not leak
 		t.Fatal(err)
-	}
-	buf := make([]byte, 1600)
-	read := func() (*rtp.Packet, int) {
-		t.Helper()
-		_ = rc.SetReadDeadline(time.Now().Add(5 * time.Second))
-		n, err := rc.Read(buf)
-		if err != nil {
-			t.Fatal(err)
-		}
-		plain, err := dec.DecryptRTP(nil, buf[:n], nil)
-		if err != nil {
-			t.Fatalf("decrypt: %v", err)
-		}
-		var got rtp.Packet
-		if err := got.Unmarshal(plain); err != nil {
-			t.Fatal(err)
-		}
-		return &got, n
 	}
 	tseq := func(p *rtp.Packet) uint16 {
 		t.Helper()
@@ -60,45 +44,44 @@ func TestFastPathTWCC(t *testing.T) {
 	for i := range 5 {
 		cache.put(pkt, nil)
 		d.write(0, pkt, i == 0, now)
-		got, n := read()
+		got, n := readSRTP(t, rc, dec)
 		if q := tseq(got); q != uint16(i) {
 			t.Fatalf("packet %d: transport sequence %d", i, q)
 		}
-		v := cc.ring[i].Load()
-		if uint16(v) != uint16(i) || int(v>>slotSizeShift&slotSizeMask) != n {
-			t.Fatalf("ring slot %d: seq %d size %d, want %d %d", i, uint16(v), v>>slotSizeShift&slotSizeMask, i, n)
+		if size, ok := cc.Recorded(uint16(i)); !ok || size != n {
+			t.Fatalf("ring slot %d: size %d (%v), want %d", i, size, ok, n)
 		}
 		pkt.SequenceNumber++
 	}
 	if !d.resend(pkt.SequenceNumber-2, make([]byte, 1500)) {
 		t.Fatal("resend missed")
 	}
-	if got, _ := read(); tseq(got) != 5 || got.SequenceNumber != pkt.SequenceNumber-2 {
+	if got, _ := readSRTP(t, rc, dec); tseq(got) != 5 || got.SequenceNumber != pkt.SequenceNumber-2 {
 		t.Fatalf("retransmission: transport sequence %d, rtp sequence %d", tseq(got), got.SequenceNumber)
 	}
 	if a := testing.AllocsPerRun(200, func() {
 		d.write(0, pkt, false, now)
 		pkt.SequenceNumber++
 	}); a != 0 {
-		t.Errorf("fast-path write with transport-cc: %v allocations per packet", a)
+		t.Errorf("own-path write with transport-cc: %v allocations per packet", a)
 	}
-	next := cc.seq.Load()
+	next := cc.Next() // the drop must not take the one after it
 	// 12 header + 8 extension + payload + 16 tag = 1501: fits only without it.
-	big := &rtp.Packet{Header: pkt.Header, Payload: make([]byte, fastMTU-12-16-7)}
-	drops := testutilCounter(d.t.r.s.m.fastDrops)
+	big := &rtp.Packet{Header: pkt.Header, Payload: make([]byte, ownMTU-12-16-7)}
+	drops := testutilCounter(d.t.r.s.m.ownDrops)
 	d.write(0, big, false, now)
-	if testutilCounter(d.t.r.s.m.fastDrops) != drops+1 || cc.seq.Load() != next {
+	if after := cc.Next(); testutilCounter(d.t.r.s.m.ownDrops) != drops+1 || after != next+1 {
 		t.Fatalf("oversized with the extension: drops %v -> %v, transport sequence %d -> %d",
-			drops, testutilCounter(d.t.r.s.m.fastDrops), next, cc.seq.Load())
+			drops, testutilCounter(d.t.r.s.m.ownDrops), next+1, after)
 	}
 }
 
-// BenchmarkFastPathWriteTWCC is BenchmarkFastPathWrite for a subscriber
+// BenchmarkOwnPathWriteTWCC is BenchmarkOwnPathWrite for a subscriber
 // that negotiated transport-cc: the extension, its sequence number and the
 // ring record on every packet.
-func BenchmarkFastPathWriteTWCC(b *testing.B) {
-	d, _, _, _ := newFastTestDown(b, srtp.ProtectionProfileAeadAes128Gcm)
-	d.sub.fast.cc = newSendSide(time.Now().UnixNano())
+func BenchmarkOwnPathWriteTWCC(b *testing.B) {
+	d, _, _, _ := newOwnTestDown(b, srtp.ProtectionProfileAeadAes128Gcm)
+	d.sub.own.cc = gcc.New(time.Now().UnixNano())
 	d.twccID = 5
-	benchFastPathWrite(b, d)
+	benchOwnPathWrite(b, d)
 }

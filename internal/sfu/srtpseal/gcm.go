@@ -1,4 +1,4 @@
-package sfu
+package srtpseal
 
 import (
 	"crypto/aes"
@@ -7,14 +7,14 @@ import (
 	"fmt"
 )
 
-// srtpGCM protects one SSRC's outgoing RTP with AEAD_AES_128_GCM or
+// GCM protects one SSRC's outgoing RTP with AEAD_AES_128_GCM or
 // AEAD_AES_256_GCM (RFC 7714), in place. pion's srtp.Context does the
 // same, but per packet it also parses the header again and looks the SSRC
 // up in a map; in the 1 -> 50 fan-out that overhead was about 13 % of the
 // node's CPU, more than AES-GCM itself. Its output is byte for byte
 // pion's (TestSRTPGCMMatchesPion), and the AES-CM/HMAC profiles stay with
 // pion's context.
-type srtpGCM struct {
+type GCM struct {
 	aead  cipher.AEAD
 	salt  [12]byte // session salt
 	iv    [12]byte // a field: a local array handed to Seal would escape
@@ -30,12 +30,12 @@ const (
 	labelSRTPSalt       = 0x02
 )
 
-// gcmTagLen is the AEAD authentication tag length (RFC 7714 section 12).
-const gcmTagLen = 16
+// TagLen is the AEAD authentication tag length (RFC 7714 section 12).
+const TagLen = 16
 
-func newSRTPGCM(masterKey, masterSalt []byte) (*srtpGCM, error) {
+func NewGCM(masterKey, masterSalt []byte) (*GCM, error) {
 	if len(masterSalt) != 12 {
-		return nil, fmt.Errorf("%w: GCM master salt of %d bytes", ErrFastPathKeys, len(masterSalt))
+		return nil, fmt.Errorf("%w: GCM master salt of %d bytes", ErrNoKeys, len(masterSalt))
 	}
 	key, err := srtpKDF(labelSRTPEncryption, masterKey, masterSalt, len(masterKey))
 	if err != nil {
@@ -53,7 +53,7 @@ func newSRTPGCM(masterKey, masterSalt []byte) (*srtpGCM, error) {
 	if err != nil {
 		return nil, err
 	}
-	g := &srtpGCM{aead: aead}
+	g := &GCM{aead: aead}
 	copy(g.salt[:], salt)
 	return g, nil
 }
@@ -80,7 +80,7 @@ func srtpKDF(label byte, masterKey, masterSalt []byte, n int) ([]byte, error) {
 // distance from the highest index so far (RFC 3711 section 3.3.1 and
 // appendix A, exactly as pion's srtpSSRCState.nextRolloverCount, so a
 // reordered packet keeps its ROC); before the first packet it is 0, 0.
-func (g *srtpGCM) estimate(seq uint16) (roc uint32, diff int32) {
+func (g *GCM) estimate(seq uint16) (roc uint32, diff int32) {
 	const median, span = 1 << 15, 1 << 16
 	if !g.begun {
 		return 0, 0
@@ -104,7 +104,7 @@ func (g *srtpGCM) estimate(seq uint16) (roc uint32, diff int32) {
 // roc returns the rollover counter for sequence number seq and advances
 // the highest index sent; ok is false when the 2^48 packet index space is
 // used up (section 9.2).
-func (g *srtpGCM) roc(seq uint16) (roc uint32, ok bool) {
+func (g *GCM) roc(seq uint16) (roc uint32, ok bool) {
 	if !g.begun {
 		g.begun = true
 		g.index = uint64(seq)
@@ -122,7 +122,7 @@ func (g *srtpGCM) roc(seq uint16) (roc uint32, ok bool) {
 
 // setIV sets g.iv for ssrc, roc and seq (RFC 7714 section 8.1: 00 00 ||
 // SSRC || ROC || SEQ, XOR the salt).
-func (g *srtpGCM) setIV(ssrc, roc uint32, seq uint16) {
+func (g *GCM) setIV(ssrc, roc uint32, seq uint16) {
 	g.iv = [12]byte{}
 	binary.BigEndian.PutUint32(g.iv[2:], ssrc)
 	binary.BigEndian.PutUint32(g.iv[6:], roc)
@@ -132,78 +132,86 @@ func (g *srtpGCM) setIV(ssrc, roc uint32, seq uint16) {
 	}
 }
 
-// seal encrypts the RTP packet buf[:n], whose header is buf[:hn], in
-// place and returns the SRTP packet buf[:n+gcmTagLen]; cap(buf) must hold
+// Seal encrypts the RTP packet buf[:n], whose header is buf[:hn], in
+// place and returns the SRTP packet buf[:n+TagLen]; cap(buf) must hold
 // it. It does not allocate.
-func (g *srtpGCM) seal(buf []byte, hn, n int, ssrc uint32, seq uint16) ([]byte, bool) {
+func (g *GCM) Seal(buf []byte, hn, n int, ssrc uint32, seq uint16) ([]byte, bool) {
 	roc, ok := g.roc(seq)
-	if !ok || n+gcmTagLen > cap(buf) {
+	if !ok || n+TagLen > cap(buf) {
 		return nil, false
 	}
 	g.setIV(ssrc, roc, seq)
 	g.aead.Seal(buf[hn:hn], g.iv[:], buf[hn:n], buf[:hn])
-	return buf[:n+gcmTagLen], true
+	return buf[:n+TagLen], true
 }
 
-// openResult says what open did with a packet.
-type openResult uint8
+// OpenResult says what open did with a packet.
+type OpenResult uint8
 
 const (
-	opened     openResult = iota
-	openShort             // shorter than its header and tag
-	openReplay            // index already received, or older than the replay window
-	openAuth              // the tag did not verify (wrong key, ROC or a forgery)
+	Opened     OpenResult = iota
+	OpenShort             // shorter than its header and tag
+	OpenReplay            // index already received, or older than the replay window
+	OpenAuth              // the tag did not verify (wrong key, ROC or a forgery)
 )
 
-// replayWindow is how far behind the highest index a packet is still
+// ReplayWindow is how far behind the highest index a packet is still
 // accepted once (RFC 3711 section 3.3.2; pion's default SRTP window).
-const replayWindow = 64
+const ReplayWindow = 64
 
-// replayed reports whether open would refuse sequence number seq as a
+// Replayed reports whether Open would refuse sequence number seq as a
 // replay (without looking at the packet).
-func (g *srtpGCM) replayed(seq uint16) bool {
+func (g *GCM) Replayed(seq uint16) bool {
 	_, diff := g.estimate(seq)
 	return g.replayedAt(diff)
 }
 
 // replayedAt reports whether the index diff from the highest received
 // was received already or is older than the replay window.
-func (g *srtpGCM) replayedAt(diff int32) bool {
+func (g *GCM) replayedAt(diff int32) bool {
 	if !g.begun || diff > 0 {
 		return false
 	}
 	back := -diff
-	return back >= replayWindow || g.window&(1<<back) != 0
+	return back >= ReplayWindow || g.window&(1<<back) != 0
 }
 
-// open authenticates and decrypts the SRTP packet pkt, whose header is
-// pkt[:hn], into dst (header and plaintext, len(pkt)-gcmTagLen bytes;
+// StartAt makes seq, with rollover counter 0, the highest index received,
+// as if a packet with it had been opened: for a stream taken over from
+// another receiver (pion's, which like this one starts its rollover
+// counter at 0 on the first packet) that opened up to seq.
+func (g *GCM) StartAt(seq uint16) {
+	g.begun, g.index, g.window = true, uint64(seq), 1
+}
+
+// Open authenticates and decrypts the SRTP packet pkt, whose header is
+// pkt[:hn], into dst (header and plaintext, len(pkt)-TagLen bytes;
 // cap(dst) must hold them) and returns its length. It keeps the receive
 // side's rollover counter (the highest index received, advanced only by
-// packets that verify) and a replay window of the last replayWindow
+// packets that verify) and a replay window of the last ReplayWindow
 // indexes. pkt is left as it was: Go's GCM clears its output when a tag
 // fails, so opening in place would destroy a packet the caller may still
 // hand to pion. It does not allocate.
-func (g *srtpGCM) open(dst, pkt []byte, hn int, ssrc uint32, seq uint16) (int, openResult) {
+func (g *GCM) Open(dst, pkt []byte, hn int, ssrc uint32, seq uint16) (int, OpenResult) {
 	n := len(pkt)
-	if n < hn+gcmTagLen || cap(dst) < n-gcmTagLen {
-		return 0, openShort
+	if n < hn+TagLen || cap(dst) < n-TagLen {
+		return 0, OpenShort
 	}
 	roc, diff := g.estimate(seq)
 	if g.replayedAt(diff) {
-		return 0, openReplay
+		return 0, OpenReplay
 	}
 	g.setIV(ssrc, roc, seq)
 	dst = dst[:hn]
 	copy(dst, pkt[:hn])
 	if _, err := g.aead.Open(dst[hn:hn], g.iv[:], pkt[hn:n], pkt[:hn]); err != nil {
-		return 0, openAuth
+		return 0, OpenAuth
 	}
 	switch {
 	case !g.begun:
 		g.begun, g.index, g.window = true, uint64(seq), 1
 	case diff > 0:
-		if diff >= replayWindow {
+		if diff >= ReplayWindow {
 			g.window = 1
 		} else {
 			g.window = g.window<<diff | 1
@@ -212,5 +220,5 @@ func (g *srtpGCM) open(dst, pkt []byte, hn int, ssrc uint32, seq uint16) (int, o
 	default:
 		g.window |= 1 << -diff
 	}
-	return n - gcmTagLen, opened
+	return n - TagLen, Opened
 }

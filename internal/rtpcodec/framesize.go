@@ -1,4 +1,4 @@
-package sfu
+package rtpcodec
 
 import "encoding/binary"
 
@@ -11,17 +11,17 @@ import "encoding/binary"
 // fuzz target is FuzzFrameSize) and reports false when the size is not
 // there.
 
-// frameSize returns the coded frame size in the keyframe payload p of
+// FrameSize returns the coded frame size in the keyframe payload p of
 // format c.
-func frameSize(c codecKind, p []byte) (w, h int, ok bool) {
+func (c Codec) FrameSize(p []byte) (w, h int, ok bool) {
 	switch c {
-	case codecVP8:
+	case VP8:
 		return vp8Size(p)
-	case codecVP9:
+	case VP9:
 		return vp9Size(p)
-	case codecH264:
+	case H264:
 		return h264Size(p)
-	case codecAV1:
+	case AV1:
 		return av1Size(p)
 	}
 	return 0, 0, false
@@ -134,7 +134,8 @@ func h264Size(p []byte) (w, h int, ok bool) {
 
 // spsSize parses an H.264 sequence parameter set's RBSP after the NAL
 // header (ITU-T H.264 section 7.3.2.1.1) up to the frame cropping, and
-// returns the cropped frame size (section 7.4.2.1.1).
+// returns the cropped frame size (section 7.4.2.1.1). It follows the
+// syntax table field by field, in its order, hence its length.
 func spsSize(nal []byte) (w, h int, ok bool) {
 	var rbsp [256]byte
 	n := unescapeRBSP(rbsp[:], nal)

@@ -124,12 +124,12 @@ func (b *BusBackend) Join(_ context.Context, node Node, req JoinRequest, sink fu
 		}
 	})
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrNode, err)
+		return nil, fmt.Errorf("%w: %w", ErrNode, err)
 	}
 	l.sessSub = sub
 	if err := b.addSink(req.Room, req.Session, sink); err != nil {
 		sub.Unsubscribe()
-		return nil, fmt.Errorf("%w: %v", ErrNode, err)
+		return nil, fmt.Errorf("%w: %w", ErrNode, err)
 	}
 	// The node may send an offer as soon as it has the join: make the
 	// subscriptions effective at the server first.
@@ -288,11 +288,11 @@ func fromBusCandidate(c bus.Candidate) Candidate {
 func fromBus(err error) error {
 	switch bus.StatusOf(err) {
 	case bus.StatusBadRequest, bus.StatusConflict, bus.StatusNotFound:
-		return fmt.Errorf("%w: %v", ErrRejected, err)
+		return fmt.Errorf("%w: %w", ErrRejected, err)
 	case bus.StatusUnauthorized:
-		return fmt.Errorf("%w: %v", ErrForbidden, err)
+		return fmt.Errorf("%w: %w", ErrForbidden, err)
 	default:
-		return fmt.Errorf("%w: %v", ErrNode, err)
+		return fmt.Errorf("%w: %w", ErrNode, err)
 	}
 }
 

@@ -37,7 +37,7 @@ func ParseRegionRule(s string) (RegionRule, error) {
 	}
 	pfx, err := netip.ParsePrefix(strings.TrimSpace(p))
 	if err != nil {
-		return RegionRule{}, fmt.Errorf("%w: region rule %q: %v", ErrConfig, s, err)
+		return RegionRule{}, fmt.Errorf("%w: region rule %q: %w", ErrConfig, s, err)
 	}
 	return RegionRule{Prefix: pfx.Masked(), Region: strings.TrimSpace(r)}, nil
 }

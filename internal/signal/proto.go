@@ -93,7 +93,7 @@ func DecodeClient(b []byte) (ClientMessage, error) {
 		return m, fmt.Errorf("%w: not a JSON object", ErrMessage)
 	}
 	if err := json.Unmarshal(b, &m); err != nil {
-		return ClientMessage{}, fmt.Errorf("%w: %v", ErrMessage, err)
+		return ClientMessage{}, fmt.Errorf("%w: %w", ErrMessage, err)
 	}
 	if err := m.validate(); err != nil {
 		return ClientMessage{}, err

@@ -120,7 +120,7 @@ func ParseOffer(body string) (Offer, error) {
 	}
 	var sd sdp.SessionDescription
 	if err := sd.UnmarshalString(body); err != nil {
-		return o, fmt.Errorf("%w: %v", ErrSDP, err)
+		return o, fmt.Errorf("%w: %w", ErrSDP, err)
 	}
 	if len(sd.MediaDescriptions) == 0 {
 		return o, fmt.Errorf("%w: no media section", ErrSDP)
@@ -198,7 +198,7 @@ func RewriteSDP(body string, public netip.Addr) (string, error) {
 	}
 	var sd sdp.SessionDescription
 	if err := sd.UnmarshalString(body); err != nil {
-		return "", fmt.Errorf("%w: %v", ErrSDP, err)
+		return "", fmt.Errorf("%w: %w", ErrSDP, err)
 	}
 	addrType := "IP4"
 	if public.Is6() && !public.Is4In6() {
@@ -226,7 +226,7 @@ func RewriteSDP(body string, public netip.Addr) (string, error) {
 	}
 	out, err := sd.Marshal()
 	if err != nil {
-		return "", fmt.Errorf("%w: %v", ErrSDP, err)
+		return "", fmt.Errorf("%w: %w", ErrSDP, err)
 	}
 	return string(out), nil
 }

@@ -137,7 +137,7 @@ func (c *Config) validate() error {
 			continue
 		}
 		if _, err := normalizeOrigin(o); err != nil {
-			return fmt.Errorf("%w: allowed origin %q: %v", ErrConfig, o, err)
+			return fmt.Errorf("%w: allowed origin %q: %w", ErrConfig, o, err)
 		}
 	}
 	if c.Registerer == nil {

@@ -238,7 +238,7 @@ func (ss *session) nodeError(err error) error {
 	if errors.Is(err, ErrNode) || errors.Is(err, ErrRejected) || errors.Is(err, ErrForbidden) || errors.Is(err, ErrState) {
 		return err
 	}
-	return fmt.Errorf("%w: %v", ErrNode, err)
+	return fmt.Errorf("%w: %w", ErrNode, err)
 }
 
 func (ss *session) join(token string) error {
@@ -299,7 +299,7 @@ func (ss *session) nodeEvent(ev NodeEvent) {
 		sdp, err := RewriteSDP(ev.SDP, public)
 		if err != nil {
 			ss.s.m.nodeErrors.Inc()
-			ss.send(errorMessage(fmt.Errorf("%w: node offer: %v", ErrNode, err), false), false)
+			ss.send(errorMessage(fmt.Errorf("%w: node offer: %w", ErrNode, err), false), false)
 			return
 		}
 		ss.send(ServerMessage{Type: TypeOffer, SDP: sdp}, true)
@@ -320,7 +320,7 @@ func (ss *session) nodeEvent(ev NodeEvent) {
 		if err == nil {
 			err = errors.New("session ended by the node")
 		}
-		ss.send(errorMessage(fmt.Errorf("%w: %v", ErrNode, err), true), true)
+		ss.send(errorMessage(fmt.Errorf("%w: %w", ErrNode, err), true), true)
 	}
 }
 

@@ -135,18 +135,18 @@ func ParseToken(key []byte, token string, now time.Time) (Claims, error) {
 	}
 	hb, err := b64.DecodeString(string(head))
 	if err != nil {
-		return c, fmt.Errorf("%w: header: %v", ErrTokenMalformed, err)
+		return c, fmt.Errorf("%w: header: %w", ErrTokenMalformed, err)
 	}
 	var h tokenHeader
 	if err := json.Unmarshal(hb, &h); err != nil {
-		return c, fmt.Errorf("%w: header: %v", ErrTokenMalformed, err)
+		return c, fmt.Errorf("%w: header: %w", ErrTokenMalformed, err)
 	}
 	if h.Alg != "HS256" || (h.Typ != "" && h.Typ != "JWT") {
 		return c, fmt.Errorf("%w: alg %q not accepted", ErrTokenMalformed, h.Alg)
 	}
 	got, err := b64.DecodeString(string(sig))
 	if err != nil {
-		return c, fmt.Errorf("%w: signature: %v", ErrTokenMalformed, err)
+		return c, fmt.Errorf("%w: signature: %w", ErrTokenMalformed, err)
 	}
 	mac := hmac.New(sha256.New, key)
 	mac.Write(tb[:j])
@@ -155,10 +155,10 @@ func ParseToken(key []byte, token string, now time.Time) (Claims, error) {
 	}
 	cb, err := b64.DecodeString(string(body))
 	if err != nil {
-		return c, fmt.Errorf("%w: claims: %v", ErrTokenMalformed, err)
+		return c, fmt.Errorf("%w: claims: %w", ErrTokenMalformed, err)
 	}
 	if err := json.Unmarshal(cb, &c); err != nil {
-		return Claims{}, fmt.Errorf("%w: claims: %v", ErrTokenMalformed, err)
+		return Claims{}, fmt.Errorf("%w: claims: %w", ErrTokenMalformed, err)
 	}
 	if err := c.validate(); err != nil {
 		return Claims{}, err

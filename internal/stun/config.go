@@ -88,13 +88,13 @@ func (c Config) validate() (resolved, error) {
 	}
 	ap, err := netip.ParseAddrPort(r.Listen)
 	if err != nil {
-		return r, fmt.Errorf("%w: listen %q: %v", ErrConfig, r.Listen, err)
+		return r, fmt.Errorf("%w: listen %q: %w", ErrConfig, r.Listen, err)
 	}
 	r.listen = ap
 	if r.OtherAddress != "" {
 		o, err := netip.ParseAddr(r.OtherAddress)
 		if err != nil {
-			return r, fmt.Errorf("%w: other-address %q: %v", ErrConfig, r.OtherAddress, err)
+			return r, fmt.Errorf("%w: other-address %q: %w", ErrConfig, r.OtherAddress, err)
 		}
 		if ap.Addr().IsUnspecified() {
 			return r, fmt.Errorf("%w: with other-address, listen must name an IP address, not %s", ErrConfig, ap.Addr())
@@ -112,7 +112,7 @@ func (c Config) validate() (resolved, error) {
 	}
 	if r.TLSListen != "" {
 		if _, err := netip.ParseAddrPort(r.TLSListen); err != nil {
-			return r, fmt.Errorf("%w: tls-listen %q: %v", ErrConfig, r.TLSListen, err)
+			return r, fmt.Errorf("%w: tls-listen %q: %w", ErrConfig, r.TLSListen, err)
 		}
 	}
 	if r.Software == "-" {

@@ -137,11 +137,11 @@ func (o *Offloader) Install(f turn.OffloadFlow, deadline time.Time) error {
 	}
 	toPeer, err := tcattach.Lookup(o.nl, n.Peer.Addr())
 	if err != nil {
-		return fmt.Errorf("%w: %v", ErrNoRoute, err)
+		return fmt.Errorf("%w: %w", ErrNoRoute, err)
 	}
 	toClient, err := tcattach.Lookup(o.nl, n.Client.Addr())
 	if err != nil {
-		return fmt.Errorf("%w: %v", ErrNoRoute, err)
+		return fmt.Errorf("%w: %w", ErrNoRoute, err)
 	}
 	if toPeer.Local != toClient.Local {
 		return fmt.Errorf("%w: one of %v and %v is local", ErrNoRoute, n.Client, n.Peer)

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"flag"
@@ -151,45 +150,16 @@ func (c *turnConfig) serverConfig(log *slog.Logger, reg *admin.Server) (turn.Con
 		}
 		cfg.DenyPeers = append(cfg.DenyPeers, pf)
 	}
-	cfg.Users, err = c.users()
-	return cfg, err
-}
-
-// users merges --user and --users-file.
-func (c *turnConfig) users() (map[string]string, error) {
-	users := map[string]string{}
-	add := func(line, where string) error {
-		name, pass, ok := strings.Cut(line, ":")
-		if !ok || name == "" {
-			return fmt.Errorf("%s: want NAME:PASSWORD, got %q", where, line)
-		}
-		users[name] = pass
-		return nil
-	}
+	cfg.Users = map[string]string{}
 	for _, u := range c.Users {
-		if err := add(u, "user"); err != nil {
-			return nil, err
+		name, pass, err := turn.ParseUser(u)
+		if err != nil {
+			return cfg, fmt.Errorf("user: %w", err)
 		}
+		cfg.Users[name] = pass
 	}
-	if c.UsersFile == "" {
-		return users, nil
-	}
-	f, err := os.Open(c.UsersFile)
-	if err != nil {
-		return nil, fmt.Errorf("users-file: %w", err)
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for n := 1; sc.Scan(); n++ {
-		line := strings.TrimSpace(sc.Text())
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		if err := add(line, fmt.Sprintf("%s:%d", c.UsersFile, n)); err != nil {
-			return nil, err
-		}
-	}
-	return users, sc.Err()
+	cfg.UsersFile = c.UsersFile
+	return cfg, nil
 }
 
 // turnShare is what the turn role tells the other roles of a serve process:
@@ -212,31 +182,30 @@ func (t *turnShare) Credentials(user string, ttl time.Duration) (string, string)
 	return t.user, t.pass
 }
 
-// startTurn starts the server and returns its runner, which also reloads
+// startTurn binds the server and returns its runner, which also reloads
 // the users file on SIGHUP.
 func startTurn(c *turnConfig, log *slog.Logger, adm *admin.Server) (*turn.Server, runner, error) {
 	cfg, err := c.serverConfig(log, adm)
 	if err != nil {
 		return nil, nil, err
 	}
-	// Ask for SIGHUP before serving, so that no reload signal can find
-	// the default action (exit) once clients are served.
-	hup := make(chan os.Signal, 1)
-	if c.UsersFile != "" {
-		signal.Notify(hup, syscall.SIGHUP)
-	}
 	var off *turnoffload.Offloader
 	switch c.Offload {
 	case "", "off":
 	case "ebpf":
 		if off, err = turnoffload.New(turnoffload.Config{}); err != nil {
-			signal.Stop(hup)
 			return nil, nil, fmt.Errorf("--offload ebpf: %w", err)
 		}
 		cfg.Offloader = off
 	default:
-		signal.Stop(hup)
 		return nil, nil, fmt.Errorf("--offload %q: want ebpf or off", c.Offload)
+	}
+	// Ask for SIGHUP before serving, so that no reload signal can find
+	// the default action (exit) once clients are served.
+	hup := make(chan os.Signal, 1)
+	if c.UsersFile != "" {
+		signal.Notify(hup, syscall.SIGHUP)
+		cfg.ReloadUsers = hup
 	}
 	s, err := turn.New(cfg)
 	if err != nil {
@@ -254,22 +223,8 @@ func startTurn(c *turnConfig, log *slog.Logger, adm *admin.Server) (*turn.Server
 			// After the server: its Close removes every flow first.
 			defer off.Close()
 		}
-		defer s.Close()
 		defer signal.Stop(hup)
-		for {
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-hup:
-				users, err := c.users()
-				if err != nil {
-					log.Error("turn: users file not reloaded", "err", err)
-					continue
-				}
-				s.SetUsers(users)
-				log.Info("turn: users reloaded", "users", len(users))
-			}
-		}
+		return s.Run(ctx)
 	}
 	return s, run, nil
 }

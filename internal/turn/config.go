@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"os"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -34,6 +35,13 @@ type Config struct {
 	Realm string
 	// Users maps user names to passwords for long-term credentials.
 	Users map[string]string
+	// UsersFile, when set, is a file of NAME:PASSWORD lines (ParseUsers)
+	// read by New and again by ReloadUsers; its entries win over Users.
+	UsersFile string
+	// ReloadUsers, when set, makes Run reload UsersFile on every value it
+	// receives (the command passes SIGHUP). A file that fails to load
+	// leaves the users as they were and is logged.
+	ReloadUsers <-chan os.Signal
 	// AuthSecret, when set, also accepts time-limited credentials: user
 	// name "EXPIRY[:user]" (EXPIRY in Unix seconds, digits only), password
 	// base64(HMAC-SHA1(AuthSecret, username)). See RESTCredentials.
@@ -151,9 +159,6 @@ func (c *Config) validate() error {
 	}
 	if c.Realm == "" {
 		return fmt.Errorf("%w: realm is required", ErrConfig)
-	}
-	if len(c.Users) == 0 && c.AuthSecret == "" {
-		return fmt.Errorf("%w: no users and no auth secret: nobody could allocate", ErrConfig)
 	}
 	if !c.RelayIP.IsValid() {
 		c.RelayIP = c.Listen.Addr()

@@ -5,6 +5,11 @@ import "errors"
 var (
 	// ErrConfig wraps every configuration error returned by New.
 	ErrConfig = errors.New("turn: invalid configuration")
+	// ErrUsers wraps every error of a NAME:PASSWORD credential or a users
+	// file (ParseUser, ParseUsers, LoadUsers).
+	ErrUsers = errors.New("turn: bad users")
+	// ErrClosed is returned by Run after Close, or by a second Run.
+	ErrClosed = errors.New("turn: server closed")
 	// ErrUnsupported is returned by New where the relay engine (epoll,
 	// recvmmsg) is not available.
 	ErrUnsupported = errors.New("turn: relay engine needs linux")

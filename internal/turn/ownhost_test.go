@@ -231,12 +231,8 @@ func TestHelperLabServer(t *testing.T) {
 	if listen == "" {
 		t.Skip("helper process")
 	}
-	s, err := New(Config{Listen: netip.MustParseAddrPort(listen), Realm: testRealm,
+	runServer(t, Config{Listen: netip.MustParseAddrPort(listen), Realm: testRealm,
 		Users: map[string]string{testUser: testPass}, RelayPortLow: 50000, RelayPortHigh: 50999})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
 	os.Stdout.WriteString("ready\n")
 	// Serve until the parent closes stdin.
 	_, _ = bufio.NewReader(os.Stdin).ReadString('\n')

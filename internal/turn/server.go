@@ -1,6 +1,7 @@
 package turn
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -17,7 +18,8 @@ import (
 	"github.com/traverse-rtc/traverse/internal/tlsutil"
 )
 
-// Server is a running TURN server. Create it with New; stop it with Close.
+// Server is a TURN server. New binds its sockets, Run serves them until its
+// context ends, Close (idempotent) stops it and releases everything.
 type Server struct {
 	cfg Config
 	m   *metrics
@@ -36,7 +38,7 @@ type Server struct {
 	sweepEvery time.Duration
 	off        offState
 
-	mu sync.RWMutex // guards the maps below and closed
+	mu sync.RWMutex // guards the maps below, closed and running
 	// allocs, byFD and byRelay index the same allocations.
 	allocs  map[fiveTuple]*allocation
 	byFD    map[int32]*relaySock
@@ -44,6 +46,7 @@ type Server struct {
 	perUser map[string]int
 	streams map[*streamConn]struct{}
 	closed  bool
+	running bool // Run has started the loops
 	// RFC 6062: peer data connections by CONNECTION-ID, and the relay
 	// ports TCP allocations listen on.
 	tcpConns  map[uint32]*peerConn
@@ -70,10 +73,18 @@ type Server struct {
 	connectTimeout, bindTimeout time.Duration
 }
 
-// New binds the listeners and starts serving.
+// New validates cfg, reads the users file and binds the listeners. It
+// serves once Run is called; Close releases what New took if Run never is.
 func New(cfg Config) (*Server, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
+	}
+	users, err := LoadUsers(cfg.Users, cfg.UsersFile)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	if len(users) == 0 && cfg.AuthSecret == "" {
+		return nil, fmt.Errorf("%w: no users and no auth secret: nobody could allocate", ErrConfig)
 	}
 	s := &Server{
 		cfg:            cfg,
@@ -92,7 +103,7 @@ func New(cfg Config) (*Server, error) {
 		fails:          newAuthFailures(cfg.AuthFailuresPerMinute, cfg.AuthFailuresPerSource),
 		perSource:      map[netip.Addr]int{},
 		off:            offState{allocs: map[*allocation]*offAlloc{}, last: time.Now()},
-		users:          cfg.Users,
+		users:          users,
 		done:           make(chan struct{}),
 	}
 	s.logLimit = newRateLimiter(logRate, logBurst)
@@ -104,7 +115,6 @@ func New(cfg Config) (*Server, error) {
 	}
 	// With port 0 the UDP socket picks the port and TCP must get the same
 	// one, which another process may hold: try a few ports.
-	var err error
 	for try := 0; try < 20; try++ {
 		if err = s.listen(); err == nil || cfg.Listen.Port() != 0 {
 			break
@@ -130,7 +140,6 @@ func New(cfg Config) (*Server, error) {
 		cfg.Log.Warn("turn: the kernel fast path needs a specific IPv4 listen and relay address: every channel stays in user space",
 			"listen", s.Addr().String(), "relay", cfg.RelayIP.String())
 	}
-	s.start()
 	cfg.Log.Info("turn listening", "udp", s.Addr().String(), "tcp", addrString(s.tcpLn), "tls", addrString(s.tlsLn), "dtls", addrString(s.dtlsLn),
 		"relay", cfg.RelayIP.String(), "ports", fmt.Sprintf("%d-%d", cfg.RelayPortLow, cfg.RelayPortHigh))
 	return s, nil
@@ -250,6 +259,41 @@ func (s *Server) peerAllowed(peer netip.AddrPort, endpoint, tcp bool) bool {
 	return live && s.relayFilter.AllowedEndpoint(peer)
 }
 
+// Run serves until ctx is done or Close is called, reloading the users file
+// on every value of Config.ReloadUsers, then closes the server. A second
+// Run, or one after Close, returns ErrClosed.
+func (s *Server) Run(ctx context.Context) error {
+	s.mu.Lock()
+	closed := s.closed || s.running
+	if !closed {
+		s.running = true
+		s.start()
+	}
+	s.mu.Unlock()
+	if closed {
+		return ErrClosed
+	}
+	defer s.Close()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-s.done:
+			return nil
+		case <-s.cfg.ReloadUsers:
+			n, err := s.ReloadUsers()
+			if err != nil {
+				s.cfg.Log.Error("turn: users file not reloaded", "err", err)
+				continue
+			}
+			s.cfg.Log.Info("turn: users reloaded", "users", n)
+		}
+	}
+}
+
+// start starts the event loops, accept loops and the sweeper; s.mu is
+// held, so that Close (which sets closed under it) waits for none that
+// start after it.
 func (s *Server) start() {
 	for _, e := range s.engs {
 		s.wg.Add(1)

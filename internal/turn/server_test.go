@@ -1,6 +1,7 @@
 package turn
 
 import (
+	"context"
 	"net"
 	"net/netip"
 	"testing"
@@ -31,12 +32,26 @@ func newTestServer(t testing.TB, mut func(*Config)) (*Server, *prometheus.Regist
 	if mut != nil {
 		mut(&cfg)
 	}
+	return runServer(t, cfg), reg
+}
+
+// runServer is New and Run until the test ends (or the test's Close).
+func runServer(t testing.TB, cfg Config) *Server {
+	t.Helper()
 	s, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { s.Close() })
-	return s, reg
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan error, 1)
+	go func() { ran <- s.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-ran; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	return s
 }
 
 // echoPeer is a UDP peer that sends every datagram back.

@@ -25,7 +25,7 @@ func TestBindingLifetimeLab(t *testing.T) {
 	a := h.Addrs()
 	var srv *stun.Server
 	if err := h.Do(func() error {
-		srv = stuntest.Start(t, stun.Config{Listen: netip.AddrPortFrom(a[0], 3478).String(), OtherAddress: a[1].String()}, nil)
+		srv = stuntest.Start(t, stun.Config{Listen: netip.AddrPortFrom(a[0], 3478), OtherAddress: a[1]}, nil)
 		return nil
 	}); err != nil {
 		t.Fatal(err)

@@ -289,14 +289,14 @@ func ownEndpoints(cfg *serveConfig) []netip.AddrPort {
 		case *sipgwConfig:
 			add(c.SIP, c.SIPTLS, c.RTP, c.RTCP, c.Control)
 		case *stun.Config:
-			add(c.Listen, c.TLSListen)
-			if ap, err := netip.ParseAddrPort(c.Listen); err == nil && c.OtherAddress != "" {
+			add(c.Listen.String(), c.TLSListen.String())
+			if ap := c.Listen; ap.IsValid() && c.OtherAddress.IsValid() {
 				other := c.OtherPort
 				if other == 0 {
 					other = int(ap.Port()) + 1
 				}
-				host := ap.Addr().String()
-				add(hostPort(host, other), hostPort(c.OtherAddress, int(ap.Port())), hostPort(c.OtherAddress, other))
+				host, oh := ap.Addr().String(), c.OtherAddress.String()
+				add(hostPort(host, other), hostPort(oh, int(ap.Port())), hostPort(oh, other))
 			}
 		}
 	}

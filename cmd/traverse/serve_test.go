@@ -185,8 +185,8 @@ func TestServeConfigFile(t *testing.T) {
 	if cfg.Admin != "127.0.0.1:19090" || cfg.Log.Format != "json" {
 		t.Errorf("common keys: %+v", cfg.common)
 	}
-	if st := cfg.roles["stun"].(*stun.Config); st.Listen != "127.0.0.1:13478" || st.OtherPort != 13480 || st.OtherAddress != "127.0.0.2" {
-		t.Errorf("stun section: listen %q other %q:%d", st.Listen, st.OtherAddress, st.OtherPort)
+	if st := cfg.roles["stun"].(*stun.Config); st.Listen.String() != "127.0.0.1:13478" || st.OtherPort != 13480 || st.OtherAddress.String() != "127.0.0.2" {
+		t.Errorf("stun section: listen %s other %s:%d", st.Listen, st.OtherAddress, st.OtherPort)
 	}
 	if tc := cfg.roles["turn"].(*turnConfig); tc.Realm != "flag.example" {
 		t.Errorf("turn realm %q: the flag must win over the file", tc.Realm)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"net/netip"
 
 	"github.com/traverse-rtc/traverse/internal/admin"
 	"github.com/traverse-rtc/traverse/internal/stun"
@@ -12,11 +13,11 @@ import (
 // stunFlags binds the stun role's flags under prefix ("" standalone,
 // "stun-" inside serve) to cfg, whose values are the defaults shown.
 func stunFlags(fs *flag.FlagSet, prefix string, cfg *stun.Config) {
-	fs.StringVar(&cfg.Listen, prefix+"listen", cfg.Listen, "UDP and TCP `host:port` of STUN Binding requests")
-	fs.StringVar(&cfg.OtherAddress, prefix+"other-address", cfg.OtherAddress, "second IP `address`: turns on the RFC 5780 NAT discovery server (4 UDP sockets); empty disables it")
+	fs.TextVar(&cfg.Listen, prefix+"listen", cfg.Listen, "UDP and TCP `host:port` of STUN Binding requests")
+	fs.TextVar(&cfg.OtherAddress, prefix+"other-address", cfg.OtherAddress, "second IP `address`: turns on the RFC 5780 NAT discovery server (4 UDP sockets); empty disables it")
 	fs.IntVar(&cfg.OtherPort, prefix+"other-port", cfg.OtherPort, "RFC 5780 alternate `port` (0: listen port + 1)")
 	fs.BoolVar(&cfg.NoTCP, prefix+"no-tcp", cfg.NoTCP, "do not listen on TCP")
-	fs.StringVar(&cfg.TLSListen, prefix+"tls-listen", cfg.TLSListen, "STUN over TLS `host:port` (empty disables it)")
+	fs.TextVar(&cfg.TLSListen, prefix+"tls-listen", cfg.TLSListen, "STUN over TLS `host:port` (empty disables it)")
 	fs.StringVar(&cfg.TLSCert, prefix+"tls-cert", cfg.TLSCert, "TLS certificate PEM `file` (empty with tls-key empty: a self-signed one is generated)")
 	fs.StringVar(&cfg.TLSKey, prefix+"tls-key", cfg.TLSKey, "TLS private key PEM `file`")
 	fs.StringVar(&cfg.Software, prefix+"software", cfg.Software, "SOFTWARE attribute `value` (empty or \"-\": none, the default: each byte of an answer is one a spoofed request reflects)")
@@ -31,8 +32,9 @@ func stunFlags(fs *flag.FlagSet, prefix string, cfg *stun.Config) {
 }
 
 // startSTUN binds the STUN server and returns its main loop.
-func startSTUN(ctx context.Context, cfg stun.Config, env *serveEnv) (runner, error) {
-	s, err := stun.Listen(ctx, cfg, env.log.With("role", "stun"), env.admin.Registry)
+func startSTUN(cfg stun.Config, env *serveEnv) (runner, error) {
+	cfg.Log, cfg.Registerer = env.log.With("role", "stun"), env.admin.Registry
+	s, err := stun.New(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -48,7 +50,7 @@ type stunCmdConfig struct {
 func runSTUN(ctx context.Context, args []string) error {
 	cfg := stunCmdConfig{
 		common: common{Admin: "127.0.0.1:9478"},
-		Config: stun.Config{Listen: "0.0.0.0:3478"},
+		Config: stun.Config{Listen: netip.MustParseAddrPort("0.0.0.0:3478")},
 	}
 	fs := newFlagSet("stun", "stun [flags]")
 	cfg.flags(fs)
@@ -62,7 +64,7 @@ func runSTUN(ctx context.Context, args []string) error {
 	}
 	adm := admin.New(log)
 	env := &serveEnv{log: log, admin: adm}
-	run, err := startSTUN(ctx, cfg.Config, env)
+	run, err := startSTUN(cfg.Config, env)
 	if err != nil {
 		return err
 	}
@@ -77,14 +79,15 @@ func init() {
 		bind: func(fs *flag.FlagSet, prefix string) any {
 			// The RFC 5780 alternate port is 3480, not the usual listen
 			// port + 1: serve's TURN role listens on 127.0.0.1:3479.
-			cfg := &stun.Config{Listen: "127.0.0.1:3478", OtherAddress: "127.0.0.2", OtherPort: 3480, TLSListen: "127.0.0.1:5349"}
+			cfg := &stun.Config{Listen: netip.MustParseAddrPort("127.0.0.1:3478"), OtherAddress: netip.MustParseAddr("127.0.0.2"),
+				OtherPort: 3480, TLSListen: netip.MustParseAddrPort("127.0.0.1:5349")}
 			stunFlags(fs, prefix, cfg)
 			return cfg
 		},
-		start: func(ctx context.Context, env *serveEnv) (runner, error) {
+		start: func(_ context.Context, env *serveEnv) (runner, error) {
 			cfg := *env.cfg["stun"].(*stun.Config)
 			cfg.MaxTCPConns = env.budgeted("stun", cfg.MaxTCPConns, stun.DefaultMaxTCPConns)
-			return startSTUN(ctx, cfg, env)
+			return startSTUN(cfg, env)
 		},
 	})
 }

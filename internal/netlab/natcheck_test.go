@@ -135,8 +135,8 @@ func startSTUN(t *testing.T, lab *netlab.Lab) *tstun.Server {
 	var srv *tstun.Server
 	err := h.Do(func() error {
 		srv = stuntest.Start(t, tstun.Config{
-			Listen:       netip.AddrPortFrom(a[0], 3478).String(),
-			OtherAddress: a[1].String(),
+			Listen:       netip.AddrPortFrom(a[0], 3478),
+			OtherAddress: a[1],
 			Readers:      1,
 		}, nil)
 		return nil

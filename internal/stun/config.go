@@ -2,9 +2,12 @@ package stun
 
 import (
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"runtime"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // DefaultMaxTCPConns is Config.MaxTCPConns's default.
@@ -13,21 +16,21 @@ const DefaultMaxTCPConns = 1024
 // Config configures a Server. The zero value of each field selects the
 // documented default.
 type Config struct {
-	// Listen is the UDP and TCP address (host:port) of Binding requests.
-	// Default "0.0.0.0:3478". With OtherAddress set it must name an IP.
-	// Port 0 picks a free port (tests).
-	Listen string `yaml:"listen"`
+	// Listen is the UDP and TCP address of Binding requests. Default
+	// 0.0.0.0:3478 (the zero value). With OtherAddress set it must name an
+	// IP. Port 0 picks a free port (tests).
+	Listen netip.AddrPort `yaml:"listen"`
 	// OtherAddress is the second IP address that turns on the RFC 5780
-	// server (four UDP sockets). Empty disables RFC 5780.
-	OtherAddress string `yaml:"other-address"`
+	// server (four UDP sockets). The zero value disables RFC 5780.
+	OtherAddress netip.Addr `yaml:"other-address"`
 	// OtherPort is the alternate port of the RFC 5780 sockets. Default:
 	// the listen port + 1.
 	OtherPort int `yaml:"other-port"`
 	// NoTCP disables the TCP listener on Listen's address.
 	NoTCP bool `yaml:"no-tcp"`
 	// TLSListen is the address of STUN over TLS (RFC 8489 section 6.2.2;
-	// port 5349 by convention). Empty disables TLS.
-	TLSListen string `yaml:"tls-listen"`
+	// port 5349 by convention). The zero value disables TLS.
+	TLSListen netip.AddrPort `yaml:"tls-listen"`
 	// TLSCert and TLSKey are PEM files; when both are empty a self-signed
 	// certificate is generated at start (for local use only).
 	TLSCert string `yaml:"tls-cert"`
@@ -72,6 +75,12 @@ type Config struct {
 	// RateBurst is the bucket size of Rate: how many requests one source
 	// may send at once. Default 2 x Rate (0).
 	RateBurst int `yaml:"rate-burst"`
+
+	// Log receives the server's logs (default: discarded).
+	Log *slog.Logger `yaml:"-"`
+	// Registerer receives the server's metrics (default: a registry of
+	// its own, so that two servers never share counters).
+	Registerer prometheus.Registerer `yaml:"-"`
 }
 
 // resolved is a validated Config.
@@ -83,19 +92,12 @@ type resolved struct {
 
 func (c Config) validate() (resolved, error) {
 	r := resolved{Config: c}
-	if r.Listen == "" {
-		r.Listen = "0.0.0.0:3478"
+	if !r.Listen.IsValid() {
+		r.Listen = netip.AddrPortFrom(netip.IPv4Unspecified(), 3478)
 	}
-	ap, err := netip.ParseAddrPort(r.Listen)
-	if err != nil {
-		return r, fmt.Errorf("%w: listen %q: %w", ErrConfig, r.Listen, err)
-	}
+	ap := r.Listen
 	r.listen = ap
-	if r.OtherAddress != "" {
-		o, err := netip.ParseAddr(r.OtherAddress)
-		if err != nil {
-			return r, fmt.Errorf("%w: other-address %q: %w", ErrConfig, r.OtherAddress, err)
-		}
+	if o := r.OtherAddress; o.IsValid() {
 		if ap.Addr().IsUnspecified() {
 			return r, fmt.Errorf("%w: with other-address, listen must name an IP address, not %s", ErrConfig, ap.Addr())
 		}
@@ -109,11 +111,6 @@ func (c Config) validate() (resolved, error) {
 	}
 	if (r.TLSCert == "") != (r.TLSKey == "") {
 		return r, fmt.Errorf("%w: tls-cert and tls-key go together", ErrConfig)
-	}
-	if r.TLSListen != "" {
-		if _, err := netip.ParseAddrPort(r.TLSListen); err != nil {
-			return r, fmt.Errorf("%w: tls-listen %q: %w", ErrConfig, r.TLSListen, err)
-		}
 	}
 	if r.Software == "-" {
 		r.Software = ""
@@ -150,6 +147,12 @@ func (c Config) validate() (resolved, error) {
 	}
 	if r.RateBurst <= 0 {
 		r.RateBurst = 2 * max(r.Rate, 1)
+	}
+	if r.Log == nil {
+		r.Log = slog.New(slog.DiscardHandler)
+	}
+	if r.Registerer == nil {
+		r.Registerer = prometheus.NewRegistry()
 	}
 	return r, nil
 }

@@ -86,7 +86,7 @@ func TestIdleConnectionFlood(t *testing.T) {
 		idle    = time.Second
 	)
 	reg := prometheus.NewRegistry()
-	s := stuntest.Start(t, stun.Config{TLSListen: "127.0.0.1:0", MaxTCPConns: total, MaxTCPConnsPerAddr: perAddr,
+	s := stuntest.Start(t, stun.Config{TLSListen: netip.MustParseAddrPort("127.0.0.1:0"), MaxTCPConns: total, MaxTCPConnsPerAddr: perAddr,
 		FirstMessageTimeout: first, IdleTimeout: idle}, reg)
 
 	type floodConn struct {

@@ -16,8 +16,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/traverse-rtc/traverse/internal/tlsutil"
 	"github.com/traverse-rtc/traverse/internal/udpio"
 )
@@ -30,7 +28,7 @@ const (
 	bindAttempts = 20
 )
 
-// Server is a STUN server. Listen binds its sockets; Run serves them until
+// Server is a STUN server. New binds its sockets; Run serves them until
 // its context ends or Close is called.
 type Server struct {
 	cfg resolved
@@ -60,24 +58,19 @@ type Server struct {
 	wg        sync.WaitGroup // every goroutine Run started
 }
 
-// Listen validates cfg and binds every socket of the server. Metrics are
-// registered in reg (a fresh registry when nil).
-func Listen(ctx context.Context, cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Server, error) {
+// New validates cfg and binds every socket of the server. It serves once
+// Run is called; Close releases what New took if Run never is.
+func New(cfg Config) (*Server, error) {
 	rc, err := cfg.validate()
 	if err != nil {
 		return nil, err
 	}
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	if reg == nil {
-		reg = prometheus.NewRegistry()
-	}
-	m, err := newMetrics(reg)
+	m, err := newMetrics(rc.Registerer)
 	if err != nil {
 		return nil, fmt.Errorf("stun: metrics: %w", err)
 	}
-	s := &Server{cfg: rc, log: log, m: m, conns: map[net.Conn]struct{}{}, perAddr: map[netip.Addr]int{}, done: make(chan struct{})}
+	ctx := context.Background()
+	s := &Server{cfg: rc, log: rc.Log, m: m, conns: map[net.Conn]struct{}{}, perAddr: map[netip.Addr]int{}, done: make(chan struct{})}
 	if rc.Rate > 0 {
 		s.rate = newRateLimiter(rc.Rate, rc.RateBurst)
 	}
@@ -91,14 +84,14 @@ func Listen(ctx context.Context, cfg Config, log *slog.Logger, reg prometheus.Re
 			return nil, err
 		}
 	}
-	if rc.TLSListen != "" {
+	if rc.TLSListen.IsValid() {
 		tc, err := tlsutil.ServerConfig(rc.TLSCert, rc.TLSKey, "traverse stun", rc.listen.Addr().String())
 		if err != nil {
 			s.closeSockets()
 			return nil, fmt.Errorf("stun: tls: %w", err)
 		}
 		var lc net.ListenConfig
-		ln, err := lc.Listen(ctx, "tcp", rc.TLSListen)
+		ln, err := lc.Listen(ctx, "tcp", rc.TLSListen.String())
 		if err != nil {
 			s.closeSockets()
 			return nil, fmt.Errorf("stun: tls listen: %w", err)

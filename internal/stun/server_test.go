@@ -116,7 +116,7 @@ func TestRFC5780Sockets(t *testing.T) {
 }
 
 func TestStreams(t *testing.T) {
-	s := stuntest.Start(t, stun.Config{TLSListen: "127.0.0.1:0"}, nil)
+	s := stuntest.Start(t, stun.Config{TLSListen: netip.MustParseAddrPort("127.0.0.1:0")}, nil)
 	for _, tc := range []struct {
 		name string
 		dial func() (net.Conn, error)
@@ -218,7 +218,7 @@ func counter(t testing.TB, reg *prometheus.Registry, name, label, value string) 
 // and no goroutine is left behind.
 func TestShutdownReleasesSockets(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
-	s, err := stun.Listen(ctx, stun.Config{Listen: "127.0.0.1:0", OtherAddress: "127.0.0.2", TLSListen: "127.0.0.1:0", Readers: 2}, nil, nil)
+	s, err := stun.New(stun.Config{Listen: netip.MustParseAddrPort("127.0.0.1:0"), OtherAddress: netip.MustParseAddr("127.0.0.2"), TLSListen: netip.MustParseAddrPort("127.0.0.1:0"), Readers: 2})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -282,14 +282,12 @@ func TestShutdownReleasesSockets(t *testing.T) {
 
 func TestConfigErrors(t *testing.T) {
 	for _, c := range []stun.Config{
-		{Listen: "nope"},
-		{Listen: "0.0.0.0:0", OtherAddress: "127.0.0.2"},
-		{Listen: "127.0.0.1:0", OtherAddress: "127.0.0.1"},
-		{Listen: "127.0.0.1:0", OtherAddress: "::1"},
-		{Listen: "127.0.0.1:0", TLSCert: "x"},
-		{Listen: "127.0.0.1:0", TLSListen: "x"},
+		{Listen: netip.MustParseAddrPort("0.0.0.0:0"), OtherAddress: netip.MustParseAddr("127.0.0.2")},
+		{Listen: netip.MustParseAddrPort("127.0.0.1:0"), OtherAddress: netip.MustParseAddr("127.0.0.1")},
+		{Listen: netip.MustParseAddrPort("127.0.0.1:0"), OtherAddress: netip.MustParseAddr("::1")},
+		{Listen: netip.MustParseAddrPort("127.0.0.1:0"), TLSCert: "x"},
 	} {
-		if _, err := stun.Listen(context.Background(), c, nil, nil); err == nil {
+		if _, err := stun.New(c); err == nil {
 			t.Errorf("%+v: no error", c)
 		}
 	}
@@ -301,7 +299,7 @@ func TestIPv6(t *testing.T) {
 		t.Skipf("no IPv6 loopback: %v", err)
 	}
 	defer c.Close()
-	s := stuntest.Start(t, stun.Config{Listen: "[::1]:0"}, nil)
+	s := stuntest.Start(t, stun.Config{Listen: netip.MustParseAddrPort("[::1]:0")}, nil)
 	m, _ := exchange(t, c, s.Addr(), request(t, pstun.Fingerprint))
 	if got, want := addrOf(t, m, &pstun.XORMappedAddress{}), c.LocalAddr().String(); got != want {
 		t.Errorf("xor-mapped %s, want %s", got, want)
@@ -313,7 +311,7 @@ func TestIPv6(t *testing.T) {
 // running server cost (almost) no heap allocations in the process.
 func TestServeLoopAllocs(t *testing.T) {
 	// The rate limiter runs, but lets all of these through.
-	s := stuntest.Start(t, stun.Config{OtherAddress: "127.0.0.2", Rate: 1_000_000}, nil)
+	s := stuntest.Start(t, stun.Config{OtherAddress: netip.MustParseAddr("127.0.0.2"), Rate: 1_000_000}, nil)
 	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)

@@ -27,7 +27,7 @@ func streamServer(t testing.TB) *Server {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rc, _ := Config{Listen: "127.0.0.1:0"}.validate()
+	rc, _ := Config{Listen: netip.MustParseAddrPort("127.0.0.1:0")}.validate()
 	return &Server{cfg: rc, log: slog.New(slog.DiscardHandler), m: m, ep: testEP, conns: map[net.Conn]struct{}{}, perAddr: map[netip.Addr]int{}, done: make(chan struct{})}
 }
 
@@ -114,7 +114,7 @@ func TestTLSCertificateFromFiles(t *testing.T) {
 	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	s, err := Listen(t.Context(), Config{Listen: "127.0.0.1:0", TLSListen: "127.0.0.1:0", TLSCert: certFile, TLSKey: keyFile, Readers: 1}, nil, nil)
+	s, err := New(Config{Listen: netip.MustParseAddrPort("127.0.0.1:0"), TLSListen: netip.MustParseAddrPort("127.0.0.1:0"), TLSCert: certFile, TLSKey: keyFile, Readers: 1})
 	if err != nil {
 		t.Fatal(err)
 	}

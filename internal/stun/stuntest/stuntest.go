@@ -5,6 +5,7 @@ package stuntest
 
 import (
 	"context"
+	"net/netip"
 	"testing"
 	"time"
 
@@ -14,20 +15,23 @@ import (
 )
 
 // Start starts a server with cfg and stops it (releasing its sockets) when
-// the test ends. An empty cfg.Listen means 127.0.0.1:0; set
+// the test ends. A zero cfg.Listen means 127.0.0.1:0; set
 // cfg.OtherAddress (for example with RFC5780) for NAT discovery. It must be
 // called where the sockets are to live (inside a network namespace, from a
 // thread locked into it). reg may be nil.
 func Start(tb testing.TB, cfg stun.Config, reg prometheus.Registerer) *stun.Server {
 	tb.Helper()
-	if cfg.Listen == "" {
-		cfg.Listen = "127.0.0.1:0"
+	if !cfg.Listen.IsValid() {
+		cfg.Listen = netip.MustParseAddrPort("127.0.0.1:0")
+	}
+	if reg != nil {
+		cfg.Registerer = reg
 	}
 	if cfg.Readers == 0 {
 		cfg.Readers = 1
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	s, err := stun.Listen(ctx, cfg, nil, reg)
+	s, err := stun.New(cfg)
 	if err != nil {
 		cancel()
 		tb.Fatalf("stuntest: %v", err)
@@ -56,5 +60,5 @@ func Start(tb testing.TB, cfg stun.Config, reg prometheus.Registerer) *stun.Serv
 // loopback on Linux), free ports.
 func RFC5780(tb testing.TB) *stun.Server {
 	tb.Helper()
-	return Start(tb, stun.Config{Listen: "127.0.0.1:0", OtherAddress: "127.0.0.2"}, nil)
+	return Start(tb, stun.Config{Listen: netip.MustParseAddrPort("127.0.0.1:0"), OtherAddress: netip.MustParseAddr("127.0.0.2")}, nil)
 }

@@ -283,7 +283,7 @@ func ownEndpoints(cfg *serveConfig) []netip.AddrPort {
 		case *busConfig:
 			add(c.Listen)
 		case *signalConfig:
-			add(c.HTTP)
+			add(c.HTTP.String())
 		case *sfuConfig:
 			add(c.UDP.String(), c.TCP.String())
 		case *sipgwConfig:

@@ -8,7 +8,6 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/netip"
 	"time"
 
@@ -21,15 +20,15 @@ import (
 
 // signalConfig is the signal role's configuration.
 type signalConfig struct {
-	HTTP           string   `yaml:"http"`
-	TokenKey       string   `yaml:"token-key"`
-	DemoTokens     bool     `yaml:"demo-tokens"`
-	Region         string   `yaml:"region"`
-	RegionMap      []string `yaml:"region-map"`
-	TrustedProxies []string `yaml:"trusted-proxy"`
-	NodeCapacity   int      `yaml:"node-capacity"`
-	ICEURLs        []string `yaml:"ice-url"`
-	NoWeb          bool     `yaml:"no-web"`
+	HTTP           netip.AddrPort `yaml:"http"`
+	TokenKey       string         `yaml:"token-key"`
+	DemoTokens     bool           `yaml:"demo-tokens"`
+	Region         string         `yaml:"region"`
+	RegionMap      []string       `yaml:"region-map"`
+	TrustedProxies []string       `yaml:"trusted-proxy"`
+	NodeCapacity   int            `yaml:"node-capacity"`
+	ICEURLs        []string       `yaml:"ice-url"`
+	NoWeb          bool           `yaml:"no-web"`
 
 	// natsClientConfig is the bus of a separate signal process (not in serve).
 	natsClientConfig `yaml:",inline"`
@@ -44,7 +43,7 @@ type signalConfig struct {
 }
 
 func bindSignalFlags(fs *flag.FlagSet, prefix string, c *signalConfig, inServe bool) {
-	fs.StringVar(&c.HTTP, prefix+"http", c.HTTP, "HTTP `host:port` serving the WebSocket signaling (/ws) and the demo page (/)")
+	fs.TextVar(&c.HTTP, prefix+"http", c.HTTP, "HTTP `host:port` serving the WebSocket signaling (/ws) and the demo page (/)")
 	if !inServe {
 		bindNATSClientFlags(fs, prefix, &c.natsClientConfig, "NATS server `URL`s, comma-separated, of the bus the SFU nodes are on")
 	}
@@ -69,7 +68,6 @@ type signalRole struct {
 	srv *signal.Server
 	be  *signal.BusBackend
 	bc  *bus.Client
-	ln  net.Listener
 }
 
 // startSignal connects to the bus as busCfg says and binds the HTTP
@@ -109,7 +107,7 @@ func startSignal(c *signalConfig, busCfg bus.Config, turn *turnShare, log *slog.
 		_ = bc.Close()
 		return nil, err
 	}
-	cfg := signal.Config{Key: key, Backend: be, DemoTokens: c.DemoTokens, Region: c.Region, RegionRules: rules,
+	cfg := signal.Config{Listen: c.HTTP, Key: key, Backend: be, DemoTokens: c.DemoTokens, Region: c.Region, RegionRules: rules,
 		TrustedProxies: trusted, Log: log, Registerer: adm.Registry,
 		AllowedOrigins: c.AllowedOrigins, ReadHeaderTimeout: c.ReadHeaderTimeout, IdleTimeout: c.IdleTimeout,
 		JoinTimeout: c.JoinTimeout, MaxConns: c.MaxConns, MaxConnsPerAddr: c.MaxConnsPerAddr}
@@ -136,37 +134,17 @@ func startSignal(c *signalConfig, busCfg bus.Config, turn *turnShare, log *slog.
 		_ = bc.Close()
 		return nil, err
 	}
-	ln, err := net.Listen("tcp", c.HTTP)
-	if err != nil {
-		_ = srv.Close()
-		_ = be.Close()
-		_ = bc.Close()
-		return nil, err
-	}
 	adm.AddCheck("signal", srv.Ready)
-	r := &signalRole{srv: srv, be: be, bc: bc, ln: ln}
-	log.Info("signal listening", "http", "http://"+ln.Addr().String(), "demo_tokens", c.DemoTokens)
-
-	return r, nil
+	return &signalRole{srv: srv, be: be, bc: bc}, nil
 }
 
 // addr is the HTTP listener's address.
-func (r *signalRole) addr() string { return r.ln.Addr().String() }
+func (r *signalRole) addr() string { return r.srv.Addr().String() }
 
+// run serves until ctx is done: the sessions end first (they leave their
+// rooms over the bus), then the backend and the bus connection.
 func (r *signalRole) run(ctx context.Context) error {
-	errc := make(chan error, 1)
-	go func() { errc <- r.srv.Serve(r.ln) }()
-	var err error
-	select {
-	case <-ctx.Done():
-	case err = <-errc:
-	}
-	// Sessions first (they leave their rooms over the bus), then the
-	// listener, the backend and the bus connection.
-	_ = r.srv.Close()
-	if err == nil {
-		err = <-errc
-	}
+	err := r.srv.Run(ctx)
 	_ = r.be.Close()
 	_ = r.bc.Close()
 	return err
@@ -178,7 +156,7 @@ type signalCmdConfig struct {
 }
 
 func runSignal(ctx context.Context, args []string) error {
-	cfg := signalCmdConfig{common: common{Admin: "127.0.0.1:9780"}, signalConfig: signalConfig{HTTP: "127.0.0.1:7880"}}
+	cfg := signalCmdConfig{common: common{Admin: "127.0.0.1:9780"}, signalConfig: signalConfig{HTTP: netip.MustParseAddrPort("127.0.0.1:7880")}}
 	fs := newFlagSet("signal", "signal --http ADDR --nats URL[,URL...] --token-key KEY [flags]")
 	cfg.common.flags(fs)
 	bindSignalFlags(fs, "", &cfg.signalConfig, false)
@@ -208,7 +186,7 @@ func init() {
 		name:  "signal",
 		order: 50,
 		bind: func(fs *flag.FlagSet, prefix string) any {
-			c := &signalConfig{HTTP: "127.0.0.1:7880", DemoTokens: true}
+			c := &signalConfig{HTTP: netip.MustParseAddrPort("127.0.0.1:7880"), DemoTokens: true}
 			bindSignalFlags(fs, prefix, c, true)
 			return c
 		},

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -54,7 +55,7 @@ func TestSignalRole(t *testing.T) {
 	}
 	busCfg := bus.Config{URLs: []string{emb.URL()}, Identity: id}
 	log := slog.New(slog.DiscardHandler)
-	c := &signalConfig{HTTP: "127.0.0.1:0", TokenKey: "0123456789abcdef-key"}
+	c := &signalConfig{HTTP: netip.MustParseAddrPort("127.0.0.1:0"), TokenKey: "0123456789abcdef-key"}
 	role, err := startSignal(c, busCfg, nil, log, admin.New(log))
 	if err != nil {
 		t.Fatal(err)
@@ -82,7 +83,7 @@ func TestSignalRole(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("signal role did not stop")
 	}
-	if _, err := startSignal(&signalConfig{HTTP: "127.0.0.1:0", TokenKey: "short"}, busCfg, nil, log, admin.New(log)); err == nil {
+	if _, err := startSignal(&signalConfig{HTTP: netip.MustParseAddrPort("127.0.0.1:0"), TokenKey: "short"}, busCfg, nil, log, admin.New(log)); err == nil {
 		t.Fatal("short token key accepted")
 	}
 }

@@ -119,7 +119,10 @@ func startStack(t *testing.T, withTURN bool) *stack {
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { _ = ts.Close() })
+		tctx, tcancel := context.WithCancel(context.Background())
+		tran := make(chan error, 1)
+		go func() { tran <- ts.Run(tctx) }()
+		t.Cleanup(func() { tcancel(); <-tran })
 		url := "turn:" + ts.Addr().String() + "?transport=udp"
 		cfg.ICEServers = func(identity string) []signal.ICEServer {
 			u, p := turn.RESTCredentials("turn-secret", identity, time.Hour, time.Now())

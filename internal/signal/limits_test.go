@@ -3,9 +3,11 @@ package signal
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"runtime"
 	"strings"
@@ -16,24 +18,43 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// serving starts a Server with Serve on a loopback listener and returns
-// its address (host:port).
+// serving runs a Server on Config.Listen (a free loopback port) and
+// returns its address (host:port).
 func serving(t *testing.T, mod func(*Config)) (*Server, string, *prometheus.Registry) {
 	t.Helper()
-	s, _, reg := newServer(t, mod)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- s.Serve(ln) }()
-	t.Cleanup(func() {
-		_ = s.Close()
-		if err := <-done; err != nil {
-			t.Errorf("serve: %v", err)
+	s, _, reg := newServer(t, func(c *Config) {
+		c.Listen = netip.MustParseAddrPort("127.0.0.1:0")
+		if mod != nil {
+			mod(c)
 		}
 	})
-	return s, ln.Addr().String(), reg
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("run: %v", err)
+		}
+	})
+	return s, s.Addr().String(), reg
+}
+
+// TestRunNeedsListen: Run without Config.Listen is a configuration error,
+// and Close alone releases the port New bound.
+func TestRunNeedsListen(t *testing.T) {
+	s, _, _ := newServer(t, nil)
+	if err := s.Run(t.Context()); !errors.Is(err, ErrConfig) {
+		t.Fatalf("Run without Listen: %v, want ErrConfig", err)
+	}
+	s2, _, _ := newServer(t, func(c *Config) { c.Listen = netip.MustParseAddrPort("127.0.0.1:0") })
+	addr := s2.Addr()
+	_ = s2.Close()
+	ln, err := net.Listen("tcp", addr.String())
+	if err != nil {
+		t.Fatalf("port not released by Close: %v", err)
+	}
+	ln.Close()
 }
 
 // dialWSFrom opens a WebSocket to addr from the local address src.

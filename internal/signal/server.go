@@ -23,6 +23,11 @@ import (
 
 // Config configures a Server. Zero values take the documented defaults.
 type Config struct {
+	// Listen is the HTTP address New binds and Run serves (the WebSocket
+	// at /ws, demo tokens, the static page). The zero value binds
+	// nothing: the server is then an http.Handler, or is given listeners
+	// with Serve.
+	Listen netip.AddrPort
 	// Key signs and checks tokens (HMAC-SHA256). Required; at least 16 bytes.
 	Key []byte
 	// Backend reaches the SFU nodes. Required.
@@ -168,6 +173,7 @@ type Server struct {
 	mux    *http.ServeMux
 
 	http   *http.Server
+	ln     net.Listener // bound by New from Config.Listen; nil without
 	lm     *connlimit.Metrics
 	origin originPolicy
 
@@ -188,7 +194,8 @@ type roomPlace struct {
 	refs int
 }
 
-// New returns a Server.
+// New validates cfg and binds Config.Listen when set. It serves once Run
+// (or Serve) is called; Close releases what New took if neither is.
 func New(cfg Config) (*Server, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
@@ -214,7 +221,47 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Static != nil {
 		s.mux.Handle("GET /", http.FileServerFS(cfg.Static))
 	}
+	if cfg.Listen.IsValid() {
+		var lc net.ListenConfig
+		if s.ln, err = lc.Listen(context.Background(), "tcp", cfg.Listen.String()); err != nil {
+			cancel()
+			return nil, fmt.Errorf("signal: %w", err)
+		}
+	}
 	return s, nil
+}
+
+// Addr is the address of the listener New bound (the zero value without
+// Config.Listen).
+func (s *Server) Addr() netip.AddrPort {
+	if s.ln == nil {
+		return netip.AddrPort{}
+	}
+	return s.ln.Addr().(*net.TCPAddr).AddrPort()
+}
+
+// Run serves Config.Listen until ctx is done or Close is called, then
+// closes the server (every session leaves its room first).
+func (s *Server) Run(ctx context.Context) error {
+	if s.ln == nil {
+		return fmt.Errorf("%w: Run needs Config.Listen", ErrConfig)
+	}
+	s.log.Info("signal listening", "http", "http://"+s.ln.Addr().String(), "demo_tokens", s.cfg.DemoTokens)
+	errc := make(chan error, 1)
+	go func() { errc <- s.Serve(s.ln) }()
+	var err error
+	served := false
+	select {
+	case <-ctx.Done():
+	case <-s.ctx.Done():
+	case err = <-errc:
+		served = true
+	}
+	_ = s.Close()
+	if !served {
+		err = <-errc
+	}
+	return err
 }
 
 // ServeHTTP serves the signaling endpoints.
@@ -239,8 +286,8 @@ func (s *Server) Serve(ln net.Listener) error {
 }
 
 // Close ends every session (each leaves its room on its node), closes the
-// listeners given to Serve and idle connections, and waits for the
-// sessions. It is idempotent.
+// listeners (New's and those given to Serve) and idle connections, and
+// waits for the sessions. It is idempotent.
 func (s *Server) Close() error {
 	s.mu.Lock()
 	s.closed = true
@@ -249,6 +296,9 @@ func (s *Server) Close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	_ = s.http.Shutdown(ctx)
 	cancel()
+	if s.ln != nil {
+		_ = s.ln.Close() // never given to Serve: Shutdown does not know it
+	}
 	s.wg.Wait()
 	return nil
 }

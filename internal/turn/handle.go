@@ -345,9 +345,11 @@ func (r *request) lifetime() (time.Duration, bool, bool) {
 	return d, true, true
 }
 
+// allocate answers an Allocate (RFC 8656 section 7.2; RFC 6062 section
+// 5.1 for TCP): a retransmission gets its first answer, a new request
+// is checked, takes a quota slot and gets a relay socket.
 func (r *request) allocate() {
-	s := r.s
-	if a := s.lookup(r.key); a != nil {
+	if a := r.s.lookup(r.key); a != nil {
 		// A retransmitted Allocate gets the same answer (RFC 8656 section
 		// 7.2); a new one on a taken 5-tuple gets 437.
 		if !r.authenticate() {
@@ -366,113 +368,166 @@ func (r *request) allocate() {
 	if !r.authenticate() {
 		return
 	}
+	tcp, d, ok := r.allocateParams()
+	if !ok || !r.takeQuota() {
+		return
+	}
+	if tcp {
+		r.allocateTCP(d)
+		return
+	}
+	r.allocateUDP(d)
+}
+
+// allocateParams checks an Allocate's attributes and returns whether it
+// asks for a TCP allocation and its lifetime; on false the request has
+// been answered with an error.
+func (r *request) allocateParams() (tcp bool, d time.Duration, ok bool) {
+	s := r.s
 	v, err := r.m.Get(stun.AttrRequestedTransport)
 	if err != nil || len(v) != 4 {
 		r.fail(stun.CodeBadRequest, nil)
-		return
+		return false, 0, false
 	}
-	tcp := v[0] == transportTCP
+	tcp = v[0] == transportTCP
 	switch {
 	case v[0] != transportUDP && !tcp:
 		r.fail(stun.CodeUnsupportedTransProto, nil)
-		return
+		return false, 0, false
 	case tcp && (r.out.stream == nil || r.out.stream.datagram || r.m.Contains(stun.AttrDontFragment) ||
 		r.m.Contains(stun.AttrEvenPort) || r.m.Contains(stun.AttrReservationToken)):
 		// RFC 6062 section 5.1: TCP allocations over TCP or TLS only,
 		// and none of these attributes.
 		r.fail(stun.CodeBadRequest, nil)
-		return
+		return false, 0, false
 	}
 	if fam, err := r.m.Get(stun.AttrRequestedAddressFamily); err == nil {
 		if len(fam) != 4 || (fam[0] != 1 && fam[0] != 2) {
 			r.fail(stun.CodeBadRequest, nil)
-			return
+			return false, 0, false
 		}
 		if (fam[0] == 1) != s.cfg.RelayIP.Is4() {
 			r.fail(stun.CodeAddrFamilyNotSupported, nil)
-			return
+			return false, 0, false
 		}
 	}
 	// RESERVATION-TOKEN with EVEN-PORT or REQUESTED-ADDRESS-FAMILY: 400
 	// (RFC 8656 section 7.2).
 	if r.m.Contains(stun.AttrReservationToken) && (r.m.Contains(stun.AttrEvenPort) || r.m.Contains(stun.AttrRequestedAddressFamily)) {
 		r.fail(stun.CodeBadRequest, nil)
-		return
+		return false, 0, false
 	}
-	d, _, ok := r.lifetime()
+	d, _, ok = r.lifetime()
 	if !ok {
 		r.fail(stun.CodeBadRequest, nil)
-		return
+		return false, 0, false
 	}
-	d = max(d, s.cfg.DefaultLifetime)
-	d = min(d, s.cfg.MaxLifetime)
+	return tcp, min(max(d, s.cfg.DefaultLifetime), s.cfg.MaxLifetime), true
+}
 
+// takeQuota applies the allocation rate of the source and the total and
+// per-user quotas, and holds the user's slot while the socket opens
+// (releaseQuota gives it back). On false the request has been answered,
+// or the server is closing.
+func (r *request) takeQuota() bool {
+	s := r.s
 	if !s.allocRate.allow(sourceOf(r.from.Addr()), r.now.UnixNano()) {
 		s.m.limited.WithLabelValues("allocate").Inc()
 		r.fail(stun.CodeAllocQuotaReached, nil)
-		return
+		return false
 	}
 	s.mu.Lock()
+	var full string // the quota reached, if any
 	switch {
 	case s.closed:
 		s.mu.Unlock()
-		return
+		return false
 	case s.cfg.MaxAllocations > 0 && len(s.allocs) >= s.cfg.MaxAllocations:
-		s.mu.Unlock()
-		s.m.quotaHits.WithLabelValues("total").Inc()
-		r.fail(stun.CodeAllocQuotaReached, nil)
-		return
+		full = "total"
 	case s.cfg.MaxAllocationsPerUser > 0 && s.perUser[r.user] >= s.cfg.MaxAllocationsPerUser:
-		s.mu.Unlock()
-		s.m.quotaHits.WithLabelValues("user").Inc()
-		r.fail(stun.CodeAllocQuotaReached, nil)
-		return
+		full = "user"
+	default:
+		s.perUser[r.user]++
 	}
-	// Hold the quota slot while the socket opens.
-	s.perUser[r.user]++
 	s.mu.Unlock()
-	if tcp {
-		r.allocateTCP(d)
-		return
+	if full != "" {
+		s.m.quotaHits.WithLabelValues(full).Inc()
+		r.fail(stun.CodeAllocQuotaReached, nil)
+		return false
 	}
+	return true
+}
 
-	eng := s.engs[r.out.shard]
-	if r.out.stream != nil {
-		eng = s.engs[int(s.next.Add(1))%len(s.engs)]
+// releaseUserLocked gives back one of user's allocation slots; s.mu is
+// held.
+func (s *Server) releaseUserLocked(user string) {
+	if s.perUser[user]--; s.perUser[user] <= 0 {
+		delete(s.perUser, user)
 	}
-	var rs *relaySock
+}
+
+// releaseQuota gives back the slot takeQuota held for a request that got
+// no allocation.
+func (r *request) releaseQuota() {
+	r.s.mu.Lock()
+	r.s.releaseUserLocked(r.user)
+	r.s.mu.Unlock()
+}
+
+// relaySocket is the relay socket an Allocate got: a fresh one (fd,
+// relayed) or a shared one (shared); token is the RESERVATION-TOKEN of a
+// port pair held for a later Allocate.
+type relaySocket struct {
+	eng     *engine
+	shared  *relaySock
+	fd      int
+	relayed netip.AddrPort
+	token   *[8]byte
+}
+
+// openRelaySocket opens the relay socket of a UDP allocation on an
+// engine: the reserved port its RESERVATION-TOKEN names, an even port
+// with the next one held (EVEN-PORT R), any port, or once the range is
+// exhausted a socket shared with other allocations.
+func (r *request) openRelaySocket() (relaySocket, error) {
+	s := r.s
+	rs := relaySocket{eng: s.engs[r.out.shard]}
+	if r.out.stream != nil {
+		rs.eng = s.engs[int(s.next.Add(1))%len(s.engs)]
+	}
 	even, reserve := evenPort(r.m)
 	useToken := r.m.Contains(stun.AttrReservationToken)
-	var fd int
-	var relayed netip.AddrPort
-	var token *[8]byte
+	var err error
 	switch {
 	case useToken:
-		fd, relayed, err = s.takeReservation(r.m, r.now)
+		rs.fd, rs.relayed, err = s.takeReservation(r.m, r.now)
 	case reserve:
 		var tok [8]byte
-		fd, relayed, tok, err = s.openRelayPair(eng, r.now)
-		token = &tok
+		rs.fd, rs.relayed, tok, err = s.openRelayPair(rs.eng, r.now)
+		rs.token = &tok
 	default:
-		fd, relayed, err = s.openRelay(eng, even)
+		rs.fd, rs.relayed, err = s.openRelay(rs.eng, even)
 	}
 	if errors.Is(err, ErrNoRelayPort) && !s.cfg.NoSharing && !even && !useToken {
 		s.mu.Lock()
-		if rs = s.shareRelayLocked(eng); rs != nil {
-			err = nil
-			eng = rs.eng
-		}
+		rs.shared = s.shareRelayLocked(rs.eng)
 		s.mu.Unlock()
-		if rs != nil {
+		if rs.shared != nil {
 			s.m.quotaHits.WithLabelValues("shared").Inc()
+			rs.eng = rs.shared.eng
+			return rs, nil
 		}
 	}
+	return rs, err
+}
+
+// allocateUDP finishes an Allocate for REQUESTED-TRANSPORT=UDP once the
+// user's quota slot is held.
+func (r *request) allocateUDP(d time.Duration) {
+	s := r.s
+	got, err := r.openRelaySocket()
 	if err != nil {
-		s.mu.Lock()
-		if s.perUser[r.user]--; s.perUser[r.user] <= 0 {
-			delete(s.perUser, r.user)
-		}
-		s.mu.Unlock()
+		r.releaseQuota()
 		switch {
 		case errors.Is(err, ErrNoRelayPort):
 			s.m.quotaHits.WithLabelValues("ports").Inc()
@@ -484,24 +539,22 @@ func (r *request) allocate() {
 		r.fail(stun.CodeInsufficientCapacity, nil)
 		return
 	}
-	fresh := rs == nil
+	eng, rs, fresh := got.eng, got.shared, got.shared == nil
 	if fresh {
-		rs = &relaySock{fd: fd, addr: relayed, eng: eng}
+		rs = &relaySock{fd: got.fd, addr: got.relayed, eng: eng}
 	}
 	a := &allocation{key: r.key, out: r.out, eng: eng, sock: rs, fd: rs.fd, relayed: rs.addr, user: r.user, integ: r.integ,
-		tid: r.m.TransactionID, expires: r.now.Add(d).UnixNano(), token: token}
+		tid: r.m.TransactionID, expires: r.now.Add(d).UnixNano(), token: got.token}
 	s.mu.Lock()
 	if s.closed || s.allocs[r.key] != nil {
 		// Closed, or a concurrent Allocate on the same 5-tuple won.
-		if s.perUser[r.user]--; s.perUser[r.user] <= 0 {
-			delete(s.perUser, r.user)
-		}
+		s.releaseUserLocked(r.user)
 		if !fresh {
 			rs.users--
 		}
 		s.mu.Unlock()
 		if fresh {
-			eng.remove(fd)
+			eng.remove(got.fd)
 		}
 		r.fail(stun.CodeAllocMismatch, nil)
 		return
@@ -509,15 +562,15 @@ func (r *request) allocate() {
 	s.allocs[r.key] = a
 	if fresh {
 		rs.users, rs.single = 1, a
-		s.byFD[int32(fd)] = rs
-		s.byRelay[relayed] = rs
+		s.byFD[int32(got.fd)] = rs
+		s.byRelay[got.relayed] = rs
 	}
 	s.mu.Unlock()
 	if r.out.stream != nil {
 		r.out.stream.setAlloc(a)
 	}
 	if fresh {
-		if err := eng.add(fd); err != nil {
+		if err := eng.add(got.fd); err != nil {
 			s.cfg.Log.Warn("turn: epoll add", "err", err)
 		}
 	}

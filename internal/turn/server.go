@@ -614,9 +614,7 @@ func (s *Server) deleteAllocation(a *allocation) {
 		delete(s.byFD, int32(rs.fd))
 		delete(s.byRelay, rs.addr)
 	}
-	if s.perUser[a.user]--; s.perUser[a.user] <= 0 {
-		delete(s.perUser, a.user)
-	}
+	s.releaseUserLocked(a.user)
 	s.mu.Unlock()
 	// closed is set under a.mu, and every user of fd holds a.mu and checks
 	// closed; a shared socket goes with its last user.

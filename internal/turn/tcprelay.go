@@ -474,9 +474,7 @@ func (s *Server) deleteTCPAllocation(a *allocation, nperm int) {
 	if s.allocs[a.key] == a {
 		delete(s.allocs, a.key)
 	}
-	if s.perUser[a.user]--; s.perUser[a.user] <= 0 {
-		delete(s.perUser, a.user)
-	}
+	s.releaseUserLocked(a.user)
 	s.mu.Unlock()
 	s.closeTCPRelay(a)
 	s.m.allocations.Dec()
@@ -488,16 +486,9 @@ func (s *Server) deleteTCPAllocation(a *allocation, nperm int) {
 // is a listening TCP socket from the relay port range.
 func (r *request) allocateTCP(d time.Duration) {
 	s := r.s
-	release := func() {
-		s.mu.Lock()
-		if s.perUser[r.user]--; s.perUser[r.user] <= 0 {
-			delete(s.perUser, r.user)
-		}
-		s.mu.Unlock()
-	}
 	ln, relayed, err := s.openTCPRelay()
 	if err != nil {
-		release()
+		r.releaseQuota()
 		if errors.Is(err, ErrNoRelayPort) {
 			s.m.quotaHits.WithLabelValues("ports").Inc()
 		} else {
@@ -512,7 +503,7 @@ func (r *request) allocateTCP(d time.Duration) {
 	s.mu.Lock()
 	if s.closed || s.allocs[r.key] != nil {
 		s.mu.Unlock()
-		release()
+		r.releaseQuota()
 		_ = ln.Close()
 		s.mu.Lock()
 		delete(s.tcpRelays, relayed)

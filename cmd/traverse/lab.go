@@ -78,18 +78,6 @@ func runLab(ctx context.Context, args []string) error {
 	return &exitError{code: 2, err: fmt.Errorf("unknown lab command %q", args[0])}
 }
 
-// shortNames name each kind's NAT node (node names are [a-z0-9]{1,12}).
-var shortNames = map[netlab.Kind]string{
-	netlab.Routed:              "routed",
-	netlab.EIMEIF:              "eimeif",
-	netlab.EIMADF:              "eimadf",
-	netlab.EIMAPDF:             "eimapdf",
-	netlab.SymmetricSequential: "symseq",
-	netlab.SymmetricRandom:     "symrand",
-	netlab.BlockUDP:            "blockudp",
-	netlab.ADMAPDF:             "admapdf",
-}
-
 func labUp(w io.Writer, args []string) error {
 	fs := newFlagSet("lab up", "lab up [--name NAME] [--no-stun] [--hairpin] [--mapping-timeout D] TOPOLOGY")
 	name := fs.String("name", "demo", "lab `name`: its namespaces are tl-NAME-NODE")
@@ -110,22 +98,10 @@ func labUp(w io.Writer, args []string) error {
 		fs.Usage()
 		return &exitError{code: 2, err: errors.New("want exactly one TOPOLOGY")}
 	}
-	topo := pos[0]
-	var kinds []netlab.Kind
-	double := false
-	switch topo {
-	case "all":
-		kinds, double = netlab.Kinds, true
-	case "double":
-		double = true
-	default:
-		k, err := netlab.ParseKind(topo)
-		if err != nil {
-			return &exitError{code: 2, err: err}
-		}
-		kinds = []netlab.Kind{k}
+	topo, err := netlab.ParseTopology(pos[0])
+	if err != nil {
+		return &exitError{code: 2, err: err}
 	}
-
 	var opts []netlab.NATOption
 	if *hairpin {
 		opts = append(opts, netlab.Hairpin())
@@ -137,34 +113,12 @@ func labUp(w io.Writer, args []string) error {
 	if err != nil {
 		return err
 	}
-	stunHost := lab.Host("stun", lab.Internet(), netlab.Addrs(2))
-	type row struct{ node, role string }
-	rows := []row{{"inet", "the internet (bridge, router)"}, {"stun", "host"}}
-	hint := "" // a client to try natcheck from: behind a NAT that passes UDP
-	for _, k := range kinds {
-		n := lab.NAT(shortNames[k], lab.Internet(), k, opts...)
-		c := lab.Host("c"+shortNames[k], n)
-		rows = append(rows, row{n.Name(), "NAT " + k.String()}, row{c.Name(), "host behind " + n.Name()})
-		if hint == "" && k.Translates() && k != netlab.BlockUDP {
-			hint = c.Namespace()
-		}
-	}
-	if double {
-		cgn := lab.NAT("cgn", lab.Internet(), netlab.EIMADF, opts...)
-		home := lab.NAT("home", cgn, netlab.EIMEIF, opts...)
-		c := lab.Host("cdouble", home)
-		rows = append(rows, row{"cgn", "NAT eim-adf (carrier)"}, row{"home", "NAT eim-eif behind cgn"}, row{c.Name(), "host behind home"})
-		if hint == "" {
-			hint = c.Namespace()
-		}
-	}
-	if hint == "" { // a lone router or firewall
-		hint = "tl-" + lab.Name() + "-c" + shortNames[kinds[0]]
-	}
-	if err := lab.Err(); err != nil {
+	built, err := topo.Build(lab, opts...)
+	if err != nil {
 		_ = lab.Close()
 		return err
 	}
+	stunHost := built.STUN
 	server := netip.AddrPortFrom(stunHost.Addrs()[0], 3478)
 	stunNote := ""
 	if !*noSTUN {
@@ -183,18 +137,18 @@ func labUp(w io.Writer, args []string) error {
 	for _, n := range lab.Nodes() {
 		byName[n.Name()] = n
 	}
-	for _, r := range rows {
-		n := byName[r.node]
+	for _, r := range built.Roles {
+		n := byName[r.Node]
 		addrs := joinAddrs(n.Addrs())
-		if r.node == "inet" {
+		if r.Node == "inet" {
 			addrs = lab.Internet().Prefix().String()
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.node, n.Namespace(), r.role, addrs)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.Node, n.Namespace(), r.Role, addrs)
 	}
 	_ = tw.Flush()
 	if stunNote != "" {
 		fmt.Fprintf(w, "\n%s\n", stunNote)
-		fmt.Fprintf(w, "\nTry:\n  ip netns exec %s %s natcheck %s\n", hint, exeName(), server)
+		fmt.Fprintf(w, "\nTry:\n  ip netns exec %s %s natcheck %s\n", built.Client, exeName(), server)
 	}
 	return nil
 }

@@ -1,0 +1,101 @@
+package loadgen
+
+import (
+	"net"
+	"net/netip"
+
+	"github.com/pion/ice/v4"
+	"github.com/pion/interceptor"
+	"github.com/pion/sdp/v3"
+	"github.com/pion/webrtc/v4"
+)
+
+// NewAPI returns the pion API load clients use: default codecs, the
+// simulcast header extensions, and no per-packet interceptors (a load
+// client must stay cheap) unless WithFeedback. Clients gather host
+// candidates on loopback only, or only on ip when it is valid.
+func NewAPI(tcp bool, ip netip.Addr, opts ...APIOption) (*webrtc.API, error) {
+	var o apiOptions
+	for _, f := range opts {
+		f(&o)
+	}
+	return newAPI(tcp, ip, false, o.feedback)
+}
+
+// NewDuplicateTolerantAPI is NewAPI with SRTP replay protection off, for
+// tests that check a retransmission of a packet the client already has.
+func NewDuplicateTolerantAPI() (*webrtc.API, error) { return newAPI(false, netip.Addr{}, true, false) }
+
+// APIOption changes what the clients of NewAPI do.
+type APIOption func(*apiOptions)
+
+type apiOptions struct {
+	feedback bool
+}
+
+// WithFeedback(true) makes the clients behave like browsers on RTCP:
+// pion's NACK generator and responder (RFC 4585 generic NACK, nack and
+// nack pli negotiated for video), sender and receiver reports (RFC 3550
+// section 6.4), transport-wide sequence numbers on every packet they send
+// and transport-cc feedback on what they receive
+// (draft-holmer-rmcat-transport-wide-cc-extensions-01), the header
+// extension and feedback negotiated for audio and video. That is
+// webrtc.RegisterDefaultInterceptors plus the TWCC header extension
+// sender, which browsers run and pion's defaults leave out, minus pion's
+// stats interceptor, which only feeds GetStats and sends nothing. The
+// interceptors belong to the API (pion builds them per peer connection
+// from its registry), so this is an API option rather than a
+// ClientConfig field.
+func WithFeedback(on bool) APIOption { return func(o *apiOptions) { o.feedback = on } }
+
+func newAPI(tcp bool, ip netip.Addr, noReplay, feedback bool) (*webrtc.API, error) {
+	me := &webrtc.MediaEngine{}
+	if err := me.RegisterDefaultCodecs(); err != nil {
+		return nil, err
+	}
+	if err := webrtc.ConfigureSimulcastExtensionHeaders(me); err != nil {
+		return nil, err
+	}
+	if err := me.RegisterHeaderExtension(webrtc.RTPHeaderExtensionCapability{URI: sdp.AudioLevelURI}, webrtc.RTPCodecTypeAudio); err != nil {
+		return nil, err
+	}
+	ir := &interceptor.Registry{}
+	if feedback {
+		if err := registerFeedback(me, ir); err != nil {
+			return nil, err
+		}
+	}
+	se := webrtc.SettingEngine{}
+	se.SetIncludeLoopbackCandidate(true)
+	se.DisableSRTPReplayProtection(noReplay)
+	se.SetICEMulticastDNSMode(ice.MulticastDNSModeDisabled)
+	se.SetIPFilter(func(a net.IP) bool {
+		if ip.IsValid() {
+			b, ok := netip.AddrFromSlice(a)
+			return ok && b.Unmap() == ip
+		}
+		return a.IsLoopback()
+	})
+	if tcp {
+		se.SetNetworkTypes([]webrtc.NetworkType{webrtc.NetworkTypeTCP4})
+	} else {
+		se.SetNetworkTypes([]webrtc.NetworkType{webrtc.NetworkTypeUDP4})
+	}
+	return webrtc.NewAPI(webrtc.WithMediaEngine(me), webrtc.WithSettingEngine(se),
+		webrtc.WithInterceptorRegistry(ir)), nil
+}
+
+// registerFeedback registers the browser-like interceptors of
+// WithFeedback.
+func registerFeedback(me *webrtc.MediaEngine, ir *interceptor.Registry) error {
+	if err := webrtc.ConfigureNack(me, ir); err != nil {
+		return err
+	}
+	if err := webrtc.ConfigureRTCPReports(ir); err != nil {
+		return err
+	}
+	if err := webrtc.ConfigureTWCCHeaderExtensionSender(me, ir); err != nil {
+		return err
+	}
+	return webrtc.ConfigureTWCCSender(me, ir)
+}

@@ -1,0 +1,245 @@
+package loadgen
+
+import (
+	"context"
+	"encoding/binary"
+	"time"
+
+	"github.com/pion/rtcp"
+	"github.com/pion/rtp"
+	"github.com/pion/sdp/v3"
+	"github.com/pion/webrtc/v4"
+)
+
+// publish sends video at the configured bitrate in 10 ms ticks (a VP8
+// frame every 3 ticks, a keyframe every 3 s or when asked) and a 20 ms
+// Opus-sized audio packet every other tick.
+func (c *Client) publish(ctx context.Context) {
+	select {
+	case <-c.connected:
+	case <-ctx.Done():
+		return
+	}
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	size := c.cfg.PacketSize
+	payload := make([]byte, max(size, vp8KeyHeaderLen))
+	audio := make([]byte, 120)
+	audio[0] = 0x78
+	nl := len(c.videoTracks)
+	seqs := make([]uint16, nl)
+	// Bytes owed per layer, so each layer keeps its bitrate.
+	credit := make([]float64, nl)
+	rates := make([]float64, nl)
+	for i := range rates {
+		rates[i] = float64(c.cfg.VideoBitrate) / 8 / 100 // bytes per 10 ms tick
+		if nl == 3 {
+			rates[i] /= float64(int(1) << (2 - i)) // q = 1/4, h = 1/2, f = 1
+		}
+	}
+	// Simulcast layers carry the mid and rid header extensions (RFC 8852)
+	// so the SFU can tell them apart.
+	var midID, ridID uint8
+	mid := ""
+	if c.cfg.Simulcast {
+		for _, tr := range c.pc.GetTransceivers() {
+			if tr.Kind() != webrtc.RTPCodecTypeVideo || tr.Sender() == nil {
+				continue
+			}
+			mid = tr.Mid()
+			for _, e := range tr.Sender().GetParameters().HeaderExtensions {
+				switch e.URI {
+				case sdp.SDESMidURI:
+					midID = uint8(e.ID)
+				case sdp.SDESRTPStreamIDURI:
+					ridID = uint8(e.ID)
+				}
+			}
+		}
+	}
+	var levelID uint8
+	if c.cfg.AudioLevel != 0 {
+		for _, tr := range c.pc.GetTransceivers() {
+			if tr.Kind() == webrtc.RTPCodecTypeAudio && tr.Sender() != nil {
+				for _, e := range tr.Sender().GetParameters().HeaderExtensions {
+					if e.URI == sdp.AudioLevelURI {
+						levelID = uint8(e.ID)
+					}
+				}
+			}
+		}
+	}
+	level := []byte{0x80 | c.cfg.AudioLevel&0x7f}
+	var tick uint32
+	var aseq uint16
+	lastKey := time.Time{}
+	keyEvery := c.cfg.KeyframeInterval
+	if keyEvery <= 0 {
+		keyEvery = 3 * time.Second
+	}
+	keyPending := make([]bool, nl)
+	frameStart := make([]bool, nl)
+	for i := range frameStart {
+		frameStart[i] = true
+	}
+	start := time.Now()
+	step := func() {
+		tick++
+		ts := (tick / 3) * 2700 // 90 kHz, 30 frames/s
+		if c.keyframe.Swap(false) || time.Since(lastKey) > keyEvery {
+			lastKey = time.Now()
+			for i := range keyPending {
+				keyPending[i] = true
+			}
+		}
+		endFrame := tick%3 == 0
+		for i, tr := range c.videoTracks {
+			credit[i] += rates[i]
+			for credit[i] >= float64(size) || (endFrame && credit[i] > 0) {
+				n := size
+				if credit[i] < float64(size) {
+					n = max(int(credit[i]), 16)
+				}
+				credit[i] -= float64(n)
+				marker := endFrame && credit[i] < float64(size)
+				payload[0] = 0x00
+				if frameStart[i] {
+					payload[0] = 0x10 // S=1, PID=0
+				}
+				payload[1] = 0x01 // not a keyframe
+				if keyPending[i] && frameStart[i] {
+					n = max(n, vp8KeyHeaderLen)
+					c.vp8KeyHeader(payload, nl-1-i)
+					keyPending[i] = false
+				}
+				payload[2] = byte(i) // the layer, for the subscriber's sake
+				frameStart[i] = marker
+				seqs[i]++
+				pkt := rtp.Packet{Header: rtp.Header{Version: 2, Marker: marker, SequenceNumber: seqs[i], Timestamp: ts}, Payload: payload[:n]}
+				if midID != 0 && ridID != 0 {
+					_ = pkt.Header.SetExtension(midID, []byte(mid))
+					_ = pkt.Header.SetExtension(ridID, []byte(tr.RID()))
+				}
+				if tr.WriteRTP(&pkt) == nil {
+					c.sent.Add(1)
+				}
+				if marker {
+					break
+				}
+			}
+		}
+		if tick%2 == 0 && c.audioTrack != nil {
+			aseq++
+			ap := rtp.Packet{Header: rtp.Header{Version: 2, SequenceNumber: aseq, Timestamp: tick * 480}, Payload: audio}
+			if levelID != 0 {
+				_ = ap.Header.SetExtension(levelID, level)
+			}
+			if c.audioTrack.WriteRTP(&ap) == nil {
+				c.sent.Add(1)
+			}
+		}
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		// A loaded machine drops ticker ticks: catch up to the wall clock
+		// (at most 100 ms at once) so the offered rate holds.
+		due := uint32(time.Since(start) / (10 * time.Millisecond))
+		for n := 0; tick < due && n < 10; n++ {
+			step()
+		}
+		if tick < due {
+			tick = due
+		}
+	}
+}
+
+// readPublisherRTCP reads the SFU's RTCP to the publisher: a PLI or FIR
+// makes the next frame a keyframe.
+func (c *Client) readPublisherRTCP(ctx context.Context) {
+	for _, tr := range c.pc.GetTransceivers() {
+		s := tr.Sender()
+		if s == nil {
+			continue
+		}
+		for _, enc := range s.GetParameters().Encodings {
+			rid := enc.RID
+			c.wg.Add(1)
+			go func() {
+				defer c.wg.Done()
+				for {
+					var pkts []rtcp.Packet
+					var err error
+					if rid != "" {
+						pkts, _, err = s.ReadSimulcastRTCP(rid)
+					} else {
+						pkts, _, err = s.ReadRTCP()
+					}
+					if err != nil {
+						return
+					}
+					for _, p := range pkts {
+						switch p.(type) {
+						case *rtcp.PictureLossIndication, *rtcp.FullIntraRequest:
+							c.keyframe.Store(true)
+						}
+					}
+				}
+			}()
+		}
+	}
+	<-ctx.Done()
+}
+
+// SetREMB makes the client advertise bps in REMB to the SFU every 100 ms
+// (0 stops it): how a test caps a subscriber's downlink.
+func (c *Client) SetREMB(bps uint64) { c.remb.Store(bps) }
+
+func (c *Client) sendREMB(ctx context.Context) {
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		b := c.remb.Load()
+		if b == 0 {
+			continue
+		}
+		var ssrcs []uint32
+		for _, tr := range c.pc.GetTransceivers() {
+			if r := tr.Receiver(); r != nil && r.Track() != nil && r.Track().Kind() == webrtc.RTPCodecTypeVideo {
+				ssrcs = append(ssrcs, uint32(r.Track().SSRC()))
+			}
+		}
+		if len(ssrcs) == 0 {
+			continue
+		}
+		_ = c.pc.WriteRTCP([]rtcp.Packet{&rtcp.ReceiverEstimatedMaximumBitrate{Bitrate: float32(b), SSRCs: ssrcs}})
+	}
+}
+
+// vp8KeyHeaderLen is the VP8 payload descriptor and key frame header the
+// publisher writes (RFC 7741 section 4.2, RFC 6386 section 9.1).
+const vp8KeyHeaderLen = 11
+
+// vp8KeyHeader writes a key frame's payload descriptor and header into p:
+// the frame tag (key frame, shown), the start code and the frame size, the
+// top layer's halved down times (the byte after the tag's first is the
+// layer index the subscriber reads, part of the partition size here).
+func (c *Client) vp8KeyHeader(p []byte, down int) {
+	w, h := c.cfg.VideoWidth, c.cfg.VideoHeight
+	if w <= 0 || h <= 0 {
+		w, h = 1280, 720
+	}
+	w, h = max(w>>down, 1), max(h>>down, 1)
+	p[1], p[3] = 0x10, 0x00
+	p[4], p[5], p[6] = 0x9d, 0x01, 0x2a
+	binary.LittleEndian.PutUint16(p[7:], uint16(min(w, 0x3fff)))
+	binary.LittleEndian.PutUint16(p[9:], uint16(min(h, 0x3fff)))
+}

@@ -22,123 +22,8 @@ func (c *Client) publish(ctx context.Context) {
 	}
 	t := time.NewTicker(10 * time.Millisecond)
 	defer t.Stop()
-	size := c.cfg.PacketSize
-	payload := make([]byte, max(size, vp8KeyHeaderLen))
-	audio := make([]byte, 120)
-	audio[0] = 0x78
-	nl := len(c.videoTracks)
-	seqs := make([]uint16, nl)
-	// Bytes owed per layer, so each layer keeps its bitrate.
-	credit := make([]float64, nl)
-	rates := make([]float64, nl)
-	for i := range rates {
-		rates[i] = float64(c.cfg.VideoBitrate) / 8 / 100 // bytes per 10 ms tick
-		if nl == 3 {
-			rates[i] /= float64(int(1) << (2 - i)) // q = 1/4, h = 1/2, f = 1
-		}
-	}
-	// Simulcast layers carry the mid and rid header extensions (RFC 8852)
-	// so the SFU can tell them apart.
-	var midID, ridID uint8
-	mid := ""
-	if c.cfg.Simulcast {
-		for _, tr := range c.pc.GetTransceivers() {
-			if tr.Kind() != webrtc.RTPCodecTypeVideo || tr.Sender() == nil {
-				continue
-			}
-			mid = tr.Mid()
-			for _, e := range tr.Sender().GetParameters().HeaderExtensions {
-				switch e.URI {
-				case sdp.SDESMidURI:
-					midID = uint8(e.ID)
-				case sdp.SDESRTPStreamIDURI:
-					ridID = uint8(e.ID)
-				}
-			}
-		}
-	}
-	var levelID uint8
-	if c.cfg.AudioLevel != 0 {
-		for _, tr := range c.pc.GetTransceivers() {
-			if tr.Kind() == webrtc.RTPCodecTypeAudio && tr.Sender() != nil {
-				for _, e := range tr.Sender().GetParameters().HeaderExtensions {
-					if e.URI == sdp.AudioLevelURI {
-						levelID = uint8(e.ID)
-					}
-				}
-			}
-		}
-	}
-	level := []byte{0x80 | c.cfg.AudioLevel&0x7f}
-	var tick uint32
-	var aseq uint16
-	lastKey := time.Time{}
-	keyEvery := c.cfg.KeyframeInterval
-	if keyEvery <= 0 {
-		keyEvery = 3 * time.Second
-	}
-	keyPending := make([]bool, nl)
-	frameStart := make([]bool, nl)
-	for i := range frameStart {
-		frameStart[i] = true
-	}
+	p := newPublisher(c)
 	start := time.Now()
-	step := func() {
-		tick++
-		ts := (tick / 3) * 2700 // 90 kHz, 30 frames/s
-		if c.keyframe.Swap(false) || time.Since(lastKey) > keyEvery {
-			lastKey = time.Now()
-			for i := range keyPending {
-				keyPending[i] = true
-			}
-		}
-		endFrame := tick%3 == 0
-		for i, tr := range c.videoTracks {
-			credit[i] += rates[i]
-			for credit[i] >= float64(size) || (endFrame && credit[i] > 0) {
-				n := size
-				if credit[i] < float64(size) {
-					n = max(int(credit[i]), 16)
-				}
-				credit[i] -= float64(n)
-				marker := endFrame && credit[i] < float64(size)
-				payload[0] = 0x00
-				if frameStart[i] {
-					payload[0] = 0x10 // S=1, PID=0
-				}
-				payload[1] = 0x01 // not a keyframe
-				if keyPending[i] && frameStart[i] {
-					n = max(n, vp8KeyHeaderLen)
-					c.vp8KeyHeader(payload, nl-1-i)
-					keyPending[i] = false
-				}
-				payload[2] = byte(i) // the layer, for the subscriber's sake
-				frameStart[i] = marker
-				seqs[i]++
-				pkt := rtp.Packet{Header: rtp.Header{Version: 2, Marker: marker, SequenceNumber: seqs[i], Timestamp: ts}, Payload: payload[:n]}
-				if midID != 0 && ridID != 0 {
-					_ = pkt.Header.SetExtension(midID, []byte(mid))
-					_ = pkt.Header.SetExtension(ridID, []byte(tr.RID()))
-				}
-				if tr.WriteRTP(&pkt) == nil {
-					c.sent.Add(1)
-				}
-				if marker {
-					break
-				}
-			}
-		}
-		if tick%2 == 0 && c.audioTrack != nil {
-			aseq++
-			ap := rtp.Packet{Header: rtp.Header{Version: 2, SequenceNumber: aseq, Timestamp: tick * 480}, Payload: audio}
-			if levelID != 0 {
-				_ = ap.Header.SetExtension(levelID, level)
-			}
-			if c.audioTrack.WriteRTP(&ap) == nil {
-				c.sent.Add(1)
-			}
-		}
-	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -148,11 +33,150 @@ func (c *Client) publish(ctx context.Context) {
 		// A loaded machine drops ticker ticks: catch up to the wall clock
 		// (at most 100 ms at once) so the offered rate holds.
 		due := uint32(time.Since(start) / (10 * time.Millisecond))
-		for n := 0; tick < due && n < 10; n++ {
-			step()
+		for n := 0; p.tick < due && n < 10; n++ {
+			p.step()
 		}
-		if tick < due {
-			tick = due
+		if p.tick < due {
+			p.tick = due
+		}
+	}
+}
+
+// publisher is the state of publish's loop: per video layer its sequence
+// number, the bytes it is owed and whether a keyframe or a new frame is
+// due.
+type publisher struct {
+	c       *Client
+	size    int    // video packet size
+	payload []byte // reused for every video packet
+	audio   []byte
+	// Per video layer (index into c.videoTracks).
+	seqs       []uint16
+	credit     []float64 // bytes owed, so each layer keeps its bitrate
+	rates      []float64 // bytes per 10 ms tick
+	keyPending []bool
+	frameStart []bool
+	// Simulcast layers carry the mid and rid header extensions (RFC 8852)
+	// so the SFU can tell them apart; audio the audio level (RFC 6464).
+	midID, ridID, levelID uint8
+	mid                   string
+	level                 []byte
+
+	tick     uint32
+	aseq     uint16
+	lastKey  time.Time
+	keyEvery time.Duration
+}
+
+func newPublisher(c *Client) *publisher {
+	nl := len(c.videoTracks)
+	p := &publisher{c: c, size: c.cfg.PacketSize, audio: make([]byte, 120), seqs: make([]uint16, nl),
+		credit: make([]float64, nl), rates: make([]float64, nl), keyPending: make([]bool, nl), frameStart: make([]bool, nl),
+		level: []byte{0x80 | c.cfg.AudioLevel&0x7f}, keyEvery: c.cfg.KeyframeInterval}
+	p.payload = make([]byte, max(p.size, vp8KeyHeaderLen))
+	p.audio[0] = 0x78
+	for i := range p.rates {
+		p.rates[i] = float64(c.cfg.VideoBitrate) / 8 / 100 // bytes per 10 ms tick
+		if nl == 3 {
+			p.rates[i] /= float64(int(1) << (2 - i)) // q = 1/4, h = 1/2, f = 1
+		}
+		p.frameStart[i] = true
+	}
+	if p.keyEvery <= 0 {
+		p.keyEvery = 3 * time.Second
+	}
+	if c.cfg.Simulcast {
+		for _, tr := range c.pc.GetTransceivers() {
+			if tr.Kind() != webrtc.RTPCodecTypeVideo || tr.Sender() == nil {
+				continue
+			}
+			p.mid = tr.Mid()
+			for _, e := range tr.Sender().GetParameters().HeaderExtensions {
+				switch e.URI {
+				case sdp.SDESMidURI:
+					p.midID = uint8(e.ID)
+				case sdp.SDESRTPStreamIDURI:
+					p.ridID = uint8(e.ID)
+				}
+			}
+		}
+	}
+	if c.cfg.AudioLevel != 0 {
+		for _, tr := range c.pc.GetTransceivers() {
+			if tr.Kind() == webrtc.RTPCodecTypeAudio && tr.Sender() != nil {
+				for _, e := range tr.Sender().GetParameters().HeaderExtensions {
+					if e.URI == sdp.AudioLevelURI {
+						p.levelID = uint8(e.ID)
+					}
+				}
+			}
+		}
+	}
+	return p
+}
+
+// step sends one 10 ms tick's packets.
+func (p *publisher) step() {
+	c := p.c
+	p.tick++
+	ts := (p.tick / 3) * 2700 // 90 kHz, 30 frames/s
+	if c.keyframe.Swap(false) || time.Since(p.lastKey) > p.keyEvery {
+		p.lastKey = time.Now()
+		for i := range p.keyPending {
+			p.keyPending[i] = true
+		}
+	}
+	endFrame := p.tick%3 == 0
+	for i, tr := range c.videoTracks {
+		p.video(i, tr, ts, endFrame)
+	}
+	if p.tick%2 == 0 && c.audioTrack != nil {
+		p.aseq++
+		ap := rtp.Packet{Header: rtp.Header{Version: 2, SequenceNumber: p.aseq, Timestamp: p.tick * 480}, Payload: p.audio}
+		if p.levelID != 0 {
+			_ = ap.Header.SetExtension(p.levelID, p.level)
+		}
+		if c.audioTrack.WriteRTP(&ap) == nil {
+			c.sent.Add(1)
+		}
+	}
+}
+
+// video sends layer i's packets of this tick: what its credit pays for,
+// the rest of the frame at a frame's end.
+func (p *publisher) video(i int, tr *webrtc.TrackLocalStaticRTP, ts uint32, endFrame bool) {
+	c, size, payload := p.c, p.size, p.payload
+	p.credit[i] += p.rates[i]
+	for p.credit[i] >= float64(size) || (endFrame && p.credit[i] > 0) {
+		n := size
+		if p.credit[i] < float64(size) {
+			n = max(int(p.credit[i]), 16)
+		}
+		p.credit[i] -= float64(n)
+		marker := endFrame && p.credit[i] < float64(size)
+		payload[0] = 0x00
+		if p.frameStart[i] {
+			payload[0] = 0x10 // S=1, PID=0
+		}
+		payload[1] = 0x01 // not a keyframe
+		if p.keyPending[i] && p.frameStart[i] {
+			n = max(n, vp8KeyHeaderLen)
+			c.vp8KeyHeader(payload, len(p.seqs)-1-i)
+			p.keyPending[i] = false
+		}
+		payload[2] = byte(i) // the layer, for the subscriber's sake
+		p.frameStart[i] = marker
+		p.seqs[i]++
+		pkt := rtp.Packet{Header: rtp.Header{Version: 2, Marker: marker, SequenceNumber: p.seqs[i], Timestamp: ts}, Payload: payload[:n]}
+		if p.midID != 0 && p.ridID != 0 {
+			_ = pkt.Header.SetExtension(p.midID, []byte(p.mid))
+			_ = pkt.Header.SetExtension(p.ridID, []byte(tr.RID()))
+		}
+		if tr.WriteRTP(&pkt) == nil {
+			c.sent.Add(1)
+		}
+		if marker {
+			break
 		}
 	}
 }

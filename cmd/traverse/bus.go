@@ -240,26 +240,23 @@ func runBus(ctx context.Context, args []string) error {
 	fs := newFlagSet("bus", "bus --listen ADDR --creds-dir DIR [--node ID ...] [--tls-cert FILE --tls-key FILE] [flags]")
 	cfg.common.flags(fs)
 	bindBusFlags(fs, "", &cfg.busConfig, false)
-	rest, log, err := load(fs, args, &cfg, &cfg.common)
+	log, err := loadFlags(fs, args, &cfg, &cfg.common)
 	if err != nil {
 		return err
-	}
-	if len(rest) > 0 {
-		return fmt.Errorf("unexpected arguments: %q", rest)
 	}
 	if cfg.CredsDir == "" && !cfg.NoAuth {
 		return errors.New("--creds-dir is required: the roles' credentials are kept there (or --insecure-no-auth)")
 	}
-	adm := admin.New(log)
-	e, err := startBusServer(&cfg.busConfig, log, adm)
-	if err != nil {
-		return err
-	}
-	run := func(ctx context.Context) error {
-		<-ctx.Done()
-		return e.Close()
-	}
-	return runWithAdmin(ctx, log, adm, &cfg.common, run)
+	return runAlone(ctx, log, &cfg.common, func(adm *admin.Server) (runner, error) {
+		e, err := startBusServer(&cfg.busConfig, log, adm)
+		if err != nil {
+			return nil, err
+		}
+		return func(ctx context.Context) error {
+			<-ctx.Done()
+			return e.Close()
+		}, nil
+	})
 }
 
 // ownEndpoints returns the listeners serve's roles are configured with, so

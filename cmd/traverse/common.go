@@ -58,6 +58,27 @@ func load(fs *flag.FlagSet, args []string, cfg any, c *common) ([]string, *slog.
 	return rest, log, nil
 }
 
+// loadFlags is load for a command that takes no arguments besides its
+// flags.
+func loadFlags(fs *flag.FlagSet, args []string, cfg any, c *common) (*slog.Logger, error) {
+	rest, log, err := load(fs, args, cfg, c)
+	if err == nil && len(rest) > 0 {
+		err = fmt.Errorf("unexpected arguments: %q", rest)
+	}
+	return log, err
+}
+
+// runAlone runs one role as a process of its own: start makes its runner
+// with the process's admin server, which serves beside it.
+func runAlone(ctx context.Context, log *slog.Logger, c *common, start func(adm *admin.Server) (runner, error)) error {
+	adm := admin.New(log)
+	run, err := start(adm)
+	if err != nil {
+		return err
+	}
+	return runWithAdmin(ctx, log, adm, c, run)
+}
+
 // runner is a role's main loop: it serves until ctx is done, then releases
 // everything it holds and returns.
 type runner func(ctx context.Context) error

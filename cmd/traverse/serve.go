@@ -143,12 +143,9 @@ func runServe(ctx context.Context, args []string) error {
 	for _, r := range serveRoles {
 		cfg.roles[r.name] = r.bind(fs, r.name+"-")
 	}
-	rest, log, err := load(fs, args, &cfg, &cfg.common)
+	log, err := loadFlags(fs, args, &cfg, &cfg.common)
 	if err != nil {
 		return err
-	}
-	if len(rest) > 0 {
-		return fmt.Errorf("unexpected arguments: %q", rest)
 	}
 	adm := admin.New(log)
 	env := &serveEnv{log: log, admin: adm, cfg: cfg.roles, own: ownEndpoints(&cfg), budgets: fdBudgets(log)}

@@ -160,24 +160,21 @@ func runSignal(ctx context.Context, args []string) error {
 	fs := newFlagSet("signal", "signal --http ADDR --nats URL[,URL...] --token-key KEY [flags]")
 	cfg.common.flags(fs)
 	bindSignalFlags(fs, "", &cfg.signalConfig, false)
-	rest, log, err := load(fs, args, &cfg, &cfg.common)
+	log, err := loadFlags(fs, args, &cfg, &cfg.common)
 	if err != nil {
 		return err
-	}
-	if len(rest) > 0 {
-		return fmt.Errorf("unexpected arguments: %q", rest)
 	}
 	busCfg := cfg.busClient("signal")
 	if len(busCfg.URLs) == 0 {
 		return errors.New("--nats is required")
 	}
-	adm := admin.New(log)
-	role, err := startSignal(&cfg.signalConfig, busCfg, nil, log.With("role", "signal"), adm)
-	if err != nil {
-		return err
-	}
-	run := role.run
-	return runWithAdmin(ctx, log, adm, &cfg.common, run)
+	return runAlone(ctx, log, &cfg.common, func(adm *admin.Server) (runner, error) {
+		role, err := startSignal(&cfg.signalConfig, busCfg, nil, log.With("role", "signal"), adm)
+		if err != nil {
+			return nil, err
+		}
+		return role.run, nil
+	})
 }
 
 func init() {

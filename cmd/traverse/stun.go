@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"flag"
-	"fmt"
 	"net/netip"
 
 	"github.com/traverse-rtc/traverse/internal/admin"
@@ -55,20 +54,13 @@ func runSTUN(ctx context.Context, args []string) error {
 	fs := newFlagSet("stun", "stun [flags]")
 	cfg.flags(fs)
 	stunFlags(fs, "", &cfg.Config)
-	rest, log, err := load(fs, args, &cfg, &cfg.common)
+	log, err := loadFlags(fs, args, &cfg, &cfg.common)
 	if err != nil {
 		return err
 	}
-	if len(rest) > 0 {
-		return fmt.Errorf("unexpected arguments: %q", rest)
-	}
-	adm := admin.New(log)
-	env := &serveEnv{log: log, admin: adm}
-	run, err := startSTUN(cfg.Config, env)
-	if err != nil {
-		return err
-	}
-	return runWithAdmin(ctx, log, adm, &cfg.common, run)
+	return runAlone(ctx, log, &cfg.common, func(adm *admin.Server) (runner, error) {
+		return startSTUN(cfg.Config, &serveEnv{log: log, admin: adm})
+	})
 }
 
 func init() {

@@ -34,12 +34,9 @@ func mintToken(w io.Writer, args []string) error {
 	fs.BoolVar(&cfg.Subscribe, "subscribe", cfg.Subscribe, "allow receiving the others' tracks")
 	fs.DurationVar(&cfg.TTL, "ttl", cfg.TTL, "how long the token is valid")
 	var c common
-	rest, _, err := load(fs, args, &cfg, &c)
+	_, err := loadFlags(fs, args, &cfg, &c)
 	if err != nil {
 		return err
-	}
-	if len(rest) > 0 {
-		return fmt.Errorf("unexpected arguments: %q", rest)
 	}
 	if len(cfg.TokenKey) < 16 {
 		return fmt.Errorf("--token-key must be at least 16 bytes")

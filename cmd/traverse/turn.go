@@ -279,20 +279,15 @@ func runTurn(ctx context.Context, args []string) error {
 	fs := newFlagSet("turn", "turn --listen 127.0.0.1:3478 --realm REALM --user NAME:PASSWORD [--user ...] [--auth-secret SECRET] [flags]")
 	cfg.common.flags(fs)
 	bindTurnFlags(fs, "", &cfg.turnConfig, false)
-	rest, log, err := load(fs, args, &cfg, &cfg.common)
+	log, err := loadFlags(fs, args, &cfg, &cfg.common)
 	if err != nil {
 		return err
-	}
-	if len(rest) > 0 {
-		return fmt.Errorf("unexpected arguments: %q", rest)
 	}
 	if cfg.Realm == "" {
 		return errors.New("--realm is required")
 	}
-	adm := admin.New(log)
-	_, run, err := startTurn(&cfg.turnConfig, log, adm)
-	if err != nil {
-		return err
-	}
-	return runWithAdmin(ctx, log, adm, &cfg.common, run)
+	return runAlone(ctx, log, &cfg.common, func(adm *admin.Server) (runner, error) {
+		_, run, err := startTurn(&cfg.turnConfig, log, adm)
+		return run, err
+	})
 }

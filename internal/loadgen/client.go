@@ -100,28 +100,11 @@ func Dial(ctx context.Context, api *webrtc.API, sig Signaler, cfg ClientConfig) 
 	if cfg.PacketSize <= 0 {
 		cfg.PacketSize = 1200
 	}
-	pc, err := api.NewPeerConnection(webrtc.Configuration{})
+	c, cctx, err := newClient(api, sig, cfg)
 	if err != nil {
 		return nil, err
 	}
-	cctx, cancel := context.WithCancel(context.Background())
-	c := &Client{cfg: cfg, sig: sig, pc: pc, connected: make(chan struct{}), joinStart: time.Now(), cancel: cancel}
-	var connOnce sync.Once
-	pc.OnConnectionStateChange(func(s webrtc.PeerConnectionState) {
-		if s == webrtc.PeerConnectionStateConnected {
-			connOnce.Do(func() {
-				c.joinTime.Store(int64(time.Since(c.joinStart)))
-				close(c.connected)
-			})
-		}
-	})
-	pc.OnTrack(func(t *webrtc.TrackRemote, r *webrtc.RTPReceiver) {
-		st := &RecvStats{Kind: t.Kind().String(), clock: t.Codec().ClockRate}
-		c.mu.Lock()
-		c.tracks = append(c.tracks, st)
-		c.mu.Unlock()
-		st.read(t)
-	})
+	pc := c.pc
 	dc, err := pc.CreateDataChannel("data", nil)
 	if err != nil {
 		c.Close()
@@ -140,20 +123,12 @@ func Dial(ctx context.Context, api *webrtc.API, sig Signaler, cfg ClientConfig) 
 		}
 	}
 	offer, err := pc.CreateOffer(nil)
+	if err == nil {
+		err = c.setLocalGathered(ctx, offer)
+	}
 	if err != nil {
 		c.Close()
 		return nil, err
-	}
-	gathered := webrtc.GatheringCompletePromise(pc)
-	if err := pc.SetLocalDescription(offer); err != nil {
-		c.Close()
-		return nil, err
-	}
-	select {
-	case <-gathered:
-	case <-ctx.Done():
-		c.Close()
-		return nil, ctx.Err()
 	}
 	answer, err := sig.Join(ctx, cfg.Room, cfg.Identity, cfg.Publish, cfg.Subscribe, pc.LocalDescription().SDP)
 	if err != nil {
@@ -292,13 +267,39 @@ func NewSessionID() string {
 // dialOffered makes a receive-only client for a server that offers first
 // (a Janus subscriber): it answers offer through sig.Answer.
 func dialOffered(ctx context.Context, api *webrtc.API, sig Signaler, offer string) (*Client, error) {
-	pc, err := api.NewPeerConnection(webrtc.Configuration{})
+	c, _, err := newClient(api, sig, ClientConfig{Subscribe: true})
 	if err != nil {
 		sig.Close()
 		return nil, err
 	}
+	err = c.pc.SetRemoteDescription(webrtc.SessionDescription{Type: webrtc.SDPTypeOffer, SDP: offer})
+	var answer webrtc.SessionDescription
+	if err == nil {
+		answer, err = c.pc.CreateAnswer(nil)
+	}
+	if err == nil {
+		err = c.setLocalGathered(ctx, answer)
+	}
+	if err == nil {
+		err = sig.Answer(ctx, c.pc.LocalDescription().SDP)
+	}
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// newClient makes a client's peer connection, which counts the client
+// connected once it is and measures every track it receives. The context
+// returned ends at Close.
+func newClient(api *webrtc.API, sig Signaler, cfg ClientConfig) (*Client, context.Context, error) {
+	pc, err := api.NewPeerConnection(webrtc.Configuration{})
+	if err != nil {
+		return nil, nil, err
+	}
 	cctx, cancel := context.WithCancel(context.Background())
-	c := &Client{cfg: ClientConfig{Subscribe: true}, sig: sig, pc: pc, connected: make(chan struct{}), joinStart: time.Now(), cancel: cancel}
+	c := &Client{cfg: cfg, sig: sig, pc: pc, connected: make(chan struct{}), joinStart: time.Now(), cancel: cancel}
 	var connOnce sync.Once
 	pc.OnConnectionStateChange(func(s webrtc.PeerConnectionState) {
 		if s == webrtc.PeerConnectionStateConnected {
@@ -315,30 +316,20 @@ func dialOffered(ctx context.Context, api *webrtc.API, sig Signaler, offer strin
 		c.mu.Unlock()
 		st.read(t)
 	})
-	if err := pc.SetRemoteDescription(webrtc.SessionDescription{Type: webrtc.SDPTypeOffer, SDP: offer}); err != nil {
-		c.Close()
-		return nil, err
-	}
-	answer, err := pc.CreateAnswer(nil)
-	if err != nil {
-		c.Close()
-		return nil, err
-	}
-	gathered := webrtc.GatheringCompletePromise(pc)
-	if err := pc.SetLocalDescription(answer); err != nil {
-		c.Close()
-		return nil, err
+	return c, cctx, nil
+}
+
+// setLocalGathered sets the local description and waits until ICE
+// gathering is complete (the signalers send no trickled candidates).
+func (c *Client) setLocalGathered(ctx context.Context, d webrtc.SessionDescription) error {
+	gathered := webrtc.GatheringCompletePromise(c.pc)
+	if err := c.pc.SetLocalDescription(d); err != nil {
+		return err
 	}
 	select {
 	case <-gathered:
+		return nil
 	case <-ctx.Done():
-		c.Close()
-		return nil, ctx.Err()
+		return ctx.Err()
 	}
-	if err := sig.Answer(ctx, pc.LocalDescription().SDP); err != nil {
-		c.Close()
-		return nil, err
-	}
-	_ = cctx
-	return c, nil
 }

@@ -133,39 +133,133 @@ func Run(ctx context.Context, api *webrtc.API, cfg Config) (Summary, error) {
 		return runJanus(ctx, api, cfg, specs2(specs), sum)
 	}
 	start := time.Now()
-	sem := make(chan struct{}, cfg.Parallel)
-	var wg sync.WaitGroup
+	lim := newLimiter(cfg.Parallel)
 	for i, sp := range specs {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			jctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-			defer cancel()
-			c, err := Dial(jctx, api, cfg.NewSignaler(), sp.cfg)
-			if err != nil {
-				errs[i] = err
-				return
-			}
-			clients[i] = c
-			select {
-			case <-c.Connected():
-			case <-jctx.Done():
-				errs[i] = fmt.Errorf("not connected: %w", jctx.Err())
-			}
-		}()
+		lim.do(func() {
+			clients[i], errs[i] = dialConnected(ctx, "", func(ctx context.Context) (*Client, error) {
+				return Dial(ctx, api, cfg.NewSignaler(), sp.cfg)
+			})
+		})
 		if ctx.Err() != nil {
 			break
 		}
 	}
-	wg.Wait()
+	lim.wait()
 	return measure(ctx, cfg, clients, errs, sum, start)
 }
+
+// joinTimeout bounds one client's join, connection included.
+const joinTimeout = 30 * time.Second
+
+// dialConnected dials a client and waits until it is connected, within
+// joinTimeout. A client that does not connect in time is returned with
+// the error, so that the caller closes it.
+func dialConnected(ctx context.Context, what string, dial func(context.Context) (*Client, error)) (*Client, error) {
+	jctx, cancel := context.WithTimeout(ctx, joinTimeout)
+	defer cancel()
+	c, err := dial(jctx)
+	if err != nil {
+		return nil, err
+	}
+	select {
+	case <-c.Connected():
+		return c, nil
+	case <-jctx.Done():
+		if what != "" {
+			what += " "
+		}
+		return c, fmt.Errorf("%snot connected: %w", what, jctx.Err())
+	}
+}
+
+// limiter runs functions in goroutines, at most n at once.
+type limiter struct {
+	sem chan struct{}
+	wg  sync.WaitGroup
+}
+
+func newLimiter(n int) *limiter { return &limiter{sem: make(chan struct{}, n)} }
+
+// do starts f once fewer than n run.
+func (l *limiter) do(f func()) {
+	l.wg.Add(1)
+	l.sem <- struct{}{}
+	go func() {
+		defer l.wg.Done()
+		defer func() { <-l.sem }()
+		f()
+	}()
+}
+
+// wait waits for every f.
+func (l *limiter) wait() { l.wg.Wait() }
 
 // measure records join results, waits a second for renegotiation to
 // settle, then counts what the clients receive for cfg.Duration.
 func measure(ctx context.Context, cfg Config, clients []*Client, errs []error, sum Summary, start time.Time) (Summary, error) {
+	sum.addJoins(clients, errs)
+	// Let renegotiation settle before measuring.
+	settle := time.NewTimer(time.Second)
+	select {
+	case <-settle.C:
+	case <-ctx.Done():
+	}
+	before := totalsOf(clients)
+	sent0 := sentBy(clients)
+	cpu0, rss1 := procStat(cfg.ServerPID)
+	t0 := time.Now()
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	end := time.NewTimer(cfg.Duration)
+	defer end.Stop()
+	last, lastAt := before, t0
+loop:
+	for {
+		select {
+		case <-ctx.Done():
+			break loop
+		case <-end.C:
+			break loop
+		case now := <-tick.C:
+			t := totalsOf(clients)
+			if cfg.Progress != nil {
+				p := Progress{Elapsed: now.Sub(start), Connected: sum.Connected, Peers: sum.Peers,
+					PacketsPerSec: float64(t.packets-last.packets) / now.Sub(lastAt).Seconds()}
+				if d := t.packets - last.packets + t.lost - last.lost; t.lost > last.lost && d > 0 {
+					p.Loss = float64(t.lost-last.lost) / float64(d)
+				}
+				cfg.Progress(p)
+			}
+			last, lastAt = t, now
+		}
+	}
+	after := totalsOf(clients)
+	secs := time.Since(t0).Seconds()
+	sum.Seconds = secs
+	sum.PacketsReceived = after.packets - before.packets
+	sum.PacketsPerSecond = float64(sum.PacketsReceived) / secs
+	sum.BitsPerSecond = float64(after.bytes-before.bytes) * 8 / secs
+	if after.lost > before.lost { // a retransmission may repair a gap from before the window
+		sum.Lost = after.lost - before.lost
+	}
+	sum.Repaired = after.repaired
+	if d := sum.PacketsReceived + sum.Lost; d > 0 {
+		sum.LossFraction = float64(sum.Lost) / float64(d)
+	}
+	if after.tracks > 0 {
+		sum.JitterMeanMillis = float64(after.jitter.Microseconds()) / float64(after.tracks) / 1000
+	}
+	// What the room layout should deliver: every packet published reaches
+	// every other participant of its room.
+	sum.PublishedPerSec = float64(sentBy(clients)-sent0) / secs
+	sum.addServer(cfg, cpu0, rss1, secs)
+	sum.ExpectedPerSecond = sum.PublishedPerSec * float64(cfg.Publishers+cfg.Subscribers-1)
+	return sum, nil
+}
+
+// addJoins counts the join failures and the connected clients, and the
+// join time percentiles.
+func (sum *Summary) addJoins(clients []*Client, errs []error) {
 	for _, err := range errs {
 		if err != nil {
 			sum.JoinFailures++
@@ -189,106 +283,60 @@ func measure(ctx context.Context, cfg Config, clients []*Client, errs []error, s
 		return float64(joins[min(len(joins)-1, int(p*float64(len(joins))))].Microseconds()) / 1000
 	}
 	sum.JoinP50Millis, sum.JoinP95Millis, sum.JoinP99Millis = pct(0.50), pct(0.95), pct(0.99)
+}
 
-	fan := uint64(cfg.Publishers + cfg.Subscribers - 1)
-	sent := func() (n uint64) {
-		for _, c := range clients {
-			if c != nil {
-				n += c.Sent()
-			}
-		}
-		return n
-	}
-	totals := func() (pk, lost, bytes uint64, jit time.Duration, n int) {
-		for _, c := range clients {
-			if c == nil {
-				continue
-			}
-			for _, t := range c.Tracks() {
-				pk += t.Packets()
-				lost += t.Lost()
-				bytes += t.Bytes()
-				jit += t.Jitter()
-				n++
-			}
-		}
+// addServer adds the server's CPU time and memory over the measurement
+// (cpu0 at its start, rss1 its resident set then) when cfg.ServerPID is
+// set.
+func (sum *Summary) addServer(cfg Config, cpu0 float64, rss1 uint64, secs float64) {
+	if cfg.ServerPID <= 0 {
 		return
 	}
-	// Let renegotiation settle before measuring.
-	settle := time.NewTimer(time.Second)
-	select {
-	case <-settle.C:
-	case <-ctx.Done():
+	cpu1, _ := procStat(cfg.ServerPID)
+	sum.ServerCPUSeconds = cpu1 - cpu0
+	sum.ServerCPUPercent = 100 * sum.ServerCPUSeconds / secs
+	if sum.PacketsReceived > 0 {
+		sum.CPUSecondsPerMillionPackets = sum.ServerCPUSeconds / float64(sum.PacketsReceived) * 1e6
+		sum.PacketsPerCPUSecond = float64(sum.PacketsReceived) / sum.ServerCPUSeconds
 	}
-	pk0, lost0, bytes0, _, _ := totals()
-	sent0 := sent()
-	cpu0, rss1 := procStat(cfg.ServerPID)
-	t0 := time.Now()
-	tick := time.NewTicker(time.Second)
-	defer tick.Stop()
-	end := time.NewTimer(cfg.Duration)
-	defer end.Stop()
-	lastPk, lastLost, lastAt := pk0, lost0, t0
-loop:
-	for {
-		select {
-		case <-ctx.Done():
-			break loop
-		case <-end.C:
-			break loop
-		case now := <-tick.C:
-			pk, lost, _, _, _ := totals()
-			if cfg.Progress != nil {
-				p := Progress{Elapsed: now.Sub(start), Connected: sum.Connected, Peers: sum.Peers,
-					PacketsPerSec: float64(pk-lastPk) / now.Sub(lastAt).Seconds()}
-				if d := pk - lastPk + lost - lastLost; lost > lastLost && d > 0 {
-					p.Loss = float64(lost-lastLost) / float64(d)
-				}
-				cfg.Progress(p)
-			}
-			lastPk, lastLost, lastAt = pk, lost, now
+	if sum.Connected > 0 && cfg.serverRSS0 > 0 {
+		sum.ServerRSSMiB = float64(rss1) / (1 << 20)
+		sum.MemoryPerPeerKiB = float64(int64(rss1)-int64(cfg.serverRSS0)) / 1024 / float64(sum.Peers)
+	}
+}
+
+// trackTotals sum the counters of every track the clients receive.
+type trackTotals struct {
+	packets, lost, bytes, repaired uint64
+	jitter                         time.Duration
+	tracks                         int
+}
+
+func totalsOf(clients []*Client) (t trackTotals) {
+	for _, c := range clients {
+		if c == nil {
+			continue
+		}
+		for _, r := range c.Tracks() {
+			t.packets += r.Packets()
+			t.lost += r.Lost()
+			t.bytes += r.Bytes()
+			t.repaired += r.Repaired()
+			t.jitter += r.Jitter()
+			t.tracks++
 		}
 	}
-	pk, lost, bytes, jit, n := totals()
-	secs := time.Since(t0).Seconds()
-	sum.Seconds = secs
-	sum.PacketsReceived = pk - pk0
-	sum.PacketsPerSecond = float64(pk-pk0) / secs
-	sum.BitsPerSecond = float64(bytes-bytes0) * 8 / secs
-	if lost > lost0 { // a retransmission may repair a gap from before the window
-		sum.Lost = lost - lost0
-	}
+	return t
+}
+
+// sentBy is how many RTP packets the clients published.
+func sentBy(clients []*Client) (n uint64) {
 	for _, c := range clients {
 		if c != nil {
-			for _, t := range c.Tracks() {
-				sum.Repaired += t.Repaired()
-			}
+			n += c.Sent()
 		}
 	}
-	if d := sum.PacketsReceived + sum.Lost; d > 0 {
-		sum.LossFraction = float64(sum.Lost) / float64(d)
-	}
-	if n > 0 {
-		sum.JitterMeanMillis = float64(jit.Microseconds()) / float64(n) / 1000
-	}
-	// What the room layout should deliver: every packet published reaches
-	// every other participant of its room.
-	sum.PublishedPerSec = float64(sent()-sent0) / secs
-	if cfg.ServerPID > 0 {
-		cpu1, _ := procStat(cfg.ServerPID)
-		sum.ServerCPUSeconds = cpu1 - cpu0
-		sum.ServerCPUPercent = 100 * sum.ServerCPUSeconds / secs
-		if sum.PacketsReceived > 0 {
-			sum.CPUSecondsPerMillionPackets = sum.ServerCPUSeconds / float64(sum.PacketsReceived) * 1e6
-			sum.PacketsPerCPUSecond = float64(sum.PacketsReceived) / sum.ServerCPUSeconds
-		}
-		if sum.Connected > 0 && cfg.serverRSS0 > 0 {
-			sum.ServerRSSMiB = float64(rss1) / (1 << 20)
-			sum.MemoryPerPeerKiB = float64(int64(rss1)-int64(cfg.serverRSS0)) / 1024 / float64(sum.Peers)
-		}
-	}
-	sum.ExpectedPerSecond = sum.PublishedPerSec * float64(fan)
-	return sum, nil
+	return n
 }
 
 // procStat returns a process's CPU time (utime+stime) in seconds and its
@@ -339,6 +387,9 @@ func runJanus(ctx context.Context, api *webrtc.API, cfg Config, specs []ClientCo
 	var errs []error
 	var mu sync.Mutex
 	add := func(c *Client, err error) {
+		if err != nil && c != nil {
+			c.Close() // joined, not connected in time: counted a failure
+		}
 		mu.Lock()
 		defer mu.Unlock()
 		if err != nil {
@@ -370,31 +421,19 @@ func runJanus(ctx context.Context, api *webrtc.API, cfg Config, specs []ClientCo
 			return sum, fmt.Errorf("janus create room: %w", err)
 		}
 	}
-	sem := make(chan struct{}, cfg.Parallel)
-	var wg sync.WaitGroup
+	lim := newLimiter(cfg.Parallel)
 	feeds := map[string][]uint64{} // room -> feeds
 	feedOf := map[string]uint64{}  // identity -> feed
 	for _, sp := range specs {
 		if !sp.Publish {
 			continue
 		}
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			jctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-			defer cancel()
+		lim.do(func() {
 			sig := NewJanusPublisher(j, roomID(sp.Room))
-			c, err := Dial(jctx, api, sig, ClientConfig{Room: sp.Room, Identity: sp.Identity, Publish: true,
-				VideoBitrate: sp.VideoBitrate, Simulcast: sp.Simulcast})
-			if err == nil {
-				select {
-				case <-c.Connected():
-				case <-jctx.Done():
-					err = fmt.Errorf("janus publisher not connected: %w", jctx.Err())
-				}
-			}
+			c, err := dialConnected(ctx, "janus publisher", func(ctx context.Context) (*Client, error) {
+				return Dial(ctx, api, sig, ClientConfig{Room: sp.Room, Identity: sp.Identity, Publish: true,
+					VideoBitrate: sp.VideoBitrate, Simulcast: sp.Simulcast})
+			})
 			add(c, err)
 			if err == nil {
 				mu.Lock()
@@ -402,9 +441,9 @@ func runJanus(ctx context.Context, api *webrtc.API, cfg Config, specs []ClientCo
 				feedOf[sp.Identity] = sig.Feed()
 				mu.Unlock()
 			}
-		}()
+		})
 	}
-	wg.Wait()
+	lim.wait()
 	for _, sp := range specs {
 		var want []uint64
 		for _, f := range feeds[sp.Room] {
@@ -415,24 +454,12 @@ func runJanus(ctx context.Context, api *webrtc.API, cfg Config, specs []ClientCo
 		if len(want) == 0 {
 			continue
 		}
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			jctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-			defer cancel()
-			c, err := DialJanusSubscriber(jctx, api, j, roomID(sp.Room), want)
-			if err == nil {
-				select {
-				case <-c.Connected():
-				case <-jctx.Done():
-					err = fmt.Errorf("janus subscriber not connected: %w", jctx.Err())
-				}
-			}
-			add(c, err)
-		}()
+		lim.do(func() {
+			add(dialConnected(ctx, "janus subscriber", func(ctx context.Context) (*Client, error) {
+				return DialJanusSubscriber(ctx, api, j, roomID(sp.Room), want)
+			}))
+		})
 	}
-	wg.Wait()
+	lim.wait()
 	return measure(ctx, cfg, clients, errs, sum, start)
 }

@@ -42,19 +42,33 @@ func runServeUntilReady(t *testing.T, adminAddr string, args []string) {
 			t.Error("serve did not stop within 5s")
 		}
 	})
-	deadline := time.Now().Add(30 * time.Second)
+	waitReady(t, adminAddr, 30*time.Second, done, nil)
+}
+
+// waitReady polls /readyz on adminAddr until it answers 200, failing t
+// after d or once the process reports on stopped (nil: never). detail,
+// when set, adds to the failure message.
+func waitReady(t *testing.T, adminAddr string, d time.Duration, stopped <-chan error, detail func() string) {
+	t.Helper()
+	more := func() string {
+		if detail == nil {
+			return ""
+		}
+		return "\n" + detail()
+	}
+	deadline := time.Now().Add(d)
 	for {
-		code, _, err := httpGet("http://" + adminAddr + "/readyz")
+		code, body, err := httpGet("http://" + adminAddr + "/readyz")
 		if err == nil && code == 200 {
 			return
 		}
 		select {
-		case err := <-done:
-			t.Fatalf("serve stopped: %v", err)
+		case err := <-stopped:
+			t.Fatalf("stopped before ready: %v%s", err, more())
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("not ready after 30s: %d %v", code, err)
+			t.Fatalf("not ready after %v: %d %q %v%s", d, code, body, err, more())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -281,16 +295,7 @@ func TestBusCommandCredentials(t *testing.T) {
 			t.Errorf("traverse bus: %v", err)
 		}
 	}()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if code, _, err := httpGet("http://" + adminAddr + "/readyz"); err == nil && code == 200 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("traverse bus not ready")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitReady(t, adminAddr, 10*time.Second, nil, nil)
 	for _, f := range []string{"signal.creds", "sfu-n1.creds"} {
 		st, err := os.Stat(filepath.Join(dir, f))
 		if err != nil || st.Mode().Perm() != 0o600 {

@@ -115,21 +115,7 @@ func TestServeSignalFloodBudget(t *testing.T) {
 		_ = res.Body.Close()
 		return res.StatusCode, nil
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if code, err := get("http://" + adminAddr + "/readyz"); err == nil && code == 200 {
-			break
-		}
-		select {
-		case err := <-exited:
-			t.Fatalf("serve child exited: %v\n%s", err, out.String())
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("not ready after 30s:\n%s", out.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitReady(t, adminAddr, 30*time.Second, exited, out.String)
 	childFDs := func() int {
 		es, err := os.ReadDir("/proc/" + strconv.Itoa(cmd.Process.Pid) + "/fd")
 		if err != nil {
@@ -204,7 +190,7 @@ func TestServeSignalFloodBudget(t *testing.T) {
 		_ = c.Close()
 	}
 	conns = nil
-	deadline = time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(10 * time.Second)
 	for {
 		code, err := get("http://" + signalAddr + "/")
 		if err == nil && code == 200 {

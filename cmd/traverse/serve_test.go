@@ -99,22 +99,7 @@ func TestServe(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- runServe(ctx, args) }()
 
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		code, body, err := httpGet("http://" + adminAddr + "/readyz")
-		if err == nil && code == 200 {
-			break
-		}
-		select {
-		case err := <-done:
-			t.Fatalf("serve stopped: %v", err)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("not ready after 30s: %d %q %v", code, body, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitReady(t, adminAddr, 30*time.Second, done, nil)
 	_, metrics, err := httpGet("http://" + adminAddr + "/metrics")
 	if err != nil {
 		t.Fatal(err)

@@ -69,7 +69,7 @@ func TestBusBackend(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = be.Close() })
 	_ = nodeBus.Conn().Flush()
-	waitFor(t, func() bool {
+	waitFor(t, "the node announced", func() bool {
 		_ = nodeBus.AnnounceNode(bus.NodeAnnounce{Node: "n1", Region: "eu", UDP: "203.0.113.7:7882", Load: bus.NodeLoad{Peers: 3}, Time: time.Now()})
 		return len(be.Nodes()) == 1
 	})
@@ -147,7 +147,7 @@ func TestBusBackend(t *testing.T) {
 	if m := c.recv(); m.Type != TypeBye {
 		t.Fatalf("bye %+v", m)
 	}
-	waitFor(t, func() bool {
+	waitFor(t, "the leave and both announces", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return len(got) > 0 && got[len(got)-1].Type == bus.RequestLeave && len(announces) == 2
@@ -169,16 +169,5 @@ func TestBusBackend(t *testing.T) {
 	}
 	if got[1].Candidate == nil || *got[1].Candidate.UsernameFragment != "q7bK" {
 		t.Fatalf("candidate %+v", got[1].Candidate)
-	}
-}
-
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met within 5s")
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }

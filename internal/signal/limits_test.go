@@ -99,6 +99,14 @@ func openFDs(t *testing.T) int {
 	return len(es)
 }
 
+// waitFor polls cond until it holds, failing t after 5 s.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	if !waitUntil(5*time.Second, cond) {
+		t.Fatalf("%s: not within 5s", what)
+	}
+}
+
 // waitUntil polls cond every 20 ms until it holds or d passes.
 func waitUntil(d time.Duration, cond func() bool) bool {
 	deadline := time.Now().Add(d)

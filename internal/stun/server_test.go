@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/binary"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -179,13 +180,9 @@ func TestDropCounters(t *testing.T) {
 	// it have been counted (one socket, in order).
 	exchange(t, c, s.Addr(), request(t))
 	for _, reason := range []string{"short", "not_stun", "bad_fingerprint"} {
-		deadline := time.Now().Add(3 * time.Second)
-		for counter(t, reg, "traverse_stun_dropped_total", "reason", reason) != 1 {
-			if time.Now().After(deadline) {
-				t.Fatalf("dropped{reason=%q} = %v, want 1", reason, counter(t, reg, "traverse_stun_dropped_total", "reason", reason))
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
+		waitFor(t, fmt.Sprintf("dropped{reason=%q} = 1", reason), func() bool {
+			return counter(t, reg, "traverse_stun_dropped_total", "reason", reason) == 1
+		})
 	}
 }
 
@@ -224,13 +221,7 @@ func TestShutdownReleasesSockets(t *testing.T) {
 	}
 	done := make(chan error, 1)
 	go func() { done <- s.Run(ctx) }()
-	deadline := time.Now().Add(5 * time.Second)
-	for s.Ready() != nil {
-		if time.Now().After(deadline) {
-			t.Fatal("not ready")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	waitFor(t, "ready", func() bool { return s.Ready() == nil })
 	// An open TCP connection must not hold shutdown up.
 	tc, err := net.Dial("tcp", s.TCPAddr().String())
 	if err != nil {

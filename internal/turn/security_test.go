@@ -236,13 +236,7 @@ func TestAllocationsExpire(t *testing.T) {
 		t.Fatalf("allocations = %d", got)
 	}
 	// The sweeper ticks every second; wait for it with a deadline.
-	deadline := time.Now().Add(5 * time.Second)
-	for s.Allocations() != 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("allocations did not expire: %d left", s.Allocations())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitFor(t, 5*time.Second, "allocations expired", func() bool { return s.Allocations() == 0 })
 	if got := testutil.ToFloat64(s.m.allocations); got != 0 {
 		t.Errorf("allocations gauge = %v", got)
 	}

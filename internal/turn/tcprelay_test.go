@@ -337,10 +337,7 @@ func TestTCPAllocationErrors(t *testing.T) {
 	}
 	// Not bound in time (RFC 6062 section 5.2: 30 s, shortened here): the
 	// peer data connection is closed, and a late bind gets 400.
-	deadline := time.Now().Add(5 * time.Second)
-	for testutil.ToFloat64(s.m.tcpTimeouts) < 1 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitFor(t, 5*time.Second, "a bind timeout", func() bool { return testutil.ToFloat64(s.m.tcpTimeouts) >= 1 })
 	if got := testutil.ToFloat64(s.m.tcpTimeouts); got != 1 {
 		t.Fatalf("bind timeouts = %v, want 1", got)
 	}

@@ -387,22 +387,35 @@ func TestDoubleNAT(t *testing.T) {
 	}
 }
 
+// hostPair builds a lab with two hosts on its internet, "server" and
+// "client", and a UDP socket on each: the server's at srvPort (0: any),
+// the client's at 5000. The sockets close when the test ends.
+func hostPair(t *testing.T, srvPort uint16) (client *Host, srv, cl *net.UDPConn) {
+	t.Helper()
+	lab := New(t)
+	server := lab.Host("server", lab.Internet())
+	client = lab.Host("client", lab.Internet())
+	bind := netip.AddrPort{}
+	if srvPort != 0 {
+		bind = netip.AddrPortFrom(server.Addr(), srvPort)
+	}
+	srv, err := server.ListenUDP(bind)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	cl, err = client.ListenUDP(netip.AddrPortFrom(client.Addr(), 5000))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cl.Close() })
+	return client, srv, cl
+}
+
 // TestLoss: a link dropping 50% loses roughly half of 200 datagrams each
 // way, and nothing once the loss is removed.
 func TestLoss(t *testing.T) {
-	lab := New(t)
-	server := lab.Host("server", lab.Internet())
-	client := lab.Host("client", lab.Internet())
-	srv, err := server.ListenUDP(netip.AddrPortFrom(server.Addr(), 5000))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
-	cl, err := client.ListenUDP(netip.AddrPortFrom(client.Addr(), 5000))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
+	client, srv, cl := hostPair(t, 5000)
 	// Counting reads after all sends: room for 200 datagrams queued.
 	_ = srv.SetReadBuffer(1 << 20)
 	_ = cl.SetReadBuffer(1 << 20)
@@ -454,22 +467,10 @@ func TestLoss(t *testing.T) {
 
 // TestRate: a 2 Mbit/s downlink offered far more delivers about 2 Mbit/s.
 func TestRate(t *testing.T) {
-	lab := New(t)
-	server := lab.Host("server", lab.Internet())
-	client := lab.Host("client", lab.Internet())
+	client, srv, cl := hostPair(t, 0)
 	if err := client.Link().SetRateDir(Downlink, 2_000_000); err != nil {
 		t.Fatal(err)
 	}
-	srv, err := server.ListenUDP(netip.AddrPort{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
-	cl, err := client.ListenUDP(netip.AddrPortFrom(client.Addr(), 5000))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
 	// Offer about 12 Mbit/s (20 x 400 B every 5 ms) for 800 ms: even a
 	// sender slowed down 5 times by a loaded machine exceeds the cap.
 	done := make(chan struct{})

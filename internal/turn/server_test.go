@@ -54,10 +54,16 @@ func runServer(t testing.TB, cfg Config) *Server {
 	return s
 }
 
-// echoPeer is a UDP peer that sends every datagram back.
+// echoPeer is a UDP peer on 127.0.0.1 that sends every datagram back.
 func echoPeer(t testing.TB) *net.UDPConn {
 	t.Helper()
-	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	return echoPeerOn(t, "udp4", net.IPv4(127, 0, 0, 1))
+}
+
+// echoPeerOn is echoPeer on ip.
+func echoPeerOn(t testing.TB, network string, ip net.IP) *net.UDPConn {
+	t.Helper()
+	c, err := net.ListenUDP(network, &net.UDPAddr{IP: ip})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -173,23 +179,7 @@ func TestIPv6Relay(t *testing.T) {
 		c.Listen = netip.MustParseAddrPort("[::1]:0")
 		c.AllowLoopbackPeers = true
 	})
-	peer, err := net.ListenUDP("udp6", &net.UDPAddr{IP: net.IPv6loopback})
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		buf := make([]byte, 2048)
-		for {
-			n, from, err := peer.ReadFromUDPAddrPort(buf)
-			if err != nil {
-				return
-			}
-			_, _ = peer.WriteToUDPAddrPort(buf[:n], from)
-		}
-	}()
-	t.Cleanup(func() { peer.Close(); <-done })
+	peer := echoPeerOn(t, "udp6", net.IPv6loopback)
 	c := newSTUNClient6(t, s.Addr())
 	relayed := c.allocate()
 	if !relayed.Addr().Is6() {

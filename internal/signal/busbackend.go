@@ -339,21 +339,32 @@ func (l *busLink) Offer(ctx context.Context, sdp, ufrag string) (string, error) 
 }
 
 func (l *busLink) Answer(ctx context.Context, sdp string) error {
-	if _, err := l.b.c.Request(ctx, l.node, bus.Request{Type: bus.RequestAnswer, Session: l.req.Session, SDP: sdp}); err != nil {
+	return l.send(ctx, bus.Request{Type: bus.RequestAnswer, Session: l.req.Session, SDP: sdp})
+}
+
+// send sends req to the node, its error mapped to signaling's classes.
+func (l *busLink) send(ctx context.Context, req bus.Request) error {
+	if _, err := l.b.c.Request(ctx, l.node, req); err != nil {
 		return fromBus(err)
 	}
 	return nil
 }
 
-func (l *busLink) Candidate(ctx context.Context, c Candidate) error {
+// sendJoined is send for a request that needs the session on the node:
+// what names one before the first offer is refused (ErrState).
+func (l *busLink) sendJoined(ctx context.Context, what string, req bus.Request) error {
 	l.mu.Lock()
 	joined := l.joined
 	l.mu.Unlock()
 	if !joined {
 		// Browsers trickle only after their offer; one arriving earlier has
 		// no session to go to.
-		return fmt.Errorf("%w: candidate before the first offer", ErrState)
+		return fmt.Errorf("%w: %s before the first offer", ErrState, what)
 	}
+	return l.send(ctx, req)
+}
+
+func (l *busLink) Candidate(ctx context.Context, c Candidate) error {
 	req := bus.Request{Type: bus.RequestCandidate, Session: l.req.Session}
 	if c.Candidate != "" {
 		bc := bus.Candidate{Candidate: c.Candidate, SDPMid: c.SDPMid, SDPMLineIndex: c.SDPMLineIndex}
@@ -363,26 +374,13 @@ func (l *busLink) Candidate(ctx context.Context, c Candidate) error {
 		}
 		req.Candidate = &bc
 	}
-	if _, err := l.b.c.Request(ctx, l.node, req); err != nil {
-		return fromBus(err)
-	}
-	return nil
+	return l.sendJoined(ctx, "candidate", req)
 }
 
 // Layer sends the client's layer request to the node.
 func (l *busLink) Layer(ctx context.Context, r LayerRequest) error {
-	l.mu.Lock()
-	joined := l.joined
-	l.mu.Unlock()
-	if !joined {
-		return fmt.Errorf("%w: layer before the first offer", ErrState)
-	}
-	req := bus.Request{Type: bus.RequestLayer, Session: l.req.Session, Layer: &bus.LayerRequest{Track: r.Track,
-		StreamID: r.StreamID, MaxLayer: r.MaxLayer, Width: r.Width, Height: r.Height}}
-	if _, err := l.b.c.Request(ctx, l.node, req); err != nil {
-		return fromBus(err)
-	}
-	return nil
+	return l.sendJoined(ctx, "layer", bus.Request{Type: bus.RequestLayer, Session: l.req.Session, Layer: &bus.LayerRequest{Track: r.Track,
+		StreamID: r.StreamID, MaxLayer: r.MaxLayer, Width: r.Width, Height: r.Height}})
 }
 
 // Close leaves the room on the node (bounded by a short timeout) and drops

@@ -163,6 +163,11 @@ func knownRequired(t stun.AttrType) bool {
 // handle answers one request that arrived on socket via from src over t.
 // The response is appended to out[:0]; it never outgrows cap(out) when
 // cap(out) >= maxRequest.
+//
+// It stays one function of about 110 lines on purpose: it is the answer
+// path of every request, and split into an attribute reader and a
+// response writer (tried for issue 16) BenchmarkHandle went from 97 to
+// 125 ns per request on 2 vCPUs.
 func (h *handler) handle(in []byte, src netip.AddrPort, via int, t transport, out []byte) result {
 	if r := check(in); r != dropNone {
 		return result{drop: r}

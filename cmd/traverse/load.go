@@ -98,6 +98,15 @@ func runLoad(ctx context.Context, args []string) error {
 		enc.SetIndent("", "  ")
 		return enc.Encode(sum)
 	}
+	printSummary(sum)
+	if sum.Connected == 0 {
+		return errors.New("no client connected")
+	}
+	return nil
+}
+
+// printSummary prints a run's summary for a reader.
+func printSummary(sum loadgen.Summary) {
 	fmt.Printf("rooms %d x (%d publishers + %d subscribers) = %d peers, %d connected, %d failed%s\n",
 		sum.Rooms, sum.Publishers, sum.Subscribers, sum.Peers, sum.Connected, sum.JoinFailures, firstErr(sum.FirstJoinError))
 	fmt.Printf("published %.0f pkt/s; received %.0f pkt/s (%.1f Mbit/s) of %.0f expected over %.1fs\n",
@@ -108,10 +117,6 @@ func runLoad(ctx context.Context, args []string) error {
 		fmt.Printf("server: %.2f CPU-seconds (%.0f%% of a core), %.2f CPU-s per million forwarded packets (%.0f packets per CPU-second), RSS %.1f MiB, %.0f KiB per participant\n",
 			sum.ServerCPUSeconds, sum.ServerCPUPercent, sum.CPUSecondsPerMillionPackets, sum.PacketsPerCPUSecond, sum.ServerRSSMiB, sum.MemoryPerPeerKiB)
 	}
-	if sum.Connected == 0 {
-		return errors.New("no client connected")
-	}
-	return nil
 }
 
 func firstErr(s string) string {

@@ -298,6 +298,9 @@ func (l *Lab) newNATLocked(name string, parent *segment, kind Kind, o natOptions
 //	  filtering (EIMAPDF, ADMAPDF, the symmetric kinds).
 //	chain fwd, chain in (filter): from eth0, only established/related or
 //	  dnat'ed flows pass; BlockUDP drops UDP both ways.
+//
+// It is one function of about 120 lines on purpose: its rules follow the
+// table above in order, one table read against one listing.
 func (n *NAT) installRules() error {
 	c, err := nftables.New(nftables.WithNetNSFd(int(n.ns)))
 	if err != nil {

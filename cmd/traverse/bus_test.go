@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
+	"github.com/traverse-rtc/traverse/internal/turn/turntest"
 	"io"
 	"net"
 	"net/netip"
@@ -18,7 +19,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
 	pstun "github.com/pion/stun/v3"
-	"github.com/pion/turn/v4"
 
 	"github.com/traverse-rtc/traverse/internal/bus"
 	"github.com/traverse-rtc/traverse/internal/tlsutil"
@@ -148,19 +148,8 @@ func TestServeTurnRefusesOwnPorts(t *testing.T) {
 	turnAddr := "127.0.0.1:" + strconv.Itoa(p.turn)
 
 	// TCP: a control connection, a TCP allocation, Connect.
-	ctl, err := net.Dial("tcp", turnAddr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := turn.NewClient(&turn.ClientConfig{STUNServerAddr: turnAddr, TURNServerAddr: turnAddr,
-		Username: "demo", Password: "demo", Realm: "traverse", Conn: turn.NewSTUNConn(ctl)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if err := c.Listen(); err != nil {
-		t.Fatal(err)
-	}
+	demo := turntest.Credentials{Realm: "traverse", User: "demo", Pass: "demo"}
+	c := turntest.TCPClient(t, turnAddr, demo)
 	alloc, err := c.AllocateTCP()
 	if err != nil {
 		t.Fatalf("allocate tcp: %v", err)
@@ -185,20 +174,7 @@ func TestServeTurnRefusesOwnPorts(t *testing.T) {
 
 	// UDP: an allocation that reaches a loopback echo peer, not serve's
 	// STUN server (which answers anything) nor its SFU port.
-	uc, err := net.ListenPacket("udp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer uc.Close()
-	uclient, err := turn.NewClient(&turn.ClientConfig{STUNServerAddr: turnAddr, TURNServerAddr: turnAddr,
-		Username: "demo", Password: "demo", Realm: "traverse", Conn: uc, RTO: 200 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer uclient.Close()
-	if err := uclient.Listen(); err != nil {
-		t.Fatal(err)
-	}
+	uclient := turntest.Client(t, turnAddr, demo, nil)
 	relay, err := uclient.Allocate()
 	if err != nil {
 		t.Fatalf("allocate udp: %v", err)

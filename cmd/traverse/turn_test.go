@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"github.com/traverse-rtc/traverse/internal/turn/turntest"
 	"net"
 	"os"
 	"path/filepath"
@@ -10,26 +11,18 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/pion/turn/v4"
 )
 
 func turnAllocate(t *testing.T, server, user, pass string) error {
 	t.Helper()
+	// Closed now, not when the test ends: callers try in a loop.
 	conn, err := net.ListenPacket("udp4", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	c, err := turn.NewClient(&turn.ClientConfig{TURNServerAddr: server, STUNServerAddr: server,
-		Username: user, Password: pass, Realm: "test", Conn: conn, RTO: 200 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := turntest.Client(t, server, turntest.Credentials{Realm: "test", User: user, Pass: pass}, conn)
 	defer c.Close()
-	if err := c.Listen(); err != nil {
-		t.Fatal(err)
-	}
 	relay, err := c.Allocate()
 	if err != nil {
 		return err

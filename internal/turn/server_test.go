@@ -2,6 +2,7 @@ package turn
 
 import (
 	"context"
+	"github.com/traverse-rtc/traverse/internal/turn/turntest"
 	"net"
 	"net/netip"
 	"testing"
@@ -85,22 +86,7 @@ func echoPeerOn(t testing.TB, network string, ip net.IP) *net.UDPConn {
 
 func pionClient(t testing.TB, server netip.AddrPort, user, pass string) *turn.Client {
 	t.Helper()
-	conn, err := net.ListenPacket("udp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := turn.NewClient(&turn.ClientConfig{
-		STUNServerAddr: server.String(), TURNServerAddr: server.String(),
-		Username: user, Password: pass, Realm: testRealm, Conn: conn,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Listen(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close(); conn.Close() })
-	return c
+	return turntest.Client(t, server.String(), turntest.Credentials{Realm: testRealm, User: user, Pass: pass}, nil)
 }
 
 func TestPionClientRelay(t *testing.T) {

@@ -3,6 +3,7 @@ package turn
 import (
 	"bytes"
 	"encoding/binary"
+	"github.com/traverse-rtc/traverse/internal/turn/turntest"
 	"io"
 	"net"
 	"net/netip"
@@ -358,17 +359,8 @@ func TestTCPAllocationPion(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := turn.NewClient(&turn.ClientConfig{
-		STUNServerAddr: s.TCPAddr().String(), TURNServerAddr: s.TCPAddr().String(),
-		Username: testUser, Password: testPass, Realm: testRealm, Conn: turn.NewSTUNConn(ctl),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if err := c.Listen(); err != nil {
-		t.Fatal(err)
-	}
+	c := turntest.Client(t, s.TCPAddr().String(), turntest.Credentials{Realm: testRealm, User: testUser, Pass: testPass},
+		turn.NewSTUNConn(ctl))
 	alloc, err := c.AllocateTCP()
 	if err != nil {
 		t.Fatalf("allocate tcp: %v", err)

@@ -21,6 +21,7 @@ package signal_test
 import (
 	"context"
 	"fmt"
+	"github.com/traverse-rtc/traverse/internal/roletest"
 	"log/slog"
 	"net/http/httptest"
 	"net/netip"
@@ -119,10 +120,7 @@ func startStack(t *testing.T, withTURN bool) *stack {
 		if err != nil {
 			t.Fatal(err)
 		}
-		tctx, tcancel := context.WithCancel(context.Background())
-		tran := make(chan error, 1)
-		go func() { tran <- ts.Run(tctx) }()
-		t.Cleanup(func() { tcancel(); <-tran })
+		roletest.Run(t, ts)
 		url := "turn:" + ts.Addr().String() + "?transport=udp"
 		cfg.ICEServers = func(identity string) []signal.ICEServer {
 			u, p := turn.RESTCredentials("turn-secret", identity, time.Hour, time.Now())

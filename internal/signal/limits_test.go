@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/traverse-rtc/traverse/internal/roletest"
 	"net"
 	"net/http"
 	"net/netip"
@@ -28,15 +29,7 @@ func serving(t *testing.T, mod func(*Config)) (*Server, string, *prometheus.Regi
 			mod(c)
 		}
 	})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("run: %v", err)
-		}
-	})
+	roletest.Run(t, s)
 	return s, s.Addr().String(), reg
 }
 

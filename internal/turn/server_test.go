@@ -1,7 +1,7 @@
 package turn
 
 import (
-	"context"
+	"github.com/traverse-rtc/traverse/internal/roletest"
 	"github.com/traverse-rtc/traverse/internal/turn/turntest"
 	"net"
 	"net/netip"
@@ -43,15 +43,7 @@ func runServer(t testing.TB, cfg Config) *Server {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	ran := make(chan error, 1)
-	go func() { ran <- s.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-ran; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
+	roletest.Run(t, s)
 	return s
 }
 

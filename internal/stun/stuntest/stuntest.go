@@ -4,7 +4,7 @@
 package stuntest
 
 import (
-	"context"
+	"github.com/traverse-rtc/traverse/internal/roletest"
 	"net/netip"
 	"testing"
 	"time"
@@ -30,22 +30,11 @@ func Start(tb testing.TB, cfg stun.Config, reg prometheus.Registerer) *stun.Serv
 	if cfg.Readers == 0 {
 		cfg.Readers = 1
 	}
-	ctx, cancel := context.WithCancel(context.Background())
 	s, err := stun.New(cfg)
 	if err != nil {
-		cancel()
 		tb.Fatalf("stuntest: %v", err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	tb.Cleanup(func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			tb.Errorf("stuntest: server did not stop within 5s")
-		}
-	})
+	roletest.Run(tb, s)
 	deadline := time.Now().Add(5 * time.Second)
 	for s.Ready() != nil {
 		if time.Now().After(deadline) {

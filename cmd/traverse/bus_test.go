@@ -235,22 +235,7 @@ func tcpEcho(t *testing.T) netip.AddrPort {
 
 func udpEcho(t *testing.T) netip.AddrPort {
 	t.Helper()
-	pc, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { pc.Close() })
-	go func() {
-		buf := make([]byte, 1500)
-		for {
-			n, from, err := pc.ReadFromUDPAddrPort(buf)
-			if err != nil {
-				return
-			}
-			_, _ = pc.WriteToUDPAddrPort(buf[:n], from)
-		}
-	}()
-	return pc.LocalAddr().(*net.UDPAddr).AddrPort()
+	return turntest.EchoUDP(t, "udp4", net.IPv4(127, 0, 0, 1)).LocalAddr().(*net.UDPAddr).AddrPort()
 }
 
 // traverse bus writes one credentials file per role (0600); a separate

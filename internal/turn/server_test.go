@@ -56,24 +56,7 @@ func echoPeer(t testing.TB) *net.UDPConn {
 // echoPeerOn is echoPeer on ip.
 func echoPeerOn(t testing.TB, network string, ip net.IP) *net.UDPConn {
 	t.Helper()
-	c, err := net.ListenUDP(network, &net.UDPAddr{IP: ip})
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		buf := make([]byte, 2048)
-		for {
-			n, from, err := c.ReadFromUDPAddrPort(buf)
-			if err != nil {
-				return
-			}
-			_, _ = c.WriteToUDPAddrPort(buf[:n], from)
-		}
-	}()
-	t.Cleanup(func() { c.Close(); <-done })
-	return c
+	return turntest.EchoUDP(t, network, ip)
 }
 
 func pionClient(t testing.TB, server netip.AddrPort, user, pass string) *turn.Client {

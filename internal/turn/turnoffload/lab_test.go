@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/traverse-rtc/traverse/internal/turn/turntest"
 	"io"
 	"net"
 	"net/http"
@@ -123,7 +124,10 @@ func runHelper(sock string, clsact, loopback bool) error {
 	if err != nil {
 		return err
 	}
-	defer s.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan error, 1)
+	go func() { ran <- s.Run(ctx) }()
+	defer func() { cancel(); <-ran }()
 	ln, err := net.Listen("unix", sock)
 	if err != nil {
 		return err
@@ -309,20 +313,7 @@ func testLabRelay(t *testing.T, l *offloadtest.Lab, clsact, loopback bool) {
 			t.Fatal(err)
 		}
 	})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		buf := make([]byte, 2048)
-		for {
-			n, from, err := peer.ReadFromUDPAddrPort(buf)
-			if err != nil {
-				return
-			}
-			_, _ = peer.WriteToUDPAddrPort(buf[:n], from)
-		}
-	}()
-	t.Cleanup(func() { peer.Close(); wg.Wait() })
+	turntest.Echo(t, peer)
 
 	// The pion/turn client.
 	var conn net.PacketConn

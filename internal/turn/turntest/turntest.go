@@ -49,3 +49,34 @@ func TCPClient(tb testing.TB, server string, cred Credentials) *turn.Client {
 	}
 	return Client(tb, server, cred, turn.NewSTUNConn(ctl))
 }
+
+// EchoUDP binds a UDP socket on ip (network "udp4" or "udp6", port 0) and
+// serves it as an echo peer (see Echo).
+func EchoUDP(tb testing.TB, network string, ip net.IP) *net.UDPConn {
+	tb.Helper()
+	c, err := net.ListenUDP(network, &net.UDPAddr{IP: ip})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	Echo(tb, c)
+	return c
+}
+
+// Echo serves c, a bound UDP socket (inside a network namespace, say), as
+// a peer that sends every datagram back to its sender, until the test
+// ends: then c is closed and the echo goroutine waited for.
+func Echo(tb testing.TB, c *net.UDPConn) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 2048)
+		for {
+			n, from, err := c.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			_, _ = c.WriteToUDPAddrPort(buf[:n], from)
+		}
+	}()
+	tb.Cleanup(func() { c.Close(); <-done })
+}

@@ -15,24 +15,6 @@ import (
 	"go.uber.org/goleak"
 )
 
-func TestKey(t *testing.T) {
-	for _, tc := range []struct{ in, want string }{
-		{"192.0.2.1", "192.0.2.1/32"},
-		{"::ffff:192.0.2.1", "192.0.2.1/32"},
-		{"2001:db8:1:2:3:4:5:6", "2001:db8:1:2::/64"},
-		{"2001:db8:1:2:ffff::1", "2001:db8:1:2::/64"},
-		{"fe80::1%eth0", "fe80::/64"},
-		{"::1", "::/64"},
-	} {
-		if got := Key(netip.MustParseAddr(tc.in)); got.String() != tc.want {
-			t.Errorf("Key(%s) = %s, want %s", tc.in, got, tc.want)
-		}
-	}
-	if got := Key(netip.Addr{}); got != (netip.Prefix{}) {
-		t.Errorf("Key(invalid) = %v", got)
-	}
-}
-
 func TestSplit(t *testing.T) {
 	for _, tc := range []struct {
 		name   string

@@ -2,7 +2,6 @@ package turn
 
 import (
 	"bytes"
-	"log/slog"
 	"net"
 	"net/netip"
 	"runtime"
@@ -13,7 +12,10 @@ import (
 	"time"
 
 	"github.com/pion/stun/v3"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/traverse-rtc/traverse/internal/logging"
 )
 
 // newSTUNClientFrom is newSTUNClient with the client's socket on src (a
@@ -394,15 +396,38 @@ func (w *syncBuffer) lines() []string {
 // TestOutsideLogs mounts issue 10's item 7 on TURN: an authenticated
 // client with a 450-byte REST user name asks for 200 refused peers, and
 // 200 malformed datagrams arrive. Every event is counted, but the log gets
-// a sample (10 lines per second, bursts of 20) with outside strings
-// clipped; before, each refused peer was a debug line with the whole name.
+// a sample (internal/logging: 10 lines of one message per second) with
+// outside strings cut to 256 bytes; before, each refused peer was a debug
+// line with the whole name.
 func TestOutsideLogs(t *testing.T) {
 	verifyNoLeaks(t)
 	var logs syncBuffer
 	const secret = "s3cret"
+	log, err := logging.New(&logs, logging.Config{Level: "debug"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lreg := prometheus.NewRegistry()
+	if err := logging.Register(log, lreg); err != nil {
+		t.Fatal(err)
+	}
+	suppressed := func() (n float64) {
+		mfs, err := lreg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mf := range mfs {
+			if mf.GetName() == "traverse_log_suppressed_total" {
+				for _, m := range mf.GetMetric() {
+					n += m.GetCounter().GetValue()
+				}
+			}
+		}
+		return n
+	}
 	s, _ := newTestServer(t, func(c *Config) {
 		c.AuthSecret = secret
-		c.Log = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+		c.Log = log
 	})
 	u, p := RESTCredentials(secret, strings.Repeat("m", 450), time.Hour, time.Now())
 	c := newSTUNClient(t, s.Addr(), u, p)
@@ -430,20 +455,20 @@ func TestOutsideLogs(t *testing.T) {
 	lines := logs.lines()
 	outside := 0
 	for _, l := range lines {
-		if len(l) > 400 {
+		if len(l) > logging.DefaultMaxValue+200 {
 			t.Errorf("log line of %d bytes: %.120s...", len(l), l)
 		}
 		if strings.Contains(l, "peer refused") || strings.Contains(l, "malformed") {
 			outside++
 		}
 	}
-	limit := 20 + int(10*elapsed.Seconds()+1)
-	t.Logf("%d events in %v: %d log lines about them, %v suppressed", 2*n, elapsed, outside,
-		testutil.ToFloat64(s.m.limited.WithLabelValues("log")))
+	// Two messages, each at most DefaultBurst lines per started interval.
+	limit := 2 * logging.DefaultBurst * (int(elapsed/logging.DefaultInterval) + 1)
+	t.Logf("%d events in %v: %d log lines about them, %v suppressed", 2*n, elapsed, outside, suppressed())
 	if outside > limit {
 		t.Errorf("%d log lines about outside input, want at most %d", outside, limit)
 	}
-	if testutil.ToFloat64(s.m.limited.WithLabelValues("log")) == 0 {
+	if suppressed() == 0 {
 		t.Error("no suppressed log line counted")
 	}
 }

@@ -55,7 +55,9 @@ func (c *Counts) Take(k netip.Prefix, n, limit int) bool {
 
 // Give takes n back from k's count.
 func (c *Counts) Give(k netip.Prefix, n int) {
-	if c.m[k] -= n; c.m[k] <= 0 {
+	if v := c.m[k] - n; v > 0 {
+		c.m[k] = v
+	} else {
 		delete(c.m, k)
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/traverse-rtc/traverse/internal/logging"
+	"github.com/traverse-rtc/traverse/internal/metricstest"
 )
 
 // newSTUNClientFrom is newSTUNClient with the client's socket on src (a
@@ -411,20 +412,7 @@ func TestOutsideLogs(t *testing.T) {
 	if err := logging.Register(log, lreg); err != nil {
 		t.Fatal(err)
 	}
-	suppressed := func() (n float64) {
-		mfs, err := lreg.Gather()
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, mf := range mfs {
-			if mf.GetName() == "traverse_log_suppressed_total" {
-				for _, m := range mf.GetMetric() {
-					n += m.GetCounter().GetValue()
-				}
-			}
-		}
-		return n
-	}
+	suppressed := func() float64 { return metricstest.Value(t, lreg, "traverse_log_suppressed_total") }
 	s, _ := newTestServer(t, func(c *Config) {
 		c.AuthSecret = secret
 		c.Log = log

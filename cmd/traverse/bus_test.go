@@ -5,7 +5,6 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
-	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -22,6 +21,7 @@ import (
 
 	"github.com/traverse-rtc/traverse/internal/bus"
 	"github.com/traverse-rtc/traverse/internal/tlsutil"
+	"github.com/traverse-rtc/traverse/internal/turn/turntest"
 )
 
 // runServeUntilReady runs serve with args until the test ends; it returns
@@ -134,25 +134,13 @@ func TestServeTurnRefusesOwnPorts(t *testing.T) {
 	turnAddr := "127.0.0.1:" + strconv.Itoa(p.turn)
 
 	// TCP: a control connection, a TCP allocation, Connect.
-	ctl, err := net.Dial("tcp", turnAddr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := turn.NewClient(&turn.ClientConfig{STUNServerAddr: turnAddr, TURNServerAddr: turnAddr,
-		Username: "demo", Password: "demo", Realm: "traverse", Conn: turn.NewSTUNConn(ctl)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if err := c.Listen(); err != nil {
-		t.Fatal(err)
-	}
+	c := turntest.TCPClient(t, turnAddr, "demo", "demo", "traverse")
 	alloc, err := c.AllocateTCP()
 	if err != nil {
 		t.Fatalf("allocate tcp: %v", err)
 	}
 	defer alloc.Close()
-	echo := tcpEcho(t)
+	echo, _ := turntest.TCPEcho(t)
 	conn, err := alloc.DialTCP("tcp", nil, net.TCPAddrFromAddrPort(echo))
 	if err != nil {
 		t.Fatalf("control: a loopback echo peer through the relay: %v", err)
@@ -190,7 +178,7 @@ func TestServeTurnRefusesOwnPorts(t *testing.T) {
 		t.Fatalf("allocate udp: %v", err)
 	}
 	defer relay.Close()
-	udpEchoPeer := udpEcho(t)
+	udpEchoPeer := turntest.UDPEcho(t).LocalAddr().(*net.UDPAddr).AddrPort()
 	req := pstun.MustBuild(pstun.TransactionID, pstun.BindingRequest)
 	for _, to := range []int{p.stun, p.sfuUDP} {
 		_, _ = relay.WriteTo(req.Raw, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: to})
@@ -222,45 +210,6 @@ func TestServeTurnRefusesOwnPorts(t *testing.T) {
 			t.Errorf("TURN relayed UDP to serve's own port %d, which answered %d bytes", ua.Port, n)
 		}
 	}
-}
-
-func tcpEcho(t *testing.T) netip.AddrPort {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); _, _ = io.Copy(c, c) }()
-		}
-	}()
-	return ln.Addr().(*net.TCPAddr).AddrPort()
-}
-
-func udpEcho(t *testing.T) netip.AddrPort {
-	t.Helper()
-	pc, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { pc.Close() })
-	go func() {
-		buf := make([]byte, 1500)
-		for {
-			n, from, err := pc.ReadFromUDPAddrPort(buf)
-			if err != nil {
-				return
-			}
-			_, _ = pc.WriteToUDPAddrPort(buf[:n], from)
-		}
-	}()
-	return pc.LocalAddr().(*net.UDPAddr).AddrPort()
 }
 
 // traverse bus writes one credentials file per role (0600); a separate

@@ -9,7 +9,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -61,38 +60,9 @@ func runServeUntilReady(t *testing.T, adminAddr string, args []string) {
 }
 
 // servePorts are free loopback ports for serve's listeners.
-type servePorts struct {
-	admin, bus, signal, sfuTCP string
-	stun, turn, sfuUDP         int
-}
-
-func newServePorts(t *testing.T) servePorts {
-	return servePorts{admin: freeTCP(t), bus: freeTCP(t), signal: freeTCP(t), sfuTCP: freeTCP(t),
-		stun: freePorts(t), turn: freePorts(t), sfuUDP: freePorts(t)}
-}
-
-func (p servePorts) args() []string {
-	lo := func(n int) string { return "127.0.0.1:" + strconv.Itoa(n) }
-	return []string{
-		"--admin", p.admin, "--log-level", "error",
-		"--bus-listen", p.bus,
-		"--stun-listen", lo(p.stun), "--stun-other-address", "", "--stun-tls-listen", "",
-		"--turn-listen", lo(p.turn), "--turn-relay-ports", "44000-44099",
-		"--sfu-udp", lo(p.sfuUDP), "--sfu-tcp", p.sfuTCP,
-		"--signal-http", p.signal,
-		"--sipgw-sip", "127.0.0.1:0", "--sipgw-rtp", "127.0.0.1:0", "--sipgw-rtcp", "127.0.0.1:0",
-		"--sipgw-inside-ports", "45000-45099", "--sipgw-sip-tls", "",
-	}
-}
-
-// TestServeBusRefusesStrangers: serve's embedded bus refuses a local
-// process without credentials or with a key of its own (before this change
-// it accepted both, and the process read every join with its SDP), while
-// serve's own roles, which got theirs in-process, work: the SFU node
-// announces itself to signal and /readyz is green.
 func TestServeBusRefusesStrangers(t *testing.T) {
 	p := newServePorts(t)
-	runServeUntilReady(t, p.admin, p.args())
+	runServeUntilReady(t, p.admin, p.args("44000-44099", "45000-45099"))
 	url := "nats://" + p.bus
 	if nc, err := nats.Connect(url, nats.NoReconnect()); err == nil {
 		nc.Close()
@@ -130,8 +100,8 @@ func TestServeBusRefusesStrangers(t *testing.T) {
 // ports gets nothing back. Before this change, Connect to both succeeded.
 func TestServeTurnRefusesOwnPorts(t *testing.T) {
 	p := newServePorts(t)
-	runServeUntilReady(t, p.admin, p.args())
-	turnAddr := "127.0.0.1:" + strconv.Itoa(p.turn)
+	runServeUntilReady(t, p.admin, p.args("44000-44099", "45000-45099"))
+	turnAddr := lo(p.turn)
 
 	// TCP: a control connection, a TCP allocation, Connect.
 	c := turntest.TCPClient(t, turnAddr, "demo", "demo", "traverse")
@@ -290,7 +260,7 @@ func TestServeBusTLS(t *testing.T) {
 		t.Fatal(err)
 	}
 	p := newServePorts(t)
-	runServeUntilReady(t, p.admin, append(p.args(), "--bus-tls-cert", certFile, "--bus-tls-key", keyFile,
+	runServeUntilReady(t, p.admin, append(p.args("44000-44099", "45000-45099"), "--bus-tls-cert", certFile, "--bus-tls-key", keyFile,
 		"--bus-creds-dir", filepath.Join(dir, "creds")))
 	if code, _, err := httpGet("http://" + p.signal + "/token?room=r1"); err != nil || code != 200 {
 		t.Errorf("demo token: %d %v", code, err)

@@ -36,6 +36,7 @@ import (
 	"github.com/emiago/sipgo/sip"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/traverse-rtc/traverse/internal/config"
 	"github.com/traverse-rtc/traverse/internal/connlimit"
 	"github.com/traverse-rtc/traverse/internal/mediaproxy"
 	"github.com/traverse-rtc/traverse/internal/persource"
@@ -114,42 +115,18 @@ func (c *Config) validate() error {
 	if c.SIP == "" || c.Upstream == "" || c.Media == nil {
 		return fmt.Errorf("%w: SIP address, upstream and media proxy are required", ErrConfig)
 	}
-	if c.MaxConns <= 0 {
-		c.MaxConns = DefaultMaxConns
-	}
-	if c.MaxConnsPerAddr <= 0 {
-		c.MaxConnsPerAddr = 32
-	}
-	if c.RateLimit <= 0 {
-		c.RateLimit = 20
-	}
-	if c.RateBurst <= 0 {
-		c.RateBurst = 50
-	}
-	if c.CallRate <= 0 {
-		c.CallRate = 5
-	}
-	if c.CallBurst <= 0 {
-		c.CallBurst = max(1, int(4*c.CallRate))
-	}
-	if c.SourceStreams <= 0 {
-		c.SourceStreams = 100
-	}
-	if c.SetupTimeout <= 0 {
-		c.SetupTimeout = 60 * time.Second
-	}
-	if c.AckTimeout <= 0 {
-		c.AckTimeout = 8 * time.Second
-	}
-	if c.AnswerRate <= 0 {
-		c.AnswerRate = 10
-	}
-	if c.AnswerBurst <= 0 {
-		c.AnswerBurst = max(1, int(2*c.AnswerRate))
-	}
-	if c.TransactionTimeout <= 0 {
-		c.TransactionTimeout = 32 * time.Second
-	}
+	config.Default(&c.MaxConns, DefaultMaxConns)
+	config.Default(&c.MaxConnsPerAddr, 32)
+	config.Default(&c.RateLimit, 20)
+	config.Default(&c.RateBurst, 50)
+	config.Default(&c.CallRate, 5)
+	config.Default(&c.CallBurst, max(1, int(4*c.CallRate)))
+	config.Default(&c.SourceStreams, 100)
+	config.Default(&c.SetupTimeout, 60*time.Second)
+	config.Default(&c.AckTimeout, 8*time.Second)
+	config.Default(&c.AnswerRate, 10)
+	config.Default(&c.AnswerBurst, max(1, int(2*c.AnswerRate)))
+	config.Default(&c.TransactionTimeout, 32*time.Second)
 	if c.Log == nil {
 		c.Log = slog.New(slog.DiscardHandler)
 	}

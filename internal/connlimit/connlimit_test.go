@@ -153,16 +153,7 @@ func TestListenerCaps(t *testing.T) {
 		}, 0, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			inner, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			reg := prometheus.NewRegistry()
-			m, err := NewMetrics(reg, "test")
-			if err != nil {
-				t.Fatal(err)
-			}
-			l := New(inner, tc.lim, m)
+			l, reg := newTestListener(t, tc.lim)
 			accepted := serve(t, l)
 			want := 0
 			for i, d := range tc.dials {
@@ -230,16 +221,7 @@ func TestReleaseOnClose(t *testing.T) {
 }
 
 func TestReadTimeoutCounted(t *testing.T) {
-	inner, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	reg := prometheus.NewRegistry()
-	m, err := NewMetrics(reg, "test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	l := New(inner, Limits{}, m)
+	l, reg := newTestListener(t, Limits{})
 	accepted := serve(t, l)
 	dialFrom(t, "127.0.0.2", l.Addr())
 	c := <-accepted
@@ -299,4 +281,19 @@ func TestFlood(t *testing.T) {
 			t.Fatal("the other source was not accepted during the flood")
 		}
 	}
+}
+
+// newTestListener is a Listener with lim on 127.0.0.1, its metrics in reg.
+func newTestListener(t *testing.T, lim Limits) (*Listener, *prometheus.Registry) {
+	t.Helper()
+	inner, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	m, err := NewMetrics(reg, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return New(inner, lim, m), reg
 }

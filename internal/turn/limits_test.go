@@ -206,8 +206,8 @@ func TestAllocationFlood(t *testing.T) {
 	// 110 allocations of one user, 22 from each of five sources (within
 	// each source's burst of 100): 100 succeed, 10 get 486.
 	var ok, quota int
-	for i := 0; i < 110; i++ {
-		c := newSTUNClientFrom(t, "127.0.0."+strconv.Itoa(1+i%5), s.Addr(), testUser, testPass)
+	// allocate counts an allocation by its outcome: success or 486.
+	allocate := func(i int, c *stunClient) {
 		switch code := errCode(c.do(stun.MethodAllocate, requestedUDP())); code {
 		case 0:
 			ok++
@@ -216,6 +216,10 @@ func TestAllocationFlood(t *testing.T) {
 		default:
 			t.Fatalf("allocation %d: code %d", i, code)
 		}
+	}
+	for i := 0; i < 110; i++ {
+		c := newSTUNClientFrom(t, "127.0.0."+strconv.Itoa(1+i%5), s.Addr(), testUser, testPass)
+		allocate(i, c)
 		c.c.Close()
 	}
 	if ok != 100 || quota != 10 {
@@ -235,15 +239,7 @@ func TestAllocationFlood(t *testing.T) {
 	runtime.GC()
 	runtime.ReadMemStats(&heap0)
 	for i := 0; i < 80; i++ {
-		c := newSTUNClient(t, s2.Addr(), "u"+strconv.Itoa(i), "pw")
-		switch code := errCode(c.do(stun.MethodAllocate, requestedUDP())); code {
-		case 0:
-			ok++
-		case 486:
-			quota++
-		default:
-			t.Fatalf("allocation %d: code %d", i, code)
-		}
+		allocate(i, newSTUNClient(t, s2.Addr(), "u"+strconv.Itoa(i), "pw"))
 		if i == 40 {
 			newSTUNClientFrom(t, "127.0.0.2", s2.Addr(), testUser, testPass).allocate()
 		}

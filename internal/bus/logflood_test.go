@@ -1,10 +1,8 @@
 package bus
 
 import (
-	"bytes"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -12,25 +10,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/traverse-rtc/traverse/internal/logging"
+	"github.com/traverse-rtc/traverse/internal/logging/logtest"
 	"github.com/traverse-rtc/traverse/internal/metricstest"
 )
-
-type lockedBuffer struct {
-	mu sync.Mutex // guards b
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // TestServerLogFlood: clients refused in a loop (no credentials) make
 // nats-server log each refusal; given a plain logger, the bus bounds what
@@ -38,7 +20,7 @@ func (l *lockedBuffer) String() string {
 // message per second, values cut) and counts the rest
 // (traverse_log_suppressed_total), while a role's client still connects.
 func TestServerLogFlood(t *testing.T) {
-	var logs lockedBuffer
+	var logs logtest.Buffer
 	reg := prometheus.NewRegistry()
 	e, err := StartEmbedded(EmbeddedConfig{Listen: "127.0.0.1:0", Registerer: reg,
 		Log: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
@@ -56,7 +38,7 @@ func TestServerLogFlood(t *testing.T) {
 	}
 	connectAs(t, e, RoleSignal, "")
 	elapsed := time.Since(start)
-	lines := strings.Split(strings.TrimSpace(logs.String()), "\n")
+	lines := logs.Lines()
 	levels := 3 // nats-server logs at debug, warn and error
 	if limit := levels * logging.DefaultBurst * (int(elapsed/logging.DefaultInterval) + 1); len(lines) > limit {
 		t.Errorf("%d log lines for %d refused clients in %v, want at most %d", len(lines), flood, elapsed, limit)

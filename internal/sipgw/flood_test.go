@@ -7,11 +7,11 @@ import (
 	"net"
 	"net/netip"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/traverse-rtc/traverse/internal/logging"
+	"github.com/traverse-rtc/traverse/internal/logging/logtest"
 	"github.com/traverse-rtc/traverse/internal/mediaproxy"
 )
 
@@ -219,24 +219,6 @@ func TestRefusalsSentOnce(t *testing.T) {
 	}
 }
 
-// lockedBuffer is a log sink shared by the gateway's goroutines.
-type lockedBuffer struct {
-	mu sync.Mutex // guards b
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // TestGarbageFlood mounts issue 10 item 7 (SIP): a flood of unparseable
 // datagrams, among them 64 KB ones, to the SIP port. Each is counted by
 // reason; the log (internal/logging's handler with its defaults, as every
@@ -244,7 +226,7 @@ func (l *lockedBuffer) String() string {
 // each value cut to 256 bytes; a call still goes through meanwhile.
 func TestGarbageFlood(t *testing.T) {
 	uas := startUAS(t, insideIP)
-	var logs lockedBuffer
+	var logs logtest.Buffer
 	tg := startGateway(t, uas.addr.String(), func(c *Config, _ *mediaproxy.Config) {
 		log, err := logging.New(&logs, logging.Config{})
 		if err != nil {

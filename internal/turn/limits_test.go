@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/traverse-rtc/traverse/internal/logging"
+	"github.com/traverse-rtc/traverse/internal/logging/logtest"
 	"github.com/traverse-rtc/traverse/internal/metricstest"
 )
 
@@ -372,24 +373,6 @@ func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe for a logger's concurrent writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (w *syncBuffer) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.Write(p)
-}
-
-func (w *syncBuffer) lines() []string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return strings.Split(strings.TrimSpace(w.b.String()), "\n")
-}
-
 // TestOutsideLogs mounts issue 10's item 7 on TURN: an authenticated
 // client with a 450-byte REST user name asks for 200 refused peers, and
 // 200 malformed datagrams arrive. Every event is counted, but the log gets
@@ -398,7 +381,7 @@ func (w *syncBuffer) lines() []string {
 // line with the whole name.
 func TestOutsideLogs(t *testing.T) {
 	verifyNoLeaks(t)
-	var logs syncBuffer
+	var logs logtest.Buffer
 	const secret = "s3cret"
 	log, err := logging.New(&logs, logging.Config{Level: "debug"})
 	if err != nil {
@@ -436,7 +419,7 @@ func TestOutsideLogs(t *testing.T) {
 	if got := testutil.ToFloat64(s.m.refusedPeers); got != n {
 		t.Errorf("refused peers = %v, want %d", got, n)
 	}
-	lines := logs.lines()
+	lines := logs.Lines()
 	outside := 0
 	for _, l := range lines {
 		if len(l) > logging.DefaultMaxValue+200 {

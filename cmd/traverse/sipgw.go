@@ -69,11 +69,8 @@ func sipgwFlags(fs *flag.FlagSet, prefix string, c *sipgwConfig) {
 	fs.DurationVar(&c.MediaTimeout, prefix+"media-timeout", c.MediaTimeout, "end a call whose media stopped for this `duration` (0: 30s)")
 	fs.StringVar(&c.Control, prefix+"control", c.Control, "media proxy control protocol UDP `host:port` for an external signaling proxy (empty disables it; keep it internal)")
 	fs.Float64Var(&c.RateLimit, prefix+"rate-limit", c.RateLimit, "new INVITEs+REGISTERs per second allowed per outside source IP (0: 20)")
-	loopbackHelp := "allow outside media addresses on loopback (local tests only; the gateway's own ports stay refused)"
-	if prefix != "" {
-		loopbackHelp += "; ON by default in serve only, because serve is the local demo: turn it off for anything else"
-	}
-	fs.BoolVar(&c.AllowLoopbackMedia, prefix+"allow-loopback-media", c.AllowLoopbackMedia, loopbackHelp)
+	bindLoopbackFlag(fs, prefix+"allow-loopback-media", &c.AllowLoopbackMedia,
+		"allow outside media addresses on loopback (local tests only; the gateway's own ports stay refused)", prefix != "")
 	fs.Var(config.Strings{P: &c.AllowMedia}, prefix+"allow-media", "outside media `CIDR` to allow although refused by default, e.g. the private network of outside phones (repeatable)")
 	fs.Var(config.Strings{P: &c.DenyMedia}, prefix+"deny-media", "outside media `CIDR` to refuse always (repeatable)")
 	fs.BoolVar(&c.MediaBeforeLatch, prefix+"media-before-latch", c.MediaBeforeLatch, "send media to an outside party's SDP address before its own media arrived (default off: nothing is sent until it sends; only for peers that never send first)")

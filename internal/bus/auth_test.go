@@ -51,19 +51,7 @@ func newBusScene(t *testing.T, cfg EmbeddedConfig) *busScene {
 	t.Cleanup(func() { e.Close() })
 	s := &busScene{t: t, e: e, nodes: make(chan NodeAnnounce, 100), sess: make(chan SessionMessage, 100),
 		events: make(chan RoomEvent, 100)}
-	connect := func(role Role, node string) *Client {
-		id, err := e.NewIdentity(role, node)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c, err := Connect(Config{URLs: []string{e.URL()}, Identity: id}, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		return c
-	}
-	s.signal, s.nodeB = connect(RoleSignal, ""), connect(RoleNode, "nodeB")
+	s.signal, s.nodeB = connectAs(t, e, RoleSignal, ""), connectAs(t, e, RoleNode, "nodeB")
 	if _, err := s.nodeB.HandleRequests("nodeB", func(_ context.Context, r Request) (Reply, error) {
 		s.mu.Lock()
 		s.joins = append(s.joins, r)
@@ -386,19 +374,7 @@ func TestEmbeddedConnectionFlood(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer e.Close()
-	connect := func(role Role, node string) *Client {
-		id, err := e.NewIdentity(role, node)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c, err := Connect(Config{URLs: []string{e.URL()}, Identity: id}, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		return c
-	}
-	signal, node := connect(RoleSignal, ""), connect(RoleNode, "n1")
+	signal, node := connectAs(t, e, RoleSignal, ""), connectAs(t, e, RoleNode, "n1")
 	if _, err := node.HandleRequests("n1", func(context.Context, Request) (Reply, error) { return Reply{}, nil }); err != nil {
 		t.Fatal(err)
 	}
@@ -447,4 +423,20 @@ func TestEmbeddedConnectionFlood(t *testing.T) {
 	if got, _ := testutil.GatherAndCount(reg, "traverse_bus_connections", "traverse_bus_max_connections"); got != 2 {
 		t.Errorf("connection gauges: %d of 2", got)
 	}
+}
+
+// connectAs connects a client with a fresh identity of role (and node) to
+// e, closed at the test's end.
+func connectAs(t *testing.T, e *Embedded, role Role, node string) *Client {
+	t.Helper()
+	id, err := e.NewIdentity(role, node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := Connect(Config{URLs: []string{e.URL()}, Identity: id}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
 }

@@ -322,3 +322,31 @@ func BenchmarkWritten(b *testing.B) {
 type discard struct{}
 
 func (discard) Write(p []byte) (int, error) { return len(p), nil }
+
+// Bounded wraps a plain logger once, and leaves a bounded one alone.
+func TestBounded(t *testing.T) {
+	var buf bytes.Buffer
+	reg := prometheus.NewRegistry()
+	log := Bounded(slog.New(slog.NewTextHandler(&buf, nil)), reg)
+	if _, ok := log.Handler().(*Handler); !ok {
+		t.Fatalf("plain logger not wrapped: %T", log.Handler())
+	}
+	if derived := log.With("role", "x"); Bounded(derived, reg) != derived {
+		t.Fatal("bounded logger wrapped again")
+	}
+	if d := slog.New(slog.DiscardHandler); Bounded(d, nil) != d {
+		t.Fatal("discarding logger wrapped")
+	}
+	for range 3 * DefaultBurst {
+		log.Warn("flood", "v", strings.Repeat("x", 10*DefaultMaxValue))
+	}
+	if n := bytes.Count(buf.Bytes(), []byte("\n")); n != DefaultBurst || buf.Len() > DefaultBurst*(DefaultMaxValue+100) {
+		t.Fatalf("%d lines, %d bytes", n, buf.Len())
+	}
+	if got := testutil.ToFloat64(log.Handler().(*Handler).m.suppressed[2]); got != 2*DefaultBurst {
+		t.Fatalf("suppressed %v", got)
+	}
+	if mfs, err := reg.Gather(); err != nil || len(mfs) == 0 {
+		t.Fatalf("counters not registered: %v %v", mfs, err)
+	}
+}

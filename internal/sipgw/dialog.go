@@ -373,7 +373,7 @@ func (g *Gateway) commit(c *call, of *offer) {
 	}
 	for i := range of.apply {
 		if _, err := g.mp.Apply(&of.apply[i]); err != nil {
-			g.log.Warn("offer not applied", "call", trunc(c.id), "stream", of.apply[i].Index, "err", err)
+			g.log.Warn("offer not applied", "call", c.id, "stream", of.apply[i].Index, "err", err)
 		}
 	}
 	for _, idx := range of.remove {
@@ -433,7 +433,7 @@ func (g *Gateway) hangUp(c *call, why string) {
 		}{{toCallee, callee}, {toCaller, caller}} {
 			x.req.SetDestination(x.dest)
 			if _, err := g.client.Do(ctx, x.req, g.fromListener, sipgo.ClientRequestAddVia); err != nil {
-				g.log.Debug("BYE on "+why, "call", trunc(c.id), "err", err)
+				g.log.Debug("BYE on "+why, "call", c.id, "err", err)
 			}
 		}
 	})

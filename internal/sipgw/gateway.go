@@ -36,8 +36,10 @@ import (
 	"github.com/emiago/sipgo/sip"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/traverse-rtc/traverse/internal/config"
 	"github.com/traverse-rtc/traverse/internal/connlimit"
 	"github.com/traverse-rtc/traverse/internal/mediaproxy"
+	"github.com/traverse-rtc/traverse/internal/persource"
 	"github.com/traverse-rtc/traverse/internal/tlsutil"
 )
 
@@ -113,42 +115,18 @@ func (c *Config) validate() error {
 	if c.SIP == "" || c.Upstream == "" || c.Media == nil {
 		return fmt.Errorf("%w: SIP address, upstream and media proxy are required", ErrConfig)
 	}
-	if c.MaxConns <= 0 {
-		c.MaxConns = DefaultMaxConns
-	}
-	if c.MaxConnsPerAddr <= 0 {
-		c.MaxConnsPerAddr = 32
-	}
-	if c.RateLimit <= 0 {
-		c.RateLimit = 20
-	}
-	if c.RateBurst <= 0 {
-		c.RateBurst = 50
-	}
-	if c.CallRate <= 0 {
-		c.CallRate = 5
-	}
-	if c.CallBurst <= 0 {
-		c.CallBurst = max(1, int(4*c.CallRate))
-	}
-	if c.SourceStreams <= 0 {
-		c.SourceStreams = 100
-	}
-	if c.SetupTimeout <= 0 {
-		c.SetupTimeout = 60 * time.Second
-	}
-	if c.AckTimeout <= 0 {
-		c.AckTimeout = 8 * time.Second
-	}
-	if c.AnswerRate <= 0 {
-		c.AnswerRate = 10
-	}
-	if c.AnswerBurst <= 0 {
-		c.AnswerBurst = max(1, int(2*c.AnswerRate))
-	}
-	if c.TransactionTimeout <= 0 {
-		c.TransactionTimeout = 32 * time.Second
-	}
+	config.Default(&c.MaxConns, DefaultMaxConns)
+	config.Default(&c.MaxConnsPerAddr, 32)
+	config.Default(&c.RateLimit, 20)
+	config.Default(&c.RateBurst, 50)
+	config.Default(&c.CallRate, 5)
+	config.Default(&c.CallBurst, max(1, int(4*c.CallRate)))
+	config.Default(&c.SourceStreams, 100)
+	config.Default(&c.SetupTimeout, 60*time.Second)
+	config.Default(&c.AckTimeout, 8*time.Second)
+	config.Default(&c.AnswerRate, 10)
+	config.Default(&c.AnswerBurst, max(1, int(2*c.AnswerRate)))
+	config.Default(&c.TransactionTimeout, 32*time.Second)
 	if c.Log == nil {
 		c.Log = slog.New(slog.DiscardHandler)
 	}
@@ -180,7 +158,6 @@ type Counters struct {
 	AnswersSuppressed   atomic.Uint64             // refusals left unanswered (per-source answer rate)
 	SetupTimeouts       atomic.Uint64             // calls ended for want of a 2xx or its ACK in time
 	Unparseable         [numUnparse]atomic.Uint64 // messages sipgo could not parse, by reason
-	LogsSuppressed      atomic.Uint64             // log records dropped by the per-message sampling
 	CallsStarted        atomic.Uint64
 	CallsEnded          atomic.Uint64
 }
@@ -202,14 +179,14 @@ type Gateway struct {
 	outIP    netip.Addr
 	c        Counters
 
-	requests *limiterSet // out-of-dialog requests per source (RateLimit)
-	newCalls *limiterSet // new calls per source (CallRate)
-	answers  *limiterSet // the gateway's own answers per source (AnswerRate)
+	requests *persource.Rate // out-of-dialog requests per source (RateLimit)
+	newCalls *persource.Rate // new calls per source (CallRate)
+	answers  *persource.Rate // the gateway's own answers per source (AnswerRate)
 
 	mu       sync.Mutex // guards calls, bindings, shares, closed, and ops.Add
 	calls    map[string]*call
 	bindings map[string]*binding
-	shares   map[netip.Prefix]int // inside streams held per outside source
+	shares   persource.Counts // inside streams held per outside source
 	closed   bool
 
 	wg   sync.WaitGroup // the Serve loops
@@ -235,13 +212,13 @@ func New(cfg Config) (*Gateway, error) {
 	addr = netip.AddrPortFrom(addr.Addr().Unmap(), addr.Port())
 	g := &Gateway{
 		cfg: cfg, mp: cfg.Media, pc: pc, addr: addr, upstream: up,
-		calls: map[string]*call{}, bindings: map[string]*binding{}, shares: map[netip.Prefix]int{},
+		calls: map[string]*call{}, bindings: map[string]*binding{},
 		stop:     make(chan struct{}),
-		requests: newLimiterSet(cfg.RateLimit, cfg.RateBurst),
-		newCalls: newLimiterSet(cfg.CallRate, cfg.CallBurst),
-		answers:  newLimiterSet(cfg.AnswerRate, cfg.AnswerBurst),
+		requests: persource.NewRate(cfg.RateLimit, cfg.RateBurst),
+		newCalls: persource.NewRate(cfg.CallRate, cfg.CallBurst),
+		answers:  persource.NewRate(cfg.AnswerRate, cfg.AnswerBurst),
 	}
-	g.log = slog.New(newLogHandler(cfg.Log.Handler(), &g.c))
+	g.log = newLogger(cfg.Log, &g.c, cfg.Registerer)
 	lim := connlimit.Limits{MaxConns: cfg.MaxConns, MaxConnsPerAddr: cfg.MaxConnsPerAddr}
 	var lm, tlm *connlimit.Metrics
 	if cfg.Registerer != nil && (cfg.TCP || cfg.TLS != "") {
@@ -559,7 +536,7 @@ func (g *Gateway) onRequest(req *sip.Request, tx sip.ServerTransaction) {
 // outOfDialog routes a request outside any call: an initial INVITE (a new
 // call) or a stand-alone request (OPTIONS, MESSAGE...).
 func (g *Gateway) outOfDialog(orig, req *sip.Request, tx sip.ServerTransaction, src netip.AddrPort, inside bool) {
-	if !inside && !g.requests.allow(src.Addr()) {
+	if !inside && !g.requests.Allow(src.Addr()) {
 		g.reject(tx, orig, 503, "Service Unavailable", &g.c.RateLimited, sip.NewHeader("Retry-After", "5"))
 		return
 	}
@@ -579,7 +556,7 @@ func (g *Gateway) outOfDialog(orig, req *sip.Request, tx sip.ServerTransaction, 
 		g.forward(orig, req, tx, dest, nil, inside, false, nil)
 		return
 	}
-	if !inside && !g.newCalls.allow(src.Addr()) {
+	if !inside && !g.newCalls.Allow(src.Addr()) {
 		g.reject(tx, orig, 503, "Service Unavailable", &g.c.CallRateLimited, sip.NewHeader("Retry-After", "5"))
 		return
 	}
@@ -590,7 +567,7 @@ func (g *Gateway) outOfDialog(orig, req *sip.Request, tx sip.ServerTransaction, 
 		c = newCall(id, false, out, "UDP", src.String(), fromTag(req))
 	} else {
 		c = newCall(id, true, src, orig.Transport(), g.upstream.String(), fromTag(req))
-		c.share = shareKey(src.Addr())
+		c.share = persource.Key(src.Addr())
 	}
 	g.mu.Lock()
 	taken := g.calls[id] != nil
@@ -756,7 +733,7 @@ func (g *Gateway) forward(orig, req *sip.Request, tx sip.ServerTransaction, dest
 			if len(res.Body()) > 0 && c != nil && isSDP(res) && res.StatusCode < 300 {
 				body, _, err := g.rewrite(c, res.Body(), !fromInside, false)
 				if err != nil {
-					g.log.Warn("answer SDP not proxied", "call", trunc(c.id), "err", err)
+					g.log.Warn("answer SDP not proxied", "call", c.id, "err", err)
 					g.c.BadSDP.Add(1)
 					res = sip.NewResponseFromRequest(orig, 502, "Bad Gateway", nil)
 					success = false

@@ -24,7 +24,7 @@ func (g *Gateway) onRegister(req *sip.Request, tx sip.ServerTransaction) {
 		g.reject(tx, req, 403, "Forbidden", nil)
 		return
 	}
-	if !g.requests.allow(src.Addr()) {
+	if !g.requests.Allow(src.Addr()) {
 		g.reject(tx, req, 503, "Service Unavailable", &g.c.RateLimited, sip.NewHeader("Retry-After", "5"))
 		return
 	}

@@ -11,6 +11,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/goleak"
+
+	"github.com/traverse-rtc/traverse/internal/turn/turntest"
 )
 
 const (
@@ -39,29 +41,6 @@ func newTestServer(t testing.TB, mut func(*Config)) (*Server, *prometheus.Regist
 	return s, reg
 }
 
-// echoPeer is a UDP peer that sends every datagram back.
-func echoPeer(t testing.TB) *net.UDPConn {
-	t.Helper()
-	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		buf := make([]byte, 2048)
-		for {
-			n, from, err := c.ReadFromUDPAddrPort(buf)
-			if err != nil {
-				return
-			}
-			_, _ = c.WriteToUDPAddrPort(buf[:n], from)
-		}
-	}()
-	t.Cleanup(func() { c.Close(); <-done })
-	return c
-}
-
 func pionClient(t testing.TB, server netip.AddrPort, user, pass string) *turn.Client {
 	t.Helper()
 	conn, err := net.ListenPacket("udp4", "127.0.0.1:0")
@@ -85,7 +64,7 @@ func pionClient(t testing.TB, server netip.AddrPort, user, pass string) *turn.Cl
 func TestPionClientRelay(t *testing.T) {
 	verifyNoLeaks(t)
 	s, reg := newTestServer(t, func(c *Config) { c.AllowLoopbackPeers = true })
-	peer := echoPeer(t)
+	peer := turntest.UDPEcho(t)
 	c := pionClient(t, s.Addr(), testUser, testPass)
 
 	mapped, err := c.SendBindingRequest()
@@ -221,7 +200,7 @@ func newSTUNClient6(t testing.TB, server netip.AddrPort) *stunClient {
 func TestShards(t *testing.T) {
 	verifyNoLeaks(t)
 	s, _ := newTestServer(t, func(c *Config) { c.AllowLoopbackPeers = true; c.Shards = 2 })
-	peer := echoPeer(t)
+	peer := turntest.UDPEcho(t)
 	buf := make([]byte, 1500)
 	for i := 0; i < 6; i++ {
 		c := pionClient(t, s.Addr(), testUser, testPass)

@@ -11,8 +11,9 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 	"go.uber.org/goleak"
+
+	"github.com/traverse-rtc/traverse/internal/testkit"
 )
 
 func TestKey(t *testing.T) {
@@ -139,36 +140,6 @@ func isReset(err error) bool {
 	return errors.As(err, &op) && !op.Timeout()
 }
 
-func value(t *testing.T, reg *prometheus.Registry, name string, labels map[string]string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	next:
-		for _, m := range mf.GetMetric() {
-			for _, lp := range m.GetLabel() {
-				if want, ok := labels[lp.GetName()]; ok && want != lp.GetValue() {
-					continue next
-				}
-			}
-			return metricValue(m)
-		}
-	}
-	return 0
-}
-
-func metricValue(m *dto.Metric) float64 {
-	if m.Counter != nil {
-		return m.Counter.GetValue()
-	}
-	return m.Gauge.GetValue()
-}
-
 func TestListenerCaps(t *testing.T) {
 	defer goleak.VerifyNone(t)
 	type dialStep struct {
@@ -231,16 +202,16 @@ func TestListenerCaps(t *testing.T) {
 				t.Errorf("open %d, want %d", l.Open(), want)
 			}
 			lab := map[string]string{"listener": "test"}
-			if got := value(t, reg, "traverse_listener_connections_open", lab); got != float64(want) {
+			if got := testkit.Metric(t, reg, "traverse_listener_connections_open", lab); got != float64(want) {
 				t.Errorf("open gauge %v, want %d", got, want)
 			}
-			if got := value(t, reg, "traverse_listener_connections_accepted_total", lab); got != float64(want) {
+			if got := testkit.Metric(t, reg, "traverse_listener_connections_accepted_total", lab); got != float64(want) {
 				t.Errorf("accepted %v, want %d", got, want)
 			}
-			if got := value(t, reg, "traverse_listener_connections_refused_total", map[string]string{"reason": ReasonTotal}); got != tc.total {
+			if got := testkit.Metric(t, reg, "traverse_listener_connections_refused_total", map[string]string{"reason": ReasonTotal}); got != tc.total {
 				t.Errorf("refused total %v, want %v", got, tc.total)
 			}
-			if got := value(t, reg, "traverse_listener_connections_refused_total", map[string]string{"reason": ReasonPerAddr}); got != tc.perAddr {
+			if got := testkit.Metric(t, reg, "traverse_listener_connections_refused_total", map[string]string{"reason": ReasonPerAddr}); got != tc.perAddr {
 				t.Errorf("refused per_addr %v, want %v", got, tc.perAddr)
 			}
 		})
@@ -297,7 +268,7 @@ func TestReadTimeoutCounted(t *testing.T) {
 			t.Fatalf("read: %v", err)
 		}
 	}
-	if got := value(t, reg, "traverse_listener_read_timeouts_total", nil); got != 1 {
+	if got := testkit.Metric(t, reg, "traverse_listener_read_timeouts_total", nil); got != 1 {
 		t.Fatalf("timeouts %v, want 1 (once per connection)", got)
 	}
 	if _, ok := c.(*Conn).NetConn().(*net.TCPConn); !ok {

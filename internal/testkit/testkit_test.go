@@ -8,6 +8,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // fakeTB records a Fatalf instead of ending the test, the way testing.T
@@ -73,4 +75,31 @@ func TestListenUDP(t *testing.T) {
 	// Closed with its test: the port can be bound again.
 	c := ListenUDP(t, addr)
 	c.Close()
+}
+
+func TestMetric(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	c := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "x_total", Help: "x", ConstLabels: prometheus.Labels{"listener": "a"}}, []string{"reason"})
+	g := prometheus.NewGauge(prometheus.GaugeOpts{Name: "y", Help: "y"})
+	reg.MustRegister(c, g)
+	c.WithLabelValues("total").Add(3)
+	c.WithLabelValues("per_addr").Add(4)
+	g.Set(2)
+	for _, tc := range []struct {
+		name   string
+		labels map[string]string
+		want   float64
+	}{
+		{"x_total", nil, 7},
+		{"x_total", map[string]string{"reason": "total"}, 3},
+		{"x_total", map[string]string{"reason": "per_addr", "listener": "a"}, 4},
+		{"x_total", map[string]string{"reason": "per_addr", "listener": "b"}, 0},
+		{"x_total", map[string]string{"missing": "label"}, 0},
+		{"y", nil, 2},
+		{"z", nil, 0},
+	} {
+		if got := Metric(t, reg, tc.name, tc.labels); got != tc.want {
+			t.Errorf("Metric(%s, %v) = %v, want %v", tc.name, tc.labels, got, tc.want)
+		}
+	}
 }

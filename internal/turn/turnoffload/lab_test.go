@@ -24,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/traverse-rtc/traverse/internal/mediaproxy/offloadtest"
+	"github.com/traverse-rtc/traverse/internal/testkit"
 	tturn "github.com/traverse-rtc/traverse/internal/turn"
 )
 
@@ -384,11 +385,8 @@ func testLabRelay(t *testing.T, l *offloadtest.Lab, clsact, loopback bool) {
 	}
 	waitFor := func(what string, cond func() bool) {
 		t.Helper()
-		for deadline := time.Now().Add(10 * time.Second); !cond(); {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: not in 10 s; stats %v", what, h.stats(t))
-			}
-			time.Sleep(20 * time.Millisecond)
+		if !testkit.Eventually(10*time.Second, cond) {
+			t.Fatalf("%s: not in 10 s; stats %v", what, h.stats(t))
 		}
 	}
 
@@ -523,12 +521,10 @@ func TestLabUclient(t *testing.T) {
 			}
 			// Counters are read every second.
 			var m map[string]float64
-			for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+			testkit.Eventually(5*time.Second, func() bool {
 				m = h.stats(t)
-				if m["traverse_turn_offload_packets_total:to_peer"] >= clients*msgs || time.Now().After(deadline) {
-					break
-				}
-			}
+				return m["traverse_turn_offload_packets_total:to_peer"] >= clients*msgs
+			})
 			for _, d := range []string{"to_peer", "to_client"} {
 				if k, all := m["traverse_turn_offload_packets_total:"+d], m["traverse_turn_relayed_packets_total:"+d]; k != clients*msgs || all != k {
 					t.Errorf("%s: %v relayed, %v of them in the kernel; want %d, all in the kernel", d, all, k, clients*msgs)

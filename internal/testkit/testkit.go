@@ -1,8 +1,8 @@
 // Package testkit holds the small helpers the tests of many packages
 // share, so that each is written once: waiting for a condition with a
 // deadline (tests never sleep as synchronisation, they poll until what they
-// wait for holds or the deadline passes) and UDP sockets on a given address
-// closed when the test ends.
+// wait for holds or the deadline passes), UDP sockets on a given address
+// closed when the test ends, a UDP echo peer, and reading a metric.
 //
 // Helpers for one protocol or lab stay with it (stuntest, offloadtest,
 // srtpsealtest, rtpcodectest); this package is for what every test needs.
@@ -11,6 +11,7 @@ package testkit
 import (
 	"net"
 	"net/netip"
+	"sync"
 	"testing"
 	"time"
 )
@@ -59,4 +60,27 @@ func ListenUDP(t testing.TB, ap netip.AddrPort) *net.UDPConn {
 	}
 	t.Cleanup(func() { c.Close() })
 	return c
+}
+
+// Echo answers every datagram c receives to its sender, until c is closed,
+// calling seen (if not nil) with each sender first. c is closed, and the
+// echo goroutine waited for, when the test ends.
+func Echo(t testing.TB, c *net.UDPConn, seen func(from netip.AddrPort)) {
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		buf := make([]byte, 2048)
+		for {
+			n, from, err := c.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			if seen != nil {
+				seen(from)
+			}
+			_, _ = c.WriteToUDPAddrPort(buf[:n], from)
+		}
+	}()
+	t.Cleanup(func() { c.Close(); wg.Wait() })
 }

@@ -103,3 +103,23 @@ func TestMetric(t *testing.T) {
 		}
 	}
 }
+
+func TestEcho(t *testing.T) {
+	srv := ListenUDP(t, netip.MustParseAddrPort("127.0.0.1:0"))
+	var senders atomic.Int32
+	Echo(t, srv, func(netip.AddrPort) { senders.Add(1) })
+	cl := ListenUDP(t, netip.MustParseAddrPort("127.0.0.1:0"))
+	to := srv.LocalAddr().(interface{ AddrPort() netip.AddrPort }).AddrPort()
+	if _, err := cl.WriteToUDPAddrPort([]byte("ping"), to); err != nil {
+		t.Fatal(err)
+	}
+	_ = cl.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 16)
+	n, from, err := cl.ReadFromUDPAddrPort(buf)
+	if err != nil || string(buf[:n]) != "ping" || from != to {
+		t.Fatalf("got %q from %v (%v), want ping from %v", buf[:n], from, err, to)
+	}
+	if senders.Load() != 1 {
+		t.Errorf("seen called %d times, want 1", senders.Load())
+	}
+}

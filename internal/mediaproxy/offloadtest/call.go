@@ -69,23 +69,11 @@ func StartCall(t *testing.T, l *Lab, off mediaproxy.Offloader) *Call {
 	l.In(t, l.Client, func() { c.client = testkit.ListenUDP(t, CallClient) })
 	var server *net.UDPConn
 	l.In(t, l.Server, func() { server = testkit.ListenUDP(t, CallServer) })
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() { // the server echoes
-		defer wg.Done()
-		buf := make([]byte, 2048)
-		for {
-			n, a, err := server.ReadFromUDPAddrPort(buf)
-			if err != nil {
-				return
-			}
-			c.mu.Lock()
-			c.sawFrom = a
-			c.mu.Unlock()
-			_, _ = server.WriteToUDPAddrPort(buf[:n], a)
-		}
-	}()
-	t.Cleanup(func() { server.Close(); wg.Wait() })
+	testkit.Echo(t, server, func(from netip.AddrPort) {
+		c.mu.Lock()
+		c.sawFrom = from
+		c.mu.Unlock()
+	})
 
 	var r mediaproxy.Reply
 	l.In(t, l.Gateway, func() {

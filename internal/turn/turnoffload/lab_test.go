@@ -304,26 +304,8 @@ func testLabRelay(t *testing.T, l *offloadtest.Lab, clsact, loopback bool) {
 
 	// The echo peer.
 	var peer *net.UDPConn
-	l.In(t, peerNS, func() {
-		var err error
-		if peer, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(peerAP)); err != nil {
-			t.Fatal(err)
-		}
-	})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		buf := make([]byte, 2048)
-		for {
-			n, from, err := peer.ReadFromUDPAddrPort(buf)
-			if err != nil {
-				return
-			}
-			_, _ = peer.WriteToUDPAddrPort(buf[:n], from)
-		}
-	}()
-	t.Cleanup(func() { peer.Close(); wg.Wait() })
+	l.In(t, peerNS, func() { peer = testkit.ListenUDP(t, peerAP) })
+	testkit.Echo(t, peer, nil)
 
 	// The pion/turn client.
 	var conn net.PacketConn

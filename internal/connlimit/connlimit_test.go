@@ -171,16 +171,7 @@ func TestListenerCaps(t *testing.T) {
 		}, 0, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			inner, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			reg := prometheus.NewRegistry()
-			m, err := NewMetrics(reg, "test")
-			if err != nil {
-				t.Fatal(err)
-			}
-			l := New(inner, tc.lim, m)
+			l, reg := newListener(t, tc.lim)
 			accepted := serve(t, l)
 			want := 0
 			for i, d := range tc.dials {
@@ -248,7 +239,10 @@ func TestReleaseOnClose(t *testing.T) {
 	}
 }
 
-func TestReadTimeoutCounted(t *testing.T) {
+// newListener wraps a TCP listener on a free loopback port in the caps of
+// lim, with its metrics (listener "test") in a registry of its own.
+func newListener(t *testing.T, lim Limits) (*Listener, *prometheus.Registry) {
+	t.Helper()
 	inner, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -258,7 +252,11 @@ func TestReadTimeoutCounted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := New(inner, Limits{}, m)
+	return New(inner, lim, m), reg
+}
+
+func TestReadTimeoutCounted(t *testing.T) {
+	l, reg := newListener(t, Limits{})
 	accepted := serve(t, l)
 	dialFrom(t, "127.0.0.2", l.Addr())
 	c := <-accepted

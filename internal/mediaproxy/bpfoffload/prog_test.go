@@ -223,10 +223,7 @@ func TestProgramChecksumsRandom(t *testing.T) {
 	for i := range 300 {
 		from, to, nsrc, ndst := ap(), ap(), ap(), ap()
 		putFlow(t, objs, from, to, nsrc, ndst, 1)
-		payload := make([]byte, r.IntN(300))
-		for j := range payload {
-			payload[j] = byte(r.Uint32())
-		}
+		payload := offloadtest.RandomPayload(r, 300)
 		p := pkt{Src: from, Dst: to, Payload: payload, TTL: byte(2 + r.IntN(250)), NoCsum: i%10 == 0}
 		in := p.Bytes()
 		ret, out := run(t, objs, in)

@@ -138,3 +138,12 @@ func CheckHeaders(t testing.TB, frame []byte, src, dst netip.AddrPort, zeroCsum 
 		t.Errorf("UDP checksum %#04x, want %#04x", got, want)
 	}
 }
+
+// RandomPayload draws a payload of 0 to max-1 random bytes from r.
+func RandomPayload(r *rand.Rand, max int) []byte {
+	b := make([]byte, r.IntN(max))
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+	return b
+}

@@ -359,10 +359,7 @@ func TestProgramChecksumsRandom(t *testing.T) {
 		ch := uint16(0x4000 + r.IntN(0x1000))
 		p.slot = 0
 		p.install(t, client, listen, relay, peer, ch, 1, time.Minute)
-		payload := make([]byte, r.IntN(300))
-		for j := range payload {
-			payload[j] = byte(r.Uint32())
-		}
+		payload := offloadtest.RandomPayload(r, 300)
 		noCsum := i%10 == 0
 		pad := r.IntN(4)
 		in := pkt{Src: client, Dst: listen, TTL: byte(1 + r.IntN(255)), NoCsum: noCsum, Payload: channelData(ch, payload, pad, byte(r.Uint32()))}.Bytes()

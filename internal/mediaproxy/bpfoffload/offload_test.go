@@ -55,14 +55,7 @@ func TestOffloadTakesOverFlow(t *testing.T) {
 }
 
 func testOffloadTakesOverFlow(t *testing.T, l *offloadtest.Lab) {
-	var off *Offloader
-	l.In(t, l.Gateway, func() {
-		var err error
-		if off, err = New(Config{NetNS: int(l.Gateway), StatsMaxAge: time.Millisecond}); err != nil {
-			t.Fatal(err)
-		}
-	})
-	t.Cleanup(func() { off.Close() })
+	off := offloadtest.InGateway(t, l, func() (*Offloader, error) { return New(Config{NetNS: int(l.Gateway), StatsMaxAge: time.Millisecond}) })
 	skipWithoutTCX(t, off)
 	c := offloadtest.StartCall(t, l, off)
 	p, flow := c.Proxy, c.Flow
@@ -162,14 +155,7 @@ func testOffloadTakesOverFlow(t *testing.T, l *offloadtest.Lab) {
 // user space with an error.
 func TestOffloadRefusesLocalAndIPv6(t *testing.T) {
 	l := offloadtest.New(t, false)
-	var off *Offloader
-	l.In(t, l.Gateway, func() {
-		var err error
-		if off, err = New(Config{NetNS: int(l.Gateway)}); err != nil {
-			t.Fatal(err)
-		}
-	})
-	t.Cleanup(func() { off.Close() })
+	off := offloadtest.InGateway(t, l, func() (*Offloader, error) { return New(Config{NetNS: int(l.Gateway)}) })
 	ap := func(a netip.Addr, p uint16) netip.AddrPort { return netip.AddrPortFrom(a, p) }
 	good := mediaproxy.Flow{Client: ap(offloadtest.ClientIP, 4000), Fixed: ap(offloadtest.OutsideIP, 7000), Inside: ap(offloadtest.InsideIP, 30000),
 		Server: ap(offloadtest.ServerIP, 5000), ServerSrc: ap(offloadtest.ServerIP, 5000)}

@@ -19,14 +19,7 @@ import (
 // remove the rules.
 func TestOffloadTakesOverFlow(t *testing.T) {
 	l := offloadtest.New(t, true)
-	var off *Offloader
-	l.In(t, l.Gateway, func() {
-		var err error
-		if off, err = New(Config{NetNS: int(l.Gateway), StatsMaxAge: time.Millisecond}); err != nil {
-			t.Fatal(err)
-		}
-	})
-	t.Cleanup(func() { off.Close() })
+	off := offloadtest.InGateway(t, l, func() (*Offloader, error) { return New(Config{NetNS: int(l.Gateway), StatsMaxAge: time.Millisecond}) })
 	c := offloadtest.StartCall(t, l, off)
 	p := c.Proxy
 	c.WaitOffloaded(t)

@@ -162,3 +162,19 @@ func (c *Call) WaitOffloaded(t *testing.T) {
 		return same >= 20 // unchanged for 100 ms
 	})
 }
+
+// InGateway makes an offloader with newOff in the lab's gateway namespace,
+// failing the test if it cannot, and closes it when the test ends (after
+// anything registered later, such as a StartCall's proxy).
+func InGateway[T interface{ Close() error }](t *testing.T, l *Lab, newOff func() (T, error)) T {
+	t.Helper()
+	var off T
+	l.In(t, l.Gateway, func() {
+		var err error
+		if off, err = newOff(); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Cleanup(func() { _ = off.Close() })
+	return off
+}

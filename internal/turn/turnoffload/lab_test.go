@@ -392,17 +392,15 @@ func testLabRelay(t *testing.T, l *offloadtest.Lab, clsact, loopback bool) {
 	}
 	settle := func() map[string]float64 {
 		t.Helper()
-		last := h.stats(t)
-		for same := 0; same < 2; {
-			time.Sleep(1100 * time.Millisecond)
+		last, since := h.stats(t), time.Now()
+		testkit.WaitFor(t, 30*time.Second, "the relay counters to stay unchanged for 2.2 s", func() bool {
 			m := h.stats(t)
-			if userSpace(m) == userSpace(last) && kernel(m) == kernel(last) {
-				same++
-			} else {
-				same = 0
+			if userSpace(m) != userSpace(last) || kernel(m) != kernel(last) {
+				last, since = m, time.Now()
+				return false
 			}
-			last = m
-		}
+			return time.Since(since) >= 2200*time.Millisecond
+		})
 		return last
 	}
 	m0 := settle()

@@ -17,6 +17,8 @@ import (
 	"github.com/nats-io/nkeys"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/traverse-rtc/traverse/internal/testkit"
 )
 
 // attacker's marks: whatever carries them came from the attacker.
@@ -252,10 +254,7 @@ func TestBusAttacks(t *testing.T) {
 		}
 		// The refused publishes and subscriptions are counted (the server
 		// reports them asynchronously).
-		deadline := time.Now().Add(5 * time.Second)
-		for testutil.ToFloat64(sc.e.m.violations) < 5 && time.Now().Before(deadline) {
-			time.Sleep(10 * time.Millisecond)
-		}
+		testkit.Eventually(5*time.Second, func() bool { return testutil.ToFloat64(sc.e.m.violations) >= 5 })
 		if n := testutil.ToFloat64(sc.e.m.violations); n < 5 {
 			t.Errorf("permission violations counted %v, want at least 5", n)
 		}
@@ -285,10 +284,7 @@ func TestNodePermissionsAllowItsOwnWork(t *testing.T) {
 	if _, err := signal.Request(ctx, "n2", Request{Type: RequestLeave, Session: "s"}); StatusOf(err) != StatusUnavailable {
 		t.Fatalf("node n1 served n2's request: %v", err)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for node.Refused() == 0 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
+	testkit.Eventually(5*time.Second, func() bool { return node.Refused() != 0 })
 	if node.Refused() == 0 {
 		t.Error("the refused subscription was not reported to the node")
 	}

@@ -13,6 +13,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/traverse-rtc/traverse/internal/testkit"
 )
 
 // sink counts what a logger writes and keeps it for inspection.
@@ -160,12 +162,8 @@ func TestSuppressedReported(t *testing.T) {
 		for range 12 {
 			log.Info("flood")
 		}
-		deadline := time.Now().Add(5 * time.Second)
-		for !strings.Contains(s.String(), "suppressed=10") {
-			if time.Now().After(deadline) {
-				t.Fatalf("no summary within 5s:\n%s", s.String())
-			}
-			time.Sleep(5 * time.Millisecond)
+		if !testkit.Eventually(5*time.Second, func() bool { return strings.Contains(s.String(), "suppressed=10") }) {
+			t.Fatalf("no summary within 5s:\n%s", s.String())
 		}
 	})
 }

@@ -1,5 +1,5 @@
 // Package mediaproxy is the fixed-port media proxy of the SIP border
-// gateway (seed A): every outside client sends RTP to ONE fixed port and
+// gateway (the three-port SIP boundary): every outside client sends RTP to ONE fixed port and
 // RTCP to ONE fixed port, whatever the number of calls; the proxy
 // demultiplexes by SSRC (RFC 3550 section 5.1; RTCP by the sender SSRC,
 // section 6.4) to a per-stream inside port drawn from a pool, from which it

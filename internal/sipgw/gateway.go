@@ -1,4 +1,4 @@
-// Package sipgw is the SIP border gateway (seed A): a stateful SIP proxy
+// Package sipgw is the SIP border gateway (the three-port SIP boundary): a stateful SIP proxy
 // (RFC 3261 section 16, on emiago/sipgo) between outside clients and one
 // inside server, paired with the fixed-port media proxy
 // (internal/mediaproxy). Outside, it needs one SIP port, one RTP port and

@@ -290,8 +290,8 @@ func TestOutsidePathAllocs(t *testing.T) {
 	m := udpio.NewMessages(1, 0)[0]
 	m.N = copy(m.Buf, rtpPacket(3, 1, "payload"))
 	m.Addr = addrOf(c)
-	p.fromOutside(&m, false, 1)
-	allocs := testing.AllocsPerRun(200, func() { p.fromOutside(&m, false, 1) })
+	p.fromOutside(&m, &p.rtpLeg, 1)
+	allocs := testing.AllocsPerRun(200, func() { p.fromOutside(&m, &p.rtpLeg, 1) })
 	if allocs != 0 {
 		t.Fatalf("%v allocations per packet", allocs)
 	}
@@ -320,7 +320,7 @@ func TestRawSendAllocs(t *testing.T) {
 	sent := 0
 	done := func(*stream, int) { sent++ }
 	once := func() {
-		s, dst, ok := p.demuxOutside(&m, false)
+		s, dst, ok := p.demuxOutside(&m, &p.rtpLeg)
 		if !ok || !r.add(s, m.Payload(), netip.AddrPortFrom(lo, s.insidePort), dst) {
 			t.Fatal("not queued")
 		}
@@ -360,7 +360,7 @@ func BenchmarkFromOutside(b *testing.B) {
 	m.Addr = src
 	b.ReportAllocs()
 	for b.Loop() {
-		p.fromOutside(&m, false, 1)
+		p.fromOutside(&m, &p.rtpLeg, 1)
 	}
 }
 

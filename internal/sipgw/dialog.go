@@ -392,14 +392,11 @@ func (g *Gateway) discard(c *call, of *offer) {
 	}
 }
 
-// MediaTimeout forgets a call whose media stopped; wire it to the media
-// proxy's OnTimeout.
-// It sends BYE to both parties of an established call.
+// MediaTimeout forgets a call whose media stopped and sends BYE to both
+// parties of an established one. New registers it with the media proxy
+// (mediaproxy.Proxy.SetOnTimeout).
 func (g *Gateway) MediaTimeout(callID string) {
-	g.mu.Lock()
-	c := g.calls[callID]
-	g.mu.Unlock()
-	if c != nil {
+	if c := g.callByID(callID); c != nil {
 		g.hangUp(c, "media timeout")
 	}
 }
@@ -450,4 +447,20 @@ func (g *Gateway) bye(target sip.Uri, from *sip.FromHeader, to *sip.ToHeader, id
 	r.AppendHeader(sip.NewHeader("Reason", `SIP;cause=408;text="`+why+`"`))
 	r.SetTransport("UDP")
 	return r
+}
+
+// callByID returns the call with this Call-ID, or nil.
+func (g *Gateway) callByID(id string) *call {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.calls[id]
+}
+
+// peerOf is where a request of the call goes: to the outside party when it
+// comes from inside, else to the inside one.
+func (c *call) peerOf(fromInside bool) string {
+	if fromInside {
+		return c.outsideAddr().String()
+	}
+	return c.inside
 }

@@ -9,48 +9,45 @@ import (
 	"github.com/emiago/sipgo/sip"
 )
 
-// forward relays req to dest in a client transaction and relays the
-// responses back, rewriting their SDP. newCall says req is the INVITE that
-// makes c; of is the staged offer req carries, committed on a 2xx and
-// discarded on anything else.
-func (g *Gateway) forward(orig, req *sip.Request, tx sip.ServerTransaction, dest string, c *call, fromInside, newCall bool, of *offer) {
-	settle := func(ok bool) {
-		if of == nil {
-			return
-		}
-		if ok {
-			g.commit(c, of)
-		} else {
-			g.discard(c, of)
-		}
-		of = nil
+// route is where and how forward relays one request.
+type route struct {
+	dest       string // the next hop, "ip:port"
+	call       *call  // the call the request belongs to (nil: none)
+	fromInside bool   // the request came from the inside side
+	newCall    bool   // the request is the INVITE that makes call
+	// offer is the staged offer the request carries, committed on a 2xx
+	// and discarded on anything else (nil: none, or already settled).
+	offer *offer
+}
+
+// settle commits (ok) or discards the route's staged offer, once.
+func (g *Gateway) settle(rt *route, ok bool) {
+	if rt.offer == nil {
+		return
 	}
-	defer settle(false)
+	if ok {
+		g.commit(rt.call, rt.offer)
+	} else {
+		g.discard(rt.call, rt.offer)
+	}
+	rt.offer = nil
+}
+
+// forward relays req along rt in a client transaction and relays the
+// responses back, rewriting their SDP (relayResponse).
+func (g *Gateway) forward(orig, req *sip.Request, tx sip.ServerTransaction, rt route) {
+	defer g.settle(&rt, false)
+	c := rt.call
 	g.removeOwnRoutes(req)
-	req.SetDestination(dest)
+	req.SetDestination(rt.dest)
 	// The gateway speaks UDP to both sides whatever the client used.
 	req.SetTransport("UDP")
-	opts := []sipgo.ClientRequestOption{g.fromListener, sipgo.ClientRequestAddVia, sipgo.ClientRequestDecreaseMaxForward}
-	if newCall {
-		// A client on TCP or TLS gets its own Record-Route below the UDP one
-		// (double Record-Route, RFC 5658): the inside side routes its
-		// in-dialog requests to the top entry, the client to the bottom one.
-		if t := strings.ToLower(orig.Transport()); !fromInside && (t == "tcp" || t == "tls") {
-			port := int(g.addr.Port())
-			if t == "tls" {
-				port = int(g.TLSAddr().Port())
-			}
-			req.PrependHeader(&sip.RecordRouteHeader{Address: sip.Uri{Scheme: "sip", Host: g.host, Port: port,
-				UriParams: sip.HeaderParams{{K: "transport", V: t}, {K: "lr", V: ""}}}})
-		}
-		opts = append(opts, sipgo.ClientRequestAddRecordRoute)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), g.cfg.TransactionTimeout)
 	defer cancel()
-	clTx, err := g.client.TransactionRequest(ctx, req, opts...)
+	clTx, err := g.client.TransactionRequest(ctx, req, g.forwardOptions(orig, req, rt)...)
 	if err != nil {
-		g.log.Debug("forward", "err", err, "dest", dest)
-		if newCall {
+		g.log.Debug("forward", "err", err, "dest", rt.dest)
+		if rt.newCall {
 			g.endCall(c)
 		}
 		g.reply(tx, orig, 503, "Service Unavailable")
@@ -63,76 +60,16 @@ func (g *Gateway) forward(orig, req *sip.Request, tx sip.ServerTransaction, dest
 		tx.OnCancel(func(*sip.Request) {
 			g.spawn(func(ctx context.Context) { g.sendCancel(ctx, fwd) })
 		})
-		if newCall {
+		if rt.newCall {
 			expired = c.expired
 		}
 	}
-	isBye := req.Method == sip.BYE
 	for {
 		select {
 		case res, ok := <-clTx.Responses():
-			if !ok {
+			if !ok || g.relayResponse(orig, req, tx, &rt, res) {
 				return
 			}
-			g.c.Responses.Add(1)
-			res.RemoveHeader("Via")
-			success := res.StatusCode >= 200 && res.StatusCode < 300
-			final := res.StatusCode >= 200
-			if final {
-				settle(success) // the offer's media before the answer's
-			}
-			if newCall {
-				switch {
-				case success:
-					c.confirm(toTagOf(res), source(res))
-					g.armTimer(c, g.cfg.AckTimeout)
-				case !final:
-					c.early(toTagOf(res))
-				}
-			}
-			if len(res.Body()) > 0 && c != nil && isSDP(res) && res.StatusCode < 300 {
-				body, _, err := g.rewrite(c, res.Body(), !fromInside, false)
-				if err != nil {
-					g.log.Warn("answer SDP not proxied", "call", trunc(c.id), "err", err)
-					g.c.BadSDP.Add(1)
-					res = sip.NewResponseFromRequest(orig, 502, "Bad Gateway", nil)
-					success = false
-				} else {
-					res.SetBody(body)
-				}
-			}
-			if newCall && success {
-				c.mu.Lock()
-				c.invite, c.answer = orig, res.Clone()
-				c.mu.Unlock()
-			}
-			if newCall && final && !success {
-				// Before the answer goes out: the caller may retry with the
-				// same Call-ID at once (after a 401/407).
-				g.endCall(c)
-			}
-			if newCall && final && !success && !fromInside {
-				// The inside server's refusal of an outside INVITE (a
-				// 401/407 challenge, 486...) goes out once too: relayed
-				// through the transaction, a spoofed source would get it 11
-				// times. The caller's ACK finds no transaction and is
-				// dropped (the client transaction ACKed upstream); a lost
-				// copy is recovered when the caller retransmits.
-				g.respond(tx, orig, res)
-				return
-			}
-			if err := tx.Respond(res); err != nil {
-				g.log.Debug("relay response", "err", err)
-			}
-			if !final {
-				continue
-			}
-			// Only the other side's 2xx ends a call on BYE: an answer of
-			// 481 or no answer leaves it to its own timeouts.
-			if isBye && success {
-				g.endCall(c)
-			}
-			return
 		case <-expired:
 			// Not answered within the setup deadline: give the ports back
 			// now and CANCEL upstream; the 487 goes to the caller.
@@ -141,7 +78,7 @@ func (g *Gateway) forward(orig, req *sip.Request, tx sip.ServerTransaction, dest
 			g.endCall(c)
 			g.spawn(func(ctx context.Context) { g.sendCancel(ctx, req) })
 		case <-clTx.Done():
-			if newCall {
+			if rt.newCall {
 				g.endCall(c)
 			}
 			if err := clTx.Err(); err != nil && !req.IsInvite() {
@@ -156,13 +93,102 @@ func (g *Gateway) forward(orig, req *sip.Request, tx sip.ServerTransaction, dest
 				case <-clTx.Done():
 				case <-ctx.Done():
 				}
-				if newCall && tx.Err() != nil {
+				if rt.newCall && tx.Err() != nil {
 					g.endCall(c)
 				}
 			}
 			return
 		}
 	}
+}
+
+// forwardOptions are the client request options of a forwarded request:
+// from the listener, with the gateway's Via, and for a new call its
+// Record-Route.
+func (g *Gateway) forwardOptions(orig, req *sip.Request, rt route) []sipgo.ClientRequestOption {
+	opts := []sipgo.ClientRequestOption{g.fromListener, sipgo.ClientRequestAddVia, sipgo.ClientRequestDecreaseMaxForward}
+	if !rt.newCall {
+		return opts
+	}
+	// A client on TCP or TLS gets its own Record-Route below the UDP one
+	// (double Record-Route, RFC 5658): the inside side routes its
+	// in-dialog requests to the top entry, the client to the bottom one.
+	if t := strings.ToLower(orig.Transport()); !rt.fromInside && (t == "tcp" || t == "tls") {
+		port := int(g.addr.Port())
+		if t == "tls" {
+			port = int(g.TLSAddr().Port())
+		}
+		req.PrependHeader(&sip.RecordRouteHeader{Address: sip.Uri{Scheme: "sip", Host: g.host, Port: port,
+			UriParams: sip.HeaderParams{{K: "transport", V: t}, {K: "lr", V: ""}}}})
+	}
+	return append(opts, sipgo.ClientRequestAddRecordRoute)
+}
+
+// relayResponse relays one response of a forwarded request back to its
+// sender, rewriting its SDP, and moves the call along (a 2xx confirms a new
+// call and settles a staged offer). It reports whether the transaction is
+// over for the gateway.
+func (g *Gateway) relayResponse(orig, req *sip.Request, tx sip.ServerTransaction, rt *route, res *sip.Response) bool {
+	c := rt.call
+	g.c.Responses.Add(1)
+	res.RemoveHeader("Via")
+	success := res.StatusCode >= 200 && res.StatusCode < 300
+	final := res.StatusCode >= 200
+	if final {
+		g.settle(rt, success) // the offer's media before the answer's
+	}
+	if rt.newCall {
+		switch {
+		case success:
+			c.confirm(toTagOf(res), source(res))
+			g.armTimer(c, g.cfg.AckTimeout)
+		case !final:
+			c.early(toTagOf(res))
+		}
+	}
+	if len(res.Body()) > 0 && c != nil && isSDP(res) && res.StatusCode < 300 {
+		body, _, err := g.rewrite(c, res.Body(), !rt.fromInside, false)
+		if err != nil {
+			g.log.Warn("answer SDP not proxied", "call", trunc(c.id), "err", err)
+			g.c.BadSDP.Add(1)
+			res = sip.NewResponseFromRequest(orig, 502, "Bad Gateway", nil)
+			success = false
+		} else {
+			res.SetBody(body)
+		}
+	}
+	if rt.newCall && success {
+		c.mu.Lock()
+		c.invite, c.answer = orig, res.Clone()
+		c.mu.Unlock()
+	}
+	if rt.newCall && final && !success {
+		// Before the answer goes out: the caller may retry with the
+		// same Call-ID at once (after a 401/407).
+		g.endCall(c)
+		if !rt.fromInside {
+			// The inside server's refusal of an outside INVITE (a 401/407
+			// challenge, 486...) goes out once too: relayed through the
+			// transaction, a spoofed source would get it 11 times. The
+			// caller's ACK finds no transaction and is dropped (the client
+			// transaction ACKed upstream); a lost copy is recovered when
+			// the caller retransmits.
+			g.respond(tx, orig, res)
+			return true
+		}
+	}
+	if err := tx.Respond(res); err != nil {
+		g.log.Debug("relay response", "err", err)
+	}
+	if !final {
+		return false
+	}
+	// Only the other side's 2xx ends a call on BYE: an answer of 481 or
+	// no answer leaves it to its own timeouts.
+	if req.Method == sip.BYE && success {
+		g.endCall(c)
+	}
+	return true
 }
 
 func (g *Gateway) reply(tx sip.ServerTransaction, req *sip.Request, code int, reason string, hdrs ...sip.Header) {

@@ -45,18 +45,19 @@ const DefaultMaxConns = 1024
 
 // Config configures a Gateway.
 type Config struct {
-	// SIP is the outside SIP listener (UDP), "host:port". Required; port 0
-	// picks one (tests).
-	SIP string
+	// SIP is the outside SIP listener (UDP). Required; port 0 picks one
+	// (tests).
+	SIP netip.AddrPort
 	// TCP also listens for SIP over TCP on the same address.
 	TCP bool
-	// TLS, when set, listens for SIP over TLS on this "host:port" (a
-	// fourth outside port), with the certificate in TLSCert and TLSKey (PEM
+	// TLS, when valid, listens for SIP over TLS on this address (a fourth
+	// outside port), with the certificate in TLSCert and TLSKey (PEM
 	// files; both empty: a self-signed certificate, for tests).
-	TLS             string
+	TLS             netip.AddrPort
 	TLSCert, TLSKey string
-	// Upstream is the inside SIP server, "host:port". Required.
-	Upstream string
+	// Upstream is the inside SIP server (a name is resolved by the
+	// caller, once). Required.
+	Upstream netip.AddrPort
 	// InsideNets are extra source prefixes whose requests count as inside
 	// (inside callers that are not the upstream address itself).
 	InsideNets []netip.Prefix
@@ -109,7 +110,7 @@ type Config struct {
 }
 
 func (c *Config) validate() error {
-	if c.SIP == "" || c.Upstream == "" || c.Media == nil {
+	if !c.SIP.IsValid() || !c.Upstream.IsValid() || c.Media == nil {
 		return fmt.Errorf("%w: SIP address, upstream and media proxy are required", ErrConfig)
 	}
 	if c.MaxConns <= 0 {
@@ -210,23 +211,20 @@ type Gateway struct {
 	once sync.Once
 }
 
-// New binds the SIP listener(s). Run serves them.
+// New binds the SIP listener(s) and registers the gateway with its media
+// proxy (its own addresses, refused as media destinations, and its media
+// timeouts). Run serves them.
 func New(cfg Config) (*Gateway, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	up, err := resolve(cfg.Upstream)
+	pc, err := net.ListenPacket("udp", cfg.SIP.String())
 	if err != nil {
 		return nil, err
 	}
-	pc, err := net.ListenPacket("udp", cfg.SIP)
-	if err != nil {
-		return nil, err
-	}
-	addr := pc.LocalAddr().(*net.UDPAddr).AddrPort()
-	addr = netip.AddrPortFrom(addr.Addr().Unmap(), addr.Port())
+	addr := unmap(pc.LocalAddr().(*net.UDPAddr).AddrPort())
 	g := &Gateway{
-		cfg: cfg, mp: cfg.Media, pc: pc, addr: addr, upstream: up,
+		cfg: cfg, mp: cfg.Media, pc: pc, addr: addr, upstream: unmap(cfg.Upstream),
 		calls: map[string]*call{}, bindings: map[string]*binding{}, shares: map[netip.Prefix]int{},
 		stop:     make(chan struct{}),
 		requests: newLimiterSet(cfg.RateLimit, cfg.RateBurst),
@@ -234,61 +232,84 @@ func New(cfg Config) (*Gateway, error) {
 		answers:  newLimiterSet(cfg.AnswerRate, cfg.AnswerBurst),
 	}
 	g.log = slog.New(newLogHandler(cfg.Log.Handler(), &g.c))
+	for _, step := range []func() error{g.listenStreams, g.nameSelf, g.newSIP, g.registerMetrics} {
+		if err := step(); err != nil {
+			g.closeSockets()
+			return nil, err
+		}
+	}
+	// Media must never be aimed at the signaling listeners.
+	cfg.Media.AddOwnEndpoints(addr, g.TLSAddr())
+	cfg.Media.SetOnTimeout(g.MediaTimeout)
+	return g, nil
+}
+
+func unmap(ap netip.AddrPort) netip.AddrPort { return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()) }
+
+// listenStreams binds the TCP and TLS listeners, each capped by connlimit.
+func (g *Gateway) listenStreams() error {
+	cfg := &g.cfg
 	lim := connlimit.Limits{MaxConns: cfg.MaxConns, MaxConnsPerAddr: cfg.MaxConnsPerAddr}
 	var lm, tlm *connlimit.Metrics
-	if cfg.Registerer != nil && (cfg.TCP || cfg.TLS != "") {
+	if cfg.Registerer != nil && (cfg.TCP || cfg.TLS.IsValid()) {
+		var err error
 		if lm, err = connlimit.NewMetrics(cfg.Registerer, "sipgw_tcp"); err == nil {
 			tlm, err = connlimit.NewMetrics(cfg.Registerer, "sipgw_tls")
 		}
 		if err != nil {
-			pc.Close()
-			return nil, err
+			return err
 		}
 	}
 	if cfg.TCP {
-		ln, err := net.Listen("tcp", addr.String())
+		ln, err := net.Listen("tcp", g.addr.String())
 		if err != nil {
-			pc.Close()
-			return nil, err
+			return err
 		}
 		g.ln = connlimit.New(ln, lim, lm)
 	}
-	if cfg.TLS != "" {
-		host, _, _ := net.SplitHostPort(cfg.TLS)
-		tc, err := tlsutil.ServerConfig(cfg.TLSCert, cfg.TLSKey, "traverse sipgw", host)
+	if cfg.TLS.IsValid() {
+		tc, err := tlsutil.ServerConfig(cfg.TLSCert, cfg.TLSKey, "traverse sipgw", cfg.TLS.Addr().String())
 		if err != nil {
-			g.closeSockets()
-			return nil, fmt.Errorf("sipgw: TLS: %w", err)
+			return fmt.Errorf("sipgw: TLS: %w", err)
 		}
 		// Capped below TLS, so a refused connection costs no handshake.
-		ln, err := net.Listen("tcp", cfg.TLS)
+		ln, err := net.Listen("tcp", cfg.TLS.String())
 		if err != nil {
-			g.closeSockets()
-			return nil, err
+			return err
 		}
 		g.tlsLn = tls.NewListener(connlimit.New(ln, lim, tlm), tc)
 	}
-	g.outIP = cfg.OutsideIP
+	return nil
+}
+
+// nameSelf picks the IP written into outside-bound SDP and the name the
+// gateway puts in Via and Record-Route: the SIP address, or the outside IP
+// when the listener is on a wildcard address.
+func (g *Gateway) nameSelf() error {
+	g.outIP = g.cfg.OutsideIP
 	if !g.outIP.IsValid() {
-		g.outIP = cfg.Media.RTPAddr().Addr()
+		g.outIP = g.cfg.Media.RTPAddr().Addr()
 		if g.outIP.IsUnspecified() {
-			g.outIP = addr.Addr()
+			g.outIP = g.addr.Addr()
 		}
 	}
-	// The name the gateway puts in Via and Record-Route: the SIP address,
-	// or the outside IP when the listener is on a wildcard address.
-	g.host = addr.Addr().String()
-	if addr.Addr().IsUnspecified() {
+	g.host = g.addr.Addr().String()
+	if g.addr.Addr().IsUnspecified() {
 		if g.outIP.IsUnspecified() {
-			g.closeSockets()
-			return nil, fmt.Errorf("%w: SIP listens on a wildcard address: set the outside IP", ErrConfig)
+			return fmt.Errorf("%w: SIP listens on a wildcard address: set the outside IP", ErrConfig)
 		}
 		g.host = g.outIP.String()
 	}
-	host := g.host
+	return nil
+}
+
+// newSIP makes the sipgo user agent, server and client, and routes every
+// method to its handler.
+func (g *Gateway) newSIP() error {
+	var err error
 	g.ua, err = sipgo.NewUA(
 		sipgo.WithUserAgent("traverse-sipgw"),
-		sipgo.WithUserAgentHostname(host),
+		sipgo.WithUserAgentHostname(g.host),
 		sipgo.WithUserAgentTransactionLayerOptions(
 			sip.WithTransactionLayerLogger(g.log),
 			sip.WithTransactionLayerUnhandledResponseHandler(g.onStrayResponse),
@@ -296,17 +317,14 @@ func New(cfg Config) (*Gateway, error) {
 		sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerLogger(g.log)),
 	)
 	if err != nil {
-		g.closeSockets()
-		return nil, err
+		return err
 	}
 	if g.srv, err = sipgo.NewServer(g.ua, sipgo.WithServerLogger(g.log)); err != nil {
-		g.closeSockets()
-		return nil, err
+		return err
 	}
 	// Every request leaves from the one SIP socket: no extra outside port.
-	if g.client, err = sipgo.NewClient(g.ua, sipgo.WithClientHostname(host), sipgo.WithClientConnectionAddr(addr.String()), sipgo.WithClientLogger(g.log)); err != nil {
-		g.closeSockets()
-		return nil, err
+	if g.client, err = sipgo.NewClient(g.ua, sipgo.WithClientHostname(g.host), sipgo.WithClientConnectionAddr(g.addr.String()), sipgo.WithClientLogger(g.log)); err != nil {
+		return err
 	}
 	g.srv.OnRegister(g.onRegister)
 	g.srv.OnInvite(g.onRequest)
@@ -317,27 +335,14 @@ func New(cfg Config) (*Gateway, error) {
 	for _, m := range []sip.RequestMethod{sip.UPDATE, sip.INFO, sip.OPTIONS, sip.MESSAGE, sip.NOTIFY, sip.SUBSCRIBE, sip.REFER, sip.PRACK} {
 		g.srv.OnRequest(m, g.onRequest)
 	}
-	// Media must never be aimed at the signaling listeners.
-	cfg.Media.AddOwnEndpoints(addr, g.TLSAddr())
-	if cfg.Registerer != nil {
-		if err := g.register(cfg.Registerer); err != nil {
-			g.closeSockets()
-			return nil, err
-		}
-	}
-	return g, nil
+	return nil
 }
 
-func resolve(hostport string) (netip.AddrPort, error) {
-	if ap, err := netip.ParseAddrPort(hostport); err == nil {
-		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
+func (g *Gateway) registerMetrics() error {
+	if g.cfg.Registerer == nil {
+		return nil
 	}
-	ua, err := net.ResolveUDPAddr("udp", hostport)
-	if err != nil {
-		return netip.AddrPort{}, fmt.Errorf("%w: upstream %q: %w", ErrConfig, hostport, err)
-	}
-	ap := ua.AddrPort()
-	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
+	return g.register(g.cfg.Registerer)
 }
 
 // Addr is the bound SIP address.

@@ -57,12 +57,11 @@ func startGateway(t *testing.T, upstream string, mod func(*Config, *mediaproxy.C
 		// destination policy refuses.
 		Policy: addrpolicy.Filter{Loopback: true},
 	}
-	cfg := Config{SIP: "127.0.0.1:0", Upstream: upstream}
+	cfg := Config{SIP: netip.MustParseAddrPort("127.0.0.1:0"), Upstream: netip.MustParseAddrPort(upstream)}
 	if mod != nil {
 		mod(&cfg, &mcfg)
 	}
 	tg := &testGW{}
-	mcfg.OnTimeout = func(id string) { tg.gw.MediaTimeout(id) }
 	mp, err := mediaproxy.New(mcfg)
 	if err != nil {
 		t.Fatal(err)

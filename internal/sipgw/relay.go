@@ -12,9 +12,7 @@ func (g *Gateway) onAck(req *sip.Request, _ sip.ServerTransaction) {
 	if !valid(req) {
 		return
 	}
-	g.mu.Lock()
-	c := g.calls[req.CallID().Value()]
-	g.mu.Unlock()
+	c := g.callByID(req.CallID().Value())
 	if c == nil {
 		return
 	}
@@ -27,23 +25,12 @@ func (g *Gateway) onAck(req *sip.Request, _ sip.ServerTransaction) {
 	if inside != c.callerOutside { // from the caller: the call is set up
 		c.ack()
 	}
-	dest := c.inside
-	if inside {
-		dest = c.outsideAddr().String()
-	}
-	if len(req.Body()) > 0 && isSDP(req) {
-		body, _, err := g.rewrite(c, req.Body(), inside, false)
-		if err != nil {
-			// Never relay SDP the gateway could not rewrite: its
-			// addresses are the other side's, unchecked (a late offer
-			// naming refused media addresses). The ACK still ends the
-			// transaction; the session keeps its media.
-			g.c.BadSDP.Add(1)
-			g.log.Debug("ACK SDP not relayed", "err", err)
-			body = nil
-			req.RemoveHeader("Content-Type")
-		}
-		req.SetBody(body)
+	dest := c.peerOf(inside)
+	if !g.rewriteRelayed(c, req, inside, "ACK") {
+		// A late offer naming refused media addresses: the ACK still
+		// ends the transaction, without it; the session keeps its media.
+		req.RemoveHeader("Content-Type")
+		req.SetBody(nil)
 	}
 	g.removeOwnRoutes(req)
 	req.SetDestination(dest)
@@ -63,9 +50,7 @@ func (g *Gateway) onStrayResponse(res *sip.Response) {
 	if v == nil || v.Host != g.host || v.Port != int(g.addr.Port()) || res.CallID() == nil {
 		return
 	}
-	g.mu.Lock()
-	c := g.calls[res.CallID().Value()]
-	g.mu.Unlock()
+	c := g.callByID(res.CallID().Value())
 	if c == nil {
 		return
 	}
@@ -80,19 +65,36 @@ func (g *Gateway) onStrayResponse(res *sip.Response) {
 	if res.Via() == nil {
 		return
 	}
-	if len(res.Body()) > 0 && isSDP(res) {
-		body, _, err := g.rewrite(c, res.Body(), inside, false)
-		if err != nil {
-			// Dropped rather than relayed with the other side's
-			// unchecked addresses.
-			g.c.BadSDP.Add(1)
-			g.log.Debug("stray response SDP not relayed", "err", err)
-			return
-		}
-		res.SetBody(body)
+	if !g.rewriteRelayed(c, res, inside, "stray response") {
+		return // dropped rather than relayed with unchecked addresses
 	}
 	res.SetDestination("")
 	if err := g.srv.WriteResponse(res); err != nil {
 		g.log.Debug("stray response", "err", err)
 	}
+}
+
+// sdpMessage is a SIP request or response with a body.
+type sdpMessage interface {
+	headerGetter
+	Body() []byte
+	SetBody([]byte)
+}
+
+// rewriteRelayed rewrites the SDP of a message relayed outside any
+// transaction (an ACK, a stray 2xx). It reports false, leaving m alone,
+// when the SDP could not be rewritten: such SDP is never relayed, for its
+// addresses are the other side's, unchecked.
+func (g *Gateway) rewriteRelayed(c *call, m sdpMessage, inside bool, what string) bool {
+	if len(m.Body()) == 0 || !isSDP(m) {
+		return true
+	}
+	body, _, err := g.rewrite(c, m.Body(), inside, false)
+	if err != nil {
+		g.c.BadSDP.Add(1)
+		g.log.Debug(what+" SDP not relayed", "err", err)
+		return false
+	}
+	m.SetBody(body)
+	return true
 }

@@ -32,9 +32,7 @@ func (g *Gateway) onRequest(req *sip.Request, tx sip.ServerTransaction) {
 	src := source(req)
 	inside := g.isInside(src)
 
-	g.mu.Lock()
-	c := g.calls[req.CallID().Value()]
-	g.mu.Unlock()
+	c := g.callByID(req.CallID().Value())
 	switch {
 	case c != nil:
 		// Whatever it claims, a request carrying a call's Call-ID is that
@@ -73,7 +71,7 @@ func (g *Gateway) outOfDialog(orig, req *sip.Request, tx sip.ServerTransaction, 
 		dest = g.upstream.String()
 	}
 	if !req.IsInvite() {
-		g.forward(orig, req, tx, dest, nil, inside, false, nil)
+		g.forward(orig, req, tx, route{dest: dest, fromInside: inside})
 		return
 	}
 	if !inside && !g.newCalls.allow(src.Addr()) {
@@ -110,7 +108,7 @@ func (g *Gateway) outOfDialog(orig, req *sip.Request, tx sip.ServerTransaction, 
 	}
 	g.c.CallsStarted.Add(1)
 	g.armTimer(c, g.cfg.SetupTimeout)
-	g.forward(orig, req, tx, dest, c, inside, true, nil)
+	g.forward(orig, req, tx, route{dest: dest, call: c, fromInside: inside, newCall: true})
 }
 
 // rejectMedia answers a request whose SDP the media proxy could not take.
@@ -129,10 +127,7 @@ func (g *Gateway) rejectMedia(tx sip.ServerTransaction, req *sip.Request, err er
 // staged: the streams it needs are allocated (their ports go into the
 // relayed SDP) but nothing is re-pointed before the other side's 2xx.
 func (g *Gateway) inDialog(orig, req *sip.Request, tx sip.ServerTransaction, c *call, inside bool) {
-	dest := c.inside
-	if inside {
-		dest = c.outsideAddr().String()
-	}
+	dest := c.peerOf(inside)
 	var of *offer
 	if len(req.Body()) > 0 && isSDP(req) {
 		c.mu.Lock()
@@ -159,5 +154,5 @@ func (g *Gateway) inDialog(orig, req *sip.Request, tx sip.ServerTransaction, c *
 		req.SetBody(body)
 		of = o
 	}
-	g.forward(orig, req, tx, dest, c, inside, false, of)
+	g.forward(orig, req, tx, route{dest: dest, call: c, fromInside: inside, offer: of})
 }

@@ -56,7 +56,7 @@ func TestTCPClient(t *testing.T) {
 // optional TLS listener, with a self-signed certificate.
 func TestTLSClient(t *testing.T) {
 	uas := startUAS(t, insideIP)
-	tg := startGateway(t, uas.addr.String(), func(c *Config, _ *mediaproxy.Config) { c.TLS = "127.0.0.1:0" })
+	tg := startGateway(t, uas.addr.String(), func(c *Config, _ *mediaproxy.Config) { c.TLS = netip.MustParseAddrPort("127.0.0.1:0") })
 	ua, err := sipgo.NewUA(sipgo.WithUserAgentHostname(clientIP.String()),
 		sipgo.WithUserAgenTLSConfig(&tls.Config{InsecureSkipVerify: true})) //nolint:gosec // the test's self-signed gateway
 	if err != nil {

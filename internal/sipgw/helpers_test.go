@@ -190,3 +190,18 @@ func pcapPackets(t *testing.T, path string) uint64 {
 }
 
 func itoa(i int) string { return strconv.Itoa(i) }
+
+// startTrio starts the cast of most call tests: an inside server, the
+// gateway in front of it (mod as for startGateway) and an outside client.
+func startTrio(t *testing.T, mod func(*Config, *mediaproxy.Config)) (*goUAS, *testGW, *goUAC) {
+	t.Helper()
+	uas := startUAS(t, insideIP)
+	return uas, startGateway(t, uas.addr.String(), mod), startUAC(t, clientIP)
+}
+
+// callCtx bounds a test's SIP exchanges to 10 s.
+func callCtx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}

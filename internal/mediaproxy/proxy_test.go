@@ -93,7 +93,8 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // TestForwardingCollisionsAndLatch runs three clients through the fixed
 // port: one declares its SSRC, two declare none and send the SAME SSRC (as
 // SIPp does). Each must get back only its own tagged packets, and a packet
-// from an unsignaled address is dropped.
+// from an unsignaled address is dropped. One scenario told in order, hence
+// its length.
 func TestForwardingCollisionsAndLatch(t *testing.T) {
 	p := newTestProxy(t, nil)
 	server := udp(t)

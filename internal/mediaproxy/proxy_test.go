@@ -375,3 +375,27 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// TestRunClose: Run returns once its context ends, having closed the
+// proxy; Close after that is a no-op, and a closed proxy takes no stream.
+func TestRunClose(t *testing.T) {
+	p := newTestProxy(t, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan error, 1)
+	go func() { ran <- p.Run(ctx) }()
+	cancel()
+	select {
+	case err := <-ran:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not return after its context ended")
+	}
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Apply(&Descriptor{Op: OpUpsert, Flags: FlagCallerOutside, CallID: "late"}); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Apply after Run: %v, want ErrClosed", err)
+	}
+}

@@ -1,6 +1,8 @@
 package sipgw
 
 import (
+	"net/netip"
+
 	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
 )
@@ -12,12 +14,10 @@ func (g *Gateway) onAck(req *sip.Request, _ sip.ServerTransaction) {
 	if !valid(req) {
 		return
 	}
-	c := g.callByID(req.CallID().Value())
+	c, src, inside := g.sentFor(req.CallID().Value(), req)
 	if c == nil {
 		return
 	}
-	src := source(req)
-	inside := g.isInside(src)
 	if !c.matches(fromTag(req), toTag(req), src, req.Transport(), inside) {
 		g.c.DialogMismatch.Add(1)
 		return
@@ -50,12 +50,10 @@ func (g *Gateway) onStrayResponse(res *sip.Response) {
 	if v == nil || v.Host != g.host || v.Port != int(g.addr.Port()) || res.CallID() == nil {
 		return
 	}
-	c := g.callByID(res.CallID().Value())
+	c, src, inside := g.sentFor(res.CallID().Value(), res)
 	if c == nil {
 		return
 	}
-	src := source(res)
-	inside := g.isInside(src)
 	from, to := fromTag(res), toTagOf(res)
 	if !c.matches(from, to, src, res.Transport(), inside) && !c.matches(to, from, src, res.Transport(), inside) {
 		g.c.DialogMismatch.Add(1)
@@ -97,4 +95,16 @@ func (g *Gateway) rewriteRelayed(c *call, m sdpMessage, inside bool, what string
 	}
 	m.SetBody(body)
 	return true
+}
+
+// sentFor finds the call of a message relayed outside any transaction, and
+// where the message comes from (its source and side). A nil call: none
+// holds that Call-ID.
+func (g *Gateway) sentFor(callID string, m interface{ Source() string }) (*call, netip.AddrPort, bool) {
+	c := g.callByID(callID)
+	if c == nil {
+		return nil, netip.AddrPort{}, false
+	}
+	src := source(m)
+	return c, src, g.isInside(src)
 }

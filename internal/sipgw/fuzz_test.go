@@ -73,7 +73,7 @@ func FuzzSIP(f *testing.F) {
 		f.Skip(err)
 	}
 	f.Cleanup(func() { mp.Close() })
-	g, err := New(Config{SIP: "127.0.0.1:0", Upstream: "127.0.0.2:5080", Media: mp})
+	g, err := New(Config{SIP: netip.MustParseAddrPort("127.0.0.1:0"), Upstream: netip.MustParseAddrPort("127.0.0.2:5080"), Media: mp})
 	if err != nil {
 		f.Skip(err)
 	}

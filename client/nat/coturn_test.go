@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/traverse-rtc/traverse/client/nat"
+	"github.com/traverse-rtc/traverse/internal/testkit"
 )
 
 // The client also works against an RFC 5780 server nobody here wrote:
@@ -47,14 +48,10 @@ simple-log
 
 	server := "127.0.0.1:" + strconv.Itoa(port)
 	var rep nat.Report
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	testkit.Eventually(10*time.Second, func() bool { // until coturn has started
 		rep, err = nat.Discover(context.Background(), nat.Config{Server: server, RTO: 50 * time.Millisecond, Attempts: 3})
-		if err == nil || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(100 * time.Millisecond) // coturn still starting
-	}
+		return err == nil
+	})
 	if err != nil {
 		t.Fatalf("against coturn: %v", err)
 	}

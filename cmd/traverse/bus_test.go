@@ -5,13 +5,10 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
-	"github.com/traverse-rtc/traverse/internal/turn/turntest"
-	"io"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -22,6 +19,7 @@ import (
 
 	"github.com/traverse-rtc/traverse/internal/bus"
 	"github.com/traverse-rtc/traverse/internal/tlsutil"
+	"github.com/traverse-rtc/traverse/internal/turn/turntest"
 )
 
 // runServeUntilReady runs serve with args until the test ends; it returns
@@ -75,38 +73,9 @@ func waitReady(t *testing.T, adminAddr string, d time.Duration, stopped <-chan e
 }
 
 // servePorts are free loopback ports for serve's listeners.
-type servePorts struct {
-	admin, bus, signal, sfuTCP string
-	stun, turn, sfuUDP         int
-}
-
-func newServePorts(t *testing.T) servePorts {
-	return servePorts{admin: freeTCP(t), bus: freeTCP(t), signal: freeTCP(t), sfuTCP: freeTCP(t),
-		stun: freePorts(t), turn: freePorts(t), sfuUDP: freePorts(t)}
-}
-
-func (p servePorts) args() []string {
-	lo := func(n int) string { return "127.0.0.1:" + strconv.Itoa(n) }
-	return []string{
-		"--admin", p.admin, "--log-level", "error",
-		"--bus-listen", p.bus,
-		"--stun-listen", lo(p.stun), "--stun-other-address", "", "--stun-tls-listen", "",
-		"--turn-listen", lo(p.turn), "--turn-relay-ports", "44000-44099",
-		"--sfu-udp", lo(p.sfuUDP), "--sfu-tcp", p.sfuTCP,
-		"--signal-http", p.signal,
-		"--sipgw-sip", "127.0.0.1:0", "--sipgw-rtp", "127.0.0.1:0", "--sipgw-rtcp", "127.0.0.1:0",
-		"--sipgw-inside-ports", "45000-45099", "--sipgw-sip-tls", "",
-	}
-}
-
-// TestServeBusRefusesStrangers: serve's embedded bus refuses a local
-// process without credentials or with a key of its own (before this change
-// it accepted both, and the process read every join with its SDP), while
-// serve's own roles, which got theirs in-process, work: the SFU node
-// announces itself to signal and /readyz is green.
 func TestServeBusRefusesStrangers(t *testing.T) {
 	p := newServePorts(t)
-	runServeUntilReady(t, p.admin, p.args())
+	runServeUntilReady(t, p.admin, p.args("44000-44099", "45000-45099"))
 	url := "nats://" + p.bus
 	if nc, err := nats.Connect(url, nats.NoReconnect()); err == nil {
 		nc.Close()
@@ -144,18 +113,17 @@ func TestServeBusRefusesStrangers(t *testing.T) {
 // ports gets nothing back. Before this change, Connect to both succeeded.
 func TestServeTurnRefusesOwnPorts(t *testing.T) {
 	p := newServePorts(t)
-	runServeUntilReady(t, p.admin, p.args())
-	turnAddr := "127.0.0.1:" + strconv.Itoa(p.turn)
+	runServeUntilReady(t, p.admin, p.args("44000-44099", "45000-45099"))
+	turnAddr := lo(p.turn)
 
 	// TCP: a control connection, a TCP allocation, Connect.
-	demo := turntest.Credentials{Realm: "traverse", User: "demo", Pass: "demo"}
-	c := turntest.TCPClient(t, turnAddr, demo)
+	c := turntest.TCPClient(t, turnAddr, "demo", "demo", "traverse")
 	alloc, err := c.AllocateTCP()
 	if err != nil {
 		t.Fatalf("allocate tcp: %v", err)
 	}
 	defer alloc.Close()
-	echo := tcpEcho(t)
+	echo, _ := turntest.TCPEcho(t)
 	conn, err := alloc.DialTCP("tcp", nil, net.TCPAddrFromAddrPort(echo))
 	if err != nil {
 		t.Fatalf("control: a loopback echo peer through the relay: %v", err)
@@ -174,13 +142,13 @@ func TestServeTurnRefusesOwnPorts(t *testing.T) {
 
 	// UDP: an allocation that reaches a loopback echo peer, not serve's
 	// STUN server (which answers anything) nor its SFU port.
-	uclient := turntest.Client(t, turnAddr, demo, nil)
+	uclient := turntest.Client(t, turnAddr, "demo", "demo", "traverse", nil)
 	relay, err := uclient.Allocate()
 	if err != nil {
 		t.Fatalf("allocate udp: %v", err)
 	}
 	defer relay.Close()
-	udpEchoPeer := udpEcho(t)
+	udpEchoPeer := turntest.UDPEcho(t).LocalAddr().(*net.UDPAddr).AddrPort()
 	req := pstun.MustBuild(pstun.TransactionID, pstun.BindingRequest)
 	for _, to := range []int{p.stun, p.sfuUDP} {
 		_, _ = relay.WriteTo(req.Raw, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: to})
@@ -212,30 +180,6 @@ func TestServeTurnRefusesOwnPorts(t *testing.T) {
 			t.Errorf("TURN relayed UDP to serve's own port %d, which answered %d bytes", ua.Port, n)
 		}
 	}
-}
-
-func tcpEcho(t *testing.T) netip.AddrPort {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); _, _ = io.Copy(c, c) }()
-		}
-	}()
-	return ln.Addr().(*net.TCPAddr).AddrPort()
-}
-
-func udpEcho(t *testing.T) netip.AddrPort {
-	t.Helper()
-	return turntest.EchoUDP(t, "udp4", net.IPv4(127, 0, 0, 1)).LocalAddr().(*net.UDPAddr).AddrPort()
 }
 
 // traverse bus writes one credentials file per role (0600); a separate
@@ -307,7 +251,7 @@ func TestServeBusTLS(t *testing.T) {
 		t.Fatal(err)
 	}
 	p := newServePorts(t)
-	runServeUntilReady(t, p.admin, append(p.args(), "--bus-tls-cert", certFile, "--bus-tls-key", keyFile,
+	runServeUntilReady(t, p.admin, append(p.args("44000-44099", "45000-45099"), "--bus-tls-cert", certFile, "--bus-tls-key", keyFile,
 		"--bus-creds-dir", filepath.Join(dir, "creds")))
 	if code, _, err := httpGet("http://" + p.signal + "/token?room=r1"); err != nil || code != 200 {
 		t.Errorf("demo token: %d %v", code, err)

@@ -143,3 +143,13 @@ func runWithAdmin(ctx context.Context, log *slog.Logger, a *admin.Server, c *com
 	}
 	return runAll(ctx, log, append(runners, a.Run)...)
 }
+
+// bindLoopbackFlag registers a role's flag that allows loopback addresses
+// (for local tests); serve, the local demo, turns it on by default and its
+// help says so.
+func bindLoopbackFlag(fs *flag.FlagSet, name string, p *bool, help string, serve bool) {
+	if serve {
+		help += "; ON by default in serve only, because serve is the local demo: turn it off for anything else"
+	}
+	fs.BoolVar(p, name, *p, help)
+}

@@ -64,24 +64,8 @@ func TestServeSignalFloodBudget(t *testing.T) {
 		return
 	}
 	const limit = 4096
-	adminAddr := freeTCP(t)
-	stunPort := freePorts(t)
-	turnPort := freePorts(t)
-	sfuUDP, sfuTCP := freePorts(t), freeTCP(t)
-	sipPort, rtpPort := freePorts(t), freePorts(t)
-	signalAddr := freeTCP(t)
-	lo := func(p int) string { return "127.0.0.1:" + strconv.Itoa(p) }
-	args := []string{
-		"--admin", adminAddr, "--log-level", "error",
-		"--bus-listen", "127.0.0.1:0",
-		"--stun-listen", lo(stunPort), "--stun-other-address", "127.0.0.2", "--stun-other-port", strconv.Itoa(stunPort + 1),
-		"--stun-tls-listen", "",
-		"--turn-listen", lo(turnPort), "--turn-relay-ports", "46000-46099",
-		"--sfu-udp", lo(sfuUDP), "--sfu-tcp", sfuTCP,
-		"--signal-http", signalAddr,
-		"--sipgw-sip", lo(sipPort), "--sipgw-rtp", lo(rtpPort), "--sipgw-rtcp", lo(rtpPort + 1),
-		"--sipgw-inside-ports", "47000-47099", "--sipgw-sip-tls", "",
-	}
+	p := newServePorts(t)
+	args := p.args("46000-46099", "47000-47099", p.rfc5780()...)
 	cmd := exec.Command(os.Args[0], "-test.run=^TestServeSignalFloodBudget$", "-test.count=1")
 	cmd.Env = append(os.Environ(), "TRAVERSE_FLOOD_SERVE="+strings.Join(args, "\x1f"), "TRAVERSE_FLOOD_LIMIT="+strconv.Itoa(limit))
 	var out strings.Builder
@@ -115,7 +99,7 @@ func TestServeSignalFloodBudget(t *testing.T) {
 		_ = res.Body.Close()
 		return res.StatusCode, nil
 	}
-	waitReady(t, adminAddr, 30*time.Second, exited, out.String)
+	waitReady(t, p.admin, 30*time.Second, exited, out.String)
 	childFDs := func() int {
 		es, err := os.ReadDir("/proc/" + strconv.Itoa(cmd.Process.Pid) + "/fd")
 		if err != nil {
@@ -148,7 +132,7 @@ func TestServeSignalFloodBudget(t *testing.T) {
 	stop := time.Now().Add(60 * time.Second)
 	for i := 0; i < flood && time.Now().Before(stop); i++ {
 		d := net.Dialer{Timeout: 2 * time.Second, LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 1+byte(i/80/250), byte(1+i/80%250))}}
-		c, err := d.Dial("tcp", signalAddr)
+		c, err := d.Dial("tcp", p.signal)
 		if err != nil {
 			t.Fatalf("flood dial %d: %v", i, err)
 		}
@@ -173,13 +157,13 @@ func TestServeSignalFloodBudget(t *testing.T) {
 	}
 
 	// Meanwhile the other roles answer.
-	if code, err := get("http://" + adminAddr + "/healthz"); err != nil || code != 200 {
+	if code, err := get("http://" + p.admin + "/healthz"); err != nil || code != 200 {
 		t.Errorf("/healthz during the flood: %d %v", code, err)
 	}
-	if err := stunBindingTCP(lo(stunPort)); err != nil {
+	if err := stunBindingTCP(lo(p.stun)); err != nil {
 		t.Errorf("STUN over TCP during the flood: %v", err)
 	}
-	if err := stunBinding(t, netip.MustParseAddrPort(lo(stunPort))); err != nil {
+	if err := stunBinding(t, netip.MustParseAddrPort(lo(p.stun))); err != nil {
 		t.Errorf("STUN over UDP during the flood: %v", err)
 	}
 	if last > base+budget+50 {
@@ -192,7 +176,7 @@ func TestServeSignalFloodBudget(t *testing.T) {
 	conns = nil
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		code, err := get("http://" + signalAddr + "/")
+		code, err := get("http://" + p.signal + "/")
 		if err == nil && code == 200 {
 			break
 		}

@@ -69,31 +69,51 @@ func httpGet(url string) (int, string, error) {
 	return res.StatusCode, string(b), err
 }
 
+// servePorts are the ports of a `traverse serve` under test, on loopback.
+type servePorts struct {
+	admin, bus, signal, sfuTCP   string
+	stun, turn, sfuUDP, sip, rtp int
+}
+
+func newServePorts(t *testing.T) servePorts {
+	return servePorts{admin: freeTCP(t), bus: freeTCP(t), signal: freeTCP(t), sfuTCP: freeTCP(t),
+		stun: freePorts(t), turn: freePorts(t), sfuUDP: freePorts(t), sip: freePorts(t), rtp: freePorts(t)}
+}
+
+// args are serve's flags for p, with TURN's relay ports and the SIP
+// gateway's inside ports in the ranges given (a range per test: the ports
+// of a serve that just stopped may still be held), then extra flags (a
+// flag given again takes its last value).
+func (p servePorts) args(relayPorts, insidePorts string, extra ...string) []string {
+	return append([]string{
+		"--admin", p.admin, "--log-level", "error",
+		"--bus-listen", p.bus,
+		"--stun-listen", lo(p.stun), "--stun-other-address", "", "--stun-tls-listen", "",
+		"--turn-listen", lo(p.turn), "--turn-relay-ports", relayPorts,
+		"--sfu-udp", lo(p.sfuUDP), "--sfu-tcp", p.sfuTCP,
+		"--signal-http", p.signal,
+		"--sipgw-sip", lo(p.sip), "--sipgw-rtp", lo(p.rtp), "--sipgw-rtcp", lo(p.rtp + 1),
+		"--sipgw-inside-ports", insidePorts, "--sipgw-sip-tls", "",
+	}, extra...)
+}
+
+// rfc5780 are the flags of serve's STUN second address (127.0.0.2).
+func (p servePorts) rfc5780() []string {
+	return []string{"--stun-other-address", "127.0.0.2", "--stun-other-port", strconv.Itoa(p.stun + 1)}
+}
+
+func lo(port int) string { return "127.0.0.1:" + strconv.Itoa(port) }
+
 // TestServe runs every role in one process as "traverse serve" does, on
 // free ports: the process becomes ready, every role exports its metrics,
 // STUN and TURN answer, the demo page is served, and a cancel stops it all
 // within 5 s with every media port released.
 func TestServe(t *testing.T) {
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
-	adminAddr := freeTCP(t)
-	stunPort := freePorts(t)
-	turnPort := freePorts(t)
-	sfuUDP, sfuTCP := freePorts(t), freeTCP(t)
-	sipPort := freePorts(t)
-	rtpPort := freePorts(t)
-	signalAddr := freeTCP(t)
-	lo := func(p int) string { return "127.0.0.1:" + strconv.Itoa(p) }
-	args := []string{
-		"--admin", adminAddr, "--log-level", "warn",
-		"--bus-listen", "127.0.0.1:0",
-		"--stun-listen", lo(stunPort), "--stun-other-address", "127.0.0.2", "--stun-other-port", strconv.Itoa(stunPort + 1),
-		"--stun-tls-listen", "",
-		"--turn-listen", lo(turnPort), "--turn-relay-ports", "42000-42099",
-		"--sfu-udp", lo(sfuUDP), "--sfu-tcp", sfuTCP,
-		"--signal-http", signalAddr,
-		"--sipgw-sip", lo(sipPort), "--sipgw-rtp", lo(rtpPort), "--sipgw-rtcp", lo(rtpPort + 1),
-		"--sipgw-inside-ports", "43000-43999", "--sipgw-sip-tls", "",
-	}
+	p := newServePorts(t)
+	adminAddr, signalAddr, sfuTCP := p.admin, p.signal, p.sfuTCP
+	stunPort, turnPort, sfuUDP, sipPort, rtpPort := p.stun, p.turn, p.sfuUDP, p.sip, p.rtp
+	args := p.args("42000-42099", "43000-43999", append(p.rfc5780(), "--log-level", "warn")...)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan error, 1)

@@ -2,12 +2,14 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
+	"io"
+	"net"
 	"net/netip"
 	"time"
 
-	"github.com/traverse-rtc/traverse/internal/addrpolicy"
 	"github.com/traverse-rtc/traverse/internal/admin"
 	"github.com/traverse-rtc/traverse/internal/config"
 	"github.com/traverse-rtc/traverse/internal/mediaproxy"
@@ -69,11 +71,8 @@ func sipgwFlags(fs *flag.FlagSet, prefix string, c *sipgwConfig) {
 	fs.DurationVar(&c.MediaTimeout, prefix+"media-timeout", c.MediaTimeout, "end a call whose media stopped for this `duration` (0: 30s)")
 	fs.StringVar(&c.Control, prefix+"control", c.Control, "media proxy control protocol UDP `host:port` for an external signaling proxy (empty disables it; keep it internal)")
 	fs.Float64Var(&c.RateLimit, prefix+"rate-limit", c.RateLimit, "new INVITEs+REGISTERs per second allowed per outside source IP (0: 20)")
-	loopbackHelp := "allow outside media addresses on loopback (local tests only; the gateway's own ports stay refused)"
-	if prefix != "" {
-		loopbackHelp += "; ON by default in serve only, because serve is the local demo: turn it off for anything else"
-	}
-	fs.BoolVar(&c.AllowLoopbackMedia, prefix+"allow-loopback-media", c.AllowLoopbackMedia, loopbackHelp)
+	bindLoopbackFlag(fs, prefix+"allow-loopback-media", &c.AllowLoopbackMedia,
+		"allow outside media addresses on loopback (local tests only; the gateway's own ports stay refused)", prefix != "")
 	fs.Var(config.Strings{P: &c.AllowMedia}, prefix+"allow-media", "outside media `CIDR` to allow although refused by default, e.g. the private network of outside phones (repeatable)")
 	fs.Var(config.Strings{P: &c.DenyMedia}, prefix+"deny-media", "outside media `CIDR` to refuse always (repeatable)")
 	fs.BoolVar(&c.MediaBeforeLatch, prefix+"media-before-latch", c.MediaBeforeLatch, "send media to an outside party's SDP address before its own media arrived (default off: nothing is sent until it sends; only for peers that never send first)")
@@ -86,120 +85,159 @@ func sipgwFlags(fs *flag.FlagSet, prefix string, c *sipgwConfig) {
 	fs.Float64Var(&c.AnswerRate, prefix+"answer-rate", c.AnswerRate, "refusals per second the gateway answers per outside source (burst 2x; 0: 10); beyond it, silence")
 }
 
-// startSipgw binds the media proxy and the gateway and returns their loop.
-func startSipgw(ctx context.Context, c sipgwConfig, env *serveEnv) (runner, error) {
-	log := env.log.With("role", "sipgw")
-	rtp, err1 := netip.ParseAddrPort(c.RTP)
-	rtcp, err2 := netip.ParseAddrPort(c.RTCP)
-	inIP, err3 := netip.ParseAddr(c.InsideIP)
-	if err1 != nil || err2 != nil || err3 != nil {
-		return nil, fmt.Errorf("--rtp, --rtcp need host:port and --inside-ip an IP: %v %v %v", err1, err2, err3)
-	}
-	pr, err := mediaproxy.ParsePortRange(c.InsidePorts)
-	if err != nil {
-		return nil, err
-	}
-	var nets []netip.Prefix
-	for _, s := range c.InsideNets {
-		p, err := netip.ParsePrefix(s)
-		if err != nil {
-			return nil, fmt.Errorf("--inside-net %q: %w", s, err)
+// parse turns the section's strings into the roles' typed configurations,
+// once: addresses, prefixes and the media destination policy. The media
+// proxy's Offloader and the process's shared parts (registry, log) are
+// wired by startSipgw.
+func (c *sipgwConfig) parse() (mediaproxy.Config, sipgw.Config, error) {
+	var m mediaproxy.Config
+	var g sipgw.Config
+	var err error
+	for _, x := range []struct {
+		flag, in string
+		out      *netip.AddrPort
+	}{{"--rtp", c.RTP, &m.RTP}, {"--rtcp", c.RTCP, &m.RTCP}, {"--sip", c.SIP, &g.SIP}, {"--sip-tls", c.SIPTLS, &g.TLS}} {
+		if x.in == "" && x.out == &g.TLS {
+			continue // TLS off
 		}
-		nets = append(nets, p)
+		parse := netip.ParseAddrPort
+		if x.out == &g.SIP || x.out == &g.TLS {
+			parse = resolveUDP // listeners took host names before they were typed
+		}
+		if *x.out, err = parse(x.in); err != nil {
+			return m, g, fmt.Errorf("%s: %w", x.flag, err)
+		}
 	}
-	var outIP netip.Addr
+	if m.InsideIP, err = netip.ParseAddr(c.InsideIP); err != nil {
+		return m, g, fmt.Errorf("--inside-ip: %w", err)
+	}
+	if m.InsidePorts, err = mediaproxy.ParsePortRange(c.InsidePorts); err != nil {
+		return m, g, err
+	}
+	if g.Upstream, err = resolveUDP(c.Upstream); err != nil {
+		return m, g, fmt.Errorf("--upstream: %w", err)
+	}
 	if c.OutsideIP != "" {
-		if outIP, err = netip.ParseAddr(c.OutsideIP); err != nil {
-			return nil, fmt.Errorf("--outside-ip: %w", err)
+		if g.OutsideIP, err = netip.ParseAddr(c.OutsideIP); err != nil {
+			return m, g, fmt.Errorf("--outside-ip: %w", err)
 		}
 	}
-	policy := addrpolicy.Filter{Loopback: c.AllowLoopbackMedia}
+	m.Policy.Loopback = c.AllowLoopbackMedia
 	for _, x := range []struct {
 		flag string
 		in   []string
 		out  *[]netip.Prefix
-	}{{"--allow-media", c.AllowMedia, &policy.Allow}, {"--deny-media", c.DenyMedia, &policy.Deny}} {
+	}{{"--inside-net", c.InsideNets, &g.InsideNets}, {"--allow-media", c.AllowMedia, &m.Policy.Allow}, {"--deny-media", c.DenyMedia, &m.Policy.Deny}} {
 		for _, s := range x.in {
 			p, err := netip.ParsePrefix(s)
 			if err != nil {
-				return nil, fmt.Errorf("%s %q: %w", x.flag, s, err)
+				return m, g, fmt.Errorf("%s %q: %w", x.flag, s, err)
 			}
 			*x.out = append(*x.out, p)
 		}
 	}
-	if c.AllowLoopbackMedia {
-		log.Warn("outside media to loopback addresses allowed: for local tests only")
+	m.RandomPorts, m.MediaTimeout, m.OffloadAfter = c.RandomPorts, c.MediaTimeout, uint64(c.OffloadAfter)
+	m.SendBeforeLatch = c.MediaBeforeLatch
+	g.TCP, g.TLSCert, g.TLSKey = c.SIPTCP, c.TLSCert, c.TLSKey
+	g.RateLimit, g.CallRate, g.SourceStreams, g.AnswerRate = c.RateLimit, c.CallRate, c.SourceStrms, c.AnswerRate
+	g.MaxConns, g.MaxConnsPerAddr = c.MaxConns, c.MaxConnsPerAddr
+	g.SetupTimeout, g.AckTimeout = c.SetupTimeout, c.AckTimeout
+	return m, g, nil
+}
+
+// resolveUDP parses ip:port, or resolves host:port once (the upstream and
+// the listeners may be named; an empty host is the wildcard address).
+func resolveUDP(hostport string) (netip.AddrPort, error) {
+	if hostport == "" {
+		return netip.AddrPort{}, errors.New("host:port required")
 	}
-	mcfg := mediaproxy.Config{
-		RTP: rtp, RTCP: rtcp, InsideIP: inIP, InsidePorts: pr, RandomPorts: c.RandomPorts,
-		MediaTimeout: c.MediaTimeout, OffloadAfter: uint64(c.OffloadAfter),
-		Policy: policy, SendBeforeLatch: c.MediaBeforeLatch,
-		Registerer: env.admin.Registry, Log: log.With("part", "mediaproxy"),
+	if ap, err := netip.ParseAddrPort(hostport); err == nil {
+		return ap, nil
 	}
-	var closeOff func()
-	switch c.Offload {
+	ua, err := net.ResolveUDPAddr("udp", hostport)
+	if err != nil {
+		return netip.AddrPort{}, err
+	}
+	ip, ok := netip.AddrFromSlice(ua.IP)
+	if !ok {
+		ip = netip.IPv4Unspecified()
+	}
+	return netip.AddrPortFrom(ip.Unmap(), uint16(ua.Port)), nil
+}
+
+// newMediaOffloader opens the --offload kernel fast path (nil for off).
+func newMediaOffloader(name string) (mediaproxy.Offloader, io.Closer, error) {
+	switch name {
 	case "", "off":
+		return nil, nil, nil
 	case "nftables":
 		off, err := newNftOffloader()
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		mcfg.Offloader = off
-		closeOff = func() { off.Close() }
+		return off, off, nil
 	case "ebpf":
 		off, err := bpfoffload.New(bpfoffload.Config{})
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		mcfg.Offloader = off
-		closeOff = func() { off.Close() }
+		return off, off, nil
 	default:
-		return nil, fmt.Errorf("--offload %q: want ebpf, nftables or off", c.Offload)
+		return nil, nil, fmt.Errorf("--offload %q: want ebpf, nftables or off", name)
 	}
-	var gw *sipgw.Gateway
-	mcfg.OnTimeout = func(id string) {
-		if gw != nil {
-			gw.MediaTimeout(id)
+}
+
+// startSipgw binds the media proxy and the gateway and returns their loop.
+func startSipgw(ctx context.Context, c sipgwConfig, env *serveEnv) (runner, error) {
+	log := env.log.With("role", "sipgw")
+	mcfg, gcfg, err := c.parse()
+	if err != nil {
+		return nil, err
+	}
+	if c.AllowLoopbackMedia {
+		log.Warn("outside media to loopback addresses allowed: for local tests only")
+	}
+	mcfg.Registerer, mcfg.Log = env.admin.Registry, log.With("part", "mediaproxy")
+	gcfg.Registerer, gcfg.Log = env.admin.Registry, log
+	off, offCloser, err := newMediaOffloader(c.Offload)
+	if err != nil {
+		return nil, err
+	}
+	mcfg.Offloader = off
+	var closers []io.Closer // in closing order
+	if offCloser != nil {
+		closers = append(closers, offCloser)
+	}
+	closeAll := func() {
+		for i := len(closers) - 1; i >= 0; i-- {
+			closers[i].Close()
 		}
 	}
 	mp, err := mediaproxy.New(mcfg)
 	if err != nil {
-		if closeOff != nil {
-			closeOff()
-		}
+		closeAll()
 		return nil, err
 	}
-	gw, err = sipgw.New(sipgw.Config{
-		SIP: c.SIP, TCP: c.SIPTCP, TLS: c.SIPTLS, TLSCert: c.TLSCert, TLSKey: c.TLSKey, Upstream: c.Upstream, InsideNets: nets, OutsideIP: outIP,
-		Media: mp, RateLimit: c.RateLimit, MaxConns: c.MaxConns, MaxConnsPerAddr: c.MaxConnsPerAddr, CallRate: c.CallRate, SourceStreams: c.SourceStrms,
-		SetupTimeout: c.SetupTimeout, AckTimeout: c.AckTimeout, AnswerRate: c.AnswerRate,
-		Registerer: env.admin.Registry, Log: log,
-	})
+	closers = append(closers, mp)
+	gcfg.Media = mp
+	gw, err := sipgw.New(gcfg)
 	if err != nil {
-		mp.Close()
-		if closeOff != nil {
-			closeOff()
-		}
+		closeAll()
 		return nil, err
 	}
-	var ctl *mediaproxy.ControlServer
 	if c.Control != "" {
-		if ctl, err = mediaproxy.ListenControl(mp, c.Control); err != nil {
+		ctl, err := mediaproxy.ListenControl(mp, c.Control)
+		if err != nil {
 			gw.Close()
-			mp.Close()
+			closeAll()
 			return nil, err
 		}
+		closers = append(closers, ctl)
 	}
 	log.Info("sipgw listening", "sip", gw.Addr(), "rtp", mp.RTPAddr(), "rtcp", mp.RTCPAddr(), "upstream", c.Upstream, "offload", c.Offload)
 	return func(ctx context.Context) error {
 		err := gw.Run(ctx)
-		if ctl != nil {
-			ctl.Close()
-		}
-		mp.Close()
-		if closeOff != nil {
-			closeOff()
-		}
+		closeAll()
 		return err
 	}, nil
 }

@@ -61,10 +61,6 @@ type turnConfig struct {
 // "traverse turn", "turn-" inside serve). serve is true inside serve, whose
 // defaults are a local demo.
 func bindTurnFlags(fs *flag.FlagSet, prefix string, c *turnConfig, serve bool) {
-	loopbackHelp := "allow relaying to loopback peers (local tests only; logs a warning)"
-	if serve {
-		loopbackHelp += "; ON by default in serve only, because serve is the local demo: turn it off for anything else"
-	}
 	fs.StringVar(&c.Listen, prefix+"listen", c.Listen, "UDP and TCP `host:port` clients reach")
 	fs.BoolVar(&c.NoTCP, prefix+"no-tcp", c.NoTCP, "do not listen on TCP")
 	fs.StringVar(&c.TLSListen, prefix+"tls-listen", c.TLSListen, "TLS-over-TCP `host:port`, also DTLS over UDP on the same port (empty: neither)")
@@ -77,7 +73,7 @@ func bindTurnFlags(fs *flag.FlagSet, prefix string, c *turnConfig, serve bool) {
 	fs.StringVar(&c.AuthSecret, prefix+"auth-secret", c.AuthSecret, "shared `secret` for TURN REST time-limited credentials (username EXPIRY[:user], password base64(HMAC-SHA1(secret, username)))")
 	fs.StringVar(&c.RelayIP, prefix+"relay-ip", c.RelayIP, "`IP` relay sockets bind and allocations advertise (default: the listen IP)")
 	fs.StringVar(&c.RelayPorts, prefix+"relay-ports", c.RelayPorts, "relay port range `LOW-HIGH`; one port per allocation")
-	fs.BoolVar(&c.AllowLoopbackPeers, prefix+"allow-loopback-peers", c.AllowLoopbackPeers, loopbackHelp)
+	bindLoopbackFlag(fs, prefix+"allow-loopback-peers", &c.AllowLoopbackPeers, "allow relaying to loopback peers (local tests only; logs a warning)", serve)
 	fs.Var(config.Strings{P: &c.AllowPeers}, prefix+"allow-peer", "peer `CIDR` to allow even if refused by default (repeatable)")
 	fs.Var(config.Strings{P: &c.DenyPeers}, prefix+"deny-peer", "peer `CIDR` to refuse always (repeatable)")
 	fs.IntVar(&c.MaxAllocations, prefix+"max-allocations", c.MaxAllocations, "allocations in total (0: 10000; -1: unlimited); beyond: 486")

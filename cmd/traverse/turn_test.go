@@ -21,7 +21,7 @@ func turnAllocate(t *testing.T, server, user, pass string) error {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	c := turntest.Client(t, server, turntest.Credentials{Realm: "test", User: user, Pass: pass}, conn)
+	c := turntest.Client(t, server, user, pass, "test", conn)
 	defer c.Close()
 	relay, err := c.Allocate()
 	if err != nil {

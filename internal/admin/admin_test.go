@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/traverse-rtc/traverse/internal/logging"
+	"github.com/traverse-rtc/traverse/internal/metricstest"
 )
 
 func get(t *testing.T, url string) (int, string) {
@@ -99,23 +100,6 @@ func start(t *testing.T, s *Server) string {
 	return s.Addr().String()
 }
 
-func gathered(t *testing.T, s *Server, name string) float64 {
-	t.Helper()
-	mfs, err := s.Registry.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	sum := 0.0
-	for _, mf := range mfs {
-		if mf.GetName() == name {
-			for _, m := range mf.GetMetric() {
-				sum += m.GetCounter().GetValue() + m.GetGauge().GetValue()
-			}
-		}
-	}
-	return sum
-}
-
 // TestConnectionFlood: a thousand idle connections from one address hold at
 // most the per-address cap of the admin listener; /healthz from another
 // address answers meanwhile.
@@ -141,10 +125,10 @@ func TestConnectionFlood(t *testing.T) {
 	if resp.StatusCode != 200 {
 		t.Fatalf("/healthz during the flood: %d", resp.StatusCode)
 	}
-	if open := gathered(t, s, "traverse_listener_connections_open"); open > DefaultMaxConnsPerAddr+1 {
+	if open := metricstest.Value(t, s.Registry, "traverse_listener_connections_open"); open > DefaultMaxConnsPerAddr+1 {
 		t.Fatalf("%v connections open, per-address cap %d", open, DefaultMaxConnsPerAddr)
 	}
-	if n := gathered(t, s, "traverse_listener_connections_refused_total"); n < flood-DefaultMaxConnsPerAddr {
+	if n := metricstest.Value(t, s.Registry, "traverse_listener_connections_refused_total"); n < flood-DefaultMaxConnsPerAddr {
 		t.Fatalf("refused %v, want at least %d", n, flood-DefaultMaxConnsPerAddr)
 	}
 }

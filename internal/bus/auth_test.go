@@ -17,6 +17,8 @@ import (
 	"github.com/nats-io/nkeys"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/traverse-rtc/traverse/internal/testkit"
 )
 
 // attacker's marks: whatever carries them came from the attacker.
@@ -51,19 +53,7 @@ func newBusScene(t *testing.T, cfg EmbeddedConfig) *busScene {
 	t.Cleanup(func() { e.Close() })
 	s := &busScene{t: t, e: e, nodes: make(chan NodeAnnounce, 100), sess: make(chan SessionMessage, 100),
 		events: make(chan RoomEvent, 100)}
-	connect := func(role Role, node string) *Client {
-		id, err := e.NewIdentity(role, node)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c, err := Connect(Config{URLs: []string{e.URL()}, Identity: id}, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		return c
-	}
-	s.signal, s.nodeB = connect(RoleSignal, ""), connect(RoleNode, "nodeB")
+	s.signal, s.nodeB = connectAs(t, e, RoleSignal, ""), connectAs(t, e, RoleNode, "nodeB")
 	if _, err := s.nodeB.HandleRequests("nodeB", func(_ context.Context, r Request) (Reply, error) {
 		s.mu.Lock()
 		s.joins = append(s.joins, r)
@@ -264,10 +254,7 @@ func TestBusAttacks(t *testing.T) {
 		}
 		// The refused publishes and subscriptions are counted (the server
 		// reports them asynchronously).
-		deadline := time.Now().Add(5 * time.Second)
-		for testutil.ToFloat64(sc.e.m.violations) < 5 && time.Now().Before(deadline) {
-			time.Sleep(10 * time.Millisecond)
-		}
+		testkit.Eventually(5*time.Second, func() bool { return testutil.ToFloat64(sc.e.m.violations) >= 5 })
 		if n := testutil.ToFloat64(sc.e.m.violations); n < 5 {
 			t.Errorf("permission violations counted %v, want at least 5", n)
 		}
@@ -297,10 +284,7 @@ func TestNodePermissionsAllowItsOwnWork(t *testing.T) {
 	if _, err := signal.Request(ctx, "n2", Request{Type: RequestLeave, Session: "s"}); StatusOf(err) != StatusUnavailable {
 		t.Fatalf("node n1 served n2's request: %v", err)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for node.Refused() == 0 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
+	testkit.Eventually(5*time.Second, func() bool { return node.Refused() != 0 })
 	if node.Refused() == 0 {
 		t.Error("the refused subscription was not reported to the node")
 	}
@@ -386,19 +370,7 @@ func TestEmbeddedConnectionFlood(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer e.Close()
-	connect := func(role Role, node string) *Client {
-		id, err := e.NewIdentity(role, node)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c, err := Connect(Config{URLs: []string{e.URL()}, Identity: id}, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		return c
-	}
-	signal, node := connect(RoleSignal, ""), connect(RoleNode, "n1")
+	signal, node := connectAs(t, e, RoleSignal, ""), connectAs(t, e, RoleNode, "n1")
 	if _, err := node.HandleRequests("n1", func(context.Context, Request) (Reply, error) { return Reply{}, nil }); err != nil {
 		t.Fatal(err)
 	}
@@ -447,4 +419,20 @@ func TestEmbeddedConnectionFlood(t *testing.T) {
 	if got, _ := testutil.GatherAndCount(reg, "traverse_bus_connections", "traverse_bus_max_connections"); got != 2 {
 		t.Errorf("connection gauges: %d of 2", got)
 	}
+}
+
+// connectAs connects a client with a fresh identity of role (and node) to
+// e, closed at the test's end.
+func connectAs(t *testing.T, e *Embedded, role Role, node string) *Client {
+	t.Helper()
+	id, err := e.NewIdentity(role, node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := Connect(Config{URLs: []string{e.URL()}, Identity: id}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
 }

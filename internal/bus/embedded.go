@@ -9,11 +9,12 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/traverse-rtc/traverse/internal/logging"
 )
 
 // EmbeddedConfig configures the in-process NATS server.
@@ -136,7 +137,7 @@ func StartEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
 	if err != nil {
 		return nil, fmt.Errorf("bus: embedded server: %w", err)
 	}
-	ns.SetLoggerV2(&serverLog{log: log, m: m}, false, false, false)
+	ns.SetLoggerV2(&serverLog{log: logging.Bounded(log, cfg.Registerer), m: m}, false, false, false)
 	go ns.Start() // Start returns once listening; it owns its goroutines until Shutdown.
 	if !ns.ReadyForConnections(10 * time.Second) {
 		ns.Shutdown()
@@ -220,7 +221,6 @@ type embeddedMetrics struct {
 	logins       *prometheus.CounterVec
 	violations   prometheus.Counter
 	insecure     prometheus.Gauge
-	logDropped   prometheus.Counter
 	maxConns     prometheus.Gauge
 }
 
@@ -246,15 +246,11 @@ func newEmbeddedMetrics(reg prometheus.Registerer) (*embeddedMetrics, error) {
 			Name: "traverse_bus_max_connections",
 			Help: "Connections the embedded bus holds at most (max-conns); new ones beyond are closed at once.",
 		}),
-		logDropped: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "traverse_bus_log_dropped_total",
-			Help: "Messages of the embedded NATS server not logged because more than 10 a second came.",
-		}),
 	}
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.authFailures, m.logins, m.violations, m.insecure, m.logDropped, m.maxConns} {
+	for _, c := range []prometheus.Collector{m.authFailures, m.logins, m.violations, m.insecure, m.maxConns} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("bus: metrics: %w", err)
 		}
@@ -263,45 +259,22 @@ func newEmbeddedMetrics(reg prometheus.Registerer) (*embeddedMetrics, error) {
 }
 
 // serverLog passes nats-server's messages to slog, counting permission
-// violations, at most logPerSecond a second: a client that sends garbage
-// or is refused in a loop must not flood the log.
+// violations. A client that sends garbage or is refused in a loop must not
+// flood the log: the messages go, under one message ("bus: nats-server";
+// their text in the attribute "text"), through internal/logging's
+// flood-proof handler (logging.Bounded), which samples and cuts them.
 type serverLog struct {
 	log *slog.Logger
 	m   *embeddedMetrics
-
-	mu     sync.Mutex // guards window, n
-	window time.Time
-	n      int
 }
-
-const logPerSecond = 10
 
 func (l *serverLog) emit(level slog.Level, format string, v []any) {
 	msg := fmt.Sprintf(format, v...)
-	switch {
-	case strings.Contains(msg, "Violation") && !strings.Contains(msg, "Authorization"):
+	if strings.Contains(msg, "Violation") && !strings.Contains(msg, "Authorization") {
 		l.m.violations.Inc()
 		level = slog.LevelDebug
 	}
-	if !l.log.Enabled(context.Background(), level) {
-		return
-	}
-	now := time.Now()
-	l.mu.Lock()
-	if now.Sub(l.window) >= time.Second {
-		l.window, l.n = now, 0
-	}
-	l.n++
-	over := l.n > logPerSecond
-	l.mu.Unlock()
-	if over {
-		l.m.logDropped.Inc()
-		return
-	}
-	if len(msg) > 512 {
-		msg = msg[:512] + "..."
-	}
-	l.log.Log(context.Background(), level, "bus: nats-server: "+msg)
+	l.log.Log(context.Background(), level, "bus: nats-server", "text", msg)
 }
 
 func (l *serverLog) Noticef(format string, v ...any) { l.emit(slog.LevelDebug, format, v) }

@@ -214,7 +214,7 @@ type Speaker struct {
 
 // SessionAnnounce maps a session's ICE ufrag to the node holding it, so that
 // every node behind a load balancer can route the session's first STUN
-// binding (seed E). Gone is set when the session ends.
+// binding (ufrag routing). Gone is set when the session ends.
 type SessionAnnounce struct {
 	Session string    `json:"session"`
 	Room    string    `json:"room"`

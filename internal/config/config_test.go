@@ -87,3 +87,13 @@ func TestErrors(t *testing.T) {
 		t.Error("unknown flag accepted")
 	}
 }
+
+func TestDefault(t *testing.T) {
+	n, f, d := 0, -1.5, 3*time.Second
+	Default(&n, 7)
+	Default(&f, 2.5)
+	Default(&d, time.Minute)
+	if n != 7 || f != 2.5 || d != 3*time.Second {
+		t.Fatalf("got %d %v %v, want 7 2.5 3s", n, f, d)
+	}
+}

@@ -20,12 +20,9 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
-)
 
-// IPv6Prefix is the prefix length by which IPv6 sources share one
-// per-address count: one subscriber usually holds a whole /64, so counting
-// single IPv6 addresses would be no cap at all.
-const IPv6Prefix = 64
+	"github.com/traverse-rtc/traverse/internal/persource"
+)
 
 // Limits are one listener's caps. Zero values mean no cap.
 type Limits struct {
@@ -56,7 +53,7 @@ type Listener struct {
 
 	mu      sync.Mutex // guards open and perAddr
 	open    int
-	perAddr map[netip.Prefix]int
+	perAddr persource.Counts
 }
 
 // New wraps ln. m may be nil (no metrics; the counts are still kept).
@@ -64,7 +61,7 @@ func New(ln net.Listener, lim Limits, m *Metrics) *Listener {
 	if m == nil {
 		m = discard()
 	}
-	return &Listener{Listener: ln, lim: lim, m: m, perAddr: map[netip.Prefix]int{}}
+	return &Listener{Listener: ln, lim: lim, m: m}
 }
 
 // Accept waits for the next connection within the caps. Connections over a
@@ -76,7 +73,7 @@ func (l *Listener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		key := Key(remoteAddr(c))
+		key := persource.Key(remoteAddr(c))
 		if reason := l.admit(key); reason != "" {
 			l.m.refused(reason)
 			_ = c.Close()
@@ -95,12 +92,14 @@ func (l *Listener) admit(key netip.Prefix) string {
 	if l.lim.MaxConns > 0 && l.open >= l.lim.MaxConns {
 		return ReasonTotal
 	}
-	capped := l.lim.MaxConnsPerAddr > 0 && !l.exemptLocked(key)
-	if capped && l.perAddr[key] >= l.lim.MaxConnsPerAddr {
+	limit := l.lim.MaxConnsPerAddr
+	if l.exemptLocked(key) {
+		limit = 0
+	}
+	if !l.perAddr.Take(key, 1, limit) {
 		return ReasonPerAddr
 	}
 	l.open++
-	l.perAddr[key]++
 	return ""
 }
 
@@ -116,9 +115,7 @@ func (l *Listener) exemptLocked(key netip.Prefix) bool {
 func (l *Listener) release(key netip.Prefix) {
 	l.mu.Lock()
 	l.open--
-	if l.perAddr[key]--; l.perAddr[key] <= 0 {
-		delete(l.perAddr, key)
-	}
+	l.perAddr.Give(key, 1)
 	l.mu.Unlock()
 	l.m.open.Dec()
 }
@@ -134,22 +131,7 @@ func (l *Listener) Open() int {
 func (l *Listener) OpenFrom(addr netip.Addr) int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.perAddr[Key(addr)]
-}
-
-// Key is the per-address key of a source: the address itself for IPv4
-// (IPv4-mapped IPv6 unmapped), its /64 for IPv6. An invalid address maps to
-// the zero prefix, which all such sources share.
-func Key(a netip.Addr) netip.Prefix {
-	if !a.IsValid() {
-		return netip.Prefix{}
-	}
-	a = a.Unmap()
-	if a.Is4() {
-		return netip.PrefixFrom(a, 32)
-	}
-	p, _ := a.WithZone("").Prefix(IPv6Prefix)
-	return p
+	return l.perAddr.Get(persource.Key(addr))
 }
 
 func remoteAddr(c net.Conn) netip.Addr {

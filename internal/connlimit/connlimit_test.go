@@ -11,27 +11,10 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 	"go.uber.org/goleak"
-)
 
-func TestKey(t *testing.T) {
-	for _, tc := range []struct{ in, want string }{
-		{"192.0.2.1", "192.0.2.1/32"},
-		{"::ffff:192.0.2.1", "192.0.2.1/32"},
-		{"2001:db8:1:2:3:4:5:6", "2001:db8:1:2::/64"},
-		{"2001:db8:1:2:ffff::1", "2001:db8:1:2::/64"},
-		{"fe80::1%eth0", "fe80::/64"},
-		{"::1", "::/64"},
-	} {
-		if got := Key(netip.MustParseAddr(tc.in)); got.String() != tc.want {
-			t.Errorf("Key(%s) = %s, want %s", tc.in, got, tc.want)
-		}
-	}
-	if got := Key(netip.Addr{}); got != (netip.Prefix{}) {
-		t.Errorf("Key(invalid) = %v", got)
-	}
-}
+	"github.com/traverse-rtc/traverse/internal/metricstest"
+)
 
 func TestSplit(t *testing.T) {
 	for _, tc := range []struct {
@@ -139,36 +122,6 @@ func isReset(err error) bool {
 	return errors.As(err, &op) && !op.Timeout()
 }
 
-func value(t *testing.T, reg *prometheus.Registry, name string, labels map[string]string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	next:
-		for _, m := range mf.GetMetric() {
-			for _, lp := range m.GetLabel() {
-				if want, ok := labels[lp.GetName()]; ok && want != lp.GetValue() {
-					continue next
-				}
-			}
-			return metricValue(m)
-		}
-	}
-	return 0
-}
-
-func metricValue(m *dto.Metric) float64 {
-	if m.Counter != nil {
-		return m.Counter.GetValue()
-	}
-	return m.Gauge.GetValue()
-}
-
 func TestListenerCaps(t *testing.T) {
 	defer goleak.VerifyNone(t)
 	type dialStep struct {
@@ -200,16 +153,7 @@ func TestListenerCaps(t *testing.T) {
 		}, 0, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			inner, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			reg := prometheus.NewRegistry()
-			m, err := NewMetrics(reg, "test")
-			if err != nil {
-				t.Fatal(err)
-			}
-			l := New(inner, tc.lim, m)
+			l, reg := newTestListener(t, tc.lim)
 			accepted := serve(t, l)
 			want := 0
 			for i, d := range tc.dials {
@@ -230,17 +174,16 @@ func TestListenerCaps(t *testing.T) {
 			if l.Open() != want {
 				t.Errorf("open %d, want %d", l.Open(), want)
 			}
-			lab := map[string]string{"listener": "test"}
-			if got := value(t, reg, "traverse_listener_connections_open", lab); got != float64(want) {
+			if got := metricstest.Value(t, reg, "traverse_listener_connections_open", "listener", "test"); got != float64(want) {
 				t.Errorf("open gauge %v, want %d", got, want)
 			}
-			if got := value(t, reg, "traverse_listener_connections_accepted_total", lab); got != float64(want) {
+			if got := metricstest.Value(t, reg, "traverse_listener_connections_accepted_total", "listener", "test"); got != float64(want) {
 				t.Errorf("accepted %v, want %d", got, want)
 			}
-			if got := value(t, reg, "traverse_listener_connections_refused_total", map[string]string{"reason": ReasonTotal}); got != tc.total {
+			if got := metricstest.Value(t, reg, "traverse_listener_connections_refused_total", "reason", ReasonTotal); got != tc.total {
 				t.Errorf("refused total %v, want %v", got, tc.total)
 			}
-			if got := value(t, reg, "traverse_listener_connections_refused_total", map[string]string{"reason": ReasonPerAddr}); got != tc.perAddr {
+			if got := metricstest.Value(t, reg, "traverse_listener_connections_refused_total", "reason", ReasonPerAddr); got != tc.perAddr {
 				t.Errorf("refused per_addr %v, want %v", got, tc.perAddr)
 			}
 		})
@@ -278,16 +221,7 @@ func TestReleaseOnClose(t *testing.T) {
 }
 
 func TestReadTimeoutCounted(t *testing.T) {
-	inner, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	reg := prometheus.NewRegistry()
-	m, err := NewMetrics(reg, "test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	l := New(inner, Limits{}, m)
+	l, reg := newTestListener(t, Limits{})
 	accepted := serve(t, l)
 	dialFrom(t, "127.0.0.2", l.Addr())
 	c := <-accepted
@@ -297,7 +231,7 @@ func TestReadTimeoutCounted(t *testing.T) {
 			t.Fatalf("read: %v", err)
 		}
 	}
-	if got := value(t, reg, "traverse_listener_read_timeouts_total", nil); got != 1 {
+	if got := metricstest.Value(t, reg, "traverse_listener_read_timeouts_total"); got != 1 {
 		t.Fatalf("timeouts %v, want 1 (once per connection)", got)
 	}
 	if _, ok := c.(*Conn).NetConn().(*net.TCPConn); !ok {
@@ -347,4 +281,19 @@ func TestFlood(t *testing.T) {
 			t.Fatal("the other source was not accepted during the flood")
 		}
 	}
+}
+
+// newTestListener is a Listener with lim on 127.0.0.1, its metrics in reg.
+func newTestListener(t *testing.T, lim Limits) (*Listener, *prometheus.Registry) {
+	t.Helper()
+	inner, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	m, err := NewMetrics(reg, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return New(inner, lim, m), reg
 }

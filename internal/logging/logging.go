@@ -14,6 +14,8 @@ import (
 	"log/slog"
 	"strings"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Defaults of Config's limits.
@@ -78,6 +80,26 @@ func New(w io.Writer, c Config) (*slog.Logger, error) {
 		return nil, fmt.Errorf("logging: unknown format %q (want text or json)", c.Format)
 	}
 	return slog.New(NewHandler(inner, c)), nil
+}
+
+// Bounded returns log if it already writes through a Handler (as every
+// logger of cmd/traverse does) or drops everything, and otherwise a logger
+// writing to log's handler through a Handler with the default limits,
+// whose counters are registered in reg when reg is not nil (a registry that
+// already has them keeps the first ones). Packages that log what outside
+// parties send call it on the logger they are given, so that a plain
+// logger is flood-proof too and a bounded one gets no second budget.
+func Bounded(log *slog.Logger, reg prometheus.Registerer) *slog.Logger {
+	if _, ok := log.Handler().(*Handler); ok || log.Handler() == slog.DiscardHandler {
+		return log
+	}
+	b := slog.New(NewHandler(log.Handler(), Config{}))
+	if reg != nil {
+		// An error (the registry has such counters already) leaves these
+		// unexported: logging must not fail a server.
+		_ = Register(b, reg)
+	}
+	return b
 }
 
 // Discard is a logger that drops everything, for tests.

@@ -13,6 +13,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/traverse-rtc/traverse/internal/testkit"
 )
 
 // sink counts what a logger writes and keeps it for inspection.
@@ -160,12 +162,8 @@ func TestSuppressedReported(t *testing.T) {
 		for range 12 {
 			log.Info("flood")
 		}
-		deadline := time.Now().Add(5 * time.Second)
-		for !strings.Contains(s.String(), "suppressed=10") {
-			if time.Now().After(deadline) {
-				t.Fatalf("no summary within 5s:\n%s", s.String())
-			}
-			time.Sleep(5 * time.Millisecond)
+		if !testkit.Eventually(5*time.Second, func() bool { return strings.Contains(s.String(), "suppressed=10") }) {
+			t.Fatalf("no summary within 5s:\n%s", s.String())
 		}
 	})
 }
@@ -322,3 +320,31 @@ func BenchmarkWritten(b *testing.B) {
 type discard struct{}
 
 func (discard) Write(p []byte) (int, error) { return len(p), nil }
+
+// Bounded wraps a plain logger once, and leaves a bounded one alone.
+func TestBounded(t *testing.T) {
+	var buf bytes.Buffer
+	reg := prometheus.NewRegistry()
+	log := Bounded(slog.New(slog.NewTextHandler(&buf, nil)), reg)
+	if _, ok := log.Handler().(*Handler); !ok {
+		t.Fatalf("plain logger not wrapped: %T", log.Handler())
+	}
+	if derived := log.With("role", "x"); Bounded(derived, reg) != derived {
+		t.Fatal("bounded logger wrapped again")
+	}
+	if d := slog.New(slog.DiscardHandler); Bounded(d, nil) != d {
+		t.Fatal("discarding logger wrapped")
+	}
+	for range 3 * DefaultBurst {
+		log.Warn("flood", "v", strings.Repeat("x", 10*DefaultMaxValue))
+	}
+	if n := bytes.Count(buf.Bytes(), []byte("\n")); n != DefaultBurst || buf.Len() > DefaultBurst*(DefaultMaxValue+100) {
+		t.Fatalf("%d lines, %d bytes", n, buf.Len())
+	}
+	if got := testutil.ToFloat64(log.Handler().(*Handler).m.suppressed[2]); got != 2*DefaultBurst {
+		t.Fatalf("suppressed %v", got)
+	}
+	if mfs, err := reg.Gather(); err != nil || len(mfs) == 0 {
+		t.Fatalf("counters not registered: %v %v", mfs, err)
+	}
+}

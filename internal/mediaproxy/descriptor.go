@@ -32,7 +32,7 @@ type Flags uint8
 const (
 	// FlagCallerOutside marks the calling side (the sender of the INVITE)
 	// as the outside network; FlagCalleeOutside marks the called side.
-	// Exactly one of the two is set: seed A's direction flags, one per
+	// Exactly one of the two is set: the descriptor's direction flags, one per
 	// side. Caller outside means the client calls the inside server.
 	FlagCallerOutside Flags = 1 << 0
 	FlagCalleeOutside Flags = 1 << 1
@@ -61,7 +61,7 @@ func (k Kind) String() string {
 	return "other"
 }
 
-// Descriptor is seed A's descriptor header: which side is outside, the
+// Descriptor is the control protocol's descriptor header: which side is outside, the
 // stream's SSRC, and the endpoints the signaling proxy has learnt from SDP.
 //
 // Wire format (all integers big-endian):

@@ -1,6 +1,10 @@
 package mediaproxy
 
-import "net/netip"
+import (
+	"net/netip"
+
+	"github.com/traverse-rtc/traverse/internal/udpio"
+)
 
 // Flow is one latched media flow, as the kernel sees it: the outside client
 // sends from Client to the fixed port Fixed; the proxy forwards from its
@@ -28,4 +32,63 @@ type Offloader interface {
 	// Stats returns the packets and bytes the kernel forwarded for flow,
 	// both directions together.
 	Stats(flow Flow) (packets, bytes uint64, err error)
+}
+
+func (p *Proxy) maybeOffload(s *stream) {
+	if p.cfg.Offloader == nil || s.offload.Load() != offloadNone ||
+		s.toServer.Load() < p.cfg.OffloadAfter || s.toClient.Load() < p.cfg.OffloadAfter {
+		return
+	}
+	r := s.route.Load()
+	if !r.clientSrc.IsValid() || !r.serverSrc.IsValid() || !r.server.IsValid() {
+		return
+	}
+	if !s.offload.CompareAndSwap(offloadNone, offloadQueued) {
+		return
+	}
+	select {
+	case p.offloadq <- s:
+	default:
+		s.offload.Store(offloadNone)
+	}
+}
+
+func (p *Proxy) offloadWorker() {
+	defer p.wg.Done()
+	for {
+		select {
+		case <-p.done:
+			return
+		case s := <-p.offloadq:
+			if s.gone.Load() {
+				continue
+			}
+			r := s.route.Load()
+			f := Flow{
+				Client: r.clientSrc, Fixed: p.fixedFor(p.rtp),
+				Inside: netip.AddrPortFrom(p.cfg.InsideIP, s.insidePort),
+				Server: r.server, ServerSrc: r.serverSrc,
+			}
+			if err := p.cfg.Offloader.Offload(f); err != nil {
+				s.offload.Store(offloadFailed)
+				p.c.OffloadErrors.Add(1)
+				p.log.Warn("kernel offload failed; the flow stays in user space", "call", s.callID, "err", err)
+				continue
+			}
+			s.flow = f
+			s.offload.Store(offloadDone)
+			p.c.Offloads.Add(1)
+			if s.gone.Load() {
+				_ = p.cfg.Offloader.Remove(f)
+			}
+		}
+	}
+}
+
+func (p *Proxy) fixedFor(c *udpio.Conn) netip.AddrPort {
+	a := c.LocalAddr()
+	if a.Addr().IsUnspecified() && p.cfg.RTP.Addr().IsValid() {
+		return netip.AddrPortFrom(p.cfg.RTP.Addr(), a.Port())
+	}
+	return a
 }

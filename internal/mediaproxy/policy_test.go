@@ -174,13 +174,13 @@ func TestLatchRefusesOwnSource(t *testing.T) {
 	if _, err := p.Apply(&Descriptor{Op: OpUpsert, Flags: FlagCallerOutside, CallID: "s", Client: netip.AddrPortFrom(lo, 9)}); err != nil {
 		t.Fatal(err)
 	}
-	if s := p.latch(5, p.RTCPAddr(), false); s != nil {
+	if s := p.latch(5, p.RTCPAddr(), &p.rtpLeg); s != nil {
 		t.Fatal("latched to the proxy's own RTCP port")
 	}
 	if p.Counters().DropRefusedSource.Load() != 1 {
 		t.Fatal("not counted")
 	}
-	if s := p.latch(5, netip.AddrPortFrom(lo, 9), false); s == nil {
+	if s := p.latch(5, netip.AddrPortFrom(lo, 9), &p.rtpLeg); s == nil {
 		t.Fatal("the signaled source does not latch")
 	}
 }

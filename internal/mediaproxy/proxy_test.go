@@ -93,7 +93,8 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // TestForwardingCollisionsAndLatch runs three clients through the fixed
 // port: one declares its SSRC, two declare none and send the SAME SSRC (as
 // SIPp does). Each must get back only its own tagged packets, and a packet
-// from an unsignaled address is dropped.
+// from an unsignaled address is dropped. One scenario told in order, hence
+// its length.
 func TestForwardingCollisionsAndLatch(t *testing.T) {
 	p := newTestProxy(t, nil)
 	server := udp(t)
@@ -290,8 +291,8 @@ func TestOutsidePathAllocs(t *testing.T) {
 	m := udpio.NewMessages(1, 0)[0]
 	m.N = copy(m.Buf, rtpPacket(3, 1, "payload"))
 	m.Addr = addrOf(c)
-	p.fromOutside(&m, false, 1)
-	allocs := testing.AllocsPerRun(200, func() { p.fromOutside(&m, false, 1) })
+	p.fromOutside(&m, &p.rtpLeg, 1)
+	allocs := testing.AllocsPerRun(200, func() { p.fromOutside(&m, &p.rtpLeg, 1) })
 	if allocs != 0 {
 		t.Fatalf("%v allocations per packet", allocs)
 	}
@@ -320,7 +321,7 @@ func TestRawSendAllocs(t *testing.T) {
 	sent := 0
 	done := func(*stream, int) { sent++ }
 	once := func() {
-		s, dst, ok := p.demuxOutside(&m, false)
+		s, dst, ok := p.demuxOutside(&m, &p.rtpLeg)
 		if !ok || !r.add(s, m.Payload(), netip.AddrPortFrom(lo, s.insidePort), dst) {
 			t.Fatal("not queued")
 		}
@@ -360,7 +361,7 @@ func BenchmarkFromOutside(b *testing.B) {
 	m.Addr = src
 	b.ReportAllocs()
 	for b.Loop() {
-		p.fromOutside(&m, false, 1)
+		p.fromOutside(&m, &p.rtpLeg, 1)
 	}
 }
 
@@ -372,5 +373,29 @@ func waitFor(t *testing.T, cond func() bool) {
 			t.Fatal("condition not met in 5s")
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestRunClose: Run returns once its context ends, having closed the
+// proxy; Close after that is a no-op, and a closed proxy takes no stream.
+func TestRunClose(t *testing.T) {
+	p := newTestProxy(t, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan error, 1)
+	go func() { ran <- p.Run(ctx) }()
+	cancel()
+	select {
+	case err := <-ran:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not return after its context ended")
+	}
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Apply(&Descriptor{Op: OpUpsert, Flags: FlagCallerOutside, CallID: "late"}); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Apply after Run: %v, want ErrClosed", err)
 	}
 }

@@ -11,6 +11,8 @@ import (
 	"github.com/pion/rtp"
 	"github.com/pion/sdp/v3"
 	"go.uber.org/goleak"
+
+	"github.com/traverse-rtc/traverse/internal/testkit"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -592,15 +594,11 @@ func TestLoopSendsAllThree(t *testing.T) {
 			i.Receive(header(1, s, uint32(s)*3000, int(s)), at)
 		}
 	}
-	deadline := time.Now().Add(5 * time.Second)
 	isNACK := func(p rtcp.Packet) bool { _, ok := p.(*rtcp.TransportLayerNack); return ok }
 	isRR := func(p rtcp.Packet) bool { _, ok := p.(*rtcp.ReceiverReport); return ok }
 	isTWCC := func(p rtcp.Packet) bool { _, ok := p.(*rtcp.TransportLayerCC); return ok }
-	for !(w.has(isNACK) && w.has(isRR) && w.has(isTWCC)) {
-		if time.Now().After(deadline) {
-			t.Fatalf("not every kind of feedback sent: nack %v rr %v twcc %v", w.has(isNACK), w.has(isRR), w.has(isTWCC))
-		}
-		time.Sleep(5 * time.Millisecond)
+	if !testkit.Eventually(5*time.Second, func() bool { return w.has(isNACK) && w.has(isRR) && w.has(isTWCC) }) {
+		t.Fatalf("not every kind of feedback sent: nack %v rr %v twcc %v", w.has(isNACK), w.has(isRR), w.has(isTWCC))
 	}
 	if err := i.Close(); err != nil {
 		t.Fatal(err)
@@ -744,22 +742,11 @@ func TestWriters(t *testing.T) {
 		bound := &capture{}
 		i.BindRTCPWriter(bound)
 		isNACK := func(p rtcp.Packet) bool { _, ok := p.(*rtcp.TransportLayerNack); return ok }
-		waitCond(t, "the loop's NACKs through the WithWriter writer", func() bool { return own.has(isNACK) })
+		testkit.WaitFor(t, 5*time.Second, "the loop's NACKs through the WithWriter writer", func() bool { return own.has(isNACK) })
 		_ = i.Close()
 		if bound.writes != 0 || i.Stats().WriteErrors != 0 {
 			t.Errorf("take %v: %d writes to the bound writer, stats %+v", take, bound.writes, i.Stats())
 		}
-	}
-}
-
-func waitCond(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }
 

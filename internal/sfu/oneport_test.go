@@ -61,7 +61,7 @@ func procSockets(t *testing.T, files []string, port uint16, state string) int {
 	return n
 }
 
-// TestFiftyPeerConnectionsOneUDPSocketOneTCPListener is the seed E claim:
+// TestFiftyPeerConnectionsOneUDPSocketOneTCPListener is the one-port SFU claim:
 // 50 peer connections in 5 rooms, some over ICE-TCP, all served by one UDP
 // socket and one TCP listener of the SFU.
 func TestFiftyPeerConnectionsOneUDPSocketOneTCPListener(t *testing.T) {

@@ -1,4 +1,4 @@
-// Package sfu is the WebRTC selective forwarding unit of traverse (seed E):
+// Package sfu is the WebRTC selective forwarding unit of traverse (one port, signaling apart):
 // rooms whose participants publish audio, video and data-channel messages
 // and subscribe to everyone else's, every peer connection of the node on
 // ONE UDP port and one ICE-TCP port (RFC 6544), demultiplexed by the ICE

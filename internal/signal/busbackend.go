@@ -314,7 +314,7 @@ func (l *busLink) Offer(ctx context.Context, sdp, ufrag string) (string, error) 
 	joined, old := l.joined, l.ufrag
 	l.mu.Unlock()
 	if ufrag != old {
-		// Seed E: the session's ufrag goes to every node, so whichever node
+		// Ufrag routing: the session's ufrag goes to every node, so whichever node
 		// behind a balancer sees the first binding request knows it.
 		_ = l.b.c.AnnounceSession(bus.SessionAnnounce{Session: l.req.Session, Room: l.req.Room, Node: l.node,
 			Ufrag: ufrag, Time: l.b.now()})

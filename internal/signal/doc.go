@@ -1,5 +1,5 @@
-// Package signal is the client-facing signaling service of the SFU (seed
-// E, "signaling apart from media"): browsers and other clients open a
+// Package signal is the client-facing signaling service of the SFU (kept
+// apart from media, on its own nodes): browsers and other clients open a
 // WebSocket, present a token, and exchange SDP offers and answers (RFC 8829
 // JSEP, in both directions: the SFU renegotiates to add the tracks a
 // client subscribes to) and trickled ICE candidates (RFC 8838) with the SFU

@@ -17,6 +17,8 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/traverse-rtc/traverse/internal/metricstest"
 )
 
 // serving runs a Server on Config.Listen (a free loopback port) and
@@ -66,21 +68,6 @@ func dialWSFrom(t *testing.T, src, addr string, hdr http.Header) (*testClient, e
 	}
 	t.Cleanup(func() { _ = c.CloseNow() })
 	return &testClient{t: t, conn: c}, nil
-}
-
-// gauge reads a gauge of reg whose labels include labels.
-func gauge(t *testing.T, reg *prometheus.Registry, name string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() == name {
-			return mf.GetMetric()[0].GetGauge().GetValue()
-		}
-	}
-	return -1
 }
 
 func openFDs(t *testing.T) int {
@@ -163,7 +150,7 @@ func TestIdleConnectionFlood(t *testing.T) {
 	}
 	t.Logf("normal client joined in %v with %d idle connections from one address", time.Since(start), flood)
 
-	open := gauge(t, reg, "traverse_listener_connections_open")
+	open := metricstest.Value(t, reg, "traverse_listener_connections_open")
 	fds, grs := openFDs(t)-fds0, runtime.NumGoroutine()-gr0
 	t.Logf("server holds %v connections; descriptors +%d (%d of them the test's own client ends), goroutines +%d", open, fds, flood, grs)
 	if open > perAddr+1 {
@@ -177,15 +164,15 @@ func TestIdleConnectionFlood(t *testing.T) {
 	if grs > 2*perAddr+50 {
 		t.Fatalf("goroutines grew by %d (cap %d connections)", grs, perAddr)
 	}
-	if n := counter(t, reg, "traverse_listener_connections_refused_total"); n < flood-perAddr {
+	if n := metricstest.Value(t, reg, "traverse_listener_connections_refused_total"); n < flood-perAddr {
 		t.Fatalf("refused %v, want at least %d", n, flood-perAddr)
 	}
 
 	// The timeouts close what was held; the joined client stays.
-	if !waitUntil(10*time.Second, func() bool { return gauge(t, reg, "traverse_listener_connections_open") == 1 }) {
-		t.Fatalf("still %v connections open after the header and idle timeouts", gauge(t, reg, "traverse_listener_connections_open"))
+	if !waitUntil(10*time.Second, func() bool { return metricstest.Value(t, reg, "traverse_listener_connections_open") == 1 }) {
+		t.Fatalf("still %v connections open after the header and idle timeouts", metricstest.Value(t, reg, "traverse_listener_connections_open"))
 	}
-	if n := counter(t, reg, "traverse_listener_read_timeouts_total"); n < perAddr {
+	if n := metricstest.Value(t, reg, "traverse_listener_read_timeouts_total"); n < perAddr {
 		t.Fatalf("read timeouts %v, want at least %d", n, perAddr)
 	}
 	c.send(map[string]any{"type": "ping"})
@@ -207,11 +194,11 @@ func TestTotalConnectionCap(t *testing.T) {
 		defer c.Close()
 	}
 	if !waitUntil(5*time.Second, func() bool {
-		return counter(t, reg, "traverse_listener_connections_refused_total") == total
+		return metricstest.Value(t, reg, "traverse_listener_connections_refused_total") == total
 	}) {
-		t.Fatalf("refused %v, want %d", counter(t, reg, "traverse_listener_connections_refused_total"), total)
+		t.Fatalf("refused %v, want %d", metricstest.Value(t, reg, "traverse_listener_connections_refused_total"), total)
 	}
-	if open := gauge(t, reg, "traverse_listener_connections_open"); open != total {
+	if open := metricstest.Value(t, reg, "traverse_listener_connections_open"); open != total {
 		t.Fatalf("open %v, want %d", open, total)
 	}
 }
@@ -252,11 +239,11 @@ func TestJoinTimeout(t *testing.T) {
 		}
 	}
 	t.Logf("%d idle sockets closed within %v of the first deadline", idle, time.Since(start))
-	if n := counter(t, reg, "traverse_signal_join_timeouts_total"); n != idle {
+	if n := metricstest.Value(t, reg, "traverse_signal_join_timeouts_total"); n != idle {
 		t.Fatalf("join timeouts %v, want %d", n, idle)
 	}
-	if !waitUntil(5*time.Second, func() bool { return gauge(t, reg, "traverse_signal_sessions_active") == 1 }) {
-		t.Fatalf("%v sessions active, want the joined one", gauge(t, reg, "traverse_signal_sessions_active"))
+	if !waitUntil(5*time.Second, func() bool { return metricstest.Value(t, reg, "traverse_signal_sessions_active") == 1 }) {
+		t.Fatalf("%v sessions active, want the joined one", metricstest.Value(t, reg, "traverse_signal_sessions_active"))
 	}
 	joined.send(map[string]any{"type": "ping"})
 	if m := joined.recv(); m.Type != TypePong {
@@ -322,7 +309,7 @@ func TestOriginDNSRebinding(t *testing.T) {
 			}
 		})
 	}
-	if n := counter(t, reg, "traverse_signal_origin_refused_total"); n != 6 {
+	if n := metricstest.Value(t, reg, "traverse_signal_origin_refused_total"); n != 6 {
 		t.Fatalf("origin refusals counted %v, want 6", n)
 	}
 

@@ -18,6 +18,7 @@ import (
 	"github.com/coder/websocket"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/traverse-rtc/traverse/internal/config"
 	"github.com/traverse-rtc/traverse/internal/connlimit"
 )
 
@@ -107,36 +108,16 @@ func (c *Config) validate() error {
 	if c.Backend == nil {
 		return fmt.Errorf("%w: no backend", ErrConfig)
 	}
-	if c.DemoTokenTTL <= 0 {
-		c.DemoTokenTTL = time.Hour
-	}
-	if c.MaxMessage <= 0 {
-		c.MaxMessage = 64 << 10
-	}
-	if c.MessageRate <= 0 {
-		c.MessageRate = 20
-	}
-	if c.MessageBurst <= 0 {
-		c.MessageBurst = 60
-	}
-	if c.RequestTimeout <= 0 {
-		c.RequestTimeout = 10 * time.Second
-	}
-	if c.ReadHeaderTimeout <= 0 {
-		c.ReadHeaderTimeout = 10 * time.Second
-	}
-	if c.IdleTimeout <= 0 {
-		c.IdleTimeout = 30 * time.Second
-	}
-	if c.JoinTimeout <= 0 {
-		c.JoinTimeout = 10 * time.Second
-	}
-	if c.MaxConns <= 0 {
-		c.MaxConns = DefaultMaxConns
-	}
-	if c.MaxConnsPerAddr <= 0 {
-		c.MaxConnsPerAddr = DefaultMaxConnsPerAddr
-	}
+	config.Default(&c.DemoTokenTTL, time.Hour)
+	config.Default(&c.MaxMessage, 64<<10)
+	config.Default(&c.MessageRate, 20)
+	config.Default(&c.MessageBurst, 60)
+	config.Default(&c.RequestTimeout, 10*time.Second)
+	config.Default(&c.ReadHeaderTimeout, 10*time.Second)
+	config.Default(&c.IdleTimeout, 30*time.Second)
+	config.Default(&c.JoinTimeout, 10*time.Second)
+	config.Default(&c.MaxConns, DefaultMaxConns)
+	config.Default(&c.MaxConnsPerAddr, DefaultMaxConnsPerAddr)
 	for _, o := range c.AllowedOrigins {
 		if o == "*" {
 			continue

@@ -15,6 +15,8 @@ import (
 	"github.com/coder/websocket"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
+
+	"github.com/traverse-rtc/traverse/internal/metricstest"
 )
 
 // fakeBackend is one node that answers every offer with a canned answer and
@@ -234,7 +236,7 @@ func TestBadTokens(t *testing.T) {
 			t.Fatalf("%s: after fatal error: %v", tc.reason, err)
 		}
 	}
-	n := counter(t, reg, "traverse_signal_tokens_rejected_total")
+	n := metricstest.Value(t, reg, "traverse_signal_tokens_rejected_total")
 	if n != 3 {
 		t.Fatalf("tokens rejected = %v, want 3", n)
 	}
@@ -249,24 +251,6 @@ func tamper(tok string) string {
 		c = 'B'
 	}
 	return tok[:i] + string(c) + tok[i+1:]
-}
-
-// counter sums a counter family from reg.
-func counter(t *testing.T, reg *prometheus.Registry, name string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	sum := 0.0
-	for _, mf := range mfs {
-		if mf.GetName() == name {
-			for _, m := range mf.GetMetric() {
-				sum += m.GetCounter().GetValue()
-			}
-		}
-	}
-	return sum
 }
 
 func TestNoPublishRight(t *testing.T) {
@@ -302,7 +286,7 @@ func TestLimits(t *testing.T) {
 	if m := c.recv(); m.Type != TypeError || m.Class != ClassRateLimited {
 		t.Fatalf("4th ping: %+v", m)
 	}
-	if n := counter(t, reg, "traverse_signal_rate_limited_total"); n != 1 {
+	if n := metricstest.Value(t, reg, "traverse_signal_rate_limited_total"); n != 1 {
 		t.Fatalf("rate limited = %v", n)
 	}
 	// An oversized message closes the connection with 1009.

@@ -106,8 +106,7 @@ func sipMsg(method, ruri, callID, from, to string, cseq int, body string, hdrs .
 // SSRC, checks its media crosses, and returns it with its media socket.
 func victimCall(t *testing.T, tg *testGW, uac *goUAC) (*sipgo.DialogClientSession, *net.UDPConn) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
+	ctx := callCtx(t)
 	m := udpOn(t, clientIP)
 	s, err := uac.call(ctx, tg.gw.Addr(), offerSDP(m.LocalAddr().(*net.UDPAddr).AddrPort(), netip.AddrPort{}, 4242, 0))
 	if err != nil {
@@ -139,9 +138,7 @@ func mediaIntact(t *testing.T, tg *testGW, victim, attacker *net.UDPConn, seq ui
 // victim, the attacker receives none, its RTP does not reach the inside
 // server, and the call is still held.
 func TestDialogHijack(t *testing.T) {
-	uas := startUAS(t, insideIP)
-	tg := startGateway(t, uas.addr.String(), nil)
-	uac := startUAC(t, clientIP)
+	uas, tg, uac := startTrio(t, nil)
 	s, victim := victimCall(t, tg, uac)
 	callID := s.InviteRequest.CallID().Value()
 	ft, tt := fromTag(s.InviteRequest), toTagOf(s.InviteResponse)
@@ -208,14 +205,11 @@ func TestDialogHijack(t *testing.T) {
 // nothing moves: the media keeps flowing to the old socket, the new one
 // gets nothing. A re-INVITE the server accepts moves it (TestCallUpdateBye).
 func TestReofferAppliedOnlyOn2xx(t *testing.T) {
-	uas := startUAS(t, insideIP)
-	tg := startGateway(t, uas.addr.String(), nil)
-	uac := startUAC(t, clientIP)
+	uas, tg, uac := startTrio(t, nil)
 	s, m1 := victimCall(t, tg, uac)
 	uas.reject.Store(true)
 	m2 := udpOn(t, clientIP)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
+	ctx := callCtx(t)
 	for i, method := range []sip.RequestMethod{sip.UPDATE, sip.INVITE} {
 		req := sip.NewRequest(method, s.InviteResponse.Contact().Address)
 		// With video too: the stream it would add is allocated while the
@@ -239,13 +233,10 @@ func TestReofferAppliedOnlyOn2xx(t *testing.T) {
 // TestByeEndsOnlyOn2xx: a BYE the other side does not accept (500) leaves
 // the call and its media in place; the BYE it accepts ends it.
 func TestByeEndsOnlyOn2xx(t *testing.T) {
-	uas := startUAS(t, insideIP)
-	tg := startGateway(t, uas.addr.String(), nil)
-	uac := startUAC(t, clientIP)
+	uas, tg, uac := startTrio(t, nil)
 	s, m := victimCall(t, tg, uac)
 	uas.byeFails.Store(true)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
+	ctx := callCtx(t)
 	bye := sip.NewRequest(sip.BYE, s.InviteResponse.Contact().Address)
 	res, err := s.Do(ctx, bye)
 	if err != nil || res.StatusCode != 500 {

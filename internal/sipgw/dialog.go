@@ -247,11 +247,42 @@ func (g *Gateway) rewrite(c *call, body []byte, fromInside, stage bool) ([]byte,
 			return nil, nil, err
 		}
 	}
+	fresh, err := g.hold(c, ss)
+	if err != nil {
+		return nil, nil, err
+	}
+	var of *offer
+	if stage {
+		of = &offer{created: fresh}
+	}
+	pp, err := g.applyStreams(c, ss, eps, fromInside, of)
+	if err != nil {
+		if stage {
+			g.discard(c, of)
+		} else {
+			g.unhold(c, fresh)
+		}
+		return nil, nil, err
+	}
+	ip := g.mp.InsideIP()
+	if fromInside {
+		ip = g.outIP
+	}
+	out, err := rewriteSDP(sd, ss, ip, pp)
+	if err != nil && stage {
+		g.discard(c, of)
+	}
+	return out, of, err
+}
+
+// hold marks the SDP's streams the call does not hold yet as its own and
+// counts them against its source's share; it returns their indexes.
+func (g *Gateway) hold(c *call, ss []stream) ([]uint8, error) {
 	var fresh []uint8
 	c.mu.Lock()
 	if c.ended {
 		c.mu.Unlock()
-		return nil, nil, ErrEnded
+		return nil, ErrEnded
 	}
 	for _, s := range ss {
 		if i := uint8(s.index); !s.disabled && !c.streams[i] {
@@ -266,21 +297,25 @@ func (g *Gateway) rewrite(c *call, body []byte, fromInside, stage bool) ([]byte,
 			delete(c.streams, i)
 		}
 		c.mu.Unlock()
-		return nil, nil, ErrSourceStreams
+		return nil, ErrSourceStreams
 	}
+	return fresh, nil
+}
+
+// applyStreams hands each stream of the SDP to the media proxy and returns
+// the ports to write into the rewritten SDP. With of set, only the
+// streams' ports are taken now: their endpoints and SSRC, and the removal
+// of disabled streams, are staged in of for the 2xx.
+func (g *Gateway) applyStreams(c *call, ss []stream, eps []endpoints, fromInside bool, of *offer) ([]ports, error) {
 	flags := mediaproxy.FlagCalleeOutside
 	if c.callerOutside {
 		flags = mediaproxy.FlagCallerOutside
-	}
-	var of *offer
-	if stage {
-		of = &offer{created: fresh}
 	}
 	pp := make([]ports, len(ss))
 	for i, s := range ss {
 		idx := uint8(s.index)
 		if s.disabled {
-			if stage {
+			if of != nil {
 				of.remove = append(of.remove, idx)
 			} else {
 				g.dropStream(c, idx)
@@ -288,6 +323,7 @@ func (g *Gateway) rewrite(c *call, body []byte, fromInside, stage bool) ([]byte,
 			continue
 		}
 		d := mediaproxy.Descriptor{Op: mediaproxy.OpUpsert, Flags: flags, Kind: s.kind, Index: idx, CallID: c.id}
+		now := d
 		if fromInside {
 			d.Server, d.ServerRTCP = s.rtp, s.rtcp
 		} else {
@@ -298,21 +334,14 @@ func (g *Gateway) rewrite(c *call, body []byte, fromInside, stage bool) ([]byte,
 				d.SSRC = s.ssrc
 			}
 		}
-		now := d
-		if stage {
-			// Allocate (or look up) the stream's ports only; endpoints
-			// and SSRC wait for the 2xx.
+		if of != nil {
 			of.apply = append(of.apply, d)
-			now = mediaproxy.Descriptor{Op: mediaproxy.OpUpsert, Flags: flags, Kind: s.kind, Index: idx, CallID: c.id}
+		} else {
+			now = d
 		}
 		r, err := g.mp.Apply(&now)
 		if err != nil {
-			if stage {
-				g.discard(c, of)
-			} else {
-				g.unhold(c, fresh)
-			}
-			return nil, nil, err
+			return nil, err
 		}
 		if fromInside {
 			pp[i] = ports{r.FixedRTP, r.FixedRTCP}
@@ -320,15 +349,7 @@ func (g *Gateway) rewrite(c *call, body []byte, fromInside, stage bool) ([]byte,
 			pp[i] = ports{r.InsideRTP, r.InsideRTCP}
 		}
 	}
-	ip := g.mp.InsideIP()
-	if fromInside {
-		ip = g.outIP
-	}
-	out, err := rewriteSDP(sd, ss, ip, pp)
-	if err != nil && stage {
-		g.discard(c, of)
-	}
-	return out, of, err
+	return pp, nil
 }
 
 // unhold gives back the share of those of idx the media proxy does not
@@ -373,7 +394,7 @@ func (g *Gateway) commit(c *call, of *offer) {
 	}
 	for i := range of.apply {
 		if _, err := g.mp.Apply(&of.apply[i]); err != nil {
-			g.log.Warn("offer not applied", "call", trunc(c.id), "stream", of.apply[i].Index, "err", err)
+			g.log.Warn("offer not applied", "call", c.id, "stream", of.apply[i].Index, "err", err)
 		}
 	}
 	for _, idx := range of.remove {
@@ -392,14 +413,11 @@ func (g *Gateway) discard(c *call, of *offer) {
 	}
 }
 
-// MediaTimeout forgets a call whose media stopped; wire it to the media
-// proxy's OnTimeout.
-// It sends BYE to both parties of an established call.
+// MediaTimeout forgets a call whose media stopped and sends BYE to both
+// parties of an established one. New registers it with the media proxy
+// (mediaproxy.Proxy.SetOnTimeout).
 func (g *Gateway) MediaTimeout(callID string) {
-	g.mu.Lock()
-	c := g.calls[callID]
-	g.mu.Unlock()
-	if c != nil {
+	if c := g.callByID(callID); c != nil {
 		g.hangUp(c, "media timeout")
 	}
 }
@@ -433,7 +451,7 @@ func (g *Gateway) hangUp(c *call, why string) {
 		}{{toCallee, callee}, {toCaller, caller}} {
 			x.req.SetDestination(x.dest)
 			if _, err := g.client.Do(ctx, x.req, g.fromListener, sipgo.ClientRequestAddVia); err != nil {
-				g.log.Debug("BYE on "+why, "call", trunc(c.id), "err", err)
+				g.log.Debug("BYE on "+why, "call", c.id, "err", err)
 			}
 		}
 	})
@@ -450,4 +468,20 @@ func (g *Gateway) bye(target sip.Uri, from *sip.FromHeader, to *sip.ToHeader, id
 	r.AppendHeader(sip.NewHeader("Reason", `SIP;cause=408;text="`+why+`"`))
 	r.SetTransport("UDP")
 	return r
+}
+
+// callByID returns the call with this Call-ID, or nil.
+func (g *Gateway) callByID(id string) *call {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.calls[id]
+}
+
+// peerOf is where a request of the call goes: to the outside party when it
+// comes from inside, else to the inside one.
+func (c *call) peerOf(fromInside bool) string {
+	if fromInside {
+		return c.outsideAddr().String()
+	}
+	return c.inside
 }

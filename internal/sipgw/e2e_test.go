@@ -29,13 +29,7 @@ func TestSIPpOutsideCallsInside(t *testing.T) {
 	waitBound(t, netip.AddrPortFrom(insideIP, uint16(uasPort)))
 	uac := sipp(t, dir, "-sn", "uac_pcap", tg.gw.Addr().String(), "-i", "127.0.0.1", "-p", itoa(freePort(t, outsideIP)),
 		"-mi", "127.0.0.1", "-mp", itoa(freePort(t, outsideIP)), "-m", itoa(calls), "-r", itoa(calls), "-l", itoa(calls))
-	if err := uac(); err != nil {
-		t.Fatalf("uac: %v", err)
-	}
-	if err := uas(); err != nil {
-		t.Fatalf("uas: %v", err)
-	}
-	perCall := pcapPackets(t, "/usr/share/sip-tester/g711a.pcap") + pcapPackets(t, "/usr/share/sip-tester/dtmf_2833_1.pcap")
+	perCall := sippCalls(t, uac, uas)
 	c := tg.mp.Counters()
 	want := calls * perCall
 	waitFor(t, 5*time.Second, "all media forwarded both ways", func() bool {
@@ -137,16 +131,24 @@ func TestSIPpInsideCallsRegisteredClient(t *testing.T) {
 	}
 	uac := sipp(t, dir, "-sn", "uac_pcap", tg.gw.Addr().String(), "-s", "alice", "-i", "127.0.0.2",
 		"-p", itoa(freePort(t, insideIP)), "-mi", "127.0.0.2", "-mp", itoa(freePort(t, insideIP)), "-m", "1")
-	if err := uac(); err != nil {
-		t.Fatalf("inside uac: %v", err)
-	}
-	if err := uas(); err != nil {
-		t.Fatalf("outside uas: %v", err)
-	}
-	perCall := pcapPackets(t, "/usr/share/sip-tester/g711a.pcap") + pcapPackets(t, "/usr/share/sip-tester/dtmf_2833_1.pcap")
+	perCall := sippCalls(t, uac, uas)
 	c := tg.mp.Counters()
 	waitFor(t, 5*time.Second, "all media forwarded both ways", func() bool {
 		return c.RTPOut.Load() == perCall && c.RTPIn.Load() == perCall
 	})
 	waitFor(t, 5*time.Second, "sessions released", func() bool { return tg.gw.Calls() == 0 && tg.mp.Streams() == 0 })
+}
+
+// sippCalls waits for the calling and the answering SIPp to finish their
+// scenarios, and returns the RTP packets uac_pcap plays in each direction
+// per call (the G.711 capture, then the RFC 2833 DTMF one).
+func sippCalls(t *testing.T, uac, uas func() error) uint64 {
+	t.Helper()
+	if err := uac(); err != nil {
+		t.Fatalf("uac: %v", err)
+	}
+	if err := uas(); err != nil {
+		t.Fatalf("uas: %v", err)
+	}
+	return pcapPackets(t, "/usr/share/sip-tester/g711a.pcap") + pcapPackets(t, "/usr/share/sip-tester/dtmf_2833_1.pcap")
 }

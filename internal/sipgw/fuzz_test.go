@@ -10,7 +10,9 @@ import (
 
 	"github.com/emiago/sipgo/sip"
 
+	"github.com/traverse-rtc/traverse/internal/logging"
 	"github.com/traverse-rtc/traverse/internal/mediaproxy"
+	"github.com/traverse-rtc/traverse/internal/persource"
 )
 
 var sdpSeeds = []string{
@@ -71,7 +73,7 @@ func FuzzSIP(f *testing.F) {
 		f.Skip(err)
 	}
 	f.Cleanup(func() { mp.Close() })
-	g, err := New(Config{SIP: "127.0.0.1:0", Upstream: "127.0.0.2:5080", Media: mp})
+	g, err := New(Config{SIP: netip.MustParseAddrPort("127.0.0.1:0"), Upstream: netip.MustParseAddrPort("127.0.0.2:5080"), Media: mp})
 	if err != nil {
 		f.Skip(err)
 	}
@@ -101,7 +103,7 @@ func FuzzSIP(f *testing.F) {
 			return
 		}
 		c := newCall(req.CallID().Value(), true, netip.MustParseAddrPort("192.0.2.1:5060"), "UDP", "127.0.0.2:5080", fromTag(req))
-		c.share = shareKey(netip.MustParseAddr("192.0.2.1"))
+		c.share = persource.Key(netip.MustParseAddr("192.0.2.1"))
 		if c.id == "" || len(c.id) > 255 {
 			return
 		}
@@ -164,7 +166,7 @@ func FuzzLogHandler(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var buf bytes.Buffer
 		var c Counters
-		log := slog.New(newLogHandler(slog.NewTextHandler(&buf, nil), &c))
+		log := newLogger(slog.New(slog.NewTextHandler(&buf, nil)), &c, nil)
 		_, err := sip.NewParser().ParseSIP(b)
 		if err == nil {
 			err = errors.New(string(b))
@@ -177,10 +179,10 @@ func FuzzLogHandler(f *testing.F) {
 		if n != 1 {
 			t.Fatalf("counted %d", n)
 		}
-		// Four attributes of at most 200 bytes, each byte at most 4 once
-		// quoted and 5 once the text handler escapes the backslash, plus the
+		// Four attributes of at most logging.DefaultMaxValue bytes, each
+		// byte at most 4 once quoted (\xff), plus the cut marks and the
 		// handler's own fields.
-		if buf.Len() > 4*(5*maxLogBytes+60)+200 || bytes.Count(buf.Bytes(), []byte("\n")) != 1 {
+		if buf.Len() > 4*(4*logging.DefaultMaxValue+60)+200 || bytes.Count(buf.Bytes(), []byte("\n")) != 1 {
 			t.Fatalf("%d bytes, %d lines", buf.Len(), bytes.Count(buf.Bytes(), []byte("\n")))
 		}
 	})

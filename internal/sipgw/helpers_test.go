@@ -57,12 +57,11 @@ func startGateway(t *testing.T, upstream string, mod func(*Config, *mediaproxy.C
 		// destination policy refuses.
 		Policy: addrpolicy.Filter{Loopback: true},
 	}
-	cfg := Config{SIP: "127.0.0.1:0", Upstream: upstream}
+	cfg := Config{SIP: netip.MustParseAddrPort("127.0.0.1:0"), Upstream: netip.MustParseAddrPort(upstream)}
 	if mod != nil {
 		mod(&cfg, &mcfg)
 	}
 	tg := &testGW{}
-	mcfg.OnTimeout = func(id string) { tg.gw.MediaTimeout(id) }
 	mp, err := mediaproxy.New(mcfg)
 	if err != nil {
 		t.Fatal(err)
@@ -191,3 +190,18 @@ func pcapPackets(t *testing.T, path string) uint64 {
 }
 
 func itoa(i int) string { return strconv.Itoa(i) }
+
+// startTrio starts the cast of most call tests: an inside server, the
+// gateway in front of it (mod as for startGateway) and an outside client.
+func startTrio(t *testing.T, mod func(*Config, *mediaproxy.Config)) (*goUAS, *testGW, *goUAC) {
+	t.Helper()
+	uas := startUAS(t, insideIP)
+	return uas, startGateway(t, uas.addr.String(), mod), startUAC(t, clientIP)
+}
+
+// callCtx bounds a test's SIP exchanges to 10 s.
+func callCtx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}

@@ -2,83 +2,14 @@ package sipgw
 
 import (
 	"net/netip"
-	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/emiago/sipgo/sip"
-	"golang.org/x/time/rate"
+
+	"github.com/traverse-rtc/traverse/internal/persource"
 )
 
-// maxTrackedSources bounds each per-source table; when it is full, entries
-// idle for a minute are swept (at most once a second: a sweep is O(n)), and
-// if none is, an arbitrary one makes room. A flood from spoofed sources
-// thus costs bounded memory; what it costs in fairness is that an evicted
-// source starts again with a full bucket.
-const maxTrackedSources = 4096
-
-// shareKey is the unit every per-source limit counts by: an IPv4 address,
-// or the /64 of an IPv6 one (a single subscriber usually holds a whole
-// /64, so counting by address would give it 2^64 shares).
-func shareKey(a netip.Addr) netip.Prefix {
-	a = a.Unmap()
-	bits := 32
-	if a.Is6() {
-		bits = 64
-	}
-	p, _ := a.Prefix(bits)
-	return p
-}
-
-// limiterSet is one token bucket per source.
-type limiterSet struct {
-	rate  rate.Limit
-	burst int
-
-	mu    sync.Mutex // guards m, swept
-	m     map[netip.Prefix]*limiter
-	swept time.Time
-}
-
-type limiter struct {
-	l    *rate.Limiter
-	seen time.Time
-}
-
-func newLimiterSet(perSecond float64, burst int) *limiterSet {
-	return &limiterSet{rate: rate.Limit(perSecond), burst: burst, m: map[netip.Prefix]*limiter{}}
-}
-
-// allow takes one token from a's bucket.
-func (s *limiterSet) allow(a netip.Addr) bool {
-	k := shareKey(a)
-	now := time.Now()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	l := s.m[k]
-	if l == nil {
-		if len(s.m) >= maxTrackedSources && now.Sub(s.swept) >= time.Second {
-			s.swept = now
-			for p, x := range s.m {
-				if now.Sub(x.seen) > time.Minute {
-					delete(s.m, p)
-				}
-			}
-		}
-		for p := range s.m {
-			if len(s.m) < maxTrackedSources {
-				break
-			}
-			delete(s.m, p)
-		}
-		l = &limiter{l: rate.NewLimiter(s.rate, s.burst)}
-		s.m[k] = l
-	}
-	l.seen = now
-	return l.l.AllowN(now, 1)
-}
-
-// reserve counts n more inside streams against share; false (and nothing
+// reserve counts n more inside streams against share (a persource.Key); false (and nothing
 // counted) when that would take the share past Config.SourceStreams.
 // Calls from inside have no share and are not limited.
 func (g *Gateway) reserve(share netip.Prefix, n int) bool {
@@ -87,11 +18,7 @@ func (g *Gateway) reserve(share netip.Prefix, n int) bool {
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.shares[share]+n > g.cfg.SourceStreams {
-		return false
-	}
-	g.shares[share] += n
-	return true
+	return g.shares.Take(share, n, g.cfg.SourceStreams)
 }
 
 func (g *Gateway) unreserve(share netip.Prefix, n int) {
@@ -100,9 +27,7 @@ func (g *Gateway) unreserve(share netip.Prefix, n int) {
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.shares[share] -= n; g.shares[share] <= 0 {
-		delete(g.shares, share)
-	}
+	g.shares.Give(share, n)
 }
 
 // SourceStreams returns the inside streams held by calls from src's share
@@ -110,7 +35,7 @@ func (g *Gateway) unreserve(share netip.Prefix, n int) {
 func (g *Gateway) SourceStreams(src netip.Addr) int {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return g.shares[shareKey(src)]
+	return g.shares.Get(persource.Key(src))
 }
 
 // reject answers a request the gateway refuses by itself (400, 481, 483,
@@ -128,7 +53,7 @@ func (g *Gateway) reject(tx sip.ServerTransaction, req *sip.Request, code int, r
 		ctr.Add(1)
 	}
 	src := source(req)
-	if !g.isInside(src) && !g.answers.allow(src.Addr()) {
+	if !g.isInside(src) && !g.answers.Allow(src.Addr()) {
 		g.c.AnswersSuppressed.Add(1)
 		tx.Terminate()
 		return

@@ -32,6 +32,8 @@ var clientIP = netip.MustParseAddr("127.0.0.3")
 // packets tagged with its call and kind; every echo must come back to the
 // right stream. A quarter of the calls declare no a=ssrc and all use the
 // same SSRC (like SIPp): the latch and the source address keep them apart.
+// It stays one function: its phases (set up, send, check, hang up) share
+// the table of calls and read in order.
 func TestLoad1000Calls(t *testing.T) {
 	if testing.Short() {
 		t.Skip("load test")

@@ -3,30 +3,22 @@ package sipgw
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
-	"strconv"
-	"sync"
-	"time"
 
 	"github.com/emiago/sipgo/sip"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/traverse-rtc/traverse/internal/logging"
 )
 
-// Log flood limits. sipgo logs every datagram it cannot parse at ERROR with
-// its full text (issue 10: one 64 KB datagram made one 131 KB line, a fuzz
-// run 60 MB), and outside parties choose what the gateway's own warnings
+// Logs. sipgo logs every datagram it cannot parse at ERROR with its full
+// text (issue 10: one 64 KB datagram made one 131 KB line, a fuzz run
+// 60 MB), and outside parties choose what the gateway's own warnings
 // quote. Every record the gateway and its sipgo layers write goes through
-// logHandler, which counts unparseable datagrams by reason, passes at most
-// logBurst records of one message per logWindow (saying how many it
-// dropped), and cuts every string to maxLogBytes, quoted.
-const (
-	maxLogBytes = 200
-	logBurst    = 5
-	logWindow   = 10 * time.Second
-	// maxLogKeys bounds the messages sampled apart; past it, the table is
-	// reset (sipgo's messages are constants, so this is a safety net).
-	maxLogKeys = 256
-)
+// logHandler, which counts unparseable datagrams by reason and logs them at
+// WARN, and then through internal/logging's flood-proof Handler (the
+// process's, or one of its own: logging.Bounded), which cuts long values
+// and samples each message.
 
 // Reasons an incoming message did not parse, as counted in
 // Counters.Unparseable and traverse_sipgw_unparseable_total{reason}.
@@ -57,54 +49,19 @@ func unparseReason(err error) int {
 	return unparseMalformed
 }
 
-// trunc cuts s to maxLogBytes and quotes it, so that what an outside party
-// wrote reaches a log line bounded and printable.
-func trunc(s string) string {
-	if len(s) <= maxLogBytes {
-		return strconv.Quote(s)
-	}
-	return strconv.Quote(s[:maxLogBytes]) + fmt.Sprintf("... (%d bytes)", len(s))
-}
-
-// logSampler is the state the handler and its WithAttrs/WithGroup
-// children share.
-type logSampler struct {
-	c *Counters
-
-	mu         sync.Mutex // guards window, seen, suppressed
-	window     time.Time
-	seen       map[string]int // records per message in this window
-	suppressed map[string]int // records dropped per message since the last one passed
-}
-
-// allow says whether a record with this message may pass now, and how many
-// of its kind were dropped since the last that did.
-func (s *logSampler) allow(msg string, now time.Time) (bool, int) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if now.Sub(s.window) >= logWindow || len(s.seen) >= maxLogKeys {
-		s.window, s.seen = now, map[string]int{}
-		if len(s.suppressed) >= maxLogKeys {
-			s.suppressed = map[string]int{}
-		}
-	}
-	if s.seen[msg] >= logBurst {
-		s.suppressed[msg]++
-		return false, 0
-	}
-	s.seen[msg]++
-	n := s.suppressed[msg]
-	delete(s.suppressed, msg)
-	return true, n
-}
-
+// logHandler counts the parse failures sipgo logs, by reason, and demotes
+// them to WARN (the sender's fault, not the gateway's); inner (a
+// logging.Handler) bounds what is written.
 type logHandler struct {
 	inner slog.Handler
-	s     *logSampler
+	c     *Counters
 }
 
-func newLogHandler(inner slog.Handler, c *Counters) *logHandler {
-	return &logHandler{inner: inner, s: &logSampler{c: c, seen: map[string]int{}, suppressed: map[string]int{}}}
+// newLogger returns the gateway's logger: log's records through logHandler
+// and a flood-proof logging.Handler (log's own if it has one; else a new
+// one whose counters are registered in reg).
+func newLogger(log *slog.Logger, c *Counters, reg prometheus.Registerer) *slog.Logger {
+	return slog.New(&logHandler{inner: logging.Bounded(log, reg).Handler(), c: c})
 }
 
 // Enabled is true for errors even when the inner handler drops them: parse
@@ -122,75 +79,19 @@ func (h *logHandler) Handle(ctx context.Context, r slog.Record) error {
 			}
 			return true
 		})
-		h.s.c.Unparseable[reason].Add(1)
-		r.Level = slog.LevelWarn // the sender's fault, not the gateway's
+		h.c.Unparseable[reason].Add(1)
+		r.Level = slog.LevelWarn
 	}
 	if !h.inner.Enabled(ctx, r.Level) {
 		return nil
 	}
-	var dropped int
-	if r.Level >= slog.LevelWarn {
-		ok, n := h.s.allow(r.Message, r.Time)
-		if !ok {
-			h.s.c.LogsSuppressed.Add(1)
-			return nil
-		}
-		dropped = n
-	}
-	out := slog.NewRecord(r.Time, r.Level, r.Message, r.PC)
-	r.Attrs(func(a slog.Attr) bool {
-		out.AddAttrs(bound(a))
-		return true
-	})
-	if dropped > 0 {
-		out.AddAttrs(slog.Int("suppressed", dropped))
-	}
-	return h.inner.Handle(ctx, out)
+	return h.inner.Handle(ctx, r)
 }
 
 func (h *logHandler) WithAttrs(as []slog.Attr) slog.Handler {
-	b := make([]slog.Attr, len(as))
-	for i, a := range as {
-		b[i] = bound(a)
-	}
-	return &logHandler{inner: h.inner.WithAttrs(b), s: h.s}
+	return &logHandler{inner: h.inner.WithAttrs(as), c: h.c}
 }
 
 func (h *logHandler) WithGroup(name string) slog.Handler {
-	return &logHandler{inner: h.inner.WithGroup(name), s: h.s}
-}
-
-// bound cuts every string an attribute holds (errors and Stringers too)
-// to maxLogBytes, quoted.
-func bound(a slog.Attr) slog.Attr {
-	v := a.Value.Resolve()
-	switch v.Kind() {
-	case slog.KindString:
-		if s := v.String(); len(s) > maxLogBytes || a.Key == "data" {
-			return slog.String(a.Key, trunc(s))
-		}
-	case slog.KindGroup:
-		g := v.Group()
-		b := make([]any, len(g))
-		for i, x := range g {
-			b[i] = bound(x)
-		}
-		return slog.Group(a.Key, b...)
-	case slog.KindAny:
-		var s string
-		switch x := v.Any().(type) {
-		case error:
-			s = x.Error()
-		case fmt.Stringer:
-			s = x.String()
-		case []byte:
-			return slog.String(a.Key, trunc(string(x)))
-		default:
-			s = fmt.Sprint(x)
-		}
-		if len(s) > maxLogBytes {
-			return slog.String(a.Key, trunc(s))
-		}
-	}
-	return slog.Attr{Key: a.Key, Value: v}
+	return &logHandler{inner: h.inner.WithGroup(name), c: h.c}
 }

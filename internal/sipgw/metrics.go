@@ -30,7 +30,6 @@ func (g *Gateway) register(reg prometheus.Registerer) error {
 		counter("rejected_total", rj, prometheus.Labels{"code": "491", "reason": "offer_pending"}, &c.Pending),
 		counter("answers_suppressed_total", "Refusals left unanswered because the source exceeded its answer rate.", nil, &c.AnswersSuppressed),
 		counter("setup_timeouts_total", "Calls ended because their 2xx or its ACK did not come within the setup or ACK deadline.", nil, &c.SetupTimeouts),
-		counter("logs_suppressed_total", "Log records dropped by per-message sampling.", nil, &c.LogsSuppressed),
 		counter("calls_started_total", "Calls set up through the gateway.", nil, &c.CallsStarted),
 		counter("calls_ended_total", "Calls ended (BYE, CANCEL, failure or media timeout).", nil, &c.CallsEnded),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "traverse", Subsystem: "sipgw", Name: "calls", Help: "Calls held."},

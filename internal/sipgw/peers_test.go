@@ -41,6 +41,10 @@ type goUAS struct {
 	acks     atomic.Int64
 }
 
+// startUAS starts the inside test server: it answers INVITE, UPDATE, BYE
+// and the rest like a PBX, with switches to refuse offers and BYEs. It is
+// one function because its handlers share the server's state; each is a
+// few lines.
 func startUAS(t *testing.T, ip netip.Addr) *goUAS {
 	t.Helper()
 	u := &goUAS{dialogs: map[string]string{}}

@@ -163,9 +163,7 @@ func TestMediaPolicyOutsideAddresses(t *testing.T) {
 // the server's RTCP goes to the client's latched IP at the signaled RTCP
 // port.
 func TestMediaPolicyRTCPAddress(t *testing.T) {
-	uas := startUAS(t, insideIP)
-	tg := startGateway(t, uas.addr.String(), onlyClient)
-	uac := startUAC(t, clientIP)
+	uas, tg, uac := startTrio(t, onlyClient)
 	mc := tg.mp.Counters()
 	for i, target := range []string{"127.0.0.2", "10.0.0.1", "224.0.0.1"} {
 		victim := udpOn(t, insideIP)
@@ -201,11 +199,8 @@ func TestMediaPolicyRTCPAddress(t *testing.T) {
 // 3 s; they must stay bounded, with the proxy in its most permissive
 // mode (loopback allowed, sending before the latch).
 func TestMediaPolicyLoop(t *testing.T) {
-	uas := startUAS(t, insideIP)
-	tg := startGateway(t, uas.addr.String(), func(_ *Config, m *mediaproxy.Config) { m.SendBeforeLatch = true })
-	uac := startUAC(t, clientIP)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
+	uas, tg, uac := startTrio(t, func(_ *Config, m *mediaproxy.Config) { m.SendBeforeLatch = true })
+	ctx := callCtx(t)
 	fixed := tg.mp.RTPAddr()
 	s, err := uac.call(ctx, tg.gw.Addr(), offerAt(fixed.Addr(), fixed.Port(), ""))
 	if err != nil {
@@ -232,11 +227,8 @@ func TestMediaPolicyLoop(t *testing.T) {
 // call's media to a refused address (the inside host, the metadata address) sends nothing
 // there; the server's media waits until the client's media arrives again.
 func TestMediaPolicyUpdate(t *testing.T) {
-	uas := startUAS(t, insideIP)
-	tg := startGateway(t, uas.addr.String(), onlyClient)
-	uac := startUAC(t, clientIP)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
+	uas, tg, uac := startTrio(t, onlyClient)
+	ctx := callCtx(t)
 	m := udpOn(t, clientIP)
 	s, err := uac.call(ctx, tg.gw.Addr(), offerAt(clientIP, addr(m).Port(), ""))
 	if err != nil {
@@ -286,13 +278,10 @@ func TestMediaPolicyUpdate(t *testing.T) {
 // address the signaling came from may receive media, the offer gets 488
 // and nothing reaches the server; an allowed c= from that client works.
 func TestMediaPolicyAllRefused(t *testing.T) {
-	uas := startUAS(t, insideIP)
-	tg := startGateway(t, uas.addr.String(), func(_ *Config, m *mediaproxy.Config) {
+	uas, tg, uac := startTrio(t, func(_ *Config, m *mediaproxy.Config) {
 		m.Policy = addrpolicy.Filter{Loopback: true, Deny: []netip.Prefix{netip.PrefixFrom(clientIP, 32)}}
 	})
-	uac := startUAC(t, clientIP)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
+	ctx := callCtx(t)
 	_, err := uac.call(ctx, tg.gw.Addr(), offerAt(netip.MustParseAddr("169.254.169.254"), 80, ""))
 	var re *sipgo.ErrDialogResponse
 	if !errors.As(err, &re) || re.Res.StatusCode != 488 {
@@ -363,8 +352,7 @@ func TestMediaPolicyLateOfferACK(t *testing.T) {
 	// signaling address (127.0.0.3) is refused as well.
 	tg := startGateway(t, uas.addr.String(), func(_ *Config, m *mediaproxy.Config) { m.Policy = addrpolicy.Filter{} })
 	uac := startUAC(t, clientIP)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
+	ctx := callCtx(t)
 	s, err := uac.dua.Invite(ctx, sip.Uri{Scheme: "sip", User: "svc", Host: tg.gw.Addr().Addr().String(), Port: int(tg.gw.Addr().Port())}, nil)
 	if err != nil {
 		t.Fatal(err)

@@ -10,6 +10,13 @@ import (
 	"github.com/emiago/sipgo/sip"
 )
 
+// binding is a registered outside client.
+type binding struct {
+	contact sip.Uri // its own Contact URI
+	src     string  // where its REGISTER came from (NAT-safe route back)
+	expires time.Time
+}
+
 // onRegister relays an outside client's REGISTER to the upstream
 // registrar with its Contact pointing at the gateway, and on success keeps
 // the binding so that INVITEs from inside for that user reach the client.
@@ -24,7 +31,7 @@ func (g *Gateway) onRegister(req *sip.Request, tx sip.ServerTransaction) {
 		g.reject(tx, req, 403, "Forbidden", nil)
 		return
 	}
-	if !g.requests.allow(src.Addr()) {
+	if !g.requests.Allow(src.Addr()) {
 		g.reject(tx, req, 503, "Service Unavailable", &g.c.RateLimited, sip.NewHeader("Retry-After", "5"))
 		return
 	}

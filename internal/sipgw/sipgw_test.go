@@ -50,11 +50,8 @@ func echoOnce(t *testing.T, c *net.UDPConn, to netip.AddrPort, p []byte) {
 // points at the gateway; an UPDATE moving the client's media re-latches it;
 // BYE releases everything.
 func TestCallUpdateBye(t *testing.T) {
-	uas := startUAS(t, insideIP)
-	tg := startGateway(t, uas.addr.String(), nil)
-	uac := startUAC(t, clientIP)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
+	uas, tg, uac := startTrio(t, nil)
+	ctx := callCtx(t)
 	m1 := udpOn(t, clientIP)
 	s, err := uac.call(ctx, tg.gw.Addr(), offerSDP(m1.LocalAddr().(*net.UDPAddr).AddrPort(), netip.AddrPort{}, 4242, 0))
 	if err != nil {
@@ -219,13 +216,10 @@ func TestRateLimit(t *testing.T) {
 // TestMediaTimeoutEndsCall: a call whose media never flows ends after the
 // setup timeout: the gateway sends BYE to both parties and forgets it.
 func TestMediaTimeoutEndsCall(t *testing.T) {
-	uas := startUAS(t, insideIP)
-	tg := startGateway(t, uas.addr.String(), func(_ *Config, m *mediaproxy.Config) {
+	uas, tg, uac := startTrio(t, func(_ *Config, m *mediaproxy.Config) {
 		m.MediaTimeout, m.SetupTimeout, m.Tick = 200*time.Millisecond, 300*time.Millisecond, 20*time.Millisecond
 	})
-	uac := startUAC(t, clientIP)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
+	ctx := callCtx(t)
 	m := udpOn(t, clientIP)
 	s, err := uac.call(ctx, tg.gw.Addr(), offerSDP(m.LocalAddr().(*net.UDPAddr).AddrPort(), netip.AddrPort{}, 0, 0))
 	if err != nil {
@@ -243,11 +237,8 @@ func TestMediaTimeoutEndsCall(t *testing.T) {
 // reached at; its media comes from the address its signaling comes from,
 // and the gateway latches that.
 func TestNATedClient(t *testing.T) {
-	uas := startUAS(t, insideIP)
-	tg := startGateway(t, uas.addr.String(), nil)
-	uac := startUAC(t, clientIP)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
+	_, tg, uac := startTrio(t, nil)
+	ctx := callCtx(t)
 	m := udpOn(t, clientIP)
 	private := netip.AddrPortFrom(netip.MustParseAddr("10.99.0.7"), m.LocalAddr().(*net.UDPAddr).AddrPort().Port())
 	s, err := uac.call(ctx, tg.gw.Addr(), offerSDP(private, netip.AddrPort{}, 0, 0))

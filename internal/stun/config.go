@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/traverse-rtc/traverse/internal/config"
 )
 
 // DefaultMaxTCPConns is Config.MaxTCPConns's default.
@@ -118,36 +119,22 @@ func (c Config) validate() (resolved, error) {
 	if len(r.Software) > 763 {
 		return r, fmt.Errorf("%w: software longer than 763 bytes", ErrConfig)
 	}
-	if r.Readers <= 0 {
-		r.Readers = max(1, runtime.NumCPU()/2)
-	}
+	config.Default(&r.Readers, max(1, runtime.NumCPU()/2))
 	if r.Readers > 64 {
 		r.Readers = 64
 	}
-	if r.Batch <= 0 {
-		r.Batch = 64
-	}
-	if r.MaxTCPConns <= 0 {
-		r.MaxTCPConns = DefaultMaxTCPConns
-	}
-	if r.MaxTCPConnsPerAddr <= 0 {
-		r.MaxTCPConnsPerAddr = 32
-	}
-	if r.FirstMessageTimeout <= 0 {
-		r.FirstMessageTimeout = 10 * time.Second
-	}
-	if r.IdleTimeout <= 0 {
-		r.IdleTimeout = 60 * time.Second
-	}
+	config.Default(&r.Batch, 64)
+	config.Default(&r.MaxTCPConns, DefaultMaxTCPConns)
+	config.Default(&r.MaxTCPConnsPerAddr, 32)
+	config.Default(&r.FirstMessageTimeout, 10*time.Second)
+	config.Default(&r.IdleTimeout, 60*time.Second)
 	if r.Rate == 0 {
 		r.Rate = 100
 	}
 	if r.Rate > int(time.Second) {
 		return r, fmt.Errorf("%w: rate %d above 1e9 per second", ErrConfig, r.Rate)
 	}
-	if r.RateBurst <= 0 {
-		r.RateBurst = 2 * max(r.Rate, 1)
-	}
+	config.Default(&r.RateBurst, 2*max(r.Rate, 1))
 	if r.Log == nil {
 		r.Log = slog.New(slog.DiscardHandler)
 	}

@@ -14,6 +14,7 @@ import (
 	pstun "github.com/pion/stun/v3"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/traverse-rtc/traverse/internal/metricstest"
 	"github.com/traverse-rtc/traverse/internal/stun"
 	"github.com/traverse-rtc/traverse/internal/stun/stuntest"
 )
@@ -28,20 +29,6 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-}
-
-func gauge(t testing.TB, reg *prometheus.Registry, name string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() == name && len(mf.GetMetric()) > 0 {
-			return mf.GetMetric()[0].GetGauge().GetValue()
-		}
-	}
-	return -1
 }
 
 // streamBinding sends one Binding request on c and reads its answer.
@@ -121,11 +108,11 @@ func TestIdleConnectionFlood(t *testing.T) {
 		}()
 	}
 	waitFor(t, "the flood to be accepted or refused", func() bool {
-		return counter(t, reg, "traverse_stun_tcp_refused_total", "reason", "per_address")+
-			counter(t, reg, "traverse_stun_tcp_refused_total", "reason", "total")+
-			gauge(t, reg, "traverse_stun_tcp_connections") == 2*flood
+		return metricstest.Value(t, reg, "traverse_stun_tcp_refused_total", "reason", "per_address")+
+			metricstest.Value(t, reg, "traverse_stun_tcp_refused_total", "reason", "total")+
+			metricstest.Value(t, reg, "traverse_stun_tcp_connections") == 2*flood
 	})
-	if g := gauge(t, reg, "traverse_stun_tcp_connections"); g != perAddr {
+	if g := metricstest.Value(t, reg, "traverse_stun_tcp_connections"); g != perAddr {
 		t.Errorf("%v connections held, want %d", g, perAddr)
 	}
 
@@ -166,13 +153,13 @@ func TestIdleConnectionFlood(t *testing.T) {
 		t.Errorf("%d connections held until the deadline, want %d", held, perAddr)
 	}
 	waitFor(t, "first-message timeouts counted", func() bool {
-		return counter(t, reg, "traverse_stun_tcp_timeouts_total", "reason", "first_message") == perAddr
+		return metricstest.Value(t, reg, "traverse_stun_tcp_timeouts_total", "reason", "first_message") == perAddr
 	})
 	// The served clients idle out after idle-timeout.
 	waitFor(t, "idle timeouts counted", func() bool {
-		return counter(t, reg, "traverse_stun_tcp_timeouts_total", "reason", "idle") == 2
+		return metricstest.Value(t, reg, "traverse_stun_tcp_timeouts_total", "reason", "idle") == 2
 	})
-	waitFor(t, "every connection closed", func() bool { return gauge(t, reg, "traverse_stun_tcp_connections") == 0 })
+	waitFor(t, "every connection closed", func() bool { return metricstest.Value(t, reg, "traverse_stun_tcp_connections") == 0 })
 }
 
 // A connection that keeps sending requests is not idle; one that sends
@@ -207,7 +194,7 @@ func TestIdleDeadlineMovesOnlyWithAnswers(t *testing.T) {
 	if _, err := c.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("connection still open %s after its last answer: %v", time.Since(last), err)
 	}
-	if v := counter(t, reg, "traverse_stun_tcp_timeouts_total", "reason", "idle"); v != 1 {
+	if v := metricstest.Value(t, reg, "traverse_stun_tcp_timeouts_total", "reason", "idle"); v != 1 {
 		t.Errorf("idle timeouts %v, want 1", v)
 	}
 }
@@ -324,7 +311,7 @@ func TestRateLimitFlood(t *testing.T) {
 		t.Errorf("only %d answers: the burst was not answered", got)
 	}
 	waitFor(t, "rate-limited drops counted", func() bool {
-		return counter(t, reg, "traverse_stun_dropped_total", "reason", "rate_limited") >= float64(flood-allowed)
+		return metricstest.Value(t, reg, "traverse_stun_dropped_total", "reason", "rate_limited") >= float64(flood-allowed)
 	})
 
 	// A client gathering candidates from a fresh address: 40 requests

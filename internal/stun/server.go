@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/traverse-rtc/traverse/internal/persource"
 	"github.com/traverse-rtc/traverse/internal/tlsutil"
 	"github.com/traverse-rtc/traverse/internal/udpio"
 )
@@ -44,11 +45,11 @@ type Server struct {
 	tlsLn net.Listener
 
 	// rate limits the answers per source; nil without a limit.
-	rate *rateLimiter
+	rate *persource.Rate
 
 	mu      sync.Mutex // guards conns, perAddr and closed
 	conns   map[net.Conn]struct{}
-	perAddr map[netip.Addr]int // open connections by addrKey of the source
+	perAddr persource.Counts // open connections by source
 	closed  bool
 
 	serving   atomic.Bool
@@ -70,9 +71,9 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("stun: metrics: %w", err)
 	}
 	ctx := context.Background()
-	s := &Server{cfg: rc, log: rc.Log, m: m, conns: map[net.Conn]struct{}{}, perAddr: map[netip.Addr]int{}, done: make(chan struct{})}
+	s := &Server{cfg: rc, log: rc.Log, m: m, conns: map[net.Conn]struct{}{}, done: make(chan struct{})}
 	if rc.Rate > 0 {
-		s.rate = newRateLimiter(rc.Rate, rc.RateBurst)
+		s.rate = persource.NewRate(float64(rc.Rate), rc.RateBurst)
 	}
 	for attempt := 0; ; attempt++ {
 		err = s.bind(ctx)
@@ -294,11 +295,11 @@ func (s *Server) readUDP(c *udpio.Conn, via int) {
 		}
 		var now int64
 		if s.rate != nil {
-			now = s.rate.now()
+			now = s.rate.Now()
 		}
 		k := 0
 		for i := 0; i < n; i++ {
-			if s.rate != nil && !s.rate.allow(in[i].Addr.Addr(), now) {
+			if s.rate != nil && !s.rate.AllowAt(in[i].Addr.Addr(), now) {
 				t.dropped[dropRateLimited]++
 				continue
 			}
@@ -348,7 +349,7 @@ func (s *Server) accept(ln net.Listener, t transport) {
 			continue
 		}
 		src := remoteAddr(c)
-		key := addrKey(src.Addr())
+		key := persource.Key(src.Addr())
 		refused := -1
 		s.mu.Lock()
 		switch {
@@ -356,11 +357,10 @@ func (s *Server) accept(ln net.Listener, t transport) {
 			refused = numRefusals
 		case len(s.conns) >= s.cfg.MaxTCPConns:
 			refused = refuseTotal
-		case s.perAddr[key] >= s.cfg.MaxTCPConnsPerAddr:
+		case !s.perAddr.Take(key, 1, s.cfg.MaxTCPConnsPerAddr):
 			refused = refusePerAddr
 		default:
 			s.conns[c] = struct{}{}
-			s.perAddr[key]++
 			s.wg.Add(1)
 		}
 		s.mu.Unlock()
@@ -387,22 +387,20 @@ func remoteAddr(c net.Conn) netip.AddrPort {
 }
 
 // serveConn answers the requests of one TCP or TLS connection from src
-// (whose addrKey is key). STUN over a stream frames itself: the header's
+// (whose persource.Key is key). STUN over a stream frames itself: the header's
 // length says where a message ends.
 //
 // A connection must have a request answered within FirstMessageTimeout of
 // its accept (TLS handshake included), then one at least every
 // IdleTimeout: an idle or silent one would otherwise hold one of
 // MaxTCPConns for as long as its peer likes.
-func (s *Server) serveConn(c net.Conn, t transport, src netip.AddrPort, key netip.Addr) {
+func (s *Server) serveConn(c net.Conn, t transport, src netip.AddrPort, key netip.Prefix) {
 	defer s.wg.Done()
 	defer func() {
 		c.Close()
 		s.mu.Lock()
 		delete(s.conns, c)
-		if s.perAddr[key]--; s.perAddr[key] <= 0 {
-			delete(s.perAddr, key)
-		}
+		s.perAddr.Give(key, 1)
 		s.mu.Unlock()
 		s.m.tcpConns.Dec()
 	}()
@@ -443,7 +441,7 @@ func (s *Server) serveConn(c net.Conn, t transport, src netip.AddrPort, key neti
 			timedOut(err)
 			return
 		}
-		if s.rate != nil && !s.rate.allow(src.Addr(), s.rate.now()) {
+		if !s.rate.Allow(src.Addr()) {
 			tl.dropped[dropRateLimited]++
 			s.m.flush(t, &tl)
 			continue

@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
 
+	"github.com/traverse-rtc/traverse/internal/metricstest"
 	"github.com/traverse-rtc/traverse/internal/stun"
 	"github.com/traverse-rtc/traverse/internal/stun/stuntest"
 )
@@ -181,34 +182,9 @@ func TestDropCounters(t *testing.T) {
 	exchange(t, c, s.Addr(), request(t))
 	for _, reason := range []string{"short", "not_stun", "bad_fingerprint"} {
 		waitFor(t, fmt.Sprintf("dropped{reason=%q} = 1", reason), func() bool {
-			return counter(t, reg, "traverse_stun_dropped_total", "reason", reason) == 1
+			return metricstest.Value(t, reg, "traverse_stun_dropped_total", "reason", reason) == 1
 		})
 	}
-}
-
-// counter returns the value of the counter name whose label has value.
-func counter(t testing.TB, reg *prometheus.Registry, name, label, value string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			if label == "" {
-				return m.GetCounter().GetValue()
-			}
-			for _, l := range m.GetLabel() {
-				if l.GetName() == label && l.GetValue() == value {
-					return m.GetCounter().GetValue()
-				}
-			}
-		}
-	}
-	return -1
 }
 
 // Run returns within 5 s of cancel, every socket can be bound again at once
@@ -365,7 +341,7 @@ func TestMaxTCPConns(t *testing.T) {
 	if _, err := second.Read(make([]byte, 1)); err == nil {
 		t.Fatal("second connection over the limit was served")
 	}
-	if v := counter(t, reg, "traverse_stun_tcp_refused_total", "reason", "total"); v != 1 {
+	if v := metricstest.Value(t, reg, "traverse_stun_tcp_refused_total", "reason", "total"); v != 1 {
 		t.Errorf("refused counter %v, want 1", v)
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/pion/stun/v3"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/traverse-rtc/traverse/internal/persource"
 	"github.com/traverse-rtc/traverse/internal/tlsutil"
 )
 
@@ -28,7 +29,7 @@ func streamServer(t testing.TB) *Server {
 		t.Fatal(err)
 	}
 	rc, _ := Config{Listen: netip.MustParseAddrPort("127.0.0.1:0")}.validate()
-	return &Server{cfg: rc, log: slog.New(slog.DiscardHandler), m: m, ep: testEP, conns: map[net.Conn]struct{}{}, perAddr: map[netip.Addr]int{}, done: make(chan struct{})}
+	return &Server{cfg: rc, log: slog.New(slog.DiscardHandler), m: m, ep: testEP, conns: map[net.Conn]struct{}{}, done: make(chan struct{})}
 }
 
 // FuzzStream feeds an arbitrary byte stream to one TCP/TLS connection's
@@ -61,8 +62,8 @@ func FuzzStream(f *testing.F) {
 		s.wg.Add(1)
 		s.m.tcpConns.Inc()
 		src := remoteAddr(a)
-		s.perAddr[addrKey(src.Addr())]++
-		go s.serveConn(a, tcp, src, addrKey(src.Addr()))
+		s.perAddr.Take(persource.Key(src.Addr()), 1, 0)
+		go s.serveConn(a, tcp, src, persource.Key(src.Addr()))
 		answers := make(chan []byte, 1)
 		go func() {
 			got, _ := io.ReadAll(b)

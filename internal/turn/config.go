@@ -149,7 +149,9 @@ type Config struct {
 
 	// Registerer receives the server's metrics (nil: not registered).
 	Registerer prometheus.Registerer
-	// Log receives the server's logs (default: discarded).
+	// Log receives the server's logs (default: discarded). Lines about
+	// outside input are bounded by internal/logging's Handler: Log's own
+	// when it has one, else one with the default limits (logging.Bounded).
 	Log *slog.Logger
 }
 

@@ -3,11 +3,12 @@ package turn
 import (
 	"encoding/binary"
 	"errors"
-	"log/slog"
 	"net/netip"
 	"time"
 
 	"github.com/pion/stun/v3"
+
+	"github.com/traverse-rtc/traverse/internal/persource"
 )
 
 // handleMessage answers one STUN message from a client: requests get a
@@ -20,7 +21,7 @@ func (s *Server) handleMessage(b []byte, key fiveTuple, out sender, st *relaySta
 	m := &stun.Message{Raw: b}
 	if err := m.Decode(); err != nil {
 		st.bad++
-		s.logOutside(slog.LevelDebug, "turn: malformed message", "from", key.client.String(), "bytes", len(b), "err", err)
+		s.cfg.Log.Debug("turn: malformed message", "from", key.client.String(), "bytes", len(b), "err", err)
 		return
 	}
 	switch m.Type.Class {
@@ -126,7 +127,7 @@ func (r *request) reply(class stun.MessageClass, setters ...stun.Setter) {
 			all = append(all, stun.NewSoftware(r.s.cfg.Software))
 		}
 		all = append(all, stun.MessageIntegrity(r.integ))
-	} else if !r.s.answers.allow(sourceOf(r.from.Addr()), r.now.UnixNano()) {
+	} else if !r.s.answers.Allow(r.from.Addr()) {
 		r.s.m.limited.WithLabelValues("unauth_answers").Inc()
 		return
 	}
@@ -221,15 +222,15 @@ func (r *request) challenge(code stun.ErrorCode) {
 
 func (r *request) authFailure(reason, user string) {
 	r.s.m.authFailures.WithLabelValues(reason).Inc()
-	r.s.logOutside(slog.LevelInfo, "turn: authentication failed", "reason", reason, "from", r.from.String(), "user", clip(user))
-	r.s.fails.record(sourceOf(r.from.Addr()), user, r.now.UnixNano())
+	r.s.cfg.Log.Info("turn: authentication failed", "reason", reason, "from", r.from.String(), "user", user)
+	r.s.fails.record(persource.Key(r.from.Addr()), user, r.now.UnixNano())
 }
 
 // authenticate checks the long-term credential (RFC 8489 section 9.2.4).
 // On failure it has answered (or, when rate limited, decided not to).
 func (r *request) authenticate() bool {
 	s := r.s
-	src := sourceOf(r.from.Addr())
+	src := persource.Key(r.from.Addr())
 	if s.fails.sourceLimited(src, r.now.UnixNano()) {
 		s.m.authFailures.WithLabelValues("rate_limited_source").Inc()
 		return false
@@ -431,7 +432,7 @@ func (r *request) allocateParams() (tcp bool, d time.Duration, ok bool) {
 // or the server is closing.
 func (r *request) takeQuota() bool {
 	s := r.s
-	if !s.allocRate.allow(sourceOf(r.from.Addr()), r.now.UnixNano()) {
+	if !s.allocRate.Allow(r.from.Addr()) {
 		s.m.limited.WithLabelValues("allocate").Inc()
 		r.fail(stun.CodeAllocQuotaReached, nil)
 		return false
@@ -642,7 +643,7 @@ func (r *request) peers() ([]netip.AddrPort, bool) {
 func (r *request) checkPeer(a *allocation, p netip.AddrPort, endpoint bool) bool {
 	if !r.s.peerAllowed(p, endpoint, a.tcp != nil) {
 		r.s.m.refusedPeers.Inc()
-		r.s.logOutside(slog.LevelDebug, "turn: peer refused", "from", r.from.String(), "user", clip(r.user), "peer", p.String())
+		r.s.cfg.Log.Debug("turn: peer refused", "from", r.from.String(), "user", r.user, "peer", p.String())
 		r.fail(stun.CodeForbidden, nil)
 		return false
 	}

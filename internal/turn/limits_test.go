@@ -2,7 +2,6 @@ package turn
 
 import (
 	"bytes"
-	"log/slog"
 	"net"
 	"net/netip"
 	"runtime"
@@ -13,7 +12,12 @@ import (
 	"time"
 
 	"github.com/pion/stun/v3"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/traverse-rtc/traverse/internal/logging"
+	"github.com/traverse-rtc/traverse/internal/logging/logtest"
+	"github.com/traverse-rtc/traverse/internal/metricstest"
 )
 
 // newSTUNClientFrom is newSTUNClient with the client's socket on src (a
@@ -203,8 +207,8 @@ func TestAllocationFlood(t *testing.T) {
 	// 110 allocations of one user, 22 from each of five sources (within
 	// each source's burst of 100): 100 succeed, 10 get 486.
 	var ok, quota int
-	for i := 0; i < 110; i++ {
-		c := newSTUNClientFrom(t, "127.0.0."+strconv.Itoa(1+i%5), s.Addr(), testUser, testPass)
+	// allocate counts an allocation by its outcome: success or 486.
+	allocate := func(i int, c *stunClient) {
 		switch code := errCode(c.do(stun.MethodAllocate, requestedUDP())); code {
 		case 0:
 			ok++
@@ -213,6 +217,10 @@ func TestAllocationFlood(t *testing.T) {
 		default:
 			t.Fatalf("allocation %d: code %d", i, code)
 		}
+	}
+	for i := 0; i < 110; i++ {
+		c := newSTUNClientFrom(t, "127.0.0."+strconv.Itoa(1+i%5), s.Addr(), testUser, testPass)
+		allocate(i, c)
 		c.c.Close()
 	}
 	if ok != 100 || quota != 10 {
@@ -232,15 +240,7 @@ func TestAllocationFlood(t *testing.T) {
 	runtime.GC()
 	runtime.ReadMemStats(&heap0)
 	for i := 0; i < 80; i++ {
-		c := newSTUNClient(t, s2.Addr(), "u"+strconv.Itoa(i), "pw")
-		switch code := errCode(c.do(stun.MethodAllocate, requestedUDP())); code {
-		case 0:
-			ok++
-		case 486:
-			quota++
-		default:
-			t.Fatalf("allocation %d: code %d", i, code)
-		}
+		allocate(i, newSTUNClient(t, s2.Addr(), "u"+strconv.Itoa(i), "pw"))
 		if i == 40 {
 			newSTUNClientFrom(t, "127.0.0.2", s2.Addr(), testUser, testPass).allocate()
 		}
@@ -373,36 +373,28 @@ func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe for a logger's concurrent writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (w *syncBuffer) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.Write(p)
-}
-
-func (w *syncBuffer) lines() []string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return strings.Split(strings.TrimSpace(w.b.String()), "\n")
-}
-
 // TestOutsideLogs mounts issue 10's item 7 on TURN: an authenticated
 // client with a 450-byte REST user name asks for 200 refused peers, and
 // 200 malformed datagrams arrive. Every event is counted, but the log gets
-// a sample (10 lines per second, bursts of 20) with outside strings
-// clipped; before, each refused peer was a debug line with the whole name.
+// a sample (internal/logging: 10 lines of one message per second) with
+// outside strings cut to 256 bytes; before, each refused peer was a debug
+// line with the whole name.
 func TestOutsideLogs(t *testing.T) {
 	verifyNoLeaks(t)
-	var logs syncBuffer
+	var logs logtest.Buffer
 	const secret = "s3cret"
+	log, err := logging.New(&logs, logging.Config{Level: "debug"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lreg := prometheus.NewRegistry()
+	if err := logging.Register(log, lreg); err != nil {
+		t.Fatal(err)
+	}
+	suppressed := func() float64 { return metricstest.Value(t, lreg, "traverse_log_suppressed_total") }
 	s, _ := newTestServer(t, func(c *Config) {
 		c.AuthSecret = secret
-		c.Log = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+		c.Log = log
 	})
 	u, p := RESTCredentials(secret, strings.Repeat("m", 450), time.Hour, time.Now())
 	c := newSTUNClient(t, s.Addr(), u, p)
@@ -427,23 +419,23 @@ func TestOutsideLogs(t *testing.T) {
 	if got := testutil.ToFloat64(s.m.refusedPeers); got != n {
 		t.Errorf("refused peers = %v, want %d", got, n)
 	}
-	lines := logs.lines()
+	lines := logs.Lines()
 	outside := 0
 	for _, l := range lines {
-		if len(l) > 400 {
+		if len(l) > logging.DefaultMaxValue+200 {
 			t.Errorf("log line of %d bytes: %.120s...", len(l), l)
 		}
 		if strings.Contains(l, "peer refused") || strings.Contains(l, "malformed") {
 			outside++
 		}
 	}
-	limit := 20 + int(10*elapsed.Seconds()+1)
-	t.Logf("%d events in %v: %d log lines about them, %v suppressed", 2*n, elapsed, outside,
-		testutil.ToFloat64(s.m.limited.WithLabelValues("log")))
+	// Two messages, each at most DefaultBurst lines per started interval.
+	limit := 2 * logging.DefaultBurst * (int(elapsed/logging.DefaultInterval) + 1)
+	t.Logf("%d events in %v: %d log lines about them, %v suppressed", 2*n, elapsed, outside, suppressed())
 	if outside > limit {
 		t.Errorf("%d log lines about outside input, want at most %d", outside, limit)
 	}
-	if testutil.ToFloat64(s.m.limited.WithLabelValues("log")) == 0 {
+	if suppressed() == 0 {
 		t.Error("no suppressed log line counted")
 	}
 }

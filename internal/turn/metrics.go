@@ -61,7 +61,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		quotaHits: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "quota_hits_total",
 			Help: "Quota events: user and total (486), ports (508), shared (an allocation placed on a shared relay socket), shared_peer (403: a peer another sharer permits), permissions (508: more than 1024 on one allocation), stream_conns (TCP/TLS/DTLS connection refused: total cap), stream_conns_source (refused: the source's cap), offload_bandwidth (an allocation over its bandwidth in the kernel, handed back to user space for 10 s), tcp_conns (RFC 6062: over 128 peer connections on one allocation), reservation (508: RESERVATION-TOKEN unknown, used or expired)."}, []string{"quota"}),
 		limited: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "rate_limited_total",
-			Help: "Per-source rate limits hit: unauth_answers (an answer to an unauthenticated request not sent: over --unauth-answer-rate), allocate (486: over --allocation-rate), log (a log line about outside input not written: over 10 per second)."}, []string{"limit"}),
+			Help: "Per-source rate limits hit: unauth_answers (an answer to an unauthenticated request not sent: over --unauth-answer-rate), allocate (486: over --allocation-rate)."}, []string{"limit"}),
 		timeouts: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "stream_timeouts_total",
 			Help: "TCP, TLS and DTLS client connections closed by the server: auth (no authenticated request within --stream-auth-timeout), idle (no allocation and nothing received for --stream-idle-timeout)."}, []string{"reason"}),
 		drops: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "dropped_packets_total",
@@ -100,7 +100,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	for _, q := range []string{"user", "total", "ports", "shared", "shared_peer", "permissions", "stream_conns", "stream_conns_source", "offload_bandwidth", "tcp_conns", "reservation"} {
 		m.quotaHits.WithLabelValues(q)
 	}
-	for _, l := range []string{"unauth_answers", "allocate", "log"} {
+	for _, l := range []string{"unauth_answers", "allocate"} {
 		m.limited.WithLabelValues(l)
 	}
 	for _, r := range []string{"auth", "idle"} {

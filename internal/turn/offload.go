@@ -1,7 +1,6 @@
 package turn
 
 import (
-	"log/slog"
 	"net/netip"
 	"sync"
 	"time"
@@ -120,7 +119,7 @@ func (s *Server) offloadSync(a *allocation) {
 		}
 		if err := s.cfg.Offloader.Install(w.f, time.Unix(0, w.deadline)); err != nil {
 			s.m.offloadErrors.Inc()
-			s.logOutside(slog.LevelDebug, "turn: channel stays in user space", "client", w.f.Client.String(), "peer", w.f.Peer.String(), "err", err)
+			s.cfg.Log.Debug("turn: channel stays in user space", "client", w.f.Client.String(), "peer", w.f.Peer.String(), "err", err)
 			continue
 		}
 		if of == nil {

@@ -8,6 +8,8 @@ import (
 
 	"github.com/pion/stun/v3"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/traverse-rtc/traverse/internal/turn/turntest"
 )
 
 // fakeOffloader records what the server asks of the kernel path.
@@ -79,7 +81,7 @@ func TestOffloadLifecycle(t *testing.T) {
 	verifyNoLeaks(t)
 	off := newFakeOffloader()
 	s, _ := newTestServer(t, func(c *Config) { c.AllowLoopbackPeers = true; c.Offloader = off })
-	peer := netip.MustParseAddrPort(echoPeer(t).LocalAddr().String())
+	peer := netip.MustParseAddrPort(turntest.UDPEcho(t).LocalAddr().String())
 	c := newSTUNClient(t, s.Addr(), testUser, testPass)
 	relayed := c.allocate()
 	client := netip.MustParseAddrPort(c.c.LocalAddr().String())
@@ -163,7 +165,7 @@ func TestOffloadBandwidth(t *testing.T) {
 		c.Offloader = off
 		c.BandwidthPerAllocation = 1000
 	})
-	peer := netip.MustParseAddrPort(echoPeer(t).LocalAddr().String())
+	peer := netip.MustParseAddrPort(turntest.UDPEcho(t).LocalAddr().String())
 	c := newSTUNClient(t, s.Addr(), testUser, testPass)
 	relayed := c.allocate()
 	if code := errCode(c.do(stun.MethodChannelBind, channelAttr(0x4001), peerAttr(peer))); code != 0 {

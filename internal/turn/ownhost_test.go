@@ -13,6 +13,7 @@ import (
 	"github.com/pion/stun/v3"
 
 	"github.com/traverse-rtc/traverse/internal/netlab"
+	"github.com/traverse-rtc/traverse/internal/turn/turntest"
 )
 
 // TestOwnHostRefused mounts issue 10's item 4 in a lab: a TURN server on a
@@ -40,17 +41,7 @@ func TestOwnHostRefused(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { c.Close() })
-		go func() {
-			buf := make([]byte, 2048)
-			for {
-				n, _, err := c.ReadFromUDPAddrPort(buf)
-				if err != nil {
-					return
-				}
-				got.Add(int64(n))
-			}
-		}()
+		turntest.ServeUDP(t, c, func(p []byte, _ netip.AddrPort) { got.Add(int64(len(p))) })
 		return uint16(c.LocalAddr().(*net.UDPAddr).Port)
 	}
 	tcpService := func(bind string) uint16 {
@@ -58,17 +49,7 @@ func TestOwnHostRefused(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { ln.Close() })
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				got.Add(1)
-				c.Close()
-			}
-		}()
+		turntest.ServeTCP(t, ln, func(c net.Conn) { got.Add(1); c.Close() })
 		return uint16(ln.Addr().(*net.TCPAddr).Port)
 	}
 	udpOwn := netip.AddrPortFrom(srvIP, udpService(netip.AddrPortFrom(srvIP, 0)))
@@ -144,8 +125,8 @@ func TestOwnHostRefused(t *testing.T) {
 	// TCP allocations (RFC 6062): Connect to a service on the relay IP
 	// is 403; Connect to another TCP allocation's relayed address works.
 	c, d := tcpClient(), tcpClient()
-	tcpRelayAllocate(t, c)
-	rd := tcpRelayAllocate(t, d)
+	allocateTCPRelayOver(t, c)
+	_, rd := allocateTCPRelayOver(t, d)
 	if code := errCode(c.do(stun.MethodCreatePermission, peerAttr(tcpOwn))); code != 0 {
 		t.Fatalf("TCP: CreatePermission for the relay IP: %d", code)
 	}
@@ -183,22 +164,6 @@ func receiveData(t *testing.T, c *stunClient, want string) bool {
 			return true
 		}
 	}
-}
-
-// tcpRelayAllocate makes an RFC 6062 allocation on c and returns its
-// relayed address.
-func tcpRelayAllocate(t *testing.T, c *stunClient) netip.AddrPort {
-	t.Helper()
-	resp := c.do(stun.MethodAllocate, requestedTCP())
-	if code := errCode(resp); code != 0 {
-		t.Fatalf("TCP allocate: %d", code)
-	}
-	var x stun.XORMappedAddress
-	if err := x.GetFromAs(resp, stun.AttrXORRelayedAddress); err != nil {
-		t.Fatal(err)
-	}
-	ip, _ := netip.AddrFromSlice(x.IP)
-	return netip.AddrPortFrom(ip.Unmap(), uint16(x.Port))
 }
 
 func waitReady(t *testing.T, stdout interface{ Read([]byte) (int, error) }) {

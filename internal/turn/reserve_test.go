@@ -8,6 +8,8 @@ import (
 
 	"github.com/pion/stun/v3"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/traverse-rtc/traverse/internal/turn/turntest"
 )
 
 func evenPortR() stun.Setter { return rawAttr{stun.AttrEvenPort, []byte{0x80}} }
@@ -75,7 +77,7 @@ func TestPortReservation(t *testing.T) {
 	if got := testutil.ToFloat64(s.m.reservations); got != 0 {
 		t.Errorf("reserved ports gauge after use = %v", got)
 	}
-	peer := echoPeer(t).LocalAddr().(*net.UDPAddr).AddrPort()
+	peer := turntest.UDPEcho(t).LocalAddr().(*net.UDPAddr).AddrPort()
 	if code := errCode(c2.do(stun.MethodChannelBind, channelAttr(0x4000), peerAttr(peer))); code != 0 {
 		t.Fatalf("channel bind: %d", code)
 	}

@@ -15,6 +15,8 @@ import (
 	"github.com/pion/dtls/v3"
 
 	"github.com/traverse-rtc/traverse/internal/addrpolicy"
+	"github.com/traverse-rtc/traverse/internal/logging"
+	"github.com/traverse-rtc/traverse/internal/persource"
 	"github.com/traverse-rtc/traverse/internal/tlsutil"
 )
 
@@ -58,10 +60,9 @@ type Server struct {
 	users   map[string]string
 
 	fails     *authFailures
-	answers   *rateLimiter       // answers to unauthenticated requests, per source
-	allocRate *rateLimiter       // new allocations, per source
-	logLimit  *rateLimiter       // log lines about outside input (one bucket)
-	perSource map[netip.Addr]int // stream connections per source; guarded by mu
+	answers   *persource.Rate  // answers to unauthenticated requests, per source
+	allocRate *persource.Rate  // new allocations, per source
+	perSource persource.Counts // stream connections per source; guarded by mu
 
 	done      chan struct{}
 	wg        sync.WaitGroup
@@ -86,6 +87,9 @@ func New(cfg Config) (*Server, error) {
 	if len(users) == 0 && cfg.AuthSecret == "" {
 		return nil, fmt.Errorf("%w: no users and no auth secret: nobody could allocate", ErrConfig)
 	}
+	// What outside parties send is logged (failed authentications,
+	// refused peers, malformed messages): through a flood-proof logger.
+	cfg.Log = logging.Bounded(cfg.Log, cfg.Registerer)
 	s := &Server{
 		cfg:            cfg,
 		m:              newMetrics(cfg.Registerer),
@@ -101,18 +105,12 @@ func New(cfg Config) (*Server, error) {
 		connectTimeout: tcpConnectTimeout,
 		bindTimeout:    tcpBindTimeout,
 		fails:          newAuthFailures(cfg.AuthFailuresPerMinute, cfg.AuthFailuresPerSource),
-		perSource:      map[netip.Addr]int{},
 		off:            offState{allocs: map[*allocation]*offAlloc{}, last: time.Now()},
 		users:          users,
 		done:           make(chan struct{}),
 	}
-	s.logLimit = newRateLimiter(logRate, logBurst)
-	if cfg.UnauthAnswerRate > 0 {
-		s.answers = newRateLimiter(float64(cfg.UnauthAnswerRate), 5*cfg.UnauthAnswerRate)
-	}
-	if cfg.AllocationRate > 0 {
-		s.allocRate = newRateLimiter(float64(cfg.AllocationRate), 5*cfg.AllocationRate)
-	}
+	s.answers = persource.NewRate(float64(cfg.UnauthAnswerRate), 5*cfg.UnauthAnswerRate)
+	s.allocRate = persource.NewRate(float64(cfg.AllocationRate), 5*cfg.AllocationRate)
 	// With port 0 the UDP socket picks the port and TCP must get the same
 	// one, which another process may hold: try a few ports.
 	for try := 0; try < 20; try++ {
@@ -687,7 +685,5 @@ func (s *Server) sweep(now int64) {
 		s.m.channels.Sub(float64(dc))
 	}
 	s.fails.sweep(now)
-	s.answers.sweep(now)
-	s.allocRate.sweep(now)
 	s.sweepStreams(now)
 }

@@ -2,7 +2,7 @@ package turn
 
 import (
 	"github.com/traverse-rtc/traverse/internal/roletest"
-	"github.com/traverse-rtc/traverse/internal/turn/turntest"
+	"github.com/traverse-rtc/traverse/internal/testkit"
 	"net"
 	"net/netip"
 	"testing"
@@ -13,6 +13,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/goleak"
+
+	"github.com/traverse-rtc/traverse/internal/turn/turntest"
 )
 
 const (
@@ -47,27 +49,15 @@ func runServer(t testing.TB, cfg Config) *Server {
 	return s
 }
 
-// echoPeer is a UDP peer on 127.0.0.1 that sends every datagram back.
-func echoPeer(t testing.TB) *net.UDPConn {
-	t.Helper()
-	return echoPeerOn(t, "udp4", net.IPv4(127, 0, 0, 1))
-}
-
-// echoPeerOn is echoPeer on ip.
-func echoPeerOn(t testing.TB, network string, ip net.IP) *net.UDPConn {
-	t.Helper()
-	return turntest.EchoUDP(t, network, ip)
-}
-
 func pionClient(t testing.TB, server netip.AddrPort, user, pass string) *turn.Client {
 	t.Helper()
-	return turntest.Client(t, server.String(), turntest.Credentials{Realm: testRealm, User: user, Pass: pass}, nil)
+	return turntest.Client(t, server.String(), user, pass, testRealm, nil)
 }
 
 func TestPionClientRelay(t *testing.T) {
 	verifyNoLeaks(t)
 	s, reg := newTestServer(t, func(c *Config) { c.AllowLoopbackPeers = true })
-	peer := echoPeer(t)
+	peer := turntest.UDPEcho(t)
 	c := pionClient(t, s.Addr(), testUser, testPass)
 
 	mapped, err := c.SendBindingRequest()
@@ -140,7 +130,8 @@ func TestIPv6Relay(t *testing.T) {
 		c.Listen = netip.MustParseAddrPort("[::1]:0")
 		c.AllowLoopbackPeers = true
 	})
-	peer := echoPeerOn(t, "udp6", net.IPv6loopback)
+	peer := testkit.ListenUDP(t, netip.MustParseAddrPort("[::1]:0"))
+	testkit.Echo(t, peer, nil)
 	c := newSTUNClient6(t, s.Addr())
 	relayed := c.allocate()
 	if !relayed.Addr().Is6() {
@@ -187,7 +178,7 @@ func newSTUNClient6(t testing.TB, server netip.AddrPort) *stunClient {
 func TestShards(t *testing.T) {
 	verifyNoLeaks(t)
 	s, _ := newTestServer(t, func(c *Config) { c.AllowLoopbackPeers = true; c.Shards = 2 })
-	peer := echoPeer(t)
+	peer := turntest.UDPEcho(t)
 	buf := make([]byte, 1500)
 	for i := 0; i < 6; i++ {
 		c := pionClient(t, s.Addr(), testUser, testPass)

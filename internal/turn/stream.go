@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/traverse-rtc/traverse/internal/persource"
 )
 
 func cryptoRead(b []byte) (int, error) { return rand.Read(b) }
@@ -51,7 +53,7 @@ type streamConn struct {
 	// src is the remote's source key (per-source connection cap);
 	// opened, lastRead (unix nanoseconds) and authed drive the
 	// unauthenticated and idle deadlines (Server.sweepStreams).
-	src      netip.Addr
+	src      netip.Prefix
 	opened   int64
 	lastRead atomic.Int64
 	authed   atomic.Bool
@@ -120,7 +122,7 @@ func (s *Server) acceptLoop(ln net.Listener, proto uint8) {
 			continue
 		}
 		sc := &streamConn{datagram: proto == protoDTLS, s: s, c: c, proto: proto, remote: netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()),
-			done: make(chan struct{}), src: sourceOf(ap.Addr()), opened: time.Now().UnixNano()}
+			done: make(chan struct{}), src: persource.Key(ap.Addr()), opened: time.Now().UnixNano()}
 		sc.lastRead.Store(sc.opened)
 		if proto != protoTCP || !s.adoptStream(c, sc) {
 			sc.q = make(chan *[]byte, streamQueue)
@@ -145,14 +147,13 @@ func (s *Server) acceptLoop(ln net.Listener, proto uint8) {
 			s.m.quotaHits.WithLabelValues("stream_conns").Inc()
 			continue
 		}
-		if n := s.cfg.MaxStreamConnsPerSource; n > 0 && s.perSource[sc.src] >= n {
+		if !s.perSource.Take(sc.src, 1, s.cfg.MaxStreamConnsPerSource) {
 			s.mu.Unlock()
 			sc.closeSocket()
 			s.m.quotaHits.WithLabelValues("stream_conns_source").Inc()
 			continue
 		}
 		s.streams[sc] = struct{}{}
-		s.perSource[sc.src]++
 		s.mu.Unlock()
 		s.m.streamConns.Inc()
 		if sc.eng != nil {
@@ -210,9 +211,7 @@ func (s *Server) unregister(sc *streamConn) {
 	s.mu.Lock()
 	if _, ok := s.streams[sc]; ok {
 		delete(s.streams, sc)
-		if s.perSource[sc.src]--; s.perSource[sc.src] <= 0 {
-			delete(s.perSource, sc.src)
-		}
+		s.perSource.Give(sc.src, 1)
 	}
 	s.mu.Unlock()
 	s.m.streamConns.Dec()

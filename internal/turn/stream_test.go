@@ -9,6 +9,8 @@ import (
 
 	"github.com/pion/stun/v3"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/traverse-rtc/traverse/internal/turn/turntest"
 )
 
 // tcpAllocate allocates over a new TCP connection and binds channel 0x4000
@@ -30,7 +32,7 @@ func tcpAllocate(t *testing.T, s *Server, peer netip.AddrPort) *stunClient {
 func TestStreamFraming(t *testing.T) {
 	verifyNoLeaks(t)
 	s, _ := newTestServer(t, func(c *Config) { c.AllowLoopbackPeers = true })
-	peer := echoPeer(t).LocalAddr().(*net.UDPAddr).AddrPort()
+	peer := turntest.UDPEcho(t).LocalAddr().(*net.UDPAddr).AddrPort()
 	c := tcpAllocate(t, s, peer)
 
 	var reqs []*stun.Message

@@ -3,61 +3,17 @@ package turn
 import (
 	"bytes"
 	"encoding/binary"
-	"github.com/traverse-rtc/traverse/internal/turn/turntest"
 	"io"
 	"net"
 	"net/netip"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/pion/stun/v3"
-	"github.com/pion/turn/v4"
 	"github.com/prometheus/client_golang/prometheus/testutil"
-)
 
-// tcpEchoPeer is a TCP peer that echoes every connection; it also hands
-// out the connections it accepted.
-func tcpEchoPeer(t *testing.T) (netip.AddrPort, <-chan net.Conn) {
-	t.Helper()
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	accepted := make(chan net.Conn, 16)
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var conns []net.Conn
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-			select {
-			case accepted <- c:
-			default:
-			}
-			wg.Add(1)
-			go func() { defer wg.Done(); _, _ = io.Copy(c, c) }()
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	return ln.Addr().(*net.TCPAddr).AddrPort(), accepted
-}
+	"github.com/traverse-rtc/traverse/internal/turn/turntest"
+)
 
 func requestedTCP() stun.Setter { return rawAttr{stun.AttrRequestedTransport, []byte{6, 0, 0, 0}} }
 
@@ -163,7 +119,7 @@ func testTCPAllocationConnect(t *testing.T, useTLS bool) {
 		c.TLSListen = netip.MustParseAddrPort("127.0.0.1:0")
 		c.NoDTLS = true
 	})
-	peer, _ := tcpEchoPeer(t)
+	peer, _ := turntest.TCPEcho(t)
 	var ctl *stunClient
 	if useTLS {
 		ctl, _ = allocateTCPRelayOver(t, newTLSSTUNClient(t, s.TLSAddr(), testUser, testPass))
@@ -267,7 +223,7 @@ func TestTCPAllocationErrors(t *testing.T) {
 		c.Users = map[string]string{testUser: testPass, "mallory": "pw"}
 	})
 	s.bindTimeout = 300 * time.Millisecond
-	peer, _ := tcpEchoPeer(t)
+	peer, _ := turntest.TCPEcho(t)
 	ctl, relayed := allocateTCPRelay(t, s)
 
 	// TCP allocation over UDP: 400 (RFC 6062 section 5.1).
@@ -354,13 +310,8 @@ func TestTCPAllocationErrors(t *testing.T) {
 func TestTCPAllocationPion(t *testing.T) {
 	verifyNoLeaks(t)
 	s, _ := newTestServer(t, func(c *Config) { c.AllowLoopbackPeers = true })
-	peer, _ := tcpEchoPeer(t)
-	ctl, err := net.Dial("tcp", s.TCPAddr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := turntest.Client(t, s.TCPAddr().String(), turntest.Credentials{Realm: testRealm, User: testUser, Pass: testPass},
-		turn.NewSTUNConn(ctl))
+	peer, _ := turntest.TCPEcho(t)
+	c := turntest.TCPClient(t, s.TCPAddr().String(), testUser, testPass, testRealm)
 	alloc, err := c.AllocateTCP()
 	if err != nil {
 		t.Fatalf("allocate tcp: %v", err)
@@ -449,7 +400,7 @@ func TestTCPAllocationBandwidth(t *testing.T) {
 	verifyNoLeaks(t)
 	const rate = 20000
 	s, _ := newTestServer(t, func(c *Config) { c.AllowLoopbackPeers = true; c.BandwidthPerAllocation = rate })
-	peer, _ := tcpEchoPeer(t)
+	peer, _ := turntest.TCPEcho(t)
 	ctl, _ := allocateTCPRelay(t, s)
 	d := connectData(t, s, ctl, peer)
 	payload := bytes.Repeat([]byte{7}, 3*rate)

@@ -85,7 +85,7 @@ var (
 func (o *Offloader) egress(dst netip.Addr) (int, error) {
 	r, err := tcattach.Lookup(o.nl, dst)
 	if err != nil {
-		return 0, fmt.Errorf("%w: %v", ErrNoRoute, err)
+		return 0, fmt.Errorf("%w: %w", ErrNoRoute, err)
 	}
 	if r.Local {
 		return 0, fmt.Errorf("%w: %v is local", ErrNoRoute, dst)

@@ -1,5 +1,5 @@
 // Package bpfoffload moves latched media proxy flows below the socket
-// layer with an eBPF program (seed D: media never climbs the TCP/IP stack).
+// layer with an eBPF program (the kernel fast path: media never climbs the TCP/IP stack).
 // It is the second owner of mediaproxy.Offloader, next to nftoffload.
 //
 // # The program

@@ -3,11 +3,8 @@
 package bpfoffload
 
 import (
-	"encoding/binary"
 	"errors"
-	"net"
 	"net/netip"
-	"sync"
 	"testing"
 	"time"
 
@@ -15,8 +12,9 @@ import (
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netns"
 
-	"github.com/traverse-rtc/traverse/internal/addrpolicy"
 	"github.com/traverse-rtc/traverse/internal/mediaproxy"
+	"github.com/traverse-rtc/traverse/internal/mediaproxy/offloadtest"
+	"github.com/traverse-rtc/traverse/internal/testkit"
 )
 
 // TestOffloadTakesOverFlow sends RTP from a client namespace through the
@@ -35,174 +33,58 @@ import (
 func TestOffloadTakesOverFlow(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
-		txOffIn func(l *lab) (netns.NsHandle, []string)
+		txOffIn func(l *offloadtest.Lab) (netns.NsHandle, []string)
 	}{
-		{"partial checksums completed at the gateway", func(l *lab) (netns.NsHandle, []string) { return l.gw, []string{"out0", "in0"} }},
+		{"partial checksums completed at the gateway", func(l *offloadtest.Lab) (netns.NsHandle, []string) { return l.Gateway, []string{"out0", "in0"} }},
 		{"full checksums from the senders", nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			l := newLab(t)
+			l := offloadtest.New(t, false)
 			if tc.txOffIn != nil {
 				ns, names := tc.txOffIn(l)
 				for _, n := range names {
-					l.txChecksum(t, ns, n, false)
+					l.TxChecksum(t, ns, n, false)
 				}
 			} else {
-				l.txChecksum(t, l.client, "out1", false)
-				l.txChecksum(t, l.server, "in1", false)
+				l.TxChecksum(t, l.Client, "out1", false)
+				l.TxChecksum(t, l.Server, "in1", false)
 			}
 			testOffloadTakesOverFlow(t, l)
 		})
 	}
 }
 
-func testOffloadTakesOverFlow(t *testing.T, l *lab) {
-	var off *Offloader
-	var p *mediaproxy.Proxy
-	l.in(t, l.gw, func() {
-		var err error
-		off, err = New(Config{NetNS: int(l.gw), StatsMaxAge: time.Millisecond})
-		if err != nil {
-			t.Fatal(err)
-		}
-		p, err = mediaproxy.New(mediaproxy.Config{
-			RTP: netip.AddrPortFrom(outsideIP, 7000), RTCP: netip.AddrPortFrom(outsideIP, 7001),
-			InsideIP: insideIP, InsidePorts: mediaproxy.PortRange{Low: 30000, High: 30100},
-			Offloader: off, OffloadAfter: 20, Tick: 20 * time.Millisecond,
-			// The lab's outside network is private: the destination
-			// policy refuses it unless allowed.
-			Policy: addrpolicy.Filter{Allow: []netip.Prefix{netip.MustParsePrefix("10.1.0.0/24")}},
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-	})
-	t.Cleanup(func() { p.Close(); off.Close() })
+func testOffloadTakesOverFlow(t *testing.T, l *offloadtest.Lab) {
+	off := offloadtest.InGateway(t, l, func() (*Offloader, error) { return New(Config{NetNS: int(l.Gateway), StatsMaxAge: time.Millisecond}) })
 	skipWithoutTCX(t, off)
-
-	var client, server *net.UDPConn
-	l.in(t, l.client, func() {
-		var err error
-		if client, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(clientIP, 4000))); err != nil {
-			t.Fatal(err)
-		}
-	})
-	l.in(t, l.server, func() {
-		var err error
-		if server, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(serverIP, 5000))); err != nil {
-			t.Fatal(err)
-		}
-	})
-	defer client.Close()
-	var wg sync.WaitGroup
-	wg.Add(1)
-	var mu sync.Mutex
-	var sawFrom netip.AddrPort
-	go func() { // the server echoes
-		defer wg.Done()
-		buf := make([]byte, 2048)
-		for {
-			n, a, err := server.ReadFromUDPAddrPort(buf)
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			sawFrom = a
-			mu.Unlock()
-			_, _ = server.WriteToUDPAddrPort(buf[:n], a)
-		}
-	}()
-	defer func() { server.Close(); wg.Wait() }()
-
-	var r mediaproxy.Reply
-	l.in(t, l.gw, func() {
-		var err error
-		r, err = p.Apply(&mediaproxy.Descriptor{Op: mediaproxy.OpUpsert, Flags: mediaproxy.FlagCallerOutside | mediaproxy.FlagSSRC,
-			SSRC: 77, CallID: "k", Client: netip.AddrPortFrom(clientIP, 4000), Server: netip.AddrPortFrom(serverIP, 5000)})
-		if err != nil {
-			t.Fatal(err)
-		}
-	})
-	fixed := netip.AddrPortFrom(outsideIP, 7000)
-	flow := mediaproxy.Flow{Client: netip.AddrPortFrom(clientIP, 4000), Fixed: fixed,
-		Inside: netip.AddrPortFrom(insideIP, r.InsideRTP), Server: netip.AddrPortFrom(serverIP, 5000), ServerSrc: netip.AddrPortFrom(serverIP, 5000)}
-	pkt := make([]byte, 172)
-	pkt[0] = 0x80
-	binary.BigEndian.PutUint32(pkt[8:], 77)
-	buf := make([]byte, 2048)
-	roundTrip := func(seq int) {
-		t.Helper()
-		binary.BigEndian.PutUint16(pkt[2:], uint16(seq))
-		if _, err := client.WriteToUDPAddrPort(pkt, fixed); err != nil {
-			t.Fatal(err)
-		}
-		_ = client.SetReadDeadline(time.Now().Add(3 * time.Second))
-		for {
-			n, from, err := client.ReadFromUDPAddrPort(buf)
-			if err != nil {
-				t.Fatalf("packet %d: %v", seq, err)
-			}
-			if n == len(pkt) && from == fixed && binary.BigEndian.Uint16(buf[2:]) == uint16(seq) {
-				return
-			}
-		}
-	}
-	seq := 0
-	for ; seq < 40; seq++ {
-		roundTrip(seq)
-	}
-	deadline := time.Now().Add(5 * time.Second)
-	for p.Counters().Offloads.Load() == 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("not offloaded; errors %d", p.Counters().OffloadErrors.Load())
-		}
-		roundTrip(seq)
-		seq++
-	}
-	// Packets queued on the sockets before the map entries landed may
-	// still be forwarded by user space: wait until its counters settle.
-	for i := 0; i < 5; i++ {
-		roundTrip(seq)
-		seq++
-	}
-	userSpace := func() uint64 { return p.Counters().RTPIn.Load() + p.Counters().RTPOut.Load() }
-	last, same := userSpace(), 0
-	waitFor(t, func() bool {
-		if v := userSpace(); v != last {
-			last, same = v, 0
-			return false
-		}
-		same++
-		return same >= 10
-	})
-	before := userSpace()
+	c := offloadtest.StartCall(t, l, off)
+	p, flow := c.Proxy, c.Flow
+	c.WaitOffloaded(t)
+	before := c.UserSpace()
 	pk0, _, err := off.Stats(flow)
 	if err != nil {
 		t.Fatal(err)
 	}
 	const n = 200
-	for i := 0; i < n; i++ {
-		roundTrip(seq)
-		seq++
+	for range n {
+		c.RoundTrip(t)
 	}
-	if d := userSpace() - before; d != 0 {
+	if d := c.UserSpace() - before; d != 0 {
 		t.Errorf("user space still forwarded %d packets after offload", d)
 	}
-	mu.Lock()
-	got := sawFrom
-	mu.Unlock()
-	if want := flow.Inside; got != want {
+	if got, want := c.ServerSawFrom(), flow.Inside; got != want {
 		t.Errorf("server saw packets from %v, want the inside port %v", got, want)
 	}
 	var pk, by uint64
-	waitFor(t, func() bool { // counters are re-read after StatsMaxAge
+	testkit.WaitFor(t, 5*time.Second, "the program's counters", func() bool { // re-read after StatsMaxAge
 		pk, by, err = off.Stats(flow)
 		return err != nil || pk-pk0 >= 2*n
 	})
 	if err != nil || pk-pk0 != 2*n || by < pk*(20+8+172) {
 		t.Errorf("program counted %d packets (%d new), %d bytes (%v), want %d new of 200 bytes each", pk, pk-pk0, by, err, 2*n)
 	}
-	waitFor(t, func() bool { return p.Counters().KernelPackets.Load() >= 2*n })
+	testkit.WaitFor(t, 5*time.Second, "the proxy to read the kernel's count",
+		func() bool { return p.Counters().KernelPackets.Load() >= 2*n })
 	q, err := p.Apply(&mediaproxy.Descriptor{Op: mediaproxy.OpQuery, CallID: "k"})
 	if err != nil || !q.Offloaded || q.ToServer < n || q.ToClient < n {
 		t.Errorf("query after offload: %+v %v", q, err)
@@ -214,7 +96,7 @@ func testOffloadTakesOverFlow(t *testing.T, l *lab) {
 		t.Errorf("attached to interfaces %v, want out0 and in0", ifs)
 	}
 	attached := func() (total int) {
-		l.in(t, l.gw, func() {
+		l.In(t, l.Gateway, func() {
 			for _, i := range ifs {
 				res, err := link.QueryPrograms(link.QueryOptions{Target: i, Attach: ebpf.AttachTCXIngress})
 				if err != nil {
@@ -239,18 +121,14 @@ func testOffloadTakesOverFlow(t *testing.T, l *lab) {
 	if _, _, err := off.Stats(flow); !errors.Is(err, mediaproxy.ErrNoSession) {
 		t.Errorf("Stats of a removed flow: %v", err)
 	}
-	before = userSpace()
-	for i := 0; i < 10; i++ {
-		roundTrip(seq)
-		seq++
+	before = c.UserSpace()
+	for range 10 {
+		c.RoundTrip(t)
 	}
 	// The proxy counts a packet after its send returns, which can be after
 	// the echo reached the client: wait for the count to settle.
-	for deadline := time.Now().Add(5 * time.Second); userSpace()-before < 20; time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Errorf("user space forwarded %d packets after Remove, want 20", userSpace()-before)
-			break
-		}
+	if !testkit.Eventually(5*time.Second, func() bool { return c.UserSpace()-before >= 20 }) {
+		t.Errorf("user space forwarded %d packets after Remove, want 20", c.UserSpace()-before)
 	}
 
 	if err := p.DeleteCall("k"); err != nil {
@@ -276,25 +154,18 @@ func testOffloadTakesOverFlow(t *testing.T, l *lab) {
 // TestOffloadRefusesLocalAndIPv6: flows the program cannot carry stay in
 // user space with an error.
 func TestOffloadRefusesLocalAndIPv6(t *testing.T) {
-	l := newLab(t)
-	var off *Offloader
-	l.in(t, l.gw, func() {
-		var err error
-		if off, err = New(Config{NetNS: int(l.gw)}); err != nil {
-			t.Fatal(err)
-		}
-	})
-	t.Cleanup(func() { off.Close() })
+	l := offloadtest.New(t, false)
+	off := offloadtest.InGateway(t, l, func() (*Offloader, error) { return New(Config{NetNS: int(l.Gateway)}) })
 	ap := func(a netip.Addr, p uint16) netip.AddrPort { return netip.AddrPortFrom(a, p) }
-	good := mediaproxy.Flow{Client: ap(clientIP, 4000), Fixed: ap(outsideIP, 7000), Inside: ap(insideIP, 30000),
-		Server: ap(serverIP, 5000), ServerSrc: ap(serverIP, 5000)}
+	good := mediaproxy.Flow{Client: ap(offloadtest.ClientIP, 4000), Fixed: ap(offloadtest.OutsideIP, 7000), Inside: ap(offloadtest.InsideIP, 30000),
+		Server: ap(offloadtest.ServerIP, 5000), ServerSrc: ap(offloadtest.ServerIP, 5000)}
 	v6 := good
 	v6.Client = netip.MustParseAddrPort("[2001:db8::1]:4000")
 	if err := off.Offload(v6); !errors.Is(err, ErrNotIPv4) {
 		t.Errorf("IPv6 flow: %v", err)
 	}
 	local := good
-	local.Server = ap(insideIP, 5000) // the gateway itself
+	local.Server = ap(offloadtest.InsideIP, 5000) // the gateway itself
 	if err := off.Offload(local); !errors.Is(err, ErrNoRoute) {
 		t.Errorf("local server: %v", err)
 	}
@@ -320,8 +191,8 @@ func TestOffloadRefusesLocalAndIPv6(t *testing.T) {
 // kernels without TCX (before Linux 6.6).
 func skipWithoutTCX(t *testing.T, off *Offloader) {
 	t.Helper()
-	probe := mediaproxy.Flow{Client: netip.AddrPortFrom(clientIP, 1), Fixed: netip.AddrPortFrom(outsideIP, 1),
-		Inside: netip.AddrPortFrom(insideIP, 1), Server: netip.AddrPortFrom(serverIP, 1), ServerSrc: netip.AddrPortFrom(serverIP, 1)}
+	probe := mediaproxy.Flow{Client: netip.AddrPortFrom(offloadtest.ClientIP, 1), Fixed: netip.AddrPortFrom(offloadtest.OutsideIP, 1),
+		Inside: netip.AddrPortFrom(offloadtest.InsideIP, 1), Server: netip.AddrPortFrom(offloadtest.ServerIP, 1), ServerSrc: netip.AddrPortFrom(offloadtest.ServerIP, 1)}
 	err := off.Offload(probe)
 	if errors.Is(err, ebpf.ErrNotSupported) {
 		t.Skipf("kernel lacks TCX (Linux 6.6+): %v", err)
@@ -331,16 +202,5 @@ func skipWithoutTCX(t *testing.T, off *Offloader) {
 	}
 	if err := off.Remove(probe); err != nil {
 		t.Fatal(err)
-	}
-}
-
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met in 5s")
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }

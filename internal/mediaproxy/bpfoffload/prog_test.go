@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+
+	"github.com/traverse-rtc/traverse/internal/mediaproxy/offloadtest"
 )
 
 const (
@@ -34,93 +36,9 @@ func loadObjs(t *testing.T) *fastpathObjects {
 	return objs
 }
 
-// pkt describes a crafted Ethernet + IPv4 + UDP packet.
-type pkt struct {
-	src, dst  netip.AddrPort
-	proto     byte
-	ttl       byte
-	ihl       byte // 32-bit words; 5 without options
-	fragOff   uint16
-	noCsum    bool // UDP checksum 0
-	ethType   uint16
-	payload   []byte
-	truncate  int // bytes to cut from the end (0: none)
-	totLenAdd int // added to the IP total length field
-}
-
-func (p pkt) bytes() []byte {
-	if p.ttl == 0 {
-		p.ttl = 64
-	}
-	if p.proto == 0 {
-		p.proto = 17
-	}
-	if p.ihl == 0 {
-		p.ihl = 5
-	}
-	if p.ethType == 0 {
-		p.ethType = 0x0800
-	}
-	b := make([]byte, 14, 100+len(p.payload))
-	copy(b[0:6], []byte{2, 0, 0, 0, 0, 1})
-	copy(b[6:12], []byte{2, 0, 0, 0, 0, 2})
-	binary.BigEndian.PutUint16(b[12:], p.ethType)
-	hl := int(p.ihl) * 4
-	ip := make([]byte, hl)
-	ip[0] = 0x40 | p.ihl
-	tot := hl + 8 + len(p.payload)
-	binary.BigEndian.PutUint16(ip[2:], uint16(tot+p.totLenAdd))
-	binary.BigEndian.PutUint16(ip[4:], 0x1234)
-	binary.BigEndian.PutUint16(ip[6:], p.fragOff)
-	ip[8], ip[9] = p.ttl, p.proto
-	s, d := p.src.Addr().As4(), p.dst.Addr().As4()
-	copy(ip[12:], s[:])
-	copy(ip[16:], d[:])
-	binary.BigEndian.PutUint16(ip[10:], ^fold(sum(0, ip)))
-	udp := make([]byte, 8, 8+len(p.payload))
-	binary.BigEndian.PutUint16(udp[0:], p.src.Port())
-	binary.BigEndian.PutUint16(udp[2:], p.dst.Port())
-	binary.BigEndian.PutUint16(udp[4:], uint16(8+len(p.payload)))
-	udp = append(udp, p.payload...)
-	if !p.noCsum {
-		binary.BigEndian.PutUint16(udp[6:], udpChecksum(ip, udp))
-	}
-	b = append(append(b, ip...), udp...)
-	return b[:len(b)-p.truncate]
-}
-
-func sum(s uint32, b []byte) uint32 {
-	for i := 0; i+1 < len(b); i += 2 {
-		s += uint32(binary.BigEndian.Uint16(b[i:]))
-	}
-	if len(b)%2 == 1 {
-		s += uint32(b[len(b)-1]) << 8
-	}
-	return s
-}
-
-func fold(s uint32) uint16 {
-	for s > 0xffff {
-		s = s>>16 + s&0xffff
-	}
-	return uint16(s)
-}
-
-// udpChecksum computes the UDP checksum of udp (its checksum field
-// zeroed) under ip's pseudo-header (RFC 768).
-func udpChecksum(ip, udp []byte) uint16 {
-	c := make([]byte, len(udp))
-	copy(c, udp)
-	c[6], c[7] = 0, 0
-	s := sum(0, ip[12:20])
-	s += 17 + uint32(len(udp))
-	s = sum(s, c)
-	r := ^fold(s)
-	if r == 0 {
-		r = 0xffff
-	}
-	return r
-}
+// pkt is a crafted Ethernet + IPv4 + UDP frame (the offloaders' shared
+// test packet).
+type pkt = offloadtest.Packet
 
 // checkRewritten verifies out is in rewritten to src -> dst: addresses,
 // ports, TTL-1, both checksums recomputed from scratch, payload intact.
@@ -129,26 +47,10 @@ func checkRewritten(t *testing.T, in, out []byte, src, dst netip.AddrPort, zeroC
 	if len(out) != len(in) {
 		t.Fatalf("length %d, want %d", len(out), len(in))
 	}
+	offloadtest.CheckHeaders(t, out, src, dst, zeroCsum)
 	ip, udp := out[14:34], out[34:]
-	if got := netip.AddrPortFrom(netip.AddrFrom4([4]byte(ip[12:16])), binary.BigEndian.Uint16(udp[0:])); got != src {
-		t.Errorf("source %v, want %v", got, src)
-	}
-	if got := netip.AddrPortFrom(netip.AddrFrom4([4]byte(ip[16:20])), binary.BigEndian.Uint16(udp[2:])); got != dst {
-		t.Errorf("destination %v, want %v", got, dst)
-	}
 	if ip[8] != in[14+8]-1 {
 		t.Errorf("TTL %d, want %d", ip[8], in[14+8]-1)
-	}
-	if fold(sum(0, ip)) != 0xffff {
-		t.Errorf("IP header checksum %#04x does not verify", binary.BigEndian.Uint16(ip[10:]))
-	}
-	got := binary.BigEndian.Uint16(udp[6:])
-	if zeroCsum {
-		if got != 0 {
-			t.Errorf("UDP checksum %#04x, want 0 kept", got)
-		}
-	} else if want := udpChecksum(ip, udp); got != want {
-		t.Errorf("UDP checksum %#04x, want %#04x", got, want)
 	}
 	if !bytes.Equal(out[:12], in[:12]) {
 		t.Errorf("Ethernet addresses changed before the redirect")
@@ -215,22 +117,22 @@ func TestProgram(t *testing.T) {
 		p        pkt
 		src, dst netip.AddrPort
 	}{
-		{"client to fixed port goes inside to the server", pkt{src: tClient, dst: tFixed, payload: payload}, tInside, tServer},
-		{"server to inside port goes out of the fixed port to the client", pkt{src: tServer, dst: tInside, payload: payload}, tFixed, tClient},
-		{"zero UDP checksum stays zero", pkt{src: tClient, dst: tFixed, payload: payload, noCsum: true}, tInside, tServer},
-		{"odd payload length", pkt{src: tServer, dst: tInside, payload: payload[:33]}, tFixed, tClient},
-		{"empty payload", pkt{src: tClient, dst: tFixed}, tInside, tServer},
-		{"TTL 2 still forwarded", pkt{src: tClient, dst: tFixed, ttl: 2, payload: payload}, tInside, tServer},
-		{"DF set is not a fragment", pkt{src: tClient, dst: tFixed, fragOff: 0x4000, payload: payload}, tInside, tServer},
+		{"client to fixed port goes inside to the server", pkt{Src: tClient, Dst: tFixed, Payload: payload}, tInside, tServer},
+		{"server to inside port goes out of the fixed port to the client", pkt{Src: tServer, Dst: tInside, Payload: payload}, tFixed, tClient},
+		{"zero UDP checksum stays zero", pkt{Src: tClient, Dst: tFixed, Payload: payload, NoCsum: true}, tInside, tServer},
+		{"odd payload length", pkt{Src: tServer, Dst: tInside, Payload: payload[:33]}, tFixed, tClient},
+		{"empty payload", pkt{Src: tClient, Dst: tFixed}, tInside, tServer},
+		{"TTL 2 still forwarded", pkt{Src: tClient, Dst: tFixed, TTL: 2, Payload: payload}, tInside, tServer},
+		{"DF set is not a fragment", pkt{Src: tClient, Dst: tFixed, FragOff: 0x4000, Payload: payload}, tInside, tServer},
 	}
 	for _, tc := range rewrites {
 		t.Run(tc.name, func(t *testing.T) {
-			in := tc.p.bytes()
+			in := tc.p.Bytes()
 			ret, out := run(t, objs, in)
 			if ret != actRedirect {
 				t.Fatalf("returned %d, want TC_ACT_REDIRECT", int32(ret))
 			}
-			checkRewritten(t, in, out, tc.src, tc.dst, tc.p.noCsum)
+			checkRewritten(t, in, out, tc.src, tc.dst, tc.p.NoCsum)
 		})
 	}
 
@@ -238,29 +140,29 @@ func TestProgram(t *testing.T) {
 		name string
 		p    pkt
 	}{
-		{"map miss: other source port", pkt{src: netip.AddrPortFrom(tClient.Addr(), 4001), dst: tFixed, payload: payload}},
-		{"map miss: other destination", pkt{src: tClient, dst: netip.AddrPortFrom(tFixed.Addr(), 7002), payload: payload}},
-		{"map miss: reply direction of the rewrite", pkt{src: tInside, dst: tServer, payload: payload}},
-		{"TCP", pkt{src: tClient, dst: tFixed, proto: 6, payload: payload}},
-		{"ICMP", pkt{src: tClient, dst: tFixed, proto: 1, payload: payload}},
-		{"first fragment (MF)", pkt{src: tClient, dst: tFixed, fragOff: 0x2000, payload: payload}},
-		{"later fragment (offset)", pkt{src: tClient, dst: tFixed, fragOff: 0x0010, payload: payload}},
-		{"IP options", pkt{src: tClient, dst: tFixed, ihl: 6, payload: payload}},
-		{"TTL 1", pkt{src: tClient, dst: tFixed, ttl: 1, payload: payload}},
-		{"IPv6 ethertype", pkt{src: tClient, dst: tFixed, ethType: 0x86dd, payload: payload}},
-		{"ARP ethertype", pkt{src: tClient, dst: tFixed, ethType: 0x0806, payload: payload}},
-		{"truncated inside the UDP header", pkt{src: tClient, dst: tFixed, truncate: 4}},
-		{"truncated after the IP header", pkt{src: tClient, dst: tFixed, truncate: 8}},
-		{"truncated payload (IP length beyond the packet)", pkt{src: tClient, dst: tFixed, payload: payload, truncate: 10}},
-		{"IP length shorter than the headers", pkt{src: tClient, dst: tFixed, payload: payload, totLenAdd: -190}},
+		{"map miss: other source port", pkt{Src: netip.AddrPortFrom(tClient.Addr(), 4001), Dst: tFixed, Payload: payload}},
+		{"map miss: other destination", pkt{Src: tClient, Dst: netip.AddrPortFrom(tFixed.Addr(), 7002), Payload: payload}},
+		{"map miss: reply direction of the rewrite", pkt{Src: tInside, Dst: tServer, Payload: payload}},
+		{"TCP", pkt{Src: tClient, Dst: tFixed, Proto: 6, Payload: payload}},
+		{"ICMP", pkt{Src: tClient, Dst: tFixed, Proto: 1, Payload: payload}},
+		{"first fragment (MF)", pkt{Src: tClient, Dst: tFixed, FragOff: 0x2000, Payload: payload}},
+		{"later fragment (offset)", pkt{Src: tClient, Dst: tFixed, FragOff: 0x0010, Payload: payload}},
+		{"IP options", pkt{Src: tClient, Dst: tFixed, IHL: 6, Payload: payload}},
+		{"TTL 1", pkt{Src: tClient, Dst: tFixed, TTL: 1, Payload: payload}},
+		{"IPv6 ethertype", pkt{Src: tClient, Dst: tFixed, EthType: 0x86dd, Payload: payload}},
+		{"ARP ethertype", pkt{Src: tClient, Dst: tFixed, EthType: 0x0806, Payload: payload}},
+		{"truncated inside the UDP header", pkt{Src: tClient, Dst: tFixed, Truncate: 4}},
+		{"truncated after the IP header", pkt{Src: tClient, Dst: tFixed, Truncate: 8}},
+		{"truncated payload (IP length beyond the packet)", pkt{Src: tClient, Dst: tFixed, Payload: payload, Truncate: 10}},
+		{"IP length shorter than the headers", pkt{Src: tClient, Dst: tFixed, Payload: payload, TotLenAdd: -190}},
 		// (BPF_PROG_TEST_RUN itself refuses an IPv4 ethertype without a full
 		// IP header, so the shortest frame carries another type.)
-		{"Ethernet header only", pkt{src: tClient, dst: tFixed, ethType: 0x88b5, truncate: 28}},
+		{"Ethernet header only", pkt{Src: tClient, Dst: tFixed, EthType: 0x88b5, Truncate: 28}},
 	}
 	before, _ := counters(t, objs, tClient, tFixed)
 	for _, tc := range passes {
 		t.Run(tc.name, func(t *testing.T) {
-			in := tc.p.bytes()
+			in := tc.p.Bytes()
 			ret, out := run(t, objs, in)
 			if ret != actUnspec {
 				t.Fatalf("returned %d, want TC_ACT_UNSPEC (pass)", int32(ret))
@@ -283,11 +185,11 @@ func TestProgramCounters(t *testing.T) {
 	putFlow(t, objs, tServer, tInside, tFixed, tClient, 2)
 	var wantIn, wantOut uint64
 	for i := range 10 {
-		p := pkt{src: tClient, dst: tFixed, payload: make([]byte, 160+i)}
+		p := pkt{Src: tClient, Dst: tFixed, Payload: make([]byte, 160+i)}
 		if i%3 == 0 {
-			p.src, p.dst = tServer, tInside
+			p.Src, p.Dst = tServer, tInside
 		}
-		in := p.bytes()
+		in := p.Bytes()
 		if ret, _ := run(t, objs, in); ret != actRedirect {
 			t.Fatalf("packet %d returned %d", i, int32(ret))
 		}
@@ -298,7 +200,7 @@ func TestProgramCounters(t *testing.T) {
 		}
 	}
 	// A trailing pad beyond the IP length is not counted.
-	in := pkt{src: tClient, dst: tFixed, payload: make([]byte, 100), totLenAdd: -4}.bytes()
+	in := pkt{Src: tClient, Dst: tFixed, Payload: make([]byte, 100), TotLenAdd: -4}.Bytes()
 	if ret, _ := run(t, objs, in); ret != actRedirect {
 		t.Fatalf("padded packet returned %d", int32(ret))
 	}
@@ -317,25 +219,18 @@ func TestProgramCounters(t *testing.T) {
 func TestProgramChecksumsRandom(t *testing.T) {
 	objs := loadObjs(t)
 	r := rand.New(rand.NewPCG(1, 2))
-	ap := func() netip.AddrPort {
-		var a [4]byte
-		binary.BigEndian.PutUint32(a[:], r.Uint32()|1)
-		return netip.AddrPortFrom(netip.AddrFrom4(a), uint16(r.Uint32()|1))
-	}
+	ap := func() netip.AddrPort { return offloadtest.RandomAddrPort(r) }
 	for i := range 300 {
 		from, to, nsrc, ndst := ap(), ap(), ap(), ap()
 		putFlow(t, objs, from, to, nsrc, ndst, 1)
-		payload := make([]byte, r.IntN(300))
-		for j := range payload {
-			payload[j] = byte(r.Uint32())
-		}
-		p := pkt{src: from, dst: to, payload: payload, ttl: byte(2 + r.IntN(250)), noCsum: i%10 == 0}
-		in := p.bytes()
+		payload := offloadtest.RandomPayload(r, 300)
+		p := pkt{Src: from, Dst: to, Payload: payload, TTL: byte(2 + r.IntN(250)), NoCsum: i%10 == 0}
+		in := p.Bytes()
 		ret, out := run(t, objs, in)
 		if ret != actRedirect {
 			t.Fatalf("case %d returned %d", i, int32(ret))
 		}
-		checkRewritten(t, in, out, nsrc, ndst, p.noCsum)
+		checkRewritten(t, in, out, nsrc, ndst, p.NoCsum)
 		if err := objs.Flows.Delete(key(from, to)); err != nil {
 			t.Fatal(err)
 		}
@@ -371,7 +266,7 @@ func BenchmarkProgram(b *testing.B) {
 	if err := objs.Flows.Update(key(tInside, tServer), o.value(tClient, tFixed, 1), ebpf.UpdateAny); err != nil {
 		b.Fatal(err)
 	}
-	in := pkt{src: tClient, dst: tFixed, ttl: 255, payload: make([]byte, 160)}.bytes()
+	in := pkt{Src: tClient, Dst: tFixed, TTL: 255, Payload: make([]byte, 160)}.Bytes()
 	const batch = 200
 	b.ReportAllocs()
 	b.ResetTimer()
@@ -414,15 +309,15 @@ func FuzzProgram(f *testing.F) {
 	}
 	payload := make([]byte, 40)
 	for _, p := range []pkt{
-		{src: tClient, dst: tFixed, payload: payload},
-		{src: tClient, dst: tFixed, payload: payload, noCsum: true},
-		{src: tClient, dst: tFixed, ttl: 1},
-		{src: tClient, dst: tFixed, ihl: 6, payload: payload},
-		{src: tClient, dst: tFixed, fragOff: 0x2000, payload: payload},
-		{src: tServer, dst: tInside, payload: payload},
-		{src: tClient, dst: tFixed, payload: payload, truncate: 20},
+		{Src: tClient, Dst: tFixed, Payload: payload},
+		{Src: tClient, Dst: tFixed, Payload: payload, NoCsum: true},
+		{Src: tClient, Dst: tFixed, TTL: 1},
+		{Src: tClient, Dst: tFixed, IHL: 6, Payload: payload},
+		{Src: tClient, Dst: tFixed, FragOff: 0x2000, Payload: payload},
+		{Src: tServer, Dst: tInside, Payload: payload},
+		{Src: tClient, Dst: tFixed, Payload: payload, Truncate: 20},
 	} {
-		f.Add(p.bytes())
+		f.Add(p.Bytes())
 	}
 	f.Fuzz(func(t *testing.T, in []byte) {
 		out := make([]byte, len(in)+256)
@@ -456,7 +351,7 @@ func FuzzProgram(f *testing.F) {
 			if src != tInside || dst != tServer {
 				t.Errorf("rewritten to %v -> %v", src, dst)
 			}
-			if fold(sum(0, in[14:34])) == 0xffff && fold(sum(0, out[14:34])) != 0xffff {
+			if offloadtest.Fold(offloadtest.Sum(0, in[14:34])) == 0xffff && offloadtest.Fold(offloadtest.Sum(0, out[14:34])) != 0xffff {
 				t.Errorf("valid IP header checksum made invalid")
 			}
 		default:

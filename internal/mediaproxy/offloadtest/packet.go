@@ -2,7 +2,9 @@ package offloadtest
 
 import (
 	"encoding/binary"
+	"math/rand/v2"
 	"net/netip"
+	"testing"
 )
 
 // Packet describes an Ethernet + IPv4 + UDP frame for the tc programs'
@@ -99,4 +101,49 @@ func UDPChecksum(ip, udp []byte) uint16 {
 		r = 0xffff
 	}
 	return r
+}
+
+// RandomAddrPort draws an IPv4 address and port from r, neither of them
+// zero (the programs' maps treat zero as unset), for the random checksum
+// tests.
+func RandomAddrPort(r *rand.Rand) netip.AddrPort {
+	var a [4]byte
+	binary.BigEndian.PutUint32(a[:], r.Uint32()|1)
+	return netip.AddrPortFrom(netip.AddrFrom4(a), uint16(r.Uint32()|1))
+}
+
+// CheckHeaders checks the headers of a frame a tc program rewrote
+// (Ethernet + IPv4 without options + UDP): its source is src and its
+// destination dst, the IP header checksum verifies, and the UDP checksum
+// equals one recomputed from scratch (or stays 0 when zeroCsum: a sender
+// that sent none).
+func CheckHeaders(t testing.TB, frame []byte, src, dst netip.AddrPort, zeroCsum bool) {
+	t.Helper()
+	ip, udp := frame[14:34], frame[34:]
+	if got := netip.AddrPortFrom(netip.AddrFrom4([4]byte(ip[12:16])), binary.BigEndian.Uint16(udp[0:])); got != src {
+		t.Errorf("source %v, want %v", got, src)
+	}
+	if got := netip.AddrPortFrom(netip.AddrFrom4([4]byte(ip[16:20])), binary.BigEndian.Uint16(udp[2:])); got != dst {
+		t.Errorf("destination %v, want %v", got, dst)
+	}
+	if Fold(Sum(0, ip)) != 0xffff {
+		t.Errorf("IP header checksum %#04x does not verify", binary.BigEndian.Uint16(ip[10:]))
+	}
+	got := binary.BigEndian.Uint16(udp[6:])
+	if zeroCsum {
+		if got != 0 {
+			t.Errorf("UDP checksum %#04x, want 0 kept", got)
+		}
+	} else if want := UDPChecksum(ip, udp); got != want {
+		t.Errorf("UDP checksum %#04x, want %#04x", got, want)
+	}
+}
+
+// RandomPayload draws a payload of 0 to max-1 random bytes from r.
+func RandomPayload(r *rand.Rand, max int) []byte {
+	b := make([]byte, r.IntN(max))
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+	return b
 }

@@ -1,5 +1,5 @@
 // Package turnoffload relays channel-bound TURN flows (RFC 8656 section
-// 12, ChannelData) below the socket layer with a tc eBPF program: seed D's
+// 12, ChannelData) below the socket layer with a tc eBPF program: kernel
 // media distribution below the socket layer, as rtpengine's kernel module
 // and STUNner's TURN offload do. It implements turn.Offloader.
 //

@@ -7,7 +7,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"github.com/traverse-rtc/traverse/internal/turn/turntest"
 	"io"
 	"net"
 	"net/http"
@@ -25,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/traverse-rtc/traverse/internal/mediaproxy/offloadtest"
+	"github.com/traverse-rtc/traverse/internal/testkit"
 	tturn "github.com/traverse-rtc/traverse/internal/turn"
 )
 
@@ -307,13 +307,8 @@ func testLabRelay(t *testing.T, l *offloadtest.Lab, clsact, loopback bool) {
 
 	// The echo peer.
 	var peer *net.UDPConn
-	l.In(t, peerNS, func() {
-		var err error
-		if peer, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(peerAP)); err != nil {
-			t.Fatal(err)
-		}
-	})
-	turntest.Echo(t, peer)
+	l.In(t, peerNS, func() { peer = testkit.ListenUDP(t, peerAP) })
+	testkit.Echo(t, peer, nil)
 
 	// The pion/turn client.
 	var conn net.PacketConn
@@ -375,11 +370,8 @@ func testLabRelay(t *testing.T, l *offloadtest.Lab, clsact, loopback bool) {
 	}
 	waitFor := func(what string, cond func() bool) {
 		t.Helper()
-		for deadline := time.Now().Add(10 * time.Second); !cond(); {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: not in 10 s; stats %v", what, h.stats(t))
-			}
-			time.Sleep(20 * time.Millisecond)
+		if !testkit.Eventually(10*time.Second, cond) {
+			t.Fatalf("%s: not in 10 s; stats %v", what, h.stats(t))
 		}
 	}
 
@@ -403,17 +395,15 @@ func testLabRelay(t *testing.T, l *offloadtest.Lab, clsact, loopback bool) {
 	}
 	settle := func() map[string]float64 {
 		t.Helper()
-		last := h.stats(t)
-		for same := 0; same < 2; {
-			time.Sleep(1100 * time.Millisecond)
+		last, since := h.stats(t), time.Now()
+		testkit.WaitFor(t, 30*time.Second, "the relay counters to stay unchanged for 2.2 s", func() bool {
 			m := h.stats(t)
-			if userSpace(m) == userSpace(last) && kernel(m) == kernel(last) {
-				same++
-			} else {
-				same = 0
+			if userSpace(m) != userSpace(last) || kernel(m) != kernel(last) {
+				last, since = m, time.Now()
+				return false
 			}
-			last = m
-		}
+			return time.Since(since) >= 2200*time.Millisecond
+		})
 		return last
 	}
 	m0 := settle()
@@ -514,12 +504,10 @@ func TestLabUclient(t *testing.T) {
 			}
 			// Counters are read every second.
 			var m map[string]float64
-			for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+			testkit.Eventually(5*time.Second, func() bool {
 				m = h.stats(t)
-				if m["traverse_turn_offload_packets_total:to_peer"] >= clients*msgs || time.Now().After(deadline) {
-					break
-				}
-			}
+				return m["traverse_turn_offload_packets_total:to_peer"] >= clients*msgs
+			})
 			for _, d := range []string{"to_peer", "to_client"} {
 				if k, all := m["traverse_turn_offload_packets_total:"+d], m["traverse_turn_relayed_packets_total:"+d]; k != clients*msgs || all != k {
 					t.Errorf("%s: %v relayed, %v of them in the kernel; want %d, all in the kernel", d, all, k, clients*msgs)

@@ -2,6 +2,7 @@ package signal
 
 import (
 	"context"
+	"github.com/traverse-rtc/traverse/internal/testkit"
 	"strings"
 	"sync"
 	"testing"
@@ -69,7 +70,7 @@ func TestBusBackend(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = be.Close() })
 	_ = nodeBus.Conn().Flush()
-	waitFor(t, "the node announced", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "the node announced", func() bool {
 		_ = nodeBus.AnnounceNode(bus.NodeAnnounce{Node: "n1", Region: "eu", UDP: "203.0.113.7:7882", Load: bus.NodeLoad{Peers: 3}, Time: time.Now()})
 		return len(be.Nodes()) == 1
 	})
@@ -147,7 +148,7 @@ func TestBusBackend(t *testing.T) {
 	if m := c.recv(); m.Type != TypeBye {
 		t.Fatalf("bye %+v", m)
 	}
-	waitFor(t, "the leave and both announces", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "the leave and both announces", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return len(got) > 0 && got[len(got)-1].Type == bus.RequestLeave && len(announces) == 2

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/traverse-rtc/traverse/internal/roletest"
+	"github.com/traverse-rtc/traverse/internal/testkit"
 	"net"
 	"net/http"
 	"net/netip"
@@ -79,26 +80,6 @@ func openFDs(t *testing.T) int {
 	return len(es)
 }
 
-// waitFor polls cond until it holds, failing t after 5 s.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	if !waitUntil(5*time.Second, cond) {
-		t.Fatalf("%s: not within 5s", what)
-	}
-}
-
-// waitUntil polls cond every 20 ms until it holds or d passes.
-func waitUntil(d time.Duration, cond func() bool) bool {
-	deadline := time.Now().Add(d)
-	for time.Now().Before(deadline) {
-		if cond() {
-			return true
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return cond()
-}
-
 // TestIdleConnectionFlood mounts the attack of issue 10 item 5: thousands
 // of idle TCP connections (some after one keep-alive request) from one
 // address. The server holds at most the per-address cap of them, its
@@ -169,7 +150,7 @@ func TestIdleConnectionFlood(t *testing.T) {
 	}
 
 	// The timeouts close what was held; the joined client stays.
-	if !waitUntil(10*time.Second, func() bool { return metricstest.Value(t, reg, "traverse_listener_connections_open") == 1 }) {
+	if !testkit.Eventually(10*time.Second, func() bool { return metricstest.Value(t, reg, "traverse_listener_connections_open") == 1 }) {
 		t.Fatalf("still %v connections open after the header and idle timeouts", metricstest.Value(t, reg, "traverse_listener_connections_open"))
 	}
 	if n := metricstest.Value(t, reg, "traverse_listener_read_timeouts_total"); n < perAddr {
@@ -193,7 +174,7 @@ func TestTotalConnectionCap(t *testing.T) {
 		}
 		defer c.Close()
 	}
-	if !waitUntil(5*time.Second, func() bool {
+	if !testkit.Eventually(5*time.Second, func() bool {
 		return metricstest.Value(t, reg, "traverse_listener_connections_refused_total") == total
 	}) {
 		t.Fatalf("refused %v, want %d", metricstest.Value(t, reg, "traverse_listener_connections_refused_total"), total)
@@ -242,7 +223,7 @@ func TestJoinTimeout(t *testing.T) {
 	if n := metricstest.Value(t, reg, "traverse_signal_join_timeouts_total"); n != idle {
 		t.Fatalf("join timeouts %v, want %d", n, idle)
 	}
-	if !waitUntil(5*time.Second, func() bool { return metricstest.Value(t, reg, "traverse_signal_sessions_active") == 1 }) {
+	if !testkit.Eventually(5*time.Second, func() bool { return metricstest.Value(t, reg, "traverse_signal_sessions_active") == 1 }) {
 		t.Fatalf("%v sessions active, want the joined one", metricstest.Value(t, reg, "traverse_signal_sessions_active"))
 	}
 	joined.send(map[string]any{"type": "ping"})

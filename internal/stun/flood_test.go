@@ -3,6 +3,7 @@ package stun_test
 import (
 	"crypto/tls"
 	"errors"
+	"github.com/traverse-rtc/traverse/internal/testkit"
 	"io"
 	"net"
 	"net/netip"
@@ -18,18 +19,6 @@ import (
 	"github.com/traverse-rtc/traverse/internal/stun"
 	"github.com/traverse-rtc/traverse/internal/stun/stuntest"
 )
-
-// waitFor polls cond until it holds or 10 s pass.
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
 
 // streamBinding sends one Binding request on c and reads its answer.
 func streamBinding(t testing.TB, c net.Conn) error {
@@ -107,7 +96,7 @@ func TestIdleConnectionFlood(t *testing.T) {
 			fc.closed = time.Since(fc.dialed)
 		}()
 	}
-	waitFor(t, "the flood to be accepted or refused", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "the flood to be accepted or refused", func() bool {
 		return metricstest.Value(t, reg, "traverse_stun_tcp_refused_total", "reason", "per_address")+
 			metricstest.Value(t, reg, "traverse_stun_tcp_refused_total", "reason", "total")+
 			metricstest.Value(t, reg, "traverse_stun_tcp_connections") == 2*flood
@@ -152,14 +141,14 @@ func TestIdleConnectionFlood(t *testing.T) {
 	if held != perAddr {
 		t.Errorf("%d connections held until the deadline, want %d", held, perAddr)
 	}
-	waitFor(t, "first-message timeouts counted", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "first-message timeouts counted", func() bool {
 		return metricstest.Value(t, reg, "traverse_stun_tcp_timeouts_total", "reason", "first_message") == perAddr
 	})
 	// The served clients idle out after idle-timeout.
-	waitFor(t, "idle timeouts counted", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "idle timeouts counted", func() bool {
 		return metricstest.Value(t, reg, "traverse_stun_tcp_timeouts_total", "reason", "idle") == 2
 	})
-	waitFor(t, "every connection closed", func() bool { return metricstest.Value(t, reg, "traverse_stun_tcp_connections") == 0 })
+	testkit.WaitFor(t, 10*time.Second, "every connection closed", func() bool { return metricstest.Value(t, reg, "traverse_stun_tcp_connections") == 0 })
 }
 
 // A connection that keeps sending requests is not idle; one that sends
@@ -310,7 +299,7 @@ func TestRateLimitFlood(t *testing.T) {
 	if got < burst/2 {
 		t.Errorf("only %d answers: the burst was not answered", got)
 	}
-	waitFor(t, "rate-limited drops counted", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "rate-limited drops counted", func() bool {
 		return metricstest.Value(t, reg, "traverse_stun_dropped_total", "reason", "rate_limited") >= float64(flood-allowed)
 	})
 

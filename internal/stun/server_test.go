@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"encoding/binary"
 	"fmt"
+	"github.com/traverse-rtc/traverse/internal/testkit"
 	"io"
 	"net"
 	"net/netip"
@@ -181,7 +182,7 @@ func TestDropCounters(t *testing.T) {
 	// it have been counted (one socket, in order).
 	exchange(t, c, s.Addr(), request(t))
 	for _, reason := range []string{"short", "not_stun", "bad_fingerprint"} {
-		waitFor(t, fmt.Sprintf("dropped{reason=%q} = 1", reason), func() bool {
+		testkit.WaitFor(t, 10*time.Second, fmt.Sprintf("dropped{reason=%q} = 1", reason), func() bool {
 			return metricstest.Value(t, reg, "traverse_stun_dropped_total", "reason", reason) == 1
 		})
 	}
@@ -197,7 +198,7 @@ func TestShutdownReleasesSockets(t *testing.T) {
 	}
 	done := make(chan error, 1)
 	go func() { done <- s.Run(ctx) }()
-	waitFor(t, "ready", func() bool { return s.Ready() == nil })
+	testkit.WaitFor(t, 10*time.Second, "ready", func() bool { return s.Ready() == nil })
 	// An open TCP connection must not hold shutdown up.
 	tc, err := net.Dial("tcp", s.TCPAddr().String())
 	if err != nil {

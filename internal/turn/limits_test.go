@@ -2,6 +2,7 @@ package turn
 
 import (
 	"bytes"
+	"github.com/traverse-rtc/traverse/internal/testkit"
 	"net"
 	"net/netip"
 	"runtime"
@@ -288,7 +289,7 @@ func TestStreamFlood(t *testing.T) {
 	}
 	// The server's view settles: at most 40 of them held.
 	held := 0
-	waitFor(t, 5*time.Second, "flood accepted", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "flood accepted", func() bool {
 		s.mu.RLock()
 		held = len(s.streams)
 		s.mu.RUnlock()
@@ -361,18 +362,6 @@ func TestStreamFlood(t *testing.T) {
 	}
 }
 
-// waitFor polls cond until it holds or d passes.
-func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v", what, d)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // TestOutsideLogs mounts issue 10's item 7 on TURN: an authenticated
 // client with a 450-byte REST user name asks for 200 refused peers, and
 // 200 malformed datagrams arrive. Every event is counted, but the log gets
@@ -412,7 +401,7 @@ func TestOutsideLogs(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, 5*time.Second, "malformed datagrams counted", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "malformed datagrams counted", func() bool {
 		return testutil.ToFloat64(s.m.badUDP) >= n
 	})
 	elapsed := time.Since(start)

@@ -1,6 +1,7 @@
 package turn
 
 import (
+	"github.com/traverse-rtc/traverse/internal/testkit"
 	"net"
 	"net/netip"
 	"os"
@@ -236,7 +237,7 @@ func TestAllocationsExpire(t *testing.T) {
 		t.Fatalf("allocations = %d", got)
 	}
 	// The sweeper ticks every second; wait for it with a deadline.
-	waitFor(t, 5*time.Second, "allocations expired", func() bool { return s.Allocations() == 0 })
+	testkit.WaitFor(t, 5*time.Second, "allocations expired", func() bool { return s.Allocations() == 0 })
 	if got := testutil.ToFloat64(s.m.allocations); got != 0 {
 		t.Errorf("allocations gauge = %v", got)
 	}

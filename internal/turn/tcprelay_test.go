@@ -3,6 +3,7 @@ package turn
 import (
 	"bytes"
 	"encoding/binary"
+	"github.com/traverse-rtc/traverse/internal/testkit"
 	"io"
 	"net"
 	"net/netip"
@@ -294,7 +295,7 @@ func TestTCPAllocationErrors(t *testing.T) {
 	}
 	// Not bound in time (RFC 6062 section 5.2: 30 s, shortened here): the
 	// peer data connection is closed, and a late bind gets 400.
-	waitFor(t, 5*time.Second, "a bind timeout", func() bool { return testutil.ToFloat64(s.m.tcpTimeouts) >= 1 })
+	testkit.WaitFor(t, 5*time.Second, "a bind timeout", func() bool { return testutil.ToFloat64(s.m.tcpTimeouts) >= 1 })
 	if got := testutil.ToFloat64(s.m.tcpTimeouts); got != 1 {
 		t.Fatalf("bind timeouts = %v, want 1", got)
 	}

@@ -2,6 +2,7 @@ package turn
 
 import (
 	"errors"
+	"github.com/traverse-rtc/traverse/internal/testkit"
 	"os"
 	"path/filepath"
 	"strings"
@@ -82,13 +83,13 @@ func TestRunReloadsUsers(t *testing.T) {
 	}
 	write("bob:two\ncarol:c\n")
 	reload <- syscall.SIGHUP
-	waitFor(t, 5*time.Second, "users reloaded", func() bool { return pass("bob") == "two" && pass("carol") == "c" })
+	testkit.WaitFor(t, 5*time.Second, "users reloaded", func() bool { return pass("bob") == "two" && pass("carol") == "c" })
 	write("not a credential\n")
 	reload <- syscall.SIGHUP
 	// The failed reload is done once the channel is drained and one more
 	// value has been taken.
 	reload <- syscall.SIGHUP
-	waitFor(t, 5*time.Second, "reload channel drained", func() bool { return len(reload) == 0 })
+	testkit.WaitFor(t, 5*time.Second, "reload channel drained", func() bool { return len(reload) == 0 })
 	if pass("bob") != "two" || pass(testUser) != testPass {
 		t.Fatalf("a broken file changed the users: bob %q", pass("bob"))
 	}
@@ -101,7 +102,7 @@ func TestRunReloadsUsers(t *testing.T) {
 
 func TestRunOnce(t *testing.T) {
 	s, _ := newTestServer(t, nil)
-	waitFor(t, 5*time.Second, "Run started", func() bool { s.mu.RLock(); defer s.mu.RUnlock(); return s.running })
+	testkit.WaitFor(t, 5*time.Second, "Run started", func() bool { s.mu.RLock(); defer s.mu.RUnlock(); return s.running })
 	if err := s.Run(t.Context()); !errors.Is(err, ErrClosed) {
 		t.Fatalf("second Run: %v, want ErrClosed", err)
 	}

@@ -18,6 +18,8 @@ func init() {
 	register(command{name: "load", summary: "synthetic WebRTC load on the SFU: rooms x publishers x subscribers", run: runLoad})
 }
 
+// runLoad is "traverse load": half of it is its eighteen flags, the rest
+// wires them into loadgen.Config and a signaler.
 func runLoad(ctx context.Context, args []string) error {
 	fs := newFlagSet("load", "load --url URL --rooms N --publishers P --subscribers S --duration D [--json]")
 	var (

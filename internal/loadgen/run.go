@@ -377,6 +377,19 @@ func specs2(s []spec) []ClientConfig {
 	return out
 }
 
+// janusRooms numbers the rooms PREFIX0, PREFIX1, ...: Janus rooms are
+// numbers, and a base per prefix keeps runs apart.
+func janusRooms(prefix string) (base int, id func(name string) int) {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(prefix))
+	base = 10000 + int(h.Sum32()%10000)*1000
+	return base, func(name string) int {
+		var n int
+		_, _ = fmt.Sscanf(name[len(prefix):], "%d", &n)
+		return base + n
+	}
+}
+
 func runJanus(ctx context.Context, api *webrtc.API, cfg Config, specs []ClientConfig, sum Summary) (Summary, error) {
 	j, err := NewJanus(ctx, cfg.JanusURL)
 	if err != nil {
@@ -407,15 +420,7 @@ func runJanus(ctx context.Context, api *webrtc.API, cfg Config, specs []ClientCo
 		wg.Wait()
 	}()
 	start := time.Now()
-	// Janus rooms are numbers: a base per prefix keeps runs apart.
-	h := fnv.New32a()
-	_, _ = h.Write([]byte(cfg.RoomPrefix))
-	base := 10000 + int(h.Sum32()%10000)*1000
-	roomID := func(name string) int {
-		var n int
-		_, _ = fmt.Sscanf(name[len(cfg.RoomPrefix):], "%d", &n)
-		return base + n
-	}
+	base, roomID := janusRooms(cfg.RoomPrefix)
 	for r := range cfg.Rooms {
 		if err := j.CreateRoom(ctx, base+r, cfg.Publishers+1); err != nil {
 			return sum, fmt.Errorf("janus create room: %w", err)

@@ -99,7 +99,7 @@ func Launch(ctx context.Context, o Options) (*Browser, error) {
 		path = DefaultPath
 	}
 	if _, err := os.Stat(path); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrNoBrowser, err)
+		return nil, fmt.Errorf("%w: %w", ErrNoBrowser, err)
 	}
 	dir, err := os.MkdirTemp("", "browsertest-")
 	if err != nil {

@@ -14,12 +14,12 @@ import (
 func RaiseFDLimit() (int, error) {
 	var r syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &r); err != nil {
-		return 0, fmt.Errorf("%w: %v", ErrNoFDLimit, err)
+		return 0, fmt.Errorf("%w: %w", ErrNoFDLimit, err)
 	}
 	if r.Cur < r.Max {
 		r.Cur = r.Max
 		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &r); err != nil {
-			return 0, fmt.Errorf("%w: %v", ErrNoFDLimit, err)
+			return 0, fmt.Errorf("%w: %w", ErrNoFDLimit, err)
 		}
 	}
 	const maxInt = int(^uint(0) >> 1)

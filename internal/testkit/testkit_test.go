@@ -1,6 +1,8 @@
 package testkit
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"runtime"
@@ -92,5 +94,52 @@ func TestEcho(t *testing.T) {
 	}
 	if senders.Load() != 1 {
 		t.Errorf("seen called %d times, want 1", senders.Load())
+	}
+}
+
+// cleanupTB records Cleanup functions and Errorf messages.
+type cleanupTB struct {
+	fakeTB
+	cleanups []func()
+	errs     []string
+}
+
+func (c *cleanupTB) Cleanup(f func()) { c.cleanups = append(c.cleanups, f) }
+func (c *cleanupTB) Errorf(format string, args ...any) {
+	c.errs = append(c.errs, fmt.Sprintf(format, args...))
+}
+
+func TestRun(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		result  error
+		wantErr string
+	}{
+		{"clean stop", nil, ""},
+		{"error on stop", errors.New("stop failed"), "Run: stop failed"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fake := &cleanupTB{}
+			running := make(chan struct{})
+			var returned atomic.Bool
+			Run(fake, func(ctx context.Context) error {
+				close(running)
+				<-ctx.Done()
+				returned.Store(true)
+				return tc.result
+			})
+			<-running
+			if len(fake.cleanups) != 1 {
+				t.Fatalf("%d cleanups registered, want 1", len(fake.cleanups))
+			}
+			if returned.Load() {
+				t.Fatal("run's context ended before the test did")
+			}
+			fake.cleanups[0]()
+			got := strings.Join(fake.errs, "; ")
+			if got != tc.wantErr {
+				t.Errorf("errors %q, want %q", got, tc.wantErr)
+			}
+		})
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/traverse-rtc/traverse/internal/addrpolicy"
+	"github.com/traverse-rtc/traverse/internal/testkit"
 )
 
 // udpAt binds a UDP socket on ip (any loopback address).
@@ -118,7 +119,7 @@ func TestNothingBeforeLatch(t *testing.T) {
 		c.Policy = addrpolicy.Filter{Allow: []netip.Prefix{netip.MustParsePrefix("127.0.0.3/32")}}
 	})
 	victim, client, server := udpAt(t, "127.0.0.3"), udpAt(t, "127.0.0.3"), udp(t)
-	echo(t, server)
+	testkit.Echo(t, server, nil)
 	r, err := p.Apply(&Descriptor{Op: OpUpsert, Flags: FlagCallerOutside, CallID: "x", Client: addrOf(victim), Server: addrOf(server)})
 	if err != nil {
 		t.Fatal(err)
@@ -148,7 +149,7 @@ func TestNothingBeforeLatch(t *testing.T) {
 func TestOwnSocketLoop(t *testing.T) {
 	p := newTestProxy(t, func(c *Config) { c.SendBeforeLatch = true })
 	server := udp(t)
-	echo(t, server)
+	testkit.Echo(t, server, nil)
 	r, err := p.Apply(&Descriptor{Op: OpUpsert, Flags: FlagCallerOutside, CallID: "loop", Client: p.RTPAddr(), Server: addrOf(server)})
 	if err != nil {
 		t.Fatal(err)

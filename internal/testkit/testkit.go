@@ -87,6 +87,22 @@ func Echo(t testing.TB, c *net.UDPConn, seen func(from netip.AddrPort)) {
 	t.Cleanup(func() { c.Close(); wg.Wait() })
 }
 
+// SilenceWindow is how long Silent listens.
+const SilenceWindow = 100 * time.Millisecond
+
+// Silent fails the test if a datagram arrives at c within SilenceWindow.
+// Callers use it once the packets that could have reached c are
+// accounted for (by a counter), so the window only has to cover the last
+// hop.
+func Silent(t testing.TB, c *net.UDPConn, what string) {
+	t.Helper()
+	_ = c.SetReadDeadline(time.Now().Add(SilenceWindow))
+	buf := make([]byte, 2048)
+	if n, from, err := c.ReadFromUDPAddrPort(buf); err == nil {
+		t.Fatalf("%s received %d bytes from %v", what, n, from)
+	}
+}
+
 // StopTimeout is how long Run waits, when the test ends, for the role to
 // return after its context is cancelled.
 const StopTimeout = 10 * time.Second

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"runtime"
 	"strings"
@@ -141,5 +142,20 @@ func TestRun(t *testing.T) {
 				t.Errorf("errors %q, want %q", got, tc.wantErr)
 			}
 		})
+	}
+}
+
+func TestSilent(t *testing.T) {
+	c := ListenUDP(t, netip.MustParseAddrPort("127.0.0.1:0"))
+	if f := runFake(func(tb testing.TB) { Silent(tb, c, "quiet socket") }); f.failed != "" {
+		t.Errorf("Silent on a quiet socket failed: %s", f.failed)
+	}
+	cl := ListenUDP(t, netip.MustParseAddrPort("127.0.0.1:0"))
+	if _, err := cl.WriteToUDPAddrPort([]byte("x"), c.LocalAddr().(*net.UDPAddr).AddrPort()); err != nil {
+		t.Fatal(err)
+	}
+	f := runFake(func(tb testing.TB) { Silent(tb, c, "the socket") })
+	if !strings.Contains(f.failed, "the socket received 1 bytes") {
+		t.Errorf("Silent with a datagram waiting: %q, want a failure naming it", f.failed)
 	}
 }

@@ -13,23 +13,7 @@ import (
 // udpAt binds a UDP socket on ip (any loopback address).
 func udpAt(t *testing.T, ip string) *net.UDPConn {
 	t.Helper()
-	c, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(netip.MustParseAddr(ip), 0)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c
-}
-
-// silent checks that nothing arrived at c (called once the packets that
-// could have reached it are accounted for by the proxy's counters).
-func silent(t *testing.T, c *net.UDPConn, what string) {
-	t.Helper()
-	_ = c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
-	buf := make([]byte, 2048)
-	if n, from, err := c.ReadFromUDPAddrPort(buf); err == nil {
-		t.Fatalf("%s received %d bytes from %v", what, n, from)
-	}
+	return testkit.ListenUDP(t, netip.AddrPortFrom(netip.MustParseAddr(ip), 0))
 }
 
 // serverSends sends n RTP (or RTCP) packets from the server's socket to the
@@ -100,7 +84,7 @@ func TestPolicyRefusesSignaledAddresses(t *testing.T) {
 			t.Fatalf("%s: server media sent outside: %d packets, %d write errors", tc.name, c.RTPOut.Load(), c.DropWriteError.Load())
 		}
 	}
-	silent(t, victim, "victim on 127.0.0.2")
+	testkit.Silent(t, victim, "victim on 127.0.0.2")
 	// The inside side cannot aim the proxy at itself either.
 	if _, err := p.Apply(&Descriptor{Op: OpUpsert, Flags: FlagCallerOutside, CallID: "loop-inside", Server: p.RTPAddr()}); err != nil {
 		t.Fatal(err)
@@ -129,7 +113,7 @@ func TestNothingBeforeLatch(t *testing.T) {
 	serverSends(t, pbx, netip.AddrPortFrom(lo, r.InsideRTP), 5, false)
 	serverSends(t, pbx, netip.AddrPortFrom(lo, r.InsideRTCP), 5, true)
 	waitFor(t, func() bool { return c.DropNotLatched.Load() == 10 })
-	silent(t, victim, "named address before the latch")
+	testkit.Silent(t, victim, "named address before the latch")
 	// The party's own media latches the stream; the echo comes back to it.
 	if _, err := client.WriteToUDPAddrPort(rtpPacket(77, 1, "me"), p.RTPAddr()); err != nil {
 		t.Fatal(err)
@@ -139,7 +123,7 @@ func TestNothingBeforeLatch(t *testing.T) {
 	if n, from, err := client.ReadFromUDPAddrPort(buf); err != nil || string(buf[12:n]) != "me" || from != p.RTPAddr() {
 		t.Fatalf("latched client: %q from %v: %v", buf[:n], from, err)
 	}
-	silent(t, victim, "named address after the latch")
+	testkit.Silent(t, victim, "named address after the latch")
 }
 
 // TestOwnSocketLoop mounts the loop of issue 10: the client's media address

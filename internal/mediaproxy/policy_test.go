@@ -79,7 +79,7 @@ func TestPolicyRefusesSignaledAddresses(t *testing.T) {
 		}
 		drops := c.DropNoPeer.Load()
 		serverSends(t, server, netip.AddrPortFrom(lo, r.InsideRTP), 5, false)
-		waitFor(t, func() bool { return c.DropNoPeer.Load() == drops+5 })
+		testkit.WaitFor(t, 5*time.Second, "the server's 5 packets dropped with no peer", func() bool { return c.DropNoPeer.Load() == drops+5 })
 		if c.RTPOut.Load() != 0 || c.DropWriteError.Load() != 0 {
 			t.Fatalf("%s: server media sent outside: %d packets, %d write errors", tc.name, c.RTPOut.Load(), c.DropWriteError.Load())
 		}
@@ -112,7 +112,7 @@ func TestNothingBeforeLatch(t *testing.T) {
 	pbx := udp(t) // a second server socket: the server's IP is what is checked
 	serverSends(t, pbx, netip.AddrPortFrom(lo, r.InsideRTP), 5, false)
 	serverSends(t, pbx, netip.AddrPortFrom(lo, r.InsideRTCP), 5, true)
-	waitFor(t, func() bool { return c.DropNotLatched.Load() == 10 })
+	testkit.WaitFor(t, 5*time.Second, "10 packets dropped before the latch", func() bool { return c.DropNotLatched.Load() == 10 })
 	testkit.Silent(t, victim, "named address before the latch")
 	// The party's own media latches the stream; the echo comes back to it.
 	if _, err := client.WriteToUDPAddrPort(rtpPacket(77, 1, "me"), p.RTPAddr()); err != nil {
@@ -140,7 +140,7 @@ func TestOwnSocketLoop(t *testing.T) {
 	}
 	c := p.Counters()
 	serverSends(t, server, netip.AddrPortFrom(lo, r.InsideRTP), 5, false)
-	waitFor(t, func() bool { return c.DropNoPeer.Load()+c.RTPOut.Load() >= 5 })
+	testkit.WaitFor(t, 5*time.Second, "the server's 5 packets accounted for", func() bool { return c.DropNoPeer.Load()+c.RTPOut.Load() >= 5 })
 	// Watch for a while: a loop would run away within milliseconds.
 	deadline := time.Now().Add(500 * time.Millisecond)
 	for time.Now().Before(deadline) {

@@ -145,10 +145,10 @@ func TestForwardingCollisionsAndLatch(t *testing.T) {
 	if stranger != nil {
 		defer stranger.Close()
 		_, _ = stranger.WriteToUDPAddrPort(rtpPacket(0x2222, 1, "x"), p.RTPAddr())
-		waitFor(t, func() bool { return p.Counters().DropUnknownSSRC.Load() == 1 })
+		testkit.WaitFor(t, 5*time.Second, "the stranger's packet dropped", func() bool { return p.Counters().DropUnknownSSRC.Load() == 1 })
 	}
 	var r Reply
-	waitFor(t, func() bool {
+	testkit.WaitFor(t, 5*time.Second, "call b's packets counted", func() bool {
 		var err error
 		r, err = p.Apply(&Descriptor{Op: OpQuery, CallID: "b"})
 		return err == nil && r.ToClient == n+1
@@ -190,7 +190,7 @@ func TestRTCPForwarding(t *testing.T) {
 	if err != nil || n != len(rr) || from != p.RTCPAddr() {
 		t.Fatalf("rtcp echo: %d from %v: %v", n, from, err)
 	}
-	waitFor(t, func() bool { return p.Counters().RTCPIn.Load() == 1 && p.Counters().RTCPOut.Load() == 1 })
+	testkit.WaitFor(t, 5*time.Second, "one RTCP packet in and out", func() bool { return p.Counters().RTCPIn.Load() == 1 && p.Counters().RTCPOut.Load() == 1 })
 }
 
 func TestMediaTimeout(t *testing.T) {
@@ -340,17 +340,6 @@ func BenchmarkFromOutside(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		p.fromOutside(&m, &p.rtpLeg, 1)
-	}
-}
-
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met in 5s")
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }
 

@@ -4,7 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"net"
+	"net/netip"
 	"strconv"
 	"testing"
 	"time"
@@ -14,6 +14,7 @@ import (
 	"github.com/traverse-rtc/traverse/client/nat"
 	"github.com/traverse-rtc/traverse/internal/stun"
 	"github.com/traverse-rtc/traverse/internal/stun/stuntest"
+	"github.com/traverse-rtc/traverse/internal/testkit"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -53,38 +54,38 @@ func TestDiscoverNoRFC5780(t *testing.T) {
 	}
 }
 
-func TestDiscoverUnreachable(t *testing.T) {
-	// A bound socket that never answers.
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pc.Close()
-	start := time.Now()
-	_, err = nat.Discover(context.Background(), nat.Config{Server: pc.LocalAddr().String(), RTO: 20 * time.Millisecond, Attempts: 3})
-	if !errors.Is(err, nat.ErrUnreachable) {
-		t.Fatalf("got %v, want ErrUnreachable", err)
-	}
-	if d := time.Since(start); d > 2*time.Second {
-		t.Errorf("took %s; retransmissions are not bounded", d)
-	}
-}
-
-func TestDiscoverContext(t *testing.T) {
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pc.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
-	defer cancel()
-	start := time.Now()
-	_, err = nat.Discover(ctx, nat.Config{Server: pc.LocalAddr().String(), RTO: time.Second, Attempts: 5})
-	if !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("got %v, want deadline exceeded", err)
-	}
-	if d := time.Since(start); d > time.Second {
-		t.Errorf("cancel took %s", d)
+// TestDiscoverSilentServer: against a bound socket that never answers,
+// Discover gives up after its bounded retransmissions (ErrUnreachable), or
+// as soon as its context ends.
+func TestDiscoverSilentServer(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		timeout  time.Duration // the context's; 0: none
+		rto      time.Duration
+		attempts int
+		want     error
+		within   time.Duration
+	}{
+		{"unreachable", 0, 20 * time.Millisecond, 3, nat.ErrUnreachable, 2 * time.Second},
+		{"context ends", 100 * time.Millisecond, time.Second, 5, context.DeadlineExceeded, time.Second},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			silent := testkit.ListenUDP(t, netip.MustParseAddrPort("127.0.0.1:0"))
+			ctx := context.Background()
+			if tc.timeout > 0 {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, tc.timeout)
+				defer cancel()
+			}
+			start := time.Now()
+			_, err := nat.Discover(ctx, nat.Config{Server: silent.LocalAddr().String(), RTO: tc.rto, Attempts: tc.attempts})
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("got %v, want %v", err, tc.want)
+			}
+			if d := time.Since(start); d > tc.within {
+				t.Errorf("took %s, want at most %s: retransmissions are not bounded", d, tc.within)
+			}
+		})
 	}
 }
 

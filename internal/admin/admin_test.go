@@ -1,7 +1,6 @@
 package admin
 
 import (
-	"context"
 	"errors"
 	"io"
 	"net"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/traverse-rtc/traverse/internal/logging"
 	"github.com/traverse-rtc/traverse/internal/metricstest"
+	"github.com/traverse-rtc/traverse/internal/testkit"
 )
 
 func get(t *testing.T, url string) (int, string) {
@@ -35,13 +35,7 @@ func TestEndpoints(t *testing.T) {
 	c.Add(3)
 	ready := errors.New("warming up")
 	s.AddCheck("role", func() error { return ready })
-	if err := s.Listen("127.0.0.1:0"); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	base := "http://" + s.Addr().String()
+	base := "http://" + start(t, s)
 
 	if code, body := get(t, base+"/healthz"); code != 200 || body != "ok\n" {
 		t.Errorf("/healthz = %d %q", code, body)
@@ -55,15 +49,6 @@ func TestEndpoints(t *testing.T) {
 	}
 	if _, body := get(t, base+"/metrics"); !strings.Contains(body, "traverse_test_total 3") {
 		t.Errorf("/metrics lacks the counter:\n%s", body)
-	}
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("admin did not shut down")
 	}
 }
 
@@ -88,15 +73,7 @@ func start(t *testing.T, s *Server) string {
 	if err := s.Listen("127.0.0.1:0"); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
+	testkit.Run(t, s.Run)
 	return s.Addr().String()
 }
 

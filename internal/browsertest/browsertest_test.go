@@ -3,8 +3,6 @@ package browsertest
 import (
 	"context"
 	"errors"
-	"net/http"
-	"net/http/httptest"
 	"testing"
 	"time"
 )
@@ -39,12 +37,7 @@ func TestLoopbackPeerConnection(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "text/html")
-		_, _ = w.Write([]byte(loopbackPage))
-	}))
-	defer hs.Close()
-	p, err := b.NewPage(ctx, hs.URL)
+	p, err := b.NewPage(ctx, ServePage(t, loopbackPage))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,28 +7,13 @@ import (
 	"time"
 
 	"github.com/traverse-rtc/traverse/internal/addrpolicy"
+	"github.com/traverse-rtc/traverse/internal/testkit"
 )
 
 // udpAt binds a UDP socket on ip (any loopback address).
 func udpAt(t *testing.T, ip string) *net.UDPConn {
 	t.Helper()
-	c, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(netip.MustParseAddr(ip), 0)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c
-}
-
-// silent checks that nothing arrived at c (called once the packets that
-// could have reached it are accounted for by the proxy's counters).
-func silent(t *testing.T, c *net.UDPConn, what string) {
-	t.Helper()
-	_ = c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
-	buf := make([]byte, 2048)
-	if n, from, err := c.ReadFromUDPAddrPort(buf); err == nil {
-		t.Fatalf("%s received %d bytes from %v", what, n, from)
-	}
+	return testkit.ListenUDP(t, netip.AddrPortFrom(netip.MustParseAddr(ip), 0))
 }
 
 // serverSends sends n RTP (or RTCP) packets from the server's socket to the
@@ -94,12 +79,12 @@ func TestPolicyRefusesSignaledAddresses(t *testing.T) {
 		}
 		drops := c.DropNoPeer.Load()
 		serverSends(t, server, netip.AddrPortFrom(lo, r.InsideRTP), 5, false)
-		waitFor(t, func() bool { return c.DropNoPeer.Load() == drops+5 })
+		testkit.WaitFor(t, 5*time.Second, "the server's 5 packets dropped with no peer", func() bool { return c.DropNoPeer.Load() == drops+5 })
 		if c.RTPOut.Load() != 0 || c.DropWriteError.Load() != 0 {
 			t.Fatalf("%s: server media sent outside: %d packets, %d write errors", tc.name, c.RTPOut.Load(), c.DropWriteError.Load())
 		}
 	}
-	silent(t, victim, "victim on 127.0.0.2")
+	testkit.Silent(t, victim, "victim on 127.0.0.2")
 	// The inside side cannot aim the proxy at itself either.
 	if _, err := p.Apply(&Descriptor{Op: OpUpsert, Flags: FlagCallerOutside, CallID: "loop-inside", Server: p.RTPAddr()}); err != nil {
 		t.Fatal(err)
@@ -118,7 +103,7 @@ func TestNothingBeforeLatch(t *testing.T) {
 		c.Policy = addrpolicy.Filter{Allow: []netip.Prefix{netip.MustParsePrefix("127.0.0.3/32")}}
 	})
 	victim, client, server := udpAt(t, "127.0.0.3"), udpAt(t, "127.0.0.3"), udp(t)
-	echo(t, server)
+	testkit.Echo(t, server, nil)
 	r, err := p.Apply(&Descriptor{Op: OpUpsert, Flags: FlagCallerOutside, CallID: "x", Client: addrOf(victim), Server: addrOf(server)})
 	if err != nil {
 		t.Fatal(err)
@@ -127,8 +112,8 @@ func TestNothingBeforeLatch(t *testing.T) {
 	pbx := udp(t) // a second server socket: the server's IP is what is checked
 	serverSends(t, pbx, netip.AddrPortFrom(lo, r.InsideRTP), 5, false)
 	serverSends(t, pbx, netip.AddrPortFrom(lo, r.InsideRTCP), 5, true)
-	waitFor(t, func() bool { return c.DropNotLatched.Load() == 10 })
-	silent(t, victim, "named address before the latch")
+	testkit.WaitFor(t, 5*time.Second, "10 packets dropped before the latch", func() bool { return c.DropNotLatched.Load() == 10 })
+	testkit.Silent(t, victim, "named address before the latch")
 	// The party's own media latches the stream; the echo comes back to it.
 	if _, err := client.WriteToUDPAddrPort(rtpPacket(77, 1, "me"), p.RTPAddr()); err != nil {
 		t.Fatal(err)
@@ -138,7 +123,7 @@ func TestNothingBeforeLatch(t *testing.T) {
 	if n, from, err := client.ReadFromUDPAddrPort(buf); err != nil || string(buf[12:n]) != "me" || from != p.RTPAddr() {
 		t.Fatalf("latched client: %q from %v: %v", buf[:n], from, err)
 	}
-	silent(t, victim, "named address after the latch")
+	testkit.Silent(t, victim, "named address after the latch")
 }
 
 // TestOwnSocketLoop mounts the loop of issue 10: the client's media address
@@ -148,14 +133,14 @@ func TestNothingBeforeLatch(t *testing.T) {
 func TestOwnSocketLoop(t *testing.T) {
 	p := newTestProxy(t, func(c *Config) { c.SendBeforeLatch = true })
 	server := udp(t)
-	echo(t, server)
+	testkit.Echo(t, server, nil)
 	r, err := p.Apply(&Descriptor{Op: OpUpsert, Flags: FlagCallerOutside, CallID: "loop", Client: p.RTPAddr(), Server: addrOf(server)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	c := p.Counters()
 	serverSends(t, server, netip.AddrPortFrom(lo, r.InsideRTP), 5, false)
-	waitFor(t, func() bool { return c.DropNoPeer.Load()+c.RTPOut.Load() >= 5 })
+	testkit.WaitFor(t, 5*time.Second, "the server's 5 packets accounted for", func() bool { return c.DropNoPeer.Load()+c.RTPOut.Load() >= 5 })
 	// Watch for a while: a loop would run away within milliseconds.
 	deadline := time.Now().Add(500 * time.Millisecond)
 	for time.Now().Before(deadline) {

@@ -6,13 +6,13 @@ import (
 	"errors"
 	"net"
 	"net/netip"
-	"sync"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
 
 	"github.com/traverse-rtc/traverse/internal/addrpolicy"
+	"github.com/traverse-rtc/traverse/internal/testkit"
 	"github.com/traverse-rtc/traverse/internal/udpio"
 )
 
@@ -51,35 +51,13 @@ func freeRange(t *testing.T, n int) PortRange {
 	return PortRange{p + 2, p + 2 + uint16(n)}
 }
 
+// udp opens a loopback socket for the duration of the test.
 func udp(t *testing.T) *net.UDPConn {
 	t.Helper()
-	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c
+	return testkit.ListenUDP(t, netip.MustParseAddrPort("127.0.0.1:0"))
 }
 
 func addrOf(c *net.UDPConn) netip.AddrPort { return c.LocalAddr().(*net.UDPAddr).AddrPort() }
-
-// echo answers every packet to its sender until the socket closes.
-func echo(t *testing.T, c *net.UDPConn) {
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		buf := make([]byte, 2048)
-		for {
-			n, a, err := c.ReadFromUDPAddrPort(buf)
-			if err != nil {
-				return
-			}
-			_, _ = c.WriteToUDPAddrPort(buf[:n], a)
-		}
-	}()
-	t.Cleanup(func() { c.Close(); wg.Wait() })
-}
 
 func rtpPacket(ssrc uint32, seq uint16, tag string) []byte {
 	b := []byte{0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
@@ -98,7 +76,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 func TestForwardingCollisionsAndLatch(t *testing.T) {
 	p := newTestProxy(t, nil)
 	server := udp(t)
-	echo(t, server)
+	testkit.Echo(t, server, nil)
 	type client struct {
 		c    *net.UDPConn
 		ssrc uint32
@@ -167,10 +145,10 @@ func TestForwardingCollisionsAndLatch(t *testing.T) {
 	if stranger != nil {
 		defer stranger.Close()
 		_, _ = stranger.WriteToUDPAddrPort(rtpPacket(0x2222, 1, "x"), p.RTPAddr())
-		waitFor(t, func() bool { return p.Counters().DropUnknownSSRC.Load() == 1 })
+		testkit.WaitFor(t, 5*time.Second, "the stranger's packet dropped", func() bool { return p.Counters().DropUnknownSSRC.Load() == 1 })
 	}
 	var r Reply
-	waitFor(t, func() bool {
+	testkit.WaitFor(t, 5*time.Second, "call b's packets counted", func() bool {
 		var err error
 		r, err = p.Apply(&Descriptor{Op: OpQuery, CallID: "b"})
 		return err == nil && r.ToClient == n+1
@@ -191,8 +169,8 @@ func TestForwardingCollisionsAndLatch(t *testing.T) {
 func TestRTCPForwarding(t *testing.T) {
 	p := newTestProxy(t, nil)
 	server, serverRTCP := udp(t), udp(t)
-	echo(t, server)
-	echo(t, serverRTCP)
+	testkit.Echo(t, server, nil)
+	testkit.Echo(t, serverRTCP, nil)
 	c, cr := udp(t), udp(t)
 	d := Descriptor{Op: OpUpsert, Flags: FlagCalleeOutside | FlagSSRC, SSRC: 9, CallID: "r",
 		Client: addrOf(c), ClientRTCP: addrOf(cr), Server: addrOf(server), ServerRTCP: addrOf(serverRTCP)}
@@ -212,7 +190,7 @@ func TestRTCPForwarding(t *testing.T) {
 	if err != nil || n != len(rr) || from != p.RTCPAddr() {
 		t.Fatalf("rtcp echo: %d from %v: %v", n, from, err)
 	}
-	waitFor(t, func() bool { return p.Counters().RTCPIn.Load() == 1 && p.Counters().RTCPOut.Load() == 1 })
+	testkit.WaitFor(t, 5*time.Second, "one RTCP packet in and out", func() bool { return p.Counters().RTCPIn.Load() == 1 && p.Counters().RTCPOut.Load() == 1 })
 }
 
 func TestMediaTimeout(t *testing.T) {
@@ -362,17 +340,6 @@ func BenchmarkFromOutside(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		p.fromOutside(&m, &p.rtpLeg, 1)
-	}
-}
-
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met in 5s")
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	"github.com/pion/sdp/v3"
 	"go.uber.org/goleak"
 
+	"github.com/traverse-rtc/traverse/internal/rtpfeedback/rtpfeedbacktest"
 	"github.com/traverse-rtc/traverse/internal/testkit"
 )
 
@@ -338,27 +339,13 @@ func decodeTWCC(t *testing.T, p *rtcp.TransportLayerCC) map[uint16]int64 {
 	seq := p.BaseSequenceNumber
 	ref := int64(p.ReferenceTime) * 64000
 	d := 0
-	for _, c := range p.PacketChunks {
-		var symbols []uint16
-		switch c := c.(type) {
-		case *rtcp.RunLengthChunk:
-			for range c.RunLength {
-				symbols = append(symbols, c.PacketStatusSymbol)
-			}
-		case *rtcp.StatusVectorChunk:
-			symbols = c.SymbolList
+	for _, s := range rtpfeedbacktest.Statuses(p) {
+		if s == rtcp.TypeTCCPacketReceivedSmallDelta || s == rtcp.TypeTCCPacketReceivedLargeDelta {
+			ref += p.RecvDeltas[d].Delta
+			d++
+			out[seq] = ref
 		}
-		for _, s := range symbols {
-			if seq-p.BaseSequenceNumber >= p.PacketStatusCount {
-				break
-			}
-			if s == rtcp.TypeTCCPacketReceivedSmallDelta || s == rtcp.TypeTCCPacketReceivedLargeDelta {
-				ref += p.RecvDeltas[d].Delta
-				d++
-				out[seq] = ref
-			}
-			seq++
-		}
+		seq++
 	}
 	return out
 }

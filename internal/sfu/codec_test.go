@@ -1,7 +1,6 @@
 package sfu
 
 import (
-	"context"
 	"testing"
 	"time"
 
@@ -9,6 +8,7 @@ import (
 	"github.com/pion/webrtc/v4"
 
 	"github.com/traverse-rtc/traverse/internal/loadgen"
+	"github.com/traverse-rtc/traverse/internal/testkit"
 )
 
 // h264OnlyAPI is a pion API whose video codecs are H264 only: a
@@ -43,22 +43,15 @@ func h264OnlyAPI(t *testing.T) *webrtc.API {
 // later tracks must still reach it.
 func TestUnsupportedSubscribedTrackDoesNotFailAnswer(t *testing.T) {
 	h := newHarness(t, Config{})
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	sub, err := loadgen.Dial(ctx, h264OnlyAPI(t), loadgen.NewBusSignaler(h.bc, "node1"),
-		loadgen.ClientConfig{Room: "codec", Identity: "sub", Subscribe: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sub.Close() })
+	sub := h.dialWith(h264OnlyAPI(t), loadgen.ClientConfig{Room: "codec", Identity: "sub", Subscribe: true})
 	<-sub.Connected()
 	// A VP8 + Opus publisher: the subscriber can only take its audio.
 	h.dial(loadgen.ClientConfig{Room: "codec", Identity: "pub1", Publish: true, VideoBitrate: 300_000})
-	waitFor(t, 15*time.Second, "pub1's audio at the H264-only subscriber", func() bool { return received(sub, 0, 1, 20) })
+	testkit.WaitFor(t, 15*time.Second, "pub1's audio at the H264-only subscriber", func() bool { return received(sub, 0, 1, 20) })
 	// An audio-only publisher joining afterwards still reaches it: the
 	// failed video does not wedge the subscriber's negotiation.
 	h.dial(loadgen.ClientConfig{Room: "codec", Identity: "pub2", Publish: true, VideoBitrate: -1})
-	waitFor(t, 15*time.Second, "pub2's audio too", func() bool { return received(sub, 0, 2, 20) })
+	testkit.WaitFor(t, 15*time.Second, "pub2's audio too", func() bool { return received(sub, 0, 2, 20) })
 	if n := testutilCounter(h.s.m.badSDP); n != 0 {
 		t.Fatalf("node refused %v offers/answers as bad", n)
 	}

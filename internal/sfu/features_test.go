@@ -10,6 +10,7 @@ import (
 
 	"github.com/traverse-rtc/traverse/internal/bus"
 	"github.com/traverse-rtc/traverse/internal/loadgen"
+	"github.com/traverse-rtc/traverse/internal/testkit"
 )
 
 // TestDataChannelRelay: a message on one participant's data channel
@@ -22,7 +23,7 @@ func TestDataChannelRelay(t *testing.T) {
 	for _, x := range []*loadgen.Client{a, b, c} {
 		<-x.Connected()
 	}
-	waitFor(t, 10*time.Second, "the message at b and c", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "the message at b and c", func() bool {
 		_ = a.SendData("hello from a") // until the node's side of every channel is open
 		return slices.Contains(b.Data(), "hello from a") && slices.Contains(c.Data(), "hello from a")
 	})
@@ -68,7 +69,7 @@ func TestKeyframeRequestsThrottled(t *testing.T) {
 	pub := h.dial(loadgen.ClientConfig{Room: "k", Identity: "pub", Publish: true, VideoBitrate: 200_000})
 	sub := h.dial(loadgen.ClientConfig{Room: "k", Identity: "sub", Subscribe: true})
 	<-pub.Connected()
-	waitFor(t, 10*time.Second, "video at the subscriber", func() bool { return received(sub, 1, 1, 10) })
+	testkit.WaitFor(t, 10*time.Second, "video at the subscriber", func() bool { return received(sub, 1, 1, 10) })
 	var ssrc uint32
 	for _, tr := range sub.PC().GetTransceivers() {
 		if r := tr.Receiver(); r != nil && r.Track() != nil && r.Track().Kind() == webrtc.RTPCodecTypeVideo {
@@ -85,7 +86,7 @@ func TestKeyframeRequestsThrottled(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	waitFor(t, 5*time.Second, "the PLIs counted", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "the PLIs counted", func() bool {
 		return testutilCounter(h.s.m.pliForwarded)+testutilCounter(h.s.m.pliThrottled)-fwd0-thr0 >= 10
 	})
 	// The ten PLIs take about 200 ms; on a loaded machine they (and their
@@ -113,15 +114,7 @@ func nackSetup(t *testing.T, cfg Config) (*harness, *loadgen.Client, *loadgen.Re
 	h.api = dupAPI
 	sub := h.dial(loadgen.ClientConfig{Room: "n", Identity: "sub", Subscribe: true})
 	<-pub.Connected()
-	var video *loadgen.RecvStats
-	waitFor(t, 10*time.Second, "video at the subscriber", func() bool {
-		for _, tr := range sub.Tracks() {
-			if tr.Kind == "video" && tr.Packets() > 30 {
-				video = tr
-			}
-		}
-		return video != nil
-	})
+	video := waitVideo(t, sub, 30, anyLayer)
 	var ssrc uint32
 	for _, tr := range sub.PC().GetTransceivers() {
 		if r := tr.Receiver(); r != nil && r.Track() != nil && r.Track().Kind() == webrtc.RTPCodecTypeVideo {
@@ -143,7 +136,7 @@ func nackRecent(t *testing.T, h *harness, sub *loadgen.Client, video *loadgen.Re
 	if err := sub.PC().WriteRTCP([]rtcp.Packet{nack}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, "3 retransmissions at the subscriber", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "3 retransmissions at the subscriber", func() bool {
 		return video.Late()-late0 >= 3 && testutilCounter(h.s.m.nacksAnswered)-ans0 >= 3
 	})
 }
@@ -162,7 +155,7 @@ func TestNACKAnsweredFromTrackCache(t *testing.T) {
 	}
 	// The subscriber had these packets (its SRTP replay protection is off
 	// so that the copies arrive).
-	waitFor(t, 5*time.Second, "5 retransmissions at the subscriber", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "5 retransmissions at the subscriber", func() bool {
 		return video.Late()-late0 >= 5 && testutilCounter(h.s.m.nacksAnswered)-ans0 >= 5
 	})
 	missed0 := testutilCounter(h.s.m.nacksMissed)
@@ -171,7 +164,7 @@ func TestNACKAnsweredFromTrackCache(t *testing.T) {
 	if err := sub.PC().WriteRTCP([]rtcp.Packet{old}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, "the unanswerable NACK counted", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "the unanswerable NACK counted", func() bool {
 		return testutilCounter(h.s.m.nacksMissed)-missed0 >= 1
 	})
 }

@@ -1,7 +1,6 @@
 package sfu
 
 import (
-	"context"
 	"fmt"
 	"strings"
 	"sync"
@@ -16,6 +15,8 @@ import (
 	"github.com/pion/webrtc/v4"
 
 	"github.com/traverse-rtc/traverse/internal/loadgen"
+	"github.com/traverse-rtc/traverse/internal/rtpfeedback/rtpfeedbacktest"
+	"github.com/traverse-rtc/traverse/internal/testkit"
 )
 
 // feedbackProbe is a publisher-side pion interceptor: it drops one
@@ -118,27 +119,11 @@ func (p *feedbackProbe) BindRTCPReader(r interceptor.RTCPReader) interceptor.RTC
 				p.plis++
 			case *rtcp.TransportLayerCC:
 				p.twccPkt++
-				status := 0
-				for _, c := range pkt.PacketChunks {
-					var symbols []uint16
-					switch c := c.(type) {
-					case *rtcp.RunLengthChunk:
-						for range c.RunLength {
-							symbols = append(symbols, c.PacketStatusSymbol)
-						}
-					case *rtcp.StatusVectorChunk:
-						symbols = c.SymbolList
-					}
-					for _, s := range symbols {
-						if status >= int(pkt.PacketStatusCount) {
-							break
-						}
-						status++
-						if s == rtcp.TypeTCCPacketNotReceived {
-							p.twccNo++
-						} else {
-							p.twccRx++
-						}
+				for _, s := range rtpfeedbacktest.Statuses(pkt) {
+					if s == rtcp.TypeTCCPacketNotReceived {
+						p.twccNo++
+					} else {
+						p.twccRx++
 					}
 				}
 			}
@@ -179,15 +164,7 @@ func probeAPI(t *testing.T, p *feedbackProbe) *webrtc.API {
 func (h *harness) dialProbe(room string) (*feedbackProbe, *loadgen.Client) {
 	h.t.Helper()
 	p := &feedbackProbe{dropSeq: 40, rr: map[uint32]rtcp.ReceptionReport{}}
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	c, err := loadgen.Dial(ctx, probeAPI(h.t, p), loadgen.NewBusSignaler(h.bc, "node1"),
-		loadgen.ClientConfig{Room: room, Identity: "pub", Publish: true, VideoBitrate: 300_000})
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	h.t.Cleanup(func() { c.Close() })
-	return p, c
+	return p, h.dialWith(probeAPI(h.t, p), loadgen.ClientConfig{Room: room, Identity: "pub", Publish: true, VideoBitrate: 300_000})
 }
 
 // TestPublisherGetsFeedback: a pion publisher through the node receives
@@ -214,7 +191,7 @@ func TestPublisherGetsFeedback(t *testing.T) {
 			if len(ssrcs) != 2 {
 				t.Fatalf("%d sending SSRCs, want 2", len(ssrcs))
 			}
-			waitFor(t, 15*time.Second, "RRs for both streams, TWCC feedback and the NACK", func() bool {
+			testkit.WaitFor(t, 15*time.Second, "RRs for both streams, TWCC feedback and the NACK", func() bool {
 				p.mu.Lock()
 				defer p.mu.Unlock()
 				_, a := p.rr[ssrcs[0]]

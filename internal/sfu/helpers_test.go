@@ -1,6 +1,7 @@
 package sfu
 
 import (
+	"fmt"
 	"net"
 	"testing"
 	"time"
@@ -11,6 +12,9 @@ import (
 	"github.com/pion/webrtc/v4"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+
+	"github.com/traverse-rtc/traverse/internal/loadgen"
+	"github.com/traverse-rtc/traverse/internal/testkit"
 )
 
 func testutilCounter(c prometheus.Counter) float64 {
@@ -30,16 +34,23 @@ func loopbackSettingEngine() webrtc.SettingEngine {
 	return se
 }
 
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
+// anyLayer: waitVideo takes the video on whatever layer it arrives.
+const anyLayer = -1
+
+// waitVideo waits up to 15 s until sub receives a video track with more
+// than min packets, on layer unless that is anyLayer, and returns it.
+func waitVideo(t *testing.T, sub *loadgen.Client, min uint64, layer int) *loadgen.RecvStats {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
+	var video *loadgen.RecvStats
+	testkit.WaitFor(t, 15*time.Second, fmt.Sprintf("video of %d packets on layer %d", min, layer), func() bool {
+		for _, tr := range sub.Tracks() {
+			if tr.Kind == "video" && tr.Packets() > min {
+				video = tr
+			}
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return video != nil && (layer == anyLayer || video.Layer() == layer)
+	})
+	return video
 }
 
 // readSRTP reads one SRTP datagram from rc within 5 s and returns it

@@ -1,7 +1,6 @@
 package sfu
 
 import (
-	"context"
 	"net/netip"
 	"strings"
 	"testing"
@@ -10,6 +9,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/traverse-rtc/traverse/internal/loadgen"
+	"github.com/traverse-rtc/traverse/internal/testkit"
 )
 
 // TestLoadFeedbackClients: `traverse load --feedback` clients
@@ -25,18 +25,8 @@ func TestLoadFeedbackClients(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	dial := func(cfg loadgen.ClientConfig) *loadgen.Client {
-		c, err := loadgen.Dial(ctx, api, loadgen.NewBusSignaler(h.bc, "node1"), cfg)
-		if err != nil {
-			t.Fatalf("dial %s: %v", cfg.Identity, err)
-		}
-		t.Cleanup(func() { c.Close() })
-		return c
-	}
-	pub := dial(loadgen.ClientConfig{Room: "fb", Identity: "pub", Publish: true, VideoBitrate: 500_000})
-	sub := dial(loadgen.ClientConfig{Room: "fb", Identity: "sub", Subscribe: true})
+	pub := h.dialWith(api, loadgen.ClientConfig{Room: "fb", Identity: "pub", Publish: true, VideoBitrate: 500_000})
+	sub := h.dialWith(api, loadgen.ClientConfig{Room: "fb", Identity: "sub", Subscribe: true})
 	<-pub.Connected()
 	<-sub.Connected()
 	// Both sides of the publisher's session carry the extension and the
@@ -61,7 +51,7 @@ func TestLoadFeedbackClients(t *testing.T) {
 		_ = h.s.m.subscriberLoss.Write(&m)
 		return m.GetHistogram().GetSampleCount()
 	}
-	waitFor(t, 10*time.Second, "feedback both ways", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "feedback both ways", func() bool {
 		st := h.s.feedback.Stats()
 		sst, _ := h.s.Subscriber("sub")
 		return st.SenderReport > 0 && st.TWCC > 0 && testutilCounter(h.s.m.twccFeedback) > 0 && sst.TWCC > 0 && rrs() > 0 &&

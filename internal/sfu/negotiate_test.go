@@ -16,6 +16,7 @@ import (
 
 	"github.com/traverse-rtc/traverse/internal/bus"
 	"github.com/traverse-rtc/traverse/internal/loadgen"
+	"github.com/traverse-rtc/traverse/internal/testkit"
 )
 
 // manualClient is a pion participant driven step by step by a test: it
@@ -276,11 +277,11 @@ func TestSubscriptionChangesWaitForAnswer(t *testing.T) {
 	b := h.manual("wait", "b", false)
 	a := h.dial(loadgen.ClientConfig{Room: "wait", Identity: "a", Publish: true, Subscribe: true, VideoBitrate: 100_000})
 	offer := b.nextOffer() // carries some of a's tracks; b holds its answer
-	waitFor(t, 10*time.Second, "a's two tracks", func() bool { return published("a") == 2 })
+	testkit.WaitFor(t, 10*time.Second, "a's two tracks", func() bool { return published("a") == 2 })
 	a.Close()
-	waitFor(t, 10*time.Second, "a to leave", func() bool { return h.s.Sessions() == 1 })
+	testkit.WaitFor(t, 10*time.Second, "a to leave", func() bool { return h.s.Sessions() == 1 })
 	h.dial(loadgen.ClientConfig{Room: "wait", Identity: "c", Publish: true, Subscribe: true, VideoBitrate: 100_000})
-	waitFor(t, 10*time.Second, "c's two tracks", func() bool { return published("c") == 2 })
+	testkit.WaitFor(t, 10*time.Second, "c's two tracks", func() bool { return published("c") == 2 })
 	if err := b.answerOffer(offer); err != nil {
 		t.Fatal(err)
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/traverse-rtc/traverse/internal/loadgen"
+	"github.com/traverse-rtc/traverse/internal/testkit"
 )
 
 // procSockets returns, for the sockets this process holds whose local port
@@ -92,7 +93,7 @@ func TestFiftyPeerConnectionsOneUDPSocketOneTCPListener(t *testing.T) {
 		if i%perRoom < publishers {
 			want = publishers - 1
 		}
-		waitFor(t, 20*time.Second, fmt.Sprintf("client %d receiving %d publishers", i, want), func() bool {
+		testkit.WaitFor(t, 20*time.Second, fmt.Sprintf("client %d receiving %d publishers", i, want), func() bool {
 			return received(c, want, want, 10)
 		})
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/traverse-rtc/traverse/internal/loadgen"
 	"github.com/traverse-rtc/traverse/internal/sfu/batchconn"
 	"github.com/traverse-rtc/traverse/internal/sfu/srtpseal/srtpsealtest"
+	"github.com/traverse-rtc/traverse/internal/testkit"
 	"github.com/traverse-rtc/traverse/internal/udpio"
 )
 
@@ -49,6 +50,23 @@ func TestDataPathConfig(t *testing.T) {
 	}
 }
 
+// meshWithTCP joins three publishing subscribers (a, b, c, video at
+// videoBitrate) and an ICE-TCP subscriber (tcp) to room, and waits until
+// every client receives every other's audio and video, min packets each.
+func (h *harness) meshWithTCP(room string, videoBitrate int, min uint64) {
+	h.t.Helper()
+	var clients []*loadgen.Client
+	for _, id := range []string{"a", "b", "c"} {
+		clients = append(clients, h.dial(loadgen.ClientConfig{Room: room, Identity: id, Publish: true, Subscribe: true,
+			VideoBitrate: videoBitrate}))
+	}
+	tcp := h.dial(loadgen.ClientConfig{Room: room, Identity: "tcp", Subscribe: true, TCP: true})
+	for _, c := range clients {
+		testkit.WaitFor(h.t, 15*time.Second, "2 videos and 2 audios at every client", func() bool { return received(c, 2, 2, min) })
+	}
+	testkit.WaitFor(h.t, 15*time.Second, "3 videos and 3 audios at the ICE-TCP client", func() bool { return received(tcp, 3, 3, min) })
+}
+
 // TestOwnPathRoom runs a room of three on the own data path, the
 // package's default: every pion client decodes every other's audio and
 // video, which it can only do if the keys the node derived from the DTLS
@@ -62,17 +80,8 @@ func TestDataPathConfig(t *testing.T) {
 func TestOwnPathRoom(t *testing.T) {
 	requireOwnPath(t)
 	h := newHarness(t, Config{})
-	var clients []*loadgen.Client
-	for _, id := range []string{"a", "b", "c"} {
-		clients = append(clients, h.dial(loadgen.ClientConfig{Room: "f", Identity: id, Publish: true, Subscribe: true,
-			VideoBitrate: 200_000}))
-	}
-	// An ICE-TCP subscriber has no UDP address: it stays on pion's path.
-	tcp := h.dial(loadgen.ClientConfig{Room: "f", Identity: "tcp", Subscribe: true, TCP: true})
-	for _, c := range clients {
-		waitFor(t, 15*time.Second, "2 videos and 2 audios at every client", func() bool { return received(c, 2, 2, 30) })
-	}
-	waitFor(t, 15*time.Second, "3 videos and 3 audios at the ICE-TCP client", func() bool { return received(tcp, 3, 3, 30) })
+	// The ICE-TCP subscriber has no UDP address: it stays on pion's path.
+	h.meshWithTCP("f", 200_000, 30)
 	if n := testutilCounter(h.s.m.ownActive); n != 3 {
 		t.Errorf("%v sessions on the own data path, want 3", n)
 	}
@@ -105,7 +114,7 @@ func TestOwnPathRoom(t *testing.T) {
 	if own, viaPion := h.s.OwnReceivePackets(); own == 0 || own < 10*viaPion {
 		t.Errorf("own receive path took %d packets, pion's %d", own, viaPion)
 	}
-	waitFor(t, 5*time.Second, "sender reports for the own-path streams", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "sender reports for the own-path streams", func() bool {
 		return testutilCounter(h.s.m.ownReports) >= 4
 	})
 }

@@ -10,7 +10,6 @@ import (
 	"github.com/pion/rtp"
 	"github.com/pion/srtp/v3"
 
-	"github.com/traverse-rtc/traverse/internal/loadgen"
 	"github.com/traverse-rtc/traverse/internal/sfu/srtpseal"
 	"github.com/traverse-rtc/traverse/internal/sfu/srtpseal/srtpsealtest"
 	"github.com/traverse-rtc/traverse/internal/udpio"
@@ -415,18 +414,9 @@ func TestOwnReceiveRoom(t *testing.T) {
 		<-mu
 		return r
 	}})
-	var clients []*loadgen.Client
-	for _, id := range []string{"a", "b", "c"} {
-		clients = append(clients, h.dial(loadgen.ClientConfig{Room: "r", Identity: id, Publish: true, Subscribe: true,
-			VideoBitrate: 300_000}))
-	}
-	// An ICE-TCP subscriber stays on pion's write path: it gets the
+	// The ICE-TCP subscriber stays on pion's write path: it gets the
 	// intercepted packets from the layers' slow queues.
-	tcp := h.dial(loadgen.ClientConfig{Room: "r", Identity: "tcp", Subscribe: true, TCP: true})
-	for _, c := range clients {
-		waitFor(t, 15*time.Second, "2 videos and 2 audios at every client", func() bool { return received(c, 2, 2, 100) })
-	}
-	waitFor(t, 15*time.Second, "3 videos and 3 audios at the ICE-TCP client", func() bool { return received(tcp, 3, 3, 100) })
+	h.meshWithTCP("r", 300_000, 100)
 	if n := testutilCounter(h.s.m.recvSessions); n != 3 {
 		t.Errorf("%v sessions on the own receive path, want 3", n)
 	}

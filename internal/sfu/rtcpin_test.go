@@ -11,6 +11,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/traverse-rtc/traverse/internal/rtpfeedback"
+	"github.com/traverse-rtc/traverse/internal/testkit"
 	"github.com/traverse-rtc/traverse/internal/udpio"
 )
 
@@ -209,8 +210,8 @@ func TestRecvRTCPAsyncKeyframe(t *testing.T) {
 	if !fx.r.Intercept(&msg, time.Now().UnixNano()) {
 		t.Fatal("PLI not taken")
 	}
-	waitFor(t, 5*time.Second, "the keyframe request", func() bool { return testutilCounter(m.pliThrottled) == 1 })
-	waitFor(t, 5*time.Second, "its goroutine to end", func() bool { return fx.down.t.r.s.asyncKeyframes.Load() == 0 })
+	testkit.WaitFor(t, 5*time.Second, "the keyframe request", func() bool { return testutilCounter(m.pliThrottled) == 1 })
+	testkit.WaitFor(t, 5*time.Second, "its goroutine to end", func() bool { return fx.down.t.r.s.asyncKeyframes.Load() == 0 })
 }
 
 // TestRecvRTCPAllocs measures the own RTCP path's allocations for a
@@ -334,14 +335,14 @@ func TestOwnRTCPRoom(t *testing.T) {
 	m := h.s.m
 	nackRecent(t, h, sub, video, ssrc)
 	fwd0 := testutilCounter(m.pliForwarded)
-	waitFor(t, 5*time.Second, "a PLI forwarded to the publisher", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "a PLI forwarded to the publisher", func() bool {
 		if err := sub.PC().WriteRTCP([]rtcp.Packet{&rtcp.PictureLossIndication{SenderSSRC: 1, MediaSSRC: ssrc}}); err != nil {
 			t.Fatal(err)
 		}
 		return testutilCounter(m.pliForwarded) > fwd0
 	})
 	sub.SetREMB(432_000)
-	waitFor(t, 5*time.Second, "the subscriber's REMB", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "the subscriber's REMB", func() bool {
 		st, _ := h.s.Subscriber("sub")
 		return st.REMB == 432_000
 	})

@@ -13,6 +13,7 @@ import (
 
 	"github.com/traverse-rtc/traverse/internal/loadgen"
 	"github.com/traverse-rtc/traverse/internal/rtpfeedback"
+	"github.com/traverse-rtc/traverse/internal/testkit"
 )
 
 // TestOwnRTCPSend: with the own RTCP send the node seals its RTCP to
@@ -27,7 +28,7 @@ func TestOwnRTCPSend(t *testing.T) {
 	h := newHarness(t, Config{})
 	p, _ := h.dialProbe("rtcp")
 	sub := h.dial(loadgen.ClientConfig{Room: "rtcp", Identity: "sub", Subscribe: true})
-	waitFor(t, 15*time.Second, "the subscriber to get audio and video", func() bool { return received(sub, 1, 1, 50) })
+	testkit.WaitFor(t, 15*time.Second, "the subscriber to get audio and video", func() bool { return received(sub, 1, 1, 50) })
 
 	var fb *rtpfeedback.Interceptor
 	h.s.mu.Lock()
@@ -41,7 +42,7 @@ func TestOwnRTCPSend(t *testing.T) {
 		t.Fatal("the publisher's session is not on the own data path")
 	}
 	// The client's count is read first: the node's can only be ahead.
-	waitFor(t, 15*time.Second, "the publisher to have read every TWCC feedback packet and PLI the node sent it", func() bool {
+	testkit.WaitFor(t, 15*time.Second, "the publisher to have read every TWCC feedback packet and PLI the node sent it", func() bool {
 		p.mu.Lock()
 		twcc, plis, lsr := p.twccPkt, p.plis, len(p.rr) == 2
 		for _, rep := range p.rr {
@@ -56,7 +57,7 @@ func TestOwnRTCPSend(t *testing.T) {
 		t.Errorf("the publisher's SRTP sessions refused packets: %q", p.srtpErrs)
 	}
 	p.mu.Unlock()
-	waitFor(t, 5*time.Second, "sender reports to the subscriber", func() bool { return testutilCounter(h.s.m.ownReports) >= 2 })
+	testkit.WaitFor(t, 5*time.Second, "sender reports to the subscriber", func() bool { return testutilCounter(h.s.m.ownReports) >= 2 })
 	sent := testutilCounter(h.s.m.ownRTCPSent)
 	var errs float64
 	for _, r := range rtcpErrorReasons {

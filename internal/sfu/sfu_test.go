@@ -12,6 +12,7 @@ import (
 
 	"github.com/traverse-rtc/traverse/internal/bus"
 	"github.com/traverse-rtc/traverse/internal/loadgen"
+	"github.com/traverse-rtc/traverse/internal/testkit"
 )
 
 type harness struct {
@@ -91,15 +92,7 @@ func newHarness(t *testing.T, cfg Config) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	})
+	testkit.Run(t, s.Run)
 	// Wait until the node serves the bus.
 	deadline := time.Now().Add(5 * time.Second)
 	for {
@@ -123,12 +116,21 @@ func newHarness(t *testing.T, cfg Config) *harness {
 	return &harness{t: t, e: e, bc: bc, s: s, api: api, tcp: tcpAPI}
 }
 
+// dial joins a loadgen client with the harness's API (its ICE-TCP one
+// when cfg.TCP), closed when the test ends.
 func (h *harness) dial(cfg loadgen.ClientConfig) *loadgen.Client {
 	h.t.Helper()
 	api := h.api
 	if cfg.TCP {
 		api = h.tcp
 	}
+	return h.dialWith(api, cfg)
+}
+
+// dialWith joins a loadgen client built on api, closed when the test
+// ends.
+func (h *harness) dialWith(api *webrtc.API, cfg loadgen.ClientConfig) *loadgen.Client {
+	h.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	c, err := loadgen.Dial(ctx, api, loadgen.NewBusSignaler(h.bc, "node1"), cfg)
@@ -171,7 +173,7 @@ func TestRoomForwardsAudioAndVideo(t *testing.T) {
 			Publish: true, Subscribe: true, VideoBitrate: 300_000}))
 	}
 	for i, c := range clients {
-		waitFor(t, 15*time.Second, fmt.Sprintf("p%d receiving 2 videos and 2 audios", i), func() bool {
+		testkit.WaitFor(t, 15*time.Second, fmt.Sprintf("p%d receiving 2 videos and 2 audios", i), func() bool {
 			return received(c, 2, 2, 20)
 		})
 	}
@@ -189,7 +191,7 @@ func TestRoomForwardsAudioAndVideo(t *testing.T) {
 		}
 	}
 	clients[0].Close()
-	waitFor(t, 10*time.Second, "the leaver's session to end", func() bool { return h.s.Sessions() == 2 })
+	testkit.WaitFor(t, 10*time.Second, "the leaver's session to end", func() bool { return h.s.Sessions() == 2 })
 }
 
 func TestJoinErrors(t *testing.T) {
@@ -300,7 +302,7 @@ func TestPionBatched(t *testing.T) {
 	a := h.dial(loadgen.ClientConfig{Room: "b", Identity: "a", Publish: true, Subscribe: true, VideoBitrate: 200_000})
 	b := h.dial(loadgen.ClientConfig{Room: "b", Identity: "b", Publish: true, Subscribe: true, VideoBitrate: 200_000})
 	for _, c := range []*loadgen.Client{a, b} {
-		waitFor(t, 15*time.Second, "media both ways", func() bool { return received(c, 1, 1, 20) })
+		testkit.WaitFor(t, 15*time.Second, "media both ways", func() bool { return received(c, 1, 1, 20) })
 	}
 	if h.s.batch.Stats().Writes == 0 || h.s.batch.Stats().Batches == 0 {
 		t.Fatal("nothing went through the batched writer")

@@ -13,6 +13,7 @@ import (
 	"github.com/traverse-rtc/traverse/internal/loadgen"
 	"github.com/traverse-rtc/traverse/internal/rtpcodec"
 	"github.com/traverse-rtc/traverse/internal/rtpcodec/rtpcodectest"
+	"github.com/traverse-rtc/traverse/internal/testkit"
 )
 
 // TestSimulcastFollowsSubscriberBandwidth: a publisher sends three layers
@@ -25,23 +26,14 @@ func TestSimulcastFollowsSubscriberBandwidth(t *testing.T) {
 	sub := h.dial(loadgen.ClientConfig{Room: "sim", Identity: "sub", Subscribe: true})
 	sub.SetREMB(150_000)
 	<-pub.Connected()
-	var video *loadgen.RecvStats
-	waitFor(t, 15*time.Second, "the subscriber receiving video", func() bool {
-		for _, tr := range sub.Tracks() {
-			if tr.Kind == "video" && tr.Packets() > 20 {
-				video = tr
-				return true
-			}
-		}
-		return false
-	})
+	video := waitVideo(t, sub, 20, anyLayer)
 	steps := []struct {
 		remb  uint64
 		layer int
 	}{{150_000, 0}, {5_000_000, 2}, {700_000, 1}, {150_000, 0}, {0, 2}}
 	for _, st := range steps {
 		sub.SetREMB(st.remb)
-		waitFor(t, 10*time.Second, "layer for the estimate", func() bool {
+		testkit.WaitFor(t, 10*time.Second, "layer for the estimate", func() bool {
 			if st.remb == 0 {
 				// An unknown estimate: the subscriber gets the best
 				// layer. Forget it on every poll, since a REMB sent
@@ -79,15 +71,7 @@ func TestSimulcastStepsDownOnLoss(t *testing.T) {
 	pub := h.dial(loadgen.ClientConfig{Room: "loss", Identity: "pub", Publish: true, Simulcast: true, VideoBitrate: 1_200_000})
 	sub := h.dial(loadgen.ClientConfig{Room: "loss", Identity: "sub", Subscribe: true})
 	<-pub.Connected()
-	var video *loadgen.RecvStats
-	waitFor(t, 15*time.Second, "the top layer at the subscriber", func() bool {
-		for _, tr := range sub.Tracks() {
-			if tr.Kind == "video" && tr.Packets() > 20 {
-				video = tr
-			}
-		}
-		return video != nil && video.Layer() == 2
-	})
+	video := waitVideo(t, sub, 20, 2)
 	var ssrc uint32
 	for _, tr := range sub.PC().GetTransceivers() {
 		if r := tr.Receiver(); r != nil && r.Track() != nil && r.Track().Kind() == webrtc.RTPCodecTypeVideo {
@@ -98,13 +82,13 @@ func TestSimulcastStepsDownOnLoss(t *testing.T) {
 		_ = sub.PC().WriteRTCP([]rtcp.Packet{&rtcp.ReceiverReport{SSRC: 1, Reports: []rtcp.ReceptionReport{{SSRC: ssrc, FractionLost: fraction}}}})
 	}
 	for _, want := range []int{1, 0} {
-		waitFor(t, 10*time.Second, fmt.Sprintf("layer %d under loss", want), func() bool {
+		testkit.WaitFor(t, 10*time.Second, fmt.Sprintf("layer %d under loss", want), func() bool {
 			report(100) // 39 % lost
 			time.Sleep(100 * time.Millisecond)
 			return video.Layer() == want
 		})
 	}
-	waitFor(t, 15*time.Second, "the top layer again once loss stops", func() bool {
+	testkit.WaitFor(t, 15*time.Second, "the top layer again once loss stops", func() bool {
 		report(0)
 		time.Sleep(100 * time.Millisecond)
 		return video.Layer() == 2
@@ -129,23 +113,15 @@ func TestSimulcastMaxLayerRequest(t *testing.T) {
 	}
 	t.Cleanup(func() { sub.Close() })
 	<-pub.Connected()
-	var video *loadgen.RecvStats
-	waitFor(t, 15*time.Second, "the top layer", func() bool {
-		for _, tr := range sub.Tracks() {
-			if tr.Kind == "video" && tr.Packets() > 20 {
-				video = tr
-			}
-		}
-		return video != nil && video.Layer() == 2
-	})
+	video := waitVideo(t, sub, 20, 2)
 	for _, want := range []int{0, 1, 2} {
 		if _, err := h.bc.Request(ctx, "node1", bus.Request{Type: bus.RequestLayer, Session: sig.Session(),
 			Layer: &bus.LayerRequest{Track: "video", MaxLayer: want}}); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, 10*time.Second, fmt.Sprintf("layer %d", want), func() bool { return video.Layer() == want })
+		testkit.WaitFor(t, 10*time.Second, fmt.Sprintf("layer %d", want), func() bool { return video.Layer() == want })
 	}
-	waitFor(t, 10*time.Second, "every layer's size from its keyframes", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "every layer's size from its keyframes", func() bool {
 		st, _ := h.s.Subscriber("sub")
 		return len(st.Tracks) == 1 && fmt.Sprint(st.Tracks[0].Sizes) == "[[160 120] [320 240] [640 480]]"
 	})
@@ -156,7 +132,7 @@ func TestSimulcastMaxLayerRequest(t *testing.T) {
 			Layer: &bus.LayerRequest{Track: "video", StreamID: "pub", Width: c.w, Height: c.h}}); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, 10*time.Second, fmt.Sprintf("layer %d for %dx%d", c.want, c.w, c.h), func() bool { return video.Layer() == c.want })
+		testkit.WaitFor(t, 10*time.Second, fmt.Sprintf("layer %d for %dx%d", c.want, c.w, c.h), func() bool { return video.Layer() == c.want })
 	}
 	for _, l := range []bus.LayerRequest{{Track: "nosuch", MaxLayer: 0}, {Track: "video", StreamID: "other", MaxLayer: 0}} {
 		_, err = h.bc.Request(ctx, "node1", bus.Request{Type: bus.RequestLayer, Session: sig.Session(), Layer: &l})
@@ -215,7 +191,7 @@ func TestSimulcastAsksAgainForKeyframe(t *testing.T) {
 	}
 	sub1 := h.dial(loadgen.ClientConfig{Room: "kf", Identity: "sub1", Subscribe: true})
 	sub1.SetREMB(150_000)
-	waitFor(t, 10*time.Second, "sub1 on the low layer", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "sub1 on the low layer", func() bool {
 		v := video(sub1)
 		return v != nil && v.Layer() == 0
 	})
@@ -223,11 +199,11 @@ func TestSimulcastAsksAgainForKeyframe(t *testing.T) {
 	// sub2 takes the top layer: its keyframe request on layer 2 starts a
 	// fresh 2 s throttle window.
 	sub2 := h.dial(loadgen.ClientConfig{Room: "kf", Identity: "sub2", Subscribe: true})
-	waitFor(t, 10*time.Second, "sub2 on the top layer", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "sub2 on the top layer", func() bool {
 		v := video(sub2)
 		return v != nil && v.Layer() == 2
 	})
 	// sub1 now wants layer 2 too; its first request is throttled.
 	sub1.SetREMB(5_000_000)
-	waitFor(t, 8*time.Second, "sub1 on the top layer", func() bool { return video(sub1).Layer() == 2 })
+	testkit.WaitFor(t, 8*time.Second, "sub1 on the top layer", func() bool { return video(sub1).Layer() == 2 })
 }

@@ -1,7 +1,6 @@
 package sfu
 
 import (
-	"context"
 	"net/netip"
 	"testing"
 	"time"
@@ -9,6 +8,7 @@ import (
 	"github.com/pion/webrtc/v4"
 
 	"github.com/traverse-rtc/traverse/internal/loadgen"
+	"github.com/traverse-rtc/traverse/internal/testkit"
 )
 
 // twccAPI is a load client's API with browser-like RTCP (loadgen's
@@ -32,21 +32,14 @@ func TestTWCCSubscriberEstimate(t *testing.T) {
 	requireOwnPath(t)
 	h := newHarness(t, Config{PLIInterval: 100 * time.Millisecond})
 	pub := h.dial(loadgen.ClientConfig{Room: "twcc", Identity: "pub", Publish: true, Simulcast: true, VideoBitrate: 800_000})
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	sub, err := loadgen.Dial(ctx, twccAPI(t), loadgen.NewBusSignaler(h.bc, "node1"),
-		loadgen.ClientConfig{Room: "twcc", Identity: "sub", Subscribe: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sub.Close() })
+	sub := h.dialWith(twccAPI(t), loadgen.ClientConfig{Room: "twcc", Identity: "sub", Subscribe: true})
 	<-pub.Connected()
 	<-sub.Connected()
 	var st SubscriberState
 	// The top layer can be reached after the first few feedback packets
 	// (the sooner the keyframe request, the sooner), with the estimate
 	// still ramping up: wait for what the layer and the audio need.
-	waitFor(t, 15*time.Second, "a transport-cc estimate for the top layer, and the top layer", func() bool {
+	testkit.WaitFor(t, 15*time.Second, "a transport-cc estimate for the top layer, and the top layer", func() bool {
 		st, _ = h.s.Subscriber("sub")
 		return st.TWCC >= 800_000 && len(st.Tracks) == 1 && st.Tracks[0].Layer == 2
 	})

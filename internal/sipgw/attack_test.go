@@ -11,6 +11,8 @@ import (
 
 	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
+
+	"github.com/traverse-rtc/traverse/internal/testkit"
 )
 
 // attackerIP is another outside address: the attacker's.
@@ -106,13 +108,7 @@ func sipMsg(method, ruri, callID, from, to string, cseq int, body string, hdrs .
 // SSRC, checks its media crosses, and returns it with its media socket.
 func victimCall(t *testing.T, tg *testGW, uac *goUAC) (*sipgo.DialogClientSession, *net.UDPConn) {
 	t.Helper()
-	ctx := callCtx(t)
-	m := udpOn(t, clientIP)
-	s, err := uac.call(ctx, tg.gw.Addr(), offerSDP(m.LocalAddr().(*net.UDPAddr).AddrPort(), netip.AddrPort{}, 4242, 0))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
+	s, m := callFrom(t, tg, uac, 4242)
 	echoOnce(t, m, tg.mp.RTPAddr(), rtp(4242, 1, "victim"))
 	return s, m
 }
@@ -179,14 +175,14 @@ func TestDialogHijack(t *testing.T) {
 		if _, err := atkMedia.WriteToUDPAddrPort(rtp(666, seq, "evil"), tg.mp.RTPAddr()); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, 2*time.Second, tc.name+": attacker RTP dropped", func() bool { return tg.mp.Counters().DropUnknownSSRC.Load() > drops })
+		testkit.WaitFor(t, 2*time.Second, tc.name+": attacker RTP dropped", func() bool { return tg.mp.Counters().DropUnknownSSRC.Load() > drops })
 		seq++
 		mediaIntact(t, tg, victim, atkMedia, seq)
 		seq++
 		if tg.gw.Calls() != 1 {
 			t.Fatalf("%s: call gone", tc.name)
 		}
-		waitFor(t, 2*time.Second, tc.name+" counted", func() bool { return tg.gw.Counters().DialogMismatch.Load() == mismatches+1 })
+		testkit.WaitFor(t, 2*time.Second, tc.name+" counted", func() bool { return tg.gw.Counters().DialogMismatch.Load() == mismatches+1 })
 	}
 	if uas.evil.Load() != 0 || uas.invites.Load() != invitesBefore || uas.byes.Load() != 0 {
 		t.Fatalf("reached the inside server: %d evil RTP, %d INVITEs, %d BYEs", uas.evil.Load(), uas.invites.Load()-invitesBefore, uas.byes.Load())
@@ -197,7 +193,7 @@ func TestDialogHijack(t *testing.T) {
 	if err := s.Bye(ctx); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, "released", func() bool { return tg.gw.Calls() == 0 && tg.mp.PortsInUse() == 0 })
+	testkit.WaitFor(t, 5*time.Second, "released", func() bool { return tg.gw.Calls() == 0 && tg.mp.PortsInUse() == 0 })
 }
 
 // TestReofferAppliedOnlyOn2xx: a re-offer (UPDATE) from the dialog's own
@@ -250,5 +246,5 @@ func TestByeEndsOnlyOn2xx(t *testing.T) {
 	if err := s.Bye(ctx); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, "released", func() bool { return tg.gw.Calls() == 0 && tg.mp.Streams() == 0 })
+	testkit.WaitFor(t, 5*time.Second, "released", func() bool { return tg.gw.Calls() == 0 && tg.mp.Streams() == 0 })
 }

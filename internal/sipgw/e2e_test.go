@@ -12,6 +12,7 @@ import (
 	"github.com/emiago/sipgo/sip"
 
 	"github.com/traverse-rtc/traverse/internal/mediaproxy"
+	"github.com/traverse-rtc/traverse/internal/testkit"
 )
 
 // TestSIPpOutsideCallsInside: SIPp uac_pcap outside -> gateway -> SIPp uas
@@ -32,13 +33,13 @@ func TestSIPpOutsideCallsInside(t *testing.T) {
 	perCall := sippCalls(t, uac, uas)
 	c := tg.mp.Counters()
 	want := calls * perCall
-	waitFor(t, 5*time.Second, "all media forwarded both ways", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "all media forwarded both ways", func() bool {
 		return c.RTPIn.Load() == want && c.RTPOut.Load() == want
 	})
 	if c.DropUnknownSSRC.Load() != 0 || c.Latched.Load() != calls {
 		t.Errorf("drops %d, latched %d (want 0, %d)", c.DropUnknownSSRC.Load(), c.Latched.Load(), calls)
 	}
-	waitFor(t, 5*time.Second, "sessions released", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "sessions released", func() bool {
 		return tg.gw.Calls() == 0 && tg.mp.Streams() == 0 && tg.mp.PortsInUse() == 0
 	})
 	t.Logf("%d calls, %d RTP packets each way, SSRC collisions resolved by source", calls, want)
@@ -133,10 +134,10 @@ func TestSIPpInsideCallsRegisteredClient(t *testing.T) {
 		"-p", itoa(freePort(t, insideIP)), "-mi", "127.0.0.2", "-mp", itoa(freePort(t, insideIP)), "-m", "1")
 	perCall := sippCalls(t, uac, uas)
 	c := tg.mp.Counters()
-	waitFor(t, 5*time.Second, "all media forwarded both ways", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "all media forwarded both ways", func() bool {
 		return c.RTPOut.Load() == perCall && c.RTPIn.Load() == perCall
 	})
-	waitFor(t, 5*time.Second, "sessions released", func() bool { return tg.gw.Calls() == 0 && tg.mp.Streams() == 0 })
+	testkit.WaitFor(t, 5*time.Second, "sessions released", func() bool { return tg.gw.Calls() == 0 && tg.mp.Streams() == 0 })
 }
 
 // sippCalls waits for the calling and the answering SIPp to finish their

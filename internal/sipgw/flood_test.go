@@ -13,6 +13,7 @@ import (
 	"github.com/traverse-rtc/traverse/internal/logging"
 	"github.com/traverse-rtc/traverse/internal/logging/logtest"
 	"github.com/traverse-rtc/traverse/internal/mediaproxy"
+	"github.com/traverse-rtc/traverse/internal/testkit"
 )
 
 // evilInvite is an initial INVITE from user "evil" with an audio offer.
@@ -35,7 +36,7 @@ func floodInvites(t *testing.T, tg *testGW, p *rawParty, n int, d time.Duration,
 			p.send(evilInvite(i, media))
 			i++
 		}
-		waitFor(t, 5*time.Second, "burst read", func() bool { return tg.gw.Counters().Requests.Load()-base == uint64(i) })
+		testkit.WaitFor(t, 5*time.Second, "burst read", func() bool { return tg.gw.Counters().Requests.Load()-base == uint64(i) })
 	}
 	return i
 }
@@ -80,7 +81,7 @@ func TestInviteFloodPoolShare(t *testing.T) {
 	media := netip.AddrPortFrom(attackerIP, 40000)
 
 	sent := floodInvites(t, tg, atk, flood, 3*time.Second, media)
-	waitFor(t, 5*time.Second, "flood handled", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "flood handled", func() bool {
 		c := tg.gw.Counters()
 		return c.CallsStarted.Load()+c.SourceStreams.Load()+c.NoMedia.Load() == uint64(sent)
 	})
@@ -93,13 +94,13 @@ func TestInviteFloodPoolShare(t *testing.T) {
 	t.Logf("%d INVITEs from one address: %d calls held (%d ports in use), %d refused 503; another caller's call set up in %v",
 		sent, share, tg.mp.PortsInUse(), tg.gw.Counters().SourceStreams.Load(), took)
 	// The setup deadline gives the ringing calls' ports back.
-	waitFor(t, 5*time.Second, "ringing calls released at the setup deadline", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "ringing calls released at the setup deadline", func() bool {
 		return tg.gw.Calls() == 0 && tg.mp.Streams() == 0 && tg.gw.SourceStreams(attackerIP) == 0
 	})
 	if got := tg.gw.Counters().SetupTimeouts.Load(); got != share {
 		t.Fatalf("%d setup timeouts, want %d", got, share)
 	}
-	waitFor(t, 5*time.Second, "ringing calls cancelled upstream", func() bool { return uas.cancels.Load() == share })
+	testkit.WaitFor(t, 5*time.Second, "ringing calls cancelled upstream", func() bool { return uas.cancels.Load() == share })
 }
 
 // TestInviteFloodCallRate: one address floods INVITEs the inside server
@@ -117,7 +118,7 @@ func TestInviteFloodCallRate(t *testing.T) {
 	atk := newRawParty(t, attackerIP, tg.gw.Addr())
 	start := time.Now()
 	sent := floodInvites(t, tg, atk, flood, 3*time.Second, netip.AddrPortFrom(attackerIP, 40000))
-	waitFor(t, 5*time.Second, "flood handled", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "flood handled", func() bool {
 		c := tg.gw.Counters()
 		return c.CallsStarted.Load()+c.CallRateLimited.Load() == uint64(sent)
 	})
@@ -129,7 +130,7 @@ func TestInviteFloodCallRate(t *testing.T) {
 	took := timedCall(t, tg, uac)
 	t.Logf("%d INVITEs: %d started, %d refused (call rate); another caller's call set up in %v",
 		sent, tg.gw.Counters().CallsStarted.Load()-1, tg.gw.Counters().CallRateLimited.Load(), took)
-	waitFor(t, 5*time.Second, "unacknowledged calls hung up", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "unacknowledged calls hung up", func() bool {
 		return tg.gw.Calls() == 0 && tg.mp.Streams() == 0
 	})
 	if to := tg.gw.Counters().SetupTimeouts.Load(); to != tg.gw.Counters().CallsStarted.Load()-1 {
@@ -184,7 +185,7 @@ func TestRefusalsSentOnce(t *testing.T) {
 		if len(codes) != 1 || codes[0] != 407 {
 			t.Fatalf("relayed refusal: finals %v, want one 407", codes)
 		}
-		waitFor(t, 2*time.Second, "refused call released", func() bool { return tg.gw.Calls() == 0 && tg.mp.Streams() == 0 })
+		testkit.WaitFor(t, 2*time.Second, "refused call released", func() bool { return tg.gw.Calls() == 0 && tg.mp.Streams() == 0 })
 	}
 	uas.refuse.Store(0)
 	invitesBefore := uas.invites.Load()
@@ -197,9 +198,9 @@ func TestRefusalsSentOnce(t *testing.T) {
 			p.send(strings.ReplaceAll(invite(fmt.Sprintf("burst%d", i), bad), "LOCAL", p.addr()))
 			i++
 		}
-		waitFor(t, 5*time.Second, "burst read", func() bool { return tg.gw.Counters().Requests.Load()-base == uint64(i) })
+		testkit.WaitFor(t, 5*time.Second, "burst read", func() bool { return tg.gw.Counters().Requests.Load()-base == uint64(i) })
 	}
-	waitFor(t, 5*time.Second, "burst handled", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "burst handled", func() bool {
 		c := tg.gw.Counters()
 		return c.BadSDP.Load()+c.RateLimited.Load()+c.CallRateLimited.Load() == 1+burst
 	})
@@ -260,7 +261,7 @@ func TestGarbageFlood(t *testing.T) {
 			bytesSent += len(k)
 		}
 		// Paced so the socket buffer drops none: every one must be counted.
-		waitFor(t, 5*time.Second, "garbage counted", func() bool { return unparseable() == sent })
+		testkit.WaitFor(t, 5*time.Second, "garbage counted", func() bool { return unparseable() == sent })
 		if r == rounds/2 {
 			timedCall(t, tg, uac)
 		}

@@ -13,8 +13,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/emiago/sipgo"
+
 	"github.com/traverse-rtc/traverse/internal/addrpolicy"
 	"github.com/traverse-rtc/traverse/internal/mediaproxy"
+	"github.com/traverse-rtc/traverse/internal/testkit"
 )
 
 var (
@@ -84,22 +87,11 @@ func startGateway(t *testing.T, upstream string, mod func(*Config, *mediaproxy.C
 	return tg
 }
 
-func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not true within %v", what, d)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // waitBound waits until some process has bound the UDP address (SIPp has
 // no readiness signal).
 func waitBound(t *testing.T, ap netip.AddrPort) {
 	t.Helper()
-	waitFor(t, 10*time.Second, "SIPp listening on "+ap.String(), func() bool {
+	testkit.WaitFor(t, 10*time.Second, "SIPp listening on "+ap.String(), func() bool {
 		c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(ap))
 		if err != nil {
 			return true
@@ -200,6 +192,20 @@ func startTrio(t *testing.T, mod func(*Config, *mediaproxy.Config)) (*goUAS, *te
 }
 
 // callCtx bounds a test's SIP exchanges to 10 s.
+// callFrom places a call from uac through the gateway, its audio on a new
+// socket at clientIP with SSRC ssrc declared (0: none), hung up when the
+// test ends. It returns the dialog and the media socket.
+func callFrom(t *testing.T, tg *testGW, uac *goUAC, ssrc uint32) (*sipgo.DialogClientSession, *net.UDPConn) {
+	t.Helper()
+	m := udpOn(t, clientIP)
+	s, err := uac.call(callCtx(t), tg.gw.Addr(), offerSDP(m.LocalAddr().(*net.UDPAddr).AddrPort(), netip.AddrPort{}, ssrc, 0))
+	if err != nil {
+		t.Fatalf("call: %v", err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s, m
+}
+
 func callCtx(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	t.Cleanup(cancel)

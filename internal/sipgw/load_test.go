@@ -22,6 +22,7 @@ import (
 	"github.com/pion/sdp/v3"
 
 	"github.com/traverse-rtc/traverse/internal/mediaproxy"
+	"github.com/traverse-rtc/traverse/internal/testkit"
 )
 
 var clientIP = netip.MustParseAddr("127.0.0.3")
@@ -198,7 +199,7 @@ func TestLoad1000Calls(t *testing.T) {
 		return nil
 	})
 	mc := tg.mp.Counters()
-	waitFor(t, 5*time.Second, "counters caught up", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "counters caught up", func() bool {
 		return mc.RTPIn.Load() == 1200*perStream && mc.RTPOut.Load() == 1200*perStream
 	})
 	if mc.DropUnknownSSRC.Load() != 0 {
@@ -210,7 +211,7 @@ func TestLoad1000Calls(t *testing.T) {
 		defer cs[i].sess.Close()
 		return cs[i].sess.Bye(ctx)
 	})
-	waitFor(t, 10*time.Second, "every session released", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "every session released", func() bool {
 		return tg.gw.Calls() == 0 && tg.mp.Streams() == 0 && tg.mp.PortsInUse() == 0
 	})
 	t.Logf("%d calls (%d streams) set up in %v; outside sockets %v; inside sockets %d; %d RTP packets each way, all to the right call; total %v",

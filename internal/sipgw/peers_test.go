@@ -15,6 +15,8 @@ import (
 	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
 	"github.com/pion/sdp/v3"
+
+	"github.com/traverse-rtc/traverse/internal/testkit"
 )
 
 // goUAS is an inside server in Go: it answers INVITE, re-INVITE and UPDATE
@@ -208,7 +210,7 @@ func startUAC(t *testing.T, ip netip.Addr) *goUAC {
 	go func() { _ = srv.ServeUDP(pc); close(done) }()
 	t.Cleanup(func() { pc.Close(); u.ua.Close(); <-done })
 	// Requests leave from the listener once the transport layer holds it.
-	waitFor(t, 5*time.Second, "UAC listener registered", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "UAC listener registered", func() bool {
 		c, err := u.ua.TransportLayer().GetConnection("udp", u.addr.String())
 		return err == nil && c != nil
 	})

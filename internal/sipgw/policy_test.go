@@ -17,6 +17,7 @@ import (
 
 	"github.com/traverse-rtc/traverse/internal/addrpolicy"
 	"github.com/traverse-rtc/traverse/internal/mediaproxy"
+	"github.com/traverse-rtc/traverse/internal/testkit"
 )
 
 // These tests mount the media attacks of issue 10 item 2 through the whole
@@ -52,17 +53,6 @@ func pbxSends(t *testing.T, port uint16, n int, rtcp bool) {
 		if _, err := c.WriteToUDPAddrPort(b, to); err != nil {
 			t.Fatal(err)
 		}
-	}
-}
-
-// nothingAt checks that nothing arrived at c, once the proxy's counters
-// account for every packet that could have.
-func nothingAt(t *testing.T, c *net.UDPConn, what string) {
-	t.Helper()
-	_ = c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
-	buf := make([]byte, 2048)
-	if n, from, err := c.ReadFromUDPAddrPort(buf); err == nil {
-		t.Fatalf("%s received %d bytes from %v", what, n, from)
 	}
 }
 
@@ -137,7 +127,7 @@ func TestMediaPolicyOutsideAddresses(t *testing.T) {
 					// Sent, but to the address the client signals from.
 					receive(t, m, 5, "c="+target+": the client's signaling address")
 				} else {
-					waitFor(t, 5*time.Second, "server media held", func() bool { return mc.DropNotLatched.Load() == held+5 })
+					testkit.WaitFor(t, 5*time.Second, "server media held", func() bool { return mc.DropNotLatched.Load() == held+5 })
 					if mc.RTPOut.Load() != out {
 						t.Fatalf("c=%s: %d packets sent before the client's media", target, mc.RTPOut.Load()-out)
 					}
@@ -153,7 +143,7 @@ func TestMediaPolicyOutsideAddresses(t *testing.T) {
 				s.Close()
 				cancel()
 			}
-			nothingAt(t, victim, "victim at 127.0.0.2")
+			testkit.Silent(t, victim, "victim at 127.0.0.2")
 		})
 	}
 }
@@ -185,7 +175,7 @@ func TestMediaPolicyRTCPAddress(t *testing.T) {
 		echoOnce(t, m, tg.mp.RTPAddr(), rtp(uint32(6000+i), 1, "latch"))
 		pbxSends(t, insidePort(t, uas.body()), 3, true)
 		receive(t, rc, 3, "a=rtcp "+target+": server RTCP at the client's own IP")
-		nothingAt(t, victim, "a=rtcp "+target+": victim on 127.0.0.2")
+		testkit.Silent(t, victim, "a=rtcp "+target+": victim on 127.0.0.2")
 		if err := s.Bye(ctx); err != nil {
 			t.Fatal(err)
 		}
@@ -212,7 +202,7 @@ func TestMediaPolicyLoop(t *testing.T) {
 		t.Errorf("%d own-address refusals, want 1", mc.RefusedOwn.Load())
 	}
 	pbxSends(t, insidePort(t, uas.body()), 5, false)
-	waitFor(t, 5*time.Second, "the 5 packets handled", func() bool { return mc.RTPOut.Load()+mc.DropNoPeer.Load()+mc.DropNotLatched.Load() >= 5 })
+	testkit.WaitFor(t, 5*time.Second, "the 5 packets handled", func() bool { return mc.RTPOut.Load()+mc.DropNoPeer.Load()+mc.DropNotLatched.Load() >= 5 })
 	deadline := time.Now().Add(500 * time.Millisecond)
 	for time.Now().Before(deadline) {
 		if n := mc.RTPIn.Load() + mc.RTPOut.Load(); n >= 50 {
@@ -268,10 +258,10 @@ func TestMediaPolicyUpdate(t *testing.T) {
 			t.Errorf("refused address reached the server:\n%s", uas.body())
 		}
 		pbxSends(t, insidePort(t, uas.body()), 5, false)
-		waitFor(t, 5*time.Second, "server media held", func() bool { return mc.DropNotLatched.Load() == held+5 })
+		testkit.WaitFor(t, 5*time.Second, "server media held", func() bool { return mc.DropNotLatched.Load() == held+5 })
 		echoOnce(t, m, tg.mp.RTPAddr(), rtp(7000, uint16(2+i), "after"))
 	}
-	nothingAt(t, victim, "victim on 127.0.0.2")
+	testkit.Silent(t, victim, "victim on 127.0.0.2")
 }
 
 // TestMediaPolicyAllRefused: when neither the SDP's address nor the
@@ -376,7 +366,7 @@ func TestMediaPolicyLateOfferACK(t *testing.T) {
 	if err := s.WriteAck(ctx, ack); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, "ACK at the server", func() bool { return uas.acks.Load() == 1 })
+	testkit.WaitFor(t, 5*time.Second, "ACK at the server", func() bool { return uas.acks.Load() == 1 })
 	uas.mu.Lock()
 	body := uas.ackBody
 	uas.mu.Unlock()

@@ -13,6 +13,7 @@ import (
 	"github.com/emiago/sipgo/sip"
 
 	"github.com/traverse-rtc/traverse/internal/mediaproxy"
+	"github.com/traverse-rtc/traverse/internal/testkit"
 )
 
 func rtp(ssrc uint32, seq uint16, tag string) []byte {
@@ -23,14 +24,10 @@ func rtp(ssrc uint32, seq uint16, tag string) []byte {
 	return append(p, tag...)
 }
 
+// udpOn binds a UDP socket on ip for the duration of the test.
 func udpOn(t *testing.T, ip netip.Addr) *net.UDPConn {
 	t.Helper()
-	c, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(ip, 0)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c
+	return testkit.ListenUDP(t, netip.AddrPortFrom(ip, 0))
 }
 
 func echoOnce(t *testing.T, c *net.UDPConn, to netip.AddrPort, p []byte) {
@@ -52,12 +49,7 @@ func echoOnce(t *testing.T, c *net.UDPConn, to netip.AddrPort, p []byte) {
 func TestCallUpdateBye(t *testing.T) {
 	uas, tg, uac := startTrio(t, nil)
 	ctx := callCtx(t)
-	m1 := udpOn(t, clientIP)
-	s, err := uac.call(ctx, tg.gw.Addr(), offerSDP(m1.LocalAddr().(*net.UDPAddr).AddrPort(), netip.AddrPort{}, 4242, 0))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s, m1 := callFrom(t, tg, uac, 4242)
 	inBody := uas.body()
 	if !strings.Contains(inBody, "c=IN IP4 127.0.0.2") || strings.Contains(inBody, "127.0.0.3") {
 		t.Fatalf("inside-bound SDP not rewritten:\n%s", inBody)
@@ -92,7 +84,7 @@ func TestCallUpdateBye(t *testing.T) {
 	if uas.byes.Load() != 1 {
 		t.Fatal("BYE not relayed")
 	}
-	waitFor(t, 5*time.Second, "released", func() bool { return tg.gw.Calls() == 0 && tg.mp.Streams() == 0 && tg.mp.PortsInUse() == 0 })
+	testkit.WaitFor(t, 5*time.Second, "released", func() bool { return tg.gw.Calls() == 0 && tg.mp.Streams() == 0 && tg.mp.PortsInUse() == 0 })
 }
 
 // TestCancel: the caller cancels while the server rings; the server sees
@@ -129,8 +121,8 @@ func TestCancel(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("WaitAnswer did not return after CANCEL")
 	}
-	waitFor(t, 5*time.Second, "CANCEL relayed to the server", func() bool { return uas.cancels.Load() == 1 })
-	waitFor(t, 5*time.Second, "released", func() bool { return tg.gw.Calls() == 0 && tg.mp.Streams() == 0 })
+	testkit.WaitFor(t, 5*time.Second, "CANCEL relayed to the server", func() bool { return uas.cancels.Load() == 1 })
+	testkit.WaitFor(t, 5*time.Second, "released", func() bool { return tg.gw.Calls() == 0 && tg.mp.Streams() == 0 })
 }
 
 // rawSIP sends one datagram to the gateway and returns the status code of
@@ -219,18 +211,12 @@ func TestMediaTimeoutEndsCall(t *testing.T) {
 	uas, tg, uac := startTrio(t, func(_ *Config, m *mediaproxy.Config) {
 		m.MediaTimeout, m.SetupTimeout, m.Tick = 200*time.Millisecond, 300*time.Millisecond, 20*time.Millisecond
 	})
-	ctx := callCtx(t)
-	m := udpOn(t, clientIP)
-	s, err := uac.call(ctx, tg.gw.Addr(), offerSDP(m.LocalAddr().(*net.UDPAddr).AddrPort(), netip.AddrPort{}, 0, 0))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	waitFor(t, 5*time.Second, "call ended by media timeout", func() bool { return tg.gw.Calls() == 0 && tg.mp.Streams() == 0 })
+	callFrom(t, tg, uac, 0)
+	testkit.WaitFor(t, 5*time.Second, "call ended by media timeout", func() bool { return tg.gw.Calls() == 0 && tg.mp.Streams() == 0 })
 	if tg.mp.Counters().Timeouts.Load() != 1 {
 		t.Fatal("timeout not counted")
 	}
-	waitFor(t, 5*time.Second, "BYE sent to both parties", func() bool { return uas.byes.Load() == 1 && uac.byes.Load() == 1 })
+	testkit.WaitFor(t, 5*time.Second, "BYE sent to both parties", func() bool { return uas.byes.Load() == 1 && uac.byes.Load() == 1 })
 }
 
 // TestNATedClient: the client's SDP carries a private address it cannot be

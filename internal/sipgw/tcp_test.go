@@ -12,6 +12,7 @@ import (
 	"github.com/emiago/sipgo/sip"
 
 	"github.com/traverse-rtc/traverse/internal/mediaproxy"
+	"github.com/traverse-rtc/traverse/internal/testkit"
 )
 
 // TestTCPClient: an outside client speaking SIP over TCP calls the inside
@@ -68,5 +69,5 @@ func callOverStream(t *testing.T, transport string, ssrc uint32, mod func(*Confi
 	if err := s.Bye(ctx); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, "released", func() bool { return tg.gw.Calls() == 0 && tg.mp.Streams() == 0 && uas.byes.Load() == 1 })
+	testkit.WaitFor(t, 5*time.Second, "released", func() bool { return tg.gw.Calls() == 0 && tg.mp.Streams() == 0 && uas.byes.Load() == 1 })
 }

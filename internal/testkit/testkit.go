@@ -2,13 +2,15 @@
 // share, so that each is written once: waiting for a condition with a
 // deadline (tests never sleep as synchronisation, they poll until what they
 // wait for holds or the deadline passes), UDP sockets on a given address
-// closed when the test ends, a UDP echo peer, and reading a metric.
+// closed when the test ends, a UDP echo peer, and a role's Run for the
+// length of a test.
 //
 // Helpers for one protocol or lab stay with it (stuntest, offloadtest,
 // srtpsealtest, rtpcodectest); this package is for what every test needs.
 package testkit
 
 import (
+	"context"
 	"net"
 	"net/netip"
 	"sync"
@@ -83,4 +85,44 @@ func Echo(t testing.TB, c *net.UDPConn, seen func(from netip.AddrPort)) {
 		}
 	}()
 	t.Cleanup(func() { c.Close(); wg.Wait() })
+}
+
+// SilenceWindow is how long Silent listens.
+const SilenceWindow = 100 * time.Millisecond
+
+// Silent fails the test if a datagram arrives at c within SilenceWindow.
+// Callers use it once the packets that could have reached c are
+// accounted for (by a counter), so the window only has to cover the last
+// hop.
+func Silent(t testing.TB, c *net.UDPConn, what string) {
+	t.Helper()
+	_ = c.SetReadDeadline(time.Now().Add(SilenceWindow))
+	buf := make([]byte, 2048)
+	if n, from, err := c.ReadFromUDPAddrPort(buf); err == nil {
+		t.Fatalf("%s received %d bytes from %v", what, n, from)
+	}
+}
+
+// StopTimeout is how long Run waits, when the test ends, for the role to
+// return after its context is cancelled.
+const StopTimeout = 10 * time.Second
+
+// Run runs run (a role's Run method) in a goroutine until the test ends.
+// Then it cancels run's context and waits up to StopTimeout for it to
+// return, failing the test if it returns an error or does not return.
+func Run(t testing.TB, run func(context.Context) error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		case <-time.After(StopTimeout):
+			t.Errorf("Run did not return within %v of its context's end", StopTimeout)
+		}
+	})
 }

@@ -1,7 +1,10 @@
 package testkit
 
 import (
+	"context"
+	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"runtime"
 	"strings"
@@ -92,5 +95,67 @@ func TestEcho(t *testing.T) {
 	}
 	if senders.Load() != 1 {
 		t.Errorf("seen called %d times, want 1", senders.Load())
+	}
+}
+
+// cleanupTB records Cleanup functions and Errorf messages.
+type cleanupTB struct {
+	fakeTB
+	cleanups []func()
+	errs     []string
+}
+
+func (c *cleanupTB) Cleanup(f func()) { c.cleanups = append(c.cleanups, f) }
+func (c *cleanupTB) Errorf(format string, args ...any) {
+	c.errs = append(c.errs, fmt.Sprintf(format, args...))
+}
+
+func TestRun(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		result  error
+		wantErr string
+	}{
+		{"clean stop", nil, ""},
+		{"error on stop", errors.New("stop failed"), "Run: stop failed"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fake := &cleanupTB{}
+			running := make(chan struct{})
+			var returned atomic.Bool
+			Run(fake, func(ctx context.Context) error {
+				close(running)
+				<-ctx.Done()
+				returned.Store(true)
+				return tc.result
+			})
+			<-running
+			if len(fake.cleanups) != 1 {
+				t.Fatalf("%d cleanups registered, want 1", len(fake.cleanups))
+			}
+			if returned.Load() {
+				t.Fatal("run's context ended before the test did")
+			}
+			fake.cleanups[0]()
+			got := strings.Join(fake.errs, "; ")
+			if got != tc.wantErr {
+				t.Errorf("errors %q, want %q", got, tc.wantErr)
+			}
+		})
+	}
+}
+
+func TestSilent(t *testing.T) {
+	c := ListenUDP(t, netip.MustParseAddrPort("127.0.0.1:0"))
+	if f := runFake(func(tb testing.TB) { Silent(tb, c, "quiet socket") }); f.failed != "" {
+		t.Errorf("Silent on a quiet socket failed: %s", f.failed)
+	}
+	cl := ListenUDP(t, netip.MustParseAddrPort("127.0.0.1:0"))
+	if _, err := cl.WriteToUDPAddrPort([]byte("x"), c.LocalAddr().(*net.UDPAddr).AddrPort()); err != nil {
+		t.Fatal(err)
+	}
+	f := runFake(func(tb testing.TB) { Silent(tb, c, "the socket") })
+	if !strings.Contains(f.failed, "the socket received 1 bytes") {
+		t.Errorf("Silent with a datagram waiting: %q, want a failure naming it", f.failed)
 	}
 }

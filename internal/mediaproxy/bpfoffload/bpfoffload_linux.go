@@ -25,7 +25,7 @@ type Offloader struct {
 	mu       sync.Mutex // guards everything below
 	objs     *fastpathObjects
 	nl       *netlink.Handle
-	links    map[int]*tcattach.Attachment // ingress program per interface index
+	links    *tcattach.Set // the program on the interfaces flows arrive on
 	flows    map[mediaproxy.Flow]struct{}
 	counters map[fastpathFlowKey][2]uint64 // packets, bytes (all CPUs)
 	readAt   time.Time
@@ -39,26 +39,13 @@ func New(cfg Config) (*Offloader, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	ncpu, err := ebpf.PossibleCPU()
-	if err != nil {
-		return nil, fmt.Errorf("bpfoffload: %w", err)
-	}
-	spec, err := loadFastpath()
-	if err != nil {
-		return nil, fmt.Errorf("bpfoffload: %w", err)
-	}
-	spec.Maps[fastpathMapFlows].MaxEntries = uint32(2 * cfg.MaxFlows)
 	objs := new(fastpathObjects)
-	if err := spec.LoadAndAssign(objs, nil); err != nil {
-		return nil, fmt.Errorf("bpfoffload: load program: %w", err)
-	}
-	nl, err := tcattach.Handle(cfg.NetNS)
+	nl, ncpu, err := tcattach.Load(cfg.NetNS, loadFastpath, map[string]uint32{fastpathMapFlows: uint32(2 * cfg.MaxFlows)}, objs)
 	if err != nil {
-		objs.Close()
-		return nil, fmt.Errorf("bpfoffload: netlink: %w", err)
+		return nil, fmt.Errorf("bpfoffload: %w", err)
 	}
 	return &Offloader{cfg: cfg, ncpu: ncpu, objs: objs, nl: nl,
-		links: map[int]*tcattach.Attachment{}, flows: map[mediaproxy.Flow]struct{}{}}, nil
+		links: tcattach.NewSet(cfg.NetNS, nl, objs.FastpathIngress, false), flows: map[mediaproxy.Flow]struct{}{}}, nil
 }
 
 func check(f mediaproxy.Flow) error {
@@ -91,21 +78,6 @@ func (o *Offloader) egress(dst netip.Addr) (int, error) {
 		return 0, fmt.Errorf("%w: %v is local", ErrNoRoute, dst)
 	}
 	return r.Ifindex, nil
-}
-
-// attachLocked attaches the program to ifindex's ingress unless it is
-// already there, in the configured network namespace: with TCX, or a
-// clsact filter on kernels without it.
-func (o *Offloader) attachLocked(ifindex int) error {
-	if _, ok := o.links[ifindex]; ok {
-		return nil
-	}
-	l, err := tcattach.Ingress(o.cfg.NetNS, o.nl, ifindex, o.objs.FastpathIngress, false)
-	if err != nil {
-		return fmt.Errorf("bpfoffload: attach to interface %d: %w", ifindex, err)
-	}
-	o.links[ifindex] = l
-	return nil
 }
 
 func (o *Offloader) value(src, dst netip.AddrPort, ifindex int) []fastpathFlowValue {
@@ -147,8 +119,10 @@ func (o *Offloader) Offload(f mediaproxy.Flow) error {
 		return err
 	}
 	for _, i := range []int{toClient, fromServer} {
-		if err := o.attachLocked(i); err != nil {
-			return err
+		// In the configured network namespace: with TCX, or a clsact
+		// filter on kernels without it.
+		if err := o.links.Attach(i); err != nil {
+			return fmt.Errorf("bpfoffload: %w", err)
 		}
 	}
 	m := o.objs.Flows
@@ -229,7 +203,10 @@ func (o *Offloader) Interfaces() []int {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	var r []int
-	for i := range o.links {
+	if o.links == nil {
+		return r
+	}
+	for i := range o.links.Modes() {
 		r = append(r, i)
 	}
 	return r
@@ -243,14 +220,8 @@ func (o *Offloader) Close() error {
 	if o.objs == nil {
 		return nil
 	}
-	var errs []error
-	for i, l := range o.links {
-		if err := l.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("detach from interface %d: %w", i, err))
-		}
-	}
-	errs = append(errs, o.objs.Close())
+	err := errors.Join(o.links.Close(), o.objs.Close())
 	o.nl.Close()
 	o.objs, o.links, o.flows, o.counters = nil, nil, nil, nil
-	return errors.Join(errs...)
+	return err
 }

@@ -4,13 +4,9 @@ package bpfoffload
 
 import (
 	"bytes"
-	"encoding/binary"
-	"errors"
 	"math/rand/v2"
 	"net/netip"
-	"os"
 	"testing"
-	"time"
 
 	"github.com/cilium/ebpf"
 
@@ -18,22 +14,14 @@ import (
 )
 
 const (
-	actUnspec   = ^uint32(0) // TC_ACT_UNSPEC (-1): handed on untouched
-	actRedirect = 7          // TC_ACT_REDIRECT
+	actUnspec   = offloadtest.ActUnspec
+	actRedirect = offloadtest.ActRedirect
 )
 
 // loadObjs loads the program and its map for BPF_PROG_TEST_RUN.
-func loadObjs(t *testing.T) *fastpathObjects {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("loading eBPF programs needs root")
-	}
-	objs := new(fastpathObjects)
-	if err := loadFastpathObjects(objs, nil); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { objs.Close() })
-	return objs
+func loadObjs(tb testing.TB) *fastpathObjects {
+	tb.Helper()
+	return offloadtest.Load(tb, new(fastpathObjects), loadFastpathObjects)
 }
 
 // pkt is a crafted Ethernet + IPv4 + UDP frame (the offloaders' shared
@@ -67,15 +55,15 @@ var (
 	tServer = netip.MustParseAddrPort("10.0.0.10:5000")
 )
 
-func putFlow(t *testing.T, objs *fastpathObjects, from, to, newSrc, newDst netip.AddrPort, ifindex int) {
-	t.Helper()
+func putFlow(tb testing.TB, objs *fastpathObjects, from, to, newSrc, newDst netip.AddrPort, ifindex int) {
+	tb.Helper()
 	n, err := ebpf.PossibleCPU()
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	o := &Offloader{ncpu: n}
 	if err := objs.Flows.Update(key(from, to), o.value(newSrc, newDst, ifindex), ebpf.UpdateAny); err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 }
 
@@ -94,16 +82,7 @@ func counters(t *testing.T, objs *fastpathObjects, from, to netip.AddrPort) (pac
 
 func run(t *testing.T, objs *fastpathObjects, in []byte) (uint32, []byte) {
 	t.Helper()
-	out := make([]byte, len(in)+256)
-	opts := &ebpf.RunOptions{Data: in, DataOut: out}
-	ret, err := objs.FastpathIngress.Run(opts)
-	if err != nil {
-		if errors.Is(err, ebpf.ErrNotSupported) {
-			t.Skipf("kernel cannot test-run tc programs: %v", err)
-		}
-		t.Fatal(err)
-	}
-	return ret, opts.DataOut
+	return offloadtest.Run(t, objs.FastpathIngress, in)
 }
 
 func TestProgram(t *testing.T) {
@@ -247,42 +226,11 @@ func TestProgramChecksumsRandom(t *testing.T) {
 // original, so repeated runs over the same skb keep hitting; each batch
 // stops before the TTL runs out.
 func BenchmarkProgram(b *testing.B) {
-	if os.Geteuid() != 0 {
-		b.Skip("loading eBPF programs needs root")
-	}
-	objs := new(fastpathObjects)
-	if err := loadFastpathObjects(objs, nil); err != nil {
-		b.Fatal(err)
-	}
-	defer objs.Close()
-	n, err := ebpf.PossibleCPU()
-	if err != nil {
-		b.Fatal(err)
-	}
-	o := &Offloader{ncpu: n}
-	if err := objs.Flows.Update(key(tClient, tFixed), o.value(tInside, tServer, 1), ebpf.UpdateAny); err != nil {
-		b.Fatal(err)
-	}
-	if err := objs.Flows.Update(key(tInside, tServer), o.value(tClient, tFixed, 1), ebpf.UpdateAny); err != nil {
-		b.Fatal(err)
-	}
+	objs := loadObjs(b)
+	putFlow(b, objs, tClient, tFixed, tInside, tServer, 1)
+	putFlow(b, objs, tInside, tServer, tClient, tFixed, 1)
 	in := pkt{Src: tClient, Dst: tFixed, TTL: 255, Payload: make([]byte, 160)}.Bytes()
-	const batch = 200
-	b.ReportAllocs()
-	b.ResetTimer()
-	var total time.Duration
-	for done := 0; done < b.N; done += batch {
-		ret, d, err := objs.FastpathIngress.Benchmark(in, batch, nil)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if ret != actRedirect {
-			b.Fatalf("returned %d", int32(ret))
-		}
-		total += d * batch
-	}
-	b.StopTimer()
-	b.ReportMetric(float64(total.Nanoseconds())/float64((b.N+batch-1)/batch*batch), "prog-ns/pkt")
+	offloadtest.Benchmark(b, objs.FastpathIngress, in)
 }
 
 // FuzzProgram runs arbitrary frames through the program with one flow
@@ -291,22 +239,8 @@ func BenchmarkProgram(b *testing.B) {
 // payload, carry the rewritten addresses and ports, and keep a valid IP
 // header checksum valid.
 func FuzzProgram(f *testing.F) {
-	if os.Geteuid() != 0 {
-		f.Skip("loading eBPF programs needs root")
-	}
-	objs := new(fastpathObjects)
-	if err := loadFastpathObjects(objs, nil); err != nil {
-		f.Fatal(err)
-	}
-	f.Cleanup(func() { objs.Close() })
-	n, err := ebpf.PossibleCPU()
-	if err != nil {
-		f.Fatal(err)
-	}
-	o := &Offloader{ncpu: n}
-	if err := objs.Flows.Update(key(tClient, tFixed), o.value(tInside, tServer, 1), ebpf.UpdateAny); err != nil {
-		f.Fatal(err)
-	}
+	objs := loadObjs(f)
+	putFlow(f, objs, tClient, tFixed, tInside, tServer, 1)
 	payload := make([]byte, 40)
 	for _, p := range []pkt{
 		{Src: tClient, Dst: tFixed, Payload: payload},
@@ -320,42 +254,27 @@ func FuzzProgram(f *testing.F) {
 		f.Add(p.Bytes())
 	}
 	f.Fuzz(func(t *testing.T, in []byte) {
-		out := make([]byte, len(in)+256)
-		opts := &ebpf.RunOptions{Data: in, DataOut: out}
-		ret, err := objs.FastpathIngress.Run(opts)
-		if err != nil {
-			return // BPF_PROG_TEST_RUN refuses frames shorter than their ethertype's header
+		out, ok := offloadtest.Redirected(t, objs.FastpathIngress, in)
+		if !ok {
+			return
 		}
-		out = opts.DataOut
-		switch ret {
-		case actUnspec:
-			if !bytes.Equal(out, in) {
-				t.Fatalf("handed-on frame changed:\n got %x\nwant %x", out, in)
-			}
-		case actRedirect:
-			if len(in) < 42 || len(out) != len(in) {
-				t.Fatalf("redirected a %d-byte frame (out %d bytes)", len(in), len(out))
-			}
-			if key(netip.AddrPortFrom(netip.AddrFrom4([4]byte(in[26:30])), binary.BigEndian.Uint16(in[34:])),
-				netip.AddrPortFrom(netip.AddrFrom4([4]byte(in[30:34])), binary.BigEndian.Uint16(in[36:]))) != key(tClient, tFixed) {
-				t.Fatalf("redirected a frame of another flow: %x", in)
-			}
-			if !bytes.Equal(out[:22], in[:22]) || out[22] != in[22]-1 || out[23] != in[23] {
-				t.Errorf("Ethernet or IP header changed beyond TTL, checksum, addresses")
-			}
-			if !bytes.Equal(out[42:], in[42:]) || !bytes.Equal(out[38:40], in[38:40]) {
-				t.Errorf("UDP length or payload changed")
-			}
-			src := netip.AddrPortFrom(netip.AddrFrom4([4]byte(out[26:30])), binary.BigEndian.Uint16(out[34:]))
-			dst := netip.AddrPortFrom(netip.AddrFrom4([4]byte(out[30:34])), binary.BigEndian.Uint16(out[36:]))
-			if src != tInside || dst != tServer {
-				t.Errorf("rewritten to %v -> %v", src, dst)
-			}
-			if offloadtest.Fold(offloadtest.Sum(0, in[14:34])) == 0xffff && offloadtest.Fold(offloadtest.Sum(0, out[14:34])) != 0xffff {
-				t.Errorf("valid IP header checksum made invalid")
-			}
-		default:
-			t.Fatalf("returned %d", int32(ret))
+		if len(in) < 42 || len(out) != len(in) {
+			t.Fatalf("redirected a %d-byte frame (out %d bytes)", len(in), len(out))
+		}
+		if from, to := offloadtest.Tuple(in); key(from, to) != key(tClient, tFixed) {
+			t.Fatalf("redirected a frame of another flow: %x", in)
+		}
+		if !bytes.Equal(out[:22], in[:22]) || out[22] != in[22]-1 || out[23] != in[23] {
+			t.Errorf("Ethernet or IP header changed beyond TTL, checksum, addresses")
+		}
+		if !bytes.Equal(out[42:], in[42:]) || !bytes.Equal(out[38:40], in[38:40]) {
+			t.Errorf("UDP length or payload changed")
+		}
+		if src, dst := offloadtest.Tuple(out); src != tInside || dst != tServer {
+			t.Errorf("rewritten to %v -> %v", src, dst)
+		}
+		if offloadtest.Fold(offloadtest.Sum(0, in[14:34])) == 0xffff && offloadtest.Fold(offloadtest.Sum(0, out[14:34])) != 0xffff {
+			t.Errorf("valid IP header checksum made invalid")
 		}
 	})
 }

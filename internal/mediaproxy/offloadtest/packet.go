@@ -112,6 +112,15 @@ func RandomAddrPort(r *rand.Rand) netip.AddrPort {
 	return netip.AddrPortFrom(netip.AddrFrom4(a), uint16(r.Uint32()|1))
 }
 
+// Tuple returns the source and destination of an Ethernet + IPv4 (no
+// options) + UDP frame of at least 38 bytes.
+func Tuple(frame []byte) (src, dst netip.AddrPort) {
+	ip, udp := frame[14:34], frame[34:]
+	src = netip.AddrPortFrom(netip.AddrFrom4([4]byte(ip[12:16])), binary.BigEndian.Uint16(udp[0:]))
+	dst = netip.AddrPortFrom(netip.AddrFrom4([4]byte(ip[16:20])), binary.BigEndian.Uint16(udp[2:]))
+	return src, dst
+}
+
 // CheckHeaders checks the headers of a frame a tc program rewrote
 // (Ethernet + IPv4 without options + UDP): its source is src and its
 // destination dst, the IP header checksum verifies, and the UDP checksum
@@ -120,11 +129,12 @@ func RandomAddrPort(r *rand.Rand) netip.AddrPort {
 func CheckHeaders(t testing.TB, frame []byte, src, dst netip.AddrPort, zeroCsum bool) {
 	t.Helper()
 	ip, udp := frame[14:34], frame[34:]
-	if got := netip.AddrPortFrom(netip.AddrFrom4([4]byte(ip[12:16])), binary.BigEndian.Uint16(udp[0:])); got != src {
-		t.Errorf("source %v, want %v", got, src)
+	gotSrc, gotDst := Tuple(frame)
+	if gotSrc != src {
+		t.Errorf("source %v, want %v", gotSrc, src)
 	}
-	if got := netip.AddrPortFrom(netip.AddrFrom4([4]byte(ip[16:20])), binary.BigEndian.Uint16(udp[2:])); got != dst {
-		t.Errorf("destination %v, want %v", got, dst)
+	if gotDst != dst {
+		t.Errorf("destination %v, want %v", gotDst, dst)
 	}
 	if Fold(Sum(0, ip)) != 0xffff {
 		t.Errorf("IP header checksum %#04x does not verify", binary.BigEndian.Uint16(ip[10:]))

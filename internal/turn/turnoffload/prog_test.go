@@ -5,10 +5,8 @@ package turnoffload
 import (
 	"bytes"
 	"encoding/binary"
-	"errors"
 	"math/rand/v2"
 	"net/netip"
-	"os"
 	"testing"
 	"time"
 
@@ -19,9 +17,9 @@ import (
 )
 
 const (
-	actOK       = 0          // TC_ACT_OK: up the stack (the lo case)
-	actUnspec   = ^uint32(0) // TC_ACT_UNSPEC (-1): handed on untouched
-	actRedirect = 7          // TC_ACT_REDIRECT
+	actOK       = offloadtest.ActOK
+	actUnspec   = offloadtest.ActUnspec
+	actRedirect = offloadtest.ActRedirect
 )
 
 type pkt = offloadtest.Packet
@@ -43,14 +41,7 @@ type testProg struct {
 
 func loadProg(tb testing.TB) *testProg {
 	tb.Helper()
-	if os.Geteuid() != 0 {
-		tb.Skip("loading eBPF programs needs root")
-	}
-	objs := new(turnrelayObjects)
-	if err := loadTurnrelayObjects(objs, nil); err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { objs.Close() })
+	objs := offloadtest.Load(tb, new(turnrelayObjects), loadTurnrelayObjects)
 	n, err := ebpf.PossibleCPU()
 	if err != nil {
 		tb.Fatal(err)
@@ -100,16 +91,7 @@ func (p *testProg) counters(tb testing.TB, slot uint32) (packets, bytes uint64) 
 
 func (p *testProg) run(tb testing.TB, in []byte) (uint32, []byte) {
 	tb.Helper()
-	out := make([]byte, len(in)+256)
-	opts := &ebpf.RunOptions{Data: in, DataOut: out}
-	ret, err := p.objs.TurnRelay.Run(opts)
-	if err != nil {
-		if errors.Is(err, ebpf.ErrNotSupported) {
-			tb.Skipf("kernel cannot test-run tc programs: %v", err)
-		}
-		tb.Fatal(err)
-	}
-	return ret, opts.DataOut
+	return offloadtest.Run(tb, p.objs.TurnRelay, in)
 }
 
 // channelData builds a ChannelData message with pad trailing bytes (of
@@ -396,20 +378,7 @@ func BenchmarkProgram(b *testing.B) {
 	p.install(b, tClient, tListen, tRelay, tPeer, tChan, 1, time.Hour)
 	p.install(b, tListen, tClient, tPeer, tRelay, tChan, 1, time.Hour)
 	in := pkt{Src: tClient, Dst: tListen, Payload: channelData(tChan, data(160), 0, 0)}.Bytes()
-	const batch = 200
-	b.ReportAllocs()
-	var total time.Duration
-	for done := 0; done < b.N; done += batch {
-		ret, d, err := p.objs.TurnRelay.Benchmark(in, batch, nil)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if ret != actRedirect {
-			b.Fatalf("returned %d", int32(ret))
-		}
-		total += d * batch
-	}
-	b.ReportMetric(float64(total.Nanoseconds())/float64((b.N+batch-1)/batch*batch), "prog-ns/pkt")
+	offloadtest.Benchmark(b, p.objs.TurnRelay, in)
 }
 
 // FuzzProgram runs arbitrary frames through the program with one flow
@@ -432,28 +401,14 @@ func FuzzProgram(f *testing.F) {
 		f.Add(s.Bytes())
 	}
 	f.Fuzz(func(t *testing.T, in []byte) {
-		out := make([]byte, len(in)+256)
-		opts := &ebpf.RunOptions{Data: in, DataOut: out}
-		ret, err := p.objs.TurnRelay.Run(opts)
-		if err != nil {
-			return // BPF_PROG_TEST_RUN refuses frames shorter than their ethertype's header
-		}
-		out = opts.DataOut
-		switch ret {
-		case actUnspec:
-			if !bytes.Equal(out, in) {
-				t.Fatalf("handed-on frame changed:\n got %x\nwant %x", out, in)
-			}
+		out, ok := offloadtest.Redirected(t, p.objs.TurnRelay, in)
+		if !ok {
 			return
-		case actRedirect:
-		default:
-			t.Fatalf("returned %d", int32(ret))
 		}
 		if len(in) < 42 {
 			t.Fatalf("relayed a %d-byte frame", len(in))
 		}
-		src := netip.AddrPortFrom(netip.AddrFrom4([4]byte(in[26:30])), binary.BigEndian.Uint16(in[34:]))
-		dst := netip.AddrPortFrom(netip.AddrFrom4([4]byte(in[30:34])), binary.BigEndian.Uint16(in[36:]))
+		src, dst := offloadtest.Tuple(in)
 		tot := int(binary.BigEndian.Uint16(in[16:]))
 		udpIn := in[34 : 14+tot]
 		validIn := binary.BigEndian.Uint16(udpIn[6:]) != 0 && offloadtest.UDPChecksum(in[14:34], udpIn) == binary.BigEndian.Uint16(udpIn[6:])
@@ -475,11 +430,8 @@ func FuzzProgram(f *testing.F) {
 			t.Fatalf("relayed frame of %d bytes, want %d", len(out), 42+len(payload))
 		}
 		ip, udp := out[14:34], out[34:]
-		if got := netip.AddrPortFrom(netip.AddrFrom4([4]byte(ip[12:16])), binary.BigEndian.Uint16(udp[0:])); got != wantSrc {
-			t.Errorf("source %v, want %v", got, wantSrc)
-		}
-		if got := netip.AddrPortFrom(netip.AddrFrom4([4]byte(ip[16:20])), binary.BigEndian.Uint16(udp[2:])); got != wantDst {
-			t.Errorf("destination %v, want %v", got, wantDst)
+		if gotSrc, gotDst := offloadtest.Tuple(out); gotSrc != wantSrc || gotDst != wantDst {
+			t.Errorf("relayed as %v -> %v, want %v -> %v", gotSrc, gotDst, wantSrc, wantDst)
 		}
 		if offloadtest.Fold(offloadtest.Sum(0, ip)) != 0xffff {
 			t.Errorf("IP header checksum does not verify")

@@ -29,7 +29,7 @@ type Offloader struct {
 	mu       sync.Mutex // guards everything below
 	objs     *turnrelayObjects
 	nl       *netlink.Handle
-	attached map[int]*tcattach.Attachment // by interface index
+	attached *tcattach.Set // the program on the interfaces flows arrive on
 	flows    map[turn.OffloadFlow]*entry
 	keys     map[turnrelayRelayKey]turn.OffloadFlow
 	free     []uint32 // counter slots
@@ -49,26 +49,15 @@ func New(cfg Config) (*Offloader, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	ncpu, err := ebpf.PossibleCPU()
-	if err != nil {
-		return nil, fmt.Errorf("turnoffload: %w", err)
-	}
-	spec, err := loadTurnrelay()
-	if err != nil {
-		return nil, fmt.Errorf("turnoffload: %w", err)
-	}
-	spec.Maps[turnrelayMapRelays].MaxEntries = uint32(2 * cfg.MaxFlows)
-	spec.Maps[turnrelayMapCounters].MaxEntries = uint32(2 * cfg.MaxFlows)
 	objs := new(turnrelayObjects)
-	if err := spec.LoadAndAssign(objs, nil); err != nil {
-		return nil, fmt.Errorf("turnoffload: load program: %w", err)
-	}
-	nl, err := tcattach.Handle(cfg.NetNS)
+	nl, ncpu, err := tcattach.Load(cfg.NetNS, loadTurnrelay, map[string]uint32{
+		turnrelayMapRelays:   uint32(2 * cfg.MaxFlows),
+		turnrelayMapCounters: uint32(2 * cfg.MaxFlows),
+	}, objs)
 	if err != nil {
-		objs.Close()
-		return nil, fmt.Errorf("turnoffload: netlink: %w", err)
+		return nil, fmt.Errorf("turnoffload: %w", err)
 	}
-	o := &Offloader{cfg: cfg, ncpu: ncpu, objs: objs, nl: nl, attached: map[int]*tcattach.Attachment{},
+	o := &Offloader{cfg: cfg, ncpu: ncpu, objs: objs, nl: nl, attached: tcattach.NewSet(cfg.NetNS, nl, objs.TurnRelay, cfg.Clsact),
 		flows: map[turn.OffloadFlow]*entry{}, keys: map[turnrelayRelayKey]turn.OffloadFlow{}}
 	o.free = make([]uint32, 0, 2*cfg.MaxFlows)
 	for i := 2*cfg.MaxFlows - 1; i >= 0; i-- {
@@ -158,8 +147,8 @@ func (o *Offloader) Install(f turn.OffloadFlow, deadline time.Time) error {
 	// Packets of each direction arrive on the interface their sender is
 	// routed through (symmetric routing assumed: others reach user space).
 	for _, i := range []int{toClient.Ifindex, toPeer.Ifindex} {
-		if err := o.attachLocked(i); err != nil {
-			return err
+		if err := o.attached.Attach(i); err != nil {
+			return fmt.Errorf("turnoffload: %w", err)
 		}
 	}
 	up, down := o.free[len(o.free)-1], o.free[len(o.free)-2]
@@ -190,18 +179,6 @@ func (o *Offloader) put(e *entry) error {
 	if err := o.objs.Relays.Put(e.downKey, e.down); err != nil {
 		return fmt.Errorf("turnoffload: install flow: %w", err)
 	}
-	return nil
-}
-
-func (o *Offloader) attachLocked(ifindex int) error {
-	if _, ok := o.attached[ifindex]; ok {
-		return nil
-	}
-	a, err := tcattach.Ingress(o.cfg.NetNS, o.nl, ifindex, o.objs.TurnRelay, o.cfg.Clsact)
-	if err != nil {
-		return fmt.Errorf("turnoffload: %w", err)
-	}
-	o.attached[ifindex] = a
 	return nil
 }
 
@@ -269,11 +246,10 @@ func (o *Offloader) Flows() int {
 func (o *Offloader) Attachments() map[int]tcattach.Mode {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	r := map[int]tcattach.Mode{}
-	for i, a := range o.attached {
-		r[i] = a.Mode
+	if o.attached == nil {
+		return map[int]tcattach.Mode{}
 	}
-	return r
+	return o.attached.Modes()
 }
 
 // Close detaches the program from every interface and frees the program
@@ -284,14 +260,8 @@ func (o *Offloader) Close() error {
 	if o.objs == nil {
 		return nil
 	}
-	var errs []error
-	for i, a := range o.attached {
-		if err := a.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("detach from interface %d: %w", i, err))
-		}
-	}
-	errs = append(errs, o.objs.Close())
+	err := errors.Join(o.attached.Close(), o.objs.Close())
 	o.nl.Close()
 	o.objs, o.attached, o.flows, o.keys = nil, nil, nil, nil
-	return errors.Join(errs...)
+	return err
 }

@@ -21,7 +21,7 @@ package signal_test
 import (
 	"context"
 	"fmt"
-	"github.com/traverse-rtc/traverse/internal/roletest"
+	"github.com/traverse-rtc/traverse/internal/testkit"
 	"log/slog"
 	"net/http/httptest"
 	"net/netip"
@@ -120,7 +120,7 @@ func startStack(t *testing.T, withTURN bool) *stack {
 		if err != nil {
 			t.Fatal(err)
 		}
-		roletest.Run(t, ts)
+		testkit.Run(t, ts.Run)
 		url := "turn:" + ts.Addr().String() + "?transport=udp"
 		cfg.ICEServers = func(identity string) []signal.ICEServer {
 			u, p := turn.RESTCredentials("turn-secret", identity, time.Hour, time.Now())

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/traverse-rtc/traverse/internal/roletest"
 	"github.com/traverse-rtc/traverse/internal/testkit"
 	"net"
 	"net/http"
@@ -32,7 +31,7 @@ func serving(t *testing.T, mod func(*Config)) (*Server, string, *prometheus.Regi
 			mod(c)
 		}
 	})
-	roletest.Run(t, s)
+	testkit.Run(t, s.Run)
 	return s, s.Addr().String(), reg
 }
 

@@ -1,7 +1,6 @@
 package turn
 
 import (
-	"github.com/traverse-rtc/traverse/internal/roletest"
 	"github.com/traverse-rtc/traverse/internal/testkit"
 	"net"
 	"net/netip"
@@ -45,7 +44,7 @@ func runServer(t testing.TB, cfg Config) *Server {
 	if err != nil {
 		t.Fatal(err)
 	}
-	roletest.Run(t, s)
+	testkit.Run(t, s.Run)
 	return s
 }
 

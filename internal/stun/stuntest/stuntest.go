@@ -4,7 +4,7 @@
 package stuntest
 
 import (
-	"github.com/traverse-rtc/traverse/internal/roletest"
+	"github.com/traverse-rtc/traverse/internal/testkit"
 	"net/netip"
 	"testing"
 	"time"
@@ -34,7 +34,7 @@ func Start(tb testing.TB, cfg stun.Config, reg prometheus.Registerer) *stun.Serv
 	if err != nil {
 		tb.Fatalf("stuntest: %v", err)
 	}
-	roletest.Run(tb, s)
+	testkit.Run(tb, s.Run)
 	deadline := time.Now().Add(5 * time.Second)
 	for s.Ready() != nil {
 		if time.Now().After(deadline) {

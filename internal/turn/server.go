@@ -15,6 +15,7 @@ import (
 
 	"github.com/traverse-rtc/traverse/internal/addrpolicy"
 	"github.com/traverse-rtc/traverse/internal/tlsutil"
+	"github.com/traverse-rtc/traverse/internal/udpio"
 )
 
 // Server is a running TURN server. Create it with New; stop it with Close.
@@ -449,7 +450,7 @@ func (s *Server) relayChannelData(key fiveTuple, b []byte, st *relayStats) {
 	case !a.up.take(len(data), now, s.cfg.BandwidthPerAllocation):
 		st.bw++
 	default:
-		if sendTo(a.fd, data, &ch.sa) != nil {
+		if udpio.SendTo(a.fd, data, &ch.sa) != nil {
 			st.sendErr++
 		} else {
 			st.packets++
@@ -476,8 +477,8 @@ func (s *Server) relaySend(key fiveTuple, b []byte, st *relayStats) {
 		s.m.refusedPeers.Inc()
 		return
 	}
-	var sa sockaddr
-	if !encodeSockaddr(peer, s.cfg.RelayIP.Is6(), &sa) {
+	var sa udpio.Sockaddr
+	if !sa.Set(peer, s.cfg.RelayIP.Is6()) {
 		st.sendErr++
 		return
 	}
@@ -493,7 +494,7 @@ func (s *Server) relaySend(key fiveTuple, b []byte, st *relayStats) {
 	case !a.up.take(len(data), now, s.cfg.BandwidthPerAllocation):
 		st.bw++
 	default:
-		if sendTo(a.fd, data, &sa) != nil {
+		if udpio.SendTo(a.fd, data, &sa) != nil {
 			st.sendErr++
 		} else {
 			st.packets++

@@ -6,7 +6,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
-	"runtime"
 	"sync"
 	"time"
 
@@ -141,12 +140,12 @@ func (e *engine) close() {
 	}
 }
 
-// run serves the listener and the relay sockets until wake.
 // yieldEvery is how often the event loop passes through the scheduler (see
 // run). Measured on 2 vCPUs at RTP rates: every 2 ms cost less CPU per
 // relayed packet than never (sysmon preempting) or every 8 ms.
 const yieldEvery = int64(2 * time.Millisecond)
 
+// run serves the listener and the relay sockets until wake.
 func (e *engine) run() {
 	s := e.s
 	var before, yielded int64
@@ -163,7 +162,7 @@ func (e *engine) run() {
 		}
 		now := time.Now().UnixNano()
 		if len(evs) == 0 {
-			runtime.Gosched()
+			udpio.Yield()
 			yielded = now
 			if now-active < parkAfter {
 				continue
@@ -203,9 +202,11 @@ func (e *engine) run() {
 		// Passing through the scheduler every yieldEvery, and whenever
 		// epoll_wait times out (5 ms), keeps sysmon asleep. (Blocking in
 		// epoll_wait on a locked thread, or parking in Go's netpoller,
-		// both measured worse.)
+		// both measured worse.) udpio.Yield does it without waking an idle
+		// thread, which runtime.Gosched did every time (the woken thread
+		// then stole the loop: a futex wake-up, a sleep and a migration).
 		if now-yielded > yieldEvery {
-			runtime.Gosched()
+			udpio.Yield()
 			yielded = now
 		}
 		if s.cfg.Coalesce > 0 {

@@ -30,6 +30,7 @@ type engine struct {
 	lv6   bool // listener is AF_INET6
 	set   *udpio.Set
 	v6    bool // relay sockets are AF_INET6
+	once  sync.Once
 
 	smu     sync.Mutex            // guards streams
 	streams map[int32]*streamConn // TCP clients served by this loop, by socket
@@ -131,13 +132,14 @@ func (e *engine) wake() {
 
 // close releases the listener and the set (after run returned).
 func (e *engine) close() {
-	if e.set != nil {
-		e.set.Close()
-	}
-	if e.lfd >= 0 {
-		_ = udpio.CloseFD(e.lfd)
-		e.lfd = -1
-	}
+	e.once.Do(func() {
+		if e.set != nil {
+			e.set.Close()
+		}
+		if e.lfd >= 0 {
+			_ = udpio.CloseFD(e.lfd)
+		}
+	})
 }
 
 // yieldEvery is how often the event loop passes through the scheduler (see

@@ -37,10 +37,12 @@ type engine struct {
 	sbuf    []byte                // the loop's read buffer for them
 
 	// Loop state, owned by run.
-	in   []udpio.Message // the round's slots: datagrams read, by slot
-	bufs [][]byte        // each slot's buffer, with headroom for framing
-	rb   *udpio.Batch    // reads
-	wb   *udpio.Batch    // sends to the clients
+	in   []udpio.Message  // the round's slots: datagrams read, by slot
+	bufs [][]byte         // each slot's buffer, with headroom for framing
+	rb   *udpio.Batch     // reads
+	wb   *udpio.Batch     // sends to the clients
+	raw  *udpio.RawSender // sends to IPv4 peers (nil: sendto)
+	rawN []int            // the payload size of each datagram queued on raw
 	out  []udpio.Message
 	tid  [12]byte
 	ctr  uint64
@@ -86,6 +88,14 @@ func newEngine(s *Server, shard int, listen netip.AddrPort, reusePort bool) (*en
 	e.wb = udpio.NewBatch(engineBatch)
 	e.out = make([]udpio.Message, 0, engineBatch)
 	e.sbuf = make([]byte, streamReadBuf)
+	if !s.cfg.NoRawSend && s.cfg.RelayIP.Is4() {
+		if e.raw, err = udpio.NewRawSender(engineBatch); err != nil {
+			s.cfg.Log.Debug("turn: ChannelData to peers goes out with one sendto per packet", "raw socket", err)
+			e.raw = nil
+		} else {
+			e.rawN = make([]int, engineBatch)
+		}
+	}
 	slab := make([]byte, engineBatch*bufSize)
 	for i := range e.bufs {
 		e.bufs[i] = slab[i*bufSize : (i+1)*bufSize : (i+1)*bufSize]
@@ -138,6 +148,9 @@ func (e *engine) close() {
 		}
 		if e.lfd >= 0 {
 			_ = udpio.CloseFD(e.lfd)
+		}
+		if e.raw != nil {
+			_ = e.raw.Close()
 		}
 	})
 }
@@ -227,6 +240,9 @@ func (e *engine) fromClients(used int) int {
 			used = 0
 		}
 		k := e.recv(e.lfd, used, 0)
+		if e.raw != nil {
+			e.up.toPeer = e
+		}
 		for j := used; j < used+k; j++ {
 			b := e.bufs[j][:e.in[j].N]
 			from := e.in[j].Addr
@@ -237,12 +253,48 @@ func (e *engine) fromClients(used int) int {
 			}
 			s.handleMessage(b, key, sender{udp: e, shard: e.shard, addr: from}, &e.up)
 		}
+		// The payloads queued for peers are in the slots: send them
+		// before the slots are read into again.
+		e.flushPeers()
+		e.up.toPeer = nil
 		// Slots read from the listener are done with once handled.
 		if k < engineBatch-used {
 			return used
 		}
 	}
 	return used
+}
+
+// queue takes a ChannelData payload for its peer onto the raw sender
+// (peerQueue); data stays in its receive slot until flushPeers.
+func (e *engine) queue(data []byte, from, to netip.AddrPort) bool {
+	if e.raw.Len() == engineBatch {
+		e.flushPeers()
+	}
+	i, ok := e.raw.Add(data, from, to)
+	if ok {
+		e.rawN[i] = len(data)
+	}
+	return ok
+}
+
+// flushPeers sends what queue took, in one sendmmsg: one system call for
+// the batch's packets to peers instead of one sendto per packet, each of
+// which may wake a peer that preempts the loop on the way out of the
+// kernel. A datagram the kernel refuses is counted as a send error.
+func (e *engine) flushPeers() {
+	if e.raw == nil || e.raw.Len() == 0 {
+		return
+	}
+	n, failed := e.raw.Flush()
+	for i := 0; failed > 0 && i < n; i++ {
+		if !e.raw.Sent(i) {
+			e.up.packets--
+			e.up.bytes -= e.rawN[i]
+			e.up.sendErr++
+			failed--
+		}
+	}
 }
 
 // fromPeers drains relay socket fd into the batch (at most one batch per

@@ -391,6 +391,15 @@ func (s *Server) closeSockets() {
 type relayStats struct {
 	packets, bytes                            int
 	noAlloc, noChan, noPerm, bw, sendErr, bad int
+	// toPeer, when set (by an event loop, for one batch read from its
+	// listener), takes ChannelData payloads to send to their peers in one
+	// batch; it returns false when the payload must go out now.
+	toPeer peerQueue
+}
+
+// peerQueue batches datagrams to peers, each from its relayed address.
+type peerQueue interface {
+	queue(data []byte, from, to netip.AddrPort) bool
 }
 
 func (st *relayStats) flush(m *metrics) {
@@ -450,7 +459,10 @@ func (s *Server) relayChannelData(key fiveTuple, b []byte, st *relayStats) {
 	case !a.up.take(len(data), now, s.cfg.BandwidthPerAllocation):
 		st.bw++
 	default:
-		if udpio.SendTo(a.fd, data, &ch.sa) != nil {
+		if st.toPeer != nil && st.toPeer.queue(data, a.relayed, ch.peer) {
+			st.packets++
+			st.bytes += len(data)
+		} else if udpio.SendTo(a.fd, data, &ch.sa) != nil {
 			st.sendErr++
 		} else {
 			st.packets++

@@ -8,7 +8,8 @@
 #   defaults: 20 clients, 1000 messages each, 5 ms apart, 172 bytes.
 #   UCLIENT_FLAGS="-t" runs the clients over TCP, "-t -S" over TLS (both
 #   servers get a TLS listener with a self-signed certificate); TRAVERSE_FLAGS adds flags
-#   to traverse turn. ROUNDS=N (default 1) runs N rounds, alternating which
+#   to traverse turn; TRAVERSE_BIN runs that traverse binary instead of building one (for
+#   A/B runs of two builds). ROUNDS=N (default 1) runs N rounds, alternating which
 #   server goes first, and reports each round's ratio and their median.
 # Each delivered message is relayed twice by the server (to the peer and
 # back), so relayed packets = sent + received.
@@ -39,7 +40,7 @@ hz=$(getconf CLK_TCK)
 cpu() { awk -v hz="$hz" '{printf "%.3f", ($14+$15)/hz}' /proc/$1/stat; }
 wait_port() { for _ in $(seq 100); do ss -Hlnu "sport = :$1" | grep -q . && return 0; sleep 0.05; done; echo "port $1 never opened"; exit 1; }
 
-go build -o "$work/traverse" ./cmd/traverse
+if [ -n "${TRAVERSE_BIN:-}" ]; then cp "$TRAVERSE_BIN" "$work/traverse"; else go build -o "$work/traverse" ./cmd/traverse; fi
 
 coturn_relay_conf "$work" "$cport" "$( [ $tls = yes ] && printf 'cert=%s\npkey=%s\ntls-listening-port=%s\n' "$work/cert.pem" "$work/key.pem" "$ctls" || echo no-tls )"
 

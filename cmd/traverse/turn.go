@@ -44,6 +44,7 @@ type turnConfig struct {
 	AuthFailures       int           `yaml:"auth-failures-per-minute"`
 	Shards             int           `yaml:"shards"`
 	Coalesce           time.Duration `yaml:"coalesce"`
+	NoRawSend          bool          `yaml:"no-raw-send"`
 	MaxConns           int           `yaml:"max-conns"`
 	MaxConnsPerSource  int           `yaml:"max-conns-per-source"`
 	StreamAuthTimeout  time.Duration `yaml:"stream-auth-timeout"`
@@ -90,6 +91,7 @@ func bindTurnFlags(fs *flag.FlagSet, prefix string, c *turnConfig, serve bool) {
 	fs.IntVar(&c.UnauthAnswerRate, prefix+"unauth-answer-rate", c.UnauthAnswerRate, "answers per second per source address to unauthenticated requests (401, 438, errors, Binding), bursts of 5 s worth; beyond, they are dropped (0: 50; -1: unlimited)")
 	fs.IntVar(&c.Shards, prefix+"shards", c.Shards, "UDP event loops, each with its own SO_REUSEPORT socket on the listen port and its own relay sockets (default 1)")
 	fs.DurationVar(&c.Coalesce, prefix+"coalesce", c.Coalesce, "under load, wait this long between event-loop wake-ups so one batch serves every queued packet (adds at most this delay; 0 disables)")
+	fs.BoolVar(&c.NoRawSend, prefix+"no-raw-send", c.NoRawSend, "send ChannelData from UDP clients to IPv4 peers with one sendto per packet, not in one sendmmsg per batch through a raw socket (which needs CAP_NET_RAW; without it sendto is used anyway)")
 	fs.StringVar(&c.Offload, prefix+"offload", c.Offload, "kernel fast path for channels of UDP clients: ebpf or off (ebpf needs root, Linux 6.6+ or a clsact-capable kernel, IPv4 and a specific listen address; see docs/turn.md)")
 }
 
@@ -97,7 +99,7 @@ func bindTurnFlags(fs *flag.FlagSet, prefix string, c *turnConfig, serve bool) {
 func (c *turnConfig) serverConfig(log *slog.Logger, reg *admin.Server) (turn.Config, error) {
 	cfg := turn.Config{Realm: c.Realm, AuthSecret: c.AuthSecret, NoTCP: c.NoTCP, NoDTLS: c.NoDTLS, AllowLoopbackPeers: c.AllowLoopbackPeers,
 		MaxAllocations: c.MaxAllocations, MaxAllocationsPerUser: c.UserQuota, BandwidthPerAllocation: c.Bandwidth,
-		AuthFailuresPerMinute: c.AuthFailures, Shards: c.Shards, Coalesce: c.Coalesce, MaxStreamConns: c.MaxConns, Software: "traverse", Log: log,
+		AuthFailuresPerMinute: c.AuthFailures, Shards: c.Shards, Coalesce: c.Coalesce, NoRawSend: c.NoRawSend, MaxStreamConns: c.MaxConns, Software: "traverse", Log: log,
 		MaxStreamConnsPerSource: c.MaxConnsPerSource, StreamAuthTimeout: c.StreamAuthTimeout, StreamIdleTimeout: c.StreamIdleTimeout,
 		AllocationRate: c.AllocationRate, AuthFailuresPerSource: c.AuthFailuresSource, RESTMaxLifetime: c.RESTMaxLifetime,
 		UnauthAnswerRate: c.UnauthAnswerRate, OwnEndpoints: c.own}

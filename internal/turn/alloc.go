@@ -4,6 +4,8 @@ import (
 	"net/netip"
 	"sync"
 	"time"
+
+	"github.com/traverse-rtc/traverse/internal/udpio"
 )
 
 // Transports a client reaches the server over; part of the 5-tuple.
@@ -52,8 +54,8 @@ func (o sender) send(b []byte) {
 type channel struct {
 	num     uint16
 	peer    netip.AddrPort
-	sa      sockaddr // peer encoded for sendto
-	expires int64    // unix nanoseconds
+	sa      udpio.Sockaddr // peer encoded for sendto
+	expires int64          // unix nanoseconds
 }
 
 // allocation is one client's relayed transport address.

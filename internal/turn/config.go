@@ -65,6 +65,12 @@ type Config struct {
 	// answers 508 Insufficient Capacity instead.
 	RelayPortLow, RelayPortHigh uint16
 	NoSharing                   bool
+	// NoRawSend sends ChannelData from UDP clients to IPv4 peers with one
+	// sendto per packet from the relay socket, instead of in one sendmmsg
+	// per batch through a raw socket (udpio.RawSender) with the relayed
+	// address as the source, which needs CAP_NET_RAW (without it the
+	// server sends with sendto anyway).
+	NoRawSend bool
 
 	// AllowLoopbackPeers lets clients relay to loopback addresses: for
 	// local tests only; New logs a warning.

@@ -9,6 +9,7 @@ import (
 	"github.com/pion/stun/v3"
 
 	"github.com/traverse-rtc/traverse/internal/persource"
+	"github.com/traverse-rtc/traverse/internal/udpio"
 )
 
 // handleMessage answers one STUN message from a client: requests get a
@@ -735,8 +736,8 @@ func (r *request) channelBind() {
 		r.sharedConflict()
 		return
 	}
-	var sa sockaddr
-	if !encodeSockaddr(peer, r.s.cfg.RelayIP.Is6(), &sa) {
+	var sa udpio.Sockaddr
+	if !sa.Set(peer, r.s.cfg.RelayIP.Is6()) {
 		r.fail(stun.CodePeerAddrFamilyMismatch, nil)
 		return
 	}

@@ -3,18 +3,14 @@
 package turn
 
 import (
-	"errors"
 	"net"
 	"net/netip"
 	"syscall"
+
+	"github.com/traverse-rtc/traverse/internal/udpio"
 )
 
-type sockaddr struct{}
-
-func encodeSockaddr(netip.AddrPort, bool, *sockaddr) bool { return false }
-func sendTo(int, []byte, *sockaddr) error                 { return ErrUnsupported }
-
-var errAddrInUse = errors.New("address in use")
+var errAddrInUse = udpio.ErrAddrInUse
 
 type engine struct {
 	laddr netip.AddrPort

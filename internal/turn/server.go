@@ -18,6 +18,7 @@ import (
 	"github.com/traverse-rtc/traverse/internal/logging"
 	"github.com/traverse-rtc/traverse/internal/persource"
 	"github.com/traverse-rtc/traverse/internal/tlsutil"
+	"github.com/traverse-rtc/traverse/internal/udpio"
 )
 
 // Server is a TURN server. New binds its sockets, Run serves them until its
@@ -432,6 +433,15 @@ func (s *Server) closeSockets() {
 type relayStats struct {
 	packets, bytes                            int
 	noAlloc, noChan, noPerm, bw, sendErr, bad int
+	// toPeer, when set (by an event loop, for one batch read from its
+	// listener), takes ChannelData payloads to send to their peers in one
+	// batch; it returns false when the payload must go out now.
+	toPeer peerQueue
+}
+
+// peerQueue batches datagrams to peers, each from its relayed address.
+type peerQueue interface {
+	queue(data []byte, from, to netip.AddrPort) bool
 }
 
 func (st *relayStats) flush(m *metrics) {
@@ -491,7 +501,10 @@ func (s *Server) relayChannelData(key fiveTuple, b []byte, st *relayStats) {
 	case !a.up.take(len(data), now, s.cfg.BandwidthPerAllocation):
 		st.bw++
 	default:
-		if sendTo(a.fd, data, &ch.sa) != nil {
+		if st.toPeer != nil && st.toPeer.queue(data, a.relayed, ch.peer) {
+			st.packets++
+			st.bytes += len(data)
+		} else if udpio.SendTo(a.fd, data, &ch.sa) != nil {
 			st.sendErr++
 		} else {
 			st.packets++
@@ -518,8 +531,8 @@ func (s *Server) relaySend(key fiveTuple, b []byte, st *relayStats) {
 		s.m.refusedPeers.Inc()
 		return
 	}
-	var sa sockaddr
-	if !encodeSockaddr(peer, s.cfg.RelayIP.Is6(), &sa) {
+	var sa udpio.Sockaddr
+	if !sa.Set(peer, s.cfg.RelayIP.Is6()) {
 		st.sendErr++
 		return
 	}
@@ -535,7 +548,7 @@ func (s *Server) relaySend(key fiveTuple, b []byte, st *relayStats) {
 	case !a.up.take(len(data), now, s.cfg.BandwidthPerAllocation):
 		st.bw++
 	default:
-		if sendTo(a.fd, data, &sa) != nil {
+		if udpio.SendTo(a.fd, data, &sa) != nil {
 			st.sendErr++
 		} else {
 			st.packets++

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/traverse-rtc/traverse/internal/udpio"
 )
 
 // Plain TCP clients are served by the event loops, as UDP clients are: the
@@ -20,8 +22,8 @@ import (
 // goes on a bounded per-connection backlog, drained by the loop when
 // epoll reports the socket writable (EPOLLOUT is armed only then).
 
-// streamTag marks a stream socket's epoll events (in the event data's
-// upper 32 bits) so the loop tells it from relay sockets.
+// streamTag marks a stream socket's events (its tag in the loop's
+// udpio.Set) so the loop tells it from relay sockets.
 const streamTag = 1
 
 // streamBacklog bounds the bytes waiting for a slow TCP client; whole
@@ -63,7 +65,7 @@ func (e *engine) addStream(sc *streamConn) error {
 	e.smu.Lock()
 	e.streams[int32(sc.fd)] = sc
 	e.smu.Unlock()
-	return unix.EpollCtl(e.epfd, unix.EPOLL_CTL_ADD, sc.fd, &unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP, Fd: int32(sc.fd), Pad: streamTag})
+	return e.set.Add(sc.fd, streamTag)
 }
 
 // dropStream unregisters and closes sc's socket. Called by the loop
@@ -78,7 +80,7 @@ func (e *engine) dropStream(sc *streamConn) {
 	e.smu.Unlock()
 	sc.wmu.Lock()
 	sc.closed = true
-	_ = unix.EpollCtl(e.epfd, unix.EPOLL_CTL_DEL, sc.fd, nil)
+	e.set.Remove(sc.fd)
 	_ = unix.Close(sc.fd)
 	sc.backlog = nil
 	sc.wmu.Unlock()
@@ -87,18 +89,18 @@ func (e *engine) dropStream(sc *streamConn) {
 // fromStream serves a stream socket's events: writable drains the
 // backlog; readable reads chunks and handles every complete frame in
 // them.
-func (e *engine) fromStream(fd int, ev uint32) {
+func (e *engine) fromStream(fd int, ev udpio.Event) {
 	e.smu.Lock()
 	sc := e.streams[int32(fd)]
 	e.smu.Unlock()
 	if sc == nil {
 		return
 	}
-	if ev&unix.EPOLLOUT != 0 && !sc.drain() {
+	if ev.Writable() && !sc.drain() {
 		sc.close()
 		return
 	}
-	if ev&(unix.EPOLLIN|unix.EPOLLHUP|unix.EPOLLERR|unix.EPOLLRDHUP) == 0 {
+	if !ev.Readable() {
 		return
 	}
 	s := e.s
@@ -163,7 +165,7 @@ func (e *engine) handOver(sc *streamConn, pc *peerConn, early []byte) {
 	e.smu.Unlock()
 	sc.wmu.Lock()
 	sc.closed = true // no more writes from the loops
-	_ = unix.EpollCtl(e.epfd, unix.EPOLL_CTL_DEL, sc.fd, nil)
+	e.set.Remove(sc.fd)
 	pending := sc.backlog
 	sc.backlog = nil
 	sc.wmu.Unlock()
@@ -200,7 +202,7 @@ func (sc *streamConn) enqueueLoop(b []byte) bool {
 			return false
 		}
 		b = b[n:]
-		_ = unix.EpollCtl(sc.eng.epfd, unix.EPOLL_CTL_MOD, sc.fd, &unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLOUT, Fd: int32(sc.fd), Pad: streamTag})
+		_ = sc.eng.set.SetWriteInterest(sc.fd, streamTag, true)
 	} else if len(sc.backlog)+len(b) > streamBacklog {
 		return false
 	}
@@ -224,7 +226,7 @@ func (sc *streamConn) drain() bool {
 		if cap(sc.backlog) > 64<<10 {
 			sc.backlog = nil
 		}
-		_ = unix.EpollCtl(sc.eng.epfd, unix.EPOLL_CTL_MOD, sc.fd, &unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP, Fd: int32(sc.fd), Pad: streamTag})
+		_ = sc.eng.set.SetWriteInterest(sc.fd, streamTag, false)
 	}
 	return true
 }

@@ -1,16 +1,32 @@
-// Package udpio is the batched UDP socket every traverse data path shares:
-// the STUN and TURN servers, the SFU's single media port, the SIP media
-// proxy and the cascade relay port.
+// Package udpio is traverse's one system-call layer for datagram sockets:
+// the batched socket every data path shares (the STUN and TURN servers,
+// the SFU's single media port, the SIP media proxy and the cascade relay
+// port), and below it the pieces an event loop over many sockets needs.
+// No other package calls recvmmsg, sendmmsg, epoll or converts socket
+// addresses (TestSyscallLayer fails when one does).
 //
-// On Linux a Conn reads with recvmmsg(2) and writes with sendmmsg(2),
-// taking whatever the socket has queued (one packet or many) in one system
-// call, and it allocates nothing per packet: messages carry their addresses
-// as netip.AddrPort values and the kernel's socket addresses live in buffers
-// owned by the Conn. Elsewhere it falls back to one packet per system call.
+//   - Conn: one socket in Go's netpoller, read with recvmmsg(2) and written
+//     with sendmmsg(2), taking whatever the socket has queued (one packet
+//     or many) in one system call. Elsewhere than Linux it falls back to
+//     one packet per system call.
+//   - Set: many raw non-blocking sockets (OpenFD) in one epoll set, served
+//     by one loop: Wait, Park or Poll for the ready ones, Batch.Recv to
+//     drain each, Batch.Send to flush what the loop gathered, one
+//     sendmmsg per socket; SendTo for a single datagram.
+//   - RawSender: UDP over IPv4 from any source port, one sendmmsg per
+//     batch through a raw socket.
+//   - Sockaddr: the one codec between netip.AddrPort and the kernel's
+//     struct sockaddr, encoded once per destination.
+//
+// Nothing allocates per packet: messages carry their addresses as
+// netip.AddrPort values and the kernel's socket addresses live in buffers
+// owned by the Conn, Batch or RawSender.
 //
 // A Conn may be read by one goroutine and written by another at the same
 // time; ReadBatch and WriteBatch are each not safe for concurrent use with
-// themselves. WriteTo is safe for concurrent use.
+// themselves. WriteTo is safe for concurrent use. A Set is changed from
+// any goroutine and waited on by one; a Batch or RawSender belongs to one
+// goroutine.
 package udpio
 
 import (

@@ -1,30 +1,29 @@
 package sfu
 
 import (
-	"fmt"
 	"runtime"
 
-	"golang.org/x/sys/unix"
+	"github.com/traverse-rtc/traverse/internal/udpio"
 )
 
-// poller is an empty epoll set: waiting on it only times out.
-type poller struct {
-	fd int
-	ev []unix.EpollEvent
-}
+// poller is an empty socket set: waiting on it only times out.
+type poller struct{ set *udpio.Set }
 
 func newPoller() (*poller, error) {
-	fd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	s, err := udpio.NewSet(1)
 	if err != nil {
-		return nil, fmt.Errorf("epoll: %w", err)
+		return nil, err
 	}
-	return &poller{fd: fd, ev: make([]unix.EpollEvent, 1)}, nil
+	return &poller{set: s}, nil
 }
 
-// wait blocks in epoll_wait for ms milliseconds, then yields.
+// wait blocks in epoll_wait for ms milliseconds, then yields. It stays
+// runtime.Gosched, not udpio.Yield: docs/sfu.md ("Scheduler poll") found
+// the scheduler round trip is what saves CPU, and udpio.Yield is the one
+// that avoids it; the SFU's figure was measured with Gosched.
 func (p *poller) wait(ms int) {
-	_, _ = unix.EpollWait(p.fd, p.ev, ms)
+	_, _ = p.set.Wait(ms)
 	runtime.Gosched()
 }
 
-func (p *poller) close() { _ = unix.Close(p.fd) }
+func (p *poller) close() { p.set.Close() }

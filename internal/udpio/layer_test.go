@@ -23,12 +23,7 @@ var syscallLayer = regexp.MustCompile(`^(SYS_RECVMMSG|SYS_SENDMMSG|SYS_RECVFROM|
 
 // layerExceptions are the files outside internal/udpio allowed to use
 // those names, each with the reason.
-var layerExceptions = map[string]string{
-	// The SFU's scheduler poll (one epoll descriptor it blocks on between
-	// pacing ticks) belongs to the sfu helper working on issue 16 at the
-	// same time as this check; it moves to udpio.Set (Wait) next.
-	"internal/sfu/schedpoll_linux.go": "sfu scheduler poll, moves to udpio.Set",
-}
+var layerExceptions = map[string]string{}
 
 // TestSyscallLayer keeps internal/udpio the only system-call layer for
 // datagram sockets: it parses every .go file of the module (tests

@@ -15,6 +15,8 @@
 #   Servers run in the order SFUBENCH_SERVERS names them. SFUBENCH_ROUNDS=N (default 1) repeats each scenario
 #   N times with fresh servers, rotating the order so each server takes each slot in turn, and prints medians.
 #   SFUBENCH_PROFILE=SECONDS takes a CPU profile of the traverse server (serve --pprof) during each run.
+#   The load clients join each server's authenticated bus (issue 10) with the signal credentials
+#   that server writes to $OUT/creds-{t,b,f} (serve --bus-creds-dir).
 #   SFUBENCH_TRAVERSE_BIN=PATH runs the "traverse" server from another build, SFUBENCH_TRAVERSE_FLAGS adds
 #   flags to it (e.g. "--sfu-data-path own" to compare two builds' own data paths in one run; builds
 #   before issue 16 take --sfu-fast-path instead).
@@ -73,13 +75,13 @@ ss=[socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(24)]
 for s in ss: s.bind(("127.0.0.1",0))
 print(" ".join(str(s.getsockname()[1]) for s in ss))')
   # traverse: serve (embedded NATS, signal, sfu, and the idle other roles) on free ports, pion's data path
-  $SENV "${SFUBENCH_TRAVERSE_BIN:-$BIN}" serve --admin 127.0.0.1:$ADM --bus-listen 127.0.0.1:$NATS --sfu-udp 127.0.0.1:$UDP --sfu-tcp 127.0.0.1:$TCP --sfu-data-path pion ${SFUBENCH_TRAVERSE_FLAGS:-} \
+  $SENV "${SFUBENCH_TRAVERSE_BIN:-$BIN}" serve --admin 127.0.0.1:$ADM --bus-listen 127.0.0.1:$NATS --bus-creds-dir "$OUT/creds-t" --sfu-udp 127.0.0.1:$UDP --sfu-tcp 127.0.0.1:$TCP --sfu-data-path pion ${SFUBENCH_TRAVERSE_FLAGS:-} \
     --signal-http 127.0.0.1:$HTTP --stun-listen 127.0.0.1:$P1 --stun-other-port $P2 --stun-no-tcp --stun-tls-listen "" \
     --turn-listen 127.0.0.1:$P3 --turn-no-tcp --sipgw-sip 127.0.0.1:$P4 \
     --sipgw-rtp 127.0.0.1:$P5 --sipgw-rtcp 127.0.0.1:$P6 --log-level warn ${SFUBENCH_PROFILE:+--pprof} >>"$OUT/serve.log" 2>&1 &
   TPID=$!; PIDS+=($TPID)
   # the same with the batched socket I/O under pion's mux (--sfu-data-path pion-batched)
-  $SENV "$BIN" serve --admin 127.0.0.1:$ADM2 --bus-listen 127.0.0.1:$NATS2 --sfu-udp 127.0.0.1:$UDP2 --sfu-tcp 127.0.0.1:$TCP2 --sfu-data-path pion-batched ${SFUBENCH_PROFILE:+--pprof} \
+  $SENV "$BIN" serve --admin 127.0.0.1:$ADM2 --bus-listen 127.0.0.1:$NATS2 --bus-creds-dir "$OUT/creds-b" --sfu-udp 127.0.0.1:$UDP2 --sfu-tcp 127.0.0.1:$TCP2 --sfu-data-path pion-batched ${SFUBENCH_PROFILE:+--pprof} \
     --signal-http 127.0.0.1:$HTTP2 --stun-listen 127.0.0.1:$Q1 --stun-other-port $Q2 --stun-no-tcp --stun-tls-listen "" \
     --turn-listen 127.0.0.1:$Q3 --turn-no-tcp --sipgw-sip 127.0.0.1:$Q4 \
     --sipgw-rtp 127.0.0.1:$Q5 --sipgw-rtcp 127.0.0.1:$Q6 --log-level warn >>"$OUT/serve-batched.log" 2>&1 &
@@ -91,7 +93,7 @@ import socket
 ss=[socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(11)]
 for s in ss: s.bind(("127.0.0.1",0))
 print(" ".join(str(s.getsockname()[1]) for s in ss))')
-    $SENV "$BIN" serve --admin 127.0.0.1:$ADM3 --bus-listen 127.0.0.1:$NATS3 --sfu-udp 127.0.0.1:$UDP3 --sfu-tcp 127.0.0.1:$TCP3 \
+    $SENV "$BIN" serve --admin 127.0.0.1:$ADM3 --bus-listen 127.0.0.1:$NATS3 --bus-creds-dir "$OUT/creds-f" --sfu-udp 127.0.0.1:$UDP3 --sfu-tcp 127.0.0.1:$TCP3 \
       --sfu-data-path own ${SFUBENCH_FAST_FLAGS:-} ${SFUBENCH_PROFILE:+--pprof} \
       --signal-http 127.0.0.1:$HTTP3 --stun-listen 127.0.0.1:$R1 --stun-other-port $R2 --stun-no-tcp --stun-tls-listen "" \
       --turn-listen 127.0.0.1:$R3 --turn-no-tcp --sipgw-sip 127.0.0.1:$R4 \
@@ -135,7 +137,7 @@ run_one() {
         (sleep 6; curl -s -o "$OUT/$srv-$tag.pprof" "http://127.0.0.1:$adm/debug/pprof/profile?seconds=$SFUBENCH_PROFILE") &
         PROF=$!
       fi
-      $LPIN "$BIN" load --nats nats://127.0.0.1:$nats --rooms $r --publishers $p --subscribers $s --duration $DUR \
+      $LPIN "$BIN" load --nats nats://127.0.0.1:$nats --nats-creds "$OUT/creds-$prefix/signal.creds" --rooms $r --publishers $p --subscribers $s --duration $DUR \
         --server-pid $pid --room-prefix "$prefix$tag" $LOADF --json 2>"$OUT/$srv-$tag.err" >"$OUT/$srv-$tag.json" || true
       [ -n "${PROF:-}" ] && { wait "$PROF" 2>/dev/null || true; PROF=; }
       [ "$srv" = traverse ] || curl -s "http://127.0.0.1:$adm/metrics" | grep -E '^traverse_sfu_(udp_|rtp_forwarded|rtp_received|fast_path|fast_receive|fast_rtcp|feedback_|subscriber_twcc|subscriber_estimate_bps_(count|sum)|subscriber_loss_fraction_count)' >"$OUT/$srv-$tag-metrics.txt" || true

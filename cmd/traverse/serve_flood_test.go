@@ -19,6 +19,7 @@ import (
 	pstun "github.com/pion/stun/v3"
 
 	"github.com/traverse-rtc/traverse/internal/connlimit"
+	"github.com/traverse-rtc/traverse/internal/testkit"
 )
 
 // stunBindingTCP sends one Binding request over TCP (RFC 8489 section
@@ -73,19 +74,13 @@ func TestServeSignalFloodBudget(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
+	exited := testkit.Exited(cmd)
 	defer func() {
 		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case err := <-exited:
-			if err != nil {
-				t.Errorf("serve child: %v\n%s", err, out.String())
-			}
-		case <-time.After(10 * time.Second):
-			_ = cmd.Process.Kill()
-			<-exited
+		if err, ok := testkit.AwaitExit(cmd, exited, 10*time.Second); !ok {
 			t.Errorf("serve child did not stop on SIGTERM")
+		} else if err != nil {
+			t.Errorf("serve child: %v\n%s", err, out.String())
 		}
 	}()
 	// Fresh connections for every probe: a kept-alive one would prove

@@ -2,8 +2,8 @@
 // share, so that each is written once: waiting for a condition with a
 // deadline (tests never sleep as synchronisation, they poll until what they
 // wait for holds or the deadline passes), UDP sockets on a given address
-// closed when the test ends, a UDP echo peer, and a role's Run for the
-// length of a test.
+// closed when the test ends, a UDP echo peer, a role's Run for the
+// length of a test, and a child process awaited with a deadline.
 //
 // Helpers for one protocol or lab stay with it (stuntest, offloadtest,
 // srtpsealtest, rtpcodectest); this package is for what every test needs.

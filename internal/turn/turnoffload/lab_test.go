@@ -230,19 +230,13 @@ func startHelper(t *testing.T, l *offloadtest.Lab, clsact, loopback bool) *helpe
 			t.Fatal(err)
 		}
 	})
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
+	done := testkit.Exited(cmd)
 	t.Cleanup(func() {
 		stdin.Close()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("helper: %v", err)
-			}
-		case <-time.After(helperWait):
-			_ = cmd.Process.Kill()
-			<-done
+		if err, ok := testkit.AwaitExit(cmd, done, helperWait); !ok {
 			t.Error("helper did not exit")
+		} else if err != nil {
+			t.Errorf("helper: %v", err)
 		}
 	})
 	ready := make(chan string, 1)
@@ -482,17 +476,10 @@ func TestLabUclient(t *testing.T) {
 					t.Fatal(err)
 				}
 			})
-			done := make(chan error, 1)
-			go func() { done <- uc.Wait() }()
-			select {
-			case err := <-done:
-				if err != nil {
-					t.Fatalf("uclient: %v\n%s", err, out.String())
-				}
-			case <-time.After(60 * time.Second):
-				_ = uc.Process.Kill()
-				<-done
+			if err, ok := testkit.AwaitExit(uc, testkit.Exited(uc), 60*time.Second); !ok {
 				t.Fatalf("uclient did not finish\n%s", out.String())
+			} else if err != nil {
+				t.Fatalf("uclient: %v\n%s", err, out.String())
 			}
 			o := out.String()
 			if !strings.Contains(o, "Total lost packets 0 ") {

@@ -132,6 +132,9 @@ func testTCPAllocationConnect(t *testing.T, useTLS bool) {
 	if got := testutil.ToFloat64(s.m.tcpConns); got != 1 {
 		t.Errorf("tcp peer connections gauge = %v", got)
 	}
+	// The relay counts a write after it returns; the echo can be back
+	// before that, so the count is awaited, not read once.
+	testkit.Eventually(5*time.Second, func() bool { return testutil.ToFloat64(s.m.toPeerBytes) >= 200*172 })
 	if got := testutil.ToFloat64(s.m.toPeerBytes); got != 200*172 {
 		t.Errorf("to_peer bytes = %v, want %d", got, 200*172)
 	}

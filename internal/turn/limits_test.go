@@ -220,9 +220,10 @@ func TestAllocationFlood(t *testing.T) {
 		}
 	}
 	for i := 0; i < 110; i++ {
-		c := newSTUNClientFrom(t, "127.0.0."+strconv.Itoa(1+i%5), s.Addr(), testUser, testPass)
-		allocate(i, c)
-		c.c.Close()
+		// Each client keeps its socket until the test ends: closed, its
+		// port could come back to a later client, whose Allocate would
+		// then meet the live allocation of that 5-tuple (437).
+		allocate(i, newSTUNClientFrom(t, "127.0.0."+strconv.Itoa(1+i%5), s.Addr(), testUser, testPass))
 	}
 	if ok != 100 || quota != 10 {
 		t.Errorf("one user: %d allocated, %d refused; want 100 and 10", ok, quota)

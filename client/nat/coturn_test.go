@@ -3,7 +3,7 @@ package nat_test
 import (
 	"context"
 	"fmt"
-	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,7 +22,7 @@ func TestDiscoverAgainstCoturn(t *testing.T) {
 	if err != nil {
 		t.Skipf("turnserver not installed (Debian package coturn): %v", err)
 	}
-	port := freePortPair(t)
+	port := testkit.FreePorts(t, 2, netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("127.0.0.2"))
 	dir := t.TempDir()
 	conf := filepath.Join(dir, "turnserver.conf")
 	if err := os.WriteFile(conf, []byte(fmt.Sprintf(`listening-ip=127.0.0.1
@@ -62,39 +62,4 @@ simple-log
 	if rep.OtherAddress.String() != "127.0.0.2:"+strconv.Itoa(port+1) {
 		t.Errorf("coturn's other address %s", rep.OtherAddress)
 	}
-}
-
-// freePortPair finds a port P free for UDP and TCP on 127.0.0.1 and
-// 127.0.0.2, with P+1 free too (coturn's alternate port).
-func freePortPair(t *testing.T) int {
-	t.Helper()
-	for range 50 {
-		a, err := net.ListenPacket("udp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		p := a.LocalAddr().(*net.UDPAddr).Port
-		a.Close()
-		ok := p < 65000
-		for _, ip := range []string{"127.0.0.1", "127.0.0.2"} {
-			for _, q := range []int{p, p + 1} {
-				addr := ip + ":" + strconv.Itoa(q)
-				if u, err := net.ListenPacket("udp", addr); err == nil {
-					u.Close()
-				} else {
-					ok = false
-				}
-				if l, err := net.Listen("tcp", addr); err == nil {
-					l.Close()
-				} else {
-					ok = false
-				}
-			}
-		}
-		if ok {
-			return p
-		}
-	}
-	t.Fatal("no free port pair")
-	return 0
 }

@@ -18,6 +18,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/traverse-rtc/traverse/internal/stun"
+	"github.com/traverse-rtc/traverse/internal/testkit"
 )
 
 // freeTCP returns a TCP port on 127.0.0.1 that was free a moment ago.
@@ -77,7 +78,7 @@ type servePorts struct {
 
 func newServePorts(t *testing.T) servePorts {
 	return servePorts{admin: freeTCP(t), bus: freeTCP(t), signal: freeTCP(t), sfuTCP: freeTCP(t),
-		stun: freePorts(t), turn: freePorts(t), sfuUDP: freePorts(t), sip: freePorts(t), rtp: freePorts(t)}
+		stun: testkit.FreePorts(t, 2), turn: testkit.FreePorts(t, 2), sfuUDP: testkit.FreePorts(t, 2), sip: testkit.FreePorts(t, 2), rtp: testkit.FreePorts(t, 2)}
 }
 
 // args are serve's flags for p, with TURN's relay ports and the SIP

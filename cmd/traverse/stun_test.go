@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"math/rand/v2"
 	"net"
 	"net/netip"
 	"strconv"
@@ -18,6 +17,7 @@ import (
 	"github.com/traverse-rtc/traverse/client/nat"
 	"github.com/traverse-rtc/traverse/internal/stun"
 	"github.com/traverse-rtc/traverse/internal/stun/stuntest"
+	"github.com/traverse-rtc/traverse/internal/testkit"
 )
 
 func TestNatcheckCommand(t *testing.T) {
@@ -68,37 +68,9 @@ func TestNatcheckCommand(t *testing.T) {
 	}
 }
 
-// freePorts finds a port P on 127.0.0.1 with P and P+1 free for both UDP
-// and TCP (the STUN and TURN listeners take the same port on both). It picks
-// below the kernel's ephemeral range, where outgoing connections of other
-// tests cannot take the port between this check and the server's bind.
-func freePorts(t *testing.T) int {
-	t.Helper()
-	free := func(p int) bool {
-		u, err := net.ListenPacket("udp", "127.0.0.1:"+strconv.Itoa(p))
-		if err != nil {
-			return false
-		}
-		defer u.Close()
-		l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
-		if err != nil {
-			return false
-		}
-		return l.Close() == nil
-	}
-	for range 200 {
-		p := 20000 + rand.IntN(12000)
-		if free(p) && free(p+1) {
-			return p
-		}
-	}
-	t.Fatal("no free port pair")
-	return 0
-}
-
 // traverse stun answers, serves /readyz, and stops within 5 s of the signal.
 func TestSTUNCommand(t *testing.T) {
-	p := freePorts(t)
+	p := testkit.FreePorts(t, 2)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {

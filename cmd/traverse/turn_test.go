@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"github.com/traverse-rtc/traverse/internal/testkit"
 	"github.com/traverse-rtc/traverse/internal/turn/turntest"
 	"net"
 	"os"
@@ -33,7 +34,7 @@ func turnAllocate(t *testing.T, server, user, pass string) error {
 // traverse turn serves users from a file, reloads it on SIGHUP and stops
 // within 5 s of its context ending.
 func TestTurnCommand(t *testing.T) {
-	p := freePorts(t)
+	p := testkit.FreePorts(t, 2)
 	users := filepath.Join(t.TempDir(), "users")
 	if err := os.WriteFile(users, []byte("# users\nann:one\n"), 0o600); err != nil {
 		t.Fatal(err)

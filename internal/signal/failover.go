@@ -1,12 +1,18 @@
 package signal
 
-import "time"
+import (
+	"time"
+
+	"github.com/traverse-rtc/traverse/internal/bus"
+)
 
 // downHold is how long a node declared dead stays out of placement even if
 // it announces again: long enough that a node a controller declared dead
-// while its announcements still trickle in is not chosen by the very
-// clients that are leaving it.
-const downHold = 10 * time.Second
+// while its last announcements are still in the table (up to
+// bus.NodeExpiry) is not chosen by the very clients that are leaving it;
+// short enough that a restarted node of the same id takes sessions again
+// a few seconds later.
+const downHold = bus.NodeExpiry + time.Second
 
 // NodeDown is how the server learns that an SFU node died (its
 // announcements stopped: BusBackend's sweeper; or a controller's NodeDown

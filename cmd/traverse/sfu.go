@@ -120,7 +120,12 @@ func runSFU(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	return runWithAdmin(ctx, log, adm, &cfg.common, run)
+	err = runWithAdmin(ctx, log, adm, &cfg.common, run)
+	if errors.Is(err, errDrained) {
+		log.Info("sfu drained: exiting")
+		return nil
+	}
+	return err
 }
 
 // nodeBus is the bus.Config of a separate node process. A credentials file
@@ -177,6 +182,11 @@ func startSFU(c *sfuConfig, busCfg bus.Config, log *slog.Logger, adm *admin.Serv
 		cancel()
 		<-done
 		bc.Close()
+		if err == nil && ctx.Err() == nil && s.Draining() {
+			// Drained and empty: the process ends (runAll stops the
+			// other runners on an error; runSFU reports success).
+			return errDrained
+		}
 		return err
 	}, nil
 }

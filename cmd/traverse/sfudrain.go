@@ -81,5 +81,10 @@ func drainOnSIGUSR1(ctx context.Context, s *sfu.Server) {
 	}
 }
 
-// errDraining is /readyz's answer while the node drains.
-var errDraining = errors.New("draining")
+// errDraining is /readyz's answer while the node drains; errDrained ends
+// the process once a drain has moved every session (unless --drain-stay;
+// in serve it stops serve, whose one node it is).
+var (
+	errDraining = errors.New("draining")
+	errDrained  = errors.New("sfu drained: every session moved")
+)

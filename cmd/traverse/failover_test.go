@@ -85,6 +85,21 @@ func TestFailoverDrain(t *testing.T) {
 		t.Fatal(err)
 	}
 	node := cs[0].sig.Node()
+	// A forged announcement (a node's own credential, a room that is not a
+	// name) is dropped and counted by signal; the call goes on.
+	nb, err := bus.Connect(bus.Config{URLs: []string{l.bus}, CredsFile: l.creds("sfu-" + node)}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nb.Conn().Publish(bus.NodeAnnounceSubject(node), []byte(`{"node":"`+node+`","udp":"127.0.0.1:1","rooms":["no such room"]}`)); err != nil {
+		t.Fatal(err)
+	}
+	_ = nb.Conn().Flush()
+	nb.Close()
+	testkit.WaitFor(t, 5*time.Second, "signal counts the forged announcement", func() bool {
+		_, body, err := httpGet("http://" + l.procs["signal"].admin + "/metrics")
+		return err == nil && strings.Contains(body, `traverse_bus_client_bad_messages_total{role="signal"} 1`)
+	})
 	if err := runSFUDrain(ctx, []string{"--nats", l.bus, "--nats-creds", l.creds("sfu-" + node), node}); err == nil ||
 		!strings.Contains(err.Error(), "signal credential") {
 		t.Fatalf("drain with the node's credential: %v", err)
@@ -102,7 +117,7 @@ func TestFailoverDrain(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	err := receivingSince(ctx, cs, 10*time.Second, func(c *failoverClient) bool {
+	err = receivingSince(ctx, cs, 10*time.Second, func(c *failoverClient) bool {
 		rs := c.c.Rejoins()
 		return len(rs) == 1 && !rs[0].MediaAgain.IsZero()
 	})

@@ -168,6 +168,11 @@ func startSFU(c *sfuConfig, busCfg bus.Config, log *slog.Logger, adm *admin.Serv
 		}
 		return nil
 	})
+	if err := registerBusCounters(adm.Registry, "sfu", bc); err != nil {
+		s.Close()
+		bc.Close()
+		return nil, err
+	}
 	adm.AddCheck("sfu-draining", func() error {
 		if s.Draining() {
 			return errDraining

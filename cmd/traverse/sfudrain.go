@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/traverse-rtc/traverse/internal/bus"
 	"github.com/traverse-rtc/traverse/internal/sfu"
 )
@@ -88,3 +90,23 @@ var (
 	errDraining = errors.New("draining")
 	errDrained  = errors.New("sfu drained: every session moved")
 )
+
+// registerBusCounters exports a role's bus client counters: the messages
+// it dropped as malformed or forged (a rejoin with an unknown reason, an
+// announcement naming another node, a drain with a bad period, ...) and
+// what the server refused it. role labels them (serve has several).
+func registerBusCounters(reg prometheus.Registerer, role string, bc *bus.Client) error {
+	for _, c := range []prometheus.Collector{
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "traverse_bus_client_bad_messages_total",
+			Help:        "Bus messages this role dropped as malformed or forged (and counted, never acted on).",
+			ConstLabels: prometheus.Labels{"role": role}}, func() float64 { return float64(bc.BadMessages()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "traverse_bus_client_refused_total",
+			Help:        "Publications or subscriptions of this role the bus server refused (permissions).",
+			ConstLabels: prometheus.Labels{"role": role}}, func() float64 { return float64(bc.Refused()) }),
+	} {
+		if err := reg.Register(c); err != nil {
+			return err
+		}
+	}
+	return nil
+}

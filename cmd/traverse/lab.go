@@ -31,6 +31,9 @@ Commands:
   list                                    list the labs on this machine
   down NAME                               stop a lab's processes, delete its namespaces
   clean                                   tear down every lab (leftovers of crashed tests too)
+  failover [--kills N] [--limit D]        the failover lab (docs/failover.md): bus, two SFU nodes and
+                                          signal as processes, two participants; kill -9 the call's
+                                          node N times (default 10), print p50/p95 time to media again
 
 Topologies:
   all      a client behind each NAT kind, plus two levels of NAT
@@ -64,6 +67,8 @@ func runLab(ctx context.Context, args []string) error {
 		}
 		fmt.Printf("lab %s is down\n", args[1])
 		return nil
+	case "failover":
+		return labFailover(ctx, os.Stdout, args[1:])
 	case "clean":
 		removed, err := netlab.Clean()
 		for _, n := range removed {

@@ -115,6 +115,10 @@ func printSummary(sum loadgen.Summary) {
 		sum.PublishedPerSec, sum.PacketsPerSecond, sum.BitsPerSecond/1e6, sum.ExpectedPerSecond, sum.Seconds)
 	fmt.Printf("loss %.3f%% (%d packets), mean jitter %.2f ms\n", 100*sum.LossFraction, sum.Lost, sum.JitterMeanMillis)
 	fmt.Printf("join (to connected) p50 %.0f ms, p95 %.0f ms, p99 %.0f ms\n", sum.JoinP50Millis, sum.JoinP95Millis, sum.JoinP99Millis)
+	if sum.Rejoins > 0 {
+		fmt.Printf("rejoins %d (%d failed), media gap p50 %.0f ms, p95 %.0f ms, max %.0f ms\n", sum.Rejoins, sum.RejoinFailures,
+			sum.RejoinGapP50Millis, sum.RejoinGapP95Millis, sum.RejoinGapMaxMillis)
+	}
 	if sum.ServerCPUSeconds > 0 {
 		fmt.Printf("server: %.2f CPU-seconds (%.0f%% of a core), %.2f CPU-s per million forwarded packets (%.0f packets per CPU-second), RSS %.1f MiB, %.0f KiB per participant\n",
 			sum.ServerCPUSeconds, sum.ServerCPUPercent, sum.CPUSecondsPerMillionPackets, sum.PacketsPerCPUSecond, sum.ServerRSSMiB, sum.MemoryPerPeerKiB)

@@ -31,6 +31,8 @@ func bindSFU(fs *flag.FlagSet, prefix string, c *sfuConfig) {
 	fs.Var(&c.DataPath, prefix+"data-path", "how media moves between the socket and the peer connections: `own` (recvmmsg/sendmmsg and the node's own SRTP in both directions; the node answers as DTLS server), pion (pion's stack, one packet per system call) or pion-batched (pion's stack over recvmmsg/sendmmsg); default own")
 	fs.Var(schedulerPollFlag{&c.NoSchedulerPoll}, prefix+"scheduler-poll", "while media flows, keep one goroutine cycling through the Go scheduler (epoll_wait 5 ms, then yield): measured 25-35 % less CPU per forwarded packet; idle nodes pay nothing; on by default, --scheduler-poll=false turns it off")
 	fs.DurationVar(&c.PLIInterval, prefix+"pli-interval", 0, "least `time` between keyframe requests to one publisher layer (default 500ms)")
+	fs.DurationVar(&c.DrainPeriod, prefix+"drain-period", 0, "a drain (traverse sfu drain, SIGUSR1) asks its sessions to move one by one over this `duration` (default 10s)")
+	fs.BoolVar(&c.DrainStay, prefix+"drain-stay", false, "keep running, idle and not ready, once a drain has moved every session (default: exit)")
 }
 
 // schedulerPollFlag is --scheduler-poll (default true), stored as
@@ -56,7 +58,7 @@ func (f schedulerPollFlag) Set(s string) error {
 func (f schedulerPollFlag) IsBoolFlag() bool { return true }
 
 func init() {
-	register(command{name: "sfu", summary: "WebRTC SFU: all peer connections on one UDP port and one TCP port", run: runSFU})
+	register(command{name: "sfu", summary: "WebRTC SFU: all peer connections on one UDP port and one TCP port; sfu drain NODE moves a node's sessions off", run: runSFU})
 	registerServeRole(serveRole{name: "sfu", order: 40,
 		bind: func(fs *flag.FlagSet, prefix string) any {
 			c := &sfuConfig{Config: sfu.Config{UDP: netip.MustParseAddrPort("127.0.0.1:7882"), TCP: netip.MustParseAddrPort("127.0.0.1:7881")}}
@@ -88,12 +90,15 @@ func init() {
 }
 
 func runSFU(ctx context.Context, args []string) error {
+	if len(args) > 0 && args[0] == "drain" {
+		return runSFUDrain(ctx, args[1:])
+	}
 	type file struct {
 		common    `yaml:",inline"`
 		sfuConfig `yaml:",inline"`
 	}
 	cfg := file{common: common{Admin: "127.0.0.1:9094"}}
-	fs := newFlagSet("sfu", "sfu --udp ADDR --tcp ADDR [--public-ip IP] --nats URL[,URL...] [flags]")
+	fs := newFlagSet("sfu", "sfu --udp ADDR --tcp ADDR [--public-ip IP] --nats URL[,URL...] [flags]\n       traverse sfu drain --nats URL --nats-creds SIGNAL.creds [--period D] NODE")
 	cfg.flags(fs)
 	bindSFU(fs, "", &cfg.sfuConfig)
 	rest, log, err := load(fs, args, &cfg, &cfg.common)
@@ -115,7 +120,12 @@ func runSFU(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	return runWithAdmin(ctx, log, adm, &cfg.common, run)
+	err = runWithAdmin(ctx, log, adm, &cfg.common, run)
+	if errors.Is(err, errDrained) {
+		log.Info("sfu drained: exiting")
+		return nil
+	}
+	return err
 }
 
 // nodeBus is the bus.Config of a separate node process. A credentials file
@@ -158,9 +168,30 @@ func startSFU(c *sfuConfig, busCfg bus.Config, log *slog.Logger, adm *admin.Serv
 		}
 		return nil
 	})
-	return func(ctx context.Context) error {
-		err := s.Run(ctx)
+	if err := registerBusCounters(adm.Registry, "sfu", bc); err != nil {
+		s.Close()
 		bc.Close()
+		return nil, err
+	}
+	adm.AddCheck("sfu-draining", func() error {
+		if s.Draining() {
+			return errDraining
+		}
+		return nil
+	})
+	return func(ctx context.Context) error {
+		sctx, cancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() { defer close(done); drainOnSIGUSR1(sctx, s) }()
+		err := s.Run(ctx)
+		cancel()
+		<-done
+		bc.Close()
+		if err == nil && ctx.Err() == nil && s.Draining() {
+			// Drained and empty: the process ends (runAll stops the
+			// other runners on an error; runSFU reports success).
+			return errDrained
+		}
 		return err
 	}, nil
 }

@@ -134,6 +134,12 @@ func startSignal(c *signalConfig, busCfg bus.Config, turn *turnShare, log *slog.
 		_ = bc.Close()
 		return nil, err
 	}
+	if err := registerBusCounters(adm.Registry, "signal", bc); err != nil {
+		_ = srv.Close()
+		_ = be.Close()
+		_ = bc.Close()
+		return nil, err
+	}
 	adm.AddCheck("signal", srv.Ready)
 	return &signalRole{srv: srv, be: be, bc: bc}, nil
 }

@@ -20,6 +20,9 @@ func FuzzDecode(f *testing.F) {
 		`{"type":"track_published","room":"r","track":{"id":"t","stream_id":"s","kind":"video","layers":["q","h","f"]},"time":"2026-01-01T00:00:00Z"}`,
 		`{"node":"n1","region":"eu","udp":"1.2.3.4:7882","tcp":"1.2.3.4:7881","load":{"peers":1,"rooms":1,"packets_per_second":3.5},"time":"2026-01-01T00:00:00Z"}`,
 		`{"session":"s","room":"r","node":"n","ufrag":"abcd","time":"2026-01-01T00:00:00Z"}`,
+		`{"type":"drain","session":"","drain":{"period_ms":10000}}`, `{"type":"drain","drain":{"period_ms":-1}}`,
+		`{"type":"rejoin","session":"s","reason":"drain"}`, `{"type":"rejoin","session":"s","reason":"x"}`,
+		`{"node":"n1","udp":"1.2.3.4:7882","load":{"peers":2},"rooms":["r1","r2"],"time":"2026-01-01T00:00:00Z"}`,
 		`null`, `[]`, `{"type":1}`,
 	} {
 		f.Add([]byte(s))

@@ -7,11 +7,19 @@ import (
 )
 
 // AnnounceInterval is how often an SFU node publishes NodeAnnounce;
-// NodeExpiry is how long a node table keeps a node that went silent.
+// NodeExpiry is how long a node table keeps a node that went silent, and
+// so how soon a killed node is declared dead (docs/failover.md): four
+// missed announcements. The cost is one message of ~200 bytes (plus its
+// room names) per node every 500 ms to every signal server: 100 nodes and
+// 10 signal servers are 2,000 small messages a second on the bus.
 const (
-	AnnounceInterval = 2 * time.Second
-	NodeExpiry       = 3 * AnnounceInterval
+	AnnounceInterval = 500 * time.Millisecond
+	NodeExpiry       = 2 * time.Second
 )
+
+// MaxAnnouncedRooms bounds NodeAnnounce.Rooms: an announcement naming more
+// is refused as malformed (the node stops listing its rooms past it).
+const MaxAnnouncedRooms = 4096
 
 // NodeAnnounce is an SFU node saying it is alive, where clients reach it
 // and how loaded it is. Published on NodeAnnounceSubject(node).
@@ -26,6 +34,11 @@ type NodeAnnounce struct {
 	Time time.Time `json:"time"`
 	// Draining is set when the node takes no new sessions.
 	Draining bool `json:"draining,omitempty"`
+	// Rooms are the rooms the node serves now (at most
+	// MaxAnnouncedRooms), so that every signal server sends a room's
+	// newcomers to the node that already holds it, with no state of its
+	// own (a restarted signal server learns them within one interval).
+	Rooms []string `json:"rooms,omitempty"`
 }
 
 // NodeLoad is a node's current load.
@@ -57,7 +70,24 @@ const (
 	// track (Layer is set): how a client says at what size it shows that
 	// video.
 	RequestLayer RequestType = "layer"
+	// RequestDrain makes the node take no new sessions and move its
+	// sessions off over Drain.PeriodMillis (docs/failover.md). It names no
+	// session. Only connections allowed to publish on the node's request
+	// subject send it: signal-role credentials (signal servers, the
+	// operator's "traverse sfu drain", a controller), never another node.
+	RequestDrain RequestType = "drain"
 )
+
+// DrainRequest says how a node drains.
+type DrainRequest struct {
+	// PeriodMillis spreads the sessions' rejoin messages over this many
+	// milliseconds (0: the node's configured period). At most
+	// MaxDrainPeriod.
+	PeriodMillis int64 `json:"period_ms,omitempty"`
+}
+
+// MaxDrainPeriod bounds DrainRequest.PeriodMillis.
+const MaxDrainPeriod = time.Hour
 
 // LayerRequest caps the simulcast layer of one received track.
 type LayerRequest struct {
@@ -96,6 +126,8 @@ type Request struct {
 	Candidate *Candidate `json:"candidate,omitempty"`
 	// Layer is set for RequestLayer.
 	Layer *LayerRequest `json:"layer,omitempty"`
+	// Drain is set for RequestDrain.
+	Drain *DrainRequest `json:"drain,omitempty"`
 }
 
 // Join asks a node to create a session in a room. Rights come from the
@@ -152,6 +184,19 @@ const (
 	// SessionClosed: the node ended the session (ICE failed, node
 	// shutting down); the signal server tells the client.
 	SessionClosed SessionMessageType = "closed"
+	// SessionRejoin: the node is draining and asks the session to move
+	// (Reason RejoinDrain); the signal server tells the client to rejoin
+	// and places it on another node.
+	SessionRejoin SessionMessageType = "rejoin"
+)
+
+// Rejoin reasons, in SessionMessage.Reason and signal's rejoin message.
+const (
+	// RejoinDrain: the node is draining.
+	RejoinDrain = "drain"
+	// RejoinNodeFailed: the node went silent (or a controller declared
+	// it dead).
+	RejoinNodeFailed = "node_failed"
 )
 
 // SessionMessage is a node -> signal message about one session.
@@ -162,6 +207,8 @@ type SessionMessage struct {
 	Candidate *Candidate         `json:"candidate,omitempty"`
 	Event     *RoomEvent         `json:"event,omitempty"`
 	Error     *Error             `json:"error,omitempty"`
+	// Reason is set for SessionRejoin (RejoinDrain).
+	Reason string `json:"reason,omitempty"`
 }
 
 // RoomEventType names a room event.
@@ -226,6 +273,12 @@ type SessionAnnounce struct {
 
 // Validate checks the fields a node needs.
 func (r *Request) Validate() error {
+	if r.Type == RequestDrain {
+		if r.Drain != nil && (r.Drain.PeriodMillis < 0 || r.Drain.PeriodMillis > MaxDrainPeriod.Milliseconds()) {
+			return fmt.Errorf("%w: drain period must be 0-%v", ErrBadMessage, MaxDrainPeriod)
+		}
+		return nil
+	}
 	if !ValidName(r.Session) {
 		return fmt.Errorf("%w: session %q: %w", ErrBadMessage, r.Session, ErrBadSubjectToken)
 	}
@@ -270,6 +323,14 @@ func (a *NodeAnnounce) Validate() error {
 	if a.UDP == "" {
 		return fmt.Errorf("%w: node %s announces no udp address", ErrBadMessage, a.Node)
 	}
+	if len(a.Rooms) > MaxAnnouncedRooms {
+		return fmt.Errorf("%w: node %s announces %d rooms (at most %d)", ErrBadMessage, a.Node, len(a.Rooms), MaxAnnouncedRooms)
+	}
+	for _, r := range a.Rooms {
+		if !ValidName(r) {
+			return fmt.Errorf("%w: node %s announces room %q: %w", ErrBadMessage, a.Node, r, ErrBadSubjectToken)
+		}
+	}
 	return nil
 }
 
@@ -287,6 +348,10 @@ func (m *SessionMessage) Validate() error {
 	case SessionError:
 		if m.Error == nil {
 			return fmt.Errorf("%w: error without error", ErrBadMessage)
+		}
+	case SessionRejoin:
+		if m.Reason != RejoinDrain && m.Reason != RejoinNodeFailed {
+			return fmt.Errorf("%w: rejoin reason %q", ErrBadMessage, m.Reason)
 		}
 	case SessionCandidate, SessionClosed:
 	default:

@@ -39,25 +39,46 @@ func (t *NodeTable) Remove(node string) {
 	delete(t.nodes, node)
 }
 
-// Live returns the nodes heard from within Expiry of now, expiring the
-// others, sorted by node id.
-func (t *NodeTable) Live(now time.Time) []NodeAnnounce {
-	exp := t.Expiry
-	if exp <= 0 {
-		exp = NodeExpiry
+func (t *NodeTable) expiry() time.Duration {
+	if t.Expiry <= 0 {
+		return NodeExpiry
 	}
+	return t.Expiry
+}
+
+// Live returns the nodes heard from within Expiry of now, sorted by node
+// id. Silent nodes stay in the table until Sweep removes them.
+func (t *NodeTable) Live(now time.Time) []NodeAnnounce {
+	exp := t.expiry()
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	out := make([]NodeAnnounce, 0, len(t.nodes))
-	for id, e := range t.nodes {
+	for _, e := range t.nodes {
 		if now.Sub(e.seen) > exp {
-			delete(t.nodes, id)
 			continue
 		}
 		out = append(out, e.a)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Node < out[j].Node })
 	return out
+}
+
+// Sweep removes the nodes not heard from within Expiry of now and returns
+// their ids, sorted: the nodes that died since the last sweep. A node that
+// announces again later is simply live again.
+func (t *NodeTable) Sweep(now time.Time) []string {
+	exp := t.expiry()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var gone []string
+	for id, e := range t.nodes {
+		if now.Sub(e.seen) > exp {
+			delete(t.nodes, id)
+			gone = append(gone, id)
+		}
+	}
+	sort.Strings(gone)
+	return gone
 }
 
 // Pick returns the least loaded live node that is not draining, preferring

@@ -65,9 +65,17 @@ type ClientConfig struct {
 type Client struct {
 	cfg ClientConfig
 	sig Signaler
-	pc  *webrtc.PeerConnection
+	api *webrtc.API
+
+	// pcMu guards pc and dc, which a rejoin replaces (rejoin.go).
+	pcMu sync.RWMutex
+	pc   *webrtc.PeerConnection
+	// negMu is held while an offer of the node is applied and while a
+	// rejoin replaces the peer connection.
+	negMu sync.Mutex
 
 	connected chan struct{}
+	connOnce  sync.Once
 	joinStart time.Time
 	joinTime  atomic.Int64 // nanoseconds from start to connected
 
@@ -78,9 +86,10 @@ type Client struct {
 	mu     sync.Mutex // guards tracks
 	tracks []*RecvStats
 
-	dc     *webrtc.DataChannel
-	dataMu sync.Mutex // guards data
-	data   []string   // data-channel messages received
+	dc      *webrtc.DataChannel
+	dataMu  sync.Mutex // guards data, rejoins
+	rejoins []rejoin
+	data    []string // data-channel messages received
 
 	remb atomic.Uint64 // bit/s to advertise in REMB, 0 none
 	sent atomic.Uint64 // RTP packets published
@@ -105,32 +114,12 @@ func Dial(ctx context.Context, api *webrtc.API, sig Signaler, cfg ClientConfig) 
 		return nil, err
 	}
 	pc := c.pc
-	dc, err := pc.CreateDataChannel("data", nil)
+	offer, err := c.prepare(ctx, pc)
 	if err != nil {
 		c.Close()
 		return nil, err
 	}
-	c.dc = dc
-	dc.OnMessage(func(m webrtc.DataChannelMessage) {
-		c.dataMu.Lock()
-		c.data = append(c.data, string(m.Data))
-		c.dataMu.Unlock()
-	})
-	if cfg.Publish {
-		if err := c.addTracks(); err != nil {
-			c.Close()
-			return nil, err
-		}
-	}
-	offer, err := pc.CreateOffer(nil)
-	if err == nil {
-		err = c.setLocalGathered(ctx, offer)
-	}
-	if err != nil {
-		c.Close()
-		return nil, err
-	}
-	answer, err := sig.Join(ctx, cfg.Room, cfg.Identity, cfg.Publish, cfg.Subscribe, pc.LocalDescription().SDP)
+	answer, err := sig.Join(ctx, cfg.Room, cfg.Identity, cfg.Publish, cfg.Subscribe, offer)
 	if err != nil {
 		c.Close()
 		return nil, err
@@ -144,15 +133,67 @@ func Dial(ctx context.Context, api *webrtc.API, sig Signaler, cfg ClientConfig) 
 	if cfg.Publish {
 		c.wg.Add(1)
 		go func() { defer c.wg.Done(); c.publish(cctx) }()
-		c.wg.Add(1)
-		go func() { defer c.wg.Done(); c.readPublisherRTCP(cctx) }()
+		c.readPublisherRTCP(pc)
 	}
 	c.wg.Add(1)
 	go func() { defer c.wg.Done(); c.sendREMB(cctx) }()
+	if r, ok := sig.(rejoiner); ok {
+		c.wg.Add(1)
+		go func() { defer c.wg.Done(); c.rejoinLoop(cctx, r) }()
+	}
 	return c, nil
 }
 
-func (c *Client) addTracks() error {
+// prepare gives pc the client's data channel and, when it publishes, its
+// tracks (made on the first call, the same ones after a rejoin), and
+// returns its offer with every candidate gathered.
+func (c *Client) prepare(ctx context.Context, pc *webrtc.PeerConnection) (string, error) {
+	dc, err := pc.CreateDataChannel("data", nil)
+	if err != nil {
+		return "", err
+	}
+	c.pcMu.Lock()
+	c.dc = dc
+	c.pcMu.Unlock()
+	dc.OnMessage(func(m webrtc.DataChannelMessage) {
+		c.dataMu.Lock()
+		c.data = append(c.data, string(m.Data))
+		c.dataMu.Unlock()
+	})
+	if c.cfg.Publish {
+		if err := c.addTracks(pc); err != nil {
+			return "", err
+		}
+	}
+	offer, err := pc.CreateOffer(nil)
+	if err == nil {
+		err = c.setLocalGathered(ctx, pc, offer)
+	}
+	if err != nil {
+		return "", err
+	}
+	return pc.LocalDescription().SDP, nil
+}
+
+// addTracks adds the client's tracks to pc, making them on the first call.
+func (c *Client) addTracks(pc *webrtc.PeerConnection) error {
+	if c.audioTrack != nil {
+		// A rejoin's new peer connection: the publisher goes on writing
+		// the same tracks, which now feed it.
+		if len(c.videoTracks) > 0 {
+			tr, err := pc.AddTransceiverFromTrack(c.videoTracks[0], webrtc.RTPTransceiverInit{Direction: webrtc.RTPTransceiverDirectionSendonly})
+			if err != nil {
+				return err
+			}
+			for _, t := range c.videoTracks[1:] {
+				if err := tr.Sender().AddEncoding(t); err != nil {
+					return err
+				}
+			}
+		}
+		_, err := pc.AddTransceiverFromTrack(c.audioTrack, webrtc.RTPTransceiverInit{Direction: webrtc.RTPTransceiverDirectionSendonly})
+		return err
+	}
 	stream := c.cfg.Identity
 	if c.cfg.VideoBitrate > 0 {
 		vp8 := webrtc.RTPCodecCapability{MimeType: webrtc.MimeTypeVP8, ClockRate: 90000}
@@ -165,7 +206,7 @@ func (c *Client) addTracks() error {
 				}
 				c.videoTracks = append(c.videoTracks, t)
 				if tr == nil {
-					if tr, err = c.pc.AddTransceiverFromTrack(t, webrtc.RTPTransceiverInit{Direction: webrtc.RTPTransceiverDirectionSendonly}); err != nil {
+					if tr, err = pc.AddTransceiverFromTrack(t, webrtc.RTPTransceiverInit{Direction: webrtc.RTPTransceiverDirectionSendonly}); err != nil {
 						return err
 					}
 				} else if err := tr.Sender().AddEncoding(t); err != nil {
@@ -178,7 +219,7 @@ func (c *Client) addTracks() error {
 				return err
 			}
 			c.videoTracks = append(c.videoTracks, t)
-			if _, err := c.pc.AddTransceiverFromTrack(t, webrtc.RTPTransceiverInit{Direction: webrtc.RTPTransceiverDirectionSendonly}); err != nil {
+			if _, err := pc.AddTransceiverFromTrack(t, webrtc.RTPTransceiverInit{Direction: webrtc.RTPTransceiverDirectionSendonly}); err != nil {
 				return err
 			}
 		}
@@ -188,7 +229,7 @@ func (c *Client) addTracks() error {
 		return err
 	}
 	c.audioTrack = a
-	_, err = c.pc.AddTransceiverFromTrack(a, webrtc.RTPTransceiverInit{Direction: webrtc.RTPTransceiverDirectionSendonly})
+	_, err = pc.AddTransceiverFromTrack(a, webrtc.RTPTransceiverInit{Direction: webrtc.RTPTransceiverDirectionSendonly})
 	return err
 }
 
@@ -202,23 +243,34 @@ func (c *Client) renegotiate(ctx context.Context) {
 			if !ok {
 				return
 			}
-			if err := c.pc.SetRemoteDescription(webrtc.SessionDescription{Type: webrtc.SDPTypeOffer, SDP: offer}); err != nil {
-				continue
-			}
-			answer, err := c.pc.CreateAnswer(nil)
-			if err != nil {
-				continue
-			}
-			if err := c.pc.SetLocalDescription(answer); err != nil {
-				continue
-			}
-			_ = c.sig.Answer(ctx, answer.SDP)
+			c.negMu.Lock()
+			c.answerOffer(ctx, c.PC(), offer)
+			c.negMu.Unlock()
 		}
 	}
 }
 
+func (c *Client) answerOffer(ctx context.Context, pc *webrtc.PeerConnection, offer string) {
+	if err := pc.SetRemoteDescription(webrtc.SessionDescription{Type: webrtc.SDPTypeOffer, SDP: offer}); err != nil {
+		return
+	}
+	answer, err := pc.CreateAnswer(nil)
+	if err != nil {
+		return
+	}
+	if err := pc.SetLocalDescription(answer); err != nil {
+		return
+	}
+	_ = c.sig.Answer(ctx, answer.SDP)
+}
+
 // SendData sends a text message on the client's data channel.
-func (c *Client) SendData(s string) error { return c.dc.SendText(s) }
+func (c *Client) SendData(s string) error {
+	c.pcMu.RLock()
+	dc := c.dc
+	c.pcMu.RUnlock()
+	return dc.SendText(s)
+}
 
 // Data returns the data-channel messages received so far.
 func (c *Client) Data() []string {
@@ -243,15 +295,21 @@ func (c *Client) Tracks() []*RecvStats {
 	return append([]*RecvStats(nil), c.tracks...)
 }
 
-// PC returns the peer connection.
-func (c *Client) PC() *webrtc.PeerConnection { return c.pc }
+// PC returns the peer connection (after a rejoin, the new one).
+func (c *Client) PC() *webrtc.PeerConnection {
+	c.pcMu.RLock()
+	defer c.pcMu.RUnlock()
+	return c.pc
+}
 
 // Close leaves and closes the peer connection. It is idempotent.
 func (c *Client) Close() error {
 	var err error
 	c.once.Do(func() {
 		c.cancel()
-		err = errors.Join(c.sig.Close(), c.pc.Close())
+		c.negMu.Lock() // a rejoin in progress finishes first
+		err = errors.Join(c.sig.Close(), c.PC().Close())
+		c.negMu.Unlock()
 		c.wg.Wait()
 	})
 	return err
@@ -278,7 +336,7 @@ func dialOffered(ctx context.Context, api *webrtc.API, sig Signaler, offer strin
 		answer, err = c.pc.CreateAnswer(nil)
 	}
 	if err == nil {
-		err = c.setLocalGathered(ctx, answer)
+		err = c.setLocalGathered(ctx, c.pc, answer)
 	}
 	if err == nil {
 		err = sig.Answer(ctx, c.pc.LocalDescription().SDP)
@@ -294,16 +352,27 @@ func dialOffered(ctx context.Context, api *webrtc.API, sig Signaler, offer strin
 // connected once it is and measures every track it receives. The context
 // returned ends at Close.
 func newClient(api *webrtc.API, sig Signaler, cfg ClientConfig) (*Client, context.Context, error) {
-	pc, err := api.NewPeerConnection(webrtc.Configuration{})
+	c := &Client{cfg: cfg, sig: sig, api: api, connected: make(chan struct{}), joinStart: time.Now()}
+	pc, err := c.newPC()
 	if err != nil {
 		return nil, nil, err
 	}
+	c.pc = pc
 	cctx, cancel := context.WithCancel(context.Background())
-	c := &Client{cfg: cfg, sig: sig, pc: pc, connected: make(chan struct{}), joinStart: time.Now(), cancel: cancel}
-	var connOnce sync.Once
+	c.cancel = cancel
+	return c, cctx, nil
+}
+
+// newPC makes a peer connection that counts the client connected once it
+// is (the first time) and measures every track it receives.
+func (c *Client) newPC() (*webrtc.PeerConnection, error) {
+	pc, err := c.api.NewPeerConnection(webrtc.Configuration{})
+	if err != nil {
+		return nil, err
+	}
 	pc.OnConnectionStateChange(func(s webrtc.PeerConnectionState) {
 		if s == webrtc.PeerConnectionStateConnected {
-			connOnce.Do(func() {
+			c.connOnce.Do(func() {
 				c.joinTime.Store(int64(time.Since(c.joinStart)))
 				close(c.connected)
 			})
@@ -316,14 +385,14 @@ func newClient(api *webrtc.API, sig Signaler, cfg ClientConfig) (*Client, contex
 		c.mu.Unlock()
 		st.read(t)
 	})
-	return c, cctx, nil
+	return pc, nil
 }
 
 // setLocalGathered sets the local description and waits until ICE
 // gathering is complete (the signalers send no trickled candidates).
-func (c *Client) setLocalGathered(ctx context.Context, d webrtc.SessionDescription) error {
-	gathered := webrtc.GatheringCompletePromise(c.pc)
-	if err := c.pc.SetLocalDescription(d); err != nil {
+func (c *Client) setLocalGathered(ctx context.Context, pc *webrtc.PeerConnection, d webrtc.SessionDescription) error {
+	gathered := webrtc.GatheringCompletePromise(pc)
+	if err := pc.SetLocalDescription(d); err != nil {
 		return err
 	}
 	select {

@@ -86,7 +86,7 @@ func newPublisher(c *Client) *publisher {
 		p.keyEvery = 3 * time.Second
 	}
 	if c.cfg.Simulcast {
-		for _, tr := range c.pc.GetTransceivers() {
+		for _, tr := range c.PC().GetTransceivers() {
 			if tr.Kind() != webrtc.RTPCodecTypeVideo || tr.Sender() == nil {
 				continue
 			}
@@ -102,7 +102,7 @@ func newPublisher(c *Client) *publisher {
 		}
 	}
 	if c.cfg.AudioLevel != 0 {
-		for _, tr := range c.pc.GetTransceivers() {
+		for _, tr := range c.PC().GetTransceivers() {
 			if tr.Kind() == webrtc.RTPCodecTypeAudio && tr.Sender() != nil {
 				for _, e := range tr.Sender().GetParameters().HeaderExtensions {
 					if e.URI == sdp.AudioLevelURI {
@@ -181,10 +181,10 @@ func (p *publisher) video(i int, tr *webrtc.TrackLocalStaticRTP, ts uint32, endF
 	}
 }
 
-// readPublisherRTCP reads the SFU's RTCP to the publisher: a PLI or FIR
-// makes the next frame a keyframe.
-func (c *Client) readPublisherRTCP(ctx context.Context) {
-	for _, tr := range c.pc.GetTransceivers() {
+// readPublisherRTCP reads the SFU's RTCP to the publisher on pc's senders
+// (until pc closes): a PLI or FIR makes the next frame a keyframe.
+func (c *Client) readPublisherRTCP(pc *webrtc.PeerConnection) {
+	for _, tr := range pc.GetTransceivers() {
 		s := tr.Sender()
 		if s == nil {
 			continue
@@ -215,7 +215,6 @@ func (c *Client) readPublisherRTCP(ctx context.Context) {
 			}()
 		}
 	}
-	<-ctx.Done()
 }
 
 // SetREMB makes the client advertise bps in REMB to the SFU every 100 ms
@@ -236,7 +235,8 @@ func (c *Client) sendREMB(ctx context.Context) {
 			continue
 		}
 		var ssrcs []uint32
-		for _, tr := range c.pc.GetTransceivers() {
+		pc := c.PC()
+		for _, tr := range pc.GetTransceivers() {
 			if r := tr.Receiver(); r != nil && r.Track() != nil && r.Track().Kind() == webrtc.RTPCodecTypeVideo {
 				ssrcs = append(ssrcs, uint32(r.Track().SSRC()))
 			}
@@ -244,7 +244,7 @@ func (c *Client) sendREMB(ctx context.Context) {
 		if len(ssrcs) == 0 {
 			continue
 		}
-		_ = c.pc.WriteRTCP([]rtcp.Packet{&rtcp.ReceiverEstimatedMaximumBitrate{Bitrate: float32(b), SSRCs: ssrcs}})
+		_ = pc.WriteRTCP([]rtcp.Packet{&rtcp.ReceiverEstimatedMaximumBitrate{Bitrate: float32(b), SSRCs: ssrcs}})
 	}
 }
 

@@ -22,6 +22,10 @@ type RecvStats struct {
 	lastSeq atomic.Uint32
 	layer   atomic.Int32  // the simulcast layer of the last video packet
 	jitter  atomic.Uint64 // RFC 3550 interarrival jitter, in microseconds
+	// firstAt and lastAt are when the first and the latest packet arrived
+	// (Unix nanoseconds; 0 before): a rejoin's media gap is measured from
+	// them.
+	firstAt, lastAt atomic.Int64
 }
 
 // recvWindow is how many sequence numbers back a late packet (a NACKed
@@ -45,6 +49,8 @@ func (s *RecvStats) read(t *webrtc.TrackRemote) {
 			continue
 		}
 		now := time.Now()
+		s.lastAt.Store(now.UnixNano())
+		s.firstAt.CompareAndSwap(0, now.UnixNano())
 		s.packets.Add(1)
 		s.bytes.Add(uint64(n))
 		if s.Kind == "video" && n-hn > 2 {

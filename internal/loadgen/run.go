@@ -59,27 +59,35 @@ type Progress struct {
 
 // Summary is what a run measured.
 type Summary struct {
-	Rooms             int     `json:"rooms"`
-	Publishers        int     `json:"publishers_per_room"`
-	Subscribers       int     `json:"subscribers_per_room"`
-	Peers             int     `json:"peers"`
-	Connected         int     `json:"connected"`
-	JoinFailures      int     `json:"join_failures"`
-	Seconds           float64 `json:"seconds"`
-	PacketsReceived   uint64  `json:"packets_received"`
-	PacketsPerSecond  float64 `json:"packets_per_second"`
-	BitsPerSecond     float64 `json:"bits_per_second"`
-	PublishedPerSec   float64 `json:"published_packets_per_second"`
-	Feedback          bool    `json:"feedback"`
-	Lost              uint64  `json:"lost"`
-	Repaired          uint64  `json:"repaired"`
-	LossFraction      float64 `json:"loss_fraction"`
-	JitterMeanMillis  float64 `json:"jitter_mean_ms"`
-	JoinP50Millis     float64 `json:"join_p50_ms"`
-	JoinP95Millis     float64 `json:"join_p95_ms"`
-	JoinP99Millis     float64 `json:"join_p99_ms"`
-	FirstJoinError    string  `json:"first_join_error,omitempty"`
-	ExpectedPerSecond float64 `json:"expected_packets_per_second"`
+	Rooms            int     `json:"rooms"`
+	Publishers       int     `json:"publishers_per_room"`
+	Subscribers      int     `json:"subscribers_per_room"`
+	Peers            int     `json:"peers"`
+	Connected        int     `json:"connected"`
+	JoinFailures     int     `json:"join_failures"`
+	Seconds          float64 `json:"seconds"`
+	PacketsReceived  uint64  `json:"packets_received"`
+	PacketsPerSecond float64 `json:"packets_per_second"`
+	BitsPerSecond    float64 `json:"bits_per_second"`
+	PublishedPerSec  float64 `json:"published_packets_per_second"`
+	Feedback         bool    `json:"feedback"`
+	Lost             uint64  `json:"lost"`
+	Repaired         uint64  `json:"repaired"`
+	LossFraction     float64 `json:"loss_fraction"`
+	JitterMeanMillis float64 `json:"jitter_mean_ms"`
+	JoinP50Millis    float64 `json:"join_p50_ms"`
+	JoinP95Millis    float64 `json:"join_p95_ms"`
+	JoinP99Millis    float64 `json:"join_p99_ms"`
+	FirstJoinError   string  `json:"first_join_error,omitempty"`
+	// Rejoins counts the clients' rejoins (their node failed or drained,
+	// docs/failover.md); the gap is each one's media interruption, from
+	// the last packet received before to the first after.
+	Rejoins            int     `json:"rejoins,omitempty"`
+	RejoinFailures     int     `json:"rejoin_failures,omitempty"`
+	RejoinGapP50Millis float64 `json:"rejoin_gap_p50_ms,omitempty"`
+	RejoinGapP95Millis float64 `json:"rejoin_gap_p95_ms,omitempty"`
+	RejoinGapMaxMillis float64 `json:"rejoin_gap_max_ms,omitempty"`
+	ExpectedPerSecond  float64 `json:"expected_packets_per_second"`
 
 	ServerCPUSeconds            float64 `json:"server_cpu_seconds,omitempty"`
 	ServerCPUPercent            float64 `json:"server_cpu_percent,omitempty"`
@@ -253,6 +261,7 @@ loop:
 	// every other participant of its room.
 	sum.PublishedPerSec = float64(sentBy(clients)-sent0) / secs
 	sum.addServer(cfg, cpu0, rss1, secs)
+	sum.addRejoins(clients)
 	sum.ExpectedPerSecond = sum.PublishedPerSec * float64(cfg.Publishers+cfg.Subscribers-1)
 	return sum, nil
 }
@@ -283,6 +292,45 @@ func (sum *Summary) addJoins(clients []*Client, errs []error) {
 		return float64(joins[min(len(joins)-1, int(p*float64(len(joins))))].Microseconds()) / 1000
 	}
 	sum.JoinP50Millis, sum.JoinP95Millis, sum.JoinP99Millis = pct(0.50), pct(0.95), pct(0.99)
+}
+
+// addRejoins counts the clients' rejoins and their media gaps.
+func (sum *Summary) addRejoins(clients []*Client) {
+	var gaps []time.Duration
+	for _, c := range clients {
+		if c == nil {
+			continue
+		}
+		for _, r := range c.Rejoins() {
+			sum.Rejoins++
+			if r.Err != nil || r.MediaAgain.IsZero() {
+				sum.RejoinFailures++
+				continue
+			}
+			gaps = append(gaps, r.Gap())
+		}
+	}
+	if len(gaps) == 0 {
+		return
+	}
+	p := Percentiles(gaps, 0.50, 0.95, 1)
+	sum.RejoinGapP50Millis, sum.RejoinGapP95Millis, sum.RejoinGapMaxMillis = millis(p[0]), millis(p[1]), millis(p[2])
+}
+
+func millis(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// Percentiles returns the qs (0-1) quantiles of ds, by the nearest rank
+// (1 is the maximum). ds is sorted in place.
+func Percentiles(ds []time.Duration, qs ...float64) []time.Duration {
+	slices.Sort(ds)
+	out := make([]time.Duration, len(qs))
+	if len(ds) == 0 {
+		return out
+	}
+	for i, q := range qs {
+		out[i] = ds[min(len(ds)-1, int(q*float64(len(ds))))]
+	}
+	return out
 }
 
 // addServer adds the server's CPU time and memory over the measurement

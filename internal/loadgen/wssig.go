@@ -27,6 +27,18 @@ type WSSignaler struct {
 	done   chan struct{}
 	wg     sync.WaitGroup
 	once   sync.Once
+
+	// tok is the token of the first join, which a rejoin sends again.
+	tok     string
+	joined  chan struct{}
+	rejoins chan string // reasons of the server's rejoin messages
+	// mu guards node and rejoining (written by the reader).
+	mu sync.Mutex
+	// node is the SFU node of the last joined message.
+	node string
+	// rejoining is set from a rejoin message to the next joined: node
+	// offers in between belong to the session the server dropped.
+	rejoining bool
 }
 
 // TokenFunc returns a token for room and identity.
@@ -69,7 +81,7 @@ func DemoTokens(wsURL string) TokenFunc {
 // wsURL ("ws://host:7880/ws").
 func NewWSSignaler(wsURL string, token TokenFunc) *WSSignaler {
 	return &WSSignaler{url: wsURL, token: token, offers: make(chan string, 16), answer: make(chan string, 1),
-		errc: make(chan error, 1), done: make(chan struct{})}
+		errc: make(chan error, 1), done: make(chan struct{}), joined: make(chan struct{}, 1), rejoins: make(chan string, 4)}
 }
 
 type wsMsg struct {
@@ -79,6 +91,8 @@ type wsMsg struct {
 	Class   string `json:"class,omitempty"`
 	Message string `json:"message,omitempty"`
 	Fatal   bool   `json:"fatal,omitempty"`
+	Node    string `json:"node,omitempty"`
+	Reason  string `json:"reason,omitempty"`
 }
 
 func (s *WSSignaler) send(ctx context.Context, m wsMsg) error {
@@ -103,17 +117,23 @@ func (s *WSSignaler) Join(ctx context.Context, room, identity string, _, _ bool,
 	}
 	ws.SetReadLimit(1 << 20)
 	s.ws = ws
-	joined := make(chan struct{}, 1)
+	s.tok = tok
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
-		s.readLoop(joined)
+		s.readLoop()
 	}()
-	if err := s.send(ctx, wsMsg{Type: "join", Token: tok}); err != nil {
+	return s.joinOffer(ctx, offer)
+}
+
+// joinOffer sends join with the token and then the offer, and returns the
+// answer.
+func (s *WSSignaler) joinOffer(ctx context.Context, offer string) (string, error) {
+	if err := s.send(ctx, wsMsg{Type: "join", Token: s.tok}); err != nil {
 		return "", err
 	}
 	select {
-	case <-joined:
+	case <-s.joined:
 	case err := <-s.errc:
 		return "", err
 	case <-ctx.Done():
@@ -132,7 +152,34 @@ func (s *WSSignaler) Join(ctx context.Context, room, identity string, _, _ bool,
 	}
 }
 
-func (s *WSSignaler) readLoop(joined chan struct{}) {
+// Rejoin joins again on the same WebSocket with the same token, after
+// the server's rejoin message, with a new peer connection's offer, and
+// returns the answer (docs/signal.md, "Rejoin").
+func (s *WSSignaler) Rejoin(ctx context.Context, offer string) (string, error) {
+	for {
+		select {
+		case <-s.answer: // a stale answer of the dropped session
+			continue
+		case <-s.offers:
+			continue
+		default:
+		}
+		break
+	}
+	return s.joinOffer(ctx, offer)
+}
+
+// Rejoins delivers the reason of every rejoin message (node_failed, drain).
+func (s *WSSignaler) Rejoins() <-chan string { return s.rejoins }
+
+// Node is the SFU node the last joined message named.
+func (s *WSSignaler) Node() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.node
+}
+
+func (s *WSSignaler) readLoop() {
 	ctx := context.Background()
 	for {
 		_, b, err := s.ws.Read(ctx)
@@ -149,13 +196,33 @@ func (s *WSSignaler) readLoop(joined chan struct{}) {
 		}
 		switch m.Type {
 		case "joined":
-			joined <- struct{}{}
+			s.mu.Lock()
+			s.node, s.rejoining = m.Node, false
+			s.mu.Unlock()
+			select {
+			case s.joined <- struct{}{}:
+			default:
+			}
+		case "rejoin":
+			s.mu.Lock()
+			s.rejoining = true
+			s.mu.Unlock()
+			select {
+			case s.rejoins <- m.Reason:
+			default:
+			}
 		case "answer":
 			select {
 			case s.answer <- m.SDP:
 			default:
 			}
 		case "offer":
+			s.mu.Lock()
+			stale := s.rejoining
+			s.mu.Unlock()
+			if stale {
+				continue
+			}
 			select {
 			case s.offers <- m.SDP:
 			default:

@@ -43,6 +43,15 @@ type Config struct {
 	// packet on a 2-vCPU VM, nothing when idle. Default false (the poll
 	// runs); it is independent of DataPath.
 	NoSchedulerPoll bool `yaml:"no-scheduler-poll"`
+	// DrainPeriod spreads a drain's rejoin messages over this long
+	// (docs/failover.md): each session is asked to move at its own moment,
+	// so the nodes taking them over see a ramp, not a burst of joins.
+	// Default 10s; a drain request may name another period.
+	DrainPeriod time.Duration `yaml:"drain-period"`
+	// DrainStay keeps a drained node running (idle, not ready) once its
+	// last session has left; by default Run returns then and the process
+	// exits.
+	DrainStay bool `yaml:"drain-stay"`
 	// newRecorder, when set, gives every own-path peer connection the
 	// recorder the own receive path feeds (tests).
 	newRecorder func() receiveRecorder
@@ -80,6 +89,12 @@ func (c *Config) validate() error {
 	}
 	if c.PLIInterval <= 0 {
 		c.PLIInterval = 500 * time.Millisecond
+	}
+	if c.DrainPeriod <= 0 {
+		c.DrainPeriod = 10 * time.Second
+	}
+	if c.DrainPeriod > bus.MaxDrainPeriod {
+		return fmt.Errorf("%w: drain period over %v", ErrConfig, bus.MaxDrainPeriod)
 	}
 	if c.AnnounceInterval <= 0 {
 		c.AnnounceInterval = bus.AnnounceInterval

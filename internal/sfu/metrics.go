@@ -27,6 +27,7 @@ type metrics struct {
 	rtcpErrors                        *prometheus.CounterVec
 	twccFeedback, twccBad             prometheus.Counter
 	subscriberEstimate                prometheus.Histogram
+	drains, drainRejoins, drainForced prometheus.Counter
 }
 
 // newMetrics declares the node's metrics and registers them with reg
@@ -43,6 +44,9 @@ func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
 	m := &metrics{
 		joins:         c("joins_total", "Sessions created."),
 		leaves:        c("leaves_total", "Sessions ended."),
+		drains:        c("drains_total", "Drains started (traverse sfu drain, SIGUSR1, a drain request)."),
+		drainRejoins:  c("drain_rejoins_total", "Sessions asked to rejoin elsewhere by a drain."),
+		drainForced:   c("drain_forced_leaves_total", "Sessions still on the node when a drain's period and grace ended, closed by the node."),
 		connected:     c("connected_total", "Peer connections that reached connected."),
 		offers:        c("offers_total", "Renegotiation offers sent to clients."),
 		badSDP:        c("bad_sdp_total", "Offers or answers refused as malformed."),
@@ -100,7 +104,7 @@ func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
 			func() float64 { return float64(s.pionReceived.Load()) }),
 		m.ownActive, m.ownFallbacks, m.ownDrops, m.ownReports, m.ownRTCPSent, m.ownRTCPErrors, m.unsupportedTracks, m.glare, m.joins, m.leaves, m.connected, m.offers, m.badSDP, m.badRTP, m.pliForwarded,
 		m.pliThrottled, m.nacks, m.nacksAnswered, m.nacksMissed, m.layerSwitches, m.dataMessages, m.subscriberLoss,
-		m.twccFeedback, m.twccBad, m.subscriberEstimate,
+		m.twccFeedback, m.twccBad, m.subscriberEstimate, m.drains, m.drainRejoins, m.drainForced,
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "traverse", Subsystem: "sfu",
 			Name: "rtp_forwarded_total", Help: "RTP packets sent to subscribers."},
 			func() float64 { return float64(s.forwarded.Load()) }),

@@ -83,6 +83,8 @@ type Server struct {
 
 	sub       *bus.Subscription
 	closeOnce sync.Once
+	// drain is the drain's state (drain.go).
+	drain     drainState
 	forwarded atomic.Uint64
 	received  atomic.Uint64
 	// ownSessions counts peer connections that took the own data path.
@@ -111,6 +113,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{cfg: cfg, log: cfg.Log, bus: cfg.Bus, sessions: map[string]*participant{}, rooms: map[string]*room{}}
+	s.drain.empty = make(chan struct{})
 	uc, err := udpio.Listen(context.Background(), "udp", cfg.UDP.String(), udpio.Options{ReadBuffer: 4 << 20, WriteBuffer: 4 << 20})
 	if err != nil {
 		return nil, fmt.Errorf("sfu: %w", err)
@@ -335,6 +338,9 @@ func (s *Server) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-s.drain.empty:
+			s.log.Info("sfu: drained, no session left: stopping", "node", s.cfg.NodeID)
+			return nil
 		case now := <-t.C:
 			f := s.forwarded.Load()
 			pps := float64(f-lastFwd) / now.Sub(last).Seconds()
@@ -367,9 +373,17 @@ func (s *Server) roomList() []*room {
 func (s *Server) announce(pps float64) {
 	s.mu.Lock()
 	load := bus.NodeLoad{Peers: len(s.sessions), Rooms: len(s.rooms), PacketsPerSecond: pps}
+	var rooms []string
+	if len(s.rooms) <= bus.MaxAnnouncedRooms {
+		rooms = make([]string, 0, len(s.rooms))
+		for name := range s.rooms {
+			rooms = append(rooms, name)
+		}
+	}
 	s.mu.Unlock()
 	err := s.bus.AnnounceNode(bus.NodeAnnounce{Node: s.cfg.NodeID, Region: s.cfg.Region,
-		UDP: s.publicAddr(s.UDPAddr()), TCP: s.publicAddr(s.TCPAddr()), Load: load, Time: time.Now().UTC()})
+		UDP: s.publicAddr(s.UDPAddr()), TCP: s.publicAddr(s.TCPAddr()), Load: load, Time: time.Now().UTC(),
+		Draining: s.Draining(), Rooms: rooms})
 	if err != nil {
 		s.log.Warn("sfu: announce", "err", err)
 	}
@@ -390,6 +404,7 @@ func (s *Server) Close() error {
 		if sub != nil {
 			sub.Unsubscribe()
 		}
+		s.drain.stop()
 		for _, p := range parts {
 			p.leave("node shutting down")
 		}
@@ -429,6 +444,14 @@ func (s *Server) Sessions() int {
 func (s *Server) Forwarded() uint64 { return s.forwarded.Load() }
 
 func (s *Server) handle(ctx context.Context, req bus.Request) (bus.Reply, error) {
+	if req.Type == bus.RequestDrain {
+		period := time.Duration(0)
+		if req.Drain != nil {
+			period = time.Duration(req.Drain.PeriodMillis) * time.Millisecond
+		}
+		s.Drain(period)
+		return bus.Reply{}, nil
+	}
 	if req.Type == bus.RequestJoin {
 		return s.join(ctx, req)
 	}
@@ -500,6 +523,9 @@ func (s *Server) join(ctx context.Context, req bus.Request) (bus.Reply, error) {
 	case s.closed:
 		s.mu.Unlock()
 		return bus.Reply{}, bus.Errorf(bus.StatusUnavailable, "node %s is stopping", s.cfg.NodeID)
+	case s.Draining():
+		s.mu.Unlock()
+		return bus.Reply{}, bus.Errorf(bus.StatusUnavailable, "node %s is draining", s.cfg.NodeID)
 	case s.sessions[req.Session] != nil:
 		s.mu.Unlock()
 		return bus.Reply{}, bus.Errorf(bus.StatusConflict, "session %s exists", req.Session)
@@ -541,6 +567,9 @@ func (s *Server) removeSession(p *participant) {
 	r.mu.Unlock()
 	if empty && s.rooms[r.name] == r {
 		delete(s.rooms, r.name)
+	}
+	if len(s.sessions) == 0 {
+		s.drain.lastLeft(s.cfg.DrainStay)
 	}
 }
 

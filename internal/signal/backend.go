@@ -82,7 +82,17 @@ const (
 	NodeSpeakers
 	// NodeClosed: the node ended the session (Err says why).
 	NodeClosed
+	// NodeRejoin: the node asks the session to move to another node
+	// (Node, Reason: a drain).
+	NodeRejoin
 )
+
+// nodeWatcher is an optional Backend capability: it calls down when it
+// declares a node dead (its announcements stopped), which New wires to
+// Server.NodeDown.
+type nodeWatcher interface {
+	OnNodeDown(down func(node, reason string))
+}
 
 // NodeEvent is one event from a node for a session.
 type NodeEvent struct {
@@ -94,4 +104,6 @@ type NodeEvent struct {
 	Track       Track
 	Speakers    []Speaker
 	Err         error
+	// Node and Reason are set for NodeRejoin.
+	Node, Reason string
 }

@@ -21,10 +21,20 @@ type BusBackend struct {
 	table    bus.NodeTable
 	nodeSub  *bus.Subscription
 
-	mu     sync.Mutex // guards rooms, closed
+	mu     sync.Mutex // guards rooms, closed, down
 	rooms  map[string]*roomSubs
 	closed bool
+	down   func(node, reason string)
+
+	stop chan struct{} // closed by Close: ends the sweeper
+	wg   sync.WaitGroup
 }
+
+// nodeSweepInterval is how often the backend looks for nodes whose
+// announcements stopped: a killed node is declared dead between
+// bus.NodeExpiry and NodeExpiry + nodeSweepInterval after its last
+// announcement.
+const nodeSweepInterval = 200 * time.Millisecond
 
 // roomSubs is one room's event subscription and the sinks of this signal
 // server's sessions in it.
@@ -35,6 +45,9 @@ type roomSubs struct {
 	// server subscribed, for sessions that join later (Snapshot).
 	parts  map[string]Participant // by session id
 	tracks map[string][]Track     // by session id
+	// partNode is the node each participant is on, to forget the
+	// participants of a node that died (no left event comes from it).
+	partNode map[string]string
 }
 
 // DefaultNodeCapacity is the peer count at which a node counts as full when
@@ -48,7 +61,7 @@ func NewBusBackend(c *bus.Client, capacity int) (*BusBackend, error) {
 	if capacity <= 0 {
 		capacity = DefaultNodeCapacity
 	}
-	b := &BusBackend{c: c, capacity: capacity, now: time.Now, rooms: map[string]*roomSubs{}}
+	b := &BusBackend{c: c, capacity: capacity, now: time.Now, rooms: map[string]*roomSubs{}, stop: make(chan struct{})}
 	sub, err := c.SubscribeNodes(func(a bus.NodeAnnounce) { b.table.Update(a, b.now()) })
 	if err != nil {
 		return nil, err
@@ -56,7 +69,59 @@ func NewBusBackend(c *bus.Client, capacity int) (*BusBackend, error) {
 	b.nodeSub = sub
 	// Make the subscription effective at the server before returning.
 	_ = c.Conn().Flush()
+	b.wg.Add(1)
+	go func() {
+		defer b.wg.Done()
+		b.sweep()
+	}()
 	return b, nil
+}
+
+// OnNodeDown makes the backend call down(node, RejoinNodeFailed) for
+// every node whose announcements stop (bus.NodeExpiry). Server.New
+// wires it to Server.NodeDown.
+func (b *BusBackend) OnNodeDown(down func(node, reason string)) {
+	b.mu.Lock()
+	b.down = down
+	b.mu.Unlock()
+}
+
+// sweep declares dead the nodes that went silent, until Close.
+func (b *BusBackend) sweep() {
+	t := time.NewTicker(nodeSweepInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-b.stop:
+			return
+		case <-t.C:
+		}
+		for _, node := range b.table.Sweep(b.now()) {
+			b.forgetNode(node)
+			b.mu.Lock()
+			down := b.down
+			b.mu.Unlock()
+			if down != nil {
+				down(node, RejoinNodeFailed)
+			}
+		}
+	}
+}
+
+// forgetNode drops the participants and tracks of node from the rooms'
+// records: a dead node sends no left events.
+func (b *BusBackend) forgetNode(node string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, r := range b.rooms {
+		for id, n := range r.partNode {
+			if n == node {
+				delete(r.parts, id)
+				delete(r.tracks, id)
+				delete(r.partNode, id)
+			}
+		}
+	}
 }
 
 // Close stops following announcements and room events. It is idempotent.
@@ -70,6 +135,8 @@ func (b *BusBackend) Close() error {
 	rooms := b.rooms
 	b.rooms = map[string]*roomSubs{}
 	b.mu.Unlock()
+	close(b.stop)
+	b.wg.Wait()
 	b.nodeSub.Unsubscribe()
 	for _, r := range rooms {
 		r.sub.Unsubscribe()
@@ -82,7 +149,7 @@ func (b *BusBackend) Nodes() []Node {
 	live := b.table.Live(b.now())
 	out := make([]Node, 0, len(live))
 	for _, a := range live {
-		n := Node{ID: a.Node, Region: a.Region, Load: float64(a.Load.Peers) / float64(b.capacity)}
+		n := Node{ID: a.Node, Region: a.Region, Load: float64(a.Load.Peers) / float64(b.capacity), Rooms: a.Rooms}
 		if ap, err := netip.ParseAddrPort(a.UDP); err == nil && !ap.Addr().IsUnspecified() {
 			n.Public = ap.Addr().Unmap()
 		}
@@ -115,6 +182,8 @@ func (b *BusBackend) Join(_ context.Context, node Node, req JoinRequest, sink fu
 			if ev, ok := roomEvent(*m.Event, ""); ok {
 				sink(ev)
 			}
+		case bus.SessionRejoin:
+			sink(NodeEvent{Kind: NodeRejoin, Node: node.ID, Reason: m.Reason})
 		case bus.SessionError, bus.SessionClosed:
 			var err error = errors.New("closed by the node")
 			if m.Error != nil {
@@ -145,7 +214,8 @@ func (b *BusBackend) addSink(room, session string, sink func(NodeEvent)) error {
 	}
 	r := b.rooms[room]
 	if r == nil {
-		r = &roomSubs{sinks: map[string]func(NodeEvent){}, parts: map[string]Participant{}, tracks: map[string][]Track{}}
+		r = &roomSubs{sinks: map[string]func(NodeEvent){}, parts: map[string]Participant{}, tracks: map[string][]Track{},
+			partNode: map[string]string{}}
 		sub, err := b.c.SubscribeRoomEvents(room, func(e bus.RoomEvent) { b.roomEvent(room, e) })
 		if err != nil {
 			return err
@@ -185,7 +255,7 @@ func (b *BusBackend) roomEvent(room string, e bus.RoomEvent) {
 	r := b.rooms[room]
 	var sinks []func(NodeEvent)
 	if r != nil {
-		r.record(ev)
+		r.record(ev, e.Node)
 		for id, s := range r.sinks {
 			if id != e.Session || e.Type == bus.EventActiveSpeaker {
 				sinks = append(sinks, s)
@@ -199,16 +269,19 @@ func (b *BusBackend) roomEvent(room string, e bus.RoomEvent) {
 }
 
 // record keeps the room's participants and tracks up to date.
-func (r *roomSubs) record(ev NodeEvent) {
+func (r *roomSubs) record(ev NodeEvent, node string) {
 	id := ev.Participant.ID
 	switch {
 	case ev.Kind == NodeParticipant && ev.Event == EventJoined:
 		r.parts[id] = ev.Participant
+		r.partNode[id] = node
 	case ev.Kind == NodeParticipant && ev.Event == EventLeft:
 		delete(r.parts, id)
 		delete(r.tracks, id)
+		delete(r.partNode, id)
 	case ev.Kind == NodeTrack && ev.Event == EventPublished:
 		r.parts[id] = ev.Participant
+		r.partNode[id] = node
 		r.tracks[id] = append(r.tracks[id], ev.Track)
 	case ev.Kind == NodeTrack && ev.Event == EventUnpublished:
 		ts := r.tracks[id]

@@ -16,6 +16,8 @@ type metrics struct {
 	placements    *prometheus.CounterVec // by node
 	joinTimeouts  prometheus.Counter
 	originRefused *prometheus.CounterVec // by endpoint (ws, token)
+	rejoins       *prometheus.CounterVec // rejoin messages sent, by reason
+	nodesDown     prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -45,12 +47,19 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		originRefused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "traverse_signal_origin_refused_total",
 			Help: "Requests refused with 403 because their Origin (or, for /token, Host) is not allowed, by endpoint (ws, token)."},
 			[]string{"endpoint"}),
+		rejoins: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "traverse_signal_rejoins_total",
+			Help: "Rejoin messages sent to clients, by reason (node_failed, drain)."}, []string{"reason"}),
+		nodesDown: prometheus.NewCounter(prometheus.CounterOpts{Name: "traverse_signal_nodes_down_total",
+			Help: "SFU nodes declared dead (announcements stopped, or a controller said so)."}),
+	}
+	for _, r := range []string{RejoinNodeFailed, RejoinDrain} {
+		m.rejoins.WithLabelValues(r)
 	}
 	for _, e := range []string{"ws", "token"} {
 		m.originRefused.WithLabelValues(e) // exported as 0 before the first
 	}
 	for _, c := range []prometheus.Collector{m.connections, m.active, m.messages, m.badMessages, m.tokenRejected,
-		m.rateLimited, m.dropped, m.nodeErrors, m.demoTokens, m.placements, m.joinTimeouts, m.originRefused} {
+		m.rateLimited, m.dropped, m.nodeErrors, m.demoTokens, m.placements, m.joinTimeouts, m.originRefused, m.rejoins, m.nodesDown} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -29,6 +29,18 @@ const (
 	TypeError       = "error"
 	TypePong        = "pong"
 	TypeBye         = "bye"
+	// TypeRejoin: the client's node failed or is draining; the server
+	// has dropped the client's session there, and the client joins again
+	// on the same WebSocket with the same token (a new peer connection,
+	// republishing and resubscribing). Reason is RejoinNodeFailed or
+	// RejoinDrain. docs/signal.md, "Rejoin".
+	TypeRejoin = "rejoin"
+)
+
+// Rejoin reasons (ServerMessage.Reason of TypeRejoin).
+const (
+	RejoinNodeFailed = "node_failed"
+	RejoinDrain      = "drain"
 )
 
 // Events carried by TypeParticipant (joined, left) and TypeTrack
@@ -223,6 +235,9 @@ type ServerMessage struct {
 	Message string `json:"message,omitempty"`
 	// Fatal says the server closes the connection after this error.
 	Fatal bool `json:"fatal,omitempty"`
+
+	// rejoin
+	Reason string `json:"reason,omitempty"`
 }
 
 // errorMessage builds the error message for err.

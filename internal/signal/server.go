@@ -161,9 +161,13 @@ type Server struct {
 	ctx    context.Context // canceled by Close; parent of every session
 	cancel context.CancelFunc
 
-	mu     sync.Mutex // guards rooms, closed
-	rooms  map[string]*roomPlace
-	closed bool
+	mu       sync.Mutex // guards rooms, closed, sessions, down
+	rooms    map[string]*roomPlace
+	closed   bool
+	sessions map[*session]struct{}
+	// down holds the nodes declared dead (NodeDown) until when they may
+	// be chosen again, should they announce again.
+	down map[string]time.Time
 
 	wg sync.WaitGroup // sessions
 }
@@ -192,7 +196,11 @@ func New(cfg Config) (*Server, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{cfg: cfg, log: cfg.Log, m: m, placer: newPlacer(cfg.RegionRules, cfg.Region),
 		mux: http.NewServeMux(), lm: lm, origin: newOriginPolicy(cfg.AllowedOrigins),
-		ctx: ctx, cancel: cancel, rooms: map[string]*roomPlace{}}
+		ctx: ctx, cancel: cancel, rooms: map[string]*roomPlace{}, sessions: map[*session]struct{}{},
+		down: map[string]time.Time{}}
+	if w, ok := cfg.Backend.(nodeWatcher); ok {
+		w.OnNodeDown(s.NodeDown)
+	}
 	s.http = &http.Server{Handler: s.mux, ReadHeaderTimeout: cfg.ReadHeaderTimeout, IdleTimeout: cfg.IdleTimeout,
 		MaxHeaderBytes: maxHeaderBytes, ErrorLog: slog.NewLogLogger(cfg.Log.Handler(), slog.LevelWarn)}
 	s.mux.HandleFunc("GET /ws", s.serveWS)
@@ -351,6 +359,14 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	defer s.m.active.Dec()
 	conn.SetReadLimit(s.cfg.MaxMessage)
 	ss := newSession(s, conn, clientIP(r, s.cfg.TrustedProxies))
+	s.mu.Lock()
+	s.sessions[ss] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.sessions, ss)
+		s.mu.Unlock()
+	}()
 	ss.run()
 }
 
@@ -359,6 +375,7 @@ func (s *Server) place(room string, client netip.Addr) (Node, error) {
 	nodes := s.cfg.Backend.Nodes()
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	nodes = s.upLocked(nodes)
 	roomNode := ""
 	if p := s.rooms[room]; p != nil {
 		roomNode = p.node

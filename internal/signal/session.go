@@ -75,7 +75,7 @@ func (ss *session) run() {
 	joinTimer.Stop()
 	ss.mu.Lock()
 	link, node, room, joined := ss.link, ss.node, ss.claims.Room, ss.joined
-	ss.link = nil
+	ss.link, ss.joined = nil, false
 	ss.mu.Unlock()
 	if link != nil {
 		_ = link.Close()
@@ -315,6 +315,12 @@ func (ss *session) nodeEvent(ev NodeEvent) {
 		ss.send(ServerMessage{Type: TypeTrack, Event: ev.Event, Participant: &p, Track: &tr}, false)
 	case NodeSpeakers:
 		ss.send(ServerMessage{Type: TypeSpeakers, Speakers: ev.Speakers}, false)
+	case NodeRejoin:
+		reason := RejoinDrain
+		if ev.Reason == RejoinNodeFailed {
+			reason = RejoinNodeFailed
+		}
+		ss.rejoin(ev.Node, reason)
 	case NodeClosed:
 		err := ev.Err
 		if err == nil {

@@ -5,7 +5,8 @@ package web
 
 import "embed"
 
-// FS is the demo page: index.html, style.css and the modules it imports.
+// FS is the demo page (index.html, style.css and the modules it imports),
+// the client module traverse.js and its example page.
 //
-//go:embed index.html style.css app.js signal.js stats.js
+//go:embed index.html style.css app.js traverse.js stats.js example.html
 var FS embed.FS

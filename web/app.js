@@ -104,7 +104,7 @@ function updateStatus() {
     }
     case States.RECONNECTING: status(`connection lost: reconnecting to room ${m.room} as ${m.identity}…`); break;
     case States.REJOINING: status(`moving to another media server (room ${m.room}, as ${m.identity})…`); break;
-    case States.FAILED: status('not in a room (see the message above)'); break;
+    case States.FAILED: status('not in a room (see the message below)'); break;
     default: status('not in a room');
   }
 }

@@ -72,6 +72,8 @@ function explain(err) {
       return `Too many messages: ${msg}.`;
     case 'network':
       return `Cannot reach the signaling server (${msg}): check the address and your network.`;
+    case 'removed':
+      return `You were removed from the room: ${msg.replace(/^removed by the operator: ?/, '') || 'by the operator'}. Join again if you are allowed to.`;
     case 'input':
       return msg;
     default:
@@ -204,6 +206,11 @@ function wire(room) {
   room.on('reconnecting', (r) => { say('warning', `Connection lost: reconnecting (attempt ${r.attempt}, in ${(r.delay / 1000).toFixed(1)} s)…`, 'net'); });
   room.on('reconnected', () => { say('info', 'Reconnected: back in the room.', 'net'); });
   room.on('rejoin', (r) => { say('info', `The media server ${r.reason === 'drain' ? 'is draining' : 'failed'}: moving you to another one…`, 'net'); });
+  room.on('mute', (m) => {
+    const kinds = [...new Set(m.tracks.map((t) => (t.kind === 'audio' ? 'microphone' : 'camera')))].join(' and ') || 'track';
+    say('warning', `${m.message || 'The operator changed your tracks'}: your ${kinds} ${m.muted ? 'is muted' : 'may send again'}.`, 'mute');
+    updateDeviceButtons();
+  });
   room.on('participantJoined', () => { renderPeople(); updateStatus(); });
   room.on('participantLeft', () => { renderPeople(); updateStatus(); });
   room.on('trackPublished', ({ track, participant }) => {

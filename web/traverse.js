@@ -198,6 +198,7 @@ export class Room {
       case 'speakers': this.emit('speakers', m.speakers || []); break;
       case 'pong': this.clear(this.awaitingPong); break;
       case 'rejoin': this.onRejoin(m); break;
+      case 'mute': this.onMute(m); break;
       case 'error': {
         const err = new RoomError(m.class || 'internal', m.message || 'error', !!m.fatal);
         if (err.fatal) this.lastError = err;
@@ -220,6 +221,16 @@ export class Room {
     this.send({ type: 'join', token: this.token });
   }
 
+  // onMute: the operator muted (or unmuted) a published track (docs/api.md):
+  // track is a track id of the published media, or '*' for all of them.
+  // The track's enabled is set accordingly (no renegotiation) and a mute
+  // event tells the page.
+  onMute(m) {
+    const tracks = (this.media ? this.media.getTracks() : []).filter((t) => m.track === '*' || t.id === m.track);
+    for (const t of tracks) t.enabled = !m.muted;
+    this.emit('mute', { track: m.track, muted: !!m.muted, message: m.message || '', tracks });
+  }
+
   onSocketClose(e) {
     this.ws = null;
     this.clear(this.awaitingPong);
@@ -227,7 +238,7 @@ export class Room {
     const err = this.lastError;
     this.lastError = null;
     const never = !this.info; // never got into the room
-    const final = err && ['unauthorized', 'forbidden', 'bad-request', 'internal'].includes(err.class);
+    const final = err && ['unauthorized', 'forbidden', 'bad-request', 'internal', 'removed'].includes(err.class);
     if (never || final || !this.options.reconnect) {
       this.fail(err || new RoomError('network', `the signaling connection closed (${e.code}${e.reason ? ' ' + e.reason : ''})`, true));
       return;

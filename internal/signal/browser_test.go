@@ -184,6 +184,14 @@ func startStackWith(t *testing.T, o stackOptions) *stack {
 // startNode runs an SFU node on the bus until the test ends.
 func startNode(t *testing.T, log *slog.Logger, b *bus.Client, id string) *sfu.Server {
 	t.Helper()
+	node, _ := runNode(t, log, b, id)
+	return node
+}
+
+// runNode runs an SFU node on the bus until stop (idempotent) or the end
+// of the test.
+func runNode(t *testing.T, log *slog.Logger, b *bus.Client, id string) (*sfu.Server, func()) {
+	t.Helper()
 	node, err := sfu.New(sfu.Config{UDP: netip.MustParseAddrPort("127.0.0.1:0"), NodeID: id, AnnounceInterval: 200 * time.Millisecond,
 		DataPath: dataPath, Log: log.With("role", "sfu", "node", id), Bus: b})
 	if err != nil {
@@ -193,8 +201,9 @@ func startNode(t *testing.T, log *slog.Logger, b *bus.Client, id string) *sfu.Se
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() { defer wg.Done(); _ = node.Run(ctx) }()
-	t.Cleanup(func() { cancel(); wg.Wait() })
-	return node
+	stop := func() { cancel(); wg.Wait() }
+	t.Cleanup(stop)
+	return node, stop
 }
 
 // summary is what window.traverse.summary() returns (web/app.js).

@@ -17,6 +17,7 @@ import (
 
 	"github.com/traverse-rtc/traverse/internal/browsertest"
 	"github.com/traverse-rtc/traverse/internal/signal"
+	"github.com/traverse-rtc/traverse/internal/testkit"
 )
 
 // demoPage opens the demo page at query in a fresh browser.
@@ -256,4 +257,68 @@ func TestBrowserDemoReconnect(t *testing.T) {
 	}
 	t.Logf("both back in the room and decoding after %v", time.Since(start).Round(time.Millisecond))
 	screenshot(ctx, t, parts[0], "demo-reconnected", "#messages li.info", ".tile video", "#plist li")
+}
+
+// TestBrowserDemoNodeFailover: two SFU nodes; the room's node stops. Both
+// pages must end up in the room again on the other node, decoding each
+// other, without a reload: through the server's rejoin message where
+// signal sends it (issue 14's failover), else through the client's
+// reconnect (the node's end closes the sessions with "unavailable").
+func TestBrowserDemoNodeFailover(t *testing.T) {
+	browsertest.SkipUnlessAvailable(t)
+	if browsertest.Isolated(t) {
+		return
+	}
+	st := startStackWith(t, stackOptions{noNode: true})
+	_, stop1 := runNode(t, st.log, st.connect("sfu"), "node1")
+	if !testkit.Eventually(10*time.Second, func() bool { return len(st.be.Nodes()) == 1 }) {
+		t.Fatal("node1 never announced itself")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	var parts []*participant
+	for _, name := range []string{"p0", "p1"} {
+		parts = append(parts, demoPage(ctx, t, st, name, "?room=failover&identity="+name+"&autojoin=1", browsertest.Options{}))
+	}
+	onNode := func(pt *participant, node string) {
+		t.Helper()
+		for {
+			var on string
+			_ = pt.p.Eval(ctx, `window.traverse.joined ? window.traverse.joined.node : ''`, &on)
+			s, err := pt.summary(ctx)
+			if on == node && err == nil && s.ConnectionState == "connected" && len(s.counts("video")) >= 1 {
+				return
+			}
+			if ctx.Err() != nil {
+				var msgs any
+				_ = pt.p.Eval(context.Background(), `window.traverse.messages`, &msgs)
+				t.Fatalf("%s: not decoding on %s (on %q): %+v %v; messages %v", pt.name, node, on, s, err, msgs)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+	for _, pt := range parts {
+		onNode(pt, "node1")
+	}
+	runNode(t, st.log, st.connect("sfu:node2"), "node2")
+	if !testkit.Eventually(10*time.Second, func() bool { return len(st.be.Nodes()) == 2 }) {
+		t.Fatal("node2 never announced itself")
+	}
+	start := time.Now()
+	stop1()
+	for _, pt := range parts {
+		onNode(pt, "node2")
+	}
+	var how []string
+	for _, pt := range parts {
+		var msgs []struct{ Level, Text string }
+		_ = pt.p.Eval(ctx, `window.traverse.messages`, &msgs)
+		for _, m := range msgs {
+			if strings.Contains(m.Text, "moving you to another") || strings.Contains(m.Text, "Reconnected") {
+				how = append(how, pt.name+": "+m.Text)
+			}
+		}
+	}
+	t.Logf("both decoding on node2 %v after node1 stopped: %v", time.Since(start).Round(time.Millisecond), how)
+	screenshot(ctx, t, parts[1], "demo-node-failover", ".tile video", "#plist li", "#status")
 }

@@ -204,8 +204,17 @@ function wire(room) {
   });
   room.on('warning', (w) => { say('warning', explain(w), 'warn-' + w.class); });
   room.on('reconnecting', (r) => { say('warning', `Connection lost: reconnecting (attempt ${r.attempt}, in ${(r.delay / 1000).toFixed(1)} s)…`, 'net'); });
-  room.on('reconnected', () => { say('info', 'Reconnected: back in the room.', 'net'); });
-  room.on('rejoin', (r) => { say('info', `The media server ${r.reason === 'drain' ? 'is draining' : 'failed'}: moving you to another one…`, 'net'); });
+  // A rejoin (the server moves the session) or a reconnect (the socket
+  // dropped) ends with one message saying what happened.
+  let moved = '';
+  room.on('rejoin', (r) => {
+    moved = r.reason === 'drain' ? 'is draining' : 'failed';
+    say('info', `The media server ${moved}: moving you to another one…`, 'net');
+  });
+  room.on('reconnected', (m) => {
+    say('info', moved ? `The media server ${moved}: moved you to node ${m.node}, back in the room.` : `Reconnected: back in the room (node ${m.node}).`, 'net');
+    moved = '';
+  });
   room.on('mute', (m) => {
     const kinds = [...new Set(m.tracks.map((t) => (t.kind === 'audio' ? 'microphone' : 'camera')))].join(' and ') || 'track';
     say('warning', `${m.message || 'The operator changed your tracks'}: your ${kinds} ${m.muted ? 'is muted' : 'may send again'}.`, 'mute');

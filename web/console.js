@@ -20,6 +20,7 @@ const state = {
   rooms: [], // the last room details
   stats: null,
   nodes: [],
+  prev: null, // the previous stats and its time, for the counters' rates
 };
 
 // ---- messages (as in the demo page) ----
@@ -151,7 +152,7 @@ function short(v) {
 
 const charts = {
   packets: new Chart($('chart-packets'), [{ name: 'packets/s', color: '#4af' }]),
-  bitrate: new Chart($('chart-bitrate'), [{ name: 'in', color: '#3c9' }, { name: 'out', color: '#fc3' }]),
+  bitrate: new Chart($('chart-bitrate'), [{ name: 'sfu', color: '#4af' }, { name: 'in', color: '#3c9' }, { name: 'out', color: '#fc3' }]),
   people: new Chart($('chart-people'), [{ name: 'participants', color: '#f8a' }, { name: 'rooms', color: '#aaf' }]),
 };
 
@@ -174,15 +175,43 @@ function button(text, title, fn) {
   return b;
 }
 
-function renderTotals(stats) {
+// rates turns the counters of /v1/stats that only grow (names ending in
+// _total) into per-second rates since the previous poll.
+function rates(stats, t) {
+  const out = {};
+  const prev = state.prev;
+  state.prev = { stats, t };
+  if (!prev) return out;
+  const dt = (t - prev.t) / 1000;
+  for (const [k, v] of Object.entries(stats.counters || {})) {
+    const before = (prev.stats.counters || {})[k];
+    if (!k.endsWith('_total') || before === undefined || dt <= 0) continue;
+    out[k] = Math.max(0, (v - before) / dt);
+  }
+  return out;
+}
+
+// packetRate is the SFU's packets per second: the rate of its packet
+// counter, else the nodes' own figures when they give them.
+function packetRate(stats, r) {
+  if (r.sfu_packets_total !== undefined) return r.sfu_packets_total;
+  if (stats.packetsPerSecond !== undefined) return stats.packetsPerSecond;
+  return state.nodes.reduce((a, n) => a + (n.packetsPerSecond || 0), 0);
+}
+
+function renderTotals(stats, r) {
   const el = $('totals');
   el.textContent = '';
   const tiles = [
     ['nodes', stats.nodes], ['rooms', stats.rooms], ['participants', stats.participants],
-    ['packets/s', Math.round(stats.packetsPerSecond || 0)],
+    ['packets/s', Math.round(packetRate(stats, r))],
   ];
+  if (r.sfu_bytes_total !== undefined) tiles.push(['SFU kbit/s', Math.round((r.sfu_bytes_total * 8) / 1000)]);
   const labels = { turn_allocations: 'TURN allocations', sip_calls: 'SIP calls' };
-  for (const [k, v] of Object.entries(stats.counters || {})) tiles.push([labels[k] || k.replace(/_/g, ' '), v]);
+  for (const [k, v] of Object.entries(stats.counters || {})) {
+    if (k.endsWith('_total')) continue; // charted as rates
+    tiles.push([labels[k] || k.replace(/_/g, ' '), Math.round(v * 100) / 100]);
+  }
   for (const [name, v] of tiles) {
     const d = document.createElement('div');
     d.className = 'tile';
@@ -201,10 +230,9 @@ function renderNodes(nodes) {
     const tr = document.createElement('tr');
     cell(tr, n.id);
     cell(tr, n.region || '');
-    cell(tr, n.udp || '');
-    cell(tr, String(n.peers ?? 0), 'num');
-    cell(tr, String(n.rooms ?? 0), 'num');
-    cell(tr, String(Math.round(n.packetsPerSecond || 0)), 'num');
+    cell(tr, n.public || n.udp || '');
+    cell(tr, n.load !== undefined ? `${Math.round(n.load * 100)}%` : String(n.peers ?? ''), 'num');
+    cell(tr, Array.isArray(n.rooms) ? n.rooms.join(', ') : String(n.rooms ?? ''));
     cell(tr, n.draining ? 'draining' : 'up');
     body.append(tr);
   }
@@ -301,14 +329,15 @@ async function poll() {
     state.nodes = nodes.nodes || [];
     state.rooms = details.filter(Boolean);
     state.polls++;
-    renderTotals(stats);
+    const t = Date.now();
+    const r = rates(stats, t);
+    renderTotals(stats, r);
     renderNodes(state.nodes);
     renderRooms(state.rooms);
     let bin = 0, bout = 0;
-    for (const r of state.rooms) for (const p of r.participants || []) { bin += p.bitrateIn || 0; bout += p.bitrateOut || 0; }
-    const t = Date.now();
-    charts.packets.push(t, [stats.packetsPerSecond || 0]);
-    charts.bitrate.push(t, [bin / 1000, bout / 1000]);
+    for (const room of state.rooms) for (const p of room.participants || []) { bin += p.bitrateIn || 0; bout += p.bitrateOut || 0; }
+    charts.packets.push(t, [packetRate(stats, r)]);
+    charts.bitrate.push(t, [((r.sfu_bytes_total || 0) * 8) / 1000, bin / 1000, bout / 1000]);
     charts.people.push(t, [stats.participants || 0, stats.rooms || 0]);
     unsay('poll');
     $('status').textContent = `logged in · ${stats.nodes} node${stats.nodes === 1 ? '' : 's'}, ${stats.rooms} room${stats.rooms === 1 ? '' : 's'}, ${stats.participants} participant${stats.participants === 1 ? '' : 's'} · updated ${new Date(t).toLocaleTimeString()}`;

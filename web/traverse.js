@@ -222,13 +222,15 @@ export class Room {
   }
 
   // onMute: the operator muted (or unmuted) a published track (docs/api.md):
-  // track is a track id of the published media, or '*' for all of them.
+  // track ({id} or an id) is a track id of the published media, or '*' for
+  // all of them.
   // The track's enabled is set accordingly (no renegotiation) and a mute
   // event tells the page.
   onMute(m) {
-    const tracks = (this.media ? this.media.getTracks() : []).filter((t) => m.track === '*' || t.id === m.track);
+    const id = m.track && typeof m.track === 'object' ? m.track.id : m.track;
+    const tracks = (this.media ? this.media.getTracks() : []).filter((t) => id === '*' || t.id === id);
     for (const t of tracks) t.enabled = !m.muted;
-    this.emit('mute', { track: m.track, muted: !!m.muted, message: m.message || '', tracks });
+    this.emit('mute', { track: id, muted: !!m.muted, message: m.message || '', tracks });
   }
 
   onSocketClose(e) {

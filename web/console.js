@@ -78,16 +78,22 @@ const enc = encodeURIComponent;
 
 // ---- charts ----
 
+const PALETTE = ['#4af', '#3c9', '#fc3', '#f8a', '#aaf', '#f84', '#8ef', '#cf6'];
+
 // Chart draws time series on a canvas: the last WINDOW_S seconds, one
-// line per series, the y axis from 0 to the largest value shown.
+// line per series (a series appears with the first value of its name),
+// the y axis from 0 to the largest value shown.
 class Chart {
-  constructor(canvas, series) {
+  constructor(canvas) {
     this.canvas = canvas;
-    this.series = series; // [{name, color}]
-    this.points = []; // [{t, values: [...]}]
+    this.series = []; // [{name, color}]
+    this.points = []; // [{t, values: {name: value}}]
   }
 
   push(t, values) {
+    for (const name of Object.keys(values)) {
+      if (!this.series.some((x) => x.name === name)) this.series.push({ name, color: PALETTE[this.series.length % PALETTE.length] });
+    }
     this.points.push({ t, values });
     while (this.points.length && this.points[0].t < t - WINDOW_S * 1000) this.points.shift();
     this.draw();
@@ -104,7 +110,7 @@ class Chart {
     g.fillRect(0, 0, w, h);
     const left = 48, right = w - 8, top = 8, bottom = h - 20;
     let max = 0;
-    for (const p of this.points) for (const v of p.values) max = Math.max(max, v || 0);
+    for (const p of this.points) for (const v of Object.values(p.values)) max = Math.max(max, v || 0);
     max = niceMax(max);
     // Grid and labels.
     g.strokeStyle = '#333';
@@ -123,16 +129,25 @@ class Chart {
     }
     const x = (t) => right - ((right - left) * (now - t)) / (WINDOW_S * 1000);
     const y = (v) => bottom - ((bottom - top) * (v || 0)) / max;
-    this.series.forEach((s, i) => {
+    if (!this.series.length) {
+      g.fillStyle = '#888';
+      g.fillText('no counters from this server (a standalone signal has none)', left + 8, top + 30);
+    }
+    let lx = left + 8, ly = top + 12;
+    for (const s of this.series) {
       g.strokeStyle = s.color;
       g.lineWidth = 2;
       g.beginPath();
-      this.points.forEach((p, j) => { if (j) g.lineTo(x(p.t), y(p.values[i])); else g.moveTo(x(p.t), y(p.values[i])); });
+      this.points.forEach((p, j) => { if (j) g.lineTo(x(p.t), y(p.values[s.name])); else g.moveTo(x(p.t), y(p.values[s.name])); });
       g.stroke();
       g.fillStyle = s.color;
-      const last = this.points.length ? this.points[this.points.length - 1].values[i] : 0;
-      g.fillText(`${s.name} ${short(last || 0)}`, left + 8 + i * 110, top + 12);
-    });
+      const last = this.points.length ? this.points[this.points.length - 1].values[s.name] : 0;
+      const label = `${s.name} ${short(last || 0)}`;
+      const wl = g.measureText(label).width + 14;
+      if (lx + wl > right) { lx = left + 8; ly += 13; }
+      g.fillText(label, lx, ly);
+      lx += wl;
+    }
   }
 }
 
@@ -151,10 +166,22 @@ function short(v) {
 }
 
 const charts = {
-  packets: new Chart($('chart-packets'), [{ name: 'packets/s', color: '#4af' }]),
-  bitrate: new Chart($('chart-bitrate'), [{ name: 'sfu', color: '#4af' }, { name: 'in', color: '#3c9' }, { name: 'out', color: '#fc3' }]),
-  people: new Chart($('chart-people'), [{ name: 'participants', color: '#f8a' }, { name: 'rooms', color: '#aaf' }]),
+  packets: new Chart($('chart-packets')),
+  bitrate: new Chart($('chart-bitrate')),
+  people: new Chart($('chart-people')),
 };
+
+// Names for the counters of docs/api.md (Counters); others are shown
+// with their own name.
+const LABELS = {
+  sfu_rtp_received_total: 'SFU received', sfu_rtp_forwarded_total: 'SFU forwarded',
+  turn_relayed_packets_total: 'TURN relayed', turn_relayed_bytes_total: 'TURN relayed',
+  mediaproxy_packets_total: 'SIP media', mediaproxy_bytes_total: 'SIP media',
+  sfu_sessions: 'SFU sessions', sfu_rooms: 'SFU rooms', turn_allocations: 'TURN allocations',
+  sipgw_calls: 'SIP calls', sip_calls: 'SIP calls',
+};
+const label = (k) => LABELS[k] || k.replace(/_total$/, '').replace(/_/g, ' ');
+const isBytes = (k) => k.endsWith('_bytes_total');
 
 // ---- rendering ----
 
@@ -191,27 +218,31 @@ function rates(stats, t) {
   return out;
 }
 
-// packetRate is the SFU's packets per second: the rate of its packet
-// counter, else the nodes' own figures when they give them.
-function packetRate(stats, r) {
-  if (r.sfu_packets_total !== undefined) return r.sfu_packets_total;
-  if (stats.packetsPerSecond !== undefined) return stats.packetsPerSecond;
-  return state.nodes.reduce((a, n) => a + (n.packetsPerSecond || 0), 0);
+// packetRates: packets per second by counter (every _total counter that
+// is not of bytes), for the packets chart.
+function packetRates(r) {
+  const out = {};
+  for (const [k, v] of Object.entries(r)) if (!isBytes(k)) out[label(k)] = v;
+  return out;
+}
+
+// bitRates: kbit/s by byte counter, and the participants' in and out.
+function bitRates(r, bin, bout) {
+  const out = {};
+  for (const [k, v] of Object.entries(r)) if (isBytes(k)) out[label(k)] = (v * 8) / 1000;
+  out['participants in'] = bin / 1000;
+  out['participants out'] = bout / 1000;
+  return out;
 }
 
 function renderTotals(stats, r) {
   const el = $('totals');
   el.textContent = '';
-  const tiles = [
-    ['nodes', stats.nodes], ['rooms', stats.rooms], ['participants', stats.participants],
-    ['packets/s', Math.round(packetRate(stats, r))],
-  ];
-  if (r.sfu_bytes_total !== undefined) tiles.push(['SFU kbit/s', Math.round((r.sfu_bytes_total * 8) / 1000)]);
-  const labels = { turn_allocations: 'TURN allocations', sip_calls: 'SIP calls' };
+  const tiles = [['nodes', stats.nodes], ['rooms', stats.rooms], ['participants', stats.participants]];
   for (const [k, v] of Object.entries(stats.counters || {})) {
-    if (k.endsWith('_total')) continue; // charted as rates
-    tiles.push([labels[k] || k.replace(/_/g, ' '), Math.round(v * 100) / 100]);
+    if (!k.endsWith('_total')) tiles.push([label(k), Math.round(v * 100) / 100]);
   }
+  for (const [k, v] of Object.entries(r)) tiles.push([`${label(k)} ${isBytes(k) ? 'kbit/s' : 'packets/s'}`, Math.round(isBytes(k) ? (v * 8) / 1000 : v)]);
   for (const [name, v] of tiles) {
     const d = document.createElement('div');
     d.className = 'tile';
@@ -336,9 +367,9 @@ async function poll() {
     renderRooms(state.rooms);
     let bin = 0, bout = 0;
     for (const room of state.rooms) for (const p of room.participants || []) { bin += p.bitrateIn || 0; bout += p.bitrateOut || 0; }
-    charts.packets.push(t, [packetRate(stats, r)]);
-    charts.bitrate.push(t, [((r.sfu_bytes_total || 0) * 8) / 1000, bin / 1000, bout / 1000]);
-    charts.people.push(t, [stats.participants || 0, stats.rooms || 0]);
+    charts.packets.push(t, packetRates(r));
+    charts.bitrate.push(t, bitRates(r, bin, bout));
+    charts.people.push(t, { participants: stats.participants || 0, rooms: stats.rooms || 0 });
     unsay('poll');
     $('status').textContent = `logged in · ${stats.nodes} node${stats.nodes === 1 ? '' : 's'}, ${stats.rooms} room${stats.rooms === 1 ? '' : 's'}, ${stats.participants} participant${stats.participants === 1 ? '' : 's'} · updated ${new Date(t).toLocaleTimeString()}`;
   } catch (e) {

@@ -22,6 +22,7 @@ package signal_test
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -36,14 +37,15 @@ func TestBrowserConsole(t *testing.T) {
 		return
 	}
 	const admin = "console-admin-token-0123456789"
-	// The counters serve hands /v1/stats, here from the node in this
-	// process: packets it received and forwarded (its own counters).
+	// The counters serve hands /v1/stats (docs/api.md, Counters), here
+	// from the node in this process: packets it received and forwarded.
 	var node func() (uint64, uint64)
 	st := startStackWith(t, stackOptions{config: func(c *signal.Config) {
 		c.API.AdminToken = admin
 		c.API.Stats = func() map[string]float64 {
 			in, out := node()
-			return map[string]float64{"sfu_packets_total": float64(in + out), "turn_allocations": 0, "sip_calls": 0}
+			return map[string]float64{"sfu_rtp_received_total": float64(in), "sfu_rtp_forwarded_total": float64(out),
+				"sfu_sessions": float64(st.node.Sessions()), "turn_allocations": 0, "sipgw_calls": 0}
 		}
 	}})
 	node = func() (uint64, uint64) {
@@ -77,12 +79,21 @@ func TestBrowserConsole(t *testing.T) {
 	// The charts move: points are added each second, and the media
 	// shows in packets/s.
 	if err := con.p.WaitFor(ctx, `(() => { const c = window.traverseConsole.charts;
-  return c.packets.points.length >= 5 && c.packets.points.slice(-3).every((p) => p.values[0] > 0); })()`, 200*time.Millisecond); err != nil {
+  return c.packets.points.length >= 5 && c.packets.points.slice(-3).every((p) => p.values['SFU received'] > 0 && p.values['SFU forwarded'] > 0); })()`, 200*time.Millisecond); err != nil {
 		var pts any
 		_ = con.p.Eval(context.Background(), `window.traverseConsole.charts.packets.points.slice(-3)`, &pts)
 		t.Fatalf("the charts do not move: %v (last points %v)", err, pts)
 	}
 	screenshot(ctx, t, con, "console-room", "#totals .tile", "canvas", ".room tr[data-identity=bob]", "#nodes tbody tr")
+	var tiles []string
+	if err := con.p.Eval(ctx, `[...document.querySelectorAll('#totals .tile')].map((e) => e.dataset.name)`, &tiles); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"participants", "TURN allocations", "SIP calls", "SFU sessions", "SFU received packets/s"} {
+		if !slices.Contains(tiles, want) {
+			t.Fatalf("the totals lack %q: %v", want, tiles)
+		}
+	}
 
 	// Remove bob with a reason: his page says why it left; alice's list
 	// and the console drop him.

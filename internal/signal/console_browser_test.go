@@ -40,7 +40,8 @@ func TestBrowserConsole(t *testing.T) {
 	// The counters serve hands /v1/stats (docs/api.md, Counters), here
 	// from the node in this process: packets it received and forwarded.
 	var node func() (uint64, uint64)
-	st := startStackWith(t, stackOptions{config: func(c *signal.Config) {
+	var st *stack
+	st = startStackWith(t, stackOptions{config: func(c *signal.Config) {
 		c.API.AdminToken = admin
 		c.API.Stats = func() map[string]float64 {
 			in, out := node()

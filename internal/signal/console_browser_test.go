@@ -111,6 +111,19 @@ func TestBrowserConsole(t *testing.T) {
 		t.Fatal(err)
 	}
 	screenshot(ctx, t, bob, "console-removed-participant", "#messages li.error", "#go")
+
+	// Mute alice: her page stops sending (enabled false) and says so;
+	// the console shows her tracks muted.
+	if err := con.p.Eval(ctx, `[...document.querySelectorAll('tr[data-identity=alice] button')].find((b) => b.textContent === 'Mute').click()`, nil); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("alice's page says: %s", shown(ctx, t, alice, "warning", "muted by the operator"))
+	if err := alice.p.WaitFor(ctx, `window.traverse.pc.getSenders().filter((s) => s.track).every((s) => !s.track.enabled)`, 100*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	if err := con.p.WaitFor(ctx, `document.querySelector('tr[data-identity=alice]').textContent.includes('(muted)')`, 100*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
 	screenshot(ctx, t, con, "console-after-remove", "#totals .tile", "canvas", ".room tr[data-identity=alice]")
 	var errs []string
 	_ = con.p.Eval(ctx, `window.traverseConsole.errors`, &errs)

@@ -217,7 +217,9 @@ function wire(room) {
   });
   room.on('mute', (m) => {
     const kinds = [...new Set(m.tracks.map((t) => (t.kind === 'audio' ? 'microphone' : 'camera')))].join(' and ') || 'track';
-    say('warning', `${m.message || 'The operator changed your tracks'}: your ${kinds} ${m.muted ? 'is muted' : 'may send again'}.`, 'mute');
+    const verb = m.tracks.length > 1 ? 'are' : 'is';
+    const text = m.message ? m.message[0].toUpperCase() + m.message.slice(1) : 'The operator changed your tracks';
+    say('warning', `${text}: your ${kinds} ${m.muted ? verb + ' muted' : verb + ' on again'}.`, 'mute');
     updateDeviceButtons();
   });
   room.on('participantJoined', () => { renderPeople(); updateStatus(); });

@@ -117,7 +117,7 @@ func TestBrowserConsole(t *testing.T) {
 	if err := con.p.Eval(ctx, `[...document.querySelectorAll('tr[data-identity=alice] button')].find((b) => b.textContent === 'Mute').click()`, nil); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("alice's page says: %s", shown(ctx, t, alice, "warning", "muted by the operator"))
+	t.Logf("alice's page says: %s", shown(ctx, t, alice, "warning", "Muted by the operator", "are muted"))
 	if err := alice.p.WaitFor(ctx, `window.traverse.pc.getSenders().filter((s) => s.track).every((s) => !s.track.enabled)`, 100*time.Millisecond); err != nil {
 		t.Fatal(err)
 	}

@@ -185,7 +185,7 @@ async function localMedia() {
 function why(e, what) {
   switch (e.name) {
     case 'NotAllowedError': return `Access to the ${what} was denied`;
-    case 'NotFoundError': case 'OverconstrainedError': return `No ${what} found`;
+    case 'NotFoundError': case 'OverconstrainedError': return `No ${what.replace(' and ', ' or ')} found`;
     case 'NotReadableError': return `The ${what} is in use by another program`;
     default: return `The ${what} could not be opened (${e.name}: ${e.message})`;
   }

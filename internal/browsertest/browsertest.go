@@ -46,6 +46,9 @@ type Options struct {
 	// access (as a user who clicks "Block"): getUserMedia rejects with
 	// NotAllowedError.
 	DenyMedia bool
+	// NoDevices leaves out the fake camera and microphone: a machine
+	// without any (getUserMedia rejects with NotFoundError).
+	NoDevices bool
 }
 
 // DefaultFlags are the flags every browser gets: headless, fake media
@@ -113,6 +116,9 @@ func Launch(ctx context.Context, o Options) (*Browser, error) {
 	for _, f := range DefaultFlags {
 		if o.DenyMedia && f == "--use-fake-ui-for-media-stream" {
 			f += "=deny"
+		}
+		if o.NoDevices && f == "--use-fake-device-for-media-stream" {
+			continue
 		}
 		args = append(args, f)
 	}

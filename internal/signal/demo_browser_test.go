@@ -322,3 +322,21 @@ func TestBrowserDemoNodeFailover(t *testing.T) {
 	t.Logf("both decoding on node2 %v after node1 stopped: %v", time.Since(start).Round(time.Millisecond), how)
 	screenshot(ctx, t, parts[1], "demo-node-failover", ".tile video", "#plist li", "#status")
 }
+
+// TestBrowserDemoNoCamera: a browser with no camera or microphone at all
+// says none was found and joins as a viewer.
+func TestBrowserDemoNoCamera(t *testing.T) {
+	browsertest.SkipUnlessAvailable(t)
+	if browsertest.Isolated(t) {
+		return
+	}
+	st := startStack(t, false)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	v := demoPage(ctx, t, st, "nocam", "?room=nocam&identity=nocam&autojoin=1", browsertest.Options{NoDevices: true})
+	t.Logf("the page says: %s", shown(ctx, t, v, "warning", "No camera or microphone found", "viewer on purpose"))
+	if err := v.p.WaitFor(ctx, `document.getElementById('status').textContent.includes('You are nocam in room nocam (viewer)')`, 100*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	screenshot(ctx, t, v, "demo-no-camera", "#messages li.warning", "#status")
+}

@@ -127,6 +127,7 @@ export class Room {
     if (!token) return Promise.reject(new RoomError('input', 'a token is required'));
     this.token = token;
     this.media = media;
+    this.info = null; // a first join that fails is not retried: it says why
     this.attempt = 0;
     this.lastError = null;
     this.participants.clear();

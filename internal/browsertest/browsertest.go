@@ -42,6 +42,13 @@ type Options struct {
 	// Log receives the browser's stderr lines and console messages; nil
 	// discards them.
 	Log func(string)
+	// DenyMedia makes the browser refuse every page camera and microphone
+	// access (as a user who clicks "Block"): getUserMedia rejects with
+	// NotAllowedError.
+	DenyMedia bool
+	// NoDevices leaves out the fake camera and microphone: a machine
+	// without any (getUserMedia rejects with NotFoundError).
+	NoDevices bool
 }
 
 // DefaultFlags are the flags every browser gets: headless, fake media
@@ -106,7 +113,15 @@ func Launch(ctx context.Context, o Options) (*Browser, error) {
 		return nil, err
 	}
 	args := append(append([]string{}, o.Wrap...), path)
-	args = append(args, DefaultFlags...)
+	for _, f := range DefaultFlags {
+		if o.DenyMedia && f == "--use-fake-ui-for-media-stream" {
+			f += "=deny"
+		}
+		if o.NoDevices && f == "--use-fake-device-for-media-stream" {
+			continue
+		}
+		args = append(args, f)
+	}
 	args = append(args, o.Flags...)
 	args = append(args, "--user-data-dir="+dir, "about:blank")
 	cmd := exec.Command(args[0], args[1:]...)

@@ -23,6 +23,8 @@ import (
 	"fmt"
 	"github.com/traverse-rtc/traverse/internal/testkit"
 	"log/slog"
+	"net"
+	"net/http"
 	"net/http/httptest"
 	"net/netip"
 	"os"
@@ -40,9 +42,13 @@ import (
 )
 
 type stack struct {
-	url  string
-	key  []byte
-	node *sfu.Server
+	url     string
+	key     []byte
+	node    *sfu.Server
+	cut     func() int // closes every WebSocket signal holds; returns how many
+	connect func(name string) *bus.Client
+	log     *slog.Logger
+	be      *signal.BusBackend
 }
 
 // dataPath is the SFU node's data path: the own data path (the package's
@@ -65,6 +71,20 @@ var ownPath = dataPath == sfu.DataPathOwn
 // the demo page, all on loopback; t.Cleanup stops them.
 func startStack(t *testing.T, withTURN bool) *stack {
 	t.Helper()
+	return startStackWith(t, stackOptions{turn: withTURN})
+}
+
+// stackOptions vary startStack: TURN, no SFU node at all (signal then
+// answers every join "no sfu node"), extra signal configuration.
+type stackOptions struct {
+	turn   bool
+	noNode bool
+	config func(*signal.Config)
+}
+
+func startStackWith(t *testing.T, o stackOptions) *stack {
+	t.Helper()
+	withTURN := o.turn
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	emb, err := bus.StartEmbedded(bus.EmbeddedConfig{Listen: "127.0.0.1:0"})
 	if err != nil {
@@ -75,6 +95,8 @@ func startStack(t *testing.T, withTURN bool) *stack {
 		role, node := bus.RoleSignal, ""
 		if name == "sfu" {
 			role, node = bus.RoleNode, "node1"
+		} else if id, ok := strings.CutPrefix(name, "sfu:"); ok {
+			role, node = bus.RoleNode, id // a further node: "sfu:node2"
 		}
 		id, err := emb.NewIdentity(role, node)
 		if err != nil {
@@ -94,25 +116,22 @@ func startStack(t *testing.T, withTURN bool) *stack {
 	}
 	t.Cleanup(func() { _ = be.Close() })
 
-	node, err := sfu.New(sfu.Config{UDP: netip.MustParseAddrPort("127.0.0.1:0"), NodeID: "node1", AnnounceInterval: 200 * time.Millisecond,
-		DataPath: dataPath, Log: log.With("role", "sfu"), Bus: connect("sfu")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() { defer wg.Done(); _ = node.Run(ctx) }()
-	t.Cleanup(func() { cancel(); wg.Wait() })
-	deadline := time.Now().Add(10 * time.Second)
-	for len(be.Nodes()) == 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("the SFU node never announced itself")
+	st := &stack{key: []byte("browser-test-key-0123456789")}
+	if !o.noNode {
+		st.node = startNode(t, log, connect("sfu"), "node1")
+		deadline := time.Now().Add(10 * time.Second)
+		for len(be.Nodes()) == 0 {
+			if time.Now().After(deadline) {
+				t.Fatal("the SFU node never announced itself")
+			}
+			time.Sleep(20 * time.Millisecond)
 		}
-		time.Sleep(20 * time.Millisecond)
 	}
+	st.connect = connect
+	st.log = log
+	st.be = be
 
-	key := []byte("browser-test-key-0123456789")
+	key := st.key
 	cfg := signal.Config{Key: key, Backend: be, DemoTokens: true, Static: web.FS, Log: log}
 	if withTURN {
 		ts, err := turn.New(turn.Config{Listen: netip.MustParseAddrPort("127.0.0.1:0"), Realm: "traverse",
@@ -127,13 +146,64 @@ func startStack(t *testing.T, withTURN bool) *stack {
 			return []signal.ICEServer{{URLs: []string{url}, Username: u, Credential: p}}
 		}
 	}
+	if o.config != nil {
+		o.config(&cfg)
+	}
 	srv, err := signal.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	hs := httptest.NewServer(srv)
+	// The hijacked connections (WebSockets) are kept, so that a test can
+	// cut them as a network change would.
+	var mu sync.Mutex
+	var hijacked []net.Conn
+	hs := httptest.NewUnstartedServer(srv)
+	hs.Config.ConnState = func(c net.Conn, cs http.ConnState) {
+		if cs == http.StateHijacked {
+			mu.Lock()
+			hijacked = append(hijacked, c)
+			mu.Unlock()
+		}
+	}
+	hs.Start()
 	t.Cleanup(func() { hs.Close(); _ = srv.Close() })
-	return &stack{url: hs.URL, key: key, node: node}
+	st.url = hs.URL
+	st.cut = func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range hijacked {
+			_ = c.Close()
+		}
+		n := len(hijacked)
+		hijacked = nil
+		return n
+	}
+	return st
+}
+
+// startNode runs an SFU node on the bus until the test ends.
+func startNode(t *testing.T, log *slog.Logger, b *bus.Client, id string) *sfu.Server {
+	t.Helper()
+	node, _ := runNode(t, log, b, id)
+	return node
+}
+
+// runNode runs an SFU node on the bus until stop (idempotent) or the end
+// of the test.
+func runNode(t *testing.T, log *slog.Logger, b *bus.Client, id string) (*sfu.Server, func()) {
+	t.Helper()
+	node, err := sfu.New(sfu.Config{UDP: netip.MustParseAddrPort("127.0.0.1:0"), NodeID: id, AnnounceInterval: 200 * time.Millisecond,
+		DataPath: dataPath, Log: log.With("role", "sfu", "node", id), Bus: b})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); _ = node.Run(ctx) }()
+	stop := func() { cancel(); wg.Wait() }
+	t.Cleanup(stop)
+	return node, stop
 }
 
 // summary is what window.traverse.summary() returns (web/app.js).

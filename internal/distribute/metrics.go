@@ -12,7 +12,7 @@ type metrics struct {
 	unreachable                prometheus.Counter
 }
 
-func newMetrics(reg prometheus.Registerer, t *Table) (*metrics, error) {
+func newMetrics(reg prometheus.Registerer, t *Table, path string) (*metrics, error) {
 	c := func(name, help string) prometheus.Counter {
 		return prometheus.NewCounter(prometheus.CounterOpts{Name: "traverse_distribute_" + name, Help: help})
 	}
@@ -43,7 +43,11 @@ func newMetrics(reg prometheus.Registerer, t *Table) (*metrics, error) {
 		func() float64 { s, _ := t.Counts(); return float64(s) })
 	receivers := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "traverse_distribute_receivers", Help: "Receivers in the table, all streams."},
 		func() float64 { _, r := t.Counts(); return float64(r) })
-	for _, col := range []prometheus.Collector{m.in, m.inBytes, m.out, m.outBytes, m.feedback, m.sendDrops, m.unreachable, drops, removed, streams, receivers} {
+	pathInfo := prometheus.NewGauge(prometheus.GaugeOpts{Name: "traverse_distribute_path_info",
+		Help:        "The data path serving the table (1 for the one in use): userspace (batched recvmmsg/sendmmsg) or ebpf (tc, in the kernel).",
+		ConstLabels: prometheus.Labels{"path": path}})
+	pathInfo.Set(1)
+	for _, col := range []prometheus.Collector{pathInfo, m.in, m.inBytes, m.out, m.outBytes, m.feedback, m.sendDrops, m.unreachable, drops, removed, streams, receivers} {
 		if err := reg.Register(col); err != nil {
 			return nil, err
 		}

@@ -59,7 +59,7 @@ func New(cfg Config) (*Server, error) {
 	pol := cfg.Policy
 	pol.OwnEndpoints = append(append([]netip.AddrPort(nil), pol.OwnEndpoints...), s.addrs...)
 	s.table = newTable(s.addrs, cfg.MaxStreams, cfg.MaxReceivers, &pol)
-	if s.m, err = newMetrics(cfg.Registerer, s.table); err != nil {
+	if s.m, err = newMetrics(cfg.Registerer, s.table, PathUserspace); err != nil {
 		s.cleanup()
 		return nil, err
 	}

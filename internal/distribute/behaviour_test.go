@@ -14,15 +14,16 @@ import (
 	"github.com/traverse-rtc/traverse/internal/testkit"
 )
 
-// env is one data path serving a table, for the behaviour suite: the
-// user-space Server here; the kernel path runs the same cases.
-type env struct {
-	table *Table
-	dst   netip.AddrPort // where senders send the stream
-	reg   *prometheus.Registry
-	// sent returns how many copies the path sent to receiver a of stream
-	// k (its per-receiver counter).
-	sent func(k StreamKey, a netip.AddrPort) uint64
+// BehaviourEnv is one data path serving a table, for the behaviour
+// suite: the user-space Server here; the kernel path (distbpf's tests, in
+// package distribute_test) runs the same cases.
+type BehaviourEnv struct {
+	Table *Table
+	Dst   netip.AddrPort // where senders send the stream
+	Reg   *prometheus.Registry
+	// Kernel says the kernel path serves the table: the cases then also
+	// check that media did not climb to user space.
+	Kernel bool
 }
 
 // receiverCount is a receiver's packet counter from the table.
@@ -40,7 +41,7 @@ func receiverCount(t *Table, k StreamKey, a netip.AddrPort) uint64 {
 	return 0
 }
 
-func userspaceEnv(t *testing.T, mod func(*Config)) env {
+func userspaceEnv(t *testing.T, mod func(*Config)) BehaviourEnv {
 	reg := prometheus.NewRegistry()
 	cfg := Config{Listen: []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:0")}, Registerer: reg, RTCPTimeout: -1}
 	cfg.Policy.Loopback = true
@@ -53,8 +54,7 @@ func userspaceEnv(t *testing.T, mod func(*Config)) env {
 	}
 	testkit.Run(t, s.Run)
 	t.Cleanup(func() { s.Close() })
-	tb := s.Table()
-	return env{table: tb, dst: s.Addrs()[0], reg: reg, sent: func(k StreamKey, a netip.AddrPort) uint64 { return receiverCount(tb, k, a) }}
+	return BehaviourEnv{Table: s.Table(), Dst: s.Addrs()[0], Reg: reg}
 }
 
 // rtpPacket is a 200-byte RTP packet (12-byte header) of ssrc with
@@ -123,13 +123,13 @@ func expect(t *testing.T, c *net.UDPConn, from, to int, ssrc uint32, what string
 	testkit.Silent(t, c, what)
 }
 
-// behaviour is the suite every data path passes.
-var behaviour = []struct {
-	name string
-	run  func(t *testing.T, e env)
+// Behaviour is the suite every data path passes.
+var Behaviour = []struct {
+	Name string
+	Run  func(t *testing.T, e BehaviourEnv)
 }{
-	{"1to1", func(t *testing.T, e env) { fanOut(t, e, 1) }},
-	{"1to16", func(t *testing.T, e env) { fanOut(t, e, 16) }},
+	{"1to1", func(t *testing.T, e BehaviourEnv) { fanOut(t, e, 1) }},
+	{"1to16", func(t *testing.T, e BehaviourEnv) { fanOut(t, e, 16) }},
 	{"remove receiver stops at once", removeReceiver},
 	{"remove stream stops at once", removeStream},
 	{"SSRC demultiplexing", ssrcDemux},
@@ -137,29 +137,34 @@ var behaviour = []struct {
 }
 
 func TestBehaviourUserspace(t *testing.T) {
-	for _, c := range behaviour {
-		t.Run(c.name, func(t *testing.T) { c.run(t, userspaceEnv(t, nil)) })
+	for _, c := range Behaviour {
+		t.Run(c.Name, func(t *testing.T) { c.Run(t, userspaceEnv(t, nil)) })
 	}
 }
 
-func fanOut(t *testing.T, e env, n int) {
+func fanOut(t *testing.T, e BehaviourEnv, n int) {
 	const pkts = 50
 	conns, addrs := receivers(t, n)
-	k := StreamKey{Dst: e.dst}
-	if err := e.table.AddStream(Stream{Key: k, Receivers: addrs}); err != nil {
+	k := StreamKey{Dst: e.Dst}
+	if err := e.Table.AddStream(Stream{Key: k, Receivers: addrs}); err != nil {
 		t.Fatal(err)
 	}
 	sender := testkit.ListenUDP(t, netip.MustParseAddrPort("127.0.0.1:0"))
-	send(t, sender, e.dst, 1234, 0, pkts)
+	send(t, sender, e.Dst, 1234, 0, pkts)
 	for i, c := range conns {
 		expect(t, c, 0, pkts, 1234, addrs[i].String())
 	}
 	for _, a := range addrs {
-		if got := e.sent(k, a); got != pkts {
+		if got := receiverCount(e.Table, k, a); got != pkts {
 			t.Errorf("receiver %v counter %d, want %d", a, got, pkts)
 		}
 	}
-	st := e.table.Streams()[0]
+	if e.Kernel {
+		if v := metricstest.Value(t, e.Reg, "traverse_distribute_packets_in_total"); v != 0 {
+			t.Errorf("%v packets climbed to user space", v)
+		}
+	}
+	st := e.Table.Streams()[0]
 	if st.Packets != pkts || st.Bytes != pkts*200 || st.LastSeen.IsZero() {
 		t.Errorf("stream counters %d packets %d bytes last %v, want %d, %d", st.Packets, st.Bytes, st.LastSeen, pkts, pkts*200)
 	}
@@ -168,88 +173,88 @@ func fanOut(t *testing.T, e env, n int) {
 	}
 }
 
-func removeReceiver(t *testing.T, e env) {
+func removeReceiver(t *testing.T, e BehaviourEnv) {
 	conns, addrs := receivers(t, 3)
-	k := StreamKey{Dst: e.dst}
-	if err := e.table.AddStream(Stream{Key: k, Receivers: addrs}); err != nil {
+	k := StreamKey{Dst: e.Dst}
+	if err := e.Table.AddStream(Stream{Key: k, Receivers: addrs}); err != nil {
 		t.Fatal(err)
 	}
 	sender := testkit.ListenUDP(t, netip.MustParseAddrPort("127.0.0.1:0"))
-	send(t, sender, e.dst, 7, 0, 10)
+	send(t, sender, e.Dst, 7, 0, 10)
 	for i, c := range conns {
 		expect(t, c, 0, 10, 7, addrs[i].String())
 	}
-	if err := e.table.RemoveReceiver(k, addrs[1]); err != nil {
+	if err := e.Table.RemoveReceiver(k, addrs[1]); err != nil {
 		t.Fatal(err)
 	}
-	send(t, sender, e.dst, 7, 10, 20)
+	send(t, sender, e.Dst, 7, 10, 20)
 	expect(t, conns[0], 10, 20, 7, "kept receiver")
 	expect(t, conns[2], 10, 20, 7, "kept receiver")
 	testkit.Silent(t, conns[1], "removed receiver")
-	if err := e.table.RemoveReceiver(k, addrs[1]); !errors.Is(err, ErrNotFound) {
+	if err := e.Table.RemoveReceiver(k, addrs[1]); !errors.Is(err, ErrNotFound) {
 		t.Errorf("second removal: %v, want ErrNotFound", err)
 	}
 }
 
-func removeStream(t *testing.T, e env) {
+func removeStream(t *testing.T, e BehaviourEnv) {
 	conns, addrs := receivers(t, 2)
-	k := StreamKey{Dst: e.dst}
-	if err := e.table.AddStream(Stream{Key: k, Receivers: addrs}); err != nil {
+	k := StreamKey{Dst: e.Dst}
+	if err := e.Table.AddStream(Stream{Key: k, Receivers: addrs}); err != nil {
 		t.Fatal(err)
 	}
 	sender := testkit.ListenUDP(t, netip.MustParseAddrPort("127.0.0.1:0"))
-	send(t, sender, e.dst, 7, 0, 5)
+	send(t, sender, e.Dst, 7, 0, 5)
 	expect(t, conns[0], 0, 5, 7, "receiver")
 	expect(t, conns[1], 0, 5, 7, "receiver")
-	if err := e.table.RemoveStream(k); err != nil {
+	if err := e.Table.RemoveStream(k); err != nil {
 		t.Fatal(err)
 	}
-	send(t, sender, e.dst, 7, 5, 10)
+	send(t, sender, e.Dst, 7, 5, 10)
 	testkit.WaitFor(t, 5*time.Second, "the dropped packets counted", func() bool {
-		return metricstest.Value(t, e.reg, "traverse_distribute_dropped_total", "reason", "no_stream") == 5
+		return metricstest.Value(t, e.Reg, "traverse_distribute_dropped_total", "reason", "no_stream") == 5
 	})
 	testkit.Silent(t, conns[0], "receiver of a removed stream")
 	testkit.Silent(t, conns[1], "receiver of a removed stream")
 }
 
-func ssrcDemux(t *testing.T, e env) {
+func ssrcDemux(t *testing.T, e BehaviourEnv) {
 	conns, addrs := receivers(t, 3)
-	a := StreamKey{Dst: e.dst, SSRC: 1, HasSSRC: true}
-	b := StreamKey{Dst: e.dst, SSRC: 2, HasSSRC: true}
-	rest := StreamKey{Dst: e.dst}
+	a := StreamKey{Dst: e.Dst, SSRC: 1, HasSSRC: true}
+	b := StreamKey{Dst: e.Dst, SSRC: 2, HasSSRC: true}
+	rest := StreamKey{Dst: e.Dst}
 	for i, k := range []StreamKey{a, b, rest} {
-		if err := e.table.AddStream(Stream{Key: k, Receivers: addrs[i : i+1]}); err != nil {
+		if err := e.Table.AddStream(Stream{Key: k, Receivers: addrs[i : i+1]}); err != nil {
 			t.Fatal(err)
 		}
 	}
 	sender := testkit.ListenUDP(t, netip.MustParseAddrPort("127.0.0.1:0"))
-	send(t, sender, e.dst, 1, 0, 5)
-	send(t, sender, e.dst, 2, 0, 6)
-	send(t, sender, e.dst, 3, 0, 7)
+	send(t, sender, e.Dst, 1, 0, 5)
+	send(t, sender, e.Dst, 2, 0, 6)
+	send(t, sender, e.Dst, 3, 0, 7)
 	expect(t, conns[0], 0, 5, 1, "SSRC 1's receiver")
 	expect(t, conns[1], 0, 6, 2, "SSRC 2's receiver")
 	expect(t, conns[2], 0, 7, 3, "the port's receiver")
 }
 
-func strangers(t *testing.T, e env) {
+func strangers(t *testing.T, e BehaviourEnv) {
 	conns, addrs := receivers(t, 1)
 	sender := testkit.ListenUDP(t, netip.MustParseAddrPort("127.0.0.1:0"))
 	other := testkit.ListenUDP(t, netip.MustParseAddrPort("127.0.0.2:0"))
-	k := StreamKey{Dst: e.dst}
-	if err := e.table.AddStream(Stream{Key: k, Source: netip.MustParseAddr("127.0.0.1"), Receivers: addrs}); err != nil {
+	k := StreamKey{Dst: e.Dst}
+	if err := e.Table.AddStream(Stream{Key: k, Source: netip.MustParseAddr("127.0.0.1"), Receivers: addrs}); err != nil {
 		t.Fatal(err)
 	}
 	for _, b := range [][]byte{[]byte("GET / HTTP/1.0\r\n\r\n"), {0x00, 0x01, 0, 8, 0x21, 0x12, 0xa4, 0x42, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12}, {0x80, 96, 0, 1}} {
-		if _, err := sender.WriteToUDPAddrPort(b, e.dst); err != nil {
+		if _, err := sender.WriteToUDPAddrPort(b, e.Dst); err != nil {
 			t.Fatal(err)
 		}
 	}
-	send(t, other, e.dst, 9, 0, 4) // right port, wrong sender
+	send(t, other, e.Dst, 9, 0, 4) // right port, wrong sender
 	testkit.WaitFor(t, 5*time.Second, "the drops counted", func() bool {
-		return metricstest.Value(t, e.reg, "traverse_distribute_dropped_total", "reason", "not_media") == 3 &&
-			metricstest.Value(t, e.reg, "traverse_distribute_dropped_total", "reason", "source") == 4
+		return metricstest.Value(t, e.Reg, "traverse_distribute_dropped_total", "reason", "not_media") == 3 &&
+			metricstest.Value(t, e.Reg, "traverse_distribute_dropped_total", "reason", "source") == 4
 	})
 	testkit.Silent(t, conns[0], "receiver")
-	send(t, sender, e.dst, 9, 0, 3)
+	send(t, sender, e.Dst, 9, 0, 3)
 	expect(t, conns[0], 0, 3, 9, "receiver")
 }

@@ -67,6 +67,10 @@ type Config struct {
 	// for labs.
 	Policy addrpolicy.Filter `yaml:"-"`
 
+	// Kernel, when set, is a kernel data path the table is mirrored into
+	// (distbpf); the Server owns it and closes it. Nil: user space only.
+	Kernel Kernel `yaml:"-"`
+
 	Log        *slog.Logger          `yaml:"-"`
 	Registerer prometheus.Registerer `yaml:"-"`
 }

@@ -10,6 +10,7 @@ type metrics struct {
 	sendDrops                  prometheus.Counter
 	removed                    [numRemovals]prometheus.Counter
 	unreachable                prometheus.Counter
+	syncErrors                 prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, t *Table, path string) (*metrics, error) {
@@ -24,6 +25,7 @@ func newMetrics(reg prometheus.Registerer, t *Table, path string) (*metrics, err
 		feedback:    c("receiver_rtcp_total", "RTCP datagrams from receivers (keep-alive; not forwarded)."),
 		sendDrops:   c("send_dropped_total", "Copies the kernel refused to send (full socket buffer, unreachable)."),
 		unreachable: c("icmp_unreachable_total", "ICMP port unreachable errors for receiver addresses."),
+		syncErrors:  c("kernel_sync_errors_total", "Failed updates of the kernel path's table (the stream stays where it was served)."),
 	}
 	drops := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "traverse_distribute_dropped_total",
@@ -47,7 +49,7 @@ func newMetrics(reg prometheus.Registerer, t *Table, path string) (*metrics, err
 		Help:        "The data path serving the table (1 for the one in use): userspace (batched recvmmsg/sendmmsg) or ebpf (tc, in the kernel).",
 		ConstLabels: prometheus.Labels{"path": path}})
 	pathInfo.Set(1)
-	for _, col := range []prometheus.Collector{pathInfo, m.in, m.inBytes, m.out, m.outBytes, m.feedback, m.sendDrops, m.unreachable, drops, removed, streams, receivers} {
+	for _, col := range []prometheus.Collector{pathInfo, m.in, m.inBytes, m.out, m.outBytes, m.feedback, m.sendDrops, m.unreachable, m.syncErrors, drops, removed, streams, receivers} {
 		if err := reg.Register(col); err != nil {
 			return nil, err
 		}

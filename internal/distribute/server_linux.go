@@ -59,9 +59,18 @@ func New(cfg Config) (*Server, error) {
 	pol := cfg.Policy
 	pol.OwnEndpoints = append(append([]netip.AddrPort(nil), pol.OwnEndpoints...), s.addrs...)
 	s.table = newTable(s.addrs, cfg.MaxStreams, cfg.MaxReceivers, &pol)
-	if s.m, err = newMetrics(cfg.Registerer, s.table, PathUserspace); err != nil {
+	if s.m, err = newMetrics(cfg.Registerer, s.table, s.Path()); err != nil {
 		s.cleanup()
 		return nil, err
+	}
+	if cfg.Kernel != nil {
+		s.table.mu.Lock()
+		s.table.kernel = cfg.Kernel
+		s.table.syncErr = func(err error) {
+			s.m.syncErrors.Inc()
+			s.cfg.Log.Error("distribute: kernel path sync", "err", err)
+		}
+		s.table.mu.Unlock()
 	}
 	return s, nil
 }
@@ -72,8 +81,14 @@ func (s *Server) Table() *Table { return s.table }
 // Addrs are the listening addresses (ports chosen by the kernel filled in).
 func (s *Server) Addrs() []netip.AddrPort { return s.addrs }
 
-// Path names the data path in use.
-func (s *Server) Path() string { return PathUserspace }
+// Path names the data path in use: the kernel's when there is one (user
+// space then serves what it passes up), else PathUserspace.
+func (s *Server) Path() string {
+	if s.cfg.Kernel != nil {
+		return s.cfg.Kernel.Path()
+	}
+	return PathUserspace
+}
 
 // Ready reports whether the server serves (for /readyz).
 func (s *Server) Ready() error {
@@ -110,7 +125,7 @@ func (s *Server) Run(ctx context.Context) error {
 		defer wg.Done()
 		s.reapLoop(stop)
 	}()
-	s.cfg.Log.Info("distribute: serving", "path", PathUserspace, "listen", s.addrs)
+	s.cfg.Log.Info("distribute: serving", "path", s.Path(), "listen", s.addrs)
 	s.loop()
 	close(stop)
 	wg.Wait()
@@ -130,6 +145,9 @@ func (s *Server) reapLoop(stop chan struct{}) {
 			s.m.removed[why].Inc()
 			s.cfg.Log.Info("distribute: receiver removed", "stream", k.String(), "receiver", a, "reason", why.String())
 		})
+		if s.cfg.Kernel != nil {
+			s.table.Resync()
+		}
 	}
 }
 
@@ -155,6 +173,14 @@ func (s *Server) cleanup() {
 			_ = udpio.CloseFD(fd)
 		}
 		s.set.Close()
+		if s.cfg.Kernel != nil {
+			if s.table != nil {
+				s.table.mu.Lock()
+				s.table.kernel = nil
+				s.table.mu.Unlock()
+			}
+			_ = s.cfg.Kernel.Close()
+		}
 	})
 }
 

@@ -26,24 +26,24 @@ func TestUnreachableReceiverRemoved(t *testing.T) {
 	})
 	conns, addrs := receivers(t, 2)
 	conns[1].Close() // nothing listens there any more
-	k := StreamKey{Dst: e.dst}
-	if err := e.table.AddStream(Stream{Key: k, Receivers: addrs}); err != nil {
+	k := StreamKey{Dst: e.Dst}
+	if err := e.Table.AddStream(Stream{Key: k, Receivers: addrs}); err != nil {
 		t.Fatal(err)
 	}
 	sender := testkit.ListenUDP(t, netip.MustParseAddrPort("127.0.0.1:0"))
-	send(t, sender, e.dst, 5, 0, 5)
+	send(t, sender, e.Dst, 5, 0, 5)
 	expect(t, conns[0], 0, 5, 5, "live receiver")
 	testkit.WaitFor(t, 5*time.Second, "the dead receiver removed", func() bool {
-		_, n := e.table.Counts()
+		_, n := e.Table.Counts()
 		return n == 1
 	})
-	if v := metricstest.Value(t, e.reg, "traverse_distribute_receivers_removed_total", "reason", "unreachable"); v != 1 {
+	if v := metricstest.Value(t, e.Reg, "traverse_distribute_receivers_removed_total", "reason", "unreachable"); v != 1 {
 		t.Errorf("removed{unreachable} = %v, want 1", v)
 	}
-	if v := metricstest.Value(t, e.reg, "traverse_distribute_icmp_unreachable_total"); v < 1 {
+	if v := metricstest.Value(t, e.Reg, "traverse_distribute_icmp_unreachable_total"); v < 1 {
 		t.Errorf("icmp_unreachable = %v, want >= 1", v)
 	}
-	if got := e.table.Streams()[0].Receivers[0].Addr; got != addrs[0] {
+	if got := e.Table.Streams()[0].Receivers[0].Addr; got != addrs[0] {
 		t.Errorf("kept %v, want %v", got, addrs[0])
 	}
 }
@@ -57,9 +57,9 @@ func TestRTCPSilence(t *testing.T) {
 		c.ReapInterval = 50 * time.Millisecond
 	})
 	conns, addrs := receivers(t, 2)
-	k := StreamKey{Dst: e.dst}
+	k := StreamKey{Dst: e.Dst}
 	start := time.Now()
-	if err := e.table.AddStream(Stream{Key: k, Receivers: addrs}); err != nil {
+	if err := e.Table.AddStream(Stream{Key: k, Receivers: addrs}); err != nil {
 		t.Fatal(err)
 	}
 	// Receiver 0 reports every 100 ms, from the socket it receives on.
@@ -70,7 +70,7 @@ func TestRTCPSilence(t *testing.T) {
 		tk := time.NewTicker(100 * time.Millisecond)
 		defer tk.Stop()
 		for {
-			_, _ = conns[0].WriteToUDPAddrPort(rtcpRR(77), e.dst)
+			_, _ = conns[0].WriteToUDPAddrPort(rtcpRR(77), e.Dst)
 			select {
 			case <-stop:
 				return
@@ -80,19 +80,19 @@ func TestRTCPSilence(t *testing.T) {
 	}()
 	defer func() { close(stop); <-done }()
 	testkit.WaitFor(t, 5*time.Second, "the silent receiver removed", func() bool {
-		_, n := e.table.Counts()
+		_, n := e.Table.Counts()
 		return n == 1
 	})
 	if el := time.Since(start); el < timeout {
 		t.Errorf("removed after %v, before the %v timeout", el, timeout)
 	}
-	if got := e.table.Streams()[0].Receivers; len(got) != 1 || got[0].Addr != addrs[0] || got[0].LastHeard.IsZero() {
+	if got := e.Table.Streams()[0].Receivers; len(got) != 1 || got[0].Addr != addrs[0] || got[0].LastHeard.IsZero() {
 		t.Fatalf("kept %+v, want the reporting receiver %v", got, addrs[0])
 	}
-	if v := metricstest.Value(t, e.reg, "traverse_distribute_receivers_removed_total", "reason", "rtcp_silence"); v != 1 {
+	if v := metricstest.Value(t, e.Reg, "traverse_distribute_receivers_removed_total", "reason", "rtcp_silence"); v != 1 {
 		t.Errorf("removed{rtcp_silence} = %v, want 1", v)
 	}
-	if v := metricstest.Value(t, e.reg, "traverse_distribute_receiver_rtcp_total"); v < 1 {
+	if v := metricstest.Value(t, e.Reg, "traverse_distribute_receiver_rtcp_total"); v < 1 {
 		t.Errorf("receiver_rtcp = %v", v)
 	}
 }

@@ -48,12 +48,14 @@ type receiver struct {
 	lastHeard      atomic.Int64 // unix ns of its last RTCP
 	unreachSince   atomic.Int64 // unix ns of the first ICMP unreachable not followed by RTCP; 0: none
 	unreachable    atomic.Uint64
+	slot           uint32 // kernel counter slot
 }
 
 // streamStats are a stream's counters, shared by its snapshots.
 type streamStats struct {
 	packets, bytes atomic.Uint64
 	lastSeen       atomic.Int64
+	slot           uint32 // kernel counter slot
 }
 
 // streamView is one stream in a snapshot: immutable.
@@ -90,8 +92,12 @@ type Table struct {
 
 	snap atomic.Pointer[snapshot]
 
-	mu      sync.Mutex // guards streams, and publishing snapshots
+	mu      sync.Mutex // guards streams, slots, and publishing snapshots
 	streams map[StreamKey]*streamState
+	slots   slots
+
+	kernel  Kernel      // mirrored into after each change; nil: none
+	syncErr func(error) // told of a failed Sync
 }
 
 // streamState is the authoritative state of one stream.
@@ -154,6 +160,7 @@ func (t *Table) AddStream(s Stream) error {
 	}
 	now := t.now()
 	st := &streamState{source: s.Source.Unmap(), st: &streamStats{}, created: now}
+	// Slots are given under the lock, below.
 	for _, a := range s.Receivers {
 		a, err := t.checkReceiver(a)
 		if err != nil {
@@ -171,6 +178,10 @@ func (t *Table) AddStream(s Stream) error {
 	if len(t.streams) >= t.maxStreams {
 		return fmt.Errorf("%w: %d streams", ErrLimit, t.maxStreams)
 	}
+	st.st.slot = t.slots.get()
+	for _, r := range st.receivers {
+		r.slot = t.slots.get()
+	}
 	t.streams[k] = st
 	t.publishLocked()
 	return nil
@@ -181,10 +192,15 @@ func (t *Table) RemoveStream(k StreamKey) error {
 	k = k.normal()
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if _, ok := t.streams[k]; !ok {
+	st, ok := t.streams[k]
+	if !ok {
 		return fmt.Errorf("%w: stream %v", ErrNotFound, k)
 	}
 	delete(t.streams, k)
+	t.slots.put(st.st.slot)
+	for _, r := range st.receivers {
+		t.slots.put(r.slot)
+	}
 	t.publishLocked()
 	return nil
 }
@@ -210,7 +226,7 @@ func (t *Table) AddReceiver(k StreamKey, a netip.AddrPort) error {
 		return fmt.Errorf("%w: %d receivers on stream %v", ErrLimit, t.maxReceivers, k)
 	}
 	// Copy on write: the data path may be reading the old slice.
-	st.receivers = append(slices.Clip(st.receivers), &receiver{addr: a, stream: k, added: t.now()})
+	st.receivers = append(slices.Clip(st.receivers), &receiver{addr: a, stream: k, added: t.now(), slot: t.slots.get()})
 	t.publishLocked()
 	return nil
 }
@@ -238,6 +254,8 @@ func (t *Table) removeLocked(k StreamKey, match func(*receiver) bool) bool {
 	for _, r := range st.receivers {
 		if !match(r) {
 			keep = append(keep, r)
+		} else {
+			t.slots.put(r.slot)
 		}
 	}
 	if len(keep) == len(st.receivers) {
@@ -269,6 +287,7 @@ func (t *Table) publishLocked() {
 		}
 	}
 	t.snap.Store(s)
+	t.syncLocked()
 }
 
 // Removal is why a receiver was removed by Reap.
@@ -314,6 +333,7 @@ func (t *Table) Reap(now int64, unreach, silent time.Duration, removed func(Stre
 		for _, r := range st.receivers {
 			if dead(r) {
 				out = append(out, gone{k, r.addr, reason})
+				t.slots.put(r.slot)
 				continue
 			}
 			keep = append(keep, r)
@@ -367,13 +387,16 @@ func (t *Table) Streams() []StreamInfo {
 	for k, st := range t.streams {
 		si := StreamInfo{Dst: k.Dst, Source: st.source, Packets: st.st.packets.Load(), Bytes: st.st.bytes.Load(),
 			LastSeen: unixTime(st.st.lastSeen.Load()), Receivers: make([]ReceiverInfo, 0, len(st.receivers))}
+		si.Packets, si.Bytes, si.LastSeen = t.addKernel(st.st.slot, si.Packets, si.Bytes, si.LastSeen)
 		if k.HasSSRC {
 			s := k.SSRC
 			si.SSRC = &s
 		}
 		for _, r := range st.receivers {
-			si.Receivers = append(si.Receivers, ReceiverInfo{Addr: r.addr, Packets: r.packets.Load(), Bytes: r.bytes.Load(),
-				LastSent: unixTime(r.lastSent.Load()), LastHeard: unixTime(r.lastHeard.Load()), Unreachable: r.unreachable.Load()})
+			ri := ReceiverInfo{Addr: r.addr, Packets: r.packets.Load(), Bytes: r.bytes.Load(),
+				LastSent: unixTime(r.lastSent.Load()), LastHeard: unixTime(r.lastHeard.Load()), Unreachable: r.unreachable.Load()}
+			ri.Packets, ri.Bytes, ri.LastSent = t.addKernel(r.slot, ri.Packets, ri.Bytes, ri.LastSent)
+			si.Receivers = append(si.Receivers, ri)
 		}
 		out = append(out, si)
 	}
@@ -391,6 +414,18 @@ func (t *Table) Streams() []StreamInfo {
 		return int(min(max(x-y, -1), 1))
 	})
 	return out
+}
+
+// addKernel adds the kernel path's counts of slot.
+func (t *Table) addKernel(slot uint32, packets, bytes uint64, last time.Time) (uint64, uint64, time.Time) {
+	if t.kernel == nil {
+		return packets, bytes, last
+	}
+	p, b, l := t.kernel.Counts(slot)
+	if kl := unixTime(l); kl.After(last) {
+		last = kl
+	}
+	return packets + p, bytes + b, last
 }
 
 // Counts returns the number of streams and receivers.

@@ -96,6 +96,13 @@ func New(cfg Config) (*Kernel, error) {
 	return k, nil
 }
 
+// Installed returns how many streams the kernel serves now.
+func (k *Kernel) Installed() int {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return len(k.installed)
+}
+
 // Path implements distribute.Kernel.
 func (k *Kernel) Path() string { return Path }
 

@@ -16,6 +16,7 @@ import (
 	"github.com/traverse-rtc/traverse/internal/bus"
 	"github.com/traverse-rtc/traverse/internal/config"
 	"github.com/traverse-rtc/traverse/internal/distribute"
+	"github.com/traverse-rtc/traverse/internal/distribute/distbpf"
 )
 
 // distributeConfig is "traverse distribute": seed D's distribution server.
@@ -34,6 +35,9 @@ type distributeConfig struct {
 	RTCPTimeout        time.Duration `yaml:"rtcp-timeout"`
 	UnreachableTimeout time.Duration `yaml:"unreachable-timeout"`
 	Batch              int           `yaml:"batch"`
+	Path               string        `yaml:"path"`
+	EBPFInterfaces     []string      `yaml:"ebpf-interface"`
+	EBPFClsact         bool          `yaml:"ebpf-clsact"`
 	AllowLoopback      bool          `yaml:"allow-loopback-receivers"`
 	AllowReceivers     []string      `yaml:"allow-receiver"`
 	DenyReceivers      []string      `yaml:"deny-receiver"`
@@ -52,6 +56,9 @@ func bindDistribute(fs *flag.FlagSet, c *distributeConfig) {
 	fs.DurationVar(&c.RTCPTimeout, "rtcp-timeout", c.RTCPTimeout, "remove a receiver that sent no RTCP for this `duration` (0: 30s, negative: never, for receivers that send none)")
 	fs.DurationVar(&c.UnreachableTimeout, "unreachable-timeout", c.UnreachableTimeout, "remove a receiver this `duration` after an ICMP port unreachable with no RTCP since (0: 5s, negative: never)")
 	fs.IntVar(&c.Batch, "batch", c.Batch, "datagrams per recvmmsg system call (0: 64)")
+	fs.StringVar(&c.Path, "path", c.Path, "data `path`: auto (the kernel's tc program where it loads and every --listen is a specific IPv4 address, else user space), ebpf (fail if it cannot load) or userspace; the one in use is logged and exported as traverse_distribute_path_info")
+	fs.Var(config.Strings{P: &c.EBPFInterfaces}, "ebpf-interface", "interface `name` the tc program is attached to (repeatable; default every interface that is up)")
+	fs.BoolVar(&c.EBPFClsact, "ebpf-clsact", c.EBPFClsact, "attach the tc program to a clsact qdisc even where TCX is available")
 	bindLoopbackFlag(fs, "allow-loopback-receivers", &c.AllowLoopback, "allow receivers on loopback addresses (labs and local tests; logs a warning)", false)
 	fs.Var(config.Strings{P: &c.AllowReceivers}, "allow-receiver", "receiver `CIDR` to allow even if refused by default (private networks in a lab; repeatable)")
 	fs.Var(config.Strings{P: &c.DenyReceivers}, "deny-receiver", "receiver `CIDR` to refuse always (repeatable)")
@@ -116,6 +123,38 @@ func (c *distributeConfig) busNode(port uint16) (string, bus.Config, bool, error
 	return node, c.busClient("distribute " + node), true, nil
 }
 
+// kernelPath loads the tc program as --path asks; nil for user space.
+func (c *distributeConfig) kernelPath(listen []netip.AddrPort, log *slog.Logger) (distribute.Kernel, error) {
+	switch c.Path {
+	case "userspace":
+		return nil, nil
+	case "auto", "ebpf":
+	default:
+		return nil, fmt.Errorf("--path %q: want auto, ebpf or userspace", c.Path)
+	}
+	why := ""
+	if len(listen) == 0 {
+		why = "the default --listen is a wildcard address"
+	}
+	for _, a := range listen {
+		if !a.Addr().Is4() || a.Addr().IsUnspecified() {
+			why = fmt.Sprintf("--listen %v is not a specific IPv4 address", a)
+		}
+	}
+	if why == "" {
+		k, err := distbpf.New(distbpf.Config{Clsact: c.EBPFClsact, MaxStreams: c.MaxStreams, Interfaces: c.EBPFInterfaces})
+		if err == nil {
+			return k, nil
+		}
+		why = err.Error()
+	}
+	if c.Path == "ebpf" {
+		return nil, fmt.Errorf("--path ebpf: %s", why)
+	}
+	log.Info("distribute: kernel path not used, serving in user space", "reason", why)
+	return nil, nil
+}
+
 func startDistribute(c *distributeConfig, log *slog.Logger, adm *admin.Server) (runner, error) {
 	if c.API != "" && c.APIToken == "" {
 		return nil, errors.New("--api needs --api-token (or TRAVERSE_API_TOKEN); --api '' disables the HTTP API")
@@ -126,6 +165,9 @@ func startDistribute(c *distributeConfig, log *slog.Logger, adm *admin.Server) (
 	}
 	if c.AllowLoopback {
 		log.Warn("distribute: loopback receivers allowed (--allow-loopback-receivers): for labs and local tests only")
+	}
+	if cfg.Kernel, err = c.kernelPath(cfg.Listen, log); err != nil {
+		return nil, err
 	}
 	s, err := distribute.New(cfg)
 	if err != nil {
@@ -207,7 +249,7 @@ func startDistribute(c *distributeConfig, log *slog.Logger, adm *admin.Server) (
 }
 
 func runDistribute(ctx context.Context, args []string) error {
-	cfg := distributeConfig{common: common{Admin: "127.0.0.1:9482"}, API: "127.0.0.1:8095"}
+	cfg := distributeConfig{common: common{Admin: "127.0.0.1:9482"}, API: "127.0.0.1:8095", Path: "auto"}
 	fs := newFlagSet("distribute", "distribute [--listen ADDR]... [--api ADDR --api-token TOKEN] [--nats URL] [flags]")
 	cfg.flags(fs)
 	bindDistribute(fs, &cfg)

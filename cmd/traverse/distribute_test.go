@@ -50,7 +50,7 @@ func TestDistributeCommand(t *testing.T) {
 	done := make(chan error, 1)
 	go func() {
 		done <- runDistribute(ctx, []string{"--listen", media.String(), "--api", api, "--api-token", "tok", "--admin", adm,
-			"--allow-loopback-receivers", "--nats", e.URL(), "--nats-creds", creds, "--rtcp-timeout", "-1s", "--log-level", "warn"})
+			"--allow-loopback-receivers", "--path", "userspace", "--nats", e.URL(), "--nats-creds", creds, "--rtcp-timeout", "-1s", "--log-level", "warn"})
 	}()
 	defer func() {
 		cancel()
@@ -113,18 +113,38 @@ func TestDistributeCommand(t *testing.T) {
 			t.Fatalf("receiver got %d bytes from %v: %v", n, from, err)
 		}
 	}
-	if c, m := get("http://"+adm+"/metrics", ""); c != 200 || !strings.Contains(m, `traverse_distribute_path_info{path="userspace"} 1`) ||
-		!strings.Contains(m, "traverse_distribute_packets_out_total 2") {
-		t.Errorf("metrics %d lack the path or the counters", c)
-	}
+	// The counters are added after the batch is sent: wait for them.
+	testkit.WaitFor(t, 5*time.Second, "the path and the counters in /metrics", func() bool {
+		c, m := get("http://"+adm+"/metrics", "")
+		return c == 200 && strings.Contains(m, `traverse_distribute_path_info{path="userspace"} 1`) &&
+			strings.Contains(m, "traverse_distribute_packets_out_total 2")
+	})
 	if c, _ := get("http://"+api+"/v1/streams", ""); c != 401 {
 		t.Errorf("streams without a token: %d", c)
 	}
 }
 
+// --path: ebpf refuses a wildcard listen address (the program matches
+// one address), an unknown path is refused; neither attaches anything.
+func TestDistributeCommandPath(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--path", "ebpf", "--listen", "0.0.0.0:0"}, "not a specific IPv4 address"},
+		{[]string{"--path", "ebpf"}, "wildcard"},
+		{[]string{"--path", "dpdk", "--listen", "127.0.0.1:0"}, "want auto, ebpf or userspace"},
+	} {
+		err := runDistribute(context.Background(), append(tc.args, "--api", "", "--admin", ""))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: %v, want an error containing %q", tc.args, err, tc.want)
+		}
+	}
+}
+
 // --api without a token is refused at start.
 func TestDistributeCommandNeedsToken(t *testing.T) {
-	err := runDistribute(context.Background(), []string{"--listen", "127.0.0.1:0", "--api", "127.0.0.1:0", "--admin", ""})
+	err := runDistribute(context.Background(), []string{"--listen", "127.0.0.1:0", "--path", "userspace", "--api", "127.0.0.1:0", "--admin", ""})
 	if err == nil || !strings.Contains(err.Error(), "api-token") {
 		t.Fatalf("started without a token: %v", err)
 	}

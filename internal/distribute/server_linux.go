@@ -32,13 +32,20 @@ type Server struct {
 	once    sync.Once
 }
 
-// New opens the listening sockets. The table is empty.
+// New opens the listening sockets. The table is empty. On error the
+// Kernel, if any, is closed.
 func New(cfg Config) (*Server, error) {
 	if err := cfg.validate(); err != nil {
+		if cfg.Kernel != nil {
+			_ = cfg.Kernel.Close()
+		}
 		return nil, err
 	}
 	set, err := udpio.NewSet(0)
 	if err != nil {
+		if cfg.Kernel != nil {
+			_ = cfg.Kernel.Close()
+		}
 		return nil, err
 	}
 	s := &Server{cfg: cfg, set: set, done: make(chan struct{})}

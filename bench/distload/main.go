@@ -172,6 +172,7 @@ func run(mode string, target netip.AddrPort, api, token string, pid, fan, pps, s
 	if delivered > 0 {
 		res["server_us_per_copy"] = srv / float64(delivered) * 1e6
 		res["whole_us_per_copy"] = whole / float64(delivered) * 1e6
+		res["server_and_softirq_us_per_copy"] = (srv + sirq) / float64(delivered) * 1e6
 		res["whole_us_per_source_packet"] = whole / float64(sent) * 1e6
 	}
 	enc := json.NewEncoder(os.Stdout)

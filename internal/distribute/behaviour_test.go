@@ -43,7 +43,8 @@ func receiverCount(t *Table, k StreamKey, a netip.AddrPort) uint64 {
 
 func userspaceEnv(t *testing.T, mod func(*Config)) BehaviourEnv {
 	reg := prometheus.NewRegistry()
-	cfg := Config{Listen: []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:0")}, Registerer: reg, RTCPTimeout: -1}
+	cfg := Config{Listen: []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:0")}, Registerer: reg, RTCPTimeout: -1,
+		UnreachableTimeout: BehaviourUnreachable, ReapInterval: BehaviourReap}
 	cfg.Policy.Loopback = true
 	if mod != nil {
 		mod(&cfg)
@@ -123,6 +124,12 @@ func expect(t *testing.T, c *net.UDPConn, from, to int, ssrc uint32, what string
 	testkit.Silent(t, c, what)
 }
 
+// The timeouts of the behaviour suite's servers.
+const (
+	BehaviourUnreachable = 300 * time.Millisecond
+	BehaviourReap        = 50 * time.Millisecond
+)
+
 // Behaviour is the suite every data path passes.
 var Behaviour = []struct {
 	Name string
@@ -134,6 +141,7 @@ var Behaviour = []struct {
 	{"remove stream stops at once", removeStream},
 	{"SSRC demultiplexing", ssrcDemux},
 	{"non-media and strangers dropped", strangers},
+	{"unreachable receiver removed", unreachable},
 }
 
 func TestBehaviourUserspace(t *testing.T) {

@@ -66,7 +66,8 @@ func kernelEnv(t *testing.T, clsact bool) distribute.BehaviourEnv {
 		t.Fatal(err)
 	}
 	reg := prometheus.NewRegistry()
-	cfg := distribute.Config{Listen: []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:0")}, Registerer: reg, RTCPTimeout: -1, Kernel: k}
+	cfg := distribute.Config{Listen: []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:0")}, Registerer: reg, RTCPTimeout: -1, Kernel: k,
+		UnreachableTimeout: distribute.BehaviourUnreachable, ReapInterval: distribute.BehaviourReap}
 	cfg.Policy.Loopback = true
 	s, err := distribute.New(cfg)
 	if err != nil {

@@ -57,8 +57,22 @@ type Kernel struct {
 	attached  *tcattach.Set
 	installed map[distributeDistKey]distributeDistValue
 	known     map[uint32]bool // counter slots in use (zeroed when first seen)
+	routes    map[netip.Addr]resolved
 	closed    bool
 }
+
+// resolved is a receiver address's route and link addresses, looked up
+// once per resolveTTL: a table change syncs every stream, and without it
+// each would cost netlink round trips per receiver.
+type resolved struct {
+	r  distributeDistRcv // Addr, Port and Slot unset
+	ok bool
+	at time.Time
+}
+
+// resolveTTL bounds how long a route or neighbour change takes to reach
+// the kernel's entries (the table resyncs every second).
+const resolveTTL = time.Second
 
 var _ distribute.Kernel = (*Kernel)(nil)
 
@@ -73,7 +87,7 @@ func New(cfg Config) (*Kernel, error) {
 		return nil, fmt.Errorf("distbpf: %w", err)
 	}
 	k := &Kernel{ncpu: ncpu, objs: objs, nl: nl, attached: tcattach.NewSet(cfg.NetNS, nl, objs.Distribute, cfg.Clsact),
-		installed: map[distributeDistKey]distributeDistValue{}, known: map[uint32]bool{}}
+		installed: map[distributeDistKey]distributeDistValue{}, known: map[uint32]bool{}, routes: map[netip.Addr]resolved{}}
 	links, err := nl.LinkList()
 	if err != nil {
 		k.Close()
@@ -196,15 +210,29 @@ func (k *Kernel) entry(s distribute.KernelStream) (distributeDistKey, distribute
 	}
 	v.Slot = s.Slot
 	for i, r := range s.Receivers {
-		rc, ok := k.resolve(r.Addr)
+		rc, ok := k.resolveCached(r.Addr.Addr())
 		if !ok || r.Slot >= uint32(k.objs.Counters.MaxEntries()) {
 			return key, v, false
 		}
-		rc.Slot = r.Slot
+		rc.Addr, rc.Port, rc.Slot = tcattach.BE32(r.Addr.Addr()), tcattach.BE16(r.Addr.Port()), r.Slot
 		v.R[i] = rc
 	}
 	v.N = uint32(len(s.Receivers))
 	return key, v, true
+}
+
+// resolveCached is resolve through the cache.
+func (k *Kernel) resolveCached(a netip.Addr) (distributeDistRcv, bool) {
+	now := time.Now()
+	if c, ok := k.routes[a]; ok && now.Sub(c.at) < resolveTTL {
+		return c.r, c.ok
+	}
+	r, ok := k.resolve(netip.AddrPortFrom(a, 0))
+	if len(k.routes) > 1<<16 {
+		clear(k.routes)
+	}
+	k.routes[a] = resolved{r: r, ok: ok, at: now}
+	return r, ok
 }
 
 // resolve finds the interface and Ethernet addresses a receiver is sent

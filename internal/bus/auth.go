@@ -27,6 +27,9 @@ const (
 	// RoleNode is one SFU node: it serves its own requests and publishes
 	// on its own subjects only.
 	RoleNode Role = "sfu"
+	// RoleDistribute is one distribute node: it takes its own requests
+	// (DistributeSubject) and answers them, nothing else.
+	RoleDistribute Role = "distribute"
 )
 
 // Identity is one bus credential: an NATS nkey user (an Ed25519 key pair;
@@ -64,7 +67,7 @@ func checkRole(role Role, node string) error {
 		if node != "" {
 			return fmt.Errorf("%w: a signal credential names no node", ErrCredentials)
 		}
-	case RoleNode:
+	case RoleNode, RoleDistribute:
 		if !ValidName(node) {
 			return fmt.Errorf("%w: node %q: %w", ErrCredentials, node, ErrBadSubjectToken)
 		}
@@ -79,7 +82,7 @@ func (id *Identity) Public() string { return id.pub }
 
 // String names the identity ("signal", "sfu n1").
 func (id *Identity) String() string {
-	if id.Role == RoleNode {
+	if id.Node != "" {
 		return string(id.Role) + " " + id.Node
 	}
 	return string(id.Role)
@@ -210,13 +213,15 @@ const (
 //     requests, answers only requests it received, and reads other nodes'
 //     ufrag announcements (to route a stray STUN binding). It cannot call
 //     another node, read another node's requests or any session's messages,
-//     nor speak for another node.
+//     nor speak for another node;
+//   - distribute node D takes only its own requests (DistributeSubject)
+//     and answers them; it publishes nothing else.
 func Permissions(role Role, node string) *server.Permissions {
 	switch role {
 	case RoleSignal:
 		return &server.Permissions{
 			Publish: &server.SubjectPermission{Allow: []string{
-				NodeRPCSubject("*"), SessionAnnounceSubject("*"),
+				NodeRPCSubject("*"), SessionAnnounceSubject("*"), DistributeSubject("*"),
 			}},
 			Subscribe: &server.SubjectPermission{Allow: []string{
 				NodeAnnounceSubject("*"), SessionSubject("*", "*"), RoomEventsSubject("*", "*"), inboxWildcard,
@@ -231,6 +236,12 @@ func Permissions(role Role, node string) *server.Permissions {
 				NodeRPCSubject(node), SessionAnnounceSubject("*"),
 			}},
 			Response: &server.ResponsePermission{MaxMsgs: 1, Expires: responseTTL},
+		}
+	case RoleDistribute:
+		return &server.Permissions{
+			Publish:   &server.SubjectPermission{Deny: []string{">"}},
+			Subscribe: &server.SubjectPermission{Allow: []string{DistributeSubject(node)}},
+			Response:  &server.ResponsePermission{MaxMsgs: 1, Expires: responseTTL},
 		}
 	}
 	// Unknown role: nothing at all.

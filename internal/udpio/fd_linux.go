@@ -25,6 +25,11 @@ type FDOptions struct {
 	// ReadBuffer and WriteBuffer set SO_RCVBUF and SO_SNDBUF in bytes; 0
 	// keeps the system default.
 	ReadBuffer, WriteBuffer int
+	// RecvErr sets IP_RECVERR (and IPV6_RECVERR on an AF_INET6 socket):
+	// ICMP errors about datagrams the socket sent (port unreachable) are
+	// queued for Batch.RecvErr. Without it Linux drops them for an
+	// unconnected socket.
+	RecvErr bool
 }
 
 // OpenFD opens a non-blocking UDP socket bound to ap and returns its
@@ -50,6 +55,12 @@ func OpenFD(ap netip.AddrPort, o FDOptions) (int, netip.AddrPort, error) {
 	}
 	if o.WriteBuffer > 0 {
 		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, o.WriteBuffer)
+	}
+	if o.RecvErr {
+		_ = unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_RECVERR, 1)
+		if o.V6 {
+			_ = unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_RECVERR, 1)
+		}
 	}
 	if !o.V6 && !ap.Addr().Unmap().Is4() {
 		unix.Close(fd)

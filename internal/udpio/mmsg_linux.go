@@ -92,7 +92,10 @@ func sendmmsg(fd uintptr, h []mmsghdr) (int, unix.Errno) {
 // Batch moves batches of datagrams on a raw non-blocking socket
 // descriptor (the sockets of a Set) without waiting: one recvmmsg(2) or
 // sendmmsg(2) per call. It is not safe for concurrent use.
-type Batch struct{ m mmsg }
+type Batch struct {
+	m  mmsg
+	eq errQueue // RecvErr's buffers
+}
 
 // NewBatch returns a Batch that moves up to n messages per system call
 // (DefaultBatch when n <= 0).

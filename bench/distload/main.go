@@ -1,0 +1,229 @@
+// Command distload is the load driver of bench/distribute-vs-udpfwd.sh: one
+// sender of 200-byte RTP at a fixed packet rate and N receivers on
+// loopback, against either `traverse distribute` (the stream and its
+// receivers added through its HTTP API) or bench/udpfwd (a plain batched
+// Go forwarder: every member of room 0 gets every other member's packets).
+// It measures the whole machine's cost of the fan-out: the server
+// process's CPU, its own (the sender's and receivers' system calls, the
+// same for both servers), and softirq time on every CPU plus ksoftirqd,
+// per delivered copy; it prints one JSON object.
+//
+//	distload -mode distribute -target 127.0.0.1:5004 -api http://127.0.0.1:8095 -token T -server-pid PID -fan 16
+//	distload -mode udpfwd -target 127.0.0.1:7990 -server-pid PID -fan 16
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/traverse-rtc/traverse/internal/udpio"
+)
+
+func main() {
+	mode := flag.String("mode", "distribute", "distribute or udpfwd")
+	target := flag.String("target", "127.0.0.1:5004", "server media address")
+	api := flag.String("api", "http://127.0.0.1:8095", "distribute: control API URL")
+	token := flag.String("token", "", "distribute: API token")
+	pid := flag.Int("server-pid", 0, "server process, for CPU accounting")
+	fan := flag.Int("fan", 16, "receivers")
+	pps := flag.Int("pps", 5000, "packets per second sent")
+	size := flag.Int("size", 200, "RTP packet size in bytes")
+	dur := flag.Duration("duration", 5*time.Second, "measurement time")
+	flag.Parse()
+	if err := run(*mode, netip.MustParseAddrPort(*target), *api, *token, *pid, *fan, *pps, *size, *dur); err != nil {
+		fmt.Fprintln(os.Stderr, "distload:", err)
+		os.Exit(1)
+	}
+}
+
+func run(mode string, target netip.AddrPort, api, token string, pid, fan, pps, size int, dur time.Duration) error {
+	ctx := context.Background()
+	var got atomic.Uint64
+	var wg sync.WaitGroup
+	var conns []*udpio.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+		wg.Wait()
+	}()
+	var addrs []netip.AddrPort
+	for range fan {
+		c, err := udpio.Listen(ctx, "udp4", "127.0.0.1:0", udpio.Options{ReadBuffer: 4 << 20})
+		if err != nil {
+			return err
+		}
+		conns = append(conns, c)
+		addrs = append(addrs, c.LocalAddr())
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			in := udpio.NewMessages(64, 2048)
+			for {
+				n, err := c.ReadBatch(in)
+				if err != nil {
+					return
+				}
+				got.Add(uint64(n))
+			}
+		}()
+	}
+	snd, err := udpio.Listen(ctx, "udp4", "127.0.0.1:0", udpio.Options{WriteBuffer: 4 << 20})
+	if err != nil {
+		return err
+	}
+	conns = append(conns, snd)
+	switch mode {
+	case "distribute":
+		var rs []string
+		for _, a := range addrs {
+			rs = append(rs, `"`+a.String()+`"`)
+		}
+		body := `{"op":"add_stream","dst":"` + target.String() + `","receivers":[` + strings.Join(rs, ",") + `]}`
+		req, _ := http.NewRequest("POST", api+"/v1/distribute", bytes.NewBufferString(body))
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusNoContent {
+			return fmt.Errorf("add stream: HTTP %d", resp.StatusCode)
+		}
+	case "udpfwd":
+		hello := []byte{0, 0} // room 0
+		for _, c := range conns {
+			if err := c.WriteTo(hello, target); err != nil {
+				return err
+			}
+		}
+	default:
+		return fmt.Errorf("unknown mode %q", mode)
+	}
+	time.Sleep(300 * time.Millisecond) // registrations settle
+
+	// Send pps packets per second, every millisecond what is due (at
+	// most 64 at once), so a late tick does not lower the rate.
+	const tick = time.Millisecond
+	out := udpio.NewMessages(64, size)
+	for i := range out {
+		b := out[i].Buf[:size]
+		b[0], b[1] = 0x80, 96
+		binary.BigEndian.PutUint32(b[8:], 0x5eed)
+		out[i].N, out[i].Addr = size, target
+	}
+	var seq uint16
+	sendFor := func(d time.Duration) (sent uint64) {
+		t := time.NewTicker(tick)
+		defer t.Stop()
+		start := time.Now()
+		for time.Since(start) < d {
+			<-t.C
+			due := int(time.Since(start).Seconds()*float64(pps)) - int(sent)
+			k := min(max(due, 0), len(out))
+			for i := range out[:k] {
+				seq++
+				binary.BigEndian.PutUint16(out[i].Buf[2:], seq)
+			}
+			n, _ := snd.WriteBatch(out[:k])
+			sent += uint64(n)
+		}
+		return sent
+	}
+	settle := func() {
+		for prev := got.Load(); ; {
+			time.Sleep(50 * time.Millisecond)
+			cur := got.Load()
+			if cur == prev {
+				return
+			}
+			prev = cur
+		}
+	}
+	sendFor(500 * time.Millisecond) // warm up
+	settle()
+	g0, c0 := got.Load(), snapshot(pid)
+	t0 := time.Now()
+	sent := sendFor(dur)
+	settle() // the last copies arrive before counting
+	secs := time.Since(t0).Seconds()
+	c1 := snapshot(pid)
+	delivered := got.Load() - g0
+	srv, self, sirq := c1.server-c0.server, c1.self-c0.self, c1.softirq-c0.softirq
+	whole := srv + self + sirq
+	res := map[string]any{
+		"mode": mode, "fan": fan, "size": size, "seconds": secs,
+		"sent": sent, "delivered": delivered, "expected": sent * uint64(fan),
+		"cpu_seconds": map[string]float64{"server": srv, "driver": self, "softirq_and_ksoftirqd": sirq},
+	}
+	if delivered > 0 {
+		res["server_us_per_copy"] = srv / float64(delivered) * 1e6
+		res["whole_us_per_copy"] = whole / float64(delivered) * 1e6
+		res["server_and_softirq_us_per_copy"] = (srv + sirq) / float64(delivered) * 1e6
+		res["whole_us_per_source_packet"] = whole / float64(sent) * 1e6
+	}
+	enc := json.NewEncoder(os.Stdout)
+	return enc.Encode(res)
+}
+
+type cpu struct{ server, self, softirq float64 }
+
+func snapshot(pid int) cpu {
+	c := cpu{self: procCPU("self")}
+	if pid > 0 {
+		c.server = procCPU(strconv.Itoa(pid))
+	}
+	c.softirq = softirq()
+	ks, _ := filepath.Glob("/proc/[0-9]*/comm")
+	for _, f := range ks {
+		b, err := os.ReadFile(f)
+		if err == nil && strings.HasPrefix(string(b), "ksoftirqd/") {
+			c.softirq += procCPU(filepath.Base(filepath.Dir(f)))
+		}
+	}
+	return c
+}
+
+const hz = 100 // USER_HZ on Linux
+
+// procCPU is utime+stime of /proc/<p>/stat in seconds (children included
+// for self: none).
+func procCPU(p string) float64 {
+	b, err := os.ReadFile("/proc/" + p + "/stat")
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	ut, _ := strconv.ParseFloat(f[11], 64)
+	st, _ := strconv.ParseFloat(f[12], 64)
+	return (ut + st) / hz
+}
+
+// softirq is the softirq time of every CPU (/proc/stat), in seconds.
+func softirq() float64 {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) > 7 && f[0] == "cpu" {
+			v, _ := strconv.ParseFloat(f[7], 64)
+			return v / hz
+		}
+	}
+	return 0
+}

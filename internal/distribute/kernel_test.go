@@ -1,0 +1,257 @@
+//go:build linux && (386 || amd64 || arm || arm64 || loong64 || mips64le || mipsle || ppc64le || riscv64)
+
+package distribute_test
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+
+	"github.com/traverse-rtc/traverse/internal/distribute"
+	"github.com/traverse-rtc/traverse/internal/distribute/distbpf"
+	"github.com/traverse-rtc/traverse/internal/mediaproxy/offloadtest"
+	"github.com/traverse-rtc/traverse/internal/metricstest"
+	"github.com/traverse-rtc/traverse/internal/testkit"
+)
+
+// inNetNS runs f on this goroutine's thread switched into a new network
+// namespace with lo up: every socket f opens, and the program it
+// attaches, live there, so nothing touches the host's lo.
+func inNetNS(t *testing.T, f func()) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Fatal("the kernel path's tests need root (network namespaces, eBPF)")
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer orig.Close()
+	ns, err := netns.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	defer func() {
+		if err := netns.Set(orig); err != nil {
+			panic(err)
+		}
+	}()
+	lo, err := netlink.LinkByName("lo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := netlink.LinkSetUp(lo); err != nil {
+		t.Fatal(err)
+	}
+	f()
+}
+
+// kernelEnv starts a Server with the kernel path in the current
+// namespace.
+func kernelEnv(t *testing.T, clsact bool) distribute.BehaviourEnv {
+	k, err := distbpf.New(distbpf.Config{Clsact: clsact})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	cfg := distribute.Config{Listen: []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:0")}, Registerer: reg, RTCPTimeout: -1, Kernel: k,
+		UnreachableTimeout: distribute.BehaviourUnreachable, ReapInterval: distribute.BehaviourReap}
+	cfg.Policy.Loopback = true
+	s, err := distribute.New(cfg)
+	if err != nil {
+		k.Close()
+		t.Fatal(err)
+	}
+	if s.Path() != distbpf.Path {
+		t.Fatalf("path %q", s.Path())
+	}
+	testkit.Run(t, s.Run)
+	t.Cleanup(func() { s.Close() })
+	return distribute.BehaviourEnv{Table: s.Table(), Dst: s.Addrs()[0], Reg: reg, Kernel: true}
+}
+
+// TestBehaviourKernel runs the behaviour suite against the tc program
+// (TCX and clsact), on a namespace's lo: copies to local receivers go out
+// of lo and come back in, as on a single-host distribution server.
+func TestBehaviourKernel(t *testing.T) {
+	for _, clsact := range []bool{false, true} {
+		for _, c := range distribute.Behaviour {
+			name := "tcx/" + c.Name
+			if clsact {
+				name = "clsact/" + c.Name
+			}
+			t.Run(name, func(t *testing.T) {
+				inNetNS(t, func() { c.Run(t, kernelEnv(t, clsact)) })
+			})
+		}
+	}
+}
+
+// TestKernelLab: in the veth lab (client <-> gateway <-> server, the
+// gateway not forwarding), a stream arriving at the gateway is fanned out
+// by the program to receivers on both sides, each packet exactly once and
+// with checksums the receiving stacks verify (transmit checksum offload
+// off, so nothing is taken on trust); the stream enters the kernel once
+// the receivers' neighbour entries exist (user space served the first
+// packet); non-media traffic to the gateway reaches its sockets intact.
+func TestKernelLab(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		txOff func(l *offloadtest.Lab)
+	}{
+		{"partial checksums completed at the gateway", func(l *offloadtest.Lab) {
+			l.TxChecksum(t, l.Gateway, "out0", false)
+			l.TxChecksum(t, l.Gateway, "in0", false)
+		}},
+		{"full checksums from the sender", func(l *offloadtest.Lab) {
+			l.TxChecksum(t, l.Client, "out1", false)
+			l.TxChecksum(t, l.Gateway, "out0", false)
+			l.TxChecksum(t, l.Gateway, "in0", false)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l := offloadtest.New(t, false)
+			tc.txOff(l)
+			kernelLab(t, l)
+		})
+	}
+}
+
+func kernelLab(t *testing.T, l *offloadtest.Lab) {
+	k, err := distbpf.New(distbpf.Config{NetNS: int(l.Gateway)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	dst := netip.AddrPortFrom(offloadtest.OutsideIP, 5004)
+	cfg := distribute.Config{Listen: []netip.AddrPort{dst}, Registerer: reg, RTCPTimeout: -1, Kernel: k,
+		ReapInterval: 20 * time.Millisecond}
+	cfg.Policy.Allow = []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}
+	var s *distribute.Server
+	var echo *net.UDPConn
+	l.In(t, l.Gateway, func() {
+		if s, err = distribute.New(cfg); err != nil {
+			k.Close()
+			t.Fatal(err)
+		}
+		echo = testkit.ListenUDP(t, netip.AddrPortFrom(offloadtest.OutsideIP, 7000))
+	})
+	testkit.Echo(t, echo, nil)
+	testkit.Run(t, s.Run)
+	t.Cleanup(func() { s.Close() })
+
+	var conns []*net.UDPConn
+	var addrs []netip.AddrPort
+	open := func(ns netns.NsHandle, ip netip.Addr, n int) {
+		l.In(t, ns, func() {
+			for range n {
+				c := testkit.ListenUDP(t, netip.AddrPortFrom(ip, 0))
+				conns = append(conns, c)
+				addrs = append(addrs, c.LocalAddr().(*net.UDPAddr).AddrPort())
+			}
+		})
+	}
+	open(l.Server, offloadtest.ServerIP, 3)
+	open(l.Client, offloadtest.ClientIP, 2)
+	var sender *net.UDPConn
+	l.In(t, l.Client, func() { sender = testkit.ListenUDP(t, netip.AddrPortFrom(offloadtest.ClientIP, 0)) })
+
+	key := distribute.StreamKey{Dst: dst, SSRC: 0xcafe, HasSSRC: true}
+	if err := s.Table().AddStream(distribute.Stream{Key: key, Source: offloadtest.ClientIP, Receivers: addrs}); err != nil {
+		t.Fatal(err)
+	}
+	// The first packet is served in user space: the gateway learns the
+	// receivers' link addresses, and the next sync moves the stream into
+	// the kernel.
+	if _, err := sender.WriteToUDPAddrPort(rtp(0xcafe, 0), dst); err != nil {
+		t.Fatal(err)
+	}
+	for i, c := range conns {
+		readExactly(t, c, 0, 1, fmt.Sprint("receiver ", addrs[i]))
+	}
+	testkit.WaitFor(t, 5*time.Second, "the stream in the kernel", func() bool { return k.Installed() == 1 })
+	const pkts = 100
+	for seq := 1; seq <= pkts; seq++ {
+		if _, err := sender.WriteToUDPAddrPort(rtp(0xcafe, uint16(seq)), dst); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, c := range conns {
+		readExactly(t, c, 1, pkts+1, fmt.Sprint("receiver ", addrs[i]))
+	}
+	if v := metricstest.Value(t, reg, "traverse_distribute_packets_in_total"); v != 1 {
+		t.Errorf("user space distributed %v packets, want only the first", v)
+	}
+	for _, st := range s.Table().Streams() {
+		for _, r := range st.Receivers {
+			if r.Packets != pkts+1 || r.Bytes != (pkts+1)*200 {
+				t.Errorf("receiver %v counted %d packets %d bytes, want %d", r.Addr, r.Packets, r.Bytes, pkts+1)
+			}
+		}
+	}
+	// Non-media traffic to the gateway passes untouched.
+	msg := []byte("not media, not for the program")
+	if _, err := sender.WriteToUDPAddrPort(msg, netip.AddrPortFrom(offloadtest.OutsideIP, 7000)); err != nil {
+		t.Fatal(err)
+	}
+	_ = sender.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 2048)
+	if n, _, err := sender.ReadFromUDPAddrPort(buf); err != nil || string(buf[:n]) != string(msg) {
+		t.Fatalf("echo through the gateway: %q, %v", buf[:n], err)
+	}
+	// Removing a receiver stops its copies at once.
+	if err := s.Table().RemoveReceiver(key, addrs[0]); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sender.WriteToUDPAddrPort(rtp(0xcafe, pkts+1), dst); err != nil {
+		t.Fatal(err)
+	}
+	for i, c := range conns[1:] {
+		readExactly(t, c, pkts+1, pkts+2, fmt.Sprint("receiver ", addrs[i+1]))
+	}
+	testkit.Silent(t, conns[0], "removed receiver")
+}
+
+func rtp(ssrc uint32, seq uint16) []byte {
+	b := make([]byte, 200)
+	b[0], b[1] = 0x80, 96
+	binary.BigEndian.PutUint16(b[2:], seq)
+	binary.BigEndian.PutUint32(b[8:], ssrc)
+	for i := 12; i < len(b); i++ {
+		b[i] = byte(i) ^ byte(seq)
+	}
+	return b
+}
+
+// readExactly reads packets from..to-1 at c, each once and intact, then
+// checks nothing more comes.
+func readExactly(t *testing.T, c *net.UDPConn, from, to int, what string) {
+	t.Helper()
+	seen := map[uint16]bool{}
+	buf := make([]byte, 2048)
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	for len(seen) < to-from {
+		n, _, err := c.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			t.Fatalf("%s: %d of %d packets: %v", what, len(seen), to-from, err)
+		}
+		seq := binary.BigEndian.Uint16(buf[2:])
+		if int(seq) < from || int(seq) >= to || seen[seq] || string(buf[:n]) != string(rtp(0xcafe, seq)) {
+			t.Fatalf("%s: unexpected, duplicate or altered packet %d", what, seq)
+		}
+		seen[seq] = true
+	}
+	testkit.Silent(t, c, what)
+}

@@ -217,13 +217,17 @@ func (o Offer) Has(p Protocol) bool {
 
 func (o Offer) String() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "gateway:  %v (from %v)\n", o.Gateway, o.Local)
+	fmt.Fprintf(&b, "gateway:   %v (from %v)\n", o.Gateway, o.Local)
 	line := func(p Protocol, ok bool, detail string) {
 		if ok {
-			fmt.Fprintf(&b, "%-9s offered%s\n", p.String()+":", detail)
+			fmt.Fprintf(&b, "%-10s offered%s\n", p.String()+":", detail)
 			return
 		}
-		fmt.Fprintf(&b, "%-9s no (%v)\n", p.String()+":", o.Errors[p])
+		if err, asked := o.Errors[p]; asked {
+			fmt.Fprintf(&b, "%-10s no (%v)\n", p.String()+":", err)
+		} else {
+			fmt.Fprintf(&b, "%-10s not asked\n", p.String()+":")
+		}
 	}
 	line(PCP, o.PCP, "")
 	line(PMP, o.PMP, fmt.Sprintf(", external address %v", o.PMPExternal))
@@ -344,7 +348,7 @@ func (c *Client) exchange(ctx context.Context, port uint16, strictPort bool, req
 					return ctx.Err()
 				}
 				if !time.Now().Before(end) {
-					return fmt.Errorf("%w from %v within %v", ErrNoAnswer, to, c.cfg.Timeout)
+					return fmt.Errorf("%w (%v) within %v", ErrNoAnswer, to, c.cfg.Timeout)
 				}
 				break // retransmit
 			}

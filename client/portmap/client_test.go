@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"runtime"
 	"testing"
 	"time"
 
@@ -198,5 +199,35 @@ func TestRefusedThenFallback(t *testing.T) {
 	m, err := c.Map(context.Background(), 5005)
 	if err != nil || m.Protocol() != portmap.PMP {
 		t.Fatalf("Map: %v, %v", m, err)
+	}
+}
+
+// TestNoLeak: closing the client stops every mapping's renewal goroutine.
+func TestNoLeak(t *testing.T) {
+	base := runtime.NumGoroutine()
+	g, err := portmaptest.New(portmaptest.Config{MaxLifetime: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := portmap.New(portmap.Config{Gateway: loopback, Local: loopback, PMPPort: g.Addr().Port(),
+		Protocols: []portmap.Protocol{portmap.PCP, portmap.PMP}, Timeout: 500 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for port := uint16(6000); port < 6004; port++ {
+		if _, err := c.Map(context.Background(), port); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(g.Mappings()); n != 0 {
+		t.Fatalf("%d mappings left on the gateway after Close", n)
+	}
+	_ = g.Close()
+	testkit.WaitFor(t, 2*time.Second, "goroutines back to the baseline", func() bool { return runtime.NumGoroutine() <= base })
+	if _, err := c.Map(context.Background(), 6005); !errors.Is(err, portmap.ErrClosed) {
+		t.Fatalf("Map after Close: %v", err)
 	}
 }

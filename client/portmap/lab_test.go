@@ -180,6 +180,20 @@ func TestMiniupnpd(t *testing.T) {
 		t.Fatalf("DefaultGateway in the lab = %v, %v; want %v", gw, err, inside.Gateway())
 	}
 
+	// One probe of all three protocols at once, as natcheck --portmap
+	// runs it (and prints it).
+	all, err := portmap.New(portmap.Config{Gateway: inside.Gateway(), ListenUDP: inside.ListenUDP, Dial: dialIn(inside)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	offer, err := all.Probe(context.Background())
+	if err != nil || !offer.PCP || !offer.PMP || offer.PMPExternal != labPublic || !offer.UPnP ||
+		offer.UPnPService.Type != "urn:schemas-upnp-org:service:WANIPConnection:2" {
+		t.Fatalf("Probe: %v\n%s", err, offer)
+	}
+	t.Logf("what natcheck --portmap prints here:\n%s", offer)
+	_ = all.Close()
+
 	otherSock, err := other.ListenUDP(netip.AddrPortFrom(other.Addr(), 0))
 	if err != nil {
 		t.Fatal(err)
@@ -236,6 +250,7 @@ func TestMiniupnpd(t *testing.T) {
 			if err != nil || !offer.Has(proto) {
 				t.Fatalf("Probe: %v, %+v", err, offer)
 			}
+
 			m, err := c.Map(ctx, port)
 			if err != nil {
 				t.Fatalf("Map: %v", err)

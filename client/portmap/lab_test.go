@@ -261,10 +261,44 @@ func TestMiniupnpd(t *testing.T) {
 				t.Fatalf("mapping %v (%v, lifetime %v); want %v:port", ext, m.Protocol(), m.Lifetime(), labPublic)
 			}
 
-			send(ext, "mapped")
-			msg, from := receive(t, sock, "inside socket through the mapping")
-			if msg != "mapped" || from.Addr() != peer.Addr() {
-				t.Fatalf("inside got %q from %v, want \"mapped\" from %v", msg, from, peer.Addr())
+			// Twice: from a fresh peer socket, and from one the inside
+			// socket sent to first (both sides punching at once). In the
+			// second case the inside host's own flow to the peer already
+			// holds the tuple the mapped flow's answers need, and the
+			// kernel's NAT resolves the clash by rewriting the peer's
+			// source port: the packet arrives from the peer's address
+			// but another port, and answering that address still
+			// reaches the peer from ext.
+			for _, punchedFirst := range []bool{false, true} {
+				peerSock, err := peer.ListenUDP(netip.AddrPortFrom(peer.Addr(), 0))
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer peerSock.Close()
+				peerAddr := netip.MustParseAddrPort(peerSock.LocalAddr().String())
+				if punchedFirst {
+					if _, err := sock.WriteToUDPAddrPort([]byte("punch"), peerAddr); err != nil {
+						t.Fatal(err)
+					}
+					if msg, from := receive(t, peerSock, "peer, the inside host's punch"); msg != "punch" || from.Addr() == labPublic {
+						t.Fatalf("peer got %q from %v: an outgoing flow left through the mapping", msg, from)
+					}
+				}
+				if _, err := peerSock.WriteToUDPAddrPort([]byte("mapped"), ext); err != nil {
+					t.Fatal(err)
+				}
+				msg, from := receive(t, sock, "inside socket through the mapping")
+				if msg != "mapped" || from.Addr() != peer.Addr() || (!punchedFirst && from != peerAddr) {
+					t.Fatalf("inside got %q from %v, want \"mapped\" from %v", msg, from, peerAddr)
+				}
+				// The answer to where the packet came from leaves
+				// through the mapping: the peer sees it come from ext.
+				if _, err := sock.WriteToUDPAddrPort([]byte("reply"), from); err != nil {
+					t.Fatal(err)
+				}
+				if msg, from := receive(t, peerSock, "peer, the inside host's reply"); msg != "reply" || from != ext {
+					t.Fatalf("peer got %q from %v, want \"reply\" from %v", msg, from, ext)
+				}
 			}
 
 			if err := m.Close(); err != nil {

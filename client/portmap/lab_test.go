@@ -1,16 +1,9 @@
 package portmap_test
 
 import (
-	"bytes"
 	"context"
-	"fmt"
 	"net"
 	"net/netip"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -19,114 +12,24 @@ import (
 	"github.com/traverse-rtc/traverse/internal/testkit"
 )
 
-// labPublic is the home NAT's second outside address, the one miniupnpd
-// maps on. miniupnpd refuses to map on the lab's internet addresses
-// (203.0.113.0/24 is a documentation block, RFC 6890 reserved), so the
-// NAT gets an address outside every reserved block. The lab has no link
-// out: nothing sent to it leaves the lab's namespaces.
-var labPublic = netip.MustParseAddr("192.0.3.1")
-
-// miniupnpdRules is what Debian's /etc/miniupnpd/nft_init.sh builds (its
-// default names: table inet filter, chains miniupnpd,
-// prerouting_miniupnpd, postrouting_miniupnpd). The package's scripts
-// cannot run as shipped (they source a miniupnpd_functions.sh that
-// miniupnpd-nftables 2.3.1 does not install), so the test loads the same
-// structure with nft. One change: the forward chain's policy is accept,
-// not drop, because the lab NAT's own table (netlab) already filters
-// inbound: only established flows and flows miniupnpd's rules dnat'ed pass.
-const miniupnpdRules = `table inet filter {
-	chain forward {
-		type filter hook forward priority 0; policy accept;
-		jump miniupnpd
-	}
-	chain miniupnpd {
-	}
-	chain prerouting {
-		type nat hook prerouting priority -100; policy accept;
-		jump prerouting_miniupnpd
-	}
-	chain postrouting {
-		type nat hook postrouting priority 100; policy accept;
-		jump postrouting_miniupnpd
-	}
-	chain prerouting_miniupnpd {
-	}
-	chain postrouting_miniupnpd {
-	}
-}
-`
-
-// startMiniupnpd runs Debian's miniupnpd in nat's namespace, speaking
-// NAT-PMP, PCP and UPnP IGD on the NAT's LAN side (br0), with ext as its
-// external address, in secure mode (a client may map only to itself).
-func startMiniupnpd(t *testing.T, nat *netlab.NAT, ext netip.Addr) *syncBuffer {
+// startMiniupnpd runs Debian's miniupnpd on nat (netlab.StartMiniupnpd)
+// until the test ends; its log is printed when the test fails.
+func startMiniupnpd(t *testing.T, nat *netlab.NAT) {
 	t.Helper()
-	if _, err := exec.LookPath("miniupnpd"); err != nil {
-		t.Fatalf("miniupnpd is not installed (scripts/test.sh installs miniupnpd-nftables): %v", err)
-	}
-	dir := t.TempDir()
-	rules := filepath.Join(dir, "rules.nft")
-	if err := os.WriteFile(rules, []byte(miniupnpdRules), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := nat.Command("nft", "-f", rules).CombinedOutput(); err != nil {
-		t.Fatalf("nft -f: %v: %s", err, out)
-	}
-	conf := filepath.Join(dir, "miniupnpd.conf")
-	lan := nat.LAN()
-	err := os.WriteFile(conf, fmt.Appendf(nil, `ext_ifname=eth0
-ext_ip=%v
-listening_ip=br0
-port=0
-enable_natpmp=yes
-enable_upnp=yes
-secure_mode=yes
-system_uptime=yes
-notify_interval=60
-uuid=3e7a6a3c-2f41-4c1b-9d7e-5a0b6c2f9e11
-allow 1024-65535 %v 1024-65535
-deny 0-65535 0.0.0.0/0 0-65535
-`, ext, lan), 0o600)
+	d, err := nat.StartMiniupnpd(labPublic)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := nat.Command("miniupnpd", "-f", conf, "-d", "-P", filepath.Join(dir, "miniupnpd.pid"))
-	log := &syncBuffer{}
-	cmd.Stdout, cmd.Stderr = log, log
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start miniupnpd: %v", err)
-	}
-	exited := testkit.Exited(cmd)
 	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_, _ = testkit.AwaitExit(cmd, exited, 5*time.Second)
+		_ = d.Close()
 		if t.Failed() {
-			t.Logf("miniupnpd log:\n%s", log.String())
+			t.Logf("miniupnpd log:\n%s", d.Log())
 		}
 	})
-	testkit.WaitFor(t, 5*time.Second, "miniupnpd listening", func() bool {
-		s := log.String()
-		return strings.Contains(s, "Listening for NAT-PMP/PCP traffic") && strings.Contains(s, "HTTP listening")
-	})
-	return log
 }
 
-type syncBuffer struct {
-	mu sync.Mutex // guards b
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+// labPublic is the address miniupnpd maps on (see netlab.MiniupnpdPublic).
+var labPublic = netlab.MiniupnpdPublic
 
 // dialIn dials from h's namespace.
 func dialIn(h *netlab.Host) func(context.Context, string, string) (net.Conn, error) {
@@ -165,10 +68,7 @@ func TestMiniupnpd(t *testing.T) {
 	inside := l.Host("inside", nat)
 	peer := l.Host("peer", l.Internet())
 	other := l.Host("other", l.Internet())
-	if err := nat.AddPublicAddr(labPublic); err != nil {
-		t.Fatal(err)
-	}
-	startMiniupnpd(t, nat, labPublic)
+	startMiniupnpd(t, nat)
 
 	// The gateway as the kernel routes it, read the way Config's default does.
 	var gw netip.Addr

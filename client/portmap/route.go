@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"math"
 	"net/netip"
 	"os"
@@ -80,26 +81,12 @@ func DefaultGateway() (netip.Addr, error) {
 		}
 	}
 	defer f.Close()
-	var buf bytes.Buffer
-	if _, err := buf.ReadFrom(&limited{f, maxRouteTable}); err != nil {
+	b, err := io.ReadAll(io.LimitReader(f, maxRouteTable+1))
+	if err != nil {
 		return netip.Addr{}, fmt.Errorf("%w: %v", ErrNoGateway, err)
 	}
-	return ParseRouteTable(buf.Bytes())
-}
-
-type limited struct {
-	r interface{ Read([]byte) (int, error) }
-	n int
-}
-
-func (l *limited) Read(p []byte) (int, error) {
-	if l.n <= 0 {
-		return 0, fmt.Errorf("%w: more than %d bytes", ErrMalformed, maxRouteTable)
+	if len(b) > maxRouteTable {
+		return netip.Addr{}, fmt.Errorf("%w: route table over %d bytes", ErrMalformed, maxRouteTable)
 	}
-	if len(p) > l.n {
-		p = p[:l.n]
-	}
-	n, err := l.r.Read(p)
-	l.n -= n
-	return n, err
+	return ParseRouteTable(b)
 }

@@ -2,14 +2,14 @@
 # Installs what the tests need and runs them: the one test command (README.md).
 #
 # As root on Debian it installs the third-party peers the tests run against
-# (coturn's tools, sipp, rtpengine, janus, baresip, chromium, nftables). It
+# (coturn's tools, sipp, rtpengine, janus, baresip, chromium, miniupnpd, nftables). It
 # then checks formatting, vets, runs every test (the network-namespace lab
 # tests included, which need root) and runs each fuzz target for a few
 # seconds (FUZZTIME, default 3s; 0 skips fuzzing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(coturn sip-tester rtpengine-daemon rtpengine-utils janus baresip chromium chromium-driver
+packages=(coturn sip-tester rtpengine-daemon rtpengine-utils janus baresip chromium chromium-driver miniupnpd-nftables
 	nftables iproute2 tcpdump procps ca-certificates)
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
 	missing=()

@@ -312,7 +312,7 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "no-store")
 	if err != nil {
 		w.WriteHeader(http.StatusBadRequest)
-		_ = json.NewEncoder(w).Encode(map[string]string{"error": "room must be 1-128 letters, digits, '-' or '_'; identity may add '.', '@', ':'"})
+		_ = json.NewEncoder(w).Encode(map[string]string{"error": "room must be 1-64 letters, digits, '-' or '_'; identity may add '.', '@', ':'"})
 		return
 	}
 	s.m.demoTokens.Inc()

@@ -223,6 +223,10 @@ type ServerMessage struct {
 	Message string `json:"message,omitempty"`
 	// Fatal says the server closes the connection after this error.
 	Fatal bool `json:"fatal,omitempty"`
+
+	// mute (TypeMute, with Track and Message): the operator asks the client
+	// to stop (true) or resume (false) sending the track.
+	Muted *bool `json:"muted,omitempty"`
 }
 
 // errorMessage builds the error message for err.

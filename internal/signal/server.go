@@ -99,6 +99,8 @@ type Config struct {
 	Log *slog.Logger
 	// Now defaults to time.Now (tests move it).
 	Now func() time.Time
+	// API configures the room API and webhooks (roomapi.go, docs/api.md).
+	API APIConfig
 }
 
 func (c *Config) validate() error {
@@ -135,7 +137,7 @@ func (c *Config) validate() error {
 	if c.Now == nil {
 		c.Now = time.Now
 	}
-	return nil
+	return c.API.validate()
 }
 
 // Default connection caps (Config.MaxConns, Config.MaxConnsPerAddr).
@@ -157,6 +159,9 @@ type Server struct {
 	ln     net.Listener // bound by New from Config.Listen; nil without
 	lm     *connlimit.Metrics
 	origin originPolicy
+	reg    *registry   // the room API's view of the sessions
+	am     *apiMetrics // room API and webhooks
+	hooks  *webhooks
 
 	ctx    context.Context // canceled by Close; parent of every session
 	cancel context.CancelFunc
@@ -189,10 +194,14 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	am, err := newAPIMetrics(cfg.Registerer)
+	if err != nil {
+		return nil, err
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{cfg: cfg, log: cfg.Log, m: m, placer: newPlacer(cfg.RegionRules, cfg.Region),
 		mux: http.NewServeMux(), lm: lm, origin: newOriginPolicy(cfg.AllowedOrigins),
-		ctx: ctx, cancel: cancel, rooms: map[string]*roomPlace{}}
+		ctx: ctx, cancel: cancel, rooms: map[string]*roomPlace{}, reg: newRegistry(), am: am}
 	s.http = &http.Server{Handler: s.mux, ReadHeaderTimeout: cfg.ReadHeaderTimeout, IdleTimeout: cfg.IdleTimeout,
 		MaxHeaderBytes: maxHeaderBytes, ErrorLog: slog.NewLogLogger(cfg.Log.Handler(), slog.LevelWarn)}
 	s.mux.HandleFunc("GET /ws", s.serveWS)
@@ -202,6 +211,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Static != nil {
 		s.mux.Handle("GET /", http.FileServerFS(cfg.Static))
 	}
+	if cfg.API.AdminToken != "" {
+		s.mountAPI()
+	}
 	if cfg.Listen.IsValid() {
 		var lc net.ListenConfig
 		if s.ln, err = lc.Listen(context.Background(), "tcp", cfg.Listen.String()); err != nil {
@@ -209,6 +221,7 @@ func New(cfg Config) (*Server, error) {
 			return nil, fmt.Errorf("signal: %w", err)
 		}
 	}
+	s.hooks = newWebhooks(&s.cfg.API, am, cfg.Log, cfg.Now)
 	return s, nil
 }
 
@@ -281,6 +294,7 @@ func (s *Server) Close() error {
 		_ = s.ln.Close() // never given to Serve: Shutdown does not know it
 	}
 	s.wg.Wait()
+	s.hooks.close(webhookGrace) // after the sessions: their leaves are delivered
 	return nil
 }
 

@@ -3,6 +3,7 @@ package signal
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -101,6 +102,10 @@ type Config struct {
 	Now func() time.Time
 	// API configures the room API and webhooks (roomapi.go, docs/api.md).
 	API APIConfig
+	// TLS, when set, serves HTTPS and WSS on every listener (the browser's
+	// getUserMedia needs a secure page off localhost). Default: plain HTTP,
+	// e.g. behind a reverse proxy that ends TLS (docs/signal.md).
+	TLS *tls.Config
 }
 
 func (c *Config) validate() error {
@@ -240,7 +245,12 @@ func (s *Server) Run(ctx context.Context) error {
 	if s.ln == nil {
 		return fmt.Errorf("%w: Run needs Config.Listen", ErrConfig)
 	}
-	s.log.Info("signal listening", "http", "http://"+s.ln.Addr().String(), "demo_tokens", s.cfg.DemoTokens)
+	scheme := "http://"
+	if s.cfg.TLS != nil {
+		scheme = "https://"
+	}
+	s.log.Info("signal listening", "http", scheme+s.ln.Addr().String(), "demo_tokens", s.cfg.DemoTokens,
+		"room_api", s.cfg.API.AdminToken != "", "webhooks", len(s.cfg.API.WebhookURLs))
 	errc := make(chan error, 1)
 	go func() { errc <- s.Serve(s.ln) }()
 	var err error
@@ -272,7 +282,11 @@ const maxHeaderBytes = 16 << 10
 func (s *Server) Serve(ln net.Listener) error {
 	l := connlimit.New(ln, connlimit.Limits{MaxConns: s.cfg.MaxConns, MaxConnsPerAddr: s.cfg.MaxConnsPerAddr,
 		Exempt: s.cfg.TrustedProxies}, s.lm)
-	err := s.http.Serve(l)
+	var hl net.Listener = l
+	if s.cfg.TLS != nil {
+		hl = tls.NewListener(l, tlsForHTTP(s.cfg.TLS))
+	}
+	err := s.http.Serve(hl)
 	if errors.Is(err, http.ErrServerClosed) {
 		return nil
 	}

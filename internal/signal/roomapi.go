@@ -191,9 +191,13 @@ func (s *Server) mountAPI() {
 	s.mux.HandleFunc("DELETE /v1/rooms/{room}/participants/{id}", h(s.apiRemove))
 	s.mux.HandleFunc("POST /v1/rooms/{room}/participants/{id}/mute", h(s.apiMute))
 	s.mux.HandleFunc("POST /v1/tokens", h(s.apiToken))
-	s.mux.HandleFunc("/v1/", h(func(http.ResponseWriter, *http.Request) (any, error) {
-		return nil, apiError{http.StatusNotFound, "no such endpoint"}
-	}))
+	// Per method: a method-less "/v1/" would conflict with the static
+	// page's "GET /".
+	for _, m := range []string{"GET", "POST", "PUT", "PATCH", "DELETE"} {
+		s.mux.HandleFunc(m+" /v1/", h(func(http.ResponseWriter, *http.Request) (any, error) {
+			return nil, apiError{http.StatusNotFound, "no such endpoint"}
+		}))
+	}
 }
 
 // apiError is an error with its HTTP status.

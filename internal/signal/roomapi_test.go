@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/fstest"
 	"time"
 
 	"go.uber.org/goleak"
@@ -273,12 +274,15 @@ func mustJSON(v any) string { b, _ := json.Marshal(v); return string(b) }
 // the admin token or with a wrong one (counted), and 404 when the API is
 // off.
 func TestRoomAPIRefusesWithoutAdminToken(t *testing.T) {
-	_, _, hs, reg := newTestServer(t, func(c *Config) { c.API.AdminToken = testAdmin })
+	_, _, hs, reg := newTestServer(t, func(c *Config) {
+		c.API.AdminToken = testAdmin
+		c.Static = fstest.MapFS{"index.html": {Data: []byte("page")}} // as in serve: GET / beside /v1/
+	})
 	api := apiClient{t, hs.URL}
 	_, _ = joinAs(t, hs.URL, "r1", "alice")
 	endpoints := [][2]string{{"GET", "/v1/nodes"}, {"GET", "/v1/stats"}, {"GET", "/v1/rooms"}, {"GET", "/v1/rooms/r1"},
 		{"DELETE", "/v1/rooms/r1"}, {"DELETE", "/v1/rooms/r1/participants/x"}, {"POST", "/v1/rooms/r1/participants/x/mute"},
-		{"POST", "/v1/tokens"}, {"GET", "/v1/nothing"}}
+		{"POST", "/v1/tokens"}, {"GET", "/v1/nothing"}, {"PUT", "/v1/rooms"}}
 	for _, e := range endpoints {
 		for _, tok := range []string{"", "wrong-token-0123456789", testAdmin + "x", strings.ToUpper(testAdmin)} {
 			code, v := api.do(e[0], e[1], tok, `{"room":"r1","identity":"mallory"}`)

@@ -34,14 +34,14 @@ func TestSignalTURNCredentials(t *testing.T) {
 		if err := c.apply(&cfg, []string{"stun:" + ts.Addr().String(), turnURL}, nil, nil); err != nil {
 			t.Fatal(err)
 		}
-		servers := cfg.ICEServers("alice@example.org")
+		servers := cfg.ICEServers("sip:alice@example.org")
 		if len(servers) != 2 || servers[0].Username != "" || servers[1].URLs[0] != turnURL {
 			t.Fatalf("ICE servers %+v", servers)
 		}
 		return servers[1]
 	}
 	s := mint(secret)
-	m := regexp.MustCompile(`^(\d+):alice@example\.org$`).FindStringSubmatch(s.Username)
+	m := regexp.MustCompile(`^(\d+):sip:alice@example\.org$`).FindStringSubmatch(s.Username)
 	if m == nil || s.Credential == "" {
 		t.Fatalf("credential %q %q", s.Username, s.Credential)
 	}

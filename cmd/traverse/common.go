@@ -43,9 +43,16 @@ func (c *common) flags(fs *flag.FlagSet) {
 	fs.BoolVar(&c.CheckConfig, "check-config", false, "load the configuration (--config file, environment, flags), report an unknown key or bad value, and exit")
 }
 
+// flagSetMade, when set (by the doc test), sees every flag set a command
+// makes, so that a documented command line can be checked against it.
+var flagSetMade func(*flag.FlagSet)
+
 // newFlagSet returns a flag set whose usage names the command and summary.
 func newFlagSet(name, synopsis string) *flag.FlagSet {
 	fs := flag.NewFlagSet("traverse "+name, flag.ContinueOnError)
+	if flagSetMade != nil {
+		flagSetMade(fs)
+	}
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: traverse %s\n\nFlags:\n", synopsis)
 		fs.PrintDefaults()

@@ -57,7 +57,19 @@ const (
 	// track (Layer is set): how a client says at what size it shows that
 	// video.
 	RequestLayer RequestType = "layer"
+	// RequestMute stops (or resumes) forwarding one track the session
+	// publishes (Mute is set): the operator's mute (signal's room API),
+	// which holds whatever the publisher's client does.
+	RequestMute RequestType = "mute"
 )
+
+// MuteRequest mutes or unmutes a track the session publishes.
+type MuteRequest struct {
+	// Track is the track's id (TrackInfo.ID); "*" is every track of the
+	// session.
+	Track string `json:"track"`
+	Muted bool   `json:"muted"`
+}
 
 // LayerRequest caps the simulcast layer of one received track.
 type LayerRequest struct {
@@ -96,6 +108,8 @@ type Request struct {
 	Candidate *Candidate `json:"candidate,omitempty"`
 	// Layer is set for RequestLayer.
 	Layer *LayerRequest `json:"layer,omitempty"`
+	// Mute is set for RequestMute.
+	Mute *MuteRequest `json:"mute,omitempty"`
 }
 
 // Join asks a node to create a session in a room. Rights come from the
@@ -254,6 +268,10 @@ func (r *Request) Validate() error {
 		}
 		if r.Layer.Width < 0 || r.Layer.Width > MaxVideoSize || r.Layer.Height < 0 || r.Layer.Height > MaxVideoSize {
 			return fmt.Errorf("%w: layer width and height must be 0-%d", ErrBadMessage, MaxVideoSize)
+		}
+	case RequestMute:
+		if r.Mute == nil || r.Mute.Track == "" || len(r.Mute.Track) > 256 {
+			return fmt.Errorf("%w: mute needs a track", ErrBadMessage)
 		}
 	case RequestCandidate, RequestLeave:
 	default:

@@ -453,6 +453,8 @@ func (s *Server) handle(ctx context.Context, req bus.Request) (bus.Reply, error)
 		return bus.Reply{}, nil
 	case bus.RequestLayer:
 		return bus.Reply{}, p.setMaxLayer(req.Layer)
+	case bus.RequestMute:
+		return bus.Reply{}, p.setMuted(req.Mute)
 	}
 	return bus.Reply{}, bus.Errorf(bus.StatusBadRequest, "unknown request %q", req.Type)
 }

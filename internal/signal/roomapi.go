@@ -2,6 +2,7 @@ package signal
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/json"
@@ -480,31 +481,56 @@ func (s *Server) apiMute(_ http.ResponseWriter, r *http.Request) (any, error) {
 		return nil, apiError{http.StatusBadRequest, `body needs "track" (a track id, or "*") and "muted"`}
 	}
 	s.reg.mu.Lock()
-	defer s.reg.mu.Unlock()
 	var m *member
 	if rm := s.reg.rooms[room]; rm != nil {
 		m = rm.members[id]
 	}
 	if m == nil {
+		s.reg.mu.Unlock()
 		return nil, apiError{http.StatusNotFound, fmt.Sprintf("participant %.64q not found in room %q", id, room)}
 	}
 	found := b.Track == "*"
 	for i := range m.tracks {
 		if b.Track == "*" || m.tracks[i].ID == b.Track {
-			m.tracks[i].Muted, found = *b.Muted, true
+			found = true
 		}
 	}
+	ss := m.ss
+	s.reg.mu.Unlock()
 	if !found {
 		return nil, apiError{http.StatusNotFound, fmt.Sprintf("track %.64q not published by %s", b.Track, id)}
 	}
+	// The node stops forwarding the track (when the backend can), so the
+	// mute holds whatever the client does; then the client is told.
+	ss.mu.Lock()
+	link := ss.link
+	ss.mu.Unlock()
+	enforced := false
+	if mu, ok := link.(muter); ok {
+		ctx, cancel := context.WithTimeout(r.Context(), s.cfg.RequestTimeout)
+		err := mu.Mute(ctx, b.Track, *b.Muted)
+		cancel()
+		if err != nil {
+			s.m.nodeErrors.Inc()
+			return nil, apiError{http.StatusBadGateway, "node: " + err.Error()}
+		}
+		enforced = true
+	}
+	s.reg.mu.Lock()
+	for i := range m.tracks {
+		if b.Track == "*" || m.tracks[i].ID == b.Track {
+			m.tracks[i].Muted = *b.Muted
+		}
+	}
+	s.reg.mu.Unlock()
 	msg := "muted by the operator"
 	if !*b.Muted {
 		msg = "unmuted by the operator"
 	}
-	m.ss.send(ServerMessage{Type: TypeMute, Track: &Track{ID: b.Track}, Muted: b.Muted, Message: msg}, false)
+	ss.send(ServerMessage{Type: TypeMute, Track: &Track{ID: b.Track}, Muted: b.Muted, Message: msg}, false)
 	s.am.actions.WithLabelValues("mute").Inc()
-	s.log.Info("signal api: track muted", "room", room, "participant", id, "track", b.Track, "muted", *b.Muted)
-	return map[string]any{"muted": *b.Muted, "track": b.Track}, nil
+	s.log.Info("signal api: track muted", "room", room, "participant", id, "track", b.Track, "muted", *b.Muted, "enforced", enforced)
+	return map[string]any{"muted": *b.Muted, "track": b.Track, "enforced": enforced}, nil
 }
 
 type tokenBody struct {

@@ -61,7 +61,24 @@ const (
 	// publishes (Mute is set): the operator's mute (signal's room API),
 	// which holds whatever the publisher's client does.
 	RequestMute RequestType = "mute"
+	// RequestStats asks for the session's path and bit rates; the reply
+	// carries Stats (signal's room API shows them).
+	RequestStats RequestType = "stats"
 )
+
+// SessionStats is how a session reaches the node and what it moves.
+type SessionStats struct {
+	// Path is how the client's media reaches the node: "udp", "tcp"
+	// (ICE-TCP), or "relay" (through a TURN server); "" before ICE
+	// connects.
+	Path string `json:"path"`
+	// Remote is the client's media address as the node sees it.
+	Remote string `json:"remote,omitempty"`
+	// BitrateIn is what the session publishes, BitrateOut what the node
+	// forwards to it, in bit/s, as last measured.
+	BitrateIn  uint64 `json:"bitrate_in"`
+	BitrateOut uint64 `json:"bitrate_out"`
+}
 
 // MuteRequest mutes or unmutes a track the session publishes.
 type MuteRequest struct {
@@ -142,6 +159,8 @@ type Reply struct {
 	Error *Error `json:"error,omitempty"`
 	// Node is the node that answered.
 	Node string `json:"node,omitempty"`
+	// Stats is the reply to RequestStats.
+	Stats *SessionStats `json:"stats,omitempty"`
 	// After, when set by a Handler, runs once the reply is sent, so that
 	// messages it publishes (a renegotiation offer) follow the reply.
 	After func() `json:"-"`
@@ -273,7 +292,7 @@ func (r *Request) Validate() error {
 		if r.Mute == nil || r.Mute.Track == "" || len(r.Mute.Track) > 256 {
 			return fmt.Errorf("%w: mute needs a track", ErrBadMessage)
 		}
-	case RequestCandidate, RequestLeave:
+	case RequestCandidate, RequestLeave, RequestStats:
 	default:
 		return fmt.Errorf("%w: unknown request type %q", ErrBadMessage, r.Type)
 	}

@@ -81,3 +81,35 @@ func TestMuteTrack(t *testing.T) {
 		t.Fatalf("unknown track: %v", err)
 	}
 }
+
+// TestSessionStats: RequestStats tells how a session reaches the node and
+// its bit rates in and out.
+func TestSessionStats(t *testing.T) {
+	h := newHarness(t, Config{})
+	sig := loadgen.NewBusSignaler(h.bc, "node1")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	pub, err := loadgen.Dial(ctx, h.api, sig, loadgen.ClientConfig{Room: "stats", Identity: "pub", Publish: true, VideoBitrate: 300_000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pub.Close() })
+	subSig := loadgen.NewBusSignaler(h.bc, "node1")
+	sub, err := loadgen.Dial(ctx, h.api, subSig, loadgen.ClientConfig{Room: "stats", Identity: "sub", Subscribe: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sub.Close() })
+	waitVideo(t, sub, 20, anyLayer)
+	stats := func(session string) bus.SessionStats {
+		r, err := h.bc.Request(ctx, "node1", bus.Request{Type: bus.RequestStats, Session: session})
+		if err != nil || r.Stats == nil {
+			t.Fatalf("stats: %+v %v", r, err)
+		}
+		return *r.Stats
+	}
+	testkit.WaitFor(t, 10*time.Second, "bit rates measured", func() bool {
+		p, s := stats(sig.Session()), stats(subSig.Session())
+		return p.Path == "udp" && p.Remote != "" && p.BitrateIn > 100_000 && s.Path == "udp" && s.BitrateOut > 100_000 && s.BitrateIn == 0
+	})
+}

@@ -153,6 +153,7 @@ type apiParticipant struct {
 	Publish    bool       `json:"publish"`
 	Subscribe  bool       `json:"subscribe"`
 	Path       string     `json:"path"`
+	Remote     string     `json:"remote,omitempty"`
 	BitrateIn  int64      `json:"bitrateIn"`
 	BitrateOut int64      `json:"bitrateOut"`
 	Tracks     []apiTrack `json:"tracks"`
@@ -358,29 +359,71 @@ func (s *Server) apiRooms(http.ResponseWriter, *http.Request) (any, error) {
 	return map[string]any{"rooms": out}, nil
 }
 
+// Room listing limits: the node is asked for each participant's path and
+// bit rates (statsTimeout each, at once), for the first maxStatsPerRoom.
+const (
+	statsTimeout    = time.Second
+	maxStatsPerRoom = 100
+)
+
 func (s *Server) apiRoom(_ http.ResponseWriter, r *http.Request) (any, error) {
 	room, err := roomParam(r)
 	if err != nil {
 		return nil, err
 	}
 	s.reg.mu.Lock()
-	defer s.reg.mu.Unlock()
 	rm := s.reg.rooms[room]
 	if rm == nil {
+		s.reg.mu.Unlock()
 		return nil, apiError{http.StatusNotFound, fmt.Sprintf("room %q not found", room)}
 	}
 	d := apiRoomDetail{Name: rm.name, Node: rm.nodeLocked(), Started: rm.started.UTC(), Participants: []apiParticipant{}}
+	var sessions []*session
 	for _, m := range rm.members {
 		d.Participants = append(d.Participants, apiParticipant{ID: m.id, Identity: m.identity, Node: m.node.ID,
 			Region: m.node.Region, Client: m.client, Joined: m.joined.UTC(), Publish: m.publish, Subscribe: m.subscribe,
 			Tracks: append([]apiTrack{}, m.tracks...)})
 	}
+	s.reg.mu.Unlock()
 	slices.SortFunc(d.Participants, func(a, b apiParticipant) int {
 		if c := a.Joined.Compare(b.Joined); c != 0 {
 			return c
 		}
 		return strings.Compare(a.ID, b.ID)
 	})
+	s.reg.mu.Lock()
+	for _, p := range d.Participants {
+		var ss *session
+		if m := rm.members[p.ID]; m != nil {
+			ss = m.ss
+		}
+		sessions = append(sessions, ss)
+	}
+	s.reg.mu.Unlock()
+	// The node's view of each session, asked at once, outside the lock.
+	ctx, cancel := context.WithTimeout(r.Context(), statsTimeout)
+	defer cancel()
+	var wg sync.WaitGroup
+	for i, ss := range sessions {
+		if ss == nil || i >= maxStatsPerRoom {
+			continue
+		}
+		ss.mu.Lock()
+		link := ss.link
+		ss.mu.Unlock()
+		st, ok := link.(statser)
+		if !ok {
+			continue
+		}
+		wg.Add(1)
+		go func(p *apiParticipant) {
+			defer wg.Done()
+			if x, err := st.Stats(ctx); err == nil {
+				p.Path, p.Remote, p.BitrateIn, p.BitrateOut = x.Path, x.Remote, int64(x.BitrateIn), int64(x.BitrateOut)
+			}
+		}(&d.Participants[i])
+	}
+	wg.Wait()
 	return d, nil
 }
 

@@ -12,10 +12,12 @@ import (
 	"github.com/traverse-rtc/traverse/internal/testkit"
 )
 
-// TestRoomAPIMuteReachesNode: over the real bus backend, the room API's
-// mute is a RequestMute to the publisher's node (which stops forwarding:
-// internal/sfu TestMuteTrack), and only then a mute message to the client.
-func TestRoomAPIMuteReachesNode(t *testing.T) {
+// TestRoomAPIOverTheBus: over the real bus backend, the room listing
+// carries each participant's path and bit rates as its node tells them
+// (RequestStats), and the room API's mute is a RequestMute to the
+// publisher's node (which stops forwarding: internal/sfu TestMuteTrack),
+// and only then a mute message to the client.
+func TestRoomAPIOverTheBus(t *testing.T) {
 	emb, err := bus.StartEmbedded(bus.EmbeddedConfig{Listen: "127.0.0.1:0"})
 	if err != nil {
 		t.Fatal(err)
@@ -40,6 +42,8 @@ func TestRoomAPIMuteReachesNode(t *testing.T) {
 		switch r.Type {
 		case bus.RequestJoin:
 			return bus.Reply{SDP: strings.Replace(browserOffer, "a=mid:0\r\n", "a=mid:0\r\na=candidate:1 1 udp 2130706431 10.0.0.5 7882 typ host\r\n", 1)}, nil
+		case bus.RequestStats:
+			return bus.Reply{Stats: &bus.SessionStats{Path: "relay", Remote: "198.51.100.9:50000", BitrateIn: 1_500_000, BitrateOut: 900_000}}, nil
 		case bus.RequestMute:
 			mu.Lock()
 			mutes = append(mutes, r)
@@ -70,7 +74,12 @@ func TestRoomAPIMuteReachesNode(t *testing.T) {
 	if m := alice.recv(); m.Type != TypeAnswer {
 		t.Fatalf("answer: %+v", m)
 	}
-	code, v := apiClient{t, hs.URL}.do("POST", "/v1/rooms/r1/participants/"+am.ParticipantID+"/mute", testAdmin, `{"track":"*","muted":true}`)
+	code, v := apiClient{t, hs.URL}.do("GET", "/v1/rooms/r1", testAdmin, "")
+	if p := v["participants"].([]any)[0].(map[string]any); code != 200 || p["path"] != "relay" || p["bitrateIn"] != 1.5e6 ||
+		p["bitrateOut"] != 9e5 || p["remote"] != "198.51.100.9:50000" {
+		t.Fatalf("room: %d %v", code, v)
+	}
+	code, v = apiClient{t, hs.URL}.do("POST", "/v1/rooms/r1/participants/"+am.ParticipantID+"/mute", testAdmin, `{"track":"*","muted":true}`)
 	if code != 200 || v["enforced"] != true {
 		t.Fatalf("mute: %d %v", code, v)
 	}

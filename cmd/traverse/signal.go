@@ -193,6 +193,7 @@ func init() {
 				c.TokenKey = hex.EncodeToString(b)
 				env.log.Info("signal: random token key for this process (set --signal-token-key to mint tokens with traverse token)")
 			}
+			serveAdminToken(c, env.log)
 			c.MaxConns = env.budgeted("signal", c.MaxConns, signal.DefaultMaxConns)
 			role, err := startSignal(c, busCfg, env.turn, env.log.With("role", "signal"), env.admin)
 			if err != nil {

@@ -1,9 +1,12 @@
 package main
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
+	"log/slog"
 	"strings"
 	"time"
 
@@ -171,4 +174,22 @@ func statsFrom(g prometheus.Gatherer) map[string]float64 {
 		out[strings.TrimPrefix(name, "traverse_")] = sum
 	}
 	return out
+}
+
+// serveAdminToken gives serve, the local demo, a room API out of the box:
+// without --signal-admin-token it makes a random token for this process and
+// logs it, so the console (/console.html) can log in.
+func serveAdminToken(c *signalConfig, log *slog.Logger) {
+	if c.AdminToken != "" {
+		return
+	}
+	b := make([]byte, 16)
+	_, _ = rand.Read(b)
+	c.AdminToken = hex.EncodeToString(b)
+	scheme := "http"
+	if c.TLSCert != "" || c.TLSSelfSigned {
+		scheme = "https"
+	}
+	log.Info("signal: room API admin token for this process (set --signal-admin-token to choose it)",
+		"admin_token", c.AdminToken, "console", scheme+"://"+c.HTTP.String()+"/console.html")
 }

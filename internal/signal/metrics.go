@@ -43,10 +43,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		joinTimeouts: prometheus.NewCounter(prometheus.CounterOpts{Name: "traverse_signal_join_timeouts_total",
 			Help: "WebSockets closed because no join came within the join timeout."}),
 		originRefused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "traverse_signal_origin_refused_total",
-			Help: "Requests refused with 403 because their Origin (or, for /token, Host) is not allowed, by endpoint (ws, token)."},
+			Help: "Requests refused with 403 because their Origin (or, for /token, Host) is not allowed, by endpoint (ws, token, api)."},
 			[]string{"endpoint"}),
 	}
-	for _, e := range []string{"ws", "token"} {
+	for _, e := range []string{"ws", "token", "api"} {
 		m.originRefused.WithLabelValues(e) // exported as 0 before the first
 	}
 	for _, c := range []prometheus.Collector{m.connections, m.active, m.messages, m.badMessages, m.tokenRejected,

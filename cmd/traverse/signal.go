@@ -81,6 +81,9 @@ func startSignal(c *signalConfig, busCfg bus.Config, turn *turnShare, log *slog.
 	if len(key) < 16 {
 		return nil, fmt.Errorf("%s must be at least 16 bytes", c.flag("token-key"))
 	}
+	if err := c.checkLimits(); err != nil {
+		return nil, err
+	}
 	product := signal.Config{Listen: c.HTTP}
 	if err := c.signalProductConfig.apply(&product, c.ICEURLs, turn, adm.Registry); err != nil {
 		return nil, err

@@ -193,3 +193,25 @@ func serveAdminToken(c *signalConfig, log *slog.Logger) {
 	log.Info("signal: room API admin token for this process (set --signal-admin-token to choose it)",
 		"admin_token", c.AdminToken, "console", scheme+"://"+c.HTTP.String()+"/console.html")
 }
+
+// checkLimits refuses negative limits and timeouts, which have no meaning
+// for signal (0 takes the default), naming the flag.
+func (c *signalConfig) checkLimits() error {
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{{"read-header-timeout", c.ReadHeaderTimeout}, {"idle-timeout", c.IdleTimeout}, {"join-timeout", c.JoinTimeout}} {
+		if d.v < 0 {
+			return fmt.Errorf("%s %v: must not be negative (0 takes the default)", c.flag(d.name), d.v)
+		}
+	}
+	for _, n := range []struct {
+		name string
+		v    int
+	}{{"max-conns", c.MaxConns}, {"max-conns-per-addr", c.MaxConnsPerAddr}, {"node-capacity", c.NodeCapacity}} {
+		if n.v < 0 {
+			return fmt.Errorf("%s %d: must not be negative (0 takes the default)", c.flag(n.name), n.v)
+		}
+	}
+	return nil
+}

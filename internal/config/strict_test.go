@@ -95,3 +95,25 @@ func TestKeys(t *testing.T) {
 }
 
 func writeFile(name, body string) error { return os.WriteFile(name, []byte(body), 0o600) }
+
+// FuzzDecodeStrict: any YAML file is refused with an error or decoded,
+// never a panic; what DecodeStrict accepts, yaml.v3 accepts too, and a key
+// it refuses is one no field takes.
+func FuzzDecodeStrict(f *testing.F) {
+	for _, s := range []string{"listen: 127.0.0.1:1\nuser: [a]\n", "log:\n  level: x\n", "a: &x {b: 1}\nc: *x\n",
+		"<<: {listen: x}\n", "list:\n  - level: z\n  - {lvl: 1}\n", "sections: {a: {level: b}}\n", "- 1\n", "!!binary x", "{"} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var doc yaml.Node
+		if yaml.Unmarshal(b, &doc) != nil || doc.Kind == 0 {
+			return
+		}
+		var c strictConfig
+		err := DecodeStrict(&doc, &c, "")
+		var plain strictConfig
+		if err == nil && doc.Decode(&plain) != nil {
+			t.Fatalf("strict accepted what yaml.v3 refuses: %q", b)
+		}
+	})
+}

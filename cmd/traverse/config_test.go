@@ -80,6 +80,8 @@ func TestConfigRefusesMistakes(t *testing.T) {
 		{"signal negative max conns", "signal", []string{"--admin", "", "--nats", "nats://127.0.0.1:1", "--token-key", key, "--max-conns", "-1"}, "--max-conns -1: must not be negative"},
 		{"signal short token key", "signal", []string{"--admin", "", "--nats", "nats://127.0.0.1:1", "--token-key", "short"}, "--token-key must be at least 16 bytes"},
 		{"signal turn url without secret", "signal", []string{"--admin", "", "--nats", "nats://127.0.0.1:1", "--token-key", key, "--ice-url", "turn:t.example:3478"}, "needs --turn-secret"},
+		{"sipgw bad inside ports", "sipgw", []string{"--admin", "", "--sip", "127.0.0.1:0", "--rtp", "127.0.0.1:0", "--rtcp", "127.0.0.1:0",
+			"--upstream", "127.0.0.1:5080", "--inside-ip", "127.0.0.1", "--inside-ports", "9-1"}, "--inside-ports: "},
 		{"token room too long", "token", []string{"--token-key", key, "--room", strings.Repeat("r", 65), "--identity", "a"}, "--room"},
 		{"token room bad char", "token", []string{"--token-key", key, "--room", "a.b", "--identity", "a"}, "--room"},
 		{"token no identity", "token", []string{"--token-key", key, "--room", "r"}, "--identity is required"},

@@ -22,7 +22,14 @@ type common struct {
 	// Pprof mounts net/http/pprof on the admin listener (off by default:
 	// profiles reveal internals and cost CPU while taken).
 	Pprof bool `yaml:"pprof"`
+	// CheckConfig stops after loading the configuration (file, environment,
+	// flags), reporting what is wrong or that it loaded.
+	CheckConfig bool `yaml:"-"`
 }
+
+// errConfigChecked ends a command run with --check-config whose
+// configuration loaded: main exits 0.
+var errConfigChecked = errors.New("configuration loaded")
 
 func (c *common) flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Config, "config", "", "YAML configuration `file`; its keys are the flag names (env TRAVERSE_CONFIG)")
@@ -33,11 +40,19 @@ func (c *common) flags(fs *flag.FlagSet) {
 	fs.IntVar(&c.Log.Burst, "log-burst", c.Log.Burst, "log records of one level and message written per --log-interval; the rest are counted and summarised (0: 10, negative: no limit)")
 	fs.DurationVar(&c.Log.Interval, "log-interval", c.Log.Interval, "window of --log-burst (0: 1s)")
 	fs.BoolVar(&c.Pprof, "pprof", c.Pprof, "serve net/http/pprof under /debug/pprof/ on the admin listener")
+	fs.BoolVar(&c.CheckConfig, "check-config", false, "load the configuration (--config file, environment, flags), report an unknown key or bad value, and exit")
 }
+
+// flagSetMade, when set (by the doc test), sees every flag set a command
+// makes, so that a documented command line can be checked against it.
+var flagSetMade func(*flag.FlagSet)
 
 // newFlagSet returns a flag set whose usage names the command and summary.
 func newFlagSet(name, synopsis string) *flag.FlagSet {
 	fs := flag.NewFlagSet("traverse "+name, flag.ContinueOnError)
+	if flagSetMade != nil {
+		flagSetMade(fs)
+	}
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: traverse %s\n\nFlags:\n", synopsis)
 		fs.PrintDefaults()
@@ -50,6 +65,9 @@ func load(fs *flag.FlagSet, args []string, cfg any, c *common) ([]string, *slog.
 	rest, err := config.Load(fs, args, cfg)
 	if err != nil {
 		return nil, nil, err
+	}
+	if c.CheckConfig {
+		return nil, nil, errConfigChecked
 	}
 	log, err := logging.New(os.Stderr, c.Log)
 	if err != nil {

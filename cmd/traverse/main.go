@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"sort"
+	"strings"
 	"syscall"
 
 	"github.com/traverse-rtc/traverse/internal/config"
@@ -75,10 +76,28 @@ func main() {
 	if config.IsHelp(err) {
 		return
 	}
-	fmt.Fprintf(os.Stderr, "traverse %s: %v\n", cmd.name, err)
+	if errors.Is(err, errConfigChecked) {
+		fmt.Fprintf(os.Stderr, "traverse %s: %v\n", cmd.name, err)
+		return
+	}
+	fmt.Fprintf(os.Stderr, "traverse %s\n", errorLine(cmd.name, err))
 	var ee *exitError
 	if errors.As(err, &ee) {
 		os.Exit(ee.code)
 	}
 	os.Exit(1)
+}
+
+// errorLine is the message for a command's error: prefixed by the command
+// name once, with a prefix repeated by the layers that wrapped the error
+// ("turn: turn: listen: ...") said once.
+func errorLine(name string, err error) string {
+	parts := strings.Split(name+": "+err.Error(), ": ")
+	out := parts[:1]
+	for _, p := range parts[1:] {
+		if p != out[len(out)-1] {
+			out = append(out, p)
+		}
+	}
+	return strings.Join(out, ": ")
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/traverse-rtc/traverse/internal/admin"
 	"github.com/traverse-rtc/traverse/internal/bus"
+	"github.com/traverse-rtc/traverse/internal/config"
 	"github.com/traverse-rtc/traverse/internal/connlimit"
 )
 
@@ -99,25 +101,28 @@ type serveConfig struct {
 }
 
 func (c *serveConfig) UnmarshalYAML(n *yaml.Node) error {
-	if err := n.Decode(&c.common); err != nil {
-		return err
+	if n.Kind != yaml.MappingNode {
+		return n.Decode(&c.common) // yaml.v3's own type error
 	}
-	var sections map[string]yaml.Node
-	if err := n.Decode(&sections); err != nil {
-		return err
-	}
-	for name, node := range sections {
-		switch name {
-		case "admin", "log":
+	// The common keys (admin, log, pprof) at the top, each role's keys in
+	// its section: every other key is a mistake to report, not to ignore.
+	top := &yaml.Node{Kind: yaml.MappingNode, Tag: "!!map"}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		dst, ok := c.roles[k.Value]
+		if !ok {
+			top.Content = append(top.Content, k, v)
 			continue
 		}
-		dst, ok := c.roles[name]
-		if !ok {
-			return fmt.Errorf("unknown section %q (roles: %v)", name, roleNames())
+		if err := config.DecodeStrict(v, dst, k.Value); err != nil {
+			return err
 		}
-		if err := node.Decode(dst); err != nil {
-			return fmt.Errorf("section %s: %w", name, err)
+	}
+	if err := config.DecodeStrict(top, &c.common, ""); err != nil {
+		if errors.Is(err, config.ErrUnknownKey) {
+			return fmt.Errorf("%w (the top level takes admin, log and pprof; each role's keys go in its section: %v)", err, roleNames())
 		}
+		return err
 	}
 	return nil
 }

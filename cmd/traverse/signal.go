@@ -32,6 +32,8 @@ type signalConfig struct {
 
 	// natsClientConfig is the bus of a separate signal process (not in serve).
 	natsClientConfig `yaml:",inline"`
+	// TLS, TURN credentials, room API, webhooks (signal_product.go).
+	signalProductConfig `yaml:",inline"`
 
 	// HTTP server limits (signal.Config; 0 takes its default).
 	AllowedOrigins    []string      `yaml:"allowed-origins"`
@@ -53,7 +55,7 @@ func bindSignalFlags(fs *flag.FlagSet, prefix string, c *signalConfig, inServe b
 	fs.Var(config.Strings{P: &c.RegionMap}, prefix+"region-map", "`PREFIX=REGION`: clients in PREFIX prefer nodes of REGION (repeatable)")
 	fs.Var(config.Strings{P: &c.TrustedProxies}, prefix+"trusted-proxy", "`PREFIX` of proxies whose X-Forwarded-For names the client (repeatable)")
 	fs.IntVar(&c.NodeCapacity, prefix+"node-capacity", c.NodeCapacity, "peers at which an SFU node counts as full (0: 1000)")
-	fs.Var(config.Strings{P: &c.ICEURLs}, prefix+"ice-url", "STUN `URL` handed to browsers as an ICE server, e.g. stun:stun.example.org:3478 (repeatable)")
+	fs.Var(config.Strings{P: &c.ICEURLs}, prefix+"ice-url", "STUN or TURN `URL` handed to browsers as an ICE server, e.g. stun:stun.example.org:3478, turn:turn.example.org:3478?transport=udp (repeatable; turn: and turns: need --"+prefix+"turn-secret)")
 	fs.BoolVar(&c.NoWeb, prefix+"no-web", c.NoWeb, "do not serve the demo page")
 	fs.Var(config.Strings{P: &c.AllowedOrigins}, prefix+"allowed-origins", "`ORIGIN` (scheme://host[:port]) whose pages may use /ws and /token, * for any (repeatable; default: this server's own loopback or IP address and port)")
 	fs.DurationVar(&c.ReadHeaderTimeout, prefix+"read-header-timeout", c.ReadHeaderTimeout, "close an HTTP connection whose request headers take longer than this `duration` (0: 10s)")
@@ -61,6 +63,7 @@ func bindSignalFlags(fs *flag.FlagSet, prefix string, c *signalConfig, inServe b
 	fs.DurationVar(&c.JoinTimeout, prefix+"join-timeout", c.JoinTimeout, "close a WebSocket that has not sent a join within this `duration` (0: 10s)")
 	fs.IntVar(&c.MaxConns, prefix+"max-conns", c.MaxConns, "most HTTP and WebSocket `connections` open at once (0: 10000; in serve, at most the role's descriptor budget)")
 	fs.IntVar(&c.MaxConnsPerAddr, prefix+"max-conns-per-addr", c.MaxConnsPerAddr, "most `connections` open at once from one client address, IPv6 /64 (0: 100; --trusted-proxy peers are exempt)")
+	bindSignalProductFlags(fs, prefix, &c.signalProductConfig)
 }
 
 // signalRole is a running signal role.
@@ -76,7 +79,14 @@ type signalRole struct {
 func startSignal(c *signalConfig, busCfg bus.Config, turn *turnShare, log *slog.Logger, adm *admin.Server) (*signalRole, error) {
 	key := []byte(c.TokenKey)
 	if len(key) < 16 {
-		return nil, errors.New("signal: --token-key must be at least 16 bytes")
+		return nil, fmt.Errorf("%s must be at least 16 bytes", c.flag("token-key"))
+	}
+	if err := c.checkLimits(); err != nil {
+		return nil, err
+	}
+	product := signal.Config{Listen: c.HTTP}
+	if err := c.signalProductConfig.apply(&product, c.ICEURLs, turn, adm.Registry); err != nil {
+		return nil, err
 	}
 	var rules []signal.RegionRule
 	for _, s := range c.RegionMap {
@@ -92,7 +102,7 @@ func startSignal(c *signalConfig, busCfg bus.Config, turn *turnShare, log *slog.
 		if err != nil {
 			a, aerr := netip.ParseAddr(s)
 			if aerr != nil {
-				return nil, fmt.Errorf("signal: trusted proxy %q: %w", s, err)
+				return nil, fmt.Errorf("%s %q: %w", c.flag("trusted-proxy"), s, err)
 			}
 			p = netip.PrefixFrom(a, a.BitLen())
 		}
@@ -114,20 +124,7 @@ func startSignal(c *signalConfig, busCfg bus.Config, turn *turnShare, log *slog.
 	if !c.NoWeb {
 		cfg.Static = web.FS
 	}
-	static := c.ICEURLs
-	if len(static) > 0 || turn != nil {
-		cfg.ICEServers = func(identity string) []signal.ICEServer {
-			var out []signal.ICEServer
-			if len(static) > 0 {
-				out = append(out, signal.ICEServer{URLs: static})
-			}
-			if turn != nil && len(turn.URLs) > 0 {
-				user, pass := turn.Credentials(identity, 12*time.Hour)
-				out = append(out, signal.ICEServer{URLs: turn.URLs, Username: user, Credential: pass})
-			}
-			return out
-		}
-	}
+	cfg.ICEServers, cfg.TLS, cfg.API = product.ICEServers, product.TLS, product.API
 	srv, err := signal.New(cfg)
 	if err != nil {
 		_ = be.Close()
@@ -205,6 +202,7 @@ func init() {
 				c.TokenKey = hex.EncodeToString(b)
 				env.log.Info("signal: random token key for this process (set --signal-token-key to mint tokens with traverse token)")
 			}
+			serveAdminToken(c, env.log)
 			c.MaxConns = env.budgeted("signal", c.MaxConns, signal.DefaultMaxConns)
 			role, err := startSignal(c, busCfg, env.turn, env.log.With("role", "signal"), env.admin)
 			if err != nil {

@@ -112,7 +112,7 @@ func (c *sipgwConfig) parse() (mediaproxy.Config, sipgw.Config, error) {
 		return m, g, fmt.Errorf("--inside-ip: %w", err)
 	}
 	if m.InsidePorts, err = mediaproxy.ParsePortRange(c.InsidePorts); err != nil {
-		return m, g, err
+		return m, g, fmt.Errorf("--inside-ports: %w", err)
 	}
 	if g.Upstream, err = resolveUDP(c.Upstream); err != nil {
 		return m, g, fmt.Errorf("--upstream: %w", err)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -38,8 +39,8 @@ func mintToken(w io.Writer, args []string) error {
 	if err != nil {
 		return err
 	}
-	if len(cfg.TokenKey) < 16 {
-		return fmt.Errorf("--token-key must be at least 16 bytes")
+	if err := cfg.check(); err != nil {
+		return err
 	}
 	now := time.Now()
 	tok, err := signal.MintToken([]byte(cfg.TokenKey), signal.Claims{Room: cfg.Room, Identity: cfg.Identity,
@@ -49,6 +50,27 @@ func mintToken(w io.Writer, args []string) error {
 	}
 	_, err = fmt.Fprintln(w, tok)
 	return err
+}
+
+// check refuses what would mint a token no server takes, naming the flag.
+func (c *tokenConfig) check() error {
+	switch {
+	case c.TokenKey == "":
+		return errors.New("--token-key is required")
+	case len(c.TokenKey) < 16:
+		return errors.New("--token-key must be at least 16 bytes")
+	case c.Room == "":
+		return errors.New("--room is required")
+	case !signal.ValidRoom(c.Room):
+		return fmt.Errorf("--room %.80q: want 1-%d letters, digits, '-' or '_' (the bus refuses others)", c.Room, signal.MaxRoomLen)
+	case c.Identity == "":
+		return errors.New("--identity is required")
+	case !signal.ValidIdentity(c.Identity):
+		return fmt.Errorf("--identity %.80q: want 1-%d letters, digits, '-', '_', '.', '@' or ':'", c.Identity, signal.MaxIdentityLen)
+	case c.TTL <= 0:
+		return fmt.Errorf("--ttl %v: must be positive", c.TTL)
+	}
+	return nil
 }
 
 func init() {

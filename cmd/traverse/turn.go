@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -56,12 +55,19 @@ type turnConfig struct {
 	Offload            string        `yaml:"offload"`
 	// own are the other listeners of a serve process (not a flag).
 	own []netip.AddrPort
+	// prefix is the flags' prefix ("turn-" in serve), for errors that name
+	// the flag.
+	prefix string
 }
+
+// flag names the flag of key as the operator types it.
+func (c *turnConfig) flag(key string) string { return "--" + c.prefix + key }
 
 // bindTurnFlags registers the turn role's flags under prefix ("" for
 // "traverse turn", "turn-" inside serve). serve is true inside serve, whose
 // defaults are a local demo.
 func bindTurnFlags(fs *flag.FlagSet, prefix string, c *turnConfig, serve bool) {
+	c.prefix = prefix
 	fs.StringVar(&c.Listen, prefix+"listen", c.Listen, "UDP and TCP `host:port` clients reach")
 	fs.BoolVar(&c.NoTCP, prefix+"no-tcp", c.NoTCP, "do not listen on TCP")
 	fs.StringVar(&c.TLSListen, prefix+"tls-listen", c.TLSListen, "TLS-over-TCP `host:port`, also DTLS over UDP on the same port (empty: neither)")
@@ -108,21 +114,21 @@ func (c *turnConfig) serverConfig(log *slog.Logger, reg *admin.Server) (turn.Con
 	}
 	var err error
 	if cfg.Listen, err = netip.ParseAddrPort(c.Listen); err != nil {
-		return cfg, fmt.Errorf("listen: %w", err)
+		return cfg, fmt.Errorf("%s: %w", c.flag("listen"), err)
 	}
 	if c.TLSListen != "" {
 		if cfg.TLSListen, err = netip.ParseAddrPort(c.TLSListen); err != nil {
-			return cfg, fmt.Errorf("tls-listen: %w", err)
+			return cfg, fmt.Errorf("%s: %w", c.flag("tls-listen"), err)
 		}
 		if c.TLSCert != "" || c.TLSKey != "" {
 			if cfg.TLS, err = tlsutil.ServerConfig(c.TLSCert, c.TLSKey, "traverse turn"); err != nil {
-				return cfg, fmt.Errorf("tls: %w", err)
+				return cfg, fmt.Errorf("%s, %s: %w", c.flag("tls-cert"), c.flag("tls-key"), err)
 			}
 		}
 	}
 	if c.RelayIP != "" {
 		if cfg.RelayIP, err = netip.ParseAddr(c.RelayIP); err != nil {
-			return cfg, fmt.Errorf("relay-ip: %w", err)
+			return cfg, fmt.Errorf("%s: %w", c.flag("relay-ip"), err)
 		}
 	}
 	if c.RelayPorts != "" {
@@ -130,21 +136,21 @@ func (c *turnConfig) serverConfig(log *slog.Logger, reg *admin.Server) (turn.Con
 		l, err1 := strconv.ParseUint(lo, 10, 16)
 		h, err2 := strconv.ParseUint(hi, 10, 16)
 		if !ok || err1 != nil || err2 != nil {
-			return cfg, fmt.Errorf("relay-ports: want LOW-HIGH, got %q", c.RelayPorts)
+			return cfg, fmt.Errorf("%s: want LOW-HIGH, got %q", c.flag("relay-ports"), c.RelayPorts)
 		}
 		cfg.RelayPortLow, cfg.RelayPortHigh = uint16(l), uint16(h)
 	}
 	for _, p := range c.AllowPeers {
 		pf, err := netip.ParsePrefix(p)
 		if err != nil {
-			return cfg, fmt.Errorf("allow-peer: %w", err)
+			return cfg, fmt.Errorf("%s: %w", c.flag("allow-peer"), err)
 		}
 		cfg.AllowPeers = append(cfg.AllowPeers, pf)
 	}
 	for _, p := range c.DenyPeers {
 		pf, err := netip.ParsePrefix(p)
 		if err != nil {
-			return cfg, fmt.Errorf("deny-peer: %w", err)
+			return cfg, fmt.Errorf("%s: %w", c.flag("deny-peer"), err)
 		}
 		cfg.DenyPeers = append(cfg.DenyPeers, pf)
 	}
@@ -152,11 +158,23 @@ func (c *turnConfig) serverConfig(log *slog.Logger, reg *admin.Server) (turn.Con
 	for _, u := range c.Users {
 		name, pass, err := turn.ParseUser(u)
 		if err != nil {
-			return cfg, fmt.Errorf("user: %w", err)
+			return cfg, fmt.Errorf("%s: %w", c.flag("user"), err)
+		}
+		if pass == "" {
+			return cfg, fmt.Errorf("%s %s: empty password (anyone could use the relay as %s)", c.flag("user"), name, name)
 		}
 		cfg.Users[name] = pass
 	}
 	cfg.UsersFile = c.UsersFile
+	if c.AuthSecret != "" && len(c.AuthSecret) < 16 {
+		return cfg, fmt.Errorf("%s: at least 16 bytes (a short secret can be guessed from one credential)", c.flag("auth-secret"))
+	}
+	if c.Realm == "" {
+		return cfg, fmt.Errorf("%s is required", c.flag("realm"))
+	}
+	if len(c.Users) == 0 && c.UsersFile == "" && c.AuthSecret == "" {
+		return cfg, fmt.Errorf("no credentials: give %s NAME:PASSWORD, %s or %s", c.flag("user"), c.flag("users-file"), c.flag("auth-secret"))
+	}
 	return cfg, nil
 }
 
@@ -280,9 +298,6 @@ func runTurn(ctx context.Context, args []string) error {
 	log, err := loadFlags(fs, args, &cfg, &cfg.common)
 	if err != nil {
 		return err
-	}
-	if cfg.Realm == "" {
-		return errors.New("--realm is required")
 	}
 	return runAlone(ctx, log, &cfg.common, func(adm *admin.Server) (runner, error) {
 		_, run, err := startTurn(&cfg.turnConfig, log, adm)

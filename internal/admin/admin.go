@@ -59,7 +59,7 @@ const (
 // registered.
 func New(log *slog.Logger) *Server {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), newBuildInfo())
 	s := &Server{Registry: reg, log: log, mux: http.NewServeMux(), checks: map[string]Checker{},
 		Limits: connlimit.Limits{MaxConns: DefaultMaxConns, MaxConnsPerAddr: DefaultMaxConnsPerAddr}}
 	s.mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))

@@ -76,6 +76,13 @@ const (
 	// subject send it: signal-role credentials (signal servers, the
 	// operator's "traverse sfu drain", a controller), never another node.
 	RequestDrain RequestType = "drain"
+	// RequestMute stops (or resumes) forwarding one track the session
+	// publishes (Mute is set): the operator's mute (signal's room API),
+	// which holds whatever the publisher's client does.
+	RequestMute RequestType = "mute"
+	// RequestStats asks for the session's path and bit rates; the reply
+	// carries Stats (signal's room API shows them).
+	RequestStats RequestType = "stats"
 )
 
 // DrainRequest says how a node drains.
@@ -88,6 +95,28 @@ type DrainRequest struct {
 
 // MaxDrainPeriod bounds DrainRequest.PeriodMillis.
 const MaxDrainPeriod = time.Hour
+
+// SessionStats is how a session reaches the node and what it moves.
+type SessionStats struct {
+	// Path is how the client's media reaches the node: "udp", "tcp"
+	// (ICE-TCP), or "relay" (through a TURN server); "" before ICE
+	// connects.
+	Path string `json:"path"`
+	// Remote is the client's media address as the node sees it.
+	Remote string `json:"remote,omitempty"`
+	// BitrateIn is what the session publishes, BitrateOut what the node
+	// forwards to it, in bit/s, as last measured.
+	BitrateIn  uint64 `json:"bitrate_in"`
+	BitrateOut uint64 `json:"bitrate_out"`
+}
+
+// MuteRequest mutes or unmutes a track the session publishes.
+type MuteRequest struct {
+	// Track is the track's id (TrackInfo.ID); "*" is every track of the
+	// session.
+	Track string `json:"track"`
+	Muted bool   `json:"muted"`
+}
 
 // LayerRequest caps the simulcast layer of one received track.
 type LayerRequest struct {
@@ -128,6 +157,8 @@ type Request struct {
 	Layer *LayerRequest `json:"layer,omitempty"`
 	// Drain is set for RequestDrain.
 	Drain *DrainRequest `json:"drain,omitempty"`
+	// Mute is set for RequestMute.
+	Mute *MuteRequest `json:"mute,omitempty"`
 }
 
 // Join asks a node to create a session in a room. Rights come from the
@@ -160,6 +191,8 @@ type Reply struct {
 	Error *Error `json:"error,omitempty"`
 	// Node is the node that answered.
 	Node string `json:"node,omitempty"`
+	// Stats is the reply to RequestStats.
+	Stats *SessionStats `json:"stats,omitempty"`
 	// After, when set by a Handler, runs once the reply is sent, so that
 	// messages it publishes (a renegotiation offer) follow the reply.
 	After func() `json:"-"`
@@ -308,7 +341,11 @@ func (r *Request) Validate() error {
 		if r.Layer.Width < 0 || r.Layer.Width > MaxVideoSize || r.Layer.Height < 0 || r.Layer.Height > MaxVideoSize {
 			return fmt.Errorf("%w: layer width and height must be 0-%d", ErrBadMessage, MaxVideoSize)
 		}
-	case RequestCandidate, RequestLeave:
+	case RequestMute:
+		if r.Mute == nil || r.Mute.Track == "" || len(r.Mute.Track) > 256 {
+			return fmt.Errorf("%w: mute needs a track", ErrBadMessage)
+		}
+	case RequestCandidate, RequestLeave, RequestStats:
 	default:
 		return fmt.Errorf("%w: unknown request type %q", ErrBadMessage, r.Type)
 	}

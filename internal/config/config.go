@@ -38,7 +38,8 @@ type list interface {
 // Load parses args with fs, whose flags must be bound to the fields of cfg,
 // and fills cfg from the file named by the flag "config" (if fs defines it),
 // then the environment, then the flags given in args. cfg must be a pointer
-// to a struct with yaml tags. Flag values other than lists must survive a
+// to a struct with yaml tags; a key of the file that no field takes is an
+// error naming it (see DecodeStrict). Flag values other than lists must survive a
 // round trip through String and Set. Load returns the positional arguments.
 func Load(fs *flag.FlagSet, args []string, cfg any) ([]string, error) {
 	if err := fs.Parse(args); err != nil {
@@ -71,8 +72,14 @@ func Load(fs *flag.FlagSet, args []string, cfg any) ([]string, error) {
 		if err != nil {
 			return nil, fmt.Errorf("config: %w", err)
 		}
-		if err := yaml.Unmarshal(b, cfg); err != nil {
+		var doc yaml.Node
+		if err := yaml.Unmarshal(b, &doc); err != nil {
 			return nil, fmt.Errorf("config: %s: %w", configFile, err)
+		}
+		if doc.Kind != 0 {
+			if err := DecodeStrict(&doc, cfg, ""); err != nil {
+				return nil, fmt.Errorf("config: %s: %w", configFile, err)
+			}
 		}
 	}
 

@@ -476,6 +476,11 @@ func (s *Server) handle(ctx context.Context, req bus.Request) (bus.Reply, error)
 		return bus.Reply{}, nil
 	case bus.RequestLayer:
 		return bus.Reply{}, p.setMaxLayer(req.Layer)
+	case bus.RequestMute:
+		return bus.Reply{}, p.setMuted(req.Mute)
+	case bus.RequestStats:
+		st := p.stats()
+		return bus.Reply{Stats: &st}, nil
 	}
 	return bus.Reply{}, bus.Errorf(bus.StatusBadRequest, "unknown request %q", req.Type)
 }

@@ -35,6 +35,9 @@ type pubTrack struct {
 	layers [maxLayers]*layer
 	downs  atomic.Pointer[[]*downTrack]
 	closed atomic.Bool
+	// muted: the operator muted the track (RequestMute); its packets are
+	// received (feedback, liveness) but not forwarded (mute.go).
+	muted atomic.Bool
 }
 
 // layer is one incoming RTP stream of a track.
@@ -206,6 +209,10 @@ func (t *pubTrack) forward(l *layer, raw []byte, now int64, rec receiveRecorder)
 		rec.Receive(&pkt.Header, now)
 	}
 	if t.closed.Load() {
+		return
+	}
+	if t.muted.Load() {
+		l.seen.Store(now)
 		return
 	}
 	s.received.Add(1)
@@ -386,6 +393,10 @@ type downTrack struct {
 	// after the subscriber's SRTP keys are known and kept from then on:
 	// every packet of the SSRC goes through it.
 	own *ownOut
+	// resync: the track was unmuted; the next packet forwarded (for video,
+	// a keyframe) continues the outgoing sequence numbers and timestamps
+	// from the last sent, as a layer switch does (mute.go).
+	resync bool
 }
 
 // Loss-based layer capping, for subscribers that send no REMB (browsers
@@ -579,18 +590,17 @@ func (d *downTrack) writeLocked(idx int, pkt *rtp.Packet, key bool, now int64) {
 	if d.ws == nil {
 		return
 	}
+	if d.resync && !d.resyncLocked(idx, pkt, key, now) {
+		return
+	}
 	if idx != d.cur {
 		if idx != d.target || !key {
 			return
 		}
 		if d.started {
-			d.seqOff = d.lastSeq + 1 - pkt.SequenceNumber
-			delta := uint32(uint64(now-d.lastAt) * uint64(d.clock) / uint64(time.Second))
-			if delta == 0 {
-				delta = 1
-			}
-			d.tsOff = d.lastTS + delta - pkt.Timestamp
+			d.rebaseLocked(pkt, now)
 		}
+		d.resync = false
 		if d.cur >= 0 {
 			d.t.r.s.m.layerSwitches.Inc()
 		}

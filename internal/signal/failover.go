@@ -80,10 +80,13 @@ func (ss *session) rejoin(node, reason string) bool {
 		ss.mu.Unlock()
 		return false
 	}
-	link, room := ss.link, ss.claims.Room
+	link, room, pid := ss.link, ss.claims.Room, ss.pid
 	ss.link, ss.joined = nil, false
 	ss.mu.Unlock()
 	ss.s.unplace(room, node)
+	// The participant leaves the room API's registry now (its webhook says
+	// why); its join on the next node enters it again with a new id.
+	ss.s.apiLeftBecause(room, pid, "rejoin: "+reason)
 	if link != nil {
 		// Leaving a dead node waits for its request timeout: not on the
 		// client's time.

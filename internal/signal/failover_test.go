@@ -2,6 +2,7 @@ package signal
 
 import (
 	"context"
+	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -101,6 +102,16 @@ func TestNodeDownRejoin(t *testing.T) {
 	}
 	if v := metricstest.Value(t, reg, "traverse_signal_rejoins_total", "reason", RejoinNodeFailed); v != 2 {
 		t.Errorf("rejoins %v", v)
+	}
+	// The room API counts each participant once, on its new node.
+	s.reg.mu.Lock()
+	var onNodes []string
+	for _, m := range s.reg.rooms["r"].members {
+		onNodes = append(onNodes, m.identity+"@"+m.node.ID)
+	}
+	s.reg.mu.Unlock()
+	if sort.Strings(onNodes); strings.Join(onNodes, " ") != "a@n2 b@n2" {
+		t.Errorf("room API's registry after the rejoin: %v, want a@n2 b@n2", onNodes)
 	}
 	if v := metricstest.Value(t, reg, "traverse_signal_nodes_down_total"); v != 1 {
 		t.Errorf("nodes down %v", v)

@@ -45,7 +45,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		joinTimeouts: prometheus.NewCounter(prometheus.CounterOpts{Name: "traverse_signal_join_timeouts_total",
 			Help: "WebSockets closed because no join came within the join timeout."}),
 		originRefused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "traverse_signal_origin_refused_total",
-			Help: "Requests refused with 403 because their Origin (or, for /token, Host) is not allowed, by endpoint (ws, token)."},
+			Help: "Requests refused with 403 because their Origin (or, for /token, Host) is not allowed, by endpoint (ws, token, api)."},
 			[]string{"endpoint"}),
 		rejoins: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "traverse_signal_rejoins_total",
 			Help: "Rejoin messages sent to clients, by reason (node_failed, drain)."}, []string{"reason"}),
@@ -55,7 +55,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	for _, r := range []string{RejoinNodeFailed, RejoinDrain} {
 		m.rejoins.WithLabelValues(r)
 	}
-	for _, e := range []string{"ws", "token"} {
+	for _, e := range []string{"ws", "token", "api"} {
 		m.originRefused.WithLabelValues(e) // exported as 0 before the first
 	}
 	for _, c := range []prometheus.Collector{m.connections, m.active, m.messages, m.badMessages, m.tokenRejected,

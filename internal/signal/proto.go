@@ -238,6 +238,10 @@ type ServerMessage struct {
 
 	// rejoin
 	Reason string `json:"reason,omitempty"`
+
+	// mute (TypeMute, with Track and Message): the operator asks the client
+	// to stop (true) or resume (false) sending the track.
+	Muted *bool `json:"muted,omitempty"`
 }
 
 // errorMessage builds the error message for err.

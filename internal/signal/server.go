@@ -3,6 +3,7 @@ package signal
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -99,6 +100,12 @@ type Config struct {
 	Log *slog.Logger
 	// Now defaults to time.Now (tests move it).
 	Now func() time.Time
+	// API configures the room API and webhooks (roomapi.go, docs/api.md).
+	API APIConfig
+	// TLS, when set, serves HTTPS and WSS on every listener (the browser's
+	// getUserMedia needs a secure page off localhost). Default: plain HTTP,
+	// e.g. behind a reverse proxy that ends TLS (docs/signal.md).
+	TLS *tls.Config
 }
 
 func (c *Config) validate() error {
@@ -135,7 +142,7 @@ func (c *Config) validate() error {
 	if c.Now == nil {
 		c.Now = time.Now
 	}
-	return nil
+	return c.API.validate()
 }
 
 // Default connection caps (Config.MaxConns, Config.MaxConnsPerAddr).
@@ -157,6 +164,9 @@ type Server struct {
 	ln     net.Listener // bound by New from Config.Listen; nil without
 	lm     *connlimit.Metrics
 	origin originPolicy
+	reg    *registry   // the room API's view of the sessions
+	am     *apiMetrics // room API and webhooks
+	hooks  *webhooks
 
 	ctx    context.Context // canceled by Close; parent of every session
 	cancel context.CancelFunc
@@ -193,11 +203,15 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	am, err := newAPIMetrics(cfg.Registerer)
+	if err != nil {
+		return nil, err
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{cfg: cfg, log: cfg.Log, m: m, placer: newPlacer(cfg.RegionRules, cfg.Region),
 		mux: http.NewServeMux(), lm: lm, origin: newOriginPolicy(cfg.AllowedOrigins),
 		ctx: ctx, cancel: cancel, rooms: map[string]*roomPlace{}, sessions: map[*session]struct{}{},
-		down: map[string]time.Time{}}
+		down: map[string]time.Time{}, reg: newRegistry(), am: am}
 	if w, ok := cfg.Backend.(nodeWatcher); ok {
 		w.OnNodeDown(s.NodeDown)
 	}
@@ -210,6 +224,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Static != nil {
 		s.mux.Handle("GET /", http.FileServerFS(cfg.Static))
 	}
+	if cfg.API.AdminToken != "" {
+		s.mountAPI()
+	}
 	if cfg.Listen.IsValid() {
 		var lc net.ListenConfig
 		if s.ln, err = lc.Listen(context.Background(), "tcp", cfg.Listen.String()); err != nil {
@@ -217,6 +234,7 @@ func New(cfg Config) (*Server, error) {
 			return nil, fmt.Errorf("signal: %w", err)
 		}
 	}
+	s.hooks = newWebhooks(&s.cfg.API, am, cfg.Log, cfg.Now)
 	return s, nil
 }
 
@@ -235,7 +253,12 @@ func (s *Server) Run(ctx context.Context) error {
 	if s.ln == nil {
 		return fmt.Errorf("%w: Run needs Config.Listen", ErrConfig)
 	}
-	s.log.Info("signal listening", "http", "http://"+s.ln.Addr().String(), "demo_tokens", s.cfg.DemoTokens)
+	scheme := "http://"
+	if s.cfg.TLS != nil {
+		scheme = "https://"
+	}
+	s.log.Info("signal listening", "http", scheme+s.ln.Addr().String(), "demo_tokens", s.cfg.DemoTokens,
+		"room_api", s.cfg.API.AdminToken != "", "webhooks", len(s.cfg.API.WebhookURLs))
 	errc := make(chan error, 1)
 	go func() { errc <- s.Serve(s.ln) }()
 	var err error
@@ -267,7 +290,11 @@ const maxHeaderBytes = 16 << 10
 func (s *Server) Serve(ln net.Listener) error {
 	l := connlimit.New(ln, connlimit.Limits{MaxConns: s.cfg.MaxConns, MaxConnsPerAddr: s.cfg.MaxConnsPerAddr,
 		Exempt: s.cfg.TrustedProxies}, s.lm)
-	err := s.http.Serve(l)
+	var hl net.Listener = l
+	if s.cfg.TLS != nil {
+		hl = tls.NewListener(l, tlsForHTTP(s.cfg.TLS))
+	}
+	err := s.http.Serve(hl)
 	if errors.Is(err, http.ErrServerClosed) {
 		return nil
 	}
@@ -289,6 +316,7 @@ func (s *Server) Close() error {
 		_ = s.ln.Close() // never given to Serve: Shutdown does not know it
 	}
 	s.wg.Wait()
+	s.hooks.close(webhookGrace) // after the sessions: their leaves are delivered
 	return nil
 }
 
@@ -320,7 +348,7 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "no-store")
 	if err != nil {
 		w.WriteHeader(http.StatusBadRequest)
-		_ = json.NewEncoder(w).Encode(map[string]string{"error": "room must be 1-128 letters, digits, '-' or '_'; identity may add '.', '@', ':'"})
+		_ = json.NewEncoder(w).Encode(map[string]string{"error": "room must be 1-64 letters, digits, '-' or '_'; identity may add '.', '@', ':'"})
 		return
 	}
 	s.m.demoTokens.Inc()

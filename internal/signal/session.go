@@ -49,11 +49,12 @@ type session struct {
 	// answer could reach the client first, which would take it for glare.
 	orderMu sync.Mutex
 
-	mu     sync.Mutex // guards link, node, claims, closed
+	mu     sync.Mutex // guards link, node, claims, closed, pid
 	link   Link
 	node   Node
 	claims Claims
 	joined bool
+	pid    string
 }
 
 func newSession(s *Server, conn *websocket.Conn, client netip.Addr) *session {
@@ -74,9 +75,12 @@ func (ss *session) run() {
 	err := ss.readLoop()
 	joinTimer.Stop()
 	ss.mu.Lock()
-	link, node, room, joined := ss.link, ss.node, ss.claims.Room, ss.joined
+	link, node, room, joined, pid := ss.link, ss.node, ss.claims.Room, ss.joined, ss.pid
 	ss.link, ss.joined = nil, false
 	ss.mu.Unlock()
+	if joined {
+		ss.s.apiLeft(room, pid, err)
+	}
 	if link != nil {
 		_ = link.Close()
 	}
@@ -265,8 +269,9 @@ func (ss *session) join(token string) error {
 		return ss.nodeError(err)
 	}
 	ss.mu.Lock()
-	ss.link, ss.node, ss.claims, ss.joined = link, node, claims, true
+	ss.link, ss.node, ss.claims, ss.joined, ss.pid = link, node, claims, true, pid
 	ss.mu.Unlock()
+	ss.s.apiJoined(ss, pid, claims, node)
 	var ice []ICEServer
 	if f := ss.s.cfg.ICEServers; f != nil {
 		ice = f(claims.Identity)
@@ -288,7 +293,7 @@ func (ss *session) join(token string) error {
 // on the backend's goroutine and only queues.
 func (ss *session) nodeEvent(ev NodeEvent) {
 	ss.mu.Lock()
-	public := ss.node.Public
+	public, room := ss.node.Public, ss.claims.Room
 	ss.mu.Unlock()
 	if ev.Kind == NodeOffer || ev.Kind == NodeCandidate {
 		ss.orderMu.Lock()
@@ -311,6 +316,7 @@ func (ss *session) nodeEvent(ev NodeEvent) {
 		p := ev.Participant
 		ss.send(ServerMessage{Type: TypeParticipant, Event: ev.Event, Participant: &p}, false)
 	case NodeTrack:
+		ss.s.reg.track(room, ev)
 		p, tr := ev.Participant, ev.Track
 		ss.send(ServerMessage{Type: TypeTrack, Event: ev.Event, Participant: &p, Track: &tr}, false)
 	case NodeSpeakers:

@@ -42,8 +42,13 @@ type Claims struct {
 // maxTokenLen bounds what the parser looks at; real tokens are ~250 bytes.
 const maxTokenLen = 4096
 
-// maxNameLen bounds room and identity names.
-const maxNameLen = 128
+// Name limits. A room name is a bus subject token (bus.ValidName), so at
+// most MaxRoomLen; an identity only travels inside messages.
+const (
+	MaxRoomLen     = 64
+	MaxIdentityLen = 128
+	maxNameLen     = MaxIdentityLen
+)
 
 // clockSkew is the leeway given to exp and nbf.
 const clockSkew = 30 * time.Second
@@ -89,13 +94,18 @@ func (c *Claims) validate() error {
 	return nil
 }
 
-// ValidRoom reports whether s is a usable room name: 1..128 bytes of
-// letters, digits, '-' and '_'. Room names may appear in bus subjects, logs
-// and the page, and this narrow alphabet keeps them harmless in all three.
-func ValidRoom(s string) bool { return validName(s, false) }
+// ValidRoom reports whether s is a usable room name: 1..64 bytes of
+// letters, digits, '-' and '_', what the bus takes as a subject token
+// (bus.ValidName: a token must not promise a room the bus refuses). Room
+// names appear in bus subjects, logs and the page, and this narrow
+// alphabet keeps them harmless in all three.
+func ValidRoom(s string) bool { return len(s) <= MaxRoomLen && validName(s, false) }
 
-// validIdentity also allows '.', '@' and ':' (e-mail-like user names).
-func validIdentity(s string) bool { return validName(s, true) }
+// ValidIdentity reports whether s is a usable identity: 1..128 bytes of
+// what a room name takes and '.', '@' and ':' (e-mail-like user names).
+func ValidIdentity(s string) bool { return validName(s, true) }
+
+func validIdentity(s string) bool { return ValidIdentity(s) }
 
 func validName(s string, extra bool) bool {
 	if len(s) == 0 || len(s) > maxNameLen {

@@ -145,11 +145,10 @@ func commandFlags(t *testing.T, args []string) (*flag.FlagSet, int) {
 		return nil, 0
 	}
 	helpArgs, used := []string{"--help"}, 1
-	if name == "lab" {
-		if len(args) < 2 || args[1] != "up" {
-			return nil, 2 // list, down, clean take no flags
-		}
-		helpArgs, used = []string{"up", "--help"}, 2
+	if len(args) > 1 && subcommandsWithFlags[name][args[1]] {
+		helpArgs, used = []string{args[1], "--help"}, 2
+	} else if name == "lab" {
+		return nil, 2 // list, down, clean take no flags
 	}
 	var fs *flag.FlagSet
 	flagSetMade = func(f *flag.FlagSet) { fs = f }
@@ -162,6 +161,12 @@ func commandFlags(t *testing.T, args []string) (*flag.FlagSet, int) {
 	cancel()
 	_ = cmd.run(ctx, helpArgs)
 	return fs, used
+}
+
+// subcommandsWithFlags are the subcommands that have flag sets of their own.
+var subcommandsWithFlags = map[string]map[string]bool{
+	"lab": {"up": true, "failover": true},
+	"sfu": {"drain": true},
 }
 
 type boolFlag interface{ IsBoolFlag() bool }

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -426,7 +425,8 @@ func runFailoverRounds(ctx context.Context, exe string, env []string, dir string
 
 // labFailover is "traverse lab failover [--kills N] [--limit D]".
 func labFailover(ctx context.Context, w io.Writer, args []string) error {
-	fs := flag.NewFlagSet("traverse lab failover", flag.ContinueOnError)
+	fs := newFlagSet("lab failover", "lab failover [--kills N] [--limit D]")
+	fs.SetOutput(w)
 	kills := fs.Int("kills", 10, "how many times to kill the node holding the call")
 	limit := fs.Duration("limit", 5*time.Second, "fail when media takes longer than this to flow again after a kill")
 	if err := fs.Parse(args); err != nil {

@@ -1,5 +1,3 @@
-//go:build roomapi
-
 package signal_test
 
 // Issue 14's must-show console test: a browser (headless Chromium) walks

@@ -1,9 +1,45 @@
-// Package tcattach attaches traverse's tc eBPF programs (the media proxy's
-// internal/mediaproxy/bpfoffload and the TURN relay's
-// internal/turn/turnoffload) to an interface's ingress: with TCX (Linux
-// 6.6 and later) where the kernel has it, else as a direct-action filter
-// on a clsact qdisc. It also runs code in a given network namespace and
-// finds the interface the host routes a destination out of. Load and Set
-// are what both offloaders share: sizing and loading their objects, and
-// keeping their program on each interface a flow arrives on.
+// Package kfast is traverse's kernel fast path: tc eBPF programs that
+// carry established UDP flows below the socket layer, and the one loader
+// they all share. The programs live beside it, each a small package:
+//
+//   - kfast/mediaflow: the media proxy's latched RTP flows (sipgw
+//     --offload ebpf), a mediaproxy.Offloader;
+//   - kfast/turnchannel: the TURN server's channel-bound flows (turn
+//     --offload ebpf), a turn.Offloader.
+//
+// # The C side (include/)
+//
+// include/kfast.h parses Ethernet + IPv4 + UDP (kf_parse_udp4: no options,
+// no fragments, consistent lengths, no GSO, else the packet is handed on
+// untouched), defines the tuple (struct kf_tuple) and the head of every
+// map value (struct kf_out: rewritten tuple, egress interface, counter
+// slot, deadline, largest IP length), the per-CPU counter slots (map
+// "counters", kf_count), the deadline check (kf_live), the checksum update
+// of a rewrite (kf_pseudo, kf_l4_update through bpf_l4_csum_replace, which
+// handles CHECKSUM_PARTIAL skbs and keeps a zero UDP checksum zero),
+// writing the new tuple (kf_write_tuple) and sending the packet on
+// (kf_send: bpf_redirect_neigh out of the egress interface, or up the
+// stack when both ends are local). include/csum.h is the one's complement
+// arithmetic (RFC 1071, RFC 1624); include/move.h moves a payload within
+// the packet (for programs that add or strip a header). A program is its
+// lookup and the rewrite of its own payload between kf_parse_udp4 and
+// kf_send.
+//
+// # The Go side (Loader)
+//
+// Load takes the program's bpf2go loader, sizes its maps (its own by
+// name, the counters by Config.Slots) and loads it; Attach puts it on the
+// ingress of an interface the first time a flow needs it (TCX from Linux
+// 6.6, a direct-action clsact filter before that or when Config.Clsact
+// forces it); Route finds the interface the host sends an address out of;
+// Slots and Release hand out counter slots (one scheme for every program:
+// a per-CPU array with a free list, zeroed when handed out) and Read sums
+// one; Deadline converts a time to the programs' clock; Close detaches
+// and frees everything. V4 unmaps IPv4-mapped IPv6 addresses, TupleOf and
+// Route.To build the map entries. The Loader is not safe for concurrent
+// use: the offloader that owns it holds its own lock.
+//
+// Tests: package kfasttest (lab, packet builder, checksum oracle,
+// BPF_PROG_TEST_RUN runner, and the conformance suite every offloader
+// runs). docs/fastpath.md has the whole picture.
 package kfast

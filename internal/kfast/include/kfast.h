@@ -153,6 +153,13 @@ static __always_inline __u32 kf_pseudo(const struct kf_tuple *from, const struct
 	return csum_replace32(csum_replace32(0, from->saddr, to->saddr), from->daddr, to->daddr);
 }
 
+// kf_ip_update applies a difference (RFC 1624) to the IP header checksum,
+// which is always complete: it is updated in place.
+static __always_inline void kf_ip_update(struct iphdr *ip, __u32 diff)
+{
+	ip->check = ~csum_fold(csum_add((__u16)~ip->check, diff));
+}
+
 // kf_l4_update applies a rewrite's differences to the UDP checksum through
 // the kernel's helper, which knows the skb's checksum state: a
 // CHECKSUM_PARTIAL packet (local senders on veth and lo) takes only the

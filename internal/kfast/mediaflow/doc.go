@@ -1,29 +1,27 @@
-// Package bpfoffload moves latched media proxy flows below the socket
-// layer with an eBPF program (the kernel fast path: media never climbs the TCP/IP stack).
-// It is the second owner of mediaproxy.Offloader, next to nftoffload.
+// Package mediaflow moves latched media proxy flows below the socket
+// layer with an eBPF program on internal/kfast (the kernel fast path: media
+// never climbs the TCP/IP stack). It is the second owner of
+// mediaproxy.Offloader, next to nftoffload.
 //
 // # The program
 //
-// bpf/fastpath.c is a tc program attached to the ingress of the gateway's
+// bpf/mediaflow.c is a tc program attached to the ingress of the gateway's
 // interfaces with TCX (Linux 6.6 or later; a clsact filter before that,
-// see internal/tcattach; github.com/cilium/ebpf's
-// link.AttachTCX). It looks an IPv4 UDP packet's 4-tuple
+// see internal/kfast). It looks an IPv4 UDP packet's 4-tuple
 // {saddr, daddr, sport, dport} up in one hash map; a hit carries the
-// rewrite {new saddr, daddr, sport, dport} and the egress interface. The
-// program rewrites the headers, decrements the TTL, fixes the IP and UDP
-// checksums with bpf_l3_csum_replace / bpf_l4_csum_replace (these handle
-// the CHECKSUM_PARTIAL packets local senders hand to veth and keep a zero
-// UDP checksum zero, RFC 768), counts the packet and its IP length, and
+// rewrite {new saddr, daddr, sport, dport}, the egress interface and a
+// counter slot. The program rewrites the headers, decrements the TTL,
+// fixes the IP checksum incrementally and the UDP checksum with
+// bpf_l4_csum_replace (which handles the CHECKSUM_PARTIAL packets local
+// senders hand to veth and keeps a zero UDP checksum zero, RFC 768),
+// counts the packet and its IP length in the flow's per-CPU slot, and
 // sends it with bpf_redirect_neigh, which routes it out of the egress
 // interface and fills in the Ethernet addresses from the neighbour table
 // (resolving the next hop when the entry is missing). Anything else (no
-// hit, not UDP over IPv4, fragments, IP options, TTL <= 1, truncated
-// headers, GSO packets) is handed on untouched (TC_ACT_UNSPEC: the next
-// TCX program or the stack), so the media proxy's sockets still see it.
-//
-// The map is a per-CPU hash: every CPU's slot holds the same rewrite and
-// that CPU's own counters, so the program does one lookup and plain adds.
-// Stats sums the slots.
+// hit, not UDP over IPv4, fragments, IP options, inconsistent lengths,
+// TTL <= 1, truncated headers, GSO packets) is handed on untouched
+// (TC_ACT_UNSPEC: the next TCX program or the stack), so the media
+// proxy's sockets still see it.
 //
 // # Why tc and not XDP
 //
@@ -48,7 +46,8 @@
 //
 // Forwarded packets bypass the IP stack of the gateway: routing decisions
 // other than the egress route, netfilter (no forward filter, no
-// conntrack) and net.ipv4.ip_forward do not apply to them. IPv4 only.
+// conntrack) and net.ipv4.ip_forward do not apply to them. IPv4 only
+// (IPv4-mapped IPv6 addresses are unmapped).
 //
 // The program is built with bpf2go (see gen.go); the generated Go and
 // object files are committed. Regenerating needs clang and libbpf-dev.

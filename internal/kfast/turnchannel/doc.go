@@ -1,13 +1,13 @@
-// Package turnoffload relays channel-bound TURN flows (RFC 8656 section
+// Package turnchannel relays channel-bound TURN flows (RFC 8656 section
 // 12, ChannelData) below the socket layer with a tc eBPF program: kernel
 // media distribution below the socket layer, as rtpengine's kernel module
 // and STUNner's TURN offload do. It implements turn.Offloader.
 //
 // # The program
 //
-// bpf/turnrelay.c runs on the ingress of the interfaces packets of an
+// bpf/turnchannel.c, a program on internal/kfast, runs on the ingress of the interfaces packets of an
 // offloaded flow arrive on (TCX, or a clsact filter on kernels before 6.6;
-// see internal/tcattach). One hash map holds two entries per flow:
+// see internal/kfast). One hash map holds two entries per flow:
 //
 //   - {client, listener, channel} -> {relayed address, peer}: a ChannelData
 //     message from the client loses its 4-byte header and padding and
@@ -16,8 +16,8 @@
 //     datagram gains the header and leaves as ChannelData from the listener
 //     to the client.
 //
-// The data moves by 4 bytes through a per-CPU scratch buffer and the packet
-// is resized at its tail, so the UDP header keeps its place and
+// The data moves by 4 bytes through a per-CPU scratch buffer (kf_move) and
+// the packet is resized at its tail, so the UDP header keeps its place and
 // CHECKSUM_PARTIAL packets of local senders stay valid; the UDP checksum is
 // updated incrementally (RFC 1624) through bpf_l4_csum_replace and the IP
 // header checksum recomputed (TTL 64, as the server's sockets send). Each
@@ -25,8 +25,8 @@
 // channel, the permission and the allocation; past it the program hands
 // packets to user space, which applies RFC 8656's rules to them, so the
 // kernel never relays for an expired channel even between the server's
-// sweeps. Per-CPU counters (packets, data bytes) per direction feed the
-// server's metrics.
+// sweeps. The loader's per-CPU counter slots (packets, data bytes), one
+// per direction, feed the server's metrics.
 //
 // Anything else passes untouched: STUN, Send and Data indications,
 // channels not installed, datagrams of other peers or other ports,

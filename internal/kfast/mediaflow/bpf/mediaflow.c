@@ -41,8 +41,7 @@ int mediaflow(struct __sk_buff *skb)
 	((__u8 *)&ttl_new)[0] -= 1;
 	__u32 pseudo = kf_pseudo(&p.t, &o.to);
 	__u32 ports = csum_replace32(0, kf_ports(&p.t), kf_ports(&o.to));
-	// The IP header checksum is always complete: update it in place.
-	p.ip->check = ~csum_fold(csum_replace16(csum_add((__u16)~p.ip->check, pseudo), ttl_old, ttl_new));
+	kf_ip_update(p.ip, csum_replace16(pseudo, ttl_old, ttl_new));
 	p.ip->ttl -= 1;
 	kf_l4_update(skb, pseudo, ports);
 

@@ -1,4 +1,4 @@
-//go:build linux
+//go:build linux && (386 || amd64 || arm || arm64 || loong64 || mips64le || mipsle || ppc64le || riscv64)
 
 package kfast
 
@@ -12,27 +12,6 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
-
-// CountersMap is the name of the per-CPU counter slots every program has
-// (include/kfast.h).
-const CountersMap = "counters"
-
-// Config configures a Loader.
-type Config struct {
-	// NetNS is a network namespace file descriptor (0: the current one):
-	// routes and interfaces are looked up and the program attached there.
-	NetNS int
-	// Clsact attaches with a clsact qdisc filter even where TCX exists
-	// (for tests of the older kernels' path).
-	Clsact bool
-	// Program is the name of the tc program in the object (its C
-	// function's name).
-	Program string
-	// Maps gives the program's own maps their maximum entries, by name.
-	Maps map[string]uint32
-	// Slots is how many counter slots the counters map holds (at least 1).
-	Slots int
-}
 
 // Loader is one loaded tc program with its maps: it sizes them, attaches
 // the program to the ingress of each interface on first use (TCX, or a
@@ -51,10 +30,10 @@ type Loader struct {
 	zero []Counts            // one per CPU
 }
 
-// Load loads the program load (a bpf2go loadX function) returns, with its
-// maps sized by cfg, and opens a netlink handle in cfg.NetNS. Nothing is
-// attached yet. On error nothing stays open.
-func Load(cfg Config, load func() (*ebpf.CollectionSpec, error)) (*Loader, error) {
+// Load loads cfg.Program from the one object of bpf/ with the maps it
+// uses (and no others), sized by cfg, and opens a netlink handle in
+// cfg.NetNS. Nothing is attached yet. On error nothing stays open.
+func Load(cfg Config) (*Loader, error) {
 	if cfg.Slots < 1 || cfg.Slots > 1<<24 {
 		return nil, fmt.Errorf("%w: %d counter slots", ErrConfig, cfg.Slots)
 	}
@@ -62,9 +41,12 @@ func Load(cfg Config, load func() (*ebpf.CollectionSpec, error)) (*Loader, error
 	if err != nil {
 		return nil, fmt.Errorf("kfast: %w", err)
 	}
-	spec, err := load()
+	spec, err := loadKfast()
 	if err != nil {
 		return nil, fmt.Errorf("kfast: %w", err)
+	}
+	if err := only(spec, cfg.Program); err != nil {
+		return nil, err
 	}
 	sizes := map[string]uint32{CountersMap: uint32(cfg.Slots)}
 	for name, n := range cfg.Maps {
@@ -73,12 +55,9 @@ func Load(cfg Config, load func() (*ebpf.CollectionSpec, error)) (*Loader, error
 	for name, n := range sizes {
 		m, ok := spec.Maps[name]
 		if !ok {
-			return nil, fmt.Errorf("%w: program has no map %q", ErrConfig, name)
+			return nil, fmt.Errorf("%w: program %s has no map %q", ErrConfig, cfg.Program, name)
 		}
 		m.MaxEntries = n
-	}
-	if _, ok := spec.Programs[cfg.Program]; !ok {
-		return nil, fmt.Errorf("%w: object has no program %q", ErrConfig, cfg.Program)
 	}
 	coll, err := ebpf.NewCollection(spec)
 	if err != nil {
@@ -95,6 +74,28 @@ func Load(cfg Config, load func() (*ebpf.CollectionSpec, error)) (*Loader, error
 		l.free[i] = uint32(cfg.Slots - 1 - i)
 	}
 	return l, nil
+}
+
+// only trims spec to the program name and the maps it uses, so that a
+// loader creates no other program's maps.
+func only(spec *ebpf.CollectionSpec, name string) error {
+	ps, ok := spec.Programs[name]
+	if !ok {
+		return fmt.Errorf("%w: no program %q", ErrConfig, name)
+	}
+	used := map[string]bool{}
+	for _, ins := range ps.Instructions {
+		if ins.IsLoadFromMap() {
+			used[ins.Reference()] = true
+		}
+	}
+	for m := range spec.Maps {
+		if !used[m] {
+			delete(spec.Maps, m)
+		}
+	}
+	spec.Programs = map[string]*ebpf.ProgramSpec{name: ps}
+	return nil
 }
 
 // Program is the loaded program (for BPF_PROG_TEST_RUN in tests).

@@ -1,15 +1,13 @@
-//go:build linux
+//go:build linux && (386 || amd64 || arm || arm64 || loong64 || mips64le || mipsle || ppc64le || riscv64)
 
 package kfast_test
 
 import (
 	"errors"
 	"net/netip"
-	"os"
 	"testing"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 
@@ -17,53 +15,28 @@ import (
 	"github.com/traverse-rtc/traverse/internal/kfast/kfasttest"
 )
 
-// passSpec is the smallest program a Loader takes: a tc program that hands
-// every packet on, with the counters map every program has and one map of
-// its own.
-func passSpec() (*ebpf.CollectionSpec, error) {
-	return &ebpf.CollectionSpec{
-		Maps: map[string]*ebpf.MapSpec{
-			kfast.CountersMap: {Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 16, MaxEntries: 1},
-			"things":          {Type: ebpf.Hash, KeySize: 12, ValueSize: 32, MaxEntries: 1},
-		},
-		Programs: map[string]*ebpf.ProgramSpec{
-			"pass": {Type: ebpf.SchedCLS, License: "MIT",
-				Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, -1), asm.Return()}},
-		},
-	}, nil
-}
-
-func load(t *testing.T, cfg kfast.Config) *kfast.Loader {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("loading eBPF programs needs root")
-	}
-	l, err := kfast.Load(cfg, passSpec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	return l
-}
-
-func TestLoadSizesMaps(t *testing.T) {
-	l := load(t, kfast.Config{Program: "pass", Slots: 3, Maps: map[string]uint32{"things": 7}})
+// TestLoad: a program is loaded with the maps it uses, and no others,
+// sized by the config; its entries are kfast's Go types as they are.
+func TestLoad(t *testing.T) {
+	l := kfasttest.Load(t, kfast.Config{Program: "mediaflow", Slots: 3, Maps: map[string]uint32{"flows": 7}})
 	if got := l.Map(kfast.CountersMap).MaxEntries(); got != 3 {
 		t.Errorf("counters sized %d, want 3", got)
 	}
-	if got := l.Map("things").MaxEntries(); got != 7 {
-		t.Errorf("things sized %d, want 7", got)
+	if got := l.Map("flows").MaxEntries(); got != 7 {
+		t.Errorf("flows sized %d, want 7", got)
 	}
-	// The map holds kfast's Go types as they are.
-	if err := l.Map("things").Put(kfast.Tuple{Saddr: 1}, kfast.Out{Slot: 2}); err != nil {
+	if m := l.Map("relays"); m != nil {
+		t.Errorf("another program's map loaded: %v", m)
+	}
+	if err := l.Map("flows").Put(kfast.Tuple{Saddr: 1}, kfast.Out{Slot: 2}); err != nil {
 		t.Errorf("Tuple and Out do not fit the C layout: %v", err)
 	}
 	for _, cfg := range []kfast.Config{
-		{Program: "pass", Slots: 0},
+		{Program: "mediaflow", Slots: 0},
 		{Program: "nope", Slots: 1},
-		{Program: "pass", Slots: 1, Maps: map[string]uint32{"nope": 1}},
+		{Program: "mediaflow", Slots: 1, Maps: map[string]uint32{"relays": 1}},
 	} {
-		if _, err := kfast.Load(cfg, passSpec); !errors.Is(err, kfast.ErrConfig) {
+		if _, err := kfast.Load(cfg); !errors.Is(err, kfast.ErrConfig) {
 			t.Errorf("Load(%+v): %v, want ErrConfig", cfg, err)
 		}
 	}
@@ -72,7 +45,7 @@ func TestLoadSizesMaps(t *testing.T) {
 // TestSlots: slots are handed out until none is left, all or none at once,
 // zeroed on every CPU, and come back with Release.
 func TestSlots(t *testing.T) {
-	l := load(t, kfast.Config{Program: "pass", Slots: 3})
+	l := kfasttest.Load(t, kfast.Config{Program: "mediaflow", Slots: 3})
 	a, err := l.Slots(2)
 	if err != nil || len(a) != 2 || a[0] == a[1] {
 		t.Fatalf("Slots(2) = %v, %v", a, err)
@@ -145,7 +118,7 @@ func TestAttach(t *testing.T) {
 	for _, clsact := range []bool{false, true} {
 		lab := kfasttest.New(t, false)
 		ns := int(lab.Gateway)
-		l := load(t, kfast.Config{NetNS: ns, Clsact: clsact, Program: "pass", Slots: 1})
+		l := kfasttest.Load(t, kfast.Config{NetNS: ns, Clsact: clsact, Program: "mediaflow", Slots: 1})
 		r, err := l.Route(kfasttest.ClientIP)
 		if err != nil || r.Local || r.Ifindex == 0 || r.MTU != 1500 {
 			t.Fatalf("Route to the client: %+v, %v", r, err)

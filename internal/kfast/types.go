@@ -23,6 +23,52 @@ var (
 	ErrConfig = errors.New("kfast: invalid config")
 )
 
+// CountersMap is the name of the per-CPU counter slots every program has
+// (include/kfast.h).
+const CountersMap = "counters"
+
+// Config configures a Loader.
+type Config struct {
+	// NetNS is a network namespace file descriptor (0: the current one):
+	// routes and interfaces are looked up and the program attached there.
+	NetNS int
+	// Clsact attaches with a clsact qdisc filter even where TCX exists
+	// (for tests of the older kernels' path).
+	Clsact bool
+	// Program is the name of the tc program (its C function's name in
+	// bpf/).
+	Program string
+	// Maps gives the program's own maps their maximum entries, by name.
+	Maps map[string]uint32
+	// Slots is how many counter slots the counters map holds (at least 1).
+	Slots int
+}
+
+// FlowConfig is what every offloader on kfast is configured with.
+type FlowConfig struct {
+	// NetNS is a network namespace file descriptor (0: the current one):
+	// routes and interfaces are looked up and the program attached there.
+	NetNS int
+	// MaxFlows is how many flows the kernel holds (the offloader's
+	// default when 0, at most 1<<20; two map entries and two counter slots
+	// each). Beyond it, new flows stay in user space (ErrFull).
+	MaxFlows int
+	// Clsact attaches with a clsact qdisc filter even where TCX exists
+	// (for tests of the older kernels' path).
+	Clsact bool
+}
+
+// Validate applies the default max flows def and checks the limits.
+func (c *FlowConfig) Validate(def int) error {
+	if c.MaxFlows == 0 {
+		c.MaxFlows = def
+	}
+	if c.MaxFlows < 0 || c.MaxFlows > 1<<20 {
+		return fmt.Errorf("%w: MaxFlows %d", ErrConfig, c.MaxFlows)
+	}
+	return nil
+}
+
 // Route is where the host sends packets for an address.
 type Route struct {
 	// Local is set when the address is the host's own: packets for it

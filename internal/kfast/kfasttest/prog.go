@@ -24,12 +24,12 @@ const (
 // Load loads a program with cfg (see kfast.Load) for BPF_PROG_TEST_RUN,
 // skipping without root, and closes it when the test ends. Nothing is
 // attached.
-func Load(tb testing.TB, cfg kfast.Config, load func() (*ebpf.CollectionSpec, error)) *kfast.Loader {
+func Load(tb testing.TB, cfg kfast.Config) *kfast.Loader {
 	tb.Helper()
 	if os.Geteuid() != 0 {
 		tb.Skip("loading eBPF programs needs root")
 	}
-	l, err := kfast.Load(cfg, load)
+	l, err := kfast.Load(cfg)
 	if err != nil {
 		tb.Fatal(err)
 	}

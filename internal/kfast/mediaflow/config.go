@@ -1,27 +1,10 @@
 package mediaflow
 
-import "fmt"
+import "github.com/traverse-rtc/traverse/internal/kfast"
 
-// Config configures an Offloader.
-type Config struct {
-	// NetNS is a network namespace file descriptor (0: the current one):
-	// routes and interfaces are looked up and the program attached there.
-	NetNS int
-	// MaxFlows is how many flows the kernel holds (default 32768, at most
-	// 1<<20; two map entries and two counter slots each). Beyond it, new
-	// flows stay in user space (ErrFull).
-	MaxFlows int
-	// Clsact attaches with a clsact qdisc filter even where TCX exists
-	// (for tests of the older kernels' path).
-	Clsact bool
-}
+// Config configures an Offloader: NetNS, MaxFlows (default 32768) and
+// Clsact, as kfast.FlowConfig says.
+type Config = kfast.FlowConfig
 
-func (c *Config) validate() error {
-	if c.MaxFlows == 0 {
-		c.MaxFlows = 32768
-	}
-	if c.MaxFlows < 0 || c.MaxFlows > 1<<20 {
-		return fmt.Errorf("%w: MaxFlows %d", ErrConfig, c.MaxFlows)
-	}
-	return nil
-}
+// defaultMaxFlows is MaxFlows when 0.
+const defaultMaxFlows = 32768

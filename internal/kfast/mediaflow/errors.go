@@ -22,5 +22,5 @@ var (
 	// ErrFull: MaxFlows flows are installed; the flow stays in user space.
 	ErrFull = kfast.ErrFull
 	// ErrConfig: the configuration is invalid.
-	ErrConfig = errors.New("mediaflow: invalid config")
+	ErrConfig = kfast.ErrConfig
 )

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"sync"
 
 	"github.com/cilium/ebpf"
 
@@ -14,12 +13,16 @@ import (
 	"github.com/traverse-rtc/traverse/internal/mediaproxy"
 )
 
+// The program and its map in internal/kfast/bpf/mediaflow.c.
+const (
+	program = "mediaflow"
+	flowMap = "flows"
+)
+
 // Offloader forwards flows with the mediaflow tc program. It is safe for
 // concurrent use.
 type Offloader struct {
-	mu    sync.Mutex // guards everything below
-	l     *kfast.Loader
-	flows map[mediaproxy.Flow]flow
+	*kfast.Table[mediaproxy.Flow, flow]
 }
 
 // flow is an installed flow's two entries: client -> fixed port (in) and
@@ -34,19 +37,14 @@ var _ mediaproxy.Offloader = (*Offloader)(nil)
 // New loads the program and creates the flow map. Nothing is attached
 // until the first flow arrives on an interface.
 func New(cfg Config) (*Offloader, error) {
-	if err := cfg.validate(); err != nil {
+	if err := cfg.Validate(defaultMaxFlows); err != nil {
 		return nil, err
 	}
-	l, err := kfast.Load(loaderConfig(cfg), loadMediaflow)
+	t, err := kfast.NewTable[mediaproxy.Flow, flow](cfg, program, flowMap, mediaproxy.ErrClosed)
 	if err != nil {
 		return nil, fmt.Errorf("mediaflow: %w", err)
 	}
-	return &Offloader{l: l, flows: map[mediaproxy.Flow]flow{}}, nil
-}
-
-func loaderConfig(cfg Config) kfast.Config {
-	return kfast.Config{NetNS: cfg.NetNS, Clsact: cfg.Clsact, Program: mediaflowProgMediaflow,
-		Maps: map[string]uint32{mediaflowMapFlows: uint32(2 * cfg.MaxFlows)}, Slots: 2 * cfg.MaxFlows}
+	return &Offloader{t}, nil
 }
 
 // check returns f with every address as plain IPv4 (see kfast.V4).
@@ -62,8 +60,8 @@ func check(f mediaproxy.Flow) (mediaproxy.Flow, error) {
 
 // egress returns the route the host sends dst out of, refusing local
 // destinations (the program forwards between interfaces only).
-func (o *Offloader) egress(dst netip.Addr) (kfast.Route, error) {
-	r, err := o.l.Route(dst)
+func egress(l *kfast.Loader, dst netip.Addr) (kfast.Route, error) {
+	r, err := l.Route(dst)
 	if err != nil {
 		return r, fmt.Errorf("%w: %w", ErrNoRoute, err)
 	}
@@ -80,122 +78,104 @@ func (o *Offloader) Offload(orig mediaproxy.Flow) error {
 	if err != nil {
 		return err
 	}
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	if o.l == nil {
-		return mediaproxy.ErrClosed
-	}
-	if _, ok := o.flows[orig]; ok {
-		return nil
-	}
-	toClient, err := o.egress(f.Client.Addr())
-	if err != nil {
+	return o.With(func(l *kfast.Loader, flows map[mediaproxy.Flow]flow) error {
+		if _, ok := flows[orig]; ok {
+			return nil
+		}
+		e, err := install(l, f)
+		if err == nil {
+			flows[orig] = e
+		}
 		return err
-	}
-	toServer, err := o.egress(f.Server.Addr())
+	})
+}
+
+func install(l *kfast.Loader, f mediaproxy.Flow) (flow, error) {
+	var e flow
+	toClient, err := egress(l, f.Client.Addr())
 	if err != nil {
-		return err
+		return e, err
+	}
+	toServer, err := egress(l, f.Server.Addr())
+	if err != nil {
+		return e, err
 	}
 	// Packets are expected on the interfaces their senders are routed
 	// through (symmetric routing); any arriving elsewhere still reach user
 	// space, which keeps forwarding them.
-	fromServer, err := o.egress(f.ServerSrc.Addr())
+	fromServer, err := egress(l, f.ServerSrc.Addr())
 	if err != nil {
-		return err
+		return e, err
 	}
-	if err := o.l.Attach(toClient.Ifindex, fromServer.Ifindex); err != nil {
-		return fmt.Errorf("mediaflow: %w", err)
+	if err := l.Attach(toClient.Ifindex, fromServer.Ifindex); err != nil {
+		return e, fmt.Errorf("mediaflow: %w", err)
 	}
-	e := flow{kIn: kfast.TupleOf(f.Client, f.Fixed), kOut: kfast.TupleOf(f.ServerSrc, f.Inside)}
-	slots, err := o.l.Slots(2)
+	slots, err := l.Slots(2)
 	if err != nil {
-		return err
+		return e, err
 	}
-	sIn, sOut := slots[0], slots[1]
-	e.in, e.out = toServer.To(f.Inside, f.Server, sIn, 0), toClient.To(f.Fixed, f.Client, sOut, 0)
-	m := o.l.Map(mediaflowMapFlows)
-	if err := m.Update(e.kIn, e.in, ebpf.UpdateAny); err != nil {
-		o.l.Release(sIn, sOut)
-		return fmt.Errorf("mediaflow: install flow: %w", err)
+	e = flow{kIn: kfast.TupleOf(f.Client, f.Fixed), kOut: kfast.TupleOf(f.ServerSrc, f.Inside),
+		in: toServer.To(f.Inside, f.Server, slots[0], 0), out: toClient.To(f.Fixed, f.Client, slots[1], 0)}
+	m := l.Map(flowMap)
+	err = m.Update(e.kIn, e.in, ebpf.UpdateAny)
+	if err == nil {
+		if err = m.Update(e.kOut, e.out, ebpf.UpdateAny); err != nil {
+			_ = m.Delete(e.kIn)
+		}
 	}
-	if err := m.Update(e.kOut, e.out, ebpf.UpdateAny); err != nil {
-		_ = m.Delete(e.kIn)
-		o.l.Release(sIn, sOut)
-		return fmt.Errorf("mediaflow: install flow: %w", err)
+	if err != nil {
+		l.Release(slots...)
+		return e, fmt.Errorf("mediaflow: install flow: %w", err)
 	}
-	o.flows[orig] = e
-	return nil
+	return e, nil
 }
 
 // Remove uninstalls f; the interfaces keep the program (it passes what the
 // map does not hold) until Close.
 func (o *Offloader) Remove(f mediaproxy.Flow) error {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	e, ok := o.flows[f]
-	if !ok {
+	err := o.With(func(l *kfast.Loader, flows map[mediaproxy.Flow]flow) error {
+		e, ok := flows[f]
+		if !ok {
+			return nil
+		}
+		delete(flows, f)
+		var errs []error
+		for _, k := range []kfast.Tuple{e.kIn, e.kOut} {
+			if err := l.Map(flowMap).Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				errs = append(errs, err)
+			}
+		}
+		l.Release(e.in.Slot, e.out.Slot)
+		if err := errors.Join(errs...); err != nil {
+			return fmt.Errorf("mediaflow: remove flow: %w", err)
+		}
+		return nil
+	})
+	if errors.Is(err, mediaproxy.ErrClosed) {
 		return nil
 	}
-	delete(o.flows, f)
-	var errs []error
-	for _, k := range []kfast.Tuple{e.kIn, e.kOut} {
-		if err := o.l.Map(mediaflowMapFlows).Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			errs = append(errs, err)
-		}
-	}
-	o.l.Release(e.in.Slot, e.out.Slot)
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("mediaflow: remove flow: %w", err)
-	}
-	return nil
+	return err
 }
 
 // Stats returns the packets and bytes (IP length) the program forwarded
 // for f, both directions.
 func (o *Offloader) Stats(f mediaproxy.Flow) (packets, bytes uint64, err error) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	e, ok := o.flows[f]
-	if !ok || o.l == nil {
-		return 0, 0, mediaproxy.ErrNoSession
-	}
-	a, err := o.l.Read(e.in.Slot)
-	if err != nil {
-		return 0, 0, err
-	}
-	b, err := o.l.Read(e.out.Slot)
-	if err != nil {
-		return 0, 0, err
-	}
-	return a.Packets + b.Packets, a.Bytes + b.Bytes, nil
-}
-
-// Flows returns the number of flows installed.
-func (o *Offloader) Flows() int {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return len(o.flows)
-}
-
-// Attachments returns the interfaces the program is attached to and how.
-func (o *Offloader) Attachments() map[int]kfast.Mode {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	if o.l == nil {
-		return map[int]kfast.Mode{}
-	}
-	return o.l.Attachments()
-}
-
-// Close detaches the program from every interface and frees the program
-// and the map. It is idempotent.
-func (o *Offloader) Close() error {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	if o.l == nil {
+	err = o.With(func(l *kfast.Loader, flows map[mediaproxy.Flow]flow) error {
+		e, ok := flows[f]
+		if !ok {
+			return mediaproxy.ErrNoSession
+		}
+		for _, s := range []uint32{e.in.Slot, e.out.Slot} {
+			c, err := l.Read(s)
+			if err != nil {
+				return err
+			}
+			packets, bytes = packets+c.Packets, bytes+c.Bytes
+		}
 		return nil
+	})
+	if errors.Is(err, mediaproxy.ErrClosed) {
+		err = mediaproxy.ErrNoSession
 	}
-	err := o.l.Close()
-	o.l, o.flows = nil, nil
-	return err
+	return packets, bytes, err
 }

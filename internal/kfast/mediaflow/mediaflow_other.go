@@ -12,7 +12,7 @@ var _ mediaproxy.Offloader = (*Offloader)(nil)
 // New returns ErrUnsupported: the program is built for Linux on
 // little-endian machines only.
 func New(cfg Config) (*Offloader, error) {
-	if err := cfg.validate(); err != nil {
+	if err := cfg.Validate(defaultMaxFlows); err != nil {
 		return nil, err
 	}
 	return nil, ErrUnsupported

@@ -32,11 +32,8 @@ type testProg struct {
 
 func loadProg(tb testing.TB) *testProg {
 	tb.Helper()
-	cfg := Config{}
-	if err := cfg.validate(); err != nil {
-		tb.Fatal(err)
-	}
-	return &testProg{l: kfasttest.Load(tb, loaderConfig(cfg), loadMediaflow), slots: map[kfast.Tuple]uint32{}}
+	cfg := kfast.Config{Program: program, Maps: map[string]uint32{flowMap: 1024}, Slots: 1024}
+	return &testProg{l: kfasttest.Load(tb, cfg), slots: map[kfast.Tuple]uint32{}}
 }
 
 // put installs one direction: from -> to leaves as newSrc -> newDst.
@@ -48,7 +45,7 @@ func (p *testProg) put(tb testing.TB, from, to, newSrc, newDst netip.AddrPort, i
 	}
 	k := kfast.TupleOf(from, to)
 	v := kfast.Route{Ifindex: ifindex, MTU: 1500}.To(newSrc, newDst, s[0], 0)
-	if err := p.l.Map(mediaflowMapFlows).Update(k, v, ebpf.UpdateAny); err != nil {
+	if err := p.l.Map(flowMap).Update(k, v, ebpf.UpdateAny); err != nil {
 		tb.Fatal(err)
 	}
 	p.slots[k] = s[0]
@@ -57,7 +54,7 @@ func (p *testProg) put(tb testing.TB, from, to, newSrc, newDst netip.AddrPort, i
 func (p *testProg) del(tb testing.TB, from, to netip.AddrPort) {
 	tb.Helper()
 	k := kfast.TupleOf(from, to)
-	if err := p.l.Map(mediaflowMapFlows).Delete(k); err != nil {
+	if err := p.l.Map(flowMap).Delete(k); err != nil {
 		tb.Fatal(err)
 	}
 	p.l.Release(p.slots[k])

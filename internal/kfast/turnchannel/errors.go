@@ -25,5 +25,5 @@ var (
 	// ErrClosed: the offloader is closed.
 	ErrClosed = errors.New("turnchannel: closed")
 	// ErrConfig: the configuration is invalid.
-	ErrConfig = errors.New("turnchannel: invalid config")
+	ErrConfig = kfast.ErrConfig
 )

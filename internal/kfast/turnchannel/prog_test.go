@@ -37,11 +37,8 @@ type testProg struct {
 
 func loadProg(tb testing.TB) *testProg {
 	tb.Helper()
-	cfg := Config{}
-	if err := cfg.validate(); err != nil {
-		tb.Fatal(err)
-	}
-	return &testProg{l: kfasttest.Load(tb, loaderConfig(cfg), loadTurnchannel)}
+	cfg := kfast.Config{Program: program, Maps: map[string]uint32{flowMap: 1024}, Slots: 1024}
+	return &testProg{l: kfasttest.Load(tb, cfg)}
 }
 
 // install puts both directions of a flow, redirected to ifindex (0: up the
@@ -59,10 +56,10 @@ func (p *testProg) install(tb testing.TB, client, listen, relay, peer netip.Addr
 	dl := kfast.Deadline(time.Now().Add(ttl))
 	uv := relayValue{Out: r.To(relay, peer, s[0], dl)}
 	dv := relayValue{Out: r.To(listen, client, s[1], dl), Channel: kfast.BE16(ch)}
-	if err := p.l.Map(turnchannelMapRelays).Put(key(client, listen, ch), uv); err != nil {
+	if err := p.l.Map(flowMap).Put(key(client, listen, ch), uv); err != nil {
 		tb.Fatal(err)
 	}
-	if err := p.l.Map(turnchannelMapRelays).Put(key(peer, relay, 0), dv); err != nil {
+	if err := p.l.Map(flowMap).Put(key(peer, relay, 0), dv); err != nil {
 		tb.Fatal(err)
 	}
 	return s[0], s[1]
@@ -72,7 +69,7 @@ func (p *testProg) install(tb testing.TB, client, listen, relay, peer netip.Addr
 func (p *testProg) remove(tb testing.TB, client, listen, relay, peer netip.AddrPort, ch uint16, up, down uint32) {
 	tb.Helper()
 	for _, k := range []relayKey{key(client, listen, ch), key(peer, relay, 0)} {
-		if err := p.l.Map(turnchannelMapRelays).Delete(k); err != nil {
+		if err := p.l.Map(flowMap).Delete(k); err != nil {
 			tb.Fatal(err)
 		}
 	}

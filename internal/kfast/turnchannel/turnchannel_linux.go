@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"sync"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -19,13 +18,17 @@ import (
 // space.
 const maxData = 2000
 
+// The program and its map in internal/kfast/bpf/turnchannel.c.
+const (
+	program = "turnchannel"
+	flowMap = "relays"
+)
+
 // Offloader installs TURN flows into the turnchannel program. It is safe
 // for concurrent use.
 type Offloader struct {
-	mu    sync.Mutex // guards everything below
-	l     *kfast.Loader
-	flows map[turn.OffloadFlow]*entry
-	keys  map[relayKey]turn.OffloadFlow
+	*kfast.Table[turn.OffloadFlow, *entry]
+	keys map[relayKey]turn.OffloadFlow // guarded by the table's lock (With)
 }
 
 // relayKey and relayValue are the program's struct relay_key and
@@ -54,19 +57,14 @@ var _ turn.Offloader = (*Offloader)(nil)
 // New loads the program and creates its maps. Nothing is attached until
 // the first flow arrives.
 func New(cfg Config) (*Offloader, error) {
-	if err := cfg.validate(); err != nil {
+	if err := cfg.Validate(defaultMaxFlows); err != nil {
 		return nil, err
 	}
-	l, err := kfast.Load(loaderConfig(cfg), loadTurnchannel)
+	t, err := kfast.NewTable[turn.OffloadFlow, *entry](cfg, program, flowMap, ErrClosed)
 	if err != nil {
 		return nil, fmt.Errorf("turnchannel: %w", err)
 	}
-	return &Offloader{l: l, flows: map[turn.OffloadFlow]*entry{}, keys: map[relayKey]turn.OffloadFlow{}}, nil
-}
-
-func loaderConfig(cfg Config) kfast.Config {
-	return kfast.Config{NetNS: cfg.NetNS, Clsact: cfg.Clsact, Program: turnchannelProgTurnchannel,
-		Maps: map[string]uint32{turnchannelMapRelays: uint32(2 * cfg.MaxFlows)}, Slots: 2 * cfg.MaxFlows}
+	return &Offloader{Table: t, keys: map[relayKey]turn.OffloadFlow{}}, nil
 }
 
 func key(src, dst netip.AddrPort, channel uint16) relayKey {
@@ -83,56 +81,60 @@ func (o *Offloader) Install(f turn.OffloadFlow, deadline time.Time) error {
 			return fmt.Errorf("%w: %w", ErrNotIPv4, err)
 		}
 	}
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	if o.l == nil {
-		return ErrClosed
-	}
 	dl := kfast.Deadline(deadline)
-	if e := o.flows[f]; e != nil {
-		e.up.Out.Deadline, e.down.Out.Deadline = dl, dl
-		return o.put(e)
-	}
-	toPeer, err := o.l.Route(n.Peer.Addr())
+	return o.With(func(l *kfast.Loader, flows map[turn.OffloadFlow]*entry) error {
+		if e := flows[f]; e != nil {
+			e.up.Out.Deadline, e.down.Out.Deadline = dl, dl
+			return put(l, e)
+		}
+		e, err := o.install(l, n, dl)
+		if err == nil {
+			flows[f] = e
+			o.keys[e.upKey], o.keys[e.downKey] = f, f
+		}
+		return err
+	})
+}
+
+func (o *Offloader) install(l *kfast.Loader, n turn.OffloadFlow, dl uint64) (*entry, error) {
+	toPeer, err := l.Route(n.Peer.Addr())
 	if err != nil {
-		return fmt.Errorf("%w: %w", ErrNoRoute, err)
+		return nil, fmt.Errorf("%w: %w", ErrNoRoute, err)
 	}
-	toClient, err := o.l.Route(n.Client.Addr())
+	toClient, err := l.Route(n.Client.Addr())
 	if err != nil {
-		return fmt.Errorf("%w: %w", ErrNoRoute, err)
+		return nil, fmt.Errorf("%w: %w", ErrNoRoute, err)
 	}
 	if toPeer.Local != toClient.Local {
-		return fmt.Errorf("%w: one of %v and %v is local", ErrNoRoute, n.Client, n.Peer)
+		return nil, fmt.Errorf("%w: one of %v and %v is local", ErrNoRoute, n.Client, n.Peer)
 	}
 	e := &entry{upKey: key(n.Client, n.Listen, n.Channel), downKey: key(n.Peer, n.Relayed, 0)}
 	for _, k := range []relayKey{e.upKey, e.downKey} {
 		if _, ok := o.keys[k]; ok {
-			return ErrConflict
+			return nil, ErrConflict
 		}
 	}
 	// Packets of each direction arrive on the interface their sender is
 	// routed through (symmetric routing assumed: others reach user space).
-	if err := o.l.Attach(toClient.Ifindex, toPeer.Ifindex); err != nil {
-		return fmt.Errorf("turnchannel: %w", err)
+	if err := l.Attach(toClient.Ifindex, toPeer.Ifindex); err != nil {
+		return nil, fmt.Errorf("turnchannel: %w", err)
 	}
-	slots, err := o.l.Slots(2)
+	slots, err := l.Slots(2)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	e.up = relayValue{Out: toPeer.To(n.Relayed, n.Peer, slots[0], dl)}
 	e.down = relayValue{Out: toClient.To(n.Listen, n.Client, slots[1], dl), Channel: kfast.BE16(n.Channel)}
-	if err := o.put(e); err != nil {
-		o.del(e)
-		o.l.Release(slots...)
-		return err
+	if err := put(l, e); err != nil {
+		_ = del(l, e)
+		l.Release(slots...)
+		return nil, err
 	}
-	o.flows[f] = e
-	o.keys[e.upKey], o.keys[e.downKey] = f, f
-	return nil
+	return e, nil
 }
 
-func (o *Offloader) put(e *entry) error {
-	m := o.l.Map(turnchannelMapRelays)
+func put(l *kfast.Loader, e *entry) error {
+	m := l.Map(flowMap)
 	if err := m.Put(e.upKey, e.up); err != nil {
 		return fmt.Errorf("turnchannel: install flow: %w", err)
 	}
@@ -143,10 +145,10 @@ func (o *Offloader) put(e *entry) error {
 }
 
 // del deletes e's entries from the map.
-func (o *Offloader) del(e *entry) error {
+func del(l *kfast.Loader, e *entry) error {
 	var errs []error
 	for _, k := range []relayKey{e.upKey, e.downKey} {
-		if err := o.l.Map(turnchannelMapRelays).Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		if err := l.Map(flowMap).Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			errs = append(errs, err)
 		}
 	}
@@ -156,68 +158,41 @@ func (o *Offloader) del(e *entry) error {
 // Remove uninstalls f; interfaces keep the program (it passes what the map
 // does not hold) until Close.
 func (o *Offloader) Remove(f turn.OffloadFlow) error {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	e := o.flows[f]
-	if e == nil || o.l == nil {
+	err := o.With(func(l *kfast.Loader, flows map[turn.OffloadFlow]*entry) error {
+		e := flows[f]
+		if e == nil {
+			return nil
+		}
+		delete(flows, f)
+		delete(o.keys, e.upKey)
+		delete(o.keys, e.downKey)
+		err := del(l, e)
+		l.Release(e.up.Out.Slot, e.down.Out.Slot)
+		if err != nil {
+			return fmt.Errorf("turnchannel: remove flow: %w", err)
+		}
+		return nil
+	})
+	if errors.Is(err, ErrClosed) {
 		return nil
 	}
-	delete(o.flows, f)
-	delete(o.keys, e.upKey)
-	delete(o.keys, e.downKey)
-	err := o.del(e)
-	o.l.Release(e.up.Out.Slot, e.down.Out.Slot)
-	if err != nil {
-		return fmt.Errorf("turnchannel: remove flow: %w", err)
-	}
-	return nil
+	return err
 }
 
 // Counters sums f's per-CPU counters.
 func (o *Offloader) Counters(f turn.OffloadFlow) (toPeer, toClient turn.OffloadCounts, err error) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	e := o.flows[f]
-	if e == nil || o.l == nil {
-		return toPeer, toClient, ErrClosed
-	}
-	up, err := o.l.Read(e.up.Out.Slot)
-	if err != nil {
-		return toPeer, toClient, err
-	}
-	down, err := o.l.Read(e.down.Out.Slot)
-	if err != nil {
-		return toPeer, toClient, err
-	}
-	return turn.OffloadCounts(up), turn.OffloadCounts(down), nil
-}
-
-// Flows returns the number of flows installed.
-func (o *Offloader) Flows() int {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return len(o.flows)
-}
-
-// Attachments returns the interfaces the program is attached to and how.
-func (o *Offloader) Attachments() map[int]kfast.Mode {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	if o.l == nil {
-		return map[int]kfast.Mode{}
-	}
-	return o.l.Attachments()
-}
-
-// Close detaches the program from every interface and frees the program
-// and its maps. It is idempotent.
-func (o *Offloader) Close() error {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	if o.l == nil {
-		return nil
-	}
-	err := o.l.Close()
-	o.l, o.flows, o.keys = nil, nil, nil
-	return err
+	err = o.With(func(l *kfast.Loader, flows map[turn.OffloadFlow]*entry) error {
+		e := flows[f]
+		if e == nil {
+			return ErrClosed
+		}
+		up, err := l.Read(e.up.Out.Slot)
+		if err != nil {
+			return err
+		}
+		down, err := l.Read(e.down.Out.Slot)
+		toPeer, toClient = turn.OffloadCounts(up), turn.OffloadCounts(down)
+		return err
+	})
+	return toPeer, toClient, err
 }

@@ -15,7 +15,7 @@ var _ turn.Offloader = (*Offloader)(nil)
 
 // New returns ErrUnsupported.
 func New(cfg Config) (*Offloader, error) {
-	if err := cfg.validate(); err != nil {
+	if err := cfg.Validate(defaultMaxFlows); err != nil {
 		return nil, err
 	}
 	return nil, ErrUnsupported

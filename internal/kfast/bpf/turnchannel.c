@@ -36,9 +36,9 @@
 // truncated or malformed ChannelData, more than 3 bytes after the data,
 // GSO packets, results longer than the entry's max_len.
 //
-// Regenerate with `go generate` in the package directory (see gen.go).
+// Built into the one object of internal/kfast (bpf/kfast.c, gen.go).
 
-#include "../../include/move.h"
+#include "../include/move.h"
 
 // relay_key: the UDP 4-tuple a packet arrives with and, for ChannelData
 // from a client, its channel number (network byte order); 0 for a peer's
@@ -98,6 +98,18 @@ static __always_inline __u32 pad_word(__u8 b, __u32 off)
 	return (off & 1) ? (__u32)b << 8 : (__u32)b;
 }
 
+// resize_diffs returns in pseudo and hdr the checksum differences (RFC
+// 1624, memory order) of rewriting p to o.to with IP length ntot: the
+// pseudo-header (addresses and UDP length) and the UDP header (ports and
+// length); the payload's own change is the caller's.
+static __always_inline void resize_diffs(const struct kf_udp4 *p, const struct kf_out *o, __u32 ntot, __u32 *pseudo, __u32 *hdr)
+{
+	__u16 old_ulen = p->udp->len;
+	__u16 new_ulen = bpf_htons(ntot - sizeof(struct iphdr));
+	*pseudo = csum_replace16(kf_pseudo(&p->t, &o->to), old_ulen, new_ulen);
+	*hdr = csum_replace16(csum_replace32(0, kf_ports(&p->t), kf_ports(&o->to)), old_ulen, new_ulen);
+}
+
 // strip turns the client's ChannelData message (channel and length cd, in
 // network order) into the plain datagram to the peer.
 static __always_inline int strip(struct __sk_buff *skb, struct kf_udp4 *p, const struct relay_value *v, __u16 cd[2])
@@ -114,12 +126,8 @@ static __always_inline int strip(struct __sk_buff *skb, struct kf_udp4 *p, const
 	if (ntot > v->out.max_len)
 		return KF_PASS;
 	struct kf_out o = v->out;
-	// The checksum differences (RFC 1624), in memory order.
-	__u16 old_ulen = p->udp->len;
-	__u16 new_ulen = bpf_htons(ntot - sizeof(struct iphdr));
-	__u32 pseudo = csum_replace16(kf_pseudo(&p->t, &o.to), old_ulen, new_ulen);
-	__u32 hdr = csum_replace32(0, kf_ports(&p->t), kf_ports(&o.to));
-	hdr = csum_replace16(hdr, old_ulen, new_ulen);
+	__u32 pseudo, hdr;
+	resize_diffs(p, &o, ntot, &pseudo, &hdr);
 	hdr = csum_add(csum_add(hdr, (__u16)~cd[0]), (__u16)~cd[1]);
 	if (tail) {
 		__u8 padb[3] = {0, 0, 0};
@@ -164,11 +172,8 @@ static __always_inline int frame(struct __sk_buff *skb, struct kf_udp4 *p, const
 		return KF_PASS;
 	struct kf_out o = v->out;
 	__u16 hdrw[2] = {v->channel, bpf_htons(plen)};
-	__u16 old_ulen = p->udp->len;
-	__u16 new_ulen = bpf_htons(ntot - sizeof(struct iphdr));
-	__u32 pseudo = csum_replace16(kf_pseudo(&p->t, &o.to), old_ulen, new_ulen);
-	__u32 hdr = csum_replace32(0, kf_ports(&p->t), kf_ports(&o.to));
-	hdr = csum_replace16(hdr, old_ulen, new_ulen);
+	__u32 pseudo, hdr;
+	resize_diffs(p, &o, ntot, &pseudo, &hdr);
 	hdr = csum_add(csum_add(hdr, hdrw[0]), hdrw[1]);
 	if (bpf_skb_change_tail(skb, ETH_HLEN + ntot, 0))
 		return TC_ACT_SHOT;
@@ -206,5 +211,3 @@ int turnchannel(struct __sk_buff *skb)
 		return KF_PASS;
 	return frame(skb, &p, v);
 }
-
-char __license[] SEC("license") = "Dual MIT/GPL";

@@ -9,9 +9,9 @@
 // and redirects it out of the flow's egress interface. Everything else
 // (no hit, what kf_parse_udp4 refuses, TTL <= 1) passes untouched.
 //
-// Regenerate with `go generate` in the package directory (see gen.go).
+// Built into the one object of internal/kfast (bpf/kfast.c, gen.go).
 
-#include "../../include/kfast.h"
+#include "../include/kfast.h"
 
 // flows: the 4-tuple a packet arrives with -> where it goes.
 struct {
@@ -52,5 +52,3 @@ int mediaflow(struct __sk_buff *skb)
 	kf_write_tuple(ip, udp, &o.to);
 	return kf_send(&o);
 }
-
-char __license[] SEC("license") = "Dual MIT/GPL";

@@ -5,12 +5,14 @@ package kfasttest
 import (
 	"bytes"
 	"encoding/binary"
+	"math/rand/v2"
 	"net/netip"
 	"testing"
 	"time"
 
 	"github.com/cilium/ebpf"
 
+	"github.com/traverse-rtc/traverse/internal/kfast"
 	"github.com/traverse-rtc/traverse/internal/testkit"
 )
 
@@ -178,5 +180,32 @@ func LabSuite(t *testing.T, p Path, n int, quiet time.Duration) {
 	}
 	if d := m2.kernel - m1.kernel; d != 0 {
 		t.Errorf("kernel counted %d packets after the hand-back", d)
+	}
+}
+
+// CheckCounts checks that the loader's counter slot holds packets and
+// bytes; what names the slot in the failure.
+func CheckCounts(t *testing.T, l *kfast.Loader, slot uint32, what string, packets, bytes uint64) {
+	t.Helper()
+	c, err := l.Read(slot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Packets != packets || c.Bytes != bytes {
+		t.Errorf("%s counted %d packets %d bytes, want %d and %d", what, c.Packets, c.Bytes, packets, bytes)
+	}
+}
+
+// Random runs check for n cases drawn from one random source, seeded the
+// same on every run; check returns a description of its case, reported
+// when the case failed (the run stops there).
+func Random(t *testing.T, n int, check func(r *rand.Rand, i int) string) {
+	t.Helper()
+	r := rand.New(rand.NewPCG(1, 2))
+	for i := range n {
+		what := check(r, i)
+		if t.Failed() {
+			t.Fatalf("case %d: %s", i, what)
+		}
 	}
 }

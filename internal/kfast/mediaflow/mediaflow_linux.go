@@ -52,23 +52,21 @@ func check(f mediaproxy.Flow) (mediaproxy.Flow, error) {
 	var err error
 	for _, p := range []*netip.AddrPort{&f.Client, &f.Fixed, &f.Inside, &f.Server, &f.ServerSrc} {
 		if *p, err = kfast.V4(*p); err != nil {
-			return f, fmt.Errorf("%w: %w", ErrNotIPv4, err)
+			return f, err
 		}
 	}
 	return f, nil
 }
 
 // egress returns the route the host sends dst out of, refusing local
-// destinations (the program forwards between interfaces only).
+// destinations (the program forwards between interfaces only) with
+// kfast.ErrNoRoute.
 func egress(l *kfast.Loader, dst netip.Addr) (kfast.Route, error) {
 	r, err := l.Route(dst)
-	if err != nil {
-		return r, fmt.Errorf("%w: %w", ErrNoRoute, err)
+	if err == nil && r.Local {
+		err = fmt.Errorf("%w: %v is local", kfast.ErrNoRoute, dst)
 	}
-	if r.Local {
-		return r, fmt.Errorf("%w: %v is local", ErrNoRoute, dst)
-	}
-	return r, nil
+	return r, err
 }
 
 // Offload installs both directions of f: client -> fixed port becomes

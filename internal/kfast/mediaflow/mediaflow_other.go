@@ -2,7 +2,10 @@
 
 package mediaflow
 
-import "github.com/traverse-rtc/traverse/internal/mediaproxy"
+import (
+	"github.com/traverse-rtc/traverse/internal/kfast"
+	"github.com/traverse-rtc/traverse/internal/mediaproxy"
+)
 
 // Offloader is the eBPF offloader; on this platform New always fails.
 type Offloader struct{}
@@ -15,17 +18,17 @@ func New(cfg Config) (*Offloader, error) {
 	if err := cfg.Validate(defaultMaxFlows); err != nil {
 		return nil, err
 	}
-	return nil, ErrUnsupported
+	return nil, kfast.ErrUnsupported
 }
 
 // Offload returns ErrUnsupported.
-func (*Offloader) Offload(mediaproxy.Flow) error { return ErrUnsupported }
+func (*Offloader) Offload(mediaproxy.Flow) error { return kfast.ErrUnsupported }
 
 // Remove returns ErrUnsupported.
-func (*Offloader) Remove(mediaproxy.Flow) error { return ErrUnsupported }
+func (*Offloader) Remove(mediaproxy.Flow) error { return kfast.ErrUnsupported }
 
 // Stats returns ErrUnsupported.
-func (*Offloader) Stats(mediaproxy.Flow) (uint64, uint64, error) { return 0, 0, ErrUnsupported }
+func (*Offloader) Stats(mediaproxy.Flow) (uint64, uint64, error) { return 0, 0, kfast.ErrUnsupported }
 
 // Flows returns 0.
 func (*Offloader) Flows() int { return 0 }

@@ -12,6 +12,7 @@ import (
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netns"
 
+	"github.com/traverse-rtc/traverse/internal/kfast"
 	"github.com/traverse-rtc/traverse/internal/kfast/kfasttest"
 	"github.com/traverse-rtc/traverse/internal/mediaproxy"
 )
@@ -136,17 +137,17 @@ func TestOffloadRefusesLocalAndIPv6(t *testing.T) {
 		Server: ap(kfasttest.ServerIP, 5000), ServerSrc: ap(kfasttest.ServerIP, 5000)}
 	v6 := good
 	v6.Client = netip.MustParseAddrPort("[2001:db8::1]:4000")
-	if err := off.Offload(v6); !errors.Is(err, ErrNotIPv4) {
+	if err := off.Offload(v6); !errors.Is(err, kfast.ErrNotIPv4) {
 		t.Errorf("IPv6 flow: %v", err)
 	}
 	local := good
 	local.Server = ap(kfasttest.InsideIP, 5000) // the gateway itself
-	if err := off.Offload(local); !errors.Is(err, ErrNoRoute) {
+	if err := off.Offload(local); !errors.Is(err, kfast.ErrNoRoute) {
 		t.Errorf("local server: %v", err)
 	}
 	unroutable := good
 	unroutable.Client = ap(netip.MustParseAddr("192.0.2.9"), 4000)
-	if err := off.Offload(unroutable); !errors.Is(err, ErrNoRoute) {
+	if err := off.Offload(unroutable); !errors.Is(err, kfast.ErrNoRoute) {
 		t.Errorf("unroutable client: %v", err)
 	}
 	if off.Flows() != 0 || len(off.Attachments()) != 0 {

@@ -4,6 +4,7 @@ package mediaflow
 
 import (
 	"bytes"
+	"fmt"
 	"math/rand/v2"
 	"net/netip"
 	"testing"
@@ -61,14 +62,7 @@ func (p *testProg) del(tb testing.TB, from, to netip.AddrPort) {
 	delete(p.slots, k)
 }
 
-func (p *testProg) counters(tb testing.TB, from, to netip.AddrPort) (packets, bytes uint64) {
-	tb.Helper()
-	c, err := p.l.Read(p.slots[kfast.TupleOf(from, to)])
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return c.Packets, c.Bytes
-}
+func (p *testProg) slot(from, to netip.AddrPort) uint32 { return p.slots[kfast.TupleOf(from, to)] }
 
 func (p *testProg) both(tb testing.TB) {
 	p.put(tb, tClient, tFixed, tInside, tServer, 3)
@@ -100,7 +94,13 @@ func TestProgram(t *testing.T) {
 		})
 	}
 
-	counted := func(tb testing.TB) uint64 { n, _ := p.counters(tb, tClient, tFixed); return n }
+	counted := func(tb testing.TB) uint64 {
+		c, err := p.l.Read(p.slot(tClient, tFixed))
+		if err != nil {
+			tb.Fatal(err)
+		}
+		return c.Packets
+	}
 	kfasttest.Passes(t, p.l.Program(), pkt{Src: tClient, Dst: tFixed, Payload: payload}, counted)
 	// This program's own: the reply direction of a rewrite is another
 	// flow, and TTL 1 goes to user space (which sends with a fresh TTL).
@@ -143,12 +143,8 @@ func TestProgramCounters(t *testing.T) {
 		t.Fatalf("padded packet returned %d", int32(ret))
 	}
 	wantIn += uint64(len(in) - 14 - 4)
-	if n, b := p.counters(t, tClient, tFixed); n != 7 || b != wantIn {
-		t.Errorf("client->fixed counted %d packets %d bytes, want 7 and %d", n, b, wantIn)
-	}
-	if n, b := p.counters(t, tServer, tInside); n != 4 || b != wantOut {
-		t.Errorf("server->inside counted %d packets %d bytes, want 4 and %d", n, b, wantOut)
-	}
+	kfasttest.CheckCounts(t, p.l, p.slot(tClient, tFixed), "client->fixed", 7, wantIn)
+	kfasttest.CheckCounts(t, p.l, p.slot(tServer, tInside), "server->inside", 4, wantOut)
 }
 
 // TestProgramChecksumsRandom rewrites random flows and payloads and checks
@@ -156,19 +152,15 @@ func TestProgramCounters(t *testing.T) {
 // 0x0000/0xffff corner of the UDP checksum.
 func TestProgramChecksumsRandom(t *testing.T) {
 	p := loadProg(t)
-	r := rand.New(rand.NewPCG(1, 2))
-	ap := func() netip.AddrPort { return kfasttest.RandomAddrPort(r) }
-	for i := range 300 {
-		from, to, nsrc, ndst := ap(), ap(), ap(), ap()
+	kfasttest.Random(t, 300, func(r *rand.Rand, i int) string {
+		from, to, nsrc, ndst := kfasttest.RandomAddrPort(r), kfasttest.RandomAddrPort(r), kfasttest.RandomAddrPort(r), kfasttest.RandomAddrPort(r)
 		p.put(t, from, to, nsrc, ndst, 1)
 		q := pkt{Src: from, Dst: to, Payload: kfasttest.RandomPayload(r, 300), TTL: byte(2 + r.IntN(250)), NoCsum: i%10 == 0}
 		kfasttest.CheckRewrite(t, p.l.Program(), kfasttest.Rewrite{In: q.Bytes(), Ret: kfasttest.ActRedirect,
 			Src: nsrc, Dst: ndst, Payload: q.Payload, ZeroCsum: q.NoCsum})
 		p.del(t, from, to)
-		if t.Failed() {
-			t.Fatalf("case %d: %v -> %v rewritten to %v -> %v", i, from, to, nsrc, ndst)
-		}
-	}
+		return fmt.Sprintf("%v -> %v rewritten to %v -> %v", from, to, nsrc, ndst)
+	})
 }
 
 // BenchmarkProgram is the program's own cost per forwarded packet, as

@@ -43,7 +43,7 @@
 // ip_forward. When both are local addresses of the host (everything on lo,
 // as in the benchmarks), the program runs on lo's ingress and hands the
 // rewritten packet up the stack, which delivers it to the peer's or the
-// client's socket. Mixed cases stay in user space (ErrNoRoute).
+// client's socket. Mixed cases stay in user space (kfast.ErrNoRoute).
 //
 // IPv4 only: IPv6 flows, TCP, TLS and DTLS clients stay in user space.
 package turnchannel

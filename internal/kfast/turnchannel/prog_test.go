@@ -5,6 +5,7 @@ package turnchannel
 import (
 	"bytes"
 	"encoding/binary"
+	"fmt"
 	"math/rand/v2"
 	"net/netip"
 	"testing"
@@ -283,12 +284,8 @@ func TestProgramCounters(t *testing.T) {
 			t.Fatalf("packet %d returned %d", i, int32(ret))
 		}
 	}
-	if n, b := p.counters(t, up); n != 6 || b != wantUp {
-		t.Errorf("client to peer counted %d packets %d bytes, want 6 and %d", n, b, wantUp)
-	}
-	if n, b := p.counters(t, down); n != 4 || b != wantDown {
-		t.Errorf("peer to client counted %d packets %d bytes, want 4 and %d", n, b, wantDown)
-	}
+	kfasttest.CheckCounts(t, p.l, up, "client to peer", 6, wantUp)
+	kfasttest.CheckCounts(t, p.l, down, "peer to client", 4, wantDown)
 }
 
 // TestProgramChecksumsRandom relays random flows and payloads both ways
@@ -296,10 +293,8 @@ func TestProgramCounters(t *testing.T) {
 // lengths, padding and the 0x0000/0xffff corner of the UDP checksum.
 func TestProgramChecksumsRandom(t *testing.T) {
 	p := loadProg(t)
-	r := rand.New(rand.NewPCG(1, 2))
-	ap := func() netip.AddrPort { return kfasttest.RandomAddrPort(r) }
-	for i := range 300 {
-		client, listen, relay, peer := ap(), ap(), ap(), ap()
+	kfasttest.Random(t, 300, func(r *rand.Rand, i int) string {
+		client, listen, relay, peer := kfasttest.RandomAddrPort(r), kfasttest.RandomAddrPort(r), kfasttest.RandomAddrPort(r), kfasttest.RandomAddrPort(r)
 		ch := uint16(0x4000 + r.IntN(0x1000))
 		up, down := p.install(t, client, listen, relay, peer, ch, 1, time.Minute)
 		payload := kfasttest.RandomPayload(r, 300)
@@ -310,10 +305,8 @@ func TestProgramChecksumsRandom(t *testing.T) {
 		in = pkt{Src: peer, Dst: relay, TTL: byte(1 + r.IntN(255)), NoCsum: noCsum, Payload: payload}.Bytes()
 		p.checkOut(t, in, actRedirect, listen, client, channelData(ch, payload, 0, 0), noCsum)
 		p.remove(t, client, listen, relay, peer, ch, up, down)
-		if t.Failed() {
-			t.Fatalf("case %d: client %v listen %v relay %v peer %v channel %#x pad %d", i, client, listen, relay, peer, ch, pad)
-		}
-	}
+		return fmt.Sprintf("client %v listen %v relay %v peer %v channel %#x pad %d", client, listen, relay, peer, ch, pad)
+	})
 }
 
 // BenchmarkProgram is the program's own cost per relayed packet as

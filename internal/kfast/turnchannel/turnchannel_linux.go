@@ -78,7 +78,7 @@ func (o *Offloader) Install(f turn.OffloadFlow, deadline time.Time) error {
 	n := f
 	for _, p := range []*netip.AddrPort{&n.Client, &n.Listen, &n.Relayed, &n.Peer} {
 		if *p, err = kfast.V4(*p); err != nil {
-			return fmt.Errorf("%w: %w", ErrNotIPv4, err)
+			return err
 		}
 	}
 	dl := kfast.Deadline(deadline)
@@ -99,14 +99,14 @@ func (o *Offloader) Install(f turn.OffloadFlow, deadline time.Time) error {
 func (o *Offloader) install(l *kfast.Loader, n turn.OffloadFlow, dl uint64) (*entry, error) {
 	toPeer, err := l.Route(n.Peer.Addr())
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrNoRoute, err)
+		return nil, err
 	}
 	toClient, err := l.Route(n.Client.Addr())
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrNoRoute, err)
+		return nil, err
 	}
 	if toPeer.Local != toClient.Local {
-		return nil, fmt.Errorf("%w: one of %v and %v is local", ErrNoRoute, n.Client, n.Peer)
+		return nil, fmt.Errorf("%w: one of %v and %v is local", kfast.ErrNoRoute, n.Client, n.Peer)
 	}
 	e := &entry{upKey: key(n.Client, n.Listen, n.Channel), downKey: key(n.Peer, n.Relayed, 0)}
 	for _, k := range []relayKey{e.upKey, e.downKey} {

@@ -5,6 +5,7 @@ package turnchannel
 import (
 	"time"
 
+	"github.com/traverse-rtc/traverse/internal/kfast"
 	"github.com/traverse-rtc/traverse/internal/turn"
 )
 
@@ -18,18 +19,18 @@ func New(cfg Config) (*Offloader, error) {
 	if err := cfg.Validate(defaultMaxFlows); err != nil {
 		return nil, err
 	}
-	return nil, ErrUnsupported
+	return nil, kfast.ErrUnsupported
 }
 
 // Install returns ErrUnsupported.
-func (*Offloader) Install(turn.OffloadFlow, time.Time) error { return ErrUnsupported }
+func (*Offloader) Install(turn.OffloadFlow, time.Time) error { return kfast.ErrUnsupported }
 
 // Remove returns ErrUnsupported.
-func (*Offloader) Remove(turn.OffloadFlow) error { return ErrUnsupported }
+func (*Offloader) Remove(turn.OffloadFlow) error { return kfast.ErrUnsupported }
 
 // Counters returns ErrUnsupported.
 func (*Offloader) Counters(turn.OffloadFlow) (turn.OffloadCounts, turn.OffloadCounts, error) {
-	return turn.OffloadCounts{}, turn.OffloadCounts{}, ErrUnsupported
+	return turn.OffloadCounts{}, turn.OffloadCounts{}, kfast.ErrUnsupported
 }
 
 // Flows returns 0.

@@ -164,3 +164,21 @@ func (l *Lab) TxChecksum(t testing.TB, ns netns.NsHandle, name string, on bool) 
 		}
 	})
 }
+
+// FullChecksums makes the client's and the server's senders compute full
+// UDP checksums (their veths' transmit checksum offload off), so the
+// receiving stacks verify every checksum a program rewrote from them.
+func (l *Lab) FullChecksums(t testing.TB) {
+	t.Helper()
+	l.TxChecksum(t, l.Client, "out1", false)
+	l.TxChecksum(t, l.Server, "in1", false)
+}
+
+// GatewayChecksums makes the gateway's interfaces complete in software
+// the partial checksums of the packets they send (the senders keep
+// theirs partial), so the receiving stacks verify the result.
+func (l *Lab) GatewayChecksums(t testing.TB) {
+	t.Helper()
+	l.TxChecksum(t, l.Gateway, "out0", false)
+	l.TxChecksum(t, l.Gateway, "in0", false)
+}

@@ -10,7 +10,6 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
-	"github.com/vishvananda/netns"
 
 	"github.com/traverse-rtc/traverse/internal/kfast"
 	"github.com/traverse-rtc/traverse/internal/kfast/kfasttest"
@@ -31,27 +30,16 @@ import (
 // offload, the default) and the gateway's interfaces completing them in
 // software, once with the senders computing them in full.
 func TestOffloadTakesOverFlow(t *testing.T) {
-	for _, tc := range []struct {
-		name    string
-		txOffIn func(l *kfasttest.Lab) (netns.NsHandle, []string)
-	}{
-		{"partial checksums completed at the gateway", func(l *kfasttest.Lab) (netns.NsHandle, []string) { return l.Gateway, []string{"out0", "in0"} }},
-		{"full checksums from the senders", nil},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			l := kfasttest.New(t, false)
-			if tc.txOffIn != nil {
-				ns, names := tc.txOffIn(l)
-				for _, n := range names {
-					l.TxChecksum(t, ns, n, false)
-				}
-			} else {
-				l.TxChecksum(t, l.Client, "out1", false)
-				l.TxChecksum(t, l.Server, "in1", false)
-			}
-			testOffloadTakesOverFlow(t, l)
-		})
-	}
+	t.Run("partial checksums completed at the gateway", func(t *testing.T) {
+		l := kfasttest.New(t, false)
+		l.GatewayChecksums(t)
+		testOffloadTakesOverFlow(t, l)
+	})
+	t.Run("full checksums from the senders", func(t *testing.T) {
+		l := kfasttest.New(t, false)
+		l.FullChecksums(t)
+		testOffloadTakesOverFlow(t, l)
+	})
 }
 
 func testOffloadTakesOverFlow(t *testing.T, l *kfasttest.Lab) {

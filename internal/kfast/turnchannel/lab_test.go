@@ -282,8 +282,7 @@ func TestLabRelay(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			l := kfasttest.New(t, false)
 			if tc.fullChecksum {
-				l.TxChecksum(t, l.Client, "out1", false)
-				l.TxChecksum(t, l.Server, "in1", false)
+				l.FullChecksums(t)
 			}
 			testLabRelay(t, l, tc.clsact, tc.loopback)
 		})

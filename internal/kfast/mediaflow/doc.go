@@ -5,7 +5,7 @@
 //
 // # The program
 //
-// bpf/mediaflow.c is a tc program attached to the ingress of the gateway's
+// internal/kfast/bpf/mediaflow.c is a tc program attached to the ingress of the gateway's
 // interfaces with TCX (Linux 6.6 or later; a clsact filter before that,
 // see internal/kfast). It looks an IPv4 UDP packet's 4-tuple
 // {saddr, daddr, sport, dport} up in one hash map; a hit carries the
@@ -49,6 +49,6 @@
 // conntrack) and net.ipv4.ip_forward do not apply to them. IPv4 only
 // (IPv4-mapped IPv6 addresses are unmapped).
 //
-// The program is built with bpf2go (see gen.go); the generated Go and
-// object files are committed. Regenerating needs clang and libbpf-dev.
+// The program is built into internal/kfast's one object with bpf2go (see
+// internal/kfast/gen.go); the generated Go and object files are committed.
 package mediaflow

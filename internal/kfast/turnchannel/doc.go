@@ -5,9 +5,9 @@
 //
 // # The program
 //
-// bpf/turnchannel.c, a program on internal/kfast, runs on the ingress of the interfaces packets of an
-// offloaded flow arrive on (TCX, or a clsact filter on kernels before 6.6;
-// see internal/kfast). One hash map holds two entries per flow:
+// internal/kfast/bpf/turnchannel.c runs on the ingress of the interfaces
+// packets of an offloaded flow arrive on (TCX, or a clsact filter on
+// kernels before 6.6; see internal/kfast). One hash map holds two entries per flow:
 //
 //   - {client, listener, channel} -> {relayed address, peer}: a ChannelData
 //     message from the client loses its 4-byte header and padding and

@@ -12,8 +12,8 @@ import (
 
 	"github.com/traverse-rtc/traverse/internal/admin"
 	"github.com/traverse-rtc/traverse/internal/config"
-	"github.com/traverse-rtc/traverse/internal/mediaproxy"
 	"github.com/traverse-rtc/traverse/internal/kfast/mediaflow"
+	"github.com/traverse-rtc/traverse/internal/mediaproxy"
 	"github.com/traverse-rtc/traverse/internal/sipgw"
 )
 

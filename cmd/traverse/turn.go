@@ -16,9 +16,9 @@ import (
 
 	"github.com/traverse-rtc/traverse/internal/admin"
 	"github.com/traverse-rtc/traverse/internal/config"
+	"github.com/traverse-rtc/traverse/internal/kfast/turnchannel"
 	"github.com/traverse-rtc/traverse/internal/tlsutil"
 	"github.com/traverse-rtc/traverse/internal/turn"
-	"github.com/traverse-rtc/traverse/internal/kfast/turnchannel"
 )
 
 // turnConfig is the turn role's configuration (flags, YAML, environment).

@@ -13,6 +13,29 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type kfastDistKey struct {
+	_       structs.HostLayout
+	Daddr   uint32
+	Dport   uint16
+	HasSsrc uint16
+	Ssrc    uint32
+}
+
+type kfastDistValue struct {
+	_      structs.HostLayout
+	Source uint32
+	N      uint32
+	Slot   uint32
+	Pad    uint32
+	R      [64]struct {
+		_    structs.HostLayout
+		O    kfastKfOut
+		Dmac [6]uint8
+		Smac [6]uint8
+		Pad  uint32
+	}
+}
+
 type kfastKfCounters struct {
 	_       structs.HostLayout
 	Packets uint64
@@ -61,9 +84,12 @@ type kfastRelayValue struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	kfastMapCounters     = "counters"
+	kfastMapDistLast     = "dist_last"
+	kfastMapDistStreams  = "dist_streams"
 	kfastMapFlows        = "flows"
 	kfastMapRelays       = "relays"
 	kfastMapScratch      = "scratch"
+	kfastProgDistribute  = "distribute"
 	kfastProgMediaflow   = "mediaflow"
 	kfastProgTurnchannel = "turnchannel"
 )
@@ -110,6 +136,7 @@ type kfastSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type kfastProgramSpecs struct {
+	Distribute  *ebpf.ProgramSpec `ebpf:"distribute"`
 	Mediaflow   *ebpf.ProgramSpec `ebpf:"mediaflow"`
 	Turnchannel *ebpf.ProgramSpec `ebpf:"turnchannel"`
 }
@@ -118,10 +145,12 @@ type kfastProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type kfastMapSpecs struct {
-	Counters *ebpf.MapSpec `ebpf:"counters"`
-	Flows    *ebpf.MapSpec `ebpf:"flows"`
-	Relays   *ebpf.MapSpec `ebpf:"relays"`
-	Scratch  *ebpf.MapSpec `ebpf:"scratch"`
+	Counters    *ebpf.MapSpec `ebpf:"counters"`
+	DistLast    *ebpf.MapSpec `ebpf:"dist_last"`
+	DistStreams *ebpf.MapSpec `ebpf:"dist_streams"`
+	Flows       *ebpf.MapSpec `ebpf:"flows"`
+	Relays      *ebpf.MapSpec `ebpf:"relays"`
+	Scratch     *ebpf.MapSpec `ebpf:"scratch"`
 }
 
 // kfastVariableSpecs contains global variables before they are loaded into the kernel.
@@ -150,15 +179,19 @@ func (o *kfastObjects) Close() error {
 //
 // It can be passed to loadKfastObjects or ebpf.CollectionSpec.LoadAndAssign.
 type kfastMaps struct {
-	Counters *ebpf.Map `ebpf:"counters"`
-	Flows    *ebpf.Map `ebpf:"flows"`
-	Relays   *ebpf.Map `ebpf:"relays"`
-	Scratch  *ebpf.Map `ebpf:"scratch"`
+	Counters    *ebpf.Map `ebpf:"counters"`
+	DistLast    *ebpf.Map `ebpf:"dist_last"`
+	DistStreams *ebpf.Map `ebpf:"dist_streams"`
+	Flows       *ebpf.Map `ebpf:"flows"`
+	Relays      *ebpf.Map `ebpf:"relays"`
+	Scratch     *ebpf.Map `ebpf:"scratch"`
 }
 
 func (m *kfastMaps) Close() error {
 	return _KfastClose(
 		m.Counters,
+		m.DistLast,
+		m.DistStreams,
 		m.Flows,
 		m.Relays,
 		m.Scratch,
@@ -175,12 +208,14 @@ type kfastVariables struct {
 //
 // It can be passed to loadKfastObjects or ebpf.CollectionSpec.LoadAndAssign.
 type kfastPrograms struct {
+	Distribute  *ebpf.Program `ebpf:"distribute"`
 	Mediaflow   *ebpf.Program `ebpf:"mediaflow"`
 	Turnchannel *ebpf.Program `ebpf:"turnchannel"`
 }
 
 func (p *kfastPrograms) Close() error {
 	return _KfastClose(
+		p.Distribute,
 		p.Mediaflow,
 		p.Turnchannel,
 	)

@@ -6,5 +6,6 @@
 
 #include "mediaflow.c"
 #include "turnchannel.c"
+#include "distribute.c"
 
 char __license[] SEC("license") = "Dual MIT/GPL";

@@ -23,6 +23,19 @@ import (
 // leave the counters (counted reads the hit flow's packets) as they were.
 func Passes(t *testing.T, prog *ebpf.Program, hit Packet, counted func(testing.TB) uint64) {
 	t.Helper()
+	passes(t, prog, hit, counted, true)
+}
+
+// PassesTo is Passes for a program keyed by the destination only (a
+// server's address: any source port is served), without the case of
+// another source port.
+func PassesTo(t *testing.T, prog *ebpf.Program, hit Packet, counted func(testing.TB) uint64) {
+	t.Helper()
+	passes(t, prog, hit, counted, false)
+}
+
+func passes(t *testing.T, prog *ebpf.Program, hit Packet, counted func(testing.TB) uint64, bySource bool) {
+	t.Helper()
 	other := func(ap netip.AddrPort) netip.AddrPort { return netip.AddrPortFrom(ap.Addr(), ap.Port()+1) }
 	with := func(f func(*Packet)) Packet {
 		p := hit
@@ -52,6 +65,9 @@ func Passes(t *testing.T, prog *ebpf.Program, hit Packet, counted func(testing.T
 		// (BPF_PROG_TEST_RUN itself refuses an IPv4 ethertype without a
 		// full IP header, so the shortest frame carries another type.)
 		{"Ethernet header only", with(func(p *Packet) { p.EthType, p.Truncate = 0x88b5, 28+len(p.Payload) })},
+	}
+	if !bySource {
+		cases = cases[1:]
 	}
 	if len(hit.Payload) < 10 {
 		t.Fatalf("Passes needs a hit frame with at least 10 bytes of payload")

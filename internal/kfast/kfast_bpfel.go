@@ -79,6 +79,22 @@ type kfastRelayValue struct {
 	Pad2    uint32
 }
 
+type kfastStunKey struct {
+	_    structs.HostLayout
+	Addr uint32
+	Port uint16
+	Pad  uint16
+}
+
+type kfastStunValue struct {
+	_         structs.HostLayout
+	Slot      uint32
+	Rfc5780   uint32
+	OtherAddr uint32
+	OtherPort uint16
+	Pad       uint16
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -89,8 +105,10 @@ const (
 	kfastMapFlows        = "flows"
 	kfastMapRelays       = "relays"
 	kfastMapScratch      = "scratch"
+	kfastMapStunAddrs    = "stun_addrs"
 	kfastProgDistribute  = "distribute"
 	kfastProgMediaflow   = "mediaflow"
+	kfastProgStunanswer  = "stunanswer"
 	kfastProgTurnchannel = "turnchannel"
 )
 
@@ -138,6 +156,7 @@ type kfastSpecs struct {
 type kfastProgramSpecs struct {
 	Distribute  *ebpf.ProgramSpec `ebpf:"distribute"`
 	Mediaflow   *ebpf.ProgramSpec `ebpf:"mediaflow"`
+	Stunanswer  *ebpf.ProgramSpec `ebpf:"stunanswer"`
 	Turnchannel *ebpf.ProgramSpec `ebpf:"turnchannel"`
 }
 
@@ -151,6 +170,7 @@ type kfastMapSpecs struct {
 	Flows       *ebpf.MapSpec `ebpf:"flows"`
 	Relays      *ebpf.MapSpec `ebpf:"relays"`
 	Scratch     *ebpf.MapSpec `ebpf:"scratch"`
+	StunAddrs   *ebpf.MapSpec `ebpf:"stun_addrs"`
 }
 
 // kfastVariableSpecs contains global variables before they are loaded into the kernel.
@@ -185,6 +205,7 @@ type kfastMaps struct {
 	Flows       *ebpf.Map `ebpf:"flows"`
 	Relays      *ebpf.Map `ebpf:"relays"`
 	Scratch     *ebpf.Map `ebpf:"scratch"`
+	StunAddrs   *ebpf.Map `ebpf:"stun_addrs"`
 }
 
 func (m *kfastMaps) Close() error {
@@ -195,6 +216,7 @@ func (m *kfastMaps) Close() error {
 		m.Flows,
 		m.Relays,
 		m.Scratch,
+		m.StunAddrs,
 	)
 }
 
@@ -210,6 +232,7 @@ type kfastVariables struct {
 type kfastPrograms struct {
 	Distribute  *ebpf.Program `ebpf:"distribute"`
 	Mediaflow   *ebpf.Program `ebpf:"mediaflow"`
+	Stunanswer  *ebpf.Program `ebpf:"stunanswer"`
 	Turnchannel *ebpf.Program `ebpf:"turnchannel"`
 }
 
@@ -217,6 +240,7 @@ func (p *kfastPrograms) Close() error {
 	return _KfastClose(
 		p.Distribute,
 		p.Mediaflow,
+		p.Stunanswer,
 		p.Turnchannel,
 	)
 }

@@ -7,5 +7,6 @@
 #include "mediaflow.c"
 #include "turnchannel.c"
 #include "distribute.c"
+#include "stunanswer.c"
 
 char __license[] SEC("license") = "Dual MIT/GPL";

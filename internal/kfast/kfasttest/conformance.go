@@ -99,6 +99,9 @@ type Rewrite struct {
 	ZeroCsum bool   // the sender sent no UDP checksum: it must stay 0
 	// TTL the rewritten frame must carry (0: the input's minus one).
 	TTL byte
+	// Eth is the Ethernet destination and source (12 bytes) the frame must
+	// leave with; nil: the input's (bpf_redirect_neigh fills them in later).
+	Eth []byte
 }
 
 // CheckRewrite runs r.In through prog and checks the frame that comes
@@ -129,8 +132,11 @@ func CheckRewrite(t *testing.T, prog *ebpf.Program, r Rewrite) {
 	if ip[8] != ttl {
 		t.Errorf("TTL %d, want %d", ip[8], ttl)
 	}
-	if !bytes.Equal(out[:12], r.In[:12]) {
+	if r.Eth == nil && !bytes.Equal(out[:12], r.In[:12]) {
 		t.Errorf("Ethernet addresses changed before the redirect")
+	}
+	if r.Eth != nil && !bytes.Equal(out[:12], r.Eth) {
+		t.Errorf("Ethernet addresses %x, want %x", out[:12], r.Eth)
 	}
 	if !bytes.Equal(udp[8:], r.Payload) {
 		t.Errorf("payload\n got %x\nwant %x", udp[8:], r.Payload)

@@ -93,6 +93,8 @@ type kfastStunValue struct {
 	OtherAddr uint32
 	OtherPort uint16
 	Pad       uint16
+	Interval  uint64
+	Tolerance uint64
 }
 
 // Names of all BPF objects in the ELF.
@@ -106,6 +108,7 @@ const (
 	kfastMapRelays       = "relays"
 	kfastMapScratch      = "scratch"
 	kfastMapStunAddrs    = "stun_addrs"
+	kfastMapStunRate     = "stun_rate"
 	kfastProgDistribute  = "distribute"
 	kfastProgMediaflow   = "mediaflow"
 	kfastProgStunanswer  = "stunanswer"
@@ -171,6 +174,7 @@ type kfastMapSpecs struct {
 	Relays      *ebpf.MapSpec `ebpf:"relays"`
 	Scratch     *ebpf.MapSpec `ebpf:"scratch"`
 	StunAddrs   *ebpf.MapSpec `ebpf:"stun_addrs"`
+	StunRate    *ebpf.MapSpec `ebpf:"stun_rate"`
 }
 
 // kfastVariableSpecs contains global variables before they are loaded into the kernel.
@@ -206,6 +210,7 @@ type kfastMaps struct {
 	Relays      *ebpf.Map `ebpf:"relays"`
 	Scratch     *ebpf.Map `ebpf:"scratch"`
 	StunAddrs   *ebpf.Map `ebpf:"stun_addrs"`
+	StunRate    *ebpf.Map `ebpf:"stun_rate"`
 }
 
 func (m *kfastMaps) Close() error {
@@ -217,6 +222,7 @@ func (m *kfastMaps) Close() error {
 		m.Relays,
 		m.Scratch,
 		m.StunAddrs,
+		m.StunRate,
 	)
 }
 

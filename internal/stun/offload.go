@@ -42,7 +42,8 @@ func (s *Server) offload() error {
 		} else {
 			eps = append(eps, stunanswer.Endpoint{Addr: s.ep.addrs[0]})
 		}
-		a, err := stunanswer.New(stunanswer.Config{NetNS: s.cfg.OffloadNetNS, Interfaces: s.cfg.OffloadInterfaces, Endpoints: eps})
+		a, err := stunanswer.New(stunanswer.Config{NetNS: s.cfg.OffloadNetNS, Interfaces: s.cfg.OffloadInterfaces, Endpoints: eps,
+			Rate: s.cfg.Rate, Burst: s.cfg.RateBurst})
 		if err != nil {
 			return fmt.Errorf("stun: --offload ebpf: %w", err)
 		}

@@ -24,7 +24,10 @@
 // incrementally (RFC 1624; the UDP one through kf_l4_update, so a partial
 // checksum of a local sender and a zero checksum stay right), and it leaves
 // through the interface it came in on (bpf_redirect). The address's
-// counter slot counts answers and their STUN bytes. A request whose IP
+// counter slot counts answers and their STUN bytes. Each source address
+// gets answers at the endpoint's rate (stun_allow, GCRA); beyond it the
+// request passes to user space, whose own per-source limiter drops and
+// counts it. A request whose IP
 // header checksum is wrong passes (the stack drops it).
 //
 // Built into the one object of internal/kfast (bpf/kfast.c, gen.go).
@@ -42,14 +45,18 @@ struct stun_key {
 	__u16 pad;
 };
 
-// stun_value: its counter slot and, when rfc5780 is set, the OTHER-ADDRESS
-// its answers carry (RFC 5780 section 6.1).
+// stun_value: its counter slot, when rfc5780 is set the OTHER-ADDRESS its
+// answers carry (RFC 5780 section 6.1), and the answer rate per source
+// (GCRA: interval ns between answers, tolerance ns of burst; interval 0:
+// no limit).
 struct stun_value {
 	__u32 slot;
 	__u32 rfc5780;
 	__be32 other_addr;
 	__be16 other_port;
 	__u16 pad;
+	__u64 interval;
+	__u64 tolerance;
 };
 
 struct {
@@ -58,6 +65,36 @@ struct {
 	__type(key, struct stun_key);
 	__type(value, struct stun_value);
 } stun_addrs SEC(".maps");
+
+// stun_rate: each source address's theoretical arrival time (GCRA), least
+// recently used evicted: spoofed sources cannot grow it, and a victim's
+// entry, hit by every spoofed request, stays.
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1);
+	__type(key, __be32);
+	__type(value, __u64);
+} stun_rate SEC(".maps");
+
+// stun_allow takes one answer from src's budget; 0 when over it.
+static __always_inline int stun_allow(__be32 src, __u64 interval, __u64 tolerance)
+{
+	if (!interval)
+		return 1;
+	__u64 now = bpf_ktime_get_ns();
+	__u64 *tat = bpf_map_lookup_elem(&stun_rate, &src);
+	__u64 t = tat ? *tat : now;
+	if (t < now)
+		t = now;
+	if (t - now > tolerance)
+		return 0;
+	t += interval;
+	if (tat)
+		*tat = t;
+	else
+		bpf_map_update_elem(&stun_rate, &src, &t, BPF_ANY);
+	return 1;
+}
 
 // stun_crc_table: CRC-32 (IEEE 802.3, reflected, polynomial 0xedb88320).
 static const __u32 stun_crc_table[256] = {
@@ -121,6 +158,7 @@ int stunanswer(struct __sk_buff *skb)
 			return KF_PASS;
 	}
 	__u32 slot = v->slot, rfc5780 = v->rfc5780;
+	__u64 interval = v->interval, tolerance = v->tolerance;
 	__be32 other_addr = v->other_addr;
 	__be16 other_port = v->other_port;
 
@@ -139,6 +177,8 @@ int stunanswer(struct __sk_buff *skb)
 		if (*(__be32 *)(req + 24) != bpf_htonl(stun_crc(req, 20) ^ STUN_FP_XOR))
 			return KF_PASS; // user space drops it and counts bad_fingerprint
 	}
+	if (!stun_allow(p.t.saddr, interval, tolerance))
+		return KF_PASS; // over the source's rate: user space's limiter decides and counts
 
 	// The answer, as internal/stun's handler writes it.
 	__u8 r[64] = {};

@@ -248,3 +248,42 @@ func FuzzProgram(f *testing.F) {
 		}
 	})
 }
+
+// TestRate mounts a spoofed flood at one victim: the kernel answers the
+// victim's address at most Burst times at once (then at Rate); the rest
+// passes untouched to user space, whose own limiter drops and counts it.
+// Another source is still answered.
+func TestRate(t *testing.T) {
+	srv := netip.MustParseAddrPort("192.0.2.1:3478")
+	a, err := stunanswer.New(stunanswer.Config{NoAttach: true, Rate: 1, Burst: 3, Endpoints: []stunanswer.Endpoint{{Addr: srv}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	victim := netip.MustParseAddrPort("198.51.100.7:4000")
+	answered := 0
+	for i := range 50 {
+		in := kfasttest.Packet{Src: netip.AddrPortFrom(victim.Addr(), uint16(4000+i)), Dst: srv, Payload: request(0x0001, byte(i), false)}.Bytes()
+		ret, out := kfasttest.Run(t, a.Program(), in)
+		switch ret {
+		case kfasttest.ActRedirect:
+			answered++
+		case kfasttest.ActUnspec:
+			if !bytes.Equal(out, in) {
+				t.Fatal("passed request changed")
+			}
+		default:
+			t.Fatalf("returned %d", int32(ret))
+		}
+	}
+	if answered != 3 {
+		t.Errorf("flood at one address: %d answered in the kernel, want the burst, 3", answered)
+	}
+	in := kfasttest.Packet{Src: netip.MustParseAddrPort("198.51.100.8:4000"), Dst: srv, Payload: request(0x0001, 1, false)}.Bytes()
+	if ret, _ := kfasttest.Run(t, a.Program(), in); ret != kfasttest.ActRedirect {
+		t.Errorf("another source: returned %d, want an answer", int32(ret))
+	}
+	if c, err := a.Answered(); err != nil || c.Packets != 4 {
+		t.Errorf("answers counted %d (%v), want 4", c.Packets, err)
+	}
+}

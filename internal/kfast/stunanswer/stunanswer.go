@@ -15,6 +15,10 @@ type Endpoint struct {
 	Other netip.AddrPort
 }
 
+// rateSources is how many source addresses the per-source rate table
+// holds (least recently used evicted; 16 bytes plus overhead each).
+const rateSources = 65536
+
 // Config configures the kernel path.
 type Config struct {
 	// NetNS is a network namespace file descriptor (0: the current one)
@@ -27,6 +31,11 @@ type Config struct {
 	Interfaces []string
 	// Endpoints are the addresses answered on (IPv4 only; at most 4).
 	Endpoints []Endpoint
+	// Rate is how many answers per second one source IPv4 address gets
+	// from the kernel (0 or negative: no limit); over it, requests pass to
+	// the user-space server, whose own limiter applies. Burst is how many
+	// it may get at once (at least 1).
+	Rate, Burst int
 	// NoAttach loads the program without attaching it (tests run it with
 	// BPF_PROG_TEST_RUN).
 	NoAttach bool

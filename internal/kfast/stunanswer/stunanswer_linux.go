@@ -5,6 +5,7 @@ package stunanswer
 import (
 	"fmt"
 	"net/netip"
+	"time"
 
 	"github.com/cilium/ebpf"
 
@@ -14,6 +15,7 @@ import (
 const (
 	program  = "stunanswer"
 	addrsMap = "stun_addrs"
+	rateMap  = "stun_rate"
 	maxAddrs = 4
 )
 
@@ -31,6 +33,8 @@ type value struct {
 	OtherAddr uint32
 	OtherPort uint16
 	Padding_  uint16
+	Interval  uint64
+	Tolerance uint64
 }
 
 // Answerer is the loaded, attached program. Its methods are safe for
@@ -46,12 +50,12 @@ func New(cfg Config) (*Answerer, error) {
 		return nil, fmt.Errorf("%w: %d endpoints (1 to %d)", kfast.ErrConfig, len(cfg.Endpoints), maxAddrs)
 	}
 	l, err := kfast.Load(kfast.Config{NetNS: cfg.NetNS, Clsact: cfg.Clsact, Program: program,
-		Maps: map[string]uint32{addrsMap: maxAddrs}, Slots: maxAddrs})
+		Maps: map[string]uint32{addrsMap: maxAddrs, rateMap: rateSources}, Slots: maxAddrs})
 	if err != nil {
 		return nil, fmt.Errorf("stunanswer: %w", err)
 	}
 	a := &Answerer{l: l}
-	if err := a.install(cfg.Endpoints); err != nil {
+	if err := a.install(cfg.Endpoints, cfg.Rate, cfg.Burst); err != nil {
 		l.Close()
 		return nil, err
 	}
@@ -68,7 +72,12 @@ func New(cfg Config) (*Answerer, error) {
 	return a, nil
 }
 
-func (a *Answerer) install(eps []Endpoint) error {
+func (a *Answerer) install(eps []Endpoint, rate, burst int) error {
+	var interval, tolerance uint64
+	if rate > 0 {
+		interval = uint64(time.Second) / uint64(rate)
+		tolerance = uint64(max(burst, 1)-1) * interval
+	}
 	slots, err := a.l.Slots(len(eps))
 	if err != nil {
 		return fmt.Errorf("stunanswer: %w", err)
@@ -80,7 +89,7 @@ func (a *Answerer) install(eps []Endpoint) error {
 			return fmt.Errorf("%w: %v", kfast.ErrNotIPv4, ep.Addr)
 		}
 		t := kfast.TupleOf(netip.AddrPortFrom(addr, ep.Addr.Port()), ep.Addr)
-		v := value{Slot: slots[i]}
+		v := value{Slot: slots[i], Interval: interval, Tolerance: tolerance}
 		if ep.Other.IsValid() {
 			o, err := kfast.V4(ep.Other)
 			if err != nil {

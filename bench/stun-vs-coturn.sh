@@ -138,8 +138,10 @@ END {
 		line = sprintf("%-9s %8.0f answers per server CPU-second (schedstat %.0f), %8.0f per whole CPU-second (%d answers, %.2f server CPU-s, %.2f whole CPU-s)",
 			m, (c[m]>0)? a[m]/c[m] : 0, (n[m]>0)? a[m]/n[m] : 0, a[m]/w[m], a[m], c[m], w[m])
 		if (m != "coturn" && ("coturn" in seen)) {
-			if (c[m] > 0) line = line sprintf(" | vs coturn: server %.2fx", (a[m]/c[m]) / (a["coturn"]/c["coturn"]))
-			else line = line " | vs coturn: server (no server CPU)"
+			# A server that spent under 1 % of the whole (the kernel path)
+			# has no meaningful per-server-CPU ratio.
+			if (c[m] > 0.01 * w[m]) line = line sprintf(" | vs coturn: server %.2fx", (a[m]/c[m]) / (a["coturn"]/c["coturn"]))
+			else line = line " | vs coturn: server (idle)"
 			line = line sprintf(" whole %.2fx", (a[m]/w[m]) / (a["coturn"]/w["coturn"]))
 		}
 		print line

@@ -17,7 +17,7 @@
 #   kernel     traverse sipgw --offload nftables (flows move to nftables
 #              after 50 packets each way, during the warm-up)
 #   ebpf       traverse sipgw --offload ebpf (flows move into the tc/TCX
-#              program of internal/mediaproxy/bpfoffload the same way)
+#              program of internal/kfast/mediaflow the same way)
 # Each run: 3 s warm-up, then SECONDS (default 10) measured. Reported per
 # million forwarded packets: the proxy process's utime+stime
 # (/proc/PID/stat), and the whole machine's busy CPU (/proc/stat: user,

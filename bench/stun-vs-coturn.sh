@@ -9,6 +9,15 @@
 # and reads each server's utime+stime from /proc/PID/stat before and after.
 # Prints answers per server CPU-second for both and the ratio. Bounded:
 # ROUNDS (default 2) x 2 runs of at most SECONDS_PER_RUN each.
+#
+# MODES="traverse coturn ebpf" adds traverse stun --offload ebpf (needs
+# root): the kernel answers, in a network namespace of its own (lo only;
+# nothing attached to the root namespace), driven by the same stunload
+# inside it. Its server process does almost nothing, so every mode is also
+# counted WHOLE: server + stunload (bash time) + softirq (/proc/stat, all
+# CPUs) + ksoftirqd, answers per whole CPU-second. The whole figure
+# includes the load generator (the same for every mode) and softirq time
+# of anything else on the machine: it is the conservative one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-5}
@@ -32,6 +41,7 @@ free_port() {
 	echo "$p"
 }
 
+modes=(${MODES:-traverse coturn})
 go build -o "$tmp/traverse" ./cmd/traverse
 go build -o "$tmp/stunload" ./bench/stunload
 
@@ -61,11 +71,29 @@ turnserver -c "$tmp/turnserver.conf" >/dev/null 2>&1 &
 cpid=$!
 pids+=("$cpid")
 
-# Wait until both answer.
-for port in "$tport" "$cport"; do
+declare -A spid sport sns
+spid[traverse]=$tpid; sport[traverse]=$tport; sns[traverse]=""
+spid[coturn]=$cpid; sport[coturn]=$cport; sns[coturn]=""
+netns=""
+for m in "${modes[@]}"; do
+	[ "$m" = ebpf ] || continue
+	[ "$(id -u)" = 0 ] || { echo "mode ebpf needs root"; exit 1; }
+	netns=trv-stunbench-$$
+	ip netns add "$netns"
+	ip -n "$netns" link set lo up
+	ip netns exec "$netns" "$tmp/traverse" stun --listen "127.0.0.1:3478" --admin "" --log-level warn --rate -1 \
+		--offload ebpf --offload-interface lo ${TRAVERSE_ARGS:-} &
+	spid[ebpf]=$!; sport[ebpf]=3478; sns[ebpf]="ip netns exec $netns"
+	pids+=("$!")
+done
+cleanup_ns() { [ -z "$netns" ] || ip netns del "$netns" 2>/dev/null || true; }
+trap 'cleanup; cleanup_ns' EXIT
+
+# Wait until every server answers.
+for m in "${modes[@]}"; do
 	for i in $(seq 50); do
-		if "$tmp/stunload" -server "127.0.0.1:$port" -sockets 1 -burst 1 -duration 200ms -requests 1 | grep -q '"answered":1'; then break; fi
-		[ "$i" = 50 ] && { echo "server on port $port does not answer"; exit 1; }
+		if ${sns[$m]} "$tmp/stunload" -server "127.0.0.1:${sport[$m]}" -sockets 1 -burst 1 -duration 200ms -requests 1 | grep -q '"answered":1'; then break; fi
+		[ "$i" = 50 ] && { echo "$m on port ${sport[$m]} does not answer"; exit 1; }
 		sleep 0.1
 	done
 done
@@ -77,38 +105,45 @@ cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 # cross-check that tick sampling did not skew the figure on a busy machine.
 runns() { cat /proc/"$1"/task/*/schedstat | awk '{s += $1} END {printf "%.0f", s}'; }
 
-# drive NAME PID PORT: prints "answered cpu_seconds"
+softirq() { awk '/^cpu / {print $8}' /proc/stat; }
+ksoftirqd() { local s=0 p; for p in $(pgrep '^ksoftirqd/'); do s=$((s + $(cpu "$p"))); done; echo $s; }
+
+# drive MODE: prints "answered server_cpu_seconds schedstat_seconds whole_cpu_seconds"
 drive() {
-	local before after out nsb nsa
-	before=$(cpu "$2")
-	nsb=$(runns "$2")
-	out=$("$tmp/stunload" -server "127.0.0.1:$3" -duration "${secs}s")
-	after=$(cpu "$2")
-	nsa=$(runns "$2")
-	local answered
+	local m=$1 pid=${spid[$1]} before after out nsb nsa q0 q1 k0 k1 lt
+	before=$(cpu "$pid"); nsb=$(runns "$pid"); q0=$(softirq); k0=$(ksoftirqd)
+	TIMEFORMAT='%U %S'
+	{ time ${sns[$m]} "$tmp/stunload" -server "127.0.0.1:${sport[$m]}" -duration "${secs}s" >"$tmp/out" 2>/dev/null; } 2>"$tmp/time"
+	after=$(cpu "$pid"); nsa=$(runns "$pid"); q1=$(softirq); k1=$(ksoftirqd)
+	out=$(cat "$tmp/out"); lt=$(awk '{print $1 + $2}' "$tmp/time")
+	local answered loss cs ns whole
 	answered=$(echo "$out" | sed -E 's/.*"answered":([0-9]+).*/\1/')
-	local loss
 	loss=$(echo "$out" | sed -E 's/.*"loss":([0-9.e-]+).*/\1/')
-	local cs
 	cs=$(awk -v a="$after" -v b="$before" -v hz="$hz" 'BEGIN{printf "%.2f", (a-b)/hz}')
-	local ns
 	ns=$(awk -v a="$nsa" -v b="$nsb" 'BEGIN{printf "%.3f", (a-b)/1e9}')
-	printf '%-9s answered %9d in %ss, loss %.4f; server CPU %6ss (stat) %6ss (schedstat): %8.0f (stat) %8.0f (schedstat) answers per CPU-second\n' \
-		"$1" "$answered" "$secs" "$loss" "$cs" "$ns" "$(awk -v n="$answered" -v c="$cs" 'BEGIN{print (c>0)? n/c : 0}')" \
-		"$(awk -v n="$answered" -v c="$ns" 'BEGIN{print (c>0)? n/c : 0}')" >>"$tmp/runs"
-	echo "$answered $cs $ns"
+	whole=$(awk -v c="$cs" -v l="$lt" -v q=$((q1 - q0)) -v k=$((k1 - k0)) -v hz="$hz" 'BEGIN{printf "%.2f", c + l + (q + k)/hz}')
+	printf '%-9s answered %9d in %ss, loss %.4f; server CPU %6ss (stat) %6ss (schedstat), whole %6ss (stunload %ss): %8.0f (stat) %8.0f (schedstat) %8.0f (whole) answers per CPU-second\n' \
+		"$m" "$answered" "$secs" "$loss" "$cs" "$ns" "$whole" "$lt" "$(awk -v n="$answered" -v c="$cs" 'BEGIN{print (c>0)? n/c : 0}')" \
+		"$(awk -v n="$answered" -v c="$ns" 'BEGIN{print (c>0)? n/c : 0}')" "$(awk -v n="$answered" -v c="$whole" 'BEGIN{print (c>0)? n/c : 0}')" >>"$tmp/runs"
+	echo "$m $answered $cs $ns $whole" >>"$tmp/totals"
 }
 
-add() { awk -v x="$1" -v y="$2" 'BEGIN{print x+y}'; }
-ta=0 tc=0 tn=0 ca=0 cc=0 cn=0
 for r in $(seq "$rounds"); do
-	read -r a c n < <(drive traverse "$tpid" "$tport"); ta=$((ta + a)); tc=$(add "$tc" "$c"); tn=$(add "$tn" "$n")
-	read -r a c n < <(drive coturn "$cpid" "$cport"); ca=$((ca + a)); cc=$(add "$cc" "$c"); cn=$(add "$cn" "$n")
+	for m in "${modes[@]}"; do drive "$m"; done
 done
 cat "$tmp/runs"
-awk -v ta="$ta" -v tc="$tc" -v tn="$tn" -v ca="$ca" -v cc="$cc" -v cn="$cn" 'BEGIN{
-	t = ta / tc; c = ca / cc
-	printf "traverse: %.0f STUN transactions per CPU-second (%d answers, %.2f CPU-s; schedstat: %.0f per CPU-s)\n", t, ta, tc, ta / tn
-	printf "coturn:   %.0f STUN transactions per CPU-second (%d answers, %.2f CPU-s; schedstat: %.0f per CPU-s)\n", c, ca, cc, ca / cn
-	printf "ratio traverse/coturn: %.2f (schedstat: %.2f)\n", t / c, (ta / tn) / (ca / cn)
-}'
+awk '{a[$1]+=$2; c[$1]+=$3; n[$1]+=$4; w[$1]+=$5; seen[$1]=1}
+END {
+	for (m in seen) {
+		line = sprintf("%-9s %8.0f answers per server CPU-second (schedstat %.0f), %8.0f per whole CPU-second (%d answers, %.2f server CPU-s, %.2f whole CPU-s)",
+			m, (c[m]>0)? a[m]/c[m] : 0, (n[m]>0)? a[m]/n[m] : 0, a[m]/w[m], a[m], c[m], w[m])
+		if (m != "coturn" && ("coturn" in seen)) {
+			# A server that spent under 1 % of the whole (the kernel path)
+			# has no meaningful per-server-CPU ratio.
+			if (c[m] > 0.01 * w[m]) line = line sprintf(" | vs coturn: server %.2fx", (a[m]/c[m]) / (a["coturn"]/c["coturn"]))
+			else line = line " | vs coturn: server (idle)"
+			line = line sprintf(" whole %.2fx", (a[m]/w[m]) / (a["coturn"]/w["coturn"]))
+		}
+		print line
+	}
+}' "$tmp/totals"

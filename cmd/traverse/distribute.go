@@ -16,7 +16,7 @@ import (
 	"github.com/traverse-rtc/traverse/internal/bus"
 	"github.com/traverse-rtc/traverse/internal/config"
 	"github.com/traverse-rtc/traverse/internal/distribute"
-	"github.com/traverse-rtc/traverse/internal/distribute/distbpf"
+	"github.com/traverse-rtc/traverse/internal/kfast/distribution"
 )
 
 // distributeConfig is "traverse distribute": seed D's distribution server.
@@ -142,7 +142,7 @@ func (c *distributeConfig) kernelPath(listen []netip.AddrPort, log *slog.Logger)
 		}
 	}
 	if why == "" {
-		k, err := distbpf.New(distbpf.Config{Clsact: c.EBPFClsact, MaxStreams: c.MaxStreams, Interfaces: c.EBPFInterfaces})
+		k, err := distribution.New(distribution.Config{Clsact: c.EBPFClsact, MaxStreams: c.MaxStreams, Interfaces: c.EBPFInterfaces})
 		if err == nil {
 			return k, nil
 		}

@@ -12,8 +12,8 @@ import (
 
 	"github.com/traverse-rtc/traverse/internal/admin"
 	"github.com/traverse-rtc/traverse/internal/config"
+	"github.com/traverse-rtc/traverse/internal/kfast/mediaflow"
 	"github.com/traverse-rtc/traverse/internal/mediaproxy"
-	"github.com/traverse-rtc/traverse/internal/mediaproxy/bpfoffload"
 	"github.com/traverse-rtc/traverse/internal/sipgw"
 )
 
@@ -177,7 +177,7 @@ func newMediaOffloader(name string) (mediaproxy.Offloader, io.Closer, error) {
 		}
 		return off, off, nil
 	case "ebpf":
-		off, err := bpfoffload.New(bpfoffload.Config{})
+		off, err := mediaflow.New(mediaflow.Config{})
 		if err != nil {
 			return nil, nil, err
 		}

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 
 	"github.com/traverse-rtc/traverse/internal/admin"
+	"github.com/traverse-rtc/traverse/internal/config"
 	"github.com/traverse-rtc/traverse/internal/stun"
 )
 
@@ -28,6 +29,8 @@ func stunFlags(fs *flag.FlagSet, prefix string, cfg *stun.Config) {
 	fs.DurationVar(&cfg.IdleTimeout, prefix+"idle-timeout", cfg.IdleTimeout, "close a TCP or TLS connection idle this long after its last answer (0: 60s)")
 	fs.IntVar(&cfg.Rate, prefix+"rate", cfg.Rate, "requests per second answered per source IPv4 address or IPv6 /64; the rest are dropped and counted (0: 100, negative: no limit)")
 	fs.IntVar(&cfg.RateBurst, prefix+"rate-burst", cfg.RateBurst, "requests one source may send at once before --rate applies (0: twice --rate)")
+	fs.StringVar(&cfg.Offload, prefix+"offload", cfg.Offload, "answer Binding requests without attributes in the kernel: `ebpf` (tc program; root, IPv4, no --software; not rate-limited) or off (default)")
+	fs.Var(config.Strings{P: &cfg.OffloadInterfaces}, prefix+"offload-interface", "interface `name` the kernel path is attached to (repeatable; default every interface that is up)")
 }
 
 // startSTUN binds the STUN server and returns its main loop.

@@ -15,9 +15,9 @@ import (
 
 	"github.com/traverse-rtc/traverse/internal/admin"
 	"github.com/traverse-rtc/traverse/internal/config"
+	"github.com/traverse-rtc/traverse/internal/kfast/turnchannel"
 	"github.com/traverse-rtc/traverse/internal/tlsutil"
 	"github.com/traverse-rtc/traverse/internal/turn"
-	"github.com/traverse-rtc/traverse/internal/turn/turnoffload"
 )
 
 // turnConfig is the turn role's configuration (flags, YAML, environment).
@@ -205,11 +205,11 @@ func startTurn(c *turnConfig, log *slog.Logger, adm *admin.Server) (*turn.Server
 	if err != nil {
 		return nil, nil, err
 	}
-	var off *turnoffload.Offloader
+	var off *turnchannel.Offloader
 	switch c.Offload {
 	case "", "off":
 	case "ebpf":
-		if off, err = turnoffload.New(turnoffload.Config{}); err != nil {
+		if off, err = turnchannel.New(turnchannel.Config{}); err != nil {
 			return nil, nil, fmt.Errorf("--offload ebpf: %w", err)
 		}
 		cfg.Offloader = off

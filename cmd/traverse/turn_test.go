@@ -83,7 +83,7 @@ func TestTurnCommand(t *testing.T) {
 }
 
 // TestTurnOffloadFlag: --offload takes ebpf or off only. (The kernel path
-// itself is tested in internal/turn/turnoffload, in network namespaces.)
+// itself is tested in internal/kfast/turnchannel, in network namespaces.)
 func TestTurnOffloadFlag(t *testing.T) {
 	err := runTurn(context.Background(), []string{"--listen", "127.0.0.1:0", "--realm", "test", "--user", "a:b",
 		"--admin", "", "--log-level", "warn", "--offload", "nftables"})

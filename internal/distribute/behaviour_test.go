@@ -15,7 +15,7 @@ import (
 )
 
 // BehaviourEnv is one data path serving a table, for the behaviour
-// suite: the user-space Server here; the kernel path (distbpf's tests, in
+// suite: the user-space Server here; the kernel path (internal/kfast/distribution's tests, in
 // package distribute_test) runs the same cases.
 type BehaviourEnv struct {
 	Table *Table

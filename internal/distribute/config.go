@@ -68,7 +68,7 @@ type Config struct {
 	Policy addrpolicy.Filter `yaml:"-"`
 
 	// Kernel, when set, is a kernel data path the table is mirrored into
-	// (distbpf); the Server owns it and closes it. Nil: user space only.
+	// (internal/kfast/distribution); the Server owns it and closes it. Nil: user space only.
 	Kernel Kernel `yaml:"-"`
 
 	Log        *slog.Logger          `yaml:"-"`

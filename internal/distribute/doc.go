@@ -24,7 +24,7 @@
 //   - anything else (not RTP/RTCP, no stream for its port and SSRC, or a
 //     sender other than the stream's source when it names one): counted
 //     by reason and dropped. The port is ours alone, so there is no
-//     "normal path" to pass it to; the kernel path (distbpf) passes such
+//     "normal path" to pass it to; the kernel path (internal/kfast/distribution) passes such
 //     packets up the stack, where they reach this socket and are dropped
 //     and counted here.
 //

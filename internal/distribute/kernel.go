@@ -2,7 +2,7 @@ package distribute
 
 import "net/netip"
 
-// Kernel is a data path below the socket layer (internal/distribute/distbpf,
+// Kernel is a data path below the socket layer (internal/kfast/distribution,
 // a tc program) that the table is mirrored into. The user-space path stays
 // in place behind it: what the kernel does not serve (RTCP, streams it
 // cannot route, strangers) reaches the sockets and is handled there, so a

@@ -17,8 +17,8 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/traverse-rtc/traverse/internal/distribute"
-	"github.com/traverse-rtc/traverse/internal/distribute/distbpf"
-	"github.com/traverse-rtc/traverse/internal/mediaproxy/offloadtest"
+	"github.com/traverse-rtc/traverse/internal/kfast/distribution"
+	"github.com/traverse-rtc/traverse/internal/kfast/kfasttest"
 	"github.com/traverse-rtc/traverse/internal/metricstest"
 	"github.com/traverse-rtc/traverse/internal/testkit"
 )
@@ -61,7 +61,7 @@ func inNetNS(t *testing.T, f func()) {
 // kernelEnv starts a Server with the kernel path in the current
 // namespace.
 func kernelEnv(t *testing.T, clsact bool) distribute.BehaviourEnv {
-	k, err := distbpf.New(distbpf.Config{Clsact: clsact})
+	k, err := distribution.New(distribution.Config{Clsact: clsact})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -74,7 +74,7 @@ func kernelEnv(t *testing.T, clsact bool) distribute.BehaviourEnv {
 		k.Close()
 		t.Fatal(err)
 	}
-	if s.Path() != distbpf.Path {
+	if s.Path() != distribution.Path {
 		t.Fatalf("path %q", s.Path())
 	}
 	testkit.Run(t, s.Run)
@@ -109,33 +109,33 @@ func TestBehaviourKernel(t *testing.T) {
 func TestKernelLab(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
-		txOff func(l *offloadtest.Lab)
+		txOff func(l *kfasttest.Lab)
 	}{
-		{"partial checksums completed at the gateway", func(l *offloadtest.Lab) {
+		{"partial checksums completed at the gateway", func(l *kfasttest.Lab) {
 			l.TxChecksum(t, l.Gateway, "out0", false)
 			l.TxChecksum(t, l.Gateway, "in0", false)
 		}},
-		{"full checksums from the sender", func(l *offloadtest.Lab) {
+		{"full checksums from the sender", func(l *kfasttest.Lab) {
 			l.TxChecksum(t, l.Client, "out1", false)
 			l.TxChecksum(t, l.Gateway, "out0", false)
 			l.TxChecksum(t, l.Gateway, "in0", false)
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			l := offloadtest.New(t, false)
+			l := kfasttest.New(t, false)
 			tc.txOff(l)
 			kernelLab(t, l)
 		})
 	}
 }
 
-func kernelLab(t *testing.T, l *offloadtest.Lab) {
-	k, err := distbpf.New(distbpf.Config{NetNS: int(l.Gateway)})
+func kernelLab(t *testing.T, l *kfasttest.Lab) {
+	k, err := distribution.New(distribution.Config{NetNS: int(l.Gateway)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	reg := prometheus.NewRegistry()
-	dst := netip.AddrPortFrom(offloadtest.OutsideIP, 5004)
+	dst := netip.AddrPortFrom(kfasttest.OutsideIP, 5004)
 	cfg := distribute.Config{Listen: []netip.AddrPort{dst}, Registerer: reg, RTCPTimeout: -1, Kernel: k,
 		ReapInterval: 20 * time.Millisecond}
 	cfg.Policy.Allow = []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}
@@ -146,7 +146,7 @@ func kernelLab(t *testing.T, l *offloadtest.Lab) {
 			k.Close()
 			t.Fatal(err)
 		}
-		echo = testkit.ListenUDP(t, netip.AddrPortFrom(offloadtest.OutsideIP, 7000))
+		echo = testkit.ListenUDP(t, netip.AddrPortFrom(kfasttest.OutsideIP, 7000))
 	})
 	testkit.Echo(t, echo, nil)
 	testkit.Run(t, s.Run)
@@ -163,13 +163,13 @@ func kernelLab(t *testing.T, l *offloadtest.Lab) {
 			}
 		})
 	}
-	open(l.Server, offloadtest.ServerIP, 3)
-	open(l.Client, offloadtest.ClientIP, 2)
+	open(l.Server, kfasttest.ServerIP, 3)
+	open(l.Client, kfasttest.ClientIP, 2)
 	var sender *net.UDPConn
-	l.In(t, l.Client, func() { sender = testkit.ListenUDP(t, netip.AddrPortFrom(offloadtest.ClientIP, 0)) })
+	l.In(t, l.Client, func() { sender = testkit.ListenUDP(t, netip.AddrPortFrom(kfasttest.ClientIP, 0)) })
 
 	key := distribute.StreamKey{Dst: dst, SSRC: 0xcafe, HasSSRC: true}
-	if err := s.Table().AddStream(distribute.Stream{Key: key, Source: offloadtest.ClientIP, Receivers: addrs}); err != nil {
+	if err := s.Table().AddStream(distribute.Stream{Key: key, Source: kfasttest.ClientIP, Receivers: addrs}); err != nil {
 		t.Fatal(err)
 	}
 	// The first packet is served in user space: the gateway learns the
@@ -203,7 +203,7 @@ func kernelLab(t *testing.T, l *offloadtest.Lab) {
 	}
 	// Non-media traffic to the gateway passes untouched.
 	msg := []byte("not media, not for the program")
-	if _, err := sender.WriteToUDPAddrPort(msg, netip.AddrPortFrom(offloadtest.OutsideIP, 7000)); err != nil {
+	if _, err := sender.WriteToUDPAddrPort(msg, netip.AddrPortFrom(kfasttest.OutsideIP, 7000)); err != nil {
 		t.Fatal(err)
 	}
 	_ = sender.SetReadDeadline(time.Now().Add(5 * time.Second))

@@ -22,7 +22,7 @@ type Flow struct {
 
 // Offloader moves latched flows into a kernel fast path and back. It has
 // two owners: nftables rules (package mediaproxy/nftoffload) and an eBPF
-// tc program (package mediaproxy/bpfoffload). Implementations are safe for
+// tc program (package kfast/mediaflow). Implementations are safe for
 // concurrent use.
 type Offloader interface {
 	// Offload installs forwarding for both directions of flow.

@@ -77,6 +77,19 @@ type Config struct {
 	// may send at once. Default 2 x Rate (0).
 	RateBurst int `yaml:"rate-burst"`
 
+	// Offload answers Binding requests without attributes (or with only
+	// FINGERPRINT) in the kernel: "ebpf" (a tc program,
+	// internal/kfast/stunanswer; needs root, IPv4, no Software) or "off"
+	// (the default, ""): everything in user space. Kernel answers skip
+	// Rate (see docs/stun.md).
+	Offload string `yaml:"offload"`
+	// OffloadInterfaces are the interfaces the kernel path is attached to
+	// (default: every interface that is up, lo included).
+	OffloadInterfaces []string `yaml:"offload-interfaces"`
+	// OffloadNetNS is a network namespace file descriptor for the kernel
+	// path's interfaces (tests; 0: the current one).
+	OffloadNetNS int `yaml:"-"`
+
 	// Log receives the server's logs (default: discarded).
 	Log *slog.Logger `yaml:"-"`
 	// Registerer receives the server's metrics (default: a registry of
@@ -135,6 +148,9 @@ func (c Config) validate() (resolved, error) {
 		return r, fmt.Errorf("%w: rate %d above 1e9 per second", ErrConfig, r.Rate)
 	}
 	config.Default(&r.RateBurst, 2*max(r.Rate, 1))
+	if err := r.validateOffload(); err != nil {
+		return r, err
+	}
 	if r.Log == nil {
 		r.Log = slog.New(slog.DiscardHandler)
 	}

@@ -44,6 +44,9 @@ type Server struct {
 	tcpLn net.Listener
 	tlsLn net.Listener
 
+	// kernel is the kernel path (Config.Offload); nil without it.
+	kernel kernelAnswerer
+
 	// rate limits the answers per source; nil without a limit.
 	rate *persource.Rate
 
@@ -98,6 +101,10 @@ func New(cfg Config) (*Server, error) {
 			return nil, fmt.Errorf("stun: tls listen: %w", err)
 		}
 		s.tlsLn = tls.NewListener(ln, tc)
+	}
+	if err := s.offload(); err != nil {
+		s.closeSockets()
+		return nil, err
 	}
 	return s, nil
 }
@@ -266,6 +273,9 @@ func (s *Server) closeSockets() {
 	}
 	if s.tlsLn != nil {
 		s.tlsLn.Close()
+	}
+	if s.kernel != nil {
+		s.kernel.Close()
 	}
 }
 

@@ -5,7 +5,7 @@
 // closed when the test ends, a UDP echo peer, a role's Run for the
 // length of a test, and a child process awaited with a deadline.
 //
-// Helpers for one protocol or lab stay with it (stuntest, offloadtest,
+// Helpers for one protocol or lab stay with it (stuntest, kfasttest,
 // srtpsealtest, rtpcodectest); this package is for what every test needs.
 package testkit
 

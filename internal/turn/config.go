@@ -142,7 +142,7 @@ type Config struct {
 	// packets under load and none when traffic is light. 0 disables it.
 	Coalesce time.Duration
 	// Offloader, when set, relays the channels of UDP clients in the kernel
-	// (internal/turn/turnoffload) from their ChannelBind on, IPv4 only and
+	// (internal/kfast/turnchannel) from their ChannelBind on, IPv4 only and
 	// only with a specific Listen address; nil (the default) keeps every
 	// packet in user space. Its kernel counters are read into the metrics
 	// every second. With BandwidthPerAllocation set, an allocation that

@@ -7,7 +7,7 @@ import (
 )
 
 // Offloader moves channel-bound flows of UDP clients into a kernel fast
-// path (internal/turn/turnoffload: a tc eBPF program). The server installs
+// path (internal/kfast/turnchannel: a tc eBPF program). The server installs
 // a flow when its channel is bound, updates its deadline whenever the
 // channel, the peer's permission or the allocation is refreshed, and
 // removes it when any of them expires or is deleted. Whatever the kernel

@@ -64,7 +64,9 @@ func ids(ns []Node) []string {
 
 func TestChoose(t *testing.T) {
 	now := time.Unix(1000, 0)
-	node := func(id, region string, n NAT) Node { return Node{ID: id, Region: region, NAT: n, Seen: now, MaxSessions: 10} }
+	node := func(id, region string, n NAT) Node {
+		return Node{ID: id, Region: region, NAT: n, Seen: now, MaxSessions: 10}
+	}
 	for _, tc := range []struct {
 		name  string
 		nodes []Node
@@ -93,9 +95,9 @@ func TestChoose(t *testing.T) {
 		{
 			name:  "then measured RTT, measured before unmeasured",
 			nodes: []Node{node("n1", "eu", open), node("n2", "eu", open), node("n3", "eu", open)},
-			a: Peer{NAT: sym, Region: "eu", RTT: map[string]time.Duration{"n1": 30 * time.Millisecond, "n2": 10 * time.Millisecond}},
-			b: Peer{NAT: sym, Region: "eu", RTT: map[string]time.Duration{"n1": 5 * time.Millisecond, "n2": 40 * time.Millisecond, "n3": time.Millisecond}},
-			want: []string{"n1", "n2", "n3"},
+			a:     Peer{NAT: sym, Region: "eu", RTT: map[string]time.Duration{"n1": 30 * time.Millisecond, "n2": 10 * time.Millisecond}},
+			b:     Peer{NAT: sym, Region: "eu", RTT: map[string]time.Duration{"n1": 5 * time.Millisecond, "n2": 40 * time.Millisecond, "n3": time.Millisecond}},
+			want:  []string{"n1", "n2", "n3"},
 		},
 		{
 			name: "full and silent nodes not offered",

@@ -27,6 +27,9 @@ const (
 	// RoleNode is one SFU node: it serves its own requests and publishes
 	// on its own subjects only.
 	RoleNode Role = "sfu"
+	// RoleRelay is one relay node (traverse relay): it announces itself
+	// and reads its own open messages only (relay.go).
+	RoleRelay Role = "relay"
 )
 
 // Identity is one bus credential: an NATS nkey user (an Ed25519 key pair;
@@ -64,7 +67,7 @@ func checkRole(role Role, node string) error {
 		if node != "" {
 			return fmt.Errorf("%w: a signal credential names no node", ErrCredentials)
 		}
-	case RoleNode:
+	case RoleNode, RoleRelay:
 		if !ValidName(node) {
 			return fmt.Errorf("%w: node %q: %w", ErrCredentials, node, ErrBadSubjectToken)
 		}
@@ -79,7 +82,7 @@ func (id *Identity) Public() string { return id.pub }
 
 // String names the identity ("signal", "sfu n1").
 func (id *Identity) String() string {
-	if id.Role == RoleNode {
+	if id.Node != "" {
 		return string(id.Role) + " " + id.Node
 	}
 	return string(id.Role)
@@ -216,12 +219,15 @@ func Permissions(role Role, node string) *server.Permissions {
 	case RoleSignal:
 		return &server.Permissions{
 			Publish: &server.SubjectPermission{Allow: []string{
-				NodeRPCSubject("*"), SessionAnnounceSubject("*"),
+				NodeRPCSubject("*"), SessionAnnounceSubject("*"), RelayOpenSubject("*"),
 			}},
 			Subscribe: &server.SubjectPermission{Allow: []string{
-				NodeAnnounceSubject("*"), SessionSubject("*", "*"), RoomEventsSubject("*", "*"), inboxWildcard,
+				NodeAnnounceSubject("*"), SessionSubject("*", "*"), RoomEventsSubject("*", "*"), inboxWildcard, RelayAnnounceSubject("*"),
 			}},
 		}
+	case RoleRelay:
+		pub, sub := relayPermissions(node)
+		return &server.Permissions{Publish: &server.SubjectPermission{Allow: pub}, Subscribe: &server.SubjectPermission{Allow: sub}}
 	case RoleNode:
 		return &server.Permissions{
 			Publish: &server.SubjectPermission{Allow: []string{

@@ -54,6 +54,9 @@ type Session [SessionLen]byte
 const (
 	grantVersion = 1
 	grantFixed   = 1 + 8 + SessionLen + 1 + 1
+	// maxExpiry bounds a grant's expiry (year ~36800): any sane time fits
+	// and the value survives time.Unix.
+	maxExpiry = 1 << 40
 	// MaxNodeLen bounds a node id (the bus's subject-token limit).
 	MaxNodeLen = 64
 	// MaxGrantLen is the longest valid grant.
@@ -86,7 +89,7 @@ type Grant struct {
 
 // AppendGrant appends g signed with key.
 func AppendGrant(b []byte, g Grant, key ed25519.PrivateKey) ([]byte, error) {
-	if g.Side > 1 || len(g.Node) == 0 || len(g.Node) > MaxNodeLen {
+	if g.Side > 1 || len(g.Node) == 0 || len(g.Node) > MaxNodeLen || g.Expires.Unix() < 0 || g.Expires.Unix() > maxExpiry {
 		return b, fmt.Errorf("%w: grant side %d node %q", ErrMalformed, g.Side, g.Node)
 	}
 	start := len(b)
@@ -108,7 +111,11 @@ func ParseGrant(p []byte) (Grant, error) {
 	if n == 0 || n > MaxNodeLen || len(p) != grantFixed+n+ed25519.SignatureSize {
 		return g, fmt.Errorf("%w: grant node length %d", ErrMalformed, n)
 	}
-	g.Expires = time.Unix(int64(binary.BigEndian.Uint64(p[1:9])&(1<<62-1)), 0)
+	exp := binary.BigEndian.Uint64(p[1:9])
+	if exp > maxExpiry {
+		return g, fmt.Errorf("%w: grant expiry %d", ErrMalformed, exp)
+	}
+	g.Expires = time.Unix(int64(exp), 0)
 	copy(g.Session[:], p[9:9+SessionLen])
 	g.Side = p[9+SessionLen]
 	if g.Side > 1 {

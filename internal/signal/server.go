@@ -99,6 +99,9 @@ type Config struct {
 	Log *slog.Logger
 	// Now defaults to time.Now (tests move it).
 	Now func() time.Time
+	// Mounts are more handlers by mux pattern (RelayService at
+	// "POST /relay/nodes", relay.go).
+	Mounts map[string]http.Handler
 }
 
 func (c *Config) validate() error {
@@ -204,6 +207,9 @@ func New(cfg Config) (*Server, error) {
 	s.http = &http.Server{Handler: s.mux, ReadHeaderTimeout: cfg.ReadHeaderTimeout, IdleTimeout: cfg.IdleTimeout,
 		MaxHeaderBytes: maxHeaderBytes, ErrorLog: slog.NewLogLogger(cfg.Log.Handler(), slog.LevelWarn)}
 	s.mux.HandleFunc("GET /ws", s.serveWS)
+	for pattern, h := range cfg.Mounts {
+		s.mux.Handle(pattern, h)
+	}
 	if cfg.DemoTokens {
 		s.mux.HandleFunc("GET /token", s.serveToken)
 	}

@@ -102,6 +102,9 @@ type Config struct {
 
 	// Bus is where the node announces itself; no URLs: no bus (tests).
 	Bus bus.Config `yaml:"-"`
+	// BusClient, when set, is used instead of connecting as Bus says
+	// (in-process callers; the node does not close it).
+	BusClient *bus.Client `yaml:"-"`
 	// Log and Registerer receive logs and metrics (default: discarded, a
 	// private registry).
 	Log        *slog.Logger          `yaml:"-"`

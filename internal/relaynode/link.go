@@ -150,3 +150,39 @@ func (l *Link) Close() error {
 	})
 	return err
 }
+
+// Offer is one node of signal's offer, from one peer's side: where it is
+// and this peer's grant for it.
+type Offer struct {
+	Node  string
+	Addr  netip.AddrPort
+	Grant []byte
+}
+
+// BindFirst tries offers in order, as seed B says: each for at most per,
+// on a fresh socket from listen; the first node both peers reach (Bind
+// returns only when the other side is bound too) is kept. Both peers run
+// it on the same offer list, so they move to the next node together. It
+// returns the link, the index of its offer, and ErrUnreachable when no
+// node worked.
+func BindFirst(ctx context.Context, listen func() (*net.UDPConn, error), offers []Offer, per time.Duration) (*Link, int, error) {
+	var errs []error
+	for i, o := range offers {
+		pc, err := listen()
+		if err != nil {
+			return nil, -1, err
+		}
+		tctx, cancel := context.WithTimeout(ctx, per)
+		l, err := Bind(tctx, pc, o.Addr, o.Grant)
+		cancel()
+		if err == nil {
+			return l, i, nil
+		}
+		pc.Close()
+		errs = append(errs, err)
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return nil, -1, errors.Join(append([]error{ErrUnreachable}, errs...)...)
+}

@@ -125,7 +125,8 @@ func New(cfg Config) (*Node, error) {
 		conn.Close()
 		return nil, err
 	}
-	if len(cfg.Bus.URLs) > 0 {
+	n.bus = cfg.BusClient
+	if n.bus == nil && len(cfg.Bus.URLs) > 0 {
 		if cfg.Bus.Name == "" {
 			cfg.Bus.Name = "relay " + cfg.ID
 		}
@@ -275,7 +276,7 @@ func (n *Node) Run(ctx context.Context) error {
 func (n *Node) Close() error {
 	n.closeOnce.Do(func() {
 		n.conn.Close()
-		if n.bus != nil {
+		if n.bus != nil && n.cfg.BusClient == nil {
 			n.bus.Close()
 		}
 	})

@@ -342,3 +342,24 @@ func FuzzHandle(f *testing.F) {
 		}
 	})
 }
+
+// The data path does not allocate per datagram.
+func TestDataPathAllocs(t *testing.T) {
+	s := newScene(t, nil)
+	a, _ := s.pair(newSession())
+	in, out := udpio.NewMessages(1, 0), udpio.NewMessages(1, 0)
+	in[0].N = copy(in[0].Buf, relayproto.AppendData(nil, make([]byte, 172)))
+	in[0].Addr = netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(a.pc.LocalAddr().(*net.UDPAddr).Port))
+	n := s.node
+	allocs := testing.AllocsPerRun(1000, func() {
+		n.mu.Lock()
+		ok := n.handle(&in[0], &out[0], n.now(), time.Now())
+		n.mu.Unlock()
+		if !ok {
+			t.Fatal("not forwarded")
+		}
+	})
+	if allocs != 0 {
+		t.Errorf("%v allocations per relayed datagram", allocs)
+	}
+}

@@ -80,7 +80,7 @@ func (s *labScene) connect(role bus.Role, node string) *bus.Client {
 }
 
 // node starts relay node cfg.ID on host h, returning it once signal knows it.
-func (s *labScene) node(h *netlab.Host, cfg relaynode.Config) *relaynode.Node {
+func (s *labScene) node(h *netlab.Host, cfg relaynode.Config, before ...func(*relaynode.Node)) *relaynode.Node {
 	s.t.Helper()
 	cfg.GrantKey = s.pub
 	cfg.STUN = []string{s.stun.String()}
@@ -95,6 +95,9 @@ func (s *labScene) node(h *netlab.Host, cfg relaynode.Config) *relaynode.Node {
 		return err
 	}); err != nil {
 		s.t.Fatal(err)
+	}
+	for _, f := range before {
+		f(n)
 	}
 	testkit.Run(s.t, n.Run)
 	s.t.Cleanup(func() { n.Close() })
@@ -260,10 +263,12 @@ func exchange(t *testing.T, from, to *relaynode.Link, count int) {
 // Two peers that cannot go direct (a symmetric NAT and an
 // address-and-port-dependent filter) get a relay node from signal and
 // relay through the first one both reach: the node behind an APDF NAT is
-// never offered (the symmetric peer cannot reach it), the nearest node
-// (their region) announces an address nobody answers and is abandoned,
-// and the node behind an address-dependent filter, which signal told to
-// punch toward both peers, carries the session.
+// never offered (the symmetric peer cannot reach it); the nearest node
+// (their region) misjudged its own APDF filter as address-dependent, so it
+// is offered, but only peer b reaches it (a's symmetric NAT sends from
+// another port than the one the node punched to): both abandon it after
+// the per-node timeout; the node behind an address-dependent filter, which
+// signal told to punch toward both peers, carries the session.
 func TestLabRelayBetweenNATs(t *testing.T) {
 	s := newLabScene(t)
 	lab := s.lab
@@ -271,14 +276,17 @@ func TestLabRelayBetweenNATs(t *testing.T) {
 	natB := lab.NAT("natb", lab.Internet(), netlab.EIMAPDF)
 	natR1 := lab.NAT("natr1", lab.Internet(), netlab.EIMAPDF)
 	natR2 := lab.NAT("natr2", lab.Internet(), netlab.EIMADF)
+	natR3 := lab.NAT("natr3", lab.Internet(), netlab.EIMAPDF)
 	hA, hB := lab.Host("a", natA), lab.Host("b", natB)
-	hR1, hR2, hR3 := lab.Host("r1", natR1), lab.Host("r2", natR2), lab.Host("r3", lab.Internet())
+	hR1, hR2, hR3 := lab.Host("r1", natR1), lab.Host("r2", natR2), lab.Host("r3", natR3)
 	if err := lab.Err(); err != nil {
 		t.Fatal(err)
 	}
 	s.node(hR1, relaynode.Config{ID: "apdf-eu", Region: "eu"})
 	adf := s.node(hR2, relaynode.Config{ID: "adf-us", Region: "us", Volunteer: true})
-	s.node(hR3, relaynode.Config{ID: "dead-eu", Region: "eu", Public: netip.MustParseAddrPort("203.0.113.250:3490")})
+	liar := s.node(hR3, relaynode.Config{ID: "liar-eu", Region: "eu"}, func(n *relaynode.Node) {
+		relaynode.MisjudgeFiltering(n, nat.AddressDependent)
+	})
 	a, b := s.peer(hA), s.peer(hB)
 	t.Logf("peer a %s (%s/%s), peer b %s (%s/%s)", a.public, a.nat.Mapping, a.nat.Filtering, b.public, b.nat.Mapping, b.nat.Filtering)
 
@@ -300,8 +308,8 @@ func TestLabRelayBetweenNATs(t *testing.T) {
 	for _, n := range offer.Nodes {
 		ids = append(ids, n.ID)
 	}
-	if len(ids) != 2 || ids[0] != "dead-eu" || ids[1] != "adf-us" {
-		t.Fatalf("offered %v, want [dead-eu adf-us] (apdf-eu incompatible with a symmetric peer)", ids)
+	if len(ids) != 2 || ids[0] != "liar-eu" || ids[1] != "adf-us" {
+		t.Fatalf("offered %v, want [liar-eu adf-us] (apdf-eu incompatible with a symmetric peer)", ids)
 	}
 	start := time.Now()
 	la, lb, ia, ib := bindBoth(t, a, b, offer, 1500*time.Millisecond)
@@ -309,9 +317,14 @@ func TestLabRelayBetweenNATs(t *testing.T) {
 		t.Fatalf("peers bound offers %d and %d, want 1 (adf-us)", ia, ib)
 	}
 	t.Logf("both bound on %s in %s (after abandoning %s)", ids[ia], time.Since(start).Round(time.Millisecond), ids[0])
+	if got := relaynode.Binds(liar); got != 1 {
+		t.Errorf("liar-eu bound %v peers, want 1 (b reaches it, a does not)", got)
+	}
+	if got := relaynode.Binds(adf); got != 2 {
+		t.Errorf("adf-us bound %v peers, want 2", got)
+	}
 	exchange(t, la, lb, 50)
 	exchange(t, lb, la, 50)
-	_ = adf
 }
 
 // A volunteer behind its own NAT (address-dependent filter, 2 s mapping

@@ -97,6 +97,10 @@ type Config struct {
 	Keepalive time.Duration `yaml:"keepalive"`
 	// DiscoverTimeout bounds the NAT discovery at start (default 10 s).
 	DiscoverTimeout time.Duration `yaml:"discover-timeout"`
+	// DiscoverRTO is the discovery's first STUN retransmission timeout
+	// (default 100 ms; 4 attempts, so a test whose answer a NAT filters
+	// away costs 1.5 s).
+	DiscoverRTO time.Duration `yaml:"discover-rto"`
 	// Batch is the datagrams per system call (udpio.DefaultBatch when 0).
 	Batch int `yaml:"batch"`
 
@@ -147,6 +151,9 @@ func (c *Config) validate() error {
 	}
 	if c.Keepalive == 0 {
 		c.Keepalive = DefaultKeepalive
+	}
+	if c.DiscoverRTO <= 0 {
+		c.DiscoverRTO = 100 * time.Millisecond
 	}
 	if c.DiscoverTimeout <= 0 {
 		c.DiscoverTimeout = DefaultDiscoverTimeout

@@ -157,7 +157,7 @@ func (n *Node) discover(ctx context.Context) error {
 		if a := n.cfg.Listen.Addr(); !a.IsUnspecified() {
 			local = a.String()
 		}
-		rep, err := nat.Discover(ctx, nat.Config{Server: s, Local: local, RTO: 100 * time.Millisecond, Attempts: 4})
+		rep, err := nat.Discover(ctx, nat.Config{Server: s, Local: local, RTO: n.cfg.DiscoverRTO, Attempts: 4})
 		if err != nil && !errors.Is(err, nat.ErrUDPBlocked) {
 			errs = append(errs, fmt.Errorf("%s: %w", s, err))
 			continue

@@ -234,15 +234,16 @@ func bindBoth(t *testing.T, a, b *peer, offer signal.RelayOffer, per time.Durati
 
 // listenFirst hands out the socket whose public address signal knows
 // first, fresh ones after.
-func (p *peer) listenFirst() func() (*net.UDPConn, error) {
+func (p *peer) listenFirst() func() (net.PacketConn, error) {
 	first := p.pc
-	return func() (*net.UDPConn, error) {
+	return func() (net.PacketConn, error) {
 		if first != nil {
 			pc := first
 			first = nil
 			return pc, nil
 		}
-		return p.listen()
+		pc, err := p.listen()
+		return pc, err
 	}
 }
 

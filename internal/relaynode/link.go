@@ -19,8 +19,9 @@ import (
 // it, with the node's address as their source (the address both peers use
 // as the "relay-node" candidate).
 type Link struct {
-	pc      *net.UDPConn
+	pc      net.PacketConn
 	node    netip.AddrPort
+	nodeUDP *net.UDPAddr
 	grant   []byte
 	session relayproto.Session
 	side    uint8
@@ -44,18 +45,19 @@ const (
 
 // Bind binds pc to its side of grant's session on node and waits until the
 // other side is bound too. It returns ErrFull when the node refuses the
-// session and ErrUnreachable when ctx ends first. The Link owns pc.
-func Bind(ctx context.Context, pc *net.UDPConn, node netip.AddrPort, grant []byte) (*Link, error) {
+// session and ErrUnreachable when ctx ends first. The Link owns pc (any
+// UDP net.PacketConn: client/p2p's Network.ListenUDP gives one).
+func Bind(ctx context.Context, pc net.PacketConn, node netip.AddrPort, grant []byte) (*Link, error) {
 	g, err := relayproto.ParseGrant(grant)
 	if err != nil {
 		return nil, err
 	}
-	l := &Link{pc: pc, node: node, grant: relayproto.AppendBind(nil, grant), session: g.Session, side: g.Side,
+	l := &Link{pc: pc, node: node, nodeUDP: net.UDPAddrFromAddrPort(node), grant: relayproto.AppendBind(nil, grant), session: g.Session, side: g.Side,
 		done: make(chan struct{})}
 	buf := make([]byte, 2048)
 	defer pc.SetReadDeadline(time.Time{})
 	for {
-		if _, err := pc.WriteToUDPAddrPort(l.grant, node); err != nil {
+		if _, err := pc.WriteTo(l.grant, l.nodeUDP); err != nil {
 			return nil, err
 		}
 		_ = pc.SetReadDeadline(time.Now().Add(BindInterval))
@@ -63,14 +65,14 @@ func Bind(ctx context.Context, pc *net.UDPConn, node netip.AddrPort, grant []byt
 			if ctx.Err() != nil {
 				return nil, ErrUnreachable
 			}
-			n, from, err := pc.ReadFromUDPAddrPort(buf)
+			n, from, err := pc.ReadFrom(buf)
 			if errors.Is(err, os.ErrDeadlineExceeded) {
 				break
 			}
 			if err != nil {
 				return nil, err
 			}
-			if unmap(from) != node {
+			if addrOf(from) != node {
 				continue
 			}
 			s, side, flags, err := relayproto.ParseBound(buf[:n])
@@ -89,7 +91,14 @@ func Bind(ctx context.Context, pc *net.UDPConn, node netip.AddrPort, grant []byt
 	}
 }
 
-func unmap(a netip.AddrPort) netip.AddrPort { return netip.AddrPortFrom(a.Addr().Unmap(), a.Port()) }
+func addrOf(a net.Addr) netip.AddrPort {
+	ua, ok := a.(*net.UDPAddr)
+	if !ok {
+		return netip.AddrPort{}
+	}
+	ap := ua.AddrPort()
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}
 
 func (l *Link) keepalive() {
 	defer l.wg.Done()
@@ -100,7 +109,7 @@ func (l *Link) keepalive() {
 		case <-l.done:
 			return
 		case <-t.C:
-			_, _ = l.pc.WriteToUDPAddrPort(l.grant, l.node)
+			_, _ = l.pc.WriteTo(l.grant, l.nodeUDP)
 		}
 	}
 }
@@ -114,7 +123,7 @@ func (l *Link) WriteTo(p []byte, _ netip.AddrPort) error {
 	l.wmu.Lock()
 	defer l.wmu.Unlock()
 	l.wbuf = relayproto.AppendData(l.wbuf[:0], p)
-	_, err := l.pc.WriteToUDPAddrPort(l.wbuf, l.node)
+	_, err := l.pc.WriteTo(l.wbuf, l.nodeUDP)
 	return err
 }
 
@@ -126,11 +135,11 @@ func (l *Link) ReadFrom(p []byte) (int, netip.AddrPort, error) {
 	}
 	buf := l.rbuf
 	for {
-		n, from, err := l.pc.ReadFromUDPAddrPort(buf)
+		n, from, err := l.pc.ReadFrom(buf)
 		if err != nil {
 			return 0, netip.AddrPort{}, err
 		}
-		if unmap(from) != l.node || n == 0 || buf[0] != relayproto.TypeData {
+		if addrOf(from) != l.node || n == 0 || buf[0] != relayproto.TypeData {
 			continue
 		}
 		return copy(p, buf[1:n]), l.node, nil
@@ -165,7 +174,7 @@ type Offer struct {
 // it on the same offer list, so they move to the next node together. It
 // returns the link, the index of its offer, and ErrUnreachable when no
 // node worked.
-func BindFirst(ctx context.Context, listen func() (*net.UDPConn, error), offers []Offer, per time.Duration) (*Link, int, error) {
+func BindFirst(ctx context.Context, listen func() (net.PacketConn, error), offers []Offer, per time.Duration) (*Link, int, error) {
 	var errs []error
 	for i, o := range offers {
 		pc, err := listen()

@@ -40,6 +40,7 @@ func bindRelayFlags(fs *flag.FlagSet, c *relayCmdConfig) {
 	fs.Int64Var(&c.MaxBitrate, "max-bitrate", c.MaxBitrate, "relayed `bits/s` cap, all sessions together, token bucket (0: none, volunteer 4000000; negative: none); drops count as dropped{reason=bandwidth}")
 	fs.IntVar(&c.Burst, "burst", c.Burst, "token bucket depth in `bytes` (0: a quarter second of --max-bitrate, at least 16 KiB)")
 	fs.DurationVar(&c.SessionIdle, "session-idle", c.SessionIdle, "forget a session neither peer sent on for this `duration` (0: 30s)")
+	fs.DurationVar(&c.HalfSessionTTL, "half-session-ttl", c.HalfSessionTTL, "forget a session whose second peer has not bound this `duration` after the first (0: 10s)")
 	fs.DurationVar(&c.RebindAfter, "rebind-after", c.RebindAfter, "a bound peer silent this `duration` may be rebound from another address (0: 5s); earlier, such binds drop as hijack")
 	fs.IntVar(&c.BindRate, "bind-rate", c.BindRate, "binds per second checked per source address or /64 (0: 20)")
 	fs.DurationVar(&c.Keepalive, "keepalive", c.Keepalive, "STUN keepalive `interval` from the relay port (0: 15s, negative: none)")

@@ -82,6 +82,10 @@ type Config struct {
 	// SessionIdle removes a session neither side sent on for this long
 	// (default 30 s).
 	SessionIdle time.Duration `yaml:"session-idle"`
+	// HalfSessionTTL removes a session whose second side has not bound
+	// this long after the first did (default 10 s): one peer holding a
+	// grant cannot pin one of a volunteer's few slots alone.
+	HalfSessionTTL time.Duration `yaml:"half-session-ttl"`
 	// RebindAfter is how long a bound side must be silent before a bind
 	// from another address may take it over (a peer's NAT rebinding);
 	// before, such a bind is dropped as "hijack" (default 5 s).
@@ -142,6 +146,9 @@ func (c *Config) validate() error {
 	}
 	if c.SessionIdle <= 0 {
 		c.SessionIdle = DefaultSessionIdle
+	}
+	if c.HalfSessionTTL <= 0 {
+		c.HalfSessionTTL = 10 * time.Second
 	}
 	if c.RebindAfter <= 0 {
 		c.RebindAfter = DefaultRebindAfter

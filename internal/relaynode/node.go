@@ -59,8 +59,9 @@ type end struct {
 }
 
 type session struct {
-	id  relayproto.Session
-	end [2]end
+	id      relayproto.Session
+	end     [2]end
+	created int64 // ns since start
 }
 
 type binding struct {
@@ -395,7 +396,7 @@ func (n *Node) bind(grant []byte, src netip.AddrPort, out *udpio.Message, now in
 			n.m.dropped[dropFull].Inc()
 			return n.bound(out, src, &session{id: g.Session}, g.Side, relayproto.FlagFull)
 		}
-		s = &session{id: g.Session}
+		s = &session{id: g.Session, created: now}
 		n.sessions[g.Session] = s
 		n.m.sessions.Set(float64(len(n.sessions)))
 	}
@@ -498,7 +499,11 @@ func (n *Node) tick(ctx context.Context) {
 				punches = append(punches, p{id, o.peers})
 			}
 			for id, s := range n.sessions {
-				if now-s.end[0].seen > int64(n.cfg.SessionIdle) && now-s.end[1].seen > int64(n.cfg.SessionIdle) {
+				idle := now-s.end[0].seen > int64(n.cfg.SessionIdle) && now-s.end[1].seen > int64(n.cfg.SessionIdle)
+				// A session whose second side never came holds a slot
+				// (a volunteer has 8) only as long as a bind may take.
+				half := !(s.end[0].bound && s.end[1].bound) && now-s.created > int64(n.cfg.HalfSessionTTL)
+				if idle || half {
 					for _, e := range s.end {
 						if e.bound {
 							delete(n.byAddr, e.addr)

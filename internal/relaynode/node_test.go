@@ -363,3 +363,26 @@ func TestDataPathAllocs(t *testing.T) {
 		t.Errorf("%v allocations per relayed datagram", allocs)
 	}
 }
+
+// One peer holding a grant cannot pin a slot alone: a session whose other
+// side never binds is dropped after HalfSessionTTL, and the slot serves
+// a new pair.
+func TestHalfSessionExpires(t *testing.T) {
+	s := newScene(t, func(c *Config) { c.MaxSessions = 1; c.HalfSessionTTL = 300 * time.Millisecond })
+	g := s.grant(newSession(), 0, "r1", time.Minute, nil)
+	pc := socket(t)
+	if _, err := pc.WriteToUDPAddrPort(relayproto.AppendBind(nil, g), s.node.Addr()); err != nil {
+		t.Fatal(err)
+	}
+	testkit.WaitFor(t, 2*time.Second, "half session held", func() bool { return testutil.ToFloat64(s.node.m.sessions) == 1 })
+	testkit.WaitFor(t, 3*time.Second, "half session dropped", func() bool {
+		return testutil.ToFloat64(s.node.m.expired) == 1 && testutil.ToFloat64(s.node.m.sessions) == 0
+	})
+	a, b := s.pair(newSession())
+	if err := a.WriteTo([]byte("x"), netip.AddrPort{}); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := read(t, b, 2*time.Second); err != nil || string(got) != "x" {
+		t.Fatalf("got %q, %v", got, err)
+	}
+}

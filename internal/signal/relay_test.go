@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/traverse-rtc/traverse/internal/bus"
+	"github.com/traverse-rtc/traverse/internal/persource"
 	"github.com/traverse-rtc/traverse/internal/relayproto"
 	"github.com/traverse-rtc/traverse/internal/testkit"
 )
@@ -238,4 +239,18 @@ func FuzzRelayRequest(f *testing.F) {
 			t.Fatalf("%q parsed, its encoding %q does not: %v", b, again, err)
 		}
 	})
+}
+
+func TestRelayServiceRateLimit(t *testing.T) {
+	s := newRelayScene(t)
+	s.rs.rate = persource.NewRate(0.001, 1)
+	if resp, _ := s.post(s.token(true), RelayRequest{Peer: "bob"}); resp.StatusCode != http.StatusOK {
+		t.Fatalf("first request: %d", resp.StatusCode)
+	}
+	if resp, _ := s.post(s.token(true), RelayRequest{Peer: "bob"}); resp.StatusCode != http.StatusTooManyRequests {
+		t.Fatalf("second request: %d, want 429", resp.StatusCode)
+	}
+	if got := testutil.ToFloat64(s.rs.m.requests.WithLabelValues("rate_limited")); got != 1 {
+		t.Errorf("rate_limited %v, want 1", got)
+	}
 }

@@ -29,6 +29,7 @@ type signalConfig struct {
 	NodeCapacity   int            `yaml:"node-capacity"`
 	ICEURLs        []string       `yaml:"ice-url"`
 	NoWeb          bool           `yaml:"no-web"`
+	RelayGrantSeed string         `yaml:"relay-grant-seed"`
 
 	// natsClientConfig is the bus of a separate signal process (not in serve).
 	natsClientConfig `yaml:",inline"`
@@ -57,6 +58,7 @@ func bindSignalFlags(fs *flag.FlagSet, prefix string, c *signalConfig, inServe b
 	fs.IntVar(&c.NodeCapacity, prefix+"node-capacity", c.NodeCapacity, "peers at which an SFU node counts as full (0: 1000)")
 	fs.Var(config.Strings{P: &c.ICEURLs}, prefix+"ice-url", "STUN or TURN `URL` handed to browsers as an ICE server, e.g. stun:stun.example.org:3478, turn:turn.example.org:3478?transport=udp (repeatable; turn: and turns: need --"+prefix+"turn-secret)")
 	fs.BoolVar(&c.NoWeb, prefix+"no-web", c.NoWeb, "do not serve the demo page")
+	fs.StringVar(&c.RelayGrantSeed, prefix+"relay-grant-seed", c.RelayGrantSeed, "Ed25519 `seed` (base64url, traverse relay --keygen) that signs relay node grants: serves POST /relay/nodes (empty: off)")
 	fs.Var(config.Strings{P: &c.AllowedOrigins}, prefix+"allowed-origins", "`ORIGIN` (scheme://host[:port]) whose pages may use /ws and /token, * for any (repeatable; default: this server's own loopback or IP address and port)")
 	fs.DurationVar(&c.ReadHeaderTimeout, prefix+"read-header-timeout", c.ReadHeaderTimeout, "close an HTTP connection whose request headers take longer than this `duration` (0: 10s)")
 	fs.DurationVar(&c.IdleTimeout, prefix+"idle-timeout", c.IdleTimeout, "close a keep-alive HTTP connection idle this `duration` (0: 30s)")
@@ -125,6 +127,13 @@ func startSignal(c *signalConfig, busCfg bus.Config, turn *turnShare, log *slog.
 		cfg.Static = web.FS
 	}
 	cfg.ICEServers, cfg.TLS, cfg.API = product.ICEServers, product.TLS, product.API
+	if c.RelayGrantSeed != "" {
+		if err := mountRelayService(&cfg, c.RelayGrantSeed, bc, adm); err != nil {
+			_ = be.Close()
+			_ = bc.Close()
+			return nil, err
+		}
+	}
 	srv, err := signal.New(cfg)
 	if err != nil {
 		_ = be.Close()

@@ -30,6 +30,9 @@ const (
 	// RoleDistribute is one distribute node: it takes its own requests
 	// (DistributeSubject) and answers them, nothing else.
 	RoleDistribute Role = "distribute"
+	// RoleRelay is one relay node (traverse relay): it announces itself
+	// and reads its own open messages only (relay.go).
+	RoleRelay Role = "relay"
 )
 
 // Identity is one bus credential: an NATS nkey user (an Ed25519 key pair;
@@ -67,7 +70,7 @@ func checkRole(role Role, node string) error {
 		if node != "" {
 			return fmt.Errorf("%w: a signal credential names no node", ErrCredentials)
 		}
-	case RoleNode, RoleDistribute:
+	case RoleNode, RoleDistribute, RoleRelay:
 		if !ValidName(node) {
 			return fmt.Errorf("%w: node %q: %w", ErrCredentials, node, ErrBadSubjectToken)
 		}
@@ -221,12 +224,15 @@ func Permissions(role Role, node string) *server.Permissions {
 	case RoleSignal:
 		return &server.Permissions{
 			Publish: &server.SubjectPermission{Allow: []string{
-				NodeRPCSubject("*"), SessionAnnounceSubject("*"), DistributeSubject("*"),
+				NodeRPCSubject("*"), SessionAnnounceSubject("*"), DistributeSubject("*"), RelayOpenSubject("*"),
 			}},
 			Subscribe: &server.SubjectPermission{Allow: []string{
-				NodeAnnounceSubject("*"), SessionSubject("*", "*"), RoomEventsSubject("*", "*"), inboxWildcard,
+				NodeAnnounceSubject("*"), SessionSubject("*", "*"), RoomEventsSubject("*", "*"), inboxWildcard, RelayAnnounceSubject("*"),
 			}},
 		}
+	case RoleRelay:
+		pub, sub := relayPermissions(node)
+		return &server.Permissions{Publish: &server.SubjectPermission{Allow: pub}, Subscribe: &server.SubjectPermission{Allow: sub}}
 	case RoleNode:
 		return &server.Permissions{
 			Publish: &server.SubjectPermission{Allow: []string{

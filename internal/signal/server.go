@@ -106,6 +106,9 @@ type Config struct {
 	// getUserMedia needs a secure page off localhost). Default: plain HTTP,
 	// e.g. behind a reverse proxy that ends TLS (docs/signal.md).
 	TLS *tls.Config
+	// Mounts are more handlers by mux pattern (RelayService at
+	// "POST /relay/nodes", relay.go).
+	Mounts map[string]http.Handler
 }
 
 func (c *Config) validate() error {
@@ -218,6 +221,9 @@ func New(cfg Config) (*Server, error) {
 	s.http = &http.Server{Handler: s.mux, ReadHeaderTimeout: cfg.ReadHeaderTimeout, IdleTimeout: cfg.IdleTimeout,
 		MaxHeaderBytes: maxHeaderBytes, ErrorLog: slog.NewLogLogger(cfg.Log.Handler(), slog.LevelWarn)}
 	s.mux.HandleFunc("GET /ws", s.serveWS)
+	for pattern, h := range cfg.Mounts {
+		s.mux.Handle(pattern, h)
+	}
 	if cfg.DemoTokens {
 		s.mux.HandleFunc("GET /token", s.serveToken)
 	}

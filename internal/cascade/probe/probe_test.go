@@ -38,7 +38,7 @@ func TestProberMeasures(t *testing.T) {
 	if !s.Up {
 		t.Error("down")
 	}
-	if p.Stats(now.Add(3*time.Second)).Up {
+	if p.Stats(now.Add(3 * time.Second)).Up {
 		t.Error("up 3 s after the last echo")
 	}
 }

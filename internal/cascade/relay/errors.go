@@ -1,0 +1,13 @@
+package relay
+
+import "errors"
+
+// Errors of New and of the send calls.
+var (
+	// ErrConfig: the Config is incomplete or out of range.
+	ErrConfig = errors.New("relay: invalid config")
+	// ErrNoRoute: no route to a destination (SendFeedback).
+	ErrNoRoute = errors.New("relay: no route to the destination")
+	// ErrClosed: the endpoint is closed.
+	ErrClosed = errors.New("relay: endpoint closed")
+)

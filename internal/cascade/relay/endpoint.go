@@ -168,7 +168,8 @@ type group struct {
 }
 
 // outQ collects frames: the reader loop's into a batch sent with one
-// sendmmsg, everyone else's straight to the socket.
+// sendmmsg (only the reader loop calls WriteBatch), everyone else's
+// straight to the socket with WriteTo, which is safe for concurrent use.
 type outQ struct {
 	msgs  []udpio.Message
 	n     int
@@ -635,7 +636,9 @@ func (e *Endpoint) handleMessage(msg []byte, from NodeID, s *scratch) {
 func (e *Endpoint) timers(ctx context.Context) {
 	t := time.NewTicker(e.cfg.Tick)
 	defer t.Stop()
-	s := newScratch(true)
+	// The reader loop owns the Conn's batched writes (WriteBatch is not
+	// safe for concurrent use); the timers' few frames go one by one.
+	s := newScratch(false)
 	for {
 		select {
 		case <-ctx.Done():

@@ -26,13 +26,13 @@ type sfu struct {
 	lastRoom        string
 	lastFrom        NodeID
 	needs           map[StreamKey]bool
-	onMedia         func(rtp []byte)
+	onMedia         atomic.Pointer[func(rtp []byte)] // set by a test while the node runs
 }
 
 func (s *sfu) DeliverMedia(room, publisher, track []byte, layer uint8, rtp []byte) {
 	s.media.Add(1)
-	if s.onMedia != nil {
-		s.onMedia(rtp)
+	if f := s.onMedia.Load(); f != nil {
+		(*f)(rtp)
 		return
 	}
 	s.mu.Lock()
@@ -302,7 +302,7 @@ func TestLossyLinkThroughEndpoints(t *testing.T) {
 	var inTime atomic.Int64
 	seen := make([]bool, count)
 	var mu sync.Mutex
-	b.sfu.onMedia = func(rtp []byte) {
+	onMedia := func(rtp []byte) {
 		i := binary.BigEndian.Uint32(rtp[8:])
 		at := time.Unix(0, int64(binary.BigEndian.Uint64(rtp)))
 		mu.Lock()
@@ -312,6 +312,7 @@ func TestLossyLinkThroughEndpoints(t *testing.T) {
 		}
 		mu.Unlock()
 	}
+	b.sfu.onMedia.Store(&onMedia)
 	rtp := make([]byte, 400)
 	tick := time.NewTicker(time.Millisecond)
 	defer tick.Stop()

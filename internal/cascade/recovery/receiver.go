@@ -179,6 +179,10 @@ func (r *Receiver) removeMissing(seq uint32) {
 
 // OnParity takes a parity shard; messages it rebuilds go to deliver.
 func (r *Receiver) OnParity(p *relaywire.Parity, deliver func(seq uint32, msg []byte)) {
+	if len(p.Shard) < 2 || len(p.Shard) > relaywire.MaxShardLen || p.K == 0 || p.M == 0 ||
+		int(p.K) > relaywire.MaxShards || int(p.M) > relaywire.MaxShards || p.Index >= p.M {
+		return // not a shard relaywire.ParseParity passes
+	}
 	if r.highest != 0 && int32(p.Base-r.highest) <= -int32(len(r.ring)) {
 		r.Late++
 		return

@@ -24,7 +24,7 @@ const (
 //	5      M parity shards (1..MaxShards)
 //	6      this shard's index among the parity shards (0..M-1)
 //	7      reserved, 0
-//	8-9    shard length (the longest data shard: 2 + message length)
+//	8-9    shard length (the longest data shard: 2 + message length, so >= 2)
 //	10..   the shard
 //
 // A data shard is the message's length (2 bytes) then the message, padded
@@ -38,7 +38,7 @@ type Parity struct {
 
 // AppendParity appends p to b.
 func AppendParity(b []byte, p *Parity) ([]byte, error) {
-	if p.K == 0 || p.K > MaxShards || p.M == 0 || p.M > MaxShards || p.Index >= p.M || len(p.Shard) == 0 {
+	if p.K == 0 || p.K > MaxShards || p.M == 0 || p.M > MaxShards || p.Index >= p.M || len(p.Shard) < 2 {
 		return b, ErrField
 	}
 	if len(p.Shard) > MaxShardLen {
@@ -58,7 +58,7 @@ func ParseParity(b []byte, p *Parity) error {
 	p.Base = binary.BigEndian.Uint32(b)
 	p.K, p.M, p.Index = b[4], b[5], b[6]
 	n := int(binary.BigEndian.Uint16(b[8:]))
-	if p.K == 0 || p.K > MaxShards || p.M == 0 || p.M > MaxShards || p.Index >= p.M || n == 0 || n > MaxShardLen {
+	if p.K == 0 || p.K > MaxShards || p.M == 0 || p.M > MaxShards || p.Index >= p.M || n < 2 || n > MaxShardLen {
 		return ErrField
 	}
 	if len(b) != parityFixed+n {

@@ -194,7 +194,7 @@ func TestWindow(t *testing.T) {
 }
 
 func TestControlRoundTrip(t *testing.T) {
-	p := &Parity{Base: 10, K: 4, M: 2, Index: 1, Shard: []byte{1, 2, 3}}
+	p := &Parity{Base: 10, K: 4, M: 2, Index: 1, Shard: []byte{0, 1, 3}}
 	b, err := AppendParity(nil, p)
 	if err != nil {
 		t.Fatal(err)

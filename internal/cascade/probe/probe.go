@@ -9,6 +9,7 @@
 package probe
 
 import (
+	"math"
 	"time"
 
 	"github.com/traverse-rtc/traverse/internal/cascade/relaywire"
@@ -147,6 +148,8 @@ func (p *Prober) Stats(now time.Time) Stats {
 	return s
 }
 
-// LossEstimate is the loss the routes and the FEC should use: the larger of the
-// probes' and the data's.
-func (s Stats) LossEstimate() float64 { return max(s.Loss, s.PeerLoss) }
+// LossEstimate is the one-way loss the routes should use: the larger of
+// the data's (PeerLoss) and the probes' round-trip loss taken as equal
+// loss each way (1 - sqrt(1 - Loss)). The FEC follows PeerLoss alone: it
+// protects exactly that direction's data.
+func (s Stats) LossEstimate() float64 { return max(1-math.Sqrt(1-s.Loss), s.PeerLoss) }

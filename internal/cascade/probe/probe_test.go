@@ -32,7 +32,7 @@ func TestProberMeasures(t *testing.T) {
 	if math.Abs(s.Loss-0.2) > 0.1 {
 		t.Errorf("loss %v, want about 0.2", s.Loss)
 	}
-	if s.PeerLoss != 0.05 || s.LossEstimate() != s.Loss {
+	if s.PeerLoss != 0.05 || math.Abs(s.LossEstimate()-(1-math.Sqrt(1-s.Loss))) > 1e-9 {
 		t.Errorf("peer loss %v", s.PeerLoss)
 	}
 	if !s.Up {

@@ -605,7 +605,7 @@ func (e *Endpoint) handleFrame(b []byte, from netip.AddrPort, s *scratch) {
 			break
 		}
 		p.prb.OnEcho(ec, now)
-		p.snd.SetLoss(p.prb.Stats(now).LossEstimate())
+		p.snd.SetLoss(p.prb.Stats(now).PeerLoss)
 	}
 	p.mu.Unlock()
 	for i, off := range e.rx.off {

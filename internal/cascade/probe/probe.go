@@ -119,6 +119,11 @@ func (p *Prober) OnEcho(e relaywire.Echo, now time.Time) {
 // Stats is what the prober knows of the link.
 type Stats struct {
 	RTT, Jitter time.Duration
+	// LastRTT is the latest sample: NACK timing takes the smaller of it
+	// and RTT, so that one slow first sample (an ARP resolution on a
+	// lossy link took 300 ms in the lab) does not delay repairs for
+	// seconds while the average forgets it.
+	LastRTT time.Duration
 	// Loss is the fraction of probes in the window unanswered within
 	// Timeout (both directions); PeerLoss the data loss the peer reports
 	// (this direction only, before repair).
@@ -140,7 +145,7 @@ func (p *Prober) Stats(now time.Time) Stats {
 			lost++
 		}
 	}
-	s := Stats{RTT: p.srtt, Jitter: p.jitter, PeerLoss: p.peerLoss,
+	s := Stats{RTT: p.srtt, LastRTT: p.lastRTT, Jitter: p.jitter, PeerLoss: p.peerLoss,
 		Up: p.samples > 0 && now.Sub(p.lastEcho) < p.cfg.DownAfter}
 	if counted > 0 {
 		s.Loss = float64(lost) / float64(counted)

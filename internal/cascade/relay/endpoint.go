@@ -661,7 +661,7 @@ func (e *Endpoint) tickPeer(p *peer, now time.Time, s *scratch) {
 	p.snd.Tick(now, p.body, p.emit)
 	e.queueParity(p, &s.out)
 	st := p.prb.Stats(now)
-	p.nacks = p.rcv.NackDue(now, st.RTT, p.nacks[:0])
+	p.nacks = p.rcv.NackDue(now, min(st.RTT, st.LastRTT), p.nacks[:0])
 	if len(p.nacks) > 0 {
 		if b, err := relaywire.AppendNack(p.body[:0], p.nacks); err == nil {
 			p.body = b

@@ -76,6 +76,27 @@ func TestFECRepairsWithoutNack(t *testing.T) {
 	}
 }
 
+func TestRetransmitBounded(t *testing.T) {
+	s := NewSender(SenderConfig{History: 64, MaxRetransmits: 2})
+	now := time.Unix(0, 0)
+	for i := 0; i < 100; i++ {
+		s.Next([]byte{byte(i)}, now, make([]byte, 0, 2048), func([]byte) {})
+	}
+	if m, ok := s.Retransmit(100); !ok || m[0] != 99 {
+		t.Fatalf("seq 100: %v %v", m, ok)
+	}
+	s.Retransmit(100)
+	if _, ok := s.Retransmit(100); ok {
+		t.Fatal("a third retransmission of one message")
+	}
+	if _, ok := s.Retransmit(10); ok {
+		t.Fatal("a message older than the history")
+	}
+	if s.Retransmits != 2 || s.Refused != 2 {
+		t.Fatalf("retransmits %d refused %d", s.Retransmits, s.Refused)
+	}
+}
+
 func TestNackAndGiveUp(t *testing.T) {
 	r := NewReceiver(ReceiverConfig{MaxNacks: 2})
 	now := time.Unix(0, 0)

@@ -31,6 +31,10 @@ type SenderConfig struct {
 	Target float64
 	// MaxOverhead caps parity shards at this fraction of k (default 0.5).
 	MaxOverhead float64
+	// MaxRetransmits is how often one message is sent again for NACKs
+	// (default 5, the receiver's MaxNacks): a peer NACKing the same
+	// sequences over and over cannot make this node amplify its traffic.
+	MaxRetransmits int
 }
 
 func (c *SenderConfig) defaults() {
@@ -49,12 +53,19 @@ func (c *SenderConfig) defaults() {
 	if c.MaxOverhead <= 0 {
 		c.MaxOverhead = 0.5
 	}
+	if c.MaxRetransmits <= 0 {
+		c.MaxRetransmits = 5
+	}
+	if c.History < 2*relaywire.MaxShards {
+		c.History = 2 * relaywire.MaxShards // a group's messages stay in the history until it closes
+	}
 }
 
 type slot struct {
-	seq uint32
-	ok  bool
-	n   int
+	seq   uint32
+	ok    bool
+	n     int
+	tries int // retransmissions (sender only)
 	buf []byte // MaxShardLen bytes: 2-byte length, then the message
 }
 
@@ -74,6 +85,9 @@ type Sender struct {
 	par     relaywire.Parity
 
 	DataSent, ParitySent, ParityBytes, DataBytes, Retransmits uint64
+	// Refused counts NACKed sequences not sent again: no longer in the
+	// history, or sent MaxRetransmits times already.
+	Refused uint64
 }
 
 // NewSender returns a Sender; the first message gets sequence 1.
@@ -114,7 +128,7 @@ func (s *Sender) Next(msg []byte, now time.Time, buf []byte, emit func(body []by
 	seq := s.next
 	s.next++
 	sl := &s.hist[seq%uint32(len(s.hist))]
-	sl.seq, sl.ok, sl.n = seq, true, 2+len(msg)
+	sl.seq, sl.ok, sl.n, sl.tries = seq, true, 2+len(msg), 0
 	binary.BigEndian.PutUint16(sl.buf, uint16(len(msg)))
 	copy(sl.buf[2:], msg)
 	s.DataSent++
@@ -189,12 +203,14 @@ func (s *Sender) closeGroup(buf []byte, emit func(body []byte)) {
 }
 
 // Retransmit returns the message sent under seq while the history still
-// holds it.
+// holds it and it was sent again fewer than MaxRetransmits times.
 func (s *Sender) Retransmit(seq uint32) ([]byte, bool) {
 	sl := &s.hist[seq%uint32(len(s.hist))]
-	if !sl.ok || sl.seq != seq {
+	if !sl.ok || sl.seq != seq || sl.tries >= s.cfg.MaxRetransmits {
+		s.Refused++
 		return nil, false
 	}
+	sl.tries++
 	s.Retransmits++
 	n := int(binary.BigEndian.Uint16(sl.buf))
 	return sl.buf[2 : 2+n], true

@@ -99,6 +99,7 @@ type peer struct {
 	emit     func([]byte)
 	body     []byte
 	nacks    []uint32
+	counted  [4]uint64 // refused, lost, late, duplicates already added to the metrics
 }
 
 func newPeer(cfg *Config, id NodeID, addr netip.AddrPort) (*peer, error) {
@@ -657,6 +658,12 @@ func (e *Endpoint) timers(ctx context.Context) {
 func (e *Endpoint) tickPeer(p *peer, now time.Time, s *scratch) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	for i, v := range [4]uint64{p.snd.Refused, p.rcv.GivenUp, p.rcv.Late, p.rcv.Duplicates} {
+		if d := v - p.counted[i]; d > 0 {
+			[4]prometheus.Counter{e.m.refused, e.m.lost, e.m.late, e.m.dups}[i].Add(float64(d))
+			p.counted[i] = v
+		}
+	}
 	p.nParity = 0
 	p.snd.Tick(now, p.body, p.emit)
 	e.queueParity(p, &s.out)

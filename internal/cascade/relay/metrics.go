@@ -29,6 +29,10 @@ type metrics struct {
 	retransmit prometheus.Counter
 	recovered  prometheus.Counter
 	parity     prometheus.Counter
+	refused    prometheus.Counter
+	lost       prometheus.Counter
+	late       prometheus.Counter
+	dups       prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -46,12 +50,16 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		retransmit: c("traverse_relay_retransmits_total", "Messages sent again for a neighbour's NACK."),
 		recovered:  c("traverse_relay_fec_recovered_total", "Messages rebuilt from FEC parity."),
 		parity:     c("traverse_relay_fec_parity_total", "FEC parity frames sent."),
+		refused:    c("traverse_relay_nack_refused_total", "NACKed messages not sent again: out of the send history or sent again max-retransmits times already."),
+		lost:       c("traverse_relay_lost_total", "Messages a link never repaired: NACKed max-nacks times, more gaps than max-missing, or a jump."),
+		late:       c("traverse_relay_late_total", "Messages older than the receive window, dropped."),
+		dups:       c("traverse_relay_duplicates_total", "Messages received twice (a retransmission after FEC repaired it), dropped."),
 	}
 	for i := range m.drops {
 		m.drops[i] = drop.WithLabelValues(dropNames[i])
 	}
 	if reg != nil {
-		for _, col := range []prometheus.Collector{drop, m.forwarded, m.delivered, m.sent, m.retransmit, m.recovered, m.parity} {
+		for _, col := range []prometheus.Collector{drop, m.forwarded, m.delivered, m.sent, m.retransmit, m.recovered, m.parity, m.refused, m.lost, m.late, m.dups} {
 			if err := reg.Register(col); err != nil {
 				return nil, err
 			}

@@ -3,6 +3,7 @@ package relay
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"net"
 	"net/netip"
 	"sync"
@@ -278,6 +279,42 @@ func TestDropsAndCounts(t *testing.T) {
 	}
 	if got := drops("hop_limit"); got != 1 {
 		t.Fatalf("hop limit drops %v", got)
+	}
+
+	// NACK amplification: B sends node 9 one message (addressed to 9, so
+	// B routes it back), then 9 NACKs it ten times; B sends it again at
+	// most max-retransmits (5) times and counts the rest.
+	sentBefore := b.metric(t, "traverse_relay_forwarded_total")
+	send(xc, att.frame(t, hdr(x), []byte("back to 9")))
+	testkit.WaitFor(t, 5*time.Second, "B's message to 9", func() bool {
+		return b.metric(t, "traverse_relay_forwarded_total") == sentBefore+1
+	})
+	nb, _ := relaywire.AppendNack(nil, []uint32{1})
+	for i := 0; i < 10; i++ {
+		send(xc, att.link.Seal(nil, relaywire.TypeNack, nb))
+	}
+	testkit.WaitFor(t, 5*time.Second, "refused NACKs counted", func() bool {
+		return b.metric(t, "traverse_relay_nack_refused_total") == 5
+	})
+	if got := b.metric(t, "traverse_relay_retransmits_total"); got != 5 {
+		t.Fatalf("B sent one message again %v times for 10 NACKs, want 5", got)
+	}
+}
+
+func TestConfigErrors(t *testing.T) {
+	lo := netip.MustParseAddrPort("127.0.0.1:0")
+	for name, c := range map[string]Config{
+		"no node":      {Listen: lo, Secret: secret, Local: &sfu{}},
+		"no address":   {Node: 1, Secret: secret, Local: &sfu{}},
+		"no local":     {Node: 1, Listen: lo, Secret: secret},
+		"short secret": {Node: 1, Listen: lo, Secret: secret[:31], Local: &sfu{}},
+	} {
+		if e, err := New(c); !errors.Is(err, ErrConfig) {
+			t.Errorf("%s: %v", name, err)
+			if e != nil {
+				e.Close()
+			}
+		}
 	}
 }
 

@@ -65,8 +65,8 @@ type slot struct {
 	seq   uint32
 	ok    bool
 	n     int
-	tries int // retransmissions (sender only)
-	buf []byte // MaxShardLen bytes: 2-byte length, then the message
+	tries int    // retransmissions (sender only)
+	buf   []byte // MaxShardLen bytes: 2-byte length, then the message
 }
 
 // Sender is the sending half of one link direction. It is not safe for

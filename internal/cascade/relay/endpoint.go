@@ -143,7 +143,7 @@ type Endpoint struct {
 	// needMu guards needs.
 	needMu sync.RWMutex
 	needs  map[StreamKey]*need
-	peerMu sync.Mutex // serialises SetPeers
+	peerMu sync.Mutex // serialises SetPeers and SetEpoch; guards cfg.Epoch
 
 	scratch sync.Pool // *scratch for Send and the timers
 	loop    *scratch  // the reader loop's own
@@ -251,6 +251,21 @@ func (e *Endpoint) SetPeers(peers map[NodeID]netip.AddrPort) error {
 		next[id] = p
 	}
 	e.peers.Store(&next)
+	return nil
+}
+
+// SetEpoch moves every link to a new key epoch (the controller rotates
+// the cluster's keys): frames are sealed under it from now on, frames
+// under the previous epoch are still accepted.
+func (e *Endpoint) SetEpoch(epoch uint16) error {
+	e.peerMu.Lock()
+	defer e.peerMu.Unlock()
+	e.cfg.Epoch = epoch
+	for _, p := range *e.peers.Load() {
+		if err := p.link.Rotate(epoch); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 

@@ -154,6 +154,17 @@ func TestForwardByRouteAlone(t *testing.T) {
 	if d := b.sfu.feedback.Load(); d != 0 {
 		t.Fatalf("B delivered feedback addressed to A: %d", d)
 	}
+	// key rotation, one node after the other: media flows throughout
+	for _, n := range []*node{c, a, b} {
+		if err := n.e.SetEpoch(2); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a.e.Send(key, 0, rtp)
+	testkit.WaitFor(t, 5*time.Second, "media under epoch 2", func() bool { return c.sfu.media.Load() >= count+1 })
+	if d := b.metric(t, "traverse_relay_dropped_total", "reason", "epoch") + c.metric(t, "traverse_relay_dropped_total", "reason", "auth"); d != 0 {
+		t.Fatalf("%v frames dropped across the rotation", d)
+	}
 	a.e.SetNeed(key, nil)
 	if a.e.Send(key, 0, rtp) {
 		t.Fatal("Send after the need ended")

@@ -58,6 +58,7 @@ type Link struct {
 	cur      cipher.AEAD
 	prev     cipher.AEAD // nil when there was no previous epoch
 	prevEpch uint16
+	next     cipher.AEAD // epoch+1, opened before this node rotates
 	window   Window
 }
 
@@ -72,7 +73,11 @@ func NewLink(secret []byte, local, peer NodeID, epoch uint16) (*Link, error) {
 	if err != nil {
 		return nil, err
 	}
-	l.epoch, l.cur = epoch, a
+	n, err := newAEAD(secret, local, peer, epoch+1)
+	if err != nil {
+		return nil, err
+	}
+	l.epoch, l.cur, l.next = epoch, a, n
 	l.counter.Store(uint64(time.Now().UnixNano()))
 	return l, nil
 }
@@ -93,18 +98,30 @@ func newAEAD(secret []byte, a, b NodeID, epoch uint16) (cipher.AEAD, error) {
 func (l *Link) Peer() NodeID { return l.peer }
 
 // Rotate moves the link to a new epoch: frames are sealed under it from
-// now on; frames under the previous epoch are still opened.
+// now on; frames under the previous epoch are still opened, and so are
+// frames under the epoch after the new one. Since a link always opens
+// epoch+1, the nodes of a cluster may rotate in any order when each
+// rotation steps the epoch by one: a node that rotated first is
+// understood by peers that have not yet.
 func (l *Link) Rotate(epoch uint16) error {
-	a, err := newAEAD(l.secret, l.local, l.peer, epoch)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if epoch == l.epoch {
+		return nil
+	}
+	a := l.next
+	if epoch != l.epoch+1 {
+		var err error
+		if a, err = newAEAD(l.secret, l.local, l.peer, epoch); err != nil {
+			return err
+		}
+	}
+	n, err := newAEAD(l.secret, l.local, l.peer, epoch+1)
 	if err != nil {
 		return err
 	}
-	l.mu.Lock()
-	if epoch != l.epoch {
-		l.prev, l.prevEpch = l.cur, l.epoch
-		l.cur, l.epoch = a, epoch
-	}
-	l.mu.Unlock()
+	l.prev, l.prevEpch = l.cur, l.epoch
+	l.cur, l.epoch, l.next = a, epoch, n
 	return nil
 }
 
@@ -147,6 +164,8 @@ func (l *Link) Open(frame []byte) (LinkHeader, []byte, error) {
 		a = l.cur
 	case l.prev != nil && h.Epoch == l.prevEpch:
 		a = l.prev
+	case h.Epoch == l.epoch+1:
+		a = l.next
 	default:
 		return h, nil, ErrEpoch
 	}

@@ -138,16 +138,23 @@ func TestLinkAttacks(t *testing.T) {
 	if _, _, err := b.Open(b.Seal(nil, TypeProbe, AppendProbe(nil, Probe{}))); !errors.Is(err, ErrPeer) {
 		t.Errorf("reflected: %v", err)
 	}
-	// epochs: rotation keeps the previous key, an unknown epoch fails
+	// epochs: a rotates first and b still opens its frames; rotation keeps
+	// the previous key; an unknown epoch fails
 	old := a.Seal(nil, TypeProbe, AppendProbe(nil, Probe{}))
 	if err := a.Rotate(2); err != nil {
 		t.Fatal(err)
+	}
+	if _, _, err := b.Open(a.Seal(nil, TypeProbe, AppendProbe(nil, Probe{}))); err != nil {
+		t.Errorf("the next epoch before this end rotated: %v", err)
 	}
 	if err := b.Rotate(2); err != nil {
 		t.Fatal(err)
 	}
 	if _, _, err := b.Open(a.Seal(nil, TypeProbe, AppendProbe(nil, Probe{}))); err != nil {
 		t.Errorf("new epoch: %v", err)
+	}
+	if _, _, err := a.Open(b.Seal(nil, TypeProbe, AppendProbe(nil, Probe{}))); err != nil {
+		t.Errorf("new epoch, other way: %v", err)
 	}
 	if _, _, err := b.Open(old); err != nil {
 		t.Errorf("previous epoch in flight: %v", err)

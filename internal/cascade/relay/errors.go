@@ -8,6 +8,4 @@ var (
 	ErrConfig = errors.New("relay: invalid config")
 	// ErrNoRoute: no route to a destination (SendFeedback).
 	ErrNoRoute = errors.New("relay: no route to the destination")
-	// ErrClosed: the endpoint is closed.
-	ErrClosed = errors.New("relay: endpoint closed")
 )

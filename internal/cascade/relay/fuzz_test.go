@@ -24,16 +24,23 @@ func FuzzHandleMessage(f *testing.F) {
 		f.Fatal(err)
 	}
 	f.Cleanup(func() { e.Close() })
-	// C is a blackhole address: what B forwards is checked in its out queue
-	if err := e.SetPeers(map[NodeID]netip.AddrPort{nA: netip.MustParseAddrPort("127.0.0.1:9"), nC: netip.MustParseAddrPort("127.0.0.1:9")}); err != nil {
+	// A and C are addresses nothing listens on: what B forwards is checked
+	// in its out queue, opened with the link of the address it goes to
+	aAddr, cAddr := netip.MustParseAddrPort("127.0.0.1:9"), netip.MustParseAddrPort("127.0.0.1:10")
+	if err := e.SetPeers(map[NodeID]netip.AddrPort{nA: aAddr, nC: cAddr}); err != nil {
 		f.Fatal(err)
 	}
 	e.SetRoutes(1, map[NodeID]NodeID{nA: nA, nC: nC, 9: nC})
-	rl, _ := relaywire.NewLink(secret, nC, nB, 0)
+	al, _ := relaywire.NewLink(secret, nA, nB, 0)
+	cl, _ := relaywire.NewLink(secret, nC, nB, 0)
 	f.Fuzz(func(t *testing.T, msg []byte) {
 		e.loop.out.n = 0
 		e.handleMessage(msg, nA, e.loop)
 		for i := 0; i < e.loop.out.n; i++ {
+			rl := cl
+			if e.loop.out.msgs[i].Addr == aAddr {
+				rl = al
+			}
 			_, body, err := rl.Open(e.loop.out.msgs[i].Payload())
 			if errors.Is(err, relaywire.ErrReplay) {
 				continue

@@ -150,7 +150,9 @@ func TestHopLatency(t *testing.T) {
 		mu.Unlock()
 	}
 	c.sfu.onMedia.Store(&onMedia)
-	a.e.SetNeed(key, []NodeID{nC})
+	if err := a.e.SetNeed(key, []NodeID{nC}); err != nil {
+		t.Fatal(err)
+	}
 	measure := func(route NodeID) (p50, p99 time.Duration) {
 		mu.Lock()
 		lat = lat[:0]

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -279,15 +280,22 @@ func (e *Endpoint) SetRoutes(id uint32, next map[NodeID]NodeID) {
 	e.routes.Store(t)
 }
 
+// MaxNeed is the most nodes one track is forwarded to by this node.
+const MaxNeed = 256
+
 // SetNeed sets the nodes that need the local track k (the controller's
 // push command); an empty list stops forwarding it. Local.Need is told
-// when the track becomes needed or not.
-func (e *Endpoint) SetNeed(k StreamKey, dsts []NodeID) {
-	var keep []NodeID
+// when the track becomes needed or not. More than MaxNeed nodes is an
+// error and changes nothing.
+func (e *Endpoint) SetNeed(k StreamKey, dsts []NodeID) error {
+	keep := make([]NodeID, 0, len(dsts))
 	for _, d := range dsts {
-		if d != e.cfg.Node && d != 0 && len(keep) < relaywire.MaxDst {
+		if d != e.cfg.Node && d != 0 && !slices.Contains(keep, d) {
 			keep = append(keep, d)
 		}
+	}
+	if len(keep) > MaxNeed {
+		return fmt.Errorf("%w: %d nodes need %s/%s/%s, at most %d", ErrTooMany, len(keep), k.Room, k.Publisher, k.Track, MaxNeed)
 	}
 	e.needMu.Lock()
 	n, had := e.needs[k]
@@ -304,10 +312,13 @@ func (e *Endpoint) SetNeed(k StreamKey, dsts []NodeID) {
 	if had != (len(keep) > 0) {
 		e.cfg.Local.Need(k, !had)
 	}
+	return nil
 }
 
 // Send sends an RTP packet of a local publisher's track to the nodes that
-// need it, once per next hop. It reports whether any node needs it.
+// need it, once per next hop (a track needed by more than
+// relaywire.MaxDst nodes goes out as one message per MaxDst of them). It
+// reports whether any node needs it.
 func (e *Endpoint) Send(k StreamKey, layer uint8, rtp []byte) bool {
 	e.needMu.RLock()
 	n := e.needs[k]
@@ -317,11 +328,16 @@ func (e *Endpoint) Send(k StreamKey, layer uint8, rtp []byte) bool {
 	}
 	s := e.scratch.Get().(*scratch)
 	defer e.scratch.Put(s)
-	h := &s.h
-	*h = relaywire.Header{Kind: relaywire.KindMedia, HopLimit: e.cfg.HopLimit, Layer: layer, Source: e.cfg.Node,
-		Seq: n.seq.Add(1), NDst: uint8(len(n.dsts))}
-	copy(h.Dst[:], n.dsts)
-	e.originate(s, h, k, rtp)
+	seq := n.seq.Add(1)
+	for rest := n.dsts; len(rest) > 0; {
+		chunk := rest[:min(len(rest), relaywire.MaxDst)]
+		rest = rest[len(chunk):]
+		h := &s.h
+		*h = relaywire.Header{Kind: relaywire.KindMedia, HopLimit: e.cfg.HopLimit, Layer: layer, Source: e.cfg.Node,
+			Seq: seq, NDst: uint8(len(chunk))}
+		copy(h.Dst[:], chunk)
+		e.originate(s, h, k, rtp)
+	}
 	return true
 }
 

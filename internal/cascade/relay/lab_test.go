@@ -72,7 +72,9 @@ func TestLabCascadeOverLossyLink(t *testing.T) {
 		mu.Unlock()
 	}
 	c.sfu.onMedia.Store(&onMedia)
-	a.e.SetNeed(key, []NodeID{nC})
+	if err := a.e.SetNeed(key, []NodeID{nC}); err != nil {
+		t.Fatal(err)
+	}
 	rtp := make([]byte, 1000)
 	tick := time.NewTicker(time.Millisecond)
 	defer tick.Stop()

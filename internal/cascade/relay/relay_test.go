@@ -114,7 +114,9 @@ func TestForwardByRouteAlone(t *testing.T) {
 	b.e.SetRoutes(1, map[NodeID]NodeID{nA: nA, nC: nC})
 	c.e.SetRoutes(1, map[NodeID]NodeID{nA: nB, nB: nB})
 
-	a.e.SetNeed(key, []NodeID{nB, nC})
+	if err := a.e.SetNeed(key, []NodeID{nB, nC}); err != nil {
+		t.Fatal(err)
+	}
 	a.sfu.mu.Lock()
 	needed := a.sfu.needs[key]
 	a.sfu.mu.Unlock()
@@ -165,7 +167,9 @@ func TestForwardByRouteAlone(t *testing.T) {
 	if d := b.metric(t, "traverse_relay_dropped_total", "reason", "epoch") + c.metric(t, "traverse_relay_dropped_total", "reason", "auth"); d != 0 {
 		t.Fatalf("%v frames dropped across the rotation", d)
 	}
-	a.e.SetNeed(key, nil)
+	if err := a.e.SetNeed(key, nil); err != nil {
+		t.Fatal(err)
+	}
 	if a.e.Send(key, 0, rtp) {
 		t.Fatal("Send after the need ended")
 	}
@@ -312,6 +316,37 @@ func TestDropsAndCounts(t *testing.T) {
 	}
 }
 
+// TestManyDestinations: a track needed by 20 nodes, all behind B, leaves
+// A as two messages (16 + 4 destinations); more than MaxNeed is refused.
+func TestManyDestinations(t *testing.T) {
+	ns := startNodes(t, nA, nB)
+	a, b := ns[nA], ns[nB]
+	routes := map[NodeID]NodeID{nB: nB}
+	var dsts []NodeID
+	for i := NodeID(100); i < 120; i++ {
+		routes[i] = nB
+		dsts = append(dsts, i, i) // duplicates are ignored
+	}
+	a.e.SetRoutes(1, routes)
+	if err := a.e.SetNeed(key, dsts); err != nil {
+		t.Fatal(err)
+	}
+	a.e.Send(key, 0, []byte("rtp"))
+	testkit.WaitFor(t, 5*time.Second, "B drops the 20 destinations it has no route to", func() bool {
+		return b.metric(t, "traverse_relay_dropped_total", "reason", "no_route") == 20
+	})
+	if got := a.metric(t, "traverse_relay_sent_total"); got != 2 {
+		t.Fatalf("A sent %v messages, want 2", got)
+	}
+	many := make([]NodeID, MaxNeed+1)
+	for i := range many {
+		many[i] = NodeID(1000 + i)
+	}
+	if err := a.e.SetNeed(key, many); !errors.Is(err, ErrTooMany) {
+		t.Fatalf("SetNeed of %d nodes: %v", len(many), err)
+	}
+}
+
 func TestConfigErrors(t *testing.T) {
 	lo := netip.MustParseAddrPort("127.0.0.1:0")
 	for name, c := range map[string]Config{
@@ -345,7 +380,9 @@ func TestLossyLinkThroughEndpoints(t *testing.T) {
 	}
 	a.e.SetRoutes(1, map[NodeID]NodeID{nB: nB})
 	b.e.SetRoutes(1, map[NodeID]NodeID{nA: nA})
-	a.e.SetNeed(key, []NodeID{nB})
+	if err := a.e.SetNeed(key, []NodeID{nB}); err != nil {
+		t.Fatal(err)
+	}
 	const count = 3000
 	var inTime atomic.Int64
 	seen := make([]bool, count)

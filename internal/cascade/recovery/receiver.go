@@ -214,7 +214,7 @@ func (r *Receiver) OnParity(p *relaywire.Parity, deliver func(seq uint32, msg []
 // repair rebuilds the group's missing data messages once k of its shards
 // are here.
 func (r *Receiver) repair(g *group, deliver func(seq uint32, msg []byte)) {
-	if int(r.highest-g.base) >= len(r.ring)-relaywire.MaxShards {
+	if int32(r.highest-g.base) >= int32(len(r.ring)-relaywire.MaxShards) {
 		g.done = true // its slots may hold newer messages now
 		return
 	}

@@ -97,6 +97,45 @@ func TestRetransmitBounded(t *testing.T) {
 	}
 }
 
+// TestParityBeforeData: parity that arrives before any of its group's
+// data (reordering) still repairs the group once enough data follows.
+func TestParityBeforeData(t *testing.T) {
+	s := NewSender(SenderConfig{GroupSize: 4})
+	s.SetLoss(0.2)
+	now := time.Unix(0, 0)
+	var parity [][]byte
+	var msgs [][]byte
+	for i := 0; i < 8; i++ {
+		msg := []byte{byte(i), byte(i)}
+		msgs = append(msgs, msg)
+		s.Next(msg, now, make([]byte, 0, 2048), func(b []byte) { parity = append(parity, append([]byte(nil), b...)) })
+	}
+	r := NewReceiver(ReceiverConfig{})
+	got := map[uint32]bool{}
+	deliver := func(seq uint32, _ []byte) { got[seq] = true }
+	for i := 1; i <= 4; i++ { // first group, in order
+		r.OnData(uint32(i), msgs[i-1], now, deliver)
+	}
+	// the second group's parity first, then its data but seq 6
+	m := s.Parity()
+	for _, b := range parity[m:] {
+		var p relaywire.Parity
+		if err := relaywire.ParseParity(b, &p); err != nil {
+			t.Fatal(err)
+		}
+		r.OnParity(&p, deliver)
+	}
+	for _, i := range []int{5, 7} { // with 2 parity shards, 2 of 4 data rebuild the rest
+		r.OnData(uint32(i), msgs[i-1], now, deliver)
+	}
+	if m != 2 || !got[6] || !got[8] || r.Recovered != 2 {
+		t.Fatalf("m=%d: seqs 6 and 8 not rebuilt from parity that came first (recovered %d)", m, r.Recovered)
+	}
+	if r.OnData(8, msgs[7], now, deliver) {
+		t.Fatal("seq 8 taken twice")
+	}
+}
+
 func TestNackAndGiveUp(t *testing.T) {
 	r := NewReceiver(ReceiverConfig{MaxNacks: 2})
 	now := time.Unix(0, 0)

@@ -32,6 +32,9 @@ type Options struct {
 // more, and it bounds the buckets' size).
 const history = 1
 
+// attemptTimeout bounds one attempt of Open to bind or make a bucket.
+const attemptTimeout = 2 * time.Second
+
 // Store reads and writes the cluster's buckets. It is safe for concurrent
 // use.
 type Store struct {
@@ -68,13 +71,17 @@ func Open(ctx context.Context, nc *nats.Conn, opts Options) (*Store, error) {
 	for _, name := range names {
 		var kv jetstream.KeyValue
 		for {
+			// Each attempt has its own deadline: a request that reached a
+			// server whose JetStream is not ready yet gets no answer.
+			actx, cancel := context.WithTimeout(ctx, attemptTimeout)
 			if opts.Create {
-				kv, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+				kv, err = js.CreateOrUpdateKeyValue(actx, jetstream.KeyValueConfig{
 					Bucket: name, History: history, Replicas: r, Storage: jetstream.FileStorage,
 				})
 			} else {
-				kv, err = js.KeyValue(ctx, name)
+				kv, err = js.KeyValue(actx, name)
 			}
+			cancel()
 			if err == nil || ctx.Err() != nil || errors.Is(err, jetstream.ErrBucketNotFound) {
 				break
 			}

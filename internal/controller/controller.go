@@ -40,8 +40,9 @@ type Config struct {
 	LeaseTTL time.Duration
 	// NodeDeadAfter is how long a node may stay silent before the leader
 	// declares it dead (publishes NodeDown, marks its rooms for
-	// re-placement). Default 2 s; it must exceed the nodes' announcement
-	// interval, or live nodes are declared dead.
+	// re-placement). Default 2 s, or three announcement intervals
+	// (bus.AnnounceInterval) when that is longer: one lost announcement
+	// must not kill a live node.
 	NodeDeadAfter time.Duration
 	// Replicas of the buckets when the controller makes them; 0: 3 on a
 	// cluster of three or more servers, else 1.
@@ -67,15 +68,19 @@ func (c *Config) validate() error {
 	if !bus.ValidName(c.ID) {
 		return fmt.Errorf("%w: id %q: %w", ErrConfig, c.ID, bus.ErrBadSubjectToken)
 	}
+	if c.Log == nil {
+		c.Log = slog.Default()
+	}
 	config.Default(&c.LeaseTTL, cluster.DefaultLeaseTTL)
-	config.Default(&c.NodeDeadAfter, 2*time.Second)
+	config.Default(&c.NodeDeadAfter, max(2*time.Second, 3*bus.AnnounceInterval))
+	if c.NodeDeadAfter < 2*bus.AnnounceInterval {
+		c.Log.Warn("controller: node-dead-after is under two announcement intervals: live nodes will be declared dead",
+			"node_dead_after", c.NodeDeadAfter, "announce_interval", bus.AnnounceInterval)
+	}
 	config.Default(&c.QueueLen, 4096)
 	config.Default(&c.OpenTimeout, 30*time.Second)
 	if c.Registerer == nil {
 		c.Registerer = prometheus.NewRegistry()
-	}
-	if c.Log == nil {
-		c.Log = slog.Default()
 	}
 	c.Bus.InboxPrefix = bus.ControllerInboxPrefix
 	return nil

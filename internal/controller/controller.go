@@ -154,22 +154,9 @@ func New(cfg Config) (*Controller, error) {
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), cfg.OpenTimeout)
-	defer cancel()
-	store, err := cluster.Open(ctx, bc.Conn(), cluster.Options{Create: true, Replicas: cfg.Replicas})
-	if err != nil {
-		bc.Close()
-		return nil, err
-	}
-	lease, err := store.NewLease(cfg.ID, cfg.LeaseTTL, nil)
-	if err != nil {
-		bc.Close()
-		return nil, err
-	}
-	c := &Controller{cfg: cfg, log: cfg.Log, bc: bc, store: store, lease: lease, m: m,
+	c := &Controller{cfg: cfg, log: cfg.Log, bc: bc, m: m,
 		queue: make(chan item, cfg.QueueLen), nodes: map[string]*nodeView{}, rooms: map[string]*roomView{},
 		dirty: map[string]bool{}}
-	m.bad = func() float64 { return float64(bc.BadMessages() + store.BadRecords()) }
 	push := func(it item) {
 		select {
 		case c.queue <- it:
@@ -192,6 +179,19 @@ func New(cfg Config) (*Controller, error) {
 		return nil, err
 	}
 	c.subs = []*bus.Subscription{s1, s2}
+	// The subscriptions come first: what nodes say while the buckets open
+	// (a new cluster's JetStream takes seconds) waits in the queue.
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.OpenTimeout)
+	defer cancel()
+	c.store, err = cluster.Open(ctx, bc.Conn(), cluster.Options{Create: true, Replicas: cfg.Replicas})
+	if err == nil {
+		c.lease, err = c.store.NewLease(cfg.ID, cfg.LeaseTTL, nil)
+	}
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	m.bad = func() float64 { return float64(bc.BadMessages() + c.store.BadRecords()) }
 	return c, nil
 }
 

@@ -63,9 +63,9 @@ func NewIdentity(role Role, node string) (*Identity, error) {
 
 func checkRole(role Role, node string) error {
 	switch role {
-	case RoleSignal:
+	case RoleSignal, RoleController:
 		if node != "" {
-			return fmt.Errorf("%w: a signal credential names no node", ErrCredentials)
+			return fmt.Errorf("%w: a %s credential names no node", ErrCredentials, role)
 		}
 	case RoleNode, RoleDistribute:
 		if !ValidName(node) {
@@ -220,13 +220,16 @@ func Permissions(role Role, node string) *server.Permissions {
 	switch role {
 	case RoleSignal:
 		return &server.Permissions{
-			Publish: &server.SubjectPermission{Allow: []string{
+			Publish: &server.SubjectPermission{Allow: append([]string{
 				NodeRPCSubject("*"), SessionAnnounceSubject("*"), DistributeSubject("*"),
-			}},
+			}, signalControlPublish()...)},
 			Subscribe: &server.SubjectPermission{Allow: []string{
 				NodeAnnounceSubject("*"), SessionSubject("*", "*"), RoomEventsSubject("*", "*"), inboxWildcard,
+				NodeDownSubject("*"),
 			}},
 		}
+	case RoleController:
+		return controllerPermissions()
 	case RoleNode:
 		return &server.Permissions{
 			Publish: &server.SubjectPermission{Allow: []string{

@@ -42,6 +42,10 @@ type Config struct {
 	// default 8.
 	Workers int
 
+	// InboxPrefix replaces _INBOX as the prefix of this connection's reply
+	// subjects (controllers use ControllerInboxPrefix). Default _INBOX.
+	InboxPrefix string
+
 	// Identity is the credential of an in-process connection (serve's
 	// roles get theirs from the embedded server, Embedded.NewIdentity).
 	Identity *Identity
@@ -115,6 +119,9 @@ func Connect(cfg Config, log *slog.Logger) (*Client, error) {
 			}
 			c.log.Warn("bus: server refused", "subject", subject, "err", err)
 		}),
+	}
+	if cfg.InboxPrefix != "" {
+		opts = append(opts, nats.CustomInboxPrefix(cfg.InboxPrefix))
 	}
 	copts, err := cfg.credentialOptions()
 	if err != nil {

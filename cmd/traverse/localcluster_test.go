@@ -3,10 +3,13 @@ package main
 import (
 	"bufio"
 	"context"
+	"io"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -123,6 +126,8 @@ func TestLocalClusterScript(t *testing.T) {
 		}
 	}
 
+	checkQueriedMetrics(t, ctx, env, env["CONTROLLERS"] == "2")
+
 	var started []int
 	for _, f := range pids {
 		b, err := os.ReadFile(f)
@@ -152,4 +157,60 @@ func TestLocalClusterScript(t *testing.T) {
 		t.Errorf("status after down succeeded:\n%s", out)
 	}
 	t.Logf("up, two calls and down in %v", time.Since(start).Round(time.Millisecond))
+}
+
+// checkQueriedMetrics scrapes /metrics of every process the script started
+// and fails for each traverse_* metric the dashboard or the alert rules
+// query that no role serves. Controller metrics are checked only when
+// controllers ran.
+func checkQueriedMetrics(t *testing.T, ctx context.Context, env map[string]string, controllers bool) {
+	t.Helper()
+	served := map[string]bool{}
+	for k, admin := range env {
+		if !strings.HasPrefix(k, "ADMIN_") {
+			continue
+		}
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+admin+"/metrics", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatalf("%s: %v", k, err)
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range strings.Split(string(body), "\n") {
+			f := strings.Fields(line)
+			if len(f) != 4 || f[0] != "#" || f[1] != "TYPE" {
+				continue
+			}
+			served[f[2]] = true
+			if f[3] == "histogram" || f[3] == "summary" {
+				for _, suffix := range []string{"_bucket", "_sum", "_count"} {
+					served[f[2]+suffix] = true
+				}
+			}
+		}
+	}
+	metricName := regexp.MustCompile(`traverse_[a-z0-9_]+`)
+	for _, file := range []string{"../../deploy/grafana/traverse.json", "../../deploy/prometheus/alerts.yml"} {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		names := metricName.FindAllString(string(b), -1)
+		if len(names) < 10 {
+			t.Errorf("%s queries only %d metrics", file, len(names))
+		}
+		for _, name := range names {
+			if served[name] || (!controllers && strings.HasPrefix(name, "traverse_controller_")) {
+				continue
+			}
+			t.Errorf("%s queries %s, which no role serves", file, name)
+		}
+	}
 }

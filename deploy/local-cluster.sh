@@ -12,6 +12,11 @@
 #   CLUSTER_DIR   state directory (default ${TMPDIR:-/tmp}/traverse-local-cluster)
 #   CLUSTER_BIN   the traverse binary (default: traverse on PATH)
 #   CLUSTER_WAIT  seconds to wait for each process's /readyz (default 20)
+#   CLUSTER_BUS_NODES  1 or 3 bus nodes (default 3; 1 is a lone server)
+#   CLUSTER_SIGNALS    signal servers (default 2)
+#   CLUSTER_EXTRAS     0 leaves out STUN, TURN and the controllers (default 1)
+#   CLUSTER_SIGNAL_ARGS, CLUSTER_SFU_ARGS  more flags for every signal / SFU
+#                      process (word-split), e.g. "--max-conns-per-addr 5000"
 #
 # After "up", $CLUSTER_DIR/endpoints.env lists what was started (shell
 # syntax: SIGNAL_URLS, NATS_URLS, ...), for example:
@@ -23,6 +28,10 @@ DIR=${CLUSTER_DIR:-${TMPDIR:-/tmp}/traverse-local-cluster}
 BIN=${CLUSTER_BIN:-$(command -v traverse || true)}
 WAIT=${CLUSTER_WAIT:-20}
 NODES=(n1 n2 n3)
+BUSES=${CLUSTER_BUS_NODES:-3}
+SIGNALS=${CLUSTER_SIGNALS:-2}
+EXTRAS=${CLUSTER_EXTRAS:-1}
+[[ $BUSES == 1 || $BUSES == 3 ]] || { echo "local-cluster: CLUSTER_BUS_NODES is 1 or 3" >&2; exit 2; }
 
 UPPING=0
 die() {
@@ -131,46 +140,54 @@ up() {
 	local -a client route
 	read -r -d '' -a client < <(pick_ports 3) || true
 	read -r -d '' -a route < <(pick_ports 3) || true
-	local nats="" i j routes nodeargs=()
+	local nats="" i j routes nodeargs=() last=$((BUSES - 1))
 	for n in "${NODES[@]}"; do nodeargs+=(--node "$n"); done
-	for i in 0 1 2; do nats+="${nats:+,}nats://127.0.0.1:${client[i]}"; done
-	for i in 0 1 2; do
-		routes=""
-		for j in 0 1 2; do ((i == j)) || routes+="${routes:+,}nats://127.0.0.1:${route[j]}"; done
-		start "bus-$((i + 1))" bus --listen "127.0.0.1:${client[i]}" --cluster-listen "127.0.0.1:${route[i]}" \
-			--routes "$routes" --server-name "bus-$((i + 1))" --creds-dir "$DIR/creds" "${nodeargs[@]}" \
-			--jetstream-dir "$DIR/js/bus-$((i + 1))"
+	for ((i = 0; i <= last; i++)); do nats+="${nats:+,}nats://127.0.0.1:${client[i]}"; done
+	for ((i = 0; i <= last; i++)); do
+		local cluster=()
+		if ((BUSES > 1)); then
+			routes=""
+			for ((j = 0; j <= last; j++)); do ((i == j)) || routes+="${routes:+,}nats://127.0.0.1:${route[j]}"; done
+			cluster=(--cluster-listen "127.0.0.1:${route[i]}" --routes "$routes")
+		fi
+		start "bus-$((i + 1))" bus --listen "127.0.0.1:${client[i]}" "${cluster[@]}" --server-name "bus-$((i + 1))" \
+			--creds-dir "$DIR/creds" "${nodeargs[@]}" --jetstream-dir "$DIR/js/bus-$((i + 1))" --max-conns 4096
 	done
 
 	# STUN and TURN (TURN with a REST secret made here).
-	local stun turn secret
-	stun=$(pick_ports 1)
-	turn=$(pick_ports 1)
-	if [[ ! -s $DIR/creds/turn.secret ]]; then
-		(umask 077 && head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$DIR/creds/turn.secret")
+	local stun="" turn="" secret ice=()
+	if ((EXTRAS)); then
+		stun=$(pick_ports 1)
+		turn=$(pick_ports 1)
+		if [[ ! -s $DIR/creds/turn.secret ]]; then
+			(umask 077 && head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$DIR/creds/turn.secret")
+		fi
+		secret=$(cat "$DIR/creds/turn.secret")
+		start stun stun --listen "127.0.0.1:$stun" --no-tcp
+		start turn turn --listen "127.0.0.1:$turn" --realm local --auth-secret "$secret" --relay-ip 127.0.0.1 \
+			--allow-loopback-peers --no-tcp --no-dtls
+		ice=(--ice-url "stun:127.0.0.1:$stun")
 	fi
-	secret=$(cat "$DIR/creds/turn.secret")
-	start stun stun --listen "127.0.0.1:$stun" --no-tcp
-	start turn turn --listen "127.0.0.1:$turn" --realm local --auth-secret "$secret" --relay-ip 127.0.0.1 \
-		--allow-loopback-peers --no-tcp --no-dtls
 
 	# Three SFU nodes, one UDP port each.
 	local sfus=""
 	for n in "${NODES[@]}"; do
 		local p
 		p=$(pick_ports 1)
-		start "sfu-$n" sfu --udp "127.0.0.1:$p" --tcp "" --nats "$nats" --nats-creds "$DIR/creds/sfu-$n.creds" --region local
+		# shellcheck disable=SC2086 # word-split on purpose
+		start "sfu-$n" sfu --udp "127.0.0.1:$p" --tcp "" --nats "$nats" --nats-creds "$DIR/creds/sfu-$n.creds" --region local \
+			${CLUSTER_SFU_ARGS:-}
 		sfus+="${sfus:+ }$n=127.0.0.1:$p"
 	done
 
 	# Two controllers when the binary has the command.
 	local ctls=0
-	if "$BIN" controller --help >/dev/null 2>&1; then
+	if ((EXTRAS)) && "$BIN" controller --help >/dev/null 2>&1; then
 		for i in 1 2; do
 			start "controller-$i" controller --nats "$nats" --nats-creds "$DIR/creds/controller.creds" --id "controller-$i"
 		done
 		ctls=2
-	else
+	elif ((EXTRAS)); then
 		echo "local-cluster: $BIN has no controller command; starting none" >&2
 	fi
 
@@ -180,11 +197,12 @@ up() {
 	fi
 	local key http=() ws="" sig=""
 	key=$(cat "$DIR/creds/token.key")
-	for i in 1 2; do
+	for ((i = 1; i <= SIGNALS; i++)); do
 		local p
 		p=$(pick_ports 1)
+		# shellcheck disable=SC2086 # word-split on purpose
 		start "signal-$i" signal --http "127.0.0.1:$p" --nats "$nats" --nats-creds "$DIR/creds/signal.creds" \
-			--token-key "$key" --demo-tokens --region local --ice-url "stun:127.0.0.1:$stun"
+			--token-key "$key" --demo-tokens --region local "${ice[@]}" ${CLUSTER_SIGNAL_ARGS:-}
 		http+=("http://127.0.0.1:$p")
 		ws+="${ws:+ }ws://127.0.0.1:$p/ws"
 		sig+="${sig:+ }http://127.0.0.1:$p"
@@ -197,8 +215,8 @@ up() {
 		echo "SIGNAL_URLS='$sig'"
 		echo "SIGNAL_WS='$ws'"
 		echo "SFU_NODES='$sfus'"
-		echo "STUN='127.0.0.1:$stun'"
-		echo "TURN='127.0.0.1:$turn'"
+		echo "STUN='${stun:+127.0.0.1:$stun}'"
+		echo "TURN='${turn:+127.0.0.1:$turn}'"
 		echo "CONTROLLERS=$ctls"
 		echo "TOKEN_KEY_FILE='$DIR/creds/token.key'"
 		echo "TURN_SECRET_FILE='$DIR/creds/turn.secret'"
@@ -208,7 +226,7 @@ up() {
 			echo "ADMIN_${n//-/_}='$(cat "$f")'"
 		done
 	} >"$DIR/endpoints.env"
-	echo "local-cluster: up in $DIR (3 bus, 3 sfu, 2 signal, $ctls controllers, stun, turn)"
+	echo "local-cluster: up in $DIR ($BUSES bus, 3 sfu, $SIGNALS signal, $ctls controllers$( ((EXTRAS)) && echo ", stun, turn"))"
 	echo "  signal: $sig"
 	echo "  nats:   $nats"
 }

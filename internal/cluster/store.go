@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -31,6 +32,9 @@ type Options struct {
 // History kept per key: the last value only (compare-and-set needs no
 // more, and it bounds the buckets' size).
 const history = 1
+
+// attemptTimeout bounds one attempt of Open to bind or make a bucket.
+const attemptTimeout = 2 * time.Second
 
 // Store reads and writes the cluster's buckets. It is safe for concurrent
 // use.
@@ -68,13 +72,17 @@ func Open(ctx context.Context, nc *nats.Conn, opts Options) (*Store, error) {
 	for _, name := range names {
 		var kv jetstream.KeyValue
 		for {
+			// Each attempt has its own deadline: a request that reached a
+			// server whose JetStream is not ready yet gets no answer.
+			actx, cancel := context.WithTimeout(ctx, attemptTimeout)
 			if opts.Create {
-				kv, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+				kv, err = js.CreateOrUpdateKeyValue(actx, jetstream.KeyValueConfig{
 					Bucket: name, History: history, Replicas: r, Storage: jetstream.FileStorage,
 				})
 			} else {
-				kv, err = js.KeyValue(ctx, name)
+				kv, err = js.KeyValue(actx, name)
 			}
+			cancel()
 			if err == nil || ctx.Err() != nil || errors.Is(err, jetstream.ErrBucketNotFound) {
 				break
 			}
@@ -277,4 +285,71 @@ func (s *Store) PutRoom(ctx context.Context, r RoomRecord, rev uint64) (uint64, 
 // DeleteRoom removes a room's record if it is still at rev.
 func (s *Store) DeleteRoom(ctx context.Context, room string, rev uint64) error {
 	return del(ctx, s, bus.BucketRooms, room, rev)
+}
+
+// Directory is the room directory as a signal server reads it: bound
+// lazily (the bucket exists once a controller has run; until then, and
+// for retryBind after a failed bind, every lookup answers "unknown"), read
+// with a direct get per lookup. It is safe for concurrent use.
+type Directory struct {
+	open func(ctx context.Context) (*Store, error)
+
+	mu       sync.Mutex // guards store and failedAt
+	store    *Store
+	failedAt time.Time
+}
+
+// retryBind is how long a Directory waits after a failed bind.
+const retryBind = 5 * time.Second
+
+// NewDirectory returns the room directory over nc (a signal connection:
+// it may read bus.BucketRooms only).
+func NewDirectory(nc *nats.Conn) *Directory {
+	return &Directory{open: func(ctx context.Context) (*Store, error) {
+		return Open(ctx, nc, Options{Buckets: []string{bus.BucketRooms}})
+	}}
+}
+
+func (d *Directory) bound(ctx context.Context) *Store {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.store != nil {
+		return d.store
+	}
+	if !d.failedAt.IsZero() && time.Since(d.failedAt) < retryBind {
+		return nil
+	}
+	s, err := d.open(ctx)
+	if err != nil {
+		d.failedAt = time.Now()
+		return nil
+	}
+	d.store = s
+	return s
+}
+
+// RoomNode returns the node the directory places room on, and whether
+// that node was declared dead or draining (the room must be placed
+// again); ok is false when the room is not in the directory or the
+// directory cannot be read now.
+func (d *Directory) RoomNode(ctx context.Context, room string) (node string, replace, ok bool) {
+	s := d.bound(ctx)
+	if s == nil {
+		return "", false, false
+	}
+	e, err := s.Room(ctx, room)
+	if err != nil {
+		return "", false, false
+	}
+	return e.Value.Node, e.Value.Replace, true
+}
+
+// BadRecords returns the directory records dropped as invalid.
+func (d *Directory) BadRecords() uint64 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.store == nil {
+		return 0
+	}
+	return d.store.BadRecords()
 }

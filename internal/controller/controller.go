@@ -110,6 +110,11 @@ type Controller struct {
 	// The view: owned by Run's loop.
 	nodes map[string]*nodeView
 	rooms map[string]*roomView
+	// dirty are rooms whose last write failed (a JetStream stream
+	// electing a new leader after a server died refuses writes for a few
+	// seconds): written again, or deleted when gone from rooms, at the
+	// next check.
+	dirty map[string]bool
 
 	closeOnce sync.Once
 }
@@ -157,7 +162,8 @@ func New(cfg Config) (*Controller, error) {
 		return nil, err
 	}
 	c := &Controller{cfg: cfg, log: cfg.Log, bc: bc, store: store, lease: lease, m: m,
-		queue: make(chan item, cfg.QueueLen), nodes: map[string]*nodeView{}, rooms: map[string]*roomView{}}
+		queue: make(chan item, cfg.QueueLen), nodes: map[string]*nodeView{}, rooms: map[string]*roomView{},
+		dirty: map[string]bool{}}
 	m.bad = func() float64 { return float64(bc.BadMessages() + store.BadRecords()) }
 	push := func(it item) {
 		select {
@@ -249,6 +255,7 @@ func (c *Controller) stepLease(ctx context.Context) {
 		c.log.Debug("controller: lease step", "err", err)
 	}
 	rev = c.lease.Held()
+	c.m.revision.Set(float64(rev))
 	switch {
 	case rev != 0 && was == 0:
 		c.leading.Store(rev)
@@ -266,6 +273,7 @@ func (c *Controller) stepLease(ctx context.Context) {
 func (c *Controller) stopLeading() {
 	if c.leading.Swap(0) != 0 {
 		c.m.leader.Set(0)
+		c.m.revision.Set(0)
 		c.log.Info("controller: no longer leading", "id", c.cfg.ID)
 	}
 }
@@ -309,6 +317,7 @@ func (c *Controller) takeOver(ctx context.Context) {
 		c.log.Warn("controller: reading the room directory", "err", err)
 	}
 	c.rooms = map[string]*roomView{}
+	c.dirty = map[string]bool{}
 	for _, e := range rooms {
 		c.rooms[e.Value.Room] = &roomView{rec: e.Value, rev: e.Revision}
 	}
@@ -366,6 +375,9 @@ func (c *Controller) writeNode(ctx context.Context, v *nodeView) {
 func (c *Controller) checkNodes(ctx context.Context, now time.Time) {
 	if c.leading.Load() == 0 || !c.acting() {
 		return
+	}
+	if len(c.dirty) > 0 {
+		c.retryDirty(ctx)
 	}
 	for id, v := range c.nodes {
 		if v.rec.Dead || now.Sub(v.seen) < c.cfg.NodeDeadAfter {
@@ -435,6 +447,7 @@ func (c *Controller) roomEvent(ctx context.Context, e bus.RoomEvent) {
 		defer cancel()
 		if err := c.store.DeleteRoom(wctx, e.Room, r.rev); err != nil {
 			c.m.kvErrors.WithLabelValues("room").Inc()
+			c.dirty[e.Room] = true
 		}
 		return
 	}
@@ -463,9 +476,27 @@ func (c *Controller) writeRoom(ctx context.Context, r *roomView) {
 	if err != nil {
 		c.m.kvErrors.WithLabelValues("room").Inc()
 		c.log.Debug("controller: directory write", "room", r.rec.Room, "err", err)
+		c.dirty[r.rec.Room] = true
 		return
 	}
 	r.rev = rev
+	delete(c.dirty, r.rec.Room)
+}
+
+// retryDirty writes again the rooms whose write failed (leader only).
+func (c *Controller) retryDirty(ctx context.Context) {
+	for room := range c.dirty {
+		if r := c.rooms[room]; r != nil {
+			c.writeRoom(ctx, r)
+			continue
+		}
+		wctx, cancel := context.WithTimeout(ctx, c.cfg.LeaseTTL/2)
+		err := c.store.DeleteRoom(wctx, room, 0)
+		cancel()
+		if err == nil {
+			delete(c.dirty, room)
+		}
+	}
 }
 
 // Close ends the subscriptions and the bus connection. It is idempotent.

@@ -8,6 +8,7 @@ import (
 
 type metrics struct {
 	leader    prometheus.Gauge
+	revision  prometheus.Gauge
 	changes   prometheus.Counter
 	leaseLost prometheus.Counter
 	nodes     prometheus.Gauge
@@ -22,6 +23,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m := &metrics{
 		leader: prometheus.NewGauge(prometheus.GaugeOpts{Name: "traverse_controller_leader",
 			Help: "1 while this controller holds the leadership lease."}),
+		revision: prometheus.NewGauge(prometheus.GaugeOpts{Name: "traverse_controller_lease_revision",
+			Help: "Revision of the leadership lease this controller holds (0: not leading); grows with each renewal."}),
 		changes: prometheus.NewCounter(prometheus.CounterOpts{Name: "traverse_controller_leader_changes_total",
 			Help: "Times this controller took the leadership lease."}),
 		leaseLost: prometheus.NewCounter(prometheus.CounterOpts{Name: "traverse_controller_lease_lost_total",
@@ -45,7 +48,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			}
 			return m.bad()
 		})
-	for _, c := range []prometheus.Collector{m.leader, m.changes, m.leaseLost, m.nodes, m.rooms, m.dead, m.dropped, m.kvErrors, bad} {
+	for _, c := range []prometheus.Collector{m.leader, m.revision, m.changes, m.leaseLost, m.nodes, m.rooms, m.dead, m.dropped, m.kvErrors, bad} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("controller: metrics: %w", err)
 		}

@@ -47,6 +47,14 @@ type Config struct {
 	Region string
 	// RegionRules map client address prefixes to regions.
 	RegionRules []RegionRule
+	// RegionNear lists, per client region, the regions to try in order
+	// when the client's own has no node with capacity (ParseRegionNear);
+	// regions not listed come after, least loaded first. Default none.
+	RegionNear map[string][]string
+	// Directory, when set, is the cluster's room directory: a room that
+	// lives on a node is joined there while that node has capacity, from
+	// whichever signal server the client reaches (route.go).
+	Directory RoomDirectory
 	// TrustedProxies are the peers whose X-Forwarded-For is believed. Default
 	// none: the TCP peer is the client.
 	TrustedProxies []netip.Prefix
@@ -151,6 +159,7 @@ type Server struct {
 	log    *slog.Logger
 	m      *metrics
 	placer *placer
+	rm     *routeMetrics
 	mux    *http.ServeMux
 
 	http   *http.Server
@@ -194,7 +203,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &Server{cfg: cfg, log: cfg.Log, m: m, placer: newPlacer(cfg.RegionRules, cfg.Region),
+	s := &Server{cfg: cfg, log: cfg.Log, m: m, placer: newPlacer(cfg.RegionRules, cfg.Region, cfg.RegionNear),
 		mux: http.NewServeMux(), lm: lm, origin: newOriginPolicy(cfg.AllowedOrigins),
 		ctx: ctx, cancel: cancel, rooms: map[string]*roomPlace{}, sessions: map[*session]struct{}{},
 		down: map[string]time.Time{}}
@@ -204,6 +213,11 @@ func New(cfg Config) (*Server, error) {
 	s.http = &http.Server{Handler: s.mux, ReadHeaderTimeout: cfg.ReadHeaderTimeout, IdleTimeout: cfg.IdleTimeout,
 		MaxHeaderBytes: maxHeaderBytes, ErrorLog: slog.NewLogLogger(cfg.Log.Handler(), slog.LevelWarn)}
 	s.mux.HandleFunc("GET /ws", s.serveWS)
+	if s.rm, err = newRouteMetrics(cfg.Registerer); err != nil {
+		cancel()
+		return nil, err
+	}
+	s.mux.HandleFunc("GET /v1/route", s.serveRoute)
 	if cfg.DemoTokens {
 		s.mux.HandleFunc("GET /token", s.serveToken)
 	}
@@ -373,11 +387,12 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 // place chooses the node for a client of room and holds the room's place.
 func (s *Server) place(room string, client netip.Addr) (Node, error) {
 	nodes := s.cfg.Backend.Nodes()
+	roomNode, skip := s.directoryNode(room)
+	nodes = without(nodes, skip)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	nodes = s.upLocked(nodes)
-	roomNode := ""
-	if p := s.rooms[room]; p != nil {
+	if p := s.rooms[room]; p != nil && roomNode == "" {
 		roomNode = p.node
 	}
 	n, err := s.placer.choose(nodes, room, roomNode, client)

@@ -1,0 +1,93 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	ossignal "os/signal"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/traverse-rtc/traverse/internal/testkit"
+)
+
+// childEnv carries a command line (\x1f-separated) for the test binary to
+// run as "traverse" would: the command tests' separate OS processes.
+const childEnv = "TRAVERSE_CHILD_ARGS"
+
+// childMain runs one command as main does (SIGTERM and SIGINT stop it).
+func childMain(args []string) int {
+	cmd, ok := commands[args[0]]
+	if !ok {
+		fmt.Fprintf(os.Stderr, "unknown command %q\n", args[0])
+		return 2
+	}
+	ctx, stop := ossignal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := cmd.run(ctx, args[1:]); err != nil {
+		fmt.Fprintf(os.Stderr, "traverse %s: %v\n", args[0], err)
+		return 1
+	}
+	return 0
+}
+
+// child is a traverse command running as a process of its own.
+type child struct {
+	cmd    *exec.Cmd
+	exited <-chan error
+	reaped bool       // exited was read (kill)
+	mu     sync.Mutex // guards out
+	out    strings.Builder
+}
+
+func (c *child) Write(b []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.out.Write(b)
+}
+
+func (c *child) output() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.out.String()
+}
+
+// startChild starts "traverse args..." (this test binary in child mode);
+// the test's end stops it with SIGTERM unless it was killed.
+func startChild(t *testing.T, args ...string) *child {
+	t.Helper()
+	c := &child{cmd: exec.Command(os.Args[0])}
+	c.cmd.Env = append(os.Environ(), childEnv+"="+strings.Join(args, "\x1f"))
+	c.cmd.Stdout, c.cmd.Stderr = c, c
+	if err := c.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	c.exited = testkit.Exited(c.cmd)
+	t.Cleanup(func() {
+		if c.reaped {
+			return
+		}
+		_ = c.cmd.Process.Signal(syscall.SIGTERM)
+		if _, ok := testkit.AwaitExit(c.cmd, c.exited, 10*time.Second); !ok {
+			t.Errorf("traverse %s did not stop on SIGTERM", args[0])
+		}
+		if t.Failed() {
+			t.Logf("traverse %s output:\n%s", args[0], c.output())
+		}
+	})
+	return c
+}
+
+// kill ends the child with SIGKILL (no clean shutdown) and waits for it.
+func (c *child) kill(t *testing.T) {
+	t.Helper()
+	_ = c.cmd.Process.Kill()
+	c.reaped = true
+	if _, ok := testkit.AwaitExit(c.cmd, c.exited, 5*time.Second); !ok {
+		t.Fatal("killed child did not exit")
+	}
+}

@@ -50,8 +50,7 @@ func readEnvFile(t *testing.T, path string) map[string]string {
 
 // TestLocalClusterScript: deploy/local-cluster.sh up starts the whole
 // topology as separate processes (3 clustered bus nodes, 3 SFU nodes, two
-// signal servers, STUN, TURN and the controllers when the binary has
-// them); rooms joined through each signal server get audio through it;
+// signal servers, two controllers, STUN, TURN); rooms joined through each signal server get audio through it;
 // status sees every process; down stops every process it started and
 // nothing else.
 func TestLocalClusterScript(t *testing.T) {
@@ -89,16 +88,12 @@ func TestLocalClusterScript(t *testing.T) {
 	if got := len(strings.Split(env["NATS_URLS"], ",")); got != 3 {
 		t.Errorf("NATS_URLS %q: %d servers, want 3", env["NATS_URLS"], got)
 	}
-	if _, ok := commands["controller"]; ok && env["CONTROLLERS"] != "2" {
-		t.Errorf("CONTROLLERS=%s with a controller command, want 2", env["CONTROLLERS"])
+	if env["CONTROLLERS"] != "2" {
+		t.Errorf("CONTROLLERS=%s, want 2", env["CONTROLLERS"])
 	}
 	pids, _ := filepath.Glob(filepath.Join(dir, "pids", "*.pid"))
-	want := 10
-	if env["CONTROLLERS"] == "2" {
-		want = 12
-	}
-	if len(pids) != want {
-		t.Fatalf("%d pid files, want %d: %v", len(pids), want, pids)
+	if len(pids) != 12 {
+		t.Fatalf("%d pid files, want 12 (3 bus, 3 sfu, 2 signal, 2 controllers, stun, turn): %v", len(pids), pids)
 	}
 	if out, err := localCluster(ctx, dir, "status"); err != nil {
 		t.Fatalf("status: %v\n%s", err, out)
@@ -126,7 +121,7 @@ func TestLocalClusterScript(t *testing.T) {
 		}
 	}
 
-	checkQueriedMetrics(t, ctx, env, env["CONTROLLERS"] == "2")
+	checkQueriedMetrics(t, ctx, env)
 
 	var started []int
 	for _, f := range pids {
@@ -161,9 +156,8 @@ func TestLocalClusterScript(t *testing.T) {
 
 // checkQueriedMetrics scrapes /metrics of every process the script started
 // and fails for each traverse_* metric the dashboard or the alert rules
-// query that no role serves. Controller metrics are checked only when
-// controllers ran.
-func checkQueriedMetrics(t *testing.T, ctx context.Context, env map[string]string, controllers bool) {
+// query that no role serves.
+func checkQueriedMetrics(t *testing.T, ctx context.Context, env map[string]string) {
 	t.Helper()
 	served := map[string]bool{}
 	for k, admin := range env {
@@ -207,7 +201,7 @@ func checkQueriedMetrics(t *testing.T, ctx context.Context, env map[string]strin
 			t.Errorf("%s queries only %d metrics", file, len(names))
 		}
 		for _, name := range names {
-			if served[name] || (!controllers && strings.HasPrefix(name, "traverse_controller_")) {
+			if served[name] {
 				continue
 			}
 			t.Errorf("%s queries %s, which no role serves", file, name)

@@ -74,6 +74,8 @@ rss = [int(x) for x in sys.argv[2:5]]; peak = [int(x) for x in sys.argv[5:8]]
 cpu0, cpu1, t0, t1, hz = int(sys.argv[8]), int(sys.argv[9]), float(sys.argv[10]), float(sys.argv[11]), int(sys.argv[12])
 placed = dict(p.split("=") for p in sys.argv[13].split())
 placed = {k: int(float(v)) for k, v in placed.items()}
+for node in ("n1", "n2", "n3"):
+    placed.setdefault(node, 0)
 n = s["connected"]
 mean = sum(placed.values()) / max(len(placed), 1)
 spread = max(abs(v - mean) / mean for v in placed.values()) if mean else 1

@@ -335,3 +335,25 @@ func splitShellWords(s string) []string {
 	}
 	return words
 }
+
+// TestNftablesExample: nft accepts deploy/nftables.conf (checked, not
+// loaded), and it opens each role's public media port.
+func TestNftablesExample(t *testing.T) {
+	nft, err := exec.LookPath("nft")
+	if err != nil {
+		t.Fatal("nft (Debian package nftables) is needed to check deploy/nftables.conf")
+	}
+	if out, err := exec.Command(nft, "-c", "-f", "../../deploy/nftables.conf").CombinedOutput(); err != nil {
+		t.Fatalf("nft -c: %v\n%s", err, out)
+	}
+	b, err := os.ReadFile("../../deploy/nftables.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, rule := range []string{"udp dport 7882 accept", "tcp dport 7881 accept", "udp dport 49152-65535 accept",
+		"tcp dport 6222 ip saddr @traverse_hosts accept", "tcp dport 4222 ip saddr @traverse_hosts accept"} {
+		if !strings.Contains(string(b), rule) {
+			t.Errorf("deploy/nftables.conf has no %q", rule)
+		}
+	}
+}

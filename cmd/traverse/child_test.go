@@ -1,11 +1,8 @@
 package main
 
 import (
-	"context"
-	"fmt"
 	"os"
 	"os/exec"
-	ossignal "os/signal"
 	"strings"
 	"sync"
 	"syscall"
@@ -15,25 +12,8 @@ import (
 	"github.com/traverse-rtc/traverse/internal/testkit"
 )
 
-// childEnv carries a command line (\x1f-separated) for the test binary to
-// run as "traverse" would: the command tests' separate OS processes.
-const childEnv = "TRAVERSE_CHILD_ARGS"
-
-// childMain runs one command as main does (SIGTERM and SIGINT stop it).
-func childMain(args []string) int {
-	cmd, ok := commands[args[0]]
-	if !ok {
-		fmt.Fprintf(os.Stderr, "unknown command %q\n", args[0])
-		return 2
-	}
-	ctx, stop := ossignal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := cmd.run(ctx, args[1:]); err != nil {
-		fmt.Fprintf(os.Stderr, "traverse %s: %v\n", args[0], err)
-		return 1
-	}
-	return 0
-}
+// TestMain (failover_test.go) runs this test binary as the traverse
+// command when TRAVERSE_TEST_MAIN=1: the child processes here use it too.
 
 // child is a traverse command running as a process of its own.
 type child struct {
@@ -60,8 +40,8 @@ func (c *child) output() string {
 // the test's end stops it with SIGTERM unless it was killed.
 func startChild(t *testing.T, args ...string) *child {
 	t.Helper()
-	c := &child{cmd: exec.Command(os.Args[0])}
-	c.cmd.Env = append(os.Environ(), childEnv+"="+strings.Join(args, "\x1f"))
+	c := &child{cmd: exec.Command(os.Args[0], args...)}
+	c.cmd.Env = append(os.Environ(), "TRAVERSE_TEST_MAIN=1")
 	c.cmd.Stdout, c.cmd.Stderr = c, c
 	if err := c.cmd.Start(); err != nil {
 		t.Fatal(err)

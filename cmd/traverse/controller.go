@@ -27,7 +27,7 @@ func runController(ctx context.Context, args []string) error {
 	bindNATSClientFlags(fs, "", &cfg.natsClientConfig, "NATS server `URL`s, comma-separated, of the cluster the nodes and signal servers are on")
 	fs.StringVar(&cfg.ID, "id", "", "this controller's `id` in the leadership lease, unique per controller (default HOSTNAME-PID)")
 	fs.DurationVar(&cfg.LeaseTTL, "lease-ttl", 0, "leadership lasts this `duration` unrenewed; renewed every third of it; a dead leader is replaced within about 1.33 times it (0: 2s)")
-	fs.DurationVar(&cfg.NodeDeadAfter, "node-dead-after", 0, "declare an SFU node dead when silent this `duration`; must exceed the nodes' announcement interval (0: 2s)")
+	fs.DurationVar(&cfg.NodeDeadAfter, "node-dead-after", 0, "declare an SFU node dead when silent this `duration`; keep it over two announcement intervals (0: 2s, or three announcement intervals when longer)")
 	fs.IntVar(&cfg.KVReplicas, "kv-replicas", 0, "replicas of the buckets when made (0: 3 on a cluster of three or more servers, else 1)")
 	fs.IntVar(&cfg.QueueLen, "queue-len", 0, "announcements and room events waiting at most; beyond, dropped and counted (0: 4096)")
 	log, err := loadFlags(fs, args, &cfg, &cfg.common)

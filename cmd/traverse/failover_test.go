@@ -15,15 +15,11 @@ import (
 
 // TestMain lets the failover tests run this test binary as the traverse
 // command in child processes (TRAVERSE_TEST_MAIN=1), so that the roles
-// are separate OS processes of the code under test; the cluster tests do
-// the same through childEnv (child_test.go).
+// are separate OS processes of the code under test.
 func TestMain(m *testing.M) {
 	if os.Getenv("TRAVERSE_TEST_MAIN") == "1" {
 		main()
 		os.Exit(0)
-	}
-	if args := os.Getenv(childEnv); args != "" {
-		os.Exit(childMain(strings.Split(args, "\x1f")))
 	}
 	os.Exit(m.Run())
 }

@@ -40,8 +40,9 @@ type Config struct {
 	LeaseTTL time.Duration
 	// NodeDeadAfter is how long a node may stay silent before the leader
 	// declares it dead (publishes NodeDown, marks its rooms for
-	// re-placement). Default 2 s; it must exceed the nodes' announcement
-	// interval, or live nodes are declared dead.
+	// re-placement). Default 2 s, or three announcement intervals
+	// (bus.AnnounceInterval) when that is longer: one lost announcement
+	// must not kill a live node.
 	NodeDeadAfter time.Duration
 	// Replicas of the buckets when the controller makes them; 0: 3 on a
 	// cluster of three or more servers, else 1.
@@ -67,15 +68,19 @@ func (c *Config) validate() error {
 	if !bus.ValidName(c.ID) {
 		return fmt.Errorf("%w: id %q: %w", ErrConfig, c.ID, bus.ErrBadSubjectToken)
 	}
+	if c.Log == nil {
+		c.Log = slog.Default()
+	}
 	config.Default(&c.LeaseTTL, cluster.DefaultLeaseTTL)
-	config.Default(&c.NodeDeadAfter, 2*time.Second)
+	config.Default(&c.NodeDeadAfter, max(2*time.Second, 3*bus.AnnounceInterval))
+	if c.NodeDeadAfter < 2*bus.AnnounceInterval {
+		c.Log.Warn("controller: node-dead-after is under two announcement intervals: live nodes will be declared dead",
+			"node_dead_after", c.NodeDeadAfter, "announce_interval", bus.AnnounceInterval)
+	}
 	config.Default(&c.QueueLen, 4096)
 	config.Default(&c.OpenTimeout, 30*time.Second)
 	if c.Registerer == nil {
 		c.Registerer = prometheus.NewRegistry()
-	}
-	if c.Log == nil {
-		c.Log = slog.Default()
 	}
 	c.Bus.InboxPrefix = bus.ControllerInboxPrefix
 	return nil
@@ -149,22 +154,9 @@ func New(cfg Config) (*Controller, error) {
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), cfg.OpenTimeout)
-	defer cancel()
-	store, err := cluster.Open(ctx, bc.Conn(), cluster.Options{Create: true, Replicas: cfg.Replicas})
-	if err != nil {
-		bc.Close()
-		return nil, err
-	}
-	lease, err := store.NewLease(cfg.ID, cfg.LeaseTTL, nil)
-	if err != nil {
-		bc.Close()
-		return nil, err
-	}
-	c := &Controller{cfg: cfg, log: cfg.Log, bc: bc, store: store, lease: lease, m: m,
+	c := &Controller{cfg: cfg, log: cfg.Log, bc: bc, m: m,
 		queue: make(chan item, cfg.QueueLen), nodes: map[string]*nodeView{}, rooms: map[string]*roomView{},
 		dirty: map[string]bool{}}
-	m.bad = func() float64 { return float64(bc.BadMessages() + store.BadRecords()) }
 	push := func(it item) {
 		select {
 		case c.queue <- it:
@@ -187,6 +179,19 @@ func New(cfg Config) (*Controller, error) {
 		return nil, err
 	}
 	c.subs = []*bus.Subscription{s1, s2}
+	// The subscriptions come first: what nodes say while the buckets open
+	// (a new cluster's JetStream takes seconds) waits in the queue.
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.OpenTimeout)
+	defer cancel()
+	c.store, err = cluster.Open(ctx, bc.Conn(), cluster.Options{Create: true, Replicas: cfg.Replicas})
+	if err == nil {
+		c.lease, err = c.store.NewLease(cfg.ID, cfg.LeaseTTL, nil)
+	}
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	m.bad = func() float64 { return float64(bc.BadMessages() + c.store.BadRecords()) }
 	return c, nil
 }
 

@@ -44,8 +44,10 @@ func (r *running) stop(t *testing.T) {
 func startController(t *testing.T, c *clustertest.Cluster, id string, servers ...int) *running {
 	t.Helper()
 	reg := prometheus.NewRegistry()
+	// The fake nodes announce every 200 ms.
 	ctl, err := controller.New(controller.Config{ID: id, Bus: c.Config(id, bus.RoleController, "", servers...),
-		Registerer: reg, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		NodeDeadAfter: 2 * time.Second,
+		Registerer:    reg, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -211,9 +211,10 @@ func TestPlatformProcesses(t *testing.T) {
 	nats := strings.Join(bc.urls, ",")
 	base := testkit.FreePorts(t, 16, netip.MustParseAddr("127.0.0.1"))
 	port := func(i int) string { return fmt.Sprintf("127.0.0.1:%d", base+i) }
+	var ctls []*child
 	for i := range 2 {
-		startChild(t, "controller", "--nats", nats, "--nats-creds", filepath.Join(bc.creds, "controller.creds"),
-			"--id", fmt.Sprintf("ctl-%d", i+1), "--admin", port(i), "--log-level", "warn")
+		ctls = append(ctls, startChild(t, "controller", "--nats", nats, "--nats-creds", filepath.Join(bc.creds, "controller.creds"),
+			"--id", fmt.Sprintf("ctl-%d", i+1), "--admin", port(i), "--log-level", "warn"))
 	}
 	for i, n := range [][2]string{{"eu-1", "eu"}, {"eu-2", "eu"}, {"us-1", "us"}} {
 		startChild(t, "sfu", "--nats", nats, "--nats-creds", filepath.Join(bc.creds, "sfu-"+n[0]+".creds"),
@@ -265,4 +266,37 @@ func TestPlatformProcesses(t *testing.T) {
 			t.Fatalf("join %d after a bus process died: %q %v, want %s", i, n, err, c.want)
 		}
 	}
+
+	// The leading controller dies: joins go on meanwhile (they need no
+	// controller) and the other leads within 5 s.
+	// First the lease's stream must take writes again (after a SIGKILL of
+	// its leader's server, nats-server elects within 4-9 s): the lease
+	// renewed twice by whoever leads.
+	lead := 0
+	var rev0 float64
+	testkit.WaitFor(t, 15*time.Second, "the lease renewing with a bus server down", func() bool {
+		for i := range 2 {
+			v, _ := strconv.ParseFloat(metricValue(port(i), "traverse_controller_lease_revision"), 64)
+			if v > 0 {
+				if lead != i || rev0 == 0 {
+					lead, rev0 = i, v
+				}
+				return v >= rev0+2
+			}
+		}
+		return false
+	})
+	ctls[lead].kill(t)
+	start := time.Now()
+	for i, c := range []struct{ sig, ip, room, want string }{
+		{sigs[0], "10.2.0.9", "standup", home}, {sigs[1], "10.1.0.9", "retro", "us-1"},
+	} {
+		if n, err := wsJoin(t, c.sig, key, c.ip, c.room, fmt.Sprintf("during%d", i)); err != nil || n != c.want {
+			t.Fatalf("join %d while the leading controller was dead: %q %v, want %s", i, n, err, c.want)
+		}
+	}
+	testkit.WaitFor(t, 5*time.Second, "the other controller leads", func() bool {
+		return metricValue(port(1-lead), "traverse_controller_leader") == "1"
+	})
+	t.Logf("controller takeover with a bus server down: %v", time.Since(start).Round(time.Millisecond))
 }

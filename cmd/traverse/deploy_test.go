@@ -263,6 +263,8 @@ func TestContainerRecipe(t *testing.T) {
 		Services map[string]struct {
 			Build   struct{ Dockerfile string }
 			Command []string
+			Volumes []string
+			User    string
 		}
 	}
 	if err := yaml.Unmarshal(b, &compose); err != nil {
@@ -282,6 +284,15 @@ func TestContainerRecipe(t *testing.T) {
 	for name, s := range compose.Services {
 		if s.Build.Dockerfile != "deploy/Dockerfile" {
 			t.Errorf("%s: built from %q, not deploy/Dockerfile", name, s.Build.Dockerfile)
+		}
+		if s.User != "65532:65532" {
+			t.Errorf("%s: user %q, not the image's nonroot 65532:65532", name, s.User)
+		}
+		for _, v := range s.Volumes {
+			_, target, _ := strings.Cut(v, ":")
+			if !strings.Contains(df, "\nCOPY --from=build --chown=65532:65532 /out"+target+" "+target+"\n") {
+				t.Errorf("%s: volume %s: the image has no %s owned by its user (a new volume would be root's)", name, v, target)
+			}
 		}
 		if len(s.Command) == 0 {
 			t.Errorf("%s: no command", name)

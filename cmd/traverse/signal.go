@@ -163,20 +163,6 @@ func startSignal(c *signalConfig, busCfg bus.Config, turn *turnShare, log *slog.
 		_ = bc.Close()
 		return nil, err
 	}
-	// The leading controller's verdict on a dead node reaches the clients
-	// as signal's own detection does (a second call for a node is a
-	// no-op). A draining node moves its sessions itself, spread over its
-	// drain period, so the controller's "draining" is not acted on here.
-	if _, err := bc.SubscribeNodeDown(func(d bus.NodeDown) {
-		if d.Reason == bus.NodeDownDead {
-			srv.NodeDown(d.Node, signal.RejoinNodeFailed)
-		}
-	}); err != nil {
-		_ = srv.Close()
-		_ = be.Close()
-		_ = bc.Close()
-		return nil, err
-	}
 	adm.AddCheck("signal", srv.Ready)
 	return &signalRole{srv: srv, be: be, bc: bc}, nil
 }

@@ -20,6 +20,7 @@ type BusBackend struct {
 	now      func() time.Time
 	table    bus.NodeTable
 	nodeSub  *bus.Subscription
+	downSub  *bus.Subscription // the leading controller's NodeDown
 
 	mu     sync.Mutex // guards rooms, closed, down
 	rooms  map[string]*roomSubs
@@ -67,7 +68,19 @@ func NewBusBackend(c *bus.Client, capacity int) (*BusBackend, error) {
 		return nil, err
 	}
 	b.nodeSub = sub
-	// Make the subscription effective at the server before returning.
+	// The leading controller's verdict on a dead node (docs/cluster.md)
+	// acts as this server's own detection does; a draining node moves its
+	// sessions itself, spread over its drain period, so "draining" is not
+	// acted on here.
+	if b.downSub, err = c.SubscribeNodeDown(func(d bus.NodeDown) {
+		if d.Reason == bus.NodeDownDead {
+			b.nodeDead(d.Node)
+		}
+	}); err != nil {
+		sub.Unsubscribe()
+		return nil, err
+	}
+	// Make the subscriptions effective at the server before returning.
 	_ = c.Conn().Flush()
 	b.wg.Add(1)
 	go func() {
@@ -97,14 +110,21 @@ func (b *BusBackend) sweep() {
 		case <-t.C:
 		}
 		for _, node := range b.table.Sweep(b.now()) {
-			b.forgetNode(node)
-			b.mu.Lock()
-			down := b.down
-			b.mu.Unlock()
-			if down != nil {
-				down(node, RejoinNodeFailed)
-			}
+			b.nodeDead(node)
 		}
+	}
+}
+
+// nodeDead forgets node's participants and tells the server (OnNodeDown).
+// The server acts once per death: a second call for the node is a no-op.
+func (b *BusBackend) nodeDead(node string) {
+	b.table.Remove(node)
+	b.forgetNode(node)
+	b.mu.Lock()
+	down := b.down
+	b.mu.Unlock()
+	if down != nil {
+		down(node, RejoinNodeFailed)
 	}
 }
 
@@ -138,6 +158,7 @@ func (b *BusBackend) Close() error {
 	close(b.stop)
 	b.wg.Wait()
 	b.nodeSub.Unsubscribe()
+	b.downSub.Unsubscribe()
 	for _, r := range rooms {
 		r.sub.Unsubscribe()
 	}

@@ -239,8 +239,31 @@ func TestBusBackendNodeDown(t *testing.T) {
 		t.Errorf("downs %v", downs)
 	}
 	mu.Lock()
-	defer mu.Unlock()
 	if len(downs) != 1 || !strings.HasPrefix(downs[0], "n1/"+RejoinNodeFailed) {
 		t.Errorf("downs %v", downs)
+	}
+	mu.Unlock()
+
+	// The leading controller declares n2 dead (it may see what this
+	// server does not): the server acts at once, while n2 still announces.
+	// Its "draining" verdict is left to the node's own drain.
+	ctl := connect(bus.RoleController, "")
+	// One publisher's messages arrive in order: were "draining" acted on,
+	// n3's entry would come second.
+	for _, d := range []bus.NodeDown{{Node: "n3", Reason: bus.NodeDownDraining}, {Node: "n2", Reason: bus.NodeDownDead}} {
+		d.Controller, d.Lease, d.Time = "ctl-a", 1, time.Now()
+		if err := ctl.PublishNodeDown(d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case <-downAt:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the controller's NodeDown for n2 was not acted on")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(downs) != 2 || downs[1] != "n2/"+RejoinNodeFailed {
+		t.Errorf("downs after the controller's verdicts %v, want n1 then n2 once (dead, not draining)", downs)
 	}
 }

@@ -38,6 +38,7 @@ type Conn struct {
 	firstOnce  sync.Once
 	natDone    chan struct{}
 	turnTried  atomic.Bool
+	udpBlocked atomic.Bool // no STUN server answered over UDP
 	c          counters
 	mu         sync.Mutex // guards everything below
 	bases      []base
@@ -281,7 +282,7 @@ func (c *Conn) gatherSTUN(ctx context.Context, ub *udpBase) (netip.AddrPort, boo
 			_ = ub.WriteTo(m.Raw, s)
 		}
 	}
-	deadline := time.Now().Add(c.o.turnTimeout)
+	deadline := time.Now().Add(c.o.stunTimeout)
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 		deadline = d
 	}
@@ -316,8 +317,13 @@ func (c *Conn) gatherSTUN(ctx context.Context, ub *udpBase) (netip.AddrPort, boo
 		return netip.AddrPortFrom(ip.Unmap(), uint16(xa.Port)), true
 	}
 	_ = ub.pc.SetReadDeadline(time.Time{})
+	// No STUN server answered over UDP: UDP is blocked (or every server
+	// is down); TURN over TCP/TLS is the only hope, so it starts now.
+	c.udpBlocked.Store(true)
 	c.mu.Lock()
-	c.localNAT = &NATInfo{UDPBlocked: true}
+	if c.localNAT == nil {
+		c.localNAT = &NATInfo{UDPBlocked: true}
+	}
 	c.mu.Unlock()
 	return netip.AddrPort{}, false
 }
@@ -680,7 +686,7 @@ func (c *Conn) tick(now time.Time) {
 		var every time.Duration
 		switch {
 		case c.active == nil:
-			every = 100 * time.Millisecond
+			every = 50 * time.Millisecond
 		case p == c.active:
 			every = c.o.keepalive
 		case p.kind.better(c.active.kind):
@@ -692,7 +698,7 @@ func (c *Conn) tick(now time.Time) {
 			due = append(due, p)
 		}
 	}
-	needTURN := c.active == nil && len(c.o.turn) > 0 && (c.o.relayOnly || now.Sub(c.start) > c.o.directTimeout)
+	needTURN := c.active == nil && len(c.o.turn) > 0 && (c.o.relayOnly || c.udpBlocked.Load() || now.Sub(c.start) > c.o.directTimeout)
 	allFailed := c.active == nil && c.turnDone && now.Sub(c.start) > c.o.directTimeout+c.o.pathTimeout
 	flushed := c.reorder.expire(now, c.holdLocked(now))
 	c.mu.Unlock()
@@ -738,7 +744,7 @@ func (c *Conn) fallback() {
 	defer func() { c.mu.Lock(); c.turnDone = true; c.mu.Unlock() }()
 	for _, tr := range []string{"udp", "tcp", "tls"} {
 		for _, s := range c.o.turn {
-			if s.Transport != tr {
+			if s.Transport != tr || (tr == "udp" && c.udpBlocked.Load()) {
 				continue
 			}
 			b, err := allocate(c.ctx, c.o.net, s, c.o.turnTimeout)

@@ -45,6 +45,7 @@ type options struct {
 	noNAT         bool
 	directTimeout time.Duration
 	turnTimeout   time.Duration
+	stunTimeout   time.Duration
 	upgrade       time.Duration
 	keepalive     time.Duration
 	pathTimeout   time.Duration
@@ -92,6 +93,13 @@ func WithTURN(servers ...TURNServer) Option {
 // afterwards in the background.
 func WithDirectTimeout(d time.Duration) Option {
 	return durOpt(func(o *options) *time.Duration { return &o.directTimeout }, d)
+}
+
+// WithSTUNTimeout bounds the wait for the first STUN answer. Default 1s;
+// when none comes UDP counts as blocked: TURN over UDP is skipped and TURN
+// over TCP/TLS starts at once.
+func WithSTUNTimeout(d time.Duration) Option {
+	return durOpt(func(o *options) *time.Duration { return &o.stunTimeout }, d)
 }
 
 // WithTURNTimeout bounds each TURN allocation attempt. Default 2s.
@@ -219,6 +227,7 @@ func (o *options) defaults() {
 	}
 	def(&o.directTimeout, 2*time.Second)
 	def(&o.turnTimeout, 2*time.Second)
+	def(&o.stunTimeout, time.Second)
 	def(&o.upgrade, 500*time.Millisecond)
 	def(&o.keepalive, time.Second)
 	def(&o.pathTimeout, 4*time.Second)

@@ -1,0 +1,61 @@
+package p2plab
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/traverse-rtc/traverse/internal/netlab"
+)
+
+func TestMain(m *testing.M) {
+	if ok, err := ServeHelper(); ok {
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+func buildEnv(t *testing.T, kinds []string) *Env {
+	t.Helper()
+	l := netlab.New(t)
+	e, err := Build(l, kinds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.StartServers(exec.Command(os.Args[0], "-test.run=^$")); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := e.Close(); err != nil {
+			t.Errorf("server helper: %v", err)
+		}
+	})
+	return e
+}
+
+// TestMatrixSubset is the CI subset of "traverse lab matrix": a
+// restricted-cone, a symmetric and a UDP-blocked host, every ordered pair
+// once; each must connect, on the path theory predicts.
+func TestMatrixSubset(t *testing.T) {
+	kinds := []string{"eim-adf", "symmetric-random", "udp-blocked"}
+	e := buildEnv(t, kinds)
+	var log strings.Builder
+	res := e.Matrix(context.Background(), kinds, 1, &log)
+	var tb strings.Builder
+	_ = Table(&tb, res)
+	t.Logf("\n%s\n%s", log.String(), tb.String())
+	for _, r := range res {
+		if !r.AsExpected() {
+			t.Errorf("%s -> %s: %s (%d/%d), expected %s", r.A, r.B, r.Paths(), r.OK(), len(r.Runs), r.Expect)
+		}
+	}
+	_ = time.Second
+}

@@ -31,6 +31,8 @@ Commands:
   list                                    list the labs on this machine
   down NAME                               stop a lab's processes, delete its namespaces
   clean                                   tear down every lab (leftovers of crashed tests too)
+  matrix [--kinds K,K] [--runs N]         client/p2p across every pair of NAT kinds: path, time to media, success
+  upgrade [--kinds A,B] [--runs N]        TURN to direct once a blocked direct path opens: time, loss, order
 
 Topologies:
   all      a client behind each NAT kind, plus two levels of NAT
@@ -55,6 +57,8 @@ func runLab(ctx context.Context, args []string) error {
 		return labUp(os.Stdout, args[1:])
 	case "list":
 		return labList(os.Stdout)
+	case "matrix", "upgrade", "p2p-servers":
+		return labP2P(ctx, os.Stdout, args[0], args[1:])
 	case "down":
 		if len(args) != 2 {
 			return &exitError{code: 2, err: errors.New("usage: traverse lab down NAME")}

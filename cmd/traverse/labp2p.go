@@ -32,6 +32,7 @@ func labP2P(ctx context.Context, w io.Writer, cmd string, args []string) error {
 	interval := fs.Duration("interval", 2*time.Millisecond, "upgrade: datagram interval of the stream")
 	hold := fs.Duration("hold", time.Second, "upgrade: stream this long through TURN before opening the direct path (and after the upgrade)")
 	quiet := fs.Bool("quiet", false, "print only the table")
+	withICE := fs.Bool("ice", false, "matrix: also run pion/ice (pion/webrtc's ICE agent) on the same pairs and servers, and compare")
 	if cmd == "matrix" {
 		fs.Usage = func() {
 			fmt.Fprint(fs.Output(), "Usage: traverse lab matrix [--kinds K,K] [--runs N] [--name NAME]\n\nConnects client/p2p peers behind every ordered pair of host kinds, --runs\ntimes each, and prints the path chosen, the path RFC 4787 theory expects\n(marked ! when a run differs), the time to the first media packet (median,\np95) and the success rate. Needs root.\n\nFlags:\n")
@@ -100,7 +101,22 @@ func labP2P(ctx context.Context, w io.Writer, cmd string, args []string) error {
 			}
 		}
 		fmt.Fprintf(w, "\n%d/%d runs connected; %d/%d pairs on the expected path; %s\n", ok, total, expected, len(res), time.Since(start).Round(time.Second))
-		return nil
+		if !*withICE {
+			return nil
+		}
+		var iceLog func(a, b string, i int, r p2plab.Run)
+		if log != nil {
+			iceLog = func(a, b string, i int, r p2plab.Run) {
+				fmt.Fprintf(log, "ice %s -> %s run %d: ok %t %s %s %v\n", a, b, i+1, r.OK, r.Path, r.FirstMedia.Round(time.Millisecond), r.Err)
+			}
+		}
+		iceRes := env.MatrixICE(ctx, ks, *runs, iceLog)
+		fmt.Fprintln(w, "\npion/ice on the same pairs:")
+		if err := p2plab.Table(w, iceRes); err != nil {
+			return err
+		}
+		fmt.Fprintln(w)
+		return p2plab.Compare(w, res, iceRes)
 	}
 	var ups []time.Duration
 	lost, reordered, failed := 0, 0, 0

@@ -210,3 +210,45 @@ func Table(w io.Writer, results []Result) error {
 	}
 	return tw.Flush()
 }
+
+// Compare prints traverse's and pion/ice's results side by side with a
+// summary: median time to first media over all runs, pairs that went
+// direct, pairs that always connected.
+func Compare(w io.Writer, ours, theirs []Result) error {
+	tw := tabwriter.NewWriter(w, 2, 8, 2, ' ', 0)
+	fmt.Fprintln(tw, "CALLER\tCALLEE\tTRAVERSE PATH\tp50\tOK\tPION/ICE PATH\tp50\tOK")
+	sum := func(rs []Result) (all []time.Duration, direct, connected int) {
+		for _, r := range rs {
+			for _, x := range r.Runs {
+				if x.OK {
+					all = append(all, x.FirstMedia)
+				}
+			}
+			if r.OK() == len(r.Runs) && len(r.Runs) > 0 {
+				connected++
+				if r.Paths() == p2p.PathDirect.String() {
+					direct++
+				}
+			}
+		}
+		return all, direct, connected
+	}
+	for i, r := range ours {
+		if i >= len(theirs) {
+			break
+		}
+		t := theirs[i]
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d/%d\t%s\t%s\t%d/%d\n", r.A, r.B, r.Paths(), r.Percentile(0.5).Round(time.Millisecond),
+			r.OK(), len(r.Runs), t.Paths(), t.Percentile(0.5).Round(time.Millisecond), t.OK(), len(t.Runs))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	oa, od, oc := sum(ours)
+	ta, td, tc := sum(theirs)
+	_, err := fmt.Fprintf(w, "\ntraverse: first media p50 %s p95 %s, %d pairs always direct, %d/%d pairs always connected\n"+
+		"pion/ice: first media p50 %s p95 %s, %d pairs always direct, %d/%d pairs always connected\n",
+		Quantile(oa, 0.5).Round(time.Millisecond), Quantile(oa, 0.95).Round(time.Millisecond), od, oc, len(ours),
+		Quantile(ta, 0.5).Round(time.Millisecond), Quantile(ta, 0.95).Round(time.Millisecond), td, tc, len(theirs))
+	return err
+}

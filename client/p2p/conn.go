@@ -856,3 +856,25 @@ func (c *Conn) Close() error {
 	})
 	return nil
 }
+
+// PairState describes one candidate pair, for diagnostics.
+type PairState struct {
+	Kind          PathKind
+	Local, Remote netip.AddrPort
+	// Valid: an ack came back; LastAck when; Live: the pair carries the flow.
+	Valid, Live bool
+	LastAck     time.Time
+	RTT         time.Duration
+}
+
+// Pairs returns the state of every candidate pair.
+func (c *Conn) Pairs() []PairState {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []PairState
+	for _, p := range c.sortedPairsLocked() {
+		out = append(out, PairState{Kind: p.kind, Local: p.b.LocalAddr(), Remote: p.key.remote, Valid: p.valid,
+			Live: p == c.active, LastAck: p.lastAck, RTT: p.rtt})
+	}
+	return out
+}

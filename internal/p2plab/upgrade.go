@@ -89,10 +89,12 @@ func (e *Env) Upgrade(ctx context.Context, a, b string, interval, hold time.Dura
 		<-tk.C
 		now := time.Now()
 		if opened.IsZero() && now.Sub(start) >= hold {
+			// Taken before the rule goes: an upgrade can land while
+			// UnblockUDP is still returning.
+			opened = time.Now()
 			if err := ha.host.UnblockUDP(); err != nil {
 				return UpgradeRun{Err: err}
 			}
-			opened = time.Now()
 		}
 		if ca.WriteDatagram(binary.BigEndian.AppendUint32(nil, sent)) == nil {
 			sent++
@@ -140,7 +142,8 @@ func (e *Env) Upgrade(ctx context.Context, a, b string, interval, hold time.Dura
 		}
 	}
 	if upgraded.IsZero() {
-		r.Err = fmt.Errorf("no upgrade within 10s of opening")
+		r.Err = fmt.Errorf("no upgrade within 10s of opening: caller %+v pairs %+v; callee %+v pairs %+v",
+			ca.Stats(), ca.Pairs(), rb.c.Stats(), rb.c.Pairs())
 		return r
 	}
 	r.Upgrade = upgraded.Sub(opened)

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+
 	"github.com/traverse-rtc/traverse/internal/stun"
 	"github.com/traverse-rtc/traverse/internal/stun/stuntest"
 	"github.com/traverse-rtc/traverse/internal/testkit"
@@ -252,4 +254,10 @@ func TestPinnedKey(t *testing.T) {
 	}
 	cancel()
 	<-errc
+}
+
+// TestMain checks that no test leaves a goroutine behind: every Conn, TURN
+// allocation and server has been closed.
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
 }

@@ -164,8 +164,13 @@ func (c *Conn) connect(ctx context.Context, initiator bool) error {
 		if c.o.relayOnly || len(c.o.stun) == 0 {
 			return
 		}
-		if srflx, ok := c.gatherSTUN(ctx, ub); ok {
-			_ = c.sig.Send(ctx, encodeMessage(message{Type: "cand", Candidates: []Candidate{{Addr: srflx, Kind: "srflx"}}}))
+		srflx, other, ok := c.gatherSTUN(ctx, ub)
+		if !ok {
+			return
+		}
+		_ = c.sig.Send(ctx, encodeMessage(message{Type: "cand", Candidates: []Candidate{{Addr: srflx, Kind: "srflx"}}}))
+		if step := c.portStep(ctx, ub, srflx, other); step > 0 {
+			_ = c.sig.Send(ctx, encodeMessage(message{Type: "cand", Candidates: []Candidate{{Addr: srflx, Kind: "srflx", Seq: step}}}))
 		}
 	}()
 	if c.o.natDiscover != nil {
@@ -262,7 +267,7 @@ func (c *Conn) handshake(ctx context.Context, initiator bool) (*sessionKeys, err
 
 // gatherSTUN asks every STUN server at once from the direct socket; the
 // first answer (lowest RTT) gives the server-reflexive address.
-func (c *Conn) gatherSTUN(ctx context.Context, ub *udpBase) (netip.AddrPort, bool) {
+func (c *Conn) gatherSTUN(ctx context.Context, ub *udpBase) (srflx, other netip.AddrPort, ok bool) {
 	var servers []netip.AddrPort
 	for _, s := range c.o.stun {
 		a, err := net.ResolveUDPAddr("udp", s)
@@ -272,7 +277,7 @@ func (c *Conn) gatherSTUN(ctx context.Context, ub *udpBase) (netip.AddrPort, boo
 		servers = append(servers, addrPortOf(a))
 	}
 	if len(servers) == 0 {
-		return netip.AddrPort{}, false
+		return srflx, other, false
 	}
 	txs := map[[stun.TransactionIDSize]byte]bool{}
 	send := func() {
@@ -314,7 +319,12 @@ func (c *Conn) gatherSTUN(ctx context.Context, ub *udpBase) (netip.AddrPort, boo
 		}
 		ip, _ := netip.AddrFromSlice(xa.IP)
 		_ = ub.pc.SetReadDeadline(time.Time{})
-		return netip.AddrPortFrom(ip.Unmap(), uint16(xa.Port)), true
+		var oa stun.MappedAddress
+		if oa.GetFromAs(m, stun.AttrOtherAddress) == nil {
+			oip, _ := netip.AddrFromSlice(oa.IP)
+			other = netip.AddrPortFrom(oip.Unmap(), uint16(oa.Port))
+		}
+		return netip.AddrPortFrom(ip.Unmap(), uint16(xa.Port)), other, true
 	}
 	_ = ub.pc.SetReadDeadline(time.Time{})
 	// No STUN server answered over UDP: UDP is blocked (or every server
@@ -325,12 +335,70 @@ func (c *Conn) gatherSTUN(ctx context.Context, ub *udpBase) (netip.AddrPort, boo
 		c.localNAT = &NATInfo{UDPBlocked: true}
 	}
 	c.mu.Unlock()
-	return netip.AddrPort{}, false
+	return srflx, other, false
+}
+
+// portStep asks the STUN server's other address (RFC 5780 OTHER-ADDRESS)
+// for a second mapping from the same socket: a different public port means
+// an address-and-port-dependent ("symmetric") mapping, and a small step
+// between the two a NAT that hands ports out in sequence, whose next ports
+// the peer can predict. It returns the step, or 0.
+func (c *Conn) portStep(ctx context.Context, ub *udpBase, srflx, other netip.AddrPort) uint16 {
+	if !other.IsValid() || other.Addr().Is4() != srflx.Addr().Is4() {
+		return 0
+	}
+	m := stun.MustBuild(stun.TransactionID, stun.BindingRequest, stun.Fingerprint)
+	deadline := time.Now().Add(300 * time.Millisecond)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	defer func() { _ = ub.pc.SetReadDeadline(time.Time{}) }()
+	buf := make([]byte, 1500)
+	for try := 0; try < 3 && time.Now().Before(deadline); try++ {
+		_ = ub.WriteTo(m.Raw, other)
+		rd := time.Now().Add(100 * time.Millisecond)
+		if deadline.Before(rd) {
+			rd = deadline
+		}
+		_ = ub.pc.SetReadDeadline(rd)
+		for {
+			n, _, err := ub.ReadFrom(buf)
+			if err != nil {
+				break
+			}
+			r := &stun.Message{Raw: append([]byte(nil), buf[:n]...)}
+			if !stun.IsMessage(r.Raw) || r.Decode() != nil || r.TransactionID != m.TransactionID {
+				continue
+			}
+			var xa stun.XORMappedAddress
+			if xa.GetFrom(r) != nil {
+				return 0
+			}
+			step := int(xa.Port) - int(srflx.Port())
+			if step > 0 && step <= maxSeqStep {
+				return uint16(step)
+			}
+			return 0
+		}
+	}
+	return 0
 }
 
 func (c *Conn) discoverNAT() {
 	defer c.wg.Done()
 	defer close(c.natDone)
+	// After the direct attempt: the discovery's own flows would take the
+	// ports a sequential NAT hands out next, which the peer predicts.
+	t := time.NewTimer(c.o.directTimeout)
+	select {
+	case <-c.firstPath:
+	case <-t.C:
+	case <-c.ctx.Done():
+	}
+	t.Stop()
+	if c.ctx.Err() != nil {
+		return
+	}
 	rep, err := c.o.natDiscover(c.ctx)
 	info := &NATInfo{Mapping: rep.Mapping.String(), Filtering: rep.Filtering.String(), UDPBlocked: rep.UDPBlocked}
 	if err != nil && !rep.UDPBlocked {
@@ -378,8 +446,12 @@ func (c *Conn) handleSignal(m message) {
 
 // addRemoteLocked adds a remote candidate and its pairs with every base.
 func (c *Conn) addRemoteLocked(cd Candidate) {
-	for _, r := range c.remotes {
+	for i, r := range c.remotes {
 		if r.Addr == cd.Addr {
+			if cd.Seq > 0 && r.Seq == 0 && r.Kind == "srflx" && cd.Kind == "srflx" {
+				c.remotes[i].Seq = cd.Seq
+				c.predictLocked(cd)
+			}
 			return
 		}
 	}
@@ -392,6 +464,21 @@ func (c *Conn) addRemoteLocked(cd Candidate) {
 	c.remotes = append(c.remotes, cd)
 	for i, b := range c.bases {
 		c.addPairLocked(i, b, cd)
+	}
+	if cd.Seq > 0 {
+		c.predictLocked(cd)
+	}
+}
+
+// predictLocked adds the ports a sequential NAT will hand out next as
+// candidates (port prediction).
+func (c *Conn) predictLocked(cd Candidate) {
+	for k := 1; k <= predictPorts; k++ {
+		p := int(cd.Addr.Port()) + k*int(cd.Seq)
+		if p > 65535 {
+			return
+		}
+		c.addRemoteLocked(Candidate{Addr: netip.AddrPortFrom(cd.Addr.Addr(), uint16(p)), Kind: "predicted"})
 	}
 }
 

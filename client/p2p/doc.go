@@ -7,9 +7,11 @@
 //
 //  1. Direct first. The UDP socket asks every STUN server at once; the
 //     first to answer (the lowest RTT) gives the public address. The NAT's
-//     mapping and filtering behaviour is found in the background with
-//     client/nat (RFC 5780) and sent to the peer. Candidates (host,
-//     server-reflexive) go to the peer through signaling while the peers
+//     mapping and filtering behaviour is found with client/nat (RFC 5780)
+//     once the direct attempt is over, and sent to the peer. Candidates (host,
+//     server-reflexive; with the port step when a second STUN request
+//     shows a sequential symmetric NAT, so that the peer also probes the
+//     ports it will hand out next) go to the peer through signaling while the peers
 //     run a Noise XX handshake through it. Both sides then send
 //     authenticated test packets (probes) to every candidate of the other;
 //     a side that receives one answers with an ack (and probes the source

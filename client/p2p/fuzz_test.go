@@ -66,6 +66,7 @@ func FuzzSignalMessage(f *testing.F) {
 		`{"t":"cand","c":[{"a":"203.0.113.7:4100","k":"srflx"},{"a":"203.0.113.9:50000","k":"relay","tr":"tcp"}]}`,
 		`{"t":"nat","nat":{"mapping":"endpoint-independent","filtering":"address-dependent"}}`,
 		`{"t":"bye"}`,
+		`{"t":"cand","c":[{"a":"203.0.113.7:4100","k":"srflx","seq":1}]}`,
 		`{"t":"cand","c":[{"a":"0.0.0.0:1","k":"host"}]}`,
 	} {
 		f.Add([]byte(s))

@@ -49,6 +49,10 @@ type Candidate struct {
 	// Transport is how a relay candidate reaches its TURN server: "udp",
 	// "tcp" or "tls".
 	Transport string `json:"tr,omitempty"`
+	// Seq, on a srflx candidate, says the NAT maps each new destination to
+	// the next port, Seq apart (a sequential symmetric NAT): the peer then
+	// also probes the ports that follow (port prediction).
+	Seq uint16 `json:"seq,omitempty"`
 }
 
 // NATInfo is a peer's NAT behaviour as client/nat found it.
@@ -63,9 +67,15 @@ type NATInfo struct {
 const (
 	maxMessage       = 8 << 10
 	maxCandidates    = 16 // per message
-	maxRemoteCands   = 48 // in total
+	maxRemoteCands   = 80 // in total, predicted ones included
 	maxHandshake     = 512
 	maxNATFieldBytes = 64
+	maxSeqStep       = 16
+	// predictPorts is how many ports after a sequential NAT's srflx one
+	// are probed: the flows the peer opens between its STUN request and
+	// its probe to us (to our other candidates, NAT discovery) each take
+	// one.
+	predictPorts = 32
 )
 
 // decodeMessage parses and validates a peer's signaling message.
@@ -112,7 +122,13 @@ func (c Candidate) validate() error {
 		if c.Transport != "" {
 			return fmt.Errorf("%w: transport on a %s candidate", ErrSignal, c.Kind)
 		}
+		if c.Seq != 0 && (c.Kind != "srflx" || c.Seq > maxSeqStep) {
+			return fmt.Errorf("%w: port step %d on a %s candidate", ErrSignal, c.Seq, c.Kind)
+		}
 	case "relay":
+		if c.Seq != 0 {
+			return fmt.Errorf("%w: port step on a relay candidate", ErrSignal)
+		}
 		if c.Transport != "udp" && c.Transport != "tcp" && c.Transport != "tls" {
 			return fmt.Errorf("%w: relay transport %.8q", ErrSignal, c.Transport)
 		}

@@ -42,10 +42,11 @@ func buildEnv(t *testing.T, kinds []string) *Env {
 }
 
 // TestMatrixSubset is the CI subset of "traverse lab matrix": a
-// restricted-cone, a symmetric and a UDP-blocked host, every ordered pair
-// once; each must connect, on the path theory predicts.
+// port-restricted cone, a sequential and a random symmetric NAT and a
+// UDP-blocked host, every ordered pair once; each must connect, on the
+// path theory (with port prediction) predicts or a better one.
 func TestMatrixSubset(t *testing.T) {
-	kinds := []string{"eim-adf", "symmetric-random", "udp-blocked"}
+	kinds := []string{"eim-apdf", "symmetric-seq", "symmetric-random", "udp-blocked"}
 	e := buildEnv(t, kinds)
 	var log strings.Builder
 	res := e.Matrix(context.Background(), kinds, 1, &log)

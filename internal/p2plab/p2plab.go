@@ -39,8 +39,9 @@ var short = map[string]string{"none": "none", "eim-eif": "eif", "eim-adf": "adf"
 // states: a UDP-blocked side needs TURN over TCP; otherwise direct works
 // unless a side maps address-and-port-dependently (symmetric) and the
 // other filters by port (APDF) or maps symmetrically too: its probes then
-// leave from a port the other's filter has never sent to. A double NAT
-// behaves as its outer (EIM-ADF) NAT.
+// leave from a port the other's filter has never sent to - except that a
+// sequential symmetric NAT's next ports can be predicted, which opens it to
+// an EIM peer. A double NAT behaves as its outer (EIM-ADF) NAT.
 func Expect(a, b string) p2p.PathKind {
 	if a == "udp-blocked" || b == "udp-blocked" {
 		return p2p.PathTURNTCP
@@ -48,6 +49,11 @@ func Expect(a, b string) p2p.PathKind {
 	sym := func(k string) bool { return strings.HasPrefix(k, "symmetric") }
 	portFilter := func(k string) bool { return k == "eim-apdf" || sym(k) }
 	if (sym(a) && portFilter(b)) || (sym(b) && portFilter(a)) {
+		// Port prediction: an EIM peer probes the ports a sequential
+		// NAT hands out next, one of which is the mapping towards it.
+		if (a == "symmetric-seq" && b == "eim-apdf") || (b == "symmetric-seq" && a == "eim-apdf") {
+			return p2p.PathDirect
+		}
 		return p2p.PathTURNUDP
 	}
 	return p2p.PathDirect

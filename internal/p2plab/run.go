@@ -162,10 +162,12 @@ func Quantile(ds []time.Duration, q float64) time.Duration {
 	return s[min(max(i, 0), len(s)-1)]
 }
 
-// AsExpected reports whether every run succeeded on the expected path.
+// AsExpected reports whether every run succeeded on the expected path or
+// a better one (two sequential symmetric NATs sometimes meet on predicted
+// ports).
 func (r Result) AsExpected() bool {
 	for _, x := range r.Runs {
-		if !x.OK || x.Path != r.Expect {
+		if !x.OK || x.Path == p2p.PathNone || x.Path > r.Expect {
 			return false
 		}
 	}

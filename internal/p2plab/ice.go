@@ -185,15 +185,24 @@ func (e *Env) ConnectICE(ctx context.Context, a, b string, timeout time.Duration
 		return Run{Err: fmt.Errorf("ice media: %w", err)}
 	}
 	first := time.Since(start)
+	// The caller's selected pair; a relayed end's transport is known only
+	// to the agent that allocated it (candidates in SDP lose it), so each
+	// agent's local end is asked.
 	path := p2p.PathDirect
-	if pair, err := aa.GetSelectedCandidatePair(); err == nil && pair != nil {
-		for _, c := range []ice.Candidate{pair.Local, pair.Remote} {
-			if c.Type() == ice.CandidateTypeRelay {
-				path = p2p.PathTURNUDP
-				if r, ok := c.(interface{ RelayProtocol() string }); ok && r.RelayProtocol() == "tcp" {
-					path = p2p.PathTURNTCP
-				}
+	for _, ag := range []*ice.Agent{aa, ab} {
+		pair, err := ag.GetSelectedCandidatePair()
+		if err != nil || pair == nil {
+			continue
+		}
+		if pair.Remote.Type() == ice.CandidateTypeRelay && path == p2p.PathDirect {
+			path = p2p.PathTURNUDP
+		}
+		if c := pair.Local; c.Type() == ice.CandidateTypeRelay {
+			k := p2p.PathTURNUDP
+			if r, ok := c.(interface{ RelayProtocol() string }); ok && r.RelayProtocol() == "tcp" {
+				k = p2p.PathTURNTCP
 			}
+			path = max(path, k)
 		}
 	}
 	return Run{OK: true, Path: path, FirstMedia: first}

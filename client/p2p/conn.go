@@ -598,7 +598,10 @@ func (c *Conn) handlePacket(i int, b base, from netip.AddrPort, pkt []byte) {
 		_ = b.WriteTo(ack, from)
 		if p != nil {
 			c.mu.Lock()
-			triggered := !p.valid && now.Sub(p.lastProbe) > 20*time.Millisecond
+			// A triggered check (RFC 8445 section 7.3.1.4): the
+			// peer's probe got through, so ours back likely will too,
+			// now that the peer's side has sent to us.
+			triggered := !p.valid && now.Sub(p.lastProbe) > 2*time.Millisecond
 			c.mu.Unlock()
 			if triggered {
 				c.probe(p, now)
@@ -734,8 +737,9 @@ func (c *Conn) probe(p *pair, now time.Time) {
 // buffer's expired gaps.
 func (c *Conn) maintain() {
 	defer c.wg.Done()
-	t := time.NewTicker(20 * time.Millisecond)
+	t := time.NewTicker(10 * time.Millisecond)
 	defer t.Stop()
+	c.tick(time.Now()) // the first probes at once, not a tick later
 	for {
 		select {
 		case <-c.ctx.Done():

@@ -179,6 +179,7 @@ type Server struct {
 	reg    *registry   // the room API's view of the sessions
 	am     *apiMetrics // room API and webhooks
 	hooks  *webhooks
+	p2p    *p2pHub // the peer-to-peer rendezvous (p2p.go)
 
 	ctx    context.Context // canceled by Close; parent of every session
 	cancel context.CancelFunc
@@ -219,8 +220,12 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	hub, err := newP2PHub(cfg.Registerer)
+	if err != nil {
+		return nil, err
+	}
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &Server{cfg: cfg, log: cfg.Log, m: m, placer: newPlacer(cfg.RegionRules, cfg.Region, cfg.RegionNear),
+	s := &Server{p2p: hub, cfg: cfg, log: cfg.Log, m: m, placer: newPlacer(cfg.RegionRules, cfg.Region, cfg.RegionNear),
 		mux: http.NewServeMux(), lm: lm, origin: newOriginPolicy(cfg.AllowedOrigins),
 		ctx: ctx, cancel: cancel, rooms: map[string]*roomPlace{}, sessions: map[*session]struct{}{},
 		down: map[string]time.Time{}, reg: newRegistry(), am: am}
@@ -238,6 +243,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s.mux.HandleFunc("GET /v1/route", s.serveRoute)
+	s.mux.HandleFunc("GET /p2p", s.serveP2P)
 	if cfg.DemoTokens {
 		s.mux.HandleFunc("GET /token", s.serveToken)
 	}

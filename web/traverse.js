@@ -71,6 +71,7 @@ const defaults = {
   pingInterval: 10000, // an application ping this often (ms)...
   pingTimeout: 5000, // ...answered within this long, or the socket counts as dropped
   debug: null, // function(...args) that logs the signaling exchange
+  moveTimeout: 8000, // peer-to-peer rooms: a move between P2P and the SFU closes the old path after this long (ms) at the latest
 };
 
 export class Room {
@@ -595,7 +596,7 @@ export class Room {
     p.target = path;
     p.flags.done = false;
     clearTimeout(p.timer);
-    p.timer = setTimeout(() => { if (this.p2p === p && p.target === path) this.finishMove(p, path); }, this.options.moveTimeout || 8000);
+    p.timer = setTimeout(() => { if (this.p2p === p && p.target === path) this.finishMove(p, path); }, this.options.moveTimeout);
     this.watchDecode(p, path);
   }
 

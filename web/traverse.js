@@ -793,15 +793,19 @@ export async function fetchDemoToken(room, identity = '', base = location.href) 
   return body.token;
 }
 
-// decodes reports whether pc receives the peer: a decoded video frame
-// (or, without video, an audio packet) on a received track that passes
-// want (null: any).
+// decodes reports whether pc receives the peer: settleFrames decoded video
+// frames (or, without video, an audio packet) on a received track that
+// passes want (null: any). Waiting for a few frames rather than the first
+// lets the new path's video element start presenting before the old path
+// closes (ten: a third of a second at 30 fps).
+const settleFrames = 10;
+
 async function decodes(pc, want) {
   const report = await pc.getStats();
   let video = false, audio = false;
   report.forEach((s) => {
     if (s.type !== 'inbound-rtp' || (want && !want(s.trackIdentifier))) return;
-    if (s.kind === 'video' && s.framesDecoded > 0) video = true;
+    if (s.kind === 'video' && s.framesDecoded >= settleFrames) video = true;
     if (s.kind === 'audio' && s.packetsReceived > 0) audio = true;
   });
   const hasVideo = pc.getReceivers().some((r) => r.track && r.track.kind === 'video' && r.track.readyState === 'live' && (!want || want(r.track.id)));

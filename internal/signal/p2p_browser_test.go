@@ -143,8 +143,21 @@ func TestBrowserP2PMoves(t *testing.T) {
 		t.Fatalf("the SFU node holds %d sessions while the two talk peer to peer", n)
 	}
 	t.Logf("two browsers decode each other peer to peer after %v", time.Since(start).Round(time.Millisecond))
-	gap(ctx, t, a, "bob")
-	gap(ctx, t, b, "alice")
+	// The baseline: the longest gap between frames over 60 frames (2 s)
+	// of a steady direct call, to judge the moves' gaps by.
+	for _, pt := range []*participant{a, b} {
+		if err := pt.p.Eval(ctx, `window.__gap.max = {}`, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var n0 int
+	if err := a.p.Eval(ctx, `window.__gap.frames.bob || 0`, &n0); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.p.WaitFor(ctx, fmt.Sprintf(`(window.__gap.frames.bob || 0) >= %d && (window.__gap.frames.alice || 0) === 0`, n0+60), 100*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("steady P2P call: longest frame gap alice sees bob %.0f ms, bob sees alice %.0f ms", gap(ctx, t, a, "bob"), gap(ctx, t, b, "alice"))
 
 	// A third joins: everyone into the SFU, each decoding both others.
 	moved := time.Now()

@@ -1,8 +1,10 @@
 package signal
 
 import (
+	"context"
 	"strings"
 	"testing"
+	"time"
 
 	"go.uber.org/goleak"
 
@@ -28,6 +30,18 @@ func wantMode(t *testing.T, c *testClient, who, mode, peer string, initiator boo
 	if m.Type != TypeMode || m.Mode != mode || (peer == "") != (m.Peer == nil) ||
 		m.Peer != nil && m.Peer.Identity != peer || m.Initiator != initiator {
 		t.Fatalf("%s: %+v (peer %+v), want mode %s peer %q initiator %v", who, m, m.Peer, mode, peer, initiator)
+	}
+}
+
+// drainClose reads c until the server's close, answering it (the server's
+// close handshake waits for the reply).
+func drainClose(c *testClient) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for {
+		if _, _, err := c.conn.Read(ctx); err != nil {
+			return
+		}
 	}
 }
 
@@ -90,6 +104,7 @@ func TestP2PRoom(t *testing.T) {
 	if m := carol.recv(); m.Type != TypeBye {
 		t.Fatalf("carol: %+v", m)
 	}
+	drainClose(carol)
 	wantMode(t, alice, "alice", ModeP2P, "bob", true)
 	wantMode(t, bob, "bob", ModeP2P, "alice", false)
 
@@ -112,6 +127,7 @@ func TestP2PRoom(t *testing.T) {
 	// Bob leaves: alice is alone.
 	bob.send(map[string]any{"type": "leave"})
 	bob.recv()
+	drainClose(bob)
 	wantMode(t, alice, "alice", ModeP2P, "", false)
 
 	for name, want := range map[string]float64{"p2p-offer": 1, "p2p-candidate": 1} {
@@ -127,6 +143,9 @@ func TestP2PRoom(t *testing.T) {
 	}
 	if v := metricstest.Value(t, reg, "traverse_signal_p2p_sfu_releases_total"); v != 1 {
 		t.Errorf("sfu releases = %v, want 1", v)
+	}
+	for _, c := range []*testClient{alice, mallory} {
+		_ = c.conn.CloseNow()
 	}
 	hs.Close()
 	_ = s.Close()
@@ -160,4 +179,51 @@ func TestP2PRefused(t *testing.T) {
 	wantError(t, v, "viewer", ClassForbidden, "publishing")
 	hs2.Close()
 	_ = s2.Close()
+}
+
+// TestP2PFlood: a member flooding its peer with candidates is held to the
+// per-connection rate limit: the peer receives at most the burst, the
+// flooder gets rate-limited errors and, past the strikes, is cut off; the
+// peer's session lives on.
+func TestP2PFlood(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	s, _, hs, reg := newTestServer(t, func(c *Config) { c.P2P = true; c.MessageRate = 1; c.MessageBurst = 5 })
+	alice, _ := joinP2P(t, hs.URL, "r", "alice", true)
+	wantMode(t, alice, "alice", ModeP2P, "", false)
+	bob, _ := joinP2P(t, hs.URL, "r", "bob", true)
+	wantMode(t, bob, "bob", ModeP2P, "alice", false)
+	wantMode(t, alice, "alice", ModeP2P, "bob", true)
+	cand := map[string]any{"type": TypeP2PCandidate, "candidate": map[string]any{"candidate": "candidate:1 1 udp 1 192.0.2.1 5000 typ host"}}
+	for range maxStrikes + 10 {
+		alice.send(cand)
+	}
+	// alice is cut off with a fatal rate-limited error.
+	for {
+		m := alice.recv()
+		if m.Type == TypeError && m.Fatal {
+			if m.Class != ClassRateLimited {
+				t.Fatalf("alice: %+v", m)
+			}
+			drainClose(alice)
+			break
+		}
+	}
+	relayed := metricstest.Value(t, reg, "traverse_signal_p2p_relayed_total", "type", TypeP2PCandidate)
+	if relayed < 1 || relayed > 8 {
+		t.Fatalf("relayed %v candidates of %d sent, want at most the burst (5) and what refilled", relayed, maxStrikes+10)
+	}
+	// bob got those, then alice's leave turns his room into a room of one.
+	for range int(relayed) {
+		if m := bob.recv(); m.Type != TypeP2PCandidate {
+			t.Fatalf("bob: %+v", m)
+		}
+	}
+	wantMode(t, bob, "bob", ModeP2P, "", false)
+	bob.send(map[string]any{"type": "ping"})
+	if m := bob.recv(); m.Type != TypePong {
+		t.Fatalf("bob after the flood: %+v", m)
+	}
+	_ = bob.conn.CloseNow()
+	hs.Close()
+	_ = s.Close()
 }

@@ -115,8 +115,8 @@ func newP2PMetrics(reg prometheus.Registerer) (*p2pMetrics, error) {
 	return m, nil
 }
 
-// p2pRooms is the peer-to-peer state of this process's rooms.
-type p2pRooms struct {
+// p2pRoomSet is the peer-to-peer state of this process's rooms.
+type p2pRoomSet struct {
 	mu    sync.Mutex // guards rooms
 	rooms map[string]*p2pRoom
 }
@@ -137,15 +137,15 @@ func (s *Server) p2pJoined(ss *session, pid string, c Claims) {
 	if !s.cfg.P2P {
 		return
 	}
-	s.p2p.mu.Lock()
-	defer s.p2p.mu.Unlock()
-	if s.p2p.rooms == nil {
-		s.p2p.rooms = map[string]*p2pRoom{}
+	s.pairs.mu.Lock()
+	defer s.pairs.mu.Unlock()
+	if s.pairs.rooms == nil {
+		s.pairs.rooms = map[string]*p2pRoom{}
 	}
-	r := s.p2p.rooms[c.Room]
+	r := s.pairs.rooms[c.Room]
 	if r == nil {
 		r = &p2pRoom{}
-		s.p2p.rooms[c.Room] = r
+		s.pairs.rooms[c.Room] = r
 	}
 	r.members = append(r.members, &p2pMember{ss: ss, p: Participant{ID: pid, Identity: c.Identity}})
 	switch {
@@ -166,9 +166,9 @@ func (s *Server) p2pLeft(room, pid string) {
 	if !s.cfg.P2P {
 		return
 	}
-	s.p2p.mu.Lock()
-	defer s.p2p.mu.Unlock()
-	r := s.p2p.rooms[room]
+	s.pairs.mu.Lock()
+	defer s.pairs.mu.Unlock()
+	r := s.pairs.rooms[room]
 	if r == nil {
 		return
 	}
@@ -180,7 +180,7 @@ func (s *Server) p2pLeft(room, pid string) {
 	}
 	switch {
 	case len(r.members) == 0:
-		delete(s.p2p.rooms, room)
+		delete(s.pairs.rooms, room)
 	case len(r.members) <= 2:
 		if r.sfu {
 			r.sfu = false
@@ -215,7 +215,7 @@ func (s *Server) p2pTellOneLocked(r *p2pRoom, i int) {
 // p2pPeerLocked returns the other member of ss's room when the room is in
 // P2P mode with two members.
 func (s *Server) p2pPeerLocked(room, pid string) (*p2pMember, bool) {
-	r := s.p2p.rooms[room]
+	r := s.pairs.rooms[room]
 	if r == nil || r.sfu || len(r.members) != 2 {
 		return nil, false
 	}
@@ -242,9 +242,9 @@ func (ss *session) handleP2P(m ClientMessage) error {
 	ss.mu.Lock()
 	room, pid, pub := ss.claims.Room, ss.pid, ss.claims.Publish
 	ss.mu.Unlock()
-	s.p2p.mu.Lock()
+	s.pairs.mu.Lock()
 	peer, ok := s.p2pPeerLocked(room, pid)
-	s.p2p.mu.Unlock()
+	s.pairs.mu.Unlock()
 	if !ok {
 		s.p2pm.refused.WithLabelValues("not_p2p").Inc()
 		return fmt.Errorf("%w: %s while the room is not peer to peer", ErrState, m.Type)

@@ -173,8 +173,8 @@ type Server struct {
 	ln     net.Listener // bound by New from Config.Listen; nil without
 	lm     *connlimit.Metrics
 	origin originPolicy
-	reg    *registry // the room API's view of the sessions
-	p2p    p2pRooms  // peer-to-peer rooms (Config.P2P)
+	reg    *registry  // the room API's view of the sessions
+	pairs  p2pRoomSet // peer-to-peer rooms of two (Config.P2P, p2proom.go)
 	p2pm   *p2pMetrics
 	am     *apiMetrics // room API and webhooks
 	hooks  *webhooks

@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(coturn sip-tester rtpengine-daemon rtpengine-utils janus baresip chromium chromium-driver miniupnpd-nftables
-	nftables iproute2 tcpdump procps ca-certificates)
+	nftables iproute2 tcpdump procps ca-certificates systemd)
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
 	missing=()
 	for p in "${packages[@]}"; do

@@ -35,6 +35,13 @@ type busConfig struct {
 	NoAuth      bool     `yaml:"insecure-no-auth"`
 	NoAuthAny   bool     `yaml:"insecure-no-auth-any-address"`
 	MaxConns    int      `yaml:"max-conns"`
+	// Cluster (docs/cluster.md).
+	ServerName    string   `yaml:"server-name"`
+	ClusterListen string   `yaml:"cluster-listen"`
+	ClusterName   string   `yaml:"cluster-name"`
+	Routes        []string `yaml:"routes"`
+	ClusterSecret string   `yaml:"cluster-secret-file"`
+	JetStreamDir  string   `yaml:"jetstream-dir"`
 }
 
 func bindBusFlags(fs *flag.FlagSet, prefix string, c *busConfig, serve bool) {
@@ -52,6 +59,12 @@ func bindBusFlags(fs *flag.FlagSet, prefix string, c *busConfig, serve bool) {
 		fs.StringVar(&c.TLSClientCA, prefix+"tls-client-ca", c.TLSClientCA, "PEM `file` of CAs whose client certificates are required (mutual TLS, with --tls-cert)")
 	}
 	fs.IntVar(&c.MaxConns, prefix+"max-conns", c.MaxConns, "connections the bus holds at once, authenticated or not (0: 1024); beyond, new ones are closed")
+	fs.StringVar(&c.ServerName, prefix+"server-name", c.ServerName, "this server's `name` in a cluster: unique per node, stable across restarts (default traverse; with --"+prefix+"cluster-listen, HOSTNAME-PORT)")
+	fs.StringVar(&c.ClusterListen, prefix+"cluster-listen", c.ClusterListen, "route `host:port` other bus nodes connect to (makes this bus one node of a NATS cluster; needs --"+prefix+"jetstream-dir)")
+	fs.StringVar(&c.ClusterName, prefix+"cluster-name", c.ClusterName, "cluster `name`, the same on every node (default traverse)")
+	fs.Var(config.Strings{P: &c.Routes}, prefix+"routes", "peers' route `urls` (nats://host:6222, comma-separated or repeated); the cluster secret is added to each")
+	fs.StringVar(&c.ClusterSecret, prefix+"cluster-secret-file", c.ClusterSecret, "`file` of the secret routes authenticate with, the same on every node (default CREDS-DIR/cluster.secret, made when missing)")
+	fs.StringVar(&c.JetStreamDir, prefix+"jetstream-dir", c.JetStreamDir, "`directory` of JetStream's file store: enables the key-value buckets of the controller (node registry, room directory, leadership); required with --"+prefix+"cluster-listen")
 	fs.BoolVar(&c.NoAuth, prefix+"insecure-no-auth", c.NoAuth, "accept clients without credentials, every subject allowed (loopback only, unless --"+prefix+"insecure-no-auth-any-address)")
 	fs.BoolVar(&c.NoAuthAny, prefix+"insecure-no-auth-any-address", c.NoAuthAny, "with --"+prefix+"insecure-no-auth, also on a non-loopback address: anyone who reaches the port reads every SDP and speaks for any node")
 }
@@ -59,7 +72,11 @@ func bindBusFlags(fs *flag.FlagSet, prefix string, c *busConfig, serve bool) {
 // startBusServer starts the embedded server as c says, with the identities
 // of c.CredsDir (made for signal and every c.Nodes when missing).
 func startBusServer(c *busConfig, log *slog.Logger, adm *admin.Server) (*bus.Embedded, error) {
-	cfg := bus.EmbeddedConfig{Listen: c.Listen, NoAuth: c.NoAuth, NoAuthAnyAddress: c.NoAuthAny, MaxConns: c.MaxConns, Log: log}
+	cfg := bus.EmbeddedConfig{Listen: c.Listen, NoAuth: c.NoAuth, NoAuthAnyAddress: c.NoAuthAny, MaxConns: c.MaxConns, Log: log,
+		ServerName: c.ServerName, JetStreamDir: c.JetStreamDir}
+	if err := c.cluster(&cfg); err != nil {
+		return nil, err
+	}
 	if adm != nil {
 		cfg.Registerer = adm.Registry
 	}
@@ -99,8 +116,45 @@ func startBusServer(c *busConfig, log *slog.Logger, adm *admin.Server) (*bus.Emb
 	if err != nil {
 		return nil, err
 	}
-	log.Info("bus listening", "url", e.URL(), "tls", cfg.TLS != nil, "auth", !c.NoAuth, "identities", len(cfg.Identities))
+	log.Info("bus listening", "url", e.URL(), "tls", cfg.TLS != nil, "auth", !c.NoAuth, "identities", len(cfg.Identities),
+		"server", cfg.ServerName, "cluster", e.ClusterAddr(), "routes", len(cfg.Cluster.Routes), "jetstream", cfg.JetStreamDir != "")
 	return e, nil
+}
+
+// cluster fills cfg's cluster settings: routes, name and the secret (from
+// --cluster-secret-file, else CREDS-DIR/cluster.secret).
+func (c *busConfig) cluster(cfg *bus.EmbeddedConfig) error {
+	if c.ClusterListen == "" {
+		if len(c.Routes) > 0 || c.ClusterSecret != "" {
+			return errors.New("bus: --routes and --cluster-secret-file need --cluster-listen")
+		}
+		return nil
+	}
+	path := c.ClusterSecret
+	if path == "" {
+		if c.CredsDir == "" {
+			return errors.New("bus: a cluster node needs --cluster-secret-file (or --creds-dir, where cluster.secret is kept)")
+		}
+		if err := os.MkdirAll(c.CredsDir, 0o700); err != nil {
+			return fmt.Errorf("bus: --creds-dir: %w", err)
+		}
+		path = filepath.Join(c.CredsDir, "cluster.secret")
+	}
+	secret, err := bus.ClusterSecretFile(path)
+	if err != nil {
+		return err
+	}
+	var routes []string
+	for _, r := range c.Routes {
+		routes = append(routes, bus.SplitURLs(r)...)
+	}
+	cfg.Cluster = bus.ClusterConfig{Listen: c.ClusterListen, Name: c.ClusterName, Routes: routes, Secret: secret}
+	if cfg.ServerName == "" {
+		host, _ := os.Hostname()
+		_, port, _ := net.SplitHostPort(c.ClusterListen)
+		cfg.ServerName = strings.Trim(host+"-"+port, "-")
+	}
+	return nil
 }
 
 // credsFile is the file of role (and node) in dir.
@@ -124,7 +178,7 @@ func loadCredsDir(dir string, nodes, relays []string, log *slog.Logger) ([]*bus.
 		role bus.Role
 		node string
 	}
-	wants := []want{{bus.RoleSignal, ""}}
+	wants := []want{{bus.RoleSignal, ""}, {bus.RoleController, ""}}
 	for _, n := range nodes {
 		if !bus.ValidName(n) {
 			return nil, fmt.Errorf("bus: --node %q: %w", n, bus.ErrBadSubjectToken)

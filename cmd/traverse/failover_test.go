@@ -13,17 +13,6 @@ import (
 	"github.com/traverse-rtc/traverse/internal/testkit"
 )
 
-// TestMain lets the failover tests run this test binary as the traverse
-// command in child processes (TRAVERSE_TEST_MAIN=1), so that the roles
-// are separate OS processes of the code under test.
-func TestMain(m *testing.M) {
-	if os.Getenv("TRAVERSE_TEST_MAIN") == "1" {
-		main()
-		os.Exit(0)
-	}
-	os.Exit(m.Run())
-}
-
 var testMainEnv = []string{"TRAVERSE_TEST_MAIN=1"}
 
 // TestFailoverKill: bus, two SFU nodes and signal as separate processes,

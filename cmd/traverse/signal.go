@@ -13,6 +13,7 @@ import (
 
 	"github.com/traverse-rtc/traverse/internal/admin"
 	"github.com/traverse-rtc/traverse/internal/bus"
+	"github.com/traverse-rtc/traverse/internal/cluster"
 	"github.com/traverse-rtc/traverse/internal/config"
 	"github.com/traverse-rtc/traverse/internal/signal"
 	"github.com/traverse-rtc/traverse/web"
@@ -25,6 +26,8 @@ type signalConfig struct {
 	DemoTokens     bool           `yaml:"demo-tokens"`
 	Region         string         `yaml:"region"`
 	RegionMap      []string       `yaml:"region-map"`
+	RegionNear     []string       `yaml:"region-near"`
+	NoDirectory    bool           `yaml:"no-room-directory"`
 	TrustedProxies []string       `yaml:"trusted-proxy"`
 	NodeCapacity   int            `yaml:"node-capacity"`
 	ICEURLs        []string       `yaml:"ice-url"`
@@ -55,6 +58,8 @@ func bindSignalFlags(fs *flag.FlagSet, prefix string, c *signalConfig, inServe b
 	fs.BoolVar(&c.DemoTokens, prefix+"demo-tokens", c.DemoTokens, "serve GET /token?room=R, minting a token for anyone who asks (local demos only)")
 	fs.StringVar(&c.Region, prefix+"region", c.Region, "`region` of clients no --region-map rule matches (empty: no region preference)")
 	fs.Var(config.Strings{P: &c.RegionMap}, prefix+"region-map", "`PREFIX=REGION`: clients in PREFIX prefer nodes of REGION (repeatable)")
+	fs.Var(config.Strings{P: &c.RegionNear}, prefix+"region-near", "`REGION=NEAR1,NEAR2`: clients of REGION go to NEAR1, then NEAR2, when REGION has no node with capacity (repeatable; unlisted regions come last)")
+	fs.BoolVar(&c.NoDirectory, prefix+"no-room-directory", c.NoDirectory, "do not read the cluster's room directory (JetStream bucket kept by traverse controller) when placing a room")
 	fs.Var(config.Strings{P: &c.TrustedProxies}, prefix+"trusted-proxy", "`PREFIX` of proxies whose X-Forwarded-For names the client (repeatable)")
 	fs.IntVar(&c.NodeCapacity, prefix+"node-capacity", c.NodeCapacity, "peers at which an SFU node counts as full (0: 1000)")
 	fs.Var(config.Strings{P: &c.ICEURLs}, prefix+"ice-url", "STUN or TURN `URL` handed to browsers as an ICE server, e.g. stun:stun.example.org:3478, turn:turn.example.org:3478?transport=udp (repeatable; turn: and turns: need --"+prefix+"turn-secret)")
@@ -112,6 +117,14 @@ func startSignal(c *signalConfig, busCfg bus.Config, turn *turnShare, log *slog.
 		}
 		trusted = append(trusted, p)
 	}
+	near := map[string][]string{}
+	for _, s := range c.RegionNear {
+		r, list, err := signal.ParseRegionNear(s)
+		if err != nil {
+			return nil, err
+		}
+		near[r] = list
+	}
 	bc, err := bus.Connect(busCfg, log)
 	if err != nil {
 		return nil, err
@@ -122,11 +135,15 @@ func startSignal(c *signalConfig, busCfg bus.Config, turn *turnShare, log *slog.
 		return nil, err
 	}
 	cfg := signal.Config{Listen: c.HTTP, Key: key, Backend: be, DemoTokens: c.DemoTokens, Region: c.Region, RegionRules: rules,
+		RegionNear:     near,
 		TrustedProxies: trusted, Log: log, Registerer: adm.Registry,
 		AllowedOrigins: c.AllowedOrigins, ReadHeaderTimeout: c.ReadHeaderTimeout, IdleTimeout: c.IdleTimeout,
 		JoinTimeout: c.JoinTimeout, MaxConns: c.MaxConns, MaxConnsPerAddr: c.MaxConnsPerAddr, P2P: c.P2P}
 	if !c.NoWeb {
 		cfg.Static = web.FS
+	}
+	if !c.NoDirectory {
+		cfg.Directory = cluster.NewDirectory(bc.Conn())
 	}
 	cfg.ICEServers, cfg.TLS, cfg.API = product.ICEServers, product.TLS, product.API
 	if c.RelayGrantSeed != "" {

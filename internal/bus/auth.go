@@ -66,9 +66,9 @@ func NewIdentity(role Role, node string) (*Identity, error) {
 
 func checkRole(role Role, node string) error {
 	switch role {
-	case RoleSignal:
+	case RoleSignal, RoleController:
 		if node != "" {
-			return fmt.Errorf("%w: a signal credential names no node", ErrCredentials)
+			return fmt.Errorf("%w: a %s credential names no node", ErrCredentials, role)
 		}
 	case RoleNode, RoleDistribute, RoleRelay:
 		if !ValidName(node) {
@@ -223,16 +223,19 @@ func Permissions(role Role, node string) *server.Permissions {
 	switch role {
 	case RoleSignal:
 		return &server.Permissions{
-			Publish: &server.SubjectPermission{Allow: []string{
+			Publish: &server.SubjectPermission{Allow: append([]string{
 				NodeRPCSubject("*"), SessionAnnounceSubject("*"), DistributeSubject("*"), RelayOpenSubject("*"),
-			}},
+			}, signalControlPublish()...)},
 			Subscribe: &server.SubjectPermission{Allow: []string{
 				NodeAnnounceSubject("*"), SessionSubject("*", "*"), RoomEventsSubject("*", "*"), inboxWildcard, RelayAnnounceSubject("*"),
+				NodeDownSubject("*"),
 			}},
 		}
 	case RoleRelay:
 		pub, sub := relayPermissions(node)
 		return &server.Permissions{Publish: &server.SubjectPermission{Allow: pub}, Subscribe: &server.SubjectPermission{Allow: sub}}
+	case RoleController:
+		return controllerPermissions()
 	case RoleNode:
 		return &server.Permissions{
 			Publish: &server.SubjectPermission{Allow: []string{

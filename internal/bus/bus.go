@@ -42,6 +42,10 @@ type Config struct {
 	// default 8.
 	Workers int
 
+	// InboxPrefix replaces _INBOX as the prefix of this connection's reply
+	// subjects (controllers use ControllerInboxPrefix). Default _INBOX.
+	InboxPrefix string
+
 	// Identity is the credential of an in-process connection (serve's
 	// roles get theirs from the embedded server, Embedded.NewIdentity).
 	Identity *Identity
@@ -115,6 +119,9 @@ func Connect(cfg Config, log *slog.Logger) (*Client, error) {
 			}
 			c.log.Warn("bus: server refused", "subject", subject, "err", err)
 		}),
+	}
+	if cfg.InboxPrefix != "" {
+		opts = append(opts, nats.CustomInboxPrefix(cfg.InboxPrefix))
 	}
 	copts, err := cfg.credentialOptions()
 	if err != nil {
@@ -422,6 +429,19 @@ func (c *Client) Request(ctx context.Context, node string, req Request) (Reply, 
 		defer cancel()
 	}
 	m, err := c.nc.RequestWithContext(ctx, NodeRPCSubject(node), b)
+	// "No responders": the request reached no one (the node is between
+	// two servers of a cluster, reconnecting after one died), so sending
+	// it again is safe; retried for up to noRespondersRetry.
+	for give := time.Now().Add(noRespondersRetry); errors.Is(err, nats.ErrNoResponders) && time.Now().Before(give); {
+		select {
+		case <-ctx.Done():
+		case <-time.After(noRespondersBackoff):
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		m, err = c.nc.RequestWithContext(ctx, NodeRPCSubject(node), b)
+	}
 	if err != nil {
 		return Reply{}, Errorf(StatusUnavailable, "node %s: %v", node, err)
 	}
@@ -438,6 +458,14 @@ func (c *Client) Request(ctx context.Context, node string, req Request) (Reply, 
 	}
 	return rep, nil
 }
+
+// A request that finds no responder is sent again every noRespondersBackoff
+// for up to noRespondersRetry: a node reconnecting to another server of
+// its cluster is back within about one reconnect wait (250 ms).
+const (
+	noRespondersRetry   = 1500 * time.Millisecond
+	noRespondersBackoff = 100 * time.Millisecond
+)
 
 // Handler serves one request. It returns the reply; a non-nil error
 // becomes the reply's Error (classified by StatusOf). ctx is cancelled when

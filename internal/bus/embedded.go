@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"strconv"
 	"strings"
 	"time"
 
@@ -45,6 +44,18 @@ type EmbeddedConfig struct {
 	// take the descriptors of serve's other roles. Each role holds one
 	// connection.
 	MaxConns int
+	// ServerName names this server in a cluster (JetStream identifies its
+	// peers by it): unique per node and stable across restarts. Default
+	// "traverse".
+	ServerName string
+	// Cluster, when Cluster.Listen is set, makes the server one node of a
+	// cluster (routes with a shared secret).
+	Cluster ClusterConfig
+	// JetStreamDir, when set, enables JetStream with its file store in
+	// this directory: the key-value buckets of the node registry, the room
+	// directory and controller leadership (docs/cluster.md). Required
+	// with a cluster.
+	JetStreamDir string
 	// Log receives the server's own messages (rate-limited); nil discards.
 	Log *slog.Logger
 	// Registerer takes the bus metrics (traverse_bus_*); nil skips them.
@@ -79,16 +90,23 @@ func StartEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	host, portStr, err := net.SplitHostPort(cfg.Listen)
+	host, port, err := splitHostPort(cfg.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("bus: embedded listen %q: %w", cfg.Listen, err)
 	}
-	port, err := strconv.Atoi(portStr)
-	if err != nil {
-		return nil, fmt.Errorf("bus: embedded listen %q: %w", cfg.Listen, err)
+	if err := checkFree("listen", cfg.Listen); err != nil {
+		return nil, err
 	}
-	if port == 0 {
-		port = server.RANDOM_PORT
+	if cfg.Cluster.Listen != "" {
+		if err := checkFree("cluster listen", cfg.Cluster.Listen); err != nil {
+			return nil, err
+		}
+		if cfg.JetStreamDir == "" {
+			return nil, fmt.Errorf("%w: a cluster node needs a JetStream directory (the shared state lives there)", ErrCluster)
+		}
+	}
+	if cfg.ServerName == "" {
+		cfg.ServerName = "traverse"
 	}
 	loopback := isLoopbackHost(host)
 	if cfg.NoAuth && !loopback && !cfg.NoAuthAnyAddress {
@@ -99,14 +117,21 @@ func StartEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
 		return nil, err
 	}
 	opts := &server.Options{
-		ServerName: "traverse",
+		ServerName: cfg.ServerName,
 		Host:       host,
 		Port:       port,
 		NoSigs:     true,
-		// No monitoring, no cluster: a single in-process server.
+		// No monitoring port.
 		HTTPPort:   0,
 		MaxPayload: 1 << 20,
 		MaxConn:    cfg.MaxConns,
+	}
+	if err := cfg.Cluster.apply(opts); err != nil {
+		return nil, err
+	}
+	if cfg.JetStreamDir != "" {
+		opts.JetStream = true
+		opts.StoreDir = cfg.JetStreamDir
 	}
 	e := &Embedded{m: m}
 	if !cfg.NoAuth {
@@ -206,6 +231,31 @@ func (e *Embedded) Addr() netip.AddrPort {
 		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 	}
 	return netip.AddrPort{}
+}
+
+// ClusterAddr returns the address the route port listens on (invalid
+// without a cluster).
+func (e *Embedded) ClusterAddr() netip.AddrPort {
+	if a := e.ns.ClusterAddr(); a != nil {
+		ap := a.AddrPort()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	return netip.AddrPort{}
+}
+
+// Routes returns how many route connections to peers the server holds.
+func (e *Embedded) Routes() int { return e.ns.NumRoutes() }
+
+// JetStreamReady reports whether JetStream is enabled and, in a cluster,
+// has a meta leader (buckets can be made).
+func (e *Embedded) JetStreamReady() bool {
+	if !e.ns.JetStreamEnabled() {
+		return false
+	}
+	if e.ns.JetStreamIsClustered() {
+		return e.ns.JetStreamIsLeader() || e.ns.JetStreamIsCurrent()
+	}
+	return true
 }
 
 // Close shuts the server down and waits for it. It is idempotent.

@@ -25,6 +25,9 @@ var (
 	// clients without authentication on an address other hosts reach,
 	// without the explicit opt-in (EmbeddedConfig.NoAuthAnyAddress).
 	ErrInsecure = errors.New("bus: refusing unauthenticated clients on a non-loopback address")
+	// ErrCluster is returned by StartEmbedded for a cluster configuration
+	// it cannot use (no secret, a bad route URL).
+	ErrCluster = errors.New("bus: bad cluster configuration")
 )
 
 // Status is the class of an error that crosses the bus, so that the side

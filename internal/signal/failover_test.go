@@ -2,6 +2,8 @@ package signal
 
 import (
 	"context"
+	"fmt"
+	"net/netip"
 	"sort"
 	"strings"
 	"sync"
@@ -239,8 +241,84 @@ func TestBusBackendNodeDown(t *testing.T) {
 		t.Errorf("downs %v", downs)
 	}
 	mu.Lock()
-	defer mu.Unlock()
 	if len(downs) != 1 || !strings.HasPrefix(downs[0], "n1/"+RejoinNodeFailed) {
 		t.Errorf("downs %v", downs)
+	}
+	mu.Unlock()
+
+	// The leading controller declares n2 dead (it may see what this
+	// server does not): the server acts at once, while n2 still announces.
+	// Its "draining" verdict is left to the node's own drain.
+	ctl := connect(bus.RoleController, "")
+	// One publisher's messages arrive in order: were "draining" acted on,
+	// n3's entry would come second.
+	for _, d := range []bus.NodeDown{{Node: "n3", Reason: bus.NodeDownDraining}, {Node: "n2", Reason: bus.NodeDownDead}} {
+		d.Controller, d.Lease, d.Time = "ctl-a", 1, time.Now()
+		if err := ctl.PublishNodeDown(d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case <-downAt:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the controller's NodeDown for n2 was not acted on")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(downs) != 2 || downs[1] != "n2/"+RejoinNodeFailed {
+		t.Errorf("downs after the controller's verdicts %v, want n1 then n2 once (dead, not draining)", downs)
+	}
+}
+
+// TestBusBackendBurstPlacement: a burst of joins between two announcements
+// spreads over the nodes: each join this server sends counts toward its
+// node's load until the node's own announcements include it.
+func TestBusBackendBurstPlacement(t *testing.T) {
+	emb, err := bus.StartEmbedded(bus.EmbeddedConfig{Listen: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = emb.Close() })
+	id, err := emb.NewIdentity(bus.RoleSignal, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sig, err := bus.Connect(bus.Config{URLs: []string{emb.URL()}, Identity: id}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sig.Close() })
+	be, err := NewBusBackend(sig, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer be.Close()
+	now := time.Now()
+	be.now = func() time.Time { return now }
+	for _, n := range []string{"n1", "n2", "n3"} {
+		be.table.Update(bus.NodeAnnounce{Node: n, UDP: "127.0.0.1:7882", Time: now}, now)
+	}
+	p := newPlacer(nil, "", nil)
+	count := map[string]int{}
+	for i := range 40 {
+		n, err := p.choose(be.Nodes(), fmt.Sprintf("room%d", i), "", netip.Addr{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		be.notePlaced(n.ID, now)
+		count[n.ID]++
+	}
+	for _, n := range []string{"n1", "n2", "n3"} {
+		if c := count[n]; c < 13 || c > 14 {
+			t.Errorf("a burst of 40 joins placed %v, want 13-14 on each of 3 idle nodes", count)
+			break
+		}
+	}
+	// Once the window has passed, only the announced load counts.
+	now = now.Add(placedWindow + time.Millisecond)
+	for _, n := range be.Nodes() {
+		if n.Load != 0 {
+			t.Errorf("node %s load %v after the window, want 0 (announced idle)", n.ID, n.Load)
+		}
 	}
 }

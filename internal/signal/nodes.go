@@ -46,12 +46,29 @@ func ParseRegionRule(s string) (RegionRule, error) {
 type placer struct {
 	rules         []RegionRule // longest prefix first
 	defaultRegion string
+	near          map[string][]string // client region -> nearest regions, in order
 }
 
-func newPlacer(rules []RegionRule, def string) *placer {
+func newPlacer(rules []RegionRule, def string, near map[string][]string) *placer {
 	r := append([]RegionRule(nil), rules...)
 	sort.SliceStable(r, func(i, j int) bool { return r[i].Prefix.Bits() > r[j].Prefix.Bits() })
-	return &placer{rules: r, defaultRegion: def}
+	return &placer{rules: r, defaultRegion: def, near: near}
+}
+
+// distance ranks a node's region for a client of region: 0 the same (or
+// no preference), i for the i-th of the client region's near list, one
+// past the list for any other.
+func (p *placer) distance(region, node string) int {
+	if region == "" || node == region {
+		return 0
+	}
+	list := p.near[region]
+	for i, r := range list {
+		if r == node {
+			return i + 1
+		}
+	}
+	return len(list) + 1
 }
 
 // region returns the client's region: the longest matching rule's, else the
@@ -66,9 +83,9 @@ func (p *placer) region(client netip.Addr) string {
 	return p.defaultRegion
 }
 
-// regionPenalty is added to a node's load when it is in another region than
-// the client: a same-region node is preferred unless it is a whole unit of
-// load busier.
+// regionPenalty is added to a node's load per step of region distance
+// (placer.distance): loads are below 1 for nodes with capacity, so a
+// nearer region always wins and load decides within a region.
 const regionPenalty = 1.0
 
 // choose returns the node for a client of room. Rules, in order:
@@ -76,8 +93,9 @@ const regionPenalty = 1.0
 //     signal placed the room on, or by a node's announced Rooms) keeps it,
 //     unless full: participants of one room must meet on one node until
 //     cascading relays between nodes.
-//  2. Otherwise the lowest score wins, score = load + regionPenalty if the
-//     node's region differs from the client's; ties go to the lower ID.
+//  2. Otherwise the lowest score wins, score = load + regionPenalty times
+//     the region distance (the client's region, then its near list in
+//     order, then the others); ties go to the lower ID.
 //
 // Full nodes (load >= 1) are never chosen.
 func (p *placer) choose(nodes []Node, room, roomNode string, client netip.Addr) (Node, error) {
@@ -97,10 +115,7 @@ func (p *placer) choose(nodes []Node, room, roomNode string, client netip.Addr) 
 				return n, nil
 			}
 		}
-		s := n.Load
-		if region != "" && n.Region != region {
-			s += regionPenalty
-		}
+		s := n.Load + regionPenalty*float64(p.distance(region, n.Region))
 		if !found || s < bestScore || s == bestScore && n.ID < best.ID {
 			best, bestScore, found = n, s, true
 		}

@@ -12,7 +12,7 @@ func TestChoose(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := newPlacer([]RegionRule{rule, {Prefix: netip.MustParsePrefix("10.0.0.0/8"), Region: "us"}}, "us")
+	p := newPlacer([]RegionRule{rule, {Prefix: netip.MustParsePrefix("10.0.0.0/8"), Region: "us"}}, "us", nil)
 	nodes := []Node{
 		{ID: "eu1", Region: "eu", Load: 0.5},
 		{ID: "eu2", Region: "eu", Load: 0.2},

@@ -54,6 +54,14 @@ type Config struct {
 	Region string
 	// RegionRules map client address prefixes to regions.
 	RegionRules []RegionRule
+	// RegionNear lists, per client region, the regions to try in order
+	// when the client's own has no node with capacity (ParseRegionNear);
+	// regions not listed come after, least loaded first. Default none.
+	RegionNear map[string][]string
+	// Directory, when set, is the cluster's room directory: a room that
+	// lives on a node is joined there while that node has capacity, from
+	// whichever signal server the client reaches (route.go).
+	Directory RoomDirectory
 	// TrustedProxies are the peers whose X-Forwarded-For is believed. Default
 	// none: the TCP peer is the client.
 	TrustedProxies []netip.Prefix
@@ -167,6 +175,7 @@ type Server struct {
 	log    *slog.Logger
 	m      *metrics
 	placer *placer
+	rm     *routeMetrics
 	mux    *http.ServeMux
 
 	http   *http.Server
@@ -178,6 +187,7 @@ type Server struct {
 	p2pm   *p2pMetrics
 	am     *apiMetrics // room API and webhooks
 	hooks  *webhooks
+	p2p    *p2pHub // the peer-to-peer rendezvous (p2p.go)
 
 	ctx    context.Context // canceled by Close; parent of every session
 	cancel context.CancelFunc
@@ -218,12 +228,16 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	hub, err := newP2PHub(cfg.Registerer)
+	if err != nil {
+		return nil, err
+	}
 	p2pm, err := newP2PMetrics(cfg.Registerer)
 	if err != nil {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &Server{p2pm: p2pm, cfg: cfg, log: cfg.Log, m: m, placer: newPlacer(cfg.RegionRules, cfg.Region),
+	s := &Server{p2p: hub, p2pm: p2pm, cfg: cfg, log: cfg.Log, m: m, placer: newPlacer(cfg.RegionRules, cfg.Region, cfg.RegionNear),
 		mux: http.NewServeMux(), lm: lm, origin: newOriginPolicy(cfg.AllowedOrigins),
 		ctx: ctx, cancel: cancel, rooms: map[string]*roomPlace{}, sessions: map[*session]struct{}{},
 		down: map[string]time.Time{}, reg: newRegistry(), am: am}
@@ -236,6 +250,12 @@ func New(cfg Config) (*Server, error) {
 	for pattern, h := range cfg.Mounts {
 		s.mux.Handle(pattern, h)
 	}
+	if s.rm, err = newRouteMetrics(cfg.Registerer); err != nil {
+		cancel()
+		return nil, err
+	}
+	s.mux.HandleFunc("GET /v1/route", s.serveRoute)
+	s.mux.HandleFunc("GET /p2p", s.serveP2P)
 	if cfg.DemoTokens {
 		s.mux.HandleFunc("GET /token", s.serveToken)
 	}
@@ -419,11 +439,12 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 // place chooses the node for a client of room and holds the room's place.
 func (s *Server) place(room string, client netip.Addr) (Node, error) {
 	nodes := s.cfg.Backend.Nodes()
+	roomNode, skip := s.directoryNode(room)
+	nodes = without(nodes, skip)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	nodes = s.upLocked(nodes)
-	roomNode := ""
-	if p := s.rooms[room]; p != nil {
+	if p := s.rooms[room]; p != nil && roomNode == "" {
 		roomNode = p.node
 	}
 	n, err := s.placer.choose(nodes, room, roomNode, client)

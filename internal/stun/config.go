@@ -85,7 +85,7 @@ type Config struct {
 	Offload string `yaml:"offload"`
 	// OffloadInterfaces are the interfaces the kernel path is attached to
 	// (default: every interface that is up, lo included).
-	OffloadInterfaces []string `yaml:"offload-interfaces"`
+	OffloadInterfaces []string `yaml:"offload-interface"`
 	// OffloadNetNS is a network namespace file descriptor for the kernel
 	// path's interfaces (tests; 0: the current one).
 	OffloadNetNS int `yaml:"-"`

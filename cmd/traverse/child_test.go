@@ -1,0 +1,82 @@
+package main
+
+import (
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/traverse-rtc/traverse/internal/testkit"
+)
+
+// TestMain lets tests run this test binary as the traverse command in
+// child processes (TRAVERSE_TEST_MAIN=1, the arguments as traverse's), so
+// that roles are separate OS processes of the code under test (the
+// platform, controller and failover tests).
+func TestMain(m *testing.M) {
+	if os.Getenv("TRAVERSE_TEST_MAIN") == "1" {
+		main()
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// child is a traverse command running as a process of its own.
+type child struct {
+	cmd    *exec.Cmd
+	exited <-chan error
+	reaped bool       // exited was read (kill)
+	mu     sync.Mutex // guards out
+	out    strings.Builder
+}
+
+func (c *child) Write(b []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.out.Write(b)
+}
+
+func (c *child) output() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.out.String()
+}
+
+// startChild starts "traverse args..." (this test binary in child mode);
+// the test's end stops it with SIGTERM unless it was killed.
+func startChild(t *testing.T, args ...string) *child {
+	t.Helper()
+	c := &child{cmd: exec.Command(os.Args[0], args...)}
+	c.cmd.Env = append(os.Environ(), "TRAVERSE_TEST_MAIN=1")
+	c.cmd.Stdout, c.cmd.Stderr = c, c
+	if err := c.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	c.exited = testkit.Exited(c.cmd)
+	t.Cleanup(func() {
+		if c.reaped {
+			return
+		}
+		_ = c.cmd.Process.Signal(syscall.SIGTERM)
+		if _, ok := testkit.AwaitExit(c.cmd, c.exited, 10*time.Second); !ok {
+			t.Errorf("traverse %s did not stop on SIGTERM", args[0])
+		}
+		if t.Failed() {
+			t.Logf("traverse %s output:\n%s", args[0], c.output())
+		}
+	})
+	return c
+}
+
+// kill ends the child with SIGKILL (no clean shutdown) and waits for it.
+func (c *child) kill(t *testing.T) {
+	t.Helper()
+	_ = c.cmd.Process.Kill()
+	c.reaped = true
+	if _, ok := testkit.AwaitExit(c.cmd, c.exited, 5*time.Second); !ok {
+		t.Fatal("killed child did not exit")
+	}
+}

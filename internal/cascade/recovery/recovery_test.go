@@ -1,0 +1,347 @@
+package recovery
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/traverse-rtc/traverse/internal/cascade/relaywire"
+	"github.com/traverse-rtc/traverse/internal/testkit"
+)
+
+func TestParityFor(t *testing.T) {
+	for _, c := range []struct {
+		loss float64
+		want int
+	}{{0, 0}, {0.01, 2}, {0.05, 4}, {0.10, 6}, {0.20, 8}, {0.5, 8}} {
+		if got := ParityFor(16, c.loss, 0.01, 0.5); got != c.want {
+			t.Errorf("loss %.2f: m=%d want %d", c.loss, got, c.want)
+		}
+	}
+	if got := ParityFor(16, 0.2, 0.01, 1); got != 10 {
+		t.Errorf("20%% loss, overhead cap 1: m=%d want 10", got)
+	}
+}
+
+// TestFECRepairsWithoutNack: losing up to m messages of a group, the
+// receiver rebuilds each from parity alone.
+func TestFECRepairsWithoutNack(t *testing.T) {
+	s := NewSender(SenderConfig{GroupSize: 10})
+	s.SetLoss(0.10)
+	r := NewReceiver(ReceiverConfig{})
+	now := time.Unix(0, 0)
+	got := map[uint32][]byte{}
+	deliver := func(seq uint32, msg []byte) { got[seq] = append([]byte(nil), msg...) }
+	var parity [][]byte
+	lose := map[uint32]bool{2: true, 5: true, 6: true, 10: true}
+	for i := 0; i < 10; i++ {
+		msg := bytes.Repeat([]byte{byte(i)}, 20+i*7)
+		seq, err := s.Next(msg, now, make([]byte, 0, 2048), func(b []byte) { parity = append(parity, append([]byte(nil), b...)) })
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !lose[seq] {
+			r.OnData(seq, msg, now, deliver)
+		}
+	}
+	if len(parity) != 4 {
+		t.Fatalf("%d parity shards, want 4 (k=10, 10 %% loss)", len(parity))
+	}
+	for _, b := range parity {
+		var p relaywire.Parity
+		if err := relaywire.ParseParity(b, &p); err != nil {
+			t.Fatal(err)
+		}
+		r.OnParity(&p, deliver)
+	}
+	for i := 0; i < 10; i++ {
+		want := bytes.Repeat([]byte{byte(i)}, 20+i*7)
+		if !bytes.Equal(got[uint32(i+1)], want) {
+			t.Fatalf("seq %d: %x", i+1, got[uint32(i+1)])
+		}
+	}
+	if r.Recovered != 4 {
+		t.Fatalf("recovered %d", r.Recovered)
+	}
+	if n := r.NackDue(now.Add(time.Second), 0, nil); len(n) != 0 {
+		t.Fatalf("NACKs after repair: %v", n)
+	}
+}
+
+func TestRetransmitBounded(t *testing.T) {
+	s := NewSender(SenderConfig{History: 64, MaxRetransmits: 2})
+	now := time.Unix(0, 0)
+	for i := 0; i < 100; i++ {
+		s.Next([]byte{byte(i)}, now, make([]byte, 0, 2048), func([]byte) {})
+	}
+	if m, ok := s.Retransmit(100); !ok || m[0] != 99 {
+		t.Fatalf("seq 100: %v %v", m, ok)
+	}
+	s.Retransmit(100)
+	if _, ok := s.Retransmit(100); ok {
+		t.Fatal("a third retransmission of one message")
+	}
+	if _, ok := s.Retransmit(10); ok {
+		t.Fatal("a message older than the history")
+	}
+	if s.Retransmits != 2 || s.Refused != 2 {
+		t.Fatalf("retransmits %d refused %d", s.Retransmits, s.Refused)
+	}
+}
+
+// TestParityBeforeData: parity that arrives before any of its group's
+// data (reordering) still repairs the group once enough data follows.
+func TestParityBeforeData(t *testing.T) {
+	s := NewSender(SenderConfig{GroupSize: 4})
+	s.SetLoss(0.2)
+	now := time.Unix(0, 0)
+	var parity [][]byte
+	var msgs [][]byte
+	for i := 0; i < 8; i++ {
+		msg := []byte{byte(i), byte(i)}
+		msgs = append(msgs, msg)
+		s.Next(msg, now, make([]byte, 0, 2048), func(b []byte) { parity = append(parity, append([]byte(nil), b...)) })
+	}
+	r := NewReceiver(ReceiverConfig{})
+	got := map[uint32]bool{}
+	deliver := func(seq uint32, _ []byte) { got[seq] = true }
+	for i := 1; i <= 4; i++ { // first group, in order
+		r.OnData(uint32(i), msgs[i-1], now, deliver)
+	}
+	// the second group's parity first, then its data but seq 6
+	m := s.Parity()
+	for _, b := range parity[m:] {
+		var p relaywire.Parity
+		if err := relaywire.ParseParity(b, &p); err != nil {
+			t.Fatal(err)
+		}
+		r.OnParity(&p, deliver)
+	}
+	for _, i := range []int{5, 7} { // with 2 parity shards, 2 of 4 data rebuild the rest
+		r.OnData(uint32(i), msgs[i-1], now, deliver)
+	}
+	if m != 2 || !got[6] || !got[8] || r.Recovered != 2 {
+		t.Fatalf("m=%d: seqs 6 and 8 not rebuilt from parity that came first (recovered %d)", m, r.Recovered)
+	}
+	if r.OnData(8, msgs[7], now, deliver) {
+		t.Fatal("seq 8 taken twice")
+	}
+}
+
+func TestNackAndGiveUp(t *testing.T) {
+	r := NewReceiver(ReceiverConfig{MaxNacks: 2})
+	now := time.Unix(0, 0)
+	nop := func(uint32, []byte) {}
+	r.OnData(1, []byte("a"), now, nop)
+	r.OnData(4, []byte("d"), now, nop)
+	if n := r.NackDue(now, 0, nil); len(n) != 0 {
+		t.Fatalf("NACK before NackDelay: %v", n)
+	}
+	now = now.Add(5 * time.Millisecond)
+	if n := r.NackDue(now, 0, nil); len(n) != 2 || n[0] != 2 || n[1] != 3 {
+		t.Fatalf("NACKs %v", n)
+	}
+	r.OnData(2, []byte("b"), now, nop)
+	now = now.Add(20 * time.Millisecond)
+	if n := r.NackDue(now, 0, nil); len(n) != 1 || n[0] != 3 {
+		t.Fatalf("second NACKs %v", n)
+	}
+	now = now.Add(20 * time.Millisecond)
+	r.NackDue(now, 0, nil)
+	if r.GivenUp != 1 {
+		t.Fatalf("given up %d", r.GivenUp)
+	}
+	if r.OnData(2, []byte("b"), now, nop) || r.Duplicates != 1 {
+		t.Fatal("duplicate accepted")
+	}
+	if l := r.TakeLoss(); l != 0.5 {
+		t.Fatalf("loss %v want 0.5 (2 holes in 4)", l)
+	}
+	// a jump far ahead is not NACKed one by one
+	r.OnData(100000, []byte("z"), now, nop)
+	if r.Jumps != 1 || len(r.miss) > 1 {
+		t.Fatalf("jump: %d tracked", len(r.miss))
+	}
+}
+
+// TestLossyUDPLink sends media over a real UDP loopback link that loses
+// 10 % of the frames each way (emulated in the test's senders), with FEC
+// following the loss the receiver reports and NACKs, and checks that at
+// least 99.5 % of the messages arrive within the playout deadline.
+func TestLossyUDPLink(t *testing.T) {
+	const (
+		count    = 4000
+		perTick  = 4 // 4,000 packets a second
+		deadline = 100 * time.Millisecond
+		lossRate = 0.10
+		size     = 300
+	)
+	secret := bytes.Repeat([]byte{1}, 32)
+	lo := netip.MustParseAddrPort("127.0.0.1:0")
+	ca, cb := testkit.ListenUDP(t, lo), testkit.ListenUDP(t, lo)
+	aAddr, bAddr := ca.LocalAddr().(*net.UDPAddr).AddrPort(), cb.LocalAddr().(*net.UDPAddr).AddrPort()
+	la, _ := relaywire.NewLink(secret, 1, 2, 1)
+	lb, _ := relaywire.NewLink(secret, 2, 1, 1)
+	rngA, rngB := rand.New(rand.NewPCG(1, 2)), rand.New(rand.NewPCG(3, 4))
+	var dropped, sent atomic.Int64
+
+	var mu sync.Mutex // guards snd, rngA and the frame buffer
+	snd := NewSender(SenderConfig{})
+	frame := make([]byte, 0, 2048)
+	body := make([]byte, 0, 2048)
+	sendA := func(typ relaywire.Type, b []byte) {
+		sent.Add(1)
+		if rngA.Float64() < lossRate {
+			dropped.Add(1)
+			return
+		}
+		frame = la.Seal(frame[:0], typ, b)
+		_, _ = ca.WriteToUDPAddrPort(frame, bAddr)
+	}
+	emit := func(p []byte) { sendA(relaywire.TypeParity, p) }
+
+	// A's reader: NACKs and echoes from B.
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		buf := make([]byte, 2048)
+		var seqs []uint32
+		pbuf := make([]byte, 0, 2048)
+		for {
+			n, _, err := ca.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			h, b, err := la.Open(buf[:n])
+			if err != nil {
+				continue
+			}
+			mu.Lock()
+			switch h.Type {
+			case relaywire.TypeNack:
+				seqs, _ = relaywire.ParseNack(b, seqs)
+				for _, s := range seqs {
+					if msg, ok := snd.Retransmit(s); ok {
+						body = relaywire.AppendData(body[:0], s, msg)
+						sendA(relaywire.TypeData, body)
+					}
+				}
+			case relaywire.TypeEcho:
+				if e, err := relaywire.ParseEcho(b); err == nil {
+					snd.SetLoss(float64(e.LossPPM) / 1e6)
+				}
+			}
+			_ = pbuf
+			mu.Unlock()
+		}
+	}()
+
+	// B: receive, repair, NACK, report loss.
+	inTime := make([]bool, count)
+	var onTime atomic.Int64
+	stop := make(chan struct{})
+	go func() {
+		defer wg.Done()
+		rcv := NewReceiver(ReceiverConfig{})
+		buf := make([]byte, 2048)
+		out := make([]byte, 0, 2048)
+		var nacks []uint32
+		var p relaywire.Parity
+		sendB := func(typ relaywire.Type, b []byte) {
+			if rngB.Float64() < lossRate {
+				return
+			}
+			out = lb.Seal(out[:0], typ, b)
+			_, _ = cb.WriteToUDPAddrPort(out, aAddr)
+		}
+		deliver := func(_ uint32, msg []byte) {
+			sentAt := time.Unix(0, int64(binary.BigEndian.Uint64(msg)))
+			i := binary.BigEndian.Uint32(msg[8:])
+			if int(i) < count && !inTime[i] && time.Since(sentAt) <= deadline {
+				inTime[i] = true
+				onTime.Add(1)
+			}
+		}
+		lastReport := time.Now()
+		var ctl []byte
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			_ = cb.SetReadDeadline(time.Now().Add(2 * time.Millisecond))
+			n, _, err := cb.ReadFromUDPAddrPort(buf)
+			now := time.Now()
+			if err == nil {
+				if h, b, err := lb.Open(buf[:n]); err == nil {
+					switch h.Type {
+					case relaywire.TypeData:
+						if seq, msg, err := relaywire.ParseData(b); err == nil {
+							rcv.OnData(seq, msg, now, deliver)
+						}
+					case relaywire.TypeParity:
+						if relaywire.ParseParity(b, &p) == nil {
+							rcv.OnParity(&p, deliver)
+						}
+					}
+				}
+			} else if !errors.Is(err, os.ErrDeadlineExceeded) {
+				return
+			}
+			if nacks = rcv.NackDue(now, 0, nacks[:0]); len(nacks) > 0 {
+				ctl, _ = relaywire.AppendNack(ctl[:0], nacks)
+				sendB(relaywire.TypeNack, ctl)
+			}
+			if now.Sub(lastReport) >= 50*time.Millisecond {
+				lastReport = now
+				if l := rcv.TakeLoss(); l >= 0 {
+					sendB(relaywire.TypeEcho, relaywire.AppendEcho(ctl[:0], relaywire.Echo{LossPPM: uint32(l * 1e6)}))
+				}
+			}
+		}
+	}()
+	t.Cleanup(func() { close(stop); ca.Close(); wg.Wait() })
+
+	msg := make([]byte, size)
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	pb := make([]byte, 0, 2048)
+	for i := 0; i < count; {
+		<-tick.C
+		mu.Lock()
+		now := time.Now()
+		snd.Tick(now, pb, emit)
+		for j := 0; j < perTick && i < count; j, i = j+1, i+1 {
+			binary.BigEndian.PutUint64(msg, uint64(time.Now().UnixNano()))
+			binary.BigEndian.PutUint32(msg[8:], uint32(i))
+			seq, _ := snd.Next(msg, now, pb, emit)
+			body = relaywire.AppendData(body[:0], seq, msg)
+			sendA(relaywire.TypeData, body)
+		}
+		mu.Unlock()
+	}
+	ok := testkit.Eventually(deadline+200*time.Millisecond, func() bool { return onTime.Load() >= count })
+	mu.Lock()
+	defer mu.Unlock()
+	got := onTime.Load()
+	frac := float64(got) / count
+	t.Logf("delivered in time %d/%d (%.2f %%); frames dropped %d/%d; FEC parity %d shards, %.1f %% of data bytes; retransmits %d (%.1f %% of data); final FEC m=%d of k=16 ok=%v",
+		got, count, 100*frac, dropped.Load(), sent.Load(), snd.ParitySent, 100*float64(snd.ParityBytes)/float64(snd.DataBytes),
+		snd.Retransmits, 100*float64(snd.Retransmits)/float64(snd.DataSent), snd.Parity(), ok)
+	if frac < 0.995 {
+		t.Fatalf("%.2f %% in time, want >= 99.5 %%", 100*frac)
+	}
+	if snd.Parity() == 0 {
+		t.Fatal("FEC did not follow the measured loss")
+	}
+}

@@ -1,0 +1,726 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/traverse-rtc/traverse/internal/cascade/probe"
+	"github.com/traverse-rtc/traverse/internal/cascade/recovery"
+	"github.com/traverse-rtc/traverse/internal/cascade/relaywire"
+	"github.com/traverse-rtc/traverse/internal/udpio"
+)
+
+// NodeID names a node.
+type NodeID = relaywire.NodeID
+
+// StreamKey names a published track.
+type StreamKey struct{ Room, Publisher, Track string }
+
+// Local is what this node's SFU implements for the relay. Every slice is
+// valid only during the call.
+type Local interface {
+	// DeliverMedia hands the SFU an RTP packet of a remote publisher's
+	// track, for this node's subscribers of it.
+	DeliverMedia(room, publisher, track []byte, layer uint8, rtp []byte)
+	// DeliverFeedback hands the SFU RTCP (PLI, FIR, NACK) or a layer
+	// choice for one of its own publishers' tracks, sent by node from
+	// where that track's remote subscribers are.
+	DeliverFeedback(room, publisher, track []byte, layer uint8, from NodeID, rtcp []byte)
+	// Need says that other nodes now need a local publisher's track
+	// (needed) or that none does any more. On needed the SFU should ask
+	// the publisher for a keyframe and pass the track's packets to Send.
+	Need(k StreamKey, needed bool)
+}
+
+// Config configures an Endpoint.
+type Config struct {
+	// Node is this node's id (not 0).
+	Node NodeID
+	// Listen is the relay port's address.
+	Listen netip.AddrPort
+	// Secret is the cluster secret the link keys derive from (at least
+	// relaywire.MinSecret bytes); Epoch the key epoch.
+	Secret []byte
+	Epoch  uint16
+	// Local receives what is addressed to this node (required).
+	Local Local
+	// HopLimit written into messages this node sends (default
+	// relaywire.DefaultHopLimit, 8).
+	HopLimit uint8
+	// Tick is the period of the link timers: FEC group closing, NACKs,
+	// probes (default 5 ms).
+	Tick time.Duration
+	// Sender, Receiver and Probe tune each link (package defaults).
+	Sender   recovery.SenderConfig
+	Receiver recovery.ReceiverConfig
+	Probe    probe.Config
+	// Registry receives the endpoint's metrics (none when nil).
+	Registry prometheus.Registerer
+}
+
+func (c *Config) validate() error {
+	if c.Node == 0 || !c.Listen.IsValid() || c.Local == nil {
+		return fmt.Errorf("%w: node, listen address and local are required", ErrConfig)
+	}
+	if len(c.Secret) < relaywire.MinSecret {
+		return fmt.Errorf("%w: %w", ErrConfig, relaywire.ErrSecret)
+	}
+	if c.HopLimit == 0 {
+		c.HopLimit = relaywire.DefaultHopLimit
+	}
+	if c.Tick <= 0 {
+		c.Tick = 5 * time.Millisecond
+	}
+	return nil
+}
+
+type peer struct {
+	id   NodeID
+	addr netip.AddrPort
+	link *relaywire.Link
+
+	// mu guards the link's loss recovery and probing state below and the
+	// scratch buffers that go with them.
+	mu       sync.Mutex
+	snd      *recovery.Sender
+	rcv      *recovery.Receiver
+	prb      *probe.Prober
+	dataLoss float64 // smoothed loss of data from this peer, reported in echoes
+	parity   [relaywire.MaxShards][]byte
+	nParity  int
+	emit     func([]byte)
+	body     []byte
+	nacks    []uint32
+	counted  [4]uint64 // refused, lost, late, duplicates already added to the metrics
+}
+
+func newPeer(cfg *Config, id NodeID, addr netip.AddrPort) (*peer, error) {
+	l, err := relaywire.NewLink(cfg.Secret, cfg.Node, id, cfg.Epoch)
+	if err != nil {
+		return nil, err
+	}
+	p := &peer{id: id, addr: addr, link: l, snd: recovery.NewSender(cfg.Sender),
+		rcv: recovery.NewReceiver(cfg.Receiver), prb: probe.New(cfg.Probe),
+		body: make([]byte, 0, udpio.MaxPacket), nacks: make([]uint32, 0, relaywire.MaxNack)}
+	for i := range p.parity {
+		p.parity[i] = make([]byte, 0, udpio.MaxPacket)
+	}
+	p.emit = func(b []byte) {
+		if p.nParity < len(p.parity) {
+			p.parity[p.nParity] = append(p.parity[p.nParity][:0], b...)
+			p.nParity++
+		}
+	}
+	return p, nil
+}
+
+type routeTable struct {
+	id   uint32
+	next map[NodeID]NodeID
+}
+
+type need struct {
+	dsts []NodeID
+	seq  atomic.Uint32
+}
+
+// Endpoint is a node's relay port.
+type Endpoint struct {
+	cfg  Config
+	conn *udpio.Conn
+	m    *metrics
+
+	peers  atomic.Pointer[map[NodeID]*peer]
+	routes atomic.Pointer[routeTable]
+	// needMu guards needs.
+	needMu sync.RWMutex
+	needs  map[StreamKey]*need
+	peerMu sync.Mutex // serialises SetPeers and SetEpoch; guards cfg.Epoch
+
+	scratch sync.Pool // *scratch for Send and the timers
+	loop    *scratch  // the reader loop's own
+	rx      rxQueue   // messages the reader loop has opened, to dispatch
+
+	closeOnce sync.Once
+	closed    chan struct{}
+}
+
+// scratch is the buffers one goroutine needs to route and send a message.
+type scratch struct {
+	h      relaywire.Header
+	hdr    []byte
+	frame  []byte
+	groups [relaywire.MaxDst]group
+	out    outQ
+}
+
+type group struct {
+	next NodeID
+	dsts [relaywire.MaxDst]NodeID
+	n    uint8
+}
+
+// outQ collects frames: the reader loop's into a batch sent with one
+// sendmmsg (only the reader loop calls WriteBatch), everyone else's
+// straight to the socket with WriteTo, which is safe for concurrent use.
+type outQ struct {
+	msgs  []udpio.Message
+	n     int
+	batch bool
+}
+
+// rxQueue holds the messages opened from one peer's frame (a data message
+// and what FEC rebuilt with it) until the peer's lock is released.
+type rxQueue struct {
+	slab []byte
+	off  []int
+}
+
+func (q *rxQueue) add(msg []byte) {
+	q.off = append(q.off, len(q.slab))
+	q.slab = append(q.slab, msg...)
+}
+
+func newScratch(batch bool) *scratch {
+	s := &scratch{hdr: make([]byte, 0, udpio.MaxPacket), frame: make([]byte, 0, udpio.MaxPacket)}
+	n := 1
+	if batch {
+		n = udpio.DefaultBatch
+	}
+	s.out = outQ{msgs: udpio.NewMessages(n, 0), batch: batch}
+	return s
+}
+
+// New opens the relay port.
+func New(cfg Config) (*Endpoint, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	m, err := newMetrics(cfg.Registry)
+	if err != nil {
+		return nil, err
+	}
+	network := "udp4"
+	if cfg.Listen.Addr().Is6() {
+		network = "udp6"
+	}
+	conn, err := udpio.Listen(context.Background(), network, cfg.Listen.String(), udpio.Options{ReadBuffer: 4 << 20, WriteBuffer: 4 << 20})
+	if err != nil {
+		return nil, err
+	}
+	e := &Endpoint{cfg: cfg, conn: conn, m: m, needs: map[StreamKey]*need{}, loop: newScratch(true), closed: make(chan struct{})}
+	e.scratch.New = func() any { return newScratch(false) }
+	empty := map[NodeID]*peer{}
+	e.peers.Store(&empty)
+	e.routes.Store(&routeTable{next: map[NodeID]NodeID{}})
+	e.rx.slab = make([]byte, 0, 64*udpio.MaxPacket)
+	return e, nil
+}
+
+// Addr is the relay port's bound address.
+func (e *Endpoint) Addr() netip.AddrPort { return e.conn.LocalAddr() }
+
+// SetPeers sets the neighbours this node exchanges frames with (node ->
+// relay address, from the controller's registry). A peer whose address is
+// unchanged keeps its link state.
+func (e *Endpoint) SetPeers(peers map[NodeID]netip.AddrPort) error {
+	e.peerMu.Lock()
+	defer e.peerMu.Unlock()
+	old := *e.peers.Load()
+	next := make(map[NodeID]*peer, len(peers))
+	for id, addr := range peers {
+		if id == e.cfg.Node || id == 0 {
+			continue
+		}
+		if p, ok := old[id]; ok && p.addr == addr {
+			next[id] = p
+			continue
+		}
+		p, err := newPeer(&e.cfg, id, addr)
+		if err != nil {
+			return err
+		}
+		next[id] = p
+	}
+	e.peers.Store(&next)
+	return nil
+}
+
+// SetEpoch moves every link to a new key epoch (the controller rotates
+// the cluster's keys): frames are sealed under it from now on, frames
+// under the previous epoch are still accepted.
+func (e *Endpoint) SetEpoch(epoch uint16) error {
+	e.peerMu.Lock()
+	defer e.peerMu.Unlock()
+	e.cfg.Epoch = epoch
+	for _, p := range *e.peers.Load() {
+		if err := p.link.Rotate(epoch); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// SetRoutes sets this node's route table (destination -> next hop) and
+// its generation, written into the messages this node sends.
+func (e *Endpoint) SetRoutes(id uint32, next map[NodeID]NodeID) {
+	t := &routeTable{id: id, next: make(map[NodeID]NodeID, len(next))}
+	for d, nh := range next {
+		t.next[d] = nh
+	}
+	e.routes.Store(t)
+}
+
+// MaxNeed is the most nodes one track is forwarded to by this node.
+const MaxNeed = 256
+
+// SetNeed sets the nodes that need the local track k (the controller's
+// push command); an empty list stops forwarding it. Local.Need is told
+// when the track becomes needed or not. More than MaxNeed nodes is an
+// error and changes nothing.
+func (e *Endpoint) SetNeed(k StreamKey, dsts []NodeID) error {
+	keep := make([]NodeID, 0, len(dsts))
+	for _, d := range dsts {
+		if d != e.cfg.Node && d != 0 && !slices.Contains(keep, d) {
+			keep = append(keep, d)
+		}
+	}
+	if len(keep) > MaxNeed {
+		return fmt.Errorf("%w: %d nodes need %s/%s/%s, at most %d", ErrTooMany, len(keep), k.Room, k.Publisher, k.Track, MaxNeed)
+	}
+	e.needMu.Lock()
+	n, had := e.needs[k]
+	if len(keep) == 0 {
+		delete(e.needs, k)
+	} else if had {
+		n2 := &need{dsts: keep}
+		n2.seq.Store(n.seq.Load())
+		e.needs[k] = n2
+	} else {
+		e.needs[k] = &need{dsts: keep}
+	}
+	e.needMu.Unlock()
+	if had != (len(keep) > 0) {
+		e.cfg.Local.Need(k, !had)
+	}
+	return nil
+}
+
+// Send sends an RTP packet of a local publisher's track to the nodes that
+// need it, once per next hop (a track needed by more than
+// relaywire.MaxDst nodes goes out as one message per MaxDst of them). It
+// reports whether any node needs it.
+func (e *Endpoint) Send(k StreamKey, layer uint8, rtp []byte) bool {
+	e.needMu.RLock()
+	n := e.needs[k]
+	e.needMu.RUnlock()
+	if n == nil {
+		return false
+	}
+	s := e.scratch.Get().(*scratch)
+	defer e.scratch.Put(s)
+	seq := n.seq.Add(1)
+	for rest := n.dsts; len(rest) > 0; {
+		chunk := rest[:min(len(rest), relaywire.MaxDst)]
+		rest = rest[len(chunk):]
+		h := &s.h
+		*h = relaywire.Header{Kind: relaywire.KindMedia, HopLimit: e.cfg.HopLimit, Layer: layer, Source: e.cfg.Node,
+			Seq: seq, NDst: uint8(len(chunk))}
+		copy(h.Dst[:], chunk)
+		e.originate(s, h, k, rtp)
+	}
+	return true
+}
+
+// SendFeedback sends RTCP or a layer choice for a remote publisher's track
+// towards the publisher's node to.
+func (e *Endpoint) SendFeedback(k StreamKey, layer uint8, to NodeID, rtcp []byte) error {
+	if _, ok := e.routes.Load().next[to]; !ok {
+		return ErrNoRoute
+	}
+	s := e.scratch.Get().(*scratch)
+	defer e.scratch.Put(s)
+	h := &s.h
+	*h = relaywire.Header{Kind: relaywire.KindFeedback, HopLimit: e.cfg.HopLimit, Layer: layer, Source: e.cfg.Node, NDst: 1}
+	h.Dst[0] = to
+	e.originate(s, h, k, rtcp)
+	return nil
+}
+
+// originate sends a message this node starts. The names are appended to
+// the scratch header buffer, so that no string becomes a []byte on the heap.
+func (e *Endpoint) originate(s *scratch, h *relaywire.Header, k StreamKey, payload []byte) {
+	if len(k.Room) > relaywire.MaxName || len(k.Publisher) > relaywire.MaxName || len(k.Track) > relaywire.MaxName {
+		e.m.drops[dropMalformed].Inc()
+		return
+	}
+	names := append(s.frame[:0], k.Room...)
+	names = append(names, k.Publisher...)
+	names = append(names, k.Track...)
+	r, p := len(k.Room), len(k.Room)+len(k.Publisher)
+	h.Room, h.Publisher, h.Track = names[:r], names[r:p], names[p:]
+	h.RouteID = e.routes.Load().id
+	// the names live in s.frame until the header is encoded; route encodes
+	// into s.hdr and seals into the out queue's buffers
+	e.route(s, h, payload, 0, false)
+	e.flush(&s.out)
+}
+
+// route sends h and payload on to every destination's next hop, grouping
+// destinations by next hop; with local it first hands the message to the
+// SFU when this node is a destination.
+func (e *Endpoint) route(s *scratch, h *relaywire.Header, payload []byte, from NodeID, local bool) {
+	rt := e.routes.Load()
+	ng := 0
+	deliver := false
+	for _, d := range h.Dests() {
+		if d == e.cfg.Node {
+			deliver = true
+			continue
+		}
+		nh, ok := rt.next[d]
+		if !ok || nh == e.cfg.Node {
+			e.m.drops[dropNoRoute].Inc()
+			continue
+		}
+		g := -1
+		for i := 0; i < ng; i++ {
+			if s.groups[i].next == nh {
+				g = i
+				break
+			}
+		}
+		if g < 0 {
+			g = ng
+			ng++
+			s.groups[g].next, s.groups[g].n = nh, 0
+		}
+		s.groups[g].dsts[s.groups[g].n] = d
+		s.groups[g].n++
+	}
+	if deliver && local {
+		e.m.delivered.Inc()
+		if h.Kind == relaywire.KindMedia {
+			e.cfg.Local.DeliverMedia(h.Room, h.Publisher, h.Track, h.Layer, payload)
+		} else {
+			e.cfg.Local.DeliverFeedback(h.Room, h.Publisher, h.Track, h.Layer, h.Source, payload)
+		}
+	}
+	if ng == 0 {
+		return
+	}
+	hop := h.HopLimit
+	if local { // a message that arrived: this hop spends one
+		if hop <= 1 {
+			e.m.drops[dropHopLimit].Add(float64(ng))
+			return
+		}
+		hop--
+	}
+	peers := *e.peers.Load()
+	for i := 0; i < ng; i++ {
+		g := &s.groups[i]
+		p := peers[g.next]
+		if p == nil {
+			e.m.drops[dropNoRoute].Inc()
+			continue
+		}
+		fh := *h
+		fh.HopLimit = hop
+		fh.NDst = g.n
+		copy(fh.Dst[:], g.dsts[:g.n])
+		msg, err := relaywire.AppendHeader(s.hdr[:0], &fh)
+		if err != nil || len(msg)+len(payload) > relaywire.MaxShardLen-2 {
+			e.m.drops[dropMalformed].Inc()
+			continue
+		}
+		msg = append(msg, payload...)
+		s.hdr = msg[:0]
+		e.sendData(p, msg, &s.out)
+		if local {
+			e.m.forwarded.Inc()
+		} else {
+			e.m.sent.Inc()
+		}
+	}
+}
+
+// sendData numbers msg on p's link, seals it and any parity its FEC group
+// closed, and queues them.
+func (e *Endpoint) sendData(p *peer, msg []byte, out *outQ) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.nParity = 0
+	seq, err := p.snd.Next(msg, time.Now(), p.body, p.emit)
+	if err != nil {
+		e.m.drops[dropMalformed].Inc()
+		return
+	}
+	p.body = relaywire.AppendData(p.body[:0], seq, msg)
+	e.queue(p, relaywire.TypeData, p.body, out)
+	e.queueParity(p, out)
+}
+
+// queueParity sends the parity bodies p.emit collected. p.mu is held.
+func (e *Endpoint) queueParity(p *peer, out *outQ) {
+	for i := 0; i < p.nParity; i++ {
+		e.queue(p, relaywire.TypeParity, p.parity[i], out)
+		e.m.parity.Inc()
+	}
+	p.nParity = 0
+}
+
+// queue seals body for p into the next message of out, flushing out when
+// it is full.
+func (e *Endpoint) queue(p *peer, t relaywire.Type, body []byte, out *outQ) {
+	if out.n == len(out.msgs) {
+		e.flush(out)
+	}
+	m := &out.msgs[out.n]
+	f := p.link.Seal(m.Buf[:0], t, body)
+	if len(f) > cap(m.Buf) {
+		e.m.drops[dropSendQueue].Inc()
+		return
+	}
+	m.N, m.Addr = len(f), p.addr
+	out.n++
+	if !out.batch {
+		e.flush(out)
+	}
+}
+
+func (e *Endpoint) flush(out *outQ) {
+	if out.n == 0 {
+		return
+	}
+	if out.n == 1 {
+		_ = e.conn.WriteTo(out.msgs[0].Payload(), out.msgs[0].Addr)
+	} else {
+		_, _ = e.conn.WriteBatch(out.msgs[:out.n])
+	}
+	out.n = 0
+}
+
+// Run serves the relay port until ctx ends or Close.
+func (e *Endpoint) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		e.timers(ctx)
+	}()
+	stop := context.AfterFunc(ctx, func() { _ = e.Close() })
+	defer stop()
+	err := e.readLoop()
+	_ = e.Close()
+	wg.Wait()
+	if errors.Is(err, net.ErrClosed) {
+		return nil
+	}
+	return err
+}
+
+// Close closes the relay port; Run returns. It is idempotent.
+func (e *Endpoint) Close() error {
+	var err error
+	e.closeOnce.Do(func() {
+		close(e.closed)
+		err = e.conn.Close()
+	})
+	return err
+}
+
+func (e *Endpoint) readLoop() error {
+	msgs := udpio.NewMessages(udpio.DefaultBatch, 0)
+	for {
+		n, err := e.conn.ReadBatch(msgs)
+		if err != nil {
+			return err
+		}
+		for i := 0; i < n; i++ {
+			e.handleFrame(msgs[i].Payload(), msgs[i].Addr, e.loop)
+		}
+		e.flush(&e.loop.out)
+	}
+}
+
+// handleFrame is one received frame's whole path: the checks, the link's
+// recovery, then routing of every message it yields.
+func (e *Endpoint) handleFrame(b []byte, from netip.AddrPort, s *scratch) {
+	lh, err := relaywire.ParseLinkHeader(b)
+	if err != nil {
+		e.m.drops[dropShort].Inc()
+		return
+	}
+	p := (*e.peers.Load())[lh.Sender]
+	if p == nil {
+		e.m.drops[dropUnknownPeer].Inc()
+		return
+	}
+	if from != p.addr {
+		e.m.drops[dropAddress].Inc()
+		return
+	}
+	_, body, err := p.link.Open(b)
+	if err != nil {
+		switch {
+		case errors.Is(err, relaywire.ErrReplay):
+			e.m.drops[dropReplay].Inc()
+		case errors.Is(err, relaywire.ErrEpoch):
+			e.m.drops[dropEpoch].Inc()
+		case errors.Is(err, relaywire.ErrAuth):
+			e.m.drops[dropAuth].Inc()
+		default:
+			e.m.drops[dropShort].Inc()
+		}
+		return
+	}
+	e.rx.slab, e.rx.off = e.rx.slab[:0], e.rx.off[:0]
+	now := time.Now()
+	p.mu.Lock()
+	switch lh.Type {
+	case relaywire.TypeData:
+		seq, msg, err := relaywire.ParseData(body)
+		if err != nil {
+			e.m.drops[dropMalformed].Inc()
+			break
+		}
+		before := p.rcv.Recovered
+		p.rcv.OnData(seq, msg, now, e.rxAdd)
+		e.m.recovered.Add(float64(p.rcv.Recovered - before))
+	case relaywire.TypeParity:
+		var par relaywire.Parity
+		if relaywire.ParseParity(body, &par) != nil {
+			e.m.drops[dropMalformed].Inc()
+			break
+		}
+		before := p.rcv.Recovered
+		p.rcv.OnParity(&par, e.rxAdd)
+		e.m.recovered.Add(float64(p.rcv.Recovered - before))
+	case relaywire.TypeNack:
+		seqs, err := relaywire.ParseNack(body, p.nacks)
+		if err != nil {
+			e.m.drops[dropMalformed].Inc()
+			break
+		}
+		for _, q := range seqs {
+			if msg, ok := p.snd.Retransmit(q); ok {
+				p.body = relaywire.AppendData(p.body[:0], q, msg)
+				e.queue(p, relaywire.TypeData, p.body, &s.out)
+				e.m.retransmit.Inc()
+			}
+		}
+	case relaywire.TypeProbe:
+		pr, err := relaywire.ParseProbe(body)
+		if err != nil {
+			e.m.drops[dropMalformed].Inc()
+			break
+		}
+		if l := p.rcv.TakeLoss(); l >= 0 {
+			p.dataLoss += (l - p.dataLoss) * 0.3
+		}
+		p.body = relaywire.AppendEcho(p.body[:0], relaywire.Echo{ID: pr.ID, Sent: pr.Sent, LossPPM: uint32(p.dataLoss * 1e6)})
+		e.queue(p, relaywire.TypeEcho, p.body, &s.out)
+	case relaywire.TypeEcho:
+		ec, err := relaywire.ParseEcho(body)
+		if err != nil {
+			e.m.drops[dropMalformed].Inc()
+			break
+		}
+		p.prb.OnEcho(ec, now)
+		p.snd.SetLoss(p.prb.Stats(now).PeerLoss)
+	}
+	p.mu.Unlock()
+	for i, off := range e.rx.off {
+		end := len(e.rx.slab)
+		if i+1 < len(e.rx.off) {
+			end = e.rx.off[i+1]
+		}
+		e.handleMessage(e.rx.slab[off:end], p.id, s)
+	}
+}
+
+func (e *Endpoint) rxAdd(_ uint32, msg []byte) { e.rx.add(msg) }
+
+func (e *Endpoint) handleMessage(msg []byte, from NodeID, s *scratch) {
+	payload, err := relaywire.ParseHeader(msg, &s.h)
+	if err != nil {
+		e.m.drops[dropMalformed].Inc()
+		return
+	}
+	if s.h.Source == e.cfg.Node {
+		e.m.drops[dropLoop].Inc()
+		return
+	}
+	e.route(s, &s.h, payload, from, true)
+}
+
+// timers runs every link's clocks: FEC groups closing, NACKs, probes.
+func (e *Endpoint) timers(ctx context.Context) {
+	t := time.NewTicker(e.cfg.Tick)
+	defer t.Stop()
+	// The reader loop owns the Conn's batched writes (WriteBatch is not
+	// safe for concurrent use); the timers' few frames go one by one.
+	s := newScratch(false)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-e.closed:
+			return
+		case now := <-t.C:
+			for _, p := range *e.peers.Load() {
+				e.tickPeer(p, now, s)
+			}
+			e.flush(&s.out)
+		}
+	}
+}
+
+func (e *Endpoint) tickPeer(p *peer, now time.Time, s *scratch) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for i, v := range [4]uint64{p.snd.Refused, p.rcv.GivenUp, p.rcv.Late, p.rcv.Duplicates} {
+		if d := v - p.counted[i]; d > 0 {
+			[4]prometheus.Counter{e.m.refused, e.m.lost, e.m.late, e.m.dups}[i].Add(float64(d))
+			p.counted[i] = v
+		}
+	}
+	p.nParity = 0
+	p.snd.Tick(now, p.body, p.emit)
+	e.queueParity(p, &s.out)
+	st := p.prb.Stats(now)
+	p.nacks = p.rcv.NackDue(now, min(st.RTT, st.LastRTT), p.nacks[:0])
+	if len(p.nacks) > 0 {
+		if b, err := relaywire.AppendNack(p.body[:0], p.nacks); err == nil {
+			p.body = b
+			e.queue(p, relaywire.TypeNack, p.body, &s.out)
+		}
+	}
+	if p.prb.Due(now) {
+		p.body = relaywire.AppendProbe(p.body[:0], p.prb.Probe(now))
+		e.queue(p, relaywire.TypeProbe, p.body, &s.out)
+	}
+}
+
+// LinkStats returns what this node measured of each neighbour's link (to
+// report to the controller, which computes the routes).
+func (e *Endpoint) LinkStats() map[NodeID]probe.Stats {
+	now := time.Now()
+	out := map[NodeID]probe.Stats{}
+	for id, p := range *e.peers.Load() {
+		p.mu.Lock()
+		out[id] = p.prb.Stats(now)
+		p.mu.Unlock()
+	}
+	return out
+}

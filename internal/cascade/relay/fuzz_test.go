@@ -1,0 +1,60 @@
+package relay
+
+import (
+	"errors"
+	"net/netip"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/traverse-rtc/traverse/internal/cascade/relaywire"
+)
+
+// FuzzHandleMessage feeds arbitrary authenticated message bodies (what a
+// peer holding the link key may send) to the router of node B: nothing
+// panics, and whatever B forwards is a relay header that parses.
+func FuzzHandleMessage(f *testing.F) {
+	h := &relaywire.Header{Kind: relaywire.KindMedia, HopLimit: 3, Source: nA, NDst: 3, Room: []byte("r")}
+	h.Dst[0], h.Dst[1], h.Dst[2] = nB, nC, 9
+	b, _ := relaywire.AppendHeader(nil, h)
+	f.Add(append(b, 1, 2, 3))
+	f.Add([]byte{2, 1, 0, 1, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0})
+	e, err := New(Config{Node: nB, Listen: netip.MustParseAddrPort("127.0.0.1:0"), Secret: secret, Local: &sfu{}, Registry: prometheus.NewRegistry()})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Cleanup(func() { e.Close() })
+	// A and C are addresses nothing listens on: what B forwards is checked
+	// in its out queue, opened with the link of the address it goes to
+	aAddr, cAddr := netip.MustParseAddrPort("127.0.0.1:9"), netip.MustParseAddrPort("127.0.0.1:10")
+	if err := e.SetPeers(map[NodeID]netip.AddrPort{nA: aAddr, nC: cAddr}); err != nil {
+		f.Fatal(err)
+	}
+	e.SetRoutes(1, map[NodeID]NodeID{nA: nA, nC: nC, 9: nC})
+	al, _ := relaywire.NewLink(secret, nA, nB, 0)
+	cl, _ := relaywire.NewLink(secret, nC, nB, 0)
+	f.Fuzz(func(t *testing.T, msg []byte) {
+		e.loop.out.n = 0
+		e.handleMessage(msg, nA, e.loop)
+		for i := 0; i < e.loop.out.n; i++ {
+			rl := cl
+			if e.loop.out.msgs[i].Addr == aAddr {
+				rl = al
+			}
+			_, body, err := rl.Open(e.loop.out.msgs[i].Payload())
+			if errors.Is(err, relaywire.ErrReplay) {
+				continue
+			}
+			if err != nil {
+				t.Fatalf("forwarded frame does not open: %v", err)
+			}
+			if _, m, err := relaywire.ParseData(body); err == nil {
+				var fh relaywire.Header
+				if _, err := relaywire.ParseHeader(m, &fh); err != nil {
+					t.Fatalf("forwarded header does not parse: %v", err)
+				}
+			}
+		}
+		e.loop.out.n = 0
+	})
+}

@@ -1,0 +1,103 @@
+package relay
+
+import (
+	"encoding/binary"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/traverse-rtc/traverse/internal/netlab"
+	"github.com/traverse-rtc/traverse/internal/testkit"
+)
+
+// TestLabCascadeOverLossyLink runs three relay endpoints in their own
+// network namespaces (netlab hosts on one lab internet). A publishes, C
+// needs the track and the routes send it A -> B -> C; C's link loses 10 %
+// of its packets both ways (nftables numgen, the kernel's own drop), so
+// the B-C relay link does. C must receive >= 99.5 % of the packets within
+// a 100 ms playout deadline; the FEC overhead on B-C is logged.
+func TestLabCascadeOverLossyLink(t *testing.T) {
+	lab := netlab.New(t)
+	hosts := map[NodeID]*netlab.Host{nA: lab.Host("a", lab.Internet()), nB: lab.Host("b", lab.Internet()), nC: lab.Host("c", lab.Internet())}
+	if err := lab.Err(); err != nil {
+		t.Fatal(err)
+	}
+	nodes := map[NodeID]*node{}
+	addrs := map[NodeID]netip.AddrPort{}
+	for id, h := range hosts {
+		reg := prometheus.NewRegistry()
+		s := &sfu{}
+		var e *Endpoint
+		if err := h.Do(func() error {
+			var err error
+			e, err = New(Config{Node: id, Listen: netip.AddrPortFrom(h.Addr(), 0), Secret: secret, Epoch: 1, Local: s, Registry: reg})
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		nodes[id] = &node{id: id, e: e, sfu: s, reg: reg}
+		addrs[id] = e.Addr()
+		testkit.Run(t, e.Run)
+	}
+	for _, n := range nodes {
+		if err := n.e.SetPeers(addrs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a, b, c := nodes[nA], nodes[nB], nodes[nC]
+	a.e.SetRoutes(1, map[NodeID]NodeID{nB: nB, nC: nB})
+	b.e.SetRoutes(1, map[NodeID]NodeID{nA: nA, nC: nC})
+	c.e.SetRoutes(1, map[NodeID]NodeID{nA: nB, nB: nB})
+	if err := hosts[nC].Link().SetLoss(10); err != nil {
+		t.Fatal(err)
+	}
+	testkit.WaitFor(t, 5*time.Second, "B's probes of C answered", func() bool { return b.e.LinkStats()[nC].Up })
+
+	const count = 3000
+	var inTime atomic.Int64
+	seen := make([]bool, count)
+	var mu sync.Mutex
+	onMedia := func(rtp []byte) {
+		i := binary.BigEndian.Uint32(rtp[8:])
+		at := time.Unix(0, int64(binary.BigEndian.Uint64(rtp)))
+		mu.Lock()
+		if int(i) < count && !seen[i] && time.Since(at) <= 100*time.Millisecond {
+			seen[i] = true
+			inTime.Add(1)
+		}
+		mu.Unlock()
+	}
+	c.sfu.onMedia.Store(&onMedia)
+	if err := a.e.SetNeed(key, []NodeID{nC}); err != nil {
+		t.Fatal(err)
+	}
+	rtp := make([]byte, 1000)
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	for i := 0; i < count; {
+		<-tick.C
+		for j := 0; j < 3 && i < count; j, i = j+1, i+1 {
+			binary.BigEndian.PutUint64(rtp, uint64(time.Now().UnixNano()))
+			binary.BigEndian.PutUint32(rtp[8:], uint32(i))
+			a.e.Send(key, 0, rtp)
+		}
+	}
+	testkit.Eventually(300*time.Millisecond, func() bool { return inTime.Load() >= count })
+	got := inTime.Load()
+	fwd := b.metric(t, "traverse_relay_forwarded_total")
+	parity := b.metric(t, "traverse_relay_fec_parity_total")
+	st := b.e.LinkStats()[nC]
+	t.Logf("C got %d/%d (%.2f %%) in time through B; on B-C: parity frames %v (%.1f %% of %v data frames), retransmits %v, rebuilt by FEC at C %v; B measures C: RTT %v, loss %.3f, data loss reported %.3f",
+		got, count, 100*float64(got)/count, parity, 100*parity/fwd, fwd, b.metric(t, "traverse_relay_retransmits_total"),
+		c.metric(t, "traverse_relay_fec_recovered_total"), st.RTT, st.Loss, st.PeerLoss)
+	if float64(got) < 0.995*count {
+		t.Fatalf("%.2f %% in time, want >= 99.5 %%", 100*float64(got)/count)
+	}
+	if c.metric(t, "traverse_relay_fec_recovered_total") == 0 || b.metric(t, "traverse_relay_retransmits_total") == 0 {
+		t.Fatal("neither FEC nor NACK repaired anything: was the link lossy?")
+	}
+}

@@ -1,0 +1,36 @@
+package cluster
+
+import "testing"
+
+func FuzzDecodeNode(f *testing.F) {
+	f.Add([]byte(`{"node":"sfu-1","region":"eu","udp":"192.0.2.1:7882","load":{"peers":3},"last_seen":"2026-01-01T00:00:00Z"}`))
+	f.Add([]byte(`{"node":"a b","udp":"x"}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r, err := DecodeNode(b)
+		if err == nil && r.Validate() != nil {
+			t.Fatal("decoded an invalid record")
+		}
+	})
+}
+
+func FuzzDecodeRoom(f *testing.F) {
+	f.Add([]byte(`{"room":"r1","node":"sfu-1","participants":4,"updated":"2026-01-01T00:00:00Z"}`))
+	f.Add([]byte(`{"room":"r1","node":"sfu-1","participants":-1}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r, err := DecodeRoom(b)
+		if err == nil && r.Validate() != nil {
+			t.Fatal("decoded an invalid record")
+		}
+	})
+}
+
+func FuzzDecodeLease(f *testing.F) {
+	f.Add([]byte(`{"holder":"ctl-1","ttl_ms":2000,"renewed":"2026-01-01T00:00:00Z"}`))
+	f.Add([]byte(`{"holder":"","ttl_ms":0}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r, err := DecodeLease(b)
+		if err == nil && r.Validate() != nil {
+			t.Fatal("decoded an invalid record")
+		}
+	})
+}

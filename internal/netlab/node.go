@@ -3,13 +3,14 @@ package netlab
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"sort"
+	"slices"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -121,11 +122,7 @@ func open[T any](n *Node, f func() (T, error)) (T, error) {
 // sysctls writes /proc/sys/net/KEY = value inside the namespace; keys whose
 // file does not exist (a module not loaded) are skipped.
 func (n *Node) sysctls(kv map[string]string) error {
-	keys := make([]string, 0, len(kv))
-	for k := range kv {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
+	keys := slices.Sorted(maps.Keys(kv))
 	return n.Do(func() error {
 		for _, k := range keys {
 			err := os.WriteFile("/proc/sys/net/"+k, []byte(kv[k]), 0o644)

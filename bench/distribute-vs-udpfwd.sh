@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Seed D's fan-out, 1 -> 1 and 1 -> 16 of 200-byte RTP: traverse
+# Media distribution fan-out, 1 -> 1 and 1 -> 16 of 200-byte RTP: traverse
 # distribute's kernel path (--path ebpf: a tc program, bpf_clone_redirect
 # per receiver) and its batched user-space path (--path userspace) against
 # bench/udpfwd, a plain batched Go forwarder (recvmmsg/sendmmsg, a map

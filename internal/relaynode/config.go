@@ -1,4 +1,4 @@
-// Package relaynode is traverse's relay node (seed B, step 2; `traverse
+// Package relaynode is traverse's relay node (the path sequence's second step; `traverse
 // relay`): a machine, a CDN node's or a volunteer's behind its own NAT, that
 // relays datagrams between the two peers of a session that signaling
 // granted, when they cannot reach each other directly but both reach it.

@@ -24,6 +24,7 @@ type Conn struct {
 	sig        Signaler
 	local      string
 	peer       string
+	initiator  bool
 	keys       *sessionKeys
 	ctx        context.Context // canceled by Close
 	cancel     context.CancelFunc
@@ -54,6 +55,12 @@ type Conn struct {
 	localNAT   *NATInfo
 	remoteNAT  *NATInfo
 	turnDone   bool // every TURN attempt ended
+	srflx      netip.AddrPort
+	mapped     netip.AddrPort
+	relayDone  bool      // step 2 (relay nodes) ended
+	relayUp    time.Time // when a relay node was bound
+	relayStart atomic.Bool
+	sub        atomic.Pointer[subConn] // the relay node being bound
 }
 
 type pairKey struct {
@@ -67,6 +74,7 @@ type pair struct {
 	key       pairKey
 	b         base
 	kind      PathKind
+	rkind     string // the remote candidate's kind
 	lastProbe time.Time
 	lastAck   time.Time
 	valid     bool
@@ -82,6 +90,7 @@ type counters struct {
 	sent, sentBytes, received, recvBytes atomic.Uint64
 	forged, replayed, malformed, foreign atomic.Uint64
 	strayAcks, queueDrops, probes, acks  atomic.Uint64
+	relayOffered, relayTried             atomic.Uint64
 }
 
 // Stats is a snapshot of a Conn's counters.
@@ -120,7 +129,7 @@ func Connect(ctx context.Context, sig Signaler, opts ...Option) (*Conn, error) {
 	o.defaults()
 	local, peer, initiator := sig.Names()
 	cctx, cancel := context.WithCancel(context.Background())
-	c := &Conn{o: o, sig: sig, local: local, peer: peer, ctx: cctx, cancel: cancel, start: time.Now(),
+	c := &Conn{o: o, sig: sig, local: local, peer: peer, initiator: initiator, ctx: cctx, cancel: cancel, start: time.Now(),
 		rx: make(chan []byte, o.recvQueue), firstPath: make(chan struct{}), failed: make(chan struct{}),
 		natDone: make(chan struct{}), pairs: map[pairKey]*pair{}}
 	c.reorder.init()
@@ -173,6 +182,10 @@ func (c *Conn) connect(ctx context.Context, initiator bool) error {
 			_ = c.sig.Send(ctx, encodeMessage(message{Type: "cand", Candidates: []Candidate{{Addr: srflx, Kind: "srflx", Seq: step}}}))
 		}
 	}()
+	if c.o.portmap != nil {
+		c.wg.Add(1)
+		go c.mapPort(ub.local.Port())
+	}
 	if c.o.natDiscover != nil {
 		c.wg.Add(1)
 		go c.discoverNAT()
@@ -319,6 +332,9 @@ func (c *Conn) gatherSTUN(ctx context.Context, ub *udpBase) (srflx, other netip.
 		}
 		ip, _ := netip.AddrFromSlice(xa.IP)
 		_ = ub.pc.SetReadDeadline(time.Time{})
+		c.mu.Lock()
+		c.srflx = netip.AddrPortFrom(ip.Unmap(), uint16(xa.Port))
+		c.mu.Unlock()
 		var oa stun.MappedAddress
 		if oa.GetFromAs(m, stun.AttrOtherAddress) == nil {
 			oip, _ := netip.AddrFromSlice(oa.IP)
@@ -400,7 +416,7 @@ func (c *Conn) discoverNAT() {
 		return
 	}
 	rep, err := c.o.natDiscover(c.ctx)
-	info := &NATInfo{Mapping: rep.Mapping.String(), Filtering: rep.Filtering.String(), UDPBlocked: rep.UDPBlocked}
+	info := &NATInfo{Mapping: rep.Mapping.String(), Filtering: rep.Filtering.String(), UDPBlocked: rep.UDPBlocked, Behind: rep.NAT}
 	if err != nil && !rep.UDPBlocked {
 		c.o.log.Debug("p2p: nat discovery", "err", err)
 	}
@@ -441,6 +457,14 @@ func (c *Conn) handleSignal(m message) {
 		}
 	case "nat":
 		c.remoteNAT = m.NAT
+	case "relay":
+		// The initiator's relay node offer (step 2): bind the same
+		// nodes in the same order.
+		if c.relayStart.CompareAndSwap(false, true) && c.ctx.Err() == nil {
+			c.c.relayOffered.Store(uint64(len(m.Relay.Nodes)))
+			c.wg.Add(1)
+			go func() { defer c.wg.Done(); c.bindRelay(m.Relay.Nodes) }()
+		}
 	}
 }
 
@@ -458,7 +482,7 @@ func (c *Conn) addRemoteLocked(cd Candidate) {
 	if len(c.remotes) >= maxRemoteCands {
 		return
 	}
-	if c.o.relayOnly && cd.Kind != "relay" && cd.Kind != "prflx" {
+	if c.o.relayOnly && cd.Kind != "relay" && cd.Kind != "relay-node" && cd.Kind != "prflx" {
 		return
 	}
 	c.remotes = append(c.remotes, cd)
@@ -489,6 +513,11 @@ func (c *Conn) addPairLocked(i int, b base, cd Candidate) {
 	if c.o.relayOnly && b.Kind() == PathDirect && cd.Kind != "relay" {
 		return
 	}
+	// A relay node's link reaches only the peer's end on the same node
+	// (its writes go to the session's other side whatever the address).
+	if (b.Kind() == PathRelayNode) != (cd.Kind == "relay-node") {
+		return
+	}
 	kind := b.Kind()
 	if cd.Kind == "relay" {
 		if rk := turnKind(cd.Transport); rk > kind {
@@ -497,12 +526,13 @@ func (c *Conn) addPairLocked(i int, b base, cd Candidate) {
 	}
 	k := pairKey{i, cd.Addr}
 	if c.pairs[k] == nil {
-		c.pairs[k] = &pair{key: k, b: b, kind: kind}
+		c.pairs[k] = &pair{key: k, b: b, kind: kind, rkind: cd.Kind}
 	}
 }
 
-// addBase adds a TURN allocation: its pairs, and its address to the peer.
-func (c *Conn) addBase(b base, transport string) {
+// addBase adds a TURN allocation or a relay node's link: its pairs, and
+// its candidate cd to the peer.
+func (c *Conn) addBase(b base, cd Candidate) {
 	c.mu.Lock()
 	if c.ctx.Err() != nil {
 		c.mu.Unlock()
@@ -511,13 +541,18 @@ func (c *Conn) addBase(b base, transport string) {
 	}
 	i := len(c.bases)
 	c.bases = append(c.bases, b)
-	for _, cd := range c.remotes {
-		c.addPairLocked(i, b, cd)
+	for _, r := range c.remotes {
+		c.addPairLocked(i, b, r)
+	}
+	if cd.Kind == "relay-node" {
+		// Both peers bound the same node: its address is the peer's
+		// candidate on it too, known without waiting for the message.
+		c.addRemoteLocked(cd)
 	}
 	c.mu.Unlock()
 	c.wg.Add(1)
 	go c.readLoop(i, b)
-	_ = c.sig.Send(c.ctx, encodeMessage(message{Type: "cand", Candidates: []Candidate{{Addr: b.LocalAddr(), Kind: "relay", Transport: transport}}}))
+	_ = c.sig.Send(c.ctx, encodeMessage(message{Type: "cand", Candidates: []Candidate{cd}}))
 }
 
 func (c *Conn) readLoop(i int, b base) {
@@ -534,6 +569,13 @@ func (c *Conn) readLoop(i int, b base) {
 				continue
 			}
 			return
+		}
+		if i == 0 {
+			// Datagrams of a relay node being bound or bound from
+			// the direct socket go to its link.
+			if s := c.sub.Load(); s != nil && s.push(from, buf[:n]) {
+				continue
+			}
 		}
 		c.handlePacket(i, b, from, buf[:n])
 	}
@@ -612,6 +654,13 @@ func (c *Conn) handlePacket(i int, b base, from netip.AddrPort, pkt []byte) {
 		c.c.acks.Add(1)
 		tx := binary.BigEndian.Uint64(body)
 		p := c.pairs[key]
+		if p == nil || !p.pendingLocked(tx) {
+			// The ack came from another address than the probe went
+			// to (a router's port mapping may answer from another
+			// port): the authenticated, random probe id names the
+			// pair.
+			p = c.pairByTxLocked(i, tx)
+		}
 		if p == nil {
 			c.mu.Unlock()
 			c.c.strayAcks.Add(1)
@@ -703,7 +752,7 @@ func (c *Conn) pathLocked() Path {
 	if c.active == nil {
 		return Path{}
 	}
-	return Path{Kind: c.active.kind, Local: c.active.b.LocalAddr(), Remote: c.active.key.remote, RTT: c.active.rtt}
+	return Path{Kind: c.active.kind, Local: c.active.b.LocalAddr(), Remote: c.active.key.remote, RTT: c.active.rtt, Candidate: c.active.rkind}
 }
 
 // seal encrypts a packet of typ around body with the next nonce.
@@ -789,8 +838,16 @@ func (c *Conn) tick(now time.Time) {
 			due = append(due, p)
 		}
 	}
-	needTURN := c.active == nil && len(c.o.turn) > 0 && (c.o.relayOnly || c.udpBlocked.Load() || now.Sub(c.start) > c.o.directTimeout)
-	allFailed := c.active == nil && c.turnDone && now.Sub(c.start) > c.o.directTimeout+c.o.pathTimeout
+	late := c.o.relayOnly || c.udpBlocked.Load() || now.Sub(c.start) > c.o.directTimeout
+	// Step 2, relay nodes, before TURN: the initiator asks for nodes
+	// once the direct timeout passed; the responder waits for its offer.
+	needRelay := c.active == nil && late && c.o.relayNodes != nil && c.initiator && !c.udpBlocked.Load()
+	if c.o.relayNodes == nil || c.udpBlocked.Load() || (!c.initiator && now.Sub(c.start) > c.o.directTimeout+relayOfferWait && !c.relayStart.Load()) {
+		c.relayDone = true
+	}
+	relayPending := !c.relayDone || (!c.relayUp.IsZero() && now.Sub(c.relayUp) < time.Second)
+	needTURN := c.active == nil && len(c.o.turn) > 0 && late && !relayPending
+	allFailed := c.active == nil && c.turnDone && c.relayDone && now.Sub(c.start) > c.o.directTimeout+c.o.pathTimeout
 	flushed := c.reorder.expire(now, c.holdLocked(now))
 	c.mu.Unlock()
 	c.emit(ev)
@@ -798,11 +855,15 @@ func (c *Conn) tick(now time.Time) {
 	for _, p := range due {
 		c.probe(p, now)
 	}
+	if needRelay && c.relayStart.CompareAndSwap(false, true) {
+		c.wg.Add(1)
+		go c.relayOffer()
+	}
 	if needTURN && c.turnTried.CompareAndSwap(false, true) {
 		c.wg.Add(1)
 		go c.fallback()
 	}
-	if allFailed || (c.active == nil && len(c.o.turn) == 0 && now.Sub(c.start) > c.o.directTimeout+c.o.pathTimeout) {
+	if allFailed || (c.active == nil && len(c.o.turn) == 0 && !relayPending && now.Sub(c.start) > c.o.directTimeout+c.o.pathTimeout) {
 		c.failOnce.Do(func() { close(c.failed) })
 	}
 }
@@ -847,7 +908,7 @@ func (c *Conn) fallback() {
 				b.Close()
 				return
 			}
-			c.addBase(b, tr)
+			c.addBase(b, Candidate{Addr: b.LocalAddr(), Kind: "relay", Transport: tr})
 			return
 		}
 	}
@@ -968,4 +1029,23 @@ func (c *Conn) Pairs() []PairState {
 			Live: p == c.active, LastAck: p.lastAck, RTT: p.rtt})
 	}
 	return out
+}
+
+func (p *pair) pendingLocked(tx uint64) bool {
+	for j := range p.pending {
+		if p.pending[j].tx == tx && tx != 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// pairByTxLocked finds base i's pair that sent probe tx.
+func (c *Conn) pairByTxLocked(i int, tx uint64) *pair {
+	for k, p := range c.pairs {
+		if k.base == i && p.pendingLocked(tx) {
+			return p
+		}
+	}
+	return nil
 }

@@ -78,11 +78,34 @@ func TestRelayNodeBeforeTURN(t *testing.T) {
 // to the callee's "mapped" candidate, both directions of the call.
 func TestPortMapOpensDirect(t *testing.T) {
 	e := buildEnvWith(t, []string{"symmetric-random", "eim-apdf"}, Extras{Miniupnpd: []string{"eim-apdf"}})
-	for _, ab := range [][2]string{{"symmetric-random", "eim-apdf"}} {
+	for _, ab := range [][2]string{{"symmetric-random", "eim-apdf"}, {"eim-apdf", "symmetric-random"}} {
 		r := e.Connect(context.Background(), ab[0], ab[1], 20*time.Second)
 		t.Logf("%s -> %s: %+v", ab[0], ab[1], r)
-		if !r.OK || r.Path != p2p.PathDirect || r.Candidate != "mapped" || r.TURN {
-			t.Fatalf("%s -> %s: %+v: want direct to the mapped candidate, no TURN", ab[0], ab[1], r)
+		// The caller behind the mapping reaches the callee at the
+		// address the callee's probes came from (peer-reflexive).
+		want := "mapped"
+		if ab[0] == "eim-apdf" {
+			want = "prflx"
+		}
+		if !r.OK || r.Path != p2p.PathDirect || r.Candidate != want || r.TURN {
+			t.Fatalf("%s -> %s: %+v: want direct to the %s candidate, no TURN", ab[0], ab[1], r, want)
+		}
+		if x := e.expect(ab[0], ab[1]); x != p2p.PathDirect {
+			t.Errorf("expect(%s, %s) = %s", ab[0], ab[1], x)
+		}
+	}
+}
+
+// TestUpgradeFromRelayNode: with the direct path blocked the call starts
+// on a relay node (not TURN); once the path opens, the flow moves to
+// direct within 5 s, nothing lost or reordered.
+func TestUpgradeFromRelayNode(t *testing.T) {
+	e := buildEnvWith(t, []string{"eim-apdf"}, Extras{RelayNodes: 1})
+	for i := range 2 {
+		r := e.Upgrade(context.Background(), "eim-apdf", "eim-apdf", 2*time.Millisecond, 700*time.Millisecond)
+		t.Logf("run %d: %+v", i+1, r)
+		if !r.OK || r.From != p2p.PathRelayNode || r.Upgrade > 5*time.Second || r.Lost != 0 || r.Reordered != 0 || r.Received != r.Sent {
+			t.Fatalf("run %d: %+v", i+1, r)
 		}
 	}
 }

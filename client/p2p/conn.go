@@ -182,7 +182,7 @@ func (c *Conn) connect(ctx context.Context, initiator bool) error {
 			_ = c.sig.Send(ctx, encodeMessage(message{Type: "cand", Candidates: []Candidate{{Addr: srflx, Kind: "srflx", Seq: step}}}))
 		}
 	}()
-	if c.o.portmap != nil {
+	if c.o.portmap != nil && !ub.local.Addr().IsLoopback() { // no router forwards to loopback
 		c.wg.Add(1)
 		go c.mapPort(ub.local.Port())
 	}

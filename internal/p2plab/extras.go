@@ -57,9 +57,9 @@ type relayScene struct {
 // StartExtras starts them once the servers run) and miniupnpd on the
 // NATs x names.
 func BuildWith(l *netlab.Lab, kinds []string, x Extras) (*Env, error) {
-	e, err := buildHosts(l, kinds, x)
+	e, err := buildHosts(l, kinds)
 	if err != nil {
-		return nil, err
+		return e, err
 	}
 	e.extras = x
 	upnp := map[string]bool{}
@@ -83,7 +83,7 @@ func BuildWith(l *netlab.Lab, kinds []string, x Extras) (*Env, error) {
 			ext := netip.AddrFrom4([4]byte{192, 0, 3, byte(i)})
 			d, err := s.nat.StartMiniupnpd(ext)
 			if err != nil {
-				return nil, err
+				return e, err
 			}
 			e.closers = append(e.closers, func() { d.Close() })
 			s.upnp = true

@@ -94,14 +94,10 @@ type side struct {
 
 // Build builds the lab for kinds in l.
 func Build(l *netlab.Lab, kinds []string) (*Env, error) {
-	e, err := buildHosts(l, kinds, Extras{})
-	if err != nil {
-		return nil, err
-	}
-	return e, l.Err()
+	return BuildWith(l, kinds, Extras{})
 }
 
-func buildHosts(l *netlab.Lab, kinds []string, _ Extras) (*Env, error) {
+func buildHosts(l *netlab.Lab, kinds []string) (*Env, error) {
 	e := &Env{lab: l, hosts: map[string]*side{}}
 	e.srv = l.Host("srv", l.Internet(), netlab.Addrs(2))
 	for _, sd := range []string{"a", "b"} {

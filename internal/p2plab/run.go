@@ -224,7 +224,17 @@ func Table(w io.Writer, results []Result) error {
 		if !r.AsExpected() {
 			mark = " !"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s%s\t%s\t%s\t%d/%d\n", r.A, r.B, r.Paths(), r.Expect, mark,
+		paths := r.Paths()
+		mapped := 0
+		for _, x := range r.Runs {
+			if x.OK && x.Candidate == "mapped" {
+				mapped++
+			}
+		}
+		if mapped > 0 {
+			paths += fmt.Sprintf(" (mapped %d/%d)", mapped, r.OK())
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s%s\t%s\t%s\t%d/%d\n", r.A, r.B, paths, r.Expect, mark,
 			r.Percentile(0.5).Round(time.Millisecond), r.Percentile(0.95).Round(time.Millisecond), r.OK(), len(r.Runs))
 	}
 	return tw.Flush()

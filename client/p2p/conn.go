@@ -841,7 +841,7 @@ func (c *Conn) tick(now time.Time) {
 	late := c.o.relayOnly || c.udpBlocked.Load() || now.Sub(c.start) > c.o.directTimeout
 	// Step 2, relay nodes, before TURN: the initiator asks for nodes
 	// once the direct timeout passed; the responder waits for its offer.
-	needRelay := c.active == nil && late && c.o.relayNodes != nil && c.initiator && !c.udpBlocked.Load()
+	needRelay := c.active == nil && late && c.o.relayNodes != nil && c.initiator
 	if c.o.relayNodes == nil || c.udpBlocked.Load() || (!c.initiator && now.Sub(c.start) > c.o.directTimeout+relayOfferWait && !c.relayStart.Load()) {
 		c.relayDone = true
 	}

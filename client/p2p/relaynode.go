@@ -286,6 +286,13 @@ func relayNAT(n *NATInfo) RelayNodeNAT {
 // for nodes, hand the peer its grants and bind.
 func (c *Conn) relayOffer() {
 	defer c.wg.Done()
+	if c.udpBlocked.Load() {
+		// No node is reachable without UDP: an empty offer sends the
+		// peer on to TURN at once.
+		_ = c.sig.Send(c.ctx, encodeMessage(message{Type: "relay", Relay: &relayMsg{}}))
+		c.relayFinished()
+		return
+	}
 	deadline := time.Now().Add(relayNATWait)
 	for time.Now().Before(deadline) && c.ctx.Err() == nil {
 		c.mu.Lock()

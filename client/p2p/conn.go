@@ -472,6 +472,21 @@ func (c *Conn) handleSignal(m message) {
 func (c *Conn) addRemoteLocked(cd Candidate) {
 	for i, r := range c.remotes {
 		if r.Addr == cd.Addr {
+			if r.Kind == "prflx" && (cd.Kind == "relay" || cd.Kind == "relay-node") {
+				// A probe from the peer's TURN allocation (through a
+				// port mapping, say) came before the candidate: the
+				// pairs to it are relayed, not direct.
+				c.remotes[i] = cd
+				for k, p := range c.pairs {
+					if k.remote == cd.Addr {
+						p.rkind = cd.Kind
+						if rk := turnKind(cd.Transport); cd.Kind == "relay" && rk > p.kind {
+							p.kind = rk
+						}
+					}
+				}
+				return
+			}
 			if cd.Seq > 0 && r.Seq == 0 && r.Kind == "srflx" && cd.Kind == "srflx" {
 				c.remotes[i].Seq = cd.Seq
 				c.predictLocked(cd)

@@ -648,6 +648,15 @@ func (c *Conn) handlePacket(i int, b base, from netip.AddrPort, pkt []byte) {
 			// Peer-reflexive: the peer's NAT mapped it to an address
 			// it could not know (symmetric mapping); answer there too.
 			c.addRemoteLocked(Candidate{Addr: from, Kind: "prflx"})
+			// The probe says which path it left on: one sent from the
+			// peer's TURN allocation is relayed, whatever address it
+			// arrives from (a port mapping that clashes with a flow
+			// this side opened to the relay rewrites the source port).
+			if sk := PathKind(body[8]); sk >= PathTURNUDP && sk <= PathTURNTLS {
+				if p := c.pairs[key]; p != nil && sk > p.kind {
+					p.kind = sk
+				}
+			}
 		}
 		p := c.pairs[key]
 		c.mu.Unlock()

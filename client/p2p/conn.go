@@ -15,6 +15,8 @@ import (
 
 	"github.com/flynn/noise"
 	"github.com/pion/stun/v3"
+
+	"github.com/traverse-rtc/traverse/client/nat"
 )
 
 // Conn is a connection to one peer carrying datagrams, end-to-end
@@ -56,6 +58,7 @@ type Conn struct {
 	remoteNAT  *NATInfo
 	turnDone   bool // every TURN attempt ended
 	srflx      netip.AddrPort
+	quick      *NATInfo // this side's NAT from the STUN answers (quickNAT)
 	mapped     netip.AddrPort
 	relayDone  bool      // step 2 (relay nodes) ended
 	relayUp    time.Time // when a relay node was bound
@@ -178,7 +181,11 @@ func (c *Conn) connect(ctx context.Context, initiator bool) error {
 			return
 		}
 		_ = c.sig.Send(ctx, encodeMessage(message{Type: "cand", Candidates: []Candidate{{Addr: srflx, Kind: "srflx"}}}))
-		if step := c.portStep(ctx, ub, srflx, other); step > 0 {
+		step, port2 := c.portStep(ctx, ub, srflx, other)
+		if port2 != 0 && c.o.relayNodes != nil {
+			c.quickNAT(ctx, srflx, port2, cands)
+		}
+		if step > 0 {
 			_ = c.sig.Send(ctx, encodeMessage(message{Type: "cand", Candidates: []Candidate{{Addr: srflx, Kind: "srflx", Seq: step}}}))
 		}
 	}()
@@ -359,9 +366,9 @@ func (c *Conn) gatherSTUN(ctx context.Context, ub *udpBase) (srflx, other netip.
 // an address-and-port-dependent ("symmetric") mapping, and a small step
 // between the two a NAT that hands ports out in sequence, whose next ports
 // the peer can predict. It returns the step, or 0.
-func (c *Conn) portStep(ctx context.Context, ub *udpBase, srflx, other netip.AddrPort) uint16 {
+func (c *Conn) portStep(ctx context.Context, ub *udpBase, srflx, other netip.AddrPort) (step, port2 uint16) {
 	if !other.IsValid() || other.Addr().Is4() != srflx.Addr().Is4() {
-		return 0
+		return 0, 0
 	}
 	m := stun.MustBuild(stun.TransactionID, stun.BindingRequest, stun.Fingerprint)
 	deadline := time.Now().Add(300 * time.Millisecond)
@@ -388,16 +395,38 @@ func (c *Conn) portStep(ctx context.Context, ub *udpBase, srflx, other netip.Add
 			}
 			var xa stun.XORMappedAddress
 			if xa.GetFrom(r) != nil {
-				return 0
+				return 0, 0
 			}
 			step := int(xa.Port) - int(srflx.Port())
 			if step > 0 && step <= maxSeqStep {
-				return uint16(step)
+				return uint16(step), uint16(xa.Port)
 			}
-			return 0
+			return 0, uint16(xa.Port)
 		}
 	}
-	return 0
+	return 0, 0
+}
+
+// quickNAT tells the peer, ahead of the full client/nat report, what the
+// two STUN answers already show: whether a NAT translates, and whether
+// its mapping is endpoint-independent (the same public port towards the
+// server's other IP and port). That is all the relay node choice needs of
+// a peer (its filtering never matters there), so step 2 need not wait for
+// the discovery, which runs only after the direct attempt.
+func (c *Conn) quickNAT(ctx context.Context, srflx netip.AddrPort, port2 uint16, hosts []Candidate) {
+	info := &NATInfo{Mapping: nat.AddressAndPortDependent.String(), Filtering: nat.Unknown.String(), Behind: true}
+	if port2 == srflx.Port() {
+		info.Mapping = nat.EndpointIndependent.String()
+	}
+	for _, h := range hosts {
+		if h.Addr == srflx {
+			info.Behind = false
+		}
+	}
+	c.mu.Lock()
+	c.quick = info
+	c.mu.Unlock()
+	_ = c.sig.Send(ctx, encodeMessage(message{Type: "nat", NAT: info}))
 }
 
 func (c *Conn) discoverNAT() {

@@ -296,13 +296,8 @@ func (c *Conn) relayOffer() {
 	deadline := time.Now().Add(relayNATWait)
 	for time.Now().Before(deadline) && c.ctx.Err() == nil {
 		c.mu.Lock()
-		ready := c.remoteNAT != nil
+		ready := c.remoteNAT != nil && (c.localNAT != nil || c.quick != nil)
 		c.mu.Unlock()
-		select {
-		case <-c.natDone:
-		default:
-			ready = false
-		}
 		if ready {
 			break
 		}
@@ -312,7 +307,11 @@ func (c *Conn) relayOffer() {
 		}
 	}
 	c.mu.Lock()
-	req := RelayNodeRequest{Peer: c.peer, Self: RelayNodePeer{NAT: relayNAT(c.localNAT), Region: c.o.region},
+	local := c.localNAT
+	if local == nil || local.Mapping == "" {
+		local = c.quick
+	}
+	req := RelayNodeRequest{Peer: c.peer, Self: RelayNodePeer{NAT: relayNAT(local), Region: c.o.region},
 		Other: RelayNodePeer{NAT: relayNAT(c.remoteNAT)}}
 	if c.srflx.IsValid() {
 		req.Self.Addrs = []string{c.srflx.String()}

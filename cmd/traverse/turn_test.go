@@ -73,15 +73,7 @@ func TestTurnCommand(t *testing.T) {
 	if turnAllocate(t, addr, "ann", "one") == nil {
 		t.Error("the old password still works after the reload")
 	}
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("traverse turn: %v", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("traverse turn did not stop within 5s")
-	}
+	testkit.Stop(t, "traverse turn", cancel, done)
 }
 
 // TestTurnOffloadFlag: --offload takes ebpf or off only. (The kernel path

@@ -1,7 +1,6 @@
 package signal
 
 import (
-	"context"
 	"fmt"
 	"net/netip"
 	"sort"
@@ -11,21 +10,10 @@ import (
 	"time"
 
 	"github.com/traverse-rtc/traverse/internal/bus"
+	"github.com/traverse-rtc/traverse/internal/bus/bustest"
 	"github.com/traverse-rtc/traverse/internal/metricstest"
 	"github.com/traverse-rtc/traverse/internal/testkit"
 )
-
-// recvRaw reads the next message as sent.
-func (c *testClient) recvRaw() string {
-	c.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	_, b, err := c.conn.Read(ctx)
-	if err != nil {
-		c.t.Fatalf("read: %v", err)
-	}
-	return string(b)
-}
 
 // joinOn joins with tok and offers, and returns the node of the joined
 // message (skipping the room's participant and track messages).
@@ -153,23 +141,8 @@ func TestNodeDownRejoin(t *testing.T) {
 // sweep) of its last announcement, calls OnNodeDown once, carries the
 // rooms a node announces, and forgets the dead node's participants.
 func TestBusBackendNodeDown(t *testing.T) {
-	emb, err := bus.StartEmbedded(bus.EmbeddedConfig{Listen: "127.0.0.1:0"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = emb.Close() })
-	connect := func(role bus.Role, node string) *bus.Client {
-		id, err := emb.NewIdentity(role, node)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c, err := bus.Connect(bus.Config{URLs: []string{emb.URL()}, Identity: id}, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = c.Close() })
-		return c
-	}
+	emb := bustest.Start(t)
+	connect := func(role bus.Role, node string) *bus.Client { return bustest.Connect(t, emb, role, node) }
 	n1, n2, sig := connect(bus.RoleNode, "n1"), connect(bus.RoleNode, "n2"), connect(bus.RoleSignal, "")
 	be, err := NewBusBackend(sig, 0)
 	if err != nil {

@@ -42,7 +42,7 @@ func labP2P(ctx context.Context, w io.Writer, cmd string, args []string) error {
 		}
 	} else {
 		fs.Usage = func() {
-			fmt.Fprint(fs.Output(), "Usage: traverse lab upgrade [--kinds A,B] [--runs N]\n\nBlocks UDP between a host of kind A and one of kind B (nftables), connects\nthem through TURN, streams datagrams, opens the direct path and reports the\ntime the flow takes to move onto it and the datagrams lost or reordered.\nDefault kinds: eim-apdf,eim-apdf. Needs root.\n\nFlags:\n")
+			fmt.Fprint(fs.Output(), "Usage: traverse lab upgrade [--kinds A,B] [--runs N]\n\nBlocks UDP between a host of kind A and one of kind B (nftables), connects\nthem through TURN (a relay node with --relay-nodes), streams datagrams, opens\nthe direct path and reports the\ntime the flow takes to move onto it and the datagrams lost or reordered.\nDefault kinds: eim-apdf,eim-apdf. Needs root.\n\nFlags:\n")
 			fs.PrintDefaults()
 		}
 	}

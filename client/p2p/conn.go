@@ -15,6 +15,8 @@ import (
 
 	"github.com/flynn/noise"
 	"github.com/pion/stun/v3"
+
+	"github.com/traverse-rtc/traverse/client/nat"
 )
 
 // Conn is a connection to one peer carrying datagrams, end-to-end
@@ -24,6 +26,7 @@ type Conn struct {
 	sig        Signaler
 	local      string
 	peer       string
+	initiator  bool
 	keys       *sessionKeys
 	ctx        context.Context // canceled by Close
 	cancel     context.CancelFunc
@@ -54,6 +57,13 @@ type Conn struct {
 	localNAT   *NATInfo
 	remoteNAT  *NATInfo
 	turnDone   bool // every TURN attempt ended
+	srflx      netip.AddrPort
+	quick      *NATInfo // this side's NAT from the STUN answers (quickNAT)
+	mapped     netip.AddrPort
+	relayDone  bool      // step 2 (relay nodes) ended
+	relayUp    time.Time // when a relay node was bound
+	relayStart atomic.Bool
+	sub        atomic.Pointer[subConn] // the relay node being bound
 }
 
 type pairKey struct {
@@ -67,6 +77,7 @@ type pair struct {
 	key       pairKey
 	b         base
 	kind      PathKind
+	rkind     string // the remote candidate's kind
 	lastProbe time.Time
 	lastAck   time.Time
 	valid     bool
@@ -82,6 +93,7 @@ type counters struct {
 	sent, sentBytes, received, recvBytes atomic.Uint64
 	forged, replayed, malformed, foreign atomic.Uint64
 	strayAcks, queueDrops, probes, acks  atomic.Uint64
+	relayOffered, relayTried             atomic.Uint64
 }
 
 // Stats is a snapshot of a Conn's counters.
@@ -120,7 +132,7 @@ func Connect(ctx context.Context, sig Signaler, opts ...Option) (*Conn, error) {
 	o.defaults()
 	local, peer, initiator := sig.Names()
 	cctx, cancel := context.WithCancel(context.Background())
-	c := &Conn{o: o, sig: sig, local: local, peer: peer, ctx: cctx, cancel: cancel, start: time.Now(),
+	c := &Conn{o: o, sig: sig, local: local, peer: peer, initiator: initiator, ctx: cctx, cancel: cancel, start: time.Now(),
 		rx: make(chan []byte, o.recvQueue), firstPath: make(chan struct{}), failed: make(chan struct{}),
 		natDone: make(chan struct{}), pairs: map[pairKey]*pair{}}
 	c.reorder.init()
@@ -169,10 +181,18 @@ func (c *Conn) connect(ctx context.Context, initiator bool) error {
 			return
 		}
 		_ = c.sig.Send(ctx, encodeMessage(message{Type: "cand", Candidates: []Candidate{{Addr: srflx, Kind: "srflx"}}}))
-		if step := c.portStep(ctx, ub, srflx, other); step > 0 {
+		step, port2 := c.portStep(ctx, ub, srflx, other)
+		if port2 != 0 && c.o.relayNodes != nil {
+			c.quickNAT(ctx, srflx, port2, cands)
+		}
+		if step > 0 {
 			_ = c.sig.Send(ctx, encodeMessage(message{Type: "cand", Candidates: []Candidate{{Addr: srflx, Kind: "srflx", Seq: step}}}))
 		}
 	}()
+	if c.o.portmap != nil && !ub.local.Addr().IsLoopback() { // no router forwards to loopback
+		c.wg.Add(1)
+		go c.mapPort(ub.local.Port())
+	}
 	if c.o.natDiscover != nil {
 		c.wg.Add(1)
 		go c.discoverNAT()
@@ -319,6 +339,9 @@ func (c *Conn) gatherSTUN(ctx context.Context, ub *udpBase) (srflx, other netip.
 		}
 		ip, _ := netip.AddrFromSlice(xa.IP)
 		_ = ub.pc.SetReadDeadline(time.Time{})
+		c.mu.Lock()
+		c.srflx = netip.AddrPortFrom(ip.Unmap(), uint16(xa.Port))
+		c.mu.Unlock()
 		var oa stun.MappedAddress
 		if oa.GetFromAs(m, stun.AttrOtherAddress) == nil {
 			oip, _ := netip.AddrFromSlice(oa.IP)
@@ -343,9 +366,9 @@ func (c *Conn) gatherSTUN(ctx context.Context, ub *udpBase) (srflx, other netip.
 // an address-and-port-dependent ("symmetric") mapping, and a small step
 // between the two a NAT that hands ports out in sequence, whose next ports
 // the peer can predict. It returns the step, or 0.
-func (c *Conn) portStep(ctx context.Context, ub *udpBase, srflx, other netip.AddrPort) uint16 {
+func (c *Conn) portStep(ctx context.Context, ub *udpBase, srflx, other netip.AddrPort) (step, port2 uint16) {
 	if !other.IsValid() || other.Addr().Is4() != srflx.Addr().Is4() {
-		return 0
+		return 0, 0
 	}
 	m := stun.MustBuild(stun.TransactionID, stun.BindingRequest, stun.Fingerprint)
 	deadline := time.Now().Add(300 * time.Millisecond)
@@ -372,16 +395,38 @@ func (c *Conn) portStep(ctx context.Context, ub *udpBase, srflx, other netip.Add
 			}
 			var xa stun.XORMappedAddress
 			if xa.GetFrom(r) != nil {
-				return 0
+				return 0, 0
 			}
 			step := int(xa.Port) - int(srflx.Port())
 			if step > 0 && step <= maxSeqStep {
-				return uint16(step)
+				return uint16(step), uint16(xa.Port)
 			}
-			return 0
+			return 0, uint16(xa.Port)
 		}
 	}
-	return 0
+	return 0, 0
+}
+
+// quickNAT tells the peer, ahead of the full client/nat report, what the
+// two STUN answers already show: whether a NAT translates, and whether
+// its mapping is endpoint-independent (the same public port towards the
+// server's other IP and port). That is all the relay node choice needs of
+// a peer (its filtering never matters there), so step 2 need not wait for
+// the discovery, which runs only after the direct attempt.
+func (c *Conn) quickNAT(ctx context.Context, srflx netip.AddrPort, port2 uint16, hosts []Candidate) {
+	info := &NATInfo{Mapping: nat.AddressAndPortDependent.String(), Filtering: nat.Unknown.String(), Behind: true}
+	if port2 == srflx.Port() {
+		info.Mapping = nat.EndpointIndependent.String()
+	}
+	for _, h := range hosts {
+		if h.Addr == srflx {
+			info.Behind = false
+		}
+	}
+	c.mu.Lock()
+	c.quick = info
+	c.mu.Unlock()
+	_ = c.sig.Send(ctx, encodeMessage(message{Type: "nat", NAT: info}))
 }
 
 func (c *Conn) discoverNAT() {
@@ -400,7 +445,7 @@ func (c *Conn) discoverNAT() {
 		return
 	}
 	rep, err := c.o.natDiscover(c.ctx)
-	info := &NATInfo{Mapping: rep.Mapping.String(), Filtering: rep.Filtering.String(), UDPBlocked: rep.UDPBlocked}
+	info := &NATInfo{Mapping: rep.Mapping.String(), Filtering: rep.Filtering.String(), UDPBlocked: rep.UDPBlocked, Behind: rep.NAT}
 	if err != nil && !rep.UDPBlocked {
 		c.o.log.Debug("p2p: nat discovery", "err", err)
 	}
@@ -441,6 +486,14 @@ func (c *Conn) handleSignal(m message) {
 		}
 	case "nat":
 		c.remoteNAT = m.NAT
+	case "relay":
+		// The initiator's relay node offer (step 2): bind the same
+		// nodes in the same order.
+		if c.relayStart.CompareAndSwap(false, true) && c.ctx.Err() == nil {
+			c.c.relayOffered.Store(uint64(len(m.Relay.Nodes)))
+			c.wg.Add(1)
+			go func() { defer c.wg.Done(); c.bindRelay(m.Relay.Nodes) }()
+		}
 	}
 }
 
@@ -448,6 +501,21 @@ func (c *Conn) handleSignal(m message) {
 func (c *Conn) addRemoteLocked(cd Candidate) {
 	for i, r := range c.remotes {
 		if r.Addr == cd.Addr {
+			if r.Kind == "prflx" && (cd.Kind == "relay" || cd.Kind == "relay-node") {
+				// A probe from the peer's TURN allocation (through a
+				// port mapping, say) came before the candidate: the
+				// pairs to it are relayed, not direct.
+				c.remotes[i] = cd
+				for k, p := range c.pairs {
+					if k.remote == cd.Addr {
+						p.rkind = cd.Kind
+						if rk := turnKind(cd.Transport); cd.Kind == "relay" && rk > p.kind {
+							p.kind = rk
+						}
+					}
+				}
+				return
+			}
 			if cd.Seq > 0 && r.Seq == 0 && r.Kind == "srflx" && cd.Kind == "srflx" {
 				c.remotes[i].Seq = cd.Seq
 				c.predictLocked(cd)
@@ -458,7 +526,7 @@ func (c *Conn) addRemoteLocked(cd Candidate) {
 	if len(c.remotes) >= maxRemoteCands {
 		return
 	}
-	if c.o.relayOnly && cd.Kind != "relay" && cd.Kind != "prflx" {
+	if c.o.relayOnly && cd.Kind != "relay" && cd.Kind != "relay-node" && cd.Kind != "prflx" {
 		return
 	}
 	c.remotes = append(c.remotes, cd)
@@ -489,6 +557,11 @@ func (c *Conn) addPairLocked(i int, b base, cd Candidate) {
 	if c.o.relayOnly && b.Kind() == PathDirect && cd.Kind != "relay" {
 		return
 	}
+	// A relay node's link reaches only the peer's end on the same node
+	// (its writes go to the session's other side whatever the address).
+	if (b.Kind() == PathRelayNode) != (cd.Kind == "relay-node") {
+		return
+	}
 	kind := b.Kind()
 	if cd.Kind == "relay" {
 		if rk := turnKind(cd.Transport); rk > kind {
@@ -497,12 +570,13 @@ func (c *Conn) addPairLocked(i int, b base, cd Candidate) {
 	}
 	k := pairKey{i, cd.Addr}
 	if c.pairs[k] == nil {
-		c.pairs[k] = &pair{key: k, b: b, kind: kind}
+		c.pairs[k] = &pair{key: k, b: b, kind: kind, rkind: cd.Kind}
 	}
 }
 
-// addBase adds a TURN allocation: its pairs, and its address to the peer.
-func (c *Conn) addBase(b base, transport string) {
+// addBase adds a TURN allocation or a relay node's link: its pairs, and
+// its candidate cd to the peer.
+func (c *Conn) addBase(b base, cd Candidate) {
 	c.mu.Lock()
 	if c.ctx.Err() != nil {
 		c.mu.Unlock()
@@ -511,13 +585,18 @@ func (c *Conn) addBase(b base, transport string) {
 	}
 	i := len(c.bases)
 	c.bases = append(c.bases, b)
-	for _, cd := range c.remotes {
-		c.addPairLocked(i, b, cd)
+	for _, r := range c.remotes {
+		c.addPairLocked(i, b, r)
+	}
+	if cd.Kind == "relay-node" {
+		// Both peers bound the same node: its address is the peer's
+		// candidate on it too, known without waiting for the message.
+		c.addRemoteLocked(cd)
 	}
 	c.mu.Unlock()
 	c.wg.Add(1)
 	go c.readLoop(i, b)
-	_ = c.sig.Send(c.ctx, encodeMessage(message{Type: "cand", Candidates: []Candidate{{Addr: b.LocalAddr(), Kind: "relay", Transport: transport}}}))
+	_ = c.sig.Send(c.ctx, encodeMessage(message{Type: "cand", Candidates: []Candidate{cd}}))
 }
 
 func (c *Conn) readLoop(i int, b base) {
@@ -534,6 +613,13 @@ func (c *Conn) readLoop(i int, b base) {
 				continue
 			}
 			return
+		}
+		if i == 0 {
+			// Datagrams of a relay node being bound or bound from
+			// the direct socket go to its link.
+			if s := c.sub.Load(); s != nil && s.push(from, buf[:n]) {
+				continue
+			}
 		}
 		c.handlePacket(i, b, from, buf[:n])
 	}
@@ -591,6 +677,15 @@ func (c *Conn) handlePacket(i int, b base, from netip.AddrPort, pkt []byte) {
 			// Peer-reflexive: the peer's NAT mapped it to an address
 			// it could not know (symmetric mapping); answer there too.
 			c.addRemoteLocked(Candidate{Addr: from, Kind: "prflx"})
+			// The probe says which path it left on: one sent from the
+			// peer's TURN allocation is relayed, whatever address it
+			// arrives from (a port mapping that clashes with a flow
+			// this side opened to the relay rewrites the source port).
+			if sk := PathKind(body[8]); sk >= PathTURNUDP && sk <= PathTURNTLS {
+				if p := c.pairs[key]; p != nil && sk > p.kind {
+					p.kind = sk
+				}
+			}
 		}
 		p := c.pairs[key]
 		c.mu.Unlock()
@@ -612,6 +707,13 @@ func (c *Conn) handlePacket(i int, b base, from netip.AddrPort, pkt []byte) {
 		c.c.acks.Add(1)
 		tx := binary.BigEndian.Uint64(body)
 		p := c.pairs[key]
+		if p == nil || !p.pendingLocked(tx) {
+			// The ack came from another address than the probe went
+			// to (a router's port mapping may answer from another
+			// port): the authenticated, random probe id names the
+			// pair.
+			p = c.pairByTxLocked(i, tx)
+		}
 		if p == nil {
 			c.mu.Unlock()
 			c.c.strayAcks.Add(1)
@@ -703,7 +805,7 @@ func (c *Conn) pathLocked() Path {
 	if c.active == nil {
 		return Path{}
 	}
-	return Path{Kind: c.active.kind, Local: c.active.b.LocalAddr(), Remote: c.active.key.remote, RTT: c.active.rtt}
+	return Path{Kind: c.active.kind, Local: c.active.b.LocalAddr(), Remote: c.active.key.remote, RTT: c.active.rtt, Candidate: c.active.rkind}
 }
 
 // seal encrypts a packet of typ around body with the next nonce.
@@ -789,8 +891,16 @@ func (c *Conn) tick(now time.Time) {
 			due = append(due, p)
 		}
 	}
-	needTURN := c.active == nil && len(c.o.turn) > 0 && (c.o.relayOnly || c.udpBlocked.Load() || now.Sub(c.start) > c.o.directTimeout)
-	allFailed := c.active == nil && c.turnDone && now.Sub(c.start) > c.o.directTimeout+c.o.pathTimeout
+	late := c.o.relayOnly || c.udpBlocked.Load() || now.Sub(c.start) > c.o.directTimeout
+	// Step 2, relay nodes, before TURN: the initiator asks for nodes
+	// once the direct timeout passed; the responder waits for its offer.
+	needRelay := c.active == nil && late && c.o.relayNodes != nil && c.initiator
+	if c.o.relayNodes == nil || c.udpBlocked.Load() || (!c.initiator && now.Sub(c.start) > c.o.directTimeout+relayOfferWait && !c.relayStart.Load()) {
+		c.relayDone = true
+	}
+	relayPending := !c.relayDone || (!c.relayUp.IsZero() && now.Sub(c.relayUp) < time.Second)
+	needTURN := c.active == nil && len(c.o.turn) > 0 && late && !relayPending
+	allFailed := c.active == nil && c.turnDone && c.relayDone && now.Sub(c.start) > c.o.directTimeout+c.o.pathTimeout
 	flushed := c.reorder.expire(now, c.holdLocked(now))
 	c.mu.Unlock()
 	c.emit(ev)
@@ -798,11 +908,15 @@ func (c *Conn) tick(now time.Time) {
 	for _, p := range due {
 		c.probe(p, now)
 	}
+	if needRelay && c.relayStart.CompareAndSwap(false, true) {
+		c.wg.Add(1)
+		go c.relayOffer()
+	}
 	if needTURN && c.turnTried.CompareAndSwap(false, true) {
 		c.wg.Add(1)
 		go c.fallback()
 	}
-	if allFailed || (c.active == nil && len(c.o.turn) == 0 && now.Sub(c.start) > c.o.directTimeout+c.o.pathTimeout) {
+	if allFailed || (c.active == nil && len(c.o.turn) == 0 && !relayPending && now.Sub(c.start) > c.o.directTimeout+c.o.pathTimeout) {
 		c.failOnce.Do(func() { close(c.failed) })
 	}
 }
@@ -847,7 +961,7 @@ func (c *Conn) fallback() {
 				b.Close()
 				return
 			}
-			c.addBase(b, tr)
+			c.addBase(b, Candidate{Addr: b.LocalAddr(), Kind: "relay", Transport: tr})
 			return
 		}
 	}
@@ -968,4 +1082,23 @@ func (c *Conn) Pairs() []PairState {
 			Live: p == c.active, LastAck: p.lastAck, RTT: p.rtt})
 	}
 	return out
+}
+
+func (p *pair) pendingLocked(tx uint64) bool {
+	for j := range p.pending {
+		if p.pending[j].tx == tx && tx != 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// pairByTxLocked finds base i's pair that sent probe tx.
+func (c *Conn) pairByTxLocked(i int, tx uint64) *pair {
+	for k, p := range c.pairs {
+		if k.base == i && p.pendingLocked(tx) {
+			return p
+		}
+	}
+	return nil
 }

@@ -16,14 +16,22 @@
 //     authenticated test packets (probes) to every candidate of the other;
 //     a side that receives one answers with an ack (and probes the source
 //     back: a symmetric NAT's new mapping becomes a peer-reflexive
-//     candidate). The direct path is up when an ack arrives.
-//  2. A relay node both peers reach (reserved: a path kind that plugs in as
-//     one more local base, see docs/p2p.md).
-//  3. TURN last, after the direct timeout: an allocation over UDP, then
+//     candidate). The direct path is up when an ack arrives. In parallel
+//     with STUN the home router is asked for a port mapping (client/portmap:
+//     PCP, NAT-PMP, UPnP IGD; WithPortMap, on by default with the host's
+//     network): its external address is one more ("mapped") candidate.
+//  2. A relay node both peers reach (WithRelayNodes, on both sides): after
+//     the direct timeout the caller asks signaling (SignalRelayNodes: POST
+//     /relay/nodes) for nodes compatible with both peers' NATs, nearest
+//     first, hands the peer its grants, and both bind them in order from
+//     the direct socket; the first node both reach carries the flow
+//     (PathRelayNode), a node one peer cannot reach is abandoned for the
+//     next.
+//  3. TURN last, once no relay node worked: an allocation over UDP, then
 //     TCP, then TLS; its relayed address goes to the peer as a candidate
 //     and is probed like the others.
 //
-// After a fallback the direct pairs stay probed (every 500 ms by default)
+// After a fallback (relay node or TURN) the direct pairs stay probed (every 500 ms by default)
 // and the flow moves to direct as soon as an ack comes back. Data carries a
 // sequence number; the receiver's reorder buffer puts datagrams still in
 // flight on the old path back in order, so a handover loses nothing.

@@ -68,6 +68,10 @@ func FuzzSignalMessage(f *testing.F) {
 		`{"t":"bye"}`,
 		`{"t":"cand","c":[{"a":"203.0.113.7:4100","k":"srflx","seq":1}]}`,
 		`{"t":"cand","c":[{"a":"0.0.0.0:1","k":"host"}]}`,
+		`{"t":"cand","c":[{"a":"192.0.3.1:40000","k":"mapped"},{"a":"198.51.100.4:3490","k":"relay-node"}]}`,
+		`{"t":"relay","rn":{"n":[{"id":"node0","a":"198.51.100.4:3490","g":"AAECAw"}]}}`,
+		`{"t":"relay","rn":{"n":[]}}`,
+		`{"t":"relay"}`,
 	} {
 		f.Add([]byte(s))
 	}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/traverse-rtc/traverse/client/nat"
+	"github.com/traverse-rtc/traverse/client/portmap"
 )
 
 // Option configures Connect.
@@ -61,6 +62,10 @@ type options struct {
 	onChange      func(PathChange)
 	log           *slog.Logger
 	recvQueue     int
+	relayNodes    RelayNodeFunc
+	region        string
+	portmap       *portmap.Config
+	portmapSet    bool
 }
 
 // WithSTUN sets the STUN servers (host:port) the public address is learnt
@@ -238,6 +243,12 @@ func (o *options) defaults() {
 	}
 	if o.net == nil {
 		o.net = hostNetwork{}
+		if !o.portmapSet && !o.relayOnly {
+			o.portmap = &portmap.Config{}
+		}
+	}
+	if o.relayOnly {
+		o.portmap = nil
 	}
 	if o.log == nil {
 		o.log = slog.New(slog.DiscardHandler)

@@ -15,8 +15,7 @@ const (
 	PathNone PathKind = iota
 	// PathDirect: peer to peer, through the NATs.
 	PathDirect
-	// PathRelayNode: through a relay node both peers reach (reserved: a
-	// base of this kind plugs in as described in docs/p2p.md).
+	// PathRelayNode: through a relay node both peers reach (WithRelayNodes).
 	PathRelayNode
 	// PathTURNUDP, PathTURNTCP, PathTURNTLS: through a TURN allocation
 	// whose client reaches its server over UDP, TCP or TLS.
@@ -60,6 +59,10 @@ type Path struct {
 	Local, Remote netip.AddrPort
 	// RTT is the path's smoothed round-trip time (probe to ack).
 	RTT time.Duration
+	// Candidate is the kind of the peer's candidate the path goes to:
+	// "host", "srflx", "mapped", "prflx", "predicted", "relay" or
+	// "relay-node".
+	Candidate string
 }
 
 func (p Path) String() string {

@@ -28,6 +28,7 @@ type Signaler interface {
 //	{"t":"hs","hs":"<base64 Noise message>"}
 //	{"t":"cand","c":[{"a":"203.0.113.7:4100","k":"srflx"},{"a":"...","k":"relay","tr":"tcp"}]}
 //	{"t":"nat","nat":{"mapping":"endpoint-independent","filtering":"address-dependent"}}
+//	{"t":"relay","rn":{"n":[{"id":"node-1","a":"198.51.100.4:3490","g":"<base64 grant>"}]}}
 //	{"t":"bye"}
 //
 // Candidates may come in several cand messages (host ones at once, the
@@ -37,14 +38,17 @@ type message struct {
 	Handshake  []byte      `json:"hs,omitempty"`
 	Candidates []Candidate `json:"c,omitempty"`
 	NAT        *NATInfo    `json:"nat,omitempty"`
+	Relay      *relayMsg   `json:"rn,omitempty"`
 }
 
 // Candidate is an address where a peer may be reached.
 type Candidate struct {
 	Addr netip.AddrPort `json:"a"`
 	// Kind is "host" (a local interface address), "srflx" (the public
-	// address a STUN server saw), "prflx" (learnt from a probe's source,
-	// never sent) or "relay" (a TURN allocation).
+	// address a STUN server saw), "mapped" (a port mapping the home router
+	// granted, client/portmap), "prflx" (learnt from a probe's source,
+	// never sent), "predicted" (port prediction, never sent), "relay" (a
+	// TURN allocation) or "relay-node" (the relay node both peers bound).
 	Kind string `json:"k"`
 	// Transport is how a relay candidate reaches its TURN server: "udp",
 	// "tcp" or "tls".
@@ -61,6 +65,8 @@ type NATInfo struct {
 	Filtering string `json:"filtering"`
 	// UDPBlocked is set when no STUN server answered over UDP.
 	UDPBlocked bool `json:"udp_blocked,omitempty"`
+	// Behind is set when a NAT translates (client/nat's Report.NAT).
+	Behind bool `json:"behind,omitempty"`
 }
 
 // Limits of one signaling message.
@@ -105,6 +111,10 @@ func decodeMessage(b []byte) (message, error) {
 		if m.NAT == nil || len(m.NAT.Mapping) > maxNATFieldBytes || len(m.NAT.Filtering) > maxNATFieldBytes {
 			return m, fmt.Errorf("%w: bad nat", ErrSignal)
 		}
+	case "relay":
+		if err := m.Relay.validate(); err != nil {
+			return m, err
+		}
 	case "bye":
 	default:
 		return m, fmt.Errorf("%w: unknown type %.16q", ErrSignal, m.Type)
@@ -124,6 +134,10 @@ func (c Candidate) validate() error {
 		}
 		if c.Seq != 0 && (c.Kind != "srflx" || c.Seq > maxSeqStep) {
 			return fmt.Errorf("%w: port step %d on a %s candidate", ErrSignal, c.Seq, c.Kind)
+		}
+	case "mapped", "relay-node":
+		if c.Transport != "" || c.Seq != 0 {
+			return fmt.Errorf("%w: transport or port step on a %s candidate", ErrSignal, c.Kind)
 		}
 	case "relay":
 		if c.Seq != 0 {

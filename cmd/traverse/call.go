@@ -37,6 +37,9 @@ type callConfig struct {
 	TURNRealm    string        `yaml:"turn-realm"`
 	TURNInsecure bool          `yaml:"turn-insecure"`
 	RelayOnly    bool          `yaml:"relay-only"`
+	RelayNodes   bool          `yaml:"relay-nodes"`
+	Region       string        `yaml:"region"`
+	PortMap      bool          `yaml:"portmap"`
 	Rate         int           `yaml:"rate"`
 	Size         int           `yaml:"size"`
 	Duration     time.Duration `yaml:"duration"`
@@ -47,7 +50,7 @@ type callConfig struct {
 func runCall(ctx context.Context, args []string) error { return call(ctx, os.Stdout, args) }
 
 func call(ctx context.Context, w io.Writer, args []string) error {
-	cfg := callConfig{Rate: 50, Size: 160, Interval: time.Second, DirectTimout: 2 * time.Second}
+	cfg := callConfig{Rate: 50, Size: 160, Interval: time.Second, DirectTimout: 2 * time.Second, PortMap: true}
 	fs := newFlagSet("call", callSynopsis)
 	fs.StringVar(&cfg.Signal, "signal", "", "the signaling service's rendezvous `URL` (ws://HOST:PORT/p2p)")
 	fs.StringVar(&cfg.Token, "token", "", "this peer's `token` (traverse token; env TRAVERSE_TOKEN)")
@@ -60,6 +63,9 @@ func call(ctx context.Context, w io.Writer, args []string) error {
 	fs.StringVar(&cfg.TURNRealm, "turn-realm", "", "TURN `realm`")
 	fs.BoolVar(&cfg.TURNInsecure, "turn-insecure", false, "do not verify a TLS TURN server's certificate (tests)")
 	fs.BoolVar(&cfg.RelayOnly, "relay-only", false, "never go direct: hide the peers' addresses behind TURN")
+	fs.BoolVar(&cfg.RelayNodes, "relay-nodes", false, "after direct, before TURN: a relay node both peers reach, offered by --signal's POST /relay/nodes (both peers set it)")
+	fs.StringVar(&cfg.Region, "region", "", "this peer's `region`, matched against relay nodes' (nearest first)")
+	fs.BoolVar(&cfg.PortMap, "portmap", cfg.PortMap, "ask the home router for a port mapping (PCP, NAT-PMP, UPnP) as one more direct candidate; a router that answers nothing costs 1 s in the background")
 	fs.IntVar(&cfg.Rate, "rate", cfg.Rate, "media `packets` per second")
 	fs.IntVar(&cfg.Size, "size", cfg.Size, "media packet payload `bytes`")
 	fs.DurationVar(&cfg.Duration, "duration", 0, "end the call after this long (0: at interrupt)")
@@ -91,6 +97,12 @@ func call(ctx context.Context, w io.Writer, args []string) error {
 	}
 	if cfg.RelayOnly {
 		opts = append(opts, p2p.WithRelayOnly())
+	}
+	if cfg.RelayNodes {
+		opts = append(opts, p2p.WithRelayNodes(p2p.SignalRelayNodes(cfg.Signal, cfg.Token, nil)), p2p.WithRegion(cfg.Region))
+	}
+	if !cfg.PortMap {
+		opts = append(opts, p2p.WithoutPortMap())
 	}
 	start := time.Now()
 	var outMu sync.Mutex // guards w

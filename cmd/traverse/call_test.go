@@ -56,9 +56,9 @@ func TestCall(t *testing.T) {
 	var bobOut, aliceOut syncBuffer
 	errc := make(chan error, 1)
 	go func() {
-		errc <- call(ctx, &bobOut, []string{"--signal", url, "--token", tok("bob"), "--listen", "--duration", "1500ms", "--interval", "500ms", "--rate", "100"})
+		errc <- call(ctx, &bobOut, []string{"--signal", url, "--token", tok("bob"), "--listen", "--portmap=false", "--duration", "1500ms", "--interval", "500ms", "--rate", "100"})
 	}()
-	if err := call(ctx, &aliceOut, []string{"--signal", url, "--token", tok("alice"), "--to", "bob", "--duration", "1500ms", "--interval", "500ms", "--rate", "100"}); err != nil {
+	if err := call(ctx, &aliceOut, []string{"--signal", url, "--token", tok("alice"), "--to", "bob", "--portmap=false", "--duration", "1500ms", "--interval", "500ms", "--rate", "100"}); err != nil {
 		t.Fatalf("alice: %v\n%s", err, aliceOut.String())
 	}
 	if err := <-errc; err != nil {

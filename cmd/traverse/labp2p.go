@@ -32,15 +32,17 @@ func labP2P(ctx context.Context, w io.Writer, cmd string, args []string) error {
 	interval := fs.Duration("interval", 2*time.Millisecond, "upgrade: datagram interval of the stream")
 	hold := fs.Duration("hold", time.Second, "upgrade: stream this long through TURN before opening the direct path (and after the upgrade)")
 	quiet := fs.Bool("quiet", false, "print only the table")
+	relayNodes := fs.Int("relay-nodes", 0, "run this many relay nodes on the lab internet: pairs that cannot go direct try them before TURN")
+	upnp := fs.String("upnp", "", "run miniupnpd on the NATs of these `kinds` (\"all\": every single NAT): a port mapping is one more direct candidate")
 	withICE := fs.Bool("ice", false, "matrix: also run pion/ice (pion/webrtc's ICE agent) on the same pairs and servers, and compare")
 	if cmd == "matrix" {
 		fs.Usage = func() {
-			fmt.Fprint(fs.Output(), "Usage: traverse lab matrix [--kinds K,K] [--runs N] [--name NAME]\n\nConnects client/p2p peers behind every ordered pair of host kinds, --runs\ntimes each, and prints the path chosen, the path RFC 4787 theory expects\n(marked ! when a run differs), the time to the first media packet (median,\np95) and the success rate. Needs root.\n\nFlags:\n")
+			fmt.Fprint(fs.Output(), "Usage: traverse lab matrix [--kinds K,K] [--runs N] [--relay-nodes N] [--upnp all|K,K] [--name NAME]\n\nConnects client/p2p peers behind every ordered pair of host kinds, --runs\ntimes each, and prints the path chosen (\"mapped n/m\": runs direct to a port\nmapping), the path RFC 4787 theory expects with the extras (marked ! when a run\ndiffers), the time to the first media packet (median, p95) and the success\nrate. Needs root; --upnp needs miniupnpd (Debian miniupnpd-nftables).\n\nFlags:\n")
 			fs.PrintDefaults()
 		}
 	} else {
 		fs.Usage = func() {
-			fmt.Fprint(fs.Output(), "Usage: traverse lab upgrade [--kinds A,B] [--runs N]\n\nBlocks UDP between a host of kind A and one of kind B (nftables), connects\nthem through TURN, streams datagrams, opens the direct path and reports the\ntime the flow takes to move onto it and the datagrams lost or reordered.\nDefault kinds: eim-apdf,eim-apdf. Needs root.\n\nFlags:\n")
+			fmt.Fprint(fs.Output(), "Usage: traverse lab upgrade [--kinds A,B] [--runs N]\n\nBlocks UDP between a host of kind A and one of kind B (nftables), connects\nthem through TURN (a relay node with --relay-nodes), streams datagrams, opens\nthe direct path and reports the\ntime the flow takes to move onto it and the datagrams lost or reordered.\nDefault kinds: eim-apdf,eim-apdf. Needs root.\n\nFlags:\n")
 			fs.PrintDefaults()
 		}
 	}
@@ -74,14 +76,23 @@ func labP2P(ctx context.Context, w io.Writer, cmd string, args []string) error {
 			build = append(build, k)
 		}
 	}
-	env, err := p2plab.Build(lab, build)
+	x := p2plab.Extras{RelayNodes: *relayNodes}
+	if *upnp != "" {
+		x.Miniupnpd = strings.Split(*upnp, ",")
+	}
+	env, err := p2plab.BuildWith(lab, build, x)
+	if env != nil {
+		defer env.Close()
+	}
 	if err != nil {
 		return err
 	}
 	if err := env.StartServers(exec.Command(exe, "lab", "p2p-servers")); err != nil {
 		return err
 	}
-	defer env.Close()
+	if err := env.StartExtras(); err != nil {
+		return err
+	}
 	var log io.Writer = os.Stderr
 	if *quiet {
 		log = nil

@@ -78,15 +78,26 @@ type Env struct {
 	helper *exec.Cmd
 	stdin  io.Closer
 	exited chan error
+
+	extras     Extras
+	relayHosts []*netlab.Host
+	relay      *relayScene
+	closers    []func()
 }
 
 type side struct {
 	host   *netlab.Host
-	public netip.Addr // what peers see of it
+	public netip.Addr  // what peers see of it
+	nat    *netlab.NAT // its NAT (the inner one of a double NAT), nil for none
+	upnp   bool        // its NAT runs miniupnpd
 }
 
 // Build builds the lab for kinds in l.
 func Build(l *netlab.Lab, kinds []string) (*Env, error) {
+	return BuildWith(l, kinds, Extras{})
+}
+
+func buildHosts(l *netlab.Lab, kinds []string) (*Env, error) {
 	e := &Env{lab: l, hosts: map[string]*side{}}
 	e.srv = l.Host("srv", l.Internet(), netlab.Addrs(2))
 	for _, sd := range []string{"a", "b"} {
@@ -95,7 +106,7 @@ func Build(l *netlab.Lab, kinds []string) (*Env, error) {
 			if k == "double" {
 				cgn := l.NAT(sd+"cgn", l.Internet(), netlab.EIMADF)
 				home := l.NAT(sd+"home", cgn, netlab.EIMEIF)
-				e.hosts[sd+"/"+k] = &side{host: l.Host("h"+name, home), public: cgn.Addr()}
+				e.hosts[sd+"/"+k] = &side{host: l.Host("h"+name, home), public: cgn.Addr(), nat: home}
 				continue
 			}
 			nk, ok := natKinds[k]
@@ -108,7 +119,11 @@ func Build(l *netlab.Lab, kinds []string) (*Env, error) {
 			if nk == netlab.Routed {
 				pub = h.Addr()
 			}
-			e.hosts[sd+"/"+k] = &side{host: h, public: pub}
+			s := &side{host: h, public: pub}
+			if nk != netlab.Routed {
+				s.nat = n
+			}
+			e.hosts[sd+"/"+k] = s
 		}
 	}
 	if err := l.Err(); err != nil {
@@ -159,8 +174,17 @@ func (e *Env) StartServers(cmd *exec.Cmd) error {
 	}
 }
 
-// Close stops the server helper (the lab is the caller's).
+// Close stops the relay nodes and the server helper (the lab is the
+// caller's).
 func (e *Env) Close() error {
+	for i := len(e.closers) - 1; i >= 0; i-- {
+		e.closers[i]()
+	}
+	e.closers = nil
+	if e.relay != nil {
+		e.relay.emb.Close()
+		e.relay = nil
+	}
 	if e.helper == nil {
 		return nil
 	}

@@ -22,7 +22,15 @@ type Run struct {
 	// FirstMedia is the time from both peers starting until the callee
 	// got the caller's first media packet.
 	FirstMedia time.Duration
-	Err        error
+	// Candidate is the kind of the callee's candidate the caller's path
+	// goes to ("mapped": a port mapping on the callee's router).
+	Candidate string
+	// TURN: either side allocated on the TURN server.
+	TURN bool
+	// RelayNodeUsed is the 1-based position, in signal's offer, of the
+	// relay node that carried the call (0: none).
+	RelayNodeUsed int
+	Err           error
 }
 
 // Connect connects a host of kind a with one of kind b and sends media
@@ -42,10 +50,10 @@ func (e *Env) Connect(ctx context.Context, a, b string, timeout time.Duration, e
 	}
 	cb := make(chan res, 1)
 	go func() {
-		c, err := p2p.Connect(ctx, sb, e.options(hb.host, extra)...)
+		c, err := p2p.Connect(ctx, sb, e.options(hb.host, append(e.extraOptions(hb), extra...))...)
 		cb <- res{c, err}
 	}()
-	ca, err := p2p.Connect(ctx, sa, e.options(ha.host, extra)...)
+	ca, err := p2p.Connect(ctx, sa, e.options(ha.host, append(e.extraOptions(ha), extra...))...)
 	rb := <-cb
 	if ca != nil {
 		defer ca.Close()
@@ -78,8 +86,10 @@ func (e *Env) Connect(ctx context.Context, a, b string, timeout time.Duration, e
 			}
 		}()
 	}
+	var cand string
 	if _, err := rb.c.ReadDatagram(ctx); err == nil {
-		first, path, gotB = time.Since(start), ca.Path().Kind, true
+		p := ca.Path()
+		first, path, cand, gotB = time.Since(start), p.Kind, p.Candidate, true
 	}
 	if _, err := ca.ReadDatagram(ctx); err == nil {
 		gotA = true
@@ -89,7 +99,14 @@ func (e *Env) Connect(ctx context.Context, a, b string, timeout time.Duration, e
 	if !gotA || !gotB {
 		return Run{Err: fmt.Errorf("media: caller received %t, callee %t: %v", gotA, gotB, ctx.Err())}
 	}
-	return Run{OK: true, Path: path, FirstMedia: first}
+	turn := false
+	for _, c := range []*p2p.Conn{ca, rb.c} {
+		for _, p := range c.Pairs() {
+			turn = turn || p.Kind >= p2p.PathTURNUDP
+		}
+	}
+	_, used := ca.RelayNodeStats()
+	return Run{OK: true, Path: path, FirstMedia: first, Candidate: cand, TURN: turn, RelayNodeUsed: used}
 }
 
 // Result sums the runs of one ordered pair.
@@ -180,7 +197,7 @@ func (e *Env) Matrix(ctx context.Context, kinds []string, runs int, log io.Write
 	var out []Result
 	for _, a := range kinds {
 		for _, b := range kinds {
-			r := Result{A: a, B: b, Expect: Expect(a, b)}
+			r := Result{A: a, B: b, Expect: e.expect(a, b)}
 			for i := 0; i < runs && ctx.Err() == nil; i++ {
 				x := e.Connect(ctx, a, b, 20*time.Second, extra...)
 				r.Runs = append(r.Runs, x)
@@ -207,7 +224,17 @@ func Table(w io.Writer, results []Result) error {
 		if !r.AsExpected() {
 			mark = " !"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s%s\t%s\t%s\t%d/%d\n", r.A, r.B, r.Paths(), r.Expect, mark,
+		paths := r.Paths()
+		mapped := 0
+		for _, x := range r.Runs {
+			if x.OK && x.Candidate == "mapped" {
+				mapped++
+			}
+		}
+		if mapped > 0 {
+			paths += fmt.Sprintf(" (mapped %d/%d)", mapped, r.OK())
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s%s\t%s\t%s\t%d/%d\n", r.A, r.B, paths, r.Expect, mark,
 			r.Percentile(0.5).Round(time.Millisecond), r.Percentile(0.95).Round(time.Millisecond), r.OK(), len(r.Runs))
 	}
 	return tw.Flush()

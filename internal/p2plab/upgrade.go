@@ -19,7 +19,10 @@ type UpgradeRun struct {
 	// Sent by the caller; Received, Lost (never arrived) and Reordered
 	// (arrived after a later one) at the callee.
 	Sent, Received, Lost, Reordered int
-	Err                             error
+	// From is the caller's path before the upgrade (TURN, or a relay
+	// node when the Env runs some).
+	From p2p.PathKind
+	Err  error
 }
 
 // Upgrade blocks UDP between a host of kind a and one of kind b (on a's
@@ -45,10 +48,10 @@ func (e *Env) Upgrade(ctx context.Context, a, b string, interval, hold time.Dura
 	}
 	cb := make(chan res, 1)
 	go func() {
-		c, err := p2p.Connect(ctx, sb, e.options(hb.host, extra)...)
+		c, err := p2p.Connect(ctx, sb, e.options(hb.host, append(e.extraOptions(hb), extra...))...)
 		cb <- res{c, err}
 	}()
-	ca, err := p2p.Connect(ctx, sa, e.options(ha.host, extra)...)
+	ca, err := p2p.Connect(ctx, sa, e.options(ha.host, append(e.extraOptions(ha), extra...))...)
 	rb := <-cb
 	if ca != nil {
 		defer ca.Close()
@@ -59,7 +62,8 @@ func (e *Env) Upgrade(ctx context.Context, a, b string, interval, hold time.Dura
 	if err != nil || rb.err != nil {
 		return UpgradeRun{Err: fmt.Errorf("connect: %v / %v", err, rb.err)}
 	}
-	if k := ca.Path().Kind; k == p2p.PathDirect {
+	from := ca.Path().Kind
+	if from == p2p.PathDirect {
 		return UpgradeRun{Err: fmt.Errorf("direct although blocked")}
 	}
 
@@ -126,7 +130,7 @@ func (e *Env) Upgrade(ctx context.Context, a, b string, interval, hold time.Dura
 	}
 	stopRecv()
 	<-recvDone
-	r := UpgradeRun{Sent: int(sent), Received: len(got)}
+	r := UpgradeRun{Sent: int(sent), Received: len(got), From: from}
 	seen := map[uint32]bool{}
 	var last int64 = -1
 	for _, s := range got {

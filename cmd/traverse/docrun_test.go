@@ -283,7 +283,9 @@ func (e *docRunEnv) value(c docCommand, r *docRun, name, value string, f *flag.F
 		return e.grantKey, nil
 	case base == "relay-grant-seed":
 		return e.seed, nil
-	case strings.HasSuffix(name, "secret"):
+	case strings.HasSuffix(name, "webhook-url") && ph:
+		return "http://" + e.addr() + "/webhook", nil
+	case strings.HasSuffix(name, "secret") || strings.HasSuffix(name, "-key") && ph:
 		return docSecret, nil
 	case strings.HasSuffix(name, "admin-token") || name == "api-token":
 		return docAdminToken, nil

@@ -277,11 +277,11 @@ func (e *docRunEnv) value(c docCommand, r *docRun, name, value string, f *flag.F
 		return e.cert, nil
 	case strings.HasSuffix(name, "tls-key"):
 		return e.key, nil
-	case base == "token-key":
+	case base == "token-key" && ph:
 		return e.tokenKey, nil
-	case name == "grant-key":
+	case name == "grant-key" && ph:
 		return e.grantKey, nil
-	case base == "relay-grant-seed":
+	case base == "relay-grant-seed" && ph:
 		return e.seed, nil
 	case strings.HasSuffix(name, "webhook-url") && ph:
 		return "http://" + e.addr() + "/webhook", nil
@@ -522,6 +522,23 @@ func TestDocCommandsRun(t *testing.T) {
 	if len(runs) < 20 {
 		t.Fatalf("only %d command lines to run: is the parser broken?", len(runs))
 	}
+	// Lines that pass TestDocCommands but do not work: the run must fail
+	// them (a short key, an address not on this host, credentials of
+	// another node).
+	var drift []*docRun
+	for _, line := range []string{
+		"traverse token --token-key short --room demo --identity alice",
+		"traverse stun --listen ADDR --other-address 192.0.2.1",
+		"traverse sfu --udp ADDR --tcp ADDR --nats URL --nats-creds DIR/sfu-x.creds --node-id y",
+	} {
+		c, _ := parseDocCommand(line)
+		r, err := e.plan(c)
+		if err != nil {
+			t.Fatalf("%s: %v", line, err)
+		}
+		r.where = line
+		drift = append(drift, r)
+	}
 
 	// The peers.
 	var nodes []string
@@ -585,36 +602,53 @@ func TestDocCommandsRun(t *testing.T) {
 			t.Parallel()
 			sem <- struct{}{}
 			defer func() { <-sem }()
-			r.run(t)
+			if err := r.run(t); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	for _, r := range drift {
+		t.Run("drift", func(t *testing.T) {
+			t.Parallel()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			err := r.run(t)
+			if err == nil {
+				t.Errorf("%s: ran, but it cannot work", r.where)
+			} else {
+				t.Logf("%s: fails as it must: %v", r.where, strings.SplitN(err.Error(), "\n", 3)[:2])
+			}
 		})
 	}
 }
 
-// run runs r and checks it did what its documentation says.
-func (r *docRun) run(t *testing.T) {
+// run runs r and returns what it did not do of what its documentation
+// says.
+func (r *docRun) run(t *testing.T) error {
 	began := time.Now()
+	cmdline := "traverse " + strings.Join(r.argv, " ")
 	if r.before != nil {
 		r.before(t)
 	}
 	if !r.server {
 		out, err := runOnce(t, r.argv...)
 		if err != nil {
-			t.Fatalf("traverse %s: %v\n%s", strings.Join(r.argv, " "), err, out)
+			return fmt.Errorf("%s: %v\n%s", cmdline, err, out)
 		}
 		if r.expect != nil && !r.expect.MatchString(out) {
-			t.Fatalf("traverse %s printed %q, want %v", strings.Join(r.argv, " "), out, r.expect)
+			return fmt.Errorf("%s printed %q, want %v", cmdline, out, r.expect)
 		}
 		if r.after != nil {
 			r.after(t, out)
 		}
-		t.Logf("traverse %s: done in %v", strings.Join(r.argv, " "), time.Since(began).Round(time.Millisecond))
-		return
+		t.Logf("%s: done in %v", cmdline, time.Since(began).Round(time.Millisecond))
+		return nil
 	}
 	c := &child{cmd: exec.Command(os.Args[0], r.argv...)}
 	c.cmd.Env = append(os.Environ(), "TRAVERSE_TEST_MAIN=1")
 	c.cmd.Stdout, c.cmd.Stderr = c, c
 	if err := c.cmd.Start(); err != nil {
-		t.Fatal(err)
+		return err
 	}
 	c.exited = testkit.Exited(c.cmd)
 	defer func() {
@@ -623,31 +657,36 @@ func (r *docRun) run(t *testing.T) {
 			testkit.AwaitExit(c.cmd, c.exited, 5*time.Second)
 		}
 	}()
-	ok := testkit.Eventually(30*time.Second, func() bool {
+	var exited error
+	ready := testkit.Eventually(30*time.Second, func() bool {
 		select {
 		case err := <-c.exited:
-			c.reaped = true
-			t.Fatalf("traverse %s: exited before ready: %v\n%s", strings.Join(r.argv, " "), err, c.output())
+			c.reaped, exited = true, fmt.Errorf("%s: exited before ready: %v\n%s", cmdline, err, c.output())
+			return true
 		default:
 		}
 		code, _, err := httpGet("http://" + r.admin + "/readyz")
 		return err == nil && code == 200
 	})
-	if !ok {
-		t.Fatalf("traverse %s: not ready (/readyz on %s) after 30s\n%s", strings.Join(r.argv, " "), r.admin, c.output())
+	if exited != nil {
+		return exited
 	}
-	ready := time.Since(began)
+	if !ready {
+		return fmt.Errorf("%s: not ready (/readyz on %s) after 30s\n%s", cmdline, r.admin, c.output())
+	}
+	readyAfter := time.Since(began)
 	_ = c.cmd.Process.Signal(syscall.SIGTERM)
 	err, ok := testkit.AwaitExit(c.cmd, c.exited, 5*time.Second)
-	if !ok {
-		t.Fatalf("traverse %s: did not stop within 5s of SIGTERM\n%s", strings.Join(r.argv, " "), c.output())
-	}
 	c.reaped = true
+	if !ok {
+		return fmt.Errorf("%s: did not stop within 5s of SIGTERM\n%s", cmdline, c.output())
+	}
 	if err != nil {
-		t.Fatalf("traverse %s: stopped with %v\n%s", strings.Join(r.argv, " "), err, c.output())
+		return fmt.Errorf("%s: stopped with %v\n%s", cmdline, err, c.output())
 	}
 	if r.after != nil {
 		r.after(t, c.output())
 	}
-	t.Logf("traverse %s: ready in %v", strings.Join(r.argv, " "), ready.Round(time.Millisecond))
+	t.Logf("%s: ready in %v", cmdline, readyAfter.Round(time.Millisecond))
+	return nil
 }

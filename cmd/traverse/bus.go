@@ -29,6 +29,7 @@ type busConfig struct {
 	CredsDir    string   `yaml:"creds-dir"`
 	Nodes       []string `yaml:"node"`
 	Relays      []string `yaml:"relay-node"`
+	Distributes []string `yaml:"distribute-node"`
 	TLSCert     string   `yaml:"tls-cert"`
 	TLSKey      string   `yaml:"tls-key"`
 	TLSClientCA string   `yaml:"tls-client-ca"`
@@ -53,6 +54,7 @@ func bindBusFlags(fs *flag.FlagSet, prefix string, c *busConfig, serve bool) {
 	fs.StringVar(&c.CredsDir, prefix+"creds-dir", c.CredsDir, dirHelp)
 	fs.Var(config.Strings{P: &c.Nodes}, prefix+"node", "SFU node `id` to make credentials for in --creds-dir (repeatable); a node may use only its own subjects")
 	fs.Var(config.Strings{P: &c.Relays}, prefix+"relay-node", "relay node `id` to make credentials for in --creds-dir (relay-ID.creds; repeatable)")
+	fs.Var(config.Strings{P: &c.Distributes}, prefix+"distribute-node", "distribute node `id` to make credentials for in --creds-dir (distribute-ID.creds; repeatable)")
 	fs.StringVar(&c.TLSCert, prefix+"tls-cert", c.TLSCert, "TLS certificate PEM `file`: clients must connect over TLS (give them its CA with --nats-tls-ca)")
 	fs.StringVar(&c.TLSKey, prefix+"tls-key", c.TLSKey, "TLS private key PEM `file`")
 	if !serve {
@@ -104,7 +106,7 @@ func startBusServer(c *busConfig, log *slog.Logger, adm *admin.Server) (*bus.Emb
 		return nil, errors.New("bus: --tls-client-ca needs --tls-cert and --tls-key")
 	}
 	if c.CredsDir != "" && !c.NoAuth {
-		ids, err := loadCredsDir(c.CredsDir, c.Nodes, c.Relays, log)
+		ids, err := loadCredsDir(c.CredsDir, c.Nodes, c.Relays, c.Distributes, log)
 		if err != nil {
 			return nil, err
 		}
@@ -162,15 +164,16 @@ func credsFile(dir string, role bus.Role, node string) string {
 	if role == bus.RoleNode {
 		return filepath.Join(dir, "sfu-"+node+".creds")
 	}
-	if role == bus.RoleRelay {
-		return filepath.Join(dir, "relay-"+node+".creds")
+	if role == bus.RoleRelay || role == bus.RoleDistribute {
+		return filepath.Join(dir, string(role)+"-"+node+".creds")
 	}
 	return filepath.Join(dir, string(role)+".creds")
 }
 
 // loadCredsDir loads every *.creds file of dir, first writing the missing
-// ones of signal and of each of nodes.
-func loadCredsDir(dir string, nodes, relays []string, log *slog.Logger) ([]*bus.Identity, error) {
+// ones of signal, the controller and each of the SFU, relay and distribute
+// nodes.
+func loadCredsDir(dir string, nodes, relays, distributes []string, log *slog.Logger) ([]*bus.Identity, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("bus: --creds-dir: %w", err)
 	}
@@ -190,6 +193,12 @@ func loadCredsDir(dir string, nodes, relays []string, log *slog.Logger) ([]*bus.
 			return nil, fmt.Errorf("bus: --relay-node %q: %w", n, bus.ErrBadSubjectToken)
 		}
 		wants = append(wants, want{bus.RoleRelay, n})
+	}
+	for _, n := range distributes {
+		if !bus.ValidName(n) {
+			return nil, fmt.Errorf("bus: --distribute-node %q: %w", n, bus.ErrBadSubjectToken)
+		}
+		wants = append(wants, want{bus.RoleDistribute, n})
 	}
 	for _, w := range wants {
 		path := credsFile(dir, w.role, w.node)

@@ -32,6 +32,7 @@ func docCommands(t *testing.T, file string) []docCommand {
 	defer f.Close()
 	var out, block []docCommand
 	inFence, inBlock := false, false
+	prev := 0 // the line of the last command (or its continuation)
 	flush := func(illustrative bool) {
 		if !illustrative {
 			out = append(out, block...)
@@ -57,9 +58,21 @@ func docCommands(t *testing.T, file string) []docCommand {
 			continue
 		case inFence || strings.HasPrefix(line, "    ") || strings.HasPrefix(line, "\t"):
 			inBlock = true
+			// An option line right under a command ("    [--offload
+			// off|ebpf]  # ...") continues it.
+			if last := len(block) - 1; last >= 0 && prev == n-1 && strings.HasPrefix(trimmed, "[") {
+				joined := "traverse " + docComment.ReplaceAllString(block[last].text, "") + " " + trimmed
+				if c, ok := parseDocCommand(joined); ok {
+					c.file, c.line = file, block[last].line
+					block[last] = c
+					prev = n
+				}
+				continue
+			}
 			if c, ok := parseDocCommand(trimmed); ok {
 				c.file, c.line = file, n
 				block = append(block, c)
+				prev = n
 			}
 			continue
 		case trimmed == "":

@@ -72,6 +72,7 @@ func TestConfigRefusesMistakes(t *testing.T) {
 		{"serve role key at top", "serve", []string{"--config", file("turn:\n  realm: x\nrealm: y\n"), "--check-config"}, `unknown key "realm"`},
 		{"bad type", "turn", []string{"--config", file("max-allocations: lots\n"), "--check-config"}, "line 1"},
 		{"turn empty password", "turn", []string{"--admin", "", "--listen", "127.0.0.1:0", "--realm", "x", "--user", "alice:"}, "--user alice: empty password"},
+		{"turn negative shards", "turn", []string{"--admin", "", "--listen", "127.0.0.1:0", "--realm", "x", "--user", "a:b", "--shards", "-1"}, "--shards -1: want 1 or more"},
 		{"turn no realm", "turn", []string{"--admin", "", "--listen", "127.0.0.1:0", "--user", "a:b"}, "--realm is required"},
 		{"turn short secret", "turn", []string{"--admin", "", "--listen", "127.0.0.1:0", "--realm", "x", "--auth-secret", "short"}, "--auth-secret: at least 16 bytes"},
 		{"turn bad listen", "turn", []string{"--admin", "", "--listen", "nowhere", "--realm", "x", "--user", "a:b"}, "--listen: "},

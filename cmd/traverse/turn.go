@@ -116,6 +116,9 @@ func (c *turnConfig) serverConfig(log *slog.Logger, reg *admin.Server) (turn.Con
 	if cfg.Listen, err = netip.ParseAddrPort(c.Listen); err != nil {
 		return cfg, fmt.Errorf("%s: %w", c.flag("listen"), err)
 	}
+	if c.Shards < 0 {
+		return cfg, fmt.Errorf("%s %d: want 1 or more (0: 1)", c.flag("shards"), c.Shards)
+	}
 	if c.TLSListen != "" {
 		if cfg.TLSListen, err = netip.ParseAddrPort(c.TLSListen); err != nil {
 			return cfg, fmt.Errorf("%s: %w", c.flag("tls-listen"), err)

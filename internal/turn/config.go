@@ -210,6 +210,9 @@ func (c *Config) validate() error {
 	if c.StreamIdleTimeout == 0 {
 		c.StreamIdleTimeout = 2 * time.Minute
 	}
+	if c.Shards < 0 {
+		return fmt.Errorf("%w: shards %d: want 1 or more (0: 1)", ErrConfig, c.Shards)
+	}
 	config.Default(&c.Shards, 1)
 	if c.Log == nil {
 		c.Log = slog.New(slog.DiscardHandler)

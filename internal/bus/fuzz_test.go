@@ -23,6 +23,8 @@ func FuzzDecode(f *testing.F) {
 		`{"type":"drain","session":"","drain":{"period_ms":10000}}`, `{"type":"drain","drain":{"period_ms":-1}}`,
 		`{"type":"rejoin","session":"s","reason":"drain"}`, `{"type":"rejoin","session":"s","reason":"x"}`,
 		`{"node":"n1","udp":"1.2.3.4:7882","load":{"peers":2},"rooms":["r1","r2"],"time":"2026-01-01T00:00:00Z"}`,
+		`{"node":"n1","udp":"1.2.3.4:7882","load":{},"relay":"10.0.0.1:7890","relay_id":7,"time":"2026-01-01T00:00:00Z"}`,
+		`{"node":"n1","udp":"1.2.3.4:7882","load":{},"relay":"10.0.0.1:0","relay_id":7,"time":"2026-01-01T00:00:00Z"}`,
 		`null`, `[]`, `{"type":1}`,
 	} {
 		f.Add([]byte(s))
@@ -50,6 +52,23 @@ func check[T any, PT interface {
 		t.Fatalf("%T decoded from %q but not after a round trip: %v", v, b, err)
 	}
 	_ = again
+}
+
+func TestValidRelay(t *testing.T) {
+	for _, tc := range []struct {
+		addr string
+		id   uint32
+		ok   bool
+	}{
+		{"", 0, true}, {"10.0.0.1:7890", 7, true}, {"[::1]:7890", 1, true},
+		{"10.0.0.1:7890", 0, false}, {"", 7, false}, {"10.0.0.1:0", 7, false},
+		{"0.0.0.0:7890", 7, false}, {"[fe80::1%eth0]:7890", 7, false}, {"host:7890", 7, false},
+	} {
+		a := NodeAnnounce{Node: "n", UDP: "1.2.3.4:1", Relay: tc.addr, RelayID: tc.id}
+		if err := a.Validate(); (err == nil) != tc.ok {
+			t.Errorf("relay %q id %d: %v, want ok=%v", tc.addr, tc.id, err, tc.ok)
+		}
+	}
 }
 
 func TestLayerRequestValidate(t *testing.T) {

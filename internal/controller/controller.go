@@ -339,7 +339,7 @@ func (c *Controller) announced(ctx context.Context, a bus.NodeAnnounce, at time.
 	}
 	wasDraining, wasDead := v.rec.Draining, v.rec.Dead
 	v.rec = cluster.NodeRecord{Node: a.Node, Region: a.Region, UDP: a.UDP, TCP: a.TCP, Load: a.Load,
-		Draining: a.Draining, LastSeen: at.UTC()}
+		Draining: a.Draining, LastSeen: at.UTC(), Relay: a.Relay, RelayID: a.RelayID}
 	v.seen, v.announced = at, true
 	c.m.nodes.Set(float64(c.liveNodes()))
 	if !c.acting() {

@@ -82,7 +82,11 @@ type cascadeState struct {
 	// each room (a need may come before the track is published here).
 	needs map[relay.StreamKey]bool
 
-	unknown, feedbackIn, feedbackOut prometheus.Counter
+	// cmdMu serialises the controller's commands; applied is the last.
+	cmdMu   sync.Mutex
+	applied cascadeApplied
+
+	unknown, feedbackIn, feedbackOut, stale prometheus.Counter
 }
 
 // RelayID derives a node's 32-bit relay id from its node name (FNV-1a,
@@ -115,8 +119,9 @@ func (s *Server) openCascade() error {
 	c.unknown = cnt("cascade_unknown_total", "Relayed packets for a remote track this node does not know (dropped).")
 	c.feedbackIn = cnt("cascade_feedback_in_total", "Keyframe requests other nodes sent for local tracks.")
 	c.feedbackOut = cnt("cascade_feedback_out_total", "Keyframe requests sent to remote tracks' nodes.")
+	c.stale = cnt("cascade_stale_commands_total", "Cascade commands ignored: from an older controller lease than one applied.")
 	if s.cfg.Registerer != nil {
-		for _, m := range []prometheus.Collector{c.unknown, c.feedbackIn, c.feedbackOut} {
+		for _, m := range []prometheus.Collector{c.unknown, c.feedbackIn, c.feedbackOut, c.stale} {
 			if err := s.cfg.Registerer.Register(m); err != nil {
 				return err
 			}
@@ -160,7 +165,14 @@ func (s *Server) runCascade(ctx context.Context) error {
 	if s.casc.ep == nil {
 		return nil
 	}
-	return s.casc.ep.Run(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.cascadeControl(ctx)
+	}()
+	err := s.casc.ep.Run(ctx)
+	<-done
+	return err
 }
 
 // AddRemoteTrack makes a track published on another node part of its
@@ -440,4 +452,113 @@ func (t *pubTrack) remoteKeyframe(idx int) {
 	if s.casc.ep.SendFeedback(t.remote.key, uint8(idx), t.remote.node, b) == nil {
 		s.casc.feedbackOut.Inc()
 	}
+}
+
+// cascadeReportInterval is how often the node reports its relay links to
+// the controller.
+const cascadeReportInterval = 500 * time.Millisecond
+
+// cascadeControl follows the controller's cascade commands for this node
+// and reports the node's links, until ctx ends.
+func (s *Server) cascadeControl(ctx context.Context) {
+	sub, err := s.bus.SubscribeCascadeCommands(s.cfg.NodeID, s.applyCascade)
+	if err != nil {
+		s.log.Error("sfu: cascade commands", "err", err)
+		return
+	}
+	defer sub.Unsubscribe()
+	t := time.NewTicker(cascadeReportInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			r := bus.CascadeReport{Node: s.cfg.NodeID, ID: s.casc.id, Time: now.UTC()}
+			for peer, st := range s.casc.ep.LinkStats() {
+				if len(r.Links) == bus.MaxCascadePeers {
+					break
+				}
+				r.Links = append(r.Links, bus.CascadeLink{Peer: uint32(peer), RTTUs: st.RTT.Microseconds(),
+					JitterUs: st.Jitter.Microseconds(), Loss: max(st.Loss, st.PeerLoss), Up: st.Up})
+			}
+			if err := s.bus.PublishCascadeReport(r); err != nil {
+				s.log.Debug("sfu: cascade report", "err", err)
+			}
+		}
+	}
+}
+
+// cascadeApplied is the state of the last command applied.
+type cascadeApplied struct {
+	lease  uint64
+	epoch  uint16
+	needs  map[relay.StreamKey]bool
+	tracks map[[3]string]bool
+}
+
+// applyCascade applies the controller's command: it replaces the node's
+// peers, routes, needs and remote tracks. A command of an older lease
+// than the newest applied (a deposed leader's) is ignored.
+func (s *Server) applyCascade(cmd bus.CascadeCommand) {
+	c := &s.casc
+	c.cmdMu.Lock()
+	defer c.cmdMu.Unlock()
+	a := &c.applied
+	if cmd.Lease < a.lease {
+		c.stale.Inc()
+		return
+	}
+	a.lease = cmd.Lease
+	peers := make(map[relay.NodeID]netip.AddrPort, len(cmd.Peers))
+	for _, p := range cmd.Peers {
+		peers[relay.NodeID(p.ID)] = p.PeerAddr()
+	}
+	if err := c.ep.SetPeers(peers); err != nil {
+		s.log.Warn("sfu: cascade peers", "err", err)
+	}
+	if cmd.Epoch != a.epoch {
+		if err := c.ep.SetEpoch(cmd.Epoch); err == nil {
+			a.epoch = cmd.Epoch
+		}
+	}
+	next := make(map[relay.NodeID]relay.NodeID, len(cmd.Routes))
+	for _, h := range cmd.Routes {
+		next[relay.NodeID(h.Dst)] = relay.NodeID(h.Via)
+	}
+	c.ep.SetRoutes(cmd.Gen, next)
+	needs := make(map[relay.StreamKey]bool, len(cmd.Needs))
+	for _, n := range cmd.Needs {
+		k := relay.StreamKey{Room: n.Room, Publisher: n.Publisher, Track: n.Track}
+		dsts := make([]relay.NodeID, len(n.Nodes))
+		for i, id := range n.Nodes {
+			dsts[i] = relay.NodeID(id)
+		}
+		if err := c.ep.SetNeed(k, dsts); err != nil {
+			s.log.Warn("sfu: cascade need", "err", err)
+			continue
+		}
+		needs[k] = true
+	}
+	for k := range a.needs {
+		if !needs[k] {
+			_ = c.ep.SetNeed(k, nil)
+		}
+	}
+	a.needs = needs
+	tracks := make(map[[3]string]bool, len(cmd.Tracks))
+	for _, t := range cmd.Tracks {
+		ti := t.Track
+		if err := s.AddRemoteTrack(RemoteTrackOf(t.Room, t.Publisher, t.Node, &ti)); err != nil {
+			s.log.Warn("sfu: cascade track", "err", err)
+			continue
+		}
+		tracks[[3]string{t.Room, t.Publisher, t.Track.ID}] = true
+	}
+	for k := range a.tracks {
+		if !tracks[k] {
+			s.RemoveRemoteTrack(k[0], k[1], k[2])
+		}
+	}
+	a.tracks = tracks
 }

@@ -170,7 +170,8 @@ func (b *BusBackend) Nodes() []Node {
 	live := b.table.Live(b.now())
 	out := make([]Node, 0, len(live))
 	for _, a := range live {
-		n := Node{ID: a.Node, Region: a.Region, Load: float64(a.Load.Peers) / float64(b.capacity), Rooms: a.Rooms}
+		n := Node{ID: a.Node, Region: a.Region, Load: float64(a.Load.Peers) / float64(b.capacity), Rooms: a.Rooms,
+			Cascade: a.Relay != ""}
 		if ap, err := netip.ParseAddrPort(a.UDP); err == nil && !ap.Addr().IsUnspecified() {
 			n.Public = ap.Addr().Unmap()
 		}

@@ -176,6 +176,8 @@ func TestCascadeRoomSpansNodes(t *testing.T) {
 	subB := dial("nodeB", loadgen.ClientConfig{Room: "r1", Identity: "sub-b", Subscribe: true})
 	dial("nodeA", loadgen.ClientConfig{Room: "r1", Identity: "pub", Publish: true, VideoBitrate: 300_000})
 	testkit.WaitFor(t, 10*time.Second, "B to know the remote tracks", func() bool {
+		b.s.casc.mu.Lock()
+		defer b.s.casc.mu.Unlock()
 		return len(b.s.casc.remotes["r1"]) == 2
 	})
 	subC := dial("nodeC", loadgen.ClientConfig{Room: "r1", Identity: "sub-c", Subscribe: true})

@@ -101,7 +101,7 @@ func TestCascadeThreeNodes(t *testing.T) {
 	}
 	subB := dial("nodeB", loadgen.ClientConfig{Room: "r1", Identity: "sub-b", Subscribe: true})
 	subC := dial("nodeC", loadgen.ClientConfig{Room: "r1", Identity: "sub-c", Subscribe: true})
-	dial("nodeA", loadgen.ClientConfig{Room: "r1", Identity: "pub", Publish: true, VideoBitrate: 300_000})
+	pub := dial("nodeA", loadgen.ClientConfig{Room: "r1", Identity: "pub", Publish: true, VideoBitrate: 300_000})
 	video := func(cl *loadgen.Client) uint64 {
 		var n uint64
 		for _, tr := range cl.Tracks() {
@@ -147,4 +147,13 @@ func TestCascadeThreeNodes(t *testing.T) {
 		t.Fatal("A dropped nothing on the blocked link")
 	}
 	t.Logf("A-C blocked: B forwarding to C after %v", moved.Round(10*time.Millisecond))
+
+	// The publisher leaves: its tracks leave B's and C's rooms.
+	if b.s.RemoteTracks("r1") != 2 || cc.s.RemoteTracks("r1") != 2 {
+		t.Fatalf("remote tracks before the publisher left: B %d, C %d", b.s.RemoteTracks("r1"), cc.s.RemoteTracks("r1"))
+	}
+	pub.Close()
+	testkit.WaitFor(t, 10*time.Second, "the publisher's tracks gone from B and C", func() bool {
+		return b.s.RemoteTracks("r1") == 0 && cc.s.RemoteTracks("r1") == 0
+	})
 }

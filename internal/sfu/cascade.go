@@ -562,3 +562,23 @@ func (s *Server) applyCascade(cmd bus.CascadeCommand) {
 	}
 	a.tracks = tracks
 }
+
+// RemoteTracks returns how many remote tracks the room holds on this node
+// (diagnostics and tests).
+func (s *Server) RemoteTracks(room string) int {
+	s.mu.Lock()
+	r := s.rooms[room]
+	s.mu.Unlock()
+	if r == nil {
+		return 0
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, t := range r.tracks {
+		if t.remote != nil {
+			n++
+		}
+	}
+	return n
+}

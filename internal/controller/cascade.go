@@ -37,8 +37,9 @@ type cascadeView struct {
 	// and when.
 	sent   map[string][]byte
 	sentAt map[string]time.Time
-	// inRouter are the relay ids the router holds.
-	inRouter map[uint32]bool
+	// inRouter are the relay ids the router holds, with the node each
+	// belongs to.
+	inRouter map[uint32]string
 
 	commands, badReports prometheus.Counter
 }
@@ -51,7 +52,7 @@ type pubView struct {
 func newCascadeView(reg prometheus.Registerer) (*cascadeView, error) {
 	v := &cascadeView{router: routes.New(routes.Config{}), tracks: map[string]map[string]*pubView{},
 		members: map[string]map[string]int{}, sent: map[string][]byte{}, sentAt: map[string]time.Time{},
-		inRouter: map[uint32]bool{},
+		inRouter: map[uint32]string{},
 		commands: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "traverse", Subsystem: "controller",
 			Name: "cascade_commands_total", Help: "Cascade commands published to nodes."}),
 		badReports: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "traverse", Subsystem: "controller",
@@ -111,12 +112,15 @@ func (c *Controller) cascadeEvent(e bus.RoomEvent) {
 // cascadeReport feeds a node's link report to the router.
 func (c *Controller) cascadeReport(r bus.CascadeReport) {
 	v := c.casc
-	n := c.nodes[r.Node]
-	if v == nil || n == nil || n.rec.RelayID != r.ID || !v.inRouter[r.ID] {
-		if v != nil {
-			v.badReports.Inc()
-		}
+	if v == nil {
 		return
+	}
+	if n := c.nodes[r.Node]; n == nil || n.rec.RelayID != r.ID {
+		v.badReports.Inc()
+		return
+	}
+	if v.inRouter[r.ID] != r.Node {
+		return // not in the cascade yet, or its relay id is another node's
 	}
 	for _, l := range r.Links {
 		v.router.Report(routes.NodeID(r.ID), routes.NodeID(l.Peer), routes.Metrics{RTT: time.Duration(l.RTTUs) * time.Microsecond,
@@ -159,11 +163,17 @@ func (c *Controller) cascadeStep(now time.Time) {
 	}
 	nodes := c.cascadeNodes()
 	live := map[uint32]bool{}
-	for _, n := range nodes {
-		live[n.rec.RelayID] = true
-		if !v.inRouter[n.rec.RelayID] {
-			v.router.AddNode(routes.NodeID(n.rec.RelayID))
-			v.inRouter[n.rec.RelayID] = true
+	for name, n := range nodes {
+		id := n.rec.RelayID
+		live[id] = true
+		if owner, ok := v.inRouter[id]; ok && owner != name {
+			// Another node has the id now: its links are not the old one's.
+			v.router.RemoveNode(routes.NodeID(id))
+			delete(v.inRouter, id)
+		}
+		if _, ok := v.inRouter[id]; !ok {
+			v.router.AddNode(routes.NodeID(id))
+			v.inRouter[id] = name
 		}
 	}
 	for id := range v.inRouter {

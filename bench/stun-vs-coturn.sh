@@ -8,7 +8,7 @@
 # Each round drives traverse then coturn for SECONDS_PER_RUN (default 5)
 # and reads each server's utime+stime from /proc/PID/stat before and after.
 # Prints answers per server CPU-second for both and the ratio. Bounded:
-# ROUNDS (default 2) x 2 runs of at most SECONDS_PER_RUN each.
+# ROUNDS (default 2; use 3 or more for medians) x 2 runs of at most SECONDS_PER_RUN each.
 #
 # MODES="traverse coturn ebpf" adds traverse stun --offload ebpf (needs
 # root): the kernel answers, in a network namespace of its own (lo only;
@@ -113,7 +113,7 @@ drive() {
 	local m=$1 pid=${spid[$1]} before after out nsb nsa q0 q1 k0 k1 lt
 	before=$(cpu "$pid"); nsb=$(runns "$pid"); q0=$(softirq); k0=$(ksoftirqd)
 	TIMEFORMAT='%U %S'
-	{ time ${sns[$m]} "$tmp/stunload" -server "127.0.0.1:${sport[$m]}" -duration "${secs}s" >"$tmp/out" 2>/dev/null; } 2>"$tmp/time"
+	{ time ${sns[$m]} "$tmp/stunload" -server "127.0.0.1:${sport[$m]}" -duration "${secs}s" ${STUNLOAD_ARGS:-} >"$tmp/out" 2>/dev/null; } 2>"$tmp/time"
 	after=$(cpu "$pid"); nsa=$(runns "$pid"); q1=$(softirq); k1=$(ksoftirqd)
 	out=$(cat "$tmp/out"); lt=$(awk '{print $1 + $2}' "$tmp/time")
 	local answered loss cs ns whole
@@ -126,10 +126,13 @@ drive() {
 		"$m" "$answered" "$secs" "$loss" "$cs" "$ns" "$whole" "$lt" "$(awk -v n="$answered" -v c="$cs" 'BEGIN{print (c>0)? n/c : 0}')" \
 		"$(awk -v n="$answered" -v c="$ns" 'BEGIN{print (c>0)? n/c : 0}')" "$(awk -v n="$answered" -v c="$whole" 'BEGIN{print (c>0)? n/c : 0}')" >>"$tmp/runs"
 	echo "$m $answered $cs $ns $whole" >>"$tmp/totals"
+	echo "$r $m $answered $cs $whole" >>"$tmp/rounds"
 }
 
 for r in $(seq "$rounds"); do
-	for m in "${modes[@]}"; do drive "$m"; done
+	# the order rotates each round
+	k=${#modes[@]}
+	for i in $(seq 0 $((k - 1))); do drive "${modes[$(((i + r - 1) % k))]}"; done
 done
 cat "$tmp/runs"
 awk '{a[$1]+=$2; c[$1]+=$3; n[$1]+=$4; w[$1]+=$5; seen[$1]=1}
@@ -147,3 +150,20 @@ END {
 		print line
 	}
 }' "$tmp/totals"
+# Medians over the rounds of answers per whole CPU-second and, per round,
+# of the ratio to coturn measured in that round (rounds are side by side).
+python3 - "$tmp/rounds" <<'PY'
+import collections, statistics, sys
+per = collections.defaultdict(dict)
+for l in open(sys.argv[1]):
+    r, m, a, c, w = l.split()
+    per[m][r] = (int(a), float(c), float(w))
+print("# medians over %d rounds" % max(len(v) for v in per.values()))
+for m, v in sorted(per.items()):
+    whole = statistics.median(a / w for a, c, w in v.values() if w > 0)
+    line = f"{m:9s} median {whole:9.0f} answers per whole CPU-second"
+    if m != "coturn" and "coturn" in per:
+        rs = [(a / w) / (per["coturn"][r][0] / per["coturn"][r][2]) for r, (a, c, w) in v.items() if r in per["coturn"] and w > 0]
+        line += f" | vs coturn whole: median {statistics.median(rs):.2f}x (rounds {', '.join(f'{x:.2f}' for x in rs)})"
+    print(line)
+PY

@@ -81,6 +81,14 @@ function explain(err) {
   }
 }
 
+// pathLabel says where the media goes (the room's path event).
+const pathLabel = {
+  'p2p-direct': 'media: peer to peer (direct)',
+  'p2p-relay': 'media: peer to peer (through TURN)',
+  sfu: 'media: through the SFU',
+  waiting: 'media: waiting for someone to join',
+};
+
 function status(text) { $('status').textContent = text; }
 
 // lock disables the form while in a room (or joining) and enables it
@@ -101,7 +109,7 @@ function updateStatus() {
     case States.CONNECTING: status(m ? `reconnecting to room ${m.room} as ${m.identity}…` : 'connecting…'); break;
     case States.JOINED: {
       const role = m.publish === false || !state.local ? 'viewer' : 'publishing';
-      status(`You are ${m.identity} in room ${m.room} (${role}) on node ${m.node}${m.region ? ' (' + m.region + ')' : ''} · ${n} participant${n === 1 ? '' : 's'}`);
+      status(`You are ${m.identity} in room ${m.room} (${role}) on node ${m.node}${m.region ? ' (' + m.region + ')' : ''} · ${n} participant${n === 1 ? '' : 's'}${r.path ? ' · ' + pathLabel[r.path] : ''}`);
       break;
     }
     case States.RECONNECTING: status(`connection lost: reconnecting to room ${m.room} as ${m.identity}…`); break;
@@ -223,6 +231,7 @@ function wire(room) {
     updateDeviceButtons();
   });
   room.on('participantJoined', () => { renderPeople(); updateStatus(); });
+  room.on('path', () => updateStatus());
   room.on('participantLeft', () => { renderPeople(); updateStatus(); });
   room.on('trackPublished', ({ track, participant }) => {
     const tile = state.tiles.get(track.streamId);
@@ -390,7 +399,7 @@ function stopStats() { clearInterval(state.timer); }
 // updateStats refreshes the overlays (from the 1 s timer, with
 // state.meter) or, for summary(), only computes (with its own meter).
 async function updateStats(meter = state.meter) {
-  const pc = state.room && state.room.pc;
+  const pc = state.room && state.room.activePc;
   if (!pc) return null;
   const report = await pc.getStats();
   const path = pathOf(report);
@@ -401,6 +410,7 @@ async function updateStats(meter = state.meter) {
   for (const s of inbound) s.streamId = streamOf.get(s.trackId) || '';
   const last = {
     connectionState: pc.connectionState,
+    mediaPath: state.room.path,
     iceConnectionState: pc.iceConnectionState,
     signalingState: pc.signalingState,
     path,
@@ -447,6 +457,7 @@ function leave() {
 window.traverse = {
   get room() { return state.room; },
   get pc() { return state.room && state.room.pc; },
+  get path() { return state.room ? state.room.path : ''; },
   get joined() { return state.room && state.room.state === States.JOINED ? state.room.info : null; },
   get errors() { return state.errors.slice(); },
   get messages() { return state.messages.slice(); },

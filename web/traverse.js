@@ -12,6 +12,18 @@
 // and offers again later), so the client never rolls back: it drops a
 // node offer that crosses its own.
 //
+// Peer to peer: when the server runs peer-to-peer rooms (signal --p2p,
+// joined says mode "p2p"), a room of two sends media browser to browser on
+// a second RTCPeerConnection (ICE with the server's STUN, then TURN), the
+// offer and answer relayed by signal (p2p-offer, p2p-answer,
+// p2p-candidate). When a third joins (mode "sfu") the room publishes to
+// the SFU node as usual and keeps the direct connection until both ends
+// decode each other through the SFU; when the room is down to two (mode
+// "p2p") it connects directly again and leaves the SFU (sfu-release) once
+// both decode each other directly. The two ends agree over a data channel
+// of the direct connection. The 'path' event says where media goes:
+// 'p2p-direct', 'p2p-relay' (through TURN), 'sfu', or 'waiting' (alone).
+//
 // Reconnect: when the WebSocket drops (a network change, a signal server
 // restart) or stops answering pings, the room reconnects with exponential
 // backoff and joins again with the same token, then publishes the same
@@ -59,6 +71,7 @@ const defaults = {
   pingInterval: 10000, // an application ping this often (ms)...
   pingTimeout: 5000, // ...answered within this long, or the socket counts as dropped
   debug: null, // function(...args) that logs the signaling exchange
+  moveTimeout: 8000, // peer-to-peer rooms: a move between P2P and the SFU closes the old path after this long (ms) at the latest
 };
 
 export class Room {
@@ -79,6 +92,10 @@ export class Room {
     this.timers = new Set();
     this.lastError = null;
     this.names = new Map(); // stream id -> identity
+    this.trackStreams = new Map(); // received track id -> stream id (SFU connection)
+    this.p2p = null; // the direct connection: {pc, peer, stream, dc, gen, queue, ...}
+    this.p2pRooms = false; // the server runs peer-to-peer rooms (joined said mode p2p)
+    this.path = ''; // where media goes now: p2p-direct, p2p-relay, sfu, waiting
     this.onOnline = () => { if (this.state === States.RECONNECTING) this.retryNow(); };
   }
 
@@ -86,7 +103,7 @@ export class Room {
   // removes the handler. Events: state, joined, participantJoined,
   // participantLeft, trackPublished, trackUnpublished, track, trackEnded,
   // speakers, error, warning, reconnecting, reconnected, rejoin,
-  // connectionState, left.
+  // connectionState, path ({path, previous, local, remote}), left.
   on(type, fn) {
     if (!this.handlers.has(type)) this.handlers.set(type, new Set());
     this.handlers.get(type).add(fn);
@@ -200,6 +217,8 @@ export class Room {
       case 'pong': this.clear(this.awaitingPong); break;
       case 'rejoin': this.onRejoin(m); break;
       case 'mute': this.onMute(m); break;
+      case 'mode': this.serial(() => this.onMode(m)); break;
+      case 'p2p-offer': case 'p2p-answer': case 'p2p-candidate': this.onP2PSignal(m); break;
       case 'error': {
         const err = new RoomError(m.class || 'internal', m.message || 'error', !!m.fatal);
         if (err.fatal) this.lastError = err;
@@ -218,6 +237,7 @@ export class Room {
     this.emit('rejoin', { reason: m.reason || '' });
     this.setState(States.REJOINING);
     this.closePeer();
+    this.closeP2P();
     this.resetParticipants();
     this.send({ type: 'join', token: this.token });
   }
@@ -256,6 +276,7 @@ export class Room {
       return;
     }
     this.closePeer();
+    this.closeP2P();
     this.resetParticipants();
     const delay = Math.min(maxDelay, minDelay * 2 ** this.attempt) * (0.75 + Math.random() * 0.5);
     this.attempt++;
@@ -297,6 +318,7 @@ export class Room {
     this.ws = null;
     if (ws) ws.close();
     this.closePeer();
+    this.closeP2P();
     this.resetParticipants();
   }
 
@@ -332,7 +354,11 @@ export class Room {
     this.info = m;
     this.attempt = 0;
     this.closePeer();
-    this.newPeer(m);
+    this.closeP2P();
+    // In a peer-to-peer room the mode message that follows says whether
+    // to connect to the peer or to the SFU node.
+    this.p2pRooms = m.mode === 'p2p';
+    if (!this.p2pRooms) { this.newPeer(m); this.setPath('sfu'); }
     this.setState(States.JOINED);
     this.emit('joined', m);
     if (this.pending) { this.pending.resolve(m); this.pending = null; }
@@ -363,6 +389,7 @@ export class Room {
     pc.ontrack = (e) => {
       if (gen !== this.gen) return;
       const stream = e.streams[0] || new MediaStream([e.track]);
+      this.trackStreams.set(e.track.id, stream.id);
       stream.onremovetrack = (ev) => this.emit('trackEnded', { track: ev.track, stream });
       this.emit('track', { track: e.track, stream, transceiver: e.transceiver, identity: this.names.get(stream.id) || '' });
     };
@@ -400,15 +427,229 @@ export class Room {
     }
   }
 
+  // setPath records where media goes now and tells the page.
+  setPath(path, detail = {}) {
+    if (path === this.path) return;
+    const previous = this.path;
+    this.path = path;
+    this.emit('path', { path, previous, ...detail });
+  }
+
+  // activePc is the peer connection carrying media now: the direct one in
+  // a room of two, the SFU's otherwise.
+  get activePc() {
+    if (this.p2p && (this.path.startsWith('p2p') || !this.pc)) return this.p2p.pc;
+    return this.pc;
+  }
+
+  // onMode: the server says the room's mode (peer-to-peer rooms only).
+  onMode(m) {
+    if (this.state !== States.JOINED) return;
+    this.mode = m.mode;
+    if (m.mode === 'sfu') {
+      if (!this.pc) this.newPeer(this.info);
+      if (this.p2p) this.moveOff(this.p2p, 'sfu');
+      else this.setPath('sfu');
+      return;
+    }
+    const peer = m.peer || null;
+    if (this.p2p && (!peer || this.p2p.peer.id !== peer.id)) this.closeP2P();
+    if (peer && !this.p2p) this.newP2P(peer, !!m.initiator);
+    if (peer) {
+      this.addPeerEntry(peer);
+      if (this.pc) this.moveOff(this.p2p, 'p2p');
+    } else {
+      // Alone: nobody to send to or receive from.
+      if (this.pc) { this.closePeer(); this.send({ type: 'sfu-release' }); }
+      this.resetParticipants();
+      this.setPath('waiting');
+    }
+  }
+
+  addPeerEntry(peer) {
+    if (this.participants.has(peer.id)) return;
+    const entry = { id: peer.id, identity: peer.identity || '', tracks: new Map() };
+    this.participants.set(peer.id, entry);
+    this.emit('participantJoined', { participant: entry });
+  }
+
+  // newP2P opens the direct connection to peer; the initiator offers.
+  newP2P(peer, initiator) {
+    const pc = new RTCPeerConnection({
+      iceServers: (this.info && this.info.iceServers) || [],
+      iceTransportPolicy: this.options.iceTransportPolicy,
+      bundlePolicy: 'max-bundle',
+      rtcpMuxPolicy: 'require',
+    });
+    const p = { pc, peer, initiator, stream: new MediaStream(), queue: Promise.resolve(), flags: {}, timer: 0 };
+    this.p2p = p;
+    this.names.set(p.stream.id, peer.identity || '');
+    // A negotiated channel (same id on both ends, no in-band open): the
+    // two ends say on it which path they decode each other on.
+    p.dc = pc.createDataChannel('traverse', { negotiated: true, id: 0 });
+    p.dc.onmessage = (e) => { p.flags['peer-' + e.data] = true; this.checkMove(p); };
+    pc.onicecandidate = (e) => {
+      if (this.p2p === p) this.send({ type: 'p2p-candidate', candidate: e.candidate ? e.candidate.toJSON() : { candidate: '' } });
+    };
+    pc.ontrack = (e) => {
+      if (this.p2p !== p) return;
+      p.stream.addTrack(e.track);
+      this.emit('track', { track: e.track, stream: p.stream, transceiver: e.transceiver, identity: peer.identity || '', p2p: true });
+    };
+    pc.onconnectionstatechange = () => {
+      if (this.p2p !== p) return;
+      if (pc.connectionState === 'connected') this.p2pPath(p);
+      if (pc.connectionState === 'failed') {
+        this.warn('network', 'the direct connection failed: restarting ICE');
+        if (p.initiator) pc.restartIce();
+      }
+    };
+    if (initiator) {
+      const stream = this.info.publish !== false ? this.media : null;
+      for (const kind of ['audio', 'video']) {
+        const track = stream ? stream.getTracks().find((t) => t.kind === kind) : null;
+        if (track) pc.addTransceiver(track, { direction: 'sendrecv', streams: [stream] });
+        else pc.addTransceiver(kind, { direction: 'recvonly' });
+      }
+      pc.onnegotiationneeded = () => this.p2pSerial(p, async () => {
+        await pc.setLocalDescription();
+        this.send({ type: 'p2p-offer', sdp: pc.localDescription.sdp });
+      });
+    }
+    this.watchDecode(p, 'p2p');
+  }
+
+  // p2pPath finds the direct connection's selected candidate pair: through
+  // TURN (p2p-relay) or not (p2p-direct).
+  async p2pPath(p) {
+    for (let i = 0; i < 50 && this.p2p === p; i++) {
+      const report = await p.pc.getStats();
+      let pair = null;
+      report.forEach((s) => { if (s.type === 'transport' && s.selectedCandidatePairId) pair = report.get(s.selectedCandidatePairId); });
+      if (pair) {
+        const local = report.get(pair.localCandidateId) || {}, remote = report.get(pair.remoteCandidateId) || {};
+        p.kind = local.candidateType === 'relay' || remote.candidateType === 'relay' ? 'p2p-relay' : 'p2p-direct';
+        p.detail = { local: local.candidateType, remote: remote.candidateType };
+        if (!this.pc) this.setPath(p.kind, p.detail);
+        return;
+      }
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+
+  p2pSerial(p, fn) {
+    p.queue = p.queue.then(() => (this.p2p === p ? fn() : null)).catch((e) => {
+      this.emit('warning', new RoomError('internal', `direct connection: ${e.message || e}`));
+    });
+    return p.queue;
+  }
+
+  // onP2PSignal: the peer's offer, answer or candidate, relayed by signal.
+  onP2PSignal(m) {
+    const p = this.p2p;
+    if (!p || m.from !== p.peer.id) return;
+    const pc = p.pc;
+    this.p2pSerial(p, async () => {
+      if (m.type === 'p2p-offer') {
+        await pc.setRemoteDescription({ type: 'offer', sdp: m.sdp });
+        const stream = this.info.publish !== false ? this.media : null;
+        for (const t of pc.getTransceivers()) {
+          const kind = t.receiver.track.kind;
+          const track = stream ? stream.getTracks().find((x) => x.kind === kind) : null;
+          if (track && !t.sender.track) {
+            await t.sender.replaceTrack(track);
+            if (t.sender.setStreams) t.sender.setStreams(stream);
+            t.direction = 'sendrecv';
+          } else if (!track && !t.sender.track) {
+            t.direction = 'recvonly';
+          }
+        }
+        await pc.setLocalDescription();
+        this.send({ type: 'p2p-answer', sdp: pc.localDescription.sdp });
+      } else if (m.type === 'p2p-answer') {
+        if (pc.signalingState === 'have-local-offer') await pc.setRemoteDescription({ type: 'answer', sdp: m.sdp });
+      } else if (m.candidate) {
+        await pc.addIceCandidate(m.candidate.candidate ? m.candidate : null);
+      }
+    });
+  }
+
+  // watchDecode sets flag on p once this end decodes the peer on path
+  // ('p2p': the direct connection; 'sfu': the SFU's), and tells the peer.
+  async watchDecode(p, path) {
+    const key = 'local-' + path;
+    for (;;) {
+      if (this.p2p !== p || p.flags[key] || this.state !== States.JOINED) return;
+      const pc = path === 'p2p' ? p.pc : this.pc;
+      if (pc && await decodes(pc, path === 'p2p' ? null : (id) => this.names.get(this.trackStreams.get(id)) === p.peer.identity)) break;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    p.flags[key] = true;
+    if (p.dc.readyState === 'open') p.dc.send(path);
+    this.checkMove(p);
+  }
+
+  // moveOff starts the move of p's room to path ('sfu' or 'p2p'): the old
+  // path closes once both ends decode each other on the new one, or after
+  // moveTimeout whatever happens.
+  moveOff(p, path) {
+    p.target = path;
+    p.flags.done = false;
+    clearTimeout(p.timer);
+    p.timer = setTimeout(() => { if (this.p2p === p && p.target === path) this.finishMove(p, path); }, this.options.moveTimeout);
+    this.watchDecode(p, path);
+  }
+
+  checkMove(p) {
+    const path = p.target;
+    if (!path || this.p2p !== p || p.flags.done) return;
+    if ((p.flags['local-' + path] || !receives(p)) && (p.flags['peer-' + path] || !sends(p))) this.finishMove(p, path);
+  }
+
+  finishMove(p, path) {
+    clearTimeout(p.timer);
+    p.flags.done = true;
+    p.target = '';
+    if (path === 'sfu') {
+      this.closeP2P();
+      this.setPath('sfu');
+    } else {
+      this.closePeer();
+      this.send({ type: 'sfu-release' });
+      if (p.kind) this.setPath(p.kind, p.detail);
+    }
+  }
+
+  closeP2P() {
+    const p = this.p2p;
+    if (!p) return;
+    this.p2p = null;
+    clearTimeout(p.timer);
+    const tracks = p.stream.getTracks();
+    p.pc.close();
+    for (const track of tracks) {
+      p.stream.removeTrack(track);
+      this.emit('trackEnded', { track, stream: p.stream });
+    }
+  }
+
   // publish sends stream's tracks (replacing what was sent; null: stop
   // sending). Same kinds as before are swapped in place (replaceTrack: no
   // renegotiation, e.g. another camera); otherwise the peer connection
   // renegotiates.
   async publish(stream) {
     this.media = stream;
-    const pc = this.pc;
-    if (!pc || this.state !== States.JOINED) return;
+    if (this.state !== States.JOINED) return;
     if (this.info.publish === false) throw new RoomError('forbidden', 'this token may not publish');
+    if (this.p2p) {
+      for (const t of this.p2p.pc.getTransceivers()) {
+        const kind = t.receiver.track && t.receiver.track.kind;
+        const track = stream ? stream.getTracks().find((x) => x.kind === kind) : null;
+        if (t.sender && t.currentDirection !== 'stopped') await t.sender.replaceTrack(track || null);
+      }
+    }
+    const pc = this.pc;
+    if (!pc) return;
     const senders = pc.getSenders();
     const tracks = stream ? stream.getTracks() : [];
     const used = new Set();
@@ -436,6 +677,8 @@ export class Room {
   // ({width, height}); the node picks the layer. track narrows to one
   // track id ('*': every track of the stream). It returns the message sent.
   setLayer(streamId, want, track = '*') {
+    // A direct stream is sent at one size: nothing to ask the SFU.
+    if (this.p2p && this.p2p.stream.id === streamId) return null;
     const m = { type: 'layer', track, streamId };
     if (want && want.maxLayer !== undefined) m.maxLayer = want.maxLayer;
     else {
@@ -482,6 +725,8 @@ export class Room {
       this.participants.set(p.id, entry);
       this.emit('participantJoined', { participant: entry });
     } else if (m.event === 'left') {
+      // The direct peer leaving the SFU (sfu-release) is still here.
+      if (this.p2p && this.mode === 'p2p' && this.p2p.peer.id === p.id) return;
       const entry = this.participants.get(p.id);
       if (!entry) return;
       this.participants.delete(p.id);
@@ -546,6 +791,36 @@ export async function fetchDemoToken(room, identity = '', base = location.href) 
   try { body = await res.json(); } catch { /* not JSON */ }
   if (!res.ok) throw new RoomError(res.status === 403 ? 'forbidden' : 'bad-request', body.error || res.statusText);
   return body.token;
+}
+
+// decodes reports whether pc receives the peer: settleFrames decoded video
+// frames (or, without video, an audio packet) on a received track that
+// passes want (null: any). Waiting for a few frames rather than the first
+// lets the new path's video element start presenting before the old path
+// closes (ten: a third of a second at 30 fps).
+const settleFrames = 10;
+
+async function decodes(pc, want) {
+  const report = await pc.getStats();
+  let video = false, audio = false;
+  report.forEach((s) => {
+    if (s.type !== 'inbound-rtp' || (want && !want(s.trackIdentifier))) return;
+    if (s.kind === 'video' && s.framesDecoded >= settleFrames) video = true;
+    if (s.kind === 'audio' && s.packetsReceived > 0) audio = true;
+  });
+  const hasVideo = pc.getReceivers().some((r) => r.track && r.track.kind === 'video' && r.track.readyState === 'live' && (!want || want(r.track.id)));
+  return video || (audio && !hasVideo);
+}
+
+// sends and receives say whether the direct connection carries media
+// from this end, and from the peer (a viewer sends none: nothing of it is
+// waited for).
+function sends(p) {
+  return p.pc.getTransceivers().some((t) => t.currentDirection === 'sendrecv' || t.currentDirection === 'sendonly');
+}
+
+function receives(p) {
+  return p.pc.getTransceivers().some((t) => t.currentDirection === 'sendrecv' || t.currentDirection === 'recvonly');
 }
 
 // describe summarizes an SDP for the debug log: each m= line's kind,

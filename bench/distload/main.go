@@ -8,6 +8,12 @@
 // same for both servers), and softirq time on every CPU plus ksoftirqd,
 // per delivered copy; it prints one JSON object.
 //
+// With -receivers, the receivers are elsewhere (bench/distribute-vs-udpfwd.sh's
+// veth setup: a namespace that counts and drops the copies at its
+// interface's ingress, before any socket): no receiving socket is opened
+// here, and -count is a shell command that prints the number of copies
+// delivered so far (run for each reading; its own CPU is not counted).
+//
 //	distload -mode distribute -target 127.0.0.1:5004 -api http://127.0.0.1:8095 -token T -server-pid PID -fan 16
 //	distload -mode udpfwd -target 127.0.0.1:7990 -server-pid PID -fan 16
 package main
@@ -22,6 +28,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -42,11 +49,44 @@ func main() {
 	pps := flag.Int("pps", 5000, "packets per second sent")
 	size := flag.Int("size", 200, "RTP packet size in bytes")
 	dur := flag.Duration("duration", 5*time.Second, "measurement time")
+	remote := flag.String("receivers", "", "comma-separated receiver `host:port`s elsewhere (no local receiving sockets); needs -count")
+	count := flag.String("count", "", "with -receivers: shell `command` printing the copies delivered so far")
 	flag.Parse()
+	if *remote != "" {
+		if *count == "" {
+			fmt.Fprintln(os.Stderr, "distload: -receivers needs -count")
+			os.Exit(2)
+		}
+		for _, a := range strings.Split(*remote, ",") {
+			remoteAddrs = append(remoteAddrs, netip.MustParseAddrPort(a))
+		}
+		countCmd = *count
+	}
 	if err := run(*mode, netip.MustParseAddrPort(*target), *api, *token, *pid, *fan, *pps, *size, *dur); err != nil {
 		fmt.Fprintln(os.Stderr, "distload:", err)
 		os.Exit(1)
 	}
+}
+
+// remoteAddrs and countCmd: -receivers and -count.
+var (
+	remoteAddrs []netip.AddrPort
+	countCmd    string
+)
+
+// remoteCount runs countCmd: the copies delivered so far.
+func remoteCount() uint64 {
+	out, err := exec.Command("sh", "-c", countCmd).Output()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "distload: -count:", err)
+		os.Exit(1)
+	}
+	n, err := strconv.ParseUint(strings.TrimSpace(string(out)), 10, 64)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "distload: -count printed", strconv.Quote(string(out)))
+		os.Exit(1)
+	}
+	return n
 }
 
 func run(mode string, target netip.AddrPort, api, token string, pid, fan, pps, size int, dur time.Duration) error {
@@ -61,7 +101,10 @@ func run(mode string, target netip.AddrPort, api, token string, pid, fan, pps, s
 		wg.Wait()
 	}()
 	var addrs []netip.AddrPort
-	for range fan {
+	if remoteAddrs != nil {
+		addrs, fan = remoteAddrs, len(remoteAddrs)
+	}
+	for range fan - len(addrs) {
 		c, err := udpio.Listen(ctx, "udp4", "127.0.0.1:0", udpio.Options{ReadBuffer: 4 << 20})
 		if err != nil {
 			return err
@@ -81,7 +124,11 @@ func run(mode string, target netip.AddrPort, api, token string, pid, fan, pps, s
 			}
 		}()
 	}
-	snd, err := udpio.Listen(ctx, "udp4", "127.0.0.1:0", udpio.Options{WriteBuffer: 4 << 20})
+	from := "127.0.0.1:0"
+	if remoteAddrs != nil {
+		from = "0.0.0.0:0"
+	}
+	snd, err := udpio.Listen(ctx, "udp4", from, udpio.Options{WriteBuffer: 4 << 20})
 	if err != nil {
 		return err
 	}
@@ -143,10 +190,14 @@ func run(mode string, target netip.AddrPort, api, token string, pid, fan, pps, s
 		}
 		return sent
 	}
+	delivered := got.Load
+	if remoteAddrs != nil {
+		delivered = remoteCount
+	}
 	settle := func() {
-		for prev := got.Load(); ; {
+		for prev := delivered(); ; {
 			time.Sleep(50 * time.Millisecond)
-			cur := got.Load()
+			cur := delivered()
 			if cur == prev {
 				return
 			}
@@ -155,24 +206,24 @@ func run(mode string, target netip.AddrPort, api, token string, pid, fan, pps, s
 	}
 	sendFor(500 * time.Millisecond) // warm up
 	settle()
-	g0, c0 := got.Load(), snapshot(pid)
+	g0, c0 := delivered(), snapshot(pid)
 	t0 := time.Now()
 	sent := sendFor(dur)
 	settle() // the last copies arrive before counting
 	secs := time.Since(t0).Seconds()
 	c1 := snapshot(pid)
-	delivered := got.Load() - g0
+	copies := delivered() - g0
 	srv, self, sirq := c1.server-c0.server, c1.self-c0.self, c1.softirq-c0.softirq
 	whole := srv + self + sirq
 	res := map[string]any{
 		"mode": mode, "fan": fan, "size": size, "seconds": secs,
-		"sent": sent, "delivered": delivered, "expected": sent * uint64(fan),
+		"sent": sent, "delivered": copies, "expected": sent * uint64(fan),
 		"cpu_seconds": map[string]float64{"server": srv, "driver": self, "softirq_and_ksoftirqd": sirq},
 	}
-	if delivered > 0 {
-		res["server_us_per_copy"] = srv / float64(delivered) * 1e6
-		res["whole_us_per_copy"] = whole / float64(delivered) * 1e6
-		res["server_and_softirq_us_per_copy"] = (srv + sirq) / float64(delivered) * 1e6
+	if copies > 0 {
+		res["server_us_per_copy"] = srv / float64(copies) * 1e6
+		res["whole_us_per_copy"] = whole / float64(copies) * 1e6
+		res["server_and_softirq_us_per_copy"] = (srv + sirq) / float64(copies) * 1e6
 		res["whole_us_per_source_packet"] = whole / float64(sent) * 1e6
 	}
 	enc := json.NewEncoder(os.Stdout)

@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -299,10 +301,7 @@ func (c *Client) Close() error {
 		return nil
 	}
 	c.closed = true
-	ms := make([]*Mapping, 0, len(c.mappings))
-	for m := range c.mappings {
-		ms = append(ms, m)
-	}
+	ms := slices.Collect(maps.Keys(c.mappings))
 	c.mu.Unlock()
 	var errs []error
 	for _, m := range ms {

@@ -18,6 +18,7 @@ import (
 	pstun "github.com/pion/stun/v3"
 
 	"github.com/traverse-rtc/traverse/internal/bus"
+	"github.com/traverse-rtc/traverse/internal/testkit"
 	"github.com/traverse-rtc/traverse/internal/tlsutil"
 	"github.com/traverse-rtc/traverse/internal/turn/turntest"
 )
@@ -29,17 +30,7 @@ func runServeUntilReady(t *testing.T, adminAddr string, args []string) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- runServe(ctx, args) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("serve: %v", err)
-			}
-		case <-time.After(6 * time.Second):
-			t.Error("serve did not stop within 5s")
-		}
-	})
+	t.Cleanup(func() { testkit.Stop(t, "serve", cancel, done) })
 	waitReady(t, adminAddr, 30*time.Second, done, nil)
 }
 

@@ -19,7 +19,7 @@ import (
 	"github.com/traverse-rtc/traverse/internal/kfast/distribution"
 )
 
-// distributeConfig is "traverse distribute": seed D's distribution server.
+// distributeConfig is "traverse distribute": the media distribution server (one stream to many receivers).
 type distributeConfig struct {
 	common           `yaml:",inline"`
 	natsClientConfig `yaml:",inline"`
@@ -263,5 +263,5 @@ func runDistribute(ctx context.Context, args []string) error {
 }
 
 func init() {
-	register(command{name: "distribute", summary: "media distribution server: each stream's packets to all its receivers (seed D)", run: runDistribute})
+	register(command{name: "distribute", summary: "media distribution server: each stream's packets to all its receivers", run: runDistribute})
 }

@@ -52,17 +52,7 @@ func TestDistributeCommand(t *testing.T) {
 		done <- runDistribute(ctx, []string{"--listen", media.String(), "--api", api, "--api-token", "tok", "--admin", adm,
 			"--allow-loopback-receivers", "--path", "userspace", "--nats", e.URL(), "--nats-creds", creds, "--rtcp-timeout", "-1s", "--log-level", "warn"})
 	}()
-	defer func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("distribute: %v", err)
-			}
-		case <-time.After(5 * time.Second):
-			t.Error("distribute did not stop within 5 s")
-		}
-	}()
+	defer testkit.Stop(t, "distribute", cancel, done)
 	get := func(url string, token string) (int, string) {
 		req, _ := http.NewRequest("GET", url, nil)
 		if token != "" {

@@ -165,7 +165,7 @@ func commandFlags(t *testing.T, args []string) (*flag.FlagSet, int) {
 
 // subcommandsWithFlags are the subcommands that have flag sets of their own.
 var subcommandsWithFlags = map[string]map[string]bool{
-	"lab": {"up": true, "failover": true},
+	"lab": {"up": true, "failover": true, "matrix": true, "upgrade": true},
 	"sfu": {"drain": true},
 }
 

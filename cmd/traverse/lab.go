@@ -34,6 +34,8 @@ Commands:
   failover [--kills N] [--limit D]        the failover lab (docs/failover.md): bus, two SFU nodes and
                                           signal as processes, two participants; kill -9 the call's
                                           node N times (default 10), print p50/p95 time to media again
+  matrix [--kinds K,K] [--runs N]         client/p2p across every pair of NAT kinds: path, time to media, success
+  upgrade [--kinds A,B] [--runs N]        TURN to direct once a blocked direct path opens: time, loss, order
 
 Topologies:
   all      a client behind each NAT kind, plus two levels of NAT
@@ -58,6 +60,8 @@ func runLab(ctx context.Context, args []string) error {
 		return labUp(os.Stdout, args[1:])
 	case "list":
 		return labList(os.Stdout)
+	case "matrix", "upgrade", "p2p-servers":
+		return labP2P(ctx, os.Stdout, args[0], args[1:])
 	case "down":
 		if len(args) != 2 {
 			return &exitError{code: 2, err: errors.New("usage: traverse lab down NAME")}

@@ -7,9 +7,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"os/signal"
-	"sort"
+	"slices"
 	"strings"
 	"syscall"
 
@@ -39,11 +40,7 @@ func (e *exitError) Unwrap() error { return e.err }
 
 func usage() {
 	fmt.Fprintf(os.Stderr, "traverse: real-time media transport (STUN, TURN, SFU, SIP border gateway).\n\nUsage: traverse COMMAND [flags]\n\nCommands:\n")
-	names := make([]string, 0, len(commands))
-	for n := range commands {
-		names = append(names, n)
-	}
-	sort.Strings(names)
+	names := slices.Sorted(maps.Keys(commands))
 	for _, n := range names {
 		fmt.Fprintf(os.Stderr, "  %-10s %s\n", n, commands[n].summary)
 	}

@@ -138,12 +138,9 @@ func runSFU(ctx context.Context, args []string) error {
 	fs := newFlagSet("sfu", "sfu --udp ADDR --tcp ADDR [--public-ip IP] --nats URL[,URL...] [flags]\n       traverse sfu drain --nats URL --nats-creds SIGNAL.creds [--period D] NODE")
 	cfg.flags(fs)
 	bindSFU(fs, "", &cfg.sfuConfig)
-	rest, log, err := load(fs, args, &cfg, &cfg.common)
+	log, err := loadFlags(fs, args, &cfg, &cfg.common)
 	if err != nil {
 		return err
-	}
-	if len(rest) > 0 {
-		return fmt.Errorf("unexpected arguments: %q", rest)
 	}
 	if cfg.NATS == "" {
 		return errors.New("--nats is required")

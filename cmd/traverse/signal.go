@@ -33,6 +33,7 @@ type signalConfig struct {
 	NodeCapacity   int            `yaml:"node-capacity"`
 	ICEURLs        []string       `yaml:"ice-url"`
 	NoWeb          bool           `yaml:"no-web"`
+	P2P            bool           `yaml:"p2p"`
 	RelayGrantSeed string         `yaml:"relay-grant-seed"`
 
 	// natsClientConfig is the bus of a separate signal process (not in serve).
@@ -65,6 +66,7 @@ func bindSignalFlags(fs *flag.FlagSet, prefix string, c *signalConfig, inServe b
 	fs.IntVar(&c.NodeCapacity, prefix+"node-capacity", c.NodeCapacity, "peers at which an SFU node counts as full (0: 1000)")
 	fs.Var(config.Strings{P: &c.ICEURLs}, prefix+"ice-url", "STUN or TURN `URL` handed to browsers as an ICE server, e.g. stun:stun.example.org:3478, turn:turn.example.org:3478?transport=udp (repeatable; turn: and turns: need --"+prefix+"turn-secret)")
 	fs.BoolVar(&c.NoWeb, prefix+"no-web", c.NoWeb, "do not serve the demo page")
+	fs.BoolVar(&c.P2P, prefix+"p2p", c.P2P, "rooms of two go peer to peer (browser to browser, ICE with --"+prefix+"ice-url STUN then TURN) and move into the SFU when a third joins (docs/signal.md)")
 	fs.StringVar(&c.RelayGrantSeed, prefix+"relay-grant-seed", c.RelayGrantSeed, "Ed25519 `seed` (base64url, traverse relay --keygen) that signs relay node grants: serves POST /relay/nodes (empty: off)")
 	fs.Var(config.Strings{P: &c.AllowedOrigins}, prefix+"allowed-origins", "`ORIGIN` (scheme://host[:port]) whose pages may use /ws and /token, * for any (repeatable; default: this server's own loopback or IP address and port)")
 	fs.DurationVar(&c.ReadHeaderTimeout, prefix+"read-header-timeout", c.ReadHeaderTimeout, "close an HTTP connection whose request headers take longer than this `duration` (0: 10s)")
@@ -138,7 +140,7 @@ func startSignal(c *signalConfig, busCfg bus.Config, turn *turnShare, log *slog.
 		RegionNear: near, Cascade: c.Cascade,
 		TrustedProxies: trusted, Log: log, Registerer: adm.Registry,
 		AllowedOrigins: c.AllowedOrigins, ReadHeaderTimeout: c.ReadHeaderTimeout, IdleTimeout: c.IdleTimeout,
-		JoinTimeout: c.JoinTimeout, MaxConns: c.MaxConns, MaxConnsPerAddr: c.MaxConnsPerAddr}
+		JoinTimeout: c.JoinTimeout, MaxConns: c.MaxConns, MaxConnsPerAddr: c.MaxConnsPerAddr, P2P: c.P2P}
 	if !c.NoWeb {
 		cfg.Static = web.FS
 	}

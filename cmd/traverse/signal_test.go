@@ -14,6 +14,7 @@ import (
 	"github.com/traverse-rtc/traverse/internal/admin"
 	"github.com/traverse-rtc/traverse/internal/bus"
 	"github.com/traverse-rtc/traverse/internal/signal"
+	"github.com/traverse-rtc/traverse/internal/testkit"
 )
 
 func TestTokenCommand(t *testing.T) {
@@ -74,15 +75,7 @@ func TestSignalRole(t *testing.T) {
 			t.Errorf("GET %s: %d, want %d", path, res.StatusCode, want)
 		}
 	}
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("signal role did not stop")
-	}
+	testkit.Stop(t, "signal role", cancel, done)
 	if _, err := startSignal(&signalConfig{HTTP: netip.MustParseAddrPort("127.0.0.1:0"), TokenKey: "short"}, busCfg, nil, log, admin.New(log)); err == nil {
 		t.Fatal("short token key accepted")
 	}

@@ -255,12 +255,9 @@ func runSipgw(ctx context.Context, args []string) error {
 	fs := newFlagSet("sipgw", "sipgw --sip ADDR --rtp ADDR --rtcp ADDR --upstream HOST:PORT --inside-ip IP --inside-ports LOW-HIGH [flags]")
 	cfg.flags(fs)
 	sipgwFlags(fs, "", &cfg.sipgwConfig)
-	rest, log, err := load(fs, args, &cfg, &cfg.common)
+	log, err := loadFlags(fs, args, &cfg, &cfg.common)
 	if err != nil {
 		return err
-	}
-	if len(rest) > 0 {
-		return fmt.Errorf("unexpected arguments: %q", rest)
 	}
 	adm := admin.New(log)
 	env := &serveEnv{log: log, admin: adm}

@@ -103,13 +103,5 @@ func TestSTUNCommand(t *testing.T) {
 			t.Fatalf("no answer from the RFC 5780 alternate socket %s", dst)
 		}
 	}
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("traverse stun: %v", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("traverse stun did not stop within 5s")
-	}
+	testkit.Stop(t, "traverse stun", cancel, done)
 }

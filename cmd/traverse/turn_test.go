@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"github.com/traverse-rtc/traverse/internal/testkit"
 	"github.com/traverse-rtc/traverse/internal/turn/turntest"
 	"net"
@@ -43,9 +44,10 @@ func TestTurnCommand(t *testing.T) {
 	defer cancel()
 	done := make(chan error, 1)
 	addr := "127.0.0.1:" + strconv.Itoa(p)
+	relay := testkit.FreePorts(t, 20) // below the ephemeral range: other tests' sockets cannot fill it
 	go func() {
 		done <- runTurn(ctx, []string{"--listen", addr, "--realm", "test", "--users-file", users,
-			"--relay-ports", "42000-42099", "--admin", "", "--log-level", "warn"})
+			"--relay-ports", fmt.Sprintf("%d-%d", relay, relay+19), "--admin", "", "--log-level", "warn"})
 	}()
 	// Generous deadlines: a loaded machine slows the start and each
 	// attempt (pion's client retransmits for a while when nobody answers
@@ -71,15 +73,7 @@ func TestTurnCommand(t *testing.T) {
 	if turnAllocate(t, addr, "ann", "one") == nil {
 		t.Error("the old password still works after the reload")
 	}
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("traverse turn: %v", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("traverse turn did not stop within 5s")
-	}
+	testkit.Stop(t, "traverse turn", cancel, done)
 }
 
 // TestTurnOffloadFlag: --offload takes ebpf or off only. (The kernel path

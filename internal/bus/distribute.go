@@ -9,7 +9,7 @@ import (
 	"github.com/nats-io/nats.go"
 )
 
-// Messages and subjects of the distribute role (seed D's distribution
+// Messages and subjects of the distribute role (the media distribution
 // server, internal/distribute): a controller (a signal-role credential)
 // adds and removes streams and receivers on one distribute node by
 // request/reply on traverse.distribute.<node>.rpc. See docs/distribute.md.

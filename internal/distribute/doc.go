@@ -1,4 +1,4 @@
-// Package distribute is seed D's distribution table and its batched
+// Package distribute is the media distribution table and its batched
 // user-space data path: one incoming media stream (a destination address
 // and port of this server, optionally narrowed to one RTP SSRC) goes to a
 // list of receiver addresses, each packet sent to every receiver.

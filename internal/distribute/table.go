@@ -13,7 +13,7 @@ import (
 
 // StreamKey names a stream: the server address it arrives at and,
 // optionally, its RTP SSRC (then several streams share one port, told
-// apart by SSRC as seed A's media proxy does). A packet whose SSRC has no
+// apart by SSRC as the SIP gateway's media proxy does). A packet whose SSRC has no
 // stream of its own goes to its port's stream without SSRC, if any.
 type StreamKey struct {
 	Dst     netip.AddrPort

@@ -12,7 +12,7 @@ import (
 )
 
 // Hop is a Route with the Ethernet addresses a packet leaves with, for
-// programs that send copies with kf_clone (bpf_clone_redirect), which
+// programs that send copies with bpf_clone_redirect, which
 // neither routes nor resolves neighbours: Dst is the next hop's, Src the
 // interface's (both zero for a local address, sent through lo).
 type Hop struct {

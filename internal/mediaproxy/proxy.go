@@ -53,6 +53,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/traverse-rtc/traverse/internal/addrpolicy"
+	"github.com/traverse-rtc/traverse/internal/config"
 	"github.com/traverse-rtc/traverse/internal/udpio"
 )
 
@@ -124,15 +125,9 @@ func (c *Config) validate() error {
 	if c.InsidePorts.pairs() == 0 {
 		return fmt.Errorf("%w: inside port range %s holds no RTP/RTCP pair", ErrConfig, c.InsidePorts)
 	}
-	if c.MediaTimeout <= 0 {
-		c.MediaTimeout = 30 * time.Second
-	}
-	if c.SetupTimeout <= 0 {
-		c.SetupTimeout = 90 * time.Second
-	}
-	if c.Tick <= 0 {
-		c.Tick = time.Second
-	}
+	config.Default(&c.MediaTimeout, 30*time.Second)
+	config.Default(&c.SetupTimeout, 90*time.Second)
+	config.Default(&c.Tick, time.Second)
 	if c.OffloadAfter == 0 {
 		c.OffloadAfter = 50
 	}

@@ -350,15 +350,7 @@ func TestRunClose(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	ran := make(chan error, 1)
 	go func() { ran <- p.Run(ctx) }()
-	cancel()
-	select {
-	case err := <-ran:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("Run did not return after its context ended")
-	}
+	testkit.Stop(t, "Run", cancel, ran)
 	if err := p.Close(); err != nil {
 		t.Fatal(err)
 	}

@@ -22,6 +22,18 @@ type echo struct {
 	wg   sync.WaitGroup
 }
 
+// listen opens a UDP socket on h (addr may be the zero AddrPort: any
+// address, a free port), closed when the test ends.
+func listen(t *testing.T, h *Host, addr netip.AddrPort) *net.UDPConn {
+	t.Helper()
+	c, err := h.ListenUDP(addr)
+	if err != nil {
+		t.Fatalf("listen %s on %s: %v", addr, h.Name(), err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
 func newEcho(t *testing.T, h *Host, addr netip.AddrPort) *echo {
 	t.Helper()
 	c, err := h.ListenUDP(addr)
@@ -153,11 +165,7 @@ func TestKinds(t *testing.T) {
 		wg.Go(func() {
 			t.Run(kind.String(), func(t *testing.T) {
 				w := newWorld(t, kind)
-				c, err := w.client.ListenUDP(netip.AddrPort{})
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer c.Close()
+				c := listen(t, w.client, netip.AddrPort{})
 				local := netip.AddrPortFrom(w.client.Addr(), c.LocalAddr().(*net.UDPAddr).AddrPort().Port())
 				testTCP(t, w) // every kind passes TCP (TURN and STUN over TCP/TLS rely on it)
 
@@ -213,11 +221,7 @@ func TestKinds(t *testing.T) {
 
 				// Filtering: a fresh socket opens a mapping towards s11
 				// only; then each server socket sends to it.
-				f, err := w.client.ListenUDP(netip.AddrPort{})
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer f.Close()
+				f := listen(t, w.client, netip.AddrPort{})
 				m, err := mapped(t, f, w.s11.addr)
 				if err != nil {
 					t.Fatal(err)
@@ -253,11 +257,7 @@ func TestHairpin(t *testing.T) {
 			var conns []*net.UDPConn
 			var maps []netip.AddrPort
 			for _, name := range []string{"c1", "c2"} {
-				c, err := lab.Host(name, n).ListenUDP(netip.AddrPort{})
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer c.Close()
+				c := listen(t, lab.Host(name, n), netip.AddrPort{})
 				m, err := mapped(t, c, s.addr)
 				if err != nil {
 					t.Fatal(err)
@@ -356,11 +356,7 @@ func TestDoubleNAT(t *testing.T) {
 	s11 := newEcho(t, server, netip.AddrPortFrom(a[0], 3478))
 	s12 := newEcho(t, server, netip.AddrPortFrom(a[0], 3479))
 	s21 := newEcho(t, server, netip.AddrPortFrom(a[1], 3478))
-	c, err := client.ListenUDP(netip.AddrPort{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := listen(t, client, netip.AddrPort{})
 	m1, err := mapped(t, c, s11.addr)
 	if err != nil {
 		t.Fatal(err)
@@ -372,11 +368,7 @@ func TestDoubleNAT(t *testing.T) {
 	if m1 != m2 || m1.Addr() != cgn.Addr() {
 		t.Errorf("mapped %s then %s, want one mapping on %s", m1, m2, cgn.Addr())
 	}
-	f, err := client.ListenUDP(netip.AddrPort{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
+	f := listen(t, client, netip.AddrPort{})
 	m, err := mapped(t, f, s11.addr)
 	if err != nil {
 		t.Fatal(err)
@@ -399,17 +391,7 @@ func hostPair(t *testing.T, srvPort uint16) (client *Host, srv, cl *net.UDPConn)
 	if srvPort != 0 {
 		bind = netip.AddrPortFrom(server.Addr(), srvPort)
 	}
-	srv, err := server.ListenUDP(bind)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Close() })
-	cl, err = client.ListenUDP(netip.AddrPortFrom(client.Addr(), 5000))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cl.Close() })
-	return client, srv, cl
+	return client, listen(t, server, bind), listen(t, client, netip.AddrPortFrom(client.Addr(), 5000))
 }
 
 // TestLoss: a link dropping 50% loses roughly half of 200 datagrams each

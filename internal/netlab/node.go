@@ -3,13 +3,14 @@ package netlab
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"sort"
+	"slices"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -93,45 +94,35 @@ func (n *Node) Command(name string, args ...string) *exec.Cmd {
 // ListenUDP opens a UDP socket in the node's namespace (addr may be the
 // zero AddrPort: any address, a free port).
 func (n *Node) ListenUDP(addr netip.AddrPort) (*net.UDPConn, error) {
-	var c *net.UDPConn
-	err := n.Do(func() error {
-		var err error
-		c, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(addr))
-		return err
-	})
-	return c, err
+	return open(n, func() (*net.UDPConn, error) { return net.ListenUDP("udp4", net.UDPAddrFromAddrPort(addr)) })
 }
 
 // Listen opens a listener (net.Listen) in the node's namespace.
 func (n *Node) Listen(network, address string) (net.Listener, error) {
-	var ln net.Listener
-	err := n.Do(func() error {
-		var err error
-		ln, err = net.Listen(network, address)
-		return err
-	})
-	return ln, err
+	return open(n, func() (net.Listener, error) { return net.Listen(network, address) })
 }
 
 // Dial connects (net.Dial) from the node's namespace.
 func (n *Node) Dial(network, address string) (net.Conn, error) {
-	var c net.Conn
+	return open(n, func() (net.Conn, error) { return net.Dial(network, address) })
+}
+
+// open runs f (which opens a socket) in n's namespace and returns what it
+// opened: a socket keeps the namespace it was made in.
+func open[T any](n *Node, f func() (T, error)) (T, error) {
+	var v T
 	err := n.Do(func() error {
 		var err error
-		c, err = net.Dial(network, address)
+		v, err = f()
 		return err
 	})
-	return c, err
+	return v, err
 }
 
 // sysctls writes /proc/sys/net/KEY = value inside the namespace; keys whose
 // file does not exist (a module not loaded) are skipped.
 func (n *Node) sysctls(kv map[string]string) error {
-	keys := make([]string, 0, len(kv))
-	for k := range kv {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
+	keys := slices.Sorted(maps.Keys(kv))
 	return n.Do(func() error {
 		for _, k := range keys {
 			err := os.WriteFile("/proc/sys/net/"+k, []byte(kv[k]), 0o644)

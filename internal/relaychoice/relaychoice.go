@@ -1,5 +1,5 @@
 // Package relaychoice decides which relay nodes two peers are offered
-// (seed B, step 2): the nodes whose NAT situation lets BOTH peers reach
+// (the path sequence's second step): the nodes whose NAT situation lets BOTH peers reach
 // them, nearest first. It is pure: no I/O, no clock of its own.
 //
 // # The compatibility rule (RFC 4787 behaviours)

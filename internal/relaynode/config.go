@@ -1,4 +1,4 @@
-// Package relaynode is traverse's relay node (seed B, step 2; `traverse
+// Package relaynode is traverse's relay node (the path sequence's second step; `traverse
 // relay`): a machine, a CDN node's or a volunteer's behind its own NAT, that
 // relays datagrams between the two peers of a session that signaling
 // granted, when they cannot reach each other directly but both reach it.
@@ -24,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/traverse-rtc/traverse/internal/bus"
+	"github.com/traverse-rtc/traverse/internal/config"
 )
 
 // Defaults.
@@ -144,27 +145,15 @@ func (c *Config) validate() error {
 	if c.MaxBitrate > 0 && c.Burst <= 0 {
 		c.Burst = max(int(c.MaxBitrate/8/4), 16<<10)
 	}
-	if c.SessionIdle <= 0 {
-		c.SessionIdle = DefaultSessionIdle
-	}
-	if c.HalfSessionTTL <= 0 {
-		c.HalfSessionTTL = 10 * time.Second
-	}
-	if c.RebindAfter <= 0 {
-		c.RebindAfter = DefaultRebindAfter
-	}
-	if c.BindRate <= 0 {
-		c.BindRate = DefaultBindRate
-	}
+	config.Default(&c.SessionIdle, DefaultSessionIdle)
+	config.Default(&c.HalfSessionTTL, 10*time.Second)
+	config.Default(&c.RebindAfter, DefaultRebindAfter)
+	config.Default(&c.BindRate, DefaultBindRate)
 	if c.Keepalive == 0 {
 		c.Keepalive = DefaultKeepalive
 	}
-	if c.DiscoverRTO <= 0 {
-		c.DiscoverRTO = 100 * time.Millisecond
-	}
-	if c.DiscoverTimeout <= 0 {
-		c.DiscoverTimeout = DefaultDiscoverTimeout
-	}
+	config.Default(&c.DiscoverRTO, 100*time.Millisecond)
+	config.Default(&c.DiscoverTimeout, DefaultDiscoverTimeout)
 	if c.Log == nil {
 		c.Log = slog.New(slog.DiscardHandler)
 	}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/traverse-rtc/traverse/client/nat"
 	"github.com/traverse-rtc/traverse/internal/bus"
+	"github.com/traverse-rtc/traverse/internal/bus/bustest"
 	"github.com/traverse-rtc/traverse/internal/netlab"
 	"github.com/traverse-rtc/traverse/internal/relaynode"
 	"github.com/traverse-rtc/traverse/internal/signal"
@@ -50,14 +51,10 @@ func newLabScene(t *testing.T) *labScene {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	emb, err := bus.StartEmbedded(bus.EmbeddedConfig{Listen: "127.0.0.1:0"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { emb.Close() })
-	s.emb = emb
+	s.emb = bustest.Start(t)
 	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
 	s.pub = pub
+	var err error
 	s.rs, err = signal.NewRelayService(signal.RelayConfig{Bus: s.connect(bus.RoleSignal, ""), TokenKey: []byte("0123456789abcdef"), GrantKey: priv})
 	if err != nil {
 		t.Fatal(err)
@@ -66,17 +63,7 @@ func newLabScene(t *testing.T) *labScene {
 }
 
 func (s *labScene) connect(role bus.Role, node string) *bus.Client {
-	s.t.Helper()
-	id, err := s.emb.NewIdentity(role, node)
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	c, err := bus.Connect(bus.Config{URLs: []string{s.emb.URL()}, Identity: id}, nil)
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	s.t.Cleanup(func() { c.Close() })
-	return c
+	return bustest.Connect(s.t, s.emb, role, node)
 }
 
 // node starts relay node cfg.ID on host h, returning it once signal knows it.

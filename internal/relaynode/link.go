@@ -168,7 +168,7 @@ type Offer struct {
 	Grant []byte
 }
 
-// BindFirst tries offers in order, as seed B says: each for at most per,
+// BindFirst tries offers in order, as the path sequence says (docs/p2p.md): each for at most per,
 // on a fresh socket from listen; the first node both peers reach (Bind
 // returns only when the other side is bound too) is kept. Both peers run
 // it on the same offer list, so they move to the next node together. It

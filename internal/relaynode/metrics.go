@@ -34,22 +34,20 @@ type metrics struct {
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
-	relayed := prometheus.NewCounter(prometheus.CounterOpts{Name: "traverse_relay_datagrams_total",
-		Help: "Datagrams relayed from one peer of a session to the other."})
-	bytes := prometheus.NewCounter(prometheus.CounterOpts{Name: "traverse_relay_bytes_total",
-		Help: "Bytes relayed (UDP payloads)."})
-	binds := prometheus.NewCounter(prometheus.CounterOpts{Name: "traverse_relay_binds_total",
-		Help: "Peers bound to a session side by a valid grant (first binds and rebinds)."})
-	punches := prometheus.NewCounter(prometheus.CounterOpts{Name: "traverse_relay_punches_total",
-		Help: "Punch datagrams sent to granted peers to open the node's own NAT filter."})
+	counter := func(name, help string) prometheus.Counter {
+		return prometheus.NewCounter(prometheus.CounterOpts{Name: "traverse_relay_" + name, Help: help})
+	}
+	relayed := counter("datagrams_total", "Datagrams relayed from one peer of a session to the other.")
+	bytes := counter("bytes_total", "Bytes relayed (UDP payloads).")
+	binds := counter("binds_total", "Peers bound to a session side by a valid grant (first binds and rebinds).")
+	punches := counter("punches_total", "Punch datagrams sent to granted peers to open the node's own NAT filter.")
 	drop := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "traverse_relay_dropped_total",
 		Help: "Datagrams dropped, by reason."}, []string{"reason"})
 	sessions := prometheus.NewGauge(prometheus.GaugeOpts{Name: "traverse_relay_sessions",
 		Help: "Sessions held (one side bound or both)."})
-	expired := prometheus.NewCounter(prometheus.CounterOpts{Name: "traverse_relay_sessions_expired_total",
-		Help: "Sessions removed after both sides were idle for --session-idle."})
-	keep := prometheus.NewCounter(prometheus.CounterOpts{Name: "traverse_relay_keepalives_total",
-		Help: "STUN binding requests sent from the relay port to keep its NAT mapping and learn its public address."})
+	expired := counter("sessions_expired_total", "Sessions removed after both sides were idle for --session-idle.")
+	keep := counter("keepalives_total",
+		"STUN binding requests sent from the relay port to keep its NAT mapping and learn its public address.")
 	m := &metrics{relayed: relayed, bytes: bytes, binds: binds, punches: punches, sessions: sessions, expired: expired, keepalive: keep}
 	for i := range m.dropped {
 		m.dropped[i] = drop.WithLabelValues(dropNames[i])

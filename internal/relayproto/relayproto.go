@@ -1,5 +1,5 @@
-// Package relayproto is the wire format of traverse relay nodes (seed B,
-// step 2: a node both peers reach relays between them): the frames a peer
+// Package relayproto is the wire format of traverse relay nodes (the
+// path sequence's second step: a node both peers reach relays between them): the frames a peer
 // and a node exchange on the node's one UDP port, and the session grant
 // that signaling signs and the node checks before it relays anything.
 //

@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/traverse-rtc/traverse/internal/bus"
+	"github.com/traverse-rtc/traverse/internal/config"
 )
 
 // Config is an SFU node's configuration.
@@ -94,21 +95,13 @@ func (c *Config) validate() error {
 	if c.Region != "" && len(c.Region) > 64 {
 		return fmt.Errorf("%w: region too long", ErrConfig)
 	}
-	if c.MaxPeers <= 0 {
-		c.MaxPeers = 2000
-	}
-	if c.PLIInterval <= 0 {
-		c.PLIInterval = 500 * time.Millisecond
-	}
-	if c.DrainPeriod <= 0 {
-		c.DrainPeriod = 10 * time.Second
-	}
+	config.Default(&c.MaxPeers, 2000)
+	config.Default(&c.PLIInterval, 500*time.Millisecond)
+	config.Default(&c.DrainPeriod, 10*time.Second)
 	if c.DrainPeriod > bus.MaxDrainPeriod {
 		return fmt.Errorf("%w: drain period over %v", ErrConfig, bus.MaxDrainPeriod)
 	}
-	if c.AnnounceInterval <= 0 {
-		c.AnnounceInterval = bus.AnnounceInterval
-	}
+	config.Default(&c.AnnounceInterval, bus.AnnounceInterval)
 	if c.Log == nil {
 		c.Log = slog.New(slog.DiscardHandler)
 	}

@@ -2,6 +2,8 @@ package sfu
 
 import (
 	"context"
+	"maps"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -65,10 +67,7 @@ func (s *Server) Drain(period time.Duration) {
 		s.mu.Unlock()
 		return
 	}
-	parts := make([]*participant, 0, len(s.sessions))
-	for _, p := range s.sessions {
-		parts = append(parts, p)
-	}
+	parts := slices.Collect(maps.Values(s.sessions))
 	if len(parts) == 0 {
 		s.drain.lastLeft(s.cfg.DrainStay)
 	}

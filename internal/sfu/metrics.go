@@ -3,7 +3,6 @@ package sfu
 import (
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/traverse-rtc/traverse/internal/rtpfeedback"
 	"github.com/traverse-rtc/traverse/internal/sfu/batchconn"
 )
 
@@ -97,67 +96,58 @@ func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
 	if reg == nil {
 		return m
 	}
+	// counterFunc and gaugeFunc read a value the node keeps itself at each
+	// scrape.
+	counterFunc := func(name, help string, f func() uint64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "traverse", Subsystem: "sfu", Name: name, Help: help},
+			func() float64 { return float64(f()) })
+	}
+	gaugeFunc := func(name, help string, f func() int) prometheus.Collector {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "traverse", Subsystem: "sfu", Name: name, Help: help},
+			func() float64 { return float64(f()) })
+	}
 	reg.MustRegister(m.recvSessions, m.recvTaken, m.recvReplays, m.recvErrors, m.recvSlowDrops,
 		m.rtcpTaken, m.rtcpIgnored, m.rtcpErrors,
-		prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "traverse", Subsystem: "sfu",
-			Name: "rtp_received_pion_total", Help: "Publishers' RTP packets that came through pion's receive path."},
-			func() float64 { return float64(s.pionReceived.Load()) }),
+		counterFunc("rtp_received_pion_total", "Publishers' RTP packets that came through pion's receive path.", s.pionReceived.Load),
 		m.ownActive, m.ownFallbacks, m.ownDrops, m.ownReports, m.ownRTCPSent, m.ownRTCPErrors, m.unsupportedTracks, m.glare, m.joins, m.leaves, m.connected, m.offers, m.badSDP, m.badRTP, m.pliForwarded,
 		m.pliThrottled, m.nacks, m.nacksAnswered, m.nacksMissed, m.layerSwitches, m.dataMessages, m.subscriberLoss,
 		m.twccFeedback, m.twccBad, m.subscriberEstimate, m.drains, m.drainRejoins, m.drainForced,
-		prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "traverse", Subsystem: "sfu",
-			Name: "rtp_forwarded_total", Help: "RTP packets sent to subscribers."},
-			func() float64 { return float64(s.forwarded.Load()) }),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "traverse", Subsystem: "sfu",
-			Name: "rtp_received_total", Help: "RTP packets received from publishers."},
-			func() float64 { return float64(s.received.Load()) }),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "traverse", Subsystem: "sfu",
-			Name: "udp_batched_writes_total", Help: "Datagrams sent through the batched socket (--data-path own or pion-batched)."},
-			func() float64 {
-				return float64(s.batchStat(func(b *batchconn.Conn) uint64 { return b.Stats().Writes }))
-			}),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "traverse", Subsystem: "sfu",
-			Name: "udp_write_batches_total", Help: "Send system calls of the batched socket (sendmmsg batches and single sendto)."},
-			func() float64 {
-				return float64(s.batchStat(func(b *batchconn.Conn) uint64 { return b.Stats().Batches }))
-			}),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "traverse", Subsystem: "sfu",
-			Name: "udp_write_drops_total", Help: "Datagrams the batched socket dropped (larger than 1500 bytes)."},
-			func() float64 { return float64(s.batchStat(func(b *batchconn.Conn) uint64 { return b.Stats().Drops })) }),
-		feedbackCounter(s, "feedback_nacks_total", "NACK packets sent to publishers (internal/rtpfeedback).",
-			func(st rtpfeedback.Stats) uint64 { return st.NACKs }),
-		feedbackCounter(s, "feedback_nacked_total", "Sequence numbers NACKed to publishers.",
-			func(st rtpfeedback.Stats) uint64 { return st.NACKed }),
-		feedbackCounter(s, "feedback_receiver_reports_total", "Receiver report packets sent to publishers.",
-			func(st rtpfeedback.Stats) uint64 { return st.Reports }),
-		feedbackCounter(s, "feedback_twcc_total", "Transport-wide congestion control feedback packets sent to publishers.",
-			func(st rtpfeedback.Stats) uint64 { return st.TWCC }),
-		feedbackCounter(s, "feedback_sender_reports_total", "Publishers' sender reports seen (LSR/DLSR of the receiver reports).",
-			func(st rtpfeedback.Stats) uint64 { return st.SenderReport }),
-		feedbackCounter(s, "feedback_bad_rtcp_total", "Publishers' RTCP packets the sender report scan refused.",
-			func(st rtpfeedback.Stats) uint64 { return st.BadRTCP }),
-		feedbackCounter(s, "feedback_write_errors_total", "Feedback RTCP writes that failed.",
-			func(st rtpfeedback.Stats) uint64 { return st.WriteErrors }),
-		feedbackCounter(s, "feedback_twcc_dropped_total", "Transport-cc arrivals dropped from a full queue (never expected).",
-			func(st rtpfeedback.Stats) uint64 { return st.TWCCDropped }),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "traverse", Subsystem: "sfu",
-			Name: "sessions", Help: "Live sessions."}, func() float64 { return float64(s.Sessions()) }),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "traverse", Subsystem: "sfu",
-			Name: "rooms", Help: "Rooms with a session on this node."}, func() float64 { return float64(len(s.roomList())) }),
+		counterFunc("rtp_forwarded_total", "RTP packets sent to subscribers.", s.forwarded.Load),
+		counterFunc("rtp_received_total", "RTP packets received from publishers.", s.received.Load),
+		counterFunc("udp_batched_writes_total", "Datagrams sent through the batched socket (--data-path own or pion-batched).",
+			func() uint64 { return s.batchStats().Writes }),
+		counterFunc("udp_write_batches_total", "Send system calls of the batched socket (sendmmsg batches and single sendto).",
+			func() uint64 { return s.batchStats().Batches }),
+		counterFunc("udp_write_drops_total", "Datagrams the batched socket dropped (larger than 1500 bytes).",
+			func() uint64 { return s.batchStats().Drops }),
+		// The node's summed rtpfeedback counters.
+		counterFunc("feedback_nacks_total", "NACK packets sent to publishers (internal/rtpfeedback).",
+			func() uint64 { return s.feedback.Stats().NACKs }),
+		counterFunc("feedback_nacked_total", "Sequence numbers NACKed to publishers.",
+			func() uint64 { return s.feedback.Stats().NACKed }),
+		counterFunc("feedback_receiver_reports_total", "Receiver report packets sent to publishers.",
+			func() uint64 { return s.feedback.Stats().Reports }),
+		counterFunc("feedback_twcc_total", "Transport-wide congestion control feedback packets sent to publishers.",
+			func() uint64 { return s.feedback.Stats().TWCC }),
+		counterFunc("feedback_sender_reports_total", "Publishers' sender reports seen (LSR/DLSR of the receiver reports).",
+			func() uint64 { return s.feedback.Stats().SenderReport }),
+		counterFunc("feedback_bad_rtcp_total", "Publishers' RTCP packets the sender report scan refused.",
+			func() uint64 { return s.feedback.Stats().BadRTCP }),
+		counterFunc("feedback_write_errors_total", "Feedback RTCP writes that failed.",
+			func() uint64 { return s.feedback.Stats().WriteErrors }),
+		counterFunc("feedback_twcc_dropped_total", "Transport-cc arrivals dropped from a full queue (never expected).",
+			func() uint64 { return s.feedback.Stats().TWCCDropped }),
+		gaugeFunc("sessions", "Live sessions.", s.Sessions),
+		gaugeFunc("rooms", "Rooms with a session on this node.", func() int { return len(s.roomList()) }),
 	)
 	return m
 }
 
-// feedbackCounter exports one of the node's summed rtpfeedback counters.
-func feedbackCounter(s *Server, name, help string, f func(rtpfeedback.Stats) uint64) prometheus.Collector {
-	return prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "traverse", Subsystem: "sfu", Name: name, Help: help},
-		func() float64 { return float64(f(s.feedback.Stats())) })
-}
-
-func (s *Server) batchStat(f func(*batchconn.Conn) uint64) uint64 {
+// batchStats are the batched socket's counters (zero without one).
+func (s *Server) batchStats() batchconn.Stats {
 	b := s.corkable()
 	if b == nil {
-		return 0
+		return batchconn.Stats{}
 	}
-	return f(b)
+	return b.Stats()
 }

@@ -1,6 +1,8 @@
 package sfu
 
 import (
+	"maps"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -127,10 +129,7 @@ const speakingLevel = 67
 // subscriber's simulcast layers for its bandwidth.
 func (r *room) updateLayers() {
 	r.mu.Lock()
-	tracks := make([]*pubTrack, 0, len(r.tracks))
-	for _, t := range r.tracks {
-		tracks = append(tracks, t)
-	}
+	tracks := slices.Collect(maps.Values(r.tracks))
 	r.mu.Unlock()
 	now := time.Now()
 	for _, t := range tracks {

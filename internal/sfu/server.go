@@ -32,8 +32,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -381,11 +383,7 @@ func (s *Server) Run(ctx context.Context) error {
 func (s *Server) roomList() []*room {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := make([]*room, 0, len(s.rooms))
-	for _, r := range s.rooms {
-		out = append(out, r)
-	}
-	return out
+	return slices.Collect(maps.Values(s.rooms))
 }
 
 func (s *Server) announce(pps float64) {
@@ -414,10 +412,7 @@ func (s *Server) Close() error {
 		s.mu.Lock()
 		s.closed = true
 		sub := s.sub
-		parts := make([]*participant, 0, len(s.sessions))
-		for _, p := range s.sessions {
-			parts = append(parts, p)
-		}
+		parts := slices.Collect(maps.Values(s.sessions))
 		s.mu.Unlock()
 		if sub != nil {
 			sub.Unsubscribe()

@@ -1,7 +1,9 @@
 package sfu
 
 import (
+	"maps"
 	"net/netip"
+	"slices"
 
 	"github.com/pion/webrtc/v4"
 
@@ -37,10 +39,7 @@ func (p *participant) stats() bus.SessionStats {
 		st.BitrateIn += t.bitrate()
 	}
 	p.negMu.Lock()
-	downs := make([]*downTrack, 0, len(p.downs))
-	for _, d := range p.downs {
-		downs = append(downs, d)
-	}
+	downs := slices.Collect(maps.Values(p.downs))
 	p.negMu.Unlock()
 	for _, d := range downs {
 		d.mu.Lock()

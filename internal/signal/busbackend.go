@@ -22,10 +22,15 @@ type BusBackend struct {
 	nodeSub  *bus.Subscription
 	downSub  *bus.Subscription // the leading controller's NodeDown
 
-	mu     sync.Mutex // guards rooms, closed, down
+	mu     sync.Mutex // guards rooms, closed, down, placed
 	rooms  map[string]*roomSubs
 	closed bool
 	down   func(node, reason string)
+	// placed holds, per node, when this server sent it each join of the
+	// last placedWindow: a node's announced load lags the joins made
+	// since, and a burst of joins between two announcements would
+	// otherwise all go to the node that looked idlest.
+	placed map[string][]time.Time
 
 	stop chan struct{} // closed by Close: ends the sweeper
 	wg   sync.WaitGroup
@@ -62,7 +67,8 @@ func NewBusBackend(c *bus.Client, capacity int) (*BusBackend, error) {
 	if capacity <= 0 {
 		capacity = DefaultNodeCapacity
 	}
-	b := &BusBackend{c: c, capacity: capacity, now: time.Now, rooms: map[string]*roomSubs{}, stop: make(chan struct{})}
+	b := &BusBackend{c: c, capacity: capacity, now: time.Now, rooms: map[string]*roomSubs{}, placed: map[string][]time.Time{},
+		stop: make(chan struct{})}
 	sub, err := c.SubscribeNodes(func(a bus.NodeAnnounce) { b.table.Update(a, b.now()) })
 	if err != nil {
 		return nil, err
@@ -133,6 +139,7 @@ func (b *BusBackend) nodeDead(node string) {
 func (b *BusBackend) forgetNode(node string) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	delete(b.placed, node)
 	for _, r := range b.rooms {
 		for id, n := range r.partNode {
 			if n == node {
@@ -167,10 +174,12 @@ func (b *BusBackend) Close() error {
 
 // Nodes returns the live nodes.
 func (b *BusBackend) Nodes() []Node {
-	live := b.table.Live(b.now())
+	now := b.now()
+	live := b.table.Live(now)
 	out := make([]Node, 0, len(live))
 	for _, a := range live {
-		n := Node{ID: a.Node, Region: a.Region, Load: float64(a.Load.Peers) / float64(b.capacity), Rooms: a.Rooms,
+		peers := a.Load.Peers + b.recentJoins(a.Node, now)
+		n := Node{ID: a.Node, Region: a.Region, Load: float64(peers) / float64(b.capacity), Rooms: a.Rooms,
 			Cascade: a.Relay != ""}
 		if ap, err := netip.ParseAddrPort(a.UDP); err == nil && !ap.Addr().IsUnspecified() {
 			n.Public = ap.Addr().Unmap()
@@ -183,12 +192,50 @@ func (b *BusBackend) Nodes() []Node {
 	return out
 }
 
+// placedWindow is how long a join this server sent counts toward its
+// node's load on top of the node's announced peers: two announcement
+// intervals, by when the node's own count includes it. Counting a join
+// twice for that long errs toward spreading a burst.
+const placedWindow = 2 * bus.AnnounceInterval
+
+// notePlaced records a join sent to node at now.
+func (b *BusBackend) notePlaced(node string, now time.Time) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.placed[node] = append(b.pruneLocked(node, now), now)
+}
+
+// recentJoins is how many joins this server sent node within placedWindow.
+func (b *BusBackend) recentJoins(node string, now time.Time) int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.pruneLocked(node, now))
+}
+
+// pruneLocked drops node's joins older than placedWindow and returns the
+// rest (oldest first).
+func (b *BusBackend) pruneLocked(node string, now time.Time) []time.Time {
+	ts := b.placed[node]
+	i := 0
+	for i < len(ts) && now.Sub(ts[i]) > placedWindow {
+		i++
+	}
+	if i == len(ts) {
+		delete(b.placed, node)
+		return nil
+	}
+	ts = ts[i:]
+	b.placed[node] = ts
+	return ts
+}
+
 // Join subscribes to the session's messages and its room's events; the node
 // hears of the session with the link's first Offer.
 func (b *BusBackend) Join(_ context.Context, node Node, req JoinRequest, sink func(NodeEvent)) (Link, error) {
 	if !bus.ValidName(req.Session) || !bus.ValidName(req.Room) {
 		return nil, fmt.Errorf("%w: %w", ErrMessage, bus.ErrBadSubjectToken)
 	}
+	b.notePlaced(node.ID, b.now())
 	l := &busLink{b: b, node: node.ID, req: req}
 	sub, err := b.c.SubscribeSession(node.ID, req.Session, func(m bus.SessionMessage) {
 		switch m.Type {

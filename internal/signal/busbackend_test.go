@@ -2,35 +2,21 @@ package signal
 
 import (
 	"context"
-	"github.com/traverse-rtc/traverse/internal/testkit"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/traverse-rtc/traverse/internal/bus"
+	"github.com/traverse-rtc/traverse/internal/bus/bustest"
+	"github.com/traverse-rtc/traverse/internal/testkit"
 )
 
 // TestBusBackend runs signal's Server over a real embedded NATS bus against
 // a scripted node: join, renegotiation from the node, room events, leave.
 func TestBusBackend(t *testing.T) {
-	emb, err := bus.StartEmbedded(bus.EmbeddedConfig{Listen: "127.0.0.1:0"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = emb.Close() })
-	connect := func(role bus.Role, node string) *bus.Client {
-		id, err := emb.NewIdentity(role, node)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c, err := bus.Connect(bus.Config{URLs: []string{emb.URL()}, Identity: id}, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = c.Close() })
-		return c
-	}
+	emb := bustest.Start(t)
+	connect := func(role bus.Role, node string) *bus.Client { return bustest.Connect(t, emb, role, node) }
 	nodeBus, sigBus := connect(bus.RoleNode, "n1"), connect(bus.RoleSignal, "")
 
 	var mu sync.Mutex

@@ -1,7 +1,8 @@
 package signal
 
 import (
-	"context"
+	"fmt"
+	"net/netip"
 	"sort"
 	"strings"
 	"sync"
@@ -9,21 +10,10 @@ import (
 	"time"
 
 	"github.com/traverse-rtc/traverse/internal/bus"
+	"github.com/traverse-rtc/traverse/internal/bus/bustest"
 	"github.com/traverse-rtc/traverse/internal/metricstest"
 	"github.com/traverse-rtc/traverse/internal/testkit"
 )
-
-// recvRaw reads the next message as sent.
-func (c *testClient) recvRaw() string {
-	c.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	_, b, err := c.conn.Read(ctx)
-	if err != nil {
-		c.t.Fatalf("read: %v", err)
-	}
-	return string(b)
-}
 
 // joinOn joins with tok and offers, and returns the node of the joined
 // message (skipping the room's participant and track messages).
@@ -151,23 +141,8 @@ func TestNodeDownRejoin(t *testing.T) {
 // sweep) of its last announcement, calls OnNodeDown once, carries the
 // rooms a node announces, and forgets the dead node's participants.
 func TestBusBackendNodeDown(t *testing.T) {
-	emb, err := bus.StartEmbedded(bus.EmbeddedConfig{Listen: "127.0.0.1:0"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = emb.Close() })
-	connect := func(role bus.Role, node string) *bus.Client {
-		id, err := emb.NewIdentity(role, node)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c, err := bus.Connect(bus.Config{URLs: []string{emb.URL()}, Identity: id}, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = c.Close() })
-		return c
-	}
+	emb := bustest.Start(t)
+	connect := func(role bus.Role, node string) *bus.Client { return bustest.Connect(t, emb, role, node) }
 	n1, n2, sig := connect(bus.RoleNode, "n1"), connect(bus.RoleNode, "n2"), connect(bus.RoleSignal, "")
 	be, err := NewBusBackend(sig, 0)
 	if err != nil {
@@ -265,5 +240,58 @@ func TestBusBackendNodeDown(t *testing.T) {
 	defer mu.Unlock()
 	if len(downs) != 2 || downs[1] != "n2/"+RejoinNodeFailed {
 		t.Errorf("downs after the controller's verdicts %v, want n1 then n2 once (dead, not draining)", downs)
+	}
+}
+
+// TestBusBackendBurstPlacement: a burst of joins between two announcements
+// spreads over the nodes: each join this server sends counts toward its
+// node's load until the node's own announcements include it.
+func TestBusBackendBurstPlacement(t *testing.T) {
+	emb, err := bus.StartEmbedded(bus.EmbeddedConfig{Listen: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = emb.Close() })
+	id, err := emb.NewIdentity(bus.RoleSignal, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sig, err := bus.Connect(bus.Config{URLs: []string{emb.URL()}, Identity: id}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sig.Close() })
+	be, err := NewBusBackend(sig, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer be.Close()
+	now := time.Now()
+	be.now = func() time.Time { return now }
+	for _, n := range []string{"n1", "n2", "n3"} {
+		be.table.Update(bus.NodeAnnounce{Node: n, UDP: "127.0.0.1:7882", Time: now}, now)
+	}
+	p := newPlacer(nil, "", nil)
+	count := map[string]int{}
+	for i := range 40 {
+		n, err := p.choose(be.Nodes(), fmt.Sprintf("room%d", i), "", netip.Addr{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		be.notePlaced(n.ID, now)
+		count[n.ID]++
+	}
+	for _, n := range []string{"n1", "n2", "n3"} {
+		if c := count[n]; c < 13 || c > 14 {
+			t.Errorf("a burst of 40 joins placed %v, want 13-14 on each of 3 idle nodes", count)
+			break
+		}
+	}
+	// Once the window has passed, only the announced load counts.
+	now = now.Add(placedWindow + time.Millisecond)
+	for _, n := range be.Nodes() {
+		if n.Load != 0 {
+			t.Errorf("node %s load %v after the window, want 0 (announced idle)", n.ID, n.Load)
+		}
 	}
 }

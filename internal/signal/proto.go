@@ -156,7 +156,9 @@ func (m *ClientMessage) validate() error {
 		case *m.MaxLayer < 0 || *m.MaxLayer > 2:
 			return fmt.Errorf("%w: maxLayer must be 0-2", ErrMessage)
 		}
-	case TypeLeave, TypePing:
+	case TypeLeave, TypePing, TypeSFURelease:
+	case TypeP2POffer, TypeP2PAnswer, TypeP2PCandidate:
+		return m.validateP2P()
 	case "":
 		return fmt.Errorf("%w: no type", ErrMessage)
 	default:
@@ -238,6 +240,17 @@ type ServerMessage struct {
 
 	// rejoin
 	Reason string `json:"reason,omitempty"`
+
+	// mode (TypeMode, peer-to-peer rooms): Mode is ModeP2P or ModeSFU;
+	// with ModeP2P, Peer is the other member (absent when alone) and
+	// Initiator says this client makes the P2P offer. joined carries Mode
+	// when the server runs peer-to-peer rooms.
+	Mode      string       `json:"mode,omitempty"`
+	Peer      *Participant `json:"peer,omitempty"`
+	Initiator bool         `json:"initiator,omitempty"`
+	// From is the sender's participant id on a relayed p2p-offer,
+	// p2p-answer or p2p-candidate.
+	From string `json:"from,omitempty"`
 
 	// mute (TypeMute, with Track and Message): the operator asks the client
 	// to stop (true) or resume (false) sending the track.

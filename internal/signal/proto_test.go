@@ -62,6 +62,10 @@ func FuzzDecodeClient(f *testing.F) {
 		`{"type":"candidate","candidate":{"candidate":"candidate:1 1 udp 1 127.0.0.1 5000 typ host","sdpMid":"0","sdpMLineIndex":0,"usernameFragment":"abcd"}}`,
 		`{"type":"leave"}`, `{"type":"ping"}`, `{}`, `{"type":"x"}`,
 		`{"type":"layer","track":"t1","streamId":"s1","maxLayer":1}`, `{"type":"layer","track":"*","width":320,"height":180}`,
+		`{"type":"p2p-offer","sdp":"v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=ice-ufrag:abcd\r\na=sendrecv\r\n"}`,
+		`{"type":"p2p-answer","sdp":"v=0\r\n"}`, `{"type":"sfu-release"}`,
+		`{"type":"p2p-candidate","candidate":{"candidate":"candidate:1 1 udp 1 192.0.2.1 5000 typ srflx raddr 10.0.0.1 rport 5000","sdpMid":"0"}}`,
+		`{"type":"p2p-candidate","candidate":{"candidate":""}}`,
 	} {
 		f.Add([]byte(s))
 	}

@@ -25,8 +25,8 @@ import (
 	"github.com/traverse-rtc/traverse/internal/relayproto"
 )
 
-// RelayService answers a peer pair's request for relay nodes (seed B, step
-// 2; docs/relay.md): POST /relay/nodes with the requester's token in
+// RelayService answers a peer pair's request for relay nodes (the path
+// sequence's second step; docs/relay.md): POST /relay/nodes with the requester's token in
 // "Authorization: Bearer", a RelayRequest body, and a RelayOffer back: the
 // nodes compatible with both peers' NATs, nearest first
 // (internal/relaychoice), each with one signed grant per side of a fresh

@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/traverse-rtc/traverse/internal/bus"
+	"github.com/traverse-rtc/traverse/internal/bus/bustest"
 	"github.com/traverse-rtc/traverse/internal/persource"
 	"github.com/traverse-rtc/traverse/internal/relayproto"
 	"github.com/traverse-rtc/traverse/internal/testkit"
@@ -37,16 +38,13 @@ type relayScene struct {
 
 func newRelayScene(t *testing.T) *relayScene {
 	t.Helper()
-	emb, err := bus.StartEmbedded(bus.EmbeddedConfig{Listen: "127.0.0.1:0"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { emb.Close() })
+	emb := bustest.Start(t)
 	s := &relayScene{t: t, emb: emb, reg: prometheus.NewRegistry(), key: bytes.Repeat([]byte("k"), 32), opens: map[string][]bus.RelayOpen{}}
 	now := time.Now()
 	s.now.Store(&now)
 	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
 	s.pub = pub
+	var err error
 	s.rs, err = NewRelayService(RelayConfig{Bus: s.connect(bus.RoleSignal, ""), TokenKey: s.key, GrantKey: priv,
 		Registerer: s.reg, Now: func() time.Time { return *s.now.Load() }, Rate: 1000})
 	if err != nil {
@@ -58,17 +56,7 @@ func newRelayScene(t *testing.T) *relayScene {
 }
 
 func (s *relayScene) connect(role bus.Role, node string) *bus.Client {
-	s.t.Helper()
-	id, err := s.emb.NewIdentity(role, node)
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	c, err := bus.Connect(bus.Config{URLs: []string{s.emb.URL()}, Identity: id}, nil)
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	s.t.Cleanup(func() { c.Close() })
-	return c
+	return bustest.Connect(s.t, s.emb, role, node)
 }
 
 // node connects relay node id and announces a.

@@ -662,6 +662,7 @@ func (s *Server) apiLeftBecause(room, pid, reason string) {
 // apiLeft forgets a session that ended; err is its read loop's (nil after
 // a leave).
 func (s *Server) apiLeft(room, pid string, err error) {
+	s.p2pLeft(room, pid)
 	m, ended := s.reg.left(room, pid)
 	if m == nil {
 		return

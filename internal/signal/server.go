@@ -43,6 +43,12 @@ type Config struct {
 	// ICEServers, when set, returns the STUN/TURN servers handed to a
 	// joining participant (TURN credentials are minted per participant).
 	ICEServers func(identity string) []ICEServer
+	// P2P makes rooms of two peer to peer: the two browsers send media to
+	// each other (ICE with ICEServers: STUN, then TURN) and move into the
+	// SFU when a third joins, back when the room is down to two
+	// (p2proom.go, docs/signal.md "Peer-to-peer rooms"). Default false:
+	// every room goes through the SFU.
+	P2P bool
 	// Region is the region of clients no RegionRule matches. Default "" (no
 	// region preference: the least loaded node wins).
 	Region string
@@ -181,9 +187,12 @@ type Server struct {
 	ln     net.Listener // bound by New from Config.Listen; nil without
 	lm     *connlimit.Metrics
 	origin originPolicy
-	reg    *registry   // the room API's view of the sessions
+	reg    *registry  // the room API's view of the sessions
+	pairs  p2pRoomSet // peer-to-peer rooms of two (Config.P2P, p2proom.go)
+	p2pm   *p2pMetrics
 	am     *apiMetrics // room API and webhooks
 	hooks  *webhooks
+	p2p    *p2pHub // the peer-to-peer rendezvous (p2p.go)
 
 	ctx    context.Context // canceled by Close; parent of every session
 	cancel context.CancelFunc
@@ -224,8 +233,16 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	hub, err := newP2PHub(cfg.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	p2pm, err := newP2PMetrics(cfg.Registerer)
+	if err != nil {
+		return nil, err
+	}
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &Server{cfg: cfg, log: cfg.Log, m: m, placer: newPlacer(cfg.RegionRules, cfg.Region, cfg.RegionNear),
+	s := &Server{p2p: hub, p2pm: p2pm, cfg: cfg, log: cfg.Log, m: m, placer: newPlacer(cfg.RegionRules, cfg.Region, cfg.RegionNear),
 		mux: http.NewServeMux(), lm: lm, origin: newOriginPolicy(cfg.AllowedOrigins),
 		ctx: ctx, cancel: cancel, rooms: map[string]*roomPlace{}, sessions: map[*session]struct{}{},
 		down: map[string]time.Time{}, reg: newRegistry(), am: am}
@@ -244,6 +261,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s.mux.HandleFunc("GET /v1/route", s.serveRoute)
+	s.mux.HandleFunc("GET /p2p", s.serveP2P)
 	if cfg.DemoTokens {
 		s.mux.HandleFunc("GET /token", s.serveToken)
 	}

@@ -85,7 +85,8 @@ func (c *testClient) send(v any) {
 	}
 }
 
-func (c *testClient) recv() ServerMessage {
+// recvRaw reads the next message as sent.
+func (c *testClient) recvRaw() string {
 	c.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -93,8 +94,13 @@ func (c *testClient) recv() ServerMessage {
 	if err != nil {
 		c.t.Fatalf("read: %v", err)
 	}
+	return string(b)
+}
+
+func (c *testClient) recv() ServerMessage {
+	c.t.Helper()
 	var m ServerMessage
-	if err := json.Unmarshal(b, &m); err != nil {
+	if err := json.Unmarshal([]byte(c.recvRaw()), &m); err != nil {
 		c.t.Fatal(err)
 	}
 	return m

@@ -41,6 +41,9 @@ type session struct {
 	// joinSeen is set by the reader when a join arrives; the join timer
 	// reads it.
 	joinSeen atomic.Bool
+	// relinking is set while releaseSFU closes the session's old link
+	// (p2proom.go): the node's close of it does not end the session.
+	relinking atomic.Bool
 
 	// orderMu is held from sending a client offer to the node until its
 	// answer is queued, and by node offers and candidates while they are
@@ -179,6 +182,9 @@ func (ss *session) handle(m ClientMessage) error {
 		}
 		return ss.join(m.Token)
 	}
+	if joined && isP2PType(m.Type) {
+		return ss.handleP2P(m)
+	}
 	if !joined || link == nil {
 		return fmt.Errorf("%w: %s before join", ErrState, m.Type)
 	}
@@ -277,8 +283,13 @@ func (ss *session) join(token string) error {
 		ice = f(claims.Identity)
 	}
 	pub, sub := claims.Publish, claims.Subscribe
+	var mode string
+	if ss.s.cfg.P2P {
+		mode = ModeP2P // a mode message follows
+	}
 	ss.send(ServerMessage{Type: TypeJoined, Room: claims.Room, Identity: claims.Identity, ParticipantID: pid,
-		Node: node.ID, Region: node.Region, Publish: &pub, Subscribe: &sub, ICEServers: ice}, true)
+		Node: node.ID, Region: node.Region, Publish: &pub, Subscribe: &sub, ICEServers: ice, Mode: mode}, true)
+	ss.s.p2pJoined(ss, pid, claims)
 	if sn, ok := link.(snapshotter); ok {
 		for _, ev := range sn.Snapshot() {
 			ss.nodeEvent(ev)
@@ -328,6 +339,9 @@ func (ss *session) nodeEvent(ev NodeEvent) {
 		}
 		ss.rejoin(ev.Node, reason)
 	case NodeClosed:
+		if ss.relinking.Load() {
+			return
+		}
 		err := ev.Err
 		if err == nil {
 			err = errors.New("session ended by the node")

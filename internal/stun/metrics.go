@@ -35,34 +35,22 @@ var (
 )
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
-	req := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "traverse_stun_requests_total",
-		Help: "STUN requests accepted for processing, by transport.",
-	}, []string{"transport"})
-	resp := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "traverse_stun_responses_total",
-		Help: "STUN responses sent, by transport and result (success or error).",
-	}, []string{"transport", "result"})
-	drop := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "traverse_stun_dropped_total",
-		Help: "Messages dropped without an answer, by reason.",
-	}, []string{"reason"})
-	sendFail := prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "traverse_stun_send_errors_total",
-		Help: "Responses the kernel refused to send.",
-	})
-	conns := prometheus.NewGauge(prometheus.GaugeOpts{
-		Name: "traverse_stun_tcp_connections",
-		Help: "Open STUN connections over TCP and TLS.",
-	})
-	refused := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "traverse_stun_tcp_refused_total",
-		Help: "TCP and TLS connections closed at once, by reason: total (max-tcp-conns open) or per_address (max-tcp-conns-per-addr open from its source).",
-	}, []string{"reason"})
-	timeouts := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "traverse_stun_tcp_timeouts_total",
-		Help: "TCP and TLS connections closed by a deadline, by reason: first_message (no request answered within first-message-timeout) or idle (idle-timeout).",
-	}, []string{"reason"})
+	vec := func(name, help string, labels ...string) *prometheus.CounterVec {
+		return prometheus.NewCounterVec(prometheus.CounterOpts{Name: "traverse_stun_" + name, Help: help}, labels)
+	}
+	req := vec("requests_total", "STUN requests accepted for processing, by transport.", "transport")
+	resp := vec("responses_total", "STUN responses sent, by transport and result (success or error).", "transport", "result")
+	drop := vec("dropped_total", "Messages dropped without an answer, by reason.", "reason")
+	sendFail := prometheus.NewCounter(prometheus.CounterOpts{Name: "traverse_stun_send_errors_total",
+		Help: "Responses the kernel refused to send."})
+	conns := prometheus.NewGauge(prometheus.GaugeOpts{Name: "traverse_stun_tcp_connections",
+		Help: "Open STUN connections over TCP and TLS."})
+	refused := vec("tcp_refused_total",
+		"TCP and TLS connections closed at once, by reason: total (max-tcp-conns open) or per_address (max-tcp-conns-per-addr open from its source).",
+		"reason")
+	timeouts := vec("tcp_timeouts_total",
+		"TCP and TLS connections closed by a deadline, by reason: first_message (no request answered within first-message-timeout) or idle (idle-timeout).",
+		"reason")
 	for _, c := range []prometheus.Collector{req, resp, drop, sendFail, conns, refused, timeouts} {
 		if err := reg.Register(c); err != nil {
 			return nil, err

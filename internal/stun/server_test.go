@@ -213,16 +213,12 @@ func TestShutdownReleasesSockets(t *testing.T) {
 	exchange(t, c, s.Addr(), request(t))
 
 	start := time.Now()
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("run: %v", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("Run did not return within 5s")
+	testkit.Stop(t, "Run", cancel, done)
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("Run returned %s after cancel, want within 5s", d)
+	} else {
+		t.Logf("shutdown took %s", d)
 	}
-	t.Logf("shutdown took %s", time.Since(start))
 	if s.Ready() == nil {
 		t.Error("ready after shutdown")
 	}

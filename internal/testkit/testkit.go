@@ -114,15 +114,21 @@ func Run(t testing.TB, run func(context.Context) error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("Run: %v", err)
-			}
-		case <-time.After(StopTimeout):
-			t.Errorf("Run did not return within %v of its context's end", StopTimeout)
+	t.Cleanup(func() { Stop(t, "Run", cancel, done) })
+}
+
+// Stop ends a role started in a goroutine: it calls cancel and waits up to
+// StopTimeout for the role's result on done, failing the test (with what
+// named) if the role returns an error or does not return.
+func Stop(t testing.TB, what string, cancel context.CancelFunc, done <-chan error) {
+	t.Helper()
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("%s: %v", what, err)
 		}
-	})
+	case <-time.After(StopTimeout):
+		t.Errorf("%s did not return within %v of its context's end", what, StopTimeout)
+	}
 }

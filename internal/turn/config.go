@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/traverse-rtc/traverse/internal/config"
 )
 
 // DefaultMaxStreamConns is Config.MaxStreamConns's default.
@@ -181,15 +183,9 @@ func (c *Config) validate() error {
 	if c.RelayPortLow == 0 || c.RelayPortHigh < c.RelayPortLow {
 		return fmt.Errorf("%w: relay port range %d-%d", ErrConfig, c.RelayPortLow, c.RelayPortHigh)
 	}
-	if c.NonceLifetime <= 0 {
-		c.NonceLifetime = 10 * time.Minute
-	}
-	if c.DefaultLifetime <= 0 {
-		c.DefaultLifetime = 10 * time.Minute
-	}
-	if c.MaxLifetime <= 0 {
-		c.MaxLifetime = time.Hour
-	}
+	config.Default(&c.NonceLifetime, 10*time.Minute)
+	config.Default(&c.DefaultLifetime, 10*time.Minute)
+	config.Default(&c.MaxLifetime, time.Hour)
 	if c.MaxLifetime < c.DefaultLifetime {
 		c.MaxLifetime = c.DefaultLifetime
 	}
@@ -207,18 +203,14 @@ func (c *Config) validate() error {
 	defaultInt(&c.AllocationRate, 20)
 	defaultInt(&c.UnauthAnswerRate, 50)
 	defaultInt(&c.MaxStreamConnsPerSource, 100)
-	if c.MaxStreamConns <= 0 {
-		c.MaxStreamConns = DefaultMaxStreamConns
-	}
+	config.Default(&c.MaxStreamConns, DefaultMaxStreamConns)
 	if c.StreamAuthTimeout == 0 {
 		c.StreamAuthTimeout = 10 * time.Second
 	}
 	if c.StreamIdleTimeout == 0 {
 		c.StreamIdleTimeout = 2 * time.Minute
 	}
-	if c.Shards <= 0 {
-		c.Shards = 1
-	}
+	config.Default(&c.Shards, 1)
 	if c.Log == nil {
 		c.Log = slog.New(slog.DiscardHandler)
 	}

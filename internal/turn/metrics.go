@@ -69,14 +69,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		bad: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "malformed_total",
 			Help: "Malformed messages from clients, by transport."}, []string{"transport"}),
 	}
-	relayed := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "relayed_packets_total",
-		Help: "Packets relayed, by direction (to_peer, to_client)."}, []string{"direction"})
-	relayedBytes := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "relayed_bytes_total",
-		Help: "Payload bytes relayed, by direction (to_peer, to_client)."}, []string{"direction"})
-	m.toPeerPackets = relayed.WithLabelValues("to_peer")
-	m.toClientPackets = relayed.WithLabelValues("to_client")
-	m.toPeerBytes = relayedBytes.WithLabelValues("to_peer")
-	m.toClientBytes = relayedBytes.WithLabelValues("to_client")
+	relayed := byDirection(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "relayed_packets_total",
+		Help: "Packets relayed, by direction (to_peer, to_client)."}, &m.toPeerPackets, &m.toClientPackets)
+	relayedBytes := byDirection(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "relayed_bytes_total",
+		Help: "Payload bytes relayed, by direction (to_peer, to_client)."}, &m.toPeerBytes, &m.toClientBytes)
 	m.dropNoPermission = m.drops.WithLabelValues("no_permission")
 	m.dropNoChannel = m.drops.WithLabelValues("no_channel")
 	m.dropNoAllocation = m.drops.WithLabelValues("no_allocation")
@@ -89,14 +85,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		Help: "Channels relayed in the kernel now (--offload ebpf)."})
 	m.offloadErrors = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "offload_errors_total",
 		Help: "Channels the kernel path refused or failed to install or remove (they stay in user space)."})
-	offPackets := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "offload_packets_total",
-		Help: "Packets relayed in the kernel, by direction (to_peer, to_client); also counted in relayed_packets_total."}, []string{"direction"})
-	offBytes := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "offload_bytes_total",
-		Help: "Payload bytes relayed in the kernel, by direction (to_peer, to_client); also counted in relayed_bytes_total."}, []string{"direction"})
-	m.offloadToPeerPackets = offPackets.WithLabelValues("to_peer")
-	m.offloadToClientPackets = offPackets.WithLabelValues("to_client")
-	m.offloadToPeerBytes = offBytes.WithLabelValues("to_peer")
-	m.offloadToClientBytes = offBytes.WithLabelValues("to_client")
+	offPackets := byDirection(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "offload_packets_total",
+		Help: "Packets relayed in the kernel, by direction (to_peer, to_client); also counted in relayed_packets_total."}, &m.offloadToPeerPackets, &m.offloadToClientPackets)
+	offBytes := byDirection(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "offload_bytes_total",
+		Help: "Payload bytes relayed in the kernel, by direction (to_peer, to_client); also counted in relayed_bytes_total."}, &m.offloadToPeerBytes, &m.offloadToClientBytes)
 	for _, q := range []string{"user", "total", "ports", "shared", "shared_peer", "permissions", "stream_conns", "stream_conns_source", "offload_bandwidth", "tcp_conns", "reservation"} {
 		m.quotaHits.WithLabelValues(q)
 	}
@@ -113,4 +105,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			m.offloadFlows, m.offloadErrors, offPackets, offBytes)
 	}
 	return m
+}
+
+// byDirection makes a counter vector of opts by direction and points
+// toPeer and toClient at its two counters (to_peer, to_client).
+func byDirection(opts prometheus.CounterOpts, toPeer, toClient *prometheus.Counter) *prometheus.CounterVec {
+	v := prometheus.NewCounterVec(opts, []string{"direction"})
+	*toPeer, *toClient = v.WithLabelValues("to_peer"), v.WithLabelValues("to_client")
+	return v
 }

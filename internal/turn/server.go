@@ -5,9 +5,11 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -369,10 +371,7 @@ func (s *Server) Close() error {
 	s.closeOnce.Do(func() {
 		s.mu.Lock()
 		s.closed = true
-		streams := make([]*streamConn, 0, len(s.streams))
-		for sc := range s.streams {
-			streams = append(streams, sc)
-		}
+		streams := slices.Collect(maps.Keys(s.streams))
 		s.mu.Unlock()
 		close(s.done)
 		s.closeSockets()
@@ -397,10 +396,7 @@ func (s *Server) Close() error {
 			sc.close()
 		}
 		s.mu.Lock()
-		all := make([]*allocation, 0, len(s.allocs))
-		for _, a := range s.allocs {
-			all = append(all, a)
-		}
+		all := slices.Collect(maps.Values(s.allocs))
 		s.mu.Unlock()
 		for _, a := range all {
 			s.deleteAllocation(a)
@@ -657,10 +653,7 @@ func (s *Server) sweepLoop() {
 func (s *Server) sweep(now int64) {
 	s.expireReservations(now)
 	s.mu.RLock()
-	all := make([]*allocation, 0, len(s.allocs))
-	for _, a := range s.allocs {
-		all = append(all, a)
-	}
+	all := slices.Collect(maps.Values(s.allocs))
 	s.mu.RUnlock()
 	for _, a := range all {
 		a.mu.Lock()

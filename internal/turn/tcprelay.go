@@ -6,9 +6,11 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -188,10 +190,7 @@ func isAddrInUse(err error) bool { return errors.Is(err, errAddrInUse) }
 func (s *Server) closeTCPRelay(a *allocation) {
 	_ = a.tcp.ln.Close()
 	a.mu.Lock()
-	conns := make([]*peerConn, 0, len(a.tcp.conns))
-	for _, pc := range a.tcp.conns {
-		conns = append(conns, pc)
-	}
+	conns := slices.Collect(maps.Values(a.tcp.conns))
 	a.mu.Unlock()
 	for _, pc := range conns {
 		pc.close(s)

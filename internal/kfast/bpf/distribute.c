@@ -9,8 +9,9 @@
 // receiver of the stream: for each, the packet is rewritten (source: the
 // stream's address and port, as the user-space path sends; destination:
 // the receiver; Ethernet addresses: the route's) and cloned out of the
-// receiver's interface (kf_clone). The original is then dropped: every
-// receiver got exactly one copy.
+// receiver's interface (bpf_clone_redirect), except the last receiver,
+// which gets the packet itself (bpf_redirect): every receiver gets exactly
+// one copy, with one clone per receiver but the last.
 //
 // Checksums are updated incrementally (RFC 1624, kf_ip_update and
 // kf_l4_update), so a partial checksum of a local sender takes only the
@@ -131,8 +132,20 @@ int distribute(struct __sk_buff *skb)
 		if (!ip)
 			return TC_ACT_SHOT;
 		kf_write_tuple(ip, udp, &to);
+		// The head is the program's own here (tc's prologue and
+		// bpf_clone_redirect unshare it): the MACs are written directly.
+		__u8 *eth = (__u8 *)ip - KF_IP_OFF;
+		__builtin_memcpy(eth, r->dmac, 6);
+		__builtin_memcpy(eth + 6, r->smac, 6);
 		cur = to;
-		if (kf_clone(skb, r->o.ifindex, r->dmac, r->smac) == 0)
+		if (i + 1 == n) {
+			// The last receiver gets the packet itself: one clone
+			// (and one copy of the head) fewer per packet, none for
+			// a stream of one receiver.
+			dist_count(r->o.slot, p.plen, now);
+			return bpf_redirect(r->o.ifindex, 0);
+		}
+		if (bpf_clone_redirect(skb, r->o.ifindex, 0) == 0)
 			dist_count(r->o.slot, p.plen, now);
 	}
 	return TC_ACT_SHOT;

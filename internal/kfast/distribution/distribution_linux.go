@@ -264,7 +264,7 @@ func (k *Kernel) entryLocked(s distribute.KernelStream) (key, value, bool, error
 			return ky, v, false, fmt.Errorf("distribution: receiver slot: %w", err)
 		}
 		v.R[i] = rcv{Out: h.To(dst, to, ls, 0), Dmac: h.Dst, Smac: h.Src}
-		// kf_clone sends through the interface, local receivers too.
+		// bpf_clone_redirect sends through the interface, local receivers too.
 		v.R[i].Out.Ifindex = uint32(h.Ifindex)
 	}
 	ls, err := k.slotLocked(s.Slot)

@@ -12,7 +12,10 @@ import (
 	"github.com/traverse-rtc/traverse/internal/kfast/kfasttest"
 )
 
-const actShot = 2 // TC_ACT_SHOT
+const (
+	actShot     = 2 // TC_ACT_SHOT
+	actRedirect = 7 // TC_ACT_REDIRECT: the last receiver gets the packet itself
+)
 
 // noSuchIfindex makes every clone of a test run fail, so that nothing
 // leaves the host while the rewrite is checked.
@@ -92,8 +95,8 @@ func TestProgram(t *testing.T) {
 	for _, zero := range []bool{false, true} {
 		in := kfasttest.Packet{Src: tSrc, Dst: tDst, Payload: media, NoCsum: zero}.Bytes()
 		ret, out := kfasttest.Run(t, l.Program(), in)
-		if ret != actShot {
-			t.Fatalf("stream packet: returned %d, want TC_ACT_SHOT after the clones", int32(ret))
+		if ret != actRedirect {
+			t.Fatalf("stream packet: returned %d, want TC_ACT_REDIRECT (to the last receiver) after the clones", int32(ret))
 		}
 		// The frame left is the last receiver's copy.
 		kfasttest.CheckHeaders(t, out[:len(in)], tDst, tR2, zero)
@@ -105,13 +108,15 @@ func TestProgram(t *testing.T) {
 		}
 	}
 	kfasttest.CheckCounts(t, l, 1, "stream", 2, 400)
-	// The clones failed (no such interface): no receiver counted.
+	// The clone failed (no such interface): the first receiver is not
+	// counted; the last one is (the packet itself is redirected to it).
 	kfasttest.CheckCounts(t, l, 2, "receiver", 0, 0)
+	kfasttest.CheckCounts(t, l, 3, "last receiver", 2, 400)
 }
 
 // FuzzProgram runs arbitrary frames through the program with one stream
 // installed. A frame it hands on must come out byte for byte unchanged; a
-// frame it takes (TC_ACT_SHOT after the clones) must be the stream's RTP,
+// frame it takes (redirected to the last receiver after the clones) must be the stream's RTP,
 // keep its length and payload and leave as the last receiver's copy.
 func FuzzProgram(f *testing.F) {
 	l, _ := loadStream(f)
@@ -135,7 +140,7 @@ func FuzzProgram(f *testing.F) {
 			if !bytes.Equal(out[:len(in)], in) {
 				t.Fatalf("handed-on frame changed:\n got %x\nwant %x", out, in)
 			}
-		case actShot:
+		case actRedirect:
 			if len(in) < 54 {
 				t.Fatalf("took a %d-byte frame", len(in))
 			}

@@ -204,17 +204,4 @@ static __always_inline int kf_send(const struct kf_out *o)
 	return TC_ACT_OK;
 }
 
-// kf_clone sends a copy of the packet as it is now out of ifindex with the
-// Ethernet addresses dmac and smac (bpf_clone_redirect: the neighbour is
-// the caller's, resolved by user space), for programs that send one packet
-// to many. The packet stays with the program, which may rewrite and clone
-// it again (header pointers must be reloaded) and finally drops or sends
-// it. 0 when the copy was queued.
-static __always_inline int kf_clone(struct __sk_buff *skb, __u32 ifindex, const __u8 *dmac, const __u8 *smac)
-{
-	if (bpf_skb_store_bytes(skb, 0, dmac, 6, 0) || bpf_skb_store_bytes(skb, 6, smac, 6, 0))
-		return -1;
-	return bpf_clone_redirect(skb, ifindex, 0);
-}
-
 #endif

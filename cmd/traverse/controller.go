@@ -18,6 +18,7 @@ type controllerConfig struct {
 	NodeDeadAfter    time.Duration `yaml:"node-dead-after"`
 	KVReplicas       int           `yaml:"kv-replicas"`
 	QueueLen         int           `yaml:"queue-len"`
+	Cascade          bool          `yaml:"cascade"`
 }
 
 func runController(ctx context.Context, args []string) error {
@@ -30,6 +31,7 @@ func runController(ctx context.Context, args []string) error {
 	fs.DurationVar(&cfg.NodeDeadAfter, "node-dead-after", 0, "declare an SFU node dead when silent this `duration`; keep it over two announcement intervals (0: 2s, or three announcement intervals when longer)")
 	fs.IntVar(&cfg.KVReplicas, "kv-replicas", 0, "replicas of the buckets when made (0: 3 on a cluster of three or more servers, else 1)")
 	fs.IntVar(&cfg.QueueLen, "queue-len", 0, "announcements and room events waiting at most; beyond, dropped and counted (0: 4096)")
+	fs.BoolVar(&cfg.Cascade, "cascade", false, "run the cascade: routes between SFU nodes' relay ports from their link reports, and each node's peers, routes, needs and remote tracks pushed on traverse.cascade.<node>.cmd (docs/cascade.md)")
 	log, err := loadFlags(fs, args, &cfg, &cfg.common)
 	if err != nil {
 		return err
@@ -40,7 +42,7 @@ func runController(ctx context.Context, args []string) error {
 	}
 	return runAlone(ctx, log, &cfg.common, func(adm *admin.Server) (runner, error) {
 		c, err := controller.New(controller.Config{ID: cfg.ID, Bus: busCfg, LeaseTTL: cfg.LeaseTTL,
-			NodeDeadAfter: cfg.NodeDeadAfter, Replicas: cfg.KVReplicas, QueueLen: cfg.QueueLen,
+			NodeDeadAfter: cfg.NodeDeadAfter, Replicas: cfg.KVReplicas, QueueLen: cfg.QueueLen, Cascade: cfg.Cascade,
 			Registerer: adm.Registry, Log: log.With("role", "controller")})
 		if err != nil {
 			return nil, err

@@ -1,12 +1,14 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"os"
 	"strconv"
 
 	"github.com/traverse-rtc/traverse/internal/admin"
@@ -18,6 +20,8 @@ import (
 type sfuConfig struct {
 	sfu.Config       `yaml:",inline"`
 	natsClientConfig `yaml:",inline"`
+	// CascadeSecretFile holds the cascade's relay secret (docs/cascade.md).
+	CascadeSecretFile string `yaml:"cascade-secret-file"`
 }
 
 func bindSFU(fs *flag.FlagSet, prefix string, c *sfuConfig) {
@@ -33,6 +37,39 @@ func bindSFU(fs *flag.FlagSet, prefix string, c *sfuConfig) {
 	fs.DurationVar(&c.PLIInterval, prefix+"pli-interval", 0, "least `time` between keyframe requests to one publisher layer (default 500ms)")
 	fs.DurationVar(&c.DrainPeriod, prefix+"drain-period", 0, "a drain (traverse sfu drain, SIGUSR1) asks its sessions to move one by one over this `duration` (default 10s)")
 	fs.BoolVar(&c.DrainStay, prefix+"drain-stay", false, "keep running, idle and not ready, once a drain has moved every session (default: exit)")
+	fs.TextVar(&c.CascadeListen, prefix+"cascade-listen", c.CascadeListen, "the cascade relay port `host:port`: rooms span SFU nodes (docs/cascade.md); empty (default): no cascade")
+	fs.StringVar(&c.CascadeSecretFile, prefix+"cascade-secret-file", c.CascadeSecretFile, "`file` of the cascade's relay secret (at least 32 bytes, the same on every node); required with --cascade-listen")
+	fs.Func(prefix+"cascade-id", "the node's 32-bit relay `id` (default: derived from the node id)", func(v string) error {
+		n, err := strconv.ParseUint(v, 0, 32)
+		if err != nil || n == 0 {
+			return fmt.Errorf("relay id %q: a number from 1 to 4294967295", v)
+		}
+		c.CascadeID = uint32(n)
+		return nil
+	})
+}
+
+// cascadeSecret reads --cascade-secret-file into the config.
+func (c *sfuConfig) cascadeSecret() error {
+	if !c.CascadeListen.IsValid() {
+		if c.CascadeSecretFile != "" {
+			return errors.New("--cascade-secret-file needs --cascade-listen")
+		}
+		return nil
+	}
+	if c.CascadeSecretFile == "" {
+		return errors.New("--cascade-listen needs --cascade-secret-file")
+	}
+	b, err := os.ReadFile(c.CascadeSecretFile)
+	if err != nil {
+		return fmt.Errorf("--cascade-secret-file: %w", err)
+	}
+	b = bytes.TrimSpace(b)
+	if len(b) < 32 {
+		return fmt.Errorf("--cascade-secret-file %s: %d bytes, at least 32 needed", c.CascadeSecretFile, len(b))
+	}
+	c.CascadeSecret = b
+	return nil
 }
 
 // schedulerPollFlag is --scheduler-poll (default true), stored as
@@ -148,6 +185,9 @@ func (c *sfuConfig) nodeBus() (bus.Config, error) {
 }
 
 func startSFU(c *sfuConfig, busCfg bus.Config, log *slog.Logger, adm *admin.Server) (runner, error) {
+	if err := c.cascadeSecret(); err != nil {
+		return nil, err
+	}
 	bc, err := bus.Connect(busCfg, log)
 	if err != nil {
 		return nil, err

@@ -28,6 +28,7 @@ type signalConfig struct {
 	RegionMap      []string       `yaml:"region-map"`
 	RegionNear     []string       `yaml:"region-near"`
 	NoDirectory    bool           `yaml:"no-room-directory"`
+	Cascade        bool           `yaml:"cascade"`
 	TrustedProxies []string       `yaml:"trusted-proxy"`
 	NodeCapacity   int            `yaml:"node-capacity"`
 	ICEURLs        []string       `yaml:"ice-url"`
@@ -59,6 +60,7 @@ func bindSignalFlags(fs *flag.FlagSet, prefix string, c *signalConfig, inServe b
 	fs.StringVar(&c.Region, prefix+"region", c.Region, "`region` of clients no --region-map rule matches (empty: no region preference)")
 	fs.Var(config.Strings{P: &c.RegionMap}, prefix+"region-map", "`PREFIX=REGION`: clients in PREFIX prefer nodes of REGION (repeatable)")
 	fs.Var(config.Strings{P: &c.RegionNear}, prefix+"region-near", "`REGION=NEAR1,NEAR2`: clients of REGION go to NEAR1, then NEAR2, when REGION has no node with capacity (repeatable; unlisted regions come last)")
+	fs.BoolVar(&c.Cascade, prefix+"cascade", c.Cascade, "rooms may span SFU nodes that run the cascade (--cascade-listen): a newcomer joins its nearest, least loaded cascade node even when the room lives on another (docs/cascade.md)")
 	fs.BoolVar(&c.NoDirectory, prefix+"no-room-directory", c.NoDirectory, "do not read the cluster's room directory (JetStream bucket kept by traverse controller) when placing a room")
 	fs.Var(config.Strings{P: &c.TrustedProxies}, prefix+"trusted-proxy", "`PREFIX` of proxies whose X-Forwarded-For names the client (repeatable)")
 	fs.IntVar(&c.NodeCapacity, prefix+"node-capacity", c.NodeCapacity, "peers at which an SFU node counts as full (0: 1000)")
@@ -135,7 +137,7 @@ func startSignal(c *signalConfig, busCfg bus.Config, turn *turnShare, log *slog.
 		return nil, err
 	}
 	cfg := signal.Config{Listen: c.HTTP, Key: key, Backend: be, DemoTokens: c.DemoTokens, Region: c.Region, RegionRules: rules,
-		RegionNear:     near,
+		RegionNear: near, Cascade: c.Cascade,
 		TrustedProxies: trusted, Log: log, Registerer: adm.Registry,
 		AllowedOrigins: c.AllowedOrigins, ReadHeaderTimeout: c.ReadHeaderTimeout, IdleTimeout: c.IdleTimeout,
 		JoinTimeout: c.JoinTimeout, MaxConns: c.MaxConns, MaxConnsPerAddr: c.MaxConnsPerAddr, P2P: c.P2P}

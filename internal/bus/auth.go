@@ -240,9 +240,10 @@ func Permissions(role Role, node string) *server.Permissions {
 		return &server.Permissions{
 			Publish: &server.SubjectPermission{Allow: []string{
 				NodeAnnounceSubject(node), SessionSubject(node, "*"), RoomEventsSubject(node, "*"), SessionAnnounceSubject(node),
+				CascadeReportSubject(node),
 			}},
 			Subscribe: &server.SubjectPermission{Allow: []string{
-				NodeRPCSubject(node), SessionAnnounceSubject("*"),
+				NodeRPCSubject(node), SessionAnnounceSubject("*"), CascadeCommandSubject(node),
 			}},
 			Response: &server.ResponsePermission{MaxMsgs: 1, Expires: responseTTL},
 		}

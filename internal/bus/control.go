@@ -128,14 +128,14 @@ func kvWriteSubjects(bucket string) []string {
 func controllerPermissions() *server.Permissions {
 	// $JS.API.INFO (the account's JetStream limits) is asked before a
 	// bucket is made.
-	pub := []string{subjectCtlPrefix + ">", jsAPI("INFO")}
+	pub := []string{subjectCtlPrefix + ">", jsAPI("INFO"), CascadeCommandSubject("*")}
 	for _, b := range []string{BucketNodes, BucketRooms, BucketLeader} {
 		pub = append(pub, kvWriteSubjects(b)...)
 	}
 	return &server.Permissions{
 		Publish: &server.SubjectPermission{Allow: pub},
 		Subscribe: &server.SubjectPermission{Allow: []string{
-			NodeAnnounceSubject("*"), RoomEventsSubject("*", "*"), ControllerInboxPrefix + ".>",
+			NodeAnnounceSubject("*"), RoomEventsSubject("*", "*"), ControllerInboxPrefix + ".>", CascadeReportSubject("*"),
 		}},
 	}
 }

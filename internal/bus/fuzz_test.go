@@ -23,6 +23,10 @@ func FuzzDecode(f *testing.F) {
 		`{"type":"drain","session":"","drain":{"period_ms":10000}}`, `{"type":"drain","drain":{"period_ms":-1}}`,
 		`{"type":"rejoin","session":"s","reason":"drain"}`, `{"type":"rejoin","session":"s","reason":"x"}`,
 		`{"node":"n1","udp":"1.2.3.4:7882","load":{"peers":2},"rooms":["r1","r2"],"time":"2026-01-01T00:00:00Z"}`,
+		`{"node":"n1","udp":"1.2.3.4:7882","load":{},"relay":"10.0.0.1:7890","relay_id":7,"time":"2026-01-01T00:00:00Z"}`,
+		`{"node":"n1","udp":"1.2.3.4:7882","load":{},"relay":"10.0.0.1:0","relay_id":7,"time":"2026-01-01T00:00:00Z"}`,
+		`{"node":"n1","controller":"c1","lease":3,"gen":2,"peers":[{"id":7,"addr":"10.0.0.2:7890"}],"routes":[{"dst":7,"via":7}],"needs":[{"room":"r","publisher":"s","track":"t","nodes":[7]}],"tracks":[{"room":"r","publisher":"s2","node":7,"track":{"id":"v","stream_id":"s2","kind":"video","codec":"VP8","clock_rate":90000}}],"time":"2026-01-01T00:00:00Z"}`,
+		`{"node":"n1","id":9,"links":[{"peer":7,"rtt_us":800,"jitter_us":50,"loss":0.1,"up":true}],"time":"2026-01-01T00:00:00Z"}`,
 		`null`, `[]`, `{"type":1}`,
 	} {
 		f.Add([]byte(s))
@@ -34,6 +38,8 @@ func FuzzDecode(f *testing.F) {
 		check[RoomEvent](t, b)
 		check[NodeAnnounce](t, b)
 		check[SessionAnnounce](t, b)
+		check[CascadeCommand](t, b)
+		check[CascadeReport](t, b)
 	})
 }
 
@@ -50,6 +56,23 @@ func check[T any, PT interface {
 		t.Fatalf("%T decoded from %q but not after a round trip: %v", v, b, err)
 	}
 	_ = again
+}
+
+func TestValidRelay(t *testing.T) {
+	for _, tc := range []struct {
+		addr string
+		id   uint32
+		ok   bool
+	}{
+		{"", 0, true}, {"10.0.0.1:7890", 7, true}, {"[::1]:7890", 1, true},
+		{"10.0.0.1:7890", 0, false}, {"", 7, false}, {"10.0.0.1:0", 7, false},
+		{"0.0.0.0:7890", 7, false}, {"[fe80::1%eth0]:7890", 7, false}, {"host:7890", 7, false},
+	} {
+		a := NodeAnnounce{Node: "n", UDP: "1.2.3.4:1", Relay: tc.addr, RelayID: tc.id}
+		if err := a.Validate(); (err == nil) != tc.ok {
+			t.Errorf("relay %q id %d: %v, want ok=%v", tc.addr, tc.id, err, tc.ok)
+		}
+	}
 }
 
 func TestLayerRequestValidate(t *testing.T) {

@@ -3,6 +3,7 @@ package bus
 import (
 	"encoding/json"
 	"fmt"
+	"net/netip"
 	"time"
 )
 
@@ -39,6 +40,11 @@ type NodeAnnounce struct {
 	// newcomers to the node that already holds it, with no state of its
 	// own (a restarted signal server learns them within one interval).
 	Rooms []string `json:"rooms,omitempty"`
+	// Relay is the address ("ip:port") of the node's cascade relay port
+	// and RelayID its 32-bit relay node id (docs/cascade.md); both empty
+	// when the node runs no cascade, both set when it does.
+	Relay   string `json:"relay,omitempty"`
+	RelayID uint32 `json:"relay_id,omitempty"`
 }
 
 // NodeLoad is a node's current load.
@@ -281,6 +287,13 @@ type TrackInfo struct {
 	Kind     string   `json:"kind"` // "audio", "video" or "data"
 	Codec    string   `json:"codec,omitempty"`
 	Layers   []string `json:"layers,omitempty"` // simulcast rids, low to high
+	// The codec's clock rate, channels and fmtp line, and the number of
+	// simulcast layers the publisher announced: what another node needs
+	// to offer the track to its subscribers (the cascade).
+	ClockRate uint32 `json:"clock_rate,omitempty"`
+	Channels  uint16 `json:"channels,omitempty"`
+	Fmtp      string `json:"fmtp,omitempty"`
+	Simulcast int    `json:"simulcast,omitempty"`
 }
 
 // Speaker is one participant's audio level in an active speaker event.
@@ -367,6 +380,22 @@ func (a *NodeAnnounce) Validate() error {
 		if !ValidName(r) {
 			return fmt.Errorf("%w: node %s announces room %q: %w", ErrBadMessage, a.Node, r, ErrBadSubjectToken)
 		}
+	}
+	return ValidRelay(a.Relay, a.RelayID)
+}
+
+// ValidRelay checks a node's cascade relay address and id: both absent, or
+// an "ip:port" with a port and a non-zero id.
+func ValidRelay(addr string, id uint32) error {
+	if addr == "" && id == 0 {
+		return nil
+	}
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil || ap.Port() == 0 || !ap.Addr().IsValid() || ap.Addr().IsUnspecified() || ap.Addr().Zone() != "" {
+		return fmt.Errorf("%w: relay address %q", ErrBadMessage, addr)
+	}
+	if id == 0 {
+		return fmt.Errorf("%w: relay address %s without a relay id", ErrBadMessage, addr)
 	}
 	return nil
 }

@@ -31,6 +31,10 @@ type NodeRecord struct {
 	// its expiry); a later announcement clears it.
 	Dead     bool      `json:"dead,omitempty"`
 	LastSeen time.Time `json:"last_seen"`
+	// Relay and RelayID are the node's cascade relay address and relay
+	// node id, as announced (both empty without a cascade).
+	Relay   string `json:"relay,omitempty"`
+	RelayID uint32 `json:"relay_id,omitempty"`
 }
 
 // Validate checks a node record.
@@ -55,6 +59,9 @@ func (r *NodeRecord) Validate() error {
 	}
 	if r.LastSeen.IsZero() {
 		return fmt.Errorf("%w: node %s: no last_seen", ErrBadRecord, r.Node)
+	}
+	if err := bus.ValidRelay(r.Relay, r.RelayID); err != nil {
+		return fmt.Errorf("%w: node %s: %w", ErrBadRecord, r.Node, err)
 	}
 	return nil
 }

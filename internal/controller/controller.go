@@ -54,6 +54,11 @@ type Config struct {
 	// OpenTimeout bounds New's wait for the buckets (a new cluster's
 	// JetStream needs a few seconds to elect its meta leader). Default 30 s.
 	OpenTimeout time.Duration
+	// Cascade turns on the cascade's control (docs/cascade.md): routes
+	// over the nodes' link reports, and each relay node's peers, routes,
+	// needs and remote tracks pushed on traverse.cascade.<node>.cmd.
+	// Default off.
+	Cascade bool
 	// Registerer takes the metrics. Default: a private registry.
 	Registerer prometheus.Registerer
 	// Log defaults to slog.Default().
@@ -93,6 +98,7 @@ var ErrConfig = errors.New("controller: bad configuration")
 type item struct {
 	announce *bus.NodeAnnounce
 	event    *bus.RoomEvent
+	report   *bus.CascadeReport
 	at       time.Time
 }
 
@@ -120,6 +126,8 @@ type Controller struct {
 	// seconds): written again, or deleted when gone from rooms, at the
 	// next check.
 	dirty map[string]bool
+	// casc is the cascade's view (cascade.go); nil unless Config.Cascade.
+	casc *cascadeView
 
 	closeOnce sync.Once
 }
@@ -170,7 +178,8 @@ func New(cfg Config) (*Controller, error) {
 		return nil, err
 	}
 	s2, err := bc.SubscribeRoomEvents("*", func(e bus.RoomEvent) {
-		if e.Type == bus.EventParticipantJoined || e.Type == bus.EventParticipantLeft {
+		if e.Type == bus.EventParticipantJoined || e.Type == bus.EventParticipantLeft ||
+			(cfg.Cascade && (e.Type == bus.EventTrackPublished || e.Type == bus.EventTrackUnpublished)) {
 			push(item{event: &e, at: time.Now()})
 		}
 	})
@@ -179,6 +188,18 @@ func New(cfg Config) (*Controller, error) {
 		return nil, err
 	}
 	c.subs = []*bus.Subscription{s1, s2}
+	if cfg.Cascade {
+		if c.casc, err = newCascadeView(cfg.Registerer); err != nil {
+			c.Close()
+			return nil, err
+		}
+		s3, err := bc.SubscribeCascadeReports(func(r bus.CascadeReport) { push(item{report: &r, at: time.Now()}) })
+		if err != nil {
+			c.Close()
+			return nil, err
+		}
+		c.subs = append(c.subs, s3)
+	}
 	// The subscriptions come first: what nodes say while the buckets open
 	// (a new cluster's JetStream takes seconds) waits in the queue.
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.OpenTimeout)
@@ -217,6 +238,12 @@ func (c *Controller) Run(ctx context.Context) error {
 	defer step.Stop()
 	check := time.NewTicker(c.cfg.NodeDeadAfter / 10)
 	defer check.Stop()
+	var cascade <-chan time.Time
+	if c.casc != nil {
+		ct := time.NewTicker(cascadeTick)
+		defer ct.Stop()
+		cascade = ct.C
+	}
 	c.stepLease(ctx)
 	for {
 		select {
@@ -235,11 +262,19 @@ func (c *Controller) Run(ctx context.Context) error {
 			c.stepLease(ctx)
 		case <-check.C:
 			c.checkNodes(ctx, time.Now())
+		case now := <-cascade:
+			c.cascadeStep(now)
 		case it := <-c.queue:
-			if it.announce != nil {
+			switch {
+			case it.announce != nil:
 				c.announced(ctx, *it.announce, it.at)
-			} else {
-				c.roomEvent(ctx, *it.event)
+			case it.report != nil:
+				c.cascadeReport(*it.report)
+			default:
+				c.cascadeEvent(*it.event)
+				if it.event.Type == bus.EventParticipantJoined || it.event.Type == bus.EventParticipantLeft {
+					c.roomEvent(ctx, *it.event)
+				}
 			}
 		}
 	}
@@ -339,7 +374,7 @@ func (c *Controller) announced(ctx context.Context, a bus.NodeAnnounce, at time.
 	}
 	wasDraining, wasDead := v.rec.Draining, v.rec.Dead
 	v.rec = cluster.NodeRecord{Node: a.Node, Region: a.Region, UDP: a.UDP, TCP: a.TCP, Load: a.Load,
-		Draining: a.Draining, LastSeen: at.UTC()}
+		Draining: a.Draining, LastSeen: at.UTC(), Relay: a.Relay, RelayID: a.RelayID}
 	v.seen, v.announced = at, true
 	c.m.nodes.Set(float64(c.liveNodes()))
 	if !c.acting() {

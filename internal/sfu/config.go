@@ -56,6 +56,16 @@ type Config struct {
 	// newRecorder, when set, gives every own-path peer connection the
 	// recorder the own receive path feeds (tests).
 	newRecorder func() receiveRecorder
+	// CascadeListen, when set, opens the node's cascade relay port
+	// (docs/cascade.md): rooms then span nodes. Zero (the default): no
+	// cascade.
+	CascadeListen netip.AddrPort `yaml:"cascade-listen"`
+	// CascadeSecret is the cluster's relay secret (at least 32 bytes, the
+	// same on every node); required with CascadeListen.
+	CascadeSecret []byte `yaml:"-"`
+	// CascadeID is the node's 32-bit relay id; 0 derives it from NodeID
+	// (RelayID).
+	CascadeID uint32 `yaml:"cascade-id"`
 	// AnnounceInterval is how often the node announces itself; default
 	// bus.AnnounceInterval.
 	AnnounceInterval time.Duration `yaml:"-"`
@@ -94,6 +104,9 @@ func (c *Config) validate() error {
 	config.Default(&c.AnnounceInterval, bus.AnnounceInterval)
 	if c.Log == nil {
 		c.Log = slog.New(slog.DiscardHandler)
+	}
+	if c.CascadeListen.IsValid() && len(c.CascadeSecret) < 32 {
+		return fmt.Errorf("%w: the cascade needs a secret of at least 32 bytes", ErrConfig)
 	}
 	return nil
 }

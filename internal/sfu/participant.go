@@ -170,6 +170,7 @@ func (p *participant) onTrack(remote *webrtc.TrackRemote, receiver *webrtc.RTPRe
 	p.s.wg.Add(1)
 	defer p.s.wg.Done()
 	if isNew {
+		p.s.applyNeed(t)
 		p.s.publishEvent(bus.RoomEvent{Type: bus.EventTrackPublished, Room: p.room.name, Session: p.id,
 			Identity: p.identity, Track: t.info()})
 		for _, o := range p.room.others(p) {

@@ -106,6 +106,8 @@ type Server struct {
 	asyncKeyframes    atomic.Int32
 	// feedback sums every peer connection's rtpfeedback counters.
 	feedback rtpfeedback.Counters
+	// casc is the node's cascade (cascade.go); its endpoint is nil when off.
+	casc cascadeState
 }
 
 // New binds the node's UDP port and TCP listener. It serves the bus once
@@ -151,6 +153,10 @@ func New(cfg Config) (*Server, error) {
 	if cfg.DataPath.own() {
 		s.recv = newRecvPath(s)
 		s.batch.SetInterceptor(s.recv)
+	}
+	if err := s.openCascade(); err != nil {
+		s.closeSockets()
+		return nil, err
 	}
 	return s, nil
 }
@@ -321,6 +327,18 @@ func (s *Server) Run(ctx context.Context) error {
 		}()
 		defer func() { cancel(); pwg.Wait() }()
 	}
+	if s.casc.ep != nil {
+		cctx, cancel := context.WithCancel(ctx)
+		var cwg sync.WaitGroup
+		cwg.Add(1)
+		go func() {
+			defer cwg.Done()
+			if err := s.runCascade(cctx); err != nil {
+				s.log.Error("sfu: cascade endpoint stopped", "err", err)
+			}
+		}()
+		defer func() { cancel(); cwg.Wait() }()
+	}
 	t := time.NewTicker(s.cfg.AnnounceInterval)
 	defer t.Stop()
 	speakers := time.NewTicker(300 * time.Millisecond)
@@ -381,7 +399,7 @@ func (s *Server) announce(pps float64) {
 	s.mu.Unlock()
 	err := s.bus.AnnounceNode(bus.NodeAnnounce{Node: s.cfg.NodeID, Region: s.cfg.Region,
 		UDP: s.publicAddr(s.UDPAddr()), TCP: s.publicAddr(s.TCPAddr()), Load: load, Time: time.Now().UTC(),
-		Draining: s.Draining(), Rooms: rooms})
+		Draining: s.Draining(), Rooms: rooms, Relay: s.relayAddr(), RelayID: s.CascadeID()})
 	if err != nil {
 		s.log.Warn("sfu: announce", "err", err)
 	}
@@ -410,6 +428,9 @@ func (s *Server) Close() error {
 }
 
 func (s *Server) closeSockets() {
+	if s.casc.ep != nil {
+		_ = s.casc.ep.Close()
+	}
 	if s.tcpMux != nil {
 		s.tcpMux.Close()
 	}
@@ -537,6 +558,7 @@ func (s *Server) join(ctx context.Context, req bus.Request) (bus.Reply, error) {
 	if r == nil {
 		r = newRoom(s, j.Room)
 		s.rooms[j.Room] = r
+		s.attachRemotesLocked(r)
 	}
 	p := newParticipant(s, r, req.Session, j)
 	s.sessions[req.Session] = p

@@ -11,6 +11,7 @@ import (
 	"github.com/pion/webrtc/v4"
 
 	"github.com/traverse-rtc/traverse/internal/bus"
+	"github.com/traverse-rtc/traverse/internal/cascade/relay"
 	"github.com/traverse-rtc/traverse/internal/rtpcodec"
 )
 
@@ -38,6 +39,12 @@ type pubTrack struct {
 	// muted: the operator muted the track (RequestMute); its packets are
 	// received (feedback, liveness) but not forwarded (mute.go).
 	muted atomic.Bool
+	// remote is set for a track published on another node (cascade.go):
+	// pub is nil, DeliverMedia feeds it. casc, when set, is the key under
+	// which forward passes a local track's packets to the relay endpoint
+	// (other nodes need it).
+	remote *remoteSource
+	casc   atomic.Pointer[relay.StreamKey]
 }
 
 // layer is one incoming RTP stream of a track.
@@ -126,7 +133,8 @@ func (t *pubTrack) simulcast() bool { return t.nrids > 1 }
 
 func (t *pubTrack) info() *bus.TrackInfo {
 	ti := &bus.TrackInfo{ID: t.id, StreamID: t.streamID, Kind: t.kind.String(),
-		Codec: strings.TrimPrefix(strings.TrimPrefix(t.codec.MimeType, "video/"), "audio/")}
+		Codec:     strings.TrimPrefix(strings.TrimPrefix(t.codec.MimeType, "video/"), "audio/"),
+		ClockRate: t.codec.ClockRate, Channels: t.codec.Channels, Fmtp: t.codec.SDPFmtpLine, Simulcast: t.nrids}
 	t.mu.Lock()
 	for _, l := range t.layers {
 		if l != nil && l.rid != "" {
@@ -226,6 +234,9 @@ func (t *pubTrack) forward(l *layer, raw []byte, now int64, rec receiveRecorder)
 	if l.cache != nil {
 		l.cache.put(pkt, raw)
 	}
+	if k := t.casc.Load(); k != nil {
+		s.casc.ep.Send(*k, uint8(l.idx), raw)
+	}
 	key := t.kind == webrtc.RTPCodecTypeVideo && t.ck.Keyframe(pkt.Payload)
 	if key {
 		l.learnSize(t.ck, pkt.Payload)
@@ -279,6 +290,10 @@ func (p *participant) observeLevel(lv int) {
 // once per Config.PLIInterval.
 func (t *pubTrack) requestKeyframe(idx int) {
 	if idx < 0 || idx >= maxLayers || t.kind != webrtc.RTPCodecTypeVideo {
+		return
+	}
+	if t.remote != nil {
+		t.remoteKeyframe(idx)
 		return
 	}
 	t.mu.Lock()

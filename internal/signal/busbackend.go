@@ -179,7 +179,8 @@ func (b *BusBackend) Nodes() []Node {
 	out := make([]Node, 0, len(live))
 	for _, a := range live {
 		peers := a.Load.Peers + b.recentJoins(a.Node, now)
-		n := Node{ID: a.Node, Region: a.Region, Load: float64(peers) / float64(b.capacity), Rooms: a.Rooms}
+		n := Node{ID: a.Node, Region: a.Region, Load: float64(peers) / float64(b.capacity), Rooms: a.Rooms,
+			Cascade: a.Relay != ""}
 		if ap, err := netip.ParseAddrPort(a.UDP); err == nil && !ap.Addr().IsUnspecified() {
 			n.Public = ap.Addr().Unmap()
 		}

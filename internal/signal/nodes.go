@@ -21,6 +21,9 @@ type Node struct {
 	Load float64
 	// Rooms lists the rooms the node serves now, when it says.
 	Rooms []string
+	// Cascade is set when the node runs a cascade relay port (it
+	// announces one): its rooms may span nodes (docs/cascade.md).
+	Cascade bool
 }
 
 // RegionRule maps clients whose address is in Prefix to Region.
@@ -47,6 +50,8 @@ type placer struct {
 	rules         []RegionRule // longest prefix first
 	defaultRegion string
 	near          map[string][]string // client region -> nearest regions, in order
+	// cascade: rooms may span cascade nodes (Config.Cascade).
+	cascade bool
 }
 
 func newPlacer(rules []RegionRule, def string, near map[string][]string) *placer {
@@ -88,11 +93,21 @@ func (p *placer) region(client netip.Addr) string {
 // nearer region always wins and load decides within a region.
 const regionPenalty = 1.0
 
+// cascadeRoomBonus is taken off the score of a cascade node that holds
+// the room already: with the cascade on, a newcomer joins the room's node
+// unless another node is nearer (another region) or less loaded by more
+// than this (a quarter of a node's capacity), so a room spans nodes only
+// where that pays.
+const cascadeRoomBonus = 0.25
+
 // choose returns the node for a client of room. Rules, in order:
 //  1. A node already serving the room (told by roomNode, the node this
 //     signal placed the room on, or by a node's announced Rooms) keeps it,
 //     unless full: participants of one room must meet on one node until
 //     cascading relays between nodes.
+//     With the cascade on (placer.cascade), a cascade node holding the
+//     room only gets cascadeRoomBonus off its score: a newcomer goes to
+//     its nearest, least loaded cascade node and the room spans nodes.
 //  2. Otherwise the lowest score wins, score = load + regionPenalty times
 //     the region distance (the client's region, then its near list in
 //     order, then the others); ties go to the lower ID.
@@ -107,15 +122,17 @@ func (p *placer) choose(nodes []Node, room, roomNode string, client netip.Addr) 
 		if n.Load >= 1 {
 			continue
 		}
-		if n.ID == roomNode {
+		holds := n.ID == roomNode
+		for _, r := range n.Rooms {
+			holds = holds || r == room
+		}
+		if holds && !(p.cascade && n.Cascade) {
 			return n, nil
 		}
-		for _, r := range n.Rooms {
-			if r == room {
-				return n, nil
-			}
-		}
 		s := n.Load + regionPenalty*float64(p.distance(region, n.Region))
+		if holds {
+			s -= cascadeRoomBonus
+		}
 		if !found || s < bestScore || s == bestScore && n.ID < best.ID {
 			best, bestScore, found = n, s, true
 		}

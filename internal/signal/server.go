@@ -58,6 +58,11 @@ type Config struct {
 	// when the client's own has no node with capacity (ParseRegionNear);
 	// regions not listed come after, least loaded first. Default none.
 	RegionNear map[string][]string
+	// Cascade lets a room span SFU nodes that run the cascade
+	// (docs/cascade.md): a newcomer is placed on its nearest, least loaded
+	// cascade node even when the room lives on another. Default off (a
+	// room's participants meet on one node).
+	Cascade bool
 	// Directory, when set, is the cluster's room directory: a room that
 	// lives on a node is joined there while that node has capacity, from
 	// whichever signal server the client reaches (route.go).
@@ -241,6 +246,7 @@ func New(cfg Config) (*Server, error) {
 		mux: http.NewServeMux(), lm: lm, origin: newOriginPolicy(cfg.AllowedOrigins),
 		ctx: ctx, cancel: cancel, rooms: map[string]*roomPlace{}, sessions: map[*session]struct{}{},
 		down: map[string]time.Time{}, reg: newRegistry(), am: am}
+	s.placer.cascade = cfg.Cascade
 	if w, ok := cfg.Backend.(nodeWatcher); ok {
 		w.OnNodeDown(s.NodeDown)
 	}

@@ -101,6 +101,8 @@ type peer struct {
 	body     []byte
 	nacks    []uint32
 	counted  [4]uint64 // refused, lost, late, duplicates already added to the metrics
+	// blocked: the link is out of service (Endpoint.Block).
+	blocked atomic.Bool
 }
 
 func newPeer(cfg *Config, id NodeID, addr netip.AddrPort) (*peer, error) {
@@ -144,7 +146,9 @@ type Endpoint struct {
 	// needMu guards needs.
 	needMu sync.RWMutex
 	needs  map[StreamKey]*need
-	peerMu sync.Mutex // serialises SetPeers and SetEpoch; guards cfg.Epoch
+	peerMu sync.Mutex // serialises SetPeers and SetEpoch; guards cfg.Epoch and blocked
+	// blocked are the peers whose links are out of service (Block).
+	blocked map[NodeID]bool
 
 	scratch sync.Pool // *scratch for Send and the timers
 	loop    *scratch  // the reader loop's own
@@ -249,6 +253,7 @@ func (e *Endpoint) SetPeers(peers map[NodeID]netip.AddrPort) error {
 		if err != nil {
 			return err
 		}
+		p.blocked.Store(e.blocked[id])
 		next[id] = p
 	}
 	e.peers.Store(&next)
@@ -482,6 +487,10 @@ func (e *Endpoint) queueParity(p *peer, out *outQ) {
 // queue seals body for p into the next message of out, flushing out when
 // it is full.
 func (e *Endpoint) queue(p *peer, t relaywire.Type, body []byte, out *outQ) {
+	if p.blocked.Load() {
+		e.m.drops[dropBlocked].Inc()
+		return
+	}
 	if out.n == len(out.msgs) {
 		e.flush(out)
 	}
@@ -568,6 +577,10 @@ func (e *Endpoint) handleFrame(b []byte, from netip.AddrPort, s *scratch) {
 	}
 	if from != p.addr {
 		e.m.drops[dropAddress].Inc()
+		return
+	}
+	if p.blocked.Load() {
+		e.m.drops[dropBlocked].Inc()
 		return
 	}
 	_, body, err := p.link.Open(b)

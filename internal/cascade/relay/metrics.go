@@ -15,11 +15,12 @@ const (
 	dropNoRoute            // no route to a destination
 	dropLoop               // a message back at its own source node
 	dropSendQueue          // the send batch was full
+	dropBlocked            // to or from a peer whose link is blocked (Block)
 	numDrops
 )
 
 var dropNames = [numDrops]string{"short", "unknown_peer", "address", "auth", "replay", "epoch", "malformed",
-	"hop_limit", "no_route", "loop", "send_queue"}
+	"hop_limit", "no_route", "loop", "send_queue", "blocked"}
 
 type metrics struct {
 	drops      [numDrops]prometheus.Counter

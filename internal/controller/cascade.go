@@ -1,0 +1,278 @@
+package controller
+
+import (
+	"bytes"
+	"encoding/json"
+	"net/netip"
+	"slices"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/traverse-rtc/traverse/internal/bus"
+	"github.com/traverse-rtc/traverse/internal/cascade/routes"
+)
+
+// The cascade (docs/cascade.md): with Config.Cascade the controller
+// follows where every track is published and which nodes hold each room's
+// participants, feeds the nodes' link reports to a routes.Router, and the
+// leader pushes each relay node its whole cascade state (peers, routes,
+// the local tracks other nodes need, the remote tracks of its rooms) on
+// traverse.cascade.<node>.cmd: at once when it changes, and every
+// cascadeRefresh anyway (a node that restarted, a lost message).
+
+const (
+	cascadeTick    = 500 * time.Millisecond
+	cascadeRefresh = 2 * time.Second
+)
+
+type cascadeView struct {
+	router *routes.Router
+	gen    uint32
+	// tracks: room -> track key (publisher/track) -> where it is.
+	tracks map[string]map[string]*pubView
+	// members: room -> node -> participants on it.
+	members map[string]map[string]int
+	// sent: node -> the last command's state sent (JSON without time),
+	// and when.
+	sent   map[string][]byte
+	sentAt map[string]time.Time
+	// inRouter are the relay ids the router holds, with the node each
+	// belongs to.
+	inRouter map[uint32]string
+
+	commands, badReports prometheus.Counter
+}
+
+type pubView struct {
+	node, publisher string
+	info            bus.TrackInfo
+}
+
+func newCascadeView(reg prometheus.Registerer) (*cascadeView, error) {
+	v := &cascadeView{router: routes.New(routes.Config{}), tracks: map[string]map[string]*pubView{},
+		members: map[string]map[string]int{}, sent: map[string][]byte{}, sentAt: map[string]time.Time{},
+		inRouter: map[uint32]string{},
+		commands: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "traverse", Subsystem: "controller",
+			Name: "cascade_commands_total", Help: "Cascade commands published to nodes."}),
+		badReports: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "traverse", Subsystem: "controller",
+			Name: "cascade_bad_reports_total", Help: "Cascade link reports dropped: unknown node, or a relay id not the node's."}),
+	}
+	for _, m := range []prometheus.Collector{v.commands, v.badReports} {
+		if err := reg.Register(m); err != nil {
+			return nil, err
+		}
+	}
+	return v, nil
+}
+
+// cascadeEvent follows the room events the cascade needs (every
+// controller, so a new leader's view is warm).
+func (c *Controller) cascadeEvent(e bus.RoomEvent) {
+	v := c.casc
+	if v == nil {
+		return
+	}
+	switch e.Type {
+	case bus.EventParticipantJoined, bus.EventParticipantLeft:
+		m := v.members[e.Room]
+		if m == nil {
+			m = map[string]int{}
+			v.members[e.Room] = m
+		}
+		if e.Type == bus.EventParticipantJoined {
+			m[e.Node]++
+		} else if m[e.Node]--; m[e.Node] <= 0 {
+			delete(m, e.Node)
+			if len(m) == 0 {
+				delete(v.members, e.Room)
+			}
+		}
+	case bus.EventTrackPublished, bus.EventTrackUnpublished:
+		if e.Track == nil {
+			return
+		}
+		key := e.Session + "/" + e.Track.ID
+		m := v.tracks[e.Room]
+		if e.Type == bus.EventTrackPublished {
+			if m == nil {
+				m = map[string]*pubView{}
+				v.tracks[e.Room] = m
+			}
+			m[key] = &pubView{node: e.Node, publisher: e.Session, info: *e.Track}
+			return
+		}
+		delete(m, key)
+		if len(m) == 0 {
+			delete(v.tracks, e.Room)
+		}
+	}
+}
+
+// cascadeReport feeds a node's link report to the router.
+func (c *Controller) cascadeReport(r bus.CascadeReport) {
+	v := c.casc
+	if v == nil {
+		return
+	}
+	if n := c.nodes[r.Node]; n == nil || n.rec.RelayID != r.ID {
+		v.badReports.Inc()
+		return
+	}
+	if v.inRouter[r.ID] != r.Node {
+		return // not in the cascade yet, or its relay id is another node's
+	}
+	for _, l := range r.Links {
+		v.router.Report(routes.NodeID(r.ID), routes.NodeID(l.Peer), routes.Metrics{RTT: time.Duration(l.RTTUs) * time.Microsecond,
+			Jitter: time.Duration(l.JitterUs) * time.Microsecond, Loss: l.Loss, Up: l.Up})
+	}
+}
+
+// cascadeNodes are the live relay nodes by name; a relay id a second
+// node claims is left to the first (by name order).
+func (c *Controller) cascadeNodes() map[string]*nodeView {
+	out := map[string]*nodeView{}
+	ids := map[uint32]string{}
+	names := make([]string, 0, len(c.nodes))
+	for name := range c.nodes {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		n := c.nodes[name]
+		if n.rec.Dead || n.rec.RelayID == 0 {
+			continue
+		}
+		if other, ok := ids[n.rec.RelayID]; ok {
+			c.log.Warn("controller: two nodes claim one relay id; the second is left out of the cascade",
+				"relay_id", n.rec.RelayID, "node", name, "first", other)
+			continue
+		}
+		ids[n.rec.RelayID] = name
+		out[name] = n
+	}
+	return out
+}
+
+// cascadeStep recomputes routes and pushes every relay node its state
+// (the leader, every cascadeTick).
+func (c *Controller) cascadeStep(now time.Time) {
+	v := c.casc
+	if v == nil {
+		return
+	}
+	nodes := c.cascadeNodes()
+	live := map[uint32]bool{}
+	for name, n := range nodes {
+		id := n.rec.RelayID
+		live[id] = true
+		if owner, ok := v.inRouter[id]; ok && owner != name {
+			// Another node has the id now: its links are not the old one's.
+			v.router.RemoveNode(routes.NodeID(id))
+			delete(v.inRouter, id)
+		}
+		if _, ok := v.inRouter[id]; !ok {
+			v.router.AddNode(routes.NodeID(id))
+			v.inRouter[id] = name
+		}
+	}
+	for id := range v.inRouter {
+		if !live[id] {
+			v.router.RemoveNode(routes.NodeID(id))
+			delete(v.inRouter, id)
+		}
+	}
+	if v.router.Compute(now) > 0 {
+		v.gen++
+	}
+	rev := c.leading.Load()
+	if rev == 0 || !c.acting() {
+		return
+	}
+	for name, n := range nodes {
+		cmd := c.cascadeCommand(name, n, nodes)
+		cmd.Controller, cmd.Lease = c.cfg.ID, rev
+		state, err := json.Marshal(cmd)
+		if err != nil {
+			continue
+		}
+		if bytes.Equal(state, v.sent[name]) && now.Sub(v.sentAt[name]) < cascadeRefresh {
+			continue
+		}
+		cmd.Time = now.UTC()
+		if err := c.bc.PublishCascadeCommand(cmd); err != nil {
+			c.log.Warn("controller: cascade command", "node", name, "err", err)
+			continue
+		}
+		v.commands.Inc()
+		v.sent[name], v.sentAt[name] = state, now
+	}
+	for name := range v.sent {
+		if nodes[name] == nil {
+			delete(v.sent, name)
+			delete(v.sentAt, name)
+		}
+	}
+}
+
+// cascadeCommand is node's whole state (without controller, lease, time).
+func (c *Controller) cascadeCommand(name string, n *nodeView, nodes map[string]*nodeView) bus.CascadeCommand {
+	v := c.casc
+	me := n.rec.RelayID
+	cmd := bus.CascadeCommand{Node: name, Gen: v.gen}
+	for other, o := range nodes {
+		if other == name {
+			continue
+		}
+		if ap, err := netip.ParseAddrPort(o.rec.Relay); err == nil && len(cmd.Peers) < bus.MaxCascadePeers {
+			cmd.Peers = append(cmd.Peers, bus.CascadePeer{ID: o.rec.RelayID, Addr: ap.String()})
+		}
+	}
+	slices.SortFunc(cmd.Peers, func(a, b bus.CascadePeer) int { return int(int64(a.ID) - int64(b.ID)) })
+	for dst, via := range v.router.Table(routes.NodeID(me)) {
+		cmd.Routes = append(cmd.Routes, bus.CascadeHop{Dst: uint32(dst), Via: uint32(via)})
+	}
+	slices.SortFunc(cmd.Routes, func(a, b bus.CascadeHop) int { return int(int64(a.Dst) - int64(b.Dst)) })
+	rooms := make([]string, 0, len(v.tracks))
+	for room := range v.tracks {
+		rooms = append(rooms, room)
+	}
+	slices.Sort(rooms)
+	for _, room := range rooms {
+		keys := make([]string, 0, len(v.tracks[room]))
+		for k := range v.tracks[room] {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		for _, k := range keys {
+			t := v.tracks[room][k]
+			pub := nodes[t.node]
+			if pub == nil {
+				continue
+			}
+			if t.node == name {
+				// A local track: the nodes that hold participants of the
+				// room and that this node reaches.
+				var dsts []uint32
+				for other := range v.members[room] {
+					o := nodes[other]
+					if o == nil || other == name {
+						continue
+					}
+					if _, ok := v.router.NextHop(routes.NodeID(me), routes.NodeID(o.rec.RelayID)); ok {
+						dsts = append(dsts, o.rec.RelayID)
+					}
+				}
+				if len(dsts) > 0 && len(cmd.Needs) < bus.MaxCascadeNeeds {
+					slices.Sort(dsts)
+					cmd.Needs = append(cmd.Needs, bus.CascadeNeed{Room: room, Publisher: t.publisher, Track: t.info.ID, Nodes: dsts})
+				}
+				continue
+			}
+			if v.members[room][name] > 0 && len(cmd.Tracks) < bus.MaxCascadeTracks {
+				cmd.Tracks = append(cmd.Tracks, bus.CascadeTrack{Room: room, Publisher: t.publisher, Node: pub.rec.RelayID, Track: t.info})
+			}
+		}
+	}
+	return cmd
+}

@@ -275,6 +275,12 @@ func (e *docRunEnv) value(c docCommand, r *docRun, name, value string, f *flag.F
 		return e.credsFile(c, filepath.Base(value)), nil
 	case strings.HasSuffix(name, "-dir"):
 		return e.t.TempDir(), nil
+	case strings.HasSuffix(name, "secret-file"): // a path on the operator's machine, or a placeholder
+		f := filepath.Join(e.t.TempDir(), "secret")
+		if err := os.WriteFile(f, []byte(docSecret+docSecret), 0o600); err != nil { // at least 32 bytes
+			return "", err
+		}
+		return f, nil
 	case strings.HasSuffix(name, "tls-cert"):
 		return e.cert, nil
 	case strings.HasSuffix(name, "tls-key"):

@@ -33,6 +33,27 @@ type Run struct {
 	Err           error
 }
 
+// connectPair connects the caller ha (signaling sa) and the callee hb
+// (sb) at once, as two peers do; a side that connected is returned even
+// when the other failed, for the caller to close.
+func (e *Env) connectPair(ctx context.Context, sa, sb p2p.Signaler, ha, hb *side, extra []p2p.Option) (ca, cb *p2p.Conn, err error) {
+	type res struct {
+		c   *p2p.Conn
+		err error
+	}
+	done := make(chan res, 1)
+	go func() {
+		c, err := p2p.Connect(ctx, sb, e.options(hb.host, append(e.extraOptions(hb), extra...))...)
+		done <- res{c, err}
+	}()
+	ca, errA := p2p.Connect(ctx, sa, e.options(ha.host, append(e.extraOptions(ha), extra...))...)
+	rb := <-done
+	if errA != nil || rb.err != nil {
+		err = fmt.Errorf("connect: %v / %v", errA, rb.err)
+	}
+	return ca, rb.c, err
+}
+
 // Connect connects a host of kind a with one of kind b and sends media
 // both ways until each side has received some (or timeout).
 func (e *Env) Connect(ctx context.Context, a, b string, timeout time.Duration, extra ...p2p.Option) Run {
@@ -44,25 +65,15 @@ func (e *Env) Connect(ctx context.Context, a, b string, timeout time.Duration, e
 	defer cancel()
 	sa, sb := p2p.Pipe("a-"+a, "b-"+b)
 	start := time.Now()
-	type res struct {
-		c   *p2p.Conn
-		err error
-	}
-	cb := make(chan res, 1)
-	go func() {
-		c, err := p2p.Connect(ctx, sb, e.options(hb.host, append(e.extraOptions(hb), extra...))...)
-		cb <- res{c, err}
-	}()
-	ca, err := p2p.Connect(ctx, sa, e.options(ha.host, append(e.extraOptions(ha), extra...))...)
-	rb := <-cb
+	ca, cb, err := e.connectPair(ctx, sa, sb, ha, hb, extra)
 	if ca != nil {
 		defer ca.Close()
 	}
-	if rb.c != nil {
-		defer rb.c.Close()
+	if cb != nil {
+		defer cb.Close()
 	}
-	if err != nil || rb.err != nil {
-		return Run{Err: fmt.Errorf("connect: %v / %v", err, rb.err)}
+	if err != nil {
+		return Run{Err: err}
 	}
 	var wg sync.WaitGroup
 	var first time.Duration
@@ -70,7 +81,7 @@ func (e *Env) Connect(ctx context.Context, a, b string, timeout time.Duration, e
 	var gotA, gotB bool
 	sctx, stop := context.WithCancel(ctx)
 	defer stop()
-	for _, c := range []*p2p.Conn{ca, rb.c} {
+	for _, c := range []*p2p.Conn{ca, cb} {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -87,7 +98,7 @@ func (e *Env) Connect(ctx context.Context, a, b string, timeout time.Duration, e
 		}()
 	}
 	var cand string
-	if _, err := rb.c.ReadDatagram(ctx); err == nil {
+	if _, err := cb.ReadDatagram(ctx); err == nil {
 		p := ca.Path()
 		first, path, cand, gotB = time.Since(start), p.Kind, p.Candidate, true
 	}
@@ -100,7 +111,7 @@ func (e *Env) Connect(ctx context.Context, a, b string, timeout time.Duration, e
 		return Run{Err: fmt.Errorf("media: caller received %t, callee %t: %v", gotA, gotB, ctx.Err())}
 	}
 	turn := false
-	for _, c := range []*p2p.Conn{ca, rb.c} {
+	for _, c := range []*p2p.Conn{ca, cb} {
 		for _, p := range c.Pairs() {
 			turn = turn || p.Kind >= p2p.PathTURNUDP
 		}

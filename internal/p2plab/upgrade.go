@@ -42,25 +42,15 @@ func (e *Env) Upgrade(ctx context.Context, a, b string, interval, hold time.Dura
 	defer cancel()
 	sa, sb := p2p.Pipe("a-"+a, "b-"+b)
 	extra = append([]p2p.Option{p2p.WithDirectTimeout(500 * time.Millisecond)}, extra...)
-	type res struct {
-		c   *p2p.Conn
-		err error
-	}
-	cb := make(chan res, 1)
-	go func() {
-		c, err := p2p.Connect(ctx, sb, e.options(hb.host, append(e.extraOptions(hb), extra...))...)
-		cb <- res{c, err}
-	}()
-	ca, err := p2p.Connect(ctx, sa, e.options(ha.host, append(e.extraOptions(ha), extra...))...)
-	rb := <-cb
+	ca, cb, err := e.connectPair(ctx, sa, sb, ha, hb, extra)
 	if ca != nil {
 		defer ca.Close()
 	}
-	if rb.c != nil {
-		defer rb.c.Close()
+	if cb != nil {
+		defer cb.Close()
 	}
-	if err != nil || rb.err != nil {
-		return UpgradeRun{Err: fmt.Errorf("connect: %v / %v", err, rb.err)}
+	if err != nil {
+		return UpgradeRun{Err: err}
 	}
 	from := ca.Path().Kind
 	if from == p2p.PathDirect {
@@ -75,7 +65,7 @@ func (e *Env) Upgrade(ctx context.Context, a, b string, interval, hold time.Dura
 	go func() {
 		defer close(recvDone)
 		for {
-			p, err := rb.c.ReadDatagram(rctx)
+			p, err := cb.ReadDatagram(rctx)
 			if err != nil {
 				return
 			}
@@ -147,7 +137,7 @@ func (e *Env) Upgrade(ctx context.Context, a, b string, interval, hold time.Dura
 	}
 	if upgraded.IsZero() {
 		r.Err = fmt.Errorf("no upgrade within 10s of opening: caller %+v pairs %+v; callee %+v pairs %+v",
-			ca.Stats(), ca.Pairs(), rb.c.Stats(), rb.c.Pairs())
+			ca.Stats(), ca.Pairs(), cb.Stats(), cb.Pairs())
 		return r
 	}
 	r.Upgrade = upgraded.Sub(opened)

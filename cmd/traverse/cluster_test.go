@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
 	"net/netip"
@@ -13,9 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/coder/websocket"
-
 	"github.com/traverse-rtc/traverse/internal/signal"
+	"github.com/traverse-rtc/traverse/internal/signal/signaltest"
 	"github.com/traverse-rtc/traverse/internal/testkit"
 )
 
@@ -138,51 +136,7 @@ func wsJoin(t *testing.T, addr, key, ip, room, who string) (string, error) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ws, _, err := websocket.Dial(ctx, "ws://"+addr+"/ws", &websocket.DialOptions{HTTPHeader: http.Header{"X-Forwarded-For": {ip}}})
-	if err != nil {
-		return "", err
-	}
-	t.Cleanup(func() { ws.CloseNow() })
-	send := func(v any) error {
-		b, _ := json.Marshal(v)
-		return ws.Write(ctx, websocket.MessageText, b)
-	}
-	read := func(typ string) (signal.ServerMessage, error) {
-		for {
-			_, b, err := ws.Read(ctx)
-			if err != nil {
-				return signal.ServerMessage{}, err
-			}
-			var m signal.ServerMessage
-			if err := json.Unmarshal(b, &m); err != nil {
-				return m, err
-			}
-			if m.Type == signal.TypeError {
-				return m, errors.New(string(b))
-			}
-			if m.Type == typ {
-				return m, nil
-			}
-		}
-	}
-	if err := send(signal.ClientMessage{Type: signal.TypeJoin, Token: tok}); err != nil {
-		return "", err
-	}
-	j, err := read(signal.TypeJoined)
-	if err != nil {
-		return "", err
-	}
-	offer := "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\n" +
-		"m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=ice-ufrag:cliufrag" + who + "\r\na=ice-pwd:2fyrG3DtY7Vu8Jd6k6N0Qe9x\r\n" +
-		"a=fingerprint:sha-256 E4:4E:2A:DC:9D:2D:30:8D:AD:FC:F1:DB:8B:8A:7A:14:55:C8:23:5A:9D:3C:A9:69:7B:8D:1B:05:A0:66:2B:1E\r\n" +
-		"a=setup:actpass\r\na=mid:0\r\na=recvonly\r\na=rtcp-mux\r\na=rtpmap:111 opus/48000/2\r\n"
-	if err := send(signal.ClientMessage{Type: signal.TypeOffer, SDP: offer}); err != nil {
-		return "", err
-	}
-	if _, err := read(signal.TypeAnswer); err != nil {
-		return "", err
-	}
-	return j.Node, nil
+	return signaltest.Join(t, ctx, "ws://"+addr, ip, tok, "cliufrag"+who)
 }
 
 // routeOf asks GET /v1/route of the signal server at addr.

@@ -14,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/coder/websocket"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/traverse-rtc/traverse/internal/bus"
@@ -22,18 +21,13 @@ import (
 	"github.com/traverse-rtc/traverse/internal/cluster/clustertest"
 	"github.com/traverse-rtc/traverse/internal/controller"
 	"github.com/traverse-rtc/traverse/internal/signal"
+	"github.com/traverse-rtc/traverse/internal/signal/signaltest"
 	"github.com/traverse-rtc/traverse/internal/testkit"
 )
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
-// A small audio-only SDP, offer and answer alike.
-const audioSDP = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\n" +
-	"m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=ice-ufrag:%s\r\na=ice-pwd:2fyrG3DtY7Vu8Jd6k6N0Qe9x\r\n" +
-	"a=fingerprint:sha-256 E4:4E:2A:DC:9D:2D:30:8D:AD:FC:F1:DB:8B:8A:7A:14:55:C8:23:5A:9D:3C:A9:69:7B:8D:1B:05:A0:66:2B:1E\r\n" +
-	"a=setup:actpass\r\na=mid:0\r\na=recvonly\r\na=rtcp-mux\r\na=rtpmap:111 opus/48000/2\r\n"
-
-func sdp(ufrag string) string { return strings.Replace(audioSDP, "%s", ufrag, 1) }
+var sdp = signaltest.AudioSDP
 
 // busNode is an SFU node as the bus sees it: it announces itself with its
 // load, answers joins and publishes the room events a real node does.
@@ -119,48 +113,7 @@ func join(t *testing.T, base, ip, room, who string) (string, error) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ws, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(base, "http")+"/ws",
-		&websocket.DialOptions{HTTPHeader: http.Header{"X-Forwarded-For": {ip}}})
-	if err != nil {
-		return "", err
-	}
-	t.Cleanup(func() { ws.CloseNow() })
-	send := func(v any) error {
-		b, _ := json.Marshal(v)
-		return ws.Write(ctx, websocket.MessageText, b)
-	}
-	read := func(typ string) (signal.ServerMessage, error) {
-		for {
-			_, b, err := ws.Read(ctx)
-			if err != nil {
-				return signal.ServerMessage{}, err
-			}
-			var m signal.ServerMessage
-			if err := json.Unmarshal(b, &m); err != nil {
-				return m, err
-			}
-			if m.Type == signal.TypeError {
-				return m, &joinError{string(b)}
-			}
-			if m.Type == typ {
-				return m, nil
-			}
-		}
-	}
-	if err := send(signal.ClientMessage{Type: signal.TypeJoin, Token: tok}); err != nil {
-		return "", err
-	}
-	j, err := read(signal.TypeJoined)
-	if err != nil {
-		return "", err
-	}
-	if err := send(signal.ClientMessage{Type: signal.TypeOffer, SDP: sdp("cliufrag" + who)}); err != nil {
-		return "", err
-	}
-	if _, err := read(signal.TypeAnswer); err != nil {
-		return "", err
-	}
-	return j.Node, nil
+	return signaltest.Join(t, ctx, base, ip, tok, "cliufrag"+who)
 }
 
 // routeOf asks GET /v1/route of the signal server at base for ip.
@@ -177,10 +130,6 @@ func routeOf(t *testing.T, base, ip string) string {
 	}
 	return a.Node
 }
-
-type joinError struct{ msg string }
-
-func (e *joinError) Error() string { return "signal error: " + e.msg }
 
 // TestPlatform: three clustered NATS servers, two controllers, three SFU
 // nodes (two in eu, one in us) and two signal servers. Clients joining

@@ -37,11 +37,10 @@ func (s *Server) NodeDown(node, reason string) {
 			delete(s.rooms, room)
 		}
 	}
-	sessions := make([]*session, 0, len(s.sessions))
-	for ss := range s.sessions {
-		sessions = append(sessions, ss)
-	}
 	s.mu.Unlock()
+	// The joined sessions on node are in the room registry (roomapi.go),
+	// which every join enters and every leave and rejoin leaves.
+	sessions := s.reg.sessionsOn(node)
 	s.m.nodesDown.Inc()
 	n := 0
 	for _, ss := range sessions {

@@ -97,6 +97,21 @@ func (g *registry) joined(m *member) (started bool) {
 	return started
 }
 
+// sessionsOn returns the sessions joined on node.
+func (g *registry) sessionsOn(node string) []*session {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	var out []*session
+	for _, r := range g.rooms {
+		for _, m := range r.members {
+			if m.node.ID == node {
+				out = append(out, m.ss)
+			}
+		}
+	}
+	return out
+}
+
 // left removes a session; it returns its member (nil if it never joined)
 // and whether its room is now empty (room_ended).
 func (g *registry) left(room, id string) (m *member, ended bool) {

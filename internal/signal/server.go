@@ -197,10 +197,9 @@ type Server struct {
 	ctx    context.Context // canceled by Close; parent of every session
 	cancel context.CancelFunc
 
-	mu       sync.Mutex // guards rooms, closed, sessions, down
-	rooms    map[string]*roomPlace
-	closed   bool
-	sessions map[*session]struct{}
+	mu     sync.Mutex // guards rooms, closed, down
+	rooms  map[string]*roomPlace
+	closed bool
 	// down holds the nodes declared dead (NodeDown) until when they may
 	// be chosen again, should they announce again.
 	down map[string]time.Time
@@ -244,7 +243,7 @@ func New(cfg Config) (*Server, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{p2p: hub, p2pm: p2pm, cfg: cfg, log: cfg.Log, m: m, placer: newPlacer(cfg.RegionRules, cfg.Region, cfg.RegionNear),
 		mux: http.NewServeMux(), lm: lm, origin: newOriginPolicy(cfg.AllowedOrigins),
-		ctx: ctx, cancel: cancel, rooms: map[string]*roomPlace{}, sessions: map[*session]struct{}{},
+		ctx: ctx, cancel: cancel, rooms: map[string]*roomPlace{},
 		down: map[string]time.Time{}, reg: newRegistry(), am: am}
 	s.placer.cascade = cfg.Cascade
 	if w, ok := cfg.Backend.(nodeWatcher); ok {
@@ -431,14 +430,6 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	defer s.m.active.Dec()
 	conn.SetReadLimit(s.cfg.MaxMessage)
 	ss := newSession(s, conn, clientIP(r, s.cfg.TrustedProxies))
-	s.mu.Lock()
-	s.sessions[ss] = struct{}{}
-	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		delete(s.sessions, ss)
-		s.mu.Unlock()
-	}()
 	ss.run()
 }
 

@@ -112,9 +112,30 @@ func TestClusterRouteAuth(t *testing.T) {
 	}
 	defer rogue.Close()
 	// The rogue keeps trying; give it a few attempts (route retries are
-	// about 1 s apart) and check that it never held a route.
-	if testkit.Eventually(2500*time.Millisecond, func() bool { return rogue.Routes() != 0 || es[0].Routes() != before }) {
-		t.Fatalf("rogue routed: rogue %d routes, server %d (was %d)", rogue.Routes(), es[0].Routes(), before)
+	// about 1 s apart) and check that the cluster never took its route
+	// and nothing published on the rogue reached the cluster. The rogue's
+	// own route count is not the test: as the soliciting side it counts
+	// the route for a moment, between the cluster's INFO and the cluster
+	// closing it for the bad CONNECT.
+	sig := connectAs(t, es[0], RoleSignal, "")
+	got := make(chan NodeAnnounce, 10)
+	if _, err := sig.SubscribeNodes(func(a NodeAnnounce) { got <- a }); err != nil {
+		t.Fatal(err)
+	}
+	nr := connectAs(t, rogue, RoleNode, "nR")
+	if testkit.Eventually(2500*time.Millisecond, func() bool {
+		if err := nr.AnnounceNode(NodeAnnounce{Node: "nR", UDP: "192.0.2.9:7882", Time: time.Now()}); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case a := <-got:
+			t.Logf("announcement from the rogue's side reached the cluster: %+v", a)
+			return true
+		case <-time.After(50 * time.Millisecond):
+		}
+		return es[0].Routes() != before || es[1].Routes() != before
+	}) {
+		t.Fatalf("rogue routed: servers have %d and %d routes (were %d)", es[0].Routes(), es[1].Routes(), before)
 	}
 	// A raw route connection without credentials is dropped.
 	c, err := net.Dial("tcp", strings.TrimPrefix(routes[0], "nats://"))

@@ -1,14 +1,9 @@
 package relay
 
 import (
-	"encoding/binary"
 	"net/netip"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/traverse-rtc/traverse/internal/netlab"
 	"github.com/traverse-rtc/traverse/internal/testkit"
@@ -26,28 +21,9 @@ func TestLabCascadeOverLossyLink(t *testing.T) {
 	if err := lab.Err(); err != nil {
 		t.Fatal(err)
 	}
-	nodes := map[NodeID]*node{}
-	addrs := map[NodeID]netip.AddrPort{}
-	for id, h := range hosts {
-		reg := prometheus.NewRegistry()
-		s := &sfu{}
-		var e *Endpoint
-		if err := h.Do(func() error {
-			var err error
-			e, err = New(Config{Node: id, Listen: netip.AddrPortFrom(h.Addr(), 0), Secret: secret, Epoch: 1, Local: s, Registry: reg})
-			return err
-		}); err != nil {
-			t.Fatal(err)
-		}
-		nodes[id] = &node{id: id, e: e, sfu: s, reg: reg}
-		addrs[id] = e.Addr()
-		testkit.Run(t, e.Run)
-	}
-	for _, n := range nodes {
-		if err := n.e.SetPeers(addrs); err != nil {
-			t.Fatal(err)
-		}
-	}
+	nodes := startNodesAt(t, []NodeID{nA, nB, nC}, func(id NodeID) (netip.AddrPort, func(func() error) error) {
+		return netip.AddrPortFrom(hosts[id].Addr(), 0), hosts[id].Do
+	})
 	a, b, c := nodes[nA], nodes[nB], nodes[nC]
 	a.e.SetRoutes(1, map[NodeID]NodeID{nB: nB, nC: nB})
 	b.e.SetRoutes(1, map[NodeID]NodeID{nA: nA, nC: nC})
@@ -57,37 +33,11 @@ func TestLabCascadeOverLossyLink(t *testing.T) {
 	}
 	testkit.WaitFor(t, 5*time.Second, "B's probes of C answered", func() bool { return b.e.LinkStats()[nC].Up })
 
-	const count = 3000
-	var inTime atomic.Int64
-	seen := make([]bool, count)
-	var mu sync.Mutex
-	onMedia := func(rtp []byte) {
-		i := binary.BigEndian.Uint32(rtp[8:])
-		at := time.Unix(0, int64(binary.BigEndian.Uint64(rtp)))
-		mu.Lock()
-		if int(i) < count && !seen[i] && time.Since(at) <= 100*time.Millisecond {
-			seen[i] = true
-			inTime.Add(1)
-		}
-		mu.Unlock()
-	}
-	c.sfu.onMedia.Store(&onMedia)
 	if err := a.e.SetNeed(key, []NodeID{nC}); err != nil {
 		t.Fatal(err)
 	}
-	rtp := make([]byte, 1000)
-	tick := time.NewTicker(time.Millisecond)
-	defer tick.Stop()
-	for i := 0; i < count; {
-		<-tick.C
-		for j := 0; j < 3 && i < count; j, i = j+1, i+1 {
-			binary.BigEndian.PutUint64(rtp, uint64(time.Now().UnixNano()))
-			binary.BigEndian.PutUint32(rtp[8:], uint32(i))
-			a.e.Send(key, 0, rtp)
-		}
-	}
-	testkit.Eventually(300*time.Millisecond, func() bool { return inTime.Load() >= count })
-	got := inTime.Load()
+	const count = 3000
+	got := sendInTime(a, c, count, 1000)
 	fwd := b.metric(t, "traverse_relay_forwarded_total")
 	parity := b.metric(t, "traverse_relay_fec_parity_total")
 	st := b.e.LinkStats()[nC]

@@ -68,14 +68,29 @@ func (n *node) metric(t testing.TB, name string, labels ...string) float64 {
 	return metricstest.Value(t, n.reg, name, labels...)
 }
 
+// startNodes runs an endpoint for each id on loopback, every one the
+// others' peer.
 func startNodes(t testing.TB, ids ...NodeID) map[NodeID]*node {
+	return startNodesAt(t, ids, func(NodeID) (netip.AddrPort, func(func() error) error) {
+		return netip.MustParseAddrPort("127.0.0.1:0"), func(f func() error) error { return f() }
+	})
+}
+
+// startNodesAt is startNodes with each node's listening address and the
+// place its socket opens in (a lab host's Do) given by at.
+func startNodesAt(t testing.TB, ids []NodeID, at func(NodeID) (listen netip.AddrPort, do func(func() error) error)) map[NodeID]*node {
 	nodes := map[NodeID]*node{}
 	addrs := map[NodeID]netip.AddrPort{}
 	for _, id := range ids {
 		reg := prometheus.NewRegistry()
 		s := &sfu{}
-		e, err := New(Config{Node: id, Listen: netip.MustParseAddrPort("127.0.0.1:0"), Secret: secret, Epoch: 1, Local: s, Registry: reg})
-		if err != nil {
+		listen, do := at(id)
+		var e *Endpoint
+		if err := do(func() error {
+			var err error
+			e, err = New(Config{Node: id, Listen: listen, Secret: secret, Epoch: 1, Local: s, Registry: reg})
+			return err
+		}); err != nil {
 			t.Fatal(err)
 		}
 		nodes[id] = &node{id: id, e: e, sfu: s, reg: reg}
@@ -364,6 +379,39 @@ func TestConfigErrors(t *testing.T) {
 	}
 }
 
+// sendInTime sends count numbered packets of size bytes, each stamped
+// with its sending time, from `from` on key (three a millisecond) and
+// returns how many `to` delivered within 100 ms of their sending.
+func sendInTime(from, to *node, count, size int) int64 {
+	var inTime atomic.Int64
+	seen := make([]bool, count)
+	var mu sync.Mutex
+	onMedia := func(rtp []byte) {
+		i := binary.BigEndian.Uint32(rtp[8:])
+		at := time.Unix(0, int64(binary.BigEndian.Uint64(rtp)))
+		mu.Lock()
+		if int(i) < count && !seen[i] && time.Since(at) <= 100*time.Millisecond {
+			seen[i] = true
+			inTime.Add(1)
+		}
+		mu.Unlock()
+	}
+	to.sfu.onMedia.Store(&onMedia)
+	rtp := make([]byte, size)
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	for i := 0; i < count; {
+		<-tick.C
+		for j := 0; j < 3 && i < count; j, i = j+1, i+1 {
+			binary.BigEndian.PutUint64(rtp, uint64(time.Now().UnixNano()))
+			binary.BigEndian.PutUint32(rtp[8:], uint32(i))
+			from.e.Send(key, 0, rtp)
+		}
+	}
+	testkit.Eventually(300*time.Millisecond, func() bool { return inTime.Load() >= int64(count) })
+	return inTime.Load()
+}
+
 // TestLossyLinkThroughEndpoints: the relay port's own recovery over a
 // link that loses 10 % of A's frames (A's socket to B is a user-space
 // lossy proxy): B delivers >= 99.5 % of the packets within 100 ms.
@@ -384,33 +432,7 @@ func TestLossyLinkThroughEndpoints(t *testing.T) {
 		t.Fatal(err)
 	}
 	const count = 3000
-	var inTime atomic.Int64
-	seen := make([]bool, count)
-	var mu sync.Mutex
-	onMedia := func(rtp []byte) {
-		i := binary.BigEndian.Uint32(rtp[8:])
-		at := time.Unix(0, int64(binary.BigEndian.Uint64(rtp)))
-		mu.Lock()
-		if int(i) < count && !seen[i] && time.Since(at) <= 100*time.Millisecond {
-			seen[i] = true
-			inTime.Add(1)
-		}
-		mu.Unlock()
-	}
-	b.sfu.onMedia.Store(&onMedia)
-	rtp := make([]byte, 400)
-	tick := time.NewTicker(time.Millisecond)
-	defer tick.Stop()
-	for i := 0; i < count; {
-		<-tick.C
-		for j := 0; j < 3 && i < count; j, i = j+1, i+1 {
-			binary.BigEndian.PutUint64(rtp, uint64(time.Now().UnixNano()))
-			binary.BigEndian.PutUint32(rtp[8:], uint32(i))
-			a.e.Send(key, 0, rtp)
-		}
-	}
-	testkit.Eventually(300*time.Millisecond, func() bool { return inTime.Load() >= count })
-	got := inTime.Load()
+	got := sendInTime(a, b, count, 400)
 	sent := a.metric(t, "traverse_relay_sent_total")
 	parity := a.metric(t, "traverse_relay_fec_parity_total")
 	t.Logf("in time %d/%d (%.2f %%); FEC parity frames %v (%.1f %% of data frames); retransmits %v; rebuilt by FEC at B %v",

@@ -24,6 +24,16 @@ func SkipUnlessAvailable(t testing.TB) {
 	}
 }
 
+// Here is the start of every browser test: it skips t where no browser
+// runs (SkipUnlessAvailable) and, as root, re-runs t in a network namespace
+// of its own (Isolated). It reports whether the test's body is to run in
+// this process; false means the isolated child already ran it.
+func Here(t testing.TB) bool {
+	t.Helper()
+	SkipUnlessAvailable(t)
+	return !Isolated(t)
+}
+
 // Isolated re-runs the calling test inside a new network namespace with
 // only loopback up (unshare --net), so that the browser and the servers it
 // talks to can reach nothing else, and reports true when it did: the

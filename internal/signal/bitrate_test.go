@@ -1,7 +1,6 @@
 package signal_test
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"strconv"
@@ -47,8 +46,7 @@ const sendStatsJS = `(async () => {
 // reports. BITRATE_SECONDS (default 8) sets the measured window; the
 // figures are logged for docs/benchmarks.md.
 func TestBrowsersPublisherBitrate(t *testing.T) {
-	browsertest.SkipUnlessAvailable(t)
-	if browsertest.Isolated(t) {
+	if !browsertest.Here(t) {
 		return
 	}
 	window := 8 * time.Second
@@ -56,8 +54,7 @@ func TestBrowsersPublisherBitrate(t *testing.T) {
 		window = time.Duration(s) * time.Second
 	}
 	st := startStack(t, false)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second+window)
-	defer cancel()
+	ctx := deadline(t, 60*time.Second+window)
 	room := fmt.Sprintf("bitrate-%d", time.Now().UnixNano()%100000)
 	var pages []*browsertest.Page
 	for i := range 2 {

@@ -82,6 +82,20 @@ type stackOptions struct {
 	config func(*signal.Config)
 }
 
+// pageTest is the start of a browser page test: the stack o describes and
+// a context that ends after d, or with the test.
+func pageTest(t *testing.T, o stackOptions, d time.Duration) (*stack, context.Context) {
+	t.Helper()
+	return startStackWith(t, o), deadline(t, d)
+}
+
+// deadline is a context that ends after d, or with the test.
+func deadline(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
 func startStackWith(t *testing.T, o stackOptions) *stack {
 	t.Helper()
 	withTURN := o.turn
@@ -255,6 +269,25 @@ func (pt *participant) summary(ctx context.Context) (summary, error) {
 	return s, err
 }
 
+// decodesVideo waits until pt's peer connection is connected and decodes
+// video; at ctx's end it fails the test with the page's diag expression
+// (its errors or messages).
+func decodesVideo(ctx context.Context, t *testing.T, pt *participant, diag string) {
+	t.Helper()
+	for {
+		s, err := pt.summary(ctx)
+		if err == nil && s.ConnectionState == "connected" && len(s.counts("video")) >= 1 {
+			return
+		}
+		if ctx.Err() != nil {
+			var d any
+			_ = pt.p.Eval(context.Background(), diag, &d)
+			t.Fatalf("%s decodes no video: %+v %v; %s %v", pt.name, s, err, diag, d)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
 // room opens n participants in one room; relay lists those restricted to
 // TURN; query is added to every page's URL. It then checks that every
 // participant decodes every other's video and receives their audio, and
@@ -419,24 +452,21 @@ func roomWith(t *testing.T, st *stack, n int, relay, viewers map[int]bool, query
 }
 
 func TestBrowsersTwo(t *testing.T) {
-	browsertest.SkipUnlessAvailable(t)
-	if browsertest.Isolated(t) {
+	if !browsertest.Here(t) {
 		return
 	}
 	room(t, startStack(t, false), 2, nil, "")
 }
 
 func TestBrowsersThree(t *testing.T) {
-	browsertest.SkipUnlessAvailable(t)
-	if browsertest.Isolated(t) {
+	if !browsertest.Here(t) {
 		return
 	}
 	room(t, startStack(t, false), 3, nil, "")
 }
 
 func TestBrowsersRelay(t *testing.T) {
-	browsertest.SkipUnlessAvailable(t)
-	if browsertest.Isolated(t) {
+	if !browsertest.Here(t) {
 		return
 	}
 	room(t, startStack(t, true), 2, map[int]bool{1: true}, "")
@@ -449,8 +479,7 @@ func TestBrowsersRelay(t *testing.T) {
 // while a subscriber waits (it once asked only at bind, and about one run
 // in three then showed no video).
 func TestBrowsersSimulcast(t *testing.T) {
-	browsertest.SkipUnlessAvailable(t)
-	if browsertest.Isolated(t) {
+	if !browsertest.Here(t) {
 		return
 	}
 	room(t, startStack(t, false), 2, nil, "&simulcast=1")
@@ -460,8 +489,7 @@ func TestBrowsersSimulcast(t *testing.T) {
 // demo page (it sends a receive-only offer) and sees and hears the two
 // publishers; they see each other.
 func TestBrowsersViewer(t *testing.T) {
-	browsertest.SkipUnlessAvailable(t)
-	if browsertest.Isolated(t) {
+	if !browsertest.Here(t) {
 		return
 	}
 	roomWith(t, startStack(t, false), 3, nil, map[int]bool{2: true}, "")

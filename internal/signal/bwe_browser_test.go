@@ -1,7 +1,6 @@
 package signal_test
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -30,8 +29,7 @@ import (
 // shapes that namespace's loopback with tc, so it needs root; it skips
 // otherwise (shaping the host's loopback is not allowed).
 func TestBrowsersSimulcastCappedDownlink(t *testing.T) {
-	browsertest.SkipUnlessAvailable(t)
-	if browsertest.Isolated(t) {
+	if !browsertest.Here(t) {
 		return
 	}
 	if os.Getenv("TRAVERSE_BROWSERTEST_NETNS") != "1" {
@@ -45,9 +43,7 @@ func TestBrowsersSimulcastCappedDownlink(t *testing.T) {
 		t.Skipf("the transport-cc estimate is the own data path's (TRAVERSE_SFU_DATA_PATH=%s)", dataPath)
 	}
 	const capKbps = 220
-	st := startStack(t, false)
-	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Second)
-	defer cancel()
+	st, ctx := pageTest(t, stackOptions{}, 150*time.Second)
 	roomName := fmt.Sprintf("capped-%d", time.Now().UnixNano()%100000)
 	open := func(name, query string, flags ...string) *participant {
 		b, err := browsertest.Launch(ctx, browsertest.Options{Flags: flags, Log: func(s string) {

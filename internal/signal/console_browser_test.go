@@ -30,8 +30,7 @@ import (
 )
 
 func TestBrowserConsole(t *testing.T) {
-	browsertest.SkipUnlessAvailable(t)
-	if browsertest.Isolated(t) {
+	if !browsertest.Here(t) {
 		return
 	}
 	const admin = "console-admin-token-0123456789"
@@ -51,8 +50,7 @@ func TestBrowserConsole(t *testing.T) {
 		own, viaPion := st.node.OwnReceivePackets()
 		return own + viaPion, st.node.Forwarded()
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
+	ctx := deadline(t, 90*time.Second)
 	alice := demoPage(ctx, t, st, "alice", "?room=console&identity=alice&autojoin=1", browsertest.Options{})
 	bob := demoPage(ctx, t, st, "bob", "?room=console&identity=bob&autojoin=1", browsertest.Options{})
 	for _, pt := range []*participant{alice, bob} {

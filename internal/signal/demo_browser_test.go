@@ -105,13 +105,10 @@ func mint(t *testing.T, st *stack, room, identity string, pub bool, exp time.Tim
 // reload. A room name longer than the bus takes is refused in the page
 // before anything is sent.
 func TestBrowserDemoExpiredToken(t *testing.T) {
-	browsertest.SkipUnlessAvailable(t)
-	if browsertest.Isolated(t) {
+	if !browsertest.Here(t) {
 		return
 	}
-	st := startStack(t, false)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
+	st, ctx := pageTest(t, stackOptions{}, 60*time.Second)
 	old := mint(t, st, "expired", "alice", true, time.Now().Add(-time.Hour))
 	pt := demoPage(ctx, t, st, "alice", "?room=expired&identity=alice&autojoin=1&token="+old, browsertest.Options{})
 	msg := shown(ctx, t, pt, "error", "token has expired")
@@ -146,13 +143,10 @@ func TestBrowserDemoExpiredToken(t *testing.T) {
 // TestBrowserDemoNoNode: with no SFU node up, the page says there is none
 // and Join is usable again.
 func TestBrowserDemoNoNode(t *testing.T) {
-	browsertest.SkipUnlessAvailable(t)
-	if browsertest.Isolated(t) {
+	if !browsertest.Here(t) {
 		return
 	}
-	st := startStackWith(t, stackOptions{noNode: true})
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
+	st, ctx := pageTest(t, stackOptions{noNode: true}, 60*time.Second)
 	pt := demoPage(ctx, t, st, "bob", "?room=nonode&identity=bob&autojoin=1", browsertest.Options{})
 	t.Logf("the page says: %s", shown(ctx, t, pt, "error", "No media server (SFU node) is available"))
 	joinUsable(ctx, t, pt)
@@ -169,13 +163,10 @@ func TestBrowserDemoNoNode(t *testing.T) {
 // the publisher, the participant list counts both, and the status line
 // says who it is and that it views.
 func TestBrowserDemoCameraDenied(t *testing.T) {
-	browsertest.SkipUnlessAvailable(t)
-	if browsertest.Isolated(t) {
+	if !browsertest.Here(t) {
 		return
 	}
-	st := startStack(t, false)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
+	st, ctx := pageTest(t, stackOptions{}, 60*time.Second)
 	demoPage(ctx, t, st, "pub", "?room=denied&identity=pub&autojoin=1", browsertest.Options{})
 	v := demoPage(ctx, t, st, "viewer", "?room=denied&identity=viewer&autojoin=1", browsertest.Options{DenyMedia: true})
 	t.Logf("the page says: %s", shown(ctx, t, v, "warning", "was denied", "viewer on purpose"))
@@ -207,34 +198,16 @@ func TestBrowserDemoCameraDenied(t *testing.T) {
 // network change does): both pages reconnect with the same token, join
 // again, and each decodes the other's video on a new peer connection.
 func TestBrowserDemoReconnect(t *testing.T) {
-	browsertest.SkipUnlessAvailable(t)
-	if browsertest.Isolated(t) {
+	if !browsertest.Here(t) {
 		return
 	}
-	st := startStack(t, false)
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
+	st, ctx := pageTest(t, stackOptions{}, 90*time.Second)
 	var parts []*participant
 	for _, name := range []string{"p0", "p1"} {
 		parts = append(parts, demoPage(ctx, t, st, name, "?room=recon&identity="+name+"&autojoin=1", browsertest.Options{}))
 	}
-	decoding := func(pt *participant) {
-		t.Helper()
-		for {
-			s, err := pt.summary(ctx)
-			if err == nil && s.ConnectionState == "connected" && len(s.counts("video")) >= 1 {
-				return
-			}
-			if ctx.Err() != nil {
-				var errs []string
-				_ = pt.p.Eval(context.Background(), `window.traverse.errors`, &errs)
-				t.Fatalf("%s decodes no video: %+v %v; errors %v", pt.name, s, err, errs)
-			}
-			time.Sleep(200 * time.Millisecond)
-		}
-	}
 	for _, pt := range parts {
-		decoding(pt)
+		decodesVideo(ctx, t, pt, "window.traverse.errors")
 		if err := pt.p.Eval(ctx, `window.oldPC = window.traverse.pc; true`, nil); err != nil {
 			t.Fatal(err)
 		}
@@ -249,7 +222,7 @@ func TestBrowserDemoReconnect(t *testing.T) {
 		}
 	}
 	for _, pt := range parts {
-		decoding(pt)
+		decodesVideo(ctx, t, pt, "window.traverse.errors")
 		shown(ctx, t, pt, "info", "Reconnected")
 		if err := pt.p.WaitFor(ctx, `document.getElementById('count').textContent === '2'`, 100*time.Millisecond); err != nil {
 			t.Fatal(err)
@@ -265,8 +238,7 @@ func TestBrowserDemoReconnect(t *testing.T) {
 // signal sends it (issue 14's failover), else through the client's
 // reconnect (the node's end closes the sessions with "unavailable").
 func TestBrowserDemoNodeFailover(t *testing.T) {
-	browsertest.SkipUnlessAvailable(t)
-	if browsertest.Isolated(t) {
+	if !browsertest.Here(t) {
 		return
 	}
 	st := startStackWith(t, stackOptions{noNode: true})
@@ -274,8 +246,7 @@ func TestBrowserDemoNodeFailover(t *testing.T) {
 	if !testkit.Eventually(10*time.Second, func() bool { return len(st.be.Nodes()) == 1 }) {
 		t.Fatal("node1 never announced itself")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
-	defer cancel()
+	ctx := deadline(t, 120*time.Second)
 	var parts []*participant
 	for _, name := range []string{"p0", "p1"} {
 		parts = append(parts, demoPage(ctx, t, st, name, "?room=failover&identity="+name+"&autojoin=1", browsertest.Options{}))
@@ -326,13 +297,10 @@ func TestBrowserDemoNodeFailover(t *testing.T) {
 // TestBrowserDemoNoCamera: a browser with no camera or microphone at all
 // says none was found and joins as a viewer.
 func TestBrowserDemoNoCamera(t *testing.T) {
-	browsertest.SkipUnlessAvailable(t)
-	if browsertest.Isolated(t) {
+	if !browsertest.Here(t) {
 		return
 	}
-	st := startStack(t, false)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
+	st, ctx := pageTest(t, stackOptions{}, 60*time.Second)
 	v := demoPage(ctx, t, st, "nocam", "?room=nocam&identity=nocam&autojoin=1", browsertest.Options{NoDevices: true})
 	t.Logf("the page says: %s", shown(ctx, t, v, "warning", "No camera or microphone found", "viewer on purpose"))
 	if err := v.p.WaitFor(ctx, `document.getElementById('status').textContent.includes('You are nocam in room nocam (viewer)')`, 100*time.Millisecond); err != nil {

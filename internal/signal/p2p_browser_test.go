@@ -118,13 +118,11 @@ func statusLine(ctx context.Context, pt *participant) string {
 // through the SFU; the third leaves and the two go back to P2P and leave
 // the SFU. Each move's media gap is logged and bounded.
 func TestBrowserP2PMoves(t *testing.T) {
-	browsertest.SkipUnlessAvailable(t)
-	if browsertest.Isolated(t) {
+	if !browsertest.Here(t) {
 		return
 	}
 	st := p2pStack(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
+	ctx := deadline(t, 90*time.Second)
 	roomName := fmt.Sprintf("p2p-%d", time.Now().UnixNano()%100000)
 	a := p2pPage(ctx, t, st, roomName, "alice", "")
 	b := p2pPage(ctx, t, st, roomName, "bob", "")
@@ -220,13 +218,11 @@ func directType(s string) bool { return s == "host" || s == "srflx" || s == "prf
 // option: iceTransportPolicy relay), the two connect peer to peer through
 // traverse TURN, and the page says so.
 func TestBrowserP2PRelay(t *testing.T) {
-	browsertest.SkipUnlessAvailable(t)
-	if browsertest.Isolated(t) {
+	if !browsertest.Here(t) {
 		return
 	}
 	st := p2pStack(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
+	ctx := deadline(t, 60*time.Second)
 	roomName := fmt.Sprintf("p2pr-%d", time.Now().UnixNano()%100000)
 	a := p2pPage(ctx, t, st, roomName, "alice", "&relay=1")
 	b := p2pPage(ctx, t, st, roomName, "bob", "&relay=1")

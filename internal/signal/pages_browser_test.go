@@ -6,7 +6,6 @@ package signal_test
 // controls: mute, camera off, the device pickers, copy link.
 
 import (
-	"context"
 	"testing"
 	"time"
 
@@ -14,13 +13,10 @@ import (
 )
 
 func TestBrowserExamplePage(t *testing.T) {
-	browsertest.SkipUnlessAvailable(t)
-	if browsertest.Isolated(t) {
+	if !browsertest.Here(t) {
 		return
 	}
-	st := startStack(t, false)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
+	st, ctx := pageTest(t, stackOptions{}, 60*time.Second)
 	demoPage(ctx, t, st, "demo", "?room=example&identity=demo&autojoin=1", browsertest.Options{})
 	ex := demoPage(ctx, t, st, "example", "example.html?room=example&identity=ex", browsertest.Options{})
 	if err := ex.p.WaitFor(ctx, `document.getElementById('status').textContent.includes('in room example as ex') ||
@@ -35,13 +31,10 @@ func TestBrowserExamplePage(t *testing.T) {
 }
 
 func TestBrowserConsoleWithoutAPI(t *testing.T) {
-	browsertest.SkipUnlessAvailable(t)
-	if browsertest.Isolated(t) {
+	if !browsertest.Here(t) {
 		return
 	}
-	st := startStack(t, false)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
+	st, ctx := pageTest(t, stackOptions{}, 60*time.Second)
 	con := demoPage(ctx, t, st, "console", "console.html?", browsertest.Options{})
 	if err := con.p.Eval(ctx, `document.getElementById('admin').value = 'some-admin-token-0123456789'; document.getElementById('signin').click()`, nil); err != nil {
 		t.Fatal(err)
@@ -58,13 +51,10 @@ func TestBrowserConsoleWithoutAPI(t *testing.T) {
 // sent tracks, the pickers list the (fake) devices, and Copy link gives
 // the room's link; Leave unlocks the form.
 func TestBrowserDemoControls(t *testing.T) {
-	browsertest.SkipUnlessAvailable(t)
-	if browsertest.Isolated(t) {
+	if !browsertest.Here(t) {
 		return
 	}
-	st := startStack(t, false)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
+	st, ctx := pageTest(t, stackOptions{}, 60*time.Second)
 	pt := demoPage(ctx, t, st, "carol", "?room=controls&identity=carol&autojoin=1", browsertest.Options{})
 	if err := pt.p.WaitFor(ctx, `window.traverse.joined && document.getElementById('camera').options.length > 1 && document.getElementById('mic').options.length > 1`, 100*time.Millisecond); err != nil {
 		t.Fatal(err)

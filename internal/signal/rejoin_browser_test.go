@@ -124,37 +124,20 @@ func (rr *rejoinRelay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 func TestBrowserDemoServerRejoin(t *testing.T) {
-	browsertest.SkipUnlessAvailable(t)
-	if browsertest.Isolated(t) {
+	if !browsertest.Here(t) {
 		return
 	}
 	st := startStack(t, false)
 	rr := &rejoinRelay{t: t, upstream: "ws" + strings.TrimPrefix(st.url, "http") + "/ws", trigger: make(chan string, 1)}
 	relay := httptest.NewServer(rr)
 	t.Cleanup(relay.Close)
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
+	ctx := deadline(t, 90*time.Second)
 	other := demoPage(ctx, t, st, "p1", "?room=rejoin&identity=p1&autojoin=1", browsertest.Options{})
 	tok := mint(t, st, "rejoin", "p0", true, time.Now().Add(time.Hour))
 	viaRelay := &stack{url: relay.URL}
 	p0 := demoPage(ctx, t, viaRelay, "p0", "?room=rejoin&identity=p0&autojoin=1&token="+tok, browsertest.Options{})
-	decoding := func(pt *participant) {
-		t.Helper()
-		for {
-			s, err := pt.summary(ctx)
-			if err == nil && s.ConnectionState == "connected" && len(s.counts("video")) >= 1 {
-				return
-			}
-			if ctx.Err() != nil {
-				var msgs any
-				_ = pt.p.Eval(context.Background(), `window.traverse.messages`, &msgs)
-				t.Fatalf("%s decodes no video: %+v %v; messages %v", pt.name, s, err, msgs)
-			}
-			time.Sleep(200 * time.Millisecond)
-		}
-	}
-	decoding(p0)
-	decoding(other)
+	decodesVideo(ctx, t, p0, "window.traverse.messages")
+	decodesVideo(ctx, t, other, "window.traverse.messages")
 	if err := p0.p.Eval(ctx, `window.oldPC = window.traverse.pc; window.events = [];
   for (const e of ['rejoin', 'reconnecting', 'reconnected']) window.traverse.room.on(e, () => window.events.push(e)); true`, nil); err != nil {
 		t.Fatal(err)
@@ -164,8 +147,8 @@ func TestBrowserDemoServerRejoin(t *testing.T) {
 	if err := p0.p.WaitFor(ctx, `window.traverse.joined && window.traverse.pc !== window.oldPC`, 100*time.Millisecond); err != nil {
 		t.Fatal(err)
 	}
-	decoding(p0)
-	decoding(other) // p0 published again, on its new session
+	decodesVideo(ctx, t, p0, "window.traverse.messages")
+	decodesVideo(ctx, t, other, "window.traverse.messages") // p0 published again, on its new session
 	t.Logf("the page says: %s", shown(ctx, t, p0, "info", "The media server is draining: moved you to node node1, back in the room"))
 	if err := other.p.WaitFor(ctx, `document.getElementById('count').textContent === '2'`, 100*time.Millisecond); err != nil {
 		t.Fatal(err)

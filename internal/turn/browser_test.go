@@ -63,8 +63,7 @@ try {
 // secret) connects two peer connections and moves a data-channel message,
 // over UDP and over TCP to the server.
 func TestBrowserRelay(t *testing.T) {
-	browsertest.SkipUnlessAvailable(t)
-	if browsertest.Isolated(t) {
+	if !browsertest.Here(t) {
 		return
 	}
 	const secret = "browser-secret"

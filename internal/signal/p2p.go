@@ -109,31 +109,14 @@ func (p *p2pPeer) offer(m P2PMessage) bool {
 }
 
 func (s *Server) serveP2P(w http.ResponseWriter, r *http.Request) {
-	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
-		http.Error(w, "shutting down", http.StatusServiceUnavailable)
+	conn, done := s.acceptWS(w, r)
+	if conn == nil {
 		return
 	}
-	s.wg.Add(1)
-	s.mu.Unlock()
-	defer s.wg.Done()
-	if !s.origin.allowOrigin(r) {
-		s.m.originRefused.WithLabelValues("ws").Inc()
-		http.Error(w, "origin not allowed", http.StatusForbidden)
-		return
-	}
-	conn, err := websocket.Accept(w, r, &websocket.AcceptOptions{InsecureSkipVerify: true})
-	if err != nil {
-		return
-	}
+	defer done()
 	defer conn.CloseNow()
-	conn.SetReadLimit(s.cfg.MaxMessage)
 	ctx, cancel := context.WithCancel(s.ctx)
 	defer cancel()
-	s.m.connections.Inc()
-	s.m.active.Inc()
-	defer s.m.active.Dec()
 
 	peer := &p2pPeer{out: make(chan P2PMessage, p2pOutQueue), cancel: cancel}
 	var wg sync.WaitGroup

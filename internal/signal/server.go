@@ -405,32 +405,48 @@ func randomID(n int) string {
 }
 
 func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
+	conn, done := s.acceptWS(w, r)
+	if conn == nil {
+		return
+	}
+	defer done()
+	ss := newSession(s, conn, clientIP(r, s.cfg.TrustedProxies))
+	ss.run()
+}
+
+// acceptWS opens the WebSocket of a request to /ws or /p2p, read limit
+// Config.MaxMessage, and counts it active until done is called. It
+// refuses (writing the HTTP error, returning a nil conn) once the server
+// closes and from an origin not allowed: coder/websocket's own check
+// passes whenever Host and Origin agree, which a DNS-rebinding page
+// arranges, so the origin is checked here.
+func (s *Server) acceptWS(w http.ResponseWriter, r *http.Request) (conn *websocket.Conn, done func()) {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
 		http.Error(w, "shutting down", http.StatusServiceUnavailable)
-		return
+		return nil, nil
 	}
 	s.wg.Add(1)
 	s.mu.Unlock()
-	defer s.wg.Done()
 	if !s.origin.allowOrigin(r) {
+		s.wg.Done()
 		s.m.originRefused.WithLabelValues("ws").Inc()
 		http.Error(w, "origin not allowed", http.StatusForbidden)
-		return
+		return nil, nil
 	}
-	// The origin is checked above: coder/websocket's own check passes
-	// whenever Host and Origin agree, which a DNS-rebinding page arranges.
 	conn, err := websocket.Accept(w, r, &websocket.AcceptOptions{InsecureSkipVerify: true})
 	if err != nil {
-		return // Accept wrote the HTTP error
+		s.wg.Done()
+		return nil, nil // Accept wrote the HTTP error
 	}
+	conn.SetReadLimit(s.cfg.MaxMessage)
 	s.m.connections.Inc()
 	s.m.active.Inc()
-	defer s.m.active.Dec()
-	conn.SetReadLimit(s.cfg.MaxMessage)
-	ss := newSession(s, conn, clientIP(r, s.cfg.TrustedProxies))
-	ss.run()
+	return conn, func() {
+		s.m.active.Dec()
+		s.wg.Done()
+	}
 }
 
 // place chooses the node for a client of room and holds the room's place.

@@ -124,6 +124,13 @@ func expect(t *testing.T, c *net.UDPConn, from, to int, ssrc uint32, what string
 	testkit.Silent(t, c, what)
 }
 
+// RTPPacket and Expect, for the kernel path's lab test (package
+// distribute_test): what it sends and how it checks what arrives.
+var (
+	RTPPacket = rtpPacket
+	Expect    = expect
+)
+
 // The timeouts of the behaviour suite's servers.
 const (
 	BehaviourUnreachable = 300 * time.Millisecond

@@ -3,7 +3,6 @@
 package distribute_test
 
 import (
-	"encoding/binary"
 	"fmt"
 	"net"
 	"net/netip"
@@ -175,21 +174,21 @@ func kernelLab(t *testing.T, l *kfasttest.Lab) {
 	// The first packet is served in user space: the gateway learns the
 	// receivers' link addresses, and the next sync moves the stream into
 	// the kernel.
-	if _, err := sender.WriteToUDPAddrPort(rtp(0xcafe, 0), dst); err != nil {
+	if _, err := sender.WriteToUDPAddrPort(distribute.RTPPacket(0xcafe, 0), dst); err != nil {
 		t.Fatal(err)
 	}
 	for i, c := range conns {
-		readExactly(t, c, 0, 1, fmt.Sprint("receiver ", addrs[i]))
+		distribute.Expect(t, c, 0, 1, 0xcafe, fmt.Sprint("receiver ", addrs[i]))
 	}
 	testkit.WaitFor(t, 5*time.Second, "the stream in the kernel", func() bool { return k.Installed() == 1 })
 	const pkts = 100
 	for seq := 1; seq <= pkts; seq++ {
-		if _, err := sender.WriteToUDPAddrPort(rtp(0xcafe, uint16(seq)), dst); err != nil {
+		if _, err := sender.WriteToUDPAddrPort(distribute.RTPPacket(0xcafe, uint16(seq)), dst); err != nil {
 			t.Fatal(err)
 		}
 	}
 	for i, c := range conns {
-		readExactly(t, c, 1, pkts+1, fmt.Sprint("receiver ", addrs[i]))
+		distribute.Expect(t, c, 1, pkts+1, 0xcafe, fmt.Sprint("receiver ", addrs[i]))
 	}
 	if v := metricstest.Value(t, reg, "traverse_distribute_packets_in_total"); v != 1 {
 		t.Errorf("user space distributed %v packets, want only the first", v)
@@ -215,43 +214,11 @@ func kernelLab(t *testing.T, l *kfasttest.Lab) {
 	if err := s.Table().RemoveReceiver(key, addrs[0]); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := sender.WriteToUDPAddrPort(rtp(0xcafe, pkts+1), dst); err != nil {
+	if _, err := sender.WriteToUDPAddrPort(distribute.RTPPacket(0xcafe, pkts+1), dst); err != nil {
 		t.Fatal(err)
 	}
 	for i, c := range conns[1:] {
-		readExactly(t, c, pkts+1, pkts+2, fmt.Sprint("receiver ", addrs[i+1]))
+		distribute.Expect(t, c, pkts+1, pkts+2, 0xcafe, fmt.Sprint("receiver ", addrs[i+1]))
 	}
 	testkit.Silent(t, conns[0], "removed receiver")
-}
-
-func rtp(ssrc uint32, seq uint16) []byte {
-	b := make([]byte, 200)
-	b[0], b[1] = 0x80, 96
-	binary.BigEndian.PutUint16(b[2:], seq)
-	binary.BigEndian.PutUint32(b[8:], ssrc)
-	for i := 12; i < len(b); i++ {
-		b[i] = byte(i) ^ byte(seq)
-	}
-	return b
-}
-
-// readExactly reads packets from..to-1 at c, each once and intact, then
-// checks nothing more comes.
-func readExactly(t *testing.T, c *net.UDPConn, from, to int, what string) {
-	t.Helper()
-	seen := map[uint16]bool{}
-	buf := make([]byte, 2048)
-	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	for len(seen) < to-from {
-		n, _, err := c.ReadFromUDPAddrPort(buf)
-		if err != nil {
-			t.Fatalf("%s: %d of %d packets: %v", what, len(seen), to-from, err)
-		}
-		seq := binary.BigEndian.Uint16(buf[2:])
-		if int(seq) < from || int(seq) >= to || seen[seq] || string(buf[:n]) != string(rtp(0xcafe, seq)) {
-			t.Fatalf("%s: unexpected, duplicate or altered packet %d", what, seq)
-		}
-		seen[seq] = true
-	}
-	testkit.Silent(t, c, what)
 }

@@ -295,6 +295,24 @@ func (c *Client) Tracks() []*RecvStats {
 	return append([]*RecvStats(nil), c.tracks...)
 }
 
+// Receives reports whether at least video video tracks and audio audio
+// tracks have each brought the client min packets or more.
+func (c *Client) Receives(video, audio int, min uint64) bool {
+	var v, a int
+	for _, t := range c.Tracks() {
+		if t.Packets() < min {
+			continue
+		}
+		switch t.Kind {
+		case "video":
+			v++
+		case "audio":
+			a++
+		}
+	}
+	return v >= video && a >= audio
+}
+
 // PC returns the peer connection (after a rejoin, the new one).
 func (c *Client) PC() *webrtc.PeerConnection {
 	c.pcMu.RLock()

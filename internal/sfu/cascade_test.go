@@ -183,7 +183,7 @@ func TestCascadeRoomSpansNodes(t *testing.T) {
 	subC := dial("nodeC", loadgen.ClientConfig{Room: "r1", Identity: "sub-c", Subscribe: true})
 	for name, sub := range map[string]*loadgen.Client{"B": subB, "C": subC} {
 		testkit.WaitFor(t, 20*time.Second, "the subscriber on "+name+" receiving A's video and audio", func() bool {
-			return received(sub, 1, 1, 50)
+			return sub.Receives(1, 1, 50)
 		})
 	}
 	mu.Lock()

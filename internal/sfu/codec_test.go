@@ -47,11 +47,11 @@ func TestUnsupportedSubscribedTrackDoesNotFailAnswer(t *testing.T) {
 	<-sub.Connected()
 	// A VP8 + Opus publisher: the subscriber can only take its audio.
 	h.dial(loadgen.ClientConfig{Room: "codec", Identity: "pub1", Publish: true, VideoBitrate: 300_000})
-	testkit.WaitFor(t, 15*time.Second, "pub1's audio at the H264-only subscriber", func() bool { return received(sub, 0, 1, 20) })
+	testkit.WaitFor(t, 15*time.Second, "pub1's audio at the H264-only subscriber", func() bool { return sub.Receives(0, 1, 20) })
 	// An audio-only publisher joining afterwards still reaches it: the
 	// failed video does not wedge the subscriber's negotiation.
 	h.dial(loadgen.ClientConfig{Room: "codec", Identity: "pub2", Publish: true, VideoBitrate: -1})
-	testkit.WaitFor(t, 15*time.Second, "pub2's audio too", func() bool { return received(sub, 0, 2, 20) })
+	testkit.WaitFor(t, 15*time.Second, "pub2's audio too", func() bool { return sub.Receives(0, 2, 20) })
 	if n := testutilCounter(h.s.m.badSDP); n != 0 {
 		t.Fatalf("node refused %v offers/answers as bad", n)
 	}

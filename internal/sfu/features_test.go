@@ -69,7 +69,7 @@ func TestKeyframeRequestsThrottled(t *testing.T) {
 	pub := h.dial(loadgen.ClientConfig{Room: "k", Identity: "pub", Publish: true, VideoBitrate: 200_000})
 	sub := h.dial(loadgen.ClientConfig{Room: "k", Identity: "sub", Subscribe: true})
 	<-pub.Connected()
-	testkit.WaitFor(t, 10*time.Second, "video at the subscriber", func() bool { return received(sub, 1, 1, 10) })
+	testkit.WaitFor(t, 10*time.Second, "video at the subscriber", func() bool { return sub.Receives(1, 1, 10) })
 	var ssrc uint32
 	for _, tr := range sub.PC().GetTransceivers() {
 		if r := tr.Receiver(); r != nil && r.Track() != nil && r.Track().Kind() == webrtc.RTPCodecTypeVideo {

@@ -55,7 +55,7 @@ func TestLoadFeedbackClients(t *testing.T) {
 		st := h.s.feedback.Stats()
 		sst, _ := h.s.Subscriber("sub")
 		return st.SenderReport > 0 && st.TWCC > 0 && testutilCounter(h.s.m.twccFeedback) > 0 && sst.TWCC > 0 && rrs() > 0 &&
-			received(sub, 1, 1, 50)
+			sub.Receives(1, 1, 50)
 	})
 	st := h.s.feedback.Stats()
 	t.Logf("node: publisher SRs %d, TWCC feedback to publisher %d, NACKs %d; subscriber TWCC feedback %v, RRs %d",

@@ -253,7 +253,7 @@ func TestGlareClientOfferWins(t *testing.T) {
 	b.publishVideo()
 	b.answerFromNowOn()
 	deadline := time.Now().Add(15 * time.Second)
-	for !(b.receives("a", "audio", 5) && received(a, 1, 0, 5)) {
+	for !(b.receives("a", "audio", 5) && a.Receives(1, 0, 5)) {
 		if time.Now().After(deadline) {
 			t.Fatalf("b does not receive a's audio or a not b's video: b %s", b.describe())
 		}

@@ -94,7 +94,7 @@ func TestFiftyPeerConnectionsOneUDPSocketOneTCPListener(t *testing.T) {
 			want = publishers - 1
 		}
 		testkit.WaitFor(t, 20*time.Second, fmt.Sprintf("client %d receiving %d publishers", i, want), func() bool {
-			return received(c, want, want, 10)
+			return c.Receives(want, want, 10)
 		})
 	}
 	if n := h.s.Sessions(); n != rooms*perRoom {

@@ -62,9 +62,9 @@ func (h *harness) meshWithTCP(room string, videoBitrate int, min uint64) {
 	}
 	tcp := h.dial(loadgen.ClientConfig{Room: room, Identity: "tcp", Subscribe: true, TCP: true})
 	for _, c := range clients {
-		testkit.WaitFor(h.t, 15*time.Second, "2 videos and 2 audios at every client", func() bool { return received(c, 2, 2, min) })
+		testkit.WaitFor(h.t, 15*time.Second, "2 videos and 2 audios at every client", func() bool { return c.Receives(2, 2, min) })
 	}
-	testkit.WaitFor(h.t, 15*time.Second, "3 videos and 3 audios at the ICE-TCP client", func() bool { return received(tcp, 3, 3, min) })
+	testkit.WaitFor(h.t, 15*time.Second, "3 videos and 3 audios at the ICE-TCP client", func() bool { return tcp.Receives(3, 3, min) })
 }
 
 // TestOwnPathRoom runs a room of three on the own data path, the

@@ -28,7 +28,7 @@ func TestOwnRTCPSend(t *testing.T) {
 	h := newHarness(t, Config{})
 	p, _ := h.dialProbe("rtcp")
 	sub := h.dial(loadgen.ClientConfig{Room: "rtcp", Identity: "sub", Subscribe: true})
-	testkit.WaitFor(t, 15*time.Second, "the subscriber to get audio and video", func() bool { return received(sub, 1, 1, 50) })
+	testkit.WaitFor(t, 15*time.Second, "the subscriber to get audio and video", func() bool { return sub.Receives(1, 1, 50) })
 
 	var fb *rtpfeedback.Interceptor
 	h.s.mu.Lock()

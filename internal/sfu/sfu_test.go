@@ -143,22 +143,6 @@ func (h *harness) dialWith(api *webrtc.API, cfg loadgen.ClientConfig) *loadgen.C
 
 // received reports whether c receives n tracks of the kinds given, each
 // having delivered at least min packets.
-func received(c *loadgen.Client, video, audio int, min uint64) bool {
-	var v, a int
-	for _, t := range c.Tracks() {
-		if t.Packets() < min {
-			continue
-		}
-		switch t.Kind {
-		case "video":
-			v++
-		case "audio":
-			a++
-		}
-	}
-	return v >= video && a >= audio
-}
-
 func TestRoomForwardsAudioAndVideo(t *testing.T) {
 	h := newHarness(t, Config{})
 	events := make(chan bus.RoomEvent, 64)
@@ -174,7 +158,7 @@ func TestRoomForwardsAudioAndVideo(t *testing.T) {
 	}
 	for i, c := range clients {
 		testkit.WaitFor(t, 15*time.Second, fmt.Sprintf("p%d receiving 2 videos and 2 audios", i), func() bool {
-			return received(c, 2, 2, 20)
+			return c.Receives(2, 2, 20)
 		})
 	}
 	if h.s.Forwarded() == 0 {
@@ -277,7 +261,7 @@ func TestConcurrentJoins(t *testing.T) {
 			want--
 		}
 		deadline := time.Now().Add(20 * time.Second)
-		for !received(c, want, want, 5) {
+		for !c.Receives(want, want, 5) {
 			if time.Now().After(deadline) {
 				var desc []string
 				for _, tr := range c.Tracks() {
@@ -302,7 +286,7 @@ func TestPionBatched(t *testing.T) {
 	a := h.dial(loadgen.ClientConfig{Room: "b", Identity: "a", Publish: true, Subscribe: true, VideoBitrate: 200_000})
 	b := h.dial(loadgen.ClientConfig{Room: "b", Identity: "b", Publish: true, Subscribe: true, VideoBitrate: 200_000})
 	for _, c := range []*loadgen.Client{a, b} {
-		testkit.WaitFor(t, 15*time.Second, "media both ways", func() bool { return received(c, 1, 1, 20) })
+		testkit.WaitFor(t, 15*time.Second, "media both ways", func() bool { return c.Receives(1, 1, 20) })
 	}
 	if h.s.batch.Stats().Writes == 0 || h.s.batch.Stats().Batches == 0 {
 		t.Fatal("nothing went through the batched writer")

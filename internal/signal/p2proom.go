@@ -22,7 +22,6 @@ package signal
 // local members (the registry is per process); docs/signal.md says so.
 
 import (
-	"context"
 	"fmt"
 	"sync"
 
@@ -281,14 +280,7 @@ func (ss *session) releaseSFU() error {
 	ss.relinking.Store(true)
 	_ = old.Close()
 	ss.relinking.Store(false)
-	ctx, cancel := context.WithTimeout(ss.ctx, ss.s.cfg.RequestTimeout)
-	defer cancel()
-	var addr string
-	if ss.client.IsValid() {
-		addr = ss.client.String()
-	}
-	link, err := ss.s.cfg.Backend.Join(ctx, node, JoinRequest{Room: claims.Room, Identity: claims.Identity,
-		Session: pid, Publish: claims.Publish, Subscribe: claims.Subscribe, Client: addr}, ss.nodeEvent)
+	link, err := ss.joinNode(node, claims, pid)
 	if err != nil {
 		return ss.nodeError(err)
 	}

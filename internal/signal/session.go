@@ -251,6 +251,19 @@ func (ss *session) nodeError(err error) error {
 	return fmt.Errorf("%w: %w", ErrNode, err)
 }
 
+// joinNode asks node, within Config.RequestTimeout, to take this client
+// into the room of claims as participant pid.
+func (ss *session) joinNode(node Node, claims Claims, pid string) (Link, error) {
+	ctx, cancel := context.WithTimeout(ss.ctx, ss.s.cfg.RequestTimeout)
+	defer cancel()
+	var addr string
+	if ss.client.IsValid() {
+		addr = ss.client.String()
+	}
+	return ss.s.cfg.Backend.Join(ctx, node, JoinRequest{Room: claims.Room, Identity: claims.Identity,
+		Session: pid, Publish: claims.Publish, Subscribe: claims.Subscribe, Client: addr}, ss.nodeEvent)
+}
+
 func (ss *session) join(token string) error {
 	claims, err := ParseToken(ss.s.cfg.Key, token, ss.s.cfg.Now())
 	if err != nil {
@@ -262,14 +275,7 @@ func (ss *session) join(token string) error {
 		return err
 	}
 	pid := randomID(8)
-	ctx, cancel := context.WithTimeout(ss.ctx, ss.s.cfg.RequestTimeout)
-	defer cancel()
-	var addr string
-	if ss.client.IsValid() {
-		addr = ss.client.String()
-	}
-	link, err := ss.s.cfg.Backend.Join(ctx, node, JoinRequest{Room: claims.Room, Identity: claims.Identity,
-		Session: pid, Publish: claims.Publish, Subscribe: claims.Subscribe, Client: addr}, ss.nodeEvent)
+	link, err := ss.joinNode(node, claims, pid)
 	if err != nil {
 		ss.s.unplace(claims.Room, node.ID)
 		return ss.nodeError(err)

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/traverse-rtc/traverse/internal/loadgen"
+	"github.com/traverse-rtc/traverse/internal/loadgen/loadgentest"
 	"github.com/traverse-rtc/traverse/internal/signal"
 	"github.com/traverse-rtc/traverse/internal/testkit"
 )
@@ -64,14 +65,8 @@ func TestCascadeProcesses(t *testing.T) {
 		testkit.WaitFor(t, 15*time.Second, "signal routing the next client of r1 to "+want, func() bool {
 			return routeOf(http, "10.0.0.1", "r1") == want
 		})
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		defer cancel()
 		sig := loadgen.NewWSSignaler("ws://"+http+"/ws", token)
-		cl, err := loadgen.Dial(ctx, api, sig, cfg)
-		if err != nil {
-			t.Fatalf("dial %s: %v", cfg.Identity, err)
-		}
-		t.Cleanup(func() { cl.Close() })
+		cl := loadgentest.Dial(t, api, sig, cfg)
 		if sig.Node() != want {
 			t.Fatalf("%s joined %s, want %s", cfg.Identity, sig.Node(), want)
 		}

@@ -2,7 +2,6 @@ package cluster_test
 
 import (
 	"bytes"
-	"context"
 	"net/netip"
 	"testing"
 	"time"
@@ -14,6 +13,7 @@ import (
 	"github.com/traverse-rtc/traverse/internal/cluster/clustertest"
 	"github.com/traverse-rtc/traverse/internal/controller"
 	"github.com/traverse-rtc/traverse/internal/loadgen"
+	"github.com/traverse-rtc/traverse/internal/loadgen/loadgentest"
 	"github.com/traverse-rtc/traverse/internal/sfu"
 	"github.com/traverse-rtc/traverse/internal/testkit"
 )
@@ -90,14 +90,7 @@ func TestCascadeThreeNodes(t *testing.T) {
 	}
 	dial := func(node string, cfg loadgen.ClientConfig) *loadgen.Client {
 		t.Helper()
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		defer cancel()
-		cl, err := loadgen.Dial(ctx, api, loadgen.NewBusSignaler(sig, node), cfg)
-		if err != nil {
-			t.Fatalf("dial %s on %s: %v", cfg.Identity, node, err)
-		}
-		t.Cleanup(func() { cl.Close() })
-		return cl
+		return loadgentest.Dial(t, api, loadgen.NewBusSignaler(sig, node), cfg)
 	}
 	subB := dial("nodeB", loadgen.ClientConfig{Room: "r1", Identity: "sub-b", Subscribe: true})
 	subC := dial("nodeC", loadgen.ClientConfig{Room: "r1", Identity: "sub-c", Subscribe: true})

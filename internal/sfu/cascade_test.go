@@ -2,7 +2,6 @@ package sfu
 
 import (
 	"bytes"
-	"context"
 	"net"
 	"net/netip"
 	"sync"
@@ -15,6 +14,7 @@ import (
 	"github.com/traverse-rtc/traverse/internal/bus"
 	"github.com/traverse-rtc/traverse/internal/cascade/relay"
 	"github.com/traverse-rtc/traverse/internal/loadgen"
+	"github.com/traverse-rtc/traverse/internal/loadgen/loadgentest"
 	"github.com/traverse-rtc/traverse/internal/testkit"
 )
 
@@ -162,14 +162,7 @@ func TestCascadeRoomSpansNodes(t *testing.T) {
 	}
 	dial := func(node string, cfg loadgen.ClientConfig) *loadgen.Client {
 		t.Helper()
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		defer cancel()
-		cl, err := loadgen.Dial(ctx, api, loadgen.NewBusSignaler(bc, node), cfg)
-		if err != nil {
-			t.Fatalf("dial %s on %s: %v", cfg.Identity, node, err)
-		}
-		t.Cleanup(func() { cl.Close() })
-		return cl
+		return loadgentest.Dial(t, api, loadgen.NewBusSignaler(bc, node), cfg)
 	}
 	// B's subscriber is in the room before the publisher (renegotiated
 	// when the remote tracks come); C's joins after (offered at join).

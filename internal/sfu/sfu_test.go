@@ -12,6 +12,7 @@ import (
 
 	"github.com/traverse-rtc/traverse/internal/bus"
 	"github.com/traverse-rtc/traverse/internal/loadgen"
+	"github.com/traverse-rtc/traverse/internal/loadgen/loadgentest"
 	"github.com/traverse-rtc/traverse/internal/testkit"
 )
 
@@ -131,18 +132,9 @@ func (h *harness) dial(cfg loadgen.ClientConfig) *loadgen.Client {
 // ends.
 func (h *harness) dialWith(api *webrtc.API, cfg loadgen.ClientConfig) *loadgen.Client {
 	h.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	c, err := loadgen.Dial(ctx, api, loadgen.NewBusSignaler(h.bc, "node1"), cfg)
-	if err != nil {
-		h.t.Fatalf("dial %s: %v", cfg.Identity, err)
-	}
-	h.t.Cleanup(func() { c.Close() })
-	return c
+	return loadgentest.Dial(h.t, api, loadgen.NewBusSignaler(h.bc, "node1"), cfg)
 }
 
-// received reports whether c receives n tracks of the kinds given, each
-// having delivered at least min packets.
 func TestRoomForwardsAudioAndVideo(t *testing.T) {
 	h := newHarness(t, Config{})
 	events := make(chan bus.RoomEvent, 64)

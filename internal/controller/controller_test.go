@@ -166,6 +166,21 @@ type fakeNode struct {
 	done chan struct{}
 }
 
+// leaderAndSignal starts a one-server cluster with controller ctl-a
+// leading, and a signal connection whose NodeDown messages arrive on downs.
+func leaderAndSignal(t *testing.T) (c *clustertest.Cluster, a *running, sig *bus.Client, downs chan bus.NodeDown) {
+	t.Helper()
+	c = clustertest.Start(t, 1)
+	a = startController(t, c, "ctl-a")
+	leader(t, 10*time.Second, a)
+	sig = c.Connect("sig", bus.RoleSignal, "")
+	downs = make(chan bus.NodeDown, 10)
+	if _, err := sig.SubscribeNodeDown(func(d bus.NodeDown) { downs <- d }); err != nil {
+		t.Fatal(err)
+	}
+	return c, a, sig, downs
+}
+
 func startNode(t *testing.T, c *clustertest.Cluster, id, region string) *fakeNode {
 	t.Helper()
 	n := &fakeNode{bc: c.Connect(id, bus.RoleNode, id), id: id, stop: make(chan struct{}), done: make(chan struct{})}
@@ -208,14 +223,7 @@ func (n *fakeNode) event(t *testing.T, typ bus.RoomEventType, room, session stri
 // rooms are marked for re-placement, and the room's first join on another
 // node moves it.
 func TestControllerNodeDead(t *testing.T) {
-	c := clustertest.Start(t, 1)
-	a := startController(t, c, "ctl-a")
-	leader(t, 10*time.Second, a)
-	sig := c.Connect("sig", bus.RoleSignal, "")
-	downs := make(chan bus.NodeDown, 10)
-	if _, err := sig.SubscribeNodeDown(func(d bus.NodeDown) { downs <- d }); err != nil {
-		t.Fatal(err)
-	}
+	c, _, sig, downs := leaderAndSignal(t)
 	n1, n2 := startNode(t, c, "sfu-1", "eu"), startNode(t, c, "sfu-2", "us")
 	n1.event(t, bus.EventParticipantJoined, "r1", "s1")
 	n1.event(t, bus.EventParticipantJoined, "r1", "s2")
@@ -267,14 +275,7 @@ func TestControllerNodeDead(t *testing.T) {
 // subject is not its own), cannot announce for another node, and
 // malformed events are dropped and counted; the controller keeps working.
 func TestControllerForgery(t *testing.T) {
-	c := clustertest.Start(t, 1)
-	a := startController(t, c, "ctl-a")
-	leader(t, 10*time.Second, a)
-	sig := c.Connect("sig", bus.RoleSignal, "")
-	downs := make(chan bus.NodeDown, 10)
-	if _, err := sig.SubscribeNodeDown(func(d bus.NodeDown) { downs <- d }); err != nil {
-		t.Fatal(err)
-	}
+	c, a, sig, downs := leaderAndSignal(t)
 	evil := c.Connect("evil", bus.RoleNode, "evil")
 	if err := evil.PublishNodeDown(bus.NodeDown{Node: "sfu-1", Reason: "dead", Controller: "ctl-a", Lease: 1}); err != nil {
 		t.Fatal(err)

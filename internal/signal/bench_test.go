@@ -2,7 +2,6 @@ package signal
 
 import (
 	"net/netip"
-	"strings"
 	"testing"
 	"time"
 )
@@ -41,7 +40,7 @@ func BenchmarkParseOffer(b *testing.B) {
 }
 
 func BenchmarkRewriteSDP(b *testing.B) {
-	answer := strings.Replace(browserOffer, "a=mid:0\r\n", "a=mid:0\r\na=candidate:1 1 udp 2130706431 10.0.0.5 7882 typ host\r\n", 1)
+	answer := nodeAnswer
 	pub := netip.MustParseAddr("203.0.113.7")
 	b.ReportAllocs()
 	for b.Loop() {

@@ -12,12 +12,20 @@ import (
 	"github.com/traverse-rtc/traverse/internal/testkit"
 )
 
+// nodeAnswer is an SFU node's answer to browserOffer: one host candidate.
+var nodeAnswer = strings.Replace(browserOffer, "a=mid:0\r\n", "a=mid:0\r\na=candidate:1 1 udp 2130706431 10.0.0.5 7882 typ host\r\n", 1)
+
+// nodeAndSignal starts an embedded bus and connects node n1 and a signal
+// server to it.
+func nodeAndSignal(t *testing.T) (nodeBus, sigBus *bus.Client) {
+	emb := bustest.Start(t)
+	return bustest.Connect(t, emb, bus.RoleNode, "n1"), bustest.Connect(t, emb, bus.RoleSignal, "")
+}
+
 // TestBusBackend runs signal's Server over a real embedded NATS bus against
 // a scripted node: join, renegotiation from the node, room events, leave.
 func TestBusBackend(t *testing.T) {
-	emb := bustest.Start(t)
-	connect := func(role bus.Role, node string) *bus.Client { return bustest.Connect(t, emb, role, node) }
-	nodeBus, sigBus := connect(bus.RoleNode, "n1"), connect(bus.RoleSignal, "")
+	nodeBus, sigBus := nodeAndSignal(t)
 
 	var mu sync.Mutex
 	var got []bus.Request
@@ -31,7 +39,7 @@ func TestBusBackend(t *testing.T) {
 			if !r.Join.Publish || r.Join.Room != "r1" {
 				return bus.Reply{}, bus.Errorf(bus.StatusBadRequest, "unexpected join %+v", r.Join)
 			}
-			return bus.Reply{SDP: strings.Replace(browserOffer, "a=mid:0\r\n", "a=mid:0\r\na=candidate:1 1 udp 2130706431 10.0.0.5 7882 typ host\r\n", 1)}, nil
+			return bus.Reply{SDP: nodeAnswer}, nil
 		case bus.RequestOffer:
 			return bus.Reply{}, bus.Errorf(bus.StatusBadRequest, "no renegotiation here")
 		case bus.RequestLayer:

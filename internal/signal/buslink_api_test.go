@@ -3,13 +3,11 @@ package signal
 import (
 	"context"
 	"net/http/httptest"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/traverse-rtc/traverse/internal/bus"
-	"github.com/traverse-rtc/traverse/internal/bus/bustest"
 	"github.com/traverse-rtc/traverse/internal/testkit"
 )
 
@@ -19,15 +17,13 @@ import (
 // publisher's node (which stops forwarding: internal/sfu TestMuteTrack),
 // and only then a mute message to the client.
 func TestRoomAPIOverTheBus(t *testing.T) {
-	emb := bustest.Start(t)
-	connect := func(role bus.Role, node string) *bus.Client { return bustest.Connect(t, emb, role, node) }
-	nodeBus, sigBus := connect(bus.RoleNode, "n1"), connect(bus.RoleSignal, "")
+	nodeBus, sigBus := nodeAndSignal(t)
 	var mu sync.Mutex
 	var mutes []bus.Request
 	if _, err := nodeBus.HandleRequests("n1", func(_ context.Context, r bus.Request) (bus.Reply, error) {
 		switch r.Type {
 		case bus.RequestJoin:
-			return bus.Reply{SDP: strings.Replace(browserOffer, "a=mid:0\r\n", "a=mid:0\r\na=candidate:1 1 udp 2130706431 10.0.0.5 7882 typ host\r\n", 1)}, nil
+			return bus.Reply{SDP: nodeAnswer}, nil
 		case bus.RequestStats:
 			return bus.Reply{Stats: &bus.SessionStats{Path: "relay", Remote: "198.51.100.9:50000", BitrateIn: 1_500_000, BitrateOut: 900_000}}, nil
 		case bus.RequestMute:

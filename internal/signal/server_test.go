@@ -47,7 +47,7 @@ func (l *fakeLink) Offer(_ context.Context, sdp, ufrag string) (string, error) {
 	l.b.mu.Lock()
 	l.b.ufrags = append(l.b.ufrags, ufrag)
 	l.b.mu.Unlock()
-	return strings.Replace(browserOffer, "a=mid:0\r\n", "a=mid:0\r\na=candidate:1 1 udp 2130706431 10.0.0.5 7882 typ host\r\n", 1), nil
+	return nodeAnswer, nil
 }
 func (l *fakeLink) Answer(context.Context, string) error { return nil }
 func (l *fakeLink) Candidate(_ context.Context, c Candidate) error {

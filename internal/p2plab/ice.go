@@ -110,9 +110,9 @@ func (e *Env) iceAgent(h *netlab.Host) (*ice.Agent, error) {
 // ConnectICE is Connect with two pion/ice agents (trickle ICE over an
 // in-process channel, the caller controlling).
 func (e *Env) ConnectICE(ctx context.Context, a, b string, timeout time.Duration) Run {
-	ha, hb := e.hosts["a/"+a], e.hosts["b/"+b]
-	if ha == nil || hb == nil {
-		return Run{Err: fmt.Errorf("p2plab: kinds %s/%s not built", a, b)}
+	ha, hb, err := e.pair(a, b)
+	if err != nil {
+		return Run{Err: err}
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()

@@ -33,10 +33,20 @@ type Run struct {
 	Err           error
 }
 
-// connectPair connects the caller ha (signaling sa) and the callee hb
-// (sb) at once, as two peers do; a side that connected is returned even
-// when the other failed, for the caller to close.
-func (e *Env) connectPair(ctx context.Context, sa, sb p2p.Signaler, ha, hb *side, extra []p2p.Option) (ca, cb *p2p.Conn, err error) {
+// pair finds the built hosts of kinds a (caller's side) and b.
+func (e *Env) pair(a, b string) (ha, hb *side, err error) {
+	ha, hb = e.hosts["a/"+a], e.hosts["b/"+b]
+	if ha == nil || hb == nil {
+		return nil, nil, fmt.Errorf("p2plab: kinds %s/%s not built", a, b)
+	}
+	return ha, hb, nil
+}
+
+// connectPair connects the caller ha (kind a) and the callee hb (kind b)
+// at once, as two peers do, signaling over a pipe; closePair closes both.
+// When either fails, a side that connected is closed.
+func (e *Env) connectPair(ctx context.Context, a, b string, ha, hb *side, extra []p2p.Option) (ca, cb *p2p.Conn, closePair func(), err error) {
+	sa, sb := p2p.Pipe("a-"+a, "b-"+b)
 	type res struct {
 		c   *p2p.Conn
 		err error
@@ -48,33 +58,37 @@ func (e *Env) connectPair(ctx context.Context, sa, sb p2p.Signaler, ha, hb *side
 	}()
 	ca, errA := p2p.Connect(ctx, sa, e.options(ha.host, append(e.extraOptions(ha), extra...))...)
 	rb := <-done
-	if errA != nil || rb.err != nil {
-		err = fmt.Errorf("connect: %v / %v", errA, rb.err)
+	cb = rb.c
+	closePair = func() {
+		if cb != nil {
+			cb.Close()
+		}
+		if ca != nil {
+			ca.Close()
+		}
 	}
-	return ca, rb.c, err
+	if errA != nil || rb.err != nil {
+		closePair()
+		return nil, nil, nil, fmt.Errorf("connect: %v / %v", errA, rb.err)
+	}
+	return ca, cb, closePair, nil
 }
 
 // Connect connects a host of kind a with one of kind b and sends media
 // both ways until each side has received some (or timeout).
 func (e *Env) Connect(ctx context.Context, a, b string, timeout time.Duration, extra ...p2p.Option) Run {
-	ha, hb := e.hosts["a/"+a], e.hosts["b/"+b]
-	if ha == nil || hb == nil {
-		return Run{Err: fmt.Errorf("p2plab: kinds %s/%s not built", a, b)}
-	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	sa, sb := p2p.Pipe("a-"+a, "b-"+b)
-	start := time.Now()
-	ca, cb, err := e.connectPair(ctx, sa, sb, ha, hb, extra)
-	if ca != nil {
-		defer ca.Close()
-	}
-	if cb != nil {
-		defer cb.Close()
-	}
+	ha, hb, err := e.pair(a, b)
 	if err != nil {
 		return Run{Err: err}
 	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	start := time.Now()
+	ca, cb, closePair, err := e.connectPair(ctx, a, b, ha, hb, extra)
+	if err != nil {
+		return Run{Err: err}
+	}
+	defer closePair()
 	var wg sync.WaitGroup
 	var first time.Duration
 	var path p2p.PathKind

@@ -30,9 +30,9 @@ type UpgradeRun struct {
 // to b every interval, opens the direct path after hold, and measures how
 // long the flow takes to move onto it and what the callee got.
 func (e *Env) Upgrade(ctx context.Context, a, b string, interval, hold time.Duration, extra ...p2p.Option) UpgradeRun {
-	ha, hb := e.hosts["a/"+a], e.hosts["b/"+b]
-	if ha == nil || hb == nil {
-		return UpgradeRun{Err: fmt.Errorf("p2plab: kinds %s/%s not built", a, b)}
+	ha, hb, err := e.pair(a, b)
+	if err != nil {
+		return UpgradeRun{Err: err}
 	}
 	if err := ha.host.BlockUDP(hb.public); err != nil {
 		return UpgradeRun{Err: err}
@@ -40,18 +40,12 @@ func (e *Env) Upgrade(ctx context.Context, a, b string, interval, hold time.Dura
 	defer ha.host.UnblockUDP()
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	sa, sb := p2p.Pipe("a-"+a, "b-"+b)
 	extra = append([]p2p.Option{p2p.WithDirectTimeout(500 * time.Millisecond)}, extra...)
-	ca, cb, err := e.connectPair(ctx, sa, sb, ha, hb, extra)
-	if ca != nil {
-		defer ca.Close()
-	}
-	if cb != nil {
-		defer cb.Close()
-	}
+	ca, cb, closePair, err := e.connectPair(ctx, a, b, ha, hb, extra)
 	if err != nil {
 		return UpgradeRun{Err: err}
 	}
+	defer closePair()
 	from := ca.Path().Kind
 	if from == p2p.PathDirect {
 		return UpgradeRun{Err: fmt.Errorf("direct although blocked")}

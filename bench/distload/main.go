@@ -36,6 +36,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/traverse-rtc/traverse/internal/procstat"
 	"github.com/traverse-rtc/traverse/internal/udpio"
 )
 
@@ -233,48 +234,16 @@ func run(mode string, target netip.AddrPort, api, token string, pid, fan, pps, s
 type cpu struct{ server, self, softirq float64 }
 
 func snapshot(pid int) cpu {
-	c := cpu{self: procCPU("self")}
-	if pid > 0 {
-		c.server = procCPU(strconv.Itoa(pid))
-	}
-	c.softirq = softirq()
+	self, _ := procstat.Read("self")
+	m, _ := procstat.ReadMachine()
+	c := cpu{self: self.CPU(), server: procstat.ReadPID(pid).CPU(), softirq: m.SoftIRQ}
 	ks, _ := filepath.Glob("/proc/[0-9]*/comm")
 	for _, f := range ks {
 		b, err := os.ReadFile(f)
 		if err == nil && strings.HasPrefix(string(b), "ksoftirqd/") {
-			c.softirq += procCPU(filepath.Base(filepath.Dir(f)))
+			k, _ := procstat.Read(filepath.Base(filepath.Dir(f)))
+			c.softirq += k.CPU()
 		}
 	}
 	return c
-}
-
-const hz = 100 // USER_HZ on Linux
-
-// procCPU is utime+stime of /proc/<p>/stat in seconds (children included
-// for self: none).
-func procCPU(p string) float64 {
-	b, err := os.ReadFile("/proc/" + p + "/stat")
-	if err != nil {
-		return 0
-	}
-	s := string(b)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-	ut, _ := strconv.ParseFloat(f[11], 64)
-	st, _ := strconv.ParseFloat(f[12], 64)
-	return (ut + st) / hz
-}
-
-// softirq is the softirq time of every CPU (/proc/stat), in seconds.
-func softirq() float64 {
-	b, err := os.ReadFile("/proc/stat")
-	if err != nil {
-		return 0
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(l); len(f) > 7 && f[0] == "cpu" {
-			v, _ := strconv.ParseFloat(f[7], 64)
-			return v / hz
-		}
-	}
-	return 0
 }

@@ -7,7 +7,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
 	"encoding/json"
@@ -29,6 +28,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/traverse-rtc/traverse/internal/mediaproxy"
+	"github.com/traverse-rtc/traverse/internal/procstat"
 )
 
 var (
@@ -227,32 +227,13 @@ type snap struct {
 
 func snapshot(recv uint64) snap {
 	s := snap{recv: recv}
-	hz := 100.0
-	if *pid > 0 {
-		if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", *pid)); err == nil {
-			f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+2:]))
-			u, _ := strconv.ParseFloat(f[11], 64)
-			st, _ := strconv.ParseFloat(f[12], 64)
-			s.proxy, s.proxyUser = (u+st)/hz, u/hz
-		}
-	}
+	p := procstat.ReadPID(*pid)
+	s.proxy, s.proxyUser = p.CPU(), p.User
 	var ru syscall.Rusage
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	s.self = float64(ru.Utime.Nano()+ru.Stime.Nano()) / 1e9
-	if b, err := os.ReadFile("/proc/stat"); err == nil {
-		line, _, _ := strings.Cut(string(b), "\n")
-		f := strings.Fields(line)[1:]
-		var busy float64
-		for i, v := range f {
-			x, _ := strconv.ParseFloat(v, 64)
-			if i == 3 || i == 4 || i >= 8 { // idle, iowait, steal, guest (guest is in user already)
-				continue
-			}
-			busy += x
-		}
-		si, _ := strconv.ParseFloat(f[6], 64)
-		s.busy, s.softirq = busy/hz, si/hz
-	}
+	m, _ := procstat.ReadMachine()
+	s.busy, s.softirq = m.Busy, m.SoftIRQ
 	return s
 }
 

@@ -21,12 +21,11 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/traverse-rtc/traverse/internal/procstat"
 	"github.com/traverse-rtc/traverse/internal/udpio"
 )
 
@@ -148,14 +147,14 @@ func load(ctx context.Context, server string, pid, rooms, pubs, subs int, dur ti
 	}
 	time.Sleep(time.Second)
 	r0, s0 := received.Load(), sent.Load()
-	cpu0 := cpuSeconds(pid)
+	cpu0 := procstat.ReadPID(pid).CPU()
 	t0 := time.Now()
 	select {
 	case <-time.After(dur):
 	case <-ctx.Done():
 	}
 	secs := time.Since(t0).Seconds()
-	cpu := cpuSeconds(pid) - cpu0
+	cpu := procstat.ReadPID(pid).CPU() - cpu0
 	got := received.Load() - r0
 	res := map[string]any{
 		"rooms": rooms, "publishers_per_room": pubs, "subscribers_per_room": subs,
@@ -211,19 +210,4 @@ func publish(ctx context.Context, c *net.UDPConn, dst *net.UDPAddr, bitrate int,
 			tick = due
 		}
 	}
-}
-
-func cpuSeconds(pid int) float64 {
-	if pid <= 0 {
-		return 0
-	}
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	s := string(b)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-	ut, _ := strconv.ParseFloat(f[11], 64)
-	st, _ := strconv.ParseFloat(f[12], 64)
-	return (ut + st) / 100
 }

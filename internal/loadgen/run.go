@@ -5,14 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
-	"os"
 	"slices"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/pion/webrtc/v4"
+	"github.com/traverse-rtc/traverse/internal/procstat"
 )
 
 // Config is one load run: Rooms rooms, each with Publishers participants
@@ -136,7 +134,7 @@ func Run(ctx context.Context, api *webrtc.API, cfg Config) (Summary, error) {
 		wg.Wait()
 	}()
 
-	_, cfg.serverRSS0 = procStat(cfg.ServerPID)
+	cfg.serverRSS0 = procstat.ReadPID(cfg.ServerPID).RSS
 	if cfg.JanusURL != "" {
 		return runJanus(ctx, api, cfg, specs2(specs), sum)
 	}
@@ -214,7 +212,8 @@ func measure(ctx context.Context, cfg Config, clients []*Client, errs []error, s
 	}
 	before := totalsOf(clients)
 	sent0 := sentBy(clients)
-	cpu0, rss1 := procStat(cfg.ServerPID)
+	p := procstat.ReadPID(cfg.ServerPID)
+	cpu0, rss1 := p.CPU(), p.RSS
 	t0 := time.Now()
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
@@ -340,7 +339,7 @@ func (sum *Summary) addServer(cfg Config, cpu0 float64, rss1 uint64, secs float6
 	if cfg.ServerPID <= 0 {
 		return
 	}
-	cpu1, _ := procStat(cfg.ServerPID)
+	cpu1 := procstat.ReadPID(cfg.ServerPID).CPU()
 	sum.ServerCPUSeconds = cpu1 - cpu0
 	sum.ServerCPUPercent = 100 * sum.ServerCPUSeconds / secs
 	if sum.PacketsReceived > 0 {
@@ -385,32 +384,6 @@ func sentBy(clients []*Client) (n uint64) {
 		}
 	}
 	return n
-}
-
-// procStat returns a process's CPU time (utime+stime) in seconds and its
-// resident set in bytes; zeros when pid is 0 or unreadable.
-func procStat(pid int) (float64, uint64) {
-	if pid <= 0 {
-		return 0, 0
-	}
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, 0
-	}
-	// Fields after the parenthesised command name, which may hold spaces.
-	i := strings.LastIndexByte(string(b), ')')
-	if i < 0 {
-		return 0, 0
-	}
-	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 22 {
-		return 0, 0
-	}
-	ut, _ := strconv.ParseUint(f[11], 10, 64)
-	st, _ := strconv.ParseUint(f[12], 10, 64)
-	rss, _ := strconv.ParseUint(f[21], 10, 64)
-	const hz = 100 // USER_HZ on Linux
-	return float64(ut+st) / hz, rss * uint64(os.Getpagesize())
 }
 
 type spec struct {

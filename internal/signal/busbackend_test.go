@@ -22,6 +22,17 @@ func nodeAndSignal(t *testing.T) (nodeBus, sigBus *bus.Client) {
 	return bustest.Connect(t, emb, bus.RoleNode, "n1"), bustest.Connect(t, emb, bus.RoleSignal, "")
 }
 
+// busBackend is NewBusBackend(sig, capacity), closed when the test ends.
+func busBackend(t *testing.T, sig *bus.Client, capacity int) *BusBackend {
+	t.Helper()
+	be, err := NewBusBackend(sig, capacity)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = be.Close() })
+	return be
+}
+
 // TestBusBackend runs signal's Server over a real embedded NATS bus against
 // a scripted node: join, renegotiation from the node, room events, leave.
 func TestBusBackend(t *testing.T) {
@@ -58,11 +69,7 @@ func TestBusBackend(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	be, err := NewBusBackend(sigBus, 10)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = be.Close() })
+	be := busBackend(t, sigBus, 10)
 	_ = nodeBus.Conn().Flush()
 	testkit.WaitFor(t, 5*time.Second, "the node announced", func() bool {
 		_ = nodeBus.AnnounceNode(bus.NodeAnnounce{Node: "n1", Region: "eu", UDP: "203.0.113.7:7882", Load: bus.NodeLoad{Peers: 3}, Time: time.Now()})

@@ -35,11 +35,7 @@ func TestRoomAPIOverTheBus(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	be, err := NewBusBackend(sigBus, 10)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = be.Close() })
+	be := busBackend(t, sigBus, 10)
 	testkit.WaitFor(t, 5*time.Second, "the node announced", func() bool {
 		_ = nodeBus.AnnounceNode(bus.NodeAnnounce{Node: "n1", UDP: "203.0.113.7:7882", Time: time.Now()})
 		return len(be.Nodes()) == 1

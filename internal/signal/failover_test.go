@@ -144,11 +144,7 @@ func TestBusBackendNodeDown(t *testing.T) {
 	emb := bustest.Start(t)
 	connect := func(role bus.Role, node string) *bus.Client { return bustest.Connect(t, emb, role, node) }
 	n1, n2, sig := connect(bus.RoleNode, "n1"), connect(bus.RoleNode, "n2"), connect(bus.RoleSignal, "")
-	be, err := NewBusBackend(sig, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer be.Close()
+	be := busBackend(t, sig, 0)
 	var mu sync.Mutex
 	var downs []string
 	downAt := make(chan time.Time, 4)
@@ -261,11 +257,7 @@ func TestBusBackendBurstPlacement(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = sig.Close() })
-	be, err := NewBusBackend(sig, 100)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer be.Close()
+	be := busBackend(t, sig, 100)
 	now := time.Now()
 	be.now = func() time.Time { return now }
 	for _, n := range []string{"n1", "n2", "n3"} {

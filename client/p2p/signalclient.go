@@ -84,19 +84,13 @@ func DialSignal(ctx context.Context, url, token, peer string, opts ...SignalOpti
 		s.Close()
 		return nil, err
 	}
-	for {
-		m, err := s.read(ctx)
-		if err != nil {
-			s.Close()
-			return nil, err
-		}
-		if m.Type == "present" && m.Name == peer {
-			break
-		}
+	if _, err := s.await(ctx, func(m wireMsg) (bool, error) {
 		if m.Type == "error" {
-			s.Close()
-			return nil, fmt.Errorf("%w: %s", ErrSignal, m.Error)
+			return false, fmt.Errorf("%w: %s", ErrSignal, m.Error)
 		}
+		return m.Type == "present" && m.Name == peer, nil
+	}); err != nil {
+		return nil, err
 	}
 	s.peer, s.initiator = peer, true
 	return s, nil
@@ -110,15 +104,28 @@ func AcceptSignal(ctx context.Context, url, token string, opts ...SignalOption) 
 	if err != nil {
 		return nil, err
 	}
+	m, err := s.await(ctx, func(m wireMsg) (bool, error) { return m.Type == "msg" && m.From != "", nil })
+	if err != nil {
+		return nil, err
+	}
+	s.peer, s.first = m.From, m.Data
+	return s, nil
+}
+
+// await reads until match takes a message (returning it) or fails (s is
+// then closed, as it is when the read fails).
+func (s *SignalConn) await(ctx context.Context, match func(wireMsg) (bool, error)) (wireMsg, error) {
 	for {
 		m, err := s.read(ctx)
+		if err == nil {
+			var ok bool
+			if ok, err = match(m); ok {
+				return m, nil
+			}
+		}
 		if err != nil {
 			s.Close()
-			return nil, err
-		}
-		if m.Type == "msg" && m.From != "" {
-			s.peer, s.first = m.From, m.Data
-			return s, nil
+			return wireMsg{}, err
 		}
 	}
 }

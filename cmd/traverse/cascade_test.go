@@ -52,10 +52,7 @@ func TestCascadeProcesses(t *testing.T) {
 	testkit.WaitFor(t, 30*time.Second, "the controller leads", func() bool {
 		return metricValue(port(0), "traverse_controller_leader") == "1"
 	})
-	api, err := loadgen.NewAPI(false, netip.Addr{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	api := loadgentest.API(t)
 	token := func(_ context.Context, room, identity string) (string, error) {
 		return signal.MintToken([]byte(key), signal.Claims{Room: room, Identity: identity, Publish: true, Subscribe: true,
 			Expires: time.Now().Add(time.Hour).Unix()})

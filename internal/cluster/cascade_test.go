@@ -84,14 +84,7 @@ func TestCascadeThreeNodes(t *testing.T) {
 	testkit.WaitFor(t, 10*time.Second, "the controller to lead", func() bool { return ctl.Leading() != 0 })
 
 	sig := c.Connect("sig", bus.RoleSignal, "")
-	api, err := loadgen.NewAPI(false, netip.Addr{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	dial := func(node string, cfg loadgen.ClientConfig) *loadgen.Client {
-		t.Helper()
-		return loadgentest.Dial(t, api, loadgen.NewBusSignaler(sig, node), cfg)
-	}
+	dial := loadgentest.BusDialer(t, sig)
 	subB := dial("nodeB", loadgen.ClientConfig{Room: "r1", Identity: "sub-b", Subscribe: true})
 	subC := dial("nodeC", loadgen.ClientConfig{Room: "r1", Identity: "sub-c", Subscribe: true})
 	pub := dial("nodeA", loadgen.ClientConfig{Room: "r1", Identity: "pub", Publish: true, VideoBitrate: 300_000})

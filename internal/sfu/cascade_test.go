@@ -156,14 +156,7 @@ func TestCascadeRoomSpansNodes(t *testing.T) {
 	}
 	defer esub.Unsubscribe()
 
-	api, err := loadgen.NewAPI(false, netip.Addr{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	dial := func(node string, cfg loadgen.ClientConfig) *loadgen.Client {
-		t.Helper()
-		return loadgentest.Dial(t, api, loadgen.NewBusSignaler(bc, node), cfg)
-	}
+	dial := loadgentest.BusDialer(t, bc)
 	// B's subscriber is in the room before the publisher (renegotiated
 	// when the remote tracks come); C's joins after (offered at join).
 	subB := dial("nodeB", loadgen.ClientConfig{Room: "r1", Identity: "sub-b", Subscribe: true})

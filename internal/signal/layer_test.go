@@ -3,12 +3,12 @@ package signal_test
 import (
 	"context"
 	"fmt"
-	"net/netip"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/traverse-rtc/traverse/internal/loadgen"
+	"github.com/traverse-rtc/traverse/internal/loadgen/loadgentest"
 )
 
 // TestLayerThroughSignal: a subscriber's layer messages go from signal's
@@ -18,10 +18,7 @@ import (
 func TestLayerThroughSignal(t *testing.T) {
 	st := startStack(t, false)
 	ws := "ws" + strings.TrimPrefix(st.url, "http") + "/ws"
-	api, err := loadgen.NewAPI(false, netip.Addr{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	api := loadgentest.API(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	dial := func(sig loadgen.Signaler, cfg loadgen.ClientConfig) *loadgen.Client {

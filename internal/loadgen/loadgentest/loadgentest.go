@@ -4,11 +4,13 @@ package loadgentest
 
 import (
 	"context"
+	"net/netip"
 	"testing"
 	"time"
 
 	"github.com/pion/webrtc/v4"
 
+	"github.com/traverse-rtc/traverse/internal/bus"
 	"github.com/traverse-rtc/traverse/internal/loadgen"
 )
 
@@ -27,4 +29,24 @@ func Dial(t testing.TB, api *webrtc.API, sig loadgen.Signaler, cfg loadgen.Clien
 	}
 	t.Cleanup(func() { _ = c.Close() })
 	return c
+}
+
+// API is loadgen.NewAPI for UDP on loopback, or fails t.
+func API(t testing.TB) *webrtc.API {
+	t.Helper()
+	api, err := loadgen.NewAPI(false, netip.Addr{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return api
+}
+
+// BusDialer returns Dial with an API of its own, signaling over bc to the
+// node named at each call.
+func BusDialer(t testing.TB, bc *bus.Client) func(node string, cfg loadgen.ClientConfig) *loadgen.Client {
+	api := API(t)
+	return func(node string, cfg loadgen.ClientConfig) *loadgen.Client {
+		t.Helper()
+		return Dial(t, api, loadgen.NewBusSignaler(bc, node), cfg)
+	}
 }

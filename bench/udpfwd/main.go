@@ -25,6 +25,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/traverse-rtc/traverse/internal/loadgen"
 	"github.com/traverse-rtc/traverse/internal/procstat"
 	"github.com/traverse-rtc/traverse/internal/udpio"
 )
@@ -179,35 +180,19 @@ func publish(ctx context.Context, c *net.UDPConn, dst *net.UDPAddr, bitrate int,
 	audio := make([]byte, 132)
 	perTick := float64(bitrate) / 8 / 100
 	credit := 0.0
-	start := time.Now()
-	tick := 0
-	t := time.NewTicker(10 * time.Millisecond)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		due := int(time.Since(start) / (10 * time.Millisecond))
-		for n := 0; tick < due && n < 10; n++ {
-			tick++
-			credit += perTick
-			for credit >= 1200 || (tick%3 == 0 && credit > 0) {
-				n := min(1200, int(credit))
-				credit -= float64(n)
-				if _, err := c.WriteToUDP(video[:max(n, 16)+12], dst); err == nil {
-					sent.Add(1)
-				}
-			}
-			if tick%2 == 0 {
-				if _, err := c.WriteToUDP(audio, dst); err == nil {
-					sent.Add(1)
-				}
+	loadgen.Pace(ctx, 10*time.Millisecond, 10, func(tick uint32) {
+		credit += perTick
+		for credit >= 1200 || (tick%3 == 0 && credit > 0) {
+			n := min(1200, int(credit))
+			credit -= float64(n)
+			if _, err := c.WriteToUDP(video[:max(n, 16)+12], dst); err == nil {
+				sent.Add(1)
 			}
 		}
-		if tick < due {
-			tick = due
+		if tick%2 == 0 {
+			if _, err := c.WriteToUDP(audio, dst); err == nil {
+				sent.Add(1)
+			}
 		}
-	}
+	})
 }

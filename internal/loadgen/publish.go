@@ -20,26 +20,12 @@ func (c *Client) publish(ctx context.Context) {
 	case <-ctx.Done():
 		return
 	}
-	t := time.NewTicker(10 * time.Millisecond)
-	defer t.Stop()
 	p := newPublisher(c)
-	start := time.Now()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		// A loaded machine drops ticker ticks: catch up to the wall clock
-		// (at most 100 ms at once) so the offered rate holds.
-		due := uint32(time.Since(start) / (10 * time.Millisecond))
-		for n := 0; p.tick < due && n < 10; n++ {
-			p.step()
-		}
-		if p.tick < due {
-			p.tick = due
-		}
-	}
+	// Catching up at most 100 ms at once.
+	Pace(ctx, 10*time.Millisecond, 10, func(tick uint32) {
+		p.tick = tick
+		p.step()
+	})
 }
 
 // publisher is the state of publish's loop: per video layer its sequence
@@ -115,10 +101,9 @@ func newPublisher(c *Client) *publisher {
 	return p
 }
 
-// step sends one 10 ms tick's packets.
+// step sends the packets of 10 ms tick p.tick.
 func (p *publisher) step() {
 	c := p.c
-	p.tick++
 	ts := (p.tick / 3) * 2700 // 90 kHz, 30 frames/s
 	if c.keyframe.Swap(false) || time.Since(p.lastKey) > p.keyEvery {
 		p.lastKey = time.Now()

@@ -7,6 +7,7 @@ import (
 
 	"github.com/traverse-rtc/traverse/internal/bus"
 	"github.com/traverse-rtc/traverse/internal/loadgen"
+	"github.com/traverse-rtc/traverse/internal/loadgen/loadgentest"
 	"github.com/traverse-rtc/traverse/internal/testkit"
 )
 
@@ -19,11 +20,7 @@ func TestMuteTrack(t *testing.T) {
 	sig := loadgen.NewBusSignaler(h.bc, "node1")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	pub, err := loadgen.Dial(ctx, h.api, sig, loadgen.ClientConfig{Room: "mute", Identity: "pub", Publish: true, VideoBitrate: 300_000})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { pub.Close() })
+	loadgentest.Dial(t, h.api, sig, loadgen.ClientConfig{Room: "mute", Identity: "pub", Publish: true, VideoBitrate: 300_000})
 	sub := h.dial(loadgen.ClientConfig{Room: "mute", Identity: "sub", Subscribe: true})
 	video := waitVideo(t, sub, 20, anyLayer)
 	var audio *loadgen.RecvStats
@@ -89,17 +86,9 @@ func TestSessionStats(t *testing.T) {
 	sig := loadgen.NewBusSignaler(h.bc, "node1")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	pub, err := loadgen.Dial(ctx, h.api, sig, loadgen.ClientConfig{Room: "stats", Identity: "pub", Publish: true, VideoBitrate: 300_000})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { pub.Close() })
+	loadgentest.Dial(t, h.api, sig, loadgen.ClientConfig{Room: "stats", Identity: "pub", Publish: true, VideoBitrate: 300_000})
 	subSig := loadgen.NewBusSignaler(h.bc, "node1")
-	sub, err := loadgen.Dial(ctx, h.api, subSig, loadgen.ClientConfig{Room: "stats", Identity: "sub", Subscribe: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sub.Close() })
+	sub := loadgentest.Dial(t, h.api, subSig, loadgen.ClientConfig{Room: "stats", Identity: "sub", Subscribe: true})
 	waitVideo(t, sub, 20, anyLayer)
 	stats := func(session string) bus.SessionStats {
 		r, err := h.bc.Request(ctx, "node1", bus.Request{Type: bus.RequestStats, Session: session})

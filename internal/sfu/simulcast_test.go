@@ -11,6 +11,7 @@ import (
 
 	"github.com/traverse-rtc/traverse/internal/bus"
 	"github.com/traverse-rtc/traverse/internal/loadgen"
+	"github.com/traverse-rtc/traverse/internal/loadgen/loadgentest"
 	"github.com/traverse-rtc/traverse/internal/rtpcodec"
 	"github.com/traverse-rtc/traverse/internal/rtpcodec/rtpcodectest"
 	"github.com/traverse-rtc/traverse/internal/testkit"
@@ -107,11 +108,7 @@ func TestSimulcastMaxLayerRequest(t *testing.T) {
 	sig := loadgen.NewBusSignaler(h.bc, "node1")
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	sub, err := loadgen.Dial(ctx, h.api, sig, loadgen.ClientConfig{Room: "size", Identity: "sub", Subscribe: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sub.Close() })
+	sub := loadgentest.Dial(t, h.api, sig, loadgen.ClientConfig{Room: "size", Identity: "sub", Subscribe: true})
 	<-pub.Connected()
 	video := waitVideo(t, sub, 20, 2)
 	for _, want := range []int{0, 1, 2} {
@@ -135,7 +132,7 @@ func TestSimulcastMaxLayerRequest(t *testing.T) {
 		testkit.WaitFor(t, 10*time.Second, fmt.Sprintf("layer %d for %dx%d", c.want, c.w, c.h), func() bool { return video.Layer() == c.want })
 	}
 	for _, l := range []bus.LayerRequest{{Track: "nosuch", MaxLayer: 0}, {Track: "video", StreamID: "other", MaxLayer: 0}} {
-		_, err = h.bc.Request(ctx, "node1", bus.Request{Type: bus.RequestLayer, Session: sig.Session(), Layer: &l})
+		_, err := h.bc.Request(ctx, "node1", bus.Request{Type: bus.RequestLayer, Session: sig.Session(), Layer: &l})
 		if bus.StatusOf(err) != bus.StatusNotFound {
 			t.Fatalf("%+v: %v", l, err)
 		}

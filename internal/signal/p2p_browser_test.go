@@ -50,6 +50,13 @@ func p2pStack(t *testing.T) *stack {
 	return startStackWith(t, stackOptions{turn: true, config: func(c *signal.Config) { c.P2P = true }})
 }
 
+// p2pPair opens alice's and bob's P2P pages (query extra) in a fresh room
+// named after prefix.
+func p2pPair(ctx context.Context, t *testing.T, st *stack, prefix, extra string) (roomName string, a, b *participant) {
+	roomName = fmt.Sprintf("%s-%d", prefix, time.Now().UnixNano()%100000)
+	return roomName, p2pPage(ctx, t, st, roomName, "alice", extra), p2pPage(ctx, t, st, roomName, "bob", extra)
+}
+
 // p2pPage opens the demo page for name in roomName and starts its gap
 // monitor.
 func p2pPage(ctx context.Context, t *testing.T, st *stack, roomName, name, extra string) *participant {
@@ -123,9 +130,7 @@ func TestBrowserP2PMoves(t *testing.T) {
 	}
 	st := p2pStack(t)
 	ctx := deadline(t, 90*time.Second)
-	roomName := fmt.Sprintf("p2p-%d", time.Now().UnixNano()%100000)
-	a := p2pPage(ctx, t, st, roomName, "alice", "")
-	b := p2pPage(ctx, t, st, roomName, "bob", "")
+	roomName, a, b := p2pPair(ctx, t, st, "p2p", "")
 	start := time.Now()
 	for _, pt := range []*participant{a, b} {
 		s := waitPath(ctx, t, pt, 1, "p2p-direct")
@@ -223,9 +228,7 @@ func TestBrowserP2PRelay(t *testing.T) {
 	}
 	st := p2pStack(t)
 	ctx := deadline(t, 60*time.Second)
-	roomName := fmt.Sprintf("p2pr-%d", time.Now().UnixNano()%100000)
-	a := p2pPage(ctx, t, st, roomName, "alice", "&relay=1")
-	b := p2pPage(ctx, t, st, roomName, "bob", "&relay=1")
+	_, a, b := p2pPair(ctx, t, st, "p2pr", "&relay=1")
 	for _, pt := range []*participant{a, b} {
 		s := waitPath(ctx, t, pt, 1, "p2p-relay")
 		if s.Path == nil || s.Path.Local != "relay" {

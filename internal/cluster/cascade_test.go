@@ -14,6 +14,7 @@ import (
 	"github.com/traverse-rtc/traverse/internal/controller"
 	"github.com/traverse-rtc/traverse/internal/loadgen"
 	"github.com/traverse-rtc/traverse/internal/loadgen/loadgentest"
+	"github.com/traverse-rtc/traverse/internal/metricstest"
 	"github.com/traverse-rtc/traverse/internal/sfu"
 	"github.com/traverse-rtc/traverse/internal/testkit"
 )
@@ -24,30 +25,11 @@ type cascadeNode struct {
 	id  relay.NodeID
 }
 
+// counter is the node's metric name summed over the series with labels (0
+// when it has none yet).
 func (n *cascadeNode) counter(t *testing.T, name string, labels ...string) float64 {
 	t.Helper()
-	mfs, err := n.reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var v float64
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	metric:
-		for _, m := range mf.GetMetric() {
-			for i := 0; i+1 < len(labels); i += 2 {
-				for _, lp := range m.GetLabel() {
-					if lp.GetName() == labels[i] && lp.GetValue() != labels[i+1] {
-						continue metric
-					}
-				}
-			}
-			v += m.GetCounter().GetValue()
-		}
-	}
-	return v
+	return max(0, metricstest.Value(t, n.reg, name, labels...))
 }
 
 // TestCascadeThreeNodes is the cascade end to end: three SFU nodes with

@@ -15,6 +15,7 @@ import (
 	"github.com/traverse-rtc/traverse/internal/cascade/relay"
 	"github.com/traverse-rtc/traverse/internal/loadgen"
 	"github.com/traverse-rtc/traverse/internal/loadgen/loadgentest"
+	"github.com/traverse-rtc/traverse/internal/metricstest"
 	"github.com/traverse-rtc/traverse/internal/testkit"
 )
 
@@ -48,21 +49,11 @@ func startCascadeNode(t *testing.T, e *bus.Embedded, name string) *cascadeNode {
 	return &cascadeNode{s: s, reg: reg, id: relay.NodeID(s.CascadeID())}
 }
 
+// metric is the node's metric name summed over its series (0 when it has
+// none yet).
 func (n *cascadeNode) metric(t *testing.T, name string) float64 {
 	t.Helper()
-	mfs, err := n.reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var v float64
-	for _, mf := range mfs {
-		if mf.GetName() == name {
-			for _, m := range mf.GetMetric() {
-				v += m.GetCounter().GetValue()
-			}
-		}
-	}
-	return v
+	return max(0, metricstest.Value(t, n.reg, name))
 }
 
 // TestCascadeRoomSpansNodes: a publisher on node A, subscribers on B and

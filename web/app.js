@@ -9,6 +9,7 @@
 // larger layers go only where they are seen.
 import { Room, RoomError, States, ROOM_NAME, IDENTITY, fetchDemoToken } from './traverse.js';
 import { Meter, pathOf } from './stats.js';
+import { show, hide } from './messages.js';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -36,24 +37,10 @@ const debug = params.get('debug') === '1' ? (...a) => console.log('[signal]', ..
 function say(level, text, key = '') {
   if (level === 'error') state.errors.push(text);
   state.messages.push({ level, text });
-  if (key) for (const li of $('messages').querySelectorAll('li')) if (li.dataset.key === key) li.remove();
-  const li = document.createElement('li');
-  li.className = level;
-  li.dataset.key = key;
-  const span = document.createElement('span');
-  span.textContent = text;
-  const close = document.createElement('button');
-  close.type = 'button';
-  close.textContent = '×';
-  close.title = 'dismiss';
-  close.onclick = () => li.remove();
-  li.append(span, close);
-  $('messages').append(li);
+  show(level, text, key);
 }
 
-function unsay(key) {
-  for (const li of $('messages').querySelectorAll('li')) if (li.dataset.key === key) li.remove();
-}
+const unsay = hide;
 
 // explain turns a RoomError into what the user should know and do.
 function explain(err) {

@@ -6,6 +6,8 @@
 // and participants over the last five minutes (canvas), and acts: remove a
 // participant, mute one's tracks, close a room, mint a token.
 
+import { show, hide } from './messages.js';
+
 const $ = (id) => document.getElementById(id);
 const POLL_MS = 1000;
 const WINDOW_S = 300; // the charts' time span
@@ -23,27 +25,14 @@ const state = {
   prev: null, // the previous stats and its time, for the counters' rates
 };
 
-// ---- messages (as in the demo page) ----
+// ---- messages (web/messages.js, as in the demo page) ----
 
 function say(level, text, key = '') {
   if (level === 'error') state.errors.push(text);
-  if (key) for (const li of $('messages').querySelectorAll('li')) if (li.dataset.key === key) li.remove();
-  const li = document.createElement('li');
-  li.className = level;
-  li.dataset.key = key;
-  const span = document.createElement('span');
-  span.textContent = text;
-  const close = document.createElement('button');
-  close.type = 'button';
-  close.textContent = '×';
-  close.onclick = () => li.remove();
-  li.append(span, close);
-  $('messages').append(li);
+  show(level, text, key);
 }
 
-function unsay(key) {
-  for (const li of $('messages').querySelectorAll('li')) if (li.dataset.key === key) li.remove();
-}
+const unsay = hide;
 
 // ---- the API ----
 

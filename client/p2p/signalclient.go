@@ -8,6 +8,7 @@ import (
 	"sync"
 
 	"github.com/coder/websocket"
+	"github.com/traverse-rtc/traverse/internal/signal/p2pwire"
 )
 
 // The signaling service's rendezvous (traverse signal, GET /p2p; protocol
@@ -15,16 +16,8 @@ import (
 // its name and whose room is the rendezvous namespace; messages between
 // peers are marked by the server with the sender's name.
 
-type wireMsg struct {
-	Type  string          `json:"type"`
-	Token string          `json:"token,omitempty"`
-	Room  string          `json:"room,omitempty"`
-	Name  string          `json:"name,omitempty"`
-	To    string          `json:"to,omitempty"`
-	From  string          `json:"from,omitempty"`
-	Data  json.RawMessage `json:"data,omitempty"`
-	Error string          `json:"error,omitempty"`
-}
+// wireMsg is one message of the protocol, as signal defines it.
+type wireMsg = p2pwire.Message
 
 // SignalConn is a Signaler over the signaling service's /p2p WebSocket.
 type SignalConn struct {

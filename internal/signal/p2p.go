@@ -11,6 +11,7 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/traverse-rtc/traverse/internal/signal/p2pwire"
 )
 
 // The peer-to-peer rendezvous (client/p2p): GET /p2p opens a WebSocket on
@@ -35,17 +36,9 @@ import (
 // queue of p2pOutQueue messages per peer (a message to a peer whose queue
 // is full is dropped and the sender told), JoinTimeout to register.
 
-// P2PMessage is one message of the /p2p protocol, both ways.
-type P2PMessage struct {
-	Type  string          `json:"type"`
-	Token string          `json:"token,omitempty"`
-	Room  string          `json:"room,omitempty"`
-	Name  string          `json:"name,omitempty"`
-	To    string          `json:"to,omitempty"`
-	From  string          `json:"from,omitempty"`
-	Data  json.RawMessage `json:"data,omitempty"`
-	Error string          `json:"error,omitempty"`
-}
+// P2PMessage is one message of the /p2p protocol, both ways (defined in
+// p2pwire, which client/p2p shares).
+type P2PMessage = p2pwire.Message
 
 // DecodeP2P parses and validates a peer's /p2p message.
 func DecodeP2P(b []byte) (P2PMessage, error) {

@@ -16,8 +16,8 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/traverse-rtc/traverse/client/nat"
 	"github.com/traverse-rtc/traverse/internal/relaynode"
+	"github.com/traverse-rtc/traverse/internal/signal/p2pwire"
 )
 
 // Step 2 of the path sequence: a relay node both peers reach (docs/p2p.md,
@@ -51,12 +51,7 @@ type RelayNodePeer struct {
 }
 
 // RelayNodeNAT is a peer's NAT as client/nat found it.
-type RelayNodeNAT struct {
-	NAT        bool         `json:"nat"`
-	UDPBlocked bool         `json:"udp_blocked"`
-	Mapping    nat.Behavior `json:"mapping"`
-	Filtering  nat.Behavior `json:"filtering"`
-}
+type RelayNodeNAT = p2pwire.RelayNAT
 
 // RelayNodeOffer is signal's answer: the nodes to try in order, each with
 // a grant per side (base64url, unpadded).
@@ -66,12 +61,7 @@ type RelayNodeOffer struct {
 }
 
 // RelayNodeOfferNode is one offered node.
-type RelayNodeOfferNode struct {
-	ID     string    `json:"id"`
-	Region string    `json:"region,omitempty"`
-	Addr   string    `json:"addr"`
-	Grants [2]string `json:"grants"`
-}
+type RelayNodeOfferNode = p2pwire.RelayOfferNode
 
 // relayMsg is the "relay" signaling message: the nodes, in the order
 // both peers try them, with the receiver's grants.

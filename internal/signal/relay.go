@@ -23,6 +23,7 @@ import (
 	"github.com/traverse-rtc/traverse/internal/persource"
 	"github.com/traverse-rtc/traverse/internal/relaychoice"
 	"github.com/traverse-rtc/traverse/internal/relayproto"
+	"github.com/traverse-rtc/traverse/internal/signal/p2pwire"
 )
 
 // RelayService answers a peer pair's request for relay nodes (the path
@@ -69,12 +70,7 @@ type RelayConfig struct {
 }
 
 // RelayNAT is a peer's NAT as client/nat found it (the p2p "nat" message).
-type RelayNAT struct {
-	NAT        bool         `json:"nat"`
-	UDPBlocked bool         `json:"udp_blocked"`
-	Mapping    nat.Behavior `json:"mapping"`
-	Filtering  nat.Behavior `json:"filtering"`
-}
+type RelayNAT = p2pwire.RelayNAT
 
 // RelayPeer is one side of the pair.
 type RelayPeer struct {
@@ -104,12 +100,7 @@ type RelayOffer struct {
 
 // RelayOfferNode is one node to try, with the grants of both sides
 // (base64url, no padding): Grants[0] the requester's, Grants[1] the peer's.
-type RelayOfferNode struct {
-	ID     string    `json:"id"`
-	Region string    `json:"region,omitempty"`
-	Addr   string    `json:"addr"`
-	Grants [2]string `json:"grants"`
-}
+type RelayOfferNode = p2pwire.RelayOfferNode
 
 // ErrRelayRequest is a relay node request that does not parse or breaks a
 // limit.

@@ -130,17 +130,7 @@ func (cs *cascadeStack) metric(i int, name string) float64 {
 func receivesAV(t *testing.T, name string, sub *loadgen.Client) {
 	t.Helper()
 	testkit.WaitFor(t, 30*time.Second, "the subscriber on "+name+" receiving a's video and audio", func() bool {
-		var v, au int
-		for _, tr := range sub.Tracks() {
-			if tr.Packets() >= 50 {
-				if tr.Kind == "video" {
-					v++
-				} else {
-					au++
-				}
-			}
-		}
-		return v >= 1 && au >= 1
+		return sub.ReceivesAV(50)
 	})
 }
 

@@ -113,17 +113,7 @@ func TestCascadeThreeNodes(t *testing.T) {
 	}
 	for name, sub := range map[string]*loadgen.Client{"B": subB, "C": subC} {
 		testkit.WaitFor(t, 20*time.Second, "the subscriber on "+name+" receiving A's video and audio", func() bool {
-			var v, au int
-			for _, tr := range sub.Tracks() {
-				if tr.Packets() >= 50 {
-					if tr.Kind == "video" {
-						v++
-					} else {
-						au++
-					}
-				}
-			}
-			return v >= 1 && au >= 1
+			return sub.ReceivesAV(50)
 		})
 	}
 	if f := b.counter(t, "traverse_relay_forwarded_total"); f > 20 {

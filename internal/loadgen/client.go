@@ -297,6 +297,18 @@ func (c *Client) Connected() <-chan struct{} { return c.connected }
 // JoinTime is the time from Dial to connected (0 before).
 func (c *Client) JoinTime() time.Duration { return time.Duration(c.joinTime.Load()) }
 
+// ReceivesAV reports whether the client receives at least n packets on a
+// video track and on an audio track.
+func (c *Client) ReceivesAV(n uint64) bool {
+	var v, a bool
+	for _, tr := range c.Tracks() {
+		if tr.Packets() >= n {
+			v, a = v || tr.Kind == "video", a || tr.Kind == "audio"
+		}
+	}
+	return v && a
+}
+
 // Tracks returns the statistics of every track the client receives.
 func (c *Client) Tracks() []*RecvStats {
 	c.mu.Lock()

@@ -49,7 +49,16 @@ func (c *child) output() string {
 // the test's end stops it with SIGTERM unless it was killed.
 func startChild(t *testing.T, args ...string) *child {
 	t.Helper()
-	c := &child{cmd: exec.Command(os.Args[0], args...)}
+	return startChildIn(t, nil, args...)
+}
+
+// startChildIn is startChild under wrap, a command prefix that ends by
+// executing its arguments in place ("nsenter --net=PATH --": the child
+// runs in that network namespace, and its PID is traverse's).
+func startChildIn(t *testing.T, wrap []string, args ...string) *child {
+	t.Helper()
+	argv := append(append(append([]string(nil), wrap...), os.Args[0]), args...)
+	c := &child{cmd: exec.Command(argv[0], argv[1:]...)}
 	c.cmd.Env = append(os.Environ(), "TRAVERSE_TEST_MAIN=1")
 	c.cmd.Stdout, c.cmd.Stderr = c, c
 	if err := c.cmd.Start(); err != nil {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net/http"
 	"net/netip"
 	"path/filepath"
 	"strconv"
@@ -42,12 +41,20 @@ type busCluster struct {
 
 func startBusCluster(t *testing.T, firstArgs ...string) *busCluster {
 	t.Helper()
-	base := testkit.FreePorts(t, 9, netip.MustParseAddr("127.0.0.1"))
+	lo := netip.MustParseAddr("127.0.0.1")
+	return startBusClusterAt(t, lo, testkit.FreePorts(t, 9, lo), nil, firstArgs...)
+}
+
+// startBusClusterAt is startBusCluster on addr's ports base to base+8,
+// each process started under wrap (startChildIn).
+func startBusClusterAt(t *testing.T, addr netip.Addr, base int, wrap []string, firstArgs ...string) *busCluster {
+	t.Helper()
 	bc := &busCluster{creds: filepath.Join(t.TempDir(), "creds")}
+	port := func(i int) string { return netip.AddrPortFrom(addr, uint16(base+i)).String() }
 	var routes []string
 	for i := range 3 {
-		bc.urls = append(bc.urls, fmt.Sprintf("nats://127.0.0.1:%d", base+i))
-		routes = append(routes, fmt.Sprintf("nats://127.0.0.1:%d", base+3+i))
+		bc.urls = append(bc.urls, "nats://"+port(i))
+		routes = append(routes, "nats://"+port(3+i))
 	}
 	for i := range 3 {
 		var peers []string
@@ -56,15 +63,15 @@ func startBusCluster(t *testing.T, firstArgs ...string) *busCluster {
 				peers = append(peers, r)
 			}
 		}
-		admin := fmt.Sprintf("127.0.0.1:%d", base+6+i)
-		args := []string{"bus", "--listen", strings.TrimPrefix(bc.urls[i], "nats://"),
-			"--cluster-listen", strings.TrimPrefix(routes[i], "nats://"), "--routes", strings.Join(peers, ","),
+		admin := port(6 + i)
+		args := []string{"bus", "--listen", port(i),
+			"--cluster-listen", port(3 + i), "--routes", strings.Join(peers, ","),
 			"--creds-dir", bc.creds, "--jetstream-dir", t.TempDir(), "--server-name", fmt.Sprintf("bus%d", i+1),
 			"--admin", admin, "--log-level", "warn"}
 		if i == 0 {
 			args = append(args, firstArgs...)
 		}
-		p := startChild(t, args...)
+		p := startChildIn(t, wrap, args...)
 		bc.procs = append(bc.procs, p)
 		if i == 0 {
 			waitReady(t, admin, 20*time.Second, p.exited, p.output)
@@ -141,7 +148,7 @@ func wsJoin(t *testing.T, addr, key, ip, room, who string) (string, error) {
 
 // routeOf asks GET /v1/route of the signal server at addr.
 func routeOf(addr, ip, room string) string {
-	res, err := http.Get("http://" + addr + "/v1/route?ip=" + ip + "&room=" + room)
+	res, err := testHTTP.Get("http://" + addr + "/v1/route?ip=" + ip + "&room=" + room)
 	if err != nil {
 		return ""
 	}

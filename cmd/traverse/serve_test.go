@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"runtime/pprof"
@@ -61,7 +60,7 @@ func stunBinding(t *testing.T, server netip.AddrPort) error {
 }
 
 func httpGet(url string) (int, string, error) {
-	res, err := http.Get(url)
+	res, err := testHTTP.Get(url)
 	if err != nil {
 		return 0, "", err
 	}

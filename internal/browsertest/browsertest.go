@@ -14,6 +14,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -39,6 +40,10 @@ type Options struct {
 	Flags []string
 	// Wrap, when set, prefixes the command (e.g. "ip netns exec NS").
 	Wrap []string
+	// HTTPClient, when set, dials the DevTools WebSocket (on the browser's
+	// loopback): with Wrap entering a network namespace, a client whose
+	// dialer opens its sockets in that namespace (netlab.Node.Dial).
+	HTTPClient *http.Client
 	// Log receives the browser's stderr lines and console messages; nil
 	// discards them.
 	Log func(string)
@@ -152,7 +157,7 @@ func Launch(ctx context.Context, o Options) (*Browser, error) {
 	}()
 	ws, err := b.devtoolsURL(ctx)
 	if err == nil {
-		b.conn, _, err = websocket.Dial(ctx, ws, nil)
+		b.conn, _, err = websocket.Dial(ctx, ws, &websocket.DialOptions{HTTPClient: o.HTTPClient})
 	}
 	if err != nil {
 		b.kill()

@@ -19,19 +19,28 @@ func NewAPI(tcp bool, ip netip.Addr, opts ...APIOption) (*webrtc.API, error) {
 	for _, f := range opts {
 		f(&o)
 	}
-	return newAPI(tcp, ip, false, o.feedback)
+	return newAPI(tcp, ip, false, o)
 }
 
 // NewDuplicateTolerantAPI is NewAPI with SRTP replay protection off, for
 // tests that check a retransmission of a packet the client already has.
-func NewDuplicateTolerantAPI() (*webrtc.API, error) { return newAPI(false, netip.Addr{}, true, false) }
+func NewDuplicateTolerantAPI() (*webrtc.API, error) {
+	return newAPI(false, netip.Addr{}, true, apiOptions{})
+}
 
 // APIOption changes what the clients of NewAPI do.
 type APIOption func(*apiOptions)
 
 type apiOptions struct {
 	feedback bool
+	mux      ice.UDPMux
 }
+
+// WithUDPMux makes every client of the API gather its one UDP host
+// candidate on mux (shared by the clients, told apart by ICE ufrag):
+// a socket the caller opened, for example inside a network namespace
+// (netlab.Node.ListenUDP), with the API's address filter still applied.
+func WithUDPMux(mux ice.UDPMux) APIOption { return func(o *apiOptions) { o.mux = mux } }
 
 // WithFeedback(true) makes the clients behave like browsers on RTCP:
 // pion's NACK generator and responder (RFC 4585 generic NACK, nack and
@@ -48,7 +57,7 @@ type apiOptions struct {
 // ClientConfig field.
 func WithFeedback(on bool) APIOption { return func(o *apiOptions) { o.feedback = on } }
 
-func newAPI(tcp bool, ip netip.Addr, noReplay, feedback bool) (*webrtc.API, error) {
+func newAPI(tcp bool, ip netip.Addr, noReplay bool, o apiOptions) (*webrtc.API, error) {
 	me := &webrtc.MediaEngine{}
 	if err := me.RegisterDefaultCodecs(); err != nil {
 		return nil, err
@@ -60,7 +69,7 @@ func newAPI(tcp bool, ip netip.Addr, noReplay, feedback bool) (*webrtc.API, erro
 		return nil, err
 	}
 	ir := &interceptor.Registry{}
-	if feedback {
+	if o.feedback {
 		if err := registerFeedback(me, ir); err != nil {
 			return nil, err
 		}
@@ -76,6 +85,9 @@ func newAPI(tcp bool, ip netip.Addr, noReplay, feedback bool) (*webrtc.API, erro
 		}
 		return a.IsLoopback()
 	})
+	if o.mux != nil {
+		se.SetICEUDPMux(o.mux)
+	}
 	if tcp {
 		se.SetNetworkTypes([]webrtc.NetworkType{webrtc.NetworkTypeTCP4})
 	} else {

@@ -59,6 +59,15 @@ type ClientConfig struct {
 	// AudioLevel, when not zero, is sent in the RFC 6464 audio level
 	// extension of every audio packet, as -dBov (1 loud to 127 silent).
 	AudioLevel uint8
+	// OnVideoSent, when set, makes the publisher write a send time into
+	// the last 8 bytes of every video packet's payload of at least 19
+	// bytes (Unix nanoseconds, big-endian, unique and increasing; see
+	// VideoStamp) and call it with that time once the packet is written.
+	OnVideoSent func(stamp int64)
+	// OnVideo, when set, is called from a subscriber's receive loop with
+	// each received video packet's payload (valid during the call only)
+	// and its arrival time.
+	OnVideo func(payload []byte, at time.Time)
 }
 
 // Client is one synthetic participant.
@@ -398,6 +407,9 @@ func (c *Client) newPC() (*webrtc.PeerConnection, error) {
 	})
 	pc.OnTrack(func(t *webrtc.TrackRemote, _ *webrtc.RTPReceiver) {
 		st := &RecvStats{Kind: t.Kind().String(), clock: t.Codec().ClockRate}
+		if st.Kind == "video" {
+			st.onVideo = c.cfg.OnVideo
+		}
 		c.mu.Lock()
 		c.tracks = append(c.tracks, st)
 		c.mu.Unlock()

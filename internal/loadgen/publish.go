@@ -52,6 +52,8 @@ type publisher struct {
 	aseq     uint16
 	lastKey  time.Time
 	keyEvery time.Duration
+	// lastStamp is the last OnVideoSent time, so that each is unique.
+	lastStamp int64
 }
 
 func newPublisher(c *Client) *publisher {
@@ -151,6 +153,12 @@ func (p *publisher) video(i int, tr *webrtc.TrackLocalStaticRTP, ts uint32, endF
 		}
 		payload[2] = byte(i) // the layer, for the subscriber's sake
 		p.frameStart[i] = marker
+		var stamp int64
+		if c.cfg.OnVideoSent != nil && n >= vp8KeyHeaderLen+8 {
+			stamp = max(time.Now().UnixNano(), p.lastStamp+1)
+			p.lastStamp = stamp
+			binary.BigEndian.PutUint64(payload[n-8:n], uint64(stamp))
+		}
 		p.seqs[i]++
 		pkt := rtp.Packet{Header: rtp.Header{Version: 2, Marker: marker, SequenceNumber: p.seqs[i], Timestamp: ts}, Payload: payload[:n]}
 		if p.midID != 0 && p.ridID != 0 {
@@ -159,6 +167,9 @@ func (p *publisher) video(i int, tr *webrtc.TrackLocalStaticRTP, ts uint32, endF
 		}
 		if tr.WriteRTP(&pkt) == nil {
 			c.sent.Add(1)
+			if stamp != 0 {
+				c.cfg.OnVideoSent(stamp)
+			}
 		}
 		if marker {
 			break
@@ -251,4 +262,13 @@ func (c *Client) vp8KeyHeader(p []byte, down int) {
 	p[4], p[5], p[6] = 0x9d, 0x01, 0x2a
 	binary.LittleEndian.PutUint16(p[7:], uint16(min(w, 0x3fff)))
 	binary.LittleEndian.PutUint16(p[9:], uint16(min(h, 0x3fff)))
+}
+
+// VideoStamp is the send time OnVideoSent's publisher wrote into a video
+// payload, 0 when the payload is too short to hold one.
+func VideoStamp(payload []byte) int64 {
+	if len(payload) < vp8KeyHeaderLen+8 {
+		return 0
+	}
+	return int64(binary.BigEndian.Uint64(payload[len(payload)-8:]))
 }

@@ -26,6 +26,8 @@ type RecvStats struct {
 	// (Unix nanoseconds; 0 before): a rejoin's media gap is measured from
 	// them.
 	firstAt, lastAt atomic.Int64
+	// onVideo is ClientConfig.OnVideo for a video track.
+	onVideo func(payload []byte, at time.Time)
 }
 
 // recvWindow is how many sequence numbers back a late packet (a NACKed
@@ -55,6 +57,9 @@ func (s *RecvStats) read(t *webrtc.TrackRemote) {
 		s.bytes.Add(uint64(n))
 		if s.Kind == "video" && n-hn > 2 {
 			s.layer.Store(int32(buf[hn+2]))
+		}
+		if s.onVideo != nil {
+			s.onVideo(buf[hn:n], now)
 		}
 		inOrder := seqs.add(s, h.SequenceNumber)
 		// Jitter is over in-order packets only, as libwebrtc's: a NACKed

@@ -18,6 +18,7 @@ import (
 type WSSignaler struct {
 	url   string
 	token func(ctx context.Context, room, identity string) (string, error)
+	http  *http.Client // nil: http.DefaultClient
 
 	ws     *websocket.Conn
 	wmu    sync.Mutex // serializes writes
@@ -84,6 +85,13 @@ func NewWSSignaler(wsURL string, token TokenFunc) *WSSignaler {
 		errc: make(chan error, 1), done: make(chan struct{}), joined: make(chan struct{}, 1), rejoins: make(chan string, 4)}
 }
 
+// WithHTTPClient makes the signaler dial its WebSocket with c (a custom
+// dialer: into a network namespace, through a proxy). Call it before Join.
+func (s *WSSignaler) WithHTTPClient(c *http.Client) *WSSignaler {
+	s.http = c
+	return s
+}
+
 type wsMsg struct {
 	Type    string `json:"type"`
 	Token   string `json:"token,omitempty"`
@@ -111,7 +119,7 @@ func (s *WSSignaler) Join(ctx context.Context, room, identity string, _, _ bool,
 	if err != nil {
 		return "", fmt.Errorf("loadgen: token: %w", err)
 	}
-	ws, _, err := websocket.Dial(ctx, s.url, nil)
+	ws, _, err := websocket.Dial(ctx, s.url, &websocket.DialOptions{HTTPClient: s.http})
 	if err != nil {
 		return "", err
 	}

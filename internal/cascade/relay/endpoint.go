@@ -103,6 +103,9 @@ type peer struct {
 	counted  [4]uint64 // refused, lost, late, duplicates already added to the metrics
 	// blocked: the link is out of service (Endpoint.Block).
 	blocked atomic.Bool
+	// dataSent counts the data messages sent on the link (not
+	// retransmissions, not parity); under mu.
+	dataSent uint64
 }
 
 func newPeer(cfg *Config, id NodeID, addr netip.AddrPort) (*peer, error) {
@@ -135,6 +138,23 @@ type need struct {
 	seq  atomic.Uint32
 }
 
+// forward is a remote track this node forwards on (SetForward).
+type forward struct {
+	dsts    []NodeID
+	deliver bool
+}
+
+// forwardKey is the forwards' map key: room, publisher and track joined by
+// NUL (names never hold one), built from a relay header's names into a
+// stack buffer so that the lookup does not allocate.
+func forwardKey[S ~string | ~[]byte](b []byte, room, publisher, track S) []byte {
+	b = append(b, room...)
+	b = append(b, 0)
+	b = append(b, publisher...)
+	b = append(b, 0)
+	return append(b, track...)
+}
+
 // Endpoint is a node's relay port.
 type Endpoint struct {
 	cfg  Config
@@ -143,9 +163,11 @@ type Endpoint struct {
 
 	peers  atomic.Pointer[map[NodeID]*peer]
 	routes atomic.Pointer[routeTable]
-	// needMu guards needs.
+	// needMu guards needs and serialises SetForward.
 	needMu sync.RWMutex
 	needs  map[StreamKey]*need
+	// fwd are the remote tracks this node forwards on (copy on write).
+	fwd    atomic.Pointer[map[string]*forward]
 	peerMu sync.Mutex // serialises SetPeers and SetEpoch; guards cfg.Epoch and blocked
 	// blocked are the peers whose links are out of service (Block).
 	blocked map[NodeID]bool
@@ -165,6 +187,9 @@ type scratch struct {
 	frame  []byte
 	groups [relaywire.MaxDst]group
 	out    outQ
+	// fanning: route is sending a holder's copies (fanOut), counted as
+	// forwarded.
+	fanning bool
 }
 
 type group struct {
@@ -225,6 +250,8 @@ func New(cfg Config) (*Endpoint, error) {
 	e.scratch.New = func() any { return newScratch(false) }
 	empty := map[NodeID]*peer{}
 	e.peers.Store(&empty)
+	noFwd := map[string]*forward{}
+	e.fwd.Store(&noFwd)
 	e.routes.Store(&routeTable{next: map[NodeID]NodeID{}})
 	e.rx.slab = make([]byte, 0, 64*udpio.MaxPacket)
 	return e, nil
@@ -320,6 +347,67 @@ func (e *Endpoint) SetNeed(k StreamKey, dsts []NodeID) error {
 	return nil
 }
 
+// SetForward makes this node a holder of the remote track k in the
+// track's distribution tree (the controller's command): each media
+// message of k addressed to this node is sent on to dsts as well, once
+// per next hop, keeping the source, sequence number and the hop limit
+// the message arrived with less one (so a loop of holders ends like any
+// other). deliver says whether this node's SFU also wants the track (its
+// subscribers); without it a holder forwards only. An empty dsts stops
+// it. More than MaxNeed nodes is an error and changes nothing.
+func (e *Endpoint) SetForward(k StreamKey, dsts []NodeID, deliver bool) error {
+	keep := make([]NodeID, 0, len(dsts))
+	for _, d := range dsts {
+		if d != e.cfg.Node && d != 0 && !slices.Contains(keep, d) {
+			keep = append(keep, d)
+		}
+	}
+	if len(keep) > MaxNeed {
+		return fmt.Errorf("%w: %d nodes to forward %s/%s/%s to, at most %d", ErrTooMany, len(keep), k.Room, k.Publisher, k.Track, MaxNeed)
+	}
+	if len(k.Room) > relaywire.MaxName || len(k.Publisher) > relaywire.MaxName || len(k.Track) > relaywire.MaxName {
+		return fmt.Errorf("%w: %s/%s/%s: name longer than %d bytes", ErrTooMany, k.Room, k.Publisher, k.Track, relaywire.MaxName)
+	}
+	fk := string(forwardKey(nil, k.Room, k.Publisher, k.Track))
+	e.needMu.Lock()
+	defer e.needMu.Unlock()
+	old := *e.fwd.Load()
+	next := make(map[string]*forward, len(old)+1)
+	for key, f := range old {
+		next[key] = f
+	}
+	if len(keep) == 0 {
+		delete(next, fk)
+	} else {
+		next[fk] = &forward{dsts: keep, deliver: deliver}
+	}
+	e.fwd.Store(&next)
+	return nil
+}
+
+// lookupForward finds the forward of a message's track, nil when none.
+func (e *Endpoint) lookupForward(h *relaywire.Header) *forward {
+	m := *e.fwd.Load()
+	if len(m) == 0 {
+		return nil
+	}
+	var kb [3*relaywire.MaxName + 2]byte
+	return m[string(forwardKey(kb[:0], h.Room, h.Publisher, h.Track))]
+}
+
+// DataSent returns how many data messages this node sent on each link
+// (not retransmissions or parity): diagnostics, and the tests' measure of
+// a track crossing each link once.
+func (e *Endpoint) DataSent() map[NodeID]uint64 {
+	out := map[NodeID]uint64{}
+	for id, p := range *e.peers.Load() {
+		p.mu.Lock()
+		out[id] = p.dataSent
+		p.mu.Unlock()
+	}
+	return out
+}
+
 // Send sends an RTP packet of a local publisher's track to the nodes that
 // need it, once per next hop (a track needed by more than
 // relaywire.MaxDst nodes goes out as one message per MaxDst of them). It
@@ -412,7 +500,11 @@ func (e *Endpoint) route(s *scratch, h *relaywire.Header, payload []byte, from N
 		s.groups[g].dsts[s.groups[g].n] = d
 		s.groups[g].n++
 	}
-	if deliver && local {
+	var fw *forward
+	if deliver && local && h.Kind == relaywire.KindMedia {
+		fw = e.lookupForward(h)
+	}
+	if deliver && local && (fw == nil || fw.deliver) {
 		e.m.delivered.Inc()
 		if h.Kind == relaywire.KindMedia {
 			e.cfg.Local.DeliverMedia(h.Room, h.Publisher, h.Track, h.Layer, payload)
@@ -420,17 +512,55 @@ func (e *Endpoint) route(s *scratch, h *relaywire.Header, payload []byte, from N
 			e.cfg.Local.DeliverFeedback(h.Room, h.Publisher, h.Track, h.Layer, h.Source, payload)
 		}
 	}
-	if ng == 0 {
+	if ng == 0 && fw == nil {
 		return
 	}
 	hop := h.HopLimit
 	if local { // a message that arrived: this hop spends one
 		if hop <= 1 {
-			e.m.drops[dropHopLimit].Add(float64(ng))
+			e.m.drops[dropHopLimit].Add(float64(max(ng, 1)))
 			return
 		}
 		hop--
 	}
+	e.sendGroups(s, h, payload, ng, hop, local)
+	if fw != nil {
+		e.fanOut(s, h, payload, fw, hop)
+	}
+}
+
+// fanOut sends a message that arrived for a track this node holds on to
+// the nodes it forwards the track to, as a message of the same source
+// with the hop limit hop (already spent), skipping the nodes the message
+// was addressed to already and its source.
+func (e *Endpoint) fanOut(s *scratch, h *relaywire.Header, payload []byte, fw *forward, hop uint8) {
+	fh := *h
+	fh.HopLimit = hop
+	fh.NDst = 0
+	s.fanning = true
+	defer func() { s.fanning = false }()
+	flush := func() {
+		if fh.NDst > 0 {
+			e.route(s, &fh, payload, 0, false)
+			fh.NDst = 0
+		}
+	}
+	for _, d := range fw.dsts {
+		if d == h.Source || slices.Contains(h.Dests(), d) {
+			continue
+		}
+		fh.Dst[fh.NDst] = d
+		fh.NDst++
+		if int(fh.NDst) == relaywire.MaxDst {
+			flush()
+		}
+	}
+	flush()
+}
+
+// sendGroups sends one copy of h to each of the ng next hops route
+// grouped its destinations by, with the hop limit hop.
+func (e *Endpoint) sendGroups(s *scratch, h *relaywire.Header, payload []byte, ng int, hop uint8, local bool) {
 	peers := *e.peers.Load()
 	for i := 0; i < ng; i++ {
 		g := &s.groups[i]
@@ -451,7 +581,7 @@ func (e *Endpoint) route(s *scratch, h *relaywire.Header, payload []byte, from N
 		msg = append(msg, payload...)
 		s.hdr = msg[:0]
 		e.sendData(p, msg, &s.out)
-		if local {
+		if local || s.fanning {
 			e.m.forwarded.Inc()
 		} else {
 			e.m.sent.Inc()
@@ -470,6 +600,7 @@ func (e *Endpoint) sendData(p *peer, msg []byte, out *outQ) {
 		e.m.drops[dropMalformed].Inc()
 		return
 	}
+	p.dataSent++
 	p.body = relaywire.AppendData(p.body[:0], seq, msg)
 	e.queue(p, relaywire.TypeData, p.body, out)
 	e.queueParity(p, out)

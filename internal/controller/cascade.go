@@ -17,7 +17,7 @@ import (
 // follows where every track is published and which nodes hold each room's
 // participants, feeds the nodes' link reports to a routes.Router, and the
 // leader pushes each relay node its whole cascade state (peers, routes,
-// the local tracks other nodes need, the remote tracks of its rooms) on
+// the tracks it sends to other nodes, the remote tracks of its rooms) on
 // traverse.cascade.<node>.cmd: at once when it changes, and every
 // cascadeRefresh anyway (a node that restarted, a lost message).
 
@@ -40,6 +40,9 @@ type cascadeView struct {
 	// inRouter are the relay ids the router holds, with the node each
 	// belongs to.
 	inRouter map[uint32]string
+	// trees are this step's distribution trees, by room NUL track key;
+	// prevTrees the last step's (the trees' hysteresis).
+	trees, prevTrees map[string]routes.Tree
 
 	commands, badReports prometheus.Counter
 }
@@ -52,7 +55,7 @@ type pubView struct {
 func newCascadeView(reg prometheus.Registerer) (*cascadeView, error) {
 	v := &cascadeView{router: routes.New(routes.Config{}), tracks: map[string]map[string]*pubView{},
 		members: map[string]map[string]int{}, sent: map[string][]byte{}, sentAt: map[string]time.Time{},
-		inRouter: map[uint32]string{},
+		inRouter: map[uint32]string{}, trees: map[string]routes.Tree{},
 		commands: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "traverse", Subsystem: "controller",
 			Name: "cascade_commands_total", Help: "Cascade commands published to nodes."}),
 		badReports: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "traverse", Subsystem: "controller",
@@ -185,6 +188,7 @@ func (c *Controller) cascadeStep(now time.Time) {
 	if v.router.Compute(now) > 0 {
 		v.gen++
 	}
+	v.prevTrees, v.trees = v.trees, map[string]routes.Tree{}
 	rev := c.leading.Load()
 	if rev == 0 || !c.acting() {
 		return
@@ -213,6 +217,26 @@ func (c *Controller) cascadeStep(now time.Time) {
 			delete(v.sentAt, name)
 		}
 	}
+}
+
+// tree is the distribution tree of a track (routes.Tree): from its
+// publisher's node to every other relay node with participants in its
+// room, each joined to the nearest node the track already reaches.
+// Computed once per step for all nodes' commands (v.trees).
+func (v *cascadeView) tree(room, key string, t *pubView, nodes map[string]*nodeView) routes.Tree {
+	tk := room + "\x00" + key
+	if tr, ok := v.trees[tk]; ok {
+		return tr
+	}
+	var need []routes.NodeID
+	for other := range v.members[room] {
+		if o := nodes[other]; o != nil && other != t.node {
+			need = append(need, routes.NodeID(o.rec.RelayID))
+		}
+	}
+	tr := v.router.Tree(routes.NodeID(nodes[t.node].rec.RelayID), need, v.prevTrees[tk])
+	v.trees[tk] = tr
+	return tr
 }
 
 // cascadeCommand is node's whole state (without controller, lease, time).
@@ -250,26 +274,15 @@ func (c *Controller) cascadeCommand(name string, n *nodeView, nodes map[string]*
 			if pub == nil {
 				continue
 			}
-			if t.node == name {
-				// A local track: the nodes that hold participants of the
-				// room and that this node reaches.
-				var dsts []uint32
-				for other := range v.members[room] {
-					o := nodes[other]
-					if o == nil || other == name {
-						continue
-					}
-					if _, ok := v.router.NextHop(routes.NodeID(me), routes.NodeID(o.rec.RelayID)); ok {
-						dsts = append(dsts, o.rec.RelayID)
-					}
+			tree := v.tree(room, k, t, nodes)
+			if dsts := tree.Forward[routes.NodeID(me)]; len(dsts) > 0 && len(cmd.Needs) < bus.MaxCascadeNeeds {
+				need := bus.CascadeNeed{Room: room, Publisher: t.publisher, Track: t.info.ID, Relay: t.node != name}
+				for _, d := range dsts {
+					need.Nodes = append(need.Nodes, uint32(d))
 				}
-				if len(dsts) > 0 && len(cmd.Needs) < bus.MaxCascadeNeeds {
-					slices.Sort(dsts)
-					cmd.Needs = append(cmd.Needs, bus.CascadeNeed{Room: room, Publisher: t.publisher, Track: t.info.ID, Nodes: dsts})
-				}
-				continue
+				cmd.Needs = append(cmd.Needs, need)
 			}
-			if v.members[room][name] > 0 && len(cmd.Tracks) < bus.MaxCascadeTracks {
+			if t.node != name && v.members[room][name] > 0 && len(cmd.Tracks) < bus.MaxCascadeTracks {
 				cmd.Tracks = append(cmd.Tracks, bus.CascadeTrack{Room: room, Publisher: t.publisher, Node: pub.rec.RelayID, Track: t.info})
 			}
 		}

@@ -53,7 +53,7 @@ func TestHoldersForwardOncePerLink(t *testing.T) {
 			for _, n := range c.need {
 				need = append(need, routes.NodeID(n))
 			}
-			tree := r.Tree(routes.NodeID(nA), need)
+			tree := r.Tree(routes.NodeID(nA), need, routes.Tree{})
 			if len(tree.Unreached) > 0 || tree.Shared > 0 {
 				t.Fatalf("tree %+v", tree)
 			}

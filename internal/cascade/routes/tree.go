@@ -3,6 +3,7 @@ package routes
 import (
 	"math"
 	"slices"
+	"time"
 )
 
 // Path returns the nodes a message from node to dst crosses by the current
@@ -56,8 +57,21 @@ type segment struct{ path []NodeID }
 // is sent from its nearest holder anyway (Shared counts them): the track
 // reaches it over a link it already crosses. Ties go to the lower node
 // ids, so the tree is the same for the same tables.
-func (r *Router) Tree(root NodeID, need []NodeID) Tree {
+//
+// prev is the track's previous tree (zero: none): a node keeps the holder
+// it had while that holder is still a candidate, until another is nearer
+// by more than the router's Margin and MinGain (the routes' hysteresis,
+// without the hold), so that the tree does not move with every report of
+// near-equal links.
+func (r *Router) Tree(root NodeID, need []NodeID, prev Tree) Tree {
 	t := Tree{Forward: map[NodeID][]NodeID{}}
+	parent := map[NodeID]NodeID{}
+	for h, fs := range prev.Forward {
+		for _, f := range fs {
+			parent[f] = h
+		}
+	}
+	minGain := float64(r.cfg.MinGain) / float64(time.Millisecond)
 	// on: every node the track crosses -> the leg it is a hop of (-1 for
 	// holders).
 	on := map[NodeID]int{root: -1}
@@ -96,6 +110,9 @@ func (r *Router) Tree(root NodeID, need []NodeID) Tree {
 				}
 				if li := on[h]; li >= 0 && !r.cuttable(legs[li].path, h) {
 					continue
+				}
+				if p, ok := parent[n]; ok && p == h {
+					c -= max(r.cfg.Margin*c, minGain)
 				}
 				if c < bestCost {
 					bestCost, bestI, bestPath = c, i, p

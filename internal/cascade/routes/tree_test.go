@@ -58,7 +58,7 @@ func TestTreeNearestHolder(t *testing.T) {
 			root: A, want: map[NodeID][]NodeID{}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			tr := graph(c.nodes, c.links).Tree(c.root, c.need)
+			tr := graph(c.nodes, c.links).Tree(c.root, c.need, Tree{})
 			if len(tr.Forward) != len(c.want) {
 				t.Fatalf("forward %v, want %v", tr.Forward, c.want)
 			}
@@ -163,7 +163,7 @@ func treeOncePerLink(t *testing.T, perturb bool) {
 				need = append(need, m)
 			}
 		}
-		tr := r.Tree(root, need)
+		tr := r.Tree(root, need, Tree{})
 		loads, got := linkLoads(r, root, tr.Forward)
 		shared += tr.Shared
 		for l, c := range loads {
@@ -201,4 +201,33 @@ func treeOncePerLink(t *testing.T, perturb bool) {
 		t.Fatal("destination routing from the publisher never doubled a link: the test shows nothing")
 	}
 	t.Logf("destination routing alone doubled a link in %d of 300 graphs; %d needs of the tree shared a link", doubled, shared)
+}
+
+// TestTreeHysteresis: a node keeps its holder until another is nearer by
+// more than the margin (10 %) and 1 ms.
+func TestTreeHysteresis(t *testing.T) {
+	prev := Tree{Forward: map[NodeID][]NodeID{A: {B, C}}}
+	for _, c := range []struct {
+		name string
+		bc   float64
+		prev Tree
+		want map[NodeID][]NodeID
+	}{
+		{"no previous tree: C to its nearest, B", 0.6, Tree{}, map[NodeID][]NodeID{A: {B}, B: {C}}},
+		{"B nearer by 0.9 ms: C stays with A", 0.6, prev, map[NodeID][]NodeID{A: {B, C}}},
+		{"B nearer by 1.2 ms: C moves to B", 0.3, prev, map[NodeID][]NodeID{A: {B}, B: {C}}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			r := graph([]NodeID{A, B, C}, map[[2]NodeID]float64{{A, B}: 1, {A, C}: 1.5, {B, C}: c.bc})
+			tr := r.Tree(A, []NodeID{B, C}, c.prev)
+			if len(tr.Forward) != len(c.want) {
+				t.Fatalf("forward %v, want %v", tr.Forward, c.want)
+			}
+			for h, w := range c.want {
+				if !slices.Equal(tr.Forward[h], w) {
+					t.Fatalf("forward %v, want %v", tr.Forward, c.want)
+				}
+			}
+		})
+	}
 }

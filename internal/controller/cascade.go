@@ -2,7 +2,9 @@ package controller
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"errors"
 	"net/netip"
 	"slices"
 	"time"
@@ -11,6 +13,7 @@ import (
 
 	"github.com/traverse-rtc/traverse/internal/bus"
 	"github.com/traverse-rtc/traverse/internal/cascade/routes"
+	"github.com/traverse-rtc/traverse/internal/cluster"
 )
 
 // The cascade (docs/cascade.md): with Config.Cascade the controller
@@ -24,6 +27,9 @@ import (
 const (
 	cascadeTick    = 500 * time.Millisecond
 	cascadeRefresh = 2 * time.Second
+	// cascadeKeyOverlap bounds how long frames of the previous key epoch
+	// stay accepted after a rotation (at most half the rotation period).
+	cascadeKeyOverlap = 30 * time.Second
 )
 
 type cascadeView struct {
@@ -44,7 +50,15 @@ type cascadeView struct {
 	// prevTrees the last step's (the trees' hysteresis).
 	trees, prevTrees map[string]routes.Tree
 
-	commands, badReports prometheus.Counter
+	// The relay links' key epoch as stored in the leader bucket (its
+	// revision), when it was last stepped; epochKnown once the leader read
+	// it (it commands nothing before).
+	epoch      uint16
+	rotated    time.Time
+	epochRev   uint64
+	epochKnown bool
+
+	commands, badReports, rotations prometheus.Counter
 }
 
 type pubView struct {
@@ -60,8 +74,10 @@ func newCascadeView(reg prometheus.Registerer) (*cascadeView, error) {
 			Name: "cascade_commands_total", Help: "Cascade commands published to nodes."}),
 		badReports: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "traverse", Subsystem: "controller",
 			Name: "cascade_bad_reports_total", Help: "Cascade link reports dropped: unknown node, or a relay id not the node's."}),
+		rotations: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "traverse", Subsystem: "controller",
+			Name: "cascade_key_rotations_total", Help: "Relay key epochs this controller stepped."}),
 	}
-	for _, m := range []prometheus.Collector{v.commands, v.badReports} {
+	for _, m := range []prometheus.Collector{v.commands, v.badReports, v.rotations} {
 		if err := reg.Register(m); err != nil {
 			return nil, err
 		}
@@ -159,7 +175,7 @@ func (c *Controller) cascadeNodes() map[string]*nodeView {
 
 // cascadeStep recomputes routes and pushes every relay node its state
 // (the leader, every cascadeTick).
-func (c *Controller) cascadeStep(now time.Time) {
+func (c *Controller) cascadeStep(ctx context.Context, now time.Time) {
 	v := c.casc
 	if v == nil {
 		return
@@ -190,12 +206,14 @@ func (c *Controller) cascadeStep(now time.Time) {
 	}
 	v.prevTrees, v.trees = v.trees, map[string]routes.Tree{}
 	rev := c.leading.Load()
-	if rev == 0 || !c.acting() {
+	if rev == 0 || !c.acting() || !c.cascadeEpoch(ctx, now) {
 		return
 	}
+	overlap := min(cascadeKeyOverlap, c.cfg.CascadeKeyRotation/2)
 	for name, n := range nodes {
 		cmd := c.cascadeCommand(name, n, nodes)
 		cmd.Controller, cmd.Lease = c.cfg.ID, rev
+		cmd.Epoch, cmd.KeepPrev = v.epoch, now.Sub(v.rotated) < overlap
 		state, err := json.Marshal(cmd)
 		if err != nil {
 			continue
@@ -237,6 +255,57 @@ func (v *cascadeView) tree(room, key string, t *pubView, nodes map[string]*nodeV
 	tr := v.router.Tree(routes.NodeID(nodes[t.node].rec.RelayID), need, v.prevTrees[tk])
 	v.trees[tk] = tr
 	return tr
+}
+
+// cascadeEpoch keeps the relay key epoch (the leader, each step): read
+// from the leader bucket once leading (made at 0 when absent), stepped
+// by one and written back (compare-and-set) when CascadeKeyRotation has
+// passed since the last step. It reports whether the epoch is known; a
+// failed write keeps the current epoch and is tried again next step.
+func (c *Controller) cascadeEpoch(ctx context.Context, now time.Time) bool {
+	v := c.casc
+	kctx, cancel := context.WithTimeout(ctx, c.cfg.LeaseTTL/3)
+	defer cancel()
+	if !v.epochKnown {
+		e, err := c.store.CascadeEpoch(kctx)
+		switch {
+		case errors.Is(err, cluster.ErrNotFound):
+			rec := cluster.CascadeEpochRecord{Epoch: 0, Rotated: now.UTC(), Controller: c.cfg.ID}
+			rev, err := c.store.PutCascadeEpoch(kctx, rec, 0)
+			if err != nil {
+				c.m.kvErrors.WithLabelValues("epoch").Inc()
+				return false
+			}
+			v.epoch, v.rotated, v.epochRev = 0, now, rev
+		case err != nil:
+			c.m.kvErrors.WithLabelValues("epoch").Inc()
+			c.log.Warn("controller: reading the cascade key epoch", "err", err)
+			return false
+		default:
+			v.epoch, v.rotated, v.epochRev = e.Value.Epoch, e.Value.Rotated, e.Revision
+		}
+		v.epochKnown = true
+	}
+	if now.Sub(v.rotated) < c.cfg.CascadeKeyRotation {
+		return true
+	}
+	rec := cluster.CascadeEpochRecord{Epoch: v.epoch + 1, Rotated: now.UTC(), Controller: c.cfg.ID}
+	rev, err := c.store.PutCascadeEpoch(kctx, rec, v.epochRev)
+	switch {
+	case errors.Is(err, cluster.ErrConflict):
+		// another controller stepped it: read it again next step
+		c.m.kvErrors.WithLabelValues("epoch").Inc()
+		v.epochKnown = false
+		return false
+	case err != nil:
+		c.m.kvErrors.WithLabelValues("epoch").Inc()
+		c.log.Warn("controller: stepping the cascade key epoch", "err", err)
+		return true
+	}
+	v.epoch, v.rotated, v.epochRev = rec.Epoch, now, rev
+	v.rotations.Inc()
+	c.log.Info("controller: cascade key epoch stepped", "epoch", v.epoch)
+	return true
 }
 
 // cascadeCommand is node's whole state (without controller, lease, time).

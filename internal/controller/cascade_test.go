@@ -1,6 +1,7 @@
 package controller_test
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"log/slog"
@@ -227,4 +228,69 @@ func TestControllerCascadeTree(t *testing.T) {
 
 func needEqual(a, b bus.CascadeNeed) bool {
 	return a.Room == b.Room && a.Publisher == b.Publisher && a.Track == b.Track && a.Relay == b.Relay && slices.Equal(a.Nodes, b.Nodes)
+}
+
+// TestControllerCascadeKeyRotation: the leader steps the relay key epoch
+// every CascadeKeyRotation and tells the nodes to keep the previous
+// epoch for the overlap (half of it here) and then to drop it; the epoch
+// is kept in the leader bucket, and a new leader continues from it
+// rather than from 0.
+func TestControllerCascadeKeyRotation(t *testing.T) {
+	c := clustertest.Start(t, 1)
+	ctx1, cancel1 := context.WithCancel(context.Background())
+	reg := prometheus.NewRegistry()
+	ctl1, err := controller.New(controller.Config{ID: "ctl-1", Bus: c.Config("ctl-1", bus.RoleController, ""), Cascade: true,
+		CascadeKeyRotation: 2 * time.Second, Registerer: reg, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done1 := make(chan error, 1)
+	go func() { done1 <- ctl1.Run(ctx1) }()
+	t.Cleanup(func() { cancel1(); ctl1.Close() })
+	ns := startFakeRelayNodes(t, c, []fakeSpec{{"n1", 7, map[uint32]int64{8: 1000}}, {"n2", 8, map[uint32]int64{7: 1000}}})
+	n1 := ns[0]
+	// Every command n1 gets, in order.
+	var mu sync.Mutex
+	var seen []bus.CascadeCommand
+	if _, err := n1.bc.SubscribeCascadeCommands("n1", func(cmd bus.CascadeCommand) {
+		mu.Lock()
+		seen = append(seen, cmd)
+		mu.Unlock()
+	}); err != nil {
+		t.Fatal(err)
+	}
+	has := func(pred func(bus.CascadeCommand) bool) func() bool {
+		return func() bool {
+			mu.Lock()
+			defer mu.Unlock()
+			return slices.ContainsFunc(seen, pred)
+		}
+	}
+	testkit.WaitFor(t, 10*time.Second, "epoch 1 in its overlap", has(func(c bus.CascadeCommand) bool { return c.Epoch == 1 && c.KeepPrev }))
+	testkit.WaitFor(t, 5*time.Second, "epoch 1 after its overlap", has(func(c bus.CascadeCommand) bool { return c.Epoch == 1 && !c.KeepPrev }))
+	testkit.WaitFor(t, 5*time.Second, "epoch 2", has(func(c bus.CascadeCommand) bool { return c.Epoch == 2 }))
+	if r := testutil.ToFloat64(metric(t, reg, "traverse_controller_cascade_key_rotations_total")); r < 2 {
+		t.Fatalf("%v rotations counted", r)
+	}
+
+	// A second controller takes over when the first stops.
+	ctl2, _ := newCascadeController(t, c, "ctl-2", controller.Config{CascadeKeyRotation: time.Hour})
+	testkit.Stop(t, "ctl-1", cancel1, done1)
+	testkit.WaitFor(t, 15*time.Second, "ctl-2 commanding", has(func(c bus.CascadeCommand) bool { return c.Controller == "ctl-2" }))
+	mu.Lock()
+	defer mu.Unlock()
+	var last uint16
+	for _, cmd := range seen {
+		if cmd.Controller == "ctl-1" {
+			last = max(last, cmd.Epoch)
+		}
+	}
+	for _, cmd := range seen {
+		if cmd.Controller == "ctl-2" && cmd.Epoch != last {
+			t.Fatalf("the new leader commands epoch %d, the stored one is %d", cmd.Epoch, last)
+		}
+	}
+	if ctl2.Leading() == 0 {
+		t.Fatal("ctl-2 not leading")
+	}
 }

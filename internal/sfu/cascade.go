@@ -511,17 +511,21 @@ func (s *Server) applyCascade(cmd bus.CascadeCommand) {
 		return
 	}
 	a.lease = cmd.Lease
+	// The epoch first: links the peers add are made under it.
+	if cmd.Epoch != a.epoch {
+		if err := c.ep.SetEpoch(cmd.Epoch); err == nil {
+			a.epoch = cmd.Epoch
+		}
+	}
+	if !cmd.KeepPrev {
+		c.ep.RetireEpoch()
+	}
 	peers := make(map[relay.NodeID]netip.AddrPort, len(cmd.Peers))
 	for _, p := range cmd.Peers {
 		peers[relay.NodeID(p.ID)] = p.PeerAddr()
 	}
 	if err := c.ep.SetPeers(peers); err != nil {
 		s.log.Warn("sfu: cascade peers", "err", err)
-	}
-	if cmd.Epoch != a.epoch {
-		if err := c.ep.SetEpoch(cmd.Epoch); err == nil {
-			a.epoch = cmd.Epoch
-		}
 	}
 	next := make(map[relay.NodeID]relay.NodeID, len(cmd.Routes))
 	for _, h := range cmd.Routes {

@@ -168,7 +168,11 @@ type Endpoint struct {
 	needs  map[StreamKey]*need
 	// fwd are the remote tracks this node forwards on (copy on write).
 	fwd    atomic.Pointer[map[string]*forward]
-	peerMu sync.Mutex // serialises SetPeers and SetEpoch; guards cfg.Epoch and blocked
+	peerMu sync.Mutex // serialises SetPeers and SetEpoch; guards cfg.Epoch, prevEpoch, hasPrev and blocked
+	// prevEpoch is the epoch before cfg.Epoch while its frames are still
+	// accepted (hasPrev: between SetEpoch and RetireEpoch).
+	prevEpoch uint16
+	hasPrev   bool
 	// blocked are the peers whose links are out of service (Block).
 	blocked map[NodeID]bool
 
@@ -277,6 +281,12 @@ func (e *Endpoint) SetPeers(peers map[NodeID]netip.AddrPort) error {
 			continue
 		}
 		p, err := newPeer(&e.cfg, id, addr)
+		if err == nil && e.hasPrev {
+			// a link made during an overlap opens the previous epoch too
+			if p.link, err = relaywire.NewLink(e.cfg.Secret, e.cfg.Node, id, e.prevEpoch); err == nil {
+				err = p.link.Rotate(e.cfg.Epoch)
+			}
+		}
 		if err != nil {
 			return err
 		}
@@ -289,17 +299,38 @@ func (e *Endpoint) SetPeers(peers map[NodeID]netip.AddrPort) error {
 
 // SetEpoch moves every link to a new key epoch (the controller rotates
 // the cluster's keys): frames are sealed under it from now on, frames
-// under the previous epoch are still accepted.
+// under the previous epoch are still accepted until RetireEpoch (the
+// overlap), and so are frames under the next one (a peer that rotated
+// first).
 func (e *Endpoint) SetEpoch(epoch uint16) error {
 	e.peerMu.Lock()
 	defer e.peerMu.Unlock()
-	e.cfg.Epoch = epoch
+	if epoch == e.cfg.Epoch {
+		return nil
+	}
 	for _, p := range *e.peers.Load() {
 		if err := p.link.Rotate(epoch); err != nil {
 			return err
 		}
 	}
+	e.prevEpoch, e.hasPrev = e.cfg.Epoch, true
+	e.cfg.Epoch = epoch
 	return nil
+}
+
+// RetireEpoch ends the overlap after a rotation: frames under the previous
+// epoch are dropped from now on (traverse_relay_dropped_total{reason=
+// "epoch"}).
+func (e *Endpoint) RetireEpoch() {
+	e.peerMu.Lock()
+	defer e.peerMu.Unlock()
+	if !e.hasPrev {
+		return
+	}
+	e.hasPrev = false
+	for _, p := range *e.peers.Load() {
+		p.link.Retire()
+	}
 }
 
 // SetRoutes sets this node's route table (destination -> next hop) and

@@ -60,11 +60,13 @@ func (n *cascadeNode) counter(t *testing.T, name string, labels ...string) float
 // holds the track for C, by the nearest-holder tree). Then the A-C link is blocked in both endpoints: the
 // probes see it down, the controller moves A's route to C through B (and
 // B becomes the nearest holder for C), and C's subscriber keeps
-// receiving, now through B.
+// receiving, now through B. All along the controller steps the key epoch
+// every 2 s, and no frame is refused for its epoch.
 func TestCascadeThreeNodes(t *testing.T) {
 	c := clustertest.Start(t, 1)
+	ctlReg := prometheus.NewRegistry()
 	ctl, err := controller.New(controller.Config{ID: "ctl-1", Bus: c.Config("ctl-1", bus.RoleController, ""),
-		Cascade: true, Registerer: prometheus.NewRegistry(), Log: quiet})
+		Cascade: true, CascadeKeyRotation: 2 * time.Second, Registerer: ctlReg, Log: quiet})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -163,6 +165,18 @@ func TestCascadeThreeNodes(t *testing.T) {
 		t.Fatal("A dropped nothing on the blocked link")
 	}
 	t.Logf("A-C blocked: B forwarding to C after %v", moved.Round(10*time.Millisecond))
+
+	// The key epoch was stepped every 2 s all along, the nodes switching
+	// in any order: no frame was refused for its epoch.
+	rot := &cascadeNode{reg: ctlReg}
+	if r := rot.counter(t, "traverse_controller_cascade_key_rotations_total"); r < 3 {
+		t.Fatalf("%v key rotations", r)
+	}
+	for _, n := range []*cascadeNode{a, b, cc} {
+		if d := n.counter(t, "traverse_relay_dropped_total", "reason", "epoch"); d != 0 {
+			t.Fatalf("node %d refused %v frames for their epoch across the rotations", n.id, d)
+		}
+	}
 
 	// The publisher leaves: its tracks leave B's and C's rooms.
 	if b.s.RemoteTracks("r1") != 2 || cc.s.RemoteTracks("r1") != 2 {

@@ -89,8 +89,13 @@ type peer struct {
 	link *relaywire.Link
 
 	// mu guards the link's loss recovery and probing state below and the
-	// scratch buffers that go with them.
+	// scratch buffers that go with them. snd (with the parity buffers)
+	// and rcv hold most of a link's memory (about 1.6 MB together): they
+	// are made when the first data message is sent or received on the
+	// link (sender, receiver), so a peer that only exchanges probes costs
+	// a few kilobytes.
 	mu       sync.Mutex
+	cfg      *Config
 	snd      *recovery.Sender
 	rcv      *recovery.Receiver
 	prb      *probe.Prober
@@ -113,12 +118,8 @@ func newPeer(cfg *Config, id NodeID, addr netip.AddrPort) (*peer, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &peer{id: id, addr: addr, link: l, snd: recovery.NewSender(cfg.Sender),
-		rcv: recovery.NewReceiver(cfg.Receiver), prb: probe.New(cfg.Probe),
+	p := &peer{id: id, addr: addr, link: l, cfg: cfg, prb: probe.New(cfg.Probe),
 		body: make([]byte, 0, udpio.MaxPacket), nacks: make([]uint32, 0, relaywire.MaxNack)}
-	for i := range p.parity {
-		p.parity[i] = make([]byte, 0, udpio.MaxPacket)
-	}
 	p.emit = func(b []byte) {
 		if p.nParity < len(p.parity) {
 			p.parity[p.nParity] = append(p.parity[p.nParity][:0], b...)
@@ -126,6 +127,28 @@ func newPeer(cfg *Config, id NodeID, addr netip.AddrPort) (*peer, error) {
 		}
 	}
 	return p, nil
+}
+
+// sender returns the link's sender, made on first use. p.mu is held.
+func (p *peer) sender(now time.Time) *recovery.Sender {
+	if p.snd == nil {
+		p.snd = recovery.NewSender(p.cfg.Sender)
+		if p.snd != nil {
+			p.snd.SetLoss(p.prb.Stats(now).PeerLoss)
+		}
+		for i := range p.parity {
+			p.parity[i] = make([]byte, 0, udpio.MaxPacket)
+		}
+	}
+	return p.snd
+}
+
+// receiver returns the link's receiver, made on first use. p.mu is held.
+func (p *peer) receiver() *recovery.Receiver {
+	if p.rcv == nil {
+		p.rcv = recovery.NewReceiver(p.cfg.Receiver)
+	}
+	return p.rcv
 }
 
 type routeTable struct {
@@ -626,7 +649,8 @@ func (e *Endpoint) sendData(p *peer, msg []byte, out *outQ) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.nParity = 0
-	seq, err := p.snd.Next(msg, time.Now(), p.body, p.emit)
+	now := time.Now()
+	seq, err := p.sender(now).Next(msg, now, p.body, p.emit)
 	if err != nil {
 		e.m.drops[dropMalformed].Inc()
 		return
@@ -769,18 +793,20 @@ func (e *Endpoint) handleFrame(b []byte, from netip.AddrPort, s *scratch) {
 			e.m.drops[dropMalformed].Inc()
 			break
 		}
-		before := p.rcv.Recovered
-		p.rcv.OnData(seq, msg, now, e.rxAdd)
-		e.m.recovered.Add(float64(p.rcv.Recovered - before))
+		rcv := p.receiver()
+		before := rcv.Recovered
+		rcv.OnData(seq, msg, now, e.rxAdd)
+		e.m.recovered.Add(float64(rcv.Recovered - before))
 	case relaywire.TypeParity:
 		var par relaywire.Parity
 		if relaywire.ParseParity(body, &par) != nil {
 			e.m.drops[dropMalformed].Inc()
 			break
 		}
-		before := p.rcv.Recovered
-		p.rcv.OnParity(&par, e.rxAdd)
-		e.m.recovered.Add(float64(p.rcv.Recovered - before))
+		rcv := p.receiver()
+		before := rcv.Recovered
+		rcv.OnParity(&par, e.rxAdd)
+		e.m.recovered.Add(float64(rcv.Recovered - before))
 	case relaywire.TypeNack:
 		seqs, err := relaywire.ParseNack(body, p.nacks)
 		if err != nil {
@@ -788,6 +814,9 @@ func (e *Endpoint) handleFrame(b []byte, from netip.AddrPort, s *scratch) {
 			break
 		}
 		for _, q := range seqs {
+			if p.snd == nil {
+				break // nothing was sent on this link
+			}
 			if msg, ok := p.snd.Retransmit(q); ok {
 				p.body = relaywire.AppendData(p.body[:0], q, msg)
 				e.queue(p, relaywire.TypeData, p.body, &s.out)
@@ -800,8 +829,10 @@ func (e *Endpoint) handleFrame(b []byte, from netip.AddrPort, s *scratch) {
 			e.m.drops[dropMalformed].Inc()
 			break
 		}
-		if l := p.rcv.TakeLoss(); l >= 0 {
-			p.dataLoss += (l - p.dataLoss) * 0.3
+		if p.rcv != nil { // no data received: nothing to measure
+			if l := p.rcv.TakeLoss(); l >= 0 {
+				p.dataLoss += (l - p.dataLoss) * 0.3
+			}
 		}
 		p.body = relaywire.AppendEcho(p.body[:0], relaywire.Echo{ID: pr.ID, Sent: pr.Sent, LossPPM: uint32(p.dataLoss * 1e6)})
 		e.queue(p, relaywire.TypeEcho, p.body, &s.out)
@@ -812,7 +843,9 @@ func (e *Endpoint) handleFrame(b []byte, from netip.AddrPort, s *scratch) {
 			break
 		}
 		p.prb.OnEcho(ec, now)
-		p.snd.SetLoss(p.prb.Stats(now).PeerLoss)
+		if p.snd != nil {
+			p.snd.SetLoss(p.prb.Stats(now).PeerLoss)
+		}
 	}
 	p.mu.Unlock()
 	for i, off := range e.rx.off {
@@ -864,17 +897,29 @@ func (e *Endpoint) timers(ctx context.Context) {
 func (e *Endpoint) tickPeer(p *peer, now time.Time, s *scratch) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	for i, v := range [4]uint64{p.snd.Refused, p.rcv.GivenUp, p.rcv.Late, p.rcv.Duplicates} {
+	var vals [4]uint64
+	if p.snd != nil {
+		vals[0] = p.snd.Refused
+	}
+	if p.rcv != nil {
+		vals[1], vals[2], vals[3] = p.rcv.GivenUp, p.rcv.Late, p.rcv.Duplicates
+	}
+	for i, v := range vals {
 		if d := v - p.counted[i]; d > 0 {
 			[4]prometheus.Counter{e.m.refused, e.m.lost, e.m.late, e.m.dups}[i].Add(float64(d))
 			p.counted[i] = v
 		}
 	}
 	p.nParity = 0
-	p.snd.Tick(now, p.body, p.emit)
-	e.queueParity(p, &s.out)
+	if p.snd != nil {
+		p.snd.Tick(now, p.body, p.emit)
+		e.queueParity(p, &s.out)
+	}
 	st := p.prb.Stats(now)
-	p.nacks = p.rcv.NackDue(now, min(st.RTT, st.LastRTT), p.nacks[:0])
+	p.nacks = p.nacks[:0]
+	if p.rcv != nil {
+		p.nacks = p.rcv.NackDue(now, min(st.RTT, st.LastRTT), p.nacks)
+	}
 	if len(p.nacks) > 0 {
 		if b, err := relaywire.AppendNack(p.body[:0], p.nacks); err == nil {
 			p.body = b

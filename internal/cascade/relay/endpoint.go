@@ -420,7 +420,7 @@ func (e *Endpoint) SetForward(k StreamKey, dsts []NodeID, deliver bool) error {
 		return fmt.Errorf("%w: %d nodes to forward %s/%s/%s to, at most %d", ErrTooMany, len(keep), k.Room, k.Publisher, k.Track, MaxNeed)
 	}
 	if len(k.Room) > relaywire.MaxName || len(k.Publisher) > relaywire.MaxName || len(k.Track) > relaywire.MaxName {
-		return fmt.Errorf("%w: %s/%s/%s: name longer than %d bytes", ErrTooMany, k.Room, k.Publisher, k.Track, relaywire.MaxName)
+		return fmt.Errorf("%w: %s/%s/%s: longer than %d bytes", ErrName, k.Room, k.Publisher, k.Track, relaywire.MaxName)
 	}
 	fk := string(forwardKey(nil, k.Room, k.Publisher, k.Track))
 	e.needMu.Lock()

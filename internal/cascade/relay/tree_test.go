@@ -1,9 +1,12 @@
 package relay
 
 import (
+	"errors"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/traverse-rtc/traverse/internal/cascade/relaywire"
 	"github.com/traverse-rtc/traverse/internal/cascade/routes"
 	"github.com/traverse-rtc/traverse/internal/testkit"
 )
@@ -159,5 +162,34 @@ func TestForwardLoopEndsByHopLimit(t *testing.T) {
 	})
 	if got := b.sfu.media.Load() + c.sfu.media.Load(); got != 8 {
 		t.Fatalf("%d deliveries in the loop, want 8", got)
+	}
+}
+
+// TestSetForwardRefuses: too many nodes or a name the header cannot
+// carry change nothing.
+func TestSetForwardRefuses(t *testing.T) {
+	e := startNodes(t, nA)[nA].e
+	many := make([]NodeID, MaxNeed+1)
+	for i := range many {
+		many[i] = NodeID(i + 10)
+	}
+	if err := e.SetForward(key, many, true); !errors.Is(err, ErrTooMany) {
+		t.Fatalf("%d nodes: %v", len(many), err)
+	}
+	long := StreamKey{Room: strings.Repeat("r", relaywire.MaxName+1), Publisher: "p", Track: "t"}
+	if err := e.SetForward(long, []NodeID{nB}, true); !errors.Is(err, ErrName) {
+		t.Fatalf("long room name: %v", err)
+	}
+	if n := len(*e.fwd.Load()); n != 0 {
+		t.Fatalf("%d forwards after refusals", n)
+	}
+	if err := e.SetForward(key, []NodeID{nB, nA, nB, 0}, true); err != nil {
+		t.Fatal(err)
+	}
+	if f := (*e.fwd.Load())[string(forwardKey(nil, key.Room, key.Publisher, key.Track))]; f == nil || len(f.dsts) != 1 || f.dsts[0] != nB {
+		t.Fatalf("forward %+v: want B only (itself, 0 and repeats dropped)", f)
+	}
+	if err := e.SetForward(key, nil, false); err != nil || len(*e.fwd.Load()) != 0 {
+		t.Fatalf("cleared: %v, %d left", err, len(*e.fwd.Load()))
 	}
 }

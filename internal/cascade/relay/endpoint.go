@@ -369,11 +369,9 @@ func (e *Endpoint) SetRoutes(id uint32, next map[NodeID]NodeID) {
 // MaxNeed is the most nodes one track is forwarded to by this node.
 const MaxNeed = 256
 
-// SetNeed sets the nodes that need the local track k (the controller's
-// push command); an empty list stops forwarding it. Local.Need is told
-// when the track becomes needed or not. More than MaxNeed nodes is an
-// error and changes nothing.
-func (e *Endpoint) SetNeed(k StreamKey, dsts []NodeID) error {
+// sendTo is the nodes of a need or forward of k: without this node, 0 or
+// repeats; ErrTooMany beyond MaxNeed.
+func (e *Endpoint) sendTo(k StreamKey, dsts []NodeID) ([]NodeID, error) {
 	keep := make([]NodeID, 0, len(dsts))
 	for _, d := range dsts {
 		if d != e.cfg.Node && d != 0 && !slices.Contains(keep, d) {
@@ -381,7 +379,19 @@ func (e *Endpoint) SetNeed(k StreamKey, dsts []NodeID) error {
 		}
 	}
 	if len(keep) > MaxNeed {
-		return fmt.Errorf("%w: %d nodes need %s/%s/%s, at most %d", ErrTooMany, len(keep), k.Room, k.Publisher, k.Track, MaxNeed)
+		return nil, fmt.Errorf("%w: %d nodes for %s/%s/%s, at most %d", ErrTooMany, len(keep), k.Room, k.Publisher, k.Track, MaxNeed)
+	}
+	return keep, nil
+}
+
+// SetNeed sets the nodes that need the local track k (the controller's
+// push command); an empty list stops forwarding it. Local.Need is told
+// when the track becomes needed or not. More than MaxNeed nodes is an
+// error and changes nothing.
+func (e *Endpoint) SetNeed(k StreamKey, dsts []NodeID) error {
+	keep, err := e.sendTo(k, dsts)
+	if err != nil {
+		return err
 	}
 	e.needMu.Lock()
 	n, had := e.needs[k]
@@ -410,14 +420,9 @@ func (e *Endpoint) SetNeed(k StreamKey, dsts []NodeID) error {
 // subscribers); without it a holder forwards only. An empty dsts stops
 // it. More than MaxNeed nodes is an error and changes nothing.
 func (e *Endpoint) SetForward(k StreamKey, dsts []NodeID, deliver bool) error {
-	keep := make([]NodeID, 0, len(dsts))
-	for _, d := range dsts {
-		if d != e.cfg.Node && d != 0 && !slices.Contains(keep, d) {
-			keep = append(keep, d)
-		}
-	}
-	if len(keep) > MaxNeed {
-		return fmt.Errorf("%w: %d nodes to forward %s/%s/%s to, at most %d", ErrTooMany, len(keep), k.Room, k.Publisher, k.Track, MaxNeed)
+	keep, err := e.sendTo(k, dsts)
+	if err != nil {
+		return err
 	}
 	if len(k.Room) > relaywire.MaxName || len(k.Publisher) > relaywire.MaxName || len(k.Track) > relaywire.MaxName {
 		return fmt.Errorf("%w: %s/%s/%s: longer than %d bytes", ErrName, k.Room, k.Publisher, k.Track, relaywire.MaxName)

@@ -15,13 +15,7 @@ import (
 // the other time, each overlap ended by RetireEpoch on both: B receives
 // every packet, none is dropped for its epoch, none is lost.
 func TestEpochRotationUnderTraffic(t *testing.T) {
-	ns := startNodes(t, nA, nB)
-	a, b := ns[nA], ns[nB]
-	a.e.SetRoutes(1, map[NodeID]NodeID{nB: nB})
-	b.e.SetRoutes(1, map[NodeID]NodeID{nA: nA})
-	if err := a.e.SetNeed(key, []NodeID{nB}); err != nil {
-		t.Fatal(err)
-	}
+	a, b := streamAB(t)
 	const count = 4000
 	done := make(chan struct{})
 	go func() {

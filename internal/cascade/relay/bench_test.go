@@ -61,15 +61,21 @@ func hopBench(tb testing.TB, holder bool) (b *Endpoint, seal func(dst []byte) []
 // link's recovery bookkeeping, route lookup, re-encode the relay header,
 // number and FEC-track it on the B-C link, seal it for C, and send it
 // (sendmmsg, 64 per call). The receive system call is not included.
-func BenchmarkRelayHop(b *testing.B) { benchHop(b, true) }
+func BenchmarkRelayHop(b *testing.B) { benchHop(b, true, false) }
+
+// BenchmarkRelayHolder is BenchmarkRelayHop at a holder: the message is
+// addressed to B, which holds the track for C without subscribers of its
+// own (SetForward) and sends it on: the lookup of the track's forward
+// and a second routing pass.
+func BenchmarkRelayHolder(b *testing.B) { benchHop(b, true, true) }
 
 // BenchmarkRelayHopNoSend is BenchmarkRelayHop without the sendmmsg: the
 // queued frames are discarded, as the SFU's BenchmarkRecvPath and
 // BenchmarkOwnPathWrite do, for a like-for-like comparison.
-func BenchmarkRelayHopNoSend(b *testing.B) { benchHop(b, false) }
+func BenchmarkRelayHopNoSend(b *testing.B) { benchHop(b, false, false) }
 
-func benchHop(b *testing.B, send bool) {
-	e, seal := hopBench(b, false)
+func benchHop(b *testing.B, send, holder bool) {
+	e, seal := hopBench(b, holder)
 	const chunk = 1024
 	frames := make([][]byte, chunk)
 	for i := range frames {

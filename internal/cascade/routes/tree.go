@@ -56,7 +56,9 @@ type segment struct{ path []NodeID }
 // start is not taken. A need that no start reaches without a link twice
 // is sent from its nearest holder anyway (Shared counts them): the track
 // reaches it over a link it already crosses. Ties go to the lower node
-// ids, so the tree is the same for the same tables.
+// ids, so the tree is the same for the same tables. A need that only a
+// leg putting it more than the router's HopLimit links from root would
+// reach is Unreached: the relay's hop limit would drop it on the way.
 //
 // prev is the track's previous tree (zero: none): a node keeps the holder
 // it had while that holder is still a candidate, until another is nearer
@@ -75,6 +77,10 @@ func (r *Router) Tree(root NodeID, need []NodeID, prev Tree) Tree {
 	// on: every node the track crosses -> the leg it is a hop of (-1 for
 	// holders).
 	on := map[NodeID]int{root: -1}
+	// depth: links from the root to each node the track crosses; a leg
+	// that would take a node beyond the hop limit is not taken.
+	depth := map[NodeID]int{root: 0}
+	deep := func(h NodeID, p []NodeID) bool { return depth[h]+len(p)-1 > r.cfg.HopLimit }
 	var legs []segment
 	rest := slices.Clone(need)
 	slices.Sort(rest)
@@ -92,7 +98,7 @@ func (r *Router) Tree(root NodeID, need []NodeID, prev Tree) Tree {
 		for i, n := range rest {
 			for _, h := range crossed {
 				p, c, ok := r.Path(h, n)
-				if !ok {
+				if !ok || deep(h, p) {
 					continue
 				}
 				if on[h] < 0 && c < fallCost {
@@ -111,7 +117,7 @@ func (r *Router) Tree(root NodeID, need []NodeID, prev Tree) Tree {
 				if li := on[h]; li >= 0 && !r.cuttable(legs[li].path, h) {
 					continue
 				}
-				if p, ok := parent[n]; ok && p == h {
+				if ph, ok := parent[n]; ok && ph == h {
 					c -= max(r.cfg.Margin*c, minGain)
 				}
 				if c < bestCost {
@@ -134,6 +140,7 @@ func (r *Router) Tree(root NodeID, need []NodeID, prev Tree) Tree {
 			t.Shared++
 			t.Forward[fallPath[0]] = append(t.Forward[fallPath[0]], n)
 			legs = append(legs, segment{path: fallPath})
+			setDepth(depth, fallPath)
 			for _, x := range fallPath[1 : len(fallPath)-1] {
 				if _, in := on[x]; !in {
 					on[x] = len(legs) - 1
@@ -166,6 +173,7 @@ func (r *Router) Tree(root NodeID, need []NodeID, prev Tree) Tree {
 		}
 		t.Forward[from] = append(t.Forward[from], n)
 		legs = append(legs, segment{path: p})
+		setDepth(depth, p)
 		for _, x := range p[1 : len(p)-1] {
 			on[x] = len(legs) - 1
 		}
@@ -175,6 +183,16 @@ func (r *Router) Tree(root NodeID, need []NodeID, prev Tree) Tree {
 		slices.Sort(t.Forward[h])
 	}
 	return t
+}
+
+// setDepth records the depth of the nodes of a new leg path, from its
+// first node's; a node already on the tree keeps its own.
+func setDepth(depth map[NodeID]int, path []NodeID) {
+	for i, x := range path[1:] {
+		if _, ok := depth[x]; !ok {
+			depth[x] = depth[path[0]] + i + 1
+		}
+	}
 }
 
 // cuttable reports whether hop x of leg (holder first) can become a

@@ -231,3 +231,25 @@ func TestTreeHysteresis(t *testing.T) {
 		})
 	}
 }
+
+// TestTreeHopLimit: a chain of 11 nodes: the track reaches the node 8
+// links from its publisher's (holders or not, the relay's hop limit
+// counts every link), not the ones beyond.
+func TestTreeHopLimit(t *testing.T) {
+	var nodes []NodeID
+	links := map[[2]NodeID]float64{}
+	for i := NodeID(1); i <= 11; i++ {
+		nodes = append(nodes, i)
+		if i > 1 {
+			links[[2]NodeID{i - 1, i}] = 1
+		}
+	}
+	r := graph(nodes, links)
+	tr := r.Tree(1, []NodeID{5, 9, 10, 11}, Tree{})
+	if !slices.Equal(tr.Unreached, []NodeID{10, 11}) {
+		t.Fatalf("unreached %v, want 10 and 11", tr.Unreached)
+	}
+	if !slices.Equal(tr.Forward[1], []NodeID{5}) || !slices.Equal(tr.Forward[5], []NodeID{9}) {
+		t.Fatalf("forward %v", tr.Forward)
+	}
+}

@@ -11,14 +11,15 @@ import (
 
 // controllerConfig is the controller role's configuration.
 type controllerConfig struct {
-	common           `yaml:",inline"`
-	natsClientConfig `yaml:",inline"`
-	ID               string        `yaml:"id"`
-	LeaseTTL         time.Duration `yaml:"lease-ttl"`
-	NodeDeadAfter    time.Duration `yaml:"node-dead-after"`
-	KVReplicas       int           `yaml:"kv-replicas"`
-	QueueLen         int           `yaml:"queue-len"`
-	Cascade          bool          `yaml:"cascade"`
+	common             `yaml:",inline"`
+	natsClientConfig   `yaml:",inline"`
+	ID                 string        `yaml:"id"`
+	LeaseTTL           time.Duration `yaml:"lease-ttl"`
+	NodeDeadAfter      time.Duration `yaml:"node-dead-after"`
+	KVReplicas         int           `yaml:"kv-replicas"`
+	QueueLen           int           `yaml:"queue-len"`
+	Cascade            bool          `yaml:"cascade"`
+	CascadeKeyRotation time.Duration `yaml:"cascade-key-rotation"`
 }
 
 func runController(ctx context.Context, args []string) error {
@@ -32,6 +33,7 @@ func runController(ctx context.Context, args []string) error {
 	fs.IntVar(&cfg.KVReplicas, "kv-replicas", 0, "replicas of the buckets when made (0: 3 on a cluster of three or more servers, else 1)")
 	fs.IntVar(&cfg.QueueLen, "queue-len", 0, "announcements and room events waiting at most; beyond, dropped and counted (0: 4096)")
 	fs.BoolVar(&cfg.Cascade, "cascade", false, "run the cascade: routes between SFU nodes' relay ports from their link reports, and each node's peers, routes, needs and remote tracks pushed on traverse.cascade.<node>.cmd (docs/cascade.md)")
+	fs.DurationVar(&cfg.CascadeKeyRotation, "cascade-key-rotation", 0, "with --cascade: step the relay links' key epoch every `duration` (at least 1s); the previous epoch stays accepted for min(30s, half of it) (0: 1h)")
 	log, err := loadFlags(fs, args, &cfg, &cfg.common)
 	if err != nil {
 		return err
@@ -43,7 +45,8 @@ func runController(ctx context.Context, args []string) error {
 	return runAlone(ctx, log, &cfg.common, func(adm *admin.Server) (runner, error) {
 		c, err := controller.New(controller.Config{ID: cfg.ID, Bus: busCfg, LeaseTTL: cfg.LeaseTTL,
 			NodeDeadAfter: cfg.NodeDeadAfter, Replicas: cfg.KVReplicas, QueueLen: cfg.QueueLen, Cascade: cfg.Cascade,
-			Registerer: adm.Registry, Log: log.With("role", "controller")})
+			CascadeKeyRotation: cfg.CascadeKeyRotation,
+			Registerer:         adm.Registry, Log: log.With("role", "controller")})
 		if err != nil {
 			return nil, err
 		}

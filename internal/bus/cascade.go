@@ -51,13 +51,21 @@ type CascadeCommand struct {
 	Controller string `json:"controller"`
 	Lease      uint64 `json:"lease"`
 	// Gen is the controller's route generation (written into relay headers).
-	Gen   uint32 `json:"gen"`
-	Epoch uint16 `json:"epoch,omitempty"`
+	Gen uint32 `json:"gen"`
+	// Epoch is the relay links' key epoch: a node seals under it from
+	// now on (and always opens the epoch after it). KeepPrev says that
+	// the overlap after a rotation is not over: frames of the previous
+	// epoch are still opened; without it the node retires that epoch's
+	// keys, and its frames are dropped (docs/relay-protocol.md).
+	Epoch    uint16 `json:"epoch,omitempty"`
+	KeepPrev bool   `json:"keep_prev,omitempty"`
 	// Peers are the other relay nodes (relay id -> relay address).
 	Peers []CascadePeer `json:"peers,omitempty"`
 	// Routes is destination relay id -> next hop relay id.
 	Routes []CascadeHop `json:"routes,omitempty"`
-	// Needs are this node's local tracks other nodes need, with the nodes.
+	// Needs are the tracks this node sends to other nodes: its local
+	// tracks other nodes need, and the remote tracks it holds for others
+	// (Relay), each with the nodes it sends to.
 	Needs []CascadeNeed `json:"needs,omitempty"`
 	// Tracks are the remote tracks of rooms this node holds.
 	Tracks []CascadeTrack `json:"tracks,omitempty"`
@@ -76,12 +84,16 @@ type CascadeHop struct {
 	Via uint32 `json:"via"`
 }
 
-// CascadeNeed commands the node to push a local track to Nodes.
+// CascadeNeed commands the node to push a track to Nodes: a local track
+// (its publisher is on the node), or with Relay a remote track the node
+// holds in the track's distribution tree: each packet of it that reaches
+// the node is sent on to Nodes.
 type CascadeNeed struct {
 	Room      string   `json:"room"`
 	Publisher string   `json:"publisher"`
 	Track     string   `json:"track"`
 	Nodes     []uint32 `json:"nodes"`
+	Relay     bool     `json:"relay,omitempty"`
 }
 
 // CascadeTrack is a track published on another node (relay id Node) in

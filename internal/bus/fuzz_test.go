@@ -26,6 +26,8 @@ func FuzzDecode(f *testing.F) {
 		`{"node":"n1","udp":"1.2.3.4:7882","load":{},"relay":"10.0.0.1:7890","relay_id":7,"time":"2026-01-01T00:00:00Z"}`,
 		`{"node":"n1","udp":"1.2.3.4:7882","load":{},"relay":"10.0.0.1:0","relay_id":7,"time":"2026-01-01T00:00:00Z"}`,
 		`{"node":"n1","controller":"c1","lease":3,"gen":2,"peers":[{"id":7,"addr":"10.0.0.2:7890"}],"routes":[{"dst":7,"via":7}],"needs":[{"room":"r","publisher":"s","track":"t","nodes":[7]}],"tracks":[{"room":"r","publisher":"s2","node":7,"track":{"id":"v","stream_id":"s2","kind":"video","codec":"VP8","clock_rate":90000}}],"time":"2026-01-01T00:00:00Z"}`,
+		`{"node":"n1","controller":"c1","lease":3,"gen":2,"epoch":65535,"keep_prev":true,"needs":[{"room":"r","publisher":"s","track":"t","nodes":[7,8],"relay":true}],"time":"2026-01-01T00:00:00Z"}`,
+		`{"node":"n1","controller":"c1","lease":3,"needs":[{"room":"r","publisher":"s","track":"t","nodes":[0],"relay":true}],"time":"2026-01-01T00:00:00Z"}`,
 		`{"node":"n1","id":9,"links":[{"peer":7,"rtt_us":800,"jitter_us":50,"loss":0.1,"up":true}],"time":"2026-01-01T00:00:00Z"}`,
 		`null`, `[]`, `{"type":1}`,
 	} {

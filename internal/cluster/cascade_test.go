@@ -32,44 +32,75 @@ func (n *cascadeNode) counter(t *testing.T, name string, labels ...string) float
 	return max(0, metricstest.Value(t, n.reg, name, labels...))
 }
 
+// startCascadeController runs a controller with the cascade on c and
+// returns its metrics.
+func startCascadeController(t *testing.T, c *clustertest.Cluster, rotation time.Duration) *prometheus.Registry {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	ctl, err := controller.New(controller.Config{ID: "ctl-1", Bus: c.Config("ctl-1", bus.RoleController, ""),
+		Cascade: true, CascadeKeyRotation: rotation, Registerer: reg, Log: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	testkit.Run(t, ctl.Run)
+	t.Cleanup(func() { ctl.Close() })
+	testkit.WaitFor(t, 10*time.Second, "the controller to lead", func() bool { return ctl.Leading() != 0 })
+	return reg
+}
+
+var cascadeSecret = bytes.Repeat([]byte("s"), 32)
+
+// startCascadeSFU runs an SFU node with a relay port on c.
+func startCascadeSFU(t *testing.T, c *clustertest.Cluster, name string) *cascadeNode {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	s, err := sfu.New(sfu.Config{UDP: netip.MustParseAddrPort("127.0.0.1:0"), NodeID: name,
+		Bus: c.Connect(name, bus.RoleNode, name), Log: quiet, Registerer: reg,
+		CascadeListen: netip.MustParseAddrPort("127.0.0.1:0"), CascadeSecret: cascadeSecret})
+	if err != nil {
+		t.Fatal(err)
+	}
+	testkit.Run(t, s.Run)
+	return &cascadeNode{s: s, reg: reg, id: relay.NodeID(s.CascadeID())}
+}
+
+// cascadeDialer returns a function that joins a pion client on a node.
+func cascadeDialer(t *testing.T, c *clustertest.Cluster) func(node string, cfg loadgen.ClientConfig) *loadgen.Client {
+	return loadgentest.BusDialer(t, c.Connect("sig", bus.RoleSignal, ""))
+}
+
+// waitMedia waits for each subscriber (by its node's name) to receive
+// video and audio.
+func waitMedia(t *testing.T, subs map[string]*loadgen.Client) {
+	t.Helper()
+	for name, sub := range subs {
+		testkit.WaitFor(t, 20*time.Second, "the subscriber on "+name+" receiving video and audio", func() bool {
+			return sub.Receives(1, 1, 50)
+		})
+	}
+}
+
 // TestCascadeThreeNodes is the cascade end to end: three SFU nodes with
 // relay ports and a controller with the cascade on, over a real NATS
 // server with JetStream. A publisher on node A, subscribers on B and C:
 // the controller learns the relay addresses from the announcements, the
 // routes from the nodes' link reports, the tracks and members from the
 // room events, and pushes peers, routes, needs and remote tracks; B and C
-// receive A's media. Then the A-C link is blocked in both endpoints: the
-// probes see it down, the controller moves A's route to C through B, and
-// C's subscriber keeps receiving, now through B, by the routes alone.
+// receive A's media, each packet once (A sends to both, or to one of
+// them that holds the track for the other, by the nearest-holder tree).
+// Then the A-C link is blocked in both endpoints: the probes see it down, the controller moves A's route to C through B (and
+// B becomes the nearest holder for C), and C's subscriber keeps
+// receiving, now through B. All along the controller steps the key epoch
+// every 2 s, and no frame is refused for its epoch.
 func TestCascadeThreeNodes(t *testing.T) {
 	c := clustertest.Start(t, 1)
-	ctl, err := controller.New(controller.Config{ID: "ctl-1", Bus: c.Config("ctl-1", bus.RoleController, ""),
-		Cascade: true, Registerer: prometheus.NewRegistry(), Log: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
-	testkit.Run(t, ctl.Run)
-	t.Cleanup(func() { ctl.Close() })
-	secret := bytes.Repeat([]byte("s"), 32)
-	start := func(name string) *cascadeNode {
-		reg := prometheus.NewRegistry()
-		s, err := sfu.New(sfu.Config{UDP: netip.MustParseAddrPort("127.0.0.1:0"), NodeID: name,
-			Bus: c.Connect(name, bus.RoleNode, name), Log: quiet, Registerer: reg,
-			CascadeListen: netip.MustParseAddrPort("127.0.0.1:0"), CascadeSecret: secret})
-		if err != nil {
-			t.Fatal(err)
-		}
-		testkit.Run(t, s.Run)
-		return &cascadeNode{s: s, reg: reg, id: relay.NodeID(s.CascadeID())}
-	}
-	a, b, cc := start("nodeA"), start("nodeB"), start("nodeC")
-	testkit.WaitFor(t, 10*time.Second, "the controller to lead", func() bool { return ctl.Leading() != 0 })
-
-	sig := c.Connect("sig", bus.RoleSignal, "")
-	dial := loadgentest.BusDialer(t, sig)
+	ctlReg := startCascadeController(t, c, 2*time.Second)
+	a, b, cc := startCascadeSFU(t, c, "nodeA"), startCascadeSFU(t, c, "nodeB"), startCascadeSFU(t, c, "nodeC")
+	dial := cascadeDialer(t, c)
 	subB := dial("nodeB", loadgen.ClientConfig{Room: "r1", Identity: "sub-b", Subscribe: true})
 	subC := dial("nodeC", loadgen.ClientConfig{Room: "r1", Identity: "sub-c", Subscribe: true})
 	pub := dial("nodeA", loadgen.ClientConfig{Room: "r1", Identity: "pub", Publish: true, VideoBitrate: 300_000})
+	waitMedia(t, map[string]*loadgen.Client{"B": subB, "C": subC})
 	video := func(cl *loadgen.Client) uint64 {
 		var n uint64
 		for _, tr := range cl.Tracks() {
@@ -79,22 +110,31 @@ func TestCascadeThreeNodes(t *testing.T) {
 		}
 		return n
 	}
-	for name, sub := range map[string]*loadgen.Client{"B": subB, "C": subC} {
-		testkit.WaitFor(t, 20*time.Second, "the subscriber on "+name+" receiving A's video and audio", func() bool {
-			return sub.Receives(1, 1, 50)
-		})
+	// Each of B and C receives each packet once, over one link, whichever
+	// node holds the track for C (A, or B when B-C measured nearer):
+	// over a window, what crosses the links into B equals what crosses
+	// the links into C.
+	inbound := func() (toB, toC uint64) {
+		ab, ac, bc, cb := a.s.Cascade().DataSent()[b.id], a.s.Cascade().DataSent()[cc.id],
+			b.s.Cascade().DataSent()[cc.id], cc.s.Cascade().DataSent()[b.id]
+		return ab + cb, ac + bc
 	}
-	if f := b.counter(t, "traverse_relay_forwarded_total"); f > 20 {
-		t.Fatalf("B forwarded %v messages while A-C was up: the routes do not take the direct link", f)
+	b0, c0 := inbound()
+	testkit.WaitFor(t, 10*time.Second, "500 more packets into B", func() bool { x, _ := inbound(); return x > b0+500 })
+	b1, c1 := inbound()
+	if db, dc := float64(b1-b0), float64(c1-c0); dc < 0.9*db || dc > 1.1*db {
+		t.Fatalf("over one window %v data messages crossed into B and %v into C: a packet crossed twice or not at all", db, dc)
 	}
+	t.Logf("A-C up: A -> B %d, A -> C %d, B -> C %d, C -> B %d data messages", a.s.Cascade().DataSent()[b.id],
+		a.s.Cascade().DataSent()[cc.id], b.s.Cascade().DataSent()[cc.id], cc.s.Cascade().DataSent()[b.id])
 
 	// The A-C link dies.
 	a.s.Cascade().Block(cc.id, true)
 	cc.s.Cascade().Block(a.id, true)
 	blockedAt := time.Now()
-	fwd := b.counter(t, "traverse_relay_forwarded_total")
-	testkit.WaitFor(t, 15*time.Second, "B forwarding A's media to C", func() bool {
-		return b.counter(t, "traverse_relay_forwarded_total") > fwd+100
+	fwd := b.s.Cascade().DataSent()[cc.id]
+	testkit.WaitFor(t, 15*time.Second, "B sending A's media to C", func() bool {
+		return b.s.Cascade().DataSent()[cc.id] > fwd+100
 	})
 	moved := time.Since(blockedAt)
 	got := video(subC)
@@ -106,6 +146,18 @@ func TestCascadeThreeNodes(t *testing.T) {
 	}
 	t.Logf("A-C blocked: B forwarding to C after %v", moved.Round(10*time.Millisecond))
 
+	// The key epoch was stepped every 2 s all along, the nodes switching
+	// in any order: no frame was refused for its epoch.
+	rot := &cascadeNode{reg: ctlReg}
+	if r := rot.counter(t, "traverse_controller_cascade_key_rotations_total"); r < 3 {
+		t.Fatalf("%v key rotations", r)
+	}
+	for _, n := range []*cascadeNode{a, b, cc} {
+		if d := n.counter(t, "traverse_relay_dropped_total", "reason", "epoch"); d != 0 {
+			t.Fatalf("node %d refused %v frames for their epoch across the rotations", n.id, d)
+		}
+	}
+
 	// The publisher leaves: its tracks leave B's and C's rooms.
 	if b.s.RemoteTracks("r1") != 2 || cc.s.RemoteTracks("r1") != 2 {
 		t.Fatalf("remote tracks before the publisher left: B %d, C %d", b.s.RemoteTracks("r1"), cc.s.RemoteTracks("r1"))
@@ -114,4 +166,66 @@ func TestCascadeThreeNodes(t *testing.T) {
 	testkit.WaitFor(t, 10*time.Second, "the publisher's tracks gone from B and C", func() bool {
 		return b.s.RemoteTracks("r1") == 0 && cc.s.RemoteTracks("r1") == 0
 	})
+}
+
+// TestCascadeFourNodesHolder: four SFU nodes where only the links A-B,
+// B-C and B-D work (A-C, A-D and C-D blocked in both endpoints from the
+// start), a publisher on A, subscribers on C and D, nobody on B. The
+// controller's tree makes B, which has no participant, the holder that
+// forwards A's track to C and D: A sends each packet once (to B), B once
+// to each of C and D, B's SFU is handed nothing, and the subscribers
+// receive.
+func TestCascadeFourNodesHolder(t *testing.T) {
+	c := clustertest.Start(t, 1)
+	startCascadeController(t, c, 0)
+	a, b, cc, d := startCascadeSFU(t, c, "nodeA"), startCascadeSFU(t, c, "nodeB"), startCascadeSFU(t, c, "nodeC"),
+		startCascadeSFU(t, c, "nodeD")
+	for _, l := range [][2]*cascadeNode{{a, cc}, {a, d}, {cc, d}} {
+		l[0].s.Cascade().Block(l[1].id, true)
+		l[1].s.Cascade().Block(l[0].id, true)
+	}
+	dial := cascadeDialer(t, c)
+	subC := dial("nodeC", loadgen.ClientConfig{Room: "r1", Identity: "sub-c", Subscribe: true})
+	subD := dial("nodeD", loadgen.ClientConfig{Room: "r1", Identity: "sub-d", Subscribe: true})
+	dial("nodeA", loadgen.ClientConfig{Room: "r1", Identity: "pub", Publish: true, VideoBitrate: 300_000})
+	waitMedia(t, map[string]*loadgen.Client{"C": subC, "D": subD})
+
+	sent := func() (ab, bc, bd, other uint64) {
+		for _, n := range []*cascadeNode{a, b, cc, d} {
+			for peer, v := range n.s.Cascade().DataSent() {
+				switch {
+				case n == a && peer == b.id:
+					ab = v
+				case n == b && peer == cc.id:
+					bc = v
+				case n == b && peer == d.id:
+					bd = v
+				case n == b && peer == a.id, n == cc && peer == b.id, n == d && peer == b.id:
+					// feedback towards A
+				default:
+					other += v
+				}
+			}
+		}
+		return
+	}
+	ab0, bc0, bd0, other0 := sent()
+	testkit.WaitFor(t, 10*time.Second, "500 more packets from A to B", func() bool { x, _, _, _ := sent(); return x > ab0+500 })
+	ab1, bc1, bd1, other1 := sent()
+	dab, dbc, dbd := float64(ab1-ab0), float64(bc1-bc0), float64(bd1-bd0)
+	t.Logf("over one window: A -> B %v, B -> C %v, B -> D %v data messages", dab, dbc, dbd)
+	for name, v := range map[string]float64{"B -> C": dbc, "B -> D": dbd} {
+		if v < 0.9*dab || v > 1.1*dab {
+			t.Errorf("%s carried %v data messages while A -> B carried %v: not once per link", name, v, dab)
+		}
+	}
+	if other1 != other0 {
+		t.Errorf("%d data messages crossed links the tree does not use", other1-other0)
+	}
+	if got := b.counter(t, "traverse_relay_delivered_total"); got != 0 {
+		t.Errorf("B, without participants, handed its SFU %v messages", got)
+	}
+	if got := b.counter(t, "traverse_sfu_cascade_unknown_total"); got != 0 {
+		t.Errorf("B counted %v packets of unknown tracks", got)
+	}
 }

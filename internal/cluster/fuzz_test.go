@@ -34,3 +34,15 @@ func FuzzDecodeLease(f *testing.F) {
 		}
 	})
 }
+
+func FuzzDecodeCascadeEpoch(f *testing.F) {
+	f.Add([]byte(`{"epoch":3,"rotated":"2026-01-01T00:00:00Z","controller":"ctl-1"}`))
+	f.Add([]byte(`{"epoch":70000,"rotated":"2026-01-01T00:00:00Z","controller":"ctl-1"}`))
+	f.Add([]byte(`{"epoch":1,"controller":"a.b"}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r, err := DecodeCascadeEpoch(b)
+		if err == nil && r.Validate() != nil {
+			t.Fatal("decoded an invalid record")
+		}
+	})
+}

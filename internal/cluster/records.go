@@ -122,6 +122,27 @@ func (r *LeaseRecord) Validate() error {
 	return nil
 }
 
+// CascadeEpochKey is the key of the cascade's key epoch in
+// bus.BucketLeader.
+const CascadeEpochKey = "cascade-epoch"
+
+// CascadeEpochRecord is the relay links' key epoch (docs/cascade.md), kept
+// by the leading controller so that a new leader continues from it: the
+// epoch, when it was last stepped (on the writer's clock) and by whom.
+type CascadeEpochRecord struct {
+	Epoch      uint16    `json:"epoch"`
+	Rotated    time.Time `json:"rotated"`
+	Controller string    `json:"controller"`
+}
+
+// Validate checks a cascade epoch record.
+func (r *CascadeEpochRecord) Validate() error {
+	if !bus.ValidName(r.Controller) || r.Rotated.IsZero() {
+		return fmt.Errorf("%w: cascade epoch by %q at %v", ErrBadRecord, r.Controller, r.Rotated)
+	}
+	return nil
+}
+
 type validator interface{ Validate() error }
 
 // decode unmarshals and validates one record.
@@ -143,3 +164,6 @@ func decode[T any, PT interface {
 func DecodeNode(b []byte) (NodeRecord, error)   { return decode[NodeRecord](b) }
 func DecodeRoom(b []byte) (RoomRecord, error)   { return decode[RoomRecord](b) }
 func DecodeLease(b []byte) (LeaseRecord, error) { return decode[LeaseRecord](b) }
+
+// DecodeCascadeEpoch parses the cascade epoch record.
+func DecodeCascadeEpoch(b []byte) (CascadeEpochRecord, error) { return decode[CascadeEpochRecord](b) }

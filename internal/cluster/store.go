@@ -229,6 +229,18 @@ func del(ctx context.Context, s *Store, bucket, key string, rev uint64) error {
 	return nil
 }
 
+// CascadeEpoch reads the cascade's key epoch (ErrNotFound before the
+// first leader wrote it).
+func (s *Store) CascadeEpoch(ctx context.Context) (Entry[CascadeEpochRecord], error) {
+	return get[CascadeEpochRecord](ctx, s, bus.BucketLeader, CascadeEpochKey)
+}
+
+// PutCascadeEpoch writes the cascade's key epoch if its revision is still
+// rev (0: only if absent); ErrConflict when another controller wrote it.
+func (s *Store) PutCascadeEpoch(ctx context.Context, r CascadeEpochRecord, rev uint64) (uint64, error) {
+	return put(ctx, s, bus.BucketLeader, CascadeEpochKey, &r, rev)
+}
+
 // PutNode writes a node record (last writer wins: only the leader writes
 // the registry, and an announcement is the truth of its moment).
 func (s *Store) PutNode(ctx context.Context, r NodeRecord) error {

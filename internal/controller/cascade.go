@@ -2,7 +2,9 @@ package controller
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"errors"
 	"net/netip"
 	"slices"
 	"time"
@@ -11,19 +13,23 @@ import (
 
 	"github.com/traverse-rtc/traverse/internal/bus"
 	"github.com/traverse-rtc/traverse/internal/cascade/routes"
+	"github.com/traverse-rtc/traverse/internal/cluster"
 )
 
 // The cascade (docs/cascade.md): with Config.Cascade the controller
 // follows where every track is published and which nodes hold each room's
 // participants, feeds the nodes' link reports to a routes.Router, and the
 // leader pushes each relay node its whole cascade state (peers, routes,
-// the local tracks other nodes need, the remote tracks of its rooms) on
+// the tracks it sends to other nodes, the remote tracks of its rooms) on
 // traverse.cascade.<node>.cmd: at once when it changes, and every
 // cascadeRefresh anyway (a node that restarted, a lost message).
 
 const (
 	cascadeTick    = 500 * time.Millisecond
 	cascadeRefresh = 2 * time.Second
+	// cascadeKeyOverlap bounds how long frames of the previous key epoch
+	// stay accepted after a rotation (at most half the rotation period).
+	cascadeKeyOverlap = 30 * time.Second
 )
 
 type cascadeView struct {
@@ -40,8 +46,19 @@ type cascadeView struct {
 	// inRouter are the relay ids the router holds, with the node each
 	// belongs to.
 	inRouter map[uint32]string
+	// trees are this step's distribution trees, by room NUL track key;
+	// prevTrees the last step's (the trees' hysteresis).
+	trees, prevTrees map[string]routes.Tree
 
-	commands, badReports prometheus.Counter
+	// The relay links' key epoch as stored in the leader bucket (its
+	// revision), when it was last stepped; epochKnown once the leader read
+	// it (it commands nothing before).
+	epoch      uint16
+	rotated    time.Time
+	epochRev   uint64
+	epochKnown bool
+
+	commands, badReports, rotations prometheus.Counter
 }
 
 type pubView struct {
@@ -52,13 +69,15 @@ type pubView struct {
 func newCascadeView(reg prometheus.Registerer) (*cascadeView, error) {
 	v := &cascadeView{router: routes.New(routes.Config{}), tracks: map[string]map[string]*pubView{},
 		members: map[string]map[string]int{}, sent: map[string][]byte{}, sentAt: map[string]time.Time{},
-		inRouter: map[uint32]string{},
+		inRouter: map[uint32]string{}, trees: map[string]routes.Tree{},
 		commands: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "traverse", Subsystem: "controller",
 			Name: "cascade_commands_total", Help: "Cascade commands published to nodes."}),
 		badReports: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "traverse", Subsystem: "controller",
 			Name: "cascade_bad_reports_total", Help: "Cascade link reports dropped: unknown node, or a relay id not the node's."}),
+		rotations: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "traverse", Subsystem: "controller",
+			Name: "cascade_key_rotations_total", Help: "Relay key epochs this controller stepped."}),
 	}
-	for _, m := range []prometheus.Collector{v.commands, v.badReports} {
+	for _, m := range []prometheus.Collector{v.commands, v.badReports, v.rotations} {
 		if err := reg.Register(m); err != nil {
 			return nil, err
 		}
@@ -156,7 +175,7 @@ func (c *Controller) cascadeNodes() map[string]*nodeView {
 
 // cascadeStep recomputes routes and pushes every relay node its state
 // (the leader, every cascadeTick).
-func (c *Controller) cascadeStep(now time.Time) {
+func (c *Controller) cascadeStep(ctx context.Context, now time.Time) {
 	v := c.casc
 	if v == nil {
 		return
@@ -185,13 +204,16 @@ func (c *Controller) cascadeStep(now time.Time) {
 	if v.router.Compute(now) > 0 {
 		v.gen++
 	}
+	v.prevTrees, v.trees = v.trees, map[string]routes.Tree{}
 	rev := c.leading.Load()
-	if rev == 0 || !c.acting() {
+	if rev == 0 || !c.acting() || !c.cascadeEpoch(ctx, now) {
 		return
 	}
+	overlap := min(cascadeKeyOverlap, c.cfg.CascadeKeyRotation/2)
 	for name, n := range nodes {
 		cmd := c.cascadeCommand(name, n, nodes)
 		cmd.Controller, cmd.Lease = c.cfg.ID, rev
+		cmd.Epoch, cmd.KeepPrev = v.epoch, now.Sub(v.rotated) < overlap
 		state, err := json.Marshal(cmd)
 		if err != nil {
 			continue
@@ -213,6 +235,77 @@ func (c *Controller) cascadeStep(now time.Time) {
 			delete(v.sentAt, name)
 		}
 	}
+}
+
+// tree is the distribution tree of a track (routes.Tree): from its
+// publisher's node to every other relay node with participants in its
+// room, each joined to the nearest node the track already reaches.
+// Computed once per step for all nodes' commands (v.trees).
+func (v *cascadeView) tree(room, key string, t *pubView, nodes map[string]*nodeView) routes.Tree {
+	tk := room + "\x00" + key
+	if tr, ok := v.trees[tk]; ok {
+		return tr
+	}
+	var need []routes.NodeID
+	for other := range v.members[room] {
+		if o := nodes[other]; o != nil && other != t.node {
+			need = append(need, routes.NodeID(o.rec.RelayID))
+		}
+	}
+	tr := v.router.Tree(routes.NodeID(nodes[t.node].rec.RelayID), need, v.prevTrees[tk])
+	v.trees[tk] = tr
+	return tr
+}
+
+// cascadeEpoch keeps the relay key epoch (the leader, each step): read
+// from the leader bucket once leading (made at 0 when absent), stepped
+// by one and written back (compare-and-set) when CascadeKeyRotation has
+// passed since the last step. It reports whether the epoch is known; a
+// failed write keeps the current epoch and is tried again next step.
+func (c *Controller) cascadeEpoch(ctx context.Context, now time.Time) bool {
+	v := c.casc
+	kctx, cancel := context.WithTimeout(ctx, c.cfg.LeaseTTL/3)
+	defer cancel()
+	if !v.epochKnown {
+		e, err := c.store.CascadeEpoch(kctx)
+		switch {
+		case errors.Is(err, cluster.ErrNotFound):
+			rec := cluster.CascadeEpochRecord{Epoch: 0, Rotated: now.UTC(), Controller: c.cfg.ID}
+			rev, err := c.store.PutCascadeEpoch(kctx, rec, 0)
+			if err != nil {
+				c.m.kvErrors.WithLabelValues("epoch").Inc()
+				return false
+			}
+			v.epoch, v.rotated, v.epochRev = 0, now, rev
+		case err != nil:
+			c.m.kvErrors.WithLabelValues("epoch").Inc()
+			c.log.Warn("controller: reading the cascade key epoch", "err", err)
+			return false
+		default:
+			v.epoch, v.rotated, v.epochRev = e.Value.Epoch, e.Value.Rotated, e.Revision
+		}
+		v.epochKnown = true
+	}
+	if now.Sub(v.rotated) < c.cfg.CascadeKeyRotation {
+		return true
+	}
+	rec := cluster.CascadeEpochRecord{Epoch: v.epoch + 1, Rotated: now.UTC(), Controller: c.cfg.ID}
+	rev, err := c.store.PutCascadeEpoch(kctx, rec, v.epochRev)
+	switch {
+	case errors.Is(err, cluster.ErrConflict):
+		// another controller stepped it: read it again next step
+		c.m.kvErrors.WithLabelValues("epoch").Inc()
+		v.epochKnown = false
+		return false
+	case err != nil:
+		c.m.kvErrors.WithLabelValues("epoch").Inc()
+		c.log.Warn("controller: stepping the cascade key epoch", "err", err)
+		return true
+	}
+	v.epoch, v.rotated, v.epochRev = rec.Epoch, now, rev
+	v.rotations.Inc()
+	c.log.Info("controller: cascade key epoch stepped", "epoch", v.epoch)
+	return true
 }
 
 // cascadeCommand is node's whole state (without controller, lease, time).
@@ -250,26 +343,15 @@ func (c *Controller) cascadeCommand(name string, n *nodeView, nodes map[string]*
 			if pub == nil {
 				continue
 			}
-			if t.node == name {
-				// A local track: the nodes that hold participants of the
-				// room and that this node reaches.
-				var dsts []uint32
-				for other := range v.members[room] {
-					o := nodes[other]
-					if o == nil || other == name {
-						continue
-					}
-					if _, ok := v.router.NextHop(routes.NodeID(me), routes.NodeID(o.rec.RelayID)); ok {
-						dsts = append(dsts, o.rec.RelayID)
-					}
+			tree := v.tree(room, k, t, nodes)
+			if dsts := tree.Forward[routes.NodeID(me)]; len(dsts) > 0 && len(cmd.Needs) < bus.MaxCascadeNeeds {
+				need := bus.CascadeNeed{Room: room, Publisher: t.publisher, Track: t.info.ID, Relay: t.node != name}
+				for _, d := range dsts {
+					need.Nodes = append(need.Nodes, uint32(d))
 				}
-				if len(dsts) > 0 && len(cmd.Needs) < bus.MaxCascadeNeeds {
-					slices.Sort(dsts)
-					cmd.Needs = append(cmd.Needs, bus.CascadeNeed{Room: room, Publisher: t.publisher, Track: t.info.ID, Nodes: dsts})
-				}
-				continue
+				cmd.Needs = append(cmd.Needs, need)
 			}
-			if v.members[room][name] > 0 && len(cmd.Tracks) < bus.MaxCascadeTracks {
+			if t.node != name && v.members[room][name] > 0 && len(cmd.Tracks) < bus.MaxCascadeTracks {
 				cmd.Tracks = append(cmd.Tracks, bus.CascadeTrack{Room: room, Publisher: t.publisher, Node: pub.rec.RelayID, Track: t.info})
 			}
 		}

@@ -59,6 +59,11 @@ type Config struct {
 	// needs and remote tracks pushed on traverse.cascade.<node>.cmd.
 	// Default off.
 	Cascade bool
+	// CascadeKeyRotation is how often the leader steps the relay links'
+	// key epoch (kept in the leader bucket, so a new leader continues from
+	// it); frames of the previous epoch stay accepted for the overlap,
+	// min(30 s, half of it). Default 1 h.
+	CascadeKeyRotation time.Duration
 	// Registerer takes the metrics. Default: a private registry.
 	Registerer prometheus.Registerer
 	// Log defaults to slog.Default().
@@ -83,6 +88,10 @@ func (c *Config) validate() error {
 			"node_dead_after", c.NodeDeadAfter, "announce_interval", bus.AnnounceInterval)
 	}
 	config.Default(&c.QueueLen, 4096)
+	config.Default(&c.CascadeKeyRotation, time.Hour)
+	if c.CascadeKeyRotation < time.Second {
+		return fmt.Errorf("%w: cascade key rotation %v", ErrConfig, c.CascadeKeyRotation)
+	}
 	config.Default(&c.OpenTimeout, 30*time.Second)
 	if c.Registerer == nil {
 		c.Registerer = prometheus.NewRegistry()
@@ -263,7 +272,7 @@ func (c *Controller) Run(ctx context.Context) error {
 		case <-check.C:
 			c.checkNodes(ctx, time.Now())
 		case now := <-cascade:
-			c.cascadeStep(now)
+			c.cascadeStep(ctx, now)
 		case it := <-c.queue:
 			switch {
 			case it.announce != nil:
@@ -362,6 +371,9 @@ func (c *Controller) takeOver(ctx context.Context) {
 		c.rooms[e.Value.Room] = &roomView{rec: e.Value, rev: e.Revision}
 	}
 	c.m.rooms.Set(float64(len(c.rooms)))
+	if c.casc != nil {
+		c.casc.epochKnown = false // read it again before commanding
+	}
 	c.log.Info("controller: view rebuilt", "nodes", len(nodes), "rooms", len(rooms))
 }
 

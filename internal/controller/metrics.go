@@ -38,7 +38,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		dropped: prometheus.NewCounter(prometheus.CounterOpts{Name: "traverse_controller_events_dropped_total",
 			Help: "Announcements and room events dropped because the controller's queue (queue-len) was full."}),
 		kvErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "traverse_controller_kv_errors_total",
-			Help: "Bucket reads and writes that failed, by kind (lease, node, room, read)."}, []string{"op"}),
+			Help: "Bucket reads and writes that failed, by kind (lease, node, room, read, epoch)."}, []string{"op"}),
 	}
 	bad := prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "traverse_controller_bad_messages_total",
 		Help: "Bus messages and bucket records dropped because they did not decode or validate."},

@@ -491,10 +491,11 @@ func (s *Server) cascadeControl(ctx context.Context) {
 
 // cascadeApplied is the state of the last command applied.
 type cascadeApplied struct {
-	lease  uint64
-	epoch  uint16
-	needs  map[relay.StreamKey]bool
-	tracks map[[3]string]bool
+	lease    uint64
+	epoch    uint16
+	needs    map[relay.StreamKey]bool
+	forwards map[relay.StreamKey]bool
+	tracks   map[[3]string]bool
 }
 
 // applyCascade applies the controller's command: it replaces the node's
@@ -510,6 +511,15 @@ func (s *Server) applyCascade(cmd bus.CascadeCommand) {
 		return
 	}
 	a.lease = cmd.Lease
+	// The epoch first: links the peers add are made under it.
+	if cmd.Epoch != a.epoch {
+		if err := c.ep.SetEpoch(cmd.Epoch); err == nil {
+			a.epoch = cmd.Epoch
+		}
+	}
+	if !cmd.KeepPrev {
+		c.ep.RetireEpoch()
+	}
 	peers := make(map[relay.NodeID]netip.AddrPort, len(cmd.Peers))
 	for _, p := range cmd.Peers {
 		peers[relay.NodeID(p.ID)] = p.PeerAddr()
@@ -517,35 +527,52 @@ func (s *Server) applyCascade(cmd bus.CascadeCommand) {
 	if err := c.ep.SetPeers(peers); err != nil {
 		s.log.Warn("sfu: cascade peers", "err", err)
 	}
-	if cmd.Epoch != a.epoch {
-		if err := c.ep.SetEpoch(cmd.Epoch); err == nil {
-			a.epoch = cmd.Epoch
-		}
-	}
 	next := make(map[relay.NodeID]relay.NodeID, len(cmd.Routes))
 	for _, h := range cmd.Routes {
 		next[relay.NodeID(h.Dst)] = relay.NodeID(h.Via)
 	}
 	c.ep.SetRoutes(cmd.Gen, next)
+	subscribed := make(map[relay.StreamKey]bool, len(cmd.Tracks))
+	for _, t := range cmd.Tracks {
+		subscribed[relay.StreamKey{Room: t.Room, Publisher: t.Publisher, Track: t.Track.ID}] = true
+	}
 	needs := make(map[relay.StreamKey]bool, len(cmd.Needs))
+	forwards := make(map[relay.StreamKey]bool, len(cmd.Needs))
 	for _, n := range cmd.Needs {
 		k := relay.StreamKey{Room: n.Room, Publisher: n.Publisher, Track: n.Track}
 		dsts := make([]relay.NodeID, len(n.Nodes))
 		for i, id := range n.Nodes {
 			dsts[i] = relay.NodeID(id)
 		}
-		if err := c.ep.SetNeed(k, dsts); err != nil {
+		var err error
+		if n.Relay {
+			// a remote track this node holds for others: what arrives is
+			// sent on, and handed to the SFU when its rooms have it
+			err = c.ep.SetForward(k, dsts, subscribed[k])
+		} else {
+			err = c.ep.SetNeed(k, dsts)
+		}
+		if err != nil {
 			s.log.Warn("sfu: cascade need", "err", err)
 			continue
 		}
-		needs[k] = true
+		if n.Relay {
+			forwards[k] = true
+		} else {
+			needs[k] = true
+		}
 	}
 	for k := range a.needs {
 		if !needs[k] {
 			_ = c.ep.SetNeed(k, nil)
 		}
 	}
-	a.needs = needs
+	for k := range a.forwards {
+		if !forwards[k] {
+			_ = c.ep.SetForward(k, nil, false)
+		}
+	}
+	a.needs, a.forwards = needs, forwards
 	tracks := make(map[[3]string]bool, len(cmd.Tracks))
 	for _, t := range cmd.Tracks {
 		ti := t.Track

@@ -18,8 +18,10 @@ import (
 
 // hopBench is node B of A -> B -> C without its read loop: the benchmark
 // hands B's frame handler frames A sealed, and B forwards them to C (a
-// socket that drains) through its batched send path.
-func hopBench(tb testing.TB) (b *Endpoint, seal func(dst []byte) []byte) {
+// socket that drains) through its batched send path. With holder the
+// frames are addressed to B, which holds the track and forwards it to C
+// (SetForward) without a subscriber of its own.
+func hopBench(tb testing.TB, holder bool) (b *Endpoint, seal func(dst []byte) []byte) {
 	lo := netip.MustParseAddrPort("127.0.0.1:0")
 	c := testkit.ListenUDP(tb, lo)
 	testkit.Silent(tb, c, "node C")
@@ -37,6 +39,12 @@ func hopBench(tb testing.TB) (b *Endpoint, seal func(dst []byte) []byte) {
 	h := &relaywire.Header{Kind: relaywire.KindMedia, HopLimit: 8, Source: nA, NDst: 1,
 		Room: []byte("standup"), Publisher: []byte("alice"), Track: []byte("TR_video")}
 	h.Dst[0] = nC
+	if holder {
+		h.Dst[0] = nB
+		if err := e.SetForward(StreamKey{Room: "standup", Publisher: "alice", Track: "TR_video"}, []NodeID{nC}, false); err != nil {
+			tb.Fatal(err)
+		}
+	}
 	msg, _ := relaywire.AppendHeader(nil, h)
 	msg = append(msg, make([]byte, 1000)...)
 	var seq uint32
@@ -53,15 +61,21 @@ func hopBench(tb testing.TB) (b *Endpoint, seal func(dst []byte) []byte) {
 // link's recovery bookkeeping, route lookup, re-encode the relay header,
 // number and FEC-track it on the B-C link, seal it for C, and send it
 // (sendmmsg, 64 per call). The receive system call is not included.
-func BenchmarkRelayHop(b *testing.B) { benchHop(b, true) }
+func BenchmarkRelayHop(b *testing.B) { benchHop(b, true, false) }
+
+// BenchmarkRelayHolder is BenchmarkRelayHop at a holder: the message is
+// addressed to B, which holds the track for C without subscribers of its
+// own (SetForward) and sends it on: the lookup of the track's forward
+// and a second routing pass.
+func BenchmarkRelayHolder(b *testing.B) { benchHop(b, true, true) }
 
 // BenchmarkRelayHopNoSend is BenchmarkRelayHop without the sendmmsg: the
 // queued frames are discarded, as the SFU's BenchmarkRecvPath and
 // BenchmarkOwnPathWrite do, for a like-for-like comparison.
-func BenchmarkRelayHopNoSend(b *testing.B) { benchHop(b, false) }
+func BenchmarkRelayHopNoSend(b *testing.B) { benchHop(b, false, false) }
 
-func benchHop(b *testing.B, send bool) {
-	e, seal := hopBench(b)
+func benchHop(b *testing.B, send, holder bool) {
+	e, seal := hopBench(b, holder)
 	const chunk = 1024
 	frames := make([][]byte, chunk)
 	for i := range frames {
@@ -109,7 +123,13 @@ func metricValue(c prometheus.Counter) float64 {
 const udpio64 = 64
 
 func TestRelayHopAllocs(t *testing.T) {
-	e, seal := hopBench(t)
+	for _, holder := range []bool{false, true} {
+		t.Run(map[bool]string{false: "hop", true: "holder"}[holder], func(t *testing.T) { relayHopAllocs(t, holder) })
+	}
+}
+
+func relayHopAllocs(t *testing.T, holder bool) {
+	e, seal := hopBench(t, holder)
 	from := netip.MustParseAddrPort("127.0.0.1:9")
 	frame := make([]byte, 0, 2048)
 	for i := 0; i < 100; i++ { // warm the pools and the FEC codec cache
@@ -128,6 +148,9 @@ func TestRelayHopAllocs(t *testing.T) {
 	})
 	if allocs > 0.1 {
 		t.Fatalf("%.2f allocations per relay hop, want 0", allocs)
+	}
+	if got := metricValue(e.m.forwarded); got < 300 {
+		t.Fatalf("forwarded %v of the 300 frames", got)
 	}
 }
 

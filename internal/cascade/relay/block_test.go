@@ -12,13 +12,7 @@ import (
 // down, the block holds across SetPeers, and unblocked it carries media
 // again.
 func TestBlock(t *testing.T) {
-	nodes := startNodes(t, nA, nB)
-	a, b := nodes[nA], nodes[nB]
-	a.e.SetRoutes(1, map[NodeID]NodeID{nB: nB})
-	b.e.SetRoutes(1, map[NodeID]NodeID{nA: nA})
-	if err := a.e.SetNeed(key, []NodeID{nB}); err != nil {
-		t.Fatal(err)
-	}
+	a, b := streamAB(t)
 	rtp := make([]byte, 200)
 	send := func(n int) {
 		for range n {

@@ -89,8 +89,13 @@ type peer struct {
 	link *relaywire.Link
 
 	// mu guards the link's loss recovery and probing state below and the
-	// scratch buffers that go with them.
+	// scratch buffers that go with them. snd (with the parity buffers)
+	// and rcv hold most of a link's memory (about 1.6 MB together): they
+	// are made when the first data message is sent or received on the
+	// link (sender, receiver), so a peer that only exchanges probes costs
+	// a few kilobytes.
 	mu       sync.Mutex
+	cfg      *Config
 	snd      *recovery.Sender
 	rcv      *recovery.Receiver
 	prb      *probe.Prober
@@ -103,6 +108,9 @@ type peer struct {
 	counted  [4]uint64 // refused, lost, late, duplicates already added to the metrics
 	// blocked: the link is out of service (Endpoint.Block).
 	blocked atomic.Bool
+	// dataSent counts the data messages sent on the link (not
+	// retransmissions, not parity); under mu.
+	dataSent uint64
 }
 
 func newPeer(cfg *Config, id NodeID, addr netip.AddrPort) (*peer, error) {
@@ -110,12 +118,8 @@ func newPeer(cfg *Config, id NodeID, addr netip.AddrPort) (*peer, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &peer{id: id, addr: addr, link: l, snd: recovery.NewSender(cfg.Sender),
-		rcv: recovery.NewReceiver(cfg.Receiver), prb: probe.New(cfg.Probe),
+	p := &peer{id: id, addr: addr, link: l, cfg: cfg, prb: probe.New(cfg.Probe),
 		body: make([]byte, 0, udpio.MaxPacket), nacks: make([]uint32, 0, relaywire.MaxNack)}
-	for i := range p.parity {
-		p.parity[i] = make([]byte, 0, udpio.MaxPacket)
-	}
 	p.emit = func(b []byte) {
 		if p.nParity < len(p.parity) {
 			p.parity[p.nParity] = append(p.parity[p.nParity][:0], b...)
@@ -123,6 +127,28 @@ func newPeer(cfg *Config, id NodeID, addr netip.AddrPort) (*peer, error) {
 		}
 	}
 	return p, nil
+}
+
+// sender returns the link's sender, made on first use. p.mu is held.
+func (p *peer) sender(now time.Time) *recovery.Sender {
+	if p.snd == nil {
+		p.snd = recovery.NewSender(p.cfg.Sender)
+		if p.snd != nil {
+			p.snd.SetLoss(p.prb.Stats(now).PeerLoss)
+		}
+		for i := range p.parity {
+			p.parity[i] = make([]byte, 0, udpio.MaxPacket)
+		}
+	}
+	return p.snd
+}
+
+// receiver returns the link's receiver, made on first use. p.mu is held.
+func (p *peer) receiver() *recovery.Receiver {
+	if p.rcv == nil {
+		p.rcv = recovery.NewReceiver(p.cfg.Receiver)
+	}
+	return p.rcv
 }
 
 type routeTable struct {
@@ -135,6 +161,23 @@ type need struct {
 	seq  atomic.Uint32
 }
 
+// forward is a remote track this node forwards on (SetForward).
+type forward struct {
+	dsts    []NodeID
+	deliver bool
+}
+
+// forwardKey is the forwards' map key: room, publisher and track joined by
+// NUL (names never hold one), built from a relay header's names into a
+// stack buffer so that the lookup does not allocate.
+func forwardKey[S ~string | ~[]byte](b []byte, room, publisher, track S) []byte {
+	b = append(b, room...)
+	b = append(b, 0)
+	b = append(b, publisher...)
+	b = append(b, 0)
+	return append(b, track...)
+}
+
 // Endpoint is a node's relay port.
 type Endpoint struct {
 	cfg  Config
@@ -143,10 +186,16 @@ type Endpoint struct {
 
 	peers  atomic.Pointer[map[NodeID]*peer]
 	routes atomic.Pointer[routeTable]
-	// needMu guards needs.
+	// needMu guards needs and serialises SetForward.
 	needMu sync.RWMutex
 	needs  map[StreamKey]*need
-	peerMu sync.Mutex // serialises SetPeers and SetEpoch; guards cfg.Epoch and blocked
+	// fwd are the remote tracks this node forwards on (copy on write).
+	fwd    atomic.Pointer[map[string]*forward]
+	peerMu sync.Mutex // serialises SetPeers and SetEpoch; guards cfg.Epoch, prevEpoch, hasPrev and blocked
+	// prevEpoch is the epoch before cfg.Epoch while its frames are still
+	// accepted (hasPrev: between SetEpoch and RetireEpoch).
+	prevEpoch uint16
+	hasPrev   bool
 	// blocked are the peers whose links are out of service (Block).
 	blocked map[NodeID]bool
 
@@ -165,6 +214,9 @@ type scratch struct {
 	frame  []byte
 	groups [relaywire.MaxDst]group
 	out    outQ
+	// fanning: route is sending a holder's copies (fanOut), counted as
+	// forwarded.
+	fanning bool
 }
 
 type group struct {
@@ -225,6 +277,8 @@ func New(cfg Config) (*Endpoint, error) {
 	e.scratch.New = func() any { return newScratch(false) }
 	empty := map[NodeID]*peer{}
 	e.peers.Store(&empty)
+	noFwd := map[string]*forward{}
+	e.fwd.Store(&noFwd)
 	e.routes.Store(&routeTable{next: map[NodeID]NodeID{}})
 	e.rx.slab = make([]byte, 0, 64*udpio.MaxPacket)
 	return e, nil
@@ -250,6 +304,12 @@ func (e *Endpoint) SetPeers(peers map[NodeID]netip.AddrPort) error {
 			continue
 		}
 		p, err := newPeer(&e.cfg, id, addr)
+		if err == nil && e.hasPrev {
+			// a link made during an overlap opens the previous epoch too
+			if p.link, err = relaywire.NewLink(e.cfg.Secret, e.cfg.Node, id, e.prevEpoch); err == nil {
+				err = p.link.Rotate(e.cfg.Epoch)
+			}
+		}
 		if err != nil {
 			return err
 		}
@@ -262,17 +322,38 @@ func (e *Endpoint) SetPeers(peers map[NodeID]netip.AddrPort) error {
 
 // SetEpoch moves every link to a new key epoch (the controller rotates
 // the cluster's keys): frames are sealed under it from now on, frames
-// under the previous epoch are still accepted.
+// under the previous epoch are still accepted until RetireEpoch (the
+// overlap), and so are frames under the next one (a peer that rotated
+// first).
 func (e *Endpoint) SetEpoch(epoch uint16) error {
 	e.peerMu.Lock()
 	defer e.peerMu.Unlock()
-	e.cfg.Epoch = epoch
+	if epoch == e.cfg.Epoch {
+		return nil
+	}
 	for _, p := range *e.peers.Load() {
 		if err := p.link.Rotate(epoch); err != nil {
 			return err
 		}
 	}
+	e.prevEpoch, e.hasPrev = e.cfg.Epoch, true
+	e.cfg.Epoch = epoch
 	return nil
+}
+
+// RetireEpoch ends the overlap after a rotation: frames under the previous
+// epoch are dropped from now on (traverse_relay_dropped_total{reason=
+// "epoch"}).
+func (e *Endpoint) RetireEpoch() {
+	e.peerMu.Lock()
+	defer e.peerMu.Unlock()
+	if !e.hasPrev {
+		return
+	}
+	e.hasPrev = false
+	for _, p := range *e.peers.Load() {
+		p.link.Retire()
+	}
 }
 
 // SetRoutes sets this node's route table (destination -> next hop) and
@@ -288,11 +369,9 @@ func (e *Endpoint) SetRoutes(id uint32, next map[NodeID]NodeID) {
 // MaxNeed is the most nodes one track is forwarded to by this node.
 const MaxNeed = 256
 
-// SetNeed sets the nodes that need the local track k (the controller's
-// push command); an empty list stops forwarding it. Local.Need is told
-// when the track becomes needed or not. More than MaxNeed nodes is an
-// error and changes nothing.
-func (e *Endpoint) SetNeed(k StreamKey, dsts []NodeID) error {
+// sendTo is the nodes of a need or forward of k: without this node, 0 or
+// repeats; ErrTooMany beyond MaxNeed.
+func (e *Endpoint) sendTo(k StreamKey, dsts []NodeID) ([]NodeID, error) {
 	keep := make([]NodeID, 0, len(dsts))
 	for _, d := range dsts {
 		if d != e.cfg.Node && d != 0 && !slices.Contains(keep, d) {
@@ -300,7 +379,19 @@ func (e *Endpoint) SetNeed(k StreamKey, dsts []NodeID) error {
 		}
 	}
 	if len(keep) > MaxNeed {
-		return fmt.Errorf("%w: %d nodes need %s/%s/%s, at most %d", ErrTooMany, len(keep), k.Room, k.Publisher, k.Track, MaxNeed)
+		return nil, fmt.Errorf("%w: %d nodes for %s/%s/%s, at most %d", ErrTooMany, len(keep), k.Room, k.Publisher, k.Track, MaxNeed)
+	}
+	return keep, nil
+}
+
+// SetNeed sets the nodes that need the local track k (the controller's
+// push command); an empty list stops forwarding it. Local.Need is told
+// when the track becomes needed or not. More than MaxNeed nodes is an
+// error and changes nothing.
+func (e *Endpoint) SetNeed(k StreamKey, dsts []NodeID) error {
+	keep, err := e.sendTo(k, dsts)
+	if err != nil {
+		return err
 	}
 	e.needMu.Lock()
 	n, had := e.needs[k]
@@ -318,6 +409,62 @@ func (e *Endpoint) SetNeed(k StreamKey, dsts []NodeID) error {
 		e.cfg.Local.Need(k, !had)
 	}
 	return nil
+}
+
+// SetForward makes this node a holder of the remote track k in the
+// track's distribution tree (the controller's command): each media
+// message of k addressed to this node is sent on to dsts as well, once
+// per next hop, keeping the source, sequence number and the hop limit
+// the message arrived with less one (so a loop of holders ends like any
+// other). deliver says whether this node's SFU also wants the track (its
+// subscribers); without it a holder forwards only. An empty dsts stops
+// it. More than MaxNeed nodes is an error and changes nothing.
+func (e *Endpoint) SetForward(k StreamKey, dsts []NodeID, deliver bool) error {
+	keep, err := e.sendTo(k, dsts)
+	if err != nil {
+		return err
+	}
+	if len(k.Room) > relaywire.MaxName || len(k.Publisher) > relaywire.MaxName || len(k.Track) > relaywire.MaxName {
+		return fmt.Errorf("%w: %s/%s/%s: longer than %d bytes", ErrName, k.Room, k.Publisher, k.Track, relaywire.MaxName)
+	}
+	fk := string(forwardKey(nil, k.Room, k.Publisher, k.Track))
+	e.needMu.Lock()
+	defer e.needMu.Unlock()
+	old := *e.fwd.Load()
+	next := make(map[string]*forward, len(old)+1)
+	for key, f := range old {
+		next[key] = f
+	}
+	if len(keep) == 0 {
+		delete(next, fk)
+	} else {
+		next[fk] = &forward{dsts: keep, deliver: deliver}
+	}
+	e.fwd.Store(&next)
+	return nil
+}
+
+// lookupForward finds the forward of a message's track, nil when none.
+func (e *Endpoint) lookupForward(h *relaywire.Header) *forward {
+	m := *e.fwd.Load()
+	if len(m) == 0 {
+		return nil
+	}
+	var kb [3*relaywire.MaxName + 2]byte
+	return m[string(forwardKey(kb[:0], h.Room, h.Publisher, h.Track))]
+}
+
+// DataSent returns how many data messages this node sent on each link
+// (not retransmissions or parity): diagnostics, and the tests' measure of
+// a track crossing each link once.
+func (e *Endpoint) DataSent() map[NodeID]uint64 {
+	out := map[NodeID]uint64{}
+	for id, p := range *e.peers.Load() {
+		p.mu.Lock()
+		out[id] = p.dataSent
+		p.mu.Unlock()
+	}
+	return out
 }
 
 // Send sends an RTP packet of a local publisher's track to the nodes that
@@ -412,7 +559,11 @@ func (e *Endpoint) route(s *scratch, h *relaywire.Header, payload []byte, from N
 		s.groups[g].dsts[s.groups[g].n] = d
 		s.groups[g].n++
 	}
-	if deliver && local {
+	var fw *forward
+	if deliver && local && h.Kind == relaywire.KindMedia {
+		fw = e.lookupForward(h)
+	}
+	if deliver && local && (fw == nil || fw.deliver) {
 		e.m.delivered.Inc()
 		if h.Kind == relaywire.KindMedia {
 			e.cfg.Local.DeliverMedia(h.Room, h.Publisher, h.Track, h.Layer, payload)
@@ -420,17 +571,55 @@ func (e *Endpoint) route(s *scratch, h *relaywire.Header, payload []byte, from N
 			e.cfg.Local.DeliverFeedback(h.Room, h.Publisher, h.Track, h.Layer, h.Source, payload)
 		}
 	}
-	if ng == 0 {
+	if ng == 0 && fw == nil {
 		return
 	}
 	hop := h.HopLimit
 	if local { // a message that arrived: this hop spends one
 		if hop <= 1 {
-			e.m.drops[dropHopLimit].Add(float64(ng))
+			e.m.drops[dropHopLimit].Add(float64(max(ng, 1)))
 			return
 		}
 		hop--
 	}
+	e.sendGroups(s, h, payload, ng, hop, local)
+	if fw != nil {
+		e.fanOut(s, h, payload, fw, hop)
+	}
+}
+
+// fanOut sends a message that arrived for a track this node holds on to
+// the nodes it forwards the track to, as a message of the same source
+// with the hop limit hop (already spent), skipping the nodes the message
+// was addressed to already and its source.
+func (e *Endpoint) fanOut(s *scratch, h *relaywire.Header, payload []byte, fw *forward, hop uint8) {
+	fh := *h
+	fh.HopLimit = hop
+	fh.NDst = 0
+	s.fanning = true
+	defer func() { s.fanning = false }()
+	flush := func() {
+		if fh.NDst > 0 {
+			e.route(s, &fh, payload, 0, false)
+			fh.NDst = 0
+		}
+	}
+	for _, d := range fw.dsts {
+		if d == h.Source || slices.Contains(h.Dests(), d) {
+			continue
+		}
+		fh.Dst[fh.NDst] = d
+		fh.NDst++
+		if int(fh.NDst) == relaywire.MaxDst {
+			flush()
+		}
+	}
+	flush()
+}
+
+// sendGroups sends one copy of h to each of the ng next hops route
+// grouped its destinations by, with the hop limit hop.
+func (e *Endpoint) sendGroups(s *scratch, h *relaywire.Header, payload []byte, ng int, hop uint8, local bool) {
 	peers := *e.peers.Load()
 	for i := 0; i < ng; i++ {
 		g := &s.groups[i]
@@ -451,7 +640,7 @@ func (e *Endpoint) route(s *scratch, h *relaywire.Header, payload []byte, from N
 		msg = append(msg, payload...)
 		s.hdr = msg[:0]
 		e.sendData(p, msg, &s.out)
-		if local {
+		if local || s.fanning {
 			e.m.forwarded.Inc()
 		} else {
 			e.m.sent.Inc()
@@ -465,11 +654,13 @@ func (e *Endpoint) sendData(p *peer, msg []byte, out *outQ) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.nParity = 0
-	seq, err := p.snd.Next(msg, time.Now(), p.body, p.emit)
+	now := time.Now()
+	seq, err := p.sender(now).Next(msg, now, p.body, p.emit)
 	if err != nil {
 		e.m.drops[dropMalformed].Inc()
 		return
 	}
+	p.dataSent++
 	p.body = relaywire.AppendData(p.body[:0], seq, msg)
 	e.queue(p, relaywire.TypeData, p.body, out)
 	e.queueParity(p, out)
@@ -607,18 +798,20 @@ func (e *Endpoint) handleFrame(b []byte, from netip.AddrPort, s *scratch) {
 			e.m.drops[dropMalformed].Inc()
 			break
 		}
-		before := p.rcv.Recovered
-		p.rcv.OnData(seq, msg, now, e.rxAdd)
-		e.m.recovered.Add(float64(p.rcv.Recovered - before))
+		rcv := p.receiver()
+		before := rcv.Recovered
+		rcv.OnData(seq, msg, now, e.rxAdd)
+		e.m.recovered.Add(float64(rcv.Recovered - before))
 	case relaywire.TypeParity:
 		var par relaywire.Parity
 		if relaywire.ParseParity(body, &par) != nil {
 			e.m.drops[dropMalformed].Inc()
 			break
 		}
-		before := p.rcv.Recovered
-		p.rcv.OnParity(&par, e.rxAdd)
-		e.m.recovered.Add(float64(p.rcv.Recovered - before))
+		rcv := p.receiver()
+		before := rcv.Recovered
+		rcv.OnParity(&par, e.rxAdd)
+		e.m.recovered.Add(float64(rcv.Recovered - before))
 	case relaywire.TypeNack:
 		seqs, err := relaywire.ParseNack(body, p.nacks)
 		if err != nil {
@@ -626,6 +819,9 @@ func (e *Endpoint) handleFrame(b []byte, from netip.AddrPort, s *scratch) {
 			break
 		}
 		for _, q := range seqs {
+			if p.snd == nil {
+				break // nothing was sent on this link
+			}
 			if msg, ok := p.snd.Retransmit(q); ok {
 				p.body = relaywire.AppendData(p.body[:0], q, msg)
 				e.queue(p, relaywire.TypeData, p.body, &s.out)
@@ -638,8 +834,10 @@ func (e *Endpoint) handleFrame(b []byte, from netip.AddrPort, s *scratch) {
 			e.m.drops[dropMalformed].Inc()
 			break
 		}
-		if l := p.rcv.TakeLoss(); l >= 0 {
-			p.dataLoss += (l - p.dataLoss) * 0.3
+		if p.rcv != nil { // no data received: nothing to measure
+			if l := p.rcv.TakeLoss(); l >= 0 {
+				p.dataLoss += (l - p.dataLoss) * 0.3
+			}
 		}
 		p.body = relaywire.AppendEcho(p.body[:0], relaywire.Echo{ID: pr.ID, Sent: pr.Sent, LossPPM: uint32(p.dataLoss * 1e6)})
 		e.queue(p, relaywire.TypeEcho, p.body, &s.out)
@@ -650,7 +848,9 @@ func (e *Endpoint) handleFrame(b []byte, from netip.AddrPort, s *scratch) {
 			break
 		}
 		p.prb.OnEcho(ec, now)
-		p.snd.SetLoss(p.prb.Stats(now).PeerLoss)
+		if p.snd != nil {
+			p.snd.SetLoss(p.prb.Stats(now).PeerLoss)
+		}
 	}
 	p.mu.Unlock()
 	for i, off := range e.rx.off {
@@ -702,17 +902,29 @@ func (e *Endpoint) timers(ctx context.Context) {
 func (e *Endpoint) tickPeer(p *peer, now time.Time, s *scratch) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	for i, v := range [4]uint64{p.snd.Refused, p.rcv.GivenUp, p.rcv.Late, p.rcv.Duplicates} {
+	var vals [4]uint64
+	if p.snd != nil {
+		vals[0] = p.snd.Refused
+	}
+	if p.rcv != nil {
+		vals[1], vals[2], vals[3] = p.rcv.GivenUp, p.rcv.Late, p.rcv.Duplicates
+	}
+	for i, v := range vals {
 		if d := v - p.counted[i]; d > 0 {
 			[4]prometheus.Counter{e.m.refused, e.m.lost, e.m.late, e.m.dups}[i].Add(float64(d))
 			p.counted[i] = v
 		}
 	}
 	p.nParity = 0
-	p.snd.Tick(now, p.body, p.emit)
-	e.queueParity(p, &s.out)
+	if p.snd != nil {
+		p.snd.Tick(now, p.body, p.emit)
+		e.queueParity(p, &s.out)
+	}
 	st := p.prb.Stats(now)
-	p.nacks = p.rcv.NackDue(now, min(st.RTT, st.LastRTT), p.nacks[:0])
+	p.nacks = p.nacks[:0]
+	if p.rcv != nil {
+		p.nacks = p.rcv.NackDue(now, min(st.RTT, st.LastRTT), p.nacks)
+	}
 	if len(p.nacks) > 0 {
 		if b, err := relaywire.AppendNack(p.body[:0], p.nacks); err == nil {
 			p.body = b

@@ -6,8 +6,12 @@ import "errors"
 var (
 	// ErrConfig: the Config is incomplete or out of range.
 	ErrConfig = errors.New("relay: invalid config")
-	// ErrTooMany: more than MaxNeed nodes need one track (SetNeed).
+	// ErrTooMany: more than MaxNeed nodes need one track (SetNeed,
+	// SetForward).
 	ErrTooMany = errors.New("relay: too many nodes")
+	// ErrName: a track's room, publisher or track name is longer than
+	// relaywire.MaxName (SetForward).
+	ErrName = errors.New("relay: name too long")
 	// ErrNoRoute: no route to a destination (SendFeedback).
 	ErrNoRoute = errors.New("relay: no route to the destination")
 )

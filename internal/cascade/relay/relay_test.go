@@ -105,6 +105,20 @@ func startNodesAt(t testing.TB, ids []NodeID, at func(NodeID) (listen netip.Addr
 	return nodes
 }
 
+// streamAB starts nodes A and B routed to each other, A's track key
+// needed by B.
+func streamAB(t *testing.T) (a, b *node) {
+	t.Helper()
+	ns := startNodes(t, nA, nB)
+	a, b = ns[nA], ns[nB]
+	a.e.SetRoutes(1, map[NodeID]NodeID{nB: nB})
+	b.e.SetRoutes(1, map[NodeID]NodeID{nA: nA})
+	if err := a.e.SetNeed(key, []NodeID{nB}); err != nil {
+		t.Fatal(err)
+	}
+	return a, b
+}
+
 const (
 	nA NodeID = 1
 	nB NodeID = 2

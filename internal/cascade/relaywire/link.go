@@ -125,6 +125,14 @@ func (l *Link) Rotate(epoch uint16) error {
 	return nil
 }
 
+// Retire drops the previous epoch's key (the overlap after a rotation is
+// over): its frames fail with ErrEpoch from now on.
+func (l *Link) Retire() {
+	l.mu.Lock()
+	l.prev = nil
+	l.mu.Unlock()
+}
+
 // Seal appends a frame of type t carrying body to dst: the link header in
 // clear (authenticated as additional data), then body encrypted, then the
 // tag. dst and body must not overlap.

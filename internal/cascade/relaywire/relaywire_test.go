@@ -156,8 +156,22 @@ func TestLinkAttacks(t *testing.T) {
 	if _, _, err := a.Open(b.Seal(nil, TypeProbe, AppendProbe(nil, Probe{}))); err != nil {
 		t.Errorf("new epoch, other way: %v", err)
 	}
+	old2 := append([]byte(nil), old...)
 	if _, _, err := b.Open(old); err != nil {
 		t.Errorf("previous epoch in flight: %v", err)
+	}
+	// the overlap ends: the previous epoch is refused, replay or not
+	stale, _ := NewLink(testSecret, 1, 2, 1)
+	late := stale.Seal(nil, TypeProbe, AppendProbe(nil, Probe{}))
+	b.Retire()
+	if _, _, err := b.Open(late); !errors.Is(err, ErrEpoch) {
+		t.Errorf("retired epoch: %v", err)
+	}
+	if _, _, err := b.Open(old2); !errors.Is(err, ErrEpoch) {
+		t.Errorf("retired epoch, replayed: %v", err)
+	}
+	if _, _, err := b.Open(a.Seal(nil, TypeProbe, AppendProbe(nil, Probe{}))); err != nil {
+		t.Errorf("current epoch after retiring: %v", err)
 	}
 	z, _ := NewLink(testSecret, 1, 2, 7)
 	if _, _, err := b.Open(z.Seal(nil, TypeProbe, AppendProbe(nil, Probe{}))); !errors.Is(err, ErrEpoch) {

@@ -52,6 +52,10 @@ type Config struct {
 	// 2 s): the time a degrading link keeps its routes, and what stops a
 	// noisy link from flapping them.
 	Hold time.Duration
+	// HopLimit is the most links a track's distribution tree puts between
+	// the publisher's node and any node (Tree; default 8, the relay's hop
+	// limit).
+	HopLimit int
 }
 
 func (c *Config) defaults() {
@@ -69,6 +73,9 @@ func (c *Config) defaults() {
 	}
 	if c.Hold <= 0 {
 		c.Hold = 2 * time.Second
+	}
+	if c.HopLimit <= 0 {
+		c.HopLimit = 8
 	}
 }
 

@@ -65,6 +65,19 @@ type Config struct {
 	Probe    probe.Config
 	// Registry receives the endpoint's metrics (none when nil).
 	Registry prometheus.Registerer
+
+	// ClientAuth, when set, lets relay clients publish through this port
+	// (clients.go); Local must then implement ClientLocal. MaxClients
+	// bounds the clients bound at once (DefaultMaxClients), ClientRate the
+	// client frames and HelloRate the hellos per second from one source
+	// address (DefaultClientRate, DefaultHelloRate; negative: no limit),
+	// ClientIdle how long a quiet client keeps its tracks
+	// (DefaultClientIdle).
+	ClientAuth ClientAuth
+	MaxClients int
+	ClientRate float64
+	HelloRate  float64
+	ClientIdle time.Duration
 }
 
 func (c *Config) validate() error {
@@ -150,6 +163,8 @@ type Endpoint struct {
 	// blocked are the peers whose links are out of service (Block).
 	blocked map[NodeID]bool
 
+	cl *clients // nil without ClientAuth
+
 	scratch sync.Pool // *scratch for Send and the timers
 	loop    *scratch  // the reader loop's own
 	rx      rxQueue   // messages the reader loop has opened, to dispatch
@@ -227,6 +242,10 @@ func New(cfg Config) (*Endpoint, error) {
 	e.peers.Store(&empty)
 	e.routes.Store(&routeTable{next: map[NodeID]NodeID{}})
 	e.rx.slab = make([]byte, 0, 64*udpio.MaxPacket)
+	if err := e.openClients(); err != nil {
+		_ = conn.Close()
+		return nil, err
+	}
 	return e, nil
 }
 
@@ -570,6 +589,10 @@ func (e *Endpoint) handleFrame(b []byte, from netip.AddrPort, s *scratch) {
 		e.m.drops[dropShort].Inc()
 		return
 	}
+	if lh.Type >= relaywire.TypeHello {
+		e.handleClient(b, from, lh.Type, s)
+		return
+	}
 	p := (*e.peers.Load())[lh.Sender]
 	if p == nil {
 		e.m.drops[dropUnknownPeer].Inc()
@@ -684,6 +707,7 @@ func (e *Endpoint) timers(ctx context.Context) {
 	// The reader loop owns the Conn's batched writes (WriteBatch is not
 	// safe for concurrent use); the timers' few frames go one by one.
 	s := newScratch(false)
+	var lastClients time.Time
 	for {
 		select {
 		case <-ctx.Done():
@@ -695,6 +719,10 @@ func (e *Endpoint) timers(ctx context.Context) {
 				e.tickPeer(p, now, s)
 			}
 			e.flush(&s.out)
+			if now.Sub(lastClients) >= time.Second {
+				lastClients = now
+				e.tickClients(now)
+			}
 		}
 	}
 }

@@ -194,7 +194,8 @@ func (c *Client) read() {
 		if err != nil {
 			return
 		}
-		if from != c.cfg.Server {
+		// a socket bound to the unspecified address may see 4in6 sources
+		if netip.AddrPortFrom(from.Addr().Unmap(), from.Port()) != c.cfg.Server {
 			continue
 		}
 		h, body, err := c.link.Open(b[:n])

@@ -8,10 +8,8 @@ import (
 	"time"
 
 	"github.com/pion/rtp"
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/traverse-rtc/traverse/client/relayclient"
-	"github.com/traverse-rtc/traverse/internal/bus"
 	"github.com/traverse-rtc/traverse/internal/cascade/relayauth"
 	"github.com/traverse-rtc/traverse/internal/loadgen"
 	"github.com/traverse-rtc/traverse/internal/metricstest"
@@ -24,38 +22,10 @@ import (
 // node receives both like any publisher's tracks, and its keyframe
 // requests reach the client.
 func TestRelayClientToWebRTCSubscriber(t *testing.T) {
-	e, err := bus.StartEmbedded(bus.EmbeddedConfig{Listen: "127.0.0.1:0"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { e.Close() })
-	ident, err := e.NewIdentity(bus.RoleNode, "nodeA")
-	if err != nil {
-		t.Fatal(err)
-	}
-	nb, err := bus.Connect(bus.Config{URLs: []string{e.URL()}, Name: "nodeA", Workers: 16, Identity: ident}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { nb.Close() })
-	sigID, err := e.NewIdentity(bus.RoleSignal, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	bc, err := bus.Connect(bus.Config{URLs: []string{e.URL()}, Name: "test", RequestTimeout: 20 * time.Second, Identity: sigID}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { bc.Close() })
+	e, bc := cascadeBus(t)
 	tokenKey := bytes.Repeat([]byte("token-key-"), 4)
-	reg := prometheus.NewRegistry()
-	s, err := New(Config{UDP: netip.MustParseAddrPort("127.0.0.1:0"), NodeID: "nodeA", Bus: nb, DataPath: suiteDataPath(t),
-		CascadeListen: netip.MustParseAddrPort("127.0.0.1:0"), CascadeSecret: testCascadeSecret, Registerer: reg,
-		CascadeClientAuth: relayauth.Verifier(tokenKey)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	testkit.Run(t, s.Run)
+	n := startCascadeNode(t, e, "nodeA", func(c *Config) { c.CascadeClientAuth = relayauth.Verifier(tokenKey) })
+	s, reg := n.s, n.reg
 
 	api, err := loadgen.NewAPI(false, netip.Addr{})
 	if err != nil {

@@ -156,14 +156,17 @@ func (e *Endpoint) handleClient(b []byte, from netip.AddrPort, t relaywire.Type,
 	}
 }
 
+// countOpenErr counts a frame a link (a node's or a client's) refused.
 func (e *Endpoint) countOpenErr(err error) {
 	switch {
 	case errors.Is(err, relaywire.ErrReplay):
 		e.m.drops[dropReplay].Inc()
+	case errors.Is(err, relaywire.ErrEpoch):
+		e.m.drops[dropEpoch].Inc()
 	case errors.Is(err, relaywire.ErrAuth):
 		e.m.drops[dropAuth].Inc()
 	default:
-		e.m.drops[dropMalformed].Inc()
+		e.m.drops[dropShort].Inc()
 	}
 }
 

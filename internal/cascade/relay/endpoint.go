@@ -608,16 +608,7 @@ func (e *Endpoint) handleFrame(b []byte, from netip.AddrPort, s *scratch) {
 	}
 	_, body, err := p.link.Open(b)
 	if err != nil {
-		switch {
-		case errors.Is(err, relaywire.ErrReplay):
-			e.m.drops[dropReplay].Inc()
-		case errors.Is(err, relaywire.ErrEpoch):
-			e.m.drops[dropEpoch].Inc()
-		case errors.Is(err, relaywire.ErrAuth):
-			e.m.drops[dropAuth].Inc()
-		default:
-			e.m.drops[dropShort].Inc()
-		}
+		e.countOpenErr(err)
 		return
 	}
 	e.rx.slab, e.rx.off = e.rx.slab[:0], e.rx.off[:0]

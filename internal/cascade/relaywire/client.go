@@ -1,7 +1,6 @@
 package relaywire
 
 import (
-	"crypto/aes"
 	"crypto/cipher"
 	"crypto/hkdf"
 	"crypto/hmac"
@@ -70,11 +69,7 @@ func clientAEAD(secret []byte, dir string) (cipher.AEAD, error) {
 	if err != nil {
 		return nil, err
 	}
-	blk, err := aes.NewCipher(k)
-	if err != nil {
-		return nil, err
-	}
-	return cipher.NewGCM(blk)
+	return newGCM(k)
 }
 
 // ClientLink seals and opens one client's frames: AES-256-GCM under two

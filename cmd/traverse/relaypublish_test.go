@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"flag"
+	"io"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -16,6 +18,7 @@ import (
 	"github.com/traverse-rtc/traverse/internal/cascade/relay"
 	"github.com/traverse-rtc/traverse/internal/cascade/relayauth"
 	"github.com/traverse-rtc/traverse/internal/cascade/relaywire"
+	"github.com/traverse-rtc/traverse/internal/config"
 	"github.com/traverse-rtc/traverse/internal/testkit"
 )
 
@@ -73,5 +76,26 @@ func TestRelayPublishCommand(t *testing.T) {
 		if err := runRelayPublish(context.Background(), args); err == nil {
 			t.Errorf("relay-publish %q: no error", args)
 		}
+	}
+}
+
+// TestCascadeIDFlag: --cascade-id given on the command line survives
+// config.Load setting the flags again (it did not: a flag.Func's String is
+// empty, and every node given --cascade-id refused to start).
+func TestCascadeIDFlag(t *testing.T) {
+	for _, args := range [][]string{{"--cascade-id", "100"}, {"--cascade-id", "0x64"}} {
+		fs := flag.NewFlagSet("sfu", flag.ContinueOnError)
+		var c sfuConfig
+		bindSFU(fs, "", &c)
+		if _, err := config.Load(fs, args, &c); err != nil || c.CascadeID != 100 {
+			t.Fatalf("%q: id %d, %v", args, c.CascadeID, err)
+		}
+	}
+	fs := flag.NewFlagSet("sfu", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	var c sfuConfig
+	bindSFU(fs, "", &c)
+	if _, err := config.Load(fs, []string{"--cascade-id", "0"}, &c); err == nil {
+		t.Fatal("--cascade-id 0 accepted")
 	}
 }

@@ -46,14 +46,28 @@ func bindSFU(fs *flag.FlagSet, prefix string, c *sfuConfig) {
 	fs.StringVar(&c.CascadeSecretFile, prefix+"cascade-secret-file", c.CascadeSecretFile, "`file` of the cascade's relay secret (at least 32 bytes, the same on every node); required with --cascade-listen")
 	fs.StringVar(&c.CascadeTokenKey, prefix+"cascade-token-key", c.CascadeTokenKey, "the signal role's token `key` (its --token-key): relay clients with a token publish through the relay port (docs/relay-protocol.md); empty (default): no relay clients")
 	fs.IntVar(&c.CascadeMaxClients, prefix+"cascade-max-clients", 0, "most relay clients bound at once (default 64)")
-	fs.Func(prefix+"cascade-id", "the node's 32-bit relay `id` (default: derived from the node id)", func(v string) error {
-		n, err := strconv.ParseUint(v, 0, 32)
-		if err != nil || n == 0 {
-			return fmt.Errorf("relay id %q: a number from 1 to 4294967295", v)
-		}
-		c.CascadeID = uint32(n)
-		return nil
-	})
+	fs.Var(relayIDFlag{&c.CascadeID}, prefix+"cascade-id", "the node's 32-bit relay `id` (default: derived from the node id)")
+}
+
+// relayIDFlag is --cascade-id. Its String is the value set, so that
+// config.Load, which sets the command line's flags again over the file
+// and the environment, gets it back (a flag.Func's String is empty).
+type relayIDFlag struct{ p *uint32 }
+
+func (f relayIDFlag) String() string {
+	if f.p == nil || *f.p == 0 {
+		return ""
+	}
+	return strconv.FormatUint(uint64(*f.p), 10)
+}
+
+func (f relayIDFlag) Set(v string) error {
+	n, err := strconv.ParseUint(v, 0, 32)
+	if err != nil || n == 0 {
+		return fmt.Errorf("relay id %q: a number from 1 to 4294967295", v)
+	}
+	*f.p = uint32(n)
+	return nil
 }
 
 // cascadeSecret reads --cascade-secret-file into the config.

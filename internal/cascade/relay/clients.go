@@ -150,6 +150,7 @@ func (e *Endpoint) handleClient(b []byte, from netip.AddrPort, t relaywire.Type,
 		}
 		cs.lastSeen.Store(time.Now().UnixNano())
 		e.m.clientMedia.Inc()
+		e.media.Add(1)
 		e.cfg.Local.DeliverMedia(cs.room, cs.ident, cs.names[m.Track], m.Layer, payload)
 	default: // a welcome is the node's to send
 		e.m.drops[dropMalformed].Inc()

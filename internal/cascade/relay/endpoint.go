@@ -165,6 +165,9 @@ type Endpoint struct {
 
 	cl *clients // nil without ClientAuth
 
+	// media counts data frames and client media received (Activity).
+	media atomic.Uint64
+
 	scratch sync.Pool // *scratch for Send and the timers
 	loop    *scratch  // the reader loop's own
 	rx      rxQueue   // messages the reader loop has opened, to dispatch
@@ -557,6 +560,11 @@ func (e *Endpoint) Run(ctx context.Context) error {
 	return err
 }
 
+// Activity is a count that moves while media arrives (data frames from
+// peers, client media), not with probes alone: the SFU's scheduler poll
+// runs while it moves.
+func (e *Endpoint) Activity() uint64 { return e.media.Load() }
+
 // Close closes the relay port; Run returns. It is idempotent.
 func (e *Endpoint) Close() error {
 	var err error
@@ -616,6 +624,7 @@ func (e *Endpoint) handleFrame(b []byte, from netip.AddrPort, s *scratch) {
 	p.mu.Lock()
 	switch lh.Type {
 	case relaywire.TypeData:
+		e.media.Add(1)
 		seq, msg, err := relaywire.ParseData(body)
 		if err != nil {
 			e.m.drops[dropMalformed].Inc()

@@ -13,6 +13,7 @@ import (
 
 	"github.com/traverse-rtc/traverse/internal/admin"
 	"github.com/traverse-rtc/traverse/internal/bus"
+	"github.com/traverse-rtc/traverse/internal/cascade/relayauth"
 	"github.com/traverse-rtc/traverse/internal/sfu"
 )
 
@@ -22,6 +23,10 @@ type sfuConfig struct {
 	natsClientConfig `yaml:",inline"`
 	// CascadeSecretFile holds the cascade's relay secret (docs/cascade.md).
 	CascadeSecretFile string `yaml:"cascade-secret-file"`
+	// CascadeTokenKey is the signal role's token key: with it, relay
+	// clients holding a token publish through the relay port
+	// (docs/relay-protocol.md, "Clients").
+	CascadeTokenKey string `yaml:"cascade-token-key"`
 }
 
 func bindSFU(fs *flag.FlagSet, prefix string, c *sfuConfig) {
@@ -39,14 +44,30 @@ func bindSFU(fs *flag.FlagSet, prefix string, c *sfuConfig) {
 	fs.BoolVar(&c.DrainStay, prefix+"drain-stay", false, "keep running, idle and not ready, once a drain has moved every session (default: exit)")
 	fs.TextVar(&c.CascadeListen, prefix+"cascade-listen", c.CascadeListen, "the cascade relay port `host:port`: rooms span SFU nodes (docs/cascade.md); empty (default): no cascade")
 	fs.StringVar(&c.CascadeSecretFile, prefix+"cascade-secret-file", c.CascadeSecretFile, "`file` of the cascade's relay secret (at least 32 bytes, the same on every node); required with --cascade-listen")
-	fs.Func(prefix+"cascade-id", "the node's 32-bit relay `id` (default: derived from the node id)", func(v string) error {
-		n, err := strconv.ParseUint(v, 0, 32)
-		if err != nil || n == 0 {
-			return fmt.Errorf("relay id %q: a number from 1 to 4294967295", v)
-		}
-		c.CascadeID = uint32(n)
-		return nil
-	})
+	fs.StringVar(&c.CascadeTokenKey, prefix+"cascade-token-key", c.CascadeTokenKey, "the signal role's token `key` (its --token-key): relay clients with a token publish through the relay port (docs/relay-protocol.md); empty (default): no relay clients")
+	fs.IntVar(&c.CascadeMaxClients, prefix+"cascade-max-clients", 0, "most relay clients bound at once (default 64)")
+	fs.Var(relayIDFlag{&c.CascadeID}, prefix+"cascade-id", "the node's 32-bit relay `id` (default: derived from the node id)")
+}
+
+// relayIDFlag is --cascade-id. Its String is the value set, so that
+// config.Load, which sets the command line's flags again over the file
+// and the environment, gets it back (a flag.Func's String is empty).
+type relayIDFlag struct{ p *uint32 }
+
+func (f relayIDFlag) String() string {
+	if f.p == nil || *f.p == 0 {
+		return ""
+	}
+	return strconv.FormatUint(uint64(*f.p), 10)
+}
+
+func (f relayIDFlag) Set(v string) error {
+	n, err := strconv.ParseUint(v, 0, 32)
+	if err != nil || n == 0 {
+		return fmt.Errorf("relay id %q: a number from 1 to 4294967295", v)
+	}
+	*f.p = uint32(n)
+	return nil
 }
 
 // cascadeSecret reads --cascade-secret-file into the config.
@@ -54,6 +75,9 @@ func (c *sfuConfig) cascadeSecret() error {
 	if !c.CascadeListen.IsValid() {
 		if c.CascadeSecretFile != "" {
 			return errors.New("--cascade-secret-file needs --cascade-listen")
+		}
+		if c.CascadeTokenKey != "" {
+			return errors.New("--cascade-token-key needs --cascade-listen")
 		}
 		return nil
 	}
@@ -69,6 +93,12 @@ func (c *sfuConfig) cascadeSecret() error {
 		return fmt.Errorf("--cascade-secret-file %s: %d bytes, at least 32 needed", c.CascadeSecretFile, len(b))
 	}
 	c.CascadeSecret = b
+	if c.CascadeTokenKey != "" {
+		if len(c.CascadeTokenKey) < relayauth.MinKey {
+			return fmt.Errorf("--cascade-token-key must be at least %d bytes", relayauth.MinKey)
+		}
+		c.CascadeClientAuth = relayauth.Verifier([]byte(c.CascadeTokenKey))
+	}
 	return nil
 }
 

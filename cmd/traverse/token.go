@@ -8,6 +8,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/traverse-rtc/traverse/internal/cascade/relaywire"
 	"github.com/traverse-rtc/traverse/internal/signal"
 )
 
@@ -18,6 +19,7 @@ type tokenConfig struct {
 	Publish   bool          `yaml:"publish"`
 	Subscribe bool          `yaml:"subscribe"`
 	TTL       time.Duration `yaml:"ttl"`
+	Relay     bool          `yaml:"relay"`
 }
 
 // runToken mints an access token for the signal role (docs/signal.md).
@@ -34,6 +36,7 @@ func mintToken(w io.Writer, args []string) error {
 	fs.BoolVar(&cfg.Publish, "publish", cfg.Publish, "allow sending audio, video and data")
 	fs.BoolVar(&cfg.Subscribe, "subscribe", cfg.Subscribe, "allow receiving the others' tracks")
 	fs.DurationVar(&cfg.TTL, "ttl", cfg.TTL, "how long the token is valid")
+	fs.BoolVar(&cfg.Relay, "relay", cfg.Relay, "also print, on a second line, the relay client's link secret (hex) for this token: the two lines are a relay client's credentials (docs/relay-protocol.md)")
 	var c common
 	_, err := loadFlags(fs, args, &cfg, &c)
 	if err != nil {
@@ -46,6 +49,10 @@ func mintToken(w io.Writer, args []string) error {
 	tok, err := signal.MintToken([]byte(cfg.TokenKey), signal.Claims{Room: cfg.Room, Identity: cfg.Identity,
 		Publish: cfg.Publish, Subscribe: cfg.Subscribe, IssuedAt: now.Unix(), Expires: now.Add(cfg.TTL).Unix()})
 	if err != nil {
+		return err
+	}
+	if cfg.Relay {
+		_, err = fmt.Fprintf(w, "%s\n%x\n", tok, relaywire.ClientSecret([]byte(cfg.TokenKey), tok))
 		return err
 	}
 	_, err = fmt.Fprintln(w, tok)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/traverse-rtc/traverse/internal/bus"
 	"github.com/traverse-rtc/traverse/internal/cascade/relay"
+	"github.com/traverse-rtc/traverse/internal/cascade/relaywire"
 	"github.com/traverse-rtc/traverse/internal/rtpcodec"
 )
 
@@ -45,6 +46,11 @@ type RemoteTrack struct {
 	Fmtp      string
 	// Layers is the number of simulcast layers (1 without simulcast).
 	Layers int
+
+	// client is the relay client publishing the track on this node (0:
+	// another node publishes it), ctrack its index among the client's.
+	client relay.ClientID
+	ctrack uint8
 }
 
 // RemoteTrackOf is the remote track a track_published event of a node
@@ -128,7 +134,7 @@ func (s *Server) openCascade() error {
 		}
 	}
 	ep, err := relay.New(relay.Config{Node: relay.NodeID(c.id), Listen: s.cfg.CascadeListen, Secret: s.cfg.CascadeSecret,
-		Local: (*cascadeLocal)(s), Registry: s.cfg.Registerer})
+		Local: (*cascadeLocal)(s), Registry: s.cfg.Registerer, ClientAuth: s.cfg.CascadeClientAuth, MaxClients: s.cfg.CascadeMaxClients})
 	if err != nil {
 		return fmt.Errorf("sfu: cascade: %w", err)
 	}
@@ -270,7 +276,7 @@ func (r *room) addRemote(rt *RemoteTrack) bool {
 		ClockRate: rt.ClockRate, Channels: rt.Channels, SDPFmtpLine: rt.Fmtp}}
 	t := &pubTrack{r: r, key: key, id: rt.Track, streamID: rt.StreamID, kind: webrtc.NewRTPCodecType(rt.Kind),
 		codec: codec, ck: rtpcodec.CodecOf(rt.MimeType), nrids: rt.Layers,
-		remote: &remoteSource{node: relay.NodeID(rt.Node),
+		remote: &remoteSource{node: relay.NodeID(rt.Node), client: rt.client, ctrack: rt.ctrack,
 			key: relay.StreamKey{Room: rt.Room, Publisher: rt.Publisher, Track: rt.Track}}}
 	if t.streamID == "" {
 		t.streamID = rt.Publisher
@@ -290,6 +296,10 @@ func (r *room) addRemote(rt *RemoteTrack) bool {
 type remoteSource struct {
 	node relay.NodeID
 	key  relay.StreamKey
+	// client is the relay client that publishes the track here (0: the
+	// node does), ctrack the track's index among the client's.
+	client relay.ClientID
+	ctrack uint8
 	// lastPLI is each layer's last keyframe request (unix nanoseconds):
 	// at most one per Config.PLIInterval crosses the cascade.
 	lastPLI [maxLayers]atomic.Int64
@@ -449,8 +459,48 @@ func (t *pubTrack) remoteKeyframe(idx int) {
 	if err != nil {
 		return
 	}
-	if s.casc.ep.SendFeedback(t.remote.key, uint8(idx), t.remote.node, b) == nil {
+	if t.remote.client != 0 {
+		err = s.casc.ep.SendClientFeedback(t.remote.client, t.remote.ctrack, uint8(idx), b)
+	} else {
+		err = s.casc.ep.SendFeedback(t.remote.key, uint8(idx), t.remote.node, b)
+	}
+	if err == nil {
 		s.casc.feedbackOut.Inc()
+	}
+}
+
+// ClientJoin puts a relay client's tracks in its room on this node: each
+// is a remote track whose source is the client, offered to the room's
+// subscribers like a publisher's (relay.ClientLocal).
+func (l *cascadeLocal) ClientJoin(id relay.ClientID, g relay.ClientGrant, tracks []relaywire.ClientTrack) error {
+	s := (*Server)(l)
+	for i, ct := range tracks {
+		kind := "audio"
+		if ct.Kind == relaywire.KindVideo {
+			kind = "video"
+		}
+		rt := RemoteTrack{Room: g.Room, Publisher: g.Identity, Track: ct.ID, StreamID: g.Identity, Node: s.casc.id,
+			Kind: kind, MimeType: ct.Mime, ClockRate: ct.ClockRate, Channels: uint16(ct.Channels), Fmtp: ct.Fmtp,
+			Layers: int(ct.Layers), client: id, ctrack: uint8(i)}
+		if ct.Kind == relaywire.KindVideo && rtpcodec.CodecOf(ct.Mime) == rtpcodec.Other {
+			err := fmt.Errorf("%w: relay client %s: codec %q", ErrConfig, g.Identity, ct.Mime)
+			l.ClientLeave(id, g, tracks[:i])
+			return err
+		}
+		if err := s.AddRemoteTrack(rt); err != nil {
+			l.ClientLeave(id, g, tracks[:i])
+			return err
+		}
+	}
+	s.log.Info("sfu: relay client joined", "room", g.Room, "identity", g.Identity, "tracks", len(tracks))
+	return nil
+}
+
+// ClientLeave takes a relay client's tracks out of its room.
+func (l *cascadeLocal) ClientLeave(_ relay.ClientID, g relay.ClientGrant, tracks []relaywire.ClientTrack) {
+	s := (*Server)(l)
+	for _, ct := range tracks {
+		s.RemoveRemoteTrack(g.Room, g.Identity, ct.ID)
 	}
 }
 

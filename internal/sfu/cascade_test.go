@@ -28,7 +28,30 @@ type cascadeNode struct {
 
 var testCascadeSecret = bytes.Repeat([]byte("cascade-secret-"), 3)
 
-func startCascadeNode(t *testing.T, e *bus.Embedded, name string) *cascadeNode {
+// cascadeBus starts an embedded bus and connects a signal-role client to
+// it (the test's signaler).
+func cascadeBus(t *testing.T) (*bus.Embedded, *bus.Client) {
+	t.Helper()
+	e, err := bus.StartEmbedded(bus.EmbeddedConfig{Listen: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.Close() })
+	sigID, err := e.NewIdentity(bus.RoleSignal, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bc, err := bus.Connect(bus.Config{URLs: []string{e.URL()}, Name: "test", RequestTimeout: 20 * time.Second, Identity: sigID}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { bc.Close() })
+	return e, bc
+}
+
+// startCascadeNode starts SFU node name with a relay port on e; mods
+// change its Config.
+func startCascadeNode(t *testing.T, e *bus.Embedded, name string, mods ...func(*Config)) *cascadeNode {
 	t.Helper()
 	ident, err := e.NewIdentity(bus.RoleNode, name)
 	if err != nil {
@@ -40,8 +63,12 @@ func startCascadeNode(t *testing.T, e *bus.Embedded, name string) *cascadeNode {
 	}
 	t.Cleanup(func() { nb.Close() })
 	reg := prometheus.NewRegistry()
-	s, err := New(Config{UDP: netip.MustParseAddrPort("127.0.0.1:0"), NodeID: name, Bus: nb, DataPath: suiteDataPath(t),
-		CascadeListen: netip.MustParseAddrPort("127.0.0.1:0"), CascadeSecret: testCascadeSecret, Registerer: reg})
+	cfg := Config{UDP: netip.MustParseAddrPort("127.0.0.1:0"), NodeID: name, Bus: nb, DataPath: suiteDataPath(t),
+		CascadeListen: netip.MustParseAddrPort("127.0.0.1:0"), CascadeSecret: testCascadeSecret, Registerer: reg}
+	for _, m := range mods {
+		m(&cfg)
+	}
+	s, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,20 +91,7 @@ func (n *cascadeNode) metric(t *testing.T, name string) float64 {
 // receives it by the routes alone, A sends each packet once (to B), and
 // C's subscriber's keyframe requests reach A.
 func TestCascadeRoomSpansNodes(t *testing.T) {
-	e, err := bus.StartEmbedded(bus.EmbeddedConfig{Listen: "127.0.0.1:0"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { e.Close() })
-	sigID, err := e.NewIdentity(bus.RoleSignal, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	bc, err := bus.Connect(bus.Config{URLs: []string{e.URL()}, Name: "test", RequestTimeout: 20 * time.Second, Identity: sigID}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { bc.Close() })
+	e, bc := cascadeBus(t)
 	a, b, c := startCascadeNode(t, e, "nodeA"), startCascadeNode(t, e, "nodeB"), startCascadeNode(t, e, "nodeC")
 	if a.id == 0 || a.id == b.id || b.id == c.id || a.id == c.id {
 		t.Fatalf("relay ids %d %d %d", a.id, b.id, c.id)

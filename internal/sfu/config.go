@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/traverse-rtc/traverse/internal/bus"
+	"github.com/traverse-rtc/traverse/internal/cascade/relay"
 	"github.com/traverse-rtc/traverse/internal/config"
 )
 
@@ -66,6 +67,12 @@ type Config struct {
 	// CascadeID is the node's 32-bit relay id; 0 derives it from NodeID
 	// (RelayID).
 	CascadeID uint32 `yaml:"cascade-id"`
+	// CascadeClientAuth, when set, lets relay clients publish into rooms
+	// through the relay port (docs/relay-protocol.md, "Clients";
+	// relayauth.Verifier with the signal role's token key);
+	// CascadeMaxClients bounds them (default relay.DefaultMaxClients).
+	CascadeClientAuth relay.ClientAuth `yaml:"-"`
+	CascadeMaxClients int              `yaml:"cascade-max-clients"`
 	// AnnounceInterval is how often the node announces itself; default
 	// bus.AnnounceInterval.
 	AnnounceInterval time.Duration `yaml:"-"`

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,6 +15,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/traverse-rtc/traverse/internal/cascade/relaywire"
 )
 
 // The room API (docs/api.md): an operator's HTTP API under /v1/ on the
@@ -597,6 +600,8 @@ type tokenBody struct {
 	Publish   *bool  `json:"publish"`
 	Subscribe *bool  `json:"subscribe"`
 	TTL       string `json:"ttl"`
+	// Relay asks for the relay client's secret too (docs/relay-protocol.md).
+	Relay bool `json:"relay"`
 }
 
 // parseTokenRequest turns a token request into claims (pure; fuzzed).
@@ -643,8 +648,13 @@ func (s *Server) apiToken(_ http.ResponseWriter, r *http.Request) (any, error) {
 		return nil, apiError{http.StatusBadRequest, err.Error()}
 	}
 	s.am.actions.WithLabelValues("token").Inc()
-	return map[string]any{"token": tok, "room": c.Room, "identity": c.Identity,
-		"expires": time.Unix(c.Expires, 0).UTC()}, nil
+	out := map[string]any{"token": tok, "room": c.Room, "identity": c.Identity,
+		"expires": time.Unix(c.Expires, 0).UTC()}
+	var t tokenBody
+	if json.Unmarshal(b, &t) == nil && t.Relay {
+		out["relay_secret"] = hex.EncodeToString(relaywire.ClientSecret(s.cfg.Key, tok))
+	}
+	return out, nil
 }
 
 // apiJoined records a session that joined (room API, webhooks, log).

@@ -3,6 +3,7 @@ package signal
 import (
 	"bytes"
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"io"
@@ -16,6 +17,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/traverse-rtc/traverse/internal/cascade/relaywire"
 	"github.com/traverse-rtc/traverse/internal/metricstest"
 	"github.com/traverse-rtc/traverse/internal/testkit"
 )
@@ -220,6 +222,14 @@ func TestRoomAPI(t *testing.T) {
 	c, err := ParseToken(testKey, v["token"].(string), time.Now())
 	if err != nil || c.Room != "r2" || c.Identity != "carol" || c.Publish || !c.Subscribe || c.Expires > time.Now().Add(11*time.Minute).Unix() {
 		t.Fatalf("minted %+v %v", c, err)
+	}
+	if _, ok := v["relay_secret"]; ok {
+		t.Fatal("a relay secret without relay: true")
+	}
+	// with relay: true, the relay client's secret for that token
+	code, v = api.do("POST", "/v1/tokens", testAdmin, `{"room":"r2","identity":"ingest","relay":true}`)
+	if sec, _ := v["relay_secret"].(string); code != 200 || sec != hex.EncodeToString(relaywire.ClientSecret(testKey, v["token"].(string))) {
+		t.Fatalf("relay token: %d %v", code, v)
 	}
 	for _, body := range []string{`{"room":"` + strings.Repeat("r", 65) + `","identity":"x"}`, `{"room":"r","identity":"x","ttl":"-1h"}`,
 		`{"room":"r","identity":"x","ttl":"1000h"}`, `{"room":"r"}`, `{"room":"r","identity":"x","admin":true}`, `[1]`, `{"room":"r","identity":"x"} {}`} {

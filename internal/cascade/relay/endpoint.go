@@ -65,6 +65,19 @@ type Config struct {
 	Probe    probe.Config
 	// Registry receives the endpoint's metrics (none when nil).
 	Registry prometheus.Registerer
+
+	// ClientAuth, when set, lets relay clients publish through this port
+	// (clients.go); Local must then implement ClientLocal. MaxClients
+	// bounds the clients bound at once (DefaultMaxClients), ClientRate the
+	// client frames and HelloRate the hellos per second from one source
+	// address (DefaultClientRate, DefaultHelloRate; negative: no limit),
+	// ClientIdle how long a quiet client keeps its tracks
+	// (DefaultClientIdle).
+	ClientAuth ClientAuth
+	MaxClients int
+	ClientRate float64
+	HelloRate  float64
+	ClientIdle time.Duration
 }
 
 func (c *Config) validate() error {
@@ -199,6 +212,11 @@ type Endpoint struct {
 	// blocked are the peers whose links are out of service (Block).
 	blocked map[NodeID]bool
 
+	cl *clients // nil without ClientAuth
+
+	// media counts data frames and client media received (Activity).
+	media atomic.Uint64
+
 	scratch sync.Pool // *scratch for Send and the timers
 	loop    *scratch  // the reader loop's own
 	rx      rxQueue   // messages the reader loop has opened, to dispatch
@@ -281,6 +299,10 @@ func New(cfg Config) (*Endpoint, error) {
 	e.fwd.Store(&noFwd)
 	e.routes.Store(&routeTable{next: map[NodeID]NodeID{}})
 	e.rx.slab = make([]byte, 0, 64*udpio.MaxPacket)
+	if err := e.openClients(); err != nil {
+		_ = conn.Close()
+		return nil, err
+	}
 	return e, nil
 }
 
@@ -729,6 +751,11 @@ func (e *Endpoint) Run(ctx context.Context) error {
 	return err
 }
 
+// Activity is a count that moves while media arrives (data frames from
+// peers, client media), not with probes alone: the SFU's scheduler poll
+// runs while it moves.
+func (e *Endpoint) Activity() uint64 { return e.media.Load() }
+
 // Close closes the relay port; Run returns. It is idempotent.
 func (e *Endpoint) Close() error {
 	var err error
@@ -761,6 +788,10 @@ func (e *Endpoint) handleFrame(b []byte, from netip.AddrPort, s *scratch) {
 		e.m.drops[dropShort].Inc()
 		return
 	}
+	if lh.Type >= relaywire.TypeHello {
+		e.handleClient(b, from, lh.Type, s)
+		return
+	}
 	p := (*e.peers.Load())[lh.Sender]
 	if p == nil {
 		e.m.drops[dropUnknownPeer].Inc()
@@ -776,16 +807,7 @@ func (e *Endpoint) handleFrame(b []byte, from netip.AddrPort, s *scratch) {
 	}
 	_, body, err := p.link.Open(b)
 	if err != nil {
-		switch {
-		case errors.Is(err, relaywire.ErrReplay):
-			e.m.drops[dropReplay].Inc()
-		case errors.Is(err, relaywire.ErrEpoch):
-			e.m.drops[dropEpoch].Inc()
-		case errors.Is(err, relaywire.ErrAuth):
-			e.m.drops[dropAuth].Inc()
-		default:
-			e.m.drops[dropShort].Inc()
-		}
+		e.countOpenErr(err)
 		return
 	}
 	e.rx.slab, e.rx.off = e.rx.slab[:0], e.rx.off[:0]
@@ -793,6 +815,7 @@ func (e *Endpoint) handleFrame(b []byte, from netip.AddrPort, s *scratch) {
 	p.mu.Lock()
 	switch lh.Type {
 	case relaywire.TypeData:
+		e.media.Add(1)
 		seq, msg, err := relaywire.ParseData(body)
 		if err != nil {
 			e.m.drops[dropMalformed].Inc()
@@ -884,6 +907,7 @@ func (e *Endpoint) timers(ctx context.Context) {
 	// The reader loop owns the Conn's batched writes (WriteBatch is not
 	// safe for concurrent use); the timers' few frames go one by one.
 	s := newScratch(false)
+	var lastClients time.Time
 	for {
 		select {
 		case <-ctx.Done():
@@ -895,6 +919,10 @@ func (e *Endpoint) timers(ctx context.Context) {
 				e.tickPeer(p, now, s)
 			}
 			e.flush(&s.out)
+			if now.Sub(lastClients) >= time.Second {
+				lastClients = now
+				e.tickClients(now)
+			}
 		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -55,6 +56,51 @@ func FuzzHandleMessage(f *testing.F) {
 				}
 			}
 		}
+		e.loop.out.n = 0
+	})
+}
+
+type fuzzClients struct{ sfu }
+
+func (*fuzzClients) ClientJoin(ClientID, ClientGrant, []relaywire.ClientTrack) error { return nil }
+func (*fuzzClients) ClientLeave(ClientID, ClientGrant, []relaywire.ClientTrack)      {}
+
+// FuzzClientFrames feeds arbitrary hello bodies and client messages,
+// sealed with a valid client key (what a client holding a token and its
+// secret may send), to node B's client path: nothing panics, and a hello
+// binds the client only when its body parses.
+func FuzzClientFrames(f *testing.F) {
+	body, _ := relaywire.AppendHello(nil, &relaywire.Hello{Room: "r", Publish: true,
+		Tracks: []relaywire.ClientTrack{{ID: "t", Kind: relaywire.KindAudio, Layers: 1, ClockRate: 48000, Mime: "audio/opus"}}})
+	f.Add(body, []byte{1, 0, 0, 0, 0x80})
+	f.Add([]byte{1, 'r', 0, 0}, []byte{2, 9, 0, 1})
+	cs := relaywire.ClientSecret([]byte("key"), "tok")
+	auth := func(token []byte, now time.Time) (ClientGrant, []byte, error) {
+		if string(token) != "tok" {
+			return ClientGrant{}, nil, ErrConfig
+		}
+		return ClientGrant{Room: "r", Identity: "i", Publish: true, Expires: now.Add(time.Hour)}, cs, nil
+	}
+	e, err := New(Config{Node: nB, Listen: netip.MustParseAddrPort("127.0.0.1:0"), Secret: secret, Local: &fuzzClients{},
+		Registry: prometheus.NewRegistry(), ClientAuth: auth, ClientRate: -1, HelloRate: -1})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Cleanup(func() { e.Close() })
+	from := netip.MustParseAddrPort("127.0.0.1:9")
+	cl, _ := relaywire.NewClientLink(cs, false, 0)
+	seen := false // a parsable hello bound the client once (it stays bound)
+	f.Fuzz(func(t *testing.T, hello, msg []byte) {
+		fr, err := cl.SealHello(nil, "tok", hello)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.handleFrame(fr, from, e.loop)
+		if _, perr := relaywire.ParseHello(hello); perr != nil && e.Clients() > 0 && !seen {
+			t.Fatalf("an unparsable hello bound the client")
+		}
+		seen = seen || e.Clients() > 0
+		e.handleFrame(cl.Seal(nil, relaywire.TypeClient, msg), from, e.loop)
 		e.loop.out.n = 0
 	})
 }

@@ -31,7 +31,8 @@ const (
 	TypeNack   Type = 3 // link sequences the receiver misses
 	TypeProbe  Type = 4 // a probe for RTT, loss and jitter
 	TypeEcho   Type = 5 // the answer to a probe
-	maxType         = TypeEcho
+	// 6-8 are the client frames (client.go).
+	maxType = TypeWelcome
 )
 
 // LinkHeader is the clear, authenticated start of every frame:

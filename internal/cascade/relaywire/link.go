@@ -87,7 +87,12 @@ func newAEAD(secret []byte, a, b NodeID, epoch uint16) (cipher.AEAD, error) {
 	if err != nil {
 		return nil, err
 	}
-	blk, err := aes.NewCipher(k)
+	return newGCM(k)
+}
+
+// newGCM is AES-256-GCM under key.
+func newGCM(key []byte) (cipher.AEAD, error) {
+	blk, err := aes.NewCipher(key)
 	if err != nil {
 		return nil, err
 	}

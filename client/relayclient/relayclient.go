@@ -1,0 +1,233 @@
+// Package relayclient publishes RTP into a traverse room through an SFU
+// node's relay port, speaking the cascade relay protocol as a client
+// (docs/relay-protocol.md, "Clients") instead of WebRTC: no ICE, DTLS or
+// SRTP, one UDP socket, one AEAD. It is meant for servers and tools that
+// feed media into rooms (recorders' inverse: ingest, load generators,
+// gateways) and sit next to the nodes.
+//
+// It lives under client/ beside client/nat and client/p2p because it is
+// what a program outside this repository imports; the wire codec it uses
+// stays internal (internal/cascade/relaywire), shared with the node.
+package relayclient
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/traverse-rtc/traverse/internal/cascade/relaywire"
+)
+
+// Track is a track the client publishes.
+type Track struct {
+	// ID names the track in the room (1..64 bytes).
+	ID string
+	// Video or audio.
+	Video bool
+	// MimeType is the codec ("video/VP8", "audio/opus"); ClockRate its RTP
+	// clock; Channels (audio) and Fmtp as in SDP.
+	MimeType  string
+	ClockRate uint32
+	Channels  uint8
+	Fmtp      string
+	// Layers is the number of simulcast layers (0 or 1: none, up to 3).
+	Layers uint8
+}
+
+// Config configures a Client.
+type Config struct {
+	// Server is the node's relay port.
+	Server netip.AddrPort
+	// Token is the access token (signal's, for the room); Secret the link
+	// secret its issuer gave with it (relaywire.ClientSecret).
+	Token  string
+	Secret []byte
+	// Room is the token's room.
+	Room string
+	// Tracks are what the client publishes (at most 4).
+	Tracks []Track
+	// Local is the address to send from (default: any, port 0).
+	Local netip.AddrPort
+	// Keepalive is how often the hello is repeated so a quiet client
+	// stays bound (default 10 s; the node forgets a client quiet 30 s).
+	Keepalive time.Duration
+	// OnFeedback receives the node's RTCP for a track (keyframe requests).
+	OnFeedback func(track, layer uint8, rtcp []byte)
+}
+
+// ErrRefused is returned when the node does not welcome the client before
+// the context ends: a bad token or secret, a room or right it does not
+// grant, or a node at its client limit. The node says nothing to refused
+// clients (their reason is in its counters).
+var ErrRefused = errors.New("relayclient: not welcomed by the node")
+
+// Client is a relay client bound to one node.
+type Client struct {
+	cfg   Config
+	conn  *net.UDPConn
+	link  *relaywire.ClientLink
+	hello []byte // the sealed hello body
+
+	mu   sync.Mutex // guards buf and body
+	buf  []byte
+	body []byte
+
+	welcomed chan uint64
+	done     chan struct{}
+	wg       sync.WaitGroup
+}
+
+// Dial says hello to the node and waits for its welcome (repeating the
+// hello every 250 ms) until ctx ends.
+func Dial(ctx context.Context, cfg Config) (*Client, error) {
+	if cfg.Keepalive <= 0 {
+		cfg.Keepalive = 10 * time.Second
+	}
+	link, err := relaywire.NewClientLink(cfg.Secret, false, 0)
+	if err != nil {
+		return nil, fmt.Errorf("relayclient: %w", err)
+	}
+	h := relaywire.Hello{Room: cfg.Room, Publish: len(cfg.Tracks) > 0}
+	for _, t := range cfg.Tracks {
+		ct := relaywire.ClientTrack{ID: t.ID, Kind: relaywire.KindAudio, Layers: max(t.Layers, 1), Channels: t.Channels,
+			ClockRate: t.ClockRate, Mime: t.MimeType, Fmtp: t.Fmtp}
+		if t.Video {
+			ct.Kind = relaywire.KindVideo
+		}
+		h.Tracks = append(h.Tracks, ct)
+	}
+	body, err := relaywire.AppendHello(nil, &h)
+	if err != nil {
+		return nil, fmt.Errorf("relayclient: hello: %w", err)
+	}
+	if len(cfg.Token) == 0 || len(cfg.Token) > relaywire.MaxToken {
+		return nil, fmt.Errorf("relayclient: token: %w", relaywire.ErrTooLong)
+	}
+	local := cfg.Local
+	if !local.IsValid() {
+		local = netip.AddrPortFrom(netip.IPv4Unspecified(), 0)
+		if cfg.Server.Addr().Is6() {
+			local = netip.AddrPortFrom(netip.IPv6Unspecified(), 0)
+		}
+	}
+	conn, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(local))
+	if err != nil {
+		return nil, err
+	}
+	c := &Client{cfg: cfg, conn: conn, link: link, hello: body, buf: make([]byte, 0, 2048), body: make([]byte, 0, 2048),
+		welcomed: make(chan uint64, 1), done: make(chan struct{})}
+	c.wg.Add(1)
+	go c.read()
+	t := time.NewTicker(250 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if err := c.sayHello(); err != nil {
+			c.Close()
+			return nil, err
+		}
+		select {
+		case <-c.welcomed:
+			c.wg.Add(1)
+			go c.keepalive()
+			return c, nil
+		case <-ctx.Done():
+			c.Close()
+			return nil, fmt.Errorf("%w: %w", ErrRefused, ctx.Err())
+		case <-t.C:
+		}
+	}
+}
+
+func (c *Client) sayHello() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	f, err := c.link.SealHello(c.buf[:0], c.cfg.Token, c.hello)
+	if err != nil {
+		return err
+	}
+	c.buf = f[:0]
+	_, err = c.conn.WriteToUDPAddrPort(f, c.cfg.Server)
+	return err
+}
+
+// WriteRTP publishes an RTP packet of track (its index in Config.Tracks)
+// and simulcast layer.
+func (c *Client) WriteRTP(track, layer uint8, rtp []byte) error {
+	if int(track) >= len(c.cfg.Tracks) {
+		return fmt.Errorf("relayclient: track %d of %d", track, len(c.cfg.Tracks))
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.body = relaywire.AppendClientMsg(c.body[:0], relaywire.ClientMsg{Kind: relaywire.KindMedia, Track: track, Layer: layer}, rtp)
+	f := c.link.Seal(c.buf[:0], relaywire.TypeClient, c.body)
+	c.buf = f[:0]
+	_, err := c.conn.WriteToUDPAddrPort(f, c.cfg.Server)
+	return err
+}
+
+// LocalAddr is the address the client sends from.
+func (c *Client) LocalAddr() netip.AddrPort { return c.conn.LocalAddr().(*net.UDPAddr).AddrPort() }
+
+func (c *Client) keepalive() {
+	defer c.wg.Done()
+	t := time.NewTicker(c.cfg.Keepalive)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.done:
+			return
+		case <-t.C:
+			_ = c.sayHello()
+		}
+	}
+}
+
+func (c *Client) read() {
+	defer c.wg.Done()
+	b := make([]byte, 2048)
+	for {
+		n, from, err := c.conn.ReadFromUDPAddrPort(b)
+		if err != nil {
+			return
+		}
+		// a socket bound to the unspecified address may see 4in6 sources
+		if netip.AddrPortFrom(from.Addr().Unmap(), from.Port()) != c.cfg.Server {
+			continue
+		}
+		h, body, err := c.link.Open(b[:n])
+		if err != nil {
+			continue
+		}
+		switch h.Type {
+		case relaywire.TypeWelcome:
+			if _, hc, err := relaywire.ParseWelcome(body); err == nil {
+				select {
+				case c.welcomed <- hc:
+				default:
+				}
+			}
+		case relaywire.TypeClient:
+			m, p, err := relaywire.ParseClientMsg(body)
+			if err == nil && m.Kind == relaywire.KindFeedback && c.cfg.OnFeedback != nil {
+				c.cfg.OnFeedback(m.Track, m.Layer, p)
+			}
+		}
+	}
+}
+
+// Close stops the client. The node unbinds it once it has been quiet for
+// its idle time.
+func (c *Client) Close() {
+	select {
+	case <-c.done:
+		return
+	default:
+	}
+	close(c.done)
+	_ = c.conn.Close()
+	c.wg.Wait()
+}

@@ -1,0 +1,357 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/pion/rtp"
+
+	"github.com/traverse-rtc/traverse/client/relayclient"
+	"github.com/traverse-rtc/traverse/internal/bus"
+	"github.com/traverse-rtc/traverse/internal/cascade/relayauth"
+	"github.com/traverse-rtc/traverse/internal/cascade/relaywire"
+	"github.com/traverse-rtc/traverse/internal/loadgen"
+	"github.com/traverse-rtc/traverse/internal/signal"
+	"github.com/traverse-rtc/traverse/internal/testkit"
+)
+
+// benchEnv reads a positive integer knob of TestCascadeHopCost.
+func benchEnv(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+// procCPU is a process's user + system CPU time so far (/proc/PID/stat
+// utime and stime, in clock ticks of 10 ms).
+func procCPU(t *testing.T, pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// the command name may hold spaces: fields count from after its ')'
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+2:]))
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * 10 * time.Millisecond
+}
+
+func median(v []float64) float64 {
+	s := slices.Clone(v)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+func percentile(v []time.Duration, p float64) time.Duration {
+	s := slices.Clone(v)
+	slices.Sort(s)
+	return s[min(len(s)-1, int(float64(len(s))*p))]
+}
+
+// TestCascadeHopCost is the cascade's node-level benchmark (issue 13): one
+// real "traverse sfu" process (with its relay port and relay clients
+// on), its CPU time read from /proc between phases of one run:
+//
+//   - hop: the test plays node A and next-hop nodes C1..CS (their relay
+//     links keyed by the cluster secret, the routes pushed by the test as
+//     the controller over the bus). A sends PPS relay messages a second,
+//     each for all S destinations; the node forwards each once to every
+//     Ci: S relay packets out per packet in.
+//   - webrtc: a relay client publishes the same stream (PPS VP8 packets of
+//     the same size) into a room where S pion subscribers (browser-like
+//     RTCP: reports, NACKs, transport-cc) receive it over WebRTC: S
+//     SRTP packets out per packet in.
+//
+// Cost per packet out = the node's CPU over the phase / packets the
+// receivers got. BENCH_ROUNDS rounds alternate the two; the medians and their
+// ratio are logged. Then the latency one hop adds on loopback: A -> node
+// -> C1 against A -> C1 directly, interleaved, p50 and p99.
+//
+// A benchmark, not a test of correctness: it runs only with
+// TRAVERSE_CASCADE_BENCH=1 (bench/cascade-hop.sh; knobs BENCH_PPS,
+// BENCH_SUBSCRIBERS, BENCH_SECONDS, BENCH_ROUNDS).
+func TestCascadeHopCost(t *testing.T) {
+	if os.Getenv("TRAVERSE_CASCADE_BENCH") != "1" {
+		t.Skip("a benchmark loading a node for about a minute: run bench/cascade-hop.sh (TRAVERSE_CASCADE_BENCH=1)")
+	}
+	pps := benchEnv("BENCH_PPS", 2000)
+	subs := benchEnv("BENCH_SUBSCRIBERS", 4)
+	dur := time.Duration(benchEnv("BENCH_SECONDS", 5)) * time.Second
+	rounds := benchEnv("BENCH_ROUNDS", 3)
+	const size = 1000
+
+	base := testkit.FreePorts(t, 8, netip.MustParseAddr("127.0.0.1"))
+	port := func(i int) string { return fmt.Sprintf("127.0.0.1:%d", base+i) }
+	creds := filepath.Join(t.TempDir(), "creds")
+	b := startChild(t, "bus", "--listen", port(0), "--creds-dir", creds, "--jetstream-dir", t.TempDir(), "--admin", port(1),
+		"--node", "a", "--log-level", "warn")
+	waitReady(t, port(1), 30*time.Second, b.exited, b.output)
+	secret := bytes.Repeat([]byte("s"), 40)
+	secretFile := filepath.Join(t.TempDir(), "cascade.secret")
+	if err := os.WriteFile(secretFile, secret, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	const tokenKey = "0123456789abcdef-bench"
+	const nodeID = 100
+	sfuAdmin := port(4)
+	n := startChild(t, "sfu", "--nats", "nats://"+port(0), "--nats-creds", filepath.Join(creds, "sfu-a.creds"),
+		"--udp", port(2), "--tcp", port(3), "--admin", sfuAdmin, "--cascade-listen", port(5), "--cascade-secret-file", secretFile,
+		"--cascade-token-key", tokenKey, "--cascade-id", strconv.Itoa(nodeID), "--log-level", "warn")
+	waitReady(t, sfuAdmin, 30*time.Second, n.exited, n.output)
+	pid := n.cmd.Process.Pid
+	relayPort := netip.MustParseAddrPort(port(5))
+
+	// the test's nodes: A sends, C1..CS receive
+	listen := func() *net.UDPConn { return testkit.ListenUDP(t, netip.MustParseAddrPort("127.0.0.1:0")) }
+	addrOf := func(c *net.UDPConn) string { return c.LocalAddr().(*net.UDPAddr).AddrPort().String() }
+	const idA = 1
+	aConn := listen()
+	aLink, err := relaywire.NewLink(secret, idA, nodeID, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := bus.CascadeCommand{Node: "a", Controller: "bench", Lease: 1, Gen: 1, Time: time.Now().UTC(),
+		Peers: []bus.CascadePeer{{ID: idA, Addr: addrOf(aConn)}}, Routes: []bus.CascadeHop{{Dst: idA, Via: idA}}}
+	var got atomic.Int64 // relay packets the Cs received
+	var latMu sync.Mutex
+	var hopLat []time.Duration
+	var dsts []relaywire.NodeID
+	for i := range subs {
+		id := uint32(10 + i)
+		c := listen()
+		cmd.Peers = append(cmd.Peers, bus.CascadePeer{ID: id, Addr: addrOf(c)})
+		cmd.Routes = append(cmd.Routes, bus.CascadeHop{Dst: id, Via: id})
+		dsts = append(dsts, relaywire.NodeID(id))
+		l, err := relaywire.NewLink(secret, relaywire.NodeID(id), nodeID, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func(first bool) {
+			buf := make([]byte, 2048)
+			var h relaywire.Header
+			for {
+				k, _, err := c.ReadFromUDP(buf)
+				if err != nil {
+					return
+				}
+				now := time.Now().UnixNano()
+				got.Add(1)
+				if !first {
+					continue
+				}
+				lh, body, err := l.Open(buf[:k])
+				if err != nil || lh.Type != relaywire.TypeData {
+					continue
+				}
+				if _, msg, err := relaywire.ParseData(body); err == nil {
+					if p, err := relaywire.ParseHeader(msg, &h); err == nil && h.NDst == 1 && len(p) >= 8 {
+						latMu.Lock()
+						hopLat = append(hopLat, time.Duration(now-int64(binary.BigEndian.Uint64(p))))
+						latMu.Unlock()
+					}
+				}
+			}
+		}(i == 0)
+	}
+	ctl, err := bus.Connect(bus.Config{URLs: []string{"nats://" + port(0)}, Name: "bench controller", CredsFile: filepath.Join(creds, "controller.creds")}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ctl.Close()
+	if err := ctl.PublishCascadeCommand(cmd); err != nil {
+		t.Fatal(err)
+	}
+
+	var linkSeq uint32
+	payload := make([]byte, size)
+	frame := make([]byte, 0, 2048)
+	sendHop := func(to []relaywire.NodeID) {
+		h := relaywire.Header{Kind: relaywire.KindMedia, HopLimit: 8, Source: idA, NDst: uint8(len(to)),
+			Room: []byte("bench"), Publisher: []byte("p"), Track: []byte("t")}
+		copy(h.Dst[:], to)
+		binary.BigEndian.PutUint64(payload, uint64(time.Now().UnixNano()))
+		msg, _ := relaywire.AppendHeader(frame[:0], &h)
+		msg = append(msg, payload...)
+		linkSeq++
+		body := relaywire.AppendData(nil, linkSeq, msg)
+		f := aLink.Seal(frame[:0], relaywire.TypeData, body)
+		_, _ = aConn.WriteToUDPAddrPort(f, relayPort)
+	}
+	testkit.WaitFor(t, 15*time.Second, "the node forwarding by the pushed routes", func() bool {
+		_ = ctl.PublishCascadeCommand(cmd)
+		sendHop(dsts[:1])
+		return testkit.Eventually(300*time.Millisecond, func() bool { return got.Load() > 0 })
+	})
+
+	// WebRTC: S subscribers in room "bench", a relay client publishing
+	sigCl, err := bus.Connect(bus.Config{URLs: []string{"nats://" + port(0)}, Name: "bench signal", RequestTimeout: 30 * time.Second,
+		CredsFile: filepath.Join(creds, "signal.creds")}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sigCl.Close()
+	api, err := loadgen.NewAPI(false, netip.Addr{}, loadgen.WithFeedback(true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var viewers []*loadgen.Client
+	for i := range subs {
+		v, err := loadgen.Dial(ctx, api, loadgen.NewBusSignaler(sigCl, "a"), loadgen.ClientConfig{Room: "bench", Identity: fmt.Sprintf("v%d", i), Subscribe: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer v.Close()
+		viewers = append(viewers, v)
+	}
+	tok, sec, err := relayauth.Mint([]byte(tokenKey), signal.Claims{Room: "bench", Identity: "ingest", Publish: true, Expires: time.Now().Add(time.Hour).Unix()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, err := relayclient.Dial(ctx, relayclient.Config{Server: relayPort, Token: tok, Secret: sec, Room: "bench",
+		Local: netip.MustParseAddrPort("127.0.0.1:0"), Tracks: []relayclient.Track{{ID: "cam", Video: true, MimeType: "video/VP8", ClockRate: 90000}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	var rtpSeq uint16
+	vp8 := make([]byte, size-12)
+	vp8[0] = 0x10 // VP8 descriptor: start of partition 0; vp8[1] bit 0 clear: every packet a keyframe
+	pkt := rtp.Packet{Header: rtp.Header{Version: 2, PayloadType: 96, SSRC: 4242, Marker: true}, Payload: vp8}
+	rtpBuf := make([]byte, 0, 2048)
+	sendRTP := func() {
+		rtpSeq++
+		pkt.SequenceNumber, pkt.Timestamp = rtpSeq, uint32(rtpSeq)*3000
+		b, err := pkt.Header.MarshalTo(rtpBuf[:cap(rtpBuf)])
+		if err != nil {
+			return
+		}
+		_ = rc.WriteRTP(0, 0, append(rtpBuf[:b], vp8...))
+	}
+	viewersGot := func() uint64 {
+		var s uint64
+		for _, v := range viewers {
+			for _, tr := range v.Tracks() {
+				s += tr.Packets()
+			}
+		}
+		return s
+	}
+	testkit.WaitFor(t, 30*time.Second, "every viewer receiving the relay client's video", func() bool {
+		for range 20 {
+			sendRTP()
+		}
+		for _, v := range viewers {
+			var p uint64
+			for _, tr := range v.Tracks() {
+				p += tr.Packets()
+			}
+			if p < 20 {
+				return false
+			}
+		}
+		return true
+	})
+	forwardedMetric := func() float64 {
+		f, _ := strconv.ParseFloat(metricValue(sfuAdmin, "traverse_sfu_rtp_forwarded_total"), 64)
+		return f
+	}
+
+	// pace calls send pps times a second for dur
+	pace := func(send func()) {
+		start := time.Now()
+		sent := 0
+		for time.Since(start) < dur {
+			due := int(time.Since(start).Seconds() * float64(pps))
+			for ; sent < due; sent++ {
+				send()
+			}
+			time.Sleep(500 * time.Microsecond)
+		}
+	}
+	// measure runs one phase: the node's CPU over it per packet out
+	measure := func(send func(), out func() float64) (nsPerPkt float64, pkts float64) {
+		o0, c0 := out(), procCPU(t, pid)
+		pace(send)
+		time.Sleep(300 * time.Millisecond) // what is in flight arrives
+		o1, c1 := out(), procCPU(t, pid)
+		pkts = o1 - o0
+		if pkts <= 0 {
+			t.Fatal("no packets out")
+		}
+		return float64(c1-c0) / pkts, pkts
+	}
+	var hop, web []float64
+	for r := range rounds {
+		hns, hp := measure(func() { sendHop(dsts) }, func() float64 { return float64(got.Load()) })
+		wns, wp := measure(sendRTP, forwardedMetric)
+		hop, web = append(hop, hns), append(web, wns)
+		t.Logf("round %d: hop %.0f ns CPU per relay packet out (%.0f out, %.0f/s); webrtc %.0f ns per SRTP packet out (%.0f out, %.0f/s); ratio %.2f",
+			r+1, hns, hp, hp/dur.Seconds(), wns, wp, wp/dur.Seconds(), hns/wns)
+	}
+	if v := viewersGot(); v == 0 {
+		t.Fatal("the viewers received nothing")
+	}
+
+	// latency: one destination, interleaved with A -> C1 direct
+	direct := listen()
+	var dirLat []time.Duration
+	var dirMu sync.Mutex
+	go func() {
+		buf := make([]byte, 64)
+		for {
+			k, _, err := direct.ReadFromUDP(buf)
+			if err != nil {
+				return
+			}
+			if k >= 8 {
+				dirMu.Lock()
+				dirLat = append(dirLat, time.Duration(time.Now().UnixNano()-int64(binary.BigEndian.Uint64(buf))))
+				dirMu.Unlock()
+			}
+		}
+	}()
+	latMu.Lock()
+	hopLat = hopLat[:0]
+	latMu.Unlock()
+	dAddr := direct.LocalAddr().(*net.UDPAddr).AddrPort()
+	ts := make([]byte, 8)
+	for range 3000 { // 3 s at 1,000 a second
+		sendHop(dsts[:1])
+		binary.BigEndian.PutUint64(ts, uint64(time.Now().UnixNano()))
+		_, _ = aConn.WriteToUDPAddrPort(ts, dAddr)
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(200 * time.Millisecond)
+	latMu.Lock()
+	dirMu.Lock()
+	hl, dl := slices.Clone(hopLat), slices.Clone(dirLat)
+	dirMu.Unlock()
+	latMu.Unlock()
+	if len(hl) < 1000 || len(dl) < 1000 {
+		t.Fatalf("latency samples: %d through the node, %d direct", len(hl), len(dl))
+	}
+	hm, wm := median(hop), median(web)
+	t.Logf("SUMMARY pps=%d subscribers/next-hops=%d seconds=%v rounds=%d size=%d", pps, subs, dur.Seconds(), rounds, size)
+	t.Logf("SUMMARY hop: median %.0f ns CPU per relay packet out = %.0f packets per CPU-second", hm, 1e9/hm)
+	t.Logf("SUMMARY webrtc: median %.0f ns CPU per SRTP packet out = %.0f packets per CPU-second", wm, 1e9/wm)
+	t.Logf("SUMMARY ratio hop/webrtc: %.2f (goal <= 0.5)", hm/wm)
+	t.Logf("SUMMARY latency A->node->C p50 %v p99 %v; A->C direct p50 %v p99 %v; added p50 %v p99 %v (goal p99 < 200us)",
+		percentile(hl, 0.5), percentile(hl, 0.99), percentile(dl, 0.5), percentile(dl, 0.99),
+		percentile(hl, 0.5)-percentile(dl, 0.5), percentile(hl, 0.99)-percentile(dl, 0.99))
+}

@@ -39,6 +39,7 @@ func bindSFU(fs *flag.FlagSet, prefix string, c *sfuConfig) {
 	fs.BoolVar(&c.DrainStay, prefix+"drain-stay", false, "keep running, idle and not ready, once a drain has moved every session (default: exit)")
 	fs.TextVar(&c.CascadeListen, prefix+"cascade-listen", c.CascadeListen, "the cascade relay port `host:port`: rooms span SFU nodes (docs/cascade.md); empty (default): no cascade")
 	fs.StringVar(&c.CascadeSecretFile, prefix+"cascade-secret-file", c.CascadeSecretFile, "`file` of the cascade's relay secret (at least 32 bytes, the same on every node); required with --cascade-listen")
+	fs.StringVar(&c.Group, prefix+"group", c.Group, "balanced group `name`: this node shares one public address (--public-ip, the same --udp port) with the group's other nodes behind a UDP load balancer and serves any session whose first STUN binding reaches it; needs --cascade-listen (docs/cascade.md); empty (default): no group")
 	fs.Func(prefix+"cascade-id", "the node's 32-bit relay `id` (default: derived from the node id)", func(v string) error {
 		n, err := strconv.ParseUint(v, 0, 32)
 		if err != nil || n == 0 {

@@ -66,6 +66,13 @@ type Config struct {
 	// CascadeID is the node's 32-bit relay id; 0 derives it from NodeID
 	// (RelayID).
 	CascadeID uint32 `yaml:"cascade-id"`
+	// Group, when set, makes the node one of a balanced group: nodes
+	// sharing one public address behind a UDP load balancer, any of which
+	// serves a session whose first STUN binding reaches it (group.go,
+	// docs/cascade.md). It needs the cascade (CascadeListen): the group's
+	// certificate derives from the cascade secret, and a room spans the
+	// group's nodes through the cascade. Empty (the default): no group.
+	Group string `yaml:"group"`
 	// AnnounceInterval is how often the node announces itself; default
 	// bus.AnnounceInterval.
 	AnnounceInterval time.Duration `yaml:"-"`
@@ -107,6 +114,9 @@ func (c *Config) validate() error {
 	}
 	if c.CascadeListen.IsValid() && len(c.CascadeSecret) < 32 {
 		return fmt.Errorf("%w: the cascade needs a secret of at least 32 bytes", ErrConfig)
+	}
+	if c.Group != "" && (!bus.ValidName(c.Group) || !c.CascadeListen.IsValid()) {
+		return fmt.Errorf("%w: group %q: a name of 1-64 characters A-Z a-z 0-9 _ - and the cascade (cascade-listen)", ErrConfig, c.Group)
 	}
 	return nil
 }

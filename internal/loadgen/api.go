@@ -19,19 +19,25 @@ func NewAPI(tcp bool, ip netip.Addr, opts ...APIOption) (*webrtc.API, error) {
 	for _, f := range opts {
 		f(&o)
 	}
-	return newAPI(tcp, ip, false, o.feedback)
+	return newAPI(tcp, ip, false, o.feedback, o.mux)
 }
 
 // NewDuplicateTolerantAPI is NewAPI with SRTP replay protection off, for
 // tests that check a retransmission of a packet the client already has.
-func NewDuplicateTolerantAPI() (*webrtc.API, error) { return newAPI(false, netip.Addr{}, true, false) }
+func NewDuplicateTolerantAPI() (*webrtc.API, error) { return newAPI(false, netip.Addr{}, true, false, nil) }
 
 // APIOption changes what the clients of NewAPI do.
 type APIOption func(*apiOptions)
 
 type apiOptions struct {
 	feedback bool
+	mux      ice.UDPMux
 }
+
+// WithUDPMux makes the clients gather their host candidates from m (and
+// send and receive through it): a socket opened where the caller wants,
+// for instance in a lab namespace (netlab.Node.ListenUDP).
+func WithUDPMux(m ice.UDPMux) APIOption { return func(o *apiOptions) { o.mux = m } }
 
 // WithFeedback(true) makes the clients behave like browsers on RTCP:
 // pion's NACK generator and responder (RFC 4585 generic NACK, nack and
@@ -48,7 +54,7 @@ type apiOptions struct {
 // ClientConfig field.
 func WithFeedback(on bool) APIOption { return func(o *apiOptions) { o.feedback = on } }
 
-func newAPI(tcp bool, ip netip.Addr, noReplay, feedback bool) (*webrtc.API, error) {
+func newAPI(tcp bool, ip netip.Addr, noReplay, feedback bool, mux ice.UDPMux) (*webrtc.API, error) {
 	me := &webrtc.MediaEngine{}
 	if err := me.RegisterDefaultCodecs(); err != nil {
 		return nil, err
@@ -76,6 +82,9 @@ func newAPI(tcp bool, ip netip.Addr, noReplay, feedback bool) (*webrtc.API, erro
 		}
 		return a.IsLoopback()
 	})
+	if mux != nil {
+		se.SetICEUDPMux(mux)
+	}
 	if tcp {
 		se.SetNetworkTypes([]webrtc.NetworkType{webrtc.NetworkTypeTCP4})
 	} else {

@@ -24,7 +24,9 @@ func NewAPI(tcp bool, ip netip.Addr, opts ...APIOption) (*webrtc.API, error) {
 
 // NewDuplicateTolerantAPI is NewAPI with SRTP replay protection off, for
 // tests that check a retransmission of a packet the client already has.
-func NewDuplicateTolerantAPI() (*webrtc.API, error) { return newAPI(false, netip.Addr{}, true, false, nil) }
+func NewDuplicateTolerantAPI() (*webrtc.API, error) {
+	return newAPI(false, netip.Addr{}, true, false, nil)
+}
 
 // APIOption changes what the clients of NewAPI do.
 type APIOption func(*apiOptions)

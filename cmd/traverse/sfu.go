@@ -52,6 +52,9 @@ func bindSFU(fs *flag.FlagSet, prefix string, c *sfuConfig) {
 
 // cascadeSecret reads --cascade-secret-file into the config.
 func (c *sfuConfig) cascadeSecret() error {
+	if c.Group != "" && !c.CascadeListen.IsValid() {
+		return errors.New("--group needs --cascade-listen (and --cascade-secret-file): docs/cascade.md")
+	}
 	if !c.CascadeListen.IsValid() {
 		if c.CascadeSecretFile != "" {
 			return errors.New("--cascade-secret-file needs --cascade-listen")

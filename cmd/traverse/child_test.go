@@ -49,7 +49,15 @@ func (c *child) output() string {
 // the test's end stops it with SIGTERM unless it was killed.
 func startChild(t *testing.T, args ...string) *child {
 	t.Helper()
-	c := &child{cmd: exec.Command(os.Args[0], args...)}
+	return startChildCmd(t, exec.Command(os.Args[0], args...), args[0])
+}
+
+// startChildCmd is startChild with a command made by the caller (this test
+// binary in child mode, through nsenter for instance: netlab.Node.Command);
+// name is the role, for messages.
+func startChildCmd(t *testing.T, cmd *exec.Cmd, name string) *child {
+	t.Helper()
+	c := &child{cmd: cmd}
 	c.cmd.Env = append(os.Environ(), "TRAVERSE_TEST_MAIN=1")
 	c.cmd.Stdout, c.cmd.Stderr = c, c
 	if err := c.cmd.Start(); err != nil {
@@ -62,10 +70,10 @@ func startChild(t *testing.T, args ...string) *child {
 		}
 		_ = c.cmd.Process.Signal(syscall.SIGTERM)
 		if _, ok := testkit.AwaitExit(c.cmd, c.exited, 10*time.Second); !ok {
-			t.Errorf("traverse %s did not stop on SIGTERM", args[0])
+			t.Errorf("traverse %s did not stop on SIGTERM", name)
 		}
 		if t.Failed() {
-			t.Logf("traverse %s output:\n%s", args[0], c.output())
+			t.Logf("traverse %s output:\n%s", name, c.output())
 		}
 	})
 	return c

@@ -1,0 +1,144 @@
+package clustertest
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/pion/ice/v4"
+	"github.com/pion/logging"
+
+	"github.com/traverse-rtc/traverse/internal/loadgen"
+	"github.com/traverse-rtc/traverse/internal/netlab"
+	"github.com/traverse-rtc/traverse/internal/testkit"
+)
+
+// BalancedLab is the lab of a balanced SFU group (docs/cascade.md, "Behind
+// a UDP load balancer"): a balancer (a routed netlab NAT whose outside
+// address is the group's public address) with the nodes' hosts on its
+// private side, and client hosts of two addresses each on the lab's
+// internet. The balancer spreads UDP to Port over the nodes by the
+// kernel's jhash of the client's address and port (netlab.NAT.BalanceUDP).
+type BalancedLab struct {
+	Lab     *netlab.Lab
+	LB      *netlab.NAT
+	Nodes   []*netlab.Host
+	Clients []*netlab.Host
+	Port    uint16
+	Seed    uint32
+}
+
+// NewBalancedLab builds the lab: nodes node hosts, clients client hosts;
+// torn down when the test ends. It skips when not root (netlab.New).
+func NewBalancedLab(t *testing.T, nodes, clients int, port uint16) *BalancedLab {
+	t.Helper()
+	lab := netlab.New(t)
+	b := &BalancedLab{Lab: lab, LB: lab.NAT("lb", lab.Internet(), netlab.Routed), Port: port, Seed: 0x5eed}
+	for i := range nodes {
+		b.Nodes = append(b.Nodes, lab.Host(fmt.Sprintf("n%d", i+1), b.LB))
+	}
+	for i := range clients {
+		b.Clients = append(b.Clients, lab.Host(fmt.Sprintf("c%d", i+1), lab.Internet(), netlab.Addrs(2)))
+	}
+	if err := lab.Err(); err != nil {
+		t.Fatal(err)
+	}
+	var backends []netip.Addr
+	for _, h := range b.Nodes {
+		backends = append(backends, h.Addr())
+	}
+	if err := b.LB.BalanceUDP(port, backends, b.Seed); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// Public is the group's public address: the balancer's outside address.
+func (b *BalancedLab) Public() netip.Addr { return b.LB.Addr() }
+
+// DialSpread joins one client per entry of want, each from its own source
+// address of the client hosts (in order), in room through signal at wsURL:
+// client i sends its media from the first port from 40000 that the
+// balancer's hash sends to node want[i]. Every client publishes video and
+// audio and subscribes; they are closed when the test ends.
+func (b *BalancedLab) DialSpread(t *testing.T, want []int, room, wsURL string, token loadgen.TokenFunc) []*loadgen.Client {
+	t.Helper()
+	var srcs []netip.Addr
+	var hosts []*netlab.Host
+	for _, h := range b.Clients {
+		for _, a := range h.Addrs() {
+			srcs, hosts = append(srcs, a), append(hosts, h)
+		}
+	}
+	if len(want) > len(srcs) {
+		t.Fatalf("%d clients, %d client addresses", len(want), len(srcs))
+	}
+	lf := logging.NewDefaultLoggerFactory()
+	lf.DefaultLogLevel = logging.LogLevelDisabled
+	var out []*loadgen.Client
+	for i, w := range want {
+		src := netip.AddrPortFrom(srcs[i], 40000)
+		for netlab.Backend(src, len(b.Nodes), b.Seed) != w {
+			src = netip.AddrPortFrom(src.Addr(), src.Port()+1)
+		}
+		conn, err := hosts[i].ListenUDP(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		mux := ice.NewUDPMuxDefault(ice.UDPMuxParams{UDPConn: conn, Logger: lf.NewLogger("mux")})
+		t.Cleanup(func() { _ = mux.Close() })
+		api, err := loadgen.NewAPI(false, src.Addr(), loadgen.WithUDPMux(mux))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		cl, err := loadgen.Dial(ctx, api, loadgen.NewWSSignaler(wsURL, token),
+			loadgen.ClientConfig{Room: room, Identity: fmt.Sprintf("c%d", i), Publish: true, Subscribe: true, VideoBitrate: 120_000})
+		cancel()
+		if err != nil {
+			t.Fatalf("client %d (%v): %v", i, src, err)
+		}
+		t.Cleanup(func() { cl.Close() })
+		out = append(out, cl)
+	}
+	for i, cl := range out {
+		select {
+		case <-cl.Connected():
+		case <-time.After(30 * time.Second):
+			t.Fatalf("client %d never connected", i)
+		}
+	}
+	return out
+}
+
+// WaitEveryoneReceives waits until every client receives at least 30
+// packets of video and of audio from each of the others.
+func WaitEveryoneReceives(t *testing.T, clients []*loadgen.Client) {
+	t.Helper()
+	for i, cl := range clients {
+		testkit.WaitFor(t, 40*time.Second, fmt.Sprintf("client %d receiving the others' video and audio", i), func() bool {
+			var v, a int
+			for _, tr := range cl.Tracks() {
+				if tr.Packets() >= 30 {
+					if tr.Kind == "video" {
+						v++
+					} else {
+						a++
+					}
+				}
+			}
+			return v >= len(clients)-1 && a >= len(clients)-1
+		})
+	}
+}
+
+// Expect returns how many clients of want each of n nodes serves.
+func Expect(want []int, n int) []int {
+	out := make([]int, n)
+	for _, w := range want {
+		out[w]++
+	}
+	return out
+}

@@ -164,10 +164,13 @@ func (s *Server) pcConfig(p *participant) webrtc.Configuration {
 	return webrtc.Configuration{Certificates: []webrtc.Certificate{*s.grp.cert}}
 }
 
-// setICE puts a group session's ICE credentials into se.
+// setICE puts a group session's ICE credentials into se, and keeps it on
+// UDP: the gate watches the UDP socket only, so a group session offers no
+// ICE-TCP candidate.
 func setICE(se *webrtc.SettingEngine, p *participant) {
 	if p.ice != nil {
 		se.SetICECredentials(p.ice.Ufrag, p.ice.Pwd)
+		se.SetNetworkTypes([]webrtc.NetworkType{webrtc.NetworkTypeUDP4, webrtc.NetworkTypeUDP6})
 	}
 }
 

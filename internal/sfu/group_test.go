@@ -158,6 +158,9 @@ func TestGroupClaim(t *testing.T) {
 		!strings.Contains(strings.ToLower(rep.SDP), strings.ToLower(fps[0].Value)) {
 		t.Fatalf("answer lacks the group's credentials or certificate:\n%s", rep.SDP)
 	}
+	if strings.Contains(rep.SDP, " tcp ") {
+		t.Fatalf("a group session offers ICE-TCP, which the gate does not watch:\n%s", rep.SDP)
+	}
 	if err := pc.SetRemoteDescription(webrtc.SessionDescription{Type: webrtc.SDPTypeAnswer, SDP: rep.SDP}); err != nil {
 		t.Fatal(err)
 	}

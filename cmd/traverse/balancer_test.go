@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -18,7 +17,6 @@ import (
 	"github.com/traverse-rtc/traverse/internal/cluster/clustertest"
 	"github.com/traverse-rtc/traverse/internal/loadgen"
 	"github.com/traverse-rtc/traverse/internal/netlab"
-	"github.com/traverse-rtc/traverse/internal/signal"
 	"github.com/traverse-rtc/traverse/internal/testkit"
 )
 
@@ -100,30 +98,10 @@ func TestBalancedGroupProcesses(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { bc.Close() })
-	be, err := signal.NewBusBackend(bc, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = be.Close() })
-	testkit.WaitFor(t, 30*time.Second, "signal to see the group's three nodes", func() bool {
-		n := 0
-		for _, nd := range be.Nodes() {
-			if nd.Group == "g1" && nd.Public == vip {
-				n++
-			}
-		}
-		return n == 3
-	})
 	testkit.WaitFor(t, 30*time.Second, "the controller to lead", func() bool {
 		return nsMetric(ctl, "127.0.0.1:9790", "traverse_controller_leader") == "1"
 	})
-	srv, err := signal.New(signal.Config{Key: []byte("balanced-group-processes"), Backend: be, DemoTokens: true, Cascade: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := httptest.NewServer(srv)
-	t.Cleanup(func() { hs.Close(); _ = srv.Close() })
-	wsURL := "ws" + strings.TrimPrefix(hs.URL, "http") + "/ws"
+	be, wsURL := lab.Signal(t, bc, "g1")
 
 	want := []int{0, 1, 2, 0}
 	expect := clustertest.Expect(want, len(lab.Nodes))
@@ -137,6 +115,9 @@ func TestBalancedGroupProcesses(t *testing.T) {
 		return true
 	})
 	clustertest.WaitEveryoneReceives(t, clients)
+	if n := be.RefusedClaims(); n != 0 {
+		t.Errorf("signal refused %d claims; every client has one address", n)
+	}
 	for i, h := range lab.Nodes {
 		won := nsMetric(h, "127.0.0.1:9094", `traverse_sfu_group_claims_total{result="won"}`)
 		if won != fmt.Sprint(expect[i]) {

@@ -82,16 +82,7 @@ func TestCascadeProcesses(t *testing.T) {
 	subC := dial("c", loadgen.ClientConfig{Room: "r1", Identity: "sub-c", Subscribe: true})
 	for name, sub := range map[string]*loadgen.Client{"b": subB, "c": subC} {
 		testkit.WaitFor(t, 30*time.Second, "the subscriber on "+name+" receiving a's video and audio", func() bool {
-			var v, au int
-			for _, tr := range sub.Tracks() {
-				if tr.Packets() >= 50 {
-					if tr.Kind == "video" {
-						v++
-					} else {
-						au++
-					}
-				}
-			}
+			v, au := sub.Receiving(50)
 			return v >= 1 && au >= 1
 		})
 	}

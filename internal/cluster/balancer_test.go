@@ -3,9 +3,7 @@ package cluster_test
 import (
 	"bytes"
 	"fmt"
-	"net/http/httptest"
 	"net/netip"
-	"strings"
 	"testing"
 	"time"
 
@@ -17,7 +15,6 @@ import (
 	"github.com/traverse-rtc/traverse/internal/controller"
 	"github.com/traverse-rtc/traverse/internal/loadgen"
 	"github.com/traverse-rtc/traverse/internal/sfu"
-	"github.com/traverse-rtc/traverse/internal/signal"
 	"github.com/traverse-rtc/traverse/internal/testkit"
 )
 
@@ -64,27 +61,7 @@ func TestBalancedGroupLab(t *testing.T) {
 	}
 	testkit.WaitFor(t, 10*time.Second, "the controller to lead", func() bool { return ctl.Leading() != 0 })
 
-	be, err := signal.NewBusBackend(c.Connect("sig", bus.RoleSignal, ""), 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = be.Close() })
-	testkit.WaitFor(t, 10*time.Second, "signal to see the group's three nodes", func() bool {
-		n := 0
-		for _, nd := range be.Nodes() {
-			if nd.Group == "g1" && nd.Public == vip {
-				n++
-			}
-		}
-		return n == 3
-	})
-	srv, err := signal.New(signal.Config{Key: []byte("balanced-group-lab-key"), Backend: be, DemoTokens: true, Cascade: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := httptest.NewServer(srv)
-	t.Cleanup(func() { hs.Close(); _ = srv.Close() })
-	wsURL := "ws" + strings.TrimPrefix(hs.URL, "http") + "/ws"
+	be, wsURL := lab.Signal(t, c.Connect("sig", bus.RoleSignal, ""), "g1")
 
 	want := []int{0, 1, 2, 0}
 	expect := clustertest.Expect(want, len(nodes))

@@ -113,16 +113,7 @@ func TestCascadeThreeNodes(t *testing.T) {
 	}
 	for name, sub := range map[string]*loadgen.Client{"B": subB, "C": subC} {
 		testkit.WaitFor(t, 20*time.Second, "the subscriber on "+name+" receiving A's video and audio", func() bool {
-			var v, au int
-			for _, tr := range sub.Tracks() {
-				if tr.Packets() >= 50 {
-					if tr.Kind == "video" {
-						v++
-					} else {
-						au++
-					}
-				}
-			}
+			v, au := sub.Receiving(50)
 			return v >= 1 && au >= 1
 		})
 	}

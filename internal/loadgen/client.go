@@ -295,6 +295,23 @@ func (c *Client) Tracks() []*RecvStats {
 	return append([]*RecvStats(nil), c.tracks...)
 }
 
+// Receiving counts the video and the audio tracks the client receives that
+// delivered at least min packets each.
+func (c *Client) Receiving(min uint64) (video, audio int) {
+	for _, t := range c.Tracks() {
+		if t.Packets() < min {
+			continue
+		}
+		switch t.Kind {
+		case "video":
+			video++
+		case "audio":
+			audio++
+		}
+	}
+	return video, audio
+}
+
 // PC returns the peer connection (after a rejoin, the new one).
 func (c *Client) PC() *webrtc.PeerConnection {
 	c.pcMu.RLock()

@@ -144,18 +144,7 @@ func (h *harness) dialWith(api *webrtc.API, cfg loadgen.ClientConfig) *loadgen.C
 // received reports whether c receives n tracks of the kinds given, each
 // having delivered at least min packets.
 func received(c *loadgen.Client, video, audio int, min uint64) bool {
-	var v, a int
-	for _, t := range c.Tracks() {
-		if t.Packets() < min {
-			continue
-		}
-		switch t.Kind {
-		case "video":
-			v++
-		case "audio":
-			a++
-		}
-	}
+	v, a := c.Receiving(min)
 	return v >= video && a >= audio
 }
 

@@ -3,15 +3,19 @@ package clustertest
 import (
 	"context"
 	"fmt"
+	"net/http/httptest"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/pion/ice/v4"
 	"github.com/pion/logging"
 
+	"github.com/traverse-rtc/traverse/internal/bus"
 	"github.com/traverse-rtc/traverse/internal/loadgen"
 	"github.com/traverse-rtc/traverse/internal/netlab"
+	"github.com/traverse-rtc/traverse/internal/signal"
 	"github.com/traverse-rtc/traverse/internal/testkit"
 )
 
@@ -119,19 +123,39 @@ func WaitEveryoneReceives(t *testing.T, clients []*loadgen.Client) {
 	t.Helper()
 	for i, cl := range clients {
 		testkit.WaitFor(t, 40*time.Second, fmt.Sprintf("client %d receiving the others' video and audio", i), func() bool {
-			var v, a int
-			for _, tr := range cl.Tracks() {
-				if tr.Packets() >= 30 {
-					if tr.Kind == "video" {
-						v++
-					} else {
-						a++
-					}
-				}
-			}
+			v, a := cl.Receiving(30)
 			return v >= len(clients)-1 && a >= len(clients)-1
 		})
 	}
+}
+
+// Signal runs a signal server in the test process over bc (demo tokens,
+// the cascade on), waits until it sees every node of the lab live in
+// group with the lab's public address, and returns its backend and its
+// WebSocket URL; both end with the test.
+func (b *BalancedLab) Signal(t *testing.T, bc *bus.Client, group string) (*signal.BusBackend, string) {
+	t.Helper()
+	be, err := signal.NewBusBackend(bc, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = be.Close() })
+	testkit.WaitFor(t, 30*time.Second, "signal to see the group's nodes", func() bool {
+		n := 0
+		for _, nd := range be.Nodes() {
+			if nd.Group == group && nd.Public == b.Public() {
+				n++
+			}
+		}
+		return n == len(b.Nodes)
+	})
+	srv, err := signal.New(signal.Config{Key: []byte("balanced-group-lab-key"), Backend: be, DemoTokens: true, Cascade: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(srv)
+	t.Cleanup(func() { hs.Close(); _ = srv.Close() })
+	return be, "ws" + strings.TrimPrefix(hs.URL, "http") + "/ws"
 }
 
 // Expect returns how many clients of want each of n nodes serves.

@@ -62,11 +62,70 @@ func NewBalancedLab(t *testing.T, nodes, clients int, port uint16) *BalancedLab 
 // Public is the group's public address: the balancer's outside address.
 func (b *BalancedLab) Public() netip.Addr { return b.LB.Addr() }
 
+// PortTo returns addr with the first port from 40000 that the balancer's
+// hash sends to node.
+func (b *BalancedLab) PortTo(addr netip.Addr, node int) netip.AddrPort {
+	src := netip.AddrPortFrom(addr, 40000)
+	for netlab.Backend(src, len(b.Nodes), b.Seed) != node {
+		src = netip.AddrPortFrom(addr, src.Port()+1)
+	}
+	return src
+}
+
+// Dial joins a client of host that sends its media from srcs (its host
+// candidates, one socket each), publishing video and audio and
+// subscribing, in room through signal at wsURL; closed when the test ends.
+func (b *BalancedLab) Dial(t *testing.T, host *netlab.Host, srcs []netip.AddrPort, identity, room, wsURL string,
+	token loadgen.TokenFunc) *loadgen.Client {
+	t.Helper()
+	lf := logging.NewDefaultLoggerFactory()
+	lf.DefaultLogLevel = logging.LogLevelDisabled
+	var muxes []ice.UDPMux
+	for _, src := range srcs {
+		conn, err := host.ListenUDP(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := ice.NewUDPMuxDefault(ice.UDPMuxParams{UDPConn: conn, Logger: lf.NewLogger("mux")})
+		t.Cleanup(func() { _ = m.Close() })
+		muxes = append(muxes, m)
+	}
+	var mux ice.UDPMux = muxes[0]
+	if len(muxes) > 1 {
+		mux = ice.NewMultiUDPMuxDefault(muxes...)
+	}
+	api, err := loadgen.NewAPI(false, srcs[0].Addr(), loadgen.WithUDPMux(mux))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cl, err := loadgen.Dial(ctx, api, loadgen.NewWSSignaler(wsURL, token),
+		loadgen.ClientConfig{Room: room, Identity: identity, Publish: true, Subscribe: true, VideoBitrate: 120_000})
+	if err != nil {
+		t.Fatalf("client %s (%v): %v", identity, srcs, err)
+	}
+	t.Cleanup(func() { cl.Close() })
+	return cl
+}
+
+// WaitConnected waits until every client is connected.
+func WaitConnected(t *testing.T, clients ...*loadgen.Client) {
+	t.Helper()
+	for i, cl := range clients {
+		select {
+		case <-cl.Connected():
+		case <-time.After(30 * time.Second):
+			t.Fatalf("client %d never connected", i)
+		}
+	}
+}
+
 // DialSpread joins one client per entry of want, each from its own source
 // address of the client hosts (in order), in room through signal at wsURL:
 // client i sends its media from the first port from 40000 that the
-// balancer's hash sends to node want[i]. Every client publishes video and
-// audio and subscribes; they are closed when the test ends.
+// balancer's hash sends to node want[i] (PortTo). It returns once all are
+// connected.
 func (b *BalancedLab) DialSpread(t *testing.T, want []int, room, wsURL string, token loadgen.TokenFunc) []*loadgen.Client {
 	t.Helper()
 	var srcs []netip.Addr
@@ -79,41 +138,11 @@ func (b *BalancedLab) DialSpread(t *testing.T, want []int, room, wsURL string, t
 	if len(want) > len(srcs) {
 		t.Fatalf("%d clients, %d client addresses", len(want), len(srcs))
 	}
-	lf := logging.NewDefaultLoggerFactory()
-	lf.DefaultLogLevel = logging.LogLevelDisabled
 	var out []*loadgen.Client
 	for i, w := range want {
-		src := netip.AddrPortFrom(srcs[i], 40000)
-		for netlab.Backend(src, len(b.Nodes), b.Seed) != w {
-			src = netip.AddrPortFrom(src.Addr(), src.Port()+1)
-		}
-		conn, err := hosts[i].ListenUDP(src)
-		if err != nil {
-			t.Fatal(err)
-		}
-		mux := ice.NewUDPMuxDefault(ice.UDPMuxParams{UDPConn: conn, Logger: lf.NewLogger("mux")})
-		t.Cleanup(func() { _ = mux.Close() })
-		api, err := loadgen.NewAPI(false, src.Addr(), loadgen.WithUDPMux(mux))
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		cl, err := loadgen.Dial(ctx, api, loadgen.NewWSSignaler(wsURL, token),
-			loadgen.ClientConfig{Room: room, Identity: fmt.Sprintf("c%d", i), Publish: true, Subscribe: true, VideoBitrate: 120_000})
-		cancel()
-		if err != nil {
-			t.Fatalf("client %d (%v): %v", i, src, err)
-		}
-		t.Cleanup(func() { cl.Close() })
-		out = append(out, cl)
+		out = append(out, b.Dial(t, hosts[i], []netip.AddrPort{b.PortTo(srcs[i], w)}, fmt.Sprintf("c%d", i), room, wsURL, token))
 	}
-	for i, cl := range out {
-		select {
-		case <-cl.Connected():
-		case <-time.After(30 * time.Second):
-			t.Fatalf("client %d never connected", i)
-		}
-	}
+	WaitConnected(t, out...)
 	return out
 }
 

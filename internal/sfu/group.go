@@ -335,6 +335,25 @@ func (s *Server) expireGroup(now time.Time) {
 	}
 }
 
+// closeGroup discards every pending session (the node is stopping).
+func (s *Server) closeGroup() {
+	g := &s.grp
+	if g.cert == nil {
+		return
+	}
+	var ids []string
+	g.mu.Lock()
+	for id, e := range g.bySession {
+		if e.state != entryServed {
+			ids = append(ids, id)
+		}
+	}
+	g.mu.Unlock()
+	for _, id := range ids {
+		s.dropPending(id)
+	}
+}
+
 // admit is the gate's verdict on one datagram: true passes it to pion's
 // mux. Only STUN binding requests are looked at.
 func (s *Server) admit(b []byte) bool {

@@ -178,6 +178,23 @@ func TestGroupClaim(t *testing.T) {
 		t.Fatalf("a second claim confirmation: %v, want not found", err)
 	}
 
+	// A second session offered and never claimed: signal's leave frees it
+	// (counted lost once claimed; a pending one just goes); one left
+	// pending when the node stops is discarded by Close (goleak, TestMain).
+	for _, id := range []string{"sess2", "sess3"} {
+		ice := &bus.ICECredentials{Ufrag: "ufrag" + id, Pwd: "groupPasswordOfTwentyFourChars"}
+		if _, err := h.bc.Request(ctx, "node1", bus.Request{Type: bus.RequestJoin, Session: id, Join: &bus.Join{Room: "r1",
+			Identity: id, Subscribe: true, Offer: pc.LocalDescription().SDP, ICE: ice}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := h.bc.Request(ctx, "node1", bus.Request{Type: bus.RequestLeave, Session: "sess2"}); err != nil {
+		t.Fatal(err)
+	}
+	if h.s.pending("sess2") != nil || h.s.pending("sess3") == nil || h.s.Sessions() != 1 {
+		t.Fatal("signal's leave did not free the pending session, or a pending session counts as served")
+	}
+
 	// A binding request for a ufrag no session has: no answer, counted.
 	unknown := func() float64 { return testutilCounter(h.s.grp.dropped.WithLabelValues("unknown")) }
 	before := unknown()

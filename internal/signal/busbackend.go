@@ -241,7 +241,7 @@ func (b *BusBackend) Join(_ context.Context, node Node, req JoinRequest, sink fu
 		return nil, fmt.Errorf("%w: %w", ErrMessage, bus.ErrBadSubjectToken)
 	}
 	b.notePlaced(node.ID, b.now())
-	l := &busLink{b: b, node: node.ID, req: req}
+	l := &busLink{b: b, node: node.ID, req: req, sink: sink}
 	members := []string{node.ID}
 	if node.Group != "" {
 		members = b.groupMembers(node)
@@ -470,6 +470,7 @@ type busLink struct {
 	b    *BusBackend
 	req  JoinRequest
 	subs []*bus.Subscription // the session's messages, one per node
+	sink func(NodeEvent)
 	// group is the balanced group's live nodes the session is offered to,
 	// the placed node first; nil for a plain session.
 	group []string

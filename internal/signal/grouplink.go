@@ -128,6 +128,7 @@ func (l *busLink) claim(node string) {
 	l.winner, l.node = node, node
 	others := l.unclaimedLocked()
 	l.mu.Unlock()
+	l.sink(NodeEvent{Kind: NodeMoved, Node: node})
 	go func() {
 		l.confirm(node)
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

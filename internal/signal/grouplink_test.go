@@ -94,8 +94,16 @@ func TestGroupClaims(t *testing.T) {
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	var moved []string
+	var mmu sync.Mutex
 	l, err := be.Join(ctx, Node{ID: "a", Group: "g"}, JoinRequest{Session: "s1", Room: "r1", Identity: "alice", Subscribe: true},
-		func(NodeEvent) {})
+		func(ev NodeEvent) {
+			if ev.Kind == NodeMoved {
+				mmu.Lock()
+				moved = append(moved, ev.Node)
+				mmu.Unlock()
+			}
+		})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -139,10 +147,41 @@ func TestGroupClaims(t *testing.T) {
 	if nodes["a"].got(bus.RequestClaimed) != 0 || nodes["b"].got(bus.RequestClaimed) != 1 {
 		t.Fatal("a second node claimed the session")
 	}
+	mmu.Lock()
+	if len(moved) != 1 || moved[0] != "b" {
+		t.Fatalf("the session was told it moved to %v, want [b]", moved)
+	}
+	mmu.Unlock()
 	if err := l.Answer(ctx, "v=0 client answer"); err != nil {
 		t.Fatal(err)
 	}
 	if nodes["b"].got(bus.RequestAnswer) != 1 || nodes["a"].got(bus.RequestAnswer) != 0 {
 		t.Fatal("the session's requests do not go to the winner")
+	}
+}
+
+// A balanced group's session that another node than the placed one won
+// (NodeMoved) rejoins when the winner dies, and not when the placed node
+// does.
+func TestGroupSessionFollowsItsWinner(t *testing.T) {
+	s, be, hs, _ := newTestServer(t, nil)
+	be.setNodes([]Node{{ID: "n1", Group: "g"}, {ID: "n2", Group: "g", Load: 0.5}})
+	tok := token(t, Claims{Room: "r", Identity: "a", Publish: true, Subscribe: true})
+	a := dial(t, hs.URL)
+	if n := a.joinOn(tok); n != "n1" {
+		t.Fatalf("a placed on %s", n)
+	}
+	be.mu.Lock()
+	sink := be.sinks[0]
+	be.mu.Unlock()
+	sink(NodeEvent{Kind: NodeMoved, Node: "n2"})
+	testkit.WaitFor(t, 5*time.Second, "the registry naming the winner", func() bool {
+		return len(s.reg.sessionsOn("n2")) == 1
+	})
+	s.NodeDown("n1", RejoinNodeFailed)
+	a.quiet()
+	s.NodeDown("n2", RejoinNodeFailed)
+	if raw := a.recvRaw(); raw != `{"type":"rejoin","reason":"node_failed"}` {
+		t.Fatalf("rejoin message %s", raw)
 	}
 }

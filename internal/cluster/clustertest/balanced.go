@@ -143,6 +143,9 @@ func (b *BalancedLab) DialSpread(t *testing.T, want []int, room, wsURL string, t
 		out = append(out, b.Dial(t, hosts[i], []netip.AddrPort{b.PortTo(srcs[i], w)}, fmt.Sprintf("c%d", i), room, wsURL, token))
 	}
 	WaitConnected(t, out...)
+	for i, cl := range out {
+		t.Logf("client %d: join to connected %v", i, cl.JoinTime().Round(time.Millisecond))
+	}
 	return out
 }
 

@@ -56,6 +56,8 @@ type Config struct {
 	// newRecorder, when set, gives every own-path peer connection the
 	// recorder the own receive path feeds (tests).
 	newRecorder func() receiveRecorder
+	// pendingTTL replaces groupPendingTTL (tests).
+	pendingTTL time.Duration
 	// CascadeListen, when set, opens the node's cascade relay port
 	// (docs/cascade.md): rooms then span nodes. Zero (the default): no
 	// cascade.

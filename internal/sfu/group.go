@@ -320,10 +320,14 @@ func (s *Server) expireGroup(now time.Time) {
 	if g.cert == nil {
 		return
 	}
+	ttl := s.cfg.pendingTTL
+	if ttl == 0 {
+		ttl = groupPendingTTL
+	}
 	var old []string
 	g.mu.Lock()
 	for id, e := range g.bySession {
-		if e.state != entryServed && now.Sub(e.at) > groupPendingTTL {
+		if e.state != entryServed && now.Sub(e.at) > ttl {
 			old = append(old, id)
 		}
 	}

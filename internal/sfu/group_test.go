@@ -212,3 +212,41 @@ func TestGroupClaim(t *testing.T) {
 		t.Fatalf("the node answered a binding for an unknown ufrag (%d bytes)", n)
 	}
 }
+
+// A session offered to a group node and never claimed (its client went
+// elsewhere, or away) is dropped after the pending time and counted.
+func TestGroupPendingExpires(t *testing.T) {
+	h := newHarness(t, Config{Group: "g1", CascadeListen: netip.MustParseAddrPort("127.0.0.1:0"), CascadeSecret: testCascadeSecret,
+		AnnounceInterval: 50 * time.Millisecond, pendingTTL: 200 * time.Millisecond})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ice := &bus.ICECredentials{Ufrag: "expiringufrag", Pwd: "groupPasswordOfTwentyFourChars"}
+	if _, err := h.bc.Request(ctx, "node1", bus.Request{Type: bus.RequestJoin, Session: "gone", Join: &bus.Join{Room: "r1",
+		Identity: "x", Subscribe: true, Offer: recvonlyOffer(t), ICE: ice}}); err != nil {
+		t.Fatal(err)
+	}
+	if h.s.pending("gone") == nil {
+		t.Fatal("no pending session")
+	}
+	testkit.WaitFor(t, 5*time.Second, "the pending session expired", func() bool {
+		return h.s.pending("gone") == nil && testutilCounter(h.s.grp.claims.WithLabelValues("expired")) == 1
+	})
+}
+
+// recvonlyOffer is a client's offer to receive audio.
+func recvonlyOffer(t *testing.T) string {
+	t.Helper()
+	pc, err := webrtc.NewAPI(webrtc.WithSettingEngine(loopbackSettingEngine())).NewPeerConnection(webrtc.Configuration{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	if _, err := pc.AddTransceiverFromKind(webrtc.RTPCodecTypeAudio, webrtc.RTPTransceiverInit{Direction: webrtc.RTPTransceiverDirectionRecvonly}); err != nil {
+		t.Fatal(err)
+	}
+	offer, err := pc.CreateOffer(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return offer.SDP
+}

@@ -124,6 +124,9 @@ func TestGroupClaims(t *testing.T) {
 		_ = c.Conn().Publish(bus.SessionSubject("a", "s1"), claim)
 		_ = c.Conn().Flush()
 	}
+	testkit.WaitFor(t, 5*time.Second, "the bus refusing both forged claims", func() bool {
+		return rogue.Refused() > 0 && nodes["c"].c.Refused() > 0
+	})
 	// c claims on its own subject: it was not offered the session.
 	if err := nodes["c"].c.PublishSession("c", bus.SessionMessage{Type: bus.SessionClaim, Session: "s1"}); err != nil {
 		t.Fatal(err)

@@ -56,7 +56,7 @@ func TestCascadeLab(t *testing.T) {
 	}
 	reachLab(t, hub.Node, nodes[0].Node, nodes[1].Node, nodes[2].Node)
 	site := func(h *netlab.Host) cascadeSite {
-		return cascadeSite{addr: h.Addr(), base: 7000, wrap: []string{"nsenter", "--net=" + h.Path(), "--"}}
+		return cascadeSite{addr: h.Addr(), base: 7000, wrap: h.Wrap()}
 	}
 	conn, err := hub.ListenUDP(netip.AddrPortFrom(hub.Addr(), 0))
 	if err != nil {

@@ -59,6 +59,7 @@ func startChildIn(t *testing.T, wrap []string, args ...string) *child {
 	t.Helper()
 	argv := append(append(append([]string(nil), wrap...), os.Args[0]), args...)
 	c := &child{cmd: exec.Command(argv[0], argv[1:]...)}
+	name := args[0]
 	c.cmd.Env = append(os.Environ(), "TRAVERSE_TEST_MAIN=1")
 	c.cmd.Stdout, c.cmd.Stderr = c, c
 	if err := c.cmd.Start(); err != nil {
@@ -71,10 +72,10 @@ func startChildIn(t *testing.T, wrap []string, args ...string) *child {
 		}
 		_ = c.cmd.Process.Signal(syscall.SIGTERM)
 		if _, ok := testkit.AwaitExit(c.cmd, c.exited, 10*time.Second); !ok {
-			t.Errorf("traverse %s did not stop on SIGTERM", args[0])
+			t.Errorf("traverse %s did not stop on SIGTERM", name)
 		}
 		if t.Failed() {
-			t.Logf("traverse %s output:\n%s", args[0], c.output())
+			t.Logf("traverse %s output:\n%s", name, c.output())
 		}
 	})
 	return c

@@ -83,6 +83,8 @@ func TestConfigRefusesMistakes(t *testing.T) {
 		{"signal turn url without secret", "signal", []string{"--admin", "", "--nats", "nats://127.0.0.1:1", "--token-key", key, "--ice-url", "turn:t.example:3478"}, "needs --turn-secret"},
 		{"sipgw bad inside ports", "sipgw", []string{"--admin", "", "--sip", "127.0.0.1:0", "--rtp", "127.0.0.1:0", "--rtcp", "127.0.0.1:0",
 			"--upstream", "127.0.0.1:5080", "--inside-ip", "127.0.0.1", "--inside-ports", "9-1"}, "--inside-ports: "},
+		{"sfu group without the cascade", "sfu", []string{"--admin", "", "--nats", "nats://127.0.0.1:1", "--udp", "127.0.0.1:0", "--group", "g1"}, "--group needs --cascade-listen"},
+		{"sfu group in yaml without the cascade", "sfu", []string{"--admin", "", "--config", file("nats: nats://127.0.0.1:1\nudp: 127.0.0.1:0\ngroup: g1\n")}, "--group needs --cascade-listen"},
 		{"token room too long", "token", []string{"--token-key", key, "--room", strings.Repeat("r", 65), "--identity", "a"}, "--room"},
 		{"token room bad char", "token", []string{"--token-key", key, "--room", "a.b", "--identity", "a"}, "--room"},
 		{"token no identity", "token", []string{"--token-key", key, "--room", "r"}, "--identity is required"},

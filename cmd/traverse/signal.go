@@ -11,6 +11,8 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/traverse-rtc/traverse/internal/admin"
 	"github.com/traverse-rtc/traverse/internal/bus"
 	"github.com/traverse-rtc/traverse/internal/cluster"
@@ -161,7 +163,14 @@ func startSignal(c *signalConfig, busCfg bus.Config, turn *turnShare, log *slog.
 		_ = bc.Close()
 		return nil, err
 	}
-	if err := registerBusCounters(adm.Registry, "signal", bc); err != nil {
+	refused := prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "traverse_signal_group_claims_refused_total",
+		Help: "Balanced group claims refused: a second node's claim of a session already won, or a claim by a node the session was not offered to (docs/cascade.md)."},
+		func() float64 { return float64(be.RefusedClaims()) })
+	err = registerBusCounters(adm.Registry, "signal", bc)
+	if err == nil {
+		err = adm.Registry.Register(refused)
+	}
+	if err != nil {
 		_ = srv.Close()
 		_ = be.Close()
 		_ = bc.Close()

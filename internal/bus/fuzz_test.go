@@ -29,6 +29,11 @@ func FuzzDecode(f *testing.F) {
 		`{"node":"n1","controller":"c1","lease":3,"gen":2,"epoch":65535,"keep_prev":true,"needs":[{"room":"r","publisher":"s","track":"t","nodes":[7,8],"relay":true}],"time":"2026-01-01T00:00:00Z"}`,
 		`{"node":"n1","controller":"c1","lease":3,"needs":[{"room":"r","publisher":"s","track":"t","nodes":[0],"relay":true}],"time":"2026-01-01T00:00:00Z"}`,
 		`{"node":"n1","id":9,"links":[{"peer":7,"rtt_us":800,"jitter_us":50,"loss":0.1,"up":true}],"time":"2026-01-01T00:00:00Z"}`,
+		`{"type":"join","session":"s1","join":{"room":"r","identity":"a","subscribe":true,"offer":"v=0","ice":{"ufrag":"abcdABCD0123+/xy","pwd":"abcdefghijklmnopqrstuvwxyzABCDEF"}}}`,
+		`{"type":"join","session":"s1","join":{"room":"r","identity":"a","offer":"v=0","ice":{"ufrag":"ab:c","pwd":"short"}}}`,
+		`{"type":"claimed","session":"s1"}`, `{"type":"claim","session":"s1"}`,
+		`{"node":"n1","udp":"1.2.3.4:7882","load":{},"group":"edge1","time":"2026-01-01T00:00:00Z"}`,
+		`{"node":"n1","udp":"1.2.3.4:7882","load":{},"group":"a.b","time":"2026-01-01T00:00:00Z"}`,
 		`null`, `[]`, `{"type":1}`,
 	} {
 		f.Add([]byte(s))
@@ -137,4 +142,35 @@ func FuzzParseIdentity(f *testing.F) {
 			t.Fatalf("round trip: %+v %v", back, err)
 		}
 	})
+}
+
+// A group join's ICE credentials and a node's group name are checked.
+func TestGroupFieldsValidated(t *testing.T) {
+	join := func(ice *ICECredentials) error {
+		r := Request{Type: RequestJoin, Session: "s", Join: &Join{Room: "r", Identity: "a", Offer: "v=0", ICE: ice}}
+		return r.Validate()
+	}
+	for _, tc := range []struct {
+		ice *ICECredentials
+		ok  bool
+	}{
+		{&ICECredentials{Ufrag: "abcd", Pwd: "abcdefghijklmnopqrstuv"}, true},
+		{&ICECredentials{Ufrag: "ab+/", Pwd: "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"}, true},
+		{&ICECredentials{Ufrag: "abc", Pwd: "abcdefghijklmnopqrstuv"}, false},
+		{&ICECredentials{Ufrag: "ab:cd", Pwd: "abcdefghijklmnopqrstuv"}, false},
+		{&ICECredentials{Ufrag: "abcd", Pwd: "short"}, false},
+		{&ICECredentials{Ufrag: "abcd", Pwd: "abcdefghijklmnopqrstu\r"}, false},
+	} {
+		if err := join(tc.ice); (err == nil) != tc.ok {
+			t.Errorf("%+v: %v", *tc.ice, err)
+		}
+	}
+	a := NodeAnnounce{Node: "n", UDP: "1.2.3.4:7882", Group: "edge-1"}
+	if err := a.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	a.Group = "a.b"
+	if err := a.Validate(); err == nil {
+		t.Fatal("a group name with a dot accepted")
+	}
 }

@@ -45,6 +45,11 @@ type NodeAnnounce struct {
 	// when the node runs no cascade, both set when it does.
 	Relay   string `json:"relay,omitempty"`
 	RelayID uint32 `json:"relay_id,omitempty"`
+	// Group names the balanced group the node belongs to: nodes that share
+	// one public address behind a UDP load balancer, any of which serves a
+	// session whose first STUN binding reaches it (docs/cascade.md,
+	// "Behind a UDP load balancer"). Empty: no group.
+	Group string `json:"group,omitempty"`
 }
 
 // NodeLoad is a node's current load.
@@ -89,6 +94,10 @@ const (
 	// RequestStats asks for the session's path and bit rates; the reply
 	// carries Stats (signal's room API shows them).
 	RequestStats RequestType = "stats"
+	// RequestClaimed tells a node of a balanced group that its claim of
+	// the session (SessionClaim) won: the node serves it from now on. The
+	// other nodes the session was offered to get RequestLeave.
+	RequestClaimed RequestType = "claimed"
 )
 
 // DrainRequest says how a node drains.
@@ -180,6 +189,43 @@ type Join struct {
 	// ClientAddr is the client's address as signal saw it ("ip" or
 	// "ip:port"), informational.
 	ClientAddr string `json:"client_addr,omitempty"`
+	// ICE, when set, makes the join a balanced group's: the node answers
+	// with these ICE credentials and the group's certificate, holds the
+	// session unjoined, and claims it (SessionClaim) when the session's
+	// first STUN binding reaches it; only RequestClaimed makes it join the
+	// room.
+	ICE *ICECredentials `json:"ice,omitempty"`
+}
+
+// ICECredentials are the ICE ufrag and password a balanced group's nodes
+// all answer a session with (RFC 8839 section 5.4: 4-256 and 22-256
+// ice-chars; here at most 64 each).
+type ICECredentials struct {
+	Ufrag string `json:"ufrag"`
+	Pwd   string `json:"pwd"`
+}
+
+// Validate checks the credentials' lengths and characters.
+func (c *ICECredentials) Validate() error {
+	if !iceChars(c.Ufrag, 4, 64) || !iceChars(c.Pwd, 22, 64) {
+		return fmt.Errorf("%w: ice credentials: ufrag 4-64 and pwd 22-64 ice-chars", ErrBadMessage)
+	}
+	return nil
+}
+
+// iceChars reports whether s is min to max ice-chars (ALPHA, DIGIT, "+",
+// "/").
+func iceChars(s string, min, max int) bool {
+	if len(s) < min || len(s) > max {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '+' || c == '/') {
+			return false
+		}
+	}
+	return true
 }
 
 // Candidate is one ICE candidate as the browser's RTCIceCandidateInit.
@@ -227,6 +273,12 @@ const (
 	// (Reason RejoinDrain); the signal server tells the client to rejoin
 	// and places it on another node.
 	SessionRejoin SessionMessageType = "rejoin"
+	// SessionClaim: a node of a balanced group received the session's
+	// first STUN binding and claims it. The signal server holding the
+	// session answers the first claim of a node it offered the session to
+	// with RequestClaimed, every other with RequestLeave. Only the node
+	// itself may publish on its subject, so no one claims in its name.
+	SessionClaim SessionMessageType = "claim"
 )
 
 // Rejoin reasons, in SessionMessage.Reason and signal's rejoin message.
@@ -342,6 +394,11 @@ func (r *Request) Validate() error {
 		if r.Join.Offer == "" {
 			return fmt.Errorf("%w: join without offer", ErrBadMessage)
 		}
+		if r.Join.ICE != nil {
+			if err := r.Join.ICE.Validate(); err != nil {
+				return err
+			}
+		}
 	case RequestOffer, RequestAnswer:
 		if r.SDP == "" {
 			return fmt.Errorf("%w: %s without sdp", ErrBadMessage, r.Type)
@@ -358,7 +415,7 @@ func (r *Request) Validate() error {
 		if r.Mute == nil || r.Mute.Track == "" || len(r.Mute.Track) > 256 {
 			return fmt.Errorf("%w: mute needs a track", ErrBadMessage)
 		}
-	case RequestCandidate, RequestLeave, RequestStats:
+	case RequestCandidate, RequestLeave, RequestStats, RequestClaimed:
 	default:
 		return fmt.Errorf("%w: unknown request type %q", ErrBadMessage, r.Type)
 	}
@@ -380,6 +437,9 @@ func (a *NodeAnnounce) Validate() error {
 		if !ValidName(r) {
 			return fmt.Errorf("%w: node %s announces room %q: %w", ErrBadMessage, a.Node, r, ErrBadSubjectToken)
 		}
+	}
+	if a.Group != "" && !ValidName(a.Group) {
+		return fmt.Errorf("%w: node %s announces group %q: %w", ErrBadMessage, a.Node, a.Group, ErrBadSubjectToken)
 	}
 	return ValidRelay(a.Relay, a.RelayID)
 }
@@ -419,7 +479,7 @@ func (m *SessionMessage) Validate() error {
 		if m.Reason != RejoinDrain && m.Reason != RejoinNodeFailed {
 			return fmt.Errorf("%w: rejoin reason %q", ErrBadMessage, m.Reason)
 		}
-	case SessionCandidate, SessionClosed:
+	case SessionCandidate, SessionClosed, SessionClaim:
 	default:
 		return fmt.Errorf("%w: unknown session message type %q", ErrBadMessage, m.Type)
 	}

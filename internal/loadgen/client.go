@@ -304,21 +304,27 @@ func (c *Client) Tracks() []*RecvStats {
 	return append([]*RecvStats(nil), c.tracks...)
 }
 
-// Receives reports whether at least video video tracks and audio audio
-// tracks have each brought the client min packets or more.
-func (c *Client) Receives(video, audio int, min uint64) bool {
-	var v, a int
+// Receiving counts the video and the audio tracks the client receives that
+// delivered at least min packets each.
+func (c *Client) Receiving(min uint64) (video, audio int) {
 	for _, t := range c.Tracks() {
 		if t.Packets() < min {
 			continue
 		}
 		switch t.Kind {
 		case "video":
-			v++
+			video++
 		case "audio":
-			a++
+			audio++
 		}
 	}
+	return video, audio
+}
+
+// Receives reports whether at least video video tracks and audio audio
+// tracks have each brought the client min packets or more.
+func (c *Client) Receives(video, audio int, min uint64) bool {
+	v, a := c.Receiving(min)
 	return v >= video && a >= audio
 }
 

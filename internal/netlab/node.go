@@ -88,8 +88,13 @@ func (n *Node) Do(fn func() error) error {
 // (through nsenter, so it may be started from any goroutine). Closing the
 // lab kills it if it still runs; the caller still Waits for it.
 func (n *Node) Command(name string, args ...string) *exec.Cmd {
-	return exec.CommandContext(n.lab.ctx, "nsenter", append([]string{"--net=" + n.Path(), "--", name}, args...)...)
+	w := n.Wrap()
+	return exec.CommandContext(n.lab.ctx, w[0], append(append(w[1:], name), args...)...)
 }
+
+// Wrap is the command prefix that runs what follows it in the node's
+// namespace, in place ("nsenter --net=PATH --": the PID is the command's).
+func (n *Node) Wrap() []string { return []string{"nsenter", "--net=" + n.Path(), "--"} }
 
 // ListenUDP opens a UDP socket in the node's namespace (addr may be the
 // zero AddrPort: any address, a free port).

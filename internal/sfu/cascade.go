@@ -160,7 +160,9 @@ func (s *Server) relayAddr() string {
 		return ""
 	}
 	a := s.casc.ep.Addr()
-	if s.cfg.PublicIP.IsValid() {
+	// A balanced group's public address is the balancer's, shared by the
+	// group: each node's relay port is reached at its own address.
+	if s.cfg.PublicIP.IsValid() && s.cfg.Group == "" {
 		a = netip.AddrPortFrom(s.cfg.PublicIP, a.Port())
 	}
 	return a.String()

@@ -57,6 +57,8 @@ type Config struct {
 	// newRecorder, when set, gives every own-path peer connection the
 	// recorder the own receive path feeds (tests).
 	newRecorder func() receiveRecorder
+	// pendingTTL replaces groupPendingTTL (tests).
+	pendingTTL time.Duration
 	// CascadeListen, when set, opens the node's cascade relay port
 	// (docs/cascade.md): rooms then span nodes. Zero (the default): no
 	// cascade.
@@ -73,6 +75,13 @@ type Config struct {
 	// CascadeMaxClients bounds them (default relay.DefaultMaxClients).
 	CascadeClientAuth relay.ClientAuth `yaml:"-"`
 	CascadeMaxClients int              `yaml:"cascade-max-clients"`
+	// Group, when set, makes the node one of a balanced group: nodes
+	// sharing one public address behind a UDP load balancer, any of which
+	// serves a session whose first STUN binding reaches it (group.go,
+	// docs/cascade.md). It needs the cascade (CascadeListen): the group's
+	// certificate derives from the cascade secret, and a room spans the
+	// group's nodes through the cascade. Empty (the default): no group.
+	Group string `yaml:"group"`
 	// AnnounceInterval is how often the node announces itself; default
 	// bus.AnnounceInterval.
 	AnnounceInterval time.Duration `yaml:"-"`
@@ -114,6 +123,9 @@ func (c *Config) validate() error {
 	}
 	if c.CascadeListen.IsValid() && len(c.CascadeSecret) < 32 {
 		return fmt.Errorf("%w: the cascade needs a secret of at least 32 bytes", ErrConfig)
+	}
+	if c.Group != "" && (!bus.ValidName(c.Group) || !c.CascadeListen.IsValid()) {
+		return fmt.Errorf("%w: group %q: a name of 1-64 characters A-Z a-z 0-9 _ - and the cascade (cascade-listen)", ErrConfig, c.Group)
 	}
 	return nil
 }

@@ -114,7 +114,14 @@ func (s *Server) newOwnPath() *ownPath {
 func (s *Server) newPeerConnection(p *participant) (*webrtc.PeerConnection, error) {
 	f := p.own
 	if f == nil {
-		return s.api.NewPeerConnection(webrtc.Configuration{})
+		if p.ice == nil {
+			return s.api.NewPeerConnection(webrtc.Configuration{})
+		}
+		se := s.se
+		setICE(&se, p)
+		api := webrtc.NewAPI(webrtc.WithSettingEngine(se), webrtc.WithMediaEngine(s.me),
+			webrtc.WithInterceptorRegistry(s.registry(nil, s.fb)))
+		return api.NewPeerConnection(s.pcConfig(p))
 	}
 	f.part = p
 	opts := []rtpfeedback.Option{rtpfeedback.WithCounters(&s.feedback)}
@@ -128,6 +135,7 @@ func (s *Server) newPeerConnection(p *participant) (*webrtc.PeerConnection, erro
 		return nil, err
 	}
 	se := s.se
+	setICE(&se, p)
 	// The own data path needs the server's view of the handshake (both
 	// randoms): the node answers "passive", clients are DTLS clients.
 	if err := f.keys.Attach(&se); err != nil {
@@ -136,7 +144,7 @@ func (s *Server) newPeerConnection(p *participant) (*webrtc.PeerConnection, erro
 	}
 	api := webrtc.NewAPI(webrtc.WithSettingEngine(se), webrtc.WithMediaEngine(s.me),
 		webrtc.WithInterceptorRegistry(s.registry(out, fb.Factory())))
-	pc, err := api.NewPeerConnection(webrtc.Configuration{})
+	pc, err := api.NewPeerConnection(s.pcConfig(p))
 	if err != nil {
 		_ = fb.Close()
 		return nil, err

@@ -24,6 +24,10 @@ type participant struct {
 	canSub   bool
 	pc       *webrtc.PeerConnection
 	ufrag    string
+	// ice is set for a balanced group's session (group.go): the peer
+	// connection answers with these credentials and the group's
+	// certificate.
+	ice      *bus.ICECredentials
 	own      *ownPath // nil unless DataPathOwn; set at creation
 	joinedAt time.Time
 
@@ -62,7 +66,7 @@ type participant struct {
 
 func newParticipant(s *Server, r *room, id string, j *bus.Join) *participant {
 	return &participant{s: s, room: r, id: id, identity: j.Identity, name: j.Name,
-		canPub: j.Publish, canSub: j.Subscribe, joinedAt: time.Now(),
+		canPub: j.Publish, canSub: j.Subscribe, joinedAt: time.Now(), ice: j.ICE,
 		senders: map[*pubTrack]*webrtc.RTPSender{}, downs: map[*pubTrack]*downTrack{},
 		unanswered: map[*pubTrack]bool{}, refused: map[*pubTrack]bool{}, own: s.newOwnPath(),
 		hold: true, // until the join answer is sent (joined)
@@ -97,11 +101,42 @@ func (p *participant) start(ctx context.Context, offer string) (string, error) {
 		return "", err
 	}
 	p.ufrag = sdpUfrag(answer)
+	if p.ice == nil {
+		// A group's session is announced once the node wins it.
+		p.announce()
+		p.s.servedUfrag(p)
+	}
+	return answer, nil
+}
+
+// announce tells the bus which node holds the session's ufrag.
+func (p *participant) announce() {
 	if err := p.s.bus.AnnounceSession(bus.SessionAnnounce{Session: p.id, Room: p.room.name, Node: p.s.cfg.NodeID,
 		Ufrag: p.ufrag, Time: time.Now().UTC()}); err != nil {
 		p.s.log.Debug("sfu: announce session", "err", err)
 	}
-	return answer, nil
+}
+
+// discard ends a group session the node never served: no room saw it, so
+// nothing is announced; the peer connection closes.
+func (p *participant) discard() {
+	p.leaveOnce.Do(func() {
+		p.negMu.Lock()
+		p.closed = true
+		close(p.done)
+		pc := p.pc
+		p.negMu.Unlock()
+		if p.own != nil {
+			p.own.close()
+		}
+		if pc != nil {
+			p.s.wg.Add(1)
+			go func() {
+				defer p.s.wg.Done()
+				_ = pc.Close()
+			}()
+		}
+	})
 }
 
 func sdpUfrag(s string) string {
@@ -267,6 +302,7 @@ func (p *participant) leave(reason string) {
 		}
 		gone := p.room.removeTracksOf(p)
 		p.s.removeSession(p)
+		p.s.forgetGroup(p)
 		p.s.m.leaves.Inc()
 		for _, t := range gone {
 			t.close()

@@ -108,6 +108,12 @@ type Server struct {
 	feedback rtpfeedback.Counters
 	// casc is the node's cascade (cascade.go); its endpoint is nil when off.
 	casc cascadeState
+	// grp is the node's balanced group (group.go); its cert is nil when
+	// the node is in none.
+	grp groupState
+	// fb is the shared API's feedback factory (a group session without
+	// the own data path builds its API with it).
+	fb interceptor.Factory
 }
 
 // New binds the node's UDP port and TCP listener. It serves the bus once
@@ -118,6 +124,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, log: cfg.Log, bus: cfg.Bus, sessions: map[string]*participant{}, rooms: map[string]*room{}}
 	s.drain.empty = make(chan struct{})
+	if err := s.openGroup(); err != nil {
+		return nil, err
+	}
 	uc, err := udpio.Listen(context.Background(), "udp", cfg.UDP.String(), udpio.Options{ReadBuffer: 4 << 20, WriteBuffer: 4 << 20})
 	if err != nil {
 		return nil, fmt.Errorf("sfu: %w", err)
@@ -146,7 +155,7 @@ func New(cfg Config) (*Server, error) {
 		s.closeSockets()
 		return nil, err
 	}
-	s.se, s.me, s.interceptors = se, me, base
+	s.se, s.me, s.interceptors, s.fb = se, me, base, fb
 	ir := s.registry(nil, fb)
 	s.api = webrtc.NewAPI(webrtc.WithSettingEngine(se), webrtc.WithMediaEngine(me), webrtc.WithInterceptorRegistry(ir))
 	s.m = newMetrics(s, cfg.Registerer)
@@ -178,6 +187,9 @@ func (s *Server) muxes(uc *udpio.Conn) ([]webrtc.NetworkType, error) {
 	}
 	if cfg.DataPath.own() {
 		s.out = s.batch
+	}
+	if s.grp.cert != nil {
+		pconn = groupGate{PacketConn: pconn, s: s}
 	}
 	s.udpMux = ice.NewUDPMuxDefault(ice.UDPMuxParams{UDPConn: pconn, Logger: quiet.NewLogger("udpmux")})
 	types := []webrtc.NetworkType{webrtc.NetworkTypeUDP4, webrtc.NetworkTypeUDP6}
@@ -366,6 +378,7 @@ func (s *Server) Run(ctx context.Context) error {
 			pps := float64(f-lastFwd) / now.Sub(last).Seconds()
 			lastFwd, last = f, now
 			s.announce(pps)
+			s.expireGroup(now)
 		case <-speakers.C:
 			for _, r := range s.roomList() {
 				r.updateSpeakers()
@@ -399,7 +412,7 @@ func (s *Server) announce(pps float64) {
 	s.mu.Unlock()
 	err := s.bus.AnnounceNode(bus.NodeAnnounce{Node: s.cfg.NodeID, Region: s.cfg.Region,
 		UDP: s.publicAddr(s.UDPAddr()), TCP: s.publicAddr(s.TCPAddr()), Load: load, Time: time.Now().UTC(),
-		Draining: s.Draining(), Rooms: rooms, Relay: s.relayAddr(), RelayID: s.CascadeID()})
+		Draining: s.Draining(), Rooms: rooms, Relay: s.relayAddr(), RelayID: s.CascadeID(), Group: s.cfg.Group})
 	if err != nil {
 		s.log.Warn("sfu: announce", "err", err)
 	}
@@ -421,6 +434,7 @@ func (s *Server) Close() error {
 		for _, p := range parts {
 			p.leave("node shutting down")
 		}
+		s.closeGroup()
 		s.wg.Wait()
 		s.closeSockets()
 	})
@@ -469,12 +483,27 @@ func (s *Server) handle(ctx context.Context, req bus.Request) (bus.Reply, error)
 		return bus.Reply{}, nil
 	}
 	if req.Type == bus.RequestJoin {
+		if req.Join.ICE != nil {
+			return s.joinGroup(ctx, req)
+		}
 		return s.join(ctx, req)
+	}
+	if req.Type == bus.RequestClaimed {
+		return s.serveClaimed(req)
 	}
 	s.mu.Lock()
 	p := s.sessions[req.Session]
 	s.mu.Unlock()
 	if p == nil {
+		if pp := s.pending(req.Session); pp != nil {
+			switch req.Type {
+			case bus.RequestLeave:
+				s.dropPending(req.Session)
+				return bus.Reply{}, nil
+			case bus.RequestCandidate:
+				return bus.Reply{}, pp.addCandidate(req.Candidate)
+			}
+		}
 		if req.Type == bus.RequestLeave {
 			return bus.Reply{}, nil
 		}

@@ -85,6 +85,10 @@ const (
 	// NodeRejoin: the node asks the session to move to another node
 	// (Node, Reason: a drain).
 	NodeRejoin
+	// NodeMoved: a node of a balanced group won the session's claim and
+	// serves it from now on (Node): its death, not the placed node's,
+	// makes the session rejoin (grouplink.go).
+	NodeMoved
 )
 
 // nodeWatcher is an optional Backend capability: it calls down when it
@@ -104,6 +108,6 @@ type NodeEvent struct {
 	Track       Track
 	Speakers    []Speaker
 	Err         error
-	// Node and Reason are set for NodeRejoin.
+	// Node and Reason are set for NodeRejoin; Node for NodeMoved.
 	Node, Reason string
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/traverse-rtc/traverse/internal/bus"
@@ -31,6 +32,8 @@ type BusBackend struct {
 	// since, and a burst of joins between two announcements would
 	// otherwise all go to the node that looked idlest.
 	placed map[string][]time.Time
+	// refusedClaims counts balanced group claims refused (grouplink.go).
+	refusedClaims atomic.Uint64
 
 	stop chan struct{} // closed by Close: ends the sweeper
 	wg   sync.WaitGroup
@@ -180,7 +183,7 @@ func (b *BusBackend) Nodes() []Node {
 	for _, a := range live {
 		peers := a.Load.Peers + b.recentJoins(a.Node, now)
 		n := Node{ID: a.Node, Region: a.Region, Load: float64(peers) / float64(b.capacity), Rooms: a.Rooms,
-			Cascade: a.Relay != ""}
+			Cascade: a.Relay != "", Group: a.Group}
 		if ap, err := netip.ParseAddrPort(a.UDP); err == nil && !ap.Addr().IsUnspecified() {
 			n.Public = ap.Addr().Unmap()
 		}
@@ -230,14 +233,50 @@ func (b *BusBackend) pruneLocked(node string, now time.Time) []time.Time {
 }
 
 // Join subscribes to the session's messages and its room's events; the node
-// hears of the session with the link's first Offer.
+// hears of the session with the link's first Offer. A node of a balanced
+// group (Node.Group) brings its whole group: the session is offered to
+// every live node of it (grouplink.go).
 func (b *BusBackend) Join(_ context.Context, node Node, req JoinRequest, sink func(NodeEvent)) (Link, error) {
 	if !bus.ValidName(req.Session) || !bus.ValidName(req.Room) {
 		return nil, fmt.Errorf("%w: %w", ErrMessage, bus.ErrBadSubjectToken)
 	}
 	b.notePlaced(node.ID, b.now())
-	l := &busLink{b: b, node: node.ID, req: req}
-	sub, err := b.c.SubscribeSession(node.ID, req.Session, func(m bus.SessionMessage) {
+	l := &busLink{b: b, node: node.ID, req: req, sink: sink}
+	members := []string{node.ID}
+	if node.Group != "" {
+		members = b.groupMembers(node)
+		l.group = members
+	}
+	for _, n := range members {
+		sub, err := b.c.SubscribeSession(n, req.Session, l.sessionHandler(n, sink))
+		if err != nil {
+			l.unsubscribe()
+			return nil, fmt.Errorf("%w: %w", ErrNode, err)
+		}
+		l.subs = append(l.subs, sub)
+	}
+	if err := b.addSink(req.Room, req.Session, sink); err != nil {
+		l.unsubscribe()
+		return nil, fmt.Errorf("%w: %w", ErrNode, err)
+	}
+	// The node may send an offer as soon as it has the join: make the
+	// subscriptions effective at the server first.
+	_ = b.c.Conn().Flush()
+	return l, nil
+}
+
+// sessionHandler is what node's messages about the link's session do: a
+// group node's claim goes to claim; the rest reaches the client only from
+// the node that holds the session now.
+func (l *busLink) sessionHandler(node string, sink func(NodeEvent)) func(bus.SessionMessage) {
+	return func(m bus.SessionMessage) {
+		if m.Type == bus.SessionClaim {
+			l.claim(node)
+			return
+		}
+		if l.target() != node {
+			return
+		}
 		switch m.Type {
 		case bus.SessionOffer:
 			sink(NodeEvent{Kind: NodeOffer, SDP: m.SDP})
@@ -252,7 +291,7 @@ func (b *BusBackend) Join(_ context.Context, node Node, req JoinRequest, sink fu
 				sink(ev)
 			}
 		case bus.SessionRejoin:
-			sink(NodeEvent{Kind: NodeRejoin, Node: node.ID, Reason: m.Reason})
+			sink(NodeEvent{Kind: NodeRejoin, Node: node, Reason: m.Reason})
 		case bus.SessionError, bus.SessionClosed:
 			var err error = errors.New("closed by the node")
 			if m.Error != nil {
@@ -260,19 +299,7 @@ func (b *BusBackend) Join(_ context.Context, node Node, req JoinRequest, sink fu
 			}
 			sink(NodeEvent{Kind: NodeClosed, Err: err})
 		}
-	})
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrNode, err)
 	}
-	l.sessSub = sub
-	if err := b.addSink(req.Room, req.Session, sink); err != nil {
-		sub.Unsubscribe()
-		return nil, fmt.Errorf("%w: %w", ErrNode, err)
-	}
-	// The node may send an offer as soon as it has the join: make the
-	// subscriptions effective at the server first.
-	_ = b.c.Conn().Flush()
-	return l, nil
 }
 
 func (b *BusBackend) addSink(room, session string, sink func(NodeEvent)) error {
@@ -440,25 +467,49 @@ func fromBus(err error) error {
 
 // busLink is one session on a node.
 type busLink struct {
-	b       *BusBackend
-	node    string
-	req     JoinRequest
-	sessSub *bus.Subscription
+	b    *BusBackend
+	req  JoinRequest
+	subs []*bus.Subscription // the session's messages, one per node
+	sink func(NodeEvent)
+	// group is the balanced group's live nodes the session is offered to,
+	// the placed node first; nil for a plain session.
+	group []string
 
-	mu     sync.Mutex // guards joined, ufrag, closed
+	mu     sync.Mutex // guards node, joined, ufrag, closed, offered, winner
+	node   string     // the node that holds the session (a group's: the winner, once one claimed)
 	joined bool
 	ufrag  string
 	closed bool
+	// offered are the group nodes that answered the join; winner is the
+	// node whose claim won ("" until one claimed).
+	offered map[string]bool
+	winner  string
+}
+
+// target is the node that holds the session now.
+func (l *busLink) target() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.node
+}
+
+func (l *busLink) unsubscribe() {
+	for _, s := range l.subs {
+		s.Unsubscribe()
+	}
 }
 
 func (l *busLink) Offer(ctx context.Context, sdp, ufrag string) (string, error) {
 	l.mu.Lock()
-	joined, old := l.joined, l.ufrag
+	joined, old, node := l.joined, l.ufrag, l.node
 	l.mu.Unlock()
+	if l.group != nil && !joined {
+		return l.offerGroup(ctx, sdp, ufrag)
+	}
 	if ufrag != old {
 		// Ufrag routing: the session's ufrag goes to every node, so whichever node
 		// behind a balancer sees the first binding request knows it.
-		_ = l.b.c.AnnounceSession(bus.SessionAnnounce{Session: l.req.Session, Room: l.req.Room, Node: l.node,
+		_ = l.b.c.AnnounceSession(bus.SessionAnnounce{Session: l.req.Session, Room: l.req.Room, Node: node,
 			Ufrag: ufrag, Time: l.b.now()})
 	}
 	req := bus.Request{Type: bus.RequestOffer, Session: l.req.Session, SDP: sdp}
@@ -467,12 +518,12 @@ func (l *busLink) Offer(ctx context.Context, sdp, ufrag string) (string, error) 
 			Identity: l.req.Identity, Publish: l.req.Publish, Subscribe: l.req.Subscribe, Offer: sdp,
 			ClientAddr: l.req.Client}}
 	}
-	rep, err := l.b.c.Request(ctx, l.node, req)
+	rep, err := l.b.c.Request(ctx, node, req)
 	if err != nil {
 		return "", fromBus(err)
 	}
 	if rep.SDP == "" {
-		return "", fmt.Errorf("%w: node %s answered no sdp", ErrNode, l.node)
+		return "", fmt.Errorf("%w: node %s answered no sdp", ErrNode, node)
 	}
 	l.mu.Lock()
 	l.joined, l.ufrag = true, ufrag
@@ -486,7 +537,7 @@ func (l *busLink) Answer(ctx context.Context, sdp string) error {
 
 // send sends req to the node, its error mapped to signaling's classes.
 func (l *busLink) send(ctx context.Context, req bus.Request) error {
-	if _, err := l.b.c.Request(ctx, l.node, req); err != nil {
+	if _, err := l.b.c.Request(ctx, l.target(), req); err != nil {
 		return fromBus(err)
 	}
 	return nil
@@ -516,6 +567,9 @@ func (l *busLink) Candidate(ctx context.Context, c Candidate) error {
 		}
 		req.Candidate = &bc
 	}
+	if l.group != nil {
+		return l.candidateGroup(ctx, req)
+	}
 	return l.sendJoined(ctx, "candidate", req)
 }
 
@@ -534,17 +588,19 @@ func (l *busLink) Close() error {
 		return nil
 	}
 	l.closed = true
-	joined, ufrag := l.joined, l.ufrag
+	joined, ufrag, node := l.joined, l.ufrag, l.node
+	others := l.unclaimedLocked()
 	l.mu.Unlock()
 	var err error
 	if joined {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		_, err = l.b.c.Request(ctx, l.node, bus.Request{Type: bus.RequestLeave, Session: l.req.Session})
+		_, err = l.b.c.Request(ctx, node, bus.Request{Type: bus.RequestLeave, Session: l.req.Session})
+		l.leaveAll(ctx, others)
 		cancel()
-		_ = l.b.c.AnnounceSession(bus.SessionAnnounce{Session: l.req.Session, Room: l.req.Room, Node: l.node,
+		_ = l.b.c.AnnounceSession(bus.SessionAnnounce{Session: l.req.Session, Room: l.req.Room, Node: node,
 			Ufrag: ufrag, Gone: true, Time: l.b.now()})
 	}
-	l.sessSub.Unsubscribe()
+	l.unsubscribe()
 	l.b.removeSink(l.req.Room, l.req.Session)
 	if err != nil && bus.StatusOf(err) != bus.StatusNotFound {
 		return fromBus(err)

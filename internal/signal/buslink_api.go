@@ -41,7 +41,7 @@ func (l *busLink) Stats(ctx context.Context) (SessionStats, error) {
 	if !joined {
 		return SessionStats{}, nil // no media before the first offer
 	}
-	r, err := l.b.c.Request(ctx, l.node, bus.Request{Type: bus.RequestStats, Session: l.req.Session})
+	r, err := l.b.c.Request(ctx, l.target(), bus.Request{Type: bus.RequestStats, Session: l.req.Session})
 	if err != nil {
 		return SessionStats{}, fromBus(err)
 	}

@@ -24,6 +24,10 @@ type Node struct {
 	// Cascade is set when the node runs a cascade relay port (it
 	// announces one): its rooms may span nodes (docs/cascade.md).
 	Cascade bool
+	// Group names the node's balanced group: nodes behind one UDP load
+	// balancer, any of which serves a session whose first binding request
+	// reaches it (docs/cascade.md). Empty: none.
+	Group string
 }
 
 // RegionRule maps clients whose address is in Prefix to Region.

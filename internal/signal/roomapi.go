@@ -100,6 +100,16 @@ func (g *registry) joined(m *member) (started bool) {
 	return started
 }
 
+// moved records that session id of room is served by node now (a balanced
+// group's claim).
+func (g *registry) moved(room, id, node string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if r := g.rooms[room]; r != nil && r.members[id] != nil {
+		r.members[id].node.ID = node
+	}
+}
+
 // sessionsOn returns the sessions joined on node.
 func (g *registry) sessionsOn(node string) []*session {
 	g.mu.Lock()

@@ -338,6 +338,14 @@ func (ss *session) nodeEvent(ev NodeEvent) {
 		ss.send(ServerMessage{Type: TypeTrack, Event: ev.Event, Participant: &p, Track: &tr}, false)
 	case NodeSpeakers:
 		ss.send(ServerMessage{Type: TypeSpeakers, Speakers: ev.Speakers}, false)
+	case NodeMoved:
+		ss.mu.Lock()
+		pid := ss.pid
+		if ss.joined {
+			ss.node.ID = ev.Node
+		}
+		ss.mu.Unlock()
+		ss.s.reg.moved(room, pid, ev.Node)
 	case NodeRejoin:
 		reason := RejoinDrain
 		if ev.Reason == RejoinNodeFailed {

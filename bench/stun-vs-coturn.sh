@@ -18,6 +18,16 @@
 # CPUs) + ksoftirqd, answers per whole CPU-second. The whole figure
 # includes the load generator (the same for every mode) and softirq time
 # of anything else on the machine: it is the conservative one.
+#
+# TOPO=veth (root; iproute2 and ethtool) runs every mode over the same
+# topology instead: the load generator in one network namespace, the
+# servers in another, one veth pair per mode (10.98.N.1 -> 10.98.N.2), the
+# kernel path attached to its server's veth. The generator's side of each
+# pair segments in software (gso_max_segs 1) and merges answers (GRO on),
+# so stunload sends a burst in one write and reads merged answers in one
+# (-gso -gro; VETH_GEN="" turns both off): its own cost per request falls,
+# the same for every server,
+# and each server still gets one datagram per request, as from a network.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-5}
@@ -42,8 +52,69 @@ free_port() {
 }
 
 modes=(${MODES:-traverse coturn})
+topo=${TOPO:-lo}
 go build -o "$tmp/traverse" ./cmd/traverse
 go build -o "$tmp/stunload" ./bench/stunload
+declare -A spid sport sns saddr sload
+netns=""
+nsg=""
+cleanup_ns() {
+	[ -z "$netns" ] || ip netns del "$netns" 2>/dev/null || true
+	[ -z "$nsg" ] || ip netns del "$nsg" 2>/dev/null || true
+}
+trap 'cleanup; cleanup_ns' EXIT
+
+if [ "$topo" = veth ]; then
+	[ "$(id -u)" = 0 ] || { echo "TOPO=veth needs root"; exit 1; }
+	command -v ethtool >/dev/null || { echo "ethtool not installed (Debian package ethtool)"; exit 1; }
+	netns=trv-stunbench-s-$$
+	nsg=trv-stunbench-g-$$
+	ip netns add "$netns"
+	ip netns add "$nsg"
+	ip -n "$netns" link set lo up
+	ip -n "$nsg" link set lo up
+	i=0
+	for m in "${modes[@]}"; do
+		i=$((i + 1))
+		ip link add "g$i" netns "$nsg" type veth peer name "s$i" netns "$netns"
+		ip -n "$nsg" addr add "10.98.$i.1/24" dev "g$i"
+		ip -n "$netns" addr add "10.98.$i.2/24" dev "s$i"
+		ip -n "$nsg" link set "g$i" up gso_max_segs 1
+		ip -n "$netns" link set "s$i" up
+		ip netns exec "$nsg" ethtool -K "g$i" gro on >/dev/null
+		saddr[$m]=10.98.$i.2; sport[$m]=3478; sns[$m]="ip netns exec $nsg"
+		sload[$m]="-local 10.98.$i.1 ${VETH_GEN--gso -gro}"
+		inns="ip netns exec $netns"
+		case $m in
+		traverse)
+			$inns "$tmp/traverse" stun --listen "${saddr[$m]}:3478" --admin "" --log-level warn --rate -1 ${TRAVERSE_ARGS:-} &
+			;;
+		ebpf)
+			$inns "$tmp/traverse" stun --listen "${saddr[$m]}:3478" --admin "" --log-level warn --rate -1 \
+				--offload ebpf --offload-interface "s$i" ${TRAVERSE_ARGS:-} &
+			;;
+		coturn)
+			cat >"$tmp/turnserver.conf" <<CONF
+listening-ip=${saddr[$m]}
+listening-port=3478
+stun-only
+fingerprint
+no-tls
+no-dtls
+no-cli
+no-software-attribute
+pidfile=$tmp/turnserver.pid
+log-file=$tmp/turnserver.log
+simple-log
+CONF
+			$inns turnserver -c "$tmp/turnserver.conf" >/dev/null 2>&1 &
+			;;
+		*) echo "unknown mode $m"; exit 1 ;;
+		esac
+		spid[$m]=$!
+		pids+=("$!")
+	done
+else
 
 tport=$(free_port 23478)
 # TRAVERSE_ARGS adds flags to traverse stun (for example --readers 2).
@@ -71,10 +142,9 @@ turnserver -c "$tmp/turnserver.conf" >/dev/null 2>&1 &
 cpid=$!
 pids+=("$cpid")
 
-declare -A spid sport sns
 spid[traverse]=$tpid; sport[traverse]=$tport; sns[traverse]=""
 spid[coturn]=$cpid; sport[coturn]=$cport; sns[coturn]=""
-netns=""
+saddr[traverse]=127.0.0.1; saddr[coturn]=127.0.0.1
 for m in "${modes[@]}"; do
 	[ "$m" = ebpf ] || continue
 	[ "$(id -u)" = 0 ] || { echo "mode ebpf needs root"; exit 1; }
@@ -83,16 +153,15 @@ for m in "${modes[@]}"; do
 	ip -n "$netns" link set lo up
 	ip netns exec "$netns" "$tmp/traverse" stun --listen "127.0.0.1:3478" --admin "" --log-level warn --rate -1 \
 		--offload ebpf --offload-interface lo ${TRAVERSE_ARGS:-} &
-	spid[ebpf]=$!; sport[ebpf]=3478; sns[ebpf]="ip netns exec $netns"
+	spid[ebpf]=$!; sport[ebpf]=3478; sns[ebpf]="ip netns exec $netns"; saddr[ebpf]=127.0.0.1
 	pids+=("$!")
 done
-cleanup_ns() { [ -z "$netns" ] || ip netns del "$netns" 2>/dev/null || true; }
-trap 'cleanup; cleanup_ns' EXIT
+fi
 
 # Wait until every server answers.
 for m in "${modes[@]}"; do
 	for i in $(seq 50); do
-		if ${sns[$m]} "$tmp/stunload" -server "127.0.0.1:${sport[$m]}" -sockets 1 -burst 1 -duration 200ms -requests 1 | grep -q '"answered":1'; then break; fi
+		if ${sns[$m]} "$tmp/stunload" -server "${saddr[$m]}:${sport[$m]}" ${sload[$m]:-} -sockets 1 -burst 1 -duration 200ms -requests 1 | grep -q '"answered":1'; then break; fi
 		[ "$i" = 50 ] && { echo "$m on port ${sport[$m]} does not answer"; exit 1; }
 		sleep 0.1
 	done
@@ -113,7 +182,7 @@ drive() {
 	local m=$1 pid=${spid[$1]} before after out nsb nsa q0 q1 k0 k1 lt
 	before=$(cpu "$pid"); nsb=$(runns "$pid"); q0=$(softirq); k0=$(ksoftirqd)
 	TIMEFORMAT='%U %S'
-	{ time ${sns[$m]} "$tmp/stunload" -server "127.0.0.1:${sport[$m]}" -duration "${secs}s" ${STUNLOAD_ARGS:-} >"$tmp/out" 2>/dev/null; } 2>"$tmp/time"
+	{ time ${sns[$m]} "$tmp/stunload" -server "${saddr[$m]}:${sport[$m]}" ${sload[$m]:-} -duration "${secs}s" ${STUNLOAD_ARGS:-} >"$tmp/out" 2>/dev/null; } 2>"$tmp/time"
 	after=$(cpu "$pid"); nsa=$(runns "$pid"); q1=$(softirq); k1=$(ksoftirqd)
 	out=$(cat "$tmp/out"); lt=$(awk '{print $1 + $2}' "$tmp/time")
 	local answered loss cs ns whole

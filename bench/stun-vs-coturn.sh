@@ -26,8 +26,8 @@
 # pair segments in software (gso_max_segs 1) and merges answers (GRO on),
 # so stunload sends a burst in one write and reads merged answers in one
 # (-gso -gro; VETH_GEN="" turns both off): its own cost per request falls,
-# the same for every server,
-# and each server still gets one datagram per request, as from a network.
+# the same for every server, and each server still gets one datagram per
+# request, as from a network.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-5}
@@ -185,14 +185,15 @@ drive() {
 	{ time ${sns[$m]} "$tmp/stunload" -server "${saddr[$m]}:${sport[$m]}" ${sload[$m]:-} -duration "${secs}s" ${STUNLOAD_ARGS:-} >"$tmp/out" 2>/dev/null; } 2>"$tmp/time"
 	after=$(cpu "$pid"); nsa=$(runns "$pid"); q1=$(softirq); k1=$(ksoftirqd)
 	out=$(cat "$tmp/out"); lt=$(awk '{print $1 + $2}' "$tmp/time")
-	local answered loss cs ns whole
+	local answered loss cs ns whole reads
 	answered=$(echo "$out" | sed -E 's/.*"answered":([0-9]+).*/\1/')
+	reads=$(echo "$out" | sed -E 's/.*"datagrams_read":([0-9]+).*/\1/')
 	loss=$(echo "$out" | sed -E 's/.*"loss":([0-9.e-]+).*/\1/')
 	cs=$(awk -v a="$after" -v b="$before" -v hz="$hz" 'BEGIN{printf "%.2f", (a-b)/hz}')
 	ns=$(awk -v a="$nsa" -v b="$nsb" 'BEGIN{printf "%.3f", (a-b)/1e9}')
 	whole=$(awk -v c="$cs" -v l="$lt" -v q=$((q1 - q0)) -v k=$((k1 - k0)) -v hz="$hz" 'BEGIN{printf "%.2f", c + l + (q + k)/hz}')
-	printf '%-9s answered %9d in %ss, loss %.4f; server CPU %6ss (stat) %6ss (schedstat), whole %6ss (stunload %ss): %8.0f (stat) %8.0f (schedstat) %8.0f (whole) answers per CPU-second\n' \
-		"$m" "$answered" "$secs" "$loss" "$cs" "$ns" "$whole" "$lt" "$(awk -v n="$answered" -v c="$cs" 'BEGIN{print (c>0)? n/c : 0}')" \
+	printf '%-9s answered %9d in %ss (%.1f per datagram read), loss %.4f; server CPU %6ss (stat) %6ss (schedstat), whole %6ss (stunload %ss): %8.0f (stat) %8.0f (schedstat) %8.0f (whole) answers per CPU-second\n' \
+		"$m" "$answered" "$secs" "$(awk -v a="$answered" -v r="$reads" 'BEGIN{print (r>0)? a/r : 0}')" "$loss" "$cs" "$ns" "$whole" "$lt" "$(awk -v n="$answered" -v c="$cs" 'BEGIN{print (c>0)? n/c : 0}')" \
 		"$(awk -v n="$answered" -v c="$ns" 'BEGIN{print (c>0)? n/c : 0}')" "$(awk -v n="$answered" -v c="$whole" 'BEGIN{print (c>0)? n/c : 0}')" >>"$tmp/runs"
 	echo "$m $answered $cs $ns $whole" >>"$tmp/totals"
 	echo "$r $m $answered $cs $whole" >>"$tmp/rounds"

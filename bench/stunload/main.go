@@ -46,6 +46,7 @@ type result struct {
 	Seconds  float64 `json:"seconds"`
 	Sent     int64   `json:"sent"`
 	Answered int64   `json:"answered"`
+	Reads    int64   `json:"datagrams_read"` // GRO-merged ones count once
 	Rate     float64 `json:"answered_per_second"`
 	Loss     float64 `json:"loss"`
 }
@@ -86,7 +87,7 @@ func run(server, local string, sockets, burst int, wait, duration time.Duration,
 	total = min(total, maxRequests)
 	ctx, cancel := context.WithTimeout(context.Background(), duration)
 	defer cancel()
-	var sent, answered atomic.Int64
+	var sent, answered, reads atomic.Int64
 	var wg sync.WaitGroup
 	errs := make(chan error, sockets)
 	start := time.Now()
@@ -99,7 +100,7 @@ func run(server, local string, sockets, burst int, wait, duration time.Duration,
 		go func() {
 			defer wg.Done()
 			defer c.Close()
-			errs <- drive(ctx, c, dst, burst, wait, total, o, &sent, &answered)
+			errs <- drive(ctx, c, dst, burst, wait, total, o, &sent, &answered, &reads)
 		}()
 	}
 	wg.Wait()
@@ -110,7 +111,7 @@ func run(server, local string, sockets, burst int, wait, duration time.Duration,
 		}
 	}
 	secs := time.Since(start).Seconds()
-	r := result{Server: server, Sockets: sockets, Burst: burst, Seconds: secs, Sent: sent.Load(), Answered: answered.Load()}
+	r := result{Server: server, Sockets: sockets, Burst: burst, Seconds: secs, Sent: sent.Load(), Answered: answered.Load(), Reads: reads.Load()}
 	r.Rate = float64(r.Answered) / secs
 	if r.Sent > 0 {
 		r.Loss = 1 - float64(r.Answered)/float64(r.Sent)
@@ -148,7 +149,7 @@ func open(ctx context.Context, local string, dst netip.AddrPort, burst int, o op
 }
 
 // drive sends bursts from c until ctx ends or the budget is spent.
-func drive(ctx context.Context, c *udpio.Conn, dst netip.AddrPort, burst int, wait time.Duration, total int64, o opts, sent, answered *atomic.Int64) error {
+func drive(ctx context.Context, c *udpio.Conn, dst netip.AddrPort, burst int, wait time.Duration, total int64, o opts, sent, answered, reads *atomic.Int64) error {
 	out := udpio.NewMessages(burst, 20)
 	// One write of burst requests when segmenting: the kernel cuts it.
 	whole := make([]byte, 20*burst)
@@ -169,6 +170,8 @@ func drive(ctx context.Context, c *udpio.Conn, dst netip.AddrPort, burst int, wa
 	}
 	uc := c.UDPConn()
 	var seq uint64
+	var datagrams int64
+	defer func() { reads.Add(datagrams) }()
 	for ctx.Err() == nil {
 		if sent.Add(int64(burst)) > total {
 			sent.Add(-int64(burst))
@@ -197,6 +200,7 @@ func drive(ctx context.Context, c *udpio.Conn, dst netip.AddrPort, burst int, wa
 			if err != nil {
 				break // deadline: the rest of the burst is lost
 			}
+			datagrams += int64(n)
 			for i := 0; i < n; i++ {
 				got += count(in[i].Payload(), o.gro, prefix, first, seq)
 			}

@@ -185,18 +185,25 @@ drive() {
 	{ time ${sns[$m]} "$tmp/stunload" -server "${saddr[$m]}:${sport[$m]}" ${sload[$m]:-} -duration "${secs}s" ${STUNLOAD_ARGS:-} >"$tmp/out" 2>/dev/null; } 2>"$tmp/time"
 	after=$(cpu "$pid"); nsa=$(runns "$pid"); q1=$(softirq); k1=$(ksoftirqd)
 	out=$(cat "$tmp/out"); lt=$(awk '{print $1 + $2}' "$tmp/time")
-	local answered loss cs ns whole reads
+	local answered loss cs ns whole reads single
 	answered=$(echo "$out" | sed -E 's/.*"answered":([0-9]+).*/\1/')
 	reads=$(echo "$out" | sed -E 's/.*"datagrams_read":([0-9]+).*/\1/')
 	loss=$(echo "$out" | sed -E 's/.*"loss":([0-9.e-]+).*/\1/')
 	cs=$(awk -v a="$after" -v b="$before" -v hz="$hz" 'BEGIN{printf "%.2f", (a-b)/hz}')
 	ns=$(awk -v a="$nsa" -v b="$nsb" 'BEGIN{printf "%.3f", (a-b)/1e9}')
 	whole=$(awk -v c="$cs" -v l="$lt" -v q=$((q1 - q0)) -v k=$((k1 - k0)) -v hz="$hz" 'BEGIN{printf "%.2f", c + l + (q + k)/hz}')
+	# single: each tick once. Tick accounting (no CONFIG_IRQ_TIME_ACCOUNTING)
+	# adds a softirq tick both to the task it interrupted and to /proc/stat's
+	# softirq column, so whole counts softirq work done inside the server's
+	# or stunload's system calls (all of the kernel path's answers) twice;
+	# single leaves /proc/stat out and misses only softirq that ran in
+	# unrelated tasks.
+	single=$(awk -v c="$cs" -v l="$lt" -v k=$((k1 - k0)) -v hz="$hz" 'BEGIN{printf "%.2f", c + l + k/hz}')
 	printf '%-9s answered %9d in %ss (%.1f per datagram read), loss %.4f; server CPU %6ss (stat) %6ss (schedstat), whole %6ss (stunload %ss): %8.0f (stat) %8.0f (schedstat) %8.0f (whole) answers per CPU-second\n' \
 		"$m" "$answered" "$secs" "$(awk -v a="$answered" -v r="$reads" 'BEGIN{print (r>0)? a/r : 0}')" "$loss" "$cs" "$ns" "$whole" "$lt" "$(awk -v n="$answered" -v c="$cs" 'BEGIN{print (c>0)? n/c : 0}')" \
 		"$(awk -v n="$answered" -v c="$ns" 'BEGIN{print (c>0)? n/c : 0}')" "$(awk -v n="$answered" -v c="$whole" 'BEGIN{print (c>0)? n/c : 0}')" >>"$tmp/runs"
 	echo "$m $answered $cs $ns $whole" >>"$tmp/totals"
-	echo "$r $m $answered $cs $whole" >>"$tmp/rounds"
+	echo "$r $m $answered $cs $whole $single" >>"$tmp/rounds"
 }
 
 for r in $(seq "$rounds"); do
@@ -226,14 +233,18 @@ python3 - "$tmp/rounds" <<'PY'
 import collections, statistics, sys
 per = collections.defaultdict(dict)
 for l in open(sys.argv[1]):
-    r, m, a, c, w = l.split()
-    per[m][r] = (int(a), float(c), float(w))
-print("# medians over %d rounds" % max(len(v) for v in per.values()))
+    r, m, a, c, w, g = l.split()
+    per[m][r] = (int(a), float(c), float(w), float(g))
+print("# medians over %d rounds (single: each CPU tick counted once, see drive)" % max(len(v) for v in per.values()))
 for m, v in sorted(per.items()):
-    whole = statistics.median(a / w for a, c, w in v.values() if w > 0)
-    line = f"{m:9s} median {whole:9.0f} answers per whole CPU-second"
+    whole = statistics.median(a / w for a, c, w, g in v.values() if w > 0)
+    single = statistics.median(a / g for a, c, w, g in v.values() if g > 0)
+    line = f"{m:9s} median {whole:9.0f} answers per whole CPU-second ({single:.0f} single)"
     if m != "coturn" and "coturn" in per:
-        rs = [(a / w) / (per["coturn"][r][0] / per["coturn"][r][2]) for r, (a, c, w) in v.items() if r in per["coturn"] and w > 0]
+        co = per["coturn"]
+        rs = [(a / w) / (co[r][0] / co[r][2]) for r, (a, c, w, g) in v.items() if r in co and w > 0]
+        gs = [(a / g) / (co[r][0] / co[r][3]) for r, (a, c, w, g) in v.items() if r in co and g > 0]
         line += f" | vs coturn whole: median {statistics.median(rs):.2f}x (rounds {', '.join(f'{x:.2f}' for x in rs)})"
+        line += f", single {statistics.median(gs):.2f}x"
     print(line)
 PY

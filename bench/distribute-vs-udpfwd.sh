@@ -36,7 +36,8 @@
 # Usage: sudo bench/distribute-vs-udpfwd.sh [PPS] [SECONDS]
 #   defaults: 5000 packets/s from the sender, 5 s per run.
 #   ROUNDS=N (default 3); FANS="1 16"; MODES="ebpf userspace udpfwd";
-#   TOPOS="egress veth lo".
+#   TOPOS="egress veth lo"; PERF=DIR records a whole-machine profile of
+#   each run's measurement (perf record -a -g) into DIR/TOPO-MODE-FAN-ROUND.data.
 # Run it under the shared lock: flock /tmp/traverse-bench.lock bench/...
 set -euo pipefail
 pps=${1:-5000}; secs=${2:-5}
@@ -144,6 +145,12 @@ for p in range(20000, 20000 + int(sys.argv[1])):
     s.bind(("10.0.2.2", p)); s.sendto(b"\0\0", ("10.0.1.1", 5004)); s.close()' "$f"
     fi
   fi
+  local pp=""
+  if [ "${PERF:-}" ]; then # after distload's warm-up, for most of the measurement
+    mkdir -p "$PERF"
+    (sleep 1.5; perf record -a -g -F 1999 -o "$PERF/$t-$m-$f-$r.data" -- sleep $((secs > 3 ? secs - 2 : 1)) >/dev/null 2>&1) &
+    pp=$!
+  fi
   if [ "${rns[$k]}" ]; then
     local cnt="ip netns exec ${rns[$k]} nft list counter netdev bench copies | awk '/packets/ {print \$2}'"
     [ "${rns[$k]}" = egress ] && cnt="ip netns exec ${ns[$k]} tc -s qdisc show dev vr0 | awk '/dropped/ {sub(\",\", \"\", \$7); print \$7}'"
@@ -154,6 +161,7 @@ for p in range(20000, 20000 + int(sys.argv[1])):
     "${drv[@]}" "$work/distload" -mode "$dm" -target "${addr[$k]}:5004" $extra -server-pid "${spid[$k]}" \
       -fan "$f" -pps "$pps" -duration "${secs}s" >"$work/out"
   fi
+  [ -z "$pp" ] || wait "$pp" || true
   cat "$work/out" >>"$work/raw"
   python3 - "$t" "$m" "$f" "$r" "$work/out" <<'PY' | tee -a "$work/results"
 import json, sys

@@ -19,15 +19,16 @@
 # includes the load generator (the same for every mode) and softirq time
 # of anything else on the machine: it is the conservative one.
 #
-# TOPO=veth (root; iproute2 and ethtool) runs every mode over the same
-# topology instead: the load generator in one network namespace, the
-# servers in another, one veth pair per mode (10.98.N.1 -> 10.98.N.2), the
-# kernel path attached to its server's veth. The generator's side of each
-# pair segments in software (gso_max_segs 1) and merges answers (GRO on),
-# so stunload sends a burst in one write and reads merged answers in one
-# (-gso -gro; VETH_GEN="" turns both off): its own cost per request falls,
-# the same for every server, and each server still gets one datagram per
-# request, as from a network.
+# TOPO=veth (root) runs every mode over the same topology instead: the
+# load generator in one network namespace, the servers in another, one
+# veth pair per mode (10.98.N.1 -> 10.98.N.2), the kernel path attached to
+# its server's veth. The generator's side of each pair segments in
+# software (gso_max_segs 1), so stunload sends a burst of requests in one
+# write (-gso, UDP_SEGMENT; VETH_GEN="" turns it off): its own cost per
+# request falls, the same for every server, and each server still gets
+# one datagram per request, as from a network. (Its -gro reads answers a
+# device merged; a veth does not merge them here, as "answers per
+# datagram read" shows, so it is left off.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-5}
@@ -66,7 +67,6 @@ trap 'cleanup; cleanup_ns' EXIT
 
 if [ "$topo" = veth ]; then
 	[ "$(id -u)" = 0 ] || { echo "TOPO=veth needs root"; exit 1; }
-	command -v ethtool >/dev/null || { echo "ethtool not installed (Debian package ethtool)"; exit 1; }
 	netns=trv-stunbench-s-$$
 	nsg=trv-stunbench-g-$$
 	ip netns add "$netns"
@@ -81,9 +81,8 @@ if [ "$topo" = veth ]; then
 		ip -n "$netns" addr add "10.98.$i.2/24" dev "s$i"
 		ip -n "$nsg" link set "g$i" up gso_max_segs 1
 		ip -n "$netns" link set "s$i" up
-		ip netns exec "$nsg" ethtool -K "g$i" gro on >/dev/null
 		saddr[$m]=10.98.$i.2; sport[$m]=3478; sns[$m]="ip netns exec $nsg"
-		sload[$m]="-local 10.98.$i.1 ${VETH_GEN--gso -gro}"
+		sload[$m]="-local 10.98.$i.1 ${VETH_GEN--gso}"
 		inns="ip netns exec $netns"
 		case $m in
 		traverse)

@@ -52,6 +52,23 @@ free_port() {
 	echo "$p"
 }
 
+# coturn_conf IP PORT: coturn as a STUN-only server (its config file).
+coturn_conf() {
+	cat >"$tmp/turnserver.conf" <<CONF
+listening-ip=$1
+listening-port=$2
+stun-only
+fingerprint
+no-tls
+no-dtls
+no-cli
+no-software-attribute
+pidfile=$tmp/turnserver.pid
+log-file=$tmp/turnserver.log
+simple-log
+CONF
+}
+
 modes=(${MODES:-traverse coturn})
 topo=${TOPO:-lo}
 go build -o "$tmp/traverse" ./cmd/traverse
@@ -93,19 +110,7 @@ if [ "$topo" = veth ]; then
 				--offload ebpf --offload-interface "s$i" ${TRAVERSE_ARGS:-} &
 			;;
 		coturn)
-			cat >"$tmp/turnserver.conf" <<CONF
-listening-ip=${saddr[$m]}
-listening-port=3478
-stun-only
-fingerprint
-no-tls
-no-dtls
-no-cli
-no-software-attribute
-pidfile=$tmp/turnserver.pid
-log-file=$tmp/turnserver.log
-simple-log
-CONF
+			coturn_conf "${saddr[$m]}" 3478
 			$inns turnserver -c "$tmp/turnserver.conf" >/dev/null 2>&1 &
 			;;
 		*) echo "unknown mode $m"; exit 1 ;;
@@ -124,19 +129,7 @@ tpid=$!
 pids+=("$tpid")
 
 cport=$(free_port $((tport + 10)))
-cat >"$tmp/turnserver.conf" <<CONF
-listening-ip=127.0.0.1
-listening-port=$cport
-stun-only
-fingerprint
-no-tls
-no-dtls
-no-cli
-no-software-attribute
-pidfile=$tmp/turnserver.pid
-log-file=$tmp/turnserver.log
-simple-log
-CONF
+coturn_conf 127.0.0.1 "$cport"
 turnserver -c "$tmp/turnserver.conf" >/dev/null 2>&1 &
 cpid=$!
 pids+=("$cpid")

@@ -36,7 +36,8 @@
 # Usage: sudo bench/distribute-vs-udpfwd.sh [PPS] [SECONDS]
 #   defaults: 5000 packets/s from the sender, 5 s per run.
 #   ROUNDS=N (default 3); FANS="1 16"; MODES="ebpf userspace udpfwd";
-#   TOPOS="egress veth lo".
+#   TOPOS="egress veth lo"; PERF=DIR records a whole-machine profile of
+#   each run's measurement (perf record -a -g) into DIR/TOPO-MODE-FAN-ROUND.data.
 # Run it under the shared lock: flock /tmp/traverse-bench.lock bench/...
 set -euo pipefail
 pps=${1:-5000}; secs=${2:-5}
@@ -144,6 +145,12 @@ for p in range(20000, 20000 + int(sys.argv[1])):
     s.bind(("10.0.2.2", p)); s.sendto(b"\0\0", ("10.0.1.1", 5004)); s.close()' "$f"
     fi
   fi
+  local pp=""
+  if [ "${PERF:-}" ]; then # after distload's warm-up, for most of the measurement
+    mkdir -p "$PERF"
+    (sleep 1.5; perf record -a -g -F 1999 -o "$PERF/$t-$m-$f-$r.data" -- sleep $((secs > 3 ? secs - 2 : 1)) >/dev/null 2>&1) &
+    pp=$!
+  fi
   if [ "${rns[$k]}" ]; then
     local cnt="ip netns exec ${rns[$k]} nft list counter netdev bench copies | awk '/packets/ {print \$2}'"
     [ "${rns[$k]}" = egress ] && cnt="ip netns exec ${ns[$k]} tc -s qdisc show dev vr0 | awk '/dropped/ {sub(\",\", \"\", \$7); print \$7}'"
@@ -154,16 +161,17 @@ for p in range(20000, 20000 + int(sys.argv[1])):
     "${drv[@]}" "$work/distload" -mode "$dm" -target "${addr[$k]}:5004" $extra -server-pid "${spid[$k]}" \
       -fan "$f" -pps "$pps" -duration "${secs}s" >"$work/out"
   fi
+  [ -z "$pp" ] || wait "$pp" || true
   cat "$work/out" >>"$work/raw"
   python3 - "$t" "$m" "$f" "$r" "$work/out" <<'PY' | tee -a "$work/results"
 import json, sys
 t, m, f, r, path = sys.argv[1:]
 d = json.load(open(path))
-print(f"{t} {m} {f} {r} {d.get('server_us_per_copy', 0):.3f} {d.get('whole_us_per_copy', 0):.3f} {d['delivered']} {d['expected']} {d.get('server_and_softirq_us_per_copy', 0):.3f}")
+print(f"{t} {m} {f} {r} {d.get('server_us_per_copy', 0):.3f} {d.get('whole_us_per_copy', 0):.3f} {d['delivered']} {d['expected']} {d.get('server_and_softirq_us_per_copy', 0):.3f} {d.get('single_count_us_per_copy', 0):.3f}")
 PY
 }
 
-echo "# topo mode fan round server_us/copy whole_us/copy delivered expected server+softirq_us/copy   ($pps pkt/s, ${secs}s, 200-byte RTP)"
+echo "# topo mode fan round server_us/copy whole_us/copy delivered expected server+softirq_us/copy single_us/copy   ($pps pkt/s, ${secs}s, 200-byte RTP)"
 for r in $(seq "$rounds"); do
   for f in "${fans[@]}"; do
     k=${#modes[@]}
@@ -172,13 +180,18 @@ for r in $(seq "$rounds"); do
     done
   done
 done
-echo "# medians (us of CPU per delivered copy): server process; server + softirq + ksoftirqd; whole machine (+ the driver's sender and receivers)"
+echo "# medians (us of CPU per delivered copy): server process; server + softirq + ksoftirqd; whole machine (+ the driver's sender and receivers);"
+echo "# single: whole with each tick counted once (server + driver + ksoftirqd, no /proc/stat softirq, which tick accounting also adds to the task it interrupted)"
 python3 - "$work/results" <<'PY'
 import sys, statistics, collections
 rows = collections.defaultdict(list)
 for l in open(sys.argv[1]):
-    t, m, f, r, s, w, d, e, q = l.split()
-    rows[(t, m, int(f))].append((float(s), float(w), 1 - int(d) / max(int(e), 1), float(q)))
+    t, m, f, r, s, w, d, e, q, g = l.split()
+    rows[(t, m, int(f))].append((float(s), float(w), 1 - int(d) / max(int(e), 1), float(q), float(g)))
 for (t, m, f), v in sorted(rows.items(), key=lambda x: (["egress", "veth", "lo"].index(x[0][0]), x[0][2], x[0][1])):
-    print(f"{t:4s} {m:10s} 1->{f:<3d} server {statistics.median(x[0] for x in v):7.3f}  server+softirq {statistics.median(x[3] for x in v):7.3f}  whole {statistics.median(x[1] for x in v):7.3f}  loss {max(x[2] for x in v):.4f}")
+    print(f"{t:4s} {m:10s} 1->{f:<3d} server {statistics.median(x[0] for x in v):7.3f}  server+softirq {statistics.median(x[3] for x in v):7.3f}  whole {statistics.median(x[1] for x in v):7.3f}  single {statistics.median(x[4] for x in v):7.3f}  loss {max(x[2] for x in v):.4f}")
+for (t, f) in sorted({(t, f) for t, m, f in rows}, key=lambda x: (["egress", "veth", "lo"].index(x[0]), x[1])):
+    if (t, "ebpf", f) in rows and (t, "userspace", f) in rows:
+        k, u = rows[(t, "ebpf", f)], rows[(t, "userspace", f)]
+        print(f"{t:4s} 1->{f:<3d} kernel path cheaper than user space: whole {statistics.median(x[1] for x in u) / statistics.median(x[1] for x in k):.2f}x, single {statistics.median(x[4] for x in u) / statistics.median(x[4] for x in k):.2f}x")
 PY

@@ -5,6 +5,13 @@
 // writes in batches (internal/udpio) so that it costs the shared CPUs as
 // little as possible next to the server it measures.
 //
+// With -gso each socket is connected and a burst leaves in one write, the
+// kernel cutting it into datagrams (UDP_SEGMENT); with -gro answers that a
+// device's GRO merged are read as one buffer (UDP_GRO) and walked by their
+// STUN length. Over lo a GSO burst reaches the server whole (lo does not
+// segment), so -gso is for a veth whose sending side segments in software
+// (gso_max_segs 1), as bench/stun-vs-coturn.sh TOPO=veth sets up.
+//
 //	go run ./bench/stunload -server 127.0.0.1:3478 -duration 5s
 package main
 
@@ -16,6 +23,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"sync"
@@ -38,6 +46,7 @@ type result struct {
 	Seconds  float64 `json:"seconds"`
 	Sent     int64   `json:"sent"`
 	Answered int64   `json:"answered"`
+	Reads    int64   `json:"datagrams_read"` // GRO-merged ones count once
 	Rate     float64 `json:"answered_per_second"`
 	Loss     float64 `json:"loss"`
 }
@@ -50,14 +59,20 @@ func main() {
 	wait := flag.Duration("wait", 20*time.Millisecond, "longest wait for a burst's answers")
 	duration := flag.Duration("duration", 5*time.Second, "how long to send (at most 2m)")
 	total := flag.Int64("requests", 10_000_000, "most requests to send in all")
+	var o opts
+	flag.BoolVar(&o.gso, "gso", false, "connect each socket and send a burst in one write (UDP_SEGMENT)")
+	flag.BoolVar(&o.gro, "gro", false, "read answers merged by GRO (UDP_GRO)")
 	flag.Parse()
-	if err := run(*server, *local, *sockets, *burst, *wait, *duration, *total); err != nil {
+	if err := run(*server, *local, *sockets, *burst, *wait, *duration, *total, o); err != nil {
 		fmt.Fprintln(os.Stderr, "stunload:", err)
 		os.Exit(1)
 	}
 }
 
-func run(server, local string, sockets, burst int, wait, duration time.Duration, total int64) error {
+// opts are the generator's system-call savers.
+type opts struct{ gso, gro bool }
+
+func run(server, local string, sockets, burst int, wait, duration time.Duration, total int64, o opts) error {
 	dst, err := netip.ParseAddrPort(server)
 	if err != nil {
 		return err
@@ -72,12 +87,12 @@ func run(server, local string, sockets, burst int, wait, duration time.Duration,
 	total = min(total, maxRequests)
 	ctx, cancel := context.WithTimeout(context.Background(), duration)
 	defer cancel()
-	var sent, answered atomic.Int64
+	var sent, answered, reads atomic.Int64
 	var wg sync.WaitGroup
 	errs := make(chan error, sockets)
 	start := time.Now()
 	for i := 0; i < sockets; i++ {
-		c, err := udpio.Listen(ctx, "udp", netip.AddrPortFrom(netip.MustParseAddr(local), 0).String(), udpio.Options{ReadBuffer: 1 << 20})
+		c, err := open(ctx, local, dst, burst, o)
 		if err != nil {
 			return err
 		}
@@ -85,7 +100,7 @@ func run(server, local string, sockets, burst int, wait, duration time.Duration,
 		go func() {
 			defer wg.Done()
 			defer c.Close()
-			errs <- drive(ctx, c, dst, burst, wait, total, &sent, &answered)
+			errs <- drive(ctx, c, dst, burst, wait, total, o, &sent, &answered, &reads)
 		}()
 	}
 	wg.Wait()
@@ -96,7 +111,7 @@ func run(server, local string, sockets, burst int, wait, duration time.Duration,
 		}
 	}
 	secs := time.Since(start).Seconds()
-	r := result{Server: server, Sockets: sockets, Burst: burst, Seconds: secs, Sent: sent.Load(), Answered: answered.Load()}
+	r := result{Server: server, Sockets: sockets, Burst: burst, Seconds: secs, Sent: sent.Load(), Answered: answered.Load(), Reads: reads.Load()}
 	r.Rate = float64(r.Answered) / secs
 	if r.Sent > 0 {
 		r.Loss = 1 - float64(r.Answered)/float64(r.Sent)
@@ -104,10 +119,42 @@ func run(server, local string, sockets, burst int, wait, duration time.Duration,
 	return json.NewEncoder(os.Stdout).Encode(r)
 }
 
+// open makes one client socket: unconnected, or with o.gso connected to
+// dst and segmenting writes into 20-byte requests.
+func open(ctx context.Context, local string, dst netip.AddrPort, burst int, o opts) (*udpio.Conn, error) {
+	laddr := netip.AddrPortFrom(netip.MustParseAddr(local), 0)
+	if !o.gso {
+		c, err := udpio.Listen(ctx, "udp", laddr.String(), udpio.Options{ReadBuffer: 1 << 20, Batch: burst})
+		if err == nil && o.gro {
+			err = udpio.SetGRO(c.UDPConn(), true)
+		}
+		return c, err
+	}
+	uc, err := net.DialUDP("udp", net.UDPAddrFromAddrPort(laddr), net.UDPAddrFromAddrPort(dst))
+	if err != nil {
+		return nil, err
+	}
+	_ = uc.SetReadBuffer(1 << 20)
+	if err := udpio.SetSegment(uc, 20); err != nil {
+		uc.Close()
+		return nil, err
+	}
+	if o.gro {
+		if err := udpio.SetGRO(uc, true); err != nil {
+			uc.Close()
+			return nil, err
+		}
+	}
+	return udpio.New(uc, burst)
+}
+
 // drive sends bursts from c until ctx ends or the budget is spent.
-func drive(ctx context.Context, c *udpio.Conn, dst netip.AddrPort, burst int, wait time.Duration, total int64, sent, answered *atomic.Int64) error {
+func drive(ctx context.Context, c *udpio.Conn, dst netip.AddrPort, burst int, wait time.Duration, total int64, o opts, sent, answered, reads *atomic.Int64) error {
 	out := udpio.NewMessages(burst, 20)
-	in := udpio.NewMessages(burst, 512)
+	// One write of burst requests when segmenting: the kernel cuts it.
+	whole := make([]byte, 20*burst)
+	// A read may hold up to 64 answers merged by GRO.
+	in := udpio.NewMessages(burst, map[bool]int{false: 512, true: 64 << 10}[o.gro])
 	var prefix [4]byte
 	if _, err := rand.Read(prefix[:]); err != nil {
 		return err
@@ -123,6 +170,8 @@ func drive(ctx context.Context, c *udpio.Conn, dst netip.AddrPort, burst int, wa
 	}
 	uc := c.UDPConn()
 	var seq uint64
+	var datagrams int64
+	defer func() { reads.Add(datagrams) }()
 	for ctx.Err() == nil {
 		if sent.Add(int64(burst)) > total {
 			sent.Add(-int64(burst))
@@ -133,7 +182,14 @@ func drive(ctx context.Context, c *udpio.Conn, dst netip.AddrPort, burst int, wa
 			binary.BigEndian.PutUint64(out[i].Buf[12:20], seq)
 			seq++
 		}
-		if _, err := c.WriteBatch(out); err != nil {
+		if o.gso {
+			for i := range out {
+				copy(whole[20*i:], out[i].Buf[:20])
+			}
+			if _, err := c.UDPConn().Write(whole); err != nil {
+				return err
+			}
+		} else if _, err := c.WriteBatch(out); err != nil {
 			return err
 		}
 		got := 0
@@ -144,16 +200,33 @@ func drive(ctx context.Context, c *udpio.Conn, dst netip.AddrPort, burst int, wa
 			if err != nil {
 				break // deadline: the rest of the burst is lost
 			}
+			datagrams += int64(n)
 			for i := 0; i < n; i++ {
-				b := in[i].Payload()
-				if len(b) >= 20 && b[0] == 0x01 && b[1] == 0x01 && [4]byte(b[8:12]) == prefix {
-					if s := binary.BigEndian.Uint64(b[12:20]); s >= first && s < seq {
-						got++
-					}
-				}
+				got += count(in[i].Payload(), o.gro, prefix, first, seq)
 			}
 		}
 		answered.Add(int64(got))
 	}
 	return nil
+}
+
+// count returns how many answers to this socket's requests first..seq-1
+// b holds: one datagram, or with gro several back to back, each a whole
+// STUN message (20 bytes + its length field), which is how they are told
+// apart.
+func count(b []byte, gro bool, prefix [4]byte, first, seq uint64) int {
+	got := 0
+	for len(b) >= 20 {
+		if !gro && got > 0 {
+			break
+		}
+		m := b[:min(len(b), 20+int(binary.BigEndian.Uint16(b[2:4])))]
+		if b[0] == 0x01 && b[1] == 0x01 && [4]byte(b[8:12]) == prefix {
+			if s := binary.BigEndian.Uint64(b[12:20]); s >= first && s < seq {
+				got++
+			}
+		}
+		b = b[len(m):]
+	}
+	return got
 }

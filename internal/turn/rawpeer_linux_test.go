@@ -9,28 +9,36 @@ import (
 	"time"
 )
 
-// TestRawPeerSend checks the batched client->peer path: ChannelData read
-// from the listener is queued on the loop's raw sender and leaves in one
-// sendmmsg from the relayed address, allocating nothing; with NoRawSend
-// the loops have no raw sender.
-func TestRawPeerSend(t *testing.T) {
+// rawPeerSetup gives a server with a channel bound to a UDP peer, the
+// peer, the allocation's key, and an event loop of its own with a raw
+// sender (the running loop's rounds must not interleave with a test's).
+func rawPeerSetup(t *testing.T) (*Server, *net.UDPConn, fiveTuple, *engine) {
+	t.Helper()
 	s, _ := newTestServer(t, func(c *Config) { c.AllowLoopbackPeers = true })
 	peer, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer peer.Close()
-	_ = peer.SetReadBuffer(1 << 20)
+	t.Cleanup(func() { peer.Close() })
+	_ = peer.SetReadBuffer(4 << 20)
 	key, _ := boundChannel(t, s, peer.LocalAddr().(*net.UDPAddr).AddrPort())
-	if s.engs[0].raw == nil {
-		t.Fatal("the loop has no raw sender (the tests run as root, with CAP_NET_RAW)")
-	}
-	// A loop of its own, as the running one's rounds must not interleave.
 	e, err := newEngine(s, 1, netip.MustParseAddrPort("127.0.0.1:0"), false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer e.close()
+	t.Cleanup(e.close)
+	if s.engs[0].raw == nil || e.raw == nil || e.staged == nil {
+		t.Fatal("the loop has no raw sender (the tests run as root, with CAP_NET_RAW)")
+	}
+	return s, peer, key, e
+}
+
+// TestRawPeerSend checks the batched client->peer path: ChannelData read
+// from the listener is queued on the loop's raw sender and leaves in one
+// sendmmsg from the relayed address, allocating nothing; with NoRawSend
+// the loops have no raw sender.
+func TestRawPeerSend(t *testing.T) {
+	s, peer, key, e := rawPeerSetup(t)
 	a := s.lookup(key)
 	frame := appendChannelData(nil, 0x4000, []byte("raw relayed"), false)
 	st := relayStats{toPeer: e}
@@ -76,22 +84,7 @@ func TestRawPeerSend(t *testing.T) {
 // in one sendmmsg, a full staging area is flushed first, and the path
 // allocates nothing.
 func TestStagedPeerSend(t *testing.T) {
-	s, _ := newTestServer(t, func(c *Config) { c.AllowLoopbackPeers = true })
-	peer, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer peer.Close()
-	_ = peer.SetReadBuffer(4 << 20)
-	key, _ := boundChannel(t, s, peer.LocalAddr().(*net.UDPAddr).AddrPort())
-	e, err := newEngine(s, 1, netip.MustParseAddrPort("127.0.0.1:0"), false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer e.close()
-	if e.raw == nil || e.staged == nil {
-		t.Fatal("the loop has no raw sender (the tests run as root, with CAP_NET_RAW)")
-	}
+	s, peer, key, e := rawPeerSetup(t)
 	read := func(want string) {
 		t.Helper()
 		buf := make([]byte, 2048)

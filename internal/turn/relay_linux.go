@@ -43,30 +43,16 @@ type engine struct {
 	wb   *udpio.Batch     // sends to the clients
 	raw  *udpio.RawSender // sends to IPv4 peers (nil: sendto)
 	rawN []int            // the payload size of each datagram queued on raw
-	// stage holds copies of the payloads read from stream sockets and
-	// queued on raw (the next read reuses the stream buffer), so that the
-	// ChannelData of every TCP client of a round leaves in one sendmmsg
-	// at the round's end; staged is the peerQueue that copies into it.
-	stage  []byte
-	staged peerQueue
-	out    []udpio.Message
-	tid    [12]byte
-	ctr    uint64
-	up     relayStats
-	down   downStats
+	out  []udpio.Message
+	tid  [12]byte
+	ctr  uint64
+	up   relayStats
+	down downStats
 }
 
 const (
 	engineBatch = 64
 	bufSize     = headroom + udpio.MaxPacket + 4
-	// relayRead is the most datagrams one relay socket gives a round:
-	// each holds a client's echo or two (about 1.4 per read measured),
-	// and preparing all engineBatch slots for every read was 1-2 % of
-	// the loop's CPU. A socket with more is reported again next round.
-	relayRead = 16
-	// stageSize is the staging area for the payloads of a round's
-	// stream clients (see engine.stage).
-	stageSize = 64 << 10
 )
 
 // parkAfter is how long an event loop goes without any event before it
@@ -108,8 +94,6 @@ func newEngine(s *Server, shard int, listen netip.AddrPort, reusePort bool) (*en
 			e.raw = nil
 		} else {
 			e.rawN = make([]int, engineBatch)
-			e.stage = make([]byte, 0, stageSize)
-			e.staged = stagedPeers{e}
 		}
 	}
 	slab := make([]byte, engineBatch*bufSize)
@@ -217,7 +201,6 @@ func (e *engine) run() {
 				used = e.fromPeers(fd, used, now)
 			}
 		}
-		e.flushPeers() // what the stream clients sent this round
 		e.flush()
 		// Coalesce wake-ups under load: when this round's epoll_wait waited
 		// less than the coalescing interval, traffic is dense, so wait
@@ -295,25 +278,6 @@ func (e *engine) queue(data []byte, from, to netip.AddrPort) bool {
 	return ok
 }
 
-// stagedPeers is the peerQueue of payloads read from stream sockets:
-// each is copied into the engine's staging area before it is queued on
-// the raw sender, and all leave at the end of the round (or when the
-// sender or the area is full).
-type stagedPeers struct{ e *engine }
-
-func (q stagedPeers) queue(data []byte, from, to netip.AddrPort) bool {
-	e := q.e
-	if e.raw.Len() == engineBatch || len(e.stage)+len(data) > cap(e.stage) {
-		e.flushPeers()
-		if len(data) > cap(e.stage) {
-			return false
-		}
-	}
-	off := len(e.stage)
-	e.stage = append(e.stage, data...)
-	return e.queue(e.stage[off:len(e.stage):len(e.stage)], from, to)
-}
-
 // flushPeers sends what queue took, in one sendmmsg: one system call for
 // the batch's packets to peers instead of one sendto per packet, each of
 // which may wake a peer that preempts the loop on the way out of the
@@ -323,7 +287,6 @@ func (e *engine) flushPeers() {
 		return
 	}
 	n, failed := e.raw.Flush()
-	e.stage = e.stage[:0]
 	for i := 0; failed > 0 && i < n; i++ {
 		if !e.raw.Sent(i) {
 			e.up.packets--
@@ -395,14 +358,10 @@ func (e *engine) fromPeers(fd, used int, now int64) int {
 // off (leaving headroom for a header) and short of the buffer's last 4
 // bytes (room for padding); it returns how many datagrams it read.
 func (e *engine) recv(fd, used, off int) int {
-	end := engineBatch
-	if fd != e.lfd {
-		end = min(end, used+relayRead)
-	}
-	for i := used; i < end; i++ {
+	for i := used; i < engineBatch; i++ {
 		e.in[i].Buf = e.bufs[i][off : bufSize-4 : bufSize-4]
 	}
-	return e.rb.Recv(fd, e.in[used:end])
+	return e.rb.Recv(fd, e.in[used:])
 }
 
 // downStats are the peer-to-client counters of one round.

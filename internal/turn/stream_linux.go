@@ -106,11 +106,6 @@ func (e *engine) fromStream(fd int, ev udpio.Event) {
 	s := e.s
 	key := fiveTuple{sc.proto, sc.remote}
 	out := sender{stream: sc, addr: sc.remote}
-	// ChannelData payloads to peers are staged and leave with the
-	// round's other ones (run flushes them) rather than in one sendto
-	// each.
-	e.up.toPeer = e.staged
-	defer func() { e.up.toPeer = nil }()
 	for rounds := 0; rounds < 4; rounds++ {
 		buf := e.sbuf
 		k := copy(buf, sc.partial)

@@ -90,9 +90,12 @@ for r in $(seq "$rounds"); do
   else run coturn "$cpid" "$cport"; run traverse "$tpid" "$tport"; fi
   x=$(ratio); echo "$x" >> "$work/ratios"
   echo "ratio: traverse relays ${x}x the packets per CPU-second of coturn"
-  echo "with the load generators' CPU: $(withload)"
+  w=$(withload); echo "${w%%x*}" >> "$work/wratios"
+  echo "with the load generators' CPU: $w"
 done
 if [ "$rounds" -gt 1 ]; then
   sort -n "$work/ratios" | awk '{v[NR]=$1} END {m = NR%2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2;
     printf "median ratio over %d rounds: %.2fx (min %.2fx, max %.2fx)\n", NR, m, v[1], v[NR]}'
+  sort -n "$work/wratios" | awk '{v[NR]=$1} END {m = NR%2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2;
+    printf "median with the load generators'"'"' CPU: %.2fx (min %.2fx, max %.2fx)\n", m, v[1], v[NR]}'
 fi

@@ -12,7 +12,11 @@
 #   A/B runs of two builds). ROUNDS=N (default 1) runs N rounds, alternating which
 #   server goes first, and reports each round's ratio and their median.
 # Each delivered message is relayed twice by the server (to the peer and
-# back), so relayed packets = sent + received.
+# back), so relayed packets = sent + received. The ratio counts the
+# servers' CPU only, the same way for both; a second line adds the load
+# generators' CPU (turnutils_uclient and turnutils_peer, from their own
+# rusage and /proc) to each server's, so that a server which merely moves
+# work onto the clients (more wake-ups, smaller reads) shows it there.
 set -euo pipefail
 clients=${1:-20}; msgs=${2:-1000}; interval=${3:-5}; len=${4:-172}
 cd "$(dirname "$0")/.."
@@ -44,7 +48,7 @@ if [ -n "${TRAVERSE_BIN:-}" ]; then cp "$TRAVERSE_BIN" "$work/traverse"; else go
 
 coturn_relay_conf "$work" "$cport" "$( [ $tls = yes ] && printf 'cert=%s\npkey=%s\ntls-listening-port=%s\n' "$work/cert.pem" "$work/key.pem" "$ctls" || echo no-tls )"
 
-turnutils_peer -L 127.0.0.1 -p "$pport" >/dev/null 2>&1 & pids+=($!)
+turnutils_peer -L 127.0.0.1 -p "$pport" >/dev/null 2>&1 & ppid=$!; pids+=($ppid)
 "$work/traverse" turn --listen 127.0.0.1:$tport --realm bench --user bench:bench \
   --allow-loopback-peers --relay-ports 53000-53999 --log-level warn \
   $( [ $tls = yes ] && echo "--tls-listen 127.0.0.1:$ttls --tls-cert $work/cert.pem --tls-key $work/key.pem --no-dtls" ) \
@@ -54,11 +58,12 @@ wait_port $tport; wait_port $cport; wait_port $pport
 if [ $tls = yes ]; then tport=$ttls; cport=$ctls; fi # the clients go to the TLS ports
 
 run() { # name pid port
-  local name=$1 pid=$2 port=$3 c0 c1 out sent recv lost
-  c0=$(cpu "$pid")
-  out=$(turnutils_uclient ${UCLIENT_FLAGS:-} -u bench -w bench -p "$port" -m "$clients" -n "$msgs" -z "$interval" -l "$len" \
+  local name=$1 pid=$2 port=$3 c0 c1 p0 p1 out sent recv lost ucpu
+  c0=$(cpu "$pid"); p0=$(cpu "$ppid")
+  out=$(/usr/bin/time -f 'uclient-cpu %U %S' turnutils_uclient ${UCLIENT_FLAGS:-} -u bench -w bench -p "$port" -m "$clients" -n "$msgs" -z "$interval" -l "$len" \
         -e 127.0.0.1 -r "$pport" 127.0.0.1 2>&1)
-  c1=$(cpu "$pid")
+  c1=$(cpu "$pid"); p1=$(cpu "$ppid")
+  ucpu=$(awk '/^uclient-cpu/ {printf "%.3f", $2+$3}' <<<"$out")
   sent=$(grep -o 'tot_send_msgs=[0-9]*, tot_recv_msgs=[0-9]*' <<<"$out" | tail -1 | grep -o '[0-9]*' | head -1)
   recv=$(grep -o 'tot_send_msgs=[0-9]*, tot_recv_msgs=[0-9]*' <<<"$out" | tail -1 | grep -o '[0-9]*' | tail -1)
   lost=$(grep -o 'Total lost packets [0-9]*' <<<"$out" | grep -o '[0-9]*$')
@@ -66,11 +71,16 @@ run() { # name pid port
     cpu = c1 - c0; pk = s + r;
     printf "%-9s sent %6d recv %6d lost %5d (%.2f%%)  cpu %6.2f s  %6.2f us/relayed packet  %8.0f packets/cpu-s\n",
       n, s, r, l, 100*l/(s>0?s:1), cpu, (pk>0? 1e6*cpu/pk : 0), (cpu>0? pk/cpu : 0) }'
-  echo "$name $c0 $c1 $sent $recv" > "$work/results.$name"
+  echo "$name $c0 $c1 $sent $recv $(awk -v a="$p0" -v b="$p1" -v u="${ucpu:-0}" 'BEGIN {printf "%.3f", b-a+u}')" > "$work/results.$name"
 }
 ratio() {
   cat "$work/results.traverse" "$work/results.coturn" | awk '{cpu[$1]=$3-$2; pk[$1]=$4+$5} END {
     t = cpu["traverse"]/pk["traverse"]; c = cpu["coturn"]/pk["coturn"]; printf "%.2f\n", c/t }'
+}
+withload() { # the ratio with the load generators' CPU added to each server's
+  cat "$work/results.traverse" "$work/results.coturn" | awk '{cpu[$1]=$3-$2+$6; pk[$1]=$4+$5; l[$1]=$6} END {
+    t = cpu["traverse"]/pk["traverse"]; c = cpu["coturn"]/pk["coturn"];
+    printf "%.2fx (load generators %.2f s beside traverse, %.2f s beside coturn)\n", c/t, l["traverse"], l["coturn"] }'
 }
 
 echo "load: $clients clients x $msgs messages of $len bytes, ${interval} ms apart (turnutils_uclient ${UCLIENT_FLAGS:-UDP})"
@@ -80,8 +90,12 @@ for r in $(seq "$rounds"); do
   else run coturn "$cpid" "$cport"; run traverse "$tpid" "$tport"; fi
   x=$(ratio); echo "$x" >> "$work/ratios"
   echo "ratio: traverse relays ${x}x the packets per CPU-second of coturn"
+  w=$(withload); echo "${w%%x*}" >> "$work/wratios"
+  echo "with the load generators' CPU: $w"
 done
 if [ "$rounds" -gt 1 ]; then
   sort -n "$work/ratios" | awk '{v[NR]=$1} END {m = NR%2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2;
     printf "median ratio over %d rounds: %.2fx (min %.2fx, max %.2fx)\n", NR, m, v[1], v[NR]}'
+  sort -n "$work/wratios" | awk '{v[NR]=$1} END {m = NR%2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2;
+    printf "median with the load generators'"'"' CPU: %.2fx (min %.2fx, max %.2fx)\n", m, v[1], v[NR]}'
 fi

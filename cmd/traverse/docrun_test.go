@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -227,6 +228,9 @@ func (e *docRunEnv) plan(c docCommand) (*docRun, error) {
 	switch {
 	case c.args[0] == "version":
 		r.expect = regexp.MustCompile(`go1\.`)
+	case c.args[0] == "token" && slices.Contains(r.argv, "--relay"):
+		// The token, then the relay client's secret in hex.
+		r.expect = regexp.MustCompile(`^[A-Za-z0-9_=-]+\.[A-Za-z0-9_.=-]+\n[0-9a-f]{64}\s*$`)
 	case c.args[0] == "token":
 		r.expect = regexp.MustCompile(`^[A-Za-z0-9_=-]+\.[A-Za-z0-9_.=-]+\s*$`)
 	case c.args[0] == "natcheck":
@@ -315,7 +319,7 @@ func (e *docRunEnv) value(c docCommand, r *docRun, name, value string, f *flag.F
 		return value, nil
 	}
 	stand := map[string]string{"realm": "example.org", "room": "demo", "identity": "alice",
-		"user": "alice:doc-test-password", "node": "doc1", "relay-node": "r1", "id": "r1"}
+		"user": "alice:doc-test-password", "node": "doc1", "relay-node": "r1", "id": "r1", "group": "g1"}
 	if v, ok := stand[name]; ok {
 		return v, nil
 	}

@@ -20,6 +20,8 @@
 # Usage: bench/cascade-hop.sh [PPS] [LO,HI] [SECONDS] [ROUNDS]
 #   defaults: 2000, 2,8, 5, 3 (about 1.5 minutes). Runs under
 #   flock -o /tmp/traverse-bench.lock so that no two benchmarks overlap.
+#   BENCH_PROFILE=FILE: the node's CPU profile (--pprof) over round 1's
+#   hop phase at HI (BENCH_PROFILE_MODE=webrtc: the webrtc phase) to FILE.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export TRAVERSE_CASCADE_BENCH=1 BENCH_PPS=${1:-2000} BENCH_FANOUTS=${2:-2,8} BENCH_SECONDS=${3:-5} BENCH_ROUNDS=${4:-3}

@@ -5,7 +5,9 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -64,6 +66,31 @@ func benchFanouts(t *testing.T) (lo, hi int) {
 		lo, hi = l, h
 	}
 	return lo, hi
+}
+
+func benchEnvString(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}
+
+// fetchProfile writes the CPU profile of seconds the admin listener at
+// addr serves (--pprof) to file.
+func fetchProfile(addr string, seconds int, file string) error {
+	resp, err := http.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", addr, seconds))
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("profile: %s: %s", resp.Status, b)
+	}
+	return os.WriteFile(file, b, 0o644)
 }
 
 // modeFigures are one mode's per-round figures, in ns of CPU.
@@ -139,9 +166,14 @@ func TestCascadeHopCost(t *testing.T) {
 	const tokenKey = "0123456789abcdef-bench"
 	const nodeID = 100
 	sfuAdmin := port(4)
-	n := startChild(t, "sfu", "--nats", "nats://"+port(0), "--nats-creds", filepath.Join(creds, "sfu-a.creds"),
+	args := []string{"sfu", "--nats", "nats://" + port(0), "--nats-creds", filepath.Join(creds, "sfu-a.creds"),
 		"--udp", port(2), "--tcp", port(3), "--admin", sfuAdmin, "--cascade-listen", port(5), "--cascade-secret-file", secretFile,
-		"--cascade-token-key", tokenKey, "--cascade-id", strconv.Itoa(nodeID), "--log-level", "warn")
+		"--cascade-token-key", tokenKey, "--cascade-id", strconv.Itoa(nodeID), "--log-level", "warn"}
+	profile := os.Getenv("BENCH_PROFILE") // a file: the node's CPU profile of round 1's phase (hop or webrtc, x HI)
+	if profile != "" {
+		args = append(args, "--pprof")
+	}
+	n := startChild(t, args...)
 	waitReady(t, sfuAdmin, 30*time.Second, n.exited, n.output)
 	pid := n.cmd.Process.Pid
 	relayPort := netip.MustParseAddrPort(port(5))
@@ -356,7 +388,18 @@ func TestCascadeHopCost(t *testing.T) {
 			{"webrtc", func() { sendRTPTo(rcs[0]) }, func() { sendRTPTo(rcs[1]) }, forwardedMetric, "SRTP"},
 		} {
 			nsLo, pLo := measure(mode.lo, mode.out)
+			var prof chan error
+			if r == 0 && profile != "" && mode.name == benchEnvString("BENCH_PROFILE_MODE", "hop") {
+				prof = make(chan error, 1)
+				go func() { prof <- fetchProfile(sfuAdmin, max(1, int(dur.Seconds())-1), profile) }()
+			}
 			nsHi, pHi := measure(mode.hi, mode.out)
+			if prof != nil {
+				if err := <-prof; err != nil {
+					t.Fatal(err)
+				}
+				t.Logf("SUMMARY profile of the node, %s x%d: %s", mode.name, hi, profile)
+			}
 			slope := (nsHi*pHi - nsLo*pLo) / (pHi - pLo)
 			perIn := (nsLo*pLo - slope*pLo) / (float64(pps) * dur.Seconds())
 			fig[m].add(nsLo, nsHi, slope, perIn)

@@ -5,7 +5,9 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -36,9 +38,32 @@ func benchEnv(name string, def int) int {
 	return def
 }
 
-// procCPU is a process's user + system CPU time so far (/proc/PID/stat
-// utime and stime, in clock ticks of 10 ms).
+// procCPU is a process's CPU time so far: the sum of its threads' run
+// time in nanoseconds (/proc/PID/task/*/schedstat, first field) where the
+// kernel keeps schedstats; else user + system time from /proc/PID/stat, in
+// clock ticks of 10 ms (too coarse for the slope between two fan-outs of
+// 5 s phases: 10 ms over 12,000 more packets is 170 ns). A Go process's
+// threads do not exit under this load, so the sum loses nothing.
 func procCPU(t *testing.T, pid int) time.Duration {
+	if tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/schedstat", pid)); err == nil && len(tasks) > 0 {
+		var sum int64
+		ok := true
+		for _, f := range tasks {
+			b, err := os.ReadFile(f)
+			if err != nil {
+				continue // a thread gone between the glob and the read
+			}
+			v, err := strconv.ParseInt(strings.Fields(string(b))[0], 10, 64)
+			if err != nil {
+				ok = false
+				break
+			}
+			sum += v
+		}
+		if ok {
+			return time.Duration(sum)
+		}
+	}
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
 		t.Fatal(err)
@@ -48,6 +73,75 @@ func procCPU(t *testing.T, pid int) time.Duration {
 	ut, _ := strconv.ParseInt(f[11], 10, 64)
 	st, _ := strconv.ParseInt(f[12], 10, 64)
 	return time.Duration(ut+st) * 10 * time.Millisecond
+}
+
+// benchFanouts reads BENCH_FANOUTS, "LO,HI" (default 2,8): the two numbers
+// of next hops / subscribers TestCascadeHopCost measures each mode at.
+func benchFanouts(t *testing.T) (lo, hi int) {
+	lo, hi = 2, 8
+	if v := os.Getenv("BENCH_FANOUTS"); v != "" {
+		a, b, ok := strings.Cut(v, ",")
+		l, err1 := strconv.Atoi(a)
+		h, err2 := strconv.Atoi(b)
+		if !ok || err1 != nil || err2 != nil || l < 1 || h <= l || h > relaywire.MaxDst {
+			t.Fatalf("BENCH_FANOUTS %q: want LO,HI with 1 <= LO < HI <= %d", v, relaywire.MaxDst)
+		}
+		lo, hi = l, h
+	}
+	return lo, hi
+}
+
+func benchEnvString(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}
+
+// fetchProfile writes the CPU profile of seconds the admin listener at
+// addr serves (--pprof) to file.
+func fetchProfile(addr string, seconds int, file string) error {
+	resp, err := http.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", addr, seconds))
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("profile: %s: %s", resp.Status, b)
+	}
+	return os.WriteFile(file, b, 0o644)
+}
+
+// modeFigures are one mode's per-round figures, in ns of CPU.
+type modeFigures struct {
+	lo, hi []float64 // per packet out, at each fan-out
+	slope  []float64 // per added output
+	perIn  []float64 // fixed, per packet in
+}
+
+func (f *modeFigures) add(lo, hi, slope, perIn float64) {
+	f.lo, f.hi = append(f.lo, lo), append(f.hi, hi)
+	f.slope, f.perIn = append(f.slope, slope), append(f.perIn, perIn)
+}
+
+// only keeps the rounds whose keep is true and returns how many, or keeps
+// all and returns 0 when none is.
+func (f *modeFigures) only(keep []bool) int {
+	var g modeFigures
+	for i, k := range keep {
+		if k {
+			g.add(f.lo[i], f.hi[i], f.slope[i], f.perIn[i])
+		}
+	}
+	if len(g.lo) == 0 {
+		return 0
+	}
+	*f = g
+	return len(g.lo)
 }
 
 func median(v []float64) float64 {
@@ -76,20 +170,23 @@ func percentile(v []time.Duration, p float64) time.Duration {
 //     RTCP: reports, NACKs, transport-cc) receive it over WebRTC: S
 //     SRTP packets out per packet in.
 //
-// Cost per packet out = the node's CPU over the phase / packets the
-// receivers got. BENCH_ROUNDS rounds alternate the two; the medians and their
-// ratio are logged. Then the latency one hop adds on loopback: A -> node
+// Cost per packet out = the node's CPU (its threads' run time, schedstat)
+// over the phase / packets the receivers got. BENCH_ROUNDS rounds run
+// both modes at both fan-outs; the medians and their ratios are logged. Then the latency one hop adds on loopback: A -> node
 // -> C1 against A -> C1 directly, interleaved, p50 and p99.
 //
 // A benchmark, not a test of correctness: it runs only with
 // TRAVERSE_CASCADE_BENCH=1 (bench/cascade-hop.sh; knobs BENCH_PPS,
-// BENCH_SUBSCRIBERS, BENCH_SECONDS, BENCH_ROUNDS).
+// BENCH_FANOUTS "LO,HI", BENCH_SECONDS, BENCH_ROUNDS). Each mode runs at
+// both fan-outs; the slope between them is the cost of one more next hop
+// or subscriber per packet out, the rest the fixed cost per packet in.
 func TestCascadeHopCost(t *testing.T) {
 	if os.Getenv("TRAVERSE_CASCADE_BENCH") != "1" {
 		t.Skip("a benchmark loading a node for about a minute: run bench/cascade-hop.sh (TRAVERSE_CASCADE_BENCH=1)")
 	}
 	pps := benchEnv("BENCH_PPS", 2000)
-	subs := benchEnv("BENCH_SUBSCRIBERS", 4)
+	lo, hi := benchFanouts(t)
+	subs := hi
 	dur := time.Duration(benchEnv("BENCH_SECONDS", 5)) * time.Second
 	rounds := benchEnv("BENCH_ROUNDS", 3)
 	const size = 1000
@@ -108,9 +205,14 @@ func TestCascadeHopCost(t *testing.T) {
 	const tokenKey = "0123456789abcdef-bench"
 	const nodeID = 100
 	sfuAdmin := port(4)
-	n := startChild(t, "sfu", "--nats", "nats://"+port(0), "--nats-creds", filepath.Join(creds, "sfu-a.creds"),
+	args := []string{"sfu", "--nats", "nats://" + port(0), "--nats-creds", filepath.Join(creds, "sfu-a.creds"),
 		"--udp", port(2), "--tcp", port(3), "--admin", sfuAdmin, "--cascade-listen", port(5), "--cascade-secret-file", secretFile,
-		"--cascade-token-key", tokenKey, "--cascade-id", strconv.Itoa(nodeID), "--log-level", "warn")
+		"--cascade-token-key", tokenKey, "--cascade-id", strconv.Itoa(nodeID), "--log-level", "warn"}
+	profile := os.Getenv("BENCH_PROFILE") // a file: the node's CPU profile of round 1's phase (hop or webrtc, x HI)
+	if profile != "" {
+		args = append(args, "--pprof")
+	}
+	n := startChild(t, args...)
 	waitReady(t, sfuAdmin, 30*time.Second, n.exited, n.output)
 	pid := n.cmd.Process.Pid
 	relayPort := netip.MustParseAddrPort(port(5))
@@ -197,7 +299,9 @@ func TestCascadeHopCost(t *testing.T) {
 		return testkit.Eventually(300*time.Millisecond, func() bool { return got.Load() > 0 })
 	})
 
-	// WebRTC: S subscribers in room "bench", a relay client publishing
+	// WebRTC: two rooms, "bench-lo" with lo subscribers and "bench-hi" with
+	// hi, each with its relay client publishing; both sets stay connected
+	// through every phase, so their idle cost (RTCP) is in every figure
 	sigCl, err := bus.Connect(bus.Config{URLs: []string{"nats://" + port(0)}, Name: "bench signal", RequestTimeout: 30 * time.Second,
 		CredsFile: filepath.Join(creds, "signal.creds")}, nil)
 	if err != nil {
@@ -211,30 +315,37 @@ func TestCascadeHopCost(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	var viewers []*loadgen.Client
-	for i := range subs {
-		v, err := loadgen.Dial(ctx, api, loadgen.NewBusSignaler(sigCl, "a"), loadgen.ClientConfig{Room: "bench", Identity: fmt.Sprintf("v%d", i), Subscribe: true})
+	var rcs []*relayclient.Client
+	for _, room := range []struct {
+		name string
+		n    int
+	}{{"bench-lo", lo}, {"bench-hi", hi}} {
+		for i := range room.n {
+			v, err := loadgen.Dial(ctx, api, loadgen.NewBusSignaler(sigCl, "a"), loadgen.ClientConfig{Room: room.name, Identity: fmt.Sprintf("v%d", i), Subscribe: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer v.Close()
+			viewers = append(viewers, v)
+		}
+		tok, sec, err := relayauth.Mint([]byte(tokenKey), signal.Claims{Room: room.name, Identity: "ingest", Publish: true, Expires: time.Now().Add(time.Hour).Unix()})
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer v.Close()
-		viewers = append(viewers, v)
+		rc, err := relayclient.Dial(ctx, relayclient.Config{Server: relayPort, Token: tok, Secret: sec, Room: room.name,
+			Local: netip.MustParseAddrPort("127.0.0.1:0"), Tracks: []relayclient.Track{{ID: "cam", Video: true, MimeType: "video/VP8", ClockRate: 90000}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rc.Close()
+		rcs = append(rcs, rc)
 	}
-	tok, sec, err := relayauth.Mint([]byte(tokenKey), signal.Claims{Room: "bench", Identity: "ingest", Publish: true, Expires: time.Now().Add(time.Hour).Unix()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rc, err := relayclient.Dial(ctx, relayclient.Config{Server: relayPort, Token: tok, Secret: sec, Room: "bench",
-		Local: netip.MustParseAddrPort("127.0.0.1:0"), Tracks: []relayclient.Track{{ID: "cam", Video: true, MimeType: "video/VP8", ClockRate: 90000}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rc.Close()
 	var rtpSeq uint16
 	vp8 := make([]byte, size-12)
 	vp8[0] = 0x10 // VP8 descriptor: start of partition 0; vp8[1] bit 0 clear: every packet a keyframe
 	pkt := rtp.Packet{Header: rtp.Header{Version: 2, PayloadType: 96, SSRC: 4242, Marker: true}, Payload: vp8}
 	rtpBuf := make([]byte, 0, 2048)
-	sendRTP := func() {
+	sendRTPTo := func(rc *relayclient.Client) {
 		rtpSeq++
 		pkt.SequenceNumber, pkt.Timestamp = rtpSeq, uint32(rtpSeq)*3000
 		b, err := pkt.Header.MarshalTo(rtpBuf[:cap(rtpBuf)])
@@ -242,6 +353,11 @@ func TestCascadeHopCost(t *testing.T) {
 			return
 		}
 		_ = rc.WriteRTP(0, 0, append(rtpBuf[:b], vp8...))
+	}
+	sendRTP := func() {
+		for _, rc := range rcs {
+			sendRTPTo(rc)
+		}
 	}
 	viewersGot := func() uint64 {
 		var s uint64
@@ -296,13 +412,56 @@ func TestCascadeHopCost(t *testing.T) {
 		}
 		return float64(c1-c0) / pkts, pkts
 	}
-	var hop, web []float64
+	// per round and mode: the average at each fan-out, and the slope
+	// (the CPU one more destination adds per packet out) between them
+	var fig [2]modeFigures // hop, webrtc
+	// full: every phase of the round got at least 95 % of the packets due
+	// out (a phase that lost some, on a loaded machine, counts the CPU of
+	// packets in for fewer packets out): the medians are of those rounds
+	var full []bool
+	due := func(fan int) float64 { return 0.95 * float64(pps*fan) * dur.Seconds() }
 	for r := range rounds {
-		hns, hp := measure(func() { sendHop(dsts) }, func() float64 { return float64(got.Load()) })
-		wns, wp := measure(sendRTP, forwardedMetric)
-		hop, web = append(hop, hns), append(web, wns)
-		t.Logf("round %d: hop %.0f ns CPU per relay packet out (%.0f out, %.0f/s); webrtc %.0f ns per SRTP packet out (%.0f out, %.0f/s); ratio %.2f",
-			r+1, hns, hp, hp/dur.Seconds(), wns, wp, wp/dur.Seconds(), hns/wns)
+		var line []string
+		whole := true
+		for m, mode := range []struct {
+			name     string
+			lo, hi   func()
+			out      func() float64
+			fullName string
+		}{
+			{"hop", func() { sendHop(dsts[:lo]) }, func() { sendHop(dsts[:hi]) }, func() float64 { return float64(got.Load()) }, "relay"},
+			{"webrtc", func() { sendRTPTo(rcs[0]) }, func() { sendRTPTo(rcs[1]) }, forwardedMetric, "SRTP"},
+		} {
+			nsLo, pLo := measure(mode.lo, mode.out)
+			var prof chan error
+			if r == 0 && profile != "" && mode.name == benchEnvString("BENCH_PROFILE_MODE", "hop") {
+				prof = make(chan error, 1)
+				go func() { prof <- fetchProfile(sfuAdmin, max(1, int(dur.Seconds())-1), profile) }()
+			}
+			nsHi, pHi := measure(mode.hi, mode.out)
+			if prof != nil {
+				if err := <-prof; err != nil {
+					t.Fatal(err)
+				}
+				t.Logf("SUMMARY profile of the node, %s x%d: %s", mode.name, hi, profile)
+			}
+			slope := (nsHi*pHi - nsLo*pLo) / (pHi - pLo)
+			perIn := (nsLo*pLo - slope*pLo) / (float64(pps) * dur.Seconds())
+			fig[m].add(nsLo, nsHi, slope, perIn)
+			whole = whole && pLo >= due(lo) && pHi >= due(hi)
+			line = append(line, fmt.Sprintf("%s x%d %.0f ns/%s out (%.0f/s), x%d %.0f ns (%.0f/s), slope %.0f ns per added output, fixed %.0f ns per packet in",
+				mode.name, lo, nsLo, mode.fullName, pLo/dur.Seconds(), hi, nsHi, pHi/dur.Seconds(), slope, perIn))
+		}
+		full = append(full, whole)
+		t.Logf("round %d: %s; avg ratio x%d %.2f x%d %.2f, slope ratio %.2f%s", r+1, strings.Join(line, "; "),
+			lo, fig[0].lo[r]/fig[1].lo[r], hi, fig[0].hi[r]/fig[1].hi[r], fig[0].slope[r]/fig[1].slope[r],
+			map[bool]string{true: "", false: " (SHORT: a phase got under 95 % of its packets out)"}[whole])
+	}
+	nFull := 0
+	for m := range fig {
+		if k := fig[m].only(full); k > 0 {
+			nFull = k
+		}
 	}
 	if v := viewersGot(); v == 0 {
 		t.Fatal("the viewers received nothing")
@@ -346,11 +505,21 @@ func TestCascadeHopCost(t *testing.T) {
 	if len(hl) < 1000 || len(dl) < 1000 {
 		t.Fatalf("latency samples: %d through the node, %d direct", len(hl), len(dl))
 	}
-	hm, wm := median(hop), median(web)
-	t.Logf("SUMMARY pps=%d subscribers/next-hops=%d seconds=%v rounds=%d size=%d", pps, subs, dur.Seconds(), rounds, size)
-	t.Logf("SUMMARY hop: median %.0f ns CPU per relay packet out = %.0f packets per CPU-second", hm, 1e9/hm)
-	t.Logf("SUMMARY webrtc: median %.0f ns CPU per SRTP packet out = %.0f packets per CPU-second", wm, 1e9/wm)
-	t.Logf("SUMMARY ratio hop/webrtc: %.2f (goal <= 0.5)", hm/wm)
+	t.Logf("SUMMARY pps=%d fan-outs (next hops / subscribers)=%d,%d seconds=%v rounds=%d size=%d", pps, lo, hi, dur.Seconds(), rounds, size)
+	if nFull > 0 {
+		t.Logf("SUMMARY medians of the %d of %d rounds whose every phase got >= 95 %% of its packets out", nFull, rounds)
+	} else {
+		t.Logf("SUMMARY no round got >= 95 %% of its packets out in every phase: medians of all %d rounds (the machine is too loaded)", rounds)
+	}
+	for m, name := range []string{"hop", "webrtc"} {
+		f := &fig[m]
+		t.Logf("SUMMARY %s: median ns CPU per packet out x%d %.0f (%.0f per CPU-second), x%d %.0f (%.0f per CPU-second); slope %.0f ns per added output; fixed %.0f ns per packet in",
+			name, lo, median(f.lo), 1e9/median(f.lo), hi, median(f.hi), 1e9/median(f.hi), median(f.slope), median(f.perIn))
+	}
+	t.Logf("SUMMARY ratio hop/webrtc, average per packet out: x%d %.2f, x%d %.2f (goal <= 0.5)",
+		lo, median(fig[0].lo)/median(fig[1].lo), hi, median(fig[0].hi)/median(fig[1].hi))
+	t.Logf("SUMMARY ratio hop/webrtc, marginal (slope, per added output): %.2f (goal <= 0.5); fixed per packet in: %.2f",
+		median(fig[0].slope)/median(fig[1].slope), median(fig[0].perIn)/median(fig[1].perIn))
 	t.Logf("SUMMARY latency A->node->C p50 %v p99 %v; A->C direct p50 %v p99 %v; added p50 %v p99 %v (goal p99 < 200us)",
 		percentile(hl, 0.5), percentile(hl, 0.99), percentile(dl, 0.5), percentile(dl, 0.99),
 		percentile(hl, 0.5)-percentile(dl, 0.5), percentile(hl, 0.99)-percentile(dl, 0.99))

@@ -2,6 +2,7 @@ package relay
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -227,8 +228,13 @@ type Endpoint struct {
 
 // scratch is the buffers one goroutine needs to route and send a message.
 type scratch struct {
-	h      relaywire.Header
-	hdr    []byte
+	h relaywire.Header
+	// hdr holds the data body being sent: the link sequence's room, then
+	// the re-encoded relay header and the payload
+	hdr []byte
+	// now is the time the frame being handled arrived (or the local send
+	// began): one clock read per packet in, not one per next hop
+	now    time.Time
 	frame  []byte
 	groups [relaywire.MaxDst]group
 	out    outQ
@@ -543,6 +549,7 @@ func (e *Endpoint) originate(s *scratch, h *relaywire.Header, k StreamKey, paylo
 	r, p := len(k.Room), len(k.Room)+len(k.Publisher)
 	h.Room, h.Publisher, h.Track = names[:r], names[r:p], names[p:]
 	h.RouteID = e.routes.Load().id
+	s.now = time.Now()
 	// the names live in s.frame until the header is encoded; route encodes
 	// into s.hdr and seals into the out queue's buffers
 	e.route(s, h, payload, 0, false)
@@ -654,14 +661,16 @@ func (e *Endpoint) sendGroups(s *scratch, h *relaywire.Header, payload []byte, n
 		fh.HopLimit = hop
 		fh.NDst = g.n
 		copy(fh.Dst[:], g.dsts[:g.n])
-		msg, err := relaywire.AppendHeader(s.hdr[:0], &fh)
-		if err != nil || len(msg)+len(payload) > relaywire.MaxShardLen-2 {
+		// the data body in one piece: the sequence sendData numbers it
+		// with, then the message, so the message is copied once here
+		body, err := relaywire.AppendHeader(s.hdr[:relaywire.DataSeqLen], &fh)
+		if err != nil || len(body)-relaywire.DataSeqLen+len(payload) > relaywire.MaxShardLen-2 {
 			e.m.drops[dropMalformed].Inc()
 			continue
 		}
-		msg = append(msg, payload...)
-		s.hdr = msg[:0]
-		e.sendData(p, msg, &s.out)
+		body = append(body, payload...)
+		s.hdr = body[:0]
+		e.sendData(p, body, s.now, &s.out)
 		if local || s.fanning {
 			e.m.forwarded.Inc()
 		} else {
@@ -670,21 +679,21 @@ func (e *Endpoint) sendGroups(s *scratch, h *relaywire.Header, payload []byte, n
 	}
 }
 
-// sendData numbers msg on p's link, seals it and any parity its FEC group
-// closed, and queues them.
-func (e *Endpoint) sendData(p *peer, msg []byte, out *outQ) {
+// sendData numbers the message in body (a data body whose first
+// DataSeqLen bytes are the sequence's room) on p's link, seals it and any
+// parity its FEC group closed, and queues them.
+func (e *Endpoint) sendData(p *peer, body []byte, now time.Time, out *outQ) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.nParity = 0
-	now := time.Now()
-	seq, err := p.sender(now).Next(msg, now, p.body, p.emit)
+	seq, err := p.sender(now).Next(body[relaywire.DataSeqLen:], now, p.body, p.emit)
 	if err != nil {
 		e.m.drops[dropMalformed].Inc()
 		return
 	}
 	p.dataSent++
-	p.body = relaywire.AppendData(p.body[:0], seq, msg)
-	e.queue(p, relaywire.TypeData, p.body, out)
+	binary.BigEndian.PutUint32(body, seq)
+	e.queue(p, relaywire.TypeData, body, out)
 	e.queueParity(p, out)
 }
 
@@ -812,6 +821,7 @@ func (e *Endpoint) handleFrame(b []byte, from netip.AddrPort, s *scratch) {
 	}
 	e.rx.slab, e.rx.off = e.rx.slab[:0], e.rx.off[:0]
 	now := time.Now()
+	s.now = now
 	p.mu.Lock()
 	switch lh.Type {
 	case relaywire.TypeData:

@@ -10,7 +10,13 @@ import (
 // (while waiting for readiness) hold on to it.
 func Exited(cmd *exec.Cmd) <-chan error {
 	c := make(chan error, 1)
-	go func() { c <- cmd.Wait() }()
+	go func() {
+		c <- cmd.Wait()
+		// Closed after the one value: whoever reads it first (a readiness
+		// wait that sees the child stop early) does not leave a later
+		// reader (AwaitExit in a cleanup) waiting forever.
+		close(c)
+	}()
 	return c
 }
 

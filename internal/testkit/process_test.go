@@ -29,3 +29,26 @@ func TestAwaitExit(t *testing.T) {
 		t.Errorf("AwaitExit took %v to kill", d)
 	}
 }
+
+// TestAwaitExitAfterEarlyRead: a readiness wait that read the child's exit
+// first does not leave AwaitExit (a cleanup's) waiting forever.
+func TestAwaitExitAfterEarlyRead(t *testing.T) {
+	cmd := exec.Command("false")
+	if err := cmd.Start(); err != nil {
+		t.Skipf("no false(1): %v", err)
+	}
+	exited := Exited(cmd)
+	if err := <-exited; err == nil {
+		t.Fatal("false(1) exited without an error")
+	}
+	done := make(chan bool, 1)
+	go func() { _, ok := AwaitExit(cmd, exited, 50*time.Millisecond); done <- ok }()
+	select {
+	case ok := <-done:
+		if !ok {
+			t.Error("an exited child reported as still running")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("AwaitExit waits forever once the exit was read elsewhere")
+	}
+}

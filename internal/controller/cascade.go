@@ -52,6 +52,7 @@ type cascadeView struct {
 	// tables are every relay node's route table as last computed, to
 	// count what each computation changed (routeChanges).
 	tables map[routes.NodeID]map[routes.NodeID]routes.NodeID
+	left   bool // a node left since the last computation
 
 	// The relay links' key epoch as stored in the leader bucket (its
 	// revision), when it was last stepped; epochKnown once the leader read
@@ -65,6 +66,9 @@ type cascadeView struct {
 	// routeChanges counts, by destination node, the next hops toward it
 	// that any node's table added, moved or removed.
 	routeChanges *prometheus.CounterVec
+	// directRoutes is, by destination node, how many nodes' tables reach
+	// it over their own link to it (next hop = destination).
+	directRoutes *prometheus.GaugeVec
 }
 
 type pubView struct {
@@ -85,8 +89,11 @@ func newCascadeView(reg prometheus.Registerer) (*cascadeView, error) {
 		routeChanges: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "traverse", Subsystem: "controller",
 			Name: "cascade_route_changes_total", Help: "Cascade route changes by destination node: next hops toward it that a node's table added, moved or removed."},
 			[]string{"dst"}),
+		directRoutes: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "traverse", Subsystem: "controller",
+			Name: "cascade_direct_routes", Help: "Cascade nodes whose route to the destination node is their own link to it (next hop = destination)."},
+			[]string{"dst"}),
 	}
-	for _, m := range []prometheus.Collector{v.commands, v.badReports, v.rotations, v.routeChanges} {
+	for _, m := range []prometheus.Collector{v.commands, v.badReports, v.rotations, v.routeChanges, v.directRoutes} {
 		if err := reg.Register(m); err != nil {
 			return nil, err
 		}
@@ -191,6 +198,7 @@ func (c *Controller) cascadeStep(ctx context.Context, now time.Time) {
 	}
 	nodes := c.cascadeNodes()
 	live := map[uint32]bool{}
+	joined := false
 	for name, n := range nodes {
 		id := n.rec.RelayID
 		live[id] = true
@@ -201,6 +209,7 @@ func (c *Controller) cascadeStep(ctx context.Context, now time.Time) {
 		if _, ok := v.inRouter[id]; !ok {
 			v.router.AddNode(routes.NodeID(id))
 			v.inRouter[id] = name
+			joined = true
 		}
 	}
 	for id := range v.inRouter {
@@ -208,10 +217,7 @@ func (c *Controller) cascadeStep(ctx context.Context, now time.Time) {
 			v.removeNode(id)
 		}
 	}
-	if v.router.Compute(now) > 0 {
-		v.gen++
-		v.countRouteChanges()
-	}
+	v.computeRoutes(now, joined)
 	v.prevTrees, v.trees = v.trees, map[string]routes.Tree{}
 	rev := c.leading.Load()
 	if rev == 0 || !c.acting() || !c.cascadeEpoch(ctx, now) {
@@ -245,19 +251,37 @@ func (c *Controller) cascadeStep(ctx context.Context, now time.Time) {
 	}
 }
 
+// computeRoutes recomputes the tables (the generation moves when a
+// route changed) and counts the changes; nodesChanged: a node joined or
+// left since the last computation (removeNode takes away its routes
+// without Compute counting them).
+func (v *cascadeView) computeRoutes(now time.Time, nodesChanged bool) {
+	changed := v.router.Compute(now) > 0
+	if changed {
+		v.gen++
+	}
+	if changed || nodesChanged || v.left {
+		v.countRouteChanges()
+		v.left = false
+	}
+}
+
 // removeNode takes relay id out of the router, with its route-change
 // series and last table.
 func (v *cascadeView) removeNode(id uint32) {
 	v.router.RemoveNode(routes.NodeID(id))
 	v.routeChanges.DeleteLabelValues(v.inRouter[id])
+	v.directRoutes.DeleteLabelValues(v.inRouter[id])
 	delete(v.tables, routes.NodeID(id))
 	delete(v.inRouter, id)
+	v.left = true
 }
 
 // countRouteChanges compares every relay node's table with the last
 // computation's (v.tables) and counts each next hop added, moved or
-// removed by its destination (routeChanges); routes toward or at nodes
-// that left the cascade are not counted.
+// removed by its destination (routeChanges), and sets how many nodes
+// reach each destination over their own link to it (directRoutes);
+// routes toward or at nodes that left the cascade are not counted.
 func (v *cascadeView) countRouteChanges() {
 	count := func(dst routes.NodeID) {
 		if name, ok := v.inRouter[uint32(dst)]; ok {
@@ -265,12 +289,16 @@ func (v *cascadeView) countRouteChanges() {
 		}
 	}
 	tables := make(map[routes.NodeID]map[routes.NodeID]routes.NodeID, len(v.inRouter))
+	direct := make(map[routes.NodeID]int, len(v.inRouter))
 	for id := range v.inRouter {
 		n := routes.NodeID(id)
 		tab, old := v.router.Table(n), v.tables[n]
 		for dst, via := range tab {
 			if prev, ok := old[dst]; !ok || prev != via {
 				count(dst)
+			}
+			if via == dst {
+				direct[dst]++
 			}
 		}
 		for dst := range old {
@@ -281,6 +309,9 @@ func (v *cascadeView) countRouteChanges() {
 		tables[n] = tab
 	}
 	v.tables = tables
+	for id, name := range v.inRouter {
+		v.directRoutes.WithLabelValues(name).Set(float64(direct[routes.NodeID(id)]))
+	}
 }
 
 // tree is the distribution tree of a track (routes.Tree): from its

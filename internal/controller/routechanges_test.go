@@ -11,7 +11,9 @@ import (
 )
 
 // TestCascadeRouteChangesByDestination: traverse_controller_cascade_route_changes_total
-// counts, per destination, the next hops added, moved and removed: the
+// counts, per destination, the next hops added, moved and removed, and
+// traverse_controller_cascade_direct_routes the nodes reaching it over
+// their own link to it: the
 // first tables add two routes toward each of three nodes; a-c losing 30 %
 // moves a's route to c and c's route to a through b after the hold, one
 // change each; a-c recovering moves them back, one each again; a node
@@ -39,23 +41,24 @@ func TestCascadeRouteChangesByDestination(t *testing.T) {
 	now := time.Unix(1_000_000, 0)
 	// step is cascadeStep's route part.
 	step := func() {
-		if v.router.Compute(now) > 0 {
-			v.gen++
-			v.countRouteChanges()
-		}
+		v.computeRoutes(now, false)
 		now = now.Add(cascadeTick)
 	}
-	want := func(when string, wa, wb, wc float64) {
+	want := func(when string, wa, wb, wc float64, direct [3]float64) {
 		t.Helper()
-		for dst, w := range map[string]float64{"a": wa, "b": wb, "c": wc} {
-			if got := testutil.ToFloat64(v.routeChanges.WithLabelValues(dst)); got != w {
+		for i, dst := range []string{"a", "b", "c"} {
+			if got, w := testutil.ToFloat64(v.routeChanges.WithLabelValues(dst)), [3]float64{wa, wb, wc}[i]; got != w {
 				t.Errorf("%s: %v route changes toward %s, want %v", when, got, dst, w)
+			}
+			if got := testutil.ToFloat64(v.directRoutes.WithLabelValues(dst)); got != direct[i] {
+				t.Errorf("%s: %v direct routes toward %s, want %v", when, got, dst, direct[i])
 			}
 		}
 	}
 	setAC(0)
-	step()
-	want("first tables", 2, 2, 2)
+	v.computeRoutes(now, true)
+	now = now.Add(cascadeTick)
+	want("first tables", 2, 2, 2, [3]float64{2, 2, 2})
 	if via, _ := v.router.NextHop(a, c); via != c {
 		t.Fatalf("a's route to c via %d, want direct", via)
 	}
@@ -66,7 +69,7 @@ func TestCascadeRouteChangesByDestination(t *testing.T) {
 	if via, _ := v.router.NextHop(a, c); via != b {
 		t.Fatalf("a's route to c via %d with a-c losing 30 %%, want b", via)
 	}
-	want("a-c losing 30 %", 3, 2, 3)
+	want("a-c losing 30 %", 3, 2, 3, [3]float64{1, 2, 1})
 	setAC(0)
 	for range 10 {
 		step()
@@ -74,11 +77,19 @@ func TestCascadeRouteChangesByDestination(t *testing.T) {
 	if via, _ := v.router.NextHop(a, c); via != c {
 		t.Fatalf("a's route to c via %d after a-c recovered, want direct", via)
 	}
-	want("a-c recovered", 4, 2, 4)
+	want("a-c recovered", 4, 2, 4, [3]float64{2, 2, 2})
 	// c leaves: its series goes (cascadeStep's removal).
 	v.removeNode(c)
 	step()
 	if n := testutil.CollectAndCount(v.routeChanges); n != 2 {
-		t.Errorf("%d series after c left, want 2 (a, b)", n)
+		t.Errorf("%d route-change series after c left, want 2 (a, b)", n)
+	}
+	if n := testutil.CollectAndCount(v.directRoutes); n != 2 {
+		t.Errorf("%d direct-route series after c left, want 2 (a, b)", n)
+	}
+	for _, dst := range []string{"a", "b"} {
+		if got := testutil.ToFloat64(v.directRoutes.WithLabelValues(dst)); got != 1 {
+			t.Errorf("after c left: %v direct routes toward %s, want 1", got, dst)
+		}
 	}
 }

@@ -48,28 +48,8 @@ const playout = 200 * time.Millisecond
 //     per data frame sent to b, from a's relay metrics.
 func TestCascadeLab(t *testing.T) {
 	browsertest.SkipUnlessAvailable(t)
-	lab := netlab.New(t)
-	hub := lab.Host("hub", lab.Internet())
-	nodes := [3]*netlab.Host{lab.Host("a", lab.Internet()), lab.Host("b", lab.Internet()), lab.Host("c", lab.Internet())}
-	if err := lab.Err(); err != nil {
-		t.Fatal(err)
-	}
-	reachLab(t, hub.Node, nodes[0].Node, nodes[1].Node, nodes[2].Node)
-	site := func(h *netlab.Host) cascadeSite {
-		return cascadeSite{addr: h.Addr(), base: 7000, wrap: h.Wrap()}
-	}
-	conn, err := hub.ListenUDP(netip.AddrPortFrom(hub.Addr(), 0))
-	if err != nil {
-		t.Fatal(err)
-	}
-	mux := ice.NewUDPMuxDefault(ice.UDPMuxParams{UDPConn: conn})
-	t.Cleanup(func() { _ = mux.Close() })
-	api, err := loadgen.NewAPI(false, hub.Addr(), loadgen.WithUDPMux(mux))
-	if err != nil {
-		t.Fatal(err)
-	}
 	start := time.Now()
-	cs := startCascade(t, site(hub), [3]cascadeSite{site(nodes[0]), site(nodes[1]), site(nodes[2])}, true, api)
+	hub, nodes, cs := startCascadeLab(t, true)
 	t.Logf("cascade of processes up in %v", time.Since(start).Round(time.Millisecond))
 
 	// 1. Publisher on a, pion subscriber on b, Chromium on c.
@@ -174,6 +154,37 @@ func TestCascadeLab(t *testing.T) {
 	if c1.Video < c0.Video+500 {
 		t.Errorf("the browser on c received %d video packets in the 10 s of loss", c1.Video-c0.Video)
 	}
+}
+
+// startCascadeLab starts the lab's cascade (startCascade, web as there):
+// netlab hosts a, b and c on the lab's internet, each running its
+// "traverse sfu" (relay ports 7015, 7019, 7023 on its own address), and
+// the hub running the bus, the controller and signal; the cascade's pion
+// clients gather on one UDP socket opened in the hub.
+func startCascadeLab(t *testing.T, web bool) (*netlab.Host, [3]*netlab.Host, *cascadeStack) {
+	t.Helper()
+	lab := netlab.New(t)
+	hub := lab.Host("hub", lab.Internet())
+	nodes := [3]*netlab.Host{lab.Host("a", lab.Internet()), lab.Host("b", lab.Internet()), lab.Host("c", lab.Internet())}
+	if err := lab.Err(); err != nil {
+		t.Fatal(err)
+	}
+	reachLab(t, hub.Node, nodes[0].Node, nodes[1].Node, nodes[2].Node)
+	site := func(h *netlab.Host) cascadeSite {
+		return cascadeSite{addr: h.Addr(), base: 7000, wrap: h.Wrap()}
+	}
+	conn, err := hub.ListenUDP(netip.AddrPortFrom(hub.Addr(), 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := ice.NewUDPMuxDefault(ice.UDPMuxParams{UDPConn: conn})
+	t.Cleanup(func() { _ = mux.Close() })
+	api, err := loadgen.NewAPI(false, hub.Addr(), loadgen.WithUDPMux(mux))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs := startCascade(t, site(hub), [3]cascadeSite{site(nodes[0]), site(nodes[1]), site(nodes[2])}, web, api)
+	return hub, nodes, cs
 }
 
 // browserStats is the Chromium subscriber's inbound-rtp totals.

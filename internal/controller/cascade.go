@@ -49,6 +49,10 @@ type cascadeView struct {
 	// trees are this step's distribution trees, by room NUL track key;
 	// prevTrees the last step's (the trees' hysteresis).
 	trees, prevTrees map[string]routes.Tree
+	// tables are every relay node's route table as last computed, to
+	// count what each computation changed (routeChanges).
+	tables map[routes.NodeID]map[routes.NodeID]routes.NodeID
+	left   bool // a node left since the last computation
 
 	// The relay links' key epoch as stored in the leader bucket (its
 	// revision), when it was last stepped; epochKnown once the leader read
@@ -59,6 +63,12 @@ type cascadeView struct {
 	epochKnown bool
 
 	commands, badReports, rotations prometheus.Counter
+	// routeChanges counts, by destination node, the next hops toward it
+	// that any node's table added, moved or removed.
+	routeChanges *prometheus.CounterVec
+	// directRoutes is, by destination node, how many nodes' tables reach
+	// it over their own link to it (next hop = destination).
+	directRoutes *prometheus.GaugeVec
 }
 
 type pubView struct {
@@ -69,15 +79,21 @@ type pubView struct {
 func newCascadeView(reg prometheus.Registerer) (*cascadeView, error) {
 	v := &cascadeView{router: routes.New(routes.Config{}), tracks: map[string]map[string]*pubView{},
 		members: map[string]map[string]int{}, sent: map[string][]byte{}, sentAt: map[string]time.Time{},
-		inRouter: map[uint32]string{}, trees: map[string]routes.Tree{},
+		inRouter: map[uint32]string{}, trees: map[string]routes.Tree{}, tables: map[routes.NodeID]map[routes.NodeID]routes.NodeID{},
 		commands: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "traverse", Subsystem: "controller",
 			Name: "cascade_commands_total", Help: "Cascade commands published to nodes."}),
 		badReports: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "traverse", Subsystem: "controller",
 			Name: "cascade_bad_reports_total", Help: "Cascade link reports dropped: unknown node, or a relay id not the node's."}),
 		rotations: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "traverse", Subsystem: "controller",
 			Name: "cascade_key_rotations_total", Help: "Relay key epochs this controller stepped."}),
+		routeChanges: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "traverse", Subsystem: "controller",
+			Name: "cascade_route_changes_total", Help: "Cascade route changes by destination node: next hops toward it that a node's table added, moved or removed."},
+			[]string{"dst"}),
+		directRoutes: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "traverse", Subsystem: "controller",
+			Name: "cascade_direct_routes", Help: "Cascade nodes whose route to the destination node is their own link to it (next hop = destination)."},
+			[]string{"dst"}),
 	}
-	for _, m := range []prometheus.Collector{v.commands, v.badReports, v.rotations} {
+	for _, m := range []prometheus.Collector{v.commands, v.badReports, v.rotations, v.routeChanges, v.directRoutes} {
 		if err := reg.Register(m); err != nil {
 			return nil, err
 		}
@@ -182,28 +198,26 @@ func (c *Controller) cascadeStep(ctx context.Context, now time.Time) {
 	}
 	nodes := c.cascadeNodes()
 	live := map[uint32]bool{}
+	joined := false
 	for name, n := range nodes {
 		id := n.rec.RelayID
 		live[id] = true
 		if owner, ok := v.inRouter[id]; ok && owner != name {
 			// Another node has the id now: its links are not the old one's.
-			v.router.RemoveNode(routes.NodeID(id))
-			delete(v.inRouter, id)
+			v.removeNode(id)
 		}
 		if _, ok := v.inRouter[id]; !ok {
 			v.router.AddNode(routes.NodeID(id))
 			v.inRouter[id] = name
+			joined = true
 		}
 	}
 	for id := range v.inRouter {
 		if !live[id] {
-			v.router.RemoveNode(routes.NodeID(id))
-			delete(v.inRouter, id)
+			v.removeNode(id)
 		}
 	}
-	if v.router.Compute(now) > 0 {
-		v.gen++
-	}
+	v.computeRoutes(now, joined)
 	v.prevTrees, v.trees = v.trees, map[string]routes.Tree{}
 	rev := c.leading.Load()
 	if rev == 0 || !c.acting() || !c.cascadeEpoch(ctx, now) {
@@ -234,6 +248,69 @@ func (c *Controller) cascadeStep(ctx context.Context, now time.Time) {
 			delete(v.sent, name)
 			delete(v.sentAt, name)
 		}
+	}
+}
+
+// computeRoutes recomputes the tables (the generation moves when a
+// route changed) and counts the changes; nodesChanged: a node joined or
+// left since the last computation (removeNode takes away its routes
+// without Compute counting them).
+func (v *cascadeView) computeRoutes(now time.Time, nodesChanged bool) {
+	changed := v.router.Compute(now) > 0
+	if changed {
+		v.gen++
+	}
+	if changed || nodesChanged || v.left {
+		v.countRouteChanges()
+		v.left = false
+	}
+}
+
+// removeNode takes relay id out of the router, with its route-change
+// series and last table.
+func (v *cascadeView) removeNode(id uint32) {
+	v.router.RemoveNode(routes.NodeID(id))
+	v.routeChanges.DeleteLabelValues(v.inRouter[id])
+	v.directRoutes.DeleteLabelValues(v.inRouter[id])
+	delete(v.tables, routes.NodeID(id))
+	delete(v.inRouter, id)
+	v.left = true
+}
+
+// countRouteChanges compares every relay node's table with the last
+// computation's (v.tables) and counts each next hop added, moved or
+// removed by its destination (routeChanges), and sets how many nodes
+// reach each destination over their own link to it (directRoutes);
+// routes toward or at nodes that left the cascade are not counted.
+func (v *cascadeView) countRouteChanges() {
+	count := func(dst routes.NodeID) {
+		if name, ok := v.inRouter[uint32(dst)]; ok {
+			v.routeChanges.WithLabelValues(name).Inc()
+		}
+	}
+	tables := make(map[routes.NodeID]map[routes.NodeID]routes.NodeID, len(v.inRouter))
+	direct := make(map[routes.NodeID]int, len(v.inRouter))
+	for id := range v.inRouter {
+		n := routes.NodeID(id)
+		tab, old := v.router.Table(n), v.tables[n]
+		for dst, via := range tab {
+			if prev, ok := old[dst]; !ok || prev != via {
+				count(dst)
+			}
+			if via == dst {
+				direct[dst]++
+			}
+		}
+		for dst := range old {
+			if _, ok := tab[dst]; !ok {
+				count(dst)
+			}
+		}
+		tables[n] = tab
+	}
+	v.tables = tables
+	for id, name := range v.inRouter {
+		v.directRoutes.WithLabelValues(name).Set(float64(direct[routes.NodeID(id)]))
 	}
 }
 

@@ -870,6 +870,12 @@ func (e *Endpoint) handleFrame(b []byte, from netip.AddrPort, s *scratch) {
 		if p.rcv != nil { // no data received: nothing to measure
 			if l := p.rcv.TakeLoss(); l >= 0 {
 				p.dataLoss += (l - p.dataLoss) * 0.3
+			} else {
+				// No data since the last probe: once routes leave a lossy
+				// link no data comes back to correct the figure, which
+				// would keep the link priced lossy for good. It fades;
+				// the probes' own loss stands for the link meanwhile.
+				p.dataLoss *= 0.7
 			}
 		}
 		p.body = relaywire.AppendEcho(p.body[:0], relaywire.Echo{ID: pr.ID, Sent: pr.Sent, LossPPM: uint32(p.dataLoss * 1e6)})

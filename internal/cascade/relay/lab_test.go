@@ -14,7 +14,9 @@ import (
 // needs the track and the routes send it A -> B -> C; C's link loses 10 %
 // of its packets both ways (nftables numgen, the kernel's own drop), so
 // the B-C relay link does. C must receive >= 99.5 % of the packets within
-// a 100 ms playout deadline; the FEC overhead on B-C is logged.
+// a 100 ms playout deadline; the FEC overhead on B-C is logged. Once the
+// data stops, the data loss C reports fades while the probes still see
+// the link's loss.
 func TestLabCascadeOverLossyLink(t *testing.T) {
 	lab := netlab.New(t)
 	hosts := map[NodeID]*netlab.Host{nA: lab.Host("a", lab.Internet()), nB: lab.Host("b", lab.Internet()), nC: lab.Host("c", lab.Internet())}
@@ -49,5 +51,15 @@ func TestLabCascadeOverLossyLink(t *testing.T) {
 	}
 	if c.metric(t, "traverse_relay_fec_recovered_total") == 0 || b.metric(t, "traverse_relay_retransmits_total") == 0 {
 		t.Fatal("neither FEC nor NACK repaired anything: was the link lossy?")
+	}
+	// The data stopped: the data loss C reports to B fades (once routes
+	// leave a lossy link no data comes back over it to correct the
+	// figure, which would keep the link priced lossy for good); the
+	// probes' own loss stands for the link.
+	testkit.WaitFor(t, 10*time.Second, "the data loss C reports fading once no data comes", func() bool {
+		return b.e.LinkStats()[nC].PeerLoss < 0.01
+	})
+	if st := b.e.LinkStats()[nC]; st.Loss == 0 {
+		t.Errorf("B's probes of C see no loss (%+v): was the link still lossy?", st)
 	}
 }

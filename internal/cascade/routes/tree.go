@@ -55,7 +55,9 @@ type segment struct{ path []NodeID }
 // it is not (the tables do not agree, as hysteresis may leave them), that
 // start is not taken. A need that no start reaches without a link twice
 // is sent from its nearest holder anyway (Shared counts them): the track
-// reaches it over a link it already crosses. Ties go to the lower node
+// reaches it over a link it already crosses. Costs within the routes'
+// hysteresis of each other are a tie (tie): the previous holder wins it,
+// then the holder fewer links from root; exact ties go to the lower node
 // ids, so the tree is the same for the same tables. A need that only a
 // leg putting it more than the router's HopLimit links from root would
 // reach is Unreached: the relay's hop limit would drop it on the way.
@@ -93,6 +95,7 @@ func (r *Router) Tree(root NodeID, need []NodeID, prev Tree) Tree {
 		}
 		slices.Sort(crossed)
 		bestCost, bestI, fallI := math.Inf(1), -1, -1
+		bestKey := [2]int{}
 		var bestPath, fallPath []NodeID
 		fallCost := math.Inf(1)
 		for i, n := range rest {
@@ -117,11 +120,14 @@ func (r *Router) Tree(root NodeID, need []NodeID, prev Tree) Tree {
 				if li := on[h]; li >= 0 && !r.cuttable(legs[li].path, h) {
 					continue
 				}
+				key := [2]int{1, depth[h]}
 				if ph, ok := parent[n]; ok && ph == h {
 					c -= max(r.cfg.Margin*c, minGain)
+					key[0] = 0
 				}
-				if c < bestCost {
-					bestCost, bestI, bestPath = c, i, p
+				if bestI < 0 || c < bestCost-r.tie(c, bestCost) ||
+					c <= bestCost+r.tie(c, bestCost) && (key[0] < bestKey[0] || key[0] == bestKey[0] && key[1] < bestKey[1]) {
+					bestCost, bestI, bestPath, bestKey = c, i, p, key
 				}
 			}
 			if _, in := on[n]; in && r.cuttable(legs[on[n]].path, n) {
@@ -183,6 +189,16 @@ func (r *Router) Tree(root NodeID, need []NodeID, prev Tree) Tree {
 		slices.Sort(t.Forward[h])
 	}
 	return t
+}
+
+// tie is how close two candidates' costs are for the tree to call them
+// equal: the routes' hysteresis (Margin of the lower, at least MinGain).
+// Among equals the previous holder wins, then the holder nearer the root
+// (fewer links from the publisher, so no detour through a node that
+// merely holds the track: on links of equal cost the tree does not hang
+// a node under another holder by the noise of the probes).
+func (r *Router) tie(a, b float64) float64 {
+	return max(r.cfg.Margin*min(a, b), float64(r.cfg.MinGain)/float64(time.Millisecond))
 }
 
 // setDepth records the depth of the nodes of a new leg path, from its

@@ -208,17 +208,19 @@ func treeOncePerLink(t *testing.T, perturb bool) {
 func TestTreeHysteresis(t *testing.T) {
 	prev := Tree{Forward: map[NodeID][]NodeID{A: {B, C}}}
 	for _, c := range []struct {
-		name string
-		bc   float64
-		prev Tree
-		want map[NodeID][]NodeID
+		name       string
+		ab, ac, bc float64
+		prev       Tree
+		want       map[NodeID][]NodeID
 	}{
-		{"no previous tree: C to its nearest, B", 0.6, Tree{}, map[NodeID][]NodeID{A: {B}, B: {C}}},
-		{"B nearer by 0.9 ms: C stays with A", 0.6, prev, map[NodeID][]NodeID{A: {B, C}}},
-		{"B nearer by 1.2 ms: C moves to B", 0.3, prev, map[NodeID][]NodeID{A: {B}, B: {C}}},
+		{"no previous tree, B nearer by 0.9 ms: a near-tie, C from the root's side, A", 1, 1.5, 0.6, Tree{}, map[NodeID][]NodeID{A: {B, C}}},
+		{"no previous tree, equal links: C from A, not through B", 1, 1, 1, Tree{}, map[NodeID][]NodeID{A: {B, C}}},
+		{"no previous tree, B nearer by 1.2 ms: C to its nearest, B", 1.5, 2, 0.8, Tree{}, map[NodeID][]NodeID{A: {B}, B: {C}}},
+		{"B nearer by 0.9 ms: C stays with A", 1, 1.5, 0.6, prev, map[NodeID][]NodeID{A: {B, C}}},
+		{"B nearer by 1.2 ms: C moves to B", 1, 1.5, 0.3, prev, map[NodeID][]NodeID{A: {B}, B: {C}}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			r := graph([]NodeID{A, B, C}, map[[2]NodeID]float64{{A, B}: 1, {A, C}: 1.5, {B, C}: c.bc})
+			r := graph([]NodeID{A, B, C}, map[[2]NodeID]float64{{A, B}: c.ab, {A, C}: c.ac, {B, C}: c.bc})
 			tr := r.Tree(A, []NodeID{B, C}, c.prev)
 			if len(tr.Forward) != len(c.want) {
 				t.Fatalf("forward %v, want %v", tr.Forward, c.want)

@@ -53,8 +53,9 @@ type serveEnv struct {
 	// own are the process's listeners, which serve's TURN refuses as
 	// peers even with loopback peers allowed (ownEndpoints).
 	own []netip.AddrPort
-	// turn is set by the turn role: its URLs and a credential minter for browsers.
-	turn *turnShare
+	// ice, set in serve, is filled by the stun and turn roles: their URLs
+	// and a TURN credential minter for browsers.
+	ice *iceShare
 	// budgets caps, by role, the connections the role's TCP listeners hold
 	// open together (connlimit.Split of the descriptor limit by fdShares).
 	budgets map[string]int
@@ -153,7 +154,7 @@ func runServe(ctx context.Context, args []string) error {
 		return err
 	}
 	adm := admin.New(log)
-	env := &serveEnv{log: log, admin: adm, cfg: cfg.roles, own: ownEndpoints(&cfg), budgets: fdBudgets(log)}
+	env := &serveEnv{log: log, admin: adm, ice: &iceShare{}, cfg: cfg.roles, own: ownEndpoints(&cfg), budgets: fdBudgets(log)}
 	adm.Limits.MaxConns = connlimit.Cap(adm.Limits.MaxConns, env.budgets["admin"])
 	var runners []runner
 	for _, r := range serveRoles {

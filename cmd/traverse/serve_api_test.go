@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -87,7 +88,11 @@ func TestServeRoomAPI(t *testing.T) {
 		return m
 	}
 	send(map[string]string{"type": "join", "token": tok})
-	if m := recv(); m.Type != signal.TypeJoined || len(m.ICEServers) == 0 || m.ICEServers[0].Username == "" {
+	// serve hands the page its own STUN server, then its TURN server with
+	// a minted credential.
+	if m := recv(); m.Type != signal.TypeJoined || len(m.ICEServers) != 2 ||
+		!slices.Equal(m.ICEServers[0].URLs, []string{"stun:" + lo(p.stun)}) || m.ICEServers[0].Username != "" ||
+		m.ICEServers[1].Username == "" || !slices.Contains(m.ICEServers[1].URLs, "turn:"+lo(p.turn)+"?transport=udp") {
 		t.Fatalf("joined: %+v", m)
 	}
 	if rooms := api("GET", "/v1/rooms", "")["rooms"].([]any); len(rooms) != 1 {

@@ -89,7 +89,7 @@ type signalRole struct {
 // startSignal connects to the bus as busCfg says and binds the HTTP
 // listener; the role's main loop is its run method. turn, when set,
 // supplies TURN URLs and credentials.
-func startSignal(c *signalConfig, busCfg bus.Config, turn *turnShare, log *slog.Logger, adm *admin.Server) (*signalRole, error) {
+func startSignal(c *signalConfig, busCfg bus.Config, ice *iceShare, log *slog.Logger, adm *admin.Server) (*signalRole, error) {
 	key := []byte(c.TokenKey)
 	if len(key) < 16 {
 		return nil, fmt.Errorf("%s must be at least 16 bytes", c.flag("token-key"))
@@ -98,7 +98,7 @@ func startSignal(c *signalConfig, busCfg bus.Config, turn *turnShare, log *slog.
 		return nil, err
 	}
 	product := signal.Config{Listen: c.HTTP}
-	if err := c.signalProductConfig.apply(&product, c.ICEURLs, turn, adm.Registry); err != nil {
+	if err := c.signalProductConfig.apply(&product, c.ICEURLs, ice, adm.Registry); err != nil {
 		return nil, err
 	}
 	var rules []signal.RegionRule
@@ -243,7 +243,7 @@ func init() {
 			}
 			serveAdminToken(c, env.log)
 			c.MaxConns = env.budgeted("signal", c.MaxConns, signal.DefaultMaxConns)
-			role, err := startSignal(c, busCfg, env.turn, env.log.With("role", "signal"), env.admin)
+			role, err := startSignal(c, busCfg, env.ice, env.log.With("role", "signal"), env.admin)
 			if err != nil {
 				return nil, err
 			}

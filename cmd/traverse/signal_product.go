@@ -59,8 +59,8 @@ func bindSignalProductFlags(fs *flag.FlagSet, prefix string, c *signalProductCon
 func (c *signalProductConfig) flag(name string) string { return "--" + c.prefix + name }
 
 // apply checks the values and fills cfg. iceURLs are the static
-// --ice-url URLs; turnShare, in serve, is the TURN role's.
-func (c *signalProductConfig) apply(cfg *signal.Config, iceURLs []string, share *turnShare, reg *prometheus.Registry) error {
+// --ice-url URLs; share, in serve, is its STUN and TURN roles'.
+func (c *signalProductConfig) apply(cfg *signal.Config, iceURLs []string, share *iceShare, reg *prometheus.Registry) error {
 	if c.AdminToken != "" && len(c.AdminToken) < 16 {
 		return fmt.Errorf("%s must be at least 16 bytes", c.flag("admin-token"))
 	}
@@ -94,6 +94,12 @@ func (c *signalProductConfig) apply(cfg *signal.Config, iceURLs []string, share 
 	if len(turnURLs) > 0 && c.TURNSecret == "" {
 		return fmt.Errorf("%s %s needs %s: browsers refuse a TURN server without a username and credential",
 			c.flag("ice-url"), turnURLs[0], c.flag("turn-secret"))
+	}
+	if share != nil {
+		stunURLs = append(stunURLs, share.STUN...)
+		if len(share.URLs) == 0 {
+			share = nil // no TURN role, or none a browser can reach
+		}
 	}
 	if len(stunURLs) > 0 || len(turnURLs) > 0 || share != nil {
 		secret := c.TURNSecret

@@ -41,6 +41,13 @@ func startSTUN(cfg stun.Config, env *serveEnv) (runner, error) {
 		return nil, err
 	}
 	env.admin.AddCheck("stun", s.Ready)
+	if env.ice != nil {
+		if h, ok := iceHostPort(s.Addr(), netip.Addr{}); ok {
+			env.ice.STUN = append(env.ice.STUN, "stun:"+h)
+		} else {
+			env.log.Warn("stun: listening on an unspecified address, so browsers are handed no STUN URL; set --stun-listen to a specific address, or --signal-ice-url", "listen", s.Addr())
+		}
+	}
 	return s.Run, nil
 }
 

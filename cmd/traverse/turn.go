@@ -181,10 +181,12 @@ func (c *turnConfig) serverConfig(log *slog.Logger, reg *admin.Server) (turn.Con
 	return cfg, nil
 }
 
-// turnShare is what the turn role tells the other roles of a serve process:
-// where browsers reach it and how to mint their credentials.
-type turnShare struct {
-	// URLs are ICE server URLs ("turn:127.0.0.1:3479?transport=udp").
+// iceShare is what serve's STUN and TURN roles tell its signal role: the
+// ICE servers browsers are handed and how to mint their TURN credentials.
+type iceShare struct {
+	// STUN are STUN server URLs ("stun:127.0.0.1:3478"), from serve's stun role.
+	STUN []string
+	// URLs are TURN server URLs ("turn:127.0.0.1:3479?transport=udp").
 	URLs []string
 	// user and pass are a static credential (the demo user), used when no
 	// shared secret is set.
@@ -194,7 +196,7 @@ type turnShare struct {
 // Credentials returns a user name and password for a browser: minted from
 // the shared secret and valid for ttl when one is set, else the static
 // user's.
-func (t *turnShare) Credentials(user string, ttl time.Duration) (string, string) {
+func (t *iceShare) Credentials(user string, ttl time.Duration) (string, string) {
 	if t.secret != "" {
 		return turn.RESTCredentials(t.secret, user, ttl, time.Now())
 	}
@@ -248,19 +250,41 @@ func startTurn(c *turnConfig, log *slog.Logger, adm *admin.Server) (*turn.Server
 	return s, run, nil
 }
 
-func (t *turnShare) fill(c *turnConfig, s *turn.Server) {
-	host := s.Addr().String()
-	t.URLs = []string{"turn:" + host + "?transport=udp"}
-	if a := s.TCPAddr(); a.IsValid() {
-		t.URLs = append(t.URLs, "turn:"+a.String()+"?transport=tcp")
+// fill records the TURN server's URLs and credentials. A listener on an
+// unspecified address (0.0.0.0, ::) names no host a browser can reach: the
+// relay IP stands in when it is specific, else the listener is left out
+// with a warning (--ice-url names public URLs).
+func (t *iceShare) fill(c *turnConfig, s *turn.Server, log *slog.Logger) {
+	alt, _ := netip.ParseAddr(c.RelayIP)
+	add := func(scheme string, a netip.AddrPort, transport string) {
+		if h, ok := iceHostPort(a, alt); ok {
+			t.URLs = append(t.URLs, scheme+":"+h+"?transport="+transport)
+		} else if a.IsValid() {
+			log.Warn("turn: listening on an unspecified address, so browsers are handed no URL for it; set --turn-listen or --turn-relay-ip to a specific address, or --signal-ice-url", "listen", a)
+		}
 	}
-	if a := s.TLSAddr(); a.IsValid() {
-		t.URLs = append(t.URLs, "turns:"+a.String()+"?transport=tcp")
-	}
+	add("turn", s.Addr(), "udp")
+	add("turn", s.TCPAddr(), "tcp")
+	add("turns", s.TLSAddr(), "tcp")
 	t.secret = c.AuthSecret
 	if len(c.Users) > 0 {
 		t.user, t.pass, _ = strings.Cut(c.Users[0], ":")
 	}
+}
+
+// iceHostPort is the host:port of an ICE server URL for listener a: a
+// itself, or alt's address at a's port when a's is unspecified; false
+// when neither names a reachable host.
+func iceHostPort(a netip.AddrPort, alt netip.Addr) (string, bool) {
+	switch {
+	case !a.IsValid():
+		return "", false
+	case !a.Addr().IsUnspecified():
+		return a.String(), true
+	case alt.IsValid() && !alt.IsUnspecified():
+		return netip.AddrPortFrom(alt, a.Port()).String(), true
+	}
+	return "", false
 }
 
 func init() {
@@ -281,8 +305,9 @@ func init() {
 			if err != nil {
 				return nil, err
 			}
-			env.turn = &turnShare{}
-			env.turn.fill(c, s)
+			if env.ice != nil {
+				env.ice.fill(c, s, env.log)
+			}
 			return run, nil
 		},
 	})

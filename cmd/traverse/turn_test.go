@@ -3,9 +3,8 @@ package main
 import (
 	"context"
 	"fmt"
-	"github.com/traverse-rtc/traverse/internal/testkit"
-	"github.com/traverse-rtc/traverse/internal/turn/turntest"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -13,6 +12,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/traverse-rtc/traverse/internal/testkit"
+	"github.com/traverse-rtc/traverse/internal/turn/turntest"
 )
 
 func turnAllocate(t *testing.T, server, user, pass string) error {
@@ -83,5 +85,32 @@ func TestTurnOffloadFlag(t *testing.T) {
 		"--admin", "", "--log-level", "warn", "--offload", "nftables"})
 	if err == nil || !strings.Contains(err.Error(), "want ebpf or off") {
 		t.Errorf("--offload nftables: %v", err)
+	}
+}
+
+// TestICEHostPort: a URL handed to browsers names a host they can reach:
+// the listener's own, the relay IP in place of an unspecified one, or none.
+func TestICEHostPort(t *testing.T) {
+	for _, tc := range []struct {
+		listen, alt string
+		want        string
+		ok          bool
+	}{
+		{"127.0.0.1:3479", "", "127.0.0.1:3479", true},
+		{"[::1]:3479", "", "[::1]:3479", true},
+		{"0.0.0.0:3479", "192.0.2.7", "192.0.2.7:3479", true},
+		{"[::]:3479", "2001:db8::7", "[2001:db8::7]:3479", true},
+		{"0.0.0.0:3479", "", "", false},
+		{"0.0.0.0:3479", "0.0.0.0", "", false},
+		{"", "192.0.2.7", "", false},
+	} {
+		var a netip.AddrPort
+		if tc.listen != "" {
+			a = netip.MustParseAddrPort(tc.listen)
+		}
+		alt, _ := netip.ParseAddr(tc.alt)
+		if got, ok := iceHostPort(a, alt); got != tc.want || ok != tc.ok {
+			t.Errorf("iceHostPort(%s, %q) = %q, %v; want %q, %v", tc.listen, tc.alt, got, ok, tc.want, tc.ok)
+		}
 	}
 }

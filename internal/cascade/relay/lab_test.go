@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"flag"
 	"net/netip"
 	"testing"
 	"time"
@@ -8,6 +9,8 @@ import (
 	"github.com/traverse-rtc/traverse/internal/netlab"
 	"github.com/traverse-rtc/traverse/internal/testkit"
 )
+
+var labSeconds = flag.Float64("relaylab.seconds", 0, "TestLabCascadeOverLossyLink: seconds each case sends for (0: the table's counts)")
 
 // TestLabCascadeOverLossyLink runs three relay endpoints in their own
 // network namespaces (netlab hosts on one lab internet). A publishes, C
@@ -18,6 +21,10 @@ import (
 // and at 240 (TestCascadeLab's media rate: groups closed by GroupDelay);
 // the FEC overhead on B-C is logged. Once the data stops, the data loss C
 // reports fades while the probes still see the link's loss.
+//
+// -relaylab.seconds makes each case send for that long instead (the FEC's
+// loss estimate takes about 1.5 s to reach the link's loss; longer runs
+// give the steady state's overhead).
 func TestLabCascadeOverLossyLink(t *testing.T) {
 	for _, tc := range []struct {
 		name             string
@@ -26,6 +33,9 @@ func TestLabCascadeOverLossyLink(t *testing.T) {
 		{"3000/s", 3000, 3000},
 		{"240/s", 600, 240},
 	} {
+		if *labSeconds > 0 {
+			tc.count = int(*labSeconds * float64(tc.perSecond))
+		}
 		t.Run(tc.name, func(t *testing.T) { labCascadeOverLossyLink(t, tc.count, tc.perSecond) })
 	}
 }

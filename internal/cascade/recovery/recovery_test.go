@@ -57,6 +57,30 @@ func TestParityFor(t *testing.T) {
 	}
 }
 
+// TestNackRounds: the NACK rounds that bring a lost message within the
+// deadline, from the link's RTT.
+func TestNackRounds(t *testing.T) {
+	ms := time.Millisecond
+	for _, c := range []struct {
+		rtt, deadline time.Duration
+		want          int
+	}{
+		{0, 200 * ms, 5}, // unknown: taken as near
+		{ms, 200 * ms, 5},
+		{ms, 40 * ms, 1},
+		{20 * ms, 200 * ms, 5},
+		{40 * ms, 200 * ms, 2},
+		{70 * ms, 200 * ms, 1},
+		{100 * ms, 200 * ms, 1},
+		{130 * ms, 200 * ms, 0},
+		{time.Second, 200 * ms, 0},
+	} {
+		if got := NackRounds(c.rtt, c.deadline); got != c.want {
+			t.Errorf("RTT %v, deadline %v: %d rounds, want %d", c.rtt, c.deadline, got, c.want)
+		}
+	}
+}
+
 // TestResidual checks the formula on cases worked by hand and against a
 // simulation of Reed-Solomon groups (a group short of k shards rebuilds
 // none of its lost data).
@@ -102,27 +126,34 @@ func TestResidual(t *testing.T) {
 	}
 }
 
-// TestGroupParityRate: whatever sizes GroupDelay closes groups at, parity
-// is m/GroupSize of the data messages (to within one shard), where a
-// short group used to get the protection of a full one; a full group gets
-// m; no loss, no parity.
+// TestGroupParityRate: on a link where NACKs repair in time, whatever
+// sizes GroupDelay closes groups at, parity is m/GroupSize of the data
+// messages (to within one shard), where a short group used to get the
+// protection of a full one; a full group gets m; no loss, no parity. On a
+// far link (no NACK round fits the deadline, or one) a short group gets
+// the protection of its size.
 func TestGroupParityRate(t *testing.T) {
 	for _, c := range []struct {
 		name  string
 		loss  float64
+		rtt   time.Duration
 		sizes []int // group sizes, repeated
 		want  float64
 	}{
-		{"full groups", 0.10, []int{16}, 5.0 / 16},
-		{"groups of 5 (240/s, 20 ms)", 0.10, []int{5}, 5.0 / 16},
-		{"video bursts and audio", 0.10, []int{7, 1, 3, 1, 12}, 5.0 / 16},
-		{"single messages", 0.10, []int{1}, 5.0 / 16},
-		{"5 % loss, groups of 6", 0.05, []int{6}, 3.0 / 16},
-		{"no loss", 0, []int{5, 16}, 0},
+		{"full groups", 0.10, 0, []int{16}, 5.0 / 16},
+		{"groups of 5 (240/s, 20 ms)", 0.10, 0, []int{5}, 5.0 / 16},
+		{"groups of 5, RTT 40 ms (2 NACK rounds)", 0.10, 40 * time.Millisecond, []int{5}, 5.0 / 16},
+		{"video bursts and audio", 0.10, time.Millisecond, []int{7, 1, 3, 1, 12}, 5.0 / 16},
+		{"single messages", 0.10, 0, []int{1}, 5.0 / 16},
+		{"5 % loss, groups of 6", 0.05, 0, []int{6}, 3.0 / 16},
+		{"no loss", 0, 0, []int{5, 16}, 0},
+		{"groups of 5, RTT 100 ms (1 round)", 0.10, 100 * time.Millisecond, []int{5}, 2.0 / 5},
+		{"full groups, RTT 130 ms (none)", 0.10, 130 * time.Millisecond, []int{16}, 6.0 / 16},
+		{"groups of 5, RTT 130 ms", 0.10, 130 * time.Millisecond, []int{5}, 2.0 / 5},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			s := NewSender(SenderConfig{})
-			s.SetLoss(c.loss)
+			s.SetLink(c.loss, c.rtt)
 			now := time.Unix(0, 0)
 			buf := make([]byte, 0, 2048)
 			parity, data := 0, 0

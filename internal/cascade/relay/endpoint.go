@@ -148,13 +148,20 @@ func (p *peer) sender(now time.Time) *recovery.Sender {
 	if p.snd == nil {
 		p.snd = recovery.NewSender(p.cfg.Sender)
 		if p.snd != nil {
-			p.snd.SetLoss(p.prb.Stats(now).PeerLoss)
+			p.tuneFEC(now)
 		}
 		for i := range p.parity {
 			p.parity[i] = make([]byte, 0, udpio.MaxPacket)
 		}
 	}
 	return p.snd
+}
+
+// tuneFEC gives the link's sender the loss the peer reports and the RTT
+// the probes measure (recovery.Sender.SetLink). p.mu is held.
+func (p *peer) tuneFEC(now time.Time) {
+	st := p.prb.Stats(now)
+	p.snd.SetLink(st.PeerLoss, st.RTT)
 }
 
 // receiver returns the link's receiver, made on first use. p.mu is held.
@@ -888,7 +895,7 @@ func (e *Endpoint) handleFrame(b []byte, from netip.AddrPort, s *scratch) {
 		}
 		p.prb.OnEcho(ec, now)
 		if p.snd != nil {
-			p.snd.SetLoss(p.prb.Stats(now).PeerLoss)
+			p.tuneFEC(now)
 		}
 	}
 	p.mu.Unlock()

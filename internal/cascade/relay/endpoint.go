@@ -158,10 +158,13 @@ func (p *peer) sender(now time.Time) *recovery.Sender {
 }
 
 // tuneFEC gives the link's sender the loss the peer reports and the RTT
-// the probes measure (recovery.Sender.SetLink). p.mu is held.
+// the probes measure (recovery.Sender.SetLink): the lesser of the
+// smoothed and the last, as for the NACK interval (tickPeer), so that one
+// probe answered late by a stalled process does not price the link as a
+// far one for seconds. p.mu is held.
 func (p *peer) tuneFEC(now time.Time) {
 	st := p.prb.Stats(now)
-	p.snd.SetLink(st.PeerLoss, st.RTT)
+	p.snd.SetLink(st.PeerLoss, min(st.RTT, st.LastRTT))
 }
 
 // receiver returns the link's receiver, made on first use. p.mu is held.

@@ -150,7 +150,7 @@ func (s *Sender) SetLink(loss float64, rtt time.Duration) {
 	loss = min(max(loss, 0), 1)
 	q := 1 - (1-loss)*(1-loss)
 	miss := s.cfg.MissTarget / math.Pow(q, float64(NackRounds(rtt, s.cfg.Deadline)))
-	for k := range s.need {
+	for k := 0; k <= s.cfg.GroupSize; k++ {
 		s.need[k] = uint8(ParityFor(k, loss, miss, s.cfg.MaxOverhead))
 	}
 	k := s.cfg.GroupSize
@@ -273,15 +273,14 @@ func (s *Sender) closeGroup(buf []byte, emit func(body []byte)) {
 // parity is m/GroupSize of the data messages whatever the groups' sizes;
 // and at least need[k], where the NACKs cannot repair in time what that
 // would leave. A full group gets m (the credit carried is under one
-// shard). A group of
-// k < GroupSize closed by GroupDelay would need more than that for the
-// Target (10 % loss, k=5: m=2, 40 %, where k=16 takes 31 %); a link of a
-// few hundred messages a second closes most groups so, and giving each
-// the protection of a full group cost it about 1.5 times the parity of a
-// busy link. Its larger Residual is left to the NACKs where they have
-// the time: k=5 groups at 10 % loss alternate m=1 (Residual 4.1 %) and
-// m=2 (1.1 %), 2.6 % on average; one NACK round at 10 % loss each way
-// leaves 0.5 %, two 0.09 %, five 0.0006 %.
+// shard). A group of k < GroupSize closed by GroupDelay would need more
+// than that for the Target (10 % loss, k=5: m=2, 40 %, where k=16 takes
+// 31 %); a link of a few hundred messages a second closes most groups
+// so, and giving each the protection of a full group cost it about 1.5
+// times the parity of a busy link. Its larger Residual is left to the
+// NACKs where they have the time: k=5 groups at 10 % loss alternate m=1
+// (Residual 4.1 %) and m=2 (1.1 %), 2.6 % on average; one NACK round at
+// 10 % loss each way leaves 0.5 %, two 0.09 %, five 0.0006 %.
 func (s *Sender) groupParity(k int) int {
 	if s.m == 0 || k <= 0 {
 		return 0

@@ -16,6 +16,15 @@ type ReceiverConfig struct {
 	// NackDelay is how long a gap waits for FEC or reordering before its
 	// first NACK (default 3 ms).
 	NackDelay time.Duration
+	// FECWait is how long a gap waits for its FEC group's parity before
+	// its first NACK while parity arrives on the link (default 25 ms: the
+	// Sender's default GroupDelay and one 5 ms tick of the relay's
+	// timers, the latest a group's parity leaves). Parity of the gap's
+	// group that does not rebuild it ends the wait (NACKed NackDelay
+	// after the gap was seen). Without it a gap of a group that closes
+	// by GroupDelay (a link of a few hundred messages a second) is
+	// NACKed before its parity is sent, and repaired twice.
+	FECWait time.Duration
 	// NackInterval is the least time between NACKs of one sequence; the
 	// link's RTT raises it (default 10 ms).
 	NackInterval time.Duration
@@ -35,6 +44,9 @@ func (c *ReceiverConfig) defaults() {
 	if c.NackDelay <= 0 {
 		c.NackDelay = 3 * time.Millisecond
 	}
+	if c.FECWait <= 0 {
+		c.FECWait = 25 * time.Millisecond
+	}
 	if c.NackInterval <= 0 {
 		c.NackInterval = 10 * time.Millisecond
 	}
@@ -48,6 +60,7 @@ func (c *ReceiverConfig) defaults() {
 
 type missing struct {
 	seq   uint32
+	seen  time.Time // when the gap was found
 	next  time.Time
 	tries int
 }
@@ -64,6 +77,11 @@ type group struct {
 
 const groups = 16
 
+// fecIdle is how many data messages without parity end the FEC wait for
+// gaps (ReceiverConfig.FECWait): the sender sends none at its measured
+// loss.
+const fecIdle = 4 * relaywire.MaxShards
+
 // Receiver is the receiving half of one link direction. It is not safe for
 // concurrent use.
 type Receiver struct {
@@ -77,6 +95,9 @@ type Receiver struct {
 	rebuilt [][]byte
 
 	expected, holes uint64 // since the last TakeLoss
+	// sinceParity counts data messages since the last parity (up to
+	// fecIdle): under fecIdle, new gaps wait FECWait for parity.
+	sinceParity int
 
 	// Counters, cumulative.
 	Received, Duplicates, Late, Recovered, GivenUp, Jumps uint64
@@ -85,7 +106,7 @@ type Receiver struct {
 // NewReceiver returns a Receiver.
 func NewReceiver(cfg ReceiverConfig) *Receiver {
 	cfg.defaults()
-	r := &Receiver{cfg: cfg, ring: make([]slot, cfg.Window)}
+	r := &Receiver{cfg: cfg, ring: make([]slot, cfg.Window), sinceParity: fecIdle}
 	slab := make([]byte, cfg.Window*relaywire.MaxShardLen)
 	for i := range r.ring {
 		r.ring[i].buf = slab[i*relaywire.MaxShardLen : (i+1)*relaywire.MaxShardLen]
@@ -123,6 +144,9 @@ func (r *Receiver) OnData(seq uint32, msg []byte, now time.Time, deliver func(se
 	}
 	r.store(seq, msg)
 	r.Received++
+	if r.sinceParity < fecIdle {
+		r.sinceParity++
+	}
 	switch {
 	case r.highest == 0:
 		r.highest = seq
@@ -165,7 +189,22 @@ func (r *Receiver) addMissing(seq uint32, now time.Time) {
 		r.GivenUp++
 		return
 	}
-	r.miss = append(r.miss, missing{seq: seq, next: now.Add(r.cfg.NackDelay)})
+	wait := r.cfg.NackDelay
+	if r.sinceParity < fecIdle && !r.covered(seq) {
+		wait = max(wait, r.cfg.FECWait)
+	}
+	r.miss = append(r.miss, missing{seq: seq, seen: now, next: now.Add(wait)})
+}
+
+// covered reports whether parity of seq's group arrived already.
+func (r *Receiver) covered(seq uint32) bool {
+	for i := range r.grp {
+		g := &r.grp[i]
+		if g.used && int32(seq-g.base) >= 0 && int(seq-g.base) < g.k {
+			return true
+		}
+	}
+	return false
 }
 
 func (r *Receiver) removeMissing(seq uint32) {
@@ -208,7 +247,17 @@ func (r *Receiver) OnParity(p *relaywire.Parity, deliver func(seq uint32, msg []
 	}
 	copy(g.par[p.Index], p.Shard)
 	g.have[p.Index] = true
+	r.sinceParity = 0
 	r.repair(g, deliver)
+	if !g.done {
+		// short of shards for now: its gaps wait no longer for FEC than
+		// for reordering (NackDelay)
+		for i := range r.miss {
+			if m := &r.miss[i]; m.tries == 0 && int32(m.seq-g.base) >= 0 && int(m.seq-g.base) < g.k {
+				m.next = m.seen.Add(r.cfg.NackDelay)
+			}
+		}
+	}
 }
 
 // repair rebuilds the group's missing data messages once k of its shards

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"math"
 	"math/rand/v2"
 	"net"
 	"net/netip"
@@ -17,17 +18,168 @@ import (
 	"github.com/traverse-rtc/traverse/internal/testkit"
 )
 
+// TestParityFor: the least m whose Residual meets the target, within the
+// overhead cap.
 func TestParityFor(t *testing.T) {
 	for _, c := range []struct {
-		loss float64
-		want int
-	}{{0, 0}, {0.01, 2}, {0.05, 4}, {0.10, 6}, {0.20, 8}, {0.5, 8}} {
-		if got := ParityFor(16, c.loss, 0.01, 0.5); got != c.want {
-			t.Errorf("loss %.2f: m=%d want %d", c.loss, got, c.want)
+		k           int
+		loss        float64
+		target, cap float64
+		want        int
+	}{
+		{16, 0, 0.01, 0.5, 0},
+		{16, 0.01, 0.01, 0.5, 0}, // the loss alone meets the target: NACKs only
+		{16, 0.02, 0.01, 0.5, 1},
+		{16, 0.05, 0.01, 0.5, 3},
+		{16, 0.10, 0.01, 0.5, 5}, // 31 %; the per-group rule took 6
+		{16, 0.10, 0.02, 0.5, 4},
+		{16, 0.20, 0.01, 0.5, 8}, // capped
+		{16, 0.20, 0.01, 1, 9},
+		{16, 1, 0.01, 0.5, 8},
+		{10, 0.10, 0.01, 0.5, 4},
+		{5, 0.10, 0.01, 0.5, 2},  // the cap: Residual 1.1 %
+		{1, 0.10, 0.01, 0.5, 0},  // the cap rounds down to none
+		{1, 0.10, 0.01, 1, 1},    // a copy: Residual 1 %
+		{32, 0.10, 0.01, 0.5, 7}, // larger groups, less parity per message (22 %)
+		{0, 0.10, 0.01, 0.5, 0},
+	} {
+		got := ParityFor(c.k, c.loss, c.target, c.cap)
+		if got != c.want {
+			t.Errorf("k=%d loss %.2f target %.2f cap %.1f: m=%d want %d", c.k, c.loss, c.target, c.cap, got, c.want)
+			continue
+		}
+		if got < int(c.cap*float64(c.k)) && Residual(c.k, got, c.loss) > c.target {
+			t.Errorf("k=%d loss %.2f: m=%d leaves %.4f > target %.2f", c.k, c.loss, got, Residual(c.k, got, c.loss), c.target)
+		}
+		if got > 0 && Residual(c.k, got-1, c.loss) <= c.target {
+			t.Errorf("k=%d loss %.2f: m=%d is not the least (m-1 leaves %.4f)", c.k, c.loss, got, Residual(c.k, got-1, c.loss))
 		}
 	}
-	if got := ParityFor(16, 0.2, 0.01, 1); got != 10 {
-		t.Errorf("20%% loss, overhead cap 1: m=%d want 10", got)
+}
+
+// TestNackRounds: the NACK rounds that bring a lost message within the
+// deadline, from the link's RTT.
+func TestNackRounds(t *testing.T) {
+	ms := time.Millisecond
+	for _, c := range []struct {
+		rtt, deadline time.Duration
+		want          int
+	}{
+		{0, 200 * ms, 5}, // unknown: taken as near
+		{ms, 200 * ms, 5},
+		{ms, 40 * ms, 1},
+		{20 * ms, 200 * ms, 5},
+		{40 * ms, 200 * ms, 2},
+		{70 * ms, 200 * ms, 1},
+		{100 * ms, 200 * ms, 1},
+		{130 * ms, 200 * ms, 0},
+		{time.Second, 200 * ms, 0},
+	} {
+		if got := NackRounds(c.rtt, c.deadline); got != c.want {
+			t.Errorf("RTT %v, deadline %v: %d rounds, want %d", c.rtt, c.deadline, got, c.want)
+		}
+	}
+}
+
+// TestResidual checks the formula on cases worked by hand and against a
+// simulation of Reed-Solomon groups (a group short of k shards rebuilds
+// none of its lost data).
+func TestResidual(t *testing.T) {
+	for _, c := range []struct {
+		k, m       int
+		loss, want float64
+	}{
+		{16, 0, 0.1, 0.1},                // no parity: the loss itself
+		{1, 1, 0.1, 0.01},                // a copy: both lost
+		{2, 1, 0.5, 3*0.125*2/3 + 0.125}, // 2 of 3 lost: 2/3 of the data; all 3: all
+		{4, 2, 0, 0},
+	} {
+		if got := Residual(c.k, c.m, c.loss); math.Abs(got-c.want) > 1e-12 {
+			t.Errorf("Residual(%d, %d, %v) = %v want %v", c.k, c.m, c.loss, got, c.want)
+		}
+	}
+	rng := rand.New(rand.NewPCG(5, 6))
+	for _, c := range []struct {
+		k, m int
+		loss float64
+	}{{16, 5, 0.1}, {5, 1, 0.1}, {5, 2, 0.1}, {10, 3, 0.05}} {
+		const groups = 100000
+		lostData := 0
+		for range groups {
+			lost, data := 0, 0
+			for i := 0; i < c.k+c.m; i++ {
+				if rng.Float64() < c.loss {
+					lost++
+					if i < c.k {
+						data++
+					}
+				}
+			}
+			if lost > c.m {
+				lostData += data
+			}
+		}
+		sim, want := float64(lostData)/float64(groups*c.k), Residual(c.k, c.m, c.loss)
+		if math.Abs(sim-want) > 0.1*want+0.0005 {
+			t.Errorf("k=%d m=%d loss %.2f: simulated %.4f, Residual %.4f", c.k, c.m, c.loss, sim, want)
+		}
+	}
+}
+
+// TestGroupParityRate: on a link where NACKs repair in time, whatever
+// sizes GroupDelay closes groups at, parity is m/GroupSize of the data
+// messages (to within one shard), where a short group used to get the
+// protection of a full one; a full group gets m; no loss, no parity. On a
+// far link (no NACK round fits the deadline, or one) a short group gets
+// the protection of its size.
+func TestGroupParityRate(t *testing.T) {
+	for _, c := range []struct {
+		name  string
+		loss  float64
+		rtt   time.Duration
+		sizes []int // group sizes, repeated
+		want  float64
+	}{
+		{"full groups", 0.10, 0, []int{16}, 5.0 / 16},
+		{"groups of 5 (240/s, 20 ms)", 0.10, 0, []int{5}, 5.0 / 16},
+		{"groups of 5, RTT 40 ms (2 NACK rounds)", 0.10, 40 * time.Millisecond, []int{5}, 5.0 / 16},
+		{"video bursts and audio", 0.10, time.Millisecond, []int{7, 1, 3, 1, 12}, 5.0 / 16},
+		{"single messages", 0.10, 0, []int{1}, 5.0 / 16},
+		{"5 % loss, groups of 6", 0.05, 0, []int{6}, 3.0 / 16},
+		{"no loss", 0, 0, []int{5, 16}, 0},
+		{"groups of 5, RTT 100 ms (1 round)", 0.10, 100 * time.Millisecond, []int{5}, 2.0 / 5},
+		{"full groups, RTT 130 ms (none)", 0.10, 130 * time.Millisecond, []int{16}, 6.0 / 16},
+		{"groups of 5, RTT 130 ms", 0.10, 130 * time.Millisecond, []int{5}, 2.0 / 5},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			s := NewSender(SenderConfig{})
+			s.SetLink(c.loss, c.rtt)
+			now := time.Unix(0, 0)
+			buf := make([]byte, 0, 2048)
+			parity, data := 0, 0
+			emit := func([]byte) { parity++ }
+			for g := 0; data < 3000; g++ {
+				k := c.sizes[g%len(c.sizes)]
+				before := parity
+				for range k {
+					if _, err := s.Next([]byte{byte(data), 1, 2}, now, buf, emit); err != nil {
+						t.Fatal(err)
+					}
+					data++
+				}
+				now = now.Add(25 * time.Millisecond)
+				s.Tick(now, buf, emit)
+				if k == 16 && parity-before != s.Parity() {
+					t.Fatalf("a full group got %d parity shards, want %d", parity-before, s.Parity())
+				}
+				if parity-before > k {
+					t.Fatalf("a group of %d got %d parity shards", k, parity-before)
+				}
+			}
+			if got := float64(parity) / float64(data); math.Abs(got-c.want)*float64(data) > 1 {
+				t.Errorf("%d parity for %d data messages (%.3f), want %.3f", parity, data, got, c.want)
+			}
+		})
 	}
 }
 
@@ -169,6 +321,83 @@ func TestNackAndGiveUp(t *testing.T) {
 	r.OnData(100000, []byte("z"), now, nop)
 	if r.Jumps != 1 || len(r.miss) > 1 {
 		t.Fatalf("jump: %d tracked", len(r.miss))
+	}
+}
+
+// TestNackWaitsForFEC: while parity arrives, a gap is NACKed FECWait
+// after it was seen, not NackDelay, unless FEC repairs it first; parity
+// of its group that cannot rebuild it ends the wait; without parity a gap
+// is NACKed after NackDelay.
+func TestNackWaitsForFEC(t *testing.T) {
+	t0 := time.Unix(0, 0)
+	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+	nop := func(uint32, []byte) {}
+	type parity struct{ base, k, m uint32 }
+	for _, c := range []struct {
+		name    string
+		prior   bool    // a parity of an earlier group arrived: FEC on
+		par     *parity // then parity covering the gap, at 5 ms
+		nackAt  int     // first ms (of 1..40) the gap is NACKed; 0 never
+		rebuilt bool
+	}{
+		{name: "no FEC on the link", nackAt: 3},
+		{name: "FEC on: waits for the group's parity", prior: true, nackAt: 25},
+		{name: "parity that cannot rebuild it ends the wait", prior: true, par: &parity{17, 4, 1}, nackAt: 5},
+		{name: "parity rebuilds it: never NACKed", prior: true, par: &parity{17, 4, 2}, rebuilt: true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			s := NewSender(SenderConfig{GroupSize: 4})
+			s.SetLoss(0.2) // k=4: m=2 each full group
+			var bodies [][]byte
+			emit := func(b []byte) { bodies = append(bodies, append([]byte(nil), b...)) }
+			var msgs [][]byte
+			for i := 0; i < 20; i++ {
+				msgs = append(msgs, []byte{byte(i)})
+				if _, err := s.Next(msgs[i], t0, make([]byte, 0, 2048), emit); err != nil {
+					t.Fatal(err)
+				}
+			}
+			shard := func(base uint32, index int) *relaywire.Parity {
+				for _, b := range bodies {
+					var p relaywire.Parity
+					if err := relaywire.ParseParity(b, &p); err != nil {
+						t.Fatal(err)
+					}
+					if p.Base == base && int(p.Index) == index {
+						return &p
+					}
+				}
+				t.Fatalf("no parity %d/%d", base, index)
+				return nil
+			}
+			r := NewReceiver(ReceiverConfig{})
+			for seq := uint32(1); seq <= 16; seq++ {
+				r.OnData(seq, msgs[seq-1], t0, nop)
+			}
+			if c.prior {
+				r.OnParity(shard(13, 0), nop)
+			}
+			// seqs 17..20 are a group; 18 and 19 are lost
+			r.OnData(17, msgs[16], at(0), nop)
+			r.OnData(20, msgs[19], at(0), nop)
+			first := 0
+			for ms := 1; ms <= 40 && first == 0; ms++ {
+				if c.par != nil && ms == 5 {
+					for i := 0; i < int(c.par.m); i++ {
+						r.OnParity(shard(c.par.base, i), nop)
+					}
+				}
+				if n := r.NackDue(at(ms), 0, nil); len(n) > 0 {
+					first = ms
+				}
+			}
+			if first != c.nackAt {
+				t.Errorf("first NACK at %d ms, want %d", first, c.nackAt)
+			}
+			if got := r.has(18) && r.has(19); got != c.rebuilt {
+				t.Errorf("rebuilt %v want %v", got, c.rebuilt)
+			}
+		})
 	}
 }
 

@@ -148,13 +148,23 @@ func (p *peer) sender(now time.Time) *recovery.Sender {
 	if p.snd == nil {
 		p.snd = recovery.NewSender(p.cfg.Sender)
 		if p.snd != nil {
-			p.snd.SetLoss(p.prb.Stats(now).PeerLoss)
+			p.tuneFEC(now)
 		}
 		for i := range p.parity {
 			p.parity[i] = make([]byte, 0, udpio.MaxPacket)
 		}
 	}
 	return p.snd
+}
+
+// tuneFEC gives the link's sender the loss the peer reports and the RTT
+// the probes measure (recovery.Sender.SetLink): the lesser of the
+// smoothed and the last, as for the NACK interval (tickPeer), so that one
+// probe answered late by a stalled process does not price the link as a
+// far one for seconds. p.mu is held.
+func (p *peer) tuneFEC(now time.Time) {
+	st := p.prb.Stats(now)
+	p.snd.SetLink(st.PeerLoss, min(st.RTT, st.LastRTT))
 }
 
 // receiver returns the link's receiver, made on first use. p.mu is held.
@@ -888,7 +898,7 @@ func (e *Endpoint) handleFrame(b []byte, from netip.AddrPort, s *scratch) {
 		}
 		p.prb.OnEcho(ec, now)
 		if p.snd != nil {
-			p.snd.SetLoss(p.prb.Stats(now).PeerLoss)
+			p.tuneFEC(now)
 		}
 	}
 	p.mu.Unlock()

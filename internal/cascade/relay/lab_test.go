@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"flag"
 	"net/netip"
 	"testing"
 	"time"
@@ -9,15 +10,37 @@ import (
 	"github.com/traverse-rtc/traverse/internal/testkit"
 )
 
+var labSeconds = flag.Float64("relaylab.seconds", 0, "TestLabCascadeOverLossyLink: seconds each case sends for (0: the table's counts)")
+
 // TestLabCascadeOverLossyLink runs three relay endpoints in their own
 // network namespaces (netlab hosts on one lab internet). A publishes, C
 // needs the track and the routes send it A -> B -> C; C's link loses 10 %
 // of its packets both ways (nftables numgen, the kernel's own drop), so
 // the B-C relay link does. C must receive >= 99.5 % of the packets within
-// a 100 ms playout deadline; the FEC overhead on B-C is logged. Once the
-// data stops, the data loss C reports fades while the probes still see
-// the link's loss.
+// a 100 ms playout deadline, at 3,000 packets a second (full FEC groups)
+// and at 240 (TestCascadeLab's media rate: groups closed by GroupDelay);
+// the FEC overhead on B-C is logged. Once the data stops, the data loss C
+// reports fades while the probes still see the link's loss.
+//
+// -relaylab.seconds makes each case send for that long instead (the FEC's
+// loss estimate takes about 1.5 s to reach the link's loss; longer runs
+// give the steady state's overhead).
 func TestLabCascadeOverLossyLink(t *testing.T) {
+	for _, tc := range []struct {
+		name             string
+		count, perSecond int
+	}{
+		{"3000/s", 3000, 3000},
+		{"240/s", 600, 240},
+	} {
+		if *labSeconds > 0 {
+			tc.count = int(*labSeconds * float64(tc.perSecond))
+		}
+		t.Run(tc.name, func(t *testing.T) { labCascadeOverLossyLink(t, tc.count, tc.perSecond) })
+	}
+}
+
+func labCascadeOverLossyLink(t *testing.T, count, perSecond int) {
 	lab := netlab.New(t)
 	hosts := map[NodeID]*netlab.Host{nA: lab.Host("a", lab.Internet()), nB: lab.Host("b", lab.Internet()), nC: lab.Host("c", lab.Internet())}
 	if err := lab.Err(); err != nil {
@@ -38,16 +61,15 @@ func TestLabCascadeOverLossyLink(t *testing.T) {
 	if err := a.e.SetNeed(key, []NodeID{nC}); err != nil {
 		t.Fatal(err)
 	}
-	const count = 3000
-	got := sendInTime(a, c, count, 1000)
+	got := sendInTime(a, c, count, 1000, perSecond)
 	fwd := b.metric(t, "traverse_relay_forwarded_total")
 	parity := b.metric(t, "traverse_relay_fec_parity_total")
 	st := b.e.LinkStats()[nC]
-	t.Logf("C got %d/%d (%.2f %%) in time through B; on B-C: parity frames %v (%.1f %% of %v data frames), retransmits %v, rebuilt by FEC at C %v; B measures C: RTT %v, loss %.3f, data loss reported %.3f",
-		got, count, 100*float64(got)/count, parity, 100*parity/fwd, fwd, b.metric(t, "traverse_relay_retransmits_total"),
+	t.Logf("%d/s: C got %d/%d (%.2f %%) in time through B; on B-C: parity frames %v (%.1f %% of %v data frames), retransmits %v, rebuilt by FEC at C %v; B measures C: RTT %v, loss %.3f, data loss reported %.3f",
+		perSecond, got, count, 100*float64(got)/float64(count), parity, 100*parity/fwd, fwd, b.metric(t, "traverse_relay_retransmits_total"),
 		c.metric(t, "traverse_relay_fec_recovered_total"), st.RTT, st.Loss, st.PeerLoss)
-	if float64(got) < 0.995*count {
-		t.Fatalf("%.2f %% in time, want >= 99.5 %%", 100*float64(got)/count)
+	if float64(got) < 0.995*float64(count) {
+		t.Fatalf("%.2f %% in time, want >= 99.5 %%", 100*float64(got)/float64(count))
 	}
 	if c.metric(t, "traverse_relay_fec_recovered_total") == 0 || b.metric(t, "traverse_relay_retransmits_total") == 0 {
 		t.Fatal("neither FEC nor NACK repaired anything: was the link lossy?")

@@ -394,9 +394,10 @@ func TestConfigErrors(t *testing.T) {
 }
 
 // sendInTime sends count numbered packets of size bytes, each stamped
-// with its sending time, from `from` on key (three a millisecond) and
-// returns how many `to` delivered within 100 ms of their sending.
-func sendInTime(from, to *node, count, size int) int64 {
+// with its sending time, from `from` on key at perSecond packets a second
+// (in bursts of one per millisecond's share, at least one) and returns how
+// many `to` delivered within 100 ms of their sending.
+func sendInTime(from, to *node, count, size, perSecond int) int64 {
 	var inTime atomic.Int64
 	seen := make([]bool, count)
 	var mu sync.Mutex
@@ -412,11 +413,12 @@ func sendInTime(from, to *node, count, size int) int64 {
 	}
 	to.sfu.onMedia.Store(&onMedia)
 	rtp := make([]byte, size)
-	tick := time.NewTicker(time.Millisecond)
+	burst := max(1, perSecond/1000)
+	tick := time.NewTicker(time.Second * time.Duration(burst) / time.Duration(perSecond))
 	defer tick.Stop()
 	for i := 0; i < count; {
 		<-tick.C
-		for j := 0; j < 3 && i < count; j, i = j+1, i+1 {
+		for j := 0; j < burst && i < count; j, i = j+1, i+1 {
 			binary.BigEndian.PutUint64(rtp, uint64(time.Now().UnixNano()))
 			binary.BigEndian.PutUint32(rtp[8:], uint32(i))
 			from.e.Send(key, 0, rtp)
@@ -446,7 +448,7 @@ func TestLossyLinkThroughEndpoints(t *testing.T) {
 		t.Fatal(err)
 	}
 	const count = 3000
-	got := sendInTime(a, b, count, 400)
+	got := sendInTime(a, b, count, 400, 3000)
 	sent := a.metric(t, "traverse_relay_sent_total")
 	parity := a.metric(t, "traverse_relay_fec_parity_total")
 	t.Logf("in time %d/%d (%.2f %%); FEC parity frames %v (%.1f %% of data frames); retransmits %v; rebuilt by FEC at B %v",

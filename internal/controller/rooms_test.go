@@ -10,8 +10,22 @@ import (
 
 	"github.com/traverse-rtc/traverse/internal/bus"
 	"github.com/traverse-rtc/traverse/internal/cluster"
+	"github.com/traverse-rtc/traverse/internal/cluster/clustertest"
 	"github.com/traverse-rtc/traverse/internal/testkit"
 )
+
+// threeNodes is leaderAndSignal with three nodes announcing and the room
+// directory open for reading.
+func threeNodes(t *testing.T) (c *clustertest.Cluster, a *running, s *cluster.Store, downs chan bus.NodeDown, n1, n2, n3 *fakeNode) {
+	t.Helper()
+	c, a, sig, downs := leaderAndSignal(t)
+	n1, n2, n3 = startNode(t, c, "sfu-1", ""), startNode(t, c, "sfu-2", ""), startNode(t, c, "sfu-3", "")
+	s, err := cluster.Open(context.Background(), sig.Conn(), cluster.Options{Buckets: []string{bus.BucketRooms}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, a, s, downs, n1, n2, n3
+}
 
 // TestControllerSpanningRoom: a room with participants on three nodes
 // (the cascade) keeps its home, the node of its first join, and counts
@@ -20,12 +34,7 @@ import (
 // stops and a controller that never saw the events takes over: it
 // continues from the directory's record.
 func TestControllerSpanningRoom(t *testing.T) {
-	c, a, sig, _ := leaderAndSignal(t)
-	n1, n2, n3 := startNode(t, c, "sfu-1", ""), startNode(t, c, "sfu-2", ""), startNode(t, c, "sfu-3", "")
-	s, err := cluster.Open(context.Background(), sig.Conn(), cluster.Options{Buckets: []string{bus.BucketRooms}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, a, s, _, n1, n2, n3 := threeNodes(t)
 	ctx := context.Background()
 	// want waits for the record: home, then the count on each node
 	want := func(what string, home string, counts map[string]int) {
@@ -86,12 +95,7 @@ func TestControllerSpanningRoom(t *testing.T) {
 // dead moves home to its node with the most participants, and the dead
 // node's participants are no longer counted.
 func TestControllerSpanningRoomNodeDown(t *testing.T) {
-	c, _, sig, downs := leaderAndSignal(t)
-	n1, n2, n3 := startNode(t, c, "sfu-1", ""), startNode(t, c, "sfu-2", ""), startNode(t, c, "sfu-3", "")
-	s, err := cluster.Open(context.Background(), sig.Conn(), cluster.Options{Buckets: []string{bus.BucketRooms}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, _, s, downs, n1, n2, n3 := threeNodes(t)
 	n1.event(t, bus.EventParticipantJoined, "span", "s1")
 	testkit.WaitFor(t, 5*time.Second, "the room on sfu-1", func() bool {
 		e, err := s.Room(context.Background(), "span")

@@ -119,7 +119,8 @@ func TestTreeChangeNoDuplicates(t *testing.T) {
 	dups := func() float64 { return ns[nC].metric(t, "traverse_relay_dropped_total", "reason", "duplicate") }
 	testkit.WaitFor(t, 10*time.Second, "C receiving through B", func() bool { return delivered(nC) >= count/5 })
 	apply(after, routesAfter, nA) // A sends to C too: C has two parents
-	twice := func() bool {        // a packet delivered twice (without the windows)
+	// twice: a packet delivered twice (what happens without the windows)
+	twice := func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		for _, n := range got[nC] {

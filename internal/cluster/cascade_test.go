@@ -291,7 +291,9 @@ func TestCascadeBothParentsNoDuplicates(t *testing.T) {
 	}
 	sent := func() float64 { return a.counter(t, "traverse_relay_sent_total") }
 	delivered := func(n *cascadeNode) float64 { return n.counter(t, "traverse_relay_delivered_total") }
-	dups := func(n *cascadeNode) float64 { return n.counter(t, "traverse_relay_dropped_total", "reason", "duplicate") }
+	dups := func(n *cascadeNode) float64 {
+		return n.counter(t, "traverse_relay_dropped_total", "reason", "duplicate")
+	}
 	force()
 	settle := sent()
 	testkit.WaitFor(t, 10*time.Second, "A sending 60 more", func() bool {

@@ -453,7 +453,8 @@ func (c *Controller) nodeDown(ctx context.Context, node, reason string) {
 	if err := c.bc.PublishNodeDown(bus.NodeDown{Node: node, Reason: reason, Controller: c.cfg.ID, Lease: rev, Time: time.Now().UTC()}); err != nil {
 		c.log.Warn("controller: node down", "node", node, "err", err)
 	}
-	// A dead node's participants are gone without leaving: forgotten. A
+	// A dead node's participants are gone without leaving: forgotten (a
+	// room they were the last of is removed, unless it is homed there). A
 	// room homed there moves home to its node with the most participants
 	// that is up, or, with none, is to be placed again.
 	up := func(n string) bool { v := c.nodes[n]; return v != nil && !v.rec.Dead && !v.rec.Draining }
@@ -466,7 +467,11 @@ func (c *Controller) nodeDown(ctx context.Context, node, reason string) {
 		if r.rec.Rehome(node, up) {
 			changed = true
 		}
-		if changed {
+		switch {
+		case !changed:
+		case r.rec.Participants <= 0 && !r.rec.Replace:
+			c.deleteRoom(ctx, r) // its last participants were the dead node's
+		default:
 			r.rec.Updated = time.Now().UTC()
 			c.writeRoom(ctx, r)
 		}
@@ -504,17 +509,22 @@ func (c *Controller) roomEvent(ctx context.Context, e bus.RoomEvent) {
 		return
 	}
 	if r.rec.Participants <= 0 {
-		delete(c.rooms, e.Room)
-		c.m.rooms.Set(float64(len(c.rooms)))
-		wctx, cancel := context.WithTimeout(ctx, c.cfg.LeaseTTL/2)
-		defer cancel()
-		if err := c.store.DeleteRoom(wctx, e.Room, r.rev); err != nil {
-			c.m.kvErrors.WithLabelValues("room").Inc()
-			c.dirty[e.Room] = true
-		}
+		c.deleteRoom(ctx, r)
 		return
 	}
 	c.writeRoom(ctx, r)
+}
+
+// deleteRoom removes r from the view and the directory (leader only).
+func (c *Controller) deleteRoom(ctx context.Context, r *roomView) {
+	delete(c.rooms, r.rec.Room)
+	c.m.rooms.Set(float64(len(c.rooms)))
+	wctx, cancel := context.WithTimeout(ctx, c.cfg.LeaseTTL/2)
+	defer cancel()
+	if err := c.store.DeleteRoom(wctx, r.rec.Room, r.rev); err != nil {
+		c.m.kvErrors.WithLabelValues("room").Inc()
+		c.dirty[r.rec.Room] = true
+	}
 }
 
 // writeRoom writes r with compare-and-set on the revision the view holds;

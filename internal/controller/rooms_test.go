@@ -93,7 +93,8 @@ func TestControllerSpanningRoom(t *testing.T) {
 
 // TestControllerSpanningRoomNodeDown: a spanning room's home declared
 // dead moves home to its node with the most participants, and the dead
-// node's participants are no longer counted.
+// node's participants are no longer counted; a room whose last
+// participants were on the dead node (homed elsewhere) is removed.
 func TestControllerSpanningRoomNodeDown(t *testing.T) {
 	_, _, s, downs, n1, n2, n3 := threeNodes(t)
 	n1.event(t, bus.EventParticipantJoined, "span", "s1")
@@ -104,9 +105,22 @@ func TestControllerSpanningRoomNodeDown(t *testing.T) {
 	n2.event(t, bus.EventParticipantJoined, "span", "s2")
 	n3.event(t, bus.EventParticipantJoined, "span", "s3")
 	n3.event(t, bus.EventParticipantJoined, "span", "s4")
-	testkit.WaitFor(t, 5*time.Second, "four on three nodes", func() bool {
+	// r2, homed on sfu-2, is left with one participant on sfu-1
+	n2.event(t, bus.EventParticipantJoined, "r2", "s5")
+	testkit.WaitFor(t, 5*time.Second, "r2 on sfu-2", func() bool {
+		e, err := s.Room(context.Background(), "r2")
+		return err == nil && e.Value.Node == "sfu-2"
+	})
+	n1.event(t, bus.EventParticipantJoined, "r2", "s6")
+	testkit.WaitFor(t, 5*time.Second, "r2 with one on sfu-1", func() bool {
+		e, err := s.Room(context.Background(), "r2")
+		return err == nil && e.Value.Count("sfu-1") == 1
+	})
+	n2.event(t, bus.EventParticipantLeft, "r2", "s5")
+	testkit.WaitFor(t, 5*time.Second, "four on three nodes, r2's one on sfu-1", func() bool {
 		e, err := s.Room(context.Background(), "span")
-		return err == nil && e.Value.Participants == 4
+		e2, err2 := s.Room(context.Background(), "r2")
+		return err == nil && e.Value.Participants == 4 && err2 == nil && e2.Value.Count("sfu-1") == 1 && e2.Value.Participants == 1
 	})
 	n1.kill()
 	select {
@@ -119,4 +133,11 @@ func TestControllerSpanningRoomNodeDown(t *testing.T) {
 		return err == nil && e.Value.Node == "sfu-3" && !e.Value.Replace && e.Value.Participants == 3 &&
 			slices.Equal(e.Value.Nodes, []cluster.RoomNodeCount{{Node: "sfu-2", Participants: 1}, {Node: "sfu-3", Participants: 2}})
 	})
+	if !testkit.Eventually(5*time.Second, func() bool {
+		_, err := s.Room(context.Background(), "r2")
+		return errors.Is(err, cluster.ErrNotFound)
+	}) {
+		e, err := s.Room(context.Background(), "r2")
+		t.Fatalf("r2, whose last participant was on sfu-1, still there: %+v %v", e.Value, err)
+	}
 }

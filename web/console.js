@@ -259,6 +259,14 @@ function renderNodes(nodes) {
   $('node-count').textContent = String(nodes.length);
 }
 
+// roomNodes is the nodes of a room spanning several (the cascade), with
+// their participants: " (spans n1 ×2, n2 ×1)"; empty on one node.
+function roomNodes(r) {
+  const ns = r.nodes || [];
+  if (ns.length < 2) return '';
+  return ` (spans ${ns.map((n) => `${n.node} ×${n.participants}`).join(', ')})`;
+}
+
 function renderRooms(rooms) {
   const el = $('rooms');
   el.textContent = '';
@@ -278,7 +286,7 @@ function renderRooms(rooms) {
     name.textContent = r.name;
     const meta = document.createElement('span');
     meta.className = 'meta';
-    meta.textContent = `node ${r.node || '?'} · ${(r.participants || []).length} participants · since ${time(r.started)}`;
+    meta.textContent = `node ${r.node || '?'}${roomNodes(r)} · ${(r.participants || []).length} participants · since ${time(r.started)}`;
     h.append(name, meta, button('Close room', 'remove every participant', () => act(`close room ${r.name}`,
       () => api('DELETE', `v1/rooms/${enc(r.name)}`, reason()))));
     const table = document.createElement('table');

@@ -229,3 +229,95 @@ func TestCascadeFourNodesHolder(t *testing.T) {
 		t.Errorf("B counted %v packets of unknown tracks", got)
 	}
 }
+
+// TestCascadeBothParentsNoDuplicates: three SFU nodes and the controller
+// as in TestCascadeThreeNodes, a publisher on A, subscribers on B and C.
+// Once media flows, B and C each get two parents for A's tracks, as a
+// tree change applied in between gives them: A sends to both itself, and
+// each forwards what A sends it to the other (a holder's command not yet
+// withdrawn). Each drops the second copies (its duplicate counter moves)
+// and its SFU is handed each packet once: over a window B and C each
+// deliver as many messages as A sent packets, where without the windows
+// they deliver at least twice as many.
+func TestCascadeBothParentsNoDuplicates(t *testing.T) {
+	c := clustertest.Start(t, 1)
+	startCascadeController(t, c, 0)
+	a, b, cc := startCascadeSFU(t, c, "nodeA"), startCascadeSFU(t, c, "nodeB"), startCascadeSFU(t, c, "nodeC")
+	// A's tracks, from the controller's commands to A (read on a second
+	// connection of A's own credential)
+	needs := make(chan []bus.CascadeNeed, 16)
+	sub, err := c.Connect("nodeA", bus.RoleNode, "nodeA").SubscribeCascadeCommands("nodeA", func(cmd bus.CascadeCommand) {
+		select {
+		case needs <- cmd.Needs:
+		default:
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(sub.Unsubscribe)
+	dial := cascadeDialer(t, c)
+	subB := dial("nodeB", loadgen.ClientConfig{Room: "r1", Identity: "sub-b", Subscribe: true})
+	subC := dial("nodeC", loadgen.ClientConfig{Room: "r1", Identity: "sub-c", Subscribe: true})
+	dial("nodeA", loadgen.ClientConfig{Room: "r1", Identity: "pub", Publish: true, VideoBitrate: 300_000})
+	waitMedia(t, map[string]*loadgen.Client{"B": subB, "C": subC})
+	var keys []relay.StreamKey
+	testkit.WaitFor(t, 10*time.Second, "a command giving A's two tracks", func() bool {
+		select {
+		case ns := <-needs:
+			keys = keys[:0]
+			for _, n := range ns {
+				if !n.Relay {
+					keys = append(keys, relay.StreamKey{Room: n.Room, Publisher: n.Publisher, Track: n.Track})
+				}
+			}
+			return len(keys) == 2
+		default:
+			return false
+		}
+	})
+	// force gives B and C their two parents; the controller's refresh
+	// (every 2 s) gives each node its own command back, so it is applied
+	// again at every poll
+	force := func() {
+		for _, k := range keys {
+			for _, err := range []error{a.s.Cascade().SetNeed(k, []relay.NodeID{b.id, cc.id}),
+				b.s.Cascade().SetForward(k, []relay.NodeID{cc.id}, true), cc.s.Cascade().SetForward(k, []relay.NodeID{b.id}, true)} {
+				if err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	sent := func() float64 { return a.counter(t, "traverse_relay_sent_total") }
+	delivered := func(n *cascadeNode) float64 { return n.counter(t, "traverse_relay_delivered_total") }
+	dups := func(n *cascadeNode) float64 {
+		return n.counter(t, "traverse_relay_dropped_total", "reason", "duplicate")
+	}
+	force()
+	settle := sent()
+	testkit.WaitFor(t, 10*time.Second, "A sending 60 more", func() bool {
+		force()
+		return sent() > settle+60
+	})
+	s0, b0, c0, db0, dc0 := sent(), delivered(b), delivered(cc), dups(b), dups(cc)
+	testkit.WaitFor(t, 10*time.Second, "A sending 400 more (200 packets to each of B and C)", func() bool {
+		force()
+		return sent() > s0+400
+	})
+	packets := (sent() - s0) / 2
+	db, dc, ddb, ddc := delivered(b)-b0, delivered(cc)-c0, dups(b)-db0, dups(cc)-dc0
+	t.Logf("over one window with two parents each: A sent %v packets; B delivered %v and dropped %v duplicates, C delivered %v and dropped %v",
+		packets, db, ddb, dc, ddc)
+	for _, n := range []struct {
+		name             string
+		delivered, drops float64
+	}{{"B", db, ddb}, {"C", dc, ddc}} {
+		if n.delivered < 0.9*packets || n.delivered > 1.1*packets {
+			t.Errorf("%s delivered %v messages of %v packets: duplicates reached its SFU", n.name, n.delivered, packets)
+		}
+		if n.drops < 0.5*packets {
+			t.Errorf("%s dropped %v duplicates of %v packets: it did not have two parents", n.name, n.drops, packets)
+		}
+	}
+}

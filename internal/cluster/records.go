@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/traverse-rtc/traverse/internal/bus"
@@ -67,19 +69,39 @@ func (r *NodeRecord) Validate() error {
 }
 
 // RoomRecord is one room in the directory (bus.BucketRooms, key: room
-// name): the node that holds it. The leading controller writes it from the
-// nodes' room events (so SFU credentials need no JetStream rights);
-// signal servers read it to send newcomers to the room's node.
+// name): the room's home node and the nodes that hold its participants.
+// The leading controller writes it from the nodes' room events (so SFU
+// credentials need no JetStream rights); signal servers read it to send
+// newcomers to the room's node.
 type RoomRecord struct {
 	Room string `json:"room"`
+	// Node is the room's home: the node it was placed on (its first join,
+	// or the first join after a re-placement). With the cascade a room
+	// spans nodes (Nodes); Node stays while the room lives, unless it is
+	// declared dead or draining, when the room moves home to another of
+	// its nodes, or, with none, is to be placed again (Replace).
 	Node string `json:"node"`
-	// Participants is the count the room events give (joined minus left).
+	// Participants is the room's count in all (joined minus left, over
+	// every node): the sum of Nodes.
 	Participants int `json:"participants"`
+	// Nodes are the nodes holding participants of the room, with their
+	// counts, sorted by node. A record written before rooms spanned nodes
+	// has none; it decodes as Node holding Participants.
+	Nodes []RoomNodeCount `json:"nodes,omitempty"`
 	// Replace is set when Node was declared dead or draining: the room
 	// must be placed again, and the next join places it anew.
 	Replace bool      `json:"replace,omitempty"`
 	Updated time.Time `json:"updated"`
 }
+
+// RoomNodeCount is one node's share of a room.
+type RoomNodeCount struct {
+	Node         string `json:"node"`
+	Participants int    `json:"participants"`
+}
+
+// maxRoomNodes bounds the nodes one room record lists.
+const maxRoomNodes = 1024
 
 // Validate checks a room record.
 func (r *RoomRecord) Validate() error {
@@ -89,7 +111,106 @@ func (r *RoomRecord) Validate() error {
 	if r.Participants < 0 || r.Participants > maxCount {
 		return fmt.Errorf("%w: room %s: participants %d", ErrBadRecord, r.Room, r.Participants)
 	}
+	if len(r.Nodes) > maxRoomNodes {
+		return fmt.Errorf("%w: room %s: %d nodes, at most %d", ErrBadRecord, r.Room, len(r.Nodes), maxRoomNodes)
+	}
+	sum := 0
+	for i, n := range r.Nodes {
+		if !bus.ValidName(n.Node) {
+			return fmt.Errorf("%w: room %s: node %q: %w", ErrBadRecord, r.Room, n.Node, bus.ErrBadSubjectToken)
+		}
+		if i > 0 && r.Nodes[i-1].Node >= n.Node {
+			return fmt.Errorf("%w: room %s: nodes not sorted or repeated at %q", ErrBadRecord, r.Room, n.Node)
+		}
+		if n.Participants <= 0 || n.Participants > maxCount {
+			return fmt.Errorf("%w: room %s: node %s: participants %d", ErrBadRecord, r.Room, n.Node, n.Participants)
+		}
+		sum += n.Participants
+	}
+	if len(r.Nodes) > 0 && sum != r.Participants {
+		return fmt.Errorf("%w: room %s: participants %d, its nodes hold %d", ErrBadRecord, r.Room, r.Participants, sum)
+	}
 	return nil
+}
+
+// normalize gives a record without Nodes (written before rooms spanned
+// nodes) its one node: Node with all the participants.
+func (r *RoomRecord) normalize() {
+	if len(r.Nodes) == 0 && r.Participants > 0 {
+		r.Nodes = []RoomNodeCount{{Node: r.Node, Participants: r.Participants}}
+	}
+}
+
+// Count returns the participants the record has on node.
+func (r *RoomRecord) Count(node string) int {
+	if i, ok := r.find(node); ok {
+		return r.Nodes[i].Participants
+	}
+	return 0
+}
+
+func (r *RoomRecord) find(node string) (int, bool) {
+	return slices.BinarySearchFunc(r.Nodes, node, func(n RoomNodeCount, id string) int { return strings.Compare(n.Node, id) })
+}
+
+// Join counts a participant joining on node.
+func (r *RoomRecord) Join(node string) {
+	r.normalize()
+	i, ok := r.find(node)
+	if !ok {
+		r.Nodes = slices.Insert(r.Nodes, i, RoomNodeCount{Node: node})
+	}
+	r.Nodes[i].Participants++
+	r.Participants++
+}
+
+// Leave counts a participant leaving node; false when the record holds
+// none there (a leaver of a node the record no longer counts: dropped by
+// DropNode).
+func (r *RoomRecord) Leave(node string) bool {
+	r.normalize()
+	i, ok := r.find(node)
+	if !ok {
+		return false
+	}
+	r.Nodes[i].Participants--
+	r.Participants--
+	if r.Nodes[i].Participants == 0 {
+		r.Nodes = slices.Delete(r.Nodes, i, i+1)
+	}
+	return true
+}
+
+// DropNode forgets node's participants (the node was declared dead: their
+// leaves will never come).
+func (r *RoomRecord) DropNode(node string) {
+	r.normalize()
+	if i, ok := r.find(node); ok {
+		r.Participants -= r.Nodes[i].Participants
+		r.Nodes = slices.Delete(r.Nodes, i, i+1)
+	}
+}
+
+// Rehome moves the room's home off node (declared dead or draining):
+// to the other node holding the most of its participants (ties: the
+// lowest name) among those ok accepts, or, with none, marks the room for
+// re-placement. It reports whether the record changed.
+func (r *RoomRecord) Rehome(node string, ok func(string) bool) bool {
+	if r.Node != node || r.Replace {
+		return false
+	}
+	best := -1
+	for i, n := range r.Nodes {
+		if n.Node != node && ok(n.Node) && (best < 0 || n.Participants > r.Nodes[best].Participants) {
+			best = i
+		}
+	}
+	if best < 0 {
+		r.Replace = true
+	} else {
+		r.Node = r.Nodes[best].Node
+	}
+	return true
 }
 
 // LeaseRecord is the controllers' leadership lease (bus.BucketLeader, key
@@ -156,6 +277,9 @@ func decode[T any, PT interface {
 	}
 	if err := PT(&v).Validate(); err != nil {
 		return v, err
+	}
+	if n, ok := any(PT(&v)).(interface{ normalize() }); ok {
+		n.normalize()
 	}
 	return v, nil
 }

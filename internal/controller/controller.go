@@ -453,36 +453,52 @@ func (c *Controller) nodeDown(ctx context.Context, node, reason string) {
 	if err := c.bc.PublishNodeDown(bus.NodeDown{Node: node, Reason: reason, Controller: c.cfg.ID, Lease: rev, Time: time.Now().UTC()}); err != nil {
 		c.log.Warn("controller: node down", "node", node, "err", err)
 	}
+	// A dead node's participants are gone without leaving: forgotten (a
+	// room they were the last of is removed, unless it is homed there). A
+	// room homed there moves home to its node with the most participants
+	// that is up, or, with none, is to be placed again.
+	up := func(n string) bool { v := c.nodes[n]; return v != nil && !v.rec.Dead && !v.rec.Draining }
 	for _, r := range c.rooms {
-		if r.rec.Node == node && !r.rec.Replace {
-			r.rec.Replace = true
+		changed := false
+		if reason == bus.NodeDownDead && r.rec.Count(node) > 0 {
+			r.rec.DropNode(node)
+			changed = true
+		}
+		if r.rec.Rehome(node, up) {
+			changed = true
+		}
+		switch {
+		case !changed:
+		case r.rec.Participants <= 0 && !r.rec.Replace:
+			c.deleteRoom(ctx, r) // its last participants were the dead node's
+		default:
 			r.rec.Updated = time.Now().UTC()
 			c.writeRoom(ctx, r)
 		}
 	}
 }
 
-// roomEvent follows participants joining and leaving: the room lives on
-// the node of its events; a room whose last participant left is removed.
+// roomEvent follows participants joining and leaving: the room is homed
+// on the node of its first join and counts its participants per node (a
+// room spans nodes with the cascade); it is removed when its last
+// participant, on whichever node, left.
 func (c *Controller) roomEvent(ctx context.Context, e bus.RoomEvent) {
 	r := c.rooms[e.Room]
 	switch e.Type {
 	case bus.EventParticipantJoined:
 		if r == nil {
-			r = &roomView{}
+			r = &roomView{rec: cluster.RoomRecord{Room: e.Room, Node: e.Node}}
 			c.rooms[e.Room] = r
 		}
-		if r.rec.Node != e.Node || r.rec.Replace {
-			// A new place (first join, or a re-placed room's first join on
-			// its new node): count afresh.
-			r.rec = cluster.RoomRecord{Room: e.Room, Node: e.Node}
+		if r.rec.Replace {
+			// a re-placed room's first join: its new home
+			r.rec.Node, r.rec.Replace = e.Node, false
 		}
-		r.rec.Participants++
+		r.rec.Join(e.Node)
 	case bus.EventParticipantLeft:
-		if r == nil || r.rec.Node != e.Node {
-			return // a leaver of a node the room moved away from
+		if r == nil || !r.rec.Leave(e.Node) {
+			return // a leaver the record does not count (its node was declared dead)
 		}
-		r.rec.Participants--
 	}
 	r.rec.Updated = time.Now().UTC()
 	c.m.rooms.Set(float64(len(c.rooms)))
@@ -493,17 +509,22 @@ func (c *Controller) roomEvent(ctx context.Context, e bus.RoomEvent) {
 		return
 	}
 	if r.rec.Participants <= 0 {
-		delete(c.rooms, e.Room)
-		c.m.rooms.Set(float64(len(c.rooms)))
-		wctx, cancel := context.WithTimeout(ctx, c.cfg.LeaseTTL/2)
-		defer cancel()
-		if err := c.store.DeleteRoom(wctx, e.Room, r.rev); err != nil {
-			c.m.kvErrors.WithLabelValues("room").Inc()
-			c.dirty[e.Room] = true
-		}
+		c.deleteRoom(ctx, r)
 		return
 	}
 	c.writeRoom(ctx, r)
+}
+
+// deleteRoom removes r from the view and the directory (leader only).
+func (c *Controller) deleteRoom(ctx context.Context, r *roomView) {
+	delete(c.rooms, r.rec.Room)
+	c.m.rooms.Set(float64(len(c.rooms)))
+	wctx, cancel := context.WithTimeout(ctx, c.cfg.LeaseTTL/2)
+	defer cancel()
+	if err := c.store.DeleteRoom(wctx, r.rec.Room, r.rev); err != nil {
+		c.m.kvErrors.WithLabelValues("room").Inc()
+		c.dirty[r.rec.Room] = true
+	}
 }
 
 // writeRoom writes r with compare-and-set on the revision the view holds;

@@ -637,6 +637,7 @@ func (s *Server) applyCascade(cmd bus.CascadeCommand) {
 	for k := range a.tracks {
 		if !tracks[k] {
 			s.RemoveRemoteTrack(k[0], k[1], k[2])
+			c.ep.ForgetTrack(relay.StreamKey{Room: k[0], Publisher: k[1], Track: k[2]})
 		}
 	}
 	a.tracks = tracks

@@ -188,24 +188,50 @@ type apiParticipant struct {
 }
 
 type apiRoomSummary struct {
-	Name         string    `json:"name"`
-	Node         string    `json:"node"`
-	Participants int       `json:"participants"`
-	Started      time.Time `json:"started"`
+	Name         string        `json:"name"`
+	Node         string        `json:"node"`
+	Nodes        []apiRoomNode `json:"nodes"`
+	Participants int           `json:"participants"`
+	Started      time.Time     `json:"started"`
 }
 
 type apiRoomDetail struct {
 	Name         string           `json:"name"`
 	Node         string           `json:"node"`
+	Nodes        []apiRoomNode    `json:"nodes"`
 	Started      time.Time        `json:"started"`
 	Participants []apiParticipant `json:"participants"`
 }
 
-func (r *apiRoom) nodeLocked() string {
+// apiRoomNode is one node's share of a room (with the cascade a room
+// spans nodes).
+type apiRoomNode struct {
+	Node         string `json:"node"`
+	Participants int    `json:"participants"`
+}
+
+// nodesLocked returns the room's node, the node of its earliest
+// participant (where the room was placed; ties: the lower participant
+// id), and every node holding participants of it with their counts,
+// sorted by node.
+func (r *apiRoom) nodesLocked() (string, []apiRoomNode) {
+	var first *member
+	nodes := []apiRoomNode{}
 	for _, m := range r.members {
-		return m.node.ID
+		if first == nil || m.joined.Before(first.joined) || m.joined.Equal(first.joined) && m.id < first.id {
+			first = m
+		}
+		if i := slices.IndexFunc(nodes, func(n apiRoomNode) bool { return n.Node == m.node.ID }); i >= 0 {
+			nodes[i].Participants++
+		} else {
+			nodes = append(nodes, apiRoomNode{Node: m.node.ID, Participants: 1})
+		}
 	}
-	return ""
+	slices.SortFunc(nodes, func(a, b apiRoomNode) int { return strings.Compare(a.Node, b.Node) })
+	if first == nil {
+		return "", nodes
+	}
+	return first.node.ID, nodes
 }
 
 // mountAPI adds the room API's routes to the server's mux.
@@ -380,7 +406,8 @@ func (s *Server) apiRooms(http.ResponseWriter, *http.Request) (any, error) {
 	out := []apiRoomSummary{}
 	s.reg.mu.Lock()
 	for _, r := range s.reg.rooms {
-		out = append(out, apiRoomSummary{Name: r.name, Node: r.nodeLocked(), Participants: len(r.members), Started: r.started.UTC()})
+		node, nodes := r.nodesLocked()
+		out = append(out, apiRoomSummary{Name: r.name, Node: node, Nodes: nodes, Participants: len(r.members), Started: r.started.UTC()})
 	}
 	s.reg.mu.Unlock()
 	slices.SortFunc(out, func(a, b apiRoomSummary) int { return strings.Compare(a.Name, b.Name) })
@@ -405,7 +432,8 @@ func (s *Server) apiRoom(_ http.ResponseWriter, r *http.Request) (any, error) {
 		s.reg.mu.Unlock()
 		return nil, apiError{http.StatusNotFound, fmt.Sprintf("room %q not found", room)}
 	}
-	d := apiRoomDetail{Name: rm.name, Node: rm.nodeLocked(), Started: rm.started.UTC(), Participants: []apiParticipant{}}
+	node, nodes := rm.nodesLocked()
+	d := apiRoomDetail{Name: rm.name, Node: node, Nodes: nodes, Started: rm.started.UTC(), Participants: []apiParticipant{}}
 	var sessions []*session
 	for _, m := range rm.members {
 		d.Participants = append(d.Participants, apiParticipant{ID: m.id, Identity: m.identity, Node: m.node.ID,

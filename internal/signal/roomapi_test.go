@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -156,7 +157,7 @@ func TestRoomAPI(t *testing.T) {
 	code, v := api.do("GET", "/v1/rooms", testAdmin, "")
 	rooms, _ := v["rooms"].([]any)
 	if code != 200 || len(rooms) != 1 || rooms[0].(map[string]any)["name"] != "r1" || rooms[0].(map[string]any)["participants"] != 2.0 ||
-		rooms[0].(map[string]any)["node"] != "n1" {
+		rooms[0].(map[string]any)["node"] != "n1" || fmt.Sprint(rooms[0].(map[string]any)["nodes"]) != "[map[node:n1 participants:2]]" {
 		t.Fatalf("GET /v1/rooms: %d %v", code, v)
 	}
 	code, v = api.do("GET", "/v1/rooms/r1", testAdmin, "")
@@ -504,4 +505,29 @@ func FuzzRoomAPI(f *testing.F) {
 			t.Fatalf("%s %q: %d not JSON: %q", req.Method, path, w.Code, w.Body)
 		}
 	})
+}
+
+// TestRoomAPINodes: a room spanning nodes (the cascade) shows the node it
+// was placed on (its earliest participant's) and every node with its
+// count, whatever the order of the members' map.
+func TestRoomAPINodes(t *testing.T) {
+	t0 := time.Date(2026, 12, 7, 10, 0, 0, 0, time.UTC)
+	r := &apiRoom{name: "r", members: map[string]*member{}}
+	if node, nodes := r.nodesLocked(); node != "" || len(nodes) != 0 || nodes == nil {
+		t.Fatalf("empty room: %q %v", node, nodes)
+	}
+	for i, n := range []string{"n2", "n3", "n1", "n3", "n2", "n3"} {
+		id := fmt.Sprintf("p%d", i)
+		r.members[id] = &member{id: id, node: Node{ID: n}, joined: t0.Add(time.Duration(i) * time.Second)}
+	}
+	for range 5 {
+		node, nodes := r.nodesLocked()
+		if node != "n2" || fmt.Sprint(nodes) != "[{n1 1} {n2 2} {n3 3}]" {
+			t.Fatalf("node %q, nodes %v", node, nodes)
+		}
+	}
+	delete(r.members, "p0") // the first leaves: the next earliest's node
+	if node, _ := r.nodesLocked(); node != "n3" {
+		t.Fatalf("after the first left: %q", node)
+	}
 }

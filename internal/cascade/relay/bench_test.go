@@ -61,6 +61,7 @@ func hopBench(tb testing.TB, holder bool, fan int) (b *Endpoint, seal func(dst [
 	body := make([]byte, 0, 2048)
 	return e, func(dst []byte) []byte {
 		seq++
+		binary.BigEndian.PutUint32(msg[12:], seq) // the end-to-end sequence: a new message each time
 		body = relaywire.AppendData(body[:0], seq, msg)
 		return al.Seal(dst, relaywire.TypeData, body)
 	}

@@ -228,6 +228,10 @@ type Endpoint struct {
 	// media counts data frames and client media received (Activity).
 	media atomic.Uint64
 
+	// seqs are the end-to-end sequence windows of the streams this node
+	// is a destination of (dedupe.go).
+	seqs seqWindows
+
 	scratch sync.Pool // *scratch for Send and the timers
 	loop    *scratch  // the reader loop's own
 	rx      rxQueue   // messages the reader loop has opened, to dispatch
@@ -440,7 +444,12 @@ func (e *Endpoint) SetNeed(k StreamKey, dsts []NodeID) error {
 		n2.seq.Store(n.seq.Load())
 		e.needs[k] = n2
 	} else {
-		e.needs[k] = &need{dsts: keep}
+		n = &need{dsts: keep}
+		// numbering starts at the clock, not at 0: a track sent again
+		// (or a restarted node) continues above what it sent before, so
+		// the receivers' duplicate windows (dedupe.go) take it as new
+		n.seq.Store(seqStart(time.Now()))
+		e.needs[k] = n
 	}
 	e.needMu.Unlock()
 	if had != (len(keep) > 0) {
@@ -597,6 +606,12 @@ func (e *Endpoint) route(s *scratch, h *relaywire.Header, payload []byte, from N
 		}
 		s.groups[g].dsts[s.groups[g].n] = d
 		s.groups[g].n++
+	}
+	if deliver && local && h.Kind == relaywire.KindMedia && e.duplicate(h, s.now) {
+		// accepted already (another parent during a tree change): neither
+		// delivered nor forwarded by a holder; the destinations beyond
+		// this hop check their own windows
+		deliver = false
 	}
 	var fw *forward
 	if deliver && local && h.Kind == relaywire.KindMedia {
@@ -948,6 +963,7 @@ func (e *Endpoint) timers(ctx context.Context) {
 			if now.Sub(lastClients) >= time.Second {
 				lastClients = now
 				e.tickClients(now)
+				e.seqs.sweep(now.Add(-SeqIdle))
 			}
 		}
 	}

@@ -23,12 +23,13 @@ const (
 	dropClientRate           // over the per-source client frame or hello rate
 	dropClientUnknown        // a client message from an address no hello bound
 	dropClientRefused        // the SFU refused the client's tracks
+	dropDuplicate            // a media message this node accepted already (its end-to-end sequence window)
 	numDrops
 )
 
 var dropNames = [numDrops]string{"short", "unknown_peer", "address", "auth", "replay", "epoch", "malformed",
 	"hop_limit", "no_route", "loop", "send_queue", "blocked",
-	"client_token", "client_room", "client_rights", "client_limit", "client_rate", "client_unknown", "client_refused"}
+	"client_token", "client_room", "client_rights", "client_limit", "client_rate", "client_unknown", "client_refused", "duplicate"}
 
 type metrics struct {
 	drops       [numDrops]prometheus.Counter
@@ -44,6 +45,11 @@ type metrics struct {
 	dups        prometheus.Counter
 	clients     prometheus.Gauge
 	clientMedia prometheus.Counter
+	// seqResets and seqUntracked: the end-to-end sequence windows
+	// (dedupe.go) restarted for a source's restart, and messages that
+	// passed unchecked with MaxSeqStreams windows held.
+	seqResets    prometheus.Counter
+	seqUntracked prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -67,12 +73,16 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		dups:        c("traverse_relay_duplicates_total", "Messages received twice (a retransmission after FEC repaired it), dropped."),
 		clients:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "traverse_relay_clients", Help: "Relay clients bound to an address."}),
 		clientMedia: c("traverse_relay_client_media_total", "Media packets relay clients published."),
+		seqResets: c("traverse_relay_seq_resets_total",
+			"End-to-end sequence windows restarted: a message far below its stream's window (the source restarted its numbering)."),
+		seqUntracked: c("traverse_relay_seq_untracked_total",
+			"Media messages delivered without a duplicate check: the node held the most sequence windows it keeps."),
 	}
 	for i := range m.drops {
 		m.drops[i] = drop.WithLabelValues(dropNames[i])
 	}
 	if reg != nil {
-		for _, col := range []prometheus.Collector{drop, m.forwarded, m.delivered, m.sent, m.retransmit, m.recovered, m.parity, m.refused, m.lost, m.late, m.dups, m.clients, m.clientMedia} {
+		for _, col := range []prometheus.Collector{drop, m.forwarded, m.delivered, m.sent, m.retransmit, m.recovered, m.parity, m.refused, m.lost, m.late, m.dups, m.clients, m.clientMedia, m.seqResets, m.seqUntracked} {
 			if err := reg.Register(col); err != nil {
 				return nil, err
 			}

@@ -212,11 +212,16 @@ type attacker struct {
 }
 
 func (x *attacker) frame(t *testing.T, h *relaywire.Header, payload []byte) []byte {
+	x.seq++
+	if h.Seq == 0 { // each frame a new message, unless the test numbers them
+		hh := *h
+		hh.Seq = x.seq
+		h = &hh
+	}
 	msg, err := relaywire.AppendHeader(nil, h)
 	if err != nil {
 		t.Fatal(err)
 	}
-	x.seq++
 	return x.link.Seal(nil, relaywire.TypeData, relaywire.AppendData(nil, x.seq, append(msg, payload...)))
 }
 

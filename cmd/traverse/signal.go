@@ -147,7 +147,7 @@ func startSignal(c *signalConfig, busCfg bus.Config, ice *iceShare, log *slog.Lo
 		cfg.Static = web.FS
 	}
 	if !c.NoDirectory {
-		cfg.Directory = cluster.NewDirectory(bc.Conn())
+		cfg.Directory = roomDirectory{cluster.NewDirectory(bc.Conn())}
 	}
 	cfg.ICEServers, cfg.TLS, cfg.API = product.ICEServers, product.TLS, product.API
 	if c.RelayGrantSeed != "" {
@@ -217,6 +217,30 @@ func runSignal(ctx context.Context, args []string) error {
 		}
 		return role.run, nil
 	})
+}
+
+// roomDirectory is the cluster's room directory as signal reads it: where
+// a room lives (RoomNode, for joins) and every room (ListRooms, for the
+// room API).
+type roomDirectory struct{ *cluster.Directory }
+
+func (d roomDirectory) ListRooms(ctx context.Context) ([]signal.DirectoryRoom, error) {
+	recs, err := d.Rooms(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]signal.DirectoryRoom, 0, len(recs))
+	for _, r := range recs {
+		dr := signal.DirectoryRoom{Name: r.Room, Node: r.Node, Participants: r.Participants, Nodes: make(map[string]int, len(r.Nodes))}
+		for _, n := range r.Nodes {
+			dr.Nodes[n.Node] = n.Participants
+		}
+		if len(r.Nodes) == 0 && r.Node != "" {
+			dr.Nodes[r.Node] = r.Participants // a record from before rooms spanned nodes
+		}
+		out = append(out, dr)
+	}
+	return out, nil
 }
 
 func init() {

@@ -15,4 +15,8 @@ var (
 	ErrLeaseLost = errors.New("cluster: leadership lease lost")
 	// ErrNotFound is returned for a key that is not in its bucket.
 	ErrNotFound = errors.New("cluster: not found")
+	// ErrUnavailable is returned by a Directory that cannot reach its
+	// bucket now (no controller has made it yet, or the last bind failed
+	// within retryBind).
+	ErrUnavailable = errors.New("cluster: directory unavailable")
 )

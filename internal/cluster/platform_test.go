@@ -3,11 +3,13 @@ package cluster_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -197,6 +199,21 @@ func TestPlatform(t *testing.T) {
 		testkit.WaitFor(t, 5*time.Second, "new load seen by both signal servers", func() bool {
 			return routeOf(t, sigA, "10.1.9.9") == want && routeOf(t, sigB, "10.1.9.9") == want
 		})
+	}
+	// The directory lists the rooms joined through both signal servers
+	// (the room API's cluster scope).
+	lctx, lcancel := context.WithTimeout(context.Background(), 5*time.Second)
+	listed, err := dir.Rooms(lctx)
+	lcancel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, r := range listed {
+		names = append(names, r.Room)
+	}
+	if slices.Sort(names); fmt.Sprint(names) != "[eu-room-a eu-room-b eu-room-c eu-room-d]" {
+		t.Fatalf("directory lists %v", names)
 	}
 	if euRooms["eu-1"] != 2 || euRooms["eu-2"] != 2 {
 		t.Fatalf("eu rooms not balanced by load: %v", euRooms)

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -354,6 +356,50 @@ func (d *Directory) RoomNode(ctx context.Context, room string) (node string, rep
 		return "", false, false
 	}
 	return e.Value.Node, e.Value.Replace, true
+}
+
+// maxListedRooms bounds what one Directory.Rooms reads.
+const maxListedRooms = 10000
+
+// Rooms lists the directory's rooms, at most maxListedRooms of them (bad
+// records dropped and counted); ErrUnavailable when the directory cannot
+// be read now. A reader may only read the bucket (no watch, which would
+// create a consumer): the keys come from the stream's subjects, then
+// each record by direct get. A room removed between the two is left out.
+func (d *Directory) Rooms(ctx context.Context) ([]RoomRecord, error) {
+	s := d.bound(ctx)
+	if s == nil {
+		return nil, ErrUnavailable
+	}
+	st, err := s.js.Stream(ctx, "KV_"+bus.BucketRooms)
+	if err != nil {
+		return nil, fmt.Errorf("cluster: list %s: %w", bus.BucketRooms, err)
+	}
+	prefix := "$KV." + bus.BucketRooms + "."
+	info, err := st.Info(ctx, jetstream.WithSubjectFilter(prefix+">"))
+	if err != nil {
+		return nil, fmt.Errorf("cluster: list %s: %w", bus.BucketRooms, err)
+	}
+	keys := make([]string, 0, min(len(info.State.Subjects), maxListedRooms))
+	for subj := range info.State.Subjects {
+		if len(keys) == maxListedRooms {
+			break
+		}
+		keys = append(keys, strings.TrimPrefix(subj, prefix))
+	}
+	slices.Sort(keys)
+	out := make([]RoomRecord, 0, len(keys))
+	for _, k := range keys {
+		e, err := get[RoomRecord](ctx, s, bus.BucketRooms, k)
+		switch {
+		case err == nil:
+			out = append(out, e.Value)
+		case errors.Is(err, ErrNotFound), errors.Is(err, ErrBadRecord):
+		default:
+			return nil, err
+		}
+	}
+	return out, nil
 }
 
 // BadRecords returns the directory records dropped as invalid.

@@ -192,15 +192,58 @@ type apiRoomSummary struct {
 	Node         string        `json:"node"`
 	Nodes        []apiRoomNode `json:"nodes"`
 	Participants int           `json:"participants"`
-	Started      time.Time     `json:"started"`
+	// Started is when the first participant joined through this signal
+	// server; absent for a room known only from the directory.
+	Started *time.Time `json:"started,omitempty"`
 }
 
 type apiRoomDetail struct {
-	Name         string           `json:"name"`
-	Node         string           `json:"node"`
-	Nodes        []apiRoomNode    `json:"nodes"`
-	Started      time.Time        `json:"started"`
+	Name    string        `json:"name"`
+	Node    string        `json:"node"`
+	Nodes   []apiRoomNode `json:"nodes"`
+	Started *time.Time    `json:"started,omitempty"`
+	// Participants are those joined through this signal server;
+	// Elsewhere counts the room's others, joined through other signal
+	// servers of the cluster (from the room directory).
 	Participants []apiParticipant `json:"participants"`
+	Elsewhere    int              `json:"elsewhere"`
+}
+
+// clusterRooms reads the cluster's rooms from the directory, when it can
+// list them; ok is false without one or when it cannot be read now (the
+// API then answers for this signal server alone).
+func (s *Server) clusterRooms(ctx context.Context) (map[string]DirectoryRoom, bool) {
+	l, can := s.cfg.Directory.(RoomLister)
+	if !can {
+		return nil, false
+	}
+	ctx, cancel := context.WithTimeout(ctx, directoryTimeout)
+	defer cancel()
+	list, err := l.ListRooms(ctx)
+	if err != nil {
+		return nil, false
+	}
+	out := make(map[string]DirectoryRoom, len(list))
+	for _, r := range list {
+		out[r.Name] = r
+	}
+	return out, true
+}
+
+// withDirectory fills a summary's home, nodes and count from the
+// directory's record of the room, which counts every signal server's
+// participants; the local view stands when the directory holds fewer (a
+// join not yet recorded).
+func (sum *apiRoomSummary) withDirectory(d DirectoryRoom) {
+	if d.Participants < sum.Participants {
+		return
+	}
+	sum.Node, sum.Participants = d.Node, d.Participants
+	sum.Nodes = make([]apiRoomNode, 0, len(d.Nodes))
+	for n, c := range d.Nodes {
+		sum.Nodes = append(sum.Nodes, apiRoomNode{Node: n, Participants: c})
+	}
+	slices.SortFunc(sum.Nodes, func(a, b apiRoomNode) int { return strings.Compare(a.Node, b.Node) })
 }
 
 // apiRoomNode is one node's share of a room (with the cascade a room
@@ -402,16 +445,35 @@ func (s *Server) apiStats(http.ResponseWriter, *http.Request) (any, error) {
 		"participants": participants, "counters": counters}, nil
 }
 
-func (s *Server) apiRooms(http.ResponseWriter, *http.Request) (any, error) {
+// apiRooms lists the rooms: the cluster's, from the room directory, when
+// the directory can list them (scope "cluster"), else those with
+// participants joined through this signal server (scope "process").
+func (s *Server) apiRooms(_ http.ResponseWriter, r *http.Request) (any, error) {
+	dir, cluster := s.clusterRooms(r.Context())
 	out := []apiRoomSummary{}
 	s.reg.mu.Lock()
 	for _, r := range s.reg.rooms {
 		node, nodes := r.nodesLocked()
-		out = append(out, apiRoomSummary{Name: r.name, Node: node, Nodes: nodes, Participants: len(r.members), Started: r.started.UTC()})
+		started := r.started.UTC()
+		sum := apiRoomSummary{Name: r.name, Node: node, Nodes: nodes, Participants: len(r.members), Started: &started}
+		if d, ok := dir[r.name]; ok {
+			sum.withDirectory(d)
+			delete(dir, r.name)
+		}
+		out = append(out, sum)
 	}
 	s.reg.mu.Unlock()
+	for _, d := range dir {
+		sum := apiRoomSummary{Name: d.Name}
+		sum.withDirectory(d)
+		out = append(out, sum)
+	}
 	slices.SortFunc(out, func(a, b apiRoomSummary) int { return strings.Compare(a.Name, b.Name) })
-	return map[string]any{"rooms": out}, nil
+	scope := "process"
+	if cluster {
+		scope = "cluster"
+	}
+	return map[string]any{"rooms": out, "scope": scope}, nil
 }
 
 // Room listing limits: the node is asked for each participant's path and
@@ -426,14 +488,28 @@ func (s *Server) apiRoom(_ http.ResponseWriter, r *http.Request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
+	dir, _ := s.clusterRooms(r.Context())
+	rec, inDir := dir[room]
 	s.reg.mu.Lock()
 	rm := s.reg.rooms[room]
 	if rm == nil {
 		s.reg.mu.Unlock()
-		return nil, apiError{http.StatusNotFound, fmt.Sprintf("room %q not found", room)}
+		if !inDir {
+			return nil, apiError{http.StatusNotFound, fmt.Sprintf("room %q not found", room)}
+		}
+		// Its participants all joined through other signal servers.
+		sum := apiRoomSummary{Name: room}
+		sum.withDirectory(rec)
+		return apiRoomDetail{Name: room, Node: sum.Node, Nodes: sum.Nodes, Participants: []apiParticipant{}, Elsewhere: sum.Participants}, nil
 	}
 	node, nodes := rm.nodesLocked()
-	d := apiRoomDetail{Name: rm.name, Node: node, Nodes: nodes, Started: rm.started.UTC(), Participants: []apiParticipant{}}
+	started := rm.started.UTC()
+	sum := apiRoomSummary{Name: rm.name, Node: node, Nodes: nodes, Participants: len(rm.members)}
+	if inDir {
+		sum.withDirectory(rec)
+	}
+	d := apiRoomDetail{Name: rm.name, Node: sum.Node, Nodes: sum.Nodes, Started: &started, Participants: []apiParticipant{},
+		Elsewhere: sum.Participants - len(rm.members)}
 	var sessions []*session
 	for _, m := range rm.members {
 		d.Participants = append(d.Participants, apiParticipant{ID: m.id, Identity: m.identity, Node: m.node.ID,

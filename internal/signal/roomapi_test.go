@@ -10,6 +10,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -529,5 +530,78 @@ func TestRoomAPINodes(t *testing.T) {
 	delete(r.members, "p0") // the first leaves: the next earliest's node
 	if node, _ := r.nodesLocked(); node != "n3" {
 		t.Fatalf("after the first left: %q", node)
+	}
+}
+
+// listingDirectory is a room directory that can list the cluster's rooms
+// (RoomLister), or fails to when err is set.
+type listingDirectory struct {
+	mu    sync.Mutex
+	rooms []DirectoryRoom
+	err   error
+}
+
+func (d *listingDirectory) RoomNode(context.Context, string) (string, bool, bool) {
+	return "", false, false
+}
+
+func (d *listingDirectory) ListRooms(context.Context) ([]DirectoryRoom, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return slices.Clone(d.rooms), d.err
+}
+
+// TestRoomAPIClusterScope: with a directory that lists the cluster's
+// rooms, /v1/rooms lists rooms whose participants joined through other
+// signal servers, counts a spanning room over the cluster, and the room's
+// detail counts the participants joined elsewhere; a directory that
+// cannot be read leaves the API answering for this server alone.
+func TestRoomAPIClusterScope(t *testing.T) {
+	dir := &listingDirectory{rooms: []DirectoryRoom{
+		{Name: "r1", Node: "n1", Nodes: map[string]int{"n1": 1, "n2": 2}, Participants: 3},
+		{Name: "r2", Node: "n2", Nodes: map[string]int{"n2": 4}, Participants: 4},
+	}}
+	_, _, hs, _ := newTestServer(t, func(c *Config) {
+		c.API = APIConfig{AdminToken: testAdmin}
+		c.Directory = dir
+	})
+	api := apiClient{t, hs.URL}
+	joinAs(t, hs.URL, "r1", "alice") // through this server, on n1
+
+	code, v := api.do("GET", "/v1/rooms", testAdmin, "")
+	if code != 200 || v["scope"] != "cluster" ||
+		fmt.Sprint(v["rooms"]) != "[map[name:r1 node:n1 nodes:[map[node:n1 participants:1] map[node:n2 participants:2]] participants:3 started:"+
+			v["rooms"].([]any)[0].(map[string]any)["started"].(string)+"] map[name:r2 node:n2 nodes:[map[node:n2 participants:4]] participants:4]]" {
+		t.Fatalf("GET /v1/rooms: %d %v", code, v)
+	}
+	code, v = api.do("GET", "/v1/rooms/r1", testAdmin, "")
+	if ps, _ := v["participants"].([]any); code != 200 || len(ps) != 1 || v["elsewhere"] != 2.0 {
+		t.Fatalf("GET /v1/rooms/r1: %d %v", code, v)
+	}
+	code, v = api.do("GET", "/v1/rooms/r2", testAdmin, "")
+	if ps, _ := v["participants"].([]any); code != 200 || len(ps) != 0 || v["elsewhere"] != 4.0 || v["node"] != "n2" || v["started"] != nil {
+		t.Fatalf("GET /v1/rooms/r2 (joined elsewhere): %d %v", code, v)
+	}
+	if code, _ = api.do("GET", "/v1/rooms/r3", testAdmin, ""); code != 404 {
+		t.Fatalf("a room in neither: %d", code)
+	}
+
+	// A directory that lags (r1 not recorded yet) or cannot be read.
+	dir.mu.Lock()
+	dir.rooms = dir.rooms[1:]
+	dir.mu.Unlock()
+	code, v = api.do("GET", "/v1/rooms", testAdmin, "")
+	if rooms, _ := v["rooms"].([]any); code != 200 || len(rooms) != 2 || rooms[0].(map[string]any)["participants"] != 1.0 {
+		t.Fatalf("r1 not in the directory: %d %v", code, v)
+	}
+	dir.mu.Lock()
+	dir.err = errors.New("bucket unreachable")
+	dir.mu.Unlock()
+	code, v = api.do("GET", "/v1/rooms", testAdmin, "")
+	if rooms, _ := v["rooms"].([]any); code != 200 || v["scope"] != "process" || len(rooms) != 1 || rooms[0].(map[string]any)["name"] != "r1" {
+		t.Fatalf("directory unreadable: %d %v", code, v)
+	}
+	if code, _ = api.do("GET", "/v1/rooms/r2", testAdmin, ""); code != 404 {
+		t.Fatalf("r2 with the directory unreadable: %d", code)
 	}
 }

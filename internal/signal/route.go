@@ -29,6 +29,23 @@ type RoomDirectory interface {
 	RoomNode(ctx context.Context, room string) (node string, replace, ok bool)
 }
 
+// RoomLister is what a RoomDirectory also offers when it can list the
+// cluster's rooms: the room API then answers for the whole cluster, not
+// only for the participants joined through this signal server.
+type RoomLister interface {
+	ListRooms(ctx context.Context) ([]DirectoryRoom, error)
+}
+
+// DirectoryRoom is one room as the cluster's directory records it.
+type DirectoryRoom struct {
+	Name string
+	// Node is the room's home; Nodes every node holding participants of
+	// it, with their counts.
+	Node         string
+	Nodes        map[string]int
+	Participants int
+}
+
 // directoryTimeout bounds a directory lookup on the join path: a slow
 // directory must not stall joins (the room is then placed by the rules
 // without it).

@@ -439,7 +439,9 @@ func (s *Server) localTrack(room, key string) *pubTrack {
 
 // publishedHere reports whether a participant or a relay client of this
 // node publishes t (not another node).
-func (t *pubTrack) publishedHere() bool { return t.pub != nil || t.remote != nil && t.remote.client != 0 }
+func (t *pubTrack) publishedHere() bool {
+	return t.pub != nil || t.remote != nil && t.remote.client != 0
+}
 
 // setNeeded makes forward pass the track's packets to the relay endpoint
 // (or stop); on needed every layer is asked for a keyframe.

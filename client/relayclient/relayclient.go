@@ -79,6 +79,9 @@ type RecvTrack struct {
 	Track
 }
 
+// recvBuffer is a receiving client's socket receive buffer.
+const recvBuffer = 4 << 20
+
 // ErrRefused is returned when the node does not welcome the client before
 // the context ends: a bad token or secret, a room or right it does not
 // grant, or a node at its client limit. The node says nothing to refused
@@ -144,6 +147,11 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 	conn, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(local))
 	if err != nil {
 		return nil, err
+	}
+	if cfg.Subscribe {
+		// a receiving client takes a room's bursts (keyframes); best
+		// effort, the system's maximum caps it
+		_ = conn.SetReadBuffer(recvBuffer)
 	}
 	c := &Client{cfg: cfg, conn: conn, link: link, hello: body, buf: make([]byte, 0, 2048), body: make([]byte, 0, 2048),
 		recv: map[uint8]RecvTrack{}, welcomed: make(chan uint64, 1), done: make(chan struct{})}

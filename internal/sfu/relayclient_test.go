@@ -280,3 +280,51 @@ func TestRelayPublishToRelaySubscribe(t *testing.T) {
 		}
 	})
 }
+
+// TestRelayClientReceiveAllocs: a remote track's packet goes to a
+// receiving relay client (sealed and sent to its address) without
+// allocating.
+func TestRelayClientReceiveAllocs(t *testing.T) {
+	e, _ := cascadeBus(t)
+	tokenKey := bytes.Repeat([]byte("token-key-"), 4)
+	n := startCascadeNode(t, e, "nodeA", func(c *Config) { c.CascadeClientAuth = relayauth.Verifier(tokenKey) })
+	s := n.s
+	if err := s.AddRemoteTrack(RemoteTrack{Room: "r1", Publisher: "pub", Track: "v", Node: 9, Kind: "video", MimeType: "video/VP8",
+		ClockRate: 90000, Layers: 1}); err != nil {
+		t.Fatal(err)
+	}
+	tok, sec := mintRelay(t, tokenKey, "r1", "viewer", false, true)
+	rx := newRelayReceiver()
+	cfg := relayclient.Config{Server: s.Cascade().Addr(), Token: tok, Secret: sec, Room: "r1", Local: netip.MustParseAddrPort("127.0.0.1:0")}
+	rx.config(&cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := relayclient.Dial(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	testkit.WaitFor(t, 5*time.Second, "the remote track announced to the client", func() bool { return len(c.Received()) == 1 })
+	pkt := rtp.Packet{Header: rtp.Header{Version: 2, PayloadType: 96, SequenceNumber: 1, SSRC: 5}, Payload: make([]byte, 1000)}
+	raw, err := pkt.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	local := (*cascadeLocal)(s)
+	room, pub, track := []byte("r1"), []byte("pub"), []byte("v")
+	local.DeliverMedia(room, pub, track, 0, raw) // the layer is made once
+	seq := uint16(2)
+	allocs := testing.AllocsPerRun(200, func() {
+		raw[2], raw[3] = byte(seq>>8), byte(seq)
+		seq++
+		local.DeliverMedia(room, pub, track, 0, raw)
+	})
+	if allocs != 0 {
+		t.Fatalf("%v allocations per packet to a receiving relay client", allocs)
+	}
+	if sent := n.metric(t, "traverse_relay_client_sent_total"); sent < 201 {
+		t.Fatalf("%v messages sent to the client, want the 201 packets and the announcement", sent)
+	}
+	// a burst of 201 on loopback may overflow the client's socket buffer
+	testkit.WaitFor(t, 5*time.Second, "the packets at the client", func() bool { _, ok := rx.receives("v", 50); return ok })
+}

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/netip"
 	"os"
 	"sync"
 	"time"
@@ -40,17 +39,9 @@ func relaySubscribe(ctx context.Context, w io.Writer, args []string) error {
 	case *duration <= 0 || *duration > time.Hour:
 		return errors.New("--duration must be positive and at most 1h")
 	}
-	addr, err := netip.ParseAddrPort(*server)
-	if err != nil {
-		return fmt.Errorf("--relay: %w", err)
-	}
-	tok, secret, err := readRelayCredentials(*credFile)
+	addr, tok, secret, room, err := relayClientArgs(*server, *credFile)
 	if err != nil {
 		return err
-	}
-	room, err := tokenRoom(tok)
-	if err != nil {
-		return fmt.Errorf("--credentials: %w", err)
 	}
 	type count struct {
 		track          relayclient.RecvTrack
@@ -59,7 +50,6 @@ func relaySubscribe(ctx context.Context, w io.Writer, args []string) error {
 	var mu sync.Mutex
 	counts := map[uint8]*count{}
 	var order []uint8
-	var c *relayclient.Client
 	cfg := relayclient.Config{Server: addr, Token: tok, Secret: secret, Room: room, Subscribe: true,
 		OnTrack: func(t relayclient.RecvTrack) {
 			mu.Lock()
@@ -78,7 +68,7 @@ func relaySubscribe(ctx context.Context, w io.Writer, args []string) error {
 			}
 		}}
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	c, err = relayclient.Dial(dctx, cfg)
+	c, err := relayclient.Dial(dctx, cfg)
 	cancel()
 	if err != nil {
 		return err

@@ -8,12 +8,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pion/rtp"
-
 	"github.com/traverse-rtc/traverse/client/relayclient"
 	"github.com/traverse-rtc/traverse/internal/cascade/relayauth"
 	"github.com/traverse-rtc/traverse/internal/cluster/clustertest"
 	"github.com/traverse-rtc/traverse/internal/loadgen"
+	"github.com/traverse-rtc/traverse/internal/loadgen/loadgentest"
 	"github.com/traverse-rtc/traverse/internal/sfu"
 	"github.com/traverse-rtc/traverse/internal/signal"
 	"github.com/traverse-rtc/traverse/internal/testkit"
@@ -55,32 +54,7 @@ func TestCascadeRelayClients(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(pub.Close)
-	stop := make(chan struct{})
-	sent := make(chan struct{})
-	go func() {
-		defer close(sent)
-		vp8 := append([]byte{0x10, 0x00}, make([]byte, 900)...) // a one-packet VP8 keyframe
-		opus := make([]byte, 80)
-		tick := time.NewTicker(10 * time.Millisecond)
-		defer tick.Stop()
-		for i := 0; i < 6000; i++ { // at most 60 s
-			v := rtp.Packet{Header: rtp.Header{Version: 2, PayloadType: 96, SequenceNumber: uint16(i), Timestamp: uint32(i) * 900,
-				SSRC: 1111, Marker: true}, Payload: vp8}
-			au := rtp.Packet{Header: rtp.Header{Version: 2, PayloadType: 111, SequenceNumber: uint16(i), Timestamp: uint32(i) * 480,
-				SSRC: 2222}, Payload: opus}
-			for tr, p := range []*rtp.Packet{&v, &au} {
-				if b, err := p.Marshal(); err == nil {
-					_ = pub.WriteRTP(uint8(tr), 0, b)
-				}
-			}
-			select {
-			case <-stop:
-				return
-			case <-tick.C:
-			}
-		}
-	}()
-	defer func() { close(stop); <-sent }()
+	loadgentest.RelayAV(t, pub)
 
 	dial := cascadeDialer(t, c)
 	subB := dial("nodeB", loadgen.ClientConfig{Room: "r1", Identity: "sub-b", Subscribe: true})

@@ -389,19 +389,27 @@ func (l *cascadeLocal) DeliverFeedback(room, publisher, track []byte, layerIdx u
 		s.casc.unknown.Inc()
 		return
 	}
+	if s.keyframeAsked(b) {
+		s.casc.feedbackIn.Inc()
+		go t.requestKeyframe(int(layerIdx))
+	}
+}
+
+// keyframeAsked reports whether RTCP b holds a PLI or FIR (bad RTCP is
+// counted).
+func (s *Server) keyframeAsked(b []byte) bool {
 	pkts, err := rtcp.Unmarshal(b)
 	if err != nil {
 		s.m.badRTP.Inc()
-		return
+		return false
 	}
 	for _, p := range pkts {
 		switch p.(type) {
 		case *rtcp.PictureLossIndication, *rtcp.FullIntraRequest:
-			s.casc.feedbackIn.Inc()
-			go t.requestKeyframe(int(layerIdx))
-			return
+			return true
 		}
 	}
+	return false
 }
 
 // Need starts or stops passing a local track to the relay endpoint.

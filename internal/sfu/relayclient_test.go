@@ -13,6 +13,7 @@ import (
 	"github.com/traverse-rtc/traverse/client/relayclient"
 	"github.com/traverse-rtc/traverse/internal/cascade/relayauth"
 	"github.com/traverse-rtc/traverse/internal/loadgen"
+	"github.com/traverse-rtc/traverse/internal/loadgen/loadgentest"
 	"github.com/traverse-rtc/traverse/internal/metricstest"
 	"github.com/traverse-rtc/traverse/internal/signal"
 	"github.com/traverse-rtc/traverse/internal/testkit"
@@ -61,35 +62,11 @@ func TestRelayClientToWebRTCSubscriber(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(c.Close)
 	if got := s.RemoteTracks("r1"); got != 2 {
 		t.Fatalf("%d client tracks in the room, want 2", got)
 	}
-	stop := make(chan struct{})
-	sent := make(chan struct{})
-	go func() {
-		defer close(sent)
-		vp8 := append([]byte{0x10, 0x00}, make([]byte, 900)...) // a one-packet VP8 keyframe
-		opus := make([]byte, 80)
-		tick := time.NewTicker(10 * time.Millisecond)
-		defer tick.Stop()
-		for i := 0; i < 3000; i++ { // at most 30 s
-			v := rtp.Packet{Header: rtp.Header{Version: 2, PayloadType: 96, SequenceNumber: uint16(i), Timestamp: uint32(i) * 900,
-				SSRC: 1111, Marker: true}, Payload: vp8}
-			a := rtp.Packet{Header: rtp.Header{Version: 2, PayloadType: 111, SequenceNumber: uint16(i), Timestamp: uint32(i) * 480,
-				SSRC: 2222}, Payload: opus}
-			for tr, p := range []*rtp.Packet{&v, &a} {
-				b, err := p.Marshal()
-				if err == nil {
-					_ = c.WriteRTP(uint8(tr), 0, b)
-				}
-			}
-			select {
-			case <-stop:
-				return
-			case <-tick.C:
-			}
-		}
-	}()
+	loadgentest.RelayAV(t, c)
 	testkit.WaitFor(t, 20*time.Second, "the WebRTC subscriber receiving the relay client's video and audio", func() bool {
 		return sub.Receives(1, 1, 50)
 	})
@@ -101,9 +78,6 @@ func TestRelayClientToWebRTCSubscriber(t *testing.T) {
 	if n := metricstest.Value(t, reg, "traverse_relay_client_media_total"); n < 100 {
 		t.Fatalf("%v client packets counted", n)
 	}
-	close(stop)
-	<-sent
-	c.Close()
 }
 
 // relayReceiver is a receiving relay client's record: its tracks and the
@@ -134,28 +108,25 @@ func (r *relayReceiver) config(c *relayclient.Config) {
 	}
 }
 
-// receives reports whether a track named id (of any publisher) got at
-// least n packets, and its index.
-func (r *relayReceiver) receives(id string, n int) (uint8, bool) {
+// find returns the index of a track match accepts that got at least n
+// packets.
+func (r *relayReceiver) find(match func(relayclient.RecvTrack) bool, n int) (uint8, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for i, t := range r.tracks {
-		if t.ID == id && r.pkts[i] >= n {
+		if match(t) && r.pkts[i] >= n {
 			return i, true
 		}
 	}
 	return 0, false
 }
 
+func (r *relayReceiver) receives(id string, n int) (uint8, bool) {
+	return r.find(func(t relayclient.RecvTrack) bool { return t.ID == id }, n)
+}
+
 func (r *relayReceiver) byKind(video bool, n int) (uint8, bool) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for i, t := range r.tracks {
-		if t.Video == video && r.pkts[i] >= n {
-			return i, true
-		}
-	}
-	return 0, false
+	return r.find(func(t relayclient.RecvTrack) bool { return t.Video == video }, n)
 }
 
 func mintRelay(t *testing.T, key []byte, room, id string, pub, sub bool) (string, []byte) {
@@ -305,20 +276,7 @@ func TestRelayClientReceiveAllocs(t *testing.T) {
 	}
 	t.Cleanup(c.Close)
 	testkit.WaitFor(t, 5*time.Second, "the remote track announced to the client", func() bool { return len(c.Received()) == 1 })
-	pkt := rtp.Packet{Header: rtp.Header{Version: 2, PayloadType: 96, SequenceNumber: 1, SSRC: 5}, Payload: make([]byte, 1000)}
-	raw, err := pkt.Marshal()
-	if err != nil {
-		t.Fatal(err)
-	}
-	local := (*cascadeLocal)(s)
-	room, pub, track := []byte("r1"), []byte("pub"), []byte("v")
-	local.DeliverMedia(room, pub, track, 0, raw) // the layer is made once
-	seq := uint16(2)
-	allocs := testing.AllocsPerRun(200, func() {
-		raw[2], raw[3] = byte(seq>>8), byte(seq)
-		seq++
-		local.DeliverMedia(room, pub, track, 0, raw)
-	})
+	allocs := deliverAllocs(t, s, 200)
 	if allocs != 0 {
 		t.Fatalf("%v allocations per packet to a receiving relay client", allocs)
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"strings"
 
-	"github.com/pion/rtcp"
 	"github.com/pion/webrtc/v4"
 
 	"github.com/traverse-rtc/traverse/internal/bus"
@@ -337,17 +336,8 @@ func (l *cascadeLocal) ClientFeedback(id relay.ClientID, idx, layer uint8, b []b
 		s.casc.unknown.Inc()
 		return
 	}
-	pkts, err := rtcp.Unmarshal(b)
-	if err != nil {
-		s.m.badRTP.Inc()
-		return
-	}
-	for _, pk := range pkts {
-		switch pk.(type) {
-		case *rtcp.PictureLossIndication, *rtcp.FullIntraRequest:
-			go t.requestKeyframe(int(layer))
-			return
-		}
+	if s.keyframeAsked(b) {
+		go t.requestKeyframe(int(layer))
 	}
 }
 

@@ -177,6 +177,19 @@ func TestRelayClientReceives(t *testing.T) {
 	}
 }
 
+// refused dials a receiving client into room standup that the node must
+// not welcome.
+func refused(t *testing.T, n *clientNode, tok string, sec []byte) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 600*time.Millisecond)
+	defer cancel()
+	_, err := relayclient.Dial(ctx, relayclient.Config{Server: n.e.Addr(), Token: tok, Secret: sec, Room: "standup",
+		Local: netip.MustParseAddrPort("127.0.0.1:0"), Subscribe: true})
+	if !errors.Is(err, relayclient.ErrRefused) {
+		t.Fatalf("welcomed: %v", err)
+	}
+}
+
 // TestRelayClientSubscribeAttacks mounts each attack on a node's
 // receiving clients and checks it is dropped and counted, while the
 // genuine receiving client is served.
@@ -196,25 +209,13 @@ func TestRelayClientSubscribeAttacks(t *testing.T) {
 	}
 	t.Run("subscribing without the right", func(t *testing.T) {
 		tok, sec := mintRights(t, "standup", "pub-only", true, false)
-		ctx, cancel := context.WithTimeout(context.Background(), 600*time.Millisecond)
-		defer cancel()
-		_, err := relayclient.Dial(ctx, relayclient.Config{Server: n.e.Addr(), Token: tok, Secret: sec, Room: "standup",
-			Local: netip.MustParseAddrPort("127.0.0.1:0"), Subscribe: true})
-		if !errors.Is(err, relayclient.ErrRefused) {
-			t.Fatal(err)
-		}
+		refused(t, n, tok, sec)
 		n.wantDrop(t, "client_rights", 1)
 		noSub()
 	})
 	t.Run("token for another room", func(t *testing.T) {
 		tok, sec := mintRights(t, "other", "viewer-2", false, true)
-		ctx, cancel := context.WithTimeout(context.Background(), 600*time.Millisecond)
-		defer cancel()
-		_, err := relayclient.Dial(ctx, relayclient.Config{Server: n.e.Addr(), Token: tok, Secret: sec, Room: "standup",
-			Local: netip.MustParseAddrPort("127.0.0.1:0"), Subscribe: true})
-		if !errors.Is(err, relayclient.ErrRefused) {
-			t.Fatal(err)
-		}
+		refused(t, n, tok, sec)
 		n.wantDrop(t, "client_room", 1)
 		noSub()
 	})

@@ -341,6 +341,34 @@ func (l *cascadeLocal) ClientFeedback(id relay.ClientID, idx, layer uint8, b []b
 	}
 }
 
+// relayPeersLeave tells the bus, as the node stops, that its relay
+// clients and their tracks leave (as its participants do).
+func (s *Server) relayPeersLeave() {
+	if s.casc.ep == nil {
+		return
+	}
+	s.casc.mu.Lock()
+	peers := make([]*relayPeer, 0, len(s.casc.peers))
+	for _, p := range s.casc.peers {
+		peers = append(peers, p)
+	}
+	s.casc.peers = map[relay.ClientID]*relayPeer{}
+	s.casc.mu.Unlock()
+	for _, p := range peers {
+		var pub []relaywire.ClientTrack
+		if p.r != nil {
+			p.r.mu.Lock()
+			pub = p.pub
+			p.r.mu.Unlock()
+		}
+		for i := range pub {
+			s.publishEvent(bus.RoomEvent{Type: bus.EventTrackUnpublished, Room: p.g.Room, Session: p.g.Identity,
+				Identity: p.g.Identity, Track: clientTrackInfo(p.g, &pub[i])})
+		}
+		s.peerEvent(bus.EventParticipantLeft, p.g)
+	}
+}
+
 // clientTrackInfo is how the bus hears of a relay client's track.
 func clientTrackInfo(g relay.ClientGrant, ct *relaywire.ClientTrack) *bus.TrackInfo {
 	kind := "audio"

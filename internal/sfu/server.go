@@ -434,6 +434,7 @@ func (s *Server) Close() error {
 		for _, p := range parts {
 			p.leave("node shutting down")
 		}
+		s.relayPeersLeave()
 		s.closeGroup()
 		s.wg.Wait()
 		s.closeSockets()

@@ -563,7 +563,7 @@ func (l *cascadeLocal) ClientLeave(id relay.ClientID, g relay.ClientGrant, track
 	p := s.casc.peers[id]
 	s.casc.mu.Unlock()
 	left := false
-	if p != nil && p.r != nil {
+	if p != nil {
 		p.r.mu.Lock()
 		p.pub = nil
 		p.r.mu.Unlock()

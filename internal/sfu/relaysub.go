@@ -27,7 +27,7 @@ import (
 type relayPeer struct {
 	id  relay.ClientID
 	g   relay.ClientGrant
-	r   *room
+	r   *room                   // set once
 	pub []relaywire.ClientTrack // published (ClientJoin)
 	sub *clientSub              // nil: it does not receive
 }
@@ -193,24 +193,24 @@ func (s *Server) relayPeer(id relay.ClientID, g relay.ClientGrant) (p *relayPeer
 	defer s.mu.Unlock()
 	s.casc.mu.Lock()
 	p = s.casc.peers[id]
-	if p == nil {
-		p, joined = &relayPeer{id: id, g: g}, true
-		s.casc.peers[id] = p
-	}
 	s.casc.mu.Unlock()
-	if p.r == nil {
-		r := s.rooms[g.Room]
-		if r == nil {
-			r = newRoom(s, g.Room)
-			s.rooms[g.Room] = r
-			s.attachRemotesLocked(r)
-		}
-		r.mu.Lock()
-		r.clients[id] = p
-		r.mu.Unlock()
-		p.r = r
+	if p != nil {
+		return p, false
 	}
-	return p, joined
+	r := s.rooms[g.Room]
+	if r == nil {
+		r = newRoom(s, g.Room)
+		s.rooms[g.Room] = r
+		s.attachRemotesLocked(r)
+	}
+	p = &relayPeer{id: id, g: g, r: r}
+	r.mu.Lock()
+	r.clients[id] = p
+	r.mu.Unlock()
+	s.casc.mu.Lock()
+	s.casc.peers[id] = p
+	s.casc.mu.Unlock()
+	return p, true
 }
 
 // dropPeerLocked forgets a relay client that neither publishes nor
@@ -293,7 +293,7 @@ func (l *cascadeLocal) ClientUnsubscribe(id relay.ClientID, g relay.ClientGrant)
 	s.casc.mu.Lock()
 	p := s.casc.peers[id]
 	s.casc.mu.Unlock()
-	if p == nil || p.r == nil {
+	if p == nil {
 		return
 	}
 	r := p.r
@@ -325,7 +325,7 @@ func (l *cascadeLocal) ClientFeedback(id relay.ClientID, idx, layer uint8, b []b
 	p := s.casc.peers[id]
 	s.casc.mu.Unlock()
 	var t *pubTrack
-	if p != nil && p.r != nil {
+	if p != nil {
 		p.r.mu.Lock()
 		if p.sub != nil && int(idx) < len(p.sub.slots) {
 			t = p.sub.slots[idx]
@@ -355,12 +355,9 @@ func (s *Server) relayPeersLeave() {
 	s.casc.peers = map[relay.ClientID]*relayPeer{}
 	s.casc.mu.Unlock()
 	for _, p := range peers {
-		var pub []relaywire.ClientTrack
-		if p.r != nil {
-			p.r.mu.Lock()
-			pub = p.pub
-			p.r.mu.Unlock()
-		}
+		p.r.mu.Lock()
+		pub := p.pub
+		p.r.mu.Unlock()
 		for i := range pub {
 			s.publishEvent(bus.RoomEvent{Type: bus.EventTrackUnpublished, Room: p.g.Room, Session: p.g.Identity,
 				Identity: p.g.Identity, Track: clientTrackInfo(p.g, &pub[i])})

@@ -334,7 +334,7 @@ func TestRelayClientSubscribeAttacks(t *testing.T) {
 // unsubscribed.
 func TestRelayClientSubscribeLimit(t *testing.T) {
 	const max = 3
-	n, sfu := startSubNode(t, func(c *relay.Config) { c.MaxClients, c.ClientIdle = max, 2*time.Second })
+	n, sfu := startSubNode(t, func(c *relay.Config) { c.MaxClients, c.ClientIdle = max, 3*time.Second })
 	var clients []*relayclient.Client
 	for i := range max + 2 {
 		tok, sec := mintRights(t, "standup", "viewer-"+string(rune('a'+i)), false, true)
@@ -359,7 +359,7 @@ func TestRelayClientSubscribeLimit(t *testing.T) {
 	for _, c := range clients {
 		c.Close()
 	}
-	testkit.WaitFor(t, 5*time.Second, "quiet clients unsubscribed", func() bool { _, k := sfu.subscribed(); return k == 0 })
+	testkit.WaitFor(t, 10*time.Second, "quiet clients unsubscribed", func() bool { _, k := sfu.subscribed(); return k == 0 })
 }
 
 // BenchmarkSendClientMedia is the cost of one 1,200-byte RTP packet to a

@@ -1,5 +1,5 @@
-// Package relayclient publishes RTP into a traverse room through an SFU
-// node's relay port, speaking the cascade relay protocol as a client
+// Package relayclient publishes RTP into a traverse room, and receives
+// the room's tracks, through an SFU node's relay port, speaking the cascade relay protocol as a client
 // (docs/relay-protocol.md, "Clients") instead of WebRTC: no ICE, DTLS or
 // SRTP, one UDP socket, one AEAD. It is meant for servers and tools that
 // feed media into rooms (recorders' inverse: ingest, load generators,
@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -57,7 +58,29 @@ type Config struct {
 	Keepalive time.Duration
 	// OnFeedback receives the node's RTCP for a track (keyframe requests).
 	OnFeedback func(track, layer uint8, rtcp []byte)
+
+	// Subscribe asks to receive the room's tracks (the token must grant
+	// subscribing): the node announces each track (OnTrack) and sends its
+	// RTP (OnRTP). The callbacks run on the client's read goroutine, one
+	// at a time; rtp is valid only during the call.
+	Subscribe   bool
+	OnTrack     func(t RecvTrack)
+	OnTrackGone func(index uint8)
+	OnRTP       func(track, layer uint8, rtp []byte)
 }
+
+// RecvTrack is a track of the room the client receives.
+type RecvTrack struct {
+	// Index names the track in OnRTP and RequestKeyframe.
+	Index uint8
+	// Publisher is who publishes it (a participant's session, or a relay
+	// client's identity); the rest is as in Track.
+	Publisher string
+	Track
+}
+
+// recvBuffer is a receiving client's socket receive buffer.
+const recvBuffer = 4 << 20
 
 // ErrRefused is returned when the node does not welcome the client before
 // the context ends: a bad token or secret, a room or right it does not
@@ -76,6 +99,13 @@ type Client struct {
 	buf  []byte
 	body []byte
 
+	recvMu sync.Mutex // guards recv
+	recv   map[uint8]RecvTrack
+	// unknownAt is when media of an unannounced track last made the
+	// client say hello again (at most once a second): the node answers a
+	// hello with every track.
+	unknownAt time.Time
+
 	welcomed chan uint64
 	done     chan struct{}
 	wg       sync.WaitGroup
@@ -91,7 +121,7 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("relayclient: %w", err)
 	}
-	h := relaywire.Hello{Room: cfg.Room, Publish: len(cfg.Tracks) > 0}
+	h := relaywire.Hello{Room: cfg.Room, Publish: len(cfg.Tracks) > 0, Subscribe: cfg.Subscribe}
 	for _, t := range cfg.Tracks {
 		ct := relaywire.ClientTrack{ID: t.ID, Kind: relaywire.KindAudio, Layers: max(t.Layers, 1), Channels: t.Channels,
 			ClockRate: t.ClockRate, Mime: t.MimeType, Fmtp: t.Fmtp}
@@ -118,8 +148,13 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
+	if cfg.Subscribe {
+		// a receiving client takes a room's bursts (keyframes); best
+		// effort, the system's maximum caps it
+		_ = conn.SetReadBuffer(recvBuffer)
+	}
 	c := &Client{cfg: cfg, conn: conn, link: link, hello: body, buf: make([]byte, 0, 2048), body: make([]byte, 0, 2048),
-		welcomed: make(chan uint64, 1), done: make(chan struct{})}
+		recv: map[uint8]RecvTrack{}, welcomed: make(chan uint64, 1), done: make(chan struct{})}
 	c.wg.Add(1)
 	go c.read()
 	t := time.NewTicker(250 * time.Millisecond)
@@ -160,9 +195,14 @@ func (c *Client) WriteRTP(track, layer uint8, rtp []byte) error {
 	if int(track) >= len(c.cfg.Tracks) {
 		return fmt.Errorf("relayclient: track %d of %d", track, len(c.cfg.Tracks))
 	}
+	return c.send(relaywire.ClientMsg{Kind: relaywire.KindMedia, Track: track, Layer: layer}, rtp)
+}
+
+// send seals one client message and sends it to the node.
+func (c *Client) send(m relaywire.ClientMsg, payload []byte) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.body = relaywire.AppendClientMsg(c.body[:0], relaywire.ClientMsg{Kind: relaywire.KindMedia, Track: track, Layer: layer}, rtp)
+	c.body = relaywire.AppendClientMsg(c.body[:0], m, payload)
 	f := c.link.Seal(c.buf[:0], relaywire.TypeClient, c.body)
 	c.buf = f[:0]
 	_, err := c.conn.WriteToUDPAddrPort(f, c.cfg.Server)
@@ -212,11 +252,90 @@ func (c *Client) read() {
 			}
 		case relaywire.TypeClient:
 			m, p, err := relaywire.ParseClientMsg(body)
-			if err == nil && m.Kind == relaywire.KindFeedback && c.cfg.OnFeedback != nil {
-				c.cfg.OnFeedback(m.Track, m.Layer, p)
+			if err != nil {
+				continue
+			}
+			switch m.Kind {
+			case relaywire.KindFeedback:
+				if c.cfg.OnFeedback != nil {
+					c.cfg.OnFeedback(m.Track, m.Layer, p)
+				}
+			case relaywire.KindMedia:
+				c.media(m, p)
+			case relaywire.KindTrack:
+				if st, err := relaywire.ParseSubTrack(p); err == nil {
+					c.track(m.Track, &st)
+				}
+			case relaywire.KindTrackGone:
+				c.recvMu.Lock()
+				_, ok := c.recv[m.Track]
+				delete(c.recv, m.Track)
+				c.recvMu.Unlock()
+				if ok && c.cfg.OnTrackGone != nil {
+					c.cfg.OnTrackGone(m.Track)
+				}
 			}
 		}
 	}
+}
+
+// track records an announced track; OnTrack hears of it when it is new or
+// changed (the node repeats every track at each hello).
+func (c *Client) track(idx uint8, st *relaywire.SubTrack) {
+	rt := RecvTrack{Index: idx, Publisher: st.Publisher, Track: Track{ID: st.ID, Video: st.Kind == relaywire.KindVideo,
+		MimeType: st.Mime, ClockRate: st.ClockRate, Channels: st.Channels, Fmtp: st.Fmtp, Layers: st.Layers}}
+	c.recvMu.Lock()
+	old, ok := c.recv[idx]
+	c.recv[idx] = rt
+	c.recvMu.Unlock()
+	if (!ok || old != rt) && c.cfg.OnTrack != nil {
+		c.cfg.OnTrack(rt)
+	}
+}
+
+// media hands a received packet to OnRTP; one of a track not announced
+// yet (its announcement was lost) makes the client say hello again.
+func (c *Client) media(m relaywire.ClientMsg, rtp []byte) {
+	c.recvMu.Lock()
+	_, ok := c.recv[m.Track]
+	again := false
+	if !ok {
+		if now := time.Now(); now.Sub(c.unknownAt) >= time.Second {
+			c.unknownAt, again = now, true
+		}
+	}
+	c.recvMu.Unlock()
+	if again {
+		_ = c.sayHello()
+	}
+	if ok && c.cfg.OnRTP != nil {
+		c.cfg.OnRTP(m.Track, m.Layer, rtp)
+	}
+}
+
+// Received returns the tracks the client receives now.
+func (c *Client) Received() []RecvTrack {
+	c.recvMu.Lock()
+	defer c.recvMu.Unlock()
+	out := make([]RecvTrack, 0, len(c.recv))
+	for _, t := range c.recv {
+		out = append(out, t)
+	}
+	slices.SortFunc(out, func(a, b RecvTrack) int { return int(a.Index) - int(b.Index) })
+	return out
+}
+
+// RequestKeyframe asks the publisher of a received track (its index) for
+// a keyframe of a layer: a PLI, carried to the publisher by the node (and
+// across the cascade when the track comes from another node).
+func (c *Client) RequestKeyframe(track, layer uint8) error {
+	if !c.cfg.Subscribe {
+		return errors.New("relayclient: not subscribed")
+	}
+	// RTCP PLI (RFC 4585 6.3.1): V=2 FMT=1, PT 206, length 2, SSRCs 0
+	// (the node knows the track by its index)
+	pli := [12]byte{0x81, 206, 0, 2}
+	return c.send(relaywire.ClientMsg{Kind: relaywire.KindFeedback, Track: track, Layer: layer}, pli[:])
 }
 
 // Close stops the client. The node unbinds it once it has been quiet for

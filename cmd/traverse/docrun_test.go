@@ -21,6 +21,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/traverse-rtc/traverse/internal/cascade/relayauth"
+	"github.com/traverse-rtc/traverse/internal/signal"
 	"github.com/traverse-rtc/traverse/internal/testkit"
 	"github.com/traverse-rtc/traverse/internal/tlsutil"
 )
@@ -56,6 +58,9 @@ type docRunEnv struct {
 	serveDir string // its --bus-creds-dir
 	serveSFU string // its SFU node
 	drainSFU string // an SFU node on the shared bus for "sfu drain"
+	// relayAddr is the relay port of the "keep" SFU node, which takes
+	// relay clients with tokenKey's tokens (relay-publish, relay-subscribe)
+	relayAddr string
 }
 
 const (
@@ -112,7 +117,7 @@ type docRun struct {
 // oneShot are the commands (and subcommands) that do their work and exit.
 func oneShot(args []string) bool {
 	switch args[0] {
-	case "version", "token", "natcheck", "lab", "load":
+	case "version", "token", "natcheck", "lab", "load", "relay-publish", "relay-subscribe":
 		return true
 	case "sfu":
 		return len(args) > 1 && args[1] == "drain"
@@ -243,6 +248,10 @@ func (e *docRunEnv) plan(c docCommand) (*docRun, error) {
 		r.expect = regexp.MustCompile(`p50`)
 	case c.args[0] == "lab" && r.argv[1] == "up":
 		r.expect = regexp.MustCompile(`lab \S+ is up`)
+	case c.args[0] == "relay-publish":
+		r.expect = regexp.MustCompile(`published \d+ packets`)
+	case c.args[0] == "relay-subscribe":
+		r.expect = regexp.MustCompile(`received \d+ tracks of room demo`)
 	}
 	return r, nil
 }
@@ -259,7 +268,12 @@ func (e *docRunEnv) value(c docCommand, r *docRun, name, value string, f *flag.F
 	if v, ok := capped[name]; ok {
 		return v, nil
 	}
+	relayClient := c.args[0] == "relay-publish" || c.args[0] == "relay-subscribe"
 	switch {
+	case relayClient && name == "relay":
+		return e.relayAddr, nil
+	case relayClient && name == "credentials":
+		return e.relayCredentials(c.args[0])
 	case name == "stun":
 		return e.stun, nil
 	case name == "admin":
@@ -333,6 +347,18 @@ func (e *docRunEnv) value(c docCommand, r *docRun, name, value string, f *flag.F
 		return lab, nil
 	}
 	return "", fmt.Errorf("no stand-in for --%s %s", name, value)
+}
+
+// relayCredentials writes a relay client's credentials (what "traverse
+// token --relay" prints) for the room demo, identity who, with both rights.
+func (e *docRunEnv) relayCredentials(who string) (string, error) {
+	tok, sec, err := relayauth.Mint([]byte(e.tokenKey), signal.Claims{Room: "demo", Identity: who, Publish: true, Subscribe: true,
+		Expires: time.Now().Add(time.Hour).Unix()})
+	if err != nil {
+		return "", err
+	}
+	f := filepath.Join(e.t.TempDir(), who+".creds")
+	return f, os.WriteFile(f, []byte(tok+"\n"+hex.EncodeToString(sec)+"\n"), 0o600)
 }
 
 // credsFile is the shared bus's credentials file a documented
@@ -505,6 +531,11 @@ func TestDocCommandsRun(t *testing.T) {
 	e.stun = "127.0.0.1:" + strconv.Itoa(p)
 	e.drainSFU = "drainme"
 	e.nodes[e.drainSFU] = true
+	e.relayAddr = e.addr()
+	relaySecret := filepath.Join(t.TempDir(), "cascade.secret")
+	if err := os.WriteFile(relaySecret, []byte(docSecret+docSecret), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	e.nodes["keep"] = true // the SFU node that makes the signal commands ready
 	serveHTTP := e.addr()
 	e.serveWS, e.serveBus, e.serveDir, e.serveSFU = "ws://"+serveHTTP+"/ws", "nats://"+e.addr(), t.TempDir(), "sfu-doc"
@@ -571,8 +602,12 @@ func TestDocCommandsRun(t *testing.T) {
 				"--jetstream-dir", t.TempDir(), "--admin", admin, "--log-level", "warn"}, nodes...)...)
 			for _, node := range []string{e.drainSFU, "keep"} {
 				admin = e.addr()
-				startReady(t, admin, "sfu", "--udp", e.addr(), "--tcp", e.addr(), "--nats", e.busURL,
-					"--nats-creds", filepath.Join(e.creds, "sfu-"+node+".creds"), "--admin", admin, "--log-level", "warn")
+				args := []string{"sfu", "--udp", e.addr(), "--tcp", e.addr(), "--nats", e.busURL,
+					"--nats-creds", filepath.Join(e.creds, "sfu-"+node+".creds"), "--admin", admin, "--log-level", "warn"}
+				if node == "keep" {
+					args = append(args, "--cascade-listen", e.relayAddr, "--cascade-secret-file", relaySecret, "--cascade-token-key", e.tokenKey)
+				}
+				startReady(t, admin, args...)
 			}
 		},
 		func() {

@@ -48,18 +48,9 @@ func runRelayPublish(ctx context.Context, args []string) error {
 	case *duration <= 0 || *duration > time.Hour:
 		return errors.New("--duration must be positive and at most 1h")
 	}
-	addr, err := netip.ParseAddrPort(*server)
-	if err != nil {
-		return fmt.Errorf("--relay: %w", err)
-	}
-	tok, secret, err := readRelayCredentials(*credFile)
+	addr, tok, secret, room, err := relayClientArgs(*server, *credFile)
 	if err != nil {
 		return err
-	}
-	// the room is the token's (unverified here; the node checks it)
-	room, err := tokenRoom(tok)
-	if err != nil {
-		return fmt.Errorf("--credentials: %w", err)
 	}
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	c, err := relayclient.Dial(dctx, relayclient.Config{Server: addr, Token: tok, Secret: secret, Room: room,
@@ -102,6 +93,25 @@ func runRelayPublish(ctx context.Context, args []string) error {
 	}
 	fmt.Printf("published %d packets of %d bytes in %v to room %s\n", sent, *size, time.Since(start).Round(time.Millisecond), room)
 	return nil
+}
+
+// relayClientArgs reads a relay client command's --relay and
+// --credentials: the node's address, the token, the secret and the
+// token's room (unverified here; the node checks it).
+func relayClientArgs(server, credFile string) (addr netip.AddrPort, tok string, secret []byte, room string, err error) {
+	addr, err = netip.ParseAddrPort(server)
+	if err != nil {
+		return addr, "", nil, "", fmt.Errorf("--relay: %w", err)
+	}
+	tok, secret, err = readRelayCredentials(credFile)
+	if err != nil {
+		return addr, "", nil, "", err
+	}
+	room, err = tokenRoom(tok)
+	if err != nil {
+		return addr, "", nil, "", fmt.Errorf("--credentials: %w", err)
+	}
+	return addr, tok, secret, room, nil
 }
 
 // readRelayCredentials reads what "traverse token --relay" prints.

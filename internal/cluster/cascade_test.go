@@ -50,13 +50,18 @@ func startCascadeController(t *testing.T, c *clustertest.Cluster, rotation time.
 
 var cascadeSecret = bytes.Repeat([]byte("s"), 32)
 
-// startCascadeSFU runs an SFU node with a relay port on c.
-func startCascadeSFU(t *testing.T, c *clustertest.Cluster, name string) *cascadeNode {
+// startCascadeSFU runs an SFU node with a relay port on c; mods change
+// its Config.
+func startCascadeSFU(t *testing.T, c *clustertest.Cluster, name string, mods ...func(*sfu.Config)) *cascadeNode {
 	t.Helper()
 	reg := prometheus.NewRegistry()
-	s, err := sfu.New(sfu.Config{UDP: netip.MustParseAddrPort("127.0.0.1:0"), NodeID: name,
+	cfg := sfu.Config{UDP: netip.MustParseAddrPort("127.0.0.1:0"), NodeID: name,
 		Bus: c.Connect(name, bus.RoleNode, name), Log: quiet, Registerer: reg,
-		CascadeListen: netip.MustParseAddrPort("127.0.0.1:0"), CascadeSecret: cascadeSecret})
+		CascadeListen: netip.MustParseAddrPort("127.0.0.1:0"), CascadeSecret: cascadeSecret}
+	for _, m := range mods {
+		m(&cfg)
+	}
+	s, err := sfu.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -81,12 +81,17 @@ type cascadeState struct {
 	ep *relay.Endpoint
 	id uint32
 
-	mu sync.Mutex // guards remotes and needs
+	mu sync.Mutex // guards remotes, needs and peers
 	// remotes are the remote tracks by room, then by pubTrack key.
 	remotes map[string]map[string]*RemoteTrack
 	// needs are the local tracks other nodes need, by pubTrack key in
 	// each room (a need may come before the track is published here).
 	needs map[relay.StreamKey]bool
+	// peers are the relay clients present in rooms here (relaysub.go).
+	peers map[relay.ClientID]*relayPeer
+	// announce queues track announcements to receiving relay clients.
+	announce      chan clientAnnounce
+	announceDrops prometheus.Counter
 
 	// cmdMu serialises the controller's commands; applied is the last.
 	cmdMu   sync.Mutex
@@ -119,6 +124,8 @@ func (s *Server) openCascade() error {
 	}
 	c.remotes = map[string]map[string]*RemoteTrack{}
 	c.needs = map[relay.StreamKey]bool{}
+	c.peers = map[relay.ClientID]*relayPeer{}
+	c.announce = make(chan clientAnnounce, announceQueue)
 	cnt := func(name, help string) prometheus.Counter {
 		return prometheus.NewCounter(prometheus.CounterOpts{Namespace: "traverse", Subsystem: "sfu", Name: name, Help: help})
 	}
@@ -126,8 +133,9 @@ func (s *Server) openCascade() error {
 	c.feedbackIn = cnt("cascade_feedback_in_total", "Keyframe requests other nodes sent for local tracks.")
 	c.feedbackOut = cnt("cascade_feedback_out_total", "Keyframe requests sent to remote tracks' nodes.")
 	c.stale = cnt("cascade_stale_commands_total", "Cascade commands ignored: from an older controller lease than one applied.")
+	c.announceDrops = cnt("relay_client_announce_dropped_total", "Track announcements to receiving relay clients dropped: the queue was full (the client's next hello repeats them).")
 	if s.cfg.Registerer != nil {
-		for _, m := range []prometheus.Collector{c.unknown, c.feedbackIn, c.feedbackOut, c.stale} {
+		for _, m := range []prometheus.Collector{c.unknown, c.feedbackIn, c.feedbackOut, c.stale, c.announceDrops} {
 			if err := s.cfg.Registerer.Register(m); err != nil {
 				return err
 			}
@@ -173,13 +181,18 @@ func (s *Server) runCascade(ctx context.Context) error {
 	if s.casc.ep == nil {
 		return nil
 	}
-	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(2)
 	go func() {
-		defer close(done)
+		defer wg.Done()
 		s.cascadeControl(ctx)
 	}()
+	go func() {
+		defer wg.Done()
+		s.announceTracks(ctx)
+	}()
 	err := s.casc.ep.Run(ctx)
-	<-done
+	wg.Wait()
 	return err
 }
 
@@ -211,6 +224,10 @@ func (s *Server) AddRemoteTrack(rt RemoteTrack) error {
 		return nil
 	}
 	if r.addRemote(&rt) {
+		r.mu.Lock()
+		t := r.tracks[key]
+		r.mu.Unlock()
+		r.offerClients(t)
 		for _, o := range r.others(nil) {
 			o.requestNegotiation()
 		}
@@ -247,6 +264,7 @@ func (s *Server) RemoveRemoteTrack(room, publisher, track string) {
 	r.mu.Unlock()
 	if t != nil {
 		t.close()
+		r.withdrawClients(t)
 		for _, o := range r.others(nil) {
 			o.requestNegotiation()
 		}
@@ -371,19 +389,27 @@ func (l *cascadeLocal) DeliverFeedback(room, publisher, track []byte, layerIdx u
 		s.casc.unknown.Inc()
 		return
 	}
+	if s.keyframeAsked(b) {
+		s.casc.feedbackIn.Inc()
+		go t.requestKeyframe(int(layerIdx))
+	}
+}
+
+// keyframeAsked reports whether RTCP b holds a PLI or FIR (bad RTCP is
+// counted).
+func (s *Server) keyframeAsked(b []byte) bool {
 	pkts, err := rtcp.Unmarshal(b)
 	if err != nil {
 		s.m.badRTP.Inc()
-		return
+		return false
 	}
 	for _, p := range pkts {
 		switch p.(type) {
 		case *rtcp.PictureLossIndication, *rtcp.FullIntraRequest:
-			s.casc.feedbackIn.Inc()
-			go t.requestKeyframe(int(layerIdx))
-			return
+			return true
 		}
 	}
+	return false
 }
 
 // Need starts or stops passing a local track to the relay endpoint.
@@ -401,7 +427,8 @@ func (l *cascadeLocal) Need(k relay.StreamKey, needed bool) {
 	}
 }
 
-// localTrack returns a local publisher's track of a room.
+// localTrack returns a track published on this node, a participant's or a
+// relay client's.
 func (s *Server) localTrack(room, key string) *pubTrack {
 	s.mu.Lock()
 	r := s.rooms[room]
@@ -412,10 +439,16 @@ func (s *Server) localTrack(room, key string) *pubTrack {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	t := r.tracks[key]
-	if t == nil || t.pub == nil {
+	if t == nil || !t.publishedHere() {
 		return nil
 	}
 	return t
+}
+
+// publishedHere reports whether a participant or a relay client of this
+// node publishes t (not another node).
+func (t *pubTrack) publishedHere() bool {
+	return t.pub != nil || t.remote != nil && t.remote.client != 0
 }
 
 // setNeeded makes forward pass the track's packets to the relay endpoint
@@ -434,10 +467,10 @@ func (t *pubTrack) setNeeded(k relay.StreamKey, needed bool) {
 // applyNeed is called when a local track is published: a need that came
 // first takes effect.
 func (s *Server) applyNeed(t *pubTrack) {
-	if s.casc.ep == nil || t.pub == nil {
+	if s.casc.ep == nil || !t.publishedHere() {
 		return
 	}
-	k := relay.StreamKey{Room: t.r.name, Publisher: t.pub.id, Track: t.id}
+	k := relay.StreamKey{Room: t.r.name, Publisher: t.publisher(), Track: t.id}
 	s.casc.mu.Lock()
 	needed := s.casc.needs[k]
 	s.casc.mu.Unlock()
@@ -473,9 +506,17 @@ func (t *pubTrack) remoteKeyframe(idx int) {
 
 // ClientJoin puts a relay client's tracks in its room on this node: each
 // is a remote track whose source is the client, offered to the room's
-// subscribers like a publisher's (relay.ClientLocal).
+// subscribers like a publisher's (relay.ClientLocal), and announced on
+// the bus like a publisher's, so that the cascade carries it to the
+// room's other nodes.
 func (l *cascadeLocal) ClientJoin(id relay.ClientID, g relay.ClientGrant, tracks []relaywire.ClientTrack) error {
 	s := (*Server)(l)
+	for _, ct := range tracks {
+		if ct.Kind == relaywire.KindVideo && rtpcodec.CodecOf(ct.Mime) == rtpcodec.Other {
+			return fmt.Errorf("%w: relay client %s: codec %q", ErrConfig, g.Identity, ct.Mime)
+		}
+	}
+	p, joined := s.relayPeer(id, g)
 	for i, ct := range tracks {
 		kind := "audio"
 		if ct.Kind == relaywire.KindVideo {
@@ -484,23 +525,57 @@ func (l *cascadeLocal) ClientJoin(id relay.ClientID, g relay.ClientGrant, tracks
 		rt := RemoteTrack{Room: g.Room, Publisher: g.Identity, Track: ct.ID, StreamID: g.Identity, Node: s.casc.id,
 			Kind: kind, MimeType: ct.Mime, ClockRate: ct.ClockRate, Channels: uint16(ct.Channels), Fmtp: ct.Fmtp,
 			Layers: int(ct.Layers), client: id, ctrack: uint8(i)}
-		if ct.Kind == relaywire.KindVideo && rtpcodec.CodecOf(ct.Mime) == rtpcodec.Other {
-			err := fmt.Errorf("%w: relay client %s: codec %q", ErrConfig, g.Identity, ct.Mime)
-			l.ClientLeave(id, g, tracks[:i])
-			return err
-		}
 		if err := s.AddRemoteTrack(rt); err != nil {
-			l.ClientLeave(id, g, tracks[:i])
+			s.removeClientTracks(g, tracks[:i])
+			s.mu.Lock()
+			s.dropPeerLocked(p)
+			s.mu.Unlock()
 			return err
 		}
+	}
+	p.r.mu.Lock()
+	p.pub = tracks
+	p.r.mu.Unlock()
+	if joined {
+		s.peerEvent(bus.EventParticipantJoined, g)
+	}
+	for i := range tracks {
+		if t := s.localTrack(g.Room, g.Identity+"/"+tracks[i].ID); t != nil {
+			s.applyNeed(t)
+		}
+		s.publishEvent(bus.RoomEvent{Type: bus.EventTrackPublished, Room: g.Room, Session: g.Identity, Identity: g.Identity,
+			Track: clientTrackInfo(g, &tracks[i])})
 	}
 	s.log.Info("sfu: relay client joined", "room", g.Room, "identity", g.Identity, "tracks", len(tracks))
 	return nil
 }
 
 // ClientLeave takes a relay client's tracks out of its room.
-func (l *cascadeLocal) ClientLeave(_ relay.ClientID, g relay.ClientGrant, tracks []relaywire.ClientTrack) {
+func (l *cascadeLocal) ClientLeave(id relay.ClientID, g relay.ClientGrant, tracks []relaywire.ClientTrack) {
 	s := (*Server)(l)
+	s.removeClientTracks(g, tracks)
+	for i := range tracks {
+		s.publishEvent(bus.RoomEvent{Type: bus.EventTrackUnpublished, Room: g.Room, Session: g.Identity, Identity: g.Identity,
+			Track: clientTrackInfo(g, &tracks[i])})
+	}
+	s.mu.Lock()
+	s.casc.mu.Lock()
+	p := s.casc.peers[id]
+	s.casc.mu.Unlock()
+	left := false
+	if p != nil {
+		p.r.mu.Lock()
+		p.pub = nil
+		p.r.mu.Unlock()
+		left = s.dropPeerLocked(p)
+	}
+	s.mu.Unlock()
+	if left {
+		s.peerEvent(bus.EventParticipantLeft, g)
+	}
+}
+
+func (s *Server) removeClientTracks(g relay.ClientGrant, tracks []relaywire.ClientTrack) {
 	for _, ct := range tracks {
 		s.RemoveRemoteTrack(g.Room, g.Identity, ct.ID)
 	}

@@ -201,6 +201,26 @@ func TestCascadeRoomSpansNodes(t *testing.T) {
 	b.s.RemoveRemoteTrack("r1", "x", "y") // unknown: nothing happens
 }
 
+// deliverAllocs is the allocations per packet of remote track r1/pub/v
+// (video) that DeliverMedia takes, over n packets.
+func deliverAllocs(t *testing.T, s *Server, n int) float64 {
+	t.Helper()
+	pkt := rtp.Packet{Header: rtp.Header{Version: 2, PayloadType: 96, SequenceNumber: 1, SSRC: 5}, Payload: make([]byte, 1000)}
+	raw, err := pkt.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	local := (*cascadeLocal)(s)
+	room, pub, track := []byte("r1"), []byte("pub"), []byte("v")
+	local.DeliverMedia(room, pub, track, 0, raw) // the layer is made once
+	seq := uint16(2)
+	return testing.AllocsPerRun(n, func() {
+		raw[2], raw[3] = byte(seq>>8), byte(seq)
+		seq++
+		local.DeliverMedia(room, pub, track, 0, raw)
+	})
+}
+
 // TestCascadeDeliverAllocs: a relayed packet for a remote track goes to
 // the node's subscribers without allocating.
 func TestCascadeDeliverAllocs(t *testing.T) {
@@ -218,23 +238,13 @@ func TestCascadeDeliverAllocs(t *testing.T) {
 	if !r.addRemote(&RemoteTrack{Room: "r1", Publisher: "pub", Track: "v", Node: 9, Kind: "video", MimeType: "video/VP8", ClockRate: 90000, Layers: 1}) {
 		t.Fatal("remote track not added")
 	}
-	pkt := rtp.Packet{Header: rtp.Header{Version: 2, PayloadType: 96, SequenceNumber: 1, SSRC: 5}, Payload: make([]byte, 1000)}
-	raw, err := pkt.Marshal()
-	if err != nil {
-		t.Fatal(err)
+	if allocs := deliverAllocs(t, s, 1000); allocs != 0 {
+		t.Fatalf("%v allocations per relayed packet", allocs)
 	}
 	local := (*cascadeLocal)(s)
 	room, pub, track := []byte("r1"), []byte("pub"), []byte("v")
-	local.DeliverMedia(room, pub, track, 0, raw) // the layer is made once
-	seq := uint16(2)
-	allocs := testing.AllocsPerRun(1000, func() {
-		raw[2], raw[3] = byte(seq>>8), byte(seq)
-		seq++
-		local.DeliverMedia(room, pub, track, 0, raw)
-	})
-	if allocs != 0 {
-		t.Fatalf("%v allocations per relayed packet", allocs)
-	}
+	raw := make([]byte, 1012)
+	raw[0] = 0x80
 	if got := testutilCounter(s.casc.unknown); got != 0 {
 		t.Fatalf("%v packets counted unknown", got)
 	}

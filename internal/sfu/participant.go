@@ -206,6 +206,7 @@ func (p *participant) onTrack(remote *webrtc.TrackRemote, receiver *webrtc.RTPRe
 	defer p.s.wg.Done()
 	if isNew {
 		p.s.applyNeed(t)
+		p.room.offerClients(t)
 		p.s.publishEvent(bus.RoomEvent{Type: bus.EventTrackPublished, Room: p.room.name, Session: p.id,
 			Identity: p.identity, Track: t.info()})
 		for _, o := range p.room.others(p) {
@@ -306,6 +307,7 @@ func (p *participant) leave(reason string) {
 		p.s.m.leaves.Inc()
 		for _, t := range gone {
 			t.close()
+			p.room.withdrawClients(t)
 			p.s.publishEvent(bus.RoomEvent{Type: bus.EventTrackUnpublished, Room: p.room.name, Session: p.id,
 				Identity: p.identity, Track: t.info()})
 		}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"net/netip"
+	"sync"
 	"testing"
 	"time"
 
@@ -12,6 +13,7 @@ import (
 	"github.com/traverse-rtc/traverse/client/relayclient"
 	"github.com/traverse-rtc/traverse/internal/cascade/relayauth"
 	"github.com/traverse-rtc/traverse/internal/loadgen"
+	"github.com/traverse-rtc/traverse/internal/loadgen/loadgentest"
 	"github.com/traverse-rtc/traverse/internal/metricstest"
 	"github.com/traverse-rtc/traverse/internal/signal"
 	"github.com/traverse-rtc/traverse/internal/testkit"
@@ -60,35 +62,11 @@ func TestRelayClientToWebRTCSubscriber(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(c.Close)
 	if got := s.RemoteTracks("r1"); got != 2 {
 		t.Fatalf("%d client tracks in the room, want 2", got)
 	}
-	stop := make(chan struct{})
-	sent := make(chan struct{})
-	go func() {
-		defer close(sent)
-		vp8 := append([]byte{0x10, 0x00}, make([]byte, 900)...) // a one-packet VP8 keyframe
-		opus := make([]byte, 80)
-		tick := time.NewTicker(10 * time.Millisecond)
-		defer tick.Stop()
-		for i := 0; i < 3000; i++ { // at most 30 s
-			v := rtp.Packet{Header: rtp.Header{Version: 2, PayloadType: 96, SequenceNumber: uint16(i), Timestamp: uint32(i) * 900,
-				SSRC: 1111, Marker: true}, Payload: vp8}
-			a := rtp.Packet{Header: rtp.Header{Version: 2, PayloadType: 111, SequenceNumber: uint16(i), Timestamp: uint32(i) * 480,
-				SSRC: 2222}, Payload: opus}
-			for tr, p := range []*rtp.Packet{&v, &a} {
-				b, err := p.Marshal()
-				if err == nil {
-					_ = c.WriteRTP(uint8(tr), 0, b)
-				}
-			}
-			select {
-			case <-stop:
-				return
-			case <-tick.C:
-			}
-		}
-	}()
+	loadgentest.RelayAV(t, c)
 	testkit.WaitFor(t, 20*time.Second, "the WebRTC subscriber receiving the relay client's video and audio", func() bool {
 		return sub.Receives(1, 1, 50)
 	})
@@ -100,7 +78,214 @@ func TestRelayClientToWebRTCSubscriber(t *testing.T) {
 	if n := metricstest.Value(t, reg, "traverse_relay_client_media_total"); n < 100 {
 		t.Fatalf("%v client packets counted", n)
 	}
-	close(stop)
-	<-sent
-	c.Close()
+}
+
+// relayReceiver is a receiving relay client's record: its tracks and the
+// packets of each.
+type relayReceiver struct {
+	mu     sync.Mutex
+	tracks map[uint8]relayclient.RecvTrack
+	pkts   map[uint8]int
+	last   map[uint8][]byte
+}
+
+func newRelayReceiver() *relayReceiver {
+	return &relayReceiver{tracks: map[uint8]relayclient.RecvTrack{}, pkts: map[uint8]int{}, last: map[uint8][]byte{}}
+}
+
+func (r *relayReceiver) config(c *relayclient.Config) {
+	c.Subscribe = true
+	c.OnTrack = func(t relayclient.RecvTrack) {
+		r.mu.Lock()
+		r.tracks[t.Index] = t
+		r.mu.Unlock()
+	}
+	c.OnRTP = func(track, _ uint8, rtp []byte) {
+		r.mu.Lock()
+		r.pkts[track]++
+		r.last[track] = append(r.last[track][:0], rtp...)
+		r.mu.Unlock()
+	}
+}
+
+// find returns the index of a track match accepts that got at least n
+// packets.
+func (r *relayReceiver) find(match func(relayclient.RecvTrack) bool, n int) (uint8, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for i, t := range r.tracks {
+		if match(t) && r.pkts[i] >= n {
+			return i, true
+		}
+	}
+	return 0, false
+}
+
+func (r *relayReceiver) receives(id string, n int) (uint8, bool) {
+	return r.find(func(t relayclient.RecvTrack) bool { return t.ID == id }, n)
+}
+
+func (r *relayReceiver) byKind(video bool, n int) (uint8, bool) {
+	return r.find(func(t relayclient.RecvTrack) bool { return t.Video == video }, n)
+}
+
+func mintRelay(t *testing.T, key []byte, room, id string, pub, sub bool) (string, []byte) {
+	t.Helper()
+	tok, sec, err := relayauth.Mint(key, signal.Claims{Room: room, Identity: id, Publish: pub, Subscribe: sub,
+		Expires: time.Now().Add(time.Hour).Unix()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok, sec
+}
+
+// TestRelayClientReceivesWebRTCPublisher: a relay client with the
+// subscribe right receives a pion publisher's video and audio through the
+// relay port, and its keyframe request reaches the publisher.
+func TestRelayClientReceivesWebRTCPublisher(t *testing.T) {
+	e, bc := cascadeBus(t)
+	tokenKey := bytes.Repeat([]byte("token-key-"), 4)
+	n := startCascadeNode(t, e, "nodeA", func(c *Config) { c.CascadeClientAuth = relayauth.Verifier(tokenKey) })
+	api, err := loadgen.NewAPI(false, netip.Addr{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	pub, err := loadgen.Dial(ctx, api, loadgen.NewBusSignaler(bc, "nodeA"), loadgen.ClientConfig{Room: "r1", Identity: "alice",
+		Publish: true, VideoBitrate: 300_000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pub.Close() })
+
+	tok, sec := mintRelay(t, tokenKey, "r1", "recorder", false, true)
+	rx := newRelayReceiver()
+	cfg := relayclient.Config{Server: n.s.Cascade().Addr(), Token: tok, Secret: sec, Room: "r1", Local: netip.MustParseAddrPort("127.0.0.1:0")}
+	rx.config(&cfg)
+	c, err := relayclient.Dial(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	testkit.WaitFor(t, 20*time.Second, "the relay client receiving the publisher's video and audio", func() bool {
+		_, v := rx.byKind(true, 50)
+		_, a := rx.byKind(false, 50)
+		return v && a
+	})
+	vid, _ := rx.byKind(true, 50)
+	for _, tr := range c.Received() {
+		if tr.Publisher == "" || tr.ClockRate == 0 || tr.MimeType == "" {
+			t.Fatalf("track announced without its description: %+v", tr)
+		}
+	}
+	before := n.metric(t, "traverse_sfu_pli_forwarded_total")
+	testkit.WaitFor(t, 10*time.Second, "the relay client's keyframe request forwarded to the publisher", func() bool {
+		_ = c.RequestKeyframe(vid, 0)
+		return n.metric(t, "traverse_sfu_pli_forwarded_total") > before
+	})
+	if got := n.metric(t, "traverse_relay_client_sent_total"); got < 100 {
+		t.Fatalf("%v messages sent to the receiving client", got)
+	}
+}
+
+// TestRelayPublishToRelaySubscribe: one relay client publishes, another
+// receives its packets unchanged through the same node (no WebRTC
+// participant in the room), and the receiver's keyframe request reaches
+// the publishing client.
+func TestRelayPublishToRelaySubscribe(t *testing.T) {
+	e, _ := cascadeBus(t)
+	tokenKey := bytes.Repeat([]byte("token-key-"), 4)
+	n := startCascadeNode(t, e, "nodeA", func(c *Config) { c.CascadeClientAuth = relayauth.Verifier(tokenKey) })
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	ptok, psec := mintRelay(t, tokenKey, "r1", "ingest", true, false)
+	plis := make(chan []byte, 1)
+	p, err := relayclient.Dial(ctx, relayclient.Config{Server: n.s.Cascade().Addr(), Token: ptok, Secret: psec, Room: "r1",
+		Local: netip.MustParseAddrPort("127.0.0.1:0"), Tracks: []relayclient.Track{{ID: "cam", Video: true, MimeType: "video/VP8", ClockRate: 90000}},
+		OnFeedback: func(_, _ uint8, b []byte) {
+			select {
+			case plis <- append([]byte(nil), b...):
+			default:
+			}
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	stok, ssec := mintRelay(t, tokenKey, "r1", "viewer", false, true)
+	rx := newRelayReceiver()
+	cfg := relayclient.Config{Server: n.s.Cascade().Addr(), Token: stok, Secret: ssec, Room: "r1", Local: netip.MustParseAddrPort("127.0.0.1:0")}
+	rx.config(&cfg)
+	s, err := relayclient.Dial(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	var want []byte
+	testkit.WaitFor(t, 10*time.Second, "the receiver getting the publisher's packets", func() bool {
+		pkt := rtp.Packet{Header: rtp.Header{Version: 2, PayloadType: 96, SequenceNumber: 7, SSRC: 1111, Marker: true},
+			Payload: append([]byte{0x10, 0x00}, make([]byte, 300)...)}
+		want, _ = pkt.Marshal()
+		_ = p.WriteRTP(0, 0, want)
+		_, ok := rx.receives("cam", 20)
+		return ok
+	})
+	idx, _ := rx.receives("cam", 20)
+	rx.mu.Lock()
+	got, tr := rx.last[idx], rx.tracks[idx]
+	rx.mu.Unlock()
+	if !bytes.Equal(got, want) {
+		t.Fatal("the packet changed on its way")
+	}
+	if tr.Publisher != "ingest" || !tr.Video || tr.MimeType != "video/VP8" || tr.ClockRate != 90000 {
+		t.Fatalf("announced %+v", tr)
+	}
+	testkit.WaitFor(t, 10*time.Second, "the receiver's keyframe request at the publishing client", func() bool {
+		_ = s.RequestKeyframe(idx, 0)
+		select {
+		case b := <-plis:
+			return len(b) >= 12 && b[1] == 206 && b[0]&0x1f == 1
+		case <-time.After(100 * time.Millisecond):
+			return false
+		}
+	})
+}
+
+// TestRelayClientReceiveAllocs: a remote track's packet goes to a
+// receiving relay client (sealed and sent to its address) without
+// allocating.
+func TestRelayClientReceiveAllocs(t *testing.T) {
+	if raceEnabled {
+		t.Skip("allocation counts do not hold under the race detector (sync.Pool drops items)")
+	}
+	e, _ := cascadeBus(t)
+	tokenKey := bytes.Repeat([]byte("token-key-"), 4)
+	n := startCascadeNode(t, e, "nodeA", func(c *Config) { c.CascadeClientAuth = relayauth.Verifier(tokenKey) })
+	s := n.s
+	if err := s.AddRemoteTrack(RemoteTrack{Room: "r1", Publisher: "pub", Track: "v", Node: 9, Kind: "video", MimeType: "video/VP8",
+		ClockRate: 90000, Layers: 1}); err != nil {
+		t.Fatal(err)
+	}
+	tok, sec := mintRelay(t, tokenKey, "r1", "viewer", false, true)
+	rx := newRelayReceiver()
+	cfg := relayclient.Config{Server: s.Cascade().Addr(), Token: tok, Secret: sec, Room: "r1", Local: netip.MustParseAddrPort("127.0.0.1:0")}
+	rx.config(&cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := relayclient.Dial(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	testkit.WaitFor(t, 5*time.Second, "the remote track announced to the client", func() bool { return len(c.Received()) == 1 })
+	allocs := deliverAllocs(t, s, 200)
+	if allocs != 0 {
+		t.Fatalf("%v allocations per packet to a receiving relay client", allocs)
+	}
+	if sent := n.metric(t, "traverse_relay_client_sent_total"); sent < 201 {
+		t.Fatalf("%v messages sent to the client, want the 201 packets and the announcement", sent)
+	}
+	// a burst of 201 on loopback may overflow the client's socket buffer
+	testkit.WaitFor(t, 5*time.Second, "the packets at the client", func() bool { _, ok := rx.receives("v", 50); return ok })
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/pion/webrtc/v4"
 
 	"github.com/traverse-rtc/traverse/internal/bus"
+	"github.com/traverse-rtc/traverse/internal/cascade/relay"
 	"github.com/traverse-rtc/traverse/internal/rtpcodec"
 )
 
@@ -24,10 +25,14 @@ type room struct {
 	parts    map[string]*participant
 	tracks   map[string]*pubTrack // by pubTrack.key
 	speakers string               // the last active-speaker list sent
+	// clients are the relay clients present (relaysub.go): the room
+	// lives while they are, as while participants are.
+	clients map[relay.ClientID]*relayPeer
 }
 
 func newRoom(s *Server, name string) *room {
-	return &room{s: s, name: name, parts: map[string]*participant{}, tracks: map[string]*pubTrack{}}
+	return &room{s: s, name: name, parts: map[string]*participant{}, tracks: map[string]*pubTrack{},
+		clients: map[relay.ClientID]*relayPeer{}}
 }
 
 func (r *room) others(p *participant) []*participant {

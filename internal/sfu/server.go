@@ -434,6 +434,7 @@ func (s *Server) Close() error {
 		for _, p := range parts {
 			p.leave("node shutting down")
 		}
+		s.relayPeersLeave()
 		s.closeGroup()
 		s.wg.Wait()
 		s.closeSockets()
@@ -614,7 +615,7 @@ func (s *Server) removeSession(p *participant) {
 	r := p.room
 	r.mu.Lock()
 	delete(r.parts, p.id)
-	empty := len(r.parts) == 0
+	empty := len(r.parts) == 0 && len(r.clients) == 0
 	r.mu.Unlock()
 	if empty && s.rooms[r.name] == r {
 		delete(s.rooms, r.name)

@@ -45,6 +45,9 @@ type pubTrack struct {
 	// (other nodes need it).
 	remote *remoteSource
 	casc   atomic.Pointer[relay.StreamKey]
+	// couts are the relay clients that receive the track (relaysub.go);
+	// copy on write under mu.
+	couts atomic.Pointer[[]clientOut]
 }
 
 // layer is one incoming RTP stream of a track.
@@ -236,6 +239,11 @@ func (t *pubTrack) forward(l *layer, raw []byte, now int64, rec receiveRecorder)
 	}
 	if k := t.casc.Load(); k != nil {
 		s.casc.ep.Send(*k, uint8(l.idx), raw)
+	}
+	if outs := t.couts.Load(); outs != nil {
+		for _, o := range *outs {
+			_ = s.casc.ep.SendClientMedia(o.id, o.idx, uint8(l.idx), raw)
+		}
 	}
 	key := t.kind == webrtc.RTPCodecTypeVideo && t.ck.Keyframe(pkt.Payload)
 	if key {

@@ -46,6 +46,25 @@ type ClientLocal interface {
 	ClientLeave(id ClientID, g ClientGrant, tracks []relaywire.ClientTrack)
 }
 
+// ClientSubscriber is what the SFU implements to serve relay clients that
+// receive (the hello's subscribe flag, docs/relay-protocol.md, "Receiving");
+// without it such a client is welcomed and sent nothing.
+type ClientSubscriber interface {
+	// ClientSubscribe starts the client's reception of its room's tracks,
+	// or refreshes it (it is called at every hello of a subscribing
+	// client): the SFU announces each track (SendClientTrack), all of them
+	// again on a refresh, then sends its media (SendClientMedia). It is
+	// called without the endpoint's locks held.
+	ClientSubscribe(id ClientID, g ClientGrant)
+	// ClientUnsubscribe stops it (the client went quiet, its token
+	// expired, or it said hello without the flag). It must not call the
+	// endpoint: the clients' lock is held.
+	ClientUnsubscribe(id ClientID, g ClientGrant)
+	// ClientFeedback is a subscribing client's RTCP (a keyframe request)
+	// for a track it receives: its index and layer.
+	ClientFeedback(id ClientID, track, layer uint8, rtcp []byte)
+}
+
 // Client defaults.
 const (
 	DefaultMaxClients = 64
@@ -64,6 +83,9 @@ type clientSession struct {
 	ident  []byte
 	tracks []relaywire.ClientTrack
 	names  [][]byte
+	// sub: the SFU serves the client its room's tracks (ClientSubscribe);
+	// guarded by clients.mu.
+	sub bool
 	// addr is where the client speaks from (zero once it went quiet);
 	// guarded by clients.mu.
 	addr     netip.AddrPort
@@ -73,6 +95,7 @@ type clientSession struct {
 type clients struct {
 	auth      ClientAuth
 	local     ClientLocal
+	subs      ClientSubscriber // nil: the SFU serves no subscribers
 	max       int
 	idle      time.Duration
 	rate      *persource.Rate
@@ -109,6 +132,7 @@ func (e *Endpoint) openClients() error {
 	e.cl = &clients{auth: c.ClientAuth, local: cl, max: c.MaxClients, idle: c.ClientIdle,
 		rate: persource.NewRate(c.ClientRate, max(int(c.ClientRate/10), 1)), helloRate: persource.NewRate(c.HelloRate, max(int(c.HelloRate), 1)),
 		byKey: map[string]*clientSession{}, byAddr: map[netip.AddrPort]*clientSession{}, byID: map[ClientID]*clientSession{}}
+	e.cl.subs, _ = c.Local.(ClientSubscriber)
 	return nil
 }
 
@@ -144,6 +168,10 @@ func (e *Endpoint) handleClient(b []byte, from netip.AddrPort, t relaywire.Type,
 			return
 		}
 		m, payload, err := relaywire.ParseClientMsg(body)
+		if err == nil && m.Kind == relaywire.KindFeedback {
+			e.clientFeedback(cs, m, payload)
+			return
+		}
 		if err != nil || m.Kind != relaywire.KindMedia || int(m.Track) >= len(cs.names) {
 			e.m.drops[dropMalformed].Inc()
 			return
@@ -155,6 +183,22 @@ func (e *Endpoint) handleClient(b []byte, from netip.AddrPort, t relaywire.Type,
 	default: // a welcome is the node's to send
 		e.m.drops[dropMalformed].Inc()
 	}
+}
+
+// clientFeedback hands a subscribing client's RTCP for a track it
+// receives to the SFU; from a client that does not receive, it is
+// refused (client_rights).
+func (e *Endpoint) clientFeedback(cs *clientSession, m relaywire.ClientMsg, rtcp []byte) {
+	cl := e.cl
+	cl.mu.RLock()
+	sub := cs.sub
+	cl.mu.RUnlock()
+	if !sub {
+		e.m.drops[dropClientRights].Inc()
+		return
+	}
+	cs.lastSeen.Store(time.Now().UnixNano())
+	cl.subs.ClientFeedback(cs.id, m.Track, m.Layer, rtcp)
 }
 
 // countOpenErr counts a frame a link (a node's or a client's) refused.
@@ -187,6 +231,14 @@ func (e *Endpoint) hello(b []byte, from netip.AddrPort, s *scratch) {
 		return
 	}
 	key := g.Room + "\x00" + g.Identity
+	// A subscribing client's tracks are announced once the lock is
+	// released (deferred before the unlock: it runs after it).
+	var subscribe *clientSession
+	defer func() {
+		if subscribe != nil {
+			e.subscribe(subscribe)
+		}
+	}()
 	cl.mu.Lock()
 	defer cl.mu.Unlock()
 	cs := cl.byKey[key]
@@ -255,6 +307,13 @@ func (e *Endpoint) hello(b []byte, from netip.AddrPort, s *scratch) {
 		cl.quietLocked(prev)
 	}
 	cs.addr, cs.grant = from, g
+	switch {
+	case hl.Subscribe && cl.subs != nil:
+		cs.sub, subscribe = true, cs
+	case cs.sub:
+		cs.sub = false
+		cl.subs.ClientUnsubscribe(cs.id, cs.grant)
+	}
 	cs.lastSeen.Store(now.UnixNano())
 	cl.byKey[key] = cs
 	cl.byAddr[from] = cs
@@ -263,6 +322,21 @@ func (e *Endpoint) hello(b []byte, from netip.AddrPort, s *scratch) {
 	body = relaywire.AppendWelcome(s.hdr[:0], relaywire.WelcomeOK, h.Counter)
 	f := cs.link.Seal(s.frame[:0], relaywire.TypeWelcome, body)
 	_ = e.conn.WriteTo(f, from)
+}
+
+// subscribe has the SFU serve a subscribing client (after its hello, the
+// lock released); a session unbound in between is unsubscribed again.
+func (e *Endpoint) subscribe(cs *clientSession) {
+	cl := e.cl
+	cl.mu.RLock()
+	g := cs.grant
+	cl.mu.RUnlock()
+	cl.subs.ClientSubscribe(cs.id, g)
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	if !cs.sub || !cs.addr.IsValid() {
+		cl.subs.ClientUnsubscribe(cs.id, g)
+	}
 }
 
 func sameTracks(a, b []relaywire.ClientTrack) bool {
@@ -287,6 +361,10 @@ func (cl *clients) quietLocked(cs *clientSession) {
 	if cs.addr.IsValid() {
 		delete(cl.byAddr, cs.addr)
 		cs.addr = netip.AddrPort{}
+	}
+	if cs.sub {
+		cs.sub = false
+		cl.subs.ClientUnsubscribe(cs.id, cs.grant)
 	}
 	if len(cs.tracks) > 0 {
 		cl.local.ClientLeave(cs.id, cs.grant, cs.tracks)
@@ -319,13 +397,40 @@ func (e *Endpoint) tickClients(now time.Time) {
 // SendClientFeedback sends RTCP (a keyframe request) for a client's track
 // to the client.
 func (e *Endpoint) SendClientFeedback(id ClientID, track, layer uint8, rtcp []byte) error {
+	return e.sendClient(id, relaywire.ClientMsg{Kind: relaywire.KindFeedback, Track: track, Layer: layer}, rtcp, false)
+}
+
+// SendClientMedia sends an RTP packet of a track a subscribing client
+// receives (track: the index SendClientTrack gave it) to the client, at
+// the address its hello bound and nowhere else. It does not allocate.
+func (e *Endpoint) SendClientMedia(id ClientID, track, layer uint8, rtp []byte) error {
+	return e.sendClient(id, relaywire.ClientMsg{Kind: relaywire.KindMedia, Track: track, Layer: layer}, rtp, true)
+}
+
+// SendClientTrack announces a track to a subscribing client under index
+// track (t nil: the track of that index is gone).
+func (e *Endpoint) SendClientTrack(id ClientID, track uint8, t *relaywire.SubTrack) error {
+	if t == nil {
+		return e.sendClient(id, relaywire.ClientMsg{Kind: relaywire.KindTrackGone, Track: track}, nil, true)
+	}
+	var b [2 + 2*relaywire.MaxName + 8 + relaywire.MaxMime + 1 + relaywire.MaxFmtp]byte
+	body, err := relaywire.AppendSubTrack(b[:0], t)
+	if err != nil {
+		return err
+	}
+	return e.sendClient(id, relaywire.ClientMsg{Kind: relaywire.KindTrack, Track: track}, body, true)
+}
+
+// sendClient seals one client message to a bound client (sub: only to a
+// subscribing one).
+func (e *Endpoint) sendClient(id ClientID, m relaywire.ClientMsg, payload []byte, sub bool) error {
 	if e.cl == nil {
 		return ErrNoRoute
 	}
 	e.cl.mu.RLock()
 	cs := e.cl.byID[id]
 	var to netip.AddrPort
-	if cs != nil {
+	if cs != nil && (cs.sub || !sub) {
 		to = cs.addr
 	}
 	e.cl.mu.RUnlock()
@@ -334,8 +439,11 @@ func (e *Endpoint) SendClientFeedback(id ClientID, track, layer uint8, rtcp []by
 	}
 	s := e.scratch.Get().(*scratch)
 	defer e.scratch.Put(s)
-	body := relaywire.AppendClientMsg(s.hdr[:0], relaywire.ClientMsg{Kind: relaywire.KindFeedback, Track: track, Layer: layer}, rtcp)
+	body := relaywire.AppendClientMsg(s.hdr[:0], m, payload)
 	f := cs.link.Seal(s.frame[:0], relaywire.TypeClient, body)
+	if sub {
+		e.m.clientSent.Inc()
+	}
 	return e.conn.WriteTo(f, to)
 }
 

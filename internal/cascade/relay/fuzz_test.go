@@ -64,6 +64,9 @@ type fuzzClients struct{ sfu }
 
 func (*fuzzClients) ClientJoin(ClientID, ClientGrant, []relaywire.ClientTrack) error { return nil }
 func (*fuzzClients) ClientLeave(ClientID, ClientGrant, []relaywire.ClientTrack)      {}
+func (*fuzzClients) ClientSubscribe(ClientID, ClientGrant)                           {}
+func (*fuzzClients) ClientUnsubscribe(ClientID, ClientGrant)                         {}
+func (*fuzzClients) ClientFeedback(ClientID, uint8, uint8, []byte)                   {}
 
 // FuzzClientFrames feeds arbitrary hello bodies and client messages,
 // sealed with a valid client key (what a client holding a token and its
@@ -74,12 +77,13 @@ func FuzzClientFrames(f *testing.F) {
 		Tracks: []relaywire.ClientTrack{{ID: "t", Kind: relaywire.KindAudio, Layers: 1, ClockRate: 48000, Mime: "audio/opus"}}})
 	f.Add(body, []byte{1, 0, 0, 0, 0x80})
 	f.Add([]byte{1, 'r', 0, 0}, []byte{2, 9, 0, 1})
+	f.Add([]byte{1, 'r', 2, 0}, []byte{2, 0, 0, 0, 0x81, 206, 0, 2}) // a receiving client's keyframe request
 	cs := relaywire.ClientSecret([]byte("key"), "tok")
 	auth := func(token []byte, now time.Time) (ClientGrant, []byte, error) {
 		if string(token) != "tok" {
 			return ClientGrant{}, nil, ErrConfig
 		}
-		return ClientGrant{Room: "r", Identity: "i", Publish: true, Expires: now.Add(time.Hour)}, cs, nil
+		return ClientGrant{Room: "r", Identity: "i", Publish: true, Subscribe: true, Expires: now.Add(time.Hour)}, cs, nil
 	}
 	e, err := New(Config{Node: nB, Listen: netip.MustParseAddrPort("127.0.0.1:0"), Secret: secret, Local: &fuzzClients{},
 		Registry: prometheus.NewRegistry(), ClientAuth: auth, ClientRate: -1, HelloRate: -1})

@@ -45,6 +45,7 @@ type metrics struct {
 	dups        prometheus.Counter
 	clients     prometheus.Gauge
 	clientMedia prometheus.Counter
+	clientSent  prometheus.Counter
 	// seqResets and seqUntracked: the end-to-end sequence windows
 	// (dedupe.go) restarted for a source's restart, and messages that
 	// passed unchecked with MaxSeqStreams windows held.
@@ -77,12 +78,13 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			"End-to-end sequence windows restarted: a message far below its stream's window (the source restarted its numbering)."),
 		seqUntracked: c("traverse_relay_seq_untracked_total",
 			"Media messages delivered without a duplicate check: the node held the most sequence windows it keeps."),
+		clientSent: c("traverse_relay_client_sent_total", "Messages sent to relay clients that receive (media, track announcements)."),
 	}
 	for i := range m.drops {
 		m.drops[i] = drop.WithLabelValues(dropNames[i])
 	}
 	if reg != nil {
-		for _, col := range []prometheus.Collector{drop, m.forwarded, m.delivered, m.sent, m.retransmit, m.recovered, m.parity, m.refused, m.lost, m.late, m.dups, m.clients, m.clientMedia, m.seqResets, m.seqUntracked} {
+		for _, col := range []prometheus.Collector{drop, m.forwarded, m.delivered, m.sent, m.retransmit, m.recovered, m.parity, m.refused, m.lost, m.late, m.dups, m.clients, m.clientMedia, m.seqResets, m.seqUntracked, m.clientSent} {
 			if err := reg.Register(col); err != nil {
 				return nil, err
 			}

@@ -232,21 +232,10 @@ func AppendHello(b []byte, h *Hello) ([]byte, error) {
 	}
 	b = append(b, f, byte(len(h.Tracks)))
 	for i := range h.Tracks {
-		t := &h.Tracks[i]
-		if len(t.ID) == 0 || len(t.ID) > MaxName || len(t.Mime) == 0 || len(t.Mime) > MaxMime || len(t.Fmtp) > MaxFmtp {
-			return b, ErrTooLong
+		var err error
+		if b, err = appendTrack(b, &h.Tracks[i]); err != nil {
+			return b, err
 		}
-		if t.Kind != KindAudio && t.Kind != KindVideo || t.Layers < 1 || t.Layers > 3 || t.ClockRate == 0 {
-			return b, ErrField
-		}
-		b = append(b, byte(len(t.ID)))
-		b = append(b, t.ID...)
-		b = append(b, t.Kind, t.Layers, t.Channels)
-		b = binary.BigEndian.AppendUint32(b, t.ClockRate)
-		b = append(b, byte(len(t.Mime)))
-		b = append(b, t.Mime...)
-		b = append(b, byte(len(t.Fmtp)))
-		b = append(b, t.Fmtp...)
 	}
 	return b, nil
 }
@@ -264,14 +253,9 @@ func ParseHello(b []byte) (Hello, error) {
 	}
 	h.Publish, h.Subscribe = f&1 != 0, f&2 != 0
 	for i := 0; i < n && r.err == nil; i++ {
-		var t ClientTrack
-		t.ID = string(r.name(1, MaxName))
-		t.Kind, t.Layers, t.Channels = r.byte(), r.byte(), r.byte()
-		t.ClockRate = r.u32()
-		t.Mime = string(r.name(1, MaxMime))
-		t.Fmtp = string(r.name(0, MaxFmtp))
-		if r.err == nil && (t.Kind != KindAudio && t.Kind != KindVideo || t.Layers < 1 || t.Layers > 3 || t.ClockRate == 0) {
-			return Hello{}, ErrField
+		t, err := r.track()
+		if err != nil {
+			return Hello{}, err
 		}
 		h.Tracks = append(h.Tracks, t)
 	}
@@ -282,6 +266,39 @@ func ParseHello(b []byte) (Hello, error) {
 		return Hello{}, ErrField
 	}
 	return h, nil
+}
+
+// appendTrack appends a track's encoding (a hello's, a track message's).
+func appendTrack(b []byte, t *ClientTrack) ([]byte, error) {
+	if len(t.ID) == 0 || len(t.ID) > MaxName || len(t.Mime) == 0 || len(t.Mime) > MaxMime || len(t.Fmtp) > MaxFmtp {
+		return b, ErrTooLong
+	}
+	if t.Kind != KindAudio && t.Kind != KindVideo || t.Layers < 1 || t.Layers > 3 || t.ClockRate == 0 {
+		return b, ErrField
+	}
+	b = append(b, byte(len(t.ID)))
+	b = append(b, t.ID...)
+	b = append(b, t.Kind, t.Layers, t.Channels)
+	b = binary.BigEndian.AppendUint32(b, t.ClockRate)
+	b = append(b, byte(len(t.Mime)))
+	b = append(b, t.Mime...)
+	b = append(b, byte(len(t.Fmtp)))
+	return append(b, t.Fmtp...), nil
+}
+
+// track reads a track's encoding; a value out of range is ErrField, a
+// short body the reader's error.
+func (r *reader) track() (ClientTrack, error) {
+	var t ClientTrack
+	t.ID = string(r.name(1, MaxName))
+	t.Kind, t.Layers, t.Channels = r.byte(), r.byte(), r.byte()
+	t.ClockRate = r.u32()
+	t.Mime = string(r.name(1, MaxMime))
+	t.Fmtp = string(r.name(0, MaxFmtp))
+	if r.err == nil && (t.Kind != KindAudio && t.Kind != KindVideo || t.Layers < 1 || t.Layers > 3 || t.ClockRate == 0) {
+		return t, ErrField
+	}
+	return t, r.err
 }
 
 // reader reads fields off b, recording the first error.
@@ -334,10 +351,28 @@ func (r *reader) name(lo, hi int) []byte {
 	return v
 }
 
+// Client message kinds besides KindMedia and KindFeedback (a subscribing
+// client's, node -> client).
+const (
+	// KindTrack: a track of the room the client receives from now on,
+	// under the message's track index (payload: a SubTrack).
+	KindTrack Kind = 3
+	// KindTrackGone: the track of that index left the room (no payload).
+	KindTrackGone Kind = 4
+	maxClientKind      = KindTrackGone
+	// MaxSubTracks is the most tracks one subscribing client receives at
+	// once: indices 0..MaxSubTracks-1.
+	MaxSubTracks = 255
+)
+
 // ClientMsg is a client message's header:
 //
-//	0  kind (KindMedia: RTP, client -> node; KindFeedback: RTCP, node -> client)
-//	1  track: its index in the hello's tracks
+//	0  kind: KindMedia (RTP: a client's track, client -> node, or a track
+//	   it receives, node -> client), KindFeedback (RTCP: for a client's
+//	   track, node -> client, or for a track it receives, client -> node),
+//	   KindTrack, KindTrackGone (node -> client)
+//	1  track: its index in the hello's tracks (a client's track) or among
+//	   the tracks it receives (given by KindTrack)
 //	2  layer
 //	3  reserved, 0
 //	4.. the RTP or RTCP packet
@@ -359,10 +394,46 @@ func ParseClientMsg(b []byte) (ClientMsg, []byte, error) {
 		return ClientMsg{}, nil, ErrShort
 	}
 	m := ClientMsg{Kind: Kind(b[0]), Track: b[1], Layer: b[2]}
-	if m.Kind == 0 || m.Kind > maxKind || b[3] != 0 || m.Track >= MaxClientTracks {
+	if m.Kind == 0 || m.Kind > maxClientKind || b[3] != 0 {
 		return ClientMsg{}, nil, ErrField
 	}
 	return m, b[ClientMsgLen:], nil
+}
+
+// SubTrack is a KindTrack message's payload: a track a subscribing client
+// receives, and who publishes it:
+//
+//	publisher (length byte 1..MaxName, bytes), then the track as in a
+//	hello (id, kind, layers, channels, clock rate, mime, fmtp)
+type SubTrack struct {
+	Publisher string
+	ClientTrack
+}
+
+// AppendSubTrack appends t's encoding to b.
+func AppendSubTrack(b []byte, t *SubTrack) ([]byte, error) {
+	if len(t.Publisher) == 0 || len(t.Publisher) > MaxName {
+		return b, ErrTooLong
+	}
+	b = append(b, byte(len(t.Publisher)))
+	b = append(b, t.Publisher...)
+	return appendTrack(b, &t.ClientTrack)
+}
+
+// ParseSubTrack reads a KindTrack payload; trailing bytes are refused.
+func ParseSubTrack(b []byte) (SubTrack, error) {
+	r := reader{b: b}
+	var t SubTrack
+	t.Publisher = string(r.name(1, MaxName))
+	ct, err := r.track()
+	if err != nil {
+		return SubTrack{}, err
+	}
+	if len(r.b) != 0 {
+		return SubTrack{}, ErrField
+	}
+	t.ClientTrack = ct
+	return t, nil
 }
 
 // Welcome statuses (the node's answer to a hello).

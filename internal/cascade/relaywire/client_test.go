@@ -134,6 +134,7 @@ func FuzzHello(f *testing.F) {
 func FuzzClientMsg(f *testing.F) {
 	f.Add(AppendClientMsg(nil, ClientMsg{Kind: KindMedia, Track: 1, Layer: 2}, []byte{0x80}))
 	f.Add(AppendWelcome(nil, WelcomeOK, 7))
+	f.Add(AppendClientMsg(nil, ClientMsg{Kind: KindTrackGone, Track: 254}, nil))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		if m, p, err := ParseClientMsg(b); err == nil {
 			if out := AppendClientMsg(nil, m, p); !bytes.Equal(out, b) {
@@ -166,6 +167,65 @@ func FuzzClientOpen(f *testing.F) {
 		_, _ = HelloToken(b)
 		if _, _, err := nd.Open(b); err == nil && !bytes.Equal(orig, hello) && !bytes.Equal(orig, msg) {
 			t.Fatalf("forged frame opened: %x", orig)
+		}
+	})
+}
+
+func TestSubTrack(t *testing.T) {
+	st := &SubTrack{Publisher: "alice", ClientTrack: ClientTrack{ID: "cam", Kind: KindVideo, Layers: 3, ClockRate: 90000,
+		Mime: "video/VP8"}}
+	b, err := AppendSubTrack(nil, st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := ParseSubTrack(b)
+	if err != nil || got != *st {
+		t.Fatalf("round trip: %+v, %v", got, err)
+	}
+	for i := range b {
+		if _, err := ParseSubTrack(b[:i]); err == nil {
+			t.Errorf("cut at %d accepted", i)
+		}
+	}
+	if _, err := ParseSubTrack(append(b, 0)); err == nil {
+		t.Error("trailing byte accepted")
+	}
+	for name, bad := range map[string]SubTrack{
+		"no publisher":   {ClientTrack: st.ClientTrack},
+		"long publisher": {Publisher: string(make([]byte, MaxName+1)), ClientTrack: st.ClientTrack},
+		"no clock rate":  {Publisher: "a", ClientTrack: ClientTrack{ID: "x", Kind: KindAudio, Layers: 1, Mime: "audio/opus"}},
+	} {
+		if _, err := AppendSubTrack(nil, &bad); err == nil {
+			t.Errorf("%s: encoded", name)
+		}
+	}
+	// a node -> client message names any of MaxSubTracks indices
+	m, p, err := ParseClientMsg(AppendClientMsg(nil, ClientMsg{Kind: KindTrack, Track: 200}, b))
+	if err != nil || m.Track != 200 || !bytes.Equal(p, b) {
+		t.Fatalf("track message: %+v %v", m, err)
+	}
+	if _, _, err := ParseClientMsg([]byte{byte(KindTrackGone + 1), 0, 0, 0}); err == nil {
+		t.Fatal("unknown kind parsed")
+	}
+}
+
+// FuzzSubTrack: a track message's payload parses only if it encodes back
+// to the same bytes.
+func FuzzSubTrack(f *testing.F) {
+	b, _ := AppendSubTrack(nil, &SubTrack{Publisher: "alice", ClientTrack: sampleHello().Tracks[0]})
+	f.Add(b)
+	f.Add([]byte{1, 'p', 1, 't', 1, 1, 2, 0, 0, 0xbb, 0x80, 10, 'a', 'u', 'd', 'i', 'o', '/', 'o', 'p', 'u', 's', 0})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		st, err := ParseSubTrack(b)
+		if err != nil {
+			return
+		}
+		out, err := AppendSubTrack(nil, &st)
+		if err != nil {
+			t.Fatalf("parsed track does not encode: %v", err)
+		}
+		if !bytes.Equal(out, b) {
+			t.Fatalf("round trip %x -> %x", b, out)
 		}
 	})
 }

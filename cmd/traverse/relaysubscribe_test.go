@@ -1,0 +1,102 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/traverse-rtc/traverse/internal/cascade/relay"
+	"github.com/traverse-rtc/traverse/internal/cascade/relayauth"
+	"github.com/traverse-rtc/traverse/internal/cascade/relaywire"
+	"github.com/traverse-rtc/traverse/internal/testkit"
+)
+
+// servingLocal is countingLocal that serves receiving clients: each is
+// announced one track, index 3, and the test sends its media.
+type servingLocal struct {
+	countingLocal
+	e        atomic.Pointer[relay.Endpoint]
+	sub      atomic.Uint64
+	feedback atomic.Int64
+}
+
+func (l *servingLocal) ClientSubscribe(id relay.ClientID, _ relay.ClientGrant) {
+	_ = l.e.Load().SendClientTrack(id, 3, &relaywire.SubTrack{Publisher: "alice", ClientTrack: relaywire.ClientTrack{
+		ID: "cam", Kind: relaywire.KindVideo, Layers: 1, ClockRate: 90000, Mime: "video/VP8"}})
+	l.sub.Store(uint64(id))
+}
+func (*servingLocal) ClientUnsubscribe(relay.ClientID, relay.ClientGrant) {}
+func (l *servingLocal) ClientFeedback(relay.ClientID, uint8, uint8, []byte) {
+	l.feedback.Add(1)
+}
+
+// TestRelaySubscribeCommand: "traverse relay-subscribe" with credentials
+// from "token --relay" receives the track the node announces and prints
+// its packet count; it asks once for a keyframe of the video track.
+func TestRelaySubscribeCommand(t *testing.T) {
+	const key = "0123456789abcdef-relay"
+	var out bytes.Buffer
+	if err := mintToken(&out, []string{"--token-key", key, "--room", "standup", "--identity", "rec-1", "--publish=false", "--relay"}); err != nil {
+		t.Fatal(err)
+	}
+	creds := filepath.Join(t.TempDir(), "relay.creds")
+	if err := os.WriteFile(creds, out.Bytes(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	l := &servingLocal{}
+	e, err := relay.New(relay.Config{Node: 5, Listen: netip.MustParseAddrPort("127.0.0.1:0"), Secret: bytes.Repeat([]byte("s"), 32),
+		Local: l, Registry: prometheus.NewRegistry(), ClientAuth: relayauth.Verifier([]byte(key))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.e.Store(e)
+	testkit.Run(t, e.Run)
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	var sent atomic.Int64
+	go func() { // media for the subscribed client, 1 ms apart, at most 10 s
+		defer close(done)
+		tick := time.NewTicker(time.Millisecond)
+		defer tick.Stop()
+		for range 10_000 {
+			if id := l.sub.Load(); id != 0 && e.SendClientMedia(relay.ClientID(id), 3, 0, []byte("rtp-packet")) == nil {
+				sent.Add(1)
+			}
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	var res bytes.Buffer
+	err = relaySubscribe(context.Background(), &res, []string{"--relay", e.Addr().String(), "--credentials", creds, "--duration", "500ms"})
+	close(stop)
+	<-done
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^track 3 alice/cam video/VP8: (\d+) packets, (\d+) bytes$`).FindStringSubmatch(res.String())
+	if m == nil {
+		t.Fatalf("relay-subscribe printed %q", res.String())
+	}
+	if n, _ := strconv.Atoi(m[1]); n < 50 || int64(n) > sent.Load() {
+		t.Fatalf("%d packets counted of %d sent", n, sent.Load())
+	}
+	testkit.WaitFor(t, 5*time.Second, "the keyframe request at the node", func() bool { return l.feedback.Load() == 1 })
+	for _, args := range [][]string{{"--relay", e.Addr().String()}, {"--credentials", creds},
+		{"--relay", e.Addr().String(), "--credentials", creds, "--duration", "0s"}} {
+		if err := relaySubscribe(context.Background(), &res, args); err == nil {
+			t.Errorf("relay-subscribe %q: no error", args)
+		}
+	}
+}

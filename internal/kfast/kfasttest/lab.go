@@ -10,6 +10,7 @@ import (
 	"testing"
 	"unsafe"
 
+	"github.com/traverse-rtc/traverse/internal/nsthread"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -125,17 +126,9 @@ func New(t testing.TB, forward bool) *Lab {
 // In runs f on a thread switched into ns; sockets f opens stay in ns.
 func (l *Lab) In(t testing.TB, ns netns.NsHandle, f func()) {
 	t.Helper()
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	if err := netns.Set(ns); err != nil {
+	if err := nsthread.Do(ns, func() error { f(); return nil }); err != nil {
 		t.Fatal(err)
 	}
-	defer func() {
-		if err := netns.Set(l.orig); err != nil {
-			panic(err)
-		}
-	}()
-	f()
 }
 
 // TxChecksum turns transmit checksum offload of interface name in ns on or

@@ -413,26 +413,47 @@ func (c *Client) SubscribeRoomEvents(room string, fn func(RoomEvent)) (*Subscrip
 // returned as that *Error; no answer (no such node, timeout) is an *Error
 // of StatusUnavailable.
 func (c *Client) Request(ctx context.Context, node string, req Request) (Reply, error) {
+	return call[Reply](ctx, c, node, NodeRPCSubject(node), "node", &req, true)
+}
+
+// A reply names the node that answered and may carry an error.
+type reply interface {
+	validator
+	from() (node string, err *Error)
+}
+
+func (r *Reply) from() (string, *Error) { return r.Node, r.Error }
+
+// call sends req to node on subject and returns the reply, which must
+// name node; one carrying an error is returned as that *Error, no answer
+// as an *Error of StatusUnavailable. what names the callee in errors. With
+// retry, a request that finds no responder is sent again for up to
+// noRespondersRetry.
+func call[R any, PR interface {
+	*R
+	reply
+}](ctx context.Context, c *Client, node, subject, what string, req validator, retry bool) (R, error) {
+	var none R
 	if !ValidName(node) {
-		return Reply{}, Errorf(StatusBadRequest, "node %q: %v", node, ErrBadSubjectToken)
+		return none, Errorf(StatusBadRequest, "node %q: %v", node, ErrBadSubjectToken)
 	}
 	if err := req.Validate(); err != nil {
-		return Reply{}, &Error{Status: StatusBadRequest, Message: err.Error()}
+		return none, &Error{Status: StatusBadRequest, Message: err.Error()}
 	}
 	b, err := json.Marshal(req)
 	if err != nil {
-		return Reply{}, fmt.Errorf("bus: encode request: %w", err)
+		return none, fmt.Errorf("bus: encode request: %w", err)
 	}
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, c.cfg.RequestTimeout)
 		defer cancel()
 	}
-	m, err := c.nc.RequestWithContext(ctx, NodeRPCSubject(node), b)
+	m, err := c.nc.RequestWithContext(ctx, subject, b)
 	// "No responders": the request reached no one (the node is between
 	// two servers of a cluster, reconnecting after one died), so sending
 	// it again is safe; retried for up to noRespondersRetry.
-	for give := time.Now().Add(noRespondersRetry); errors.Is(err, nats.ErrNoResponders) && time.Now().Before(give); {
+	for give := time.Now().Add(noRespondersRetry); retry && errors.Is(err, nats.ErrNoResponders) && time.Now().Before(give); {
 		select {
 		case <-ctx.Done():
 		case <-time.After(noRespondersBackoff):
@@ -440,21 +461,23 @@ func (c *Client) Request(ctx context.Context, node string, req Request) (Reply, 
 		if ctx.Err() != nil {
 			break
 		}
-		m, err = c.nc.RequestWithContext(ctx, NodeRPCSubject(node), b)
+		m, err = c.nc.RequestWithContext(ctx, subject, b)
 	}
 	if err != nil {
-		return Reply{}, Errorf(StatusUnavailable, "node %s: %v", node, err)
+		return none, Errorf(StatusUnavailable, "%s %s: %v", what, node, err)
 	}
-	rep, err := Decode[Reply](m.Data)
-	if err == nil && rep.Node != node {
-		err = fmt.Errorf("%w: reply names node %q", ErrBadMessage, rep.Node)
+	rep, err := Decode[R, PR](m.Data)
+	if err == nil {
+		if n, _ := PR(&rep).from(); n != node {
+			err = fmt.Errorf("%w: reply names node %q", ErrBadMessage, n)
+		}
 	}
 	if err != nil {
 		c.bad.Add(1)
-		return Reply{}, Errorf(StatusInternal, "node %s: %v", node, err)
+		return none, Errorf(StatusInternal, "%s %s: %v", what, node, err)
 	}
-	if rep.Error != nil {
-		return rep, rep.Error
+	if _, e := PR(&rep).from(); e != nil {
+		return rep, e
 	}
 	return rep, nil
 }

@@ -261,7 +261,12 @@ func (c *Client) track(s *Subscription) error {
 	return nil
 }
 
-func (c *Client) publish(subject string, v any) error {
+// publish validates v and sends it on subject: the bus package publishes
+// only messages that Decode accepts.
+func (c *Client) publish(subject string, v validator) error {
+	if err := v.Validate(); err != nil {
+		return err
+	}
 	b, err := json.Marshal(v)
 	if err != nil {
 		return fmt.Errorf("bus: encode %s: %w", subject, err)
@@ -321,10 +326,7 @@ func sameNode(subject, node string) error {
 
 // AnnounceNode publishes a node announcement on a.Node's subject.
 func (c *Client) AnnounceNode(a NodeAnnounce) error {
-	if err := a.Validate(); err != nil {
-		return err
-	}
-	return c.publish(NodeAnnounceSubject(a.Node), a)
+	return c.publish(NodeAnnounceSubject(a.Node), &a)
 }
 
 // SubscribeNodes calls fn with every node announcement (see NodeTable). An
@@ -337,10 +339,7 @@ func (c *Client) SubscribeNodes(fn func(NodeAnnounce)) (*Subscription, error) {
 // AnnounceSession publishes a session's ufrag -> node mapping on a.Node's
 // subject.
 func (c *Client) AnnounceSession(a SessionAnnounce) error {
-	if err := a.Validate(); err != nil {
-		return err
-	}
-	return c.publish(SessionAnnounceSubject(a.Node), a)
+	return c.publish(SessionAnnounceSubject(a.Node), &a)
 }
 
 // SubscribeSessions calls fn with every session announcement.
@@ -358,10 +357,7 @@ func (c *Client) PublishSession(node string, m SessionMessage) error {
 	if !ValidName(m.Session) {
 		return fmt.Errorf("%w: session %q", ErrBadSubjectToken, m.Session)
 	}
-	if err := m.Validate(); err != nil {
-		return err
-	}
-	return c.publish(SessionSubject(node, m.Session), m)
+	return c.publish(SessionSubject(node, m.Session), &m)
 }
 
 // SubscribeSession calls fn with every message node sends about session.
@@ -384,13 +380,10 @@ func (c *Client) SubscribeSession(node, session string, fn func(SessionMessage))
 
 // PublishRoomEvent publishes e on its node's subject of its room.
 func (c *Client) PublishRoomEvent(e RoomEvent) error {
-	if err := e.Validate(); err != nil {
-		return err
-	}
 	if !ValidName(e.Node) {
 		return fmt.Errorf("%w: room event without its node: %w", ErrBadMessage, ErrBadSubjectToken)
 	}
-	return c.publish(RoomEventsSubject(e.Node, e.Room), e)
+	return c.publish(RoomEventsSubject(e.Node, e.Room), &e)
 }
 
 // SubscribeRoomEvents calls fn with the events of room from every node, or

@@ -191,10 +191,7 @@ func (p CascadePeer) PeerAddr() netip.AddrPort {
 // PublishCascadeCommand publishes c on CascadeCommandSubject(c.Node)
 // (the controller role only).
 func (c *Client) PublishCascadeCommand(cmd CascadeCommand) error {
-	if err := cmd.Validate(); err != nil {
-		return err
-	}
-	return c.publish(CascadeCommandSubject(cmd.Node), cmd)
+	return c.publish(CascadeCommandSubject(cmd.Node), &cmd)
 }
 
 // SubscribeCascadeCommands calls fn for each valid command for node.
@@ -212,10 +209,7 @@ func (c *Client) SubscribeCascadeCommands(node string, fn func(CascadeCommand)) 
 
 // PublishCascadeReport publishes r on CascadeReportSubject(r.Node).
 func (c *Client) PublishCascadeReport(r CascadeReport) error {
-	if err := r.Validate(); err != nil {
-		return err
-	}
-	return c.publish(CascadeReportSubject(r.Node), r)
+	return c.publish(CascadeReportSubject(r.Node), &r)
 }
 
 // SubscribeCascadeReports calls fn for each valid report of any node.

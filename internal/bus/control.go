@@ -79,10 +79,7 @@ func (d *NodeDown) Validate() error {
 
 // PublishNodeDown publishes d on NodeDownSubject(d.Node).
 func (c *Client) PublishNodeDown(d NodeDown) error {
-	if err := d.Validate(); err != nil {
-		return err
-	}
-	return c.publish(NodeDownSubject(d.Node), d)
+	return c.publish(NodeDownSubject(d.Node), &d)
 }
 
 // SubscribeNodeDown calls fn for each valid NodeDown of any node; messages

@@ -137,10 +137,7 @@ func sameRelay(subject, node string) error {
 
 // AnnounceRelay publishes a relay node's report on its subject.
 func (c *Client) AnnounceRelay(a RelayAnnounce) error {
-	if err := a.Validate(); err != nil {
-		return err
-	}
-	return c.publish(RelayAnnounceSubject(a.Node), a)
+	return c.publish(RelayAnnounceSubject(a.Node), &a)
 }
 
 // SubscribeRelays calls fn with every relay node's report; one naming
@@ -152,10 +149,7 @@ func (c *Client) SubscribeRelays(fn func(RelayAnnounce)) (*Subscription, error) 
 
 // OpenRelay sends o to its node.
 func (c *Client) OpenRelay(o RelayOpen) error {
-	if err := o.Validate(); err != nil {
-		return err
-	}
-	return c.publish(RelayOpenSubject(o.Node), o)
+	return c.publish(RelayOpenSubject(o.Node), &o)
 }
 
 // SubscribeRelayOpen calls fn with node's open messages.

@@ -10,22 +10,15 @@ import (
 	"github.com/vishvananda/netns"
 )
 
-// current returns the calling thread's namespace, read on a locked thread.
-func current(t *testing.T) netns.NsHandle {
-	t.Helper()
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	h, err := netns.Get()
-	if err != nil {
-		t.Fatal(err)
+// TestDo: f runs in the namespace, its error comes back, and the thread is
+// back where it was after Do, also after creating a namespace inside Do
+// (which moves the thread) and after a Do that could not enter.
+func TestDo(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to create a network namespace")
 	}
-	t.Cleanup(func() { h.Close() })
-	return h
-}
-
-// newNS makes a namespace without leaving the calling thread in it.
-func newNS(t *testing.T) netns.NsHandle {
-	t.Helper()
+	// Locked here, the thread Do runs on is this one, so where it ends up
+	// can be checked (Do's own lock nests in this one).
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	orig, err := netns.Get()
@@ -33,25 +26,26 @@ func newNS(t *testing.T) netns.NsHandle {
 		t.Fatal(err)
 	}
 	defer orig.Close()
-	ns, err := netns.New()
-	if err != nil {
+	back := func(after string) {
+		t.Helper()
+		h, err := netns.Get()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer h.Close()
+		if !h.Equal(orig) {
+			t.Fatalf("after %s the thread is in %v, want %v", after, h, orig)
+		}
+	}
+	var ns netns.NsHandle
+	if err := nsthread.Do(orig, func() (err error) { ns, err = netns.New(); return err }); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { ns.Close() })
-	if err := netns.Set(orig); err != nil {
-		panic(err) // the thread is stuck in ns: do not let the runtime reuse it
-	}
-	return ns
-}
+	defer ns.Close()
+	back("creating a namespace")
 
-func TestDo(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to create a network namespace")
-	}
-	orig := current(t)
-	ns := newNS(t)
 	errF := errors.New("f failed")
-	err := nsthread.Do(ns, func() error {
+	err = nsthread.Do(ns, func() error {
 		h, err := netns.Get()
 		if err != nil {
 			return err
@@ -65,16 +59,13 @@ func TestDo(t *testing.T) {
 	if !errors.Is(err, errF) {
 		t.Fatalf("Do returned %v, want f's error", err)
 	}
-	if h := current(t); !h.Equal(orig) {
-		t.Fatalf("after Do the goroutine is in %v, want %v", h, orig)
-	}
+	back("Do")
+
 	if err := nsthread.Do(netns.None(), func() error {
 		t.Error("f ran although the namespace could not be entered")
 		return nil
 	}); err == nil {
 		t.Fatal("Do into a closed handle succeeded")
 	}
-	if h := current(t); !h.Equal(orig) {
-		t.Fatalf("after a failed Do the goroutine is in %v, want %v", h, orig)
-	}
+	back("a Do that could not enter")
 }

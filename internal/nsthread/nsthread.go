@@ -40,3 +40,33 @@ func Do(ns netns.NsHandle, f func() error) (err error) {
 	}()
 	return f()
 }
+
+// New creates a network namespace, bind-mounted at /run/netns/name when
+// name is set (for "ip netns exec" and nsenter), without moving the
+// calling goroutine's thread into it. The caller closes the handle.
+func New(name string) (netns.NsHandle, error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		return netns.None(), err
+	}
+	defer orig.Close()
+	// Creating a namespace moves the thread into it: Do moves it back.
+	ns := netns.None()
+	err = Do(orig, func() (err error) {
+		if name == "" {
+			ns, err = netns.New()
+		} else {
+			ns, err = netns.NewNamed(name)
+		}
+		return err
+	})
+	if err != nil {
+		if ns.IsOpen() {
+			ns.Close()
+		}
+		return netns.None(), err
+	}
+	return ns, nil
+}

@@ -10,9 +10,9 @@ import (
 	"github.com/vishvananda/netns"
 )
 
-// TestDo: f runs in the namespace, its error comes back, and the thread is
-// back where it was after Do, also after creating a namespace inside Do
-// (which moves the thread) and after a Do that could not enter.
+// TestDo: New leaves the thread where it was; f runs in the namespace, its
+// error comes back, and the thread is back where it was after Do, also
+// after a Do that could not enter.
 func TestDo(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to create a network namespace")
@@ -37,12 +37,12 @@ func TestDo(t *testing.T) {
 			t.Fatalf("after %s the thread is in %v, want %v", after, h, orig)
 		}
 	}
-	var ns netns.NsHandle
-	if err := nsthread.Do(orig, func() (err error) { ns, err = netns.New(); return err }); err != nil {
+	ns, err := nsthread.New("")
+	if err != nil {
 		t.Fatal(err)
 	}
 	defer ns.Close()
-	back("creating a namespace")
+	back("New")
 
 	errF := errors.New("f failed")
 	err = nsthread.Do(ns, func() error {

@@ -25,7 +25,6 @@ import (
 // out1) and in0 (towards the server, in1).
 type Lab struct {
 	Client, Gateway, Server netns.NsHandle
-	orig                    netns.NsHandle
 }
 
 // The lab's addresses.
@@ -44,27 +43,17 @@ func New(t testing.TB, forward bool) *Lab {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root for network namespaces")
 	}
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		t.Fatal(err)
-	}
-	l := &Lab{orig: orig}
+	l := &Lab{}
 	t.Cleanup(func() {
 		for _, h := range []netns.NsHandle{l.Client, l.Gateway, l.Server} {
 			if h.IsOpen() {
 				h.Close()
 			}
 		}
-		orig.Close()
 	})
 	mk := func() netns.NsHandle {
-		h, err := netns.New()
+		h, err := nsthread.New("")
 		if err != nil {
-			t.Fatal(err)
-		}
-		if err := netns.Set(orig); err != nil {
 			t.Fatal(err)
 		}
 		return h

@@ -314,14 +314,17 @@ func subscribe[T any, PT interface {
 	return s, nil
 }
 
-// sameNode refuses a message that names another node than the subject it
-// came on: the server lets node N publish under traverse.sfu.N. only, so
-// this is what stops N from speaking for another node.
-func sameNode(subject, node string) error {
-	if sn := subjectNode(subject); sn != node {
-		return fmt.Errorf("%w: message of node %q on node %q's subject", ErrBadMessage, node, sn)
+// ownSubject is the subscribe check of a message published on a subject
+// it names (own): it refuses one that came on another subject. The server
+// lets node N publish under N's subjects only, so this is what stops N
+// from speaking for another node.
+func ownSubject[T any](what string, own func(*T) string) func(string, *T) error {
+	return func(subject string, m *T) error {
+		if want := own(m); subject != want {
+			return fmt.Errorf("%w: %s for %s on %s", ErrBadMessage, what, want, subject)
+		}
+		return nil
 	}
-	return nil
 }
 
 // AnnounceNode publishes a node announcement on a.Node's subject.
@@ -333,7 +336,7 @@ func (c *Client) AnnounceNode(a NodeAnnounce) error {
 // announcement naming another node than its subject's is dropped.
 func (c *Client) SubscribeNodes(fn func(NodeAnnounce)) (*Subscription, error) {
 	return subscribe[NodeAnnounce](c, NodeAnnounceSubject("*"),
-		func(subject string, a *NodeAnnounce) error { return sameNode(subject, a.Node) }, fn)
+		ownSubject("node announcement", func(a *NodeAnnounce) string { return NodeAnnounceSubject(a.Node) }), fn)
 }
 
 // AnnounceSession publishes a session's ufrag -> node mapping on a.Node's
@@ -345,7 +348,7 @@ func (c *Client) AnnounceSession(a SessionAnnounce) error {
 // SubscribeSessions calls fn with every session announcement.
 func (c *Client) SubscribeSessions(fn func(SessionAnnounce)) (*Subscription, error) {
 	return subscribe[SessionAnnounce](c, SessionAnnounceSubject("*"),
-		func(subject string, a *SessionAnnounce) error { return sameNode(subject, a.Node) }, fn)
+		ownSubject("session announcement", func(a *SessionAnnounce) string { return SessionAnnounceSubject(a.Node) }), fn)
 }
 
 // PublishSession sends node's message about m.Session to the signal server
@@ -394,12 +397,7 @@ func (c *Client) SubscribeRoomEvents(room string, fn func(RoomEvent)) (*Subscrip
 		return nil, fmt.Errorf("%w: room %q", ErrBadSubjectToken, room)
 	}
 	return subscribe[RoomEvent](c, RoomEventsSubject("*", room),
-		func(subject string, e *RoomEvent) error {
-			if subject != RoomEventsSubject(e.Node, e.Room) {
-				return fmt.Errorf("%w: event of node %q room %q on %s", ErrBadMessage, e.Node, e.Room, subject)
-			}
-			return nil
-		}, fn)
+		ownSubject("room event", func(e *RoomEvent) string { return RoomEventsSubject(e.Node, e.Room) }), fn)
 }
 
 // Request calls node and returns its reply. A reply carrying an error is

@@ -86,12 +86,8 @@ func (c *Client) PublishNodeDown(d NodeDown) error {
 // whose node is not their subject's, or that do not validate, are dropped
 // and counted in BadMessages.
 func (c *Client) SubscribeNodeDown(fn func(NodeDown)) (*Subscription, error) {
-	return subscribe[NodeDown](c, NodeDownSubject("*"), func(subject string, d *NodeDown) error {
-		if subject != NodeDownSubject(d.Node) {
-			return fmt.Errorf("%w: node down of %q on subject %q", ErrBadMessage, d.Node, subject)
-		}
-		return nil
-	}, fn)
+	return subscribe[NodeDown](c, NodeDownSubject("*"),
+		ownSubject("node down", func(d *NodeDown) string { return NodeDownSubject(d.Node) }), fn)
 }
 
 // kvStream is the JetStream stream of a key-value bucket.

@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/traverse-rtc/traverse/internal/config"
 )
 
 // Config says how to reach the bus.
@@ -71,12 +72,8 @@ func (c *Config) validate() error {
 	if len(c.URLs) == 0 {
 		return ErrNoURL
 	}
-	if c.RequestTimeout <= 0 {
-		c.RequestTimeout = 5 * time.Second
-	}
-	if c.Workers <= 0 {
-		c.Workers = 8
-	}
+	config.Default(&c.RequestTimeout, 5*time.Second)
+	config.Default(&c.Workers, 8)
 	return nil
 }
 

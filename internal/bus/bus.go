@@ -238,24 +238,46 @@ type Subscription struct {
 func (s *Subscription) Unsubscribe() {
 	s.once.Do(func() {
 		_ = s.ns.Unsubscribe()
-		if s.stop != nil {
-			s.stop()
-		}
-		s.drain.Wait()
-		s.c.mu.Lock()
-		delete(s.c.subs, s)
-		s.c.mu.Unlock()
+		s.forget()
 	})
 }
 
-func (c *Client) track(s *Subscription) error {
+// forget stops s's workers, waits for them and drops s from its client.
+func (s *Subscription) forget() {
+	if s.stop != nil {
+		s.stop()
+	}
+	s.drain.Wait()
+	s.c.mu.Lock()
+	delete(s.c.subs, s)
+	s.c.mu.Unlock()
+}
+
+// newSubscription returns a subscription that Close ends; the caller gives
+// it to listen.
+func (c *Client) newSubscription() (*Subscription, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed {
-		return nats.ErrConnectionClosed
+		return nil, nats.ErrConnectionClosed
 	}
+	s := &Subscription{c: c}
 	c.subs[s] = struct{}{}
-	return nil
+	return s, nil
+}
+
+// listen subscribes s to subject with handler h; if the server refuses, s
+// is forgotten. Once the server has the subscription, messages published
+// after listen returns (by any connection) reach it.
+func (c *Client) listen(s *Subscription, subject string, h nats.MsgHandler) (*Subscription, error) {
+	ns, err := c.nc.Subscribe(subject, h)
+	if err != nil {
+		s.forget()
+		return nil, fmt.Errorf("bus: subscribe %s: %w", subject, err)
+	}
+	s.ns = ns
+	_ = c.nc.Flush()
+	return s, nil
 }
 
 // publish validates v and sends it on subject: the bus package publishes
@@ -282,11 +304,11 @@ func subscribe[T any, PT interface {
 	*T
 	validator
 }](c *Client, subject string, check func(subject string, v *T) error, fn func(T)) (*Subscription, error) {
-	s := &Subscription{c: c}
-	if err := c.track(s); err != nil {
+	s, err := c.newSubscription()
+	if err != nil {
 		return nil, err
 	}
-	ns, err := c.nc.Subscribe(subject, func(m *nats.Msg) {
+	return c.listen(s, subject, func(m *nats.Msg) {
 		v, err := Decode[T, PT](m.Data)
 		if err == nil && check != nil {
 			err = check(m.Subject, &v)
@@ -298,17 +320,6 @@ func subscribe[T any, PT interface {
 		}
 		fn(v)
 	})
-	if err != nil {
-		c.mu.Lock()
-		delete(c.subs, s)
-		c.mu.Unlock()
-		return nil, fmt.Errorf("bus: subscribe %s: %w", subject, err)
-	}
-	s.ns = ns
-	// Once the server has the subscription, messages published after
-	// this returns (by any connection) reach it.
-	_ = c.nc.Flush()
-	return s, nil
 }
 
 // ownSubject is the subscribe check of a message published on a subject
@@ -493,8 +504,8 @@ func (c *Client) HandleRequests(node string, h Handler) (*Subscription, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	queues := make([]chan *nats.Msg, c.cfg.Workers)
-	s := &Subscription{c: c}
-	if err := c.track(s); err != nil {
+	s, err := c.newSubscription()
+	if err != nil {
 		cancel()
 		return nil, err
 	}
@@ -522,7 +533,7 @@ func (c *Client) HandleRequests(node string, h Handler) (*Subscription, error) {
 			qmu.Unlock()
 		})
 	}
-	ns, err := c.nc.Subscribe(NodeRPCSubject(node), func(m *nats.Msg) {
+	return c.listen(s, NodeRPCSubject(node), func(m *nats.Msg) {
 		req, err := Decode[Request](m.Data)
 		if err != nil {
 			c.bad.Add(1)
@@ -543,17 +554,6 @@ func (c *Client) HandleRequests(node string, h Handler) (*Subscription, error) {
 			c.respond(m, Reply{Node: node, Error: Errorf(StatusUnavailable, "node %s is overloaded", node)})
 		}
 	})
-	if err != nil {
-		s.stop()
-		s.drain.Wait()
-		c.mu.Lock()
-		delete(c.subs, s)
-		c.mu.Unlock()
-		return nil, fmt.Errorf("bus: subscribe %s: %w", NodeRPCSubject(node), err)
-	}
-	s.ns = ns
-	_ = c.nc.Flush() // requests sent after this returns find the handler
-	return s, nil
 }
 
 func (c *Client) serve(ctx context.Context, node string, m *nats.Msg, h Handler) {

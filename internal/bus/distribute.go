@@ -125,11 +125,11 @@ func (c *Client) HandleDistribute(node string, h DistributeHandler, bad func(err
 	if !ValidName(node) {
 		return nil, fmt.Errorf("%w: node %q", ErrBadSubjectToken, node)
 	}
-	s := &Subscription{c: c}
-	if err := c.track(s); err != nil {
+	s, err := c.newSubscription()
+	if err != nil {
 		return nil, err
 	}
-	ns, err := c.nc.Subscribe(DistributeSubject(node), func(m *nats.Msg) {
+	return c.listen(s, DistributeSubject(node), func(m *nats.Msg) {
 		req, err := Decode[DistributeRequest](m.Data)
 		var rep DistributeReply
 		if err != nil {
@@ -154,13 +154,4 @@ func (c *Client) HandleDistribute(node string, h DistributeHandler, bad func(err
 			c.log.Debug("bus: respond", "err", err)
 		}
 	})
-	if err != nil {
-		c.mu.Lock()
-		delete(c.subs, s)
-		c.mu.Unlock()
-		return nil, fmt.Errorf("bus: subscribe %s: %w", DistributeSubject(node), err)
-	}
-	s.ns = ns
-	_ = c.nc.Flush()
-	return s, nil
 }

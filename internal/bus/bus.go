@@ -574,7 +574,9 @@ func (c *Client) serve(ctx context.Context, node string, m *nats.Msg, h Handler)
 	}
 }
 
-func (c *Client) respond(m *nats.Msg, rep Reply) {
+// respond sends rep (a Reply or a DistributeReply) to the requester of m,
+// if it waits for one.
+func (c *Client) respond(m *nats.Msg, rep any) {
 	if m.Reply == "" {
 		return
 	}

@@ -142,16 +142,6 @@ func (c *Client) HandleDistribute(node string, h DistributeHandler, bad func(err
 			rep = DistributeReply{Error: AsError(err)}
 		}
 		rep.Node = node
-		if m.Reply == "" {
-			return
-		}
-		b, err := json.Marshal(rep)
-		if err != nil {
-			c.log.Error("bus: encode distribute reply", "err", err)
-			return
-		}
-		if err := m.Respond(b); err != nil {
-			c.log.Debug("bus: respond", "err", err)
-		}
+		c.respond(m, rep)
 	})
 }

@@ -44,16 +44,8 @@ pps=${1:-5000}; secs=${2:-5}
 rounds=${ROUNDS:-3}; fans=(${FANS:-1 16}); modes=(${MODES:-ebpf userspace udpfwd}); topos=(${TOPOS:-egress veth lo})
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "needs root (network namespaces)"; exit 1; }
-work=$(mktemp -d)
-pids=(); nss=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  for n in "${nss[@]}"; do ip netns del "$n" 2>/dev/null || true; done
-  [ -z "${KEEP_RAW:-}" ] || cp "$work/raw" "$KEEP_RAW" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+. bench/lib/cleanup.sh
+on_exit() { [ -z "${KEEP_RAW:-}" ] || cp "$work/raw" "$KEEP_RAW" 2>/dev/null || true; }
 go build -o "$work/traverse" ./cmd/traverse
 go build -o "$work/udpfwd" ./bench/udpfwd
 go build -o "$work/distload" ./bench/distload

@@ -13,10 +13,7 @@
 set -euo pipefail
 clients=${1:-20}; msgs=${2:-1000}; interval=${3:-5}; len=${4:-172}
 cd "$(dirname "$0")/.."
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
+. bench/lib/cleanup.sh
 free_port() { local p=$1; while ss -Hlnu "sport = :$p" | grep -q .; do p=$((p+1)); done; echo $p; }
 wait_port() { for _ in $(seq 100); do ss -Hlnu "sport = :$1" | grep -q . && return 0; sleep 0.05; done; echo "port $1 never opened"; exit 1; }
 hz=$(getconf CLK_TCK)

@@ -32,15 +32,7 @@ cd "$(dirname "$0")/.."
 for b in turnserver turnutils_uclient turnutils_peer ip ss; do
   command -v $b >/dev/null || { echo "missing $b (apt-get install coturn iproute2)"; exit 1; }
 done
-work=$(mktemp -d)
-pids=(); nss=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  for n in "${nss[@]}"; do ip netns del "$n" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
+. bench/lib/cleanup.sh
 
 hz=$(getconf CLK_TCK)
 proc_cpu() { awk '{print $14+$15}' /proc/$1/stat; }            # ticks

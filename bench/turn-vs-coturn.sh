@@ -24,10 +24,7 @@ cd "$(dirname "$0")/.."
 for b in turnserver turnutils_uclient turnutils_peer; do
   command -v $b >/dev/null || { echo "missing $b (apt-get install coturn)"; exit 1; }
 done
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
+. bench/lib/cleanup.sh
 
 free_port() { # first free UDP+TCP port from $1
   local p=$1

@@ -17,7 +17,6 @@ import (
 	"net/netip"
 	"os"
 	"regexp"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -28,6 +27,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/traverse-rtc/traverse/internal/mediaproxy"
+	"github.com/traverse-rtc/traverse/internal/nsthread"
 	"github.com/traverse-rtc/traverse/internal/procstat"
 )
 
@@ -63,23 +63,12 @@ func inNS(name string, f func() error) error {
 	if name == "" {
 		return f()
 	}
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		return err
-	}
-	defer orig.Close()
 	h, err := netns.GetFromName(name)
 	if err != nil {
 		return err
 	}
 	defer h.Close()
-	if err := netns.Set(h); err != nil {
-		return err
-	}
-	defer netns.Set(orig) //nolint:errcheck
-	return f()
+	return nsthread.Do(h, f)
 }
 
 func listen(ns, ip string) (*net.UDPConn, error) {

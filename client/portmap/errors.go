@@ -58,3 +58,13 @@ type ResultError struct {
 func (e *ResultError) Error() string {
 	return fmt.Sprintf("portmap: %s refused: %s (%d)", e.Protocol, e.Text, e.Code)
 }
+
+// resultError is the ResultError of a gateway's result code, named from
+// the protocol's table of result texts.
+func resultError(p Protocol, code int, texts map[int]string) error {
+	t, ok := texts[code]
+	if !ok {
+		t = "unknown result"
+	}
+	return &ResultError{Protocol: p, Code: code, Text: t}
+}

@@ -113,10 +113,4 @@ func ParsePCPResponse(b []byte) (PCPResponse, error) {
 	return r, nil
 }
 
-func pcpError(code byte) error {
-	t, ok := pcpResultText[int(code)]
-	if !ok {
-		t = "unknown result"
-	}
-	return &ResultError{Protocol: PCP, Code: int(code), Text: t}
-}
+func pcpError(code byte) error { return resultError(PCP, int(code), pcpResultText) }

@@ -90,10 +90,4 @@ func ParsePMPResponse(b []byte) (PMPResponse, error) {
 	return r, nil
 }
 
-func pmpError(code uint16) error {
-	t, ok := pmpResultText[int(code)]
-	if !ok {
-		t = "unknown result"
-	}
-	return &ResultError{Protocol: PMP, Code: int(code), Text: t}
-}
+func pmpError(code uint16) error { return resultError(PMP, int(code), pmpResultText) }

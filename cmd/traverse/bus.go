@@ -299,10 +299,7 @@ func startServeBus(_ context.Context, env *serveEnv) (runner, error) {
 			}
 		}
 	}
-	return func(ctx context.Context) error {
-		<-ctx.Done()
-		return e.Close()
-	}, nil
+	return closeWhenDone(e), nil
 }
 
 func runBus(ctx context.Context, args []string) error {
@@ -326,10 +323,7 @@ func runBus(ctx context.Context, args []string) error {
 		if err != nil {
 			return nil, err
 		}
-		return func(ctx context.Context) error {
-			<-ctx.Done()
-			return e.Close()
-		}, nil
+		return closeWhenDone(e), nil
 	})
 }
 

@@ -1,15 +1,14 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"net/http/httptest"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/traverse-rtc/traverse/internal/logging/logtest"
 	"github.com/traverse-rtc/traverse/internal/signal"
 )
 
@@ -19,19 +18,6 @@ func (noNodes) Nodes() []signal.Node { return nil }
 func (noNodes) Join(context.Context, signal.Node, signal.JoinRequest, func(signal.NodeEvent)) (signal.Link, error) {
 	return nil, signal.ErrNoNode
 }
-
-// syncBuffer is a bytes.Buffer safe for the command's writer and the test.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
 
 // TestCall runs a listener and a caller through a signal server on
 // loopback and checks both print a direct path and reports with nothing lost.
@@ -53,7 +39,7 @@ func TestCall(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	var bobOut, aliceOut syncBuffer
+	var bobOut, aliceOut logtest.Buffer // written by the command, read by the test
 	errc := make(chan error, 1)
 	go func() {
 		errc <- call(ctx, &bobOut, []string{"--signal", url, "--token", tok("bob"), "--listen", "--portmap=false", "--duration", "1500ms", "--interval", "500ms", "--rate", "100"})

@@ -3,12 +3,11 @@ package main
 import (
 	"os"
 	"os/exec"
-	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/traverse-rtc/traverse/internal/logging/logtest"
 	"github.com/traverse-rtc/traverse/internal/testkit"
 )
 
@@ -28,22 +27,12 @@ func TestMain(m *testing.M) {
 type child struct {
 	cmd    *exec.Cmd
 	exited <-chan error
-	reaped bool       // exited was read (kill)
-	mu     sync.Mutex // guards out
-	out    strings.Builder
+	reaped bool // exited was read (kill)
+	// The child's stdout and stderr (c is their writer).
+	logtest.Buffer
 }
 
-func (c *child) Write(b []byte) (int, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.out.Write(b)
-}
-
-func (c *child) output() string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.out.String()
-}
+func (c *child) output() string { return c.String() }
 
 // startChild starts "traverse args..." (this test binary in child mode);
 // the test's end stops it with SIGTERM unless it was killed.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"time"
@@ -100,6 +101,28 @@ func runAlone(ctx context.Context, log *slog.Logger, c *common, start func(adm *
 // runner is a role's main loop: it serves until ctx is done, then releases
 // everything it holds and returns.
 type runner func(ctx context.Context) error
+
+// runThenClose is the runner of a role of the one role shape: Run until ctx
+// is done, then Close.
+func runThenClose(r interface {
+	Run(context.Context) error
+	Close() error
+}) runner {
+	return func(ctx context.Context) error {
+		err := r.Run(ctx)
+		_ = r.Close()
+		return err
+	}
+}
+
+// closeWhenDone is the runner of what serves from its start (the embedded
+// bus): it is closed when ctx is done.
+func closeWhenDone(c io.Closer) runner {
+	return func(ctx context.Context) error {
+		<-ctx.Done()
+		return c.Close()
+	}
+}
 
 // runAll runs the runners until ctx is done or one fails, then stops them
 // one at a time in the reverse of their order, waiting for each, so that a

@@ -52,11 +52,7 @@ func runController(ctx context.Context, args []string) error {
 		}
 		adm.AddCheck("controller", c.Ready)
 		log.Info("controller started", "id", c.ID())
-		return func(ctx context.Context) error {
-			err := c.Run(ctx)
-			_ = c.Close()
-			return err
-		}, nil
+		return runThenClose(c), nil
 	})
 }
 

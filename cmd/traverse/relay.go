@@ -99,11 +99,7 @@ func runRelay(ctx context.Context, args []string) error {
 		}
 		adm.AddCheck("relay", n.Ready)
 		log.Info("relay: listening", "addr", n.Addr(), "public", n.Public(), "volunteer", c.Volunteer)
-		return func(ctx context.Context) error {
-			err := n.Run(ctx)
-			_ = n.Close()
-			return err
-		}, nil
+		return runThenClose(n), nil
 	})
 }
 

@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/traverse-rtc/traverse/internal/config"
 )
 
 // Config says how to reach the bus.
@@ -71,12 +72,8 @@ func (c *Config) validate() error {
 	if len(c.URLs) == 0 {
 		return ErrNoURL
 	}
-	if c.RequestTimeout <= 0 {
-		c.RequestTimeout = 5 * time.Second
-	}
-	if c.Workers <= 0 {
-		c.Workers = 8
-	}
+	config.Default(&c.RequestTimeout, 5*time.Second)
+	config.Default(&c.Workers, 8)
 	return nil
 }
 
@@ -241,27 +238,54 @@ type Subscription struct {
 func (s *Subscription) Unsubscribe() {
 	s.once.Do(func() {
 		_ = s.ns.Unsubscribe()
-		if s.stop != nil {
-			s.stop()
-		}
-		s.drain.Wait()
-		s.c.mu.Lock()
-		delete(s.c.subs, s)
-		s.c.mu.Unlock()
+		s.forget()
 	})
 }
 
-func (c *Client) track(s *Subscription) error {
+// forget stops s's workers, waits for them and drops s from its client.
+func (s *Subscription) forget() {
+	if s.stop != nil {
+		s.stop()
+	}
+	s.drain.Wait()
+	s.c.mu.Lock()
+	delete(s.c.subs, s)
+	s.c.mu.Unlock()
+}
+
+// newSubscription returns a subscription that Close ends; the caller gives
+// it to listen.
+func (c *Client) newSubscription() (*Subscription, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed {
-		return nats.ErrConnectionClosed
+		return nil, nats.ErrConnectionClosed
 	}
+	s := &Subscription{c: c}
 	c.subs[s] = struct{}{}
-	return nil
+	return s, nil
 }
 
-func (c *Client) publish(subject string, v any) error {
+// listen subscribes s to subject with handler h; if the server refuses, s
+// is forgotten. Once the server has the subscription, messages published
+// after listen returns (by any connection) reach it.
+func (c *Client) listen(s *Subscription, subject string, h nats.MsgHandler) (*Subscription, error) {
+	ns, err := c.nc.Subscribe(subject, h)
+	if err != nil {
+		s.forget()
+		return nil, fmt.Errorf("bus: subscribe %s: %w", subject, err)
+	}
+	s.ns = ns
+	_ = c.nc.Flush()
+	return s, nil
+}
+
+// publish validates v and sends it on subject: the bus package publishes
+// only messages that Decode accepts.
+func (c *Client) publish(subject string, v validator) error {
+	if err := v.Validate(); err != nil {
+		return err
+	}
 	b, err := json.Marshal(v)
 	if err != nil {
 		return fmt.Errorf("bus: encode %s: %w", subject, err)
@@ -280,11 +304,11 @@ func subscribe[T any, PT interface {
 	*T
 	validator
 }](c *Client, subject string, check func(subject string, v *T) error, fn func(T)) (*Subscription, error) {
-	s := &Subscription{c: c}
-	if err := c.track(s); err != nil {
+	s, err := c.newSubscription()
+	if err != nil {
 		return nil, err
 	}
-	ns, err := c.nc.Subscribe(subject, func(m *nats.Msg) {
+	return c.listen(s, subject, func(m *nats.Msg) {
 		v, err := Decode[T, PT](m.Data)
 		if err == nil && check != nil {
 			err = check(m.Subject, &v)
@@ -296,57 +320,43 @@ func subscribe[T any, PT interface {
 		}
 		fn(v)
 	})
-	if err != nil {
-		c.mu.Lock()
-		delete(c.subs, s)
-		c.mu.Unlock()
-		return nil, fmt.Errorf("bus: subscribe %s: %w", subject, err)
-	}
-	s.ns = ns
-	// Once the server has the subscription, messages published after
-	// this returns (by any connection) reach it.
-	_ = c.nc.Flush()
-	return s, nil
 }
 
-// sameNode refuses a message that names another node than the subject it
-// came on: the server lets node N publish under traverse.sfu.N. only, so
-// this is what stops N from speaking for another node.
-func sameNode(subject, node string) error {
-	if sn := subjectNode(subject); sn != node {
-		return fmt.Errorf("%w: message of node %q on node %q's subject", ErrBadMessage, node, sn)
+// ownSubject is the subscribe check of a message published on a subject
+// it names (own): it refuses one that came on another subject. The server
+// lets node N publish under N's subjects only, so this is what stops N
+// from speaking for another node.
+func ownSubject[T any](what string, own func(*T) string) func(string, *T) error {
+	return func(subject string, m *T) error {
+		if want := own(m); subject != want {
+			return fmt.Errorf("%w: %s for %s on %s", ErrBadMessage, what, want, subject)
+		}
+		return nil
 	}
-	return nil
 }
 
 // AnnounceNode publishes a node announcement on a.Node's subject.
 func (c *Client) AnnounceNode(a NodeAnnounce) error {
-	if err := a.Validate(); err != nil {
-		return err
-	}
-	return c.publish(NodeAnnounceSubject(a.Node), a)
+	return c.publish(NodeAnnounceSubject(a.Node), &a)
 }
 
 // SubscribeNodes calls fn with every node announcement (see NodeTable). An
 // announcement naming another node than its subject's is dropped.
 func (c *Client) SubscribeNodes(fn func(NodeAnnounce)) (*Subscription, error) {
 	return subscribe[NodeAnnounce](c, NodeAnnounceSubject("*"),
-		func(subject string, a *NodeAnnounce) error { return sameNode(subject, a.Node) }, fn)
+		ownSubject("node announcement", func(a *NodeAnnounce) string { return NodeAnnounceSubject(a.Node) }), fn)
 }
 
 // AnnounceSession publishes a session's ufrag -> node mapping on a.Node's
 // subject.
 func (c *Client) AnnounceSession(a SessionAnnounce) error {
-	if err := a.Validate(); err != nil {
-		return err
-	}
-	return c.publish(SessionAnnounceSubject(a.Node), a)
+	return c.publish(SessionAnnounceSubject(a.Node), &a)
 }
 
 // SubscribeSessions calls fn with every session announcement.
 func (c *Client) SubscribeSessions(fn func(SessionAnnounce)) (*Subscription, error) {
 	return subscribe[SessionAnnounce](c, SessionAnnounceSubject("*"),
-		func(subject string, a *SessionAnnounce) error { return sameNode(subject, a.Node) }, fn)
+		ownSubject("session announcement", func(a *SessionAnnounce) string { return SessionAnnounceSubject(a.Node) }), fn)
 }
 
 // PublishSession sends node's message about m.Session to the signal server
@@ -358,10 +368,7 @@ func (c *Client) PublishSession(node string, m SessionMessage) error {
 	if !ValidName(m.Session) {
 		return fmt.Errorf("%w: session %q", ErrBadSubjectToken, m.Session)
 	}
-	if err := m.Validate(); err != nil {
-		return err
-	}
-	return c.publish(SessionSubject(node, m.Session), m)
+	return c.publish(SessionSubject(node, m.Session), &m)
 }
 
 // SubscribeSession calls fn with every message node sends about session.
@@ -384,13 +391,10 @@ func (c *Client) SubscribeSession(node, session string, fn func(SessionMessage))
 
 // PublishRoomEvent publishes e on its node's subject of its room.
 func (c *Client) PublishRoomEvent(e RoomEvent) error {
-	if err := e.Validate(); err != nil {
-		return err
-	}
 	if !ValidName(e.Node) {
 		return fmt.Errorf("%w: room event without its node: %w", ErrBadMessage, ErrBadSubjectToken)
 	}
-	return c.publish(RoomEventsSubject(e.Node, e.Room), e)
+	return c.publish(RoomEventsSubject(e.Node, e.Room), &e)
 }
 
 // SubscribeRoomEvents calls fn with the events of room from every node, or
@@ -401,38 +405,54 @@ func (c *Client) SubscribeRoomEvents(room string, fn func(RoomEvent)) (*Subscrip
 		return nil, fmt.Errorf("%w: room %q", ErrBadSubjectToken, room)
 	}
 	return subscribe[RoomEvent](c, RoomEventsSubject("*", room),
-		func(subject string, e *RoomEvent) error {
-			if subject != RoomEventsSubject(e.Node, e.Room) {
-				return fmt.Errorf("%w: event of node %q room %q on %s", ErrBadMessage, e.Node, e.Room, subject)
-			}
-			return nil
-		}, fn)
+		ownSubject("room event", func(e *RoomEvent) string { return RoomEventsSubject(e.Node, e.Room) }), fn)
 }
 
 // Request calls node and returns its reply. A reply carrying an error is
 // returned as that *Error; no answer (no such node, timeout) is an *Error
 // of StatusUnavailable.
 func (c *Client) Request(ctx context.Context, node string, req Request) (Reply, error) {
+	return call[Reply](ctx, c, node, NodeRPCSubject(node), "node", &req, true)
+}
+
+// A reply names the node that answered and may carry an error.
+type reply interface {
+	validator
+	from() (node string, err *Error)
+}
+
+func (r *Reply) from() (string, *Error) { return r.Node, r.Error }
+
+// call sends req to node on subject and returns the reply, which must
+// name node; one carrying an error is returned as that *Error, no answer
+// as an *Error of StatusUnavailable. what names the callee in errors. With
+// retry, a request that finds no responder is sent again for up to
+// noRespondersRetry.
+func call[R any, PR interface {
+	*R
+	reply
+}](ctx context.Context, c *Client, node, subject, what string, req validator, retry bool) (R, error) {
+	var none R
 	if !ValidName(node) {
-		return Reply{}, Errorf(StatusBadRequest, "node %q: %v", node, ErrBadSubjectToken)
+		return none, Errorf(StatusBadRequest, "node %q: %v", node, ErrBadSubjectToken)
 	}
 	if err := req.Validate(); err != nil {
-		return Reply{}, &Error{Status: StatusBadRequest, Message: err.Error()}
+		return none, &Error{Status: StatusBadRequest, Message: err.Error()}
 	}
 	b, err := json.Marshal(req)
 	if err != nil {
-		return Reply{}, fmt.Errorf("bus: encode request: %w", err)
+		return none, fmt.Errorf("bus: encode request: %w", err)
 	}
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, c.cfg.RequestTimeout)
 		defer cancel()
 	}
-	m, err := c.nc.RequestWithContext(ctx, NodeRPCSubject(node), b)
+	m, err := c.nc.RequestWithContext(ctx, subject, b)
 	// "No responders": the request reached no one (the node is between
 	// two servers of a cluster, reconnecting after one died), so sending
 	// it again is safe; retried for up to noRespondersRetry.
-	for give := time.Now().Add(noRespondersRetry); errors.Is(err, nats.ErrNoResponders) && time.Now().Before(give); {
+	for give := time.Now().Add(noRespondersRetry); retry && errors.Is(err, nats.ErrNoResponders) && time.Now().Before(give); {
 		select {
 		case <-ctx.Done():
 		case <-time.After(noRespondersBackoff):
@@ -440,21 +460,23 @@ func (c *Client) Request(ctx context.Context, node string, req Request) (Reply, 
 		if ctx.Err() != nil {
 			break
 		}
-		m, err = c.nc.RequestWithContext(ctx, NodeRPCSubject(node), b)
+		m, err = c.nc.RequestWithContext(ctx, subject, b)
 	}
 	if err != nil {
-		return Reply{}, Errorf(StatusUnavailable, "node %s: %v", node, err)
+		return none, Errorf(StatusUnavailable, "%s %s: %v", what, node, err)
 	}
-	rep, err := Decode[Reply](m.Data)
-	if err == nil && rep.Node != node {
-		err = fmt.Errorf("%w: reply names node %q", ErrBadMessage, rep.Node)
+	rep, err := Decode[R, PR](m.Data)
+	if err == nil {
+		if n, _ := PR(&rep).from(); n != node {
+			err = fmt.Errorf("%w: reply names node %q", ErrBadMessage, n)
+		}
 	}
 	if err != nil {
 		c.bad.Add(1)
-		return Reply{}, Errorf(StatusInternal, "node %s: %v", node, err)
+		return none, Errorf(StatusInternal, "%s %s: %v", what, node, err)
 	}
-	if rep.Error != nil {
-		return rep, rep.Error
+	if _, e := PR(&rep).from(); e != nil {
+		return rep, e
 	}
 	return rep, nil
 }
@@ -482,8 +504,8 @@ func (c *Client) HandleRequests(node string, h Handler) (*Subscription, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	queues := make([]chan *nats.Msg, c.cfg.Workers)
-	s := &Subscription{c: c}
-	if err := c.track(s); err != nil {
+	s, err := c.newSubscription()
+	if err != nil {
 		cancel()
 		return nil, err
 	}
@@ -511,7 +533,7 @@ func (c *Client) HandleRequests(node string, h Handler) (*Subscription, error) {
 			qmu.Unlock()
 		})
 	}
-	ns, err := c.nc.Subscribe(NodeRPCSubject(node), func(m *nats.Msg) {
+	return c.listen(s, NodeRPCSubject(node), func(m *nats.Msg) {
 		req, err := Decode[Request](m.Data)
 		if err != nil {
 			c.bad.Add(1)
@@ -532,17 +554,6 @@ func (c *Client) HandleRequests(node string, h Handler) (*Subscription, error) {
 			c.respond(m, Reply{Node: node, Error: Errorf(StatusUnavailable, "node %s is overloaded", node)})
 		}
 	})
-	if err != nil {
-		s.stop()
-		s.drain.Wait()
-		c.mu.Lock()
-		delete(c.subs, s)
-		c.mu.Unlock()
-		return nil, fmt.Errorf("bus: subscribe %s: %w", NodeRPCSubject(node), err)
-	}
-	s.ns = ns
-	_ = c.nc.Flush() // requests sent after this returns find the handler
-	return s, nil
 }
 
 func (c *Client) serve(ctx context.Context, node string, m *nats.Msg, h Handler) {
@@ -563,7 +574,9 @@ func (c *Client) serve(ctx context.Context, node string, m *nats.Msg, h Handler)
 	}
 }
 
-func (c *Client) respond(m *nats.Msg, rep Reply) {
+// respond sends rep (a Reply or a DistributeReply) to the requester of m,
+// if it waits for one.
+func (c *Client) respond(m *nats.Msg, rep any) {
 	if m.Reply == "" {
 		return
 	}

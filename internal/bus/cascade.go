@@ -191,10 +191,7 @@ func (p CascadePeer) PeerAddr() netip.AddrPort {
 // PublishCascadeCommand publishes c on CascadeCommandSubject(c.Node)
 // (the controller role only).
 func (c *Client) PublishCascadeCommand(cmd CascadeCommand) error {
-	if err := cmd.Validate(); err != nil {
-		return err
-	}
-	return c.publish(CascadeCommandSubject(cmd.Node), cmd)
+	return c.publish(CascadeCommandSubject(cmd.Node), &cmd)
 }
 
 // SubscribeCascadeCommands calls fn for each valid command for node.
@@ -202,28 +199,17 @@ func (c *Client) SubscribeCascadeCommands(node string, fn func(CascadeCommand)) 
 	if !ValidName(node) {
 		return nil, fmt.Errorf("%w: node %q", ErrBadSubjectToken, node)
 	}
-	return subscribe[CascadeCommand](c, CascadeCommandSubject(node), func(subject string, m *CascadeCommand) error {
-		if subject != CascadeCommandSubject(m.Node) {
-			return fmt.Errorf("%w: cascade command for %q on %s", ErrBadMessage, m.Node, subject)
-		}
-		return nil
-	}, fn)
+	return subscribe[CascadeCommand](c, CascadeCommandSubject(node),
+		ownSubject("cascade command", func(m *CascadeCommand) string { return CascadeCommandSubject(m.Node) }), fn)
 }
 
 // PublishCascadeReport publishes r on CascadeReportSubject(r.Node).
 func (c *Client) PublishCascadeReport(r CascadeReport) error {
-	if err := r.Validate(); err != nil {
-		return err
-	}
-	return c.publish(CascadeReportSubject(r.Node), r)
+	return c.publish(CascadeReportSubject(r.Node), &r)
 }
 
 // SubscribeCascadeReports calls fn for each valid report of any node.
 func (c *Client) SubscribeCascadeReports(fn func(CascadeReport)) (*Subscription, error) {
-	return subscribe[CascadeReport](c, CascadeReportSubject("*"), func(subject string, r *CascadeReport) error {
-		if subject != CascadeReportSubject(r.Node) {
-			return fmt.Errorf("%w: cascade report of %q on %s", ErrBadMessage, r.Node, subject)
-		}
-		return nil
-	}, fn)
+	return subscribe[CascadeReport](c, CascadeReportSubject("*"),
+		ownSubject("cascade report", func(r *CascadeReport) string { return CascadeReportSubject(r.Node) }), fn)
 }

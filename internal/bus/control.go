@@ -79,22 +79,15 @@ func (d *NodeDown) Validate() error {
 
 // PublishNodeDown publishes d on NodeDownSubject(d.Node).
 func (c *Client) PublishNodeDown(d NodeDown) error {
-	if err := d.Validate(); err != nil {
-		return err
-	}
-	return c.publish(NodeDownSubject(d.Node), d)
+	return c.publish(NodeDownSubject(d.Node), &d)
 }
 
 // SubscribeNodeDown calls fn for each valid NodeDown of any node; messages
 // whose node is not their subject's, or that do not validate, are dropped
 // and counted in BadMessages.
 func (c *Client) SubscribeNodeDown(fn func(NodeDown)) (*Subscription, error) {
-	return subscribe[NodeDown](c, NodeDownSubject("*"), func(subject string, d *NodeDown) error {
-		if subject != NodeDownSubject(d.Node) {
-			return fmt.Errorf("%w: node down of %q on subject %q", ErrBadMessage, d.Node, subject)
-		}
-		return nil
-	}, fn)
+	return subscribe[NodeDown](c, NodeDownSubject("*"),
+		ownSubject("node down", func(d *NodeDown) string { return NodeDownSubject(d.Node) }), fn)
 }
 
 // kvStream is the JetStream stream of a key-value bucket.

@@ -108,38 +108,10 @@ func (r *DistributeReply) Validate() error {
 // Distribute sends req to distribute node and returns its reply; a reply
 // carrying an error is returned as that *Error.
 func (c *Client) Distribute(ctx context.Context, node string, req DistributeRequest) (DistributeReply, error) {
-	if !ValidName(node) {
-		return DistributeReply{}, Errorf(StatusBadRequest, "node %q: %v", node, ErrBadSubjectToken)
-	}
-	if err := req.Validate(); err != nil {
-		return DistributeReply{}, &Error{Status: StatusBadRequest, Message: err.Error()}
-	}
-	b, err := json.Marshal(req)
-	if err != nil {
-		return DistributeReply{}, fmt.Errorf("bus: encode request: %w", err)
-	}
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, c.cfg.RequestTimeout)
-		defer cancel()
-	}
-	m, err := c.nc.RequestWithContext(ctx, DistributeSubject(node), b)
-	if err != nil {
-		return DistributeReply{}, Errorf(StatusUnavailable, "distribute node %s: %v", node, err)
-	}
-	rep, err := Decode[DistributeReply](m.Data)
-	if err == nil && rep.Node != node {
-		err = fmt.Errorf("%w: reply names node %q", ErrBadMessage, rep.Node)
-	}
-	if err != nil {
-		c.bad.Add(1)
-		return DistributeReply{}, Errorf(StatusInternal, "distribute node %s: %v", node, err)
-	}
-	if rep.Error != nil {
-		return rep, rep.Error
-	}
-	return rep, nil
+	return call[DistributeReply](ctx, c, node, DistributeSubject(node), "distribute node", &req, false)
 }
+
+func (r *DistributeReply) from() (string, *Error) { return r.Node, r.Error }
 
 // DistributeHandler serves one valid request; a non-nil error becomes the
 // reply's Error (classified by AsError).
@@ -153,11 +125,11 @@ func (c *Client) HandleDistribute(node string, h DistributeHandler, bad func(err
 	if !ValidName(node) {
 		return nil, fmt.Errorf("%w: node %q", ErrBadSubjectToken, node)
 	}
-	s := &Subscription{c: c}
-	if err := c.track(s); err != nil {
+	s, err := c.newSubscription()
+	if err != nil {
 		return nil, err
 	}
-	ns, err := c.nc.Subscribe(DistributeSubject(node), func(m *nats.Msg) {
+	return c.listen(s, DistributeSubject(node), func(m *nats.Msg) {
 		req, err := Decode[DistributeRequest](m.Data)
 		var rep DistributeReply
 		if err != nil {
@@ -170,25 +142,6 @@ func (c *Client) HandleDistribute(node string, h DistributeHandler, bad func(err
 			rep = DistributeReply{Error: AsError(err)}
 		}
 		rep.Node = node
-		if m.Reply == "" {
-			return
-		}
-		b, err := json.Marshal(rep)
-		if err != nil {
-			c.log.Error("bus: encode distribute reply", "err", err)
-			return
-		}
-		if err := m.Respond(b); err != nil {
-			c.log.Debug("bus: respond", "err", err)
-		}
+		c.respond(m, rep)
 	})
-	if err != nil {
-		c.mu.Lock()
-		delete(c.subs, s)
-		c.mu.Unlock()
-		return nil, fmt.Errorf("bus: subscribe %s: %w", DistributeSubject(node), err)
-	}
-	s.ns = ns
-	_ = c.nc.Flush()
-	return s, nil
 }

@@ -39,18 +39,6 @@ func relayPermissions(node string) ([]string, []string) {
 	return []string{RelayAnnounceSubject(node)}, []string{RelayOpenSubject(node)}
 }
 
-// relaySubjectNode returns the node token of a traverse.relay.<node>.… subject.
-func relaySubjectNode(subject string) string {
-	return subjectNode(subjectNodePrefix + trimPrefix(subject, subjectRelayPrefix))
-}
-
-func trimPrefix(s, p string) string {
-	if len(s) >= len(p) && s[:len(p)] == p {
-		return s[len(p):]
-	}
-	return ""
-}
-
 // RelayAnnounce is a relay node's report: who it is, where peers reach it,
 // its NAT's behaviour as the node measured it (client/nat) and its load.
 type RelayAnnounce struct {
@@ -128,34 +116,21 @@ func (o *RelayOpen) Validate() error {
 	return nil
 }
 
-func sameRelay(subject, node string) error {
-	if sn := relaySubjectNode(subject); sn != node {
-		return fmt.Errorf("%w: message of relay %q on relay %q's subject", ErrBadMessage, node, sn)
-	}
-	return nil
-}
-
 // AnnounceRelay publishes a relay node's report on its subject.
 func (c *Client) AnnounceRelay(a RelayAnnounce) error {
-	if err := a.Validate(); err != nil {
-		return err
-	}
-	return c.publish(RelayAnnounceSubject(a.Node), a)
+	return c.publish(RelayAnnounceSubject(a.Node), &a)
 }
 
 // SubscribeRelays calls fn with every relay node's report; one naming
 // another node than its subject's is dropped and counted.
 func (c *Client) SubscribeRelays(fn func(RelayAnnounce)) (*Subscription, error) {
 	return subscribe[RelayAnnounce](c, RelayAnnounceSubject("*"),
-		func(subject string, a *RelayAnnounce) error { return sameRelay(subject, a.Node) }, fn)
+		ownSubject("relay announcement", func(a *RelayAnnounce) string { return RelayAnnounceSubject(a.Node) }), fn)
 }
 
 // OpenRelay sends o to its node.
 func (c *Client) OpenRelay(o RelayOpen) error {
-	if err := o.Validate(); err != nil {
-		return err
-	}
-	return c.publish(RelayOpenSubject(o.Node), o)
+	return c.publish(RelayOpenSubject(o.Node), &o)
 }
 
 // SubscribeRelayOpen calls fn with node's open messages.
@@ -164,5 +139,5 @@ func (c *Client) SubscribeRelayOpen(node string, fn func(RelayOpen)) (*Subscript
 		return nil, fmt.Errorf("%w: relay %q", ErrBadSubjectToken, node)
 	}
 	return subscribe[RelayOpen](c, RelayOpenSubject(node),
-		func(subject string, o *RelayOpen) error { return sameRelay(subject, o.Node) }, fn)
+		ownSubject("relay open", func(o *RelayOpen) string { return RelayOpenSubject(o.Node) }), fn)
 }

@@ -49,20 +49,6 @@ func SessionAnnounceSubject(node string) string {
 	return subjectNodePrefix + node + subjectNodeUfrag
 }
 
-// subjectNode returns the node token of a traverse.sfu.<node>.… subject.
-func subjectNode(subject string) string {
-	if len(subject) <= len(subjectNodePrefix) || subject[:len(subjectNodePrefix)] != subjectNodePrefix {
-		return ""
-	}
-	rest := subject[len(subjectNodePrefix):]
-	for i := 0; i < len(rest); i++ {
-		if rest[i] == '.' {
-			return rest[:i]
-		}
-	}
-	return rest
-}
-
 // ValidName reports whether s can be a node id, session id or room name:
 // one subject token of 1 to 64 characters from A-Z a-z 0-9 _ -. Signal
 // refuses room names that are not valid before they reach the bus.

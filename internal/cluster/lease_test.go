@@ -8,7 +8,6 @@ import (
 
 	"github.com/traverse-rtc/traverse/internal/bus"
 	"github.com/traverse-rtc/traverse/internal/cluster"
-	"github.com/traverse-rtc/traverse/internal/cluster/clustertest"
 )
 
 // clock is a test clock both leases read.
@@ -29,8 +28,7 @@ func (c *clock) add(d time.Duration) {
 // then refused by revision (it stops acting), and a release hands the
 // lease over at the next step.
 func TestLease(t *testing.T) {
-	c := clustertest.Start(t, 1)
-	s := openStore(t, c.Connect("ctl", bus.RoleController, ""), cluster.Options{Create: true})
+	_, _, s := newStore(t, 1)
 	ctx := ctxT(t, 20*time.Second)
 	clk := &clock{t: time.Unix(1000, 0)}
 	a, _ := s.NewLease("a", 2*time.Second, clk.now)
@@ -89,9 +87,7 @@ func TestLease(t *testing.T) {
 // TestLeaseForged: a lease record that does not validate is taken over
 // like a dead holder's (after a TTL), not obeyed forever.
 func TestLeaseForged(t *testing.T) {
-	c := clustertest.Start(t, 1)
-	ctl := c.Connect("ctl", bus.RoleController, "")
-	s := openStore(t, ctl, cluster.Options{Create: true})
+	_, ctl, s := newStore(t, 1)
 	ctx := ctxT(t, 10*time.Second)
 	if _, err := ctl.Conn().Request("$KV."+bus.BucketLeader+"."+cluster.LeaseKey, []byte(`{"holder":"x y","ttl_ms":-1}`), 5*time.Second); err != nil {
 		t.Fatal(err)

@@ -27,6 +27,15 @@ func openStore(t *testing.T, c *bus.Client, opts cluster.Options) *cluster.Store
 	return s
 }
 
+// newStore starts a cluster of n servers and opens the store as a
+// controller, creating the buckets.
+func newStore(t *testing.T, n int) (*clustertest.Cluster, *bus.Client, *cluster.Store) {
+	t.Helper()
+	c := clustertest.Start(t, n)
+	ctl := c.Connect("ctl", bus.RoleController, "")
+	return c, ctl, openStore(t, ctl, cluster.Options{Create: true})
+}
+
 func room(name, node string, n int) cluster.RoomRecord {
 	return cluster.RoomRecord{Room: name, Node: node, Participants: n, Updated: time.Now()}
 }
@@ -34,9 +43,7 @@ func room(name, node string, n int) cluster.RoomRecord {
 // TestStoreReplicatedSurvivesServerLoss: on three servers the buckets are
 // R3; with one server gone, every room is still read and written.
 func TestStoreReplicatedSurvivesServerLoss(t *testing.T) {
-	c := clustertest.Start(t, 3)
-	ctl := c.Connect("ctl", bus.RoleController, "")
-	s := openStore(t, ctl, cluster.Options{Create: true})
+	c, ctl, s := newStore(t, 3)
 	if r := cluster.Replicas(ctl.Conn()); r != 3 {
 		t.Fatalf("replicas %d on three servers", r)
 	}
@@ -68,9 +75,7 @@ func TestStoreReplicatedSurvivesServerLoss(t *testing.T) {
 // the room directory and can neither write it nor touch the other
 // buckets; a node has no JetStream rights at all.
 func TestStorePermissions(t *testing.T) {
-	c := clustertest.Start(t, 1)
-	ctl := c.Connect("ctl", bus.RoleController, "")
-	s := openStore(t, ctl, cluster.Options{Create: true})
+	c, ctl, s := newStore(t, 1)
 	ctx := ctxT(t, 20*time.Second)
 	if _, err := s.PutRoom(ctx, room("r1", "sfu-1", 1), 0); err != nil {
 		t.Fatal(err)
@@ -112,9 +117,7 @@ func TestStorePermissions(t *testing.T) {
 // TestStoreBadRecords: a record that does not decode or validate is
 // dropped from listings, counted, and reads as ErrBadRecord.
 func TestStoreBadRecords(t *testing.T) {
-	c := clustertest.Start(t, 1)
-	ctl := c.Connect("ctl", bus.RoleController, "")
-	s := openStore(t, ctl, cluster.Options{Create: true})
+	_, ctl, s := newStore(t, 1)
 	ctx := ctxT(t, 20*time.Second)
 	if _, err := s.PutRoom(ctx, room("good", "sfu-1", 1), 0); err != nil {
 		t.Fatal(err)
@@ -143,8 +146,7 @@ func TestStoreBadRecords(t *testing.T) {
 
 // TestStoreCompareAndSet: a write based on an old revision is refused.
 func TestStoreCompareAndSet(t *testing.T) {
-	c := clustertest.Start(t, 1)
-	s := openStore(t, c.Connect("ctl", bus.RoleController, ""), cluster.Options{Create: true})
+	_, _, s := newStore(t, 1)
 	ctx := ctxT(t, 10*time.Second)
 	r1, err := s.PutRoom(ctx, room("r", "sfu-1", 1), 0)
 	if err != nil {

@@ -90,6 +90,18 @@ func receivers(t *testing.T, n int) ([]*net.UDPConn, []netip.AddrPort) {
 	return conns, addrs
 }
 
+// addStream adds the stream to e.Dst with n receivers and opens a socket
+// to send it from.
+func addStream(t *testing.T, e BehaviourEnv, n int) (StreamKey, []*net.UDPConn, []netip.AddrPort, *net.UDPConn) {
+	t.Helper()
+	conns, addrs := receivers(t, n)
+	k := StreamKey{Dst: e.Dst}
+	if err := e.Table.AddStream(Stream{Key: k, Receivers: addrs}); err != nil {
+		t.Fatal(err)
+	}
+	return k, conns, addrs, testkit.ListenUDP(t, netip.MustParseAddrPort("127.0.0.1:0"))
+}
+
 // send sends packets seq from..to-1 of ssrc from c to dst.
 func send(t *testing.T, c *net.UDPConn, dst netip.AddrPort, ssrc uint32, from, to int) {
 	t.Helper()
@@ -159,12 +171,7 @@ func TestBehaviourUserspace(t *testing.T) {
 
 func fanOut(t *testing.T, e BehaviourEnv, n int) {
 	const pkts = 50
-	conns, addrs := receivers(t, n)
-	k := StreamKey{Dst: e.Dst}
-	if err := e.Table.AddStream(Stream{Key: k, Receivers: addrs}); err != nil {
-		t.Fatal(err)
-	}
-	sender := testkit.ListenUDP(t, netip.MustParseAddrPort("127.0.0.1:0"))
+	k, conns, addrs, sender := addStream(t, e, n)
 	send(t, sender, e.Dst, 1234, 0, pkts)
 	for i, c := range conns {
 		expect(t, c, 0, pkts, 1234, addrs[i].String())
@@ -189,12 +196,7 @@ func fanOut(t *testing.T, e BehaviourEnv, n int) {
 }
 
 func removeReceiver(t *testing.T, e BehaviourEnv) {
-	conns, addrs := receivers(t, 3)
-	k := StreamKey{Dst: e.Dst}
-	if err := e.Table.AddStream(Stream{Key: k, Receivers: addrs}); err != nil {
-		t.Fatal(err)
-	}
-	sender := testkit.ListenUDP(t, netip.MustParseAddrPort("127.0.0.1:0"))
+	k, conns, addrs, sender := addStream(t, e, 3)
 	send(t, sender, e.Dst, 7, 0, 10)
 	for i, c := range conns {
 		expect(t, c, 0, 10, 7, addrs[i].String())
@@ -212,12 +214,7 @@ func removeReceiver(t *testing.T, e BehaviourEnv) {
 }
 
 func removeStream(t *testing.T, e BehaviourEnv) {
-	conns, addrs := receivers(t, 2)
-	k := StreamKey{Dst: e.Dst}
-	if err := e.Table.AddStream(Stream{Key: k, Receivers: addrs}); err != nil {
-		t.Fatal(err)
-	}
-	sender := testkit.ListenUDP(t, netip.MustParseAddrPort("127.0.0.1:0"))
+	k, conns, _, sender := addStream(t, e, 2)
 	send(t, sender, e.Dst, 7, 0, 5)
 	expect(t, conns[0], 0, 5, 7, "receiver")
 	expect(t, conns[1], 0, 5, 7, "receiver")

@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/traverse-rtc/traverse/internal/addrpolicy"
+	"github.com/traverse-rtc/traverse/internal/config"
 )
 
 // Defaults of Config's zero values.
@@ -106,12 +107,8 @@ func (c *Config) validate() error {
 	if c.UnreachableTimeout == 0 {
 		c.UnreachableTimeout = DefaultUnreachableTimeout
 	}
-	if c.ReapInterval <= 0 {
-		c.ReapInterval = DefaultReapInterval
-	}
-	if c.Batch <= 0 {
-		c.Batch = 64
-	}
+	config.Default(&c.ReapInterval, DefaultReapInterval)
+	config.Default(&c.Batch, 64)
 	if c.ReadBuffer == 0 {
 		c.ReadBuffer = 4 << 20
 	}

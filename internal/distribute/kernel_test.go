@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"runtime"
 	"testing"
 	"time"
 
@@ -19,6 +18,7 @@ import (
 	"github.com/traverse-rtc/traverse/internal/kfast/distribution"
 	"github.com/traverse-rtc/traverse/internal/kfast/kfasttest"
 	"github.com/traverse-rtc/traverse/internal/metricstest"
+	"github.com/traverse-rtc/traverse/internal/nsthread"
 	"github.com/traverse-rtc/traverse/internal/testkit"
 )
 
@@ -30,31 +30,24 @@ func inNetNS(t *testing.T, f func()) {
 	if os.Geteuid() != 0 {
 		t.Fatal("the kernel path's tests need root (network namespaces, eBPF)")
 	}
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer orig.Close()
-	ns, err := netns.New()
+	ns, err := nsthread.New("")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ns.Close()
-	defer func() {
-		if err := netns.Set(orig); err != nil {
-			panic(err)
+	if err := nsthread.Do(ns, func() error {
+		lo, err := netlink.LinkByName("lo")
+		if err != nil {
+			return err
 		}
-	}()
-	lo, err := netlink.LinkByName("lo")
-	if err != nil {
+		if err := netlink.LinkSetUp(lo); err != nil {
+			return err
+		}
+		f()
+		return nil
+	}); err != nil {
 		t.Fatal(err)
 	}
-	if err := netlink.LinkSetUp(lo); err != nil {
-		t.Fatal(err)
-	}
-	f()
 }
 
 // kernelEnv starts a Server with the kernel path in the current

@@ -21,13 +21,8 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // UnreachableTimeout and counted, while the live receiver keeps its
 // packets.
 func unreachable(t *testing.T, e BehaviourEnv) {
-	conns, addrs := receivers(t, 2)
+	_, conns, addrs, sender := addStream(t, e, 2)
 	conns[1].Close() // nothing listens there any more
-	k := StreamKey{Dst: e.Dst}
-	if err := e.Table.AddStream(Stream{Key: k, Receivers: addrs}); err != nil {
-		t.Fatal(err)
-	}
-	sender := testkit.ListenUDP(t, netip.MustParseAddrPort("127.0.0.1:0"))
 	send(t, sender, e.Dst, 5, 0, 5)
 	expect(t, conns[0], 0, 5, 5, "live receiver")
 	testkit.WaitFor(t, 5*time.Second, "the dead receiver removed", func() bool {

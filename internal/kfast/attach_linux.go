@@ -6,10 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"runtime"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"github.com/traverse-rtc/traverse/internal/nsthread"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -96,25 +96,7 @@ func InNetNS(ns int, f func() error) error {
 	if ns == 0 {
 		return f()
 	}
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		runtime.UnlockOSThread()
-		return err
-	}
-	defer orig.Close()
-	if err := netns.Set(netns.NsHandle(ns)); err != nil {
-		runtime.UnlockOSThread()
-		return err
-	}
-	ferr := f()
-	if err := netns.Set(orig); err != nil {
-		// Leave the thread locked: the runtime discards it when the
-		// goroutine ends instead of reusing a thread in the wrong namespace.
-		return errors.Join(ferr, err)
-	}
-	runtime.UnlockOSThread()
-	return ferr
+	return nsthread.Do(netns.NsHandle(ns), f)
 }
 
 // handle returns a netlink handle in namespace ns (0: the current one).

@@ -59,11 +59,21 @@ func (l *Loader) Hop(dst netip.Addr) (Hop, error) {
 	return Hop{}, fmt.Errorf("%w: no neighbour entry for %v", ErrNoRoute, next)
 }
 
-// Interfaces returns the indexes of the interfaces named in names, in the
-// loader's namespace, or with names empty of every interface that is up
-// (lo included): where a program that serves the host's addresses
+// AttachInterfaces attaches the program to the interfaces named in names,
+// in the loader's namespace, or with names empty to every interface that
+// is up (lo included): where a program that serves the host's addresses
 // attaches.
-func (l *Loader) Interfaces(names []string) ([]int, error) {
+func (l *Loader) AttachInterfaces(names []string) error {
+	ifs, err := l.interfaces(names)
+	if err != nil {
+		return err
+	}
+	return l.Attach(ifs...)
+}
+
+// interfaces returns the indexes of the interfaces AttachInterfaces
+// attaches to.
+func (l *Loader) interfaces(names []string) ([]int, error) {
 	links, err := l.nl.LinkList()
 	if err != nil {
 		return nil, fmt.Errorf("kfast: links: %w", err)

@@ -10,15 +10,14 @@ import (
 	"net/netip"
 	"os"
 	"regexp"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
+	"github.com/traverse-rtc/traverse/internal/nsthread"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 )
 
 // Prefix starts the name of every namespace a lab creates; the full name is
@@ -341,7 +340,7 @@ func (l *Lab) newNodeLocked(name string) (*Node, error) {
 		return nil, fmt.Errorf("%w: node %q", ErrExists, name)
 	}
 	nsName := Prefix + l.id + "-" + name
-	ns, err := newNamedNS(nsName)
+	ns, err := nsthread.New(nsName)
 	if err != nil {
 		return nil, fmt.Errorf("create namespace %s: %w", nsName, err)
 	}
@@ -452,29 +451,6 @@ func waitOperUp(h1 *netlink.Handle, if1 string, h2 *netlink.Handle, if2 string) 
 
 func nlAddr(p netip.Prefix) *netlink.Addr {
 	return &netlink.Addr{IPNet: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), 32)}}
-}
-
-// newNamedNS creates a namespace bind-mounted at /run/netns/name without
-// moving the calling goroutine's thread into it for good.
-func newNamedNS(name string) (netns.NsHandle, error) {
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		runtime.UnlockOSThread()
-		return netns.None(), err
-	}
-	defer orig.Close()
-	ns, nerr := netns.NewNamed(name)
-	if err := netns.Set(orig); err != nil {
-		// The thread is stuck in the new namespace: leave it locked so
-		// that the runtime discards it with its goroutine.
-		if ns.IsOpen() {
-			ns.Close()
-		}
-		return netns.None(), fmt.Errorf("return to the original namespace: %w", err)
-	}
-	runtime.UnlockOSThread()
-	return ns, nerr
 }
 
 // namespaces lists the named namespaces whose names start with prefix.

@@ -1,7 +1,6 @@
 package netlab
 
 import (
-	"bytes"
 	"fmt"
 	"net/netip"
 	"os"
@@ -10,6 +9,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/traverse-rtc/traverse/internal/logging/logtest"
 )
 
 // MiniupnpdPublic is the outside address StartMiniupnpd gives a NAT unless
@@ -61,7 +62,7 @@ type Miniupnpd struct {
 	cmd    *exec.Cmd
 	exited chan error
 	dir    string
-	log    lockedBuffer
+	log    logtest.Buffer // the daemon's debug log, its first MiB
 	once   sync.Once
 }
 
@@ -87,7 +88,7 @@ func (n *NAT) StartMiniupnpd(ext netip.Addr) (*Miniupnpd, error) {
 	if err != nil {
 		return nil, err
 	}
-	m := &Miniupnpd{dir: dir, exited: make(chan error, 1)}
+	m := &Miniupnpd{dir: dir, exited: make(chan error, 1), log: logtest.Buffer{Max: 1 << 20}}
 	rules := filepath.Join(dir, "rules.nft")
 	if err := os.WriteFile(rules, []byte(miniupnpdRules), 0o600); err != nil {
 		_ = os.RemoveAll(dir)
@@ -154,24 +155,4 @@ func (m *Miniupnpd) Close() error {
 		_ = os.RemoveAll(m.dir)
 	})
 	return nil
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex // guards b
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.b.Len() > 1<<20 { // a debug log of a long run: keep the start
-		return len(p), nil
-	}
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

@@ -9,9 +9,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 
+	"github.com/traverse-rtc/traverse/internal/nsthread"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 )
@@ -62,26 +62,7 @@ func (n *Node) Link() *Link { return n.link }
 // namespace for their whole life, wherever they are used later; goroutines
 // fn starts do NOT run in the namespace.
 func (n *Node) Do(fn func() error) error {
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		runtime.UnlockOSThread()
-		return err
-	}
-	defer orig.Close()
-	if err := netns.Set(n.ns); err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("enter %s: %w", n.nsName, err)
-	}
-	defer func() {
-		if err := netns.Set(orig); err != nil {
-			// Leave the thread locked: the runtime discards it with
-			// the goroutine rather than reuse it in the wrong namespace.
-			return
-		}
-		runtime.UnlockOSThread()
-	}()
-	return fn()
+	return nsthread.Do(n.ns, fn)
 }
 
 // Command returns a command that runs name inside the node's namespace

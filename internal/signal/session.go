@@ -168,6 +168,19 @@ func (ss *session) fail(err error) error {
 	return err
 }
 
+// clientSDP parses the offer or answer of m and refuses one that sends
+// media when the token does not allow publishing.
+func clientSDP(m ClientMessage, publish bool) (Offer, error) {
+	o, err := ParseOffer(m.SDP)
+	if err != nil {
+		return Offer{}, err
+	}
+	if o.Sends && !publish {
+		return Offer{}, fmt.Errorf("%w: the token does not allow publishing (%s sends media)", ErrForbidden, m.Type)
+	}
+	return o, nil
+}
+
 func (ss *session) handle(m ClientMessage) error {
 	ss.mu.Lock()
 	joined, link, node, claims := ss.joined, ss.link, ss.node, ss.claims
@@ -192,12 +205,9 @@ func (ss *session) handle(m ClientMessage) error {
 	defer cancel()
 	switch m.Type {
 	case TypeOffer:
-		o, err := ParseOffer(m.SDP)
+		o, err := clientSDP(m, claims.Publish)
 		if err != nil {
 			return err
-		}
-		if o.Sends && !claims.Publish {
-			return fmt.Errorf("%w: the token does not allow publishing (offer sends media)", ErrForbidden)
 		}
 		ss.orderMu.Lock()
 		defer ss.orderMu.Unlock()
@@ -210,12 +220,8 @@ func (ss *session) handle(m ClientMessage) error {
 		}
 		ss.send(ServerMessage{Type: TypeAnswer, SDP: answer}, true)
 	case TypeAnswer:
-		o, err := ParseOffer(m.SDP)
-		if err != nil {
+		if _, err := clientSDP(m, claims.Publish); err != nil {
 			return err
-		}
-		if o.Sends && !claims.Publish {
-			return fmt.Errorf("%w: the token does not allow publishing (answer sends media)", ErrForbidden)
 		}
 		if err := link.Answer(ctx, m.SDP); err != nil {
 			return ss.nodeError(err)

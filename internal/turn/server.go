@@ -471,17 +471,38 @@ func (s *Server) lookup(key fiveTuple) *allocation {
 	return a
 }
 
-// relayChannelData sends a client's ChannelData payload to the channel's
-// peer (RFC 8656 section 12.6), straight from the receive buffer.
-func (s *Server) relayChannelData(key fiveTuple, b []byte, st *relayStats) {
-	num, data, err := parseChannelData(b)
+// sender returns the allocation of the client that sent a packet to
+// relay, or nil, counting a packet that did not parse (err) or has no
+// allocation.
+func (s *Server) sender(key fiveTuple, err error, st *relayStats) *allocation {
 	if err != nil {
 		st.bad++
-		return
+		return nil
 	}
 	a := s.lookup(key)
 	if a == nil {
 		st.noAlloc++
+	}
+	return a
+}
+
+// sent counts a datagram of n bytes handed to the kernel (or queued for
+// it), or the error that refused it.
+func (st *relayStats) sent(err error, n int) {
+	if err != nil {
+		st.sendErr++
+		return
+	}
+	st.packets++
+	st.bytes += n
+}
+
+// relayChannelData sends a client's ChannelData payload to the channel's
+// peer (RFC 8656 section 12.6), straight from the receive buffer.
+func (s *Server) relayChannelData(key fiveTuple, b []byte, st *relayStats) {
+	num, data, err := parseChannelData(b)
+	a := s.sender(key, err, st)
+	if a == nil {
 		return
 	}
 	now := time.Now().UnixNano()
@@ -496,16 +517,10 @@ func (s *Server) relayChannelData(key fiveTuple, b []byte, st *relayStats) {
 		st.noPerm++
 	case !a.up.take(len(data), now, s.cfg.BandwidthPerAllocation):
 		st.bw++
+	case st.toPeer != nil && st.toPeer.queue(data, a.relayed, ch.peer):
+		st.sent(nil, len(data))
 	default:
-		if st.toPeer != nil && st.toPeer.queue(data, a.relayed, ch.peer) {
-			st.packets++
-			st.bytes += len(data)
-		} else if udpio.SendTo(a.fd, data, &ch.sa) != nil {
-			st.sendErr++
-		} else {
-			st.packets++
-			st.bytes += len(data)
-		}
+		st.sent(udpio.SendTo(a.fd, data, &ch.sa), len(data))
 	}
 	a.mu.Unlock()
 }
@@ -514,13 +529,8 @@ func (s *Server) relayChannelData(key fiveTuple, b []byte, st *relayStats) {
 // 11.3). Indications get no answer: failures are counted only.
 func (s *Server) relaySend(key fiveTuple, b []byte, st *relayStats) {
 	peer, data, err := parseSendIndication(b)
-	if err != nil {
-		st.bad++
-		return
-	}
-	a := s.lookup(key)
+	a := s.sender(key, err, st)
 	if a == nil {
-		st.noAlloc++
 		return
 	}
 	if !s.peerAllowed(peer, true, false) {
@@ -544,12 +554,7 @@ func (s *Server) relaySend(key fiveTuple, b []byte, st *relayStats) {
 	case !a.up.take(len(data), now, s.cfg.BandwidthPerAllocation):
 		st.bw++
 	default:
-		if udpio.SendTo(a.fd, data, &sa) != nil {
-			st.sendErr++
-		} else {
-			st.packets++
-			st.bytes += len(data)
-		}
+		st.sent(udpio.SendTo(a.fd, data, &sa), len(data))
 	}
 	a.mu.Unlock()
 }

@@ -95,16 +95,22 @@ func (c *Conn) ReadBatch(msgs []Message) (int, error) {
 
 func (c *Conn) doRead(fd uintptr) bool {
 	n, errno := recvmmsg(fd, c.r.hdrs[:len(c.rmsgs)])
+	return settle(n, errno, &c.rn, &c.rerr)
+}
+
+// settle keeps a batch system call's result for a RawConn callback: the
+// count in *n, an error in *err. EAGAIN and EINTR return false, so that
+// the runtime waits for the socket and calls again.
+func settle(got int, errno unix.Errno, n *int, err *error) bool {
 	switch errno {
 	case 0:
-		c.rn = n
-		return true
+		*n = got
 	case unix.EAGAIN, unix.EINTR:
 		return false
 	default:
-		c.rerr = errno
-		return true
+		*err = errno
 	}
+	return true
 }
 
 // WriteBatch sends every message, as many per system call as fit. A message
@@ -148,14 +154,5 @@ func (c *Conn) WriteBatch(msgs []Message) (int, error) {
 
 func (c *Conn) doWrite(fd uintptr) bool {
 	n, errno := sendmmsg(fd, c.w.hdrs[c.woff:c.woff+c.wcount])
-	switch errno {
-	case 0:
-		c.wn = n
-		return true
-	case unix.EAGAIN, unix.EINTR:
-		return false
-	default:
-		c.werr = errno
-		return true
-	}
+	return settle(n, errno, &c.wn, &c.werr)
 }

@@ -20,6 +20,16 @@ func listen(t testing.TB, network, addr string) *Conn {
 	return c
 }
 
+// sendTo returns count messages of n bytes each, addressed to to.
+func sendTo(count, n int, to netip.AddrPort) []Message {
+	msgs := NewMessages(count, 0)
+	for i := range msgs {
+		msgs[i].N = n
+		msgs[i].Addr = to
+	}
+	return msgs
+}
+
 func TestBatchRoundTrip(t *testing.T) {
 	for _, tc := range []struct{ network, addr string }{
 		{"udp4", "127.0.0.1:0"},
@@ -81,11 +91,7 @@ func TestBatchRoundTrip(t *testing.T) {
 func TestWrongFamilySkipped(t *testing.T) {
 	c := listen(t, "udp4", "127.0.0.1:0")
 	peer := listen(t, "udp4", "127.0.0.1:0")
-	msgs := NewMessages(3, 0)
-	for i := range msgs {
-		msgs[i].N = 1
-		msgs[i].Addr = peer.LocalAddr()
-	}
+	msgs := sendTo(3, 1, peer.LocalAddr())
 	msgs[1].Addr = netip.MustParseAddrPort("[2001:db8::1]:9")
 	n, err := c.WriteBatch(msgs)
 	if n != 2 || !errors.Is(err, ErrAddrFamily) {
@@ -135,11 +141,7 @@ func TestListenGroupSharesPort(t *testing.T) {
 func TestNoAllocs(t *testing.T) {
 	a := listen(t, "udp4", "127.0.0.1:0")
 	b := listen(t, "udp4", "127.0.0.1:0")
-	out := NewMessages(8, 0)
-	for i := range out {
-		out[i].N = 100
-		out[i].Addr = b.LocalAddr()
-	}
+	out := sendTo(8, 100, b.LocalAddr())
 	in := NewMessages(8, 0)
 	allocs := testing.AllocsPerRun(200, func() {
 		if _, err := a.WriteBatch(out); err != nil {
@@ -163,11 +165,7 @@ func BenchmarkBatch(b *testing.B) {
 		b.Run(fmt.Sprint(size), func(b *testing.B) {
 			x := listen(b, "udp4", "127.0.0.1:0")
 			y := listen(b, "udp4", "127.0.0.1:0")
-			out := NewMessages(size, 0)
-			for i := range out {
-				out[i].N = 172
-				out[i].Addr = y.LocalAddr()
-			}
+			out := sendTo(size, 172, y.LocalAddr())
 			in := NewMessages(size, 0)
 			b.ReportAllocs()
 			b.SetBytes(int64(172 * size))

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/traverse-rtc/traverse/internal/cascade/relaywire"
+	"github.com/traverse-rtc/traverse/internal/config"
 )
 
 // Config tunes a Prober. Zero values take the defaults.
@@ -30,18 +31,10 @@ type Config struct {
 }
 
 func (c *Config) defaults() {
-	if c.Interval <= 0 {
-		c.Interval = 200 * time.Millisecond
-	}
-	if c.Window <= 0 {
-		c.Window = 25
-	}
-	if c.Timeout <= 0 {
-		c.Timeout = time.Second
-	}
-	if c.DownAfter <= 0 {
-		c.DownAfter = 2 * time.Second
-	}
+	config.Default(&c.Interval, 200*time.Millisecond)
+	config.Default(&c.Window, 25)
+	config.Default(&c.Timeout, time.Second)
+	config.Default(&c.DownAfter, 2*time.Second)
 }
 
 type record struct {

@@ -25,6 +25,8 @@ import (
 	"math"
 	"slices"
 	"time"
+
+	"github.com/traverse-rtc/traverse/internal/config"
 )
 
 // NodeID names a node (the relay protocol's node id).
@@ -59,24 +61,12 @@ type Config struct {
 }
 
 func (c *Config) defaults() {
-	if c.LossPenalty <= 0 {
-		c.LossPenalty = 200 * time.Millisecond
-	}
-	if c.MaxLoss <= 0 {
-		c.MaxLoss = 0.5
-	}
-	if c.Margin <= 0 {
-		c.Margin = 0.1
-	}
-	if c.MinGain <= 0 {
-		c.MinGain = time.Millisecond
-	}
-	if c.Hold <= 0 {
-		c.Hold = 2 * time.Second
-	}
-	if c.HopLimit <= 0 {
-		c.HopLimit = 8
-	}
+	config.Default(&c.LossPenalty, 200*time.Millisecond)
+	config.Default(&c.MaxLoss, 0.5)
+	config.Default(&c.Margin, 0.1)
+	config.Default(&c.MinGain, time.Millisecond)
+	config.Default(&c.Hold, 2*time.Second)
+	config.Default(&c.HopLimit, 8)
 }
 
 // Cost is a link's cost in milliseconds under cfg; +Inf when unusable.

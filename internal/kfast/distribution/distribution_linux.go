@@ -118,11 +118,7 @@ func New(cfg Config) (*Kernel, error) {
 		return nil, fmt.Errorf("distribution: %w", err)
 	}
 	k := &Kernel{ncpu: ncpu, l: l, installed: map[key]value{}, slots: map[uint32]uint32{}, hops: map[netip.Addr]resolved{}}
-	ifs, err := l.Interfaces(cfg.Interfaces)
-	if err == nil {
-		err = l.Attach(ifs...)
-	}
-	if err != nil {
+	if err := l.AttachInterfaces(cfg.Interfaces); err != nil {
 		l.Close()
 		return nil, fmt.Errorf("distribution: %w", err)
 	}

@@ -131,30 +131,21 @@ func FuzzProgram(f *testing.F) {
 		f.Add(q.Bytes())
 	}
 	f.Fuzz(func(t *testing.T, in []byte) {
-		ret, out, err := kfasttest.TryRun(l.Program(), in)
-		if err != nil {
+		out, ok := kfasttest.Redirected(t, l.Program(), in)
+		if !ok {
 			return
 		}
-		switch ret {
-		case kfasttest.ActUnspec:
-			if !bytes.Equal(out[:len(in)], in) {
-				t.Fatalf("handed-on frame changed:\n got %x\nwant %x", out, in)
-			}
-		case actRedirect:
-			if len(in) < 54 {
-				t.Fatalf("took a %d-byte frame", len(in))
-			}
-			if from, to := kfasttest.Tuple(in); from.Addr() != tSrc.Addr() || to != tDst || binary.BigEndian.Uint32(in[50:]) != 42 {
-				t.Fatalf("took a frame of another stream: %x", in)
-			}
-			if src, dst := kfasttest.Tuple(out); src != tDst || dst != tR2 {
-				t.Errorf("rewritten to %v -> %v", src, dst)
-			}
-			if !bytes.Equal(out[42:len(in)], in[42:]) {
-				t.Errorf("payload changed")
-			}
-		default:
-			t.Fatalf("returned %d", int32(ret))
+		if len(in) < 54 {
+			t.Fatalf("took a %d-byte frame", len(in))
+		}
+		if from, to := kfasttest.Tuple(in); from.Addr() != tSrc.Addr() || to != tDst || binary.BigEndian.Uint32(in[50:]) != 42 {
+			t.Fatalf("took a frame of another stream: %x", in)
+		}
+		if src, dst := kfasttest.Tuple(out); src != tDst || dst != tR2 {
+			t.Errorf("rewritten to %v -> %v", src, dst)
+		}
+		if !bytes.Equal(out[42:len(in)], in[42:]) {
+			t.Errorf("payload changed")
 		}
 	})
 }

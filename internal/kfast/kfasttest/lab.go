@@ -10,6 +10,7 @@ import (
 	"testing"
 	"unsafe"
 
+	"github.com/traverse-rtc/traverse/internal/nsthread"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -24,7 +25,6 @@ import (
 // out1) and in0 (towards the server, in1).
 type Lab struct {
 	Client, Gateway, Server netns.NsHandle
-	orig                    netns.NsHandle
 }
 
 // The lab's addresses.
@@ -43,27 +43,17 @@ func New(t testing.TB, forward bool) *Lab {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root for network namespaces")
 	}
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		t.Fatal(err)
-	}
-	l := &Lab{orig: orig}
+	l := &Lab{}
 	t.Cleanup(func() {
 		for _, h := range []netns.NsHandle{l.Client, l.Gateway, l.Server} {
 			if h.IsOpen() {
 				h.Close()
 			}
 		}
-		orig.Close()
 	})
 	mk := func() netns.NsHandle {
-		h, err := netns.New()
+		h, err := nsthread.New("")
 		if err != nil {
-			t.Fatal(err)
-		}
-		if err := netns.Set(orig); err != nil {
 			t.Fatal(err)
 		}
 		return h
@@ -125,17 +115,9 @@ func New(t testing.TB, forward bool) *Lab {
 // In runs f on a thread switched into ns; sockets f opens stay in ns.
 func (l *Lab) In(t testing.TB, ns netns.NsHandle, f func()) {
 	t.Helper()
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	if err := netns.Set(ns); err != nil {
+	if err := nsthread.Do(ns, func() error { f(); return nil }); err != nil {
 		t.Fatal(err)
 	}
-	defer func() {
-		if err := netns.Set(l.orig); err != nil {
-			panic(err)
-		}
-	}()
-	f()
 }
 
 // TxChecksum turns transmit checksum offload of interface name in ns on or

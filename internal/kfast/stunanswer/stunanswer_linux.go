@@ -60,11 +60,7 @@ func New(cfg Config) (*Answerer, error) {
 		return nil, err
 	}
 	if !cfg.NoAttach {
-		ifs, err := l.Interfaces(cfg.Interfaces)
-		if err == nil {
-			err = l.Attach(ifs...)
-		}
-		if err != nil {
+		if err := l.AttachInterfaces(cfg.Interfaces); err != nil {
 			l.Close()
 			return nil, fmt.Errorf("stunanswer: %w", err)
 		}

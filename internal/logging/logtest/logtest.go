@@ -10,6 +10,10 @@ import (
 
 // Buffer is a bytes.Buffer safe for a logger's concurrent writes.
 type Buffer struct {
+	// Max, when set, drops what is written once the buffer holds Max
+	// bytes: the log of a long run keeps its start.
+	Max int
+
 	mu sync.Mutex // guards b
 	b  bytes.Buffer
 }
@@ -17,6 +21,9 @@ type Buffer struct {
 func (l *Buffer) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.Max > 0 && l.b.Len() > l.Max {
+		return len(p), nil
+	}
 	return l.b.Write(p)
 }
 

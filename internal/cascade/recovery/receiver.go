@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/traverse-rtc/traverse/internal/cascade/relaywire"
+	"github.com/traverse-rtc/traverse/internal/config"
 )
 
 // ReceiverConfig tunes a Receiver. Zero values take the defaults.
@@ -38,24 +39,12 @@ type ReceiverConfig struct {
 }
 
 func (c *ReceiverConfig) defaults() {
-	if c.Window <= 0 {
-		c.Window = 512
-	}
-	if c.NackDelay <= 0 {
-		c.NackDelay = 3 * time.Millisecond
-	}
-	if c.FECWait <= 0 {
-		c.FECWait = 25 * time.Millisecond
-	}
-	if c.NackInterval <= 0 {
-		c.NackInterval = 10 * time.Millisecond
-	}
-	if c.MaxNacks <= 0 {
-		c.MaxNacks = 5
-	}
-	if c.MaxMissing <= 0 {
-		c.MaxMissing = 512
-	}
+	config.Default(&c.Window, 512)
+	config.Default(&c.NackDelay, 3*time.Millisecond)
+	config.Default(&c.FECWait, 25*time.Millisecond)
+	config.Default(&c.NackInterval, 10*time.Millisecond)
+	config.Default(&c.MaxNacks, 5)
+	config.Default(&c.MaxMissing, 512)
 }
 
 type missing struct {

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/traverse-rtc/traverse/internal/cascade/relaywire"
+	"github.com/traverse-rtc/traverse/internal/config"
 )
 
 // ErrTooBig is returned for a message longer than a shard can carry.
@@ -57,30 +58,17 @@ type SenderConfig struct {
 }
 
 func (c *SenderConfig) defaults() {
-	if c.History <= 0 {
-		c.History = 512
+	config.Default(&c.History, 512)
+	if c.GroupSize > relaywire.MaxShards {
+		c.GroupSize = 0
 	}
-	if c.GroupSize <= 0 || c.GroupSize > relaywire.MaxShards {
-		c.GroupSize = 16
-	}
-	if c.GroupDelay <= 0 {
-		c.GroupDelay = 20 * time.Millisecond
-	}
-	if c.Target <= 0 {
-		c.Target = 0.01
-	}
-	if c.Deadline <= 0 {
-		c.Deadline = 200 * time.Millisecond
-	}
-	if c.MissTarget <= 0 {
-		c.MissTarget = 0.002
-	}
-	if c.MaxOverhead <= 0 {
-		c.MaxOverhead = 0.5
-	}
-	if c.MaxRetransmits <= 0 {
-		c.MaxRetransmits = 5
-	}
+	config.Default(&c.GroupSize, 16)
+	config.Default(&c.GroupDelay, 20*time.Millisecond)
+	config.Default(&c.Target, 0.01)
+	config.Default(&c.Deadline, 200*time.Millisecond)
+	config.Default(&c.MissTarget, 0.002)
+	config.Default(&c.MaxOverhead, 0.5)
+	config.Default(&c.MaxRetransmits, 5)
 	if c.History < 2*relaywire.MaxShards {
 		c.History = 2 * relaywire.MaxShards // a group's messages stay in the history until it closes
 	}

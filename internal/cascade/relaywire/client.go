@@ -307,39 +307,10 @@ type reader struct {
 	err error
 }
 
-func (r *reader) byte() byte {
+// take returns the next n bytes, or nil with ErrShort (the first error
+// sticks: later reads return nothing).
+func (r *reader) take(n int) []byte {
 	if r.err != nil {
-		return 0
-	}
-	if len(r.b) < 1 {
-		r.err = ErrShort
-		return 0
-	}
-	v := r.b[0]
-	r.b = r.b[1:]
-	return v
-}
-
-func (r *reader) u32() uint32 {
-	if r.err != nil {
-		return 0
-	}
-	if len(r.b) < 4 {
-		r.err = ErrShort
-		return 0
-	}
-	v := binary.BigEndian.Uint32(r.b)
-	r.b = r.b[4:]
-	return v
-}
-
-func (r *reader) name(lo, hi int) []byte {
-	n := int(r.byte())
-	if r.err != nil {
-		return nil
-	}
-	if n < lo || n > hi {
-		r.err = ErrField
 		return nil
 	}
 	if len(r.b) < n {
@@ -349,6 +320,28 @@ func (r *reader) name(lo, hi int) []byte {
 	v := r.b[:n]
 	r.b = r.b[n:]
 	return v
+}
+
+func (r *reader) byte() byte {
+	if v := r.take(1); v != nil {
+		return v[0]
+	}
+	return 0
+}
+
+func (r *reader) u32() uint32 {
+	if v := r.take(4); v != nil {
+		return binary.BigEndian.Uint32(v)
+	}
+	return 0
+}
+
+func (r *reader) name(lo, hi int) []byte {
+	n := int(r.byte())
+	if r.err == nil && (n < lo || n > hi) {
+		r.err = ErrField
+	}
+	return r.take(n)
 }
 
 // Client message kinds besides KindMedia and KindFeedback (a subscribing

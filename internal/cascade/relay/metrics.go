@@ -44,6 +44,7 @@ type metrics struct {
 	dups        prometheus.Counter
 	clients     prometheus.Gauge
 	clientMedia prometheus.Counter
+	coalesced   prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -67,12 +68,13 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		dups:        c("traverse_relay_duplicates_total", "Messages received twice (a retransmission after FEC repaired it), dropped."),
 		clients:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "traverse_relay_clients", Help: "Relay clients bound to an address."}),
 		clientMedia: c("traverse_relay_client_media_total", "Media packets relay clients published."),
+		coalesced:   c("traverse_relay_coalesced_reads_total", "Reads of the relay port that held several frames of one sender the kernel coalesced (UDP GRO); each frame is opened and checked on its own."),
 	}
 	for i := range m.drops {
 		m.drops[i] = drop.WithLabelValues(dropNames[i])
 	}
 	if reg != nil {
-		for _, col := range []prometheus.Collector{drop, m.forwarded, m.delivered, m.sent, m.retransmit, m.recovered, m.parity, m.refused, m.lost, m.late, m.dups, m.clients, m.clientMedia} {
+		for _, col := range []prometheus.Collector{drop, m.forwarded, m.delivered, m.sent, m.retransmit, m.recovered, m.parity, m.refused, m.lost, m.late, m.dups, m.clients, m.clientMedia, m.coalesced} {
 			if err := reg.Register(col); err != nil {
 				return nil, err
 			}

@@ -26,8 +26,8 @@ type Conn struct {
 	// refused counts the runs the kernel would not segment (sent one
 	// datagram at a time instead)
 	refused atomic.Uint64
-	rc2 coalesce
-	wc  coalesce
+	rc2     coalesce
+	wc      coalesce
 
 	// Reader state, owned by the one goroutine in ReadBatch.
 	r      mmsg

@@ -96,7 +96,7 @@ func TestRelayCoalescedReadChecksEachFrame(t *testing.T) {
 	}
 	frames := peerFrames(t, 5, nB)
 	forged := slices.Clone(frames[1])
-	forged[len(forged)-1] ^= 1 // the tag
+	forged[len(forged)-1] ^= 1                                                     // the tag
 	run := [][]byte{frames[0], forged, frames[2], frames[0], frames[3], frames[4]} // frames[0] again: a replay
 	sendRun(t, a, e.Addr(), run)
 	testkit.WaitFor(t, 5*time.Second, "the run's good frames delivered", func() bool { return s.media.Load() >= 4 })

@@ -368,11 +368,9 @@ func TestCascadeHopCost(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	var viewers []*loadgen.Client
-	var rcs []*relayclient.Client
-	var rcTracks []relayclient.Track
-	for i := range tracks {
-		rcTracks = append(rcTracks, relayclient.Track{ID: fmt.Sprintf("cam%03d", i), Video: true, MimeType: "video/VP8", ClockRate: 90000})
-	}
+	// rcs[room][track / MaxClientTracks]: the publishers of each room, as
+	// many relay clients as its tracks need
+	var rcs [][]*relayclient.Client
 	for _, room := range []struct {
 		name string
 		n    int
@@ -385,17 +383,26 @@ func TestCascadeHopCost(t *testing.T) {
 			defer v.Close()
 			viewers = append(viewers, v)
 		}
-		tok, sec, err := relayauth.Mint([]byte(tokenKey), signal.Claims{Room: room.name, Identity: "ingest", Publish: true, Expires: time.Now().Add(time.Hour).Unix()})
-		if err != nil {
-			t.Fatal(err)
+		var pubs []*relayclient.Client
+		for first := 0; first < tracks; first += relaywire.MaxClientTracks {
+			tok, sec, err := relayauth.Mint([]byte(tokenKey), signal.Claims{Room: room.name, Identity: fmt.Sprintf("ingest%d", first),
+				Publish: true, Expires: time.Now().Add(time.Hour).Unix()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var trs []relayclient.Track
+			for i := first; i < min(tracks, first+relaywire.MaxClientTracks); i++ {
+				trs = append(trs, relayclient.Track{ID: fmt.Sprintf("cam%03d", i), Video: true, MimeType: "video/VP8", ClockRate: 90000})
+			}
+			rc, err := relayclient.Dial(ctx, relayclient.Config{Server: relayPort, Token: tok, Secret: sec, Room: room.name,
+				Local: netip.MustParseAddrPort("127.0.0.1:0"), Tracks: trs})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer rc.Close()
+			pubs = append(pubs, rc)
 		}
-		rc, err := relayclient.Dial(ctx, relayclient.Config{Server: relayPort, Token: tok, Secret: sec, Room: room.name,
-			Local: netip.MustParseAddrPort("127.0.0.1:0"), Tracks: rcTracks})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer rc.Close()
-		rcs = append(rcs, rc)
+		rcs = append(rcs, pubs)
 	}
 	rtpSeq := make([]uint16, tracks)
 	rtpTrack := 0
@@ -404,7 +411,7 @@ func TestCascadeHopCost(t *testing.T) {
 	pkt := rtp.Packet{Header: rtp.Header{Version: 2, PayloadType: 96, SSRC: 4242, Marker: true}, Payload: vp8}
 	rtpBuf := make([]byte, 0, 2048)
 	// sendRTPTo publishes the next track's next packet (round robin)
-	sendRTPTo := func(rc *relayclient.Client) {
+	sendRTPTo := func(room []*relayclient.Client) {
 		tr := rtpTrack
 		rtpTrack = (rtpTrack + 1) % tracks
 		rtpSeq[tr]++
@@ -414,11 +421,11 @@ func TestCascadeHopCost(t *testing.T) {
 		if err != nil {
 			return
 		}
-		_ = rc.WriteRTP(uint8(tr), 0, append(rtpBuf[:b], vp8...))
+		_ = room[tr/relaywire.MaxClientTracks].WriteRTP(uint8(tr%relaywire.MaxClientTracks), 0, append(rtpBuf[:b], vp8...))
 	}
 	sendRTP := func() {
-		for _, rc := range rcs {
-			sendRTPTo(rc)
+		for _, room := range rcs {
+			sendRTPTo(room)
 		}
 	}
 	viewersGot := func() uint64 {

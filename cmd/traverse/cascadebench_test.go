@@ -368,10 +368,11 @@ func TestCascadeHopCost(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	var viewers []*loadgen.Client
-	// rcs[room][track / MaxClientTracks]: the publishers of each room, as
-	// many relay clients as its tracks need
+	// rcs[room][track]: the publishers of each room, one relay client per
+	// track (10 publishers, as a cascade link between two nodes carries)
 	var rcs [][]*relayclient.Client
-	for _, room := range []struct {
+	const perClient = 1
+	for ri, room := range []struct {
 		name string
 		n    int
 	}{{"bench-lo", lo}, {"bench-hi", hi}} {
@@ -384,18 +385,20 @@ func TestCascadeHopCost(t *testing.T) {
 			viewers = append(viewers, v)
 		}
 		var pubs []*relayclient.Client
-		for first := 0; first < tracks; first += relaywire.MaxClientTracks {
+		for first := 0; first < tracks; first += perClient {
 			tok, sec, err := relayauth.Mint([]byte(tokenKey), signal.Claims{Room: room.name, Identity: fmt.Sprintf("ingest%d", first),
 				Publish: true, Expires: time.Now().Add(time.Hour).Unix()})
 			if err != nil {
 				t.Fatal(err)
 			}
 			var trs []relayclient.Track
-			for i := first; i < min(tracks, first+relaywire.MaxClientTracks); i++ {
+			for i := first; i < min(tracks, first+perClient); i++ {
 				trs = append(trs, relayclient.Track{ID: fmt.Sprintf("cam%03d", i), Video: true, MimeType: "video/VP8", ClockRate: 90000})
 			}
 			rc, err := relayclient.Dial(ctx, relayclient.Config{Server: relayPort, Token: tok, Secret: sec, Room: room.name,
-				Local: netip.MustParseAddrPort("127.0.0.1:0"), Tracks: trs})
+				// each client from its own loopback address: the relay port
+				// limits client frames per source address (5,000 a second)
+				Local: netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, byte(1 + ri), byte(1 + first/perClient)}), 0), Tracks: trs})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -405,15 +408,15 @@ func TestCascadeHopCost(t *testing.T) {
 		rcs = append(rcs, pubs)
 	}
 	rtpSeq := make([]uint16, tracks)
-	rtpTrack := 0
+	rtpTrack := map[*relayclient.Client]int{} // each room's next track, by its first publisher
 	vp8 := make([]byte, size-12)
 	vp8[0] = 0x10 // VP8 descriptor: start of partition 0; vp8[1] bit 0 clear: every packet a keyframe
 	pkt := rtp.Packet{Header: rtp.Header{Version: 2, PayloadType: 96, SSRC: 4242, Marker: true}, Payload: vp8}
 	rtpBuf := make([]byte, 0, 2048)
 	// sendRTPTo publishes the next track's next packet (round robin)
 	sendRTPTo := func(room []*relayclient.Client) {
-		tr := rtpTrack
-		rtpTrack = (rtpTrack + 1) % tracks
+		tr := rtpTrack[room[0]]
+		rtpTrack[room[0]] = (tr + 1) % tracks
 		rtpSeq[tr]++
 		pkt.SSRC = 4242 + uint32(tr)
 		pkt.SequenceNumber, pkt.Timestamp = rtpSeq[tr], uint32(rtpSeq[tr])*3000
@@ -421,7 +424,7 @@ func TestCascadeHopCost(t *testing.T) {
 		if err != nil {
 			return
 		}
-		_ = room[tr/relaywire.MaxClientTracks].WriteRTP(uint8(tr%relaywire.MaxClientTracks), 0, append(rtpBuf[:b], vp8...))
+		_ = room[tr/perClient].WriteRTP(uint8(tr%perClient), 0, append(rtpBuf[:b], vp8...))
 	}
 	sendRTP := func() {
 		for _, room := range rcs {

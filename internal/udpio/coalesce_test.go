@@ -250,3 +250,41 @@ func BenchmarkWriteBatchRuns(b *testing.B) {
 		})
 	}
 }
+
+// FuzzCoalescedRead: whatever control bytes the kernel returned and
+// whatever sizes a read holds, the segment size parser does not panic or
+// overrun, and Datagram walks the read into pieces of at most Seg bytes
+// that put together are the read.
+func FuzzCoalescedRead(f *testing.F) {
+	f.Add([]byte{}, 100, 0)
+	f.Add(binary.NativeEndian.AppendUint32(make([]byte, unix.CmsgLen(0)), 20), 100, 20)
+	f.Fuzz(func(t *testing.T, ctl []byte, n, seg int) {
+		if len(ctl) >= unix.SizeofCmsghdr {
+			// keep the fuzzer's bytes 8-aligned, as the kernel's are
+			ctl = append(make([]byte, 0, len(ctl)+8), ctl...)
+		}
+		_ = groSize(ctl)
+		if n < 0 || n > 4096 || seg < 0 {
+			return
+		}
+		buf := make([]byte, n)
+		for i := range buf {
+			buf[i] = byte(i)
+		}
+		m := Message{Buf: buf, N: n, Seg: seg}
+		var joined []byte
+		pieces := 0
+		for b, off := m.Datagram(0); len(b) > 0; b, off = m.Datagram(off) {
+			if seg > 0 && len(b) > seg {
+				t.Fatalf("a piece of %d bytes, Seg %d", len(b), seg)
+			}
+			joined = append(joined, b...)
+			if pieces++; pieces > n {
+				t.Fatal("the walk does not end")
+			}
+		}
+		if string(joined) != string(buf) {
+			t.Fatalf("the pieces are not the read (N %d, Seg %d)", n, seg)
+		}
+	})
+}

@@ -17,13 +17,21 @@
 # It is cmd/traverse TestCascadeHopCost, which plays node A, the next hops
 # and the controller itself (pushing the node's routes over the bus).
 #
-# Usage: bench/cascade-hop.sh [PPS] [LO,HI] [SECONDS] [ROUNDS]
-#   defaults: 2000, 2,8, 5, 3 (about 1.5 minutes). Runs under
+# Three modes: hop (each of A's messages its own datagram, as the webrtc
+# mode's publisher sends), hop-batch (each burst of A's as one UDP GSO run,
+# as an upstream relay endpoint sends: the cascade's own shape) and webrtc;
+# both hop modes' ratios to webrtc, and the latency through the node under
+# each hop mode's load.
+#
+# Usage: bench/cascade-hop.sh [PPS] [LO,HI] [SECONDS] [ROUNDS] [TRACKS]
+#   defaults: 2000, 2,8, 5, 3, 1 (about 2 minutes). TRACKS: the input is
+#   that many publishers' tracks, round robin, PPS in all (a cascade-shaped
+#   load: bench/cascade-hop.sh 10000 2,8 5 3 10). Runs under
 #   flock -o /tmp/traverse-bench.lock so that no two benchmarks overlap.
 #   BENCH_PROFILE=FILE: the node's CPU profile (--pprof) over round 1's
 #   hop phase at HI (BENCH_PROFILE_MODE=webrtc: the webrtc phase) to FILE.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export TRAVERSE_CASCADE_BENCH=1 BENCH_PPS=${1:-2000} BENCH_FANOUTS=${2:-2,8} BENCH_SECONDS=${3:-5} BENCH_ROUNDS=${4:-3}
+export TRAVERSE_CASCADE_BENCH=1 BENCH_PPS=${1:-2000} BENCH_FANOUTS=${2:-2,8} BENCH_SECONDS=${3:-5} BENCH_ROUNDS=${4:-3} BENCH_TRACKS=${5:-1}
 flock -o /tmp/traverse-bench.lock timeout 600 go test -count=1 -p 1 -run '^TestCascadeHopCost$' -v ./cmd/traverse/ 2>&1 |
   grep -E 'round [0-9]+:|SUMMARY|FAIL|ok|PASS'

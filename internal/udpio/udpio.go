@@ -42,6 +42,12 @@ import (
 // does not say.
 const DefaultBatch = 64
 
+// MaxCoalesced is the largest read a Conn with Options.Coalesce can make
+// of coalesced datagrams (and the most bytes it sends as one run): read
+// buffers of this size lose nothing; a smaller one truncates a coalesced
+// read (its last datagrams are cut or lost).
+const MaxCoalesced = 65535 - 40 - 8
+
 // MaxPacket is the buffer size that holds any UDP payload on an Ethernet-size
 // path with room to spare; NewMessages uses it by default.
 const MaxPacket = 2048
@@ -52,14 +58,36 @@ var ErrAddrFamily = errors.New("udpio: destination address family does not match
 
 // Message is one datagram. On read, Buf's capacity is filled, N says how
 // many bytes arrived and Addr where from. On write, Buf[:N] goes to Addr.
+//
+// On a Conn with Options.Coalesce a read may hold several datagrams of
+// one source back to back (UDP GRO): Seg is then the size of each (the
+// last may be shorter), and Datagram walks them. Seg is 0 when the read
+// holds one datagram, and is not used on write.
 type Message struct {
 	Buf  []byte
 	N    int
 	Addr netip.AddrPort
+	Seg  int
 }
 
-// Payload returns the datagram's bytes.
+// Payload returns the datagram's bytes (all of a coalesced read's).
 func (m *Message) Payload() []byte { return m.Buf[:m.N] }
+
+// Datagram returns the datagram at byte offset off of a read (the whole
+// payload when Seg is 0) and the offset of the next one; b is empty at
+// the end. Walk a read with
+//
+//	for b, off := m.Datagram(0); len(b) > 0; b, off = m.Datagram(off) { ... }
+func (m *Message) Datagram(off int) (b []byte, next int) {
+	if off >= m.N {
+		return nil, m.N
+	}
+	next = m.N
+	if m.Seg > 0 {
+		next = min(off+m.Seg, m.N)
+	}
+	return m.Buf[off:next], next
+}
 
 // NewMessages returns n messages whose buffers of size bytes (MaxPacket when
 // size is 0) share one allocation.
@@ -87,6 +115,16 @@ type Options struct {
 	// Batch is the most messages one system call moves (DefaultBatch when
 	// 0). It sizes the Conn's internal header arrays.
 	Batch int
+	// Coalesce turns on UDP GSO and GRO (Linux; elsewhere, or where the
+	// kernel refuses them, nothing changes and Conn.Coalescing says so).
+	// WriteBatch sends the messages to one address as runs of equal-size
+	// datagrams (the last of a run may be shorter), each run in one
+	// message header with UDP_SEGMENT, so the kernel walks its stack once
+	// per run; the order of the datagrams to one address is kept, the
+	// order between addresses is not. ReadBatch returns datagrams of one
+	// source the kernel coalesced as one Message with Seg set: read
+	// buffers must then be MaxCoalesced bytes.
+	Coalesce bool
 }
 
 // Listen opens a UDP socket on addr ("host:port"; network "udp", "udp4" or
@@ -117,6 +155,9 @@ func Listen(ctx context.Context, network, addr string, o Options) (*Conn, error)
 	if err != nil {
 		uc.Close()
 		return nil, err
+	}
+	if o.Coalesce {
+		c.enableCoalesce()
 	}
 	return c, nil
 }

@@ -53,3 +53,10 @@ func (c *Conn) WriteBatch(msgs []Message) (int, error) {
 	}
 	return sent, first
 }
+
+// enableCoalesce does nothing here: UDP GSO and GRO are Linux's.
+func (c *Conn) enableCoalesce() {}
+
+// Coalescing reports whether reads coalesce and writes segment: never
+// here.
+func (c *Conn) Coalescing() (reads, writes bool) { return false, false }

@@ -264,8 +264,10 @@ type group struct {
 }
 
 // outQ collects frames: the reader loop's into a batch sent with one
-// sendmmsg (only the reader loop calls WriteBatch), everyone else's
-// straight to the socket with WriteTo, which is safe for concurrent use.
+// sendmmsg (only the reader loop calls WriteBatch), the frames to one next
+// hop as runs the kernel segments (UDP GSO, udpio.Options.Coalesce);
+// everyone else's straight to the socket with WriteTo, which is safe for
+// concurrent use.
 type outQ struct {
 	msgs  []udpio.Message
 	n     int
@@ -284,11 +286,23 @@ func (q *rxQueue) add(msg []byte) {
 	q.slab = append(q.slab, msg...)
 }
 
+// loopOut is the most frames the reader loop queues before it sends them
+// (at the end of each read batch, or when this many are queued): the
+// longer the queue, the longer the runs to one next hop that leave as one
+// UDP GSO send; the shorter, the sooner the first frame of a large batch
+// leaves.
+const loopOut = 128
+
+// loopReads is the most reads (datagrams, or runs the kernel coalesced)
+// the reader loop takes in one system call; each buffer holds a whole
+// coalesced read (udpio.MaxCoalesced).
+const loopReads = 32
+
 func newScratch(batch bool) *scratch {
 	s := &scratch{hdr: make([]byte, 0, udpio.MaxPacket), frame: make([]byte, 0, udpio.MaxPacket)}
 	n := 1
 	if batch {
-		n = udpio.DefaultBatch
+		n = loopOut
 	}
 	s.out = outQ{msgs: udpio.NewMessages(n, 0), batch: batch}
 	return s
@@ -307,7 +321,10 @@ func New(cfg Config) (*Endpoint, error) {
 	if cfg.Listen.Addr().Is6() {
 		network = "udp6"
 	}
-	conn, err := udpio.Listen(context.Background(), network, cfg.Listen.String(), udpio.Options{ReadBuffer: 4 << 20, WriteBuffer: 4 << 20})
+	// Coalesce: the reader loop's batch leaves as one run of datagrams per
+	// next hop (UDP GSO) and runs from a peer arrive as one read (GRO)
+	conn, err := udpio.Listen(context.Background(), network, cfg.Listen.String(),
+		udpio.Options{ReadBuffer: 4 << 20, WriteBuffer: 4 << 20, Batch: loopOut, Coalesce: true})
 	if err != nil {
 		return nil, err
 	}
@@ -801,14 +818,26 @@ func (e *Endpoint) Close() error {
 }
 
 func (e *Endpoint) readLoop() error {
-	msgs := udpio.NewMessages(udpio.DefaultBatch, 0)
+	size := udpio.MaxPacket
+	if gro, _ := e.conn.Coalescing(); gro {
+		size = udpio.MaxCoalesced
+	}
+	msgs := udpio.NewMessages(loopReads, size)
 	for {
 		n, err := e.conn.ReadBatch(msgs)
 		if err != nil {
 			return err
 		}
-		for i := 0; i < n; i++ {
-			e.handleFrame(msgs[i].Payload(), msgs[i].Addr, e.loop)
+		for i := range msgs[:n] {
+			// a read the kernel coalesced is several frames of one
+			// sender: each is opened, checked and counted on its own
+			m := &msgs[i]
+			if m.Seg > 0 {
+				e.m.coalesced.Inc()
+			}
+			for b, off := m.Datagram(0); len(b) > 0; b, off = m.Datagram(off) {
+				e.handleFrame(b, m.Addr, e.loop)
+			}
 		}
 		e.flush(&e.loop.out)
 	}

@@ -51,6 +51,7 @@ type metrics struct {
 	// passed unchecked with MaxSeqStreams windows held.
 	seqResets    prometheus.Counter
 	seqUntracked prometheus.Counter
+	coalesced    prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -79,12 +80,13 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		seqUntracked: c("traverse_relay_seq_untracked_total",
 			"Media messages delivered without a duplicate check: the node held the most sequence windows it keeps."),
 		clientSent: c("traverse_relay_client_sent_total", "Messages sent to relay clients that receive (media, track announcements)."),
+		coalesced:  c("traverse_relay_coalesced_reads_total", "Reads of the relay port that held several frames of one sender the kernel coalesced (UDP GRO); each frame is opened and checked on its own."),
 	}
 	for i := range m.drops {
 		m.drops[i] = drop.WithLabelValues(dropNames[i])
 	}
 	if reg != nil {
-		for _, col := range []prometheus.Collector{drop, m.forwarded, m.delivered, m.sent, m.retransmit, m.recovered, m.parity, m.refused, m.lost, m.late, m.dups, m.clients, m.clientMedia, m.seqResets, m.seqUntracked, m.clientSent} {
+		for _, col := range []prometheus.Collector{drop, m.forwarded, m.delivered, m.sent, m.retransmit, m.recovered, m.parity, m.refused, m.lost, m.late, m.dups, m.clients, m.clientMedia, m.seqResets, m.seqUntracked, m.clientSent, m.coalesced} {
 			if err := reg.Register(col); err != nil {
 				return nil, err
 			}

@@ -47,6 +47,7 @@ func peerFrames(t *testing.T, n int, dst NodeID) [][]byte {
 	h.Dst[0] = dst
 	var frames [][]byte
 	for i := range n {
+		h.Seq = uint32(i + 1) // each its own media message (the destination's duplicate window)
 		msg, _ := relaywire.AppendHeader(nil, h)
 		msg = binary.BigEndian.AppendUint64(msg, uint64(i))
 		msg = append(msg, make([]byte, 500)...)

@@ -46,6 +46,7 @@ func bindSFU(fs *flag.FlagSet, prefix string, c *sfuConfig) {
 	fs.StringVar(&c.CascadeSecretFile, prefix+"cascade-secret-file", c.CascadeSecretFile, "`file` of the cascade's relay secret (at least 32 bytes, the same on every node); required with --cascade-listen")
 	fs.StringVar(&c.CascadeTokenKey, prefix+"cascade-token-key", c.CascadeTokenKey, "the signal role's token `key` (its --token-key): relay clients with a token publish through the relay port (docs/relay-protocol.md); empty (default): no relay clients")
 	fs.IntVar(&c.CascadeMaxClients, prefix+"cascade-max-clients", 0, "most relay clients bound at once (default 64)")
+	fs.Float64Var(&c.CascadeClientRate, prefix+"cascade-client-rate", 0, "relay client frames per second from one source address, shared by the clients behind it (default 5000; negative: no limit)")
 	fs.StringVar(&c.Group, prefix+"group", c.Group, "balanced group `name`: this node shares one public address (--public-ip, the same --udp port) with the group's other nodes behind a UDP load balancer and serves any session whose first STUN binding reaches it; needs --cascade-listen (docs/cascade.md); empty (default): no group")
 	fs.Var(relayIDFlag{&c.CascadeID}, prefix+"cascade-id", "the node's 32-bit relay `id` (default: derived from the node id)")
 }

@@ -142,7 +142,8 @@ func (s *Server) openCascade() error {
 		}
 	}
 	ep, err := relay.New(relay.Config{Node: relay.NodeID(c.id), Listen: s.cfg.CascadeListen, Secret: s.cfg.CascadeSecret,
-		Local: (*cascadeLocal)(s), Registry: s.cfg.Registerer, ClientAuth: s.cfg.CascadeClientAuth, MaxClients: s.cfg.CascadeMaxClients})
+		Local: (*cascadeLocal)(s), Registry: s.cfg.Registerer, ClientAuth: s.cfg.CascadeClientAuth, MaxClients: s.cfg.CascadeMaxClients,
+		ClientRate: s.cfg.CascadeClientRate})
 	if err != nil {
 		return fmt.Errorf("sfu: cascade: %w", err)
 	}

@@ -72,9 +72,13 @@ type Config struct {
 	// CascadeClientAuth, when set, lets relay clients publish into rooms
 	// through the relay port (docs/relay-protocol.md, "Clients";
 	// relayauth.Verifier with the signal role's token key);
-	// CascadeMaxClients bounds them (default relay.DefaultMaxClients).
+	// CascadeMaxClients bounds them (default relay.DefaultMaxClients),
+	// CascadeClientRate the frames per second from one source address
+	// (default relay.DefaultClientRate; negative: no limit): clients
+	// behind one NAT address share it.
 	CascadeClientAuth relay.ClientAuth `yaml:"-"`
 	CascadeMaxClients int              `yaml:"cascade-max-clients"`
+	CascadeClientRate float64          `yaml:"cascade-client-rate"`
 	// Group, when set, makes the node one of a balanced group: nodes
 	// sharing one public address behind a UDP load balancer, any of which
 	// serves a session whose first STUN binding reaches it (group.go,

@@ -289,3 +289,51 @@ func TestRelayClientReceiveAllocs(t *testing.T) {
 	// a burst of 201 on loopback may overflow the client's socket buffer
 	testkit.WaitFor(t, 5*time.Second, "the packets at the client", func() bool { _, ok := rx.receives("v", 50); return ok })
 }
+
+// TestCascadeClientRate: the node's relay client rate (Config.
+// CascadeClientRate, --cascade-client-rate) reaches its relay port: a
+// client sending faster than it is cut and counted, under the default
+// the same burst passes.
+func TestCascadeClientRate(t *testing.T) {
+	e, _ := cascadeBus(t)
+	tokenKey := bytes.Repeat([]byte("token-key-"), 4)
+	for _, tc := range []struct {
+		node    string
+		rate    float64
+		dropped bool
+	}{
+		{"slow", 50, true},    // 50 frames/s, burst 5
+		{"default", 0, false}, // 5,000 frames/s, burst 500
+	} {
+		n := startCascadeNode(t, e, tc.node, func(c *Config) {
+			c.CascadeClientAuth, c.CascadeClientRate = relayauth.Verifier(tokenKey), tc.rate
+		})
+		tok, sec, err := relayauth.Mint(tokenKey, signal.Claims{Room: "r1", Identity: "ingest", Publish: true, Expires: time.Now().Add(time.Hour).Unix()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		c, err := relayclient.Dial(ctx, relayclient.Config{Server: n.s.Cascade().Addr(), Token: tok, Secret: sec, Room: "r1",
+			Local: netip.MustParseAddrPort("127.0.0.1:0"), Tracks: []relayclient.Track{{ID: "mic", MimeType: "audio/opus", ClockRate: 48000, Channels: 2}}})
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(c.Close)
+		p := rtp.Packet{Header: rtp.Header{Version: 2, PayloadType: 111, SSRC: 7}, Payload: make([]byte, 100)}
+		for i := range 100 { // well under a second: 100 frames against 50 a second
+			p.SequenceNumber, p.Timestamp = uint16(i), uint32(960*i)
+			b, _ := p.Marshal()
+			if err := c.WriteRTP(0, 0, b); err != nil {
+				t.Fatal(err)
+			}
+		}
+		testkit.WaitFor(t, 5*time.Second, tc.node+": the burst read", func() bool {
+			return metricstest.Value(t, n.reg, "traverse_relay_client_media_total")+
+				metricstest.Value(t, n.reg, "traverse_relay_dropped_total", "reason", "client_rate") >= 100
+		})
+		if got := metricstest.Value(t, n.reg, "traverse_relay_dropped_total", "reason", "client_rate"); (got > 0) != tc.dropped {
+			t.Errorf("%s (rate %v): %v frames dropped for the client rate", tc.node, tc.rate, got)
+		}
+	}
+}

@@ -23,7 +23,9 @@ for b in perf turnserver turnutils_uclient turnutils_peer; do
 done
 [ $# -gt 0 ] || { echo "usage: $0 BIN|coturn [BIN|coturn...]"; exit 2; }
 clients=${CLIENTS:-20}; msgs=${MSGS:-1000}; interval=${INTERVAL_MS:-5}; len=${LEN:-172}
-. bench/lib/procs.sh
+. bench/lib/cleanup.sh
+free_port() { local p=$1; while ss -Hlnu "sport = :$p" | grep -q . || ss -Hlnt "sport = :$p" | grep -q .; do p=$((p+1)); done; echo $p; }
+wait_port() { for _ in $(seq 100); do ss -Hlnu "sport = :$1" | grep -q . && return 0; sleep 0.05; done; echo "port $1 never opened"; exit 1; }
 pport=$(free_port 45478)
 turnutils_peer -L 127.0.0.1 -p "$pport" >/dev/null 2>&1 & pids+=($!)
 wait_port "$pport"

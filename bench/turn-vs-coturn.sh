@@ -24,7 +24,16 @@ cd "$(dirname "$0")/.."
 for b in turnserver turnutils_uclient turnutils_peer; do
   command -v $b >/dev/null || { echo "missing $b (apt-get install coturn)"; exit 1; }
 done
-. bench/lib/procs.sh
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+free_port() { # first free UDP+TCP port from $1
+  local p=$1
+  while ss -Hlnu "sport = :$p" | grep -q . || ss -Hlnt "sport = :$p" | grep -q .; do p=$((p+1)); done
+  echo $p
+}
 tport=$(free_port 35478); cport=$(free_port $((tport+1))); pport=$(free_port $((cport+1)))
 tls=no; case " ${UCLIENT_FLAGS:-} " in *" -S "*) tls=yes ;; esac
 if [ $tls = yes ]; then
@@ -33,6 +42,7 @@ if [ $tls = yes ]; then
 fi
 hz=$(getconf CLK_TCK)
 cpu() { awk -v hz="$hz" '{printf "%.3f", ($14+$15)/hz}' /proc/$1/stat; }
+wait_port() { for _ in $(seq 100); do ss -Hlnu "sport = :$1" | grep -q . && return 0; sleep 0.05; done; echo "port $1 never opened"; exit 1; }
 
 if [ -n "${TRAVERSE_BIN:-}" ]; then cp "$TRAVERSE_BIN" "$work/traverse"; else go build -o "$work/traverse" ./cmd/traverse; fi
 

@@ -90,7 +90,7 @@ func (r *RawSender) Flush() (n, failed int) {
 		r.ok[i] = false
 	}
 	for off := 0; off < n; {
-		k, errno := sendmmsg(uintptr(r.fd), r.m.hdrs[off:n])
+		k, errno := sendmmsgNow(uintptr(r.fd), r.m.hdrs[off:n])
 		if errno == unix.EINTR {
 			continue
 		}

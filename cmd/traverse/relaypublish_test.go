@@ -42,6 +42,29 @@ func (l *countingLocal) ClientJoin(relay.ClientID, relay.ClientGrant, []relaywir
 }
 func (*countingLocal) ClientLeave(relay.ClientID, relay.ClientGrant, []relaywire.ClientTrack) {}
 
+// writeCreds writes relay client credentials ("token --relay"'s output)
+// to a file of the test's and returns its path.
+func writeCreds(t *testing.T, b []byte) string {
+	t.Helper()
+	creds := filepath.Join(t.TempDir(), "relay.creds")
+	if err := os.WriteFile(creds, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return creds
+}
+
+// relayEndpoint is a relay endpoint on loopback serving relay clients
+// whose tokens key signed, with l as its SFU; the caller runs it.
+func relayEndpoint(t *testing.T, l relay.Local, key string) *relay.Endpoint {
+	t.Helper()
+	e, err := relay.New(relay.Config{Node: 5, Listen: netip.MustParseAddrPort("127.0.0.1:0"), Secret: bytes.Repeat([]byte("s"), 32),
+		Local: l, Registry: prometheus.NewRegistry(), ClientAuth: relayauth.Verifier([]byte(key))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
 // TestRelayPublishCommand: "traverse token --relay" prints credentials
 // that "traverse relay-publish" publishes with, into the token's room.
 func TestRelayPublishCommand(t *testing.T) {
@@ -53,16 +76,9 @@ func TestRelayPublishCommand(t *testing.T) {
 	if n := strings.Count(out.String(), "\n"); n != 2 {
 		t.Fatalf("token --relay printed %d lines", n)
 	}
-	creds := filepath.Join(t.TempDir(), "relay.creds")
-	if err := os.WriteFile(creds, out.Bytes(), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	creds := writeCreds(t, out.Bytes())
 	l := &countingLocal{}
-	e, err := relay.New(relay.Config{Node: 5, Listen: netip.MustParseAddrPort("127.0.0.1:0"), Secret: bytes.Repeat([]byte("s"), 32),
-		Local: l, Registry: prometheus.NewRegistry(), ClientAuth: relayauth.Verifier([]byte(key))})
-	if err != nil {
-		t.Fatal(err)
-	}
+	e := relayEndpoint(t, l, key)
 	testkit.Run(t, e.Run)
 	if err := runRelayPublish(context.Background(), []string{"--relay", e.Addr().String(), "--credentials", creds,
 		"--pps", "1000", "--duration", "300ms"}); err != nil {

@@ -3,19 +3,13 @@ package main
 import (
 	"bytes"
 	"context"
-	"net/netip"
-	"os"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/traverse-rtc/traverse/internal/cascade/relay"
-	"github.com/traverse-rtc/traverse/internal/cascade/relayauth"
 	"github.com/traverse-rtc/traverse/internal/cascade/relaywire"
 	"github.com/traverse-rtc/traverse/internal/testkit"
 )
@@ -48,16 +42,9 @@ func TestRelaySubscribeCommand(t *testing.T) {
 	if err := mintToken(&out, []string{"--token-key", key, "--room", "standup", "--identity", "rec-1", "--publish=false", "--relay"}); err != nil {
 		t.Fatal(err)
 	}
-	creds := filepath.Join(t.TempDir(), "relay.creds")
-	if err := os.WriteFile(creds, out.Bytes(), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	creds := writeCreds(t, out.Bytes())
 	l := &servingLocal{}
-	e, err := relay.New(relay.Config{Node: 5, Listen: netip.MustParseAddrPort("127.0.0.1:0"), Secret: bytes.Repeat([]byte("s"), 32),
-		Local: l, Registry: prometheus.NewRegistry(), ClientAuth: relayauth.Verifier([]byte(key))})
-	if err != nil {
-		t.Fatal(err)
-	}
+	e := relayEndpoint(t, l, key)
 	l.e.Store(e)
 	testkit.Run(t, e.Run)
 	stop := make(chan struct{})
@@ -79,7 +66,7 @@ func TestRelaySubscribeCommand(t *testing.T) {
 		}
 	}()
 	var res bytes.Buffer
-	err = relaySubscribe(context.Background(), &res, []string{"--relay", e.Addr().String(), "--credentials", creds, "--duration", "500ms"})
+	err := relaySubscribe(context.Background(), &res, []string{"--relay", e.Addr().String(), "--credentials", creds, "--duration", "500ms"})
 	close(stop)
 	<-done
 	if err != nil {

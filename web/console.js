@@ -286,7 +286,8 @@ function renderRooms(rooms) {
     name.textContent = r.name;
     const meta = document.createElement('span');
     meta.className = 'meta';
-    meta.textContent = `node ${r.node || '?'}${roomNodes(r)} · ${(r.participants || []).length} participants · since ${time(r.started)}`;
+    meta.textContent = `node ${r.node || '?'}${roomNodes(r)} · ${(r.participants || []).length} participants` +
+      (r.elsewhere ? ` (+${r.elsewhere} through other signal servers)` : '') + (r.started ? ` · since ${time(r.started)}` : '');
     h.append(name, meta, button('Close room', 'remove every participant', () => act(`close room ${r.name}`,
       () => api('DELETE', `v1/rooms/${enc(r.name)}`, reason()))));
     const table = document.createElement('table');

@@ -270,21 +270,40 @@ func (c *Controller) Run(ctx context.Context) error {
 		case <-step.C:
 			c.stepLease(ctx)
 		case <-check.C:
+			// What arrived while the loop was busy (a lease step waits up
+			// to LeaseTTL/3 on a bucket whose stream is electing a
+			// leader) is taken in first: a node is judged by the last
+			// announcement received, not the last one handled.
+			c.drain(ctx)
 			c.checkNodes(ctx, time.Now())
 		case now := <-cascade:
 			c.cascadeStep(ctx, now)
 		case it := <-c.queue:
-			switch {
-			case it.announce != nil:
-				c.announced(ctx, *it.announce, it.at)
-			case it.report != nil:
-				c.cascadeReport(*it.report)
-			default:
-				c.cascadeEvent(*it.event)
-				if it.event.Type == bus.EventParticipantJoined || it.event.Type == bus.EventParticipantLeft {
-					c.roomEvent(ctx, *it.event)
-				}
-			}
+			c.handle(ctx, it)
+		}
+	}
+}
+
+// drain handles the items queued now, and no more: a flood of newer ones
+// waits for the loop.
+func (c *Controller) drain(ctx context.Context) {
+	for n := len(c.queue); n > 0; n-- {
+		c.handle(ctx, <-c.queue)
+	}
+}
+
+// handle takes in one item of the queue: an announcement, a cascade
+// report or a room event.
+func (c *Controller) handle(ctx context.Context, it item) {
+	switch {
+	case it.announce != nil:
+		c.announced(ctx, *it.announce, it.at)
+	case it.report != nil:
+		c.cascadeReport(*it.report)
+	default:
+		c.cascadeEvent(*it.event)
+		if it.event.Type == bus.EventParticipantJoined || it.event.Type == bus.EventParticipantLeft {
+			c.roomEvent(ctx, *it.event)
 		}
 	}
 }

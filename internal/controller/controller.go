@@ -270,18 +270,22 @@ func (c *Controller) Run(ctx context.Context) error {
 		case <-step.C:
 			c.stepLease(ctx)
 		case <-check.C:
-			// What arrived while the loop was busy (a lease step waits up
-			// to LeaseTTL/3 on a bucket whose stream is electing a
-			// leader) is taken in first: a node is judged by the last
-			// announcement received, not the last one handled.
-			c.drain(ctx)
-			c.checkNodes(ctx, time.Now())
+			c.check(ctx)
 		case now := <-cascade:
 			c.cascadeStep(ctx, now)
 		case it := <-c.queue:
 			c.handle(ctx, it)
 		}
 	}
+}
+
+// check judges the nodes. What arrived while the loop was busy (a lease
+// step waits up to LeaseTTL/3 on a bucket whose stream is electing a
+// leader) is taken in first: a node is judged by the last announcement
+// received, not the last one handled.
+func (c *Controller) check(ctx context.Context) {
+	c.drain(ctx)
+	c.checkNodes(ctx, time.Now())
 }
 
 // drain handles the items queued now, and no more: a flood of newer ones

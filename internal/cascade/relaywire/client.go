@@ -352,18 +352,49 @@ const (
 	KindTrack Kind = 3
 	// KindTrackGone: the track of that index left the room (no payload).
 	KindTrackGone Kind = 4
-	maxClientKind      = KindTrackGone
+	// KindLayer (client -> node): which layer of a received track the
+	// client wants (the message's layer byte: 0..2, LayerAll or
+	// LayerNone; no payload).
+	KindLayer     Kind = 5
+	maxClientKind      = KindLayer
 	// MaxSubTracks is the most tracks one subscribing client receives at
 	// once: indices 0..MaxSubTracks-1.
 	MaxSubTracks = 255
 )
+
+// A layer choice's layer byte besides a layer (0..2): every layer, each
+// as its publisher sends it (a client's choice until it makes one), or
+// none (the track is paused).
+const (
+	LayerAll  uint8 = 0xFF
+	LayerNone uint8 = 0xFE
+)
+
+// AppendLayerMsg appends a layer choice for a received track to b: the
+// client message header alone.
+func AppendLayerMsg(b []byte, track, layer uint8) []byte {
+	return AppendClientMsg(b, ClientMsg{Kind: KindLayer, Track: track, Layer: layer}, nil)
+}
+
+// ParseLayerMsg reads a layer choice (a client message of KindLayer): a
+// layer 0..2, LayerAll or LayerNone, and no payload.
+func ParseLayerMsg(b []byte) (track, layer uint8, err error) {
+	m, p, err := ParseClientMsg(b)
+	if err != nil {
+		return 0, 0, err
+	}
+	if m.Kind != KindLayer || len(p) != 0 || m.Layer > 2 && m.Layer != LayerAll && m.Layer != LayerNone {
+		return 0, 0, ErrField
+	}
+	return m.Track, m.Layer, nil
+}
 
 // ClientMsg is a client message's header:
 //
 //	0  kind: KindMedia (RTP: a client's track, client -> node, or a track
 //	   it receives, node -> client), KindFeedback (RTCP: for a client's
 //	   track, node -> client, or for a track it receives, client -> node),
-//	   KindTrack, KindTrackGone (node -> client)
+//	   KindTrack, KindTrackGone (node -> client), KindLayer (client -> node)
 //	1  track: its index in the hello's tracks (a client's track) or among
 //	   the tracks it receives (given by KindTrack)
 //	2  layer

@@ -204,7 +204,7 @@ func TestSubTrack(t *testing.T) {
 	if err != nil || m.Track != 200 || !bytes.Equal(p, b) {
 		t.Fatalf("track message: %+v %v", m, err)
 	}
-	if _, _, err := ParseClientMsg([]byte{byte(KindTrackGone + 1), 0, 0, 0}); err == nil {
+	if _, _, err := ParseClientMsg([]byte{byte(KindLayer + 1), 0, 0, 0}); err == nil {
 		t.Fatal("unknown kind parsed")
 	}
 }
@@ -225,6 +225,55 @@ func FuzzSubTrack(f *testing.F) {
 			t.Fatalf("parsed track does not encode: %v", err)
 		}
 		if !bytes.Equal(out, b) {
+			t.Fatalf("round trip %x -> %x", b, out)
+		}
+	})
+}
+
+func TestLayerMsg(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		b    []byte
+		ok   bool
+	}{
+		{"layer 0", AppendLayerMsg(nil, 7, 0), true},
+		{"layer 2", AppendLayerMsg(nil, 254, 2), true},
+		{"all", AppendLayerMsg(nil, 0, LayerAll), true},
+		{"none", AppendLayerMsg(nil, 0, LayerNone), true},
+		{"layer 3", AppendLayerMsg(nil, 0, 3), false},
+		{"layer 0xFD", AppendLayerMsg(nil, 0, 0xFD), false},
+		{"payload", append(AppendLayerMsg(nil, 0, 1), 0), false},
+		{"short", AppendLayerMsg(nil, 0, 1)[:3], false},
+		{"reserved set", []byte{byte(KindLayer), 0, 1, 1}, false},
+		{"other kind", AppendClientMsg(nil, ClientMsg{Kind: KindFeedback, Track: 1, Layer: 1}, nil), false},
+	} {
+		track, layer, err := ParseLayerMsg(tc.b)
+		if (err == nil) != tc.ok {
+			t.Errorf("%s: err %v, want ok %v", tc.name, err, tc.ok)
+			continue
+		}
+		if tc.ok && (track != tc.b[1] || layer != tc.b[2]) {
+			t.Errorf("%s: track %d layer %d", tc.name, track, layer)
+		}
+	}
+}
+
+// FuzzLayerMsg: a layer choice parses only if it encodes back to the same
+// bytes, and names a layer, all or none.
+func FuzzLayerMsg(f *testing.F) {
+	f.Add(AppendLayerMsg(nil, 3, 1))
+	f.Add(AppendLayerMsg(nil, 0, LayerAll))
+	f.Add(AppendLayerMsg(nil, 9, LayerNone))
+	f.Add([]byte{byte(KindLayer), 0, 7, 0, 1})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		track, layer, err := ParseLayerMsg(b)
+		if err != nil {
+			return
+		}
+		if layer > 2 && layer != LayerAll && layer != LayerNone {
+			t.Fatalf("layer %d accepted", layer)
+		}
+		if out := AppendLayerMsg(nil, track, layer); !bytes.Equal(out, b) {
 			t.Fatalf("round trip %x -> %x", b, out)
 		}
 	})

@@ -65,8 +65,23 @@ type ClientSubscriber interface {
 	ClientFeedback(id ClientID, track, layer uint8, rtcp []byte)
 }
 
+// ClientLayerChooser is what the SFU implements to take a receiving
+// client's layer choices (docs/relay-protocol.md, "Layers"); without it
+// a choice is refused (client_track).
+type ClientLayerChooser interface {
+	// ClientLayer sets which layer of the track of index track the
+	// client gets: 0..2, relaywire.LayerAll or relaywire.LayerNone.
+	// ErrNoTrack: no track of that index, or a layer it does not have.
+	ClientLayer(id ClientID, track, layer uint8) error
+}
+
 // Client defaults.
 const (
+	// DefaultLayerRate and LayerBurst bound the layer choices one source
+	// address makes (each may ask a publisher for a keyframe): a burst
+	// that sets every track a client may receive, then a few a second.
+	DefaultLayerRate = 20
+	LayerBurst       = relaywire.MaxSubTracks
 	DefaultMaxClients = 64
 	DefaultClientRate = 5000 // frames per second per source address
 	DefaultHelloRate  = 5    // hellos per second per source address
@@ -100,6 +115,8 @@ type clients struct {
 	idle      time.Duration
 	rate      *persource.Rate
 	helloRate *persource.Rate
+	layerRate *persource.Rate
+	layers    ClientLayerChooser // nil: layer choices are refused
 	nextID    atomic.Uint64
 
 	mu     sync.RWMutex
@@ -131,8 +148,10 @@ func (e *Endpoint) openClients() error {
 	}
 	e.cl = &clients{auth: c.ClientAuth, local: cl, max: c.MaxClients, idle: c.ClientIdle,
 		rate: persource.NewRate(c.ClientRate, max(int(c.ClientRate/10), 1)), helloRate: persource.NewRate(c.HelloRate, max(int(c.HelloRate), 1)),
+		layerRate: persource.NewRate(DefaultLayerRate, LayerBurst),
 		byKey: map[string]*clientSession{}, byAddr: map[netip.AddrPort]*clientSession{}, byID: map[ClientID]*clientSession{}}
 	e.cl.subs, _ = c.Local.(ClientSubscriber)
+	e.cl.layers, _ = c.Local.(ClientLayerChooser)
 	return nil
 }
 
@@ -172,6 +191,10 @@ func (e *Endpoint) handleClient(b []byte, from netip.AddrPort, t relaywire.Type,
 			e.clientFeedback(cs, m, payload)
 			return
 		}
+		if err == nil && m.Kind == relaywire.KindLayer {
+			e.clientLayer(cs, body, from)
+			return
+		}
 		if err != nil || m.Kind != relaywire.KindMedia || int(m.Track) >= len(cs.names) {
 			e.m.drops[dropMalformed].Inc()
 			return
@@ -199,6 +222,34 @@ func (e *Endpoint) clientFeedback(cs *clientSession, m relaywire.ClientMsg, rtcp
 	}
 	cs.lastSeen.Store(time.Now().UnixNano())
 	cl.subs.ClientFeedback(cs.id, m.Track, m.Layer, rtcp)
+}
+
+// clientLayer hands a receiving client's layer choice to the SFU: refused
+// from a client that does not receive (client_rights), beyond the
+// per-source layer rate (client_rate), for a track it was not given or a
+// layer that track lacks (client_track).
+func (e *Endpoint) clientLayer(cs *clientSession, body []byte, from netip.AddrPort) {
+	cl := e.cl
+	track, layer, err := relaywire.ParseLayerMsg(body)
+	if err != nil {
+		e.m.drops[dropMalformed].Inc()
+		return
+	}
+	cl.mu.RLock()
+	sub := cs.sub
+	cl.mu.RUnlock()
+	switch {
+	case !sub:
+		e.m.drops[dropClientRights].Inc()
+		return
+	case !cl.layerRate.Allow(from.Addr()):
+		e.m.drops[dropClientRate].Inc()
+		return
+	}
+	cs.lastSeen.Store(time.Now().UnixNano())
+	if cl.layers == nil || cl.layers.ClientLayer(cs.id, track, layer) != nil {
+		e.m.drops[dropClientTrack].Inc()
+	}
 }
 
 // countOpenErr counts a frame a link (a node's or a client's) refused.

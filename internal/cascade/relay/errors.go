@@ -14,4 +14,7 @@ var (
 	ErrName = errors.New("relay: name too long")
 	// ErrNoRoute: no route to a destination (SendFeedback).
 	ErrNoRoute = errors.New("relay: no route to the destination")
+	// ErrNoTrack: a client's layer choice names a track index it was not
+	// given, or a layer its track does not have (ClientLayerChooser).
+	ErrNoTrack = errors.New("relay: no such track or layer")
 )

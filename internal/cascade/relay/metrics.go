@@ -24,12 +24,14 @@ const (
 	dropClientUnknown        // a client message from an address no hello bound
 	dropClientRefused        // the SFU refused the client's tracks
 	dropDuplicate            // a media message this node accepted already (its end-to-end sequence window)
+	dropClientTrack          // a client's layer choice for a track it was not given or a layer it lacks
 	numDrops
 )
 
 var dropNames = [numDrops]string{"short", "unknown_peer", "address", "auth", "replay", "epoch", "malformed",
 	"hop_limit", "no_route", "loop", "send_queue", "blocked",
-	"client_token", "client_room", "client_rights", "client_limit", "client_rate", "client_unknown", "client_refused", "duplicate"}
+	"client_token", "client_room", "client_rights", "client_limit", "client_rate", "client_unknown", "client_refused", "duplicate",
+	"client_track"}
 
 type metrics struct {
 	drops       [numDrops]prometheus.Counter

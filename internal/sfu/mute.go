@@ -1,9 +1,6 @@
 package sfu
 
 import (
-	"time"
-
-	"github.com/pion/rtp"
 	"github.com/pion/webrtc/v4"
 
 	"github.com/traverse-rtc/traverse/internal/bus"
@@ -48,34 +45,4 @@ func (t *pubTrack) setMuted(muted bool) {
 			t.requestKeyframe(i)
 		}
 	}
-}
-
-// resyncLocked handles the first packets after an unmute: it reports
-// whether pkt may be written. A packet of the current layer (for video, a
-// keyframe) continues the outgoing numbering; other layers are left to the
-// layer switch, which rebases too.
-func (d *downTrack) resyncLocked(idx int, pkt *rtp.Packet, key bool, now int64) bool {
-	if d.t.kind == webrtc.RTPCodecTypeVideo && !key {
-		return false
-	}
-	if idx != d.cur {
-		return true
-	}
-	if d.started {
-		d.rebaseLocked(pkt, now)
-	}
-	d.resync = false
-	d.epochLen = 0
-	return true
-}
-
-// rebaseLocked makes pkt follow the last packet sent: the next sequence
-// number, and a timestamp advanced by the wall time since.
-func (d *downTrack) rebaseLocked(pkt *rtp.Packet, now int64) {
-	d.seqOff = d.lastSeq + 1 - pkt.SequenceNumber
-	delta := uint32(uint64(now-d.lastAt) * uint64(d.clock) / uint64(time.Second))
-	if delta == 0 {
-		delta = 1
-	}
-	d.tsOff = d.lastTS + delta - pkt.Timestamp
 }

@@ -2,7 +2,11 @@ package sfu
 
 import (
 	"context"
+	"encoding/binary"
 	"strings"
+	"sync"
+
+	"github.com/pion/rtp"
 
 	"github.com/pion/webrtc/v4"
 
@@ -35,6 +39,7 @@ type relayPeer struct {
 // clientSub is what a receiving client gets; guarded by its room's mu.
 type clientSub struct {
 	slots   [relaywire.MaxSubTracks]*pubTrack
+	outs    [relaywire.MaxSubTracks]*clientOut // slots[i]'s, for layer choices
 	byTrack map[*pubTrack]uint8
 	// next is where the search for a free index starts: indices go round,
 	// so one is reused only long after its track left (an announcement
@@ -42,10 +47,85 @@ type clientSub struct {
 	next int
 }
 
-// clientOut is one receiving client a track's packets go to.
+// clientOut is one receiving client a track's packets go to, and the
+// layer it chose (docs/relay-protocol.md, "Layers"): every layer as the
+// publisher sends it (relaywire.LayerAll, until it chooses), none
+// (relaywire.LayerNone), or one layer, rewritten by the subscribers'
+// seqRewriter into one RTP stream (one SSRC, sequence numbers and
+// timestamps continuous across switches, each switch at a keyframe).
 type clientOut struct {
 	id  relay.ClientID
 	idx uint8
+	t   *pubTrack
+
+	mu     sync.Mutex // guards the fields below; held while a packet is sent
+	choice uint8
+	seqRewriter
+	ssrc    uint32 // the SSRC sent in a one-layer choice: the first packet's
+	ssrcSet bool
+	buf     []byte // the rewritten packet (made at the first one-layer choice)
+}
+
+// clientOutBuf bounds the packets a one-layer choice forwards (the relay
+// message's limit).
+const clientOutBuf = relaywire.MaxShardLen
+
+func newClientOut(id relay.ClientID, idx uint8, t *pubTrack) *clientOut {
+	return &clientOut{id: id, idx: idx, t: t, choice: relaywire.LayerAll,
+		seqRewriter: seqRewriter{clock: t.codec.ClockRate, cur: -1}}
+}
+
+// send forwards one packet of layer idx to the client as its choice says;
+// key: pkt is a video keyframe. It does not allocate.
+func (o *clientOut) send(ep *relay.Endpoint, idx int, pkt *rtp.Packet, raw []byte, key, video bool, now int64) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	switch o.choice {
+	case relaywire.LayerAll:
+		return ep.SendClientMedia(o.id, o.idx, uint8(idx), raw) == nil
+	case relaywire.LayerNone:
+		return false
+	}
+	ok, switched := o.admit(idx, pkt, key || !video, video, now)
+	if !ok || len(raw) < 12 || len(raw) > len(o.buf) {
+		return false
+	}
+	if switched {
+		o.t.r.s.m.layerSwitches.Inc()
+	}
+	if !o.ssrcSet {
+		o.ssrc, o.ssrcSet = pkt.SSRC, true
+	}
+	seq, ts := o.next(pkt, now)
+	b := o.buf[:len(raw)]
+	copy(b, raw)
+	binary.BigEndian.PutUint16(b[2:], seq)
+	binary.BigEndian.PutUint32(b[4:], ts)
+	binary.BigEndian.PutUint32(b[8:], o.ssrc)
+	return ep.SendClientMedia(o.id, o.idx, uint8(idx), b) == nil
+}
+
+// choose sets the client's choice; it reports whether a keyframe of the
+// layer is to be asked for (the client waits for one to switch).
+func (o *clientOut) choose(layer uint8) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if layer == relaywire.LayerAll || layer == relaywire.LayerNone {
+		o.choice = layer
+		return false
+	}
+	if o.choice == relaywire.LayerAll || o.choice == relaywire.LayerNone {
+		// from every layer, or from a pause: the stream (re)starts at a
+		// keyframe of the layer, after the last packet sent in a
+		// one-layer choice
+		o.cur = -1
+		if o.buf == nil {
+			o.buf = make([]byte, clientOutBuf)
+		}
+	}
+	o.choice = layer
+	o.target = int(layer)
+	return o.cur != o.target
 }
 
 // clientAnnounce is one track announcement (t nil: gone) waiting to be
@@ -100,7 +180,7 @@ func (t *pubTrack) subTrack() *relaywire.SubTrack {
 		return nil
 	}
 	return &relaywire.SubTrack{Publisher: pub, ClientTrack: relaywire.ClientTrack{ID: t.id, Kind: kind,
-		Layers: uint8(min(max(t.nrids, 1), maxLayers)), Channels: uint8(min(t.codec.Channels, 255)),
+		Layers: uint8(t.layerCount()), Channels: uint8(min(t.codec.Channels, 255)),
 		ClockRate: t.codec.ClockRate, Mime: t.codec.MimeType, Fmtp: t.codec.SDPFmtpLine}}
 }
 
@@ -133,6 +213,7 @@ func (p *relayPeer) giveLocked(t *pubTrack) (uint8, *relaywire.SubTrack, bool) {
 		cs.next = (cs.next + 1) % relaywire.MaxSubTracks
 		if cs.slots[i] == nil {
 			cs.slots[i] = t
+			cs.outs[i] = newClientOut(p.id, uint8(i), t)
 			cs.byTrack[t] = uint8(i)
 			return uint8(i), st, true
 		}
@@ -143,7 +224,7 @@ func (p *relayPeer) giveLocked(t *pubTrack) (uint8, *relaywire.SubTrack, bool) {
 // offerClients gives a track just added to the room to its receiving
 // relay clients.
 func (r *room) offerClients(t *pubTrack) {
-	var outs []clientOut
+	var outs []*clientOut
 	var anns []clientAnnounce
 	r.mu.Lock()
 	for _, p := range r.clients {
@@ -151,7 +232,7 @@ func (r *room) offerClients(t *pubTrack) {
 			continue
 		}
 		if idx, st, ok := p.giveLocked(t); ok {
-			outs = append(outs, clientOut{id: p.id, idx: idx})
+			outs = append(outs, p.sub.outs[idx])
 			anns = append(anns, clientAnnounce{id: p.id, idx: idx, t: st})
 		}
 	}
@@ -176,7 +257,7 @@ func (r *room) withdrawClients(t *pubTrack) {
 		}
 		if idx, ok := p.sub.byTrack[t]; ok {
 			delete(p.sub.byTrack, t)
-			p.sub.slots[idx] = nil
+			p.sub.slots[idx], p.sub.outs[idx] = nil, nil
 			r.s.queueAnnounce(clientAnnounce{id: p.id, idx: idx})
 		}
 	}
@@ -260,7 +341,7 @@ func (l *cascadeLocal) ClientSubscribe(id relay.ClientID, g relay.ClientGrant) {
 		t   *pubTrack
 		idx uint8
 		st  *relaywire.SubTrack
-		new bool
+		out *clientOut // new to the client
 	}
 	var all []given
 	r.mu.Lock()
@@ -269,16 +350,16 @@ func (l *cascadeLocal) ClientSubscribe(id relay.ClientID, g relay.ClientGrant) {
 	}
 	for _, t := range r.tracks {
 		if idx, st, ok := p.giveLocked(t); ok {
-			all = append(all, given{t: t, idx: idx, st: st, new: true})
+			all = append(all, given{t: t, idx: idx, st: st, out: p.sub.outs[idx]})
 		} else if idx, ok := p.sub.byTrack[t]; ok {
 			all = append(all, given{t: t, idx: idx, st: t.subTrack()})
 		}
 	}
 	r.mu.Unlock()
 	for _, x := range all {
-		if x.new {
+		if x.out != nil {
 			x.t.mu.Lock()
-			storeFiltered(&x.t.couts, nil, clientOut{id: id, idx: x.idx})
+			storeFiltered(&x.t.couts, nil, x.out)
 			x.t.mu.Unlock()
 		}
 		s.queueAnnounce(clientAnnounce{id: id, idx: x.idx, t: x.st})
@@ -308,7 +389,7 @@ func (l *cascadeLocal) ClientUnsubscribe(id relay.ClientID, g relay.ClientGrant)
 	r.mu.Unlock()
 	for _, t := range tracks {
 		t.mu.Lock()
-		storeFiltered(&t.couts, func(o clientOut) bool { return o.id != id })
+		storeFiltered(&t.couts, func(o *clientOut) bool { return o.id != id })
 		t.mu.Unlock()
 	}
 	if s.dropPeerLocked(p) {
@@ -340,6 +421,36 @@ func (l *cascadeLocal) ClientFeedback(id relay.ClientID, idx, layer uint8, b []b
 		go t.requestKeyframe(int(layer))
 	}
 }
+
+// ClientLayer takes a receiving relay client's layer choice for a track
+// it receives (relay.ClientLayerChooser): from then on it gets that layer
+// alone (switched to at the layer's keyframe, asked of the publisher as a
+// WebRTC subscriber's layer switch asks: across the cascade for a remote
+// track), every layer, or none.
+func (l *cascadeLocal) ClientLayer(id relay.ClientID, idx, layer uint8) error {
+	s := (*Server)(l)
+	s.casc.mu.Lock()
+	p := s.casc.peers[id]
+	s.casc.mu.Unlock()
+	var o *clientOut
+	if p != nil {
+		p.r.mu.Lock()
+		if p.sub != nil && int(idx) < len(p.sub.outs) {
+			o = p.sub.outs[idx]
+		}
+		p.r.mu.Unlock()
+	}
+	if o == nil || layer < relaywire.LayerNone && int(layer) >= o.t.layerCount() {
+		return relay.ErrNoTrack
+	}
+	if o.choose(layer) {
+		go o.t.requestKeyframe(int(layer))
+	}
+	return nil
+}
+
+// layerCount is the number of simulcast layers t has (its announcement's).
+func (t *pubTrack) layerCount() int { return min(max(t.nrids, 1), maxLayers) }
 
 // relayPeersLeave tells the bus, as the node stops, that its relay
 // clients and their tracks leave (as its participants do).

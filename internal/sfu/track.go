@@ -47,7 +47,7 @@ type pubTrack struct {
 	casc   atomic.Pointer[relay.StreamKey]
 	// couts are the relay clients that receive the track (relaysub.go);
 	// copy on write under mu.
-	couts atomic.Pointer[[]clientOut]
+	couts atomic.Pointer[[]*clientOut]
 }
 
 // layer is one incoming RTP stream of a track.
@@ -240,14 +240,15 @@ func (t *pubTrack) forward(l *layer, raw []byte, now int64, rec receiveRecorder)
 	if k := t.casc.Load(); k != nil {
 		s.casc.ep.Send(*k, uint8(l.idx), raw)
 	}
-	if outs := t.couts.Load(); outs != nil {
-		for _, o := range *outs {
-			_ = s.casc.ep.SendClientMedia(o.id, o.idx, uint8(l.idx), raw)
-		}
-	}
-	key := t.kind == webrtc.RTPCodecTypeVideo && t.ck.Keyframe(pkt.Payload)
+	video := t.kind == webrtc.RTPCodecTypeVideo
+	key := video && t.ck.Keyframe(pkt.Payload)
 	if key {
 		l.learnSize(t.ck, pkt.Payload)
+	}
+	if outs := t.couts.Load(); outs != nil {
+		for _, o := range *outs {
+			o.send(s.casc.ep, l.idx, pkt, raw, key, video, now)
+		}
 	}
 	downs := *t.downs.Load()
 	if out := s.corkable(); out != nil && len(downs) > 1 && rec == nil {
@@ -377,23 +378,11 @@ type downTrack struct {
 	// track's codec: the sender is bound muted and is to be removed.
 	unsupported atomic.Bool
 
-	mu      sync.Mutex // guards the fields below; held while writing
-	ws      webrtc.TrackLocalWriter
-	ssrc    uint32
-	pt      uint8
-	clock   uint32
-	cur     int // layer being forwarded, -1 none yet
-	target  int // layer wanted
-	started bool
-	seqOff  uint16
-	tsOff   uint32
-	lastSeq uint16
-	lastTS  uint32
-	lastAt  int64
-	// epochLen counts the packets sent from the current source layer (up
-	// to cacheSize): NACKs reaching further back map to another layer and
-	// go unanswered.
-	epochLen int
+	mu   sync.Mutex // guards the fields below; held while writing
+	ws   webrtc.TrackLocalWriter
+	ssrc uint32
+	pt   uint8
+	seqRewriter
 	// capLayer bounds the layer after the subscriber reported heavy loss,
 	// until capUntil (unix nanoseconds); -1 when not capped.
 	capLayer int
@@ -416,10 +405,6 @@ type downTrack struct {
 	// after the subscriber's SRTP keys are known and kept from then on:
 	// every packet of the SSRC goes through it.
 	own *ownOut
-	// resync: the track was unmuted; the next packet forwarded (for video,
-	// a keyframe) continues the outgoing sequence numbers and timestamps
-	// from the last sent, as a layer switch does (mute.go).
-	resync bool
 }
 
 // Loss-based layer capping, for subscribers that send no REMB (browsers
@@ -475,7 +460,7 @@ func (d *downTrack) capped(l int) int {
 }
 
 func newDownTrack(t *pubTrack, sub *participant) *downTrack {
-	d := &downTrack{t: t, sub: sub, cur: 0, target: 0, capLayer: -1, maxLayer: maxLayers - 1}
+	d := &downTrack{t: t, sub: sub, capLayer: -1, maxLayer: maxLayers - 1}
 	if t.simulcast() {
 		d.cur = -1
 		d.target = t.bestLayer(sub.estimate())
@@ -613,42 +598,21 @@ func (d *downTrack) writeLocked(idx int, pkt *rtp.Packet, key bool, now int64) {
 	if d.ws == nil {
 		return
 	}
-	if d.resync && !d.resyncLocked(idx, pkt, key, now) {
+	ok, switched := d.admit(idx, pkt, key, d.t.kind == webrtc.RTPCodecTypeVideo, now)
+	if !ok {
 		return
 	}
-	if idx != d.cur {
-		if idx != d.target || !key {
-			return
-		}
-		if d.started {
-			d.rebaseLocked(pkt, now)
-		}
-		d.resync = false
-		if d.cur >= 0 {
-			d.t.r.s.m.layerSwitches.Inc()
-		}
-		d.cur = idx
-		d.epochLen = 0
+	if switched {
+		d.t.r.s.m.layerSwitches.Inc()
 	}
 	h := &d.hdr
 	*h = pkt.Header
 	h.SSRC = d.ssrc
 	h.PayloadType = d.pt
-	h.SequenceNumber = pkt.SequenceNumber + d.seqOff
-	h.Timestamp = pkt.Timestamp + d.tsOff
+	h.SequenceNumber, h.Timestamp = d.next(pkt, now)
 	h.Extension = false
 	h.Extensions = nil
 	h.ExtensionProfile = 0
-	// A packet older than the last one sent (reordered on the network, or
-	// one pion still had in flight when the own receive path took over
-	// the SSRC) keeps the newest as the base of the next layer switch.
-	if !d.started || int16(h.SequenceNumber-d.lastSeq) > 0 {
-		d.lastSeq, d.lastTS, d.lastAt = h.SequenceNumber, h.Timestamp, now
-	}
-	d.started = true
-	if d.epochLen < cacheSize {
-		d.epochLen++
-	}
 	if o := d.ownLocked(); o != nil {
 		if o.send(h, pkt.Payload, now) {
 			d.t.r.s.forwarded.Add(1)

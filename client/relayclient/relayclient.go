@@ -79,6 +79,15 @@ type RecvTrack struct {
 	Track
 }
 
+// A layer choice (SetLayer) besides a layer 0..2.
+const (
+	// LayerAll: every layer of the track, each as its publisher sends it
+	// (OnRTP's layer says which); what the client gets until it chooses.
+	LayerAll = relaywire.LayerAll
+	// LayerNone: nothing of the track (paused).
+	LayerNone = relaywire.LayerNone
+)
+
 // recvBuffer is a receiving client's socket receive buffer.
 const recvBuffer = 4 << 20
 
@@ -99,8 +108,11 @@ type Client struct {
 	buf  []byte
 	body []byte
 
-	recvMu sync.Mutex // guards recv
+	recvMu sync.Mutex // guards recv, layers
 	recv   map[uint8]RecvTrack
+	// layers are the client's layer choices (SetLayer) by track index,
+	// with when each was last sent.
+	layers map[uint8]layerChoice
 	// unknownAt is when media of an unannounced track last made the
 	// client say hello again (at most once a second): the node answers a
 	// hello with every track.
@@ -154,7 +166,7 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 		_ = conn.SetReadBuffer(recvBuffer)
 	}
 	c := &Client{cfg: cfg, conn: conn, link: link, hello: body, buf: make([]byte, 0, 2048), body: make([]byte, 0, 2048),
-		recv: map[uint8]RecvTrack{}, welcomed: make(chan uint64, 1), done: make(chan struct{})}
+		recv: map[uint8]RecvTrack{}, layers: map[uint8]layerChoice{}, welcomed: make(chan uint64, 1), done: make(chan struct{})}
 	c.wg.Add(1)
 	go c.read()
 	t := time.NewTicker(250 * time.Millisecond)
@@ -222,6 +234,7 @@ func (c *Client) keepalive() {
 			return
 		case <-t.C:
 			_ = c.sayHello()
+			c.repeatLayers()
 		}
 	}
 }
@@ -270,6 +283,7 @@ func (c *Client) read() {
 				c.recvMu.Lock()
 				_, ok := c.recv[m.Track]
 				delete(c.recv, m.Track)
+				delete(c.layers, m.Track)
 				c.recvMu.Unlock()
 				if ok && c.cfg.OnTrackGone != nil {
 					c.cfg.OnTrackGone(m.Track)
@@ -287,6 +301,9 @@ func (c *Client) track(idx uint8, st *relaywire.SubTrack) {
 	c.recvMu.Lock()
 	old, ok := c.recv[idx]
 	c.recv[idx] = rt
+	if ok && old != rt {
+		delete(c.layers, idx) // another track under the index
+	}
 	c.recvMu.Unlock()
 	if (!ok || old != rt) && c.cfg.OnTrack != nil {
 		c.cfg.OnTrack(rt)
@@ -298,15 +315,32 @@ func (c *Client) track(idx uint8, st *relaywire.SubTrack) {
 func (c *Client) media(m relaywire.ClientMsg, rtp []byte) {
 	c.recvMu.Lock()
 	_, ok := c.recv[m.Track]
-	again := false
+	again, choose := false, false
+	var now time.Time
 	if !ok {
-		if now := time.Now(); now.Sub(c.unknownAt) >= time.Second {
+		if now = time.Now(); now.Sub(c.unknownAt) >= time.Second {
 			c.unknownAt, again = now, true
+		}
+	}
+	ch, chosen := c.layers[m.Track]
+	if ok && chosen && (ch.layer == LayerNone || ch.layer != LayerAll && ch.layer != m.Layer) {
+		// media the choice does not match: the choice was lost, or the
+		// node waits for the new layer's keyframe; said again at most
+		// once a second
+		if now = time.Now(); now.Sub(ch.sent) >= time.Second {
+			ch.sent, choose = now, true
+			c.layers[m.Track] = ch
 		}
 	}
 	c.recvMu.Unlock()
 	if again {
 		_ = c.sayHello()
+	}
+	if choose {
+		_ = c.send(relaywire.ClientMsg{Kind: relaywire.KindLayer, Track: m.Track, Layer: ch.layer}, nil)
+		if ch.layer == LayerNone {
+			return
+		}
 	}
 	if ok && c.cfg.OnRTP != nil {
 		c.cfg.OnRTP(m.Track, m.Layer, rtp)
@@ -336,6 +370,59 @@ func (c *Client) RequestKeyframe(track, layer uint8) error {
 	// (the node knows the track by its index)
 	pli := [12]byte{0x81, 206, 0, 2}
 	return c.send(relaywire.ClientMsg{Kind: relaywire.KindFeedback, Track: track, Layer: layer}, pli[:])
+}
+
+// layerChoice is a layer choice and when it was last sent.
+type layerChoice struct {
+	layer uint8
+	sent  time.Time
+}
+
+// SetLayer chooses which layer of a received track (its index) the node
+// sends the client: 0..2 (the layers the track's announcement counts,
+// RecvTrack.Layers), LayerAll or LayerNone. With one layer the client
+// gets one RTP stream: one SSRC, sequence numbers and timestamps that
+// continue across layer switches, each switch made at a keyframe of the
+// new layer (the node asks the publisher for one); OnRTP's layer says
+// which layer a packet comes from. The choice is said again with every
+// keepalive, and at once (at most once a second) when media does not
+// match it; it is forgotten when the track leaves.
+func (c *Client) SetLayer(track, layer uint8) error {
+	if !c.cfg.Subscribe {
+		return errors.New("relayclient: not subscribed")
+	}
+	c.recvMu.Lock()
+	rt, ok := c.recv[track]
+	if ok && (layer < LayerNone && layer >= max(rt.Layers, 1)) {
+		c.recvMu.Unlock()
+		return fmt.Errorf("relayclient: track %d has %d layers", track, max(rt.Layers, 1))
+	}
+	if ok {
+		c.layers[track] = layerChoice{layer: layer, sent: time.Now()}
+	}
+	c.recvMu.Unlock()
+	if !ok {
+		return fmt.Errorf("relayclient: no track %d", track)
+	}
+	return c.send(relaywire.ClientMsg{Kind: relaywire.KindLayer, Track: track, Layer: layer}, nil)
+}
+
+// repeatLayers says every layer choice again (the keepalive's): a lost
+// choice of LayerAll shows in no media.
+func (c *Client) repeatLayers() {
+	c.recvMu.Lock()
+	now := time.Now()
+	var out []layerChoice
+	var idx []uint8
+	for i, ch := range c.layers {
+		ch.sent = now
+		c.layers[i] = ch
+		out, idx = append(out, ch), append(idx, i)
+	}
+	c.recvMu.Unlock()
+	for k, ch := range out {
+		_ = c.send(relaywire.ClientMsg{Kind: relaywire.KindLayer, Track: idx[k], Layer: ch.layer}, nil)
+	}
 }
 
 // Close stops the client. The node unbinds it once it has been quiet for

@@ -1,0 +1,345 @@
+package sfu
+
+import (
+	"bytes"
+	"context"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/pion/rtp"
+
+	"github.com/traverse-rtc/traverse/client/relayclient"
+	"github.com/traverse-rtc/traverse/internal/cascade/relayauth"
+	"github.com/traverse-rtc/traverse/internal/cascade/relaywire"
+	"github.com/traverse-rtc/traverse/internal/loadgen"
+	"github.com/traverse-rtc/traverse/internal/metricstest"
+	"github.com/traverse-rtc/traverse/internal/rtpcodec"
+	"github.com/traverse-rtc/traverse/internal/testkit"
+)
+
+// layerLog records the video packets a receiving relay client gets, in
+// arrival order.
+type layerLog struct {
+	mu    sync.Mutex
+	video uint8
+	have  bool
+	pkts  []layerPkt
+}
+
+type layerPkt struct {
+	layer uint8
+	seq   uint16
+	ts    uint32
+	ssrc  uint32
+	key   bool
+}
+
+func (g *layerLog) config(c *relayclient.Config) {
+	vp8 := rtpcodec.CodecOf("video/VP8")
+	c.Subscribe = true
+	c.OnTrack = func(tr relayclient.RecvTrack) {
+		if tr.Video {
+			g.mu.Lock()
+			g.video, g.have = tr.Index, true
+			g.mu.Unlock()
+		}
+	}
+	c.OnRTP = func(track, layer uint8, b []byte) {
+		var p rtp.Packet
+		if p.Unmarshal(b) != nil {
+			return
+		}
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		if g.have && track == g.video {
+			g.pkts = append(g.pkts, layerPkt{layer: layer, seq: p.SequenceNumber, ts: p.Timestamp, ssrc: p.SSRC,
+				key: vp8.Keyframe(p.Payload)})
+		}
+	}
+}
+
+// mark is where the log is now.
+func (g *layerLog) mark() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return len(g.pkts)
+}
+
+// since returns the packets from mark on.
+func (g *layerLog) since(mark int) []layerPkt {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return append([]layerPkt(nil), g.pkts[mark:]...)
+}
+
+// layersIn returns the set of layers in ps as a bit mask.
+func layersIn(ps []layerPkt) int {
+	m := 0
+	for _, p := range ps {
+		m |= 1 << p.layer
+	}
+	return m
+}
+
+// tailOnly reports whether the last n packets from mark on are all of
+// layer l.
+func (g *layerLog) tailOnly(mark, n int, l uint8) bool {
+	ps := g.since(mark)
+	if len(ps) < n {
+		return false
+	}
+	for _, p := range ps[len(ps)-n:] {
+		if p.layer != l {
+			return false
+		}
+	}
+	return true
+}
+
+// checkSwitch checks, in the packets from mark on, the switch from layer
+// from (packets before it) to layer to: the first packet of to is a
+// keyframe and continues the stream (the next sequence number, the same
+// SSRC, a later timestamp); none of from follows it, and none of a third
+// layer is in between.
+func checkSwitch(t *testing.T, ps []layerPkt, from, to uint8) {
+	t.Helper()
+	first := -1
+	for i, p := range ps {
+		if p.layer == to {
+			first = i
+			break
+		}
+		if p.layer != from {
+			t.Fatalf("packet %d of layer %d while switching from %d to %d", i, p.layer, from, to)
+		}
+	}
+	if first < 1 {
+		t.Fatalf("switch from %d to %d: no packet of %d before it (first at %d)", from, to, from, first)
+	}
+	a, b := ps[first-1], ps[first]
+	if !b.key {
+		t.Fatalf("switched to layer %d on a packet that is not a keyframe", to)
+	}
+	if b.seq != a.seq+1 || b.ssrc != a.ssrc || int32(b.ts-a.ts) <= 0 || b.ts-a.ts > 90000 {
+		t.Fatalf("switch from %d to %d not continuous: %+v then %+v", from, to, a, b)
+	}
+	for i, p := range ps[first:] {
+		if p.layer != to {
+			t.Fatalf("packet %d after the switch of layer %d", i, p.layer)
+		}
+	}
+	for i := first + 1; i < len(ps); i++ {
+		if ps[i].ssrc != b.ssrc || int16(ps[i].seq-ps[i-1].seq) <= 0 {
+			t.Fatalf("after the switch: %+v then %+v", ps[i-1], ps[i])
+		}
+	}
+}
+
+// TestRelayClientLayerChoice: a relay client receiving a simulcast pion
+// publisher gets every layer until it chooses; then only the chosen
+// layer, as one stream: a switch waits for a keyframe of the new layer
+// (the node asks the publisher for it: the publisher sends no keyframe
+// unasked during the test) and continues the sequence numbers, SSRC and
+// timestamps; a pause stops the track, a resume starts again at a
+// keyframe after the last packet sent; LayerAll gives every layer again.
+func TestRelayClientLayerChoice(t *testing.T) {
+	e, bc := cascadeBus(t)
+	tokenKey := bytes.Repeat([]byte("token-key-"), 4)
+	n := startCascadeNode(t, e, "nodeA", func(c *Config) { c.CascadeClientAuth = relayauth.Verifier(tokenKey) })
+	api, err := loadgen.NewAPI(false, netip.Addr{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	pub, err := loadgen.Dial(ctx, api, loadgen.NewBusSignaler(bc, "nodeA"), loadgen.ClientConfig{Room: "r1", Identity: "alice",
+		Publish: true, Simulcast: true, VideoBitrate: 600_000, KeyframeInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pub.Close() })
+	tok, sec := mintRelay(t, tokenKey, "r1", "recorder", false, true)
+	g := &layerLog{}
+	cfg := relayclient.Config{Server: n.s.Cascade().Addr(), Token: tok, Secret: sec, Room: "r1", Local: netip.MustParseAddrPort("127.0.0.1:0")}
+	g.config(&cfg)
+	c, err := relayclient.Dial(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	testkit.WaitFor(t, 20*time.Second, "every simulcast layer at the relay client", func() bool {
+		return layersIn(g.since(0)) == 7
+	})
+	var vid uint8
+	for _, tr := range c.Received() {
+		if tr.Video {
+			vid = tr.Index
+			if tr.Layers != 3 {
+				t.Fatalf("the video track is announced with %d layers", tr.Layers)
+			}
+		}
+	}
+	// one layer: 0
+	// the choice asks the publisher for a keyframe of the layer (forwarded,
+	// or throttled right after the keyframes asked at the start: the
+	// WebRTC subscribers' per-layer throttle)
+	asked := func() float64 {
+		return n.metric(t, "traverse_sfu_pli_forwarded_total") + n.metric(t, "traverse_sfu_pli_throttled_total")
+	}
+	plis := asked()
+	m := g.mark()
+	if err := c.SetLayer(vid, 0); err != nil {
+		t.Fatal(err)
+	}
+	testkit.WaitFor(t, 10*time.Second, "layer 0 alone", func() bool { return g.tailOnly(m, 60, 0) })
+	if asked() <= plis {
+		t.Fatal("no keyframe asked of the publisher for the layer choice")
+	}
+	// switch to 2 at its keyframe, continuous
+	m = g.mark() - 1
+	if err := c.SetLayer(vid, 2); err != nil {
+		t.Fatal(err)
+	}
+	testkit.WaitFor(t, 10*time.Second, "the switch to layer 2", func() bool { return g.tailOnly(m, 60, 2) })
+	checkSwitch(t, g.since(m), 0, 2)
+	// pause: nothing more of the track
+	if err := c.SetLayer(vid, relayclient.LayerNone); err != nil {
+		t.Fatal(err)
+	}
+	var last int
+	testkit.WaitFor(t, 10*time.Second, "the track paused (nothing for 500 ms)", func() bool {
+		last = g.mark()
+		time.Sleep(500 * time.Millisecond)
+		return g.mark() == last
+	})
+	// resume on layer 1: from a keyframe, after the last packet sent
+	if err := c.SetLayer(vid, 1); err != nil {
+		t.Fatal(err)
+	}
+	testkit.WaitFor(t, 10*time.Second, "layer 1 after the pause", func() bool { return g.tailOnly(last-1, 60, 1) })
+	checkSwitch(t, g.since(last-1), 2, 1)
+	// every layer again, each as published
+	m = g.mark()
+	if err := c.SetLayer(vid, relayclient.LayerAll); err != nil {
+		t.Fatal(err)
+	}
+	testkit.WaitFor(t, 10*time.Second, "every layer again", func() bool { return layersIn(g.since(m)) == 7 })
+	if sw := n.metric(t, "traverse_sfu_layer_switches_total"); sw < 1 { // 0 to 2 (a resume starts anew)
+		t.Fatalf("%v layer switches counted", sw)
+	}
+}
+
+// rawRelaySub is a receiving relay client that says what it likes: the
+// genuine secret, from its own socket.
+func rawRelaySub(t *testing.T, server netip.AddrPort, tok string, sec []byte, room string) func(track, layer uint8) {
+	t.Helper()
+	conn := testkit.ListenUDP(t, netip.MustParseAddrPort("127.0.0.1:0"))
+	l, err := relaywire.NewClientLink(sec, false, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := relaywire.AppendHello(nil, &relaywire.Hello{Room: room, Subscribe: true})
+	h, err := l.SealHello(nil, tok, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	send := func(f []byte) {
+		if _, err := conn.WriteToUDPAddrPort(f, server); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send(h)
+	b := make([]byte, 2048)
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		_ = conn.SetReadDeadline(deadline)
+		k, _, err := conn.ReadFromUDPAddrPort(b)
+		if err != nil {
+			t.Fatalf("no welcome: %v", err)
+		}
+		if hd, _, err := l.Open(b[:k]); err == nil && hd.Type == relaywire.TypeWelcome {
+			break
+		}
+	}
+	return func(track, layer uint8) {
+		send(l.Seal(nil, relaywire.TypeClient, relaywire.AppendLayerMsg(nil, track, layer)))
+	}
+}
+
+// TestRelayClientLayerChoiceAttacks: layer choices for a track of another
+// room (the index another room's client was given), for an index never
+// given, for a layer the track lacks, and from a client without the
+// subscribe right are refused and counted, and change nothing for the
+// genuine receiver.
+func TestRelayClientLayerChoiceAttacks(t *testing.T) {
+	e, bc := cascadeBus(t)
+	tokenKey := bytes.Repeat([]byte("token-key-"), 4)
+	n := startCascadeNode(t, e, "nodeA", func(c *Config) { c.CascadeClientAuth = relayauth.Verifier(tokenKey) })
+	api, err := loadgen.NewAPI(false, netip.Addr{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
+	defer cancel()
+	pub, err := loadgen.Dial(ctx, api, loadgen.NewBusSignaler(bc, "nodeA"), loadgen.ClientConfig{Room: "r1", Identity: "alice",
+		Publish: true, Simulcast: true, VideoBitrate: 300_000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pub.Close() })
+	tok, sec := mintRelay(t, tokenKey, "r1", "viewer", false, true)
+	g := &layerLog{}
+	cfg := relayclient.Config{Server: n.s.Cascade().Addr(), Token: tok, Secret: sec, Room: "r1", Local: netip.MustParseAddrPort("127.0.0.1:0")}
+	g.config(&cfg)
+	c, err := relayclient.Dial(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	testkit.WaitFor(t, 20*time.Second, "every layer at the genuine receiver", func() bool { return layersIn(g.since(0)) == 7 })
+	g.mu.Lock()
+	vid := g.video
+	g.mu.Unlock()
+	drops := func(reason string) float64 {
+		return max(0, metricstest.Value(t, n.reg, "traverse_relay_dropped_total", "reason", reason))
+	}
+	server := n.s.Cascade().Addr()
+	t.Run("a track of another room", func(t *testing.T) {
+		otok, osec := mintRelay(t, tokenKey, "r2", "snoop", false, true)
+		choose := rawRelaySub(t, server, otok, osec, "r2")
+		before := drops("client_track")
+		choose(vid, 0)
+		testkit.WaitFor(t, 5*time.Second, "client_track counted", func() bool { return drops("client_track") > before })
+	})
+	t.Run("a track never given", func(t *testing.T) {
+		before := drops("client_track")
+		choose := rawRelaySub(t, server, tok, sec, "r1") // the genuine secret, another socket: rebinds
+		choose(vid+100, 0)
+		testkit.WaitFor(t, 5*time.Second, "client_track counted", func() bool { return drops("client_track") > before })
+		// a layer the track lacks: the parser's (no layer 3 on the wire)
+		mb := drops("malformed")
+		choose(vid, 3)
+		testkit.WaitFor(t, 5*time.Second, "malformed counted", func() bool { return drops("malformed") > mb })
+	})
+	t.Run("without the subscribe right", func(t *testing.T) {
+		ptok, psec := mintRelay(t, tokenKey, "r1", "ingest", true, false)
+		conn := testkit.ListenUDP(t, netip.MustParseAddrPort("127.0.0.1:0"))
+		l, _ := relaywire.NewClientLink(psec, false, 0)
+		body, _ := relaywire.AppendHello(nil, &relaywire.Hello{Room: "r1", Publish: true})
+		h, _ := l.SealHello(nil, ptok, body)
+		before := drops("client_rights")
+		if _, err := conn.WriteToUDPAddrPort(h, server); err != nil {
+			t.Fatal(err)
+		}
+		b := make([]byte, 2048)
+		_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, _, err := conn.ReadFromUDPAddrPort(b); err != nil { // the welcome: bound
+			t.Fatal(err)
+		}
+		if _, err := conn.WriteToUDPAddrPort(l.Seal(nil, relaywire.TypeClient, relaywire.AppendLayerMsg(nil, vid, 0)), server); err != nil {
+			t.Fatal(err)
+		}
+		testkit.WaitFor(t, 5*time.Second, "client_rights counted", func() bool { return drops("client_rights") > before })
+	})
+}

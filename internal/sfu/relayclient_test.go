@@ -288,6 +288,53 @@ func TestRelayClientReceiveAllocs(t *testing.T) {
 	}
 	// a burst of 201 on loopback may overflow the client's socket buffer
 	testkit.WaitFor(t, 5*time.Second, "the packets at the client", func() bool { _, ok := rx.receives("v", 50); return ok })
+
+	// one layer chosen: each packet is rewritten (sequence number,
+	// timestamp, SSRC) into the client's buffer, still without allocating
+	idx := c.Received()[0].Index
+	if err := c.SetLayer(idx, 0); err != nil {
+		t.Fatal(err)
+	}
+	testkit.WaitFor(t, 5*time.Second, "the choice at the node", func() bool { return clientChoice(s, idx) == 0 })
+	key := rtp.Packet{Header: rtp.Header{Version: 2, PayloadType: 96, SequenceNumber: 0, SSRC: 5},
+		Payload: append([]byte{0x10, 0}, make([]byte, 998)...)}
+	raw, err := key.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	(*cascadeLocal)(s).DeliverMedia([]byte("r1"), []byte("pub"), []byte("v"), 0, raw) // the switch
+	before := n.metric(t, "traverse_relay_client_sent_total")
+	if allocs := deliverAllocs(t, s, 200); allocs != 0 {
+		t.Fatalf("%v allocations per packet to a relay client with a layer chosen", allocs)
+	}
+	if sent := n.metric(t, "traverse_relay_client_sent_total") - before; sent < 201 {
+		t.Fatalf("%v packets sent to the client with a layer chosen, want 201", sent)
+	}
+}
+
+// clientChoice returns the layer choice of the receiving relay client of
+// s (one) for its track index idx; -1 when there is none.
+func clientChoice(s *Server, idx uint8) int {
+	s.casc.mu.Lock()
+	var ps []*relayPeer
+	for _, p := range s.casc.peers {
+		ps = append(ps, p)
+	}
+	s.casc.mu.Unlock()
+	for _, p := range ps {
+		p.r.mu.Lock()
+		var o *clientOut
+		if p.sub != nil {
+			o = p.sub.outs[idx]
+		}
+		p.r.mu.Unlock()
+		if o != nil {
+			o.mu.Lock()
+			defer o.mu.Unlock()
+			return int(o.choice)
+		}
+	}
+	return -1
 }
 
 // TestCascadeClientRate: the node's relay client rate (Config.

@@ -24,11 +24,12 @@ func runRelaySubscribe(ctx context.Context, args []string) error {
 }
 
 func relaySubscribe(ctx context.Context, w io.Writer, args []string) error {
-	fs := newFlagSet("relay-subscribe", "relay-subscribe --relay HOST:PORT --credentials FILE [--duration 10s]")
+	fs := newFlagSet("relay-subscribe", "relay-subscribe --relay HOST:PORT --credentials FILE [--duration 10s] [--layer all|none|0|1|2]")
 	var (
 		server   = fs.String("relay", "", "the SFU node's relay port `host:port` (its --cascade-listen)")
 		credFile = fs.String("credentials", "", "`file` holding the token (with the subscribe right) and, on the next line, the relay secret in hex (traverse token --relay)")
 		duration = fs.Duration("duration", 10*time.Second, "how long to receive (at most 1h)")
+		layerArg = fs.String("layer", "all", "`layer` of each video track to receive: all (every simulcast layer, each as published), none, or 0 (lowest) to 2 (a track with fewer layers gets its highest)")
 	)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -39,6 +40,10 @@ func relaySubscribe(ctx context.Context, w io.Writer, args []string) error {
 	case *duration <= 0 || *duration > time.Hour:
 		return errors.New("--duration must be positive and at most 1h")
 	}
+	layer, err := parseLayer(*layerArg)
+	if err != nil {
+		return err
+	}
 	addr, tok, secret, room, err := relayClientArgs(*server, *credFile)
 	if err != nil {
 		return err
@@ -46,6 +51,7 @@ func relaySubscribe(ctx context.Context, w io.Writer, args []string) error {
 	type count struct {
 		track          relayclient.RecvTrack
 		packets, bytes uint64
+		layers         [3]uint64 // packets by layer
 	}
 	var mu sync.Mutex
 	counts := map[uint8]*count{}
@@ -59,12 +65,15 @@ func relaySubscribe(ctx context.Context, w io.Writer, args []string) error {
 			}
 			counts[t.Index] = &count{track: t}
 		},
-		OnRTP: func(track, _ uint8, rtp []byte) {
+		OnRTP: func(track, layer uint8, rtp []byte) {
 			mu.Lock()
 			defer mu.Unlock()
 			if k := counts[track]; k != nil {
 				k.packets++
 				k.bytes += uint64(len(rtp))
+				if int(layer) < len(k.layers) {
+					k.layers[layer]++
+				}
 			}
 		}}
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
@@ -75,8 +84,10 @@ func relaySubscribe(ctx context.Context, w io.Writer, args []string) error {
 	}
 	defer c.Close()
 	start := time.Now()
-	// one keyframe request for each video track, once it is announced: a
-	// receiver that joins mid-stream starts decoding sooner
+	// for each video track, once it is announced, its layer choice (the
+	// node asks the publisher for a keyframe of the layer) or, receiving
+	// every layer, one keyframe request: a receiver that joins mid-stream
+	// starts decoding sooner
 	asked := map[uint8]bool{}
 	t := time.NewTicker(100 * time.Millisecond)
 	defer t.Stop()
@@ -91,9 +102,17 @@ wait:
 			break wait
 		case <-t.C:
 			for _, tr := range c.Received() {
-				if tr.Video && !asked[tr.Index] {
-					asked[tr.Index] = true
+				if !tr.Video || asked[tr.Index] {
+					continue
+				}
+				asked[tr.Index] = true
+				switch {
+				case layer == relayclient.LayerAll:
 					_ = c.RequestKeyframe(tr.Index, 0)
+				case layer == relayclient.LayerNone:
+					_ = c.SetLayer(tr.Index, layer)
+				default:
+					_ = c.SetLayer(tr.Index, min(layer, max(tr.Layers, 1)-1))
 				}
 			}
 		}
@@ -103,7 +122,21 @@ wait:
 	fmt.Fprintf(w, "received %d tracks of room %s in %v\n", len(order), room, time.Since(start).Round(time.Millisecond))
 	for _, i := range order {
 		k := counts[i]
-		fmt.Fprintf(w, "track %d %s/%s %s: %d packets, %d bytes\n", i, k.track.Publisher, k.track.ID, k.track.MimeType, k.packets, k.bytes)
+		fmt.Fprintf(w, "track %d %s/%s %s: %d packets, %d bytes, by layer %d/%d/%d\n", i, k.track.Publisher, k.track.ID, k.track.MimeType,
+			k.packets, k.bytes, k.layers[0], k.layers[1], k.layers[2])
 	}
 	return nil
+}
+
+// parseLayer reads --layer.
+func parseLayer(s string) (uint8, error) {
+	switch s {
+	case "all":
+		return relayclient.LayerAll, nil
+	case "none":
+		return relayclient.LayerNone, nil
+	case "0", "1", "2":
+		return s[0] - '0', nil
+	}
+	return 0, fmt.Errorf("--layer %q: want all, none, 0, 1 or 2", s)
 }

@@ -21,16 +21,24 @@ type servingLocal struct {
 	e        atomic.Pointer[relay.Endpoint]
 	sub      atomic.Uint64
 	feedback atomic.Int64
+	layer    atomic.Int64 // the last layer choice + 1 (0: none)
 }
 
 func (l *servingLocal) ClientSubscribe(id relay.ClientID, _ relay.ClientGrant) {
 	_ = l.e.Load().SendClientTrack(id, 3, &relaywire.SubTrack{Publisher: "alice", ClientTrack: relaywire.ClientTrack{
-		ID: "cam", Kind: relaywire.KindVideo, Layers: 1, ClockRate: 90000, Mime: "video/VP8"}})
+		ID: "cam", Kind: relaywire.KindVideo, Layers: 3, ClockRate: 90000, Mime: "video/VP8"}})
 	l.sub.Store(uint64(id))
 }
 func (*servingLocal) ClientUnsubscribe(relay.ClientID, relay.ClientGrant) {}
 func (l *servingLocal) ClientFeedback(relay.ClientID, uint8, uint8, []byte) {
 	l.feedback.Add(1)
+}
+func (l *servingLocal) ClientLayer(_ relay.ClientID, track, layer uint8) error {
+	if track != 3 {
+		return relay.ErrNoTrack
+	}
+	l.layer.Store(int64(layer) + 1)
+	return nil
 }
 
 // TestRelaySubscribeCommand: "traverse relay-subscribe" with credentials
@@ -72,16 +80,33 @@ func TestRelaySubscribeCommand(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := regexp.MustCompile(`(?m)^track 3 alice/cam video/VP8: (\d+) packets, (\d+) bytes$`).FindStringSubmatch(res.String())
+	m := regexp.MustCompile(`(?m)^track 3 alice/cam video/VP8: (\d+) packets, (\d+) bytes, by layer (\d+)/0/0$`).FindStringSubmatch(res.String())
 	if m == nil {
 		t.Fatalf("relay-subscribe printed %q", res.String())
 	}
 	if n, _ := strconv.Atoi(m[1]); n < 50 || int64(n) > sent.Load() {
 		t.Fatalf("%d packets counted of %d sent", n, sent.Load())
 	}
+	if m[1] != m[3] {
+		t.Fatalf("%s packets, %s of them by layer 0", m[1], m[3])
+	}
 	testkit.WaitFor(t, 5*time.Second, "the keyframe request at the node", func() bool { return l.feedback.Load() == 1 })
+	if l.layer.Load() != 0 {
+		t.Fatal("a layer chosen without --layer")
+	}
+	// --layer 1: the video track's layer choice reaches the node (which
+	// asks the publisher for the keyframe: no keyframe request of its own)
+	if err := relaySubscribe(context.Background(), &res, []string{"--relay", e.Addr().String(), "--credentials", creds,
+		"--duration", "300ms", "--layer", "1"}); err != nil {
+		t.Fatal(err)
+	}
+	testkit.WaitFor(t, 5*time.Second, "the layer choice at the node", func() bool { return l.layer.Load() == 1+1 })
+	if l.feedback.Load() != 1 {
+		t.Fatalf("%d keyframe requests with --layer", l.feedback.Load())
+	}
 	for _, args := range [][]string{{"--relay", e.Addr().String()}, {"--credentials", creds},
-		{"--relay", e.Addr().String(), "--credentials", creds, "--duration", "0s"}} {
+		{"--relay", e.Addr().String(), "--credentials", creds, "--duration", "0s"},
+		{"--relay", e.Addr().String(), "--credentials", creds, "--layer", "3"}} {
 		if err := relaySubscribe(context.Background(), &res, args); err == nil {
 			t.Errorf("relay-subscribe %q: no error", args)
 		}

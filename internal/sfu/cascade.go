@@ -92,6 +92,9 @@ type cascadeState struct {
 	// announce queues track announcements to receiving relay clients.
 	announce      chan clientAnnounce
 	announceDrops prometheus.Counter
+	// untold counts tracks not offered to a receiving relay client: the
+	// track message cannot tell them (pubTrack.subTrack).
+	untold prometheus.Counter
 
 	// cmdMu serialises the controller's commands; applied is the last.
 	cmdMu   sync.Mutex
@@ -134,8 +137,9 @@ func (s *Server) openCascade() error {
 	c.feedbackOut = cnt("cascade_feedback_out_total", "Keyframe requests sent to remote tracks' nodes.")
 	c.stale = cnt("cascade_stale_commands_total", "Cascade commands ignored: from an older controller lease than one applied.")
 	c.announceDrops = cnt("relay_client_announce_dropped_total", "Track announcements to receiving relay clients dropped: the queue was full (the client's next hello repeats them).")
+	c.untold = cnt("relay_client_untold_total", "Tracks not offered to a receiving relay client (at each of its hellos): a publisher or track id over 64 bytes, an fmtp line over 255, a data track.")
 	if s.cfg.Registerer != nil {
-		for _, m := range []prometheus.Collector{c.unknown, c.feedbackIn, c.feedbackOut, c.stale, c.announceDrops} {
+		for _, m := range []prometheus.Collector{c.unknown, c.feedbackIn, c.feedbackOut, c.stale, c.announceDrops, c.untold} {
 			if err := s.cfg.Registerer.Register(m); err != nil {
 				return err
 			}

@@ -4,13 +4,16 @@ import (
 	"bytes"
 	"context"
 	"net/netip"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/pion/rtp"
+	"github.com/pion/webrtc/v4"
 
 	"github.com/traverse-rtc/traverse/client/relayclient"
+	"github.com/traverse-rtc/traverse/internal/cascade/relay"
 	"github.com/traverse-rtc/traverse/internal/cascade/relayauth"
 	"github.com/traverse-rtc/traverse/internal/cascade/relaywire"
 	"github.com/traverse-rtc/traverse/internal/loadgen"
@@ -342,4 +345,36 @@ func TestRelayClientLayerChoiceAttacks(t *testing.T) {
 		}
 		testkit.WaitFor(t, 5*time.Second, "client_rights counted", func() bool { return drops("client_rights") > before })
 	})
+}
+
+// TestSubTrackNames: a track is announced to relay clients only when the
+// track message can tell it (names up to relaywire.MaxName bytes, fmtp up
+// to MaxFmtp, audio or video); others are not offered (counted by
+// traverse_sfu_relay_client_untold_total).
+func TestSubTrackNames(t *testing.T) {
+	long := strings.Repeat("x", relaywire.MaxName)
+	for _, tc := range []struct {
+		name, pub, id, fmtp string
+		kind                webrtc.RTPCodecType
+		ok                  bool
+	}{
+		{"names of 64 bytes", long, long, "", webrtc.RTPCodecTypeVideo, true},
+		{"a track id of 65 bytes", "alice", long + "x", "", webrtc.RTPCodecTypeVideo, false},
+		{"a publisher of 65 bytes", long + "x", "cam", "", webrtc.RTPCodecTypeAudio, false},
+		{"an fmtp line of 256 bytes", "alice", "cam", strings.Repeat("f", relaywire.MaxFmtp+1), webrtc.RTPCodecTypeVideo, false},
+		{"no kind", "alice", "cam", "", 0, false},
+	} {
+		tr := &pubTrack{id: tc.id, kind: tc.kind, nrids: 3, remote: &remoteSource{key: relay.StreamKey{Publisher: tc.pub}},
+			codec: webrtc.RTPCodecParameters{RTPCodecCapability: webrtc.RTPCodecCapability{MimeType: "video/VP8", ClockRate: 90000, SDPFmtpLine: tc.fmtp}}}
+		st := tr.subTrack()
+		if (st != nil) != tc.ok {
+			t.Errorf("%s: announced %v, want %v", tc.name, st != nil, tc.ok)
+			continue
+		}
+		if st != nil {
+			if _, err := relaywire.AppendSubTrack(nil, st); err != nil || st.Layers != 3 {
+				t.Errorf("%s: %+v does not encode: %v", tc.name, st, err)
+			}
+		}
+	}
 }

@@ -206,6 +206,7 @@ func (p *relayPeer) giveLocked(t *pubTrack) (uint8, *relaywire.SubTrack, bool) {
 	}
 	st := t.subTrack()
 	if st == nil {
+		p.r.s.casc.untold.Inc()
 		return 0, nil, false
 	}
 	for range relaywire.MaxSubTracks {

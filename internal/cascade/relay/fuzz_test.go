@@ -67,6 +67,15 @@ func (*fuzzClients) ClientLeave(ClientID, ClientGrant, []relaywire.ClientTrack) 
 func (*fuzzClients) ClientSubscribe(ClientID, ClientGrant)                           {}
 func (*fuzzClients) ClientUnsubscribe(ClientID, ClientGrant)                         {}
 func (*fuzzClients) ClientFeedback(ClientID, uint8, uint8, []byte)                   {}
+func (*fuzzClients) ClientLayer(_ ClientID, track, layer uint8) error {
+	if layer > 2 && layer != relaywire.LayerAll && layer != relaywire.LayerNone {
+		panic("a layer choice the parser should have refused")
+	}
+	if track > 3 {
+		return ErrNoTrack
+	}
+	return nil
+}
 
 // FuzzClientFrames feeds arbitrary hello bodies and client messages,
 // sealed with a valid client key (what a client holding a token and its
@@ -78,6 +87,8 @@ func FuzzClientFrames(f *testing.F) {
 	f.Add(body, []byte{1, 0, 0, 0, 0x80})
 	f.Add([]byte{1, 'r', 0, 0}, []byte{2, 9, 0, 1})
 	f.Add([]byte{1, 'r', 2, 0}, []byte{2, 0, 0, 0, 0x81, 206, 0, 2}) // a receiving client's keyframe request
+	f.Add([]byte{1, 'r', 2, 0}, []byte{5, 0, 1, 0})                  // a receiving client's layer choice
+	f.Add([]byte{1, 'r', 2, 0}, []byte{5, 9, 0xFF, 0})               // every layer, of a track not given
 	cs := relaywire.ClientSecret([]byte("key"), "tok")
 	auth := func(token []byte, now time.Time) (ClientGrant, []byte, error) {
 		if string(token) != "tok" {

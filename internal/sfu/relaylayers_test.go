@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -377,4 +378,85 @@ func TestSubTrackNames(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestRelayClientLayerChoiceRelayPublisher: the keyframe a layer choice
+// needs is asked of a relay client that publishes the track (its feedback
+// for that layer), and the receiver switches at it: relay client to
+// relay client, three layers, no WebRTC peer in the room.
+func TestRelayClientLayerChoiceRelayPublisher(t *testing.T) {
+	e, _ := cascadeBus(t)
+	tokenKey := bytes.Repeat([]byte("token-key-"), 4)
+	n := startCascadeNode(t, e, "nodeA", func(c *Config) { c.CascadeClientAuth = relayauth.Verifier(tokenKey) })
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var want [3]atomic.Bool // a keyframe asked for, by layer
+	ptok, psec := mintRelay(t, tokenKey, "r1", "ingest", true, false)
+	p, err := relayclient.Dial(ctx, relayclient.Config{Server: n.s.Cascade().Addr(), Token: ptok, Secret: psec, Room: "r1",
+		Local:  netip.MustParseAddrPort("127.0.0.1:0"),
+		Tracks: []relayclient.Track{{ID: "cam", Video: true, MimeType: "video/VP8", ClockRate: 90000, Layers: 3}},
+		OnFeedback: func(_, layer uint8, _ []byte) {
+			if layer < 3 {
+				want[layer].Store(true)
+			}
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() { // three layers, a packet of each every 5 ms, for at most 25 s
+		defer close(done)
+		var pkts [3]rtp.Packet
+		for l := range pkts {
+			pkts[l] = rtp.Packet{Header: rtp.Header{Version: 2, PayloadType: 96, SequenceNumber: uint16(1000 * l), SSRC: uint32(100 + l),
+				Timestamp: uint32(5000 * l)}, Payload: make([]byte, 200)}
+		}
+		tick := time.NewTicker(5 * time.Millisecond)
+		defer tick.Stop()
+		for range 5000 {
+			for l := range pkts {
+				pk := &pkts[l]
+				pk.SequenceNumber++
+				pk.Timestamp += 450
+				pk.Payload[0], pk.Payload[1] = 0x10, 0x01 // a frame's start, not a keyframe
+				if want[l].Swap(false) {
+					pk.Payload[1] = 0x00 // a keyframe
+				}
+				b, _ := pk.Marshal()
+				_ = p.WriteRTP(0, uint8(l), b)
+			}
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	t.Cleanup(func() { close(stop); <-done })
+	stok, ssec := mintRelay(t, tokenKey, "r1", "viewer", false, true)
+	g := &layerLog{}
+	cfg := relayclient.Config{Server: n.s.Cascade().Addr(), Token: stok, Secret: ssec, Room: "r1", Local: netip.MustParseAddrPort("127.0.0.1:0")}
+	g.config(&cfg)
+	s, err := relayclient.Dial(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	testkit.WaitFor(t, 10*time.Second, "every layer at the receiver", func() bool { return layersIn(g.since(0)) == 7 })
+	g.mu.Lock()
+	vid := g.video
+	g.mu.Unlock()
+	m := g.mark()
+	if err := s.SetLayer(vid, 1); err != nil {
+		t.Fatal(err)
+	}
+	testkit.WaitFor(t, 10*time.Second, "layer 1 alone", func() bool { return g.tailOnly(m, 50, 1) })
+	m = g.mark() - 1
+	if err := s.SetLayer(vid, 0); err != nil {
+		t.Fatal(err)
+	}
+	testkit.WaitFor(t, 10*time.Second, "the switch to layer 0", func() bool { return g.tailOnly(m, 50, 0) })
+	checkSwitch(t, g.since(m), 1, 0)
 }

@@ -26,19 +26,8 @@ import (
 // presence brings the room's tracks) gets them over C's relay port. Its
 // keyframe request crosses the cascade back to the publishing client.
 func TestCascadeRelayClients(t *testing.T) {
-	c := clustertest.Start(t, 1)
-	startCascadeController(t, c, time.Hour)
-	tokenKey := bytes.Repeat([]byte("token-key-"), 4)
-	auth := func(cfg *sfu.Config) { cfg.CascadeClientAuth = relayauth.Verifier(tokenKey) }
-	a, _, cc := startCascadeSFU(t, c, "nodeA", auth), startCascadeSFU(t, c, "nodeB", auth), startCascadeSFU(t, c, "nodeC", auth)
-	mint := func(id string, pub, sub bool) (string, []byte) {
-		tok, sec, err := relayauth.Mint(tokenKey, signal.Claims{Room: "r1", Identity: id, Publish: pub, Subscribe: sub,
-			Expires: time.Now().Add(time.Hour).Unix()})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return tok, sec
-	}
+	c, nodes, mint := relayClientCascade(t, "nodeA", "nodeB", "nodeC")
+	a, cc := nodes[0], nodes[2]
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	var plis atomic.Int64
@@ -100,4 +89,28 @@ func TestCascadeRelayClients(t *testing.T) {
 	if got := a.counter(t, "traverse_relay_client_media_total"); got < 100 {
 		t.Fatalf("A counted %v packets of its relay client", got)
 	}
+}
+
+// relayClientCascade starts a bus, a controller and the named SFU nodes,
+// each taking relay clients; mint mints a relay client's credentials for
+// room r1 on them.
+func relayClientCascade(t *testing.T, names ...string) (c *clustertest.Cluster, nodes []*cascadeNode,
+	mint func(identity string, pub, sub bool) (string, []byte)) {
+	t.Helper()
+	c = clustertest.Start(t, 1)
+	startCascadeController(t, c, time.Hour)
+	tokenKey := bytes.Repeat([]byte("token-key-"), 4)
+	auth := func(cfg *sfu.Config) { cfg.CascadeClientAuth = relayauth.Verifier(tokenKey) }
+	for _, name := range names {
+		nodes = append(nodes, startCascadeSFU(t, c, name, auth))
+	}
+	mint = func(id string, pub, sub bool) (string, []byte) {
+		tok, sec, err := relayauth.Mint(tokenKey, signal.Claims{Room: "r1", Identity: id, Publish: pub, Subscribe: sub,
+			Expires: time.Now().Add(time.Hour).Unix()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok, sec
+	}
+	return c, nodes, mint
 }

@@ -1,7 +1,6 @@
 package cluster_test
 
 import (
-	"bytes"
 	"context"
 	"net/netip"
 	"sync"
@@ -9,11 +8,7 @@ import (
 	"time"
 
 	"github.com/traverse-rtc/traverse/client/relayclient"
-	"github.com/traverse-rtc/traverse/internal/cascade/relayauth"
-	"github.com/traverse-rtc/traverse/internal/cluster/clustertest"
 	"github.com/traverse-rtc/traverse/internal/loadgen"
-	"github.com/traverse-rtc/traverse/internal/sfu"
-	"github.com/traverse-rtc/traverse/internal/signal"
 	"github.com/traverse-rtc/traverse/internal/testkit"
 )
 
@@ -24,19 +19,12 @@ import (
 // publisher sends no keyframe unasked during the test), and from then on
 // C sends the client that layer alone.
 func TestCascadeRelayClientLayerChoice(t *testing.T) {
-	c := clustertest.Start(t, 1)
-	startCascadeController(t, c, time.Hour)
-	tokenKey := bytes.Repeat([]byte("token-key-"), 4)
-	auth := func(cfg *sfu.Config) { cfg.CascadeClientAuth = relayauth.Verifier(tokenKey) }
-	a, cc := startCascadeSFU(t, c, "nodeA", auth), startCascadeSFU(t, c, "nodeC", auth)
+	c, nodes, mint := relayClientCascade(t, "nodeA", "nodeC")
+	a, cc := nodes[0], nodes[1]
 	dial := cascadeDialer(t, c)
 	dial("nodeA", loadgen.ClientConfig{Room: "r1", Identity: "alice", Publish: true, Simulcast: true, VideoBitrate: 600_000,
 		KeyframeInterval: time.Hour})
-	tok, sec, err := relayauth.Mint(tokenKey, signal.Claims{Room: "r1", Identity: "recorder", Subscribe: true,
-		Expires: time.Now().Add(time.Hour).Unix()})
-	if err != nil {
-		t.Fatal(err)
-	}
+	tok, sec := mint("recorder", false, true)
 	var mu sync.Mutex
 	var layers []uint8 // of the video packets, in arrival order
 	vid := -1

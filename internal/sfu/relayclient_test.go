@@ -143,21 +143,9 @@ func mintRelay(t *testing.T, key []byte, room, id string, pub, sub bool) (string
 // subscribe right receives a pion publisher's video and audio through the
 // relay port, and its keyframe request reaches the publisher.
 func TestRelayClientReceivesWebRTCPublisher(t *testing.T) {
-	e, bc := cascadeBus(t)
-	tokenKey := bytes.Repeat([]byte("token-key-"), 4)
-	n := startCascadeNode(t, e, "nodeA", func(c *Config) { c.CascadeClientAuth = relayauth.Verifier(tokenKey) })
-	api, err := loadgen.NewAPI(false, netip.Addr{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	n, tokenKey := relayNodeWithPublisher(t, loadgen.ClientConfig{Room: "r1", Identity: "alice", Publish: true, VideoBitrate: 300_000})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	pub, err := loadgen.Dial(ctx, api, loadgen.NewBusSignaler(bc, "nodeA"), loadgen.ClientConfig{Room: "r1", Identity: "alice",
-		Publish: true, VideoBitrate: 300_000})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { pub.Close() })
 
 	tok, sec := mintRelay(t, tokenKey, "r1", "recorder", false, true)
 	rx := newRelayReceiver()

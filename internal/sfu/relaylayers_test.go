@@ -64,6 +64,44 @@ func (g *layerLog) config(c *relayclient.Config) {
 	}
 }
 
+// relayNodeWithPublisher starts node "nodeA" taking relay clients with
+// the returned token key, with a pion publisher of cfg in its room.
+func relayNodeWithPublisher(t *testing.T, cfg loadgen.ClientConfig) (*cascadeNode, []byte) {
+	t.Helper()
+	e, bc := cascadeBus(t)
+	tokenKey := bytes.Repeat([]byte("token-key-"), 4)
+	n := startCascadeNode(t, e, "nodeA", func(c *Config) { c.CascadeClientAuth = relayauth.Verifier(tokenKey) })
+	api, err := loadgen.NewAPI(false, netip.Addr{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	pub, err := loadgen.Dial(ctx, api, loadgen.NewBusSignaler(bc, "nodeA"), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pub.Close() })
+	return n, tokenKey
+}
+
+// dial dials a receiving relay client of identity into room r1 of n
+// whose video the log records.
+func (g *layerLog) dial(t *testing.T, n *cascadeNode, tokenKey []byte, identity string) *relayclient.Client {
+	t.Helper()
+	tok, sec := mintRelay(t, tokenKey, "r1", identity, false, true)
+	cfg := relayclient.Config{Server: n.s.Cascade().Addr(), Token: tok, Secret: sec, Room: "r1", Local: netip.MustParseAddrPort("127.0.0.1:0")}
+	g.config(&cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := relayclient.Dial(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
+
 // mark is where the log is now.
 func (g *layerLog) mark() int {
 	g.mu.Lock()
@@ -149,30 +187,10 @@ func checkSwitch(t *testing.T, ps []layerPkt, from, to uint8) {
 // timestamps; a pause stops the track, a resume starts again at a
 // keyframe after the last packet sent; LayerAll gives every layer again.
 func TestRelayClientLayerChoice(t *testing.T) {
-	e, bc := cascadeBus(t)
-	tokenKey := bytes.Repeat([]byte("token-key-"), 4)
-	n := startCascadeNode(t, e, "nodeA", func(c *Config) { c.CascadeClientAuth = relayauth.Verifier(tokenKey) })
-	api, err := loadgen.NewAPI(false, netip.Addr{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	pub, err := loadgen.Dial(ctx, api, loadgen.NewBusSignaler(bc, "nodeA"), loadgen.ClientConfig{Room: "r1", Identity: "alice",
-		Publish: true, Simulcast: true, VideoBitrate: 600_000, KeyframeInterval: time.Hour})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { pub.Close() })
-	tok, sec := mintRelay(t, tokenKey, "r1", "recorder", false, true)
+	n, tokenKey := relayNodeWithPublisher(t, loadgen.ClientConfig{Room: "r1", Identity: "alice", Publish: true, Simulcast: true,
+		VideoBitrate: 600_000, KeyframeInterval: time.Hour})
 	g := &layerLog{}
-	cfg := relayclient.Config{Server: n.s.Cascade().Addr(), Token: tok, Secret: sec, Room: "r1", Local: netip.MustParseAddrPort("127.0.0.1:0")}
-	g.config(&cfg)
-	c, err := relayclient.Dial(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.Close)
+	c := g.dial(t, n, tokenKey, "recorder")
 	testkit.WaitFor(t, 20*time.Second, "every simulcast layer at the relay client", func() bool {
 		return layersIn(g.since(0)) == 7
 	})
@@ -277,30 +295,11 @@ func rawRelaySub(t *testing.T, server netip.AddrPort, tok string, sec []byte, ro
 // subscribe right are refused and counted, and change nothing for the
 // genuine receiver.
 func TestRelayClientLayerChoiceAttacks(t *testing.T) {
-	e, bc := cascadeBus(t)
-	tokenKey := bytes.Repeat([]byte("token-key-"), 4)
-	n := startCascadeNode(t, e, "nodeA", func(c *Config) { c.CascadeClientAuth = relayauth.Verifier(tokenKey) })
-	api, err := loadgen.NewAPI(false, netip.Addr{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
-	defer cancel()
-	pub, err := loadgen.Dial(ctx, api, loadgen.NewBusSignaler(bc, "nodeA"), loadgen.ClientConfig{Room: "r1", Identity: "alice",
-		Publish: true, Simulcast: true, VideoBitrate: 300_000})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { pub.Close() })
-	tok, sec := mintRelay(t, tokenKey, "r1", "viewer", false, true)
+	n, tokenKey := relayNodeWithPublisher(t, loadgen.ClientConfig{Room: "r1", Identity: "alice", Publish: true, Simulcast: true,
+		VideoBitrate: 300_000})
 	g := &layerLog{}
-	cfg := relayclient.Config{Server: n.s.Cascade().Addr(), Token: tok, Secret: sec, Room: "r1", Local: netip.MustParseAddrPort("127.0.0.1:0")}
-	g.config(&cfg)
-	c, err := relayclient.Dial(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.Close)
+	g.dial(t, n, tokenKey, "viewer")
+	tok, sec := mintRelay(t, tokenKey, "r1", "viewer", false, true)
 	testkit.WaitFor(t, 20*time.Second, "every layer at the genuine receiver", func() bool { return layersIn(g.since(0)) == 7 })
 	g.mu.Lock()
 	vid := g.video
@@ -435,15 +434,8 @@ func TestRelayClientLayerChoiceRelayPublisher(t *testing.T) {
 		}
 	}()
 	t.Cleanup(func() { close(stop); <-done })
-	stok, ssec := mintRelay(t, tokenKey, "r1", "viewer", false, true)
 	g := &layerLog{}
-	cfg := relayclient.Config{Server: n.s.Cascade().Addr(), Token: stok, Secret: ssec, Room: "r1", Local: netip.MustParseAddrPort("127.0.0.1:0")}
-	g.config(&cfg)
-	s, err := relayclient.Dial(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(s.Close)
+	s := g.dial(t, n, tokenKey, "viewer")
 	testkit.WaitFor(t, 10*time.Second, "every layer at the receiver", func() bool { return layersIn(g.since(0)) == 7 })
 	g.mu.Lock()
 	vid := g.video

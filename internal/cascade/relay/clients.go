@@ -80,8 +80,8 @@ const (
 	// DefaultLayerRate and LayerBurst bound the layer choices one source
 	// address makes (each may ask a publisher for a keyframe): a burst
 	// that sets every track a client may receive, then a few a second.
-	DefaultLayerRate = 20
-	LayerBurst       = relaywire.MaxSubTracks
+	DefaultLayerRate  = 20
+	LayerBurst        = relaywire.MaxSubTracks
 	DefaultMaxClients = 64
 	DefaultClientRate = 5000 // frames per second per source address
 	DefaultHelloRate  = 5    // hellos per second per source address
@@ -148,10 +148,10 @@ func (e *Endpoint) openClients() error {
 	}
 	e.cl = &clients{auth: c.ClientAuth, local: cl, max: c.MaxClients, idle: c.ClientIdle,
 		rate: persource.NewRate(c.ClientRate, max(int(c.ClientRate/10), 1)), helloRate: persource.NewRate(c.HelloRate, max(int(c.HelloRate), 1)),
-		layerRate: persource.NewRate(DefaultLayerRate, LayerBurst),
 		byKey: map[string]*clientSession{}, byAddr: map[netip.AddrPort]*clientSession{}, byID: map[ClientID]*clientSession{}}
 	e.cl.subs, _ = c.Local.(ClientSubscriber)
 	e.cl.layers, _ = c.Local.(ClientLayerChooser)
+	e.cl.layerRate = persource.NewRate(DefaultLayerRate, LayerBurst)
 	return nil
 }
 

@@ -338,9 +338,6 @@ func (c *Client) media(m relaywire.ClientMsg, rtp []byte) {
 	}
 	if choose {
 		_ = c.send(relaywire.ClientMsg{Kind: relaywire.KindLayer, Track: m.Track, Layer: ch.layer}, nil)
-		if ch.layer == LayerNone {
-			return
-		}
 	}
 	if ok && c.cfg.OnRTP != nil {
 		c.cfg.OnRTP(m.Track, m.Layer, rtp)

@@ -77,18 +77,19 @@ func newClientOut(id relay.ClientID, idx uint8, t *pubTrack) *clientOut {
 
 // send forwards one packet of layer idx to the client as its choice says;
 // key: pkt is a video keyframe. It does not allocate.
-func (o *clientOut) send(ep *relay.Endpoint, idx int, pkt *rtp.Packet, raw []byte, key, video bool, now int64) bool {
+func (o *clientOut) send(ep *relay.Endpoint, idx int, pkt *rtp.Packet, raw []byte, key, video bool, now int64) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	switch o.choice {
 	case relaywire.LayerAll:
-		return ep.SendClientMedia(o.id, o.idx, uint8(idx), raw) == nil
+		_ = ep.SendClientMedia(o.id, o.idx, uint8(idx), raw)
+		return
 	case relaywire.LayerNone:
-		return false
+		return
 	}
 	ok, switched := o.admit(idx, pkt, key || !video, video, now)
 	if !ok || len(raw) < 12 || len(raw) > len(o.buf) {
-		return false
+		return
 	}
 	if switched {
 		o.t.r.s.m.layerSwitches.Inc()
@@ -102,7 +103,7 @@ func (o *clientOut) send(ep *relay.Endpoint, idx int, pkt *rtp.Packet, raw []byt
 	binary.BigEndian.PutUint16(b[2:], seq)
 	binary.BigEndian.PutUint32(b[4:], ts)
 	binary.BigEndian.PutUint32(b[8:], o.ssrc)
-	return ep.SendClientMedia(o.id, o.idx, uint8(idx), b) == nil
+	_ = ep.SendClientMedia(o.id, o.idx, uint8(idx), b)
 }
 
 // choose sets the client's choice; it reports whether a keyframe of the

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -20,12 +21,12 @@ type layerSFU struct {
 	subSFU
 	lmu     sync.Mutex
 	choices []string
-	e       *relay.Endpoint
+	e       atomic.Pointer[relay.Endpoint]
 }
 
 func (s *layerSFU) ClientSubscribe(id relay.ClientID, g relay.ClientGrant) {
 	s.subSFU.ClientSubscribe(id, g)
-	_ = s.e.SendClientTrack(id, 200, &relaywire.SubTrack{Publisher: "alice", ClientTrack: relaywire.ClientTrack{ID: "cam",
+	_ = s.e.Load().SendClientTrack(id, 200, &relaywire.SubTrack{Publisher: "alice", ClientTrack: relaywire.ClientTrack{ID: "cam",
 		Kind: relaywire.KindVideo, Layers: 3, ClockRate: 90000, Mime: "video/VP8"}})
 }
 
@@ -53,7 +54,7 @@ func (s *layerSFU) taken() []string {
 func TestRelayClientLayerChoice(t *testing.T) {
 	sfu := &layerSFU{}
 	n := startClientNode(t, func(c *relay.Config) { c.Local = sfu })
-	sfu.e = n.e
+	sfu.e.Store(n.e)
 	tok, sec := mintRights(t, "standup", "viewer", false, true)
 	got := make(chan relayclient.RecvTrack, 4)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

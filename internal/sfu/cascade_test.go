@@ -30,7 +30,7 @@ var testCascadeSecret = bytes.Repeat([]byte("cascade-secret-"), 3)
 
 // cascadeBus starts an embedded bus and connects a signal-role client to
 // it (the test's signaler).
-func cascadeBus(t *testing.T) (*bus.Embedded, *bus.Client) {
+func cascadeBus(t testing.TB) (*bus.Embedded, *bus.Client) {
 	t.Helper()
 	e, err := bus.StartEmbedded(bus.EmbeddedConfig{Listen: "127.0.0.1:0"})
 	if err != nil {
@@ -51,7 +51,7 @@ func cascadeBus(t *testing.T) (*bus.Embedded, *bus.Client) {
 
 // startCascadeNode starts SFU node name with a relay port on e; mods
 // change its Config.
-func startCascadeNode(t *testing.T, e *bus.Embedded, name string, mods ...func(*Config)) *cascadeNode {
+func startCascadeNode(t testing.TB, e *bus.Embedded, name string, mods ...func(*Config)) *cascadeNode {
 	t.Helper()
 	ident, err := e.NewIdentity(bus.RoleNode, name)
 	if err != nil {

@@ -129,7 +129,7 @@ func (r *relayReceiver) byKind(video bool, n int) (uint8, bool) {
 	return r.find(func(t relayclient.RecvTrack) bool { return t.Video == video }, n)
 }
 
-func mintRelay(t *testing.T, key []byte, room, id string, pub, sub bool) (string, []byte) {
+func mintRelay(t testing.TB, key []byte, room, id string, pub, sub bool) (string, []byte) {
 	t.Helper()
 	tok, sec, err := relayauth.Mint(key, signal.Claims{Room: room, Identity: id, Publish: pub, Subscribe: sub,
 		Expires: time.Now().Add(time.Hour).Unix()})

@@ -452,3 +452,63 @@ func TestRelayClientLayerChoiceRelayPublisher(t *testing.T) {
 	testkit.WaitFor(t, 10*time.Second, "the switch to layer 0", func() bool { return g.tailOnly(m, 50, 0) })
 	checkSwitch(t, g.since(m), 1, 0)
 }
+
+// BenchmarkRelayClientForward: one 1,000-byte packet of a remote track
+// through the node to one receiving relay client (DeliverMedia, forward,
+// clientOut.send, seal, one sendto on loopback), the client receiving
+// every layer as published, and with one layer chosen (the packet
+// rewritten into the client's buffer on its way).
+func BenchmarkRelayClientForward(b *testing.B) {
+	for _, tc := range []struct {
+		name  string
+		layer uint8
+	}{{"all", relaywire.LayerAll}, {"one-layer", 0}} {
+		b.Run(tc.name, func(b *testing.B) {
+			e, _ := cascadeBus(b)
+			tokenKey := bytes.Repeat([]byte("token-key-"), 4)
+			n := startCascadeNode(b, e, "nodeA", func(c *Config) { c.CascadeClientAuth = relayauth.Verifier(tokenKey) })
+			s := n.s
+			if err := s.AddRemoteTrack(RemoteTrack{Room: "r1", Publisher: "pub", Track: "v", Node: 9, Kind: "video",
+				MimeType: "video/VP8", ClockRate: 90000, Layers: 3}); err != nil {
+				b.Fatal(err)
+			}
+			tok, sec := mintRelay(b, tokenKey, "r1", "viewer", false, true)
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			c, err := relayclient.Dial(ctx, relayclient.Config{Server: s.Cascade().Addr(), Token: tok, Secret: sec, Room: "r1",
+				Local: netip.MustParseAddrPort("127.0.0.1:0"), Subscribe: true})
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(c.Close)
+			testkit.WaitFor(b, 5*time.Second, "the track announced", func() bool { return len(c.Received()) == 1 })
+			pkt := rtp.Packet{Header: rtp.Header{Version: 2, PayloadType: 96, SequenceNumber: 1, SSRC: 5},
+				Payload: append([]byte{0x10, 0}, make([]byte, 998)...)} // a keyframe: a one-layer choice switches at it
+			raw, err := pkt.Marshal()
+			if err != nil {
+				b.Fatal(err)
+			}
+			if tc.layer != relaywire.LayerAll {
+				idx := c.Received()[0].Index
+				if err := c.SetLayer(idx, tc.layer); err != nil {
+					b.Fatal(err)
+				}
+				testkit.WaitFor(b, 5*time.Second, "the choice at the node", func() bool { return clientChoice(s, idx) == int(tc.layer) })
+			}
+			local := (*cascadeLocal)(s)
+			room, pub, track := []byte("r1"), []byte("pub"), []byte("v")
+			local.DeliverMedia(room, pub, track, 0, raw)
+			raw[12] = 0x10 // the rest (after the 12-byte header): not keyframes
+			raw[13] = 0x01
+			seq := uint16(2)
+			b.ReportAllocs()
+			b.SetBytes(int64(len(raw)))
+			b.ResetTimer()
+			for range b.N {
+				raw[2], raw[3] = byte(seq>>8), byte(seq)
+				seq++
+				local.DeliverMedia(room, pub, track, 0, raw)
+			}
+		})
+	}
+}

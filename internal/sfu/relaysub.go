@@ -25,7 +25,9 @@ import (
 // of the room but its own under a one-byte index (SendClientTrack; all of
 // them again at each of its hellos) and gets their packets as they are
 // forwarded (pubTrack.couts): WebRTC publishers', other relay clients',
-// and remote tracks the cascade brings.
+// and remote tracks the cascade brings; every layer of a simulcast track
+// until the client chooses one (ClientLayer, clientOut), then that layer
+// alone, rewritten into one stream as a WebRTC subscriber's (seqRewriter).
 
 // relayPeer is a relay client present in a room on this node.
 type relayPeer struct {

@@ -255,17 +255,8 @@ func TestRelayClientReceiveAllocs(t *testing.T) {
 		ClockRate: 90000, Layers: 1}); err != nil {
 		t.Fatal(err)
 	}
-	tok, sec := mintRelay(t, tokenKey, "r1", "viewer", false, true)
 	rx := newRelayReceiver()
-	cfg := relayclient.Config{Server: s.Cascade().Addr(), Token: tok, Secret: sec, Room: "r1", Local: netip.MustParseAddrPort("127.0.0.1:0")}
-	rx.config(&cfg)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	c, err := relayclient.Dial(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.Close)
+	c := dialReceiver(t, n, tokenKey, "viewer", rx.config)
 	testkit.WaitFor(t, 5*time.Second, "the remote track announced to the client", func() bool { return len(c.Received()) == 1 })
 	allocs := deliverAllocs(t, s, 200)
 	if allocs != 0 {

@@ -88,10 +88,17 @@ func relayNodeWithPublisher(t *testing.T, cfg loadgen.ClientConfig) (*cascadeNod
 // dial dials a receiving relay client of identity into room r1 of n
 // whose video the log records.
 func (g *layerLog) dial(t *testing.T, n *cascadeNode, tokenKey []byte, identity string) *relayclient.Client {
+	return dialReceiver(t, n, tokenKey, identity, g.config)
+}
+
+// dialReceiver dials a receiving relay client of identity into room r1
+// of n; config sets its callbacks.
+func dialReceiver(t testing.TB, n *cascadeNode, tokenKey []byte, identity string, config func(*relayclient.Config)) *relayclient.Client {
 	t.Helper()
 	tok, sec := mintRelay(t, tokenKey, "r1", identity, false, true)
-	cfg := relayclient.Config{Server: n.s.Cascade().Addr(), Token: tok, Secret: sec, Room: "r1", Local: netip.MustParseAddrPort("127.0.0.1:0")}
-	g.config(&cfg)
+	cfg := relayclient.Config{Server: n.s.Cascade().Addr(), Token: tok, Secret: sec, Room: "r1", Local: netip.MustParseAddrPort("127.0.0.1:0"),
+		Subscribe: true}
+	config(&cfg)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	c, err := relayclient.Dial(ctx, cfg)
@@ -472,15 +479,7 @@ func BenchmarkRelayClientForward(b *testing.B) {
 				MimeType: "video/VP8", ClockRate: 90000, Layers: 3}); err != nil {
 				b.Fatal(err)
 			}
-			tok, sec := mintRelay(b, tokenKey, "r1", "viewer", false, true)
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			c, err := relayclient.Dial(ctx, relayclient.Config{Server: s.Cascade().Addr(), Token: tok, Secret: sec, Room: "r1",
-				Local: netip.MustParseAddrPort("127.0.0.1:0"), Subscribe: true})
-			if err != nil {
-				b.Fatal(err)
-			}
-			b.Cleanup(c.Close)
+			c := dialReceiver(b, n, tokenKey, "viewer", func(*relayclient.Config) {})
 			testkit.WaitFor(b, 5*time.Second, "the track announced", func() bool { return len(c.Received()) == 1 })
 			pkt := rtp.Packet{Header: rtp.Header{Version: 2, PayloadType: 96, SequenceNumber: 1, SSRC: 5},
 				Payload: append([]byte{0x10, 0}, make([]byte, 998)...)} // a keyframe: a one-layer choice switches at it

@@ -28,6 +28,9 @@
 #   that many publishers' tracks, round robin, PPS in all (a cascade-shaped
 #   load: bench/cascade-hop.sh 10000 2,8 5 3 10). Runs under
 #   flock -o /tmp/traverse-bench.lock so that no two benchmarks overlap.
+#   BENCH_LATENCY_ONLY=1: only the latency phase (BENCH_LAT_SAMPLES,
+#   default 20,000, one per BENCH_LAT_GAP_US, default 500; p50, p99 and
+#   p999 from the kernel's arrival stamps, the direct path's beside).
 #   BENCH_PROFILE=FILE: the node's CPU profile (--pprof) over round 1's
 #   hop phase at HI (BENCH_PROFILE_MODE=webrtc: the webrtc phase) to FILE.
 set -euo pipefail

@@ -1,0 +1,151 @@
+package main
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/traverse-rtc/traverse/internal/testkit"
+)
+
+// The latency phase of TestCascadeHopCost: what one relay hop adds on
+// loopback. Node A sends, for each sample, one relay message through the
+// node to the latency receiver L and, right after, one datagram straight
+// to the direct receiver D; each carries A's clock at its send and the
+// sample's index. Both receivers take the kernel's time of arrival at
+// their socket (SO_TIMESTAMPNS), so the figures do not include the test
+// process's own wake-up to read them: hop = A's send -> arrival at L
+// (the node's wake-up, its handling and send, two loopback trips),
+// direct = A's send -> arrival at D (one loopback trip and A's send);
+// added = hop - direct, at each quantile and per sample (the two sent a
+// few microseconds apart see the same machine). The read times in user
+// space (the old figure, which includes the receivers' wake-up) are
+// reported beside them.
+
+// latSamples holds one path's times by sample index (0: not received).
+type latSamples struct {
+	mu           sync.Mutex
+	kernel, user []time.Duration
+}
+
+func newLatSamples(n int) *latSamples {
+	return &latSamples{kernel: make([]time.Duration, n), user: make([]time.Duration, n)}
+}
+
+// put records sample idx: sent at A's clock sent, arrived at kt (the
+// kernel's stamp), read at ut.
+func (s *latSamples) put(idx uint32, sent int64, kt, ut time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if int(idx) >= len(s.kernel) || sent <= 0 {
+		return
+	}
+	if !kt.IsZero() {
+		s.kernel[idx] = time.Duration(kt.UnixNano() - sent)
+	}
+	s.user[idx] = time.Duration(ut.UnixNano() - sent)
+}
+
+// listenStamped opens a loopback UDP socket whose reads carry the kernel's
+// receive time (readStamped).
+func listenStamped(t *testing.T) *net.UDPConn {
+	c := testkit.ListenUDP(t, netip.MustParseAddrPort("127.0.0.1:0"))
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_TIMESTAMPNS, 1) }); err != nil {
+		t.Fatal(err)
+	}
+	if serr != nil {
+		t.Fatal(serr)
+	}
+	return c
+}
+
+// readStamped reads one datagram into b and returns its size, the time
+// the kernel received it (zero when the socket gave none) and the time
+// the read returned.
+func readStamped(c *net.UDPConn, b, oob []byte) (n int, kt, ut time.Time, err error) {
+	n, oobn, _, _, err := c.ReadMsgUDPAddrPort(b, oob)
+	ut = time.Now()
+	if err != nil {
+		return 0, kt, ut, err
+	}
+	cm, _ := unix.ParseSocketControlMessage(oob[:oobn])
+	for _, m := range cm {
+		if m.Header.Level == unix.SOL_SOCKET && m.Header.Type == unix.SCM_TIMESTAMPNS && len(m.Data) >= 16 {
+			kt = time.Unix(int64(binary.NativeEndian.Uint64(m.Data)), int64(binary.NativeEndian.Uint64(m.Data[8:])))
+		}
+	}
+	return n, kt, ut, nil
+}
+
+// loadAvg is /proc/loadavg's first three fields.
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], " ")
+}
+
+// quantiles are the latency figures of one set of samples.
+type quantiles struct{ p50, p99, p999 time.Duration }
+
+func quantilesOf(v []time.Duration) quantiles {
+	s := slices.Clone(v)
+	slices.Sort(s)
+	at := func(p float64) time.Duration { return s[min(len(s)-1, int(float64(len(s))*p))] }
+	return quantiles{at(0.5), at(0.99), at(0.999)}
+}
+
+func (q quantiles) String() string {
+	us := func(d time.Duration) string { return fmt.Sprintf("%.0f", float64(d)/1e3) }
+	return fmt.Sprintf("p50 %s p99 %s p999 %s us", us(q.p50), us(q.p99), us(q.p999))
+}
+
+func (q quantiles) minus(r quantiles) quantiles {
+	return quantiles{q.p50 - r.p50, q.p99 - r.p99, q.p999 - r.p999}
+}
+
+// latReport is the phase's figures: the samples both paths delivered,
+// hop, direct and added, from the kernel's arrival stamps and from the
+// reads; an error when fewer than min of them are complete.
+func latReport(hop, dir *latSamples, minSamples int) (string, error) {
+	hop.mu.Lock()
+	defer hop.mu.Unlock()
+	dir.mu.Lock()
+	defer dir.mu.Unlock()
+	var hk, dk, hu, du, paired []time.Duration
+	for i := range hop.kernel {
+		if hop.kernel[i] == 0 || dir.kernel[i] == 0 {
+			continue
+		}
+		hk, dk = append(hk, hop.kernel[i]), append(dk, dir.kernel[i])
+		hu, du = append(hu, hop.user[i]), append(du, dir.user[i])
+		paired = append(paired, hop.kernel[i]-dir.kernel[i])
+	}
+	if len(hk) < minSamples {
+		return "", fmt.Errorf("latency: %d samples stamped on both paths of %d sent, want %d", len(hk), len(hop.kernel), minSamples)
+	}
+	qh, qd := quantilesOf(hk), quantilesOf(dk)
+	uh, ud := quantilesOf(hu), quantilesOf(du)
+	return fmt.Sprintf("%d samples; kernel arrival: hop %v; direct %v; added %v (per sample: %v); "+
+		"read in user space: hop %v, direct %v, added %v",
+		len(hk), qh, qd, qh.minus(qd), quantilesOf(paired), uh, ud, uh.minus(ud)), nil
+}

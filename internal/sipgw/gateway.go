@@ -29,6 +29,7 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/emiago/sipgo"
@@ -195,13 +196,13 @@ func New(cfg Config) (*Gateway, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	pc, err := net.ListenPacket("udp", cfg.SIP.String())
+	pc, ln, err := listenSIP(cfg)
 	if err != nil {
 		return nil, err
 	}
 	addr := unmap(pc.LocalAddr().(*net.UDPAddr).AddrPort())
 	g := &Gateway{
-		cfg: cfg, mp: cfg.Media, pc: pc, addr: addr, upstream: unmap(cfg.Upstream),
+		cfg: cfg, mp: cfg.Media, pc: pc, ln: ln, addr: addr, upstream: unmap(cfg.Upstream),
 		calls: map[string]*call{}, bindings: map[string]*binding{},
 		stop:     make(chan struct{}),
 		requests: persource.NewRate(cfg.RateLimit, cfg.RateBurst),
@@ -223,7 +224,29 @@ func New(cfg Config) (*Gateway, error) {
 
 func unmap(ap netip.AddrPort) netip.AddrPort { return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()) }
 
-// listenStreams binds the TCP and TLS listeners, each capped by connlimit.
+// listenSIP binds the SIP UDP socket and, with TCP, the TCP listener on
+// the same address. With port 0 the port must be free for both: the one
+// the kernel gives the UDP socket may be taken on TCP (by another
+// socket's ephemeral port), so a few more are tried.
+func listenSIP(cfg Config) (net.PacketConn, net.Listener, error) {
+	for try := 1; ; try++ {
+		pc, err := net.ListenPacket("udp", cfg.SIP.String())
+		if err != nil || !cfg.TCP {
+			return pc, nil, err
+		}
+		ln, err := net.Listen("tcp", unmap(pc.LocalAddr().(*net.UDPAddr).AddrPort()).String())
+		if err == nil {
+			return pc, ln, nil
+		}
+		pc.Close()
+		if cfg.SIP.Port() != 0 || !errors.Is(err, syscall.EADDRINUSE) || try == 10 {
+			return nil, nil, err
+		}
+	}
+}
+
+// listenStreams caps the TCP listener and binds the TLS one, each capped
+// by connlimit.
 func (g *Gateway) listenStreams() error {
 	cfg := &g.cfg
 	lim := connlimit.Limits{MaxConns: cfg.MaxConns, MaxConnsPerAddr: cfg.MaxConnsPerAddr}
@@ -237,12 +260,8 @@ func (g *Gateway) listenStreams() error {
 			return err
 		}
 	}
-	if cfg.TCP {
-		ln, err := net.Listen("tcp", g.addr.String())
-		if err != nil {
-			return err
-		}
-		g.ln = connlimit.New(ln, lim, lm)
+	if g.ln != nil {
+		g.ln = connlimit.New(g.ln, lim, lm)
 	}
 	if cfg.TLS.IsValid() {
 		tc, err := tlsutil.ServerConfig(cfg.TLSCert, cfg.TLSKey, "traverse sipgw", cfg.TLS.Addr().String())
@@ -336,13 +355,39 @@ func (g *Gateway) Calls() int {
 }
 
 // Run serves SIP until ctx ends, then closes the gateway.
+//
+// The UDP socket is served first: every request is forwarded from it, and
+// sipgo finds it for that only once it serves it (before, sipgo would try
+// to bind its address again, and the request got 503). The TCP and TLS
+// listeners are served after that, so a request that waited in their
+// backlog since New is forwarded like any other.
 func (g *Gateway) Run(ctx context.Context) error {
 	errc := make(chan error, 3)
+	served := &servedConn{PacketConn: g.pc, ready: make(chan struct{})}
 	g.wg.Add(1)
 	go func() {
 		defer g.wg.Done()
-		errc <- g.srv.ServeUDP(g.pc)
+		errc <- g.srv.ServeUDP(served)
 	}()
+	var err error
+	select {
+	case <-served.ready:
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	if err == nil && ctx.Err() == nil {
+		err = g.serveStreams(ctx, errc)
+	}
+	g.Close()
+	if err != nil && !errors.Is(err, net.ErrClosed) {
+		return err
+	}
+	return nil
+}
+
+// serveStreams serves the TCP and TLS listeners and waits for ctx to end
+// or any listener to fail.
+func (g *Gateway) serveStreams(ctx context.Context, errc chan error) error {
 	if g.ln != nil {
 		g.wg.Add(1)
 		go func() {
@@ -357,16 +402,26 @@ func (g *Gateway) Run(ctx context.Context) error {
 			errc <- g.srv.ServeTLS(g.tlsLn)
 		}()
 	}
-	var err error
 	select {
 	case <-ctx.Done():
-	case err = <-errc:
-	}
-	g.Close()
-	if err != nil && !errors.Is(err, net.ErrClosed) {
+		return nil
+	case err := <-errc:
 		return err
 	}
-	return nil
+}
+
+// servedConn is the SIP UDP socket as sipgo serves it. sipgo adds the
+// socket to its connection pool and then reads from it, so its first read
+// tells Run that requests can be forwarded from the socket.
+type servedConn struct {
+	net.PacketConn
+	once  sync.Once
+	ready chan struct{}
+}
+
+func (c *servedConn) ReadFrom(b []byte) (int, net.Addr, error) {
+	c.once.Do(func() { close(c.ready) })
+	return c.PacketConn.ReadFrom(b)
 }
 
 // Close stops serving and waits; it is idempotent. It does not close the

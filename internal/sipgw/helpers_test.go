@@ -53,6 +53,15 @@ type testGW struct {
 
 func startGateway(t *testing.T, upstream string, mod func(*Config, *mediaproxy.Config)) *testGW {
 	t.Helper()
+	tg := newGateway(t, upstream, mod)
+	tg.run(t)
+	return tg
+}
+
+// newGateway binds a gateway (mod as for startGateway) without serving it;
+// run serves it until the test ends.
+func newGateway(t *testing.T, upstream string, mod func(*Config, *mediaproxy.Config)) *testGW {
+	t.Helper()
 	mcfg := mediaproxy.Config{
 		RTP: netip.AddrPortFrom(outsideIP, 0), RTCP: netip.AddrPortFrom(outsideIP, 0),
 		InsideIP: insideIP, InsidePorts: freeRange(t, 5000),
@@ -76,16 +85,14 @@ func startGateway(t *testing.T, upstream string, mod func(*Config, *mediaproxy.C
 		t.Fatal(err)
 	}
 	tg.gw, tg.mp = gw, mp
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { _ = gw.Run(ctx); close(done) }()
 	t.Cleanup(func() {
-		cancel()
-		<-done
+		gw.Close()
 		mp.Close()
 	})
 	return tg
 }
+
+func (tg *testGW) run(t *testing.T) { testkit.Run(t, tg.gw.Run) }
 
 // waitBound waits until some process has bound the UDP address (SIPp has
 // no readiness signal).

@@ -1,10 +1,13 @@
 package sipgw
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
+	"fmt"
 	"net"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -70,4 +73,56 @@ func callOverStream(t *testing.T, transport string, ssrc uint32, mod func(*Confi
 		t.Fatal(err)
 	}
 	testkit.WaitFor(t, 5*time.Second, "released", func() bool { return tg.gw.Calls() == 0 && tg.mp.Streams() == 0 && uas.byes.Load() == 1 })
+}
+
+// TestStreamRequestsAtStart: requests that TCP clients sent once the
+// gateway's listeners were bound, before it served them (they wait in the
+// listener's backlog), are forwarded upstream, not refused. The gateway
+// forwards every request from its UDP socket, which sipgo knows only once
+// that socket is served: a TCP request handled first got 503 (sipgo tried
+// to bind the UDP address again: "address already in use"), the first
+// request after the gateway said it was listening.
+func TestStreamRequestsAtStart(t *testing.T) {
+	uas := startUAS(t, insideIP)
+	tg := newGateway(t, uas.addr.String(), func(c *Config, _ *mediaproxy.Config) { c.TCP = true })
+	const n = 4
+	conns := make([]net.Conn, n)
+	for i := range conns {
+		c, err := net.DialTCP("tcp", net.TCPAddrFromAddrPort(netip.AddrPortFrom(clientIP, 0)), net.TCPAddrFromAddrPort(tg.gw.Addr()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		msg := strings.ReplaceAll(sipMsg("OPTIONS", "sip:svc@127.0.0.1", fmt.Sprintf("start%d", i), "<sip:a@LOCAL>;tag=1", "<sip:svc@127.0.0.1>", 1, ""),
+			"LOCAL", c.LocalAddr().String())
+		msg = strings.NewReplacer("SIP/2.0/UDP", "SIP/2.0/TCP", "BRANCH", fmt.Sprintf("z9hG4bKstart%d", i)).Replace(msg)
+		if _, err := c.Write([]byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+		conns[i] = c
+	}
+	tg.run(t)
+	for i, c := range conns {
+		// goUAS serves no OPTIONS: sipgo answers 405 for it.
+		if code := streamCode(t, c, 5*time.Second); code != 405 {
+			t.Errorf("request %d sent before the gateway served: %d, want the upstream's 405", i, code)
+		}
+	}
+}
+
+// streamCode returns the status of the first final response read from a
+// stream connection within d, 0 when none comes.
+func streamCode(t *testing.T, c net.Conn, d time.Duration) int {
+	t.Helper()
+	_ = c.SetReadDeadline(time.Now().Add(d))
+	r := bufio.NewReader(c)
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			return 0
+		}
+		if code := statusOf([]byte(line)); code >= 200 {
+			return code
+		}
+	}
 }

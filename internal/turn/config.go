@@ -147,11 +147,15 @@ type Config struct {
 	// (internal/kfast/turnchannel) from their ChannelBind on, IPv4 only and
 	// only with a specific Listen address; nil (the default) keeps every
 	// packet in user space. Its kernel counters are read into the metrics
-	// every second. With BandwidthPerAllocation set, an allocation that
-	// relays more than its rate in the kernel over one such second goes
+	// every PollEvery. With BandwidthPerAllocation set, an allocation that
+	// relays more than its rate in the kernel over one such period goes
 	// back to user space for 10 s, so the quota can be exceeded by up to
-	// one second's traffic.
+	// one period's traffic.
 	Offloader Offloader
+	// PollEvery is how often the server sweeps expired allocations,
+	// permissions and channels and reads the Offloader's kernel counters
+	// (default 1 s; the offload lab tests read them sooner).
+	PollEvery time.Duration
 	// Software, when set, is sent in the SOFTWARE attribute.
 	Software string
 
@@ -184,6 +188,7 @@ func (c *Config) validate() error {
 		return fmt.Errorf("%w: relay port range %d-%d", ErrConfig, c.RelayPortLow, c.RelayPortHigh)
 	}
 	config.Default(&c.NonceLifetime, 10*time.Minute)
+	config.Default(&c.PollEvery, time.Second)
 	config.Default(&c.DefaultLifetime, 10*time.Minute)
 	config.Default(&c.MaxLifetime, time.Hour)
 	if c.MaxLifetime < c.DefaultLifetime {

@@ -1,6 +1,7 @@
 package turn
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -8,6 +9,7 @@ import (
 	"os/exec"
 	"regexp"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 )
@@ -44,9 +46,12 @@ var (
 	reRecv = regexp.MustCompile(`tot_send_msgs=(\d+), tot_recv_msgs=(\d+)`)
 )
 
-// runUclient relays bounded traffic with coturn's turnutils_uclient and
-// returns messages sent, received and lost as it reports them.
-func runUclient(t testing.TB, flags []string, server netip.AddrPort, peerPort, clients, msgs int) (sent, recv, lost int) {
+// startUclient starts coturn's turnutils_uclient relaying bounded
+// traffic; wait waits for it (up to 60 s) and returns the messages sent,
+// received and lost as it reports them. uclient starts each client's
+// traffic 1 to 6 s after it allocates, at random, so a test starts its
+// runs together and waits for each in turn: the runs overlap.
+func startUclient(t testing.TB, flags []string, server netip.AddrPort, peerPort, clients, msgs int) (wait func(testing.TB) (sent, recv, lost int)) {
 	t.Helper()
 	bin, err := exec.LookPath("turnutils_uclient")
 	if err != nil {
@@ -57,21 +62,33 @@ func runUclient(t testing.TB, flags []string, server netip.AddrPort, peerPort, c
 		"-m", strconv.Itoa(clients), "-n", strconv.Itoa(msgs), "-z", "5", "-l", "172",
 		"-e", "127.0.0.1", "-r", strconv.Itoa(peerPort), "127.0.0.1")
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, bin, args...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("uclient %v: %v\n%s", flags, err, out)
+	cmd := exec.CommandContext(ctx, bin, args...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		cancel()
+		t.Fatal(err)
 	}
-	m := reRecv.FindAllSubmatch(out, -1)
-	l := reLost.FindSubmatch(out)
-	if len(m) == 0 || l == nil {
-		t.Fatalf("uclient %v: cannot parse output:\n%s", flags, out)
+	var waitErr error
+	waited := sync.OnceFunc(func() { waitErr = cmd.Wait(); cancel() })
+	t.Cleanup(waited) // the context kills it at the latest
+	return func(t testing.TB) (sent, recv, lost int) {
+		t.Helper()
+		waited()
+		if waitErr != nil {
+			t.Fatalf("uclient %v: %v\n%s", flags, waitErr, out.Bytes())
+		}
+		m := reRecv.FindAllSubmatch(out.Bytes(), -1)
+		l := reLost.FindSubmatch(out.Bytes())
+		if len(m) == 0 || l == nil {
+			t.Fatalf("uclient %v: cannot parse output:\n%s", flags, out.Bytes())
+		}
+		last := m[len(m)-1]
+		sent, _ = strconv.Atoi(string(last[1]))
+		recv, _ = strconv.Atoi(string(last[2]))
+		lost, _ = strconv.Atoi(string(l[1]))
+		return sent, recv, lost
 	}
-	last := m[len(m)-1]
-	sent, _ = strconv.Atoi(string(last[1]))
-	recv, _ = strconv.Atoi(string(last[2]))
-	lost, _ = strconv.Atoi(string(l[1]))
-	return sent, recv, lost
 }
 
 // TestUclientInterop relays coturn's turnutils_uclient traffic over UDP,
@@ -86,7 +103,7 @@ func TestUclientInterop(t *testing.T) {
 		c.AuthSecret = "uclient-secret"
 	})
 	const clients, msgs = 4, 40
-	for _, tc := range []struct {
+	cases := []struct {
 		name  string
 		flags []string
 		addr  netip.AddrPort
@@ -97,9 +114,14 @@ func TestUclientInterop(t *testing.T) {
 		{"dtls", []string{"-S"}, s.DTLSAddr()},
 		// uclient mints a TURN REST credential from the shared secret.
 		{"udp-rest", []string{"-W", "uclient-secret"}, s.Addr()},
-	} {
+	}
+	runs := make([]func(testing.TB) (int, int, int), len(cases))
+	for i, tc := range cases {
+		runs[i] = startUclient(t, tc.flags, tc.addr, peer, clients, msgs)
+	}
+	for i, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			sent, recv, lost := runUclient(t, tc.flags, tc.addr, peer, clients, msgs)
+			sent, recv, lost := runs[i](t)
 			if want := clients * msgs; sent != want || recv != want || lost != 0 {
 				t.Errorf("sent %d, received %d, lost %d; want %d, %d, 0", sent, recv, lost, want, want)
 			}

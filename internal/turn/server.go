@@ -97,7 +97,7 @@ func New(cfg Config) (*Server, error) {
 		cfg:            cfg,
 		m:              newMetrics(cfg.Registerer),
 		nonces:         newNonces(cfg.NonceLifetime),
-		sweepEvery:     time.Second,
+		sweepEvery:     cfg.PollEvery,
 		allocs:         map[fiveTuple]*allocation{},
 		byFD:           map[int32]*relaySock{},
 		byRelay:        map[netip.AddrPort]*relaySock{},

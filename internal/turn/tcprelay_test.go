@@ -344,16 +344,23 @@ func TestUclientTCPRelay(t *testing.T) {
 		c.NoDTLS = true
 	})
 	const clients, msgs = 4, 40
-	for _, tc := range []struct {
+	cases := []struct {
 		name  string
 		flags []string
 		addr  netip.AddrPort
 	}{
 		{"active", []string{"-T"}, s.TCPAddr()},
 		{"active-tls", []string{"-T", "-S"}, s.TLSAddr()},
-	} {
+	}
+	// The three runs overlap (startUclient).
+	runs := make([]func(testing.TB) (int, int, int), len(cases))
+	for i, tc := range cases {
+		runs[i] = startUclient(t, tc.flags, tc.addr, 1, clients, msgs)
+	}
+	passive := startUclient(t, []string{"-P"}, s.TCPAddr(), 1, clients, msgs)
+	for i, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			sent, recv, lost := runUclient(t, tc.flags, tc.addr, 1, clients, msgs)
+			sent, recv, lost := runs[i](t)
 			if want := clients * msgs; sent != want || recv != want || lost != 0 {
 				t.Errorf("sent %d, received %d, lost %d; want %d, %d, 0", sent, recv, lost, want, want)
 			}
@@ -365,7 +372,7 @@ func TestUclientTCPRelay(t *testing.T) {
 		// against coturn 4.6.1 too (160 sent, 80 received, 80 lost with
 		// these figures, measured). Every message the peers sent reached
 		// its client through the relay.
-		sent, recv, lost := runUclient(t, []string{"-P"}, s.TCPAddr(), 1, clients, msgs)
+		sent, recv, lost := passive(t)
 		if want := clients * msgs; sent != want || recv != want/2 || lost != want/2 {
 			t.Errorf("sent %d, received %d, lost %d; want %d, %d, %d (as coturn)", sent, recv, lost, want, want/2, want/2)
 		}

@@ -53,6 +53,10 @@ const (
 	labPass    = "lab"
 	labRealm   = "lab"
 	helperWait = 10 * time.Second
+	// labPoll is how often the helper's server reads the kernel counters
+	// (turn.Config.PollEvery), so that LabSuite sees them settle sooner
+	// than at the default 1 s.
+	labPoll = 100 * time.Millisecond
 )
 
 func TestMain(m *testing.M) {
@@ -116,7 +120,7 @@ func runHelper(sock string, clsact, loopback bool) error {
 	reg := prometheus.NewRegistry()
 	cfg := tturn.Config{Listen: labListen, NoTCP: true, RelayIP: kfasttest.InsideIP, RelayPortLow: 50000, RelayPortHigh: 50999,
 		Realm: labRealm, Users: map[string]string{labUser: labPass}, AllowPeers: []netip.Prefix{netip.MustParsePrefix("10.2.0.0/24")},
-		Registerer: reg, Offloader: rec}
+		Registerer: reg, Offloader: rec, PollEvery: labPoll}
 	if loopback {
 		cfg.Listen, cfg.RelayIP, cfg.AllowLoopbackPeers = loListen, loListen.Addr(), true
 	}
@@ -348,13 +352,13 @@ func testLabRelay(t *testing.T, l *kfasttest.Lab, clsact, loopback bool) {
 		t.Errorf("attachments %q, want %q", got, want)
 	}
 	// Packets queued on the sockets before the entries landed may still be
-	// relayed by user space, and counters are read every second: the suite
+	// relayed by user space, and counters are read every labPoll: the suite
 	// waits for both to settle.
 	for range 5 {
 		path.RoundTrip(t)
 	}
 	const n = 200
-	kfasttest.LabSuite(t, path, n, 2200*time.Millisecond)
+	kfasttest.LabSuite(t, path, n, 5*labPoll)
 	if d := path.bytes1 - path.bytes0; d < n*160 || d > n*163 {
 		t.Errorf("kernel counted %v data bytes to the peer for %d messages of 160-163 bytes", d, n)
 	}

@@ -125,6 +125,9 @@ type peer struct {
 	// dataSent counts the data messages sent on the link (not
 	// retransmissions, not parity); under mu.
 	dataSent uint64
+	// held: the holder of mu holds the link's lock too (sealPending), so
+	// queue seals with SealHeld; under mu.
+	held bool
 }
 
 func newPeer(cfg *Config, id NodeID, addr netip.AddrPort) (*peer, error) {
@@ -252,9 +255,20 @@ type scratch struct {
 	frame  []byte
 	groups [relaywire.MaxDst]group
 	out    outQ
+	// pend and pslab: the reader loop's data messages routed in this read
+	// batch (their bodies in pslab), numbered and sealed per next hop at
+	// its end (sealPending), with one lock round trip per next hop
+	pend  []pending
+	pslab []byte
 	// fanning: route is sending a holder's copies (fanOut), counted as
 	// forwarded.
 	fanning bool
+}
+
+// pending is a data body in scratch.pslab for the next hop p.
+type pending struct {
+	p        *peer
+	off, end int
 }
 
 type group struct {
@@ -305,6 +319,10 @@ func newScratch(batch bool) *scratch {
 		n = loopOut
 	}
 	s.out = outQ{msgs: udpio.NewMessages(n, 0), batch: batch}
+	if batch {
+		s.pend = make([]pending, 0, loopOut)
+		s.pslab = make([]byte, 0, loopOut*udpio.MaxPacket)
+	}
 	return s
 }
 
@@ -704,15 +722,30 @@ func (e *Endpoint) sendGroups(s *scratch, h *relaywire.Header, payload []byte, n
 		fh.NDst = g.n
 		copy(fh.Dst[:], g.dsts[:g.n])
 		// the data body in one piece: the sequence sendData numbers it
-		// with, then the message, so the message is copied once here
-		body, err := relaywire.AppendHeader(s.hdr[:relaywire.DataSeqLen], &fh)
-		if err != nil || len(body)-relaywire.DataSeqLen+len(payload) > relaywire.MaxShardLen-2 {
+		// with, then the message, so the message is copied once here;
+		// the reader loop's go to its pending slab, sealed at the end of
+		// the read batch
+		buf := s.hdr[:0]
+		if s.out.batch {
+			if len(s.pend) == cap(s.pend) || cap(s.pslab)-len(s.pslab) < udpio.MaxPacket {
+				e.sealPending(s)
+			}
+			buf = s.pslab
+		}
+		start := len(buf)
+		body, err := relaywire.AppendHeader(buf[:start+relaywire.DataSeqLen], &fh)
+		if err != nil || len(body)-start-relaywire.DataSeqLen+len(payload) > relaywire.MaxShardLen-2 {
 			e.m.drops[dropMalformed].Inc()
 			continue
 		}
 		body = append(body, payload...)
-		s.hdr = body[:0]
-		e.sendData(p, body, s.now, &s.out)
+		if s.out.batch {
+			s.pslab = body
+			s.pend = append(s.pend, pending{p: p, off: start, end: len(body)})
+		} else {
+			s.hdr = body[:0]
+			e.sendData(p, body, s.now, &s.out)
+		}
 		if local || s.fanning {
 			e.m.forwarded.Inc()
 		} else {
@@ -721,12 +754,49 @@ func (e *Endpoint) sendGroups(s *scratch, h *relaywire.Header, payload []byte, n
 	}
 }
 
+// sealPending numbers, seals and queues the reader loop's pending data
+// messages, next hop by next hop (in order for each), each next hop's under
+// one hold of its lock and its link's.
+func (e *Endpoint) sealPending(s *scratch) {
+	for i := range s.pend {
+		p := s.pend[i].p
+		if p == nil {
+			continue // sealed with an earlier next hop's
+		}
+		p.mu.Lock()
+		p.link.Hold()
+		p.held = true
+		for j := i; j < len(s.pend); j++ {
+			if m := &s.pend[j]; m.p == p {
+				e.number(p, s.pslab[m.off:m.end], s.now, &s.out)
+				m.p = nil
+			}
+		}
+		p.held = false
+		p.link.Release()
+		p.mu.Unlock()
+	}
+	s.pend, s.pslab = s.pend[:0], s.pslab[:0]
+}
+
+// endBatch ends the reader loop's batch: the pending messages sealed, and
+// every frame queued sent.
+func (e *Endpoint) endBatch(s *scratch) {
+	e.sealPending(s)
+	e.flush(&s.out)
+}
+
 // sendData numbers the message in body (a data body whose first
 // DataSeqLen bytes are the sequence's room) on p's link, seals it and any
 // parity its FEC group closed, and queues them.
 func (e *Endpoint) sendData(p *peer, body []byte, now time.Time, out *outQ) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	e.number(p, body, now, out)
+}
+
+// number is sendData with p.mu held.
+func (e *Endpoint) number(p *peer, body []byte, now time.Time, out *outQ) {
 	p.nParity = 0
 	seq, err := p.sender(now).Next(body[relaywire.DataSeqLen:], now, p.body, p.emit)
 	if err != nil {
@@ -759,7 +829,12 @@ func (e *Endpoint) queue(p *peer, t relaywire.Type, body []byte, out *outQ) {
 		e.flush(out)
 	}
 	m := &out.msgs[out.n]
-	f := p.link.Seal(m.Buf[:0], t, body)
+	var f []byte
+	if p.held {
+		f = p.link.SealHeld(m.Buf[:0], t, body)
+	} else {
+		f = p.link.Seal(m.Buf[:0], t, body)
+	}
 	if len(f) > cap(m.Buf) {
 		e.m.drops[dropSendQueue].Inc()
 		return
@@ -839,7 +914,7 @@ func (e *Endpoint) readLoop() error {
 				e.handleFrame(b, m.Addr, e.loop)
 			}
 		}
-		e.flush(&e.loop.out)
+		e.endBatch(e.loop)
 	}
 }
 

@@ -99,6 +99,7 @@ func benchHop(b *testing.B, send, holder bool, fan int) {
 	}
 	from := netip.MustParseAddrPort("127.0.0.1:9")
 	flush := func() {
+		e.releaseRx(e.loop)
 		e.sealPending(e.loop)
 		if send {
 			e.flush(&e.loop.out)

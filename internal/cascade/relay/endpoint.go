@@ -125,8 +125,9 @@ type peer struct {
 	// dataSent counts the data messages sent on the link (not
 	// retransmissions, not parity); under mu.
 	dataSent uint64
-	// held: the holder of mu holds the link's lock too (sealPending), so
-	// queue seals with SealHeld; under mu.
+	// held: the holder of mu holds the link's lock too (sealPending, or
+	// the reader loop's run of frames from the peer), so queue seals with
+	// SealHeld; under mu.
 	held bool
 }
 
@@ -288,12 +289,21 @@ type outQ struct {
 	batch bool
 }
 
-// rxQueue holds the messages opened from one peer's frame (a data message
-// and what FEC rebuilt with it) until the peer's lock is released.
+// rxQueue holds the messages opened from a run of one peer's frames (data
+// messages and what FEC rebuilt with them) until the peer's lock is
+// released (releaseRx): the reader loop holds p's lock and its link's
+// across consecutive frames from p, at most rxRun of them.
 type rxQueue struct {
+	p    *peer // whose locks the reader loop holds, nil when none
+	n    int   // frames handled under them
 	slab []byte
 	off  []int
 }
+
+// rxRun is the most frames from one peer the reader loop handles under one
+// hold of its locks before it dispatches what they carried: the first
+// one's local delivery waits for the others' opening.
+const rxRun = 16
 
 func (q *rxQueue) add(msg []byte) {
 	q.off = append(q.off, len(q.slab))
@@ -782,6 +792,7 @@ func (e *Endpoint) sealPending(s *scratch) {
 // endBatch ends the reader loop's batch: the pending messages sealed, and
 // every frame queued sent.
 func (e *Endpoint) endBatch(s *scratch) {
+	e.releaseRx(s)
 	e.sealPending(s)
 	e.flush(&s.out)
 }
@@ -918,8 +929,10 @@ func (e *Endpoint) readLoop() error {
 	}
 }
 
-// handleFrame is one received frame's whole path: the checks, the link's
-// recovery, then routing of every message it yields.
+// handleFrame is one received frame's path: the checks, the link's
+// recovery; routing of every message it yields follows when the reader
+// loop releases the peer's locks (releaseRx: at the latest at the end of
+// the read batch, endBatch).
 func (e *Endpoint) handleFrame(b []byte, from netip.AddrPort, s *scratch) {
 	lh, err := relaywire.ParseLinkHeader(b)
 	if err != nil {
@@ -927,6 +940,7 @@ func (e *Endpoint) handleFrame(b []byte, from netip.AddrPort, s *scratch) {
 		return
 	}
 	if lh.Type >= relaywire.TypeHello {
+		e.releaseRx(s)
 		e.handleClient(b, from, lh.Type, s)
 		return
 	}
@@ -943,15 +957,21 @@ func (e *Endpoint) handleFrame(b []byte, from netip.AddrPort, s *scratch) {
 		e.m.drops[dropBlocked].Inc()
 		return
 	}
-	_, body, err := p.link.Open(b)
+	if e.rx.p != p || e.rx.n == rxRun || len(e.rx.slab) > cap(e.rx.slab)/2 {
+		e.releaseRx(s)
+		p.mu.Lock()
+		p.link.Hold()
+		p.held = true
+		e.rx.p = p
+	}
+	e.rx.n++
+	_, body, err := p.link.OpenHeld(b)
 	if err != nil {
 		e.countOpenErr(err)
 		return
 	}
-	e.rx.slab, e.rx.off = e.rx.slab[:0], e.rx.off[:0]
 	now := time.Now()
 	s.now = now
-	p.mu.Lock()
 	switch lh.Type {
 	case relaywire.TypeData:
 		e.media.Add(1)
@@ -1020,7 +1040,20 @@ func (e *Endpoint) handleFrame(b []byte, from netip.AddrPort, s *scratch) {
 			p.tuneFEC(now)
 		}
 	}
+}
+
+// releaseRx gives back the locks the reader loop holds for a run of
+// frames from one peer (handleFrame), then routes the messages they
+// carried: with no lock held, since delivery may call Send.
+func (e *Endpoint) releaseRx(s *scratch) {
+	p := e.rx.p
+	if p == nil {
+		return
+	}
+	p.held = false
+	p.link.Release()
 	p.mu.Unlock()
+	e.rx.p, e.rx.n = nil, 0
 	for i, off := range e.rx.off {
 		end := len(e.rx.slab)
 		if i+1 < len(e.rx.off) {
@@ -1028,6 +1061,7 @@ func (e *Endpoint) handleFrame(b []byte, from netip.AddrPort, s *scratch) {
 		}
 		e.handleMessage(e.rx.slab[off:end], p.id, s)
 	}
+	e.rx.slab, e.rx.off = e.rx.slab[:0], e.rx.off[:0]
 }
 
 func (e *Endpoint) rxAdd(_ uint32, msg []byte) { e.rx.add(msg) }

@@ -261,6 +261,9 @@ type scratch struct {
 	// its end (sealPending), with one lock round trip per next hop
 	pend  []pending
 	pslab []byte
+	// forwarded and sent: copies routed and not yet added to the
+	// metrics (countOut: once per batch, not per next hop)
+	forwarded, sent int
 	// fanning: route is sending a holder's copies (fanOut), counted as
 	// forwarded.
 	fanning bool
@@ -618,6 +621,7 @@ func (e *Endpoint) originate(s *scratch, h *relaywire.Header, k StreamKey, paylo
 	// into s.hdr and seals into the out queue's buffers
 	e.route(s, h, payload, 0, false)
 	e.flush(&s.out)
+	e.countOut(s)
 }
 
 // route sends h and payload on to every destination's next hop, grouping
@@ -757,9 +761,9 @@ func (e *Endpoint) sendGroups(s *scratch, h *relaywire.Header, payload []byte, n
 			e.sendData(p, body, s.now, &s.out)
 		}
 		if local || s.fanning {
-			e.m.forwarded.Inc()
+			s.forwarded++
 		} else {
-			e.m.sent.Inc()
+			s.sent++
 		}
 	}
 }
@@ -787,6 +791,19 @@ func (e *Endpoint) sealPending(s *scratch) {
 		p.mu.Unlock()
 	}
 	s.pend, s.pslab = s.pend[:0], s.pslab[:0]
+	e.countOut(s)
+}
+
+// countOut adds the copies s routed to the metrics.
+func (e *Endpoint) countOut(s *scratch) {
+	if s.forwarded > 0 {
+		e.m.forwarded.Add(float64(s.forwarded))
+		s.forwarded = 0
+	}
+	if s.sent > 0 {
+		e.m.sent.Add(float64(s.sent))
+		s.sent = 0
+	}
 }
 
 // endBatch ends the reader loop's batch: the pending messages sealed, and
@@ -983,7 +1000,9 @@ func (e *Endpoint) handleFrame(b []byte, from netip.AddrPort, s *scratch) {
 		rcv := p.receiver()
 		before := rcv.Recovered
 		rcv.OnData(seq, msg, now, e.rxAdd)
-		e.m.recovered.Add(float64(rcv.Recovered - before))
+		if n := rcv.Recovered - before; n > 0 {
+			e.m.recovered.Add(float64(n))
+		}
 	case relaywire.TypeParity:
 		var par relaywire.Parity
 		if relaywire.ParseParity(body, &par) != nil {
@@ -993,7 +1012,9 @@ func (e *Endpoint) handleFrame(b []byte, from netip.AddrPort, s *scratch) {
 		rcv := p.receiver()
 		before := rcv.Recovered
 		rcv.OnParity(&par, e.rxAdd)
-		e.m.recovered.Add(float64(rcv.Recovered - before))
+		if n := rcv.Recovered - before; n > 0 {
+			e.m.recovered.Add(float64(n))
+		}
 	case relaywire.TypeNack:
 		seqs, err := relaywire.ParseNack(body, p.nacks)
 		if err != nil {

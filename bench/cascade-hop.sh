@@ -28,8 +28,8 @@
 #   that many publishers' tracks, round robin, PPS in all (a cascade-shaped
 #   load: bench/cascade-hop.sh 10000 2,8 5 3 10). Runs under
 #   flock -o /tmp/traverse-bench.lock so that no two benchmarks overlap.
-#   BENCH_PROFILE=FILE: the node's CPU profile (--pprof) over round 1's
-#   hop phase at HI (BENCH_PROFILE_MODE=webrtc: the webrtc phase) to FILE.
+#   BENCH_PROFILE=FILE: the node's CPU profile (--pprof) over the last
+#   round's hop phase at HI (BENCH_PROFILE_MODE=webrtc: the webrtc phase) to FILE.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export TRAVERSE_CASCADE_BENCH=1 BENCH_PPS=${1:-2000} BENCH_FANOUTS=${2:-2,8} BENCH_SECONDS=${3:-5} BENCH_ROUNDS=${4:-3} BENCH_TRACKS=${5:-1}

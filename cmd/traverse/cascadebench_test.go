@@ -492,8 +492,13 @@ func TestCascadeHopCost(t *testing.T) {
 			unsettled++
 		}
 	}
-	measure := func(send, flush func(), out func() float64) (nsPerPkt float64, pkts float64, lat []time.Duration) {
+	// began, when not nil, is called once the node settled, as the
+	// phase begins (the profile must not cover the settle wait)
+	measure := func(send, flush func(), out func() float64, began func()) (nsPerPkt float64, pkts float64, lat []time.Duration) {
 		settle()
+		if began != nil {
+			began()
+		}
 		latMu.Lock()
 		hopLat = hopLat[:0]
 		latMu.Unlock()
@@ -541,15 +546,16 @@ func TestCascadeHopCost(t *testing.T) {
 		var line []string
 		whole := true
 		for m, mode := range modes {
-			nsLo, pLo, latLo := measure(mode.lo, mode.flush, mode.out)
+			nsLo, pLo, latLo := measure(mode.lo, mode.flush, mode.out, nil)
 			var prof chan error
+			var began func()
 			// the last round: the first is often still busy with what the
 			// set-up's bursts left (the webrtc viewers' NACKs)
 			if r == rounds-1 && profile != "" && mode.name == benchEnvString("BENCH_PROFILE_MODE", "hop") {
 				prof = make(chan error, 1)
-				go func() { prof <- fetchProfile(sfuAdmin, max(1, int(dur.Seconds())-1), profile) }()
+				began = func() { go func() { prof <- fetchProfile(sfuAdmin, max(1, int(dur.Seconds())-1), profile) }() }
 			}
-			nsHi, pHi, latHi := measure(mode.hi, mode.flush, mode.out)
+			nsHi, pHi, latHi := measure(mode.hi, mode.flush, mode.out, began)
 			if m != webrtc && len(latLo) > 0 && len(latHi) > 0 {
 				loadLat[m][0] = append(loadLat[m][0], latLo...)
 				loadLat[m][1] = append(loadLat[m][1], latHi...)

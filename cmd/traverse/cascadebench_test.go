@@ -494,7 +494,13 @@ func TestCascadeHopCost(t *testing.T) {
 	}
 	// began, when not nil, is called once the node settled, as the
 	// phase begins (the profile must not cover the settle wait)
-	measure := func(send, flush func(), out func() float64, began func()) (nsPerPkt float64, pkts float64, lat []time.Duration) {
+	// resent: the packets the SFU retransmitted to webrtc viewers over the
+	// phase (their NACKs: in a hop phase, background charged to the hop)
+	resent := func() float64 {
+		f, _ := strconv.ParseFloat(metricValue(sfuAdmin, "traverse_sfu_nacks_answered_total"), 64)
+		return f
+	}
+	measure := func(send, flush func(), out func() float64, began func()) (nsPerPkt float64, pkts float64, lat []time.Duration, resends float64) {
 		settle()
 		if began != nil {
 			began()
@@ -502,10 +508,10 @@ func TestCascadeHopCost(t *testing.T) {
 		latMu.Lock()
 		hopLat = hopLat[:0]
 		latMu.Unlock()
-		o0, c0 := out(), procCPU(t, pid)
+		r0, o0, c0 := resent(), out(), procCPU(t, pid)
 		pace(send, flush)
 		time.Sleep(300 * time.Millisecond) // what is in flight arrives
-		o1, c1 := out(), procCPU(t, pid)
+		o1, c1, r1 := out(), procCPU(t, pid), resent()
 		latMu.Lock()
 		lat = slices.Clone(hopLat)
 		latMu.Unlock()
@@ -513,7 +519,7 @@ func TestCascadeHopCost(t *testing.T) {
 		if pkts <= 0 {
 			t.Fatal("no packets out")
 		}
-		return float64(c1-c0) / pkts, pkts, lat
+		return float64(c1-c0) / pkts, pkts, lat, r1 - r0
 	}
 	// per round and mode: the average at each fan-out, and the slope
 	// (the CPU one more destination adds per packet out) between them
@@ -546,7 +552,7 @@ func TestCascadeHopCost(t *testing.T) {
 		var line []string
 		whole := true
 		for m, mode := range modes {
-			nsLo, pLo, latLo := measure(mode.lo, mode.flush, mode.out, nil)
+			nsLo, pLo, latLo, rsLo := measure(mode.lo, mode.flush, mode.out, nil)
 			var prof chan error
 			var began func()
 			// the last round: the first is often still busy with what the
@@ -555,7 +561,7 @@ func TestCascadeHopCost(t *testing.T) {
 				prof = make(chan error, 1)
 				began = func() { go func() { prof <- fetchProfile(sfuAdmin, max(1, int(dur.Seconds())-1), profile) }() }
 			}
-			nsHi, pHi, latHi := measure(mode.hi, mode.flush, mode.out, began)
+			nsHi, pHi, latHi, rsHi := measure(mode.hi, mode.flush, mode.out, began)
 			if m != webrtc && len(latLo) > 0 && len(latHi) > 0 {
 				loadLat[m][0] = append(loadLat[m][0], latLo...)
 				loadLat[m][1] = append(loadLat[m][1], latHi...)
@@ -570,8 +576,8 @@ func TestCascadeHopCost(t *testing.T) {
 			perIn := (nsLo*pLo - slope*pLo) / (float64(pps) * dur.Seconds())
 			fig[m].add(nsLo, nsHi, slope, perIn)
 			whole = whole && pLo >= due(lo) && pHi >= due(hi)
-			line = append(line, fmt.Sprintf("%s x%d %.0f ns/%s out (%.0f/s), x%d %.0f ns (%.0f/s), slope %.0f ns per added output, fixed %.0f ns per packet in",
-				mode.name, lo, nsLo, mode.fullName, pLo/dur.Seconds(), hi, nsHi, pHi/dur.Seconds(), slope, perIn))
+			line = append(line, fmt.Sprintf("%s x%d %.0f ns/%s out (%.0f/s), x%d %.0f ns (%.0f/s), slope %.0f ns per added output, fixed %.0f ns per packet in, webrtc resends x%d %.0f x%d %.0f",
+				mode.name, lo, nsLo, mode.fullName, pLo/dur.Seconds(), hi, nsHi, pHi/dur.Seconds(), slope, perIn, lo, rsLo, hi, rsHi))
 		}
 		full = append(full, whole)
 		for m := range webrtc {

@@ -31,8 +31,8 @@
 #   BENCH_LATENCY_ONLY=1: only the latency phase (BENCH_LAT_SAMPLES,
 #   default 20,000, one per BENCH_LAT_GAP_US, default 500; p50, p99 and
 #   p999 from the kernel's arrival stamps, the direct path's beside).
-#   BENCH_PROFILE=FILE: the node's CPU profile (--pprof) over round 1's
-#   hop phase at HI (BENCH_PROFILE_MODE=webrtc: the webrtc phase) to FILE.
+#   BENCH_PROFILE=FILE: the node's CPU profile (--pprof) over the last
+#   round's hop phase at HI (BENCH_PROFILE_MODE=webrtc: the webrtc phase) to FILE.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export TRAVERSE_CASCADE_BENCH=1 BENCH_PPS=${1:-2000} BENCH_FANOUTS=${2:-2,8} BENCH_SECONDS=${3:-5} BENCH_ROUNDS=${4:-3} BENCH_TRACKS=${5:-1}

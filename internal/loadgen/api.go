@@ -6,6 +6,7 @@ import (
 
 	"github.com/pion/ice/v4"
 	"github.com/pion/interceptor"
+	"github.com/pion/interceptor/pkg/nack"
 	"github.com/pion/sdp/v3"
 	"github.com/pion/webrtc/v4"
 )
@@ -97,10 +98,17 @@ func newAPI(tcp bool, ip netip.Addr, noReplay bool, o apiOptions) (*webrtc.API, 
 		webrtc.WithInterceptorRegistry(ir)), nil
 }
 
+// nackRetries is the most times a client NACKs one missing packet, as
+// Chrome's NackRequester gives up after kMaxNackRetries (10). pion's
+// generator, by default, NACKs a missing packet every 100 ms for as long
+// as it stays in its 512-packet window: on a track that went quiet, until
+// it arrives, and the SFU answers each NACK.
+const nackRetries = 10
+
 // registerFeedback registers the browser-like interceptors of
-// WithFeedback.
+// WithFeedback: webrtc.ConfigureNack's, but with NACK retries bounded.
 func registerFeedback(me *webrtc.MediaEngine, ir *interceptor.Registry) error {
-	if err := webrtc.ConfigureNack(me, ir); err != nil {
+	if err := webrtc.ConfigureNackWithOptions(me, ir, []nack.GeneratorOption{nack.GeneratorMaxNacksPerPacket(nackRetries)}); err != nil {
 		return err
 	}
 	if err := webrtc.ConfigureRTCPReports(ir); err != nil {

@@ -99,6 +99,8 @@ func benchHop(b *testing.B, send, holder bool, fan int) {
 	}
 	from := netip.MustParseAddrPort("127.0.0.1:9")
 	flush := func() {
+		e.releaseRx(e.loop)
+		e.sealPending(e.loop)
 		if send {
 			e.flush(&e.loop.out)
 		} else {
@@ -150,7 +152,7 @@ func relayHopAllocs(t *testing.T, holder bool) {
 	frame := make([]byte, 0, 2048)
 	for i := 0; i < 100; i++ { // warm the pools and the FEC codec cache
 		e.handleFrame(seal(frame[:0]), from, e.loop)
-		e.flush(&e.loop.out)
+		e.endBatch(e.loop)
 	}
 	frames := make([][]byte, 300)
 	for i := range frames {
@@ -159,7 +161,7 @@ func relayHopAllocs(t *testing.T, holder bool) {
 	i := 0
 	allocs := testing.AllocsPerRun(200, func() {
 		e.handleFrame(frames[i], from, e.loop)
-		e.flush(&e.loop.out)
+		e.endBatch(e.loop)
 		i++
 	})
 	if allocs > 0.1 {

@@ -187,3 +187,33 @@ func TestRelayHopSendsOneRunPerNextHop(t *testing.T) {
 		t.Fatalf("C read the %d forwarded frames in %d reads, want 1 (one run from B)", n, dataReads)
 	}
 }
+
+// TestDeliveryMaySendBack: the reader loop opens a run of frames from one
+// peer under that peer's locks and routes what they carried only once it
+// released them, so a delivery that sends back to the same peer at once
+// (an SFU asking for a keyframe as media arrives) does not deadlock the
+// loop. A sends bursts of media to B, whose every delivery sends feedback
+// to A through A's link.
+func TestDeliveryMaySendBack(t *testing.T) {
+	ns := startNodes(t, nA, nB)
+	a, b := ns[nA], ns[nB]
+	a.e.SetRoutes(1, map[NodeID]NodeID{nB: nB})
+	b.e.SetRoutes(1, map[NodeID]NodeID{nA: nA})
+	back := func([]byte) {
+		if err := b.e.SendFeedback(key, 0, nA, []byte("pli")); err != nil {
+			t.Error(err)
+		}
+	}
+	b.sfu.onMedia.Store(&back)
+	if err := a.e.SetNeed(key, []NodeID{nB}); err != nil {
+		t.Fatal(err)
+	}
+	const count = 200
+	rtp := make([]byte, 1000)
+	for i := 0; i < count; i++ { // back to back: B's reads hold several of A's frames
+		a.e.Send(key, 0, rtp)
+	}
+	testkit.WaitFor(t, 10*time.Second, "A gets feedback for what B received", func() bool {
+		return b.sfu.media.Load() >= count*9/10 && a.sfu.feedback.Load() >= b.sfu.media.Load()
+	})
+}

@@ -125,6 +125,10 @@ type peer struct {
 	// dataSent counts the data messages sent on the link (not
 	// retransmissions, not parity); under mu.
 	dataSent uint64
+	// held: the holder of mu holds the link's lock too (sealPending, or
+	// the reader loop's run of frames from the peer), so queue seals with
+	// SealHeld; under mu.
+	held bool
 }
 
 func newPeer(cfg *Config, id NodeID, addr netip.AddrPort) (*peer, error) {
@@ -252,9 +256,23 @@ type scratch struct {
 	frame  []byte
 	groups [relaywire.MaxDst]group
 	out    outQ
+	// pend and pslab: the reader loop's data messages routed in this read
+	// batch (their bodies in pslab), numbered and sealed per next hop at
+	// its end (sealPending), with one lock round trip per next hop
+	pend  []pending
+	pslab []byte
+	// forwarded and sent: copies routed and not yet added to the
+	// metrics (countOut: once per batch, not per next hop)
+	forwarded, sent int
 	// fanning: route is sending a holder's copies (fanOut), counted as
 	// forwarded.
 	fanning bool
+}
+
+// pending is a data body in scratch.pslab for the next hop p.
+type pending struct {
+	p        *peer
+	off, end int
 }
 
 type group struct {
@@ -274,12 +292,21 @@ type outQ struct {
 	batch bool
 }
 
-// rxQueue holds the messages opened from one peer's frame (a data message
-// and what FEC rebuilt with it) until the peer's lock is released.
+// rxQueue holds the messages opened from a run of one peer's frames (data
+// messages and what FEC rebuilt with them) until the peer's lock is
+// released (releaseRx): the reader loop holds p's lock and its link's
+// across consecutive frames from p, at most rxRun of them.
 type rxQueue struct {
+	p    *peer // whose locks the reader loop holds, nil when none
+	n    int   // frames handled under them
 	slab []byte
 	off  []int
 }
+
+// rxRun is the most frames from one peer the reader loop handles under one
+// hold of its locks before it dispatches what they carried: the first
+// one's local delivery waits for the others' opening.
+const rxRun = 16
 
 func (q *rxQueue) add(msg []byte) {
 	q.off = append(q.off, len(q.slab))
@@ -305,6 +332,10 @@ func newScratch(batch bool) *scratch {
 		n = loopOut
 	}
 	s.out = outQ{msgs: udpio.NewMessages(n, 0), batch: batch}
+	if batch {
+		s.pend = make([]pending, 0, loopOut)
+		s.pslab = make([]byte, 0, loopOut*udpio.MaxPacket)
+	}
 	return s
 }
 
@@ -590,6 +621,7 @@ func (e *Endpoint) originate(s *scratch, h *relaywire.Header, k StreamKey, paylo
 	// into s.hdr and seals into the out queue's buffers
 	e.route(s, h, payload, 0, false)
 	e.flush(&s.out)
+	e.countOut(s)
 }
 
 // route sends h and payload on to every destination's next hop, grouping
@@ -704,21 +736,82 @@ func (e *Endpoint) sendGroups(s *scratch, h *relaywire.Header, payload []byte, n
 		fh.NDst = g.n
 		copy(fh.Dst[:], g.dsts[:g.n])
 		// the data body in one piece: the sequence sendData numbers it
-		// with, then the message, so the message is copied once here
-		body, err := relaywire.AppendHeader(s.hdr[:relaywire.DataSeqLen], &fh)
-		if err != nil || len(body)-relaywire.DataSeqLen+len(payload) > relaywire.MaxShardLen-2 {
+		// with, then the message, so the message is copied once here;
+		// the reader loop's go to its pending slab, sealed at the end of
+		// the read batch
+		buf := s.hdr[:0]
+		if s.out.batch {
+			if len(s.pend) == cap(s.pend) || cap(s.pslab)-len(s.pslab) < udpio.MaxPacket {
+				e.sealPending(s)
+			}
+			buf = s.pslab
+		}
+		start := len(buf)
+		body, err := relaywire.AppendHeader(buf[:start+relaywire.DataSeqLen], &fh)
+		if err != nil || len(body)-start-relaywire.DataSeqLen+len(payload) > relaywire.MaxShardLen-2 {
 			e.m.drops[dropMalformed].Inc()
 			continue
 		}
 		body = append(body, payload...)
-		s.hdr = body[:0]
-		e.sendData(p, body, s.now, &s.out)
-		if local || s.fanning {
-			e.m.forwarded.Inc()
+		if s.out.batch {
+			s.pslab = body
+			s.pend = append(s.pend, pending{p: p, off: start, end: len(body)})
 		} else {
-			e.m.sent.Inc()
+			s.hdr = body[:0]
+			e.sendData(p, body, s.now, &s.out)
+		}
+		if local || s.fanning {
+			s.forwarded++
+		} else {
+			s.sent++
 		}
 	}
+}
+
+// sealPending numbers, seals and queues the reader loop's pending data
+// messages, next hop by next hop (in order for each), each next hop's under
+// one hold of its lock and its link's.
+func (e *Endpoint) sealPending(s *scratch) {
+	for i := range s.pend {
+		p := s.pend[i].p
+		if p == nil {
+			continue // sealed with an earlier next hop's
+		}
+		p.mu.Lock()
+		p.link.Hold()
+		p.held = true
+		for j := i; j < len(s.pend); j++ {
+			if m := &s.pend[j]; m.p == p {
+				e.number(p, s.pslab[m.off:m.end], s.now, &s.out)
+				m.p = nil
+			}
+		}
+		p.held = false
+		p.link.Release()
+		p.mu.Unlock()
+	}
+	s.pend, s.pslab = s.pend[:0], s.pslab[:0]
+	e.countOut(s)
+}
+
+// countOut adds the copies s routed to the metrics.
+func (e *Endpoint) countOut(s *scratch) {
+	if s.forwarded > 0 {
+		e.m.forwarded.Add(float64(s.forwarded))
+		s.forwarded = 0
+	}
+	if s.sent > 0 {
+		e.m.sent.Add(float64(s.sent))
+		s.sent = 0
+	}
+}
+
+// endBatch ends the reader loop's batch: the pending messages sealed, and
+// every frame queued sent.
+func (e *Endpoint) endBatch(s *scratch) {
+	e.releaseRx(s)
+	e.sealPending(s)
+	e.flush(&s.out)
 }
 
 // sendData numbers the message in body (a data body whose first
@@ -727,6 +820,11 @@ func (e *Endpoint) sendGroups(s *scratch, h *relaywire.Header, payload []byte, n
 func (e *Endpoint) sendData(p *peer, body []byte, now time.Time, out *outQ) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	e.number(p, body, now, out)
+}
+
+// number is sendData with p.mu held.
+func (e *Endpoint) number(p *peer, body []byte, now time.Time, out *outQ) {
 	p.nParity = 0
 	seq, err := p.sender(now).Next(body[relaywire.DataSeqLen:], now, p.body, p.emit)
 	if err != nil {
@@ -759,7 +857,12 @@ func (e *Endpoint) queue(p *peer, t relaywire.Type, body []byte, out *outQ) {
 		e.flush(out)
 	}
 	m := &out.msgs[out.n]
-	f := p.link.Seal(m.Buf[:0], t, body)
+	var f []byte
+	if p.held {
+		f = p.link.SealHeld(m.Buf[:0], t, body)
+	} else {
+		f = p.link.Seal(m.Buf[:0], t, body)
+	}
 	if len(f) > cap(m.Buf) {
 		e.m.drops[dropSendQueue].Inc()
 		return
@@ -839,12 +942,14 @@ func (e *Endpoint) readLoop() error {
 				e.handleFrame(b, m.Addr, e.loop)
 			}
 		}
-		e.flush(&e.loop.out)
+		e.endBatch(e.loop)
 	}
 }
 
-// handleFrame is one received frame's whole path: the checks, the link's
-// recovery, then routing of every message it yields.
+// handleFrame is one received frame's path: the checks, the link's
+// recovery; routing of every message it yields follows when the reader
+// loop releases the peer's locks (releaseRx: at the latest at the end of
+// the read batch, endBatch).
 func (e *Endpoint) handleFrame(b []byte, from netip.AddrPort, s *scratch) {
 	lh, err := relaywire.ParseLinkHeader(b)
 	if err != nil {
@@ -852,6 +957,7 @@ func (e *Endpoint) handleFrame(b []byte, from netip.AddrPort, s *scratch) {
 		return
 	}
 	if lh.Type >= relaywire.TypeHello {
+		e.releaseRx(s)
 		e.handleClient(b, from, lh.Type, s)
 		return
 	}
@@ -868,15 +974,21 @@ func (e *Endpoint) handleFrame(b []byte, from netip.AddrPort, s *scratch) {
 		e.m.drops[dropBlocked].Inc()
 		return
 	}
-	_, body, err := p.link.Open(b)
+	if e.rx.p != p || e.rx.n == rxRun || len(e.rx.slab) > cap(e.rx.slab)/2 {
+		e.releaseRx(s)
+		p.mu.Lock()
+		p.link.Hold()
+		p.held = true
+		e.rx.p = p
+	}
+	e.rx.n++
+	_, body, err := p.link.OpenHeld(b)
 	if err != nil {
 		e.countOpenErr(err)
 		return
 	}
-	e.rx.slab, e.rx.off = e.rx.slab[:0], e.rx.off[:0]
 	now := time.Now()
 	s.now = now
-	p.mu.Lock()
 	switch lh.Type {
 	case relaywire.TypeData:
 		e.media.Add(1)
@@ -888,7 +1000,9 @@ func (e *Endpoint) handleFrame(b []byte, from netip.AddrPort, s *scratch) {
 		rcv := p.receiver()
 		before := rcv.Recovered
 		rcv.OnData(seq, msg, now, e.rxAdd)
-		e.m.recovered.Add(float64(rcv.Recovered - before))
+		if n := rcv.Recovered - before; n > 0 {
+			e.m.recovered.Add(float64(n))
+		}
 	case relaywire.TypeParity:
 		var par relaywire.Parity
 		if relaywire.ParseParity(body, &par) != nil {
@@ -898,7 +1012,9 @@ func (e *Endpoint) handleFrame(b []byte, from netip.AddrPort, s *scratch) {
 		rcv := p.receiver()
 		before := rcv.Recovered
 		rcv.OnParity(&par, e.rxAdd)
-		e.m.recovered.Add(float64(rcv.Recovered - before))
+		if n := rcv.Recovered - before; n > 0 {
+			e.m.recovered.Add(float64(n))
+		}
 	case relaywire.TypeNack:
 		seqs, err := relaywire.ParseNack(body, p.nacks)
 		if err != nil {
@@ -945,7 +1061,20 @@ func (e *Endpoint) handleFrame(b []byte, from netip.AddrPort, s *scratch) {
 			p.tuneFEC(now)
 		}
 	}
+}
+
+// releaseRx gives back the locks the reader loop holds for a run of
+// frames from one peer (handleFrame), then routes the messages they
+// carried: with no lock held, since delivery may call Send.
+func (e *Endpoint) releaseRx(s *scratch) {
+	p := e.rx.p
+	if p == nil {
+		return
+	}
+	p.held = false
+	p.link.Release()
 	p.mu.Unlock()
+	e.rx.p, e.rx.n = nil, 0
 	for i, off := range e.rx.off {
 		end := len(e.rx.slab)
 		if i+1 < len(e.rx.off) {
@@ -953,6 +1082,7 @@ func (e *Endpoint) handleFrame(b []byte, from netip.AddrPort, s *scratch) {
 		}
 		e.handleMessage(e.rx.slab[off:end], p.id, s)
 	}
+	e.rx.slab, e.rx.off = e.rx.slab[:0], e.rx.off[:0]
 }
 
 func (e *Endpoint) rxAdd(_ uint32, msg []byte) { e.rx.add(msg) }

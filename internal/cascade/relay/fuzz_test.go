@@ -37,6 +37,7 @@ func FuzzHandleMessage(f *testing.F) {
 	f.Fuzz(func(t *testing.T, msg []byte) {
 		e.loop.out.n = 0
 		e.handleMessage(msg, nA, e.loop)
+		e.sealPending(e.loop)
 		for i := 0; i < e.loop.out.n; i++ {
 			rl := cl
 			if e.loop.out.msgs[i].Addr == aAddr {

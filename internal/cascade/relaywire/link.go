@@ -49,9 +49,9 @@ type Link struct {
 	local, peer NodeID
 	secret      []byte
 
-	// mu guards the send counter, the keys and the replay window (Seal
-	// takes it once for the counter and the key: one locked instruction
-	// pair per frame rather than an atomic add besides).
+	// mu guards the send counter, the keys and the replay window; Seal
+	// and Open take it per frame, Hold for a run of frames (SealHeld,
+	// OpenHeld).
 	mu       sync.Mutex
 	counter  uint64 // last counter sealed
 	epoch    uint16
@@ -146,11 +146,30 @@ func (l *Link) Seal(dst []byte, t Type, body []byte) []byte {
 	l.counter++
 	c, a, epoch := l.counter, l.cur, l.epoch
 	l.mu.Unlock()
+	return seal(dst, a, LinkHeader{Type: t, Epoch: epoch, Sender: l.local, Counter: c}, body)
+}
+
+func seal(dst []byte, a cipher.AEAD, h LinkHeader, body []byte) []byte {
 	start := len(dst)
-	dst = AppendLinkHeader(dst, LinkHeader{Type: t, Epoch: epoch, Sender: l.local, Counter: c})
+	dst = AppendLinkHeader(dst, h)
 	// The nonce is the header's sender and counter (bytes 4-15): unique per
 	// key, and taken from the frame so that nothing escapes to the heap.
 	return a.Seal(dst, dst[start+4:start+LinkHeaderLen], body, dst[start:])
+}
+
+// Hold takes the link's lock for a run of SealHeld and OpenHeld calls: a
+// relay hop seals a read batch's frames for one next hop (and opens a
+// run of frames from one peer) with one lock round trip, not one per
+// frame. Release gives it back; nothing else on the link runs between.
+func (l *Link) Hold() { l.mu.Lock() }
+
+// Release ends what Hold began.
+func (l *Link) Release() { l.mu.Unlock() }
+
+// SealHeld is Seal for the holder of the link's lock (Hold).
+func (l *Link) SealHeld(dst []byte, t Type, body []byte) []byte {
+	l.counter++
+	return seal(dst, l.cur, LinkHeader{Type: t, Epoch: l.epoch, Sender: l.local, Counter: l.counter}, body)
 }
 
 // Open authenticates and decrypts frame in place and returns its header
@@ -159,6 +178,14 @@ func (l *Link) Seal(dst []byte, t Type, body []byte) []byte {
 // replayed (before spending a decryption on it), the tag, and only then
 // records the counter in the window.
 func (l *Link) Open(frame []byte) (LinkHeader, []byte, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.OpenHeld(frame)
+}
+
+// OpenHeld is Open for the holder of the link's lock (Hold): each frame
+// still gets its own replay check.
+func (l *Link) OpenHeld(frame []byte) (LinkHeader, []byte, error) {
 	h, err := ParseLinkHeader(frame)
 	if err != nil {
 		return h, nil, err
@@ -169,8 +196,6 @@ func (l *Link) Open(frame []byte) (LinkHeader, []byte, error) {
 	if len(frame) < Overhead {
 		return h, nil, ErrShort
 	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
 	var a cipher.AEAD
 	switch {
 	case h.Epoch == l.epoch:

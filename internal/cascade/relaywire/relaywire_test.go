@@ -182,6 +182,48 @@ func TestLinkAttacks(t *testing.T) {
 	}
 }
 
+// TestLinkHeldRun: a run of frames sealed and opened under one hold of
+// the link's lock (Hold, SealHeld, OpenHeld) interleaves with Seal and
+// Open, and each frame of the run still gets its own checks: a frame
+// replayed within the run, a forged one and a truncated one fail while
+// the others open.
+func TestLinkHeldRun(t *testing.T) {
+	a, _ := NewLink(testSecret, 1, 2, 1)
+	b, _ := NewLink(testSecret, 2, 1, 1)
+	var frames [][]byte
+	a.Hold()
+	for i := 0; i < 4; i++ {
+		frames = append(frames, a.SealHeld(nil, TypeProbe, AppendProbe(nil, Probe{ID: uint32(i)})))
+	}
+	a.Release()
+	frames = append(frames, a.Seal(nil, TypeProbe, AppendProbe(nil, Probe{ID: 4})))
+	replayed := append([]byte(nil), frames[1]...)
+	forged := append([]byte(nil), frames[2]...)
+	forged[len(forged)-1] ^= 1
+	truncated := append([]byte(nil), frames[3][:LinkHeaderLen+2]...)
+	run := [][]byte{forged, truncated, frames[0], frames[1], replayed, frames[2], frames[3]}
+	want := []error{ErrAuth, ErrShort, nil, nil, ErrReplay, nil, nil}
+	b.Hold()
+	for i, f := range run {
+		_, body, err := b.OpenHeld(f)
+		if !errors.Is(err, want[i]) {
+			t.Errorf("frame %d of the run: %v, want %v", i, err, want[i])
+		}
+		if err == nil {
+			if _, err := ParseProbe(body); err != nil {
+				t.Errorf("frame %d of the run: %v", i, err)
+			}
+		}
+	}
+	b.Release()
+	if _, _, err := b.Open(frames[4]); err != nil {
+		t.Errorf("frame after the run: %v", err)
+	}
+	if _, _, err := b.Open(append([]byte(nil), frames[0]...)); !errors.Is(err, ErrReplay) {
+		t.Errorf("frame of the run replayed after it: %v", err)
+	}
+}
+
 func TestRestartedSenderAccepted(t *testing.T) {
 	b, _ := NewLink(testSecret, 2, 1, 1)
 	a, _ := NewLink(testSecret, 1, 2, 1)

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/pion/ice/v4"
+	"github.com/pion/rtcp"
 	"github.com/pion/webrtc/v4"
 
 	"github.com/traverse-rtc/traverse/internal/loadgen"
@@ -140,4 +141,40 @@ func TestLateRetransmissionAccepted(t *testing.T) {
 	}
 	_, copies := conn.counts()
 	t.Logf("%d copies held back, %v resent, %d repaired", copies, ans-ans0, video.Repaired()-rep0)
+}
+
+// TestNACKFloodBounded mounts a NACK flood: one subscriber NACKs one
+// sequence number 1,000 times as fast as it can. The node resends it at
+// most once per resendGap and counts the rest in nacks_throttled_total.
+func TestNACKFloodBounded(t *testing.T) {
+	h, sub, video, ssrc := nackSetup(t, Config{})
+	m := h.s.m
+	n0, ans0, thr0, late0 := testutilCounter(m.nacks), testutilCounter(m.nacksAnswered), testutilCounter(m.nacksThrottled), video.Late()
+	seq := video.LastSeq() - 5
+	pairs := make([]rtcp.NackPair, 10)
+	for i := range pairs {
+		pairs[i] = rtcp.NackPair{PacketID: seq}
+	}
+	start := time.Now()
+	for range 100 {
+		if err := sub.PC().WriteRTCP([]rtcp.Packet{&rtcp.TransportLayerNack{SenderSSRC: 1, MediaSSRC: ssrc, Nacks: pairs}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	testkit.WaitFor(t, 10*time.Second, "the 1,000 NACKs at the node", func() bool {
+		return testutilCounter(m.nacks)-n0 >= 1000
+	})
+	// At most one resend per gap over the time the flood took to arrive.
+	bound := 1 + float64(time.Since(start)/resendGap)
+	ans, thr := testutilCounter(m.nacksAnswered)-ans0, testutilCounter(m.nacksThrottled)-thr0
+	if ans < 1 || ans > bound {
+		t.Errorf("%v resends for 1,000 NACKs of one packet in %v, want 1 to %v", ans, time.Since(start).Round(time.Millisecond), bound)
+	}
+	if ans+thr != 1000 {
+		t.Errorf("%v resent + %v throttled, want 1,000", ans, thr)
+	}
+	testkit.WaitFor(t, 5*time.Second, "the resends at the subscriber", func() bool {
+		return video.Late()-late0 >= uint64(ans)
+	})
+	t.Logf("1,000 NACKs in %v: %v resent, %v throttled", time.Since(start).Round(time.Millisecond), ans, thr)
 }

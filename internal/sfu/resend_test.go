@@ -10,7 +10,6 @@ import (
 
 	"github.com/pion/ice/v4"
 	"github.com/pion/rtcp"
-	"github.com/pion/webrtc/v4"
 
 	"github.com/traverse-rtc/traverse/internal/loadgen"
 	"github.com/traverse-rtc/traverse/internal/testkit"
@@ -112,12 +111,7 @@ func TestLateRetransmissionAccepted(t *testing.T) {
 	sub := h.dialWith(api, loadgen.ClientConfig{Room: "late", Identity: "sub", Subscribe: true})
 	<-pub.Connected()
 	video := waitVideo(t, sub, 100, anyLayer)
-	var ssrc uint32
-	for _, tr := range sub.PC().GetTransceivers() {
-		if r := tr.Receiver(); r != nil && r.Track() != nil && r.Track().Kind() == webrtc.RTPCodecTypeVideo {
-			ssrc = uint32(r.Track().SSRC())
-		}
-	}
+	ssrc := videoSSRC(sub)
 	const lost = 30
 	rep0, ans0 := video.Repaired(), testutilCounter(h.s.m.nacksAnswered)
 	conn.arm(ssrc, lost, 100)

@@ -77,7 +77,8 @@ func newAPI(tcp bool, ip netip.Addr, noReplay bool, o apiOptions) (*webrtc.API, 
 	}
 	se := webrtc.SettingEngine{}
 	se.SetIncludeLoopbackCandidate(true)
-	se.DisableSRTPReplayProtection(noReplay)
+	se.SetSRTPReplayProtectionWindow(srtpReplayWindow)
+	se.DisableSRTPReplayProtection(noReplay) // after: the window turns it on
 	se.SetICEMulticastDNSMode(ice.MulticastDNSModeDisabled)
 	se.SetIPFilter(func(a net.IP) bool {
 		if ip.IsValid() {
@@ -97,6 +98,15 @@ func newAPI(tcp bool, ip netip.Addr, noReplay bool, o apiOptions) (*webrtc.API, 
 	return webrtc.NewAPI(webrtc.WithMediaEngine(me), webrtc.WithSettingEngine(se),
 		webrtc.WithInterceptorRegistry(ir)), nil
 }
+
+// srtpReplayWindow is how many packets behind the newest an SRTP packet
+// is still accepted (once), as in Chrome and Firefox (libwebrtc's and
+// Firefox's libsrtp policy window_size is 1024). pion's default is 64:
+// a NACKed retransmission arriving more than 64 packets after the
+// newest (a loss at a high packet rate, a slow round trip) fails the
+// replay check, so neither the NACK generator nor the application sees
+// it and the client NACKs it again (sfu.TestLateRetransmissionAccepted).
+const srtpReplayWindow = 1024
 
 // nackRetries is the most times a client NACKs one missing packet, as
 // Chrome's NackRequester gives up after kMaxNackRetries (10). pion's

@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/pion/rtcp"
-	"github.com/pion/webrtc/v4"
 
 	"github.com/traverse-rtc/traverse/internal/bus"
 	"github.com/traverse-rtc/traverse/internal/loadgen"
@@ -70,12 +69,7 @@ func TestKeyframeRequestsThrottled(t *testing.T) {
 	sub := h.dial(loadgen.ClientConfig{Room: "k", Identity: "sub", Subscribe: true})
 	<-pub.Connected()
 	testkit.WaitFor(t, 10*time.Second, "video at the subscriber", func() bool { return sub.Receives(1, 1, 10) })
-	var ssrc uint32
-	for _, tr := range sub.PC().GetTransceivers() {
-		if r := tr.Receiver(); r != nil && r.Track() != nil && r.Track().Kind() == webrtc.RTPCodecTypeVideo {
-			ssrc = uint32(r.Track().SSRC())
-		}
-	}
+	ssrc := videoSSRC(sub)
 	// Past the throttle window of the keyframe asked for at subscription.
 	time.Sleep(1100 * time.Millisecond)
 	fwd0, thr0 := testutilCounter(h.s.m.pliForwarded), testutilCounter(h.s.m.pliThrottled)
@@ -115,12 +109,7 @@ func nackSetup(t *testing.T, cfg Config) (*harness, *loadgen.Client, *loadgen.Re
 	sub := h.dial(loadgen.ClientConfig{Room: "n", Identity: "sub", Subscribe: true})
 	<-pub.Connected()
 	video := waitVideo(t, sub, 30, anyLayer)
-	var ssrc uint32
-	for _, tr := range sub.PC().GetTransceivers() {
-		if r := tr.Receiver(); r != nil && r.Track() != nil && r.Track().Kind() == webrtc.RTPCodecTypeVideo {
-			ssrc = uint32(r.Track().SSRC())
-		}
-	}
+	ssrc := videoSSRC(sub)
 	return h, sub, video, ssrc
 }
 

@@ -73,3 +73,13 @@ func readSRTP(t testing.TB, rc *net.UDPConn, dec *srtp.Context) (*rtp.Packet, in
 	}
 	return &got, n
 }
+
+// videoSSRC returns the SSRC of the video c receives, 0 when none.
+func videoSSRC(c *loadgen.Client) uint32 {
+	for _, tr := range c.PC().GetTransceivers() {
+		if r := tr.Receiver(); r != nil && r.Track() != nil && r.Track().Kind() == webrtc.RTPCodecTypeVideo {
+			return uint32(r.Track().SSRC())
+		}
+	}
+	return 0
+}

@@ -12,6 +12,7 @@ type metrics struct {
 	badSDP, badRTP                    prometheus.Counter
 	pliForwarded, pliThrottled, nacks prometheus.Counter
 	nacksAnswered, nacksMissed        prometheus.Counter
+	nacksThrottled                    prometheus.Counter
 	layerSwitches, dataMessages       prometheus.Counter
 	unsupportedTracks, glare          prometheus.Counter
 	ownActive, ownFallbacks           prometheus.Counter
@@ -55,6 +56,8 @@ func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
 		nacks:         c("nacks_received_total", "Packets subscribers asked to be retransmitted."),
 		nacksAnswered: c("nacks_answered_total", "Packets retransmitted to subscribers from the track caches."),
 		nacksMissed:   c("nacks_missed_total", "Retransmission requests the caches could not answer (too old, other layer)."),
+		nacksThrottled: c("nacks_throttled_total",
+			"Retransmission requests dropped: the packet was resent to the same subscriber less than 50 ms before."),
 		layerSwitches: c("layer_switches_total", "Simulcast layer switches done for subscribers."),
 		dataMessages:  c("data_messages_total", "Data-channel messages relayed."),
 		unsupportedTracks: c("unsupported_tracks_total",
@@ -110,7 +113,7 @@ func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
 		m.rtcpTaken, m.rtcpIgnored, m.rtcpErrors,
 		counterFunc("rtp_received_pion_total", "Publishers' RTP packets that came through pion's receive path.", s.pionReceived.Load),
 		m.ownActive, m.ownFallbacks, m.ownDrops, m.ownReports, m.ownRTCPSent, m.ownRTCPErrors, m.unsupportedTracks, m.glare, m.joins, m.leaves, m.connected, m.offers, m.badSDP, m.badRTP, m.pliForwarded,
-		m.pliThrottled, m.nacks, m.nacksAnswered, m.nacksMissed, m.layerSwitches, m.dataMessages, m.subscriberLoss,
+		m.pliThrottled, m.nacks, m.nacksAnswered, m.nacksMissed, m.nacksThrottled, m.layerSwitches, m.dataMessages, m.subscriberLoss,
 		m.twccFeedback, m.twccBad, m.subscriberEstimate, m.drains, m.drainRejoins, m.drainForced,
 		counterFunc("rtp_forwarded_total", "RTP packets sent to subscribers.", s.forwarded.Load),
 		counterFunc("rtp_received_total", "RTP packets received from publishers.", s.received.Load),

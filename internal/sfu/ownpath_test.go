@@ -179,7 +179,7 @@ func TestOwnPathWrite(t *testing.T) {
 				pkt.SequenceNumber++
 				pkt.Timestamp += 3000
 			}
-			if !d.resend(pkt.SequenceNumber-3, make([]byte, 1500)) {
+			if d.resend(pkt.SequenceNumber-3, make([]byte, 1500)) != resendSent {
 				t.Fatal("resend missed the cached packet")
 			}
 			if got, _ := readSRTP(t, rc, dec); got.SequenceNumber != pkt.SequenceNumber-3 {

@@ -53,7 +53,7 @@ func TestOwnPathTWCC(t *testing.T) {
 		}
 		pkt.SequenceNumber++
 	}
-	if !d.resend(pkt.SequenceNumber-2, make([]byte, 1500)) {
+	if d.resend(pkt.SequenceNumber-2, make([]byte, 1500)) != resendSent {
 		t.Fatal("resend missed")
 	}
 	if got, _ := readSRTP(t, rc, dec); tseq(got) != 5 || got.SequenceNumber != pkt.SequenceNumber-2 {

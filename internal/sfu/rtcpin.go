@@ -159,9 +159,12 @@ func (p *participant) clientRTCP(pkts []rtcp.Packet, downs []*downTrack, buf []b
 			for _, pair := range pk.Nacks {
 				pair.Range(func(seq uint16) bool {
 					m.nacks.Inc()
-					if dt.resend(seq, buf) {
+					switch dt.resend(seq, buf) {
+					case resendSent:
 						m.nacksAnswered.Inc()
-					} else {
+					case resendThrottled:
+						m.nacksThrottled.Inc()
+					default:
 						m.nacksMissed.Inc()
 					}
 					return true

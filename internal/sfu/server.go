@@ -51,6 +51,7 @@ import (
 	"github.com/traverse-rtc/traverse/internal/bus"
 	"github.com/traverse-rtc/traverse/internal/rtpfeedback"
 	"github.com/traverse-rtc/traverse/internal/sfu/batchconn"
+	"github.com/traverse-rtc/traverse/internal/sfu/srtpseal"
 	"github.com/traverse-rtc/traverse/internal/udpio"
 )
 
@@ -208,7 +209,8 @@ func (s *Server) muxes(uc *udpio.Conn) ([]webrtc.NetworkType, error) {
 
 // settingEngine is the setting engine every peer connection of the node
 // starts from: ICE-lite on the node's muxes, loopback candidates allowed,
-// no mDNS, the public address in the candidates.
+// no mDNS, the public address in the candidates, an SRTP replay window of
+// srtpseal.ReplayWindow.
 func (s *Server) settingEngine(types []webrtc.NetworkType) webrtc.SettingEngine {
 	lf := logging.NewDefaultLoggerFactory()
 	lf.DefaultLogLevel = logging.LogLevelError
@@ -221,6 +223,9 @@ func (s *Server) settingEngine(types []webrtc.NetworkType) webrtc.SettingEngine 
 	se.SetNetworkTypes(types)
 	se.SetIncludeLoopbackCandidate(true)
 	se.SetICEMulticastDNSMode(ice.MulticastDNSModeDisabled)
+	// Publishers' retransmissions arrive behind newer packets: pion's
+	// path keeps the own path's window (browsers'), not pion's 64.
+	se.SetSRTPReplayProtectionWindow(srtpseal.ReplayWindow)
 	if s.cfg.PublicIP.IsValid() {
 		se.SetNAT1To1IPs([]string{s.cfg.PublicIP.String()}, webrtc.ICECandidateTypeHost)
 	}

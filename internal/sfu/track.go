@@ -405,7 +405,29 @@ type downTrack struct {
 	// after the subscriber's SRTP keys are known and kept from then on:
 	// every packet of the SSRC goes through it.
 	own *ownOut
+	// resent are the latest retransmissions, by sequence number modulo
+	// their count: resend sends one sequence number at most once per
+	// resendGap.
+	resent [resentSlots]resentMark
 }
+
+// resentMark is one retransmission: its outgoing sequence number and when
+// it was sent (unix nanoseconds).
+type resentMark struct {
+	seq uint16
+	at  int64
+}
+
+// resendGap is the shortest interval between two retransmissions of one
+// sequence number to one subscriber: NACKs for it within the gap (a
+// flood, or a repeat sent before the first answer could arrive) are
+// counted and dropped. Browsers and pion repeat a NACK after a round trip
+// (pion every 100 ms), which the gap lets through.
+const resendGap = 50 * time.Millisecond
+
+// resentSlots is how many recent retransmissions the gap is kept for, a
+// power of two (more than one NACK's span of 17 sequence numbers).
+const resentSlots = 64
 
 // Loss-based layer capping, for subscribers that send no REMB (browsers
 // that negotiated transport-cc): a receiver report with more than
@@ -632,28 +654,42 @@ func (d *downTrack) Layer() int {
 	return d.cur
 }
 
+// resendResult is what resend did with a NACKed sequence number.
+type resendResult uint8
+
+const (
+	resendSent      resendResult = iota // retransmitted
+	resendMissed                        // not in the cache (too old, other layer, never sent)
+	resendThrottled                     // retransmitted less than resendGap ago
+)
+
 // resend answers a subscriber's NACK for outgoing sequence number seq from
-// the current layer's cache.
-func (d *downTrack) resend(seq uint16, buf []byte) bool {
+// the current layer's cache, at most once per resendGap.
+func (d *downTrack) resend(seq uint16, buf []byte) resendResult {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.ws == nil || d.cur < 0 || !d.started {
-		return false
+		return resendMissed
 	}
 	// Only sequence numbers sent from the current layer map back to the
 	// publisher's.
 	if back := int(d.lastSeq - seq); back >= d.epochLen {
-		return false
+		return resendMissed
+	}
+	now := time.Now().UnixNano()
+	mark := &d.resent[seq%resentSlots]
+	if mark.at != 0 && mark.seq == seq && now-mark.at < int64(resendGap) {
+		return resendThrottled
 	}
 	d.t.mu.Lock()
 	l := d.t.layers[d.cur]
 	d.t.mu.Unlock()
 	if l == nil || l.cache == nil {
-		return false
+		return resendMissed
 	}
 	hdr, payload, ok := l.cache.get(seq-d.seqOff, buf)
 	if !ok {
-		return false
+		return resendMissed
 	}
 	h := &d.hdr
 	*h = hdr
@@ -661,9 +697,15 @@ func (d *downTrack) resend(seq uint16, buf []byte) bool {
 	h.PayloadType = d.pt
 	h.SequenceNumber = seq
 	h.Timestamp += d.tsOff
+	mark.seq, mark.at = seq, now
 	if o := d.ownLocked(); o != nil {
-		return o.send(h, payload, time.Now().UnixNano())
+		if o.send(h, payload, now) {
+			return resendSent
+		}
+		return resendMissed
 	}
-	_, err := d.ws.WriteRTP(h, payload)
-	return err == nil
+	if _, err := d.ws.WriteRTP(h, payload); err != nil {
+		return resendMissed
+	}
+	return resendSent
 }

@@ -20,8 +20,9 @@ type GCM struct {
 	iv    [12]byte // a field: a local array handed to Seal would escape
 	index uint64   // extended sequence number (ROC << 16 | SEQ) of the highest packet sent or received
 	begun bool
-	// window has bit i set when index-i was received (open only).
-	window uint64
+	// window has the bit of index i (bit i%64 of word i/64%len) set when
+	// i, one of the last ReplayWindow indexes, was received (open only).
+	window [ReplayWindow / 64]uint64
 }
 
 // SRTP key derivation labels (RFC 3711 section 4.3.2).
@@ -156,8 +157,11 @@ const (
 )
 
 // ReplayWindow is how far behind the highest index a packet is still
-// accepted once (RFC 3711 section 3.3.2; pion's default SRTP window).
-const ReplayWindow = 64
+// accepted once (RFC 3711 section 3.3.2), a multiple of 64: browsers'
+// 1024 (libwebrtc's and Firefox's libsrtp window_size), not pion's
+// default 64, so that a retransmission the node NACKed arrives in time
+// at a high packet rate (TestSRTPGCMOpenLateRetransmission).
+const ReplayWindow = 1024
 
 // Replayed reports whether Open would refuse sequence number seq as a
 // replay (without looking at the packet).
@@ -172,8 +176,23 @@ func (g *GCM) replayedAt(diff int32) bool {
 	if !g.begun || diff > 0 {
 		return false
 	}
-	back := -diff
-	return back >= ReplayWindow || g.window&(1<<back) != 0
+	back := uint64(-diff)
+	return back >= ReplayWindow || g.seen(g.index-back)
+}
+
+// seen reports whether index i's bit is set in the window.
+func (g *GCM) seen(i uint64) bool {
+	return g.window[i/64%uint64(len(g.window))]&(1<<(i%64)) != 0
+}
+
+// mark sets (on) or clears index i's bit in the window.
+func (g *GCM) mark(i uint64, on bool) {
+	w, b := &g.window[i/64%uint64(len(g.window))], uint64(1)<<(i%64)
+	if on {
+		*w |= b
+	} else {
+		*w &^= b
+	}
 }
 
 // StartAt makes seq, with rollover counter 0, the highest index received,
@@ -181,7 +200,8 @@ func (g *GCM) replayedAt(diff int32) bool {
 // another receiver (pion's, which like this one starts its rollover
 // counter at 0 on the first packet) that opened up to seq.
 func (g *GCM) StartAt(seq uint16) {
-	g.begun, g.index, g.window = true, uint64(seq), 1
+	g.begun, g.index, g.window = true, uint64(seq), [ReplayWindow / 64]uint64{}
+	g.mark(g.index, true)
 }
 
 // Open authenticates and decrypts the SRTP packet pkt, whose header is
@@ -209,16 +229,21 @@ func (g *GCM) Open(dst, pkt []byte, hn int, ssrc uint32, seq uint16) (int, OpenR
 	}
 	switch {
 	case !g.begun:
-		g.begun, g.index, g.window = true, uint64(seq), 1
+		g.StartAt(seq)
 	case diff > 0:
+		// The indexes skipped and the new one leave the bits of the
+		// ones ReplayWindow older.
 		if diff >= ReplayWindow {
-			g.window = 1
+			g.window = [ReplayWindow / 64]uint64{}
 		} else {
-			g.window = g.window<<diff | 1
+			for i := g.index + 1; i < g.index+uint64(diff); i++ {
+				g.mark(i, false)
+			}
 		}
 		g.index = uint64(roc)<<16 | uint64(seq)
+		g.mark(g.index, true)
 	default:
-		g.window |= 1 << -diff
+		g.mark(g.index-uint64(-diff), true)
 	}
 	return n - TagLen, Opened
 }

@@ -154,6 +154,14 @@ func (g *layerLog) tailOnly(mark, n int, l uint8) bool {
 // layer is in between.
 func checkSwitch(t *testing.T, ps []layerPkt, from, to uint8) {
 	t.Helper()
+	checkSwitchGap(t, ps, from, to, time.Second)
+}
+
+// checkSwitchGap is checkSwitch with the timestamps at most gap apart
+// across the switch (they follow the wall time: a fallback from a layer
+// that stopped comes a second or more after its last packet).
+func checkSwitchGap(t *testing.T, ps []layerPkt, from, to uint8, gap time.Duration) {
+	t.Helper()
 	first := -1
 	for i, p := range ps {
 		if p.layer == to {
@@ -171,7 +179,7 @@ func checkSwitch(t *testing.T, ps []layerPkt, from, to uint8) {
 	if !b.key {
 		t.Fatalf("switched to layer %d on a packet that is not a keyframe", to)
 	}
-	if b.seq != a.seq+1 || b.ssrc != a.ssrc || int32(b.ts-a.ts) <= 0 || b.ts-a.ts > 90000 {
+	if b.seq != a.seq+1 || b.ssrc != a.ssrc || int32(b.ts-a.ts) <= 0 || int64(b.ts-a.ts) > gap.Milliseconds()*90 {
 		t.Fatalf("switch from %d to %d not continuous: %+v then %+v", from, to, a, b)
 	}
 	for i, p := range ps[first:] {
@@ -394,53 +402,7 @@ func TestRelayClientLayerChoiceRelayPublisher(t *testing.T) {
 	e, _ := cascadeBus(t)
 	tokenKey := bytes.Repeat([]byte("token-key-"), 4)
 	n := startCascadeNode(t, e, "nodeA", func(c *Config) { c.CascadeClientAuth = relayauth.Verifier(tokenKey) })
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	var want [3]atomic.Bool // a keyframe asked for, by layer
-	ptok, psec := mintRelay(t, tokenKey, "r1", "ingest", true, false)
-	p, err := relayclient.Dial(ctx, relayclient.Config{Server: n.s.Cascade().Addr(), Token: ptok, Secret: psec, Room: "r1",
-		Local:  netip.MustParseAddrPort("127.0.0.1:0"),
-		Tracks: []relayclient.Track{{ID: "cam", Video: true, MimeType: "video/VP8", ClockRate: 90000, Layers: 3}},
-		OnFeedback: func(_, layer uint8, _ []byte) {
-			if layer < 3 {
-				want[layer].Store(true)
-			}
-		}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(p.Close)
-	stop := make(chan struct{})
-	done := make(chan struct{})
-	go func() { // three layers, a packet of each every 5 ms, for at most 25 s
-		defer close(done)
-		var pkts [3]rtp.Packet
-		for l := range pkts {
-			pkts[l] = rtp.Packet{Header: rtp.Header{Version: 2, PayloadType: 96, SequenceNumber: uint16(1000 * l), SSRC: uint32(100 + l),
-				Timestamp: uint32(5000 * l)}, Payload: make([]byte, 200)}
-		}
-		tick := time.NewTicker(5 * time.Millisecond)
-		defer tick.Stop()
-		for range 5000 {
-			for l := range pkts {
-				pk := &pkts[l]
-				pk.SequenceNumber++
-				pk.Timestamp += 450
-				pk.Payload[0], pk.Payload[1] = 0x10, 0x01 // a frame's start, not a keyframe
-				if want[l].Swap(false) {
-					pk.Payload[1] = 0x00 // a keyframe
-				}
-				b, _ := pk.Marshal()
-				_ = p.WriteRTP(0, uint8(l), b)
-			}
-			select {
-			case <-stop:
-				return
-			case <-tick.C:
-			}
-		}
-	}()
-	t.Cleanup(func() { close(stop); <-done })
+	startRelayPublisher(t, n, tokenKey)
 	g := &layerLog{}
 	s := g.dial(t, n, tokenKey, "viewer")
 	testkit.WaitFor(t, 10*time.Second, "every layer at the receiver", func() bool { return layersIn(g.since(0)) == 7 })
@@ -458,6 +420,122 @@ func TestRelayClientLayerChoiceRelayPublisher(t *testing.T) {
 	}
 	testkit.WaitFor(t, 10*time.Second, "the switch to layer 0", func() bool { return g.tailOnly(m, 50, 0) })
 	checkSwitch(t, g.since(m), 1, 0)
+}
+
+// relayPublisher is relay client "ingest" publishing video track "cam"
+// of three layers into room r1: a packet of each layer every 5 ms (for at
+// most 25 s), a keyframe of a layer when the node asks for one (its
+// feedback) and never unasked; a layer whose stopped is set is not sent.
+type relayPublisher struct {
+	want    [3]atomic.Bool // a keyframe asked for, by layer
+	stopped [3]atomic.Bool
+}
+
+func startRelayPublisher(t *testing.T, n *cascadeNode, tokenKey []byte) *relayPublisher {
+	t.Helper()
+	rp := &relayPublisher{}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	ptok, psec := mintRelay(t, tokenKey, "r1", "ingest", true, false)
+	p, err := relayclient.Dial(ctx, relayclient.Config{Server: n.s.Cascade().Addr(), Token: ptok, Secret: psec, Room: "r1",
+		Local:  netip.MustParseAddrPort("127.0.0.1:0"),
+		Tracks: []relayclient.Track{{ID: "cam", Video: true, MimeType: "video/VP8", ClockRate: 90000, Layers: 3}},
+		OnFeedback: func(_, layer uint8, _ []byte) {
+			if layer < 3 {
+				rp.want[layer].Store(true)
+			}
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		var pkts [3]rtp.Packet
+		for l := range pkts {
+			pkts[l] = rtp.Packet{Header: rtp.Header{Version: 2, PayloadType: 96, SequenceNumber: uint16(1000 * l), SSRC: uint32(100 + l),
+				Timestamp: uint32(5000 * l)}, Payload: make([]byte, 200)}
+		}
+		tick := time.NewTicker(5 * time.Millisecond)
+		defer tick.Stop()
+		for range 5000 {
+			for l := range pkts {
+				if rp.stopped[l].Load() {
+					continue
+				}
+				pk := &pkts[l]
+				pk.SequenceNumber++
+				pk.Timestamp += 450
+				pk.Payload[0], pk.Payload[1] = 0x10, 0x01 // a frame's start, not a keyframe
+				if rp.want[l].Swap(false) {
+					pk.Payload[1] = 0x00 // a keyframe
+				}
+				b, _ := pk.Marshal()
+				_ = p.WriteRTP(0, uint8(l), b)
+			}
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	t.Cleanup(func() { close(stop); <-done })
+	return rp
+}
+
+// TestRelayClientLayerFallback: a relay client that chose the top layer
+// gets, while its publisher stops sending that layer, the best live layer
+// below it (as a WebRTC subscriber would), switched to at a keyframe of
+// that layer with the stream continuous; when the top layer comes back it
+// switches back to it at its keyframe. With the two upper layers gone it
+// gets the lowest, and the middle one when that one alone comes back.
+func TestRelayClientLayerFallback(t *testing.T) {
+	e, _ := cascadeBus(t)
+	tokenKey := bytes.Repeat([]byte("token-key-"), 4)
+	n := startCascadeNode(t, e, "nodeA", func(c *Config) { c.CascadeClientAuth = relayauth.Verifier(tokenKey) })
+	rp := startRelayPublisher(t, n, tokenKey)
+	g := &layerLog{}
+	s := g.dial(t, n, tokenKey, "viewer")
+	testkit.WaitFor(t, 10*time.Second, "every layer at the receiver", func() bool { return layersIn(g.since(0)) == 7 })
+	g.mu.Lock()
+	vid := g.video
+	g.mu.Unlock()
+	m := g.mark()
+	if err := s.SetLayer(vid, 2); err != nil {
+		t.Fatal(err)
+	}
+	testkit.WaitFor(t, 10*time.Second, "layer 2 alone", func() bool { return g.tailOnly(m, 50, 2) })
+
+	// the publisher drops its top layer (a browser short of uplink)
+	m = g.mark() - 1
+	rp.stopped[2].Store(true)
+	testkit.WaitFor(t, 10*time.Second, "the fallback to layer 1", func() bool { return g.tailOnly(m, 50, 1) })
+	checkSwitchGap(t, g.since(m), 2, 1, 5*time.Second)
+	if got := clientChoice(n.s, vid); got != 2 {
+		t.Fatalf("the client's choice at the node is %d after the fallback, want 2 (what it asked for)", got)
+	}
+
+	// the top layer is back: back to it at its keyframe
+	m = g.mark() - 1
+	rp.stopped[2].Store(false)
+	testkit.WaitFor(t, 10*time.Second, "back to layer 2", func() bool { return g.tailOnly(m, 50, 2) })
+	checkSwitch(t, g.since(m), 1, 2)
+
+	// the two upper layers stop: down to layer 0; layer 1 back (the top
+	// one still missing): up to layer 1, the best live one below the
+	// choice
+	m = g.mark() - 1
+	rp.stopped[1].Store(true)
+	rp.stopped[2].Store(true)
+	testkit.WaitFor(t, 10*time.Second, "the fallback to layer 0", func() bool { return g.tailOnly(m, 50, 0) })
+	checkSwitchGap(t, g.since(m), 2, 0, 5*time.Second)
+	m = g.mark() - 1
+	rp.stopped[1].Store(false)
+	testkit.WaitFor(t, 10*time.Second, "up to layer 1", func() bool { return g.tailOnly(m, 50, 1) })
+	checkSwitch(t, g.since(m), 0, 1)
 }
 
 // BenchmarkRelayClientForward: one 1,000-byte packet of a remote track

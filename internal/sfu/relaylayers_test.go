@@ -589,3 +589,71 @@ func BenchmarkRelayClientForward(b *testing.B) {
 		})
 	}
 }
+
+// TestRelayClientQuietRebind: a receiving relay client that went quiet
+// long enough for the node to forget it (its quiet time shortened to a
+// second) comes back and is given its tracks anew, under other indices;
+// its layer choice follows its track to the new index (the client
+// re-maps it by the track's publisher and id and says it again), and the
+// old index is gone from what it receives.
+func TestRelayClientQuietRebind(t *testing.T) {
+	e, _ := cascadeBus(t)
+	tokenKey := bytes.Repeat([]byte("token-key-"), 4)
+	n := startCascadeNode(t, e, "nodeA", func(c *Config) {
+		c.CascadeClientAuth = relayauth.Verifier(tokenKey)
+		c.cascadeClientIdle = time.Second
+	})
+	var blocked atomic.Bool // the receiver's path to the node is cut
+	front, _ := testkit.UDPProxy(t, n.s.Cascade().Addr(), func(bool) bool { return blocked.Load() })
+	g := &layerLog{}
+	rx := dialReceiver(t, n, tokenKey, "viewer", func(c *relayclient.Config) {
+		g.config(c)
+		c.Server, c.Keepalive = front, 300*time.Millisecond
+	})
+	// an audio track first (index 0), then the video (index 1); the audio
+	// leaves, so that the video gets index 0 when the node gives the
+	// client its tracks anew
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	mtok, msec := mintRelay(t, tokenKey, "r1", "mic", true, false)
+	mic, err := relayclient.Dial(ctx, relayclient.Config{Server: n.s.Cascade().Addr(), Token: mtok, Secret: msec, Room: "r1",
+		Local: netip.MustParseAddrPort("127.0.0.1:0"), Tracks: []relayclient.Track{{ID: "mic", MimeType: "audio/opus", ClockRate: 48000, Channels: 2}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(mic.Close)
+	testkit.WaitFor(t, 5*time.Second, "the audio track at the receiver", func() bool { return len(rx.Received()) == 1 })
+	startRelayPublisher(t, n, tokenKey)
+	testkit.WaitFor(t, 10*time.Second, "every video layer at the receiver", func() bool { return layersIn(g.since(0)) == 7 })
+	mic.Close() // quiet: the node unbinds it and its track leaves
+	testkit.WaitFor(t, 10*time.Second, "the audio track gone", func() bool { return len(rx.Received()) == 1 && rx.Received()[0].Video })
+	old := rx.Received()[0].Index
+	if old == 0 {
+		t.Fatal("the video track was given index 0 first; the test needs it moved")
+	}
+	m := g.mark()
+	if err := rx.SetLayer(old, 1); err != nil {
+		t.Fatal(err)
+	}
+	testkit.WaitFor(t, 10*time.Second, "layer 1 alone", func() bool { return g.tailOnly(m, 50, 1) })
+
+	// quiet: the node forgets the receiver (one client bound: the
+	// publisher), then hears from it again
+	blocked.Store(true)
+	testkit.WaitFor(t, 10*time.Second, "the receiver unbound", func() bool { return n.metric(t, "traverse_relay_clients") == 1 })
+	m = g.mark()
+	blocked.Store(false)
+	testkit.WaitFor(t, 10*time.Second, "layer 1 alone under the new index", func() bool {
+		g.mu.Lock()
+		moved := g.video != old
+		g.mu.Unlock()
+		return moved && g.tailOnly(m, 50, 1)
+	})
+	testkit.WaitFor(t, 5*time.Second, "the video under its new index alone (the old one gone)", func() bool {
+		r := rx.Received()
+		return len(r) == 1 && r[0].Index != old
+	})
+	if got := clientChoice(n.s, rx.Received()[0].Index); got != 1 {
+		t.Fatalf("the node has choice %d for the video's new index, want 1", got)
+	}
+}

@@ -3,6 +3,7 @@ package sfu
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"net/netip"
 	"strings"
 	"sync"
@@ -399,22 +400,8 @@ func TestSubTrackNames(t *testing.T) {
 // for that layer), and the receiver switches at it: relay client to
 // relay client, three layers, no WebRTC peer in the room.
 func TestRelayClientLayerChoiceRelayPublisher(t *testing.T) {
-	e, _ := cascadeBus(t)
-	tokenKey := bytes.Repeat([]byte("token-key-"), 4)
-	n := startCascadeNode(t, e, "nodeA", func(c *Config) { c.CascadeClientAuth = relayauth.Verifier(tokenKey) })
-	startRelayPublisher(t, n, tokenKey)
-	g := &layerLog{}
-	s := g.dial(t, n, tokenKey, "viewer")
-	testkit.WaitFor(t, 10*time.Second, "every layer at the receiver", func() bool { return layersIn(g.since(0)) == 7 })
-	g.mu.Lock()
-	vid := g.video
-	g.mu.Unlock()
-	m := g.mark()
-	if err := s.SetLayer(vid, 1); err != nil {
-		t.Fatal(err)
-	}
-	testkit.WaitFor(t, 10*time.Second, "layer 1 alone", func() bool { return g.tailOnly(m, 50, 1) })
-	m = g.mark() - 1
+	_, _, g, s, vid := relayPublisherRoom(t, 1)
+	m := g.mark() - 1
 	if err := s.SetLayer(vid, 0); err != nil {
 		t.Fatal(err)
 	}
@@ -486,13 +473,12 @@ func startRelayPublisher(t *testing.T, n *cascadeNode, tokenKey []byte) *relayPu
 	return rp
 }
 
-// TestRelayClientLayerFallback: a relay client that chose the top layer
-// gets, while its publisher stops sending that layer, the best live layer
-// below it (as a WebRTC subscriber would), switched to at a keyframe of
-// that layer with the stream continuous; when the top layer comes back it
-// switches back to it at its keyframe. With the two upper layers gone it
-// gets the lowest, and the middle one when that one alone comes back.
-func TestRelayClientLayerFallback(t *testing.T) {
+// relayPublisherRoom starts node "nodeA" taking relay clients, a
+// relayPublisher and a receiving relay client whose video the log records;
+// once the client gets every layer it chooses layer and gets it alone. It
+// returns the publisher, the log, the client and the video's index.
+func relayPublisherRoom(t *testing.T, layer uint8) (*cascadeNode, *relayPublisher, *layerLog, *relayclient.Client, uint8) {
+	t.Helper()
 	e, _ := cascadeBus(t)
 	tokenKey := bytes.Repeat([]byte("token-key-"), 4)
 	n := startCascadeNode(t, e, "nodeA", func(c *Config) { c.CascadeClientAuth = relayauth.Verifier(tokenKey) })
@@ -504,13 +490,24 @@ func TestRelayClientLayerFallback(t *testing.T) {
 	vid := g.video
 	g.mu.Unlock()
 	m := g.mark()
-	if err := s.SetLayer(vid, 2); err != nil {
+	if err := s.SetLayer(vid, layer); err != nil {
 		t.Fatal(err)
 	}
-	testkit.WaitFor(t, 10*time.Second, "layer 2 alone", func() bool { return g.tailOnly(m, 50, 2) })
+	testkit.WaitFor(t, 10*time.Second, fmt.Sprintf("layer %d alone", layer), func() bool { return g.tailOnly(m, 50, layer) })
+	return n, rp, g, s, vid
+}
+
+// TestRelayClientLayerFallback: a relay client that chose the top layer
+// gets, while its publisher stops sending that layer, the best live layer
+// below it (as a WebRTC subscriber would), switched to at a keyframe of
+// that layer with the stream continuous; when the top layer comes back it
+// switches back to it at its keyframe. With the two upper layers gone it
+// gets the lowest, and the middle one when that one alone comes back.
+func TestRelayClientLayerFallback(t *testing.T) {
+	n, rp, g, _, vid := relayPublisherRoom(t, 2)
 
 	// the publisher drops its top layer (a browser short of uplink)
-	m = g.mark() - 1
+	m := g.mark() - 1
 	rp.stopped[2].Store(true)
 	testkit.WaitFor(t, 10*time.Second, "the fallback to layer 1", func() bool { return g.tailOnly(m, 50, 1) })
 	checkSwitchGap(t, g.since(m), 2, 1, 5*time.Second)

@@ -154,10 +154,7 @@ func (o *clientOut) oneLayer() bool {
 func (o *clientOut) layer() int {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if o.cur < 0 {
-		return o.target
-	}
-	return o.cur
+	return o.current()
 }
 
 func (o *clientOut) capped(l int) int {

@@ -108,11 +108,18 @@ type Client struct {
 	buf  []byte
 	body []byte
 
-	recvMu sync.Mutex // guards recv, layers
+	recvMu sync.Mutex // guards recv, byKey, layers, moved
 	recv   map[uint8]RecvTrack
+	// byKey is each received track's index by its trackKey.
+	byKey map[string]uint8
 	// layers are the client's layer choices (SetLayer) by track index,
 	// with when each was last sent.
 	layers map[uint8]layerChoice
+	// moved are choices whose track the node announced under another
+	// index (it gave the client new indices: it forgot the client after a
+	// quiet spell, or restarted), by trackKey: a choice follows its track
+	// to its new index and is said again there.
+	moved map[string]layerChoice
 	// unknownAt is when media of an unannounced track last made the
 	// client say hello again (at most once a second): the node answers a
 	// hello with every track.
@@ -166,7 +173,7 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 		_ = conn.SetReadBuffer(recvBuffer)
 	}
 	c := &Client{cfg: cfg, conn: conn, link: link, hello: body, buf: make([]byte, 0, 2048), body: make([]byte, 0, 2048),
-		recv: map[uint8]RecvTrack{}, layers: map[uint8]layerChoice{}, welcomed: make(chan uint64, 1), done: make(chan struct{})}
+		recv: map[uint8]RecvTrack{}, byKey: map[string]uint8{}, layers: map[uint8]layerChoice{}, moved: map[string]layerChoice{}, welcomed: make(chan uint64, 1), done: make(chan struct{})}
 	c.wg.Add(1)
 	go c.read()
 	t := time.NewTicker(250 * time.Millisecond)
@@ -281,7 +288,10 @@ func (c *Client) read() {
 				}
 			case relaywire.KindTrackGone:
 				c.recvMu.Lock()
-				_, ok := c.recv[m.Track]
+				old, ok := c.recv[m.Track]
+				if ok {
+					delete(c.byKey, trackKey(&old))
+				}
 				delete(c.recv, m.Track)
 				delete(c.layers, m.Track)
 				c.recvMu.Unlock()
@@ -293,21 +303,84 @@ func (c *Client) read() {
 	}
 }
 
+// trackKey names a received track whatever its index: its publisher and
+// id (the node gives a track one index per client).
+func trackKey(rt *RecvTrack) string { return rt.Publisher + "\x00" + rt.ID }
+
 // track records an announced track; OnTrack hears of it when it is new or
-// changed (the node repeats every track at each hello).
+// changed (the node repeats every track at each hello). A track announced
+// under a new index (the node gave the client new indices) takes its
+// layer choice along, said again under the new index at once, and
+// OnTrackGone hears of the old index; a choice made under an index that
+// another track now has is undone there (LayerAll), since the client may
+// have repeated it to the node before it heard of the change.
 func (c *Client) track(idx uint8, st *relaywire.SubTrack) {
 	rt := RecvTrack{Index: idx, Publisher: st.Publisher, Track: Track{ID: st.ID, Video: st.Kind == relaywire.KindVideo,
 		MimeType: st.Mime, ClockRate: st.ClockRate, Channels: st.Channels, Fmtp: st.Fmtp, Layers: st.Layers}}
+	key := trackKey(&rt)
+	gone := -1
+	reset := false
+	var say *layerChoice
 	c.recvMu.Lock()
 	old, ok := c.recv[idx]
+	if ok && trackKey(&old) != key {
+		// another track under the index
+		delete(c.byKey, trackKey(&old))
+		if ch, chosen := c.layers[idx]; chosen {
+			c.keepMoved(trackKey(&old), ch)
+			delete(c.layers, idx)
+			reset = true
+		}
+	}
+	if j, had := c.byKey[key]; had && j != idx {
+		// the track under a new index
+		delete(c.recv, j)
+		if ch, chosen := c.layers[j]; chosen {
+			c.keepMoved(key, ch)
+			delete(c.layers, j)
+		}
+		gone = int(j)
+	}
 	c.recv[idx] = rt
-	if ok && old != rt {
-		delete(c.layers, idx) // another track under the index
+	c.byKey[key] = idx
+	if ch, chosen := c.layers[idx]; chosen && !ch.fits(rt.Layers) {
+		delete(c.layers, idx) // the track has fewer layers now
+	}
+	if ch, m := c.moved[key]; m {
+		delete(c.moved, key)
+		if ch.fits(rt.Layers) {
+			now := time.Now()
+			ch.at, ch.sent, ch.got = now, now, false
+			c.layers[idx] = ch
+			say = &ch
+		}
 	}
 	c.recvMu.Unlock()
+	switch {
+	case say != nil:
+		_ = c.send(relaywire.ClientMsg{Kind: relaywire.KindLayer, Track: idx, Layer: say.layer}, nil)
+	case reset:
+		_ = c.send(relaywire.ClientMsg{Kind: relaywire.KindLayer, Track: idx, Layer: LayerAll}, nil)
+	}
+	if gone >= 0 && c.cfg.OnTrackGone != nil {
+		c.cfg.OnTrackGone(uint8(gone))
+	}
 	if (!ok || old != rt) && c.cfg.OnTrack != nil {
 		c.cfg.OnTrack(rt)
 	}
+}
+
+// keepMoved keeps the choice of a track whose index changed until the
+// track is announced again, at most relaywire.MaxSubTracks of them (the
+// tracks a client receives at once). c.recvMu is held.
+func (c *Client) keepMoved(key string, ch layerChoice) {
+	if len(c.moved) >= relaywire.MaxSubTracks {
+		for k := range c.moved {
+			delete(c.moved, k)
+			break
+		}
+	}
+	c.moved[key] = ch
 }
 
 // media hands a received packet to OnRTP; one of a track not announced
@@ -323,14 +396,17 @@ func (c *Client) media(m relaywire.ClientMsg, rtp []byte) {
 		}
 	}
 	ch, chosen := c.layers[m.Track]
-	if ok && chosen && (ch.layer == LayerNone || ch.layer != LayerAll && ch.layer != m.Layer) {
-		// media the choice does not match: the choice was lost, or the
-		// node waits for the new layer's keyframe; said again at most
-		// once a second
-		if now = time.Now(); now.Sub(ch.sent) >= time.Second {
-			ch.sent, choose = now, true
-			c.layers[m.Track] = ch
+	if ok && chosen {
+		if now.IsZero() {
+			now = time.Now()
 		}
+		if !ch.matches(m.Layer, now) && now.Sub(ch.sent) >= time.Second {
+			// media the choice does not match: the choice was lost, or
+			// the node waits for the new layer's keyframe; said again
+			// at most once a second
+			ch.sent, choose = now, true
+		}
+		c.layers[m.Track] = ch
 	}
 	c.recvMu.Unlock()
 	if again {
@@ -373,6 +449,45 @@ func (c *Client) RequestKeyframe(track, layer uint8) error {
 type layerChoice struct {
 	layer uint8
 	sent  time.Time
+	at    time.Time // when it was made (or followed its track to a new index)
+	got   bool      // a packet of the chosen layer came since
+	last  uint8     // the layer of the track's last packet
+}
+
+// choiceSettle is how long after a one-layer choice media of a lower layer
+// still says the choice may not have reached the node (it is said again),
+// unless a packet of the chosen layer came; after it, media of one lower
+// layer is the node's fallback while the chosen layer is not live.
+const choiceSettle = 5 * time.Second
+
+// fits reports whether the choice is one a track of layers layers has.
+func (ch *layerChoice) fits(layers uint8) bool {
+	return ch.layer >= LayerNone || ch.layer < max(layers, 1)
+}
+
+// matches records a packet of layer l of the track and reports whether
+// it agrees with the choice: every layer under LayerAll, none under
+// LayerNone; under one layer, that layer, or one layer below it at a time
+// (the node's fallback: docs/relay-protocol.md, "Layers") once the choice
+// settled. Packets of several layers in turn (the node sends every layer:
+// the choice was lost) or above the choice do not.
+func (ch *layerChoice) matches(l uint8, now time.Time) bool {
+	prev := ch.last
+	ch.last = l
+	switch {
+	case ch.layer == LayerAll:
+		return true
+	case ch.layer == LayerNone:
+		return false
+	case l == ch.layer:
+		ch.got = true
+		return true
+	case l > ch.layer:
+		return false
+	case !ch.got && now.Sub(ch.at) < choiceSettle:
+		return false
+	}
+	return l == prev || prev == ch.layer
 }
 
 // SetLayer chooses which layer of a received track (its index) the node
@@ -383,7 +498,10 @@ type layerChoice struct {
 // new layer (the node asks the publisher for one); OnRTP's layer says
 // which layer a packet comes from. The choice is said again with every
 // keepalive, and at once (at most once a second) when media does not
-// match it; it is forgotten when the track leaves.
+// match it; it follows the track when the node announces it under another
+// index, and is forgotten when the track leaves. While the chosen layer
+// is not live (its publisher stopped sending it) the node sends the best
+// live layer below it, and the chosen one again when it is back.
 func (c *Client) SetLayer(track, layer uint8) error {
 	if !c.cfg.Subscribe {
 		return errors.New("relayclient: not subscribed")
@@ -395,7 +513,8 @@ func (c *Client) SetLayer(track, layer uint8) error {
 		return fmt.Errorf("relayclient: track %d has %d layers", track, max(rt.Layers, 1))
 	}
 	if ok {
-		c.layers[track] = layerChoice{layer: layer, sent: time.Now()}
+		now := time.Now()
+		c.layers[track] = layerChoice{layer: layer, sent: now, at: now}
 	}
 	c.recvMu.Unlock()
 	if !ok {

@@ -17,12 +17,15 @@ import (
 // other participant on C); the keyframe the switch needs is asked of the
 // publisher across the cascade (C's feedback out, A's feedback in: the
 // publisher sends no keyframe unasked during the test), and from then on
-// C sends the client that layer alone.
+// C sends the client that layer alone. When the publisher stops sending
+// that layer (a browser short of uplink drops its top layer), C sends the
+// client the layer below it (its liveness is the packets crossing the
+// cascade), and the chosen one again when the publisher takes it up.
 func TestCascadeRelayClientLayerChoice(t *testing.T) {
 	c, nodes, mint := relayClientCascade(t, "nodeA", "nodeC")
 	a, cc := nodes[0], nodes[1]
 	dial := cascadeDialer(t, c)
-	dial("nodeA", loadgen.ClientConfig{Room: "r1", Identity: "alice", Publish: true, Simulcast: true, VideoBitrate: 600_000,
+	pub := dial("nodeA", loadgen.ClientConfig{Room: "r1", Identity: "alice", Publish: true, Simulcast: true, VideoBitrate: 600_000,
 		KeyframeInterval: time.Hour})
 	tok, sec := mint("recorder", false, true)
 	var mu sync.Mutex
@@ -69,15 +72,24 @@ func TestCascadeRelayClientLayerChoice(t *testing.T) {
 	if err := recv.SetLayer(idx, 2); err != nil {
 		t.Fatal(err)
 	}
-	testkit.WaitFor(t, 15*time.Second, "layer 2 alone at the relay client on C", func() bool {
-		mu.Lock()
-		defer mu.Unlock()
-		tail := layers[mark:]
-		return len(tail) >= 60 && maskOf(tail[len(tail)-60:]) == 1<<2
-	})
+	alone := func(mark int, l uint8) func() bool {
+		return func() bool {
+			mu.Lock()
+			defer mu.Unlock()
+			tail := layers[mark:]
+			return len(tail) >= 60 && maskOf(tail[len(tail)-60:]) == 1<<l
+		}
+	}
+	testkit.WaitFor(t, 15*time.Second, "layer 2 alone at the relay client on C", alone(mark, 2))
 	if cc.counter(t, "traverse_sfu_cascade_feedback_out_total") <= out || a.counter(t, "traverse_sfu_cascade_feedback_in_total") <= in {
 		t.Fatal("the layer choice's keyframe request did not cross the cascade")
 	}
+	_, mark = seen(0)
+	pub.StopLayer(2, true)
+	testkit.WaitFor(t, 15*time.Second, "the fallback to layer 1 at the relay client on C", alone(mark, 1))
+	_, mark = seen(0)
+	pub.StopLayer(2, false)
+	testkit.WaitFor(t, 15*time.Second, "layer 2 again at the relay client on C", alone(mark, 2))
 }
 
 func maskOf(ls []uint8) int {

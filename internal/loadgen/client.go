@@ -91,6 +91,9 @@ type Client struct {
 	videoTracks []*webrtc.TrackLocalStaticRTP
 	audioTrack  *webrtc.TrackLocalStaticRTP
 	keyframe    atomic.Bool
+	// layerOff: the video layer of that index is not sent (StopLayer);
+	// layerOn: it was sent again, and starts with a keyframe.
+	layerOff, layerOn [3]atomic.Bool
 
 	mu     sync.Mutex // guards tracks
 	tracks []*RecvStats
@@ -286,6 +289,20 @@ func (c *Client) Data() []string {
 	c.dataMu.Lock()
 	defer c.dataMu.Unlock()
 	return append([]string(nil), c.data...)
+}
+
+// StopLayer stops sending video layer i of a simulcast publisher (0
+// lowest), or sends it again (starting with a keyframe), as a browser
+// drops its top layers when its uplink estimate or a bandwidth cap is
+// short and takes them up again.
+func (c *Client) StopLayer(i int, stop bool) {
+	if i < 0 || i >= len(c.layerOff) {
+		return
+	}
+	if !stop && c.layerOff[i].Load() {
+		c.layerOn[i].Store(true)
+	}
+	c.layerOff[i].Store(stop)
 }
 
 // Sent is how many RTP packets the client published.

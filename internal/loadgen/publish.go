@@ -115,6 +115,12 @@ func (p *publisher) step() {
 	}
 	endFrame := p.tick%3 == 0
 	for i, tr := range c.videoTracks {
+		if i < len(c.layerOff) && c.layerOff[i].Load() {
+			continue
+		}
+		if i < len(c.layerOn) && c.layerOn[i].Swap(false) {
+			p.keyPending[i] = true
+		}
 		p.video(i, tr, ts, endFrame)
 	}
 	if p.tick%2 == 0 && c.audioTrack != nil {

@@ -147,7 +147,7 @@ func (s *Server) openCascade() error {
 	}
 	ep, err := relay.New(relay.Config{Node: relay.NodeID(c.id), Listen: s.cfg.CascadeListen, Secret: s.cfg.CascadeSecret,
 		Local: (*cascadeLocal)(s), Registry: s.cfg.Registerer, ClientAuth: s.cfg.CascadeClientAuth, MaxClients: s.cfg.CascadeMaxClients,
-		ClientRate: s.cfg.CascadeClientRate})
+		ClientRate: s.cfg.CascadeClientRate, ClientIdle: s.cfg.cascadeClientIdle})
 	if err != nil {
 		return fmt.Errorf("sfu: cascade: %w", err)
 	}

@@ -79,6 +79,9 @@ type Config struct {
 	CascadeClientAuth relay.ClientAuth `yaml:"-"`
 	CascadeMaxClients int              `yaml:"cascade-max-clients"`
 	CascadeClientRate float64          `yaml:"cascade-client-rate"`
+	// cascadeClientIdle replaces relay.DefaultClientIdle, how long a
+	// quiet relay client stays bound (tests).
+	cascadeClientIdle time.Duration
 	// Group, when set, makes the node one of a balanced group: nodes
 	// sharing one public address behind a UDP load balancer, any of which
 	// serves a session whose first STUN binding reaches it (group.go,

@@ -3,6 +3,7 @@ package sfu
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"net/netip"
 	"strings"
 	"sync"
@@ -154,6 +155,14 @@ func (g *layerLog) tailOnly(mark, n int, l uint8) bool {
 // layer is in between.
 func checkSwitch(t *testing.T, ps []layerPkt, from, to uint8) {
 	t.Helper()
+	checkSwitchGap(t, ps, from, to, time.Second)
+}
+
+// checkSwitchGap is checkSwitch with the timestamps at most gap apart
+// across the switch (they follow the wall time: a fallback from a layer
+// that stopped comes a second or more after its last packet).
+func checkSwitchGap(t *testing.T, ps []layerPkt, from, to uint8, gap time.Duration) {
+	t.Helper()
 	first := -1
 	for i, p := range ps {
 		if p.layer == to {
@@ -171,7 +180,7 @@ func checkSwitch(t *testing.T, ps []layerPkt, from, to uint8) {
 	if !b.key {
 		t.Fatalf("switched to layer %d on a packet that is not a keyframe", to)
 	}
-	if b.seq != a.seq+1 || b.ssrc != a.ssrc || int32(b.ts-a.ts) <= 0 || b.ts-a.ts > 90000 {
+	if b.seq != a.seq+1 || b.ssrc != a.ssrc || int32(b.ts-a.ts) <= 0 || int64(b.ts-a.ts) > gap.Milliseconds()*90 {
 		t.Fatalf("switch from %d to %d not continuous: %+v then %+v", from, to, a, b)
 	}
 	for i, p := range ps[first:] {
@@ -391,19 +400,36 @@ func TestSubTrackNames(t *testing.T) {
 // for that layer), and the receiver switches at it: relay client to
 // relay client, three layers, no WebRTC peer in the room.
 func TestRelayClientLayerChoiceRelayPublisher(t *testing.T) {
-	e, _ := cascadeBus(t)
-	tokenKey := bytes.Repeat([]byte("token-key-"), 4)
-	n := startCascadeNode(t, e, "nodeA", func(c *Config) { c.CascadeClientAuth = relayauth.Verifier(tokenKey) })
+	_, _, g, s, vid := relayPublisherRoom(t, 1)
+	m := g.mark() - 1
+	if err := s.SetLayer(vid, 0); err != nil {
+		t.Fatal(err)
+	}
+	testkit.WaitFor(t, 10*time.Second, "the switch to layer 0", func() bool { return g.tailOnly(m, 50, 0) })
+	checkSwitch(t, g.since(m), 1, 0)
+}
+
+// relayPublisher is relay client "ingest" publishing video track "cam"
+// of three layers into room r1: a packet of each layer every 5 ms (for at
+// most 25 s), a keyframe of a layer when the node asks for one (its
+// feedback) and never unasked; a layer whose stopped is set is not sent.
+type relayPublisher struct {
+	want    [3]atomic.Bool // a keyframe asked for, by layer
+	stopped [3]atomic.Bool
+}
+
+func startRelayPublisher(t *testing.T, n *cascadeNode, tokenKey []byte) *relayPublisher {
+	t.Helper()
+	rp := &relayPublisher{}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	var want [3]atomic.Bool // a keyframe asked for, by layer
 	ptok, psec := mintRelay(t, tokenKey, "r1", "ingest", true, false)
 	p, err := relayclient.Dial(ctx, relayclient.Config{Server: n.s.Cascade().Addr(), Token: ptok, Secret: psec, Room: "r1",
 		Local:  netip.MustParseAddrPort("127.0.0.1:0"),
 		Tracks: []relayclient.Track{{ID: "cam", Video: true, MimeType: "video/VP8", ClockRate: 90000, Layers: 3}},
 		OnFeedback: func(_, layer uint8, _ []byte) {
 			if layer < 3 {
-				want[layer].Store(true)
+				rp.want[layer].Store(true)
 			}
 		}})
 	if err != nil {
@@ -412,7 +438,7 @@ func TestRelayClientLayerChoiceRelayPublisher(t *testing.T) {
 	t.Cleanup(p.Close)
 	stop := make(chan struct{})
 	done := make(chan struct{})
-	go func() { // three layers, a packet of each every 5 ms, for at most 25 s
+	go func() {
 		defer close(done)
 		var pkts [3]rtp.Packet
 		for l := range pkts {
@@ -423,11 +449,14 @@ func TestRelayClientLayerChoiceRelayPublisher(t *testing.T) {
 		defer tick.Stop()
 		for range 5000 {
 			for l := range pkts {
+				if rp.stopped[l].Load() {
+					continue
+				}
 				pk := &pkts[l]
 				pk.SequenceNumber++
 				pk.Timestamp += 450
 				pk.Payload[0], pk.Payload[1] = 0x10, 0x01 // a frame's start, not a keyframe
-				if want[l].Swap(false) {
+				if rp.want[l].Swap(false) {
 					pk.Payload[1] = 0x00 // a keyframe
 				}
 				b, _ := pk.Marshal()
@@ -441,6 +470,19 @@ func TestRelayClientLayerChoiceRelayPublisher(t *testing.T) {
 		}
 	}()
 	t.Cleanup(func() { close(stop); <-done })
+	return rp
+}
+
+// relayPublisherRoom starts node "nodeA" taking relay clients, a
+// relayPublisher and a receiving relay client whose video the log records;
+// once the client gets every layer it chooses layer and gets it alone. It
+// returns the publisher, the log, the client and the video's index.
+func relayPublisherRoom(t *testing.T, layer uint8) (*cascadeNode, *relayPublisher, *layerLog, *relayclient.Client, uint8) {
+	t.Helper()
+	e, _ := cascadeBus(t)
+	tokenKey := bytes.Repeat([]byte("token-key-"), 4)
+	n := startCascadeNode(t, e, "nodeA", func(c *Config) { c.CascadeClientAuth = relayauth.Verifier(tokenKey) })
+	rp := startRelayPublisher(t, n, tokenKey)
 	g := &layerLog{}
 	s := g.dial(t, n, tokenKey, "viewer")
 	testkit.WaitFor(t, 10*time.Second, "every layer at the receiver", func() bool { return layersIn(g.since(0)) == 7 })
@@ -448,16 +490,49 @@ func TestRelayClientLayerChoiceRelayPublisher(t *testing.T) {
 	vid := g.video
 	g.mu.Unlock()
 	m := g.mark()
-	if err := s.SetLayer(vid, 1); err != nil {
+	if err := s.SetLayer(vid, layer); err != nil {
 		t.Fatal(err)
 	}
-	testkit.WaitFor(t, 10*time.Second, "layer 1 alone", func() bool { return g.tailOnly(m, 50, 1) })
+	testkit.WaitFor(t, 10*time.Second, fmt.Sprintf("layer %d alone", layer), func() bool { return g.tailOnly(m, 50, layer) })
+	return n, rp, g, s, vid
+}
+
+// TestRelayClientLayerFallback: a relay client that chose the top layer
+// gets, while its publisher stops sending that layer, the best live layer
+// below it (as a WebRTC subscriber would), switched to at a keyframe of
+// that layer with the stream continuous; when the top layer comes back it
+// switches back to it at its keyframe. With the two upper layers gone it
+// gets the lowest, and the middle one when that one alone comes back.
+func TestRelayClientLayerFallback(t *testing.T) {
+	n, rp, g, _, vid := relayPublisherRoom(t, 2)
+
+	// the publisher drops its top layer (a browser short of uplink)
+	m := g.mark() - 1
+	rp.stopped[2].Store(true)
+	testkit.WaitFor(t, 10*time.Second, "the fallback to layer 1", func() bool { return g.tailOnly(m, 50, 1) })
+	checkSwitchGap(t, g.since(m), 2, 1, 5*time.Second)
+	if got := clientChoice(n.s, vid); got != 2 {
+		t.Fatalf("the client's choice at the node is %d after the fallback, want 2 (what it asked for)", got)
+	}
+
+	// the top layer is back: back to it at its keyframe
 	m = g.mark() - 1
-	if err := s.SetLayer(vid, 0); err != nil {
-		t.Fatal(err)
-	}
-	testkit.WaitFor(t, 10*time.Second, "the switch to layer 0", func() bool { return g.tailOnly(m, 50, 0) })
-	checkSwitch(t, g.since(m), 1, 0)
+	rp.stopped[2].Store(false)
+	testkit.WaitFor(t, 10*time.Second, "back to layer 2", func() bool { return g.tailOnly(m, 50, 2) })
+	checkSwitch(t, g.since(m), 1, 2)
+
+	// the two upper layers stop: down to layer 0; layer 1 back (the top
+	// one still missing): up to layer 1, the best live one below the
+	// choice
+	m = g.mark() - 1
+	rp.stopped[1].Store(true)
+	rp.stopped[2].Store(true)
+	testkit.WaitFor(t, 10*time.Second, "the fallback to layer 0", func() bool { return g.tailOnly(m, 50, 0) })
+	checkSwitchGap(t, g.since(m), 2, 0, 5*time.Second)
+	m = g.mark() - 1
+	rp.stopped[1].Store(false)
+	testkit.WaitFor(t, 10*time.Second, "up to layer 1", func() bool { return g.tailOnly(m, 50, 1) })
+	checkSwitch(t, g.since(m), 0, 1)
 }
 
 // BenchmarkRelayClientForward: one 1,000-byte packet of a remote track
@@ -509,5 +584,73 @@ func BenchmarkRelayClientForward(b *testing.B) {
 				local.DeliverMedia(room, pub, track, 0, raw)
 			}
 		})
+	}
+}
+
+// TestRelayClientQuietRebind: a receiving relay client that went quiet
+// long enough for the node to forget it (its quiet time shortened to a
+// second) comes back and is given its tracks anew, under other indices;
+// its layer choice follows its track to the new index (the client
+// re-maps it by the track's publisher and id and says it again), and the
+// old index is gone from what it receives.
+func TestRelayClientQuietRebind(t *testing.T) {
+	e, _ := cascadeBus(t)
+	tokenKey := bytes.Repeat([]byte("token-key-"), 4)
+	n := startCascadeNode(t, e, "nodeA", func(c *Config) {
+		c.CascadeClientAuth = relayauth.Verifier(tokenKey)
+		c.cascadeClientIdle = time.Second
+	})
+	var blocked atomic.Bool // the receiver's path to the node is cut
+	front, _ := testkit.UDPProxy(t, n.s.Cascade().Addr(), func(bool) bool { return blocked.Load() })
+	g := &layerLog{}
+	rx := dialReceiver(t, n, tokenKey, "viewer", func(c *relayclient.Config) {
+		g.config(c)
+		c.Server, c.Keepalive = front, 300*time.Millisecond
+	})
+	// an audio track first (index 0), then the video (index 1); the audio
+	// leaves, so that the video gets index 0 when the node gives the
+	// client its tracks anew
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	mtok, msec := mintRelay(t, tokenKey, "r1", "mic", true, false)
+	mic, err := relayclient.Dial(ctx, relayclient.Config{Server: n.s.Cascade().Addr(), Token: mtok, Secret: msec, Room: "r1",
+		Local: netip.MustParseAddrPort("127.0.0.1:0"), Tracks: []relayclient.Track{{ID: "mic", MimeType: "audio/opus", ClockRate: 48000, Channels: 2}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(mic.Close)
+	testkit.WaitFor(t, 5*time.Second, "the audio track at the receiver", func() bool { return len(rx.Received()) == 1 })
+	startRelayPublisher(t, n, tokenKey)
+	testkit.WaitFor(t, 10*time.Second, "every video layer at the receiver", func() bool { return layersIn(g.since(0)) == 7 })
+	mic.Close() // quiet: the node unbinds it and its track leaves
+	testkit.WaitFor(t, 10*time.Second, "the audio track gone", func() bool { return len(rx.Received()) == 1 && rx.Received()[0].Video })
+	old := rx.Received()[0].Index
+	if old == 0 {
+		t.Fatal("the video track was given index 0 first; the test needs it moved")
+	}
+	m := g.mark()
+	if err := rx.SetLayer(old, 1); err != nil {
+		t.Fatal(err)
+	}
+	testkit.WaitFor(t, 10*time.Second, "layer 1 alone", func() bool { return g.tailOnly(m, 50, 1) })
+
+	// quiet: the node forgets the receiver (one client bound: the
+	// publisher), then hears from it again
+	blocked.Store(true)
+	testkit.WaitFor(t, 10*time.Second, "the receiver unbound", func() bool { return n.metric(t, "traverse_relay_clients") == 1 })
+	m = g.mark()
+	blocked.Store(false)
+	testkit.WaitFor(t, 10*time.Second, "layer 1 alone under the new index", func() bool {
+		g.mu.Lock()
+		moved := g.video != old
+		g.mu.Unlock()
+		return moved && g.tailOnly(m, 50, 1)
+	})
+	testkit.WaitFor(t, 5*time.Second, "the video under its new index alone (the old one gone)", func() bool {
+		r := rx.Received()
+		return len(r) == 1 && r[0].Index != old
+	})
+	if got := clientChoice(n.s, rx.Received()[0].Index); got != 1 {
+		t.Fatalf("the node has choice %d for the video's new index, want 1", got)
 	}
 }

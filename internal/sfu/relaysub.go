@@ -27,7 +27,9 @@ import (
 // forwarded (pubTrack.couts): WebRTC publishers', other relay clients',
 // and remote tracks the cascade brings; every layer of a simulcast track
 // until the client chooses one (ClientLayer, clientOut), then that layer
-// alone, rewritten into one stream as a WebRTC subscriber's (seqRewriter).
+// alone, rewritten into one stream as a WebRTC subscriber's (seqRewriter),
+// or while it is not live the best live layer below it, chosen as a
+// WebRTC subscriber's (pubTrack.chooseLayer).
 
 // relayPeer is a relay client present in a room on this node.
 type relayPeer struct {
@@ -54,7 +56,10 @@ type clientSub struct {
 // publisher sends it (relaywire.LayerAll, until it chooses), none
 // (relaywire.LayerNone), or one layer, rewritten by the subscribers'
 // seqRewriter into one RTP stream (one SSRC, sequence numbers and
-// timestamps continuous across switches, each switch at a keyframe).
+// timestamps continuous across switches, each switch at a keyframe). The
+// chosen layer is the most the client gets: the rewriter's target is the
+// best live layer up to it (a layerReceiver, as a WebRTC subscriber's
+// downTrack).
 type clientOut struct {
 	id  relay.ClientID
 	idx uint8
@@ -108,8 +113,11 @@ func (o *clientOut) send(ep *relay.Endpoint, idx int, pkt *rtp.Packet, raw []byt
 	_ = ep.SendClientMedia(o.id, o.idx, uint8(idx), b)
 }
 
-// choose sets the client's choice; it reports whether a keyframe of the
-// layer is to be asked for (the client waits for one to switch).
+// choose sets the client's choice; it reports whether it is one layer,
+// whose target the caller then sets (pubTrack.chooseLayer: the chosen
+// layer, or the best live one below it while the chosen one is not
+// live). The choice said again (the client repeats it) keeps the target:
+// a fallback stays until its layer's round moves it.
 func (o *clientOut) choose(layer uint8) bool {
 	o.mu.Lock()
 	defer o.mu.Unlock()
@@ -122,13 +130,77 @@ func (o *clientOut) choose(layer uint8) bool {
 		// keyframe of the layer, after the last packet sent in a
 		// one-layer choice
 		o.cur = -1
+		o.target = int(layer)
 		if o.buf == nil {
 			o.buf = make([]byte, clientOutBuf)
 		}
+	} else if o.choice != layer {
+		o.target = int(layer)
 	}
 	o.choice = layer
-	o.target = int(layer)
-	return o.cur != o.target
+	return true
+}
+
+// oneLayer reports whether the client chose one layer (its layer is
+// chosen by chooseLayer).
+func (o *clientOut) oneLayer() bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.choice != relaywire.LayerAll && o.choice != relaywire.LayerNone
+}
+
+// layer, capped, setTarget and waiting make a clientOut a layerReceiver:
+// the layer it asked for is its choice, and no estimate bounds it.
+func (o *clientOut) layer() int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.current()
+}
+
+func (o *clientOut) capped(l int) int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return min(l, int(o.choice))
+}
+
+// setTarget asks for a keyframe of the new target unless it is the layer
+// forwarded (the fallback's target moving back to it before the switch).
+func (o *clientOut) setTarget(l int) {
+	o.mu.Lock()
+	ask := l != o.target && l != o.cur && o.choice != relaywire.LayerAll && o.choice != relaywire.LayerNone
+	if o.choice != relaywire.LayerAll && o.choice != relaywire.LayerNone {
+		o.target = l
+	}
+	o.mu.Unlock()
+	if ask {
+		o.t.requestKeyframe(l)
+	}
+}
+
+func (o *clientOut) waiting() int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.choice == relaywire.LayerAll || o.choice == relaywire.LayerNone || o.cur == o.target {
+		return -1
+	}
+	return o.target
+}
+
+// chooseClientLayers sets the layer of each relay client that chose one
+// layer of t, as the WebRTC subscribers' (chooseLayer, without an
+// estimate): the chosen layer while it is live, else the best live one
+// below it; the rounds (every 500 ms, room.updateLayers) follow the
+// layers' liveness as the WebRTC subscribers' do.
+func (t *pubTrack) chooseClientLayers() {
+	outs := t.couts.Load()
+	if outs == nil {
+		return
+	}
+	for _, o := range *outs {
+		if o.oneLayer() {
+			t.chooseLayer(o, 0)
+		}
+	}
 }
 
 // clientAnnounce is one track announcement (t nil: gone) waiting to be
@@ -430,7 +502,8 @@ func (l *cascadeLocal) ClientFeedback(id relay.ClientID, idx, layer uint8, b []b
 // it receives (relay.ClientLayerChooser): from then on it gets that layer
 // alone (switched to at the layer's keyframe, asked of the publisher as a
 // WebRTC subscriber's layer switch asks: across the cascade for a remote
-// track), every layer, or none.
+// track; while the layer is not live, the best live layer below it),
+// every layer, or none.
 func (l *cascadeLocal) ClientLayer(id relay.ClientID, idx, layer uint8) error {
 	s := (*Server)(l)
 	s.casc.mu.Lock()
@@ -448,7 +521,9 @@ func (l *cascadeLocal) ClientLayer(id relay.ClientID, idx, layer uint8) error {
 		return relay.ErrNoTrack
 	}
 	if o.choose(layer) {
-		go o.t.requestKeyframe(int(layer))
+		// not on the endpoint's goroutine: a keyframe request may call
+		// the endpoint (a remote track's, a relay publisher's)
+		go o.t.chooseLayer(o, 0)
 	}
 	return nil
 }

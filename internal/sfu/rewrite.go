@@ -33,6 +33,14 @@ type seqRewriter struct {
 	resync bool
 }
 
+// current is the layer forwarded, or before the first the target.
+func (w *seqRewriter) current() int {
+	if w.cur < 0 {
+		return w.target
+	}
+	return w.cur
+}
+
 // admit reports whether pkt, of layer idx, goes out: a packet of the
 // layer forwarded, or the keyframe (key) of the target layer, which
 // switches to it (switched: from another layer that was being forwarded).

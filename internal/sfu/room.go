@@ -143,13 +143,53 @@ func (r *room) updateLayers() {
 	for _, p := range r.others(nil) {
 		p.chooseLayers()
 	}
+	for _, t := range tracks {
+		t.chooseClientLayers()
+	}
+}
+
+// layerReceiver is one receiver of a simulcast track whose layer the SFU
+// chooses (chooseLayer): a WebRTC subscriber's downTrack, or a relay
+// client's clientOut under a one-layer choice (relaysub.go). Both forward
+// through a seqRewriter: its target is the layer wanted, switched to at
+// that layer's next keyframe.
+type layerReceiver interface {
+	// layer is the layer forwarded (before the first: the target).
+	layer() int
+	// capped bounds a layer by what the receiver asked for.
+	capped(l int) int
+	// setTarget makes l the target (asking for its keyframe when it
+	// changed).
+	setTarget(l int)
+	// waiting is the target while the receiver waits for its keyframe,
+	// else -1.
+	waiting() int
+}
+
+// chooseLayer gives one receiver of t the best live layer that fits
+// budget (bit/s, 0 unknown: the highest live), at most the layer it asked
+// for: while that layer is not live (its publisher stopped sending it),
+// the best live layer below it. A layer above the one forwarded must fit
+// with upMargin to spare: an estimate hovering at a layer's rate would
+// otherwise switch it on and off. A receiver waiting for a keyframe of its
+// target asks again every round (throttled per layer): the first request
+// can go before the layer arrives, and browsers send none unasked.
+func (t *pubTrack) chooseLayer(rx layerReceiver, budget uint64) {
+	if l := t.bestLayer(budget); l >= 0 {
+		if cur := rx.layer(); l > cur && budget > 0 {
+			l = max(min(l, t.bestLayer(budget*100/(100+upMargin))), cur)
+		}
+		rx.setTarget(rx.capped(l))
+	}
+	if w := rx.waiting(); w >= 0 {
+		t.requestKeyframe(w)
+	}
 }
 
 // chooseLayers gives each simulcast video track the participant receives
 // the best layer that fits an equal share of its estimated bandwidth, less
-// what its other tracks (audio, video without simulcast) take. A layer
-// above the one forwarded must fit with upMargin to spare: an estimate
-// hovering at a layer's rate would otherwise switch it on and off.
+// what its other tracks (audio, video without simulcast) take
+// (chooseLayer).
 func (p *participant) chooseLayers() {
 	p.negMu.Lock()
 	var sim []*downTrack
@@ -175,18 +215,7 @@ func (p *participant) chooseLayers() {
 		if bwe > 0 {
 			budget = max(bwe-min(other, bwe), 1) / uint64(len(sim))
 		}
-		if l := dt.t.bestLayer(budget); l >= 0 {
-			if cur := dt.layer(); l > cur && budget > 0 {
-				l = max(min(l, dt.t.bestLayer(budget*100/(100+upMargin))), cur)
-			}
-			dt.setTarget(dt.capped(l))
-		}
-		// A subscriber waiting for a keyframe of its target layer asks
-		// again every round (throttled per layer): the first request can
-		// go before the layer arrives, and browsers send none unasked.
-		if w := dt.waiting(); w >= 0 {
-			dt.t.requestKeyframe(w)
-		}
+		dt.t.chooseLayer(dt, budget)
 	}
 }
 

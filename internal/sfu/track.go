@@ -563,10 +563,7 @@ func (d *downTrack) outSSRC() uint32 {
 func (d *downTrack) layer() int {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.cur < 0 {
-		return d.target
-	}
-	return d.cur
+	return d.current()
 }
 
 // waiting returns the layer the subscriber waits to switch to on its next

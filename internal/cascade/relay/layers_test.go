@@ -157,3 +157,54 @@ func TestRelayClientLayerChoice(t *testing.T) {
 		}
 	})
 }
+
+// TestRelayClientLayerRepeat: the client says its one-layer choice again
+// (at most once a second) when the media shows the node did not take it:
+// packets of several layers in turn (every layer: the choice was lost),
+// or of a lower layer before any of the chosen one came; media of one
+// lower layer after the chosen one came is the node's fallback while the
+// chosen layer is not live (docs/relay-protocol.md, "Layers"), and is not
+// answered with the choice again.
+func TestRelayClientLayerRepeat(t *testing.T) {
+	sfu := &layerSFU{}
+	n := startClientNode(t, func(c *relay.Config) { c.Local = sfu })
+	sfu.e.Store(n.e)
+	tok, sec := mintRights(t, "standup", "viewer", false, true)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := relayclient.Dial(ctx, relayclient.Config{Server: n.e.Addr(), Token: tok, Secret: sec, Room: "standup",
+		Local: netip.MustParseAddrPort("127.0.0.1:0"), Subscribe: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	testkit.WaitFor(t, 5*time.Second, "the track announced", func() bool { return len(c.Received()) == 1 })
+	id, _ := sfu.subscribed()
+	var seq uint16
+	media := func(layers []uint8, d time.Duration) { // a packet every 10 ms, layers in turn
+		for end, i := time.Now().Add(d), 0; time.Now().Before(end); i++ {
+			seq++
+			b := []byte{0x80, 96, byte(seq >> 8), byte(seq), 0, 0, 0, 0, 0, 0, 0, 1}
+			if err := n.e.SendClientMedia(id, 200, layers[i%len(layers)], b); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	if err := c.SetLayer(200, 2); err != nil {
+		t.Fatal(err)
+	}
+	testkit.WaitFor(t, 5*time.Second, "the choice at the SFU", func() bool { return len(sfu.taken()) == 1 })
+	// the chosen layer, then the fallback to layer 1 for 2.5 s: not said again
+	media([]uint8{2}, 200*time.Millisecond)
+	media([]uint8{1}, 2500*time.Millisecond)
+	if got := sfu.taken(); len(got) != 1 {
+		t.Fatalf("under the fallback the choice was said again: the SFU took %v", got)
+	}
+	// every layer in turn (the choice lost): said again
+	media([]uint8{0, 1, 2}, 1500*time.Millisecond)
+	testkit.WaitFor(t, 5*time.Second, "the choice said again", func() bool { return len(sfu.taken()) >= 2 })
+	if got := sfu.taken(); got[1] != "200/2" {
+		t.Fatalf("the SFU took %v", got)
+	}
+}

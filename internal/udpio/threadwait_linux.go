@@ -115,12 +115,15 @@ func (t *threadWait) Read(f func(fd uintptr) bool) error {
 			return nil
 		}
 		wait = false
-		if _, err := t.set.Wait(-1); err != nil {
-			return err
-		}
+		// pass through the scheduler before the wait, not after it: the
+		// datagram that ends the wait is not kept waiting behind the
+		// goroutines the yield lets run
 		if now := time.Now().UnixNano(); now-t.yielded > threadYieldEvery {
 			Yield()
 			t.yielded = now
+		}
+		if _, err := t.set.Wait(-1); err != nil {
+			return err
 		}
 	}
 }

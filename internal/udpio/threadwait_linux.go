@@ -115,15 +115,12 @@ func (t *threadWait) Read(f func(fd uintptr) bool) error {
 			return nil
 		}
 		wait = false
-		// pass through the scheduler before the wait, not after it: the
-		// datagram that ends the wait is not kept waiting behind the
-		// goroutines the yield lets run
+		if _, err := t.set.Wait(-1); err != nil {
+			return err
+		}
 		if now := time.Now().UnixNano(); now-t.yielded > threadYieldEvery {
 			Yield()
 			t.yielded = now
-		}
-		if _, err := t.set.Wait(-1); err != nil {
-			return err
 		}
 	}
 }

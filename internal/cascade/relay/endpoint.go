@@ -353,11 +353,9 @@ func New(cfg Config) (*Endpoint, error) {
 		network = "udp6"
 	}
 	// Coalesce: the reader loop's batch leaves as one run of datagrams per
-	// next hop (UDP GSO) and runs from a peer arrive as one read (GRO).
-	// ThreadWait: the reader loop waits in epoll_wait on its own thread,
-	// not in Go's netpoller (docs/cascade.md, "Wake-ups").
+	// next hop (UDP GSO) and runs from a peer arrive as one read (GRO)
 	conn, err := udpio.Listen(context.Background(), network, cfg.Listen.String(),
-		udpio.Options{ReadBuffer: 4 << 20, WriteBuffer: 4 << 20, Batch: loopOut, Coalesce: true, ThreadWait: true})
+		udpio.Options{ReadBuffer: 4 << 20, WriteBuffer: 4 << 20, Batch: loopOut, Coalesce: true})
 	if err != nil {
 		return nil, err
 	}

@@ -125,26 +125,11 @@ type Options struct {
 	// source the kernel coalesced as one Message with Seg set: read
 	// buffers must then be MaxCoalesced bytes.
 	Coalesce bool
-	// ThreadWait keeps the socket out of Go's netpoller (Linux; elsewhere
-	// it is ignored): ReadBatch waits for data in epoll_wait(2) on its
-	// own thread, as internal/turn's event loops do, so a wake-up is the
-	// kernel waking that thread, without the netpoller's second
-	// epoll_wait and the scheduler's hand-off of the woken goroutine;
-	// after a read that did not fill its batch, the next waits first
-	// rather than trying a read that would fail with EAGAIN. For one
-	// reader loop that does little else (the cascade relay port); addr
-	// must be numeric, and UDPConn returns nil.
-	ThreadWait bool
 }
 
 // Listen opens a UDP socket on addr ("host:port"; network "udp", "udp4" or
 // "udp6").
 func Listen(ctx context.Context, network, addr string, o Options) (*Conn, error) {
-	if o.ThreadWait {
-		if c, err := listenThreadWait(network, addr, o); !errors.Is(err, errors.ErrUnsupported) {
-			return c, err
-		}
-	}
 	lc := net.ListenConfig{}
 	if o.ReusePort {
 		lc.Control = func(_, _ string, c syscall.RawConn) error {
@@ -200,31 +185,20 @@ func ListenGroup(ctx context.Context, network, addr string, n int, o Options) ([
 }
 
 // UDPConn returns the underlying socket, for code that reads or writes one
-// packet at a time (nil with Options.ThreadWait).
+// packet at a time.
 func (c *Conn) UDPConn() *net.UDPConn { return c.uc }
 
 // LocalAddr returns the bound address.
-func (c *Conn) LocalAddr() netip.AddrPort {
-	if c.th != nil {
-		return c.th.laddr
-	}
-	return c.uc.LocalAddr().(*net.UDPAddr).AddrPort()
-}
+func (c *Conn) LocalAddr() netip.AddrPort { return c.uc.LocalAddr().(*net.UDPAddr).AddrPort() }
 
 // WriteTo sends one datagram. It is safe for concurrent use.
 func (c *Conn) WriteTo(b []byte, addr netip.AddrPort) error {
-	if c.th != nil {
-		return c.th.writeTo(b, addr, c.v6)
-	}
 	_, err := c.uc.WriteToUDPAddrPort(b, c.fixAddr(addr))
 	return err
 }
 
 // ReadFrom reads one datagram.
 func (c *Conn) ReadFrom(b []byte) (int, netip.AddrPort, error) {
-	if c.th != nil {
-		return c.th.readFrom(b)
-	}
 	n, a, err := c.uc.ReadFromUDPAddrPort(b)
 	return n, unmap(a), err
 }
@@ -232,9 +206,6 @@ func (c *Conn) ReadFrom(b []byte) (int, netip.AddrPort, error) {
 // Close closes the socket; blocked reads return net.ErrClosed. It is
 // idempotent.
 func (c *Conn) Close() error {
-	if c.th != nil {
-		return c.th.close()
-	}
 	err := c.uc.Close()
 	if errors.Is(err, net.ErrClosed) {
 		return nil

@@ -14,10 +14,9 @@ import (
 
 // Conn is a batched UDP socket. See the package documentation.
 type Conn struct {
-	uc *net.UDPConn // nil with Options.ThreadWait
+	uc *net.UDPConn
 	rc syscall.RawConn
-	th *threadWait // the socket with Options.ThreadWait, else nil
-	v6 bool        // the socket is AF_INET6
+	v6 bool // the socket is AF_INET6
 
 	// gro: reads carry the UDP_GRO segment size (Options.Coalesce); gso:
 	// WriteBatch coalesces runs with UDP_SEGMENT, until the kernel says
@@ -106,9 +105,6 @@ func (c *Conn) ReadBatch(msgs []Message) (int, error) {
 		return 0, &net.OpError{Op: "recvmmsg", Net: "udp", Err: c.rerr}
 	}
 	c.r.finishRecv(msgs, c.rn)
-	if c.th != nil {
-		c.th.short = c.rn < len(msgs)
-	}
 	if c.gro {
 		c.r.finishRecvGRO(&c.rc2, msgs, c.rn)
 	}
@@ -184,8 +180,7 @@ func (c *Conn) doWrite(fd uintptr) bool {
 
 // enableCoalesce turns on UDP_GRO and UDP GSO where the kernel has them.
 func (c *Conn) enableCoalesce() {
-	var serr error
-	if err := c.rc.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_UDP, unix.UDP_GRO, 1) }); err != nil || serr != nil {
+	if SetGRO(c.uc, true) != nil {
 		return
 	}
 	n := len(c.r.hdrs)

@@ -5,30 +5,14 @@ package udpio
 import (
 	"errors"
 	"net"
-	"net/netip"
 )
 
 // Conn is a UDP socket. On this platform it moves one datagram per system
 // call.
 type Conn struct {
 	uc *net.UDPConn
-	th *threadWait // always nil here
 	v6 bool
 }
-
-// threadWait is Options.ThreadWait's socket, which this platform does
-// not have.
-type threadWait struct{ laddr netip.AddrPort }
-
-func listenThreadWait(string, string, Options) (*Conn, error) { return nil, errors.ErrUnsupported }
-
-func (*threadWait) writeTo([]byte, netip.AddrPort, bool) error { return errors.ErrUnsupported }
-
-func (*threadWait) readFrom([]byte) (int, netip.AddrPort, error) {
-	return 0, netip.AddrPort{}, errors.ErrUnsupported
-}
-
-func (*threadWait) close() error { return nil }
 
 // New wraps uc. The Conn owns uc from then on.
 func New(uc *net.UDPConn, _ int) (*Conn, error) {

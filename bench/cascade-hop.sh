@@ -33,6 +33,12 @@
 #   p999 from the kernel's arrival stamps, the direct path's beside).
 #   BENCH_PROFILE=FILE: the node's CPU profile (--pprof) over the last
 #   round's hop phase at HI (BENCH_PROFILE_MODE=webrtc: the webrtc phase) to FILE.
+#   Each phase also reports the node's wake-ups (context switches, all its
+#   threads, /proc/PID/task/*/status) per packet in. BENCH_NODE_ENV="VAR=V ..."
+#   (e.g. GOMAXPROCS=1) and BENCH_NODE_ARGS="--flag ..." (e.g.
+#   --scheduler-poll=false) change the node; BENCH_PHASE_CMD (sh, with PID
+#   and PHASE set) runs as each phase begins, for counting tools such as
+#   perf stat (docs/cascade.md, "Wake-ups and system calls per packet in").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export TRAVERSE_CASCADE_BENCH=1 BENCH_PPS=${1:-2000} BENCH_FANOUTS=${2:-2,8} BENCH_SECONDS=${3:-5} BENCH_ROUNDS=${4:-3} BENCH_TRACKS=${5:-1}

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -76,6 +77,40 @@ func procCPU(t *testing.T, pid int) time.Duration {
 	return time.Duration(ut+st) * 10 * time.Millisecond
 }
 
+// switches are a process's context switches so far, summed over its
+// threads (/proc/PID/task/*/status): voluntary (a thread blocked, in a
+// system call or a futex, and was woken again later: one wake-up each)
+// and involuntary (the kernel took the CPU from a runnable thread).
+type switches struct{ vol, invol int64 }
+
+func procSwitches(pid int) switches {
+	var s switches
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/status", pid))
+	for _, f := range tasks {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue // a thread gone between the glob and the read
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			k, v, ok := strings.Cut(line, ":")
+			if !ok {
+				continue
+			}
+			n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+			if err != nil {
+				continue
+			}
+			switch k {
+			case "voluntary_ctxt_switches":
+				s.vol += n
+			case "nonvoluntary_ctxt_switches":
+				s.invol += n
+			}
+		}
+	}
+	return s
+}
+
 // benchFanouts reads BENCH_FANOUTS, "LO,HI" (default 2,8): the two numbers
 // of next hops / subscribers TestCascadeHopCost measures each mode at.
 func benchFanouts(t *testing.T) (lo, hi int) {
@@ -117,16 +152,48 @@ func fetchProfile(addr string, seconds int, file string) error {
 	return os.WriteFile(file, b, 0o644)
 }
 
-// modeFigures are one mode's per-round figures, in ns of CPU.
+// phaseHook starts BENCH_PHASE_CMD (a sh command line), when set, as a
+// phase of TestCascadeHopCost begins, with PID (the node's) and PHASE
+// (the mode and fan-out, e.g. hop-x8) in its environment: for counting
+// tools attached to the node, e.g. BENCH_PHASE_CMD='perf stat -e
+// "syscalls:sys_enter_*" -p $PID -- sleep 3 2>/tmp/sc.$PHASE'. Such tools
+// cost the node CPU: a run with one measures counts, not costs. The
+// returned func waits for the command (at most 30 s).
+func phaseHook(t *testing.T, pid int, phase string) func() {
+	line := os.Getenv("BENCH_PHASE_CMD")
+	if line == "" {
+		return func() {}
+	}
+	c := exec.Command("sh", "-c", line)
+	c.Env = append(os.Environ(), fmt.Sprintf("PID=%d", pid), "PHASE="+phase)
+	c.Stdout, c.Stderr = os.Stderr, os.Stderr
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := testkit.Exited(c)
+	return func() {
+		if _, ok := testkit.AwaitExit(c, done, 30*time.Second); !ok {
+			t.Logf("BENCH_PHASE_CMD of %s did not end in 30 s: killed", phase)
+		}
+	}
+}
+
+// modeFigures are one mode's per-round figures, in ns of CPU, and its
+// wake-ups (the node's context switches) per packet in.
 type modeFigures struct {
 	lo, hi []float64 // per packet out, at each fan-out
 	slope  []float64 // per added output
 	perIn  []float64 // fixed, per packet in
+	// wLo, wHi: context switches per packet in at each fan-out (all),
+	// iLo, iHi: the involuntary ones among them
+	wLo, wHi, iLo, iHi []float64
 }
 
-func (f *modeFigures) add(lo, hi, slope, perIn float64) {
+func (f *modeFigures) add(lo, hi, slope, perIn float64, wLo, wHi, iLo, iHi float64) {
 	f.lo, f.hi = append(f.lo, lo), append(f.hi, hi)
 	f.slope, f.perIn = append(f.slope, slope), append(f.perIn, perIn)
+	f.wLo, f.wHi = append(f.wLo, wLo), append(f.wHi, wHi)
+	f.iLo, f.iHi = append(f.iLo, iLo), append(f.iHi, iHi)
 }
 
 // only keeps the rounds whose keep is true and returns how many, or keeps
@@ -135,7 +202,7 @@ func (f *modeFigures) only(keep []bool) int {
 	var g modeFigures
 	for i, k := range keep {
 		if k {
-			g.add(f.lo[i], f.hi[i], f.slope[i], f.perIn[i])
+			g.add(f.lo[i], f.hi[i], f.slope[i], f.perIn[i], f.wLo[i], f.wHi[i], f.iLo[i], f.iHi[i])
 		}
 	}
 	if len(g.lo) == 0 {
@@ -217,7 +284,20 @@ func TestCascadeHopCost(t *testing.T) {
 	if profile != "" {
 		args = append(args, "--pprof")
 	}
-	n := startChild(t, args...)
+	// BENCH_NODE_ENV: VAR=VALUE settings (space separated) for the node
+	// alone, e.g. GOMAXPROCS=1 (env execs the node in place: its PID is
+	// the node's); BENCH_NODE_ARGS: more flags for it, e.g.
+	// --scheduler-poll=false
+	var wrap []string
+	if v := strings.Fields(os.Getenv("BENCH_NODE_ENV")); len(v) > 0 {
+		wrap = append([]string{"env"}, v...)
+		t.Logf("SUMMARY the node runs with %s", strings.Join(v, " "))
+	}
+	if v := strings.Fields(os.Getenv("BENCH_NODE_ARGS")); len(v) > 0 {
+		args = append(args, v...)
+		t.Logf("SUMMARY the node runs with flags %s", strings.Join(v, " "))
+	}
+	n := startChildIn(t, wrap, args...)
 	waitReady(t, sfuAdmin, 30*time.Second, n.exited, n.output)
 	pid := n.cmd.Process.Pid
 	relayPort := netip.MustParseAddrPort(port(5))
@@ -575,18 +655,21 @@ func TestCascadeHopCost(t *testing.T) {
 		f, _ := strconv.ParseFloat(metricValue(sfuAdmin, "traverse_sfu_nacks_answered_total"), 64)
 		return f
 	}
-	measure := func(send, flush func(), out func() float64, began func()) (nsPerPkt float64, pkts float64, lat []time.Duration, resends float64) {
+	// sw: the node's context switches over the phase
+	measure := func(name string, send, flush func(), out func() float64, began func()) (nsPerPkt float64, pkts float64, lat []time.Duration, resends float64, sw switches) {
 		settle()
 		if began != nil {
 			began()
 		}
+		hook := phaseHook(t, pid, name)
 		latMu.Lock()
 		hopLat = hopLat[:0]
 		latMu.Unlock()
-		r0, o0, c0 := resent(), out(), procCPU(t, pid)
+		r0, o0, c0, s0 := resent(), out(), procCPU(t, pid), procSwitches(pid)
 		pace(send, flush)
 		time.Sleep(300 * time.Millisecond) // what is in flight arrives
-		o1, c1, r1 := out(), procCPU(t, pid), resent()
+		o1, c1, r1, s1 := out(), procCPU(t, pid), resent(), procSwitches(pid)
+		hook()
 		latMu.Lock()
 		lat = slices.Clone(hopLat)
 		latMu.Unlock()
@@ -594,7 +677,7 @@ func TestCascadeHopCost(t *testing.T) {
 		if pkts <= 0 {
 			t.Fatal("no packets out")
 		}
-		return float64(c1-c0) / pkts, pkts, lat, r1 - r0
+		return float64(c1-c0) / pkts, pkts, lat, r1 - r0, switches{s1.vol - s0.vol, s1.invol - s0.invol}
 	}
 	// per round and mode: the average at each fan-out, and the slope
 	// (the CPU one more destination adds per packet out) between them
@@ -627,7 +710,7 @@ func TestCascadeHopCost(t *testing.T) {
 		var line []string
 		whole := true
 		for m, mode := range modes {
-			nsLo, pLo, latLo, rsLo := measure(mode.lo, mode.flush, mode.out, nil)
+			nsLo, pLo, latLo, rsLo, swLo := measure(fmt.Sprintf("%s-x%d", mode.name, lo), mode.lo, mode.flush, mode.out, nil)
 			var prof chan error
 			var began func()
 			// the last round: the first is often still busy with what the
@@ -636,7 +719,7 @@ func TestCascadeHopCost(t *testing.T) {
 				prof = make(chan error, 1)
 				began = func() { go func() { prof <- fetchProfile(sfuAdmin, max(1, int(dur.Seconds())-1), profile) }() }
 			}
-			nsHi, pHi, latHi, rsHi := measure(mode.hi, mode.flush, mode.out, began)
+			nsHi, pHi, latHi, rsHi, swHi := measure(fmt.Sprintf("%s-x%d", mode.name, hi), mode.hi, mode.flush, mode.out, began)
 			if m != webrtc && len(latLo) > 0 && len(latHi) > 0 {
 				loadLat[m][0] = append(loadLat[m][0], latLo...)
 				loadLat[m][1] = append(loadLat[m][1], latHi...)
@@ -649,10 +732,13 @@ func TestCascadeHopCost(t *testing.T) {
 			}
 			slope := (nsHi*pHi - nsLo*pLo) / (pHi - pLo)
 			perIn := (nsLo*pLo - slope*pLo) / (float64(pps) * dur.Seconds())
-			fig[m].add(nsLo, nsHi, slope, perIn)
+			in := float64(pps) * dur.Seconds()
+			fig[m].add(nsLo, nsHi, slope, perIn, float64(swLo.vol+swLo.invol)/in, float64(swHi.vol+swHi.invol)/in,
+				float64(swLo.invol)/in, float64(swHi.invol)/in)
 			whole = whole && pLo >= due(lo) && pHi >= due(hi)
-			line = append(line, fmt.Sprintf("%s x%d %.0f ns/%s out (%.0f/s), x%d %.0f ns (%.0f/s), slope %.0f ns per added output, fixed %.0f ns per packet in, webrtc resends x%d %.0f x%d %.0f",
-				mode.name, lo, nsLo, mode.fullName, pLo/dur.Seconds(), hi, nsHi, pHi/dur.Seconds(), slope, perIn, lo, rsLo, hi, rsHi))
+			line = append(line, fmt.Sprintf("%s x%d %.0f ns/%s out (%.0f/s), x%d %.0f ns (%.0f/s), slope %.0f ns per added output, fixed %.0f ns per packet in, wake-ups per packet in x%d %.2f (%.2f involuntary) x%d %.2f (%.2f), webrtc resends x%d %.0f x%d %.0f",
+				mode.name, lo, nsLo, mode.fullName, pLo/dur.Seconds(), hi, nsHi, pHi/dur.Seconds(), slope, perIn,
+				lo, fig[m].wLo[r], fig[m].iLo[r], hi, fig[m].wHi[r], fig[m].iHi[r], lo, rsLo, hi, rsHi))
 		}
 		full = append(full, whole)
 		for m := range webrtc {
@@ -683,8 +769,9 @@ func TestCascadeHopCost(t *testing.T) {
 	}
 	for m, mode := range modes {
 		f := &fig[m]
-		t.Logf("SUMMARY %s: median ns CPU per packet out x%d %.0f (%.0f per CPU-second), x%d %.0f (%.0f per CPU-second); slope %.0f ns per added output; fixed %.0f ns per packet in",
-			mode.name, lo, median(f.lo), 1e9/median(f.lo), hi, median(f.hi), 1e9/median(f.hi), median(f.slope), median(f.perIn))
+		t.Logf("SUMMARY %s: median ns CPU per packet out x%d %.0f (%.0f per CPU-second), x%d %.0f (%.0f per CPU-second); slope %.0f ns per added output; fixed %.0f ns per packet in; wake-ups (context switches) per packet in x%d %.2f (%.2f involuntary), x%d %.2f (%.2f)",
+			mode.name, lo, median(f.lo), 1e9/median(f.lo), hi, median(f.hi), 1e9/median(f.hi), median(f.slope), median(f.perIn),
+			lo, median(f.wLo), median(f.iLo), hi, median(f.wHi), median(f.iHi))
 	}
 	w := &fig[webrtc]
 	for m := range webrtc {

@@ -291,8 +291,12 @@ func TestCascadeHopCost(t *testing.T) {
 	}
 	// the latency phase's receivers (cascadelat_test.go): L, a next hop
 	// of its own, and D, reached by A directly; both stamp arrivals
+	// With peers (BENCH_LAT_PEERS), latN samples per path, round robin:
+	// sample i goes through path i mod the number of paths
 	latN := benchEnv("BENCH_LAT_SAMPLES", 20000)
-	latHop, latDir := newLatSamples(latN), newLatSamples(latN)
+	latPeers := latPeerNames(t)
+	latTotal := latN * (1 + len(latPeers))
+	latHop, latDir := newLatSamples(latTotal), newLatSamples(latTotal)
 	const idL = 9
 	lConn, dConn := listenStamped(t), listenStamped(t)
 	cmd.Peers = append(cmd.Peers, bus.CascadePeer{ID: idL, Addr: lConn.LocalAddr().String()})
@@ -342,7 +346,7 @@ func TestCascadeHopCost(t *testing.T) {
 	}
 
 	var linkSeq uint32
-	latIdx := uint32(latN) // the latency phase's sample index (latN: none)
+	latIdx := uint32(latTotal) // the latency phase's sample index (latTotal: none)
 	payload := make([]byte, size)
 	frame := make([]byte, 0, 2048)
 	trackNames := make([][]byte, tracks)
@@ -397,30 +401,60 @@ func TestCascadeHopCost(t *testing.T) {
 	})
 
 	// latency: A -> node -> L against A -> D directly, one of each per
-	// BENCH_LAT_GAP_US (default 500 us), the node otherwise idle
+	// BENCH_LAT_GAP_US (default 500 us), the node otherwise idle; with
+	// peers, the paths take turns: each sample goes through one of them
+	// (the node, then each peer) and straight to D, one pair per gap
 	latency := func() {
 		gap := time.Duration(benchEnv("BENCH_LAT_GAP_US", 500)) * time.Microsecond
 		dAddr := dConn.LocalAddr().(*net.UDPAddr).AddrPort()
+		paths := []latPath{{name: "traverse hop", got: latHop, send: func(idx uint32) {
+			latIdx = idx
+			sendHop([]relaywire.NodeID{idL})
+		}}}
+		latIdx = uint32(latTotal) // no sample: a warm-up, and the hop's relay frame's length
+		sendHop([]relaywire.NodeID{idL})
+		frameLen := one[0].N // the peers' datagrams are as long
+		for _, name := range latPeers {
+			paths = append(paths, startLatPeer(t, name, frameLen, latTotal))
+		}
 		ts := make([]byte, 12)
 		load0 := loadAvg()
 		start := time.Now()
-		for i := range latN {
-			latIdx = uint32(i)
-			sendHop([]relaywire.NodeID{idL})
+		for i := range latTotal {
+			paths[i%len(paths)].send(uint32(i))
 			binary.BigEndian.PutUint64(ts, uint64(time.Now().UnixNano()))
-			binary.BigEndian.PutUint32(ts[8:], latIdx)
+			binary.BigEndian.PutUint32(ts[8:], uint32(i))
 			_ = aConn.WriteTo(ts, dAddr)
 			time.Sleep(gap)
 		}
-		latIdx = uint32(latN)
+		latIdx = uint32(latTotal)
 		took := time.Since(start)
 		time.Sleep(200 * time.Millisecond)
-		rep, err := latReport(latHop, latDir, latN*9/10)
-		if err != nil {
-			t.Fatal(err)
+		load1 := loadAvg()
+		added := make([]quantiles, len(paths))
+		for k, p := range paths {
+			rep, q, err := latReport(p.got, latDir, latN*9/10)
+			if err != nil {
+				t.Fatalf("%s: %v", p.name, err)
+			}
+			added[k] = q
+			if k == 0 {
+				t.Logf("SUMMARY latency per hop, node idle (%d sent over %v, one per %v; load average %s before, %s after): %s (goal: added p99 < 200us)",
+					latN, took.Round(time.Millisecond), gap*time.Duration(len(paths)), load0, load1, rep)
+				continue
+			}
+			t.Logf("SUMMARY latency through %s, the same run (%d sent, one per %v, taking turns with the hop): %s", p.name, latN, gap*time.Duration(len(paths)), rep)
 		}
-		t.Logf("SUMMARY latency per hop, node idle (%d sent over %v, one per %v; load average %s before, %s after): %s (goal: added p99 < 200us)",
-			latN, took.Round(time.Millisecond), gap, load0, loadAvg(), rep)
+		for k := 1; k < len(paths); k++ {
+			r := func(a, b time.Duration) string {
+				if b <= 0 {
+					return "-"
+				}
+				return fmt.Sprintf("%.2f", float64(a)/float64(b))
+			}
+			t.Logf("SUMMARY added latency, traverse hop / %s: p50 %s, p99 %s, p999 %s (%v against %v)", paths[k].name,
+				r(added[0].p50, added[k].p50), r(added[0].p99, added[k].p99), r(added[0].p999, added[k].p999), added[0], added[k])
+		}
 	}
 	if os.Getenv("BENCH_LATENCY_ONLY") == "1" {
 		latency()

@@ -432,6 +432,7 @@ func TestCascadeHopCost(t *testing.T) {
 		time.Sleep(200 * time.Millisecond)
 		load1 := loadAvg()
 		added := make([]quantiles, len(paths))
+		per := func() time.Duration { return (took / time.Duration(latN)).Round(time.Microsecond) }
 		for k, p := range paths {
 			rep, q, err := latReport(p.got, latDir, latN*9/10)
 			if err != nil {
@@ -439,11 +440,13 @@ func TestCascadeHopCost(t *testing.T) {
 			}
 			added[k] = q
 			if k == 0 {
-				t.Logf("SUMMARY latency per hop, node idle (%d sent over %v, one per %v; load average %s before, %s after): %s (goal: added p99 < 200us)",
-					latN, took.Round(time.Millisecond), gap*time.Duration(len(paths)), load0, load1, rep)
+				// per: the mean time between two samples of one path, as
+				// slept (a short sleep lasts longer than asked)
+				t.Logf("SUMMARY latency per hop, node idle (%d sent over %v, one per %v, paths %d; load average %s before, %s after): %s (goal: added p99 < 200us)",
+					latN, took.Round(time.Millisecond), per(), len(paths), load0, load1, rep)
 				continue
 			}
-			t.Logf("SUMMARY latency through %s, the same run (%d sent, one per %v, taking turns with the hop): %s", p.name, latN, gap*time.Duration(len(paths)), rep)
+			t.Logf("SUMMARY latency through %s, the same run (%d sent, one per %v, taking turns with the hop): %s", p.name, latN, per(), rep)
 		}
 		for k := 1; k < len(paths); k++ {
 			r := func(a, b time.Duration) string {

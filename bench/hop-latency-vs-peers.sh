@@ -22,7 +22,10 @@
 # Usage: bench/hop-latency-vs-peers.sh [SAMPLES] [GAP_US]
 #   defaults: 20000 samples per forwarder, one sample every 500 us (about
 #   35 s of samples, a minute in all). PEERS=udpfwd runs without rtpengine
-#   (Debian package rtpengine-daemon). Runs under
+#   (Debian package rtpengine-daemon). BENCH_NODE_FLAGS: more flags for
+#   the traverse node, e.g. an A/B of its scheduler poll:
+#   BENCH_NODE_FLAGS=--scheduler-poll=false bench/hop-latency-vs-peers.sh
+#   Runs under
 #   flock -o /tmp/traverse-bench.lock (do not wrap it in another flock).
 set -euo pipefail
 cd "$(dirname "$0")/.."

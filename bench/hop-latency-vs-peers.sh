@@ -12,7 +12,7 @@
 # straight to a direct receiver D; both receivers take the kernel's
 # arrival stamp (SO_TIMESTAMPNS); added = forwarded - direct. The three
 # forwarders take turns, one sample every GAP_US (so each gets one every
-# 3 x GAP_US), with the same datagram size (the peers forward RTP packets
+# 3 x GAP_US, as slept), with the same datagram size (the peers forward RTP packets
 # as long as the hop's relay frame, about 1,060 bytes). Reported per
 # forwarder: added p50, p99, p999 (and per sample), the load average
 # before and after, and traverse's added latency over each peer's.
@@ -20,8 +20,9 @@
 # BENCH_LAT_PEERS=udpfwd,rtpengine (one implementation of the stamping).
 #
 # Usage: bench/hop-latency-vs-peers.sh [SAMPLES] [GAP_US]
-#   defaults: 20000 samples per forwarder, one sample every 500 us (about
-#   35 s of samples, a minute in all). PEERS=udpfwd runs without rtpengine
+#   defaults: 20000 samples per forwarder, one sample every 500 us asked
+#   (a short sleep lasts about 1.2 ms here: about 70 s of samples, under
+#   2 minutes in all). PEERS=udpfwd runs without rtpengine
 #   (Debian package rtpengine-daemon). BENCH_NODE_FLAGS: more flags for
 #   the traverse node, e.g. an A/B of its scheduler poll:
 #   BENCH_NODE_FLAGS=--scheduler-poll=false bench/hop-latency-vs-peers.sh

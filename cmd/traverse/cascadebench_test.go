@@ -327,18 +327,7 @@ func TestCascadeHopCost(t *testing.T) {
 			}
 		}
 	}()
-	go func() {
-		buf, oob := make([]byte, 64), make([]byte, 128)
-		for {
-			k, kt, ut, err := readStamped(dConn, buf, oob)
-			if err != nil {
-				return
-			}
-			if k >= 12 {
-				latDir.put(binary.BigEndian.Uint32(buf[8:]), int64(binary.BigEndian.Uint64(buf)), kt, ut)
-			}
-		}
-	}()
+	go recvStamped(dConn, 0, latDir, nil)
 	ctl, err := bus.Connect(bus.Config{URLs: []string{"nats://" + port(0)}, Name: "bench controller", CredsFile: filepath.Join(creds, "controller.creds")}, nil)
 	if err != nil {
 		t.Fatal(err)

@@ -93,6 +93,26 @@ func readStamped(c *net.UDPConn, b, oob []byte) (n int, kt, ut time.Time, err er
 	return n, kt, ut, nil
 }
 
+// recvStamped records into got, until c is closed, the samples c
+// receives: A's clock (8 bytes) and the sample's index (4) at offset at
+// of each datagram, its kernel arrival stamp and read time. seen, when
+// not nil, is set at the first datagram.
+func recvStamped(c *net.UDPConn, at int, got *latSamples, seen *atomic.Bool) {
+	buf, oob := make([]byte, 2048), make([]byte, 128)
+	for {
+		k, kt, ut, err := readStamped(c, buf, oob)
+		if err != nil {
+			return
+		}
+		if seen != nil {
+			seen.Store(true)
+		}
+		if k >= at+12 {
+			got.put(binary.BigEndian.Uint32(buf[at+8:]), int64(binary.BigEndian.Uint64(buf[at:])), kt, ut)
+		}
+	}
+}
+
 // loadAvg is /proc/loadavg's first three fields.
 func loadAvg() string {
 	b, err := os.ReadFile("/proc/loadavg")
@@ -202,19 +222,7 @@ func startLatPeer(t *testing.T, name string, size, total int) latPath {
 	lAddr := l.LocalAddr().(*net.UDPAddr).AddrPort()
 	got := newLatSamples(total)
 	var seen atomic.Bool // L received something (the set-up's probes)
-	go func() {
-		buf, oob := make([]byte, 2048), make([]byte, 128)
-		for {
-			k, kt, ut, err := readStamped(l, buf, oob)
-			if err != nil {
-				return
-			}
-			seen.Store(true)
-			if k >= rtpStamp+12 {
-				got.put(binary.BigEndian.Uint32(buf[rtpStamp+8:]), int64(binary.BigEndian.Uint64(buf[rtpStamp:])), kt, ut)
-			}
-		}
-	}()
+	go recvStamped(l, rtpStamp, got, &seen)
 	pkt := make([]byte, max(size, rtpStamp+12))
 	pkt[0], pkt[1] = 0x80, 0 // RTP version 2, PCMU
 	binary.BigEndian.PutUint32(pkt[8:], 0x5eed)

@@ -395,7 +395,8 @@ func TestCascadeHopCost(t *testing.T) {
 	// latency: A -> node -> L against A -> D directly, one of each per
 	// BENCH_LAT_GAP_US (default 500 us), the node otherwise idle; with
 	// peers, the paths take turns: each sample goes through one of them
-	// (the node, then each peer) and straight to D, one pair per gap
+	// (the node, then each peer, the order turning each round) and
+	// straight to D, one pair per gap
 	latency := func() {
 		gap := time.Duration(benchEnv("BENCH_LAT_GAP_US", 500)) * time.Microsecond
 		dAddr := dConn.LocalAddr().(*net.UDPAddr).AddrPort()
@@ -413,7 +414,14 @@ func TestCascadeHopCost(t *testing.T) {
 		load0 := loadAvg()
 		start := time.Now()
 		for i := range latTotal {
-			paths[i%len(paths)].send(uint32(i))
+			// with three paths or more, each round's order is the last
+			// one's turned by one, so that no path always follows the
+			// same one (with two, the turn would send one twice in a row)
+			k := i % len(paths)
+			if len(paths) > 2 {
+				k = (i + i/len(paths)) % len(paths)
+			}
+			paths[k].send(uint32(i))
 			binary.BigEndian.PutUint64(ts, uint64(time.Now().UnixNano()))
 			binary.BigEndian.PutUint32(ts[8:], uint32(i))
 			_ = aConn.WriteTo(ts, dAddr)

@@ -16,9 +16,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"regexp"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -26,6 +23,7 @@ import (
 
 	"github.com/vishvananda/netns"
 
+	"github.com/traverse-rtc/traverse/bench/ngclient"
 	"github.com/traverse-rtc/traverse/internal/mediaproxy"
 	"github.com/traverse-rtc/traverse/internal/nsthread"
 	"github.com/traverse-rtc/traverse/internal/procstat"
@@ -269,82 +267,26 @@ func countOffloaded(n int) int {
 	return k
 }
 
-// rtpengine: offer (the client's SDP) gives the port the server sends to;
-// answer (the server's SDP) gives the port the client sends to.
+// rtpengine: one call per client/server pair (bench/ngclient): the client
+// is the offerer, the server the answerer.
 func setupRtpengine(clients, servers []*leg) (func(), error) {
 	ap, err := netip.ParseAddrPort(*ng)
 	if err != nil {
 		return nil, err
 	}
-	var c *net.UDPConn
-	if err := inNS(*gwNS, func() error { c, err = net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(ap)); return err }); err != nil {
+	var c *ngclient.Client
+	if err := inNS(*gwNS, func() error { c, err = ngclient.Dial(ap); return err }); err != nil {
 		return nil, err
-	}
-	seq := 0
-	do := func(kv ...string) (string, error) {
-		seq++
-		cookie := fmt.Sprintf("c%d", seq)
-		var b strings.Builder
-		b.WriteString(cookie + " d")
-		for i := 0; i < len(kv); i += 2 {
-			fmt.Fprintf(&b, "%d:%s%d:%s", len(kv[i]), kv[i], len(kv[i+1]), kv[i+1])
-		}
-		b.WriteString("e")
-		buf := make([]byte, 65536)
-		for try := 0; try < 5; try++ {
-			if _, err := c.Write([]byte(b.String())); err != nil {
-				return "", err
-			}
-			_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
-			for {
-				m, err := c.Read(buf)
-				if err != nil {
-					break
-				}
-				if strings.HasPrefix(string(buf[:m]), cookie+" ") {
-					return string(buf[len(cookie)+1 : m]), nil
-				}
-			}
-		}
-		return "", errors.New("rtpengine does not answer")
-	}
-	sdp := func(a netip.AddrPort) string {
-		return fmt.Sprintf("v=0\r\no=- 1 1 IN IP4 %s\r\ns=-\r\nc=IN IP4 %s\r\nt=0 0\r\nm=audio %d RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n", a.Addr(), a.Addr(), a.Port())
-	}
-	portRe := regexp.MustCompile(`m=audio (\d+) `)
-	ipRe := regexp.MustCompile(`c=IN IP4 ([0-9.]+)`)
-	target := func(resp string) (netip.AddrPort, error) {
-		if !strings.Contains(resp, "6:result2:ok") {
-			return netip.AddrPort{}, fmt.Errorf("rtpengine: %.200s", resp)
-		}
-		pm, im := portRe.FindStringSubmatch(resp), ipRe.FindStringSubmatch(resp)
-		if pm == nil || im == nil {
-			return netip.AddrPort{}, fmt.Errorf("rtpengine SDP: %.200s", resp)
-		}
-		p, _ := strconv.Atoi(pm[1])
-		return netip.AddrPortFrom(netip.MustParseAddr(im[1]), uint16(p)), nil
 	}
 	for i := range clients {
 		id := fmt.Sprintf("bench-%d", i)
-		r, err := do("command", "offer", "call-id", id, "from-tag", "a"+id, "sdp", sdp(addrOf(clients[i].conn)))
-		if err != nil {
-			return nil, err
-		}
-		if servers[i].target, err = target(r); err != nil {
-			return nil, err
-		}
-		r, err = do("command", "answer", "call-id", id, "from-tag", "a"+id, "to-tag", "b"+id, "sdp", sdp(addrOf(servers[i].conn)))
-		if err != nil {
-			return nil, err
-		}
-		if clients[i].target, err = target(r); err != nil {
+		if clients[i].target, servers[i].target, err = c.Call(id, addrOf(clients[i].conn), addrOf(servers[i].conn)); err != nil {
 			return nil, err
 		}
 	}
 	return func() {
 		for i := range clients {
-			id := fmt.Sprintf("bench-%d", i)
-			_, _ = do("command", "delete", "call-id", id, "from-tag", "a"+id)
+			_ = c.Delete(fmt.Sprintf("bench-%d", i))
 		}
 		c.Close()
 	}, nil

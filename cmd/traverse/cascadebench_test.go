@@ -280,6 +280,9 @@ func TestCascadeHopCost(t *testing.T) {
 	args := []string{"sfu", "--nats", "nats://" + port(0), "--nats-creds", filepath.Join(creds, "sfu-a.creds"),
 		"--udp", port(2), "--tcp", port(3), "--admin", sfuAdmin, "--cascade-listen", port(5), "--cascade-secret-file", secretFile,
 		"--cascade-token-key", tokenKey, "--cascade-id", strconv.Itoa(nodeID), "--log-level", "warn"}
+	// BENCH_NODE_FLAGS: more flags for the node, space-separated (an A/B
+	// of one of its settings, e.g. --scheduler-poll=false)
+	args = append(args, strings.Fields(os.Getenv("BENCH_NODE_FLAGS"))...)
 	profile := os.Getenv("BENCH_PROFILE") // a file: the node's CPU profile of the last round's phase (hop or webrtc, x HI)
 	if profile != "" {
 		args = append(args, "--pprof")
@@ -371,8 +374,12 @@ func TestCascadeHopCost(t *testing.T) {
 	}
 	// the latency phase's receivers (cascadelat_test.go): L, a next hop
 	// of its own, and D, reached by A directly; both stamp arrivals
+	// With peers (BENCH_LAT_PEERS), latN samples per path, round robin:
+	// sample i goes through path i mod the number of paths
 	latN := benchEnv("BENCH_LAT_SAMPLES", 20000)
-	latHop, latDir := newLatSamples(latN), newLatSamples(latN)
+	latPeers := latPeerNames(t)
+	latTotal := latN * (1 + len(latPeers))
+	latHop, latDir := newLatSamples(latTotal), newLatSamples(latTotal)
 	const idL = 9
 	lConn, dConn := listenStamped(t), listenStamped(t)
 	cmd.Peers = append(cmd.Peers, bus.CascadePeer{ID: idL, Addr: lConn.LocalAddr().String()})
@@ -400,18 +407,7 @@ func TestCascadeHopCost(t *testing.T) {
 			}
 		}
 	}()
-	go func() {
-		buf, oob := make([]byte, 64), make([]byte, 128)
-		for {
-			k, kt, ut, err := readStamped(dConn, buf, oob)
-			if err != nil {
-				return
-			}
-			if k >= 12 {
-				latDir.put(binary.BigEndian.Uint32(buf[8:]), int64(binary.BigEndian.Uint64(buf)), kt, ut)
-			}
-		}
-	}()
+	go recvStamped(dConn, 0, latDir, nil)
 	ctl, err := bus.Connect(bus.Config{URLs: []string{"nats://" + port(0)}, Name: "bench controller", CredsFile: filepath.Join(creds, "controller.creds")}, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -422,7 +418,7 @@ func TestCascadeHopCost(t *testing.T) {
 	}
 
 	var linkSeq uint32
-	latIdx := uint32(latN) // the latency phase's sample index (latN: none)
+	latIdx := uint32(latTotal) // the latency phase's sample index (latTotal: none)
 	payload := make([]byte, size)
 	frame := make([]byte, 0, 2048)
 	trackNames := make([][]byte, tracks)
@@ -477,30 +473,71 @@ func TestCascadeHopCost(t *testing.T) {
 	})
 
 	// latency: A -> node -> L against A -> D directly, one of each per
-	// BENCH_LAT_GAP_US (default 500 us), the node otherwise idle
+	// BENCH_LAT_GAP_US (default 500 us), the node otherwise idle; with
+	// peers, the paths take turns: each sample goes through one of them
+	// (the node, then each peer, the order turning each round) and
+	// straight to D, one pair per gap
 	latency := func() {
 		gap := time.Duration(benchEnv("BENCH_LAT_GAP_US", 500)) * time.Microsecond
 		dAddr := dConn.LocalAddr().(*net.UDPAddr).AddrPort()
+		paths := []latPath{{name: "traverse hop", got: latHop, send: func(idx uint32) {
+			latIdx = idx
+			sendHop([]relaywire.NodeID{idL})
+		}}}
+		latIdx = uint32(latTotal) // no sample: a warm-up, and the hop's relay frame's length
+		sendHop([]relaywire.NodeID{idL})
+		frameLen := one[0].N // the peers' datagrams are as long
+		for _, name := range latPeers {
+			paths = append(paths, startLatPeer(t, name, frameLen, latTotal))
+		}
 		ts := make([]byte, 12)
 		load0 := loadAvg()
 		start := time.Now()
-		for i := range latN {
-			latIdx = uint32(i)
-			sendHop([]relaywire.NodeID{idL})
+		for i := range latTotal {
+			// with three paths or more, each round's order is the last
+			// one's turned by one, so that no path always follows the
+			// same one (with two, the turn would send one twice in a row)
+			k := i % len(paths)
+			if len(paths) > 2 {
+				k = (i + i/len(paths)) % len(paths)
+			}
+			paths[k].send(uint32(i))
 			binary.BigEndian.PutUint64(ts, uint64(time.Now().UnixNano()))
-			binary.BigEndian.PutUint32(ts[8:], latIdx)
+			binary.BigEndian.PutUint32(ts[8:], uint32(i))
 			_ = aConn.WriteTo(ts, dAddr)
 			time.Sleep(gap)
 		}
-		latIdx = uint32(latN)
+		latIdx = uint32(latTotal)
 		took := time.Since(start)
 		time.Sleep(200 * time.Millisecond)
-		rep, err := latReport(latHop, latDir, latN*9/10)
-		if err != nil {
-			t.Fatal(err)
+		load1 := loadAvg()
+		added := make([]quantiles, len(paths))
+		per := func() time.Duration { return (took / time.Duration(latN)).Round(time.Microsecond) }
+		for k, p := range paths {
+			rep, q, err := latReport(p.got, latDir, latN*9/10)
+			if err != nil {
+				t.Fatalf("%s: %v", p.name, err)
+			}
+			added[k] = q
+			if k == 0 {
+				// per: the mean time between two samples of one path, as
+				// slept (a short sleep lasts longer than asked)
+				t.Logf("SUMMARY latency per hop, node idle (%d sent over %v, one per %v, paths %d; load average %s before, %s after): %s (goal: added p99 < 200us)",
+					latN, took.Round(time.Millisecond), per(), len(paths), load0, load1, rep)
+				continue
+			}
+			t.Logf("SUMMARY latency through %s, the same run (%d sent, one per %v, taking turns with the hop): %s", p.name, latN, per(), rep)
 		}
-		t.Logf("SUMMARY latency per hop, node idle (%d sent over %v, one per %v; load average %s before, %s after): %s (goal: added p99 < 200us)",
-			latN, took.Round(time.Millisecond), gap, load0, loadAvg(), rep)
+		for k := 1; k < len(paths); k++ {
+			r := func(a, b time.Duration) string {
+				if b <= 0 {
+					return "-"
+				}
+				return fmt.Sprintf("%.2f", float64(a)/float64(b))
+			}
+			t.Logf("SUMMARY added latency, traverse hop / %s: p50 %s, p99 %s, p999 %s (%v against %v)", paths[k].name,
+				r(added[0].p50, added[k].p50), r(added[0].p99, added[k].p99), r(added[0].p999, added[k].p999), added[0], added[k])
+		}
 	}
 	if os.Getenv("BENCH_LATENCY_ONLY") == "1" {
 		latency()

@@ -47,9 +47,17 @@ func startChild(t *testing.T, args ...string) *child {
 func startChildIn(t *testing.T, wrap []string, args ...string) *child {
 	t.Helper()
 	argv := append(append(append([]string(nil), wrap...), os.Args[0]), args...)
+	return startProgram(t, "traverse "+args[0], append(os.Environ(), "TRAVERSE_TEST_MAIN=1"), argv...)
+}
+
+// startProgram starts argv (with the environment env, nil: this
+// process's) as a child named name in failure messages; the test's end
+// stops it with SIGTERM unless it was killed. A peer the benchmarks
+// measure against (udpfwd, rtpengine) starts this way.
+func startProgram(t *testing.T, name string, env []string, argv ...string) *child {
+	t.Helper()
 	c := &child{cmd: exec.Command(argv[0], argv[1:]...)}
-	name := args[0]
-	c.cmd.Env = append(os.Environ(), "TRAVERSE_TEST_MAIN=1")
+	c.cmd.Env = env
 	c.cmd.Stdout, c.cmd.Stderr = c, c
 	if err := c.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -61,10 +69,10 @@ func startChildIn(t *testing.T, wrap []string, args ...string) *child {
 		}
 		_ = c.cmd.Process.Signal(syscall.SIGTERM)
 		if _, ok := testkit.AwaitExit(c.cmd, c.exited, 10*time.Second); !ok {
-			t.Errorf("traverse %s did not stop on SIGTERM", name)
+			t.Errorf("%s did not stop on SIGTERM", name)
 		}
 		if t.Failed() {
-			t.Logf("traverse %s output:\n%s", name, c.output())
+			t.Logf("%s output:\n%s", name, c.output())
 		}
 	})
 	return c

@@ -23,9 +23,9 @@
 #   defaults: 20000 samples per forwarder, one sample every 500 us asked
 #   (a short sleep lasts about 1.2 ms here: about 70 s of samples, under
 #   2 minutes in all). PEERS=udpfwd runs without rtpengine
-#   (Debian package rtpengine-daemon). BENCH_NODE_FLAGS: more flags for
+#   (Debian package rtpengine-daemon). BENCH_NODE_ARGS: more flags for
 #   the traverse node, e.g. an A/B of its scheduler poll:
-#   BENCH_NODE_FLAGS=--scheduler-poll=false bench/hop-latency-vs-peers.sh
+#   BENCH_NODE_ARGS=--scheduler-poll=false bench/hop-latency-vs-peers.sh
 #   Runs under
 #   flock -o /tmp/traverse-bench.lock (do not wrap it in another flock).
 set -euo pipefail

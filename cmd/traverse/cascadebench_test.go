@@ -280,9 +280,6 @@ func TestCascadeHopCost(t *testing.T) {
 	args := []string{"sfu", "--nats", "nats://" + port(0), "--nats-creds", filepath.Join(creds, "sfu-a.creds"),
 		"--udp", port(2), "--tcp", port(3), "--admin", sfuAdmin, "--cascade-listen", port(5), "--cascade-secret-file", secretFile,
 		"--cascade-token-key", tokenKey, "--cascade-id", strconv.Itoa(nodeID), "--log-level", "warn"}
-	// BENCH_NODE_FLAGS: more flags for the node, space-separated (an A/B
-	// of one of its settings, e.g. --scheduler-poll=false)
-	args = append(args, strings.Fields(os.Getenv("BENCH_NODE_FLAGS"))...)
 	profile := os.Getenv("BENCH_PROFILE") // a file: the node's CPU profile of the last round's phase (hop or webrtc, x HI)
 	if profile != "" {
 		args = append(args, "--pprof")

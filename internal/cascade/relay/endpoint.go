@@ -953,7 +953,7 @@ func (e *Endpoint) readLoop() error {
 func (e *Endpoint) handleFrame(b []byte, from netip.AddrPort, s *scratch) {
 	lh, err := relaywire.ParseLinkHeader(b)
 	if err != nil {
-		e.m.drops[dropShort].Inc()
+		e.countOpenErr(err) // short, or another version
 		return
 	}
 	if lh.Type >= relaywire.TypeHello {

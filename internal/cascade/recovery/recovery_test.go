@@ -574,3 +574,61 @@ func TestLossyUDPLink(t *testing.T) {
 		t.Fatal("FEC did not follow the measured loss")
 	}
 }
+
+// TestNextDataBodies: NextData's and RetransmitData's bodies are the
+// sequence then the message (relaywire.AppendData's encoding), built in
+// the history slot; building them over the shards' length prefixes, also
+// for messages of a group still open (a retransmission), leaves the
+// group's parity intact: the receiver rebuilds what it lost.
+func TestNextDataBodies(t *testing.T) {
+	s := NewSender(SenderConfig{GroupSize: 10})
+	s.SetLoss(0.10)
+	r := NewReceiver(ReceiverConfig{})
+	now := time.Unix(0, 0)
+	got := map[uint32][]byte{}
+	deliver := func(seq uint32, msg []byte) { got[seq] = append([]byte(nil), msg...) }
+	var parity [][]byte
+	lose := map[uint32]bool{2: true, 5: true, 6: true, 10: true}
+	msgOf := func(i int) []byte { return bytes.Repeat([]byte{byte(i)}, 20+i*7) }
+	for i := 0; i < 10; i++ {
+		msg := msgOf(i)
+		body, err := s.NextData(msg[:5], msg[5:], now, make([]byte, 0, 2048), func(b []byte) { parity = append(parity, append([]byte(nil), b...)) })
+		if err != nil {
+			t.Fatal(err)
+		}
+		seq, m, err := relaywire.ParseData(body)
+		if err != nil || !bytes.Equal(body, relaywire.AppendData(nil, uint32(i+1), msg)) {
+			t.Fatalf("message %d: body %x (%v)", i, body, err)
+		}
+		if i >= 2 { // a retransmission inside the open group
+			rb, ok := s.RetransmitData(uint32(i - 1))
+			if !ok || !bytes.Equal(rb, relaywire.AppendData(nil, uint32(i-1), msgOf(i-2))) {
+				t.Fatalf("retransmission of %d: %x %v", i-1, rb, ok)
+			}
+		}
+		if !lose[seq] {
+			r.OnData(seq, m, now, deliver)
+		}
+	}
+	if len(parity) != 4 {
+		t.Fatalf("%d parity shards, want 4", len(parity))
+	}
+	for _, b := range parity {
+		var p relaywire.Parity
+		if err := relaywire.ParseParity(b, &p); err != nil {
+			t.Fatal(err)
+		}
+		r.OnParity(&p, deliver)
+	}
+	for i := 0; i < 10; i++ {
+		if !bytes.Equal(got[uint32(i+1)], msgOf(i)) {
+			t.Fatalf("seq %d: %x", i+1, got[uint32(i+1)])
+		}
+	}
+	if m, ok := s.Retransmit(3); !ok || !bytes.Equal(m, msgOf(2)) {
+		t.Fatalf("Retransmit(3) after data bodies: %x %v", m, ok)
+	}
+	if _, err := s.NextData(make([]byte, 1000), make([]byte, relaywire.MaxShardLen-1002+1), now, nil, nil); err != ErrTooBig {
+		t.Fatalf("an oversized message: %v", err)
+	}
+}

@@ -186,40 +186,19 @@ func TestGroupParityRate(t *testing.T) {
 // TestFECRepairsWithoutNack: losing up to m messages of a group, the
 // receiver rebuilds each from parity alone.
 func TestFECRepairsWithoutNack(t *testing.T) {
-	s := NewSender(SenderConfig{GroupSize: 10})
-	s.SetLoss(0.10)
-	r := NewReceiver(ReceiverConfig{})
-	now := time.Unix(0, 0)
-	got := map[uint32][]byte{}
-	deliver := func(seq uint32, msg []byte) { got[seq] = append([]byte(nil), msg...) }
-	var parity [][]byte
-	lose := map[uint32]bool{2: true, 5: true, 6: true, 10: true}
+	g := newFECGroup()
+	s, r, now := g.s, g.r, g.now
 	for i := 0; i < 10; i++ {
-		msg := bytes.Repeat([]byte{byte(i)}, 20+i*7)
-		seq, err := s.Next(msg, now, make([]byte, 0, 2048), func(b []byte) { parity = append(parity, append([]byte(nil), b...)) })
+		msg := fecMsg(i)
+		seq, err := s.Next(msg, now, make([]byte, 0, 2048), g.emit)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !lose[seq] {
-			r.OnData(seq, msg, now, deliver)
+		if !g.lose[seq] {
+			r.OnData(seq, msg, now, g.deliver)
 		}
 	}
-	if len(parity) != 4 {
-		t.Fatalf("%d parity shards, want 4 (k=10, 10 %% loss)", len(parity))
-	}
-	for _, b := range parity {
-		var p relaywire.Parity
-		if err := relaywire.ParseParity(b, &p); err != nil {
-			t.Fatal(err)
-		}
-		r.OnParity(&p, deliver)
-	}
-	for i := 0; i < 10; i++ {
-		want := bytes.Repeat([]byte{byte(i)}, 20+i*7)
-		if !bytes.Equal(got[uint32(i+1)], want) {
-			t.Fatalf("seq %d: %x", i+1, got[uint32(i+1)])
-		}
-	}
+	g.repairAll(t)
 	if r.Recovered != 4 {
 		t.Fatalf("recovered %d", r.Recovered)
 	}
@@ -572,5 +551,87 @@ func TestLossyUDPLink(t *testing.T) {
 	}
 	if snd.Parity() == 0 {
 		t.Fatal("FEC did not follow the measured loss")
+	}
+}
+
+// fecMsg is the message i of the FEC tests' group of ten.
+func fecMsg(i int) []byte { return bytes.Repeat([]byte{byte(i)}, 20+i*7) }
+
+// fecGroup is the FEC tests' group of ten messages (fecMsg) at 10 %
+// loss, four of them lost.
+type fecGroup struct {
+	s      *Sender
+	r      *Receiver
+	now    time.Time
+	got    map[uint32][]byte
+	parity [][]byte
+	lose   map[uint32]bool
+}
+
+func newFECGroup() *fecGroup {
+	g := &fecGroup{s: NewSender(SenderConfig{GroupSize: 10}), r: NewReceiver(ReceiverConfig{}), now: time.Unix(0, 0),
+		got: map[uint32][]byte{}, lose: map[uint32]bool{2: true, 5: true, 6: true, 10: true}}
+	g.s.SetLoss(0.10)
+	return g
+}
+
+func (g *fecGroup) emit(b []byte)                  { g.parity = append(g.parity, append([]byte(nil), b...)) }
+func (g *fecGroup) deliver(seq uint32, msg []byte) { g.got[seq] = append([]byte(nil), msg...) }
+
+// repairAll hands the receiver the group's four parity bodies and checks
+// that it delivered all ten messages.
+func (g *fecGroup) repairAll(t *testing.T) {
+	t.Helper()
+	if len(g.parity) != 4 {
+		t.Fatalf("%d parity shards, want 4 (k=10, 10 %% loss)", len(g.parity))
+	}
+	for _, b := range g.parity {
+		var p relaywire.Parity
+		if err := relaywire.ParseParity(b, &p); err != nil {
+			t.Fatal(err)
+		}
+		g.r.OnParity(&p, g.deliver)
+	}
+	for i := 0; i < 10; i++ {
+		if !bytes.Equal(g.got[uint32(i+1)], fecMsg(i)) {
+			t.Fatalf("seq %d: %x", i+1, g.got[uint32(i+1)])
+		}
+	}
+}
+
+// TestNextDataBodies: NextData's and RetransmitData's bodies are the
+// sequence then the message (relaywire.AppendData's encoding), built in
+// the history slot; building them over the shards' length prefixes, also
+// for messages of a group still open (a retransmission), leaves the
+// group's parity intact: the receiver rebuilds what it lost.
+func TestNextDataBodies(t *testing.T) {
+	g := newFECGroup()
+	s, r, now := g.s, g.r, g.now
+	for i := 0; i < 10; i++ {
+		msg := fecMsg(i)
+		body, err := s.NextData(msg[:5], msg[5:], now, make([]byte, 0, 2048), g.emit)
+		if err != nil {
+			t.Fatal(err)
+		}
+		seq, m, err := relaywire.ParseData(body)
+		if err != nil || !bytes.Equal(body, relaywire.AppendData(nil, uint32(i+1), msg)) {
+			t.Fatalf("message %d: body %x (%v)", i, body, err)
+		}
+		if i >= 2 { // a retransmission inside the open group
+			rb, ok := s.RetransmitData(uint32(i - 1))
+			if !ok || !bytes.Equal(rb, relaywire.AppendData(nil, uint32(i-1), fecMsg(i-2))) {
+				t.Fatalf("retransmission of %d: %x %v", i-1, rb, ok)
+			}
+		}
+		if !g.lose[seq] {
+			r.OnData(seq, m, now, g.deliver)
+		}
+	}
+	g.repairAll(t)
+	if m, ok := s.Retransmit(3); !ok || !bytes.Equal(m, fecMsg(2)) {
+		t.Fatalf("Retransmit(3) after data bodies: %x %v", m, ok)
+	}
+	if _, err := s.NextData(make([]byte, 1000), make([]byte, relaywire.MaxShardLen-1002+1), now, nil, nil); err != ErrTooBig {
+		t.Fatalf("an oversized message: %v", err)
 	}
 }

@@ -80,7 +80,17 @@ type slot struct {
 	n     int
 	tries int    // retransmissions (sender only)
 	buf   []byte // MaxShardLen bytes: 2-byte length, then the message
+	// data (sender only) is buf with slotRoom bytes before it: the data
+	// body (the sequence, then the message) is built in place over the
+	// room and the length, which closeGroup writes again before it
+	// encodes parity.
+	data []byte
 }
+
+// slotRoom is what a sender's history slot holds before its shard, so
+// that sequence ‖ message is one slice (relaywire.DataSeqLen = slotRoom +
+// the shard's 2-byte length).
+const slotRoom = relaywire.DataSeqLen - 2
 
 // Sender is the sending half of one link direction. It is not safe for
 // concurrent use; the caller serialises.
@@ -113,9 +123,11 @@ type Sender struct {
 func NewSender(cfg SenderConfig) *Sender {
 	cfg.defaults()
 	s := &Sender{cfg: cfg, next: 1, base: 1, hist: make([]slot, cfg.History)}
-	slab := make([]byte, cfg.History*relaywire.MaxShardLen)
+	const stride = slotRoom + relaywire.MaxShardLen
+	slab := make([]byte, cfg.History*stride)
 	for i := range s.hist {
-		s.hist[i].buf = slab[i*relaywire.MaxShardLen : (i+1)*relaywire.MaxShardLen]
+		s.hist[i].data = slab[i*stride : (i+1)*stride : (i+1)*stride]
+		s.hist[i].buf = s.hist[i].data[slotRoom:]
 	}
 	s.scratch = make([][]byte, 2*relaywire.MaxShards)
 	pslab := make([]byte, relaywire.MaxShards*relaywire.MaxShardLen)
@@ -183,17 +195,42 @@ func (s *Sender) Parity() int { return s.m }
 // each parity body (relaywire.AppendParity's encoding appended to buf) to
 // send after it.
 func (s *Sender) Next(msg []byte, now time.Time, buf []byte, emit func(body []byte)) (uint32, error) {
-	if len(msg) > relaywire.MaxShardLen-2 {
-		return 0, ErrTooBig
+	sl, err := s.push(msg, nil, now, buf, emit)
+	if err != nil {
+		return 0, err
+	}
+	return sl.seq, nil
+}
+
+// NextData is Next for a message in two pieces, head then tail (a relay
+// header re-encoded for one next hop, and the payload every next hop
+// shares), that returns the data body to seal: the sequence, then the
+// message (relaywire.AppendData's encoding). The message is copied once,
+// into the history, and the body is that copy (with the sequence written
+// before it), valid until the next call on s: a relay hop seals each next
+// hop's frame straight from it.
+func (s *Sender) NextData(head, tail []byte, now time.Time, buf []byte, emit func(body []byte)) ([]byte, error) {
+	sl, err := s.push(head, tail, now, buf, emit)
+	if err != nil {
+		return nil, err
+	}
+	return s.dataBody(sl), nil
+}
+
+// push numbers head ‖ tail and keeps it in its history slot.
+func (s *Sender) push(head, tail []byte, now time.Time, buf []byte, emit func(body []byte)) (*slot, error) {
+	n := len(head) + len(tail)
+	if n > relaywire.MaxShardLen-2 {
+		return nil, ErrTooBig
 	}
 	seq := s.next
 	s.next++
 	sl := &s.hist[seq%uint32(len(s.hist))]
-	sl.seq, sl.ok, sl.n, sl.tries = seq, true, 2+len(msg), 0
-	binary.BigEndian.PutUint16(sl.buf, uint16(len(msg)))
-	copy(sl.buf[2:], msg)
+	sl.seq, sl.ok, sl.n, sl.tries = seq, true, 2+n, 0
+	binary.BigEndian.PutUint16(sl.buf, uint16(n))
+	copy(sl.buf[2+copy(sl.buf[2:], head):], tail)
 	s.DataSent++
-	s.DataBytes += uint64(len(msg))
+	s.DataBytes += uint64(n)
 	if s.count == 0 {
 		s.base, s.opened = seq, now
 	}
@@ -201,7 +238,15 @@ func (s *Sender) Next(msg []byte, now time.Time, buf []byte, emit func(body []by
 	if s.count >= s.cfg.GroupSize {
 		s.closeGroup(buf, emit)
 	}
-	return seq, nil
+	return sl, nil
+}
+
+// dataBody writes sl's sequence over the room and the length before its
+// message and returns sequence ‖ message. The length is written again
+// when sl's group closes (closeGroup), the one reader of it.
+func (s *Sender) dataBody(sl *slot) []byte {
+	binary.BigEndian.PutUint32(sl.data, sl.seq)
+	return sl.data[:relaywire.DataSeqLen+sl.n-2]
 }
 
 // Tick closes a group older than GroupDelay; call it every few
@@ -235,6 +280,7 @@ func (s *Sender) closeGroup(buf []byte, emit func(body []byte)) {
 	s.shards = s.shards[:0]
 	for i := 0; i < k; i++ {
 		sl := &s.hist[(s.base+uint32(i))%uint32(len(s.hist))]
+		binary.BigEndian.PutUint16(sl.buf, uint16(sl.n-2)) // a data body may have covered it
 		clear(sl.buf[sl.n:shardLen])
 		s.shards = append(s.shards, sl.buf[:shardLen])
 	}
@@ -282,13 +328,30 @@ func (s *Sender) groupParity(k int) int {
 // Retransmit returns the message sent under seq while the history still
 // holds it and it was sent again fewer than MaxRetransmits times.
 func (s *Sender) Retransmit(seq uint32) ([]byte, bool) {
+	sl := s.retransmit(seq)
+	if sl == nil {
+		return nil, false
+	}
+	return sl.buf[2:sl.n], true
+}
+
+// RetransmitData is Retransmit that returns the data body to seal (the
+// sequence, then the message) from the history slot, as NextData does.
+func (s *Sender) RetransmitData(seq uint32) ([]byte, bool) {
+	sl := s.retransmit(seq)
+	if sl == nil {
+		return nil, false
+	}
+	return s.dataBody(sl), true
+}
+
+func (s *Sender) retransmit(seq uint32) *slot {
 	sl := &s.hist[seq%uint32(len(s.hist))]
 	if !sl.ok || sl.seq != seq || sl.tries >= s.cfg.MaxRetransmits {
 		s.Refused++
-		return nil, false
+		return nil
 	}
 	sl.tries++
 	s.Retransmits++
-	n := int(binary.BigEndian.Uint16(sl.buf))
-	return sl.buf[2 : 2+n], true
+	return sl
 }

@@ -252,9 +252,12 @@ func (e *Endpoint) clientLayer(cs *clientSession, body []byte, from netip.AddrPo
 	}
 }
 
-// countOpenErr counts a frame a link (a node's or a client's) refused.
+// countOpenErr counts a frame a link (a node's or a client's) refused, or
+// whose link header does not parse.
 func (e *Endpoint) countOpenErr(err error) {
 	switch {
+	case errors.Is(err, relaywire.ErrVersion):
+		e.m.drops[dropVersion].Inc()
 	case errors.Is(err, relaywire.ErrReplay):
 		e.m.drops[dropReplay].Inc()
 	case errors.Is(err, relaywire.ErrEpoch):

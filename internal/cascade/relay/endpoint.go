@@ -2,7 +2,6 @@ package relay
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -269,10 +268,13 @@ type scratch struct {
 	fanning bool
 }
 
-// pending is a data body in scratch.pslab for the next hop p.
+// pending is a data message for the next hop p: its relay header in
+// scratch.pslab, its payload (in the reader loop's buffers, shared by the
+// message's next hops).
 type pending struct {
 	p        *peer
 	off, end int
+	payload  []byte
 }
 
 type group struct {
@@ -735,10 +737,13 @@ func (e *Endpoint) sendGroups(s *scratch, h *relaywire.Header, payload []byte, n
 		fh.HopLimit = hop
 		fh.NDst = g.n
 		copy(fh.Dst[:], g.dsts[:g.n])
-		// the data body in one piece: the sequence sendData numbers it
-		// with, then the message, so the message is copied once here;
-		// the reader loop's go to its pending slab, sealed at the end of
-		// the read batch
+		// only the relay header is encoded here, per next hop; the
+		// payload, which every next hop shares, is copied once per next
+		// hop, with the header, into the link's send history
+		// (recovery.Sender.NextData), and each frame is sealed from that
+		// copy. The reader loop's headers go to its pending slab,
+		// numbered and sealed at the end of the read batch (the payloads
+		// stay in the reader loop's buffers until then: releaseRx)
 		buf := s.hdr[:0]
 		if s.out.batch {
 			if len(s.pend) == cap(s.pend) || cap(s.pslab)-len(s.pslab) < udpio.MaxPacket {
@@ -747,18 +752,17 @@ func (e *Endpoint) sendGroups(s *scratch, h *relaywire.Header, payload []byte, n
 			buf = s.pslab
 		}
 		start := len(buf)
-		body, err := relaywire.AppendHeader(buf[:start+relaywire.DataSeqLen], &fh)
-		if err != nil || len(body)-start-relaywire.DataSeqLen+len(payload) > relaywire.MaxShardLen-2 {
+		hdr, err := relaywire.AppendHeader(buf, &fh)
+		if err != nil || len(hdr)-start+len(payload) > relaywire.MaxShardLen-2 {
 			e.m.drops[dropMalformed].Inc()
 			continue
 		}
-		body = append(body, payload...)
 		if s.out.batch {
-			s.pslab = body
-			s.pend = append(s.pend, pending{p: p, off: start, end: len(body)})
+			s.pslab = hdr
+			s.pend = append(s.pend, pending{p: p, off: start, end: len(hdr), payload: payload})
 		} else {
-			s.hdr = body[:0]
-			e.sendData(p, body, s.now, &s.out)
+			s.hdr = hdr[:0]
+			e.sendData(p, hdr, payload, s.now, &s.out)
 		}
 		if local || s.fanning {
 			s.forwarded++
@@ -782,8 +786,8 @@ func (e *Endpoint) sealPending(s *scratch) {
 		p.held = true
 		for j := i; j < len(s.pend); j++ {
 			if m := &s.pend[j]; m.p == p {
-				e.number(p, s.pslab[m.off:m.end], s.now, &s.out)
-				m.p = nil
+				e.number(p, s.pslab[m.off:m.end], m.payload, s.now, &s.out)
+				m.p, m.payload = nil, nil
 			}
 		}
 		p.held = false
@@ -791,6 +795,7 @@ func (e *Endpoint) sealPending(s *scratch) {
 		p.mu.Unlock()
 	}
 	s.pend, s.pslab = s.pend[:0], s.pslab[:0]
+	e.reuseRx(s)
 	e.countOut(s)
 }
 
@@ -814,25 +819,25 @@ func (e *Endpoint) endBatch(s *scratch) {
 	e.flush(&s.out)
 }
 
-// sendData numbers the message in body (a data body whose first
-// DataSeqLen bytes are the sequence's room) on p's link, seals it and any
-// parity its FEC group closed, and queues them.
-func (e *Endpoint) sendData(p *peer, body []byte, now time.Time, out *outQ) {
+// sendData numbers the message hdr ‖ payload (a relay header and its
+// payload) on p's link, seals it and any parity its FEC group closed, and
+// queues them.
+func (e *Endpoint) sendData(p *peer, hdr, payload []byte, now time.Time, out *outQ) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	e.number(p, body, now, out)
+	e.number(p, hdr, payload, now, out)
 }
 
-// number is sendData with p.mu held.
-func (e *Endpoint) number(p *peer, body []byte, now time.Time, out *outQ) {
+// number is sendData with p.mu held. The message is copied once, into
+// the link's send history, and sealed from there.
+func (e *Endpoint) number(p *peer, hdr, payload []byte, now time.Time, out *outQ) {
 	p.nParity = 0
-	seq, err := p.sender(now).Next(body[relaywire.DataSeqLen:], now, p.body, p.emit)
+	body, err := p.sender(now).NextData(hdr, payload, now, p.body, p.emit)
 	if err != nil {
 		e.m.drops[dropMalformed].Inc()
 		return
 	}
 	p.dataSent++
-	binary.BigEndian.PutUint32(body, seq)
 	e.queue(p, relaywire.TypeData, body, out)
 	e.queueParity(p, out)
 }
@@ -953,7 +958,7 @@ func (e *Endpoint) readLoop() error {
 func (e *Endpoint) handleFrame(b []byte, from netip.AddrPort, s *scratch) {
 	lh, err := relaywire.ParseLinkHeader(b)
 	if err != nil {
-		e.m.drops[dropShort].Inc()
+		e.countOpenErr(err) // short, or another version
 		return
 	}
 	if lh.Type >= relaywire.TypeHello {
@@ -1025,9 +1030,8 @@ func (e *Endpoint) handleFrame(b []byte, from netip.AddrPort, s *scratch) {
 			if p.snd == nil {
 				break // nothing was sent on this link
 			}
-			if msg, ok := p.snd.Retransmit(q); ok {
-				p.body = relaywire.AppendData(p.body[:0], q, msg)
-				e.queue(p, relaywire.TypeData, p.body, &s.out)
+			if body, ok := p.snd.RetransmitData(q); ok {
+				e.queue(p, relaywire.TypeData, body, &s.out)
 				e.m.retransmit.Inc()
 			}
 		}
@@ -1082,7 +1086,23 @@ func (e *Endpoint) releaseRx(s *scratch) {
 		}
 		e.handleMessage(e.rx.slab[off:end], p.id, s)
 	}
-	e.rx.slab, e.rx.off = e.rx.slab[:0], e.rx.off[:0]
+	e.rx.off = e.rx.off[:0]
+	// the messages routed in this read batch and not yet sealed hold
+	// their payloads in the slab (pending): it is reused once they are
+	// sealed, at the end of the batch or here when it is half full
+	if len(s.pend) > 0 && len(e.rx.slab) > cap(e.rx.slab)/2 {
+		e.sealPending(s)
+	}
+	e.reuseRx(s)
+}
+
+// reuseRx empties the reader loop's slab of opened messages once nothing
+// refers to it: no message waits in it for its dispatch (rx.off) nor, routed
+// already, for its seal (s.pend holds its payload).
+func (e *Endpoint) reuseRx(s *scratch) {
+	if s == e.loop && len(e.rx.off) == 0 && len(s.pend) == 0 {
+		e.rx.slab = e.rx.slab[:0]
+	}
 }
 
 func (e *Endpoint) rxAdd(_ uint32, msg []byte) { e.rx.add(msg) }

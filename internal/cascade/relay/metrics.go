@@ -25,13 +25,14 @@ const (
 	dropClientRefused        // the SFU refused the client's tracks
 	dropDuplicate            // a media message this node accepted already (its end-to-end sequence window)
 	dropClientTrack          // a client's layer choice for a track it was not given or a layer it lacks
+	dropVersion              // a relay frame of another protocol version (relaywire.ErrVersion)
 	numDrops
 )
 
 var dropNames = [numDrops]string{"short", "unknown_peer", "address", "auth", "replay", "epoch", "malformed",
 	"hop_limit", "no_route", "loop", "send_queue", "blocked",
 	"client_token", "client_room", "client_rights", "client_limit", "client_rate", "client_unknown", "client_refused", "duplicate",
-	"client_track"}
+	"client_track", "version"}
 
 type metrics struct {
 	drops       [numDrops]prometheus.Counter

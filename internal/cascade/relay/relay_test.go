@@ -300,6 +300,16 @@ func TestDropsAndCounts(t *testing.T) {
 	send(xc, []byte{0x80, 0x60, 0, 1})
 	wantDrop("short", 1)
 
+	// a version-1 frame (node 9's, valid but for the version nibble; a
+	// genuine v1 frame, AES-256 sealed, is relaywire's TestVersion1Refused)
+	v1 := att.frame(t, hdr(nB), []byte("media"))
+	v1[1] = 1<<4 | byte(relaywire.TypeData)
+	send(xc, v1)
+	wantDrop("version", 1)
+	if got := drops("short"); got != 1 {
+		t.Fatalf("short drops %v after the v1 frame, want 1", got)
+	}
+
 	// a destination nobody routes (misrouted message)
 	send(xc, att.frame(t, hdr(55), []byte("x")))
 	wantDrop("no_route", 1)

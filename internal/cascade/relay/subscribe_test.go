@@ -363,7 +363,7 @@ func TestRelayClientSubscribeLimit(t *testing.T) {
 }
 
 // BenchmarkSendClientMedia is the cost of one 1,200-byte RTP packet to a
-// receiving relay client: the session lookup, AES-256-GCM and one sendto
+// receiving relay client: the session lookup, AES-128-GCM and one sendto
 // on loopback (the client's socket is not read: the kernel drops what
 // overflows it).
 func BenchmarkSendClientMedia(b *testing.B) {

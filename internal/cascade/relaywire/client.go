@@ -45,10 +45,13 @@ const (
 )
 
 // clientSecretLabel and the HKDF labels separate the client keys from
-// every other use of the token key and of the client secret.
+// every other use of the token key and of the client secret. The client
+// secret is version 1's (token issuers compute it); the link salt is
+// version 2's, so that its AES-128 keys are not halves of version 1's
+// AES-256 keys.
 const (
 	clientSecretLabel = "traverse relay client v1\x00"
-	clientSalt        = "traverse relay client link v1"
+	clientSalt        = "traverse relay client link v2"
 )
 
 // ClientSecret is a client's link secret: HMAC-SHA256 over the label and
@@ -65,14 +68,14 @@ func ClientSecret(tokenKey []byte, token string) []byte {
 }
 
 func clientAEAD(secret []byte, dir string) (cipher.AEAD, error) {
-	k, err := hkdf.Key(sha256.New, secret, []byte(clientSalt), dir, 32)
+	k, err := hkdf.Key(sha256.New, secret, []byte(clientSalt), dir, KeyLen)
 	if err != nil {
 		return nil, err
 	}
 	return newGCM(k)
 }
 
-// ClientLink seals and opens one client's frames: AES-256-GCM under two
+// ClientLink seals and opens one client's frames: AES-128-GCM under two
 // keys from the client secret by HKDF-SHA256 (info "up" for client ->
 // node, "down" for node -> client), a send counter from the wall clock, a
 // replay window for the other direction. Seal is safe for concurrent use.

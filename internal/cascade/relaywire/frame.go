@@ -10,8 +10,10 @@ type NodeID uint32
 // one classifier on a shared port can tell relay frames from the rest.
 const Magic = 0xCA
 
-// Version is the protocol version this package speaks.
-const Version = 1
+// Version is the protocol version this package speaks. Version 2 seals
+// with AES-128-GCM (version 1: AES-256-GCM); a frame of another version
+// is refused with ErrVersion.
+const Version = 2
 
 // LinkHeaderLen is the size of the clear link header; TagLen the AEAD tag
 // after the sealed body. Overhead is what a link adds to a body.

@@ -7,7 +7,8 @@ import (
 
 func FuzzLinkHeader(f *testing.F) {
 	f.Add(AppendLinkHeader(nil, LinkHeader{Type: TypeData, Epoch: 1, Sender: 2, Counter: 3}))
-	f.Add([]byte{Magic, 0x10})
+	f.Add([]byte{Magic, Version << 4})
+	f.Add([]byte{Magic, 1<<4 | byte(TypeData), 0, 1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 3}) // version 1
 	f.Fuzz(func(t *testing.T, b []byte) {
 		h, err := ParseLinkHeader(b)
 		if err != nil {
@@ -89,7 +90,7 @@ func FuzzOpen(f *testing.F) {
 	a.counter = 100 // the same frame in the coordinator and its workers
 	valid := a.Seal(nil, TypeData, AppendData(nil, 1, []byte("x")))
 	f.Add(append([]byte(nil), valid...))
-	f.Add([]byte{Magic, 0x11, 0, 1, 0, 0, 0, 1})
+	f.Add([]byte{Magic, Version<<4 | byte(TypeData), 0, 1, 0, 0, 0, 1})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		l, _ := NewLink(testSecret, 2, 1, 1)
 		in := append([]byte(nil), b...)

@@ -18,14 +18,22 @@ const MinSecret = 32
 var ErrSecret = errors.New("relaywire: cluster secret shorter than 32 bytes")
 
 // hkdfSalt separates this protocol's keys from anything else derived from
-// the same secret.
-const hkdfSalt = "traverse relay link v1"
+// the same secret, and version 2's keys from version 1's (AES-256 keys
+// under the salt "traverse relay link v1": without the new salt a v2 key
+// would be the first half of the v1 key, since HKDF's output for one
+// salt and info is a prefix of its longer output).
+const hkdfSalt = "traverse relay link v2"
 
-// DeriveKey derives the AES-256-GCM key of the link between nodes a and b
+// KeyLen is the size of every AEAD key of the protocol (link and client
+// keys): AES-128-GCM since version 2, the strength of the SRTP that WebRTC
+// media has (docs/relay-protocol.md, "Keys, nonces, replay").
+const KeyLen = 16
+
+// DeriveKey derives the AES-128-GCM key of the link between nodes a and b
 // for one epoch: HKDF-SHA256 with the cluster secret as input keying
 // material, hkdfSalt as salt, and info = lower node id, higher node id,
-// epoch (4+4+2 bytes, big endian). Both ends derive the same key; the
-// nonces of the two directions differ by the sender id.
+// epoch (4+4+2 bytes, big endian), KeyLen bytes. Both ends derive the same
+// key; the nonces of the two directions differ by the sender id.
 func DeriveKey(secret []byte, a, b NodeID, epoch uint16) ([]byte, error) {
 	if len(secret) < MinSecret {
 		return nil, ErrSecret
@@ -37,7 +45,7 @@ func DeriveKey(secret []byte, a, b NodeID, epoch uint16) ([]byte, error) {
 	binary.BigEndian.PutUint32(info[0:], uint32(a))
 	binary.BigEndian.PutUint32(info[4:], uint32(b))
 	binary.BigEndian.PutUint16(info[8:], epoch)
-	return hkdf.Key(sha256.New, secret, []byte(hkdfSalt), string(info[:]), 32)
+	return hkdf.Key(sha256.New, secret, []byte(hkdfSalt), string(info[:]), KeyLen)
 }
 
 // Link seals frames for one peer and opens the peer's frames: it holds the
@@ -90,7 +98,7 @@ func newAEAD(secret []byte, a, b NodeID, epoch uint16) (cipher.AEAD, error) {
 	return newGCM(k)
 }
 
-// newGCM is AES-256-GCM under key.
+// newGCM is AES-GCM under key (KeyLen bytes: AES-128).
 func newGCM(key []byte) (cipher.AEAD, error) {
 	blk, err := aes.NewCipher(key)
 	if err != nil {

@@ -26,6 +26,9 @@
 #   (Debian package rtpengine-daemon). BENCH_NODE_ARGS: more flags for
 #   the traverse node, e.g. an A/B of its scheduler poll:
 #   BENCH_NODE_ARGS=--scheduler-poll=false bench/hop-latency-vs-peers.sh
+#   BENCH_NODE_ENV: environment for the node alone (e.g. GOMAXPROCS=1).
+#   BENCH_LAT_TRACE=FILE: the node's runtime trace of the first 8 s of
+#   samples (BENCH_LAT_TRACE_SECONDS), for go tool trace.
 #   Runs under
 #   flock -o /tmp/traverse-bench.lock (do not wrap it in another flock).
 set -euo pipefail

@@ -137,7 +137,13 @@ func benchEnvString(name, def string) string {
 // fetchProfile writes the CPU profile of seconds the admin listener at
 // addr serves (--pprof) to file.
 func fetchProfile(addr string, seconds int, file string) error {
-	resp, err := http.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", addr, seconds))
+	return fetchPprof(addr, "profile", seconds, file)
+}
+
+// fetchPprof writes what the admin listener at addr serves (--pprof) under
+// /debug/pprof/kind for seconds (a CPU profile, a runtime trace) to file.
+func fetchPprof(addr, kind string, seconds int, file string) error {
+	resp, err := http.Get(fmt.Sprintf("http://%s/debug/pprof/%s?seconds=%d", addr, kind, seconds))
 	if err != nil {
 		return err
 	}
@@ -281,7 +287,10 @@ func TestCascadeHopCost(t *testing.T) {
 		"--udp", port(2), "--tcp", port(3), "--admin", sfuAdmin, "--cascade-listen", port(5), "--cascade-secret-file", secretFile,
 		"--cascade-token-key", tokenKey, "--cascade-id", strconv.Itoa(nodeID), "--log-level", "warn"}
 	profile := os.Getenv("BENCH_PROFILE") // a file: the node's CPU profile of the last round's phase (hop or webrtc, x HI)
-	if profile != "" {
+	// BENCH_LAT_TRACE (a file): the node's runtime trace of the latency
+	// phase's first BENCH_LAT_TRACE_SECONDS (default 8), for go tool trace
+	latTrace := os.Getenv("BENCH_LAT_TRACE")
+	if profile != "" || latTrace != "" {
 		args = append(args, "--pprof")
 	}
 	// BENCH_NODE_ENV: VAR=VALUE settings (space separated) for the node
@@ -489,6 +498,11 @@ func TestCascadeHopCost(t *testing.T) {
 		}
 		ts := make([]byte, 12)
 		load0 := loadAvg()
+		var traced chan error
+		if latTrace != "" {
+			traced = make(chan error, 1)
+			go func() { traced <- fetchPprof(sfuAdmin, "trace", benchEnv("BENCH_LAT_TRACE_SECONDS", 8), latTrace) }()
+		}
 		start := time.Now()
 		for i := range latTotal {
 			// with three paths or more, each round's order is the last
@@ -506,6 +520,13 @@ func TestCascadeHopCost(t *testing.T) {
 		}
 		latIdx = uint32(latTotal)
 		took := time.Since(start)
+		if traced != nil {
+			if err := <-traced; err != nil {
+				t.Errorf("the node's trace: %v", err)
+			} else {
+				t.Logf("SUMMARY the node's runtime trace of the latency phase's first %d s: %s (go tool trace)", benchEnv("BENCH_LAT_TRACE_SECONDS", 8), latTrace)
+			}
+		}
 		time.Sleep(200 * time.Millisecond)
 		load1 := loadAvg()
 		added := make([]quantiles, len(paths))
